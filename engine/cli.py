@@ -1,0 +1,155 @@
+"""The ``linerules`` command line. Each command is a thin shell around one module's ``main``.
+
+User errors are one clean line (``click.ClickException``), never a traceback.
+"""
+from __future__ import annotations
+
+import click
+
+from . import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="linerules")
+def cli():
+    """Declarative marketing automation for LINE Official Accounts.
+
+    Keep campaigns as text in rules/, validate them in CI, replay timelines before going live,
+    and let one runner send them through the LINE Messaging API.
+
+    \b
+    Example:
+      linerules validate rules/
+      linerules simulate timeline.jsonl --until 2026-12-31T00:00:00+09:00
+      linerules run --rules rules/
+    """
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True, help="Output: human text with carets, a JSON list, or GitHub Actions annotations.")
+def validate(paths, fmt):
+    """Check rule folders (default rules/) and exit 1 on any error.
+
+    Each error is printed as path:line:col: error: message, then the source line with a caret
+    and a help: line. Warnings do not change the exit code.
+
+    \b
+    Example:
+      linerules validate rules/
+      linerules validate rules/ --format github
+    """
+    from .validate import main
+
+    raise SystemExit(main(list(paths) or ["rules"], fmt))
+
+
+@cli.command()
+@click.argument("rule", required=False)
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder.")
+def graph(rule, rules_dir):
+    """Print a Mermaid flowchart of the compiled rule(s), for pull request review.
+
+    \b
+    Example:
+      linerules graph welcome --rules rules/ > welcome.mmd
+    """
+    from .graph import main
+
+    raise SystemExit(main(rules_dir, rule))
+
+
+@cli.command()
+@click.argument("events", type=click.Path(dir_okay=False))
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder.")
+@click.option("--until", default=None, help="Run the clock up to this ISO 8601 time (with offset). "
+              "Default: 30 days after the last event.")
+@click.option("--tick", default="1h", show_default=True,
+              help="How often condition triggers are checked (aligned to local midnight).")
+@click.option("--db", default=None, type=click.Path(dir_okay=False),
+              help="Keep the simulated database in this file (for `linerules report`).")
+def simulate(events, rules_dir, until, tick, db):
+    """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
+
+    Prints one JSON object per push, in time order:
+    {"at": ..., "friend": ..., "rule": ..., "messages": [...]}
+
+    \b
+    Example:
+      linerules simulate timeline.jsonl --rules rules/ --until 2026-12-31T00:00:00+09:00
+    """
+    from .simulate import main
+
+    raise SystemExit(main(events, rules_dir, until, tick, db))
+
+
+@cli.command(name="test")
+@click.argument("directory", default="rules", type=click.Path())
+def test_cmd(directory):
+    """Run the rule tests kept in DIR/tests/ (default rules/tests/); exit 1 on any failure.
+
+    \b
+    Example:
+      linerules test rules/
+    """
+    from .ruletest import main
+
+    raise SystemExit(main(directory))
+
+
+@cli.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The runner's (or a simulation's) database.")
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder (for the time zone, quota and attribution settings).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML page with charts.")
+@click.option("--since", default=None, help="Only activity at or after this date/time (ISO 8601).")
+@click.option("--until", default=None, help="Only activity before this date/time (ISO 8601).")
+@click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
+def report(db, rules_dir, fmt, html_path, since, until, rule_names):
+    """What each rule did: entered, pushes, capped, clicks, conversions, revenue, blocks.
+
+    \b
+    Example:
+      linerules report --db linerules.db --format json
+      linerules report --db forecast.db --html report.html
+    """
+    from .report import main
+
+    raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names)))
+
+
+@cli.command()
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder.")
+@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the HTTP server.")
+@click.option("--tick", "tick_seconds", default=60.0, show_default=True, type=float,
+              help="Seconds between engine ticks.")
+def run(rules_dir, db, listen, tick_seconds):
+    """The runner: tick loop plus HTTP server (POST /callback, POST /events, GET /healthz).
+
+    Without LINE_CHANNEL_ACCESS_TOKEN nothing is sent to LINE: a dry-run transport logs each
+    push. LINE_CHANNEL_SECRET verifies webhooks; LINERULES_API_TOKEN guards POST /events;
+    LINE_API_ENDPOINT points at another Messaging API host.
+
+    \b
+    Example:
+      LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
+    """
+    from runner import main
+
+    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds))
+
+
+def main():
+    cli(prog_name="linerules")
+
+
+if __name__ == "__main__":
+    main()

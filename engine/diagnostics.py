@@ -1,0 +1,159 @@
+"""One diagnostic type and its renderers, shared by the CLI, the runner's logs and the tests.
+
+A :class:`Diagnostic` points at ``path:line:column`` (1-based) and optionally at an end column
+on the same line, so the text renderer can put a caret under the smallest span.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A place in a source file. Lines and columns are 1-based; ``end_column`` is exclusive."""
+
+    path: str
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    path: str
+    line: int
+    column: int
+    severity: str  # "error" | "warning"
+    message: str
+    help: str | None = None
+    end_column: int | None = field(default=None, compare=False)
+
+    @classmethod
+    def at(cls, span: Span | None, message: str, *, severity: str = ERROR,
+           help: str | None = None, path: str = "") -> "Diagnostic":
+        """Build a diagnostic at ``span`` (or at line 1 of ``path`` when there is no span)."""
+        if span is None:
+            return cls(path, 1, 1, severity, message, help)
+        end = span.end_column if (span.end_line in (None, span.line)) else None
+        return cls(span.path, span.line, span.column, severity, message, help, end)
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def sort_key(self):
+        return (self.path, self.line, self.column, self.severity != ERROR, self.message)
+
+
+class DiagnosticError(Exception):
+    """Raised where a caller needs an exception carrying diagnostics (e.g. a failed reload)."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]):
+        self.diagnostics = list(diagnostics)
+        first = self.diagnostics[0] if self.diagnostics else None
+        super().__init__(format_short(first) if first else "invalid input")
+
+
+def dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Sorted, without exact repeats (same place, severity and message)."""
+    seen: set = set()
+    out = []
+    for d in sorted(diags, key=Diagnostic.sort_key):
+        key = (d.path, d.line, d.column, d.severity, d.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def has_errors(diags: Iterable[Diagnostic]) -> bool:
+    return any(d.is_error for d in diags)
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, listing: int = 5) -> str | None:
+    """``help`` text for an unknown name: a close match, else the few valid choices, else None.
+
+    A match is "close" when its edit distance is at most a third of the name's length
+    (difflib's ratio is used as the measure of that).
+    """
+    choices = sorted(set(choices))
+    if not choices:
+        return None
+    cutoff = max(0.6, 1 - 1 / 3)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=cutoff)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    shown = ", ".join(f"`{c}`" for c in choices[:listing])
+    more = f" (and {len(choices) - listing} more)" if len(choices) > listing else ""
+    return f"known names are {shown}{more}"
+
+
+def format_short(d: Diagnostic) -> str:
+    return f"{d.path}:{d.line}:{d.column}: {d.severity}: {d.message}"
+
+
+def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None) -> str:
+    """rustc-style text: the headline, the source line, a caret under the span, then ``help:``."""
+    sources = sources or {}
+    lines_cache: dict[str, list[str]] = {}
+    out: list[str] = []
+    for d in diags:
+        out.append(format_short(d))
+        text = sources.get(d.path)
+        if text is not None:
+            lines = lines_cache.setdefault(d.path, text.splitlines())
+            if 1 <= d.line <= len(lines):
+                src = lines[d.line - 1].replace("\t", " ")
+                out.append(f"    {src}")
+                width = 1
+                if d.end_column and d.end_column > d.column:
+                    width = d.end_column - d.column
+                out.append("    " + " " * _display_width(src[: d.column - 1]) + "^" * max(1, _display_width(src[d.column - 1: d.column - 1 + width])))
+        if d.help:
+            out.append(f"    help: {d.help}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _display_width(s: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in s)
+
+
+def render_json(diags: Sequence[Diagnostic]) -> str:
+    items = []
+    for d in diags:
+        item = {"path": d.path, "line": d.line, "column": d.column,
+                "severity": d.severity, "message": d.message}
+        if d.help:
+            item["help"] = d.help
+        items.append(item)
+    return json.dumps(items, ensure_ascii=False, indent=2) + "\n"
+
+
+def _gh_escape(s: str, prop: bool = False) -> str:
+    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        s = s.replace(":", "%3A").replace(",", "%2C")
+    return s
+
+
+def render_github(diags: Sequence[Diagnostic]) -> str:
+    """GitHub Actions workflow commands (``::error file=…,line=…,col=…::message``)."""
+    out = []
+    for d in diags:
+        msg = d.message + (f" (help: {d.help})" if d.help else "")
+        out.append(f"::{d.severity} file={_gh_escape(d.path, True)},line={d.line},col={d.column}::{_gh_escape(msg)}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def to_dict(d: Diagnostic) -> dict:
+    return asdict(d)

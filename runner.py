@@ -1,0 +1,17 @@
+"""The runner daemon: ``python runner.py`` is ``linerules run``."""
+from __future__ import annotations
+
+import sys
+
+
+def main(*, rules_dir: str = "rules", db: str = "linerules.db", listen: str = "127.0.0.1:8080",
+         tick_seconds: float = 60.0) -> int:
+    from engine.server import serve
+
+    return serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds)
+
+
+if __name__ == "__main__":
+    from engine.cli import cli
+
+    sys.exit(cli(["run", *sys.argv[1:]], prog_name="runner.py"))
