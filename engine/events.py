@@ -1,0 +1,47 @@
+"""Engine events (SPEC §6): the one shape every input takes before it reaches the store.
+
+Shop events (``POST /events``, ``simulate`` timelines) and LINE webhook events are both turned
+into :class:`Event` values here; the store applies a batch of them in one transaction.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
+KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
+               "attributes", "tag")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str                  # one of KNOWN_TYPES, or a custom event name
+    friend: str                # LINE user id (or the shop's id for the friend)
+    at: dt.datetime            # timezone-aware
+    data: dict[str, Any] = field(default_factory=dict)  # the other validated fields
+    id: str | None = None      # explicit event id, if given
+    reply_token: str | None = None   # LINE reply token (webhook events only)
+    line: int | None = None    # 1-based line (JSON Lines) or item index in the batch
+
+    @property
+    def dedupe_key(self) -> str | None:
+        """Events with the same key are applied once: LINE ``webhookEventId``, a purchase's
+        ``order_id``, or an explicit ``id``."""
+        if self.data.get("webhookEventId"):
+            return f"line:{self.data['webhookEventId']}"
+        if self.type == "purchase" and self.data.get("order_id"):
+            return f"order:{self.data['order_id']}"
+        if self.id:
+            return f"id:{self.id}"
+        return None
+
+
+class EventError(ValueError):
+    """A malformed event: ``line`` is its line (or index) in the batch, ``field`` the bad field."""
+
+    def __init__(self, line: int | None, field: str | None, message: str):
+        self.line, self.field, self.message = line, field, message
+        where = f"line {line}" if line is not None else "event"
+        what = f" field `{field}`" if field else ""
+        super().__init__(f"{where}:{what} {message}".replace(": ", ": ", 1))
