@@ -1,0 +1,517 @@
+"""``messages.yaml``: what the rules send, as LINE message objects, checked against LINE's limits.
+
+::
+
+    greeting: "友だち追加ありがとうございます！"          # shorthand: one text message
+    coupon15:                                          # a list of LINE message objects
+      - type: text
+        text: "{{ friend.display_name }}さん、初回15%OFFクーポンです"
+      - type: template
+        altText: 初回15%OFFクーポン
+        template: {type: buttons, text: ..., actions: [...]}
+
+:func:`load_messages` never raises: problems are :class:`Diagnostic` values at the key or value
+at fault. :func:`check_objects` is the one set of LINE limit checks; the loader runs it on the
+objects as written and ``render.render_message`` runs it again on what is actually sent.
+Every string holding ``{{`` or ``{%`` is a Liquid template, parsed here once and cached.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+import yaml
+from liquid import BoundTemplate, Environment
+from liquid.exceptions import LiquidError
+
+from . import ir
+from .diagnostics import Diagnostic, did_you_mean
+from .settings import NAME_RE
+from .yamlpos import Path, YamlFile
+
+MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
+                 "template", "flex")
+ACTION_TYPES = ("postback", "message", "uri", "datetimepicker", "camera", "cameraRoll",
+                "location", "richmenuswitch", "clipboard")
+TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
+URI_SCHEMES = ("https", "http", "line", "tel")
+TEMPLATE_VARIABLES = ("friend", "rule", "sale")
+
+MAX_OBJECTS = 5
+TEXT_LIMIT = 5000
+ALT_TEXT_LIMIT = 1500
+MEDIA_URL_LIMIT = 2000
+URI_LIMIT = 1000
+DATA_LIMIT = 300
+LABEL_LIMIT = 20
+FLEX_LABEL_LIMIT = 40
+QUICK_REPLY_ITEMS = 13
+FLEX_BUBBLE_BYTES = 30_000
+FLEX_CAROUSEL_BYTES = 50_000
+FLEX_CAROUSEL_BUBBLES = 12
+
+
+# ----------------------------------------------------------------------------- Liquid
+
+
+class MessageEnvironment(Environment):
+    """Liquid for message text: no file system, no include/render, bounded loops and output."""
+
+    loop_iteration_limit = 1000
+    output_stream_limit = 100_000
+    local_namespace_limit = 100_000
+    context_depth_limit = 10
+
+
+LIQUID = MessageEnvironment()
+for _tag in ("include", "render"):
+    LIQUID.tags.pop(_tag, None)
+
+
+def is_template(value: str) -> bool:
+    """Whether a string holds Liquid markup (and is rendered per friend)."""
+    return "{{" in value or "{%" in value
+
+
+@functools.lru_cache(maxsize=8192)
+def compile_template(source: str) -> BoundTemplate:
+    """The parsed template for ``source``, compiled once. Raises LiquidError."""
+    return LIQUID.from_string(source)
+
+
+def utf16_len(text: str) -> int:
+    """Length as LINE counts it: UTF-16 code units (an emoji outside the BMP counts 2)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+# ----------------------------------------------------------------------------- limit checks
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken limit or rule, at ``path`` inside a message's list of objects.
+
+    ``path`` starts with the object's index; ``key`` points at the key rather than the value.
+    """
+    path: Path
+    message: str
+    help: str | None = None
+    key: bool = False
+
+
+class _Checker:
+    """Walks LINE message objects and collects :class:`Problem` values.
+
+    With ``as_written``, strings holding Liquid markup skip the URL scheme checks (their real
+    value is only known after rendering); length limits are always checked on the text given.
+    """
+
+    def __init__(self, as_written: bool):
+        self.as_written = as_written
+        self.problems: list[Problem] = []
+
+    def add(self, path: Path, message: str, help: str | None = None, *, key: bool = False) -> None:
+        self.problems.append(Problem(path, message, help, key))
+
+    # -------------------------------------------------------------- field helpers
+
+    def mapping(self, value: Any, path: Path, what: str) -> bool:
+        if isinstance(value, dict):
+            return True
+        self.add(path, f"{what} must be a mapping of fields")
+        return False
+
+    def required(self, obj: dict, path: Path, what: str, *keys: str) -> bool:
+        missing = [k for k in keys if obj.get(k) is None]
+        if missing:
+            self.add(path, f"{what} needs " + " and ".join(f"`{k}`" for k in missing))
+        return not missing
+
+    def text(self, obj: dict, path: Path, key: str, limit: int | None = None,
+             limit_why: str = "") -> str | None:
+        """A text field's value, checked for type and length when present."""
+        value = obj.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.add(path + (key,), f"`{key}` must be text", help="quote the value")
+            return None
+        if limit is not None and utf16_len(value) > limit:
+            self.add(path + (key,), f"`{key}` is {utf16_len(value):,} characters long; "
+                     f"LINE allows at most {limit:,}{limit_why}",
+                     help="LINE counts in UTF-16 units: emoji and some rare kanji count as 2")
+        return value
+
+    def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
+        """A URL field: media URLs must be https (≤ 2,000); URI actions allow http(s), line,
+        tel (≤ 1,000)."""
+        limit = MEDIA_URL_LIMIT if media else URI_LIMIT
+        value = self.text(obj, path, key, limit)
+        if value is None or (self.as_written and is_template(value)):
+            return
+        scheme = urlsplit(value).scheme.lower() if "://" in value or value.startswith("tel:") else ""
+        if media and scheme != "https":
+            self.add(path + (key,), f"`{key}` must be an https:// URL",
+                     help="LINE only loads images and videos over HTTPS")
+        elif not media and scheme not in URI_SCHEMES:
+            self.add(path + (key,), f"`{key}` must start with https://, http://, line:// or tel:")
+
+    def count(self, value: Any, path: Path, what: str, low: int, high: int) -> list | None:
+        if not isinstance(value, list):
+            self.add(path, f"{what} must be a list")
+            return None
+        if not low <= len(value) <= high:
+            span = f"exactly {low}" if low == high else f"{low} to {high}"
+            self.add(path, f"{what} has {len(value)} entries; LINE allows {span}")
+        return value
+
+    # -------------------------------------------------------------- objects
+
+    def objects(self, objects: Sequence[Any]) -> None:
+        if not 1 <= len(objects) <= MAX_OBJECTS:
+            where = (MAX_OBJECTS,) if len(objects) > MAX_OBJECTS else ()
+            self.add(where, f"a message may hold 1 to {MAX_OBJECTS} objects, this one has {len(objects)}",
+                     help="LINE sends at most 5 objects at once; split it into two messages")
+        for i, obj in enumerate(objects):
+            self.json_values(obj, (i,))
+            if self.mapping(obj, (i,), "a message object"):
+                self.message(obj, (i,))
+
+    def json_values(self, value: Any, path: Path) -> None:
+        """Everything sent must be JSON: dates and times written unquoted are not."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.json_values(v, path + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.json_values(v, path + (i,))
+        elif isinstance(value, (dt.date, dt.time)):
+            self.add(path, "this value is read as a date; quote it to send it as text")
+
+    def message(self, obj: dict, path: Path) -> None:
+        kind = obj.get("type")
+        if kind not in MESSAGE_TYPES:
+            if kind is None:
+                self.add(path, "a message object needs a `type`",
+                         help="one of " + ", ".join(MESSAGE_TYPES))
+            else:
+                self.add(path + ("type",), f"unknown message type `{kind}`",
+                         help=did_you_mean(str(kind), MESSAGE_TYPES))
+            return
+        getattr(self, f"msg_{kind}")(obj, path)
+        if "quickReply" in obj:
+            self.quick_reply(obj["quickReply"], path + ("quickReply",))
+
+    def msg_text(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a text message", "text")
+        self.text(obj, path, "text", TEXT_LIMIT)
+
+    def msg_sticker(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a sticker message", "packageId", "stickerId")
+
+    def msg_image(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "an image message", "originalContentUrl", "previewImageUrl")
+        self.url(obj, path, "originalContentUrl", media=True)
+        self.url(obj, path, "previewImageUrl", media=True)
+
+    def msg_video(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a video message", "originalContentUrl", "previewImageUrl")
+        self.url(obj, path, "originalContentUrl", media=True)
+        self.url(obj, path, "previewImageUrl", media=True)
+
+    def msg_audio(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "an audio message", "originalContentUrl", "duration")
+        self.url(obj, path, "originalContentUrl", media=True)
+
+    def msg_location(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a location message", "title", "address", "latitude", "longitude")
+        self.text(obj, path, "title", 100)
+        self.text(obj, path, "address", 100)
+
+    def msg_imagemap(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "an imagemap message", "baseUrl", "altText", "baseSize", "actions")
+        self.url(obj, path, "baseUrl", media=True)
+        self.text(obj, path, "altText", ALT_TEXT_LIMIT)
+        actions = obj.get("actions")
+        if actions is not None and self.count(actions, path + ("actions",), "`actions`", 1, 50):
+            for i, action in enumerate(actions):
+                ap = path + ("actions", i)
+                if not self.mapping(action, ap, "an imagemap action"):
+                    continue
+                kind = action.get("type")
+                if kind == "uri":
+                    self.required(action, ap, "a uri action", "linkUri")
+                    self.url(action, ap, "linkUri", media=False)
+                elif kind == "message":
+                    self.required(action, ap, "a message action", "text")
+                    self.text(action, ap, "text", 400)
+                elif kind == "clipboard":
+                    self.required(action, ap, "a clipboard action", "clipboardText")
+                    self.text(action, ap, "clipboardText", 1000)
+                else:
+                    self.add(ap + ("type",), f"unknown imagemap action type `{kind}`",
+                             help="one of `uri`, `message`, `clipboard`")
+                self.text(action, ap, "label", 100)
+
+    def msg_template(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a template message", "altText", "template")
+        self.text(obj, path, "altText", ALT_TEXT_LIMIT)
+        tpl = obj.get("template")
+        tp = path + ("template",)
+        if tpl is None or not self.mapping(tpl, tp, "`template`"):
+            return
+        kind = tpl.get("type")
+        if kind == "buttons":
+            self.buttons(tpl, tp)
+        elif kind == "confirm":
+            self.required(tpl, tp, "a confirm template", "text", "actions")
+            self.text(tpl, tp, "text", 240)
+            self.actions(tpl, tp, 2, 2, "a confirm template")
+        elif kind == "carousel":
+            self.carousel(tpl, tp)
+        elif kind == "image_carousel":
+            self.required(tpl, tp, "an image carousel template", "columns")
+            columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+            for i, col in enumerate(columns or ()):
+                cp = tp + ("columns", i)
+                if self.mapping(col, cp, "a column"):
+                    self.required(col, cp, "an image carousel column", "imageUrl", "action")
+                    self.url(col, cp, "imageUrl", media=True)
+                    if col.get("action") is not None:
+                        self.action(col["action"], cp + ("action",), LABEL_LIMIT, False)
+        else:
+            self.add(tp + ("type",) if kind is not None else tp,
+                     f"unknown template type `{kind}`" if kind is not None else "`template` needs a `type`",
+                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else "one of " + ", ".join(TEMPLATE_TYPES))
+
+    def buttons(self, tpl: dict, tp: Path) -> None:
+        self.required(tpl, tp, "a buttons template", "text", "actions")
+        framed = tpl.get("thumbnailImageUrl") is not None or tpl.get("title") is not None
+        self.text(tpl, tp, "text", 60 if framed else 160,
+                  " with an image or title" if framed else "")
+        self.text(tpl, tp, "title", 40)
+        self.url(tpl, tp, "thumbnailImageUrl", media=True)
+        self.actions(tpl, tp, 1, 4, "a buttons template")
+        if tpl.get("defaultAction") is not None:
+            self.action(tpl["defaultAction"], tp + ("defaultAction",), LABEL_LIMIT, False)
+
+    def carousel(self, tpl: dict, tp: Path) -> None:
+        self.required(tpl, tp, "a carousel template", "columns")
+        columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+        counts: list[tuple[int, int]] = []
+        for i, col in enumerate(columns or ()):
+            cp = tp + ("columns", i)
+            if not self.mapping(col, cp, "a column"):
+                continue
+            self.required(col, cp, "a carousel column", "text", "actions")
+            framed = col.get("thumbnailImageUrl") is not None or col.get("title") is not None
+            self.text(col, cp, "text", 60 if framed else 120,
+                      " with an image or title" if framed else "")
+            self.text(col, cp, "title", 40)
+            self.url(col, cp, "thumbnailImageUrl", media=True)
+            acts = self.actions(col, cp, 1, 3, "a carousel column")
+            if acts is not None:
+                counts.append((i, len(acts)))
+        if counts and any(n != counts[0][1] for _, n in counts):
+            i, n = next((i, n) for i, n in counts if n != counts[0][1])
+            self.add(tp + ("columns", i, "actions"),
+                     f"this column has {n} actions but the first has {counts[0][1]}",
+                     help="LINE needs the same number of actions in every carousel column")
+
+    def actions(self, obj: dict, path: Path, low: int, high: int, what: str) -> list | None:
+        if obj.get("actions") is None:
+            return None
+        actions = self.count(obj["actions"], path + ("actions",), f"`actions` of {what}", low, high)
+        for i, action in enumerate(actions or ()):
+            self.action(action, path + ("actions", i), LABEL_LIMIT, True)
+        return actions
+
+    def action(self, action: Any, path: Path, label_limit: int, label_required: bool) -> None:
+        if not self.mapping(action, path, "an action"):
+            return
+        kind = action.get("type")
+        if kind not in ACTION_TYPES:
+            self.add(path + ("type",) if kind is not None else path,
+                     f"unknown action type `{kind}`" if kind is not None else "an action needs a `type`",
+                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else "one of " + ", ".join(ACTION_TYPES))
+            return
+        if label_required:
+            self.required(action, path, f"a {kind} action", "label")
+        self.text(action, path, "label", label_limit)
+        if kind == "uri":
+            self.required(action, path, "a uri action", "uri")
+            self.url(action, path, "uri", media=False)
+            alt = action.get("altUri")
+            if alt is not None and self.mapping(alt, path + ("altUri",), "`altUri`"):
+                self.url(alt, path + ("altUri",), "desktop", media=False)
+        elif kind == "postback":
+            self.required(action, path, "a postback action", "data")
+            for key in ("data", "displayText", "text"):
+                self.text(action, path, key, DATA_LIMIT)
+        elif kind == "message":
+            self.required(action, path, "a message action", "text")
+            self.text(action, path, "text", DATA_LIMIT)
+        elif kind == "datetimepicker":
+            self.required(action, path, "a datetimepicker action", "data", "mode")
+            self.text(action, path, "data", DATA_LIMIT)
+        elif kind == "richmenuswitch":
+            self.required(action, path, "a richmenuswitch action", "richMenuAliasId", "data")
+            self.text(action, path, "data", DATA_LIMIT)
+        elif kind == "clipboard":
+            self.required(action, path, "a clipboard action", "clipboardText")
+            self.text(action, path, "clipboardText", 1000)
+
+    def msg_flex(self, obj: dict, path: Path) -> None:
+        self.required(obj, path, "a flex message", "altText", "contents")
+        self.text(obj, path, "altText", ALT_TEXT_LIMIT)
+        contents = obj.get("contents")
+        cp = path + ("contents",)
+        if contents is None or not self.mapping(contents, cp, "`contents`"):
+            return
+        kind = contents.get("type")
+        size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+        if kind == "bubble":
+            if size > FLEX_BUBBLE_BYTES:
+                self.add(cp, f"this bubble is {size:,} bytes of JSON; LINE allows at most {FLEX_BUBBLE_BYTES:,}")
+        elif kind == "carousel":
+            bubbles = self.count(contents.get("contents"), cp + ("contents",),
+                                 "the carousel's `contents`", 1, FLEX_CAROUSEL_BUBBLES)
+            if size > FLEX_CAROUSEL_BYTES:
+                self.add(cp, f"this carousel is {size:,} bytes of JSON; LINE allows at most {FLEX_CAROUSEL_BYTES:,}")
+            for i, bubble in enumerate(bubbles or ()):
+                if isinstance(bubble, dict) and bubble.get("type") != "bubble":
+                    self.add(cp + ("contents", i), "a flex carousel holds only bubbles (`type: bubble`)")
+        else:
+            self.add(cp + ("type",) if kind is not None else cp,
+                     "flex `contents` must be a `bubble` or a `carousel`")
+            return
+        self.flex_parts(contents, cp)
+
+    def flex_parts(self, value: Any, path: Path) -> None:
+        """Actions (labels ≤ 40) and media URLs anywhere inside flex contents."""
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                self.flex_parts(v, path + (i,))
+            return
+        if not isinstance(value, dict):
+            return
+        if value.get("type") in ("image", "video") and "url" in value:
+            self.url(value, path, "url", media=True)
+        if value.get("type") == "video" and "previewUrl" in value:
+            self.url(value, path, "previewUrl", media=True)
+        for key, v in value.items():
+            if key == "action" and v is not None:
+                self.action(v, path + (key,), FLEX_LABEL_LIMIT, False)
+            elif isinstance(v, (dict, list)):
+                self.flex_parts(v, path + (key,))
+
+    def quick_reply(self, qr: Any, path: Path) -> None:
+        if not self.mapping(qr, path, "`quickReply`") or not self.required(qr, path, "`quickReply`", "items"):
+            return
+        items = self.count(qr["items"], path + ("items",), "quick reply `items`", 1, QUICK_REPLY_ITEMS)
+        for i, item in enumerate(items or ()):
+            ip = path + ("items", i)
+            if not self.mapping(item, ip, "a quick reply item"):
+                continue
+            self.required(item, ip, "a quick reply item", "action")
+            if item.get("imageUrl") is not None:
+                self.url(item, ip, "imageUrl", media=True)
+            if item.get("action") is not None:
+                self.action(item["action"], ip + ("action",), LABEL_LIMIT, True)
+
+
+def check_objects(objects: Sequence[Any], *, as_written: bool = False) -> list[Problem]:
+    """Every broken LINE limit in one message's list of objects (empty: all good)."""
+    checker = _Checker(as_written)
+    checker.objects(objects)
+    return checker.problems
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[Diagnostic]]:
+    """Read ``messages.yaml`` into message definitions; an empty file defines none."""
+    f = YamlFile(path, text)
+    root = f.root
+    defs: dict[str, ir.MessageDef] = {}
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        return defs, f.diagnostics
+    if not isinstance(root, yaml.MappingNode):
+        f.error(f.span(root), "messages.yaml must map message names to messages",
+                help='e.g. greeting: "友だち追加ありがとうございます！"')
+        return defs, f.diagnostics
+    for name, key_node, value_node in f.items(root):
+        if not NAME_RE.fullmatch(name):
+            f.error(f.span(key_node), f"`{name}` is not a valid message name",
+                    help="a name starts with a letter and continues with letters, digits, _ or -")
+            continue
+        defn = _definition(f, name, value_node)
+        if defn is not None:
+            defs[name] = defn
+    return defs, f.diagnostics
+
+
+def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None:
+    """One name's message, or None after reporting what is wrong with it."""
+    errors = sum(d.is_error for d in f.diagnostics)
+    value = f.plain(node, (name,))
+    if isinstance(value, str):
+        objects: list = [{"type": "text", "text": value}]
+        located = lambda p: (name,)  # noqa: E731  (the shorthand is one node)
+    elif isinstance(value, dict):
+        objects = [value]
+        located = lambda p: (name,) + p[1:]  # noqa: E731
+    elif isinstance(value, list):
+        objects = value
+        located = lambda p: (name,) + p  # noqa: E731
+    else:
+        if sum(d.is_error for d in f.diagnostics) == errors:
+            f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
+                    help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
+        return None
+    for problem in check_objects(objects, as_written=True):
+        f.error(f.span_at(located(problem.path), key=problem.key), problem.message, problem.help)
+    _check_liquid(f, value, (name,))
+    if sum(d.is_error for d in f.diagnostics) > errors:
+        return None
+    return ir.MessageDef(name, tuple(_normalise(o) for o in objects), span=f.span(node))
+
+
+def _normalise(obj: dict) -> dict:
+    """Sticker ids written as numbers become the strings LINE expects."""
+    if obj.get("type") == "sticker":
+        return {k: str(v) if k in ("packageId", "stickerId") else v for k, v in obj.items()}
+    return obj
+
+
+def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
+    """Parse every template string once (warming the cache), reporting errors at its line."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_liquid(f, v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_liquid(f, v, path + (i,))
+    elif isinstance(value, str) and is_template(value):
+        node = f.nodes[path]
+        try:
+            analysis = compile_template(value).analyze()
+        except LiquidError as e:
+            ctx = e.context()
+            where = f.string_line_span(node, ctx[0] - 1, ctx[1]) if ctx else f.span(node)
+            f.error(where, f"template error: {e.message}",
+                    help="see docs/messages.md for the template syntax")
+            return
+        for flt in analysis.filters:
+            if flt not in LIQUID.filters:
+                f.error(f.span(node), f"unknown template filter `{flt}`",
+                        help=did_you_mean(flt, LIQUID.filters))
+        for var in analysis.globals:
+            if var not in TEMPLATE_VARIABLES:
+                f.warning(f.span(node), f"unknown template variable `{var}` renders as nothing",
+                          help=did_you_mean(var, TEMPLATE_VARIABLES))

@@ -1,0 +1,143 @@
+"""``sale_calendar.yaml``: the shop's sales, which ``sale ... starts|ends`` triggers follow.
+
+::
+
+    sales:
+      - name: super_sale_2026_12
+        title: 楽天スーパーSALE
+        kind: super_sale
+        starts: 2026-12-04 20:00
+        ends: 2026-12-11 01:59
+        url: https://shop.example.jp/sale
+
+Times are local to the configured zone unless they carry an offset. :func:`load_sales` never
+raises; every problem is a :class:`Diagnostic` at the value's line and column.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import ir
+from .diagnostics import Diagnostic, did_you_mean
+from .settings import NAME_RE
+from .yamlpos import YamlFile
+
+FIELDS = ("name", "title", "kind", "starts", "ends", "url")
+REQUIRED = ("name", "title", "starts", "ends")
+_SLASH_DATE = re.compile(r"(\d{4})/(\d{1,2})/(\d{1,2})")
+
+
+def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
+    """A sale time as an aware datetime in ``tz``.
+
+    Accepts ``2026-12-04 20:00``, ``2026-12-04T20:00:00+09:00``, ``2026/12/04 20:00``, a bare
+    date (00:00 local), and the date/datetime objects YAML makes of unquoted values.
+    Raises ValueError when it is none of these.
+    """
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime.combine(value, dt.time())
+    elif isinstance(value, str):
+        text = _SLASH_DATE.sub(lambda m: f"{m[1]}-{int(m[2]):02d}-{int(m[3]):02d}", value.strip())
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"`{value}` is not a date and time") from None
+    else:
+        raise ValueError(f"`{value}` is not a date and time")
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=tz)
+    return moment.astimezone(tz)
+
+
+def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
+    """Read ``sale_calendar.yaml``; an empty file means no sales."""
+    f = YamlFile(path, text)
+    root = f.root
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        return (), f.diagnostics
+    if not isinstance(root, yaml.MappingNode):
+        f.error(f.span(root), "sale_calendar.yaml must be a mapping with a `sales:` list",
+                help="start the file with `sales:` and list one sale per item")
+        return (), f.diagnostics
+    sales_node = None
+    for key, key_node, value_node in f.items(root):
+        if key == "sales":
+            sales_node = value_node
+        else:
+            f.error(f.span(key_node), f"unknown key `{key}`", help=did_you_mean(key, ["sales"]))
+    if sales_node is None:
+        return (), f.diagnostics
+    items = f.plain(sales_node, ("sales",))
+    if items is None:
+        return (), f.diagnostics
+    if not isinstance(items, list):
+        f.error(f.span(sales_node), "`sales` must be a list of sales",
+                help="write each sale as an item starting with `- name: ...`")
+        return (), f.diagnostics
+    sales: list[ir.Sale] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        sale = _sale(f, ("sales", i), item, tz)
+        if sale is None:
+            continue
+        if sale.name in seen:
+            f.error(f.span_at(("sales", i, "name")), f"duplicate sale name `{sale.name}`",
+                    help=f"sale {seen[sale.name] + 1} already uses it; give each sale its own name")
+            continue
+        seen[sale.name] = i
+        sales.append(sale)
+    return tuple(sales), f.diagnostics
+
+
+def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None:
+    """One sale, or None after reporting what is wrong with it."""
+    if not isinstance(item, dict):
+        f.error(f.span_at(path), "a sale must be a mapping with name, title, starts and ends")
+        return None
+    errors = len(f.diagnostics)
+    for key in item:
+        if key not in FIELDS:
+            f.error(f.span_at(path + (key,), key=True), f"unknown sale field `{key}`",
+                    help=did_you_mean(key, FIELDS))
+    missing = [k for k in REQUIRED if item.get(k) is None]
+    if missing:
+        f.error(f.span_at(path), "sale is missing " + ", ".join(f"`{k}`" for k in missing),
+                help="every sale needs name, title, starts and ends")
+    for key in ("name", "kind"):
+        value = item.get(key)
+        if value is not None and not (isinstance(value, str) and NAME_RE.fullmatch(value)):
+            f.error(f.span_at(path + (key,)), f"`{value}` is not a valid sale {key}",
+                    help="a name starts with a letter and continues with letters, digits, _ or -")
+    title = item.get("title")
+    if title is not None and (not isinstance(title, str) or not title.strip()):
+        f.error(f.span_at(path + ("title",)), "`title` must be text")
+    times: dict[str, dt.datetime] = {}
+    for key in ("starts", "ends"):
+        if item.get(key) is None:
+            continue
+        try:
+            times[key] = parse_time(item[key], tz)
+        except ValueError as e:
+            f.error(f.span_at(path + (key,)), str(e),
+                    help="write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
+                         "or a date `2026-12-04`")
+    if len(times) == 2 and times["ends"] <= times["starts"]:
+        f.error(f.span_at(path + ("ends",)), "the sale ends before it starts",
+                help=f"it starts {times['starts'].isoformat()}; `ends` must be later")
+    url = item.get("url")
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme != "https" or not parts.netloc:
+            f.error(f.span_at(path + ("url",)), f"`url` must be an https:// link, not `{url}`")
+    if len(f.diagnostics) > errors:
+        return None
+    return ir.Sale(name=item["name"], title=title, starts=times["starts"], ends=times["ends"],
+                   kind=item.get("kind"), url=url, span=f.span_at(path))

@@ -1,0 +1,188 @@
+"""``settings.yaml``: the time zone, delivery window, caps, quota, rich menus and link options.
+
+:func:`load_settings` never raises: every problem is a :class:`Diagnostic` pointing at the key
+or value at fault, and the returned :class:`ir.Settings` holds the defaults for anything that
+is absent or invalid. See docs/settings.md for every setting.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import re
+import zoneinfo
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import ir
+from .diagnostics import Diagnostic, did_you_mean
+from .yamlpos import YamlFile
+
+NAME_RE = re.compile(r"[^\W\d][\w-]*")
+RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
+_WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
+
+#: Environment variables that override the LINE Login settings (keep secrets out of git).
+ENV_LOGIN_CHANNEL_ID = "LINE_LOGIN_CHANNEL_ID"
+ENV_LOGIN_CHANNEL_SECRET = "LINE_LOGIN_CHANNEL_SECRET"
+
+
+@functools.lru_cache(maxsize=1)
+def available_zones() -> frozenset[str]:
+    """The IANA zone names this machine knows (the ``tzdata`` package at least)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def parse_window(text: str) -> tuple[dt.time, dt.time]:
+    """``"09:00-21:00"`` -> (09:00, 21:00). Raises ValueError with a marketer-facing message."""
+    m = _WINDOW_RE.fullmatch(text)
+    if not m:
+        raise ValueError(f"`{text}` is not a delivery window like `09:00-21:00`")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    for h, mi in ((h1, m1), (h2, m2)):
+        if h > 23 or mi > 59:
+            raise ValueError(f"`{h:02d}:{mi:02d}` is not a time of day (00:00 to 23:59)")
+    start, end = dt.time(h1, m1), dt.time(h2, m2)
+    if start == end:
+        raise ValueError(f"the window `{text.strip()}` starts and ends at the same time")
+    return start, end
+
+
+def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
+    """Read ``settings.yaml``. Absent file content (empty text) means all defaults.
+
+    ``LINE_LOGIN_CHANNEL_ID`` / ``LINE_LOGIN_CHANNEL_SECRET`` from the environment take
+    precedence over the file's ``login_channel_id`` / ``login_channel_secret``.
+    """
+    f = YamlFile(path, text)
+    values: dict[str, Any] = {}
+    if f.root is not None and not (isinstance(f.root, yaml.ScalarNode) and f.root.tag.endswith(":null")):
+        if not isinstance(f.root, yaml.MappingNode):
+            f.error(f.span(f.root), "settings.yaml must be a mapping of settings",
+                    help="write one setting per line, e.g. `timezone: Asia/Tokyo`")
+        else:
+            for key, key_node, value_node in f.items(f.root):
+                check = _CHECKS.get(key)
+                if check is None:
+                    f.error(f.span(key_node), f"unknown setting `{key}`",
+                            help=did_you_mean(key, _CHECKS))
+                    continue
+                value = f.plain(value_node, (key,))
+                if value is None:
+                    continue
+                ok = check(f, (key,), value)
+                if ok is not None:
+                    values[key] = ok
+    env_id = os.environ.get(ENV_LOGIN_CHANNEL_ID)
+    env_secret = os.environ.get(ENV_LOGIN_CHANNEL_SECRET)
+    if env_id:
+        values["login_channel_id"] = env_id
+    if env_secret:
+        values["login_channel_secret"] = env_secret
+    root_span = f.span(f.root) if f.root is not None else None
+    return ir.Settings(**values, span=root_span), f.diagnostics
+
+
+# ---------------------------------------------------------------------------- one check per key
+# Each returns the value for ir.Settings, or None after reporting an error.
+
+
+def _timezone(f: YamlFile, path, value: Any) -> str | None:
+    if not isinstance(value, str) or value not in available_zones():
+        shown = value if isinstance(value, str) else repr(value)
+        f.error(f.span_at(path), f"unknown time zone `{shown}`",
+                help=did_you_mean(str(value), available_zones()) if isinstance(value, str)
+                else "use an IANA zone name such as `Asia/Tokyo`")
+        return None
+    return value
+
+
+def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
+    if not isinstance(value, str):
+        f.error(f.span_at(path), "`window` must be text like \"09:00-21:00\"",
+                help="quote it: window: \"09:00-21:00\"")
+        return None
+    try:
+        start, end = parse_window(value)
+    except ValueError as e:
+        f.error(f.span_at(path), str(e),
+                help="write the local opening and closing times, e.g. \"09:00-21:00\" "
+                     "(an end before the start runs over midnight)")
+        return None
+    return ir.Window(start, end, span=f.span_at(path))
+
+
+def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
+    def check(f: YamlFile, path, value: Any) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            f.error(f.span_at(path), f"`{name}` must be a whole number of at least 1, not `{value}`")
+            return None
+        return value
+    return check
+
+
+def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(value, dict):
+        f.error(f.span_at(path), "`rich_menus` must map menu names to rich menu ids",
+                help="e.g. rich_menus: {member: richmenu-0123456789abcdef0123456789abcdef}")
+        return None
+    menus = []
+    for name, rid in value.items():
+        where = path + (name,)
+        if not NAME_RE.fullmatch(name):
+            f.error(f.span_at(where, key=True), f"`{name}` is not a valid menu name",
+                    help="a name starts with a letter and continues with letters, digits, _ or -")
+        elif not isinstance(rid, str) or not RICH_MENU_ID_RE.fullmatch(rid):
+            f.error(f.span_at(where), f"`{rid}` is not a rich menu id",
+                    help="a rich menu id is `richmenu-` followed by 32 hexadecimal characters, "
+                         "as shown by LINE when the menu is created")
+        else:
+            menus.append((name, rid))
+    return tuple(menus)
+
+
+def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
+    def check(f: YamlFile, path, value: Any) -> bool | None:
+        if not isinstance(value, bool):
+            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`")
+            return None
+        return value
+    return check
+
+
+def _base_url(f: YamlFile, path, value: Any) -> str | None:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme != "https" or not parts.netloc:
+        f.error(f.span_at(path), f"`base_url` must be an https:// URL, not `{value}`",
+                help="the public address of the runner, e.g. https://line.shop.example.jp")
+        return None
+    return value.rstrip("/")
+
+
+def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], str | None]:
+    def check(f: YamlFile, path, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+            f.error(f.span_at(path), f"`{name}` must be text, not `{value}`")
+            return None
+        if secret:
+            f.warning(f.span_at(path), f"`{name}` is a secret kept in git",
+                      help=f"remove it here and set the environment variable {ENV_LOGIN_CHANNEL_SECRET} "
+                           "where the runner runs")
+        return str(value)
+    return check
+
+
+_CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
+    "timezone": _timezone,
+    "window": _window,
+    "max_per_day": _positive_int("max_per_day"),
+    "monthly_quota": _positive_int("monthly_quota"),
+    "rich_menus": _rich_menus,
+    "utm": _bool("utm"),
+    "attribution_days": _positive_int("attribution_days"),
+    "base_url": _base_url,
+    "login_channel_id": _text("login_channel_id"),
+    "login_channel_secret": _text("login_channel_secret", secret=True),
+}
