@@ -1,0 +1,450 @@
+"""The runner's two loops, its lease on the database, signals and rule reloads.
+
+One process, one asyncio event loop, one thread: the HTTP server (engine/server.py), the tick
+loop and the dispatch loop take turns, so the SQLite store is only ever used from one thread
+and a tick never interleaves with a batch of incoming events.
+
+- The **tick loop** runs ``engine.tick(now)`` every ``tick_seconds`` (sooner when the engine
+  has something due, or at once when a webhook asks for an answer), renews the lease, and
+  reloads the rules on SIGHUP or when a file in the rule folder changes.
+- The **dispatch loop** claims due outbox rows (the store marks them in flight), sends them
+  with the dispatcher and records each outcome. A row is never deleted before its outcome is
+  recorded; rows left in flight by a crash are sent again on restart with the same retry key.
+- First SIGTERM/SIGINT: finish the current tick and the requests in flight, then exit 0.
+  Second: exit at once (status 1). Signal handlers only set flags.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import ir
+from .diagnostics import has_errors, render_text
+from .metrics import Metrics
+
+log = logging.getLogger("linerules.runner")
+
+DEFAULT_API_ENDPOINT = "https://api.line.me"
+DRY_RUN_MESSAGE = ("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
+                   "nothing is sent to LINE")
+#: Outbox rows claimed per dispatch batch.
+BATCH = 100
+#: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
+DISPATCH_POLL = 1.0
+#: Longest backoff between attempts of one row, seconds.
+MAX_BACKOFF = 300
+
+
+class StartupError(Exception):
+    """The runner cannot start; the message is one clear line for the operator."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Everything the runner reads from its flags and environment (docs/operations.md)."""
+    rules_dir: Path
+    db: Path
+    listen: str = "127.0.0.1:8080"
+    tick_seconds: float = 60.0
+    channel_secret: str | None = None        # LINE_CHANNEL_SECRET
+    access_token: str | None = None          # LINE_CHANNEL_ACCESS_TOKEN
+    api_endpoint: str = DEFAULT_API_ENDPOINT  # LINE_API_ENDPOINT
+    api_token: str | None = None             # LINERULES_API_TOKEN
+    base_url: str | None = None              # LINERULES_BASE_URL (else settings.base_url)
+    login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
+    login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
+    join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, rules_dir: str | Path, db: str | Path,
+                 listen: str = "127.0.0.1:8080", tick_seconds: float = 60.0) -> "RunnerConfig":
+        """Flags plus the environment; empty variables count as unset."""
+        get = lambda name: env.get(name) or None  # noqa: E731
+        return cls(rules_dir=Path(rules_dir), db=Path(db), listen=listen,
+                   tick_seconds=float(tick_seconds),
+                   channel_secret=get("LINE_CHANNEL_SECRET"),
+                   access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
+                   api_endpoint=(get("LINE_API_ENDPOINT") or DEFAULT_API_ENDPOINT).rstrip("/"),
+                   api_token=get("LINERULES_API_TOKEN"),
+                   base_url=get("LINERULES_BASE_URL"),
+                   login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
+                   login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
+                   join_redirect=get("LINERULES_JOIN_REDIRECT"),
+                   env=dict(env))
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.access_token
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise StartupError(f"--listen `{self.listen}` is not HOST:PORT, e.g. 127.0.0.1:8080")
+        return host.strip("[]"), int(port)
+
+
+def load_rules(rules_dir: Path):
+    """``load_project`` plus the verdict: (project or None, the diagnostics as text)."""
+    from .project import load_project
+
+    result = load_project(str(rules_dir))
+    text = render_text(result.diagnostics, result.sources)
+    if result.project is None or has_errors(result.diagnostics):
+        return None, text
+    return result.project, text
+
+
+def rules_fingerprint(rules_dir: Path) -> tuple:
+    """(path, mtime, size) of every file in the rule folder: changes when any file does."""
+    try:
+        files = sorted(p for p in rules_dir.rglob("*") if p.is_file())
+        return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    except OSError:
+        return ()
+
+
+def owner_id() -> str:
+    """This process's lease owner id: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def first_of_next_month(now: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """00:00 local on the first day of the month after ``now`` (LINE's monthly quota resets)."""
+    local = now.astimezone(tz)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return dt.datetime(year, month, 1, tzinfo=tz)
+
+
+def backoff_seconds(attempts: int) -> int:
+    """2, 4, 8 ... seconds, at most :data:`MAX_BACKOFF`."""
+    return min(2 ** max(1, attempts), MAX_BACKOFF)
+
+
+class Runner:
+    """The runner's state: project, store, engine, dispatcher, metrics, flags and loops."""
+
+    def __init__(self, config: RunnerConfig, project: ir.Project, store: Any, engine: Any,
+                 dispatcher: Any, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+        self.config = config
+        self.project = project
+        self.store = store
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.owner = owner_id()
+        self.metrics = Metrics()
+        self.started_at = self.clock()
+        self.last_tick: dt.datetime | None = None
+        self.exit_code = 0
+        self.stopping = False
+        self.signals = 0
+        self._reload_requested = False
+        self._fingerprint = rules_fingerprint(config.rules_dir)
+        self._tick_wake = asyncio.Event()
+        self._dispatch_wake = asyncio.Event()
+        self._force = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
+        self.metrics.gauge("linerules_outbox_backlog", "Outbox rows not yet finished.",
+                           lambda: float(self.store.outbox_backlog()))
+        self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
+                           lambda: self.last_tick.timestamp() if self.last_tick else None)
+        self.metrics.gauge("linerules_quota_remaining",
+                           "Messages left in this month's LINE quota (unknown in dry-run).",
+                           self._quota_remaining)
+        self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.",
+                           lambda: float(config.dry_run))
+
+    # ------------------------------------------------------------------ opening and closing
+
+    @classmethod
+    def open(cls, config: RunnerConfig) -> "Runner":
+        """Load the rules, open the store, take the lease and build the engine and dispatcher.
+
+        Raises StartupError (one clear line; the rule diagnostics are logged first).
+        """
+        from .dispatch import Dispatcher, make_transport
+        from .interpreter import Engine
+        from .store import Store
+
+        project, text = load_rules(config.rules_dir)
+        if project is None:
+            log.error("the rules in %s are invalid:\n%s", config.rules_dir, text.rstrip())
+            raise StartupError(f"cannot start: the rules in {config.rules_dir} are invalid "
+                               f"(run `linerules validate {config.rules_dir}`)")
+        if text:
+            log.warning("rule warnings:\n%s", text.rstrip())
+        config.host_port  # noqa: B018 - validates --listen before anything is opened
+        store = Store(str(config.db))
+        acquire_lease(store, owner_id(), config)
+        if config.dry_run:
+            log.warning(DRY_RUN_MESSAGE)
+        transport = make_transport(config.env)
+        dispatcher = Dispatcher(transport, project.settings) if _takes_settings(Dispatcher) else Dispatcher(transport)
+        engine = Engine(project, store)
+        log.info("rules loaded from %s (version %s, %d rules); database %s",
+                 config.rules_dir, project.version, len(project.rules), config.db)
+        return cls(config, project, store, engine, dispatcher)
+
+    def close(self) -> None:
+        """Release the lease and close the store."""
+        try:
+            self.store.release_lease(self.owner)
+        finally:
+            close = getattr(self.store, "close", None)
+            if close:
+                close()
+
+    # ------------------------------------------------------------------ time and zone
+
+    @property
+    def tz(self) -> dt.tzinfo:
+        return self.project.settings.tz
+
+    def now(self) -> dt.datetime:
+        return self.clock()
+
+    def local(self, when: dt.datetime) -> str:
+        """ISO 8601 in the configured zone, seconds precision."""
+        return when.astimezone(self.tz).isoformat(timespec="seconds")
+
+    def lease_ttl(self) -> int:
+        return int(max(30, 3 * self.config.tick_seconds))
+
+    # ------------------------------------------------------------------ requests from outside
+
+    def wake_tick(self) -> None:
+        """Run a tick now (e.g. a webhook carried a reply token that should be used fresh)."""
+        self._tick_wake.set()
+
+    def wake_dispatch(self) -> None:
+        self._dispatch_wake.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload the rule folder before the next tick."""
+        self._reload_requested = True
+        self._tick_wake.set()
+
+    def request_stop(self) -> None:
+        """First call: stop after the current tick and dispatch batch. Second: exit now."""
+        self.signals += 1
+        self.stopping = True
+        self._tick_wake.set()
+        self._dispatch_wake.set()
+        if self.signals > 1:
+            self._force.set()
+
+    def spawn(self, coro) -> None:
+        """Run a background job (e.g. a profile fetch) that must not hold up a request."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ the loops
+
+    async def run(self) -> int:
+        """Both loops until a stop is requested; returns the exit code."""
+        try:
+            await asyncio.gather(self._tick_loop(), self._dispatch_loop())
+        finally:
+            for task in list(self._background):
+                task.cancel()
+            self.stopped.set()
+        return self.exit_code
+
+    async def wait_force(self) -> None:
+        """Resolves on the second stop signal."""
+        await self._force.wait()
+
+    async def _tick_loop(self) -> None:
+        while not self.stopping:
+            self._tick_wake.clear()
+            try:
+                self.tick_once()
+            except Exception:
+                log.exception("tick failed; retrying at the next tick")
+            if self.stopping:
+                break
+            await self._sleep(self._tick_wake, self._seconds_to_next_tick())
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._dispatch_wake.clear()
+            try:
+                handled = await self.dispatch_once()
+            except Exception:
+                log.exception("dispatch failed; retrying shortly")
+                handled = 0
+            if self.stopping:
+                break
+            if not handled:
+                await self._sleep(self._dispatch_wake, DISPATCH_POLL)
+
+    @staticmethod
+    async def _sleep(event: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+    def _seconds_to_next_tick(self) -> float:
+        seconds = self.config.tick_seconds
+        now = self.now()
+        nxt = self.engine.next_wakeup(now)
+        if nxt is not None:
+            seconds = min(seconds, (nxt - now).total_seconds())
+        return max(0.05, seconds)
+
+    # ------------------------------------------------------------------ one tick
+
+    def tick_once(self) -> Any:
+        """Reload if asked or changed, run one engine tick, renew the lease."""
+        self.maybe_reload()
+        now = self.now()
+        started = time.perf_counter()
+        result = self.engine.tick(now)
+        self.metrics.tick_seconds.observe(time.perf_counter() - started)
+        self.last_tick = now
+        if not self.store.renew_lease(self.owner, int(now.timestamp()), self.lease_ttl()):
+            log.critical("lost the database lease (another runner took %s); stopping", self.config.db)
+            self.exit_code = 1
+            self.request_stop()
+        self.wake_dispatch()
+        return result
+
+    def maybe_reload(self) -> bool:
+        """Reload on SIGHUP or a change in the rule folder; True when the rules were replaced."""
+        fingerprint = rules_fingerprint(self.config.rules_dir)
+        if not self._reload_requested and fingerprint == self._fingerprint:
+            return False
+        why = "SIGHUP" if self._reload_requested else "rule files changed"
+        self._reload_requested = False
+        self._fingerprint = fingerprint
+        try:
+            project, text = load_rules(self.config.rules_dir)
+        except Exception:
+            log.exception("reload (%s) failed; keeping the rules in use (version %s)", why,
+                          self.project.version)
+            self.metrics.reloads.inc(result="invalid")
+            return False
+        if project is None:
+            log.error("reload (%s) refused: the rules are invalid; keeping version %s\n%s",
+                      why, self.project.version, text.rstrip())
+            self.metrics.reloads.inc(result="invalid")
+            return False
+        if project.version == self.project.version:
+            log.info("reload (%s): rules unchanged (version %s)", why, project.version)
+            return False
+        if text:
+            log.warning("rule warnings:\n%s", text.rstrip())
+        self.engine.reload(project)
+        self.project = project
+        self.metrics.reloads.inc(result="ok")
+        log.info("rules reloaded (version %s, %d rules, %s)", project.version, len(project.rules), why)
+        return True
+
+    # ------------------------------------------------------------------ one dispatch batch
+
+    async def dispatch_once(self) -> int:
+        """Claim due outbox rows, send them and record every outcome; returns the row count."""
+        now = self.now()
+        rows = self.store.claim_outbox(int(now.timestamp()), BATCH)
+        if not rows:
+            return 0
+        from .dispatch import OutboxItem
+
+        items = [OutboxItem.from_row(row) for row in rows]
+        results = await _maybe_await(self.dispatcher.send(items))
+        for row, result in zip(rows, results):
+            self._record(row, result, self.now())
+        return len(rows)
+
+    def _record(self, row: Any, result: Any, now: dt.datetime) -> None:
+        """Store one send outcome: done, rejected, held to a later time, or retried later."""
+        row_id = _field(row, "id")
+        outcome = result.outcome
+        if result.status:
+            self.metrics.line_errors.inc(status=str(result.status)) if result.status >= 400 else None
+        if outcome in ("sent", "duplicate"):
+            self.store.finish_outbox(row_id, "sent", request_id=result.request_id)
+            log.info("sent outbox %s to %s (%s%s)", row_id, _field(row, "friend"), outcome,
+                     f", request {result.request_id}" if result.request_id else "")
+        elif outcome == "rejected":
+            self.store.finish_outbox(row_id, "rejected", error=result.error)
+            log.error("LINE rejected outbox %s for %s: %s", row_id, _field(row, "friend"), result.error)
+        elif outcome == "quota":
+            until = first_of_next_month(now, self.tz)
+            self.store.hold_outbox(row_id, int(until.timestamp()))
+            log.warning("monthly quota reached; outbox %s held until %s", row_id, self.local(until))
+        else:
+            attempts = int(_field(row, "attempts", 0) or 0) + 1
+            until = now + dt.timedelta(seconds=result.retry_after or backoff_seconds(attempts))
+            self.store.hold_outbox(row_id, int(until.timestamp()))
+            log.warning("outbox %s not sent (%s); retrying at %s with the same retry key",
+                        row_id, result.error or outcome, self.local(until))
+            outcome = "retry"
+        self.metrics.pushes.inc(outcome=outcome)
+
+    def _quota_remaining(self) -> float | None:
+        value = getattr(self.dispatcher, "metrics", {}).get("quota_remaining")
+        return None if value is None else float(value)
+
+
+def _field(row: Any, name: str, default: Any = None) -> Any:
+    """A column of a store row (a mapping, sqlite3.Row or an object)."""
+    if isinstance(row, Mapping):
+        return row.get(name, default)
+    try:
+        return row[name]
+    except (KeyError, IndexError, TypeError):
+        return getattr(row, name, default)
+
+
+def _takes_settings(cls: type) -> bool:
+    return "settings" in inspect.signature(cls).parameters
+
+
+def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
+    """Take the one-runner-per-database lease or raise StartupError naming the holder.
+
+    A lease held by a process on this host that no longer exists (a crash, SIGKILL) is taken
+    over at once instead of waiting for it to expire.
+    """
+    now = int(time.time())
+    ttl = int(max(30, 3 * config.tick_seconds))
+    if store.acquire_lease(owner, now, ttl):
+        return
+    holder = store.lease_holder()
+    host, _, pid = (holder or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        log.warning("taking over the lease of %s: that process is gone", holder)
+        store.release_lease(holder)
+        if store.acquire_lease(owner, now, ttl):
+            return
+        holder = store.lease_holder()
+    raise StartupError(f"another runner ({holder}) is using {config.db}; "
+                       "only one runner may use a database at a time")

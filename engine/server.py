@@ -1,0 +1,386 @@
+"""The runner's HTTP server (aiohttp) and ``serve``, the entry point of ``linerules run``.
+
+Routes (docs/operations.md):
+
+- ``POST /callback``   LINE webhooks: signature check on the raw body, store, answer 200.
+- ``POST /events``     shop events with ``Authorization: Bearer $LINERULES_API_TOKEN``;
+                       ``application/json`` (one event or a list) or ``application/x-ndjson`` /
+                       ``application/jsonl`` (JSON Lines).
+- ``GET /healthz``     database, last tick (configured zone), outbox backlog, dry-run flag.
+- ``GET /metrics``     Prometheus text format.
+- ``GET /join/<source>``, ``GET /login/callback``   friend-add source through LINE Login.
+- ``GET /c/<token>``   tracked link: record the click, redirect to the tagged URL.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import logging
+import os
+import signal
+import sys
+from typing import Any, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from .events import Event, EventError
+from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
+from .metrics import CONTENT_TYPE
+from .runloop import Runner, RunnerConfig, StartupError
+
+log = logging.getLogger("linerules.http")
+
+RUNNER: web.AppKey[Runner] = web.AppKey("runner", Runner)
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+
+JSON_TYPES = ("application/json",)
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines",
+               "application/x-jsonlines")
+#: Event types whose webhook carries a reply token that should be used while fresh.
+ANSWERED_TYPES = ("follow", "message", "postback")
+#: Health turns bad when no tick ran for this many tick intervals.
+STALE_TICKS = 3
+#: Largest request body accepted (LINE webhooks are far smaller).
+MAX_BODY = 4 * 1024 * 1024
+
+THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>ありがとうございます</title>
+<p>友だち追加ありがとうございます。LINEに戻ってトークをご確認ください。</p>
+<p>Thank you for adding us as a friend. You can close this page and go back to LINE.</p></html>
+"""
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+
+async def callback(request: web.Request) -> web.Response:
+    """LINE webhook: verify, store, answer at once; replies go out from the next tick."""
+    runner = request.app[RUNNER]
+    from .webhook import parse_webhook, verify_signature
+
+    secret = runner.config.channel_secret
+    if not secret:
+        log.error("webhook refused: LINE_CHANNEL_SECRET is not set, so signatures cannot be checked")
+        return _reply_webhook(runner, _error(503, "webhook disabled: set LINE_CHANNEL_SECRET"))
+    body = await request.read()
+    signature = request.headers.get("x-line-signature", "")
+    if not signature or not verify_signature(secret, body, signature):
+        log.warning("webhook refused: %s x-line-signature from %s",
+                    "invalid" if signature else "missing", request.remote)
+        return _reply_webhook(runner, _error(401, "invalid signature"))
+    try:
+        events = parse_webhook(body)
+    except EventError as exc:
+        log.error("webhook with a malformed event ignored: %s", exc)
+        return _reply_webhook(runner, _error(400, str(exc), line=exc.line, field=exc.field))
+    if events:
+        result = runner.store.apply_events(events)
+        _log_events(runner, events, "webhook")
+        if any(e.type in ANSWERED_TYPES and e.reply_token for e in events):
+            runner.wake_tick()
+        if not runner.config.dry_run:
+            followers = sorted({e.friend for e in events if e.type == "follow"})
+            if followers:
+                runner.spawn(_fetch_profiles(runner, followers))
+        log.info("webhook: %d events stored, %d duplicates", result.applied, result.duplicates)
+    return _reply_webhook(runner, web.json_response({"ok": True}))
+
+
+def _reply_webhook(runner: Runner, response: web.Response) -> web.Response:
+    runner.metrics.webhooks.inc(status=str(response.status))
+    return response
+
+
+async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
+    """Store display name and language of new friends for message templates."""
+    for friend in friends:
+        try:
+            profile = await runner.dispatcher.get_profile(friend)
+        except Exception as exc:  # the profile is a nicety; the friend is already stored
+            log.warning("profile of %s not fetched: %s", friend, exc)
+            continue
+        if profile:
+            runner.store.set_profile(friend, display_name=profile.get("display_name"),
+                                     language=profile.get("language"))
+            log.info("profile of %s stored (%s)", friend, profile.get("display_name"))
+
+
+def _log_events(runner: Runner, events: list[Event], origin: str) -> None:
+    for event in events:
+        runner.metrics.events.inc(type=event.type, origin=origin)
+        log.info("event %s friend=%s at=%s via %s", event.type, event.friend,
+                 runner.local(event.at), origin)
+
+
+# ----------------------------------------------------------------------------- shop events
+
+
+async def events(request: web.Request) -> web.Response:
+    """Shop events: bearer token, JSON or JSON Lines, all applied or none (400)."""
+    runner = request.app[RUNNER]
+    from .intake import parse_events
+
+    token = runner.config.api_token
+    if not token:
+        return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return _error(401, "missing or wrong bearer token")
+    ctype = request.content_type
+    if ctype in JSON_TYPES:
+        fmt = "json"
+    elif ctype in JSONL_TYPES:
+        fmt = "jsonl"
+    else:
+        return _error(415, f"unsupported Content-Type `{ctype}`: send application/json "
+                      "(one event or a list) or application/x-ndjson (JSON Lines)")
+    text = (await request.read()).decode("utf-8", errors="replace")
+    try:
+        batch = parse_events(text, fmt=fmt)
+    except EventError as exc:
+        log.warning("POST /events rejected: %s", exc)
+        return _error(400, exc.message, line=exc.line, field=exc.field)
+    result = runner.store.apply_events(batch)
+    _log_events(runner, batch, "api")
+    if result.applied:
+        runner.wake_tick()
+    return web.json_response({"applied": result.applied, "duplicates": result.duplicates})
+
+
+# ----------------------------------------------------------------------------- health, metrics
+
+
+def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
+    """(healthy, details) as served by ``GET /healthz``."""
+    problems: list[str] = []
+    now = runner.now()
+    try:
+        runner.store.health()
+        database = "ok"
+        backlog: int | None = runner.store.outbox_backlog()
+    except Exception as exc:
+        database, backlog = f"error: {exc}", None
+        problems.append("database unreachable")
+    since = runner.last_tick or runner.started_at
+    if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
+        problems.append(f"no tick for {int((now - since).total_seconds())}s")
+    details = {
+        "status": "ok" if not problems else "unhealthy",
+        "problems": problems,
+        "database": database,
+        "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
+        "outbox_backlog": backlog,
+        "dry_run": runner.config.dry_run,
+        "rules_version": runner.project.version,
+        "timezone": runner.project.settings.timezone,
+    }
+    return not problems, details
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ok, details = health(request.app[RUNNER])
+    return web.json_response(details, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNNER].metrics.render()
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+# ----------------------------------------------------------------------------- sources and clicks
+
+
+def login_flow(runner: Runner) -> LoginFlow | None:
+    """The LINE Login settings, or None when the login channel or base URL is missing."""
+    s = runner.project.settings
+    base_url = runner.config.base_url or s.base_url
+    if not (s.login_channel_id and s.login_channel_secret and base_url):
+        return None
+    return LoginFlow(s.login_channel_id, s.login_channel_secret, base_url,
+                     authorize_url=runner.config.login_authorize_url or AUTHORIZE_URL,
+                     api_url=runner.config.login_api_url or API_URL)
+
+
+async def join(request: web.Request) -> web.Response:
+    """``/join/qr=shipping``: send the visitor through LINE Login with the add-friend prompt."""
+    runner = request.app[RUNNER]
+    flow = login_flow(runner)
+    if flow is None:
+        log.error("GET /join refused: set login_channel_id, login_channel_secret and base_url "
+                  "in settings.yaml (or LINE_LOGIN_CHANNEL_ID, LINE_LOGIN_CHANNEL_SECRET, "
+                  "LINERULES_BASE_URL)")
+        return web.Response(status=503, text="friend-add links are not configured")
+    source = request.match_info["source"]
+    try:
+        url = flow.authorize_redirect(source, int(runner.now().timestamp()))
+    except LoginError as exc:
+        return web.Response(status=404, text=str(exc))
+    raise web.HTTPFound(url)
+
+
+async def login_callback(request: web.Request) -> web.Response:
+    """LINE Login's redirect: verify state, read the user id, record the friend's source."""
+    runner = request.app[RUNNER]
+    flow = login_flow(runner)
+    if flow is None:
+        return web.Response(status=503, text="friend-add links are not configured")
+    query = request.query
+    try:
+        source = flow.verify_state(query.get("state", ""), int(runner.now().timestamp()))
+        if "code" not in query:
+            raise LoginError(f"LINE Login did not sign in ({query.get('error', 'no code')})")
+        user_id = await flow.user_id(request.app[SESSION], query["code"])
+    except LoginError as exc:
+        log.warning("login callback failed: %s", exc)
+        return web.Response(status=400, text=str(exc))
+    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+        log.error("login callback: LINE Login did not answer as expected: %s", exc)
+        return web.Response(status=502, text="LINE Login is not available; try again later")
+    runner.store.set_source(user_id, source)
+    log.info("source %s recorded for %s (friendship changed: %s)", source, user_id,
+             query.get("friendship_status_changed", "unknown"))
+    runner.wake_tick()
+    raise web.HTTPFound(runner.config.join_redirect or "/login/thanks")
+
+
+async def thanks(request: web.Request) -> web.Response:
+    return web.Response(text=THANKS_PAGE, content_type="text/html")
+
+
+async def click(request: web.Request) -> web.Response:
+    """A tracked link: record the click and redirect to the UTM-tagged URL; unknown -> 404."""
+    runner = request.app[RUNNER]
+    url = runner.store.record_click(request.match_info["token"], int(runner.now().timestamp()))
+    if url is None:
+        return web.Response(status=404, text="unknown link")
+    runner.metrics.clicks.inc()
+    raise web.HTTPFound(url)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
+    """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[RUNNER] = runner
+    app.add_routes([
+        web.post("/callback", callback),
+        web.post("/events", events),
+        web.get("/healthz", healthz),
+        web.get("/metrics", metrics),
+        web.get("/join/{source}", join),
+        web.get("/login/callback", login_callback),
+        web.get("/login/thanks", thanks),
+        web.get("/c/{token}", click),
+    ])
+
+    async def session_ctx(app: web.Application):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            app[SESSION] = session
+            yield
+
+    async def loops_ctx(app: web.Application):
+        task = asyncio.ensure_future(runner.run())
+        yield
+        runner.request_stop()
+        await task
+
+    app.cleanup_ctx.append(session_ctx)
+    if loops:
+        app.cleanup_ctx.append(loops_ctx)
+    return app
+
+
+class ZoneFormatter(logging.Formatter):
+    """Log times as ISO 8601 with offset in the configured zone."""
+
+    def __init__(self, tz: dt.tzinfo) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.tz = tz
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return dt.datetime.fromtimestamp(record.created, self.tz).isoformat(timespec="milliseconds")
+
+
+def setup_logging(tz: dt.tzinfo) -> None:
+    """One line per record on stderr, times in the configured zone."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ZoneFormatter(tz))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("LINERULES_LOG_LEVEL", "INFO").upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _zone_of(rules_dir: str) -> dt.tzinfo:
+    """The configured zone for log times before the rules are loaded (settings.yaml only)."""
+    from zoneinfo import ZoneInfo
+
+    from .settings import load_settings
+
+    try:
+        path = os.path.join(rules_dir, "settings.yaml")
+        with open(path, encoding="utf-8") as f:
+            return load_settings(path, f.read())[0].tz
+    except OSError:
+        return ZoneInfo("Asia/Tokyo")
+
+
+def serve(*, rules_dir: str, db: str, listen: str, tick_seconds: float,
+          env: Mapping[str, str] | None = None) -> int:
+    """Run the runner until SIGTERM/SIGINT; returns the process exit code."""
+    setup_logging(_zone_of(rules_dir))
+    config = RunnerConfig.from_env(os.environ if env is None else env, rules_dir=rules_dir,
+                                   db=db, listen=listen, tick_seconds=tick_seconds)
+    try:
+        return asyncio.run(_serve(config))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+async def _serve(config: RunnerConfig) -> int:
+    runner = Runner.open(config)
+    try:
+        host, port = config.host_port
+        app = build_app(runner)
+        web_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10)
+        await web_runner.setup()
+        site = web.TCPSite(web_runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await web_runner.cleanup()
+            raise StartupError(f"cannot listen on {config.listen}: {exc.strerror}") from exc
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, runner.request_reload)
+        force = asyncio.ensure_future(_exit_on_second_signal(runner))
+        bound = web_runner.addresses[0] if web_runner.addresses else (host, port)
+        log.info("listening on http://%s:%s (tick every %ss)", bound[0], bound[1], config.tick_seconds)
+        await runner.stopped.wait()
+        log.info("stopping: tick and sends finished, closing the HTTP server")
+        await web_runner.cleanup()
+        force.cancel()
+        log.info("stopped")
+        return runner.exit_code
+    finally:
+        runner.close()
+
+
+async def _exit_on_second_signal(runner: Runner) -> None:
+    """The second SIGTERM/SIGINT exits at once; rows in flight are sent again on restart."""
+    await runner.wait_force()
+    log.warning("second signal: exiting now; rows in flight are sent again on restart")
+    try:
+        runner.close()
+    finally:
+        os._exit(1)
