@@ -38,10 +38,28 @@ class Event:
 
 
 class EventError(ValueError):
-    """A malformed event: ``line`` is its line (or index) in the batch, ``field`` the bad field."""
+    """A malformed event: ``line`` is its line (or index) in the batch, ``field`` the bad field.
 
-    def __init__(self, line: int | None, field: str | None, message: str):
-        self.line, self.field, self.message = line, field, message
-        where = f"line {line}" if line is not None else "event"
-        what = f" field `{field}`" if field else ""
-        super().__init__(f"{where}:{what} {message}".replace(": ", ": ", 1))
+    ``unit`` names what ``line`` counts: ``"line"`` (JSON Lines, a JSON text) or ``"item"``
+    (the position in a JSON list or a webhook's ``events``). The text reads
+    ``line 3: field "at": needs a UTC offset, like 2026-11-01T10:00:00+09:00``.
+    """
+
+    def __init__(self, line: int | None, field: str | None, message: str, *, unit: str = "line"):
+        self.line, self.field, self.message, self.unit = line, field, message, unit
+        where = f"{unit} {line}" if line is not None else "event"
+        what = f' field "{field}":' if field else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+def source_pairs(source: str | None) -> tuple[tuple[str, str], ...]:
+    """The ``key=value`` pairs of a follow event's ``source``: ``"qr=shipping, ad=summer"`` ->
+    ``(("qr", "shipping"), ("ad", "summer"))``. Spaces around parts are ignored; the intake
+    has already rejected malformed sources."""
+    if not source:
+        return ()
+    pairs = []
+    for part in source.split(","):
+        key, _, value = part.partition("=")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

@@ -1,0 +1,352 @@
+"""Event intake (SPEC §6): JSON Lines or JSON text -> validated :class:`~engine.events.Event` values.
+
+Every event of a batch is checked before anything is returned, so a caller that applies the
+returned list in one transaction never half-applies a rejected batch. Errors are
+:class:`~engine.events.EventError` values naming the line (or list item) and the field, e.g.
+``line 3: field "at": needs a UTC offset, like 2026-11-01T10:00:00+09:00``.
+
+The event format, field by field, is described in docs/events.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import math
+import re
+from typing import Any, Callable
+
+from .diagnostics import did_you_mean
+from .events import KNOWN_TYPES, Event, EventError
+
+#: Names of tags, attributes and custom event types (the rule language's name rule).
+NAME_RE = re.compile(r"[^\W\d][\w-]*\Z")
+#: ``key=value`` with non-empty parts, for follow ``source`` values.
+_PAIR_RE = re.compile(r"\s*[^\s=,]+\s*=\s*[^\s=,]+\s*\Z")
+#: Fields every event may carry.
+COMMON_FIELDS = ("type", "friend", "at", "id")
+#: Measures computed from purchases; an ``attributes`` event cannot overwrite them.
+COMPUTED_ATTRIBUTES = ("orders", "total_spent", "spent")
+AT_EXAMPLE = "2026-11-01T10:00:00+09:00"
+
+Check = Callable[[Any, "_Ctx", str], Any]
+
+
+class _Ctx:
+    """Where an event sits in its batch, for error messages."""
+
+    def __init__(self, line: int | None, unit: str):
+        self.line, self.unit = line, unit
+
+    def error(self, field: str | None, message: str) -> EventError:
+        return EventError(self.line, field, message, unit=self.unit)
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def _describe(value: Any) -> str:
+    """A JSON-ish name for a value's type, for "got ..." in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _string(value: Any, ctx: _Ctx, field: str) -> str:
+    if not isinstance(value, str):
+        raise ctx.error(field, f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
+    text = _string(value, ctx, field)
+    if not text.strip():
+        raise ctx.error(field, "must not be empty")
+    if text != text.strip():
+        raise ctx.error(field, f"has spaces around it: {json.dumps(text, ensure_ascii=False)}")
+    return text
+
+
+def _name(value: Any, ctx: _Ctx, field: str) -> str:
+    text = _string(value, ctx, field)
+    if not NAME_RE.match(text):
+        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not a name: names start "
+                               "with a letter and hold letters, digits, `_` and `-`")
+    return text
+
+
+def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.error(field, f"must be a number, got {_describe(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ctx.error(field, "must be a finite number")
+    if value < 0:
+        raise ctx.error(field, f"must be 0 or more, got {value}")
+    return value
+
+
+def _count(value: Any, ctx: _Ctx, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(field, f"must be a whole number, got {_describe(value)}")
+    if value < 1:
+        raise ctx.error(field, f"must be 1 or more, got {value}")
+    return value
+
+
+def parse_at(value: Any, ctx: _Ctx, field: str = "at") -> dt.datetime:
+    """An ISO 8601 time that carries a UTC offset (``Z`` allowed), as an aware datetime."""
+    text = _string(value, ctx, field)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not an ISO 8601 time, "
+                               f"like {AT_EXAMPLE}") from None
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ctx.error(field, f"needs a UTC offset, like {AT_EXAMPLE}")
+    try:
+        when.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ctx.error(field, f"{text} is out of range") from None
+    return when
+
+
+def _source(value: Any, ctx: _Ctx, field: str) -> str:
+    text = _string(value, ctx, field)
+    if not all(_PAIR_RE.match(part) for part in text.split(",")):
+        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not a list of key=value "
+                               "pairs, like \"qr=shipping\" or \"qr=shipping,ad=summer\"")
+    return text
+
+
+def _params(value: Any, ctx: _Ctx, field: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ctx.error(field, f"must be an object of strings, got {_describe(value)}")
+    for key, item in value.items():
+        _string(item, ctx, f"{field}.{key}")
+    return dict(value)
+
+
+def _attributes(value: Any, ctx: _Ctx, field: str) -> dict[str, str | int | float | bool]:
+    if not isinstance(value, dict):
+        raise ctx.error(field, f"must be an object of attribute names to values, got {_describe(value)}")
+    for key, item in value.items():
+        _name(key, ctx, f"{field}.{key}")
+        if key in COMPUTED_ATTRIBUTES:
+            raise ctx.error(f"{field}.{key}", f"`{key}` is computed from purchases and cannot be set")
+        if not isinstance(item, (str, int, float, bool)):
+            raise ctx.error(f"{field}.{key}", f"must be a string, number or true/false, got {_describe(item)}")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ctx.error(f"{field}.{key}", "must be a finite number")
+    return dict(value)
+
+
+def _names(value: Any, ctx: _Ctx, field: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ctx.error(field, f"must be a list of names, got {_describe(value)}")
+    return [_name(item, ctx, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
+_ITEM_FIELDS: dict[str, tuple[bool, Check]] = {
+    "product": (True, _nonempty),
+    "category": (False, _nonempty),
+    "price": (False, _number),
+    "quantity": (False, _count),
+}
+
+
+def _items(value: Any, ctx: _Ctx, field: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise ctx.error(field, f"must be a list of {{product, category, price, quantity}}, got {_describe(value)}")
+    items = []
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise ctx.error(where, f"must be an object like {{\"product\": \"SKU1\"}}, got {_describe(item)}")
+        items.append(_fields(item, _ITEM_FIELDS, ctx, "a purchase item", prefix=f"{where}."))
+    return items
+
+
+# ----------------------------------------------------------------------------- per type
+
+#: For each known type: field -> (required, check). ``type``/``friend``/``at``/``id`` are common.
+TYPE_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
+    "follow": {"source": (False, _source)},
+    "unfollow": {},
+    "message": {"text": (False, _string), "message_type": (False, _nonempty)},
+    "postback": {"data": (True, _string), "params": (False, _params)},
+    "purchase": {"order_id": (True, _nonempty), "amount": (True, _number), "items": (False, _items)},
+    "cart": {"product": (True, _nonempty)},
+    "view": {"product": (True, _nonempty)},
+    "attributes": {"set": (True, _attributes)},
+    "tag": {"add": (False, _names), "remove": (False, _names)},
+}
+assert set(TYPE_FIELDS) == set(KNOWN_TYPES)
+
+
+def _no_unknown(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *,
+                prefix: str = "", allowed: tuple[str, ...] = ()) -> None:
+    """Reject a field ``spec`` does not name (typos must not pass silently)."""
+    for key in obj:
+        if key not in spec and key not in allowed:
+            hint = did_you_mean(key, [*spec, *allowed])
+            raise ctx.error(f"{prefix}{key}", f"is not a field of {what}"
+                            + (f" ({hint})" if hint else ""))
+
+
+def _fields(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *,
+            prefix: str = "") -> dict[str, Any]:
+    """Check ``obj`` against ``spec``: no unknown field, every required field present."""
+    _no_unknown(obj, spec, ctx, what, prefix=prefix)
+    out = {}
+    for key, (required, check) in spec.items():
+        if key in obj:
+            out[key] = check(obj[key], ctx, f"{prefix}{key}")
+        elif required:
+            raise ctx.error(f"{prefix}{key}", "is missing")
+    return out
+
+
+def _check_text(value: Any, ctx: _Ctx, field: str) -> None:
+    """Reject strings that cannot be stored as UTF-8 (lone surrogates from ``\\ud800`` escapes)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ctx.error(field, "holds an invalid character (a lone UTF-16 surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, ctx, field)
+            _check_text(item, ctx, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, ctx, f"{field}[{i}]")
+
+
+def _event(obj: Any, ctx: _Ctx) -> Event:
+    if not isinstance(obj, dict):
+        raise ctx.error(None, "an event must be a JSON object like "
+                              f'{{"type": "follow", "friend": "U1", "at": "{AT_EXAMPLE}"}}, '
+                              f"got {_describe(obj)}")
+    for key, value in obj.items():
+        _check_text(key, ctx, None)
+        _check_text(value, ctx, key)
+    if "type" not in obj:
+        raise ctx.error("type", "is missing")
+    kind = _string(obj["type"], ctx, "type")
+    if kind not in KNOWN_TYPES:
+        lowered = kind.lower()
+        if lowered in KNOWN_TYPES:
+            raise ctx.error("type", f"unknown type `{kind}` (did you mean `{lowered}`?)")
+        _name(kind, ctx, "type")
+    rest = {k: v for k, v in obj.items() if k not in COMMON_FIELDS}
+    spec = TYPE_FIELDS.get(kind)
+    if spec is not None:
+        _no_unknown(rest, spec, ctx, f"{kind} events", allowed=COMMON_FIELDS)
+    for key in ("friend", "at"):
+        if key not in obj:
+            close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
+            hint = f" (is `{close[0]}` a typo of `{key}`?)" if close else ""
+            raise ctx.error(key, "is missing" + hint)
+    friend = _nonempty(obj["friend"], ctx, "friend")
+    at = parse_at(obj["at"], ctx)
+    event_id = _nonempty(obj["id"], ctx, "id") if "id" in obj else None
+    if spec is None:
+        data = rest
+    else:
+        data = _fields(rest, spec, ctx, f"{kind} events")
+        _check_type_rules(kind, data, ctx)
+    return Event(type=kind, friend=friend, at=at, data=data, id=event_id, line=ctx.line)
+
+
+def _check_type_rules(kind: str, data: dict[str, Any], ctx: _Ctx) -> None:
+    """Rules that span several fields of one type."""
+    if kind == "message":
+        is_text = data.get("message_type", "text") == "text"
+        if is_text and "text" not in data:
+            raise ctx.error("text", "is missing (a text message needs its text)")
+        if not is_text and "text" in data:
+            raise ctx.error("text", f"only text messages have text, not {data['message_type']} messages")
+    if kind == "tag":
+        if "add" not in data and "remove" not in data:
+            raise ctx.error("add", 'is missing: a tag event needs "add" or "remove" (or both)')
+        both = sorted(set(data.get("add", ())) & set(data.get("remove", ())))
+        if both:
+            raise ctx.error("remove", f"`{both[0]}` is both added and removed")
+        data.setdefault("add", [])
+        data.setdefault("remove", [])
+
+
+def parse_event_obj(obj: Any, line: int | None, *, unit: str = "line") -> Event:
+    """Validate one decoded event object; ``line`` (1-based, or None) goes into errors and
+    :attr:`Event.line`. Raises :class:`EventError`."""
+    return _event(obj, _Ctx(line, unit))
+
+
+# ----------------------------------------------------------------------------- JSON text
+
+
+class _BadJSON(Exception):
+    """Raised from json's hooks; turned into an EventError with the line by the caller."""
+
+    def __init__(self, field: str | None, message: str):
+        self.field, self.message = field, message
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _BadJSON(key, "appears twice in one object")
+        obj[key] = value
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise _BadJSON(None, f"invalid JSON: {name} is not a number JSON allows")
+
+
+def _loads(text: str, ctx: _Ctx) -> Any:
+    """``json.loads`` that rejects duplicate keys and NaN/Infinity; errors name the line."""
+    try:
+        return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except json.JSONDecodeError as e:
+        line = ctx.line if ctx.line is not None else e.lineno
+        raise EventError(line, None, f"invalid JSON at column {e.colno}: {e.msg}", unit="line") from None
+    except _BadJSON as e:
+        raise ctx.error(e.field, e.message) from None
+    except RecursionError:
+        raise ctx.error(None, "invalid JSON: nested too deeply") from None
+
+
+def parse_events(text: str, fmt: str = "jsonl") -> list[Event]:
+    """Parse and validate a whole batch; return its events in input order, or raise the first
+    :class:`EventError` (and return nothing).
+
+    ``fmt`` is ``"jsonl"`` (one event object per line; blank lines are skipped; errors name the
+    1-based line) or ``"json"`` (one event object, or a list of them; errors name the 1-based
+    item of the list).
+    """
+    if fmt == "jsonl":
+        events = []
+        for number, raw in enumerate(text.split("\n"), start=1):
+            raw = raw.rstrip("\r")
+            if raw.strip():
+                ctx = _Ctx(number, "line")
+                events.append(_event(_loads(raw, ctx), ctx))
+        return events
+    if fmt == "json":
+        value = _loads(text, _Ctx(None, "line"))
+        if isinstance(value, list):
+            return [_event(item, _Ctx(i, "item")) for i, item in enumerate(value, start=1)]
+        return [_event(value, _Ctx(None, "line"))]
+    raise ValueError(f"unknown event format {fmt!r} (use 'jsonl' or 'json')")
