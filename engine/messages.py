@@ -208,7 +208,15 @@ class _Checker:
 
     def msg_text(self, obj: dict, path: Path) -> None:
         self.required(obj, path, "a text message", "text")
-        self.text(obj, path, "text", TEXT_LIMIT)
+        text = self.text(obj, path, "text", TEXT_LIMIT)
+        emojis = obj.get("emojis")
+        if self.as_written and text and is_template(text) and isinstance(emojis, list):
+            first = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
+            if any(isinstance(e, dict) and isinstance(e.get("index"), int) and e["index"] > first
+                   for e in emojis):
+                self.add(path + ("text",), "a template placeholder comes before an emoji `$`",
+                         help="LINE places emojis by position, which a rendered name would move; "
+                              "put the emojis before any {{ ... }}")
 
     def msg_sticker(self, obj: dict, path: Path) -> None:
         self.required(obj, path, "a sticker message", "packageId", "stickerId")
