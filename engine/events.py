@@ -40,14 +40,18 @@ class Event:
 class EventError(ValueError):
     """A malformed event: ``line`` is its line (or index) in the batch, ``field`` the bad field.
 
-    ``unit`` names what ``line`` counts: ``"line"`` (JSON Lines, a JSON text) or ``"item"``
-    (the position in a JSON list or a webhook's ``events``). The text reads
+    ``unit`` names what ``line`` counts: ``"line"`` (JSON Lines, a JSON text), ``"item"`` (the
+    position in a JSON list) or ``"event"`` (the position in a webhook's ``events``); without a
+    line it names the whole input (``"event"`` by default). The text reads
     ``line 3: field "at": needs a UTC offset, like 2026-11-01T10:00:00+09:00``.
     """
 
     def __init__(self, line: int | None, field: str | None, message: str, *, unit: str = "line"):
         self.line, self.field, self.message, self.unit = line, field, message, unit
-        where = f"{unit} {line}" if line is not None else "event"
+        if line is not None:
+            where = f"{unit} {line}"
+        else:
+            where = "event" if unit == "line" else unit
         what = f' field "{field}":' if field else ""
         super().__init__(f"{where}:{what} {message}")
 
