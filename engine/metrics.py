@@ -67,6 +67,20 @@ class Gauge:
 
 
 @dataclass
+class Collected:
+    """A counter kept elsewhere (e.g. by the dispatcher), read at scrape time as
+    ``{labels: value}``."""
+    name: str
+    help: str
+    read: Callable[[], dict[Labels, float]]
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        out += [f"{self.name}{_labels(k)} {_number(v)}" for k, v in sorted(self.read().items())]
+        return out
+
+
+@dataclass
 class Summary:
     """Count and sum of observations (e.g. tick durations in seconds), plus the last one."""
     name: str
@@ -91,23 +105,25 @@ class Metrics:
     def __init__(self) -> None:
         self.events = Counter("linerules_events_total", "Events received, by type and origin (webhook or api).")
         self.pushes = Counter("linerules_pushes_total",
-                              "Outbox rows finished, by outcome (sent, duplicate, rejected, held, retry).")
-        self.line_errors = Counter("linerules_line_errors_total",
-                                   "Error answers from the LINE Messaging API, by HTTP status (0: timeout or connection error).")
+                              "Outbox rows handled, by outcome (sent, duplicate, rejected, held, retry, dry_run).")
         self.webhooks = Counter("linerules_webhook_requests_total", "POST /callback requests, by HTTP status.")
         self.reloads = Counter("linerules_rule_reloads_total", "Rule folder reloads, by result (ok, invalid).")
         self.clicks = Counter("linerules_clicks_total", "Tracked link clicks redirected.")
         self.tick_seconds = Summary("linerules_tick_duration_seconds", "Time spent in engine ticks.")
-        self.gauges: list[Gauge] = []
+        self.gauges: list[Gauge | Collected] = []
 
     def gauge(self, name: str, help: str, read: Callable[[], float | None]) -> None:
         """Register a gauge whose value is read at scrape time."""
         self.gauges.append(Gauge(name, help, read))
 
+    def collected(self, name: str, help: str, read: Callable[[], dict[Labels, float]]) -> None:
+        """Register a counter kept elsewhere, read at scrape time."""
+        self.gauges.append(Collected(name, help, read))
+
     def render(self) -> str:
         """The whole registry in the Prometheus text exposition format."""
         lines: list[str] = []
-        for metric in (self.events, self.pushes, self.line_errors, self.webhooks, self.reloads,
+        for metric in (self.events, self.pushes, self.webhooks, self.reloads,
                        self.clicks, self.tick_seconds, *self.gauges):
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import inspect
 import logging
 import os
 import socket
@@ -28,7 +27,9 @@ from typing import Any, Callable, Mapping
 
 from . import ir
 from .diagnostics import has_errors, render_text
+from .dispatch import QUOTA_ZONE, DispatchResult, OutboxItem
 from .metrics import Metrics
+from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
 
@@ -128,15 +129,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def first_of_next_month(now: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
     """00:00 local on the first day of the month after ``now`` (LINE's monthly quota resets)."""
     local = now.astimezone(tz)
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     return dt.datetime(year, month, 1, tzinfo=tz)
+
+
+def lease_ttl(tick_seconds: float) -> int:
+    """The lease lasts three tick intervals, at least 30 s; it is renewed every tick."""
+    return int(max(30, 3 * tick_seconds))
 
 
 def backoff_seconds(attempts: int) -> int:
@@ -173,6 +175,9 @@ class Runner:
                            lambda: float(self.store.outbox_backlog()))
         self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
                            lambda: self.last_tick.timestamp() if self.last_tick else None)
+        self.metrics.collected("linerules_line_errors_total",
+                               "Error answers from the LINE Messaging API by HTTP status "
+                               "(timeout, error: no answer), retries included.", self._line_errors)
         self.metrics.gauge("linerules_quota_remaining",
                            "Messages left in this month's LINE quota (unknown in dry-run).",
                            self._quota_remaining)
@@ -187,7 +192,7 @@ class Runner:
 
         Raises StartupError (one clear line; the rule diagnostics are logged first).
         """
-        from .dispatch import Dispatcher, make_transport
+        from .dispatch import make_transport
         from .interpreter import Engine
         from .store import Store
 
@@ -200,24 +205,26 @@ class Runner:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         store = Store(str(config.db))
-        acquire_lease(store, owner_id(), config)
+        try:
+            acquire_lease(store, owner_id(), config)
+            engine = Engine(project, store)
+        except BaseException:
+            store.close()
+            raise
         if config.dry_run:
             log.warning(DRY_RUN_MESSAGE)
-        transport = make_transport(config.env)
-        dispatcher = Dispatcher(transport, project.settings) if _takes_settings(Dispatcher) else Dispatcher(transport)
-        engine = Engine(project, store)
+        # This process holds the lease, so rows left in flight belong to a runner that is gone.
+        store.release_claims()
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
-        return cls(config, project, store, engine, dispatcher)
+        return cls(config, project, store, engine, make_transport(config.env))
 
     def close(self) -> None:
         """Release the lease and close the store."""
         try:
             self.store.release_lease(self.owner)
         finally:
-            close = getattr(self.store, "close", None)
-            if close:
-                close()
+            self.store.close()
 
     # ------------------------------------------------------------------ time and zone
 
@@ -231,9 +238,6 @@ class Runner:
     def local(self, when: dt.datetime) -> str:
         """ISO 8601 in the configured zone, seconds precision."""
         return when.astimezone(self.tz).isoformat(timespec="seconds")
-
-    def lease_ttl(self) -> int:
-        return int(max(30, 3 * self.config.tick_seconds))
 
     # ------------------------------------------------------------------ requests from outside
 
@@ -273,6 +277,7 @@ class Runner:
         finally:
             for task in list(self._background):
                 task.cancel()
+            await self.dispatcher.close()
             self.stopped.set()
         return self.exit_code
 
@@ -329,7 +334,8 @@ class Runner:
         result = self.engine.tick(now)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
         self.last_tick = now
-        if not self.store.renew_lease(self.owner, int(now.timestamp()), self.lease_ttl()):
+        if not self.store.renew_lease(self.owner, int(now.timestamp()),
+                                     lease_ttl(self.config.tick_seconds)):
             log.critical("lost the database lease (another runner took %s); stopping", self.config.db)
             self.exit_code = 1
             self.request_stop()
@@ -370,62 +376,85 @@ class Runner:
     # ------------------------------------------------------------------ one dispatch batch
 
     async def dispatch_once(self) -> int:
-        """Claim due outbox rows, send them and record every outcome; returns the row count."""
-        now = self.now()
-        rows = self.store.claim_outbox(int(now.timestamp()), BATCH)
+        """Claim due outbox rows, send them and record every outcome as it lands; returns the
+        number of rows claimed."""
+        rows = self.store.claim_outbox(int(self.now().timestamp()), BATCH)
         if not rows:
             return 0
-        from .dispatch import OutboxItem
+        by_id = {row["id"]: row for row in rows}
 
-        items = [OutboxItem.from_row(row) for row in rows]
-        results = await _maybe_await(self.dispatcher.send(items))
-        for row, result in zip(rows, results):
-            self._record(row, result, self.now())
+        def record(result: DispatchResult) -> None:
+            self._record(by_id[result.item_id], result, self.now())
+
+        await self.dispatcher.send([outbox_item(row) for row in rows], on_result=record)
         return len(rows)
 
-    def _record(self, row: Any, result: Any, now: dt.datetime) -> None:
-        """Store one send outcome: done, rejected, held to a later time, or retried later."""
-        row_id = _field(row, "id")
+    def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
+        """Store one outcome: done, rejected, held for the quota, or retried later."""
+        row_id, to = row["id"], _recipients(row)
         outcome = result.outcome
-        if result.status:
-            self.metrics.line_errors.inc(status=str(result.status)) if result.status >= 400 else None
-        if outcome in ("sent", "duplicate"):
-            self.store.finish_outbox(row_id, "sent", request_id=result.request_id)
-            log.info("sent outbox %s to %s (%s%s)", row_id, _field(row, "friend"), outcome,
-                     f", request {result.request_id}" if result.request_id else "")
+        if outcome in ("sent", "duplicate", "dry_run"):
+            self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
+                                     at=int(now.timestamp()))
+            if outcome != "dry_run":
+                log.info("%s outbox %d to %s via %s%s", outcome, row_id, to, result.via,
+                         f" (request {result.request_id})" if result.request_id else "")
         elif outcome == "rejected":
-            self.store.finish_outbox(row_id, "rejected", error=result.error)
-            log.error("LINE rejected outbox %s for %s: %s", row_id, _field(row, "friend"), result.error)
-        elif outcome == "quota":
-            until = first_of_next_month(now, self.tz)
-            self.store.hold_outbox(row_id, int(until.timestamp()))
-            log.warning("monthly quota reached; outbox %s held until %s", row_id, self.local(until))
+            self.store.finish_outbox(row_id, "rejected", request_id=result.request_id,
+                                     error=result.detail, at=int(now.timestamp()))
+            log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status,
+                      result.detail)
+        elif outcome == "held":
+            until = first_of_next_month(now, QUOTA_ZONE)
+            self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
+            log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
+                        result.detail)
         else:
-            attempts = int(_field(row, "attempts", 0) or 0) + 1
-            until = now + dt.timedelta(seconds=result.retry_after or backoff_seconds(attempts))
-            self.store.hold_outbox(row_id, int(until.timestamp()))
-            log.warning("outbox %s not sent (%s); retrying at %s with the same retry key",
-                        row_id, result.error or outcome, self.local(until))
-            outcome = "retry"
+            until = self._retry_at(row, now)
+            self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
+            log.warning("outbox %d to %s not sent (%s); next attempt at %s with the same retry key",
+                        row_id, to, result.detail, self.local(until))
         self.metrics.pushes.inc(outcome=outcome)
 
+    def _retry_at(self, row: dict, now: dt.datetime) -> dt.datetime:
+        """Backoff by attempts; a push that would land outside its delivery window waits for
+        the next opening (answers to a friend's own message ignore the window)."""
+        at = int(now.timestamp()) + backoff_seconds(int(row.get("attempts") or 1))
+        if not row.get("reply_token"):
+            rule = self.project.rules.get(row.get("rule") or "")
+            window = (rule.window if rule else None) or self.project.settings.window
+            at = next_opening(at, window, self.tz)
+        return dt.datetime.fromtimestamp(at, dt.timezone.utc)
+
     def _quota_remaining(self) -> float | None:
-        value = getattr(self.dispatcher, "metrics", {}).get("quota_remaining")
+        value = getattr(self.dispatcher, "remaining", None)
         return None if value is None else float(value)
 
+    def _line_errors(self) -> dict:
+        """Error answers from LINE by status, from the dispatcher's request counts."""
+        totals: dict = {}
+        for statuses in self.dispatcher.metrics.get("requests", {}).values():
+            for status, count in statuses.items():
+                if not status.startswith("2"):
+                    key = (("status", status),)
+                    totals[key] = totals.get(key, 0) + count
+        return totals
 
-def _field(row: Any, name: str, default: Any = None) -> Any:
-    """A column of a store row (a mapping, sqlite3.Row or an object)."""
-    if isinstance(row, Mapping):
-        return row.get(name, default)
-    try:
-        return row[name]
-    except (KeyError, IndexError, TypeError):
-        return getattr(row, name, default)
+
+def outbox_item(row: dict) -> OutboxItem:
+    """The dispatcher's view of a claimed outbox row; the retry key is the row's own."""
+    payload = row["payload"]
+    menu = payload.get("rich_menu_id") if isinstance(payload, dict) else None
+    messages = payload if isinstance(payload, list) else payload.get("messages", [])
+    return OutboxItem(id=row["id"], kind=row["kind"], to=list(row["recipients"]),
+                      messages=messages, retry_key=row["retry_key"],
+                      reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
+                      rich_menu_id=menu)
 
 
-def _takes_settings(cls: type) -> bool:
-    return "settings" in inspect.signature(cls).parameters
+def _recipients(row: dict) -> str:
+    to = row["recipients"]
+    return to[0] if len(to) == 1 else f"{len(to)} friends"
 
 
 def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
@@ -434,8 +463,7 @@ def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
     A lease held by a process on this host that no longer exists (a crash, SIGKILL) is taken
     over at once instead of waiting for it to expire.
     """
-    now = int(time.time())
-    ttl = int(max(30, 3 * config.tick_seconds))
+    now, ttl = int(time.time()), lease_ttl(config.tick_seconds)
     if store.acquire_lease(owner, now, ttl):
         return
     holder = store.lease_holder()

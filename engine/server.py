@@ -105,10 +105,11 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
         except Exception as exc:  # the profile is a nicety; the friend is already stored
             log.warning("profile of %s not fetched: %s", friend, exc)
             continue
-        if profile:
-            runner.store.set_profile(friend, display_name=profile.get("display_name"),
-                                     language=profile.get("language"))
-            log.info("profile of %s stored (%s)", friend, profile.get("display_name"))
+        values = {k: v for k, v in (profile or {}).items() if v is not None}
+        if values:
+            with runner.store.transaction():
+                runner.store.set_attributes(friend, values)
+            log.info("profile of %s stored (%s)", friend, values.get("display_name"))
 
 
 def _log_events(runner: Runner, events: list[Event], origin: str) -> None:
@@ -256,7 +257,7 @@ async def thanks(request: web.Request) -> web.Response:
 async def click(request: web.Request) -> web.Response:
     """A tracked link: record the click and redirect to the UTM-tagged URL; unknown -> 404."""
     runner = request.app[RUNNER]
-    url = runner.store.record_click(request.match_info["token"], int(runner.now().timestamp()))
+    url = runner.store.record_click(request.match_info["token"], at=int(runner.now().timestamp()))
     if url is None:
         return web.Response(status=404, text="unknown link")
     runner.metrics.clicks.inc()
