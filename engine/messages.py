@@ -135,7 +135,7 @@ class _Checker:
              limit_why: str = "") -> str | None:
         """A text field's value, checked for type and length when present."""
         value = obj.get(key)
-        if value is None:
+        if value is None or isinstance(value, (dt.date, dt.time)):  # dates: see json_values
             return None
         if not isinstance(value, str):
             self.add(path + (key,), f"`{key}` must be text", help="quote the value")
