@@ -59,7 +59,6 @@ class RunnerConfig:
     access_token: str | None = None          # LINE_CHANNEL_ACCESS_TOKEN
     api_endpoint: str = DEFAULT_API_ENDPOINT  # LINE_API_ENDPOINT
     api_token: str | None = None             # LINERULES_API_TOKEN
-    base_url: str | None = None              # LINERULES_BASE_URL (else settings.base_url)
     login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
     login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
@@ -76,7 +75,6 @@ class RunnerConfig:
                    access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
                    api_endpoint=(get("LINE_API_ENDPOINT") or DEFAULT_API_ENDPOINT).rstrip("/"),
                    api_token=get("LINERULES_API_TOKEN"),
-                   base_url=get("LINERULES_BASE_URL"),
                    login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
                    login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
                    join_redirect=get("LINERULES_JOIN_REDIRECT"),
@@ -295,6 +293,7 @@ class Runner:
             if self.stopping:
                 break
             await self._sleep(self._tick_wake, self._seconds_to_next_tick())
+        log.info("stop requested: finishing the sends in flight (a second signal exits at once)")
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -443,13 +442,11 @@ class Runner:
 
 def outbox_item(row: dict) -> OutboxItem:
     """The dispatcher's view of a claimed outbox row; the retry key is the row's own."""
-    payload = row["payload"]
-    menu = payload.get("rich_menu_id") if isinstance(payload, dict) else None
-    messages = payload if isinstance(payload, list) else payload.get("messages", [])
+    menu_link = row["kind"] == "menu_link"
     return OutboxItem(id=row["id"], kind=row["kind"], to=list(row["recipients"]),
-                      messages=messages, retry_key=row["retry_key"],
+                      messages=[] if menu_link else row["payload"], retry_key=row["retry_key"],
                       reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
-                      rich_menu_id=menu)
+                      rich_menu_id=row["payload"].get("richMenuId") if menu_link else None)
 
 
 def _recipients(row: dict) -> str:

@@ -200,10 +200,9 @@ async def metrics(request: web.Request) -> web.Response:
 def login_flow(runner: Runner) -> LoginFlow | None:
     """The LINE Login settings, or None when the login channel or base URL is missing."""
     s = runner.project.settings
-    base_url = runner.config.base_url or s.base_url
-    if not (s.login_channel_id and s.login_channel_secret and base_url):
+    if not (s.login_channel_id and s.login_channel_secret and s.base_url):
         return None
-    return LoginFlow(s.login_channel_id, s.login_channel_secret, base_url,
+    return LoginFlow(s.login_channel_id, s.login_channel_secret, s.base_url,
                      authorize_url=runner.config.login_authorize_url or AUTHORIZE_URL,
                      api_url=runner.config.login_api_url or API_URL)
 
@@ -213,9 +212,8 @@ async def join(request: web.Request) -> web.Response:
     runner = request.app[RUNNER]
     flow = login_flow(runner)
     if flow is None:
-        log.error("GET /join refused: set login_channel_id, login_channel_secret and base_url "
-                  "in settings.yaml (or LINE_LOGIN_CHANNEL_ID, LINE_LOGIN_CHANNEL_SECRET, "
-                  "LINERULES_BASE_URL)")
+        log.error("GET /join refused: set base_url, login_channel_id and login_channel_secret "
+                  "in settings.yaml (or LINE_LOGIN_CHANNEL_ID / LINE_LOGIN_CHANNEL_SECRET)")
         return web.Response(status=503, text="friend-add links are not configured")
     source = request.match_info["source"]
     try:
