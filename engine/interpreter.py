@@ -1,0 +1,694 @@
+"""The engine: runs a compiled :class:`~engine.ir.Project` against the friend state in a
+:class:`~engine.store.Store`, one :meth:`Engine.tick` at a time.
+
+A tick never reads the clock; the caller passes ``now``. In one tick, in this order:
+
+1. applied events with ``at <= now`` are processed in (at, seq) order: friend state changes,
+   event triggers enrol friends, ``wait for`` enrollments resume, ``exit when`` is re-checked;
+2. ``schedule`` and ``sale`` occurrences in (last tick, now] enrol their audience (set-based);
+3. on a condition tick, condition triggers enrol every friend whose condition holds (in SQL);
+4. due enrollments walk their steps up to the next wait; their sends are coalesced, windowed,
+   capped, rendered and written to the outbox in the same transaction that moves them on.
+
+The semantics and the decisions behind them are described in docs/engine.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+from . import ir, timeutil
+from .render import RenderError, render_hash, render_message, sale_vars
+from .sqlcond import CURRENT, Compiled, CondCompiler
+from .store import EventRow, Store, bucket
+
+log = logging.getLogger("linerules.engine")
+
+#: Enrollments walked per transaction.
+CHUNK = 20000
+#: Events processed per transaction.
+EVENT_CHUNK = 500
+#: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
+REPLY_SECONDS = 50
+#: LINE's limits per request.
+MAX_OBJECTS = 5
+MAX_MULTICAST = 500
+#: Bound on step rounds in one walk (``start`` loops between rules with ``reenter always``).
+MAX_ROUNDS = 1000
+ANSWERED_TYPES = ("message", "postback")
+
+
+@dataclass
+class TickResult:
+    """What one tick did."""
+    now: dt.datetime
+    events: int = 0
+    entered: int = 0
+    advanced: int = 0
+    queued: int = 0        # outbox rows written (push, multicast, reply, menu_link)
+    capped: int = 0
+    skipped: int = 0       # blocked or holdout friends
+    exited: int = 0
+    conditions: bool = False
+
+
+@dataclass
+class _Walker:
+    """One enrollment moving through its steps in this tick."""
+    id: int
+    friend: str
+    rule: str
+    pos: int
+    entered_at: int
+    due_at: int
+    variant: str | None
+    holdout: bool
+    occurrence: str | None
+    cause_seq: int | None
+    reply_token: str | None
+    reply_deadline: int | None
+    buffer: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    answered: bool = False
+
+
+@dataclass
+class _Group:
+    """Consecutive sends of one enrollment in this tick: one push (or several if > 5 objects)."""
+    walker: _Walker
+    step_id: str
+    names: list[str]
+    reply: tuple[str, int] | None   # (token, deadline) when this is an answer with a token
+    answer: bool
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def rule_version(rule: ir.Rule) -> str:
+    """The rule's compiled version, or a hash of its compiled form when none was given."""
+    return rule.version or hashlib.sha256(repr((rule.trigger, rule.steps, rule.entry, rule.exit_when,
+                                                 rule.reenter, rule.window, rule.priority,
+                                                 rule.split, rule.holdout)).encode()).hexdigest()[:16]
+
+
+class Engine:
+    """Runs ``project`` on ``store``. ``clock`` (returning an aware datetime) is only used by
+    :meth:`reload`; ``condition_interval`` (seconds, 0 = every tick) sets how often condition
+    triggers are checked, in slots aligned to local midnight."""
+
+    def __init__(self, project: ir.Project, store: Store, *,
+                 clock: Callable[[], dt.datetime] | None = None, condition_interval: int = 0):
+        self.store = store
+        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.condition_interval = condition_interval
+        self._use(project, int(self.clock().timestamp()))
+
+    # ------------------------------------------------------------------ project
+
+    def _use(self, project: ir.Project, now: int) -> None:
+        self.project = project
+        self.settings = project.settings
+        self.tz = project.settings.tz
+        self.versions = {name: rule_version(r) for name, r in project.rules.items()}
+        self._enr = CondCompiler(project.segments, with_enrollment=True)
+        self._set = CondCompiler(project.segments, with_enrollment=False)
+        self._cache: dict[tuple[ir.Cond, bool], Compiled] = {}
+        self.by_type: dict[str, list[ir.Rule]] = defaultdict(list)
+        for rule in sorted(project.rules.values(), key=lambda r: (-r.priority, r.name)):
+            event_type = getattr(rule.trigger, "event_type", None)
+            if event_type is not None:
+                self.by_type[event_type].append(rule)
+        with self.store.transaction():
+            for name, rule in project.rules.items():
+                self.store.register_rule_version(name, self.versions[name], [s.id for s in rule.steps], now)
+
+    def _sql(self, cond: ir.Cond, with_enrollment: bool) -> Compiled:
+        key = (cond, with_enrollment)
+        if key not in self._cache:
+            self._cache[key] = (self._enr if with_enrollment else self._set).compile(cond)
+        return self._cache[key]
+
+    def reload(self, new_project: ir.Project) -> None:
+        """Switch to a new (validated) project; friends in flight follow the policy of
+        docs/engine.md: same step id kept; a removed step -> the first surviving step after it
+        in the old order; a removed rule -> ``rule_removed``; due times of waits are kept."""
+        now = int(self.clock().timestamp())
+        new_versions = {name: rule_version(r) for name, r in new_project.rules.items()}
+        with self.store.transaction():
+            for rule, version, step_id, state, _count in self.store.open_positions():
+                new_rule = new_project.rules.get(rule)
+                if new_rule is None:
+                    self.store.end_rule(rule, "rule_removed", now)
+                    continue
+                new_version = new_versions[rule]
+                if version == new_version:
+                    continue
+                new_ids = [s.id for s in new_rule.steps]
+                if step_id is None or step_id in new_ids:
+                    self.store.move_enrollments(rule, version, step_id, state, new_version, step_id, state)
+                    continue
+                old_ids = self.store.rule_version_steps(rule, version) or []
+                after = old_ids[old_ids.index(step_id) + 1:] if step_id in old_ids else []
+                successor = next((s for s in after if s in new_ids), None)
+                self.store.move_enrollments(rule, version, step_id, state, new_version, successor, "active")
+            self._use(new_project, now)
+
+    # ------------------------------------------------------------------ the tick
+
+    def tick(self, now: dt.datetime, *, conditions: bool | None = None) -> TickResult:
+        """Do all work due at ``now`` (see the module docstring). Running it twice at the same
+        ``now`` does nothing new. ``conditions`` forces (or skips) condition triggers."""
+        ts = timeutil.epoch(now)
+        result = TickResult(now=now)
+        self._events(ts, result)
+        with self.store.transaction():
+            self._time_triggers(ts, result)
+            if conditions is None:
+                conditions = self._is_condition_tick(ts)
+            if conditions:
+                self._condition_triggers(ts, result)
+                result.conditions = True
+            self.store.set_meta("engine.last_tick", str(ts))
+        seen: set[int] = set()
+        while True:
+            rows = [r for r in self.store.due_enrollments(ts, CHUNK) if r["id"] not in seen]
+            if not rows:
+                break
+            seen.update(r["id"] for r in rows)
+            with self.store.transaction():
+                self._walk(rows, ts, result)
+        return result
+
+    def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:
+        """The earliest moment strictly after ``after`` with work: an event, a due step, a
+        deferred send, a schedule or sale occurrence. None when there is nothing ahead."""
+        a = timeutil.epoch(after)
+        candidates = [self.store.next_event_at(a), self.store.next_due_at(a), self.store.next_outbox_at(a)]
+        for rule in self.project.rules.values():
+            trig = rule.trigger
+            if isinstance(trig, ir.ScheduleTrigger):
+                candidates.append(timeutil.cron_next(trig.cron, a, self.tz))
+            elif isinstance(trig, ir.SaleTrigger):
+                moments = [m for m, _ in self._sale_moments(trig) if m > a]
+                candidates.append(min(moments, default=None))
+        moments = [c for c in candidates if c is not None]
+        return timeutil.local(min(moments), self.tz) if moments else None
+
+    # ------------------------------------------------------------------ 1. events
+
+    def _events(self, now: int, result: TickResult) -> None:
+        while True:
+            rows = self.store.pending_events(now, EVENT_CHUNK)
+            if not rows:
+                return
+            with self.store.transaction():
+                for ev in rows:
+                    self._event(ev, now, result)
+                    self.store.mark_processed(ev.seq, now)
+                    result.events += 1
+
+    def _event(self, ev: EventRow, now: int, result: TickResult) -> None:
+        s, friend, at, data = self.store, ev.friend, ev.at, ev.data
+        s.touch(friend, at)
+        if ev.type == "follow":
+            s.follow(friend, at, data.get("source"))
+        elif ev.type == "unfollow":
+            s.unfollow(friend, at)
+        elif ev.type == "purchase":
+            s.purchase(friend, at, data.get("amount", 0), data.get("items") or [])
+        elif ev.type in ("cart", "view"):
+            s.track(friend, ev.type, data.get("product"), at)
+        elif ev.type == "attributes":
+            s.set_attributes(friend, data.get("set") or {})
+        elif ev.type == "tag":
+            new = s.add_tags(friend, data.get("add") or [], at)
+            s.remove_tags(friend, data.get("remove") or [])
+            data = {**data, "add": new}
+        cause = None
+        if ev.type in ANSWERED_TYPES:
+            cause = (ev.seq, ev.reply_token, ev.received_at + REPLY_SECONDS if ev.reply_token else None)
+        self._fire(ev.type, data, friend, now, at, cause, result)
+        result.exited += self._check_exits(friend, now)
+
+    def _fire(self, event_type: str, data: dict, friend: str, now: int, at: int,
+              cause: tuple | None, result: TickResult) -> list[_Walker]:
+        """Enter the rules this event triggers and resume matching ``wait for`` enrollments.
+        Returns walkers for what became due now (the caller may walk them at once)."""
+        out: list[_Walker] = []
+        source = None
+        if event_type == "follow":
+            source = (self.store.friend(friend) or {}).get("source")
+        for rule in self.by_type.get(event_type, ()):
+            if self._matches(rule.trigger, event_type, data, source):
+                walker = self._enter(rule, friend, now, at, cause=cause)
+                if walker:
+                    result.entered += 1
+                    out.append(walker)
+        for row in self.store.open_enrollments(friend):
+            if row["state"] != "waiting":
+                continue
+            rule = self.project.rules.get(row["rule"])
+            step = rule.step(row["step_id"]) if rule else None
+            if isinstance(step, ir.WaitFor) and self._matches(step.trigger, event_type, data, source):
+                pos = rule.index_of(step.id) + 1
+                nxt = rule.steps[pos].id if pos < len(rule.steps) else None
+                seq, token, deadline = cause or (None, None, None)
+                self.store.resume(row["id"], nxt, now, seq, token, deadline)
+                out.append(self._walker(row, rule, pos, cause))
+        return out
+
+    def _matches(self, trig: ir.EventTrigger, event_type: str, data: dict, source: str | None) -> bool:
+        if getattr(trig, "event_type", None) != event_type:
+            return False
+        if isinstance(trig, ir.Followed):
+            if not trig.via:
+                return True
+            pairs = set((source or "").split(","))
+            return any(f"{k}={v}" in pairs for k, v in trig.via)
+        if isinstance(trig, ir.MessageTrigger):
+            text = _norm(data.get("text") or "")
+            keys = [_norm(k) for k in trig.keywords]
+            return any(text == k for k in keys) if trig.exact else any(k in text for k in keys)
+        if isinstance(trig, ir.PostbackTrigger):
+            got = dict(parse_qsl(data.get("data") or "", keep_blank_values=True))
+            return all(got.get(k) == v for k, v in trig.pairs)
+        if isinstance(trig, ir.PurchasedTrigger):
+            if not (trig.product or trig.category):
+                return True
+            return any((trig.product is None or item.get("product") == trig.product)
+                       and (trig.category is None or item.get("category") == trig.category)
+                       for item in data.get("items") or [])
+        if isinstance(trig, (ir.CartedTrigger, ir.ViewedTrigger)):
+            return trig.product is None or data.get("product") == trig.product
+        if isinstance(trig, ir.TaggedTrigger):
+            return trig.name in (data.get("add") or [])
+        if isinstance(trig, ir.CustomEventTrigger):
+            return all(k in data and str(data[k]) == v for k, v in trig.pairs)
+        return True  # Unfollowed
+
+    def _check_exits(self, friend: str, now: int) -> int:
+        """Re-check ``exit when`` of the friend's open enrollments after a state change."""
+        exited = []
+        for row in self.store.open_enrollments(friend):
+            rule = self.project.rules.get(row["rule"])
+            if rule is not None and rule.exit_when is not None:
+                c = self._sql(rule.exit_when, True)
+                if self.store.select_enrollments(c.sql, {**c.params, "now": now, "rule": rule.name}, [row["id"]]):
+                    exited.append(row["id"])
+        self.store.exit_enrollments(exited, "exit_when", now)
+        return len(exited)
+
+    # ------------------------------------------------------------------ entering
+
+    def _may_enter(self, rule: ir.Rule, last: Any, now: int) -> bool:
+        if last is None:
+            return True
+        if last["state"] in ("active", "waiting"):
+            return False
+        mode = rule.reenter.mode
+        if mode == "always":
+            return True
+        if mode == "after":
+            return (last["finished_at"] or 0) <= now - rule.reenter.after
+        return False
+
+    def _draw(self, friend: str, rule: ir.Rule) -> tuple[str | None, bool]:
+        """The friend's split variant and holdout membership in this rule (stable hashes)."""
+        variant = None
+        if rule.split:
+            b, edge = bucket(friend, rule.name, "split"), 0
+            for name, percent in rule.split:
+                edge += round(percent * 100)
+                variant = name
+                if b < edge:
+                    break
+        holdout = bucket(friend, rule.name, "holdout") < round(rule.holdout * 100)
+        return variant, holdout
+
+    def _draw_sql(self, rule: ir.Rule) -> tuple[str, str]:
+        """SQL twins of :meth:`_draw` for set-based entry (same hash, same buckets)."""
+        variant = "NULL"
+        if rule.split:
+            cases, edge = [], 0
+            for name, percent in rule.split[:-1]:
+                edge += round(percent * 100)
+                cases.append(f"WHEN lr_bucket(f.id, :rule, 'split') < {edge} THEN '{_q(name)}'")
+            variant = f"CASE {' '.join(cases)} ELSE '{_q(rule.split[-1][0])}' END"
+        holdout = f"(lr_bucket(f.id, :rule, 'holdout') < {round(rule.holdout * 100)})" if rule.holdout else "0"
+        return variant, holdout
+
+    def _enter(self, rule: ir.Rule, friend: str, now: int, entered_at: int, *,
+               cause: tuple | None = None, occurrence: str | None = None) -> _Walker | None:
+        """Enrol one friend if the re-entry policy and the entry filter allow it."""
+        if not self._may_enter(rule, self.store.last_enrollment(friend, rule.name), now):
+            return None
+        if rule.entry is not None:
+            c = self._sql(rule.entry, False)
+            if not self.store.friend_matches(friend, c.sql, {**c.params, "now": now, "rule": rule.name}):
+                return None
+        variant, holdout = self._draw(friend, rule)
+        seq, token, deadline = cause or (None, None, None)
+        first = rule.steps[0].id if rule.steps else None
+        eid = self.store.enroll(friend=friend, rule=rule.name, version=self.versions[rule.name],
+                                step_id=first, now=now, entered_at=entered_at, variant=variant,
+                                holdout=holdout, occurrence=occurrence, cause_seq=seq,
+                                reply_token=token, reply_deadline=deadline)
+        if eid is None:
+            return None
+        return _Walker(eid, friend, rule.name, 0, entered_at, now, variant, holdout, occurrence,
+                       seq, token, deadline)
+
+    def _walker(self, row: Any, rule: ir.Rule, pos: int, cause: tuple | None = None) -> _Walker:
+        seq, token, deadline = cause or (row["cause_seq"], row["reply_token"], row["reply_deadline"])
+        return _Walker(row["id"], row["friend"], row["rule"], pos, row["entered_at"], row["due_at"],
+                       row["variant"], bool(row["holdout"]), row["occurrence"], seq, token, deadline)
+
+    def _enter_audience(self, rule: ir.Rule, now: int, cond: ir.Cond | None, occurrence: str | None,
+                        blocked_sql: str) -> int:
+        """Set-based entry of every current friend for whom ``cond`` and the entry filter hold."""
+        parts = tuple(c for c in (cond, rule.entry) if c is not None)
+        where = self._sql(ir.All(parts), False) if parts else Compiled("1")
+        variant, holdout = self._draw_sql(rule)
+        first = rule.steps[0].id if rule.steps else None
+        return self.store.enroll_audience(rule=rule.name, version=self.versions[rule.name], step_id=first,
+                                          now=now, where_sql=f"{CURRENT} AND ({where.sql})",
+                                          params=where.params, occurrence=occurrence,
+                                          blocked_sql=blocked_sql, variant_sql=variant, holdout_sql=holdout)
+
+    # ------------------------------------------------------------------ 2. time triggers
+
+    def _sale_moments(self, trig: ir.SaleTrigger) -> list[tuple[int, ir.Sale]]:
+        return [(timeutil.sale_moment(trig, sale, self.tz), sale) for sale in self.project.sales
+                if trig.kind is None or sale.kind == trig.kind]
+
+    def _time_triggers(self, now: int, result: TickResult) -> None:
+        last = self.store.get_meta("engine.last_tick")
+        since = int(last) if last is not None else now
+        open_only = "x.state IN ('active', 'waiting')"
+        for rule in self.project.rules.values():
+            trig, occurrence = rule.trigger, None
+            if isinstance(trig, ir.ScheduleTrigger):
+                moment = timeutil.cron_latest(trig.cron, since, now, self.tz)
+                occurrence = None if moment is None else f"schedule:{moment}"
+            elif isinstance(trig, ir.SaleTrigger):
+                due = [(m, sale) for m, sale in self._sale_moments(trig) if since < m <= now]
+                if due:
+                    moment, sale = max(due, key=lambda d: d[0])
+                    occurrence = f"sale:{sale.name}:{trig.edge}:{moment}"
+            if occurrence is not None:
+                result.entered += self._enter_audience(rule, now, None, occurrence, open_only)
+
+    # ------------------------------------------------------------------ 3. condition triggers
+
+    def _is_condition_tick(self, now: int) -> bool:
+        if not self.condition_interval:
+            return True
+        day, slot = timeutil.boundary_index(now, self.condition_interval, self.tz)
+        key = f"{day}#{slot}"
+        if self.store.get_meta("engine.condition_slot") == key:
+            return False
+        self.store.set_meta("engine.condition_slot", key)
+        return True
+
+    def _condition_triggers(self, now: int, result: TickResult) -> None:
+        for rule in self.project.rules.values():
+            if not isinstance(rule.trigger, ir.ConditionTrigger):
+                continue
+            mode = rule.reenter.mode
+            if mode == "never":
+                blocked = "1"
+            elif mode == "after":
+                blocked = (f"x.state IN ('active', 'waiting') OR x.finished_at > :now - "
+                           f"{int(rule.reenter.after)}")
+            else:
+                blocked = "x.state IN ('active', 'waiting')"
+            result.entered += self._enter_audience(rule, now, rule.trigger.cond, None, blocked)
+
+    # ------------------------------------------------------------------ 4. walking steps
+
+    def _walk(self, rows: list, now: int, result: TickResult) -> None:
+        frontier: list[_Walker] = []
+        updates: dict[int, tuple] = {}
+        groups: list[_Group] = []
+        seen: set[int] = set()
+        for row in rows:
+            rule = self.project.rules.get(row["rule"])
+            if rule is None:
+                updates[row["id"]] = ("exited", row["step_id"], None, now, "rule_removed", 0)
+                continue
+            idx = rule.index_of(row["step_id"]) if row["step_id"] is not None else None
+            if row["step_id"] is None or idx is None:
+                pos = len(rule.steps)
+            else:
+                pos = idx + 1 if row["state"] == "waiting" else idx
+            frontier.append(self._walker(row, rule, pos))
+            seen.add(row["id"])
+        result.advanced += len(frontier)
+
+        def flush(w: _Walker, step_id: str | None = None) -> None:
+            if w.buffer:
+                names = [n for _, names in w.buffer for n in names]
+                answer = w.cause_seq is not None and not w.answered
+                reply = None
+                if answer and w.reply_token and (w.reply_deadline or 0) >= now:
+                    reply = (w.reply_token, w.reply_deadline)
+                groups.append(_Group(w, w.buffer[0][0], names, reply, answer))
+                w.buffer = []
+            w.answered = True
+
+        def finish(w: _Walker, state: str, step_id: str | None, due: int | None, reason: str | None) -> None:
+            flush(w)
+            done = state in ("done", "exited")
+            updates[w.id] = (state, step_id, due, now if done else None, reason, 0)
+            if state == "exited":
+                result.exited += 1
+
+        def spawn(new: Iterable[_Walker]) -> list[_Walker]:
+            fresh = [w for w in new if w.id not in seen]
+            seen.update(w.id for w in fresh)
+            result.advanced += len(fresh)
+            return fresh
+
+        rounds = 0
+        while frontier and rounds < MAX_ROUNDS:
+            rounds += 1
+            nxt: list[_Walker] = []
+            by: dict[tuple[str, int], list[_Walker]] = defaultdict(list)
+            for w in frontier:
+                by[(w.rule, w.pos)].append(w)
+            for (rule_name, pos), walkers in by.items():
+                rule = self.project.rules[rule_name]
+                params = {"now": now, "rule": rule_name}
+                if pos >= len(rule.steps):
+                    for w in walkers:
+                        finish(w, "done", None, None, None)
+                    continue
+                if rule.exit_when is not None:
+                    c = self._sql(rule.exit_when, True)
+                    gone = self.store.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
+                    for w in walkers:
+                        if w.id in gone:
+                            finish(w, "exited", rule.steps[pos].id, None, "exit_when")
+                    walkers = [w for w in walkers if w.id not in gone]
+                step = rule.steps[pos]
+                cond = getattr(step, "cond", None)
+                if cond is not None and walkers:
+                    c = self._sql(cond, True)
+                    ok = self.store.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
+                else:
+                    ok = {w.id for w in walkers}
+                for w in walkers:
+                    go_on = self._step(rule, step, w, w.id in ok, now, result, flush, finish, spawn, nxt)
+                    if go_on:
+                        w.pos += 1
+                        nxt.append(w)
+            frontier = nxt
+        for w in frontier:  # a runaway loop of `start` steps: park them, due now
+            finish(w, "active", self.project.rules[w.rule].steps[w.pos].id, now, None)
+            log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
+        self.store.update_enrollments([(*u[:5], u[5], i) for i, u in updates.items()])
+        self._deliver(groups, now, result)
+
+    def _step(self, rule: ir.Rule, step: ir.Step, w: _Walker, ok: bool, now: int, result: TickResult,
+              flush, finish, spawn, nxt: list[_Walker]) -> bool:
+        """Run one step for one walker; True when it moves on to the next step in this tick."""
+        s = self.store
+        if isinstance(step, ir.Wait):
+            due = timeutil.wait_at(now, step.seconds, step.at, self.tz)
+        elif isinstance(step, ir.WaitUntil):
+            due = timeutil.wait_until(now, step.at, step.weekday, self.tz)
+        elif isinstance(step, ir.WaitFor):
+            due = now + step.up_to
+        else:
+            due = None
+        if isinstance(step, ir.WAIT_STEPS):
+            flush(w)
+            if due <= now and not isinstance(step, ir.WaitFor):
+                return True
+            finish(w, "waiting", step.id, due, None)
+            return False
+        if not ok:
+            return True
+        if isinstance(step, ir.Send):
+            w.buffer.append((step.id, step.messages))
+        elif isinstance(step, ir.TagStep):
+            if s.add_tags(w.friend, [step.name], now):
+                nxt.extend(spawn(self._fire("tag", {"add": [step.name]}, w.friend, now, now, None, result)))
+        elif isinstance(step, ir.UntagStep):
+            s.remove_tags(w.friend, [step.name])
+        elif isinstance(step, ir.SetStep):
+            s.set_attributes(w.friend, {step.attr: step.value})
+        elif isinstance(step, ir.MenuStep):
+            self._menu(w, step, now, result)
+        elif isinstance(step, ir.StartStep):
+            target = self.project.rules.get(step.rule)
+            entered = self._enter(target, w.friend, now, now) if target is not None else None
+            if entered is not None:
+                result.entered += 1
+                nxt.extend(spawn([entered]))
+        elif isinstance(step, ir.StopStep):
+            finish(w, "exited", step.id, None, "stop")
+            return False
+        return True
+
+    def _menu(self, w: _Walker, step: ir.MenuStep, now: int, result: TickResult) -> None:
+        menu_id = self.settings.rich_menu(step.menu)
+        friend = self.store.friend(w.friend) or {}
+        day = timeutil.local_day(now, self.tz)
+        if friend.get("blocked_at") is not None or w.holdout or menu_id is None:
+            reason = "blocked" if friend.get("blocked_at") is not None else (
+                "holdout" if w.holdout else "unknown_menu")
+            self.store.add_deliveries([(w.friend, w.rule, step.id, w.id, None, [f"menu:{step.menu}"],
+                                        "skipped", reason, w.variant, now, day, 0)])
+            result.skipped += 1
+            return
+        oid = self.store.add_outbox(kind="menu_link", recipients=[w.friend], payload={"richMenuId": menu_id},
+                                    messages=[f"menu:{step.menu}"], rule=w.rule, not_before=now, now=now)
+        self.store.add_deliveries([(w.friend, w.rule, step.id, w.id, oid, [f"menu:{step.menu}"],
+                                    "queued", None, w.variant, now, day, 0)])
+        result.queued += 1
+
+    # ------------------------------------------------------------------ sends
+
+    def _deliver(self, groups: list[_Group], now: int, result: TickResult) -> None:
+        """Window, cap, render and record the tick's send groups (answers first)."""
+        if not groups:
+            return
+        s, settings = self.store, self.settings
+        friends = s.friends_for_render({g.walker.friend for g in groups})
+        deliveries: list[tuple] = []
+        day_now = timeutil.local_day(now, self.tz)
+
+        def skip(g: _Group, status: str, reason: str | None, at: int, day: str) -> None:
+            deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, None, g.names,
+                               status, reason, g.walker.variant, at, day, 0))
+            if status == "capped":
+                result.capped += 1
+            else:
+                result.skipped += 1
+
+        regular: list[tuple[_Group, int, str]] = []
+        used_tokens: set[str] = set()
+        multicast: dict[tuple, list[tuple[_Group, int]]] = defaultdict(list)
+        for g in groups:
+            friend = friends.get(g.walker.friend, {})
+            if friend.get("blocked_at") is not None:
+                skip(g, "skipped", "blocked", now, day_now)
+            elif g.walker.holdout:
+                skip(g, "skipped", "holdout", now, day_now)
+            elif g.answer:
+                chunks = self._render(g, friend, now, deliveries, day_now)
+                for i, (names, objects) in enumerate(chunks):
+                    token = g.reply[0] if g.reply and i == 0 and g.reply[0] not in used_tokens else None
+                    if token:
+                        used_tokens.add(token)
+                    oid = s.add_outbox(kind="reply" if token else "push", recipients=[g.walker.friend],
+                                       payload=objects, messages=names, rule=g.walker.rule, not_before=now,
+                                       now=now, reply_token=token, reply_deadline=g.reply[1] if token else None)
+                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, oid, names,
+                                       "queued", "answer", g.walker.variant, now, day_now, 0))
+                    result.queued += 1
+            else:
+                window = self.project.rules[g.walker.rule].window or settings.window
+                at = timeutil.next_opening(now, window, self.tz)
+                regular.append((g, at, timeutil.local_day(at, self.tz)))
+        cap = settings.max_per_day
+        if cap is not None and regular:
+            used = s.cap_used([g.walker.friend for g, _, _ in regular], [d for _, _, d in regular])
+        regular.sort(key=lambda x: (-self.project.rules[x[0].walker.rule].priority, x[0].walker.due_at,
+                                    x[0].walker.id))
+        for g, at, day in regular:
+            if cap is not None:
+                key = (g.walker.friend, day)
+                if used.get(key, 0) >= cap:
+                    skip(g, "capped", f"max_per_day {cap}", at, day)
+                    continue
+                used[key] = used.get(key, 0) + 1
+            chunks = self._render(g, friends[g.walker.friend], now, deliveries, day)
+            for i, (names, objects) in enumerate(chunks):
+                key = (g.walker.rule, at, render_hash(objects), tuple(names))
+                multicast[key].append((g, i, day, objects))
+        for (rule, at, _hash, names), items in multicast.items():
+            objects = items[0][3]
+            for start in range(0, len(items), MAX_MULTICAST):
+                part = items[start:start + MAX_MULTICAST]
+                oid = s.add_outbox(kind="multicast" if len(part) > 1 else "push",
+                                   recipients=[g.walker.friend for g, *_ in part], payload=objects,
+                                   messages=list(names), rule=rule, not_before=at, now=now)
+                result.queued += 1
+                for g, i, day, _ in part:
+                    deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, oid, list(names),
+                                       "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
+        s.add_deliveries(deliveries)
+
+    def _render(self, g: _Group, friend: dict, now: int, deliveries: list,
+                day: str) -> list[tuple[list[str], list[dict]]]:
+        """Render the group's messages for one friend and pack them into pushes of at most five
+        objects, keeping each message whole where it fits. A message that fails to render is
+        recorded as a rejected delivery and left out."""
+        rule = g.walker.rule
+        sale = self._sale_of(g.walker)
+        chunks: list[tuple[list[str], list[dict]]] = []
+        for name in g.names:
+            defn = self.project.messages.get(name)
+            if defn is None:
+                continue
+            try:
+                objects = render_message(defn, friend=friend, rule=rule, sale=sale, utm=self.settings.utm,
+                                         link=self._linker(friend.get("id"), rule, name, now))
+            except RenderError as exc:
+                log.error("rule %s: message %s not sent to %s: %s", rule, name, friend.get("id"), exc)
+                deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
+                                   str(exc), g.walker.variant, now, day, 0))
+                continue
+            if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
+                chunks[-1][0].append(name)
+                chunks[-1][1].extend(objects)
+            else:
+                chunks.extend(([name], objects[i:i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
+        return chunks
+
+    def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
+        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set."""
+        base = self.settings.base_url
+        if not base or friend is None:
+            return None
+        return lambda url: f"{base.rstrip('/')}/c/{self.store.link_token(friend, rule, message, url, now)}"
+
+    def _sale_of(self, w: _Walker) -> dict | None:
+        if not (w.occurrence or "").startswith("sale:"):
+            return None
+        name = w.occurrence.split(":")[1]
+        sale = next((s for s in self.project.sales if s.name == name), None)
+        return sale_vars(sale, self.tz) if sale else None
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "''")

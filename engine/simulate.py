@@ -1,0 +1,153 @@
+"""``linerules simulate``: replay a timeline through the same engine as the runner.
+
+A fresh database (in memory, or ``--db FILE``) and a virtual clock that stops at each event
+time, at each moment the engine has work (:meth:`Engine.next_wakeup`: due steps, window
+openings, schedule and sale occurrences) and at every ``--tick`` boundary aligned to local
+midnight, where condition triggers are checked. Outbox rows are "sent" by a simulated
+transport at the moment they become due; nothing touches the network.
+
+Output: one JSON object per push per friend, in time order (ties by friend, then rule):
+``{"at": ISO 8601 in the configured zone, "friend": ID, "rule": NAME, "messages": [NAME, ...]}``.
+Without ``--until`` the clock runs to 30 days after the last event.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import sys
+from typing import Sequence
+
+from . import ir, timeutil
+from .events import Event, EventError
+from .interpreter import Engine
+from .store import Store
+
+#: How far the clock runs after the last event when no ``--until`` is given.
+DEFAULT_HORIZON = 30 * 86400
+SENT_KINDS = ("push", "multicast", "reply")
+
+
+def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.datetime | None,
+                 tick_seconds: int, db_path: str | None = None) -> list[dict]:
+    """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed."""
+    if tick_seconds <= 0:
+        raise ValueError("the tick must be a positive duration")
+    tz = project.settings.tz
+    ordered = sorted(events, key=lambda e: e.at)
+    if not ordered:
+        return []
+    start = timeutil.epoch(ordered[0].at)
+    end = timeutil.epoch(until) if until is not None else timeutil.epoch(ordered[-1].at) + DEFAULT_HORIZON
+    store = Store(db_path or ":memory:")
+    clock_now = start
+    engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
+    pushes: list[tuple[int, str, str, int, dict]] = []
+    i, now = 0, start
+    try:
+        while now <= end:
+            clock_now = now
+            batch = []
+            while i < len(ordered) and timeutil.epoch(ordered[i].at) <= now:
+                batch.append(ordered[i])
+                i += 1
+            if batch:
+                store.apply_events(batch, received_at=now)
+            boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
+            engine.tick(timeutil.local(now, tz), conditions=boundary)
+            _transport(store, now, tz, pushes)
+            candidates = [timeutil.next_boundary(now, tick_seconds, tz)]
+            if i < len(ordered):
+                candidates.append(timeutil.epoch(ordered[i].at))
+            wake = engine.next_wakeup(timeutil.local(now, tz))
+            if wake is not None:
+                candidates.append(timeutil.epoch(wake))
+            now = min(candidates)
+    finally:
+        store.close()
+    pushes.sort(key=lambda p: p[:4])
+    return [p[4] for p in pushes]
+
+
+def _transport(store: Store, now: int, tz, pushes: list) -> None:
+    """Mark every due outbox row sent, noting one push per recipient."""
+    while True:
+        rows = store.claim_outbox(now, 1000)
+        if not rows:
+            return
+        for row in rows:
+            if row["kind"] in SENT_KINDS:
+                for friend in row["recipients"]:
+                    pushes.append((now, friend, row["rule"] or "", row["id"],
+                                   {"at": timeutil.iso(now, tz), "friend": friend, "rule": row["rule"],
+                                    "messages": row["messages"]}))
+            store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
+
+
+def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None) -> int:
+    """The ``simulate`` command: exit 0 after printing the pushes, 1 on any input error."""
+    from .diagnostics import has_errors, render_text
+    from .intake import parse_events
+    from .project import load_project
+
+    try:
+        tick_seconds = timeutil.parse_duration(tick)
+        if tick_seconds <= 0:
+            raise ValueError("--tick must be longer than 0s")
+    except ValueError as exc:
+        return _fail(f"--tick: {exc}")
+    until_at = None
+    if until:
+        try:
+            until_at = dt.datetime.fromisoformat(until)
+        except ValueError:
+            return _fail(f"--until: `{until}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00")
+        if until_at.tzinfo is None:
+            return _fail(f"--until: `{until}` needs a UTC offset, like 2026-12-31T00:00:00+09:00")
+    loaded = load_project(rules_dir)
+    if has_errors(loaded.diagnostics) or loaded.project is None:
+        sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))
+        return 1
+    try:
+        with open(events_path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"{events_path}: cannot read the events: {exc}")
+    try:
+        events = parse_events(text, "jsonl")
+    except EventError as exc:
+        return _fail(f"{events_path}: {exc}")
+    if db:
+        problem = _fresh_db(db)
+        if problem:
+            return _fail(problem)
+    for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db):
+        sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _fresh_db(path: str) -> str | None:
+    """Make room for a new simulated database at ``path``: an earlier simulation's database is
+    replaced; any other existing file is refused (returns the error text)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            ours = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        ours = None
+    if not ours:
+        return f"--db: {path} exists and is not a linerules database; choose another file"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    return None
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 1

@@ -1,0 +1,644 @@
+"""Friend state, enrollments and the outbox in one SQLite file.
+
+One small class, one method per operation, each with its contract. All SQL of the engine lives
+here (conditions are compiled by :mod:`engine.sqlcond`). Times are integer UTC epoch seconds.
+
+Concurrency: WAL, a busy timeout, and explicit ``BEGIN IMMEDIATE`` transactions
+(:meth:`Store.transaction`, re-entrant). One runner per database is enforced by a lease.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import sqlite_utils
+
+from .events import Event
+
+#: Open enrollment states: ``active`` runs its next step at ``due_at``; ``waiting`` sits on a
+#: wait step and continues after it at ``due_at`` (or earlier, on a ``wait for`` event).
+OPEN = ("active", "waiting")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE friends (
+      id TEXT PRIMARY KEY,
+      followed_at INTEGER, blocked_at INTEGER, seen_at INTEGER,
+      source TEXT, display_name TEXT, language TEXT,
+      attributes TEXT NOT NULL DEFAULT '{}',
+      orders INTEGER NOT NULL DEFAULT 0, total_spent REAL NOT NULL DEFAULT 0,
+      last_purchase_at INTEGER, created_at INTEGER NOT NULL);
+    CREATE TABLE tags (friend TEXT NOT NULL, tag TEXT NOT NULL, added_at INTEGER NOT NULL,
+      PRIMARY KEY (friend, tag)) WITHOUT ROWID;
+    CREATE INDEX tags_tag ON tags(tag);
+    CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, dedupe_key TEXT UNIQUE,
+      type TEXT NOT NULL, friend TEXT NOT NULL, at INTEGER NOT NULL, data TEXT NOT NULL,
+      reply_token TEXT, received_at INTEGER NOT NULL, processed_at INTEGER);
+    CREATE INDEX events_pending ON events(at, seq) WHERE processed_at IS NULL;
+    CREATE INDEX events_friend ON events(friend, at);
+    CREATE TABLE activity (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, kind TEXT NOT NULL,
+      product TEXT, category TEXT, amount REAL, rule TEXT, message TEXT, url TEXT,
+      at INTEGER NOT NULL);
+    CREATE INDEX activity_friend ON activity(friend, kind, at);
+    CREATE INDEX activity_kind ON activity(kind, at);
+    CREATE TABLE enrollments (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, rule TEXT NOT NULL,
+      rule_version TEXT NOT NULL, step_id TEXT, due_at INTEGER, state TEXT NOT NULL,
+      variant TEXT, holdout INTEGER NOT NULL DEFAULT 0, entered_at INTEGER NOT NULL,
+      finished_at INTEGER, exit_reason TEXT, occurrence TEXT, cause_seq INTEGER,
+      reply_token TEXT, reply_deadline INTEGER);
+    CREATE INDEX enrollments_due ON enrollments(due_at) WHERE state IN ('active', 'waiting');
+    CREATE INDEX enrollments_friend ON enrollments(friend, rule);
+    CREATE INDEX enrollments_rule ON enrollments(rule, rule_version, step_id)
+      WHERE state IN ('active', 'waiting');
+    CREATE UNIQUE INDEX enrollments_occurrence ON enrollments(rule, occurrence, friend)
+      WHERE occurrence IS NOT NULL;
+    CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, recipients TEXT NOT NULL,
+      payload TEXT NOT NULL, messages TEXT NOT NULL, rule TEXT, retry_key TEXT NOT NULL UNIQUE,
+      reply_token TEXT, reply_deadline INTEGER, not_before INTEGER NOT NULL,
+      status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, request_id TEXT,
+      last_error TEXT, created_at INTEGER NOT NULL, claimed_at INTEGER, sent_at INTEGER);
+    CREATE INDEX outbox_due ON outbox(not_before, id) WHERE status IN ('pending', 'held');
+    CREATE TABLE deliveries (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, rule TEXT NOT NULL,
+      step_id TEXT, enrollment INTEGER, outbox_id INTEGER, messages TEXT NOT NULL,
+      status TEXT NOT NULL, reason TEXT, variant TEXT, at INTEGER NOT NULL,
+      local_day TEXT NOT NULL, counts_for_cap INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX deliveries_cap ON deliveries(friend, local_day) WHERE counts_for_cap = 1;
+    CREATE INDEX deliveries_outbox ON deliveries(outbox_id);
+    CREATE INDEX deliveries_rule ON deliveries(rule, at);
+    CREATE TABLE rule_versions (rule TEXT NOT NULL, version TEXT NOT NULL, steps TEXT NOT NULL,
+      compiled_at INTEGER NOT NULL, PRIMARY KEY (rule, version));
+    CREATE TABLE links (token TEXT PRIMARY KEY, friend TEXT, rule TEXT, message TEXT,
+      url TEXT NOT NULL, created_at INTEGER NOT NULL);
+    CREATE TABLE lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    """,
+)
+
+_FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
+                   "language", "attributes", "orders", "total_spent", "last_purchase_at",
+                   "created_at")
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """An applied event as the engine processes it."""
+    seq: int
+    type: str
+    friend: str
+    at: int
+    data: dict[str, Any]
+    reply_token: str | None
+    received_at: int
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def bucket(friend: str, rule: str, salt: str = "") -> int:
+    """A stable bucket 0..9999 for (friend, rule): the split variant and holdout draw."""
+    digest = hashlib.sha256(f"{salt}\x1f{rule}\x1f{friend}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10000
+
+
+class Store:
+    """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
+
+    def __init__(self, path: str):
+        self.path = path
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if path != ":memory:":
+            self.db.enable_wal()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("lr_bucket", 3, bucket, deterministic=True)
+        self._migrate()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception). Re-entrant: an inner
+        block joins the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        """Apply the migrations the database has not seen yet, each in its own transaction."""
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        version = int(self.get_meta("schema_version") or 0)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction() as c:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                self.set_meta("schema_version", str(number))
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction() as c:
+            if value is None:
+                c.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ events in
+
+    def apply_events(self, events: Sequence[Event], received_at: int | None = None) -> ApplyResult:
+        """Store a validated batch in one transaction: all of it or nothing. Events whose
+        ``dedupe_key`` is already stored (or repeats in the batch) are applied once; unknown
+        friends are created. ``received_at`` defaults to the wall clock (reply-token freshness).
+        The engine's next tick processes them in (at, seq) order."""
+        received = int(time.time()) if received_at is None else int(received_at)
+        applied = 0
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
+                          [(e.friend, int(e.at.timestamp())) for e in events])
+            for e in events:
+                cur = c.execute(
+                    "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
+                    (e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data),
+                     e.reply_token, received))
+                applied += cur.rowcount
+        return ApplyResult(applied=applied, duplicates=len(events) - applied)
+
+    def pending_events(self, now: int, limit: int = 1000) -> list[EventRow]:
+        """Unprocessed events with ``at <= now`` in (at, seq) order."""
+        rows = self.conn.execute(
+            "SELECT seq, type, friend, at, data, reply_token, received_at FROM events "
+            "WHERE processed_at IS NULL AND at <= ? ORDER BY at, seq LIMIT ?", (now, limit))
+        return [EventRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def mark_processed(self, seq: int, now: int) -> None:
+        self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
+
+    def next_event_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?",
+                                (after,)).fetchone()
+        return row[0]
+
+    # ------------------------------------------------------------------ friend state
+
+    def friend(self, friend_id: str) -> dict | None:
+        """The friend's row as a dict (``attributes`` decoded, ``tags`` a sorted list), or None."""
+        row = self.conn.execute(f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id = ?",
+                                (friend_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["attributes"] = json.loads(out["attributes"])
+        out["tags"] = [r[0] for r in self.conn.execute(
+            "SELECT tag FROM tags WHERE friend = ? ORDER BY tag", (friend_id,))]
+        return out
+
+    def friends_for_render(self, ids: Iterable[str]) -> dict[str, dict]:
+        """Friend dicts (as :meth:`friend`) for many ids at once."""
+        out: dict[str, dict] = {}
+        ids = list(dict.fromkeys(ids))
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id IN ({marks})", chunk):
+                d = dict(row)
+                d["attributes"] = json.loads(d["attributes"])
+                d["tags"] = []
+                out[d["id"]] = d
+            for friend_id, tag in self.conn.execute(
+                    f"SELECT friend, tag FROM tags WHERE friend IN ({marks}) ORDER BY tag", chunk):
+                out[friend_id]["tags"].append(tag)
+        return out
+
+    def ensure_friend(self, friend_id: str, now: int) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
+                          (friend_id, now))
+
+    def set_source(self, friend_id: str, source: str, now: int | None = None) -> None:
+        """Record where a friend came from (``qr=shipping``), e.g. from the LINE Login flow."""
+        now = int(time.time()) if now is None else now
+        with self.transaction() as c:
+            self.ensure_friend(friend_id, now)
+            c.execute("UPDATE friends SET source = ? WHERE id = ?", (_norm_source(source), friend_id))
+
+    def set_profile(self, friend_id: str, *, display_name: str | None = None,
+                    language: str | None = None) -> None:
+        """Store the LINE profile fields templates use (None leaves a field as it is)."""
+        with self.transaction() as c:
+            c.execute("UPDATE friends SET display_name = COALESCE(?, display_name), "
+                      "language = COALESCE(?, language) WHERE id = ?", (display_name, language, friend_id))
+
+    def touch(self, friend_id: str, at: int) -> None:
+        """The friend has been seen through an event (they are a current friend from now on)."""
+        self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?",
+                          (at, friend_id))
+
+    def follow(self, friend_id: str, at: int, source: str | None) -> None:
+        """A follow (new friend or unblock). The first follow time is kept; a new source
+        replaces the old one."""
+        self.conn.execute(
+            "UPDATE friends SET followed_at = COALESCE(followed_at, ?), blocked_at = NULL, "
+            "source = COALESCE(?, source) WHERE id = ?",
+            (at, _norm_source(source) if source else None, friend_id))
+
+    def unfollow(self, friend_id: str, at: int) -> None:
+        self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
+
+    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict]) -> None:
+        """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
+        one ``purchase`` row per item (for product/category matches)."""
+        c = self.conn
+        c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
+                  "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
+                  (amount, at, friend_id))
+        rows = [(friend_id, "order", None, None, amount, at)]
+        for item in items:
+            price = item.get("price")
+            total = None if price is None else price * item.get("quantity", 1)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at))
+        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def track(self, friend_id: str, kind: str, product: str | None, at: int) -> None:
+        """A ``cart`` or ``view`` activity."""
+        self.conn.execute("INSERT INTO activity(friend, kind, product, at) VALUES (?, ?, ?, ?)",
+                          (friend_id, kind, product, at))
+
+    def set_attributes(self, friend_id: str, values: dict[str, Any]) -> None:
+        """``display_name`` and ``language`` are columns; everything else is a custom attribute."""
+        values = dict(values)
+        for column in ("display_name", "language"):
+            if column in values:
+                self.conn.execute(f"UPDATE friends SET {column} = ? WHERE id = ?",
+                                  (values.pop(column), friend_id))
+        if values:
+            self.conn.execute("UPDATE friends SET attributes = json_patch(attributes, ?) WHERE id = ?",
+                              (_json(values), friend_id))
+
+    def add_tags(self, friend_id: str, tags: Iterable[str], at: int) -> list[str]:
+        """Add tags; returns the ones that were new."""
+        new = []
+        for tag in tags:
+            cur = self.conn.execute("INSERT OR IGNORE INTO tags(friend, tag, added_at) VALUES (?, ?, ?)",
+                                    (friend_id, tag, at))
+            if cur.rowcount:
+                new.append(tag)
+        return new
+
+    def remove_tags(self, friend_id: str, tags: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM tags WHERE friend = ? AND tag = ?",
+                              [(friend_id, t) for t in tags])
+
+    # ------------------------------------------------------------------ clicks
+
+    def link_token(self, friend: str | None, rule: str | None, message: str | None, url: str,
+                   now: int) -> str:
+        """A new click-tracking token for one link sent to one friend."""
+        token = secrets.token_urlsafe(12)
+        self.conn.execute("INSERT INTO links(token, friend, rule, message, url, created_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (token, friend, rule, message, url, now))
+        return token
+
+    def record_click(self, token: str | None = None, at: int | None = None, *,
+                     friend: str | None = None, rule: str | None = None, message: str | None = None,
+                     url: str | None = None) -> str | None:
+        """Record a click on a tracked link, by token or by (friend, rule, message, url).
+        Returns the link's target URL (None for an unknown token)."""
+        at = int(time.time()) if at is None else at
+        with self.transaction() as c:
+            if token is not None:
+                row = c.execute("SELECT friend, rule, message, url FROM links WHERE token = ?",
+                                (token,)).fetchone()
+                if row is None:
+                    return None
+                friend, rule, message, url = row
+            if friend is None or url is None:
+                return url
+            self.ensure_friend(friend, at)
+            c.execute("INSERT INTO activity(friend, kind, rule, message, url, at) "
+                      "VALUES (?, 'click', ?, ?, ?, ?)", (friend, rule, message, url, at))
+            return url
+
+    # ------------------------------------------------------------------ conditions
+
+    def select_enrollments(self, cond_sql: str, params: dict[str, Any], ids: Sequence[int]) -> set[int]:
+        """Which of the enrollments ``ids`` satisfy ``cond_sql`` (aliases ``e`` and ``f``)."""
+        out: set[int] = set()
+        for chunk in _chunks(list(ids), 900):
+            marks = ",".join(f":id{i}" for i in range(len(chunk)))
+            sql = (f"SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+                   f"WHERE e.id IN ({marks}) AND ({cond_sql})")
+            ids_named = {f"id{i}": v for i, v in enumerate(chunk)}
+            out.update(r[0] for r in self.conn.execute(sql, {**params, **ids_named}))
+        return out
+
+    def friend_matches(self, friend_id: str, cond_sql: str, params: dict[str, Any]) -> bool:
+        """Whether one friend satisfies ``cond_sql`` (alias ``f``; no enrollment in scope)."""
+        row = self.conn.execute(f"SELECT 1 FROM friends f WHERE f.id = :friend AND ({cond_sql})",
+                                {**params, "friend": friend_id}).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------------ enrollments
+
+    def register_rule_version(self, rule: str, version: str, step_ids: Sequence[str], now: int) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO rule_versions(rule, version, steps, compiled_at) "
+                          "VALUES (?, ?, ?, ?)", (rule, version, _json(list(step_ids)), now))
+
+    def rule_version_steps(self, rule: str, version: str) -> list[str] | None:
+        row = self.conn.execute("SELECT steps FROM rule_versions WHERE rule = ? AND version = ?",
+                                (rule, version)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def last_enrollment(self, friend: str, rule: str) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT * FROM enrollments WHERE friend = ? AND rule = ? ORDER BY id DESC LIMIT 1",
+            (friend, rule)).fetchone()
+
+    def enroll(self, *, friend: str, rule: str, version: str, step_id: str | None, now: int,
+               entered_at: int, variant: str | None, holdout: bool, occurrence: str | None = None,
+               cause_seq: int | None = None, reply_token: str | None = None,
+               reply_deadline: int | None = None) -> int | None:
+        """Insert one active enrollment due at ``now``; None if the occurrence was taken."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+            "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline) "
+            "VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+            (friend, rule, version, step_id, now, variant, int(holdout), entered_at, occurrence,
+             cause_seq, reply_token, reply_deadline))
+        return cur.lastrowid if cur.rowcount else None
+
+    def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
+                        where_sql: str, params: dict[str, Any], occurrence: str | None,
+                        blocked_sql: str, variant_sql: str, holdout_sql: str) -> int:
+        """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
+        entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
+        gets one active enrollment due now. Returns how many entered."""
+        sql = (
+            "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+            "variant, holdout, entered_at, occurrence) "
+            f"SELECT f.id, :rule, :version, :step, :now, 'active', {variant_sql}, {holdout_sql}, "
+            f":now, :occurrence FROM friends f WHERE ({where_sql}) AND NOT EXISTS ("
+            f"SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule AND ({blocked_sql}))")
+        cur = self.conn.execute(sql, {**params, "rule": rule, "version": version, "step": step_id,
+                                      "now": now, "occurrence": occurrence})
+        return cur.rowcount
+
+    def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id",
+            (friend,)).fetchall()
+
+    def due_enrollments(self, now: int, limit: int) -> list[sqlite3.Row]:
+        """Open enrollments with ``due_at <= now``, earliest first (the partial due index)."""
+        return self.conn.execute(
+            "SELECT * FROM enrollments WHERE state IN ('active', 'waiting') AND due_at <= ? "
+            "ORDER BY due_at, id LIMIT ?", (now, limit)).fetchall()
+
+    def next_due_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
+                                "AND due_at > ?", (after,)).fetchone()
+        return row[0]
+
+    def update_enrollments(self, rows: Sequence[tuple]) -> None:
+        """Batch write of walked enrollments: (state, step_id, due_at, finished_at, exit_reason,
+        keep_cause, id). ``keep_cause`` 0 clears the reply token of the causing event."""
+        self.conn.executemany(
+            "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
+            "exit_reason = ?, cause_seq = CASE WHEN ? THEN cause_seq END, "
+            "reply_token = CASE WHEN ? THEN reply_token END WHERE id = ?",
+            [(s, st, d, fin, why, keep, keep, i) for s, st, d, fin, why, keep, i in rows])
+
+    def resume(self, enrollment_id: int, step_id: str | None, now: int, cause_seq: int | None,
+               reply_token: str | None, reply_deadline: int | None) -> None:
+        """A ``wait for`` event arrived: continue at ``step_id`` now."""
+        self.conn.execute(
+            "UPDATE enrollments SET state = 'active', step_id = ?, due_at = ?, cause_seq = ?, "
+            "reply_token = ?, reply_deadline = ? WHERE id = ?",
+            (step_id, now, cause_seq, reply_token, reply_deadline, enrollment_id))
+
+    def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
+        self.conn.executemany(
+            "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
+            "WHERE id = ? AND state IN ('active', 'waiting')", [(reason, now, i) for i in ids])
+
+    def open_positions(self) -> list[tuple[str, str, str | None, str, int]]:
+        """(rule, version, step_id, state, count) of all open enrollments, for a rule reload."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT rule, rule_version, step_id, state, COUNT(*) FROM enrollments "
+            "WHERE state IN ('active', 'waiting') GROUP BY rule, rule_version, step_id, state")]
+
+    def move_enrollments(self, rule: str, version: str, step_id: str | None, state: str,
+                         new_version: str, new_step: str | None, new_state: str) -> int:
+        """Carry open enrollments at one (rule, version, step, state) over to a new version."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET rule_version = ?, step_id = ?, state = ? "
+            "WHERE rule = ? AND rule_version = ? AND step_id IS ? AND state = ?",
+            (new_version, new_step, new_state, rule, version, step_id, state))
+        return cur.rowcount
+
+    def end_rule(self, rule: str, reason: str, now: int) -> int:
+        cur = self.conn.execute(
+            "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
+            "WHERE rule = ? AND state IN ('active', 'waiting')", (reason, now, rule))
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ sends
+
+    def cap_used(self, friends: Iterable[str], days: Iterable[str]) -> dict[tuple[str, str], int]:
+        """Pushes already counted against ``max_per_day`` per (friend, local day)."""
+        friends, days = list(dict.fromkeys(friends)), list(dict.fromkeys(days))
+        out: dict[tuple[str, str], int] = {}
+        if not friends or not days:
+            return out
+        day_marks = ",".join("?" * len(days))
+        for chunk in _chunks(friends, 500):
+            marks = ",".join("?" * len(chunk))
+            for f, d, n in self.conn.execute(
+                    f"SELECT friend, local_day, COUNT(*) FROM deliveries WHERE counts_for_cap = 1 "
+                    f"AND friend IN ({marks}) AND local_day IN ({day_marks}) GROUP BY friend, local_day",
+                    [*chunk, *days]):
+                out[(f, d)] = n
+        return out
+
+    def add_outbox(self, *, kind: str, recipients: Sequence[str], payload: Any, messages: Sequence[str],
+                   rule: str | None, not_before: int, now: int, reply_token: str | None = None,
+                   reply_deadline: int | None = None) -> int:
+        """Record one send before it is attempted; the retry key is created here, once."""
+        cur = self.conn.execute(
+            "INSERT INTO outbox(kind, recipients, payload, messages, rule, retry_key, reply_token, "
+            "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            (kind, _json(list(recipients)), _json(payload), _json(list(messages)), rule,
+             str(uuid.uuid4()), reply_token, reply_deadline, not_before, now))
+        return cur.lastrowid
+
+    def add_deliveries(self, rows: Sequence[tuple]) -> None:
+        """(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, variant, at,
+        local_day, counts_for_cap) rows."""
+        self.conn.executemany(
+            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+            "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r[:5], _json(list(r[5])), *r[6:]) for r in rows])
+
+    # ------------------------------------------------------------------ outbox (dispatcher side)
+
+    def claim_outbox(self, now: int, limit: int) -> list[dict]:
+        """Pending (or held) rows with ``not_before <= now``, oldest first, as dicts with decoded
+        ``recipients``/``payload``/``messages`` and ``friend`` (the first recipient). A claimed
+        row is not handed out again for 60 s unless finished or held; it keeps its retry key, so
+        a crash between claim and finish resends with the same key (LINE answers 409)."""
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
+                "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY not_before, id LIMIT ?",
+                (now, now - 60, limit)).fetchall()
+            c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
+                          [(now, r["id"]) for r in rows])
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["attempts"] += 1
+            for key in ("recipients", "payload", "messages"):
+                d[key] = json.loads(d[key])
+            d["friend"] = d["recipients"][0] if d["recipients"] else None
+            if d["kind"] == "menu_link":
+                d["rich_menu_id"] = d["payload"].get("richMenuId")
+            out.append(d)
+        return out
+
+    def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
+                      error: str | None = None, at: int | None = None) -> None:
+        """Final outcome of a row (sent, duplicate, rejected, dry_run); its deliveries follow."""
+        at = int(time.time()) if at is None else at
+        with self.transaction() as c:
+            c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                      "last_error = ?, sent_at = ? WHERE id = ?", (status, request_id, error, at, outbox_id))
+            delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
+            c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
+                      "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
+
+    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
+        """Not sent now (rate limit, quota, a transient error): try again at ``until``."""
+        with self.transaction() as c:
+            c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
+                      "last_error = COALESCE(?, last_error) WHERE id = ?", (until, error, outbox_id))
+
+    def outbox_backlog(self) -> int:
+        """Rows not yet finished (pending or held)."""
+        return self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')").fetchone()[0]
+
+    def next_outbox_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') "
+                                "AND not_before > ?", (after,)).fetchone()
+        return row[0]
+
+    def outbox(self, status: str | None = None) -> list[dict]:
+        """All outbox rows (decoded), in id order; for reports, tests and the simulator."""
+        sql, args = "SELECT * FROM outbox", ()
+        if status:
+            sql, args = sql + " WHERE status = ?", (status,)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY id", args):
+            d = dict(r)
+            for key in ("recipients", "payload", "messages"):
+                d[key] = json.loads(d[key])
+            out.append(d)
+        return out
+
+    def health(self) -> dict:
+        """Numbers for ``/healthz`` and logs."""
+        one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "schema_version": self.schema_version,
+            "friends": one("SELECT COUNT(*) FROM friends"),
+            "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
+            "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
+            "outbox_backlog": self.outbox_backlog(),
+            "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
+            "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,
+        }
+
+    # ------------------------------------------------------------------ lease
+
+    def acquire_lease(self, owner: str, now: int, ttl: int) -> bool:
+        """Take (or extend) the one-runner lease; False while another owner holds it."""
+        with self.transaction() as c:
+            row = c.execute("SELECT owner, expires_at FROM lease WHERE name = 'runner'").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            c.execute("INSERT INTO lease(name, owner, expires_at) VALUES ('runner', ?, ?) "
+                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
+                      (owner, now + ttl))
+            return True
+
+    def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
+        """Extend the lease; False if it is no longer ours (another runner took it)."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND owner = ?",
+                            (now + ttl, owner))
+            return cur.rowcount == 1
+
+    def release_lease(self, owner: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM lease WHERE name = 'runner' AND owner = ?", (owner,))
+
+    def lease_holder(self) -> str | None:
+        row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
+        return row[0] if row else None
+
+
+def _norm_source(source: str) -> str:
+    """``qr = shipping, ad=summer`` -> ``qr=shipping,ad=summer``."""
+    return ",".join("=".join(p.strip() for p in part.split("=", 1)) for part in source.split(","))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+

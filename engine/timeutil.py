@@ -1,0 +1,143 @@
+"""Time arithmetic in the configured zone: waits, delivery windows, cron and sale moments.
+
+Everything the engine stores is an integer UTC epoch second; these helpers convert to local
+wall-clock time only where a rule speaks in local terms (``at 12:00``, windows, the cap's day).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from . import ir
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``30m``, ``2h``, ``1d12h``, ``45s`` -> seconds. Raises ValueError on anything else."""
+    s = text.strip()
+    parts = _DURATION.findall(s)
+    if not s or "".join(n + u for n, u in parts) != s:
+        raise ValueError(f"`{text}` is not a duration (use e.g. 30m, 1h, 1d12h)")
+    return sum(int(n) * _UNIT[u] for n, u in parts)
+
+
+def epoch(moment: dt.datetime) -> int:
+    """An aware datetime -> UTC epoch seconds."""
+    if moment.tzinfo is None:
+        raise ValueError("time without a UTC offset")
+    return int(moment.timestamp())
+
+
+def local(ts: int, tz: ZoneInfo) -> dt.datetime:
+    """UTC epoch seconds -> aware datetime in ``tz``."""
+    return dt.datetime.fromtimestamp(ts, tz)
+
+
+def iso(ts: int, tz: ZoneInfo) -> str:
+    """ISO 8601 with the zone's offset, seconds precision."""
+    return local(ts, tz).isoformat(timespec="seconds")
+
+
+def local_day(ts: int, tz: ZoneInfo) -> str:
+    """The local calendar day (``YYYY-MM-DD``) of a moment, for ``max_per_day``."""
+    return local(ts, tz).date().isoformat()
+
+
+def _at(day: dt.date, at: dt.time, tz: ZoneInfo) -> int:
+    """Epoch of local ``day`` at wall time ``at`` (a gap in a DST change resolves forward)."""
+    naive = dt.datetime.combine(day, at.replace(tzinfo=None))
+    return epoch(naive.replace(tzinfo=tz))
+
+
+def wait_at(now: int, seconds: int, at: dt.time | None, tz: ZoneInfo) -> int:
+    """``wait D`` -> now + D; ``wait D at HH:MM`` -> the first HH:MM at or after now + D."""
+    base = now + seconds
+    if at is None:
+        return base
+    day = local(base, tz).date()
+    moment = _at(day, at, tz)
+    return moment if moment >= base else _at(day + dt.timedelta(days=1), at, tz)
+
+
+def wait_until(now: int, at: dt.time | None, weekday: int | None, tz: ZoneInfo) -> int:
+    """``wait until HH:MM`` / ``wait until monday [at HH:MM]``: the next such moment strictly
+    after ``now`` (a weekday without a time means 00:00)."""
+    at = at or dt.time(0, 0)
+    day = local(now, tz).date()
+    for offset in range(0, 9):
+        d = day + dt.timedelta(days=offset)
+        if weekday is not None and d.weekday() != weekday:
+            continue
+        moment = _at(d, at, tz)
+        if moment > now:
+            return moment
+    raise AssertionError("unreachable: a weekday recurs within 8 days")
+
+
+def in_window(ts: int, window: ir.Window | None, tz: ZoneInfo) -> bool:
+    """Whether the local time of ``ts`` lies in the daily window (start inclusive, end exclusive)."""
+    if window is None:
+        return True
+    t = local(ts, tz).time().replace(tzinfo=None)
+    start, end = window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+    if start == end:
+        return True
+    if start < end:
+        return start <= t < end
+    return t >= start or t < end
+
+
+def next_opening(ts: int, window: ir.Window | None, tz: ZoneInfo) -> int:
+    """``ts`` itself when inside the window, else the next moment the window opens."""
+    if in_window(ts, window, tz):
+        return ts
+    assert window is not None
+    day = local(ts, tz).date()
+    for offset in range(0, 3):
+        moment = _at(day + dt.timedelta(days=offset), window.start, tz)
+        if moment > ts:
+            return moment
+    raise AssertionError("unreachable: a window opens every day")
+
+
+def cron_latest(expr: str, after: int, upto: int, tz: ZoneInfo) -> int | None:
+    """The latest occurrence of a cron expression in ``(after, upto]``, or None."""
+    base = local(upto + 1, tz)
+    moment = epoch(croniter(expr, base).get_prev(dt.datetime))
+    return moment if after < moment <= upto else None
+
+
+def cron_next(expr: str, after: int, tz: ZoneInfo) -> int:
+    """The first occurrence strictly after ``after``."""
+    return epoch(croniter(expr, local(after, tz)).get_next(dt.datetime))
+
+
+def sale_moment(trigger: ir.SaleTrigger, sale: ir.Sale, tz: ZoneInfo) -> int:
+    """When a ``sale`` trigger fires for one sale: ``in Nd at HH:MM`` is N calendar days before
+    the sale's local date at that time; without ``at``, exactly ``before`` seconds earlier."""
+    instant = sale.starts if trigger.edge == "starts" else sale.ends
+    if trigger.at is None:
+        return epoch(instant) - trigger.before
+    day = instant.astimezone(tz).date() - dt.timedelta(days=trigger.before // 86400)
+    return _at(day, trigger.at, tz)
+
+
+def next_boundary(ts: int, interval: int, tz: ZoneInfo) -> int:
+    """The first multiple of ``interval`` seconds after local midnight of ``ts``'s day that is
+    strictly later than ``ts`` (it may fall on the next day's midnight)."""
+    midnight = _at(local(ts, tz).date(), dt.time(0, 0), tz)
+    steps = (ts - midnight) // interval + 1
+    moment = midnight + steps * interval
+    tomorrow = _at(local(ts, tz).date() + dt.timedelta(days=1), dt.time(0, 0), tz)
+    return min(moment, tomorrow)
+
+
+def boundary_index(ts: int, interval: int, tz: ZoneInfo) -> tuple[str, int]:
+    """Which ``interval``-slot of its local day ``ts`` falls in, as (day, slot)."""
+    midnight = _at(local(ts, tz).date(), dt.time(0, 0), tz)
+    return local_day(ts, tz), (ts - midnight) // interval

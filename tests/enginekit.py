@@ -1,0 +1,57 @@
+"""Small builders for the engine's timeline tests: projects, events and simulated runs."""
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from engine import ir
+from engine.events import Event
+from engine.simulate import run_timeline
+
+TZ = ZoneInfo("Asia/Tokyo")
+MESSAGES = ("greeting", "coupon15", "review_request", "coupon_reply", "thanks", "weekly_pick",
+            "sale_countdown", "sale_start", "sale_last_call", "winback", "vip_thanks", "a", "b",
+            "c", "d", "e", "f", "g")
+
+
+def at(text: str) -> dt.datetime:
+    """``2026-11-01 10:00`` (or with seconds) in Asia/Tokyo."""
+    return dt.datetime.fromisoformat(text).replace(tzinfo=TZ)
+
+
+def ev(kind: str, friend: str, when: str, **data) -> Event:
+    event_id = data.pop("id", None)
+    reply_token = data.pop("reply_token", None)
+    return Event(type=kind, friend=friend, at=at(when), data=data, id=event_id, reply_token=reply_token)
+
+
+def message(name: str, count: int = 1) -> ir.MessageDef:
+    return ir.MessageDef(name, tuple({"type": "text", "text": f"{name} {i}"} for i in range(count)))
+
+
+def project(*rules: ir.Rule, messages: dict | None = None, settings: ir.Settings | None = None,
+            sales: tuple = (), segments: dict | None = None) -> ir.Project:
+    msgs = {n: message(n) for n in MESSAGES}
+    msgs.update(messages or {})
+    return ir.Project(rules={r.name: r for r in rules}, segments=segments or {}, messages=msgs,
+                      sales=sales, settings=settings or ir.Settings())
+
+
+def rule(name: str, trigger, *steps, **options) -> ir.Rule:
+    return ir.Rule(name=name, trigger=trigger, steps=tuple(steps), **options)
+
+
+def send(*names: str, cond=None, sid: str | None = None) -> ir.Send:
+    return ir.Send(sid or "send " + ", ".join(names), tuple(names), cond)
+
+
+def wait(seconds: int, at_: dt.time | None = None) -> ir.Wait:
+    return ir.Wait(f"wait {seconds}" + (f" at {at_}" if at_ else ""), seconds, at_)
+
+
+def run(proj: ir.Project, events: list[Event], until: str | None = None, tick: int = 3600,
+        db_path: str | None = None) -> list[tuple[str, str, str, list[str]]]:
+    """Pushes as (local time ``YYYY-MM-DD HH:MM:SS``, friend, rule, messages)."""
+    pushes = run_timeline(proj, events, until=at(until) if until else None, tick_seconds=tick,
+                          db_path=db_path)
+    return [(p["at"][:19].replace("T", " "), p["friend"], p["rule"], p["messages"]) for p in pushes]
