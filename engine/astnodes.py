@@ -1,0 +1,405 @@
+"""The typed syntax tree of a rule file: what the parser builds and the checks read.
+
+Every node is a frozen dataclass with a :class:`~engine.diagnostics.Span`, so a check can point
+at the smallest piece of text that is wrong. Values are kept as written (a time of day may be
+``25:00`` here); :mod:`engine.checks` says what is wrong with them and :mod:`engine.compiler`
+turns a checked tree into :mod:`engine.ir`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .diagnostics import Span
+
+# ----------------------------------------------------------------------------- leaves
+
+
+@dataclass(frozen=True)
+class Name:
+    """A name as written: a rule, message, tag, segment, variant, menu or attribute."""
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Str:
+    """A quoted text, unescaped."""
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Number:
+    value: Union[int, float]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Duration:
+    """``1d12h``: ``seconds`` is the total; ``text`` is what was written."""
+    seconds: int
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class TimeOfDay:
+    """``HH:MM`` as written; the numbers are not yet known to be a valid time."""
+    hour: int
+    minute: int
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Percent:
+    value: float
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Pair:
+    """``key=value`` (the value may be quoted)."""
+    key: Name
+    value: str
+    span: Span
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple["Cond", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple["Cond", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Not:
+    item: "Cond"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Activity:
+    """``purchased|clicked|viewed|carted [key=value] [within D]``; ``kind`` is the IR kind
+    (``purchase``, ``click``, ``view``, ``cart``) and ``word`` the keyword written."""
+    kind: str
+    word: str
+    pair: Pair | None
+    within: Duration | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Tagged:
+    name: Name
+    span: Span
+
+
+@dataclass(frozen=True)
+class Blocked:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Followed:
+    """``followed [via k=v, ...]``."""
+    pairs: tuple[Pair, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class FriendFor:
+    """``friend for D`` (mode ``for``) / ``friend within D`` (mode ``within``)."""
+    mode: str
+    duration: Duration
+    span: Span
+
+
+@dataclass(frozen=True)
+class LastPurchaseOlder:
+    duration: Duration
+    span: Span
+
+
+@dataclass(frozen=True)
+class NeverPurchased:
+    span: Span
+
+
+@dataclass(frozen=True)
+class Measure:
+    """``orders``, ``spent within 365d``, a custom attribute..."""
+    name: Name
+    within: Duration | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Compare:
+    measure: Measure
+    op: str
+    value: Union[Number, Str]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Top:
+    percent: Percent
+    measure: Measure
+    span: Span
+
+
+@dataclass(frozen=True)
+class InSegment:
+    name: Name
+    span: Span
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: Name
+    span: Span
+
+
+Cond = Union[And, Or, Not, Activity, Tagged, Blocked, Followed, FriendFor, LastPurchaseOlder,
+             NeverPurchased, Compare, Top, InSegment, Variant]
+
+# ----------------------------------------------------------------------------- triggers
+
+
+@dataclass(frozen=True)
+class CondTrigger:
+    """``when C``: an event trigger when C is exactly one of the event forms (``purchased``,
+    ``tagged vip``, ``followed via ...``, ...), otherwise a condition trigger."""
+    cond: Cond
+    span: Span
+
+
+@dataclass(frozen=True)
+class UnfollowedTrigger:
+    span: Span
+
+
+@dataclass(frozen=True)
+class MessageTrigger:
+    keywords: tuple[Str, ...]
+    exact: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class PostbackTrigger:
+    pairs: tuple[Pair, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    name: Name
+    pairs: tuple[Pair, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ScheduleTrigger:
+    cron: Str
+    span: Span
+
+
+@dataclass(frozen=True)
+class SaleTrigger:
+    edge: str  # "starts" | "ends"
+    kind: Name | None
+    before: Duration | None
+    at: TimeOfDay | None
+    span: Span
+
+
+Trigger = Union[CondTrigger, UnfollowedTrigger, MessageTrigger, PostbackTrigger, EventTrigger,
+                ScheduleTrigger, SaleTrigger]
+
+# ----------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True)
+class Guard:
+    """``if C`` (negated False) / ``unless C`` (negated True), on a step or as entry filter."""
+    cond: Cond
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class SendStep:
+    messages: tuple[Name, ...]
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class WaitStep:
+    duration: Duration
+    at: TimeOfDay | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class WaitUntilStep:
+    """``wait until HH:MM`` (weekday None) / ``wait until monday [at HH:MM]``."""
+    at: TimeOfDay | None
+    weekday: Name | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class WaitForStep:
+    trigger: Trigger
+    up_to: Duration
+    span: Span
+
+
+@dataclass(frozen=True)
+class TagStep:
+    name: Name
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class UntagStep:
+    name: Name
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class SetStep:
+    attr: Name
+    value: Union[Number, Str]
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class MenuStep:
+    name: Name
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class StartStep:
+    rule: Name
+    guard: Guard | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class StopStep:
+    guard: Guard | None
+    span: Span
+
+
+Step = Union[SendStep, WaitStep, WaitUntilStep, WaitForStep, TagStep, UntagStep, SetStep,
+             MenuStep, StartStep, StopStep]
+WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForStep)
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class ExitWhen:
+    cond: Cond
+    span: Span
+
+
+@dataclass(frozen=True)
+class Reenter:
+    mode: str  # "never" | "always" | "after"
+    after: Duration | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Window:
+    start: TimeOfDay
+    end: TimeOfDay
+    span: Span
+
+
+@dataclass(frozen=True)
+class Priority:
+    value: int
+    span: Span
+
+
+@dataclass(frozen=True)
+class SplitItem:
+    name: Name
+    percent: Percent
+    span: Span
+
+
+@dataclass(frozen=True)
+class Split:
+    items: tuple[SplitItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Holdout:
+    percent: Percent
+    span: Span
+
+
+Option = Union[ExitWhen, Reenter, Window, Priority, Split, Holdout]
+
+#: The keyword each option is written with, for messages about repeated options.
+OPTION_WORDS = {ExitWhen: "exit when", Reenter: "reenter", Window: "window",
+                Priority: "priority", Split: "split", Holdout: "holdout"}
+
+# ----------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    """``rule NAME ["description"] when ...`` (name given) or a bare ``when ...`` (name None:
+    the file's stem)."""
+    name: Name | None
+    description: Str | None
+    trigger: Trigger
+    entry: Guard | None
+    options: tuple[Option, ...]
+    steps: tuple[Step, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class SegmentDef:
+    name: Name
+    cond: Cond
+    span: Span
+
+
+Item = Union[RuleDef, SegmentDef]
+
+
+@dataclass(frozen=True)
+class RuleFile:
+    """One parsed ``.rule`` file. ``broken`` names the rules and segments whose text could not
+    be parsed (so that references to them are not reported again)."""
+    path: str
+    items: tuple[Item, ...]
+    broken_rules: tuple[str, ...] = ()
+    broken_segments: tuple[str, ...] = ()
+    has_syntax_errors: bool = False

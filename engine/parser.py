@@ -1,0 +1,572 @@
+"""Rule text -> typed syntax tree (:mod:`engine.astnodes`), with syntax errors in plain words.
+
+The grammar (``grammar.lark`` beside this file) is loaded once per process into one LALR(1)
+parser with Lark's contextual lexer. A valid file is parsed in one pass. When a file has a
+syntax error, it is cut at the start of each rule and segment (``rule``, ``segment``, a bare
+``when``) and every piece is parsed alone, so one bad rule yields one error and the other rules
+of the file are still checked.
+
+Known mistakes get their own message (a missing ``then``, an unterminated text, a keyword used
+as a name, a number without a unit); everything else says what was found and what was
+expected, with Lark's terminal names translated to words.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from . import astnodes as A
+from .diagnostics import Diagnostic, Span
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
+NAME_RE = re.compile(r"[^\W\d][\w-]*")
+PAIR_VALUE_RE = re.compile(r'[^\s,"#()=]+')
+_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+)([mhdw])")
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {"n": "\n", "t": "\t"}
+
+#: The words a step, an option, a new rule or a condition starts with (for grouping the
+#: "expected ..." list of a syntax error).
+STEP_WORDS = ("send", "wait", "tag", "untag", "set", "menu", "start", "stop")
+OPTION_WORDS = ("exit", "reenter", "window", "priority", "split", "holdout")
+ITEM_WORDS = ("rule", "segment", "when")
+COND_WORDS = ("not", "(", "purchased", "clicked", "viewed", "carted", "tagged", "blocked",
+              "followed", "friend", "last", "never", "top", "in", "variant")
+TRIGGER_WORDS = ("unfollowed", "message", "postback", "event", "schedule", "sale")
+
+#: Named terminals in words.
+TERMINAL_WORDS = {
+    "NAME": "a name",
+    "STRING": 'a quoted text like "coupon"',
+    "DURATION": "a duration like `1d`",
+    "TIME": "a time like `12:00`",
+    "PERCENT": "a percentage like `50%`",
+    "NUMBER": "a number",
+    "INT": "a whole number",
+    "PAIR_VALUE": "a value",
+    "CMP_OP": "a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`)",
+    "$END": "the end of the file",
+}
+
+
+@functools.cache
+def lark_parser() -> Lark:
+    """The one Lark instance of the process (LALR, contextual lexer, positions kept)."""
+    return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
+                propagate_positions=True, maybe_placeholders=False)
+
+
+@functools.cache
+def keywords() -> frozenset[str]:
+    """Every word of the language; none of them may be used as a name."""
+    return frozenset(t.pattern.value for t in lark_parser().terminals
+                     if isinstance(t.pattern, PatternStr) and NAME_RE.fullmatch(t.pattern.value))
+
+
+@functools.cache
+def _terminal_texts() -> dict[str, str]:
+    """Terminal name -> the literal text it stands for (keywords and punctuation)."""
+    return {t.name: t.pattern.value for t in lark_parser().terminals
+            if isinstance(t.pattern, PatternStr)}
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
+    """Parse one rule file. Never raises on bad input: syntax errors become diagnostics."""
+    builder = _AstBuilder(path)
+    try:
+        tree = lark_parser().parse(text)
+    except UnexpectedInput:
+        return _parse_in_pieces(path, text)
+    items = tuple(builder.transform(tree))
+    return A.RuleFile(path, items), builder.diagnostics
+
+
+def parse_duration(text: str) -> int:
+    """``1d12h`` -> seconds."""
+    return sum(int(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def unquote(text: str) -> str:
+    """The value of a quoted text token: quotes removed, ``\\n``, ``\\t``, ``\\"``, ``\\\\``
+    unescaped (any other escaped character stands for itself)."""
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), text[1:-1])
+
+
+# ----------------------------------------------------------------------------- tree -> AST
+
+
+def _span(path: str, meta) -> Span:
+    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+@v_args(meta=True)
+class _AstBuilder(Transformer):
+    """Lark tree -> :mod:`engine.astnodes`. Every grammar rule has a method here; a rule
+    without one is a programming error and raises."""
+
+    def __init__(self, path: str):
+        super().__init__(visit_tokens=False)
+        self.path = path
+        self.diagnostics: list[Diagnostic] = []
+
+    def __default__(self, data, children, meta):
+        raise NotImplementedError(f"no AST node for grammar rule {data!r}")
+
+    # -- leaves ------------------------------------------------------------------
+    def _tspan(self, tok: Token) -> Span:
+        return Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    def _name(self, tok: Token) -> A.Name:
+        if tok.value in keywords():
+            self.diagnostics.append(Diagnostic.at(
+                self._tspan(tok), f"`{tok.value}` is a keyword and cannot be used as a name",
+                help="choose another name (keywords are listed in docs/language.md)"))
+        return A.Name(tok.value, self._tspan(tok))
+
+    def _str(self, tok: Token) -> A.Str:
+        return A.Str(unquote(tok.value), self._tspan(tok))
+
+    def _duration(self, tok: Token) -> A.Duration:
+        return A.Duration(parse_duration(tok.value), tok.value, self._tspan(tok))
+
+    def _time(self, tok: Token) -> A.TimeOfDay:
+        hour, minute = tok.value.split(":")
+        return A.TimeOfDay(int(hour), int(minute), tok.value, self._tspan(tok))
+
+    def _percent(self, tok: Token) -> A.Percent:
+        return A.Percent(float(tok.value[:-1]), tok.value, self._tspan(tok))
+
+    @staticmethod
+    def _of(children, kind):
+        """The first child of a type, or None."""
+        for c in children:
+            if isinstance(c, kind):
+                return c
+        return None
+
+    def _tokens(self, children, ttype: str) -> list[Token]:
+        return [c for c in children if isinstance(c, Token) and c.type == ttype]
+
+    # -- file --------------------------------------------------------------------
+    def start(self, meta, children):
+        return children
+
+    def _rule(self, meta, children, name: A.Name | None, description: A.Str | None):
+        return A.RuleDef(
+            name=name,
+            description=description,
+            trigger=next(c for c in children if isinstance(c, _TRIGGER_TYPES)),
+            entry=self._of(children, A.Guard),
+            options=tuple(c for c in children if isinstance(c, _OPTION_TYPES)),
+            steps=tuple(c for c in children if isinstance(c, _STEP_TYPES)),
+            span=_span(self.path, meta))
+
+    def rule_def(self, meta, children):
+        description = self._tokens(children, "STRING")
+        return self._rule(meta, children, self._name(children[0]),
+                          self._str(description[0]) if description else None)
+
+    def bare_rule(self, meta, children):
+        return self._rule(meta, children, None, None)
+
+    def segment_def(self, meta, children):
+        return A.SegmentDef(self._name(children[0]), children[1], _span(self.path, meta))
+
+    # -- triggers ----------------------------------------------------------------
+    def cond_trigger(self, meta, children):
+        return A.CondTrigger(children[0], _span(self.path, meta))
+
+    def unfollowed(self, meta, children):
+        return A.UnfollowedTrigger(_span(self.path, meta))
+
+    def message_trigger(self, meta, children):
+        keywords_ = tuple(self._str(t) for t in self._tokens(children, "STRING"))
+        return A.MessageTrigger(keywords_, bool(self._tokens(children, "EXACTLY")),
+                                _span(self.path, meta))
+
+    def postback_trigger(self, meta, children):
+        return A.PostbackTrigger(tuple(children), _span(self.path, meta))
+
+    def event_trigger(self, meta, children):
+        return A.EventTrigger(self._name(children[0]), tuple(children[1:]), _span(self.path, meta))
+
+    def schedule_trigger(self, meta, children):
+        return A.ScheduleTrigger(self._str(children[0]), _span(self.path, meta))
+
+    def sale_kind(self, meta, children):
+        return self._name(children[0])
+
+    def sale_trigger(self, meta, children):
+        edge = next(c for c in children if isinstance(c, Token) and c.type in ("STARTS", "ENDS"))
+        before = self._tokens(children, "DURATION")
+        at = self._tokens(children, "TIME")
+        return A.SaleTrigger(edge.value, self._of(children, A.Name),
+                             self._duration(before[0]) if before else None,
+                             self._time(at[0]) if at else None, _span(self.path, meta))
+
+    def entry_if(self, meta, children):
+        return A.Guard(children[0], False, _span(self.path, meta))
+
+    def entry_unless(self, meta, children):
+        return A.Guard(children[0], True, _span(self.path, meta))
+
+    guard_if = entry_if
+    guard_unless = entry_unless
+
+    # -- conditions --------------------------------------------------------------
+    def or_(self, meta, children):
+        return A.Or(tuple(children), _span(self.path, meta))
+
+    def and_(self, meta, children):
+        return A.And(tuple(children), _span(self.path, meta))
+
+    def not_(self, meta, children):
+        return A.Not(children[0], _span(self.path, meta))
+
+    def within(self, meta, children):
+        return self._duration(children[0])
+
+    def _activity(self, meta, children, kind: str, word: str):
+        return A.Activity(kind, word, self._of(children, A.Pair), self._of(children, A.Duration),
+                          _span(self.path, meta))
+
+    def purchased(self, meta, children):
+        return self._activity(meta, children, "purchase", "purchased")
+
+    def clicked(self, meta, children):
+        return self._activity(meta, children, "click", "clicked")
+
+    def viewed(self, meta, children):
+        return self._activity(meta, children, "view", "viewed")
+
+    def carted(self, meta, children):
+        return self._activity(meta, children, "cart", "carted")
+
+    def tagged(self, meta, children):
+        return A.Tagged(self._name(children[0]), _span(self.path, meta))
+
+    def blocked(self, meta, children):
+        return A.Blocked(_span(self.path, meta))
+
+    def followed(self, meta, children):
+        return A.Followed(tuple(children), _span(self.path, meta))
+
+    def friend_for(self, meta, children):
+        return A.FriendFor("for", self._duration(children[0]), _span(self.path, meta))
+
+    def friend_within(self, meta, children):
+        return A.FriendFor("within", self._duration(children[0]), _span(self.path, meta))
+
+    def last_purchase(self, meta, children):
+        return A.LastPurchaseOlder(self._duration(children[0]), _span(self.path, meta))
+
+    def never_purchased(self, meta, children):
+        return A.NeverPurchased(_span(self.path, meta))
+
+    def measure(self, meta, children):
+        return A.Measure(self._name(children[0]), self._of(children, A.Duration),
+                         _span(self.path, meta))
+
+    def compare(self, meta, children):
+        measure, op, value = children
+        return A.Compare(measure, op.value, value, _span(self.path, meta))
+
+    def number(self, meta, children):
+        text = children[0].value
+        value = float(text) if "." in text else int(text)
+        return A.Number(value, _span(self.path, meta))
+
+    def string(self, meta, children):
+        return self._str(children[0])
+
+    def top(self, meta, children):
+        return A.Top(self._percent(children[0]), children[1], _span(self.path, meta))
+
+    def in_segment(self, meta, children):
+        return A.InSegment(self._name(children[0]), _span(self.path, meta))
+
+    def variant(self, meta, children):
+        return A.Variant(self._name(children[0]), _span(self.path, meta))
+
+    def pair(self, meta, children):
+        key, value = children
+        text = unquote(value.value) if value.type == "STRING" else value.value
+        return A.Pair(A.Name(key.value, self._tspan(key)), text, _span(self.path, meta))
+
+    # -- steps -------------------------------------------------------------------
+    def send(self, meta, children):
+        names = tuple(self._name(t) for t in self._tokens(children, "NAME"))
+        return A.SendStep(names, self._of(children, A.Guard), _span(self.path, meta))
+
+    def wait(self, meta, children):
+        at = self._tokens(children, "TIME")
+        return A.WaitStep(self._duration(children[0]), self._time(at[0]) if at else None,
+                          _span(self.path, meta))
+
+    def wait_until(self, meta, children):
+        at = self._tokens(children, "TIME")
+        day = self._tokens(children, "NAME")
+        return A.WaitUntilStep(self._time(at[0]) if at else None,
+                               A.Name(day[0].value, self._tspan(day[0])) if day else None,
+                               _span(self.path, meta))
+
+    def wait_for(self, meta, children):
+        return A.WaitForStep(children[0], self._duration(children[1]), _span(self.path, meta))
+
+    def tag(self, meta, children):
+        return A.TagStep(self._name(children[0]), self._of(children, A.Guard), _span(self.path, meta))
+
+    def untag(self, meta, children):
+        return A.UntagStep(self._name(children[0]), self._of(children, A.Guard),
+                           _span(self.path, meta))
+
+    def set(self, meta, children):
+        return A.SetStep(self._name(children[0]), children[1], self._of(children, A.Guard),
+                         _span(self.path, meta))
+
+    def menu(self, meta, children):
+        return A.MenuStep(self._name(children[0]), self._of(children, A.Guard), _span(self.path, meta))
+
+    def start_rule(self, meta, children):
+        return A.StartStep(self._name(children[0]), self._of(children, A.Guard),
+                           _span(self.path, meta))
+
+    def stop(self, meta, children):
+        return A.StopStep(self._of(children, A.Guard), _span(self.path, meta))
+
+    # -- options -----------------------------------------------------------------
+    def exit_when(self, meta, children):
+        return A.ExitWhen(children[0], _span(self.path, meta))
+
+    def reenter_never(self, meta, children):
+        return A.Reenter("never", None, _span(self.path, meta))
+
+    def reenter_always(self, meta, children):
+        return A.Reenter("always", None, _span(self.path, meta))
+
+    def reenter_after(self, meta, children):
+        return A.Reenter("after", self._duration(children[0]), _span(self.path, meta))
+
+    def window(self, meta, children):
+        return A.Window(self._time(children[0]), self._time(children[1]), _span(self.path, meta))
+
+    def priority(self, meta, children):
+        return A.Priority(int(children[0].value), _span(self.path, meta))
+
+    def split_item(self, meta, children):
+        return A.SplitItem(self._name(children[0]), self._percent(children[1]),
+                           _span(self.path, meta))
+
+    def split(self, meta, children):
+        return A.Split(tuple(children), _span(self.path, meta))
+
+    def holdout(self, meta, children):
+        return A.Holdout(self._percent(children[0]), _span(self.path, meta))
+
+
+_TRIGGER_TYPES = (A.CondTrigger, A.UnfollowedTrigger, A.MessageTrigger, A.PostbackTrigger,
+                  A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger)
+_OPTION_TYPES = (A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Split, A.Holdout)
+_STEP_TYPES = (A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep, A.UntagStep,
+               A.SetStep, A.MenuStep, A.StartStep, A.StopStep)
+
+
+# ----------------------------------------------------------------------------- error recovery
+
+_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[^\W\d][\w-]*|\S')
+
+
+def _item_starts(text: str) -> list[int]:
+    """Offsets where a rule or segment starts: ``rule``, ``segment`` (not after ``in``) and a
+    ``when`` that is neither ``exit when`` nor the ``when`` of a ``rule`` header."""
+    starts: list[int] = []
+    prev = ""
+    in_header = False
+    for m in _SCAN.finditer(text):
+        word = m.group()
+        if word.startswith("#"):
+            continue
+        if word == "rule":
+            starts.append(m.start())
+            in_header = True
+        elif word == "segment" and prev != "in":
+            starts.append(m.start())
+            in_header = False
+        elif word == "when":
+            if not in_header and prev != "exit":
+                starts.append(m.start())
+            in_header = False
+        prev = word
+    return starts
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of an offset."""
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
+    """Parse each rule and segment of a file with a syntax error on its own."""
+    starts = _item_starts(text)
+    bounds = [0, *starts, len(text)]
+    items: list[A.Item] = []
+    diags: list[Diagnostic] = []
+    broken_rules: list[str] = []
+    broken_segments: list[str] = []
+    stem = Path(path).stem
+    for begin, end in zip(bounds, bounds[1:]):
+        if begin == end:
+            continue
+        line, column = _position(text, begin)
+        # Pad so that Lark reports positions in the whole file's coordinates.
+        piece = "\n" * (line - 1) + " " * (column - 1) + text[begin:end]
+        builder = _AstBuilder(path)
+        tree, error = _parse_piece(path, piece)
+        if error is not None:
+            diags.append(error)
+            words = [m.group() for m in _SCAN.finditer(text, begin, end)
+                     if not m.group().startswith("#")]
+            first = words[0] if words else ""
+            name = words[1] if len(words) > 1 else ""
+            if first == "rule":
+                broken_rules.append(name)
+            elif first == "when":
+                broken_rules.append(stem)
+            elif first == "segment":
+                broken_segments.append(name)
+            continue
+        items.extend(builder.transform(tree))
+        diags.extend(builder.diagnostics)
+    return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
+                      has_syntax_errors=True), diags
+
+
+def _parse_piece(path: str, piece: str) -> tuple[Tree | None, Diagnostic | None]:
+    """Parse one piece token by token, keeping the parser state before each of the last two
+    tokens, so that an error can say exactly what was expected and blame a keyword that was
+    read as a name just before it."""
+    ip = lark_parser().parse_interactive(piece)
+    history: list[tuple[Token, object]] = []   # (token, parser state before it), last two
+    try:
+        for tok in ip.iter_parse():
+            history = [*history[-1:], (tok, ip.copy(deepcopy_values=False))]
+        return ip.feed_eof(history[-1][0] if history else None), None
+    except UnexpectedToken as e:
+        if history and history[-1][0] is e.token:   # the parser refused the last token
+            before = history[:-1]
+            expected = history[-1][1].accepts()
+        else:                                       # the lexer found no token fitting here
+            before = history
+            expected = ip.accepts()
+        return None, _token_error(path, e.token, expected, before[-1] if before else None)
+    except UnexpectedCharacters as e:
+        return None, _char_error(path, piece, e, ip.accepts())
+
+
+def _token_error(path: str, tok: Token, expected: set[str], prev) -> Diagnostic:
+    if prev is not None and prev[0].type == "NAME" and prev[0].value in keywords():
+        # A keyword where it cannot stand was read as a name; the error is that keyword.
+        word = prev[0]
+        return Diagnostic.at(
+            _tok_span(path, word), f"unexpected `{word.value}`; expected {describe(prev[1].accepts())}",
+            help=f"`{word.value}` is a keyword: it cannot be used as a name")
+    if tok.type == "$END":
+        span = Span(path, tok.end_line or tok.line or 1, tok.end_column or tok.column or 1)
+        return Diagnostic.at(span, f"the file ends too early; expected {describe(expected)}")
+    if "THEN" in expected and tok.value in STEP_WORDS:
+        return Diagnostic.at(_tok_span(path, tok), f"missing `then` before `{tok.value}`",
+                             help="steps come after `then`, as in `when followed then send greeting`")
+    return Diagnostic.at(_tok_span(path, tok),
+                         f"unexpected {_found(tok)}; expected {describe(expected)}",
+                         help=_help(tok, expected))
+
+
+def _char_error(path: str, piece: str, e: UnexpectedCharacters, allowed: set[str]) -> Diagnostic:
+    char = piece[e.pos_in_stream] if e.pos_in_stream < len(piece) else ""
+    span = Span(path, e.line, e.column, e.line, e.column + 1)
+    if char == '"':
+        return Diagnostic.at(span, "unterminated text: the closing `\"` is missing",
+                             help='a quoted text ends on the same line: "like this"')
+    shown = "a space" if char.isspace() else f"`{char}`"
+    help_ = _unit_help(allowed) if char.isdigit() else _width_help(char)
+    return Diagnostic.at(span, f"unexpected {shown}; expected {describe(allowed)}", help=help_)
+
+
+_FULL_WIDTH = "＝＜＞％：，（）＂"
+
+
+def _width_help(text: str) -> str | None:
+    if any(ch in _FULL_WIDTH for ch in text):
+        return "use half-width punctuation (`=`, `<`, `>`, `%`, `:`, `,`, `(`, `)`, `\"`)"
+    return None
+
+
+def _tok_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.line or 1, tok.column or 1, tok.end_line, tok.end_column)
+
+
+def _found(tok: Token) -> str:
+    if tok.type == "STRING":
+        return f"text {tok.value}"
+    return f"`{tok.value}`"
+
+
+def _unit_help(expected: set[str]) -> str | None:
+    if "DURATION" in expected:
+        return "a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)"
+    if "TIME" in expected:
+        return "a time of day is written `HH:MM`, e.g. `09:00` or `20:30`"
+    if "PERCENT" in expected:
+        return "a percentage ends with `%`, e.g. `50%`"
+    return None
+
+
+def _help(tok: Token, expected: set[str]) -> str | None:
+    """A hint for a few known mistakes."""
+    if tok.type in ("NUMBER", "INT", "DURATION", "TIME", "PERCENT"):
+        return _unit_help(expected)
+    if tok.type == "NAME" and "COMMA" in expected and expected & {"SEND", "WAIT"}:
+        return "separate names with a comma: `send a, b`"
+    return _width_help(tok.value)
+
+
+def describe(expected: set[str]) -> str:
+    """Lark's expected terminals as words, with steps, options and conditions grouped."""
+    texts = _terminal_texts()
+    words = {texts.get(t, t) for t in expected}
+    groups: list[str] = []
+
+    def group(members: tuple[str, ...], label: str, extra: tuple[str, ...] = ()) -> None:
+        if sum(w in words for w in members) >= 3:
+            groups.append(label)
+            words.difference_update(members + extra)
+
+    group(TRIGGER_WORDS, "a trigger (`followed`, `message`, `schedule`, ... or a condition)",
+          COND_WORDS + ("NAME",))
+    group(COND_WORDS, "a condition (`purchased`, `tagged vip`, `orders >= 3`, ...)", ("NAME",))
+    group(STEP_WORDS, "a step (`send`, `wait`, `tag`, ...)")
+    group(OPTION_WORDS, "an option (`exit when`, `reenter`, `window`, ...)")
+    group(ITEM_WORDS, "another rule")
+    end = ["the end of the file"] if "$END" in words else []
+    words.discard("$END")
+    parts = [TERMINAL_WORDS.get(w, f"`{w}`") for w in sorted(words)] + groups + end
+    if not parts:
+        return "something else"
+    if len(parts) == 1:
+        return parts[0]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def rule_name_of(rule: A.RuleDef, path: str) -> str:
+    """The rule's name: as written, or the file's stem for a bare rule."""
+    return rule.name.value if rule.name is not None else Path(path).stem
