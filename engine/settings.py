@@ -186,3 +186,6 @@ _CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
     "login_channel_id": _text("login_channel_id"),
     "login_channel_secret": _text("login_channel_secret", secret=True),
 }
+
+#: Every key settings.yaml may hold.
+KNOWN_SETTINGS: tuple[str, ...] = tuple(_CHECKS)

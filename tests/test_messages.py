@@ -440,3 +440,11 @@ def test_never_raises(text):
     defs, diags = load_messages(PATH, text)
     assert all(isinstance(d, ir.MessageDef) and 1 <= len(d.objects) <= 5 for d in defs.values())
     assert all(x.path == PATH and x.line >= 1 and x.column >= 1 for x in diags)
+
+
+def test_documented_examples_are_valid():
+    with open("docs/messages.md", encoding="utf-8") as f:
+        doc = f.read()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    defs, diags = load_messages("docs/messages.md", example)
+    assert diags == [] and set(defs) == {"greeting", "coupon15", "delivery_check"}

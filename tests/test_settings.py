@@ -225,3 +225,12 @@ def test_never_raises(text):
     s, diags = load_settings(PATH, text)
     assert isinstance(s, ir.Settings)
     assert all(d.path == PATH and d.line >= 1 and d.column >= 1 for d in diags)
+
+
+def test_every_setting_is_documented():
+    from engine.settings import KNOWN_SETTINGS
+
+    with open("docs/settings.md", encoding="utf-8") as f:
+        doc = f.read()
+    assert [k for k in KNOWN_SETTINGS if f"| `{k}` |" not in doc] == []
+    assert "LINE_LOGIN_CHANNEL_SECRET" in doc
