@@ -1,0 +1,126 @@
+"""The SQLite store: migrations, atomic event batches, dedupe, outbox lifecycle, lease, clicks."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from engine.store import MIGRATIONS, Store
+from enginekit import ev
+
+
+@pytest.fixture
+def store(fresh_db_path):
+    s = Store(str(fresh_db_path))
+    yield s
+    s.close()
+
+
+def test_migrates_an_empty_file_and_reopens_without_reapplying(fresh_db_path):
+    s = Store(str(fresh_db_path))
+    assert s.schema_version == len(MIGRATIONS)
+    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    s.close()
+    again = Store(str(fresh_db_path))
+    assert again.schema_version == len(MIGRATIONS)
+    assert again.friend("U1")["id"] == "U1"
+    again.close()
+
+
+def test_batch_creates_friends_and_dedupes_by_order_id_and_event_id(store):
+    batch = [ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=5400),
+             ev("purchase", "U1", "2026-11-01 10:05", order_id="A-1", amount=5400),
+             ev("shipped", "U2", "2026-11-01 11:00", id="s-1")]
+    first = store.apply_events(batch)
+    assert (first.applied, first.duplicates) == (2, 1)
+    again = store.apply_events([ev("shipped", "U2", "2026-11-01 11:00", id="s-1"),
+                                ev("message", "U2", "2026-11-01 11:00", text="hi")])
+    assert (again.applied, again.duplicates) == (1, 1)
+    assert store.friend("U2") is not None and store.friend("U3") is None
+    pending = store.pending_events(10**10)
+    assert [(e.type, e.friend) for e in pending] == [("purchase", "U1"), ("shipped", "U2"), ("message", "U2")]
+
+
+def test_a_failing_batch_leaves_nothing_behind(store):
+    bad = ev("follow", "U9", "2026-11-01 10:00")
+    object.__setattr__(bad, "data", {"source": object()})  # not JSON-serialisable: fails mid-batch
+    with pytest.raises(TypeError):
+        store.apply_events([ev("follow", "U1", "2026-11-01 10:00"), bad])
+    assert store.friend("U1") is None
+    assert store.pending_events(10**10) == []
+
+
+def test_rolled_back_transaction_leaves_no_half_state(store):
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.add_tags("U1", ["vip"], 1)
+            store.add_outbox(kind="push", recipients=["U1"], payload=[{"type": "text", "text": "x"}],
+                             messages=["x"], rule="r", not_before=0, now=0)
+            raise RuntimeError("crash between the outbox row and the enrollment update")
+    assert store.friend("U1")["tags"] == []
+    assert store.outbox() == []
+
+
+def test_outbox_claim_finish_hold(store):
+    with store.transaction():
+        first = store.add_outbox(kind="push", recipients=["U1"], payload=[{"type": "text", "text": "a"}],
+                                 messages=["a"], rule="r", not_before=100, now=50)
+        later = store.add_outbox(kind="multicast", recipients=["U1", "U2"], payload=[], messages=["b"],
+                                 rule="r", not_before=200, now=50)
+        store.add_deliveries([("U1", "r", "send a", 1, first, ["a"], "queued", None, None, 100, "d", 1)])
+    assert store.claim_outbox(99, 10) == []
+    rows = store.claim_outbox(100, 10)
+    assert [r["id"] for r in rows] == [first] and rows[0]["friend"] == "U1" and rows[0]["attempts"] == 1
+    assert store.claim_outbox(120, 10) == []          # claimed rows are not handed out twice
+    assert store.claim_outbox(161, 10)[0]["retry_key"] == rows[0]["retry_key"]  # reclaimed, same key
+    store.finish_outbox(first, "sent", request_id="req-1", at=170)
+    assert store.outbox("sent")[0]["request_id"] == "req-1"
+    status = store.conn.execute("SELECT status, at FROM deliveries WHERE outbox_id = ?", (first,)).fetchone()
+    assert tuple(status) == ("sent", 170)
+    store.hold_outbox(later, 500, error="429")
+    assert store.claim_outbox(300, 10) == [] and store.outbox_backlog() == 1
+    assert store.claim_outbox(500, 10)[0]["recipients"] == ["U1", "U2"]
+    assert store.next_outbox_at(0) == 500
+
+
+def test_retry_keys_are_unique_uuids(store):
+    with store.transaction():
+        ids = [store.add_outbox(kind="push", recipients=["U1"], payload=[], messages=[], rule=None,
+                                not_before=0, now=0) for _ in range(3)]
+    keys = {r["retry_key"] for r in store.outbox()}
+    assert len(ids) == len(keys) == 3 and all(len(k) == 36 for k in keys)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.conn.execute("UPDATE outbox SET retry_key = (SELECT retry_key FROM outbox WHERE id = ?) "
+                           "WHERE id = ?", (ids[0], ids[1]))
+
+
+def test_lease_one_owner_at_a_time(store):
+    assert store.acquire_lease("a", 100, 30)
+    assert not store.acquire_lease("b", 110, 30)
+    assert store.renew_lease("a", 120, 30) and store.lease_holder() == "a"
+    assert store.acquire_lease("b", 151, 30)            # expired: taken over
+    assert not store.renew_lease("a", 152, 30)
+    store.release_lease("b")
+    assert store.lease_holder() is None
+
+
+def test_source_profile_and_clicks(store):
+    store.set_source("U1", "qr = shipping", now=10)
+    store.set_profile("U1", display_name="花子", language="ja")
+    friend = store.friend("U1")
+    assert (friend["source"], friend["display_name"], friend["language"]) == ("qr=shipping", "花子", "ja")
+    with store.transaction():
+        token = store.link_token("U1", "welcome", "coupon15", "https://shop.example.jp/?utm_source=line", 10)
+    assert store.record_click(token, 20) == "https://shop.example.jp/?utm_source=line"
+    assert store.record_click("unknown", 20) is None
+    assert store.record_click(friend="U1", rule="welcome", message="m", url="https://x.example", at=30)
+    clicks = store.conn.execute("SELECT friend, rule, at FROM activity WHERE kind = 'click' ORDER BY at").fetchall()
+    assert [tuple(c) for c in clicks] == [("U1", "welcome", 20), ("U1", "welcome", 30)]
+
+
+def test_health_reports_counts(store):
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    health = store.health()
+    assert health["friends"] == 1 and health["pending_events"] == 1 and health["outbox_backlog"] == 0
