@@ -234,6 +234,7 @@ class Dispatcher:
         self._api: AsyncMessagingApi | None = None
         self.remaining: int | None = None       # messages left this month; None: no limit known
         self._quota_read_at: float | None = None
+        self._quota_month: str | None = None
         self._exhausted_month: str | None = None
         self._requests: dict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
@@ -365,6 +366,7 @@ class Dispatcher:
         self.remaining = None if q.get("type") == "none" else max(
             0, int(q.get("value", 0)) - int(u.get("totalUsage", 0)))
         self._quota_read_at = time.monotonic()
+        self._quota_month = _month(self.clock())
         return self.remaining
 
     # ----------------------------------------------------------------- sending
@@ -374,7 +376,7 @@ class Dispatcher:
         """Send ``items`` concurrently (at most ``concurrency`` in flight) and return one
         result per item, in order. ``on_result`` (sync or async) is called as each lands."""
         if any(item.kind != "menu_link" for item in items) and (
-                self._quota_read_at is None
+                self._quota_read_at is None or self._quota_month != _month(self.clock())
                 or time.monotonic() - self._quota_read_at >= self.quota_refresh_interval):
             await self.refresh_quota()
         results: list[DispatchResult | None] = [None] * len(items)

@@ -1,0 +1,334 @@
+"""The dispatcher sends through the real line-bot-sdk to the LINE emulator on loopback."""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from engine.dispatch import (
+    DispatchResult,
+    Dispatcher,
+    DryRunTransport,
+    OutboxItem,
+    make_transport,
+)
+from engine.line_emulator import Emulator
+
+TEXT = {"type": "text", "text": "こんにちは"}
+MENU = "richmenu-" + "0" * 32
+
+
+def push(item_id: int, user: str = "U1", messages: list[dict[str, Any]] | None = None,
+         **kw: Any) -> OutboxItem:
+    return OutboxItem(item_id, "push", [user], messages or [TEXT], str(uuid.uuid4()), **kw)
+
+
+@pytest.fixture
+def emulator(line_emulator: Emulator) -> Emulator:
+    for i in range(1, 6):
+        line_emulator.add_user(f"U{i}", f"Friend {i}")
+    line_emulator.add_user("UB", "Blocker", blocked=True)
+    return line_emulator
+
+
+@pytest.fixture
+async def dispatcher(emulator: Emulator):
+    async with Dispatcher(emulator.access_token, emulator.base_url + "/", max_attempts=4,
+                          timeout=0.3, backoff_base=0.01, backoff_cap=0.05) as d:
+        yield d
+
+
+async def test_push_and_multicast_arrive_exactly_once(dispatcher, emulator):
+    items = [push(1, "U1"),
+             OutboxItem(2, "multicast", ["U2", "U3", "UB"], [TEXT, TEXT], str(uuid.uuid4()))]
+    results = await dispatcher.send(items)
+    assert [(r.item_id, r.outcome, r.status, r.via, r.recipients) for r in results] == [
+        (1, "sent", 200, "push", 1), (2, "sent", 200, "multicast", 3)]
+    assert sorted(d.user_id for d in emulator.delivered) == ["U1", "U2", "U3"]
+    assert [d.user_id for d in emulator.undelivered] == ["UB"]
+    assert results[0].request_id == emulator.requests_to("push")[0].request_id
+    assert emulator.requests_to("push")[0].retry_key == items[0].retry_key
+    assert emulator.requests_to("multicast")[0].retry_key == items[1].retry_key
+    assert dispatcher.endpoint == emulator.base_url        # trailing slash dropped
+
+
+async def test_5xx_then_success_delivers_once_with_identical_retries(dispatcher, emulator):
+    emulator.inject("push", status=500)
+    item = push(1)
+    [result] = await dispatcher.send([item])
+    assert result.outcome == "sent"
+    attempts = emulator.requests_to("push")
+    assert [r.status for r in attempts] == [500, 200]
+    assert {r.retry_key for r in attempts} == {item.retry_key}
+    assert attempts[0].body == attempts[1].body           # byte-identical retry
+    assert len(emulator.delivered) == 1
+    assert dispatcher.metrics["retries"] == 1
+    assert dispatcher.metrics["requests"]["push"] == {"500": 1, "200": 1}
+
+
+async def test_lost_response_is_retried_and_409_means_duplicate(dispatcher, emulator):
+    emulator.inject_lost_response("push")
+    item = push(1)
+    [result] = await dispatcher.send([item])
+    first, second = emulator.requests_to("push")
+    assert (result.outcome, result.status) == ("duplicate", 409)
+    assert result.request_id == first.request_id          # the request that was accepted
+    assert (first.note, second.status) == ("lost", 409)
+    assert first.body == second.body and first.retry_key == second.retry_key == item.retry_key
+    assert len(emulator.delivered) == 1
+
+
+async def test_timeout_is_retried_with_the_same_key(dispatcher, emulator):
+    emulator.inject_timeout("push", delay=0.6)
+    item = push(1)
+    [result] = await dispatcher.send([item])
+    assert result.outcome == "sent"
+    assert [r.note for r in emulator.requests_to("push")] == ["timeout", ""]
+    assert {r.retry_key for r in emulator.requests_to("push")} == {item.retry_key}
+    assert dispatcher.metrics["requests"]["push"]["timeout"] == 1
+    assert len(emulator.delivered) == 1
+
+
+async def test_400_is_rejected_and_never_retried(dispatcher, emulator):
+    [result] = await dispatcher.send([push(1, messages=[{"type": "text", "text": "x" * 5001}])])
+    assert (result.outcome, result.status) == ("rejected", 400)
+    assert "messages[0].text" in result.detail
+    assert len(emulator.requests_to("push")) == 1
+    assert emulator.delivered == []
+
+
+async def test_invalid_items_are_rejected_without_calling_line(dispatcher, emulator):
+    items = [push(1, messages=[TEXT] * 6),
+             OutboxItem(2, "push", ["U1", "U2"], [TEXT], str(uuid.uuid4())),
+             OutboxItem(3, "push", ["U1"], [TEXT], "not-a-uuid"),
+             push(4, messages=[{"type": "no-such-type"}])]
+    results = await dispatcher.send(items)
+    assert [r.outcome for r in results] == ["rejected"] * 4
+    assert all(r.status is None and r.detail.startswith("invalid item") for r in results)
+    assert emulator.requests_to("push") == []
+
+
+async def test_rate_limit_429_backs_off_then_delivers_once(dispatcher, emulator):
+    emulator.inject("push", status=429, count=2)
+    [result] = await dispatcher.send([push(1)])
+    assert result.outcome == "sent"
+    assert [r.status for r in emulator.requests_to("push")] == [429, 429, 200]
+    assert len({r.retry_key for r in emulator.requests_to("push")}) == 1
+    assert dispatcher.metrics["rate_limited"] == 2
+    assert len(emulator.delivered) == 1
+
+
+async def test_retry_after_is_respected(dispatcher, emulator):
+    emulator.inject("push", status=429, headers={"Retry-After": "0.3"})
+    started = time.monotonic()
+    [result] = await dispatcher.send([push(1)])
+    assert result.outcome == "sent"
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_persistent_5xx_ends_in_retry_and_a_later_send_delivers_once(dispatcher, emulator):
+    emulator.inject("push", status=502, count=4)
+    item = push(1)
+    [result] = await dispatcher.send([item])
+    assert (result.outcome, result.status) == ("retry", 502)
+    assert len(emulator.requests_to("push")) == 4         # max_attempts
+    [result] = await dispatcher.send([item])
+    assert result.outcome == "sent"
+    assert {r.retry_key for r in emulator.requests_to("push")} == {item.retry_key}
+    assert len(emulator.delivered) == 1
+
+
+async def test_unreachable_line_ends_in_retry():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with Dispatcher("t", f"http://127.0.0.1:{port}", max_attempts=2, timeout=0.3,
+                          backoff_base=0.01) as d:
+        [result] = await d.send([push(1)])
+    assert (result.outcome, result.status) == ("retry", None)
+    assert result.detail.startswith("error:")
+    assert d.metrics["requests"]["push"] == {"error": 2}
+
+
+async def test_quota_guard_holds_what_would_not_fit(dispatcher, emulator):
+    emulator.quota = 3
+    items = [push(i, f"U{i}") for i in range(1, 6)]
+    results = await dispatcher.send(items)
+    assert [r.outcome for r in results] == ["sent"] * 3 + ["held"] * 2
+    assert "monthly quota" in results[3].detail and results[3].status is None
+    assert len(emulator.requests_to("push")) == 3          # held items never reached LINE
+    assert len(emulator.delivered) == 3
+    assert dispatcher.remaining == 0
+
+
+async def test_monthly_limit_429_holds_and_stops_pushes_for_the_month(dispatcher, emulator):
+    emulator.quota = 10
+    assert await dispatcher.refresh_quota() == 10
+    emulator.usage = 10                        # spent elsewhere since the last reading
+    token = emulator.issue_reply_token("U3")
+    [first] = await dispatcher.send([push(1, "U1")])
+    assert (first.outcome, first.status) == ("held", 429)
+    assert dispatcher.quota_exhausted
+    [second] = await dispatcher.send([push(2, "U2")])
+    assert (second.outcome, second.status) == ("held", None)   # held without a call
+    assert len(emulator.requests_to("push")) == 1
+    assert emulator.requests_to("push")[0].status == 429
+    assert dispatcher.metrics["monthly_limited"] == 1
+    # replies are free and still go out
+    [reply] = await dispatcher.send([OutboxItem(3, "reply", ["U3"], [TEXT], str(uuid.uuid4()),
+                                                reply_token=token)])
+    assert (reply.outcome, reply.via) == ("sent", "reply")
+    assert [d.user_id for d in emulator.delivered] == ["U3"]
+
+
+async def test_quota_exhaustion_ends_with_the_month(emulator):
+    now = [time.mktime((2026, 11, 30, 12, 0, 0, 0, 0, -1))]
+    async with Dispatcher(emulator.access_token, emulator.base_url, clock=lambda: now[0],
+                          backoff_base=0.01) as d:
+        # the guard sees no limit (quota type "none"); LINE still says no
+        emulator.inject("push", status=429, body={"message": "You have reached your monthly limit."})
+        assert (await d.send([push(1)]))[0].outcome == "held"
+        assert d.quota_exhausted
+        now[0] += 3 * 86400                    # December in Japan
+        assert not d.quota_exhausted
+        assert (await d.send([push(2)]))[0].outcome == "sent"
+
+
+async def test_fresh_reply_goes_as_a_free_reply(dispatcher, emulator):
+    emulator.quota = 5
+    token = emulator.issue_reply_token("U2")
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
+                      reply_deadline=time.time() + 50)
+    [result] = await dispatcher.send([item])
+    assert (result.outcome, result.via, result.status) == ("sent", "reply", 200)
+    assert emulator.inbox("U2") == [TEXT]
+    assert emulator.usage == 0
+    assert emulator.requests_to("reply")[0].retry_key is None
+    assert emulator.requests_to("push") == []
+
+
+async def test_reply_past_its_deadline_is_pushed_with_the_item_key(dispatcher, emulator):
+    token = emulator.issue_reply_token("U2")
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
+                      reply_deadline=time.time() - 1)
+    [result] = await dispatcher.send([item])
+    assert (result.outcome, result.via) == ("sent", "push")
+    assert emulator.requests_to("reply") == []
+    assert emulator.requests_to("push")[0].retry_key == item.retry_key
+    assert emulator.usage == 1
+
+
+async def test_reply_with_an_expired_token_falls_back_to_push(dispatcher, emulator):
+    token = emulator.issue_reply_token("U2", ttl=-1)        # LINE already expired it
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
+                      reply_deadline=time.time() + 50)
+    [result] = await dispatcher.send([item])
+    assert (result.outcome, result.via) == ("sent", "push")
+    assert [r.status for r in emulator.requests_to("reply")] == [400]
+    assert emulator.requests_to("push")[0].retry_key == item.retry_key
+    assert emulator.inbox("U2") == [TEXT]
+
+
+async def test_reply_whose_answer_was_lost_is_not_sent_again(dispatcher, emulator):
+    emulator.inject_lost_response("reply")
+    token = emulator.issue_reply_token("U2")
+    [result] = await dispatcher.send([OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()),
+                                                 reply_token=token)])
+    assert (result.outcome, result.via) == ("duplicate", "reply")
+    assert emulator.requests_to("push") == []
+    assert emulator.inbox("U2") == [TEXT]
+
+
+async def test_token_buckets_keep_a_burst_under_the_rate(emulator):
+    emulator.set_rate_limit("push", 100, capacity=5)
+    items = [push(i, f"U{1 + i % 5}") for i in range(60)]
+    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"push": 100},
+                          burst_seconds=0.01, backoff_base=0.01) as d:
+        started = time.monotonic()
+        results = await d.send(items)
+        elapsed = time.monotonic() - started
+    assert {r.outcome for r in results} == {"sent"}
+    assert emulator.requests_to("push", 429) == []
+    assert len(emulator.delivered) == 60
+    assert elapsed >= 0.55                     # 60 requests at 100/s, bursts of 1
+
+
+async def test_without_client_pacing_the_same_burst_is_throttled(emulator):
+    """The control for the test above: LINE's bucket does bite when the client does not pace."""
+    emulator.set_rate_limit("push", 100, capacity=5)
+    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"push": 100_000},
+                          backoff_base=0.01) as d:
+        results = await d.send([push(i, f"U{1 + i % 5}") for i in range(60)])
+    assert emulator.requests_to("push", 429)
+    assert d.metrics["rate_limited"] > 0
+    assert len(emulator.delivered) == sum(r.outcome == "sent" for r in results)
+
+
+async def test_menu_link_and_unlink(dispatcher, emulator):
+    results = await dispatcher.send([
+        OutboxItem(1, "menu_link", ["U1"], [], str(uuid.uuid4()), rich_menu_id=MENU),
+        OutboxItem(2, "menu_link", ["U2"], [], str(uuid.uuid4()), rich_menu_id=MENU)])
+    assert [(r.outcome, r.via) for r in results] == [("sent", "menu_link")] * 2
+    assert emulator.rich_menu_links == {"U1": MENU, "U2": MENU}
+    [result] = await dispatcher.send([OutboxItem(3, "menu_link", ["U1"], [], str(uuid.uuid4()))])
+    assert result.outcome == "sent"
+    assert emulator.rich_menu_links == {"U2": MENU}
+    assert emulator.requests_to("quota") == []              # no quota reading for menus
+
+
+async def test_profiles_for_templates(dispatcher, emulator):
+    emulator.add_user("U9", "花子", language="ja")
+    assert await dispatcher.get_profile("U9") == {"display_name": "花子", "language": "ja"}
+    assert await dispatcher.get_profile("Unobody") is None
+    assert await dispatcher.get_profile("UB") is None
+
+
+async def test_refresh_quota(dispatcher, emulator):
+    assert await dispatcher.refresh_quota() is None          # no limit
+    emulator.quota, emulator.usage = 200, 150
+    assert await dispatcher.refresh_quota() == 50
+    assert dispatcher.remaining == 50
+
+
+async def test_results_are_reported_as_they_land(dispatcher, emulator):
+    seen: list[DispatchResult] = []
+
+    async def record(result: DispatchResult) -> None:
+        seen.append(result)
+
+    results = await dispatcher.send([push(i, "U1") for i in range(1, 4)], on_result=record)
+    assert sorted(r.item_id for r in seen) == [1, 2, 3]
+    assert [r.item_id for r in results] == [1, 2, 3]
+    assert dispatcher.metrics["outcomes"] == {"sent": 3}
+
+
+async def test_dry_run_logs_one_line_per_item(caplog):
+    transport = DryRunTransport()
+    items = [push(1, messages=[{"type": "text", "text": "Hello   Hanako, here is your coupon"},
+                               {"type": "image", "originalContentUrl": "https://i.example/a.png",
+                                "previewImageUrl": "https://i.example/p.png"}]),
+             OutboxItem(2, "multicast", ["U1", "U2"], [TEXT], str(uuid.uuid4()))]
+    with caplog.at_level(logging.INFO, logger="engine.dispatch"):
+        results = await transport.send(items)
+    assert [(r.outcome, r.via, r.recipients) for r in results] == [
+        ("dry_run", "dry-run", 1), ("dry_run", "dry-run", 2)]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["dry-run push to 1 recipient(s) [text, image]: Hello Hanako, here is your coupon",
+                     "dry-run multicast to 2 recipient(s) [text]: こんにちは"]
+
+
+async def test_make_transport_picks_by_the_environment():
+    dry = make_transport({})
+    assert dry.dry_run and isinstance(dry, DryRunTransport)
+    assert "LINE_CHANNEL_ACCESS_TOKEN" in dry.banner
+    real = make_transport({"LINE_CHANNEL_ACCESS_TOKEN": "tok"})
+    assert isinstance(real, Dispatcher) and not real.dry_run
+    assert real.endpoint == "https://api.line.me"
+    local = make_transport({"LINE_CHANNEL_ACCESS_TOKEN": "tok",
+                            "LINE_API_ENDPOINT": "http://127.0.0.1:8089/"})
+    assert local.endpoint == "http://127.0.0.1:8089"
+    assert "http://127.0.0.1:8089" in local.banner
