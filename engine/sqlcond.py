@@ -85,7 +85,7 @@ class CondCompiler:
             measure = self.measure(c.measure, alias="f2")
             return (f"f.id IN (SELECT id FROM (SELECT f2.id AS id, CUME_DIST() OVER "
                     f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 "
-                    f"WHERE {CURRENT.replace('f.', 'f2.')} AND COALESCE({measure}, 0) > 0) "
+                    f"WHERE {CURRENT.replace('f.', 'f2.')}) "
                     f"WHERE cd <= {self._lit(c.percent / 100.0)})")
         if isinstance(c, ir.InSegment):
             if c.name in self._stack or c.name not in self.segments:
