@@ -482,6 +482,8 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
             f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
                     help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
         return None
+    if sum(d.is_error for d in f.diagnostics) > errors:
+        return None  # the YAML itself is broken here: LINE checks would only echo it
     for problem in check_objects(objects, as_written=True):
         f.error(f.span_at(located(problem.path), key=problem.key), problem.message, problem.help)
     _check_liquid(f, value, (name,))

@@ -22,11 +22,7 @@ Path = tuple[str | int, ...]
 MAX_DEPTH = 64
 MAX_NODES = 200_000
 
-_STANDARD_SCALAR_TAGS = {
-    "tag:yaml.org,2002:" + t for t in ("null", "bool", "int", "float", "timestamp", "str")
-}
-_MAP_TAG = "tag:yaml.org,2002:map"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
+#: The tags of plain YAML values; anything else (``!!binary``, ``!!python/...``) is refused.
 _ANY_TAG = re.compile(r"^tag:yaml\.org,2002:(null|bool|int|float|timestamp|str|map|seq)$")
 
 

@@ -9,6 +9,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from engine import ir
 from engine.messages import check_objects, load_messages, utf16_len
 
+#: Short texts made of YAML's punctuation, to reach deep into the parser.
+YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)
 PATH = "rules/messages.yaml"
 SAMPLE_NAMES = {"greeting_shipping", "greeting", "coupon15", "coupon_reply", "review_request",
                 "delivery_check", "delivery_thanks", "winback_90d", "vip_thanks",
@@ -434,7 +436,7 @@ _json = st.recursive(
 
 
 @hsettings(max_examples=400, deadline=None)
-@given(st.one_of(st.text(), st.dictionaries(st.text(max_size=8), _json, max_size=4)
+@given(st.one_of(st.text(), YAMLISH, st.dictionaries(st.text(max_size=8), _json, max_size=4)
                  .map(lambda v: yaml.safe_dump(v, allow_unicode=True))))
 def test_never_raises(text):
     defs, diags = load_messages(PATH, text)

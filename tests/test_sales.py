@@ -9,6 +9,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from engine import ir
 from engine.sales import load_sales
 
+#: Short texts made of YAML's punctuation, to reach deep into the parser.
+YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)
 PATH = "rules/sale_calendar.yaml"
 TOKYO = ZoneInfo("Asia/Tokyo")
 
@@ -174,6 +176,7 @@ def test_yaml_error_in_calendar():
 @hsettings(max_examples=300, deadline=None)
 @given(st.one_of(
     st.text(),
+    YAMLISH,
     st.fixed_dictionaries({"sales": st.lists(st.dictionaries(
         st.sampled_from(["name", "title", "kind", "starts", "ends", "url", "x"]),
         st.one_of(st.none(), st.integers(), st.text(max_size=25), st.dates(), st.datetimes(),

@@ -8,6 +8,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from engine import ir
 from engine.settings import load_settings
 
+#: Short texts made of YAML's punctuation, to reach deep into the parser.
+YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)
 PATH = "rules/settings.yaml"
 
 
@@ -215,7 +217,7 @@ def test_alias_bomb_is_refused():
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("latin-1")),
+@given(st.one_of(st.text(), YAMLISH, st.binary().map(lambda b: b.decode("latin-1")),
                  st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
                               lambda c: st.lists(c, max_size=4) | st.dictionaries(
                                   st.sampled_from(["timezone", "window", "max_per_day", "utm",
