@@ -281,3 +281,13 @@ def test_same_friend_data_same_hash():
     two = render_message(defn, friend={"display_name": "花子", "language": "en"}, rule="r")
     other = render_message(defn, friend={"display_name": "太郎"}, rule="r")
     assert render_hash(one) == render_hash(two) != render_hash(other)
+
+
+def test_templates_are_compiled_once():
+    from engine.messages import compile_template
+
+    defn = messages('m: "{{ friend.display_name }}様、{{ rule }}"\n')["m"]
+    misses = compile_template.cache_info().misses
+    for i in range(200):
+        render_message(defn, friend={"display_name": f"客{i}"}, rule="r")
+    assert compile_template.cache_info().misses == misses
