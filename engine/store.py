@@ -552,6 +552,13 @@ class Store:
             out.append(d)
         return out
 
+    def release_claims(self) -> int:
+        """Make rows claimed but never finished or held (in flight when a runner stopped)
+        claimable again at once, keeping their retry keys. Only for the lease holder at start."""
+        with self.transaction() as c:
+            return c.execute("UPDATE outbox SET claimed_at = NULL WHERE status IN ('pending', 'held') "
+                             "AND claimed_at IS NOT NULL").rowcount
+
     def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
                       error: str | None = None, at: int | None = None) -> None:
         """Final outcome of a row (sent, duplicate, rejected, dry_run); its deliveries follow."""
