@@ -95,12 +95,11 @@ def utf16_len(text: str) -> int:
 class Problem:
     """One broken limit or rule, at ``path`` inside a message's list of objects.
 
-    ``path`` starts with the object's index; ``key`` points at the key rather than the value.
+    ``path`` starts with the object's index.
     """
     path: Path
     message: str
     help: str | None = None
-    key: bool = False
 
 
 class _Checker:
@@ -114,8 +113,8 @@ class _Checker:
         self.as_written = as_written
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, help: str | None = None, *, key: bool = False) -> None:
-        self.problems.append(Problem(path, message, help, key))
+    def add(self, path: Path, message: str, help: str | None = None) -> None:
+        self.problems.append(Problem(path, message, help))
 
     # -------------------------------------------------------------- field helpers
 
@@ -470,13 +469,10 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
     value = f.plain(node, (name,))
     if isinstance(value, str):
         objects: list = [{"type": "text", "text": value}]
-        located = lambda p: (name,)  # noqa: E731  (the shorthand is one node)
     elif isinstance(value, dict):
         objects = [value]
-        located = lambda p: (name,) + p[1:]  # noqa: E731
     elif isinstance(value, list):
         objects = value
-        located = lambda p: (name,) + p  # noqa: E731
     else:
         if sum(d.is_error for d in f.diagnostics) == errors:
             f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
@@ -485,11 +481,22 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None  # the YAML itself is broken here: LINE checks would only echo it
     for problem in check_objects(objects, as_written=True):
-        f.error(f.span_at(located(problem.path), key=problem.key), problem.message, problem.help)
+        f.error(f.span_at(_yaml_path(name, value, problem.path)),
+                problem.message, problem.help)
     _check_liquid(f, value, (name,))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
     return ir.MessageDef(name, tuple(_normalise(o) for o in objects), span=f.span(node))
+
+
+def _yaml_path(name: str, value: Any, path: Path) -> Path:
+    """Where a path inside the object list was written: the shorthand is one text node, and a
+    single mapping stands for the list's only object."""
+    if isinstance(value, str):
+        return (name,)
+    if isinstance(value, dict):
+        return (name,) + path[1:]
+    return (name,) + path
 
 
 def _normalise(obj: dict) -> dict:
