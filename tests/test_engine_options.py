@@ -1,0 +1,135 @@
+"""SPEC §2.5: exit when, reenter, window, priority, split and holdout."""
+from __future__ import annotations
+
+import datetime as dt
+
+from engine import ir
+from engine.store import Store, bucket
+from enginekit import ev, project, rule, run, send, wait
+
+D = 86400
+
+
+def test_exit_when_on_a_state_change_and_before_each_step(fresh_db_path):
+    p = project(rule("r", ir.Followed(), send("a"), wait(D), send("b"),
+                     exit_when=ir.AnyOf((ir.Tagged("stop"), ir.Blocked()))),
+                rule("t", ir.Followed(), wait(D), send("c"), wait(D), send("d"),
+                     exit_when=ir.FriendFor(2 * D, "for")))
+    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
+              ev("tag", "U1", "2026-11-01 12:00", add=["stop"], remove=[])]
+    assert run(p, events, db_path=str(fresh_db_path)) == [
+        ("2026-11-01 10:00:00", "U1", "r", ["a"]),
+        ("2026-11-01 10:00:00", "U2", "r", ["a"]),
+        ("2026-11-02 10:00:00", "U1", "t", ["c"]),
+        ("2026-11-02 10:00:00", "U2", "r", ["b"]),
+        ("2026-11-02 10:00:00", "U2", "t", ["c"]),
+    ]
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT friend, rule, state, exit_reason, finished_at FROM enrollments "
+                              "ORDER BY rule, friend").fetchall()
+    tick = lambda text: int(dt.datetime.fromisoformat(text + "+09:00").timestamp())  # noqa: E731
+    assert [tuple(r) for r in rows] == [
+        ("U1", "r", "exited", "exit_when", tick("2026-11-01T12:00")),
+        ("U2", "r", "done", None, tick("2026-11-02T10:00")),
+        ("U1", "t", "exited", "exit_when", tick("2026-11-03T10:00")),
+        ("U2", "t", "exited", "exit_when", tick("2026-11-03T10:00")),
+    ]
+    store.close()
+
+
+def refollows(friend: str, *days: str):
+    out = []
+    for day in days:
+        out += [ev("follow", friend, f"{day} 10:00"), ev("unfollow", friend, f"{day} 20:00")]
+    return out
+
+
+def test_reenter_never_after_and_always():
+    days = ("2026-11-01", "2026-11-05", "2026-11-20")
+    p = project(rule("never", ir.Followed(), send("a")),
+                rule("after", ir.Followed(), send("b"), reenter=ir.Reenter("after", 10 * D)),
+                rule("always", ir.Followed(), send("c"), reenter=ir.Reenter("always")),
+                rule("busy", ir.Followed(), wait(10 * D), send("d"), reenter=ir.Reenter("always")))
+    pushes = run(p, refollows("U1", *days) + [ev("follow", "U1", "2026-11-25 10:00")])
+    assert [(t, r) for t, _, r, _ in pushes] == [
+        ("2026-11-01 10:00:00", "after"), ("2026-11-01 10:00:00", "always"), ("2026-11-01 10:00:00", "never"),
+        ("2026-11-05 10:00:00", "always"),
+        ("2026-11-20 10:00:00", "after"), ("2026-11-20 10:00:00", "always"),
+        ("2026-11-25 10:00:00", "always"),
+        # busy: its 11-11 send was skipped (U1 had blocked the account); the 11-05 and 11-25
+        # follows came while U1 was still in the rule, the 11-20 one entered it again
+        ("2026-11-30 10:00:00", "busy"),
+    ]
+
+
+def test_condition_trigger_reenter_after():
+    p = project(rule("dormant", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * D)), send("winback"),
+                     reenter=ir.Reenter("after", 180 * D)))
+    events = [ev("purchase", "U1", "2026-01-01 09:30", order_id="A-1", amount=100)]
+    pushes = run(p, events, tick=D, until="2026-12-01 00:00")
+    assert pushes == [("2026-04-02 00:00:00", "U1", "dormant", ["winback"]),
+                      ("2026-09-29 00:00:00", "U1", "dormant", ["winback"])]
+
+
+def test_window_from_settings_and_rule_override():
+    settings = ir.Settings(window=ir.Window(dt.time(9, 0), dt.time(21, 0)))
+    p = project(rule("r", ir.Followed(), send("a")),
+                rule("w", ir.Followed(), send("b"), window=ir.Window(dt.time(10, 0), dt.time(20, 0))),
+                rule("night", ir.Followed(), send("c"), window=ir.Window(dt.time(22, 0), dt.time(2, 0))),
+                settings=settings)
+    pushes = run(p, [ev("follow", "U1", "2026-11-01 21:30"), ev("follow", "U2", "2026-11-02 09:30")])
+    assert pushes == [("2026-11-01 22:00:00", "U1", "night", ["c"]),
+                      ("2026-11-02 09:00:00", "U1", "r", ["a"]),
+                      ("2026-11-02 09:30:00", "U2", "r", ["a"]),
+                      ("2026-11-02 10:00:00", "U1", "w", ["b"]),
+                      ("2026-11-02 10:00:00", "U2", "w", ["b"]),
+                      ("2026-11-02 22:00:00", "U2", "night", ["c"])]
+
+
+def test_priority_decides_what_the_cap_keeps(fresh_db_path):
+    settings = ir.Settings(max_per_day=1)
+    p = project(rule("low", ir.Followed(), send("a")),
+                rule("high", ir.Followed(), send("b"), priority=5),
+                settings=settings)
+    assert run(p, [ev("follow", "U1", "2026-11-01 10:00")], db_path=str(fresh_db_path)) == [
+        ("2026-11-01 10:00:00", "U1", "high", ["b"])]
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT rule, status, reason FROM deliveries ORDER BY rule").fetchall()
+    assert [tuple(r) for r in rows] == [("high", "sent", None), ("low", "capped", "max_per_day 1")]
+    store.close()
+
+
+def test_split_is_deterministic_per_friend_and_rule():
+    p = project(rule("ab", ir.Followed(), send("a", cond=ir.Variant("x")), send("b", cond=ir.Variant("y")),
+                     split=(("x", 30.0), ("y", 70.0))))
+    friends = [f"U{i}" for i in range(200)]
+    pushes = run(p, [ev("follow", f, "2026-11-01 10:00") for f in friends])
+    got = {friend: msgs for _, friend, _, msgs in pushes}
+    expected = {f: ["a"] if bucket(f, "ab", "split") < 3000 else ["b"] for f in friends}
+    assert got == expected
+    assert 40 <= sum(1 for m in got.values() if m == ["a"]) <= 80
+
+
+def test_split_assigned_in_sql_matches_python(fresh_db_path):
+    p = project(rule("ab", ir.ScheduleTrigger("0 20 * * *"), send("a", cond=ir.Variant("x")),
+                     send("b", cond=ir.Variant("y")), split=(("x", 50.0), ("y", 50.0))))
+    friends = [f"U{i}" for i in range(100)]
+    pushes = run(p, [ev("follow", f, "2026-11-01 10:00") for f in friends], until="2026-11-01 21:00")
+    got = {friend: msgs for _, friend, _, msgs in pushes}
+    assert got == {f: ["a"] if bucket(f, "ab", "split") < 5000 else ["b"] for f in friends}
+
+
+def test_holdout_friends_walk_but_get_nothing(fresh_db_path):
+    p = project(rule("h", ir.Followed(), send("a"), wait(D), ir.TagStep("tag seen", "seen"), send("b"),
+                     holdout=20.0))
+    friends = [f"U{i}" for i in range(100)]
+    pushes = run(p, [ev("follow", f, "2026-11-01 10:00") for f in friends], db_path=str(fresh_db_path))
+    held = {f for f in friends if bucket(f, "h", "holdout") < 2000}
+    assert 5 <= len(held) <= 40
+    assert {f for _, f, _, _ in pushes} == set(friends) - held
+    store = Store(str(fresh_db_path))
+    skipped = store.conn.execute("SELECT DISTINCT friend FROM deliveries WHERE reason = 'holdout'").fetchall()
+    assert {r[0] for r in skipped} == held
+    tagged = store.conn.execute("SELECT COUNT(*) FROM tags WHERE tag = 'seen'").fetchone()[0]
+    assert tagged == 100
+    store.close()
