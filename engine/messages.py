@@ -29,7 +29,7 @@ from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 
 from . import ir
-from .diagnostics import Diagnostic, did_you_mean
+from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .settings import NAME_RE
 from .yamlpos import Path, YamlFile
 
@@ -442,16 +442,21 @@ def check_objects(objects: Sequence[Any], *, as_written: bool = False) -> list[P
 
 
 def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[Diagnostic]]:
-    """Read ``messages.yaml`` into message definitions; an empty file defines none."""
+    """Read ``messages.yaml`` into message definitions; an empty file defines none.
+    Diagnostics come sorted."""
     f = YamlFile(path, text)
+    return _definitions(f), dedupe(f.diagnostics)
+
+
+def _definitions(f: YamlFile) -> dict[str, ir.MessageDef]:
     root = f.root
     defs: dict[str, ir.MessageDef] = {}
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
-        return defs, f.diagnostics
+        return defs
     if not isinstance(root, yaml.MappingNode):
         f.error(f.span(root), "messages.yaml must map message names to messages",
                 help='e.g. greeting: "友だち追加ありがとうございます！"')
-        return defs, f.diagnostics
+        return defs
     for name, key_node, value_node in f.items(root):
         if not NAME_RE.fullmatch(name):
             f.error(f.span(key_node), f"`{name}` is not a valid message name",
@@ -460,7 +465,7 @@ def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[
         defn = _definition(f, name, value_node)
         if defn is not None:
             defs[name] = defn
-    return defs, f.diagnostics
+    return defs
 
 
 def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import ir
-from .diagnostics import Diagnostic, did_you_mean
+from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .settings import NAME_RE
 from .yamlpos import YamlFile
 
@@ -58,15 +58,19 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
 
 
 def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
-    """Read ``sale_calendar.yaml``; an empty file means no sales."""
+    """Read ``sale_calendar.yaml``; an empty file means no sales. Diagnostics come sorted."""
     f = YamlFile(path, text)
+    return _sales(f, tz), dedupe(f.diagnostics)
+
+
+def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
     root = f.root
     if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
-        return (), f.diagnostics
+        return ()
     if not isinstance(root, yaml.MappingNode):
         f.error(f.span(root), "sale_calendar.yaml must be a mapping with a `sales:` list",
                 help="start the file with `sales:` and list one sale per item")
-        return (), f.diagnostics
+        return ()
     sales_node = None
     for key, key_node, value_node in f.items(root):
         if key == "sales":
@@ -74,14 +78,14 @@ def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sa
         else:
             f.error(f.span(key_node), f"unknown key `{key}`", help=did_you_mean(key, ["sales"]))
     if sales_node is None:
-        return (), f.diagnostics
+        return ()
     items = f.plain(sales_node, ("sales",))
     if items is None:
-        return (), f.diagnostics
+        return ()
     if not isinstance(items, list):
         f.error(f.span(sales_node), "`sales` must be a list of sales",
                 help="write each sale as an item starting with `- name: ...`")
-        return (), f.diagnostics
+        return ()
     sales: list[ir.Sale] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -94,7 +98,7 @@ def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sa
             continue
         seen[sale.name] = i
         sales.append(sale)
-    return tuple(sales), f.diagnostics
+    return tuple(sales)
 
 
 def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None:

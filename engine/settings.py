@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import ir
-from .diagnostics import Diagnostic, did_you_mean
+from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .yamlpos import YamlFile
 
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
@@ -55,6 +55,7 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
 
     ``LINE_LOGIN_CHANNEL_ID`` / ``LINE_LOGIN_CHANNEL_SECRET`` from the environment take
     precedence over the file's ``login_channel_id`` / ``login_channel_secret``.
+    Diagnostics come sorted.
     """
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
@@ -82,7 +83,7 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     if env_secret:
         values["login_channel_secret"] = env_secret
     root_span = f.span(f.root) if f.root is not None else None
-    return ir.Settings(**values, span=root_span), f.diagnostics
+    return ir.Settings(**values, span=root_span), dedupe(f.diagnostics)
 
 
 # ---------------------------------------------------------------------------- one check per key
