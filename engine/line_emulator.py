@@ -822,6 +822,11 @@ class Emulator:
         return web.json_response({"replyToken": self.issue_reply_token(data["userId"])})
 
 
+def synthetic_user_id(index: int) -> str:
+    """A LINE-shaped user id (``U`` + 32 hex digits) for generated friends."""
+    return f"U{index:032x}"
+
+
 @contextlib.contextmanager
 def run_in_thread(host: str = "127.0.0.1", port: int = 0, **options: Any) -> Iterator[Emulator]:
     """Run an :class:`Emulator` on its own event loop in a thread, for synchronous code.
@@ -857,6 +862,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="monthly message limit (default: unlimited)")
     parser.add_argument("--user", action="append", default=[], metavar="ID[=NAME]",
                         help="a friend of the channel (repeatable)")
+    parser.add_argument("--friends", type=int, default=0, metavar="N",
+                        help="add N generated friends (ids U + the index in 32 hex digits)")
     parser.add_argument("--rate-scale", type=float, default=1.0,
                         help="multiply LINE's rate limits (default: 1)")
     parser.add_argument("--reply-token-ttl", type=float, default=60.0)
@@ -866,6 +873,8 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.user:
         user_id, _, name = spec.partition("=")
         emulator.add_user(user_id, name or user_id)
+    for i in range(args.friends):
+        emulator.add_user(synthetic_user_id(i), f"Friend {i}")
 
     async def serve() -> None:
         url = await emulator.start(args.host, args.port)
