@@ -212,7 +212,9 @@ class Runner:
         if config.dry_run:
             log.warning(DRY_RUN_MESSAGE)
         # This process holds the lease, so rows left in flight belong to a runner that is gone.
-        store.release_claims()
+        if released := store.release_claims():
+            log.warning("%d outbox rows were in flight when the last runner stopped; sending them "
+                        "again with their retry keys", released)
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
         return cls(config, project, store, engine, make_transport(config.env))
@@ -246,17 +248,21 @@ class Runner:
     def wake_dispatch(self) -> None:
         self._dispatch_wake.set()
 
-    def request_reload(self) -> None:
+    def on_reload_signal(self) -> None:
         """SIGHUP: reload the rule folder before the next tick."""
         self._reload_requested = True
         self._tick_wake.set()
 
-    def request_stop(self) -> None:
-        """First call: stop after the current tick and dispatch batch. Second: exit now."""
-        self.signals += 1
+    def stop(self) -> None:
+        """Stop after the current tick and dispatch batch."""
         self.stopping = True
         self._tick_wake.set()
         self._dispatch_wake.set()
+
+    def on_stop_signal(self) -> None:
+        """SIGTERM/SIGINT: the first stops gracefully (:meth:`stop`), the second exits now."""
+        self.signals += 1
+        self.stop()
         if self.signals > 1:
             self._force.set()
 
@@ -337,7 +343,7 @@ class Runner:
                                      lease_ttl(self.config.tick_seconds)):
             log.critical("lost the database lease (another runner took %s); stopping", self.config.db)
             self.exit_code = 1
-            self.request_stop()
+            self.stop()
         self.wake_dispatch()
         return result
 

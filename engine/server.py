@@ -38,8 +38,8 @@ SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.Clien
 JSON_TYPES = ("application/json",)
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines",
                "application/x-jsonlines")
-#: Event types whose webhook carries a reply token that should be used while fresh.
-ANSWERED_TYPES = ("follow", "message", "postback")
+#: Event types whose sends in the same tick are answers that use the reply token while fresh.
+ANSWERED_TYPES = ("message", "postback")
 #: Health turns bad when no tick ran for this many tick intervals.
 STALE_TICKS = 3
 #: Largest request body accepted (LINE webhooks are far smaller).
@@ -84,10 +84,11 @@ async def callback(request: web.Request) -> web.Response:
         _log_events(runner, events, "webhook")
         if any(e.type in ANSWERED_TYPES and e.reply_token for e in events):
             runner.wake_tick()
-        if not runner.config.dry_run:
-            followers = sorted({e.friend for e in events if e.type == "follow"})
-            if followers:
-                runner.spawn(_fetch_profiles(runner, followers))
+        followers = sorted({e.friend for e in events if e.type == "follow"})
+        if followers and not runner.config.dry_run:
+            runner.spawn(_fetch_profiles(runner, followers))
+        elif followers:
+            runner.wake_tick()
         log.info("webhook: %d events stored, %d duplicates", result.applied, result.duplicates)
     return _reply_webhook(runner, web.json_response({"ok": True}))
 
@@ -98,7 +99,8 @@ def _reply_webhook(runner: Runner, response: web.Response) -> web.Response:
 
 
 async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
-    """Store display name and language of new friends for message templates."""
+    """Store display name and language of new friends for message templates, then run a tick
+    so that welcome messages can use them."""
     for friend in friends:
         try:
             profile = await runner.dispatcher.get_profile(friend)
@@ -110,6 +112,7 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
             with runner.store.transaction():
                 runner.store.set_attributes(friend, values)
             log.info("profile of %s stored (%s)", friend, values.get("display_name"))
+    runner.wake_tick()
 
 
 def _log_events(runner: Runner, events: list[Event], origin: str) -> None:
@@ -288,7 +291,7 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
     async def loops_ctx(app: web.Application):
         task = asyncio.ensure_future(runner.run())
         yield
-        runner.request_stop()
+        runner.stop()
         await task
 
     app.cleanup_ctx.append(session_ctx)
@@ -360,8 +363,8 @@ async def _serve(config: RunnerConfig) -> int:
             raise StartupError(f"cannot listen on {config.listen}: {exc.strerror}") from exc
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, runner.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, runner.request_reload)
+            loop.add_signal_handler(sig, runner.on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, runner.on_reload_signal)
         force = asyncio.ensure_future(_exit_on_second_signal(runner))
         bound = web_runner.addresses[0] if web_runner.addresses else (host, port)
         log.info("listening on http://%s:%s (tick every %ss)", bound[0], bound[1], config.tick_seconds)
