@@ -449,9 +449,10 @@ def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[
 
 
 def _definitions(f: YamlFile) -> dict[str, ir.MessageDef]:
+    """The valid definitions of the file, reporting the rest."""
     root = f.root
     defs: dict[str, ir.MessageDef] = {}
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+    if f.empty:
         return defs
     if not isinstance(root, yaml.MappingNode):
         f.error(f.span(root), "messages.yaml must map message names to messages",

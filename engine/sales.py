@@ -64,8 +64,9 @@ def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sa
 
 
 def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
+    """The valid sales of the file, reporting the rest."""
     root = f.root
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+    if f.empty:
         return ()
     if not isinstance(root, yaml.MappingNode):
         f.error(f.span(root), "sale_calendar.yaml must be a mapping with a `sales:` list",

@@ -59,7 +59,7 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     """
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
-    if f.root is not None and not (isinstance(f.root, yaml.ScalarNode) and f.root.tag.endswith(":null")):
+    if not f.empty:
         if not isinstance(f.root, yaml.MappingNode):
             f.error(f.span(f.root), "settings.yaml must be a mapping of settings",
                     help="write one setting per line, e.g. `timezone: Asia/Tokyo`")

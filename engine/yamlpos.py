@@ -77,6 +77,12 @@ class YamlFile:
         line = before.count("\n") + 1
         return line, index - (before.rfind("\n") + 1) + 1
 
+    @property
+    def empty(self) -> bool:
+        """No document (an empty file, only comments, ``null``, or unreadable YAML)."""
+        return self.root is None or (isinstance(self.root, yaml.ScalarNode)
+                                     and self.root.tag == "tag:yaml.org,2002:null")
+
     # ------------------------------------------------------------------ places
 
     def span(self, node: yaml.Node) -> Span:
