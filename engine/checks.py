@@ -1,0 +1,464 @@
+"""Semantic checks over a whole rule folder: everything the grammar cannot say.
+
+:func:`check_files` reports every independent problem in one run (errors and warnings) and
+avoids cascades: a name whose definition failed to parse is not reported again where it is
+used, and "unused message" warnings are left out while any file has a syntax error.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import croniter
+
+from . import astnodes as A
+from . import ir
+from .compiler import WEEKDAYS, event_form
+from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
+from .parser import rule_name_of
+
+MAX_OBJECTS_PER_PUSH = 5
+NUMERIC_MEASURES = ("orders", "total_spent", "spent")
+TEXT_MEASURES = ("display_name", "language")
+#: Triggers whose audience is only friends who have not blocked the account.
+_CURRENT_FRIEND_TRIGGERS = (A.MessageTrigger, A.PostbackTrigger, A.ScheduleTrigger, A.SaleTrigger)
+_CRON_PROBE_START = dt.datetime(2026, 1, 1)
+
+
+@dataclass
+class Context:
+    """What the rules are checked against. ``None`` means "do not check that kind of name"."""
+    messages: Mapping[str, ir.MessageDef] | None = None
+    menus: frozenset[str] | None = None
+    sales: tuple[ir.Sale, ...] | None = None
+    #: Rules and segments defined outside the checked files (single-file validation).
+    other_rules: frozenset[str] = frozenset()
+    other_segments: frozenset[str] = frozenset()
+    #: Warn about messages no rule uses (only when the whole folder is checked).
+    report_unused: bool = False
+    messages_path: str = "messages.yaml"
+
+
+def check_files(files: list[A.RuleFile], ctx: Context) -> list[Diagnostic]:
+    """All problems of these files, in no particular order (callers sort and dedupe)."""
+    return _Checker(files, ctx).run()
+
+
+def _name_span(rule: A.RuleDef) -> Span:
+    """Where to point for a rule: its name, or the `when` of an unnamed rule."""
+    if rule.name is not None:
+        return rule.name.span
+    s = rule.span
+    return Span(s.path, s.line, s.column, s.line, s.column + 4)
+
+
+def _where(span: Span) -> str:
+    return f"{span.path}:{span.line}:{span.column}"
+
+
+def walk(c: A.Cond) -> Iterator[A.Cond]:
+    """Every condition node inside ``c``, ``c`` first."""
+    yield c
+    if isinstance(c, (A.And, A.Or)):
+        for i in c.items:
+            yield from walk(i)
+    elif isinstance(c, A.Not):
+        yield from walk(c.item)
+
+
+@dataclass
+class _RuleFacts:
+    split: tuple[str, ...] | None = None
+    variants: list[A.Variant] = field(default_factory=list)
+
+
+class _Checker:
+    def __init__(self, files: list[A.RuleFile], ctx: Context):
+        self.files = files
+        self.ctx = ctx
+        self.diags: list[Diagnostic] = []
+        self.rules: dict[str, A.RuleDef] = {}
+        self.segments: dict[str, A.SegmentDef] = {}
+        self.broken_rules = {n for f in files for n in f.broken_rules}
+        self.broken_segments = {n for f in files for n in f.broken_segments}
+        self.used_messages: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------
+    def error(self, span: Span | None, message: str, help: str | None = None) -> None:
+        self.diags.append(Diagnostic.at(span, message, help=help))
+
+    def warn(self, span: Span | None, message: str, help: str | None = None, path: str = "") -> None:
+        self.diags.append(Diagnostic.at(span, message, severity=WARNING, help=help, path=path))
+
+    def run(self) -> list[Diagnostic]:
+        self._collect_names()
+        for f in self.files:
+            for item in f.items:
+                if isinstance(item, A.RuleDef):
+                    self._rule(item)
+                else:
+                    self._cond(item.cond, "segment", None)
+        self._segment_cycles()
+        self._unused_messages()
+        return self.diags
+
+    # -- folder ------------------------------------------------------------------
+    def _collect_names(self) -> None:
+        for f in self.files:
+            unnamed: A.RuleDef | None = None
+            for item in f.items:
+                if isinstance(item, A.SegmentDef):
+                    first = self.segments.setdefault(item.name.value, item)
+                    if first is not item:
+                        self.error(item.name.span, f"segment `{item.name.value}` is defined twice",
+                                   help=f"the first is at {_where(first.name.span)}; segment names are unique across the folder")
+                    continue
+                if item.name is None:
+                    if unnamed is not None:
+                        self.error(_name_span(item), "a second rule without a name in this file",
+                                   help=f"a file may hold one unnamed rule (named after the file); "
+                                        f"name this one: `rule NAME when ...`")
+                        continue
+                    unnamed = item
+                name = rule_name_of(item, f.path)
+                first = self.rules.setdefault(name, item)
+                if first is not item:
+                    self.error(_name_span(item), f"rule `{name}` is defined twice",
+                               help=f"the first is at {_where(_name_span(first))}; rule names are unique across the folder")
+
+    def _segment_cycles(self) -> None:
+        refs = {name: [c for c in walk(seg.cond) if isinstance(c, A.InSegment)]
+                for name, seg in self.segments.items()}
+        done: set[str] = set()
+
+        def visit(name: str, trail: list[str]) -> None:
+            for ref in refs.get(name, ()):
+                target = ref.name.value
+                if target in trail:
+                    loop = trail[trail.index(target):] + [target]
+                    self.error(ref.name.span, f"segment `{target}` refers to itself: "
+                               + " -> ".join(f"`{n}`" for n in loop),
+                               help="a segment cannot be defined in terms of itself")
+                elif target not in done and target in refs:
+                    visit(target, trail + [target])
+            done.add(name)
+
+        for name in refs:
+            if name not in done:
+                visit(name, [name])
+
+    def _unused_messages(self) -> None:
+        if not self.ctx.report_unused or not self.ctx.messages:
+            return
+        if any(f.has_syntax_errors for f in self.files):
+            return
+        for name, msg in self.ctx.messages.items():
+            if name not in self.used_messages:
+                self.warn(msg.span, f"message `{name}` is not used by any rule",
+                          help="remove it, or send it from a rule", path=self.ctx.messages_path)
+
+    # -- rules -------------------------------------------------------------------
+    def _rule(self, rule: A.RuleDef) -> None:
+        facts = _RuleFacts()
+        self._options(rule, facts)
+        self._trigger(rule.trigger)
+        if rule.entry is not None:
+            self._cond(rule.entry.cond, "entry", facts)
+            self._entry_contradiction(rule)
+        self._steps(rule, facts)
+        for v in facts.variants:
+            if facts.split is None:
+                self.error(v.name.span, f"`variant {v.name.value}`: this rule has no `split`",
+                           help="add one, e.g. `split a 50%, b 50%`")
+            elif v.name.value not in facts.split:
+                self.error(v.name.span, f"unknown variant `{v.name.value}`",
+                           help=did_you_mean(v.name.value, facts.split))
+
+    def _trigger(self, t: A.Trigger) -> None:
+        if isinstance(t, A.CondTrigger):
+            if event_form(t.cond) is not None:
+                self._event_pair(t.cond)
+            else:
+                self._cond(t.cond, "trigger", None)
+        elif isinstance(t, A.MessageTrigger):
+            for k in t.keywords:
+                if not k.value.strip():
+                    self.error(k.span, "an empty keyword matches every message",
+                               help='give a word to look for, e.g. `message "coupon"`')
+        elif isinstance(t, A.ScheduleTrigger):
+            self._schedule(t.cron)
+        elif isinstance(t, A.SaleTrigger):
+            self._sale(t)
+
+    def _schedule(self, cron: A.Str) -> None:
+        expr = cron.value.strip()
+        fields = expr.split()
+        if len(fields) != 5:
+            self.error(cron.span, f"a schedule has 5 fields, this one has {len(fields)}",
+                       help='write minute hour day month weekday, e.g. "0 20 * * 5" for Fridays at 20:00')
+            return
+        if not croniter.croniter.is_valid(expr):
+            self.error(cron.span, f"`{expr}` is not a valid cron expression",
+                       help='fields are minute (0-59) hour (0-23) day (1-31) month (1-12) weekday (0-6), e.g. "0 20 * * 5"')
+            return
+        try:
+            croniter.croniter(expr, _CRON_PROBE_START).get_next(dt.datetime)
+        except (croniter.CroniterBadDateError, croniter.CroniterError, ValueError):
+            self.warn(cron.span, f"the schedule `{expr}` never fires, so this rule never runs",
+                      help="check the day and month fields (e.g. there is no 31 February)")
+
+    def _sale(self, t: A.SaleTrigger) -> None:
+        if t.at is not None:
+            self._time(t.at)
+            if t.before is not None and t.before.seconds % 86400:
+                self.error(t.before.span, f"`in {t.before.text} at {t.at.text}`: with `at`, the offset is a number of days",
+                           help="write whole days, e.g. `in 2d at 10:00`, or drop `at` to count from the sale's exact time")
+        sales = self.ctx.sales
+        if sales is None:
+            return
+        if t.kind is not None:
+            kinds = {s.kind for s in sales if s.kind}
+            if t.kind.value not in kinds:
+                self.warn(t.kind.span, f"no sale in sale_calendar.yaml has kind `{t.kind.value}`, so this rule never fires",
+                          help=did_you_mean(t.kind.value, kinds) or "add `kind:` to the sales in sale_calendar.yaml")
+        elif not sales:
+            self.warn(t.span, "sale_calendar.yaml has no sales, so this rule never fires",
+                      help="add the sales to sale_calendar.yaml")
+
+    def _event_pair(self, cond: A.Cond) -> None:
+        if isinstance(cond, A.Activity) and cond.pair is not None:
+            allowed = ("product", "category") if cond.kind == "purchase" else ("product",)
+            key = cond.pair.key
+            if key.value not in allowed:
+                self.error(key.span, f"`{cond.word}` does not take `{key.value}=`",
+                           help="it takes " + " or ".join(f"`{a}=...`" for a in allowed))
+
+    def _entry_contradiction(self, rule: A.RuleDef) -> None:
+        """Warn about an entry filter that can never hold for the trigger's friends."""
+        entry = rule.entry
+        positive, negative = _conjuncts(entry.cond, entry.negated)
+        trigger = rule.trigger
+        current = isinstance(trigger, _CURRENT_FRIEND_TRIGGERS) or (
+            isinstance(trigger, A.CondTrigger) and isinstance(trigger.cond, A.Followed))
+        for c in positive:
+            if isinstance(c, A.Blocked) and current:
+                self.warn(c.span, "this rule never fires: its trigger only reaches friends who have not blocked the account",
+                          help="remove `blocked` from the entry filter")
+        if isinstance(trigger, A.UnfollowedTrigger):
+            for c in negative:
+                if isinstance(c, A.Blocked):
+                    self.warn(c.span, "this rule never fires: `unfollowed` means the friend has blocked the account",
+                              help="remove `not blocked` from the entry filter")
+
+    # -- options -----------------------------------------------------------------
+    def _options(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
+        seen: dict[type, A.Option] = {}
+        for o in rule.options:
+            word = A.OPTION_WORDS[type(o)]
+            if type(o) in seen:
+                self.error(o.span, f"`{word}` is given twice in this rule", help="keep one")
+                continue
+            seen[type(o)] = o
+            if isinstance(o, A.ExitWhen):
+                self._cond(o.cond, "exit", facts)
+            elif isinstance(o, A.Reenter):
+                if o.after is not None and o.after.seconds == 0:
+                    self.error(o.after.span, "`reenter after 0d` is the same as `reenter always`",
+                               help="write `reenter always`, or a longer time")
+            elif isinstance(o, A.Window):
+                ok = self._time(o.start) & self._time(o.end)
+                if ok and (o.start.hour, o.start.minute) == (o.end.hour, o.end.minute):
+                    self.error(o.span, f"the window `{o.start.text}-{o.end.text}` is empty",
+                               help="give a start and an end, e.g. `window 10:00-20:00`")
+            elif isinstance(o, A.Split):
+                self._split(o, facts)
+            elif isinstance(o, A.Holdout):
+                if not 0 <= o.percent.value <= 100:
+                    self.error(o.percent.span, f"holdout `{o.percent.text}` is not between 0% and 100%")
+
+    def _split(self, o: A.Split, facts: _RuleFacts) -> None:
+        names: list[str] = []
+        for item in o.items:
+            if item.name.value in names:
+                self.error(item.name.span, f"variant `{item.name.value}` is listed twice")
+            names.append(item.name.value)
+            if item.percent.value <= 0:
+                self.error(item.percent.span, f"variant `{item.name.value}` gets {item.percent.text}",
+                           help="give every variant more than 0%, or remove it")
+        total = sum(i.percent.value for i in o.items)
+        if abs(total - 100) > 1e-9:
+            self.error(o.span, f"the split adds up to {total:g}%, not 100%",
+                       help="make the percentages add up to 100%, e.g. `split a 50%, b 50%`")
+        facts.split = tuple(names)
+
+    # -- steps -------------------------------------------------------------------
+    def _steps(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
+        push: list[tuple[A.Name, int]] = []   # messages of the push being coalesced
+        push_reported = False
+        stopped = False
+        for step in rule.steps:
+            if stopped:
+                self.warn(step.span, "this step is never reached: the `stop` before it always ends the rule",
+                          help="remove it, or give the `stop` a condition")
+                stopped = False   # once per unconditional stop
+            guard = getattr(step, "guard", None)
+            if guard is not None:
+                self._cond(guard.cond, "step", facts)
+            if isinstance(step, A.WAIT_STEPS):
+                push, push_reported = [], False
+            if isinstance(step, A.SendStep):
+                for m in step.messages:
+                    self._message(m)
+                    defn = (self.ctx.messages or {}).get(m.value)
+                    if defn is not None:
+                        push.append((m, len(defn.objects)))
+                total = sum(n for _, n in push)
+                if total > MAX_OBJECTS_PER_PUSH and len(push) > 1 and not push_reported:
+                    push_reported = True
+                    listed = ", ".join(f"`{m.value}` ({n})" for m, n in push)
+                    self.error(step.span, f"these sends make one push of {total} message objects; LINE allows {MAX_OBJECTS_PER_PUSH}",
+                               help=f"sends with no `wait` between them go out together: {listed}; "
+                                    "put a `wait` between them or send fewer messages")
+            elif isinstance(step, A.WaitStep):
+                if step.at is not None:
+                    self._time(step.at)
+                elif step.duration.seconds == 0:
+                    self.error(step.duration.span, f"`wait {step.duration.text}` waits for nothing",
+                               help="remove it, or give a time of day: `wait 0d at 12:00`")
+            elif isinstance(step, A.WaitUntilStep):
+                if step.at is not None:
+                    self._time(step.at)
+                if step.weekday is not None and step.weekday.value.lower() not in WEEKDAYS:
+                    self.error(step.weekday.span, f"`{step.weekday.value}` is not a day of the week",
+                               help=did_you_mean(step.weekday.value.lower(), WEEKDAYS))
+            elif isinstance(step, A.WaitForStep):
+                self._wait_for(step)
+            elif isinstance(step, A.SetStep):
+                if step.attr.value in NUMERIC_MEASURES:
+                    self.error(step.attr.span, f"`{step.attr.value}` is computed from purchases and cannot be set",
+                               help="set a custom attribute instead, e.g. `set rank = \"gold\"`")
+            elif isinstance(step, A.MenuStep):
+                menus = self.ctx.menus
+                if menus is not None and step.name.value not in menus:
+                    self.error(step.name.span, f"unknown rich menu `{step.name.value}`",
+                               help=did_you_mean(step.name.value, menus) or "name it under `rich_menus:` in settings.yaml")
+            elif isinstance(step, A.StartStep):
+                name = step.rule.value
+                known = self.rules.keys() | self.ctx.other_rules
+                if name not in known and name not in self.broken_rules:
+                    self.error(step.rule.span, f"unknown rule `{name}`", help=did_you_mean(name, known))
+            elif isinstance(step, A.StopStep):
+                stopped = step.guard is None
+
+    def _message(self, m: A.Name) -> None:
+        self.used_messages.add(m.value)
+        messages = self.ctx.messages
+        if messages is not None and m.value not in messages:
+            self.error(m.span, f"unknown message `{m.value}`",
+                       help=did_you_mean(m.value, messages) or "define it in messages.yaml")
+
+    def _wait_for(self, step: A.WaitForStep) -> None:
+        t = step.trigger
+        if step.up_to.seconds == 0:
+            self.error(step.up_to.span, "`up to 0d` does not wait at all", help="give a longer time, e.g. `up to 3d`")
+        if isinstance(t, (A.ScheduleTrigger, A.SaleTrigger)) or (
+                isinstance(t, A.CondTrigger) and event_form(t.cond) is None):
+            self.error(t.span, "`wait for` needs an event of this friend",
+                       help="e.g. `wait for purchased up to 3d` or `wait for postback answer=yes up to 1d`")
+        elif isinstance(t, A.CondTrigger):
+            self._event_pair(t.cond)
+        elif isinstance(t, A.MessageTrigger):
+            self._trigger(t)
+
+    # -- conditions --------------------------------------------------------------
+    def _cond(self, c: A.Cond, where: str, facts: _RuleFacts | None) -> None:
+        """Check a condition; ``where`` is trigger, entry, exit, step or segment."""
+        for node in walk(c):
+            if isinstance(node, A.Activity):
+                self._activity(node, where)
+            elif isinstance(node, (A.FriendFor, A.LastPurchaseOlder)):
+                self._positive(node.duration)
+            elif isinstance(node, A.Compare):
+                self._measure(node.measure)
+                self._compare_value(node)
+            elif isinstance(node, A.Top):
+                self._measure(node.measure)
+                if not 0 < node.percent.value <= 100:
+                    self.error(node.percent.span, f"`top {node.percent.text}` is not between 0% and 100%")
+                if node.measure.name.value in TEXT_MEASURES:
+                    self.error(node.measure.span, f"`{node.measure.name.value}` is a text and cannot be ranked")
+            elif isinstance(node, A.InSegment):
+                name = node.name.value
+                known = self.segments.keys() | self.ctx.other_segments
+                if name not in known and name not in self.broken_segments:
+                    self.error(node.name.span, f"unknown segment `{name}`",
+                               help=did_you_mean(name, known) or "define it: `segment NAME: CONDITION`")
+            elif isinstance(node, A.Variant):
+                if facts is None:
+                    self.error(node.span, f"`variant {node.name.value}` only means something inside a rule's entry filter, steps or `exit when`",
+                               help="variants are assigned when a friend enters a rule with `split`")
+                else:
+                    facts.variants.append(node)
+
+    def _activity(self, a: A.Activity, where: str) -> None:
+        if a.pair is not None:
+            self._event_pair(a)
+        if a.within is not None:
+            self._positive(a.within)
+        elif where == "trigger":
+            help_ = f"say how recent, e.g. `{a.word} within 30d`"
+            if a.kind != "click":
+                help_ += f"; or react to the event and filter: `when {a.word} if ...`"
+            self.error(a.span, f"`{a.word}` without `within` cannot be part of a condition trigger",
+                       help=help_)
+        elif where == "entry":
+            self.warn(a.span, f"in an entry filter, `{a.word}` counts only since the friend entered this rule, so it is false here",
+                      help=f"say how recent, e.g. `{a.word} within 30d`")
+
+    def _measure(self, m: A.Measure) -> None:
+        name = m.name.value
+        if m.within is not None:
+            self._positive(m.within)
+            if name != "spent":
+                self.error(m.within.span, f"`within` does not go with `{name}`",
+                           help="only `spent within D` counts over a period; see docs/language.md")
+        elif name == "spent":
+            self.error(m.span, "`spent` needs a period, e.g. `spent within 365d`",
+                       help="for all time, use `total_spent`")
+
+    def _compare_value(self, c: A.Compare) -> None:
+        name = c.measure.name.value
+        if name in NUMERIC_MEASURES and isinstance(c.value, A.Str):
+            self.error(c.value.span, f"`{name}` is a number; compare it with a number",
+                       help=f"e.g. `{name} >= 3`")
+        elif name in TEXT_MEASURES and isinstance(c.value, A.Number):
+            self.error(c.value.span, f"`{name}` is a text; compare it with a quoted text",
+                       help=f'e.g. `{name} = "ja"`')
+
+    def _positive(self, d: A.Duration) -> None:
+        if d.seconds == 0:
+            self.error(d.span, f"`{d.text}` is no time at all here", help="give a longer time, e.g. `30d`")
+
+    def _time(self, t: A.TimeOfDay) -> bool:
+        if t.hour > 23 or t.minute > 59:
+            self.error(t.span, f"`{t.text}` is not a time of day",
+                       help="hours go from 00 to 23 and minutes from 00 to 59 (midnight is `00:00`)")
+            return False
+        return True
+
+
+def _conjuncts(c: A.Cond, negated: bool) -> tuple[list[A.Cond], list[A.Cond]]:
+    """The parts of a filter that must all hold: (conditions that must be true, conditions that
+    must be false), looking through ``and``, ``not`` and a negated ``or``."""
+    if isinstance(c, A.Not):
+        return _conjuncts(c.item, not negated)
+    if isinstance(c, A.And) and not negated or isinstance(c, A.Or) and negated:
+        pos: list[A.Cond] = []
+        neg: list[A.Cond] = []
+        for i in c.items:
+            p, n = _conjuncts(i, negated)
+            pos += p
+            neg += n
+        return pos, neg
+    return ([], [c]) if negated else ([c], [])

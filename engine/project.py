@@ -1,0 +1,205 @@
+"""Load a rule folder (or one ``.rule`` file in its folder) into an :class:`ir.Project`.
+
+    result = load_project("rules")
+    if result.project is None:
+        print(render_text(result.diagnostics, result.sources))
+
+The pipeline: read the files -> ``settings.yaml``, ``sale_calendar.yaml``, ``messages.yaml``
+(their own loaders) -> parse every ``*.rule`` file -> :func:`engine.checks.check_files` ->
+compile. Diagnostics of every stage are collected, deduplicated and sorted; the project is
+built only when there is no error. Paths in diagnostics are as the folder was given
+(``rules/welcome.rule`` for ``rules``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from zoneinfo import ZoneInfo
+
+from . import astnodes as A
+from . import ir
+from .checks import Context, check_files
+from .compiler import compile_rule, compile_segment
+from .diagnostics import Diagnostic, dedupe, has_errors
+from .parser import parse_file, rule_name_of
+
+SETTINGS_FILE = "settings.yaml"
+SALES_FILE = "sale_calendar.yaml"
+MESSAGES_FILE = "messages.yaml"
+RULE_SUFFIX = ".rule"
+
+
+@dataclass
+class LoadResult:
+    """``project`` is None when there is any error; ``diagnostics`` holds errors and warnings;
+    ``sources`` maps each path read to its text (for the caret renderer)."""
+    project: ir.Project | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.project is not None
+
+
+def load_project(root: str | os.PathLike) -> LoadResult:
+    """Load a rule folder, or a single ``.rule`` file checked against its folder's YAML files
+    and rule names (only that file's rules are compiled). Never raises on bad input."""
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        return _fail(root, f"`{root}` does not exist",
+                     "give a rule folder (default `rules`) or a .rule file")
+    if os.path.isfile(root):
+        if not root.endswith(RULE_SUFFIX):
+            return _fail(root, f"`{root}` is not a .rule file or a rule folder")
+        folder, only = os.path.dirname(root), os.path.basename(root)
+    else:
+        folder, only = root, None
+    try:
+        names = sorted(n for n in os.listdir(folder or ".")
+                       if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n)))
+    except OSError as exc:
+        return _fail(root, f"cannot read `{root}`: {exc.strerror or exc}")
+
+    loader = _Loader()
+    settings, sales, messages = loader.yaml_files(folder)
+    rule_files: list[A.RuleFile] = []
+    other_rules: set[str] = set()
+    other_segments: set[str] = set()
+    for name in names:
+        path = os.path.join(folder, name)
+        text = loader.read(path, quiet=only is not None and name != only)
+        if text is None:
+            continue
+        parsed, diags = parse_file(path, text)
+        if only is not None and name != only:
+            # A sibling of the file being validated: only its names matter.
+            other_rules.update(rule_name_of(i, path) for i in parsed.items if isinstance(i, A.RuleDef))
+            other_rules.update(parsed.broken_rules)
+            other_segments.update(i.name.value for i in parsed.items if isinstance(i, A.SegmentDef))
+            other_segments.update(parsed.broken_segments)
+            del loader.sources[path]
+            continue
+        loader.diagnostics += diags
+        rule_files.append(parsed)
+    ctx = Context(messages=messages, menus=frozenset(dict(settings.rich_menus)), sales=sales,
+                  other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
+                  report_unused=only is None, messages_path=os.path.join(folder, MESSAGES_FILE))
+    return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
+                   settings=settings, messages=messages, sales=sales, root=root,
+                   version=loader.version())
+
+
+def compile_source(text: str, *, path: str = "test.rule",
+                   messages: Mapping[str, ir.MessageDef] | None = None,
+                   settings: ir.Settings | None = None,
+                   sales: tuple[ir.Sale, ...] | None = None) -> LoadResult:
+    """Build a project from rule text alone (for tests). ``messages=None`` skips the message
+    name checks, ``settings=None`` the rich menu checks (defaults apply), ``sales=None`` the
+    sale kind checks."""
+    parsed, diags = parse_file(path, text)
+    ctx = Context(messages=messages,
+                  menus=frozenset(dict(settings.rich_menus)) if settings is not None else None,
+                  sales=sales)
+    version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return _finish([parsed], ctx, diags, {path: text}, settings=settings or ir.Settings(),
+                   messages=dict(messages or {}), sales=tuple(sales or ()),
+                   root=os.path.dirname(path), version=version)
+
+
+def _finish(files: list[A.RuleFile], ctx: Context, diags: list[Diagnostic],
+            sources: dict[str, str], *, settings: ir.Settings,
+            messages: Mapping[str, ir.MessageDef], sales: tuple[ir.Sale, ...], root: str,
+            version: str) -> LoadResult:
+    """Check, then compile when there is no error."""
+    diags = dedupe([*diags, *check_files(files, ctx)])
+    if has_errors(diags):
+        return LoadResult(None, diags, sources)
+    rules: dict[str, ir.Rule] = {}
+    segments: dict[str, ir.Segment] = {}
+    for f in files:
+        for item in f.items:
+            if isinstance(item, A.RuleDef):
+                rule = compile_rule(item, f.path)
+                rules[rule.name] = rule
+            else:
+                segments[item.name.value] = compile_segment(item)
+    project = ir.Project(rules=rules, segments=segments, messages=dict(messages), sales=sales,
+                         settings=settings, root=root, version=version)
+    return LoadResult(project, diags, sources)
+
+
+def _fail(path: str, message: str, help: str | None = None) -> LoadResult:
+    return LoadResult(None, [Diagnostic(path, 1, 1, "error", message, help)], {})
+
+
+class _Loader:
+    """Reads files, keeping their text (for carets and the project version) and diagnostics."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, str] = {}
+        self.diagnostics: list[Diagnostic] = []
+
+    def read(self, path: str, *, quiet: bool = False) -> str | None:
+        """The file's text, or None (with an error unless ``quiet``) when it cannot be read."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            if not quiet:
+                self.diagnostics.append(Diagnostic(path, 1, 1, "error",
+                                                   f"cannot read the file: {exc.strerror or exc}"))
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if not quiet:
+                before = data[:exc.start]
+                line = before.count(b"\n") + 1
+                column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+                self.diagnostics.append(Diagnostic(path, line, column, "error",
+                                                   "the file is not UTF-8 text",
+                                                   help="save it as UTF-8"))
+            return None
+        text = text.removeprefix("\ufeff")
+        self.sources[path] = text
+        return text
+
+    def yaml_files(self, folder: str) -> tuple[ir.Settings, tuple[ir.Sale, ...],
+                                               dict[str, ir.MessageDef]]:
+        """Settings (defaults when absent), sales (none when absent), messages (none when
+        absent), each loaded by its own module."""
+        from .messages import load_messages
+        from .sales import load_sales
+        from .settings import load_settings
+
+        settings = ir.Settings()
+        path = os.path.join(folder, SETTINGS_FILE)
+        if os.path.exists(path) and (text := self.read(path)) is not None:
+            settings, diags = load_settings(path, text)
+            self.diagnostics += diags
+        try:
+            tz = ZoneInfo(settings.timezone)
+        except (ValueError, KeyError, OSError):   # reported by load_settings
+            tz = ZoneInfo(ir.Settings().timezone)
+        sales: tuple[ir.Sale, ...] = ()
+        path = os.path.join(folder, SALES_FILE)
+        if os.path.exists(path) and (text := self.read(path)) is not None:
+            sales, diags = load_sales(path, text, tz)
+            self.diagnostics += diags
+        messages: dict[str, ir.MessageDef] = {}
+        path = os.path.join(folder, MESSAGES_FILE)
+        if os.path.exists(path) and (text := self.read(path)) is not None:
+            messages, diags = load_messages(path, text)
+            self.diagnostics += diags
+        return settings, sales, messages
+
+    def version(self) -> str:
+        """A hash over every file read."""
+        h = hashlib.sha256()
+        for path in sorted(self.sources):
+            h.update(os.path.basename(path).encode("utf-8") + b"\0")
+            h.update(self.sources[path].encode("utf-8") + b"\0")
+        return h.hexdigest()[:16]
