@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 from engine import ir
@@ -38,7 +39,13 @@ def project(*rules: ir.Rule, messages: dict | None = None, settings: ir.Settings
 
 
 def rule(name: str, trigger, *steps, **options) -> ir.Rule:
-    return ir.Rule(name=name, trigger=trigger, steps=tuple(steps), **options)
+    """A rule; repeated step ids get `` #2``, `` #3`` like the compiler gives them."""
+    seen: dict[str, int] = {}
+    unique = []
+    for step in steps:
+        seen[step.id] = seen.get(step.id, 0) + 1
+        unique.append(step if seen[step.id] == 1 else replace(step, id=f"{step.id} #{seen[step.id]}"))
+    return ir.Rule(name=name, trigger=trigger, steps=tuple(unique), **options)
 
 
 def send(*names: str, cond=None, sid: str | None = None) -> ir.Send:
