@@ -796,6 +796,8 @@ class Emulator:
         return 202, {}
 
     # ----------------------------------------------------------------- admin (standalone use)
+    # Unauthenticated helpers under /_emulator/ for a process that runs the emulator as a
+    # subprocess: counts, adding friends, issuing reply tokens.
 
     def stats(self) -> dict[str, Any]:
         """Counts for a process that cannot read the emulator's memory."""
@@ -811,15 +813,26 @@ class Emulator:
     async def _admin_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
+    @staticmethod
+    async def _admin_user_id(request: web.Request) -> tuple[dict[str, Any], str]:
+        try:
+            data = await request.json()
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("userId"), str):
+            raise web.HTTPBadRequest(text='{"message": "userId is required"}',
+                                     content_type="application/json")
+        return data, data["userId"]
+
     async def _admin_add_user(self, request: web.Request) -> web.Response:
-        data = await request.json()
-        user = self.add_user(data["userId"], data.get("displayName", data["userId"]),
+        data, user_id = await self._admin_user_id(request)
+        user = self.add_user(user_id, str(data.get("displayName", user_id)),
                              data.get("language", "ja"), bool(data.get("blocked", False)))
         return web.json_response({"userId": user.user_id})
 
     async def _admin_reply_token(self, request: web.Request) -> web.Response:
-        data = await request.json()
-        return web.json_response({"replyToken": self.issue_reply_token(data["userId"])})
+        _, user_id = await self._admin_user_id(request)
+        return web.json_response({"replyToken": self.issue_reply_token(user_id)})
 
 
 def synthetic_user_id(index: int) -> str:

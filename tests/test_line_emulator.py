@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -204,6 +205,11 @@ async def test_multicast_limits_and_unknown_or_blocked_users(client):
     assert sorted(d.user_id for d in client.emulator.delivered) == ["U1", "U2"]
     assert sorted(d.user_id for d in client.emulator.undelivered) == ["UB", "Unobody"]
     assert client.emulator.usage == 2          # blocked and unknown users are not billed
+    assert client.emulator.requests_to("multicast", 200)[0].json()["to"][2] == "UB"
+    client.emulator.block("U2")
+    assert (await client.call("POST", "/v2/bot/message/multicast",
+                              {"to": ["U1", "U2"], "messages": [TEXT]}))[0] == 200
+    assert client.emulator.inbox("U2") == [TEXT] and client.emulator.usage == 3
 
 
 async def test_body_over_2_mb_is_413(client):
@@ -414,8 +420,26 @@ def test_standalone_server_runs_from_the_command_line():
             headers={"Authorization": "Bearer emulator-token"})
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert json.load(resp) == {"type": "limited", "value": 7}
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=5) as resp:
-            assert json.load(resp)["requests"] == {"quota": {"200": 1}}
+        def admin(path: str, body: dict[str, str] | None = None) -> Any:
+            data = json.dumps(body).encode() if body is not None else None
+            with urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port}/_emulator/{path}", data=data), timeout=5) as resp:
+                return json.load(resp)
+
+        assert admin("users", {"userId": "U2", "displayName": "Taro"}) == {"userId": "U2"}
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            admin("users", {"displayName": "no id"})
+        assert bad.value.code == 400
+        token = admin("reply_tokens", {"userId": "U2"})["replyToken"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/bot/message/reply", method="POST",
+            data=json.dumps({"replyToken": token, "messages": [TEXT]}).encode(),
+            headers={"Authorization": "Bearer emulator-token", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 200
+        stats = admin("stats")
+        assert stats["requests"] == {"quota": {"200": 1}, "reply": {"200": 1}}
+        assert (stats["delivered"], stats["usage"], stats["quota"]) == (1, 0, 7)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
