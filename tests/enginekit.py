@@ -62,3 +62,17 @@ def run(proj: ir.Project, events: list[Event], until: str | None = None, tick: i
     pushes = run_timeline(proj, events, until=at(until) if until else None, tick_seconds=tick,
                           db_path=db_path)
     return [(p["at"][:19].replace("T", " "), p["friend"], p["rule"], p["messages"]) for p in pushes]
+
+
+def compile_rules(text: str, *, messages: dict | None = None, settings: ir.Settings | None = None,
+                  sales: tuple = ()) -> ir.Project:
+    """A project from rule text (the real compiler), with the default test messages."""
+    from engine.diagnostics import render_text
+    from engine.project import compile_source
+
+    msgs = {n: message(n) for n in MESSAGES}
+    msgs.update(messages or {})
+    loaded = compile_source(text, messages=msgs, settings=settings, sales=sales)
+    errors = [d for d in loaded.diagnostics if d.is_error]
+    assert not errors, render_text(errors, loaded.sources)
+    return loaded.project
