@@ -1,0 +1,463 @@
+"""The runner's HTTP server on a real loopback port: webhooks (real signatures, replies through
+the LINE emulator with the real line-bot-sdk), shop events, health, metrics, friend-add
+sources through a tiny fake of LINE Login, tracked links, and rule reloads."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiohttp import web
+
+from engine.login import LoginError, LoginFlow
+from engine.metrics import Metrics
+from engine.runloop import Runner, RunnerConfig, first_of_next_month
+from engine.server import build_app, health
+
+SECRET = "channel-secret"
+API_TOKEN = "shop-token"
+JST = dt.timezone(dt.timedelta(hours=9))
+
+SETTINGS = """\
+timezone: Asia/Tokyo
+login_channel_id: "1650000000"
+base_url: https://shop.example.com/line
+"""
+MESSAGES = """\
+greeting: "ようこそ {{ friend.display_name }}さん 新着はこちら https://shop.example.com/new"
+coupon_reply: "クーポンはこちら"
+"""
+RULES = """\
+rule welcome
+  when followed
+  then send greeting
+
+rule keyword
+  when message "クーポン", "coupon"
+  reenter always
+  then send coupon_reply
+"""
+
+
+def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (root / "messages.yaml").write_text(messages, encoding="utf-8")
+    (root / "main.rule").write_text(rules, encoding="utf-8")
+    return root
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def webhook_body(*events: dict) -> bytes:
+    return json.dumps({"destination": "Ubot", "events": list(events)}, ensure_ascii=False).encode()
+
+
+def line_event(kind: str, user: str, *, event_id: str, reply_token: str | None = None,
+               **extra) -> dict:
+    event = {"type": kind, "mode": "active", "timestamp": int(time.time() * 1000),
+             "source": {"type": "user", "userId": user}, "webhookEventId": event_id,
+             "deliveryContext": {"isRedelivery": False}, **extra}
+    if reply_token:
+        event["replyToken"] = reply_token
+    return event
+
+
+def shop_event(kind: str, friend: str, **fields) -> dict:
+    return {"type": kind, "friend": friend, "at": "2026-11-01T10:00:00+09:00", **fields}
+
+
+async def wait_for(predicate, timeout: float = 5.0):
+    """Poll ``predicate`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
+    return write_rules(tmp_path / "rules")
+
+
+@pytest.fixture
+async def make_client(tmp_path, rules_dir, aiohttp_client):
+    """Start a runner (loops included) with the given environment; returns (client, runner)."""
+    started: list[tuple] = []
+
+    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2):
+        base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
+        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules_dir,
+                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
+                                       tick_seconds=tick)
+        runner = Runner.open(config)
+        client = await aiohttp_client(build_app(runner, loops=loops))
+        started.append((client, runner))
+        return client, runner
+
+    yield make
+    for client, runner in started:
+        await client.close()
+        runner.close()
+
+
+@pytest.fixture
+async def emulated(line_emulator, make_client):
+    """A runner that sends to the LINE emulator, with friend U1 (Hanako) known there."""
+    line_emulator.add_user("U1", "Hanako")
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url})
+    return client, runner, line_emulator
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+
+async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
+    client, runner, emulator = emulated
+    token = emulator.issue_reply_token("U1")
+    body = webhook_body(line_event("message", "U1", event_id="01WEBHOOK0001", reply_token=token,
+                                   message={"type": "text", "id": "1", "text": "クーポンください"}))
+    started = time.monotonic()
+    resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    assert resp.status == 200
+    assert time.monotonic() - started < 2
+    deliveries = await wait_for(lambda: emulator.inboxes.get("U1"))
+    assert [d.endpoint for d in deliveries] == ["reply"]
+    assert deliveries[0].messages == [{"type": "text", "text": "クーポンはこちら"}]
+    assert emulator.requests_to("push") == []
+
+
+async def test_follow_is_greeted_with_the_profile_name(emulated):
+    client, runner, emulator = emulated
+    body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0002",
+                                   follow={"isUnblocked": False}))
+    resp = await client.post("/callback", data=body, headers={"X-Line-Signature": sign(body)})
+    assert resp.status == 200
+    await wait_for(lambda: emulator.requests_to("profile"))
+    await wait_for(lambda: (runner.store.friend("U1") or {}).get("display_name") == "Hanako")
+
+
+async def test_webhook_redelivery_is_stored_once(make_client):
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("unfollow", "U9", event_id="01WEBHOOK0003"))
+    for _ in range(2):
+        resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+        assert resp.status == 200
+    assert runner.store.health()["pending_events"] == 1
+
+
+@pytest.mark.parametrize("signature", [None, "", sign(b"something else"), sign(b"x", "other")])
+async def test_bad_signature_is_refused_and_nothing_is_stored(make_client, signature):
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("follow", "U2", event_id="01WEBHOOK0004"))
+    headers = {} if signature is None else {"x-line-signature": signature}
+    resp = await client.post("/callback", data=body, headers=headers)
+    assert resp.status == 401
+    assert runner.store.friend("U2") is None
+    assert runner.metrics.webhooks.get(status="401") == 1
+
+
+async def test_webhook_without_a_channel_secret_is_refused(make_client, caplog):
+    client, runner = await make_client({"LINE_CHANNEL_SECRET": ""}, loops=False)
+    body = webhook_body(line_event("follow", "U2", event_id="01WEBHOOK0005"))
+    resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    assert resp.status == 503
+    assert "LINE_CHANNEL_SECRET is not set" in caplog.text
+    assert runner.store.friend("U2") is None
+
+
+async def test_connectivity_check_and_standby_events(make_client):
+    client, runner = await make_client(loops=False)
+    empty = webhook_body()
+    resp = await client.post("/callback", data=empty, headers={"x-line-signature": sign(empty)})
+    assert resp.status == 200
+    standby = webhook_body({**line_event("follow", "U3", event_id="01WEBHOOK0006"), "mode": "standby"})
+    resp = await client.post("/callback", data=standby, headers={"x-line-signature": sign(standby)})
+    assert resp.status == 200
+    assert runner.store.friend("U3") is None
+
+
+async def test_several_events_for_several_friends_in_one_request(make_client):
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("follow", "U4", event_id="01WEBHOOK0007"),
+                        line_event("follow", "U5", event_id="01WEBHOOK0008"),
+                        line_event("postback", "U4", event_id="01WEBHOOK0009",
+                                   postback={"data": "action=survey_done"}))
+    resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    assert resp.status == 200
+    assert runner.store.friend("U4") is not None and runner.store.friend("U5") is not None
+    assert runner.metrics.events.get(type="follow", origin="webhook") == 2
+    assert runner.metrics.events.get(type="postback", origin="webhook") == 1
+
+
+# ----------------------------------------------------------------------------- shop events
+
+
+async def test_events_endpoint_is_disabled_without_a_token(make_client):
+    client, _ = await make_client({"LINERULES_API_TOKEN": ""}, loops=False)
+    resp = await client.post("/events", json=shop_event("follow", "U1"))
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "events endpoint disabled: set LINERULES_API_TOKEN"
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", API_TOKEN, f"Basic {API_TOKEN}"])
+async def test_events_endpoint_needs_the_bearer_token(make_client, auth):
+    client, runner = await make_client(loops=False)
+    headers = {} if auth is None else {"Authorization": auth}
+    resp = await client.post("/events", json=shop_event("follow", "U1"), headers=headers)
+    assert resp.status == 401
+    assert runner.store.friend("U1") is None
+
+
+async def test_events_json_and_json_lines(make_client):
+    client, runner = await make_client(loops=False)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
+                             headers=auth)
+    assert resp.status == 200
+    assert await resp.json() == {"applied": 2, "duplicates": 0}
+    purchase = shop_event("purchase", "U1", order_id="A-1", amount=5400)
+    lines = "\n".join(json.dumps(e) for e in [purchase, purchase, shop_event("view", "U2", product="SKU1")])
+    resp = await client.post("/events", data=lines.encode(),
+                             headers={**auth, "Content-Type": "application/x-ndjson"})
+    assert resp.status == 200
+    assert await resp.json() == {"applied": 2, "duplicates": 1}
+    resp = await client.post("/events", data=lines.encode(),
+                             headers={**auth, "Content-Type": "text/plain"})
+    assert resp.status == 415
+
+
+async def test_a_bad_event_rejects_the_whole_batch(make_client):
+    client, runner = await make_client(loops=False)
+    lines = "\n".join([json.dumps(shop_event("follow", "U7")),
+                       json.dumps(shop_event("follow", "U8")),
+                       json.dumps({**shop_event("purchase", "U7", order_id="B-1", amount=10),
+                                   "at": "2026-11-01T10:00:00"})])
+    resp = await client.post("/events", data=lines.encode(),
+                             headers={"Authorization": f"Bearer {API_TOKEN}",
+                                      "Content-Type": "application/jsonl"})
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["line"] == 3 and answer["field"] == "at"
+    assert "offset" in answer["error"]
+    assert runner.store.friend("U7") is None and runner.store.friend("U8") is None
+
+
+# ----------------------------------------------------------------------------- health, metrics
+
+
+async def test_healthz_reports_and_turns_unhealthy_without_ticks(make_client):
+    client, runner = await make_client(loops=False, tick=1.0)
+    runner.tick_once()
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ok" and body["database"] == "ok" and body["dry_run"] is True
+    assert body["outbox_backlog"] == 0 and body["timezone"] == "Asia/Tokyo"
+    assert body["last_tick"].endswith("+09:00")
+    runner.last_tick = runner.now() - dt.timedelta(seconds=3.5)
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    assert (await resp.json())["problems"] == ["no tick for 3s"]
+    ok, _ = health(runner)
+    assert not ok
+
+
+async def test_metrics_in_prometheus_text(emulated):
+    client, runner, emulator = emulated
+    emulator.inject("push", 500)
+    body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0010"))
+    await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    await wait_for(lambda: runner.metrics.pushes.get(outcome="sent"), timeout=10)
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    text = await resp.text()
+    assert 'linerules_events_total{origin="webhook",type="follow"} 1' in text
+    assert 'linerules_pushes_total{outcome="sent"} 1' in text
+    assert 'linerules_line_errors_total{status="500"} 1' in text
+    assert "linerules_outbox_backlog 0" in text
+    assert "# TYPE linerules_tick_duration_seconds summary" in text
+    assert "linerules_dry_run 0" in text
+
+
+def test_metrics_rendering_escapes_labels():
+    metrics = Metrics()
+    metrics.events.inc(type='we"ird\\', origin="api")
+    metrics.gauge("linerules_x", "An unknown value.", lambda: None)
+    text = metrics.render()
+    assert 'linerules_events_total{origin="api",type="we\\"ird\\\\"} 1' in text
+    assert "# TYPE linerules_x gauge\n" in text and "\nlinerules_x " not in text
+
+
+# ----------------------------------------------------------------------------- friend-add sources
+
+
+@pytest.fixture
+async def fake_line_login(aiohttp_server):
+    """The two LINE Login endpoints the runner calls: token exchange and profile."""
+    seen: list[dict] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        seen.append(form)
+        if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
+                                  "token_type": "Bearer", "scope": "profile openid"})
+
+    async def profile(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer at-1":
+            return web.json_response({"message": "invalid token"}, status=401)
+        return web.json_response({"userId": "U77", "displayName": "Taro"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v2.1/token", token)
+    app.router.add_get("/v2/profile", profile)
+    server = await aiohttp_server(app)
+    server.seen = seen
+    return server
+
+
+async def test_join_link_records_the_source_through_line_login(make_client, fake_line_login):
+    client, runner = await make_client({"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
+                                       loops=False)
+    resp = await client.get("/join/qr=shipping", allow_redirects=False)
+    assert resp.status == 302
+    url = urlsplit(resp.headers["Location"])
+    assert f"{url.scheme}://{url.netloc}{url.path}" == "https://access.line.me/oauth2/v2.1/authorize"
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert query["response_type"] == "code" and query["client_id"] == "1650000000"
+    assert query["redirect_uri"] == "https://shop.example.com/line/login/callback"
+    assert query["scope"] == "profile openid" and query["bot_prompt"] == "aggressive"
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": query["state"],
+                                                       "friendship_status_changed": "true"},
+                            allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/login/thanks"
+    assert fake_line_login.seen[0]["redirect_uri"] == "https://shop.example.com/line/login/callback"
+    assert runner.store.friend("U77")["source"] == "qr=shipping"
+    resp = await client.get("/login/thanks")
+    assert resp.status == 200 and "ありがとうございます" in await resp.text()
+
+
+async def test_login_callback_refuses_forged_state_and_bad_codes(make_client, fake_line_login):
+    client, runner = await make_client({"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/")),
+                                        "LINERULES_JOIN_REDIRECT": "https://shop.example.com/"},
+                                       loops=False)
+    forged = LoginFlow("1650000000", "not-the-secret", "https://x").sign_state("qr=evil", int(time.time()))
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": forged},
+                            allow_redirects=False)
+    assert resp.status == 400 and "invalid" in await resp.text()
+    location = (await client.get("/join/ad=summer", allow_redirects=False)).headers["Location"]
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    resp = await client.get("/login/callback", params={"code": "bad-code", "state": state},
+                            allow_redirects=False)
+    assert resp.status == 400 and "refused the code" in await resp.text()
+    resp = await client.get("/login/callback", params={"error": "access_denied", "state": state},
+                            allow_redirects=False)
+    assert resp.status == 400
+    assert runner.store.friend("U77") is None
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": state},
+                            allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "https://shop.example.com/"
+    assert runner.store.friend("U77")["source"] == "ad=summer"
+    resp = await client.get("/join/not-a-source", allow_redirects=False)
+    assert resp.status == 404
+
+
+def test_login_state_expires():
+    flow = LoginFlow("1", "secret", "https://shop.example.com/")
+    state = flow.sign_state("qr=shipping", 1_000_000)
+    assert flow.verify_state(state, 1_000_000 + 600) == "qr=shipping"
+    with pytest.raises(LoginError, match="expired"):
+        flow.verify_state(state, 1_000_000 + 601)
+    with pytest.raises(LoginError, match="invalid"):
+        flow.verify_state(state.replace(".", ".0"), 1_000_000)
+    assert flow.redirect_uri == "https://shop.example.com/login/callback"
+
+
+async def test_join_without_login_settings_is_refused(tmp_path, aiohttp_client, caplog):
+    root = write_rules(tmp_path / "plain")
+    (root / "settings.yaml").write_text("timezone: Asia/Tokyo\n", encoding="utf-8")
+    config = RunnerConfig.from_env({}, rules_dir=root, db=tmp_path / "x.db", tick_seconds=1)
+    runner = Runner.open(config)
+    try:
+        client = await aiohttp_client(build_app(runner, loops=False))
+        resp = await client.get("/join/qr=shipping", allow_redirects=False)
+        assert resp.status == 503
+        assert "login_channel_id" in caplog.text
+    finally:
+        runner.close()
+
+
+# ----------------------------------------------------------------------------- clicks, reloads
+
+
+async def test_tracked_link_records_the_click_and_redirects(make_client):
+    client, runner = await make_client(loops=False)
+    resp = await client.post("/events", json=shop_event("follow", "U1"),
+                             headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert resp.status == 200
+    runner.tick_once()
+    [row] = runner.store.outbox()
+    text = row["payload"][0]["text"]
+    path = urlsplit(text.split()[-1]).path
+    assert path.startswith("/line/c/")
+    resp = await client.get(path.removeprefix("/line"), allow_redirects=False)
+    assert resp.status == 302
+    target = urlsplit(resp.headers["Location"])
+    assert (target.netloc, target.path) == ("shop.example.com", "/new")
+    assert parse_qs(target.query)["utm_campaign"] == ["welcome"]
+    assert runner.metrics.clicks.get() == 1
+    resp = await client.get("/c/no-such-token", allow_redirects=False)
+    assert resp.status == 404
+
+
+async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make_client, rules_dir, caplog):
+    caplog.set_level(logging.INFO, logger="linerules")
+    client, runner = await make_client(loops=False)
+    runner.tick_once()
+    before = runner.project.version
+    (rules_dir / "main.rule").write_text(RULES + "rule x\n  when followed\n  then send nope\n",
+                                         encoding="utf-8")
+    runner.tick_once()
+    assert runner.project.version == before
+    assert "reload (rule files changed) refused" in caplog.text
+    assert "main.rule:11:" in caplog.text and "nope" in caplog.text
+    (rules_dir / "main.rule").write_text(RULES.replace("reenter always", "reenter never"),
+                                         encoding="utf-8")
+    runner.tick_once()
+    assert runner.project.version != before
+    assert runner.engine.project is runner.project
+    assert f"rules reloaded (version {runner.project.version}" in caplog.text
+    text = await (await client.get("/metrics")).text()
+    assert 'linerules_rule_reloads_total{result="invalid"} 1' in text
+    assert 'linerules_rule_reloads_total{result="ok"} 1' in text
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_quota_holds_until_the_first_of_next_month_in_the_zone():
+    from zoneinfo import ZoneInfo
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    # 2026-12-31 16:00 UTC is already 2027-01-01 01:00 in Tokyo.
+    assert first_of_next_month(dt.datetime(2026, 12, 31, 16, tzinfo=dt.timezone.utc), tokyo) == \
+        dt.datetime(2027, 2, 1, tzinfo=tokyo)
+    assert first_of_next_month(dt.datetime(2026, 12, 15, tzinfo=JST), tokyo) == \
+        dt.datetime(2027, 1, 1, tzinfo=tokyo)
