@@ -445,6 +445,7 @@ class Emulator:
         self._accepted: dict[str, _Accepted] = {}
         self._message_ids = itertools.count(480000000000000001)
         self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
         self.base_url = ""
 
     # ----------------------------------------------------------------- lifecycle
@@ -474,8 +475,15 @@ class Emulator:
     async def stop(self) -> None:
         """Stop serving (requests still hanging in injected faults are cut)."""
         if self._runner is not None:
+            self._stopping.set()
             await self._runner.cleanup()
             self._runner = None
+            self._stopping.clear()
+
+    async def _hang(self, delay: float | None) -> None:
+        """Sleep ``delay`` seconds, or less if the emulator stops meanwhile."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay or 0)
 
     # ----------------------------------------------------------------- controls
 
@@ -576,7 +584,7 @@ class Emulator:
                                   {**headers, **fault.headers})
             if fault is not None and fault.kind == "timeout":
                 record.note = "timeout"
-                await asyncio.sleep(fault.delay or 0)
+                await self._hang(fault.delay)
                 return self._drop(request)
             lost = fault
             if not self._buckets[endpoint].try_take():
@@ -591,7 +599,7 @@ class Emulator:
         if lost is not None:
             record.note = "lost"
             if lost.delay:
-                await asyncio.sleep(lost.delay)
+                await self._hang(lost.delay)
             return self._drop(request)
         return self._json(record, status, payload, headers)
 
