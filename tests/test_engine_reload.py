@@ -1,0 +1,84 @@
+"""Rule changes while friends are in flight (docs/engine.md, "Changing rules")."""
+from __future__ import annotations
+
+import pytest
+
+from engine.interpreter import Engine
+from engine.store import Store
+from enginekit import at, compile_rules, ev
+
+V1 = "rule r when followed then send a wait 1d send b wait 1d send c"
+
+
+@pytest.fixture
+def started(fresh_db_path):
+    """U1 followed at 10:00 under V1, got `a`, and now waits on `wait 1d` until tomorrow 10:00."""
+    store = Store(str(fresh_db_path))
+    clock = {"now": at("2026-11-01 10:00")}
+    engine = Engine(compile_rules(V1), store, clock=lambda: clock["now"])
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    engine.tick(at("2026-11-01 10:00"))
+    clock["now"] = at("2026-11-01 12:00")
+    yield engine, store
+    store.close()
+
+
+def sent_after_first(store: Store) -> list[tuple[str, list[str]]]:
+    rows = store.outbox()[1:]
+    return [(r["rule"], r["messages"]) for r in rows]
+
+
+def test_same_step_id_is_kept_and_new_steps_apply_to_friends_who_reach_them(started):
+    engine, store = started
+    engine.reload(compile_rules("rule r when followed then send a wait 1d send d send b wait 1d send c"))
+    assert engine.next_wakeup(at("2026-11-01 12:00")) == at("2026-11-02 10:00")
+    engine.tick(at("2026-11-02 10:00"))
+    assert sent_after_first(store) == [("r", ["d", "b"])]
+
+
+def test_removed_wait_continues_at_the_first_surviving_step_with_the_old_due_time(started):
+    engine, store = started
+    engine.reload(compile_rules("rule r when followed then send a wait 3d send b wait 2d send c"))
+    engine.tick(at("2026-11-02 09:59"))
+    assert sent_after_first(store) == []
+    engine.tick(at("2026-11-02 10:00"))        # the old `wait 1d` due time, not 3 days
+    assert sent_after_first(store) == [("r", ["b"])]
+    engine.tick(at("2026-11-04 09:59"))
+    assert sent_after_first(store) == [("r", ["b"])]
+    engine.tick(at("2026-11-04 10:00"))        # the new `wait 2d`
+    assert sent_after_first(store) == [("r", ["b"]), ("r", ["c"])]
+
+
+def test_removed_steps_after_the_wait_are_skipped(started):
+    engine, store = started
+    engine.reload(compile_rules("rule r when followed then send a wait 1d send c"))
+    engine.tick(at("2026-11-02 10:00"))
+    assert sent_after_first(store) == [("r", ["c"])]
+    row = store.conn.execute("SELECT state, rule_version FROM enrollments").fetchone()
+    assert row["state"] == "done" and row["rule_version"] == engine.versions["r"]
+
+
+def test_nothing_surviving_after_a_removed_step_finishes_the_enrollment(started):
+    engine, store = started
+    engine.reload(compile_rules("rule r when followed then send a"))
+    engine.tick(at("2026-11-02 10:00"))
+    assert sent_after_first(store) == []
+    assert store.conn.execute("SELECT state FROM enrollments").fetchone()[0] == "done"
+
+
+def test_removed_rule_ends_its_enrollments(started):
+    engine, store = started
+    engine.reload(compile_rules("rule other when followed then send a"))
+    row = store.conn.execute("SELECT state, exit_reason, finished_at FROM enrollments").fetchone()
+    assert tuple(row) == ("exited", "rule_removed", int(at("2026-11-01 12:00").timestamp()))
+    engine.tick(at("2026-11-05 10:00"))
+    assert sent_after_first(store) == []
+
+
+def test_unchanged_rule_is_untouched_and_versions_are_recorded(started):
+    engine, store = started
+    before = store.conn.execute("SELECT * FROM enrollments").fetchone()
+    engine.reload(compile_rules(V1 + "\nrule extra when followed then send b"))
+    assert dict(store.conn.execute("SELECT * FROM enrollments").fetchone()) == dict(before)
+    assert store.rule_version_steps("r", before["rule_version"]) == ["send a", "wait 1d", "send b",
+                                                                    "wait 1d #2", "send c"]
