@@ -86,7 +86,7 @@ def did_you_mean(name: str, choices: Iterable[str], *, listing: int = 5) -> str 
     choices = sorted(set(choices))
     if not choices:
         return None
-    cutoff = max(0.6, 1 - 1 / 3)
+    cutoff = 2 / 3 - 1e-9  # ratio >= 2/3 ~ at most a third of the characters differ
     close = difflib.get_close_matches(name, choices, n=1, cutoff=cutoff)
     if close:
         return f"did you mean `{close[0]}`?"
