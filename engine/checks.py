@@ -7,6 +7,7 @@ used, and "unused message" warnings are left out while any file has a syntax err
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -16,7 +17,7 @@ from . import astnodes as A
 from . import ir
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from .parser import rule_name_of
+from .parser import keywords, rule_name_of
 
 MAX_OBJECTS_PER_PUSH = 5
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
@@ -38,6 +39,7 @@ class Context:
     #: Warn about messages no rule uses (only when the whole folder is checked).
     report_unused: bool = False
     messages_path: str = "messages.yaml"
+    messages_text: str = ""
 
 
 def check_files(files: list[A.RuleFile], ctx: Context) -> list[Diagnostic]:
@@ -155,8 +157,18 @@ class _Checker:
             return
         for name, msg in self.ctx.messages.items():
             if name not in self.used_messages:
-                self.warn(msg.span, f"message `{name}` is not used by any rule",
+                self.warn(self._message_key_span(name) or msg.span,
+                          f"message `{name}` is not used by any rule",
                           help="remove it, or send it from a rule", path=self.ctx.messages_path)
+
+    def _message_key_span(self, name: str) -> Span | None:
+        """Where ``name:`` starts a line of messages.yaml (the definition's own span points at
+        its value)."""
+        m = re.search(rf"^{re.escape(name)}[ \t]*:", self.ctx.messages_text, re.M)
+        if m is None:
+            return None
+        line = self.ctx.messages_text.count("\n", 0, m.start()) + 1
+        return Span(self.ctx.messages_path, line, 1, line, 1 + len(name))
 
     # -- rules -------------------------------------------------------------------
     def _rule(self, rule: A.RuleDef) -> None:
@@ -223,7 +235,7 @@ class _Checker:
                 self.warn(t.kind.span, f"no sale in sale_calendar.yaml has kind `{t.kind.value}`, so this rule never fires",
                           help=did_you_mean(t.kind.value, kinds) or "add `kind:` to the sales in sale_calendar.yaml")
         elif not sales:
-            self.warn(t.span, "sale_calendar.yaml has no sales, so this rule never fires",
+            self.warn(t.span, "the sale calendar has no sales, so this rule never fires",
                       help="add the sales to sale_calendar.yaml")
 
     def _event_pair(self, cond: A.Cond) -> None:
@@ -249,7 +261,7 @@ class _Checker:
             for c in negative:
                 if isinstance(c, A.Blocked):
                     self.warn(c.span, "this rule never fires: `unfollowed` means the friend has blocked the account",
-                              help="remove `not blocked` from the entry filter")
+                              help="the entry filter leaves out blocked friends; remove that part")
 
     # -- options -----------------------------------------------------------------
     def _options(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
@@ -340,13 +352,14 @@ class _Checker:
                                help="set a custom attribute instead, e.g. `set rank = \"gold\"`")
             elif isinstance(step, A.MenuStep):
                 menus = self.ctx.menus
-                if menus is not None and step.name.value not in menus:
+                if menus is not None and step.name.value not in menus and step.name.value not in keywords():
                     self.error(step.name.span, f"unknown rich menu `{step.name.value}`",
                                help=did_you_mean(step.name.value, menus) or "name it under `rich_menus:` in settings.yaml")
             elif isinstance(step, A.StartStep):
                 name = step.rule.value
-                known = self.rules.keys() | self.ctx.other_rules
-                if name not in known and name not in self.broken_rules:
+                if not any(name in names for names in (self.rules, self.ctx.other_rules,
+                                                        self.broken_rules, keywords())):
+                    known = self.rules.keys() | self.ctx.other_rules
                     self.error(step.rule.span, f"unknown rule `{name}`", help=did_you_mean(name, known))
             elif isinstance(step, A.StopStep):
                 stopped = step.guard is None
@@ -354,9 +367,13 @@ class _Checker:
     def _message(self, m: A.Name) -> None:
         self.used_messages.add(m.value)
         messages = self.ctx.messages
-        if messages is not None and m.value not in messages:
+        if messages is not None and m.value not in messages and m.value not in keywords():
+            help_ = did_you_mean(m.value, messages)
+            if help_ and help_.startswith("did you mean `"):
+                # The misspelt message is meant: do not also call it unused.
+                self.used_messages.add(help_.split("`")[1])
             self.error(m.span, f"unknown message `{m.value}`",
-                       help=did_you_mean(m.value, messages) or "define it in messages.yaml")
+                       help=help_ or "define it in messages.yaml")
 
     def _wait_for(self, step: A.WaitForStep) -> None:
         t = step.trigger
@@ -390,8 +407,9 @@ class _Checker:
                     self.error(node.measure.span, f"`{node.measure.name.value}` is a text and cannot be ranked")
             elif isinstance(node, A.InSegment):
                 name = node.name.value
-                known = self.segments.keys() | self.ctx.other_segments
-                if name not in known and name not in self.broken_segments:
+                if not any(name in names for names in (self.segments, self.ctx.other_segments,
+                                                        self.broken_segments, keywords())):
+                    known = self.segments.keys() | self.ctx.other_segments
                     self.error(node.name.span, f"unknown segment `{name}`",
                                help=did_you_mean(name, known) or "define it: `segment NAME: CONDITION`")
             elif isinstance(node, A.Variant):

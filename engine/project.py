@@ -49,8 +49,7 @@ def load_project(root: str | os.PathLike) -> LoadResult:
     and rule names (only that file's rules are compiled). Never raises on bad input."""
     root = os.fspath(root)
     if not os.path.exists(root):
-        return _fail(root, f"`{root}` does not exist",
-                     "give a rule folder (default `rules`) or a .rule file")
+        return _fail(root, f"`{root}` does not exist (give a rule folder or a .rule file)")
     if os.path.isfile(root):
         if not root.endswith(RULE_SUFFIX):
             return _fail(root, f"`{root}` is not a .rule file or a rule folder")
@@ -84,9 +83,11 @@ def load_project(root: str | os.PathLike) -> LoadResult:
             continue
         loader.diagnostics += diags
         rule_files.append(parsed)
+    messages_path = os.path.join(folder, MESSAGES_FILE)
     ctx = Context(messages=messages, menus=frozenset(dict(settings.rich_menus)), sales=sales,
                   other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
-                  report_unused=only is None, messages_path=os.path.join(folder, MESSAGES_FILE))
+                  report_unused=only is None, messages_path=messages_path,
+                  messages_text=loader.sources.get(messages_path, ""))
     return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
                    settings=settings, messages=messages, sales=sales, root=root,
                    version=loader.version())

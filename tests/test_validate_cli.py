@@ -1,0 +1,131 @@
+"""``linerules validate``: exit codes, the three output formats, single files, and the golden
+files in tests/golden/ (bad rule folders beside their exact expected output).
+
+Regenerate the golden outputs after an intended change of wording with
+``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_validate_cli.py``, then review the diff.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.validate import main
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+#: golden case -> the PATH given to `validate` (relative to tests/golden/)
+CASES = {
+    "unknown_message": "unknown_message",
+    "syntax_errors": "syntax_errors",
+    "names": "names",
+    "numbers": "numbers",
+    "schedule_and_sales": "schedule_and_sales",
+    "push_limit": "push_limit",
+    "single_file": "single_file/checked.rule",
+    "missing": "missing",
+}
+
+
+def run(args: list[str], cwd: Path) -> tuple[int, str]:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, ["validate", *args])
+    finally:
+        os.chdir(old)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_output(case):
+    code, out = run([CASES[case]], GOLDEN)
+    expected_file = GOLDEN / f"{case}.out"
+    if os.environ.get("UPDATE_GOLDEN"):
+        expected_file.write_text(out, encoding="utf-8")
+    expected = expected_file.read_text(encoding="utf-8")
+    assert out == expected
+    assert code == (1 if ": error: " in expected else 0)
+
+
+def test_sample_rules_are_valid():
+    code, out = run(["rules"], ROOT)
+    assert code == 0, out
+    assert out.startswith("ok: ") and "rules" in out
+
+
+def test_default_path_is_rules(tmp_path):
+    shutil.copytree(ROOT / "rules", tmp_path / "rules")
+    code, out = run([], tmp_path)
+    assert code == 0, out
+
+
+def test_json_format(tmp_path):
+    (tmp_path / "r.rule").write_text("when followed then send hello\nwhen purchased then stop\n",
+                                     encoding="utf-8")
+    code, out = run([str(tmp_path), "--format", "json"], ROOT)
+    assert code == 1
+    items = json.loads(out)
+    assert items[0] == {"path": str(tmp_path / "r.rule"), "line": 1, "column": 25,
+                        "severity": "error", "message": "unknown message `hello`",
+                        "help": "define it in messages.yaml"}
+    assert items[1]["line"] == 2 and items[1]["message"] == "a second rule without a name in this file"
+    assert [set(i) >= {"path", "line", "column", "severity", "message"} for i in items] == [True, True]
+
+
+def test_github_format(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "messages.yaml").write_text('coupon15: "15%"\n', encoding="utf-8")
+    (rules / "w.rule").write_text("when followed then send coupon51\n", encoding="utf-8")
+    code, out = run(["rules", "--format", "github"], tmp_path)
+    assert code == 1
+    assert out == ("::error file=rules/w.rule,line=1,col=25::unknown message `coupon51` "
+                   "(help: did you mean `coupon15`?)\n")
+
+
+def test_warnings_alone_exit_zero(tmp_path):
+    (tmp_path / "messages.yaml").write_text('hi: "hi"\nspare: "x"\n', encoding="utf-8")
+    (tmp_path / "r.rule").write_text("when followed then send hi\n", encoding="utf-8")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 0
+    assert "warning: message `spare` is not used by any rule" in out
+    assert out.endswith("ok: 1 rule, 0 segments, 1 warning\n")
+
+
+def test_missing_path_is_one_clean_line(tmp_path):
+    code, out = run(["no/such/folder"], tmp_path)
+    assert code == 1
+    assert out == "no/such/folder:1:1: error: `no/such/folder` does not exist (give a rule folder or a .rule file)\n"
+
+
+def test_not_a_rule_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
+    code, out = run(["notes.txt"], tmp_path)
+    assert code == 1 and "is not a .rule file or a rule folder" in out
+
+
+def test_several_paths_report_everything_once(tmp_path):
+    (tmp_path / "r.rule").write_text("when followed then send x\n", encoding="utf-8")
+    code, out = run([str(tmp_path), str(tmp_path / "r.rule")], ROOT)
+    assert code == 1
+    assert out.count("unknown message `x`") == 1
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "r.rule").write_bytes(b"when followed then\nsend \xff\n")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 1
+    assert f"{tmp_path / 'r.rule'}:2:6: error: the file is not UTF-8 text" in out
+
+
+def test_main_returns_exit_code(capsys):
+    assert main([str(ROOT / "rules")], "json") == 0
+    assert capsys.readouterr().out == "[]\n"
