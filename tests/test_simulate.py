@@ -1,0 +1,127 @@
+"""``linerules simulate`` (SPEC §5): output format, clock, errors, --db."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.simulate import main
+from engine.store import Store
+
+SETTINGS = "timezone: Asia/Tokyo\nwindow: \"09:00-21:00\"\nmax_per_day: 2\n"
+MESSAGES = "greeting: こんにちは\ncoupon15: 15%OFFクーポン\nweekly: 今週のおすすめ\nthanks: ありがとう\n"
+RULES = """
+rule welcome
+  when followed via qr=shipping
+  then
+    send greeting
+    wait 1d
+    send coupon15 if not purchased
+
+rule weekly when schedule "0 20 * * 5" then send weekly
+
+rule thanks when message "ありがとう" reenter always then send thanks
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
+    (rules / "shop.rule").write_text(RULES, encoding="utf-8")
+    return rules
+
+
+def timeline(tmp_path: Path, *events: dict) -> str:
+    path = tmp_path / "timeline.jsonl"
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
+    return str(path)
+
+
+EVENTS = (
+    {"type": "follow", "friend": "U1", "at": "2026-11-05T20:30:00+09:00", "source": "qr=shipping"},
+    {"type": "follow", "friend": "U2", "at": "2026-11-05T13:00:00Z", "source": "qr=shipping"},
+    {"type": "purchase", "friend": "U2", "at": "2026-11-06T09:00:00+09:00", "order_id": "A-1", "amount": 5400},
+    {"type": "message", "friend": "U2", "at": "2026-11-06T23:00:00+09:00", "text": "ありがとう！"},
+)
+
+
+def test_prints_one_json_line_per_push_in_time_order(folder, tmp_path, capsys):
+    code = main(timeline(tmp_path, *EVENTS), str(folder), "2026-11-14T00:00:00+09:00", "1h", None)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", "messages": ["greeting"]},
+        {"at": "2026-11-06T09:00:00+09:00", "friend": "U2", "rule": "welcome", "messages": ["greeting"]},
+        {"at": "2026-11-06T20:00:00+09:00", "friend": "U1", "rule": "weekly", "messages": ["weekly"]},
+        {"at": "2026-11-06T20:00:00+09:00", "friend": "U2", "rule": "weekly", "messages": ["weekly"]},
+        {"at": "2026-11-06T20:30:00+09:00", "friend": "U1", "rule": "welcome", "messages": ["coupon15"]},
+        {"at": "2026-11-06T23:00:00+09:00", "friend": "U2", "rule": "thanks", "messages": ["thanks"]},
+        {"at": "2026-11-13T20:00:00+09:00", "friend": "U1", "rule": "weekly", "messages": ["weekly"]},
+        {"at": "2026-11-13T20:00:00+09:00", "friend": "U2", "rule": "weekly", "messages": ["weekly"]},
+    ]
+    assert "ありがとう" not in out   # message names, not their texts
+
+
+def test_default_until_is_thirty_days_after_the_last_event(folder, tmp_path, capsys):
+    events = ({"type": "follow", "friend": "U1", "at": "2026-11-01T10:00:00+09:00"},)
+    assert main(timeline(tmp_path, *events), str(folder), None, "1d", None) == 0
+    fridays = [json.loads(line)["at"] for line in capsys.readouterr().out.splitlines()]
+    assert fridays == ["2026-11-06T20:00:00+09:00", "2026-11-13T20:00:00+09:00",
+                       "2026-11-20T20:00:00+09:00", "2026-11-27T20:00:00+09:00"]  # 12-01 10:00 is the end
+
+
+def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp_path, capsys):
+    db = tmp_path / "forecast.db"
+    path = timeline(tmp_path, *EVENTS)
+    assert main(path, str(folder), "2026-11-07T00:00:00+09:00", "1h", str(db)) == 0
+    assert main(path, str(folder), "2026-11-07T00:00:00+09:00", "1h", str(db)) == 0
+    store = Store(str(db))
+    rows = [(r["kind"], r["status"]) for r in store.outbox()]
+    sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+    store.close()
+    assert sorted(rows) == [("multicast", "sent")] + [("push", "sent")] * 4 and sent == 6
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me")
+    assert main(path, str(folder), None, "1h", str(other)) == 1
+    assert "not a linerules database" in capsys.readouterr().err and other.read_text() == "keep me"
+
+
+def test_malformed_event_names_line_and_field(folder, tmp_path, capsys):
+    path = timeline(tmp_path, EVENTS[0], {"type": "follow", "friend": "U2", "at": "2026-11-05 10:00"})
+    assert main(path, str(folder), None, "1h", None) == 1
+    err = capsys.readouterr().err
+    assert "line 2" in err and "at" in err and "offset" in err
+
+
+def test_invalid_rules_print_diagnostics(folder, tmp_path, capsys):
+    (folder / "broken.rule").write_text("rule broken when followed then send coupon51\n", encoding="utf-8")
+    assert main(timeline(tmp_path, *EVENTS), str(folder), None, "1h", None) == 1
+    err = capsys.readouterr().err
+    assert "broken.rule:1:" in err and "coupon51" in err and "^" in err
+
+
+@pytest.mark.parametrize("until, tick, message", [
+    ("2026-11-14T00:00:00", "1h", "needs a UTC offset"),
+    ("next week", "1h", "not an ISO 8601 time"),
+    (None, "soon", "not a duration"),
+    (None, "0m", "longer than 0s"),
+])
+def test_bad_options_are_one_clear_line(folder, tmp_path, capsys, until, tick, message):
+    assert main(timeline(tmp_path, *EVENTS), str(folder), until, tick, None) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_cli_runs_it(folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", timeline(tmp_path, *EVENTS[:1]),
+                           "--rules", str(folder), "--until", "2026-11-06T00:00:00+09:00"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ('{"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", '
+                           '"messages": ["greeting"]}\n')
