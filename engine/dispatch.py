@@ -260,8 +260,8 @@ class Dispatcher:
             client.rest_client.pool_manager = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.concurrency,
                                                ssl=ssl.create_default_context()))
-            await sdk_session.close()
             self._client, self._api = client, AsyncMessagingApi(client)
+            await sdk_session.close()       # after publishing: concurrent callers reuse ours
         return self._api
 
     async def close(self) -> None:
@@ -433,9 +433,8 @@ class Dispatcher:
     def _held(self, item: OutboxItem, via: str, recipients: int, detail: str) -> DispatchResult:
         return DispatchResult(item.id, "held", None, None, detail, via, recipients)
 
-    async def _push(self, item: OutboxItem, *, multicast: bool = False,
-                    to: list[str] | None = None) -> DispatchResult:
-        to = item.to if to is None else to
+    async def _push(self, item: OutboxItem, *, multicast: bool = False) -> DispatchResult:
+        to = item.to
         via = "multicast" if multicast else "push"
         if not _UUID_RE.match(item.retry_key or ""):
             raise ValueError(f"retry key {item.retry_key!r} is not a UUID")
