@@ -332,3 +332,19 @@ async def test_make_transport_picks_by_the_environment():
                             "LINE_API_ENDPOINT": "http://127.0.0.1:8089/"})
     assert local.endpoint == "http://127.0.0.1:8089"
     assert "http://127.0.0.1:8089" in local.banner
+
+
+def test_proxy_from_the_environment_is_resolved_once(monkeypatch):
+    from engine.dispatch import _env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert _env_proxy("https://api.line.me") == "http://proxy.internal:3128"
+    assert _env_proxy("http://127.0.0.1:8089") is None
+
+
+def test_unknown_rate_names_are_refused():
+    with pytest.raises(ValueError, match="unknown endpoint 'pushh'"):
+        Dispatcher("t", rates={"pushh": 5})
+    with pytest.raises(ValueError, match="unknown endpoint 'pushh'"):
+        Emulator(rate_limits={"pushh": 5})
