@@ -221,6 +221,6 @@ def test_folder_without_tests_is_an_error(tmp_path):
 
 
 def test_cli_command_runs_the_sample_rules():
-    result = CliRunner().invoke(cli, ["test", "rules"])
+    result = CliRunner().invoke(cli, ["test", str(Path(__file__).resolve().parent.parent / "rules")])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].endswith(" passed, 0 failed")
