@@ -33,7 +33,6 @@ from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
 
-DEFAULT_API_ENDPOINT = "https://api.line.me"
 DRY_RUN_MESSAGE = ("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
                    "nothing is sent to LINE")
 #: Outbox rows claimed per dispatch batch.
@@ -57,12 +56,11 @@ class RunnerConfig:
     tick_seconds: float = 60.0
     channel_secret: str | None = None        # LINE_CHANNEL_SECRET
     access_token: str | None = None          # LINE_CHANNEL_ACCESS_TOKEN
-    api_endpoint: str = DEFAULT_API_ENDPOINT  # LINE_API_ENDPOINT
     api_token: str | None = None             # LINERULES_API_TOKEN
     login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
     login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
-    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, rules_dir: str | Path, db: str | Path,
@@ -73,7 +71,6 @@ class RunnerConfig:
                    tick_seconds=float(tick_seconds),
                    channel_secret=get("LINE_CHANNEL_SECRET"),
                    access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
-                   api_endpoint=(get("LINE_API_ENDPOINT") or DEFAULT_API_ENDPOINT).rstrip("/"),
                    api_token=get("LINERULES_API_TOKEN"),
                    login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
                    login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
@@ -92,7 +89,7 @@ class RunnerConfig:
         return host.strip("[]"), int(port)
 
 
-def load_rules(rules_dir: Path):
+def load_rules(rules_dir: Path) -> tuple[ir.Project | None, str]:
     """``load_project`` plus the verdict: (project or None, the diagnostics as text)."""
     from .project import load_project
 
@@ -211,10 +208,6 @@ class Runner:
             raise
         if config.dry_run:
             log.warning(DRY_RUN_MESSAGE)
-        # This process holds the lease, so rows left in flight belong to a runner that is gone.
-        if released := store.release_claims():
-            log.warning("%d outbox rows were in flight when the last runner stopped; sending them "
-                        "again with their retry keys", released)
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
         return cls(config, project, store, engine, make_transport(config.env))
@@ -415,13 +408,13 @@ class Runner:
             log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
                         result.detail)
         else:
-            until = self._retry_at(row, now)
+            until = self.retry_at(row, now)
             self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
             log.warning("outbox %d to %s not sent (%s); next attempt at %s with the same retry key",
                         row_id, to, result.detail, self.local(until))
         self.metrics.pushes.inc(outcome=outcome)
 
-    def _retry_at(self, row: dict, now: dt.datetime) -> dt.datetime:
+    def retry_at(self, row: dict, now: dt.datetime) -> dt.datetime:
         """Backoff by attempts; a push that would land outside its delivery window waits for
         the next opening (answers to a friend's own message ignore the window)."""
         at = int(now.timestamp()) + backoff_seconds(int(row.get("attempts") or 1))

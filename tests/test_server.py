@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -447,6 +448,30 @@ async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make
     text = await (await client.get("/metrics")).text()
     assert 'linerules_rule_reloads_total{result="invalid"} 1' in text
     assert 'linerules_rule_reloads_total{result="ok"} 1' in text
+
+
+# ----------------------------------------------------------------------------- retries, docs
+
+
+async def test_a_failed_push_retries_inside_its_window(make_client, rules_dir):
+    (rules_dir / "settings.yaml").write_text(SETTINGS + "window: 09:00-21:00\n", encoding="utf-8")
+    client, runner = await make_client(loops=False)
+    push = {"id": 1, "kind": "push", "attempts": 3, "rule": "welcome", "reply_token": None}
+    evening = dt.datetime(2026, 11, 2, 20, 0, tzinfo=JST)
+    assert runner.retry_at(push, evening) == evening + dt.timedelta(seconds=8)
+    late = dt.datetime(2026, 11, 2, 20, 59, 58, tzinfo=JST)
+    assert runner.retry_at(push, late) == dt.datetime(2026, 11, 3, 9, 0, tzinfo=JST)
+    answer = {**push, "kind": "reply", "reply_token": "r1"}
+    assert runner.retry_at(answer, late) == late + dt.timedelta(seconds=8)
+
+
+def test_every_environment_variable_is_documented():
+    root = Path(__file__).resolve().parent.parent
+    docs = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    names = {m for path in (root / "engine").glob("*.py")
+             for m in re.findall(r"[\"'](LINE(?:RULES)?_[A-Z_]+)[\"']", path.read_text(encoding="utf-8"))}
+    assert "LINE_CHANNEL_SECRET" in names and "LINERULES_API_TOKEN" in names
+    assert sorted(n for n in names if f"`{n}`" not in docs) == []
 
 
 # ----------------------------------------------------------------------------- helpers
