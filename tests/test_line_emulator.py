@@ -307,14 +307,14 @@ async def test_monthly_quota_and_the_quota_endpoints(client):
 
 
 async def test_rate_limit_answers_429_at_a_small_rate(client):
-    client.emulator.set_rate_limit("push", 5)
+    client.emulator.set_rate_limit("push", 2, capacity=5)
     answers = await asyncio.gather(*(client.push([TEXT]) for _ in range(8)))
     statuses = sorted(a[0] for a in answers)
     assert statuses == [200] * 5 + [429] * 3
     assert {a[2]["message"] for a in answers if a[0] == 429} == {RATE_LIMIT_MESSAGE}
     # other endpoints keep their own buckets
     assert (await client.call("GET", "/v2/bot/profile/U1"))[0] == 200
-    await asyncio.sleep(0.25)                 # refills at 5/s: one more token
+    await asyncio.sleep(0.55)                 # refills at 2/s: one more token
     assert (await client.push([TEXT]))[0] == 200
 
 
@@ -330,10 +330,10 @@ async def test_injected_statuses_answer_without_processing(client):
 
 
 async def test_injected_timeout_hangs_then_drops_without_delivering(client):
-    client.emulator.inject_timeout("push", delay=0.5)
+    client.emulator.inject_timeout("push", delay=0.3)
     with pytest.raises(asyncio.TimeoutError):
         await client.push([TEXT], timeout=0.1)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.3)                  # the hang is over: still nothing delivered
     assert client.emulator.delivered == []
     assert client.emulator.requests_to("push")[0].note == "timeout"
 
