@@ -366,7 +366,9 @@ def main(directory: str, out=None, err=None) -> int:
             text = fh.read()
         tests, diags = load_tests(path, text, project)
         if has_errors(diags):
+            out.flush()  # keep the report in order when both streams go to one log
             err.write(render_text(diags, {path: text}))
+            err.flush()
             broken += 1
             continue
         for test in tests:
