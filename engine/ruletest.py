@@ -144,10 +144,14 @@ class _TestFile:
         if key not in value:
             return default
         try:
-            return parse_duration(str(value[key]))
+            seconds = parse_duration(str(value[key]))
         except ValueError as e:
             self.error(path + (key,), str(e))
             return default
+        if key == "tick" and seconds <= 0:
+            self.error(path + (key,), "`tick` must be longer than 0", help="e.g. tick: 1h")
+            return default
+        return seconds
 
     def time(self, value: Any, path: Path) -> dt.datetime | None:
         when = None

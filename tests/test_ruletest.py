@@ -117,6 +117,7 @@ def test_a_list_of_tests_with_options():
      't.yaml:4:1: error: unknown test field `expects`'),
     (PASSING + "tolerance: 5 minutes\n",
      't.yaml:7:12: error: `5 minutes` is not a duration'),
+    (PASSING + "tick: 0m\n", 't.yaml:7:7: error: `tick` must be longer than 0'),
     (PASSING.replace("friend: U1, rule: welcome, messages: [greeting]", "friend: U1, rule: welcome"),
      't.yaml:5:5: error: this expected push has no `messages`'),
     (PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
