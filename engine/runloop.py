@@ -23,7 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 from . import ir
 from .diagnostics import has_errors, render_text
@@ -259,7 +259,7 @@ class Runner:
         if self.signals > 1:
             self._force.set()
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background job (e.g. a profile fetch) that must not hold up a request."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -295,16 +295,14 @@ class Runner:
         log.info("stop requested: finishing the sends in flight (a second signal exits at once)")
 
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not self.stopping:
             self._dispatch_wake.clear()
             try:
                 handled = await self.dispatch_once()
             except Exception:
                 log.exception("dispatch failed; retrying shortly")
                 handled = 0
-            if self.stopping:
-                break
-            if not handled:
+            if not handled and not self.stopping:
                 await self._sleep(self._dispatch_wake, DISPATCH_POLL)
 
     @staticmethod
@@ -325,18 +323,21 @@ class Runner:
     # ------------------------------------------------------------------ one tick
 
     def tick_once(self) -> Any:
-        """Reload if asked or changed, run one engine tick, renew the lease."""
+        """Reload if asked or changed, renew the lease, run one engine tick; returns the
+        engine's TickResult (None when the lease was lost)."""
         self.maybe_reload()
         now = self.now()
+        if not self.store.renew_lease(self.owner, int(now.timestamp()),
+                                      lease_ttl(self.config.tick_seconds)):
+            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db,
+                         self.store.lease_holder())
+            self.exit_code = 1
+            self.stop()
+            return None
         started = time.perf_counter()
         result = self.engine.tick(now)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
         self.last_tick = now
-        if not self.store.renew_lease(self.owner, int(now.timestamp()),
-                                     lease_ttl(self.config.tick_seconds)):
-            log.critical("lost the database lease (another runner took %s); stopping", self.config.db)
-            self.exit_code = 1
-            self.stop()
         self.wake_dispatch()
         return result
 

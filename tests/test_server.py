@@ -11,6 +11,9 @@ import hmac
 import json
 import logging
 import re
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -20,8 +23,9 @@ from aiohttp import web
 
 from engine.login import LoginError, LoginFlow
 from engine.metrics import Metrics
-from engine.runloop import Runner, RunnerConfig, first_of_next_month
+from engine.runloop import Runner, RunnerConfig, StartupError, first_of_next_month
 from engine.server import build_app, health
+from engine.store import Store
 
 SECRET = "channel-secret"
 API_TOKEN = "shop-token"
@@ -448,6 +452,38 @@ async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make
     text = await (await client.get("/metrics")).text()
     assert 'linerules_rule_reloads_total{result="invalid"} 1' in text
     assert 'linerules_rule_reloads_total{result="ok"} 1' in text
+
+
+# ----------------------------------------------------------------------------- the lease
+
+
+async def test_a_runner_that_loses_its_lease_stops_with_status_1(make_client):
+    client, runner = await make_client(loops=False)
+    runner.store.release_lease(runner.owner)
+    assert runner.store.acquire_lease("elsewhere:1", int(time.time()), 60)
+    assert runner.tick_once() is None
+    assert runner.stopping and runner.exit_code == 1
+    assert runner.last_tick is None
+
+
+def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path, rules_dir):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{gone.stdout.strip()}"
+    store = Store(str(tmp_path / "taken.db"))
+    assert store.acquire_lease(dead, int(time.time()), 600)
+    store.close()
+    config = RunnerConfig.from_env({}, rules_dir=rules_dir, db=tmp_path / "taken.db", tick_seconds=1)
+    runner = Runner.open(config)
+    try:
+        assert runner.store.lease_holder() == runner.owner
+    finally:
+        runner.close()
+    store = Store(str(tmp_path / "taken.db"))
+    assert store.acquire_lease("elsewhere:1", int(time.time()), 600)
+    store.close()
+    with pytest.raises(StartupError, match=r"another runner \(elsewhere:1\) is using"):
+        Runner.open(config)
 
 
 # ----------------------------------------------------------------------------- retries, docs
