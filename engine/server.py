@@ -26,9 +26,11 @@ import aiohttp
 from aiohttp import web
 
 from .events import Event, EventError
+from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
 from .runloop import Runner, RunnerConfig, StartupError
+from .webhook import parse_webhook, verify_signature
 
 log = logging.getLogger("linerules.http")
 
@@ -62,8 +64,6 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 async def callback(request: web.Request) -> web.Response:
     """LINE webhook: verify, store, answer at once; replies go out from the next tick."""
     runner = request.app[RUNNER]
-    from .webhook import parse_webhook, verify_signature
-
     secret = runner.config.channel_secret
     if not secret:
         log.error("webhook refused: LINE_CHANNEL_SECRET is not set, so signatures cannot be checked")
@@ -128,8 +128,6 @@ def _log_events(runner: Runner, events: list[Event], origin: str) -> None:
 async def events(request: web.Request) -> web.Response:
     """Shop events: bearer token, JSON or JSON Lines, all applied or none (400)."""
     runner = request.app[RUNNER]
-    from .intake import parse_events
-
     token = runner.config.api_token
     if not token:
         return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
@@ -144,7 +142,10 @@ async def events(request: web.Request) -> web.Response:
     else:
         return _error(415, f"unsupported Content-Type `{ctype}`: send application/json "
                       "(one event or a list) or application/x-ndjson (JSON Lines)")
-    text = (await request.read()).decode("utf-8", errors="replace")
+    try:
+        text = (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        return _error(400, "the body is not UTF-8 text", line=None, field=None)
     try:
         batch = parse_events(text, fmt=fmt)
     except EventError as exc:
@@ -165,11 +166,10 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     problems: list[str] = []
     now = runner.now()
     try:
-        runner.store.health()
+        store: dict[str, Any] = runner.store.health()
         database = "ok"
-        backlog: int | None = runner.store.outbox_backlog()
-    except Exception as exc:
-        database, backlog = f"error: {exc}", None
+    except Exception as exc:  # any failure of the database is what this check reports
+        store, database = {}, f"error: {exc}"
         problems.append("database unreachable")
     since = runner.last_tick or runner.started_at
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
@@ -179,7 +179,10 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "problems": problems,
         "database": database,
         "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
-        "outbox_backlog": backlog,
+        "outbox_backlog": store.get("outbox_backlog"),
+        "pending_events": store.get("pending_events"),
+        "friends": store.get("friends"),
+        "open_enrollments": store.get("open_enrollments"),
         "dry_run": runner.config.dry_run,
         "rules_version": runner.project.version,
         "timezone": runner.project.settings.timezone,

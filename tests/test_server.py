@@ -245,6 +245,9 @@ async def test_events_json_and_json_lines(make_client):
     resp = await client.post("/events", data=lines.encode(),
                              headers={**auth, "Content-Type": "text/plain"})
     assert resp.status == 415
+    resp = await client.post("/events", data=b'{"type": "follow", "friend": "U\xff"}',
+                             headers={**auth, "Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"] == "the body is not UTF-8 text"
 
 
 async def test_a_bad_event_rejects_the_whole_batch(make_client):
@@ -274,6 +277,7 @@ async def test_healthz_reports_and_turns_unhealthy_without_ticks(make_client):
     body = await resp.json()
     assert body["status"] == "ok" and body["database"] == "ok" and body["dry_run"] is True
     assert body["outbox_backlog"] == 0 and body["timezone"] == "Asia/Tokyo"
+    assert body["pending_events"] == 0 and body["friends"] == 0
     assert body["last_tick"].endswith("+09:00")
     runner.last_tick = runner.now() - dt.timedelta(seconds=3.5)
     resp = await client.get("/healthz")
