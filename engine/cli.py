@@ -110,7 +110,9 @@ def test_cmd(directory):
 @click.option("--since", default=None, help="Only activity at or after this date/time (ISO 8601).")
 @click.option("--until", default=None, help="Only activity before this date/time (ISO 8601).")
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
-def report(db, rules_dir, fmt, html_path, since, until, rule_names):
+@click.option("--block-days", default=7, show_default=True, type=click.IntRange(min=1),
+              help="Count an unfollow within this many days after a send as a block after that send.")
+def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days):
     """What each rule did: entered, pushes, capped, clicks, conversions, revenue, blocks.
 
     \b
@@ -120,7 +122,8 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names):
     """
     from .report import main
 
-    raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names)))
+    raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
+                          block_days=block_days))
 
 
 @cli.command()
