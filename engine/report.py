@@ -651,8 +651,8 @@ def render_text(report: dict, db: str) -> str:
             for c in e["comparisons"]:
                 diff = "-" if c["difference"] is None else f"{c['difference'] * 100:+.1f} points"
                 lift = "" if c["lift"] is None else f", lift {c['lift'] * 100:+.1f}%"
-                lines.append(f"  {c['arm']} vs {c['vs']}: {diff} {_interval(c['ci'], signed=True)}"
-                             f"{lift}: {c['reason']}")
+                lines.append(f"  {c['arm']} vs {c['vs']}: {diff} {_interval(c['ci'], signed=True)}{lift}")
+                lines.append(f"    {c['reason']}")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,317 @@
+"""``linerules report`` (SPEC §5): numbers from databases the engine wrote, filters, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.project import load_project
+from engine.report import newcombe, plan_for, wilson
+from engine.report import main as report_main
+from engine.simulate import run_timeline
+from engine.store import Store, bucket
+from tests.enginekit import at, ev
+
+MESSAGES = ("greeting: ようこそ\ncoupon15: 15%OFF https://shop.example.jp/c\n"
+            "coupon_reply: クーポンはこちら https://shop.example.jp/c\nweekly: 今週のおすすめ\n")
+SETTINGS = ('timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmax_per_day: 1\nmonthly_quota: 100\n'
+            "attribution_days: 7\n")
+RULES = """
+rule welcome
+  when followed via qr=shipping
+  exit when blocked
+  then
+    send greeting
+    wait 1d
+    send coupon15 if not purchased
+
+rule answer when message "クーポン" reenter always then send coupon_reply
+
+rule weekly when schedule "0 20 * * 0" then send weekly
+"""
+# 2026-11-01 and 2026-11-08 are Sundays: `weekly` sends at 20:00 to every current friend.
+EVENTS = [
+    ev("follow", "U1", "2026-11-01 10:00", source="qr=shipping"),
+    ev("follow", "U2", "2026-11-01 11:00", source="qr=shipping"),
+    ev("follow", "U3", "2026-11-01 12:00"),
+    ev("purchase", "U1", "2026-11-02 09:00", order_id="A-1", amount=5400),
+    ev("message", "U3", "2026-11-02 12:00", text="クーポンください", reply_token="rt-1"),
+    ev("unfollow", "U2", "2026-11-03 08:00"),
+    ev("purchase", "U4", "2026-11-05 10:00", order_id="A-2", amount=2000),
+    ev("purchase", "U3", "2026-11-09 10:00", order_id="A-3", amount=3000),
+    ev("follow", "U5", "2026-11-09 22:00", source="qr=shipping"),
+]
+CLICKS = [
+    dict(friend="U2", rule="welcome", message="coupon15", url="https://shop.example.jp/c",
+         at=int(at("2026-11-02 12:00").timestamp())),
+    dict(friend="U3", rule="answer", message="coupon_reply", url="https://shop.example.jp/c",
+         at=int(at("2026-11-02 12:05").timestamp())),
+]
+
+
+def make_folder(tmp_path: Path, rules: str = RULES, settings: str = SETTINGS) -> Path:
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "settings.yaml").write_text(settings, encoding="utf-8")
+    (folder / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
+    (folder / "shop.rule").write_text(rules, encoding="utf-8")
+    return folder
+
+
+def simulate(folder: Path, events: list, until: str, clicks: list = ()) -> Path:
+    """Run the timeline through the engine into a database file; then record the clicks."""
+    loaded = load_project(folder)
+    assert loaded.ok, loaded.diagnostics
+    db = folder.parent / "linerules.db"
+    run_timeline(loaded.project, events, until=at(until), tick_seconds=3600, db_path=str(db))
+    store = Store(str(db))
+    for click in clicks:
+        store.record_click(**click)
+    store.close()
+    return db
+
+
+def report(capsys, folder: Path, db: Path, *, since=None, until=None, rules=(), fmt="json",
+           block_days: int = 7):
+    code = report_main(str(db), str(folder), fmt, None, since, until, list(rules), block_days=block_days)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out) if fmt == "json" else captured.out
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> tuple[Path, Path]:
+    folder = make_folder(tmp_path)
+    return folder, simulate(folder, EVENTS, "2026-11-10 00:00", CLICKS)
+
+
+def by_rule(data: dict) -> dict[str, dict]:
+    return {r["rule"]: r for r in data["rules"]}
+
+
+def test_rule_and_step_counts(shop, capsys):
+    rules = by_rule(report(capsys, *shop))
+    assert list(rules) == ["answer", "weekly", "welcome"]
+    welcome = rules["welcome"]
+    # U1 and U2 got the greeting, U2 the coupon (U1 had bought); U5 followed at 22:00 and the
+    # greeting waits for 09:00; U1's order is the greeting's; U2 clicked the coupon, then blocked.
+    assert {k: welcome[k] for k in ("entered", "pushes", "replies", "capped", "skipped", "held",
+                                    "clicks", "conversions", "revenue", "blocks_after_send",
+                                    "block_rate", "reached", "exits", "in_progress")} == {
+        "entered": 3, "pushes": 3, "replies": 0, "capped": 0, "skipped": 0, "held": 1, "clicks": 1,
+        "conversions": 1, "revenue": 5400, "blocks_after_send": 1, "block_rate": 0.3333,
+        "reached": 2, "exits": {"done": 2}, "in_progress": 1}
+    steps = {s["step"]: s for s in welcome["steps"]}
+    assert [s["step"] for s in welcome["steps"]] == ["send greeting", "send coupon15"]
+    assert (steps["send greeting"]["pushes"], steps["send greeting"]["held"],
+            steps["send greeting"]["conversions"], steps["send greeting"]["revenue"]) == (2, 1, 1, 5400)
+    assert (steps["send coupon15"]["pushes"], steps["send coupon15"]["clicks"],
+            steps["send coupon15"]["blocks_after_send"], steps["send coupon15"]["block_rate"]) == (1, 1, 1, 1.0)
+    # The answer went as a reply (free); U3 clicked it.
+    answer = rules["answer"]
+    assert (answer["entered"], answer["pushes"], answer["replies"], answer["clicks"]) == (1, 1, 1, 1)
+    # Sunday 1st: U1 and U2 already had their push of the day (max_per_day 1), U3 got it;
+    # Sunday 8th: U1, U3 and U4 (seen through a purchase); U3's order on the 9th is weekly's,
+    # U4's order on the 5th came before any send.
+    weekly = rules["weekly"]
+    assert (weekly["entered"], weekly["pushes"], weekly["capped"], weekly["conversions"],
+            weekly["revenue"], weekly["exits"]) == (6, 4, 2, 1, 3000, {"done": 6})
+
+
+def test_account_friends_days_and_months(shop, capsys):
+    account = report(capsys, *shop)["account"]
+    # U2 blocked; U4 counts as a friend once seen; U5 has done nothing since following.
+    assert account["friends"] == {"gained": 4, "lost": 1, "current": 4, "active": 3}
+    days = {d["day"]: d for d in account["days"]}
+    assert account["days"][0]["day"] == "2026-11-01" and len(days) == 10
+    assert days["2026-11-01"] == {"day": "2026-11-01", "gained": 3, "lost": 0, "pushes": 3, "replies": 0,
+                                  "capped": 2, "blocks_after_send": 0, "block_rate": 0.0}
+    assert days["2026-11-02"]["pushes"] == 2 and days["2026-11-02"]["replies"] == 1
+    assert days["2026-11-02"]["block_rate"] == 0.5       # U2's block, counted on the coupon's day
+    assert days["2026-11-03"]["lost"] == 1 and days["2026-11-03"]["blocks_after_send"] == 1
+    assert days["2026-11-04"]["block_rate"] is None
+    assert account["months"] == [{"month": "2026-11", "messages": 7, "replies": 1, "quota": 100,
+                                  "quota_used": 0.07, "over_quota": False, "plan": "Communication",
+                                  "cost_yen": 0, "saved_by_replies_yen": 0}]
+
+
+def test_period_filters_count_each_fact_when_it_happened(shop, capsys):
+    folder, db = shop
+    data = report(capsys, folder, db, since="2026-11-02", until="2026-11-02")
+    assert data["period"]["since"] == "2026-11-02T00:00:00+09:00"
+    assert data["period"]["until"] == "2026-11-03T00:00:00+09:00"
+    rules = by_rule(data)
+    # The coupon went out on the 2nd; U1's order of the 2nd counts for the greeting of the 1st.
+    assert (rules["welcome"]["entered"], rules["welcome"]["pushes"], rules["welcome"]["conversions"],
+            rules["welcome"]["clicks"], rules["welcome"]["blocks_after_send"]) == (0, 1, 1, 1, 0)
+    assert (rules["answer"]["entered"], rules["answer"]["replies"]) == (1, 1)
+    assert (rules["weekly"]["pushes"], rules["weekly"]["capped"]) == (0, 0)
+    assert [d["day"] for d in data["account"]["days"]] == ["2026-11-02"]
+    # A date and time without an offset is local time; --until is exclusive.
+    data = report(capsys, folder, db, since="2026-11-01T10:30", until="2026-11-01T20:00:00+09:00")
+    assert by_rule(data)["welcome"]["pushes"] == 1 and by_rule(data)["weekly"]["capped"] == 0
+
+
+def test_rule_filter_and_block_days(shop, capsys):
+    folder, db = shop
+    data = report(capsys, folder, db, rules=["welcome"], block_days=1)
+    assert [r["rule"] for r in data["rules"]] == ["welcome"]
+    # U2 blocked 21 hours after the coupon: still within one day.
+    assert data["rules"][0]["blocks_after_send"] == 1 and data["settings"]["block_days"] == 1
+
+
+def test_text_report_is_aligned_within_100_columns(shop, capsys):
+    text = report(capsys, *shop, fmt="text")
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = next(line for line in lines if line.startswith("rule / step"))
+    row = next(line for line in lines if line.startswith("welcome "))
+    assert header.split() == ["rule", "/", "step", "entered", "pushes", "capped", "held", "clicks",
+                              "conv", "revenue", "blocks", "block%"]
+    assert row.split() == ["welcome", "3", "3", "0", "1", "1", "1", "5,400", "1", "33.3%"]
+    assert len(row) == len(header)    # numbers right-aligned under their headings
+    assert "  exits: done 2; in progress: 1" in lines
+    assert any(line.startswith("2026-11  ") and "Communication" in line for line in lines)
+
+
+def test_experiment_arms_against_the_holdout(tmp_path, capsys):
+    rules = "rule promo\n  when followed\n  split a 50%, b 50%\n  holdout 20%\n  then send coupon15\n"
+    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\n")
+    arms: dict[str, list[int]] = {"holdout": [], "a": [], "b": []}
+    events = []
+    for i in range(300):
+        friend = f"U{i:03d}"
+        arm = ("holdout" if bucket(friend, "promo", "holdout") < 2000
+               else "a" if bucket(friend, "promo", "split") < 5000 else "b")
+        arms[arm].append(i)
+        events.append(ev("follow", friend, f"2026-11-01 {10 + i // 60:02d}:{i % 60:02d}"))
+        # b converts half of the time, a and the holdout a tenth of the time.
+        if (i % 2 == 0) if arm == "b" else (i % 10 == 0):
+            events.append(ev("purchase", friend, "2026-11-03 10:00", order_id=f"O{i}", amount=1000))
+        elif arm == "holdout" and i % 10 == 1:   # too late to count (8 days after entering)
+            events.append(ev("purchase", friend, "2026-11-09 12:00", order_id=f"L{i}", amount=500))
+    db = simulate(folder, events, "2026-11-12 00:00")
+    data = report(capsys, folder, db)
+    [exp] = data["experiments"]
+    assert exp["rule"] == "promo" and exp["control"] == "holdout"
+    rows = {r["arm"]: r for r in exp["arms"]}
+    assert [r["arm"] for r in exp["arms"]] == ["holdout", "a", "b"]
+    expected = {"holdout": sum(1 for i in arms["holdout"] if i % 10 == 0),
+                "a": sum(1 for i in arms["a"] if i % 10 == 0),
+                "b": sum(1 for i in arms["b"] if i % 2 == 0)}
+    for arm, members in arms.items():
+        n, k = len(members), expected[arm]
+        assert (rows[arm]["friends"], rows[arm]["conversions"]) == (n, k)
+        assert rows[arm]["rate"] == round(k / n, 4)
+        assert rows[arm]["ci"] == [round(x, 4) for x in wilson(k, n)]
+        assert rows[arm]["revenue"] == 1000 * k
+    comp = {c["arm"]: c for c in exp["comparisons"]}
+    nh, kh = len(arms["holdout"]), expected["holdout"]
+    nb, kb = len(arms["b"]), expected["b"]
+    assert comp["b"]["vs"] == "holdout" and comp["b"]["verdict"] == "better"
+    assert comp["b"]["difference"] == round(kb / nb - kh / nh, 4)
+    assert comp["b"]["ci"] == [round(x, 4) for x in newcombe(kb, nb, kh, nh)]
+    assert comp["b"]["lift"] == round((kb / nb - kh / nh) / (kh / nh), 4)
+    assert comp["b"]["reason"] == "b converts better than holdout"
+    assert comp["a"]["verdict"] == "not_enough_data"
+    assert comp["a"]["reason"] == "not enough data yet: the 95% interval of the difference includes 0"
+    # The holdout got nothing: the rule's per-send conversions are a's and b's orders only.
+    promo = data["rules"][0]
+    assert promo["pushes"] == len(arms["a"]) + len(arms["b"]) and promo["skipped"] == nh
+    assert promo["conversions"] == expected["a"] + expected["b"]
+
+
+def test_small_experiment_says_not_enough_data(tmp_path, capsys):
+    rules = "rule promo when followed split a 50%, b 50% then send coupon15 if variant a\n"
+    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\n")
+    events = [ev("follow", f"U{i}", f"2026-11-01 10:{i:02d}") for i in range(20)]
+    db = simulate(folder, events, "2026-11-03 00:00")
+    [exp] = report(capsys, folder, db)["experiments"]
+    assert exp["control"] == "a" and [r["arm"] for r in exp["arms"]] == ["a", "b"]
+    assert sum(r["friends"] for r in exp["arms"]) == 20
+    [comp] = exp["comparisons"]
+    assert comp["verdict"] == "not_enough_data"
+    sizes = ", ".join(f"{r['arm']} has {r['friends']}" for r in exp["arms"])
+    assert comp["reason"] == f"not enough data yet: fewer than 30 friends per arm ({sizes})"
+    assert comp["lift"] is None   # nobody converted in the control
+
+
+def test_replies_saved_a_plan(tmp_path, capsys):
+    rules = ('rule hello when followed then send greeting\n'
+             'rule answer when message "クーポン" reenter always then send coupon_reply\n')
+    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\nmonthly_quota: 100\n")
+    events = [ev("follow", f"U{i}", f"2026-11-01 10:{i % 60:02d}:{i // 60:02d}") for i in range(190)]
+    events += [ev("message", f"U{i}", "2026-11-02 10:00", text="クーポン", reply_token=f"rt{i}")
+               for i in range(20)]
+    db = simulate(folder, events, "2026-11-03 00:00")
+    [month] = report(capsys, folder, db)["account"]["months"]
+    assert month == {"month": "2026-11", "messages": 190, "replies": 20, "quota": 100, "quota_used": 1.9,
+                     "over_quota": True, "plan": "Communication", "cost_yen": 0,
+                     "saved_by_replies_yen": 5000}
+
+
+def test_plan_costs():
+    assert plan_for(0) == ("Communication", 0)
+    assert plan_for(200) == ("Communication", 0)
+    assert plan_for(201) == ("Light", 5000)
+    assert plan_for(5000) == ("Light", 5000)
+    assert plan_for(5001) == ("Standard", 15000)
+    assert plan_for(30000) == ("Standard", 15000)
+    assert plan_for(30001) == ("Standard", 15003)
+
+
+def test_intervals_match_published_values():
+    # Newcombe (1998), Statistics in Medicine 17: 873-890, tables I and II.
+    assert [round(x, 4) for x in wilson(81, 263)] == [0.2553, 0.3662]
+    assert [round(x, 4) for x in wilson(0, 10)] == [0.0, 0.2775]
+    assert [round(x, 4) for x in newcombe(56, 70, 48, 80)] == [0.0524, 0.3339]
+    assert [round(x, 4) for x in newcombe(9, 10, 3, 10)] == [0.1705, 0.8090]
+    assert wilson(0, 0) is None and newcombe(1, 2, 0, 0) is None
+
+
+def test_empty_database(tmp_path, capsys):
+    folder = make_folder(tmp_path)
+    db = tmp_path / "empty.db"
+    Store(str(db)).close()
+    text = report(capsys, folder, db, fmt="text")
+    assert "No activity recorded in this database for this period" in text
+    data = report(capsys, folder, db)
+    assert data["empty"] is True and data["experiments"] == [] and data["account"]["months"] == []
+    assert [(r["rule"], r["entered"], r["pushes"]) for r in data["rules"]] == [
+        ("answer", 0, 0), ("weekly", 0, 0), ("welcome", 0, 0)]
+
+
+def test_clean_errors(shop, tmp_path, capsys):
+    folder, db = shop
+    cases = [
+        (str(tmp_path / "missing.db"), {}, "error: --db: " + str(tmp_path / "missing.db") + " does not exist"),
+        (str(folder / "settings.yaml"), {}, "is not a linerules database"),
+        (str(db), {"rule_names": ["welcom"]}, "error: --rule: unknown rule `welcom`; did you mean `welcome`?"),
+        (str(db), {"since": "yesterday"}, "error: --since: `yesterday` is not an ISO 8601 date or time"),
+        (str(db), {"since": "2026-11-05", "until": "2026-11-01"}, "error: --since must be before --until"),
+    ]
+    for path, extra, message in cases:
+        args = {"since": None, "until": None, "rule_names": [], **extra}
+        code = report_main(path, str(folder), "text", None, args["since"], args["until"], args["rule_names"])
+        captured = capsys.readouterr()
+        assert code == 1 and message in captured.err and captured.out == ""
+        assert "Traceback" not in captured.err
+    assert not (tmp_path / "missing.db").exists()
+    (folder / "shop.rule").write_text("rule broken when followed then send nothing\n", encoding="utf-8")
+    assert report_main(str(db), str(folder), "text", None, None, None, []) == 1
+    assert "shop.rule:1:" in capsys.readouterr().err
+
+
+def test_command_line(shop):
+    folder, db = shop
+    result = CliRunner().invoke(cli, ["report", "--db", str(db), "--rules", str(folder), "--format", "json",
+                                      "--rule", "weekly", "--block-days", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [r["rule"] for r in data["rules"]] == ["weekly"] and data["settings"]["block_days"] == 3
+    assert set(data) == {"period", "settings", "empty", "rules", "account", "experiments"}
+    assert {"rule", "entered", "pushes", "capped", "clicks", "conversions", "revenue",
+            "blocks_after_send"} <= set(data["rules"][0])
