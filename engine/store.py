@@ -126,6 +126,7 @@ class Store:
         self.conn = conn
         self._lock = threading.RLock()
         self._depth = 0
+        self._inflight: dict[int, int] = {}   # outbox id -> claim time, in this process
         conn.execute("PRAGMA busy_timeout = 30000")
         if path != ":memory:":
             self.db.enable_wal()
@@ -530,16 +531,22 @@ class Store:
 
     def claim_outbox(self, now: int, limit: int) -> list[dict]:
         """Pending (or held) rows with ``not_before <= now``, oldest first, as dicts with decoded
-        ``recipients``/``payload``/``messages`` and ``friend`` (the first recipient). A claimed
-        row is not handed out again for 60 s unless finished or held; it keeps its retry key, so
-        a crash between claim and finish resends with the same key (LINE answers 409)."""
-        with self.transaction() as c:
-            rows = c.execute(
-                "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY not_before, id LIMIT ?",
-                (now, now - 60, limit)).fetchall()
-            c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
-                          [(now, r["id"]) for r in rows])
+        ``recipients``/``payload``/``messages`` and ``friend`` (the first recipient). A row
+        claimed by this process is not handed out again until it is finished or held (or 60 s
+        have passed); a new process (after a crash) claims it again at once, with the same retry
+        key, so LINE answers 409 for what it had already accepted."""
+        with self._lock:
+            self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
+            skip = list(self._inflight)
+            marks = ",".join("?" * len(skip))
+            with self.transaction() as c:
+                rows = c.execute(
+                    "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
+                    + (f"AND id NOT IN ({marks}) " if skip else "") + "ORDER BY not_before, id LIMIT ?",
+                    (now, *skip, limit)).fetchall()
+                c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
+                              [(now, r["id"]) for r in rows])
+            self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
             d = dict(r)
@@ -552,13 +559,6 @@ class Store:
             out.append(d)
         return out
 
-    def release_claims(self) -> int:
-        """Make rows claimed but never finished or held (in flight when a runner stopped)
-        claimable again at once, keeping their retry keys. Only for the lease holder at start."""
-        with self.transaction() as c:
-            return c.execute("UPDATE outbox SET claimed_at = NULL WHERE status IN ('pending', 'held') "
-                             "AND claimed_at IS NOT NULL").rowcount
-
     def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
                       error: str | None = None, at: int | None = None) -> None:
         """Final outcome of a row (sent, duplicate, rejected, dry_run); its deliveries follow."""
@@ -566,6 +566,7 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
                       "last_error = ?, sent_at = ? WHERE id = ?", (status, request_id, error, at, outbox_id))
+            self._inflight.pop(outbox_id, None)
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
             c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
                       "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
@@ -573,6 +574,7 @@ class Store:
     def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
         """Not sent now (rate limit, quota, a transient error): try again at ``until``."""
         with self.transaction() as c:
+            self._inflight.pop(outbox_id, None)
             c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
                       "last_error = COALESCE(?, last_error) WHERE id = ?", (until, error, outbox_id))
 

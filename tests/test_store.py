@@ -124,3 +124,17 @@ def test_health_reports_counts(store):
     store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
     health = store.health()
     assert health["friends"] == 1 and health["pending_events"] == 1 and health["outbox_backlog"] == 0
+
+
+def test_a_new_process_reclaims_rows_left_in_flight(fresh_db_path):
+    first = Store(str(fresh_db_path))
+    with first.transaction():
+        first.add_outbox(kind="push", recipients=["U1"], payload=[], messages=["a"], rule="r",
+                         not_before=0, now=0)
+    claimed = first.claim_outbox(10, 10)
+    assert first.claim_outbox(11, 10) == []
+    first.close()                                   # killed before the outcome was stored
+    second = Store(str(fresh_db_path))
+    again = second.claim_outbox(12, 10)
+    assert [r["retry_key"] for r in again] == [claimed[0]["retry_key"]] and again[0]["attempts"] == 2
+    second.close()
