@@ -208,6 +208,10 @@ class Runner:
             raise
         if config.dry_run:
             log.warning(DRY_RUN_MESSAGE)
+        if not config.channel_secret:
+            log.warning("LINE_CHANNEL_SECRET is not set: POST /callback refuses webhooks (503)")
+        if not config.api_token:
+            log.warning("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
         return cls(config, project, store, engine, make_transport(config.env))
