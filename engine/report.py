@@ -228,8 +228,10 @@ def _as_of(conn: sqlite3.Connection, o: Options) -> int:
     if o.until is not None:
         return o.until
     row = _rows(conn, "SELECT value FROM meta WHERE key = 'engine.last_tick'")
-    latest = [int(row[0][0])] if row else []
-    for sql in ("SELECT MAX(at) FROM events", "SELECT MAX(at) FROM deliveries",
+    if row:
+        return int(row[0][0])
+    latest = []
+    for sql in ("SELECT MAX(at) FROM events", "SELECT MAX(at) FROM deliveries WHERE status != 'queued'",
                 "SELECT MAX(at) FROM activity"):
         value = _rows(conn, sql)[0][0]
         if value is not None:
@@ -408,8 +410,7 @@ def _account(conn: sqlite3.Connection, o: Options, as_of: int, daily: dict, mont
     days = sorted(daily)
     if days:
         first = timeutil.local_day(o.since, tz) if o.since is not None else days[0]
-        last = timeutil.local_day(as_of - 1, tz) if o.until is not None else max(days[-1], timeutil.local_day(as_of, tz))
-        days = _day_range(first, max(last, days[-1]))
+        days = _day_range(first, max(timeutil.local_day(as_of - 1, tz), days[-1]))
     per_day = []
     for day in days:
         d = daily.get(day, {})
