@@ -427,12 +427,11 @@ class _Checker:
         elif where == "trigger":
             help_ = f"say how recent, e.g. `{a.word} within 30d`"
             if a.kind != "click":
-                help_ += f"; or react to the event and filter: `when {a.word} if ...`"
+                help_ += f"; or react to the event and filter it: `when {a.word} if ...`"
+            if a.kind == "purchase":
+                help_ += "; for \"has ever purchased\" write `orders >= 1`"
             self.error(a.span, f"`{a.word}` without `within` cannot be part of a condition trigger",
                        help=help_)
-        elif where == "entry":
-            self.warn(a.span, f"in an entry filter, `{a.word}` counts only since the friend entered this rule, so it is false here",
-                      help=f"say how recent, e.g. `{a.word} within 30d`")
 
     def _measure(self, m: A.Measure) -> None:
         name = m.name.value

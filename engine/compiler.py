@@ -160,24 +160,36 @@ def compile_step(s: A.Step, step_id: str = "") -> ir.Step:
     raise TypeError(f"not a step: {s!r}")
 
 
-def step_ids(steps: tuple[ir.Step, ...]) -> list[str]:
+def step_ids(steps: tuple[A.Step, ...]) -> list[str]:
     """``"<keyword> <main argument>"`` per step (``send coupon15``, ``wait 3d at 12:00``,
-    ``stop``); a repeat within the rule gets `` #2``, `` #3``..."""
+    ``set rank``, ``stop``): the step as written without its condition or value, so the id
+    survives edits of those. A repeat within the rule gets `` #2``, `` #3``..."""
     seen: dict[str, int] = {}
     out = []
     for s in steps:
-        base = describe_step(s, with_cond=False)
-        if isinstance(s, ir.SetStep):
-            base = f"set {s.attr}"
+        base = _step_key(s)
         seen[base] = seen.get(base, 0) + 1
         out.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
     return out
 
 
+def _step_key(s: A.Step) -> str:
+    if isinstance(s, A.SendStep):
+        return "send " + ", ".join(m.value for m in s.messages)
+    if isinstance(s, (A.WaitStep, A.WaitUntilStep, A.WaitForStep)):
+        return describe_step(compile_step(s))
+    if isinstance(s, A.SetStep):
+        return f"set {s.attr.value}"
+    if isinstance(s, A.StopStep):
+        return "stop"
+    word = {A.TagStep: "tag", A.UntagStep: "untag", A.MenuStep: "menu", A.StartStep: "start"}[type(s)]
+    name = s.rule if isinstance(s, A.StartStep) else s.name
+    return f"{word} {name.value}"
+
+
 def compile_rule(rule: A.RuleDef, path: str) -> ir.Rule:
     """One rule, with step ids and its content hash (``version``)."""
-    steps = tuple(compile_step(s) for s in rule.steps)
-    steps = tuple(dataclasses.replace(s, id=i) for s, i in zip(steps, step_ids(steps)))
+    steps = tuple(compile_step(s, i) for s, i in zip(rule.steps, step_ids(rule.steps)))
     options: dict = {}
     for o in rule.options:
         if isinstance(o, A.ExitWhen):
@@ -192,22 +204,25 @@ def compile_rule(rule: A.RuleDef, path: str) -> ir.Rule:
             options["split"] = tuple((i.name.value, i.percent.value) for i in o.items)
         elif isinstance(o, A.Holdout):
             options["holdout"] = o.percent.value
-    compiled = ir.Rule(
+    options.update(
         name=rule_name_of(rule, path),
         trigger=compile_trigger(rule.trigger),
         steps=steps,
         description=rule.description.value if rule.description else None,
         entry=_guard(rule.entry),
         span=rule.span,
-        **options,
     )
-    return dataclasses.replace(compiled, version=rule_version(compiled), path=path)
+    version = _digest(ir.Rule(**options))
+    return ir.Rule(**options, version=version, path=path)
 
 
 def rule_version(rule: ir.Rule) -> str:
     """A stable hash of what the rule does: spans, path and the version itself left out."""
-    content = repr(dataclasses.replace(rule, version="", path=""))
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+    return _digest(dataclasses.replace(rule, version="", path=""))
+
+
+def _digest(rule: ir.Rule) -> str:
+    return hashlib.sha256(repr(rule).encode("utf-8")).hexdigest()[:16]
 
 
 def compile_segment(seg: A.SegmentDef) -> ir.Segment:
