@@ -222,6 +222,9 @@ def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     promo = data["rules"][0]
     assert promo["pushes"] == len(arms["a"]) + len(arms["b"]) and promo["skipped"] == nh
     assert promo["conversions"] == expected["a"] + expected["b"]
+    text = report(capsys, folder, db, fmt="text")
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "    b converts better than holdout" in text.splitlines()
 
 
 def test_small_experiment_says_not_enough_data(tmp_path, capsys):
@@ -300,6 +303,8 @@ def test_clean_errors(shop, tmp_path, capsys):
         assert code == 1 and message in captured.err and captured.out == ""
         assert "Traceback" not in captured.err
     assert not (tmp_path / "missing.db").exists()
+    code = report_main(str(db), str(folder), "text", str(tmp_path / "no" / "r.html"), None, None, [])
+    assert code == 1 and "error: --html: cannot write" in capsys.readouterr().err
     (folder / "shop.rule").write_text("rule broken when followed then send nothing\n", encoding="utf-8")
     assert report_main(str(db), str(folder), "text", None, None, None, []) == 1
     assert "shop.rule:1:" in capsys.readouterr().err
