@@ -120,6 +120,9 @@ class Engine:
         self._enr = CondCompiler(project.segments, with_enrollment=True)
         self._set = CondCompiler(project.segments, with_enrollment=False)
         self._cache: dict[tuple[ir.Cond, bool], Compiled] = {}
+        self._static_names: dict[str, bool] = {}
+        self._rendered: dict[tuple, tuple[list, list]] = {}
+        self._hashes: dict[int, tuple[list[dict], str]] = {}
         self.by_type: dict[str, list[ir.Rule]] = defaultdict(list)
         for rule in sorted(project.rules.values(), key=lambda r: (-r.priority, r.name)):
             event_type = getattr(rule.trigger, "event_type", None)
@@ -581,8 +584,12 @@ class Engine:
         """Window, cap, render and record the tick's send groups (answers first)."""
         if not groups:
             return
+        self._rendered.clear()    # friend-independent renders are shared within one batch only
+        self._hashes.clear()
         s, settings = self.store, self.settings
-        friends = s.friends_for_render({g.walker.friend for g in groups})
+        blocked = s.blocked_among({g.walker.friend for g in groups})
+        friends = s.friends_for_render({g.walker.friend for g in groups
+                                        if g.walker.friend not in blocked and not self._static(g.names)})
         deliveries: list[tuple] = []
         day_now = timeutil.local_day(now, self.tz)
 
@@ -598,8 +605,8 @@ class Engine:
         used_tokens: set[str] = set()
         multicast: dict[tuple, list[tuple[_Group, int]]] = defaultdict(list)
         for g in groups:
-            friend = friends.get(g.walker.friend, {})
-            if friend.get("blocked_at") is not None:
+            friend = friends.get(g.walker.friend) or {"id": g.walker.friend}
+            if g.walker.friend in blocked:
                 skip(g, "skipped", "blocked", now, day_now)
             elif g.walker.holdout:
                 skip(g, "skipped", "holdout", now, day_now)
@@ -631,9 +638,10 @@ class Engine:
                     skip(g, "capped", f"max_per_day {cap}", at, day)
                     continue
                 used[key] = used.get(key, 0) + 1
-            chunks = self._render(g, friends[g.walker.friend], now, deliveries, day)
+            chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
+                                  deliveries, day)
             for i, (names, objects) in enumerate(chunks):
-                key = (g.walker.rule, at, render_hash(objects), tuple(names))
+                key = (g.walker.rule, at, self._hash(objects), tuple(names))
                 multicast[key].append((g, i, day, objects))
         for (rule, at, _hash, names), items in multicast.items():
             objects = items[0][3]
@@ -652,10 +660,20 @@ class Engine:
                 day: str) -> list[tuple[list[str], list[dict]]]:
         """Render the group's messages for one friend and pack them into pushes of at most five
         objects, keeping each message whole where it fits. A message that fails to render is
-        recorded as a rejected delivery and left out."""
+        recorded as a rejected delivery and left out. Messages that do not mention ``friend``
+        (and carry no tracked links) are rendered once per batch and shared."""
         rule = g.walker.rule
         sale = self._sale_of(g.walker)
+        key = None
+        if not self.settings.base_url and self._static(g.names):
+            key = (tuple(g.names), rule, (sale or {}).get("name"))
+            if key in self._rendered:
+                chunks, failures = self._rendered[key]
+                deliveries.extend((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
+                                   error, g.walker.variant, now, day, 0) for name, error in failures)
+                return chunks
         chunks: list[tuple[list[str], list[dict]]] = []
+        failures: list[tuple[str, str]] = []
         for name in g.names:
             defn = self.project.messages.get(name)
             if defn is None:
@@ -665,6 +683,7 @@ class Engine:
                                          link=self._linker(friend.get("id"), rule, name, now))
             except RenderError as exc:
                 log.error("rule %s: message %s not sent to %s: %s", rule, name, friend.get("id"), exc)
+                failures.append((name, str(exc)))
                 deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
                                    str(exc), g.walker.variant, now, day, 0))
                 continue
@@ -673,7 +692,26 @@ class Engine:
                 chunks[-1][1].extend(objects)
             else:
                 chunks.extend(([name], objects[i:i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
+        if key is not None:
+            self._rendered[key] = (chunks, failures)
         return chunks
+
+    def _static(self, names: Iterable[str]) -> bool:
+        """Whether these messages render the same for every friend (no ``friend`` in them)."""
+        for name in names:
+            if name not in self._static_names:
+                defn = self.project.messages.get(name)
+                self._static_names[name] = defn is None or "friend" not in repr(defn.objects)
+            if not self._static_names[name]:
+                return False
+        return True
+
+    def _hash(self, objects: list[dict]) -> str:
+        """``render_hash``, computed once per distinct payload object."""
+        key = id(objects)
+        if key not in self._hashes:
+            self._hashes[key] = (objects, render_hash(objects))
+        return self._hashes[key][1]
 
     def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
         """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set."""

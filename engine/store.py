@@ -258,6 +258,15 @@ class Store:
                 out[friend_id]["tags"].append(tag)
         return out
 
+    def blocked_among(self, ids: Iterable[str]) -> set[str]:
+        """Which of these friends have blocked the account."""
+        out: set[str] = set()
+        for chunk in _chunks(list(ids), 900):
+            marks = ",".join("?" * len(chunk))
+            out.update(r[0] for r in self.conn.execute(
+                f"SELECT id FROM friends WHERE id IN ({marks}) AND blocked_at IS NOT NULL", chunk))
+        return out
+
     def ensure_friend(self, friend_id: str, now: int) -> None:
         self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
                           (friend_id, now))
@@ -522,10 +531,15 @@ class Store:
     def add_deliveries(self, rows: Sequence[tuple]) -> None:
         """(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, variant, at,
         local_day, counts_for_cap) rows."""
+        names: dict[tuple, str] = {}
+        for r in rows:
+            key = tuple(r[5])
+            if key not in names:
+                names[key] = _json(list(key))
         self.conn.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*r[:5], _json(list(r[5])), *r[6:]) for r in rows])
+            [(*r[:5], names[tuple(r[5])], *r[6:]) for r in rows])
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
