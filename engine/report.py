@@ -355,8 +355,9 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
     splits = {n: [v for v, _ in r.split] for n, r in project.rules.items()} if project else {}
     holdouts = {n for n, r in project.rules.items() if r.holdout} if project else set()
     experiments = _experiments(enrollments, orders, o, shown, splits, holdouts)
-    empty = not (any(entered.values()) or sends or orders or follows
-                 or _rows(conn, "SELECT 1 FROM events LIMIT 1"))
+    empty = not (any(o.has(e[4]) for e in enrollments) or any(o.has(s.at) for s in sends)
+                 or _rows(conn, "SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
+                          (o.since if o.since is not None else 0, o.until if o.until is not None else 2 ** 62)))
     return {
         "period": {"since": _iso(o.since, tz), "until": _iso(o.until, tz), "as_of": _iso(as_of, tz),
                    "timezone": tz.key},

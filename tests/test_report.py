@@ -287,6 +287,12 @@ def test_empty_database(tmp_path, capsys):
         ("answer", 0, 0), ("weekly", 0, 0), ("welcome", 0, 0)]
 
 
+def test_a_period_without_activity_is_empty(shop, capsys):
+    assert report(capsys, *shop, since="2026-12-01")["empty"] is True
+    assert report(capsys, *shop, until="2026-10-31")["empty"] is True
+    assert report(capsys, *shop, since="2026-11-09")["empty"] is False   # U3's order, U5's follow
+
+
 def test_clean_errors(shop, tmp_path, capsys):
     folder, db = shop
     cases = [
