@@ -108,7 +108,7 @@ def test_cmd(directory):
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML page with charts.")
 @click.option("--since", default=None, help="Only activity at or after this date/time (ISO 8601).")
-@click.option("--until", default=None, help="Only activity before this date/time (ISO 8601).")
+@click.option("--until", default=None, help="Only activity before this date/time (ISO 8601; a date includes that whole day).")
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
 @click.option("--block-days", default=7, show_default=True, type=click.IntRange(min=1),
               help="Count an unfollow within this many days after a send as a block after that send.")
