@@ -2,6 +2,9 @@
 syntax errors read as plain words at the right place."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from engine import astnodes as A
@@ -296,3 +299,33 @@ def test_describe_groups_and_words():
     assert describe({"DURATION"}) == "a duration like `1d`"
     assert describe({"$END"}) == "the end of the file"
     assert describe({"THEN", "$END"}) == "`then` or the end of the file"
+
+
+# ----------------------------------------------------------------------------- the reference
+
+LANGUAGE_MD = Path(__file__).resolve().parent.parent / "docs" / "language.md"
+
+
+def _examples(section: str) -> list[str]:
+    """The code spans of the example column of the table under ``## section``."""
+    text = LANGUAGE_MD.read_text(encoding="utf-8")
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    spans = []
+    for line in body.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) >= 3 and "`" in cells[1]:
+            spans += re.findall(r"`([^`]+)`", cells[1])
+    assert spans, section
+    return spans
+
+
+@pytest.mark.parametrize("template, section", [
+    ("{} then stop", "Triggers (`when ...`)"),
+    ("when followed split a 50%, b 50% then stop if {}", "Conditions"),
+    ("when followed then {}", "Steps (`then`)"),
+    ("when followed {} then stop", "Options"),
+])
+def test_every_example_of_the_reference_parses(template, section):
+    for example in _examples(section):
+        f, diags = parse_file("t.rule", template.format(example))
+        assert diags == [] and len(f.items) == 1, (example, diags)
