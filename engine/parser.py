@@ -453,7 +453,8 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
         # Pad so that Lark reports positions in the whole file's coordinates.
         piece = "\n" * (line - 1) + " " * (column - 1) + text[begin:end]
         builder = _AstBuilder(path)
-        tree, error = _parse_piece(path, piece)
+        following = _word_at(text, end) if end < len(text) else None
+        tree, error = _parse_piece(path, piece, following)
         if error is not None:
             diags.append(error)
             words = [m.group() for m in _SCAN.finditer(text, begin, end)
@@ -473,35 +474,56 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
                       has_syntax_errors=True), diags
 
 
-def _parse_piece(path: str, piece: str) -> tuple[Tree | None, Diagnostic | None]:
+def _word_at(text: str, offset: int) -> tuple[str, Span]:
+    """The word starting at ``offset`` and its place (for "unexpected `rule`")."""
+    word = _SCAN.match(text, offset).group()
+    line, column = _position(text, offset)
+    return word, Span("", line, column, line, column + len(word))
+
+
+def _parse_piece(path: str, piece: str, following: tuple[str, Span] | None
+                 ) -> tuple[Tree | None, Diagnostic | None]:
     """Parse one piece token by token, keeping the parser state before each of the last two
     tokens, so that an error can say exactly what was expected and blame a keyword that was
     read as a name just before it."""
     ip = lark_parser().parse_interactive(piece)
     history: list[tuple[Token, object]] = []   # (token, parser state before it), last two
+    at_end = None                               # the parser state before the end of input
     try:
         for tok in ip.iter_parse():
             history = [*history[-1:], (tok, ip.copy(deepcopy_values=False))]
+        at_end = ip.copy(deepcopy_values=False)
         return ip.feed_eof(history[-1][0] if history else None), None
     except UnexpectedToken as e:
-        if history and history[-1][0] is e.token:   # the parser refused the last token
+        if at_end is not None:                      # the input ended too early
+            before = history
+            expected = at_end.accepts()
+        elif history and history[-1][0] is e.token:   # the parser refused the last token
             before = history[:-1]
             expected = history[-1][1].accepts()
         else:                                       # the lexer found no token fitting here
             before = history
             expected = ip.accepts()
-        return None, _token_error(path, e.token, expected, before[-1] if before else None)
+        return None, _token_error(path, e.token, expected, before[-1] if before else None,
+                                  following)
     except UnexpectedCharacters as e:
         return None, _char_error(path, piece, e, ip.accepts())
 
 
-def _token_error(path: str, tok: Token, expected: set[str], prev) -> Diagnostic:
+def _token_error(path: str, tok: Token, expected: set[str], prev,
+                 following: tuple[str, Span] | None) -> Diagnostic:
     if prev is not None and prev[0].type == "NAME" and prev[0].value in keywords():
         # A keyword where it cannot stand was read as a name; the error is that keyword.
         word = prev[0]
         return Diagnostic.at(
             _tok_span(path, word), f"unexpected `{word.value}`; expected {describe(prev[1].accepts())}",
             help=f"`{word.value}` is a keyword: it cannot be used as a name")
+    if tok.type == "$END" and following is not None:
+        # The piece ended where the next rule or segment starts: blame that word.
+        word, at = following
+        span = Span(path, at.line, at.column, at.end_line, at.end_column)
+        expected.discard("$END")
+        return Diagnostic.at(span, f"unexpected `{word}`; expected {describe(expected)}")
     if tok.type == "$END":
         span = Span(path, tok.end_line or tok.line or 1, tok.end_column or tok.column or 1)
         return Diagnostic.at(span, f"the file ends too early; expected {describe(expected)}")

@@ -283,7 +283,8 @@ def test_one_error_per_bad_rule_and_the_rest_of_the_file_is_kept():
             "segment s: in segment q or\n"
             "segment fine: blocked\n")
     f, diags = parse_file("two.rule", text)
-    assert [(d.line, d.column) for d in diags] == [(1, 27), (3, 28), (4, 27)]
+    assert [(d.line, d.column) for d in diags] == [(1, 27), (3, 28), (5, 1)]
+    assert diags[2].message.startswith("unexpected `segment`; expected a condition")
     assert [getattr(i.name, "value", None) for i in f.items] == ["ok", "fine"]
     assert f.broken_rules == ("two", "y") and f.broken_segments == ("s",)
     assert f.has_syntax_errors
