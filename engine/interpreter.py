@@ -117,6 +117,7 @@ class Engine:
         self.settings = project.settings
         self.tz = project.settings.tz
         self.versions = {name: rule_version(r) for name, r in project.rules.items()}
+        self._index = {name: {s.id: i for i, s in enumerate(r.steps)} for name, r in project.rules.items()}
         self._enr = CondCompiler(project.segments, with_enrollment=True)
         self._set = CondCompiler(project.segments, with_enrollment=False)
         self._cache: dict[tuple[ir.Cond, bool], Compiled] = {}
@@ -181,10 +182,10 @@ class Engine:
             self.store.set_meta("engine.last_tick", str(ts))
         seen: set[int] = set()
         while True:
-            rows = [r for r in self.store.due_enrollments(ts, CHUNK) if r["id"] not in seen]
+            rows = [r for r in self.store.due_enrollments(ts, CHUNK) if r[0] not in seen]
             if not rows:
                 break
-            seen.update(r["id"] for r in rows)
+            seen.update(r[0] for r in rows)
             with self.store.transaction():
                 self._walk(rows, ts, result)
         return result
@@ -369,6 +370,7 @@ class Engine:
                        seq, token, deadline)
 
     def _walker(self, row: Any, rule: ir.Rule, pos: int, cause: tuple | None = None) -> _Walker:
+        """A walker for an enrollment row (mapping) resumed now."""
         seq, token, deadline = cause or (row["cause_seq"], row["reply_token"], row["reply_deadline"])
         return _Walker(row["id"], row["friend"], row["rule"], pos, row["entered_at"], row["due_at"],
                        row["variant"], bool(row["holdout"]), row["occurrence"], seq, token, deadline)
@@ -441,18 +443,20 @@ class Engine:
         updates: dict[int, tuple] = {}
         groups: list[_Group] = []
         seen: set[int] = set()
-        for row in rows:
-            rule = self.project.rules.get(row["rule"])
+        for (eid, friend, rule_name, step_id, due_at, state, variant, holdout, entered_at, occurrence,
+             cause_seq, reply_token, reply_deadline) in rows:
+            rule = self.project.rules.get(rule_name)
             if rule is None:
-                updates[row["id"]] = ("exited", row["step_id"], None, now, "rule_removed", 0)
+                updates[eid] = ("exited", step_id, None, now, "rule_removed", 0)
                 continue
-            idx = rule.index_of(row["step_id"]) if row["step_id"] is not None else None
-            if row["step_id"] is None or idx is None:
+            idx = self._index[rule_name].get(step_id) if step_id is not None else None
+            if idx is None:
                 pos = len(rule.steps)
             else:
-                pos = idx + 1 if row["state"] == "waiting" else idx
-            frontier.append(self._walker(row, rule, pos))
-            seen.add(row["id"])
+                pos = idx + 1 if state == "waiting" else idx
+            frontier.append(_Walker(eid, friend, rule_name, pos, entered_at, due_at, variant, bool(holdout),
+                                    occurrence, cause_seq, reply_token, reply_deadline))
+            seen.add(eid)
         result.advanced += len(frontier)
 
         def flush(w: _Walker, step_id: str | None = None) -> None:
@@ -602,16 +606,17 @@ class Engine:
                 result.skipped += 1
 
         regular: list[tuple[_Group, int, str]] = []
+        openings: dict[ir.Window | None, tuple[int, str]] = {}
         used_tokens: set[str] = set()
         multicast: dict[tuple, list[tuple[_Group, int]]] = defaultdict(list)
         for g in groups:
-            friend = friends.get(g.walker.friend) or {"id": g.walker.friend}
             if g.walker.friend in blocked:
                 skip(g, "skipped", "blocked", now, day_now)
             elif g.walker.holdout:
                 skip(g, "skipped", "holdout", now, day_now)
             elif g.answer:
-                chunks = self._render(g, friend, now, deliveries, day_now)
+                chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
+                                      deliveries, day_now)
                 for i, (names, objects) in enumerate(chunks):
                     token = g.reply[0] if g.reply and i == 0 and g.reply[0] not in used_tokens else None
                     if token:
@@ -624,13 +629,15 @@ class Engine:
                     result.queued += 1
             else:
                 window = self.project.rules[g.walker.rule].window or settings.window
-                at = timeutil.next_opening(now, window, self.tz)
-                regular.append((g, at, timeutil.local_day(at, self.tz)))
+                if window not in openings:
+                    opening = timeutil.next_opening(now, window, self.tz)
+                    openings[window] = (opening, timeutil.local_day(opening, self.tz))
+                regular.append((g, *openings[window]))
         cap = settings.max_per_day
         if cap is not None and regular:
-            used = s.cap_used([g.walker.friend for g, _, _ in regular], [d for _, _, d in regular])
-        regular.sort(key=lambda x: (-self.project.rules[x[0].walker.rule].priority, x[0].walker.due_at,
-                                    x[0].walker.id))
+            used = s.cap_used(None, [d for _, _, d in regular])   # the friends blocked_among loaded
+        priority = {name: r.priority for name, r in self.project.rules.items()}
+        regular.sort(key=lambda x: (-priority[x[0].walker.rule], x[0].walker.due_at, x[0].walker.id))
         for g, at, day in regular:
             if cap is not None:
                 key = (g.walker.friend, day)

@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
+WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
+                "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline")
+
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
                    "created_at")
@@ -258,14 +262,17 @@ class Store:
                 out[friend_id]["tags"].append(tag)
         return out
 
+    def _load_ids(self, values: Iterable[str]) -> None:
+        """Fill the connection's scratch table ``temp.lr_ids`` with ``values`` (for joins)."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS lr_ids (v TEXT PRIMARY KEY)")
+        self.conn.execute("DELETE FROM temp.lr_ids")
+        self.conn.executemany("INSERT OR IGNORE INTO temp.lr_ids(v) VALUES (?)", ((v,) for v in values))
+
     def blocked_among(self, ids: Iterable[str]) -> set[str]:
         """Which of these friends have blocked the account."""
-        out: set[str] = set()
-        for chunk in _chunks(list(ids), 900):
-            marks = ",".join("?" * len(chunk))
-            out.update(r[0] for r in self.conn.execute(
-                f"SELECT id FROM friends WHERE id IN ({marks}) AND blocked_at IS NOT NULL", chunk))
-        return out
+        self._load_ids(ids)
+        return {r[0] for r in self.conn.execute(
+            "SELECT f.id FROM temp.lr_ids t JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL")}
 
     def ensure_friend(self, friend_id: str, now: int) -> None:
         self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
@@ -445,11 +452,14 @@ class Store:
             "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id",
             (friend,)).fetchall()
 
-    def due_enrollments(self, now: int, limit: int) -> list[sqlite3.Row]:
-        """Open enrollments with ``due_at <= now``, earliest first (the partial due index)."""
-        return self.conn.execute(
-            "SELECT * FROM enrollments WHERE state IN ('active', 'waiting') AND due_at <= ? "
-            "ORDER BY due_at, id LIMIT ?", (now, limit)).fetchall()
+    def due_enrollments(self, now: int, limit: int) -> list[tuple]:
+        """Open enrollments with ``due_at <= now``, earliest first (the partial due index), as
+        plain tuples of :data:`WALK_COLUMNS`."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        return cur.execute(
+            f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
+            "AND due_at <= ? ORDER BY due_at, id LIMIT ?", (now, limit)).fetchall()
 
     def next_due_at(self, after: int) -> int | None:
         row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
@@ -501,21 +511,18 @@ class Store:
 
     # ------------------------------------------------------------------ sends
 
-    def cap_used(self, friends: Iterable[str], days: Iterable[str]) -> dict[tuple[str, str], int]:
-        """Pushes already counted against ``max_per_day`` per (friend, local day)."""
-        friends, days = list(dict.fromkeys(friends)), list(dict.fromkeys(days))
-        out: dict[tuple[str, str], int] = {}
-        if not friends or not days:
-            return out
-        day_marks = ",".join("?" * len(days))
-        for chunk in _chunks(friends, 500):
-            marks = ",".join("?" * len(chunk))
-            for f, d, n in self.conn.execute(
-                    f"SELECT friend, local_day, COUNT(*) FROM deliveries WHERE counts_for_cap = 1 "
-                    f"AND friend IN ({marks}) AND local_day IN ({day_marks}) GROUP BY friend, local_day",
-                    [*chunk, *days]):
-                out[(f, d)] = n
-        return out
+    def cap_used(self, friends: Iterable[str] | None, days: Iterable[str]) -> dict[tuple[str, str], int]:
+        """Pushes already counted against ``max_per_day`` per (friend, local day). ``friends``
+        None reuses the friends of the preceding :meth:`blocked_among` call."""
+        days = list(dict.fromkeys(days))
+        if not days:
+            return {}
+        if friends is not None:
+            self._load_ids(friends)
+        marks = ",".join("?" * len(days))
+        return {(f, d): n for f, d, n in self.conn.execute(
+            f"SELECT d.friend, d.local_day, COUNT(*) FROM temp.lr_ids t JOIN deliveries d ON d.friend = t.v "
+            f"WHERE d.counts_for_cap = 1 AND d.local_day IN ({marks}) GROUP BY d.friend, d.local_day", days)}
 
     def add_outbox(self, *, kind: str, recipients: Sequence[str], payload: Any, messages: Sequence[str],
                    rule: str | None, not_before: int, now: int, reply_token: str | None = None,
