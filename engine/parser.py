@@ -222,14 +222,12 @@ class _AstBuilder(Transformer):
     def schedule_trigger(self, meta, children):
         return A.ScheduleTrigger(self._str(children[0]), _span(self.path, meta))
 
-    def sale_kind(self, meta, children):
-        return self._name(children[0])
-
     def sale_trigger(self, meta, children):
         edge = next(c for c in children if isinstance(c, Token) and c.type in ("STARTS", "ENDS"))
         before = self._tokens(children, "DURATION")
         at = self._tokens(children, "TIME")
-        return A.SaleTrigger(edge.value, self._of(children, A.Name),
+        kind = self._tokens(children, "NAME")
+        return A.SaleTrigger(edge.value, self._name(kind[0]) if kind else None,
                              self._duration(before[0]) if before else None,
                              self._time(at[0]) if at else None, _span(self.path, meta))
 
@@ -252,11 +250,12 @@ class _AstBuilder(Transformer):
     def not_(self, meta, children):
         return A.Not(children[0], _span(self.path, meta))
 
-    def within(self, meta, children):
-        return self._duration(children[0])
+    def _within(self, children) -> A.Duration | None:
+        within = self._tokens(children, "DURATION")
+        return self._duration(within[0]) if within else None
 
     def _activity(self, meta, children, kind: str, word: str):
-        return A.Activity(kind, word, self._of(children, A.Pair), self._of(children, A.Duration),
+        return A.Activity(kind, word, self._of(children, A.Pair), self._within(children),
                           _span(self.path, meta))
 
     def purchased(self, meta, children):
@@ -293,20 +292,16 @@ class _AstBuilder(Transformer):
         return A.NeverPurchased(_span(self.path, meta))
 
     def measure(self, meta, children):
-        return A.Measure(self._name(children[0]), self._of(children, A.Duration),
-                         _span(self.path, meta))
+        return A.Measure(self._name(children[0]), self._within(children), _span(self.path, meta))
 
     def compare(self, meta, children):
         measure, op, value = children
-        return A.Compare(measure, op.value, value, _span(self.path, meta))
+        return A.Compare(measure, op.value, self._value(value), _span(self.path, meta))
 
-    def number(self, meta, children):
-        text = children[0].value
-        value = float(text) if "." in text else int(text)
-        return A.Number(value, _span(self.path, meta))
-
-    def string(self, meta, children):
-        return self._str(children[0])
+    def _value(self, tok: Token) -> A.Number | A.Str:
+        if tok.type == "STRING":
+            return self._str(tok)
+        return A.Number(float(tok.value) if "." in tok.value else int(tok.value), self._tspan(tok))
 
     def top(self, meta, children):
         return A.Top(self._percent(children[0]), children[1], _span(self.path, meta))
@@ -350,7 +345,7 @@ class _AstBuilder(Transformer):
                            _span(self.path, meta))
 
     def set(self, meta, children):
-        return A.SetStep(self._name(children[0]), children[1], self._of(children, A.Guard),
+        return A.SetStep(self._name(children[0]), self._value(children[1]), self._of(children, A.Guard),
                          _span(self.path, meta))
 
     def menu(self, meta, children):
