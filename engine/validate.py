@@ -20,10 +20,12 @@ def main(paths: list[str], fmt: str) -> int:
     diagnostics = []
     sources: dict[str, str] = {}
     rules = segments = 0
+    opened = False   # whether any path could be read at all
     for path in paths:
         result = load_project(path)
         diagnostics += result.diagnostics
         sources.update(result.sources)
+        opened = opened or bool(result.sources) or result.project is not None
         if result.project is not None:
             rules += len(result.project.rules)
             segments += len(result.project.segments)
@@ -35,7 +37,7 @@ def main(paths: list[str], fmt: str) -> int:
         sys.stdout.write(render_github(diagnostics))
     else:
         sys.stdout.write(render_text(diagnostics, sources))
-        if sources:   # something was read (a missing path is just its one error line)
+        if opened:   # a path that cannot be read is just its one error line
             sys.stdout.write(_summary(diagnostics, failed, rules, segments) + "\n")
     return 1 if failed else 0
 

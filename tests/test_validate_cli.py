@@ -129,3 +129,8 @@ def test_file_that_is_not_utf8(tmp_path):
 def test_main_returns_exit_code(capsys):
     assert main([str(ROOT / "rules")], "json") == 0
     assert capsys.readouterr().out == "[]\n"
+
+
+def test_empty_folder_is_valid(tmp_path):
+    code, out = run([str(tmp_path)], ROOT)
+    assert (code, out) == (0, "ok: 0 rules, 0 segments\n")
