@@ -87,8 +87,21 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
         tree = lark_parser().parse(text)
     except UnexpectedInput:
         return _parse_in_pieces(path, text)
-    items = tuple(builder.transform(tree))
+    try:
+        items = tuple(builder.transform(tree))
+    except RecursionError:
+        return A.RuleFile(path, (), has_syntax_errors=True), [_too_deep(Span(path, 1, 1))]
     return A.RuleFile(path, items), builder.diagnostics
+
+
+#: How deeply ``not``, ``and``, ``or`` may nest; deeper conditions are refused (they are
+#: never meant, and every later stage walks conditions recursively).
+MAX_NESTING = 50
+
+
+def _too_deep(span: Span) -> Diagnostic:
+    return Diagnostic.at(span, f"this condition nests more than {MAX_NESTING} levels deep",
+                         help="write it with fewer `not`, `and`, `or` inside each other (or use a segment)")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -125,6 +138,14 @@ class _AstBuilder(Transformer):
         super().__init__(visit_tokens=False)
         self.path = path
         self.diagnostics: list[Diagnostic] = []
+        self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
+
+    def _nested(self, node, items) -> None:
+        """Record how deeply ``node`` nests; refuse it past :data:`MAX_NESTING`."""
+        depth = 1 + max(self._depth.get(id(i), 0) for i in items)
+        self._depth[id(node)] = depth
+        if depth == MAX_NESTING + 1:
+            self.diagnostics.append(_too_deep(node.span))
 
     def __default__(self, data, children, meta):
         raise NotImplementedError(f"no AST node for grammar rule {data!r}")
@@ -242,13 +263,19 @@ class _AstBuilder(Transformer):
 
     # -- conditions --------------------------------------------------------------
     def or_(self, meta, children):
-        return A.Or(tuple(children), _span(self.path, meta))
+        node = A.Or(tuple(children), _span(self.path, meta))
+        self._nested(node, children)
+        return node
 
     def and_(self, meta, children):
-        return A.And(tuple(children), _span(self.path, meta))
+        node = A.And(tuple(children), _span(self.path, meta))
+        self._nested(node, children)
+        return node
 
     def not_(self, meta, children):
-        return A.Not(children[0], _span(self.path, meta))
+        node = A.Not(children[0], _span(self.path, meta))
+        self._nested(node, children)
+        return node
 
     def _within(self, children) -> A.Duration | None:
         within = self._tokens(children, "DURATION")
@@ -463,7 +490,11 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
             elif first == "segment":
                 broken_segments.append(name)
             continue
-        items.extend(builder.transform(tree))
+        try:
+            items.extend(builder.transform(tree))
+        except RecursionError:
+            diags.append(_too_deep(Span(path, line, column)))
+            continue
         diags.extend(builder.diagnostics)
     return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
                       has_syntax_errors=True), diags

@@ -330,3 +330,17 @@ def test_every_example_of_the_reference_parses(template, section):
     for example in _examples(section):
         f, diags = parse_file("t.rule", template.format(example))
         assert diags == [] and len(f.items) == 1, (example, diags)
+
+
+@pytest.mark.parametrize("depth", [51, 400, 5000])
+def test_deeply_nested_conditions_are_refused_not_crashed(depth):
+    text = "when followed then stop if " + "not " * depth + "blocked"
+    _, diags = parse_file("t.rule", text)
+    assert [d.message for d in diags] == ["this condition nests more than 50 levels deep"]
+    _, diags = parse_file("t.rule", text + "\nrule b when followed then send a b")  # broken file
+    assert [d.message.split(";")[0] for d in diags] == [
+        "this condition nests more than 50 levels deep", "unexpected `b`"]
+
+
+def test_fifty_levels_are_fine():
+    assert parse_file("t.rule", "when followed then stop if " + "not " * 50 + "blocked")[1] == []
