@@ -26,7 +26,6 @@ from .diagnostics import Diagnostic, Span
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
-PAIR_VALUE_RE = re.compile(r'[^\s,"#()=]+')
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_PART = re.compile(r"(\d+)([mhdw])")
 _ESCAPE = re.compile(r"\\(.)")
