@@ -23,7 +23,7 @@ YAML = {n: (ROOT / "rules" / n).read_text(encoding="utf-8")
 TOKEN = re.compile(r'"[^"\n]*"|#[^\n]*|\S+')
 PIECES = sorted(keywords()) + ["=", ",", "(", ")", ":", "%", "-", '"', "\n", "1d", "12:00",
                                "50%", "0d", "25:00", "coupon15", "vip", "購入済み", "＝", "#"]
-FAST = settings(max_examples=120, deadline=None,
+FAST = settings(max_examples=80, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
