@@ -124,6 +124,10 @@ class Engine:
         self._static_names: dict[str, bool] = {}
         self._rendered: dict[tuple, tuple[list, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
+        #: event types some ``wait for`` listens to; whether any rule has ``exit when``
+        self.wait_types = {getattr(st.trigger, "event_type", None) for r in project.rules.values()
+                           for st in r.steps if isinstance(st, ir.WaitFor)}
+        self.has_exits = any(r.exit_when is not None for r in project.rules.values())
         self.by_type: dict[str, list[ir.Rule]] = defaultdict(list)
         for rule in sorted(project.rules.values(), key=lambda r: (-r.priority, r.name)):
             event_type = getattr(rule.trigger, "event_type", None)
@@ -255,7 +259,7 @@ class Engine:
                 if walker:
                     result.entered += 1
                     out.append(walker)
-        for row in self.store.open_enrollments(friend):
+        for row in self.store.open_enrollments(friend) if event_type in self.wait_types else ():
             if row["state"] != "waiting":
                 continue
             rule = self.project.rules.get(row["rule"])
@@ -299,8 +303,8 @@ class Engine:
 
     def _check_exits(self, friend: str, now: int) -> int:
         """Re-check ``exit when`` of the friend's open enrollments after a state change."""
-        exited = []
-        for row in self.store.open_enrollments(friend):
+        exited: list[int] = []
+        for row in self.store.open_enrollments(friend) if self.has_exits else ():
             rule = self.project.rules.get(row["rule"])
             if rule is not None and rule.exit_when is not None:
                 c = self._sql(rule.exit_when, True)
@@ -442,6 +446,7 @@ class Engine:
         frontier: list[_Walker] = []
         updates: dict[int, tuple] = {}
         groups: list[_Group] = []
+        menus: list[tuple[_Walker, ir.MenuStep]] = []
         seen: set[int] = set()
         for (eid, friend, rule_name, step_id, due_at, state, variant, holdout, entered_at, occurrence,
              cause_seq, reply_token, reply_deadline) in rows:
@@ -512,7 +517,7 @@ class Engine:
                 else:
                     ok = {w.id for w in walkers}
                 for w in walkers:
-                    go_on = self._step(rule, step, w, w.id in ok, now, result, flush, finish, spawn, nxt)
+                    go_on = self._step(rule, step, w, w.id in ok, now, result, flush, finish, spawn, nxt, menus)
                     if go_on:
                         w.pos += 1
                         nxt.append(w)
@@ -521,10 +526,10 @@ class Engine:
             finish(w, "active", self.project.rules[w.rule].steps[w.pos].id, now, None)
             log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
         self.store.update_enrollments([(*u[:5], u[5], i) for i, u in updates.items()])
-        self._deliver(groups, now, result)
+        self._deliver(groups, menus, now, result)
 
     def _step(self, rule: ir.Rule, step: ir.Step, w: _Walker, ok: bool, now: int, result: TickResult,
-              flush, finish, spawn, nxt: list[_Walker]) -> bool:
+              flush, finish, spawn, nxt: list[_Walker], menus: list) -> bool:
         """Run one step for one walker; True when it moves on to the next step in this tick."""
         s = self.store
         if isinstance(step, ir.Wait):
@@ -553,7 +558,7 @@ class Engine:
         elif isinstance(step, ir.SetStep):
             s.set_attributes(w.friend, {step.attr: step.value})
         elif isinstance(step, ir.MenuStep):
-            self._menu(w, step, now, result)
+            menus.append((w, step))
         elif isinstance(step, ir.StartStep):
             target = self.project.rules.get(step.rule)
             entered = self._enter(target, w.friend, now, now) if target is not None else None
@@ -565,37 +570,42 @@ class Engine:
             return False
         return True
 
-    def _menu(self, w: _Walker, step: ir.MenuStep, now: int, result: TickResult) -> None:
-        menu_id = self.settings.rich_menu(step.menu)
-        friend = self.store.friend(w.friend) or {}
-        day = timeutil.local_day(now, self.tz)
-        if friend.get("blocked_at") is not None or w.holdout or menu_id is None:
-            reason = "blocked" if friend.get("blocked_at") is not None else (
-                "holdout" if w.holdout else "unknown_menu")
-            self.store.add_deliveries([(w.friend, w.rule, step.id, w.id, None, [f"menu:{step.menu}"],
-                                        "skipped", reason, w.variant, now, day, 0)])
-            result.skipped += 1
-            return
-        oid = self.store.add_outbox(kind="menu_link", recipients=[w.friend], payload={"richMenuId": menu_id},
-                                    messages=[f"menu:{step.menu}"], rule=w.rule, not_before=now, now=now)
-        self.store.add_deliveries([(w.friend, w.rule, step.id, w.id, oid, [f"menu:{step.menu}"],
-                                    "queued", None, w.variant, now, day, 0)])
-        result.queued += 1
-
     # ------------------------------------------------------------------ sends
 
-    def _deliver(self, groups: list[_Group], now: int, result: TickResult) -> None:
-        """Window, cap, render and record the tick's send groups (answers first)."""
-        if not groups:
+    def _deliver(self, groups: list[_Group], menus: list[tuple[_Walker, ir.MenuStep]], now: int,
+                 result: TickResult) -> None:
+        """Window, cap, render and record the batch's send groups and menu links."""
+        if not groups and not menus:
             return
         self._rendered.clear()    # friend-independent renders are shared within one batch only
         self._hashes.clear()
         s, settings = self.store, self.settings
-        blocked = s.blocked_among({g.walker.friend for g in groups})
+        blocked = s.blocked_among({g.walker.friend for g in groups} | {w.friend for w, _ in menus})
         friends = s.friends_for_render({g.walker.friend for g in groups
                                         if g.walker.friend not in blocked and not self._static(g.names)})
         deliveries: list[tuple] = []
         day_now = timeutil.local_day(now, self.tz)
+        outbox: list[tuple] = []
+
+        def queue(kind: str, recipients: list[str], payload: Any, names: list[str], rule: str, at: int,
+                  token: str | None = None, deadline: int | None = None) -> int:
+            """An outbox row to write; deliveries refer to it by its place until it has an id."""
+            outbox.append((kind, recipients, payload, names, rule, at, token, deadline))
+            result.queued += 1
+            return len(outbox) - 1
+
+        for w, step in menus:
+            menu_id, label = settings.rich_menu(step.menu), [f"menu:{step.menu}"]
+            reason = ("blocked" if w.friend in blocked else "holdout" if w.holdout
+                      else "unknown_menu" if menu_id is None else None)
+            if reason:
+                deliveries.append((w.friend, w.rule, step.id, w.id, None, label, "skipped", reason, w.variant,
+                                   now, day_now, 0))
+                result.skipped += 1
+                continue
+            ref = queue("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now)
+            deliveries.append((w.friend, w.rule, step.id, w.id, ref, label, "queued", None, w.variant,
+                               now, day_now, 0))
 
         def skip(g: _Group, status: str, reason: str | None, at: int, day: str) -> None:
             deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, None, g.names,
@@ -621,12 +631,10 @@ class Engine:
                     token = g.reply[0] if g.reply and i == 0 and g.reply[0] not in used_tokens else None
                     if token:
                         used_tokens.add(token)
-                    oid = s.add_outbox(kind="reply" if token else "push", recipients=[g.walker.friend],
-                                       payload=objects, messages=names, rule=g.walker.rule, not_before=now,
-                                       now=now, reply_token=token, reply_deadline=g.reply[1] if token else None)
-                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, oid, names,
+                    ref = queue("reply" if token else "push", [g.walker.friend], objects, names, g.walker.rule,
+                                now, token, g.reply[1] if token else None)
+                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
                                        "queued", "answer", g.walker.variant, now, day_now, 0))
-                    result.queued += 1
             else:
                 window = self.project.rules[g.walker.rule].window or settings.window
                 if window not in openings:
@@ -654,14 +662,13 @@ class Engine:
             objects = items[0][3]
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start:start + MAX_MULTICAST]
-                oid = s.add_outbox(kind="multicast" if len(part) > 1 else "push",
-                                   recipients=[g.walker.friend for g, *_ in part], payload=objects,
-                                   messages=list(names), rule=rule, not_before=at, now=now)
-                result.queued += 1
+                ref = queue("multicast" if len(part) > 1 else "push", [g.walker.friend for g, *_ in part],
+                            objects, list(names), rule, at)
                 for g, i, day, _ in part:
-                    deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, oid, list(names),
+                    deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, ref, list(names),
                                        "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
-        s.add_deliveries(deliveries)
+        ids = s.add_outbox_rows(outbox, now)
+        s.add_deliveries([d if d[4] is None else (*d[:4], ids[d[4]], *d[5:]) for d in deliveries])
 
     def _render(self, g: _Group, friend: dict, now: int, deliveries: list,
                 day: str) -> list[tuple[list[str], list[dict]]]:

@@ -528,12 +528,24 @@ class Store:
                    rule: str | None, not_before: int, now: int, reply_token: str | None = None,
                    reply_deadline: int | None = None) -> int:
         """Record one send before it is attempted; the retry key is created here, once."""
-        cur = self.conn.execute(
-            "INSERT INTO outbox(kind, recipients, payload, messages, rule, retry_key, reply_token, "
-            "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-            (kind, _json(list(recipients)), _json(payload), _json(list(messages)), rule,
-             str(uuid.uuid4()), reply_token, reply_deadline, not_before, now))
-        return cur.lastrowid
+        return self.add_outbox_rows([(kind, recipients, payload, messages, rule, not_before, reply_token,
+                                      reply_deadline)], now)[0]
+
+    def add_outbox_rows(self, rows: Sequence[tuple], now: int) -> list[int]:
+        """Record many sends at once: (kind, recipients, payload, messages, rule, not_before,
+        reply_token, reply_deadline) rows, each with a new retry key. Returns their ids, in order.
+        Call inside a transaction (the ids are allocated under its write lock)."""
+        with self.transaction() as c:
+            first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+            payloads: dict[int, str] = {}
+            c.executemany(
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
+                "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [(first + i, kind, _json(list(recipients)),
+                  payloads.setdefault(id(payload), _json(payload)), _json(list(messages)), rule,
+                  str(uuid.uuid4()), token, deadline, not_before, now)
+                 for i, (kind, recipients, payload, messages, rule, not_before, token, deadline) in enumerate(rows)])
+        return list(range(first, first + len(rows)))
 
     def add_deliveries(self, rows: Sequence[tuple]) -> None:
         """(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, variant, at,
