@@ -164,7 +164,6 @@ class Runner:
         self._tick_wake = asyncio.Event()
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
-        self.stopped = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self.metrics.gauge("linerules_outbox_backlog", "Outbox rows not yet finished.",
                            lambda: float(self.store.outbox_backlog()))
@@ -279,7 +278,6 @@ class Runner:
             for task in list(self._background):
                 task.cancel()
             await self.dispatcher.close()
-            self.stopped.set()
         return self.exit_code
 
     async def wait_force(self) -> None:

@@ -355,7 +355,7 @@ async def _serve(config: RunnerConfig) -> int:
     runner = Runner.open(config)
     try:
         host, port = config.host_port
-        app = build_app(runner)
+        app = build_app(runner, loops=False)
         web_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10)
         await web_runner.setup()
         site = web.TCPSite(web_runner, host, port)
@@ -371,7 +371,7 @@ async def _serve(config: RunnerConfig) -> int:
         force = asyncio.ensure_future(_exit_on_second_signal(runner))
         bound = web_runner.addresses[0] if web_runner.addresses else (host, port)
         log.info("listening on http://%s:%s (tick every %ss)", bound[0], bound[1], config.tick_seconds)
-        await runner.stopped.wait()
+        await runner.run()
         log.info("stopping: tick and sends finished, closing the HTTP server")
         await web_runner.cleanup()
         force.cancel()

@@ -243,3 +243,23 @@ def test_invalid_rules_at_start_exit_1_with_the_diagnostics(tmp_path, processes)
     runner.wait_for(r"main\.rule:3:\d+: error: .*nothing_here")
     runner.wait_for(r"cannot start: the rules in .* are invalid")
     assert not [line for line in runner.lines if "Traceback" in line]
+
+
+def test_a_port_in_use_exits_1_with_a_clear_message(tmp_path):
+    rules = write_rules(tmp_path / "rules")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        linerules = Path(sys.executable).parent / "linerules"
+        runner = subprocess.run([str(linerules), "run", "--rules", str(rules), "--db",
+                                 str(tmp_path / "port.db"), "--listen", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert runner.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in runner.stderr
+    assert "Traceback" not in runner.stderr
+    store = Store(str(tmp_path / "port.db"))
+    try:
+        assert store.lease_holder() is None
+    finally:
+        store.close()
