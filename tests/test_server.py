@@ -147,14 +147,19 @@ async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
     assert emulator.requests_to("push") == []
 
 
-async def test_follow_is_greeted_with_the_profile_name(emulated):
-    client, runner, emulator = emulated
-    body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0002",
+async def test_follow_is_greeted_with_the_profile_name(line_emulator, make_client):
+    line_emulator.add_user("U1", "Hanako")
+    # A slow timer: only the tick that follows the profile fetch can greet the new friend.
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, tick=30)
+    body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0002", reply_token="rt-1",
                                    follow={"isUnblocked": False}))
     resp = await client.post("/callback", data=body, headers={"X-Line-Signature": sign(body)})
     assert resp.status == 200
-    await wait_for(lambda: emulator.requests_to("profile"))
-    await wait_for(lambda: (runner.store.friend("U1") or {}).get("display_name") == "Hanako")
+    [delivery] = await wait_for(lambda: line_emulator.inboxes.get("U1"))
+    assert delivery.messages[0]["text"].startswith("ようこそ Hanakoさん")
+    assert delivery.endpoint == "push"
+    assert runner.store.friend("U1")["language"] == "ja"
 
 
 async def test_webhook_redelivery_is_stored_once(make_client):
