@@ -101,9 +101,10 @@ def load_rules(rules_dir: Path) -> tuple[ir.Project | None, str]:
 
 
 def rules_fingerprint(rules_dir: Path) -> tuple:
-    """(path, mtime, size) of every file in the rule folder: changes when any file does."""
+    """(path, mtime, size) of every file in the rule folder (or of the one rule file given):
+    changes when any file does."""
     try:
-        files = sorted(p for p in rules_dir.rglob("*") if p.is_file())
+        files = [rules_dir] if rules_dir.is_file() else sorted(p for p in rules_dir.rglob("*") if p.is_file())
         return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     except OSError:
         return ()
