@@ -84,8 +84,15 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
     builder = _AstBuilder(path)
     try:
         tree = lark_parser().parse(text)
-    except UnexpectedInput:
-        return _parse_in_pieces(path, text)
+    except UnexpectedInput as exc:
+        parsed, diags = _parse_in_pieces(path, text)
+        if not any(d.is_error for d in diags):
+            # Every piece parsed alone although the whole did not: report the whole's error.
+            line, column = max(1, exc.line or 1), max(1, exc.column or 1)
+            diags.append(Diagnostic.at(Span(path, line, column),
+                                       "the rules cannot be read from here on",
+                                       help="compare with docs/language.md"))
+        return parsed, diags
     try:
         items = tuple(builder.transform(tree))
     except RecursionError:
