@@ -1,6 +1,6 @@
 """Engine benchmark: a generated population run through the sample rules for a few weeks.
 
-    python benchmarks/engine.py                    # 1,000,000 friends, 21 days
+    python benchmarks/engine.py                    # 1,000,000 friends, 14 days
     python benchmarks/engine.py --friends 100000 --days 14
 
 Prints, for the whole run and for the heaviest tick (the weekly pick to every friend):
@@ -147,7 +147,7 @@ def bare_sql_equivalent(store: Store, now: int, tz) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--friends", type=int, default=1_000_000, help="population size (default 1,000,000)")
-    parser.add_argument("--days", type=int, default=21, help="days of events to run (default 21)")
+    parser.add_argument("--days", type=int, default=14, help="days of events to run (default 14)")
     parser.add_argument("--rules", default=str(ROOT / "rules"), help="rule folder (default: the sample rules)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()

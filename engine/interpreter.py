@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 from . import ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler
-from .store import EventRow, Store, bucket
+from .store import ApplyResult, EventRow, Store, bucket
 
 log = logging.getLogger("linerules.engine")
 
@@ -169,6 +169,10 @@ class Engine:
             self._use(new_project, now)
 
     # ------------------------------------------------------------------ the tick
+
+    def apply_events(self, events: list, received_at: int | None = None) -> ApplyResult:
+        """Store a validated batch for the next tick (see :meth:`Store.apply_events`)."""
+        return self.store.apply_events(events, received_at=received_at)
 
     def tick(self, now: dt.datetime, *, conditions: bool | None = None) -> TickResult:
         """Do all work due at ``now`` (see the module docstring). Running it twice at the same
