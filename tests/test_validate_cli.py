@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -134,3 +135,25 @@ def test_main_returns_exit_code(capsys):
 def test_empty_folder_is_valid(tmp_path):
     code, out = run([str(tmp_path)], ROOT)
     assert (code, out) == (0, "ok: 0 rules, 0 segments\n")
+
+
+def _shape(message: str) -> str:
+    """A message with its names and numbers blanked out."""
+    return re.sub(r"\d+", "N", re.sub(r"`[^`]*`", "`X`", message)).strip()
+
+
+def test_every_golden_message_is_documented():
+    documented = []
+    for line in (ROOT / "docs" / "errors.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("| ") and not line.startswith("| message"):
+            for part in line[2:].split(" | ")[0].split(" / "):
+                part = part.strip()
+                quoted = re.fullmatch(r"(`{1,3}) ?(.*?) ?\1", part)
+                documented.append(_shape((quoted.group(2) if quoted else part).replace("...", "")))
+    messages = {m.group(1) for out in GOLDEN.glob("*.out")
+                for m in re.finditer(r"^\S+:\d+:\d+: (?:error|warning): (.*)$",
+                                     out.read_text(encoding="utf-8"), re.M)}
+    assert len(messages) > 40
+    for message in messages:
+        shape = _shape(message)
+        assert any(shape.startswith(d.rstrip(" .")) for d in documented if d), message
