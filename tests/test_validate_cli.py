@@ -31,6 +31,7 @@ CASES = {
     "push_limit": "push_limit",
     "single_file": "single_file/checked.rule",
     "missing": "missing",
+    "conditions": "conditions",
 }
 
 
