@@ -108,7 +108,7 @@ def to_mermaid(project: ir.Project, rule: str | None = None) -> str:
     """A ``flowchart TD`` of one rule, or of every rule (one subgraph each, in file order)."""
     if rule is not None:
         r = project.rules[rule]
-        return "\n".join([f"%% rule {r.name} ({r.path})", "flowchart TD",
+        return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})",
                           *rule_lines(r, "r0")]) + "\n"
     lines = ["flowchart TD"]
     ordered = sorted(project.rules.values(),
