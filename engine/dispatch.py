@@ -77,6 +77,9 @@ class OutboxItem:
     500 for multicast. ``messages`` are rendered LINE message objects (at most 5).
     ``reply_deadline`` (epoch seconds): after it the reply token is not tried.
     ``rich_menu_id`` is the menu a menu_link item links (None unlinks).
+    ``reply_attempted``: an earlier process may already have sent this reply (it was in flight
+    when that process stopped); replies carry no retry key, so such an item is never turned
+    into a push: that could deliver it twice.
     """
 
     id: int
@@ -87,6 +90,7 @@ class OutboxItem:
     reply_token: str | None = None
     reply_deadline: float | None = None
     rich_menu_id: str | None = None
+    reply_attempted: bool = False
 
 
 @dataclass
@@ -490,11 +494,16 @@ class Dispatcher:
             invalid_token = answer.status == 400 and INVALID_REPLY_TOKEN_MESSAGE in answer.body
             if not invalid_token:
                 return self._result(item, answer, "reply", 1)
-            if answer.ambiguous:
+            if answer.ambiguous or item.reply_attempted:
                 return DispatchResult(item.id, "duplicate", 400,
                                       answer.headers.get("x-line-request-id"),
                                       "reply token used up after an attempt whose answer was "
                                       "lost; treated as delivered", "reply", 1)
+        elif item.reply_attempted:
+            return DispatchResult(item.id, "duplicate", None, None,
+                                  "reply was in flight when the runner stopped and its token has "
+                                  "expired; not pushed again, so it is never sent twice",
+                                  "reply", 1)
         return await self._push(item)
 
     async def _menu_link(self, item: OutboxItem) -> DispatchResult:

@@ -449,7 +449,9 @@ def outbox_item(row: dict) -> OutboxItem:
     return OutboxItem(id=row["id"], kind=row["kind"], to=list(row["recipients"]),
                       messages=[] if menu_link else row["payload"], retry_key=row["retry_key"],
                       reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
-                      rich_menu_id=row["payload"].get("richMenuId") if menu_link else None)
+                      rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
+                      # claimed before and never finished or held: in flight when a runner stopped
+                      reply_attempted=row["kind"] == "reply" and row.get("claimed_at") is not None)
 
 
 def _recipients(row: dict) -> str:

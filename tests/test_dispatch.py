@@ -243,6 +243,30 @@ async def test_reply_whose_answer_was_lost_is_not_sent_again(dispatcher, emulato
     assert emulator.inbox("U2") == [TEXT]
 
 
+async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatcher, emulator):
+    """The earlier process used the token (LINE delivered); the resend must not push again."""
+    token = emulator.issue_reply_token("U2")
+    first = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
+                       reply_deadline=time.time() + 50)
+    await dispatcher.send([first])
+    again = OutboxItem(1, "reply", ["U2"], [TEXT], first.retry_key, reply_token=token,
+                       reply_deadline=time.time() + 50, reply_attempted=True)
+    [result] = await dispatcher.send([again])
+    assert (result.outcome, result.via) == ("duplicate", "reply")
+    assert emulator.requests_to("push") == []
+    assert emulator.inbox("U2") == [TEXT]
+
+
+async def test_stale_reply_left_in_flight_is_recorded_not_pushed(dispatcher, emulator):
+    token = emulator.issue_reply_token("U2")
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
+                      reply_deadline=time.time() - 1, reply_attempted=True)
+    [result] = await dispatcher.send([item])
+    assert result.outcome == "duplicate"
+    assert "never sent twice" in result.detail
+    assert emulator.requests_to("push") == [] and emulator.requests_to("reply") == []
+
+
 async def test_token_buckets_keep_a_burst_under_the_rate(emulator):
     emulator.set_rate_limit("push", 100, capacity=10)
     items = [push(i, f"U{1 + i % 5}") for i in range(60)]
