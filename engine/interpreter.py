@@ -58,7 +58,7 @@ class TickResult:
     conditions: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Walker:
     """One enrollment moving through its steps in this tick."""
     id: int
@@ -77,7 +77,7 @@ class _Walker:
     answered: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
     """Consecutive sends of one enrollment in this tick: one push (or several if > 5 objects)."""
     walker: _Walker
@@ -456,7 +456,7 @@ class Engine:
              cause_seq, reply_token, reply_deadline) in rows:
             rule = self.project.rules.get(rule_name)
             if rule is None:
-                updates[eid] = ("exited", step_id, None, now, "rule_removed", 0)
+                updates[eid] = ("exited", step_id, None, now, "rule_removed")
                 continue
             idx = self._index[rule_name].get(step_id) if step_id is not None else None
             if idx is None:
@@ -482,7 +482,7 @@ class Engine:
         def finish(w: _Walker, state: str, step_id: str | None, due: int | None, reason: str | None) -> None:
             flush(w)
             done = state in ("done", "exited")
-            updates[w.id] = (state, step_id, due, now if done else None, reason, 0)
+            updates[w.id] = (state, step_id, due, now if done else None, reason)
             if state == "exited":
                 result.exited += 1
 
@@ -529,7 +529,7 @@ class Engine:
         for w in frontier:  # a runaway loop of `start` steps: park them, due now
             finish(w, "active", self.project.rules[w.rule].steps[w.pos].id, now, None)
             log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
-        self.store.update_enrollments([(*u[:5], u[5], i) for i, u in updates.items()])
+        self.store.update_enrollments([(*u, i) for i, u in updates.items()])
         self._deliver(groups, menus, now, result)
 
     def _step(self, rule: ir.Rule, step: ir.Step, w: _Walker, ok: bool, now: int, result: TickResult,
@@ -648,8 +648,9 @@ class Engine:
         cap = settings.max_per_day
         if cap is not None and regular:
             used = s.cap_used(None, [d for _, _, d in regular])   # the friends blocked_among loaded
-        priority = {name: r.priority for name, r in self.project.rules.items()}
-        regular.sort(key=lambda x: (-priority[x[0].walker.rule], x[0].walker.due_at, x[0].walker.id))
+        if cap is not None:   # who the cap keeps: higher priority, then earlier due, then earlier entry
+            priority = {name: r.priority for name, r in self.project.rules.items()}
+            regular.sort(key=lambda x: (-priority[x[0].walker.rule], x[0].walker.due_at, x[0].walker.id))
         for g, at, day in regular:
             if cap is not None:
                 key = (g.walker.friend, day)
@@ -672,7 +673,7 @@ class Engine:
                     deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, ref, list(names),
                                        "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
         ids = s.add_outbox_rows(outbox, now)
-        s.add_deliveries([d if d[4] is None else (*d[:4], ids[d[4]], *d[5:]) for d in deliveries])
+        s.add_deliveries(deliveries, ids)
 
     def _render(self, g: _Group, friend: dict, now: int, deliveries: list,
                 day: str) -> list[tuple[list[str], list[dict]]]:

@@ -468,12 +468,10 @@ class Store:
 
     def update_enrollments(self, rows: Sequence[tuple]) -> None:
         """Batch write of walked enrollments: (state, step_id, due_at, finished_at, exit_reason,
-        keep_cause, id). ``keep_cause`` 0 clears the reply token of the causing event."""
+        id) rows. A walk answers its causing event at most once, so its reply token is cleared."""
         self.conn.executemany(
             "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
-            "exit_reason = ?, cause_seq = CASE WHEN ? THEN cause_seq END, "
-            "reply_token = CASE WHEN ? THEN reply_token END WHERE id = ?",
-            [(s, st, d, fin, why, keep, keep, i) for s, st, d, fin, why, keep, i in rows])
+            "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
 
     def resume(self, enrollment_id: int, step_id: str | None, now: int, cause_seq: int | None,
                reply_token: str | None, reply_deadline: int | None) -> None:
@@ -547,18 +545,23 @@ class Store:
                  for i, (kind, recipients, payload, messages, rule, not_before, token, deadline) in enumerate(rows)])
         return list(range(first, first + len(rows)))
 
-    def add_deliveries(self, rows: Sequence[tuple]) -> None:
-        """(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, variant, at,
-        local_day, counts_for_cap) rows."""
+    def add_deliveries(self, rows: Sequence[tuple], outbox_ids: Sequence[int] | None = None) -> None:
+        """(friend, rule, step_id, enrollment, outbox, messages, status, reason, variant, at,
+        local_day, counts_for_cap) rows. With ``outbox_ids``, ``outbox`` is a place in that list
+        (as :meth:`add_outbox_rows` returned it) rather than an id."""
         names: dict[tuple, str] = {}
-        for r in rows:
-            key = tuple(r[5])
+
+        def encoded(messages: Sequence[str]) -> str:
+            key = tuple(messages)
             if key not in names:
                 names[key] = _json(list(key))
+            return names[key]
+
         self.conn.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*r[:5], names[tuple(r[5])], *r[6:]) for r in rows])
+            [(f, rule, step, enr, outbox_ids[ref] if outbox_ids is not None and ref is not None else ref,
+              encoded(messages), *rest) for f, rule, step, enr, ref, messages, *rest in rows])
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
