@@ -272,7 +272,7 @@ class Store:
         """Which of these friends have blocked the account."""
         self._load_ids(ids)
         return {r[0] for r in self.conn.execute(
-            "SELECT f.id FROM temp.lr_ids t JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL")}
+            "SELECT f.id FROM temp.lr_ids t CROSS JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL")}
 
     def ensure_friend(self, friend_id: str, now: int) -> None:
         self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
@@ -519,7 +519,7 @@ class Store:
             self._load_ids(friends)
         marks = ",".join("?" * len(days))
         return {(f, d): n for f, d, n in self.conn.execute(
-            f"SELECT d.friend, d.local_day, COUNT(*) FROM temp.lr_ids t JOIN deliveries d ON d.friend = t.v "
+            f"SELECT d.friend, d.local_day, COUNT(*) FROM temp.lr_ids t CROSS JOIN deliveries d ON d.friend = t.v "
             f"WHERE d.counts_for_cap = 1 AND d.local_day IN ({marks}) GROUP BY d.friend, d.local_day", days)}
 
     def add_outbox(self, *, kind: str, recipients: Sequence[str], payload: Any, messages: Sequence[str],
