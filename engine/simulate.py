@@ -106,8 +106,8 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         if until_at.tzinfo is None:
             return _fail(f"--until: `{until}` needs a UTC offset, like 2026-12-31T00:00:00+09:00")
     loaded = load_project(rules_dir)
+    sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))   # errors and warnings
     if has_errors(loaded.diagnostics) or loaded.project is None:
-        sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))
         return 1
     try:
         with open(events_path, encoding="utf-8") as fh:
