@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from lark import Lark, Token, Transformer, Tree
+from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
@@ -125,59 +125,55 @@ def unquote(text: str) -> str:
 # ----------------------------------------------------------------------------- tree -> AST
 
 
-def _span(path: str, meta) -> Span:
-    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+class _AstBuilder:
+    """Lark tree -> :mod:`engine.astnodes`, bottom up: one method ``rule(span, children)`` per
+    grammar rule or alias, called with the node's span and its children already built (tokens
+    stay tokens); a rule without one is a programming error and raises.
 
-
-class _AstBuilder(Transformer):
-    """Lark tree -> :mod:`engine.astnodes`, bottom up: one method ``rule(meta, children)`` per
-    grammar rule or alias; a rule without one is a programming error and raises.
-
-    It follows :class:`lark.Transformer`'s protocol (``__default__`` included) but dispatches
-    directly: Lark's per-call ``v_args(meta=True)`` wrappers cost about half as much as the
-    parse itself.
+    It walks the tree itself rather than through :class:`lark.Transformer`: Lark's per-call
+    wrappers (``v_args(meta=True)``) would cost about half as much as the parse itself.
     """
 
-    _handlers: dict[str, Callable] = {}
-
     def __init__(self, path: str):
-        super().__init__(visit_tokens=False)
         self.path = path
         self.diagnostics: list[Diagnostic] = []
         self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
+        self._keywords = keywords()
 
-    def _nested(self, node, items) -> None:
-        """Record how deeply ``node`` nests; refuse it past :data:`MAX_NESTING`."""
-        depth = 1 + max(self._depth.get(id(i), 0) for i in items)
-        self._depth[id(node)] = depth
-        if depth == MAX_NESTING + 1:
-            self.diagnostics.append(_too_deep(node.span))
-
-    def __default__(self, data, children, meta):
-        raise NotImplementedError(f"no AST node for grammar rule {data!r}")
-
-    def transform(self, tree: Tree):
-        handlers = self._handlers
+    def transform(self, tree: Tree) -> list[A.Item]:
+        """The items of a parsed file (``tree`` is its ``start`` node)."""
+        handlers = _handlers()
+        path = self.path
 
         def build(t: Tree):
             children = [build(c) if c.__class__ is Tree else c for c in t.children]
-            handler = handlers.get(t.data)
+            handler = handlers.get(id(t.data))
             if handler is None:
-                return self.__default__(t.data, children, t.meta)
-            return handler(self, t.meta, children)
+                raise NotImplementedError(f"no AST node for grammar rule {t.data!r}")
+            m = t.meta
+            return handler(self, Span(path, m.line, m.column, m.end_line, m.end_column), children)
 
-        return build(tree)
+        return [build(item) for item in tree.children]
+
+    def _nested(self, node, items) -> None:
+        """Record how deeply ``node`` nests; refuse it past :data:`MAX_NESTING`."""
+        depth = self._depth
+        level = 1 + max(depth.get(id(i), 0) for i in items)
+        depth[id(node)] = level
+        if level == MAX_NESTING + 1:
+            self.diagnostics.append(_too_deep(node.span))
 
     # -- leaves ------------------------------------------------------------------
     def _tspan(self, tok: Token) -> Span:
         return Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
 
     def _name(self, tok: Token) -> A.Name:
-        if tok.value in keywords():
+        span = Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
+        if tok.value in self._keywords:
             self.diagnostics.append(Diagnostic.at(
-                self._tspan(tok), f"`{tok.value}` is a keyword and cannot be used as a name",
+                span, f"`{tok.value}` is a keyword and cannot be used as a name",
                 help="choose another name (keywords are listed in docs/language.md)"))
-        return A.Name(tok.value, self._tspan(tok))
+        return A.Name(tok.value, span)
 
     def _str(self, tok: Token) -> A.Str:
         return A.Str(unquote(tok.value), self._tspan(tok))
@@ -192,242 +188,257 @@ class _AstBuilder(Transformer):
     def _percent(self, tok: Token) -> A.Percent:
         return A.Percent(float(tok.value[:-1]), tok.value, self._tspan(tok))
 
-    @staticmethod
-    def _of(children, kind):
-        """The first child of a type, or None."""
-        for c in children:
-            if isinstance(c, kind):
-                return c
-        return None
-
-    def _tokens(self, children, ttype: str) -> list[Token]:
-        return [c for c in children if isinstance(c, Token) and c.type == ttype]
-
-    # -- file --------------------------------------------------------------------
-    def start(self, meta, children):
-        return children
-
-    def _rule(self, meta, children, name: A.Name | None, description: A.Str | None):
-        return A.RuleDef(
-            name=name,
-            description=description,
-            trigger=next(c for c in children if isinstance(c, _TRIGGER_TYPES)),
-            entry=self._of(children, A.Guard),
-            options=tuple(c for c in children if isinstance(c, _OPTION_TYPES)),
-            steps=tuple(c for c in children if isinstance(c, _STEP_TYPES)),
-            span=_span(self.path, meta))
-
-    def rule_def(self, meta, children):
-        description = self._tokens(children, "STRING")
-        return self._rule(meta, children, self._name(children[0]),
-                          self._str(description[0]) if description else None)
-
-    def bare_rule(self, meta, children):
-        return self._rule(meta, children, None, None)
-
-    def segment_def(self, meta, children):
-        return A.SegmentDef(self._name(children[0]), children[1], _span(self.path, meta))
-
-    # -- triggers ----------------------------------------------------------------
-    def cond_trigger(self, meta, children):
-        return A.CondTrigger(children[0], _span(self.path, meta))
-
-    def unfollowed(self, meta, children):
-        return A.UnfollowedTrigger(_span(self.path, meta))
-
-    def message_trigger(self, meta, children):
-        keywords_ = tuple(self._str(t) for t in self._tokens(children, "STRING"))
-        return A.MessageTrigger(keywords_, bool(self._tokens(children, "EXACTLY")),
-                                _span(self.path, meta))
-
-    def postback_trigger(self, meta, children):
-        return A.PostbackTrigger(tuple(children), _span(self.path, meta))
-
-    def event_trigger(self, meta, children):
-        return A.EventTrigger(self._name(children[0]), tuple(children[1:]), _span(self.path, meta))
-
-    def schedule_trigger(self, meta, children):
-        return A.ScheduleTrigger(self._str(children[0]), _span(self.path, meta))
-
-    def sale_trigger(self, meta, children):
-        edge = next(c for c in children if isinstance(c, Token) and c.type in ("STARTS", "ENDS"))
-        before = self._tokens(children, "DURATION")
-        at = self._tokens(children, "TIME")
-        kind = self._tokens(children, "NAME")
-        return A.SaleTrigger(edge.value, self._name(kind[0]) if kind else None,
-                             self._duration(before[0]) if before else None,
-                             self._time(at[0]) if at else None, _span(self.path, meta))
-
-    def entry_if(self, meta, children):
-        return A.Guard(children[0], False, _span(self.path, meta))
-
-    def entry_unless(self, meta, children):
-        return A.Guard(children[0], True, _span(self.path, meta))
-
-    guard_if = entry_if
-    guard_unless = entry_unless
-
-    # -- conditions --------------------------------------------------------------
-    def or_(self, meta, children):
-        node = A.Or(tuple(children), _span(self.path, meta))
-        self._nested(node, children)
-        return node
-
-    def and_(self, meta, children):
-        node = A.And(tuple(children), _span(self.path, meta))
-        self._nested(node, children)
-        return node
-
-    def not_(self, meta, children):
-        node = A.Not(children[0], _span(self.path, meta))
-        self._nested(node, children)
-        return node
-
-    def _within(self, children) -> A.Duration | None:
-        within = self._tokens(children, "DURATION")
-        return self._duration(within[0]) if within else None
-
-    def _activity(self, meta, children, kind: str, word: str):
-        return A.Activity(kind, word, self._of(children, A.Pair), self._within(children),
-                          _span(self.path, meta))
-
-    def purchased(self, meta, children):
-        return self._activity(meta, children, "purchase", "purchased")
-
-    def clicked(self, meta, children):
-        return self._activity(meta, children, "click", "clicked")
-
-    def viewed(self, meta, children):
-        return self._activity(meta, children, "view", "viewed")
-
-    def carted(self, meta, children):
-        return self._activity(meta, children, "cart", "carted")
-
-    def tagged(self, meta, children):
-        return A.Tagged(self._name(children[0]), _span(self.path, meta))
-
-    def blocked(self, meta, children):
-        return A.Blocked(_span(self.path, meta))
-
-    def followed(self, meta, children):
-        return A.Followed(tuple(children), _span(self.path, meta))
-
-    def friend_for(self, meta, children):
-        return A.FriendFor("for", self._duration(children[0]), _span(self.path, meta))
-
-    def friend_within(self, meta, children):
-        return A.FriendFor("within", self._duration(children[0]), _span(self.path, meta))
-
-    def last_purchase(self, meta, children):
-        return A.LastPurchaseOlder(self._duration(children[0]), _span(self.path, meta))
-
-    def never_purchased(self, meta, children):
-        return A.NeverPurchased(_span(self.path, meta))
-
-    def measure(self, meta, children):
-        return A.Measure(self._name(children[0]), self._within(children), _span(self.path, meta))
-
-    def compare(self, meta, children):
-        measure, op, value = children
-        return A.Compare(measure, op.value, self._value(value), _span(self.path, meta))
-
     def _value(self, tok: Token) -> A.Number | A.Str:
         if tok.type == "STRING":
             return self._str(tok)
         return A.Number(float(tok.value) if "." in tok.value else int(tok.value), self._tspan(tok))
 
-    def top(self, meta, children):
-        return A.Top(self._percent(children[0]), children[1], _span(self.path, meta))
+    @staticmethod
+    def _guard(children) -> A.Guard | None:
+        """A step's ``if``/``unless``: its last child, when it has one."""
+        last = children[-1] if children else None
+        return last if last.__class__ is A.Guard else None
 
-    def in_segment(self, meta, children):
-        return A.InSegment(self._name(children[0]), _span(self.path, meta))
+    @staticmethod
+    def _token(children, ttype: str) -> Token | None:
+        """The first token of a type, or None."""
+        for c in children:
+            if c.__class__ is Token and c.type == ttype:
+                return c
+        return None
 
-    def variant(self, meta, children):
-        return A.Variant(self._name(children[0]), _span(self.path, meta))
+    def _within(self, children) -> A.Duration | None:
+        last = children[-1] if children else None
+        return self._duration(last) if last.__class__ is Token else None
 
-    def pair(self, meta, children):
+    # -- file --------------------------------------------------------------------
+    def _rule(self, span, children, name: A.Name | None, description: A.Str | None):
+        trigger = entry = None
+        options: list[A.Option] = []
+        steps: list[A.Step] = []
+        for c in children:
+            cls = c.__class__
+            if cls in _STEP_TYPES:
+                steps.append(c)
+            elif cls in _OPTION_TYPES:
+                options.append(c)
+            elif cls is A.Guard:
+                entry = c
+            elif cls in _TRIGGER_TYPES:
+                trigger = c
+        return A.RuleDef(name, description, trigger, entry, tuple(options), tuple(steps), span)
+
+    def rule_def(self, span, children):
+        second = children[1]
+        description = self._str(second) if second.__class__ is Token else None
+        return self._rule(span, children, self._name(children[0]), description)
+
+    def bare_rule(self, span, children):
+        return self._rule(span, children, None, None)
+
+    def segment_def(self, span, children):
+        return A.SegmentDef(self._name(children[0]), children[1], span)
+
+    # -- triggers ----------------------------------------------------------------
+    def cond_trigger(self, span, children):
+        return A.CondTrigger(children[0], span)
+
+    def unfollowed(self, span, children):
+        return A.UnfollowedTrigger(span)
+
+    def message_trigger(self, span, children):
+        keywords_ = tuple([self._str(t) for t in children if t.type == "STRING"])
+        return A.MessageTrigger(keywords_, children[0].type == "EXACTLY", span)
+
+    def postback_trigger(self, span, children):
+        return A.PostbackTrigger(tuple(children), span)
+
+    def event_trigger(self, span, children):
+        return A.EventTrigger(self._name(children[0]), tuple(children[1:]), span)
+
+    def schedule_trigger(self, span, children):
+        return A.ScheduleTrigger(self._str(children[0]), span)
+
+    def sale_trigger(self, span, children):
+        edge = next(c for c in children if c.type in ("STARTS", "ENDS"))
+        kind = self._token(children, "NAME")
+        before = self._token(children, "DURATION")
+        at = self._token(children, "TIME")
+        return A.SaleTrigger(edge.value, self._name(kind) if kind else None,
+                             self._duration(before) if before else None,
+                             self._time(at) if at else None, span)
+
+    def entry_if(self, span, children):
+        return A.Guard(children[0], False, span)
+
+    def entry_unless(self, span, children):
+        return A.Guard(children[0], True, span)
+
+    guard_if = entry_if
+    guard_unless = entry_unless
+
+    # -- conditions --------------------------------------------------------------
+    def or_(self, span, children):
+        node = A.Or(tuple(children), span)
+        self._nested(node, children)
+        return node
+
+    def and_(self, span, children):
+        node = A.And(tuple(children), span)
+        self._nested(node, children)
+        return node
+
+    def not_(self, span, children):
+        node = A.Not(children[0], span)
+        self._nested(node, children)
+        return node
+
+    def _activity(self, span, children, kind: str, word: str):
+        first = children[0] if children else None
+        return A.Activity(kind, word, first if first.__class__ is A.Pair else None,
+                          self._within(children), span)
+
+    def purchased(self, span, children):
+        return self._activity(span, children, "purchase", "purchased")
+
+    def clicked(self, span, children):
+        return self._activity(span, children, "click", "clicked")
+
+    def viewed(self, span, children):
+        return self._activity(span, children, "view", "viewed")
+
+    def carted(self, span, children):
+        return self._activity(span, children, "cart", "carted")
+
+    def tagged(self, span, children):
+        return A.Tagged(self._name(children[0]), span)
+
+    def blocked(self, span, children):
+        return A.Blocked(span)
+
+    def followed(self, span, children):
+        return A.Followed(tuple(children), span)
+
+    def friend_for(self, span, children):
+        return A.FriendFor("for", self._duration(children[0]), span)
+
+    def friend_within(self, span, children):
+        return A.FriendFor("within", self._duration(children[0]), span)
+
+    def last_purchase(self, span, children):
+        return A.LastPurchaseOlder(self._duration(children[0]), span)
+
+    def never_purchased(self, span, children):
+        return A.NeverPurchased(span)
+
+    def measure(self, span, children):
+        return A.Measure(self._name(children[0]),
+                         self._duration(children[1]) if len(children) > 1 else None, span)
+
+    def compare(self, span, children):
+        measure, op, value = children
+        return A.Compare(measure, op.value, self._value(value), span)
+
+    def top(self, span, children):
+        return A.Top(self._percent(children[0]), children[1], span)
+
+    def in_segment(self, span, children):
+        return A.InSegment(self._name(children[0]), span)
+
+    def variant(self, span, children):
+        return A.Variant(self._name(children[0]), span)
+
+    def pair(self, span, children):
         key, value = children
         text = unquote(value.value) if value.type == "STRING" else value.value
-        return A.Pair(A.Name(key.value, self._tspan(key)), text, _span(self.path, meta))
+        return A.Pair(A.Name(key.value, self._tspan(key)), text, span)
 
     # -- steps -------------------------------------------------------------------
-    def send(self, meta, children):
-        names = tuple(self._name(t) for t in self._tokens(children, "NAME"))
-        return A.SendStep(names, self._of(children, A.Guard), _span(self.path, meta))
+    def send(self, span, children):
+        names = tuple([self._name(c) for c in children if c.__class__ is Token])
+        return A.SendStep(names, self._guard(children), span)
 
-    def wait(self, meta, children):
-        at = self._tokens(children, "TIME")
-        return A.WaitStep(self._duration(children[0]), self._time(at[0]) if at else None,
-                          _span(self.path, meta))
+    def wait(self, span, children):
+        return A.WaitStep(self._duration(children[0]),
+                          self._time(children[1]) if len(children) > 1 else None, span)
 
-    def wait_until(self, meta, children):
-        at = self._tokens(children, "TIME")
-        day = self._tokens(children, "NAME")
-        return A.WaitUntilStep(self._time(at[0]) if at else None,
-                               A.Name(day[0].value, self._tspan(day[0])) if day else None,
-                               _span(self.path, meta))
+    def wait_until(self, span, children):
+        at = self._token(children, "TIME")
+        day = children[0] if children[0].type == "NAME" else None
+        return A.WaitUntilStep(self._time(at) if at else None,
+                               A.Name(day.value, self._tspan(day)) if day else None, span)
 
-    def wait_for(self, meta, children):
-        return A.WaitForStep(children[0], self._duration(children[1]), _span(self.path, meta))
+    def wait_for(self, span, children):
+        return A.WaitForStep(children[0], self._duration(children[1]), span)
 
-    def tag(self, meta, children):
-        return A.TagStep(self._name(children[0]), self._of(children, A.Guard), _span(self.path, meta))
+    def tag(self, span, children):
+        return A.TagStep(self._name(children[0]), self._guard(children), span)
 
-    def untag(self, meta, children):
-        return A.UntagStep(self._name(children[0]), self._of(children, A.Guard),
-                           _span(self.path, meta))
+    def untag(self, span, children):
+        return A.UntagStep(self._name(children[0]), self._guard(children), span)
 
-    def set(self, meta, children):
-        return A.SetStep(self._name(children[0]), self._value(children[1]), self._of(children, A.Guard),
-                         _span(self.path, meta))
+    def set(self, span, children):
+        return A.SetStep(self._name(children[0]), self._value(children[1]), self._guard(children),
+                         span)
 
-    def menu(self, meta, children):
-        return A.MenuStep(self._name(children[0]), self._of(children, A.Guard), _span(self.path, meta))
+    def menu(self, span, children):
+        return A.MenuStep(self._name(children[0]), self._guard(children), span)
 
-    def start_rule(self, meta, children):
-        return A.StartStep(self._name(children[0]), self._of(children, A.Guard),
-                           _span(self.path, meta))
+    def start_rule(self, span, children):
+        return A.StartStep(self._name(children[0]), self._guard(children), span)
 
-    def stop(self, meta, children):
-        return A.StopStep(self._of(children, A.Guard), _span(self.path, meta))
+    def stop(self, span, children):
+        return A.StopStep(self._guard(children), span)
 
     # -- options -----------------------------------------------------------------
-    def exit_when(self, meta, children):
-        return A.ExitWhen(children[0], _span(self.path, meta))
+    def exit_when(self, span, children):
+        return A.ExitWhen(children[0], span)
 
-    def reenter_never(self, meta, children):
-        return A.Reenter("never", None, _span(self.path, meta))
+    def reenter_never(self, span, children):
+        return A.Reenter("never", None, span)
 
-    def reenter_always(self, meta, children):
-        return A.Reenter("always", None, _span(self.path, meta))
+    def reenter_always(self, span, children):
+        return A.Reenter("always", None, span)
 
-    def reenter_after(self, meta, children):
-        return A.Reenter("after", self._duration(children[0]), _span(self.path, meta))
+    def reenter_after(self, span, children):
+        return A.Reenter("after", self._duration(children[0]), span)
 
-    def window(self, meta, children):
-        return A.Window(self._time(children[0]), self._time(children[1]), _span(self.path, meta))
+    def window(self, span, children):
+        return A.Window(self._time(children[0]), self._time(children[1]), span)
 
-    def priority(self, meta, children):
-        return A.Priority(int(children[0].value), _span(self.path, meta))
+    def priority(self, span, children):
+        return A.Priority(int(children[0].value), span)
 
-    def split_item(self, meta, children):
-        return A.SplitItem(self._name(children[0]), self._percent(children[1]),
-                           _span(self.path, meta))
+    def split_item(self, span, children):
+        return A.SplitItem(self._name(children[0]), self._percent(children[1]), span)
 
-    def split(self, meta, children):
-        return A.Split(tuple(children), _span(self.path, meta))
+    def split(self, span, children):
+        return A.Split(tuple(children), span)
 
-    def holdout(self, meta, children):
-        return A.Holdout(self._percent(children[0]), _span(self.path, meta))
+    def holdout(self, span, children):
+        return A.Holdout(self._percent(children[0]), span)
 
 
-_AstBuilder._handlers = {name: fn for name, fn in vars(_AstBuilder).items()
-                         if not name.startswith("_") and name != "transform" and callable(fn)}
-_TRIGGER_TYPES = (A.CondTrigger, A.UnfollowedTrigger, A.MessageTrigger, A.PostbackTrigger,
-                  A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger)
-_OPTION_TYPES = (A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Split, A.Holdout)
-_STEP_TYPES = (A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep, A.UntagStep,
-               A.SetStep, A.MenuStep, A.StartStep, A.StopStep)
+@functools.cache
+def _handlers() -> dict[int, Callable]:
+    """``id`` of the name a tree node carries (the parser's own object for each grammar rule
+    or alias) -> its :class:`_AstBuilder` method. Keyed by identity: Lark's names are tokens,
+    whose ``==`` is Python code, and a lookup by name would run it for every node."""
+    methods = {name: fn for name, fn in vars(_AstBuilder).items()
+               if not name.startswith("_") and name != "transform" and callable(fn)}
+    table: dict[int, Callable] = {}
+    for rule in lark_parser().rules:
+        name = rule.alias or rule.origin.name
+        if name in methods:
+            table[id(name)] = methods[name]
+    return table
+
+
+_TRIGGER_TYPES = frozenset((A.CondTrigger, A.UnfollowedTrigger, A.MessageTrigger,
+                            A.PostbackTrigger, A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger))
+_OPTION_TYPES = frozenset((A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Split, A.Holdout))
+_STEP_TYPES = frozenset((A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep,
+                         A.UntagStep, A.SetStep, A.MenuStep, A.StartStep, A.StopStep))
 
 
 # ----------------------------------------------------------------------------- error recovery
