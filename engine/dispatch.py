@@ -48,7 +48,7 @@ from linebot.v3.messaging import (
 
 from .ratelimit import LINE_RATE_LIMITS, TokenBucket
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("linerules.dispatch")
 
 DEFAULT_ENDPOINT = "https://api.line.me"
 MONTHLY_LIMIT_MESSAGE = "You have reached your monthly limit."

@@ -340,6 +340,10 @@ class Runner:
         started = time.perf_counter()
         result = self.engine.tick(now)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
+        if result.events or result.entered or result.queued or result.capped or result.exited:
+            log.info("tick: %d events, %d entered, %d sends queued, %d capped, %d exited (%.0f ms)",
+                     result.events, result.entered, result.queued, result.capped, result.exited,
+                     (time.perf_counter() - started) * 1000)
         self.last_tick = now
         self.wake_dispatch()
         return result

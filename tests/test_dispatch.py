@@ -336,7 +336,7 @@ async def test_dry_run_logs_one_line_per_item(caplog):
                                {"type": "image", "originalContentUrl": "https://i.example/a.png",
                                 "previewImageUrl": "https://i.example/p.png"}]),
              OutboxItem(2, "multicast", ["U1", "U2"], [TEXT], str(uuid.uuid4()))]
-    with caplog.at_level(logging.INFO, logger="engine.dispatch"):
+    with caplog.at_level(logging.INFO, logger="linerules.dispatch"):
         results = await transport.send(items)
     assert [(r.outcome, r.via, r.recipients) for r in results] == [
         ("dry_run", "dry-run", 1), ("dry_run", "dry-run", 2)]
