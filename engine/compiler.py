@@ -126,6 +126,10 @@ def compile_trigger(t: A.Trigger) -> ir.Trigger:
     raise TypeError(f"not a trigger: {t!r}")
 
 
+def _weekday(name: A.Name | None) -> int | None:
+    return WEEKDAYS.index(name.value.lower()) if name else None
+
+
 def _guard(g: A.Guard | None) -> ir.Cond | None:
     if g is None:
         return None
@@ -140,8 +144,7 @@ def compile_step(s: A.Step, step_id: str = "") -> ir.Step:
     if isinstance(s, A.WaitStep):
         return ir.Wait(step_id, s.duration.seconds, _time(s.at), span=s.span)
     if isinstance(s, A.WaitUntilStep):
-        weekday = WEEKDAYS.index(s.weekday.value.lower()) if s.weekday else None
-        return ir.WaitUntil(step_id, _time(s.at), weekday, span=s.span)
+        return ir.WaitUntil(step_id, _time(s.at), _weekday(s.weekday), span=s.span)
     if isinstance(s, A.WaitForStep):
         trigger = compile_trigger(s.trigger)
         return ir.WaitFor(step_id, trigger, s.up_to.seconds, span=s.span)  # type: ignore[arg-type]
@@ -176,15 +179,21 @@ def step_ids(steps: tuple[A.Step, ...]) -> list[str]:
 def _step_key(s: A.Step) -> str:
     if isinstance(s, A.SendStep):
         return "send " + ", ".join(m.value for m in s.messages)
-    if isinstance(s, (A.WaitStep, A.WaitUntilStep, A.WaitForStep)):
+    if isinstance(s, A.WaitStep):
+        return _wait_words(s.duration.seconds, _time(s.at))
+    if isinstance(s, A.WaitUntilStep):
+        return _wait_until_words(_weekday(s.weekday), _time(s.at))
+    if isinstance(s, A.WaitForStep):
         return describe_step(compile_step(s))
     if isinstance(s, A.SetStep):
         return f"set {s.attr.value}"
     if isinstance(s, A.StopStep):
         return "stop"
-    word = {A.TagStep: "tag", A.UntagStep: "untag", A.MenuStep: "menu", A.StartStep: "start"}[type(s)]
     name = s.rule if isinstance(s, A.StartStep) else s.name
-    return f"{word} {name.value}"
+    return f"{_STEP_WORDS[type(s)]} {name.value}"
+
+
+_STEP_WORDS = {A.TagStep: "tag", A.UntagStep: "untag", A.MenuStep: "menu", A.StartStep: "start"}
 
 
 def compile_rule(rule: A.RuleDef, path: str) -> ir.Rule:
@@ -369,15 +378,9 @@ def describe_step(s: ir.Step, *, with_cond: bool = True) -> str:
     if isinstance(s, ir.Send):
         return "send " + ", ".join(s.messages) + tail
     if isinstance(s, ir.Wait):
-        at = f" at {describe_time(s.at)}" if s.at is not None else ""
-        return f"wait {describe_duration(s.seconds)}{at}"
+        return _wait_words(s.seconds, s.at)
     if isinstance(s, ir.WaitUntil):
-        parts = []
-        if s.weekday is not None:
-            parts.append(WEEKDAYS[s.weekday])
-        if s.at is not None:
-            parts.append(("at " if s.weekday is not None else "") + describe_time(s.at))
-        return "wait until " + " ".join(parts)
+        return _wait_until_words(s.weekday, s.at)
     if isinstance(s, ir.WaitFor):
         return f"wait for {describe_trigger(s.trigger)} up to {describe_duration(s.up_to)}"
     if isinstance(s, ir.TagStep):
@@ -393,3 +396,16 @@ def describe_step(s: ir.Step, *, with_cond: bool = True) -> str:
     if isinstance(s, ir.StopStep):
         return f"stop{tail}"
     raise TypeError(f"not a step: {s!r}")
+
+
+def _wait_words(seconds: int, at: dt.time | None) -> str:
+    return f"wait {describe_duration(seconds)}" + (f" at {describe_time(at)}" if at is not None else "")
+
+
+def _wait_until_words(weekday: int | None, at: dt.time | None) -> str:
+    parts = []
+    if weekday is not None:
+        parts.append(WEEKDAYS[weekday])
+    if at is not None:
+        parts.append(("at " if weekday is not None else "") + describe_time(at))
+    return "wait until " + " ".join(parts)
