@@ -110,9 +110,11 @@ def _too_deep(span: Span) -> Diagnostic:
                          help="write it with fewer `not`, `and`, `or` inside each other (or use a segment)")
 
 
-@functools.lru_cache(maxsize=1024)
 def parse_duration(text: str) -> int:
     """``1d12h`` -> seconds."""
+    number = text[:-1]
+    if number.isdecimal():   # one part, as almost always
+        return int(number) * _UNITS[text[-1]]
     return sum(int(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
 
 
