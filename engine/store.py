@@ -135,6 +135,8 @@ class Store:
         if path != ":memory:":
             self.db.enable_wal()
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -65536")      # 64 MiB of pages: ticks touch big indexes
+        conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("lr_bucket", 3, bucket, deterministic=True)
         self._migrate()
