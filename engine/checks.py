@@ -85,6 +85,8 @@ class _Checker:
         self.broken_rules = {n for f in files for n in f.broken_rules}
         self.broken_segments = {n for f in files for n in f.broken_segments}
         self.used_messages: set[str] = set()
+        #: Cron expression -> :func:`_cron_verdict` (rules often share a schedule).
+        self.cron_verdicts: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------
     def error(self, span: Span | None, message: str, help: str | None = None) -> None:
@@ -210,13 +212,13 @@ class _Checker:
             self.error(cron.span, f"a schedule has 5 fields, this one has {len(fields)}",
                        help='write minute hour day month weekday, e.g. "0 20 * * 5" for Fridays at 20:00')
             return
-        if not croniter.croniter.is_valid(expr):
+        verdict = self.cron_verdicts.get(expr)
+        if verdict is None:
+            verdict = self.cron_verdicts[expr] = _cron_verdict(expr)
+        if verdict == "invalid":
             self.error(cron.span, f"`{expr}` is not a valid cron expression",
                        help='fields are minute (0-59) hour (0-23) day (1-31) month (1-12) weekday (0-6), e.g. "0 20 * * 5"')
-            return
-        try:
-            croniter.croniter(expr, _CRON_PROBE_START).get_next(dt.datetime)
-        except (croniter.CroniterBadDateError, croniter.CroniterError, ValueError):
+        elif verdict == "never":
             self.warn(cron.span, f"the schedule `{expr}` never fires, so this rule never runs",
                       help="check the day and month fields (e.g. there is no 31 February)")
 
@@ -306,10 +308,13 @@ class _Checker:
 
     # -- steps -------------------------------------------------------------------
     def _steps(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
+        messages = self.ctx.messages or {}
         push: list[tuple[A.Name, int]] = []   # messages of the push being coalesced
+        push_total = 0                         # their message objects
         push_reported = False
         stopped = False
         for step in rule.steps:
+            cls = step.__class__
             if stopped:
                 self.warn(step.span, "this step is never reached: the `stop` before it always ends the rule",
                           help="remove it, or give the `stop` a condition")
@@ -317,51 +322,51 @@ class _Checker:
             guard = getattr(step, "guard", None)
             if guard is not None:
                 self._cond(guard.cond, "step", facts)
-            if isinstance(step, A.WAIT_STEPS):
-                push, push_reported = [], False
-            if isinstance(step, A.SendStep):
+            if cls in A.WAIT_STEPS:
+                push, push_total, push_reported = [], 0, False
+            if cls is A.SendStep:
                 for m in step.messages:
                     self._message(m)
-                    defn = (self.ctx.messages or {}).get(m.value)
+                    defn = messages.get(m.value)
                     if defn is not None:
                         push.append((m, len(defn.objects)))
-                total = sum(n for _, n in push)
-                if total > MAX_OBJECTS_PER_PUSH and len(push) > 1 and not push_reported:
+                        push_total += len(defn.objects)
+                if push_total > MAX_OBJECTS_PER_PUSH and len(push) > 1 and not push_reported:
                     push_reported = True
                     listed = ", ".join(f"`{m.value}` ({n})" for m, n in push)
-                    self.error(step.span, f"these sends make one push of {total} message objects; LINE allows {MAX_OBJECTS_PER_PUSH}",
+                    self.error(step.span, f"these sends make one push of {push_total} message objects; LINE allows {MAX_OBJECTS_PER_PUSH}",
                                help=f"sends with no `wait` between them go out together: {listed}; "
                                     "put a `wait` between them or send fewer messages")
-            elif isinstance(step, A.WaitStep):
+            elif cls is A.WaitStep:
                 if step.at is not None:
                     self._time(step.at)
                 elif step.duration.seconds == 0:
                     self.error(step.duration.span, f"`wait {step.duration.text}` waits for nothing",
                                help="remove it, or give a time of day: `wait 0d at 12:00`")
-            elif isinstance(step, A.WaitUntilStep):
+            elif cls is A.WaitUntilStep:
                 if step.at is not None:
                     self._time(step.at)
                 if step.weekday is not None and step.weekday.value.lower() not in WEEKDAYS:
                     self.error(step.weekday.span, f"`{step.weekday.value}` is not a day of the week",
                                help=did_you_mean(step.weekday.value.lower(), WEEKDAYS))
-            elif isinstance(step, A.WaitForStep):
+            elif cls is A.WaitForStep:
                 self._wait_for(step)
-            elif isinstance(step, A.SetStep):
+            elif cls is A.SetStep:
                 if step.attr.value in NUMERIC_MEASURES:
                     self.error(step.attr.span, f"`{step.attr.value}` is computed from purchases and cannot be set",
                                help="set a custom attribute instead, e.g. `set rank = \"gold\"`")
-            elif isinstance(step, A.MenuStep):
+            elif cls is A.MenuStep:
                 menus = self.ctx.menus
                 if menus is not None and step.name.value not in menus and step.name.value not in keywords():
                     self.error(step.name.span, f"unknown rich menu `{step.name.value}`",
                                help=did_you_mean(step.name.value, menus) or "name it under `rich_menus:` in settings.yaml")
-            elif isinstance(step, A.StartStep):
+            elif cls is A.StartStep:
                 name = step.rule.value
                 if not any(name in names for names in (self.rules, self.ctx.other_rules,
                                                         self.broken_rules, keywords())):
                     known = self.rules.keys() | self.ctx.other_rules
                     self.error(step.rule.span, f"unknown rule `{name}`", help=did_you_mean(name, known))
-            elif isinstance(step, A.StopStep):
+            elif cls is A.StopStep:
                 stopped = step.guard is None
 
     def _message(self, m: A.Name) -> None:
@@ -392,7 +397,10 @@ class _Checker:
     def _cond(self, c: A.Cond, where: str, facts: _RuleFacts | None) -> None:
         """Check a condition; ``where`` is trigger, entry, exit, step or segment."""
         for node in walk(c):
-            if isinstance(node, A.Activity):
+            cls = node.__class__
+            if cls is A.And or cls is A.Or or cls is A.Not:
+                continue
+            if cls is A.Activity:
                 self._activity(node, where)
             elif isinstance(node, (A.FriendFor, A.LastPurchaseOlder)):
                 self._positive(node.duration)
@@ -463,6 +471,18 @@ class _Checker:
                        help="hours go from 00 to 23 and minutes from 00 to 59 (midnight is `00:00`)")
             return False
         return True
+
+
+def _cron_verdict(expr: str) -> str:
+    """``ok``, ``invalid`` or ``never`` (valid, but no date ever matches) for a 5-field cron
+    expression."""
+    if not croniter.croniter.is_valid(expr):
+        return "invalid"
+    try:
+        croniter.croniter(expr, _CRON_PROBE_START).get_next(dt.datetime)
+    except (croniter.CroniterBadDateError, croniter.CroniterError, ValueError):
+        return "never"
+    return "ok"
 
 
 def _conjuncts(c: A.Cond, negated: bool) -> tuple[list[A.Cond], list[A.Cond]]:
