@@ -515,6 +515,13 @@ class Engine:
                     walkers = [w for w in walkers if w.id not in gone]
                 step = rule.steps[pos]
                 cond = getattr(step, "cond", None)
+                if type(step) is ir.Send and cond is None:   # the common case, without the dispatch
+                    entry = (step.id, step.messages)
+                    for w in walkers:
+                        w.buffer.append(entry)
+                        w.pos += 1
+                    nxt.extend(walkers)
+                    continue
                 if cond is not None and walkers:
                     c = self._sql(cond, True)
                     ok = self.store.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
