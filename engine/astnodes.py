@@ -18,49 +18,64 @@ from .diagnostics import Span
 
 # ----------------------------------------------------------------------------- leaves
 
+#: Where a leaf was written: the fields of its :class:`~engine.diagnostics.Span`, in order.
+At = tuple[str, int, int, int | None, int | None]
+
+
+class _Leaf:
+    """A single token's node. It keeps its place as a plain tuple and makes the
+    :class:`~engine.diagnostics.Span` when asked: only diagnostics ask, and a folder has about
+    as many leaves as it has tokens."""
+    __slots__ = ()
+    at: At
+
+    @property
+    def span(self) -> Span:
+        return Span(*self.at)
+
 
 @dataclass(slots=True)
-class Name:
+class Name(_Leaf):
     """A name as written: a rule, message, tag, segment, variant, menu or attribute."""
     value: str
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)
-class Str:
+class Str(_Leaf):
     """A quoted text, unescaped."""
     value: str
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)
-class Number:
+class Number(_Leaf):
     value: Union[int, float]
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)
-class Duration:
+class Duration(_Leaf):
     """``1d12h``: ``seconds`` is the total; ``text`` is what was written."""
     seconds: int
     text: str
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)
-class TimeOfDay:
+class TimeOfDay(_Leaf):
     """``HH:MM`` as written; the numbers are not yet known to be a valid time."""
     hour: int
     minute: int
     text: str
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)
-class Percent:
+class Percent(_Leaf):
     value: float
     text: str
-    span: Span
+    at: At
 
 
 @dataclass(slots=True)

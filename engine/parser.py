@@ -166,34 +166,34 @@ class _AstBuilder:
             self.diagnostics.append(_too_deep(node.span))
 
     # -- leaves ------------------------------------------------------------------
-    def _tspan(self, tok: Token) -> Span:
-        return Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
+    def _at(self, tok: Token) -> A.At:
+        return (self.path, tok.line, tok.column, tok.end_line, tok.end_column)
 
     def _name(self, tok: Token) -> A.Name:
-        span = Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column)
+        at = (self.path, tok.line, tok.column, tok.end_line, tok.end_column)
         if tok.value in self._keywords:
             self.diagnostics.append(Diagnostic.at(
-                span, f"`{tok.value}` is a keyword and cannot be used as a name",
+                Span(*at), f"`{tok.value}` is a keyword and cannot be used as a name",
                 help="choose another name (keywords are listed in docs/language.md)"))
-        return A.Name(tok.value, span)
+        return A.Name(tok.value, at)
 
     def _str(self, tok: Token) -> A.Str:
-        return A.Str(unquote(tok.value), self._tspan(tok))
+        return A.Str(unquote(tok.value), self._at(tok))
 
     def _duration(self, tok: Token) -> A.Duration:
-        return A.Duration(parse_duration(tok.value), tok.value, self._tspan(tok))
+        return A.Duration(parse_duration(tok.value), tok.value, self._at(tok))
 
     def _time(self, tok: Token) -> A.TimeOfDay:
         hour, minute = tok.value.split(":")
-        return A.TimeOfDay(int(hour), int(minute), tok.value, self._tspan(tok))
+        return A.TimeOfDay(int(hour), int(minute), tok.value, self._at(tok))
 
     def _percent(self, tok: Token) -> A.Percent:
-        return A.Percent(float(tok.value[:-1]), tok.value, self._tspan(tok))
+        return A.Percent(float(tok.value[:-1]), tok.value, self._at(tok))
 
     def _value(self, tok: Token) -> A.Number | A.Str:
         if tok.type == "STRING":
             return self._str(tok)
-        return A.Number(float(tok.value) if "." in tok.value else int(tok.value), self._tspan(tok))
+        return A.Number(float(tok.value) if "." in tok.value else int(tok.value), self._at(tok))
 
     @staticmethod
     def _guard(children) -> A.Guard | None:
@@ -353,7 +353,7 @@ class _AstBuilder:
     def pair(self, span, children):
         key, value = children
         text = unquote(value.value) if value.type == "STRING" else value.value
-        return A.Pair(A.Name(key.value, self._tspan(key)), text, span)
+        return A.Pair(A.Name(key.value, self._at(key)), text, span)
 
     # -- steps -------------------------------------------------------------------
     def send(self, span, children):
@@ -368,7 +368,7 @@ class _AstBuilder:
         at = self._token(children, "TIME")
         day = children[0] if children[0].type == "NAME" else None
         return A.WaitUntilStep(self._time(at) if at else None,
-                               A.Name(day.value, self._tspan(day)) if day else None, span)
+                               A.Name(day.value, self._at(day)) if day else None, span)
 
     def wait_for(self, span, children):
         return A.WaitForStep(children[0], self._duration(children[1]), span)
