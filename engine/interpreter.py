@@ -82,7 +82,7 @@ class _Group:
     """Consecutive sends of one enrollment in this tick: one push (or several if > 5 objects)."""
     walker: _Walker
     step_id: str
-    names: list[str]
+    names: tuple[str, ...]
     reply: tuple[str, int] | None   # (token, deadline) when this is an answer with a token
     answer: bool
 
@@ -121,7 +121,7 @@ class Engine:
         self._enr = CondCompiler(project.segments, with_enrollment=True)
         self._set = CondCompiler(project.segments, with_enrollment=False)
         self._cache: dict[tuple[ir.Cond, bool], Compiled] = {}
-        self._static_names: dict[str, bool] = {}
+        self._static_names: dict[str | tuple[str, ...], bool] = {}   # message name or group
         self._rendered: dict[tuple, tuple[list, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
         #: event types some ``wait for`` listens to; whether any rule has ``exit when``
@@ -470,7 +470,8 @@ class Engine:
 
         def flush(w: _Walker, step_id: str | None = None) -> None:
             if w.buffer:
-                names = [n for _, names in w.buffer for n in names]
+                names = (w.buffer[0][1] if len(w.buffer) == 1
+                         else tuple(n for _, step_names in w.buffer for n in step_names))
                 answer = w.cause_seq is not None and not w.answered
                 reply = None
                 if answer and w.reply_token and (w.reply_deadline or 0) >= now:
@@ -688,16 +689,17 @@ class Engine:
         objects, keeping each message whole where it fits. A message that fails to render is
         recorded as a rejected delivery and left out. Messages that do not mention ``friend``
         (and carry no tracked links) are rendered once per batch and shared."""
-        rule = g.walker.rule
-        sale = self._sale_of(g.walker)
+        rule, occurrence = g.walker.rule, g.walker.occurrence
         key = None
         if not self.settings.base_url and self._static(g.names):
-            key = (tuple(g.names), rule, (sale or {}).get("name"))
-            if key in self._rendered:
-                chunks, failures = self._rendered[key]
+            key = (g.names, rule, occurrence if occurrence and occurrence.startswith("sale:") else None)
+            hit = self._rendered.get(key)
+            if hit is not None:
+                chunks, failures = hit
                 deliveries.extend((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
                                    error, g.walker.variant, now, day, 0) for name, error in failures)
                 return chunks
+        sale = self._sale_of(g.walker)
         chunks: list[tuple[list[str], list[dict]]] = []
         failures: list[tuple[str, str]] = []
         for name in g.names:
@@ -722,15 +724,19 @@ class Engine:
             self._rendered[key] = (chunks, failures)
         return chunks
 
-    def _static(self, names: Iterable[str]) -> bool:
+    def _static(self, names: tuple[str, ...]) -> bool:
         """Whether these messages render the same for every friend (no ``friend`` in them)."""
-        for name in names:
-            if name not in self._static_names:
-                defn = self.project.messages.get(name)
-                self._static_names[name] = defn is None or "friend" not in repr(defn.objects)
-            if not self._static_names[name]:
-                return False
-        return True
+        known = self._static_names.get(names)
+        if known is not None:
+            return known
+        self._static_names[names] = all(self._static_one(n) for n in names)
+        return self._static_names[names]
+
+    def _static_one(self, name: str) -> bool:
+        if name not in self._static_names:
+            defn = self.project.messages.get(name)
+            self._static_names[name] = defn is None or "friend" not in repr(defn.objects)
+        return self._static_names[name]
 
     def _hash(self, objects: list[dict]) -> str:
         """``render_hash``, computed once per distinct payload object."""
