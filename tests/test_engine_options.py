@@ -5,7 +5,7 @@ import datetime as dt
 
 from engine import ir
 from engine.store import Store, bucket
-from enginekit import ev, project, rule, run, send, wait
+from enginekit import compile_rules, ev, project, rule, run, send, wait
 
 D = 86400
 
@@ -132,4 +132,33 @@ def test_holdout_friends_walk_but_get_nothing(fresh_db_path):
     assert {r[0] for r in skipped} == held
     tagged = store.conn.execute("SELECT COUNT(*) FROM tags WHERE tag = 'seen'").fetchone()[0]
     assert tagged == 100
+    store.close()
+
+
+def test_entry_filter_is_checked_when_the_trigger_fires_for_events_and_audiences():
+    p = compile_rules("""
+        rule hello when followed unless followed via qr=shipping then send a
+        rule weekly when schedule "0 20 * * 5" if tagged vip then send b
+        """)
+    events = [ev("follow", "U1", "2026-11-01 10:00", source="qr=shipping"),
+              ev("follow", "U2", "2026-11-01 10:00"),
+              ev("tag", "U2", "2026-11-02 10:00", add=["vip"], remove=[])]
+    assert run(p, events, until="2026-11-07 00:00") == [("2026-11-01 10:00:00", "U2", "hello", ["a"]),
+                                                        ("2026-11-06 20:00:00", "U2", "weekly", ["b"])]
+
+
+def test_condition_interval_checks_once_per_slot_from_local_midnight(fresh_db_path):
+    from engine.interpreter import Engine
+    from enginekit import at
+
+    p = compile_rules("rule big when total_spent >= 100 then send a")
+    store = Store(str(fresh_db_path))
+    engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"), condition_interval=3600)
+    assert engine.tick(at("2026-11-01 10:05")).conditions           # first slot seen
+    engine.apply_events([ev("purchase", "U1", "2026-11-01 10:10", order_id="A-1", amount=100)], received_at=0)
+    second = engine.tick(at("2026-11-01 10:20"))
+    assert (second.events, second.conditions, second.entered) == (1, False, 0)
+    third = engine.tick(at("2026-11-01 11:00"))
+    assert (third.conditions, third.entered) == (True, 1)
+    assert [r["messages"] for r in store.outbox()] == [["a"]]
     store.close()
