@@ -215,3 +215,11 @@ def test_idempotent_tick_and_no_replay_of_a_long_stall(fresh_db_path):
     occurrences = store.conn.execute("SELECT occurrence FROM enrollments WHERE rule = 'weekly'").fetchall()
     assert [o[0] for o in occurrences] == [f"schedule:{int(at('2026-11-20 20:00').timestamp())}"]
     store.close()
+
+
+def test_time_triggers_skip_friends_still_inside_the_rule():
+    p = project(rule("daily", ir.ScheduleTrigger("0 20 * * *"), send("a"), wait(36 * 3600), send("b")))
+    pushes = run(p, [ev("follow", "U1", "2026-11-01 10:00")], until="2026-11-04 21:00")
+    assert pushes == [("2026-11-01 20:00:00", "U1", "daily", ["a"]),
+                      ("2026-11-03 08:00:00", "U1", "daily", ["b"]),   # 11-02 20:00: still inside
+                      ("2026-11-03 20:00:00", "U1", "daily", ["a"])]    # 11-04 20:00: inside again
