@@ -628,7 +628,8 @@ class Engine:
                 result.skipped += 1
 
         regular: list[tuple[_Group, int, str]] = []
-        openings: dict[ir.Window | None, tuple[int, str]] = {}
+        openings: dict[str, tuple[int, str]] = {}             # rule -> (send time, local day)
+        chunk_keys: dict[tuple[int, int], tuple[list, list]] = {}   # shared renders -> group keys
         used_tokens: set[str] = set()
         multicast: dict[tuple, list[tuple[_Group, int]]] = defaultdict(list)
         for g in groups:
@@ -648,11 +649,12 @@ class Engine:
                     deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
                                        "queued", "answer", g.walker.variant, now, day_now, 0))
             else:
-                window = self.project.rules[g.walker.rule].window or settings.window
-                if window not in openings:
+                rule_name = g.walker.rule
+                if rule_name not in openings:
+                    window = self.project.rules[rule_name].window or settings.window
                     opening = timeutil.next_opening(now, window, self.tz)
-                    openings[window] = (opening, timeutil.local_day(opening, self.tz))
-                regular.append((g, *openings[window]))
+                    openings[rule_name] = (opening, timeutil.local_day(opening, self.tz))
+                regular.append((g, *openings[rule_name]))
         cap = settings.max_per_day
         if cap is not None and regular:
             used = s.cap_used(None, [d for _, _, d in regular])   # the friends blocked_among loaded
@@ -668,9 +670,12 @@ class Engine:
                 used[key] = used.get(key, 0) + 1
             chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
                                   deliveries, day)
-            for i, (names, objects) in enumerate(chunks):
-                key = (g.walker.rule, at, self._hash(objects), tuple(names))
-                multicast[key].append((g, i, day, objects))
+            hit = chunk_keys.get((id(chunks), at))
+            if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this batch
+                hit = chunk_keys[(id(chunks), at)] = (chunks, [
+                    (g.walker.rule, at, self._hash(objects), tuple(names)) for names, objects in chunks])
+            for i, key in enumerate(hit[1]):
+                multicast[key].append((g, i, day, chunks[i][1]))
         for (rule, at, _hash, names), items in multicast.items():
             objects = items[0][3]
             for start in range(0, len(items), MAX_MULTICAST):
