@@ -135,22 +135,25 @@ class _Checker:
         refs = {name: [c for c in walk(seg.cond) if isinstance(c, A.InSegment)]
                 for name, seg in self.segments.items()}
         done: set[str] = set()
-
-        def visit(name: str, trail: list[str]) -> None:
-            for ref in refs.get(name, ()):
-                target = ref.name.value
-                if target in trail:
-                    loop = trail[trail.index(target):] + [target]
-                    self.error(ref.name.span, f"segment `{target}` refers to itself: "
-                               + " -> ".join(f"`{n}`" for n in loop),
-                               help="a segment cannot be defined in terms of itself")
-                elif target not in done and target in refs:
-                    visit(target, trail + [target])
-            done.add(name)
-
         for name in refs:
             if name not in done:
-                visit(name, [name])
+                self._visit_segment(name, [name], refs, done)
+
+    def _visit_segment(self, name: str, trail: list[str], refs: dict[str, list[A.InSegment]],
+                       done: set[str]) -> None:
+        """Report the loops through ``name``, reached by ``trail``. (A method, not a closure:
+        a recursive closure refers to itself, and that reference cycle would keep the checker
+        and every syntax tree it holds alive until the next full garbage collection.)"""
+        for ref in refs.get(name, ()):
+            target = ref.name.value
+            if target in trail:
+                loop = trail[trail.index(target):] + [target]
+                self.error(ref.name.span, f"segment `{target}` refers to itself: "
+                           + " -> ".join(f"`{n}`" for n in loop),
+                           help="a segment cannot be defined in terms of itself")
+            elif target not in done and target in refs:
+                self._visit_segment(target, trail + [target], refs, done)
+        done.add(name)
 
     def _unused_messages(self) -> None:
         if not self.ctx.report_unused or not self.ctx.messages:

@@ -141,21 +141,21 @@ class _AstBuilder:
         self.diagnostics: list[Diagnostic] = []
         self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
         self._keywords = keywords()
+        self._handlers = _handlers()
 
     def transform(self, tree: Tree) -> list[A.Item]:
         """The items of a parsed file (``tree`` is its ``start`` node)."""
-        handlers = _handlers()
-        path = self.path
+        return [self._build(item) for item in tree.children]
 
-        def build(t: Tree):
-            children = [build(c) if c.__class__ is Tree else c for c in t.children]
-            handler = handlers.get(id(t.data))
-            if handler is None:
-                raise NotImplementedError(f"no AST node for grammar rule {t.data!r}")
-            m = t.meta
-            return handler(self, Span(path, m.line, m.column, m.end_line, m.end_column), children)
-
-        return [build(item) for item in tree.children]
+    def _build(self, t: Tree):
+        # A method, not a closure: a recursive closure is a reference cycle, which only the
+        # garbage collector frees.
+        children = [self._build(c) if c.__class__ is Tree else c for c in t.children]
+        handler = self._handlers.get(id(t.data))
+        if handler is None:
+            raise NotImplementedError(f"no AST node for grammar rule {t.data!r}")
+        m = t.meta
+        return handler(self, Span(self.path, m.line, m.column, m.end_line, m.end_column), children)
 
     def _nested(self, node, items) -> None:
         """Record how deeply ``node`` nests; refuse it past :data:`MAX_NESTING`."""
