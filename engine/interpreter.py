@@ -405,7 +405,8 @@ class Engine:
         last = self.store.get_meta("engine.last_tick")
         since = int(last) if last is not None else now
         open_only = "x.state IN ('active', 'waiting')"
-        for rule in self.project.rules.values():
+        # higher priority first, so that the cap keeps its sends (ties: the folder's order)
+        for rule in sorted(self.project.rules.values(), key=lambda r: -r.priority):
             trig, occurrence = rule.trigger, None
             if isinstance(trig, ir.ScheduleTrigger):
                 moment = timeutil.cron_latest(trig.cron, since, now, self.tz)
@@ -416,7 +417,66 @@ class Engine:
                     moment, sale = max(due, key=lambda d: d[0])
                     occurrence = f"sale:{sale.name}:{trig.edge}:{moment}"
             if occurrence is not None:
-                result.entered += self._enter_audience(rule, now, None, occurrence, open_only)
+                entered = self._enter_audience(rule, now, None, occurrence, open_only)
+                result.entered += entered
+                if entered:
+                    self._mass_send(rule, occurrence, now, result)
+
+    def _mass_plan(self, rule: ir.Rule, now: int) -> tuple | None:
+        """For a rule whose first steps are plain sends of friend-independent messages followed
+        by a wait or the end: (send step id, message names, rendered pushes, state, step, due).
+        None when the rule needs the per-friend walk."""
+        if rule.exit_when is not None or self.settings.base_url:
+            return None
+        sends: list[ir.Send] = []
+        for step in rule.steps:
+            if type(step) is not ir.Send or step.cond is not None:
+                break
+            sends.append(step)
+        rest = rule.steps[len(sends):]
+        if not sends or (rest and not isinstance(rest[0], ir.WAIT_STEPS)):
+            return None
+        names = tuple(n for step in sends for n in step.messages)
+        if not self._static(names):
+            return None
+        if not rest:
+            state, step_id, due = "done", None, None
+        else:
+            wait = rest[0]
+            if isinstance(wait, ir.Wait):
+                due = timeutil.wait_at(now, wait.seconds, wait.at, self.tz)
+            elif isinstance(wait, ir.WaitUntil):
+                due = timeutil.wait_until(now, wait.at, wait.weekday, self.tz)
+            else:
+                due = now + wait.up_to
+            if due <= now:
+                return None
+            state, step_id = "waiting", wait.id
+        return sends[0].id, names, state, step_id, due
+
+    def _mass_send(self, rule: ir.Rule, occurrence: str, now: int, result: TickResult) -> None:
+        """The audience of a time trigger gets its first sends set-based (one statement per
+        table, not a walk per friend) when :meth:`_mass_plan` allows; same rows as a walk."""
+        plan = self._mass_plan(rule, now)
+        if plan is None:
+            return
+        first_step, names, state, step_id, due = plan
+        walker = _Walker(0, "", rule.name, 0, now, now, None, False, occurrence, None, None, None)
+        rejected: list = []
+        chunks = self._render(_Group(walker, first_step, names, None, False), {}, now, rejected, "")
+        if rejected or not chunks:
+            return   # a message that does not render: the per-friend walk records it
+        window = rule.window or self.settings.window
+        at = timeutil.next_opening(now, window, self.tz)
+        counts = self.store.mass_send(
+            rule=rule.name, occurrence=occurrence, now=now, step_id=first_step, names=names,
+            pushes=chunks, at=at, day=timeutil.local_day(at, self.tz),
+            today=timeutil.local_day(now, self.tz), cap=self.settings.max_per_day,
+            state=state, next_step=step_id, due=due)
+        result.advanced += counts["enrollments"]
+        result.queued += counts["outbox"]
+        result.capped += counts["capped"]
+        result.skipped += counts["skipped"]
 
     # ------------------------------------------------------------------ 3. condition triggers
 

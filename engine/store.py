@@ -139,6 +139,7 @@ class Store:
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("lr_bucket", 3, bucket, deterministic=True)
+        conn.create_function("lr_uuid", 0, lambda: str(uuid.uuid4()))
         self._migrate()
 
     # ------------------------------------------------------------------ plumbing
@@ -448,6 +449,63 @@ class Store:
         cur = self.conn.execute(sql, {**params, "rule": rule, "version": version, "step": step_id,
                                       "now": now, "occurrence": occurrence})
         return cur.rowcount
+
+    def mass_send(self, *, rule: str, occurrence: str, now: int, step_id: str, names: Sequence[str],
+                  pushes: Sequence[tuple[Sequence[str], Any]], at: int, day: str, today: str,
+                  cap: int | None, state: str, next_step: str | None, due: int | None) -> dict[str, int]:
+        """The first sends of every friend just enrolled for ``occurrence`` (all the same
+        rendered ``pushes``), set-based: holdout friends are skipped, friends over ``cap`` on
+        ``day`` capped, the rest go as multicasts of 500 (in enrollment order) at ``at``; the
+        enrollments move to (``state``, ``next_step``, ``due``)."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_mass (id INTEGER PRIMARY KEY, friend TEXT, "
+                  "variant TEXT, status TEXT, chunk INTEGER)")
+        c.execute("DELETE FROM temp.lr_mass")
+        c.execute(
+            "INSERT INTO temp.lr_mass(id, friend, variant, status, chunk) "
+            "WITH s AS (SELECT e.id AS id, e.friend AS friend, e.variant AS variant, "
+            "CASE WHEN e.holdout THEN 'holdout' WHEN :cap IS NOT NULL AND (SELECT COUNT(*) FROM deliveries d "
+            "WHERE d.friend = e.friend AND d.local_day = :day AND d.counts_for_cap = 1) >= :cap THEN 'capped' "
+            "ELSE 'queued' END AS status FROM enrollments e "
+            "WHERE e.rule = :rule AND e.occurrence = :occurrence AND e.state = 'active' AND e.due_at = :now) "
+            "SELECT id, friend, variant, status, CASE WHEN status = 'queued' THEN "
+            "(ROW_NUMBER() OVER (PARTITION BY status ORDER BY id) - 1) / 500 END FROM s",
+            {"cap": cap, "day": day, "rule": rule, "occurrence": occurrence, "now": now})
+        total, queued = c.execute("SELECT COUNT(*), COUNT(chunk) FROM temp.lr_mass").fetchone()
+        chunks = (queued + 499) // 500
+        base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+        for j, (push_names, objects) in enumerate(pushes):
+            first = base + j * chunks
+            args = {"first": first, "payload": _json(objects), "messages": _json(list(push_names)),
+                    "rule": rule, "at": at, "now": now, "step": step_id, "day": day, "counts": int(j == 0)}
+            c.execute(
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
+                "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
+                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :at, 'pending', "
+                ":now FROM (SELECT chunk, friend FROM temp.lr_mass WHERE chunk IS NOT NULL ORDER BY id) "
+                "GROUP BY chunk", args)
+            c.execute(
+                "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, id, :first + chunk, "
+                ":messages, 'queued', NULL, variant, :at, :day, :counts FROM temp.lr_mass "
+                "WHERE chunk IS NOT NULL ORDER BY id", args)
+        c.execute(
+            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+            "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, id, NULL, :messages, "
+            "CASE status WHEN 'holdout' THEN 'skipped' ELSE 'capped' END, "
+            "CASE status WHEN 'holdout' THEN 'holdout' ELSE :cap_reason END, variant, "
+            "CASE status WHEN 'holdout' THEN :now ELSE :at END, "
+            "CASE status WHEN 'holdout' THEN :today ELSE :day END, 0 FROM temp.lr_mass "
+            "WHERE chunk IS NULL ORDER BY id",
+            {"rule": rule, "step": step_id, "messages": _json(list(names)), "cap_reason": f"max_per_day {cap}",
+             "now": now, "at": at, "today": today, "day": day})
+        c.execute(
+            "UPDATE enrollments SET state = :state, step_id = :step, due_at = :due, finished_at = :finished "
+            "WHERE id IN (SELECT id FROM temp.lr_mass)",
+            {"state": state, "step": next_step, "due": due, "finished": now if state == "done" else None})
+        capped = c.execute("SELECT COUNT(*) FROM temp.lr_mass WHERE status = 'capped'").fetchone()[0]
+        return {"enrollments": total, "outbox": chunks * len(pushes), "capped": capped,
+                "skipped": total - queued - capped}
 
     def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
         return self.conn.execute(

@@ -210,7 +210,7 @@ def test_idempotent_tick_and_no_replay_of_a_long_stall(fresh_db_path):
     # the runner was down for three Fridays: only the latest missed occurrence fires
     stalled = engine.tick(at("2026-11-21 09:00"))
     assert stalled.entered == 1
-    rows = [(r["rule"], r["messages"]) for r in store.outbox()]
+    rows = sorted((r["rule"], r["messages"]) for r in store.outbox())
     assert rows == [("hello", ["greeting"]), ("hello", ["thanks"]), ("weekly", ["weekly_pick"])]
     occurrences = store.conn.execute("SELECT occurrence FROM enrollments WHERE rule = 'weekly'").fetchall()
     assert [o[0] for o in occurrences] == [f"schedule:{int(at('2026-11-20 20:00').timestamp())}"]
