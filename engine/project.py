@@ -12,10 +12,12 @@ built only when there is no error. Paths in diagnostics are as the folder was gi
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 from zoneinfo import ZoneInfo
 
 from . import astnodes as A
@@ -47,7 +49,29 @@ class LoadResult:
 def load_project(root: str | os.PathLike) -> LoadResult:
     """Load a rule folder, or a single ``.rule`` file checked against its folder's YAML files
     and rule names (only that file's rules are compiled). Never raises on bad input."""
-    root = os.fspath(root)
+    with _collector_paused():
+        return _load(os.fspath(root))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration (when it was on). A load keeps tens
+    of thousands of new nodes alive until it ends; the collector would trace them again and
+    again, once over the whole heap, and find nothing to free: syntax trees and the compiled
+    project hold no reference cycles, so what a load drops is freed by reference counting (the
+    few small cycles a message template's analysis leaves wait for the next collection). That
+    saves about a tenth of a large folder's load."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _load(root: str) -> LoadResult:
     if not os.path.exists(root):
         return _fail(root, f"`{root}` does not exist (give a rule folder or a .rule file)")
     if os.path.isfile(root):
