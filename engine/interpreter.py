@@ -507,6 +507,8 @@ class Engine:
     # ------------------------------------------------------------------ 4. walking steps
 
     def _walk(self, rows: list, now: int, result: TickResult) -> None:
+        """Move due enrollments (``rows`` of WALK_COLUMNS) through their steps up to the next
+        wait, all friends at the same step of a rule together, then record their sends."""
         frontier: list[_Walker] = []
         updates: dict[int, tuple] = {}
         groups: list[_Group] = []
@@ -528,7 +530,8 @@ class Engine:
             seen.add(eid)
         result.advanced += len(frontier)
 
-        def flush(w: _Walker, step_id: str | None = None) -> None:
+        def flush(w: _Walker) -> None:
+            """The sends collected since the last wait become one group (one push)."""
             if w.buffer:
                 names = (w.buffer[0][1] if len(w.buffer) == 1
                          else tuple(n for _, step_names in w.buffer for n in step_names))
