@@ -82,9 +82,17 @@ class CondCompiler:
             op = _OPS[c.op]
             return f"COALESCE(({self.measure(c.measure)}) {op} {self._lit(c.value)}, 0)"
         if isinstance(c, ir.Top):
-            measure = self.measure(c.measure, alias="f2")
+            join = ""
+            if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
+                # one grouped pass over the orders instead of a lookup per friend
+                measure = "s.total"
+                join = (f"LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
+                        f"WHERE a.kind = 'order' AND a.at > :now - {int(c.measure.within)} GROUP BY a.friend) s "
+                        f"ON s.friend = f2.id ")
+            else:
+                measure = self.measure(c.measure, alias="f2")
             return (f"f.id IN (SELECT id FROM (SELECT f2.id AS id, CUME_DIST() OVER "
-                    f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 "
+                    f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 {join}"
                     f"WHERE {CURRENT.replace('f.', 'f2.')}) "
                     f"WHERE cd <= {self._lit(c.percent / 100.0)})")
         if isinstance(c, ir.InSegment):
