@@ -42,6 +42,8 @@ MAX_MULTICAST = 500
 #: Bound on step rounds in one walk (``start`` loops between rules with ``reenter always``).
 MAX_ROUNDS = 1000
 ANSWERED_TYPES = ("message", "postback")
+#: Other webhook events whose reply token is used when their sends go out at once.
+REPLIED_TYPES = ("follow",)
 
 
 @dataclass
@@ -246,6 +248,9 @@ class Engine:
         cause = None
         if ev.type in ANSWERED_TYPES:
             cause = (ev.seq, ev.reply_token, ev.received_at + REPLY_SECONDS if ev.reply_token else None)
+        elif ev.type in REPLIED_TYPES and ev.reply_token:
+            # not an answer (window and cap apply), but a welcome sent at once goes as a free reply
+            cause = (None, ev.reply_token, ev.received_at + REPLY_SECONDS)
         self._fire(ev.type, data, friend, now, at, cause, result)
         result.exited += self._check_exits(friend, now)
 
@@ -537,7 +542,7 @@ class Engine:
                          else tuple(n for _, step_names in w.buffer for n in step_names))
                 answer = w.cause_seq is not None and not w.answered
                 reply = None
-                if answer and w.reply_token and (w.reply_deadline or 0) >= now:
+                if not w.answered and w.reply_token and (w.reply_deadline or 0) >= now:
                     reply = (w.reply_token, w.reply_deadline)
                 groups.append(_Group(w, w.buffer[0][0], names, reply, answer))
                 w.buffer = []
@@ -733,6 +738,16 @@ class Engine:
                 used[key] = used.get(key, 0) + 1
             chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
                                   deliveries, day)
+            if g.reply and at == now and g.reply[0] not in used_tokens and chunks:
+                # sent at once in the tick of the follow that caused it: a free reply
+                used_tokens.add(g.reply[0])
+                for i, (names, objects) in enumerate(chunks):
+                    token = g.reply[0] if i == 0 else None
+                    ref = queue("reply" if token else "push", [g.walker.friend], objects, names,
+                                g.walker.rule, now, token, g.reply[1] if token else None)
+                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
+                                       "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
+                continue
             hit = chunk_keys.get((id(chunks), at))
             if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this batch
                 hit = chunk_keys[(id(chunks), at)] = (chunks, [

@@ -80,6 +80,11 @@ MIGRATIONS: tuple[str, ...] = (
       url TEXT NOT NULL, created_at INTEGER NOT NULL);
     CREATE TABLE lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL);
     """,
+    # 2: replies are claimed ahead of any push backlog (their token lives about a minute)
+    """
+    CREATE INDEX outbox_replies ON outbox(not_before, id)
+      WHERE kind = 'reply' AND status IN ('pending', 'held');
+    """,
 )
 
 #: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
@@ -634,12 +639,18 @@ class Store:
         with self._lock:
             self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
-            marks = ",".join("?" * len(skip))
             with self.transaction() as c:
-                rows = c.execute(
-                    "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                    + (f"AND id NOT IN ({marks}) " if skip else "") + "ORDER BY not_before, id LIMIT ?",
-                    (now, *skip, limit)).fetchall()
+                rows = []
+                for kind in ("AND kind = 'reply' ", ""):   # replies first: their token is short-lived
+                    taken = skip + [r["id"] for r in rows]
+                    marks = ",".join("?" * len(taken))
+                    rows += c.execute(
+                        "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
+                        + kind + (f"AND id NOT IN ({marks}) " if taken else "")
+                        + "ORDER BY not_before, id LIMIT ?",
+                        (now, *taken, limit - len(rows))).fetchall()
+                    if len(rows) >= limit:
+                        break
                 c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
                               [(now, r["id"]) for r in rows])
             self._inflight.update((r["id"], now) for r in rows)

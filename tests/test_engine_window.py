@@ -84,3 +84,24 @@ def test_stale_reply_token_falls_back_to_push(fresh_db_path):
     engine.tick(at("2026-11-01 10:05"))       # the runner was busy for five minutes
     assert [(r["kind"], r["reply_token"]) for r in store.outbox()] == [("push", None)]
     store.close()
+
+
+def test_a_welcome_sent_at_once_uses_the_follow_reply_token(fresh_db_path):
+    """Replies are free: a follow's own sends use its reply token when they go out at once;
+    they still obey the window (a night follow is pushed at the opening) and the daily cap."""
+    settings = ir.Settings(window=WINDOW, max_per_day=1)
+    p = project(rule("hello", ir.Followed(), send("greeting"), reenter=ir.Reenter("always")),
+                rule("second", ir.Followed(), send("a")),
+                settings=settings)
+    events = [ev("follow", "U1", "2026-11-01 10:00", reply_token="rt-1"),
+              ev("follow", "U2", "2026-11-01 23:00", reply_token="rt-2")]
+    pushes = run(p, events, db_path=str(fresh_db_path))
+    assert pushes == [("2026-11-01 10:00:00", "U1", "hello", ["greeting"]),
+                      ("2026-11-02 09:00:00", "U2", "hello", ["greeting"])]
+    store = Store(str(fresh_db_path))
+    rows = [(r["kind"], r["recipients"], r["reply_token"]) for r in store.outbox()]
+    assert rows == [("reply", ["U1"], "rt-1"), ("push", ["U2"], None)]
+    capped = store.conn.execute("SELECT friend, rule FROM deliveries WHERE status = 'capped' "
+                                "ORDER BY friend").fetchall()
+    assert [tuple(r) for r in capped] == [("U1", "second"), ("U2", "second")]
+    store.close()

@@ -85,6 +85,18 @@ def test_outbox_claim_finish_hold(store):
     assert store.next_outbox_at(0) == 500
 
 
+def test_replies_are_claimed_ahead_of_a_push_backlog(store):
+    """A reply token lives about a minute: a backlog of older pushes must not make it wait."""
+    with store.transaction():
+        backlog = [store.add_outbox(kind="push", recipients=[f"U{i}"], payload=[], messages=["a"],
+                                    rule="r", not_before=10 + i, now=0) for i in range(5)]
+        reply = store.add_outbox(kind="reply", recipients=["U9"], payload=[], messages=["b"], rule="r",
+                                 not_before=100, now=100, reply_token="rt", reply_deadline=150)
+    first = store.claim_outbox(100, 3)
+    assert [r["id"] for r in first] == [reply, backlog[0], backlog[1]]
+    assert [r["id"] for r in store.claim_outbox(100, 10)] == backlog[2:]
+
+
 def test_retry_keys_are_unique_uuids(store):
     with store.transaction():
         ids = [store.add_outbox(kind="push", recipients=["U1"], payload=[], messages=[], rule=None,
