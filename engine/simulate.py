@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from . import ir, timeutil
@@ -27,15 +28,26 @@ from .store import Store
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
 SENT_KINDS = ("push", "multicast", "reply")
+#: Event types that come from LINE webhooks (with a reply token) when the runner is live.
+WEBHOOK_TYPES = ("follow", "message", "postback")
 
 
 def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.datetime | None,
-                 tick_seconds: int, db_path: str | None = None) -> list[dict]:
-    """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed."""
+                 tick_seconds: int, db_path: str | None = None,
+                 webhook_tokens: bool = False) -> list[dict]:
+    """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed.
+
+    ``webhook_tokens``: give follow, message and postback events without a reply token one, as
+    LINE's webhooks would, so welcomes and answers are recorded as the free replies they will be
+    (``simulate`` does, for its forecasts)."""
     if tick_seconds <= 0:
         raise ValueError("the tick must be a positive duration")
     tz = project.settings.tz
-    ordered = sorted(events, key=lambda e: e.at)
+    # follow, message and postback events reach the runner as LINE webhooks, which carry a reply
+    # token: give them one, so answers and welcomes are forecast as the free replies they will be
+    ordered = sorted((replace(e, reply_token=f"simulated-{n}")
+                      if webhook_tokens and e.reply_token is None and e.type in WEBHOOK_TYPES else e
+                      for n, e in enumerate(events, 1)), key=lambda e: e.at)
     if not ordered:
         return []
     start = timeutil.epoch(ordered[0].at)
@@ -122,7 +134,8 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         problem = _fresh_db(db)
         if problem:
             return _fail(problem)
-    for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db):
+    for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db,
+                             webhook_tokens=True):
         sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
     return 0
 

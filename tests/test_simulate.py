@@ -85,7 +85,9 @@ def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp
     rows = [(r["kind"], r["status"]) for r in store.outbox()]
     sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
     store.close()
-    assert sorted(rows) == [("multicast", "sent")] + [("push", "sent")] * 4 and sent == 6
+    # U1's greeting (sent at once after the follow) and the answer to U2 go as free replies
+    assert sorted(rows) == ([("multicast", "sent")] + [("push", "sent")] * 2
+                            + [("reply", "sent")] * 2) and sent == 6
     other = tmp_path / "notes.txt"
     other.write_text("keep me")
     assert main(path, str(folder), None, "1h", str(other)) == 1
