@@ -134,7 +134,11 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days):
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the HTTP server.")
 @click.option("--tick", "tick_seconds", default=60.0, show_default=True, type=float,
               help="Seconds between engine ticks.")
-def run(rules_dir, db, listen, tick_seconds):
+@click.option("--condition-interval", "condition_interval", default=0, show_default=True,
+              type=click.IntRange(min=0),
+              help="Seconds between condition-trigger checks, in slots from local midnight "
+                   "(0 = every tick; 600-3600 for very large accounts).")
+def run(rules_dir, db, listen, tick_seconds, condition_interval):
     """The runner: tick loop plus HTTP server (POST /callback, POST /events, GET /healthz).
 
     Without LINE_CHANNEL_ACCESS_TOKEN nothing is sent to LINE: a dry-run transport logs each
@@ -147,7 +151,8 @@ def run(rules_dir, db, listen, tick_seconds):
     """
     from runner import main
 
-    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds))
+    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
+                          condition_interval=condition_interval))
 
 
 def main():

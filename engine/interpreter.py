@@ -42,6 +42,11 @@ MAX_MULTICAST = 500
 #: Bound on step rounds in one walk (``start`` loops between rules with ``reenter always``).
 MAX_ROUNDS = 1000
 ANSWERED_TYPES = ("message", "postback")
+#: Seconds a ``follow`` is held before it is processed when friend-add sources come through
+#: LINE Login (the runner sets ``Engine.follow_grace``): LINE sends the follow webhook at about
+#: the moment the user returns to the login callback that records the source, and
+#: ``when followed via ...`` must see that source. Well inside the reply token's life.
+FOLLOW_GRACE = 10
 #: Other webhook events whose reply token is used when their sends go out at once.
 REPLIED_TYPES = ("follow",)
 
@@ -103,13 +108,17 @@ def rule_version(rule: ir.Rule) -> str:
 class Engine:
     """Runs ``project`` on ``store``. ``clock`` (returning an aware datetime) is only used by
     :meth:`reload`; ``condition_interval`` (seconds, 0 = every tick) sets how often condition
-    triggers are checked, in slots aligned to local midnight."""
+    triggers are checked, in slots aligned to local midnight; ``follow_grace`` (seconds, 0 =
+    none) holds a ``follow`` until it was received that long ago, and the friend's later events
+    with it (see :data:`FOLLOW_GRACE`)."""
 
     def __init__(self, project: ir.Project, store: Store, *,
-                 clock: Callable[[], dt.datetime] | None = None, condition_interval: int = 0):
+                 clock: Callable[[], dt.datetime] | None = None, condition_interval: int = 0,
+                 follow_grace: int = 0):
         self.store = store
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.condition_interval = condition_interval
+        self.follow_grace = follow_grace
         self._use(project, int(self.clock().timestamp()))
 
     # ------------------------------------------------------------------ project
@@ -182,13 +191,18 @@ class Engine:
         ts = timeutil.epoch(now)
         result = TickResult(now=now)
         self._events(ts, result)
+        # audiences are entered in short transactions of their own (Store.enroll_audience);
+        # the tick is recorded only after all of them, so a crash in between repeats the entry
+        self._time_triggers(ts, result)
+        slot = None
+        if conditions is None:
+            conditions, slot = self._condition_slot(ts)
+        if conditions:
+            self._condition_triggers(ts, result)
+            result.conditions = True
         with self.store.transaction():
-            self._time_triggers(ts, result)
-            if conditions is None:
-                conditions = self._is_condition_tick(ts)
-            if conditions:
-                self._condition_triggers(ts, result)
-                result.conditions = True
+            if slot is not None:
+                self.store.set_meta("engine.condition_slot", slot)
             self.store.set_meta("engine.last_tick", str(ts))
         seen: set[int] = set()
         while True:
@@ -205,6 +219,9 @@ class Engine:
         deferred send, a schedule or sale occurrence. None when there is nothing ahead."""
         a = timeutil.epoch(after)
         candidates = [self.store.next_event_at(a), self.store.next_due_at(a), self.store.next_outbox_at(a)]
+        if self.follow_grace:
+            held = self.store.first_held_follow(a - self.follow_grace)
+            candidates.append(None if held is None else held + self.follow_grace)
         for rule in self.project.rules.values():
             trig = rule.trigger
             if isinstance(trig, ir.ScheduleTrigger):
@@ -218,8 +235,9 @@ class Engine:
     # ------------------------------------------------------------------ 1. events
 
     def _events(self, now: int, result: TickResult) -> None:
+        held_after = now - self.follow_grace if self.follow_grace else None
         while True:
-            rows = self.store.pending_events(now, EVENT_CHUNK)
+            rows = self.store.pending_events(now, EVENT_CHUNK, held_after=held_after)
             if not rows:
                 return
             with self.store.transaction():
@@ -389,8 +407,9 @@ class Engine:
                        row["variant"], bool(row["holdout"]), row["occurrence"], seq, token, deadline)
 
     def _enter_audience(self, rule: ir.Rule, now: int, cond: ir.Cond | None, occurrence: str | None,
-                        blocked_sql: str) -> int:
-        """Set-based entry of every current friend for whom ``cond`` and the entry filter hold."""
+                        blocked_sql: str, each: Callable[[int], None] | None = None) -> int:
+        """Set-based entry of every current friend for whom ``cond`` and the entry filter hold,
+        in short transactions (``each`` runs in each of them, see :meth:`Store.enroll_audience`)."""
         parts = tuple(c for c in (cond, rule.entry) if c is not None)
         where = self._sql(ir.All(parts), False) if parts else Compiled("1")
         variant, holdout = self._draw_sql(rule)
@@ -398,7 +417,8 @@ class Engine:
         return self.store.enroll_audience(rule=rule.name, version=self.versions[rule.name], step_id=first,
                                           now=now, where_sql=f"{CURRENT} AND ({where.sql})",
                                           params=where.params, occurrence=occurrence,
-                                          blocked_sql=blocked_sql, variant_sql=variant, holdout_sql=holdout)
+                                          blocked_sql=blocked_sql, variant_sql=variant, holdout_sql=holdout,
+                                          each=each)
 
     # ------------------------------------------------------------------ 2. time triggers
 
@@ -422,10 +442,9 @@ class Engine:
                     moment, sale = max(due, key=lambda d: d[0])
                     occurrence = f"sale:{sale.name}:{trig.edge}:{moment}"
             if occurrence is not None:
-                entered = self._enter_audience(rule, now, None, occurrence, open_only)
-                result.entered += entered
-                if entered:
-                    self._mass_send(rule, occurrence, now, result)
+                def send(after_id: int, rule: ir.Rule = rule, occurrence: str = occurrence) -> None:
+                    self._mass_send(rule, occurrence, now, result, after_id)
+                result.entered += self._enter_audience(rule, now, None, occurrence, open_only, send)
 
     def _mass_plan(self, rule: ir.Rule, now: int) -> tuple | None:
         """For a rule whose first steps are plain sends of friend-independent messages followed
@@ -459,9 +478,10 @@ class Engine:
             state, step_id = "waiting", wait.id
         return sends[0].id, names, state, step_id, due
 
-    def _mass_send(self, rule: ir.Rule, occurrence: str, now: int, result: TickResult) -> None:
-        """The audience of a time trigger gets its first sends set-based (one statement per
-        table, not a walk per friend) when :meth:`_mass_plan` allows; same rows as a walk."""
+    def _mass_send(self, rule: ir.Rule, occurrence: str, now: int, result: TickResult, after_id: int) -> None:
+        """The audience of a time trigger (its enrollments above ``after_id``) gets its first sends
+        set-based (one statement per table, not a walk per friend) when :meth:`_mass_plan`
+        allows; same rows as a walk."""
         plan = self._mass_plan(rule, now)
         if plan is None:
             return
@@ -477,7 +497,7 @@ class Engine:
             rule=rule.name, occurrence=occurrence, now=now, step_id=first_step, names=names,
             pushes=chunks, at=at, day=timeutil.local_day(at, self.tz),
             today=timeutil.local_day(now, self.tz), cap=self.settings.max_per_day,
-            state=state, next_step=step_id, due=due)
+            state=state, next_step=step_id, due=due, after_id=after_id)
         result.advanced += counts["enrollments"]
         result.queued += counts["outbox"]
         result.capped += counts["capped"]
@@ -485,15 +505,15 @@ class Engine:
 
     # ------------------------------------------------------------------ 3. condition triggers
 
-    def _is_condition_tick(self, now: int) -> bool:
+    def _condition_slot(self, now: int) -> tuple[bool, str | None]:
+        """Whether condition triggers are checked now, and the slot to record once they were."""
         if not self.condition_interval:
-            return True
+            return True, None
         day, slot = timeutil.boundary_index(now, self.condition_interval, self.tz)
         key = f"{day}#{slot}"
         if self.store.get_meta("engine.condition_slot") == key:
-            return False
-        self.store.set_meta("engine.condition_slot", key)
-        return True
+            return False, None
+        return True, key
 
     def _condition_triggers(self, now: int, result: TickResult) -> None:
         for rule in self.project.rules.values():

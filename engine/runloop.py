@@ -1,8 +1,13 @@
 """The runner's two loops, its lease on the database, signals and rule reloads.
 
-One process, one asyncio event loop, one thread: the HTTP server (engine/server.py), the tick
-loop and the dispatch loop take turns, so the SQLite store is only ever used from one thread
-and a tick never interleaves with a batch of incoming events.
+One process, one asyncio event loop and one tick thread. The HTTP server (engine/server.py)
+and the dispatch loop run on the event loop and use :attr:`Runner.store`; every engine tick
+(and a rule reload, which runs as part of one) runs on a single dedicated worker thread with
+its own connection, :attr:`Runner.engine`'s store, so a tick of several seconds never holds up
+a webhook. Ticks never overlap (one worker). SQLite admits one writer at a time; the engine
+writes in short transactions (docs/engine.md), so a webhook's INSERT waits at most for one of
+them. The dispatcher's in-flight marks (``Store.claim_outbox``) live in the loop's store; the
+engine never claims outbox rows.
 
 - The **tick loop** runs ``engine.tick(now)`` every ``tick_seconds`` (sooner when the engine
   has something due, or at once when a webhook asks for an answer), renews the lease, and
@@ -20,7 +25,9 @@ import datetime as dt
 import logging
 import os
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Mapping
@@ -28,6 +35,8 @@ from typing import Any, Callable, Coroutine, Mapping
 from . import ir
 from .diagnostics import has_errors, render_text
 from .dispatch import QUOTA_ZONE, DispatchResult, OutboxItem
+from .interpreter import FOLLOW_GRACE
+from .login import STATE_MAX_AGE
 from .metrics import Metrics
 from .timeutil import next_opening
 
@@ -41,6 +50,8 @@ BATCH = 100
 DISPATCH_POLL = 1.0
 #: Longest backoff between attempts of one row, seconds.
 MAX_BACKOFF = 300
+#: Meta key: when a ``/join`` link last sent someone to LINE Login (epoch seconds).
+JOIN_META = "login.last_join"
 
 
 class StartupError(Exception):
@@ -60,15 +71,17 @@ class RunnerConfig:
     login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
     login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
+    condition_interval: int = 0              # --condition-interval; 0 = every tick
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, rules_dir: str | Path, db: str | Path,
-                 listen: str = "127.0.0.1:8080", tick_seconds: float = 60.0) -> "RunnerConfig":
+                 listen: str = "127.0.0.1:8080", tick_seconds: float = 60.0,
+                 condition_interval: int = 0) -> "RunnerConfig":
         """Flags plus the environment; empty variables count as unset."""
         get = lambda name: env.get(name) or None  # noqa: E731
         return cls(rules_dir=Path(rules_dir), db=Path(db), listen=listen,
-                   tick_seconds=float(tick_seconds),
+                   tick_seconds=float(tick_seconds), condition_interval=int(condition_interval),
                    channel_secret=get("LINE_CHANNEL_SECRET"),
                    access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
                    api_token=get("LINERULES_API_TOKEN"),
@@ -143,7 +156,10 @@ def backoff_seconds(attempts: int) -> int:
 
 
 class Runner:
-    """The runner's state: project, store, engine, dispatcher, metrics, flags and loops."""
+    """The runner's state: project, store, engine, dispatcher, metrics, flags and loops.
+
+    ``store`` serves the event loop (HTTP handlers, dispatcher); ``engine.store`` is used only
+    by the tick thread (the same object is accepted when nothing runs the loops)."""
 
     def __init__(self, config: RunnerConfig, project: ir.Project, store: Any, engine: Any,
                  dispatcher: Any, *, clock: Callable[[], dt.datetime] | None = None) -> None:
@@ -166,6 +182,9 @@ class Runner:
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
         self._background: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self.metrics.gauge("linerules_outbox_backlog", "Outbox rows not yet finished.",
                            lambda: float(self.store.outbox_backlog()))
         self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
@@ -200,11 +219,15 @@ class Runner:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         store = Store(str(config.db))
+        engine_store = None
         try:
             acquire_lease(store, owner_id(), config)
-            engine = Engine(project, store)
+            engine_store = Store(str(config.db))   # the tick thread's own connection
+            engine = Engine(project, engine_store, condition_interval=config.condition_interval)
         except BaseException:
             store.close()
+            if engine_store is not None:
+                engine_store.close()
             raise
         if config.dry_run:
             log.warning(DRY_RUN_MESSAGE)
@@ -216,12 +239,17 @@ class Runner:
                  config.rules_dir, project.version, len(project.rules), config.db)
         return cls(config, project, store, engine, make_transport(config.env))
 
-    def close(self) -> None:
-        """Release the lease and close the store."""
+    def close(self, *, wait: bool = True) -> None:
+        """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
+        the tick thread and its connection alone: the process exits right after."""
         try:
             self.store.release_lease(self.owner)
         finally:
             self.store.close()
+            if wait:
+                self._executor.shutdown(wait=True)
+                if self.engine.store is not self.store:
+                    self.engine.store.close()
 
     # ------------------------------------------------------------------ time and zone
 
@@ -238,23 +266,31 @@ class Runner:
 
     # ------------------------------------------------------------------ requests from outside
 
+    def _set(self, event: asyncio.Event) -> None:
+        """Set a loop event from the loop or from the tick thread."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(event.set)
+        else:
+            event.set()
+
     def wake_tick(self) -> None:
-        """Run a tick now (e.g. a webhook carried a reply token that should be used fresh)."""
-        self._tick_wake.set()
+        """Run a tick now (e.g. a webhook carried a reply token that should be used fresh); a
+        tick that is running finishes first."""
+        self._set(self._tick_wake)
 
     def wake_dispatch(self) -> None:
-        self._dispatch_wake.set()
+        self._set(self._dispatch_wake)
 
     def on_reload_signal(self) -> None:
         """SIGHUP: reload the rule folder before the next tick."""
         self._reload_requested = True
-        self._tick_wake.set()
+        self._set(self._tick_wake)
 
     def stop(self) -> None:
         """Stop after the current tick and dispatch batch."""
         self.stopping = True
-        self._tick_wake.set()
-        self._dispatch_wake.set()
+        self._set(self._tick_wake)
+        self._set(self._dispatch_wake)
 
     def on_stop_signal(self) -> None:
         """SIGTERM/SIGINT: the first stops gracefully (:meth:`stop`), the second exits now."""
@@ -273,6 +309,7 @@ class Runner:
 
     async def run(self) -> int:
         """Both loops until a stop is requested; returns the exit code."""
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         try:
             await asyncio.gather(self._tick_loop(), self._dispatch_loop())
         finally:
@@ -286,15 +323,22 @@ class Runner:
         await self._force.wait()
 
     async def _tick_loop(self) -> None:
+        """Ticks on the tick thread, one at a time; the event loop stays free meanwhile."""
+        loop = asyncio.get_running_loop()
         while not self.stopping:
             self._tick_wake.clear()
             try:
-                self.tick_once()
+                await loop.run_in_executor(self._executor, self.tick_once)
             except Exception:
                 log.exception("tick failed; retrying at the next tick")
             if self.stopping:
                 break
-            await self._sleep(self._tick_wake, self._seconds_to_next_tick())
+            try:
+                seconds = await loop.run_in_executor(self._executor, self._seconds_to_next_tick)
+            except Exception:
+                log.exception("next wake-up not computed; ticking after the interval")
+                seconds = self.config.tick_seconds
+            await self._sleep(self._tick_wake, seconds)
         log.info("stop requested: finishing the sends in flight (a second signal exits at once)")
 
     async def _dispatch_loop(self) -> None:
@@ -327,16 +371,18 @@ class Runner:
 
     def tick_once(self) -> Any:
         """Reload if asked or changed, renew the lease, run one engine tick; returns the
-        engine's TickResult (None when the lease was lost)."""
+        engine's TickResult (None when the lease was lost). Runs on the tick thread (or on the
+        caller's thread when no loop runs) and uses only the engine's store."""
         self.maybe_reload()
         now = self.now()
-        if not self.store.renew_lease(self.owner, int(now.timestamp()),
-                                      lease_ttl(self.config.tick_seconds)):
+        store = self.engine.store
+        if not store.renew_lease(self.owner, int(now.timestamp()), lease_ttl(self.config.tick_seconds)):
             log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db,
-                         self.store.lease_holder())
+                         store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None
+        self.engine.follow_grace = self.follow_grace(int(now.timestamp()))
         started = time.perf_counter()
         result = self.engine.tick(now)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
@@ -347,6 +393,19 @@ class Runner:
         self.last_tick = now
         self.wake_dispatch()
         return result
+
+    def follow_grace(self, now: int) -> int:
+        """:data:`~engine.interpreter.FOLLOW_GRACE` while a friend-add link may be on its way
+        back from LINE Login (login configured and a ``/join`` link opened within the login's
+        lifetime, see :meth:`note_join`); 0 otherwise, so that other follows go at once."""
+        if not self.project.settings.login_channel_id:
+            return 0
+        last = self.engine.store.get_meta(JOIN_META)
+        return FOLLOW_GRACE if last is not None and int(last) >= now - STATE_MAX_AGE else 0
+
+    def note_join(self, now: int) -> None:
+        """A ``/join`` link sent someone to LINE Login: hold follows for the grace a while."""
+        self.store.set_meta(JOIN_META, str(now))
 
     def maybe_reload(self) -> bool:
         """Reload on SIGHUP or a change in the rule folder; True when the rules were replaced."""

@@ -222,10 +222,12 @@ async def join(request: web.Request) -> web.Response:
                   "in settings.yaml (or LINE_LOGIN_CHANNEL_ID / LINE_LOGIN_CHANNEL_SECRET)")
         return web.Response(status=503, text="friend-add links are not configured")
     source = request.match_info["source"]
+    now = int(runner.now().timestamp())
     try:
-        url = flow.authorize_redirect(source, int(runner.now().timestamp()))
+        url = flow.authorize_redirect(source, now)
     except LoginError as exc:
         return web.Response(status=404, text=str(exc))
+    runner.note_join(now)   # follows wait FOLLOW_GRACE for the source a while (docs/operations.md)
     raise web.HTTPFound(url)
 
 
@@ -339,11 +341,12 @@ def _zone_of(rules_dir: str) -> dt.tzinfo:
 
 
 def serve(*, rules_dir: str, db: str, listen: str, tick_seconds: float,
-          env: Mapping[str, str] | None = None) -> int:
+          env: Mapping[str, str] | None = None, condition_interval: int = 0) -> int:
     """Run the runner until SIGTERM/SIGINT; returns the process exit code."""
     setup_logging(_zone_of(rules_dir))
     config = RunnerConfig.from_env(os.environ if env is None else env, rules_dir=rules_dir,
-                                   db=db, listen=listen, tick_seconds=tick_seconds)
+                                   db=db, listen=listen, tick_seconds=tick_seconds,
+                                   condition_interval=condition_interval)
     try:
         return asyncio.run(_serve(config))
     except StartupError as exc:
@@ -386,6 +389,6 @@ async def _exit_on_second_signal(runner: Runner) -> None:
     await runner.wait_force()
     log.warning("second signal: exiting now; rows in flight are sent again on restart")
     try:
-        runner.close()
+        runner.close(wait=False)   # the tick thread may still be inside a tick
     finally:
         os._exit(1)

@@ -17,7 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import sqlite_utils
 
@@ -87,6 +87,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
+#: short at a million friends, so that webhooks are stored without waiting).
+AUDIENCE_CHUNK = 20000
+
 #: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
 WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
                 "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline")
@@ -135,7 +139,9 @@ class Store:
         self.conn = conn
         self._lock = threading.RLock()
         self._depth = 0
-        self._inflight: dict[int, int] = {}   # outbox id -> claim time, in this process
+        self._inflight: dict[int, int] = {}   # outbox id -> claim time, claimed through this Store
+        #: Seconds of the longest write transaction on this connection (benchmarks, logs).
+        self.longest_write = 0.0
         conn.execute("PRAGMA busy_timeout = 30000")
         if path != ":memory:":
             self.db.enable_wal()
@@ -165,6 +171,7 @@ class Store:
                     self._depth -= 1
                 return
             self.conn.execute("BEGIN IMMEDIATE")
+            started = time.perf_counter()
             self._depth = 1
             try:
                 yield self.conn
@@ -174,6 +181,7 @@ class Store:
                 raise
             self._depth = 0
             self.conn.execute("COMMIT")
+            self.longest_write = max(self.longest_write, time.perf_counter() - started)
 
     def _migrate(self) -> None:
         """Apply the migrations the database has not seen yet, each in its own transaction."""
@@ -224,12 +232,24 @@ class Store:
                 applied += cur.rowcount
         return ApplyResult(applied=applied, duplicates=len(events) - applied)
 
-    def pending_events(self, now: int, limit: int = 1000) -> list[EventRow]:
-        """Unprocessed events with ``at <= now`` in (at, seq) order."""
+    def pending_events(self, now: int, limit: int = 1000, *, held_after: int | None = None) -> list[EventRow]:
+        """Unprocessed events with ``at <= now`` in (at, seq) order. With ``held_after``, a
+        ``follow`` received after that moment is held back, and so is every later event of the
+        same friend (the follow grace: a friend's events are processed in order)."""
+        hold = ""
+        if held_after is not None:
+            hold = ("AND NOT EXISTS (SELECT 1 FROM events h WHERE h.friend = e.friend AND h.type = 'follow' "
+                    "AND h.processed_at IS NULL AND h.received_at > :held AND (h.at, h.seq) <= (e.at, e.seq)) ")
         rows = self.conn.execute(
-            "SELECT seq, type, friend, at, data, reply_token, received_at FROM events "
-            "WHERE processed_at IS NULL AND at <= ? ORDER BY at, seq LIMIT ?", (now, limit))
+            "SELECT seq, type, friend, at, data, reply_token, received_at FROM events e "
+            f"WHERE processed_at IS NULL AND at <= :now {hold}ORDER BY at, seq LIMIT :limit",
+            {"now": now, "limit": limit, "held": held_after})
         return [EventRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def first_held_follow(self, held_after: int) -> int | None:
+        """The earliest ``received_at`` after ``held_after`` of an unprocessed ``follow``."""
+        return self.conn.execute("SELECT MIN(received_at) FROM events WHERE processed_at IS NULL "
+                                 "AND type = 'follow' AND received_at > ?", (held_after,)).fetchone()[0]
 
     def mark_processed(self, seq: int, now: int) -> None:
         self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
@@ -441,24 +461,51 @@ class Store:
 
     def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
                         where_sql: str, params: dict[str, Any], occurrence: str | None,
-                        blocked_sql: str, variant_sql: str, holdout_sql: str) -> int:
+                        blocked_sql: str, variant_sql: str, holdout_sql: str,
+                        chunk: int | None = None,
+                        each: Callable[[int], None] | None = None) -> int:
         """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
         entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
-        gets one active enrollment due now. Returns how many entered."""
-        sql = (
-            "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
-            "variant, holdout, entered_at, occurrence) "
-            f"SELECT f.id, :rule, :version, :step, :now, 'active', {variant_sql}, {holdout_sql}, "
-            f":now, :occurrence FROM friends f WHERE ({where_sql}) AND NOT EXISTS ("
-            f"SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule AND ({blocked_sql}))")
-        cur = self.conn.execute(sql, {**params, "rule": rule, "version": version, "step": step_id,
-                                      "now": now, "occurrence": occurrence})
-        return cur.rowcount
+        gets one active enrollment due now. Returns how many entered.
+
+        Two phases, so that a big audience never holds the write lock for long: the audience is
+        read into a scratch table (a WAL read; it does not block writers), then entered ``chunk``
+        friends per transaction. Each chunk is atomic and re-checks ``blocked_sql``, so running
+        the entry again after a crash between chunks enrols nobody twice and misses nobody.
+        ``each(after_id)`` runs inside every chunk's transaction; the chunk's enrollments are
+        those with ``id > after_id``. Call it outside a transaction, or the chunks join it."""
+        args = {**params, "rule": rule, "version": version, "step": step_id, "now": now,
+                "occurrence": occurrence}
+        blocked = (f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule "
+                   f"AND ({blocked_sql}))")
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_audience (n INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+        c.execute("DELETE FROM temp.lr_audience")
+        c.execute(f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM friends f WHERE ({where_sql}) AND {blocked}",
+                  args)
+        last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
+        sql = ("INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+               "variant, holdout, entered_at, occurrence) "
+               f"SELECT f.id, :rule, :version, :step, :now, 'active', {variant_sql}, {holdout_sql}, "
+               ":now, :occurrence FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
+               f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n")
+        entered, chunk = 0, chunk or AUDIENCE_CHUNK
+        for lo in range(0, last, chunk):
+            with self.transaction():
+                before = c.execute("SELECT COALESCE(MAX(id), 0) FROM enrollments").fetchone()[0]
+                count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
+                entered += count
+                if count and each is not None:
+                    each(before)
+        c.execute("DELETE FROM temp.lr_audience")
+        return entered
 
     def mass_send(self, *, rule: str, occurrence: str, now: int, step_id: str, names: Sequence[str],
                   pushes: Sequence[tuple[Sequence[str], Any]], at: int, day: str, today: str,
-                  cap: int | None, state: str, next_step: str | None, due: int | None) -> dict[str, int]:
-        """The first sends of every friend just enrolled for ``occurrence`` (all the same
+                  cap: int | None, state: str, next_step: str | None, due: int | None,
+                  after_id: int = 0) -> dict[str, int]:
+        """The first sends of every friend just enrolled for ``occurrence`` (enrollment ids above
+        ``after_id``; all the same
         rendered ``pushes``), set-based: holdout friends are skipped, friends over ``cap`` on
         ``day`` capped, the rest go as multicasts of 500 (in enrollment order) at ``at``; the
         enrollments move to (``state``, ``next_step``, ``due``)."""
@@ -472,10 +519,11 @@ class Store:
             "CASE WHEN e.holdout THEN 'holdout' WHEN :cap IS NOT NULL AND (SELECT COUNT(*) FROM deliveries d "
             "WHERE d.friend = e.friend AND d.local_day = :day AND d.counts_for_cap = 1) >= :cap THEN 'capped' "
             "ELSE 'queued' END AS status FROM enrollments e "
-            "WHERE e.rule = :rule AND e.occurrence = :occurrence AND e.state = 'active' AND e.due_at = :now) "
+            "WHERE e.id > :after AND +e.rule = :rule AND +e.occurrence = :occurrence AND e.state = 'active' "
+            "AND e.due_at = :now) "
             "SELECT id, friend, variant, status, CASE WHEN status = 'queued' THEN "
             "(ROW_NUMBER() OVER (PARTITION BY status ORDER BY id) - 1) / 500 END FROM s",
-            {"cap": cap, "day": day, "rule": rule, "occurrence": occurrence, "now": now})
+            {"cap": cap, "day": day, "rule": rule, "occurrence": occurrence, "now": now, "after": after_id})
         total, queued = c.execute("SELECT COUNT(*), COUNT(chunk) FROM temp.lr_mass").fetchone()
         chunks = (queued + 499) // 500
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
