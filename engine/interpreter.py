@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,8 +31,13 @@ from .store import ApplyResult, EventRow, Store, bucket
 
 log = logging.getLogger("linerules.engine")
 
-#: Enrollments walked per transaction.
+#: Most enrollments walked per transaction.
 CHUNK = 20000
+#: Enrollments walked in a tick's first transaction; later ones are sized to WRITE_BUDGET.
+FIRST_CHUNK = 500
+#: Seconds a walk transaction should hold SQLite's one write lock (a webhook's INSERT waits
+#: that long at most): walk chunks grow or shrink to it from the time per row measured so far.
+WRITE_BUDGET = 0.15
 #: Events processed per transaction.
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
@@ -205,13 +211,17 @@ class Engine:
                 self.store.set_meta("engine.condition_slot", slot)
             self.store.set_meta("engine.last_tick", str(ts))
         seen: set[int] = set()
+        size = min(FIRST_CHUNK, CHUNK)
         while True:
-            rows = [r for r in self.store.due_enrollments(ts, CHUNK) if r[0] not in seen]
+            rows = [r for r in self.store.due_enrollments(ts, size) if r[0] not in seen]
             if not rows:
                 break
             seen.update(r[0] for r in rows)
+            started = time.perf_counter()
             with self.store.transaction():
                 self._walk(rows, ts, result)
+            spent = max(time.perf_counter() - started, 1e-6)
+            size = max(1, min(CHUNK, int(len(rows) * WRITE_BUDGET / spent)))
         return result
 
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:

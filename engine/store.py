@@ -89,7 +89,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
 #: short at a million friends, so that webhooks are stored without waiting).
-AUDIENCE_CHUNK = 20000
+AUDIENCE_CHUNK = 10000
 
 #: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
 WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",

@@ -94,8 +94,9 @@ def test_line_faults_never_lose_or_repeat_a_message(tmp_path):
         try:
             runner.started()
             runner.post_events([follow(f) for f in FRIENDS])
-            wait_until(lambda: backlog(db) == 0 and runner.get("/healthz")[1]["outbox_backlog"] == 0,
-                       timeout=60)
+            # ticks run beside the HTTP server: wait for the sends to exist before the backlog empties
+            wait_until(lambda: len(deliveries_per_friend(emulator)) == len(FRIENDS) and backlog(db) == 0
+                       and runner.get("/healthz")[1]["outbox_backlog"] == 0, timeout=60)
             assert deliveries_per_friend(emulator) == Counter({f: 1 for f in FRIENDS})
             statuses = Counter(r.status for r in emulator.requests if r.endpoint in ("push", "multicast"))
             assert statuses[500] and statuses[429] and statuses[409] and statuses[None]
