@@ -104,27 +104,33 @@ async def bench(folder: Path, db: str, seconds: float, every: float) -> None:
                                    listen="127.0.0.1:0", tick_seconds=0.1)
     runner = Runner.open(config)
     durations: list[float] = []
+    started_ticks: list[float] = []
     tick = runner.engine.tick
 
     def timed_tick(now, **kwargs):
         started = time.perf_counter()
+        started_ticks.append(started)
         try:
             return tick(now, **kwargs)
         finally:
             durations.append(time.perf_counter() - started)
 
     runner.engine.tick = timed_tick
-    app = build_app(runner)
-    web_runner = web.AppRunner(app, access_log=None)
+    web_runner = web.AppRunner(build_app(runner, loops=False), access_log=None)
+    loops = None
     try:
         await web_runner.setup()
         site = web.TCPSite(web_runner, "127.0.0.1", 0)
         await site.start()
         host, port = web_runner.addresses[0][:2]
-        while not durations:                       # the first (heaviest) tick is under way
-            await asyncio.sleep(0.05)
+        loops = asyncio.ensure_future(runner.run())
+        while not started_ticks:                   # fire from the first (heaviest) tick on
+            await asyncio.sleep(0.01)
         times = await fire(f"http://{host}:{port}/callback", seconds, every)
     finally:
+        runner.stop()
+        if loops is not None:
+            await loops
         await web_runner.cleanup()
         runner.close()
     times.sort()

@@ -33,11 +33,12 @@ log = logging.getLogger("linerules.engine")
 
 #: Most enrollments walked per transaction.
 CHUNK = 20000
-#: Enrollments walked in a tick's first transaction; later ones are sized to WRITE_BUDGET.
+#: With a write budget: enrollments walked in a tick's first transaction; the later ones are
+#: sized to the budget from the time per row measured so far (at most CHUNK).
 FIRST_CHUNK = 500
-#: Seconds a walk transaction should hold SQLite's one write lock (a webhook's INSERT waits
-#: that long at most): walk chunks grow or shrink to it from the time per row measured so far.
-WRITE_BUDGET = 0.15
+#: The runner's write budget: seconds a walk transaction should hold SQLite's one write lock,
+#: so that a webhook's INSERT never waits long (``Engine(write_budget=...)``).
+WRITE_BUDGET = 0.1
 #: Events processed per transaction.
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
@@ -116,15 +117,17 @@ class Engine:
     :meth:`reload`; ``condition_interval`` (seconds, 0 = every tick) sets how often condition
     triggers are checked, in slots aligned to local midnight; ``follow_grace`` (seconds, 0 =
     none) holds a ``follow`` until it was received that long ago, and the friend's later events
-    with it (see :data:`FOLLOW_GRACE`)."""
+    with it (see :data:`FOLLOW_GRACE`); ``write_budget`` (seconds, None = CHUNK rows per walk
+    transaction, the same rows every run) sizes walk transactions by time instead."""
 
     def __init__(self, project: ir.Project, store: Store, *,
                  clock: Callable[[], dt.datetime] | None = None, condition_interval: int = 0,
-                 follow_grace: int = 0):
+                 follow_grace: int = 0, write_budget: float | None = None):
         self.store = store
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.condition_interval = condition_interval
         self.follow_grace = follow_grace
+        self.write_budget = write_budget
         self._use(project, int(self.clock().timestamp()))
 
     # ------------------------------------------------------------------ project
@@ -211,7 +214,8 @@ class Engine:
                 self.store.set_meta("engine.condition_slot", slot)
             self.store.set_meta("engine.last_tick", str(ts))
         seen: set[int] = set()
-        size = min(FIRST_CHUNK, CHUNK)
+        budget = self.write_budget
+        size = CHUNK if budget is None else min(FIRST_CHUNK, CHUNK)
         while True:
             rows = [r for r in self.store.due_enrollments(ts, size) if r[0] not in seen]
             if not rows:
@@ -220,8 +224,9 @@ class Engine:
             started = time.perf_counter()
             with self.store.transaction():
                 self._walk(rows, ts, result)
-            spent = max(time.perf_counter() - started, 1e-6)
-            size = max(1, min(CHUNK, int(len(rows) * WRITE_BUDGET / spent)))
+            if budget is not None:
+                spent = max(time.perf_counter() - started, 1e-6)
+                size = max(100, min(CHUNK, int(len(rows) * budget / spent)))
         return result
 
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Coroutine, Mapping
 from . import ir
 from .diagnostics import has_errors, render_text
 from .dispatch import QUOTA_ZONE, DispatchResult, OutboxItem
-from .interpreter import FOLLOW_GRACE
+from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
 from .timeutil import next_opening
@@ -181,6 +181,8 @@ class Runner:
         self._tick_wake = asyncio.Event()
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
+        #: Set once the first tick has finished (or failed).
+        self.first_tick_done = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -218,12 +220,13 @@ class Runner:
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
-        store = Store(str(config.db))
+        store = Store(str(config.db), checkpoints=False)   # the tick thread's connection checkpoints
         engine_store = None
         try:
             acquire_lease(store, owner_id(), config)
-            engine_store = Store(str(config.db))   # the tick thread's own connection
-            engine = Engine(project, engine_store, condition_interval=config.condition_interval)
+            engine_store = Store(str(config.db), yields=True)   # the tick thread's own connection
+            engine = Engine(project, engine_store, condition_interval=config.condition_interval,
+                            write_budget=WRITE_BUDGET)
         except BaseException:
             store.close()
             if engine_store is not None:
@@ -331,6 +334,7 @@ class Runner:
                 await loop.run_in_executor(self._executor, self.tick_once)
             except Exception:
                 log.exception("tick failed; retrying at the next tick")
+            self.first_tick_done.set()
             if self.stopping:
                 break
             try:
@@ -447,9 +451,19 @@ class Runner:
         if not rows:
             return 0
         by_id = {row["id"]: row for row in rows}
+        landed: list[DispatchResult] = []
 
-        def record(result: DispatchResult) -> None:
-            self._record(by_id[result.item_id], result, self.now())
+        async def record(result: DispatchResult) -> None:
+            """Outcomes that land together are stored in one transaction: the event loop waits
+            for SQLite's write lock once for them, not once per row, while a tick writes."""
+            landed.append(result)
+            await asyncio.sleep(0)
+            if landed:
+                now, batch = self.now(), landed[:]
+                landed.clear()
+                with self.store.transaction():
+                    for each in batch:
+                        self._record(by_id[each.item_id], each, now)
 
         await self.dispatcher.send([outbox_item(row) for row in rows], on_result=record)
         return len(rows)

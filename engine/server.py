@@ -274,7 +274,8 @@ async def click(request: web.Request) -> web.Response:
 
 
 def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
-    """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app."""
+    """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app, and
+    its startup completes once their first tick has run (``linerules run`` serves at once)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[RUNNER] = runner
     app.add_routes([
@@ -295,6 +296,10 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
 
     async def loops_ctx(app: web.Application):
         task = asyncio.ensure_future(runner.run())
+        # ready once the first tick ran, as the runner was before it ticked on its own thread
+        ready = asyncio.ensure_future(runner.first_tick_done.wait())
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
         yield
         runner.stop()
         await task

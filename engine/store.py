@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -91,6 +92,9 @@ MIGRATIONS: tuple[str, ...] = (
 #: short at a million friends, so that webhooks are stored without waiting).
 AUDIENCE_CHUNK = 10000
 
+#: Longest a yielding connection lets other writers of the process go first, seconds.
+TURN_WAIT = 1.0
+
 #: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
 WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
                 "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline")
@@ -131,8 +135,14 @@ def bucket(friend: str, rule: str, salt: str = "") -> int:
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False):
+        """``checkpoints=False`` leaves WAL checkpoints to the other connections of the process
+        (the runner's HTTP side, so that a webhook's commit never copies the log back);
+        ``yields=True`` lets the process's other writers go first (the runner's tick thread,
+        see :meth:`_begin`)."""
         self.path = path
+        self.yields = yields
+        self._turns = None if path == ":memory:" else _turns_for(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn)
@@ -145,6 +155,8 @@ class Store:
         conn.execute("PRAGMA busy_timeout = 30000")
         if path != ":memory:":
             self.db.enable_wal()
+        if not checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA cache_size = -65536")      # 64 MiB of pages: ticks touch big indexes
         conn.execute("PRAGMA temp_store = MEMORY")
@@ -170,7 +182,7 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin()
             started = time.perf_counter()
             self._depth = 1
             try:
@@ -182,6 +194,28 @@ class Store:
             self._depth = 0
             self.conn.execute("COMMIT")
             self.longest_write = max(self.longest_write, time.perf_counter() - started)
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, taking turns with the process's other connections to this file:
+        a yielding connection (the engine's) starts its next transaction only once no other
+        writer waits, so that a webhook's INSERT goes between two chunks of a long tick
+        instead of losing every race for the lock to the tick's next chunk."""
+        turns = self._turns
+        if turns is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        with turns:
+            if self.yields:
+                turns.wait_for(lambda: not turns.waiting, timeout=TURN_WAIT)
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            turns.waiting += 1
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        finally:
+            with turns:
+                turns.waiting -= 1
+                turns.notify_all()
 
     def _migrate(self) -> None:
         """Apply the migrations the database has not seen yet, each in its own transaction."""
@@ -795,6 +829,24 @@ class Store:
     def lease_holder(self) -> str | None:
         row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
         return row[0] if row else None
+
+
+class _Turns(threading.Condition):
+    """Writers of one database file in this process: how many wait for ``BEGIN IMMEDIATE``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+
+_TURNS: dict[str, _Turns] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+def _turns_for(path: str) -> _Turns:
+    key = os.path.realpath(path)
+    with _TURNS_LOCK:
+        return _TURNS.setdefault(key, _Turns())
 
 
 def _norm_source(source: str) -> str:

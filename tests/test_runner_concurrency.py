@@ -87,6 +87,24 @@ async def entered(gate: Gate) -> None:
     await wait_for(gate.entered.is_set)
 
 
+@pytest.fixture
+async def serve(aiohttp_client):
+    """Serve a runner's app and run its loops beside it (the app would wait for a first tick)."""
+    running: list[tuple[Runner, asyncio.Future]] = []
+
+    async def start(runner: Runner):
+        client = await aiohttp_client(build_app(runner, loops=False))
+        running.append((runner, asyncio.ensure_future(runner.run())))
+        return client
+
+    yield start
+    for runner, task in running:
+        runner.stop()
+        if isinstance(runner.engine.tick, Gate):
+            runner.engine.tick.release.set()
+        await asyncio.wait_for(task, 10)
+
+
 def message_body(user: str, event_id: str, text: str = "coupon please", token: str = "rt-1") -> bytes:
     return webhook_body(line_event("message", user, event_id=event_id, reply_token=token,
                                    message={"type": "text", "id": event_id, "text": text}))
@@ -95,10 +113,10 @@ def message_body(user: str, event_id: str, text: str = "coupon please", token: s
 # ----------------------------------------------------------------------------- ticks off the loop
 
 
-async def test_a_webhook_is_answered_and_stored_while_a_tick_is_blocked(open_runner, aiohttp_client):
+async def test_a_webhook_is_answered_and_stored_while_a_tick_is_blocked(open_runner, serve):
     runner = open_runner()
     gate = Gate(runner.engine)
-    client = await aiohttp_client(build_app(runner))
+    client = await serve(runner)
     await entered(gate)
     body = message_body("U1", "01CONC0001")
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
@@ -115,10 +133,10 @@ async def test_a_webhook_is_answered_and_stored_while_a_tick_is_blocked(open_run
     await wait_for(lambda: runner.store.outbox(status="dry_run"))
 
 
-async def test_ticks_never_overlap(open_runner, aiohttp_client):
+async def test_ticks_never_overlap(open_runner, serve):
     runner = open_runner(tick=0.05)
     gate = Gate(runner.engine)
-    client = await aiohttp_client(build_app(runner))
+    client = await serve(runner)
     await entered(gate)
     for i in range(5):                                        # each asks for a tick at once
         body = message_body(f"U{i}", f"01CONC01{i:02d}", token=f"rt-{i}")
