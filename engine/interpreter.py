@@ -34,11 +34,12 @@ log = logging.getLogger("linerules.engine")
 #: Most enrollments walked per transaction.
 CHUNK = 20000
 #: With a write budget: enrollments walked in a tick's first transaction; the later ones are
-#: sized to the budget from the time per row measured so far (at most CHUNK).
+#: sized to the budget from the time per row measured so far (growing at most twofold, at most
+#: CHUNK).
 FIRST_CHUNK = 500
 #: The runner's write budget: seconds a walk transaction should hold SQLite's one write lock,
 #: so that a webhook's INSERT never waits long (``Engine(write_budget=...)``).
-WRITE_BUDGET = 0.1
+WRITE_BUDGET = 0.05
 #: Events processed per transaction.
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
@@ -226,7 +227,7 @@ class Engine:
                 self._walk(rows, ts, result)
             if budget is not None:
                 spent = max(time.perf_counter() - started, 1e-6)
-                size = max(100, min(CHUNK, int(len(rows) * budget / spent)))
+                size = max(100, min(CHUNK, 2 * size, int(len(rows) * budget / spent)))
         return result
 
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:

@@ -220,11 +220,12 @@ class Runner:
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
-        store = Store(str(config.db), checkpoints=False)   # the tick thread's connection checkpoints
+        store = Store(str(config.db), checkpoints=False)
         engine_store = None
         try:
             acquire_lease(store, owner_id(), config)
-            engine_store = Store(str(config.db), yields=True)   # the tick thread's own connection
+            # the tick thread's own connection; it checkpoints after each tick (tick_once)
+            engine_store = Store(str(config.db), checkpoints=False, yields=True)
             engine = Engine(project, engine_store, condition_interval=config.condition_interval,
                             write_budget=WRITE_BUDGET)
         except BaseException:
@@ -396,6 +397,7 @@ class Runner:
                      (time.perf_counter() - started) * 1000)
         self.last_tick = now
         self.wake_dispatch()
+        store.checkpoint()
         return result
 
     def follow_grace(self, now: int) -> int:

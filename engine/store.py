@@ -136,10 +136,10 @@ class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
     def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False):
-        """``checkpoints=False`` leaves WAL checkpoints to the other connections of the process
-        (the runner's HTTP side, so that a webhook's commit never copies the log back);
-        ``yields=True`` lets the process's other writers go first (the runner's tick thread,
-        see :meth:`_begin`)."""
+        """``checkpoints=False``: commits never copy the write-ahead log back into the database
+        (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
+        webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
+        other writers go first (the runner's tick thread, see :meth:`_begin`)."""
         self.path = path
         self.yields = yields
         self._turns = None if path == ":memory:" else _turns_for(path)
@@ -189,17 +189,18 @@ class Store:
                 yield self.conn
             except BaseException:
                 self._depth = 0
-                self.conn.execute("ROLLBACK")
+                self._end("ROLLBACK")
                 raise
             self._depth = 0
-            self.conn.execute("COMMIT")
+            self._end("COMMIT")
             self.longest_write = max(self.longest_write, time.perf_counter() - started)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, taking turns with the process's other connections to this file:
         a yielding connection (the engine's) starts its next transaction only once no other
-        writer waits, so that a webhook's INSERT goes between two chunks of a long tick
-        instead of losing every race for the lock to the tick's next chunk."""
+        writer waits, and the others wait for its transaction in progress on a condition (woken
+        at its end, not by SQLite's busy sleeps), so a webhook's INSERT goes between two chunks
+        of a long tick instead of losing every race for the lock to the tick's next chunk."""
         turns = self._turns
         if turns is None:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -207,15 +208,39 @@ class Store:
         with turns:
             if self.yields:
                 turns.wait_for(lambda: not turns.waiting, timeout=TURN_WAIT)
-                self.conn.execute("BEGIN IMMEDIATE")
-                return
-            turns.waiting += 1
+                turns.busy = True
+            else:
+                turns.waiting += 1
+                turns.wait_for(lambda: not turns.busy, timeout=TURN_WAIT)
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            if self.yields:
+                self._end(None)
+            raise
         finally:
-            with turns:
-                turns.waiting -= 1
-                turns.notify_all()
+            if not self.yields:
+                with turns:
+                    turns.waiting -= 1
+                    turns.notify_all()
+
+    def _end(self, statement: str | None) -> None:
+        """``COMMIT`` or ``ROLLBACK`` (None: nothing began); a yielding connection then wakes
+        the writers waiting."""
+        try:
+            if statement is not None:
+                self.conn.execute(statement)
+        finally:
+            if self.yields and self._turns is not None:
+                with self._turns:
+                    self._turns.busy = False
+                    self._turns.notify_all()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log back into the database as far as readers allow, without
+        waiting for or blocking any writer (``PRAGMA wal_checkpoint(PASSIVE)``)."""
+        if self.path != ":memory:":
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _migrate(self) -> None:
         """Apply the migrations the database has not seen yet, each in its own transaction."""
@@ -832,11 +857,13 @@ class Store:
 
 
 class _Turns(threading.Condition):
-    """Writers of one database file in this process: how many wait for ``BEGIN IMMEDIATE``."""
+    """Writers of one database file in this process: how many wait for ``BEGIN IMMEDIATE``,
+    and whether a yielding connection is inside a write transaction."""
 
     def __init__(self) -> None:
         super().__init__()
         self.waiting = 0
+        self.busy = False
 
 
 _TURNS: dict[str, _Turns] = {}
