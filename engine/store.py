@@ -90,7 +90,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
 #: short at a million friends, so that webhooks are stored without waiting).
-AUDIENCE_CHUNK = 10000
+AUDIENCE_CHUNK = 5000
 
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0

@@ -303,3 +303,24 @@ async def test_without_a_join_link_in_flight_a_follow_is_processed_at_once(open_
     rows = await wait_for(lambda: runner.store.outbox(), timeout=2)
     assert [r["rule"] for r in rows] == ["welcome_general"]
     assert runner.follow_grace(int(dt.datetime.now(dt.timezone.utc).timestamp())) == 0
+
+
+def test_the_condition_interval_flag_reaches_the_engine(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import runner as runner_module
+    from engine.cli import cli
+
+    seen: dict = {}
+    monkeypatch.setattr(runner_module, "main", lambda **kwargs: seen.update(kwargs) or 0)
+    result = CliRunner().invoke(cli, ["run", "--db", str(tmp_path / "x.db"), "--condition-interval", "3600"])
+    assert result.exit_code == 0 and seen["condition_interval"] == 3600
+    refused = CliRunner().invoke(cli, ["run", "--condition-interval", "-5"])
+    assert refused.exit_code == 2 and "--condition-interval" in refused.output
+    config = RunnerConfig.from_env({}, rules_dir=write_rules(tmp_path / "rules"), db=tmp_path / "x.db",
+                                   condition_interval=3600)
+    opened = Runner.open(config)
+    try:
+        assert opened.engine.condition_interval == 3600 and opened.engine.store is not opened.store
+    finally:
+        opened.close()
