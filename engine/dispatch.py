@@ -371,6 +371,8 @@ class Dispatcher:
             0, int(q.get("value", 0)) - int(u.get("totalUsage", 0)))
         self._quota_read_at = time.monotonic()
         self._quota_month = _month(self.clock())
+        if self.remaining is None or self.remaining > 0:
+            self._exhausted_month = None     # more messages were bought, or the plan changed
         return self.remaining
 
     # ----------------------------------------------------------------- sending

@@ -34,7 +34,7 @@ from typing import Any, Callable, Coroutine, Mapping
 
 from . import ir
 from .diagnostics import has_errors, render_text
-from .dispatch import QUOTA_ZONE, DispatchResult, OutboxItem
+from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
@@ -136,13 +136,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def first_of_next_month(now: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    """00:00 local on the first day of the month after ``now`` (LINE's monthly quota resets)."""
-    local = now.astimezone(tz)
-    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
-    return dt.datetime(year, month, 1, tzinfo=tz)
 
 
 def lease_ttl(tick_seconds: float) -> int:
@@ -486,7 +479,7 @@ class Runner:
             log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status,
                       result.detail)
         elif outcome == "held":
-            until = first_of_next_month(now, QUOTA_ZONE)
+            until = self.next_day_opening(row, now)
             self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
             log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
                         result.detail)
@@ -497,14 +490,25 @@ class Runner:
                         row_id, to, result.detail, self.local(until))
         self.metrics.pushes.inc(outcome=outcome)
 
+    def _window(self, row: dict) -> Any:
+        rule = self.project.rules.get(row.get("rule") or "")
+        return (rule.window if rule else None) or self.project.settings.window
+
+    def next_day_opening(self, row: dict, now: dt.datetime) -> dt.datetime:
+        """Where sends stopped by the monthly quota wait (SPEC §4): the next day's opening of
+        the row's delivery window. The quota is read again then; while it stays spent the row
+        is held for another day, and the month's reset releases it."""
+        local = now.astimezone(self.tz)
+        tomorrow = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), self.tz)
+        at = next_opening(int(tomorrow.timestamp()), self._window(row), self.tz)
+        return dt.datetime.fromtimestamp(at, dt.timezone.utc)
+
     def retry_at(self, row: dict, now: dt.datetime) -> dt.datetime:
         """Backoff by attempts; a push that would land outside its delivery window waits for
         the next opening (answers to a friend's own message ignore the window)."""
         at = int(now.timestamp()) + backoff_seconds(int(row.get("attempts") or 1))
         if not row.get("reply_token"):
-            rule = self.project.rules.get(row.get("rule") or "")
-            window = (rule.window if rule else None) or self.project.settings.window
-            at = next_opening(at, window, self.tz)
+            at = next_opening(at, self._window(row), self.tz)
         return dt.datetime.fromtimestamp(at, dt.timezone.utc)
 
     def _quota_remaining(self) -> float | None:

@@ -185,6 +185,20 @@ async def test_monthly_limit_429_holds_and_stops_pushes_for_the_month(dispatcher
     assert [d.user_id for d in emulator.delivered] == ["U3"]
 
 
+async def test_a_bigger_quota_read_again_releases_held_pushes(dispatcher, emulator):
+    emulator.quota = 10
+    assert await dispatcher.refresh_quota() == 10
+    emulator.usage = 10                        # spent elsewhere: LINE answers 429
+    [first] = await dispatcher.send([push(1, "U1")])
+    assert (first.outcome, first.status) == ("held", 429) and dispatcher.quota_exhausted
+    emulator.quota = 5000                      # the shop moved to the Light plan
+    assert await dispatcher.refresh_quota() == 4990
+    assert not dispatcher.quota_exhausted
+    [again] = await dispatcher.send([push(1, "U1")])
+    assert again.outcome == "sent"
+    assert [d.user_id for d in emulator.delivered] == ["U1"]
+
+
 async def test_quota_exhaustion_ends_with_the_month(emulator):
     now = [time.mktime((2026, 11, 30, 12, 0, 0, 0, 0, -1))]
     async with Dispatcher(emulator.access_token, emulator.base_url, clock=lambda: now[0],

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from engine.login import LoginError, LoginFlow
 from engine.metrics import Metrics
-from engine.runloop import Runner, RunnerConfig, StartupError, first_of_next_month
+from engine.runloop import Runner, RunnerConfig, StartupError
 from engine.server import build_app, health
 from engine.store import Store
 
@@ -522,12 +522,33 @@ def test_every_environment_variable_is_documented():
 # ----------------------------------------------------------------------------- helpers
 
 
-def test_quota_holds_until_the_first_of_next_month_in_the_zone():
-    from zoneinfo import ZoneInfo
+async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line_emulator, make_client):
+    """SPEC §4: what the quota stops is held, not lost, and tried again at the next day's
+    opening (the quota is read again then: a bigger plan releases it)."""
+    for user in ("U1", "U2"):
+        line_emulator.add_user(user, user)
+    line_emulator.quota = 1
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url})
+    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
+                             headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert resp.status == 200
+    rows = await wait_for(lambda: (r := runner.store.outbox()) and len(r) == 2
+                          and {x["status"] for x in r} == {"sent", "held"} and r)
+    held = next(r for r in rows if r["status"] == "held")
+    tomorrow = dt.datetime.combine(dt.datetime.now(JST).date() + dt.timedelta(days=1), dt.time(), JST)
+    assert held["not_before"] == int(tomorrow.timestamp())       # no window: 00:00 the next day
+    assert "monthly quota" in held["last_error"]
+    assert len(line_emulator.delivered) == 1
 
-    tokyo = ZoneInfo("Asia/Tokyo")
-    # 2026-12-31 16:00 UTC is already 2027-01-01 01:00 in Tokyo.
-    assert first_of_next_month(dt.datetime(2026, 12, 31, 16, tzinfo=dt.timezone.utc), tokyo) == \
-        dt.datetime(2027, 2, 1, tzinfo=tokyo)
-    assert first_of_next_month(dt.datetime(2026, 12, 15, tzinfo=JST), tokyo) == \
-        dt.datetime(2027, 1, 1, tzinfo=tokyo)
+
+def test_the_next_days_opening_follows_the_window():
+    from engine import ir
+
+    runner = Runner.__new__(Runner)
+    runner.project = ir.Project(rules={}, segments={}, messages={}, sales=(),
+                                settings=ir.Settings(window=ir.Window(dt.time(9), dt.time(21))))
+    at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 23, 30, tzinfo=JST))
+    assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
+    at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 0, 30, tzinfo=JST))
+    assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
