@@ -25,7 +25,7 @@ test: setup browser
 browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
 	  || echo "chromium could not be installed: the HTML report test will be skipped"; \
 	else echo "chromium is not installed (needs root and apt-get): the HTML report test will be skipped"; fi
 
