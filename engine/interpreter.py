@@ -149,6 +149,12 @@ class Engine:
         self.wait_types = {getattr(st.trigger, "event_type", None) for r in project.rules.values()
                            for st in r.steps if isinstance(st, ir.WaitFor)}
         self.has_exits = any(r.exit_when is not None for r in project.rules.values())
+        #: (rules, exclude) filters of the due walk, highest priority first; the last takes every
+        #: other rule (also enrollments of rules no longer in the project)
+        levels = sorted({r.priority for r in project.rules.values()}, reverse=True)
+        higher = [[n for n, r in project.rules.items() if r.priority == p] for p in levels[:-1]]
+        taken = [n for names in higher for n in names]
+        self._walk_order = [(names, False) for names in higher] + [(taken or None, bool(taken))]
         self.by_type: dict[str, list[ir.Rule]] = defaultdict(list)
         for rule in sorted(project.rules.values(), key=lambda r: (-r.priority, r.name)):
             event_type = getattr(rule.trigger, "event_type", None)
@@ -217,17 +223,20 @@ class Engine:
         seen: set[int] = set()
         budget = self.write_budget
         size = CHUNK if budget is None else min(FIRST_CHUNK, CHUNK)
-        while True:
-            rows = [r for r in self.store.due_enrollments(ts, size) if r[0] not in seen]
-            if not rows:
-                break
-            seen.update(r[0] for r in rows)
-            started = time.perf_counter()
-            with self.store.transaction():
-                self._walk(rows, ts, result)
-            if budget is not None:
-                spent = max(time.perf_counter() - started, 1e-6)
-                size = max(100, min(CHUNK, 2 * size, int(len(rows) * budget / spent)))
+        # Higher-priority rules are walked first, so that when max_per_day must choose, their
+        # sends are recorded before those of lower priority even across chunks.
+        for rules, exclude in self._walk_order:
+            while True:
+                rows = [r for r in self.store.due_enrollments(ts, size, rules, exclude) if r[0] not in seen]
+                if not rows:
+                    break
+                seen.update(r[0] for r in rows)
+                started = time.perf_counter()
+                with self.store.transaction():
+                    self._walk(rows, ts, result)
+                if budget is not None:
+                    spent = max(time.perf_counter() - started, 1e-6)
+                    size = max(100, min(CHUNK, 2 * size, int(len(rows) * budget / spent)))
         return result
 
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:

@@ -624,14 +624,20 @@ class Store:
             "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id",
             (friend,)).fetchall()
 
-    def due_enrollments(self, now: int, limit: int) -> list[tuple]:
+    def due_enrollments(self, now: int, limit: int, rules: Sequence[str] | None = None,
+                        exclude: bool = False) -> list[tuple]:
         """Open enrollments with ``due_at <= now``, earliest first (the partial due index), as
-        plain tuples of :data:`WALK_COLUMNS`."""
+        plain tuples of :data:`WALK_COLUMNS`; only those of ``rules`` when given (or, with
+        ``exclude``, of every other rule)."""
         cur = self.conn.cursor()
         cur.row_factory = None
+        only = ""
+        if rules is not None:
+            only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
         return cur.execute(
             f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
-            "AND due_at <= ? ORDER BY due_at, id LIMIT ?", (now, limit)).fetchall()
+            f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
+            (now, *(rules or ()), limit)).fetchall()
 
     def next_due_at(self, after: int) -> int | None:
         row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "

@@ -162,3 +162,22 @@ def test_condition_interval_checks_once_per_slot_from_local_midnight(fresh_db_pa
     assert (third.conditions, third.entered) == (True, 1)
     assert [r["messages"] for r in store.outbox()] == [["a"]]
     store.close()
+
+
+def test_priority_holds_across_walk_chunks(fresh_db_path, monkeypatch):
+    """A tick walks due enrollments in chunks (short write transactions); the cap must still
+    keep the higher-priority send when the two land in different chunks."""
+    import engine.interpreter
+
+    monkeypatch.setattr(engine.interpreter, "CHUNK", 1)
+    settings = ir.Settings(max_per_day=1)
+    noon = dt.time(12)
+    p = project(rule("low", ir.Followed(), wait(86400, noon), send("a")),          # enrolled first
+                rule("high", ir.TaggedTrigger("vip"), wait(86400, noon), send("b"), priority=5),
+                settings=settings)
+    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("tag", "U1", "2026-11-01 10:30", add=["vip"])]
+    assert run(p, events, db_path=str(fresh_db_path)) == [("2026-11-02 12:00:00", "U1", "high", ["b"])]
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT rule, status FROM deliveries ORDER BY rule").fetchall()
+    assert [tuple(r) for r in rows] == [("high", "sent"), ("low", "capped")]
+    store.close()
