@@ -700,11 +700,12 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
     try:
         if block_days < 1:
             raise ReportError("--block-days must be at least 1")
+        conn = open_db(db)          # the database first: a wrong path is the likelier mistake
         loaded = load_project(rules_dir)
         if has_errors(loaded.diagnostics) or loaded.project is None:
+            conn.close()
             sys.stderr.write(render_diagnostics(loaded.diagnostics, loaded.sources))
             return 1
-        conn = open_db(db)
         settings = loaded.project.settings
         tz = settings.tz
         options = Options(

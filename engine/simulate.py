@@ -106,7 +106,7 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
     try:
         tick_seconds = timeutil.parse_duration(tick)
         if tick_seconds <= 0:
-            raise ValueError("--tick must be longer than 0s")
+            raise ValueError("must be longer than 0s")
     except ValueError as exc:
         return _fail(f"--tick: {exc}")
     until_at = None
