@@ -719,6 +719,19 @@ class Engine:
             result.queued += 1
             return len(outbox) - 1
 
+        def direct(g: _Group, chunks: list, day: str, reason: str | None, counts: bool) -> None:
+            """Queue a group for its one friend now: the first push as a reply while the group's
+            token is fresh and unused in this batch, the rest (or all of it) as pushes."""
+            token = g.reply[0] if g.reply and g.reply[0] not in used_tokens else None
+            if token:
+                used_tokens.add(token)
+            for i, (names, objects) in enumerate(chunks):
+                first = token if i == 0 else None
+                ref = queue("reply" if first else "push", [g.walker.friend], objects, names, g.walker.rule,
+                            now, first, g.reply[1] if first else None)
+                deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
+                                   "queued", reason, g.walker.variant, now, day, 1 if counts and i == 0 else 0))
+
         for w, step in menus:
             menu_id, label = settings.rich_menu(step.menu), [f"menu:{step.menu}"]
             reason = ("blocked" if w.friend in blocked else "holdout" if w.holdout
@@ -753,14 +766,7 @@ class Engine:
             elif g.answer:
                 chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
                                       deliveries, day_now)
-                for i, (names, objects) in enumerate(chunks):
-                    token = g.reply[0] if g.reply and i == 0 and g.reply[0] not in used_tokens else None
-                    if token:
-                        used_tokens.add(token)
-                    ref = queue("reply" if token else "push", [g.walker.friend], objects, names, g.walker.rule,
-                                now, token, g.reply[1] if token else None)
-                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
-                                       "queued", "answer", g.walker.variant, now, day_now, 0))
+                direct(g, chunks, day_now, "answer", counts=False)
             else:
                 rule_name = g.walker.rule
                 if rule_name not in openings:
@@ -785,13 +791,7 @@ class Engine:
                                   deliveries, day)
             if g.reply and at == now and g.reply[0] not in used_tokens and chunks:
                 # sent at once in the tick of the follow that caused it: a free reply
-                used_tokens.add(g.reply[0])
-                for i, (names, objects) in enumerate(chunks):
-                    token = g.reply[0] if i == 0 else None
-                    ref = queue("reply" if token else "push", [g.walker.friend], objects, names,
-                                g.walker.rule, now, token, g.reply[1] if token else None)
-                    deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
-                                       "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
+                direct(g, chunks, day, None, counts=True)
                 continue
             hit = chunk_keys.get((id(chunks), at))
             if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this batch
