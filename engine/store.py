@@ -86,6 +86,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_replies ON outbox(not_before, id)
       WHERE kind = 'reply' AND status IN ('pending', 'held');
     """,
+    # 3: whether a request for the row was actually sent and its outcome is unknown (timeout,
+    # lost answer, 5xx): only such a row must go out again byte-identical with its retry key;
+    # a row never sent (or refused for sure, e.g. 429) may still be decided anew.
+    """
+    ALTER TABLE outbox ADD COLUMN ambiguous INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
