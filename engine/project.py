@@ -25,6 +25,7 @@ from . import ir
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
 from .diagnostics import Diagnostic, dedupe, has_errors
+from .i18n import E, _
 from .parser import parse_file, rule_name_of
 
 SETTINGS_FILE = "settings.yaml"
@@ -40,6 +41,8 @@ class LoadResult:
     project: ir.Project | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    #: ``language:`` of settings.yaml, when it has a valid one (even if other files have errors).
+    language: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,10 +76,10 @@ def _collector_paused() -> Iterator[None]:
 
 def _load(root: str) -> LoadResult:
     if not os.path.exists(root):
-        return _fail(root, f"`{root}` does not exist (give a rule folder or a .rule file)")
+        return _fail(root, E("LR001", "`{path}` does not exist (give a rule folder or a .rule file)", path=root))
     if os.path.isfile(root):
         if not root.endswith(RULE_SUFFIX):
-            return _fail(root, f"`{root}` is not a .rule file or a rule folder")
+            return _fail(root, E("LR001", "`{path}` is not a .rule file or a rule folder", path=root))
         folder, only = os.path.dirname(root), os.path.basename(root)
     else:
         folder, only = root, None
@@ -84,7 +87,8 @@ def _load(root: str) -> LoadResult:
         names = sorted(n for n in os.listdir(folder or ".")
                        if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n)))
     except OSError as exc:
-        return _fail(root, f"cannot read `{root}`: {exc.strerror or exc}")
+        return _fail(root, E("LR001", "cannot read `{path}`: {reason}", path=root,
+                                reason=exc.strerror or exc))
 
     loader = _Loader()
     settings, sales, messages = loader.yaml_files(folder)
@@ -112,9 +116,11 @@ def _load(root: str) -> LoadResult:
                   other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
                   report_unused=only is None, messages_path=messages_path,
                   messages_text=loader.sources.get(messages_path, ""))
-    return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
-                   settings=settings, messages=messages, sales=sales, root=root,
-                   version=loader.version())
+    result = _finish(rule_files, ctx, loader.diagnostics, loader.sources,
+                     settings=settings, messages=messages, sales=sales, root=root,
+                     version=loader.version())
+    result.language = settings.language
+    return result
 
 
 def compile_source(text: str, *, path: str = "test.rule",
@@ -174,8 +180,8 @@ class _Loader:
                 data = fh.read()
         except OSError as exc:
             if not quiet:
-                self.diagnostics.append(Diagnostic(path, 1, 1, "error",
-                                                   f"cannot read the file: {exc.strerror or exc}"))
+                self.diagnostics.append(Diagnostic(path, 1, 1, "error", E(
+                    "LR001", "cannot read the file: {reason}", reason=exc.strerror or exc)))
             return None
         try:
             text = data.decode("utf-8")
@@ -185,8 +191,8 @@ class _Loader:
                 line = before.count(b"\n") + 1
                 column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
                 self.diagnostics.append(Diagnostic(path, line, column, "error",
-                                                   "the file is not UTF-8 text",
-                                                   help="save it as UTF-8"))
+                                                   E("LR002", "the file is not UTF-8 text"),
+                                                   help=_("save it as UTF-8")))
             return None
         text = text.removeprefix("\ufeff")
         self.sources[path] = text

@@ -1,0 +1,148 @@
+"""Stable diagnostic codes (``LR102``) and what each one means, in the product's languages.
+
+Every diagnostic headline is written ``E("LR102", "unknown message `{name}`", name=...)`` where
+it is raised; this module holds, per code, a title, an explanation, a wrong and a fixed example
+(:data:`CODES`). All of them are gettext texts of the one catalog, so ``linerules explain LR102``
+and the generated pages docs/errors.md and docs/ja/errors.md speak the chosen language.
+
+:func:`messages_by_code` reads the engine's source to list the headlines of each code (the
+tests use it to prove that every code used has an explanation, and the pages list them).
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .i18n import Text, _, gettext_, render
+
+CODE_RE = re.compile(r"LR\d{3}")
+ENGINE = Path(__file__).resolve().parent
+#: Source files outside engine/ that raise diagnostics too.
+EXTRA_SOURCES = (ENGINE.parent / "runner.py",)
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    title: Text
+    meaning: Text
+    wrong: Text
+    fixed: Text
+    file: str = "welcome.rule"   # the file the examples are taken from
+
+
+def _c(code: str, file: str, title: Text, meaning: Text, wrong: Text, fixed: Text) -> Code:
+    return Code(code, title, meaning, wrong, fixed, file)
+
+
+#: Every code, in order. Add a new one at the end of its group; never reuse a number.
+CODES: dict[str, Code] = {c.code: c for c in (
+    # ------------------------------------------------------------------ files and YAML (LR0xx)
+    _c("LR001", "rules/",
+       _("the rule folder or file cannot be read"),
+       _("The path given to the command does not exist, is not a `.rule` file or a folder, or "
+         "cannot be opened. Give the rule folder (usually `rules/`) or one `.rule` file in it."),
+       _("linerules validate rule/"),
+       _("linerules validate rules/")),
+    _c("LR002", "welcome.rule",
+       _("the file is not UTF-8 text"),
+       _("Every file of the rule folder must be saved as UTF-8. A file saved as Shift_JIS "
+         "(common with Windows tools) cannot be read; save it again as UTF-8."),
+       _("(welcome.rule saved as Shift_JIS)"),
+       _("(welcome.rule saved as UTF-8)")),
+)}
+
+
+# ----------------------------------------------------------------------------- the source
+
+
+@functools.cache
+def messages_by_code() -> dict[str, tuple[str, ...]]:
+    """Code -> the English headlines raised with it (``E(code, msgid)`` calls in the source)."""
+    found: dict[str, list[str]] = {}
+    files = sorted(ENGINE.glob("*.py")) + [p for p in EXTRA_SOURCES if p.exists()]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "E"
+                    and len(node.args) >= 2 and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[1], ast.Constant)):
+                msgs = found.setdefault(node.args[0].value, [])
+                if node.args[1].value not in msgs:
+                    msgs.append(node.args[1].value)
+    return {code: tuple(found[code]) for code in sorted(found)}
+
+
+def lookup(code: str) -> Code | None:
+    return CODES.get(code.strip().upper())
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def explain(code: Code, lang: str | None = None) -> str:
+    """The ``linerules explain`` text of one code."""
+    t = lambda text: render(text, lang)  # noqa: E731
+    out = [f"{code.code}: {t(code.title)}", "", t(code.meaning), "",
+           t(_("Wrong ({file}):", file=code.file))]
+    out += ["    " + line for line in t(code.wrong).splitlines()]
+    out += ["", t(_("Fixed:"))]
+    out += ["    " + line for line in t(code.fixed).splitlines()]
+    return "\n".join(out) + "\n"
+
+
+def markdown(lang: str) -> str:
+    """docs/errors.md (``en``) or docs/ja/errors.md (``ja``): every code, generated."""
+    t = lambda text: render(text, lang)  # noqa: E731
+    used = messages_by_code()
+    out = [t(_("# Errors and warnings of `linerules validate`")), "",
+           t(_("<!-- Generated from the message catalog by `make docs`; do not edit by hand. -->")), "",
+           t(_("`linerules validate rules/` prints each problem as")), "",
+           "    " + t(_("rules/welcome.rule:7:14: error[LR102]: unknown message `coupon51`")),
+           "        send coupon51 if not purchased",
+           "             ^^^^^^^^",
+           "        " + t(_("help: did you mean `coupon15`?")), "",
+           t(_("the file, line and column, the code of the problem, then the line itself with a "
+               "caret under the exact place, then a `help:` line with a fix where there is one. "
+               "**Errors** make the command exit with 1 (the runner refuses to load such a folder "
+               "and keeps the one it has). **Warnings** point at something that is allowed but "
+               "almost certainly not meant; the exit code stays 0. All problems are reported in "
+               "one run.")), "",
+           t(_("`linerules explain LR102` prints the explanation of a code in the terminal. "
+               "`--lang ja` (or `language: ja` in settings.yaml) shows everything in Japanese.")), ""]
+    for code in CODES.values():
+        out += [f"## {code.code}: {t(code.title)}", "", t(code.meaning), ""]
+        msgs = used.get(code.code, ())
+        if msgs:
+            out.append(t(_("Messages:")))
+            out.append("")
+            out += [f"- {_md_code(gettext_(m, lang))}" for m in msgs]
+            out.append("")
+        out += [t(_("Wrong ({file}):", file=code.file)), "", "```"]
+        out += t(code.wrong).splitlines()
+        out += ["```", "", t(_("Fixed:")), "", "```"]
+        out += t(code.fixed).splitlines()
+        out += ["```", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _md_code(template: str) -> str:
+    """A message template as Markdown: the placeholders shown as ``X``-like names."""
+    shown = re.sub(r"\{(\w+)\}", r"<\1>", template.replace("{{", "{").replace("}}", "}"))
+    return shown.replace("|", "\\|")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.codes``: write docs/errors.md and docs/ja/errors.md."""
+    root = ENGINE.parent
+    (root / "docs" / "errors.md").write_text(markdown("en"), encoding="utf-8")
+    (root / "docs" / "ja").mkdir(exist_ok=True)
+    (root / "docs" / "ja" / "errors.md").write_text(markdown("ja"), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
