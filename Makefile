@@ -35,7 +35,7 @@ catalog: setup
 	$(BIN)/pybabel -q extract -F babel.cfg -k E:2 -k n_:1,2 -k N_ --no-location --sort-output \
 	  --project linerules --omit-header -o engine/locale/linerules.pot .
 	$(BIN)/pybabel -q update -i engine/locale/linerules.pot -d engine/locale -D linerules -l ja \
-	  --no-fuzzy-matching --ignore-obsolete --no-location
+	  --no-fuzzy-matching --ignore-obsolete --no-wrap
 
 # docs/errors.md and docs/ja/errors.md, generated from the catalog.
 docs: setup

@@ -53,6 +53,95 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "(common with Windows tools) cannot be read; save it again as UTF-8."),
        _("(welcome.rule saved as Shift_JIS)"),
        _("(welcome.rule saved as UTF-8)")),
+    # ------------------------------------------------------------------ settings.yaml (LR6xx)
+    _c("LR600", "settings.yaml",
+       _("settings.yaml is not a list of settings"),
+       _("settings.yaml holds one `name: value` setting per line. A file that is a single text or "
+         "a list cannot be read as settings."),
+       _("- timezone: Asia/Tokyo"),
+       _("timezone: Asia/Tokyo")),
+    _c("LR601", "settings.yaml",
+       _("unknown setting"),
+       _("The key is not one of the settings listed in docs/settings.md, usually a misspelling. "
+         "The help suggests the closest setting."),
+       _("timzone: Asia/Tokyo"),
+       _("timezone: Asia/Tokyo")),
+    _c("LR602", "settings.yaml",
+       _("unknown time zone"),
+       _("`timezone` must be an IANA time zone name such as `Asia/Tokyo`. Every time of day in the "
+         "rules (`at 12:00`, `window`, schedules, sale times) is read in this zone."),
+       _("timezone: JST"),
+       _("timezone: Asia/Tokyo")),
+    _c("LR603", "settings.yaml",
+       _("the delivery window is not valid"),
+       _("`window` is the daily delivery window, two times of day `HH:MM-HH:MM` in quotes. Sends "
+         "due outside it wait for the next opening. An end before the start runs over midnight; "
+         "start and end may not be the same."),
+       _("window: 9:00-21:00pm"),
+       _("window: \"09:00-21:00\"")),
+    _c("LR604", "settings.yaml",
+       _("a setting has a value of the wrong kind"),
+       _("Each setting takes one kind of value: `max_per_day`, `monthly_quota` and "
+         "`attribution_days` a whole number of at least 1, `utm` true or false, `base_url` an "
+         "https:// address, the LINE Login settings a text."),
+       _("max_per_day: two"),
+       _("max_per_day: 2")),
+    _c("LR605", "settings.yaml",
+       _("a rich menu entry is not valid"),
+       _("`rich_menus` maps the names the rules use (`menu vip`) to the rich menu ids LINE shows "
+         "when a menu is created: `richmenu-` followed by 32 hexadecimal characters."),
+       _("rich_menus:\n  vip: VIP menu"),
+       _("rich_menus:\n  vip: richmenu-2b7e9f41c6d84a35b0e1f2a3c4d5e6f7")),
+    _c("LR606", "settings.yaml",
+       _("a secret is kept in git (warning)"),
+       _("The files of the rule folder are kept in git, where everyone with access can read "
+         "them. The LINE Login channel secret belongs in the environment variable "
+         "LINE_LOGIN_CHANNEL_SECRET of the runner."),
+       _("login_channel_secret: 0123456789abcdef"),
+       _("# settings.yaml: no secret\n# where the runner runs: LINE_LOGIN_CHANNEL_SECRET=0123456789abcdef")),
+    _c("LR607", "settings.yaml",
+       _("unknown language"),
+       _("`language` chooses the language of the messages of `linerules validate`, `test`, "
+         "`explain` and `report`: `ja` for Japanese, `en` for English."),
+       _("language: japanese"),
+       _("language: ja")),
+    # ------------------------------------------------------------------ sale_calendar.yaml (LR7xx)
+    _c("LR700", "sale_calendar.yaml",
+       _("the sale calendar is not a list of sales"),
+       _("sale_calendar.yaml starts with `sales:` followed by one item per sale, each a mapping "
+         "with `name`, `title`, `starts` and `ends`."),
+       _("super_sale_dec:\n  starts: 2026-12-04 20:00"),
+       _("sales:\n  - name: super_sale_dec\n    title: 12月スーパーSALE\n"
+         "    starts: 2026-12-04 20:00\n    ends: 2026-12-11 01:59")),
+    _c("LR701", "sale_calendar.yaml",
+       _("two sales have the same name"),
+       _("Each sale needs its own `name`: rules and reports tell the sales apart by it."),
+       _("sales:\n  - name: super_sale\n    ...\n  - name: super_sale\n    ..."),
+       _("sales:\n  - name: super_sale_sep\n    ...\n  - name: super_sale_dec\n    ...")),
+    _c("LR702", "sale_calendar.yaml",
+       _("a sale field is unknown or missing"),
+       _("A sale has the fields `name`, `title`, `starts` and `ends` (required) and `kind` and "
+         "`url` (optional). Any other field is an error, usually a misspelling."),
+       _("  - name: super_sale_dec\n    title: 12月スーパーSALE\n    start: 2026-12-04 20:00"),
+       _("  - name: super_sale_dec\n    title: 12月スーパーSALE\n    starts: 2026-12-04 20:00\n"
+         "    ends: 2026-12-11 01:59")),
+    _c("LR703", "sale_calendar.yaml",
+       _("a sale field has a wrong value"),
+       _("A sale's `name` and `kind` are names (a letter, then letters, digits, `_` or `-`), its "
+         "`title` is a text and its `url` an https:// link."),
+       _("    name: 12月 super sale"),
+       _("    name: super_sale_dec\n    title: 12月スーパーSALE")),
+    _c("LR704", "sale_calendar.yaml",
+       _("a sale time is not a date and time"),
+       _("`starts` and `ends` are local times like `2026-12-04 20:00`, times with an offset like "
+         "`2026-12-04T20:00:00+09:00`, or dates (midnight)."),
+       _("    starts: 12/4 20時"),
+       _("    starts: 2026-12-04 20:00")),
+    _c("LR705", "sale_calendar.yaml",
+       _("a sale ends before it starts"),
+       _("`ends` must be later than `starts`. A sale that runs past midnight ends on the next day."),
+       _("    starts: 2026-12-04 20:00\n    ends: 2026-12-04 01:59"),
+       _("    starts: 2026-12-04 20:00\n    ends: 2026-12-11 01:59")),
 )}
 
 

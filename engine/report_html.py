@@ -50,16 +50,22 @@ def render_html(report: dict, db: str) -> str:
     p, s = report["period"], report["settings"]
     since = moment(p["since"]) if p["since"] else render(_("the start"))
     period = _("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"]))
+    title = t(_("linerules report: {db}", db=db))
+    heading = t(_("linerules report"))
+    conversions = t(_("Conversions: an order within {days} days after a send, counted once for the "
+                      "last send before it.", days=s["attribution_days"]))
+    blocks = t(_("Blocks after send: an unfollow within {days} days after a send, counted the same "
+                 "way.", days=s["block_days"]))
     parts = [
         "<!DOCTYPE html>", f'<html lang="{language()}"><head><meta charset="utf-8">',
-        f"<title>{t(_('linerules report: {db}', db=db))}</title>", f"<style>{CSS}</style></head><body>",
-        f"<h1>{t(_('linerules report'))}</h1><p class=note>{escape(db)}: {t(period)} "
-        f"({escape(p['timezone'])})</p>",
-        f"<p class=note>{t(_('Conversions: an order within {days} days after a send, counted once for the last send before it.', days=s['attribution_days']))} "
-        f"{t(_('Blocks after send: an unfollow within {days} days after a send, counted the same way.', days=s['block_days']))}</p>",
+        f"<title>{title}</title>", f"<style>{CSS}</style></head><body>",
+        f"<h1>{heading}</h1><p class=note>{escape(db)}: {t(period)} ({escape(p['timezone'])})</p>",
+        f"<p class=note>{conversions} {blocks}</p>",
     ]
     if report["empty"]:
-        parts.append(f'<p class="empty" id="empty">{t(_("No activity recorded in this database for this period: nobody entered a rule, nothing was sent, no events arrived."))}</p>')
+        empty = t(_("No activity recorded in this database for this period: nobody entered a rule, "
+                    "nothing was sent, no events arrived."))
+        parts.append(f'<p class="empty" id="empty">{empty}</p>')
     parts += _rules(report)
     parts += _account(report)
     parts += _experiments(report)
@@ -71,7 +77,7 @@ def render_html(report: dict, db: str) -> str:
 
 
 def _rules(report: dict) -> list[str]:
-    out = [f"<h2>{t(_('Rules'))}</h2>"]
+    out = ["<h2>" + t(_("Rules")) + "</h2>"]
     head = [render(h) for h in (_("rule / step"), _("entered"), _("pushes"), _("replies"), _("capped"),
                                 _("skipped"), _("held"), _("clicks"), _("conversions"), _("revenue (yen)"),
                                 _("blocks after send"), _("block rate"))]
@@ -84,9 +90,9 @@ def _rules(report: dict) -> list[str]:
                                                for k, v in r["exits"].items()))
              for r in report["rules"] if r["exits"]]
     if exits:
-        out.append(f"<p class=note>{t(_('Exits:'))} " + "; ".join(exits) + "</p>")
+        out.append("<p class=note>" + t(_("Exits:")) + " " + "; ".join(exits) + "</p>")
     active = [r for r in report["rules"] if r["entered"] or r["pushes"] or r["conversions"]]
-    out.append(f'<h3>{t(_("Funnel per rule"))}</h3><div class="charts">')
+    out.append("<h3>" + t(_("Funnel per rule")) + '</h3><div class="charts">')
     for i, r in enumerate(active, 1):
         steps = [(render(_("entered")), r["entered"]), (render(_("reached")), r["reached"]),
                  (render(_("clicked")), r["clicks"]), (render(_("converted")), r["conversions"])]
@@ -101,9 +107,10 @@ def _rules(report: dict) -> list[str]:
 def _account(report: dict) -> list[str]:
     a, s = report["account"], report["settings"]
     f = a["friends"]
-    out = [f"<h2>{t(_('Account'))}</h2>",
-           f"<p>{t(_('Friends gained {gained}, lost {lost}; current {current}, active in the last {days} days {active}.', gained=_fmt(f['gained']), lost=_fmt(f['lost']), current=_fmt(f['current']), days=s['active_days'], active=_fmt(f['active'])))}</p>",
-           '<div class="charts">']
+    friends = _("Friends gained {gained}, lost {lost}; current {current}, active in the last {days} "
+                "days {active}.", gained=_fmt(f["gained"]), lost=_fmt(f["lost"]),
+                current=_fmt(f["current"]), days=s["active_days"], active=_fmt(f["active"]))
+    out = ["<h2>" + t(_("Account")) + "</h2>", "<p>" + t(friends) + "</p>", '<div class="charts">']
     days = a["days"]
     out.append(_figure("chart-sends", "sends", render(_("Pushes per day")),
                        _columns([(_day(d["day"]), d["pushes"]) for d in days], GREEN)))
@@ -117,7 +124,7 @@ def _account(report: dict) -> list[str]:
                            _pct(m["quota_used"]) + (render(_(" over")) if m["over_quota"] else ""),
                            render(PLAN_WORDS.get(m["plan"], m["plan"])),
                            yen(m["cost_yen"]), yen(m["saved_by_replies_yen"])]) for m in a["months"]]
-        out.append(f"<h3>{t(_('Messages per month'))}</h3>")
+        out.append("<h3>" + t(_("Messages per month")) + "</h3>")
         out.append(_table([render(h) for h in (_("month"), _("messages"), _("replies (free)"), _("quota"),
                                                _("used"), _("cheapest plan"), _("cost (yen)"),
                                                _("saved by replies (yen)"))], rows))
@@ -131,8 +138,8 @@ def _account(report: dict) -> list[str]:
                 text = _("{fee} yen a month for {messages} messages, no more",
                          fee=yen(pl["fee_yen"]), messages=_fmt(pl["messages"]))
             plans.append(f"{escape(name)} {t(text)}")
-        out.append(f"<p class=note>{t(_("LINE's plans in Japan:"))} " + "; ".join(plans)
-                   + f". {t(_('Replies are free.'))}</p>")
+        out.append("<p class=note>" + t(_("LINE's plans in Japan:")) + " " + "; ".join(plans)
+                   + ". " + t(_("Replies are free.")) + "</p>")
     return out
 
 
@@ -140,10 +147,11 @@ def _experiments(report: dict) -> list[str]:
     if not report["experiments"]:
         return []
     days = report["settings"]["attribution_days"]
-    out = [f"<h2>{t(_('Experiments'))}</h2>",
-           f"<p class=note>{t(_('Conversion: an order within {days} days after entering the rule. 95% Wilson intervals for rates, Newcombe intervals for differences.', days=days))}</p>"]
+    note = _("Conversion: an order within {days} days after entering the rule. 95% Wilson intervals "
+             "for rates, Newcombe intervals for differences.", days=days)
+    out = ["<h2>" + t(_("Experiments")) + "</h2>", "<p class=note>" + t(note) + "</p>"]
     for i, e in enumerate(report["experiments"], 1):
-        out.append(f"<h3>{t(_('{rule} (control: {control})', rule=e['rule'], control=e['control']))}</h3>")
+        out.append("<h3>" + t(_("{rule} (control: {control})", rule=e["rule"], control=e["control"])) + "</h3>")
         rows = [("arm", [r["arm"], r["friends"], r["conversions"], _pct(r["rate"]), _ci(r["ci"]),
                          yen(r["revenue"])]) for r in e["arms"]]
         out.append(_table([render(h) for h in (_("arm"), _("friends"), _("converted"), _("rate"),

@@ -26,3 +26,16 @@ def line_emulator() -> Iterator[Emulator]:
 def fresh_db_path(tmp_path: Path) -> Path:
     """A path for a new SQLite database file (not created yet) in the test's tmp_path."""
     return tmp_path / "linerules.db"
+
+
+@pytest.fixture(autouse=True)
+def _english_unless_asked(monkeypatch):
+    """Every test starts in English whatever the machine's locale; a test that wants Japanese
+    says so (``--lang ja``, ``LINERULES_LANG``, ``language: ja`` or ``i18n.use``)."""
+    from engine import i18n
+
+    for var in ("LINERULES_LANG", "LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(var, raising=False)
+    i18n.use("en")
+    yield
+    i18n.use("en")
