@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_time
+from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_currency, format_decimal
 
 from . import i18n, ir, timeutil
@@ -616,7 +616,7 @@ def day(iso_day: str, lang: str | None = None) -> str:
 def month(iso_month: str, lang: str | None = None) -> str:
     """A month: ``2026-12``, or ``2026年12月`` in Japanese."""
     if (lang or language()) == "ja":
-        return format_date(dt.date.fromisoformat(iso_month + "-01"), "yMMM", locale="ja")
+        return format_skeleton("yMMM", dt.date.fromisoformat(iso_month + "-01"), locale="ja")
     return iso_month
 
 
@@ -705,11 +705,13 @@ def render_text(report: dict, db: str, lang: str | None = None) -> str:
                           t(PLAN_WORDS.get(m["plan"], m["plan"])), yen(m["cost_yen"], lang),
                           yen(m["saved_by_replies_yen"], lang)] for m in a["months"]), 7)
         lines.append(t(_("LINE's plans in Japan (replies are free):")))
-        for pl in a["plans"]:
-            name = t(PLAN_WORDS.get(pl["plan"], pl["plan"]))
-            pad = " " * max(0, 13 - _width(name))
-            fee = yen(pl["fee_yen"], lang)
-            fee = " " * max(0, 7 - _width(fee)) + fee
+        names = [t(PLAN_WORDS.get(pl["plan"], pl["plan"])) for pl in a["plans"]]
+        fees = [yen(pl["fee_yen"], lang) for pl in a["plans"]]
+        name_width = max([13] + [_width(x) for x in names])
+        fee_width = max([6] + [_width(x) for x in fees])
+        for pl, name, fee in zip(a["plans"], names, fees):
+            pad = " " * (name_width - _width(name))
+            fee = " " * (fee_width - _width(fee)) + fee
             if pl["extra_yen"]:
                 text = t(_("{fee} yen a month for {messages} messages, then up to {extra} yen each",
                            fee=fee, messages=n(pl["messages"]), extra=yen(pl["extra_yen"], lang)))
