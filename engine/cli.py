@@ -114,7 +114,8 @@ def simulate(events, rules_dir, until, tick, db):
 
 @cli.command(name="test")
 @click.argument("directory", default="rules", type=click.Path())
-def test_cmd(directory):
+@lang_option
+def test_cmd(directory, lang):
     """Run the rule tests kept in DIR/tests/ (default rules/tests/); exit 1 on any failure.
 
     \b
@@ -123,7 +124,7 @@ def test_cmd(directory):
     """
     from .ruletest import main
 
-    raise SystemExit(main(directory))
+    raise SystemExit(main(directory, lang=lang))
 
 
 @cli.command()

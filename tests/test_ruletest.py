@@ -203,7 +203,7 @@ def test_bad_test_file_is_reported_with_its_position_and_others_still_run(tmp_pa
     bad = PASSING.replace("messages: [coupon15]", "messages: [coupon51]")
     code, out, err = run(folder(tmp_path, bad=bad, buyers=BUYER))
     assert code == 1
-    assert "tests/bad.yaml:6:75: error: unknown message `coupon51`" in err
+    assert "tests/bad.yaml:6:75: error[LR805]: unknown message `coupon51`" in err
     assert "help: did you mean `coupon15`?" in err
     assert out.splitlines()[-1] == "2 passed, 0 failed, 1 test file with errors"
 
