@@ -75,7 +75,8 @@ def explain(code, rules_dir, lang):
 @click.argument("rule", required=False)
 @click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
               help="The rule folder.")
-def graph(rule, rules_dir):
+@lang_option
+def graph(rule, rules_dir, lang):
     """Print a Mermaid flowchart of the compiled rule(s), for pull request review.
 
     \b
@@ -84,7 +85,7 @@ def graph(rule, rules_dir):
     """
     from .graph import main
 
-    raise SystemExit(main(rules_dir, rule))
+    raise SystemExit(main(rules_dir, rule, lang))
 
 
 @cli.command()
@@ -97,7 +98,8 @@ def graph(rule, rules_dir):
               help="How often condition triggers are checked (aligned to local midnight).")
 @click.option("--db", default=None, type=click.Path(dir_okay=False),
               help="Keep the simulated database in this file (for `linerules report`).")
-def simulate(events, rules_dir, until, tick, db):
+@lang_option
+def simulate(events, rules_dir, until, tick, db, lang):
     """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
 
     Prints one JSON object per push, in time order:
@@ -109,7 +111,7 @@ def simulate(events, rules_dir, until, tick, db):
     """
     from .simulate import main
 
-    raise SystemExit(main(events, rules_dir, until, tick, db))
+    raise SystemExit(main(events, rules_dir, until, tick, db, lang))
 
 
 @cli.command(name="test")

@@ -1,6 +1,8 @@
 """``linerules test``: reading test files, comparing pushes, and whole runs on real rule folders."""
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import io
 import textwrap
@@ -222,6 +224,10 @@ def test_folder_without_tests_is_an_error(tmp_path):
 
 
 def test_cli_command_runs_the_sample_rules():
-    result = CliRunner().invoke(cli, ["test", str(Path(__file__).resolve().parent.parent / "rules")])
+    rules = str(Path(__file__).resolve().parent.parent / "rules")
+    result = CliRunner().invoke(cli, ["test", rules, "--lang", "en"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].endswith(" passed, 0 failed")
+    result = CliRunner().invoke(cli, ["test", rules])     # the sample says `language: ja`
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"合格 \d+件、不合格 0件", result.output.splitlines()[-1])
