@@ -142,6 +142,43 @@ CODES: dict[str, Code] = {c.code: c for c in (
        _("`ends` must be later than `starts`. A sale that runs past midnight ends on the next day."),
        _("    starts: 2026-12-04 20:00\n    ends: 2026-12-04 01:59"),
        _("    starts: 2026-12-04 20:00\n    ends: 2026-12-11 01:59")),
+    # ------------------------------------------------------------------ rule tests (LR8xx)
+    _c("LR800", "rules/tests/welcome.yaml",
+       _("a rule test file is not a list of tests"),
+       _("A file in rules/tests/ holds one test (`name`, `events`, `expect`) or a list of them "
+         "under `tests:`; nothing else may stand beside `tests:`."),
+       _("tests:\n  name: greeting\nevents: []"),
+       _("tests:\n  - name: greeting\n    events: []\n    expect: []")),
+    _c("LR801", "rules/tests/welcome.yaml",
+       _("a test field is unknown or missing"),
+       _("A test has `events` and `expect` (required) and `name`, `until`, `tick`, `tolerance` "
+         "(optional). `expect: []` says that nothing is sent."),
+       _("  - name: greeting\n    events: [...]\n    expects: [...]"),
+       _("  - name: greeting\n    events: [...]\n    expect: [...]")),
+    _c("LR802", "rules/tests/welcome.yaml",
+       _("a test's time or duration is not valid"),
+       _("`until` and the `at` of expected pushes are times with a UTC offset "
+         "(`2026-11-03T10:00:00+09:00`); `tick` and `tolerance` are durations (`1h`, `5m`)."),
+       _("    until: 2026-11-05 00:00"),
+       _("    until: 2026-11-05T00:00:00+09:00")),
+    _c("LR803", "rules/tests/welcome.yaml",
+       _("an event of a test is not valid"),
+       _("The events of a test are written exactly as in docs/events.md, in YAML. The message "
+         "says which field is wrong; words YAML reads as true/false or numbers need quotes."),
+       _("      - {type: follow, friend: U1, at: 2026-11-02T10:00:00, sorce: qr=shipping}"),
+       _("      - {type: follow, friend: U1, at: 2026-11-02T10:00:00+09:00, source: qr=shipping}")),
+    _c("LR804", "rules/tests/welcome.yaml",
+       _("an expected push is not valid"),
+       _("An expected push is `{at: ..., friend: ..., rule: ..., messages: [...]}` with all four "
+         "fields; `friend` is a text and `messages` a list of message names."),
+       _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, messages: coupon15}"),
+       _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, rule: welcome, messages: [coupon15]}")),
+    _c("LR805", "rules/tests/welcome.yaml",
+       _("an expected push names an unknown rule or message"),
+       _("The `rule` and `messages` of an expected push must exist in the rule folder; the help "
+         "suggests the closest name."),
+       _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, rule: welcome, messages: [coupon51]}"),
+       _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, rule: welcome, messages: [coupon15]}")),
 )}
 
 
