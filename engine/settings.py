@@ -183,8 +183,7 @@ def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], 
 def _language(f: YamlFile, path, value: Any) -> str | None:
     if not isinstance(value, str) or value not in LANGUAGES:
         f.error(f.span_at(path), E("LR607", "unknown language `{value}`", value=value),
-                help=did_you_mean(str(value), LANGUAGES) if isinstance(value, str) and len(value) > 2
-                else _("write `ja` (Japanese) or `en` (English)"))
+                help=_("write `ja` (Japanese) or `en` (English)"))
         return None
     return value
 
