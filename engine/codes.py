@@ -53,6 +53,290 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "(common with Windows tools) cannot be read; save it again as UTF-8."),
        _("(welcome.rule saved as Shift_JIS)"),
        _("(welcome.rule saved as UTF-8)")),
+    _c("LR003", "messages.yaml",
+       _("the YAML file cannot be read"),
+       _("settings.yaml, messages.yaml, sale_calendar.yaml and the rule tests are YAML. The "
+         "message says what broke the file: a tab used for indentation, a line not indented "
+         "like the lines above it, a full-width colon `：`, a `: ` inside a text that is not "
+         "quoted. Nothing else of the file is checked until it can be read."),
+       _("greeting：\n  友だち追加ありがとうございます"),
+       _("greeting: |-\n  友だち追加ありがとうございます")),
+    _c("LR004", "settings.yaml",
+       _("a key appears twice"),
+       _("Each key may appear once in a mapping. YAML would silently keep the last one, so a "
+         "second `window:` or a message defined twice is an error; remove one of them."),
+       _("window: \"09:00-21:00\"\nmax_per_day: 2\nwindow: \"10:00-20:00\""),
+       _("window: \"10:00-20:00\"\nmax_per_day: 2")),
+    _c("LR005", "messages.yaml",
+       _("a YAML value is not plain data"),
+       _("The files hold plain texts, numbers, lists and mappings. YAML tags such as "
+         "`!!python/object`, keys that are lists, values nested too deeply and aliases that "
+         "expand to too many values are refused."),
+       _("greeting: !!binary 44GC44KK44GM44Go44GG"),
+       _("greeting: ありがとうございます")),
+    _c("LR006", "messages.yaml",
+       _("a text holds a lone surrogate"),
+       _("An escape such as `\\ud800` is half of a character and cannot be sent. Write the "
+         "character itself (an emoji can be pasted as it is) or escape it whole (`\\U0001F600`)."),
+       _("greeting: \"ようこそ \\ud83d\""),
+       _("greeting: \"ようこそ 😀\"")),
+    # ------------------------------------------------------------------ rule syntax (LR01x)
+    _c("LR010", "welcome.rule",
+       _("the rule cannot be read here"),
+       _("The rule language allows only what the message lists at this place (a step, an "
+         "option, a condition, a duration like `1d`, ...). Common causes: a missing comma "
+         "(`send a b`), a number without a unit (`wait 3`), a time without minutes (`at 12`), "
+         "`==` instead of `=`. Compare the line with docs/language.md."),
+       _("when followed then send greeting coupon15"),
+       _("when followed then send greeting, coupon15")),
+    _c("LR011", "welcome.rule",
+       _("`then` is missing"),
+       _("The steps of a rule follow the word `then`, after the trigger, the entry filter and "
+         "the options."),
+       _("when followed send greeting"),
+       _("when followed then send greeting")),
+    _c("LR012", "welcome.rule",
+       _("a quoted text is not closed"),
+       _("A text in double quotes ends on the same line with another `\"`."),
+       _("when message \"クーポン then send coupon_reply"),
+       _("when message \"クーポン\" then send coupon_reply")),
+    _c("LR013", "welcome.rule",
+       _("the file ends too early"),
+       _("The last rule or segment is unfinished, or a `(` is never closed."),
+       _("segment vip: (orders >= 10 or tagged vip"),
+       _("segment vip: (orders >= 10 or tagged vip)")),
+    _c("LR014", "welcome.rule",
+       _("a keyword stands where a name belongs"),
+       _("Words of the language (`stop`, `send`, `sale`, ...) cannot be names where they could "
+         "be read as the word itself; the message says which word was read. Rename it, e.g. "
+         "`stop_sale`. Misspelt keywords (`wiat`) get the right word as help."),
+       _("when followed then wiat 1d send coupon15"),
+       _("when followed then wait 1d send coupon15")),
+    _c("LR015", "welcome.rule",
+       _("a full-width character in the rule"),
+       _("Rules are written with half-width symbols: `=` not `＝`, `:` not `：`, `%` not `％`, "
+         "`,` not `、`. Full-width characters belong inside quoted texts only."),
+       _("when followed via qr＝shipping then send greeting"),
+       _("when followed via qr=shipping then send greeting")),
+    _c("LR016", "welcome.rule",
+       _("not a duration"),
+       _("A duration is a number with a unit: `30m`, `2h`, `1d`, `2w`, combinable as `1d12h`. "
+         "There is no month or second unit: write `30d`, or at least `1m`."),
+       _("when followed then wait 14days send coupon15"),
+       _("when followed then wait 14d send coupon15")),
+    _c("LR017", "welcome.rule",
+       _("a condition nests too deeply"),
+       _("`not`, `and` and `or` may nest up to 50 levels inside each other. Deeper conditions "
+         "are refused as unreadable; move part of the condition into a segment."),
+       _("segment s: not not not ... (more than 50 times) ... blocked"),
+       _("segment s: not blocked")),
+    # ------------------------------------------------------------------ names (LR1xx)
+    _c("LR101", "welcome.rule",
+       _("unknown rule"),
+       _("`start NAME` names no rule of the folder. The help suggests the closest rule name."),
+       _("when purchased then start winbak"),
+       _("when purchased then start winback")),
+    _c("LR102", "welcome.rule",
+       _("unknown message"),
+       _("`send NAME` names no message of messages.yaml (or there is no messages.yaml). Fix the "
+         "spelling (the help suggests a close name) or add the message."),
+       _("when followed then send coupon51"),
+       _("when followed then send coupon15")),
+    _c("LR103", "dormant.rule",
+       _("unknown segment"),
+       _("`in segment NAME` names no `segment NAME: ...` of the folder."),
+       _("rule vip_care when in segment vipp then send vip_thanks"),
+       _("rule vip_care when in segment vip then send vip_thanks")),
+    _c("LR104", "dormant.rule",
+       _("unknown rich menu"),
+       _("`menu NAME` names no entry of `rich_menus:` in settings.yaml."),
+       _("when tagged vip then menu vipp"),
+       _("when tagged vip then menu vip")),
+    _c("LR105", "welcome.rule",
+       _("a variant that the rule does not have"),
+       _("`variant NAME` names one of the rule's own `split` variants, and only means something "
+         "inside that rule (entry filter, steps, `exit when`), not in segments or triggers."),
+       _("when followed split a 50%, b 50% then send coupon15 if variant c"),
+       _("when followed split a 50%, b 50% then send coupon15 if variant b")),
+    _c("LR106", "welcome.rule",
+       _("a name is defined twice"),
+       _("Rule names are unique across all files of the folder, and so are segment names. An "
+         "unnamed rule is named after its file, so `when ...` in welcome.rule clashes with a "
+         "`rule welcome`. The help says where the first one is."),
+       _("rule welcome when followed then send greeting\nrule welcome when followed via qr=shipping then send greeting_shipping"),
+       _("rule welcome when followed then send greeting\nrule welcome_qr when followed via qr=shipping then send greeting_shipping")),
+    _c("LR107", "summer_ad.rule",
+       _("a second rule without a name"),
+       _("One rule per file may leave out `rule NAME` (it is named after the file); name the "
+         "others."),
+       _("when followed via ad=summer then send coupon15\nwhen purchased then stop"),
+       _("when followed via ad=summer then send coupon15\nrule summer_bought when purchased then stop")),
+    _c("LR108", "dormant.rule",
+       _("segments refer to each other in a circle"),
+       _("A segment that uses itself, directly or through other segments, can never be "
+         "evaluated; break the circle."),
+       _("segment a: in segment b\nsegment b: in segment a"),
+       _("segment a: orders >= 3\nsegment b: in segment a and tagged vip")),
+    _c("LR109", "messages.yaml",
+       _("a message no rule sends (warning)"),
+       _("The message is defined in messages.yaml but no rule sends it: remove it, or send it "
+         "from a rule. Often the rule misspells its name."),
+       _("spare_coupon: 使われないクーポン"),
+       _("(remove spare_coupon, or `send spare_coupon` from a rule)")),
+    # ------------------------------------------------------------------ numbers and times (LR2xx)
+    _c("LR201", "welcome.rule",
+       _("not a time of day"),
+       _("Times of day are 24-hour `HH:MM`: hours 00 to 23, minutes 00 to 59; midnight is "
+         "`00:00`."),
+       _("when followed then wait 1d at 24:00 send coupon15"),
+       _("when followed then wait 1d at 00:00 send coupon15")),
+    _c("LR202", "welcome.rule",
+       _("a duration of zero"),
+       _("`wait 0d`, `within 0d`, `up to 0d`, `reenter after 0d` mean nothing (or the same as "
+         "something shorter); give a real duration. `wait 0d at 12:00` (the next 12:00) is fine."),
+       _("when followed then wait 0d send coupon15"),
+       _("when followed then wait 0d at 12:00 send coupon15")),
+    _c("LR203", "welcome.rule",
+       _("a percentage that does not add up"),
+       _("The variants of `split` add up to exactly 100%, each above 0% and with its own name; "
+         "`holdout` and `top` are between 0% and 100%."),
+       _("when followed split a 50%, b 40% then send coupon15"),
+       _("when followed split a 50%, b 50% then send coupon15")),
+    _c("LR204", "welcome.rule",
+       _("an empty delivery window"),
+       _("A rule's `window` needs different start and end times; `22:00-06:00` runs over "
+         "midnight."),
+       _("when followed window 10:00-10:00 then send greeting"),
+       _("when followed window 10:00-20:00 then send greeting")),
+    _c("LR205", "welcome.rule",
+       _("an option given twice"),
+       _("Each option (`priority`, `window`, `reenter`, `exit when`, `split`, `holdout`) may "
+         "appear once per rule; keep one."),
+       _("when followed priority 1 priority 5 then send greeting"),
+       _("when followed priority 5 then send greeting")),
+    _c("LR206", "sale.rule",
+       _("a sale offset with `at` that is not whole days"),
+       _("`sale ... in D at HH:MM` counts calendar days before the sale's date; use whole days, "
+         "or drop `at` to count from the sale's exact moment."),
+       _("when sale starts in 1d12h at 10:00 then send sale_countdown"),
+       _("when sale starts in 2d at 10:00 then send sale_countdown")),
+    # ------------------------------------------------------------------ triggers, conditions, steps (LR3xx)
+    _c("LR301", "welcome.rule",
+       _("an activity without `within` in a condition trigger"),
+       _("`when purchased` alone is the purchase event; combined with other conditions it would "
+         "be a condition without a time frame. Write `when purchased if tagged vip` (the event, "
+         "filtered), `when purchased within 30d and tagged vip` (a condition), or `orders >= 1` "
+         "for \"has ever purchased\". The same holds for `clicked`, `viewed` and `carted`."),
+       _("rule vip_buy when purchased and tagged vip then send vip_thanks"),
+       _("rule vip_buy when purchased if tagged vip then send vip_thanks")),
+    _c("LR302", "welcome.rule",
+       _("a filter the word does not take"),
+       _("`purchased` takes `product=` or `category=`; `viewed` and `carted` take `product=`."),
+       _("when purchased color=red then send thanks"),
+       _("when purchased category=cosmetics then send thanks")),
+    _c("LR303", "sale.rule",
+       _("a schedule that is not a cron expression"),
+       _("`schedule` takes five fields, minute hour day month weekday, in quotes: "
+         "`\"0 20 * * 5\"` is Fridays at 20:00. A schedule that can never fire (31 February) is "
+         "a warning."),
+       _("rule weekly_pick when schedule \"20 * * 5\" then send weekly_pick"),
+       _("rule weekly_pick when schedule \"0 20 * * 5\" then send weekly_pick")),
+    _c("LR304", "welcome.rule",
+       _("an empty keyword"),
+       _("`message \"\"` would answer every text a friend sends; give a word to look for."),
+       _("when message \"\" then send coupon_reply"),
+       _("when message \"クーポン\" then send coupon_reply")),
+    _c("LR305", "delivery.rule",
+       _("`wait for` without an event of the friend"),
+       _("`wait for` resumes on an event of this friend, such as `purchased`, `postback "
+         "answer=yes`, `message \"yes\"` or `event shipped`, not on a schedule, a sale or a "
+         "condition."),
+       _("then send delivery_check wait for schedule \"0 10 * * *\" up to 1d"),
+       _("then send delivery_check wait for postback answer=yes up to 1d")),
+    _c("LR306", "dormant.rule",
+       _("a measure used with the wrong period"),
+       _("`spent` needs a period (`spent within 365d`); for all time use `total_spent`. Only "
+         "`spent` takes `within`."),
+       _("segment big: spent > 50000"),
+       _("segment big: spent within 365d > 50000")),
+    _c("LR307", "dormant.rule",
+       _("a comparison of the wrong kind"),
+       _("`orders`, `total_spent` and `spent` are numbers, compared with numbers; "
+         "`display_name` and `language` are texts, compared with quoted texts. `top N% by` "
+         "needs a number."),
+       _("segment ja: language = ja"),
+       _("segment ja: language = \"ja\"")),
+    _c("LR308", "welcome.rule",
+       _("a computed attribute cannot be set"),
+       _("`orders`, `total_spent` and `spent` are computed from purchases; `set` a custom "
+         "attribute instead."),
+       _("when tagged vip then set total_spent = 0"),
+       _("when tagged vip then set rank = \"gold\"")),
+    _c("LR309", "sale.rule",
+       _("not a day of the week"),
+       _("`wait until` takes `monday` ... `sunday`, or a time of day."),
+       _("when followed then wait until friyday send weekly_pick"),
+       _("when followed then wait until friday at 20:00 send weekly_pick")),
+    _c("LR310", "welcome.rule",
+       _("one push would hold more than five messages"),
+       _("Sends with no `wait` between them go out together as one push, and LINE allows five "
+         "message objects per push. Put a `wait` between them or send fewer messages."),
+       _("then send greeting, coupon15, review_request, weekly_pick"),
+       _("then send greeting wait 1d send coupon15")),
+    _c("LR311", "delivery.rule",
+       _("`event NAME` of an event that has its own word"),
+       _("`event NAME` is for the shop's own events. Built-in events are matched by their rule "
+         "words: `purchased` for `purchase`, `carted` for `cart`, `viewed` for `view`, "
+         "`followed` for `follow`."),
+       _("when event purchase then send thanks"),
+       _("when purchased then send thanks")),
+    # ------------------------------------------------------------------ warnings on rules (LR4xx)
+    _c("LR401", "sale.rule",
+       _("a rule that never fires (warning)"),
+       _("The rule can never start: a sale kind no sale of sale_calendar.yaml has, a calendar "
+         "without sales, a schedule that never comes (31 February), an entry filter that leaves "
+         "out everyone the trigger reaches (`when unfollowed` with `unless blocked`)."),
+       _("when sale kind=super_sael starts then send sale_start"),
+       _("when sale kind=super_sale starts then send sale_start")),
+    _c("LR402", "welcome.rule",
+       _("a step that is never reached (warning)"),
+       _("A step after an unconditional `stop` never runs; remove it, or give the `stop` a "
+         "condition."),
+       _("then send greeting stop send coupon15"),
+       _("then send greeting stop if purchased send coupon15")),
+    _c("LR403", "sale.rule",
+       _("a sale moment that cannot be meant (warning)"),
+       _("The trigger fires outside the sale it belongs to, e.g. `sale ends in 0d at 10:00` for a "
+         "sale that ends at 01:59 fires after the end. The help gives the trigger that was "
+         "probably meant."),
+       _("when sale ends in 0d at 10:00 then send sale_last_call"),
+       _("when sale ends in 1d at 10:00 then send sale_last_call")),
+    # ------------------------------------------------------------------ messages.yaml (LR5xx)
+    _c("LR500", "messages.yaml",
+       _("a message is not a message"),
+       _("messages.yaml maps message names to a text, one LINE message object or a list of up to "
+         "five. Names follow the rule language's name rule."),
+       _("coupon 15: クーポンです"),
+       _("coupon15: クーポンです")),
+    _c("LR501", "messages.yaml",
+       _("a template cannot be read"),
+       _("Texts with `{{` or `{%` are Liquid templates. The message says what is wrong: an "
+         "unclosed `{{`, an unknown filter (with a suggestion)."),
+       _("greeting: \"{{ friend.display_name | upcse }}様\""),
+       _("greeting: \"{{ friend.display_name | upcase }}様\"")),
+    _c("LR502", "messages.yaml",
+       _("an unknown template variable (warning)"),
+       _("Templates know `friend`, `rule` and `sale`; any other variable renders as nothing, "
+         "which is usually a misspelling."),
+       _("greeting: \"{{ freind.display_name }}様\""),
+       _("greeting: \"{{ friend.display_name | default: \\\"お客\\\" }}様\"")),
+    _c("LR503", "messages.yaml",
+       _("a LINE message object breaks LINE's rules"),
+       _("Each object is checked against LINE's limits before anything is sent: required fields, "
+         "lengths counted as LINE counts them (UTF-16: an emoji counts 2), the number of actions, "
+         "`https://` URLs. See docs/messages.md for every limit."),
+       _("- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: クーポンコード WELCOME15 をご注文時に入力してください。有効期限は発行から7日間です。ぜひご利用ください, actions: [...]}"),
+       _("- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: コード WELCOME15 をご注文時に入力, actions: [...]}")),
     # ------------------------------------------------------------------ settings.yaml (LR6xx)
     _c("LR600", "settings.yaml",
        _("settings.yaml is not a list of settings"),
