@@ -80,6 +80,12 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "character itself (an emoji can be pasted as it is) or escape it whole (`\\U0001F600`)."),
        _("greeting: \"ようこそ \\ud83d\""),
        _("greeting: \"ようこそ 😀\"")),
+    _c("LR007", "rules/",
+       _("nothing to run (warning)"),
+       _("The folder has no `.rule` files, or a `.rule` file holds no rule and no segment (only "
+         "comments, say), so nothing will be sent. Usually the wrong folder was given."),
+       _("linerules validate rules/tests/"),
+       _("linerules validate rules/")),
     # ------------------------------------------------------------------ rule syntax (LR01x)
     _c("LR010", "welcome.rule",
        _("the rule cannot be read here"),

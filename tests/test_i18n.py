@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import string
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,8 @@ def _catalog():
 
 
 def _placeholders(text: str) -> set[str]:
-    return {f for _, f, _, _ in string.Formatter().parse(text) if f}
+    """``{name}`` fields (not the doubled braces of a literal ``{{``, nor Liquid's ``{{ x }}``)."""
+    return set(re.findall(r"(?<!\{)\{(\w+)\}(?!\})", text))
 
 
 def test_catalog_holds_every_text_of_the_source(tmp_path):
