@@ -122,6 +122,10 @@ def join(parts: Iterable[Any], sep: str = ", ") -> "Joined":
     return Joined(list(parts), sep)
 
 
+#: How lists are joined in Japanese: `a`、`b` / `a` または `b` / `a` と `b`.
+_JA_SEPARATORS = {", ": "、", " or ": " または ", " and ": " と "}
+
+
 class Joined(Text):
     def __new__(cls, parts: list[Any], sep: str) -> "Joined":
         self = str.__new__(cls, sep.join(render(p, DEFAULT) for p in parts))
@@ -131,7 +135,7 @@ class Joined(Text):
 
     def render(self, lang: str | None = None) -> str:
         lang = lang or language()
-        sep = self.sep if lang == DEFAULT else self.sep.replace(", ", "、")
+        sep = self.sep if lang == DEFAULT else _JA_SEPARATORS.get(self.sep, self.sep)
         return sep.join(render(p, lang) for p in self.parts)
 
     def __reduce__(self):

@@ -47,14 +47,16 @@ def run(args: list[str], cwd: Path) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_golden_output(case):
-    code, out = run([CASES[case]], GOLDEN)
-    expected_file = GOLDEN / f"{case}.out"
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_golden_output(case, lang):
+    """The same bad folders in English (``case.out``) and Japanese (``case.ja.out``)."""
+    code, out = run([CASES[case], "--lang", lang], GOLDEN)
+    expected_file = GOLDEN / (f"{case}.out" if lang == "en" else f"{case}.ja.out")
     if os.environ.get("UPDATE_GOLDEN"):
         expected_file.write_text(out, encoding="utf-8")
     expected = expected_file.read_text(encoding="utf-8")
     assert out == expected
-    assert code == (1 if re.search(r": error\[LR\d+\]: ", expected) else 0)
+    assert code == (1 if re.search(r": (error|エラー)\[LR\d+\]: ", expected) else 0)
 
 
 def test_sample_rules_are_valid():
@@ -153,8 +155,19 @@ def test_every_golden_diagnostic_has_a_code_that_is_explained():
 
     lines = [line for out in GOLDEN.glob("*.out") for line in out.read_text(encoding="utf-8").splitlines()
              if re.match(r"^\S+:\d+:\d+: ", line)]
-    assert len(lines) > 40
+    assert len(lines) > 80
     for line in lines:
-        m = re.match(r"^\S+:\d+:\d+: (?:error|warning)\[(LR\d{3})\]: ", line)
+        m = re.match(r"^\S+:\d+:\d+: (?:error|warning|エラー|警告)\[(LR\d{3})\]: ", line)
         assert m, f"no code: {line}"
         assert m.group(1) in CODES, line
+
+
+def test_japanese_golden_files_hold_no_english_message():
+    """Every headline and help of the Japanese golden files is translated (names, keywords and
+    code in backquotes aside)."""
+    for out in sorted(GOLDEN.glob("*.ja.out")):
+        for line in out.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"^(?:\S+:\d+:\d+: (?:エラー|警告)\[LR\d{3}\]: |    ヒント: )(.*)$", line)
+            if m:
+                prose = re.sub(r"`[^`]*`|\"[^\"]*\"|\([^()]*\)", "", m.group(1))
+                assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", prose), f"{out.name}: {line}"
