@@ -29,6 +29,7 @@ from .events import Event, EventError
 from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
+from .i18n import _, render
 from .runloop import Runner, RunnerConfig, StartupError
 from .webhook import parse_webhook, verify_signature
 
@@ -55,7 +56,8 @@ THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+    """A JSON error answer; the reason is in the runner's language (settings.yaml)."""
+    return web.json_response({"error": render(message), **extra}, status=status)
 
 
 # ----------------------------------------------------------------------------- webhooks
@@ -67,18 +69,18 @@ async def callback(request: web.Request) -> web.Response:
     secret = runner.config.channel_secret
     if not secret:
         log.error("webhook refused: LINE_CHANNEL_SECRET is not set, so signatures cannot be checked")
-        return _reply_webhook(runner, _error(503, "webhook disabled: set LINE_CHANNEL_SECRET"))
+        return _reply_webhook(runner, _error(503, _("webhook disabled: set LINE_CHANNEL_SECRET")))
     body = await request.read()
     signature = request.headers.get("x-line-signature", "")
     if not signature or not verify_signature(secret, body, signature):
         log.warning("webhook refused: %s x-line-signature from %s",
                     "invalid" if signature else "missing", request.remote)
-        return _reply_webhook(runner, _error(401, "invalid signature"))
+        return _reply_webhook(runner, _error(401, _("invalid signature")))
     try:
         events = parse_webhook(body)
     except EventError as exc:
         log.error("webhook with a malformed event ignored: %s", exc)
-        return _reply_webhook(runner, _error(400, str(exc), line=exc.line, field=exc.field))
+        return _reply_webhook(runner, _error(400, exc.text, line=exc.line, field=exc.field))
     if events:
         result = runner.store.apply_events(events)
         _log_events(runner, events, "webhook")
@@ -130,22 +132,22 @@ async def events(request: web.Request) -> web.Response:
     runner = request.app[RUNNER]
     token = runner.config.api_token
     if not token:
-        return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
+        return _error(503, _("events endpoint disabled: set LINERULES_API_TOKEN"))
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        return _error(401, "missing or wrong bearer token")
+        return _error(401, _("missing or wrong bearer token"))
     ctype = request.content_type
     if ctype in JSON_TYPES:
         fmt = "json"
     elif ctype in JSONL_TYPES:
         fmt = "jsonl"
     else:
-        return _error(415, f"unsupported Content-Type `{ctype}`: send application/json "
-                      "(one event or a list) or application/x-ndjson (JSON Lines)")
+        return _error(415, _("unsupported Content-Type `{type}`: send application/json (one event "
+                             "or a list) or application/x-ndjson (JSON Lines)", type=ctype))
     try:
         text = (await request.read()).decode("utf-8")
     except UnicodeDecodeError:
-        return _error(400, "the body is not UTF-8 text", line=None, field=None)
+        return _error(400, _("the body is not UTF-8 text"), line=None, field=None)
     try:
         batch = parse_events(text, fmt=fmt)
     except EventError as exc:
@@ -355,7 +357,7 @@ def serve(*, rules_dir: str, db: str, listen: str, tick_seconds: float,
     try:
         return asyncio.run(_serve(config))
     except StartupError as exc:
-        log.error("%s", exc)
+        log.error("%s", render(exc.args[0]) if exc.args else exc)
         return 1
 
 
