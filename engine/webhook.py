@@ -16,7 +16,7 @@ from typing import Any
 
 from linebot.v3.webhook import SignatureValidator
 
-from .events import Event, EventError
+from .events import MAX_AT, MIN_AT, Event, EventError
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: LINE event types that become engine events; every other type is ignored.
@@ -93,6 +93,8 @@ def _event(raw: Any, index: int) -> Event | None:
     try:
         at = _EPOCH + dt.timedelta(milliseconds=timestamp)
     except OverflowError:
+        at = None
+    if at is None or not MIN_AT <= at < MAX_AT:
         raise EventError(index, "timestamp", "is out of range", unit="event") from None
     reply_token = _get(raw, "replyToken", str, index, required=False)
     return Event(type=kind, friend=friend, at=at, data=data, reply_token=reply_token, line=index)
