@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from . import ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler
-from .store import ApplyResult, EventRow, Store, bucket
+from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -71,6 +71,7 @@ class TickResult:
     skipped: int = 0       # blocked or holdout friends
     exited: int = 0
     conditions: bool = False
+    failed: int = 0        # events set aside because processing them failed (with the reason)
 
 
 @dataclass(slots=True)
@@ -267,7 +268,20 @@ class Engine:
                 return
             with self.store.transaction():
                 for ev in rows:
-                    self._event(ev, now, result)
+                    # one event that fails for its friend is undone alone and set aside with the
+                    # reason; the others of the chunk (and every later tick) go on (SPEC §4)
+                    try:
+                        with self.store.savepoint():
+                            self._event(ev, now, result)
+                    except Exception as exc:
+                        if is_store_fault(exc):
+                            raise   # the database itself failed: not this event's fault
+                        reason = f"{type(exc).__name__}: {exc}"[:1000]
+                        log.error("event %d (%s of friend %s) not processed, set aside: %s",
+                                  ev.seq, ev.type, ev.friend, reason)
+                        self.store.mark_failed(ev.seq, now, reason)
+                        result.failed += 1
+                        continue
                     self.store.mark_processed(ev.seq, now)
                     result.events += 1
 
