@@ -274,8 +274,9 @@ class Engine:
                         with self.store.savepoint():
                             self._event(ev, now, result)
                     except Exception as exc:
-                        if is_store_fault(exc):
-                            raise   # the database itself failed: not this event's fault
+                        if is_store_fault(exc) or isinstance(exc, (OSError, MemoryError)):
+                            raise   # the database or the machine failed, not this event: the
+                                    # chunk is rolled back and processed again at the next tick
                         reason = f"{type(exc).__name__}: {exc}"[:1000]
                         log.error("event %d (%s of friend %s) not processed, set aside: %s",
                                   ev.seq, ev.type, ev.friend, reason)

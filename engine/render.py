@@ -39,9 +39,9 @@ from .yamlpos import Path
 #: a link (``…/sale。``) is not swallowed.
 _URL_IN_TEXT = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 _TRAILING_PUNCTUATION = ".,;:!?'\")]"
-#: Most numbers a Liquid range ``(1..n)`` may hold in a message template (like the loop
-#: limit): ``(1..n) | join`` with a friend's ``n`` of a billion would otherwise build it whole.
-MAX_RANGE = 1000
+#: Most numbers a Liquid range ``(1..n)`` may hold in a message template (loops stop at 1,000
+#: iterations anyway): ``(1..n) | join`` with a friend's ``n`` of a billion would otherwise build it whole.
+MAX_RANGE = 10_000
 
 
 class _RangeTooLong(LiquidError):
