@@ -132,7 +132,9 @@ async def events(request: web.Request) -> web.Response:
     if not token:
         return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # a header with bytes that are not UTF-8 arrives with surrogate escapes: encode them as they
+    # are (such a header can never match) rather than fail with a server error
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
         return _error(401, "missing or wrong bearer token")
     ctype = request.content_type
     if ctype in JSON_TYPES:

@@ -62,3 +62,60 @@ def test_linerules_test_refuses_a_rule_word_type(tmp_path, rules_dir):  # noqa: 
     assert result.exit_code == 1
     assert "welcome.yaml:3:" in result.output
     assert "unknown type `followed`" in result.output and "(did you mean `follow`?)" in result.output
+
+
+# ----------------------------------------------------------------------------- hostile HTTP (9.8)
+
+
+async def raw_request(client, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes as they are (no client library would send a non-UTF-8 header); return the
+    status and the body of the answer."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.split(b"\r\n\r\n", 1)[1]
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"Bearer \xe3\x81", b"Bearer shop-token\xff",
+                                   "Bearer シ".encode()])
+async def test_a_non_utf8_authorization_header_is_401(make_client, value, caplog):  # noqa: F811
+    client, runner = await make_client(loops=False)
+    body = json.dumps(shop_event("follow", "U1")).encode()
+    status, answer = await raw_request(
+        client, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: " + value + b"\r\n", body)
+    assert status == 401 and json.loads(answer) == {"error": "missing or wrong bearer token"}
+    assert runner.store.friend("U1") is None
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"abc\xe3\x81=", "署名".encode()])
+async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):  # noqa: F811
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("follow", "U1", event_id="01SIG"))
+    status, answer = await raw_request(
+        client, b"POST /callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"x-line-signature: " + value + b"\r\n", body)
+    assert status == 401 and json.loads(answer) == {"error": "invalid signature"}
+    assert runner.store.friend("U1") is None
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_client):  # noqa: F811
+    client, runner = await make_client(loops=False)
+    events = [line_event("message", "U1", event_id="01A", reply_token="r1",
+                         message={"id": "1", "type": "text", "text": "PLACEHOLDER"}),
+              line_event("follow", "U2", event_id="01B", reply_token="r2"),
+              line_event("postback", "U3", event_id="01C", reply_token="r3", postback={"data": "a=1"})]
+    # the JSON escape LINE's JSON could carry: a high surrogate without its partner, then a pair
+    body = webhook_body(*events).replace(b"PLACEHOLDER", b"\\ud800 ok \\ud83d\\ude00")
+    resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    assert resp.status == 200
+    rows = runner.store.conn.execute("SELECT friend, type, data FROM events ORDER BY friend").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("U1", "message"), ("U2", "follow"), ("U3", "postback")]
+    assert json.loads(rows[0][2])["text"] == "\ufffd ok \U0001F600"
