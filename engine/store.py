@@ -454,17 +454,16 @@ class Store:
         friends are created. ``received_at`` defaults to the wall clock (reply-token freshness).
         The engine's next tick processes them in (at, seq) order."""
         received = int(time.time()) if received_at is None else int(received_at)
-        applied = 0
+        # the rows are encoded before the write lock is taken: the transaction only inserts
+        friends = [(e.friend, int(e.at.timestamp())) for e in events]
+        rows = [(e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token,
+                 received) for e in events]
         with self.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
-                          [(e.friend, int(e.at.timestamp())) for e in events])
-            for e in events:
-                cur = c.execute(
-                    "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-                    (e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data),
-                     e.reply_token, received))
-                applied += cur.rowcount
+            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", friends)
+            cur = c.executemany(
+                "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING", rows)
+            applied = max(cur.rowcount, 0) if rows else 0
         return ApplyResult(applied=applied, duplicates=len(events) - applied)
 
     def pending_events(self, now: int, limit: int = 1000, *, held_after: int | None = None) -> list[EventRow]:

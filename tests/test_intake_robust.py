@@ -119,3 +119,71 @@ async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_cli
     rows = runner.store.conn.execute("SELECT friend, type, data FROM events ORDER BY friend").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("U1", "message"), ("U2", "follow"), ("U3", "postback")]
     assert json.loads(rows[0][2])["text"] == "\ufffd ok \U0001F600"
+
+
+# ----------------------------------------------------------------------------- big bodies (9.9)
+
+#: Slowest answer to /healthz or a small webhook allowed while big bodies are parsed and stored
+#: (the aim is 100 ms; the bound leaves room for a loaded CI machine).
+LATENCY_BOUND = 0.5
+
+
+def big_webhook(n: int) -> bytes:
+    events = [{"type": "follow", "mode": "active", "timestamp": 1762000000000 + i,
+               "source": {"type": "user", "userId": f"U{i:07d}"}, "webhookEventId": f"01BIG{i:07d}",
+               "replyToken": f"r{i}"} for i in range(n)]
+    return json.dumps({"destination": "Ubot", "events": events}, separators=(",", ":")).encode()
+
+
+def big_batch(n: int, *, ids: bool = True) -> bytes:
+    return "\n".join(json.dumps({"type": "view", "friend": f"S{i % 97}", "at": "2026-11-01T10:00Z",
+                                 "product": f"P{i % 100}", **({"id": f"v{i}"} if ids else {})},
+                                separators=(",", ":")) for i in range(n)).encode()
+
+
+async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):  # noqa: F811
+    import asyncio
+    import time
+
+    client, runner = await make_client(loops=False)
+    webhook, batch = big_webhook(20000), big_batch(48260)
+    assert len(webhook) < 4 * 1024 * 1024 and len(batch) < 4 * 1024 * 1024
+    latencies: list[tuple[str, float]] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        n = 0
+        while not done.is_set():
+            started = time.perf_counter()
+            await (await client.get("/healthz")).read()
+            latencies.append(("healthz", time.perf_counter() - started))
+            n += 1
+            small = webhook_body(line_event("message", "U-small", event_id=f"01SMALL{n}",
+                                            message={"id": str(n), "type": "text", "text": "hi"}))
+            started = time.perf_counter()
+            resp = await client.post("/callback", data=small, headers={"x-line-signature": sign(small)})
+            assert resp.status == 200
+            latencies.append(("webhook", time.perf_counter() - started))
+            await asyncio.sleep(0.01)
+
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    big = await asyncio.gather(
+        client.post("/callback", data=webhook, headers={"x-line-signature": sign(webhook)}),
+        client.post("/events", data=batch, headers={**AUTH, "Content-Type": "application/x-ndjson"}))
+    took = time.perf_counter() - started
+    done.set()
+    await prober
+    assert [r.status for r in big] == [200, 200]
+    assert (await big[1].json()) == {"applied": 48260, "duplicates": 0}
+    count = runner.store.conn.execute("SELECT COUNT(*) FROM events WHERE type = 'follow'").fetchone()[0]
+    assert count == 20000
+    slowest = max(latencies, key=lambda x: x[1])
+    for kind in ("healthz", "webhook"):
+        values = sorted(v for k, v in latencies if k == kind)
+        print(kind, [round(v * 1000) for v in values[-5:]])
+    print(f"big bodies took {took:.2f} s; {len(latencies)} probes, slowest {slowest[0]} "
+          f"{slowest[1] * 1000:.0f} ms")
+    assert len(latencies) >= 10            # the probes really ran while the big bodies were handled
+    assert slowest[1] < LATENCY_BOUND, slowest
