@@ -33,7 +33,7 @@ from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
 from .runloop import Runner, RunnerConfig, StartupError
-from .store import ApplyResult, Store, StoreError
+from .store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
 from .webhook import parse_webhook, verify_signature
 
 log = logging.getLogger("linerules.http")
@@ -73,6 +73,20 @@ THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def store_faults(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """A request that meets a database that cannot be written (disk full, read-only, I/O
+    error) is answered 503 with ``Retry-After``; the store logged the cause once."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        retry = str(getattr(exc, "retry_after", RETRY_AFTER))
+        return web.json_response(
+            {"error": "the database cannot be written now; try again later (what was stored is "
+                      "applied once)", "retry_after": int(retry)},
+            status=503, headers={"Retry-After": retry})
 
 
 # ----------------------------------------------------------------------------- webhooks
@@ -270,6 +284,10 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     except Exception as exc:  # any failure of the database is what this check reports
         store, database = {}, f"error: {exc}"
         problems.append("database unreachable")
+    disk = _disk_problem(runner.store)
+    if disk:
+        database = f"error: {disk}"
+        problems.append(disk)
     since = runner.last_tick or runner.started_at
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
@@ -287,6 +305,18 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "timezone": runner.project.settings.timezone,
     }
     return not problems, details
+
+
+def _disk_problem(store: Any) -> str | None:
+    """Why the database cannot be written now: the last write failed (disk full, read-only,
+    I/O error), or its disk has less than ``MIN_FREE_BYTES`` left."""
+    problem = getattr(store, "write_problem", None)
+    if problem:
+        return f"database writes fail: {problem}"
+    free = store.free_bytes() if hasattr(store, "free_bytes") else None
+    if free is not None and free < MIN_FREE_BYTES:
+        return f"the disk of the database {os.path.abspath(store.path)} is full ({free:,} bytes free)"
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -375,7 +405,7 @@ async def click(request: web.Request) -> web.Response:
 def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
     """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app, and
     its startup completes once their first tick has run (``linerules run`` serves at once)."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[store_faults])
     app[RUNNER] = runner
     app.add_routes([
         web.post("/callback", callback),

@@ -121,6 +121,9 @@ _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "disp
 
 #: Seconds a client is asked to wait (``Retry-After``) while the database cannot be written.
 RETRY_AFTER = 30
+#: Free bytes on the database's disk below which it counts as full: writes that failed for a
+#: full disk are not reported as working again until there is at least this much room.
+MIN_FREE_BYTES = 1024 * 1024
 
 #: SQLite primary result codes that mean the database itself fails, not one item's data.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
@@ -311,9 +314,24 @@ class Store:
                 log.error("%s", message)
         return StoreUnavailable(message)
 
+    def free_bytes(self) -> int | None:
+        """Free bytes on the disk of the database file (None for ``:memory:`` or unknown)."""
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
     def _wrote(self) -> None:
-        """A write committed: if writes were failing, they work again (say so once)."""
+        """A write committed: if writes were failing, they work again (say so once). A small
+        write may fit the room the write-ahead log already has on a full disk, so writes count
+        as working again only once the disk has :data:`MIN_FREE_BYTES` free."""
         if self._health.problem is not None:
+            free = self.free_bytes()
+            if free is not None and free < MIN_FREE_BYTES:
+                return
             with self._health.lock:
                 was, self._health.problem = self._health.problem, None
             if was is not None:
