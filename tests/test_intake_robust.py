@@ -124,8 +124,9 @@ async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_cli
 # ----------------------------------------------------------------------------- big bodies (9.9)
 
 #: Slowest answer to /healthz or a small webhook allowed while big bodies are parsed and stored
-#: (the aim is 100 ms; the bound leaves room for a loaded CI machine).
-LATENCY_BOUND = 0.5
+#: (the aim is 100 ms; the bound leaves room for a loaded CI machine: before, the event loop
+#: was held for the whole parse, seconds).
+LATENCY_BOUND = 1.0
 
 
 def big_webhook(n: int) -> bytes:
@@ -182,7 +183,8 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     slowest = max(latencies, key=lambda x: x[1])
     for kind in ("healthz", "webhook"):
         values = sorted(v for k, v in latencies if k == kind)
-        print(kind, [round(v * 1000) for v in values[-5:]])
+        print(f"{kind}: p50 {values[len(values) // 2] * 1000:.0f} ms, "
+              f"p99 {values[int(len(values) * 0.99)] * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms")
     print(f"big bodies took {took:.2f} s; {len(latencies)} probes, slowest {slowest[0]} "
           f"{slowest[1] * 1000:.0f} ms")
     assert len(latencies) >= 10            # the probes really ran while the big bodies were handled
