@@ -55,6 +55,9 @@ ANSWERED_TYPES = ("message", "postback")
 #: the moment the user returns to the login callback that records the source, and
 #: ``when followed via ...`` must see that source. Well inside the reply token's life.
 FOLLOW_GRACE = 10
+#: Latest moment :meth:`Engine.next_wakeup` considers (epoch seconds; intake accepts times
+#: before 2200, see engine/events.py).
+MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 #: Other webhook events whose reply token is used when their sends go out at once.
 REPLIED_TYPES = ("follow",)
 
@@ -255,7 +258,9 @@ class Engine:
             elif isinstance(trig, ir.SaleTrigger):
                 moments = [m for m, _ in self._sale_moments(trig) if m > a]
                 candidates.append(min(moments, default=None))
-        moments = [c for c in candidates if c is not None]
+        # a moment past what the clock can show (an event stored before times were bounded at
+        # intake, in year 9999) is never a wake-up: it would fail every tick's scheduling
+        moments = [c for c in candidates if c is not None and c < MAX_WAKEUP]
         return timeutil.local(min(moments), self.tz) if moments else None
 
     # ------------------------------------------------------------------ 1. events

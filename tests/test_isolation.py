@@ -278,3 +278,21 @@ def test_every_event_the_intake_accepts_is_processed(objs):
         assert store.health()["pending_events"] == 0
     finally:
         store.close()
+
+
+def test_an_event_stored_before_the_bounds_does_not_stop_ticks_or_wake_ups(tmp_path):
+    """Databases written before intake bounded times and numbers may hold such events."""
+    store = Store(str(tmp_path / "old.db"))
+    engine = Engine(compile_rules(RULES), store)
+    store.apply_events(purchases("U1"), received_at=0)
+    with store.transaction() as c:
+        c.execute("INSERT INTO friends(id, created_at) VALUES ('U9', 0)")
+        c.execute("INSERT INTO events(type, friend, at, data, received_at) VALUES "
+                  "('purchase', 'U9', ?, ?, 0)", (253402300799, json.dumps({"order_id": "Z", "amount": 1})))
+        c.execute("INSERT INTO events(type, friend, at, data, received_at) VALUES "
+                  "('purchase', 'U9', ?, ?, 0)", (int(at("2026-11-01 11:00").timestamp()),
+                                                   json.dumps({"order_id": "Y", "amount": 10**30})))
+    result = engine.tick(at("2026-11-01 12:00"))
+    assert (result.events, result.failed, result.queued) == (2, 1, 1)
+    assert engine.next_wakeup(at("2026-11-01 12:00")) is None or engine.next_wakeup(at("2026-11-01 12:00")).year < 9000
+    store.close()
