@@ -302,6 +302,7 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
         "outbox_backlog": store.get("outbox_backlog"),
         "pending_events": store.get("pending_events"),
+        "failed_events": store.get("failed_events"),
         "friends": store.get("friends"),
         "open_enrollments": store.get("open_enrollments"),
         "dry_run": runner.config.dry_run,

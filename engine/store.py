@@ -167,8 +167,9 @@ def explain_fault(exc: BaseException, path: str) -> str:
                 "linerules write access to the file and its folder (SQLite writes "
                 f"{os.path.basename(where)}-wal and -shm beside it)")
     if code == _SQLITE_CANTOPEN:
-        return (f"cannot open the database {where}: check that its folder exists and that the user "
-                "running linerules may read and write there")
+        return (f"cannot open the database {where}: check that its folder exists, is not on a "
+                "read-only disk, and that the user running linerules may read and write there "
+                f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
     if code == _SQLITE_NOTADB:
         return (f"{where} is not a linerules database (not an SQLite file): check --db / "
                 "LINERULES_DB, or restore the file from a backup")
