@@ -169,17 +169,25 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
             continue
         values = {k: v for k, v in (profile or {}).items() if v is not None}
         if values:
-            with runner.store.transaction():
-                runner.store.set_attributes(friend, values)
+            try:
+                with runner.store.transaction():
+                    runner.store.set_attributes(friend, values)
+            except StoreError:
+                continue   # the database cannot be written (logged once by the store)
             log.info("profile of %s stored (%s)", friend, values.get("display_name"))
     runner.wake_tick()
 
 
 def _log_events(runner: Runner, events: list[Event], origin: str) -> Counter:
-    """One log line per stored event (on the intake thread); returns the count per type."""
+    """One log line per stored event (on the intake thread); returns the count per type. Never
+    raises: the events are stored already, and an error answer now would make the client send
+    them again."""
     for event in events:
-        log.info("event %s friend=%s at=%s via %s", event.type, event.friend,
-                 runner.local(event.at), origin)
+        try:
+            when = runner.local(event.at)
+        except (OverflowError, ValueError):
+            when = event.at.isoformat()
+        log.info("event %s friend=%s at=%s via %s", event.type, event.friend, when, origin)
     return Counter(e.type for e in events)
 
 
