@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from engine.cli import cli
-from test_server import (API_TOKEN, SECRET, line_event, make_client, rules_dir, shop_event,  # noqa: F401
+from test_server import (API_TOKEN, line_event, make_client, rules_dir, shop_event,  # noqa: F401
                          sign, webhook_body)
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
