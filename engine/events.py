@@ -46,10 +46,12 @@ def type_hint(kind: str) -> str | None:
 
 def type_hint_message(kind: str, right: str) -> str:
     """The error text for a type :func:`type_hint` refused."""
+    from .i18n import _
+
     if kind.lower() == right:
-        return f"unknown type `{kind}` (did you mean `{right}`?)"
-    return (f"unknown type `{kind}`: `{kind.lower()}` is how rules say it; the event is "
-            f"`{right}` (did you mean `{right}`?)")
+        return _("unknown type `{kind}` (did you mean `{right}`?)", kind=kind, right=right)
+    return _("unknown type `{kind}`: `{word}` is how rules say it; the event is `{right}` (did you "
+             "mean `{right}`?)", kind=kind, word=kind.lower(), right=right)
 
 
 @dataclass(frozen=True)

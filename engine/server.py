@@ -90,8 +90,8 @@ async def store_faults(request: web.Request, handler: Callable) -> web.StreamRes
     except StoreError as exc:
         retry = str(getattr(exc, "retry_after", RETRY_AFTER))
         return web.json_response(
-            {"error": "the database cannot be written now; try again later (what was stored is "
-                      "applied once)", "retry_after": int(retry)},
+            {"error": render(_("the database cannot be written now; try again later (what was "
+                               "stored is applied once)")), "retry_after": int(retry)},
             status=503, headers={"Retry-After": retry})
 
 
