@@ -135,7 +135,7 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
     try:
         events = parse_events(text, "jsonl")
     except EventError as exc:
-        return _fail(_("{path}: {reason}", path=events_path, reason=exc))
+        return _fail(_("{path}: {reason}", path=events_path, reason=exc.text))
     if db:
         problem = _fresh_db(db)
         if problem:
