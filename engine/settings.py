@@ -24,6 +24,9 @@ NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
 _WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
 
+#: Words YAML 1.1 read as booleans; YAML 1.2 (which linerules reads) keeps them as text.
+YAML_1_1_BOOLEANS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
+
 #: Environment variables that override the LINE Login settings (keep secrets out of git).
 ENV_LOGIN_CHANNEL_ID = "LINE_LOGIN_CHANNEL_ID"
 ENV_LOGIN_CHANNEL_SECRET = "LINE_LOGIN_CHANNEL_SECRET"
@@ -147,7 +150,11 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
 def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
     def check(f: YamlFile, path, value: Any) -> bool | None:
         if not isinstance(value, bool):
-            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`")
+            help_ = None
+            if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
+                meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"
+                help_ = f"YAML 1.2 reads `{value}` as a text: write `{meant}`"
+            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`", help=help_)
             return None
         return value
     return check
