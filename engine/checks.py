@@ -17,7 +17,7 @@ from . import astnodes as A
 from . import ir
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from .parser import keywords, rule_name_of
+from .parser import rule_name_of
 
 MAX_OBJECTS_PER_PUSH = 5
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
@@ -31,6 +31,8 @@ _CRON_PROBE_START = dt.datetime(2026, 1, 1)
 class Context:
     """What the rules are checked against. ``None`` means "do not check that kind of name"."""
     messages: Mapping[str, ir.MessageDef] | None = None
+    #: Messages defined in messages.yaml with an error (reported there, so not "unknown").
+    broken_messages: frozenset[str] = frozenset()
     menus: frozenset[str] | None = None
     sales: tuple[ir.Sale, ...] | None = None
     #: Rules and segments defined outside the checked files (single-file validation).
@@ -360,13 +362,13 @@ class _Checker:
                                help="set a custom attribute instead, e.g. `set rank = \"gold\"`")
             elif cls is A.MenuStep:
                 menus = self.ctx.menus
-                if menus is not None and step.name.value not in menus and step.name.value not in keywords():
+                if menus is not None and step.name.value not in menus:
                     self.error(step.name.span, f"unknown rich menu `{step.name.value}`",
                                help=did_you_mean(step.name.value, menus) or "name it under `rich_menus:` in settings.yaml")
             elif cls is A.StartStep:
                 name = step.rule.value
                 if not any(name in names for names in (self.rules, self.ctx.other_rules,
-                                                        self.broken_rules, keywords())):
+                                                        self.broken_rules)):
                     known = self.rules.keys() | self.ctx.other_rules
                     self.error(step.rule.span, f"unknown rule `{name}`", help=did_you_mean(name, known))
             elif cls is A.StopStep:
@@ -375,7 +377,9 @@ class _Checker:
     def _message(self, m: A.Name) -> None:
         self.used_messages.add(m.value)
         messages = self.ctx.messages
-        if messages is not None and m.value not in messages and m.value not in keywords():
+        if m.value in self.ctx.broken_messages:
+            return
+        if messages is not None and m.value not in messages:
             help_ = did_you_mean(m.value, messages)
             if help_ and help_.startswith("did you mean `"):
                 # The misspelt message is meant: do not also call it unused.
@@ -419,7 +423,7 @@ class _Checker:
             elif isinstance(node, A.InSegment):
                 name = node.name.value
                 if not any(name in names for names in (self.segments, self.ctx.other_segments,
-                                                        self.broken_segments, keywords())):
+                                                        self.broken_segments)):
                     known = self.segments.keys() | self.ctx.other_segments
                     self.error(node.name.span, f"unknown segment `{name}`",
                                help=did_you_mean(name, known) or "define it: `segment NAME: CONDITION`")

@@ -59,8 +59,18 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
 
 def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
     """Read ``sale_calendar.yaml``; an empty file means no sales. Diagnostics come sorted."""
+    sales, _, diags = read_sales(path, text, tz)
+    return sales, diags
+
+
+def read_sales(path: str, text: str, tz: zoneinfo.ZoneInfo
+               ) -> tuple[tuple[ir.Sale, ...], bool, list[Diagnostic]]:
+    """:func:`load_sales`, and whether the file is whole: ``False`` when it could not be read
+    as YAML or a sale in it has an error (the rules' sale checks then have too little to go
+    on)."""
     f = YamlFile(path, text)
-    return _sales(f, tz), dedupe(f.diagnostics)
+    sales = _sales(f, tz)
+    return sales, not any(d.is_error for d in f.diagnostics), dedupe(f.diagnostics)
 
 
 def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
