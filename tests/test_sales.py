@@ -170,7 +170,8 @@ def test_one_bad_sale_keeps_the_others():
 
 def test_yaml_error_in_calendar():
     assert errors("sales:\n  - name: 'a\n") == [
-        "3:1: invalid YAML: found unexpected end of stream"]
+        "2:11: invalid YAML: the quoted text that starts here is never closed | "
+        "close it with the same quote, or write a text over several lines after `|`"]
 
 
 @hsettings(max_examples=300, deadline=None)
