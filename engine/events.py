@@ -14,6 +14,29 @@ KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", 
                "attributes", "tag")
 
 
+#: Event types written the way rules speak of them (or another likely slip) -> the type meant.
+#: Such a type is refused, never stored as a custom event no rule would ever match.
+MISSPELT_TYPES = {
+    "followed": "follow", "unfollowed": "unfollow", "blocked": "unfollow", "block": "unfollow",
+    "purchased": "purchase", "order": "purchase", "ordered": "purchase", "orders": "purchase",
+    "carted": "cart", "add_to_cart": "cart", "viewed": "view", "clicked": "click",
+    "tagged": "tag", "messaged": "message", "postbacked": "postback",
+}
+
+#: Built-in event types -> how a rule reacts to them (a rule's `event NAME` is for custom
+#: events only).
+RULE_WORDS = {"follow": "followed", "unfollow": "unfollowed", "purchase": "purchased",
+              "cart": "carted", "view": "viewed", "click": "clicked", "tag": "tagged NAME",
+              "message": 'message "..."', "postback": "postback KEY=VALUE"}
+
+
+def meant_type(type_: str) -> str | None:
+    """The event type meant by a type spelled like a rule word (``carted`` -> ``cart``,
+    ``order`` -> ``purchase``), or None when ``type_`` is not such a slip. For a refusal:
+    ``f'unknown event type "{t}": did you mean "{meant_type(t)}"?'``."""
+    return MISSPELT_TYPES.get(type_)
+
+
 @dataclass(frozen=True)
 class Event:
     type: str                  # one of KNOWN_TYPES, or a custom event name
