@@ -221,7 +221,7 @@ class _Checker:
         builtin = meant_type(name) or name
         word = RULE_WORDS.get(builtin)
         if word is not None:
-            self.error(t.name.span, f"`event {name}` never fires: {builtin} events are matched by `{word}`",
+            self.error(t.name.span, f"`event {name}` never fires: `{builtin}` events are matched by `{word}`",
                        help=f"write `{word}` instead of `event {name}`")
 
     def _schedule(self, cron: A.Str) -> None:
