@@ -368,3 +368,34 @@ def test_deeply_nested_conditions_are_refused_not_crashed(depth):
 
 def test_fifty_levels_are_fine():
     assert parse_file("t.rule", "when followed then stop if " + "not " * 50 + "blocked")[1] == []
+
+
+@pytest.mark.parametrize("text, names", [
+    ("rule sale when followed then send greeting", ["sale"]),
+    ("rule viewed when viewed then tag purchased", ["viewed"]),
+    ("rule a when tagged purchased then untag purchased start sale", ["a"]),
+    ("segment when: tagged rule or in segment segment\nsegment segment: blocked", ["when", "segment"]),
+    ("rule r when followed then set stop = 1 send stop if stop >= 1 menu wait", ["r"]),
+])
+def test_names_may_be_keywords_where_no_keyword_can_stand(text, names):
+    f, diags = parse_file("t.rule", text)
+    assert diags == []
+    assert [i.name.value for i in f.items] == names
+
+
+def test_a_keyword_name_does_not_split_a_broken_file():
+    """Error recovery cuts a broken file at `rule`, `segment` and `when`, but not where such a
+    word is a name (`tag rule`)."""
+    text = "rule a when followed then tag rule send x y\nrule b when followed then stop\n"
+    f, diags = parse_file("t.rule", text)
+    assert [(d.line, d.column) for d in diags] == [(1, 43)]
+    assert [i.name.value for i in f.items] == ["b"] and f.broken_rules == ("a",)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+def test_cr_and_crlf_are_line_ends(end):
+    text = "# welcome\nwhen followed\nthen send greeting\n  wait 3 send x\n"
+    f, diags = parse_file("t.rule", text.replace("\n", end))
+    assert [(d.line, d.column) for d in diags] == [(4, 8)]
+    f, diags = parse_file("t.rule", "# c\nwhen followed then send x\n".replace("\n", end))
+    assert diags == [] and len(f.items) == 1
