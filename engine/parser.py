@@ -587,11 +587,7 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
                 return blamed
     wide = _full_width_at(piece.text, tok)
     if wide is not None:
-        ch, line, column = wide
-        return Diagnostic.at(Span(path, line, column, line, column + 1),
-                             f"`{ch}` is a full-width character",
-                             help=f"write the half-width `{_FULL_WIDTH[ch]}`"
-                                  + (" to start a comment" if ch == "＃" else ""))
+        return _full_width_error(path, *wide)
     if prev is not None and prev.type == "DURATION" and tok.type == "NAME" \
             and prev.end_pos == tok.start_pos:
         # `14days`, `1mo`: a duration read up to the first letter of a unit word.
@@ -673,6 +669,15 @@ def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnost
                          help="a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)")
 
 
+def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
+    if char == "＃":
+        help_ = "write the half-width `#` to start a comment"
+    else:
+        help_ = f"write the half-width `{_FULL_WIDTH[char]}`"
+    return Diagnostic.at(Span(path, line, column, line, column + 1),
+                         f"`{char}` is a full-width character", help=help_)
+
+
 def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
     """A full-width character in the token or right after it: ``(char, line, column)``."""
     if tok.type == "$END" or tok.start_pos is None:
@@ -703,9 +708,7 @@ def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: s
         return Diagnostic.at(span, "unterminated text: the closing `\"` is missing",
                              help='a quoted text ends on the same line: "like this"')
     if char in _FULL_WIDTH:
-        return Diagnostic.at(span, f"`{char}` is a full-width character",
-                             help=f"write the half-width `{_FULL_WIDTH[char]}`"
-                                  + (" to start a comment" if char == "＃" else ""))
+        return _full_width_error(path, char, e.line, e.column)
     if char.isdigit():
         m = _DURATION_TEXT.match(text, e.pos_in_stream)
         if m is not None and "DURATION" in allowed:
