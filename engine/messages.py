@@ -31,7 +31,7 @@ from liquid.exceptions import LiquidError
 from . import ir
 from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
 from .settings import NAME_RE
-from .yamlpos import Path, YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
 MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
                  "template", "flex")
@@ -108,9 +108,6 @@ BOOL_FIELDS = frozenset(("wrap", "scaling", "animated", "separator"))
 #: Fields whose value is a number.
 NUMBER_FIELDS = frozenset(("flex", "maxLines", "latitude", "longitude", "duration", "index",
                            "x", "y"))
-#: Words YAML 1.1 read as true/false and YAML 1.2 keeps as text.
-_OLD_BOOLEANS = {"yes": "true", "y": "true", "on": "true", "no": "false", "n": "false",
-                 "off": "false"}
 
 
 # ----------------------------------------------------------------------------- limit checks
@@ -232,7 +229,8 @@ class _Checker:
             self.add(path, f"`{key}` must be text, not {shown}",
                      help=f'quote it: {key}: "{shown}"')
         elif key in BOOL_FIELDS and not isinstance(value, bool):
-            meant = _OLD_BOOLEANS.get(str(value).lower())
+            old = YAML_1_1_BOOLEANS.get(str(value).lower())
+            meant = None if old is None else ("true" if old else "false")
             self.add(path, f"`{key}` must be true or false, not `{value}`",
                      help=f"YAML 1.2 reads `{value}` as a text: write `{meant}`" if meant
                      else "write `true` or `false`")

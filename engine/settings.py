@@ -19,14 +19,11 @@ import yaml
 
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
-from .yamlpos import YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
 _WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
-
-#: Words YAML 1.1 read as booleans; YAML 1.2 (which linerules reads) keeps them as text.
-YAML_1_1_BOOLEANS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
 
 #: Environment variables that override the LINE Login settings (keep secrets out of git).
 ENV_LOGIN_CHANNEL_ID = "LINE_LOGIN_CHANNEL_ID"

@@ -46,6 +46,9 @@ class _Constructor(CommonConstructor):
 
 _Constructor.init_constructors("core")
 
+#: Words YAML 1.1 read as booleans; YAML 1.2 (which linerules reads) keeps them as text.
+YAML_1_1_BOOLEANS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
+
 #: Two surrogates written as escapes (``"\ud83d\ude00"``) stand for one character, as in JSON.
 _SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
