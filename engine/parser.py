@@ -23,6 +23,7 @@ from lark.lexer import PatternStr
 
 from . import astnodes as A
 from .diagnostics import Diagnostic, Span, did_you_mean
+from .events import RULE_WORDS
 from .yamlpos import normalize_newlines
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
@@ -624,6 +625,10 @@ def _blame_name(path: str, piece: TextSlice, name: Token, tokens: list[Token], f
     accepted = _state_after(piece, tokens, fed).accepts()
     texts = _terminal_texts()
     words = {texts[t] for t in accepted if t in texts and NAME_RE.fullmatch(texts[t])}
+    rule_word = RULE_WORDS.get(name.value, "").split(" ")[0]
+    if rule_word in words:   # an event type where its rule word goes: `when purchase`
+        return Diagnostic.at(_tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
+                             help=f"did you mean `{rule_word}`?")
     if name.value in keywords() and not misspelt_only:
         return Diagnostic.at(
             _tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",

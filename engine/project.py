@@ -116,8 +116,7 @@ def _load(root: str) -> LoadResult:
                   other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
                   report_unused=only is None, messages_path=messages_path,
                   messages_text=loader.sources.get(messages_path, ""))
-    if only is None:
-        loader.diagnostics += _empty_rule_files(folder, rule_files)
+    loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
     return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
                    settings=settings, messages=messages, sales=sales, root=root,
                    version=loader.version())
@@ -166,10 +165,10 @@ def _fail(path: str, message: str, help: str | None = None) -> LoadResult:
     return LoadResult(None, [Diagnostic(path, 1, 1, "error", message, help)], {})
 
 
-def _empty_rule_files(folder: str, files: list[A.RuleFile]) -> list[Diagnostic]:
+def _empty_rule_files(folder: str, files: list[A.RuleFile], *, whole_folder: bool) -> list[Diagnostic]:
     """A warning for each rule file that holds no rule or segment, and for a folder without
     rule files: "ok: 0 rules" is never silent."""
-    if not files:
+    if not files and whole_folder:
         shown = folder or "."
         return [Diagnostic(shown, 1, 1, WARNING, f"`{shown}` holds no .rule files, so nothing will be sent",
                            "give the folder that holds the rules (by default `rules`)")]

@@ -259,6 +259,8 @@ def test_string_escapes():
      "2:3: unexpected `wiat`; expected `,`, `if`, `unless`, a step (`send`, `wait`, `tag`, ...), an option (`exit when`, `reenter`, `window`, ...), another rule or the end of the file | did you mean `wait`?"),
     ("when followed then send x if purchsed within 3d",
      "1:30: unexpected `purchsed`; expected a condition (`purchased`, `tagged vip`, `orders >= 3`, ...) | did you mean `purchased`?"),
+    ("when purchase then send x",
+     "1:6: unexpected `purchase`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | did you mean `purchased`?"),
     ("when folowed then send x",
      "1:6: unexpected `folowed`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | did you mean `followed`?"),
     ("when followed then wait 14days send x",
