@@ -512,7 +512,7 @@ def read_messages(path: str, text: str) -> MessagesFile:
     f = YamlFile(path, text)
     broken: set[str] = set()
     defs = _definitions(f, broken)
-    readable = f.root is not None or not any(d.is_error for d in f.diagnostics)
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
     return MessagesFile(defs, frozenset(broken), readable, dedupe(f.diagnostics))
 
 

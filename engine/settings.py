@@ -105,7 +105,7 @@ def read_settings(path: str, text: str) -> SettingsFile:
     menus = f.nodes.get(("rich_menus",))
     names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
         if isinstance(menus, yaml.MappingNode) else frozenset()
-    readable = f.root is not None or not any(d.is_error for d in f.diagnostics)
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
     return SettingsFile(ir.Settings(**values, span=root_span), names, readable,
                         dedupe(f.diagnostics))
 

@@ -137,3 +137,10 @@ def test_event_types_spelled_like_rule_words_have_the_type_meant():
                                     "blocked", "clicked", "tagged", "order", "shipped", "cart")] == \
         ["cart", "purchase", "view", "follow", "unfollow", "unfollow", "click", "tag", "purchase",
          None, None]
+
+
+def test_a_messages_file_that_is_not_a_mapping_does_not_make_every_message_unknown(tmp_path):
+    (tmp_path / "messages.yaml").write_text("- greeting: hi\n", encoding="utf-8")
+    (tmp_path / "a.rule").write_text("when followed then send greeting\n", encoding="utf-8")
+    result = load_project(tmp_path)
+    assert [d.message for d in result.diagnostics] == ["messages.yaml must map message names to messages"]
