@@ -6,9 +6,10 @@ syntax error, it is cut at the start of each rule and segment (``rule``, ``segme
 ``when``) and every piece is parsed alone, so one bad rule yields one error and the other rules
 of the file are still checked.
 
-Known mistakes get their own message (a missing ``then``, an unterminated text, a keyword used
-as a name, a number without a unit); everything else says what was found and what was
-expected, with Lark's terminal names translated to words.
+Known mistakes get their own message (a missing ``then``, an unterminated text, a keyword
+where it cannot stand, a misspelt keyword or duration unit, full-width punctuation, a number
+without a unit, an unclosed parenthesis); everything else says what was found and what was
+expected, with Lark's terminal names translated to words. Lines may end with LF, CR LF or CR.
 """
 from __future__ import annotations
 
@@ -145,7 +146,6 @@ class _AstBuilder:
         self.path = path
         self.diagnostics: list[Diagnostic] = []
         self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
-        self._keywords = keywords()
         self._handlers = _handlers()
 
     def transform(self, tree: Tree) -> list[A.Item]:
