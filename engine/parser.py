@@ -99,16 +99,47 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
                                        "the rules cannot be read from here on",
                                        help="compare with docs/language.md"))
         return parsed, diags
-    try:
-        items = tuple(builder.transform(tree))
-    except RecursionError:
-        return A.RuleFile(path, (), has_syntax_errors=True), [_too_deep(Span(path, 1, 1))]
-    return A.RuleFile(path, items), builder.diagnostics
+    items: list[A.Item] = []
+    deep: list[Diagnostic] = []
+    broken_rules: list[str] = []
+    broken_segments: list[str] = []
+    for item in tree.children:
+        try:
+            items.append(builder._build(item))
+        except RecursionError:   # nested far beyond MAX_NESTING: refuse this item alone
+            deep.append(_too_deep(_deep_span(path, item)))
+            first = item.children[0] if item.children else None
+            name = first.value if isinstance(first, Token) and first.type == "NAME" else Path(path).stem
+            (broken_segments if item.data == "segment_def" else broken_rules).append(name)
+    if deep:
+        return (A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
+                           has_syntax_errors=True), builder.diagnostics + deep)
+    return A.RuleFile(path, tuple(items)), builder.diagnostics
 
 
 #: How deeply ``not``, ``and``, ``or`` may nest; deeper conditions are refused (they are
 #: never meant, and every later stage walks conditions recursively).
 MAX_NESTING = 50
+
+
+_NESTING_RULES = ("not_", "and_", "or_")
+
+
+def _deep_span(path: str, tree: Tree) -> Span:
+    """Where a condition first nests more than :data:`MAX_NESTING` levels deep (found without
+    recursion, however deep the tree)."""
+    stack: list[tuple[Tree, int, Tree | None]] = [(tree, 0, None)]
+    while stack:
+        node, depth, outer = stack.pop()
+        if node.data in _NESTING_RULES:
+            depth += 1
+            outer = outer or node
+            if depth > MAX_NESTING:   # point at the whole condition, as for shallower ones
+                m = outer.meta
+                return Span(path, m.line, m.column, m.end_line, m.end_column)
+        stack.extend((c, depth, outer) for c in node.children if c.__class__ is Tree)
+    m = tree.meta
+    return Span(path, m.line, m.column)
 
 
 def _too_deep(span: Span) -> Diagnostic:
@@ -521,7 +552,7 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
         try:
             items.extend(builder.transform(tree))
         except RecursionError:
-            diags.append(_too_deep(Span(path, line, column)))
+            diags.append(_too_deep(_deep_span(path, tree)))
             continue
         diags.extend(builder.diagnostics)
     return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),

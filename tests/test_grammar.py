@@ -401,3 +401,13 @@ def test_cr_and_crlf_are_line_ends(end):
     assert [(d.line, d.column) for d in diags] == [(4, 8)]
     f, diags = parse_file("t.rule", "# c\nwhen followed then send x\n".replace("\n", end))
     assert diags == [] and len(f.items) == 1
+
+
+def test_a_condition_too_deep_for_recursion_is_refused_alone_at_its_place():
+    text = ("rule ok when followed then stop\n"
+            "rule deep when followed then stop if " + "not " * 5000 + "blocked\n"
+            "segment s: blocked\n")
+    f, diags = parse_file("t.rule", text)
+    assert [(d.line, d.column, d.message) for d in diags] == [
+        (2, 38, "this condition nests more than 50 levels deep")]
+    assert [i.name.value for i in f.items] == ["ok", "s"] and f.broken_rules == ("deep",)
