@@ -116,7 +116,7 @@ def test_every_line_end_gives_the_same_diagnostics(case, end):
 
 
 @FAST
-@given(st.sampled_from(sorted(SAMPLES)), st.sampled_from(["\r\n", "\r"]))
+@given(st.sampled_from(sorted(SAMPLES) + sorted(YAML)), st.sampled_from(["\r\n", "\r"]))
 def test_sample_folder_with_other_line_ends_is_the_same_project(name, end):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -128,6 +128,8 @@ def test_sample_folder_with_other_line_ends_is_the_same_project(name, end):
         lf = load_project(ROOT / "rules").project
         assert {n: r.version for n, r in result.project.rules.items()} == \
             {n: r.version for n, r in lf.rules.items()}
+        assert result.project.messages == lf.messages and result.project.sales == lf.sales
+        assert result.project.settings == lf.settings
 
 
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20),
