@@ -693,16 +693,16 @@ def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnost
     number, word = (int(m.group(1)), m.group(2).lower()) if m else (0, "")
     shown = tok.value + tail if tail else written
     if word in _UNIT_WORDS:
-        return Diagnostic.at(span, f"`{shown}` is not a duration", help=f"write `{number}{_UNIT_WORDS[word]}`")
-    if word in _NO_UNIT:
-        unit, days = _NO_UNIT[word]
-        return Diagnostic.at(span, f"`{shown}` is not a duration",
-                             help=f"there is no {unit} unit: write `{number * days}d`")
-    if word in _SECOND_WORDS:
-        return Diagnostic.at(span, f"`{shown}` is not a duration",
-                             help="there is no seconds unit: the shortest duration is a minute, `1m`")
-    return Diagnostic.at(span, f"`{shown}` is not a duration",
-                         help="a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)")
+        help_ = f"write `{number}{_UNIT_WORDS[word]}`"
+    elif word in _NO_UNIT and _NO_UNIT[word][0] == "month":
+        help_ = f"there is no month unit: write `{number * 30}d`"
+    elif word in _NO_UNIT:
+        help_ = f"there is no year unit: write `{number * 365}d`"
+    elif word in _SECOND_WORDS:
+        help_ = "there is no seconds unit: the shortest duration is a minute, `1m`"
+    else:
+        help_ = "a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)"
+    return Diagnostic.at(span, f"`{shown}` is not a duration", help=help_)
 
 
 def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
