@@ -553,7 +553,7 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
         if sum(d.is_error for d in f.diagnostics) == errors:
             if value is None:
                 f.error(f.span_at((name,), key=True), f"message `{name}` has no value",
-                        help=_empty_help(f, (name,), name))
+                        help=f.empty_value_help((name,), name))
             else:
                 f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
                         help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
@@ -564,27 +564,13 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
         where = _yaml_path(name, value, problem.path)
         if problem.empty:
             f.error(f.span_at(where, key=True), problem.message,
-                    _empty_help(f, where, str(where[-1])))
+                    f.empty_value_help(where, str(where[-1])))
         else:
             f.error(f.span_at(where), problem.message, problem.help)
     _check_liquid(f, value, (name,))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
     return ir.MessageDef(name, tuple(_normalise(o) for o in objects), span=f.span(node))
-
-
-def _empty_help(f: YamlFile, where: Path, key: str) -> str:
-    """How to fix a field left without a value: quoting, when the line has a `#` after the
-    key (an unquoted `#` starts a comment, so `color: #e86a8d` has no value)."""
-    span = f.span_at(where, key=True)
-    lines = f.text.split("\n")
-    line = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
-    after = line[span.column - 1:].partition(":")[2]
-    hash_at = after.find("#")
-    if hash_at >= 0:
-        meant = after[hash_at:].strip()
-        return f'an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"'
-    return "give it a value, or remove the line"
 
 
 def _yaml_path(name: str, value: Any, path: Path) -> Path:

@@ -122,7 +122,11 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
         if key not in FIELDS:
             f.error(f.span_at(path + (key,), key=True), f"unknown sale field `{key}`",
                     help=did_you_mean(key, FIELDS))
-    missing = [k for k in REQUIRED if item.get(k) is None]
+    for key in FIELDS:
+        if key in item and item[key] is None:
+            f.error(f.span_at(path + (key,), key=True), f"`{key}` has no value",
+                    help=f.empty_value_help(path + (key,), key))
+    missing = [k for k in REQUIRED if k not in item]
     if missing:
         f.error(f.span_at(path), "sale is missing " + ", ".join(f"`{k}`" for k in missing),
                 help="every sale needs name, title, starts and ends")

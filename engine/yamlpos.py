@@ -143,6 +143,19 @@ class YamlFile:
                 return Span(self.path, src_line + 1, indent + column + 1)
         return self.span(node)
 
+    def empty_value_help(self, path: Path, key: str) -> str:
+        """How to fix a key left without a value: quoting, when its line has a `#` after the
+        key (an unquoted `#` starts a comment, so `color: #e86a8d` has no value)."""
+        span = self.span_at(path, key=True)
+        lines = self.text.split("\n")
+        line = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
+        after = line[span.column - 1:].partition(":")[2]
+        hash_at = after.find("#")
+        if hash_at >= 0:
+            meant = after[hash_at:].strip()
+            return f'an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"'
+        return "give it a value, or remove the line"
+
     # ------------------------------------------------------------------ diagnostics
 
     def error(self, where: Span, message: str, help: str | None = None) -> None:
