@@ -29,9 +29,10 @@ from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 
 from . import ir
-from .diagnostics import Diagnostic, dedupe, did_you_mean
+from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
+from .i18n import E, _, join
 from .settings import NAME_RE
-from .yamlpos import Path, YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
 MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
                  "template", "flex")
@@ -88,6 +89,28 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+# ----------------------------------------------------------------------------- field types
+
+#: Fields of LINE message objects whose value is always a text (so a number or true/false
+#: there is a value YAML read differently from what was meant).
+TEXT_FIELDS = frozenset((
+    "text", "altText", "label", "data", "displayText", "uri", "url", "linkUri",
+    "previewUrl", "originalContentUrl", "previewImageUrl", "thumbnailImageUrl", "imageUrl",
+    "baseUrl", "desktop", "title", "address", "color", "backgroundColor", "separatorColor",
+    "borderColor", "imageBackgroundColor", "size", "aspectRatio", "aspectMode",
+    "imageAspectRatio", "imageSize", "layout", "align", "gravity", "weight", "style",
+    "decoration", "position", "margin", "spacing", "paddingAll", "paddingTop", "paddingBottom",
+    "paddingStart", "paddingEnd", "offsetTop", "offsetBottom", "offsetStart", "offsetEnd",
+    "cornerRadius", "borderWidth", "maxWidth", "maxHeight", "lineSpacing", "adjustMode",
+    "direction", "mode", "initial", "max", "min", "richMenuAliasId", "clipboardText",
+    "productId", "emojiId", "inputOption", "fillInText", "justifyContent", "alignItems"))
+#: Fields whose value is true or false.
+BOOL_FIELDS = frozenset(("wrap", "scaling", "animated", "separator"))
+#: Fields whose value is a number.
+NUMBER_FIELDS = frozenset(("flex", "maxLines", "latitude", "longitude", "duration", "index",
+                           "x", "y"))
+
+
 # ----------------------------------------------------------------------------- limit checks
 
 
@@ -95,11 +118,13 @@ def utf16_len(text: str) -> int:
 class Problem:
     """One broken limit or rule, at ``path`` inside a message's list of objects.
 
-    ``path`` starts with the object's index.
+    ``path`` starts with the object's index; ``empty`` marks a field with no value (the loader
+    words its help after the line as written).
     """
     path: Path
     message: str
     help: str | None = None
+    empty: bool = False
 
 
 class _Checker:
@@ -113,21 +138,22 @@ class _Checker:
         self.as_written = as_written
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, help: str | None = None) -> None:
-        self.problems.append(Problem(path, message, help))
+    def add(self, path: Path, message: str, help: str | None = None, *, empty: bool = False) -> None:
+        self.problems.append(Problem(path, message, help, empty))
 
     # -------------------------------------------------------------- field helpers
 
     def mapping(self, value: Any, path: Path, what: str) -> bool:
         if isinstance(value, dict):
             return True
-        self.add(path, f"{what} must be a mapping of fields")
+        self.add(path, E("LR503", "{what} must be a mapping of fields", what=what))
         return False
 
     def required(self, obj: dict, path: Path, what: str, *keys: str) -> bool:
-        missing = [k for k in keys if obj.get(k) is None]
+        missing = [k for k in keys if k not in obj]   # a key with no value is reported as such
         if missing:
-            self.add(path, f"{what} needs " + " and ".join(f"`{k}`" for k in missing))
+            self.add(path, E("LR503", "{what} needs {fields}", what=what,
+                              fields=join((f"`{k}`" for k in missing), " and ")))
         return not missing
 
     def text(self, obj: dict, path: Path, key: str, limit: int | None = None,
@@ -137,12 +163,12 @@ class _Checker:
         if value is None or isinstance(value, (dt.date, dt.time)):  # dates: see json_values
             return None
         if not isinstance(value, str):
-            self.add(path + (key,), f"`{key}` must be text", help="quote the value")
+            if key not in TEXT_FIELDS:   # those are reported by json_values
+                self.add(path + (key,), E("LR503", "`{key}` must be text", key=key), help=_("quote the value"))
             return None
         if limit is not None and utf16_len(value) > limit:
-            self.add(path + (key,), f"`{key}` is {utf16_len(value):,} characters long; "
-                     f"LINE allows at most {limit:,}{limit_why}",
-                     help="LINE counts in UTF-16 units: emoji and some rare kanji count as 2")
+            self.add(path + (key,), E("LR503", "`{key}` is {length} characters long; LINE allows at most {limit}{limit_why}", key=key, length=f"{utf16_len(value):,}", limit=f"{limit:,}", limit_why=limit_why),
+                     help=_("LINE counts in UTF-16 units: emoji and some rare kanji count as 2"))
         return value
 
     def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
@@ -154,18 +180,18 @@ class _Checker:
             return
         scheme = urlsplit(value).scheme.lower() if "://" in value or value.startswith("tel:") else ""
         if media and scheme != "https":
-            self.add(path + (key,), f"`{key}` must be an https:// URL",
-                     help="LINE only loads images and videos over HTTPS")
+            self.add(path + (key,), E("LR503", "`{key}` must be an https:// URL", key=key),
+                     help=_("LINE only loads images and videos over HTTPS"))
         elif not media and scheme not in URI_SCHEMES:
-            self.add(path + (key,), f"`{key}` must start with https://, http://, line:// or tel:")
+            self.add(path + (key,), E("LR503", "`{key}` must start with https://, http://, line:// or tel:", key=key))
 
     def count(self, value: Any, path: Path, what: str, low: int, high: int) -> list | None:
         if not isinstance(value, list):
-            self.add(path, f"{what} must be a list")
+            self.add(path, E("LR503", "{what} must be a list", what=what))
             return None
         if not low <= len(value) <= high:
-            span = f"exactly {low}" if low == high else f"{low} to {high}"
-            self.add(path, f"{what} has {len(value)} entries; LINE allows {span}")
+            span = _("exactly {low}", low=low) if low == high else _("{low} to {high}", low=low, high=high)
+            self.add(path, E("LR503", "{what} has {count} entries; LINE allows {span}", what=what, count=len(value), span=span))
         return value
 
     # -------------------------------------------------------------- objects
@@ -173,32 +199,54 @@ class _Checker:
     def objects(self, objects: Sequence[Any]) -> None:
         if not 1 <= len(objects) <= MAX_OBJECTS:
             where = (MAX_OBJECTS,) if len(objects) > MAX_OBJECTS else ()
-            self.add(where, f"a message may hold 1 to {MAX_OBJECTS} objects, this one has {len(objects)}",
-                     help="LINE sends at most 5 objects at once; split it into two messages")
+            self.add(where, E("LR503", "a message may hold 1 to {limit} objects, this one has {count}", limit=MAX_OBJECTS, count=len(objects)),
+                     help=_("LINE sends at most 5 objects at once; split it into two messages"))
         for i, obj in enumerate(objects):
             self.json_values(obj, (i,))
-            if self.mapping(obj, (i,), "a message object"):
+            if self.mapping(obj, (i,), _("a message object")):
                 self.message(obj, (i,))
 
     def json_values(self, value: Any, path: Path) -> None:
-        """Everything sent must be JSON: dates and times written unquoted are not."""
+        """Everything sent must be JSON of the type LINE expects for each field: no empty
+        values (an unquoted `#` starts a comment), texts where LINE wants texts, true/false
+        and numbers where it wants those."""
         if isinstance(value, dict):
             for k, v in value.items():
+                if v is None:
+                    self.add(path + (k,), E("LR503", "`{k}` has no value", k=k), empty=True)
+                    continue
+                self.field_type(k, v, path + (k,))
                 self.json_values(v, path + (k,))
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 self.json_values(v, path + (i,))
         elif isinstance(value, (dt.date, dt.time)):
-            self.add(path, "this value is read as a date; quote it to send it as text")
+            self.add(path, E("LR503", "this value is read as a date; quote it to send it as text"))
+
+    def field_type(self, key: Any, value: Any, path: Path) -> None:
+        """A value of the wrong type for a LINE field, in the words of the fix."""
+        if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
+            shown = json.dumps(value)
+            self.add(path, E("LR503", "`{key}` must be text, not {shown}", key=key, shown=shown),
+                     help=_('quote it: {key}: "{shown}"', key=key, shown=shown))
+        elif key in BOOL_FIELDS and not isinstance(value, bool):
+            old = YAML_1_1_BOOLEANS.get(str(value).lower())
+            meant = None if old is None else ("true" if old else "false")
+            self.add(path, E("LR503", "`{key}` must be true or false, not `{value}`", key=key, value=value),
+                     help=_("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant) if meant
+                     else _("write `true` or `false`"))
+        elif key in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            self.add(path, E("LR503", "`{key}` must be a number, not `{value}`", key=key, value=value),
+                     help=_("write the number without quotes"))
 
     def message(self, obj: dict, path: Path) -> None:
         kind = obj.get("type")
         if kind not in MESSAGE_TYPES:
             if kind is None:
-                self.add(path, "a message object needs a `type`",
-                         help="one of " + ", ".join(MESSAGE_TYPES))
+                self.add(path, E("LR503", "a message object needs a `type`"),
+                         help=_("one of {names}", names=", ".join(MESSAGE_TYPES)))
             else:
-                self.add(path + ("type",), f"unknown message type `{kind}`",
+                self.add(path + ("type",), E("LR503", "unknown message type `{kind}`", kind=kind),
                          help=did_you_mean(str(kind), MESSAGE_TYPES))
             return
         getattr(self, f"msg_{kind}")(obj, path)
@@ -206,195 +254,194 @@ class _Checker:
             self.quick_reply(obj["quickReply"], path + ("quickReply",))
 
     def msg_text(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a text message", "text")
+        self.required(obj, path, _("a text message"), "text")
         text = self.text(obj, path, "text", TEXT_LIMIT)
         emojis = obj.get("emojis")
         if self.as_written and text and is_template(text) and isinstance(emojis, list):
             first = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
             if any(isinstance(e, dict) and isinstance(e.get("index"), int) and e["index"] > first
                    for e in emojis):
-                self.add(path + ("text",), "a template placeholder comes before an emoji `$`",
-                         help="LINE places emojis by position, which a rendered name would move; "
-                              "put the emojis before any {{ ... }}")
+                self.add(path + ("text",), E("LR503", "a template placeholder comes before an emoji `$`"),
+                         help=_("LINE places emojis by position, which a rendered name would move; put the emojis before any {{ ... }}"))
 
     def msg_sticker(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a sticker message", "packageId", "stickerId")
+        self.required(obj, path, _("a sticker message"), "packageId", "stickerId")
 
     def msg_image(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an image message", "originalContentUrl", "previewImageUrl")
+        self.required(obj, path, _("an image message"), "originalContentUrl", "previewImageUrl")
         self.url(obj, path, "originalContentUrl", media=True)
         self.url(obj, path, "previewImageUrl", media=True)
 
     def msg_video(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a video message", "originalContentUrl", "previewImageUrl")
+        self.required(obj, path, _("a video message"), "originalContentUrl", "previewImageUrl")
         self.url(obj, path, "originalContentUrl", media=True)
         self.url(obj, path, "previewImageUrl", media=True)
 
     def msg_audio(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an audio message", "originalContentUrl", "duration")
+        self.required(obj, path, _("an audio message"), "originalContentUrl", "duration")
         self.url(obj, path, "originalContentUrl", media=True)
 
     def msg_location(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a location message", "title", "address", "latitude", "longitude")
+        self.required(obj, path, _("a location message"), "title", "address", "latitude", "longitude")
         self.text(obj, path, "title", 100)
         self.text(obj, path, "address", 100)
 
     def msg_imagemap(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an imagemap message", "baseUrl", "altText", "baseSize", "actions")
+        self.required(obj, path, _("an imagemap message"), "baseUrl", "altText", "baseSize", "actions")
         self.url(obj, path, "baseUrl", media=True)
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         actions = obj.get("actions")
-        if actions is not None and self.count(actions, path + ("actions",), "`actions`", 1, 50):
+        if actions is not None and self.count(actions, path + ("actions",), _("`actions`"), 1, 50):
             for i, action in enumerate(actions):
                 ap = path + ("actions", i)
-                if not self.mapping(action, ap, "an imagemap action"):
+                if not self.mapping(action, ap, _("an imagemap action")):
                     continue
                 kind = action.get("type")
                 if kind == "uri":
-                    self.required(action, ap, "a uri action", "linkUri")
+                    self.required(action, ap, _("a uri action"), "linkUri")
                     self.url(action, ap, "linkUri", media=False)
                 elif kind == "message":
-                    self.required(action, ap, "a message action", "text")
+                    self.required(action, ap, _("a message action"), "text")
                     self.text(action, ap, "text", 400)
                 elif kind == "clipboard":
-                    self.required(action, ap, "a clipboard action", "clipboardText")
+                    self.required(action, ap, _("a clipboard action"), "clipboardText")
                     self.text(action, ap, "clipboardText", 1000)
                 else:
-                    self.add(ap + ("type",), f"unknown imagemap action type `{kind}`",
-                             help="one of `uri`, `message`, `clipboard`")
+                    self.add(ap + ("type",), E("LR503", "unknown imagemap action type `{kind}`", kind=kind),
+                             help=_("one of `uri`, `message`, `clipboard`"))
                 self.text(action, ap, "label", 100)
 
     def msg_template(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a template message", "altText", "template")
+        self.required(obj, path, _("a template message"), "altText", "template")
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         tpl = obj.get("template")
         tp = path + ("template",)
-        if tpl is None or not self.mapping(tpl, tp, "`template`"):
+        if tpl is None or not self.mapping(tpl, tp, _("`template`")):
             return
         kind = tpl.get("type")
         if kind == "buttons":
             self.buttons(tpl, tp)
         elif kind == "confirm":
-            self.required(tpl, tp, "a confirm template", "text", "actions")
+            self.required(tpl, tp, _("a confirm template"), "text", "actions")
             self.text(tpl, tp, "text", 240)
-            self.actions(tpl, tp, 2, 2, "a confirm template")
+            self.actions(tpl, tp, 2, 2, _("a confirm template"))
         elif kind == "carousel":
             self.carousel(tpl, tp)
         elif kind == "image_carousel":
-            self.required(tpl, tp, "an image carousel template", "columns")
-            columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+            self.required(tpl, tp, _("an image carousel template"), "columns")
+            columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
             for i, col in enumerate(columns or ()):
                 cp = tp + ("columns", i)
-                if self.mapping(col, cp, "a column"):
-                    self.required(col, cp, "an image carousel column", "imageUrl", "action")
+                if self.mapping(col, cp, _("a column")):
+                    self.required(col, cp, _("an image carousel column"), "imageUrl", "action")
                     self.url(col, cp, "imageUrl", media=True)
                     if col.get("action") is not None:
                         self.action(col["action"], cp + ("action",), LABEL_LIMIT, False)
         else:
             self.add(tp + ("type",) if kind is not None else tp,
-                     f"unknown template type `{kind}`" if kind is not None else "`template` needs a `type`",
-                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else "one of " + ", ".join(TEMPLATE_TYPES))
+                     E("LR503", "unknown template type `{kind}`", kind=kind) if kind is not None else E("LR503", "`template` needs a `type`"),
+                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else _("one of {names}", names=", ".join(TEMPLATE_TYPES)))
 
     def buttons(self, tpl: dict, tp: Path) -> None:
-        self.required(tpl, tp, "a buttons template", "text", "actions")
+        self.required(tpl, tp, _("a buttons template"), "text", "actions")
         framed = tpl.get("thumbnailImageUrl") is not None or tpl.get("title") is not None
         self.text(tpl, tp, "text", 60 if framed else 160,
-                  " with an image or title" if framed else "")
+                  _(" with an image or title") if framed else "")
         self.text(tpl, tp, "title", 40)
         self.url(tpl, tp, "thumbnailImageUrl", media=True)
-        self.actions(tpl, tp, 1, 4, "a buttons template")
+        self.actions(tpl, tp, 1, 4, _("a buttons template"))
         if tpl.get("defaultAction") is not None:
             self.action(tpl["defaultAction"], tp + ("defaultAction",), LABEL_LIMIT, False)
 
     def carousel(self, tpl: dict, tp: Path) -> None:
-        self.required(tpl, tp, "a carousel template", "columns")
-        columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+        self.required(tpl, tp, _("a carousel template"), "columns")
+        columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
         counts: list[tuple[int, int]] = []
         for i, col in enumerate(columns or ()):
             cp = tp + ("columns", i)
-            if not self.mapping(col, cp, "a column"):
+            if not self.mapping(col, cp, _("a column")):
                 continue
-            self.required(col, cp, "a carousel column", "text", "actions")
+            self.required(col, cp, _("a carousel column"), "text", "actions")
             framed = col.get("thumbnailImageUrl") is not None or col.get("title") is not None
             self.text(col, cp, "text", 60 if framed else 120,
-                      " with an image or title" if framed else "")
+                      _(" with an image or title") if framed else "")
             self.text(col, cp, "title", 40)
             self.url(col, cp, "thumbnailImageUrl", media=True)
-            acts = self.actions(col, cp, 1, 3, "a carousel column")
+            acts = self.actions(col, cp, 1, 3, _("a carousel column"))
             if acts is not None:
                 counts.append((i, len(acts)))
         if counts and any(n != counts[0][1] for _, n in counts):
             i, n = next((i, n) for i, n in counts if n != counts[0][1])
             self.add(tp + ("columns", i, "actions"),
-                     f"this column has {n} actions but the first has {counts[0][1]}",
-                     help="LINE needs the same number of actions in every carousel column")
+                     E("LR503", "this column has {n} actions but the first has {counts}", n=n, counts=counts[0][1]),
+                     help=_("LINE needs the same number of actions in every carousel column"))
 
     def actions(self, obj: dict, path: Path, low: int, high: int, what: str) -> list | None:
         if obj.get("actions") is None:
             return None
-        actions = self.count(obj["actions"], path + ("actions",), f"`actions` of {what}", low, high)
+        actions = self.count(obj["actions"], path + ("actions",), _("`actions` of {what}", what=what), low, high)
         for i, action in enumerate(actions or ()):
             self.action(action, path + ("actions", i), LABEL_LIMIT, True)
         return actions
 
     def action(self, action: Any, path: Path, label_limit: int, label_required: bool) -> None:
-        if not self.mapping(action, path, "an action"):
+        if not self.mapping(action, path, _("an action")):
             return
         kind = action.get("type")
         if kind not in ACTION_TYPES:
             self.add(path + ("type",) if kind is not None else path,
-                     f"unknown action type `{kind}`" if kind is not None else "an action needs a `type`",
-                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else "one of " + ", ".join(ACTION_TYPES))
+                     E("LR503", "unknown action type `{kind}`", kind=kind) if kind is not None else E("LR503", "an action needs a `type`"),
+                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else _("one of {names}", names=", ".join(ACTION_TYPES)))
             return
         if label_required:
-            self.required(action, path, f"a {kind} action", "label")
+            self.required(action, path, _("a {kind} action", kind=kind), "label")
         self.text(action, path, "label", label_limit)
         if kind == "uri":
-            self.required(action, path, "a uri action", "uri")
+            self.required(action, path, _("a uri action"), "uri")
             self.url(action, path, "uri", media=False)
             alt = action.get("altUri")
-            if alt is not None and self.mapping(alt, path + ("altUri",), "`altUri`"):
+            if alt is not None and self.mapping(alt, path + ("altUri",), _("`altUri`")):
                 self.url(alt, path + ("altUri",), "desktop", media=False)
         elif kind == "postback":
-            self.required(action, path, "a postback action", "data")
+            self.required(action, path, _("a postback action"), "data")
             for key in ("data", "displayText", "text"):
                 self.text(action, path, key, DATA_LIMIT)
         elif kind == "message":
-            self.required(action, path, "a message action", "text")
+            self.required(action, path, _("a message action"), "text")
             self.text(action, path, "text", DATA_LIMIT)
         elif kind == "datetimepicker":
-            self.required(action, path, "a datetimepicker action", "data", "mode")
+            self.required(action, path, _("a datetimepicker action"), "data", "mode")
             self.text(action, path, "data", DATA_LIMIT)
         elif kind == "richmenuswitch":
-            self.required(action, path, "a richmenuswitch action", "richMenuAliasId", "data")
+            self.required(action, path, _("a richmenuswitch action"), "richMenuAliasId", "data")
             self.text(action, path, "data", DATA_LIMIT)
         elif kind == "clipboard":
-            self.required(action, path, "a clipboard action", "clipboardText")
+            self.required(action, path, _("a clipboard action"), "clipboardText")
             self.text(action, path, "clipboardText", 1000)
 
     def msg_flex(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a flex message", "altText", "contents")
+        self.required(obj, path, _("a flex message"), "altText", "contents")
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         contents = obj.get("contents")
         cp = path + ("contents",)
-        if contents is None or not self.mapping(contents, cp, "`contents`"):
+        if contents is None or not self.mapping(contents, cp, _("`contents`")):
             return
         kind = contents.get("type")
         size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":"), default=str).encode())
         if kind == "bubble":
             if size > FLEX_BUBBLE_BYTES:
-                self.add(cp, f"this bubble is {size:,} bytes of JSON; LINE allows at most {FLEX_BUBBLE_BYTES:,}")
+                self.add(cp, E("LR503", "this bubble is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_BUBBLE_BYTES:,}"))
         elif kind == "carousel":
             bubbles = self.count(contents.get("contents"), cp + ("contents",),
-                                 "the carousel's `contents`", 1, FLEX_CAROUSEL_BUBBLES)
+                                 _("the carousel's `contents`"), 1, FLEX_CAROUSEL_BUBBLES)
             if size > FLEX_CAROUSEL_BYTES:
-                self.add(cp, f"this carousel is {size:,} bytes of JSON; LINE allows at most {FLEX_CAROUSEL_BYTES:,}")
+                self.add(cp, E("LR503", "this carousel is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_CAROUSEL_BYTES:,}"))
             for i, bubble in enumerate(bubbles or ()):
                 if isinstance(bubble, dict) and bubble.get("type") != "bubble":
-                    self.add(cp + ("contents", i), "a flex carousel holds only bubbles (`type: bubble`)")
+                    self.add(cp + ("contents", i), E("LR503", "a flex carousel holds only bubbles (`type: bubble`)"))
         else:
             self.add(cp + ("type",) if kind is not None else cp,
-                     "flex `contents` must be a `bubble` or a `carousel`")
+                     E("LR503", "flex `contents` must be a `bubble` or a `carousel`"))
             return
         self.flex_parts(contents, cp)
 
@@ -417,14 +464,14 @@ class _Checker:
                 self.flex_parts(v, path + (key,))
 
     def quick_reply(self, qr: Any, path: Path) -> None:
-        if not self.mapping(qr, path, "`quickReply`") or not self.required(qr, path, "`quickReply`", "items"):
+        if not self.mapping(qr, path, _("`quickReply`")) or not self.required(qr, path, _("`quickReply`"), "items"):
             return
-        items = self.count(qr["items"], path + ("items",), "quick reply `items`", 1, QUICK_REPLY_ITEMS)
+        items = self.count(qr["items"], path + ("items",), _("quick reply `items`"), 1, QUICK_REPLY_ITEMS)
         for i, item in enumerate(items or ()):
             ip = path + ("items", i)
-            if not self.mapping(item, ip, "a quick reply item"):
+            if not self.mapping(item, ip, _("a quick reply item")):
                 continue
-            self.required(item, ip, "a quick reply item", "action")
+            self.required(item, ip, _("a quick reply item"), "action")
             if item.get("imageUrl") is not None:
                 self.url(item, ip, "imageUrl", media=True)
             if item.get("action") is not None:
@@ -441,31 +488,54 @@ def check_objects(objects: Sequence[Any], *, as_written: bool = False) -> list[P
 # ----------------------------------------------------------------------------- loading
 
 
+@dataclass
+class MessagesFile:
+    """What ``messages.yaml`` holds: the valid ``definitions``, the names defined with an error
+    (``broken``: they exist for the rules, so a rule sending one is not told it is unknown),
+    and whether the file could be read as YAML at all (``readable``: when not, no message
+    name can be checked)."""
+    definitions: dict[str, ir.MessageDef]
+    broken: frozenset[str]
+    readable: bool
+    diagnostics: list[Diagnostic]
+
+
 def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[Diagnostic]]:
     """Read ``messages.yaml`` into message definitions; an empty file defines none.
     Diagnostics come sorted."""
+    m = read_messages(path, text)
+    return m.definitions, m.diagnostics
+
+
+def read_messages(path: str, text: str) -> MessagesFile:
+    """Read ``messages.yaml``, keeping the names of broken definitions too."""
     f = YamlFile(path, text)
-    return _definitions(f), dedupe(f.diagnostics)
+    broken: set[str] = set()
+    defs = _definitions(f, broken)
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
+    return MessagesFile(defs, frozenset(broken), readable, dedupe(f.diagnostics))
 
 
-def _definitions(f: YamlFile) -> dict[str, ir.MessageDef]:
-    """The valid definitions of the file, reporting the rest."""
+def _definitions(f: YamlFile, broken: set[str]) -> dict[str, ir.MessageDef]:
+    """The valid definitions of the file, reporting the rest (their names go to ``broken``)."""
     root = f.root
     defs: dict[str, ir.MessageDef] = {}
     if f.empty:
         return defs
     if not isinstance(root, yaml.MappingNode):
-        f.error(f.span(root), "messages.yaml must map message names to messages",
-                help='e.g. greeting: "友だち追加ありがとうございます！"')
+        f.error(f.span(root), E("LR500", "messages.yaml must map message names to messages"),
+                help=_('e.g. greeting: "友だち追加ありがとうございます！"'))
         return defs
     for name, key_node, value_node in f.items(root):
         if not NAME_RE.fullmatch(name):
-            f.error(f.span(key_node), f"`{name}` is not a valid message name",
-                    help="a name starts with a letter and continues with letters, digits, _ or -")
+            f.error(f.span(key_node), E("LR500", "`{name}` is not a valid message name", name=name),
+                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
             continue
         defn = _definition(f, name, value_node)
         if defn is not None:
             defs[name] = defn
+        else:
+            broken.add(name)
     return defs
 
 
@@ -481,14 +551,22 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
         objects = value
     else:
         if sum(d.is_error for d in f.diagnostics) == errors:
-            f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
-                    help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
+            if value is None:
+                f.error(f.span_at((name,), key=True), E("LR500", "message `{name}` has no value", name=name),
+                        help=f.empty_value_help((name,), name))
+            else:
+                f.error(f.span(node), E("LR500", "message `{name}` must be text or a list of LINE message objects", name=name),
+                        help=_('e.g. greeting: "こんにちは" or a list of `- type: text` objects'))
         return None
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None  # the YAML itself is broken here: LINE checks would only echo it
     for problem in check_objects(objects, as_written=True):
-        f.error(f.span_at(_yaml_path(name, value, problem.path)),
-                problem.message, problem.help)
+        where = _yaml_path(name, value, problem.path)
+        if problem.empty:
+            f.error(f.span_at(where, key=True), problem.message,
+                    f.empty_value_help(where, str(where[-1])))
+        else:
+            f.error(f.span_at(where), problem.message, problem.help)
     _check_liquid(f, value, (name,))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
@@ -527,14 +605,34 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
         except LiquidError as e:
             ctx = e.context()
             where = f.string_line_span(node, ctx[0] - 1, ctx[1]) if ctx else f.span(node)
-            f.error(where, f"template error: {e.message}",
-                    help="see docs/messages.md for the template syntax")
+            f.error(where, E("LR501", "template error: {message}", message=e.message),
+                    help=_("see docs/messages.md for the template syntax"))
             return
-        for flt in analysis.filters:
+        for flt, spans in analysis.filters.items():
             if flt not in LIQUID.filters:
-                f.error(f.span(node), f"unknown template filter `{flt}`",
+                f.error(_template_span(f, node, value, spans), E("LR501", "unknown template filter `{flt}`", flt=flt),
                         help=did_you_mean(flt, LIQUID.filters))
-        for var in analysis.globals:
+        for var, uses in analysis.globals.items():
             if var not in TEMPLATE_VARIABLES:
-                f.warning(f.span(node), f"unknown template variable `{var}` renders as nothing",
+                f.warning(_template_span(f, node, value, [u.span for u in uses]),
+                          E("LR502", "unknown template variable `{var}` renders as nothing", var=var),
                           help=did_you_mean(var, TEMPLATE_VARIABLES))
+
+
+def _template_span(f: YamlFile, node: yaml.Node, value: str, spans) -> Span:
+    """Where the first of ``spans`` (python-liquid's places: an index into the template) was
+    written: its own line inside a ``|`` block, its column in a one-line value."""
+    index = min((getattr(s, "index", -1) for s in spans), default=-1)
+    if index < 0:
+        return f.span(node)
+    if isinstance(node, yaml.ScalarNode) and node.style == "|":
+        line = value.count("\n", 0, index)
+        column = index - (value.rfind("\n", 0, index) + 1)
+        return f.string_line_span(node, line, column)
+    s, e = node.start_mark, node.end_mark
+    if s.line == e.line:
+        quote = 1 if node.style in ("'", '"') else 0
+        raw = f.text.split("\n")[s.line][s.column + quote:e.column - quote]
+        if raw == value:   # no escapes: the columns of the value are those of the file
+            return Span(f.path, s.line + 1, s.column + quote + index + 1)
+    return f.span(node)

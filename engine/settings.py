@@ -11,6 +11,7 @@ import functools
 import os
 import re
 import zoneinfo
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ import yaml
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .i18n import LANGUAGES, E, _
-from .yamlpos import YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
@@ -53,6 +54,18 @@ def parse_window(text: str) -> tuple[dt.time, dt.time]:
     return start, end
 
 
+@dataclass
+class SettingsFile:
+    """What ``settings.yaml`` holds: the settings (defaults where absent or invalid), every
+    rich menu name written (valid or not, so a rule using a broken one is not told it is
+    unknown), and whether the file could be read as YAML at all (``readable``: when not,
+    rich menu names cannot be checked)."""
+    settings: ir.Settings
+    menu_names: frozenset[str]
+    readable: bool
+    diagnostics: list[Diagnostic]
+
+
 def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     """Read ``settings.yaml``. Absent file content (empty text) means all defaults.
 
@@ -60,6 +73,12 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     precedence over the file's ``login_channel_id`` / ``login_channel_secret``.
     Diagnostics come sorted.
     """
+    s = read_settings(path, text)
+    return s.settings, s.diagnostics
+
+
+def read_settings(path: str, text: str) -> SettingsFile:
+    """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
     if not f.empty:
@@ -86,7 +105,12 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     if env_secret:
         values["login_channel_secret"] = env_secret
     root_span = f.span(f.root) if f.root is not None else None
-    return ir.Settings(**values, span=root_span), dedupe(f.diagnostics)
+    menus = f.nodes.get(("rich_menus",))
+    names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
+        if isinstance(menus, yaml.MappingNode) else frozenset()
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
+    return SettingsFile(ir.Settings(**values, span=root_span), names, readable,
+                        dedupe(f.diagnostics))
 
 
 # ---------------------------------------------------------------------------- one check per key
@@ -105,15 +129,14 @@ def _timezone(f: YamlFile, path, value: Any) -> str | None:
 
 def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
     if not isinstance(value, str):
-        f.error(f.span_at(path), E("LR603", "`window` must be text like \"09:00-21:00\""),
-                help=_("quote it: window: \"09:00-21:00\""))
+        f.error(f.span_at(path), E("LR603", '`window` must be text like "09:00-21:00"'),
+                help=_('quote it: window: "09:00-21:00"'))
         return None
     try:
         start, end = parse_window(value)
     except ValueError as e:
         f.error(f.span_at(path), e.args[0],
-                help=_("write the local opening and closing times, e.g. \"09:00-21:00\" "
-                       "(an end before the start runs over midnight)"))
+                help=_('write the local opening and closing times, e.g. "09:00-21:00" (an end before the start runs over midnight)'))
         return None
     return ir.Window(start, end, span=f.span_at(path))
 
@@ -121,8 +144,7 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
 def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
     def check(f: YamlFile, path, value: Any) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            f.error(f.span_at(path), E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`",
-                                       name=name, value=value))
+            f.error(f.span_at(path), E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`", name=name, value=value))
             return None
         return value
     return check
@@ -141,8 +163,7 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
                     help=_("a name starts with a letter and continues with letters, digits, _ or -"))
         elif not isinstance(rid, str) or not RICH_MENU_ID_RE.fullmatch(rid):
             f.error(f.span_at(where), E("LR605", "`{id}` is not a rich menu id", id=rid),
-                    help=_("a rich menu id is `richmenu-` followed by 32 hexadecimal characters, "
-                           "as shown by LINE when the menu is created"))
+                    help=_("a rich menu id is `richmenu-` followed by 32 hexadecimal characters, as shown by LINE when the menu is created"))
         else:
             menus.append((name, rid))
     return tuple(menus)
@@ -151,8 +172,11 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
 def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
     def check(f: YamlFile, path, value: Any) -> bool | None:
         if not isinstance(value, bool):
-            f.error(f.span_at(path), E("LR604", "`{name}` must be true or false, not `{value}`",
-                                       name=name, value=value))
+            help_ = None
+            if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
+                meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"
+                help_ = _("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant)
+            f.error(f.span_at(path), E("LR604", "`{name}` must be true or false, not `{value}`", name=name, value=value), help=help_)
             return None
         return value
     return check
@@ -174,8 +198,8 @@ def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], 
             return None
         if secret:
             f.warning(f.span_at(path), E("LR606", "`{name}` is a secret kept in git", name=name),
-                      help=_("remove it here and set the environment variable {variable} "
-                             "where the runner runs", variable=ENV_LOGIN_CHANNEL_SECRET))
+                      help=_("remove it here and set the environment variable {variable} where the runner runs",
+                             variable=ENV_LOGIN_CHANNEL_SECRET))
         return str(value)
     return check
 

@@ -1,10 +1,12 @@
 """YAML that remembers where every value came from.
 
 The files beside the rules (``settings.yaml``, ``sale_calendar.yaml``, ``messages.yaml``) are
-read with :func:`yaml.compose` (the safe loader's node tree), so every key and value keeps its
-line and column. :class:`YamlFile` turns that tree into plain Python values while recording the
-node behind each path, and reports problems as :class:`Diagnostic` values instead of raising:
-syntax errors, duplicate keys, non-text keys, unsupported tags, runaway aliases.
+read with :func:`yaml.compose` and the YAML 1.2 core schema (``yamlcore``'s resolver and
+constructors: ``yes``, ``no``, ``on``, ``20:13`` and dates are text, only ``true``/``false`` are
+booleans), so every key and value keeps its line and column. :class:`YamlFile` turns that tree
+into plain Python values while recording the node behind each path, and reports problems as
+:class:`Diagnostic` values instead of raising: syntax errors (in plain words, with a ``help:``),
+duplicate keys, non-text keys, unsupported tags, runaway aliases, lone surrogates.
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ import re
 from typing import Any, Iterator
 
 import yaml
+import yamlcore
 from yaml.constructor import ConstructorError, SafeConstructor
+from yamlcore.loader import CommonConstructor
 
 from .diagnostics import Diagnostic, Span
+from .i18n import E, _
 
 #: A path from the document root: mapping keys (str) and sequence indexes (int).
 Path = tuple[str | int, ...]
@@ -26,8 +31,33 @@ MAX_NODES = 200_000
 _ANY_TAG = re.compile(r"^tag:yaml\.org,2002:(null|bool|int|float|timestamp|str|map|seq)$")
 
 
-class _Constructor(SafeConstructor):
-    """The safe constructor, used one scalar at a time."""
+class _Loader(yamlcore.CoreLoader):
+    """The YAML 1.2 core schema, plus the merge key ``<<`` (not part of YAML 1.2, but widely
+    used to share fields between messages)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+class _Constructor(CommonConstructor):
+    """The YAML 1.2 core constructors, used one scalar at a time (and for merges)."""
+
+    flatten_mapping = SafeConstructor.flatten_mapping
+
+
+_Constructor.init_constructors("core")
+
+#: Words YAML 1.1 read as booleans; YAML 1.2 (which linerules reads) keeps them as text.
+YAML_1_1_BOOLEANS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
+
+#: Two surrogates written as escapes (``"\ud83d\ude00"``) stand for one character, as in JSON.
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _join_pairs(value: str) -> str:
+    return _SURROGATE_PAIR.sub(
+        lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
 
 
 class YamlFile:
@@ -39,7 +69,7 @@ class YamlFile:
 
     def __init__(self, path: str, text: str):
         self.path = path
-        self.text = text
+        self.text = normalize_newlines(text)
         self.diagnostics: list[Diagnostic] = []
         self.nodes: dict[Path, yaml.Node] = {}
         self.keys: dict[Path, yaml.Node] = {}
@@ -51,24 +81,22 @@ class YamlFile:
 
     def _compose(self) -> yaml.Node | None:
         try:
-            return yaml.compose(self.text, Loader=yaml.SafeLoader)
+            return yaml.compose(self.text, Loader=_Loader)
         except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            problem = e.problem or e.context or "invalid YAML"
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            self.diagnostics.append(Diagnostic(self.path, line, col, "error",
-                                               f"invalid YAML: {problem}"))
+            line, col, message, help_ = explain_yaml_error(e, self.text)
+            self.diagnostics.append(Diagnostic(self.path, line, col, "error", message, help_))
         except yaml.reader.ReaderError as e:
             line, col = self._position(e.position)
             char = e.character if isinstance(e.character, int) else ord(e.character)
             self.diagnostics.append(Diagnostic(
                 self.path, line, col, "error",
-                f"invalid YAML: the control character U+{char:04X} is not allowed in a YAML file"))
+                E("LR003", "invalid YAML: the control character U+{char} is not allowed in a YAML file", char=f"{char:04X}"),
+                _("remove it (it is often pasted in with text copied from elsewhere)")))
         except yaml.YAMLError as e:
-            self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", f"invalid YAML: {e}"))
+            self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", E("LR003", "invalid YAML: {e}", e=e)))
         except RecursionError:
             self.diagnostics.append(Diagnostic(self.path, 1, 1, "error",
-                                               "invalid YAML: the document is nested too deeply"))
+                                               E("LR003", "invalid YAML: the document is nested too deeply")))
         return None
 
     def _position(self, index: int) -> tuple[int, int]:
@@ -116,6 +144,20 @@ class YamlFile:
                 return Span(self.path, src_line + 1, indent + column + 1)
         return self.span(node)
 
+    def empty_value_help(self, path: Path, key: str) -> str:
+        """How to fix a key left without a value: quoting, when its line has a `#` after the
+        key (an unquoted `#` starts a comment, so `color: #e86a8d` has no value)."""
+        span = self.span_at(path, key=True)
+        lines = self.text.split("\n")
+        line = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
+        after = line[span.column - 1:].partition(":")[2]
+        hash_at = after.find("#")
+        if hash_at >= 0:
+            meant = after[hash_at:].strip()
+            return _('an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"', key=key,
+                     meant=meant)
+        return _("give it a value, or remove the line")
+
     # ------------------------------------------------------------------ diagnostics
 
     def error(self, where: Span, message: str, help: str | None = None) -> None:
@@ -133,16 +175,25 @@ class YamlFile:
             self._constructor.flatten_mapping(node)
         except ConstructorError as e:
             mark = e.problem_mark or node.start_mark
-            self.error(Span(self.path, mark.line + 1, mark.column + 1), f"invalid YAML merge: {e.problem}")
+            self.error(Span(self.path, mark.line + 1, mark.column + 1), E("LR003", "invalid YAML merge: {problem}", problem=e.problem))
         seen: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                self.error(self.span(key_node), "a key must be a plain name, not a list or mapping")
+                self.error(self.span(key_node), E("LR005", "a key must be a plain name, not a list or mapping"))
                 continue
             key = key_node.value
+            if _SURROGATE.search(key):
+                key = _join_pairs(key)
+                if _SURROGATE.search(key):
+                    self.error(self.span(key_node), LONE_SURROGATE, LONE_SURROGATE_HELP)
+                    continue
+            if key[:1] == "\u3000":
+                self.error(self.span(key_node), E("LR003", "a full-width space (U+3000) stands before this key"),
+                           help=_("indent with half-width spaces"))
+                continue
             if key in seen:
-                self.error(self.span(key_node), f"duplicate key `{key}`",
-                           help="each key may appear once in a mapping; remove one of them")
+                self.error(self.span(key_node), E("LR004", "duplicate key `{key}`", key=key),
+                           help=_("each key may appear once in a mapping; remove one of them"))
                 continue
             seen.add(key)
             self.keys[path + (key,)] = key_node
@@ -156,14 +207,14 @@ class YamlFile:
         self._budget -= 1
         if self._budget < 0:
             if self._budget == -1:
-                self.error(self.span(node), "the document is too large (aliases expand to too many values)")
+                self.error(self.span(node), E("LR005", "the document is too large (aliases expand to too many values)"))
             return None
         if depth > MAX_DEPTH:
-            self.error(self.span(node), f"values are nested more than {MAX_DEPTH} levels deep")
+            self.error(self.span(node), E("LR005", "values are nested more than {limit} levels deep", limit=MAX_DEPTH))
             return None
         if not _ANY_TAG.match(node.tag):
-            self.error(self.span(node), f"unsupported YAML tag `{node.tag}`",
-                       help="write plain text, numbers, lists and mappings")
+            self.error(self.span(node), E("LR005", "unsupported YAML tag `{tag}`", tag=node.tag),
+                       help=_("write plain text, numbers, lists and mappings"))
             return None
         if isinstance(node, yaml.MappingNode):
             return {k: self.plain(v, path + (k,), depth + 1) for k, _, v in self.items(node, path)}
@@ -175,6 +226,85 @@ class YamlFile:
         """A scalar's value; one that matches a type's pattern but not its rules (e.g. the
         date ``2026-02-30``) is kept as its text, for the caller to judge."""
         try:
-            return self._constructor.construct_object(node)
-        except (ValueError, ConstructorError, OverflowError):
-            return node.value
+            value = self._constructor.construct_object(node)
+        except Exception:   # e.g. `!!int x`, `!!bool yes`: the tag's constructor refuses the text
+            value = node.value
+        if isinstance(value, str) and _SURROGATE.search(value):
+            value = _join_pairs(value)
+            if _SURROGATE.search(value):
+                self.error(self.span(node), LONE_SURROGATE, LONE_SURROGATE_HELP)
+                return None
+        return value
+
+
+LONE_SURROGATE = E("LR006", "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character")
+LONE_SURROGATE_HELP = (_("write the character itself (an emoji can be pasted as it is), or escape it whole, e.g. `\\U0001F600`"))
+
+
+def normalize_newlines(text: str) -> str:
+    """CR LF and a lone CR (old Mac files) become LF, so every stage counts lines alike."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str, str | None]:
+    """A YAML syntax error in plain words: ``(line, column, message, help)``."""
+    problem = e.problem or e.context or "invalid YAML"
+    context = e.context or ""
+    mark = e.problem_mark or e.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    ctx_line, ctx_col = ((e.context_mark.line + 1, e.context_mark.column + 1)
+                         if e.context_mark else (line, col))
+    lines = text.split("\n")
+
+    def src(n: int) -> str:
+        return lines[n - 1] if 1 <= n <= len(lines) else ""
+
+    def full_width_colon() -> int | None:
+        for n in (line, line - 1, ctx_line):
+            if "\uff1a" in src(n).split("#")[0]:
+                return n
+        return None
+
+    if "'\\t'" in problem:
+        return (line, col, E("LR003", "invalid YAML: a tab is used for indentation here"),
+                _("YAML indents with spaces only: replace the tab with spaces"))
+    if (n := full_width_colon()) is not None and (
+            "could not find expected ':'" in problem or "mapping values" in problem
+            or "<block" in problem):
+        column = src(n).index("\uff1a") + 1
+        return (n, column, E("LR003", "invalid YAML: `：` is a full-width colon"),
+                _("write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"))
+    if "<block" in problem or ("mapping values are not allowed" in problem
+                               and _indented_deeper(src(line), src(line - 1))):
+        return (line, col, E("LR003", "invalid YAML: this line is not indented like the lines above it"),
+                _("the keys of one mapping (and the `-` of one list) start in the same column; indent with spaces so that this line lines up with the others"))
+    if "mapping values are not allowed" in problem:
+        return (line, col, E("LR003", "invalid YAML: a `: ` inside a value that is not quoted"),
+                _('quote the whole value, e.g. text: "注意: こちら"'))
+    if "could not find expected ':'" in problem:
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: this line has no `:` after its key"),
+                _("write `key: value`; a text over several lines is written after `key: |` on lines indented further"))
+    if "end of stream" in problem and "quoted scalar" in context:
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the quoted text that starts here is never closed"),
+                _("close it with the same quote, or write a text over several lines after `|`"))
+    if "alias" in context:
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `*`"),
+                _('quote the whole value, e.g. text: "*sale* today"'))
+    if "cannot start any token" in problem:
+        char = src(line)[col - 1:col] or "?"
+        return (line, col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `{char}`", char=char),
+                _('quote the whole value, e.g. text: "{char}..."', char=char))
+    if "flow mapping" in context or "flow sequence" in context:
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the `{` or `[` that starts here is not closed properly"),
+                _("close it on the same line, quote values that hold `,` or `:`, or write the entries as indented lines instead"))
+    return (line, col, E("LR003", "invalid YAML: {problem}", problem=problem),
+            _("compare this line with the lines around it (indentation, `:` after each key, quotes)"))
+
+
+def _indented_deeper(this: str, above: str) -> bool:
+    """Whether ``this`` line starts further right than the line above it."""
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip(" "))
+    return bool(above.strip()) and indent(this) > indent(above)

@@ -145,6 +145,7 @@ def test_explain_unknown_code_suggests_the_close_one():
 def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):
     (tmp_path / "settings.yaml").write_text("language: ja\n# 配信の設定\ntimezone: 東京/Tokio\n",
                                             encoding="utf-8")
+    (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")
     result = _cli(["validate", str(tmp_path)])
     assert result.exit_code == 1
     path = tmp_path / "settings.yaml"
@@ -160,6 +161,7 @@ def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):
 
 def test_json_and_github_output_carry_the_code_in_both_languages(tmp_path):
     (tmp_path / "settings.yaml").write_text("timzone: Asia/Tokyo\n", encoding="utf-8")
+    (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")
     import json
 
     ja = json.loads(_cli(["validate", str(tmp_path), "--format", "json", "--lang", "ja"]).output)

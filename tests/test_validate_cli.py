@@ -32,6 +32,12 @@ CASES = {
     "single_file": "single_file/checked.rule",
     "missing": "missing",
     "conditions": "conditions",
+    # one mis-indented line in messages.yaml and a tab in settings.yaml: those two errors only,
+    # first, and no "unknown message" / "unknown rich menu" in the rules
+    "yaml_cascade": "yaml_cascade",
+    "messages_types": "messages_types",
+    "keyword_slips": "keyword_slips",
+    "sale_moments": "sale_moments",
 }
 
 
@@ -107,7 +113,7 @@ def test_warnings_alone_exit_zero(tmp_path):
     (tmp_path / "r.rule").write_text("when followed then send hi\n", encoding="utf-8")
     code, out = run([str(tmp_path)], ROOT)
     assert code == 0
-    assert "warning: message `spare` is not used by any rule" in out
+    assert "warning[LR109]: message `spare` is not used by any rule" in out
     assert out.endswith("ok: 1 rule, 0 segments, 1 warning\n")
 
 
@@ -143,9 +149,38 @@ def test_main_returns_exit_code(capsys):
     assert capsys.readouterr().out == "[]\n"
 
 
-def test_empty_folder_is_valid(tmp_path):
+def test_empty_folder_is_valid_with_a_warning(tmp_path):
     code, out = run([str(tmp_path)], ROOT)
-    assert (code, out) == (0, "ok: 0 rules, 0 segments\n")
+    assert (code, out) == (0, f"{tmp_path}:1:1: warning[LR007]: `{tmp_path}` holds no .rule files, so nothing will be sent\n"
+                              "    help: give the folder that holds the rules (by default `rules`)\n"
+                              "ok: 0 rules, 0 segments, 1 warning\n")
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_every_line_end_is_a_line_end(tmp_path, end):
+    """A file saved with CR alone (old Mac) or CR LF is read line by line like LF: a leading
+    comment does not swallow the file, and places and carets are right."""
+    (tmp_path / "messages.yaml").write_text(f'# messages{end}greeting: "hi"{end}', encoding="utf-8", newline="")
+    (tmp_path / "r.rule").write_text(f"# welcome{end}when followed{end}then send greeting{end}  send greting{end}",
+                                     encoding="utf-8", newline="")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 1
+    assert out == (f"{tmp_path}/r.rule:4:8: error[LR102]: unknown message `greting`\n"
+                   "      send greting\n"
+                   "           ^^^^^^^\n"
+                   "    help: did you mean `greeting`?\n"
+                   "1 error, 0 warnings\n")
+
+
+def test_rule_files_without_rules_warn(tmp_path):
+    (tmp_path / "a.rule").write_text("# only a comment\r# and another\r", encoding="utf-8", newline="")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 0
+    assert out == (f"{tmp_path}/a.rule:1:1: warning[LR007]: this file holds no rule or segment\n"
+                   "    # only a comment\n"
+                   "    ^\n"
+                   "    help: a rule starts with `rule NAME` or `when`; see docs/language.md\n"
+                   "ok: 0 rules, 0 segments, 1 warning\n")
 
 
 def test_every_golden_diagnostic_has_a_code_that_is_explained():
