@@ -92,6 +92,26 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN ambiguous INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: the shop side (engine/identity.py): customer <-> friend links, every order by its id
+    # (kept for a customer not linked yet, counted for the linked friend), account-link nonces;
+    # activity rows of an order carry its id so a refund or a link change can redo them
+    """
+    CREATE TABLE customer_links (customer TEXT PRIMARY KEY, friend TEXT NOT NULL UNIQUE,
+      via TEXT NOT NULL, linked_at INTEGER NOT NULL);
+    CREATE TABLE link_history (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, friend TEXT NOT NULL,
+      action TEXT NOT NULL, via TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, friend TEXT,
+      direct INTEGER NOT NULL DEFAULT 0, at INTEGER, amount REAL, refunded REAL NOT NULL DEFAULT 0,
+      cancelled INTEGER NOT NULL DEFAULT 0, items TEXT NOT NULL DEFAULT '[]', source TEXT NOT NULL,
+      created_at INTEGER NOT NULL);
+    CREATE INDEX orders_customer ON orders(customer) WHERE customer IS NOT NULL;
+    CREATE INDEX orders_friend ON orders(friend) WHERE friend IS NOT NULL;
+    CREATE TABLE link_nonces (nonce TEXT PRIMARY KEY, customer TEXT NOT NULL,
+      created_at INTEGER NOT NULL, used_at INTEGER);
+    ALTER TABLE activity ADD COLUMN order_id TEXT;
+    CREATE INDEX activity_order ON activity(order_id) WHERE order_id IS NOT NULL;
+    CREATE INDEX events_kept ON events(json_extract(data, '$.customer')) WHERE friend = ''
+    """,
 )
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
@@ -286,8 +306,9 @@ class Store:
         received = int(time.time()) if received_at is None else int(received_at)
         applied = 0
         with self.transaction() as c:
+            # an event naming only the shop's customer has friend "" until the link (identity.py)
             c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
-                          [(e.friend, int(e.at.timestamp())) for e in events])
+                          [(e.friend, int(e.at.timestamp())) for e in events if e.friend])
             for e in events:
                 cur = c.execute(
                     "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
