@@ -358,7 +358,7 @@ class Engine:
             return trig.name in (data.get("add") or [])
         if isinstance(trig, ir.CustomEventTrigger):
             return all(k in data and str(data[k]) == v for k, v in trig.pairs)
-        return True  # Unfollowed
+        return True  # Unfollowed, Linked
 
     def _check_exits(self, friend: str, now: int) -> int:
         """Re-check ``exit when`` of the friend's open enrollments after a state change."""
