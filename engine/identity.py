@@ -26,12 +26,10 @@ from urllib.parse import parse_qsl
 
 from .events import customer_key
 from .store import EventRow, Store
+from .webhook import ACCOUNT_LINK  # LINE's accountLink event, as the engine sees it
 
 log = logging.getLogger("linerules.identity")
 
-#: The internal event type of LINE's ``accountLink`` webhook event (not a name a shop event can
-#: take: it holds a dot).
-ACCOUNT_LINK = "line.accountLink"
 #: A Rakuten order number (受注番号): shop number, order date, serial.
 ORDER_NUMBER_RE = re.compile(r"(?<![0-9])[0-9]{6}-[0-9]{8}-[0-9]{6,10}(?![0-9])")
 #: Postback keys that carry an order number typed by the friend.
@@ -52,6 +50,7 @@ class Order:
     refunded: float = 0.0
     cancelled: bool = False
     source: str = "event"
+    external_id: str | None = None  # the shop system's own id (Shopify: ``shopify:<order id>``)
 
 
 @dataclass
@@ -74,6 +73,20 @@ def linked_friend(store: Store, customer: str) -> str | None:
 
 def customer_of(store: Store, friend: str) -> str | None:
     row = store.conn.execute("SELECT customer FROM customer_links WHERE friend = ?", (friend,)).fetchone()
+    return row[0] if row else None
+
+
+def find_order(store: Store, ref: str) -> str | None:
+    """The order id of an order known by its id or by the shop system's own id."""
+    row = store.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
+                             "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+    return row[0] if row else None
+
+
+def order_owner(store: Store, ref: str) -> str | None:
+    """The friend an order (by its id or the shop system's id) counts for."""
+    row = store.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
+                             "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
     return row[0] if row else None
 
 
@@ -253,7 +266,8 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
             else:
                 out["duplicate"].append(o.order_id)
             continue
-        row = (o.customer, owner, int(bool(o.friend)), o.at, float(o.amount), _items_json(o.items), o.source)
+        row = (o.customer, owner, int(bool(o.friend)), o.at, float(o.amount), _items_json(o.items), o.source,
+               o.external_id)
         if old is not None:      # a refund arrived before its order
             fill.append((*row, o.refunded, int(o.cancelled), o.order_id))
         else:
@@ -263,9 +277,9 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
         if owner:
             friends.add(owner)
     c.executemany("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, "
-                  "refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
+                  "external_id, refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
     c.executemany("UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
-                  "items = ?, source = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
+                  "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
                   "WHERE order_id = ?", fill)
     c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
     c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT v FROM temp.lr_ids) "
@@ -281,6 +295,7 @@ def refund(store: Store, order_id: str, amount: float | None, at: int, *,
     refunded in full no longer counts as an order. A refund for an order not seen yet is kept
     and applies when the order arrives. Returns the friend the order counts for, if any."""
     c = store.conn
+    order_id = find_order(store, order_id) or order_id
     row = c.execute("SELECT amount, refunded, cancelled, friend FROM orders WHERE order_id = ?",
                     (order_id,)).fetchone()
     if row is None:
@@ -361,7 +376,15 @@ def _chunks(items: list, size: int):
 
 def handle(store: Store, ev: EventRow) -> Handled | None:
     """The shop side of one event being processed (inside the engine's transaction). None: the
-    event is not the shop side's business and goes on as it is."""
+    event is not the shop side's business and goes on as it is. An event stored without a friend
+    that now applies to one is recorded under that friend."""
+    out = _handle(store, ev)
+    if out is not None and out.friend and not ev.friend:
+        store.conn.execute("UPDATE events SET friend = ? WHERE seq = ?", (out.friend, ev.seq))
+    return out
+
+
+def _handle(store: Store, ev: EventRow) -> Handled | None:
     data, kind, at = ev.data, ev.type, ev.at
     friend = ev.friend or None
     customer = data.get("customer")
@@ -379,7 +402,8 @@ def handle(store: Store, ev: EventRow) -> Handled | None:
     if kind == "purchase":
         result = record_orders(store, [Order(
             order_id=data["order_id"], at=at, amount=data.get("amount", 0), items=data.get("items") or (),
-            customer=customer, friend=ev.friend or None, source=data.get("source", "event"))], at)
+            customer=customer, friend=ev.friend or None, source=data.get("source", "event"),
+            external_id=data.get("external_id"))], at)
         if result["duplicate"] or result["updated"]:
             log.info("order %s was already recorded (an import?): not counted again", data["order_id"])
             return Handled(friend, data, fire=False)
@@ -389,6 +413,10 @@ def handle(store: Store, ev: EventRow) -> Handled | None:
         return Handled(friend or owner, data)
     if kind in ("message", "postback"):
         return _order_number_link(store, ev)
+    if friend is None and not customer and data.get("order_id"):
+        # a shop event about an order (Shopify's fulfillments name only the order)
+        owner = order_owner(store, data["order_id"])
+        return Handled(owner, data)
     if friend is None and customer:
         return Handled(None, data)      # kept until the customer is linked
     if customer and not ev.friend:

@@ -103,7 +103,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, friend TEXT,
       direct INTEGER NOT NULL DEFAULT 0, at INTEGER, amount REAL, refunded REAL NOT NULL DEFAULT 0,
       cancelled INTEGER NOT NULL DEFAULT 0, items TEXT NOT NULL DEFAULT '[]', source TEXT NOT NULL,
-      created_at INTEGER NOT NULL);
+      external_id TEXT, created_at INTEGER NOT NULL);
+    CREATE INDEX orders_external ON orders(external_id) WHERE external_id IS NOT NULL;
     CREATE INDEX orders_customer ON orders(customer) WHERE customer IS NOT NULL;
     CREATE INDEX orders_friend ON orders(friend) WHERE friend IS NOT NULL;
     CREATE TABLE link_nonces (nonce TEXT PRIMARY KEY, customer TEXT NOT NULL,
