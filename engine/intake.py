@@ -203,6 +203,7 @@ TYPE_FIELDS["refund"] = {"order_id": (True, _nonempty), "amount": (False, _numbe
                          "reason": (False, _string)}
 for _kind in CUSTOMER_TYPES:
     TYPE_FIELDS[_kind]["customer"] = (False, _customer)
+TYPE_FIELDS["cart"]["checkout_url"] = (False, _nonempty)   # for the cart reminder's link
 assert set(TYPE_FIELDS) == set(KNOWN_TYPES)
 
 
