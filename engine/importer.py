@@ -91,6 +91,9 @@ CUSTOMERS: dict[str, tuple[str, ...]] = {
 }
 
 _NUMBER = re.compile(r"[\s,¥￥円]|JPY")
+#: Shopify's `` +0900`` after the time, to ISO 8601's ``+09:00``.
+_SPACED_OFFSET = re.compile(r"\s*([+-]\d{2}):?(\d{2})$")
+_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CANCELLED_WORDS = ("キャンセル", "cancel")
 
 
@@ -221,16 +224,10 @@ def parse_amount(text: str) -> float:
 def parse_time(text: str, tz: dt.tzinfo) -> int:
     """Shopify's ``2026-11-01 10:00:00 +0900``, ISO 8601, or a local ``2026/11/01 10:00[:00]``
     (in the configured zone)."""
-    text = text.strip()
-    for fmt in ("%Y-%m-%d %H:%M:%S %z", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y-%m-%d %H:%M:%S",
-                "%Y-%m-%d %H:%M", "%Y/%m/%d", "%Y-%m-%d"):
-        try:
-            when = dt.datetime.strptime(text, fmt)
-            break
-        except ValueError:
-            continue
-    else:
-        when = dt.datetime.fromisoformat(text)   # raises ValueError
+    text = _SPACED_OFFSET.sub(r"\1:\2", text.strip().replace("/", "-"))
+    if not _DATE_START.match(text):
+        raise ValueError(text)
+    when = dt.datetime.fromisoformat(text)   # raises ValueError
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
     return int(when.timestamp())
@@ -248,24 +245,27 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
     cols = _resolve(path, header, spec, columns, fmt)
     summary = Summary(path)
     groups: dict[str, dict[str, Any]] = {}
+    order_fields = [(n, i) for n, i in cols.items()
+                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status")]
+    item_fields = [(n, i) for n, i in cols.items() if n in ("product", "name", "category", "price", "quantity")]
     for line, values in records:
         summary.rows += 1
-
-        def get(name: str) -> str:
-            i = cols.get(name)
-            return values[i].strip() if i is not None and i < len(values) else ""
-
-        order_id = get("order_id")
+        width = len(values)
+        i = cols["order_id"]
+        order_id = values[i].strip() if i < width else ""
         if not order_id:
             summary.refused.append((line, f"no order id (column `{header[cols['order_id']]}`)"))
             continue
         group = groups.setdefault(order_id, {"line": line, "items": [], "error": None, "first": {}})
+        first = group["first"]
         try:
-            for name in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status"):
-                value = get(name)
-                if value and name not in group["first"]:
-                    group["first"][name] = (value, line)
-            item = _item(get, header, cols)
+            for name, i in order_fields:
+                if name not in first and i < width:
+                    value = values[i].strip()
+                    if value:
+                        first[name] = (value, line)
+            row = {name: values[i].strip() for name, i in item_fields if i < width}
+            item = _item(lambda name: row.get(name, ""), header, cols)
             if item is not None:
                 group["items"].append(item)
         except _Bad as exc:
