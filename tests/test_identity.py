@@ -150,3 +150,29 @@ def test_a_shop_event_without_friend_or_customer_is_refused_with_the_field(folde
     assert main(str(path), str(folder), None, "1h", None) == 1
     err = capsys.readouterr().err
     assert 'line 1: field "friend": is missing (name the LINE `friend` or the shop\'s `customer`)' in err
+
+
+def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, capsys):
+    from engine.report import main as report
+
+    events = [follow("U1", at(1, "09:00")),
+              purchase({"friend": "U1"}, at(1, "09:30"), "R-0", 2000),      # before any send: no conversion
+              purchase({"friend": "U1"}, at(1, "14:00"), "R-1", 5000),      # converts for buyer_news (13:00)
+              {"type": "refund", "friend": "U1", "at": at(2, "10:00"), "order_id": "R-1", "amount": 2000,
+               "id": "refund-R-1"}]
+
+    def revenue(until: str) -> dict:
+        db = tmp_path / f"{until[:10]}.db"
+        path = tmp_path / "timeline.jsonl"
+        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events
+                                if e["at"] <= until), encoding="utf-8")
+        assert main(str(path), str(folder), until, "1h", str(db)) == 0
+        capsys.readouterr()
+        assert report(str(db), str(folder), "json", None, None, None, []) == 0
+        rules = json.loads(capsys.readouterr().out)["rules"]
+        return {r["rule"]: r["revenue"] for r in rules if r["revenue"]}
+
+    before = revenue(at(1, "23:00"))
+    after = revenue(at(2, "23:00"))
+    assert sum(before.values()) == 5000
+    assert sum(after.values()) == 3000
