@@ -191,3 +191,16 @@ def test_unknown_columns_field_is_refused(tmp_path):
                        "--db", str(tmp_path / "x.db"))
     assert code == 1
     assert "--columns: unknown field `sku`" in out
+
+
+def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monkeypatch):
+    from engine import importer
+
+    path = rakuten_file(tmp_path)
+    monkeypatch.setattr(importer.sys.stderr, "isatty", lambda: True, raising=False)
+    assert importer.main_orders(str(path), "rakuten", None, str(tmp_path / "a.db"), str(rules)) == 0
+    shown = capsys.readouterr()
+    assert "importing orders" in shown.err and "3/3" in shown.err
+    monkeypatch.setattr(importer.sys.stderr, "isatty", lambda: False, raising=False)
+    assert importer.main_orders(str(path), "rakuten", None, str(tmp_path / "b.db"), str(rules)) == 0
+    assert capsys.readouterr().err == ""
