@@ -242,9 +242,9 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
     out: dict[str, list[str]] = {"counted": [], "kept": [], "duplicate": [], "updated": []}
     if not orders:
         return out
-    store._load_ids(o.order_id for o in orders)
+    _scratch(store, "lr_shop_orders", (o.order_id for o in orders))
     existing = {r[0]: r for r in c.execute(
-        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend FROM temp.lr_ids t "
+        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend FROM temp.lr_shop_orders t "
         "CROSS JOIN orders o ON o.order_id = t.v")}
     links = {}
     customers = {o.customer for o in orders if o.customer and not o.friend}
@@ -282,7 +282,7 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
                   "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
                   "WHERE order_id = ?", fill)
     c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
-    c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT v FROM temp.lr_ids) "
+    c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT v FROM temp.lr_shop_orders) "
               "AND amount > 0 AND refunded >= amount")
     project(store, out["counted"] + out["updated"] + [f[-1] for f in fill])
     recount(store, friends)
@@ -328,9 +328,7 @@ def project(store: Store, order_ids: Iterable[str]) -> None:
     if not ids:
         return
     c = store.conn
-    c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_orders (v TEXT PRIMARY KEY)")
-    c.execute("DELETE FROM temp.lr_orders")
-    c.executemany("INSERT OR IGNORE INTO temp.lr_orders(v) VALUES (?)", ((i,) for i in ids))
+    _scratch(store, "lr_orders", ids)
     c.execute("DELETE FROM activity WHERE order_id IN (SELECT v FROM temp.lr_orders)")
     c.execute(
         "INSERT INTO activity(friend, kind, amount, at, order_id) "
@@ -353,12 +351,20 @@ def recount(store: Store, friends: Iterable[str]) -> None:
     ids = list(dict.fromkeys(f for f in friends if f))
     if not ids:
         return
-    store._load_ids(ids)
+    _scratch(store, "lr_shop_friends", ids)
     store.conn.execute(
         "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
         "(SELECT t.v AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
-        "FROM temp.lr_ids t LEFT JOIN activity a ON a.friend = t.v AND a.kind = 'order' GROUP BY t.v) s "
+        "FROM temp.lr_shop_friends t LEFT JOIN activity a ON a.friend = t.v AND a.kind = 'order' GROUP BY t.v) s "
         "WHERE friends.id = s.id")
+
+
+def _scratch(store: Store, table: str, values: Iterable[str]) -> None:
+    """Fill the connection's scratch table ``temp.<table>`` with ``values`` (for joins); the
+    shop side's own, so that it never clobbers the engine's ``lr_ids``."""
+    store.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (v TEXT PRIMARY KEY)")
+    store.conn.execute(f"DELETE FROM temp.{table}")
+    store.conn.executemany(f"INSERT OR IGNORE INTO temp.{table}(v) VALUES (?)", ((v,) for v in values))
 
 
 def _items_json(items: Sequence[dict]) -> str:

@@ -176,3 +176,21 @@ def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, 
     after = revenue(at(2, "23:00"))
     assert sum(before.values()) == 5000
     assert sum(after.values()) == 3000
+
+
+def test_a_friend_linked_to_a_second_customer_lets_the_first_one_go(folder, tmp_path, capsys):
+    events = [follow("U1", at(1, "09:00")),
+              {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-1"},
+              purchase({"customer": "C-1"}, at(1, "10:00"), "F-1", 3000),
+              {"type": "identify", "friend": "U1", "at": at(2, "09:00"), "customer": "C-2"},
+              purchase({"customer": "C-1"}, at(2, "10:00"), "F-2", 3000),    # C-1 is nobody's now: kept
+              {"type": "unlink", "customer": "C-2", "at": at(3, "09:00")},
+              {"type": "identify", "friend": "U1", "at": at(3, "10:00"), "customer": "C-1"}]
+    pushes = [p for p in simulate(folder, tmp_path, events, at(3, "14:00"), capsys)
+              if p[2] in ("buyer_news", "linked_thanks", "thanks_order")]
+    assert pushes == [("11-01T09:30", "U1", "linked_thanks"),
+                      ("11-01T10:00", "U1", "thanks_order"),
+                      ("11-01T13:00", "U1", "buyer_news"),
+                      # day 2: linked to C-2, which has no orders: no buyer news, no thanks for F-2
+                      # day 3: back to C-1 (`linked` fires once per rule: reenter never), F-1 and F-2 count
+                      ("11-03T13:00", "U1", "buyer_news")]
