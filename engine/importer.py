@@ -184,7 +184,7 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
                 return
             except csv.Error as exc:
                 raise ImportError_(f"{path}:{line}: not CSV: {exc}") from None
-            if any(v.strip() for v in values):
+            if "".join(values).strip():
                 yield line, values
             line = reader.line_num + 1
     return header, records()
@@ -215,7 +215,10 @@ def _resolve(path: str, header: list[str], spec: dict[str, tuple[str, ...]], col
 
 
 def parse_amount(text: str) -> float:
-    value = float(_NUMBER.sub("", text))
+    try:
+        value = float(text)
+    except ValueError:
+        value = float(_NUMBER.sub("", text))
     if not math.isfinite(value) or value < 0:
         raise ValueError(text)
     return value
@@ -348,7 +351,9 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
                        first["refunded"][1]) from None
     cancelled = "cancelled" in first and first["cancelled"][0].lower() not in ("0", "false", "no", "")
     status = first.get("status", ("", line))[0]
-    cancelled = cancelled or any(w in status.lower() for w in _CANCELLED_WORDS)
+    if status and not cancelled:
+        lowered = status.lower()
+        cancelled = any(w in lowered for w in _CANCELLED_WORDS)
     return Order(order_id=order_id, at=at, amount=amount, items=tuple(group["items"]),
                  customer=customer_key(customer) if customer else None, friend=friend or None,
                  refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}")
