@@ -242,10 +242,15 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
     out: dict[str, list[str]] = {"counted": [], "kept": [], "duplicate": [], "updated": []}
     if not orders:
         return out
-    _scratch(store, "lr_shop_orders", (o.order_id for o in orders))
+    if len(orders) == 1 and not orders[0].refunded and not orders[0].cancelled:
+        fast = _record_new(store, orders[0], now)
+        if fast is not None:
+            out[fast].append(orders[0].order_id)
+            return out
+    batch = _ids(o.order_id for o in orders)
     existing = {r[0]: r for r in c.execute(
-        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend FROM temp.lr_shop_orders t "
-        "CROSS JOIN orders o ON o.order_id = t.v")}
+        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend FROM json_each(?) t "
+        "CROSS JOIN orders o ON o.order_id = t.value", (batch,))}
     links = {}
     customers = {o.customer for o in orders if o.customer and not o.friend}
     for chunk in _chunks(sorted(customers), 500):
@@ -276,17 +281,49 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
         out["counted" if owner else "kept"].append(o.order_id)
         if owner:
             friends.add(owner)
-    c.executemany("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, "
-                  "external_id, refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new_rows)
-    c.executemany("UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
-                  "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
-                  "WHERE order_id = ?", fill)
-    c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
-    c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT v FROM temp.lr_shop_orders) "
-              "AND amount > 0 AND refunded >= amount")
-    project(store, out["counted"] + out["updated"] + [f[-1] for f in fill])
+    if new_rows:
+        c.executemany("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, "
+                      "external_id, refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      new_rows)
+    if fill:
+        c.executemany("UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, "
+                      "amount = ?, items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), "
+                      "cancelled = MAX(cancelled, ?) WHERE order_id = ?", fill)
+    if changed:
+        c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
+    if fill or changed or any(o.refunded for o in orders):
+        c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
+                  "AND amount > 0 AND refunded >= amount AND cancelled = 0", (batch,))
+    project(store, out["counted"] + out["updated"] + [f[-1] for f in fill],
+            fresh=not (out["updated"] or fill))
     recount(store, friends)
     return out
+
+
+def _record_new(store: Store, o: Order, now: int) -> str | None:
+    """One new order without refunds (the engine's purchase event), in few statements: the same
+    rows :func:`record_orders` writes, the friend's totals incremented rather than recounted.
+    None when the order id is already stored (the general path decides)."""
+    c = store.conn
+    if c.execute("SELECT 1 FROM orders WHERE order_id = ?", (o.order_id,)).fetchone() is not None:
+        return None
+    owner = o.friend or (linked_friend(store, o.customer) if o.customer else None)
+    c.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
+              "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              (o.order_id, o.customer, owner, int(bool(o.friend)), o.at, float(o.amount), _items_json(o.items),
+               o.source, o.external_id, now))
+    if owner is None:
+        return "kept"
+    rows = [(owner, "order", None, None, float(o.amount), o.at, o.order_id)]
+    for item in o.items:
+        price = item.get("price")
+        rows.append((owner, "purchase", item.get("product"), item.get("category"),
+                     None if price is None else price * item.get("quantity", 1), o.at, o.order_id))
+    c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
+              "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?", (float(o.amount), o.at, owner))
+    return "counted"
 
 
 def refund(store: Store, order_id: str, amount: float | None, at: int, *,
@@ -320,29 +357,31 @@ def refund(store: Store, order_id: str, amount: float | None, at: int, *,
     return owner
 
 
-def project(store: Store, order_ids: Iterable[str]) -> None:
+def project(store: Store, order_ids: Iterable[str], *, fresh: bool = False) -> None:
     """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
     less refunds) and one ``purchase`` row per item, or ``order_cancelled`` /
-    ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those)."""
+    ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those).
+    ``fresh``: the orders are new, so there are no rows to remove."""
     ids = list(dict.fromkeys(order_ids))
     if not ids:
         return
     c = store.conn
-    _scratch(store, "lr_orders", ids)
-    c.execute("DELETE FROM activity WHERE order_id IN (SELECT v FROM temp.lr_orders)")
+    batch = _ids(ids)
+    if not fresh:
+        c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
     c.execute(
         "INSERT INTO activity(friend, kind, amount, at, order_id) "
         "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
-        "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM temp.lr_orders t "
-        "CROSS JOIN orders o ON o.order_id = t.v WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
-        "ORDER BY o.at")
+        "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
+        "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
+        "ORDER BY o.at", (batch,))
     c.execute(
         "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
         "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
         "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
         "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
-        "FROM temp.lr_orders t CROSS JOIN orders o ON o.order_id = t.v, json_each(o.items) j "
-        "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at")
+        "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
+        "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
 
 
 def recount(store: Store, friends: Iterable[str]) -> None:
@@ -351,20 +390,16 @@ def recount(store: Store, friends: Iterable[str]) -> None:
     ids = list(dict.fromkeys(f for f in friends if f))
     if not ids:
         return
-    _scratch(store, "lr_shop_friends", ids)
     store.conn.execute(
         "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
-        "(SELECT t.v AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
-        "FROM temp.lr_shop_friends t LEFT JOIN activity a ON a.friend = t.v AND a.kind = 'order' GROUP BY t.v) s "
-        "WHERE friends.id = s.id")
+        "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
+        "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
+        "WHERE friends.id = s.id", (_ids(ids),))
 
 
-def _scratch(store: Store, table: str, values: Iterable[str]) -> None:
-    """Fill the connection's scratch table ``temp.<table>`` with ``values`` (for joins); the
-    shop side's own, so that it never clobbers the engine's ``lr_ids``."""
-    store.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (v TEXT PRIMARY KEY)")
-    store.conn.execute(f"DELETE FROM temp.{table}")
-    store.conn.executemany(f"INSERT OR IGNORE INTO temp.{table}(v) VALUES (?)", ((v,) for v in values))
+def _ids(values: Iterable[str]) -> str:
+    """A JSON list of ids, for ``json_each(?)`` joins (one statement, no scratch table)."""
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
 def _items_json(items: Sequence[dict]) -> str:
