@@ -4,8 +4,9 @@ docs/shop.md).
 The runner checks ``X-Shopify-Hmac-Sha256`` (base64 HMAC-SHA256 of the raw body with the app's
 secret, ``SHOPIFY_WEBHOOK_SECRET``) with :func:`verify` before anything is parsed, then turns
 the body into events with :func:`events_from_webhook`. Each event carries the id
-``shopify:<X-Shopify-Webhook-Id>`` so that a webhook Shopify delivers again is applied once
-(a purchase is also applied once by its order id).
+``shopify:<X-Shopify-Webhook-Id>`` so that a webhook Shopify delivers again is applied once;
+orders, cancellations, refunds and fulfillments are also applied once by Shopify's own id of
+the order, refund or fulfillment (whatever webhook brought them).
 
 The customer key of a Shopify order is the customer's e-mail address, as in the order export
 (so an imported order and its webhook are one order: the order id is the order's ``name``,
@@ -134,7 +135,7 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
         customer, extra = _customer(payload)
         if customer:
             data["customer"] = customer
-        return [Event("refund", "", _time(when, "cancelled_at"), {**data, **extra}, id=base)]
+        return [Event("refund", "", _time(when, "cancelled_at"), {**data, **extra}, id=f"{external}:cancelled")]
     if topic == "refunds/create":
         if payload.get("order_id") is None:
             raise ShopifyError("`order_id` is missing")
@@ -149,7 +150,8 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
                 "shopify_refund_id": str(payload.get("id"))}
         if payload.get("note"):
             data["reason"] = str(payload["note"])
-        return [Event("refund", "", _time(payload.get("created_at"), "created_at"), data, id=base)]
+        refund_id = f"shopify:refund:{payload['id']}" if payload.get("id") is not None else base
+        return [Event("refund", "", _time(payload.get("created_at"), "created_at"), data, id=refund_id)]
     if topic in ("checkouts/create", "checkouts/update"):
         if payload.get("completed_at"):
             return []       # it became an order
@@ -177,7 +179,8 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
     customer, extra = _customer(payload)
     if customer:
         data["customer"] = customer
-    return [Event("shipped", "", _time(payload.get("created_at"), "created_at"), {**data, **extra}, id=base)]
+    shipment = f"shopify:fulfillment:{payload['id']}" if payload.get("id") is not None else base
+    return [Event("shipped", "", _time(payload.get("created_at"), "created_at"), {**data, **extra}, id=shipment)]
 
 
 def parse(body: bytes) -> Any:

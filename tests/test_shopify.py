@@ -164,6 +164,9 @@ async def test_a_replayed_webhook_applies_once(shop):
     for expected in ({"applied": 1, "duplicates": 0}, {"applied": 0, "duplicates": 1}):
         resp = await shopify_post(client, "refunds/create", REFUND, webhook_id="b54557e4-0004")
         assert await resp.json() == expected
+    # the same refund under another webhook id (a second subscription) is the same refund
+    resp = await shopify_post(client, "refunds/create", REFUND, webhook_id="b54557e4-9999")
+    assert await resp.json() == {"applied": 0, "duplicates": 1}
     await wait_for(lambda: runner.store.health()["pending_events"] == 0)
     await wait_for(lambda: texts(emulator).count("ご注文ありがとうございます") == 1)
     friend = runner.store.friend("U1")
