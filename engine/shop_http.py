@@ -40,22 +40,24 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
             log.error("Shopify webhook refused: SHOPIFY_WEBHOOK_SECRET is not set")
             return _error(503, "Shopify webhooks disabled: set SHOPIFY_WEBHOOK_SECRET")
         body = await request.read()
-        if not shopify.verify(secret, body, request.headers.get("X-Shopify-Hmac-Sha256")):
-            log.warning("Shopify webhook refused: %s X-Shopify-Hmac-Sha256 from %s",
-                        "invalid" if request.headers.get("X-Shopify-Hmac-Sha256") else "missing",
-                        request.remote)
-            return _error(401, "invalid signature")
+        signature = request.headers.get("X-Shopify-Hmac-Sha256")
         topic = request.headers.get("X-Shopify-Topic", "")
         webhook_id = request.headers.get("X-Shopify-Webhook-Id") or None
+        from . import server   # the runner's intake threads (imported here: server imports us)
+
         try:
-            events = shopify.events_from_webhook(topic, webhook_id, shopify.parse(body))
+            stored = await request.app[server.INTAKE].run(_store_shopify, secret, body, signature, topic, webhook_id)
         except shopify.ShopifyError as exc:
             log.error("Shopify webhook %s (%s) not understood: %s", topic, webhook_id, exc)
             return _error(400, str(exc))
+        if stored is None:
+            log.warning("Shopify webhook refused: %s X-Shopify-Hmac-Sha256 from %s",
+                        "invalid" if signature else "missing", request.remote)
+            return _error(401, "invalid signature")
+        events, result = stored
         if not events:
             log.info("Shopify webhook %s (%s): nothing for the rules", topic or "without topic", webhook_id)
             return web.json_response({"applied": 0, "duplicates": 0, "ignored": True})
-        result = runner.store.apply_events(events)
         for event in events:
             runner.metrics.events.inc(type=event.type, origin="shopify")
         log.info("Shopify webhook %s (%s): %d events stored, %d duplicates", topic, webhook_id,
@@ -72,7 +74,7 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
         if not token:
             return _error(503, "account link disabled: set LINERULES_API_TOKEN")
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
             return _error(401, "missing or wrong bearer token")
         try:
             data = json.loads(await request.read())
@@ -95,6 +97,18 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
 
     return [web.post("/shopify/webhooks", shopify_webhooks),
             web.post("/account-link/nonce", account_link_nonce)]
+
+
+def _store_shopify(stores: Any, runner: Any, secret: str, body: bytes, signature: str | None, topic: str,
+                   webhook_id: str | None) -> tuple[list, Any] | None:
+    """On an intake thread: verify the signature (None when wrong), translate, store (raises
+    ShopifyError for a body that is not what its topic says)."""
+    from .server import _apply
+
+    if not shopify.verify(secret, body, signature):
+        return None
+    events = shopify.events_from_webhook(topic, webhook_id, shopify.parse(body))
+    return events, (_apply(stores, events) if events else None)
 
 
 async def account_link_target(runner: Any, token: str, url: str) -> str:

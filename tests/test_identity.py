@@ -194,3 +194,13 @@ def test_a_friend_linked_to_a_second_customer_lets_the_first_one_go(folder, tmp_
                       # day 2: linked to C-2, which has no orders: no buyer news, no thanks for F-2
                       # day 3: back to C-1 (`linked` fires once per rule: reenter never), F-1 and F-2 count
                       ("11-03T13:00", "U1", "buyer_news")]
+
+
+@pytest.mark.parametrize("word, right", [("linked", "identify"), ("unlinked", "unlink"),
+                                         ("refunded", "refund"), ("cancelled", "refund")])
+def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_path, capsys, word, right):
+    # a custom `linked` event would otherwise enter `when linked` rules without any link
+    path = tmp_path / "timeline.jsonl"
+    path.write_text(json.dumps({"type": word, "friend": "U1", "at": at(1, "10:00")}) + "\n")
+    assert main(str(path), str(folder), None, "1h", None) == 1
+    assert f"(did you mean `{right}`?)" in capsys.readouterr().err

@@ -278,3 +278,9 @@ async def test_account_link_nonce_needs_the_bearer_token_and_fields(shop):
     resp = await client.post("/account-link/nonce", json={"customer": "c"},
                              headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert resp.status == 400 and (await resp.json())["error"] == 'field "link_token": is missing'
+
+
+async def test_a_non_ascii_signature_is_401_not_500(shop):
+    client, runner, emulator = shop
+    resp = await shopify_post(client, "orders/create", ORDER, webhook_id="b54557e4-0014", signature="署名")
+    assert resp.status == 401
