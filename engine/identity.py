@@ -310,19 +310,12 @@ def _record_new(store: Store, o: Order, now: int) -> str | None:
     owner = o.friend or (linked_friend(store, o.customer) if o.customer else None)
     c.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
               "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (o.order_id, o.customer, owner, int(bool(o.friend)), o.at, float(o.amount), _items_json(o.items),
+              (o.order_id, o.customer, owner, int(bool(o.friend)), o.at, o.amount, _items_json(o.items),
                o.source, o.external_id, now))
     if owner is None:
         return "kept"
-    rows = [(owner, "order", None, None, float(o.amount), o.at, o.order_id)]
-    for item in o.items:
-        price = item.get("price")
-        rows.append((owner, "purchase", item.get("product"), item.get("category"),
-                     None if price is None else price * item.get("quantity", 1), o.at, o.order_id))
-    c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
-              "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?", (float(o.amount), o.at, owner))
+    # the amount as the event gave it: one SQLite cannot hold fails the event (set aside)
+    store.purchase(owner, o.at, o.amount, list(o.items), o.order_id)
     return "counted"
 
 

@@ -636,20 +636,22 @@ class Store:
     def unfollow(self, friend_id: str, at: int) -> None:
         self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
 
-    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict]) -> None:
+    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict],
+                 order_id: str | None = None) -> None:
         """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
-        one ``purchase`` row per item (for product/category matches)."""
+        one ``purchase`` row per item (for product/category matches), carrying ``order_id``
+        (engine/identity.py keeps the order itself)."""
         c = self.conn
         c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
                   "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
                   (amount, at, friend_id))
-        rows = [(friend_id, "order", None, None, amount, at)]
+        rows = [(friend_id, "order", None, None, amount, at, order_id)]
         for item in items:
             price = item.get("price")
             total = None if price is None else price * item.get("quantity", 1)
-            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at))
-        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at) "
-                      "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id))
+        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def track(self, friend_id: str, kind: str, product: str | None, at: int) -> None:
         """A ``cart`` or ``view`` activity."""
