@@ -14,6 +14,7 @@ Routes (docs/operations.md):
 """
 from __future__ import annotations
 
+import json
 import asyncio
 import datetime as dt
 import hmac
@@ -78,9 +79,14 @@ THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 """
 
 
+def _dumps(value: Any) -> str:
+    """JSON with Japanese as it is (not ``\\u`` escapes), so a shop's log reads it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     """A JSON error answer; the reason is in the runner's language (settings.yaml)."""
-    return web.json_response({"error": render(message), **extra}, status=status)
+    return web.json_response({"error": render(message), **extra}, status=status, dumps=_dumps)
 
 
 @web.middleware
