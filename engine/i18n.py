@@ -151,10 +151,33 @@ def catalog_path(lang: str) -> Path:
 
 @functools.cache
 def translations(lang: str) -> gettext.NullTranslations:
-    """The compiled catalog of ``lang`` (compiled from its ``.po`` file in memory, once)."""
+    """The compiled catalog of ``lang``.
+
+    The ``.po`` file is the source. It is compiled with Babel the first time it is needed and
+    the ``.mo`` is kept beside it (not in git) while it is newer than the ``.po``; where the
+    package folder cannot be written, the compiled catalog stays in memory."""
     path = catalog_path(lang)
     if lang == DEFAULT or not path.exists():
         return gettext.NullTranslations()
+    mo = path.with_suffix(".mo")
+    try:
+        if mo.stat().st_mtime_ns >= path.stat().st_mtime_ns:
+            with open(mo, "rb") as fh:
+                return gettext.GNUTranslations(fh)
+    except OSError:
+        pass
+    data = compile_catalog(path, lang)
+    try:
+        tmp = mo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, mo)
+    except OSError:
+        pass
+    return gettext.GNUTranslations(io.BytesIO(data))
+
+
+def compile_catalog(path: Path, lang: str) -> bytes:
+    """A ``.po`` file compiled to ``.mo`` bytes (fuzzy entries left out)."""
     from babel.messages.mofile import write_mo
     from babel.messages.pofile import read_po
 
@@ -162,8 +185,7 @@ def translations(lang: str) -> gettext.NullTranslations:
         catalog = read_po(fh, locale=lang, domain=DOMAIN)
     buf = io.BytesIO()
     write_mo(buf, catalog, use_fuzzy=False)
-    buf.seek(0)
-    return gettext.GNUTranslations(buf)
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- the language
