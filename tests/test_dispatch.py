@@ -264,7 +264,7 @@ async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatch
                        reply_deadline=time.time() + 50)
     await dispatcher.send([first])
     again = OutboxItem(1, "reply", ["U2"], [TEXT], first.retry_key, reply_token=token,
-                       reply_deadline=time.time() + 50, reply_attempted=True)
+                       reply_deadline=time.time() + 50, ambiguous=True)
     [result] = await dispatcher.send([again])
     assert (result.outcome, result.via) == ("duplicate", "reply")
     assert emulator.requests_to("push") == []
@@ -274,9 +274,9 @@ async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatch
 async def test_stale_reply_left_in_flight_is_recorded_not_pushed(dispatcher, emulator):
     token = emulator.issue_reply_token("U2")
     item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() - 1, reply_attempted=True)
+                      reply_deadline=time.time() - 1, ambiguous=True)
     [result] = await dispatcher.send([item])
-    assert result.outcome == "duplicate"
+    assert result.outcome == "unconfirmed" and result.ambiguous
     assert "never sent twice" in result.detail
     assert emulator.requests_to("push") == [] and emulator.requests_to("reply") == []
 
