@@ -391,3 +391,68 @@ def test_a_runner_stopped_past_its_lease_writes_nothing_over_the_new_runners_row
             old.stop()
             if new is not None:
                 new.stop()
+
+
+# ----------------------------------------------------------------------------- 10: deploys
+
+TWO_RULES = """\
+rule first
+  when followed
+  then send greeting
+
+rule second
+  when followed
+  then wait 1d
+  send thanks
+"""
+
+
+def open_in(db: Path, rule: str) -> Counter:
+    return Counter(r["state"] for r in rows(db, "SELECT state FROM enrollments WHERE rule = ?", (rule,)))
+
+
+def test_a_deploy_written_in_two_steps_is_reloaded_once_whole(tmp_path):
+    rules = write_rules(tmp_path / "rules", TWO_RULES)
+    db = tmp_path / "deploy.db"
+    runner = RunnerProcess(rules, db).started()
+    try:
+        runner.post_events([follow(f"U{i}") for i in range(3)])
+        wait_until(lambda: open_in(db, "second") == {"waiting": 3})
+        # step 1 of the deploy writes a file that lacks `rule second` ...
+        (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
+        runner.wait_for(r"rule files changed; reloading once they are unchanged for 2 s")
+        time.sleep(0.5)          # ... and the deploy tool writes the rest half a second later
+        (rules / "main.rule").write_text(TWO_RULES + "\nrule third\n  when purchased\n  then send thanks\n",
+                                         encoding="utf-8")
+        runner.wait_for(r"rules reloaded \(version \S+, 3 rules, rule files changed\)")
+        assert open_in(db, "second") == {"waiting": 3}
+        assert len([line for line in runner.lines if "rules reloaded" in line]) == 1
+        assert runner.get("/healthz")[1]["last_reload"]["suspended"] == 0
+    finally:
+        runner.stop()
+
+
+def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(tmp_path):
+    rules = write_rules(tmp_path / "rules", TWO_RULES)
+    db = tmp_path / "suspend.db"
+    runner = RunnerProcess(rules, db, tick=30).started()
+    try:
+        runner.post_events([follow(f"U{i}") for i in range(3)])
+        wait_until(lambda: open_in(db, "second") == {"waiting": 3})
+        (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
+        runner.proc.send_signal(signal.SIGHUP)
+        runner.wait_for(r"reload: 0 friends in flight carried over to changed rules, 3 suspended "
+                        r"\(their rule is gone: second; they resume if it comes back within 60 min")
+        assert open_in(db, "second") == {"suspended": 3}
+        status, health = runner.get("/healthz")
+        assert health["suspended_enrollments"] == 3
+        assert (health["last_reload"]["suspended"], health["last_reload"]["removed_rules"]) == (3, ["second"])
+        (rules / "main.rule").write_text(TWO_RULES, encoding="utf-8")
+        runner.proc.send_signal(signal.SIGHUP)
+        runner.wait_for(r"reload: .* 3 resumed \(their rule is back\)")
+        assert open_in(db, "second") == {"waiting": 3}
+        assert runner.get("/healthz")[1]["suspended_enrollments"] == 0
+        runner.proc.send_signal(signal.SIGTERM)
+        assert runner.exit_code() == 0
+    finally:
+        runner.stop()
