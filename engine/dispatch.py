@@ -168,6 +168,8 @@ class StatelessToken:
                   stale: str | None = None) -> str:
         """The token to use. ``force``: issue a new one unless another caller already replaced
         ``stale`` (the one LINE refused) meanwhile."""
+        if not force and self._fresh():
+            return self.token  # type: ignore[return-value]
         async with self._lock:
             if self._fresh() and not (force and self.token == stale):
                 return self.token  # type: ignore[return-value]
@@ -606,8 +608,6 @@ class Dispatcher:
         """Send one item and return its result. ``before_send`` is called just before the
         first request of a reply (which has no retry key) goes out; when it returns False,
         nothing is sent and the result is "retry"."""
-        if item.kind != "menu_link":
-            await self._maybe_refresh_quota()
         result = await self._send_item(item, before_send)
         self._counters[f"outcome:{result.outcome}"] += 1
         return result
@@ -680,6 +680,7 @@ class Dispatcher:
         else:
             preq = PushMessageRequest.from_dict({"to": to[0], "messages": item.messages})
         recipients = len(to)
+        await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
         if self.quota_exhausted:
             return self._held(item, via, recipients, MONTHLY_LIMIT_MESSAGE)
         if self.remaining is not None:
