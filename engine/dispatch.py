@@ -372,8 +372,11 @@ class Dispatcher:
                     # the proxy is resolved once above instead, and the session replaced by a
                     # plain one.
                     sdk_session = client.rest_client.pool_manager
+                    # No pool limit: callers bound the requests in flight (send's semaphore,
+                    # the runner's slots), and a pool full of hanging pushes must never make
+                    # a reply wait for a connection.
                     client.rest_client.pool_manager = aiohttp.ClientSession(
-                        connector=aiohttp.TCPConnector(limit=self.concurrency,
+                        connector=aiohttp.TCPConnector(limit=0,
                                                        ssl=ssl.create_default_context()))
                     await sdk_session.close()
                     self._client, self._api = client, AsyncMessagingApi(client)

@@ -271,6 +271,33 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(tmp
             runner.stop()
 
 
+def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path):
+    """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
+    wait (and turn from a free reply into a paid push)."""
+    from engine.runloop import SEND_SLOTS
+
+    rules = answer_rules(tmp_path / "rules")
+    db = tmp_path / "lanes.db"
+    friends = [f"U{i:03d}" for i in range(SEND_SLOTS + 10)]
+    with run_in_thread() as emulator:
+        for f in friends + ["UR"]:
+            emulator.add_user(f, f)
+        emulator.inject_timeout("push", count=SEND_SLOTS, delay=60)
+        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
+        try:
+            runner.post_events([follow(f) for f in friends])
+            wait_until(lambda: len(emulator.requests_to("push")) == SEND_SLOTS)
+            asked = time.monotonic()
+            post_webhook(runner, [message("UR", emulator.issue_reply_token("UR"))])
+            wait_until(lambda: emulator.inbox("UR"), timeout=5)
+            assert time.monotonic() - asked < 3
+            assert per_friend(emulator, "reply") == Counter({"UR": 1})
+            assert len(emulator.requests_to("push")) == SEND_SLOTS     # the backlog still waits
+            assert metric(runner, "linerules_sends_in_flight") == SEND_SLOTS
+        finally:
+            runner.stop()
+
+
 # ----------------------------------------------------------------------------- 6: the token
 
 
