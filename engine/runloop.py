@@ -91,7 +91,7 @@ class RunnerConfig:
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
     condition_interval: int = 0              # --condition-interval; 0 = every tick
     channel_id: str | None = None            # LINE_CHANNEL_ID (stateless tokens with the secret)
-    lease_seconds: int | None = None         # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
+    lease_seconds: str | None = None         # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
@@ -109,8 +109,7 @@ class RunnerConfig:
                    login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
                    join_redirect=get("LINERULES_JOIN_REDIRECT"),
                    channel_id=get("LINE_CHANNEL_ID"),
-                   lease_seconds=_positive_int(get("LINERULES_LEASE_SECONDS"),
-                                               "LINERULES_LEASE_SECONDS"),
+                   lease_seconds=get("LINERULES_LEASE_SECONDS"),
                    env=dict(env))
 
     @property
@@ -119,7 +118,14 @@ class RunnerConfig:
 
     @property
     def lease_ttl(self) -> int:
-        return self.lease_seconds or lease_ttl(self.tick_seconds)
+        """Seconds the lease lasts without renewal (raises StartupError on a bad value)."""
+        value = self.lease_seconds
+        if value is None:
+            return lease_ttl(self.tick_seconds)
+        if not value.strip().isdigit() or int(value) < 1:
+            raise StartupError(f"LINERULES_LEASE_SECONDS={value!r} is not a whole number of "
+                               "seconds (1 or more)")
+        return int(value)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -148,14 +154,6 @@ def rules_fingerprint(rules_dir: Path) -> tuple:
         return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     except OSError:
         return ()
-
-
-def _positive_int(value: str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not value.strip().isdigit() or int(value) < 1:
-        raise StartupError(f"{name}={value!r} is not a whole number of seconds (1 or more)")
-    return int(value)
 
 
 def owner_id() -> str:
@@ -273,6 +271,7 @@ class Runner:
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
+        config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
         store = Store(str(config.db), checkpoints=False)
         engine_store = None
         try:
