@@ -684,7 +684,9 @@ class Runner:
             self.metrics.pushes.inc(outcome="fenced")
             return
         self.metrics.pushes.inc(outcome=outcome)
-        if outcome in ("sent", "duplicate"):
+        if outcome == "dry_run":
+            pass                                  # the transport logged it
+        elif outcome in ("sent", "duplicate"):
             log.info("%s outbox %d to %s via %s%s", outcome, row_id, to, result.via,
                      f" (request {result.request_id})" if result.request_id else "")
         elif outcome == "rejected":
