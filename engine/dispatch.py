@@ -316,7 +316,8 @@ class Dispatcher:
                  backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  max_inline_wait: float = MAX_INLINE_WAIT,
                  quota_refresh_interval: float = 60.0,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 trace_configs: Sequence[aiohttp.TraceConfig] = ()):
         if not access_token and stateless is None:
             raise ValueError("a channel access token or a channel id and secret is needed")
         self.endpoint = endpoint.rstrip("/")
@@ -330,6 +331,7 @@ class Dispatcher:
         self.max_inline_wait = max_inline_wait
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
+        self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
         self._rng = rng or random.Random()
         chosen = {name: LINE_RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
@@ -377,7 +379,8 @@ class Dispatcher:
                     # a reply wait for a connection.
                     client.rest_client.pool_manager = aiohttp.ClientSession(
                         connector=aiohttp.TCPConnector(limit=0,
-                                                       ssl=ssl.create_default_context()))
+                                                       ssl=ssl.create_default_context()),
+                        trace_configs=self._trace_configs or None)
                     await sdk_session.close()
                     self._client, self._api = client, AsyncMessagingApi(client)
         return self._api

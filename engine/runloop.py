@@ -42,7 +42,7 @@ from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
-from .store import LeaseLost
+from .store import LeaseLost, StoreError
 from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
@@ -272,9 +272,18 @@ class Runner:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
-        store = Store(str(config.db), checkpoints=False)
+        try:
+            store = Store(str(config.db), checkpoints=False)
+        except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
+            raise StartupError(f"cannot start: {exc}") from None
         engine_store = None
         try:
+            try:
+                started = time.perf_counter()
+                store.check_integrity()
+                log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
+            except StoreError as exc:
+                raise StartupError(f"cannot start: {exc}") from None
             acquire_lease(store, owner_id(), config)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True)
@@ -300,6 +309,8 @@ class Runner:
         the tick thread and its connection alone: the process exits right after."""
         try:
             self.store.release_lease(self.owner)
+        except StoreError:
+            pass   # the database cannot be written (logged once); the next start takes the lease over
         finally:
             self.store.close()
             if wait:
@@ -388,6 +399,8 @@ class Runner:
             self._tick_wake.clear()
             try:
                 await loop.run_in_executor(self._executor, self.tick_once)
+            except StoreError:
+                pass   # the store logged it once (what, which file, what to do); retried next tick
             except Exception:
                 log.exception("tick failed; retrying at the next tick")
             self.first_tick_done.set()
@@ -395,6 +408,8 @@ class Runner:
                 break
             try:
                 seconds = await loop.run_in_executor(self._executor, self._seconds_to_next_tick)
+            except StoreError:
+                seconds = self.config.tick_seconds
             except Exception:
                 log.exception("next wake-up not computed; ticking after the interval")
                 seconds = self.config.tick_seconds
@@ -417,6 +432,8 @@ class Runner:
                 self.exit_code = 1
                 self.stop()
                 break
+            except StoreError:
+                pass   # logged once by the store; rows in flight go again with their keys
             except Exception:
                 log.exception("dispatch failed; retrying shortly")
             if not started and not self.stopping:
@@ -619,6 +636,9 @@ class Runner:
         item = outbox_item(row)
         try:
             result = await self.dispatcher.send_item(item, before_send=self._before_send(row))
+        except StoreError as exc:  # logged once by the store; nothing was sent
+            result = DispatchResult(row["id"], "retry", None, None, f"not sent: {exc}",
+                                    row["kind"], len(row["recipients"]), item.ambiguous)
         except Exception as exc:  # an outcome is stored whatever happens: the row is retried
             log.exception("sending outbox %d failed unexpectedly", row["id"])
             result = DispatchResult(row["id"], "retry", None, None,
@@ -651,6 +671,10 @@ class Runner:
             with self.store.transaction():
                 for row, result in batch:
                     self._record(row, result, now)
+        except StoreError:    # logged once by the store
+            log.warning("the outcomes of %d outbox rows could not be stored; they are sent "
+                        "again (same retry keys)", len(batch))
+            self.store.release_claims(row["id"] for row, _ in batch)
         except Exception:
             log.exception("the outcomes of %d outbox rows could not be stored; they are "
                           "sent again (same retry keys)", len(batch))
