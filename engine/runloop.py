@@ -89,6 +89,7 @@ class RunnerConfig:
     login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
     login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
+    shopify_secret: str | None = None        # SHOPIFY_WEBHOOK_SECRET
     condition_interval: int = 0              # --condition-interval; 0 = every tick
     channel_id: str | None = None            # LINE_CHANNEL_ID (stateless tokens with the secret)
     lease_seconds: str | None = None         # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
@@ -110,6 +111,7 @@ class RunnerConfig:
                    join_redirect=get("LINERULES_JOIN_REDIRECT"),
                    channel_id=get("LINE_CHANNEL_ID"),
                    lease_seconds=get("LINERULES_LEASE_SECONDS"),
+                   shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
                    env=dict(env))
 
     @property
