@@ -2,7 +2,7 @@
 
 For each friend at send time :func:`render_message`:
 
-1. renders every string holding Liquid markup with ``friend``, ``rule`` and ``sale``
+1. renders every string holding Liquid markup with ``friend``, ``rule``, ``sale`` and ``event``
    (templates are compiled once and cached; missing variables render as nothing);
 2. adds ``utm_source=line&utm_medium=message&utm_campaign=<rule>&utm_content=<message>`` to
    every http(s) link (URI actions and URLs in text messages) that carries no ``utm_`` yet;
@@ -77,9 +77,11 @@ def add_utm(url: str, rule: str, message: str) -> str:
 
 
 def render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None = None,
-                   utm: bool = True, link: Callable[[str], str] | None = None) -> list[dict]:
-    """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``. Raises RenderError."""
-    variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}}
+                   utm: bool = True, link: Callable[[str], str] | None = None,
+                   event: dict | None = None) -> list[dict]:
+    """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``; ``event``: the
+    fields of the event that entered or resumed the enrollment. Raises RenderError."""
+    variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}, "event": event or {}}
     renderer = _Renderer(defn.name, rule, variables)
     objects = [renderer.value(obj, (i,)) for i, obj in enumerate(defn.objects)]
 
