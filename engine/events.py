@@ -11,7 +11,7 @@ from typing import Any
 
 #: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
 KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
-               "attributes", "tag")
+               "attributes", "tag", "click")
 
 
 @dataclass(frozen=True)
