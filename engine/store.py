@@ -690,9 +690,10 @@ class Store:
                   "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
                   "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
                   f"AND ({cond_sql}))", {**params, "rule": rule, "now": now})
+        # a finished enrollment whose last send had yet to go out left the rule too
         return c.execute("UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
                          "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
-                         "reason = 'exit_when') AND state IN ('active', 'waiting')", (now, rule)).rowcount
+                         "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')", (now, rule)).rowcount
 
     def due_groups(self) -> list[tuple[str, str]]:
         """The distinct (rule, steps) of the undecided due intents."""
