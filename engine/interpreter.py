@@ -293,7 +293,7 @@ class Engine:
 
     def _event(self, ev: EventRow, now: int, result: TickResult) -> None:
         s, friend, at, data = self.store, ev.friend, ev.at, ev.data
-        s.touch(friend, at)
+        s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
         if ev.type == "follow":
             s.follow(friend, at, data.get("source"))
         elif ev.type == "unfollow":

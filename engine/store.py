@@ -414,8 +414,15 @@ class Store:
             c.execute("UPDATE friends SET display_name = COALESCE(?, display_name), "
                       "language = COALESCE(?, language) WHERE id = ?", (display_name, language, friend_id))
 
-    def touch(self, friend_id: str, at: int) -> None:
-        """The friend has been seen through an event (they are a current friend from now on)."""
+    def touch(self, friend_id: str, at: int, *, line: bool = False) -> None:
+        """The id has been seen through an event. ``line``: a message or postback from LINE,
+        which only a friend can send: someone with no follow or block on record (a friend from
+        before the runner was installed) counts as a friend from then on."""
+        if line:
+            self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE("
+                              "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
+                              (at, at, friend_id))
+            return
         self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?",
                           (at, friend_id))
 
