@@ -5,10 +5,14 @@ A tick never reads the clock; the caller passes ``now``. In one tick, in this or
 
 1. applied events with ``at <= now`` are processed in (at, seq) order: friend state changes,
    event triggers enrol friends, ``wait for`` enrollments resume, ``exit when`` is re-checked;
-2. ``schedule`` and ``sale`` occurrences in (last tick, now] enrol their audience (set-based);
+2. ``schedule`` and ``sale`` occurrences in (last tick, now] enrol their audience (set-based,
+   and queue its first sends set-based);
 3. on a condition tick, condition triggers enrol every friend whose condition holds (in SQL);
-4. due enrollments walk their steps up to the next wait; their sends are coalesced, windowed,
-   capped, rendered and written to the outbox in the same transaction that moves them on.
+4. due enrollments walk their steps up to the next wait (those an event of this tick resumed
+   last); their sends are coalesced into send intents, due at the window's next opening;
+5. the deliver stage decides every intent due now, whichever path queued it: current friend,
+   ``exit when``, each step's ``if``, the cap by priority, the monthly quota, rendering; only
+   then are outbox rows written.
 
 The semantics and the decisions behind them are described in docs/engine.md.
 """

@@ -672,9 +672,9 @@ class Store:
             "i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, COALESCE(r.prio, 0), "
             "CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
             "CASE WHEN r.rule IS NULL THEN 'dropped' END, CASE WHEN r.rule IS NULL THEN 'rule_removed' END "
-            "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
-            "WHERE i.outbox_id IS NULL AND i.due_at <= :now AND i.friend IN (SELECT friend FROM intents "
-            "WHERE outbox_id IS NULL AND due_at <= :now ORDER BY due_at, id LIMIT :limit)",
+            "FROM (SELECT DISTINCT friend FROM (SELECT friend FROM intents WHERE outbox_id IS NULL AND "
+            "due_at <= :now ORDER BY due_at, id LIMIT :limit)) w CROSS JOIN intents i ON i.friend = w.friend "
+            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule WHERE i.outbox_id IS NULL AND +i.due_at <= :now",
             {"now": now, "limit": limit}).rowcount
 
     def due_gate(self) -> None:
@@ -684,9 +684,10 @@ class Store:
         c.execute("UPDATE temp.lr_due SET status = 'dropped', reason = 'exited' WHERE status IS NULL AND "
                   "enrollment IN (SELECT e.id FROM enrollments e WHERE e.id IN (SELECT enrollment FROM temp.lr_due) "
                   "AND e.state = 'exited')")
-        c.execute("UPDATE temp.lr_due SET status = 'skipped', reason = CASE WHEN f.blocked_at IS NOT NULL "
-                  "THEN 'blocked' ELSE 'not_friend' END FROM friends f WHERE f.id = lr_due.friend "
-                  "AND lr_due.status IS NULL AND NOT (f.followed_at IS NOT NULL AND f.blocked_at IS NULL)")
+        c.execute("UPDATE temp.lr_due SET status = 'skipped', reason = COALESCE((SELECT CASE WHEN f.blocked_at "
+                  "IS NOT NULL THEN 'blocked' END FROM friends f WHERE f.id = lr_due.friend), 'not_friend') "
+                  "WHERE status IS NULL AND NOT EXISTS (SELECT 1 FROM friends f WHERE f.id = lr_due.friend "
+                  "AND f.followed_at IS NOT NULL AND f.blocked_at IS NULL)")
         c.execute("UPDATE temp.lr_due SET status = 'skipped', reason = 'holdout' WHERE status IS NULL AND holdout = 1")
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
@@ -806,8 +807,8 @@ class Store:
         counts = dict(c.execute("SELECT status, COUNT(*) FROM temp.lr_due GROUP BY status").fetchall())
         c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'sent' "
                   "AND status IS NOT 'held')")
-        c.execute("UPDATE intents SET outbox_id = d.outbox_id FROM temp.lr_due d WHERE d.id = intents.id "
-                  "AND d.status = 'sent'")
+        c.execute("UPDATE intents SET outbox_id = (SELECT d.outbox_id FROM temp.lr_due d WHERE d.id = intents.id) "
+                  "WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'sent')")
         if held_until is not None:
             c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
                       (held_until,))
