@@ -299,3 +299,14 @@ def test_a_row_that_may_have_reached_line_goes_again_byte_identical(fresh_db_pat
     [again] = store.claim_outbox(int(at("2026-11-02 09:00").timestamp()), 10)
     assert (again["id"], again["retry_key"], again["payload"]) == (row["id"], row["retry_key"], row["payload"])
     store.close()
+
+
+def test_a_message_that_fails_to_render_for_one_friend_is_recorded_and_the_others_get_theirs(fresh_db_path):
+    hello = ir.MessageDef("coupon15", ({"type": "text", "text": "{{ friend.display_name }}さん"},))
+    p = compile_rules(FLAGSHIP, settings=ir.Settings(window=WINDOW), messages={"coupon15": hello})
+    events = night_follow(ev("follow", "U2", "2026-11-01 22:40", source="qr=shipping"),
+                          ev("attributes", "U2", "2026-11-03 08:00", set={"display_name": "長" * 5001}))
+    assert run(p, events, db_path=str(fresh_db_path)) == [("2026-11-03 09:00:00", "U1", "test", ["coupon15"])]
+    [(friend, _rule, names, status, reason)] = [d for d in deliveries(fresh_db_path) if d[3] == "rejected"]
+    assert (friend, names, status) == ("U2", '["coupon15"]', "rejected")
+    assert "5000" in reason or "5,000" in reason
