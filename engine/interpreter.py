@@ -786,12 +786,16 @@ class Engine:
                     opening = timeutil.next_opening(now, rule.window or self.settings.window, self.tz)
                     if opening > now:
                         s.defer_intents(name, opening, now)
-        rules = [(name, r.priority, int(r.uncapped)) for name, r in self.project.rules.items()]
+            s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in self.project.rules.items()])
+        today = timeutil.local_day(now, self.tz)
+        after = ""
         while True:
             with s.transaction():
-                if not s.load_due(now, DELIVER_CHUNK, rules):
+                last = s.load_due(now, DELIVER_CHUNK, after, today, self.settings.max_per_day)
+                if last is None:
                     return
                 self._decide(now, result)
+            after = last
 
     def _decide(self, now: int, result: TickResult) -> None:
         """One chunk of the deliver stage, on ``temp.lr_due`` (see :meth:`_deliver_due`)."""
@@ -799,7 +803,6 @@ class Engine:
         self._rendered.clear()    # friend-independent renders are shared within one chunk only
         self._hashes.clear()
         today = timeutil.local_day(now, self.tz)
-        s.due_gate()
         params = {"now": now}
         for name, rule in self.project.rules.items():
             if rule.exit_when is not None:
@@ -809,7 +812,7 @@ class Engine:
         changes: list[tuple] = []
         for rule_name, steps_text in s.due_groups():
             rule = self.project.rules.get(rule_name)
-            steps = json.loads(steps_text)
+            steps = self._split_steps(rule, json.loads(steps_text))
             failing: dict[int, set[str]] = defaultdict(set)
             for step_id, _names in steps:
                 step = rule.step(step_id) if rule else None
@@ -827,7 +830,7 @@ class Engine:
                                 None if kept else "condition", i))
         s.due_update(changes)
         if settings.max_per_day is not None:
-            s.due_cap(settings.max_per_day, today)
+            s.due_cap(settings.max_per_day)
         s.due_replies(now)
         held_until = None
         month = timeutil.local(now, self.tz).strftime("%Y-%m")
@@ -837,7 +840,7 @@ class Engine:
         billed = 0
         # friend-independent messages: rendered once, sent set-based as multicasts
         if not settings.base_url:
-            for rule_name, names_text, occurrence in s.due_render_keys():
+            for rule_name, steps_text, names_text, occurrence in s.due_render_keys():
                 names = tuple(json.loads(names_text))
                 if not self._static(names):
                     continue
@@ -846,7 +849,8 @@ class Engine:
                 chunks = self._render(_Group(w, "", names, None, False), {}, now, rejected, today)
                 if rejected or not chunks:
                     continue   # a message that does not render: recorded per friend below
-                rows, count = s.due_static_send(rule_name, names_text, occurrence, chunks, now, today)
+                rows, count = s.due_static_send(rule_name, steps_text, names_text, occurrence,
+                                                json.loads(steps_text)[0][0], chunks, now, today)
                 result.queued += rows
                 billed += count * len(chunks)
         billed += self._deliver_each(s.due_rows(), now, today, result)
@@ -854,6 +858,29 @@ class Engine:
         counts = s.due_finish(now, today, held_until)
         result.capped += counts.get("capped", 0)
         result.skipped += counts.get("skipped", 0)
+
+    @staticmethod
+    def _split_steps(rule: ir.Rule | None, steps: list) -> list:
+        """A group rebuilt from its delivery rows (a send the dispatcher handed back) names only
+        its first step: split its messages over the consecutive send steps they came from."""
+        if rule is None or len(steps) != 1:
+            return steps
+        step_id, names = steps[0]
+        pos = rule.index_of(step_id)
+        if pos is None or not isinstance(rule.steps[pos], ir.Send) or tuple(rule.steps[pos].messages) == tuple(names):
+            return steps
+        out, rest = [], list(names)
+        for step in rule.steps[pos:]:
+            if not rest:
+                break
+            if isinstance(step, ir.WAIT_STEPS):
+                break
+            if not isinstance(step, ir.Send):
+                continue
+            if tuple(rest[:len(step.messages)]) == tuple(step.messages):
+                out.append([step.id, list(step.messages)])
+                rest = rest[len(step.messages):]
+        return out if out and not rest else steps
 
     def _next_month_opening(self, now: int) -> int:
         """Where sends held by ``monthly_quota`` go: the first moment of next month (local)."""

@@ -93,17 +93,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox ADD COLUMN ambiguous INTEGER NOT NULL DEFAULT 0;
     """,
     # 4: sends are decided when they go out: steps write intents, the tick's deliver stage turns
-    # the due ones into outbox rows; the event that entered (entry_seq) or last entered or
+    # the due ones into outbox rows (intents are read per friend at one due time: (due_at, friend)); the event that entered (entry_seq) or last entered or
     # resumed (event_seq) an enrollment, and the event each activity row came from
     """
     CREATE TABLE intents (id INTEGER PRIMARY KEY, enrollment INTEGER NOT NULL, friend TEXT NOT NULL,
       rule TEXT NOT NULL, steps TEXT NOT NULL, messages TEXT NOT NULL, due_at INTEGER NOT NULL,
       queued_at INTEGER NOT NULL, variant TEXT, holdout INTEGER NOT NULL DEFAULT 0, occurrence TEXT,
-      event_seq INTEGER, answer INTEGER NOT NULL DEFAULT 0, reply_token TEXT, reply_deadline INTEGER,
-      outbox_id INTEGER);
-    CREATE INDEX intents_due ON intents(due_at, id) WHERE outbox_id IS NULL;
-    CREATE INDEX intents_friend ON intents(friend, due_at) WHERE outbox_id IS NULL;
-    CREATE INDEX intents_outbox ON intents(outbox_id) WHERE outbox_id IS NOT NULL;
+      event_seq INTEGER, answer INTEGER NOT NULL DEFAULT 0, reply_token TEXT, reply_deadline INTEGER);
+    CREATE INDEX intents_due ON intents(due_at, friend);
     ALTER TABLE enrollments ADD COLUMN entry_seq INTEGER;
     ALTER TABLE enrollments ADD COLUMN event_seq INTEGER;
     ALTER TABLE activity ADD COLUMN event_seq INTEGER;
@@ -639,56 +636,63 @@ class Store:
 
     def defer_intents(self, rule: str, opening: int, now: int) -> None:
         """Due intents of ``rule`` (not answers) wait for the window's next ``opening``."""
-        self.conn.execute("UPDATE intents SET due_at = ? WHERE outbox_id IS NULL AND due_at <= ? AND answer = 0 "
-                          "AND rule = ?", (opening, now, rule))
+        self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
+                          (opening, now, rule))
 
     def next_intent_at(self, after: int) -> int | None:
-        return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE outbox_id IS NULL AND due_at > ?",
-                                 (after,)).fetchone()[0]
+        return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0]
 
     def has_due_intents(self, now: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM intents WHERE outbox_id IS NULL AND due_at <= ? LIMIT 1",
-                                 (now,)).fetchone() is not None
+        return self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
 
-    def load_due(self, now: int, limit: int, rules: Sequence[tuple[str, int, int]]) -> int:
-        """Fill the scratch table ``temp.lr_due`` with every due intent of the friends of the
-        first ``limit`` due intents (so that all of a friend's competing sends are decided
-        together), with the rule's priority and whether the cap applies (``rules``: (name,
-        priority, uncapped) of the project's rules; intents of other rules are ``dropped``)."""
+    def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
+        """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
+        exactly ``now``, so that every due intent sits at one index position, ordered by friend;
+        ``rules``: (name, priority, uncapped) of the project's rules."""
         c = self.conn
+        c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
+
+    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> str | None:
+        """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
+        ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
+        competing sends are decided together), with the first part of the decision made: the
+        rule's priority and whether the cap applies (``uncapped`` rules and answers do not);
+        ``dropped`` for a rule no longer in the project or an enrollment that left its rule;
+        ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
+        for holdout friends; ``used``: pushes already counted against the cap today. Returns
+        the last friend loaded (None when nothing was due)."""
+        c = self.conn
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
                   "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
                   "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
                   "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-                  "reason TEXT, kind TEXT, rkey INTEGER, chunk INTEGER, outbox_id INTEGER)")
+                  "reason TEXT, used INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, outbox_id INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
-        return c.execute(
+        last = c.execute("SELECT MAX(friend) FROM (SELECT friend FROM intents WHERE due_at = ? AND friend > ? "
+                         "ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()[0]
+        if last is None:
+            return None
+        c.execute(
             "INSERT INTO temp.lr_due(id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
-            "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason) "
-            "SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, i.variant, "
-            "i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, COALESCE(r.prio, 0), "
-            "CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
-            "CASE WHEN r.rule IS NULL THEN 'dropped' END, CASE WHEN r.rule IS NULL THEN 'rule_removed' END "
-            "FROM (SELECT DISTINCT friend FROM (SELECT friend FROM intents WHERE outbox_id IS NULL AND "
-            "due_at <= :now ORDER BY due_at, id LIMIT :limit)) w CROSS JOIN intents i ON i.friend = w.friend "
-            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule WHERE i.outbox_id IS NULL AND +i.due_at <= :now",
-            {"now": now, "limit": limit}).rowcount
-
-    def due_gate(self) -> None:
-        """Intents of enrollments that have left their rule are dropped; friends who are not
-        current friends (never followed, or blocked) are skipped, then holdout friends."""
-        c = self.conn
-        c.execute("UPDATE temp.lr_due SET status = 'dropped', reason = 'exited' WHERE status IS NULL AND "
-                  "enrollment IN (SELECT e.id FROM enrollments e WHERE e.id IN (SELECT enrollment FROM temp.lr_due) "
-                  "AND e.state = 'exited')")
-        c.execute("UPDATE temp.lr_due SET status = 'skipped', reason = COALESCE((SELECT CASE WHEN f.blocked_at "
-                  "IS NOT NULL THEN 'blocked' END FROM friends f WHERE f.id = lr_due.friend), 'not_friend') "
-                  "WHERE status IS NULL AND NOT EXISTS (SELECT 1 FROM friends f WHERE f.id = lr_due.friend "
-                  "AND f.followed_at IS NOT NULL AND f.blocked_at IS NULL)")
-        c.execute("UPDATE temp.lr_due SET status = 'skipped', reason = 'holdout' WHERE status IS NULL AND holdout = 1")
+            "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
+            "used) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
+            "i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
+            "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
+            "CASE WHEN r.rule IS NULL OR e.state = 'exited' THEN 'dropped' "
+            "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
+            "CASE WHEN r.rule IS NULL THEN 'rule_removed' WHEN e.state = 'exited' THEN 'exited' "
+            "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
+            "WHEN i.holdout = 1 THEN 'holdout' END, "
+            "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END "
+            "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
+            "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
+            "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
+            {"now": now, "after": after, "last": last, "cap": cap, "today": today})
+        return last
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
@@ -720,17 +724,15 @@ class Store:
         self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
                               rows)
 
-    def due_cap(self, cap: int, today: str) -> int:
+    def due_cap(self, cap: int) -> int:
         """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
         (then the earlier queued, then the earlier enrollment), after those already counted
-        today; the ones over the cap are ``capped``. Returns how many."""
+        today (``used``); the ones over the cap are ``capped``. Returns how many."""
         return self.conn.execute(
             "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
             "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
-            "d.enrollment, d.id) + (SELECT COUNT(*) FROM deliveries x WHERE x.friend = d.friend AND "
-            "x.local_day = :today AND x.counts_for_cap = 1) AS n FROM temp.lr_due d "
-            "WHERE d.status IS NULL AND d.counts = 1) WHERE n > :cap)",
-            {"cap": cap, "today": today, "reason": f"max_per_day {cap}"}).rowcount
+            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1) "
+            "WHERE n > :cap)", {"cap": cap, "reason": f"max_per_day {cap}"}).rowcount
 
     def due_replies(self, now: int) -> None:
         """The first due send (by priority) holding a fresh reply token goes as the free reply."""
@@ -747,43 +749,43 @@ class Store:
             "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
             "kind IS NULL) WHERE n > :remaining)", {"remaining": max(0, remaining)}).rowcount
 
-    def due_render_keys(self) -> list[tuple[str, str, str | None]]:
-        """The distinct (rule, messages, occurrence) of the sends still to render."""
+    def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
+        """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
         return [tuple(r) for r in self.conn.execute(
-            "SELECT DISTINCT rule, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")]
+            "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")]
 
-    def due_static_send(self, rule: str, messages: str, occurrence: str | None,
+    def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
                         pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
-        """Every undecided, non-reply due intent of (rule, messages, occurrence) gets the same
-        rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows, the intents
-        marked sent. Returns (outbox rows, intents)."""
+        """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
+        same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
+        ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
         c = self.conn
-        key = {"rule": rule, "messages": messages, "occurrence": occurrence}
-        c.execute("UPDATE temp.lr_due SET chunk = x.n / 500, status = 'sending' FROM (SELECT id, ROW_NUMBER() "
-                  "OVER (ORDER BY id) - 1 AS n FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND rule = "
-                  ":rule AND messages = :messages AND occurrence IS :occurrence) x WHERE x.id = lr_due.id", key)
-        count, chunks = c.execute("SELECT COUNT(*), COALESCE(MAX(chunk), -1) + 1 FROM temp.lr_due "
-                                  "WHERE status = 'sending'").fetchone()
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
+                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
+        c.execute("DELETE FROM temp.lr_send")
+        count = c.execute(
+            "INSERT INTO temp.lr_send(n, id, friend, enrollment, variant, counts, answer) SELECT NULL, id, friend, "
+            "enrollment, variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
+            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
+            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
+        chunks = (count + 499) // 500
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
-                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0)}
+                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT chunk, friend FROM temp.lr_due WHERE status = 'sending' ORDER BY id) "
-                "GROUP BY chunk", args)
+                ":now FROM (SELECT (n - 1) / 500 AS chunk, friend FROM temp.lr_send ORDER BY n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
-                "enrollment, :first + chunk, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
-                "variant, :now, :today, counts * :first_push FROM temp.lr_due WHERE status = 'sending' ORDER BY id",
-                args)
-        c.execute("UPDATE temp.lr_due SET status = 'sent', outbox_id = :base + chunk WHERE status = 'sending'",
-                  {"base": base})
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
+                ":first + (n - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, "
+                ":now, :today, counts * :first_push FROM temp.lr_send ORDER BY n", args)
+        c.execute("UPDATE temp.lr_due SET status = 'sent' WHERE id IN (SELECT id FROM temp.lr_send)")
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
@@ -796,19 +798,16 @@ class Store:
         self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
 
     def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
-        """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends,
-        intents gone for everything decided but sent (those keep their outbox row until it is
-        finished, see :meth:`hold_outbox`), held ones due again at ``held_until``."""
+        """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
+        the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
+        delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``."""
         c = self.conn
         c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
                   "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
                   "enrollment, NULL, messages, status, reason, variant, :now, :today, 0 FROM temp.lr_due "
                   "WHERE status IN ('skipped', 'capped') ORDER BY id", {"now": now, "today": today})
         counts = dict(c.execute("SELECT status, COUNT(*) FROM temp.lr_due GROUP BY status").fetchall())
-        c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'sent' "
-                  "AND status IS NOT 'held')")
-        c.execute("UPDATE intents SET outbox_id = (SELECT d.outbox_id FROM temp.lr_due d WHERE d.id = intents.id) "
-                  "WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'sent')")
+        c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'held')")
         if held_until is not None:
             c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
                       (held_until,))
@@ -1005,7 +1004,6 @@ class Store:
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
             c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
                       "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
-            c.execute("DELETE FROM intents WHERE outbox_id = ?", (outbox_id,))
 
     def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
         """Not sent now (rate limit, quota, a transient error): try again at ``until``.
@@ -1017,11 +1015,18 @@ class Store:
         nothing, the cap and the rendering apply then)."""
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
-            row = c.execute("SELECT ambiguous FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
-            back = row is not None and not row[0] and c.execute(
-                "SELECT 1 FROM intents WHERE outbox_id = ? LIMIT 1", (outbox_id,)).fetchone() is not None
+            row = c.execute("SELECT ambiguous, kind FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
+            back = row is not None and not row[0] and row[1] in ("push", "multicast", "reply")
             if back:
-                c.execute("UPDATE intents SET outbox_id = NULL, due_at = ? WHERE outbox_id = ?", (until, outbox_id))
+                # the sends again as intents, rebuilt from their delivery rows (the deliver stage
+                # splits a coalesced group into its steps again)
+                c.execute(
+                    "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+                    "holdout, occurrence, event_seq, answer) SELECT d.enrollment, d.friend, d.rule, "
+                    "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
+                    "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
+                    "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
+                    {"until": until, "id": outbox_id})
                 c.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
                 c.execute("UPDATE outbox SET status = 'returned', claimed_at = NULL, "
                           "last_error = COALESCE(?, last_error) WHERE id = ?", (error, outbox_id))
