@@ -17,7 +17,7 @@ import re
 from typing import Any, Callable
 
 from .diagnostics import did_you_mean
-from .events import KNOWN_TYPES, Event, EventError
+from .events import KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, type_hint, type_hint_message
 
 #: Names of tags, attributes and custom event types (the rule language's name rule).
 NAME_RE = re.compile(r"[^\W\d][\w-]*\Z")
@@ -28,6 +28,15 @@ COMMON_FIELDS = ("type", "friend", "at", "id")
 #: Measures computed from purchases; an ``attributes`` event cannot overwrite them.
 COMPUTED_ATTRIBUTES = ("orders", "total_spent", "spent")
 AT_EXAMPLE = "2026-11-01T10:00:00+09:00"
+#: Largest ``amount`` and item ``price`` (a trillion, in the shop's currency): sums of many
+#: orders stay exact, and price × quantity fits the store's 64-bit integers.
+MAX_AMOUNT = 10**12
+#: Largest item ``quantity``.
+MAX_QUANTITY = 10**6
+#: Whole numbers anywhere in an event (attributes, custom fields) fit SQLite's 64-bit integers.
+MAX_INT = 2**63 - 1
+#: Deepest nesting of lists and objects in a custom event's fields.
+MAX_DEPTH = 20
 
 Check = Callable[[Any, "_Ctx", str], Any]
 
@@ -85,13 +94,21 @@ def _name(value: Any, ctx: _Ctx, field: str) -> str:
     return text
 
 
+def _shown(value: int | float) -> str:
+    """A number as shown in messages: huge ones in exponent form, not 30 digits."""
+    return f"{value:.3g}" if abs(value) >= 10**15 else str(value)
+
+
 def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
+    """An amount or price: a finite number from 0 to :data:`MAX_AMOUNT`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ctx.error(field, f"must be a number, got {_describe(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ctx.error(field, "must be a finite number")
     if value < 0:
-        raise ctx.error(field, f"must be 0 or more, got {value}")
+        raise ctx.error(field, f"must be 0 or more, got {_shown(value)}")
+    if value > MAX_AMOUNT:
+        raise ctx.error(field, f"is too large: {_shown(value)} (at most {MAX_AMOUNT:,})")
     return value
 
 
@@ -99,7 +116,9 @@ def _count(value: Any, ctx: _Ctx, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(field, f"must be a whole number, got {_describe(value)}")
     if value < 1:
-        raise ctx.error(field, f"must be 1 or more, got {value}")
+        raise ctx.error(field, f"must be 1 or more, got {_shown(value)}")
+    if value > MAX_QUANTITY:
+        raise ctx.error(field, f"is too large: {_shown(value)} (at most {MAX_QUANTITY:,})")
     return value
 
 
@@ -114,9 +133,12 @@ def parse_at(value: Any, ctx: _Ctx, field: str = "at") -> dt.datetime:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ctx.error(field, f"needs a UTC offset, like {AT_EXAMPLE}")
     try:
-        when.astimezone(dt.timezone.utc)
+        utc = when.astimezone(dt.timezone.utc)
     except OverflowError:
-        raise ctx.error(field, f"{text} is out of range") from None
+        utc = None
+    if utc is None or not MIN_AT <= utc < MAX_AT:
+        raise ctx.error(field, f"{text} is out of range: times from {MIN_AT.year} to "
+                               f"{MAX_AT.year - 1} are accepted")
     return when
 
 
@@ -145,8 +167,6 @@ def _attributes(value: Any, ctx: _Ctx, field: str) -> dict[str, str | int | floa
             raise ctx.error(f"{field}.{key}", f"`{key}` is computed from purchases and cannot be set")
         if not isinstance(item, (str, int, float, bool)):
             raise ctx.error(f"{field}.{key}", f"must be a string, number or true/false, got {_describe(item)}")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ctx.error(f"{field}.{key}", "must be a finite number")
     return dict(value)
 
 
@@ -218,20 +238,34 @@ def _fields(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx,
     return out
 
 
-def _check_text(value: Any, ctx: _Ctx, field: str) -> None:
-    """Reject strings that cannot be stored as UTF-8 (lone surrogates from ``\\ud800`` escapes)."""
+def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> None:
+    """Reject what the store cannot hold or the engine cannot process, wherever it sits in an
+    event: strings that are not UTF-8 (lone surrogates from ``\\ud800`` escapes), whole numbers
+    beyond 64 bits, non-finite numbers (``1e999``), nesting deeper than :data:`MAX_DEPTH`."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ctx.error(field, "holds an invalid character (a lone UTF-16 surrogate)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, ctx, field)
-            _check_text(item, ctx, f"{field}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_text(item, ctx, f"{field}[{i}]")
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers are at most "
+                                   f"{MAX_INT:,} either way)")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ctx.error(field, "must be a finite number")
+    elif isinstance(value, (dict, list)):
+        if depth >= MAX_DEPTH:
+            raise ctx.error(field, f"is nested too deeply (at most {MAX_DEPTH} levels)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_value(key, ctx, field, depth + 1)
+                _check_value(item, ctx, f"{field}.{key}" if field else key, depth + 1)
+        else:
+            for i, item in enumerate(value):
+                _check_value(item, ctx, f"{field}[{i}]", depth + 1)
 
 
 def _event(obj: Any, ctx: _Ctx) -> Event:
@@ -239,16 +273,13 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
         raise ctx.error(None, "an event must be a JSON object like "
                               f'{{"type": "follow", "friend": "U1", "at": "{AT_EXAMPLE}"}}, '
                               f"got {_describe(obj)}")
-    for key, value in obj.items():
-        _check_text(key, ctx, None)
-        _check_text(value, ctx, key)
     if "type" not in obj:
         raise ctx.error("type", "is missing")
     kind = _string(obj["type"], ctx, "type")
     if kind not in KNOWN_TYPES:
-        lowered = kind.lower()
-        if lowered in KNOWN_TYPES:
-            raise ctx.error("type", f"unknown type `{kind}` (did you mean `{lowered}`?)")
+        right = type_hint(kind)
+        if right is not None:
+            raise ctx.error("type", type_hint_message(kind, right))
         _name(kind, ctx, "type")
     rest = {k: v for k, v in obj.items() if k not in COMMON_FIELDS}
     spec = TYPE_FIELDS.get(kind)
@@ -267,6 +298,7 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     else:
         data = _fields(rest, spec, ctx, f"{kind} events")
         _check_type_rules(kind, data, ctx)
+    _check_value(obj, ctx, None)   # after the fields' own checks, which say it more precisely
     return Event(type=kind, friend=friend, at=at, data=data, id=event_id, line=ctx.line)
 
 

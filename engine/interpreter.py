@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 from . import ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler
-from .store import ApplyResult, EventRow, Store, bucket
+from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -63,6 +63,9 @@ ANSWERED_TYPES = ("message", "postback")
 #: the moment the user returns to the login callback that records the source, and
 #: ``when followed via ...`` must see that source. Well inside the reply token's life.
 FOLLOW_GRACE = 10
+#: Latest moment :meth:`Engine.next_wakeup` considers (epoch seconds; intake accepts times
+#: before 2200, see engine/events.py).
+MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 #: Other webhook events whose reply token is used when their sends go out at once.
 REPLIED_TYPES = ("follow",)
 
@@ -79,6 +82,7 @@ class TickResult:
     skipped: int = 0       # blocked or holdout friends
     exited: int = 0
     conditions: bool = False
+    failed: int = 0        # events set aside because processing them failed (with the reason)
 
 
 @dataclass(slots=True)
@@ -278,7 +282,9 @@ class Engine:
             elif isinstance(trig, ir.SaleTrigger):
                 moments = [m for m, _ in self._sale_moments(trig) if m > a]
                 candidates.append(min(moments, default=None))
-        moments = [c for c in candidates if c is not None]
+        # a moment past what the clock can show (an event stored before times were bounded at
+        # intake, in year 9999) is never a wake-up: it would fail every tick's scheduling
+        moments = [c for c in candidates if c is not None and c < MAX_WAKEUP]
         return timeutil.local(min(moments), self.tz) if moments else None
 
     # ------------------------------------------------------------------ 1. events
@@ -291,7 +297,21 @@ class Engine:
                 return
             with self.store.transaction():
                 for ev in rows:
-                    self._event(ev, now, result)
+                    # one event that fails for its friend is undone alone and set aside with the
+                    # reason; the others of the chunk (and every later tick) go on (SPEC §4)
+                    try:
+                        with self.store.savepoint():
+                            self._event(ev, now, result)
+                    except Exception as exc:
+                        if is_store_fault(exc) or isinstance(exc, (OSError, MemoryError)):
+                            raise   # the database or the machine failed, not this event: the
+                                    # chunk is rolled back and processed again at the next tick
+                        reason = f"{type(exc).__name__}: {exc}"[:1000]
+                        log.error("event %d (%s of friend %s) not processed, set aside: %s",
+                                  ev.seq, ev.type, ev.friend, reason)
+                        self.store.mark_failed(ev.seq, now, reason)
+                        result.failed += 1
+                        continue
                     self.store.mark_processed(ev.seq, now)
                     result.events += 1
 

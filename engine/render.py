@@ -10,6 +10,12 @@ For each friend at send time :func:`render_message`:
 4. checks the result against LINE's limits again, raising :class:`RenderError` when a
    rendered value (a long display name, say) breaks one.
 
+:func:`render_message` raises nothing but :class:`RenderError`: whatever a template does with
+one friend's values (``round`` of ``"nan"``, ``date`` of a huge number, a range of a billion
+numbers), the engine records that one delivery ``rejected`` with the reason and goes on.
+Liquid's resource limits (loop iterations, output size, names, depth) are set on the message
+environment in engine/messages.py; ranges are bounded here by :data:`MAX_RANGE`.
+
 Image and video URLs are rendered but never rewritten. The definition is never mutated.
 """
 from __future__ import annotations
@@ -17,20 +23,45 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 import zoneinfo
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.exceptions import LiquidError
 
 from . import ir
-from .messages import check_objects, compile_template, is_template, utf16_len
+from .messages import MessageEnvironment, check_objects, compile_template, is_template, utf16_len
 from .yamlpos import Path
 
 #: http(s) URLs inside message text: ASCII URL characters only, so Japanese text right after
 #: a link (``…/sale。``) is not swallowed.
 _URL_IN_TEXT = re.compile(r"https?://[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 _TRAILING_PUNCTUATION = ".,;:!?'\")]"
+#: Most numbers a Liquid range ``(1..n)`` may hold in a message template (loops stop at 1,000
+#: iterations anyway): ``(1..n) | join`` with a friend's ``n`` of a billion would otherwise build it whole.
+MAX_RANGE = 10_000
+
+
+class _RangeTooLong(LiquidError):
+    pass
+
+
+def _bounded_range(evaluate: Callable) -> Callable:
+    def bounded(self: RangeLiteral, context: Any) -> range:
+        numbers = evaluate(self, context)
+        if isinstance(context.env, MessageEnvironment) and len(numbers) > MAX_RANGE:
+            raise _RangeTooLong(f"the range {self} holds {len(numbers):,} numbers, at most "
+                                f"{MAX_RANGE:,}", token=None)
+        return numbers
+    bounded.__wrapped__ = evaluate  # type: ignore[attr-defined]
+    return bounded
+
+
+# Ranges of message templates only (other Liquid environments in the process are left alone).
+if not hasattr(RangeLiteral.evaluate, "__wrapped__"):
+    RangeLiteral.evaluate = _bounded_range(RangeLiteral.evaluate)  # type: ignore[method-assign]
 
 
 class RenderError(Exception):
@@ -80,7 +111,22 @@ def render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict |
                    utm: bool = True, link: Callable[[str], str] | None = None,
                    event: dict | None = None) -> list[dict]:
     """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``; ``event``: the
-    fields of the event that entered or resumed the enrollment. Raises RenderError."""
+    fields of the event that entered or resumed the enrollment. Raises RenderError, and nothing
+    else: any other failure while rendering becomes one, with its reason."""
+    try:
+        return _render_message(defn, friend=friend, rule=rule, sale=sale, utm=utm, link=link, event=event)
+    except (RenderError, sqlite3.Error):
+        raise   # a database fault (tracked links are stored while rendering) is not the message's
+    except RecursionError:
+        raise RenderError(defn.name, rule, "rendering failed: nested too deeply") from None
+    except MemoryError:
+        raise RenderError(defn.name, rule, "rendering failed: out of memory") from None
+    except Exception as exc:   # a filter or a link rewrite that broke on this friend's values
+        raise RenderError(defn.name, rule, f"rendering failed: {type(exc).__name__}: {exc}") from None
+
+
+def _render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None,
+                    utm: bool, link: Callable[[str], str] | None, event: dict | None = None) -> list[dict]:
     variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}, "event": event or {}}
     renderer = _Renderer(defn.name, rule, variables)
     objects = [renderer.value(obj, (i,)) for i, obj in enumerate(defn.objects)]
@@ -125,6 +171,11 @@ class _Renderer:
             except LiquidError as e:
                 raise RenderError(self.message, self.rule,
                                   f"template error in {_where(path)}: {e.message}") from None
+            except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError,
+                    AttributeError) as e:
+                # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
+                raise RenderError(self.message, self.rule,
+                                  f"template error in {_where(path)}: {type(e).__name__}: {e}") from None
         return value
 
 

@@ -38,6 +38,7 @@ from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
+from .store import StoreError
 from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
@@ -213,9 +214,18 @@ class Runner:
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
-        store = Store(str(config.db), checkpoints=False)
+        try:
+            store = Store(str(config.db), checkpoints=False)
+        except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
+            raise StartupError(f"cannot start: {exc}") from None
         engine_store = None
         try:
+            try:
+                started = time.perf_counter()
+                store.check_integrity()
+                log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
+            except StoreError as exc:
+                raise StartupError(f"cannot start: {exc}") from None
             acquire_lease(store, owner_id(), config)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True)
@@ -241,6 +251,8 @@ class Runner:
         the tick thread and its connection alone: the process exits right after."""
         try:
             self.store.release_lease(self.owner)
+        except StoreError:
+            pass   # the database cannot be written (logged once); the next start takes the lease over
         finally:
             self.store.close()
             if wait:
@@ -326,6 +338,8 @@ class Runner:
             self._tick_wake.clear()
             try:
                 await loop.run_in_executor(self._executor, self.tick_once)
+            except StoreError:
+                pass   # the store logged it once (what, which file, what to do); retried next tick
             except Exception:
                 log.exception("tick failed; retrying at the next tick")
             self.first_tick_done.set()
@@ -333,6 +347,8 @@ class Runner:
                 break
             try:
                 seconds = await loop.run_in_executor(self._executor, self._seconds_to_next_tick)
+            except StoreError:
+                seconds = self.config.tick_seconds
             except Exception:
                 log.exception("next wake-up not computed; ticking after the interval")
                 seconds = self.config.tick_seconds
@@ -344,6 +360,8 @@ class Runner:
             self._dispatch_wake.clear()
             try:
                 handled = await self.dispatch_once()
+            except StoreError:
+                handled = 0   # logged once by the store; rows in flight go again with their keys
             except Exception:
                 log.exception("dispatch failed; retrying shortly")
                 handled = 0

@@ -20,7 +20,10 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Mapping
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -30,12 +33,14 @@ from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
 from .runloop import Runner, RunnerConfig, StartupError
+from .store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
 from .webhook import parse_webhook, verify_signature
 
 log = logging.getLogger("linerules.http")
 
 RUNNER: web.AppKey[Runner] = web.AppKey("runner", Runner)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+INTAKE: web.AppKey["Intake"] = web.AppKey("intake")
 
 JSON_TYPES = ("application/json",)
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines",
@@ -47,6 +52,22 @@ STALE_TICKS = 3
 #: Largest request body accepted (LINE webhooks are far smaller).
 MAX_BODY = 4 * 1024 * 1024
 
+#: Worker threads that check, parse and store request bodies, each with its own database
+#: connection: a 4 MiB body (20,000 webhook events, 48,000 shop events) takes seconds of
+#: parsing, and neither that nor SQLite's write lock may hold up the event loop (``/healthz``,
+#: other webhooks, the dispatcher).
+INTAKE_THREADS = 4
+#: Events stored per transaction when a big body is stored in parts, so that SQLite's one
+#: write lock is never held long (other webhooks wait for it). Only bodies whose every event
+#: has a dedupe key (LINE's ``webhookEventId``; ``id`` or ``order_id`` of a shop event) are
+#: stored in parts: a retry after a crash between parts then applies the rest once. Other shop
+#: batches are stored in one transaction, all or nothing.
+STORE_CHUNK = 1000
+#: Seconds a thread may run Python before another that waits takes its turn (CPython's switch
+#: interval, 5 ms by default): while an intake thread parses a big body, the event loop gets
+#: its turn within a millisecond, so ``/healthz`` answers in tens of milliseconds.
+SWITCH_INTERVAL = 0.001
+
 THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>ありがとうございます</title>
 <p>友だち追加ありがとうございます。LINEに戻ってトークをご確認ください。</p>
@@ -56,6 +77,20 @@ THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+@web.middleware
+async def store_faults(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """A request that meets a database that cannot be written (disk full, read-only, I/O
+    error) is answered 503 with ``Retry-After``; the store logged the cause once."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        retry = str(getattr(exc, "retry_after", RETRY_AFTER))
+        return web.json_response(
+            {"error": "the database cannot be written now; try again later (what was stored is "
+                      "applied once)", "retry_after": int(retry)},
+            status=503, headers={"Retry-After": retry})
 
 
 # ----------------------------------------------------------------------------- webhooks
@@ -70,18 +105,18 @@ async def callback(request: web.Request) -> web.Response:
         return _reply_webhook(runner, _error(503, "webhook disabled: set LINE_CHANNEL_SECRET"))
     body = await request.read()
     signature = request.headers.get("x-line-signature", "")
-    if not signature or not verify_signature(secret, body, signature):
-        log.warning("webhook refused: %s x-line-signature from %s",
-                    "invalid" if signature else "missing", request.remote)
-        return _reply_webhook(runner, _error(401, "invalid signature"))
     try:
-        events = parse_webhook(body)
+        stored = await request.app[INTAKE].run(_store_webhook, secret, body, signature)
     except EventError as exc:
         log.error("webhook with a malformed event ignored: %s", exc)
         return _reply_webhook(runner, _error(400, str(exc), line=exc.line, field=exc.field))
+    if stored is None:
+        log.warning("webhook refused: %s x-line-signature from %s",
+                    "invalid" if signature else "missing", request.remote)
+        return _reply_webhook(runner, _error(401, "invalid signature"))
+    events, result, counts = stored
     if events:
-        result = runner.store.apply_events(events)
-        _log_events(runner, events, "webhook")
+        _count_events(runner, counts, "webhook")
         if any(e.type in ANSWERED_TYPES and e.reply_token for e in events):
             runner.wake_tick()
         followers = sorted({e.friend for e in events if e.type == "follow"})
@@ -91,6 +126,31 @@ async def callback(request: web.Request) -> web.Response:
             runner.wake_tick()
         log.info("webhook: %d events stored, %d duplicates", result.applied, result.duplicates)
     return _reply_webhook(runner, web.json_response({"ok": True}))
+
+
+def _store_webhook(stores: "Intake", runner: Runner, secret: str, body: bytes, signature: str
+                   ) -> tuple[list[Event], ApplyResult, Counter] | None:
+    """On an intake thread: check the signature, parse and store the webhook's events (see
+    :func:`_apply`); None when the signature is wrong. Raises EventError."""
+    if not signature or not verify_signature(secret, body, signature):
+        return None
+    events = parse_webhook(body)
+    return events, _apply(stores, events), _log_events(runner, events, "webhook")
+
+
+def _apply(stores: "Intake", events: list[Event]) -> ApplyResult:
+    """Store validated events: in parts of :data:`STORE_CHUNK` when every event has a dedupe
+    key (a retry applies each once), else in one transaction. Stored in parts, a body lets the
+    other writers (a small webhook) go first between its parts, like the engine's ticks do."""
+    if len(events) > STORE_CHUNK and all(e.dedupe_key for e in events):
+        size, store = STORE_CHUNK, stores.store(yields=True)
+    else:
+        size, store = max(1, len(events)), stores.store()
+    applied = duplicates = 0
+    for start in range(0, len(events), size):
+        part = store.apply_events(events[start:start + size])
+        applied, duplicates = applied + part.applied, duplicates + part.duplicates
+    return ApplyResult(applied, duplicates)
 
 
 def _reply_webhook(runner: Runner, response: web.Response) -> web.Response:
@@ -109,17 +169,32 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
             continue
         values = {k: v for k, v in (profile or {}).items() if v is not None}
         if values:
-            with runner.store.transaction():
-                runner.store.set_attributes(friend, values)
+            try:
+                with runner.store.transaction():
+                    runner.store.set_attributes(friend, values)
+            except StoreError:
+                continue   # the database cannot be written (logged once by the store)
             log.info("profile of %s stored (%s)", friend, values.get("display_name"))
     runner.wake_tick()
 
 
-def _log_events(runner: Runner, events: list[Event], origin: str) -> None:
+def _log_events(runner: Runner, events: list[Event], origin: str) -> Counter:
+    """One log line per stored event (on the intake thread); returns the count per type. Never
+    raises: the events are stored already, and an error answer now would make the client send
+    them again."""
     for event in events:
-        runner.metrics.events.inc(type=event.type, origin=origin)
-        log.info("event %s friend=%s at=%s via %s", event.type, event.friend,
-                 runner.local(event.at), origin)
+        try:
+            when = runner.local(event.at)
+        except (OverflowError, ValueError):
+            when = event.at.isoformat()
+        log.info("event %s friend=%s at=%s via %s", event.type, event.friend, when, origin)
+    return Counter(e.type for e in events)
+
+
+def _count_events(runner: Runner, counts: Counter, origin: str) -> None:
+    """Count stored events in the metrics (on the event loop, which owns them)."""
+    for kind, number in counts.items():
+        runner.metrics.events.inc(number, type=kind, origin=origin)
 
 
 # ----------------------------------------------------------------------------- shop events
@@ -132,7 +207,9 @@ async def events(request: web.Request) -> web.Response:
     if not token:
         return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # a header with bytes that are not UTF-8 arrives with surrogate escapes: encode them as they
+    # are (such a header can never match) rather than fail with a server error
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
         return _error(401, "missing or wrong bearer token")
     ctype = request.content_type
     if ctype in JSON_TYPES:
@@ -142,20 +219,68 @@ async def events(request: web.Request) -> web.Response:
     else:
         return _error(415, f"unsupported Content-Type `{ctype}`: send application/json "
                       "(one event or a list) or application/x-ndjson (JSON Lines)")
+    body = await request.read()
     try:
-        text = (await request.read()).decode("utf-8")
+        batch, result, counts = await request.app[INTAKE].run(_store_events, body, fmt)
     except UnicodeDecodeError:
         return _error(400, "the body is not UTF-8 text", line=None, field=None)
-    try:
-        batch = parse_events(text, fmt=fmt)
     except EventError as exc:
         log.warning("POST /events rejected: %s", exc)
         return _error(400, exc.message, line=exc.line, field=exc.field)
-    result = runner.store.apply_events(batch)
-    _log_events(runner, batch, "api")
+    _count_events(runner, counts, "api")
     if result.applied:
         runner.wake_tick()
     return web.json_response({"applied": result.applied, "duplicates": result.duplicates})
+
+
+def _store_events(stores: "Intake", runner: Runner, body: bytes, fmt: str
+                  ) -> tuple[list[Event], ApplyResult, Counter]:
+    """On an intake thread: decode, parse and validate the whole batch, then store it (see
+    :func:`_apply`). Raises UnicodeDecodeError or EventError before anything is written."""
+    batch = parse_events(body.decode("utf-8"), fmt=fmt)
+    return batch, _apply(stores, batch), _log_events(runner, batch, "api")
+
+
+class Intake:
+    """Runs request-body work on :data:`INTAKE_THREADS` worker threads, each with its own
+    connection to the runner's database (a runner on ``:memory:`` shares its one store)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self._executor = ThreadPoolExecutor(INTAKE_THREADS, thread_name_prefix="linerules-intake")
+        self._local = threading.local()
+        self._stores: list[Store] = []
+        self._lock = threading.Lock()
+
+    def store(self, *, yields: bool = False) -> Store:
+        """This intake thread's connection (``yields``: one that lets other writers go first,
+        for bodies stored in parts)."""
+        main = self.runner.store
+        if getattr(main, "path", ":memory:") == ":memory:":
+            return main
+        key = "yielding" if yields else "store"
+        store = getattr(self._local, key, None)
+        if store is None:
+            store = Store(main.path, checkpoints=False, yields=yields)
+            setattr(self._local, key, store)
+            with self._lock:
+                self._stores.append(store)
+        return store
+
+    def _call(self, fn: Callable, args: tuple) -> Any:
+        return fn(self, self.runner, *args)
+
+    async def run(self, fn: Callable, *args: Any) -> Any:
+        """``fn(intake, runner, *args)`` on an intake thread (``fn`` takes its connection from
+        :meth:`store`); its result or its exception."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            stores, self._stores = self._stores, []
+        for store in stores:
+            store.close()
 
 
 # ----------------------------------------------------------------------------- health, metrics
@@ -171,6 +296,10 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     except Exception as exc:  # any failure of the database is what this check reports
         store, database = {}, f"error: {exc}"
         problems.append("database unreachable")
+    disk = _disk_problem(runner.store)
+    if disk:
+        database = f"error: {disk}"
+        problems.append(disk)
     since = runner.last_tick or runner.started_at
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
@@ -181,6 +310,7 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
         "outbox_backlog": store.get("outbox_backlog"),
         "pending_events": store.get("pending_events"),
+        "failed_events": store.get("failed_events"),
         "friends": store.get("friends"),
         "open_enrollments": store.get("open_enrollments"),
         "dry_run": runner.config.dry_run,
@@ -188,6 +318,18 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "timezone": runner.project.settings.timezone,
     }
     return not problems, details
+
+
+def _disk_problem(store: Any) -> str | None:
+    """Why the database cannot be written now: the last write failed (disk full, read-only,
+    I/O error), or its disk has less than ``MIN_FREE_BYTES`` left."""
+    problem = getattr(store, "write_problem", None)
+    if problem:
+        return f"database writes fail: {problem}"
+    free = store.free_bytes() if hasattr(store, "free_bytes") else None
+    if free is not None and free < MIN_FREE_BYTES:
+        return f"the disk of the database {os.path.abspath(store.path)} is full ({free:,} bytes free)"
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -276,7 +418,8 @@ async def click(request: web.Request) -> web.Response:
 def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
     """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app, and
     its startup completes once their first tick has run (``linerules run`` serves at once)."""
-    app = web.Application(client_max_size=MAX_BODY)
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[store_faults])
     app[RUNNER] = runner
     app.add_routes([
         web.post("/callback", callback),
@@ -304,7 +447,13 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
         runner.stop()
         await task
 
+    async def intake_ctx(app: web.Application):
+        app[INTAKE] = Intake(runner)
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, app[INTAKE].close)
+
     app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(intake_ctx)
     if loops:
         app.cleanup_ctx.append(loops_ctx)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlite_utils
 
 from .events import Event
+
+log = logging.getLogger("linerules.store")
 
 #: Open enrollment states: ``active`` runs its next step at ``due_at``; ``waiting`` sits on a
 #: wait step and continues after it at ``due_at`` (or earlier, on a ``wait for`` event).
@@ -92,9 +95,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outbox ADD COLUMN ambiguous INTEGER NOT NULL DEFAULT 0;
     """,
-    # 4: sends are decided when they go out: steps write intents, the tick's deliver stage turns
-    # the due ones into outbox rows (intents are read per friend at one due time: (due_at, friend)); the event that entered (entry_seq) or last entered or
-    # resumed (event_seq) an enrollment, and the event each activity row came from
+    # 4: an event whose processing failed for its friend is set aside with the reason (its
+    # processed_at is set too, so it is not retried tick after tick); the others go on
+    """
+    ALTER TABLE events ADD COLUMN error TEXT;
+    CREATE INDEX events_failed ON events(seq) WHERE error IS NOT NULL;
+    """,
+    # 5: sends are decided when they go out: steps write intents, the tick's deliver stage turns
+    # the due ones into outbox rows (read per friend at one due time: (due_at, friend)); the
+    # event that entered (entry_seq) or last entered or resumed (event_seq) an enrollment, and
+    # the event each activity row came from
     """
     CREATE TABLE intents (id INTEGER PRIMARY KEY, enrollment INTEGER NOT NULL, friend TEXT NOT NULL,
       rule TEXT NOT NULL, steps TEXT NOT NULL, messages TEXT NOT NULL, due_at INTEGER NOT NULL,
@@ -125,6 +135,89 @@ INTENT_COLUMNS = ("enrollment", "friend", "rule", "steps", "messages", "due_at",
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
                    "created_at")
+
+
+#: Seconds a client is asked to wait (``Retry-After``) while the database cannot be written.
+RETRY_AFTER = 30
+#: Free bytes on the database's disk below which it counts as full: writes that failed for a
+#: full disk are not reported as working again until there is at least this much room.
+MIN_FREE_BYTES = 1024 * 1024
+
+#: SQLite primary result codes that mean the database itself fails, not one item's data.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+_FAULT_CODES = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY, _SQLITE_IOERR,
+                _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
+
+
+class StoreError(Exception):
+    """The database cannot be used. The text is one line for the operator: what failed, which
+    file, what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """Writes fail now (disk full, I/O error, read-only, locked): nothing of the failed
+    transaction was stored. Clients are answered 503 with ``Retry-After``; the runner retries."""
+
+    retry_after = RETRY_AFTER
+
+
+def is_store_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the database itself (disk full, I/O error, damaged or
+    read-only file, lock timeout) rather than of one item's data."""
+    if isinstance(exc, StoreError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _FAULT_CODES
+
+
+def explain_fault(exc: BaseException, path: str) -> str:
+    """One line for the operator about a database fault: what, which file, what to do."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    where = os.path.abspath(path) if path != ":memory:" else path
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == _SQLITE_FULL:
+        return (f"cannot write to the database {where}: the disk is full. Free space on that disk; "
+                "linerules retries by itself, and clients are answered 503 meanwhile")
+    if code == _SQLITE_READONLY:
+        return (f"cannot write to the database {where}: it is read-only. Give the user running "
+                "linerules write access to the file and its folder (SQLite writes "
+                f"{os.path.basename(where)}-wal and -shm beside it)")
+    if code == _SQLITE_CANTOPEN:
+        return (f"cannot open the database {where}: check that its folder exists, is not on a "
+                "read-only disk, and that the user running linerules may read and write there "
+                f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
+    if code == _SQLITE_NOTADB:
+        return (f"{where} is not a linerules database (not an SQLite file): check --db / "
+                "LINERULES_DB, or restore the file from a backup")
+    if code == _SQLITE_CORRUPT:
+        return (f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
+                f"backup, or recover what is left with `sqlite3 {where} .recover`")
+    if code == _SQLITE_IOERR:
+        return (f"cannot write to the database {where}: disk I/O error ({exc}). Check the disk "
+                "and its free space; linerules retries by itself")
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return (f"the database {where} stayed locked by another process for too long ({exc}); "
+                "linerules retries by itself")
+    return f"the database {where} failed: {exc}"
+
+
+class _Health:
+    """Whether writes to one database file fail now (shared by the process's connections)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.problem: str | None = None
+
+
+_HEALTH: dict[str, _Health] = {}
+
+
+def _health_for(path: str) -> _Health:
+    key = path if path == ":memory:" else os.path.realpath(path)
+    with _TURNS_LOCK:
+        return _HEALTH.setdefault(key, _Health())
 
 
 @dataclass(frozen=True)
@@ -166,6 +259,21 @@ class Store:
         self.path = path
         self.yields = yields
         self._turns = None if path == ":memory:" else _turns_for(path)
+        self._health = _Health() if path == ":memory:" else _health_for(path)
+        self._opened = False
+        try:
+            self._open(path, checkpoints)
+        except sqlite3.Error as exc:
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
+            raise StoreError(explain_fault(exc, path)) from None
+        except StoreError:
+            self.conn.close()
+            raise
+        self._opened = True
+
+    def _open(self, path: str, checkpoints: bool) -> None:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         self.db = sqlite_utils.Database(conn)
@@ -193,6 +301,61 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    @property
+    def write_problem(self) -> str | None:
+        """Why writes to this database fail right now (any connection of this process saw it
+        on its last write), or None while they work."""
+        return self._health.problem
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (every page of the file, no index cross-checks); raises
+        :class:`StoreError` naming the file when it finds damage."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            raise StoreError(explain_fault(exc, self.path)) from None
+        if rows != ["ok"]:
+            where = os.path.abspath(self.path)
+            raise StoreError(f"the database {where} is damaged (integrity check: {rows[0]}): stop "
+                             "linerules and restore it from a backup, or recover what is left with "
+                             f"`sqlite3 {where} .recover`")
+
+    def _fault(self, exc: BaseException) -> StoreError:
+        """The exception to raise for a database fault; the first of a run of failing writes is
+        logged once (what, which file, what to do), the others are not."""
+        if isinstance(exc, StoreError):
+            return exc
+        message = explain_fault(exc, self.path)
+        if self._opened:
+            with self._health.lock:
+                first, self._health.problem = self._health.problem is None, message
+            if first:
+                log.error("%s", message)
+        return StoreUnavailable(message)
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the disk of the database file (None for ``:memory:`` or unknown)."""
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
+    def _wrote(self) -> None:
+        """A write committed: if writes were failing, they work again (say so once). A small
+        write may fit the room the write-ahead log already has on a full disk, so writes count
+        as working again only once the disk has :data:`MIN_FREE_BYTES` free."""
+        if self._health.problem is not None:
+            free = self.free_bytes()
+            if free is not None and free < MIN_FREE_BYTES:
+                return
+            with self._health.lock:
+                was, self._health.problem = self._health.problem, None
+            if was is not None:
+                log.warning("database writes work again (%s)", os.path.abspath(self.path))
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception). Re-entrant: an inner
@@ -205,18 +368,40 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
-            self._begin()
+            try:
+                self._begin()
+            except sqlite3.Error as exc:
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
+                raise
             started = time.perf_counter()
             self._depth = 1
             try:
                 yield self.conn
-            except BaseException:
+            except BaseException as exc:
                 self._depth = 0
-                self._end("ROLLBACK")
+                self._rollback()
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
                 raise
             self._depth = 0
-            self._end("COMMIT")
+            try:
+                self._end("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
+                raise
+            self._wrote()
             self.longest_write = max(self.longest_write, time.perf_counter() - started)
+
+    def _rollback(self) -> None:
+        """``ROLLBACK`` if a transaction is still open (SQLite may already have rolled back
+        after a full disk or an I/O error), without masking the error that led here."""
+        try:
+            self._end("ROLLBACK" if self.conn.in_transaction else None)
+        except sqlite3.Error as exc:
+            log.debug("rollback failed: %s", exc)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, taking turns with the process's other connections to this file:
@@ -263,7 +448,12 @@ class Store:
         """Copy the write-ahead log back into the database as far as readers allow, without
         waiting for or blocking any writer (``PRAGMA wal_checkpoint(PASSIVE)``)."""
         if self.path != ":memory:":
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:   # e.g. a full disk: the log stays, nothing is lost
+                if not is_store_fault(exc):
+                    raise
+                self._fault(exc)
 
     def _migrate(self) -> None:
         """Apply the migrations the database has not seen yet, each in its own transaction."""
@@ -301,17 +491,16 @@ class Store:
         friends are created. ``received_at`` defaults to the wall clock (reply-token freshness).
         The engine's next tick processes them in (at, seq) order."""
         received = int(time.time()) if received_at is None else int(received_at)
-        applied = 0
+        # the rows are encoded before the write lock is taken: the transaction only inserts
+        friends = [(e.friend, int(e.at.timestamp())) for e in events]
+        rows = [(e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token,
+                 received) for e in events]
         with self.transaction() as c:
-            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
-                          [(e.friend, int(e.at.timestamp())) for e in events])
-            for e in events:
-                cur = c.execute(
-                    "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-                    (e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data),
-                     e.reply_token, received))
-                applied += cur.rowcount
+            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", friends)
+            cur = c.executemany(
+                "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING", rows)
+            applied = max(cur.rowcount, 0) if rows else 0
         return ApplyResult(applied=applied, duplicates=len(events) - applied)
 
     def pending_events(self, now: int, limit: int = 1000, *, held_after: int | None = None) -> list[EventRow]:
@@ -335,6 +524,31 @@ class Store:
 
     def mark_processed(self, seq: int, now: int) -> None:
         self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
+
+    def mark_failed(self, seq: int, now: int, error: str) -> None:
+        """The event could not be processed: set it aside with the reason (not retried)."""
+        self.conn.execute("UPDATE events SET processed_at = ?, error = ? WHERE seq = ?",
+                          (now, error, seq))
+
+    def failed_events(self, limit: int = 100) -> list[dict]:
+        """Events set aside by :meth:`mark_failed`, newest first: seq, type, friend, at, error."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT seq, type, friend, at, error FROM events WHERE error IS NOT NULL "
+            "ORDER BY seq DESC LIMIT ?", (limit,))]
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's writes when it raises (one item of a
+        batch that fails is rolled back alone; the batch goes on)."""
+        self.conn.execute("SAVEPOINT lr_item")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO lr_item")
+                self.conn.execute("RELEASE lr_item")
+            raise
+        self.conn.execute("RELEASE lr_item")
 
     def next_event_at(self, after: int) -> int | None:
         row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?",
@@ -1064,6 +1278,7 @@ class Store:
             "friends": one("SELECT COUNT(*) FROM friends"),
             "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
             "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
+            "failed_events": one("SELECT COUNT(*) FROM events WHERE error IS NOT NULL"),
             "outbox_backlog": self.outbox_backlog(),
             "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
             "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import re
 from typing import Any
 
 from linebot.v3.webhook import SignatureValidator
 
-from .events import Event, EventError
+from .events import MAX_AT, MIN_AT, Event, EventError
+
+log = logging.getLogger("linerules.webhook")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: A JSON escape of a UTF-16 surrogate (``\ud800``..``\udfff``), the only way a webhook body
+#: that is valid UTF-8 can carry a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: LINE event types that become engine events; every other type is ignored.
 MAPPED_TYPES = ("follow", "unfollow", "message", "postback")
 
@@ -26,9 +34,11 @@ MAPPED_TYPES = ("follow", "unfollow", "message", "postback")
 def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
     """True when ``signature`` is base64(HMAC-SHA256(secret, body)), compared in constant time.
 
-    A missing header, or a body that is not UTF-8 (LINE always sends UTF-8 JSON), is False.
+    A missing header, one that is not ASCII (a base64 signature always is; a header with other
+    bytes is refused, not a server error), or a body that is not UTF-8 (LINE always sends UTF-8
+    JSON), is False.
     """
-    if not signature:
+    if not signature or not signature.isascii():
         return False
     try:
         text = body.decode("utf-8")
@@ -93,6 +103,8 @@ def _event(raw: Any, index: int) -> Event | None:
     try:
         at = _EPOCH + dt.timedelta(milliseconds=timestamp)
     except OverflowError:
+        at = None
+    if at is None or not MIN_AT <= at < MAX_AT:
         raise EventError(index, "timestamp", "is out of range", unit="event") from None
     reply_token = _get(raw, "replyToken", str, index, required=False)
     return Event(type=kind, friend=friend, at=at, data=data, reply_token=reply_token, line=index)
@@ -112,8 +124,29 @@ def parse_webhook(body: bytes) -> list[Event]:
         raise EventError(None, None, f"not JSON: {e}", unit="webhook body") from None
     except RecursionError:
         raise EventError(None, None, "nested too deeply", unit="webhook body") from None
+    if _SURROGATE_ESCAPE.search(body):
+        payload = _replace_lone_surrogates(payload)
     if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
         raise EventError(None, "events", "must be a list (a webhook body is an object with an "
                          "`events` list)", unit="webhook body")
     events = [_event(raw, i) for i, raw in enumerate(payload["events"], start=1)]
     return sorted((e for e in events if e is not None), key=lambda e: e.at)
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone UTF-16 surrogate (``"\\ud800"`` with no partner, which no
+    text can be stored with) replaced by U+FFFD, the replacement character ``�``.
+
+    LINE has signed the body, so its events are kept: a friend's message with a broken
+    character is stored with that one character replaced rather than refused with the others
+    of the same request (docs/events.md)."""
+    if isinstance(value, str):
+        if _LONE_SURROGATE.search(value):
+            log.warning("webhook text held a lone UTF-16 surrogate; stored with U+FFFD in its place")
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    return value

@@ -139,6 +139,52 @@ def test_bad_field_is_named(obj, expected):
     assert error_for(obj).startswith(expected)
 
 
+@pytest.mark.parametrize("obj, expected", [
+    # numbers the store and the clock cannot hold (issue: 10**30 made every later tick fail)
+    (ev(type="purchase", order_id="A", amount=10**30),
+     'line 1: field "amount": is too large: 1e+30 (at most 1,000,000,000,000)'),
+    (ev(type="purchase", order_id="A", amount=1e300), 'line 1: field "amount": is too large: 1e+300'),
+    (ev(type="purchase", order_id="A", amount=1, items=[{"product": "S", "price": 10**13}]),
+     'line 1: field "items[0].price": is too large'),
+    (ev(type="purchase", order_id="A", amount=1, items=[{"product": "S", "quantity": 10**30}]),
+     'line 1: field "items[0].quantity": is too large: 1e+30 (at most 1,000,000)'),
+    (ev(type="attributes", set={"points": 10**30}), 'line 1: field "set.points": is too large: 1e+30'),
+    (ev(type="shipped", box={"weights": [1, 2**64]}), 'line 1: field "box.weights[1]": is too large'),
+    (ev(at="9999-12-31T23:59:59+00:00"),
+     'line 1: field "at": 9999-12-31T23:59:59+00:00 is out of range: times from 1970 to 2199 are accepted'),
+    (ev(at="2200-01-01T09:00:00+09:00"), 'line 1: field "at": 2200-01-01T09:00:00+09:00 is out of range'),
+    (ev(at="1969-12-31T23:59:59Z"), 'line 1: field "at": 1969-12-31T23:59:59Z is out of range'),
+    (ev(at="0001-01-01T00:00:00+09:00"), 'line 1: field "at": 0001-01-01T00:00:00+09:00 is out of range'),
+    # event types spelled like rule words (SPEC §6)
+    (ev(type="carted"), 'line 1: field "type": unknown type `carted`: `carted` is how rules say it; '
+                        'the event is `cart` (did you mean `cart`?)'),
+    (ev(type="purchased"), '(did you mean `purchase`?)'),
+    (ev(type="viewed"), '(did you mean `view`?)'),
+    (ev(type="followed"), '(did you mean `follow`?)'),
+    (ev(type="unfollowed"), '(did you mean `unfollow`?)'),
+    (ev(type="blocked"), '(did you mean `unfollow`?)'),
+    (ev(type="clicked"), '(did you mean `click`?)'),
+    (ev(type="tagged"), '(did you mean `tag`?)'),
+    (ev(type="order"), '(did you mean `purchase`?)'),
+    (ev(type="Carted"), '(did you mean `cart`?)'),
+])
+def test_out_of_range_numbers_and_rule_words_are_named(obj, expected):
+    message = error_for(obj)
+    assert message.startswith(expected) or message.endswith(expected), message
+
+
+def test_largest_accepted_values_are_kept():
+    event = one(ev(type="purchase", order_id="A", amount=10**12, at="2199-12-31T23:59:59Z",
+                   items=[{"product": "S", "price": 10**12, "quantity": 10**6}]))
+    assert event.data["amount"] == 10**12 and event.at.year == 2199
+    assert one(ev(type="attributes", set={"points": 2**63 - 1})).data["set"]["points"] == 2**63 - 1
+
+
+def test_a_custom_type_that_is_no_rule_word_is_fine():
+    assert one(ev(type="shipped")).type == "shipped"
+    assert one(ev(type="ordered_gift")).type == "ordered_gift"
+
+
 def test_error_names_the_line_and_field():
     text = "\n".join([json.dumps(ev()), "", json.dumps(ev(at="2026-11-01T10:00:00"))])
     err = error_of(text)
@@ -197,7 +243,7 @@ def test_parse_event_obj_uses_the_given_line():
 # ----------------------------------------------------------------------------- properties
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-2**63 + 1, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12)
 event_keys = st.sampled_from(["type", "friend", "at", "id", "source", "text", "data", "params", "order_id",
@@ -242,7 +288,7 @@ fields_by_type = {
     "cart": st.fixed_dictionaries({"product": ids}),
     "view": st.fixed_dictionaries({"product": ids}),
     "attributes": st.fixed_dictionaries({"set": st.dictionaries(
-        names.filter(lambda n: n not in ("orders", "spent")), st.text(max_size=5) | st.integers() | st.booleans(),
+        names.filter(lambda n: n not in ("orders", "spent")), st.text(max_size=5) | st.integers(-2**63 + 1, 2**63 - 1) | st.booleans(),
         max_size=3)}),
     "tag": st.fixed_dictionaries({"add": st.lists(names, max_size=3, unique=True)}),
     "shipped": st.dictionaries(names.filter(lambda n: n not in ("type", "friend", "at", "id")),
