@@ -1222,15 +1222,17 @@ class Store:
     def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
         """Not sent now (rate limit, quota, a transient error): try again at ``until``.
 
-        A row whose request may have reached LINE (``ambiguous = 1``) is kept and goes out again
-        byte-identical with its retry key. Any other row made by the deliver stage is handed
-        back to it: the row is ``returned`` (never claimed again), its deliveries are removed,
+        A row whose request may have reached LINE (``ambiguous = 1``), or that no delivery row
+        refers to, is kept and goes out again byte-identical with its retry key. Any other row
+        made by the deliver stage is handed back to it: the row is ``returned`` (never claimed again), its deliveries are removed,
         and its sends are decided anew at ``until`` (a friend who blocked meanwhile gets
         nothing, the cap and the rendering apply then)."""
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
             row = c.execute("SELECT ambiguous, kind FROM outbox WHERE id = ?", (outbox_id,)).fetchone()
-            back = row is not None and not row[0] and row[1] in ("push", "multicast", "reply")
+            back = (row is not None and not row[0] and row[1] in ("push", "multicast", "reply")
+                    and c.execute("SELECT 1 FROM deliveries WHERE outbox_id = ? LIMIT 1",
+                                  (outbox_id,)).fetchone() is not None)
             if back:
                 # the sends again as intents, rebuilt from their delivery rows (the deliver stage
                 # splits a coalesced group into its steps again)
