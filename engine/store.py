@@ -874,7 +874,8 @@ class Store:
         ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
         competing sends are decided together), with the first part of the decision made: the
         rule's priority and whether the cap applies (``uncapped`` rules and answers do not);
-        ``dropped`` for a rule no longer in the project or an enrollment that left its rule;
+        ``dropped`` for a rule no longer in the project or an enrollment that left its rule
+        after the send was queued (the sends before a ``stop`` still go);
         ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
         the last friend loaded (None when nothing was due)."""
@@ -883,8 +884,12 @@ class Store:
                   "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
                   "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
                   "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-                  "reason TEXT, used INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, outbox_id INTEGER)")
+                  "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
+                  "outbox_id INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
+                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
+        c.execute("DELETE FROM temp.lr_send")
         last = c.execute("SELECT MAX(friend) FROM (SELECT friend FROM intents WHERE due_at = ? AND friend > ? "
                          "ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()[0]
         if last is None:
@@ -892,16 +897,18 @@ class Store:
         c.execute(
             "INSERT INTO temp.lr_due(id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
             "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
-            "used) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
+            "used, dup) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
             "i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
             "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
-            "CASE WHEN r.rule IS NULL OR e.state = 'exited' THEN 'dropped' "
+            "CASE WHEN r.rule IS NULL OR (e.state = 'exited' AND e.finished_at > i.queued_at) THEN 'dropped' "
             "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
-            "CASE WHEN r.rule IS NULL THEN 'rule_removed' WHEN e.state = 'exited' THEN 'exited' "
+            "CASE WHEN r.rule IS NULL THEN 'rule_removed' "
+            "WHEN e.state = 'exited' AND e.finished_at > i.queued_at THEN 'exited' "
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, "
+            "(SELECT COUNT(*) FROM intents j WHERE j.due_at = :now AND j.friend = i.friend) > 1 "
             "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
             "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
             "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
@@ -942,11 +949,15 @@ class Store:
         """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
         (then the earlier queued, then the earlier enrollment), after those already counted
         today (``used``); the ones over the cap are ``capped``. Returns how many."""
-        return self.conn.execute(
+        args = {"cap": cap, "reason": f"max_per_day {cap}"}
+        # a friend with one due send: capped when the day's pushes have reached the cap already
+        count = self.conn.execute("UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
+                                  "AND counts = 1 AND dup = 0 AND used >= :cap", args).rowcount
+        return count + self.conn.execute(
             "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
             "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
-            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1) "
-            "WHERE n > :cap)", {"cap": cap, "reason": f"max_per_day {cap}"}).rowcount
+            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1 "
+            "AND d.dup = 1) WHERE n > :cap)", args).rowcount
 
     def due_replies(self, now: int) -> None:
         """The first due send (by priority) holding a fresh reply token goes as the free reply."""
@@ -974,12 +985,11 @@ class Store:
         same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
         ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
         c = self.conn
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
-                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
-        c.execute("DELETE FROM temp.lr_send")
+        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
         count = c.execute(
             "INSERT INTO temp.lr_send(n, id, friend, enrollment, variant, counts, answer) SELECT NULL, id, friend, "
             "enrollment, variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
+            "id NOT IN (SELECT id FROM temp.lr_send) AND "
             "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
             {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
@@ -988,24 +998,25 @@ class Store:
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
-                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id}
+                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
+                    "before": before}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - 1) / 500 AS chunk, friend FROM temp.lr_send ORDER BY n) GROUP BY chunk", args)
+                ":now FROM (SELECT (n - :before - 1) / 500 AS chunk, friend FROM temp.lr_send WHERE n > :before "
+                "ORDER BY n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
                 "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, "
-                ":now, :today, counts * :first_push FROM temp.lr_send ORDER BY n", args)
-        c.execute("UPDATE temp.lr_due SET status = 'sent' WHERE id IN (SELECT id FROM temp.lr_send)")
+                ":first + (n - :before - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
+                "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
-        """The undecided due intents (each rendered for its friend)."""
-        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL ORDER BY prio DESC, queued_at, "
-                                 "enrollment, id").fetchall()
+        """The undecided due intents not sent set-based (each rendered for its friend)."""
+        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
+                                 "temp.lr_send) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
     def due_mark(self, rows: Sequence[tuple]) -> None:
         """(status, reason, outbox_id, id) rows for ``temp.lr_due``."""
@@ -1020,12 +1031,15 @@ class Store:
                   "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
                   "enrollment, NULL, messages, status, reason, variant, :now, :today, 0 FROM temp.lr_due "
                   "WHERE status IN ('skipped', 'capped') ORDER BY id", {"now": now, "today": today})
-        counts = dict(c.execute("SELECT status, COUNT(*) FROM temp.lr_due GROUP BY status").fetchall())
+        capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
+                                    "FROM temp.lr_due").fetchone()
+        counts = {"capped": int(capped), "skipped": int(skipped)}
         c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'held')")
         if held_until is not None:
             c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
                       (held_until,))
         c.execute("DELETE FROM temp.lr_due")
+        c.execute("DELETE FROM temp.lr_send")
         return counts
 
     def quota_used(self, month: str) -> int:

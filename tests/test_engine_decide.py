@@ -310,3 +310,12 @@ def test_a_message_that_fails_to_render_for_one_friend_is_recorded_and_the_other
     [(friend, _rule, names, status, reason)] = [d for d in deliveries(fresh_db_path) if d[3] == "rejected"]
     assert (friend, names, status) == ("U2", '["coupon15"]', "rejected")
     assert "5000" in reason or "5,000" in reason
+
+
+def test_sends_before_a_stop_go_out_even_when_the_window_defers_them():
+    p = compile_rules("rule r when event shipped reenter always then send a stop send b",
+                      settings=ir.Settings(window=WINDOW))
+    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("shipped", "U1", "2026-11-01 12:00"),
+              ev("shipped", "U1", "2026-11-01 22:00")]
+    assert run(p, events) == [("2026-11-01 12:00:00", "U1", "r", ["a"]),
+                              ("2026-11-02 09:00:00", "U1", "r", ["a"])]
