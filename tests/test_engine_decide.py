@@ -319,3 +319,20 @@ def test_sends_before_a_stop_go_out_even_when_the_window_defers_them():
               ev("shipped", "U1", "2026-11-01 22:00")]
     assert run(p, events) == [("2026-11-01 12:00:00", "U1", "r", ["a"]),
                               ("2026-11-02 09:00:00", "U1", "r", ["a"])]
+
+
+def test_a_handed_back_group_is_decided_step_by_step(fresh_db_path):
+    p = compile_rules("rule hi when followed then send greeting send coupon15 if not purchased")
+    store = Store(str(fresh_db_path))
+    engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"))
+    engine.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    engine.tick(at("2026-11-01 10:00"))
+    [row] = store.claim_outbox(int(at("2026-11-01 10:00").timestamp()), 10)
+    assert row["messages"] == ["greeting", "coupon15"]
+    store.hold_outbox(row["id"], int(at("2026-11-02 09:00").timestamp()), error="429")
+    engine.apply_events([ev("purchase", "U1", "2026-11-01 12:00", order_id="A-1", amount=100)], received_at=0)
+    engine.tick(at("2026-11-01 12:00"))
+    engine.tick(at("2026-11-02 09:00"))
+    [again] = store.claim_outbox(int(at("2026-11-02 09:00").timestamp()), 10)
+    assert again["messages"] == ["greeting"] and again["retry_key"] != row["retry_key"]
+    store.close()
