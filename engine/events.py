@@ -11,7 +11,9 @@ from typing import Any
 
 #: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
 KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
-               "attributes", "tag", "click")
+               "attributes", "tag", "identify", "unlink", "refund", "click")
+#: Types that may name the shop's ``customer`` instead of the ``friend`` (custom types may too).
+CUSTOMER_TYPES = ("purchase", "cart", "view", "attributes", "tag", "unlink", "refund")
 
 #: Types spelled as the rules spell what happened (``when carted``, ``purchased``, ``blocked``)
 #: rather than as the event that happened: the type each one means. A custom event of such a
@@ -20,7 +22,9 @@ RULE_WORD_TYPES = {
     "carted": "cart", "purchased": "purchase", "viewed": "view", "followed": "follow",
     "unfollowed": "unfollow", "blocked": "unfollow", "unblocked": "follow", "clicked": "click",
     "tagged": "tag", "untagged": "tag", "order": "purchase", "ordered": "purchase",
-    "bought": "purchase", "messaged": "message",
+    "bought": "purchase", "messaged": "message", "block": "unfollow", "orders": "purchase",
+    "add_to_cart": "cart", "postbacked": "postback",
+    "linked": "identify", "unlinked": "unlink", "refunded": "refund", "cancelled": "refund",
 }
 
 #: Times an event may carry (``at``): from the Unix epoch to the end of 2199 (UTC). Later
@@ -52,6 +56,20 @@ def type_hint_message(kind: str, right: str) -> str:
             f"`{right}` (did you mean `{right}`?)")
 
 
+#: Built-in event types -> how a rule reacts to them (a rule's `event NAME` is for custom
+#: events only).
+RULE_WORDS = {"follow": "followed", "unfollow": "unfollowed", "purchase": "purchased",
+              "cart": "carted", "view": "viewed", "click": "clicked", "tag": "tagged NAME",
+              "message": 'message "..."', "postback": "postback KEY=VALUE"}
+
+
+def meant_type(type_: str) -> str | None:
+    """The event type meant by a type spelled like a rule word (``carted`` -> ``cart``,
+    ``order`` -> ``purchase``), or None when ``type_`` is not such a slip. For a refusal:
+    ``f'unknown event type "{t}": did you mean "{meant_type(t)}"?'``."""
+    return RULE_WORD_TYPES.get(type_.lower())
+
+
 @dataclass(frozen=True)
 class Event:
     type: str                  # one of KNOWN_TYPES, or a custom event name
@@ -73,6 +91,13 @@ class Event:
         if self.id:
             return f"id:{self.id}"
         return None
+
+
+def customer_key(value: str) -> str:
+    """The shop's customer id as linerules keeps it: an e-mail address (Shopify's and Rakuten's
+    customer key) is compared without case; any other id is kept as given."""
+    text = value.strip()
+    return text.lower() if "@" in text else text
 
 
 class EventError(ValueError):

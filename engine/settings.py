@@ -11,6 +11,7 @@ import functools
 import os
 import re
 import zoneinfo
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ import yaml
 
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
-from .yamlpos import YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
@@ -50,6 +51,18 @@ def parse_window(text: str) -> tuple[dt.time, dt.time]:
     return start, end
 
 
+@dataclass
+class SettingsFile:
+    """What ``settings.yaml`` holds: the settings (defaults where absent or invalid), every
+    rich menu name written (valid or not, so a rule using a broken one is not told it is
+    unknown), and whether the file could be read as YAML at all (``readable``: when not,
+    rich menu names cannot be checked)."""
+    settings: ir.Settings
+    menu_names: frozenset[str]
+    readable: bool
+    diagnostics: list[Diagnostic]
+
+
 def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     """Read ``settings.yaml``. Absent file content (empty text) means all defaults.
 
@@ -57,6 +70,12 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     precedence over the file's ``login_channel_id`` / ``login_channel_secret``.
     Diagnostics come sorted.
     """
+    s = read_settings(path, text)
+    return s.settings, s.diagnostics
+
+
+def read_settings(path: str, text: str) -> SettingsFile:
+    """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
     if not f.empty:
@@ -82,8 +101,19 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
         values["login_channel_id"] = env_id
     if env_secret:
         values["login_channel_secret"] = env_secret
+    if "account_link" in values:
+        values["account_link_url"] = values.pop("account_link")
+        if "base_url" not in values:
+            f.error(f.span_at(("account_link",), key=True), "`account_link` needs `base_url`",
+                    help="set base_url to the runner's public https address: the link a friend taps "
+                         "goes through it to get LINE's link token")
     root_span = f.span(f.root) if f.root is not None else None
-    return ir.Settings(**values, span=root_span), dedupe(f.diagnostics)
+    menus = f.nodes.get(("rich_menus",))
+    names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
+        if isinstance(menus, yaml.MappingNode) else frozenset()
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
+    return SettingsFile(ir.Settings(**values, span=root_span), names, readable,
+                        dedupe(f.diagnostics))
 
 
 # ---------------------------------------------------------------------------- one check per key
@@ -147,7 +177,11 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
 def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
     def check(f: YamlFile, path, value: Any) -> bool | None:
         if not isinstance(value, bool):
-            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`")
+            help_ = None
+            if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
+                meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"
+                help_ = f"YAML 1.2 reads `{value}` as a text: write `{meant}`"
+            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`", help=help_)
             return None
         return value
     return check
@@ -175,6 +209,26 @@ def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], 
     return check
 
 
+def _account_link(f: YamlFile, path, value: Any) -> str | None:
+    """``account_link: {login_url: https://...}``: the shop's login page for LINE's account link."""
+    if not isinstance(value, dict):
+        f.error(f.span_at(path), "`account_link` must be a mapping with `login_url`",
+                help="e.g. account_link: {login_url: https://shop.example.jp/line/login}")
+        return None
+    for key in value:
+        if key != "login_url":
+            f.error(f.span_at(path + (key,), key=True), f"unknown setting `account_link.{key}`",
+                    help="account_link holds only `login_url`")
+    url = value.get("login_url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme != "https" or not parts.netloc:
+        where = path + ("login_url",) if "login_url" in value else path
+        f.error(f.span_at(where), f"`account_link.login_url` must be an https:// URL, not `{url}`",
+                help="the page of the shop where a friend signs in to link their account")
+        return None
+    return url
+
+
 _CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
     "timezone": _timezone,
     "window": _window,
@@ -186,6 +240,7 @@ _CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
     "base_url": _base_url,
     "login_channel_id": _text("login_channel_id"),
     "login_channel_secret": _text("login_channel_secret", secret=True),
+    "account_link": _account_link,
 }
 
 #: Every key settings.yaml may hold.

@@ -123,7 +123,10 @@ class CondCompiler:
         elif self.with_enrollment:
             # since entering, without the event that caused the entry (SPEC §2.3)
             where.append("a.at >= e.entered_at")
-            where.append("(e.entry_seq IS NULL OR a.event_seq IS NULL OR a.event_seq > e.entry_seq)")
+            # (an activity row knows its event, or, for an order, its order id)
+            where.append("(e.entry_seq IS NULL OR a.event_seq > e.entry_seq OR (a.event_seq IS NULL AND "
+                         "(a.order_id IS NULL OR a.order_id IS NOT (SELECT json_extract(x.data, '$.order_id') "
+                         "FROM events x WHERE x.seq = e.entry_seq))))")
         return f"EXISTS (SELECT 1 FROM activity a WHERE {' AND '.join(where)})"
 
     def measure(self, m: ir.Measure, alias: str = "f") -> str:
