@@ -158,9 +158,10 @@ class LeaseLost(Exception):
 #: short at a million friends, so that webhooks are stored without waiting).
 AUDIENCE_CHUNK = 5000
 
-#: A row the dispatcher holds for at least this many seconds (the quota, a long outage) without
-#: having reached LINE goes back to the deliver stage, to be decided again when it is due.
-HANDBACK_AFTER = 60
+#: A row the dispatcher holds for at least this many seconds (the monthly quota: until the next
+#: day's opening) without having reached LINE goes back to the deliver stage, to be decided again
+#: when it is due; retry backoffs (at most 5 minutes) keep their row.
+HANDBACK_AFTER = 3600
 
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0
