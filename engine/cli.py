@@ -98,8 +98,10 @@ def graph(rule, rules_dir, lang):
               help="How often condition triggers are checked (aligned to local midnight).")
 @click.option("--db", default=None, type=click.Path(dir_okay=False),
               help="Keep the simulated database in this file (for `linerules report`).")
+@click.option("--render", is_flag=True, default=False,
+              help='Also print "rendered": the LINE message objects each friend would get.')
 @lang_option
-def simulate(events, rules_dir, until, tick, db, lang):
+def simulate(events, rules_dir, until, tick, db, render, lang):
     """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
 
     Prints one JSON object per push, in time order:
@@ -111,7 +113,7 @@ def simulate(events, rules_dir, until, tick, db, lang):
     """
     from .simulate import main
 
-    raise SystemExit(main(events, rules_dir, until, tick, db, lang))
+    raise SystemExit(main(events, rules_dir, until, tick, db, lang, render=render))
 
 
 @cli.command(name="test")
