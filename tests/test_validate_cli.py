@@ -38,6 +38,9 @@ CASES = {
     "messages_types": "messages_types",
     "keyword_slips": "keyword_slips",
     "sale_moments": "sale_moments",
+    # messages.yaml in Shift_JIS, settings.yaml in UTF-16: the encoding is named, and the rules'
+    # names are not checked against files that could not be read
+    "not_utf8": "not_utf8",
 }
 
 
