@@ -113,6 +113,12 @@ def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
 
 
 def _count(value: Any, ctx: _Ctx, field: str) -> int:
+    """A quantity: a whole number from 1 to :data:`MAX_QUANTITY`. ``2.0`` (what some shop
+    exports write) is 2; ``1.5`` is refused with the number shown."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= MAX_QUANTITY:
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        raise ctx.error(field, f"must be a whole number, got {_shown(value)}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(field, f"must be a whole number, got {_describe(value)}")
     if value < 1:

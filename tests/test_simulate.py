@@ -127,3 +127,15 @@ def test_the_cli_runs_it(folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ('{"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", '
                            '"messages": ["greeting"]}\n')
+
+
+def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its_value(folder, tmp_path, capsys):
+    follow = {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"}
+    def buy(quantity):
+        return {"type": "purchase", "friend": "U1", "at": "2026-11-05T11:00:00+09:00", "order_id": "A-1",
+                "amount": 5400, "items": [{"product": "SKU1", "price": 2700, "quantity": quantity}]}
+    until = "2026-11-06T00:00:00+09:00"
+    assert main(timeline(tmp_path, follow, buy(2.0)), str(folder), until, "1h", None) == 0
+    capsys.readouterr()
+    assert main(timeline(tmp_path, follow, buy(1.5)), str(folder), until, "1h", None) == 1
+    assert 'line 2: field "items[0].quantity": must be a whole number, got 1.5' in capsys.readouterr().err
