@@ -184,7 +184,9 @@ class _TestFile:
         node = self.f.nodes.get(field_path)
         if "must be a string" in e.message and isinstance(node, yaml.ScalarNode) and node.style is None:
             help = f'YAML reads `{node.value}` as {e.message.rsplit("got ", 1)[-1]}; write it in quotes: "{node.value}"'
-        field = f"`{e.field}` " if e.field else ""
+        # "event `at` needs ...", "event `type`: unknown type `viewed` ..."
+        verb = e.message.split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
+        field = (f"`{e.field}` " if verb else f"`{e.field}`: ") if e.field else ""
         self.error(field_path, f"event {field}{e.message}", help, key=unknown)
 
     def expected(self, value: Any, path: Path) -> Push | None:

@@ -122,6 +122,9 @@ def test_a_list_of_tests_with_options():
      't.yaml:5:5: error: this expected push has no `messages`'),
     (PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
      't.yaml:7:10: error: `2026-11-03` needs a UTC offset'),
+    (PASSING.replace("{type: follow,", "{type: followed,"),
+     't.yaml:3:12: error: event `type`: unknown type `followed`: `followed` is how rules say it; '
+     'the event is `follow`'),
     ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
     ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
 ])
