@@ -220,6 +220,9 @@ def test_yaml_syntax_error_at_its_place():
     ("timezone: Asia/Tokyo\n\tutm: true\n",
      "2:1: error: invalid YAML: a tab is used for indentation here | "
      "YAML indents with spaces only: replace the tab with spaces"),
+    ("timezone: Asia/Tokyo\nmax_per_day:\t2\n",
+     "2:13: error: invalid YAML: a tab separates the value here | "
+     "YAML separates with spaces only: replace the tab with a space"),
     ("rich_menus:\n  member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4\n vip: x\n",
      "3:2: error: invalid YAML: this line is not indented like the lines above it | "
      "the keys of one mapping (and the `-` of one list) start in the same column; "
