@@ -640,6 +640,13 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
     if "THEN" in expected and tok.value in STEP_WORDS:
         return Diagnostic.at(_tok_span(path, tok), f"missing `then` before `{tok.value}`",
                              help="steps come after `then`, as in `when followed then send greeting`")
+    slip = _operator_or_comma_slip(piece.text, prev, tok)
+    if slip is not None and prev is not None and prev.value + tok.value in _OPERATOR_SLIPS:
+        return Diagnostic.at(Span(path, prev.line, prev.column, tok.end_line, tok.end_column),
+                             f"`{prev.value}{tok.value}` is not a comparison", help=slip)
+    if slip is not None:
+        return Diagnostic.at(_tok_span(path, tok), f"unexpected {_found(tok)}; expected {describe(expected)}",
+                             help=slip)
     if tok.type in ("INT", "NUMBER") and "DURATION" in expected:
         unit = _WORD_AFTER.match(piece.text, tok.end_pos)
         if unit is not None and unit.group(1).lower() in _ALL_UNIT_WORDS:
@@ -705,8 +712,33 @@ def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnost
     return Diagnostic.at(span, f"`{shown}` is not a duration", help=help_)
 
 
+#: `=>` -> `>=`, ... : comparisons written as other languages or habits write them.
+_OPERATOR_SLIPS = {"=>": ">=", "=<": "<=", "==": "=", "<>": "!=", "=!": "!="}
+
+
+def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | None:
+    """`orders => 2`, `orders == 2`, `total_spent >= 10,000`: the help names what to write."""
+    if prev is None or prev.end_pos != tok.start_pos:
+        return None
+    if prev.value and tok.value and set(prev.value + tok.value) <= set("=<>!"):
+        written = prev.value + tok.value
+        if written in _OPERATOR_SLIPS:
+            return f"write `{_OPERATOR_SLIPS[written]}`"
+    if prev.type in ("INT", "NUMBER") and tok.type == "COMMA":
+        m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos:])
+        if m is not None:
+            return f"write numbers without commas: `{prev.value}{m.group().replace(',', '')}`"
+    return None
+
+
 def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
-    if char == "＃":
+    if char in _CURLY_QUOTES:
+        return Diagnostic.at(Span(path, line, column, line, column + 1),
+                             f"`{char}` is a curly quote",
+                             help='write the straight `"` (the editor turned it into a curly one)')
+    if char in "～〜":
+        help_ = "write the half-width `-` between the two times, e.g. `10:00-20:00`"
+    elif char == "＃":
         help_ = "write the half-width `#` to start a comment"
     else:
         help_ = f"write the half-width `{_FULL_WIDTH[char]}`"
@@ -757,7 +789,9 @@ def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: s
 
 #: Full-width punctuation typed with a Japanese input method -> the character meant.
 _FULL_WIDTH = {"＝": "=", "＜": "<", "＞": ">", "％": "%", "：": ":", "，": ",", "、": ",",
-               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " "}
+               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " ",
+               "～": "-", "〜": "-", "“": '"', "”": '"'}
+_CURLY_QUOTES = "“”"
 
 
 def _width_help(text: str) -> str | None:

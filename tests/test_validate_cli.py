@@ -41,6 +41,8 @@ CASES = {
     # messages.yaml in Shift_JIS, settings.yaml in UTF-16: the encoding is named, and the rules'
     # names are not checked against files that could not be read
     "not_utf8": "not_utf8",
+    # 10,000 / => / == / ～ / curly quotes: the help says what to write
+    "typing_habits": "typing_habits",
 }
 
 
