@@ -241,6 +241,14 @@ class _Loader:
 
         # A YAML file that exists but cannot be read (not UTF-8, no permission) is like one
         # that is not valid YAML: the rules' names are not checked against it (no cascade).
+        # The same for `messages.yml` & co.: never read, so they must not be silently ignored.
+        misnamed = self._misnamed_yaml(folder)
+        if MESSAGES_FILE in misnamed:
+            self.names.messages_readable = False
+        if SETTINGS_FILE in misnamed:
+            self.names.menus = None
+        if SALES_FILE in misnamed:
+            self.names.sales_whole = False
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
         if os.path.exists(path):
@@ -274,6 +282,22 @@ class _Loader:
             self.names.broken_messages = m.broken
             self.diagnostics += m.diagnostics
         return settings, sales, messages
+
+    def _misnamed_yaml(self, folder: str) -> set[str]:
+        """The YAML files written as ``.yml``: an error each (they are not read)."""
+        found = set()
+        for name in (SETTINGS_FILE, SALES_FILE, MESSAGES_FILE):
+            other = name.removesuffix(".yaml") + ".yml"
+            path = os.path.join(folder, other)
+            if not os.path.exists(path):
+                continue
+            both = os.path.exists(os.path.join(folder, name))
+            self.diagnostics.append(Diagnostic(
+                path, 1, 1, "error", f"`{other}` is not read: linerules reads `{name}`",
+                help=f"merge it into {name} and remove it" if both else f"rename it to {name}"))
+            if not both:
+                found.add(name)
+        return found
 
     def version(self) -> str:
         """A hash over every file read."""

@@ -43,6 +43,8 @@ CASES = {
     "not_utf8": "not_utf8",
     # 10,000 / => / == / ～ / curly quotes: the help says what to write
     "typing_habits": "typing_habits",
+    # messages.yml / settings.yml are not read: said so, instead of silently sending at any hour
+    "yml_names": "yml_names",
 }
 
 
