@@ -139,3 +139,22 @@ def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its
     capsys.readouterr()
     assert main(timeline(tmp_path, follow, buy(1.5)), str(folder), until, "1h", None) == 1
     assert 'line 2: field "items[0].quantity": must be a whole number, got 1.5' in capsys.readouterr().err
+
+
+def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_others_still_get_theirs(
+        folder, tmp_path, capsys, caplog):
+    (folder / "messages.yaml").write_text('points: "{{ friend.points | round }} pt"\n', encoding="utf-8")
+    (folder / "shop.rule").write_text("rule points when event notify then send points\n", encoding="utf-8")
+    at = "2026-11-05T10:00:00+09:00"
+    events = [{"type": "follow", "friend": f, "at": at} for f in ("U1", "U2")] + [
+        {"type": "attributes", "friend": "U1", "at": at, "set": {"points": "nan"}},
+        {"type": "attributes", "friend": "U2", "at": at, "set": {"points": "12.6"}},
+        {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
+        {"type": "notify", "friend": "U2", "at": "2026-11-05T11:00:00+09:00"}]
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    out = capsys.readouterr().out
+    err = caplog.text      # the log lines simulate prints on stderr
+    assert [json.loads(line)["friend"] for line in out.splitlines()] == ["U2"]
+    assert "not sent to U1" in err
+    assert "a filter cannot handle this friend's value (cannot convert float NaN to integer)" in err
+    assert "ValueError" not in err
