@@ -270,8 +270,8 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
         return
     elif isinstance(value, int):
         if not -MAX_INT <= value <= MAX_INT:
-            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers are at most "
-                                   f"{MAX_INT:,} either way)")
+            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers go from "
+                                   f"-{MAX_INT:,} to {MAX_INT:,})")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ctx.error(field, "must be a finite number")
