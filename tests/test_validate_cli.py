@@ -45,6 +45,8 @@ CASES = {
     "typing_habits": "typing_habits",
     # messages.yml / settings.yml are not read: said so, instead of silently sending at any hour
     "yml_names": "yml_names",
+    # colours without `#` or with three digits, `20/13`, a size of "12": LINE would refuse them
+    "flex_shapes": "flex_shapes",
 }
 
 
