@@ -158,3 +158,30 @@ def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_other
     assert "not sent to U1" in err
     assert "a filter cannot handle this friend's value (cannot convert float NaN to integer)" in err
     assert "ValueError" not in err
+
+
+def test_a_db_that_cannot_be_created_is_one_error_line_not_a_traceback(folder, tmp_path):
+    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"})
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", events, "--rules", str(folder),
+                           "--db", str(tmp_path / "no" / "such" / "folder" / "f.db")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: --db: cannot open the database ") and "Traceback" not in proc.stderr
+
+
+def test_events_after_until_are_said_to_be_left_out(folder, tmp_path, capsys):
+    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
+                                 "source": "qr=shipping"},
+                      {"type": "follow", "friend": "U2", "at": "2026-11-07T10:00:00+09:00"})
+    assert main(events, str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["friend"] for line in captured.out.splitlines()] == ["U1"]
+    assert "warning: 1 of 2 events are after --until 2026-11-06T00:00:00+09:00 and are not replayed" in captured.err
+
+
+def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsys):
+    path = tmp_path / "sj.jsonl"
+    path.write_bytes(json.dumps({"type": "message", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
+                                 "text": "クーポン"}, ensure_ascii=False).encode("cp932"))
+    assert main(str(path), str(folder), None, "1h", None) == 1
+    assert capsys.readouterr().err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
