@@ -32,6 +32,9 @@ AT_EXAMPLE = "2026-11-01T10:00:00+09:00"
 #: Largest ``amount`` and item ``price`` (a trillion, in the shop's currency): sums of many
 #: orders stay exact, and price × quantity fits the store's 64-bit integers.
 MAX_AMOUNT = 10**12
+#: Longest friend, customer or order id, product, category (a LINE user id has 33 characters):
+#: a runaway value would otherwise fill every log line and index it is in.
+MAX_ID_CHARS = 1000
 #: Largest item ``quantity``.
 MAX_QUANTITY = 10**6
 #: Whole numbers anywhere in an event (attributes, custom fields) fit SQLite's 64-bit integers.
@@ -82,6 +85,9 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not text.strip():
         raise ctx.error(field, "must not be empty")
+    if len(text) > MAX_ID_CHARS:
+        raise ctx.error(field, f"is {len(text):,} characters long; ids, products and categories "
+                               f"have at most {MAX_ID_CHARS:,}")
     if text != text.strip():
         raise ctx.error(field, f"has spaces around it: {json.dumps(text, ensure_ascii=False)}")
     return text
