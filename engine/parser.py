@@ -654,6 +654,14 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
         unit = _WORD_AFTER.match(piece.text, tok.end_pos)
         if unit is not None and unit.group(1).lower() in _ALL_UNIT_WORDS:
             return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
+        unit = _JA_UNIT_AFTER.match(piece.text, tok.end_pos)
+        if unit is not None:     # `wait 1日`, `3日間`, `2週間`, `1ヶ月`
+            return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
+    if tok.type in ("INT", "NUMBER") and "TIME" in expected and piece.text.startswith("時", tok.end_pos) \
+            and tok.value.isdigit() and int(tok.value) < 24:   # `at 10時`
+        return Diagnostic.at(Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + 1),
+                             f"`{tok.value}時` is not a time of day",
+                             help=f"write `{int(tok.value):02d}:00` (24 hours, `HH:MM`)")
     return Diagnostic.at(_tok_span(path, tok),
                          f"unexpected {_found(tok)}; expected {describe(expected)}",
                          help=_help(tok, expected))
@@ -689,10 +697,14 @@ _UNIT_WORDS = {"m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
 _NO_UNIT = {"mo": ("month", 30), "mon": ("month", 30), "month": ("month", 30),
             "months": ("month", 30), "y": ("year", 365), "yr": ("year", 365),
             "year": ("year", 365), "years": ("year", 365)}
-_SECOND_WORDS = ("s", "sec", "secs", "second", "seconds")
+_UNIT_WORDS.update({"分": "m", "時間": "h", "日": "d", "日間": "d", "週": "w", "週間": "w"})
+_NO_UNIT.update({w: ("month", 30) for w in ("ヶ月", "か月", "カ月", "ヵ月", "ケ月", "ヶ月間", "か月間")})
+_NO_UNIT["年"] = ("year", 365)
+_JA_UNIT_AFTER = re.compile(r"\s*(時間|日間|週間|ヶ月間|か月間|ヶ月|か月|カ月|ヵ月|ケ月|分|日|週|年|秒)")
+_SECOND_WORDS = ("s", "sec", "secs", "second", "seconds", "秒")
 _ALL_UNIT_WORDS = frozenset((*_UNIT_WORDS, *_NO_UNIT, *_SECOND_WORDS))
 _WORD_AFTER = re.compile(r"\s*([A-Za-z]+)")
-_DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+)")
+_DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+|時間|日間|週間|ヶ月間|か月間|ヶ月|か月|カ月|ヵ月|ケ月|分|日|週|年|秒)")
 
 
 def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnostic:

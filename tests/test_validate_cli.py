@@ -47,6 +47,8 @@ CASES = {
     "yml_names": "yml_names",
     # colours without `#` or with three digits, `20/13`, a size of "12": LINE would refuse them
     "flex_shapes": "flex_shapes",
+    # 3日, 2週間, 1ヶ月, 10時, 月曜: the help gives 3d, 2w, 30d, 10:00, monday
+    "japanese_units": "japanese_units",
 }
 
 
