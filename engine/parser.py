@@ -739,6 +739,9 @@ def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | 
         written = prev.value + tok.value
         if written in _OPERATOR_SLIPS:
             return f"write `{_OPERATOR_SLIPS[written]}`"
+    if prev.value.isdigit() and tok.value in ("万", "千", "万円", "千円", "円"):   # `total_spent > 1万`
+        factor = {"万": 10_000, "千": 1_000}.get(tok.value[0], 1)
+        return f"write the number in digits, without units: `{int(prev.value) * factor}`"
     if prev.type in ("INT", "NUMBER") and tok.type == "COMMA":
         m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos:])
         if m is not None:
