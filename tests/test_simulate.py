@@ -185,3 +185,13 @@ def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsy
                                  "text": "クーポン"}, ensure_ascii=False).encode("cp932"))
     assert main(str(path), str(folder), None, "1h", None) == 1
     assert capsys.readouterr().err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
+
+
+def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, caplog):
+    (folder / "messages.yaml").write_text('''big: "{{ (1..1000000000) | join: ',' }}"\n''', encoding="utf-8")
+    (folder / "shop.rule").write_text("rule big when event notify then send big\n", encoding="utf-8")
+    events = [{"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"},
+              {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"}]
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    assert "rule big: message big not sent to anyone it is due for: " in caplog.text
+    assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text
