@@ -1018,10 +1018,16 @@ class Store:
     def due_quota(self, remaining: int) -> int:
         """The monthly quota: beyond ``remaining`` billed sends (not replies), in priority order,
         the rest are ``held``. Returns how many were held."""
+        remaining = max(0, remaining)
+        undecided = "status IS NULL AND kind IS NULL"
+        if not remaining:     # nothing left this month: every billed send waits, no ordering needed
+            return self.conn.execute(f"UPDATE temp.lr_due SET status = 'held' WHERE {undecided}").rowcount
+        if self.conn.execute(f"SELECT COUNT(*) FROM temp.lr_due WHERE {undecided}").fetchone()[0] <= remaining:
+            return 0
         return self.conn.execute(
             "UPDATE temp.lr_due SET status = 'held' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
             "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
-            "kind IS NULL) WHERE n > :remaining)", {"remaining": max(0, remaining)}).rowcount
+            "kind IS NULL) WHERE n > :remaining)", {"remaining": remaining}).rowcount
 
     def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
         """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
