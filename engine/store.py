@@ -956,12 +956,14 @@ class Store:
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END, "
-            "(SELECT COUNT(*) FROM intents j WHERE j.due_at = :now AND j.friend = i.friend) > 1 "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0 "
             "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
             "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
             "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
             {"now": now, "after": after, "last": last, "cap": cap, "today": today})
+        # all of a friend's due intents are loaded together: competing sends are found here
+        c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                  "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
         return last
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
