@@ -49,16 +49,20 @@ CODES: dict[str, Code] = {c.code: c for c in (
        _("linerules validate rules/")),
     _c("LR002", "welcome.rule",
        _("the file is not UTF-8 text"),
-       _("Every file of the rule folder must be saved as UTF-8. A file saved as Shift_JIS "
-         "(common with Windows tools) cannot be read; save it again as UTF-8."),
+       _("Every file of the rule folder and every rule test must be saved as UTF-8. A file "
+         "saved as Shift_JIS (CP932, what Excel and older Windows tools write) or UTF-16 cannot "
+         "be read; the help says which one the file looks like. Save it again as UTF-8. While "
+         "messages.yaml or settings.yaml cannot be read, the rules' message and rich menu names "
+         "are not checked against it."),
        _("(welcome.rule saved as Shift_JIS)"),
        _("(welcome.rule saved as UTF-8)")),
     _c("LR003", "messages.yaml",
        _("the YAML file cannot be read"),
        _("settings.yaml, messages.yaml, sale_calendar.yaml and the rule tests are YAML. The "
          "message says what broke the file: a tab used for indentation, a line not indented "
-         "like the lines above it, a full-width colon `：`, a `: ` inside a text that is not "
-         "quoted. Nothing else of the file is checked until it can be read."),
+         "like the lines above it, a tab after `key:` (often pasted from a spreadsheet), a "
+         "full-width colon `：`, a `: ` inside a text that is not quoted. Nothing else of the "
+         "file is checked until it can be read."),
        _("greeting：\n  友だち追加ありがとうございます"),
        _("greeting: |-\n  友だち追加ありがとうございます")),
     _c("LR004", "settings.yaml",
@@ -86,6 +90,14 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "comments, say), so nothing will be sent. Usually the wrong folder was given."),
        _("linerules validate rules/tests/"),
        _("linerules validate rules/")),
+    _c("LR008", "rules/",
+       _("a YAML file is named .yml"),
+       _("linerules reads `messages.yaml`, `settings.yaml` and `sale_calendar.yaml`, spelt with "
+         "`.yaml`. A `.yml` file would be ignored (a `settings.yml` would leave the folder "
+         "without its window and caps), so it is an error: rename it, or merge it into the "
+         "`.yaml` file when both exist."),
+       _("rules/settings.yml"),
+       _("rules/settings.yaml")),
     # ------------------------------------------------------------------ rule syntax (LR01x)
     _c("LR010", "welcome.rule",
        _("the rule cannot be read here"),
@@ -121,13 +133,16 @@ CODES: dict[str, Code] = {c.code: c for c in (
     _c("LR015", "welcome.rule",
        _("a full-width character in the rule"),
        _("Rules are written with half-width symbols: `=` not `＝`, `:` not `：`, `%` not `％`, "
-         "`,` not `、`. Full-width characters belong inside quoted texts only."),
+         "`,` not `、`, `-` not the wave dash `～` between two times, straight quotes `\"` not "
+         "curly ones `“` `”` (which an editor or word processor may put in). Full-width "
+         "characters belong inside quoted texts only."),
        _("when followed via qr＝shipping then send greeting"),
        _("when followed via qr=shipping then send greeting")),
     _c("LR016", "welcome.rule",
        _("not a duration"),
        _("A duration is a number with a unit: `30m`, `2h`, `1d`, `2w`, combinable as `1d12h`. "
-         "There is no month or second unit: write `30d`, or at least `1m`."),
+         "There is no month or second unit: write `30d`, or at least `1m`. Japanese units get "
+         "the same help: `3日` is `3d`, `2週間` is `2w`, `1ヶ月` is `30d`."),
        _("when followed then wait 14days send coupon15"),
        _("when followed then wait 14d send coupon15")),
     _c("LR017", "welcome.rule",
@@ -136,6 +151,13 @@ CODES: dict[str, Code] = {c.code: c for c in (
          "are refused as unreadable; move part of the condition into a segment."),
        _("segment s: not not not ... (more than 50 times) ... blocked"),
        _("segment s: not blocked")),
+    _c("LR018", "dormant.rule",
+       _("not a comparison"),
+       _("The comparisons are `=` `!=` `<` `<=` `>` `>=`: `=>` is `>=`, `=<` is `<=`, `==` is "
+         "`=`, `<>` is `!=`. Numbers are written in digits without separators or units: "
+         "`10000`, not `10,000`, `1万` or `10000円`."),
+       _("segment loyal: orders => 3 and total_spent >= 10,000"),
+       _("segment loyal: orders >= 3 and total_spent >= 10000")),
     # ------------------------------------------------------------------ names (LR1xx)
     _c("LR101", "welcome.rule",
        _("unknown rule"),
@@ -193,7 +215,7 @@ CODES: dict[str, Code] = {c.code: c for c in (
     _c("LR201", "welcome.rule",
        _("not a time of day"),
        _("Times of day are 24-hour `HH:MM`: hours 00 to 23, minutes 00 to 59; midnight is "
-         "`00:00`."),
+         "`00:00`. `10時` is written `10:00`."),
        _("when followed then wait 1d at 24:00 send coupon15"),
        _("when followed then wait 1d at 00:00 send coupon15")),
     _c("LR202", "welcome.rule",
@@ -280,7 +302,8 @@ CODES: dict[str, Code] = {c.code: c for c in (
        _("when tagged vip then set rank = \"gold\"")),
     _c("LR309", "sale.rule",
        _("not a day of the week"),
-       _("`wait until` takes `monday` ... `sunday`, or a time of day."),
+       _("`wait until` takes `monday` ... `sunday`, or a time of day. `月曜` or `金曜日` is "
+         "written `monday` or `friday`."),
        _("when followed then wait until friyday send weekly_pick"),
        _("when followed then wait until friday at 20:00 send weekly_pick")),
     _c("LR310", "welcome.rule",
@@ -340,9 +363,19 @@ CODES: dict[str, Code] = {c.code: c for c in (
        _("a LINE message object breaks LINE's rules"),
        _("Each object is checked against LINE's limits before anything is sent: required fields, "
          "lengths counted as LINE counts them (UTF-16: an emoji counts 2), the number of actions, "
-         "`https://` URLs. See docs/messages.md for every limit."),
+         "`https://` URLs. A field LINE wants as text (`size: 12`) must be quoted. See "
+         "docs/messages.md for every limit."),
        _("- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: クーポンコード WELCOME15 をご注文時に入力してください。有効期限は発行から7日間です。ぜひご利用ください, actions: [...]}"),
        _("- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: コード WELCOME15 をご注文時に入力, actions: [...]}")),
+    _c("LR504", "messages.yaml",
+       _("a colour, ratio or size LINE would refuse"),
+       _("YAML reads these values fine, but LINE refuses the whole push (for every friend) "
+         "when they have another shape: colours are `#` and six hexadecimal digits (eight with "
+         "transparency), in quotes; `aspectRatio` is `width:height`; `size` is a word (`xxs` ... "
+         "`5xl`, `full`, bubble sizes `nano` ... `giga`) or pixels or percent (`12px`, `50%`). "
+         "The help gives the value meant."),
+       _("      color: e86a8d\n      size: \"12\""),
+       _("      color: \"#e86a8d\"\n      size: \"12px\"")),
     # ------------------------------------------------------------------ settings.yaml (LR6xx)
     _c("LR600", "settings.yaml",
        _("settings.yaml is not a list of settings"),
@@ -372,14 +405,16 @@ CODES: dict[str, Code] = {c.code: c for c in (
     _c("LR604", "settings.yaml",
        _("a setting has a value of the wrong kind"),
        _("Each setting takes one kind of value: `max_per_day`, `monthly_quota` and "
-         "`attribution_days` a whole number of at least 1, `utm` true or false, `base_url` an "
-         "https:// address, the LINE Login settings a text."),
+         "`attribution_days` a whole number of at least 1 written in digits alone (`5000`, not "
+         "`5,000` or `5000通`), `utm` true or false, `base_url` an https:// address, the LINE "
+         "Login settings a text."),
        _("max_per_day: two"),
        _("max_per_day: 2")),
     _c("LR605", "settings.yaml",
        _("a rich menu entry is not valid"),
        _("`rich_menus` maps the names the rules use (`menu vip`) to the rich menu ids LINE shows "
-         "when a menu is created: `richmenu-` followed by 32 hexadecimal characters."),
+         "when a menu is created: `richmenu-` followed by 32 hexadecimal characters. A name "
+         "without an id is an error too."),
        _("rich_menus:\n  vip: VIP menu"),
        _("rich_menus:\n  vip: richmenu-2b7e9f41c6d84a35b0e1f2a3c4d5e6f7")),
     _c("LR606", "settings.yaml",
@@ -429,9 +464,18 @@ CODES: dict[str, Code] = {c.code: c for c in (
        _("    starts: 2026-12-04 20:00")),
     _c("LR705", "sale_calendar.yaml",
        _("a sale ends before it starts"),
-       _("`ends` must be later than `starts`. A sale that runs past midnight ends on the next day."),
+       _("`ends` must be later than `starts`. A sale that runs past midnight ends on the next day. "
+         "A one-day sale written `starts: 2027-02-01` and `ends: 2027-02-01` lasts no time at all "
+         "(a date alone is 00:00): write `ends: 2027-02-01 23:59`."),
        _("    starts: 2026-12-04 20:00\n    ends: 2026-12-04 01:59"),
        _("    starts: 2026-12-04 20:00\n    ends: 2026-12-11 01:59")),
+    _c("LR706", "sale_calendar.yaml",
+       _("a sale's end is a date alone (warning)"),
+       _("An `ends:` written as a date alone is 00:00 at the start of that day, so that day is "
+         "not part of the sale. For a sale through the 11th write `ends: 2026-12-11 23:59`; "
+         "write `ends: 2026-12-11 00:00` to keep midnight and silence the warning."),
+       _("    starts: 2026-12-04\n    ends: 2026-12-11"),
+       _("    starts: 2026-12-04 20:00\n    ends: 2026-12-11 23:59")),
     # ------------------------------------------------------------------ rule tests (LR8xx)
     _c("LR800", "rules/tests/welcome.yaml",
        _("a rule test file is not a list of tests"),

@@ -33,6 +33,9 @@ AT_EXAMPLE = "2026-11-01T10:00:00+09:00"
 #: Largest ``amount`` and item ``price`` (a trillion, in the shop's currency): sums of many
 #: orders stay exact, and price × quantity fits the store's 64-bit integers.
 MAX_AMOUNT = 10**12
+#: Longest friend, customer or order id, product, category (a LINE user id has 33 characters):
+#: a runaway value would otherwise fill every log line and index it is in.
+MAX_ID_CHARS = 1000
 #: Largest item ``quantity``.
 MAX_QUANTITY = 10**6
 #: Whole numbers anywhere in an event (attributes, custom fields) fit SQLite's 64-bit integers.
@@ -83,6 +86,9 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not text.strip():
         raise ctx.error(field, _("must not be empty"))
+    if len(text) > MAX_ID_CHARS:
+        raise ctx.error(field, _("is {length} characters long; ids, products and categories "
+                                 "have at most {limit}", length=f"{len(text):,}", limit=f"{MAX_ID_CHARS:,}"))
     if text != text.strip():
         raise ctx.error(field, _("has spaces around it: {text}", text=json.dumps(text, ensure_ascii=False)))
     return text
@@ -114,6 +120,12 @@ def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
 
 
 def _count(value: Any, ctx: _Ctx, field: str) -> int:
+    """A quantity: a whole number from 1 to :data:`MAX_QUANTITY`. ``2.0`` (what some shop
+    exports write) is 2; ``1.5`` is refused with the number shown."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= MAX_QUANTITY:
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        raise ctx.error(field, _("must be a whole number, got {got}", got=_shown(value)))
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(field, _("must be a whole number, got {got}", got=_describe(value)))
     if value < 1:
@@ -263,7 +275,8 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
         return
     elif isinstance(value, int):
         if not -MAX_INT <= value <= MAX_INT:
-            raise ctx.error(field, _("is too large: {shown} (whole numbers are at most {limit} either way)", shown=_shown(value), limit=f"{MAX_INT:,}"))
+            raise ctx.error(field, _("is too large: {shown} (whole numbers go from -{limit} to {limit})",
+                                     shown=_shown(value), limit=f"{MAX_INT:,}"))
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ctx.error(field, _("must be a finite number"))

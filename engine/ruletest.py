@@ -193,8 +193,12 @@ class _TestFile:
                     else _("a number") if isinstance(parsed, (int, float)) else _("a date"))
             help = _('YAML reads `{value}` as {what}; write it in quotes: "{value}"',
                      value=node.value, what=what)
-        if e.field:
+        # "event `at` needs ...", "event `type`: unknown type `viewed` ..."
+        verb = str(e.message).split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
+        if e.field and verb:
             message = E("LR803", "event `{field}` {reason}", field=e.field, reason=e.message)
+        elif e.field:
+            message = E("LR803", "event `{field}`: {reason}", field=e.field, reason=e.message)
         else:
             message = E("LR803", "event {reason}", reason=e.message)
         self.error(field_path, message, help, key=unknown)
@@ -383,8 +387,13 @@ def main(directory: str, out=None, err=None, lang: str | None = None) -> int:
     passed = failed = broken = 0
     tz = project.settings.tz
     for path in files:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text, problem = _read_test_file(path)
+        if problem is not None:
+            out.flush()
+            err.write(render_text([problem], {}))
+            err.flush()
+            broken += 1
+            continue
         tests, diags = load_tests(path, text, project)
         if has_errors(diags):
             out.flush()  # keep the report in order when both streams go to one log
@@ -409,3 +418,25 @@ def main(directory: str, out=None, err=None, lang: str | None = None) -> int:
                     broken=n_("{n} test file with errors", "{n} test files with errors", broken))
     print(render(summary), file=out)
     return 1 if failed or broken else 0
+
+
+def _read_test_file(path: str) -> tuple[str, Diagnostic | None]:
+    """A test file's text (newlines as LF, no BOM), or a diagnostic when it cannot be read."""
+    from .project import _encoding_help
+    from .yamlpos import normalize_newlines
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return "", Diagnostic(path, 1, 1, "error", E("LR001", "cannot read the file: {reason}",
+                                                              reason=exc.strerror or exc))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        return "", Diagnostic(path, line, column, "error", E("LR002", "the file is not UTF-8 text"),
+                              help=_encoding_help(data))
+    return normalize_newlines(text.removeprefix("\ufeff")), None

@@ -58,6 +58,13 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
     return moment.astimezone(tz)
 
 
+def _is_date_only(value: Any) -> bool:
+    """Whether a sale time was written as a date without a time of day."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return True
+    return isinstance(value, str) and re.fullmatch(r"\s*\d{4}[-/]\d{1,2}[-/]\d{1,2}\s*", value) is not None
+
+
 def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
     """Read ``sale_calendar.yaml``; an empty file means no sales. Diagnostics come sorted."""
     sales, _, diags = read_sales(path, text, tz)
@@ -119,7 +126,7 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
     if not isinstance(item, dict):
         f.error(f.span_at(path), E("LR700", "a sale must be a mapping with name, title, starts and ends"))
         return None
-    errors = len(f.diagnostics)
+    errors = sum(d.is_error for d in f.diagnostics)
     for key in item:
         if key not in FIELDS:
             f.error(f.span_at(path + (key,), key=True), E("LR702", "unknown sale field `{key}`", key=key),
@@ -151,15 +158,29 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
             f.error(f.span_at(path + (key,)), e.args[0],
                     help=_("write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
                            "or a date `2026-12-04`"))
-    if len(times) == 2 and times["ends"] <= times["starts"]:
-        f.error(f.span_at(path + ("ends",)), E("LR705", "the sale ends before it starts"),
-                help=_("it starts {starts}; `ends` must be later", starts=times['starts'].isoformat()))
+    if len(times) == 2:
+        starts, ends = times["starts"], times["ends"]
+        day_only = _is_date_only(item["ends"])
+        through = _("a date alone is 00:00, the start of that day: for a sale through "
+                    "{day}, write `ends: {day} 23:59`", day=f"{ends:%Y-%m-%d}")
+        if ends <= starts:
+            what = E("LR705", "the sale ends the moment it starts") if ends == starts \
+                else E("LR705", "the sale ends before it starts")
+            f.error(f.span_at(path + ("ends",)), what,
+                    help=through if day_only and ends.date() >= starts.date()
+                    else _("it starts {starts}; `ends` must be later", starts=f"{starts:%Y-%m-%d %H:%M}"))
+        elif day_only:
+            f.warning(f.span_at(path + ("ends",)),
+                      E("LR706", "the sale ends at {day} 00:00, so its last day is {last}",
+                        day=f"{ends:%Y-%m-%d}", last=f"{ends - dt.timedelta(days=1):%Y-%m-%d}"),
+                      help=_("{through}, or `ends: {day} 00:00` if the day before is meant",
+                             through=through, day=f"{ends:%Y-%m-%d}"))
     url = item.get("url")
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme != "https" or not parts.netloc:
             f.error(f.span_at(path + ("url",)), E("LR703", "`url` must be an https:// link, not `{url}`", url=url))
-    if len(f.diagnostics) > errors:
+    if sum(d.is_error for d in f.diagnostics) > errors:
         return None
     return ir.Sale(name=item["name"], title=title, starts=times["starts"], ends=times["ends"],
                    kind=item.get("kind"), url=url, span=f.span_at(path))

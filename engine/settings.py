@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import os
 import re
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -149,10 +150,22 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
 def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
     def check(f: YamlFile, path, value: Any) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            f.error(f.span_at(path), E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`", name=name, value=value))
+            f.error(f.span_at(path), E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`", name=name, value=value),
+                    help=_number_help(name, value))
             return None
         return value
     return check
+
+
+def _number_help(name: str, value: Any) -> str | None:
+    """The number meant by a text such as ``5,000``, ``２``, ``2回`` or ``5000通``."""
+    if not isinstance(value, str):
+        return None
+    text = unicodedata.normalize("NFKC", value).strip().replace(",", "").replace("_", "")
+    m = re.fullmatch(r"(\d+)\s*[^\d\s.]*", text)
+    if m is None or int(m[1]) < 1:
+        return None
+    return _("write the number alone: `{name}: {number}`", name=name, number=int(m[1]))
 
 
 def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | None:
@@ -166,6 +179,10 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
         if not NAME_RE.fullmatch(name):
             f.error(f.span_at(where, key=True), E("LR605", "`{name}` is not a valid menu name", name=name),
                     help=_("a name starts with a letter and continues with letters, digits, _ or -"))
+        elif rid is None:
+            f.error(f.span_at(where, key=True), E("LR605", "rich menu `{name}` has no id", name=name),
+                    help=_("write the id LINE shows for the menu, e.g. `{name}: "
+                           "richmenu-0123456789abcdef0123456789abcdef`, or remove the line", name=name))
         elif not isinstance(rid, str) or not RICH_MENU_ID_RE.fullmatch(rid):
             f.error(f.span_at(where), E("LR605", "`{id}` is not a rich menu id", id=rid),
                     help=_("a rich menu id is `richmenu-` followed by 32 hexadecimal characters, as shown by LINE when the menu is created"))

@@ -24,9 +24,9 @@ from typing import Sequence
 
 from . import i18n, ir, timeutil
 from .events import Event, EventError
-from .i18n import _
+from .i18n import _, n_
 from .interpreter import Engine
-from .store import Store
+from .store import Store, StoreError
 
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
@@ -135,8 +135,10 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
     try:
         with open(events_path, encoding="utf-8") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        return _fail(_("{path}: cannot read the events: {reason}", path=events_path, reason=exc))
+    except UnicodeDecodeError:
+        return _fail(_("{path}: the file is not UTF-8 text; save it as UTF-8", path=events_path))
+    except OSError as exc:
+        return _fail(_("{path}: cannot read the events: {reason}", path=events_path, reason=exc.strerror or exc))
     try:
         events = parse_events(text, "jsonl")
     except EventError as exc:
@@ -145,9 +147,16 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         problem = _fresh_db(db)
         if problem:
             return _fail(problem)
-    for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db,
-                             webhook_tokens=True, render=render):
-        sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    if until_at is not None and (late := sum(e.at > until_at for e in events)):
+        sys.stderr.write(i18n.render(n_("warning: {n} of {total} events is after --until {until} and is not replayed",
+                                        "warning: {n} of {total} events are after --until {until} and are not replayed",
+                                        late, total=len(events), until=until_at.isoformat(timespec="seconds"))) + "\n")
+    try:
+        for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
+                                 db_path=db, webhook_tokens=True, render=render):
+            sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    except StoreError as exc:
+        return _fail(f"--db: {exc}")
     return 0
 
 
