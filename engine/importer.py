@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -90,6 +91,8 @@ CUSTOMERS: dict[str, tuple[str, ...]] = {
     "friend": ("friend", "line_user_id", "line_id", "userId", "LINEユーザーID"),
 }
 
+#: RMS's "no value" in its amount columns (``合計金額(-99999=無効値)``).
+RMS_NO_VALUE = "-99999"
 _NUMBER = re.compile(r"[\s,¥￥円]|JPY")
 #: Shopify's `` +0900`` after the time, to ISO 8601's ``+09:00``.
 _SPACED_OFFSET = re.compile(r"\s*([+-]\d{2}):?(\d{2})$")
@@ -190,10 +193,24 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
     return header, records()
 
 
+#: A note in parentheses after a column name, as RMS writes ``合計金額(-99999=無効値)``.
+_HEADER_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def _header_key(name: str) -> str:
+    """A column name as matched: NFKC (full-width ``（１）`` is ``(1)``), without surrounding
+    spaces or a trailing note in parentheses."""
+    name = unicodedata.normalize("NFKC", name).strip()
+    return _HEADER_NOTE.sub("", name) or name
+
+
 def _resolve(path: str, header: list[str], spec: dict[str, tuple[str, ...]], columns: dict[str, str],
              fmt: str) -> dict[str, int]:
-    """Field -> column index in this file."""
+    """Field -> column index in this file. A column matches by its exact name, else by its name
+    without a note in parentheses (RMS's ``合計金額(-99999=無効値)`` is ``合計金額``)."""
     where = {h: i for i, h in reversed(list(enumerate(header)))}
+    for i, h in reversed(list(enumerate(header))):
+        where.setdefault(_header_key(h), i)
     out = {}
     for name, candidates in spec.items():
         wanted = (columns[name],) if name in columns else candidates
@@ -334,6 +351,9 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
         raise _Bad(f"`{_column(header, cols, 'at' if 'at' in cols else 'date')}` {text!r} is not a date and time",
                    where) from None
     amount_text, where = need("amount")
+    if fmt == "rakuten" and amount_text.strip() == RMS_NO_VALUE:
+        raise _Bad(f"`{_column(header, cols, 'amount')}` is {RMS_NO_VALUE}: RMS has no total for this order "
+                   "yet (shipping or price not fixed); import it again once it has one", where)
     try:
         amount = parse_amount(amount_text)
     except ValueError:
