@@ -52,6 +52,7 @@ SHOPIFY: dict[str, tuple[str, ...]] = {
     "cancelled": ("Cancelled at",),
     "refunded": ("Refunded Amount",),
     "category": ("Product Type", "Lineitem product type"),
+    "external_id": ("Id",),
 }
 RAKUTEN: dict[str, tuple[str, ...]] = {
     "order_id": ("受注番号",),
@@ -266,7 +267,8 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
     summary = Summary(path)
     groups: dict[str, dict[str, Any]] = {}
     order_fields = [(n, i) for n, i in cols.items()
-                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status")]
+                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status",
+                             "external_id")]
     item_fields = [(n, i) for n, i in cols.items() if n in ("product", "name", "category", "price", "quantity")]
     for line, values in records:
         summary.rows += 1
@@ -374,9 +376,12 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
     if status and not cancelled:
         lowered = status.lower()
         cancelled = any(w in lowered for w in _CANCELLED_WORDS)
+    # Shopify's own id of the order (the export's `Id`), as its webhooks name the order
+    external = first.get("external_id", ("", line))[0]
     return Order(order_id=order_id, at=at, amount=amount, items=tuple(group["items"]),
                  customer=customer_key(customer) if customer else None, friend=friend or None,
-                 refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}")
+                 refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}",
+                 external_id=f"shopify:{external}" if external and fmt == "shopify" else None)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -284,3 +284,47 @@ async def test_a_non_ascii_signature_is_401_not_500(shop):
     client, runner, emulator = shop
     resp = await shopify_post(client, "orders/create", ORDER, webhook_id="b54557e4-0014", signature="署名")
     assert resp.status == 401
+
+
+#: Shopify's order export of the same order as ORDER (``Id`` is the order's id, as in webhooks).
+EXPORT = """Name,Email,Financial Status,Currency,Total,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku,Cancelled at,Refunded Amount,Id
+#1001,hanako@example.jp,paid,JPY,5500,2026-11-01 10:00:00 +0900,1,化粧水,3000,LOT-1,,0,5550000001
+#1001,,,,,,1,クリーム,2000,,,,
+"""
+
+
+async def test_webhooks_for_an_imported_order_find_it_by_shopifys_id(shop, tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
+    export = tmp_path / "orders_export.csv"
+    export.write_text(EXPORT, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["import", "orders", str(export), "--format", "shopify",
+                                      "--db", str(runner.config.db), "--rules", str(runner.config.rules_dir)])
+    assert result.exit_code == 0, result.output
+    await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 5500)
+    # the order was placed before the import; it is refunded and shipped after it
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="imp-1")).status == 200
+    assert (await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="imp-2")).status == 200
+    await wait_for(lambda: "発送しました" in texts(emulator))
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    friend = runner.store.friend("U1")
+    assert (friend["orders"], friend["total_spent"]) == (1, 2500)
+    assert "ご注文ありがとうございます" not in texts(emulator)
+
+
+async def test_a_refund_that_arrives_before_its_order_applies_when_the_order_arrives(shop):
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="early-1")).status == 200
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    assert (await shopify_post(client, "orders/create", ORDER, webhook_id="early-2")).status == 200
+    await wait_for(lambda: "ご注文ありがとうございます" in texts(emulator))
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    friend = runner.store.friend("U1")
+    assert (friend["orders"], friend["total_spent"]) == (1, 2500)      # 5,500 less the refund of 3,000
+    assert runner.store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1
