@@ -424,9 +424,13 @@ def _ids(values: Iterable[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
+#: One encoder for every order's items (``json.dumps`` with options builds one per call).
+_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _items_json(items: Sequence[dict]) -> str:
-    return json.dumps([{k: v for k, v in i.items() if v is not None} for i in items],
-                      ensure_ascii=False, separators=(",", ":"))
+    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
+                               for i in items])
 
 
 def _chunks(items: list, size: int):

@@ -245,7 +245,12 @@ def parse_amount(text: str) -> float:
 def parse_time(text: str, tz: dt.tzinfo) -> int:
     """Shopify's ``2026-11-01 10:00:00 +0900``, ISO 8601, or a local ``2026/11/01 10:00[:00]``
     (in the configured zone)."""
-    text = _SPACED_OFFSET.sub(r"\1:\2", text.strip().replace("/", "-"))
+    text = text.strip()
+    if "/" in text:
+        text = text.replace("/", "-")
+    tail = text[-6:]
+    if "+" in tail or "-" in tail:      # an offset, perhaps written `` +0900``
+        text = _SPACED_OFFSET.sub(r"\1:\2", text)
     if not _DATE_START.match(text):
         raise ValueError(text)
     when = dt.datetime.fromisoformat(text)   # raises ValueError
@@ -269,27 +274,34 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
     order_fields = [(n, i) for n, i in cols.items()
                     if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status",
                              "external_id")]
-    item_fields = [(n, i) for n, i in cols.items() if n in ("product", "name", "category", "price", "quantity")]
+    # the item's columns by index (-1: the file has none), read straight from each row
+    index = {n: cols.get(n, -1) for n in ("product", "name", "category", "price", "quantity")}
+    p_i, n_i, c_i, pr_i, q_i = (index[n] for n in ("product", "name", "category", "price", "quantity"))
+    id_i = cols["order_id"]
     for line, values in records:
         summary.rows += 1
         width = len(values)
-        i = cols["order_id"]
-        order_id = values[i].strip() if i < width else ""
+        order_id = values[id_i].strip() if id_i < width else ""
         if not order_id:
-            summary.refused.append((line, f"no order id (column `{header[cols['order_id']]}`)"))
+            summary.refused.append((line, f"no order id (column `{header[id_i]}`)"))
             continue
-        group = groups.setdefault(order_id, {"line": line, "items": [], "error": None, "first": {}})
+        group = groups.get(order_id)
+        if group is None:
+            group = groups[order_id] = {"line": line, "items": [], "error": None, "first": {}}
         first = group["first"]
+        for name, i in order_fields:
+            if i < width and name not in first:
+                value = values[i].strip()
+                if value:
+                    first[name] = (value, line)
+        product = (values[p_i].strip() if 0 <= p_i < width else "") or \
+            (values[n_i].strip() if 0 <= n_i < width else "")
+        if not product:
+            continue
         try:
-            for name, i in order_fields:
-                if name not in first and i < width:
-                    value = values[i].strip()
-                    if value:
-                        first[name] = (value, line)
-            row = {name: values[i].strip() for name, i in item_fields if i < width}
-            item = _item(lambda name: row.get(name, ""), header, cols)
-            if item is not None:
-                group["items"].append(item)
+            group["items"].append(_item(product, values[c_i].strip() if 0 <= c_i < width else "",
+                                        values[pr_i].strip() if 0 <= pr_i < width else "",
+                                        values[q_i].strip() if 0 <= q_i < width else "", header, cols))
         except _Bad as exc:
             group["error"] = group["error"] or (line, f"order {order_id}: {exc}")
     orders = []
@@ -310,25 +322,23 @@ def _column(header: list[str], cols: dict[str, int], name: str) -> str:
     return header[cols[name]] if name in cols else name
 
 
-def _item(get, header: list[str], cols: dict[str, int]) -> dict | None:
-    product = get("product") or get("name")
-    if not product:
-        return None
+def _item(product: str, category: str, price: str, quantity: str, header: list[str],
+          cols: dict[str, int]) -> dict:
     item: dict[str, Any] = {"product": product}
-    if get("category"):
-        item["category"] = get("category")
-    if get("price"):
+    if category:
+        item["category"] = category
+    if price:
         try:
-            item["price"] = parse_amount(get("price"))
+            item["price"] = parse_amount(price)
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'price')}` {get('price')!r} is not an amount") from None
-    if get("quantity"):
+            raise _Bad(f"`{_column(header, cols, 'price')}` {price!r} is not an amount") from None
+    if quantity:
         try:
-            item["quantity"] = int(parse_amount(get("quantity")))
+            item["quantity"] = int(quantity) if quantity.isdigit() else int(parse_amount(quantity))
             if item["quantity"] < 1:
                 raise ValueError
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'quantity')}` {get('quantity')!r} is not a count of 1 or more") from None
+            raise _Bad(f"`{_column(header, cols, 'quantity')}` {quantity!r} is not a count of 1 or more") from None
     return item
 
 
