@@ -174,21 +174,28 @@ class Engine:
             self._cache[key] = (self._enr if with_enrollment else self._set).compile(cond)
         return self._cache[key]
 
-    def reload(self, new_project: ir.Project) -> None:
+    def reload(self, new_project: ir.Project) -> dict[str, int]:
         """Switch to a new (validated) project; friends in flight follow the policy of
         docs/engine.md: same step id kept; a removed step -> the first surviving step after it
-        in the old order; a removed rule -> ``rule_removed``; due times of waits are kept."""
+        in the old order; a removed rule -> its friends are *suspended* where they are (the
+        runner ends them with ``rule_removed`` after a grace), and a rule that comes back
+        resumes its suspended friends; due times of waits are kept. Returns how many friends
+        were ``carried_over`` to a changed rule, ``suspended`` and ``resumed``."""
         now = int(self.clock().timestamp())
         new_versions = {name: rule_version(r) for name, r in new_project.rules.items()}
+        counts = {"carried_over": 0, "suspended": 0, "resumed": 0}
         with self.store.transaction():
-            for rule, version, step_id, state, _count in self.store.open_positions():
+            for rule in new_project.rules:
+                counts["resumed"] += self.store.unsuspend_rule(rule)
+            for rule, version, step_id, state, count in self.store.open_positions():
                 new_rule = new_project.rules.get(rule)
                 if new_rule is None:
-                    self.store.end_rule(rule, "rule_removed", now)
+                    counts["suspended"] += self.store.suspend_rule(rule, now)
                     continue
                 new_version = new_versions[rule]
                 if version == new_version:
                     continue
+                counts["carried_over"] += count
                 new_ids = [s.id for s in new_rule.steps]
                 if step_id is None or step_id in new_ids:
                     self.store.move_enrollments(rule, version, step_id, state, new_version, step_id, state)
@@ -198,6 +205,7 @@ class Engine:
                 successor = next((s for s in after if s in new_ids), None)
                 self.store.move_enrollments(rule, version, step_id, state, new_version, successor, "active")
             self._use(new_project, now)
+        return counts
 
     # ------------------------------------------------------------------ the tick
 

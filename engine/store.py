@@ -122,7 +122,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX activity_order ON activity(order_id) WHERE order_id IS NOT NULL;
     CREATE INDEX events_kept ON events(json_extract(data, '$.customer')) WHERE friend = ''
     """,
+    # 6: fencing and suspended enrollments. Every change of lease owner gets a new ``epoch``;
+    # a claimed outbox row records the epoch it was claimed under, and only that runner may
+    # store its outcome. An enrollment whose rule disappeared in a reload is ``suspended``
+    # (``suspended_at``, and the state it had in ``suspended_state``) until the rule comes
+    # back or the grace ends.
+    """
+    ALTER TABLE lease ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN claim_epoch INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_at INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_state TEXT;
+    CREATE INDEX enrollments_suspended ON enrollments(rule, suspended_at) WHERE state = 'suspended';
+    """,
 )
+
+
+class LeaseLost(Exception):
+    """This runner no longer holds the lease (another runner took over): it must stop."""
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
 #: short at a million friends, so that webhooks are stored without waiting).
@@ -986,34 +1002,52 @@ class Store:
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
-    def claim_outbox(self, now: int, limit: int) -> list[dict]:
-        """Pending (or held) rows with ``not_before <= now``, oldest first, as dicts with decoded
-        ``recipients``/``payload``/``messages`` and ``friend`` (the first recipient). A row
-        claimed by this process is not handed out again until it is finished or held (or 60 s
-        have passed); a new process (after a crash) claims it again at once, with the same retry
+    def claim_outbox(self, now: int, limit: int, *, reply_limit: int | None = None,
+                     other_limit: int | None = None,
+                     lease: tuple[str, int, int] | None = None) -> list[dict]:
+        """Pending (or held) rows with ``not_before <= now``, replies first (their token is
+        short-lived), as dicts with decoded ``recipients``/``payload``/``messages`` and
+        ``friend`` (the first recipient): up to ``reply_limit`` replies and ``other_limit``
+        other rows (each defaults to ``limit``), at most ``limit`` rows in all.
+
+        With ``lease`` (owner, epoch, ttl) the claim is fenced: it raises :class:`LeaseLost`
+        unless that owner and epoch still hold the lease (one that expired while nobody took
+        it over is extended by ``ttl``), and the rows record the epoch so that only this
+        runner may store their outcome (:meth:`finish_outbox`, :meth:`hold_outbox`); a claimed
+        row stays out of this Store's later claims until it is finished, held or
+        :meth:`release_claims`. Without ``lease`` a claimed row is handed out again after 60 s.
+        A new process (after a crash) claims rows left in flight at once, with the same retry
         key, so LINE answers 409 for what it had already accepted."""
         with self._lock:
-            self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
+            if lease is None:
+                self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
+            reply_limit = limit if reply_limit is None else min(reply_limit, limit)
+            other_limit = limit if other_limit is None else min(other_limit, limit)
             with self.transaction() as c:
+                epoch = None
+                if lease is not None:
+                    epoch = self._check_lease(c, lease, now)
                 rows = []
-                for kind in ("AND kind = 'reply' ", ""):   # replies first: their token is short-lived
-                    taken = skip + [r["id"] for r in rows]
-                    marks = ",".join("?" * len(taken))
+                for kind, cap in (("AND kind = 'reply' ", reply_limit),
+                                  ("AND kind != 'reply' ", other_limit)):
+                    cap = min(cap, limit - len(rows))
+                    if cap <= 0:
+                        continue
+                    marks = ",".join("?" * len(skip))
                     rows += c.execute(
                         "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                        + kind + (f"AND id NOT IN ({marks}) " if taken else "")
-                        + "ORDER BY not_before, id LIMIT ?",
-                        (now, *taken, limit - len(rows))).fetchall()
-                    if len(rows) >= limit:
-                        break
-                c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
-                              [(now, r["id"]) for r in rows])
+                        + kind + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + "ORDER BY not_before, id LIMIT ?", (now, *skip, cap)).fetchall()
+                c.executemany("UPDATE outbox SET claimed_at = ?, claim_epoch = ?, "
+                              "attempts = attempts + 1 WHERE id = ?",
+                              [(now, epoch, r["id"]) for r in rows])
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
             d = dict(r)
             d["attempts"] += 1
+            d["claim_epoch"] = epoch
             for key in ("recipients", "payload", "messages"):
                 d[key] = json.loads(d[key])
             d["friend"] = d["recipients"][0] if d["recipients"] else None
@@ -1022,24 +1056,73 @@ class Store:
             out.append(d)
         return out
 
+    def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
+        owner, epoch, ttl = lease
+        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = 'runner'").fetchone()
+        if row is None or row[0] != owner or row[1] != epoch:
+            holder = f"{row[0]} (epoch {row[1]})" if row is not None else "nobody"
+            raise LeaseLost(f"lost the lease (epoch {epoch}); holder now: {holder}")
+        if row[2] <= now:
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+        return epoch
+
+    def release_claims(self, ids: Iterable[int]) -> None:
+        """Forget this Store's in-flight marks of ``ids`` (their outcome could not be stored)."""
+        with self._lock:
+            for i in ids:
+                self._inflight.pop(i, None)
+
+    def mark_sending(self, outbox_id: int, epoch: int | None, now: int) -> bool:
+        """Just before a request that cannot be repeated safely (a reply: no retry key) goes
+        out: record durably that the row may have reached LINE (``ambiguous``), so that a
+        process that crashes mid-request leaves the truth behind. False (send nothing) when the
+        row is no longer this runner's (fenced) or no longer due."""
+        with self.transaction() as c:
+            fence = ""
+            args: tuple = (outbox_id,)
+            if epoch is not None:
+                row = c.execute("SELECT epoch FROM lease WHERE name = 'runner'").fetchone()
+                if row is None or row[0] != epoch:
+                    return False
+                fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
+            cur = c.execute("UPDATE outbox SET ambiguous = 1 WHERE id = ? "
+                            "AND status IN ('pending', 'held')" + fence, args)
+            return cur.rowcount == 1
+
     def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
-                      error: str | None = None, at: int | None = None) -> None:
-        """Final outcome of a row (sent, duplicate, rejected, dry_run); its deliveries follow."""
+                      error: str | None = None, at: int | None = None, *,
+                      epoch: int | None = None) -> bool:
+        """Final outcome of a row (sent, duplicate, rejected, unconfirmed, dry_run) with its
+        reason; its deliveries follow. With ``epoch`` only a row still claimed under that epoch
+        is written (fencing); returns whether it was."""
         at = int(time.time()) if at is None else at
         with self.transaction() as c:
-            c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
-                      "last_error = ?, sent_at = ? WHERE id = ?", (status, request_id, error, at, outbox_id))
             self._inflight.pop(outbox_id, None)
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            cur = c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                            "last_error = ?, sent_at = ? WHERE id = ?" + fence,
+                            (status, request_id, error, at, outbox_id, *args))
+            if cur.rowcount != 1:
+                return False
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
             c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
                       "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
+            return True
 
-    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
-        """Not sent now (rate limit, quota, a transient error): try again at ``until``."""
+    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None, *,
+                    ambiguous: bool = False, epoch: int | None = None) -> bool:
+        """Not sent now (rate limit, quota, a transient error, the token): try again at
+        ``until``. ``ambiguous``: a request of this attempt may have been processed; once set
+        it stays set (a later 429 or 500 says nothing about the earlier request). With
+        ``epoch`` only a row still claimed under that epoch is written; returns whether it was."""
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
-            c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
-                      "last_error = COALESCE(?, last_error) WHERE id = ?", (until, error, outbox_id))
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            cur = c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
+                            "ambiguous = MAX(ambiguous, ?), last_error = COALESCE(?, last_error) "
+                            "WHERE id = ? AND status IN ('pending', 'held')" + fence,
+                            (until, int(ambiguous), error, outbox_id, *args))
+            return cur.rowcount == 1
 
     def outbox_backlog(self) -> int:
         """Rows not yet finished (pending or held)."""
@@ -1070,6 +1153,7 @@ class Store:
             "schema_version": self.schema_version,
             "friends": one("SELECT COUNT(*) FROM friends"),
             "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
+            "suspended_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'"),
             "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
             "failed_events": one("SELECT COUNT(*) FROM events WHERE error IS NOT NULL"),
             "outbox_backlog": self.outbox_backlog(),
@@ -1080,15 +1164,28 @@ class Store:
     # ------------------------------------------------------------------ lease
 
     def acquire_lease(self, owner: str, now: int, ttl: int) -> bool:
-        """Take (or extend) the one-runner lease; False while another owner holds it."""
+        """Take (or extend) the one-runner lease; False while another owner holds it. A new
+        owner gets a new epoch (:meth:`lease_epoch`), never one used before on this file."""
         with self.transaction() as c:
-            row = c.execute("SELECT owner, expires_at FROM lease WHERE name = 'runner'").fetchone()
+            row = c.execute("SELECT owner, expires_at, epoch FROM lease WHERE name = 'runner'").fetchone()
             if row is not None and row[0] != owner and row[1] > now:
                 return False
-            c.execute("INSERT INTO lease(name, owner, expires_at) VALUES ('runner', ?, ?) "
-                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
-                      (owner, now + ttl))
+            if row is not None and row[0] == owner:
+                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+                return True
+            epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
+            self.set_meta("lease.epoch", str(epoch))
+            c.execute("INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                      "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                      (owner, now + ttl, epoch))
             return True
+
+    def lease_epoch(self, owner: str) -> int | None:
+        """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
+        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?",
+                                (owner,)).fetchone()
+        return None if row is None else row[0]
 
     def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
         """Extend the lease; False if it is no longer ours (another runner took it)."""
@@ -1104,6 +1201,34 @@ class Store:
     def lease_holder(self) -> str | None:
         row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
         return row[0] if row else None
+
+    # ------------------------------------------------------------------ suspended enrollments
+
+    def suspend_rule(self, rule: str, now: int) -> int:
+        """A reload dropped ``rule``: its open enrollments keep their place but stop."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET suspended_state = state, state = 'suspended', suspended_at = ? "
+            "WHERE rule = ? AND state IN ('active', 'waiting')", (now, rule))
+        return cur.rowcount
+
+    def unsuspend_rule(self, rule: str) -> int:
+        """``rule`` is back: its suspended enrollments continue where they were."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET state = suspended_state, suspended_state = NULL, suspended_at = NULL "
+            "WHERE rule = ? AND state = 'suspended'", (rule,))
+        return cur.rowcount
+
+    def end_suspended(self, before: int, now: int, reason: str = "rule_removed") -> int:
+        """End the enrollments suspended before ``before`` (their rule did not come back)."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL, "
+                "suspended_state = NULL WHERE state = 'suspended' AND suspended_at <= ?",
+                (reason, now, before))
+            return cur.rowcount
+
+    def suspended_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
 
 
 class _Turns(threading.Condition):

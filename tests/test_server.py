@@ -444,6 +444,7 @@ async def test_tracked_link_records_the_click_and_redirects(make_client):
 async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make_client, rules_dir, caplog):
     caplog.set_level(logging.INFO, logger="linerules")
     client, runner = await make_client(loops=False)
+    runner.reload_quiet = 0        # the quiet period before a reload is tested with the process
     runner.tick_once()
     before = runner.project.version
     (rules_dir / "main.rule").write_text(RULES + "rule x\n  when followed\n  then send nope\n",
