@@ -32,6 +32,9 @@ log = logging.getLogger("linerules.identity")
 
 #: A Rakuten order number (受注番号): shop number, order date, serial.
 ORDER_NUMBER_RE = re.compile(r"(?<![0-9])[0-9]{6}-[0-9]{8}-[0-9]{6,10}(?![0-9])")
+#: Dashes a phone's keyboard types between the number's parts (the kana long-vowel mark,
+#: minus, hyphen and dash signs), read as ``-``.
+_DASHES = str.maketrans({c: "-" for c in "ー‐‑‒–—―−"})
 #: Postback keys that carry an order number typed by the friend.
 ORDER_KEYS = ("order_id", "order")
 #: Event types whose rules fire for a friend whose link appeared.
@@ -510,11 +513,12 @@ def _order_number_link(store: Store, ev: EventRow) -> Handled | None:
     ``order_id``) is linked to that order's customer, unless another friend holds that link."""
     data = ev.data
     if ev.type == "message":
-        text = unicodedata.normalize("NFKC", data.get("text") or "")
+        text = unicodedata.normalize("NFKC", data.get("text") or "").translate(_DASHES)
         numbers = ORDER_NUMBER_RE.findall(text)
     else:
         pairs = parse_qsl(data.get("data") or "", keep_blank_values=True)
-        numbers = [unicodedata.normalize("NFKC", v).strip() for k, v in pairs if k in ORDER_KEYS]
+        typed = [unicodedata.normalize("NFKC", v).strip() for k, v in pairs if k in ORDER_KEYS]
+        numbers = list(dict.fromkeys([*typed, *(t.translate(_DASHES) for t in typed)]))
     for number in numbers:
         row = store.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
                                  (number,)).fetchone()
