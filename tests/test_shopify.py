@@ -328,3 +328,28 @@ async def test_a_refund_that_arrives_before_its_order_applies_when_the_order_arr
     friend = runner.store.friend("U1")
     assert (friend["orders"], friend["total_spent"]) == (1, 2500)      # 5,500 less the refund of 3,000
     assert runner.store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1
+
+
+async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
+    export = tmp_path / "orders_export.csv"
+
+    def import_export(text: str) -> str:
+        export.write_text(text, encoding="utf-8")
+        result = CliRunner().invoke(cli, ["import", "orders", str(export), "--format", "shopify",
+                                          "--db", str(runner.config.db), "--rules", str(runner.config.rules_dir)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    without_id = "\n".join(",".join(row.split(",")[:-1]) for row in EXPORT.splitlines()) + "\n"
+    import_export(without_id)
+    assert "1 already imported (unchanged)" in import_export(EXPORT)
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="imp-3")).status == 200
+    await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 2500)
+    assert runner.store.friend("U1")["orders"] == 1
