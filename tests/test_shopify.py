@@ -353,3 +353,37 @@ async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, t
     assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="imp-3")).status == 200
     await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 2500)
     assert runner.store.friend("U1")["orders"] == 1
+
+
+async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(tmp_path, aiohttp_client, line_emulator):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text(
+        'shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} {{ event.tracking_url }}"\n',
+        encoding="utf-8")
+    (rules / "shop.rule").write_text("rule shipped when event shipped reenter always uncapped then send shipped_notice\n",
+                                     encoding="utf-8")
+    line_emulator.add_user("U1", "Hanako")
+    env = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
+           "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET, "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+           "LINE_API_ENDPOINT": line_emulator.base_url}
+    config = RunnerConfig.from_env(env, rules_dir=rules, db=tmp_path / "linerules.db",
+                                   listen="127.0.0.1:0", tick_seconds=0.1)
+    runner = Runner.open(config)
+    client = await aiohttp_client(build_app(runner))
+    try:
+        await post_events(client, *follow_and_identify())
+        await shopify_post(client, "orders/create", ORDER, webhook_id="ship-1")
+        await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="ship-2")
+        text = await wait_for(lambda: next((t for t in texts(line_emulator) if t.startswith("発送しました")), None))
+        # the link is tracked (base_url): it leads to Yamato's page for this parcel
+        url = text.split()[-1]
+        assert text.split()[1:3] == ["Yamato", "(JA)"] and text.split()[3] == "1234-5678-9012"
+        token = url.rsplit("/", 1)[-1]
+        resp = await client.get(f"/c/{token}", allow_redirects=False)
+        assert resp.status == 302
+        assert resp.headers["Location"].startswith(FULFILLMENT["tracking_url"])
+    finally:
+        await client.close()
+        runner.close()
