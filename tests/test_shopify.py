@@ -360,10 +360,10 @@ async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(tmp
     rules.mkdir()
     (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
     (rules / "messages.yaml").write_text(
-        'shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} {{ event.tracking_url }}"\n',
-        encoding="utf-8")
-    (rules / "shop.rule").write_text("rule shipped when event shipped reenter always uncapped then send shipped_notice\n",
-                                     encoding="utf-8")
+        'shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} {{ event.tracking_url }}"\n'
+        'thanks: "ご注文 {{ event.order_id }} {{ event.amount }}円"\n', encoding="utf-8")
+    (rules / "shop.rule").write_text("rule shipped when event shipped reenter always uncapped then send shipped_notice\n"
+                                     "rule thanks when purchased then send thanks\n", encoding="utf-8")
     line_emulator.add_user("U1", "Hanako")
     env = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
            "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET, "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
@@ -377,6 +377,7 @@ async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(tmp
         await shopify_post(client, "orders/create", ORDER, webhook_id="ship-1")
         await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="ship-2")
         text = await wait_for(lambda: next((t for t in texts(line_emulator) if t.startswith("発送しました")), None))
+        assert "ご注文 #1001 5500円" in texts(line_emulator)      # Shopify's "5500" is a whole yen amount
         # the link is tracked (base_url): it leads to Yamato's page for this parcel
         url = text.split()[-1]
         assert text.split()[1:3] == ["Yamato", "(JA)"] and text.split()[3] == "1234-5678-9012"
