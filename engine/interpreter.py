@@ -149,6 +149,7 @@ class Engine:
         self._static_names: dict[str | tuple[str, ...], bool] = {}   # message name or group
         self._rendered: dict[tuple, tuple[list, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
+        self._sale_cache: dict[ir.SaleTrigger, list[tuple[int, ir.Sale]]] = {}
         #: event types some ``wait for`` listens to; whether any rule has ``exit when``
         self.wait_types = {getattr(st.trigger, "event_type", None) for r in project.rules.values()
                            for st in r.steps if isinstance(st, ir.WaitFor)}
@@ -468,8 +469,13 @@ class Engine:
     # ------------------------------------------------------------------ 2. time triggers
 
     def _sale_moments(self, trig: ir.SaleTrigger) -> list[tuple[int, ir.Sale]]:
-        return [(timeutil.sale_moment(trig, sale, self.tz), sale) for sale in self.project.sales
+        """Fixed for a project: worked out once per trigger (every tick asks)."""
+        moments = self._sale_cache.get(trig)
+        if moments is None:
+            moments = self._sale_cache[trig] = [
+                (timeutil.sale_moment(trig, sale, self.tz), sale) for sale in self.project.sales
                 if trig.kind is None or sale.kind == trig.kind]
+        return moments
 
     def _time_triggers(self, now: int, result: TickResult) -> None:
         last = self.store.get_meta("engine.last_tick")
