@@ -17,7 +17,9 @@ from . import astnodes as A
 from . import ir
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from .parser import keywords, rule_name_of
+from .events import RULE_WORDS, meant_type
+from .timeutil import sale_moment
+from .parser import rule_name_of
 
 MAX_OBJECTS_PER_PUSH = 5
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
@@ -31,6 +33,8 @@ _CRON_PROBE_START = dt.datetime(2026, 1, 1)
 class Context:
     """What the rules are checked against. ``None`` means "do not check that kind of name"."""
     messages: Mapping[str, ir.MessageDef] | None = None
+    #: Messages defined in messages.yaml with an error (reported there, so not "unknown").
+    broken_messages: frozenset[str] = frozenset()
     menus: frozenset[str] | None = None
     sales: tuple[ir.Sale, ...] | None = None
     #: Rules and segments defined outside the checked files (single-file validation).
@@ -207,6 +211,18 @@ class _Checker:
             self._schedule(t.cron)
         elif isinstance(t, A.SaleTrigger):
             self._sale(t)
+        elif isinstance(t, A.EventTrigger):
+            self._custom_event(t)
+
+    def _custom_event(self, t: A.EventTrigger) -> None:
+        """`event purchase`, `event carted`: built-in events are not custom events, and such
+        a rule would never fire."""
+        name = t.name.value
+        builtin = meant_type(name) or name
+        word = RULE_WORDS.get(builtin)
+        if word is not None:
+            self.error(t.name.span, f"`event {name}` never fires: `{builtin}` events are matched by `{word}`",
+                       help=f"write `{word}` instead of `event {name}`")
 
     def _schedule(self, cron: A.Str) -> None:
         expr = cron.value.strip()
@@ -239,9 +255,49 @@ class _Checker:
             if t.kind.value not in kinds:
                 self.warn(t.kind.span, f"no sale in sale_calendar.yaml has kind `{t.kind.value}`, so this rule never fires",
                           help=did_you_mean(t.kind.value, kinds) or "add `kind:` to the sales in sale_calendar.yaml")
+                return
         elif not sales:
             self.warn(t.span, "the sale calendar has no sales, so this rule never fires",
                       help="add the sales to sale_calendar.yaml")
+            return
+        if t.at is None or t.at.hour > 23 or t.at.minute > 59 or (t.before and t.before.seconds % 86400):
+            return   # without `at` the moment is always before the sale's own moment
+        self._sale_moment(t, [s for s in sales if t.kind is None or s.kind == t.kind.value])
+
+    def _sale_moment(self, t: A.SaleTrigger, sales: list[ir.Sale]) -> None:
+        """Warn when `in Nd at HH:MM` falls where it cannot be meant for some sale: after the
+        end (`ends in 0d at 10:00` for a sale ending 01:59), before the start (`ends in 3d`
+        of a two-day sale), or after the start (`starts in 0d at 21:00` of a sale starting
+        20:00). The fix is suggested with the sale's own times."""
+        days = t.before.seconds // 86400 if t.before else 0
+        at = dt.time(t.at.hour, t.at.minute)
+
+        def moment(d: int, sale: ir.Sale) -> int:
+            return sale_moment(ir.SaleTrigger(t.edge, before=d * 86400, at=at), sale, sale.starts.tzinfo)
+
+        def shown(ts: int, sale: ir.Sale) -> str:
+            return dt.datetime.fromtimestamp(ts, sale.starts.tzinfo).strftime("%Y-%m-%d %H:%M")
+
+        written = f"sale {t.edge} in {days}d at {t.at.text}"
+        for sale in sorted(sales, key=lambda s: s.starts):
+            fires, starts, ends = moment(days, sale), sale.starts.timestamp(), sale.ends.timestamp()
+            if t.edge == "ends" and fires >= ends:
+                self.warn(t.span, f"`{written}` fires at {shown(fires, sale)}, after sale `{sale.name}` has ended ({sale.ends:%Y-%m-%d %H:%M})",
+                          help=f"to send on the sale's last day write `sale ends in {days + 1}d at {t.at.text}`, or give a time before {sale.ends:%H:%M}")
+                return
+            if t.edge == "ends" and fires < starts:
+                later = next((d for d in range(days - 1, -1, -1) if moment(d, sale) >= starts), None)
+                if later is not None:
+                    help_ = f"write `sale ends in {later}d at {t.at.text}`, or trigger on the start: `sale starts ...`"
+                else:
+                    help_ = f"give a time after the sale starts ({sale.starts:%H:%M}), or trigger on the start: `sale starts ...`"
+                self.warn(t.span, f"`{written}` fires at {shown(fires, sale)}, before sale `{sale.name}` has started ({sale.starts:%Y-%m-%d %H:%M})",
+                          help=help_)
+                return
+            if t.edge == "starts" and days == 0 and fires > starts:
+                self.warn(t.span, f"`{written}` fires at {shown(fires, sale)}, after sale `{sale.name}` has started ({sale.starts:%Y-%m-%d %H:%M})",
+                          help=f"write `sale starts` to send the moment it starts, or give a time before {sale.starts:%H:%M}")
+                return
 
     def _event_pair(self, cond: A.Cond) -> None:
         if isinstance(cond, A.Activity) and cond.pair is not None:
@@ -360,13 +416,13 @@ class _Checker:
                                help="set a custom attribute instead, e.g. `set rank = \"gold\"`")
             elif cls is A.MenuStep:
                 menus = self.ctx.menus
-                if menus is not None and step.name.value not in menus and step.name.value not in keywords():
+                if menus is not None and step.name.value not in menus:
                     self.error(step.name.span, f"unknown rich menu `{step.name.value}`",
                                help=did_you_mean(step.name.value, menus) or "name it under `rich_menus:` in settings.yaml")
             elif cls is A.StartStep:
                 name = step.rule.value
                 if not any(name in names for names in (self.rules, self.ctx.other_rules,
-                                                        self.broken_rules, keywords())):
+                                                        self.broken_rules)):
                     known = self.rules.keys() | self.ctx.other_rules
                     self.error(step.rule.span, f"unknown rule `{name}`", help=did_you_mean(name, known))
             elif cls is A.StopStep:
@@ -375,7 +431,9 @@ class _Checker:
     def _message(self, m: A.Name) -> None:
         self.used_messages.add(m.value)
         messages = self.ctx.messages
-        if messages is not None and m.value not in messages and m.value not in keywords():
+        if m.value in self.ctx.broken_messages:
+            return
+        if messages is not None and m.value not in messages:
             help_ = did_you_mean(m.value, messages)
             if help_ and help_.startswith("did you mean `"):
                 # The misspelt message is meant: do not also call it unused.
@@ -393,7 +451,7 @@ class _Checker:
                        help="e.g. `wait for purchased up to 3d` or `wait for postback answer=yes up to 1d`")
         elif isinstance(t, A.CondTrigger):
             self._event_pair(t.cond)
-        elif isinstance(t, A.MessageTrigger):
+        elif isinstance(t, (A.MessageTrigger, A.EventTrigger)):
             self._trigger(t)
 
     # -- conditions --------------------------------------------------------------
@@ -419,7 +477,7 @@ class _Checker:
             elif isinstance(node, A.InSegment):
                 name = node.name.value
                 if not any(name in names for names in (self.segments, self.ctx.other_segments,
-                                                        self.broken_segments, keywords())):
+                                                        self.broken_segments)):
                     known = self.segments.keys() | self.ctx.other_segments
                     self.error(node.name.span, f"unknown segment `{name}`",
                                help=did_you_mean(name, known) or "define it: `segment NAME: CONDITION`")

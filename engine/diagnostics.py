@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 ERROR = "error"
 WARNING = "warning"
+_YAML_SUFFIXES = (".yaml", ".yml")
+#: Line ends as the parsers count them: CR LF, CR alone (old Mac files) and LF; YAML also
+#: takes NEL, LS and PS (PyYAML does).
+_RULE_LINES = re.compile(r"\r\n|\r|\n")
+_YAML_LINES = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+#: A source line longer than this is shown as a window around the column.
+_SHOWN_WIDTH = 100
 
 
 @dataclass(frozen=True, order=True)
@@ -49,7 +58,10 @@ class Diagnostic:
         return self.severity == ERROR
 
     def sort_key(self):
-        return (self.path, self.line, self.column, self.severity != ERROR, self.message)
+        """YAML files (settings, sales, messages: what the rules refer to) before rule files,
+        then by place, errors before warnings: the first problem shown is the root cause."""
+        return (not self.path.endswith(_YAML_SUFFIXES), self.path, self.line, self.column,
+                self.severity != ERROR, self.message)
 
 
 class DiagnosticError(Exception):
@@ -99,8 +111,14 @@ def format_short(d: Diagnostic) -> str:
     return f"{d.path}:{d.line}:{d.column}: {d.severity}: {d.message}"
 
 
+def source_lines(path: str, text: str) -> list[str]:
+    """The lines of a file, split where its parser counts a new line."""
+    return (_YAML_LINES if path.endswith(_YAML_SUFFIXES) else _RULE_LINES).split(text)
+
+
 def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None) -> str:
-    """rustc-style text: the headline, the source line, a caret under the span, then ``help:``."""
+    """rustc-style text: the headline, the source line, a caret under the span, then ``help:``.
+    A very long line is shown as a window around the place (``…`` marks what is left out)."""
     sources = sources or {}
     lines_cache: dict[str, list[str]] = {}
     out: list[str] = []
@@ -108,14 +126,24 @@ def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = No
         out.append(format_short(d))
         text = sources.get(d.path)
         if text is not None:
-            lines = lines_cache.setdefault(d.path, text.splitlines())
+            lines = lines_cache.get(d.path)
+            if lines is None:
+                lines = lines_cache[d.path] = source_lines(d.path, text)
             if 1 <= d.line <= len(lines):
                 src = lines[d.line - 1].replace("\t", " ")
-                out.append(f"    {src}")
                 width = 1
                 if d.end_column and d.end_column > d.column:
                     width = d.end_column - d.column
-                out.append("    " + " " * _display_width(src[: d.column - 1]) + "^" * max(1, _display_width(src[d.column - 1: d.column - 1 + width])))
+                start = d.column - 1
+                if len(src) > _SHOWN_WIDTH:
+                    begin = max(0, start - _SHOWN_WIDTH // 2)
+                    end = begin + _SHOWN_WIDTH
+                    src = ("…" if begin else "") + src[begin:end] + ("…" if end < len(src) else "")
+                    start = start - begin + (1 if begin else 0)
+                    width = max(1, min(width, len(src) - start))
+                out.append(f"    {src}")
+                out.append("    " + " " * _display_width(src[:start])
+                           + "^" * max(1, _display_width(src[start:start + width])))
         if d.help:
             out.append(f"    help: {d.help}")
     return "\n".join(out) + ("\n" if out else "")
@@ -123,8 +151,6 @@ def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = No
 
 def _display_width(s: str) -> int:
     """Terminal columns: East Asian wide and full-width characters take two."""
-    import unicodedata
-
     return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in s)
 
 

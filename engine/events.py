@@ -20,7 +20,8 @@ RULE_WORD_TYPES = {
     "carted": "cart", "purchased": "purchase", "viewed": "view", "followed": "follow",
     "unfollowed": "unfollow", "blocked": "unfollow", "unblocked": "follow", "clicked": "click",
     "tagged": "tag", "untagged": "tag", "order": "purchase", "ordered": "purchase",
-    "bought": "purchase", "messaged": "message",
+    "bought": "purchase", "messaged": "message", "block": "unfollow", "orders": "purchase",
+    "add_to_cart": "cart", "postbacked": "postback",
 }
 
 #: Times an event may carry (``at``): from the Unix epoch to the end of 2199 (UTC). Later
@@ -50,6 +51,20 @@ def type_hint_message(kind: str, right: str) -> str:
         return f"unknown type `{kind}` (did you mean `{right}`?)"
     return (f"unknown type `{kind}`: `{kind.lower()}` is how rules say it; the event is "
             f"`{right}` (did you mean `{right}`?)")
+
+
+#: Built-in event types -> how a rule reacts to them (a rule's `event NAME` is for custom
+#: events only).
+RULE_WORDS = {"follow": "followed", "unfollow": "unfollowed", "purchase": "purchased",
+              "cart": "carted", "view": "viewed", "click": "clicked", "tag": "tagged NAME",
+              "message": 'message "..."', "postback": "postback KEY=VALUE"}
+
+
+def meant_type(type_: str) -> str | None:
+    """The event type meant by a type spelled like a rule word (``carted`` -> ``cart``,
+    ``order`` -> ``purchase``), or None when ``type_`` is not such a slip. For a refusal:
+    ``f'unknown event type "{t}": did you mean "{meant_type(t)}"?'``."""
+    return RULE_WORD_TYPES.get(type_.lower())
 
 
 @dataclass(frozen=True)

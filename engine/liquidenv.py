@@ -19,9 +19,10 @@ for _tag in ("include", "render"):
     LIQUID.tags.pop(_tag, None)
 
 
-def analyse(source: str) -> tuple[tuple[str, int, int] | None, list[str], list[str]]:
+def analyse(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]], list[tuple[str, int]]]:
     """(error as (message, line, column) or None, unknown filters, global variables) of one
-    template; line 0 when Liquid does not say where."""
+    template; line 0 when Liquid does not say where. Filters and variables come with the index
+    of their first use in the template (-1 when Liquid does not say)."""
     from liquid.exceptions import LiquidError
 
     from .messages import compile_template
@@ -31,4 +32,10 @@ def analyse(source: str) -> tuple[tuple[str, int, int] | None, list[str], list[s
     except LiquidError as e:
         ctx = e.context()
         return ((e.message, ctx[0], ctx[1]) if ctx else (e.message, 0, 0)), [], []
-    return None, [flt for flt in analysis.filters if flt not in LIQUID.filters], list(analysis.globals)
+    return (None,
+            [(flt, _first(spans)) for flt, spans in analysis.filters.items() if flt not in LIQUID.filters],
+            [(var, _first([u.span for u in uses])) for var, uses in analysis.globals.items()])
+
+
+def _first(spans) -> int:
+    return min((getattr(s, "index", -1) for s in spans), default=-1)

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import ir
-from .diagnostics import Diagnostic, dedupe, did_you_mean
+from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
 from .settings import NAME_RE
-from .yamlpos import Path, YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
 MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
                  "template", "flex")
@@ -105,9 +105,11 @@ def _liquid_stamp() -> str:
     return "|".join(stamp)
 
 
-def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[str], list[str]]:
-    """(error as (message, line, column) or None, unknown filters, global variables) of one
-    template, from the cache when this text was checked before, else from Liquid."""
+def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]],
+                                         list[tuple[str, int]]]:
+    """(error as (message, line, column) or None, unknown filters, global variables, each with
+    the index of its first use) of one template (:func:`engine.liquidenv.analyse`), from the
+    cache when this text was checked before, else from Liquid."""
     global _facts, _facts_new
     import hashlib
 
@@ -124,10 +126,11 @@ def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[str],
         from .liquidenv import analyse
 
         error, filters, variables = analyse(source)
-        found = _facts[key] = [list(error) if error else None, filters, variables]
+        found = _facts[key] = [list(error) if error else None, [list(x) for x in filters],
+                               [list(x) for x in variables]]
         _facts_new = True
     error = tuple(found[0]) if found[0] else None
-    return error, list(found[1]), list(found[2])
+    return error, [tuple(x) for x in found[1]], [tuple(x) for x in found[2]]
 
 
 def _keep_facts() -> None:
@@ -147,6 +150,28 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+# ----------------------------------------------------------------------------- field types
+
+#: Fields of LINE message objects whose value is always a text (so a number or true/false
+#: there is a value YAML read differently from what was meant).
+TEXT_FIELDS = frozenset((
+    "text", "altText", "label", "data", "displayText", "uri", "url", "linkUri",
+    "previewUrl", "originalContentUrl", "previewImageUrl", "thumbnailImageUrl", "imageUrl",
+    "baseUrl", "desktop", "title", "address", "color", "backgroundColor", "separatorColor",
+    "borderColor", "imageBackgroundColor", "size", "aspectRatio", "aspectMode",
+    "imageAspectRatio", "imageSize", "layout", "align", "gravity", "weight", "style",
+    "decoration", "position", "margin", "spacing", "paddingAll", "paddingTop", "paddingBottom",
+    "paddingStart", "paddingEnd", "offsetTop", "offsetBottom", "offsetStart", "offsetEnd",
+    "cornerRadius", "borderWidth", "maxWidth", "maxHeight", "lineSpacing", "adjustMode",
+    "direction", "mode", "initial", "max", "min", "richMenuAliasId", "clipboardText",
+    "productId", "emojiId", "inputOption", "fillInText", "justifyContent", "alignItems"))
+#: Fields whose value is true or false.
+BOOL_FIELDS = frozenset(("wrap", "scaling", "animated", "separator"))
+#: Fields whose value is a number.
+NUMBER_FIELDS = frozenset(("flex", "maxLines", "latitude", "longitude", "duration", "index",
+                           "x", "y"))
+
+
 # ----------------------------------------------------------------------------- limit checks
 
 
@@ -154,11 +179,13 @@ def utf16_len(text: str) -> int:
 class Problem:
     """One broken limit or rule, at ``path`` inside a message's list of objects.
 
-    ``path`` starts with the object's index.
+    ``path`` starts with the object's index; ``empty`` marks a field with no value (the loader
+    words its help after the line as written).
     """
     path: Path
     message: str
     help: str | None = None
+    empty: bool = False
 
 
 class _Checker:
@@ -172,8 +199,8 @@ class _Checker:
         self.as_written = as_written
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, help: str | None = None) -> None:
-        self.problems.append(Problem(path, message, help))
+    def add(self, path: Path, message: str, help: str | None = None, *, empty: bool = False) -> None:
+        self.problems.append(Problem(path, message, help, empty))
 
     # -------------------------------------------------------------- field helpers
 
@@ -184,7 +211,7 @@ class _Checker:
         return False
 
     def required(self, obj: dict, path: Path, what: str, *keys: str) -> bool:
-        missing = [k for k in keys if obj.get(k) is None]
+        missing = [k for k in keys if k not in obj]   # a key with no value is reported as such
         if missing:
             self.add(path, f"{what} needs " + " and ".join(f"`{k}`" for k in missing))
         return not missing
@@ -196,7 +223,8 @@ class _Checker:
         if value is None or isinstance(value, (dt.date, dt.time)):  # dates: see json_values
             return None
         if not isinstance(value, str):
-            self.add(path + (key,), f"`{key}` must be text", help="quote the value")
+            if key not in TEXT_FIELDS:   # those are reported by json_values
+                self.add(path + (key,), f"`{key}` must be text", help="quote the value")
             return None
         if limit is not None and utf16_len(value) > limit:
             self.add(path + (key,), f"`{key}` is {utf16_len(value):,} characters long; "
@@ -240,15 +268,37 @@ class _Checker:
                 self.message(obj, (i,))
 
     def json_values(self, value: Any, path: Path) -> None:
-        """Everything sent must be JSON: dates and times written unquoted are not."""
+        """Everything sent must be JSON of the type LINE expects for each field: no empty
+        values (an unquoted `#` starts a comment), texts where LINE wants texts, true/false
+        and numbers where it wants those."""
         if isinstance(value, dict):
             for k, v in value.items():
+                if v is None:
+                    self.add(path + (k,), f"`{k}` has no value", empty=True)
+                    continue
+                self.field_type(k, v, path + (k,))
                 self.json_values(v, path + (k,))
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 self.json_values(v, path + (i,))
         elif isinstance(value, (dt.date, dt.time)):
             self.add(path, "this value is read as a date; quote it to send it as text")
+
+    def field_type(self, key: Any, value: Any, path: Path) -> None:
+        """A value of the wrong type for a LINE field, in the words of the fix."""
+        if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
+            shown = json.dumps(value)
+            self.add(path, f"`{key}` must be text, not {shown}",
+                     help=f'quote it: {key}: "{shown}"')
+        elif key in BOOL_FIELDS and not isinstance(value, bool):
+            old = YAML_1_1_BOOLEANS.get(str(value).lower())
+            meant = None if old is None else ("true" if old else "false")
+            self.add(path, f"`{key}` must be true or false, not `{value}`",
+                     help=f"YAML 1.2 reads `{value}` as a text: write `{meant}`" if meant
+                     else "write `true` or `false`")
+        elif key in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            self.add(path, f"`{key}` must be a number, not `{value}`",
+                     help="write the number without quotes")
 
     def message(self, obj: dict, path: Path) -> None:
         kind = obj.get("type")
@@ -500,17 +550,37 @@ def check_objects(objects: Sequence[Any], *, as_written: bool = False) -> list[P
 # ----------------------------------------------------------------------------- loading
 
 
+@dataclass
+class MessagesFile:
+    """What ``messages.yaml`` holds: the valid ``definitions``, the names defined with an error
+    (``broken``: they exist for the rules, so a rule sending one is not told it is unknown),
+    and whether the file could be read as YAML at all (``readable``: when not, no message
+    name can be checked)."""
+    definitions: dict[str, ir.MessageDef]
+    broken: frozenset[str]
+    readable: bool
+    diagnostics: list[Diagnostic]
+
+
 def load_messages(path: str, text: str) -> tuple[dict[str, ir.MessageDef], list[Diagnostic]]:
     """Read ``messages.yaml`` into message definitions; an empty file defines none.
     Diagnostics come sorted."""
+    m = read_messages(path, text)
+    return m.definitions, m.diagnostics
+
+
+def read_messages(path: str, text: str) -> MessagesFile:
+    """Read ``messages.yaml``, keeping the names of broken definitions too."""
     f = YamlFile(path, text)
-    definitions = _definitions(f)
+    broken: set[str] = set()
+    defs = _definitions(f, broken)
     _keep_facts()
-    return definitions, dedupe(f.diagnostics)
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
+    return MessagesFile(defs, frozenset(broken), readable, dedupe(f.diagnostics))
 
 
-def _definitions(f: YamlFile) -> dict[str, ir.MessageDef]:
-    """The valid definitions of the file, reporting the rest."""
+def _definitions(f: YamlFile, broken: set[str]) -> dict[str, ir.MessageDef]:
+    """The valid definitions of the file, reporting the rest (their names go to ``broken``)."""
     root = f.root
     defs: dict[str, ir.MessageDef] = {}
     if f.empty:
@@ -527,6 +597,8 @@ def _definitions(f: YamlFile) -> dict[str, ir.MessageDef]:
         defn = _definition(f, name, value_node)
         if defn is not None:
             defs[name] = defn
+        else:
+            broken.add(name)
     return defs
 
 
@@ -542,14 +614,22 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
         objects = value
     else:
         if sum(d.is_error for d in f.diagnostics) == errors:
-            f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
-                    help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
+            if value is None:
+                f.error(f.span_at((name,), key=True), f"message `{name}` has no value",
+                        help=f.empty_value_help((name,), name))
+            else:
+                f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
+                        help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
         return None
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None  # the YAML itself is broken here: LINE checks would only echo it
     for problem in check_objects(objects, as_written=True):
-        f.error(f.span_at(_yaml_path(name, value, problem.path)),
-                problem.message, problem.help)
+        where = _yaml_path(name, value, problem.path)
+        if problem.empty:
+            f.error(f.span_at(where, key=True), problem.message,
+                    f.empty_value_help(where, str(where[-1])))
+        else:
+            f.error(f.span_at(where), problem.message, problem.help)
     _check_liquid(f, value, (name,))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
@@ -593,10 +673,29 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
         if unknown_filters:
             from .liquidenv import LIQUID
 
-            for flt in unknown_filters:
-                f.error(f.span(node), f"unknown template filter `{flt}`",
+            for flt, index in unknown_filters:
+                f.error(_template_span(f, node, value, index), f"unknown template filter `{flt}`",
                         help=did_you_mean(flt, LIQUID.filters))
-        for var in variables:
+        for var, index in variables:
             if var not in TEMPLATE_VARIABLES:
-                f.warning(f.span(node), f"unknown template variable `{var}` renders as nothing",
+                f.warning(_template_span(f, node, value, index),
+                          f"unknown template variable `{var}` renders as nothing",
                           help=did_you_mean(var, TEMPLATE_VARIABLES))
+
+
+def _template_span(f: YamlFile, node: yaml.Node, value: str, index: int) -> Span:
+    """Where ``index`` (python-liquid's place: an index into the template; -1 when unknown)
+    was written: its own line inside a ``|`` block, its column in a one-line value."""
+    if index < 0:
+        return f.span(node)
+    if isinstance(node, yaml.ScalarNode) and node.style == "|":
+        line = value.count("\n", 0, index)
+        column = index - (value.rfind("\n", 0, index) + 1)
+        return f.string_line_span(node, line, column)
+    s, e = node.start_mark, node.end_mark
+    if s.line == e.line:
+        quote = 1 if node.style in ("'", '"') else 0
+        raw = f.text.split("\n")[s.line][s.column + quote:e.column - quote]
+        if raw == value:   # no escapes: the columns of the value are those of the file
+            return Span(f.path, s.line + 1, s.column + quote + index + 1)
+    return f.span(node)

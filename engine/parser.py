@@ -6,9 +6,10 @@ syntax error, it is cut at the start of each rule and segment (``rule``, ``segme
 ``when``) and every piece is parsed alone, so one bad rule yields one error and the other rules
 of the file are still checked.
 
-Known mistakes get their own message (a missing ``then``, an unterminated text, a keyword used
-as a name, a number without a unit); everything else says what was found and what was
-expected, with Lark's terminal names translated to words.
+Known mistakes get their own message (a missing ``then``, an unterminated text, a keyword
+where it cannot stand, a misspelt keyword or duration unit, full-width punctuation, a number
+without a unit, an unclosed parenthesis); everything else says what was found and what was
+expected, with Lark's terminal names translated to words. Lines may end with LF, CR LF or CR.
 """
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from pathlib import Path
 from typing import Callable
 
 import lark
-from lark import Lark, Token, Tree
+from lark import Lark, TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from . import astnodes as A
-from .diagnostics import Diagnostic, Span
+from .diagnostics import Diagnostic, Span, did_you_mean
+from .events import RULE_WORDS
+from .yamlpos import normalize_newlines
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
@@ -100,7 +103,10 @@ def _terminal_texts() -> dict[str, str]:
 
 
 def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
-    """Parse one rule file. Never raises on bad input: syntax errors become diagnostics."""
+    """Parse one rule file. Never raises on bad input: syntax errors become diagnostics.
+
+    CR LF and CR alone (old Mac files) are line ends like LF."""
+    text = normalize_newlines(text)
     builder = _AstBuilder(path)
     try:
         tree = lark_parser().parse(text)
@@ -113,16 +119,47 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
                                        "the rules cannot be read from here on",
                                        help="compare with docs/language.md"))
         return parsed, diags
-    try:
-        items = tuple(builder.transform(tree))
-    except RecursionError:
-        return A.RuleFile(path, (), has_syntax_errors=True), [_too_deep(Span(path, 1, 1))]
-    return A.RuleFile(path, items), builder.diagnostics
+    items: list[A.Item] = []
+    deep: list[Diagnostic] = []
+    broken_rules: list[str] = []
+    broken_segments: list[str] = []
+    for item in tree.children:
+        try:
+            items.append(builder._build(item))
+        except RecursionError:   # nested far beyond MAX_NESTING: refuse this item alone
+            deep.append(_too_deep(_deep_span(path, item)))
+            first = item.children[0] if item.children else None
+            name = first.value if isinstance(first, Token) and first.type == "NAME" else Path(path).stem
+            (broken_segments if item.data == "segment_def" else broken_rules).append(name)
+    if deep:
+        return (A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
+                           has_syntax_errors=True), builder.diagnostics + deep)
+    return A.RuleFile(path, tuple(items)), builder.diagnostics
 
 
 #: How deeply ``not``, ``and``, ``or`` may nest; deeper conditions are refused (they are
 #: never meant, and every later stage walks conditions recursively).
 MAX_NESTING = 50
+
+
+_NESTING_RULES = ("not_", "and_", "or_")
+
+
+def _deep_span(path: str, tree: Tree) -> Span:
+    """Where a condition first nests more than :data:`MAX_NESTING` levels deep (found without
+    recursion, however deep the tree)."""
+    stack: list[tuple[Tree, int, Tree | None]] = [(tree, 0, None)]
+    while stack:
+        node, depth, outer = stack.pop()
+        if node.data in _NESTING_RULES:
+            depth += 1
+            outer = outer or node
+            if depth > MAX_NESTING:   # point at the whole condition, as for shallower ones
+                m = outer.meta
+                return Span(path, m.line, m.column, m.end_line, m.end_column)
+        stack.extend((c, depth, outer) for c in node.children if c.__class__ is Tree)
+    m = tree.meta
+    return Span(path, m.line, m.column)
 
 
 def _too_deep(span: Span) -> Diagnostic:
@@ -160,7 +197,6 @@ class _AstBuilder:
         self.path = path
         self.diagnostics: list[Diagnostic] = []
         self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
-        self._keywords = keywords()
         self._handlers = _handlers()
 
     def transform(self, tree: Tree) -> list[A.Item]:
@@ -190,12 +226,8 @@ class _AstBuilder:
         return (self.path, tok.line, tok.column, tok.end_line, tok.end_column)
 
     def _name(self, tok: Token) -> A.Name:
-        at = (self.path, tok.line, tok.column, tok.end_line, tok.end_column)
-        if tok.value in self._keywords:
-            self.diagnostics.append(Diagnostic.at(
-                Span(*at), f"`{tok.value}` is a keyword and cannot be used as a name",
-                help="choose another name (keywords are listed in docs/language.md)"))
-        return A.Name(tok.value, at)
+        # A keyword the parser read as a name is a name: it stands where no keyword can.
+        return A.Name(tok.value, (self.path, tok.line, tok.column, tok.end_line, tok.end_column))
 
     def _str(self, tok: Token) -> A.Str:
         return A.Str(unquote(tok.value), self._at(tok))
@@ -478,6 +510,9 @@ def _item_starts(text: str) -> list[int]:
         word = m.group()
         if word.startswith("#"):
             continue
+        if prev in _NAME_TAKERS:   # a name spelled like a keyword: `tag rule`, `rule when`
+            prev = "name"
+            continue
         if word == "rule":
             starts.append(m.start())
             in_header = True
@@ -490,6 +525,11 @@ def _item_starts(text: str) -> list[int]:
             in_header = False
         prev = word
     return starts
+
+
+#: Words after which the next word is a name, whatever it is spelled like.
+_NAME_TAKERS = frozenset(("rule", "segment", "send", ",", "tag", "untag", "tagged", "start",
+                          "menu", "set", "event", "variant"))
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
@@ -511,8 +551,8 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
         if begin == end:
             continue
         line, column = _position(text, begin)
-        # Pad so that Lark reports positions in the whole file's coordinates.
-        piece = "\n" * (line - 1) + " " * (column - 1) + text[begin:end]
+        # A slice of the whole text: Lark reports positions in the file's coordinates.
+        piece = TextSlice(text, begin, end)
         builder = _AstBuilder(path)
         following = _word_at(text, end) if end < len(text) else None
         tree, error = _parse_piece(path, piece, following)
@@ -532,7 +572,7 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
         try:
             items.extend(builder.transform(tree))
         except RecursionError:
-            diags.append(_too_deep(Span(path, line, column)))
+            diags.append(_too_deep(_deep_span(path, tree)))
             continue
         diags.extend(builder.diagnostics)
     return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
@@ -546,43 +586,64 @@ def _word_at(text: str, offset: int) -> tuple[str, Span]:
     return word, Span("", line, column, line, column + len(word))
 
 
-def _parse_piece(path: str, piece: str, following: tuple[str, Span] | None
+def _parse_piece(path: str, piece: TextSlice, following: tuple[str, Span] | None
                  ) -> tuple[Tree | None, Diagnostic | None]:
-    """Parse one piece token by token, keeping the parser state before each of the last two
-    tokens, so that an error can say exactly what was expected and blame a keyword that was
-    read as a name just before it."""
+    """Parse one piece token by token. On an error, the parser states needed to say exactly
+    what was expected (before the last token, and before the one before it, to blame a keyword
+    read as a name) are rebuilt by feeding the tokens again: linear in the piece's length,
+    however deeply it nests (copying the parser's stack at every token would be quadratic)."""
     ip = lark_parser().parse_interactive(piece)
-    history: list[tuple[Token, object]] = []   # (token, parser state before it), last two
-    at_end = None                               # the parser state before the end of input
+    tokens: list[Token] = []
+    at_end = False                              # whether the input ended too early
     try:
         for tok in ip.iter_parse():
-            history = [*history[-1:], (tok, ip.copy(deepcopy_values=False))]
-        at_end = ip.copy(deepcopy_values=False)
-        return ip.feed_eof(history[-1][0] if history else None), None
+            tokens.append(tok)
+        at_end = True
+        return ip.feed_eof(tokens[-1] if tokens else None), None
     except UnexpectedToken as e:
-        if at_end is not None:                      # the input ended too early
-            before = history
-            expected = at_end.accepts()
-        elif history and history[-1][0] is e.token:   # the parser refused the last token
-            before = history[:-1]
-            expected = history[-1][1].accepts()
+        if at_end:                                  # the input ended too early
+            fed = len(tokens)
+        elif tokens and tokens[-1] is e.token:      # the parser refused the last token
+            fed = len(tokens) - 1
         else:                                       # the lexer found no token fitting here
-            before = history
-            expected = ip.accepts()
-        return None, _token_error(path, e.token, expected, before[-1] if before else None,
-                                  following)
+            fed = len(tokens)
+        return None, _token_error(path, piece, e.token, tokens, fed, following)
     except UnexpectedCharacters as e:
-        return None, _char_error(path, piece, e, ip.accepts())
+        return None, _char_error(path, piece, e, ip.accepts(), tokens)
 
 
-def _token_error(path: str, tok: Token, expected: set[str], prev,
+def _state_after(piece: TextSlice, tokens: list[Token], count: int):
+    """The parser as it was after the first ``count`` tokens of the piece."""
+    ip = lark_parser().parse_interactive(piece)
+    for tok in tokens[:count]:
+        ip.feed_token(tok)
+    return ip
+
+
+def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], fed: int,
                  following: tuple[str, Span] | None) -> Diagnostic:
-    if prev is not None and prev[0].type == "NAME" and prev[0].value in keywords():
-        # A keyword where it cannot stand was read as a name; the error is that keyword.
-        word = prev[0]
-        return Diagnostic.at(
-            _tok_span(path, word), f"unexpected `{word.value}`; expected {describe(prev[1].accepts())}",
-            help=f"`{word.value}` is a keyword: it cannot be used as a name")
+    """The error for ``tok``, refused after the first ``fed`` tokens were accepted."""
+    expected = _state_after(piece, tokens, fed).accepts()
+    prev = tokens[fed - 1] if fed else None
+    if prev is not None and prev.type == "NAME":
+        blamed = _blame_name(path, piece, prev, tokens, fed - 1)
+        if blamed is not None:
+            return blamed
+    if "CMP_OP" in expected:
+        # Inside a measure (`purchsed within 3d` read as an attribute): blame its name when
+        # it is a misspelt keyword.
+        last = next((i for i in range(fed - 1, -1, -1) if tokens[i].type == "NAME"), None)
+        if last is not None:
+            blamed = _blame_name(path, piece, tokens[last], tokens, last, misspelt_only=True)
+            if blamed is not None:
+                return blamed
+    wide = _full_width_at(piece.text, tok)
+    if wide is not None:
+        return _full_width_error(path, *wide)
+    if prev is not None and prev.type == "DURATION" and tok.type == "NAME" \
+            and prev.end_pos == tok.start_pos:
+        # `14days`, `1mo`: a duration read up to the first letter of a unit word.
+        return _unit_error(path, prev, prev.value + tok.value)
     if tok.type == "$END" and following is not None:
         # The piece ended where the next rule or segment starts: blame that word.
         word, at = following
@@ -591,32 +652,138 @@ def _token_error(path: str, tok: Token, expected: set[str], prev,
         return Diagnostic.at(span, f"unexpected `{word}`; expected {describe(expected)}")
     if tok.type == "$END":
         span = Span(path, tok.end_line or tok.line or 1, tok.end_column or tok.column or 1)
+        unclosed = _unclosed_paren(tokens) if "RPAR" in expected else None
+        if unclosed is not None:
+            return Diagnostic.at(span, f"the file ends inside parentheses: the `(` at line {unclosed.line}, column {unclosed.column} is never closed",
+                                 help="close every `(` with a `)`")
         return Diagnostic.at(span, f"the file ends too early; expected {describe(expected)}")
     if "THEN" in expected and tok.value in STEP_WORDS:
         return Diagnostic.at(_tok_span(path, tok), f"missing `then` before `{tok.value}`",
                              help="steps come after `then`, as in `when followed then send greeting`")
+    if tok.type in ("INT", "NUMBER") and "DURATION" in expected:
+        unit = _WORD_AFTER.match(piece.text, tok.end_pos)
+        if unit is not None and unit.group(1).lower() in _ALL_UNIT_WORDS:
+            return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
     return Diagnostic.at(_tok_span(path, tok),
                          f"unexpected {_found(tok)}; expected {describe(expected)}",
                          help=_help(tok, expected))
 
 
-def _char_error(path: str, piece: str, e: UnexpectedCharacters, allowed: set[str]) -> Diagnostic:
-    char = piece[e.pos_in_stream] if e.pos_in_stream < len(piece) else ""
+def _blame_name(path: str, piece: TextSlice, name: Token, tokens: list[Token], fed: int,
+                *, misspelt_only: bool = False) -> Diagnostic | None:
+    """When the token after a name is refused, the name itself may be the mistake: a keyword
+    where it cannot stand (read as a name), or a misspelt keyword (`wiat`, `purchsed`)."""
+    accepted = _state_after(piece, tokens, fed).accepts()
+    texts = _terminal_texts()
+    words = {texts[t] for t in accepted if t in texts and NAME_RE.fullmatch(texts[t])}
+    rule_word = RULE_WORDS.get(name.value, "").split(" ")[0]
+    if rule_word in words:   # an event type where its rule word goes: `when purchase`
+        return Diagnostic.at(_tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
+                             help=f"did you mean `{rule_word}`?")
+    if name.value in keywords() and not misspelt_only:
+        return Diagnostic.at(
+            _tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
+            help=f"`{name.value}` is a keyword: here it was read as a name")
+    close = did_you_mean(name.value, words) if words else None
+    if close is not None and close.startswith("did you mean"):
+        return Diagnostic.at(_tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
+                             help=close)
+    return None
+
+
+#: Unit words -> the duration unit meant, or the duration to write instead (no such unit).
+_UNIT_WORDS = {"m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
+               "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+               "d": "d", "day": "d", "days": "d", "w": "w", "wk": "w", "wks": "w",
+               "week": "w", "weeks": "w"}
+_NO_UNIT = {"mo": ("month", 30), "mon": ("month", 30), "month": ("month", 30),
+            "months": ("month", 30), "y": ("year", 365), "yr": ("year", 365),
+            "year": ("year", 365), "years": ("year", 365)}
+_SECOND_WORDS = ("s", "sec", "secs", "second", "seconds")
+_ALL_UNIT_WORDS = frozenset((*_UNIT_WORDS, *_NO_UNIT, *_SECOND_WORDS))
+_WORD_AFTER = re.compile(r"\s*([A-Za-z]+)")
+_DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+)")
+
+
+def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnostic:
+    """`14days` -> "write `14d`"; `1mo` -> "there is no month unit: 30d"; `10s` -> minutes."""
+    span = Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + len(tail)
+                if tail else tok.column + len(written))
+    m = _DURATION_TEXT.fullmatch(written) or _DURATION_TEXT.match(written)
+    number, word = (int(m.group(1)), m.group(2).lower()) if m else (0, "")
+    shown = tok.value + tail if tail else written
+    if word in _UNIT_WORDS:
+        help_ = f"write `{number}{_UNIT_WORDS[word]}`"
+    elif word in _NO_UNIT and _NO_UNIT[word][0] == "month":
+        help_ = f"there is no month unit: write `{number * 30}d`"
+    elif word in _NO_UNIT:
+        help_ = f"there is no year unit: write `{number * 365}d`"
+    elif word in _SECOND_WORDS:
+        help_ = "there is no seconds unit: the shortest duration is a minute, `1m`"
+    else:
+        help_ = "a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)"
+    return Diagnostic.at(span, f"`{shown}` is not a duration", help=help_)
+
+
+def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
+    if char == "＃":
+        help_ = "write the half-width `#` to start a comment"
+    else:
+        help_ = f"write the half-width `{_FULL_WIDTH[char]}`"
+    return Diagnostic.at(Span(path, line, column, line, column + 1),
+                         f"`{char}` is a full-width character", help=help_)
+
+
+def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
+    """A full-width character in the token or right after it: ``(char, line, column)``."""
+    if tok.type == "$END" or tok.start_pos is None:
+        return None
+    for i in range(tok.start_pos, min(len(text), tok.end_pos + 1)):
+        if text[i] in _FULL_WIDTH:
+            return text[i], tok.line, tok.column + (i - tok.start_pos)
+    return None
+
+
+def _unclosed_paren(tokens: list[Token]) -> Token | None:
+    """The innermost `(` left open at the end of the tokens."""
+    open_: list[Token] = []
+    for tok in tokens:
+        if tok.type == "LPAR":
+            open_.append(tok)
+        elif tok.type == "RPAR" and open_:
+            open_.pop()
+    return open_[-1] if open_ else None
+
+
+def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: set[str],
+                tokens: list[Token]) -> Diagnostic:
+    text = piece.text
+    char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
     span = Span(path, e.line, e.column, e.line, e.column + 1)
     if char == '"':
         return Diagnostic.at(span, "unterminated text: the closing `\"` is missing",
                              help='a quoted text ends on the same line: "like this"')
+    if char in _FULL_WIDTH:
+        return _full_width_error(path, char, e.line, e.column)
+    if char.isdigit():
+        m = _DURATION_TEXT.match(text, e.pos_in_stream)
+        if m is not None and "DURATION" in allowed:
+            tok = Token("INT", m.group(1), start_pos=e.pos_in_stream, line=e.line, column=e.column)
+            return _unit_error(path, tok, m.group(), m.group()[len(m.group(1)):])
     shown = "a space" if char.isspace() else f"`{char}`"
-    help_ = _unit_help(allowed) if char.isdigit() else _width_help(char)
+    help_ = _unit_help(allowed) if char.isdigit() else None
     return Diagnostic.at(span, f"unexpected {shown}; expected {describe(allowed)}", help=help_)
 
 
-_FULL_WIDTH = "＝＜＞％：，（）＂"
+#: Full-width punctuation typed with a Japanese input method -> the character meant.
+_FULL_WIDTH = {"＝": "=", "＜": "<", "＞": ">", "％": "%", "：": ":", "，": ",", "、": ",",
+               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " "}
 
 
 def _width_help(text: str) -> str | None:
-    if any(ch in _FULL_WIDTH for ch in text):
-        return "use half-width punctuation (`=`, `<`, `>`, `%`, `:`, `,`, `(`, `)`, `\"`)"
+    for ch in text:
+        if ch in _FULL_WIDTH:
+            return f"`{ch}` is a full-width character: write the half-width `{_FULL_WIDTH[ch]}`"
     return None
 
 
@@ -644,6 +811,12 @@ def _help(tok: Token, expected: set[str]) -> str | None:
     """A hint for a few known mistakes."""
     if tok.type in ("NUMBER", "INT", "DURATION", "TIME", "PERCENT"):
         return _unit_help(expected)
+    if tok.type == "NAME":
+        texts = _terminal_texts()
+        words = {texts[t] for t in expected if t in texts and NAME_RE.fullmatch(texts[t])}
+        close = did_you_mean(tok.value, words) if words else None
+        if close is not None and close.startswith("did you mean"):
+            return close
     if tok.type == "NAME" and "COMMA" in expected and expected & {"SEND", "WAIT"}:
         return "separate names with a comma: `send a, b`"
     return _width_help(tok.value)

@@ -24,8 +24,9 @@ from . import astnodes as A
 from . import ir
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
-from .diagnostics import Diagnostic, dedupe, has_errors
+from .diagnostics import WARNING, Diagnostic, dedupe, has_errors
 from .parser import parse_file, rule_name_of
+from .yamlpos import normalize_newlines
 
 SETTINGS_FILE = "settings.yaml"
 SALES_FILE = "sale_calendar.yaml"
@@ -88,6 +89,7 @@ def _load(root: str) -> LoadResult:
 
     loader = _Loader()
     settings, sales, messages = loader.yaml_files(folder)
+    known = loader.names
     rule_files: list[A.RuleFile] = []
     other_rules: set[str] = set()
     other_segments: set[str] = set()
@@ -108,10 +110,13 @@ def _load(root: str) -> LoadResult:
         loader.diagnostics += diags
         rule_files.append(parsed)
     messages_path = os.path.join(folder, MESSAGES_FILE)
-    ctx = Context(messages=messages, menus=frozenset(dict(settings.rich_menus)), sales=sales,
+    ctx = Context(messages=messages if known.messages_readable else None,
+                  broken_messages=known.broken_messages,
+                  menus=known.menus, sales=sales if known.sales_whole else None,
                   other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
                   report_unused=only is None, messages_path=messages_path,
                   messages_text=loader.sources.get(messages_path, ""))
+    loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
     return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
                    settings=settings, messages=messages, sales=sales, root=root,
                    version=loader.version())
@@ -160,12 +165,34 @@ def _fail(path: str, message: str, help: str | None = None) -> LoadResult:
     return LoadResult(None, [Diagnostic(path, 1, 1, "error", message, help)], {})
 
 
+def _empty_rule_files(folder: str, files: list[A.RuleFile], *, whole_folder: bool) -> list[Diagnostic]:
+    """A warning for each rule file that holds no rule or segment, and for a folder without
+    rule files: "ok: 0 rules" is never silent."""
+    if not files and whole_folder:
+        shown = folder or "."
+        return [Diagnostic(shown, 1, 1, WARNING, f"`{shown}` holds no .rule files, so nothing will be sent",
+                           "give the folder that holds the rules (by default `rules`)")]
+    return [Diagnostic(f.path, 1, 1, WARNING, "this file holds no rule or segment",
+                       "a rule starts with `rule NAME` or `when`; see docs/language.md")
+            for f in files if not f.items and not f.has_syntax_errors]
+
+
+@dataclass
+class _YamlNames:
+    """What the YAML files tell the rule checks about names (see :class:`Context`)."""
+    messages_readable: bool = True
+    broken_messages: frozenset[str] = frozenset()
+    menus: frozenset[str] | None = frozenset()
+    sales_whole: bool = True
+
+
 class _Loader:
     """Reads files, keeping their text (for carets and the project version) and diagnostics."""
 
     def __init__(self) -> None:
         self.sources: dict[str, str] = {}
         self.diagnostics: list[Diagnostic] = []
+        self.names = _YamlNames()
 
     def read(self, path: str, *, quiet: bool = False) -> str | None:
         """The file's text, or None (with an error unless ``quiet``) when it cannot be read."""
@@ -188,7 +215,7 @@ class _Loader:
                                                    "the file is not UTF-8 text",
                                                    help="save it as UTF-8"))
             return None
-        text = text.removeprefix("\ufeff")
+        text = normalize_newlines(text.removeprefix("\ufeff"))
         self.sources[path] = text
         return text
 
@@ -196,15 +223,17 @@ class _Loader:
                                                dict[str, ir.MessageDef]]:
         """Settings (defaults when absent), sales (none when absent), messages (none when
         absent), each loaded by its own module."""
-        from .messages import load_messages
-        from .sales import load_sales
-        from .settings import load_settings
+        from .messages import read_messages
+        from .sales import read_sales
+        from .settings import read_settings
 
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
         if os.path.exists(path) and (text := self.read(path)) is not None:
-            settings, diags = load_settings(path, text)
-            self.diagnostics += diags
+            read = read_settings(path, text)
+            settings = read.settings
+            self.names.menus = read.menu_names if read.readable else None
+            self.diagnostics += read.diagnostics
         try:
             tz = ZoneInfo(settings.timezone)
         except (ValueError, KeyError, OSError):   # reported by load_settings
@@ -212,13 +241,16 @@ class _Loader:
         sales: tuple[ir.Sale, ...] = ()
         path = os.path.join(folder, SALES_FILE)
         if os.path.exists(path) and (text := self.read(path)) is not None:
-            sales, diags = load_sales(path, text, tz)
+            sales, self.names.sales_whole, diags = read_sales(path, text, tz)
             self.diagnostics += diags
         messages: dict[str, ir.MessageDef] = {}
         path = os.path.join(folder, MESSAGES_FILE)
         if os.path.exists(path) and (text := self.read(path)) is not None:
-            messages, diags = load_messages(path, text)
-            self.diagnostics += diags
+            m = read_messages(path, text)
+            messages = m.definitions
+            self.names.messages_readable = m.readable
+            self.names.broken_messages = m.broken
+            self.diagnostics += m.diagnostics
         return settings, sales, messages
 
     def version(self) -> str:

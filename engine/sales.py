@@ -59,8 +59,18 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
 
 def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
     """Read ``sale_calendar.yaml``; an empty file means no sales. Diagnostics come sorted."""
+    sales, _, diags = read_sales(path, text, tz)
+    return sales, diags
+
+
+def read_sales(path: str, text: str, tz: zoneinfo.ZoneInfo
+               ) -> tuple[tuple[ir.Sale, ...], bool, list[Diagnostic]]:
+    """:func:`load_sales`, and whether the file is whole: ``False`` when it could not be read
+    as YAML or a sale in it has an error (the rules' sale checks then have too little to go
+    on)."""
     f = YamlFile(path, text)
-    return _sales(f, tz), dedupe(f.diagnostics)
+    sales = _sales(f, tz)
+    return sales, not any(d.is_error for d in f.diagnostics), dedupe(f.diagnostics)
 
 
 def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
@@ -112,7 +122,11 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
         if key not in FIELDS:
             f.error(f.span_at(path + (key,), key=True), f"unknown sale field `{key}`",
                     help=did_you_mean(key, FIELDS))
-    missing = [k for k in REQUIRED if item.get(k) is None]
+    for key in FIELDS:
+        if key in item and item[key] is None:
+            f.error(f.span_at(path + (key,), key=True), f"`{key}` has no value",
+                    help=f.empty_value_help(path + (key,), key))
+    missing = [k for k in REQUIRED if k not in item]
     if missing:
         f.error(f.span_at(path), "sale is missing " + ", ".join(f"`{k}`" for k in missing),
                 help="every sale needs name, title, starts and ends")

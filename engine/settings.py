@@ -11,6 +11,7 @@ import functools
 import os
 import re
 import zoneinfo
+from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ import yaml
 
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
-from .yamlpos import YamlFile
+from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
 NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
@@ -50,6 +51,18 @@ def parse_window(text: str) -> tuple[dt.time, dt.time]:
     return start, end
 
 
+@dataclass
+class SettingsFile:
+    """What ``settings.yaml`` holds: the settings (defaults where absent or invalid), every
+    rich menu name written (valid or not, so a rule using a broken one is not told it is
+    unknown), and whether the file could be read as YAML at all (``readable``: when not,
+    rich menu names cannot be checked)."""
+    settings: ir.Settings
+    menu_names: frozenset[str]
+    readable: bool
+    diagnostics: list[Diagnostic]
+
+
 def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     """Read ``settings.yaml``. Absent file content (empty text) means all defaults.
 
@@ -57,6 +70,12 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     precedence over the file's ``login_channel_id`` / ``login_channel_secret``.
     Diagnostics come sorted.
     """
+    s = read_settings(path, text)
+    return s.settings, s.diagnostics
+
+
+def read_settings(path: str, text: str) -> SettingsFile:
+    """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
     if not f.empty:
@@ -83,7 +102,12 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     if env_secret:
         values["login_channel_secret"] = env_secret
     root_span = f.span(f.root) if f.root is not None else None
-    return ir.Settings(**values, span=root_span), dedupe(f.diagnostics)
+    menus = f.nodes.get(("rich_menus",))
+    names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
+        if isinstance(menus, yaml.MappingNode) else frozenset()
+    readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
+    return SettingsFile(ir.Settings(**values, span=root_span), names, readable,
+                        dedupe(f.diagnostics))
 
 
 # ---------------------------------------------------------------------------- one check per key
@@ -147,7 +171,11 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
 def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
     def check(f: YamlFile, path, value: Any) -> bool | None:
         if not isinstance(value, bool):
-            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`")
+            help_ = None
+            if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
+                meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"
+                help_ = f"YAML 1.2 reads `{value}` as a text: write `{meant}`"
+            f.error(f.span_at(path), f"`{name}` must be true or false, not `{value}`", help=help_)
             return None
         return value
     return check

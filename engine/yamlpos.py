@@ -1,10 +1,12 @@
 """YAML that remembers where every value came from.
 
 The files beside the rules (``settings.yaml``, ``sale_calendar.yaml``, ``messages.yaml``) are
-read with :func:`yaml.compose` (the safe loader's node tree), so every key and value keeps its
-line and column. :class:`YamlFile` turns that tree into plain Python values while recording the
-node behind each path, and reports problems as :class:`Diagnostic` values instead of raising:
-syntax errors, duplicate keys, non-text keys, unsupported tags, runaway aliases.
+read with :func:`yaml.compose` and the YAML 1.2 core schema (``yamlcore``'s resolver and
+constructors: ``yes``, ``no``, ``on``, ``20:13`` and dates are text, only ``true``/``false`` are
+booleans), so every key and value keeps its line and column. :class:`YamlFile` turns that tree
+into plain Python values while recording the node behind each path, and reports problems as
+:class:`Diagnostic` values instead of raising: syntax errors (in plain words, with a ``help:``),
+duplicate keys, non-text keys, unsupported tags, runaway aliases, lone surrogates.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import re
 from typing import Any, Iterator
 
 import yaml
+import yamlcore
 from yaml.constructor import ConstructorError, SafeConstructor
+from yamlcore.loader import CommonConstructor
 
 from .diagnostics import Diagnostic, Span
 
@@ -26,8 +30,33 @@ MAX_NODES = 200_000
 _ANY_TAG = re.compile(r"^tag:yaml\.org,2002:(null|bool|int|float|timestamp|str|map|seq)$")
 
 
-class _Constructor(SafeConstructor):
-    """The safe constructor, used one scalar at a time."""
+class _Loader(yamlcore.CoreLoader):
+    """The YAML 1.2 core schema, plus the merge key ``<<`` (not part of YAML 1.2, but widely
+    used to share fields between messages)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+class _Constructor(CommonConstructor):
+    """The YAML 1.2 core constructors, used one scalar at a time (and for merges)."""
+
+    flatten_mapping = SafeConstructor.flatten_mapping
+
+
+_Constructor.init_constructors("core")
+
+#: Words YAML 1.1 read as booleans; YAML 1.2 (which linerules reads) keeps them as text.
+YAML_1_1_BOOLEANS = {"yes": True, "y": True, "on": True, "no": False, "n": False, "off": False}
+
+#: Two surrogates written as escapes (``"\ud83d\ude00"``) stand for one character, as in JSON.
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _join_pairs(value: str) -> str:
+    return _SURROGATE_PAIR.sub(
+        lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
 
 
 class YamlFile:
@@ -39,7 +68,7 @@ class YamlFile:
 
     def __init__(self, path: str, text: str):
         self.path = path
-        self.text = text
+        self.text = normalize_newlines(text)
         self.diagnostics: list[Diagnostic] = []
         self.nodes: dict[Path, yaml.Node] = {}
         self.keys: dict[Path, yaml.Node] = {}
@@ -51,19 +80,17 @@ class YamlFile:
 
     def _compose(self) -> yaml.Node | None:
         try:
-            return yaml.compose(self.text, Loader=yaml.SafeLoader)
+            return yaml.compose(self.text, Loader=_Loader)
         except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            problem = e.problem or e.context or "invalid YAML"
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            self.diagnostics.append(Diagnostic(self.path, line, col, "error",
-                                               f"invalid YAML: {problem}"))
+            line, col, message, help_ = explain_yaml_error(e, self.text)
+            self.diagnostics.append(Diagnostic(self.path, line, col, "error", message, help_))
         except yaml.reader.ReaderError as e:
             line, col = self._position(e.position)
             char = e.character if isinstance(e.character, int) else ord(e.character)
             self.diagnostics.append(Diagnostic(
                 self.path, line, col, "error",
-                f"invalid YAML: the control character U+{char:04X} is not allowed in a YAML file"))
+                f"invalid YAML: the control character U+{char:04X} is not allowed in a YAML file",
+                "remove it (it is often pasted in with text copied from elsewhere)"))
         except yaml.YAMLError as e:
             self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", f"invalid YAML: {e}"))
         except RecursionError:
@@ -116,6 +143,19 @@ class YamlFile:
                 return Span(self.path, src_line + 1, indent + column + 1)
         return self.span(node)
 
+    def empty_value_help(self, path: Path, key: str) -> str:
+        """How to fix a key left without a value: quoting, when its line has a `#` after the
+        key (an unquoted `#` starts a comment, so `color: #e86a8d` has no value)."""
+        span = self.span_at(path, key=True)
+        lines = self.text.split("\n")
+        line = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
+        after = line[span.column - 1:].partition(":")[2]
+        hash_at = after.find("#")
+        if hash_at >= 0:
+            meant = after[hash_at:].strip()
+            return f'an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"'
+        return "give it a value, or remove the line"
+
     # ------------------------------------------------------------------ diagnostics
 
     def error(self, where: Span, message: str, help: str | None = None) -> None:
@@ -140,6 +180,15 @@ class YamlFile:
                 self.error(self.span(key_node), "a key must be a plain name, not a list or mapping")
                 continue
             key = key_node.value
+            if _SURROGATE.search(key):
+                key = _join_pairs(key)
+                if _SURROGATE.search(key):
+                    self.error(self.span(key_node), LONE_SURROGATE, LONE_SURROGATE_HELP)
+                    continue
+            if key[:1] == "\u3000":
+                self.error(self.span(key_node), "a full-width space (U+3000) stands before this key",
+                           help="indent with half-width spaces")
+                continue
             if key in seen:
                 self.error(self.span(key_node), f"duplicate key `{key}`",
                            help="each key may appear once in a mapping; remove one of them")
@@ -175,6 +224,89 @@ class YamlFile:
         """A scalar's value; one that matches a type's pattern but not its rules (e.g. the
         date ``2026-02-30``) is kept as its text, for the caller to judge."""
         try:
-            return self._constructor.construct_object(node)
-        except (ValueError, ConstructorError, OverflowError):
-            return node.value
+            value = self._constructor.construct_object(node)
+        except Exception:   # e.g. `!!int x`, `!!bool yes`: the tag's constructor refuses the text
+            value = node.value
+        if isinstance(value, str) and _SURROGATE.search(value):
+            value = _join_pairs(value)
+            if _SURROGATE.search(value):
+                self.error(self.span(node), LONE_SURROGATE, LONE_SURROGATE_HELP)
+                return None
+        return value
+
+
+LONE_SURROGATE = "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character"
+LONE_SURROGATE_HELP = ("write the character itself (an emoji can be pasted as it is), "
+                       "or escape it whole, e.g. `\\U0001F600`")
+
+
+def normalize_newlines(text: str) -> str:
+    """CR LF and a lone CR (old Mac files) become LF, so every stage counts lines alike."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str, str | None]:
+    """A YAML syntax error in plain words: ``(line, column, message, help)``."""
+    problem = e.problem or e.context or "invalid YAML"
+    context = e.context or ""
+    mark = e.problem_mark or e.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    ctx_line, ctx_col = ((e.context_mark.line + 1, e.context_mark.column + 1)
+                         if e.context_mark else (line, col))
+    lines = text.split("\n")
+
+    def src(n: int) -> str:
+        return lines[n - 1] if 1 <= n <= len(lines) else ""
+
+    def full_width_colon() -> int | None:
+        for n in (line, line - 1, ctx_line):
+            if "\uff1a" in src(n).split("#")[0]:
+                return n
+        return None
+
+    if "'\\t'" in problem:
+        return (line, col, "invalid YAML: a tab is used for indentation here",
+                "YAML indents with spaces only: replace the tab with spaces")
+    if (n := full_width_colon()) is not None and (
+            "could not find expected ':'" in problem or "mapping values" in problem
+            or "<block" in problem):
+        column = src(n).index("\uff1a") + 1
+        return (n, column, "invalid YAML: `\uff1a` is a full-width colon",
+                "write a half-width `:` followed by a space after the key, e.g. `greeting: ...`")
+    if "<block" in problem or ("mapping values are not allowed" in problem
+                               and _indented_deeper(src(line), src(line - 1))):
+        return (line, col, "invalid YAML: this line is not indented like the lines above it",
+                "the keys of one mapping (and the `-` of one list) start in the same column; "
+                "indent with spaces so that this line lines up with the others")
+    if "mapping values are not allowed" in problem:
+        return (line, col, "invalid YAML: a `: ` inside a value that is not quoted",
+                'quote the whole value, e.g. text: "注意: こちら"')
+    if "could not find expected ':'" in problem:
+        return (ctx_line, ctx_col, "invalid YAML: this line has no `:` after its key",
+                "write `key: value`; a text over several lines is written after `key: |` "
+                "on lines indented further")
+    if "end of stream" in problem and "quoted scalar" in context:
+        return (ctx_line, ctx_col, "invalid YAML: the quoted text that starts here is never closed",
+                "close it with the same quote, or write a text over several lines after `|`")
+    if "alias" in context:
+        return (ctx_line, ctx_col, "invalid YAML: a value that is not quoted cannot start with `*`",
+                'quote the whole value, e.g. text: "*sale* today"')
+    if "cannot start any token" in problem:
+        char = src(line)[col - 1:col] or "?"
+        return (line, col, f"invalid YAML: a value that is not quoted cannot start with `{char}`",
+                f'quote the whole value, e.g. text: "{char}..."')
+    if "flow mapping" in context or "flow sequence" in context:
+        return (ctx_line, ctx_col, "invalid YAML: the `{` or `[` that starts here is not closed properly",
+                "close it on the same line, quote values that hold `,` or `:`, "
+                "or write the entries as indented lines instead")
+    return (line, col, f"invalid YAML: {problem}",
+            "compare this line with the lines around it (indentation, `:` after each key, quotes)")
+
+
+def _indented_deeper(this: str, above: str) -> bool:
+    """Whether ``this`` line starts further right than the line above it."""
+    def indent(s: str) -> int:
+        return len(s) - len(s.lstrip(" "))
+    return bool(above.strip()) and indent(this) > indent(above)

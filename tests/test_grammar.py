@@ -251,10 +251,36 @@ def test_string_escapes():
 @pytest.mark.parametrize("text, expected", [
     ("when followed send greeting",
      "1:15: missing `then` before `send` | steps come after `then`, as in `when followed then send greeting`"),
-    ("when followed then send stop",
-     "1:25: `stop` is a keyword and cannot be used as a name | choose another name (keywords are listed in docs/language.md)"),
     ("when then send x",
-     "1:6: unexpected `then`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | `then` is a keyword: it cannot be used as a name"),
+     "1:6: unexpected `then`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | `then` is a keyword: here it was read as a name"),
+    ("when followed then wiat 1d send x",
+     "1:20: unexpected `wiat`; expected a step (`send`, `wait`, `tag`, ...) | did you mean `wait`?"),
+    ("when followed then send x\n  wiat 1d send x",
+     "2:3: unexpected `wiat`; expected `,`, `if`, `unless`, a step (`send`, `wait`, `tag`, ...), an option (`exit when`, `reenter`, `window`, ...), another rule or the end of the file | did you mean `wait`?"),
+    ("when followed then send x if purchsed within 3d",
+     "1:30: unexpected `purchsed`; expected a condition (`purchased`, `tagged vip`, `orders >= 3`, ...) | did you mean `purchased`?"),
+    ("when purchase then send x",
+     "1:6: unexpected `purchase`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | did you mean `purchased`?"),
+    ("when folowed then send x",
+     "1:6: unexpected `folowed`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | did you mean `followed`?"),
+    ("when followed then wait 14days send x",
+     "1:25: `14days` is not a duration | write `14d`"),
+    ("when followed then wait 2 weeks send x",
+     "1:25: `2 weeks` is not a duration | write `2w`"),
+    ("when followed then wait 1mo send x",
+     "1:25: `1mo` is not a duration | there is no month unit: write `30d`"),
+    ("when followed then wait 1y send x",
+     "1:25: `1y` is not a duration | there is no year unit: write `365d`"),
+    ("when followed then wait 30s send x",
+     "1:25: `30s` is not a duration | there is no seconds unit: the shortest duration is a minute, `1m`"),
+    ("when followed then send x if top 20％ by orders",
+     "1:36: `％` is a full-width character | write the half-width `%`"),
+    ("when followed then send x、y",
+     "1:26: `、` is a full-width character | write the half-width `,`"),
+    ("when followed then send x ＃ welcome",
+     "1:27: `＃` is a full-width character | write the half-width `#` to start a comment"),
+    ("when followed then send x if (tagged a or (tagged b",
+     "1:52: the file ends inside parentheses: the `(` at line 1, column 43 is never closed | close every `(` with a `)`"),
     ('when message "abc then send x',
      '1:14: unterminated text: the closing `"` is missing | a quoted text ends on the same line: "like this"'),
     ("when followed then wait 1 send x",
@@ -266,7 +292,7 @@ def test_string_escapes():
     ("rule x when",
      "1:12: the file ends too early; expected a trigger (`followed`, `message`, `schedule`, ... or a condition)"),
     ("when followed then send a if orders ＝ 3",
-     "1:37: unexpected `＝`; expected a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`) or `within` | use half-width punctuation (`=`, `<`, `>`, `%`, `:`, `,`, `(`, `)`, `\"`)"),
+     "1:37: `＝` is a full-width character | write the half-width `=`"),
     ("when followed then send a b",
      "1:27: unexpected `b`; expected `,`, `if`, `unless`, a step (`send`, `wait`, `tag`, ...), an option (`exit when`, `reenter`, `window`, ...), another rule or the end of the file | separate names with a comma: `send a, b`"),
     ("when followed then send a $",
@@ -344,3 +370,44 @@ def test_deeply_nested_conditions_are_refused_not_crashed(depth):
 
 def test_fifty_levels_are_fine():
     assert parse_file("t.rule", "when followed then stop if " + "not " * 50 + "blocked")[1] == []
+
+
+@pytest.mark.parametrize("text, names", [
+    ("rule sale when followed then send greeting", ["sale"]),
+    ("rule viewed when viewed then tag purchased", ["viewed"]),
+    ("rule a when tagged purchased then untag purchased start sale", ["a"]),
+    ("segment when: tagged rule or in segment segment\nsegment segment: blocked", ["when", "segment"]),
+    ("rule r when followed then set stop = 1 send stop if stop >= 1 menu wait", ["r"]),
+])
+def test_names_may_be_keywords_where_no_keyword_can_stand(text, names):
+    f, diags = parse_file("t.rule", text)
+    assert diags == []
+    assert [i.name.value for i in f.items] == names
+
+
+def test_a_keyword_name_does_not_split_a_broken_file():
+    """Error recovery cuts a broken file at `rule`, `segment` and `when`, but not where such a
+    word is a name (`tag rule`)."""
+    text = "rule a when followed then tag rule send x y\nrule b when followed then stop\n"
+    f, diags = parse_file("t.rule", text)
+    assert [(d.line, d.column) for d in diags] == [(1, 43)]
+    assert [i.name.value for i in f.items] == ["b"] and f.broken_rules == ("a",)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+def test_cr_and_crlf_are_line_ends(end):
+    text = "# welcome\nwhen followed\nthen send greeting\n  wait 3 send x\n"
+    f, diags = parse_file("t.rule", text.replace("\n", end))
+    assert [(d.line, d.column) for d in diags] == [(4, 8)]
+    f, diags = parse_file("t.rule", "# c\nwhen followed then send x\n".replace("\n", end))
+    assert diags == [] and len(f.items) == 1
+
+
+def test_a_condition_too_deep_for_recursion_is_refused_alone_at_its_place():
+    text = ("rule ok when followed then stop\n"
+            "rule deep when followed then stop if " + "not " * 5000 + "blocked\n"
+            "segment s: blocked\n")
+    f, diags = parse_file("t.rule", text)
+    assert [(d.line, d.column, d.message) for d in diags] == [
+        (2, 38, "this condition nests more than 50 levels deep")]
+    assert [i.name.value for i in f.items] == ["ok", "s"] and f.broken_rules == ("deep",)

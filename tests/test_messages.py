@@ -125,9 +125,74 @@ def test_missing_type():
     assert found("m:\n  - text: hi\n") == [(2, 5, "a message object needs a `type`")]
 
 
-def test_dates_must_be_quoted():
-    assert found("m:\n  - type: text\n    text: 2026-12-04\n") == [
-        (3, 11, "this value is read as a date; quote it to send it as text")]
+def test_yaml_1_2_core_schema_keeps_dates_times_and_yes_as_text():
+    defs, diags = load("""\
+        m:
+          - type: text
+            text: 2026-12-04
+          - type: text
+            text: no
+        r:
+          - type: flex
+            altText: a
+            contents: {type: bubble, hero: {type: image, url: "https://a.jp/a.png", aspectRatio: 20:13}}
+    """)
+    assert diags == []
+    assert [o["text"] for o in defs["m"].objects] == ["2026-12-04", "no"]
+    assert defs["r"].objects[0]["contents"]["hero"]["aspectRatio"] == "20:13"
+
+
+def test_a_value_that_comes_out_empty_says_quote_it():
+    src = """\
+        m:
+          - type: flex
+            altText: a
+            contents:
+              type: bubble
+              body: {type: box, layout: vertical, contents: [{type: text, text: hi}]}
+              styles:
+                body:
+                  backgroundColor: #e86a8d
+    """
+    defs, diags = load(src)
+    assert "m" not in defs
+    assert [(d.line, d.column, d.message, d.help) for d in diags] == [
+        (*at(src, "backgroundColor"), "`backgroundColor` has no value",
+         'an unquoted `#` starts a comment: quote it, e.g. backgroundColor: "#e86a8d"')]
+    assert found("m:\n  - type: text\n    text:\n") == [(3, 5, "`text` has no value")]
+    assert found("m: # coupon\n") == [(1, 1, "message `m` has no value")]
+
+
+@pytest.mark.parametrize("field, value, message, help_", [
+    ("aspectRatio", "1.5", "`aspectRatio` must be text, not 1.5", 'quote it: aspectRatio: "1.5"'),
+    ("size", "12", "`size` must be text, not 12", 'quote it: size: "12"'),
+    ("wrap", "yes", "`wrap` must be true or false, not `yes`", "YAML 1.2 reads `yes` as a text: write `true`"),
+    ("flex", '"2"', "`flex` must be a number, not `2`", "write the number without quotes"),
+])
+def test_a_value_of_the_wrong_type_for_its_line_field(field, value, message, help_):
+    src = f"""\
+        m:
+          - type: flex
+            altText: a
+            contents:
+              type: bubble
+              body:
+                type: box
+                layout: vertical
+                contents:
+                  - type: text
+                    text: hi
+                    {field}: {value}
+    """
+    _, diags = load(src)
+    assert [(d.line, d.message, d.help) for d in diags] == [(12, message, help_)]
+
+
+def test_lone_surrogate_is_an_error_at_its_line_and_a_pair_is_one_character():
+    defs, diags = load('ok: "\\ud83d\\ude00"\nhello: "\\ud800"\n')
+    assert defs["ok"].objects[0]["text"] == "\U0001F600"
+    assert [(d.line, d.column, d.message) for d in diags] == [
+        (2, 8, "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character")]
 
 
 # ----------------------------------------------------------------------------- required fields
@@ -385,7 +450,21 @@ def test_unknown_filter():
     src = 'm: "{{ friend.display_name | upcse }}"\n'
     defs, diags = load(src)
     assert [(d.line, d.column, d.message, d.help) for d in diags] == [
-        (1, 4, "unknown template filter `upcse`", "did you mean `upcase`?")]
+        (1, 30, "unknown template filter `upcse`", "did you mean `upcase`?")]
+
+
+def test_template_warnings_point_at_the_line_inside_a_block():
+    src = textwrap.dedent("""\
+        m:
+          - type: text
+            text: |-
+              こんにちは
+              {{ freind.display_name }}さん、{{ friend.x | upcse }}
+    """)
+    defs, diags = load_messages(PATH, src)
+    assert [(d.line, d.column, d.severity, d.message) for d in diags] == [
+        (5, at(src, "freind")[1], "warning", "unknown template variable `freind` renders as nothing"),
+        (5, at(src, "upcse")[1], "error", "unknown template filter `upcse`")]
 
 
 def test_include_is_not_available():

@@ -101,6 +101,37 @@ def test_mutated_sample_folder_never_raises(case):
             assert d.path.startswith(str(folder))
 
 
+@FAST
+@given(mutated(), st.sampled_from(["\r\n", "\r"]))
+def test_every_line_end_gives_the_same_diagnostics(case, end):
+    """CR LF (Windows) and CR alone (old Mac) are line ends like LF: the same rules, the same
+    diagnostics at the same places."""
+    _, text = case
+    lf = compile_source(text, messages={})
+    other = compile_source(text.replace("\n", end), messages={})
+    assert other.diagnostics == lf.diagnostics
+    assert (other.project is None) == (lf.project is None)
+    if lf.project is not None:
+        assert other.project.rules == lf.project.rules
+
+
+@FAST
+@given(st.sampled_from(sorted(SAMPLES) + sorted(YAML)), st.sampled_from(["\r\n", "\r"]))
+def test_sample_folder_with_other_line_ends_is_the_same_project(name, end):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for other, content in {**SAMPLES, **YAML}.items():
+            (folder / other).write_text(content.replace("\n", end) if other == name else content,
+                                        encoding="utf-8", newline="")
+        result = load_project(folder)
+        assert result.diagnostics == []
+        lf = load_project(ROOT / "rules").project
+        assert {n: r.version for n, r in result.project.rules.items()} == \
+            {n: r.version for n, r in lf.rules.items()}
+        assert result.project.messages == lf.messages and result.project.sales == lf.sales
+        assert result.project.settings == lf.settings
+
+
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20),
                          st.sampled_from(["09:00-21:00", "Asia/Tokyo", "2026-12-04 20:00", "-"]))
 yaml_values = st.recursive(

@@ -122,7 +122,7 @@ def test_a_list_of_tests_with_options():
      't.yaml:5:5: error: this expected push has no `messages`'),
     (PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
      't.yaml:7:10: error: `2026-11-03` needs a UTC offset'),
-    ("name: [unclosed\n", "t.yaml:2:1: error: invalid YAML"),
+    ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
     ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
 ])
 def test_malformed_test_file_points_at_line_and_column(text, expected):
@@ -133,10 +133,18 @@ def test_malformed_test_file_points_at_line_and_column(text, expected):
 
 def test_yaml_booleans_in_events_get_a_quoting_hint():
     text = PASSING.replace("source: qr=shipping}", "source: qr=shipping}\n  - {type: message, friend: U1, "
-                           "at: 2026-11-01T11:00:00+09:00, text: yes}")
+                           "at: 2026-11-01T11:00:00+09:00, text: true}")
     _, [diag] = load_tests("t.yaml", text, project())
     assert (diag.line, diag.message) == (4, "event `text` must be a string, got true")
-    assert diag.help == 'YAML reads `yes` as true; write it in quotes: "yes"'
+    assert diag.help == 'YAML reads `true` as true; write it in quotes: "true"'
+
+
+def test_test_files_are_yaml_1_2_so_yes_is_a_text():
+    text = PASSING.replace("source: qr=shipping}", "source: qr=shipping}\n  - {type: message, friend: U1, "
+                           "at: 2026-11-01T11:00:00+09:00, text: yes}")
+    tests, diags = load_tests("t.yaml", text, project())
+    assert diags == []
+    assert tests[0].events[1].data["text"] == "yes"
 
 
 # ----------------------------------------------------------------------------- comparing

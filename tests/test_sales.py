@@ -170,7 +170,8 @@ def test_one_bad_sale_keeps_the_others():
 
 def test_yaml_error_in_calendar():
     assert errors("sales:\n  - name: 'a\n") == [
-        "3:1: invalid YAML: found unexpected end of stream"]
+        "2:11: invalid YAML: the quoted text that starts here is never closed | "
+        "close it with the same quote, or write a text over several lines after `|`"]
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -186,3 +187,10 @@ def test_never_raises(text):
     sales, diags = load_sales(PATH, text, TOKYO)
     assert all(isinstance(s, ir.Sale) and s.starts < s.ends for s in sales)
     assert all(d.path == PATH and d.line >= 1 and d.column >= 1 for d in diags)
+
+
+def test_a_field_with_no_value_is_an_error_that_says_quote_it():
+    text = one_sale(url="#sale")
+    assert errors(text) == [
+        "6:5: `url` has no value | "
+        'an unquoted `#` starts a comment: quote it, e.g. url: "#sale"']

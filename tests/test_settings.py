@@ -193,12 +193,49 @@ def test_root_must_be_a_mapping():
 
 def test_yaml_syntax_error_at_its_place():
     assert errors("timezone: Asia/Tokyo\nwindow: [09:00\n") == [
-        "3:1: error: invalid YAML: expected ',' or ']', but got '<stream end>'"]
+        "2:9: error: invalid YAML: the `{` or `[` that starts here is not closed properly | "
+        "close it on the same line, quote values that hold `,` or `:`, "
+        "or write the entries as indented lines instead"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("timezone: Asia/Tokyo\n\tutm: true\n",
+     "2:1: error: invalid YAML: a tab is used for indentation here | "
+     "YAML indents with spaces only: replace the tab with spaces"),
+    ("rich_menus:\n  member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4\n vip: x\n",
+     "3:2: error: invalid YAML: this line is not indented like the lines above it | "
+     "the keys of one mapping (and the `-` of one list) start in the same column; "
+     "indent with spaces so that this line lines up with the others"),
+    ("timezone: Asia/Tokyo\nmax_per_day\uff1a 2\nutm: true\n",
+     "2:12: error: invalid YAML: `\uff1a` is a full-width colon | "
+     "write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"),
+    ('timezone: "Asia/Tokyo\nutm: true\n',
+     "1:11: error: invalid YAML: the quoted text that starts here is never closed | "
+     "close it with the same quote, or write a text over several lines after `|`"),
+])
+def test_yaml_syntax_errors_in_plain_words(text, expected):
+    assert errors(text) == [expected]
+
+
+def test_yaml_1_2_core_schema():
+    """`no`, `yes`, `on` are texts in YAML 1.2: a setting that needs true/false says so."""
+    assert errors("utm: no\n") == [
+        "1:6: error: `utm` must be true or false, not `no` | "
+        "YAML 1.2 reads `no` as a text: write `false`"]
+    s, diags = load("utm: false\nmax_per_day: 0x2\n")
+    assert diags == [] and s.utm is False and s.max_per_day == 2
+
+
+def test_crlf_and_cr_line_ends():
+    for end in ("\r\n", "\r"):
+        s, diags = load(f"# settings{end}timezone: Asia/Tokyo{end}max_per_day: 0{end}")
+        assert [(d.line, d.column) for d in diags] == [(3, 14)]
 
 
 def test_control_characters_are_reported():
     assert errors("utm: true\n\x00\n") == [
-        "2:1: error: invalid YAML: the control character U+0000 is not allowed in a YAML file"]
+        "2:1: error: invalid YAML: the control character U+0000 is not allowed in a YAML file | "
+        "remove it (it is often pasted in with text copied from elsewhere)"]
 
 
 def test_unsupported_tag():

@@ -32,6 +32,12 @@ CASES = {
     "single_file": "single_file/checked.rule",
     "missing": "missing",
     "conditions": "conditions",
+    # one mis-indented line in messages.yaml and a tab in settings.yaml: those two errors only,
+    # first, and no "unknown message" / "unknown rich menu" in the rules
+    "yaml_cascade": "yaml_cascade",
+    "messages_types": "messages_types",
+    "keyword_slips": "keyword_slips",
+    "sale_moments": "sale_moments",
 }
 
 
@@ -133,9 +139,38 @@ def test_main_returns_exit_code(capsys):
     assert capsys.readouterr().out == "[]\n"
 
 
-def test_empty_folder_is_valid(tmp_path):
+def test_empty_folder_is_valid_with_a_warning(tmp_path):
     code, out = run([str(tmp_path)], ROOT)
-    assert (code, out) == (0, "ok: 0 rules, 0 segments\n")
+    assert (code, out) == (0, f"{tmp_path}:1:1: warning: `{tmp_path}` holds no .rule files, so nothing will be sent\n"
+                              "    help: give the folder that holds the rules (by default `rules`)\n"
+                              "ok: 0 rules, 0 segments, 1 warning\n")
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_every_line_end_is_a_line_end(tmp_path, end):
+    """A file saved with CR alone (old Mac) or CR LF is read line by line like LF: a leading
+    comment does not swallow the file, and places and carets are right."""
+    (tmp_path / "messages.yaml").write_text(f'# messages{end}greeting: "hi"{end}', encoding="utf-8", newline="")
+    (tmp_path / "r.rule").write_text(f"# welcome{end}when followed{end}then send greeting{end}  send greting{end}",
+                                     encoding="utf-8", newline="")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 1
+    assert out == (f"{tmp_path}/r.rule:4:8: error: unknown message `greting`\n"
+                   "      send greting\n"
+                   "           ^^^^^^^\n"
+                   "    help: did you mean `greeting`?\n"
+                   "1 error, 0 warnings\n")
+
+
+def test_rule_files_without_rules_warn(tmp_path):
+    (tmp_path / "a.rule").write_text("# only a comment\r# and another\r", encoding="utf-8", newline="")
+    code, out = run([str(tmp_path)], ROOT)
+    assert code == 0
+    assert out == (f"{tmp_path}/a.rule:1:1: warning: this file holds no rule or segment\n"
+                   "    # only a comment\n"
+                   "    ^\n"
+                   "    help: a rule starts with `rule NAME` or `when`; see docs/language.md\n"
+                   "ok: 0 rules, 0 segments, 1 warning\n")
 
 
 def _shape(message: str) -> str:
