@@ -210,6 +210,12 @@ class UnfollowedTrigger:
 
 
 @dataclass(slots=True)
+class LinkedTrigger:
+    """``when linked``: the friend was just linked to a shop customer (docs/shop.md)."""
+    span: Span
+
+
+@dataclass(slots=True)
 class MessageTrigger:
     keywords: tuple[Str, ...]
     exact: bool
@@ -244,7 +250,7 @@ class SaleTrigger:
     span: Span
 
 
-Trigger = Union[CondTrigger, UnfollowedTrigger, MessageTrigger, PostbackTrigger, EventTrigger,
+Trigger = Union[CondTrigger, UnfollowedTrigger, LinkedTrigger, MessageTrigger, PostbackTrigger, EventTrigger,
                 ScheduleTrigger, SaleTrigger]
 
 # ----------------------------------------------------------------------------- steps

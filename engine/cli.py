@@ -155,6 +155,68 @@ def run(rules_dir, db, listen, tick_seconds, condition_interval):
                           condition_interval=condition_interval))
 
 
+@cli.group(name="import")
+def import_group():
+    """Load the shop's history: orders (Shopify, Rakuten RMS, plain CSV) and customer links.
+
+    Importing sends nothing and fires no rule; it is safe to run again (nothing doubles).
+    See docs/shop.md.
+
+    \b
+    Example:
+      linerules import orders orders_export.csv --format shopify --db linerules.db
+      linerules import customers links.csv --db linerules.db
+    """
+
+
+@import_group.command(name="orders")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["shopify", "rakuten", "csv"]), required=True,
+              help="shopify: Shopify's order export; rakuten: Rakuten RMS's order CSV (Shift_JIS); "
+                   "csv: the plain CSV of docs/shop.md.")
+@click.option("--columns", default=None, metavar="FIELD=Header,...",
+              help="Columns named differently in this file, e.g. order_id=注文番号,customer=会員ID.")
+@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder (its time zone reads times written without an offset).")
+def import_orders_cmd(file, fmt, columns, db, rules_dir):
+    """Import order history by order id; prints what was counted, kept and refused.
+
+    Orders of customers linked to a friend count for that friend (orders, spend, last purchase,
+    rankings); the others are kept and count once the customer is linked. Refused rows are
+    listed as FILE:LINE: reason.
+
+    \b
+    Example:
+      linerules import orders orders_export.csv --format shopify
+      linerules import orders rms_orders.csv --format rakuten --db /var/lib/linerules/linerules.db
+    """
+    from .importer import main_orders
+
+    raise SystemExit(main_orders(file, fmt, columns, db, rules_dir))
+
+
+@import_group.command(name="customers")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--columns", default=None, metavar="FIELD=Header,...",
+              help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.")
+@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
+              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
+def import_customers_cmd(file, columns, db):
+    """Import customer id <-> LINE user id links (columns `customer` and `friend`).
+
+    Linked customers' kept orders count for their friend from now on; no rule fires.
+
+    \b
+    Example:
+      linerules import customers line_login_members.csv --db linerules.db
+    """
+    from .importer import main_customers
+
+    raise SystemExit(main_customers(file, columns, db))
+
+
 def main():
     cli(prog_name="linerules")
 

@@ -111,6 +111,8 @@ def compile_trigger(t: A.Trigger) -> ir.Trigger:
         return event_form(t.cond) or ir.ConditionTrigger(compile_cond(t.cond), span=t.span)
     if isinstance(t, A.UnfollowedTrigger):
         return ir.Unfollowed(span=t.span)
+    if isinstance(t, A.LinkedTrigger):
+        return ir.Linked(span=t.span)
     if isinstance(t, A.MessageTrigger):
         return ir.MessageTrigger(tuple(normalise_keyword(k.value) for k in t.keywords), t.exact,
                                  span=t.span)
@@ -343,6 +345,8 @@ def describe_trigger(t: ir.Trigger) -> str:
         return "followed" + (f" via {_pairs_words(t.via)}" if t.via else "")
     if isinstance(t, ir.Unfollowed):
         return "unfollowed"
+    if isinstance(t, ir.Linked):
+        return "linked"
     if isinstance(t, ir.MessageTrigger):
         return "message " + ("exactly " if t.exact else "") + ", ".join(_quote(k) for k in t.keywords)
     if isinstance(t, ir.PostbackTrigger):

@@ -60,7 +60,7 @@ MAX_MESSAGES = 5
 
 #: Client-side buckets, one per endpoint the dispatcher calls (LINE's limits per second).
 DISPATCH_ENDPOINTS = ("push", "multicast", "reply", "profile", "quota", "quota_consumption",
-                      "richmenu_link", "richmenu_unlink")
+                      "richmenu_link", "richmenu_unlink", "link_token")
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
@@ -135,6 +135,8 @@ class Transport(Protocol):
     async def refresh_quota(self) -> int | None: ...
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None: ...
+
+    async def issue_link_token(self, user_id: str) -> str | None: ...
 
     async def close(self) -> None: ...
 
@@ -538,6 +540,17 @@ class Dispatcher:
         data = json.loads(answer.body)
         return {"display_name": data.get("displayName"), "language": data.get("language")}
 
+    async def issue_link_token(self, user_id: str) -> str | None:
+        """A new account-link token for the user (``POST /v2/bot/user/{userId}/linkToken``;
+        valid 10 minutes, single use), or None when LINE did not give one."""
+        api = await self._messaging()
+        answer = await self._request("link_token", lambda: api.issue_link_token_with_http_info(
+            user_id, _request_timeout=self.timeout))
+        if not answer.ok:
+            logger.warning("no account-link token for %s: %s", user_id, answer.describe())
+            return None
+        return json.loads(answer.body).get("linkToken")
+
 
 def _snippet(messages: Sequence[Mapping[str, Any]], width: int = 40) -> str:
     for msg in messages:
@@ -594,6 +607,10 @@ class DryRunTransport:
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         """No profiles without LINE."""
+        return None
+
+    async def issue_link_token(self, user_id: str) -> str | None:
+        """No account-link tokens without LINE."""
         return None
 
     async def close(self) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 #: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
 KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
-               "attributes", "tag")
+               "attributes", "tag", "identify", "unlink", "refund")
+#: Types that may name the shop's ``customer`` instead of the ``friend`` (custom types may too).
+CUSTOMER_TYPES = ("purchase", "cart", "view", "attributes", "tag", "unlink", "refund")
 
 #: Types spelled as the rules spell what happened (``when carted``, ``purchased``, ``blocked``)
 #: rather than as the event that happened: the type each one means. A custom event of such a
@@ -22,6 +24,7 @@ RULE_WORD_TYPES = {
     "tagged": "tag", "untagged": "tag", "order": "purchase", "ordered": "purchase",
     "bought": "purchase", "messaged": "message", "block": "unfollow", "orders": "purchase",
     "add_to_cart": "cart", "postbacked": "postback",
+    "linked": "identify", "unlinked": "unlink", "refunded": "refund", "cancelled": "refund",
 }
 
 #: Times an event may carry (``at``): from the Unix epoch to the end of 2199 (UTC). Later
@@ -88,6 +91,13 @@ class Event:
         if self.id:
             return f"id:{self.id}"
         return None
+
+
+def customer_key(value: str) -> str:
+    """The shop's customer id as linerules keeps it: an e-mail address (Shopify's and Rakuten's
+    customer key) is compared without case; any other id is kept as given."""
+    text = value.strip()
+    return text.lower() if "@" in text else text
 
 
 class EventError(ValueError):

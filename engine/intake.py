@@ -17,7 +17,8 @@ import re
 from typing import Any, Callable
 
 from .diagnostics import did_you_mean
-from .events import KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, type_hint, type_hint_message
+from .events import (CUSTOMER_TYPES, KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, customer_key,
+                     type_hint, type_hint_message)
 
 #: Names of tags, attributes and custom event types (the rule language's name rule).
 NAME_RE = re.compile(r"[^\W\d][\w-]*\Z")
@@ -210,6 +211,20 @@ TYPE_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "attributes": {"set": (True, _attributes)},
     "tag": {"add": (False, _names), "remove": (False, _names)},
 }
+
+
+def _customer(value: Any, ctx: _Ctx, field: str) -> str:
+    return customer_key(_nonempty(value, ctx, field))
+
+
+# the shop side (docs/shop.md): links, refunds, and shop events naming the shop's customer
+TYPE_FIELDS["identify"] = {"customer": (True, _customer)}
+TYPE_FIELDS["unlink"] = {}
+TYPE_FIELDS["refund"] = {"order_id": (True, _nonempty), "amount": (False, _number),
+                         "reason": (False, _string)}
+for _kind in CUSTOMER_TYPES:
+    TYPE_FIELDS[_kind]["customer"] = (False, _customer)
+TYPE_FIELDS["cart"]["checkout_url"] = (False, _nonempty)   # for the cart reminder's link
 assert set(TYPE_FIELDS) == set(KNOWN_TYPES)
 
 
@@ -283,16 +298,28 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     spec = TYPE_FIELDS.get(kind)
     if spec is not None:
         _no_unknown(rest, spec, ctx, f"{kind} events", allowed=COMMON_FIELDS)
+    # without `friend`, the event applies to the friend linked to its `customer` (a refund: to
+    # the owner of its order); friend "" until then
+    by_customer = "friend" not in obj and (
+        ("customer" in obj and (kind in CUSTOMER_TYPES or spec is None)) or kind == "refund")
+    if by_customer:
+        obj = {**obj, "friend": ""}
+    if kind == "unlink" and "customer" not in obj and "friend" not in obj:
+        raise ctx.error("friend", "is missing: an unlink event names the `friend` or the `customer`")
     for key in ("friend", "at"):
         if key not in obj:
             close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
             hint = f" (is `{close[0]}` a typo of `{key}`?)" if close else ""
+            if not hint and key == "friend" and (kind in CUSTOMER_TYPES or spec is None):
+                hint = " (name the LINE `friend` or the shop's `customer`)"
             raise ctx.error(key, "is missing" + hint)
-    friend = _nonempty(obj["friend"], ctx, "friend")
+    friend = "" if by_customer else _nonempty(obj["friend"], ctx, "friend")
     at = parse_at(obj["at"], ctx)
     event_id = _nonempty(obj["id"], ctx, "id") if "id" in obj else None
     if spec is None:
         data = rest
+        if "customer" in data:
+            data = {**data, "customer": _customer(data["customer"], ctx, "customer")}
     else:
         data = _fields(rest, spec, ctx, f"{kind} events")
         _check_type_rules(kind, data, ctx)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
-from . import ir, timeutil
+from . import identity, ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
 from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
@@ -301,13 +301,17 @@ class Engine:
 
     def _event(self, ev: EventRow, now: int, result: TickResult) -> None:
         s, friend, at, data = self.store, ev.friend, ev.at, ev.data
+        # links, orders and refunds, events naming the shop's customer (engine/identity.py)
+        shop = identity.handle(s, ev)
+        if shop is not None:
+            if shop.friend is None:
+                return          # kept for a customer not linked yet; counts once linked
+            friend, data = shop.friend, shop.data
         s.touch(friend, at)
         if ev.type == "follow":
             s.follow(friend, at, data.get("source"))
         elif ev.type == "unfollow":
             s.unfollow(friend, at)
-        elif ev.type == "purchase":
-            s.purchase(friend, at, data.get("amount", 0), data.get("items") or [])
         elif ev.type in ("cart", "view"):
             s.track(friend, ev.type, data.get("product"), at)
         elif ev.type == "attributes":
@@ -322,7 +326,10 @@ class Engine:
         elif ev.type in REPLIED_TYPES and ev.reply_token:
             # not an answer (window and cap apply), but a welcome sent at once goes as a free reply
             cause = (None, ev.reply_token, ev.received_at + REPLY_SECONDS)
-        self._fire(ev.type, data, friend, now, at, cause, result)
+        for linked, linked_data in shop.linked if shop is not None else ():
+            self._fire(identity.LINKED, linked_data, linked, now, at, cause, result)
+        if shop is None or shop.fire:
+            self._fire(ev.type, data, friend, now, at, cause, result)
         result.exited += self._check_exits(friend, now)
 
     def _fire(self, event_type: str, data: dict, friend: str, now: int, at: int,
@@ -379,7 +386,7 @@ class Engine:
             return trig.name in (data.get("add") or [])
         if isinstance(trig, ir.CustomEventTrigger):
             return all(k in data and str(data[k]) == v for k, v in trig.pairs)
-        return True  # Unfollowed
+        return True  # Unfollowed, Linked
 
     def _check_exits(self, friend: str, now: int) -> int:
         """Re-check ``exit when`` of the friend's open enrollments after a state change."""

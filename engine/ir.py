@@ -163,6 +163,13 @@ class Unfollowed:
 
 
 @dataclass(frozen=True)
+class Linked:
+    """``linked`` -- the friend was just linked to a shop customer (engine/identity.py)."""
+    span: Span | None = field(**_SPAN)
+    event_type = "linked"
+
+
+@dataclass(frozen=True)
 class MessageTrigger:
     """``message "a", "b"`` (contains any) / ``message exactly "はい"`` (equals any).
     Keywords are stored NFKC-normalised and casefolded; the engine normalises the text alike."""
@@ -252,7 +259,7 @@ class ConditionTrigger:
     span: Span | None = field(**_SPAN)
 
 
-EventTrigger = Union[Followed, Unfollowed, MessageTrigger, PostbackTrigger, PurchasedTrigger,
+EventTrigger = Union[Followed, Unfollowed, Linked, MessageTrigger, PostbackTrigger, PurchasedTrigger,
                      CartedTrigger, ViewedTrigger, TaggedTrigger, CustomEventTrigger]
 Trigger = Union[EventTrigger, ScheduleTrigger, SaleTrigger, ConditionTrigger]
 
@@ -440,6 +447,7 @@ class Settings:
     base_url: str | None = None           # public base URL of the runner (click tracking, /join)
     login_channel_id: str | None = None   # LINE Login channel for /join/<source>
     login_channel_secret: str | None = None
+    account_link_url: str | None = None   # account_link.login_url: the shop's login page
     span: Span | None = field(**_SPAN)
 
     @property

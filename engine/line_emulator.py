@@ -69,6 +69,7 @@ ROUTES: Mapping[str, tuple[str, str]] = {
     "richmenu_link": ("POST", "/v2/bot/user/{userId}/richmenu/{richMenuId}"),
     "richmenu_unlink": ("DELETE", "/v2/bot/user/{userId}/richmenu"),
     "richmenu_bulk_link": ("POST", "/v2/bot/richmenu/bulk/link"),
+    "link_token": ("POST", "/v2/bot/user/{userId}/linkToken"),
 }
 
 #: Endpoints that accept ``X-Line-Retry-Key``; every other one answers 400 when it is sent.
@@ -439,6 +440,8 @@ class Emulator:
         self.undelivered: list[Delivery] = []
         self.inboxes: dict[str, list[Delivery]] = defaultdict(list)
         self.rich_menu_links: dict[str, str] = {}
+        #: account-link tokens issued: token -> (user id, expires at, used)
+        self.link_tokens: dict[str, list] = {}
         self.requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
         self._reply_tokens: dict[str, _ReplyToken] = {}
@@ -630,7 +633,7 @@ class Emulator:
                 raise _Answer(409, RETRY_KEY_ACCEPTED_MESSAGE, extra=extra,
                               headers={"x-line-accepted-request-id": accepted.request_id})
         data: Any = None
-        if request.method in ("POST", "PUT") and endpoint != "richmenu_link":
+        if request.method in ("POST", "PUT") and endpoint not in ("richmenu_link", "link_token"):
             data = self._parse_json(request, body)
         handler = getattr(self, f"_do_{endpoint}")
         status, payload = handler(request, data, record)
@@ -777,6 +780,33 @@ class Emulator:
                    "language": user.language, "pictureUrl": user.picture_url,
                    "statusMessage": user.status_message}
         return 200, {k: v for k, v in profile.items() if v is not None}
+
+    # ----------------------------------------------------------------- account link
+
+    #: Seconds a link token is valid (LINE: 10 minutes, single use).
+    LINK_TOKEN_TTL = 600.0
+
+    def _do_link_token(self, request: web.Request, data: None,
+                       record: RecordedRequest) -> tuple[int, Any]:
+        user_id = request.match_info["userId"]
+        if user_id not in self.users:
+            raise _Answer(400, "The user ID is invalid")
+        token = secrets.token_urlsafe(24)
+        self.link_tokens[token] = [user_id, self.clock() + self.LINK_TOKEN_TTL, False]
+        return 200, {"linkToken": token}
+
+    def account_link_event(self, link_token: str, nonce: str, *, timestamp_ms: int | None = None) -> dict[str, Any]:
+        """What LINE does at ``https://access.line.me/dialog/bot/accountLink?linkToken=&nonce=``:
+        the ``accountLink`` webhook event it then sends (``link.result`` ``ok``, or ``failed``
+        for a used or expired token). An unknown token raises KeyError."""
+        user_id, expires, used = self.link_tokens[link_token]
+        ok = not used and self.clock() <= expires
+        self.link_tokens[link_token][2] = True
+        return {"type": "accountLink", "mode": "active",
+                "timestamp": int(self.clock() * 1000) if timestamp_ms is None else timestamp_ms,
+                "source": {"type": "user", "userId": user_id}, "webhookEventId": uuid.uuid4().hex.upper()[:26],
+                "deliveryContext": {"isRedelivery": False}, "replyToken": uuid.uuid4().hex,
+                "link": {"result": "ok" if ok else "failed", "nonce": nonce}}
 
     # ----------------------------------------------------------------- rich menus
 

@@ -37,7 +37,7 @@ ACTION_TYPES = ("postback", "message", "uri", "datetimepicker", "camera", "camer
                 "location", "richmenuswitch", "clipboard")
 TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
 URI_SCHEMES = ("https", "http", "line", "tel")
-TEMPLATE_VARIABLES = ("friend", "rule", "sale")
+TEMPLATE_VARIABLES = ("friend", "rule", "sale", "event")
 
 MAX_OBJECTS = 5
 TEXT_LIMIT = 5000

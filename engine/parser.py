@@ -44,7 +44,7 @@ OPTION_WORDS = ("exit", "reenter", "window", "priority", "split", "holdout")
 ITEM_WORDS = ("rule", "segment", "when")
 COND_WORDS = ("not", "(", "purchased", "clicked", "viewed", "carted", "tagged", "blocked",
               "followed", "friend", "last", "never", "top", "in", "variant")
-TRIGGER_WORDS = ("unfollowed", "message", "postback", "event", "schedule", "sale")
+TRIGGER_WORDS = ("unfollowed", "linked", "message", "postback", "event", "schedule", "sale")
 
 #: Named terminals in words.
 TERMINAL_WORDS = {
@@ -300,6 +300,9 @@ class _AstBuilder:
     def unfollowed(self, span, children):
         return A.UnfollowedTrigger(span)
 
+    def linked(self, span, children):
+        return A.LinkedTrigger(span)
+
     def message_trigger(self, span, children):
         keywords_ = tuple([self._str(t) for t in children if t.type == "STRING"])
         return A.MessageTrigger(keywords_, children[0].type == "EXACTLY", span)
@@ -488,7 +491,7 @@ def _handlers() -> dict[int, Callable]:
     return table
 
 
-_TRIGGER_TYPES = frozenset((A.CondTrigger, A.UnfollowedTrigger, A.MessageTrigger,
+_TRIGGER_TYPES = frozenset((A.CondTrigger, A.UnfollowedTrigger, A.LinkedTrigger, A.MessageTrigger,
                             A.PostbackTrigger, A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger))
 _OPTION_TYPES = frozenset((A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Split, A.Holdout))
 _STEP_TYPES = frozenset((A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep,

@@ -43,6 +43,7 @@ LINE_RATE_LIMITS: Mapping[str, Limit] = {
     "richmenu_link": Limit(2000),
     "richmenu_unlink": Limit(2000),
     "richmenu_bulk_link": Limit(2000),
+    "link_token": Limit(2000),
 }
 
 

@@ -72,6 +72,7 @@ class RunnerConfig:
     login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
     login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
+    shopify_secret: str | None = None        # SHOPIFY_WEBHOOK_SECRET
     condition_interval: int = 0              # --condition-interval; 0 = every tick
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
@@ -89,6 +90,7 @@ class RunnerConfig:
                    login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
                    login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
                    join_redirect=get("LINERULES_JOIN_REDIRECT"),
+                   shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
                    env=dict(env))
 
     @property

@@ -10,6 +10,7 @@ Routes (docs/operations.md):
 - ``GET /metrics``     Prometheus text format.
 - ``GET /join/<source>``, ``GET /login/callback``   friend-add source through LINE Login.
 - ``GET /c/<token>``   tracked link: record the click, redirect to the tagged URL.
+- ``POST /shopify/webhooks``, ``POST /account-link/nonce``   the shop side (engine/shop_http.py).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
 from .runloop import Runner, RunnerConfig, StartupError
+from .shop_http import account_link_target, routes as shop_routes
 from .store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
 from .webhook import parse_webhook, verify_signature
 
@@ -409,7 +411,7 @@ async def click(request: web.Request) -> web.Response:
     if url is None:
         return web.Response(status=404, text="unknown link")
     runner.metrics.clicks.inc()
-    raise web.HTTPFound(url)
+    raise web.HTTPFound(await account_link_target(runner, request.match_info["token"], url))
 
 
 # ----------------------------------------------------------------------------- the app
@@ -430,6 +432,7 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
         web.get("/login/callback", login_callback),
         web.get("/login/thanks", thanks),
         web.get("/c/{token}", click),
+        *shop_routes(RUNNER),      # /shopify/webhooks, /account-link/nonce (engine/shop_http.py)
     ])
 
     async def session_ctx(app: web.Application):

@@ -101,6 +101,12 @@ def read_settings(path: str, text: str) -> SettingsFile:
         values["login_channel_id"] = env_id
     if env_secret:
         values["login_channel_secret"] = env_secret
+    if "account_link" in values:
+        values["account_link_url"] = values.pop("account_link")
+        if "base_url" not in values:
+            f.error(f.span_at(("account_link",), key=True), "`account_link` needs `base_url`",
+                    help="set base_url to the runner's public https address: the link a friend taps "
+                         "goes through it to get LINE's link token")
     root_span = f.span(f.root) if f.root is not None else None
     menus = f.nodes.get(("rich_menus",))
     names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
@@ -203,6 +209,26 @@ def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], 
     return check
 
 
+def _account_link(f: YamlFile, path, value: Any) -> str | None:
+    """``account_link: {login_url: https://...}``: the shop's login page for LINE's account link."""
+    if not isinstance(value, dict):
+        f.error(f.span_at(path), "`account_link` must be a mapping with `login_url`",
+                help="e.g. account_link: {login_url: https://shop.example.jp/line/login}")
+        return None
+    for key in value:
+        if key != "login_url":
+            f.error(f.span_at(path + (key,), key=True), f"unknown setting `account_link.{key}`",
+                    help="account_link holds only `login_url`")
+    url = value.get("login_url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme != "https" or not parts.netloc:
+        where = path + ("login_url",) if "login_url" in value else path
+        f.error(f.span_at(where), f"`account_link.login_url` must be an https:// URL, not `{url}`",
+                help="the page of the shop where a friend signs in to link their account")
+        return None
+    return url
+
+
 _CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
     "timezone": _timezone,
     "window": _window,
@@ -214,6 +240,7 @@ _CHECKS: dict[str, Callable[[YamlFile, Any, Any], Any]] = {
     "base_url": _base_url,
     "login_channel_id": _text("login_channel_id"),
     "login_channel_secret": _text("login_channel_secret", secret=True),
+    "account_link": _account_link,
 }
 
 #: Every key settings.yaml may hold.

@@ -101,6 +101,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN error TEXT;
     CREATE INDEX events_failed ON events(seq) WHERE error IS NOT NULL;
     """,
+    # 5: the shop side (engine/identity.py): customer <-> friend links, every order by its id
+    # (kept for a customer not linked yet, counted for the linked friend), account-link nonces;
+    # activity rows of an order carry its id so a refund or a link change can redo them
+    """
+    CREATE TABLE customer_links (customer TEXT PRIMARY KEY, friend TEXT NOT NULL UNIQUE,
+      via TEXT NOT NULL, linked_at INTEGER NOT NULL);
+    CREATE TABLE link_history (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, friend TEXT NOT NULL,
+      action TEXT NOT NULL, via TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, friend TEXT,
+      direct INTEGER NOT NULL DEFAULT 0, at INTEGER, amount REAL, refunded REAL NOT NULL DEFAULT 0,
+      cancelled INTEGER NOT NULL DEFAULT 0, items TEXT NOT NULL DEFAULT '[]', source TEXT NOT NULL,
+      external_id TEXT, created_at INTEGER NOT NULL);
+    CREATE INDEX orders_external ON orders(external_id) WHERE external_id IS NOT NULL;
+    CREATE INDEX orders_customer ON orders(customer) WHERE customer IS NOT NULL;
+    CREATE INDEX orders_friend ON orders(friend) WHERE friend IS NOT NULL;
+    CREATE TABLE link_nonces (nonce TEXT PRIMARY KEY, customer TEXT NOT NULL,
+      created_at INTEGER NOT NULL, used_at INTEGER);
+    ALTER TABLE activity ADD COLUMN order_id TEXT;
+    CREATE INDEX activity_order ON activity(order_id) WHERE order_id IS NOT NULL;
+    CREATE INDEX events_kept ON events(json_extract(data, '$.customer')) WHERE friend = ''
+    """,
 )
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
@@ -474,7 +495,8 @@ class Store:
         The engine's next tick processes them in (at, seq) order."""
         received = int(time.time()) if received_at is None else int(received_at)
         # the rows are encoded before the write lock is taken: the transaction only inserts
-        friends = [(e.friend, int(e.at.timestamp())) for e in events]
+        # an event naming only the shop's customer has friend "" until the link (identity.py)
+        friends = [(e.friend, int(e.at.timestamp())) for e in events if e.friend]
         rows = [(e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token,
                  received) for e in events]
         with self.transaction() as c:
@@ -614,20 +636,22 @@ class Store:
     def unfollow(self, friend_id: str, at: int) -> None:
         self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
 
-    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict]) -> None:
+    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict],
+                 order_id: str | None = None) -> None:
         """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
-        one ``purchase`` row per item (for product/category matches)."""
+        one ``purchase`` row per item (for product/category matches), carrying ``order_id``
+        (engine/identity.py keeps the order itself)."""
         c = self.conn
         c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
                   "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
                   (amount, at, friend_id))
-        rows = [(friend_id, "order", None, None, amount, at)]
+        rows = [(friend_id, "order", None, None, amount, at, order_id)]
         for item in items:
             price = item.get("price")
             total = None if price is None else price * item.get("quantity", 1)
-            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at))
-        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at) "
-                      "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id))
+        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def track(self, friend_id: str, kind: str, product: str | None, at: int) -> None:
         """A ``cart`` or ``view`` activity."""

@@ -28,7 +28,9 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 #: LINE event types that become engine events; every other type is ignored.
-MAPPED_TYPES = ("follow", "unfollow", "message", "postback")
+MAPPED_TYPES = ("follow", "unfollow", "message", "postback", "accountLink")
+#: The engine type of an ``accountLink`` event (engine/identity.py).
+ACCOUNT_LINK = "line.accountLink"
 
 
 def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
@@ -100,6 +102,11 @@ def _event(raw: Any, index: int) -> Event | None:
         params = _get(postback, "params", dict, index, required=False, field="postback.params")
         if params is not None:
             data["params"] = params
+    elif kind == "accountLink":
+        link = _get(raw, "link", dict, index)
+        data["result"] = _get(link, "result", str, index, field="link.result")
+        data["nonce"] = _get(link, "nonce", str, index, required=False, field="link.nonce") or ""
+        kind = ACCOUNT_LINK
     try:
         at = _EPOCH + dt.timedelta(milliseconds=timestamp)
     except OverflowError:

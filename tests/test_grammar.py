@@ -87,6 +87,7 @@ def test_spans_point_at_the_text():
     ("followed", A.CondTrigger),
     ("followed via qr=shipping, ad=summer", A.CondTrigger),
     ("unfollowed", A.UnfollowedTrigger),
+    ("linked", A.LinkedTrigger),
     ('message "クーポン", "coupon"', A.MessageTrigger),
     ('message exactly "はい"', A.MessageTrigger),
     ("postback action=survey_done", A.PostbackTrigger),

@@ -14,7 +14,8 @@ YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_siz
 PATH = "rules/messages.yaml"
 SAMPLE_NAMES = {"greeting_shipping", "greeting", "coupon15", "coupon_reply", "review_request",
                 "delivery_check", "delivery_thanks", "winback_90d", "vip_thanks",
-                "sale_countdown", "sale_start", "sale_last_call", "weekly_pick"}
+                "sale_countdown", "sale_start", "sale_last_call", "weekly_pick",
+                "cart_reminder", "shipped_notice", "ask_order_number", "member_linked"}
 
 
 def load(text: str):
