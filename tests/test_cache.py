@@ -47,7 +47,7 @@ def test_sample_folder_warm_needs_no_liquid(tmp_path):
     validate(ROOT / "rules", cache)
     code, out = validate(ROOT / "rules", cache)
     assert code == 0
-    assert "ok: 12 rules" in out and "liquid imported: False" in out
+    assert out.startswith("ok: ") and "liquid imported: False" in out
 
 
 def test_damaged_or_unwritable_cache_changes_nothing(tmp_path):
