@@ -387,11 +387,17 @@ class Holdout:
     span: Span
 
 
-Option = Union[ExitWhen, Reenter, Window, Priority, Split, Holdout]
+@dataclass(slots=True)
+class Uncapped:
+    """``uncapped``: the rule's sends neither count against nor are stopped by max_per_day."""
+    span: Span
+
+
+Option = Union[ExitWhen, Reenter, Window, Priority, Uncapped, Split, Holdout]
 
 #: The keyword each option is written with, for messages about repeated options.
 OPTION_WORDS = {ExitWhen: "exit when", Reenter: "reenter", Window: "window",
-                Priority: "priority", Split: "split", Holdout: "holdout"}
+                Priority: "priority", Uncapped: "uncapped", Split: "split", Holdout: "holdout"}
 
 # ----------------------------------------------------------------------------- files
 

@@ -71,7 +71,9 @@ def graph(rule, rules_dir):
               help="How often condition triggers are checked (aligned to local midnight).")
 @click.option("--db", default=None, type=click.Path(dir_okay=False),
               help="Keep the simulated database in this file (for `linerules report`).")
-def simulate(events, rules_dir, until, tick, db):
+@click.option("--render", is_flag=True, default=False,
+              help='Also print "rendered": the LINE message objects each friend would get.')
+def simulate(events, rules_dir, until, tick, db, render):
     """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
 
     Prints one JSON object per push, in time order:
@@ -83,7 +85,7 @@ def simulate(events, rules_dir, until, tick, db):
     """
     from .simulate import main
 
-    raise SystemExit(main(events, rules_dir, until, tick, db))
+    raise SystemExit(main(events, rules_dir, until, tick, db, render=render))
 
 
 @cli.command(name="test")

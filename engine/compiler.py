@@ -211,6 +211,8 @@ def compile_rule(rule: A.RuleDef, path: str) -> ir.Rule:
             options["window"] = ir.Window(_time(o.start), _time(o.end), span=o.span)
         elif isinstance(o, A.Priority):
             options["priority"] = o.value
+        elif isinstance(o, A.Uncapped):
+            options["uncapped"] = True
         elif isinstance(o, A.Split):
             options["split"] = tuple((i.name.value, i.percent.value) for i in o.items)
         elif isinstance(o, A.Holdout):

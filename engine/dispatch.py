@@ -5,11 +5,17 @@ before the first attempt, then hands batches to a transport's ``send``:
 
 * :class:`Dispatcher` talks to the Messaging API at ``LINE_API_ENDPOINT`` through
   ``AsyncApiClient``/``AsyncMessagingApi``. It paces itself with token buckets at LINE's
-  per-endpoint limits, retries 5xx, timeouts, dropped connections and rate-limit 429s with
-  backoff and jitter, always with the same retry key and the same bytes, and never retries a
-  2xx, a 409 (already accepted) or another 4xx. A monthly-limit 429, or a push that the quota
-  guard sees would not fit, is "held" for later. Replies use the reply token while it is
-  fresh and fall back to a push with the item's retry key.
+  per-endpoint limits, retries 5xx, timeouts, dropped connections and rate-limit 429s a few
+  times with backoff and jitter (each retry logged), always with the same retry key and the
+  same bytes, and never retries a 2xx, a 409 (already accepted) or another 4xx. What outlasts
+  those few attempts (or asks for a longer ``Retry-After``) goes back to the caller as "retry",
+  to be held per row. Every item is sent on its own (at most ``concurrency`` at a time), so
+  one slow or failing request never holds the others. A monthly-limit 429, or a push that the
+  quota guard sees would not fit, is "held" for later; a 401/403 is "auth" (the token, not the
+  message, is wrong). Replies use the reply token while it is fresh and fall back to a push
+  with the item's retry key, unless an earlier attempt may have been delivered.
+* :class:`StatelessToken` issues LINE's stateless channel access tokens (15 minutes) from the
+  channel id and secret and renews them before they expire or when LINE refuses one.
 * :class:`DryRunTransport` logs what would be sent (no LINE token configured).
 
 :func:`make_transport` picks one from the environment.
@@ -64,8 +70,15 @@ DISPATCH_ENDPOINTS = ("push", "multicast", "reply", "profile", "quota", "quota_c
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
+#: The longest wait inside one attempt's retries (a longer ``Retry-After`` is handed back to the
+#: caller, which holds that row alone for it).
+MAX_INLINE_WAIT = 5.0
+#: Renew a stateless token this long before it expires (at most a third of its life).
+TOKEN_RENEW_MARGIN = 60.0
+
 Kind = Literal["push", "multicast", "reply", "menu_link"]
-Outcome = Literal["sent", "duplicate", "rejected", "held", "retry", "dry_run"]
+Outcome = Literal["sent", "duplicate", "rejected", "held", "retry", "auth", "unconfirmed",
+                  "dry_run"]
 
 
 @dataclass
@@ -77,9 +90,10 @@ class OutboxItem:
     500 for multicast. ``messages`` are rendered LINE message objects (at most 5).
     ``reply_deadline`` (epoch seconds): after it the reply token is not tried.
     ``rich_menu_id`` is the menu a menu_link item links (None unlinks).
-    ``reply_attempted``: an earlier process may already have sent this reply (it was in flight
-    when that process stopped); replies carry no retry key, so such an item is never turned
-    into a push: that could deliver it twice.
+    ``ambiguous``: an earlier request for this item was sent and its outcome is unknown (a
+    timeout, a lost answer, a 5xx, or a process that stopped mid-request). A push or multicast
+    simply goes again with its retry key; a reply carries no key, so such an item is never
+    turned into a push (that could deliver it twice): its token tells whether it arrived.
     """
 
     id: int
@@ -90,7 +104,7 @@ class OutboxItem:
     reply_token: str | None = None
     reply_deadline: float | None = None
     rich_menu_id: str | None = None
-    reply_attempted: bool = False
+    ambiguous: bool = False
 
 
 @dataclass
@@ -100,7 +114,12 @@ class DispatchResult:
     ``outcome``: "sent"; "duplicate" (LINE had already accepted this retry key: done);
     "rejected" (a 4xx other than 409/429, or an invalid item: never retried; ``detail`` keeps
     the body); "held" (monthly quota reached: keep for later); "retry" (5xx, timeouts or
-    connection errors outlasted this attempt's retry budget: keep pending); "dry_run".
+    connection errors outlasted this attempt's retry budget: keep pending; ``retry_after``
+    is LINE's ``Retry-After`` when it asked for one); "auth" (401/403: the channel access
+    token is wrong or expired; the item is untouched and must be kept); "unconfirmed" (a reply
+    that may have arrived, whose token expired before that could be told: never pushed, so it
+    is never sent twice); "dry_run". ``ambiguous``: some request for the item was sent and its
+    outcome is unknown (the caller keeps that with the item).
     """
 
     item_id: int
@@ -110,9 +129,70 @@ class DispatchResult:
     detail: str | None
     via: str
     recipients: int
+    ambiguous: bool = False
+    retry_after: float | None = None
 
 
 ResultCallback = Callable[[DispatchResult], Awaitable[None] | None]
+#: Called just before the first request of a reply goes out; False: do not send it.
+BeforeSend = Callable[[OutboxItem], Awaitable[bool] | bool]
+
+
+class TokenError(Exception):
+    """No channel access token could be issued (wrong channel id/secret, LINE unreachable)."""
+
+
+class StatelessToken:
+    """LINE's stateless channel access tokens, issued from the channel id and secret
+    (``POST /oauth2/v3/token``, ``grant_type=client_credentials``; valid 15 minutes, cannot be
+    revoked). :meth:`get` returns the current token and issues a new one when none is held,
+    when it expires within :data:`TOKEN_RENEW_MARGIN`, or when ``force`` is set (LINE refused
+    it)."""
+
+    def __init__(self, channel_id: str, channel_secret: str, endpoint: str = DEFAULT_ENDPOINT,
+                 *, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.channel_id = channel_id
+        self._secret = channel_secret
+        self.url = endpoint.rstrip("/") + "/oauth2/v3/token"
+        self.timeout = timeout
+        self.clock = clock
+        self.token: str | None = None
+        self.expires_at = 0.0
+        self.issued = 0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self.token is not None and self.clock() < self.expires_at
+
+    async def get(self, session: aiohttp.ClientSession, *, force: bool = False,
+                  stale: str | None = None) -> str:
+        """The token to use. ``force``: issue a new one unless another caller already replaced
+        ``stale`` (the one LINE refused) meanwhile."""
+        if not force and self._fresh():
+            return self.token  # type: ignore[return-value]
+        async with self._lock:
+            if self._fresh() and not (force and self.token == stale):
+                return self.token  # type: ignore[return-value]
+            form = {"grant_type": "client_credentials", "client_id": self.channel_id,
+                    "client_secret": self._secret}
+            try:
+                async with session.post(self.url, data=form,
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                    text = await resp.text()
+                    if resp.status != 200:
+                        raise TokenError(f"LINE refused to issue a channel access token for "
+                                         f"channel {self.channel_id}: {resp.status} {text}".strip())
+                    data = json.loads(text)
+            except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise TokenError(f"could not issue a channel access token at {self.url}: "
+                                 f"{type(exc).__name__} {exc}".strip()) from exc
+            lifetime = float(data.get("expires_in") or 900)
+            self.token = str(data["access_token"])
+            self.expires_at = self.clock() + lifetime - min(TOKEN_RENEW_MARGIN, lifetime / 3)
+            self.issued += 1
+            logger.info("issued a stateless channel access token for channel %s (valid %d s)",
+                        self.channel_id, lifetime)
+            return self.token
 
 
 class Transport(Protocol):
@@ -129,8 +209,15 @@ class Transport(Protocol):
     @property
     def metrics(self) -> dict[str, Any]: ...
 
+    closing: bool
+
     async def send(self, items: Sequence[OutboxItem],
                    on_result: ResultCallback | None = None) -> list[DispatchResult]: ...
+
+    async def send_item(self, item: OutboxItem,
+                        before_send: BeforeSend | None = None) -> DispatchResult: ...
+
+    async def check_auth(self) -> str | None: ...
 
     async def refresh_quota(self) -> int | None: ...
 
@@ -150,6 +237,7 @@ class _Answer:
     body: str
     ambiguous: bool          # some failed attempt may have been processed by LINE
     error: str | None = None
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -158,6 +246,12 @@ class _Answer:
     @property
     def monthly_limit(self) -> bool:
         return self.status == 429 and MONTHLY_LIMIT_MESSAGE in self.body
+
+    @property
+    def auth(self) -> bool:
+        """401/403, or no token could be issued: the token is at fault, not the message."""
+        return self.status in (401, 403) or (self.status is None and self.error is not None
+                                             and self.error.startswith("token:"))
 
     def describe(self) -> str:
         if self.status is None:
@@ -202,32 +296,44 @@ async def _report(on_result: ResultCallback | None, result: DispatchResult) -> N
 class Dispatcher:
     """Sends outbox items to the LINE Messaging API with line-bot-sdk.
 
+    ``access_token`` is a long-lived channel access token; or give ``stateless`` (a
+    :class:`StatelessToken`) and the dispatcher issues and renews short-lived tokens itself.
     ``rates`` overrides the client-side limits per endpoint (requests per second; defaults to
     LINE's); buckets hold ``burst_seconds`` worth of requests so a burst never outruns LINE's
-    own bucket. ``max_attempts`` bounds the attempts of one item per ``send`` call;
-    ``timeout`` is the per-request total timeout in seconds; ``backoff_base``/``backoff_cap``
-    shape the exponential backoff (with jitter). ``quota_refresh_interval``: how old the quota
-    reading may get before ``send`` reads it again. Use as ``async with Dispatcher(...)``
-    or call :meth:`close`. One ``send`` at a time per dispatcher.
+    own bucket, and every attempt (retries too) takes a token. ``max_attempts`` bounds the
+    attempts of one item per call; ``timeout`` is the per-request total timeout in seconds;
+    ``backoff_base``/``backoff_cap`` shape the exponential backoff (with jitter) between them;
+    a ``Retry-After`` longer than ``max_inline_wait`` ends the attempts at once (the caller
+    holds the row). ``quota_refresh_interval``: how old the quota reading may get before it is
+    read again (in the background). Use as ``async with Dispatcher(...)`` or call
+    :meth:`close`. Items may be sent concurrently (:meth:`send_item` from many tasks).
     """
 
     dry_run = False
 
-    def __init__(self, access_token: str, endpoint: str = DEFAULT_ENDPOINT, *,
+    def __init__(self, access_token: str | None, endpoint: str = DEFAULT_ENDPOINT, *,
+                 stateless: StatelessToken | None = None,
                  rates: Mapping[str, float] | None = None, burst_seconds: float = 0.05,
                  concurrency: int = 64, max_attempts: int = 5, timeout: float = 10.0,
                  backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 max_inline_wait: float = MAX_INLINE_WAIT,
                  quota_refresh_interval: float = 60.0,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 trace_configs: Sequence[aiohttp.TraceConfig] = ()):
+        if not access_token and stateless is None:
+            raise ValueError("a channel access token or a channel id and secret is needed")
         self.endpoint = endpoint.rstrip("/")
-        self._token = access_token
+        self._token = access_token or ""
+        self.stateless = stateless
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_inline_wait = max_inline_wait
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
+        self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
         self._rng = rng or random.Random()
         chosen = {name: LINE_RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
@@ -238,12 +344,16 @@ class Dispatcher:
                          for name, rate in chosen.items()}
         self._client: AsyncApiClient | None = None
         self._api: AsyncMessagingApi | None = None
+        self._client_lock = asyncio.Lock()
+        self._quota_lock = asyncio.Lock()
+        self._quota_task: asyncio.Task | None = None
         self.remaining: int | None = None       # messages left this month; None: no limit known
         self._quota_read_at: float | None = None
         self._quota_month: str | None = None
         self._exhausted_month: str | None = None
         self._requests: dict[str, Counter[str]] = defaultdict(Counter)
         self._counters: Counter[str] = Counter()
+        self._closing_at: float | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -256,22 +366,51 @@ class Dispatcher:
     async def _messaging(self) -> AsyncMessagingApi:
         """The SDK client, created on first use (its aiohttp session needs a running loop)."""
         if self._api is None:
-            config = Configuration(access_token=self._token, host=self.endpoint)
-            config.proxy = _env_proxy(self.endpoint)
-            client = AsyncApiClient(config)
-            # The SDK's session trusts the environment, which costs two thread hops per
-            # request (netrc and proxy lookups) and caps sending near 1,100 requests/s; the
-            # proxy is resolved once above instead, and the session replaced by a plain one.
-            sdk_session = client.rest_client.pool_manager
-            client.rest_client.pool_manager = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency,
-                                               ssl=ssl.create_default_context()))
-            self._client, self._api = client, AsyncMessagingApi(client)
-            await sdk_session.close()       # after publishing: concurrent callers reuse ours
+            async with self._client_lock:
+                if self._api is None:
+                    config = Configuration(access_token=self._token or "-", host=self.endpoint)
+                    config.proxy = _env_proxy(self.endpoint)
+                    client = AsyncApiClient(config)
+                    # The SDK's session trusts the environment, which costs two thread hops per
+                    # request (netrc and proxy lookups) and caps sending near 1,100 requests/s;
+                    # the proxy is resolved once above instead, and the session replaced by a
+                    # plain one.
+                    sdk_session = client.rest_client.pool_manager
+                    # No pool limit: callers bound the requests in flight (send's semaphore,
+                    # the runner's slots), and a pool full of hanging pushes must never make
+                    # a reply wait for a connection.
+                    client.rest_client.pool_manager = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(limit=0,
+                                                       ssl=ssl.create_default_context()),
+                        trace_configs=self._trace_configs or None)
+                    await sdk_session.close()
+                    self._client, self._api = client, AsyncMessagingApi(client)
         return self._api
 
+    @property
+    def closing(self) -> bool:
+        """Set by :meth:`close` and by a stopping runner: from then on a failed request is
+        retried only after a short wait and within ``timeout`` seconds, so that a stop is
+        never held up for long, and the quota is no longer read in the background."""
+        return self._closing_at is not None
+
+    @closing.setter
+    def closing(self, value: bool) -> None:
+        if not value:
+            self._closing_at = None
+        elif self._closing_at is None:
+            self._closing_at = time.monotonic()
+
+    def _may_retry(self, delay: float) -> bool:
+        if self._closing_at is None:
+            return True
+        return delay <= 1.0 and time.monotonic() - self._closing_at + delay < self.timeout
+
     async def close(self) -> None:
-        """Close the HTTP connection pool."""
+        """Stop starting attempts and close the HTTP connection pool."""
+        self.closing = True
+        if self._quota_task is not None:
+            self._quota_task.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = self._api = None
@@ -279,7 +418,9 @@ class Dispatcher:
     @property
     def banner(self) -> str:
         """One line for the runner's start banner."""
-        return f"sending to the LINE Messaging API at {self.endpoint}"
+        how = (f" with stateless tokens of channel {self.stateless.channel_id}"
+               if self.stateless is not None else "")
+        return f"sending to the LINE Messaging API at {self.endpoint}{how}"
 
     # ----------------------------------------------------------------- state
 
@@ -294,11 +435,41 @@ class Dispatcher:
         return {
             "requests": {ep: dict(c) for ep, c in self._requests.items()},
             "retries": self._counters["retries"],
+            "retries_by_reason": {k[len("retry:"):]: n for k, n in self._counters.items()
+                                  if k.startswith("retry:")},
             "rate_limited": self._counters["rate_limited"],
             "monthly_limited": self._counters["monthly_limited"],
+            "tokens_issued": self.stateless.issued if self.stateless is not None else 0,
             "outcomes": {k[len("outcome:"):]: n for k, n in self._counters.items()
                          if k.startswith("outcome:")},
         }
+
+    # ----------------------------------------------------------------- tokens
+
+    async def _authorize(self, *, refused: bool = False) -> None:
+        """Put the current stateless token on the client (a new one when ``refused``)."""
+        if self.stateless is None:
+            return
+        await self._messaging()
+        assert self._client is not None
+        config = self._client.configuration
+        session = self._client.rest_client.pool_manager
+        config.access_token = await self.stateless.get(session, force=refused,
+                                                       stale=config.access_token)
+
+    async def check_auth(self) -> str | None:
+        """Ask LINE whether the token works now (a new stateless token is issued first);
+        None when it does, else what is wrong. Used to resume after a 401/403."""
+        try:
+            await self._authorize(refused=True)
+        except TokenError as exc:
+            return str(exc)
+        api = await self._messaging()
+        answer = await self._request("quota", lambda: api.get_message_quota_with_http_info(
+            _request_timeout=self.timeout), label="token check", attempts=1)
+        if answer.ok:
+            return None
+        return answer.describe()
 
     # ----------------------------------------------------------------- HTTP with retries
 
@@ -308,18 +479,27 @@ class Dispatcher:
         delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
         return delay / 2 + self._rng.uniform(0, delay / 2)
 
-    async def _request(self, endpoint: str,
-                       call: Callable[[], Awaitable[Any]]) -> _Answer:
-        """Call LINE until an answer that must not be retried, or the attempts run out.
+    async def _request(self, endpoint: str, call: Callable[[], Awaitable[Any]], *,
+                       label: str = "", attempts: int | None = None,
+                       deadline: float | None = None) -> _Answer:
+        """Call LINE until an answer that must not be retried, the attempts run out, a longer
+        wait than ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) passes or the
+        dispatcher is closing. Every retry is logged and counted.
 
         ``call`` must send the same bytes each time (one prepared request model)."""
         ambiguous = False
+        renewed = False
+        attempts = attempts or self.max_attempts
         answer = _Answer(None, {}, "", False, "not attempted")
-        for attempt in range(1, self.max_attempts + 1):
-            if attempt > 1:
-                self._counters["retries"] += 1
-            await self._buckets[endpoint].acquire()
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             retry_after = None
+            try:
+                await self._authorize()
+            except TokenError as exc:
+                return _Answer(None, {}, "", ambiguous, f"token: {exc}")
+            await self._buckets[endpoint].acquire()
             try:
                 response = await call()
             except ApiException as exc:
@@ -327,12 +507,23 @@ class Dispatcher:
                 headers = exc.headers or {}
                 answer = _Answer(status, headers, exc.body or "", ambiguous)
                 self._requests[endpoint][str(status)] += 1
+                if status == 401 and self.stateless is not None and not renewed:
+                    renewed = True          # the token expired or was refused: a new one, once
+                    try:
+                        await self._authorize(refused=True)
+                    except TokenError as err:
+                        return _Answer(None, {}, "", ambiguous, f"token: {err}")
+                    attempt -= 1
+                    continue
                 if answer.monthly_limit:
                     self._counters["monthly_limited"] += 1
                     return answer
                 if status == 429:
                     self._counters["rate_limited"] += 1
                     retry_after = _retry_after(headers.get("Retry-After"))
+                    answer.retry_after = retry_after
+                    if retry_after is not None and retry_after > self.max_inline_wait:
+                        return answer
                 elif status >= 500:
                     ambiguous = answer.ambiguous = True
                 else:
@@ -349,8 +540,18 @@ class Dispatcher:
                 self._requests[endpoint][str(response.status_code)] += 1
                 return _Answer(response.status_code, response.headers,
                                response.raw_data or "", ambiguous)
-            if attempt < self.max_attempts:
-                await asyncio.sleep(self._backoff(attempt, retry_after))
+            if attempt >= attempts:
+                break
+            delay = self._backoff(attempt, retry_after)
+            if not self._may_retry(delay) or (deadline is not None
+                                              and self.clock() + delay >= deadline):
+                break
+            reason = str(answer.status) if answer.status is not None else answer.describe().split(":")[0]
+            self._counters["retries"] += 1
+            self._counters[f"retry:{reason}"] += 1
+            logger.warning("%s: %s; retrying in %.1f s (attempt %d of %d, the same request)",
+                           label or endpoint, answer.describe(), delay, attempt + 1, attempts)
+            await asyncio.sleep(delay)
         return answer
 
     # ----------------------------------------------------------------- quota
@@ -360,10 +561,11 @@ class Dispatcher:
         (None when the plan has no limit). On failure the previous reading is kept."""
         api = await self._messaging()
         quota = await self._request("quota", lambda: api.get_message_quota_with_http_info(
-            _request_timeout=self.timeout))
+            _request_timeout=self.timeout), label="quota", attempts=2)
         used = await self._request("quota_consumption",
                                    lambda: api.get_message_quota_consumption_with_http_info(
-                                       _request_timeout=self.timeout))
+                                       _request_timeout=self.timeout),
+                                   label="quota consumption", attempts=2)
         if not (quota.ok and used.ok):
             logger.warning("could not read the LINE message quota: %s",
                            (used if quota.ok else quota).describe())
@@ -377,30 +579,49 @@ class Dispatcher:
             self._exhausted_month = None     # more messages were bought, or the plan changed
         return self.remaining
 
+    async def _maybe_refresh_quota(self) -> None:
+        """Read the quota when it was never read or is from another month (waiting for it, once),
+        or in the background when the reading is old (sending goes on meanwhile)."""
+        if self._quota_read_at is None or self._quota_month != _month(self.clock()):
+            async with self._quota_lock:
+                if self._quota_read_at is None or self._quota_month != _month(self.clock()):
+                    self._quota_read_at = None
+                    await self.refresh_quota()
+                    self._quota_read_at = self._quota_read_at or time.monotonic()
+                    self._quota_month = _month(self.clock())
+            return
+        stale = time.monotonic() - self._quota_read_at >= self.quota_refresh_interval
+        if stale and (self._quota_task is None or self._quota_task.done()) and not self.closing:
+            self._quota_task = asyncio.ensure_future(self.refresh_quota())
+
     # ----------------------------------------------------------------- sending
 
     async def send(self, items: Sequence[OutboxItem],
                    on_result: ResultCallback | None = None) -> list[DispatchResult]:
-        """Send ``items`` concurrently (at most ``concurrency`` in flight) and return one
-        result per item, in order. ``on_result`` (sync or async) is called as each lands."""
-        if any(item.kind != "menu_link" for item in items) and (
-                self._quota_read_at is None or self._quota_month != _month(self.clock())
-                or time.monotonic() - self._quota_read_at >= self.quota_refresh_interval):
-            await self.refresh_quota()
-        results: list[DispatchResult | None] = [None] * len(items)
-        queue = iter(enumerate(items))
+        """Send ``items`` concurrently (at most ``concurrency`` in flight, each on its own: one
+        slow item holds nobody else) and return one result per item, in order. ``on_result``
+        (sync or async) is called as each lands."""
+        gate = asyncio.Semaphore(max(1, self.concurrency))
 
-        async def worker() -> None:
-            for index, item in queue:
-                result = await self._send_item(item)
-                self._counters[f"outcome:{result.outcome}"] += 1
-                results[index] = result
-                await _report(on_result, result)
+        async def one(item: OutboxItem) -> DispatchResult:
+            async with gate:
+                result = await self.send_item(item)
+            await _report(on_result, result)
+            return result
 
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(items)))))
-        return [r for r in results if r is not None]
+        return list(await asyncio.gather(*(one(item) for item in items)))
 
-    async def _send_item(self, item: OutboxItem) -> DispatchResult:
+    async def send_item(self, item: OutboxItem,
+                        before_send: BeforeSend | None = None) -> DispatchResult:
+        """Send one item and return its result. ``before_send`` is called just before the
+        first request of a reply (which has no retry key) goes out; when it returns False,
+        nothing is sent and the result is "retry"."""
+        result = await self._send_item(item, before_send)
+        self._counters[f"outcome:{result.outcome}"] += 1
+        return result
+
+    async def _send_item(self, item: OutboxItem,
+                         before_send: BeforeSend | None = None) -> DispatchResult:
         via = "push" if item.kind == "reply" else item.kind
         try:
             if len(item.messages) > MAX_MESSAGES and item.kind != "menu_link":
@@ -411,35 +632,46 @@ class Dispatcher:
             if item.kind == "multicast":
                 return await self._push(item, multicast=True)
             if item.kind == "reply":
-                return await self._reply(item)
+                return await self._reply(item, before_send)
             if item.kind == "menu_link":
                 return await self._menu_link(item)
             raise ValueError(f"unknown kind {item.kind!r}")
         except (ValueError, TypeError) as exc:   # includes the SDK's model validation errors
             return DispatchResult(item.id, "rejected", None, None, f"invalid item: {exc}",
-                                  via, len(item.to))
+                                  via, len(item.to), item.ambiguous)
 
     def _result(self, item: OutboxItem, answer: _Answer, via: str,
                 recipients: int) -> DispatchResult:
         """Map a final answer to an outcome (the quota bookkeeping is the caller's)."""
         request_id = answer.headers.get("x-line-request-id")
+        ambiguous = answer.ambiguous or item.ambiguous
         if answer.ok:
-            return DispatchResult(item.id, "sent", answer.status, request_id, None, via, recipients)
+            return DispatchResult(item.id, "sent", answer.status, request_id, None, via,
+                                  recipients)
         if answer.status == 409:
             return DispatchResult(item.id, "duplicate", 409,
                                   answer.headers.get("x-line-accepted-request-id", request_id),
-                                  answer.body, via, recipients)
+                                  "LINE had already accepted this retry key: "
+                                  + (answer.body or "409"), via, recipients)
         if answer.monthly_limit:
             return DispatchResult(item.id, "held", 429, request_id, MONTHLY_LIMIT_MESSAGE, via,
-                                  recipients)
+                                  recipients, ambiguous)
+        if answer.auth:
+            return DispatchResult(item.id, "auth", answer.status, request_id, answer.describe(),
+                                  via, recipients, ambiguous)
         if answer.status is not None and 400 <= answer.status < 500 and answer.status != 429:
             return DispatchResult(item.id, "rejected", answer.status, request_id, answer.body,
-                                  via, recipients)
+                                  via, recipients, ambiguous)
         return DispatchResult(item.id, "retry", answer.status, request_id, answer.describe(),
-                              via, recipients)
+                              via, recipients, ambiguous, answer.retry_after)
 
     def _held(self, item: OutboxItem, via: str, recipients: int, detail: str) -> DispatchResult:
-        return DispatchResult(item.id, "held", None, None, detail, via, recipients)
+        return DispatchResult(item.id, "held", None, None, detail, via, recipients,
+                              item.ambiguous)
+
+    def _label(self, item: OutboxItem, via: str) -> str:
+        to = item.to[0] if len(item.to) == 1 else f"{len(item.to)} friends"
+        return f"outbox {item.id} {via} to {to}"
 
     async def _push(self, item: OutboxItem, *, multicast: bool = False) -> DispatchResult:
         to = item.to
@@ -456,6 +688,7 @@ class Dispatcher:
         else:
             preq = PushMessageRequest.from_dict({"to": to[0], "messages": item.messages})
         recipients = len(to)
+        await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
         if self.quota_exhausted:
             return self._held(item, via, recipients, MONTHLY_LIMIT_MESSAGE)
         if self.remaining is not None:
@@ -465,12 +698,15 @@ class Dispatcher:
                                   f"{self.remaining} message(s) left")
             self.remaining -= recipients
         api = await self._messaging()
+        label = self._label(item, via)
         if multicast:
             answer = await self._request("multicast", lambda: api.multicast_with_http_info(
-                mreq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout))
+                mreq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
+                label=label)
         else:
             answer = await self._request("push", lambda: api.push_message_with_http_info(
-                preq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout))
+                preq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
+                label=label)
         result = self._result(item, answer, via, recipients)
         if result.outcome == "held":
             self._exhausted_month = _month(self.clock())
@@ -479,12 +715,15 @@ class Dispatcher:
             self.remaining += recipients
         return result
 
-    async def _reply(self, item: OutboxItem) -> DispatchResult:
+    async def _reply(self, item: OutboxItem,
+                     before_send: BeforeSend | None = None) -> DispatchResult:
         """Reply while the token is fresh; otherwise (or when LINE calls it invalid) push.
 
-        After an attempt whose answer was lost, "Invalid reply token" most likely means our
-        own attempt used it, so the item counts as a duplicate rather than being pushed again.
-        """
+        When an earlier request may have been delivered (``item.ambiguous``, or an attempt of
+        this call whose answer was lost), the token tells: LINE answers "Invalid reply token"
+        once it was used, and the item counts as delivered (duplicate) rather than being
+        pushed; past the token's deadline nothing can tell, and the item is "unconfirmed"
+        (never pushed, so never sent twice)."""
         if len(item.to) != 1:
             raise ValueError(f"a reply goes to exactly one user, not {len(item.to)}")
         fresh = item.reply_token and (item.reply_deadline is None
@@ -493,37 +732,60 @@ class Dispatcher:
             api = await self._messaging()
             req = ReplyMessageRequest.from_dict({"replyToken": item.reply_token,
                                                  "messages": item.messages})
+            if before_send is not None and not item.ambiguous:
+                allowed = before_send(item)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+                if not allowed:
+                    return DispatchResult(item.id, "retry", None, None,
+                                          "not sent: the row is no longer this runner's",
+                                          "reply", 1)
             answer = await self._request("reply", lambda: api.reply_message_with_http_info(
-                req, _request_timeout=self.timeout))
+                req, _request_timeout=self.timeout), label=self._label(item, "reply"),
+                deadline=item.reply_deadline)
             invalid_token = answer.status == 400 and INVALID_REPLY_TOKEN_MESSAGE in answer.body
             if not invalid_token:
-                return self._result(item, answer, "reply", 1)
-            if answer.ambiguous or item.reply_attempted:
+                result = self._result(item, answer, "reply", 1)
+                if result.outcome == "retry" and not result.ambiguous:
+                    # nothing reached LINE: a push may follow once the token is stale
+                    return result
+                if result.outcome == "retry" and (item.reply_deadline is not None
+                                                  and self.clock() >= item.reply_deadline):
+                    return self._unconfirmed(item, result.detail)
+                return result
+            if answer.ambiguous or item.ambiguous:
                 return DispatchResult(item.id, "duplicate", 400,
                                       answer.headers.get("x-line-request-id"),
-                                      "reply token used up after an attempt whose answer was "
-                                      "lost; treated as delivered", "reply", 1)
-        elif item.reply_attempted:
-            return DispatchResult(item.id, "duplicate", None, None,
-                                  "reply was in flight when the runner stopped and its token has "
-                                  "expired; not pushed again, so it is never sent twice",
-                                  "reply", 1)
+                                      "reply token already used by an earlier request whose "
+                                      "answer was lost: delivered then", "reply", 1, True)
+        elif item.ambiguous:
+            return self._unconfirmed(item, None)
         return await self._push(item)
+
+    def _unconfirmed(self, item: OutboxItem, last: str | None) -> DispatchResult:
+        return DispatchResult(
+            item.id, "unconfirmed", None, None,
+            "a reply request was sent but its outcome is unknown"
+            + (f" ({last})" if last else "")
+            + ", and its reply token has expired; not pushed, so that it is never sent twice",
+            "reply", 1, True)
 
     async def _menu_link(self, item: OutboxItem) -> DispatchResult:
         if len(item.to) != 1:
             raise ValueError(f"a menu link is for exactly one user, not {len(item.to)}")
         api = await self._messaging()
         user = item.to[0]
+        label = self._label(item, "menu_link")
         if item.rich_menu_id is None:
             answer = await self._request("richmenu_unlink",
                                          lambda: api.unlink_rich_menu_id_from_user_with_http_info(
-                                             user, _request_timeout=self.timeout))
+                                             user, _request_timeout=self.timeout), label=label)
         else:
             menu = item.rich_menu_id
             answer = await self._request("richmenu_link",
                                          lambda: api.link_rich_menu_id_to_user_with_http_info(
-                                             user, menu, _request_timeout=self.timeout))
+                                             user, menu, _request_timeout=self.timeout),
+                                         label=label)
         return self._result(item, answer, "menu_link", 1)
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
@@ -531,7 +793,7 @@ class Dispatcher:
         them: unknown, blocked, or LINE unreachable)."""
         api = await self._messaging()
         answer = await self._request("profile", lambda: api.get_profile_with_http_info(
-            user_id, _request_timeout=self.timeout))
+            user_id, _request_timeout=self.timeout), label=f"profile of {user_id}", attempts=3)
         if not answer.ok:
             if answer.status != 404:
                 logger.warning("could not read the LINE profile of %s: %s", user_id,
@@ -567,6 +829,7 @@ class DryRunTransport:
     dry_run = True
     quota_exhausted = False
     remaining: int | None = None
+    closing = False
 
     def __init__(self, log: logging.Logger | None = None):
         self._log = log or logger
@@ -588,18 +851,27 @@ class DryRunTransport:
         """Log each item (kind, recipients, message types, first text) and return "dry_run"."""
         results = []
         for item in items:
-            types = ", ".join(str(m.get("type", "?")) for m in item.messages) or "-"
-            if item.kind == "menu_link":
-                self._log.info("dry-run menu_link %s -> %s", item.to[0] if item.to else "?",
-                               item.rich_menu_id or "(unlink)")
-            else:
-                self._log.info("dry-run %s to %d recipient(s) [%s]: %s", item.kind, len(item.to),
-                               types, _snippet(item.messages))
-            self._counts[item.kind] += 1
-            result = DispatchResult(item.id, "dry_run", None, None, None, "dry-run", len(item.to))
+            result = await self.send_item(item)
             results.append(result)
             await _report(on_result, result)
         return results
+
+    async def send_item(self, item: OutboxItem,
+                        before_send: BeforeSend | None = None) -> DispatchResult:
+        """Log one item and return "dry_run"."""
+        types = ", ".join(str(m.get("type", "?")) for m in item.messages) or "-"
+        if item.kind == "menu_link":
+            self._log.info("dry-run menu_link %s -> %s", item.to[0] if item.to else "?",
+                           item.rich_menu_id or "(unlink)")
+        else:
+            self._log.info("dry-run %s to %d recipient(s) [%s]: %s", item.kind, len(item.to),
+                           types, _snippet(item.messages))
+        self._counts[item.kind] += 1
+        return DispatchResult(item.id, "dry_run", None, None, None, "dry-run", len(item.to))
+
+    async def check_auth(self) -> str | None:
+        """No token to check."""
+        return None
 
     async def refresh_quota(self) -> int | None:
         """No quota without LINE."""
@@ -618,11 +890,17 @@ class DryRunTransport:
 
 
 def make_transport(env: Mapping[str, str] = os.environ, **options: Any) -> Transport:
-    """A :class:`Dispatcher` when ``LINE_CHANNEL_ACCESS_TOKEN`` is set (to
-    ``LINE_API_ENDPOINT``, default https://api.line.me), else a :class:`DryRunTransport`.
-    The transport's ``dry_run`` flag and ``banner`` say which, for the start banner."""
+    """A :class:`Dispatcher` when ``LINE_CHANNEL_ACCESS_TOKEN`` is set, or when
+    ``LINE_CHANNEL_ID`` and ``LINE_CHANNEL_SECRET`` are (stateless tokens issued by the
+    dispatcher), sending to ``LINE_API_ENDPOINT`` (default https://api.line.me); else a
+    :class:`DryRunTransport`. The transport's ``dry_run`` flag and ``banner`` say which."""
     token = env.get("LINE_CHANNEL_ACCESS_TOKEN", "").strip()
-    if not token:
-        return DryRunTransport()
+    channel_id = env.get("LINE_CHANNEL_ID", "").strip()
+    secret = env.get("LINE_CHANNEL_SECRET", "").strip()
     endpoint = env.get("LINE_API_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
-    return Dispatcher(token, endpoint, **options)
+    if token:
+        return Dispatcher(token, endpoint, **options)
+    if channel_id and secret:
+        return Dispatcher(None, endpoint, stateless=StatelessToken(channel_id, secret, endpoint),
+                          **options)
+    return DryRunTransport()

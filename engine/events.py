@@ -11,7 +11,7 @@ from typing import Any
 
 #: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
 KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
-               "attributes", "tag", "identify", "unlink", "refund")
+               "attributes", "tag", "identify", "unlink", "refund", "click")
 #: Types that may name the shop's ``customer`` instead of the ``friend`` (custom types may too).
 CUSTOMER_TYPES = ("purchase", "cart", "view", "attributes", "tag", "unlink", "refund")
 

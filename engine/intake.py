@@ -210,6 +210,8 @@ TYPE_FIELDS: dict[str, dict[str, tuple[bool, Check]]] = {
     "view": {"product": (True, _nonempty)},
     "attributes": {"set": (True, _attributes)},
     "tag": {"add": (False, _names), "remove": (False, _names)},
+    # a click on a link a rule sent (a timeline's stand-in for the runner's tracked links)
+    "click": {"rule": (True, _nonempty), "message": (False, _nonempty), "url": (False, _string)},
 }
 
 

@@ -5,10 +5,14 @@ A tick never reads the clock; the caller passes ``now``. In one tick, in this or
 
 1. applied events with ``at <= now`` are processed in (at, seq) order: friend state changes,
    event triggers enrol friends, ``wait for`` enrollments resume, ``exit when`` is re-checked;
-2. ``schedule`` and ``sale`` occurrences in (last tick, now] enrol their audience (set-based);
+2. ``schedule`` and ``sale`` occurrences in (last tick, now] enrol their audience (set-based,
+   and queue its first sends set-based);
 3. on a condition tick, condition triggers enrol every friend whose condition holds (in SQL);
-4. due enrollments walk their steps up to the next wait; their sends are coalesced, windowed,
-   capped, rendered and written to the outbox in the same transaction that moves them on.
+4. due enrollments walk their steps up to the next wait (those an event of this tick resumed
+   last); their sends are coalesced into send intents, due at the window's next opening;
+5. the deliver stage decides every intent due now, whichever path queued it: current friend,
+   ``exit when``, each step's ``if``, the cap by priority, the monthly quota, rendering; only
+   then are outbox rows written.
 
 The semantics and the decisions behind them are described in docs/engine.md.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import math
 import time
@@ -41,6 +46,9 @@ FIRST_CHUNK = 500
 #: The runner's write budget: seconds a walk transaction should hold SQLite's one write lock,
 #: so that a webhook's INSERT never waits long (``Engine(write_budget=...)``).
 WRITE_BUDGET = 0.05
+#: Friends whose due sends the deliver stage decides per transaction (all of a friend's
+#: competing sends are always decided together).
+DELIVER_CHUNK = 5000
 #: Events processed per transaction.
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
@@ -93,17 +101,19 @@ class _Walker:
     cause_seq: int | None
     reply_token: str | None
     reply_deadline: int | None
+    event_seq: int | None = None
     buffer: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     answered: bool = False
 
 
 @dataclass(slots=True)
 class _Group:
-    """Consecutive sends of one enrollment in this tick: one push (or several if > 5 objects)."""
+    """Consecutive sends of one enrollment, decided together: one push (or several if > 5
+    objects). ``walker`` carries what rendering needs (friend, rule, occurrence, event)."""
     walker: _Walker
     step_id: str
     names: tuple[str, ...]
-    reply: tuple[str, int] | None   # (token, deadline) when this is an answer with a token
+    reply: tuple[str, int] | None   # (token, deadline) when this goes as a reply
     answer: bool
 
 
@@ -155,6 +165,8 @@ class Engine:
         #: condition check, when that check entered nobody (see :meth:`_still_quiet`)
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
         self._noise = getattr(self, "_noise", 0)
+        self._resumed: set[int] = getattr(self, "_resumed", set())
+        self._json: dict[Any, str] = {}
         #: event types some ``wait for`` listens to; whether any rule has ``exit when``
         self.wait_types = {getattr(st.trigger, "event_type", None) for r in project.rules.values()
                            for st in r.steps if isinstance(st, ir.WaitFor)}
@@ -180,21 +192,28 @@ class Engine:
             self._cache[key] = (self._enr if with_enrollment else self._set).compile(cond)
         return self._cache[key]
 
-    def reload(self, new_project: ir.Project) -> None:
+    def reload(self, new_project: ir.Project) -> dict[str, int]:
         """Switch to a new (validated) project; friends in flight follow the policy of
         docs/engine.md: same step id kept; a removed step -> the first surviving step after it
-        in the old order; a removed rule -> ``rule_removed``; due times of waits are kept."""
+        in the old order; a removed rule -> its friends are *suspended* where they are (the
+        runner ends them with ``rule_removed`` after a grace), and a rule that comes back
+        resumes its suspended friends; due times of waits are kept. Returns how many friends
+        were ``carried_over`` to a changed rule, ``suspended`` and ``resumed``."""
         now = int(self.clock().timestamp())
         new_versions = {name: rule_version(r) for name, r in new_project.rules.items()}
+        counts = {"carried_over": 0, "suspended": 0, "resumed": 0}
         with self.store.transaction():
-            for rule, version, step_id, state, _count in self.store.open_positions():
+            for rule in new_project.rules:
+                counts["resumed"] += self.store.unsuspend_rule(rule)
+            for rule, version, step_id, state, count in self.store.open_positions():
                 new_rule = new_project.rules.get(rule)
                 if new_rule is None:
-                    self.store.end_rule(rule, "rule_removed", now)
+                    counts["suspended"] += self.store.suspend_rule(rule, now)
                     continue
                 new_version = new_versions[rule]
                 if version == new_version:
                     continue
+                counts["carried_over"] += count
                 new_ids = [s.id for s in new_rule.steps]
                 if step_id is None or step_id in new_ids:
                     self.store.move_enrollments(rule, version, step_id, state, new_version, step_id, state)
@@ -204,6 +223,7 @@ class Engine:
                 successor = next((s for s in after if s in new_ids), None)
                 self.store.move_enrollments(rule, version, step_id, state, new_version, successor, "active")
             self._use(new_project, now)
+        return counts
 
     # ------------------------------------------------------------------ the tick
 
@@ -232,14 +252,16 @@ class Engine:
                 self.store.set_meta("engine.condition_slot", slot)
             self.store.set_meta("engine.last_tick", str(ts))
         self._noise += self.store.conn.total_changes - before   # bookkeeping, no condition reads it
-        seen: set[int] = set()
+        seen: set[int] = set(self._resumed)
+        later = len(seen)
         budget = self.write_budget
         size = CHUNK if budget is None else min(FIRST_CHUNK, CHUNK)
         # Higher-priority rules are walked first, so that when max_per_day must choose, their
         # sends are recorded before those of lower priority even across chunks.
         for rules, exclude in self._walk_order:
             while True:
-                rows = [r for r in self.store.due_enrollments(ts, size, rules, exclude) if r[0] not in seen]
+                rows = [r for r in self.store.due_enrollments(ts, size + later, rules, exclude)
+                        if r[0] not in seen]
                 if not rows:
                     break
                 seen.update(r[0] for r in rows)
@@ -249,13 +271,23 @@ class Engine:
                 if budget is not None:
                     spent = max(time.perf_counter() - started, 1e-6)
                     size = max(100, min(CHUNK, 2 * size, int(len(rows) * budget / spent)))
+        # enrollments that an event of this tick resumed (``wait for``) go after everything else,
+        # so that they see all the event did, also through the rules it entered (SPEC §4)
+        resumed, self._resumed = sorted(self._resumed), set()
+        for start in range(0, len(resumed), CHUNK):
+            rows = self.store.enrollment_rows(resumed[start:start + CHUNK], ts)
+            if rows:
+                with self.store.transaction():
+                    self._walk(rows, ts, result)
+        self._deliver_due(ts, result)
         return result
 
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:
         """The earliest moment strictly after ``after`` with work: an event, a due step, a
         deferred send, a schedule or sale occurrence. None when there is nothing ahead."""
         a = timeutil.epoch(after)
-        candidates = [self.store.next_event_at(a), self.store.next_due_at(a), self.store.next_outbox_at(a)]
+        candidates = [self.store.next_event_at(a), self.store.next_due_at(a), self.store.next_outbox_at(a),
+                      self.store.next_intent_at(a)]
         if self.follow_grace:
             held = self.store.first_held_follow(a - self.follow_grace)
             candidates.append(None if held is None else held + self.follow_grace)
@@ -307,13 +339,15 @@ class Engine:
             if shop.friend is None:
                 return          # kept for a customer not linked yet; counts once linked
             friend, data = shop.friend, shop.data
-        s.touch(friend, at)
+        s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
         if ev.type == "follow":
             s.follow(friend, at, data.get("source"))
         elif ev.type == "unfollow":
             s.unfollow(friend, at)
         elif ev.type in ("cart", "view"):
-            s.track(friend, ev.type, data.get("product"), at)
+            s.track(friend, ev.type, data.get("product"), at, seq=ev.seq)
+        elif ev.type == "click":
+            s.click(friend, at, data.get("rule"), data.get("message"), data.get("url"), seq=ev.seq)
         elif ev.type == "attributes":
             s.set_attributes(friend, data.get("set") or {})
         elif ev.type == "tag":
@@ -327,22 +361,27 @@ class Engine:
             # not an answer (window and cap apply), but a welcome sent at once goes as a free reply
             cause = (None, ev.reply_token, ev.received_at + REPLY_SECONDS)
         for linked, linked_data in shop.linked if shop is not None else ():
-            self._fire(identity.LINKED, linked_data, linked, now, at, cause, result)
+            self._fire(identity.LINKED, linked_data, linked, now, at, cause, result, event_seq=ev.seq)
         if shop is None or shop.fire:
-            self._fire(ev.type, data, friend, now, at, cause, result)
+            self._fire(ev.type, data, friend, now, at, cause, result, event_seq=ev.seq)
         result.exited += self._check_exits(friend, now)
 
     def _fire(self, event_type: str, data: dict, friend: str, now: int, at: int,
-              cause: tuple | None, result: TickResult) -> list[_Walker]:
+              cause: tuple | None, result: TickResult, event_seq: int | None = None) -> list[_Walker]:
         """Enter the rules this event triggers and resume matching ``wait for`` enrollments.
-        Returns walkers for what became due now (the caller may walk them at once)."""
+        Returns walkers for what became due now (the caller may walk them at once). Only a
+        current friend enters a rule (``when unfollowed`` excepted: it fires on the block)."""
         out: list[_Walker] = []
         source = None
-        if event_type == "follow":
-            source = (self.store.friend(friend) or {}).get("source")
-        for rule in self.by_type.get(event_type, ()):
+        rules = self.by_type.get(event_type, ())
+        if rules and event_type != "unfollow":
+            row = self.store.friend(friend) or {}
+            if row.get("followed_at") is None or row.get("blocked_at") is not None:
+                rules = ()
+            source = row.get("source")
+        for rule in rules:
             if self._matches(rule.trigger, event_type, data, source):
-                walker = self._enter(rule, friend, now, at, cause=cause)
+                walker = self._enter(rule, friend, now, at, cause=cause, event_seq=event_seq)
                 if walker:
                     result.entered += 1
                     out.append(walker)
@@ -355,7 +394,9 @@ class Engine:
                 pos = rule.index_of(step.id) + 1
                 nxt = rule.steps[pos].id if pos < len(rule.steps) else None
                 seq, token, deadline = cause or (None, None, None)
-                self.store.resume(row["id"], nxt, now, seq, token, deadline)
+                self.store.resume(row["id"], nxt, now, seq, token, deadline, event_seq)
+                if event_seq is not None:
+                    self._resumed.add(row["id"])
                 out.append(self._walker(row, rule, pos, cause))
         return out
 
@@ -440,7 +481,8 @@ class Engine:
         return variant, holdout
 
     def _enter(self, rule: ir.Rule, friend: str, now: int, entered_at: int, *,
-               cause: tuple | None = None, occurrence: str | None = None) -> _Walker | None:
+               cause: tuple | None = None, occurrence: str | None = None,
+               event_seq: int | None = None) -> _Walker | None:
         """Enrol one friend if the re-entry policy and the entry filter allow it."""
         if not self._may_enter(rule, self.store.last_enrollment(friend, rule.name), now):
             return None
@@ -454,17 +496,18 @@ class Engine:
         eid = self.store.enroll(friend=friend, rule=rule.name, version=self.versions[rule.name],
                                 step_id=first, now=now, entered_at=entered_at, variant=variant,
                                 holdout=holdout, occurrence=occurrence, cause_seq=seq,
-                                reply_token=token, reply_deadline=deadline)
+                                reply_token=token, reply_deadline=deadline, event_seq=event_seq)
         if eid is None:
             return None
         return _Walker(eid, friend, rule.name, 0, entered_at, now, variant, holdout, occurrence,
-                       seq, token, deadline)
+                       seq, token, deadline, event_seq)
 
     def _walker(self, row: Any, rule: ir.Rule, pos: int, cause: tuple | None = None) -> _Walker:
         """A walker for an enrollment row (mapping) resumed now."""
         seq, token, deadline = cause or (row["cause_seq"], row["reply_token"], row["reply_deadline"])
         return _Walker(row["id"], row["friend"], row["rule"], pos, row["entered_at"], row["due_at"],
-                       row["variant"], bool(row["holdout"]), row["occurrence"], seq, token, deadline)
+                       row["variant"], bool(row["holdout"]), row["occurrence"], seq, token, deadline,
+                       row["event_seq"])
 
     def _enter_audience(self, rule: ir.Rule, now: int, cond: ir.Cond | None, occurrence: str | None,
                         blocked_sql: str, each: Callable[[int], None] | None = None) -> int:
@@ -512,22 +555,20 @@ class Engine:
                 result.entered += self._enter_audience(rule, now, None, occurrence, open_only, send)
 
     def _mass_plan(self, rule: ir.Rule, now: int) -> tuple | None:
-        """For a rule whose first steps are plain sends of friend-independent messages followed
-        by a wait or the end: (send step id, message names, rendered pushes, state, step, due).
-        None when the rule needs the per-friend walk."""
-        if rule.exit_when is not None or self.settings.base_url:
+        """For a rule whose first steps are sends followed by a wait or the end: (the sends'
+        steps, message names, state, step, due) of the set-based queueing. None when the rule
+        needs the per-friend walk."""
+        if rule.exit_when is not None:
             return None
         sends: list[ir.Send] = []
         for step in rule.steps:
-            if type(step) is not ir.Send or step.cond is not None:
+            if type(step) is not ir.Send:
                 break
             sends.append(step)
         rest = rule.steps[len(sends):]
         if not sends or (rest and not isinstance(rest[0], ir.WAIT_STEPS)):
             return None
         names = tuple(n for step in sends for n in step.messages)
-        if not self._static(names):
-            return None
         if not rest:
             state, step_id, due = "done", None, None
         else:
@@ -541,32 +582,22 @@ class Engine:
             if due <= now:
                 return None
             state, step_id = "waiting", wait.id
-        return sends[0].id, names, state, step_id, due
+        return tuple((step.id, step.messages) for step in sends), names, state, step_id, due
 
     def _mass_send(self, rule: ir.Rule, occurrence: str, now: int, result: TickResult, after_id: int) -> None:
-        """The audience of a time trigger (its enrollments above ``after_id``) gets its first sends
-        set-based (one statement per table, not a walk per friend) when :meth:`_mass_plan`
-        allows; same rows as a walk."""
+        """The audience of a time trigger (its enrollments above ``after_id``) queues its first
+        sends set-based (one statement, not a walk per friend) when :meth:`_mass_plan` allows:
+        the same intents a walk writes, decided by the deliver stage like every other send."""
         plan = self._mass_plan(rule, now)
         if plan is None:
             return
-        first_step, names, state, step_id, due = plan
-        walker = _Walker(0, "", rule.name, 0, now, now, None, False, occurrence, None, None, None)
-        rejected: list = []
-        chunks = self._render(_Group(walker, first_step, names, None, False), {}, now, rejected, "")
-        if rejected or not chunks:
-            return   # a message that does not render: the per-friend walk records it
+        steps, names, state, step_id, due = plan
         window = rule.window or self.settings.window
-        at = timeutil.next_opening(now, window, self.tz)
-        counts = self.store.mass_send(
-            rule=rule.name, occurrence=occurrence, now=now, step_id=first_step, names=names,
-            pushes=chunks, at=at, day=timeutil.local_day(at, self.tz),
-            today=timeutil.local_day(now, self.tz), cap=self.settings.max_per_day,
-            state=state, next_step=step_id, due=due, after_id=after_id)
-        result.advanced += counts["enrollments"]
-        result.queued += counts["outbox"]
-        result.capped += counts["capped"]
-        result.skipped += counts["skipped"]
+        count = self.store.mass_intents(
+            rule=rule.name, occurrence=occurrence, now=now, after_id=after_id, steps=self._encode(steps),
+            messages=self._encode(names), due_at=timeutil.next_opening(now, window, self.tz),
+            state=state, next_step=step_id, due=due)
+        result.advanced += count
 
     # ------------------------------------------------------------------ 3. condition triggers
 
@@ -646,11 +677,12 @@ class Engine:
         wait, all friends at the same step of a rule together, then record their sends."""
         frontier: list[_Walker] = []
         updates: dict[int, tuple] = {}
-        groups: list[_Group] = []
+        intents: list[tuple] = []
+        openings: dict[str, int] = {}
         menus: list[tuple[_Walker, ir.MenuStep]] = []
         seen: set[int] = set()
         for (eid, friend, rule_name, step_id, due_at, state, variant, holdout, entered_at, occurrence,
-             cause_seq, reply_token, reply_deadline) in rows:
+             cause_seq, reply_token, reply_deadline, event_seq) in rows:
             rule = self.project.rules.get(rule_name)
             if rule is None:
                 updates[eid] = ("exited", step_id, None, now, "rule_removed")
@@ -661,20 +693,29 @@ class Engine:
             else:
                 pos = idx + 1 if state == "waiting" else idx
             frontier.append(_Walker(eid, friend, rule_name, pos, entered_at, due_at, variant, bool(holdout),
-                                    occurrence, cause_seq, reply_token, reply_deadline))
+                                    occurrence, cause_seq, reply_token, reply_deadline, event_seq))
             seen.add(eid)
         result.advanced += len(frontier)
 
         def flush(w: _Walker) -> None:
-            """The sends collected since the last wait become one group (one push)."""
+            """The sends collected since the last wait become one intent (one push), due now
+            for an answer, else at the window's next opening; decided when it is due."""
             if w.buffer:
-                names = (w.buffer[0][1] if len(w.buffer) == 1
-                         else tuple(n for _, step_names in w.buffer for n in step_names))
+                steps = self._encode(tuple(w.buffer))
+                names = self._encode(w.buffer[0][1] if len(w.buffer) == 1
+                                     else tuple(n for _, step_names in w.buffer for n in step_names))
                 answer = w.cause_seq is not None and not w.answered
-                reply = None
-                if not w.answered and w.reply_token and (w.reply_deadline or 0) >= now:
-                    reply = (w.reply_token, w.reply_deadline)
-                groups.append(_Group(w, w.buffer[0][0], names, reply, answer))
+                token = w.reply_token if not w.answered and (w.reply_deadline or 0) >= now else None
+                if answer:
+                    due = now
+                else:
+                    due = openings.get(w.rule)
+                    if due is None:
+                        window = self.project.rules[w.rule].window or self.settings.window
+                        due = openings[w.rule] = timeutil.next_opening(now, window, self.tz)
+                intents.append((w.id, w.friend, w.rule, steps, names, due, now, w.variant, int(w.holdout),
+                                w.occurrence, w.event_seq, int(answer), token,
+                                w.reply_deadline if token else None))
                 w.buffer = []
             w.answered = True
 
@@ -714,7 +755,7 @@ class Engine:
                     walkers = [w for w in walkers if w.id not in gone]
                 step = rule.steps[pos]
                 cond = getattr(step, "cond", None)
-                if type(step) is ir.Send and cond is None:   # the common case, without the dispatch
+                if type(step) is ir.Send:   # its `if` is decided when the send goes out (deliver stage)
                     entry = (step.id, step.messages)
                     for w in walkers:
                         w.buffer.append(entry)
@@ -736,7 +777,8 @@ class Engine:
             finish(w, "active", self.project.rules[w.rule].steps[w.pos].id, now, None)
             log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
         self.store.update_enrollments([(*u, i) for i, u in updates.items()])
-        self._deliver(groups, menus, now, result)
+        self.store.add_intents(intents)
+        self._deliver_menus(menus, now, result)
 
     def _step(self, rule: ir.Rule, step: ir.Step, w: _Walker, ok: bool, now: int, result: TickResult,
               flush, finish, spawn, nxt: list[_Walker], menus: list) -> bool:
@@ -782,41 +824,24 @@ class Engine:
 
     # ------------------------------------------------------------------ sends
 
-    def _deliver(self, groups: list[_Group], menus: list[tuple[_Walker, ir.MenuStep]], now: int,
-                 result: TickResult) -> None:
-        """Window, cap, render and record the batch's send groups and menu links."""
-        if not groups and not menus:
+    def _encode(self, value: Any) -> str:
+        """JSON text of a step list or message names, made once per distinct value."""
+        text = self._json.get(value)
+        if text is None:
+            if len(self._json) > 10000:
+                self._json.clear()
+            text = self._json[value] = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return text
+
+    def _deliver_menus(self, menus: list[tuple[_Walker, ir.MenuStep]], now: int, result: TickResult) -> None:
+        """Rich menu links of the batch: an outbox row each (not for blocked or holdout friends)."""
+        if not menus:
             return
-        self._rendered.clear()    # friend-independent renders are shared within one batch only
-        self._hashes.clear()
         s, settings = self.store, self.settings
-        blocked = s.blocked_among({g.walker.friend for g in groups} | {w.friend for w, _ in menus})
-        friends = s.friends_for_render({g.walker.friend for g in groups
-                                        if g.walker.friend not in blocked and not self._static(g.names)})
-        deliveries: list[tuple] = []
+        blocked = s.blocked_among({w.friend for w, _ in menus})
         day_now = timeutil.local_day(now, self.tz)
+        deliveries: list[tuple] = []
         outbox: list[tuple] = []
-
-        def queue(kind: str, recipients: list[str], payload: Any, names: list[str], rule: str, at: int,
-                  token: str | None = None, deadline: int | None = None) -> int:
-            """An outbox row to write; deliveries refer to it by its place until it has an id."""
-            outbox.append((kind, recipients, payload, names, rule, at, token, deadline))
-            result.queued += 1
-            return len(outbox) - 1
-
-        def direct(g: _Group, chunks: list, day: str, reason: str | None, counts: bool) -> None:
-            """Queue a group for its one friend now: the first push as a reply while the group's
-            token is fresh and unused in this batch, the rest (or all of it) as pushes."""
-            token = g.reply[0] if g.reply and g.reply[0] not in used_tokens else None
-            if token:
-                used_tokens.add(token)
-            for i, (names, objects) in enumerate(chunks):
-                first = token if i == 0 else None
-                ref = queue("reply" if first else "push", [g.walker.friend], objects, names, g.walker.rule,
-                            now, first, g.reply[1] if first else None)
-                deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, ref, names,
-                                   "queued", reason, g.walker.variant, now, day, 1 if counts and i == 0 else 0))
-
         for w, step in menus:
             menu_id, label = settings.rich_menu(step.menu), [f"menu:{step.menu}"]
             reason = ("blocked" if w.friend in blocked else "holdout" if w.holdout
@@ -826,78 +851,207 @@ class Engine:
                                    now, day_now, 0))
                 result.skipped += 1
                 continue
-            ref = queue("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now)
-            deliveries.append((w.friend, w.rule, step.id, w.id, ref, label, "queued", None, w.variant,
-                               now, day_now, 0))
-
-        def skip(g: _Group, status: str, reason: str | None, at: int, day: str) -> None:
-            deliveries.append((g.walker.friend, g.walker.rule, g.step_id, g.walker.id, None, g.names,
-                               status, reason, g.walker.variant, at, day, 0))
-            if status == "capped":
-                result.capped += 1
-            else:
-                result.skipped += 1
-
-        regular: list[tuple[_Group, int, str]] = []
-        openings: dict[str, tuple[int, str]] = {}             # rule -> (send time, local day)
-        chunk_keys: dict[tuple[int, int], tuple[list, list]] = {}   # shared renders -> group keys
-        used_tokens: set[str] = set()
-        multicast: dict[tuple, list[tuple[_Group, int]]] = defaultdict(list)
-        for g in groups:
-            if g.walker.friend in blocked:
-                skip(g, "skipped", "blocked", now, day_now)
-            elif g.walker.holdout:
-                skip(g, "skipped", "holdout", now, day_now)
-            elif g.answer:
-                chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
-                                      deliveries, day_now)
-                direct(g, chunks, day_now, "answer", counts=False)
-            else:
-                rule_name = g.walker.rule
-                if rule_name not in openings:
-                    window = self.project.rules[rule_name].window or settings.window
-                    opening = timeutil.next_opening(now, window, self.tz)
-                    openings[rule_name] = (opening, timeutil.local_day(opening, self.tz))
-                regular.append((g, *openings[rule_name]))
-        cap = settings.max_per_day
-        if cap is not None and regular:
-            used = s.cap_used(None, [d for _, _, d in regular])   # the friends blocked_among loaded
-        if cap is not None:   # who the cap keeps: higher priority, then earlier due, then earlier entry
-            priority = {name: r.priority for name, r in self.project.rules.items()}
-            regular.sort(key=lambda x: (-priority[x[0].walker.rule], x[0].walker.due_at, x[0].walker.id))
-        for g, at, day in regular:
-            if cap is not None:
-                key = (g.walker.friend, day)
-                if used.get(key, 0) >= cap:
-                    skip(g, "capped", f"max_per_day {cap}", at, day)
-                    continue
-                used[key] = used.get(key, 0) + 1
-            chunks = self._render(g, friends.get(g.walker.friend) or {"id": g.walker.friend}, now,
-                                  deliveries, day)
-            if g.reply and at == now and g.reply[0] not in used_tokens and chunks:
-                # sent at once in the tick of the follow that caused it: a free reply
-                direct(g, chunks, day, None, counts=True)
-                continue
-            hit = chunk_keys.get((id(chunks), at))
-            if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this batch
-                hit = chunk_keys[(id(chunks), at)] = (chunks, [
-                    (g.walker.rule, at, self._hash(objects), tuple(names)) for names, objects in chunks])
-            for i, key in enumerate(hit[1]):
-                multicast[key].append((g, i, day, chunks[i][1]))
-        for (rule, at, _hash, names), items in multicast.items():
-            objects = items[0][3]
-            for start in range(0, len(items), MAX_MULTICAST):
-                part = items[start:start + MAX_MULTICAST]
-                ref = queue("multicast" if len(part) > 1 else "push", [g.walker.friend for g, *_ in part],
-                            objects, list(names), rule, at)
-                for g, i, day, _ in part:
-                    deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, ref, list(names),
-                                       "queued", None, g.walker.variant, at, day, 1 if i == 0 else 0))
+            outbox.append(("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now, None, None))
+            result.queued += 1
+            deliveries.append((w.friend, w.rule, step.id, w.id, len(outbox) - 1, label, "queued", None,
+                               w.variant, now, day_now, 0))
         ids = s.add_outbox_rows(outbox, now)
         s.add_deliveries(deliveries, ids)
 
+    # ------------------------------------------------------------------ 5. the deliver stage
+
+    def _deliver_due(self, now: int, result: TickResult) -> None:
+        """Decide every send intent due at ``now``, whichever path queued it, with one procedure
+        (SPEC §4 "decided when it goes out"): deferred again while its window is closed; dropped
+        when its enrollment has left the rule or the rule's ``exit when`` holds now (the
+        enrollment leaves); skipped for a friend who is not a current friend, or in the
+        holdout; each step's ``if``/``unless`` checked now; ``max_per_day`` applied across all
+        of a friend's sends due in this tick, higher priority first (``uncapped`` rules and
+        answers neither count nor are stopped); ``monthly_quota``: the rest held to the next
+        month's opening; rendered now. Only then are outbox rows written, due at once. Friends
+        are decided DELIVER_CHUNK at a time, each chunk in one transaction."""
+        s = self.store
+        if not s.has_due_intents(now):
+            return
+        with s.transaction():
+            for name, rule in self.project.rules.items():
+                if rule.window or self.settings.window:
+                    opening = timeutil.next_opening(now, rule.window or self.settings.window, self.tz)
+                    if opening > now:
+                        s.defer_intents(name, opening, now)
+            s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in self.project.rules.items()])
+        today = timeutil.local_day(now, self.tz)
+        after = ""
+        while True:
+            with s.transaction():
+                last = s.load_due(now, DELIVER_CHUNK, after, today, self.settings.max_per_day)
+                if last is None:
+                    return
+                self._decide(now, result)
+            after = last
+
+    def _decide(self, now: int, result: TickResult) -> None:
+        """One chunk of the deliver stage, on ``temp.lr_due`` (see :meth:`_deliver_due`)."""
+        s, settings = self.store, self.settings
+        self._rendered.clear()    # friend-independent renders are shared within one chunk only
+        self._hashes.clear()
+        today = timeutil.local_day(now, self.tz)
+        params = {"now": now}
+        for name, rule in self.project.rules.items():
+            if rule.exit_when is not None:
+                c = self._sql(rule.exit_when, True)
+                result.exited += s.due_exits(name, c.sql, {**c.params, **params, "rule": name}, now)
+        # the steps' if/unless, now
+        changes: list[tuple] = []
+        for rule_name, steps_text in s.due_groups():
+            rule = self.project.rules.get(rule_name)
+            steps = self._split_steps(rule, json.loads(steps_text))
+            failing: dict[int, set[str]] = defaultdict(set)
+            for step_id, _names in steps:
+                step = rule.step(step_id) if rule else None
+                cond = getattr(step, "cond", None)
+                if cond is None:
+                    continue
+                c = self._sql(cond, True)
+                for i in s.due_failing(rule_name, steps_text, c.sql, {**c.params, **params, "rule": rule_name}):
+                    failing[i].add(step_id)
+            for i, gone in failing.items():
+                kept = [[sid, names] for sid, names in steps if sid not in gone]
+                names = [n for _, step_names in kept for n in step_names]
+                changes.append((self._encode(tuple((sid, tuple(n)) for sid, n in kept)),
+                                self._encode(tuple(names)), None if kept else "dropped",
+                                None if kept else "condition", i))
+        s.due_update(changes)
+        if settings.max_per_day is not None:
+            s.due_cap(settings.max_per_day)
+        s.due_replies(now)
+        held_until = None
+        month = timeutil.local(now, self.tz).strftime("%Y-%m")
+        if settings.monthly_quota is not None:
+            if s.due_quota(settings.monthly_quota - s.quota_used(month)):
+                held_until = self._next_month_opening(now)
+        billed = 0
+        # friend-independent messages: rendered once, sent set-based as multicasts
+        if not settings.base_url:
+            for rule_name, steps_text, names_text, occurrence in s.due_render_keys():
+                names = tuple(json.loads(names_text))
+                if not self._static(names):
+                    continue
+                w = _Walker(0, "", rule_name, 0, now, now, None, False, occurrence, None, None, None)
+                rejected: list = []
+                chunks = self._render(_Group(w, "", names, None, False), {}, now, rejected, today)
+                if rejected or not chunks:
+                    continue   # a message that does not render: recorded per friend below
+                rows, count = s.due_static_send(rule_name, steps_text, names_text, occurrence,
+                                                json.loads(steps_text)[0][0], chunks, now, today)
+                result.queued += rows
+                billed += count * len(chunks)
+        billed += self._deliver_each(s.due_rows(), now, today, result)
+        s.add_quota_used(month, billed)
+        counts = s.due_finish(now, today, held_until)
+        result.capped += counts.get("capped", 0)
+        result.skipped += counts.get("skipped", 0)
+
+    @staticmethod
+    def _split_steps(rule: ir.Rule | None, steps: list) -> list:
+        """A group rebuilt from its delivery rows (a send the dispatcher handed back) names only
+        its first step: split its messages over the consecutive send steps they came from."""
+        if rule is None or len(steps) != 1:
+            return steps
+        step_id, names = steps[0]
+        pos = rule.index_of(step_id)
+        if pos is None or not isinstance(rule.steps[pos], ir.Send) or tuple(rule.steps[pos].messages) == tuple(names):
+            return steps
+        out, rest = [], list(names)
+        for step in rule.steps[pos:]:
+            if not rest:
+                break
+            if isinstance(step, ir.WAIT_STEPS):
+                break
+            if not isinstance(step, ir.Send):
+                continue
+            if tuple(rest[:len(step.messages)]) == tuple(step.messages):
+                out.append([step.id, list(step.messages)])
+                rest = rest[len(step.messages):]
+        return out if out and not rest else steps
+
+    def _next_month_opening(self, now: int) -> int:
+        """Where sends held by ``monthly_quota`` go: the first moment of next month (local)."""
+        local = timeutil.local(now, self.tz)
+        first = (local.replace(day=1) + dt.timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0,
+                                                                         microsecond=0)
+        return timeutil.epoch(first)
+
+    def _deliver_each(self, rows: list, now: int, today: str, result: TickResult) -> int:
+        """The due sends rendered per friend (personalised messages, tracked links, replies):
+        outbox rows (identical renders of one rule still share a multicast) and deliveries.
+        Returns the billed messages (recipients of pushes and multicasts)."""
+        if not rows:
+            return 0
+        s = self.store
+        friends = s.friends_for_render({r["friend"] for r in rows})
+        events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        deliveries: list[tuple] = []
+        outbox: list[tuple] = []
+        marks: dict[int, tuple] = {}
+        multicast: dict[tuple, list] = defaultdict(list)
+        chunk_keys: dict[int, tuple[list, list]] = {}
+        billed = 0
+        for r in rows:
+            names = tuple(json.loads(r["messages"]))
+            step_id = json.loads(r["steps"])[0][0]
+            w = _Walker(r["enrollment"], r["friend"], r["rule"], 0, now, now, r["variant"], False, r["occurrence"],
+                        None, None, None, r["event_seq"])
+            g = _Group(w, step_id, names, None, bool(r["answer"]))
+            friend = friends.get(r["friend"]) or {"id": r["friend"]}
+            chunks = self._render(g, friend, now, deliveries, today, events.get(r["event_seq"]))
+            if not chunks:
+                marks[r["id"]] = ("rejected", None, None, r["id"])
+                continue
+            counts = 1 if r["counts"] else 0
+            reason = "answer" if r["answer"] else None
+            if r["kind"] == "reply" or r["answer"]:
+                # for its one friend now: the first push as the reply, the rest as pushes
+                first_ref = None
+                for i, (push_names, objects) in enumerate(chunks):
+                    token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
+                    outbox.append(("reply" if token else "push", [r["friend"]], objects, push_names, r["rule"], now,
+                                   token, r["reply_deadline"] if token else None))
+                    billed += 0 if token else 1
+                    ref = len(outbox) - 1
+                    first_ref = ref if first_ref is None else first_ref
+                    deliveries.append((r["friend"], r["rule"], step_id, r["enrollment"], ref, push_names, "queued",
+                                       reason, r["variant"], now, today, counts if i == 0 else 0))
+                marks[r["id"]] = ("sent", None, first_ref, r["id"])
+                continue
+            hit = chunk_keys.get(id(chunks))
+            if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this chunk
+                hit = chunk_keys[id(chunks)] = (chunks, [
+                    (r["rule"], self._hash(objects), tuple(push_names)) for push_names, objects in chunks])
+            for i, key in enumerate(hit[1]):
+                multicast[key].append((r, i, chunks[i][1], step_id, counts))
+        for (rule, _hash, names), items in multicast.items():
+            objects = items[0][2]
+            for start in range(0, len(items), MAX_MULTICAST):
+                part = items[start:start + MAX_MULTICAST]
+                outbox.append(("multicast" if len(part) > 1 else "push", [r["friend"] for r, *_ in part],
+                               objects, list(names), rule, now, None, None))
+                billed += len(part)
+                ref = len(outbox) - 1
+                for r, i, _, step_id, counts in part:
+                    deliveries.append((r["friend"], rule, step_id, r["enrollment"], ref, list(names), "queued",
+                                       None, r["variant"], now, today, counts if i == 0 else 0))
+                    if i == 0:
+                        marks[r["id"]] = ("sent", None, ref, r["id"])
+        ids = s.add_outbox_rows(outbox, now)
+        result.queued += len(outbox)
+        s.add_deliveries(deliveries, ids)
+        s.due_mark([(status, reason, None if ref is None else ids[ref], i)
+                    for status, reason, ref, i in marks.values()])
+        return billed
+
     def _render(self, g: _Group, friend: dict, now: int, deliveries: list,
-                day: str) -> list[tuple[list[str], list[dict]]]:
+                day: str, event: dict | None = None) -> list[tuple[list[str], list[dict]]]:
         """Render the group's messages for one friend and pack them into pushes of at most five
         objects, keeping each message whole where it fits. A message that fails to render is
         recorded as a rejected delivery and left out. Messages that do not mention ``friend``
@@ -921,7 +1075,7 @@ class Engine:
                 continue
             try:
                 objects = render_message(defn, friend=friend, rule=rule, sale=sale, utm=self.settings.utm,
-                                         link=self._linker(friend.get("id"), rule, name, now))
+                                         link=self._linker(friend.get("id"), rule, name, now), event=event)
             except RenderError as exc:
                 log.error("rule %s: message %s not sent to %s: %s", rule, name, friend.get("id"), exc)
                 failures.append((name, str(exc)))
@@ -938,7 +1092,7 @@ class Engine:
         return chunks
 
     def _static(self, names: tuple[str, ...]) -> bool:
-        """Whether these messages render the same for every friend (no ``friend`` in them)."""
+        """Whether these messages render the same for every friend (no ``friend`` or ``event``)."""
         known = self._static_names.get(names)
         if known is not None:
             return known
@@ -948,7 +1102,8 @@ class Engine:
     def _static_one(self, name: str) -> bool:
         if name not in self._static_names:
             defn = self.project.messages.get(name)
-            self._static_names[name] = defn is None or "friend" not in repr(defn.objects)
+            text = "" if defn is None else repr(defn.objects)
+            self._static_names[name] = "friend" not in text and "event" not in text
         return self._static_names[name]
 
     def _hash(self, objects: list[dict]) -> str:

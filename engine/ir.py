@@ -386,6 +386,7 @@ class Rule:
     reenter: Reenter = Reenter()
     window: Window | None = None       # overrides settings.window
     priority: int = 0
+    uncapped: bool = False             # sends neither count against nor are stopped by max_per_day
     split: tuple[tuple[str, float], ...] = ()   # ((variant, percent), ...), sums to 100
     holdout: float = 0.0
     version: str = ""                  # content hash of the rule's compiled form

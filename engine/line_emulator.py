@@ -72,6 +72,15 @@ ROUTES: Mapping[str, tuple[str, str]] = {
     "link_token": ("POST", "/v2/bot/user/{userId}/linkToken"),
 }
 
+#: LINE's token endpoint for stateless channel access tokens (form-encoded, no bearer token).
+TOKEN_PATH = "/oauth2/v3/token"
+DEFAULT_CHANNEL_ID = "2000000000"
+DEFAULT_CHANNEL_SECRET = "emulator-channel-secret"
+#: Stateless channel access tokens live 15 minutes.
+STATELESS_TOKEN_TTL = 900.0
+AUTH_FAILED_MESSAGE = ("Authentication failed. Confirm that the access token in the "
+                       "authorization header is valid.")
+
 #: Endpoints that accept ``X-Line-Retry-Key``; every other one answers 400 when it is sent.
 RETRY_KEY_ENDPOINTS = frozenset({"push", "multicast", "broadcast", "narrowcast"})
 #: Endpoints whose accepted requests are billed per recipient against the monthly quota.
@@ -423,8 +432,17 @@ class Emulator:
     def __init__(self, *, access_token: str = DEFAULT_ACCESS_TOKEN, quota: int | None = None,
                  reply_token_ttl: float = 60.0,
                  rate_limits: Mapping[str, float | Limit] | None = None, rate_scale: float = 1.0,
+                 channel_id: str = DEFAULT_CHANNEL_ID,
+                 channel_secret: str = DEFAULT_CHANNEL_SECRET,
+                 stateless_token_ttl: float = STATELESS_TOKEN_TTL,
                  clock: Callable[[], float] = time.time):
         self.access_token = access_token
+        self.channel_id = channel_id
+        self.channel_secret = channel_secret
+        self.stateless_token_ttl = stateless_token_ttl
+        #: Stateless tokens issued at ``/oauth2/v3/token``: token -> expiry (epoch seconds).
+        self.stateless_tokens: dict[str, float] = {}
+        self._revoked: set[str] = set()
         self.quota = quota
         self.usage = 0
         self.reply_token_ttl = reply_token_ttl
@@ -458,6 +476,7 @@ class Emulator:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         for name, (method, path) in ROUTES.items():
             app.router.add_route(method, path, self._handle, name=name)
+        app.router.add_post(TOKEN_PATH, self._issue_stateless_token)
         app.router.add_get("/_emulator/stats", self._admin_stats)
         app.router.add_post("/_emulator/users", self._admin_add_user)
         app.router.add_post("/_emulator/reply_tokens", self._admin_reply_token)
@@ -500,6 +519,29 @@ class Emulator:
     def block(self, user_id: str, blocked: bool = True) -> None:
         """Mark a known user as having blocked (or unblocked) the channel."""
         self.users[user_id].blocked = blocked
+
+    def revoke_token(self, token: str | None = None) -> None:
+        """Make ``token`` (default: the long-lived ``access_token``) answer 401 from now on,
+        as a token revoked in the LINE Developers Console does."""
+        self._revoked.add(self.access_token if token is None else token)
+
+    def restore_token(self, token: str | None = None) -> None:
+        """Accept a revoked ``token`` again (default: the long-lived ``access_token``)."""
+        self._revoked.discard(self.access_token if token is None else token)
+
+    def expire_stateless_tokens(self) -> None:
+        """Every stateless token issued so far expires now (401 from the next request)."""
+        for token in self.stateless_tokens:
+            self.stateless_tokens[token] = min(self.stateless_tokens[token], self.clock())
+
+    def token_valid(self, token: str) -> bool:
+        """Whether ``token`` authorizes Messaging API requests now."""
+        if token in self._revoked:
+            return False
+        if token == self.access_token:
+            return True
+        expires = self.stateless_tokens.get(token)
+        return expires is not None and expires > self.clock()
 
     def set_rate_limit(self, endpoint: str, rate: float, capacity: float | None = None) -> None:
         """Limit ``endpoint`` to ``rate`` requests per second, bursts of ``capacity``
@@ -550,8 +592,10 @@ class Emulator:
         return dict(out)
 
     def _endpoint_of(self, endpoint: str) -> str:
-        if endpoint in ROUTES:
+        if endpoint in ROUTES or endpoint == "token":
             return endpoint
+        if endpoint == TOKEN_PATH:
+            return "token"
         for name, (_, template) in ROUTES.items():
             pattern = re.sub(r"\\{\w+\\}", "[^/]+", re.escape(template))
             if re.fullmatch(pattern, endpoint):
@@ -576,9 +620,9 @@ class Emulator:
         headers = {"x-line-request-id": record.request_id}
         lost: _Fault | None = None
         try:
-            if request.headers.get("Authorization") != f"Bearer {self.access_token}":
-                raise _Answer(401, "Authentication failed. Confirm that the access token in the "
-                                   "authorization header is valid.")
+            given = request.headers.get("Authorization", "")
+            if not given.startswith("Bearer ") or not self.token_valid(given[len("Bearer "):]):
+                raise _Answer(401, AUTH_FAILED_MESSAGE)
             fault = self._take_fault(endpoint)
             if fault is not None and fault.kind == "status":
                 record.note = "fault"
@@ -832,6 +876,43 @@ class Emulator:
         for user_id in users:
             self.rich_menu_links[user_id] = menu
         return 202, {}
+
+    # ----------------------------------------------------------------- channel access tokens
+
+    async def _issue_stateless_token(self, request: web.Request) -> web.Response:
+        """``POST /oauth2/v3/token`` with ``grant_type=client_credentials``, ``client_id`` and
+        ``client_secret`` (form-encoded), as LINE answers it: ``{"token_type": "Bearer",
+        "access_token": ..., "expires_in": 900}``; wrong credentials -> 400
+        ``{"error": "invalid_client", ...}``."""
+        record = RecordedRequest(request.method, request.path, "token", str(uuid.uuid4()), None,
+                                 await request.read(), self.clock())
+        self.requests.append(record)
+        if request.content_type != "application/x-www-form-urlencoded":
+            record.status = 400
+            return web.json_response({"error": "invalid_request",
+                                      "error_description": "unsupported content type"}, status=400)
+        form = await request.post()
+        fault = self._take_fault("token")
+        if fault is not None:
+            record.note = "fault"
+            record.status = fault.status
+            return web.json_response(dict(fault.body or {"error": "server_error"}),
+                                     status=fault.status)
+        if form.get("grant_type") != "client_credentials":
+            record.status = 400
+            return web.json_response({"error": "unsupported_grant_type",
+                                      "error_description": "grant_type must be client_credentials"},
+                                     status=400)
+        if form.get("client_id") != self.channel_id or form.get("client_secret") != self.channel_secret:
+            record.status = 400
+            return web.json_response({"error": "invalid_client",
+                                      "error_description": "invalid client_id or client_secret"},
+                                     status=400)
+        token = secrets.token_urlsafe(32)
+        self.stateless_tokens[token] = self.clock() + self.stateless_token_ttl
+        record.status = 200
+        return web.json_response({"token_type": "Bearer", "access_token": token,
+                                  "expires_in": int(self.stateless_token_ttl)})
 
     # ----------------------------------------------------------------- admin (standalone use)
     # Unauthenticated helpers under /_emulator/ for a process that runs the emulator as a

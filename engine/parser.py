@@ -40,7 +40,7 @@ _ESCAPES = {"n": "\n", "t": "\t"}
 #: The words a step, an option, a new rule or a condition starts with (for grouping the
 #: "expected ..." list of a syntax error).
 STEP_WORDS = ("send", "wait", "tag", "untag", "set", "menu", "start", "stop")
-OPTION_WORDS = ("exit", "reenter", "window", "priority", "split", "holdout")
+OPTION_WORDS = ("exit", "reenter", "window", "priority", "uncapped", "split", "holdout")
 ITEM_WORDS = ("rule", "segment", "when")
 COND_WORDS = ("not", "(", "purchased", "clicked", "viewed", "carted", "tagged", "blocked",
               "followed", "friend", "last", "never", "top", "in", "variant")
@@ -466,6 +466,9 @@ class _AstBuilder:
     def priority(self, span, children):
         return A.Priority(int(children[0].value), span)
 
+    def uncapped(self, span, children):
+        return A.Uncapped(span)
+
     def split_item(self, span, children):
         return A.SplitItem(self._name(children[0]), self._percent(children[1]), span)
 
@@ -493,7 +496,7 @@ def _handlers() -> dict[int, Callable]:
 
 _TRIGGER_TYPES = frozenset((A.CondTrigger, A.UnfollowedTrigger, A.LinkedTrigger, A.MessageTrigger,
                             A.PostbackTrigger, A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger))
-_OPTION_TYPES = frozenset((A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Split, A.Holdout))
+_OPTION_TYPES = frozenset((A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Uncapped, A.Split, A.Holdout))
 _STEP_TYPES = frozenset((A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep,
                          A.UntagStep, A.SetStep, A.MenuStep, A.StartStep, A.StopStep))
 

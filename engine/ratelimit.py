@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -50,9 +51,10 @@ LINE_RATE_LIMITS: Mapping[str, Limit] = {
 class TokenBucket:
     """A token bucket: ``rate`` tokens per second, holding at most ``capacity`` tokens.
 
-    :meth:`try_take` answers at once (a server deciding on 429); :meth:`acquire` reserves a
-    token and sleeps until it is due (a client pacing itself). Reservations are taken in call
-    order, so many concurrent callers are spread evenly over time instead of waking together.
+    :meth:`try_take` answers at once (a server deciding on 429); :meth:`acquire` waits for a
+    token (a client pacing itself). Waiters are served in call order by one pacer that hands
+    out only tokens that are there, so callers are spread evenly over time, each wakes once,
+    and a stalled event loop can never release more than ``capacity`` requests at once.
     """
 
     def __init__(self, rate: float, capacity: float | None = None, *,
@@ -66,6 +68,8 @@ class TokenBucket:
         self._clock = clock
         self._tokens = self.capacity
         self._last = clock()
+        self._waiters: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._pacer: asyncio.Task[None] | None = None
 
     def _refill(self, now: float) -> None:
         if now > self._last:
@@ -93,10 +97,31 @@ class TokenBucket:
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
     async def acquire(self, n: float = 1.0) -> None:
-        """Wait until ``n`` tokens are ours (never more than ``rate`` per second on average)."""
-        delay = self.reserve(n)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Wait until ``n`` tokens are ours (never more than ``rate`` per second on average,
+        never more than ``capacity`` at once)."""
+        if not self._waiters and self.try_take(n):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        if self._pacer is None or self._pacer.done():
+            self._pacer = asyncio.ensure_future(self._pace())
+        await future
+
+    async def _pace(self) -> None:
+        while self._waiters:
+            self._refill(self._clock())
+            while self._waiters:
+                n, future = self._waiters[0]
+                if future.done():               # its caller was cancelled
+                    self._waiters.popleft()
+                    continue
+                if self._tokens < n:
+                    break
+                self._tokens -= n
+                self._waiters.popleft()
+                future.set_result(None)
+            if self._waiters:
+                await asyncio.sleep(max(0.0, (self._waiters[0][0] - self._tokens) / self.rate))
 
 
 def buckets_for(limits: Mapping[str, Limit], *, scale: float = 1.0,

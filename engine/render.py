@@ -2,7 +2,7 @@
 
 For each friend at send time :func:`render_message`:
 
-1. renders every string holding Liquid markup with ``friend``, ``rule`` and ``sale``
+1. renders every string holding Liquid markup with ``friend``, ``rule``, ``sale`` and ``event``
    (templates are compiled once and cached; missing variables render as nothing);
 2. adds ``utm_source=line&utm_medium=message&utm_campaign=<rule>&utm_content=<message>`` to
    every http(s) link (URI actions and URLs in text messages) that carries no ``utm_`` yet;
@@ -108,11 +108,13 @@ def add_utm(url: str, rule: str, message: str) -> str:
 
 
 def render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None = None,
-                   utm: bool = True, link: Callable[[str], str] | None = None) -> list[dict]:
-    """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``. Raises RenderError,
-    and nothing else: any other failure while rendering becomes one, with its reason."""
+                   utm: bool = True, link: Callable[[str], str] | None = None,
+                   event: dict | None = None) -> list[dict]:
+    """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``; ``event``: the
+    fields of the event that entered or resumed the enrollment. Raises RenderError, and nothing
+    else: any other failure while rendering becomes one, with its reason."""
     try:
-        return _render_message(defn, friend=friend, rule=rule, sale=sale, utm=utm, link=link)
+        return _render_message(defn, friend=friend, rule=rule, sale=sale, utm=utm, link=link, event=event)
     except (RenderError, sqlite3.Error):
         raise   # a database fault (tracked links are stored while rendering) is not the message's
     except RecursionError:
@@ -124,8 +126,8 @@ def render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict |
 
 
 def _render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None,
-                    utm: bool, link: Callable[[str], str] | None) -> list[dict]:
-    variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}}
+                    utm: bool, link: Callable[[str], str] | None, event: dict | None = None) -> list[dict]:
+    variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}, "event": event or {}}
     renderer = _Renderer(defn.name, rule, variables)
     objects = [renderer.value(obj, (i,)) for i, obj in enumerate(defn.objects)]
 

@@ -200,8 +200,17 @@ def _sends(conn: sqlite3.Connection, o: Options) -> list[_Send]:
     rows = _rows(conn, "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, "
                        "d.at, o.kind FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
                        f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
-    return [_Send(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
-            for r in rows]
+    out = [_Send(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
+           for r in rows]
+    if _rows(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'intents'"):
+        # sends not decided yet (waiting for the window, the quota): held, at their due time
+        held = [w.replace("d.at", "i.due_at") for w in where[1:]]
+        out += [_Send(-r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), "queued", r[5], r[6], None)
+                for r in _rows(conn, "SELECT i.id, i.friend, i.rule, json_extract(i.steps, '$[0][0]'), i.messages, "
+                                     "i.variant, i.due_at FROM intents i WHERE 1"
+                                     + "".join(f" AND {w}" for w in held) + " ORDER BY i.due_at, i.id",
+                               args)]
+    return out
 
 
 def _step_order(conn: sqlite3.Connection, project: ir.Project | None) -> dict[str, list[str]]:
@@ -398,7 +407,8 @@ def _account(conn: sqlite3.Connection, o: Options, as_of: int, daily: dict, mont
     for (friend,) in _rows(conn, "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at "
                                  "IS NOT NULL", (as_of,)):
         seen.add(friend)
-    current = {f for f in seen if state.get(f) != "unfollow"}
+    # current friends: their latest follow/unfollow is a follow (SPEC §2.2)
+    current = {f for f in seen if state.get(f) == "follow"}
     start = as_of - ACTIVE_DAYS * DAY
     active: set[str] = set()
     for (friend,) in _rows(conn, "SELECT friend FROM activity WHERE kind IN ('click', 'order') "

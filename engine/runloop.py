@@ -12,9 +12,13 @@ engine never claims outbox rows.
 - The **tick loop** runs ``engine.tick(now)`` every ``tick_seconds`` (sooner when the engine
   has something due, or at once when a webhook asks for an answer), renews the lease, and
   reloads the rules on SIGHUP or when a file in the rule folder changes.
-- The **dispatch loop** claims due outbox rows (the store marks them in flight), sends them
-  with the dispatcher and records each outcome. A row is never deleted before its outcome is
-  recorded; rows left in flight by a crash are sent again on restart with the same retry key.
+- The **dispatch loop** keeps up to :data:`SEND_SLOTS` rows in flight (and, apart from them,
+  up to :data:`REPLY_SLOTS` replies, so an answer never waits behind pushes): it claims due
+  rows as slots free up (fenced by the lease's epoch), sends each on its own task and records
+  each outcome as it lands. One slow or failing request holds only its own row. A row is
+  never deleted before its outcome is recorded; rows left in flight by a crash are sent again
+  on restart with the same retry key. A 401/403 from LINE holds everything until the token
+  works again.
 - First SIGTERM/SIGINT: finish the current tick and the requests in flight, then exit 0.
   Second: exit at once (status 1). Signal handlers only set flags.
 """
@@ -38,15 +42,28 @@ from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
-from .store import StoreError
+from .store import LeaseLost, StoreError
 from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
 
 DRY_RUN_MESSAGE = ("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
                    "nothing is sent to LINE")
-#: Outbox rows claimed per dispatch batch.
-BATCH = 100
+#: Requests in flight at once for pushes, multicasts and rich menu links.
+SEND_SLOTS = 64
+#: Requests in flight at once for replies, apart from the others (answers never queue behind
+#: a push backlog).
+REPLY_SLOTS = 16
+#: Seconds between checks of the token after LINE refused it (doubling up to 60 s).
+AUTH_PROBE = 5.0
+#: A change in the rule folder is reloaded once no file changed for this many seconds (a
+#: deploy written file by file is never loaded half-way).
+RELOAD_QUIET = 2.0
+#: Seconds the enrollments of a rule that disappeared in a reload stay suspended: they resume
+#: when the rule comes back within it, and end with ``rule_removed`` after it.
+SUSPEND_GRACE = 3600
+#: A reply that must be retried is retried this many seconds before its token's deadline.
+REPLY_MARGIN = 3
 #: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
 DISPATCH_POLL = 1.0
 #: Longest backoff between attempts of one row, seconds.
@@ -74,6 +91,8 @@ class RunnerConfig:
     join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
     shopify_secret: str | None = None        # SHOPIFY_WEBHOOK_SECRET
     condition_interval: int = 0              # --condition-interval; 0 = every tick
+    channel_id: str | None = None            # LINE_CHANNEL_ID (stateless tokens with the secret)
+    lease_seconds: str | None = None         # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
@@ -90,12 +109,25 @@ class RunnerConfig:
                    login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
                    login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
                    join_redirect=get("LINERULES_JOIN_REDIRECT"),
+                   channel_id=get("LINE_CHANNEL_ID"),
+                   lease_seconds=get("LINERULES_LEASE_SECONDS"),
                    shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
                    env=dict(env))
 
     @property
     def dry_run(self) -> bool:
-        return not self.access_token
+        return not (self.access_token or (self.channel_id and self.channel_secret))
+
+    @property
+    def lease_ttl(self) -> int:
+        """Seconds the lease lasts without renewal (raises StartupError on a bad value)."""
+        value = self.lease_seconds
+        if value is None:
+            return lease_ttl(self.tick_seconds)
+        if not value.strip().isdigit() or int(value) < 1:
+            raise StartupError(f"LINERULES_LEASE_SECONDS={value!r} is not a whole number of "
+                               "seconds (1 or more)")
+        return int(value)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -174,6 +206,19 @@ class Runner:
         self.signals = 0
         self._reload_requested = False
         self._fingerprint = rules_fingerprint(config.rules_dir)
+        self._changed: tuple[tuple, float] | None = None   # (fingerprint seen, when), not loaded yet
+        self.reload_quiet = RELOAD_QUIET
+        #: What the last reload did (for /healthz): when, why, version and friends affected.
+        self.last_reload: dict[str, Any] | None = None
+        #: The lease epoch this runner claims outbox rows under (None: no lease held).
+        self.epoch: int | None = store.lease_epoch(self.owner)
+        #: Why LINE refuses the channel access token (401/403); None while it is accepted.
+        self.auth_problem: str | None = None
+        self._auth_delay = AUTH_PROBE
+        self._auth_wake = asyncio.Event()
+        self._sending: dict[int, tuple[str, asyncio.Task]] = {}   # outbox id -> (lane, task)
+        self._landed: list[tuple[dict, DispatchResult]] = []
+        self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
@@ -195,6 +240,18 @@ class Runner:
                            self._quota_remaining)
         self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.",
                            lambda: float(config.dry_run))
+        self.metrics.collected("linerules_line_retries_total",
+                               "Requests to LINE repeated within one attempt of a row, by reason "
+                               "(HTTP status, timeout, error).", self._line_retries)
+        self.metrics.gauge("linerules_sending_held",
+                           "1 while every send is held because LINE refuses the channel access "
+                           "token (401/403).", lambda: float(self.auth_problem is not None))
+        self.metrics.gauge("linerules_sends_in_flight", "Requests to LINE in flight now.",
+                           lambda: float(len(self._sending)))
+        self.metrics.gauge("linerules_suspended_enrollments",
+                           "Friends in flight in a rule that a reload removed (resumed if it "
+                           "comes back within the grace).",
+                           lambda: float(self.store.suspended_count()))
 
     # ------------------------------------------------------------------ opening and closing
 
@@ -216,6 +273,7 @@ class Runner:
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
+        config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
         try:
             store = Store(str(config.db), checkpoints=False)
         except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
@@ -296,12 +354,15 @@ class Runner:
         """SIGHUP: reload the rule folder before the next tick."""
         self._reload_requested = True
         self._set(self._tick_wake)
+        self._set(self._auth_wake)          # and check a refused token again at once
 
     def stop(self) -> None:
         """Stop after the current tick and dispatch batch."""
         self.stopping = True
+        self.dispatcher.closing = True      # requests in flight finish; no new attempts start
         self._set(self._tick_wake)
         self._set(self._dispatch_wake)
+        self._set(self._auth_wake)
 
     def on_stop_signal(self) -> None:
         """SIGTERM/SIGINT: the first stops gracefully (:meth:`stop`), the second exits now."""
@@ -358,17 +419,57 @@ class Runner:
         log.info("stop requested: finishing the sends in flight (a second signal exits at once)")
 
     async def _dispatch_loop(self) -> None:
+        """Keep the send slots busy; hold everything while LINE refuses the token."""
         while not self.stopping:
             self._dispatch_wake.clear()
+            started = 0
             try:
-                handled = await self.dispatch_once()
+                if self.auth_problem is not None:
+                    await self._probe_auth()
+                    continue
+                started = self.fill_slots()
+            except LeaseLost as exc:
+                log.critical("stopping: %s; another runner took over %s, and this one writes "
+                             "nothing more", exc, self.config.db)
+                self.exit_code = 1
+                self.stop()
+                break
             except StoreError:
-                handled = 0   # logged once by the store; rows in flight go again with their keys
+                pass   # logged once by the store; rows in flight go again with their keys
             except Exception:
                 log.exception("dispatch failed; retrying shortly")
-                handled = 0
-            if not handled and not self.stopping:
+            if not started and not self.stopping:
                 await self._sleep(self._dispatch_wake, DISPATCH_POLL)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait for the requests in flight and store their outcomes."""
+        tasks = [task for _, task in self._sending.values()]
+        if tasks:
+            log.info("waiting for %d request(s) in flight", len(tasks))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._flush()
+
+    async def _probe_auth(self) -> None:
+        """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
+        issued anew first); resume sending when it does."""
+        self._auth_wake.clear()
+        await self._sleep(self._auth_wake, self._auth_delay)
+        if self.stopping:
+            return
+        problem = await self.dispatcher.check_auth()
+        if problem is None:
+            log.warning("LINE accepts the channel access token again: sending resumes "
+                        "(%d rows waiting)", self.store.outbox_backlog())
+            self.auth_problem = None
+            self._auth_delay = AUTH_PROBE
+            self.wake_dispatch()
+        else:
+            self._auth_delay = min(60.0, self._auth_delay * 2)
+            if problem != self.auth_problem:
+                log.error("LINE still refuses the channel access token: %s; every send stays "
+                          "held (next check in %.0f s)", problem, self._auth_delay)
+            self.auth_problem = problem
 
     @staticmethod
     async def _sleep(event: asyncio.Event, seconds: float) -> None:
@@ -383,6 +484,9 @@ class Runner:
         nxt = self.engine.next_wakeup(now)
         if nxt is not None:
             seconds = min(seconds, (nxt - now).total_seconds())
+        reload_in = self.reload_due_in()
+        if reload_in is not None:
+            seconds = min(seconds, reload_in)
         return max(0.05, seconds)
 
     # ------------------------------------------------------------------ one tick
@@ -394,12 +498,13 @@ class Runner:
         self.maybe_reload()
         now = self.now()
         store = self.engine.store
-        if not store.renew_lease(self.owner, int(now.timestamp()), lease_ttl(self.config.tick_seconds)):
+        if not store.renew_lease(self.owner, int(now.timestamp()), self.config.lease_ttl):
             log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db,
                          store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None
+        self.end_suspended(int(now.timestamp()))
         self.engine.follow_grace = self.follow_grace(int(now.timestamp()))
         started = time.perf_counter()
         result = self.engine.tick(now)
@@ -427,13 +532,28 @@ class Runner:
         self.store.set_meta(JOIN_META, str(now))
 
     def maybe_reload(self) -> bool:
-        """Reload on SIGHUP or a change in the rule folder; True when the rules were replaced."""
+        """Reload on SIGHUP at once, or once a change in the rule folder has been quiet for
+        :data:`RELOAD_QUIET` seconds (a deploy that writes file after file is loaded whole);
+        True when the rules were replaced."""
         fingerprint = rules_fingerprint(self.config.rules_dir)
-        if not self._reload_requested and fingerprint == self._fingerprint:
+        if not self._reload_requested and self.reload_quiet > 0:
+            if fingerprint == self._fingerprint:
+                self._changed = None
+                return False
+            if self._changed is None or self._changed[0] != fingerprint:
+                if self._changed is None:
+                    log.info("rule files changed; reloading once they are unchanged for %.0f s",
+                             self.reload_quiet)
+                self._changed = (fingerprint, time.monotonic())
+                return False
+            if time.monotonic() - self._changed[1] < self.reload_quiet:
+                return False
+        elif not self._reload_requested and fingerprint == self._fingerprint:
             return False
         why = "SIGHUP" if self._reload_requested else "rule files changed"
         self._reload_requested = False
         self._fingerprint = fingerprint
+        self._changed = None
         try:
             project, text = load_rules(self.config.rules_dir)
         except Exception:
@@ -451,64 +571,170 @@ class Runner:
             return False
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
-        self.engine.reload(project)
+        counts = self.engine.reload(project) or {}
+        removed = sorted(set(self.project.rules) - set(project.rules))
         self.project = project
         self.metrics.reloads.inc(result="ok")
+        self.last_reload = {"at": self.local(self.now()), "why": why, "version": project.version,
+                            "removed_rules": removed, **counts}
         log.info("rules reloaded (version %s, %d rules, %s)", project.version, len(project.rules), why)
+        if counts:
+            log.info("reload: %d friends in flight carried over to changed rules, %d suspended "
+                     "(their rule is gone: %s; they resume if it comes back within %d min, and "
+                     "end with rule_removed after), %d resumed (their rule is back)",
+                     counts.get("carried_over", 0), counts.get("suspended", 0),
+                     ", ".join(removed) or "-", SUSPEND_GRACE // 60, counts.get("resumed", 0))
         return True
 
-    # ------------------------------------------------------------------ one dispatch batch
+    def reload_due_in(self) -> float | None:
+        """Seconds until a pending change of the rule folder is quiet long enough."""
+        if self._changed is None:
+            return None
+        return max(0.05, self.reload_quiet - (time.monotonic() - self._changed[1]))
 
-    async def dispatch_once(self) -> int:
-        """Claim due outbox rows, send them and record every outcome as it lands; returns the
-        number of rows claimed."""
-        rows = self.store.claim_outbox(int(self.now().timestamp()), BATCH)
-        if not rows:
+    def end_suspended(self, now: int) -> int:
+        """End the enrollments suspended longer than :data:`SUSPEND_GRACE` (``rule_removed``)."""
+        store = self.engine.store
+        if not store.suspended_count():
             return 0
-        by_id = {row["id"]: row for row in rows}
-        landed: list[DispatchResult] = []
+        ended = store.end_suspended(now - SUSPEND_GRACE, now)
+        if ended:
+            log.warning("%d friends suspended since their rule was removed %d min ago ended "
+                        "(rule_removed)", ended, SUSPEND_GRACE // 60)
+        return ended
 
-        async def record(result: DispatchResult) -> None:
-            """Outcomes that land together are stored in one transaction: the event loop waits
-            for SQLite's write lock once for them, not once per row, while a tick writes."""
-            landed.append(result)
-            await asyncio.sleep(0)
-            if landed:
-                now, batch = self.now(), landed[:]
-                landed.clear()
-                with self.store.transaction():
-                    for each in batch:
-                        self._record(by_id[each.item_id], each, now)
+    # ------------------------------------------------------------------ sending
 
-        await self.dispatcher.send([outbox_item(row) for row in rows], on_result=record)
+    def fill_slots(self) -> int:
+        """Claim due rows for the free send slots (replies have slots of their own) and start
+        one task per row; returns the number of rows started. Raises LeaseLost when another
+        runner holds the lease."""
+        if self.stopping or self.auth_problem is not None:
+            return 0
+        replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
+        others = len(self._sending) - replies
+        free_replies, free_others = REPLY_SLOTS - replies, SEND_SLOTS - others
+        if free_replies <= 0 and free_others <= 0:
+            return 0
+        lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
+        rows = self.store.claim_outbox(int(self.now().timestamp()),
+                                       max(0, free_replies) + max(0, free_others),
+                                       reply_limit=max(0, free_replies),
+                                       other_limit=max(0, free_others), lease=lease)
+        for row in rows:
+            lane = "reply" if row["kind"] == "reply" else "send"
+            task = asyncio.ensure_future(self._send_row(row))
+            self._sending[row["id"]] = (lane, task)
         return len(rows)
 
+    async def dispatch_once(self) -> int:
+        """Claim what is due now, send it and store every outcome; returns the number of rows
+        claimed (for callers without the dispatch loop)."""
+        started = self.fill_slots()
+        await self._drain()
+        return started
+
+    async def _send_row(self, row: dict) -> None:
+        item = outbox_item(row)
+        try:
+            result = await self.dispatcher.send_item(item, before_send=self._before_send(row))
+        except StoreError as exc:  # logged once by the store; nothing was sent
+            result = DispatchResult(row["id"], "retry", None, None, f"not sent: {exc}",
+                                    row["kind"], len(row["recipients"]), item.ambiguous)
+        except Exception as exc:  # an outcome is stored whatever happens: the row is retried
+            log.exception("sending outbox %d failed unexpectedly", row["id"])
+            result = DispatchResult(row["id"], "retry", None, None,
+                                    f"internal error: {type(exc).__name__}: {exc}",
+                                    row["kind"], len(row["recipients"]), item.ambiguous)
+        self._land(row, result)
+
+    def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
+        def mark(item: OutboxItem) -> bool:
+            """A reply is about to go out: record that it may reach LINE (fenced)."""
+            return self.store.mark_sending(row["id"], row.get("claim_epoch"),
+                                           int(self.now().timestamp()))
+        return mark
+
+    def _land(self, row: dict, result: DispatchResult) -> None:
+        """Queue an outcome; outcomes that land together are stored in one transaction (the
+        event loop waits for SQLite's write lock once for them, not once per row)."""
+        self._landed.append((row, result))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._landed = self._landed, []
+        if not batch:
+            return
+        now = self.now()
+        try:
+            with self.store.transaction():
+                for row, result in batch:
+                    self._record(row, result, now)
+        except StoreError:    # logged once by the store
+            log.warning("the outcomes of %d outbox rows could not be stored; they are sent "
+                        "again (same retry keys)", len(batch))
+            self.store.release_claims(row["id"] for row, _ in batch)
+        except Exception:
+            log.exception("the outcomes of %d outbox rows could not be stored; they are "
+                          "sent again (same retry keys)", len(batch))
+            self.store.release_claims(row["id"] for row, _ in batch)
+        finally:
+            for row, _ in batch:
+                self._sending.pop(row["id"], None)
+            self.wake_dispatch()
+
     def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
-        """Store one outcome: done, rejected, held for the quota, or retried later."""
+        """Store one outcome with its reason: done, rejected, unconfirmed, held for the quota
+        or the token, or retried later. Fenced: nothing is written for a row that another
+        runner claimed since."""
         row_id, to = row["id"], _recipients(row)
-        outcome = result.outcome
-        if outcome in ("sent", "duplicate", "dry_run"):
-            self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
-                                     at=int(now.timestamp()))
-            if outcome != "dry_run":
-                log.info("%s outbox %d to %s via %s%s", outcome, row_id, to, result.via,
-                         f" (request {result.request_id})" if result.request_id else "")
+        outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
+        if outcome in ("sent", "duplicate", "dry_run", "rejected", "unconfirmed"):
+            written = self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
+                                               error=result.detail, at=at, epoch=epoch)
+        else:
+            if outcome == "held":
+                until = self.next_day_opening(row, now)
+            elif outcome == "auth":
+                until = now
+            else:
+                until = self.retry_at(row, now, result)
+            written = self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail,
+                                             ambiguous=result.ambiguous, epoch=epoch)
+        if not written:
+            log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's",
+                        row_id, to, outcome)
+            self.metrics.pushes.inc(outcome="fenced")
+            return
+        self.metrics.pushes.inc(outcome=outcome)
+        if outcome == "dry_run":
+            pass                                  # the transport logged it
+        elif outcome in ("sent", "duplicate"):
+            log.info("%s outbox %d to %s via %s%s", outcome, row_id, to, result.via,
+                     f" (request {result.request_id})" if result.request_id else "")
         elif outcome == "rejected":
-            self.store.finish_outbox(row_id, "rejected", request_id=result.request_id,
-                                     error=result.detail, at=int(now.timestamp()))
             log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status,
                       result.detail)
+        elif outcome == "unconfirmed":
+            log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
         elif outcome == "held":
-            until = self.next_day_opening(row, now)
-            self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
             log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
                         result.detail)
+        elif outcome == "auth":
+            if self.auth_problem is None:
+                log.error("LINE refuses the channel access token (%s): every send is held, "
+                          "nothing is dropped; checking again in %.0f s. Set a valid "
+                          "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
+                          "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
+                          "Developers Console", result.detail, self._auth_delay)
+            self.auth_problem = result.detail or f"HTTP {result.status}"
         else:
-            until = self.retry_at(row, now)
-            self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail)
-            log.warning("outbox %d to %s not sent (%s); next attempt at %s with the same retry key",
-                        row_id, to, result.detail, self.local(until))
-        self.metrics.pushes.inc(outcome=outcome)
+            log.warning("outbox %d to %s not sent (%s)%s; next attempt at %s with the same "
+                        "retry key", row_id, to, result.detail,
+                        " and may have arrived" if result.ambiguous else "", self.local(until))
 
     def _window(self, row: dict) -> Any:
         rule = self.project.rules.get(row.get("rule") or "")
@@ -523,10 +749,21 @@ class Runner:
         at = next_opening(int(tomorrow.timestamp()), self._window(row), self.tz)
         return dt.datetime.fromtimestamp(at, dt.timezone.utc)
 
-    def retry_at(self, row: dict, now: dt.datetime) -> dt.datetime:
-        """Backoff by attempts; a push that would land outside its delivery window waits for
-        the next opening (answers to a friend's own message ignore the window)."""
-        at = int(now.timestamp()) + backoff_seconds(int(row.get("attempts") or 1))
+    def retry_at(self, row: dict, now: dt.datetime,
+                 result: DispatchResult | None = None) -> dt.datetime:
+        """Backoff by attempts, or LINE's ``Retry-After`` (at most :data:`MAX_BACKOFF`), for
+        this row alone. A reply is retried before its token's deadline (so that a request
+        whose outcome is unknown can still be told by its token); a push that would land
+        outside its delivery window waits for the next opening (answers to a friend's own
+        message ignore the window)."""
+        ts = int(now.timestamp())
+        wait = backoff_seconds(int(row.get("attempts") or 1))
+        if result is not None and result.retry_after is not None:
+            wait = min(MAX_BACKOFF, max(1, int(result.retry_after + 0.999)))
+        at = ts + wait
+        deadline = row.get("reply_deadline")
+        if row["kind"] == "reply" and deadline and ts < deadline:
+            at = max(ts + 1, min(at, int(deadline) - REPLY_MARGIN))
         if not row.get("reply_token"):
             at = next_opening(at, self._window(row), self.tz)
         return dt.datetime.fromtimestamp(at, dt.timezone.utc)
@@ -534,6 +771,10 @@ class Runner:
     def _quota_remaining(self) -> float | None:
         value = getattr(self.dispatcher, "remaining", None)
         return None if value is None else float(value)
+
+    def _line_retries(self) -> dict:
+        by_reason = self.dispatcher.metrics.get("retries_by_reason", {})
+        return {(("reason", reason),): count for reason, count in by_reason.items()}
 
     def _line_errors(self) -> dict:
         """Error answers from LINE by status, from the dispatcher's request counts."""
@@ -553,8 +794,8 @@ def outbox_item(row: dict) -> OutboxItem:
                       messages=[] if menu_link else row["payload"], retry_key=row["retry_key"],
                       reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
                       rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
-                      # claimed before and never finished or held: in flight when a runner stopped
-                      reply_attempted=row["kind"] == "reply" and row.get("claimed_at") is not None)
+                      # a request was sent and its outcome is unknown (stored before it went out)
+                      ambiguous=bool(row.get("ambiguous")))
 
 
 def _recipients(row: dict) -> str:
@@ -568,7 +809,7 @@ def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
     A lease held by a process on this host that no longer exists (a crash, SIGKILL) is taken
     over at once instead of waiting for it to expire.
     """
-    now, ttl = int(time.time()), lease_ttl(config.tick_seconds)
+    now, ttl = int(time.time()), config.lease_ttl
     if store.acquire_lease(owner, now, ttl):
         return
     holder = store.lease_holder()

@@ -305,6 +305,9 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     since = runner.last_tick or runner.started_at
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
+    if runner.auth_problem is not None:
+        problems.append(f"LINE refuses the channel access token ({runner.auth_problem}); "
+                        "every send is held until it is accepted")
     details = {
         "status": "ok" if not problems else "unhealthy",
         "problems": problems,
@@ -318,6 +321,9 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "dry_run": runner.config.dry_run,
         "rules_version": runner.project.version,
         "timezone": runner.project.settings.timezone,
+        "sending": "held: LINE refuses the token" if runner.auth_problem is not None else "ok",
+        "suspended_enrollments": store.get("suspended_enrollments"),
+        "last_reload": runner.last_reload,
     }
     return not problems, details
 

@@ -7,7 +7,9 @@ midnight, where condition triggers are checked. Outbox rows are "sent" by a simu
 transport at the moment they become due; nothing touches the network.
 
 Output: one JSON object per push per friend, in time order (ties by friend, then rule):
-``{"at": ISO 8601 in the configured zone, "friend": ID, "rule": NAME, "messages": [NAME, ...]}``.
+``{"at": ISO 8601 in the configured zone, "friend": ID, "rule": NAME, "messages": [NAME, ...]}``
+(with ``--render`` also ``"rendered"``: the LINE objects). The engine applies ``monthly_quota``
+as the runner does, so a forecast shows sends held for the next month.
 Without ``--until`` the clock runs to 30 days after the last event.
 """
 from __future__ import annotations
@@ -34,12 +36,13 @@ WEBHOOK_TYPES = ("follow", "message", "postback")
 
 def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.datetime | None,
                  tick_seconds: int, db_path: str | None = None,
-                 webhook_tokens: bool = False) -> list[dict]:
+                 webhook_tokens: bool = False, render: bool = False) -> list[dict]:
     """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed.
 
     ``webhook_tokens``: give follow, message and postback events without a reply token one, as
     LINE's webhooks would, so welcomes and answers are recorded as the free replies they will be
-    (``simulate`` does, for its forecasts)."""
+    (``simulate`` does, for its forecasts). ``render``: each push also carries ``"rendered"``,
+    the LINE message objects as they would be sent."""
     if tick_seconds <= 0:
         raise ValueError("the tick must be a positive duration")
     tz = project.settings.tz
@@ -68,7 +71,7 @@ def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.date
                 store.apply_events(batch, received_at=now)
             boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
             engine.tick(timeutil.local(now, tz), conditions=boundary)
-            _transport(store, now, tz, pushes)
+            _transport(store, now, tz, pushes, render)
             candidates = [timeutil.next_boundary(now, tick_seconds, tz)]
             if i < len(ordered):
                 candidates.append(timeutil.epoch(ordered[i].at))
@@ -82,7 +85,7 @@ def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.date
     return [p[4] for p in pushes]
 
 
-def _transport(store: Store, now: int, tz, pushes: list) -> None:
+def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:
     """Mark every due outbox row sent, noting one push per recipient."""
     while True:
         rows = store.claim_outbox(now, 1000)
@@ -91,13 +94,16 @@ def _transport(store: Store, now: int, tz, pushes: list) -> None:
         for row in rows:
             if row["kind"] in SENT_KINDS:
                 for friend in row["recipients"]:
-                    pushes.append((now, friend, row["rule"] or "", row["id"],
-                                   {"at": timeutil.iso(now, tz), "friend": friend, "rule": row["rule"],
-                                    "messages": row["messages"]}))
+                    push = {"at": timeutil.iso(now, tz), "friend": friend, "rule": row["rule"],
+                            "messages": row["messages"]}
+                    if render:
+                        push["rendered"] = row["payload"]
+                    pushes.append((now, friend, row["rule"] or "", row["id"], push))
             store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
 
 
-def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None) -> int:
+def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None, *,
+         render: bool = False) -> int:
     """The ``simulate`` command: exit 0 after printing the pushes, 1 on any input error."""
     from .diagnostics import has_errors, render_text
     from .intake import parse_events
@@ -135,7 +141,7 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         if problem:
             return _fail(problem)
     for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db,
-                             webhook_tokens=True):
+                             webhook_tokens=True, render=render):
         sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
     return 0
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from . import ir
 
-#: A friend who is on the friend list now: seen through at least one event and not blocked.
-CURRENT = "(f.seen_at IS NOT NULL AND f.blocked_at IS NULL)"
+#: A current friend: their latest follow/unfollow is a follow (SPEC §2.2 "Who is a friend").
+CURRENT = "(f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
 
 _OPS = {"=": "=", "!=": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _COLUMNS = {"orders": "f.orders", "total_spent": "f.total_spent",
@@ -121,7 +121,12 @@ class CondCompiler:
         if c.within is not None:
             where.append(f"a.at > :now - {int(c.within)}")
         elif self.with_enrollment:
+            # since entering, without the event that caused the entry (SPEC §2.3)
             where.append("a.at >= e.entered_at")
+            # (an activity row knows its event, or, for an order, its order id)
+            where.append("(e.entry_seq IS NULL OR a.event_seq > e.entry_seq OR (a.event_seq IS NULL AND "
+                         "(a.order_id IS NULL OR a.order_id IS NOT (SELECT json_extract(x.data, '$.order_id') "
+                         "FROM events x WHERE x.seq = e.entry_seq))))")
         return f"EXISTS (SELECT 1 FROM activity a WHERE {' AND '.join(where)})"
 
     def measure(self, m: ir.Measure, alias: str = "f") -> str:

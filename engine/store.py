@@ -122,18 +122,57 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX activity_order ON activity(order_id) WHERE order_id IS NOT NULL;
     CREATE INDEX events_kept ON events(json_extract(data, '$.customer')) WHERE friend = ''
     """,
+    # 6: fencing and suspended enrollments. Every change of lease owner gets a new ``epoch``;
+    # a claimed outbox row records the epoch it was claimed under, and only that runner may
+    # store its outcome. An enrollment whose rule disappeared in a reload is ``suspended``
+    # (``suspended_at``, and the state it had in ``suspended_state``) until the rule comes
+    # back or the grace ends.
+    """
+    ALTER TABLE lease ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN claim_epoch INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_at INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_state TEXT;
+    CREATE INDEX enrollments_suspended ON enrollments(rule, suspended_at) WHERE state = 'suspended';
+    """,
+    # 7: sends are decided when they go out: steps write intents, the tick's deliver stage turns
+    # the due ones into outbox rows (read per friend at one due time: (due_at, friend)); the
+    # event that entered (entry_seq) or last entered or resumed (event_seq) an enrollment, and
+    # the event each activity row came from
+    """
+    CREATE TABLE intents (id INTEGER PRIMARY KEY, enrollment INTEGER NOT NULL, friend TEXT NOT NULL,
+      rule TEXT NOT NULL, steps TEXT NOT NULL, messages TEXT NOT NULL, due_at INTEGER NOT NULL,
+      queued_at INTEGER NOT NULL, variant TEXT, holdout INTEGER NOT NULL DEFAULT 0, occurrence TEXT,
+      event_seq INTEGER, answer INTEGER NOT NULL DEFAULT 0, reply_token TEXT, reply_deadline INTEGER);
+    CREATE INDEX intents_due ON intents(due_at, friend);
+    ALTER TABLE enrollments ADD COLUMN entry_seq INTEGER;
+    ALTER TABLE enrollments ADD COLUMN event_seq INTEGER;
+    ALTER TABLE activity ADD COLUMN event_seq INTEGER;
+    """,
 )
+
+
+class LeaseLost(Exception):
+    """This runner no longer holds the lease (another runner took over): it must stop."""
 
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
 #: short at a million friends, so that webhooks are stored without waiting).
 AUDIENCE_CHUNK = 5000
+
+#: A row the dispatcher holds for at least this many seconds (the monthly quota: until the next
+#: day's opening) without having reached LINE goes back to the deliver stage, to be decided again
+#: when it is due; retry backoffs (at most 5 minutes) keep their row.
+HANDBACK_AFTER = 3600
 
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0
 
 #: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
 WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
-                "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline")
+                "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline", "event_seq")
+
+#: The intent columns, in the order :meth:`Store.add_intents` takes them.
+INTENT_COLUMNS = ("enrollment", "friend", "rule", "steps", "messages", "due_at", "queued_at", "variant",
+                  "holdout", "occurrence", "event_seq", "answer", "reply_token", "reply_deadline")
 
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
@@ -590,6 +629,15 @@ class Store:
                 out[friend_id]["tags"].append(tag)
         return out
 
+    def events_data(self, seqs: Iterable[int]) -> dict[int, dict]:
+        """The fields of these applied events (``type`` included), for templates' ``event``."""
+        out: dict[int, dict] = {}
+        for chunk in _chunks(list(seqs), 500):
+            for seq, kind, data in self.conn.execute(
+                    f"SELECT seq, type, data FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk):
+                out[seq] = {**json.loads(data), "type": kind}
+        return out
+
     def _load_ids(self, values: Iterable[str]) -> None:
         """Fill the connection's scratch table ``temp.lr_ids`` with ``values`` (for joins)."""
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS lr_ids (v TEXT PRIMARY KEY)")
@@ -620,8 +668,15 @@ class Store:
             c.execute("UPDATE friends SET display_name = COALESCE(?, display_name), "
                       "language = COALESCE(?, language) WHERE id = ?", (display_name, language, friend_id))
 
-    def touch(self, friend_id: str, at: int) -> None:
-        """The friend has been seen through an event (they are a current friend from now on)."""
+    def touch(self, friend_id: str, at: int, *, line: bool = False) -> None:
+        """The id has been seen through an event. ``line``: a message or postback from LINE,
+        which only a friend can send: someone with no follow or block on record (a friend from
+        before the runner was installed) counts as a friend from then on."""
+        if line:
+            self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE("
+                              "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
+                              (at, at, friend_id))
+            return
         self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?",
                           (at, friend_id))
 
@@ -637,26 +692,33 @@ class Store:
         self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
 
     def purchase(self, friend_id: str, at: int, amount: float, items: list[dict],
-                 order_id: str | None = None) -> None:
+                 order_id: str | None = None, seq: int | None = None) -> None:
         """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
         one ``purchase`` row per item (for product/category matches), carrying ``order_id``
-        (engine/identity.py keeps the order itself)."""
+        (engine/identity.py keeps the order itself) and ``seq``, the event, when known."""
         c = self.conn
         c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
                   "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
                   (amount, at, friend_id))
-        rows = [(friend_id, "order", None, None, amount, at, order_id)]
+        rows = [(friend_id, "order", None, None, amount, at, order_id, seq)]
         for item in items:
             price = item.get("price")
             total = None if price is None else price * item.get("quantity", 1)
-            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id))
-        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id,
+                         seq))
+        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id, event_seq) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def track(self, friend_id: str, kind: str, product: str | None, at: int) -> None:
-        """A ``cart`` or ``view`` activity."""
-        self.conn.execute("INSERT INTO activity(friend, kind, product, at) VALUES (?, ?, ?, ?)",
-                          (friend_id, kind, product, at))
+    def track(self, friend_id: str, kind: str, product: str | None, at: int, seq: int | None = None) -> None:
+        """A ``cart`` or ``view`` activity (``seq``: the event it came from)."""
+        self.conn.execute("INSERT INTO activity(friend, kind, product, at, event_seq) VALUES (?, ?, ?, ?, ?)",
+                          (friend_id, kind, product, at, seq))
+
+    def click(self, friend_id: str, at: int, rule: str | None, message: str | None, url: str | None,
+              seq: int | None = None) -> None:
+        """A ``click`` event of a timeline (or a shop's own click tracking)."""
+        self.conn.execute("INSERT INTO activity(friend, kind, rule, message, url, at, event_seq) "
+                          "VALUES (?, 'click', ?, ?, ?, ?, ?)", (friend_id, rule, message, url, at, seq))
 
     def set_attributes(self, friend_id: str, values: dict[str, Any]) -> None:
         """``display_name`` and ``language`` are columns; everything else is a custom attribute."""
@@ -751,14 +813,15 @@ class Store:
     def enroll(self, *, friend: str, rule: str, version: str, step_id: str | None, now: int,
                entered_at: int, variant: str | None, holdout: bool, occurrence: str | None = None,
                cause_seq: int | None = None, reply_token: str | None = None,
-               reply_deadline: int | None = None) -> int | None:
-        """Insert one active enrollment due at ``now``; None if the occurrence was taken."""
+               reply_deadline: int | None = None, event_seq: int | None = None) -> int | None:
+        """Insert one active enrollment due at ``now``; None if the occurrence was taken.
+        ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
-            "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline) "
-            "VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+            "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
+            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (friend, rule, version, step_id, now, variant, int(holdout), entered_at, occurrence,
-             cause_seq, reply_token, reply_deadline))
+             cause_seq, reply_token, reply_deadline, event_seq, event_seq))
         return cur.lastrowid if cur.rowcount else None
 
     def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
@@ -802,65 +865,240 @@ class Store:
         c.execute("DELETE FROM temp.lr_audience")
         return entered
 
-    def mass_send(self, *, rule: str, occurrence: str, now: int, step_id: str, names: Sequence[str],
-                  pushes: Sequence[tuple[Sequence[str], Any]], at: int, day: str, today: str,
-                  cap: int | None, state: str, next_step: str | None, due: int | None,
-                  after_id: int = 0) -> dict[str, int]:
+    def mass_intents(self, *, rule: str, occurrence: str, now: int, after_id: int, steps: str,
+                     messages: str, due_at: int, state: str, next_step: str | None,
+                     due: int | None) -> int:
         """The first sends of every friend just enrolled for ``occurrence`` (enrollment ids above
-        ``after_id``; all the same
-        rendered ``pushes``), set-based: holdout friends are skipped, friends over ``cap`` on
-        ``day`` capped, the rest go as multicasts of 500 (in enrollment order) at ``at``; the
-        enrollments move to (``state``, ``next_step``, ``due``)."""
+        ``after_id``), set-based: one intent each (``steps``/``messages`` JSON, due at
+        ``due_at``), and the enrollments move on to (``state``, ``next_step``, ``due``). The
+        tick's deliver stage decides them like every other intent. Returns how many."""
         c = self.conn
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_mass (id INTEGER PRIMARY KEY, friend TEXT, "
-                  "variant TEXT, status TEXT, chunk INTEGER)")
-        c.execute("DELETE FROM temp.lr_mass")
+        args = {"rule": rule, "occurrence": occurrence, "now": now, "after": after_id, "steps": steps,
+                "messages": messages, "due_at": due_at, "state": state, "next": next_step, "due": due,
+                "finished": now if state == "done" else None}
+        which = ("e.id > :after AND +e.rule = :rule AND +e.occurrence = :occurrence AND e.state = 'active' "
+                 "AND e.due_at = :now")
+        count = c.execute(
+            "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, holdout, "
+            "occurrence) SELECT e.id, e.friend, e.rule, :steps, :messages, :due_at, :now, e.variant, e.holdout, "
+            f"e.occurrence FROM enrollments e WHERE {which} ORDER BY e.id", args).rowcount
+        c.execute("UPDATE enrollments AS e SET state = :state, step_id = :next, due_at = :due, "
+                  f"finished_at = :finished WHERE {which}", args)
+        return count
+
+    # ------------------------------------------------------------------ intents (the deliver stage)
+
+    def add_intents(self, rows: Sequence[tuple]) -> None:
+        """Sends to decide when they are due: rows of :data:`INTENT_COLUMNS` (``steps`` and
+        ``messages`` as JSON text)."""
+        self.conn.executemany(f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
+
+    def defer_intents(self, rule: str, opening: int, now: int) -> None:
+        """Due intents of ``rule`` (not answers) wait for the window's next ``opening``."""
+        self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
+                          (opening, now, rule))
+
+    def next_intent_at(self, after: int) -> int | None:
+        return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0]
+
+    def has_due_intents(self, now: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+
+    def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
+        """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
+        exactly ``now``, so that every due intent sits at one index position, ordered by friend;
+        ``rules``: (name, priority, uncapped) of the project's rules."""
+        c = self.conn
+        c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
+        c.execute("DELETE FROM temp.lr_rules")
+        c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
+
+    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> str | None:
+        """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
+        ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
+        competing sends are decided together), with the first part of the decision made: the
+        rule's priority and whether the cap applies (``uncapped`` rules and answers do not);
+        ``kept`` for a rule removed by a reload while its friends are suspended (the rule may come
+        back); ``dropped`` for another rule no longer in the project or an enrollment that left its rule
+        after the send was queued (the sends before a ``stop`` still go);
+        ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
+        for holdout friends; ``used``: pushes already counted against the cap today. Returns
+        the last friend loaded (None when nothing was due)."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
+                  "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
+                  "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
+                  "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
+                  "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
+                  "outbox_id INTEGER)")
+        c.execute("DELETE FROM temp.lr_due")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
+                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
+        c.execute("DELETE FROM temp.lr_send")
+        last = c.execute("SELECT MAX(friend) FROM (SELECT friend FROM intents WHERE due_at = ? AND friend > ? "
+                         "ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()[0]
+        if last is None:
+            return None
         c.execute(
-            "INSERT INTO temp.lr_mass(id, friend, variant, status, chunk) "
-            "WITH s AS (SELECT e.id AS id, e.friend AS friend, e.variant AS variant, "
-            "CASE WHEN e.holdout THEN 'holdout' WHEN :cap IS NOT NULL AND (SELECT COUNT(*) FROM deliveries d "
-            "WHERE d.friend = e.friend AND d.local_day = :day AND d.counts_for_cap = 1) >= :cap THEN 'capped' "
-            "ELSE 'queued' END AS status FROM enrollments e "
-            "WHERE e.id > :after AND +e.rule = :rule AND +e.occurrence = :occurrence AND e.state = 'active' "
-            "AND e.due_at = :now) "
-            "SELECT id, friend, variant, status, CASE WHEN status = 'queued' THEN "
-            "(ROW_NUMBER() OVER (PARTITION BY status ORDER BY id) - 1) / 500 END FROM s",
-            {"cap": cap, "day": day, "rule": rule, "occurrence": occurrence, "now": now, "after": after_id})
-        total, queued = c.execute("SELECT COUNT(*), COUNT(chunk) FROM temp.lr_mass").fetchone()
-        chunks = (queued + 499) // 500
+            "INSERT INTO temp.lr_due(id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+            "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
+            "used, dup) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
+            "i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
+            "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
+            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'kept' "
+            "WHEN r.rule IS NULL OR (e.state = 'exited' AND e.finished_at > i.queued_at) THEN 'dropped' "
+            "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
+            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'suspended' "
+            "WHEN r.rule IS NULL THEN 'rule_removed' "
+            "WHEN e.state = 'exited' AND e.finished_at > i.queued_at THEN 'exited' "
+            "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
+            "WHEN i.holdout = 1 THEN 'holdout' END, "
+            "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, "
+            "(SELECT COUNT(*) FROM intents j WHERE j.due_at = :now AND j.friend = i.friend) > 1 "
+            "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
+            "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
+            "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
+            {"now": now, "after": after, "last": last, "cap": cap, "today": today})
+        return last
+
+    def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
+        """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
+        leave the rule and their intents are dropped. Returns how many enrollments left."""
+        c = self.conn
+        c.execute("UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE rule = :rule AND "
+                  "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+                  "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
+                  f"AND ({cond_sql}))", {**params, "rule": rule, "now": now})
+        # a finished enrollment whose last send had yet to go out left the rule too
+        return c.execute("UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
+                         "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
+                         "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')", (now, rule)).rowcount
+
+    def due_groups(self) -> list[tuple[str, str]]:
+        """The distinct (rule, steps) of the undecided due intents."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT DISTINCT rule, steps FROM temp.lr_due WHERE status IS NULL")]
+
+    def due_failing(self, rule: str, steps: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
+        """Undecided due intents of (rule, steps) for which ``cond_sql`` does not hold now."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
+            f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
+            {**params, "rule": rule, "steps": steps})]
+
+    def due_update(self, rows: Sequence[tuple]) -> None:
+        """(steps, messages, status, reason, id) rows for ``temp.lr_due``."""
+        self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
+                              rows)
+
+    def due_cap(self, cap: int) -> int:
+        """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
+        (then the earlier queued, then the earlier enrollment), after those already counted
+        today (``used``); the ones over the cap are ``capped``. Returns how many."""
+        args = {"cap": cap, "reason": f"max_per_day {cap}"}
+        # a friend with one due send: capped when the day's pushes have reached the cap already
+        count = self.conn.execute("UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
+                                  "AND counts = 1 AND dup = 0 AND used >= :cap", args).rowcount
+        return count + self.conn.execute(
+            "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
+            "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
+            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1 "
+            "AND d.dup = 1) WHERE n > :cap)", args).rowcount
+
+    def due_replies(self, now: int) -> None:
+        """The first due send (by priority) holding a fresh reply token goes as the free reply."""
+        self.conn.execute(
+            "UPDATE temp.lr_due SET kind = 'reply' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+            "(PARTITION BY reply_token ORDER BY prio DESC, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
+            "reply_token IS NOT NULL AND reply_deadline >= :now) WHERE n = 1)", {"now": now})
+
+    def due_quota(self, remaining: int) -> int:
+        """The monthly quota: beyond ``remaining`` billed sends (not replies), in priority order,
+        the rest are ``held``. Returns how many were held."""
+        return self.conn.execute(
+            "UPDATE temp.lr_due SET status = 'held' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+            "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
+            "kind IS NULL) WHERE n > :remaining)", {"remaining": max(0, remaining)}).rowcount
+
+    def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
+        """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")]
+
+    def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
+                        pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
+        """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
+        same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
+        ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
+        c = self.conn
+        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
+        count = c.execute(
+            "INSERT INTO temp.lr_send(n, id, friend, enrollment, variant, counts, answer) SELECT NULL, id, friend, "
+            "enrollment, variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
+            "id NOT IN (SELECT id FROM temp.lr_send) AND "
+            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
+            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
+        if not count:
+            return 0, 0
+        chunks = (count + 499) // 500
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
-            first = base + j * chunks
-            args = {"first": first, "payload": _json(objects), "messages": _json(list(push_names)),
-                    "rule": rule, "at": at, "now": now, "step": step_id, "day": day, "counts": int(j == 0)}
+            args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
+                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
+                    "before": before}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
-                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :at, 'pending', "
-                ":now FROM (SELECT chunk, friend FROM temp.lr_mass WHERE chunk IS NOT NULL ORDER BY id) "
-                "GROUP BY chunk", args)
+                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
+                ":now FROM (SELECT (n - :before - 1) / 500 AS chunk, friend FROM temp.lr_send WHERE n > :before "
+                "ORDER BY n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, id, :first + chunk, "
-                ":messages, 'queued', NULL, variant, :at, :day, :counts FROM temp.lr_mass "
-                "WHERE chunk IS NOT NULL ORDER BY id", args)
-        c.execute(
-            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-            "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, id, NULL, :messages, "
-            "CASE status WHEN 'holdout' THEN 'skipped' ELSE 'capped' END, "
-            "CASE status WHEN 'holdout' THEN 'holdout' ELSE :cap_reason END, variant, "
-            "CASE status WHEN 'holdout' THEN :now ELSE :at END, "
-            "CASE status WHEN 'holdout' THEN :today ELSE :day END, 0 FROM temp.lr_mass "
-            "WHERE chunk IS NULL ORDER BY id",
-            {"rule": rule, "step": step_id, "messages": _json(list(names)), "cap_reason": f"max_per_day {cap}",
-             "now": now, "at": at, "today": today, "day": day})
-        c.execute(
-            "UPDATE enrollments SET state = :state, step_id = :step, due_at = :due, finished_at = :finished "
-            "WHERE id IN (SELECT id FROM temp.lr_mass)",
-            {"state": state, "step": next_step, "due": due, "finished": now if state == "done" else None})
-        capped = c.execute("SELECT COUNT(*) FROM temp.lr_mass WHERE status = 'capped'").fetchone()[0]
-        return {"enrollments": total, "outbox": chunks * len(pushes), "capped": capped,
-                "skipped": total - queued - capped}
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
+                ":first + (n - :before - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
+                "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
+        return chunks * len(pushes), count
+
+    def due_rows(self) -> list[sqlite3.Row]:
+        """The undecided due intents not sent set-based (each rendered for its friend)."""
+        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
+                                 "temp.lr_send) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+
+    def due_mark(self, rows: Sequence[tuple]) -> None:
+        """(status, reason, outbox_id, id) rows for ``temp.lr_due``."""
+        self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
+
+    def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
+        """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
+        the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
+        delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``."""
+        c = self.conn
+        c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+                  "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
+                  "enrollment, NULL, messages, status, reason, variant, :now, :today, 0 FROM temp.lr_due "
+                  "WHERE status IN ('skipped', 'capped') ORDER BY id", {"now": now, "today": today})
+        capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
+                                    "FROM temp.lr_due").fetchone()
+        counts = {"capped": int(capped), "skipped": int(skipped)}
+        c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'held' "
+                  "AND status IS NOT 'kept')")
+        if held_until is not None:
+            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
+                      (held_until,))
+        c.execute("DELETE FROM temp.lr_due")
+        c.execute("DELETE FROM temp.lr_send")
+        return counts
+
+    def quota_used(self, month: str) -> int:
+        """Billed messages (one per recipient of a push or multicast) the engine sent in ``month``."""
+        return int(self.get_meta(f"quota.{month}") or 0)
+
+    def add_quota_used(self, month: str, count: int) -> None:
+        if count:
+            self.set_meta(f"quota.{month}", str(self.quota_used(month) + count))
 
     def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
         return self.conn.execute(
@@ -895,12 +1133,23 @@ class Store:
             "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
 
     def resume(self, enrollment_id: int, step_id: str | None, now: int, cause_seq: int | None,
-               reply_token: str | None, reply_deadline: int | None) -> None:
-        """A ``wait for`` event arrived: continue at ``step_id`` now."""
+               reply_token: str | None, reply_deadline: int | None, event_seq: int | None = None) -> None:
+        """A ``wait for`` event (``event_seq``) arrived: continue at ``step_id`` now."""
         self.conn.execute(
             "UPDATE enrollments SET state = 'active', step_id = ?, due_at = ?, cause_seq = ?, "
-            "reply_token = ?, reply_deadline = ? WHERE id = ?",
-            (step_id, now, cause_seq, reply_token, reply_deadline, enrollment_id))
+            "reply_token = ?, reply_deadline = ?, event_seq = COALESCE(?, event_seq) WHERE id = ?",
+            (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id))
+
+    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[tuple]:
+        """Open enrollments among ``ids`` due at or before ``now``, as :data:`WALK_COLUMNS` tuples."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        out: list[tuple] = []
+        for chunk in _chunks(sorted(ids), 900):
+            out += cur.execute(
+                f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
+                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall()
+        return out
 
     def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
         self.conn.executemany(
@@ -986,34 +1235,52 @@ class Store:
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
-    def claim_outbox(self, now: int, limit: int) -> list[dict]:
-        """Pending (or held) rows with ``not_before <= now``, oldest first, as dicts with decoded
-        ``recipients``/``payload``/``messages`` and ``friend`` (the first recipient). A row
-        claimed by this process is not handed out again until it is finished or held (or 60 s
-        have passed); a new process (after a crash) claims it again at once, with the same retry
+    def claim_outbox(self, now: int, limit: int, *, reply_limit: int | None = None,
+                     other_limit: int | None = None,
+                     lease: tuple[str, int, int] | None = None) -> list[dict]:
+        """Pending (or held) rows with ``not_before <= now``, replies first (their token is
+        short-lived), as dicts with decoded ``recipients``/``payload``/``messages`` and
+        ``friend`` (the first recipient): up to ``reply_limit`` replies and ``other_limit``
+        other rows (each defaults to ``limit``), at most ``limit`` rows in all.
+
+        With ``lease`` (owner, epoch, ttl) the claim is fenced: it raises :class:`LeaseLost`
+        unless that owner and epoch still hold the lease (one that expired while nobody took
+        it over is extended by ``ttl``), and the rows record the epoch so that only this
+        runner may store their outcome (:meth:`finish_outbox`, :meth:`hold_outbox`); a claimed
+        row stays out of this Store's later claims until it is finished, held or
+        :meth:`release_claims`. Without ``lease`` a claimed row is handed out again after 60 s.
+        A new process (after a crash) claims rows left in flight at once, with the same retry
         key, so LINE answers 409 for what it had already accepted."""
         with self._lock:
-            self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
+            if lease is None:
+                self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
+            reply_limit = limit if reply_limit is None else min(reply_limit, limit)
+            other_limit = limit if other_limit is None else min(other_limit, limit)
             with self.transaction() as c:
+                epoch = None
+                if lease is not None:
+                    epoch = self._check_lease(c, lease, now)
                 rows = []
-                for kind in ("AND kind = 'reply' ", ""):   # replies first: their token is short-lived
-                    taken = skip + [r["id"] for r in rows]
-                    marks = ",".join("?" * len(taken))
+                for kind, cap in (("AND kind = 'reply' ", reply_limit),
+                                  ("AND kind != 'reply' ", other_limit)):
+                    cap = min(cap, limit - len(rows))
+                    if cap <= 0:
+                        continue
+                    marks = ",".join("?" * len(skip))
                     rows += c.execute(
                         "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                        + kind + (f"AND id NOT IN ({marks}) " if taken else "")
-                        + "ORDER BY not_before, id LIMIT ?",
-                        (now, *taken, limit - len(rows))).fetchall()
-                    if len(rows) >= limit:
-                        break
-                c.executemany("UPDATE outbox SET claimed_at = ?, attempts = attempts + 1 WHERE id = ?",
-                              [(now, r["id"]) for r in rows])
+                        + kind + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + "ORDER BY not_before, id LIMIT ?", (now, *skip, cap)).fetchall()
+                c.executemany("UPDATE outbox SET claimed_at = ?, claim_epoch = ?, "
+                              "attempts = attempts + 1 WHERE id = ?",
+                              [(now, epoch, r["id"]) for r in rows])
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
             d = dict(r)
             d["attempts"] += 1
+            d["claim_epoch"] = epoch
             for key in ("recipients", "payload", "messages"):
                 d[key] = json.loads(d[key])
             d["friend"] = d["recipients"][0] if d["recipients"] else None
@@ -1022,24 +1289,102 @@ class Store:
             out.append(d)
         return out
 
+    def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
+        owner, epoch, ttl = lease
+        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = 'runner'").fetchone()
+        if row is None or row[0] != owner or row[1] != epoch:
+            holder = f"{row[0]} (epoch {row[1]})" if row is not None else "nobody"
+            raise LeaseLost(f"lost the lease (epoch {epoch}); holder now: {holder}")
+        if row[2] <= now:
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+        return epoch
+
+    def release_claims(self, ids: Iterable[int]) -> None:
+        """Forget this Store's in-flight marks of ``ids`` (their outcome could not be stored)."""
+        with self._lock:
+            for i in ids:
+                self._inflight.pop(i, None)
+
+    def mark_sending(self, outbox_id: int, epoch: int | None, now: int) -> bool:
+        """Just before a request that cannot be repeated safely (a reply: no retry key) goes
+        out: record durably that the row may have reached LINE (``ambiguous``), so that a
+        process that crashes mid-request leaves the truth behind. False (send nothing) when the
+        row is no longer this runner's (fenced) or no longer due."""
+        with self.transaction() as c:
+            fence = ""
+            args: tuple = (outbox_id,)
+            if epoch is not None:
+                row = c.execute("SELECT epoch FROM lease WHERE name = 'runner'").fetchone()
+                if row is None or row[0] != epoch:
+                    return False
+                fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
+            cur = c.execute("UPDATE outbox SET ambiguous = 1 WHERE id = ? "
+                            "AND status IN ('pending', 'held')" + fence, args)
+            return cur.rowcount == 1
+
     def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
-                      error: str | None = None, at: int | None = None) -> None:
-        """Final outcome of a row (sent, duplicate, rejected, dry_run); its deliveries follow."""
+                      error: str | None = None, at: int | None = None, *,
+                      epoch: int | None = None) -> bool:
+        """Final outcome of a row (sent, duplicate, rejected, unconfirmed, dry_run) with its
+        reason; its deliveries follow. With ``epoch`` only a row still claimed under that epoch
+        is written (fencing); returns whether it was."""
         at = int(time.time()) if at is None else at
         with self.transaction() as c:
-            c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
-                      "last_error = ?, sent_at = ? WHERE id = ?", (status, request_id, error, at, outbox_id))
             self._inflight.pop(outbox_id, None)
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            cur = c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                            "last_error = ?, sent_at = ? WHERE id = ?" + fence,
+                            (status, request_id, error, at, outbox_id, *args))
+            if cur.rowcount != 1:
+                return False
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
             c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
                       "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
+            return True
 
-    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None) -> None:
-        """Not sent now (rate limit, quota, a transient error): try again at ``until``."""
+    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None, *,
+                    ambiguous: bool = False, epoch: int | None = None) -> bool:
+        """Not sent now (rate limit, quota, a transient error, the token): try again at
+        ``until``. ``ambiguous``: a request of this attempt may have been processed; once set
+        it stays set (a later 429 or 500 says nothing about the earlier request). With
+        ``epoch`` only a row still claimed under that epoch is written; returns whether it was.
+
+        A row whose request may have reached LINE (``ambiguous``), that no delivery row refers
+        to, or that is held for less than :data:`HANDBACK_AFTER` seconds, is kept and goes out
+        again byte-identical with its retry key. Any other row made by the deliver stage is
+        handed back to it: the row is ``returned`` (never claimed again), its deliveries are
+        removed, and its sends are decided anew at ``until`` (a friend who blocked meanwhile
+        gets nothing, the cap and the rendering apply then)."""
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
-            c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
-                      "last_error = COALESCE(?, last_error) WHERE id = ?", (until, error, outbox_id))
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            row = c.execute("SELECT ambiguous, kind, COALESCE(claimed_at, created_at) FROM outbox WHERE id = ? "
+                            "AND status IN ('pending', 'held')" + fence, (outbox_id, *args)).fetchone()
+            if row is None:
+                return False
+            back = (not row[0] and not ambiguous and row[1] in ("push", "multicast", "reply")
+                    and until - (row[2] or 0) >= HANDBACK_AFTER
+                    and c.execute("SELECT 1 FROM deliveries WHERE outbox_id = ? LIMIT 1",
+                                  (outbox_id,)).fetchone() is not None)
+            if back:
+                # the sends again as intents, rebuilt from their delivery rows (the deliver stage
+                # splits a coalesced group into its steps again)
+                c.execute(
+                    "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+                    "holdout, occurrence, event_seq, answer) SELECT d.enrollment, d.friend, d.rule, "
+                    "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
+                    "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
+                    "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
+                    {"until": until, "id": outbox_id})
+                c.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+                c.execute("UPDATE outbox SET status = 'returned', claimed_at = NULL, "
+                          "last_error = COALESCE(?, last_error) WHERE id = ?", (error, outbox_id))
+                return True
+            cur = c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
+                            "ambiguous = MAX(ambiguous, ?), last_error = COALESCE(?, last_error) "
+                            "WHERE id = ? AND status IN ('pending', 'held')" + fence,
+                            (until, int(ambiguous), error, outbox_id, *args))
+            return cur.rowcount == 1
 
     def outbox_backlog(self) -> int:
         """Rows not yet finished (pending or held)."""
@@ -1070,6 +1415,7 @@ class Store:
             "schema_version": self.schema_version,
             "friends": one("SELECT COUNT(*) FROM friends"),
             "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
+            "suspended_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'"),
             "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
             "failed_events": one("SELECT COUNT(*) FROM events WHERE error IS NOT NULL"),
             "outbox_backlog": self.outbox_backlog(),
@@ -1080,15 +1426,28 @@ class Store:
     # ------------------------------------------------------------------ lease
 
     def acquire_lease(self, owner: str, now: int, ttl: int) -> bool:
-        """Take (or extend) the one-runner lease; False while another owner holds it."""
+        """Take (or extend) the one-runner lease; False while another owner holds it. A new
+        owner gets a new epoch (:meth:`lease_epoch`), never one used before on this file."""
         with self.transaction() as c:
-            row = c.execute("SELECT owner, expires_at FROM lease WHERE name = 'runner'").fetchone()
+            row = c.execute("SELECT owner, expires_at, epoch FROM lease WHERE name = 'runner'").fetchone()
             if row is not None and row[0] != owner and row[1] > now:
                 return False
-            c.execute("INSERT INTO lease(name, owner, expires_at) VALUES ('runner', ?, ?) "
-                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
-                      (owner, now + ttl))
+            if row is not None and row[0] == owner:
+                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+                return True
+            epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
+            self.set_meta("lease.epoch", str(epoch))
+            c.execute("INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                      "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                      (owner, now + ttl, epoch))
             return True
+
+    def lease_epoch(self, owner: str) -> int | None:
+        """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
+        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?",
+                                (owner,)).fetchone()
+        return None if row is None else row[0]
 
     def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
         """Extend the lease; False if it is no longer ours (another runner took it)."""
@@ -1104,6 +1463,34 @@ class Store:
     def lease_holder(self) -> str | None:
         row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
         return row[0] if row else None
+
+    # ------------------------------------------------------------------ suspended enrollments
+
+    def suspend_rule(self, rule: str, now: int) -> int:
+        """A reload dropped ``rule``: its open enrollments keep their place but stop."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET suspended_state = state, state = 'suspended', suspended_at = ? "
+            "WHERE rule = ? AND state IN ('active', 'waiting')", (now, rule))
+        return cur.rowcount
+
+    def unsuspend_rule(self, rule: str) -> int:
+        """``rule`` is back: its suspended enrollments continue where they were."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET state = suspended_state, suspended_state = NULL, suspended_at = NULL "
+            "WHERE rule = ? AND state = 'suspended'", (rule,))
+        return cur.rowcount
+
+    def end_suspended(self, before: int, now: int, reason: str = "rule_removed") -> int:
+        """End the enrollments suspended before ``before`` (their rule did not come back)."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL, "
+                "suspended_state = NULL WHERE state = 'suspended' AND suspended_at <= ?",
+                (reason, now, before))
+            return cur.rowcount
+
+    def suspended_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
 
 
 class _Turns(threading.Condition):

@@ -26,6 +26,19 @@ def ev(kind: str, friend: str, when: str, **data) -> Event:
     return Event(type=kind, friend=friend, at=at(when), data=data, id=event_id, reply_token=reply_token)
 
 
+def as_friends(events: list[Event]) -> list[Event]:
+    """``events`` with a follow of each friend just before their first event (only current
+    friends are ever sent anything, SPEC §2.2)."""
+    out: list[Event] = []
+    seen: set[str] = set()
+    for e in sorted(events, key=lambda e: e.at):
+        if e.friend not in seen and e.type != "follow":
+            out.append(Event(type="follow", friend=e.friend, at=e.at, data={}))
+        seen.add(e.friend)
+        out.append(e)
+    return out
+
+
 def message(name: str, count: int = 1) -> ir.MessageDef:
     return ir.MessageDef(name, tuple({"type": "text", "text": f"{name} {i}"} for i in range(count)))
 

@@ -264,7 +264,7 @@ async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatch
                        reply_deadline=time.time() + 50)
     await dispatcher.send([first])
     again = OutboxItem(1, "reply", ["U2"], [TEXT], first.retry_key, reply_token=token,
-                       reply_deadline=time.time() + 50, reply_attempted=True)
+                       reply_deadline=time.time() + 50, ambiguous=True)
     [result] = await dispatcher.send([again])
     assert (result.outcome, result.via) == ("duplicate", "reply")
     assert emulator.requests_to("push") == []
@@ -274,9 +274,9 @@ async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatch
 async def test_stale_reply_left_in_flight_is_recorded_not_pushed(dispatcher, emulator):
     token = emulator.issue_reply_token("U2")
     item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() - 1, reply_attempted=True)
+                      reply_deadline=time.time() - 1, ambiguous=True)
     [result] = await dispatcher.send([item])
-    assert result.outcome == "duplicate"
+    assert result.outcome == "unconfirmed" and result.ambiguous
     assert "never sent twice" in result.detail
     assert emulator.requests_to("push") == [] and emulator.requests_to("reply") == []
 
@@ -386,3 +386,74 @@ def test_unknown_rate_names_are_refused():
         Dispatcher("t", rates={"pushh": 5})
     with pytest.raises(ValueError, match="unknown endpoint 'pushh'"):
         Emulator(rate_limits={"pushh": 5})
+
+
+async def test_multicasts_keep_to_lines_200_per_second_without_bursts(emulator):
+    """LINE's own limits on both sides: the dispatcher paces 300 multicasts so that no second
+    (and no tenth of a second) holds more than LINE allows, and nothing is answered 429."""
+    import aiohttp
+
+    items = [OutboxItem(i, "multicast", [f"U{1 + i % 5}", "UB"], [TEXT], str(uuid.uuid4()))
+             for i in range(300)]
+    times: list[float] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_start(session, context, params):
+        if params.url.path.endswith("/multicast"):
+            times.append(time.monotonic())        # the moment the request goes out
+
+    trace.on_request_start.append(on_start)
+    async with Dispatcher(emulator.access_token, emulator.base_url, trace_configs=[trace]) as d:
+        results = await d.send(items)
+    assert {r.outcome for r in results} == {"sent"}
+    assert emulator.requests_to("multicast", 429) == []       # LINE's own bucket agrees
+    assert len(times) == 300 == len(emulator.requests_to("multicast"))
+
+    def most_within(window: float) -> int:
+        j, best = 0, 0
+        for i, t in enumerate(times):
+            while times[j] <= t - window:
+                j += 1
+            best = max(best, i - j + 1)
+        return best
+
+    assert most_within(1.0) <= 200 + 10        # 200/s, plus the 50 ms burst
+    assert most_within(0.1) <= 20 + 10
+    assert times[-1] - times[0] >= 1.4
+
+
+async def test_a_long_retry_after_is_handed_back_at_once(dispatcher, emulator):
+    emulator.inject("push", 429, headers={"Retry-After": "3600"})
+    started = time.monotonic()
+    [result] = await dispatcher.send([push(1)])
+    assert time.monotonic() - started < 1
+    assert (result.outcome, result.retry_after, result.ambiguous) == ("retry", 3600, False)
+    assert len(emulator.requests_to("push")) == 1
+
+
+async def test_401_is_auth_not_rejected_and_the_message_is_kept(dispatcher, emulator):
+    emulator.revoke_token()
+    [result] = await dispatcher.send([push(1)])
+    assert (result.outcome, result.status) == ("auth", 401)
+    assert await dispatcher.check_auth() is not None
+    emulator.restore_token()
+    assert await dispatcher.check_auth() is None
+    assert (await dispatcher.send([push(2)]))[0].outcome == "sent"
+
+
+async def test_emulator_issues_stateless_tokens_as_line_does(emulator):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        form = {"grant_type": "client_credentials", "client_id": emulator.channel_id,
+                "client_secret": emulator.channel_secret}
+        async with session.post(emulator.base_url + "/oauth2/v3/token", data=form) as resp:
+            body = await resp.json()
+            assert resp.status == 200
+        assert body["token_type"] == "Bearer" and body["expires_in"] == 900
+        assert emulator.token_valid(body["access_token"])
+        async with session.post(emulator.base_url + "/oauth2/v3/token",
+                                data={**form, "client_secret": "wrong"}) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "invalid_client"
+    emulator.expire_stateless_tokens()
+    assert not emulator.token_valid(body["access_token"])

@@ -1,5 +1,6 @@
-"""Schedule and sale audiences whose first steps are plain sends are sent set-based; the rows
-written must be exactly those of the per-friend walk."""
+"""Schedule and sale audiences whose first steps are sends queue them set-based; the deliver
+stage decides them like every other send, so the rows written must be exactly those of the
+per-friend walk (one decision, whichever path queued the send)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -19,17 +20,21 @@ def scenario() -> ir.Project:
     return project(
         rule("first", ir.ScheduleTrigger("0 22 * * 5"), send("a"), wait(3600), send("b"), priority=5,
              holdout=10.0, split=(("x", 50.0), ("y", 50.0))),
-        rule("second", ir.ScheduleTrigger("0 22 * * 5"), send("c", "d"), send("e")),
+        rule("second", ir.ScheduleTrigger("0 22 * * 5"), send("c", "d"), send("e", cond=ir.Tagged("vip"))),
+        rule("hello", ir.ScheduleTrigger("0 23 * * 5"), send("hello"), priority=-1),
         rule("third", ir.ScheduleTrigger("0 22 * * 5"), send("f"), window=ir.Window(dt.time(8, 0), dt.time(23, 0))),
         rule("big", ir.ScheduleTrigger("0 12 * * 6"), send("g", "b"), send("d", "c")),   # 7 objects: 2 pushes
         settings=ir.Settings(window=WINDOW, max_per_day=2),
-        messages={"b": message("b", 3), "d": message("d", 2)})
+        messages={"b": message("b", 3), "d": message("d", 2),
+                  "hello": ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.display_name }}さん"},))})
 
 
 def events() -> list:
     out = [ev("follow", f"U{i:04d}", "2026-11-01 10:00") for i in range(620)]
     out += [ev("unfollow", "U0003", "2026-11-02 10:00"),
             ev("postback", "U0004", "2026-11-06 21:59", data="x=1")]
+    out += [ev("tag", f"U{i:04d}", "2026-11-03 10:00", add=["vip"], remove=[]) for i in range(0, 620, 7)]
+    out += [ev("attributes", f"U{i:04d}", "2026-11-03 10:00", set={"display_name": f"友{i}"}) for i in range(0, 620, 3)]
     return out
 
 
@@ -67,7 +72,7 @@ def test_set_based_sends_write_the_same_rows_as_the_walk(tmp_path, monkeypatch):
 @pytest.mark.parametrize("steps, planned", [
     ((send("a"), wait(3600), send("b")), True),
     ((send("a"), send("b")), True),
-    ((send("a", cond=ir.Tagged("vip")),), False),
+    ((send("a", cond=ir.Tagged("vip")),), True),
     ((send("a"), ir.TagStep("tag x", "x")), False),
     ((wait(3600), send("a")), False),
 ])
@@ -79,9 +84,16 @@ def test_which_rules_are_sent_set_based(fresh_db_path, steps, planned):
     store.close()
 
 
-def test_personalised_messages_are_walked(fresh_db_path):
+def test_personalised_messages_are_queued_set_based_and_rendered_per_friend(fresh_db_path):
     hello = ir.MessageDef("a", ({"type": "text", "text": "{{ friend.display_name }}さん"},))
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), send("a")), messages={"a": hello})
     store = Store(str(fresh_db_path))
-    assert Engine(p, store)._mass_plan(p.rules["r"], 0) is None
+    assert Engine(p, store)._mass_plan(p.rules["r"], 0) is not None
+    store.close()
+    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
+              ev("attributes", "U1", "2026-11-01 10:00", set={"display_name": "花子"})]
+    run(p, events, until="2026-11-07 00:00", db_path=str(fresh_db_path))
+    store = Store(str(fresh_db_path))
+    assert sorted((r["recipients"][0], r["payload"][0]["text"]) for r in store.outbox()) == [
+        ("U1", "花子さん"), ("U2", "さん")]
     store.close()

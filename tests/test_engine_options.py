@@ -65,7 +65,8 @@ def test_reenter_never_after_and_always():
 def test_condition_trigger_reenter_after():
     p = project(rule("dormant", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * D)), send("winback"),
                      reenter=ir.Reenter("after", 180 * D)))
-    events = [ev("purchase", "U1", "2026-01-01 09:30", order_id="A-1", amount=100)]
+    events = [ev("follow", "U1", "2026-01-01 09:00"),
+              ev("purchase", "U1", "2026-01-01 09:30", order_id="A-1", amount=100)]
     pushes = run(p, events, tick=D, until="2026-12-01 00:00")
     assert pushes == [("2026-04-02 00:00:00", "U1", "dormant", ["winback"]),
                       ("2026-09-29 00:00:00", "U1", "dormant", ["winback"])]
@@ -155,9 +156,10 @@ def test_condition_interval_checks_once_per_slot_from_local_midnight(fresh_db_pa
     store = Store(str(fresh_db_path))
     engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"), condition_interval=3600)
     assert engine.tick(at("2026-11-01 10:05")).conditions           # first slot seen
-    engine.apply_events([ev("purchase", "U1", "2026-11-01 10:10", order_id="A-1", amount=100)], received_at=0)
+    engine.apply_events([ev("follow", "U1", "2026-11-01 10:10"),
+                         ev("purchase", "U1", "2026-11-01 10:10", order_id="A-1", amount=100)], received_at=0)
     second = engine.tick(at("2026-11-01 10:20"))
-    assert (second.events, second.conditions, second.entered) == (1, False, 0)
+    assert (second.events, second.conditions, second.entered) == (2, False, 0)
     third = engine.tick(at("2026-11-01 11:00"))
     assert (third.conditions, third.entered) == (True, 1)
     assert [r["messages"] for r in store.outbox()] == [["a"]]

@@ -66,13 +66,27 @@ def test_nothing_surviving_after_a_removed_step_finishes_the_enrollment(started)
     assert store.conn.execute("SELECT state FROM enrollments").fetchone()[0] == "done"
 
 
-def test_removed_rule_ends_its_enrollments(started):
+def test_removed_rule_suspends_its_enrollments_and_they_end_after_the_grace(started):
     engine, store = started
-    engine.reload(compile_rules("rule other when followed then send a"))
-    row = store.conn.execute("SELECT state, exit_reason, finished_at FROM enrollments").fetchone()
-    assert tuple(row) == ("exited", "rule_removed", int(at("2026-11-01 12:00").timestamp()))
+    counts = engine.reload(compile_rules("rule other when followed then send a"))
+    assert counts == {"carried_over": 0, "suspended": 1, "resumed": 0}
+    row = store.conn.execute("SELECT state, exit_reason, suspended_state FROM enrollments").fetchone()
+    assert tuple(row) == ("suspended", None, "waiting")
     engine.tick(at("2026-11-05 10:00"))
     assert sent_after_first(store) == []
+    assert store.end_suspended(int(at("2026-11-05 10:00").timestamp()) - 3600,
+                               int(at("2026-11-05 10:00").timestamp())) == 1
+    row = store.conn.execute("SELECT state, exit_reason, finished_at FROM enrollments").fetchone()
+    assert tuple(row) == ("exited", "rule_removed", int(at("2026-11-05 10:00").timestamp()))
+
+
+def test_a_rule_that_comes_back_resumes_its_suspended_friends_where_they_were(started):
+    engine, store = started
+    engine.reload(compile_rules("rule other when followed then send a"))      # step 1 of a deploy
+    counts = engine.reload(compile_rules(V1 + "\nrule other when followed then send a"))
+    assert counts == {"carried_over": 0, "suspended": 0, "resumed": 1}
+    engine.tick(at("2026-11-02 10:00"))        # the wait's due time is kept
+    assert sent_after_first(store) == [("r", ["b"])]
 
 
 def test_unchanged_rule_is_untouched_and_versions_are_recorded(started):

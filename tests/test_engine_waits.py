@@ -22,12 +22,33 @@ def test_wait_duration():
     ]
 
 
-def test_wait_days_at_time_is_the_first_such_time_at_or_after():
+def test_wait_days_at_time_counts_calendar_days():
+    """`wait 3d at 12:00` is 12:00 on the third calendar day after today, whatever the hour."""
     p = project(rule("r", ir.Followed(), wait(3 * D, dt.time(12, 0)), send("a")))
-    pushes = run(p, follows(("U1", "2026-11-01 10:00"), ("U2", "2026-11-01 13:00"), ("U3", "2026-11-01 12:00")))
+    pushes = run(p, follows(("U1", "2026-11-01 10:00"), ("U2", "2026-11-01 13:00"), ("U3", "2026-11-01 12:00"),
+                            ("U4", "2026-11-01 23:50")))
     assert pushes == [("2026-11-04 12:00:00", "U1", "r", ["a"]),
+                      ("2026-11-04 12:00:00", "U2", "r", ["a"]),
                       ("2026-11-04 12:00:00", "U3", "r", ["a"]),
-                      ("2026-11-05 12:00:00", "U2", "r", ["a"])]
+                      ("2026-11-04 12:00:00", "U4", "r", ["a"])]
+
+
+def test_the_day_after_shipping_at_10_is_wait_1d_at_10():
+    p = project(rule("r", ir.CustomEventTrigger("shipped"), wait(D, dt.time(10, 0)), send("a")),
+                rule("s", ir.CustomEventTrigger("shipped"), wait(0, dt.time(10, 0)), send("b")))
+    events = [ev("follow", "U1", "2026-11-01 09:00"), ev("shipped", "U1", "2026-11-02 15:00"),
+              ev("follow", "U2", "2026-11-01 09:00"), ev("shipped", "U2", "2026-11-02 08:00")]
+    assert run(p, events) == [("2026-11-02 10:00:00", "U2", "s", ["b"]),     # 0d: today's 10:00
+                              ("2026-11-03 10:00:00", "U1", "r", ["a"]),
+                              ("2026-11-03 10:00:00", "U1", "s", ["b"]),     # 0d: passed, tomorrow's
+                              ("2026-11-03 10:00:00", "U2", "r", ["a"])]
+
+
+def test_wait_with_hours_at_time_is_the_first_such_time_at_or_after():
+    p = project(rule("r", ir.Followed(), wait(D + 6 * 3600, dt.time(12, 0)), send("a")))
+    pushes = run(p, follows(("U1", "2026-11-01 05:00"), ("U2", "2026-11-01 07:00")))
+    assert pushes == [("2026-11-02 12:00:00", "U1", "r", ["a"]),
+                      ("2026-11-03 12:00:00", "U2", "r", ["a"])]
 
 
 def test_wait_until_time_is_strictly_after_now():

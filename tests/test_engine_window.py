@@ -38,7 +38,7 @@ def test_cap_counts_the_local_day_the_push_goes_out(fresh_db_path):
 def test_cap_resets_at_local_midnight():
     p = project(rule("r", ir.CustomEventTrigger("ping"), send("a"), reenter=ir.Reenter("always")),
                 settings=ir.Settings(max_per_day=1))
-    events = [ev("ping", "U1", "2026-11-01 23:59"), ev("ping", "U1", "2026-11-01 23:59:30"),
+    events = [ev("follow", "U1", "2026-11-01 23:58"), ev("ping", "U1", "2026-11-01 23:59"), ev("ping", "U1", "2026-11-01 23:59:30"),
               ev("ping", "U1", "2026-11-02 00:00:10")]
     assert run(p, events) == [("2026-11-01 23:59:00", "U1", "r", ["a"]),
                               ("2026-11-02 00:00:10", "U1", "r", ["a"])]
@@ -65,8 +65,8 @@ def test_answers_ignore_window_and_cap_and_use_the_reply_token(fresh_db_path):
     rows = [(r["kind"], r["reply_token"], r["messages"]) for r in store.outbox()]
     assert rows == [("push", None, ["greeting"]), ("reply", "rt-1", ["coupon_reply"]),
                     ("push", None, ["thanks"]),          # the postback carried no reply token
-                    ("push", None, ["a"]),               # queued at 00:00 for the 09:00 opening
-                    ("reply", "rt-2", ["coupon_reply"])]
+                    ("reply", "rt-2", ["coupon_reply"]),
+                    ("push", None, ["a"])]               # queued at 00:00, decided at the 09:00 opening
     capped = store.conn.execute("SELECT rule, local_day FROM deliveries WHERE status = 'capped'").fetchall()
     assert [tuple(r) for r in capped] == [("kw", "2026-11-02")]   # the second keyword's follow-up
     store.close()
@@ -79,7 +79,8 @@ def test_stale_reply_token_falls_back_to_push(fresh_db_path):
     p = project(rule("kw", ir.MessageTrigger(("hi",)), send("thanks")))
     store = Store(str(fresh_db_path))
     engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"))
-    store.apply_events([ev("message", "U1", "2026-11-01 10:00", text="hi", reply_token="rt")],
+    store.apply_events([ev("follow", "U1", "2026-11-01 09:00"),
+                        ev("message", "U1", "2026-11-01 10:00", text="hi", reply_token="rt")],
                        received_at=int(at("2026-11-01 10:00").timestamp()))
     engine.tick(at("2026-11-01 10:05"))       # the runner was busy for five minutes
     assert [(r["kind"], r["reply_token"]) for r in store.outbox()] == [("push", None)]

@@ -50,11 +50,12 @@ def test_spec_examples_parse_with_their_fields():
         {"type": "view", "friend": "U1", "at": AT, "product": "SKU1"},
         {"type": "attributes", "friend": "U1", "at": AT, "set": {"gender": "f", "birthday": "1990-05-01"}},
         {"type": "tag", "friend": "U1", "at": AT, "add": ["vip"], "remove": []},
+        {"type": "click", "friend": "U1", "at": AT, "rule": "welcome", "message": "coupon15"},
         {"type": "shipped", "friend": "U1", "at": AT, "carrier": "yamato", "parcel": {"id": 7}},
     ])
     events = parse_events(text)
-    assert [e.type for e in events] == [*KNOWN_TYPES[:9], "shipped"]
-    assert [e.line for e in events] == list(range(1, 11))
+    assert [e.type for e in events] == [*KNOWN_TYPES[:9], "click", "shipped"]
+    assert [e.line for e in events] == list(range(1, 12))
     assert all(e.friend == "U1" and e.at == dt.datetime(2026, 11, 1, 10, tzinfo=JST) for e in events)
     assert events[0].data == {"source": "qr=shipping"}
     assert events[1].data == {}
@@ -64,7 +65,8 @@ def test_spec_examples_parse_with_their_fields():
     assert events[4].dedupe_key == "order:A-1"
     assert events[7].data == {"set": {"gender": "f", "birthday": "1990-05-01"}}
     assert events[8].data == {"add": ["vip"], "remove": []}
-    assert events[9].data == {"carrier": "yamato", "parcel": {"id": 7}}
+    assert events[9].data == {"rule": "welcome", "message": "coupon15"}
+    assert events[10].data == {"carrier": "yamato", "parcel": {"id": 7}}
 
 
 def test_z_offset_and_explicit_id():

@@ -114,17 +114,18 @@ def test_rule_and_step_counts(shop, capsys):
     answer = rules["answer"]
     assert (answer["entered"], answer["pushes"], answer["replies"], answer["clicks"]) == (1, 1, 1, 1)
     # Sunday 1st: U1 and U2 already had their push of the day (max_per_day 1), U3 got it;
-    # Sunday 8th: U1, U3 and U4 (seen through a purchase); U3's order on the 9th is weekly's,
-    # U4's order on the 5th came before any send.
+    # Sunday 8th: U1 and U3 (U4, known only through a purchase, is no friend); U3's order on the
+    # 9th is weekly's.
     weekly = rules["weekly"]
     assert (weekly["entered"], weekly["pushes"], weekly["capped"], weekly["conversions"],
-            weekly["revenue"], weekly["exits"]) == (6, 4, 2, 1, 3000, {"done": 6})
+            weekly["revenue"], weekly["exits"]) == (5, 3, 2, 1, 3000, {"done": 5})
 
 
 def test_account_friends_days_and_months(shop, capsys):
     account = report(capsys, *shop)["account"]
-    # U2 blocked; U4 counts as a friend once seen; U5 has done nothing since following.
-    assert account["friends"] == {"gained": 4, "lost": 1, "current": 4, "active": 3}
+    # U2 blocked; U4 never followed (a shop customer, not a friend); U5 has done nothing since
+    # following.
+    assert account["friends"] == {"gained": 4, "lost": 1, "current": 3, "active": 2}
     days = {d["day"]: d for d in account["days"]}
     assert account["days"][0]["day"] == "2026-11-01" and account["days"][-1]["day"] == "2026-11-09"
     assert days["2026-11-01"] == {"day": "2026-11-01", "gained": 3, "lost": 0, "pushes": 3, "replies": 0,
@@ -133,8 +134,8 @@ def test_account_friends_days_and_months(shop, capsys):
     assert days["2026-11-02"]["block_rate"] == 0.5       # U2's block, counted on the coupon's day
     assert days["2026-11-03"]["lost"] == 1 and days["2026-11-03"]["blocks_after_send"] == 1
     assert days["2026-11-04"]["block_rate"] is None
-    assert account["months"] == [{"month": "2026-11", "messages": 7, "replies": 1, "quota": 100,
-                                  "quota_used": 0.07, "over_quota": False, "plan": "Communication",
+    assert account["months"] == [{"month": "2026-11", "messages": 6, "replies": 1, "quota": 100,
+                                  "quota_used": 0.06, "over_quota": False, "plan": "Communication",
                                   "cost_yen": 0, "saved_by_replies_yen": 0}]
 
 
@@ -245,15 +246,16 @@ def test_small_experiment_says_not_enough_data(tmp_path, capsys):
 def test_replies_saved_a_plan(tmp_path, capsys):
     rules = ('rule hello when followed then send greeting\n'
              'rule answer when message "クーポン" reenter always then send coupon_reply\n')
-    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\nmonthly_quota: 100\n")
+    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\nmonthly_quota: 180\n")
     events = [ev("follow", f"U{i}", f"2026-11-01 10:{i % 60:02d}:{i // 60:02d}") for i in range(190)]
     events += [ev("message", f"U{i}", "2026-11-02 10:00", text="クーポン", reply_token=f"rt{i}")
                for i in range(20)]
     db = simulate(folder, events, "2026-11-03 00:00")
     [month] = report(capsys, folder, db)["account"]["months"]
-    assert month == {"month": "2026-11", "messages": 190, "replies": 20, "quota": 100, "quota_used": 1.9,
-                     "over_quota": True, "plan": "Communication", "cost_yen": 0,
-                     "saved_by_replies_yen": 5000}
+    # the quota holds 10 welcomes for December; the 20 answers went as free replies
+    assert month == {"month": "2026-11", "messages": 180, "replies": 20, "quota": 180, "quota_used": 1.0,
+                     "over_quota": False, "plan": "Communication", "cost_yen": 0,
+                     "saved_by_replies_yen": 0}
 
 
 def test_plan_costs():

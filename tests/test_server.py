@@ -444,6 +444,7 @@ async def test_tracked_link_records_the_click_and_redirects(make_client):
 async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make_client, rules_dir, caplog):
     caplog.set_level(logging.INFO, logger="linerules")
     client, runner = await make_client(loops=False)
+    runner.reload_quiet = 0        # the quiet period before a reload is tested with the process
     runner.tick_once()
     before = runner.project.version
     (rules_dir / "main.rule").write_text(RULES + "rule x\n  when followed\n  then send nope\n",
@@ -533,11 +534,13 @@ async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line
     resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
                              headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert resp.status == 200
+    # the row never reached LINE: it is handed back, and its send is decided anew then
     rows = await wait_for(lambda: (r := runner.store.outbox()) and len(r) == 2
-                          and {x["status"] for x in r} == {"sent", "held"} and r)
-    held = next(r for r in rows if r["status"] == "held")
+                          and {x["status"] for x in r} == {"sent", "returned"} and r)
+    held = next(r for r in rows if r["status"] == "returned")
     tomorrow = dt.datetime.combine(dt.datetime.now(JST).date() + dt.timedelta(days=1), dt.time(), JST)
-    assert held["not_before"] == int(tomorrow.timestamp())       # no window: 00:00 the next day
+    due = runner.store.conn.execute("SELECT due_at FROM intents").fetchall()
+    assert [tuple(d) for d in due] == [(int(tomorrow.timestamp()),)]   # no window: 00:00 the next day
     assert "monthly quota" in held["last_error"]
     assert len(line_emulator.delivered) == 1
 
