@@ -72,11 +72,13 @@ _FAST_DEPTH = 50
 
 def _compose_fast(text: str) -> yaml.Node | None:
     """The document's root node read by libyaml, or None when that is not possible: no libyaml,
-    an empty document, any error (the pure-Python loader then reads it again and explains the
+    an empty document, a tab anywhere, any error (the pure-Python loader then reads it again and explains the
     error in its words), nesting deeper than :data:`_FAST_DEPTH` or more than
     :data:`MAX_NODES` nodes. libyaml says ``""`` for
     the plain style, which is ``None`` here as from the pure-Python loader."""
     if _FastLoader is _Loader or not getattr(yaml, "__with_libyaml__", False):
+        return None
+    if "\t" in text:   # libyaml accepts tabs where the pure-Python reader (and its messages) refuse them
         return None
     try:
         root = yaml.compose(text, Loader=_FastLoader)
