@@ -26,3 +26,13 @@ def line_emulator() -> Iterator[Emulator]:
 def fresh_db_path(tmp_path: Path) -> Path:
     """A path for a new SQLite database file (not created yet) in the test's tmp_path."""
     return tmp_path / "linerules.db"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
+    """The parser's and the templates' cache in a folder of this test run (inherited by the
+    ``linerules`` processes tests start), not in the user's own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LINERULES_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
