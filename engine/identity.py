@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 from urllib.parse import parse_qsl
 
@@ -32,6 +32,9 @@ log = logging.getLogger("linerules.identity")
 
 #: A Rakuten order number (受注番号): shop number, order date, serial.
 ORDER_NUMBER_RE = re.compile(r"(?<![0-9])[0-9]{6}-[0-9]{8}-[0-9]{6,10}(?![0-9])")
+#: Dashes a phone's keyboard types between the number's parts (the kana long-vowel mark,
+#: minus, hyphen and dash signs), read as ``-``.
+_DASHES = str.maketrans({c: "-" for c in "ー‐‑‒–—―−"})
 #: Postback keys that carry an order number typed by the friend.
 ORDER_KEYS = ("order_id", "order")
 #: Event types whose rules fire for a friend whose link appeared.
@@ -242,6 +245,7 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
     out: dict[str, list[str]] = {"counted": [], "kept": [], "duplicate": [], "updated": []}
     if not orders:
         return out
+    orders = _take_early_refunds(store, orders)
     if len(orders) == 1 and not orders[0].refunded and not orders[0].cancelled:
         fast = _record_new(store, orders[0], now)
         if fast is not None:
@@ -249,18 +253,20 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
             return out
     batch = _ids(o.order_id for o in orders)
     existing = {r[0]: r for r in c.execute(
-        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend FROM json_each(?) t "
+        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
         "CROSS JOIN orders o ON o.order_id = t.value", (batch,))}
     links = {}
     customers = {o.customer for o in orders if o.customer and not o.friend}
     for chunk in _chunks(sorted(customers), 500):
         marks = ",".join("?" * len(chunk))
         links.update(c.execute(f"SELECT customer, friend FROM customer_links WHERE customer IN ({marks})", chunk))
-    new_rows, fill, changed, friends = [], [], [], set()
+    new_rows, fill, changed, external, friends = [], [], [], [], set()
     for o in orders:
         old = existing.get(o.order_id)
         owner = o.friend or (links.get(o.customer) if o.customer else None)
         if old is not None and old[1] is not None:
+            if o.external_id and not old[5]:
+                external.append((o.external_id, o.order_id))   # imported before the file had the id
             refunded = max(old[2], o.refunded)
             cancelled = bool(old[3]) or o.cancelled
             if refunded != old[2] or cancelled != bool(old[3]):
@@ -277,7 +283,7 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
             fill.append((*row, o.refunded, int(o.cancelled), o.order_id))
         else:
             new_rows.append((o.order_id, *row, float(o.refunded), int(o.cancelled), now))
-        existing[o.order_id] = (o.order_id, o.amount, o.refunded, o.cancelled, owner)
+        existing[o.order_id] = (o.order_id, o.amount, o.refunded, o.cancelled, owner, o.external_id)
         out["counted" if owner else "kept"].append(o.order_id)
         if owner:
             friends.add(owner)
@@ -291,12 +297,38 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
                       "cancelled = MAX(cancelled, ?) WHERE order_id = ?", fill)
     if changed:
         c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
+    if external:
+        c.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL", external)
     if fill or changed or any(o.refunded for o in orders):
         c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
                   "AND amount > 0 AND refunded >= amount AND cancelled = 0", (batch,))
     project(store, out["counted"] + out["updated"] + [f[-1] for f in fill],
             fresh=not (out["updated"] or fill))
     recount(store, friends)
+    return out
+
+
+def _take_early_refunds(store: Store, orders: Sequence[Order]) -> Sequence[Order]:
+    """Refunds and cancellations that arrived before their order and name it by the shop
+    system's id (Shopify's ``refunds/create`` before its ``orders/create``) are kept under that
+    id; they join the order now that it arrives, and their placeholder goes."""
+    ids = [o.external_id for o in orders if o.external_id and o.external_id != o.order_id]
+    if not ids:
+        return orders
+    c = store.conn
+    early = {r[0]: (r[1], bool(r[2])) for r in c.execute(
+        "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
+        "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids(ids),))}
+    if not early:
+        return orders
+    c.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) AND amount IS NULL",
+              (_ids(early),))
+    out = []
+    for o in orders:
+        if o.external_id in early:
+            refunded, cancelled = early[o.external_id]
+            o = replace(o, refunded=min(max(o.refunded, refunded), o.amount), cancelled=o.cancelled or cancelled)
+        out.append(o)
     return out
 
 
@@ -395,9 +427,13 @@ def _ids(values: Iterable[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
+#: One encoder for every order's items (``json.dumps`` with options builds one per call).
+_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _items_json(items: Sequence[dict]) -> str:
-    return json.dumps([{k: v for k, v in i.items() if v is not None} for i in items],
-                      ensure_ascii=False, separators=(",", ":"))
+    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
+                               for i in items])
 
 
 def _chunks(items: list, size: int):
@@ -477,11 +513,12 @@ def _order_number_link(store: Store, ev: EventRow) -> Handled | None:
     ``order_id``) is linked to that order's customer, unless another friend holds that link."""
     data = ev.data
     if ev.type == "message":
-        text = unicodedata.normalize("NFKC", data.get("text") or "")
+        text = unicodedata.normalize("NFKC", data.get("text") or "").translate(_DASHES)
         numbers = ORDER_NUMBER_RE.findall(text)
     else:
         pairs = parse_qsl(data.get("data") or "", keep_blank_values=True)
-        numbers = [unicodedata.normalize("NFKC", v).strip() for k, v in pairs if k in ORDER_KEYS]
+        typed = [unicodedata.normalize("NFKC", v).strip() for k, v in pairs if k in ORDER_KEYS]
+        numbers = list(dict.fromkeys([*typed, *(t.translate(_DASHES) for t in typed)]))
     for number in numbers:
         row = store.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
                                  (number,)).fetchone()

@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -51,6 +52,7 @@ SHOPIFY: dict[str, tuple[str, ...]] = {
     "cancelled": ("Cancelled at",),
     "refunded": ("Refunded Amount",),
     "category": ("Product Type", "Lineitem product type"),
+    "external_id": ("Id",),
 }
 RAKUTEN: dict[str, tuple[str, ...]] = {
     "order_id": ("受注番号",),
@@ -90,6 +92,8 @@ CUSTOMERS: dict[str, tuple[str, ...]] = {
     "friend": ("friend", "line_user_id", "line_id", "userId", "LINEユーザーID"),
 }
 
+#: RMS's "no value" in its amount columns (``合計金額(-99999=無効値)``).
+RMS_NO_VALUE = "-99999"
 _NUMBER = re.compile(r"[\s,¥￥円]|JPY")
 #: Shopify's `` +0900`` after the time, to ISO 8601's ``+09:00``.
 _SPACED_OFFSET = re.compile(r"\s*([+-]\d{2}):?(\d{2})$")
@@ -190,10 +194,24 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
     return header, records()
 
 
+#: A note in parentheses after a column name, as RMS writes ``合計金額(-99999=無効値)``.
+_HEADER_NOTE = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def _header_key(name: str) -> str:
+    """A column name as matched: NFKC (full-width ``（１）`` is ``(1)``), without surrounding
+    spaces or a trailing note in parentheses."""
+    name = unicodedata.normalize("NFKC", name).strip()
+    return _HEADER_NOTE.sub("", name) or name
+
+
 def _resolve(path: str, header: list[str], spec: dict[str, tuple[str, ...]], columns: dict[str, str],
              fmt: str) -> dict[str, int]:
-    """Field -> column index in this file."""
+    """Field -> column index in this file. A column matches by its exact name, else by its name
+    without a note in parentheses (RMS's ``合計金額(-99999=無効値)`` is ``合計金額``)."""
     where = {h: i for i, h in reversed(list(enumerate(header)))}
+    for i, h in reversed(list(enumerate(header))):
+        where.setdefault(_header_key(h), i)
     out = {}
     for name, candidates in spec.items():
         wanted = (columns[name],) if name in columns else candidates
@@ -227,7 +245,12 @@ def parse_amount(text: str) -> float:
 def parse_time(text: str, tz: dt.tzinfo) -> int:
     """Shopify's ``2026-11-01 10:00:00 +0900``, ISO 8601, or a local ``2026/11/01 10:00[:00]``
     (in the configured zone)."""
-    text = _SPACED_OFFSET.sub(r"\1:\2", text.strip().replace("/", "-"))
+    text = text.strip()
+    if "/" in text:
+        text = text.replace("/", "-")
+    tail = text[-6:]
+    if "+" in tail or "-" in tail:      # an offset, perhaps written `` +0900``
+        text = _SPACED_OFFSET.sub(r"\1:\2", text)
     if not _DATE_START.match(text):
         raise ValueError(text)
     when = dt.datetime.fromisoformat(text)   # raises ValueError
@@ -249,28 +272,36 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
     summary = Summary(path)
     groups: dict[str, dict[str, Any]] = {}
     order_fields = [(n, i) for n, i in cols.items()
-                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status")]
-    item_fields = [(n, i) for n, i in cols.items() if n in ("product", "name", "category", "price", "quantity")]
+                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status",
+                             "external_id")]
+    # the item's columns by index (-1: the file has none), read straight from each row
+    index = {n: cols.get(n, -1) for n in ("product", "name", "category", "price", "quantity")}
+    p_i, n_i, c_i, pr_i, q_i = (index[n] for n in ("product", "name", "category", "price", "quantity"))
+    id_i = cols["order_id"]
     for line, values in records:
         summary.rows += 1
         width = len(values)
-        i = cols["order_id"]
-        order_id = values[i].strip() if i < width else ""
+        order_id = values[id_i].strip() if id_i < width else ""
         if not order_id:
-            summary.refused.append((line, f"no order id (column `{header[cols['order_id']]}`)"))
+            summary.refused.append((line, f"no order id (column `{header[id_i]}`)"))
             continue
-        group = groups.setdefault(order_id, {"line": line, "items": [], "error": None, "first": {}})
+        group = groups.get(order_id)
+        if group is None:
+            group = groups[order_id] = {"line": line, "items": [], "error": None, "first": {}}
         first = group["first"]
+        for name, i in order_fields:
+            if i < width and name not in first:
+                value = values[i].strip()
+                if value:
+                    first[name] = (value, line)
+        product = (values[p_i].strip() if 0 <= p_i < width else "") or \
+            (values[n_i].strip() if 0 <= n_i < width else "")
+        if not product:
+            continue
         try:
-            for name, i in order_fields:
-                if name not in first and i < width:
-                    value = values[i].strip()
-                    if value:
-                        first[name] = (value, line)
-            row = {name: values[i].strip() for name, i in item_fields if i < width}
-            item = _item(lambda name: row.get(name, ""), header, cols)
-            if item is not None:
-                group["items"].append(item)
+            group["items"].append(_item(product, values[c_i].strip() if 0 <= c_i < width else "",
+                                        values[pr_i].strip() if 0 <= pr_i < width else "",
+                                        values[q_i].strip() if 0 <= q_i < width else "", header, cols))
         except _Bad as exc:
             group["error"] = group["error"] or (line, f"order {order_id}: {exc}")
     orders = []
@@ -291,25 +322,23 @@ def _column(header: list[str], cols: dict[str, int], name: str) -> str:
     return header[cols[name]] if name in cols else name
 
 
-def _item(get, header: list[str], cols: dict[str, int]) -> dict | None:
-    product = get("product") or get("name")
-    if not product:
-        return None
+def _item(product: str, category: str, price: str, quantity: str, header: list[str],
+          cols: dict[str, int]) -> dict:
     item: dict[str, Any] = {"product": product}
-    if get("category"):
-        item["category"] = get("category")
-    if get("price"):
+    if category:
+        item["category"] = category
+    if price:
         try:
-            item["price"] = parse_amount(get("price"))
+            item["price"] = parse_amount(price)
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'price')}` {get('price')!r} is not an amount") from None
-    if get("quantity"):
+            raise _Bad(f"`{_column(header, cols, 'price')}` {price!r} is not an amount") from None
+    if quantity:
         try:
-            item["quantity"] = int(parse_amount(get("quantity")))
+            item["quantity"] = int(quantity) if quantity.isdigit() else int(parse_amount(quantity))
             if item["quantity"] < 1:
                 raise ValueError
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'quantity')}` {get('quantity')!r} is not a count of 1 or more") from None
+            raise _Bad(f"`{_column(header, cols, 'quantity')}` {quantity!r} is not a count of 1 or more") from None
     return item
 
 
@@ -334,6 +363,9 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
         raise _Bad(f"`{_column(header, cols, 'at' if 'at' in cols else 'date')}` {text!r} is not a date and time",
                    where) from None
     amount_text, where = need("amount")
+    if fmt == "rakuten" and amount_text.strip() == RMS_NO_VALUE:
+        raise _Bad(f"`{_column(header, cols, 'amount')}` is {RMS_NO_VALUE}: RMS has no total for this order "
+                   "yet (shipping or price not fixed); import it again once it has one", where)
     try:
         amount = parse_amount(amount_text)
     except ValueError:
@@ -354,9 +386,12 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
     if status and not cancelled:
         lowered = status.lower()
         cancelled = any(w in lowered for w in _CANCELLED_WORDS)
+    # Shopify's own id of the order (the export's `Id`), as its webhooks name the order
+    external = first.get("external_id", ("", line))[0]
     return Order(order_id=order_id, at=at, amount=amount, items=tuple(group["items"]),
                  customer=customer_key(customer) if customer else None, friend=friend or None,
-                 refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}")
+                 refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}",
+                 external_id=f"shopify:{external}" if external and fmt == "shopify" else None)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import time
 import unicodedata
 from collections import defaultdict
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl
 
 from . import identity, ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
-from .sqlcond import CURRENT, Compiled, CondCompiler
+from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
 from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
 
 log = logging.getLogger("linerules.engine")
@@ -159,6 +160,11 @@ class Engine:
         self._static_names: dict[str | tuple[str, ...], bool] = {}   # message name or group
         self._rendered: dict[tuple, tuple[list, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
+        self._sale_cache: dict[ir.SaleTrigger, list[tuple[int, ir.Sale]]] = {}
+        #: rule -> (database changes, moment, next moment time alone may change it) of its last
+        #: condition check, when that check entered nobody (see :meth:`_still_quiet`)
+        self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
+        self._noise = getattr(self, "_noise", 0)
         self._resumed: set[int] = getattr(self, "_resumed", set())
         self._json: dict[Any, str] = {}
         #: event types some ``wait for`` listens to; whether any rule has ``exit when``
@@ -240,10 +246,12 @@ class Engine:
         if conditions:
             self._condition_triggers(ts, result)
             result.conditions = True
+        before = self.store.conn.total_changes
         with self.store.transaction():
             if slot is not None:
                 self.store.set_meta("engine.condition_slot", slot)
             self.store.set_meta("engine.last_tick", str(ts))
+        self._noise += self.store.conn.total_changes - before   # bookkeeping, no condition reads it
         seen: set[int] = set(self._resumed)
         later = len(seen)
         budget = self.write_budget
@@ -518,8 +526,13 @@ class Engine:
     # ------------------------------------------------------------------ 2. time triggers
 
     def _sale_moments(self, trig: ir.SaleTrigger) -> list[tuple[int, ir.Sale]]:
-        return [(timeutil.sale_moment(trig, sale, self.tz), sale) for sale in self.project.sales
+        """Fixed for a project: worked out once per trigger (every tick asks)."""
+        moments = self._sale_cache.get(trig)
+        if moments is None:
+            moments = self._sale_cache[trig] = [
+                (timeutil.sale_moment(trig, sale, self.tz), sale) for sale in self.project.sales
                 if trig.kind is None or sale.kind == trig.kind]
+        return moments
 
     def _time_triggers(self, now: int, result: TickResult) -> None:
         last = self.store.get_meta("engine.last_tick")
@@ -599,8 +612,11 @@ class Engine:
         return True, key
 
     def _condition_triggers(self, now: int, result: TickResult) -> None:
+        conn = self.store.conn
         for rule in self.project.rules.values():
             if not isinstance(rule.trigger, ir.ConditionTrigger):
+                continue
+            if self._still_quiet(rule, now):
                 continue
             mode = rule.reenter.mode
             if mode == "never":
@@ -610,7 +626,49 @@ class Engine:
                            f"{int(rule.reenter.after)}")
             else:
                 blocked = "x.state IN ('active', 'waiting')"
-            result.entered += self._enter_audience(rule, now, rule.trigger.cond, None, blocked)
+            before = conn.total_changes
+            entered = self._enter_audience(rule, now, rule.trigger.cond, None, blocked)
+            result.entered += entered
+            if entered:
+                self._quiet.pop(rule.name, None)
+            else:
+                self._noise += conn.total_changes - before   # its scratch rows only
+                self._quiet[rule.name] = (self._changes(), now, None)
+
+    def _changes(self) -> tuple[int, int]:
+        """Changes any connection made to the database (this one's own, less the engine's
+        bookkeeping; other connections' commits by ``PRAGMA data_version``)."""
+        conn = self.store.conn
+        return conn.total_changes - self._noise, conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def _still_quiet(self, rule: ir.Rule, now: int) -> bool:
+        """Whether checking ``rule``'s condition now must enter nobody, as its last check did:
+        nothing in the database changed since, and no term counting back from now
+        (``within``, ``older than``, ``friend for``, ``reenter after``) crosses a stored time
+        between then and now (:func:`engine.sqlcond.change_moments`). A check costs a pass over
+        every friend; a quiet night of an account (and most hours of a simulation) skips it."""
+        memo = self._quiet.get(rule.name)
+        if memo is None or now < memo[1] or memo[0] != self._changes():
+            return False
+        until = memo[2]
+        if until is None:
+            until = self._next_change(rule, memo[1])
+            self._quiet[rule.name] = (memo[0], memo[1], until)
+        return now < until
+
+    def _next_change(self, rule: ir.Rule, since: int) -> float:
+        """The first moment after ``since`` at which time alone may change who enters ``rule``
+        (infinity: never; ``since``: unknown, check every time)."""
+        parts = [c for c in (rule.trigger.cond, rule.entry) if c is not None]
+        queries = change_moments(ir.All(tuple(parts)), self.project.segments)
+        if queries is None:
+            return since
+        if rule.reenter.mode == "after":
+            after = int(rule.reenter.after)
+            queries.append(f"SELECT MIN(finished_at) + {after} FROM enrollments WHERE rule = :rule "
+                           f"AND finished_at > :now - {after}")
+        moments = [self.store.conn.execute(q, {"now": since, "rule": rule.name}).fetchone()[0] for q in queries]
+        return min((m for m in moments if m is not None), default=math.inf)
 
     # ------------------------------------------------------------------ 4. walking steps
 

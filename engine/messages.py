@@ -26,8 +26,6 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 import yaml
-from liquid import BoundTemplate, Environment
-from liquid.exceptions import LiquidError
 
 from . import ir
 from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
@@ -60,18 +58,14 @@ FLEX_CAROUSEL_BUBBLES = 12
 # ----------------------------------------------------------------------------- Liquid
 
 
-class MessageEnvironment(Environment):
-    """Liquid for message text: no file system, no include/render, bounded loops and output."""
+def __getattr__(name: str) -> Any:
+    """``LIQUID`` and ``MessageEnvironment`` live in :mod:`engine.liquidenv`, imported on first
+    use: a ``validate`` whose templates were all checked before never imports Liquid."""
+    if name in ("LIQUID", "MessageEnvironment"):
+        from . import liquidenv
 
-    loop_iteration_limit = 1000
-    output_stream_limit = 100_000
-    local_namespace_limit = 100_000
-    context_depth_limit = 10
-
-
-LIQUID = MessageEnvironment()
-for _tag in ("include", "render"):
-    LIQUID.tags.pop(_tag, None)
+        return getattr(liquidenv, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_template(value: str) -> bool:
@@ -80,9 +74,77 @@ def is_template(value: str) -> bool:
 
 
 @functools.lru_cache(maxsize=8192)
-def compile_template(source: str) -> BoundTemplate:
+def compile_template(source: str) -> "BoundTemplate":
     """The parsed template for ``source``, compiled once. Raises LiquidError."""
+    from .liquidenv import LIQUID
+
     return LIQUID.from_string(source)
+
+
+#: What :func:`template_facts` found, kept between processes in the user's cache folder:
+#: a template's facts depend only on its text and on the installed Liquid.
+_FACTS_FILE = "templates.json"
+_FACTS_LIMIT = 20_000
+_facts: dict[str, list] | None = None
+_facts_new = False
+
+
+def _liquid_stamp() -> str:
+    """Which Liquid is installed and how this package sets it up (their files' paths, sizes
+    and times), found without importing it."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("liquid")
+    stamp = []
+    for origin in (spec.origin if spec is not None and spec.origin else "",
+                   os.path.join(os.path.dirname(__file__), "liquidenv.py")):
+        try:
+            st = os.stat(origin)
+            stamp.append(f"{origin}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            stamp.append(origin)
+    return "|".join(stamp)
+
+
+def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]],
+                                         list[tuple[str, int]]]:
+    """(error as (message, line, column) or None, unknown filters, global variables, each with
+    the index of its first use) of one template (:func:`engine.liquidenv.analyse`), from the
+    cache when this text was checked before, else from Liquid."""
+    global _facts, _facts_new
+    import hashlib
+
+    if _facts is None:
+        from .cache import read_json
+
+        kept = read_json(_FACTS_FILE)
+        _facts = {}
+        if isinstance(kept, dict) and kept.get("liquid") == _liquid_stamp() and isinstance(kept.get("templates"), dict):
+            _facts = kept["templates"]
+    key = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    found = _facts.get(key)
+    if not (isinstance(found, list) and len(found) == 3):
+        from .liquidenv import analyse
+
+        error, filters, variables = analyse(source)
+        found = _facts[key] = [list(error) if error else None, [list(x) for x in filters],
+                               [list(x) for x in variables]]
+        _facts_new = True
+    error = tuple(found[0]) if found[0] else None
+    return error, [tuple(x) for x in found[1]], [tuple(x) for x in found[2]]
+
+
+def _keep_facts() -> None:
+    """Write what :func:`template_facts` learnt (the newest entries, up to the limit)."""
+    global _facts_new
+    if not _facts_new or _facts is None:
+        return
+    from .cache import write_json
+
+    items = list(_facts.items())[-_FACTS_LIMIT:]
+    write_json(_FACTS_FILE, {"liquid": _liquid_stamp(), "templates": dict(items)})
+    _facts_new = False
 
 
 def utf16_len(text: str) -> int:
@@ -545,6 +607,7 @@ def read_messages(path: str, text: str) -> MessagesFile:
     f = YamlFile(path, text)
     broken: set[str] = set()
     defs = _definitions(f, broken)
+    _keep_facts()
     readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
     return MessagesFile(defs, frozenset(broken), readable, dedupe(f.diagnostics))
 
@@ -633,29 +696,29 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
             _check_liquid(f, v, path + (i,))
     elif isinstance(value, str) and is_template(value):
         node = f.nodes[path]
-        try:
-            analysis = compile_template(value).analyze()
-        except LiquidError as e:
-            ctx = e.context()
-            where = f.string_line_span(node, ctx[0] - 1, ctx[1]) if ctx else f.span(node)
-            f.error(where, E("LR501", "template error: {message}", message=e.message),
+        error, unknown_filters, variables = template_facts(value)
+        if error is not None:
+            message, line, column = error
+            where = f.string_line_span(node, line - 1, column) if line else f.span(node)
+            f.error(where, E("LR501", "template error: {message}", message=message),
                     help=_("see docs/messages.md for the template syntax"))
             return
-        for flt, spans in analysis.filters.items():
-            if flt not in LIQUID.filters:
-                f.error(_template_span(f, node, value, spans), E("LR501", "unknown template filter `{flt}`", flt=flt),
+        if unknown_filters:
+            from .liquidenv import LIQUID
+
+            for flt, index in unknown_filters:
+                f.error(_template_span(f, node, value, index), E("LR501", "unknown template filter `{flt}`", flt=flt),
                         help=did_you_mean(flt, LIQUID.filters))
-        for var, uses in analysis.globals.items():
+        for var, index in variables:
             if var not in TEMPLATE_VARIABLES:
-                f.warning(_template_span(f, node, value, [u.span for u in uses]),
+                f.warning(_template_span(f, node, value, index),
                           E("LR502", "unknown template variable `{var}` renders as nothing", var=var),
                           help=did_you_mean(var, TEMPLATE_VARIABLES))
 
 
-def _template_span(f: YamlFile, node: yaml.Node, value: str, spans) -> Span:
-    """Where the first of ``spans`` (python-liquid's places: an index into the template) was
-    written: its own line inside a ``|`` block, its column in a one-line value."""
-    index = min((getattr(s, "index", -1) for s in spans), default=-1)
+def _template_span(f: YamlFile, node: yaml.Node, value: str, index: int) -> Span:
+    """Where ``index`` (python-liquid's place: an index into the template; -1 when unknown)
+    was written: its own line inside a ``|`` block, its column in a one-line value."""
     if index < 0:
         return f.span(node)
     if isinstance(node, yaml.ScalarNode) and node.style == "|":

@@ -14,10 +14,13 @@ expected, with Lark's terminal names translated to words. Lines may end with LF,
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
+import lark
 from lark import Lark, TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
@@ -61,9 +64,26 @@ TERMINAL_WORDS = {
 
 @functools.cache
 def lark_parser() -> Lark:
-    """The one Lark instance of the process (LALR, contextual lexer, positions kept)."""
+    """The one Lark instance of the process (LALR, contextual lexer, positions kept).
+
+    Building the LALR tables takes a few hundred milliseconds, most of a ``validate``; they are
+    kept in the user's cache folder (:func:`parser_cache_path`) and loaded from there by the
+    next process. Lark checks the file against the grammar and options it was built from and
+    builds afresh (rewriting it) when they differ or the file is unreadable; without a writable
+    cache folder every process builds its own tables."""
     return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=False)
+                propagate_positions=True, maybe_placeholders=False, cache=parser_cache_path() or False)
+
+
+def parser_cache_path() -> str | None:
+    """``grammar-<lark version>-<python version>.lark`` in the user's cache folder
+    (:func:`engine.cache.cache_dir`), or None without one."""
+    from .cache import cache_dir
+
+    folder = cache_dir()
+    if folder is None:
+        return None
+    return os.path.join(folder, f"grammar-{lark.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.lark")
 
 
 @functools.cache

@@ -58,14 +58,16 @@ def _time(value: Any, field: str) -> dt.datetime:
     return when
 
 
-def _money(value: Any, field: str) -> float:
+def _money(value: Any, field: str) -> float | int:
     try:
         amount = float(value)
     except (TypeError, ValueError):
         raise ShopifyError(f"`{field}` {value!r} is not an amount") from None
-    if amount < 0 or amount != amount:
+    if amount < 0 or amount != amount or amount == float("inf"):
         raise ShopifyError(f"`{field}` {value!r} is not an amount")
-    return amount
+    # Shopify writes money as text ("5500.00"); a whole amount stays whole, so a message's
+    # {{ event.amount }} shows 5500, as for an event posted with "amount": 5500
+    return int(amount) if amount.is_integer() else amount
 
 
 def _customer(obj: dict) -> tuple[str | None, dict[str, Any]]:

@@ -140,3 +140,52 @@ class CondCompiler:
             return _COLUMNS[m.name].replace("f.", f"{alias}.")
         path = '$."' + m.name.replace('"', '') + '"'
         return f"json_extract({alias}.attributes, {self._lit(path)})"
+
+
+def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
+    """Queries (parameter ``:now``) whose results bound when time alone can change ``cond``
+    for some friend: while no row of the database changes, the condition has the same value for
+    every friend at every moment before the smallest result (a NULL result: never). Each
+    query gives the first moment after ``:now`` at which a term counting back from now (``within``,
+    ``older than``, ``friend for``) crosses a stored time; over every kind of activity, which
+    can only make the bound earlier. None when some part of the condition is not understood
+    here (then every check must be made)."""
+    out: list[str] = []
+    stack: list[str] = []
+
+    def window(column: str, table: str, seconds: int) -> None:
+        out.append(f"SELECT MIN({column}) + {int(seconds)} FROM {table} WHERE {column} > :now - {int(seconds)}")
+
+    def measure(m: ir.Measure) -> None:
+        if m.within is not None:
+            window("at", "activity", m.within)
+
+    def walk(c: ir.Cond) -> bool:
+        if isinstance(c, (ir.All, ir.AnyOf)):
+            return all(walk(i) for i in c.items)
+        if isinstance(c, ir.Not):
+            return walk(c.item)
+        if isinstance(c, ir.Activity):
+            if c.within is not None:
+                window("at", "activity", c.within)
+            return True
+        if isinstance(c, ir.FriendFor):
+            window("followed_at", "friends", c.seconds)
+            return True
+        if isinstance(c, ir.LastPurchaseOlder):
+            window("last_purchase_at", "friends", c.seconds)
+            return True
+        if isinstance(c, (ir.Compare, ir.Top)):
+            measure(c.measure)
+            return True
+        if isinstance(c, ir.InSegment):
+            if c.name in stack or c.name not in segments:
+                return True
+            stack.append(c.name)
+            try:
+                return walk(segments[c.name].cond)
+            finally:
+                stack.pop()
+        return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
+
+    return out if walk(cond) else None

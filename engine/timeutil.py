@@ -6,7 +6,9 @@ wall-clock time only where a rule speaks in local terms (``at 12:00``, windows, 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+import threading
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -115,14 +117,52 @@ def next_opening(ts: int, window: ir.Window | None, tz: ZoneInfo) -> int:
 
 def cron_latest(expr: str, after: int, upto: int, tz: ZoneInfo) -> int | None:
     """The latest occurrence of a cron expression in ``(after, upto]``, or None."""
-    base = local(upto + 1, tz)
-    moment = epoch(croniter(expr, base).get_prev(dt.datetime))
-    return moment if after < moment <= upto else None
+    return _cron(expr, tz).latest(after, upto)
 
 
 def cron_next(expr: str, after: int, tz: ZoneInfo) -> int:
     """The first occurrence strictly after ``after``."""
-    return epoch(croniter(expr, local(after, tz)).get_next(dt.datetime))
+    return _cron(expr, tz).next_after(after)
+
+
+class CronTimes:
+    """The occurrences of one cron expression in one zone. The expression is expanded once,
+    and the last answer is kept as a span ``(base, next)`` with no occurrence in
+    ``(base, next)``: a clock that ticks many times between two occurrences (every tick asks
+    for the latest occurrence since the last tick and for the next one) is answered from it
+    without asking croniter again."""
+
+    def __init__(self, expr: str, tz: ZoneInfo):
+        self.tz = tz
+        self._iter = croniter(expr, local(0, tz))
+        self._span: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def next_after(self, ts: int) -> int:
+        span = self._span
+        if span is not None and span[0] <= ts < span[1]:
+            return span[1]
+        with self._lock:
+            moment = epoch(self._iter.get_next(dt.datetime, start_time=local(ts, self.tz)))
+        if span is None or not (span[0] <= ts < span[1]):
+            self._span = (ts, moment)
+        return moment
+
+    def latest(self, after: int, upto: int) -> int | None:
+        """The latest occurrence in ``(after, upto]``, or None."""
+        first = self.next_after(after)
+        if first > upto:
+            return None
+        if self.next_after(first) > upto:
+            return first
+        with self._lock:
+            moment = epoch(self._iter.get_prev(dt.datetime, start_time=local(upto + 1, self.tz)))
+        return moment if after < moment <= upto else None
+
+
+@functools.lru_cache(maxsize=256)
+def _cron(expr: str, tz: ZoneInfo) -> CronTimes:
+    return CronTimes(expr, tz)
 
 
 def sale_moment(trigger: ir.SaleTrigger, sale: ir.Sale, tz: ZoneInfo) -> int:

@@ -60,6 +60,54 @@ def _join_pairs(value: str) -> str:
         lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
 
 
+class _FastLoader(getattr(yamlcore, "CCoreLoader", _Loader)):
+    """:class:`_Loader` on libyaml (when PyYAML has it): the same nodes, marks and values,
+    several times faster than the pure-Python scanner."""
+
+
+_FastLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+#: Documents nested deeper than this are read by the pure-Python loader, whose limits the
+#: diagnostics describe.
+_FAST_DEPTH = 50
+
+
+def _compose_fast(text: str) -> yaml.Node | None:
+    """The document's root node read by libyaml, or None when that is not possible: no libyaml,
+    an empty document, a tab anywhere, any error (the pure-Python loader then reads it again and explains the
+    error in its words), nesting deeper than :data:`_FAST_DEPTH` or more than
+    :data:`MAX_NODES` nodes. libyaml says ``""`` for
+    the plain style, which is ``None`` here as from the pure-Python loader."""
+    if _FastLoader is _Loader or not getattr(yaml, "__with_libyaml__", False):
+        return None
+    if "\t" in text:   # libyaml accepts tabs where the pure-Python reader (and its messages) refuse them
+        return None
+    try:
+        root = yaml.compose(text, Loader=_FastLoader)
+    except Exception:   # noqa: BLE001 - anything libyaml refuses is read again, slowly
+        return None
+    if root is None:
+        return None
+    stack = [(root, 0)]
+    seen: set[int] = set()   # an alias repeats a node: each is visited once
+    while stack:
+        node, depth = stack.pop()
+        if depth > _FAST_DEPTH or len(seen) > MAX_NODES:
+            return None
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if node.style == "":
+                node.style = None
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+    return root
+
+
 class YamlFile:
     """One YAML file: its root node, the diagnostics found so far, and where values came from.
 
@@ -80,6 +128,9 @@ class YamlFile:
     # ------------------------------------------------------------------ reading
 
     def _compose(self) -> yaml.Node | None:
+        fast = _compose_fast(self.text)
+        if fast is not None:
+            return fast
         try:
             return yaml.compose(self.text, Loader=_Loader)
         except yaml.MarkedYAMLError as e:

@@ -39,3 +39,13 @@ def _english_unless_asked(monkeypatch):
     i18n.use("en")
     yield
     i18n.use("en")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
+    """The parser's and the templates' cache in a folder of this test run (inherited by the
+    ``linerules`` processes tests start), not in the user's own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LINERULES_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()

@@ -204,3 +204,13 @@ def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_p
     path.write_text(json.dumps({"type": word, "friend": "U1", "at": at(1, "10:00")}) + "\n")
     assert main(str(path), str(folder), None, "1h", None) == 1
     assert f"(did you mean `{right}`?)" in capsys.readouterr().err
+
+
+def test_an_order_number_typed_with_japanese_dashes_links(folder, tmp_path, capsys):
+    number = "123456-20261101-0123456789"
+    events = [follow("U1", at(1, "09:00")),
+              purchase({"customer": "masked-1@pc.fw.rakuten.ne.jp"}, at(1, "10:00"), number, 2000),
+              # typed on a phone's kana keyboard: full-width digits and the long-vowel mark for "-"
+              {"type": "message", "friend": "U1", "at": at(1, "20:00"), "text": "１２３４５６ー２０２６１１０１−０１２３４５６７８９"}]
+    pushes = [p for p in simulate(folder, tmp_path, events, at(1, "21:00"), capsys) if p[2] == "linked_thanks"]
+    assert pushes == [("11-01T20:00", "U1", "linked_thanks")]

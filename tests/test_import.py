@@ -204,3 +204,63 @@ def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monke
     monkeypatch.setattr(importer.sys.stderr, "isatty", lambda: False, raising=False)
     assert importer.main_orders(str(path), "rakuten", None, str(tmp_path / "b.db"), str(rules)) == 0
     assert capsys.readouterr().err == ""
+
+
+#: The columns of RMS's 受注データダウンロード as RMS writes them (a part, in RMS's order): the
+#: amounts carry a note, ``合計金額(-99999=無効値)``; the orderer's address is ``メールアドレス``.
+RMS_HEADER = ["受注番号", "受注ステータス", "カード決済ステータス", "入金日", "配送日", "お届け時間帯", "お届け日指定",
+              "担当者", "ひとことメモ", "メール差込文(お客様へのメッセージ)", "初期購入合計金額", "利用端末",
+              "メールキャリアコード", "ギフトチェック（0:なし/1:あり）", "コメント", "注文日時", "複数送付先フラグ",
+              "警告表示フラグ", "楽天会員フラグ", "合計", "消費税(-99999=無効値)", "送料(-99999=無効値)",
+              "代引料(-99999=無効値)", "請求金額(-99999=無効値)", "合計金額(-99999=無効値)", "同梱ID", "同梱ステータス",
+              "注文日", "注文時間", "注文者郵便番号１", "注文者名字", "注文者名前", "メールアドレス", "商品ID", "商品名",
+              "商品番号", "商品URL", "単価", "個数", "送料込別", "税込別"]
+
+
+def rms_row(number: str, status: str, at: str, total: str, mail: str, item: str, name: str, price: str,
+            quantity: str) -> list[str]:
+    row = dict.fromkeys(RMS_HEADER, "")
+    row.update({"受注番号": number, "受注ステータス": status, "注文日時": at, "合計": total,
+                "請求金額(-99999=無効値)": total, "合計金額(-99999=無効値)": total, "注文日": at[:10],
+                "注文時間": at[11:], "注文者名字": "山田", "注文者名前": "花子", "メールアドレス": mail,
+                "商品ID": "10000001", "商品名": name, "商品番号": item, "単価": price, "個数": quantity,
+                "コメント": "[配送日時指定:]\n希望なし, 置き配"})
+    return [row[h] for h in RMS_HEADER]
+
+
+def test_rms_order_csv_with_the_columns_rms_writes(tmp_path, rules):
+    import csv
+    import io
+
+    mail = "a1b2c3@pc.fw.rakuten.ne.jp"
+    rows = [rms_row("123456-20261101-0000000001", "処理済", "2026-11-01 10:15:00", "6600", mail, "lotion-01",
+                    "化粧水, しっとり", "3300", "2"),
+            rms_row("123456-20261101-0000000001", "処理済", "2026-11-01 10:15:00", "6600", mail, "gift-01",
+                    "おまけ", "0", "1"),
+            rms_row("123456-20261120-0000000003", "キャンセル確定", "2026-11-20 08:00:00", "3300", mail, "lotion-01",
+                    "化粧水", "3300", "1"),
+            rms_row("123456-20261201-0123456789", "新規受付", "2026-12-01 09:30:12", "-99999", mail, "serum-01",
+                    "美容液", "5500", "1")]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(RMS_HEADER)
+    writer.writerows(rows)
+    path = tmp_path / "rms_orders.csv"
+    path.write_bytes(text.getvalue().encode("cp932"))
+    links = tmp_path / "links.csv"
+    links.write_text(f"customer,friend\n{mail},Uaaaa\n", encoding="utf-8")
+    assert invoke("import", "customers", str(links), "--db", str(tmp_path / "l.db"))[0] == 0
+    code, out = invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(tmp_path / "l.db"),
+                       "--rules", str(rules))
+    assert code == 0, out
+    # each row's comment holds a line end: the last order's row is the file's line 8
+    assert out.splitlines()[1:] == [
+        "  2 counted for linked friends",
+        "  0 kept for customers not linked yet (they count once linked)",
+        "  0 already imported (unchanged)",
+        "  1 refused:",
+        f"    {path}:8: order 123456-20261201-0123456789: `合計金額(-99999=無効値)` is -99999: RMS has no total "
+        "for this order yet (shipping or price not fixed); import it again once it has one",
+    ]
+    u = friend(tmp_path / "l.db", "Uaaaa")
+    assert (u["orders"], u["total_spent"]) == (1, 6600)      # the cancelled order does not count

@@ -86,7 +86,7 @@ class RunnerProcess:
         raise AssertionError(f"no log line matching {pattern!r}; log:\n" + "\n".join(self.lines))
 
     def started(self) -> "RunnerProcess":
-        self.url = self.wait_for(r"listening on (http://[\d.]+:\d+)").group(1)
+        self.url = self.wait_for(r"listening on (http://[\d.]+:\d+)", timeout=60).group(1)
         return self
 
     def exit_code(self, timeout: float = 15.0) -> int:

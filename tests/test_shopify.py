@@ -284,3 +284,107 @@ async def test_a_non_ascii_signature_is_401_not_500(shop):
     client, runner, emulator = shop
     resp = await shopify_post(client, "orders/create", ORDER, webhook_id="b54557e4-0014", signature="署名")
     assert resp.status == 401
+
+
+#: Shopify's order export of the same order as ORDER (``Id`` is the order's id, as in webhooks).
+EXPORT = """Name,Email,Financial Status,Currency,Total,Created at,Lineitem quantity,Lineitem name,Lineitem price,Lineitem sku,Cancelled at,Refunded Amount,Id
+#1001,hanako@example.jp,paid,JPY,5500,2026-11-01 10:00:00 +0900,1,化粧水,3000,LOT-1,,0,5550000001
+#1001,,,,,,1,クリーム,2000,,,,
+"""
+
+
+async def test_webhooks_for_an_imported_order_find_it_by_shopifys_id(shop, tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
+    export = tmp_path / "orders_export.csv"
+    export.write_text(EXPORT, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["import", "orders", str(export), "--format", "shopify",
+                                      "--db", str(runner.config.db), "--rules", str(runner.config.rules_dir)])
+    assert result.exit_code == 0, result.output
+    await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 5500)
+    # the order was placed before the import; it is refunded and shipped after it
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="imp-1")).status == 200
+    assert (await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="imp-2")).status == 200
+    await wait_for(lambda: "発送しました" in texts(emulator))
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    friend = runner.store.friend("U1")
+    assert (friend["orders"], friend["total_spent"]) == (1, 2500)
+    assert "ご注文ありがとうございます" not in texts(emulator)
+
+
+async def test_a_refund_that_arrives_before_its_order_applies_when_the_order_arrives(shop):
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="early-1")).status == 200
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    assert (await shopify_post(client, "orders/create", ORDER, webhook_id="early-2")).status == 200
+    await wait_for(lambda: "ご注文ありがとうございます" in texts(emulator))
+    await wait_for(lambda: runner.store.health()["pending_events"] == 0)
+    friend = runner.store.friend("U1")
+    assert (friend["orders"], friend["total_spent"]) == (1, 2500)      # 5,500 less the refund of 3,000
+    assert runner.store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 1
+
+
+async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    client, runner, emulator = shop
+    await post_events(client, *follow_and_identify())
+    await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
+    export = tmp_path / "orders_export.csv"
+
+    def import_export(text: str) -> str:
+        export.write_text(text, encoding="utf-8")
+        result = CliRunner().invoke(cli, ["import", "orders", str(export), "--format", "shopify",
+                                          "--db", str(runner.config.db), "--rules", str(runner.config.rules_dir)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    without_id = "\n".join(",".join(row.split(",")[:-1]) for row in EXPORT.splitlines()) + "\n"
+    import_export(without_id)
+    assert "1 already imported (unchanged)" in import_export(EXPORT)
+    assert (await shopify_post(client, "refunds/create", REFUND, webhook_id="imp-3")).status == 200
+    await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 2500)
+    assert runner.store.friend("U1")["orders"] == 1
+
+
+async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(tmp_path, aiohttp_client, line_emulator):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text(
+        'shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} {{ event.tracking_url }}"\n'
+        'thanks: "ご注文 {{ event.order_id }} {{ event.amount }}円"\n', encoding="utf-8")
+    (rules / "shop.rule").write_text("rule shipped when event shipped reenter always uncapped then send shipped_notice\n"
+                                     "rule thanks when purchased then send thanks\n", encoding="utf-8")
+    line_emulator.add_user("U1", "Hanako")
+    env = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
+           "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET, "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+           "LINE_API_ENDPOINT": line_emulator.base_url}
+    config = RunnerConfig.from_env(env, rules_dir=rules, db=tmp_path / "linerules.db",
+                                   listen="127.0.0.1:0", tick_seconds=0.1)
+    runner = Runner.open(config)
+    client = await aiohttp_client(build_app(runner))
+    try:
+        await post_events(client, *follow_and_identify())
+        await shopify_post(client, "orders/create", ORDER, webhook_id="ship-1")
+        await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="ship-2")
+        text = await wait_for(lambda: next((t for t in texts(line_emulator) if t.startswith("発送しました")), None))
+        assert "ご注文 #1001 5500円" in texts(line_emulator)      # Shopify's "5500" is a whole yen amount
+        # the link is tracked (base_url): it leads to Yamato's page for this parcel
+        url = text.split()[-1]
+        assert text.split()[1:3] == ["Yamato", "(JA)"] and text.split()[3] == "1234-5678-9012"
+        token = url.rsplit("/", 1)[-1]
+        resp = await client.get(f"/c/{token}", allow_redirects=False)
+        assert resp.status == 302
+        assert resp.headers["Location"].startswith(FULFILLMENT["tracking_url"])
+    finally:
+        await client.close()
+        runner.close()

@@ -1,0 +1,176 @@
+"""Benchmark: ``linerules simulate`` of a generated timeline through the sample rules.
+
+    .venv/bin/python benchmarks/simulate.py                     # 10,000 friends over 30 days
+    .venv/bin/python benchmarks/simulate.py --friends 2000 --profile
+
+The timeline: every friend follows at a random moment of the 30 days (half of them by the
+parcel's QR card, some by the summer ad), a third of them buy once or twice, buyers' parcels are
+shipped and some answer the delivery question, some send the coupon keyword, and a few leave.
+It runs through ``simulate.run_timeline`` exactly as ``linerules simulate timeline.jsonl`` does
+(in-memory database, hourly condition ticks, 30 days past the last event).
+
+Prints the wall and CPU time (medians of ``--runs`` rounds), events per CPU second, the clock's stops
+(ticks), SQL statements per tick, and the ratio of the whole simulation to the floor of storing
+the same events into a fresh in-memory store (``Store.apply_events``), measured in the same run.
+``--profile`` prints the top of a cProfile run instead.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import simulate, timeutil  # noqa: E402
+from engine.events import Event  # noqa: E402
+from engine.store import Store  # noqa: E402
+
+START = "2026-11-01T00:00:00+09:00"
+DAYS = 30
+
+
+def generate(friends: int, days: int = DAYS, seed: int = 14) -> list[Event]:
+    """About 2.6 events per friend over ``days`` days (26,000 for 10,000 friends)."""
+    rng = random.Random(seed)
+    tz = dt.timezone(dt.timedelta(hours=9))
+    start = timeutil.epoch(dt.datetime.fromisoformat(START))
+    span = days * 86400
+    events: list[Event] = []
+
+    def at(ts: float) -> dt.datetime:
+        return dt.datetime.fromtimestamp(int(min(ts, start + span - 1)), tz)
+
+    order = 0
+    for i in range(friends):
+        friend = f"U{i:06d}"
+        followed = start + rng.randrange(span)
+        source = rng.choices(["qr=shipping", "ad=summer", None], weights=[5, 2, 3])[0]
+        events.append(Event("follow", friend, at(followed), {"source": source} if source else {}))
+        if rng.random() < 0.35:
+            events.append(Event("attributes", friend, at(followed + 5), {"set": {"display_name": f"友だち{i}"}}))
+        for _ in range(rng.choice([0, 0, 1, 1, 2]) if rng.random() < 0.55 else 0):
+            order += 1
+            bought = followed + rng.randrange(3600, 5 * 86400)
+            amount = rng.randrange(1000, 30000)
+            events.append(Event("purchase", friend, at(bought), {
+                "order_id": f"B-{order}", "amount": amount,
+                "items": [{"product": f"SKU{rng.randrange(50)}", "category": "cosmetics",
+                           "price": amount, "quantity": 1}]}))
+            if rng.random() < 0.7:
+                shipped = bought + rng.randrange(3600, 2 * 86400)
+                events.append(Event("shipped", friend, at(shipped), {}))
+                if rng.random() < 0.4:
+                    events.append(Event("postback", friend, at(shipped + 86400 + rng.randrange(36000)),
+                                        {"data": "action=delivery&answer=yes"}))
+        if rng.random() < 0.12:
+            events.append(Event("message", friend, at(followed + rng.randrange(span)), {"text": "クーポンください"}))
+        if rng.random() < 0.04:
+            events.append(Event("unfollow", friend, at(followed + rng.randrange(86400, 10 * 86400))))
+    events.sort(key=lambda e: e.at)
+    return events
+
+
+def load_rules(folder: str):
+    from engine.diagnostics import render_text
+    from engine.project import load_project
+
+    loaded = load_project(folder)
+    if loaded.project is None:
+        sys.exit("the rules do not validate:\n" + render_text(loaded.diagnostics, loaded.sources))
+    return loaded.project
+
+
+class Counting:
+    """Counts the clock's stops and the SQL statements of a run (``Store`` is patched)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.ticks = 0
+
+    def __enter__(self):
+        from engine.interpreter import Engine
+
+        self._store_init, self._tick = Store.__init__, Engine.tick
+        counter = self
+
+        def init(store, *a, **kw):
+            counter._store_init(store, *a, **kw)
+            store.conn.set_trace_callback(counter._count)
+
+        def tick(engine, *a, **kw):
+            counter.ticks += 1
+            return counter._tick(engine, *a, **kw)
+
+        Store.__init__, Engine.tick = init, tick
+        return self
+
+    def _count(self, _sql: str) -> None:
+        self.statements += 1
+
+    def __exit__(self, *exc) -> None:
+        from engine.interpreter import Engine
+
+        Store.__init__, Engine.tick = self._store_init, self._tick
+
+
+def floor(events: list[Event]) -> float:
+    """Storing the events alone: a fresh in-memory store, one apply per 500."""
+    started = time.perf_counter()
+    store = Store(":memory:")
+    for i in range(0, len(events), 500):
+        store.apply_events(events[i:i + 500])
+    store.close()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--friends", type=int, default=10_000)
+    ap.add_argument("--days", type=int, default=DAYS)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rules", default=str(ROOT / "rules"))
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    project = load_rules(args.rules)
+    events = generate(args.friends, args.days)
+
+    def run() -> list[dict]:
+        return simulate.run_timeline(project, events, until=None, tick_seconds=3600, webhook_tokens=True)
+
+    if args.profile:
+        import cProfile
+        import pstats
+
+        cProfile.runctx("run()", globals(), {"run": run}, "/tmp/simulate.prof")
+        pstats.Stats("/tmp/simulate.prof").sort_stats("cumulative").print_stats(40)
+        return 0
+    with Counting() as counting:
+        pushes = run()
+    walls, cpus, floors = [], [], []
+    for _ in range(args.runs):
+        t, c = time.perf_counter(), time.process_time()
+        run()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+        c = time.process_time()
+        floor(events)
+        floors.append(time.process_time() - c)
+    wall, cpu, base = statistics.median(walls), statistics.median(cpus), statistics.median(floors)
+    print(f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; "
+          f"{len(pushes):,} pushes")
+    print(f"simulate: {wall:.2f} s wall, {cpu:.2f} s CPU (medians of {args.runs}) = "
+          f"{len(events) / cpu:,.0f} events per CPU second")
+    print(f"clock stops: {counting.ticks:,} ticks; {counting.statements / max(1, counting.ticks):.1f} "
+          f"SQL statements per tick")
+    print(f"storing the same events alone: {base:.2f} s CPU; simulate / storing = {cpu / base:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""What ``validate`` keeps in the user's cache folder between runs: the same answers, cold or
+warm, and no Liquid import for templates checked before."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: validate the folder, then say whether Liquid was imported
+PROBE = ("import sys; from engine.validate import main; code = main([sys.argv[1]], 'text'); "
+         "print('liquid imported:', 'liquid' in sys.modules); raise SystemExit(code)")
+
+
+def validate(folder: Path, cache: Path | str) -> tuple[int, str]:
+    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(folder)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_warm_validate_answers_the_same_without_liquid(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", folder, ignore=shutil.ignore_patterns("tests"))
+    with open(folder / "messages.yaml", "a", encoding="utf-8") as fh:
+        fh.write('broken_tpl: "{{ friend.display_name | upcase_all }}さん"\n'
+                 'odd_var: "{{ frend.name }}さん"\n'
+                 'bad_syntax: "{% if %}x"\n')
+    cache = tmp_path / "cache"
+    cold_code, cold = validate(folder, cache)
+    warm_code, warm = validate(folder, cache)
+    assert cold_code == warm_code == 1
+    assert "unknown template filter `upcase_all`" in cold
+    assert "unknown template variable `frend`" in cold
+    assert "template error" in cold
+    assert "liquid imported: True" in cold
+    assert warm.replace("liquid imported: False", "liquid imported: True") == cold
+    assert "templates.json" in os.listdir(cache)
+    assert any(n.startswith("grammar-") for n in os.listdir(cache))
+
+
+def test_sample_folder_warm_needs_no_liquid(tmp_path):
+    cache = tmp_path / "cache"
+    validate(ROOT / "rules", cache)
+    code, out = validate(ROOT / "rules", cache)
+    assert code == 0
+    assert out.startswith("ok: ") and "liquid imported: False" in out
+
+
+def test_damaged_or_unwritable_cache_changes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    code, expected = validate(ROOT / "rules", cache)
+    for name in os.listdir(cache):
+        (cache / name).write_bytes(b"\x00garbage")
+    assert validate(ROOT / "rules", cache) == (code, expected)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    code2, out2 = validate(ROOT / "rules", blocked)
+    assert code2 == code and out2 == expected
+    off_code, off = validate(ROOT / "rules", "")   # empty: no cache at all
+    assert (off_code, off) == (code, expected)
