@@ -24,7 +24,7 @@ from typing import Sequence
 
 from . import i18n, ir, timeutil
 from .events import Event, EventError
-from .i18n import _, n_
+from .i18n import _
 from .interpreter import Engine
 from .store import Store, StoreError
 
@@ -148,9 +148,9 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         if problem:
             return _fail(problem)
     if until_at is not None and (late := sum(e.at > until_at for e in events)):
-        sys.stderr.write(i18n.render(n_("warning: {n} of {total} events is after --until {until} and is not replayed",
-                                        "warning: {n} of {total} events are after --until {until} and are not replayed",
-                                        late, total=len(events), until=until_at.isoformat(timespec="seconds"))) + "\n")
+        sys.stderr.write(i18n.render(_("warning: {n} of {total} events are after --until {until} and are "
+                                       "not replayed", n=late, total=len(events),
+                                       until=until_at.isoformat(timespec="seconds"))) + "\n")
     try:
         for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
                                  db_path=db, webhook_tokens=True, render=render):
