@@ -555,3 +555,21 @@ def test_the_next_days_opening_follows_the_window():
     assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
     at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 0, 30, tzinfo=JST))
     assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
+
+
+async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_client):
+    """A send deferred by the delivery window is not an outbox row yet: /healthz still shows it."""
+    (rules_dir / "settings.yaml").write_text(SETTINGS + 'window: "09:00-21:00"\n', encoding="utf-8")
+    client, runner = await make_client(loops=False)
+    night = dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)
+    runner.clock = lambda: night
+    lines = json.dumps(shop_event("follow", "U1", at="2026-11-05T22:40:00+09:00")).encode()
+    resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
+                                                              "Content-Type": "application/jsonl"})
+    assert resp.status == 200
+    runner.tick_once()
+    body = await (await client.get("/healthz")).json()
+    assert body["outbox_backlog"] == 0
+    assert body["waiting_sends"] == 1
+    assert body["next_waiting_send"] == "2026-11-06T09:00:00+09:00"
+    assert "linerules_waiting_sends 1" in await (await client.get("/metrics")).text()
