@@ -634,3 +634,37 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     await asyncio.sleep(0.5)
     assert [m["text"] for m in line_emulator.inbox("U4")] == ["15%OFFクーポン"]
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
+
+
+async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, line_emulator, make_client):
+    """`monthly_quota: 5`, eight friends, the Friday broadcast: five pushes at 20:00 Tokyo, the
+    other three wait (shown by /healthz) and go at the first opening of the next month."""
+    (rules_dir / "settings.yaml").write_text(FLAGSHIP_SETTINGS + "monthly_quota: 5\n", encoding="utf-8")
+    (rules_dir / "messages.yaml").write_text('weekly: "今週のおすすめ"\n', encoding="utf-8")
+    (rules_dir / "main.rule").write_text('rule weekly when schedule "0 20 * * 5" then send weekly\n',
+                                         encoding="utf-8")
+    users = [f"U{i}" for i in range(1, 9)]
+    for user in users:
+        line_emulator.add_user(user, user)
+    now = [dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST)]
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
+    runner.clock = lambda: now[0]
+    body = webhook_body(*({**line_event("follow", u, event_id=f"01FOLLOW{u}"),
+                           "timestamp": int(now[0].timestamp() * 1000)} for u in users))
+    assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+
+    async def at(when: str) -> list[str]:
+        now[0] = dt.datetime.fromisoformat(when)
+        runner.tick_once()
+        await runner.dispatch_once()
+        return [u for u in users for _ in line_emulator.inbox(u)]
+
+    assert await at("2026-11-01T10:00:00+09:00") == []
+    assert await at("2026-11-06T20:00:00+09:00") == users[:5]
+    assert await at("2026-11-07T09:00:00+09:00") == users[:5]
+    health_body = await (await client.get("/healthz")).json()
+    assert health_body["waiting_sends"] == 3
+    # December's quota: first the three held since 6 November, then two of the later Fridays'
+    december = await at("2026-12-01T09:00:00+09:00")
+    assert sorted(set(december) - set(users[:5])) == users[5:] and len(december) == 10
