@@ -406,8 +406,10 @@ class _Checker:
                 if step.at is not None:
                     self._time(step.at)
                 if step.weekday is not None and step.weekday.value.lower() not in WEEKDAYS:
+                    japanese = _JAPANESE_WEEKDAYS.get(step.weekday.value.removesuffix("日").removesuffix("曜"))
                     self.error(step.weekday.span, f"`{step.weekday.value}` is not a day of the week",
-                               help=did_you_mean(step.weekday.value.lower(), WEEKDAYS))
+                               help=f"write `{japanese}`" if japanese
+                               else did_you_mean(step.weekday.value.lower(), WEEKDAYS))
             elif cls is A.WaitForStep:
                 self._wait_for(step)
             elif cls is A.SetStep:
@@ -560,3 +562,8 @@ def _conjuncts(c: A.Cond, negated: bool) -> tuple[list[A.Cond], list[A.Cond]]:
             neg += n
         return pos, neg
     return ([], [c]) if negated else ([c], [])
+
+
+#: 月曜 / 月曜日 / 月 -> monday, for `wait until 月曜`.
+_JAPANESE_WEEKDAYS = {"月": "monday", "火": "tuesday", "水": "wednesday", "木": "thursday",
+                      "金": "friday", "土": "saturday", "日": "sunday"}

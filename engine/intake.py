@@ -32,6 +32,9 @@ AT_EXAMPLE = "2026-11-01T10:00:00+09:00"
 #: Largest ``amount`` and item ``price`` (a trillion, in the shop's currency): sums of many
 #: orders stay exact, and price × quantity fits the store's 64-bit integers.
 MAX_AMOUNT = 10**12
+#: Longest friend, customer or order id, product, category (a LINE user id has 33 characters):
+#: a runaway value would otherwise fill every log line and index it is in.
+MAX_ID_CHARS = 1000
 #: Largest item ``quantity``.
 MAX_QUANTITY = 10**6
 #: Whole numbers anywhere in an event (attributes, custom fields) fit SQLite's 64-bit integers.
@@ -82,6 +85,9 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not text.strip():
         raise ctx.error(field, "must not be empty")
+    if len(text) > MAX_ID_CHARS:
+        raise ctx.error(field, f"is {len(text):,} characters long; ids, products and categories "
+                               f"have at most {MAX_ID_CHARS:,}")
     if text != text.strip():
         raise ctx.error(field, f"has spaces around it: {json.dumps(text, ensure_ascii=False)}")
     return text
@@ -114,6 +120,12 @@ def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
 
 
 def _count(value: Any, ctx: _Ctx, field: str) -> int:
+    """A quantity: a whole number from 1 to :data:`MAX_QUANTITY`. ``2.0`` (what some shop
+    exports write) is 2; ``1.5`` is refused with the number shown."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= MAX_QUANTITY:
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        raise ctx.error(field, f"must be a whole number, got {_shown(value)}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.error(field, f"must be a whole number, got {_describe(value)}")
     if value < 1:
@@ -266,8 +278,8 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
         return
     elif isinstance(value, int):
         if not -MAX_INT <= value <= MAX_INT:
-            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers are at most "
-                                   f"{MAX_INT:,} either way)")
+            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers go from "
+                                   f"-{MAX_INT:,} to {MAX_INT:,})")
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ctx.error(field, "must be a finite number")

@@ -1019,7 +1019,11 @@ class Engine:
                 objects = render_message(defn, friend=friend, rule=rule, sale=sale, utm=self.settings.utm,
                                          link=self._linker(friend.get("id"), rule, name, now), event=event)
             except RenderError as exc:
-                log.error("rule %s: message %s not sent to %s: %s", rule, name, friend.get("id"), exc)
+                who = friend.get("id") or g.walker.friend
+                if who:
+                    log.error("rule %s: message %s not sent to %s: %s", rule, name, who, exc)
+                else:   # a message the same for everyone: it fails for each friend it is due for
+                    log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
                 failures.append((name, str(exc)))
                 deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
                                    str(exc), g.walker.variant, now, day, 0))

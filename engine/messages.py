@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 from urllib.parse import urlsplit
@@ -103,6 +104,16 @@ TEXT_FIELDS = frozenset((
     "cornerRadius", "borderWidth", "maxWidth", "maxHeight", "lineSpacing", "adjustMode",
     "direction", "mode", "initial", "max", "min", "richMenuAliasId", "clipboardText",
     "productId", "emojiId", "inputOption", "fillInText", "justifyContent", "alignItems"))
+#: Fields that hold a colour, ``#RRGGBB`` or ``#RRGGBBAA``.
+COLOR_FIELDS = frozenset(("color", "backgroundColor", "separatorColor", "borderColor"))
+COLOR_RE = re.compile(r"#[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?")
+#: A Flex ``aspectRatio``: ``20:13``, ``1.91:1``.
+RATIO_RE = re.compile(r"\d+(?:\.\d+)?:\d+(?:\.\d+)?")
+#: Flex ``size`` keywords (text, icon, span, image, bubble) and pixel / percent sizes.
+SIZE_WORD_LIST = ("xxs", "xs", "sm", "md", "lg", "xl", "xxl", "3xl", "4xl", "5xl", "full",
+                  "nano", "micro", "deca", "hecto", "kilo", "mega", "giga")
+SIZE_WORDS = frozenset(SIZE_WORD_LIST)
+SIZE_RE = re.compile(r"\d+(?:\.\d+)?(?:px|%)")
 #: Fields whose value is true or false.
 BOOL_FIELDS = frozenset(("wrap", "scaling", "animated", "separator"))
 #: Fields whose value is a number.
@@ -226,8 +237,9 @@ class _Checker:
         """A value of the wrong type for a LINE field, in the words of the fix."""
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
+            meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
             self.add(path, f"`{key}` must be text, not {shown}",
-                     help=f'quote it: {key}: "{shown}"')
+                     help=f'quote it: {key}: "{meant}"')
         elif key in BOOL_FIELDS and not isinstance(value, bool):
             old = YAML_1_1_BOOLEANS.get(str(value).lower())
             meant = None if old is None else ("true" if old else "false")
@@ -237,6 +249,27 @@ class _Checker:
         elif key in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
             self.add(path, f"`{key}` must be a number, not `{value}`",
                      help="write the number without quotes")
+        elif isinstance(value, str) and "{" not in value:
+            self.field_shape(key, value, path)
+
+    def field_shape(self, key: Any, value: str, path: Path) -> None:
+        """Texts LINE reads in a fixed shape (colours, ratios, sizes): a value of another shape
+        passes YAML and the templates but makes LINE refuse the whole push."""
+        if key in COLOR_FIELDS and not COLOR_RE.fullmatch(value):
+            bare = re.fullmatch(r"[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?", value)
+            self.add(path, f"`{key}` must be a colour like \"#e86a8d\", not `{value}`",
+                     help=f'write it with `#` and in quotes: {key}: "#{value}"' if bare
+                     else "LINE takes `#` and six hexadecimal digits (eight with transparency)")
+        elif key == "aspectRatio" and not RATIO_RE.fullmatch(value):
+            pair = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[/x×*：:]\s*(\d+(?:\.\d+)?)\s*", value)
+            meant = f"{pair[1]}:{pair[2]}" if pair else "20:13"
+            self.add(path, f"`aspectRatio` must be width:height like \"20:13\", not `{value}`",
+                     help=f"write the two numbers with a `:` between them, in quotes: aspectRatio: \"{meant}\"")
+        elif key == "size" and not (value in SIZE_WORDS or SIZE_RE.fullmatch(value)):
+            number = re.fullmatch(r"\d+(?:\.\d+)?", value)
+            self.add(path, f"`size` must be a size word such as `md` or pixels like `12px`, not `{value}`",
+                     help=f'write size: "{value}px"' if number
+                     else "one of " + ", ".join(f"`{w}`" for w in SIZE_WORD_LIST) + ", or `12px`")
 
     def message(self, obj: dict, path: Path) -> None:
         kind = obj.get("type")

@@ -646,10 +646,25 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
     if "THEN" in expected and tok.value in STEP_WORDS:
         return Diagnostic.at(_tok_span(path, tok), f"missing `then` before `{tok.value}`",
                              help="steps come after `then`, as in `when followed then send greeting`")
+    slip = _operator_or_comma_slip(piece.text, prev, tok)
+    if slip is not None and prev is not None and prev.value + tok.value in _OPERATOR_SLIPS:
+        return Diagnostic.at(Span(path, prev.line, prev.column, tok.end_line, tok.end_column),
+                             f"`{prev.value}{tok.value}` is not a comparison", help=slip)
+    if slip is not None:
+        return Diagnostic.at(_tok_span(path, tok), f"unexpected {_found(tok)}; expected {describe(expected)}",
+                             help=slip)
     if tok.type in ("INT", "NUMBER") and "DURATION" in expected:
         unit = _WORD_AFTER.match(piece.text, tok.end_pos)
         if unit is not None and unit.group(1).lower() in _ALL_UNIT_WORDS:
             return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
+        unit = _JA_UNIT_AFTER.match(piece.text, tok.end_pos)
+        if unit is not None:     # `wait 1日`, `3日間`, `2週間`, `1ヶ月`
+            return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
+    if tok.type in ("INT", "NUMBER") and "TIME" in expected and piece.text.startswith("時", tok.end_pos) \
+            and tok.value.isdigit() and int(tok.value) < 24:   # `at 10時`
+        return Diagnostic.at(Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + 1),
+                             f"`{tok.value}時` is not a time of day",
+                             help=f"write `{int(tok.value):02d}:00` (24 hours, `HH:MM`)")
     return Diagnostic.at(_tok_span(path, tok),
                          f"unexpected {_found(tok)}; expected {describe(expected)}",
                          help=_help(tok, expected))
@@ -685,10 +700,14 @@ _UNIT_WORDS = {"m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
 _NO_UNIT = {"mo": ("month", 30), "mon": ("month", 30), "month": ("month", 30),
             "months": ("month", 30), "y": ("year", 365), "yr": ("year", 365),
             "year": ("year", 365), "years": ("year", 365)}
-_SECOND_WORDS = ("s", "sec", "secs", "second", "seconds")
+_UNIT_WORDS.update({"分": "m", "時間": "h", "日": "d", "日間": "d", "週": "w", "週間": "w"})
+_NO_UNIT.update({w: ("month", 30) for w in ("ヶ月", "か月", "カ月", "ヵ月", "ケ月", "ヶ月間", "か月間")})
+_NO_UNIT["年"] = ("year", 365)
+_JA_UNIT_AFTER = re.compile(r"\s*(時間|日間|週間|ヶ月間|か月間|ヶ月|か月|カ月|ヵ月|ケ月|分|日|週|年|秒)")
+_SECOND_WORDS = ("s", "sec", "secs", "second", "seconds", "秒")
 _ALL_UNIT_WORDS = frozenset((*_UNIT_WORDS, *_NO_UNIT, *_SECOND_WORDS))
 _WORD_AFTER = re.compile(r"\s*([A-Za-z]+)")
-_DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+)")
+_DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+|時間|日間|週間|ヶ月間|か月間|ヶ月|か月|カ月|ヵ月|ケ月|分|日|週|年|秒)")
 
 
 def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnostic:
@@ -711,8 +730,36 @@ def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnost
     return Diagnostic.at(span, f"`{shown}` is not a duration", help=help_)
 
 
+#: `=>` -> `>=`, ... : comparisons written as other languages or habits write them.
+_OPERATOR_SLIPS = {"=>": ">=", "=<": "<=", "==": "=", "<>": "!=", "=!": "!="}
+
+
+def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | None:
+    """`orders => 2`, `orders == 2`, `total_spent >= 10,000`: the help names what to write."""
+    if prev is None or prev.end_pos != tok.start_pos:
+        return None
+    if prev.value and tok.value and set(prev.value + tok.value) <= set("=<>!"):
+        written = prev.value + tok.value
+        if written in _OPERATOR_SLIPS:
+            return f"write `{_OPERATOR_SLIPS[written]}`"
+    if prev.value.isdigit() and tok.value in ("万", "千", "万円", "千円", "円"):   # `total_spent > 1万`
+        factor = {"万": 10_000, "千": 1_000}.get(tok.value[0], 1)
+        return f"write the number in digits, without units: `{int(prev.value) * factor}`"
+    if prev.type in ("INT", "NUMBER") and tok.type == "COMMA":
+        m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos:])
+        if m is not None:
+            return f"write numbers without commas: `{prev.value}{m.group().replace(',', '')}`"
+    return None
+
+
 def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
-    if char == "＃":
+    if char in _CURLY_QUOTES:
+        return Diagnostic.at(Span(path, line, column, line, column + 1),
+                             f"`{char}` is a curly quote",
+                             help='write the straight `"` (the editor turned it into a curly one)')
+    if char in "～〜":
+        help_ = "write the half-width `-` between the two times, e.g. `10:00-20:00`"
+    elif char == "＃":
         help_ = "write the half-width `#` to start a comment"
     else:
         help_ = f"write the half-width `{_FULL_WIDTH[char]}`"
@@ -763,7 +810,9 @@ def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: s
 
 #: Full-width punctuation typed with a Japanese input method -> the character meant.
 _FULL_WIDTH = {"＝": "=", "＜": "<", "＞": ">", "％": "%", "：": ":", "，": ",", "、": ",",
-               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " "}
+               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " ",
+               "～": "-", "〜": "-", "“": '"', "”": '"'}
+_CURLY_QUOTES = "“”"
 
 
 def _width_help(text: str) -> str | None:

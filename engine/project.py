@@ -186,6 +186,18 @@ class _YamlNames:
     sales_whole: bool = True
 
 
+def _encoding_help(data: bytes) -> str:
+    """How to fix a file that is not UTF-8, naming the encoding it seems to be in."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "it is saved as UTF-16: save it as UTF-8 (in Notepad: Save As, Encoding: UTF-8)"
+    try:
+        data.decode("cp932")
+    except UnicodeDecodeError:
+        return "save it as UTF-8"
+    return ("it looks like Shift_JIS (CP932): save it as UTF-8 "
+            "(in Notepad: Save As, Encoding: UTF-8)")
+
+
 class _Loader:
     """Reads files, keeping their text (for carets and the project version) and diagnostics."""
 
@@ -213,7 +225,7 @@ class _Loader:
                 column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
                 self.diagnostics.append(Diagnostic(path, line, column, "error",
                                                    "the file is not UTF-8 text",
-                                                   help="save it as UTF-8"))
+                                                   help=_encoding_help(data)))
             return None
         text = normalize_newlines(text.removeprefix("\ufeff"))
         self.sources[path] = text
@@ -227,31 +239,65 @@ class _Loader:
         from .sales import read_sales
         from .settings import read_settings
 
+        # A YAML file that exists but cannot be read (not UTF-8, no permission) is like one
+        # that is not valid YAML: the rules' names are not checked against it (no cascade).
+        # The same for `messages.yml` & co.: never read, so they must not be silently ignored.
+        misnamed = self._misnamed_yaml(folder)
+        if MESSAGES_FILE in misnamed:
+            self.names.messages_readable = False
+        if SETTINGS_FILE in misnamed:
+            self.names.menus = None
+        if SALES_FILE in misnamed:
+            self.names.sales_whole = False
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
-        if os.path.exists(path) and (text := self.read(path)) is not None:
-            read = read_settings(path, text)
-            settings = read.settings
-            self.names.menus = read.menu_names if read.readable else None
-            self.diagnostics += read.diagnostics
+        if os.path.exists(path):
+            if (text := self.read(path)) is None:
+                self.names.menus = None
+            else:
+                read = read_settings(path, text)
+                settings = read.settings
+                self.names.menus = read.menu_names if read.readable else None
+                self.diagnostics += read.diagnostics
         try:
             tz = ZoneInfo(settings.timezone)
         except (ValueError, KeyError, OSError):   # reported by load_settings
             tz = ZoneInfo(ir.Settings().timezone)
         sales: tuple[ir.Sale, ...] = ()
         path = os.path.join(folder, SALES_FILE)
-        if os.path.exists(path) and (text := self.read(path)) is not None:
-            sales, self.names.sales_whole, diags = read_sales(path, text, tz)
-            self.diagnostics += diags
+        if os.path.exists(path):
+            if (text := self.read(path)) is None:
+                self.names.sales_whole = False
+            else:
+                sales, self.names.sales_whole, diags = read_sales(path, text, tz)
+                self.diagnostics += diags
         messages: dict[str, ir.MessageDef] = {}
         path = os.path.join(folder, MESSAGES_FILE)
-        if os.path.exists(path) and (text := self.read(path)) is not None:
+        if os.path.exists(path) and (text := self.read(path)) is None:
+            self.names.messages_readable = False
+        elif os.path.exists(path):
             m = read_messages(path, text)
             messages = m.definitions
             self.names.messages_readable = m.readable
             self.names.broken_messages = m.broken
             self.diagnostics += m.diagnostics
         return settings, sales, messages
+
+    def _misnamed_yaml(self, folder: str) -> set[str]:
+        """The YAML files written as ``.yml``: an error each (they are not read)."""
+        found = set()
+        for name in (SETTINGS_FILE, SALES_FILE, MESSAGES_FILE):
+            other = name.removesuffix(".yaml") + ".yml"
+            path = os.path.join(folder, other)
+            if not os.path.exists(path):
+                continue
+            both = os.path.exists(os.path.join(folder, name))
+            self.diagnostics.append(Diagnostic(
+                path, 1, 1, "error", f"`{other}` is not read: linerules reads `{name}`",
+                help=f"merge it into {name} and remove it" if both else f"rename it to {name}"))
+            if not both:
+                found.add(name)
+        return found
 
     def version(self) -> str:
         """A hash over every file read."""

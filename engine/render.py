@@ -175,7 +175,8 @@ class _Renderer:
                     AttributeError) as e:
                 # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
                 raise RenderError(self.message, self.rule,
-                                  f"template error in {_where(path)}: {type(e).__name__}: {e}") from None
+                                  f"template error in {_where(path)}: a filter cannot handle this "
+                                  f"friend's value ({e})") from None
         return value
 
 

@@ -184,7 +184,9 @@ class _TestFile:
         node = self.f.nodes.get(field_path)
         if "must be a string" in e.message and isinstance(node, yaml.ScalarNode) and node.style is None:
             help = f'YAML reads `{node.value}` as {e.message.rsplit("got ", 1)[-1]}; write it in quotes: "{node.value}"'
-        field = f"`{e.field}` " if e.field else ""
+        # "event `at` needs ...", "event `type`: unknown type `viewed` ..."
+        verb = e.message.split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
+        field = (f"`{e.field}` " if verb else f"`{e.field}`: ") if e.field else ""
         self.error(field_path, f"event {field}{e.message}", help, key=unknown)
 
     def expected(self, value: Any, path: Path) -> Push | None:
@@ -366,8 +368,13 @@ def main(directory: str, out=None, err=None) -> int:
     passed = failed = broken = 0
     tz = project.settings.tz
     for path in files:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text, problem = _read_test_file(path)
+        if problem is not None:
+            out.flush()
+            err.write(render_text([problem], {}))
+            err.flush()
+            broken += 1
+            continue
         tests, diags = load_tests(path, text, project)
         if has_errors(diags):
             out.flush()  # keep the report in order when both streams go to one log
@@ -391,3 +398,24 @@ def main(directory: str, out=None, err=None) -> int:
         summary += f", {broken} test file{'s' if broken > 1 else ''} with errors"
     print(summary, file=out)
     return 1 if failed or broken else 0
+
+
+def _read_test_file(path: str) -> tuple[str, Diagnostic | None]:
+    """A test file's text (newlines as LF, no BOM), or a diagnostic when it cannot be read."""
+    from .project import _encoding_help
+    from .yamlpos import normalize_newlines
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return "", Diagnostic(path, 1, 1, "error", f"cannot read the file: {exc.strerror or exc}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        return "", Diagnostic(path, line, column, "error", "the file is not UTF-8 text",
+                              help=_encoding_help(data))
+    return normalize_newlines(text.removeprefix("\ufeff")), None

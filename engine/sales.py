@@ -57,6 +57,13 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
     return moment.astimezone(tz)
 
 
+def _is_date_only(value: Any) -> bool:
+    """Whether a sale time was written as a date without a time of day."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return True
+    return isinstance(value, str) and re.fullmatch(r"\s*\d{4}[-/]\d{1,2}[-/]\d{1,2}\s*", value) is not None
+
+
 def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], list[Diagnostic]]:
     """Read ``sale_calendar.yaml``; an empty file means no sales. Diagnostics come sorted."""
     sales, _, diags = read_sales(path, text, tz)
@@ -117,7 +124,7 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
     if not isinstance(item, dict):
         f.error(f.span_at(path), "a sale must be a mapping with name, title, starts and ends")
         return None
-    errors = len(f.diagnostics)
+    errors = sum(d.is_error for d in f.diagnostics)
     for key in item:
         if key not in FIELDS:
             f.error(f.span_at(path + (key,), key=True), f"unknown sale field `{key}`",
@@ -148,15 +155,29 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
             f.error(f.span_at(path + (key,)), str(e),
                     help="write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
                          "or a date `2026-12-04`")
-    if len(times) == 2 and times["ends"] <= times["starts"]:
-        f.error(f.span_at(path + ("ends",)), "the sale ends before it starts",
-                help=f"it starts {times['starts'].isoformat()}; `ends` must be later")
+    if len(times) == 2:
+        starts, ends = times["starts"], times["ends"]
+        day_only = _is_date_only(item["ends"])
+        through = (f"a date alone is 00:00, the start of that day: for a sale through "
+                   f"{ends:%Y-%m-%d}, write `ends: {ends:%Y-%m-%d} 23:59`")
+        if ends <= starts:
+            what = "the sale ends the moment it starts" if ends == starts \
+                else "the sale ends before it starts"
+            f.error(f.span_at(path + ("ends",)), what,
+                    help=through if day_only and ends.date() >= starts.date()
+                    else f"it starts {starts:%Y-%m-%d %H:%M}; `ends` must be later")
+        elif day_only:
+            f.warning(f.span_at(path + ("ends",)),
+                      f"the sale ends at {ends:%Y-%m-%d} 00:00, so its last day is "
+                      f"{ends - dt.timedelta(days=1):%Y-%m-%d}",
+                      help=through + f", or `ends: {ends:%Y-%m-%d} 00:00` if the day before "
+                                     "is meant")
     url = item.get("url")
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme != "https" or not parts.netloc:
             f.error(f.span_at(path + ("url",)), f"`url` must be an https:// link, not `{url}`")
-    if len(f.diagnostics) > errors:
+    if sum(d.is_error for d in f.diagnostics) > errors:
         return None
     return ir.Sale(name=item["name"], title=title, starts=times["starts"], ends=times["ends"],
                    kind=item.get("kind"), url=url, span=f.span_at(path))

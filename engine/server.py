@@ -87,6 +87,12 @@ async def store_faults(request: web.Request, handler: Callable) -> web.StreamRes
     error) is answered 503 with ``Retry-After``; the store logged the cause once."""
     try:
         return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp's own answer is plain text; clients get the same JSON shape as any refusal
+        log.warning("%s %s refused: the body is larger than %d MiB", request.method, request.path,
+                    MAX_BODY // (1024 * 1024))
+        return _error(413, f"the body is larger than {MAX_BODY // (1024 * 1024)} MiB: send the events "
+                           "in smaller batches (nothing of this one was stored)", line=None, field=None)
     except StoreError as exc:
         retry = str(getattr(exc, "retry_after", RETRY_AFTER))
         return web.json_response(

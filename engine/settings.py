@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import os
 import re
+import unicodedata
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -148,10 +149,22 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
 def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
     def check(f: YamlFile, path, value: Any) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            f.error(f.span_at(path), f"`{name}` must be a whole number of at least 1, not `{value}`")
+            f.error(f.span_at(path), f"`{name}` must be a whole number of at least 1, not `{value}`",
+                    help=_number_help(name, value))
             return None
         return value
     return check
+
+
+def _number_help(name: str, value: Any) -> str | None:
+    """The number meant by a text such as ``5,000``, ``２``, ``2回`` or ``5000通``."""
+    if not isinstance(value, str):
+        return None
+    text = unicodedata.normalize("NFKC", value).strip().replace(",", "").replace("_", "")
+    m = re.fullmatch(r"(\d+)\s*[^\d\s.]*", text)
+    if m is None or int(m[1]) < 1:
+        return None
+    return f"write the number alone: `{name}: {int(m[1])}`"
 
 
 def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | None:
@@ -165,6 +178,10 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
         if not NAME_RE.fullmatch(name):
             f.error(f.span_at(where, key=True), f"`{name}` is not a valid menu name",
                     help="a name starts with a letter and continues with letters, digits, _ or -")
+        elif rid is None:
+            f.error(f.span_at(where, key=True), f"rich menu `{name}` has no id",
+                    help=f"write the id LINE shows for the menu, e.g. `{name}: "
+                         "richmenu-0123456789abcdef0123456789abcdef`, or remove the line")
         elif not isinstance(rid, str) or not RICH_MENU_ID_RE.fullmatch(rid):
             f.error(f.span_at(where), f"`{rid}` is not a rich menu id",
                     help="a rich menu id is `richmenu-` followed by 32 hexadecimal characters, "

@@ -25,7 +25,7 @@ from typing import Sequence
 from . import ir, timeutil
 from .events import Event, EventError
 from .interpreter import Engine
-from .store import Store
+from .store import Store, StoreError
 
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
@@ -130,8 +130,10 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
     try:
         with open(events_path, encoding="utf-8") as fh:
             text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        return _fail(f"{events_path}: cannot read the events: {exc}")
+    except UnicodeDecodeError:
+        return _fail(f"{events_path}: the file is not UTF-8 text; save it as UTF-8")
+    except OSError as exc:
+        return _fail(f"{events_path}: cannot read the events: {exc.strerror or exc}")
     try:
         events = parse_events(text, "jsonl")
     except EventError as exc:
@@ -140,9 +142,15 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         problem = _fresh_db(db)
         if problem:
             return _fail(problem)
-    for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds, db_path=db,
-                             webhook_tokens=True, render=render):
-        sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    if until_at is not None and (late := sum(e.at > until_at for e in events)):
+        sys.stderr.write(f"warning: {late} of {len(events)} events are after --until "
+                         f"{until_at.isoformat(timespec='seconds')} and are not replayed\n")
+    try:
+        for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
+                                 db_path=db, webhook_tokens=True, render=render):
+            sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    except StoreError as exc:
+        return _fail(f"--db: {exc}")
     return 0
 
 

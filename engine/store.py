@@ -1417,7 +1417,9 @@ class Store:
         one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
         return {
             "schema_version": self.schema_version,
-            "friends": one("SELECT COUNT(*) FROM friends"),
+            # current friends only (SPEC §2.2): ids known from shop events alone are not friends
+            "friends": one("SELECT COUNT(*) FROM friends WHERE followed_at IS NOT NULL "
+                           "AND blocked_at IS NULL"),
             "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
             "suspended_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'"),
             "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),

@@ -266,6 +266,11 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
                 return n
         return None
 
+    if "'\\t'" in problem and src(line)[:col - 1].strip():
+        # a tab after `key:` or `-`, not in front of the line
+        at = src(line).find("\t", col - 1)
+        return (line, at + 1 if at >= 0 else col, "invalid YAML: a tab separates the value here",
+                "YAML separates with spaces only: replace the tab with a space")
     if "'\\t'" in problem:
         return (line, col, "invalid YAML: a tab is used for indentation here",
                 "YAML indents with spaces only: replace the tab with spaces")

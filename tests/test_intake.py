@@ -331,3 +331,15 @@ def test_one_bad_event_anywhere_rejects_the_batch(objs, data):
         result = parse_events("\n".join(json.dumps(o, ensure_ascii=False) for o in objs))
     assert result is None
     assert (info.value.line, info.value.field) == (position + 1, "at")
+
+
+def test_a_whole_number_attribute_out_of_range_names_the_range():
+    assert error_for({"type": "attributes", "friend": "U1", "at": AT, "set": {"points": 10**19}}) == (
+        'line 1: field "set.points": is too large: 1e+19 (whole numbers go from '
+        '-9,223,372,036,854,775,807 to 9,223,372,036,854,775,807)')
+
+
+def test_an_id_of_a_hundred_thousand_characters_is_refused_naming_the_field():
+    assert error_for(ev(friend="U" * 100_000)) == (
+        'line 1: field "friend": is 100,000 characters long; ids, products and categories have at most 1,000')
+    assert one(ev(friend="U" * 1000)).friend == "U" * 1000

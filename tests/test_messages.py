@@ -166,7 +166,7 @@ def test_a_value_that_comes_out_empty_says_quote_it():
 
 @pytest.mark.parametrize("field, value, message, help_", [
     ("aspectRatio", "1.5", "`aspectRatio` must be text, not 1.5", 'quote it: aspectRatio: "1.5"'),
-    ("size", "12", "`size` must be text, not 12", 'quote it: size: "12"'),
+    ("size", "12", "`size` must be text, not 12", 'quote it: size: "12px"'),
     ("wrap", "yes", "`wrap` must be true or false, not `yes`", "YAML 1.2 reads `yes` as a text: write `true`"),
     ("flex", '"2"', "`flex` must be a number, not `2`", "write the number without quotes"),
 ])

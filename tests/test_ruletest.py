@@ -122,6 +122,9 @@ def test_a_list_of_tests_with_options():
      't.yaml:5:5: error: this expected push has no `messages`'),
     (PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
      't.yaml:7:10: error: `2026-11-03` needs a UTC offset'),
+    (PASSING.replace("{type: follow,", "{type: followed,"),
+     't.yaml:3:12: error: event `type`: unknown type `followed`: `followed` is how rules say it; '
+     'the event is `follow`'),
     ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
     ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
 ])
@@ -233,3 +236,21 @@ def test_cli_command_runs_the_sample_rules():
     result = CliRunner().invoke(cli, ["test", str(Path(__file__).resolve().parent.parent / "rules")])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].endswith(" passed, 0 failed")
+
+
+def test_a_test_file_saved_as_shift_jis_is_reported_and_the_others_still_run(tmp_path):
+    root = folder(tmp_path, good=PASSING)
+    (root / "tests" / "sj.yaml").write_bytes("name: 購入者のテスト\nevents: []\nexpect: []\n".encode("cp932"))
+    code, out, err = run(root)
+    assert code == 1
+    assert out.splitlines()[-1] == "1 passed, 0 failed, 1 test file with errors"
+    assert "sj.yaml:1:7: error: the file is not UTF-8 text" in err
+    assert "help: it looks like Shift_JIS (CP932): save it as UTF-8" in err
+    assert "Traceback" not in err
+
+
+def test_a_test_file_with_cr_line_ends_reads_like_lf(tmp_path):
+    root = folder(tmp_path)
+    (root / "tests" / "cr.yaml").write_bytes(PASSING.replace("\n", "\r").encode("utf-8"))
+    code, out, _ = run(root)
+    assert (code, out.splitlines()[-1]) == (0, "1 passed, 0 failed")

@@ -289,7 +289,7 @@ async def test_follow_then_login_callback_two_seconds_later_fires_the_source_rul
     resp = await client.get("/login/callback", params={"code": "good-code", "state": state},
                             allow_redirects=False)
     assert resp.status == 302 and runner.store.friend("U77")["source"] == "qr=shipping"
-    rows = await wait_for(lambda: runner.store.outbox(), timeout=5)
+    rows = await wait_for(lambda: runner.store.outbox(), timeout=20)
     assert [(r["rule"], r["kind"], r["reply_token"]) for r in rows] == [("shipping", "reply", "rt-77")]
     fired = runner.store.conn.execute("SELECT DISTINCT rule FROM enrollments WHERE friend = 'U77'").fetchall()
     assert [r[0] for r in fired] == ["shipping"]

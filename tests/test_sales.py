@@ -56,7 +56,8 @@ def test_time_formats():
           - {name: b, title: B, starts: 2026-12-04T11:00:00Z, ends: 2026-12-05}
           - {name: c, title: C, starts: 2026/12/04 20:00, ends: 2026-12-05 20:00:30}
     """)
-    assert diags == []
+    # a bare date as `ends` is kept (00:00 local) and only warned about
+    assert [(d.severity, d.line) for d in diags] == [("warning", 3)]
     a, b, c = sales
     assert a.starts == dt.datetime(2026, 12, 4, 20, tzinfo=TOKYO)
     assert a.ends == dt.datetime(2026, 12, 5, 20, tzinfo=TOKYO)
@@ -100,12 +101,27 @@ def test_ends_before_starts():
     _, diags = load(one_sale(ends="2026-12-04 19:00"))
     assert [(d.line, d.column, d.end_column, d.message, d.help) for d in diags] == [
         (5, 11, 27, "the sale ends before it starts",
-         "it starts 2026-12-04T20:00:00+09:00; `ends` must be later")]
+         "it starts 2026-12-04 20:00; `ends` must be later")]
 
 
 def test_ends_equal_starts():
     assert errors(one_sale(ends="2026-12-04T20:00:00+09:00"))[0].startswith(
-        "5:11: the sale ends before it starts")
+        "5:11: the sale ends the moment it starts")
+
+
+def test_a_one_day_sale_written_as_two_dates_is_explained():
+    assert errors(one_sale(starts="2027-02-01", ends="2027-02-01")) == [
+        "5:11: the sale ends the moment it starts | a date alone is 00:00, the start of that day: "
+        "for a sale through 2027-02-01, write `ends: 2027-02-01 23:59`"]
+
+
+def test_an_end_written_as_a_date_warns_that_the_day_itself_is_not_in_the_sale():
+    sales, diags = load(one_sale(ends="2026-12-11"))
+    assert [(d.severity, f"{d.line}:{d.column}: {d.message}", d.help) for d in diags] == [
+        ("warning", "5:11: the sale ends at 2026-12-11 00:00, so its last day is 2026-12-10",
+         "a date alone is 00:00, the start of that day: for a sale through 2026-12-11, write "
+         "`ends: 2026-12-11 23:59`, or `ends: 2026-12-11 00:00` if the day before is meant")]
+    assert [s.name for s in sales] == ["s1"]       # a warning: the sale is still there
 
 
 def test_missing_fields():
@@ -119,8 +135,8 @@ def test_missing_fields():
 def test_duplicate_names():
     assert errors("""\
         sales:
-          - {name: s1, title: A, starts: 2026-12-04, ends: 2026-12-05}
-          - {name: s1, title: B, starts: 2027-12-04, ends: 2027-12-05}
+          - {name: s1, title: A, starts: 2026-12-04, ends: 2026-12-05 00:00}
+          - {name: s1, title: B, starts: 2027-12-04, ends: 2027-12-05 00:00}
     """) == ["3:12: duplicate sale name `s1` | sale 1 already uses it; give each sale its own name"]
 
 
@@ -163,7 +179,7 @@ def test_one_bad_sale_keeps_the_others():
     sales, diags = load("""\
         sales:
           - {name: a, title: A, starts: 2026-12-04, ends: 2026-12-03}
-          - {name: b, title: B, starts: 2026-12-04, ends: 2026-12-05}
+          - {name: b, title: B, starts: 2026-12-04, ends: 2026-12-05 00:00}
     """)
     assert [s.name for s in sales] == ["b"] and len(diags) == 1
 

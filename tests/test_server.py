@@ -271,6 +271,20 @@ async def test_a_bad_event_rejects_the_whole_batch(make_client):
     assert runner.store.friend("U7") is None and runner.store.friend("U8") is None
 
 
+async def test_a_batch_over_the_size_limit_gets_a_json_413_that_says_to_split_it(make_client):
+    client, runner = await make_client(loops=False)
+    follows = [shop_event("follow", f"U{i:06d}") for i in range(60_000)]
+    lines = "\n".join(json.dumps(e) for e in follows).encode()
+    assert len(lines) > 4 * 1024 * 1024
+    resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
+                                                             "Content-Type": "application/x-ndjson"})
+    assert resp.status == 413
+    assert await resp.json() == {
+        "error": "the body is larger than 4 MiB: send the events in smaller batches "
+                 "(nothing of this one was stored)", "line": None, "field": None}
+    assert runner.store.friend("U000000") is None
+
+
 # ----------------------------------------------------------------------------- health, metrics
 
 

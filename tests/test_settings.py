@@ -130,6 +130,24 @@ def test_rich_menu_id_shape():
              "followed by 32 hexadecimal characters, as shown by LINE when the menu is created"]
 
 
+def test_a_rich_menu_left_without_an_id_is_named_not_shown_as_none():
+    assert errors("""\
+        rich_menus:
+          member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4
+          vip:
+    """) == ["3:3: error: rich menu `vip` has no id | write the id LINE shows for the menu, e.g. "
+             "`vip: richmenu-0123456789abcdef0123456789abcdef`, or remove the line"]
+
+
+@pytest.mark.parametrize("written, meant", [
+    ("5,000", "monthly_quota: 5000"), ("5000通", "monthly_quota: 5000"), ("５０００", "monthly_quota: 5000"),
+])
+def test_a_count_written_like_a_shop_writes_it_gets_the_number_meant(written, meant):
+    assert errors(f"monthly_quota: {written}\n") == [
+        f"1:16: error: `monthly_quota` must be a whole number of at least 1, not `{written}` | "
+        f"write the number alone: `{meant}`"]
+
+
 def test_rich_menu_name_rule():
     assert errors("""\
         rich_menus:
@@ -202,6 +220,9 @@ def test_yaml_syntax_error_at_its_place():
     ("timezone: Asia/Tokyo\n\tutm: true\n",
      "2:1: error: invalid YAML: a tab is used for indentation here | "
      "YAML indents with spaces only: replace the tab with spaces"),
+    ("timezone: Asia/Tokyo\nmax_per_day:\t2\n",
+     "2:13: error: invalid YAML: a tab separates the value here | "
+     "YAML separates with spaces only: replace the tab with a space"),
     ("rich_menus:\n  member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4\n vip: x\n",
      "3:2: error: invalid YAML: this line is not indented like the lines above it | "
      "the keys of one mapping (and the `-` of one list) start in the same column; "

@@ -127,3 +127,71 @@ def test_the_cli_runs_it(folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ('{"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", '
                            '"messages": ["greeting"]}\n')
+
+
+def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its_value(folder, tmp_path, capsys):
+    follow = {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"}
+    def buy(quantity):
+        return {"type": "purchase", "friend": "U1", "at": "2026-11-05T11:00:00+09:00", "order_id": "A-1",
+                "amount": 5400, "items": [{"product": "SKU1", "price": 2700, "quantity": quantity}]}
+    until = "2026-11-06T00:00:00+09:00"
+    assert main(timeline(tmp_path, follow, buy(2.0)), str(folder), until, "1h", None) == 0
+    capsys.readouterr()
+    assert main(timeline(tmp_path, follow, buy(1.5)), str(folder), until, "1h", None) == 1
+    assert 'line 2: field "items[0].quantity": must be a whole number, got 1.5' in capsys.readouterr().err
+
+
+def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_others_still_get_theirs(
+        folder, tmp_path, capsys, caplog):
+    (folder / "messages.yaml").write_text('points: "{{ friend.points | round }} pt"\n', encoding="utf-8")
+    (folder / "shop.rule").write_text("rule points when event notify then send points\n", encoding="utf-8")
+    at = "2026-11-05T10:00:00+09:00"
+    events = [{"type": "follow", "friend": f, "at": at} for f in ("U1", "U2")] + [
+        {"type": "attributes", "friend": "U1", "at": at, "set": {"points": "nan"}},
+        {"type": "attributes", "friend": "U2", "at": at, "set": {"points": "12.6"}},
+        {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
+        {"type": "notify", "friend": "U2", "at": "2026-11-05T11:00:00+09:00"}]
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    out = capsys.readouterr().out
+    err = caplog.text      # the log lines simulate prints on stderr
+    assert [json.loads(line)["friend"] for line in out.splitlines()] == ["U2"]
+    assert "not sent to U1" in err
+    assert "a filter cannot handle this friend's value (cannot convert float NaN to integer)" in err
+    assert "ValueError" not in err
+
+
+def test_a_db_that_cannot_be_created_is_one_error_line_not_a_traceback(folder, tmp_path):
+    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"})
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", events, "--rules", str(folder),
+                           "--db", str(tmp_path / "no" / "such" / "folder" / "f.db")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: --db: cannot open the database ") and "Traceback" not in proc.stderr
+
+
+def test_events_after_until_are_said_to_be_left_out(folder, tmp_path, capsys):
+    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
+                                 "source": "qr=shipping"},
+                      {"type": "follow", "friend": "U2", "at": "2026-11-07T10:00:00+09:00"})
+    assert main(events, str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["friend"] for line in captured.out.splitlines()] == ["U1"]
+    assert "warning: 1 of 2 events are after --until 2026-11-06T00:00:00+09:00 and are not replayed" in captured.err
+
+
+def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsys):
+    path = tmp_path / "sj.jsonl"
+    path.write_bytes(json.dumps({"type": "message", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
+                                 "text": "クーポン"}, ensure_ascii=False).encode("cp932"))
+    assert main(str(path), str(folder), None, "1h", None) == 1
+    assert capsys.readouterr().err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
+
+
+def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, caplog):
+    (folder / "messages.yaml").write_text('''big: "{{ (1..1000000000) | join: ',' }}"\n''', encoding="utf-8")
+    (folder / "shop.rule").write_text("rule big when event notify then send big\n", encoding="utf-8")
+    events = [{"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"},
+              {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"}]
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
+    assert "rule big: message big not sent to anyone it is due for: " in caplog.text
+    assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text

@@ -135,7 +135,14 @@ def test_source_profile_and_clicks(store):
 def test_health_reports_counts(store):
     store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
     health = store.health()
-    assert health["friends"] == 1 and health["pending_events"] == 1 and health["outbox_backlog"] == 0
+    assert health["friends"] == 0 and health["pending_events"] == 1 and health["outbox_backlog"] == 0
+    with store.transaction():
+        store.follow("U1", 10, None)
+        store.ensure_friend("U2", 10)          # known from a shop event only: not a friend
+    assert store.health()["friends"] == 1
+    with store.transaction():
+        store.unfollow("U1", 20)
+    assert store.health()["friends"] == 0
 
 
 def test_a_new_process_reclaims_rows_left_in_flight(fresh_db_path):

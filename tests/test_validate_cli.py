@@ -38,6 +38,17 @@ CASES = {
     "messages_types": "messages_types",
     "keyword_slips": "keyword_slips",
     "sale_moments": "sale_moments",
+    # messages.yaml in Shift_JIS, settings.yaml in UTF-16: the encoding is named, and the rules'
+    # names are not checked against files that could not be read
+    "not_utf8": "not_utf8",
+    # 10,000 / => / == / ～ / curly quotes: the help says what to write
+    "typing_habits": "typing_habits",
+    # messages.yml / settings.yml are not read: said so, instead of silently sending at any hour
+    "yml_names": "yml_names",
+    # colours without `#` or with three digits, `20/13`, a size of "12": LINE would refuse them
+    "flex_shapes": "flex_shapes",
+    # 3日, 2週間, 1ヶ月, 10時, 月曜: the help gives 3d, 2w, 30d, 10:00, monday
+    "japanese_units": "japanese_units",
 }
 
 
