@@ -960,12 +960,14 @@ class Store:
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END, "
-            "(SELECT COUNT(*) FROM intents j WHERE j.due_at = :now AND j.friend = i.friend) > 1 "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0 "
             "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
             "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
             "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
             {"now": now, "after": after, "last": last, "cap": cap, "today": today})
+        # all of a friend's due intents are loaded together: competing sends are found here
+        c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                  "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
         return last
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
@@ -1022,10 +1024,16 @@ class Store:
     def due_quota(self, remaining: int) -> int:
         """The monthly quota: beyond ``remaining`` billed sends (not replies), in priority order,
         the rest are ``held``. Returns how many were held."""
+        remaining = max(0, remaining)
+        undecided = "status IS NULL AND kind IS NULL"
+        if not remaining:     # nothing left this month: every billed send waits, no ordering needed
+            return self.conn.execute(f"UPDATE temp.lr_due SET status = 'held' WHERE {undecided}").rowcount
+        if self.conn.execute(f"SELECT COUNT(*) FROM temp.lr_due WHERE {undecided}").fetchone()[0] <= remaining:
+            return 0
         return self.conn.execute(
             "UPDATE temp.lr_due SET status = 'held' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
             "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
-            "kind IS NULL) WHERE n > :remaining)", {"remaining": max(0, remaining)}).rowcount
+            "kind IS NULL) WHERE n > :remaining)", {"remaining": remaining}).rowcount
 
     def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
         """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
