@@ -83,7 +83,7 @@ class TickResult:
     skipped: int = 0       # blocked or holdout friends
     exited: int = 0
     conditions: bool = False
-    failed: int = 0        # events set aside because processing them failed (with the reason)
+    failed: int = 0        # events set aside and steps that failed for one friend (with the reason)
 
 
 @dataclass(slots=True)
@@ -767,8 +767,27 @@ class Engine:
                     ok = self.store.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
                 else:
                     ok = {w.id for w in walkers}
+                writes = not isinstance(step, ir.WAIT_STEPS)
                 for w in walkers:
-                    go_on = self._step(rule, step, w, w.id in ok, now, result, flush, finish, spawn, nxt, menus)
+                    try:
+                        if writes and w.id in ok:   # undone alone if it raises for this friend
+                            with self.store.savepoint():
+                                go_on = self._step(rule, step, w, True, now, result, flush, finish,
+                                                   spawn, nxt, menus)
+                        else:
+                            go_on = self._step(rule, step, w, w.id in ok, now, result, flush, finish,
+                                               spawn, nxt, menus)
+                    except Exception as exc:
+                        if is_store_fault(exc) or isinstance(exc, (OSError, MemoryError)):
+                            raise   # the database or the machine failed: the chunk is redone
+                        # one friend's step that fails leaves that enrollment with the reason;
+                        # everyone else walks on (SPEC §4: one bad item never stops the others)
+                        reason = f"{type(exc).__name__}: {exc}"[:500]
+                        log.error("rule %s: step %s failed for friend %s, the friend leaves the "
+                                  "rule: %s", rule_name, step.id, w.friend, reason)
+                        finish(w, "exited", step.id, None, f"failed: {reason}")
+                        result.failed += 1
+                        continue
                     if go_on:
                         w.pos += 1
                         nxt.append(w)

@@ -233,6 +233,9 @@ class Runner:
         self._loop_thread: int | None = None
         self.metrics.gauge("linerules_outbox_backlog", "Outbox rows not yet finished.",
                            lambda: float(self.store.outbox_backlog()))
+        self.metrics.gauge("linerules_waiting_sends",
+                           "Sends not yet decided (waiting for the window, the cap's day or the quota).",
+                           lambda: float(self.store.waiting_sends()))
         self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
                            lambda: self.last_tick.timestamp() if self.last_tick else None)
         self.metrics.collected("linerules_line_errors_total",

@@ -329,6 +329,9 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "database": database,
         "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
         "outbox_backlog": store.get("outbox_backlog"),
+        "waiting_sends": store.get("waiting_sends"),
+        "next_waiting_send": (runner.local(dt.datetime.fromtimestamp(store["next_waiting_send"], dt.timezone.utc))
+                              if store.get("next_waiting_send") is not None else None),
         "pending_events": store.get("pending_events"),
         "failed_events": store.get("failed_events"),
         "friends": store.get("friends"),

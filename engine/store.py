@@ -899,6 +899,10 @@ class Store:
         self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
                           (opening, now, rule))
 
+    def waiting_sends(self) -> int:
+        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota."""
+        return self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+
     def next_intent_at(self, after: int) -> int | None:
         return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0]
 
@@ -1430,6 +1434,8 @@ class Store:
             "failed_events": one("SELECT COUNT(*) FROM events WHERE error IS NOT NULL"),
             "outbox_backlog": self.outbox_backlog(),
             "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
+            "waiting_sends": self.waiting_sends(),
+            "next_waiting_send": one("SELECT MIN(due_at) FROM intents"),
             "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,
         }
 

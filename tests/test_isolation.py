@@ -296,3 +296,47 @@ def test_an_event_stored_before_the_bounds_does_not_stop_ticks_or_wake_ups(tmp_p
     assert (result.events, result.failed, result.queued) == (2, 1, 1)
     assert engine.next_wakeup(at("2026-11-01 12:00")) is None or engine.next_wakeup(at("2026-11-01 12:00")).year < 9000
     store.close()
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+STEP_RULES = """
+rule points
+  when followed
+  then
+    send greeting
+    set points = 10
+    tag member
+    send thanks
+"""
+
+
+def test_a_step_that_raises_for_one_friend_ends_only_that_friends_walk(tmp_path, monkeypatch, caplog):
+    original = Store.set_attributes
+
+    def set_attributes(self, friend_id, values):
+        original(self, friend_id, values)            # its writes must be undone with it
+        if friend_id == "U2":
+            raise RuntimeError("injected failure for U2")
+
+    monkeypatch.setattr(Store, "set_attributes", set_attributes)
+    db = tmp_path / "sim.db"
+    events = [ev("follow", f, "2026-11-01 10:00") for f in ("U1", "U2", "U3")]
+    pushes = run(compile_rules(STEP_RULES), events, until="2026-11-02 00:00", db_path=str(db))
+    got = sorted((p[1], tuple(p[3])) for p in pushes)
+    # U2's greeting was queued before the failing step and still goes; its thanks never does
+    assert got == [("U1", ("greeting", "thanks")), ("U2", ("greeting",)), ("U3", ("greeting", "thanks"))]
+    store = Store(str(db))
+    try:
+        rows = {r[0]: (r[1], r[2]) for r in store.conn.execute(
+            "SELECT friend, state, exit_reason FROM enrollments WHERE rule = 'points'")}
+        assert rows["U1"] == ("done", None) and rows["U3"] == ("done", None)
+        assert rows["U2"] == ("exited", "failed: RuntimeError: injected failure for U2")
+        assert store.friend("U2")["attributes"] == {}     # undone with the step
+        assert store.friend("U1")["attributes"] == {"points": 10}
+        tags = {r[0] for r in store.conn.execute("SELECT friend FROM tags WHERE tag = 'member'")}
+        assert tags == {"U1", "U3"}
+    finally:
+        store.close()
+    assert "step set points failed for friend U2" in caplog.text

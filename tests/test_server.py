@@ -569,3 +569,116 @@ def test_the_next_days_opening_follows_the_window():
     assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
     at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 0, 30, tzinfo=JST))
     assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
+
+
+async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_client):
+    """A send deferred by the delivery window is not an outbox row yet: /healthz still shows it."""
+    (rules_dir / "settings.yaml").write_text(SETTINGS + 'window: "09:00-21:00"\n', encoding="utf-8")
+    client, runner = await make_client(loops=False)
+    night = dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)
+    runner.clock = lambda: night
+    lines = json.dumps(shop_event("follow", "U1", at="2026-11-05T22:40:00+09:00")).encode()
+    resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
+                                                              "Content-Type": "application/jsonl"})
+    assert resp.status == 200
+    runner.tick_once()
+    body = await (await client.get("/healthz")).json()
+    assert body["outbox_backlog"] == 0
+    assert body["waiting_sends"] == 1
+    assert body["next_waiting_send"] == "2026-11-06T09:00:00+09:00"
+    assert "linerules_waiting_sends 1" in await (await client.get("/metrics")).text()
+
+
+FLAGSHIP_SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\n'
+FLAGSHIP_MESSAGES = 'coupon15: "15%OFFクーポン"\n'
+FLAGSHIP_RULES = """\
+rule welcome
+  when followed
+  exit when tagged stop
+  then
+    wait 1d
+    send coupon15 if not purchased
+"""
+
+
+async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_emulator, make_client):
+    """Follows at 22:40 (signed webhooks), `wait 1d` ends at 22:40 outside the window; by the
+    09:00 opening one friend bought, one blocked and one left by `exit when`: only the fourth
+    friend gets the coupon, once, at 09:00 Tokyo."""
+    (rules_dir / "settings.yaml").write_text(FLAGSHIP_SETTINGS, encoding="utf-8")
+    (rules_dir / "messages.yaml").write_text(FLAGSHIP_MESSAGES, encoding="utf-8")
+    (rules_dir / "main.rule").write_text(FLAGSHIP_RULES, encoding="utf-8")
+    for user in ("U1", "U2", "U3", "U4"):
+        line_emulator.add_user(user, user)
+    now = [dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)]
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
+    runner.clock = lambda: now[0]
+
+    def stamp(event: dict) -> dict:
+        return {**event, "timestamp": int(now[0].timestamp() * 1000)}
+
+    async def webhook(*events: dict) -> None:
+        body = webhook_body(*(stamp(e) for e in events))
+        assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+
+    async def shop(*events: dict) -> None:
+        data = "\n".join(json.dumps(e) for e in events).encode()
+        resp = await client.post("/events", data=data, headers={"Authorization": f"Bearer {API_TOKEN}",
+                                                                 "Content-Type": "application/jsonl"})
+        assert resp.status == 200
+
+    await webhook(*(line_event("follow", u, event_id=f"01FOLLOW{u}") for u in ("U1", "U2", "U3", "U4")))
+    runner.tick_once()
+    for hour in ("2026-11-06T22:40", "2026-11-07T08:00"):
+        now[0] = dt.datetime.fromisoformat(hour + "+09:00")
+        runner.tick_once()
+    await shop({"type": "purchase", "friend": "U1", "at": "2026-11-07T08:00:00+09:00", "order_id": "A-1", "amount": 3000},
+               {"type": "tag", "friend": "U3", "at": "2026-11-07T08:00:00+09:00", "add": ["stop"]})
+    await webhook(line_event("unfollow", "U2", event_id="01UNFOLLOWU2"))
+    runner.tick_once()
+    await runner.dispatch_once()
+    assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3", "U4"))
+    now[0] = dt.datetime(2026, 11, 7, 9, 0, tzinfo=JST)
+    runner.tick_once()
+    await runner.dispatch_once()
+    await wait_for(lambda: line_emulator.inbox("U4"), timeout=10)
+    now[0] = dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST)
+    runner.tick_once()
+    await asyncio.sleep(0.5)
+    assert [m["text"] for m in line_emulator.inbox("U4")] == ["15%OFFクーポン"]
+    assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
+
+
+async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, line_emulator, make_client):
+    """`monthly_quota: 5`, eight friends, the Friday broadcast: five pushes at 20:00 Tokyo, the
+    other three wait (shown by /healthz) and go at the first opening of the next month."""
+    (rules_dir / "settings.yaml").write_text(FLAGSHIP_SETTINGS + "monthly_quota: 5\n", encoding="utf-8")
+    (rules_dir / "messages.yaml").write_text('weekly: "今週のおすすめ"\n', encoding="utf-8")
+    (rules_dir / "main.rule").write_text('rule weekly when schedule "0 20 * * 5" then send weekly\n',
+                                         encoding="utf-8")
+    users = [f"U{i}" for i in range(1, 9)]
+    for user in users:
+        line_emulator.add_user(user, user)
+    now = [dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST)]
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
+    runner.clock = lambda: now[0]
+    body = webhook_body(*({**line_event("follow", u, event_id=f"01FOLLOW{u}"),
+                           "timestamp": int(now[0].timestamp() * 1000)} for u in users))
+    assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+
+    async def at(when: str) -> list[str]:
+        now[0] = dt.datetime.fromisoformat(when)
+        runner.tick_once()
+        await runner.dispatch_once()
+        return [u for u in users for _ in line_emulator.inbox(u)]
+
+    assert await at("2026-11-01T10:00:00+09:00") == []
+    assert await at("2026-11-06T20:00:00+09:00") == users[:5]
+    assert await at("2026-11-07T09:00:00+09:00") == users[:5]
+    health_body = await (await client.get("/healthz")).json()
+    assert health_body["waiting_sends"] == 3
+    # December's quota: first the three held since 6 November, then two of the later Fridays'
+    december = await at("2026-12-01T09:00:00+09:00")
+    assert sorted(set(december) - set(users[:5])) == users[5:] and len(december) == 10
