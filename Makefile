@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench setup browser clean
+.PHONY: run test bench setup browser clean catalog docs
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,18 @@ browser:
 	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
 	  || echo "chromium could not be installed: the HTML report test will be skipped"; \
 	else echo "chromium is not installed (needs root and apt-get): the HTML report test will be skipped"; fi
+
+# The message catalog: extract every text users read into engine/locale/linerules.pot and merge
+# it into the Japanese catalog (then translate the new entries in the .po file).
+catalog: setup
+	$(BIN)/pybabel -q extract -F babel.cfg -k E:2 -k n_:1,2 -k N_ --no-location --sort-output \
+	  --project linerules --omit-header -o engine/locale/linerules.pot .
+	$(BIN)/pybabel -q update -i engine/locale/linerules.pot -d engine/locale -D linerules -l ja \
+	  --no-fuzzy-matching --ignore-obsolete --no-wrap
+
+# docs/errors.md and docs/ja/errors.md, generated from the catalog.
+docs: setup
+	$(BIN)/python -m engine.codes
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -8,6 +8,12 @@ import click
 
 from . import __version__
 
+#: ``--lang`` of the commands that print texts for people.
+lang_option = click.option(
+    "--lang", type=click.Choice(["ja", "en"]), default=None,
+    help="Language of messages and reports: ja or en (default: LINERULES_LANG, then "
+         "`language:` in settings.yaml, then the locale).")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="linerules")
@@ -29,7 +35,8 @@ def cli():
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True, help="Output: human text with carets, a JSON list, or GitHub Actions annotations.")
-def validate(paths, fmt):
+@lang_option
+def validate(paths, fmt, lang):
     """Check rule folders (default rules/) and exit 1 on any error.
 
     Each error is printed as path:line:col: error: message, then the source line with a caret
@@ -42,14 +49,34 @@ def validate(paths, fmt):
     """
     from .validate import main
 
-    raise SystemExit(main(list(paths) or ["rules"], fmt))
+    raise SystemExit(main(list(paths) or ["rules"], fmt, lang))
+
+
+@cli.command()
+@click.argument("code", required=False)
+@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
+              help="The rule folder (for `language:` in its settings.yaml).")
+@lang_option
+def explain(code, rules_dir, lang):
+    """Explain a diagnostic code (the LR012 of `error[LR012]`): what it means, a wrong and a
+    fixed example. Without a code, list every code.
+
+    \b
+    Example:
+      linerules explain LR102
+      linerules explain LR102 --lang ja
+    """
+    from .explain import main
+
+    raise SystemExit(main(code, rules_dir, lang))
 
 
 @cli.command()
 @click.argument("rule", required=False)
 @click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
               help="The rule folder.")
-def graph(rule, rules_dir):
+@lang_option
+def graph(rule, rules_dir, lang):
     """Print a Mermaid flowchart of the compiled rule(s), for pull request review.
 
     \b
@@ -58,7 +85,7 @@ def graph(rule, rules_dir):
     """
     from .graph import main
 
-    raise SystemExit(main(rules_dir, rule))
+    raise SystemExit(main(rules_dir, rule, lang))
 
 
 @cli.command()
@@ -73,7 +100,8 @@ def graph(rule, rules_dir):
               help="Keep the simulated database in this file (for `linerules report`).")
 @click.option("--render", is_flag=True, default=False,
               help='Also print "rendered": the LINE message objects each friend would get.')
-def simulate(events, rules_dir, until, tick, db, render):
+@lang_option
+def simulate(events, rules_dir, until, tick, db, render, lang):
     """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
 
     Prints one JSON object per push, in time order:
@@ -85,12 +113,13 @@ def simulate(events, rules_dir, until, tick, db, render):
     """
     from .simulate import main
 
-    raise SystemExit(main(events, rules_dir, until, tick, db, render=render))
+    raise SystemExit(main(events, rules_dir, until, tick, db, lang, render=render))
 
 
 @cli.command(name="test")
 @click.argument("directory", default="rules", type=click.Path())
-def test_cmd(directory):
+@lang_option
+def test_cmd(directory, lang):
     """Run the rule tests kept in DIR/tests/ (default rules/tests/); exit 1 on any failure.
 
     \b
@@ -99,7 +128,7 @@ def test_cmd(directory):
     """
     from .ruletest import main
 
-    raise SystemExit(main(directory))
+    raise SystemExit(main(directory, lang=lang))
 
 
 @cli.command()
@@ -114,7 +143,8 @@ def test_cmd(directory):
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
 @click.option("--block-days", default=7, show_default=True, type=click.IntRange(min=1),
               help="Count an unfollow within this many days after a send as a block after that send.")
-def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days):
+@lang_option
+def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, lang):
     """What each rule did: entered, pushes, capped, clicks, conversions, revenue, blocks.
 
     \b
@@ -125,7 +155,7 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days):
     from .report import main
 
     raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
-                          block_days=block_days))
+                          block_days=block_days, lang=lang))
 
 
 @cli.command()

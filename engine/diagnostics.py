@@ -12,6 +12,8 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
+from .i18n import _, join, language, n_, render
+
 ERROR = "error"
 WARNING = "warning"
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -57,6 +59,11 @@ class Diagnostic:
     def is_error(self) -> bool:
         return self.severity == ERROR
 
+    @property
+    def code(self) -> str | None:
+        """The stable code of this kind of problem (``LR102``); see ``linerules explain``."""
+        return getattr(self.message, "code", None)
+
     def sort_key(self):
         """YAML files (settings, sales, messages: what the rules refer to) before rule files,
         then by place, errors before warnings: the first problem shown is the root cause."""
@@ -101,14 +108,27 @@ def did_you_mean(name: str, choices: Iterable[str], *, listing: int = 5) -> str 
     cutoff = 2 / 3 - 1e-9  # ratio >= 2/3 ~ at most a third of the characters differ
     close = difflib.get_close_matches(name, choices, n=1, cutoff=cutoff)
     if close:
-        return f"did you mean `{close[0]}`?"
-    shown = ", ".join(f"`{c}`" for c in choices[:listing])
-    more = f" (and {len(choices) - listing} more)" if len(choices) > listing else ""
-    return f"known names are {shown}{more}"
+        return _("did you mean `{name}`?", name=close[0])
+    shown = join(f"`{c}`" for c in choices[:listing])
+    if len(choices) > listing:
+        return n_("known names are {names} (and {n} more)", "known names are {names} (and {n} more)",
+                  len(choices) - listing, names=shown)
+    return _("known names are {names}", names=shown)
 
 
-def format_short(d: Diagnostic) -> str:
-    return f"{d.path}:{d.line}:{d.column}: {d.severity}: {d.message}"
+_SEVERITY = {ERROR: _("error"), WARNING: _("warning")}
+
+
+def severity_word(severity: str, lang: str | None = None) -> str:
+    """``error`` / ``warning`` in the language shown (``エラー`` / ``警告``)."""
+    word = _SEVERITY.get(severity)
+    return render(word, lang) if word is not None else severity
+
+
+def format_short(d: Diagnostic, lang: str | None = None) -> str:
+    """``path:line:col: error[LR102]: message`` in ``lang`` (default: the current language)."""
+    code = f"[{d.code}]" if d.code else ""
+    return f"{d.path}:{d.line}:{d.column}: {severity_word(d.severity, lang)}{code}: {render(d.message, lang)}"
 
 
 def source_lines(path: str, text: str) -> list[str]:
@@ -116,14 +136,19 @@ def source_lines(path: str, text: str) -> list[str]:
     return (_YAML_LINES if path.endswith(_YAML_SUFFIXES) else _RULE_LINES).split(text)
 
 
-def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None) -> str:
-    """rustc-style text: the headline, the source line, a caret under the span, then ``help:``.
-    A very long line is shown as a window around the place (``…`` marks what is left out)."""
+def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None,
+                lang: str | None = None) -> str:
+    """rustc-style text: the headline, the source line, a caret under the span, then ``help:``,
+    in ``lang`` (default: the current language). The caret counts East Asian wide characters of
+    the source line as two columns, so it stays under its place whatever the line holds. A very
+    long line is shown as a window around the place (``…`` marks what is left out)."""
     sources = sources or {}
+    lang = lang or language()
+    help_word = render(_("help"), lang)
     lines_cache: dict[str, list[str]] = {}
     out: list[str] = []
     for d in diags:
-        out.append(format_short(d))
+        out.append(format_short(d, lang))
         text = sources.get(d.path)
         if text is not None:
             lines = lines_cache.get(d.path)
@@ -145,7 +170,7 @@ def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = No
                 out.append("    " + " " * _display_width(src[:start])
                            + "^" * max(1, _display_width(src[start:start + width])))
         if d.help:
-            out.append(f"    help: {d.help}")
+            out.append(f"    {help_word}: {render(d.help, lang)}")
     return "\n".join(out) + ("\n" if out else "")
 
 
@@ -154,13 +179,15 @@ def _display_width(s: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in s)
 
 
-def render_json(diags: Sequence[Diagnostic]) -> str:
+def render_json(diags: Sequence[Diagnostic], lang: str | None = None) -> str:
+    """A JSON list of ``{path, line, column, severity, code, message[, help]}``; ``severity``
+    stays ``error``/``warning`` in every language, the texts are in ``lang``."""
     items = []
     for d in diags:
         item = {"path": d.path, "line": d.line, "column": d.column,
-                "severity": d.severity, "message": d.message}
+                "severity": d.severity, "code": d.code, "message": render(d.message, lang)}
         if d.help:
-            item["help"] = d.help
+            item["help"] = render(d.help, lang)
         items.append(item)
     return json.dumps(items, ensure_ascii=False, indent=2) + "\n"
 
@@ -172,12 +199,17 @@ def _gh_escape(s: str, prop: bool = False) -> str:
     return s
 
 
-def render_github(diags: Sequence[Diagnostic]) -> str:
-    """GitHub Actions workflow commands (``::error file=…,line=…,col=…::message``)."""
+def render_github(diags: Sequence[Diagnostic], lang: str | None = None) -> str:
+    """GitHub Actions workflow commands
+    (``::error file=…,line=…,col=…,title=LR102::message (help: …)``)."""
     out = []
+    lang = lang or language()
+    help_word = render(_("help"), lang)
     for d in diags:
-        msg = d.message + (f" (help: {d.help})" if d.help else "")
-        out.append(f"::{d.severity} file={_gh_escape(d.path, True)},line={d.line},col={d.column}::{_gh_escape(msg)}")
+        msg = render(d.message, lang) + (f" ({help_word}: {render(d.help, lang)})" if d.help else "")
+        title = f",title={_gh_escape(d.code, True)}" if d.code else ""
+        out.append(f"::{d.severity} file={_gh_escape(d.path, True)},line={d.line},col={d.column}"
+                   f"{title}::{_gh_escape(msg)}")
     return "\n".join(out) + ("\n" if out else "")
 
 

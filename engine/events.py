@@ -50,10 +50,12 @@ def type_hint(kind: str) -> str | None:
 
 def type_hint_message(kind: str, right: str) -> str:
     """The error text for a type :func:`type_hint` refused."""
+    from .i18n import _
+
     if kind.lower() == right:
-        return f"unknown type `{kind}` (did you mean `{right}`?)"
-    return (f"unknown type `{kind}`: `{kind.lower()}` is how rules say it; the event is "
-            f"`{right}` (did you mean `{right}`?)")
+        return _("unknown type `{kind}` (did you mean `{right}`?)", kind=kind, right=right)
+    return _("unknown type `{kind}`: `{word}` is how rules say it; the event is `{right}` (did you "
+             "mean `{right}`?)", kind=kind, word=kind.lower(), right=right)
 
 
 #: Built-in event types -> how a rule reacts to them (a rule's `event NAME` is for custom
@@ -111,12 +113,23 @@ class EventError(ValueError):
 
     def __init__(self, line: int | None, field: str | None, message: str, *, unit: str = "line"):
         self.line, self.field, self.message, self.unit = line, field, message, unit
-        if line is not None:
-            where = f"{unit} {line}"
+        self.text = self._text()
+        super().__init__(str(self.text))
+
+    def _text(self):
+        """The whole reason as a translatable text (``str(self)`` is its English)."""
+        from .i18n import _
+
+        if self.line is not None:
+            where = {"item": _("item {n}", n=self.line), "event": _("event {n}", n=self.line)}.get(
+                self.unit, _("line {n}", n=self.line))
         else:
-            where = "event" if unit == "line" else unit
-        what = f' field "{field}":' if field else ""
-        super().__init__(f"{where}:{what} {message}")
+            where = (_("event") if self.unit in ("line", "event")
+                     else _("item") if self.unit == "item" else self.unit)
+        if self.field:
+            return _('{where}: field "{field}": {message}', where=where, field=self.field,
+                     message=self.message)
+        return _("{where}: {message}", where=where, message=self.message)
 
 
 def source_pairs(source: str | None) -> tuple[tuple[str, str], ...]:

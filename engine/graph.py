@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from . import ir
+from . import i18n, ir
 from .compiler import describe_cond, describe_step, describe_trigger
 from .diagnostics import did_you_mean, has_errors, render_text
+from .i18n import _, render
 from .project import load_project
 
 
@@ -122,16 +123,18 @@ def to_mermaid(project: ir.Project, rule: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(rules_dir: str, rule: str | None) -> int:
+def main(rules_dir: str, rule: str | None, lang: str | None = None) -> int:
     """The ``graph`` command: print the chart; exit 1 on an invalid folder or unknown rule."""
     result = load_project(rules_dir)
+    i18n.use(i18n.choose(lang, result.language))
     if result.project is None or has_errors(result.diagnostics):
         sys.stderr.write(render_text(result.diagnostics, result.sources))
         return 1
     project = result.project
     if rule is not None and rule not in project.rules:
         hint = did_you_mean(rule, project.rules)
-        sys.stderr.write(f"error: unknown rule `{rule}`" + (f" ({hint})" if hint else "") + "\n")
+        sys.stderr.write(render(_("error: unknown rule `{name}` ({hint})", name=rule, hint=hint)
+                                if hint else _("error: unknown rule `{name}`", name=rule)) + "\n")
         return 1
     sys.stdout.write(to_mermaid(project, rule))
     return 0

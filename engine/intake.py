@@ -17,6 +17,7 @@ import re
 from typing import Any, Callable
 
 from .diagnostics import did_you_mean
+from .i18n import _
 from .events import (CUSTOMER_TYPES, KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, customer_key,
                      type_hint, type_hint_message)
 
@@ -61,43 +62,42 @@ class _Ctx:
 def _describe(value: Any) -> str:
     """A JSON-ish name for a value's type, for "got ..." in messages."""
     if value is None:
-        return "null"
+        return _("null")
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return _("true") if value else _("false")
     if isinstance(value, (int, float)):
-        return "a number"
+        return _("a number")
     if isinstance(value, str):
-        return "a string"
+        return _("a string")
     if isinstance(value, list):
-        return "a list"
+        return _("a list")
     if isinstance(value, dict):
-        return "an object"
+        return _("an object")
     return type(value).__name__
 
 
 def _string(value: Any, ctx: _Ctx, field: str) -> str:
     if not isinstance(value, str):
-        raise ctx.error(field, f"must be a string, got {_describe(value)}")
+        raise ctx.error(field, _("must be a string, got {got}", got=_describe(value)))
     return value
 
 
 def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not text.strip():
-        raise ctx.error(field, "must not be empty")
+        raise ctx.error(field, _("must not be empty"))
     if len(text) > MAX_ID_CHARS:
-        raise ctx.error(field, f"is {len(text):,} characters long; ids, products and categories "
-                               f"have at most {MAX_ID_CHARS:,}")
+        raise ctx.error(field, _("is {length} characters long; ids, products and categories "
+                                 "have at most {limit}", length=f"{len(text):,}", limit=f"{MAX_ID_CHARS:,}"))
     if text != text.strip():
-        raise ctx.error(field, f"has spaces around it: {json.dumps(text, ensure_ascii=False)}")
+        raise ctx.error(field, _("has spaces around it: {text}", text=json.dumps(text, ensure_ascii=False)))
     return text
 
 
 def _name(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not NAME_RE.match(text):
-        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not a name: names start "
-                               "with a letter and hold letters, digits, `_` and `-`")
+        raise ctx.error(field, _("{text} is not a name: names start with a letter and hold letters, digits, `_` and `-`", text=json.dumps(text, ensure_ascii=False)))
     return text
 
 
@@ -109,13 +109,13 @@ def _shown(value: int | float) -> str:
 def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
     """An amount or price: a finite number from 0 to :data:`MAX_AMOUNT`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.error(field, f"must be a number, got {_describe(value)}")
+        raise ctx.error(field, _("must be a number, got {got}", got=_describe(value)))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ctx.error(field, "must be a finite number")
+        raise ctx.error(field, _("must be a finite number"))
     if value < 0:
-        raise ctx.error(field, f"must be 0 or more, got {_shown(value)}")
+        raise ctx.error(field, _("must be 0 or more, got {shown}", shown=_shown(value)))
     if value > MAX_AMOUNT:
-        raise ctx.error(field, f"is too large: {_shown(value)} (at most {MAX_AMOUNT:,})")
+        raise ctx.error(field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_AMOUNT:,}"))
     return value
 
 
@@ -125,13 +125,13 @@ def _count(value: Any, ctx: _Ctx, field: str) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= MAX_QUANTITY:
         value = int(value)
     if isinstance(value, float) and math.isfinite(value):
-        raise ctx.error(field, f"must be a whole number, got {_shown(value)}")
+        raise ctx.error(field, _("must be a whole number, got {got}", got=_shown(value)))
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.error(field, f"must be a whole number, got {_describe(value)}")
+        raise ctx.error(field, _("must be a whole number, got {got}", got=_describe(value)))
     if value < 1:
-        raise ctx.error(field, f"must be 1 or more, got {_shown(value)}")
+        raise ctx.error(field, _("must be 1 or more, got {shown}", shown=_shown(value)))
     if value > MAX_QUANTITY:
-        raise ctx.error(field, f"is too large: {_shown(value)} (at most {MAX_QUANTITY:,})")
+        raise ctx.error(field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_QUANTITY:,}"))
     return value
 
 
@@ -141,31 +141,28 @@ def parse_at(value: Any, ctx: _Ctx, field: str = "at") -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not an ISO 8601 time, "
-                               f"like {AT_EXAMPLE}") from None
+        raise ctx.error(field, _("{text} is not an ISO 8601 time, like {example}", text=json.dumps(text, ensure_ascii=False), example=AT_EXAMPLE)) from None
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ctx.error(field, f"needs a UTC offset, like {AT_EXAMPLE}")
+        raise ctx.error(field, _("needs a UTC offset, like {example}", example=AT_EXAMPLE))
     try:
         utc = when.astimezone(dt.timezone.utc)
     except OverflowError:
         utc = None
     if utc is None or not MIN_AT <= utc < MAX_AT:
-        raise ctx.error(field, f"{text} is out of range: times from {MIN_AT.year} to "
-                               f"{MAX_AT.year - 1} are accepted")
+        raise ctx.error(field, _("{text} is out of range: times from {first} to {last} are accepted", text=text, first=MIN_AT.year, last=MAX_AT.year - 1))
     return when
 
 
 def _source(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not all(_PAIR_RE.match(part) for part in text.split(",")):
-        raise ctx.error(field, f"{json.dumps(text, ensure_ascii=False)} is not a list of key=value "
-                               "pairs, like \"qr=shipping\" or \"qr=shipping,ad=summer\"")
+        raise ctx.error(field, _('{text} is not a list of key=value pairs, like "qr=shipping" or "qr=shipping,ad=summer"', text=json.dumps(text, ensure_ascii=False)))
     return text
 
 
 def _params(value: Any, ctx: _Ctx, field: str) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ctx.error(field, f"must be an object of strings, got {_describe(value)}")
+        raise ctx.error(field, _("must be an object of strings, got {got}", got=_describe(value)))
     for key, item in value.items():
         _string(item, ctx, f"{field}.{key}")
     return dict(value)
@@ -173,19 +170,19 @@ def _params(value: Any, ctx: _Ctx, field: str) -> dict[str, str]:
 
 def _attributes(value: Any, ctx: _Ctx, field: str) -> dict[str, str | int | float | bool]:
     if not isinstance(value, dict):
-        raise ctx.error(field, f"must be an object of attribute names to values, got {_describe(value)}")
+        raise ctx.error(field, _("must be an object of attribute names to values, got {got}", got=_describe(value)))
     for key, item in value.items():
         _name(key, ctx, f"{field}.{key}")
         if key in COMPUTED_ATTRIBUTES:
-            raise ctx.error(f"{field}.{key}", f"`{key}` is computed from purchases and cannot be set")
+            raise ctx.error(f"{field}.{key}", _("`{key}` is computed from purchases and cannot be set", key=key))
         if not isinstance(item, (str, int, float, bool)):
-            raise ctx.error(f"{field}.{key}", f"must be a string, number or true/false, got {_describe(item)}")
+            raise ctx.error(f"{field}.{key}", _("must be a string, number or true/false, got {got}", got=_describe(item)))
     return dict(value)
 
 
 def _names(value: Any, ctx: _Ctx, field: str) -> list[str]:
     if not isinstance(value, list):
-        raise ctx.error(field, f"must be a list of names, got {_describe(value)}")
+        raise ctx.error(field, _("must be a list of names, got {got}", got=_describe(value)))
     return [_name(item, ctx, f"{field}[{i}]") for i, item in enumerate(value)]
 
 
@@ -199,13 +196,13 @@ _ITEM_FIELDS: dict[str, tuple[bool, Check]] = {
 
 def _items(value: Any, ctx: _Ctx, field: str) -> list[dict[str, Any]]:
     if not isinstance(value, list):
-        raise ctx.error(field, f"must be a list of {{product, category, price, quantity}}, got {_describe(value)}")
+        raise ctx.error(field, _("must be a list of {{product, category, price, quantity}}, got {got}", got=_describe(value)))
     items = []
     for i, item in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(item, dict):
-            raise ctx.error(where, f"must be an object like {{\"product\": \"SKU1\"}}, got {_describe(item)}")
-        items.append(_fields(item, _ITEM_FIELDS, ctx, "a purchase item", prefix=f"{where}."))
+            raise ctx.error(where, _('must be an object like {{"product": "SKU1"}}, got {got}', got=_describe(item)))
+        items.append(_fields(item, _ITEM_FIELDS, ctx, _("a purchase item"), prefix=f"{where}."))
     return items
 
 
@@ -248,8 +245,8 @@ def _no_unknown(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _
     for key in obj:
         if key not in spec and key not in allowed:
             hint = did_you_mean(key, [*spec, *allowed])
-            raise ctx.error(f"{prefix}{key}", f"is not a field of {what}"
-                            + (f" ({hint})" if hint else ""))
+            raise ctx.error(f"{prefix}{key}", _("is not a field of {what} ({hint})", what=what, hint=hint)
+                            if hint else _("is not a field of {what}", what=what))
 
 
 def _fields(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *,
@@ -261,7 +258,7 @@ def _fields(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx,
         if key in obj:
             out[key] = check(obj[key], ctx, f"{prefix}{key}")
         elif required:
-            raise ctx.error(f"{prefix}{key}", "is missing")
+            raise ctx.error(f"{prefix}{key}", _("is missing"))
     return out
 
 
@@ -273,19 +270,19 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ctx.error(field, "holds an invalid character (a lone UTF-16 surrogate)") from None
+            raise ctx.error(field, _("holds an invalid character (a lone UTF-16 surrogate)")) from None
     elif isinstance(value, bool):
         return
     elif isinstance(value, int):
         if not -MAX_INT <= value <= MAX_INT:
-            raise ctx.error(field, f"is too large: {_shown(value)} (whole numbers go from "
-                                   f"-{MAX_INT:,} to {MAX_INT:,})")
+            raise ctx.error(field, _("is too large: {shown} (whole numbers go from -{limit} to {limit})",
+                                     shown=_shown(value), limit=f"{MAX_INT:,}"))
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ctx.error(field, "must be a finite number")
+            raise ctx.error(field, _("must be a finite number"))
     elif isinstance(value, (dict, list)):
         if depth >= MAX_DEPTH:
-            raise ctx.error(field, f"is nested too deeply (at most {MAX_DEPTH} levels)")
+            raise ctx.error(field, _("is nested too deeply (at most {limit} levels)", limit=MAX_DEPTH))
         if isinstance(value, dict):
             for key, item in value.items():
                 _check_value(key, ctx, field, depth + 1)
@@ -297,11 +294,9 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
 
 def _event(obj: Any, ctx: _Ctx) -> Event:
     if not isinstance(obj, dict):
-        raise ctx.error(None, "an event must be a JSON object like "
-                              f'{{"type": "follow", "friend": "U1", "at": "{AT_EXAMPLE}"}}, '
-                              f"got {_describe(obj)}")
+        raise ctx.error(None, _('an event must be a JSON object like {{"type": "follow", "friend": "U1", "at": "{example}"}}, got {got}', example=AT_EXAMPLE, got=_describe(obj)))
     if "type" not in obj:
-        raise ctx.error("type", "is missing")
+        raise ctx.error("type", _("is missing"))
     kind = _string(obj["type"], ctx, "type")
     if kind not in KNOWN_TYPES:
         right = type_hint(kind)
@@ -311,7 +306,7 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     rest = {k: v for k, v in obj.items() if k not in COMMON_FIELDS}
     spec = TYPE_FIELDS.get(kind)
     if spec is not None:
-        _no_unknown(rest, spec, ctx, f"{kind} events", allowed=COMMON_FIELDS)
+        _no_unknown(rest, spec, ctx, _("{kind} events", kind=kind), allowed=COMMON_FIELDS)
     # without `friend`, the event applies to the friend linked to its `customer` (a refund: to
     # the owner of its order); friend "" until then
     by_customer = "friend" not in obj and (
@@ -319,14 +314,14 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     if by_customer:
         obj = {**obj, "friend": ""}
     if kind == "unlink" and "customer" not in obj and "friend" not in obj:
-        raise ctx.error("friend", "is missing: an unlink event names the `friend` or the `customer`")
+        raise ctx.error("friend", _("is missing: an unlink event names the `friend` or the `customer`"))
     for key in ("friend", "at"):
         if key not in obj:
             close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
-            hint = f" (is `{close[0]}` a typo of `{key}`?)" if close else ""
+            hint = _(" (is `{close}` a typo of `{key}`?)", close=close[0], key=key) if close else ""
             if not hint and key == "friend" and (kind in CUSTOMER_TYPES or spec is None):
-                hint = " (name the LINE `friend` or the shop's `customer`)"
-            raise ctx.error(key, "is missing" + hint)
+                hint = _(" (name the LINE `friend` or the shop's `customer`)")
+            raise ctx.error(key, _("is missing{hint}", hint=hint))
     friend = "" if by_customer else _nonempty(obj["friend"], ctx, "friend")
     at = parse_at(obj["at"], ctx)
     event_id = _nonempty(obj["id"], ctx, "id") if "id" in obj else None
@@ -335,7 +330,7 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
         if "customer" in data:
             data = {**data, "customer": _customer(data["customer"], ctx, "customer")}
     else:
-        data = _fields(rest, spec, ctx, f"{kind} events")
+        data = _fields(rest, spec, ctx, _("{kind} events", kind=kind))
         _check_type_rules(kind, data, ctx)
     _check_value(obj, ctx, None)   # after the fields' own checks, which say it more precisely
     return Event(type=kind, friend=friend, at=at, data=data, id=event_id, line=ctx.line)
@@ -346,15 +341,15 @@ def _check_type_rules(kind: str, data: dict[str, Any], ctx: _Ctx) -> None:
     if kind == "message":
         is_text = data.get("message_type", "text") == "text"
         if is_text and "text" not in data:
-            raise ctx.error("text", "is missing (a text message needs its text)")
+            raise ctx.error("text", _("is missing (a text message needs its text)"))
         if not is_text and "text" in data:
-            raise ctx.error("text", f"only text messages have text, not {data['message_type']} messages")
+            raise ctx.error("text", _("only text messages have text, not {type} messages", type=data['message_type']))
     if kind == "tag":
         if "add" not in data and "remove" not in data:
-            raise ctx.error("add", 'is missing: a tag event needs "add" or "remove" (or both)')
+            raise ctx.error("add", _('is missing: a tag event needs "add" or "remove" (or both)'))
         both = sorted(set(data.get("add", ())) & set(data.get("remove", ())))
         if both:
-            raise ctx.error("remove", f"`{both[0]}` is both added and removed")
+            raise ctx.error("remove", _("`{both}` is both added and removed", both=both[0]))
         data.setdefault("add", [])
         data.setdefault("remove", [])
 
@@ -379,13 +374,13 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _BadJSON(key, "appears twice in one object")
+            raise _BadJSON(key, _("appears twice in one object"))
         obj[key] = value
     return obj
 
 
 def _constant(name: str) -> Any:
-    raise _BadJSON(None, f"invalid JSON: {name} is not a number JSON allows")
+    raise _BadJSON(None, _("invalid JSON: {name} is not a number JSON allows", name=name))
 
 
 def _loads(text: str, ctx: _Ctx) -> Any:
@@ -394,11 +389,11 @@ def _loads(text: str, ctx: _Ctx) -> Any:
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     except json.JSONDecodeError as e:
         line = ctx.line if ctx.line is not None else e.lineno
-        raise EventError(line, None, f"invalid JSON at column {e.colno}: {e.msg}", unit="line") from None
+        raise EventError(line, None, _("invalid JSON at column {colno}: {msg}", colno=e.colno, msg=e.msg), unit="line") from None
     except _BadJSON as e:
         raise ctx.error(e.field, e.message) from None
     except RecursionError:
-        raise ctx.error(None, "invalid JSON: nested too deeply") from None
+        raise ctx.error(None, _("invalid JSON: nested too deeply")) from None
 
 
 def parse_events(text: str, fmt: str = "jsonl") -> list[Event]:

@@ -448,6 +448,7 @@ class Settings:
     base_url: str | None = None           # public base URL of the runner (click tracking, /join)
     login_channel_id: str | None = None   # LINE Login channel for /join/<source>
     login_channel_secret: str | None = None
+    language: str | None = None           # "ja" | "en": the language of diagnostics and reports
     account_link_url: str | None = None   # account_link.login_url: the shop's login page
     span: Span | None = field(**_SPAN)
 

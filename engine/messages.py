@@ -29,6 +29,7 @@ import yaml
 
 from . import ir
 from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
+from .i18n import E, _, join
 from .settings import NAME_RE
 from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
@@ -218,13 +219,14 @@ class _Checker:
     def mapping(self, value: Any, path: Path, what: str) -> bool:
         if isinstance(value, dict):
             return True
-        self.add(path, f"{what} must be a mapping of fields")
+        self.add(path, E("LR503", "{what} must be a mapping of fields", what=what))
         return False
 
     def required(self, obj: dict, path: Path, what: str, *keys: str) -> bool:
         missing = [k for k in keys if k not in obj]   # a key with no value is reported as such
         if missing:
-            self.add(path, f"{what} needs " + " and ".join(f"`{k}`" for k in missing))
+            self.add(path, E("LR503", "{what} needs {fields}", what=what,
+                              fields=join((f"`{k}`" for k in missing), " and ")))
         return not missing
 
     def text(self, obj: dict, path: Path, key: str, limit: int | None = None,
@@ -235,12 +237,11 @@ class _Checker:
             return None
         if not isinstance(value, str):
             if key not in TEXT_FIELDS:   # those are reported by json_values
-                self.add(path + (key,), f"`{key}` must be text", help="quote the value")
+                self.add(path + (key,), E("LR503", "`{key}` must be text", key=key), help=_("quote the value"))
             return None
         if limit is not None and utf16_len(value) > limit:
-            self.add(path + (key,), f"`{key}` is {utf16_len(value):,} characters long; "
-                     f"LINE allows at most {limit:,}{limit_why}",
-                     help="LINE counts in UTF-16 units: emoji and some rare kanji count as 2")
+            self.add(path + (key,), E("LR503", "`{key}` is {length} characters long; LINE allows at most {limit}{limit_why}", key=key, length=f"{utf16_len(value):,}", limit=f"{limit:,}", limit_why=limit_why),
+                     help=_("LINE counts in UTF-16 units: emoji and some rare kanji count as 2"))
         return value
 
     def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
@@ -252,18 +253,18 @@ class _Checker:
             return
         scheme = urlsplit(value).scheme.lower() if "://" in value or value.startswith("tel:") else ""
         if media and scheme != "https":
-            self.add(path + (key,), f"`{key}` must be an https:// URL",
-                     help="LINE only loads images and videos over HTTPS")
+            self.add(path + (key,), E("LR503", "`{key}` must be an https:// URL", key=key),
+                     help=_("LINE only loads images and videos over HTTPS"))
         elif not media and scheme not in URI_SCHEMES:
-            self.add(path + (key,), f"`{key}` must start with https://, http://, line:// or tel:")
+            self.add(path + (key,), E("LR503", "`{key}` must start with https://, http://, line:// or tel:", key=key))
 
     def count(self, value: Any, path: Path, what: str, low: int, high: int) -> list | None:
         if not isinstance(value, list):
-            self.add(path, f"{what} must be a list")
+            self.add(path, E("LR503", "{what} must be a list", what=what))
             return None
         if not low <= len(value) <= high:
-            span = f"exactly {low}" if low == high else f"{low} to {high}"
-            self.add(path, f"{what} has {len(value)} entries; LINE allows {span}")
+            span = _("exactly {low}", low=low) if low == high else _("{low} to {high}", low=low, high=high)
+            self.add(path, E("LR503", "{what} has {count} entries; LINE allows {span}", what=what, count=len(value), span=span))
         return value
 
     # -------------------------------------------------------------- objects
@@ -271,11 +272,11 @@ class _Checker:
     def objects(self, objects: Sequence[Any]) -> None:
         if not 1 <= len(objects) <= MAX_OBJECTS:
             where = (MAX_OBJECTS,) if len(objects) > MAX_OBJECTS else ()
-            self.add(where, f"a message may hold 1 to {MAX_OBJECTS} objects, this one has {len(objects)}",
-                     help="LINE sends at most 5 objects at once; split it into two messages")
+            self.add(where, E("LR503", "a message may hold 1 to {limit} objects, this one has {count}", limit=MAX_OBJECTS, count=len(objects)),
+                     help=_("LINE sends at most 5 objects at once; split it into two messages"))
         for i, obj in enumerate(objects):
             self.json_values(obj, (i,))
-            if self.mapping(obj, (i,), "a message object"):
+            if self.mapping(obj, (i,), _("a message object")):
                 self.message(obj, (i,))
 
     def json_values(self, value: Any, path: Path) -> None:
@@ -285,7 +286,7 @@ class _Checker:
         if isinstance(value, dict):
             for k, v in value.items():
                 if v is None:
-                    self.add(path + (k,), f"`{k}` has no value", empty=True)
+                    self.add(path + (k,), E("LR503", "`{k}` has no value", k=k), empty=True)
                     continue
                 self.field_type(k, v, path + (k,))
                 self.json_values(v, path + (k,))
@@ -293,24 +294,24 @@ class _Checker:
             for i, v in enumerate(value):
                 self.json_values(v, path + (i,))
         elif isinstance(value, (dt.date, dt.time)):
-            self.add(path, "this value is read as a date; quote it to send it as text")
+            self.add(path, E("LR503", "this value is read as a date; quote it to send it as text"))
 
     def field_type(self, key: Any, value: Any, path: Path) -> None:
         """A value of the wrong type for a LINE field, in the words of the fix."""
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
             meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
-            self.add(path, f"`{key}` must be text, not {shown}",
-                     help=f'quote it: {key}: "{meant}"')
+            self.add(path, E("LR503", "`{key}` must be text, not {shown}", key=key, shown=shown),
+                     help=_('quote it: {key}: "{shown}"', key=key, shown=meant))
         elif key in BOOL_FIELDS and not isinstance(value, bool):
             old = YAML_1_1_BOOLEANS.get(str(value).lower())
             meant = None if old is None else ("true" if old else "false")
-            self.add(path, f"`{key}` must be true or false, not `{value}`",
-                     help=f"YAML 1.2 reads `{value}` as a text: write `{meant}`" if meant
-                     else "write `true` or `false`")
+            self.add(path, E("LR503", "`{key}` must be true or false, not `{value}`", key=key, value=value),
+                     help=_("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant) if meant
+                     else _("write `true` or `false`"))
         elif key in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            self.add(path, f"`{key}` must be a number, not `{value}`",
-                     help="write the number without quotes")
+            self.add(path, E("LR503", "`{key}` must be a number, not `{value}`", key=key, value=value),
+                     help=_("write the number without quotes"))
         elif isinstance(value, str) and "{" not in value:
             self.field_shape(key, value, path)
 
@@ -319,28 +320,28 @@ class _Checker:
         passes YAML and the templates but makes LINE refuse the whole push."""
         if key in COLOR_FIELDS and not COLOR_RE.fullmatch(value):
             bare = re.fullmatch(r"[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?", value)
-            self.add(path, f"`{key}` must be a colour like \"#e86a8d\", not `{value}`",
-                     help=f'write it with `#` and in quotes: {key}: "#{value}"' if bare
-                     else "LINE takes `#` and six hexadecimal digits (eight with transparency)")
+            self.add(path, E("LR504", "`{key}` must be a colour like \"#e86a8d\", not `{value}`", key=key, value=value),
+                     help=_('write it with `#` and in quotes: {key}: "#{value}"', key=key, value=value) if bare
+                     else _("LINE takes `#` and six hexadecimal digits (eight with transparency)"))
         elif key == "aspectRatio" and not RATIO_RE.fullmatch(value):
             pair = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[/x×*：:]\s*(\d+(?:\.\d+)?)\s*", value)
             meant = f"{pair[1]}:{pair[2]}" if pair else "20:13"
-            self.add(path, f"`aspectRatio` must be width:height like \"20:13\", not `{value}`",
-                     help=f"write the two numbers with a `:` between them, in quotes: aspectRatio: \"{meant}\"")
+            self.add(path, E("LR504", "`aspectRatio` must be width:height like \"20:13\", not `{value}`", value=value),
+                     help=_("write the two numbers with a `:` between them, in quotes: aspectRatio: \"{meant}\"", meant=meant))
         elif key == "size" and not (value in SIZE_WORDS or SIZE_RE.fullmatch(value)):
             number = re.fullmatch(r"\d+(?:\.\d+)?", value)
-            self.add(path, f"`size` must be a size word such as `md` or pixels like `12px`, not `{value}`",
-                     help=f'write size: "{value}px"' if number
-                     else "one of " + ", ".join(f"`{w}`" for w in SIZE_WORD_LIST) + ", or `12px`")
+            self.add(path, E("LR504", "`size` must be a size word such as `md` or pixels like `12px`, not `{value}`", value=value),
+                     help=_('write size: "{value}px"', value=value) if number
+                     else _("one of {words}, or `12px`", words=join(f"`{w}`" for w in SIZE_WORD_LIST)))
 
     def message(self, obj: dict, path: Path) -> None:
         kind = obj.get("type")
         if kind not in MESSAGE_TYPES:
             if kind is None:
-                self.add(path, "a message object needs a `type`",
-                         help="one of " + ", ".join(MESSAGE_TYPES))
+                self.add(path, E("LR503", "a message object needs a `type`"),
+                         help=_("one of {names}", names=", ".join(MESSAGE_TYPES)))
             else:
-                self.add(path + ("type",), f"unknown message type `{kind}`",
+                self.add(path + ("type",), E("LR503", "unknown message type `{kind}`", kind=kind),
                          help=did_you_mean(str(kind), MESSAGE_TYPES))
             return
         getattr(self, f"msg_{kind}")(obj, path)
@@ -348,195 +349,194 @@ class _Checker:
             self.quick_reply(obj["quickReply"], path + ("quickReply",))
 
     def msg_text(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a text message", "text")
+        self.required(obj, path, _("a text message"), "text")
         text = self.text(obj, path, "text", TEXT_LIMIT)
         emojis = obj.get("emojis")
         if self.as_written and text and is_template(text) and isinstance(emojis, list):
             first = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
             if any(isinstance(e, dict) and isinstance(e.get("index"), int) and e["index"] > first
                    for e in emojis):
-                self.add(path + ("text",), "a template placeholder comes before an emoji `$`",
-                         help="LINE places emojis by position, which a rendered name would move; "
-                              "put the emojis before any {{ ... }}")
+                self.add(path + ("text",), E("LR503", "a template placeholder comes before an emoji `$`"),
+                         help=_("LINE places emojis by position, which a rendered name would move; put the emojis before any {{ ... }}"))
 
     def msg_sticker(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a sticker message", "packageId", "stickerId")
+        self.required(obj, path, _("a sticker message"), "packageId", "stickerId")
 
     def msg_image(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an image message", "originalContentUrl", "previewImageUrl")
+        self.required(obj, path, _("an image message"), "originalContentUrl", "previewImageUrl")
         self.url(obj, path, "originalContentUrl", media=True)
         self.url(obj, path, "previewImageUrl", media=True)
 
     def msg_video(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a video message", "originalContentUrl", "previewImageUrl")
+        self.required(obj, path, _("a video message"), "originalContentUrl", "previewImageUrl")
         self.url(obj, path, "originalContentUrl", media=True)
         self.url(obj, path, "previewImageUrl", media=True)
 
     def msg_audio(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an audio message", "originalContentUrl", "duration")
+        self.required(obj, path, _("an audio message"), "originalContentUrl", "duration")
         self.url(obj, path, "originalContentUrl", media=True)
 
     def msg_location(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a location message", "title", "address", "latitude", "longitude")
+        self.required(obj, path, _("a location message"), "title", "address", "latitude", "longitude")
         self.text(obj, path, "title", 100)
         self.text(obj, path, "address", 100)
 
     def msg_imagemap(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "an imagemap message", "baseUrl", "altText", "baseSize", "actions")
+        self.required(obj, path, _("an imagemap message"), "baseUrl", "altText", "baseSize", "actions")
         self.url(obj, path, "baseUrl", media=True)
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         actions = obj.get("actions")
-        if actions is not None and self.count(actions, path + ("actions",), "`actions`", 1, 50):
+        if actions is not None and self.count(actions, path + ("actions",), _("`actions`"), 1, 50):
             for i, action in enumerate(actions):
                 ap = path + ("actions", i)
-                if not self.mapping(action, ap, "an imagemap action"):
+                if not self.mapping(action, ap, _("an imagemap action")):
                     continue
                 kind = action.get("type")
                 if kind == "uri":
-                    self.required(action, ap, "a uri action", "linkUri")
+                    self.required(action, ap, _("a uri action"), "linkUri")
                     self.url(action, ap, "linkUri", media=False)
                 elif kind == "message":
-                    self.required(action, ap, "a message action", "text")
+                    self.required(action, ap, _("a message action"), "text")
                     self.text(action, ap, "text", 400)
                 elif kind == "clipboard":
-                    self.required(action, ap, "a clipboard action", "clipboardText")
+                    self.required(action, ap, _("a clipboard action"), "clipboardText")
                     self.text(action, ap, "clipboardText", 1000)
                 else:
-                    self.add(ap + ("type",), f"unknown imagemap action type `{kind}`",
-                             help="one of `uri`, `message`, `clipboard`")
+                    self.add(ap + ("type",), E("LR503", "unknown imagemap action type `{kind}`", kind=kind),
+                             help=_("one of `uri`, `message`, `clipboard`"))
                 self.text(action, ap, "label", 100)
 
     def msg_template(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a template message", "altText", "template")
+        self.required(obj, path, _("a template message"), "altText", "template")
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         tpl = obj.get("template")
         tp = path + ("template",)
-        if tpl is None or not self.mapping(tpl, tp, "`template`"):
+        if tpl is None or not self.mapping(tpl, tp, _("`template`")):
             return
         kind = tpl.get("type")
         if kind == "buttons":
             self.buttons(tpl, tp)
         elif kind == "confirm":
-            self.required(tpl, tp, "a confirm template", "text", "actions")
+            self.required(tpl, tp, _("a confirm template"), "text", "actions")
             self.text(tpl, tp, "text", 240)
-            self.actions(tpl, tp, 2, 2, "a confirm template")
+            self.actions(tpl, tp, 2, 2, _("a confirm template"))
         elif kind == "carousel":
             self.carousel(tpl, tp)
         elif kind == "image_carousel":
-            self.required(tpl, tp, "an image carousel template", "columns")
-            columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+            self.required(tpl, tp, _("an image carousel template"), "columns")
+            columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
             for i, col in enumerate(columns or ()):
                 cp = tp + ("columns", i)
-                if self.mapping(col, cp, "a column"):
-                    self.required(col, cp, "an image carousel column", "imageUrl", "action")
+                if self.mapping(col, cp, _("a column")):
+                    self.required(col, cp, _("an image carousel column"), "imageUrl", "action")
                     self.url(col, cp, "imageUrl", media=True)
                     if col.get("action") is not None:
                         self.action(col["action"], cp + ("action",), LABEL_LIMIT, False)
         else:
             self.add(tp + ("type",) if kind is not None else tp,
-                     f"unknown template type `{kind}`" if kind is not None else "`template` needs a `type`",
-                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else "one of " + ", ".join(TEMPLATE_TYPES))
+                     E("LR503", "unknown template type `{kind}`", kind=kind) if kind is not None else E("LR503", "`template` needs a `type`"),
+                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else _("one of {names}", names=", ".join(TEMPLATE_TYPES)))
 
     def buttons(self, tpl: dict, tp: Path) -> None:
-        self.required(tpl, tp, "a buttons template", "text", "actions")
+        self.required(tpl, tp, _("a buttons template"), "text", "actions")
         framed = tpl.get("thumbnailImageUrl") is not None or tpl.get("title") is not None
         self.text(tpl, tp, "text", 60 if framed else 160,
-                  " with an image or title" if framed else "")
+                  _(" with an image or title") if framed else "")
         self.text(tpl, tp, "title", 40)
         self.url(tpl, tp, "thumbnailImageUrl", media=True)
-        self.actions(tpl, tp, 1, 4, "a buttons template")
+        self.actions(tpl, tp, 1, 4, _("a buttons template"))
         if tpl.get("defaultAction") is not None:
             self.action(tpl["defaultAction"], tp + ("defaultAction",), LABEL_LIMIT, False)
 
     def carousel(self, tpl: dict, tp: Path) -> None:
-        self.required(tpl, tp, "a carousel template", "columns")
-        columns = self.count(tpl.get("columns"), tp + ("columns",), "`columns`", 1, 10)
+        self.required(tpl, tp, _("a carousel template"), "columns")
+        columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
         counts: list[tuple[int, int]] = []
         for i, col in enumerate(columns or ()):
             cp = tp + ("columns", i)
-            if not self.mapping(col, cp, "a column"):
+            if not self.mapping(col, cp, _("a column")):
                 continue
-            self.required(col, cp, "a carousel column", "text", "actions")
+            self.required(col, cp, _("a carousel column"), "text", "actions")
             framed = col.get("thumbnailImageUrl") is not None or col.get("title") is not None
             self.text(col, cp, "text", 60 if framed else 120,
-                      " with an image or title" if framed else "")
+                      _(" with an image or title") if framed else "")
             self.text(col, cp, "title", 40)
             self.url(col, cp, "thumbnailImageUrl", media=True)
-            acts = self.actions(col, cp, 1, 3, "a carousel column")
+            acts = self.actions(col, cp, 1, 3, _("a carousel column"))
             if acts is not None:
                 counts.append((i, len(acts)))
         if counts and any(n != counts[0][1] for _, n in counts):
             i, n = next((i, n) for i, n in counts if n != counts[0][1])
             self.add(tp + ("columns", i, "actions"),
-                     f"this column has {n} actions but the first has {counts[0][1]}",
-                     help="LINE needs the same number of actions in every carousel column")
+                     E("LR503", "this column has {n} actions but the first has {counts}", n=n, counts=counts[0][1]),
+                     help=_("LINE needs the same number of actions in every carousel column"))
 
     def actions(self, obj: dict, path: Path, low: int, high: int, what: str) -> list | None:
         if obj.get("actions") is None:
             return None
-        actions = self.count(obj["actions"], path + ("actions",), f"`actions` of {what}", low, high)
+        actions = self.count(obj["actions"], path + ("actions",), _("`actions` of {what}", what=what), low, high)
         for i, action in enumerate(actions or ()):
             self.action(action, path + ("actions", i), LABEL_LIMIT, True)
         return actions
 
     def action(self, action: Any, path: Path, label_limit: int, label_required: bool) -> None:
-        if not self.mapping(action, path, "an action"):
+        if not self.mapping(action, path, _("an action")):
             return
         kind = action.get("type")
         if kind not in ACTION_TYPES:
             self.add(path + ("type",) if kind is not None else path,
-                     f"unknown action type `{kind}`" if kind is not None else "an action needs a `type`",
-                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else "one of " + ", ".join(ACTION_TYPES))
+                     E("LR503", "unknown action type `{kind}`", kind=kind) if kind is not None else E("LR503", "an action needs a `type`"),
+                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else _("one of {names}", names=", ".join(ACTION_TYPES)))
             return
         if label_required:
-            self.required(action, path, f"a {kind} action", "label")
+            self.required(action, path, _("a {kind} action", kind=kind), "label")
         self.text(action, path, "label", label_limit)
         if kind == "uri":
-            self.required(action, path, "a uri action", "uri")
+            self.required(action, path, _("a uri action"), "uri")
             self.url(action, path, "uri", media=False)
             alt = action.get("altUri")
-            if alt is not None and self.mapping(alt, path + ("altUri",), "`altUri`"):
+            if alt is not None and self.mapping(alt, path + ("altUri",), _("`altUri`")):
                 self.url(alt, path + ("altUri",), "desktop", media=False)
         elif kind == "postback":
-            self.required(action, path, "a postback action", "data")
+            self.required(action, path, _("a postback action"), "data")
             for key in ("data", "displayText", "text"):
                 self.text(action, path, key, DATA_LIMIT)
         elif kind == "message":
-            self.required(action, path, "a message action", "text")
+            self.required(action, path, _("a message action"), "text")
             self.text(action, path, "text", DATA_LIMIT)
         elif kind == "datetimepicker":
-            self.required(action, path, "a datetimepicker action", "data", "mode")
+            self.required(action, path, _("a datetimepicker action"), "data", "mode")
             self.text(action, path, "data", DATA_LIMIT)
         elif kind == "richmenuswitch":
-            self.required(action, path, "a richmenuswitch action", "richMenuAliasId", "data")
+            self.required(action, path, _("a richmenuswitch action"), "richMenuAliasId", "data")
             self.text(action, path, "data", DATA_LIMIT)
         elif kind == "clipboard":
-            self.required(action, path, "a clipboard action", "clipboardText")
+            self.required(action, path, _("a clipboard action"), "clipboardText")
             self.text(action, path, "clipboardText", 1000)
 
     def msg_flex(self, obj: dict, path: Path) -> None:
-        self.required(obj, path, "a flex message", "altText", "contents")
+        self.required(obj, path, _("a flex message"), "altText", "contents")
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         contents = obj.get("contents")
         cp = path + ("contents",)
-        if contents is None or not self.mapping(contents, cp, "`contents`"):
+        if contents is None or not self.mapping(contents, cp, _("`contents`")):
             return
         kind = contents.get("type")
         size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":"), default=str).encode())
         if kind == "bubble":
             if size > FLEX_BUBBLE_BYTES:
-                self.add(cp, f"this bubble is {size:,} bytes of JSON; LINE allows at most {FLEX_BUBBLE_BYTES:,}")
+                self.add(cp, E("LR503", "this bubble is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_BUBBLE_BYTES:,}"))
         elif kind == "carousel":
             bubbles = self.count(contents.get("contents"), cp + ("contents",),
-                                 "the carousel's `contents`", 1, FLEX_CAROUSEL_BUBBLES)
+                                 _("the carousel's `contents`"), 1, FLEX_CAROUSEL_BUBBLES)
             if size > FLEX_CAROUSEL_BYTES:
-                self.add(cp, f"this carousel is {size:,} bytes of JSON; LINE allows at most {FLEX_CAROUSEL_BYTES:,}")
+                self.add(cp, E("LR503", "this carousel is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_CAROUSEL_BYTES:,}"))
             for i, bubble in enumerate(bubbles or ()):
                 if isinstance(bubble, dict) and bubble.get("type") != "bubble":
-                    self.add(cp + ("contents", i), "a flex carousel holds only bubbles (`type: bubble`)")
+                    self.add(cp + ("contents", i), E("LR503", "a flex carousel holds only bubbles (`type: bubble`)"))
         else:
             self.add(cp + ("type",) if kind is not None else cp,
-                     "flex `contents` must be a `bubble` or a `carousel`")
+                     E("LR503", "flex `contents` must be a `bubble` or a `carousel`"))
             return
         self.flex_parts(contents, cp)
 
@@ -559,14 +559,14 @@ class _Checker:
                 self.flex_parts(v, path + (key,))
 
     def quick_reply(self, qr: Any, path: Path) -> None:
-        if not self.mapping(qr, path, "`quickReply`") or not self.required(qr, path, "`quickReply`", "items"):
+        if not self.mapping(qr, path, _("`quickReply`")) or not self.required(qr, path, _("`quickReply`"), "items"):
             return
-        items = self.count(qr["items"], path + ("items",), "quick reply `items`", 1, QUICK_REPLY_ITEMS)
+        items = self.count(qr["items"], path + ("items",), _("quick reply `items`"), 1, QUICK_REPLY_ITEMS)
         for i, item in enumerate(items or ()):
             ip = path + ("items", i)
-            if not self.mapping(item, ip, "a quick reply item"):
+            if not self.mapping(item, ip, _("a quick reply item")):
                 continue
-            self.required(item, ip, "a quick reply item", "action")
+            self.required(item, ip, _("a quick reply item"), "action")
             if item.get("imageUrl") is not None:
                 self.url(item, ip, "imageUrl", media=True)
             if item.get("action") is not None:
@@ -619,13 +619,13 @@ def _definitions(f: YamlFile, broken: set[str]) -> dict[str, ir.MessageDef]:
     if f.empty:
         return defs
     if not isinstance(root, yaml.MappingNode):
-        f.error(f.span(root), "messages.yaml must map message names to messages",
-                help='e.g. greeting: "友だち追加ありがとうございます！"')
+        f.error(f.span(root), E("LR500", "messages.yaml must map message names to messages"),
+                help=_('e.g. greeting: "友だち追加ありがとうございます！"'))
         return defs
     for name, key_node, value_node in f.items(root):
         if not NAME_RE.fullmatch(name):
-            f.error(f.span(key_node), f"`{name}` is not a valid message name",
-                    help="a name starts with a letter and continues with letters, digits, _ or -")
+            f.error(f.span(key_node), E("LR500", "`{name}` is not a valid message name", name=name),
+                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
             continue
         defn = _definition(f, name, value_node)
         if defn is not None:
@@ -648,11 +648,11 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
     else:
         if sum(d.is_error for d in f.diagnostics) == errors:
             if value is None:
-                f.error(f.span_at((name,), key=True), f"message `{name}` has no value",
+                f.error(f.span_at((name,), key=True), E("LR500", "message `{name}` has no value", name=name),
                         help=f.empty_value_help((name,), name))
             else:
-                f.error(f.span(node), f"message `{name}` must be text or a list of LINE message objects",
-                        help='e.g. greeting: "こんにちは" or a list of `- type: text` objects')
+                f.error(f.span(node), E("LR500", "message `{name}` must be text or a list of LINE message objects", name=name),
+                        help=_('e.g. greeting: "こんにちは" or a list of `- type: text` objects'))
         return None
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None  # the YAML itself is broken here: LINE checks would only echo it
@@ -700,19 +700,19 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
         if error is not None:
             message, line, column = error
             where = f.string_line_span(node, line - 1, column) if line else f.span(node)
-            f.error(where, f"template error: {message}",
-                    help="see docs/messages.md for the template syntax")
+            f.error(where, E("LR501", "template error: {message}", message=message),
+                    help=_("see docs/messages.md for the template syntax"))
             return
         if unknown_filters:
             from .liquidenv import LIQUID
 
             for flt, index in unknown_filters:
-                f.error(_template_span(f, node, value, index), f"unknown template filter `{flt}`",
+                f.error(_template_span(f, node, value, index), E("LR501", "unknown template filter `{flt}`", flt=flt),
                         help=did_you_mean(flt, LIQUID.filters))
         for var, index in variables:
             if var not in TEMPLATE_VARIABLES:
                 f.warning(_template_span(f, node, value, index),
-                          f"unknown template variable `{var}` renders as nothing",
+                          E("LR502", "unknown template variable `{var}` renders as nothing", var=var),
                           help=did_you_mean(var, TEMPLATE_VARIABLES))
 
 

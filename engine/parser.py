@@ -27,6 +27,7 @@ from lark.lexer import PatternStr
 
 from . import astnodes as A
 from .diagnostics import Diagnostic, Span, did_you_mean
+from .i18n import E, _, join
 from .events import RULE_WORDS
 from .yamlpos import normalize_newlines
 
@@ -48,16 +49,16 @@ TRIGGER_WORDS = ("unfollowed", "linked", "message", "postback", "event", "schedu
 
 #: Named terminals in words.
 TERMINAL_WORDS = {
-    "NAME": "a name",
-    "STRING": 'a quoted text like "coupon"',
-    "DURATION": "a duration like `1d`",
-    "TIME": "a time like `12:00`",
-    "PERCENT": "a percentage like `50%`",
-    "NUMBER": "a number",
-    "INT": "a whole number",
-    "PAIR_VALUE": "a value",
-    "CMP_OP": "a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`)",
-    "$END": "the end of the file",
+    "NAME": _("a name"),
+    "STRING": _('a quoted text like "coupon"'),
+    "DURATION": _("a duration like `1d`"),
+    "TIME": _("a time like `12:00`"),
+    "PERCENT": _("a percentage like `50%`"),
+    "NUMBER": _("a number"),
+    "INT": _("a whole number"),
+    "PAIR_VALUE": _("a value"),
+    "CMP_OP": _("a comparison (`=`, `!=`, `<`, `<=`, `>`, `>=`)"),
+    "$END": _("the end of the file"),
 }
 
 
@@ -116,8 +117,8 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
             # Every piece parsed alone although the whole did not: report the whole's error.
             line, column = max(1, exc.line or 1), max(1, exc.column or 1)
             diags.append(Diagnostic.at(Span(path, line, column),
-                                       "the rules cannot be read from here on",
-                                       help="compare with docs/language.md"))
+                                       E("LR010", "the rules cannot be read from here on"),
+                                       help=_("compare with docs/language.md")))
         return parsed, diags
     items: list[A.Item] = []
     deep: list[Diagnostic] = []
@@ -163,8 +164,8 @@ def _deep_span(path: str, tree: Tree) -> Span:
 
 
 def _too_deep(span: Span) -> Diagnostic:
-    return Diagnostic.at(span, f"this condition nests more than {MAX_NESTING} levels deep",
-                         help="write it with fewer `not`, `and`, `or` inside each other (or use a segment)")
+    return Diagnostic.at(span, E("LR017", "this condition nests more than {limit} levels deep", limit=MAX_NESTING),
+                         help=_("write it with fewer `not`, `and`, `or` inside each other (or use a segment)"))
 
 
 def parse_duration(text: str) -> int:
@@ -655,23 +656,25 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
         word, at = following
         span = Span(path, at.line, at.column, at.end_line, at.end_column)
         expected.discard("$END")
-        return Diagnostic.at(span, f"unexpected `{word}`; expected {describe(expected)}")
+        return Diagnostic.at(span, E("LR010", "unexpected `{word}`; expected {expected}", word=word, expected=describe(expected)))
     if tok.type == "$END":
         span = Span(path, tok.end_line or tok.line or 1, tok.end_column or tok.column or 1)
         unclosed = _unclosed_paren(tokens) if "RPAR" in expected else None
         if unclosed is not None:
-            return Diagnostic.at(span, f"the file ends inside parentheses: the `(` at line {unclosed.line}, column {unclosed.column} is never closed",
-                                 help="close every `(` with a `)`")
-        return Diagnostic.at(span, f"the file ends too early; expected {describe(expected)}")
+            return Diagnostic.at(span, E("LR013", "the file ends inside parentheses: the `(` at line {line}, column {column} is never closed", line=unclosed.line, column=unclosed.column),
+                                 help=_("close every `(` with a `)`"))
+        return Diagnostic.at(span, E("LR013", "the file ends too early; expected {expected}", expected=describe(expected)))
     if "THEN" in expected and tok.value in STEP_WORDS:
-        return Diagnostic.at(_tok_span(path, tok), f"missing `then` before `{tok.value}`",
-                             help="steps come after `then`, as in `when followed then send greeting`")
+        return Diagnostic.at(_tok_span(path, tok), E("LR011", "missing `then` before `{value}`", value=tok.value),
+                             help=_("steps come after `then`, as in `when followed then send greeting`"))
     slip = _operator_or_comma_slip(piece.text, prev, tok)
     if slip is not None and prev is not None and prev.value + tok.value in _OPERATOR_SLIPS:
         return Diagnostic.at(Span(path, prev.line, prev.column, tok.end_line, tok.end_column),
-                             f"`{prev.value}{tok.value}` is not a comparison", help=slip)
+                             E("LR018", "`{written}` is not a comparison", written=prev.value + tok.value),
+                             help=slip)
     if slip is not None:
-        return Diagnostic.at(_tok_span(path, tok), f"unexpected {_found(tok)}; expected {describe(expected)}",
+        return Diagnostic.at(_tok_span(path, tok),
+                             E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
                              help=slip)
     if tok.type in ("INT", "NUMBER") and "DURATION" in expected:
         unit = _WORD_AFTER.match(piece.text, tok.end_pos)
@@ -683,10 +686,10 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
     if tok.type in ("INT", "NUMBER") and "TIME" in expected and piece.text.startswith("時", tok.end_pos) \
             and tok.value.isdigit() and int(tok.value) < 24:   # `at 10時`
         return Diagnostic.at(Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + 1),
-                             f"`{tok.value}時` is not a time of day",
-                             help=f"write `{int(tok.value):02d}:00` (24 hours, `HH:MM`)")
+                             E("LR201", "`{text}` is not a time of day", text=f"{tok.value}時"),
+                             help=_("write `{time}` (24 hours, `HH:MM`)", time=f"{int(tok.value):02d}:00"))
     return Diagnostic.at(_tok_span(path, tok),
-                         f"unexpected {_found(tok)}; expected {describe(expected)}",
+                         E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
                          help=_help(tok, expected))
 
 
@@ -699,15 +702,15 @@ def _blame_name(path: str, piece: TextSlice, name: Token, tokens: list[Token], f
     words = {texts[t] for t in accepted if t in texts and NAME_RE.fullmatch(texts[t])}
     rule_word = RULE_WORDS.get(name.value, "").split(" ")[0]
     if rule_word in words:   # an event type where its rule word goes: `when purchase`
-        return Diagnostic.at(_tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
-                             help=f"did you mean `{rule_word}`?")
+        return Diagnostic.at(_tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
+                             help=_("did you mean `{word}`?", word=rule_word))
     if name.value in keywords() and not misspelt_only:
         return Diagnostic.at(
-            _tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
-            help=f"`{name.value}` is a keyword: here it was read as a name")
+            _tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
+            help=_("`{value}` is a keyword: here it was read as a name", value=name.value))
     close = did_you_mean(name.value, words) if words else None
     if close is not None and close.startswith("did you mean"):
-        return Diagnostic.at(_tok_span(path, name), f"unexpected `{name.value}`; expected {describe(accepted)}",
+        return Diagnostic.at(_tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
                              help=close)
     return None
 
@@ -738,16 +741,16 @@ def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnost
     number, word = (int(m.group(1)), m.group(2).lower()) if m else (0, "")
     shown = tok.value + tail if tail else written
     if word in _UNIT_WORDS:
-        help_ = f"write `{number}{_UNIT_WORDS[word]}`"
+        help_ = _("write `{number}{unit}`", number=number, unit=_UNIT_WORDS[word])
     elif word in _NO_UNIT and _NO_UNIT[word][0] == "month":
-        help_ = f"there is no month unit: write `{number * 30}d`"
+        help_ = _("there is no month unit: write `{number}d`", number=number * 30)
     elif word in _NO_UNIT:
-        help_ = f"there is no year unit: write `{number * 365}d`"
+        help_ = _("there is no year unit: write `{number}d`", number=number * 365)
     elif word in _SECOND_WORDS:
-        help_ = "there is no seconds unit: the shortest duration is a minute, `1m`"
+        help_ = _("there is no seconds unit: the shortest duration is a minute, `1m`")
     else:
-        help_ = "a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)"
-    return Diagnostic.at(span, f"`{shown}` is not a duration", help=help_)
+        help_ = _("a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)")
+    return Diagnostic.at(span, E("LR016", "`{shown}` is not a duration", shown=shown), help=help_)
 
 
 #: `=>` -> `>=`, ... : comparisons written as other languages or habits write them.
@@ -761,30 +764,30 @@ def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | 
     if prev.value and tok.value and set(prev.value + tok.value) <= set("=<>!"):
         written = prev.value + tok.value
         if written in _OPERATOR_SLIPS:
-            return f"write `{_OPERATOR_SLIPS[written]}`"
+            return _("write `{meant}`", meant=_OPERATOR_SLIPS[written])
     if prev.value.isdigit() and tok.value in ("万", "千", "万円", "千円", "円"):   # `total_spent > 1万`
         factor = {"万": 10_000, "千": 1_000}.get(tok.value[0], 1)
-        return f"write the number in digits, without units: `{int(prev.value) * factor}`"
+        return _("write the number in digits, without units: `{number}`", number=int(prev.value) * factor)
     if prev.type in ("INT", "NUMBER") and tok.type == "COMMA":
         m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos:])
         if m is not None:
-            return f"write numbers without commas: `{prev.value}{m.group().replace(',', '')}`"
+            return _("write numbers without commas: `{number}`", number=prev.value + m.group().replace(",", ""))
     return None
 
 
 def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
     if char in _CURLY_QUOTES:
         return Diagnostic.at(Span(path, line, column, line, column + 1),
-                             f"`{char}` is a curly quote",
-                             help='write the straight `"` (the editor turned it into a curly one)')
+                             E("LR015", "`{char}` is a curly quote", char=char),
+                             help=_('write the straight `"` (the editor turned it into a curly one)'))
     if char in "～〜":
-        help_ = "write the half-width `-` between the two times, e.g. `10:00-20:00`"
+        help_ = _("write the half-width `-` between the two times, e.g. `10:00-20:00`")
     elif char == "＃":
-        help_ = "write the half-width `#` to start a comment"
+        help_ = _("write the half-width `#` to start a comment")
     else:
-        help_ = f"write the half-width `{_FULL_WIDTH[char]}`"
+        help_ = _("write the half-width `{meant}`", meant=_FULL_WIDTH[char])
     return Diagnostic.at(Span(path, line, column, line, column + 1),
-                         f"`{char}` is a full-width character", help=help_)
+                         E("LR015", "`{char}` is a full-width character", char=char), help=help_)
 
 
 def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
@@ -814,8 +817,8 @@ def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: s
     char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
     span = Span(path, e.line, e.column, e.line, e.column + 1)
     if char == '"':
-        return Diagnostic.at(span, "unterminated text: the closing `\"` is missing",
-                             help='a quoted text ends on the same line: "like this"')
+        return Diagnostic.at(span, E("LR012", 'unterminated text: the closing `"` is missing'),
+                             help=_('a quoted text ends on the same line: "like this"'))
     if char in _FULL_WIDTH:
         return _full_width_error(path, char, e.line, e.column)
     if char.isdigit():
@@ -823,9 +826,9 @@ def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: s
         if m is not None and "DURATION" in allowed:
             tok = Token("INT", m.group(1), start_pos=e.pos_in_stream, line=e.line, column=e.column)
             return _unit_error(path, tok, m.group(), m.group()[len(m.group(1)):])
-    shown = "a space" if char.isspace() else f"`{char}`"
+    shown = _("a space") if char.isspace() else _("`{char}`", char=char)
     help_ = _unit_help(allowed) if char.isdigit() else None
-    return Diagnostic.at(span, f"unexpected {shown}; expected {describe(allowed)}", help=help_)
+    return Diagnostic.at(span, E("LR010", "unexpected {shown}; expected {expected}", shown=shown, expected=describe(allowed)), help=help_)
 
 
 #: Full-width punctuation typed with a Japanese input method -> the character meant.
@@ -838,7 +841,7 @@ _CURLY_QUOTES = "“”"
 def _width_help(text: str) -> str | None:
     for ch in text:
         if ch in _FULL_WIDTH:
-            return f"`{ch}` is a full-width character: write the half-width `{_FULL_WIDTH[ch]}`"
+            return _("`{ch}` is a full-width character: write the half-width `{meant}`", ch=ch, meant=_FULL_WIDTH[ch])
     return None
 
 
@@ -848,17 +851,17 @@ def _tok_span(path: str, tok: Token) -> Span:
 
 def _found(tok: Token) -> str:
     if tok.type == "STRING":
-        return f"text {tok.value}"
-    return f"`{tok.value}`"
+        return _("text {value}", value=tok.value)
+    return _("`{value}`", value=tok.value)
 
 
 def _unit_help(expected: set[str]) -> str | None:
     if "DURATION" in expected:
-        return "a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)"
+        return _("a duration is a number with a unit: `30m`, `2h`, `1d`, `2w` (combinable: `1d12h`)")
     if "TIME" in expected:
-        return "a time of day is written `HH:MM`, e.g. `09:00` or `20:30`"
+        return _("a time of day is written `HH:MM`, e.g. `09:00` or `20:30`")
     if "PERCENT" in expected:
-        return "a percentage ends with `%`, e.g. `50%`"
+        return _("a percentage ends with `%`, e.g. `50%`")
     return None
 
 
@@ -873,7 +876,7 @@ def _help(tok: Token, expected: set[str]) -> str | None:
         if close is not None and close.startswith("did you mean"):
             return close
     if tok.type == "NAME" and "COMMA" in expected and expected & {"SEND", "WAIT"}:
-        return "separate names with a comma: `send a, b`"
+        return _("separate names with a comma: `send a, b`")
     return _width_help(tok.value)
 
 
@@ -888,20 +891,20 @@ def describe(expected: set[str]) -> str:
             groups.append(label)
             words.difference_update(members + extra)
 
-    group(TRIGGER_WORDS, "a trigger (`followed`, `message`, `schedule`, ... or a condition)",
+    group(TRIGGER_WORDS, _("a trigger (`followed`, `message`, `schedule`, ... or a condition)"),
           COND_WORDS + ("NAME",))
-    group(COND_WORDS, "a condition (`purchased`, `tagged vip`, `orders >= 3`, ...)", ("NAME",))
-    group(STEP_WORDS, "a step (`send`, `wait`, `tag`, ...)")
-    group(OPTION_WORDS, "an option (`exit when`, `reenter`, `window`, ...)")
-    group(ITEM_WORDS, "another rule")
-    end = ["the end of the file"] if "$END" in words else []
+    group(COND_WORDS, _("a condition (`purchased`, `tagged vip`, `orders >= 3`, ...)"), ("NAME",))
+    group(STEP_WORDS, _("a step (`send`, `wait`, `tag`, ...)"))
+    group(OPTION_WORDS, _("an option (`exit when`, `reenter`, `window`, ...)"))
+    group(ITEM_WORDS, _("another rule"))
+    end = [_("the end of the file")] if "$END" in words else []
     words.discard("$END")
     parts = [TERMINAL_WORDS.get(w, f"`{w}`") for w in sorted(words)] + groups + end
     if not parts:
-        return "something else"
+        return _("something else")
     if len(parts) == 1:
         return parts[0]
-    return ", ".join(parts[:-1]) + " or " + parts[-1]
+    return _("{items} or {last}", items=join(parts[:-1]), last=parts[-1])
 
 
 def rule_name_of(rule: A.RuleDef, path: str) -> str:

@@ -25,6 +25,7 @@ from . import ir
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
 from .diagnostics import WARNING, Diagnostic, dedupe, has_errors
+from .i18n import E, _
 from .parser import parse_file, rule_name_of
 from .yamlpos import normalize_newlines
 
@@ -41,6 +42,8 @@ class LoadResult:
     project: ir.Project | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    #: ``language:`` of settings.yaml, when it has a valid one (even if other files have errors).
+    language: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,10 +77,10 @@ def _collector_paused() -> Iterator[None]:
 
 def _load(root: str) -> LoadResult:
     if not os.path.exists(root):
-        return _fail(root, f"`{root}` does not exist (give a rule folder or a .rule file)")
+        return _fail(root, E("LR001", "`{path}` does not exist (give a rule folder or a .rule file)", path=root))
     if os.path.isfile(root):
         if not root.endswith(RULE_SUFFIX):
-            return _fail(root, f"`{root}` is not a .rule file or a rule folder")
+            return _fail(root, E("LR001", "`{path}` is not a .rule file or a rule folder", path=root))
         folder, only = os.path.dirname(root), os.path.basename(root)
     else:
         folder, only = root, None
@@ -85,7 +88,8 @@ def _load(root: str) -> LoadResult:
         names = sorted(n for n in os.listdir(folder or ".")
                        if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n)))
     except OSError as exc:
-        return _fail(root, f"cannot read `{root}`: {exc.strerror or exc}")
+        return _fail(root, E("LR001", "cannot read `{path}`: {reason}", path=root,
+                                reason=exc.strerror or exc))
 
     loader = _Loader()
     settings, sales, messages = loader.yaml_files(folder)
@@ -117,9 +121,11 @@ def _load(root: str) -> LoadResult:
                   report_unused=only is None, messages_path=messages_path,
                   messages_text=loader.sources.get(messages_path, ""))
     loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
-    return _finish(rule_files, ctx, loader.diagnostics, loader.sources,
-                   settings=settings, messages=messages, sales=sales, root=root,
-                   version=loader.version())
+    result = _finish(rule_files, ctx, loader.diagnostics, loader.sources,
+                     settings=settings, messages=messages, sales=sales, root=root,
+                     version=loader.version())
+    result.language = settings.language
+    return result
 
 
 def compile_source(text: str, *, path: str = "test.rule",
@@ -170,10 +176,10 @@ def _empty_rule_files(folder: str, files: list[A.RuleFile], *, whole_folder: boo
     rule files: "ok: 0 rules" is never silent."""
     if not files and whole_folder:
         shown = folder or "."
-        return [Diagnostic(shown, 1, 1, WARNING, f"`{shown}` holds no .rule files, so nothing will be sent",
-                           "give the folder that holds the rules (by default `rules`)")]
-    return [Diagnostic(f.path, 1, 1, WARNING, "this file holds no rule or segment",
-                       "a rule starts with `rule NAME` or `when`; see docs/language.md")
+        return [Diagnostic(shown, 1, 1, WARNING, E("LR007", "`{path}` holds no .rule files, so nothing will be sent", path=shown),
+                           _("give the folder that holds the rules (by default `rules`)"))]
+    return [Diagnostic(f.path, 1, 1, WARNING, E("LR007", "this file holds no rule or segment"),
+                       _("a rule starts with `rule NAME` or `when`; see docs/language.md"))
             for f in files if not f.items and not f.has_syntax_errors]
 
 
@@ -189,13 +195,13 @@ class _YamlNames:
 def _encoding_help(data: bytes) -> str:
     """How to fix a file that is not UTF-8, naming the encoding it seems to be in."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "it is saved as UTF-16: save it as UTF-8 (in Notepad: Save As, Encoding: UTF-8)"
+        return _("it is saved as UTF-16: save it as UTF-8 (in Notepad: Save As, Encoding: UTF-8)")
     try:
         data.decode("cp932")
     except UnicodeDecodeError:
-        return "save it as UTF-8"
-    return ("it looks like Shift_JIS (CP932): save it as UTF-8 "
-            "(in Notepad: Save As, Encoding: UTF-8)")
+        return _("save it as UTF-8")
+    return _("it looks like Shift_JIS (CP932): save it as UTF-8 "
+             "(in Notepad: Save As, Encoding: UTF-8)")
 
 
 class _Loader:
@@ -214,7 +220,7 @@ class _Loader:
         except OSError as exc:
             if not quiet:
                 self.diagnostics.append(Diagnostic(path, 1, 1, "error",
-                                                   f"cannot read the file: {exc.strerror or exc}"))
+                                                   E("LR001", "cannot read the file: {reason}", reason=exc.strerror or exc)))
             return None
         try:
             text = data.decode("utf-8")
@@ -224,7 +230,7 @@ class _Loader:
                 line = before.count(b"\n") + 1
                 column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
                 self.diagnostics.append(Diagnostic(path, line, column, "error",
-                                                   "the file is not UTF-8 text",
+                                                   E("LR002", "the file is not UTF-8 text"),
                                                    help=_encoding_help(data)))
             return None
         text = normalize_newlines(text.removeprefix("\ufeff"))
@@ -293,8 +299,9 @@ class _Loader:
                 continue
             both = os.path.exists(os.path.join(folder, name))
             self.diagnostics.append(Diagnostic(
-                path, 1, 1, "error", f"`{other}` is not read: linerules reads `{name}`",
-                help=f"merge it into {name} and remove it" if both else f"rename it to {name}"))
+                path, 1, 1, "error", E("LR008", "`{other}` is not read: linerules reads `{name}`", other=other, name=name),
+                help=_("merge it into {name} and remove it", name=name) if both
+                else _("rename it to {name}", name=name)))
             if not both:
                 found.add(name)
         return found

@@ -34,7 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
-from . import ir, timeutil
+from babel.dates import format_date, format_skeleton, format_time
+from babel.numbers import format_currency, format_decimal
+
+from . import i18n, ir, timeutil
+from .i18n import _, join, language, render
 
 DAY = 86400
 #: Days after a send within which a block is counted against it (``--block-days``).
@@ -169,17 +173,17 @@ def plan_for(messages: int) -> tuple[str, int]:
 def open_db(path: str) -> sqlite3.Connection:
     """A read-only connection to a linerules database; ReportError when it is not one."""
     if not os.path.exists(path):
-        raise ReportError(f"--db: {path} does not exist (give the runner's database, or one kept "
-                          "by `linerules simulate --db FILE`)")
+        raise ReportError(_("--db: {path} does not exist (give the runner's database, or one kept "
+                            "by `linerules simulate --db FILE`)", path=path))
     if os.path.isdir(path):
-        raise ReportError(f"--db: {path} is a folder, not a database file")
+        raise ReportError(_("--db: {path} is a folder, not a database file", path=path))
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.Error:
         row = None
     if not row:
-        raise ReportError(f"--db: {path} is not a linerules database")
+        raise ReportError(_("--db: {path} is not a linerules database", path=path))
     return conn
 
 
@@ -260,8 +264,10 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
         from .diagnostics import did_you_mean
 
         hint = did_you_mean(unknown[0], names)
-        raise ReportError(f"--rule: unknown rule `{unknown[0]}`" + (f"; {hint}" if hint else "")
-                          + ("" if names else " (the database and the rule folder have no rules)"))
+        if not names:
+            raise ReportError(_("--rule: unknown rule `{name}` (the database and the rule folder "
+                                "have no rules)", name=unknown[0]))
+        raise ReportError(_("--rule: unknown rule `{name}`; {hint}", name=unknown[0], hint=hint))
     shown = list(o.rules) or names
     as_of = _as_of(conn, o)
     sends = _sends(conn, o)
@@ -500,16 +506,20 @@ def _compare(control: dict, arm: dict) -> dict:
     ci = newcombe(k1, n1, k0, n0)
     diff = None if ci is None else k1 / n1 - k0 / n0
     lift = None if diff is None or not k0 else diff / (k0 / n0)
-    small = [f"{r['arm']} has {r['friends']}" for r in (control, arm) if r["friends"] < MIN_ARM]
+    small = [_("{arm} has {friends}", arm=r["arm"], friends=r["friends"])
+             for r in (control, arm) if r["friends"] < MIN_ARM]
     if small:
         verdict = "not_enough_data"
-        reason = f"not enough data yet: fewer than {MIN_ARM} friends per arm ({', '.join(small)})"
+        reason = _("not enough data yet: fewer than {min} friends per arm ({arms})",
+                   min=MIN_ARM, arms=join(small))
     elif ci[0] <= 0 <= ci[1]:
         verdict = "not_enough_data"
-        reason = "not enough data yet: the 95% interval of the difference includes 0"
+        reason = _("not enough data yet: the 95% interval of the difference includes 0")
     else:
         verdict = "better" if diff > 0 else "worse"
-        reason = f"{arm['arm']} converts {verdict} than {control['arm']}"
+        reason = (_("{arm} converts better than {control}", arm=arm["arm"], control=control["arm"])
+                  if verdict == "better" else
+                  _("{arm} converts worse than {control}", arm=arm["arm"], control=control["arm"]))
     return {"arm": arm["arm"], "vs": control["arm"], "difference": _round(diff), "ci": _pair(ci),
             "lift": _round(lift), "verdict": verdict, "reason": reason}
 
@@ -555,8 +565,8 @@ def parse_moment(text: str, tz: ZoneInfo, *, end: bool, option: str) -> int:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=tz)
     except ValueError:
-        raise ReportError(f"{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 "
-                          "or 2026-11-01T09:00") from None
+        raise ReportError(_("{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 "
+                            "or 2026-11-01T09:00", option=option, text=text)) from None
     return timeutil.epoch(moment)
 
 
@@ -577,20 +587,59 @@ def _fit(text: str, width: int) -> str:
     return text + " " * (width - _width(text))
 
 
-def _n(value: Any) -> str:
+def _n(value: Any, lang: str | None = None) -> str:
     if value is None:
         return "-"
+    if (lang or language()) == "ja":
+        return format_decimal(value, format="#,##0" if isinstance(value, int) else "#,##0.00",
+                              locale="ja_JP")
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+
+
+def yen(value: Any, lang: str | None = None) -> str:
+    """An amount of yen: ``¥12,800`` in Japanese (Babel's JPY format; the half-width ``¥`` of
+    Japanese shops rather than CLDR's full-width one, so columns stay aligned), else ``12,800``."""
+    if value is None:
+        return "-"
+    if (lang or language()) == "ja":
+        return format_currency(value, "JPY", locale="ja_JP").replace("\uffe5", "\u00a5")
+    return _n(value, lang)
+
+
+def moment(iso: str | None, lang: str | None = None) -> str:
+    """An ISO time of the report in the reader's words: ``2026年12月4日 20:00`` in Japanese."""
+    if iso is None:
+        return "-"
+    value = dt.datetime.fromisoformat(iso)
+    if (lang or language()) == "ja":
+        return f"{format_date(value, 'long', locale='ja')} {format_time(value, 'H:mm', locale='ja')}"
+    return iso
+
+
+def day(iso_day: str, lang: str | None = None) -> str:
+    """A local day: ``2026-12-04``, or ``2026年12月4日`` in Japanese."""
+    if (lang or language()) == "ja":
+        return format_date(dt.date.fromisoformat(iso_day), "long", locale="ja")
+    return iso_day
+
+
+def month(iso_month: str, lang: str | None = None) -> str:
+    """A month: ``2026-12``, or ``2026年12月`` in Japanese."""
+    if (lang or language()) == "ja":
+        return format_skeleton("yMMM", dt.date.fromisoformat(iso_month + "-01"), locale="ja")
+    return iso_month
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], first: int) -> list[str]:
-    """Left-aligned first column of ``first`` columns, the rest right-aligned to their width."""
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], first: int | None = None) -> list[str]:
+    """Left-aligned first column of ``first`` columns (default: as wide as its widest cell), the
+    rest right-aligned to their width."""
     rows = [list(r) for r in rows]
     widths = [max([_width(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(head)]
+    first = widths[0] if first is None else max(first, widths[0])
     out = []
     for r in [list(head), *rows]:
         cells = [_fit(r[0], first)] + [" " * (w - _width(c)) + c for c, w in zip(r[1:], widths[1:])]
@@ -598,79 +647,116 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[str]], first: int) -> li
     return out
 
 
-def render_text(report: dict, db: str) -> str:
-    """The terminal report: aligned plain text that fits in 100 columns."""
+#: The exit reasons of enrollments, as the report names them.
+EXIT_WORDS = {"done": _("done"), "exited": _("exited"), "blocked": _("blocked"),
+              "exit_when": _("exit when"), "stopped": _("stopped"), "replaced": _("replaced")}
+
+
+def render_text(report: dict, db: str, lang: str | None = None) -> str:
+    """The terminal report: aligned plain text that fits in 100 columns, in ``lang`` (default:
+    the current language)."""
+    lang = lang or language()
+    t = lambda text: render(text, lang)  # noqa: E731
+    n = lambda value: _n(value, lang)  # noqa: E731
     p, s = report["period"], report["settings"]
-    period = f"{p['since'] or 'the start'} to {p['until'] or p['as_of']}"
-    lines = [f"linerules report of {db}", f"period: {period} ({p['timezone']})",
-             f"conversions: an order within {s['attribution_days']} days after a send, counted once "
-             "for the last send before it",
-             f"blocks after send: an unfollow within {s['block_days']} days after a send, counted "
-             "the same way", ""]
+    since = moment(p["since"], lang) if p["since"] else t(_("the start"))
+    period = t(_("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"], lang)))
+    lines = [t(_("linerules report of {db}", db=db)),
+             t(_("period: {period} ({zone})", period=period, zone=p["timezone"])),
+             t(_("conversions: an order within {days} days after a send, counted once for the last "
+                 "send before it", days=s["attribution_days"])),
+             t(_("blocks after send: an unfollow within {days} days after a send, counted the same "
+                 "way", days=s["block_days"])), ""]
     if report["empty"]:
-        lines.append("No activity recorded in this database for this period: nobody entered a rule, "
-                     "nothing was sent, no events arrived.")
+        lines.append(t(_("No activity recorded in this database for this period: nobody entered a "
+                         "rule, nothing was sent, no events arrived.")))
         return "\n".join(lines) + "\n"
-    lines.append("RULES")
-    head = ["rule / step", "entered", "pushes", "capped", "held", "clicks", "conv", "revenue",
-            "blocks", "block%"]
+    lines.append(t(_("RULES")))
+    head = [t(_("rule / step")), t(_("entered")), t(_("pushes")), t(_("capped")), t(_("held")),
+            t(_("clicks")), t(_("conv")), t(_("revenue")), t(_("blocks")), t(_("block%"))]
     rows = []
     for r in report["rules"]:
-        rows.append([r["rule"], _n(r["entered"]), *_rule_cells(r)])
+        rows.append([r["rule"], n(r["entered"]), *_rule_cells(r, lang)])
         for st in r["steps"]:
-            rows.append(["  " + (st["step"] or "(unknown step)"), "", *_rule_cells(st)])
-        exits = ", ".join(f"{k} {v}" for k, v in r["exits"].items())
-        extra = [f"replies (free): {r['replies']}" if r["replies"] else "",
-                 f"exits: {exits}" if exits else "",
-                 f"in progress: {r['in_progress']}" if r["in_progress"] else "",
-                 f"skipped: {r['skipped']}" if r["skipped"] else "",
-                 f"rejected: {r['rejected']}" if r["rejected"] else ""]
+            rows.append(["  " + (st["step"] or t(_("(unknown step)"))), "", *_rule_cells(st, lang)])
+        exits = t(join(_("{reason} {count}", reason=EXIT_WORDS.get(k, k), count=v)
+                       for k, v in r["exits"].items()))
+        extra = [t(_("replies (free): {n}", n=r["replies"])) if r["replies"] else "",
+                 t(_("exits: {exits}", exits=exits)) if exits else "",
+                 t(_("in progress: {n}", n=r["in_progress"])) if r["in_progress"] else "",
+                 t(_("skipped: {n}", n=r["skipped"])) if r["skipped"] else "",
+                 t(_("rejected: {n}", n=r["rejected"])) if r["rejected"] else ""]
         if any(extra):
-            rows.append(["  " + "; ".join(e for e in extra if e)] + [""] * (len(head) - 1))
+            sep = "; " if lang == "en" else "、"
+            rows.append(["  " + sep.join(e for e in extra if e)] + [""] * (len(head) - 1))
     lines += _rule_table(head, rows)
 
     a = report["account"]
     f = a["friends"]
-    lines += ["", "ACCOUNT",
-              f"friends: gained {f['gained']:,}, lost {f['lost']:,}, current {f['current']:,}, "
-              f"active in the last {s['active_days']} days {f['active']:,}", ""]
+    lines += ["", t(_("ACCOUNT")),
+              t(_("friends: gained {gained}, lost {lost}, current {current}, active in the last "
+                  "{days} days {active}", gained=n(f["gained"]), lost=n(f["lost"]),
+                  current=n(f["current"]), days=s["active_days"], active=n(f["active"]))), ""]
     days = [d for d in a["days"] if any(d[k] for k in ("gained", "lost", "pushes", "capped",
                                                          "blocks_after_send"))]
     if days:
-        lines += _table(["day", "gained", "lost", "pushes", "replies", "capped", "blocks", "block%"],
-                        ([d["day"], _n(d["gained"]), _n(d["lost"]), _n(d["pushes"]), _n(d["replies"]),
-                          _n(d["capped"]), _n(d["blocks_after_send"]), _pct(d["block_rate"])]
-                         for d in days), 10)
+        lines += _table([t(_("day")), t(_("gained")), t(_("lost")), t(_("pushes")), t(_("replies")),
+                         t(_("capped")), t(_("blocks")), t(_("block%"))],
+                        ([day(d["day"], lang), n(d["gained"]), n(d["lost"]), n(d["pushes"]),
+                          n(d["replies"]), n(d["capped"]), n(d["blocks_after_send"]),
+                          _pct(d["block_rate"])] for d in days), 10)
         lines.append("")
     if a["months"]:
-        lines += _table(["month", "messages", "replies (free)", "quota", "used", "cheapest plan",
-                         "cost (yen)", "saved by replies"],
-                        ([m["month"], _n(m["messages"]), _n(m["replies"]), _n(m["quota"]),
-                          _pct(m["quota_used"]) + (" over" if m["over_quota"] else ""), m["plan"],
-                          _n(m["cost_yen"]), _n(m["saved_by_replies_yen"])] for m in a["months"]), 7)
-        lines.append("LINE's plans in Japan (replies are free):")
-        lines += [f"  {pl['plan']:<13} {pl['fee_yen']:>6,} yen a month for {pl['messages']:,} messages"
-                  + (f", then up to {pl['extra_yen']} yen each" if pl["extra_yen"] else ", no more")
-                  for pl in a["plans"]]
+        lines += _table([t(_("month")), t(_("messages")), t(_("replies (free)")), t(_("quota")),
+                         t(_("used")), t(_("cheapest plan")), t(_("cost (yen)")),
+                         t(_("saved by replies"))],
+                        ([month(m["month"], lang), n(m["messages"]), n(m["replies"]), n(m["quota"]),
+                          _pct(m["quota_used"]) + (t(_(" over")) if m["over_quota"] else ""),
+                          t(PLAN_WORDS.get(m["plan"], m["plan"])), yen(m["cost_yen"], lang),
+                          yen(m["saved_by_replies_yen"], lang)] for m in a["months"]), 7)
+        lines.append(t(_("LINE's plans in Japan (replies are free):")))
+        names = [t(PLAN_WORDS.get(pl["plan"], pl["plan"])) for pl in a["plans"]]
+        fees = [yen(pl["fee_yen"], lang) for pl in a["plans"]]
+        name_width = max([13] + [_width(x) for x in names])
+        fee_width = max([6] + [_width(x) for x in fees])
+        for pl, name, fee in zip(a["plans"], names, fees):
+            pad = " " * (name_width - _width(name))
+            fee = " " * (fee_width - _width(fee)) + fee
+            if pl["extra_yen"]:
+                text = t(_("{fee} yen a month for {messages} messages, then up to {extra} yen each",
+                           fee=fee, messages=n(pl["messages"]), extra=yen(pl["extra_yen"], lang)))
+            else:
+                text = t(_("{fee} yen a month for {messages} messages, no more",
+                           fee=fee, messages=n(pl["messages"])))
+            lines.append(f"  {name}{pad} {text}")
     if report["experiments"]:
-        lines += ["", "EXPERIMENTS (conversion: an order within "
-                  f"{s['attribution_days']} days after entering; 95% intervals)"]
+        lines += ["", t(_("EXPERIMENTS (conversion: an order within {days} days after entering; "
+                          "95% intervals)", days=s["attribution_days"]))]
         for e in report["experiments"]:
-            lines += ["", f"{e['rule']} (control: {e['control']})"]
-            lines += _table(["arm", "friends", "converted", "rate", "95% interval", "revenue"],
-                            ([("  " + r["arm"]), _n(r["friends"]), _n(r["conversions"]), _pct(r["rate"]),
-                              _interval(r["ci"]), _n(r["revenue"])] for r in e["arms"]), 20)
+            lines += ["", t(_("{rule} (control: {control})", rule=e["rule"], control=e["control"]))]
+            lines += _table([t(_("arm")), t(_("friends")), t(_("converted")), t(_("rate")),
+                             t(_("95% interval")), t(_("revenue"))],
+                            ([("  " + r["arm"]), n(r["friends"]), n(r["conversions"]), _pct(r["rate"]),
+                              _interval(r["ci"]), yen(r["revenue"], lang)] for r in e["arms"]), 20)
             for c in e["comparisons"]:
-                diff = "-" if c["difference"] is None else f"{c['difference'] * 100:+.1f} points"
-                lift = "" if c["lift"] is None else f", lift {c['lift'] * 100:+.1f}%"
-                lines.append(f"  {c['arm']} vs {c['vs']}: {diff} {_interval(c['ci'], signed=True)}{lift}")
-                lines.append(f"    {c['reason']}")
+                diff = "-" if c["difference"] is None else t(_("{points} points",
+                                                               points=f"{c['difference'] * 100:+.1f}"))
+                lift = "" if c["lift"] is None else t(_(", lift {lift}", lift=f"{c['lift'] * 100:+.1f}%"))
+                lines.append("  " + t(_("{arm} vs {control}: {difference} {interval}{lift}",
+                                        arm=c["arm"], control=c["vs"], difference=diff,
+                                        interval=_interval(c["ci"], signed=True), lift=lift)))
+                lines.append(f"    {t(c['reason'])}")
     return "\n".join(lines) + "\n"
 
 
-def _rule_cells(r: dict) -> list[str]:
-    return [_n(r["pushes"]), _n(r["capped"]), _n(r["held"]), _n(r["clicks"]),
-            _n(r["conversions"]), _n(r["revenue"]), _n(r["blocks_after_send"]), _pct(r["block_rate"])]
+#: LINE's plan names as Japanese shops know them (ライト, スタンダード).
+PLAN_WORDS = {"Communication": _("Communication"), "Light": _("Light"), "Standard": _("Standard")}
+
+
+def _rule_cells(r: dict, lang: str | None = None) -> list[str]:
+    return [_n(r["pushes"], lang), _n(r["capped"], lang), _n(r["held"], lang), _n(r["clicks"], lang),
+            _n(r["conversions"], lang), yen(r["revenue"], lang), _n(r["blocks_after_send"], lang),
+            _pct(r["block_rate"])]
 
 
 def _rule_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -700,18 +786,30 @@ def _interval(ci: list[float] | None, signed: bool = False) -> str:
 # ----------------------------------------------------------------------------- the command
 
 
+def _rendered(value: Any) -> Any:
+    """The report with its texts (a comparison's ``reason``) in the current language."""
+    if isinstance(value, dict):
+        return {k: _rendered(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rendered(v) for v in value]
+    return render(value) if isinstance(value, i18n.Text) else value
+
+
 def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | None,
-         until: str | None, rule_names: Sequence[str], block_days: int = BLOCK_DAYS) -> int:
+         until: str | None, rule_names: Sequence[str], block_days: int = BLOCK_DAYS,
+         lang: str | None = None) -> int:
     """The ``report`` command: print the report (text or JSON), optionally write the HTML
     page; exit 0, or 1 with one clean error line."""
     from .diagnostics import has_errors, render_text as render_diagnostics
     from .project import load_project
 
+    i18n.use(i18n.choose(lang))
     try:
         if block_days < 1:
-            raise ReportError("--block-days must be at least 1")
+            raise ReportError(_("--block-days must be at least 1"))
         conn = open_db(db)          # the database first: a wrong path is the likelier mistake
         loaded = load_project(rules_dir)
+        i18n.use(i18n.choose(lang, loaded.language))
         if has_errors(loaded.diagnostics) or loaded.project is None:
             conn.close()
             sys.stderr.write(render_diagnostics(loaded.diagnostics, loaded.sources))
@@ -725,7 +823,7 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
             until=parse_moment(until, tz, end=True, option="--until") if until else None,
             rules=tuple(dict.fromkeys(rule_names)))
         if options.since is not None and options.until is not None and options.since >= options.until:
-            raise ReportError("--since must be before --until")
+            raise ReportError(_("--since must be before --until"))
         try:
             report = build_report(conn, options, loaded.project)
         finally:
@@ -737,12 +835,13 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
                 with open(html_path, "w", encoding="utf-8") as fh:
                     fh.write(render_html(report, db))
             except OSError as exc:
-                raise ReportError(f"--html: cannot write {html_path}: {exc.strerror or exc}") from None
+                raise ReportError(_("--html: cannot write {path}: {reason}", path=html_path,
+                                    reason=exc.strerror or exc)) from None
     except ReportError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(render(_("error: {reason}", reason=exc.args[0])) + "\n")
         return 1
     if fmt == "json":
-        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        sys.stdout.write(json.dumps(_rendered(report), ensure_ascii=False, indent=2) + "\n")
     else:
         sys.stdout.write(render_text(report, db))
     return 0

@@ -10,6 +10,9 @@ from __future__ import annotations
 from html import escape
 from typing import Sequence
 
+from .i18n import _, join, language, render
+from .report import EXIT_WORDS, PLAN_WORDS, day as _day, moment, month as _month, yen
+
 #: Chart colours (also what the page test looks for in the screenshot).
 GREEN = "#06c755"      # LINE's green: sends, funnel bars
 BLUE = "#1c7ed6"       # variants
@@ -36,21 +39,33 @@ svg text {{ font-size: 11px; fill: {INK}; }}
 """
 
 
+def t(text) -> str:
+    """A text of the page in the current language, escaped for HTML."""
+    return escape(render(text))
+
+
 def render_html(report: dict, db: str) -> str:
-    """The whole page for a report built by :func:`engine.report.build_report`."""
+    """The whole page for a report built by :func:`engine.report.build_report`, in the current
+    language (:func:`engine.i18n.language`)."""
     p, s = report["period"], report["settings"]
+    since = moment(p["since"]) if p["since"] else render(_("the start"))
+    period = _("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"]))
+    title = t(_("linerules report: {db}", db=db))
+    heading = t(_("linerules report"))
+    conversions = t(_("Conversions: an order within {days} days after a send, counted once for the "
+                      "last send before it.", days=s["attribution_days"]))
+    blocks = t(_("Blocks after send: an unfollow within {days} days after a send, counted the same "
+                 "way.", days=s["block_days"]))
     parts = [
-        "<!DOCTYPE html>", '<html lang="ja"><head><meta charset="utf-8">',
-        f"<title>linerules report: {escape(db)}</title>", f"<style>{CSS}</style></head><body>",
-        f"<h1>linerules report</h1><p class=note>{escape(db)}: {escape(p['since'] or 'the start')} "
-        f"to {escape(p['until'] or p['as_of'])} ({escape(p['timezone'])})</p>",
-        f"<p class=note>Conversions: an order within {s['attribution_days']} days after a send, counted "
-        f"once for the last send before it. Blocks after send: an unfollow within {s['block_days']} "
-        "days after a send, counted the same way.</p>",
+        "<!DOCTYPE html>", f'<html lang="{language()}"><head><meta charset="utf-8">',
+        f"<title>{title}</title>", f"<style>{CSS}</style></head><body>",
+        f"<h1>{heading}</h1><p class=note>{escape(db)}: {t(period)} ({escape(p['timezone'])})</p>",
+        f"<p class=note>{conversions} {blocks}</p>",
     ]
     if report["empty"]:
-        parts.append('<p class="empty" id="empty">No activity recorded in this database for this '
-                     "period: nobody entered a rule, nothing was sent, no events arrived.</p>")
+        empty = t(_("No activity recorded in this database for this period: nobody entered a rule, "
+                    "nothing was sent, no events arrived."))
+        parts.append(f'<p class="empty" id="empty">{empty}</p>')
     parts += _rules(report)
     parts += _account(report)
     parts += _experiments(report)
@@ -62,26 +77,28 @@ def render_html(report: dict, db: str) -> str:
 
 
 def _rules(report: dict) -> list[str]:
-    out = ["<h2>Rules</h2>"]
-    head = ["rule / step", "entered", "pushes", "replies", "capped", "skipped", "held", "clicks",
-            "conversions", "revenue (yen)", "blocks after send", "block rate"]
+    out = ["<h2>" + t(_("Rules")) + "</h2>"]
+    head = [render(h) for h in (_("rule / step"), _("entered"), _("pushes"), _("replies"), _("capped"),
+                                _("skipped"), _("held"), _("clicks"), _("conversions"), _("revenue (yen)"),
+                                _("blocks after send"), _("block rate"))]
     rows = []
     for r in report["rules"]:
         rows.append(("rule", [r["rule"], *_cells(r, r["entered"])]))
-        rows += [("step", [st["step"] or "(unknown step)", *_cells(st, "")]) for st in r["steps"]]
+        rows += [("step", [st["step"] or render(_("(unknown step)")), *_cells(st, "")]) for st in r["steps"]]
     out.append(_table(head, rows))
-    exits = [f"{escape(r['rule'])}: " + ", ".join(f"{escape(k)} {v}" for k, v in r["exits"].items())
+    exits = [f"{escape(r['rule'])}: " + t(join(_("{reason} {count}", reason=EXIT_WORDS.get(k, k), count=v)
+                                               for k, v in r["exits"].items()))
              for r in report["rules"] if r["exits"]]
     if exits:
-        out.append("<p class=note>Exits: " + "; ".join(exits) + "</p>")
+        out.append("<p class=note>" + t(_("Exits:")) + " " + "; ".join(exits) + "</p>")
     active = [r for r in report["rules"] if r["entered"] or r["pushes"] or r["conversions"]]
-    out.append('<h3>Funnel per rule</h3><div class="charts">')
+    out.append("<h3>" + t(_("Funnel per rule")) + '</h3><div class="charts">')
     for i, r in enumerate(active, 1):
-        steps = [("entered", r["entered"]), ("reached", r["reached"]), ("clicked", r["clicks"]),
-                 ("converted", r["conversions"])]
+        steps = [(render(_("entered")), r["entered"]), (render(_("reached")), r["reached"]),
+                 (render(_("clicked")), r["clicks"]), (render(_("converted")), r["conversions"])]
         out.append(_figure(f"chart-funnel-{i}", "funnel", r["rule"], _bars(steps, GREEN)))
     if not active:
-        out.append(_figure("chart-funnel-0", "funnel", "no rule did anything in this period",
+        out.append(_figure("chart-funnel-0", "funnel", render(_("no rule did anything in this period")),
                            _nothing(360, 60)))
     out.append("</div>")
     return out
@@ -90,28 +107,39 @@ def _rules(report: dict) -> list[str]:
 def _account(report: dict) -> list[str]:
     a, s = report["account"], report["settings"]
     f = a["friends"]
-    out = ["<h2>Account</h2>",
-           f"<p>Friends gained {f['gained']:,}, lost {f['lost']:,}; current {f['current']:,}, "
-           f"active in the last {s['active_days']} days {f['active']:,}.</p>",
-           '<div class="charts">']
+    friends = _("Friends gained {gained}, lost {lost}; current {current}, active in the last {days} "
+                "days {active}.", gained=_fmt(f["gained"]), lost=_fmt(f["lost"]),
+                current=_fmt(f["current"]), days=s["active_days"], active=_fmt(f["active"]))
+    out = ["<h2>" + t(_("Account")) + "</h2>", "<p>" + t(friends) + "</p>", '<div class="charts">']
     days = a["days"]
-    out.append(_figure("chart-sends", "sends", "Pushes per day",
-                       _columns([(d["day"], d["pushes"]) for d in days], GREEN)))
+    out.append(_figure("chart-sends", "sends", render(_("Pushes per day")),
+                       _columns([(_day(d["day"]), d["pushes"]) for d in days], GREEN)))
     out.append(_figure("chart-blocks", "block-rate",
-                       f"Block rate by send day (blocks within {s['block_days']} days per push)",
-                       _line([(d["day"], d["block_rate"]) for d in days], RED)))
+                       render(_("Block rate by send day (blocks within {days} days per push)",
+                                days=s["block_days"])),
+                       _line([(_day(d["day"]), d["block_rate"]) for d in days], RED)))
     out.append("</div>")
     if a["months"]:
-        rows = [("month", [m["month"], m["messages"], m["replies"], m["quota"] or "-",
-                           _pct(m["quota_used"]) + (" over" if m["over_quota"] else ""), m["plan"],
-                           m["cost_yen"], m["saved_by_replies_yen"]]) for m in a["months"]]
-        out.append("<h3>Messages per month</h3>")
-        out.append(_table(["month", "messages", "replies (free)", "quota", "used", "cheapest plan",
-                           "cost (yen)", "saved by replies (yen)"], rows))
-        out.append("<p class=note>LINE's plans in Japan: " + "; ".join(
-            f"{escape(pl['plan'])} {pl['fee_yen']:,} yen a month for {pl['messages']:,} messages"
-            + (f", then up to {pl['extra_yen']} yen each" if pl["extra_yen"] else "")
-            for pl in a["plans"]) + ". Replies are free.</p>")
+        rows = [("month", [_month(m["month"]), m["messages"], m["replies"], m["quota"] or "-",
+                           _pct(m["quota_used"]) + (render(_(" over")) if m["over_quota"] else ""),
+                           render(PLAN_WORDS.get(m["plan"], m["plan"])),
+                           yen(m["cost_yen"]), yen(m["saved_by_replies_yen"])]) for m in a["months"]]
+        out.append("<h3>" + t(_("Messages per month")) + "</h3>")
+        out.append(_table([render(h) for h in (_("month"), _("messages"), _("replies (free)"), _("quota"),
+                                               _("used"), _("cheapest plan"), _("cost (yen)"),
+                                               _("saved by replies (yen)"))], rows))
+        plans = []
+        for pl in a["plans"]:
+            name = render(PLAN_WORDS.get(pl["plan"], pl["plan"]))
+            if pl["extra_yen"]:
+                text = _("{fee} yen a month for {messages} messages, then up to {extra} yen each",
+                         fee=yen(pl["fee_yen"]), messages=_fmt(pl["messages"]), extra=yen(pl["extra_yen"]))
+            else:
+                text = _("{fee} yen a month for {messages} messages, no more",
+                         fee=yen(pl["fee_yen"]), messages=_fmt(pl["messages"]))
+            plans.append(f"{escape(name)} {t(text)}")
+        out.append("<p class=note>" + t(_("LINE's plans in Japan:")) + " " + "; ".join(plans)
+                   + ". " + t(_("Replies are free.")) + "</p>")
     return out
 
 
@@ -119,22 +147,25 @@ def _experiments(report: dict) -> list[str]:
     if not report["experiments"]:
         return []
     days = report["settings"]["attribution_days"]
-    out = ["<h2>Experiments</h2>",
-           f"<p class=note>Conversion: an order within {days} days after entering the rule. "
-           "95% Wilson intervals for rates, Newcombe intervals for differences.</p>"]
+    note = _("Conversion: an order within {days} days after entering the rule. 95% Wilson intervals "
+             "for rates, Newcombe intervals for differences.", days=days)
+    out = ["<h2>" + t(_("Experiments")) + "</h2>", "<p class=note>" + t(note) + "</p>"]
     for i, e in enumerate(report["experiments"], 1):
-        out.append(f"<h3>{escape(e['rule'])} (control: {escape(e['control'])})</h3>")
+        out.append("<h3>" + t(_("{rule} (control: {control})", rule=e["rule"], control=e["control"])) + "</h3>")
         rows = [("arm", [r["arm"], r["friends"], r["conversions"], _pct(r["rate"]), _ci(r["ci"]),
-                         r["revenue"]]) for r in e["arms"]]
-        out.append(_table(["arm", "friends", "converted", "rate", "95% interval", "revenue (yen)"], rows))
+                         yen(r["revenue"])]) for r in e["arms"]]
+        out.append(_table([render(h) for h in (_("arm"), _("friends"), _("converted"), _("rate"),
+                                               _("95% interval"), _("revenue (yen)"))], rows))
         for c in e["comparisons"]:
-            diff = "-" if c["difference"] is None else f"{c['difference'] * 100:+.1f} points"
-            lift = "" if c["lift"] is None else f", lift {c['lift'] * 100:+.1f}%"
-            out.append(f"<p class=\"verdict {escape(c['verdict'])}\">{escape(c['arm'])} vs "
-                       f"{escape(c['vs'])}: {diff} {_ci(c['ci'], signed=True)}{lift}: "
-                       f"<strong>{escape(c['reason'])}</strong></p>")
-        out.append(_figure(f"chart-variants-{i}", "variants", f"{e['rule']}: conversion rate by arm",
-                           _arms(e["arms"])))
+            diff = "-" if c["difference"] is None else render(_("{points} points",
+                                                                points=f"{c['difference'] * 100:+.1f}"))
+            lift = "" if c["lift"] is None else render(_(", lift {lift}", lift=f"{c['lift'] * 100:+.1f}%"))
+            line = _("{arm} vs {control}: {difference} {interval}{lift}", arm=c["arm"], control=c["vs"],
+                     difference=diff, interval=_ci(c["ci"], signed=True), lift=lift)
+            out.append(f"<p class=\"verdict {escape(c['verdict'])}\">{t(line)}: "
+                       f"<strong>{t(c['reason'])}</strong></p>")
+        out.append(_figure(f"chart-variants-{i}", "variants",
+                           render(_("{rule}: conversion rate by arm", rule=e["rule"])), _arms(e["arms"])))
     return out
 
 
@@ -185,7 +216,8 @@ def _svg(width: int, height: int, body: list[str]) -> str:
             f'viewBox="0 0 {width} {height}" role="img">' + "".join(body) + "</svg>")
 
 
-def _nothing(width: int, height: int, text: str = "no data in this period") -> str:
+def _nothing(width: int, height: int, text=None) -> str:
+    text = render(text if text is not None else _("no data in this period"))
     return _svg(width, height, [f'<text class="empty" x="{width / 2}" y="{height / 2}" '
                                 f'text-anchor="middle">{escape(text)}</text>'])
 
@@ -210,7 +242,7 @@ def _columns(points: list[tuple[str, int]], colour: str) -> str:
     """Vertical bars over days, with the first and last day labelled."""
     width, height, pad, base = 520, 200, 36, 170
     if not any(v for _, v in points):
-        return _nothing(width, height, "no pushes in this period")
+        return _nothing(width, height, _("no pushes in this period"))
     top = max(v for _, v in points)
     step = (width - 2 * pad) / len(points)
     body = [f'<line x1="{pad}" y1="{base}" x2="{width - pad}" y2="{base}" stroke="#adb5bd"/>',
@@ -230,7 +262,7 @@ def _line(points: list[tuple[str, float | None]], colour: str) -> str:
     width, height, pad, base = 520, 200, 36, 170
     known = [(i, v) for i, (_, v) in enumerate(points) if v is not None]
     if not known:
-        return _nothing(width, height, "no pushes in this period")
+        return _nothing(width, height, _("no pushes in this period"))
     top = max(v for _, v in known) or 0.01
     step = (width - 2 * pad) / len(points)
     xy = [(pad + (i + 0.5) * step, base - 140 * v / top) for i, v in known]

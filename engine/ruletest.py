@@ -28,7 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from . import ir
+from . import i18n, ir
+from .i18n import E, Text, _, n_, render
 from .diagnostics import Diagnostic, did_you_mean, has_errors, render_text
 from .events import Event, EventError
 from .intake import AT_EXAMPLE, parse_event_obj
@@ -92,12 +93,12 @@ class _TestFile:
         if isinstance(doc, dict) and "tests" in doc:
             for key in doc:
                 if key != "tests":
-                    self.error((key,), f"`{key}` cannot sit beside `tests:`", key=True,
-                               help="put it inside each test of the `tests:` list")
+                    self.error((key,), E("LR800", "`{key}` cannot sit beside `tests:`", key=key), key=True,
+                               help=_("put it inside each test of the `tests:` list"))
             items = doc["tests"]
             if not isinstance(items, list) or not items:
-                self.error(("tests",), "`tests:` must be a list of tests",
-                           help="each item has `name`, `events` and `expect`")
+                self.error(("tests",), E("LR800", "`tests:` must be a list of tests"),
+                           help=_("each item has `name`, `events` and `expect`"))
                 return []
             return [t for i, item in enumerate(items) if (t := self.test(item, ("tests", i))) is not None]
         test = self.test(doc, ())
@@ -107,19 +108,20 @@ class _TestFile:
         """One test mapping, or None (with diagnostics) when it is not usable."""
         before = len(self.f.diagnostics)
         if not isinstance(value, dict):
-            self.error(path, "a test must be a mapping with `events` and `expect`",
-                       help="see docs/testing-rules.md for the format")
+            self.error(path, E("LR800", "a test must be a mapping with `events` and `expect`"),
+                       help=_("see docs/testing-rules.md for the format"))
             return None
         for key in value:
             if key not in TEST_FIELDS:
-                self.error(path + (key,), f"unknown test field `{key}`", did_you_mean(key, TEST_FIELDS), key=True)
+                self.error(path + (key,), E("LR801", "unknown test field `{key}`", key=key),
+                           did_you_mean(key, TEST_FIELDS), key=True)
         for key in ("events", "expect"):
             if key not in value:
-                self.error(path, f"this test has no `{key}:` list",
-                           help="`expect: []` says that no push is expected" if key == "expect" else None)
+                self.error(path, E("LR801", "this test has no `{key}:` list", key=key),
+                           help=_("`expect: []` says that no push is expected") if key == "expect" else None)
         name = value.get("name")
         if name is not None and not isinstance(name, str):
-            self.error(path + ("name",), "`name` must be text")
+            self.error(path + ("name",), E("LR802", "`name` must be text"))
         until = self.time(value["until"], path + ("until",)) if "until" in value else None
         tick = self.duration(value, path, "tick", DEFAULT_TICK)
         tolerance = self.duration(value, path, "tolerance", 0)
@@ -136,7 +138,7 @@ class _TestFile:
 
     def items(self, value: Any, path: Path, read) -> list:
         if not isinstance(value, list):
-            self.error(path, f"`{path[-1]}` must be a list")
+            self.error(path, E("LR800", "`{key}` must be a list", key=path[-1]))
             return []
         return [x for i, item in enumerate(value) if (x := read(item, path + (i,))) is not None]
 
@@ -146,10 +148,11 @@ class _TestFile:
         try:
             seconds = parse_duration(str(value[key]))
         except ValueError as e:
-            self.error(path + (key,), str(e))
+            self.error(path + (key,), e.args[0] if isinstance(e.args[0], Text)
+                       else E("LR802", "`{value}` is not a duration like `1h`", value=value[key]))
             return default
         if key == "tick" and seconds <= 0:
-            self.error(path + (key,), "`tick` must be longer than 0", help="e.g. tick: 1h")
+            self.error(path + (key,), E("LR802", "`tick` must be longer than 0"), help=_("e.g. tick: 1h"))
             return default
         return seconds
 
@@ -161,9 +164,11 @@ class _TestFile:
             except ValueError:
                 pass
         if when is None:
-            self.error(path, f"`{_text(value)}` is not a date and time, like {AT_EXAMPLE}")
+            self.error(path, E("LR802", "`{value}` is not a date and time, like {example}",
+                               value=_text(value), example=AT_EXAMPLE))
         elif when.tzinfo is None:
-            self.error(path, f"`{_text(value)}` needs a UTC offset, like {AT_EXAMPLE}")
+            self.error(path, E("LR802", "`{value}` needs a UTC offset, like {example}",
+                               value=_text(value), example=AT_EXAMPLE))
             return None
         return when
 
@@ -183,43 +188,52 @@ class _TestFile:
         help = None
         node = self.f.nodes.get(field_path)
         if "must be a string" in e.message and isinstance(node, yaml.ScalarNode) and node.style is None:
-            help = f'YAML reads `{node.value}` as {e.message.rsplit("got ", 1)[-1]}; write it in quotes: "{node.value}"'
+            parsed = self.f.scalar(node)
+            what = (("true" if parsed else "false") if isinstance(parsed, bool)
+                    else _("a number") if isinstance(parsed, (int, float)) else _("a date"))
+            help = _('YAML reads `{value}` as {what}; write it in quotes: "{value}"',
+                     value=node.value, what=what)
         # "event `at` needs ...", "event `type`: unknown type `viewed` ..."
-        verb = e.message.split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
-        field = (f"`{e.field}` " if verb else f"`{e.field}`: ") if e.field else ""
-        self.error(field_path, f"event {field}{e.message}", help, key=unknown)
+        verb = str(e.message).split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
+        if e.field and verb:
+            message = E("LR803", "event `{field}` {reason}", field=e.field, reason=e.message)
+        elif e.field:
+            message = E("LR803", "event `{field}`: {reason}", field=e.field, reason=e.message)
+        else:
+            message = E("LR803", "event {reason}", reason=e.message)
+        self.error(field_path, message, help, key=unknown)
 
     def expected(self, value: Any, path: Path) -> Push | None:
         if not isinstance(value, dict):
-            self.error(path, "an expected push is a mapping like "
-                             "{at: ..., friend: U1, rule: welcome, messages: [greeting]}")
+            self.error(path, E("LR804", "an expected push is a mapping like "
+                                   "{at: ..., friend: U1, rule: welcome, messages: [greeting]}"))
             return None
         before = len(self.f.diagnostics)
         for key in value:
             if key not in EXPECT_FIELDS:
-                self.error(path + (key,), f"unknown field `{key}` of an expected push",
+                self.error(path + (key,), E("LR804", "unknown field `{key}` of an expected push", key=key),
                            did_you_mean(key, EXPECT_FIELDS), key=True)
         for key in EXPECT_FIELDS:
             if key not in value:
-                self.error(path, f"this expected push has no `{key}`")
+                self.error(path, E("LR804", "this expected push has no `{key}`", key=key))
         if len(self.f.diagnostics) > before:
             return None
         at = self.time(value["at"], path + ("at",))
         friend, rule, messages = value["friend"], value["rule"], value["messages"]
         if not isinstance(friend, str) or not friend:
-            self.error(path + ("friend",), "`friend` must be a friend id (text)",
-                       f'write it in quotes: "{_text(friend)}"' if friend is not None else None)
+            self.error(path + ("friend",), E("LR804", "`friend` must be a friend id (text)"),
+                       _('write it in quotes: "{value}"', value=_text(friend)) if friend is not None else None)
         if rule not in self.project.rules:
-            self.error(path + ("rule",), f"unknown rule `{_text(rule)}`",
+            self.error(path + ("rule",), E("LR805", "unknown rule `{name}`", name=_text(rule)),
                        did_you_mean(str(rule), self.project.rules))
         if isinstance(messages, str):
             messages = [messages]
         if not isinstance(messages, list) or not messages:
-            self.error(path + ("messages",), "`messages` must be a list of message names")
+            self.error(path + ("messages",), E("LR804", "`messages` must be a list of message names"))
         else:
             for i, name in enumerate(messages):
                 if name not in self.project.messages:
-                    self.error(path + ("messages", i), f"unknown message `{_text(name)}`",
+                    self.error(path + ("messages", i), E("LR805", "unknown message `{name}`", name=_text(name)),
                                did_you_mean(str(name), self.project.messages))
         if len(self.f.diagnostics) > before or at is None:
             return None
@@ -307,7 +321,7 @@ def format_push(push: Push, tz: dt.tzinfo) -> str:
 
 def format_diff(lines: Iterable[DiffLine], tz: dt.tzinfo) -> str:
     """Unified-style: ``--- expected`` / ``+++ actual``, then one line per push."""
-    out = ["--- expected", "+++ actual"]
+    out = [render(_("--- expected")), render(_("+++ actual"))]
     out.extend(f"{d.sign} {format_push(d.push, tz)}" for d in lines)
     return "\n".join(out)
 
@@ -334,7 +348,8 @@ def run_test(project: ir.Project, test: RuleTest) -> Outcome:
         pushes = run_timeline(project, list(test.events), until=test.until,
                               tick_seconds=test.tick, db_path=None)
     except Exception as exc:  # an engine failure is reported per test, never as a traceback
-        return Outcome(test, error=f"the engine stopped: {type(exc).__name__}: {exc}")
+        return Outcome(test, error=_("the engine stopped: {kind}: {reason}", kind=type(exc).__name__,
+                                     reason=exc))
     actual = [to_push(p) for p in pushes]
     return Outcome(test, tuple(compare(test.expect, actual, test.tolerance)))
 
@@ -345,25 +360,29 @@ def find_test_files(directory: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "*.yaml")) + glob.glob(os.path.join(folder, "*.yml")))
 
 
-def main(directory: str, out=None, err=None) -> int:
+def main(directory: str, out=None, err=None, lang: str | None = None) -> int:
     """Run every rule test of ``directory``; print a diff per failure and a summary line.
     Exit status: 0 when all pass, 1 on any failure, malformed test file or invalid rules."""
     from .project import load_project
 
     out = out or sys.stdout
     err = err or sys.stderr
+    i18n.use(i18n.choose(lang))
     if not os.path.isdir(directory):
-        print(f"error: {directory} is not a folder", file=err)
+        print(render(_("error: {folder} is not a folder", folder=directory)), file=err)
         return 1
     loaded = load_project(directory)
+    i18n.use(i18n.choose(lang, loaded.language))
     if has_errors(loaded.diagnostics) or loaded.project is None:
         err.write(render_text([d for d in loaded.diagnostics if d.is_error], loaded.sources))
-        print(f"error: the rules in {directory} are invalid; fix them before testing", file=err)
+        print(render(_("error: the rules in {folder} are invalid; fix them before testing",
+                       folder=directory)), file=err)
         return 1
     project = loaded.project
     files = find_test_files(directory)
     if not files:
-        print(f"error: no rule tests in {os.path.join(directory, 'tests')} (*.yaml)", file=err)
+        print(render(_("error: no rule tests in {folder} (*.yaml)",
+                       folder=os.path.join(directory, "tests"))), file=err)
         return 1
     passed = failed = broken = 0
     tz = project.settings.tz
@@ -391,12 +410,13 @@ def main(directory: str, out=None, err=None) -> int:
                 continue
             failed += 1
             print(f"FAIL {where} {test.name}", file=out)
-            body = outcome.error or format_diff(outcome.diff, tz)
+            body = render(outcome.error) if outcome.error else format_diff(outcome.diff, tz)
             print("\n".join(f"    {line}" for line in body.splitlines()), file=out)
-    summary = f"{passed} passed, {failed} failed"
+    summary = _("{passed} passed, {failed} failed", passed=passed, failed=failed)
     if broken:
-        summary += f", {broken} test file{'s' if broken > 1 else ''} with errors"
-    print(summary, file=out)
+        summary = _("{summary}, {broken}", summary=summary,
+                    broken=n_("{n} test file with errors", "{n} test files with errors", broken))
+    print(render(summary), file=out)
     return 1 if failed or broken else 0
 
 
@@ -409,13 +429,14 @@ def _read_test_file(path: str) -> tuple[str, Diagnostic | None]:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        return "", Diagnostic(path, 1, 1, "error", f"cannot read the file: {exc.strerror or exc}")
+        return "", Diagnostic(path, 1, 1, "error", E("LR001", "cannot read the file: {reason}",
+                                                              reason=exc.strerror or exc))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         before = data[:exc.start]
         line = before.count(b"\n") + 1
         column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-        return "", Diagnostic(path, line, column, "error", "the file is not UTF-8 text",
+        return "", Diagnostic(path, line, column, "error", E("LR002", "the file is not UTF-8 text"),
                               help=_encoding_help(data))
     return normalize_newlines(text.removeprefix("\ufeff")), None

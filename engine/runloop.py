@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Mapping
 
-from . import ir
+from . import i18n, ir
 from .diagnostics import has_errors, render_text
+from .i18n import _, render
 from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
@@ -47,8 +48,8 @@ from .timeutil import next_opening
 
 log = logging.getLogger("linerules.runner")
 
-DRY_RUN_MESSAGE = ("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
-                   "nothing is sent to LINE")
+DRY_RUN_MESSAGE = _("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
+                    "nothing is sent to LINE")
 #: Requests in flight at once for pushes, multicasts and rich menu links.
 SEND_SLOTS = 64
 #: Requests in flight at once for replies, apart from the others (answers never queue behind
@@ -131,9 +132,10 @@ class RunnerConfig:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
+        host, _sep, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
-            raise StartupError(f"--listen `{self.listen}` is not HOST:PORT, e.g. 127.0.0.1:8080")
+            raise StartupError(_("--listen `{value}` is not HOST:PORT, e.g. 127.0.0.1:8080",
+                                 value=self.listen))
         return host.strip("[]"), int(port)
 
 
@@ -142,6 +144,7 @@ def load_rules(rules_dir: Path) -> tuple[ir.Project | None, str]:
     from .project import load_project
 
     result = load_project(str(rules_dir))
+    i18n.use(i18n.choose(None, result.language))   # the runner speaks the folder's language
     text = render_text(result.diagnostics, result.sources)
     if result.project is None or has_errors(result.diagnostics):
         return None, text
@@ -270,9 +273,10 @@ class Runner:
 
         project, text = load_rules(config.rules_dir)
         if project is None:
-            log.error("the rules in %s are invalid:\n%s", config.rules_dir, text.rstrip())
-            raise StartupError(f"cannot start: the rules in {config.rules_dir} are invalid "
-                               f"(run `linerules validate {config.rules_dir}`)")
+            log.error("%s", render(_("the rules in {folder} are invalid:\n{problems}",
+                                     folder=config.rules_dir, problems=text.rstrip())))
+            raise StartupError(_("cannot start: the rules in {folder} are invalid (run `linerules "
+                                 "validate {folder}`)", folder=config.rules_dir))
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
@@ -300,11 +304,12 @@ class Runner:
                 engine_store.close()
             raise
         if config.dry_run:
-            log.warning(DRY_RUN_MESSAGE)
+            log.warning("%s", render(DRY_RUN_MESSAGE))
         if not config.channel_secret:
-            log.warning("LINE_CHANNEL_SECRET is not set: POST /callback refuses webhooks (503)")
+            log.warning("%s", render(_("LINE_CHANNEL_SECRET is not set: POST /callback refuses "
+                                       "webhooks (503)")))
         if not config.api_token:
-            log.warning("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")
+            log.warning("%s", render(_("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")))
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
         return cls(config, project, store, engine, make_transport(config.env))
@@ -553,7 +558,7 @@ class Runner:
                 return False
         elif not self._reload_requested and fingerprint == self._fingerprint:
             return False
-        why = "SIGHUP" if self._reload_requested else "rule files changed"
+        why = "SIGHUP" if self._reload_requested else _("rule files changed")
         self._reload_requested = False
         self._fingerprint = fingerprint
         self._changed = None
@@ -565,8 +570,9 @@ class Runner:
             self.metrics.reloads.inc(result="invalid")
             return False
         if project is None:
-            log.error("reload (%s) refused: the rules are invalid; keeping version %s\n%s",
-                      why, self.project.version, text.rstrip())
+            log.error("%s", render(_("reload ({why}) refused: the rules are invalid; keeping version "
+                                     "{version}\n{problems}", why=why, version=self.project.version,
+                                     problems=text.rstrip())))
             self.metrics.reloads.inc(result="invalid")
             return False
         if project.version == self.project.version:
@@ -816,12 +822,12 @@ def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
     if store.acquire_lease(owner, now, ttl):
         return
     holder = store.lease_holder()
-    host, _, pid = (holder or "").rpartition(":")
+    host, _sep, pid = (holder or "").rpartition(":")
     if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
         log.warning("taking over the lease of %s: that process is gone", holder)
         store.release_lease(holder)
         if store.acquire_lease(owner, now, ttl):
             return
         holder = store.lease_holder()
-    raise StartupError(f"another runner ({holder}) is using {config.db}; "
-                       "only one runner may use a database at a time")
+    raise StartupError(_("another runner ({holder}) is using {db}; only one runner may use a "
+                         "database at a time", holder=holder, db=config.db))

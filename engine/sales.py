@@ -26,6 +26,7 @@ import yaml
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .settings import NAME_RE
+from .i18n import E, _, join
 from .yamlpos import YamlFile
 
 FIELDS = ("name", "title", "kind", "starts", "ends", "url")
@@ -49,9 +50,9 @@ def parse_time(value: Any, tz: zoneinfo.ZoneInfo) -> dt.datetime:
         try:
             moment = dt.datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"`{value}` is not a date and time") from None
+            raise ValueError(E("LR704", "`{value}` is not a date and time", value=value)) from None
     else:
-        raise ValueError(f"`{value}` is not a date and time")
+        raise ValueError(E("LR704", "`{value}` is not a date and time", value=value))
     if moment.tzinfo is None:
         return moment.replace(tzinfo=tz)
     return moment.astimezone(tz)
@@ -86,23 +87,23 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
     if f.empty:
         return ()
     if not isinstance(root, yaml.MappingNode):
-        f.error(f.span(root), "sale_calendar.yaml must be a mapping with a `sales:` list",
-                help="start the file with `sales:` and list one sale per item")
+        f.error(f.span(root), E("LR700", "sale_calendar.yaml must be a mapping with a `sales:` list"),
+                help=_("start the file with `sales:` and list one sale per item"))
         return ()
     sales_node = None
     for key, key_node, value_node in f.items(root):
         if key == "sales":
             sales_node = value_node
         else:
-            f.error(f.span(key_node), f"unknown key `{key}`", help=did_you_mean(key, ["sales"]))
+            f.error(f.span(key_node), E("LR700", "unknown key `{key}`", key=key), help=did_you_mean(key, ["sales"]))
     if sales_node is None:
         return ()
     items = f.plain(sales_node, ("sales",))
     if items is None:
         return ()
     if not isinstance(items, list):
-        f.error(f.span(sales_node), "`sales` must be a list of sales",
-                help="write each sale as an item starting with `- name: ...`")
+        f.error(f.span(sales_node), E("LR700", "`sales` must be a list of sales"),
+                help=_("write each sale as an item starting with `- name: ...`"))
         return ()
     sales: list[ir.Sale] = []
     seen: dict[str, int] = {}
@@ -111,8 +112,9 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
         if sale is None:
             continue
         if sale.name in seen:
-            f.error(f.span_at(("sales", i, "name")), f"duplicate sale name `{sale.name}`",
-                    help=f"sale {seen[sale.name] + 1} already uses it; give each sale its own name")
+            f.error(f.span_at(("sales", i, "name")), E("LR701", "duplicate sale name `{name}`", name=sale.name),
+                    help=_("sale {number} already uses it; give each sale its own name",
+                           number=seen[sale.name] + 1))
             continue
         seen[sale.name] = i
         sales.append(sale)
@@ -122,29 +124,30 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
 def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None:
     """One sale, or None after reporting what is wrong with it."""
     if not isinstance(item, dict):
-        f.error(f.span_at(path), "a sale must be a mapping with name, title, starts and ends")
+        f.error(f.span_at(path), E("LR700", "a sale must be a mapping with name, title, starts and ends"))
         return None
     errors = sum(d.is_error for d in f.diagnostics)
     for key in item:
         if key not in FIELDS:
-            f.error(f.span_at(path + (key,), key=True), f"unknown sale field `{key}`",
+            f.error(f.span_at(path + (key,), key=True), E("LR702", "unknown sale field `{key}`", key=key),
                     help=did_you_mean(key, FIELDS))
     for key in FIELDS:
         if key in item and item[key] is None:
-            f.error(f.span_at(path + (key,), key=True), f"`{key}` has no value",
+            f.error(f.span_at(path + (key,), key=True), E("LR702", "`{key}` has no value", key=key),
                     help=f.empty_value_help(path + (key,), key))
     missing = [k for k in REQUIRED if k not in item]
     if missing:
-        f.error(f.span_at(path), "sale is missing " + ", ".join(f"`{k}`" for k in missing),
-                help="every sale needs name, title, starts and ends")
+        f.error(f.span_at(path), E("LR702", "sale is missing {fields}",
+                                   fields=join(f"`{k}`" for k in missing)),
+                help=_("every sale needs name, title, starts and ends"))
     for key in ("name", "kind"):
         value = item.get(key)
         if value is not None and not (isinstance(value, str) and NAME_RE.fullmatch(value)):
-            f.error(f.span_at(path + (key,)), f"`{value}` is not a valid sale {key}",
-                    help="a name starts with a letter and continues with letters, digits, _ or -")
+            f.error(f.span_at(path + (key,)), E("LR703", "`{value}` is not a valid sale {key}", value=value, key=key),
+                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
     title = item.get("title")
     if title is not None and (not isinstance(title, str) or not title.strip()):
-        f.error(f.span_at(path + ("title",)), "`title` must be text")
+        f.error(f.span_at(path + ("title",)), E("LR703", "`title` must be text"))
     times: dict[str, dt.datetime] = {}
     for key in ("starts", "ends"):
         if item.get(key) is None:
@@ -152,31 +155,31 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
         try:
             times[key] = parse_time(item[key], tz)
         except ValueError as e:
-            f.error(f.span_at(path + (key,)), str(e),
-                    help="write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
-                         "or a date `2026-12-04`")
+            f.error(f.span_at(path + (key,)), e.args[0],
+                    help=_("write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
+                           "or a date `2026-12-04`"))
     if len(times) == 2:
         starts, ends = times["starts"], times["ends"]
         day_only = _is_date_only(item["ends"])
-        through = (f"a date alone is 00:00, the start of that day: for a sale through "
-                   f"{ends:%Y-%m-%d}, write `ends: {ends:%Y-%m-%d} 23:59`")
+        through = _("a date alone is 00:00, the start of that day: for a sale through "
+                    "{day}, write `ends: {day} 23:59`", day=f"{ends:%Y-%m-%d}")
         if ends <= starts:
-            what = "the sale ends the moment it starts" if ends == starts \
-                else "the sale ends before it starts"
+            what = E("LR705", "the sale ends the moment it starts") if ends == starts \
+                else E("LR705", "the sale ends before it starts")
             f.error(f.span_at(path + ("ends",)), what,
                     help=through if day_only and ends.date() >= starts.date()
-                    else f"it starts {starts:%Y-%m-%d %H:%M}; `ends` must be later")
+                    else _("it starts {starts}; `ends` must be later", starts=f"{starts:%Y-%m-%d %H:%M}"))
         elif day_only:
             f.warning(f.span_at(path + ("ends",)),
-                      f"the sale ends at {ends:%Y-%m-%d} 00:00, so its last day is "
-                      f"{ends - dt.timedelta(days=1):%Y-%m-%d}",
-                      help=through + f", or `ends: {ends:%Y-%m-%d} 00:00` if the day before "
-                                     "is meant")
+                      E("LR706", "the sale ends at {day} 00:00, so its last day is {last}",
+                        day=f"{ends:%Y-%m-%d}", last=f"{ends - dt.timedelta(days=1):%Y-%m-%d}"),
+                      help=_("{through}, or `ends: {day} 00:00` if the day before is meant",
+                             through=through, day=f"{ends:%Y-%m-%d}"))
     url = item.get("url")
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme != "https" or not parts.netloc:
-            f.error(f.span_at(path + ("url",)), f"`url` must be an https:// link, not `{url}`")
+            f.error(f.span_at(path + ("url",)), E("LR703", "`url` must be an https:// link, not `{url}`", url=url))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
     return ir.Sale(name=item["name"], title=title, starts=times["starts"], ends=times["ends"],

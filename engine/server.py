@@ -14,6 +14,7 @@ Routes (docs/operations.md):
 """
 from __future__ import annotations
 
+import json
 import asyncio
 import datetime as dt
 import hmac
@@ -33,6 +34,7 @@ from .events import Event, EventError
 from .intake import parse_events
 from .login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
 from .metrics import CONTENT_TYPE
+from .i18n import _, render
 from .runloop import Runner, RunnerConfig, StartupError
 from .shop_http import account_link_target, routes as shop_routes
 from .store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
@@ -77,8 +79,14 @@ THANKS_PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 """
 
 
+def _dumps(value: Any) -> str:
+    """JSON with Japanese as it is (not ``\\u`` escapes), so a shop's log reads it."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+    """A JSON error answer; the reason is in the runner's language (settings.yaml)."""
+    return web.json_response({"error": render(message), **extra}, status=status, dumps=_dumps)
 
 
 @web.middleware
@@ -91,13 +99,14 @@ async def store_faults(request: web.Request, handler: Callable) -> web.StreamRes
         # aiohttp's own answer is plain text; clients get the same JSON shape as any refusal
         log.warning("%s %s refused: the body is larger than %d MiB", request.method, request.path,
                     MAX_BODY // (1024 * 1024))
-        return _error(413, f"the body is larger than {MAX_BODY // (1024 * 1024)} MiB: send the events "
-                           "in smaller batches (nothing of this one was stored)", line=None, field=None)
+        return _error(413, _("the body is larger than {limit} MiB: send the events in smaller "
+                             "batches (nothing of this one was stored)", limit=MAX_BODY // (1024 * 1024)),
+                      line=None, field=None)
     except StoreError as exc:
         retry = str(getattr(exc, "retry_after", RETRY_AFTER))
         return web.json_response(
-            {"error": "the database cannot be written now; try again later (what was stored is "
-                      "applied once)", "retry_after": int(retry)},
+            {"error": render(_("the database cannot be written now; try again later (what was "
+                               "stored is applied once)")), "retry_after": int(retry)},
             status=503, headers={"Retry-After": retry})
 
 
@@ -110,18 +119,18 @@ async def callback(request: web.Request) -> web.Response:
     secret = runner.config.channel_secret
     if not secret:
         log.error("webhook refused: LINE_CHANNEL_SECRET is not set, so signatures cannot be checked")
-        return _reply_webhook(runner, _error(503, "webhook disabled: set LINE_CHANNEL_SECRET"))
+        return _reply_webhook(runner, _error(503, _("webhook disabled: set LINE_CHANNEL_SECRET")))
     body = await request.read()
     signature = request.headers.get("x-line-signature", "")
     try:
         stored = await request.app[INTAKE].run(_store_webhook, secret, body, signature)
     except EventError as exc:
         log.error("webhook with a malformed event ignored: %s", exc)
-        return _reply_webhook(runner, _error(400, str(exc), line=exc.line, field=exc.field))
+        return _reply_webhook(runner, _error(400, exc.text, line=exc.line, field=exc.field))
     if stored is None:
         log.warning("webhook refused: %s x-line-signature from %s",
                     "invalid" if signature else "missing", request.remote)
-        return _reply_webhook(runner, _error(401, "invalid signature"))
+        return _reply_webhook(runner, _error(401, _("invalid signature")))
     events, result, counts = stored
     if events:
         _count_events(runner, counts, "webhook")
@@ -213,25 +222,25 @@ async def events(request: web.Request) -> web.Response:
     runner = request.app[RUNNER]
     token = runner.config.api_token
     if not token:
-        return _error(503, "events endpoint disabled: set LINERULES_API_TOKEN")
+        return _error(503, _("events endpoint disabled: set LINERULES_API_TOKEN"))
     given = request.headers.get("Authorization", "")
     # a header with bytes that are not UTF-8 arrives with surrogate escapes: encode them as they
     # are (such a header can never match) rather than fail with a server error
     if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
-        return _error(401, "missing or wrong bearer token")
+        return _error(401, _("missing or wrong bearer token"))
     ctype = request.content_type
     if ctype in JSON_TYPES:
         fmt = "json"
     elif ctype in JSONL_TYPES:
         fmt = "jsonl"
     else:
-        return _error(415, f"unsupported Content-Type `{ctype}`: send application/json "
-                      "(one event or a list) or application/x-ndjson (JSON Lines)")
+        return _error(415, _("unsupported Content-Type `{type}`: send application/json (one event "
+                             "or a list) or application/x-ndjson (JSON Lines)", type=ctype))
     body = await request.read()
     try:
         batch, result, counts = await request.app[INTAKE].run(_store_events, body, fmt)
     except UnicodeDecodeError:
-        return _error(400, "the body is not UTF-8 text", line=None, field=None)
+        return _error(400, _("the body is not UTF-8 text"), line=None, field=None)
     except EventError as exc:
         log.warning("POST /events rejected: %s", exc)
         return _error(400, exc.message, line=exc.line, field=exc.field)
@@ -522,7 +531,7 @@ def serve(*, rules_dir: str, db: str, listen: str, tick_seconds: float,
     try:
         return asyncio.run(_serve(config))
     except StartupError as exc:
-        log.error("%s", exc)
+        log.error("%s", render(exc.args[0]) if exc.args else exc)
         return 1
 
 

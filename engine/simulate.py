@@ -22,8 +22,9 @@ import sys
 from dataclasses import replace
 from typing import Sequence
 
-from . import ir, timeutil
+from . import i18n, ir, timeutil
 from .events import Event, EventError
+from .i18n import _
 from .interpreter import Engine
 from .store import Store, StoreError
 
@@ -102,28 +103,32 @@ def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -
             store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
 
 
-def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None, *,
-         render: bool = False) -> int:
+def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None,
+         lang: str | None = None, *, render: bool = False) -> int:
     """The ``simulate`` command: exit 0 after printing the pushes, 1 on any input error."""
     from .diagnostics import has_errors, render_text
     from .intake import parse_events
     from .project import load_project
 
+    i18n.use(i18n.choose(lang))
     try:
         tick_seconds = timeutil.parse_duration(tick)
-        if tick_seconds <= 0:
-            raise ValueError("must be longer than 0s")
     except ValueError as exc:
-        return _fail(f"--tick: {exc}")
+        return _fail(_("--tick: {reason}", reason=exc.args[0] if exc.args else exc))
+    if tick_seconds <= 0:
+        return _fail(_("--tick: must be longer than 0s"))
     until_at = None
     if until:
         try:
             until_at = dt.datetime.fromisoformat(until)
         except ValueError:
-            return _fail(f"--until: `{until}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00")
+            return _fail(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00",
+                           value=until))
         if until_at.tzinfo is None:
-            return _fail(f"--until: `{until}` needs a UTC offset, like 2026-12-31T00:00:00+09:00")
+            return _fail(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00",
+                           value=until))
     loaded = load_project(rules_dir)
+    i18n.use(i18n.choose(lang, loaded.language))
     sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))   # errors and warnings
     if has_errors(loaded.diagnostics) or loaded.project is None:
         return 1
@@ -131,20 +136,21 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
         with open(events_path, encoding="utf-8") as fh:
             text = fh.read()
     except UnicodeDecodeError:
-        return _fail(f"{events_path}: the file is not UTF-8 text; save it as UTF-8")
+        return _fail(_("{path}: the file is not UTF-8 text; save it as UTF-8", path=events_path))
     except OSError as exc:
-        return _fail(f"{events_path}: cannot read the events: {exc.strerror or exc}")
+        return _fail(_("{path}: cannot read the events: {reason}", path=events_path, reason=exc.strerror or exc))
     try:
         events = parse_events(text, "jsonl")
     except EventError as exc:
-        return _fail(f"{events_path}: {exc}")
+        return _fail(_("{path}: {reason}", path=events_path, reason=exc.text))
     if db:
         problem = _fresh_db(db)
         if problem:
             return _fail(problem)
     if until_at is not None and (late := sum(e.at > until_at for e in events)):
-        sys.stderr.write(f"warning: {late} of {len(events)} events are after --until "
-                         f"{until_at.isoformat(timespec='seconds')} and are not replayed\n")
+        sys.stderr.write(i18n.render(_("warning: {n} of {total} events are after --until {until} and are "
+                                       "not replayed", n=late, total=len(events),
+                                       until=until_at.isoformat(timespec="seconds"))) + "\n")
     try:
         for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
                                  db_path=db, webhook_tokens=True, render=render):
@@ -168,13 +174,13 @@ def _fresh_db(path: str) -> str | None:
     except sqlite3.Error:
         ours = None
     if not ours:
-        return f"--db: {path} exists and is not a linerules database; choose another file"
+        return _("--db: {path} exists and is not a linerules database; choose another file", path=path)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     return None
 
 
-def _fail(message: str) -> int:
-    sys.stderr.write(f"error: {message}\n")
+def _fail(message) -> int:
+    sys.stderr.write(i18n.render(_("error: {reason}", reason=message)) + "\n")
     return 1

@@ -4,20 +4,26 @@ Exit 0 when there is no error (warnings allowed), 1 otherwise. Output formats:
 
 - ``text``: ``path:line:col: error: message``, the source line, a caret, ``help:``; then a
   one-line summary.
-- ``json``: a JSON list of ``{path, line, column, severity, message[, help]}``.
-- ``github``: GitHub Actions annotations (``::error file=...,line=...,col=...::message``).
+- ``json``: a JSON list of ``{path, line, column, severity, code, message[, help]}``.
+- ``github``: GitHub Actions annotations (``::error file=...,line=...,col=...,title=LR102::message``).
+
+The texts are in the language chosen by :func:`engine.i18n.choose` (``--lang``,
+``LINERULES_LANG``, ``language:`` in settings.yaml, the locale).
 """
 from __future__ import annotations
 
 import sys
 
+from . import i18n
 from .diagnostics import dedupe, has_errors, render_github, render_json, render_text
+from .i18n import _, join, n_
 from .project import load_project
 
 
-def main(paths: list[str], fmt: str) -> int:
+def main(paths: list[str], fmt: str, lang: str | None = None) -> int:
     """Validate every path; print the diagnostics in ``fmt``; return the exit code."""
     diagnostics = []
+    folder_language = None
     sources: dict[str, str] = {}
     rules = segments = 0
     opened = False   # whether any path could be read at all
@@ -26,9 +32,11 @@ def main(paths: list[str], fmt: str) -> int:
         diagnostics += result.diagnostics
         sources.update(result.sources)
         opened = opened or bool(result.sources) or result.project is not None
+        folder_language = folder_language or result.language
         if result.project is not None:
             rules += len(result.project.rules)
             segments += len(result.project.segments)
+    i18n.use(i18n.choose(lang, folder_language))
     diagnostics = dedupe(diagnostics)
     failed = has_errors(diagnostics)
     if fmt == "json":
@@ -38,18 +46,16 @@ def main(paths: list[str], fmt: str) -> int:
     else:
         sys.stdout.write(render_text(diagnostics, sources))
         if opened:   # a path that cannot be read is just its one error line
-            sys.stdout.write(_summary(diagnostics, failed, rules, segments) + "\n")
+            sys.stdout.write(i18n.render(_summary(diagnostics, failed, rules, segments)) + "\n")
     return 1 if failed else 0
 
 
-def _summary(diagnostics, failed: bool, rules: int, segments: int) -> str:
+def _summary(diagnostics, failed: bool, rules: int, segments: int):
     errors = sum(d.is_error for d in diagnostics)
     warnings = len(diagnostics) - errors
     if failed:
-        return f"{_count(errors, 'error')}, {_count(warnings, 'warning')}"
-    tail = f", {_count(warnings, 'warning')}" if warnings else ""
-    return f"ok: {_count(rules, 'rule')}, {_count(segments, 'segment')}{tail}"
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+        return join([n_("{n} error", "{n} errors", errors), n_("{n} warning", "{n} warnings", warnings)])
+    parts = [n_("{n} rule", "{n} rules", rules), n_("{n} segment", "{n} segments", segments)]
+    if warnings:
+        parts.append(n_("{n} warning", "{n} warnings", warnings))
+    return _("ok: {counts}", counts=join(parts))

@@ -19,6 +19,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yamlcore.loader import CommonConstructor
 
 from .diagnostics import Diagnostic, Span
+from .i18n import E, _
 
 #: A path from the document root: mapping keys (str) and sequence indexes (int).
 Path = tuple[str | int, ...]
@@ -140,13 +141,13 @@ class YamlFile:
             char = e.character if isinstance(e.character, int) else ord(e.character)
             self.diagnostics.append(Diagnostic(
                 self.path, line, col, "error",
-                f"invalid YAML: the control character U+{char:04X} is not allowed in a YAML file",
-                "remove it (it is often pasted in with text copied from elsewhere)"))
+                E("LR003", "invalid YAML: the control character U+{char} is not allowed in a YAML file", char=f"{char:04X}"),
+                _("remove it (it is often pasted in with text copied from elsewhere)")))
         except yaml.YAMLError as e:
-            self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", f"invalid YAML: {e}"))
+            self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", E("LR003", "invalid YAML: {e}", e=e)))
         except RecursionError:
             self.diagnostics.append(Diagnostic(self.path, 1, 1, "error",
-                                               "invalid YAML: the document is nested too deeply"))
+                                               E("LR003", "invalid YAML: the document is nested too deeply")))
         return None
 
     def _position(self, index: int) -> tuple[int, int]:
@@ -204,8 +205,9 @@ class YamlFile:
         hash_at = after.find("#")
         if hash_at >= 0:
             meant = after[hash_at:].strip()
-            return f'an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"'
-        return "give it a value, or remove the line"
+            return _('an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"', key=key,
+                     meant=meant)
+        return _("give it a value, or remove the line")
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -224,11 +226,11 @@ class YamlFile:
             self._constructor.flatten_mapping(node)
         except ConstructorError as e:
             mark = e.problem_mark or node.start_mark
-            self.error(Span(self.path, mark.line + 1, mark.column + 1), f"invalid YAML merge: {e.problem}")
+            self.error(Span(self.path, mark.line + 1, mark.column + 1), E("LR003", "invalid YAML merge: {problem}", problem=e.problem))
         seen: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                self.error(self.span(key_node), "a key must be a plain name, not a list or mapping")
+                self.error(self.span(key_node), E("LR005", "a key must be a plain name, not a list or mapping"))
                 continue
             key = key_node.value
             if _SURROGATE.search(key):
@@ -237,12 +239,12 @@ class YamlFile:
                     self.error(self.span(key_node), LONE_SURROGATE, LONE_SURROGATE_HELP)
                     continue
             if key[:1] == "\u3000":
-                self.error(self.span(key_node), "a full-width space (U+3000) stands before this key",
-                           help="indent with half-width spaces")
+                self.error(self.span(key_node), E("LR003", "a full-width space (U+3000) stands before this key"),
+                           help=_("indent with half-width spaces"))
                 continue
             if key in seen:
-                self.error(self.span(key_node), f"duplicate key `{key}`",
-                           help="each key may appear once in a mapping; remove one of them")
+                self.error(self.span(key_node), E("LR004", "duplicate key `{key}`", key=key),
+                           help=_("each key may appear once in a mapping; remove one of them"))
                 continue
             seen.add(key)
             self.keys[path + (key,)] = key_node
@@ -256,14 +258,14 @@ class YamlFile:
         self._budget -= 1
         if self._budget < 0:
             if self._budget == -1:
-                self.error(self.span(node), "the document is too large (aliases expand to too many values)")
+                self.error(self.span(node), E("LR005", "the document is too large (aliases expand to too many values)"))
             return None
         if depth > MAX_DEPTH:
-            self.error(self.span(node), f"values are nested more than {MAX_DEPTH} levels deep")
+            self.error(self.span(node), E("LR005", "values are nested more than {limit} levels deep", limit=MAX_DEPTH))
             return None
         if not _ANY_TAG.match(node.tag):
-            self.error(self.span(node), f"unsupported YAML tag `{node.tag}`",
-                       help="write plain text, numbers, lists and mappings")
+            self.error(self.span(node), E("LR005", "unsupported YAML tag `{tag}`", tag=node.tag),
+                       help=_("write plain text, numbers, lists and mappings"))
             return None
         if isinstance(node, yaml.MappingNode):
             return {k: self.plain(v, path + (k,), depth + 1) for k, _, v in self.items(node, path)}
@@ -286,9 +288,8 @@ class YamlFile:
         return value
 
 
-LONE_SURROGATE = "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character"
-LONE_SURROGATE_HELP = ("write the character itself (an emoji can be pasted as it is), "
-                       "or escape it whole, e.g. `\\U0001F600`")
+LONE_SURROGATE = E("LR006", "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character")
+LONE_SURROGATE_HELP = (_("write the character itself (an emoji can be pasted as it is), or escape it whole, e.g. `\\U0001F600`"))
 
 
 def normalize_newlines(text: str) -> str:
@@ -320,45 +321,42 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
     if "'\\t'" in problem and src(line)[:col - 1].strip():
         # a tab after `key:` or `-`, not in front of the line
         at = src(line).find("\t", col - 1)
-        return (line, at + 1 if at >= 0 else col, "invalid YAML: a tab separates the value here",
-                "YAML separates with spaces only: replace the tab with a space")
+        return (line, at + 1 if at >= 0 else col, E("LR003", "invalid YAML: a tab separates the value here"),
+                _("YAML separates with spaces only: replace the tab with a space"))
     if "'\\t'" in problem:
-        return (line, col, "invalid YAML: a tab is used for indentation here",
-                "YAML indents with spaces only: replace the tab with spaces")
+        return (line, col, E("LR003", "invalid YAML: a tab is used for indentation here"),
+                _("YAML indents with spaces only: replace the tab with spaces"))
     if (n := full_width_colon()) is not None and (
             "could not find expected ':'" in problem or "mapping values" in problem
             or "<block" in problem):
         column = src(n).index("\uff1a") + 1
-        return (n, column, "invalid YAML: `\uff1a` is a full-width colon",
-                "write a half-width `:` followed by a space after the key, e.g. `greeting: ...`")
+        return (n, column, E("LR003", "invalid YAML: `：` is a full-width colon"),
+                _("write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"))
     if "<block" in problem or ("mapping values are not allowed" in problem
                                and _indented_deeper(src(line), src(line - 1))):
-        return (line, col, "invalid YAML: this line is not indented like the lines above it",
-                "the keys of one mapping (and the `-` of one list) start in the same column; "
-                "indent with spaces so that this line lines up with the others")
+        return (line, col, E("LR003", "invalid YAML: this line is not indented like the lines above it"),
+                _("the keys of one mapping (and the `-` of one list) start in the same column; indent with spaces so that this line lines up with the others"))
     if "mapping values are not allowed" in problem:
-        return (line, col, "invalid YAML: a `: ` inside a value that is not quoted",
-                'quote the whole value, e.g. text: "注意: こちら"')
+        return (line, col, E("LR003", "invalid YAML: a `: ` inside a value that is not quoted"),
+                _('quote the whole value, e.g. text: "注意: こちら"'))
     if "could not find expected ':'" in problem:
-        return (ctx_line, ctx_col, "invalid YAML: this line has no `:` after its key",
-                "write `key: value`; a text over several lines is written after `key: |` "
-                "on lines indented further")
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: this line has no `:` after its key"),
+                _("write `key: value`; a text over several lines is written after `key: |` on lines indented further"))
     if "end of stream" in problem and "quoted scalar" in context:
-        return (ctx_line, ctx_col, "invalid YAML: the quoted text that starts here is never closed",
-                "close it with the same quote, or write a text over several lines after `|`")
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the quoted text that starts here is never closed"),
+                _("close it with the same quote, or write a text over several lines after `|`"))
     if "alias" in context:
-        return (ctx_line, ctx_col, "invalid YAML: a value that is not quoted cannot start with `*`",
-                'quote the whole value, e.g. text: "*sale* today"')
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `*`"),
+                _('quote the whole value, e.g. text: "*sale* today"'))
     if "cannot start any token" in problem:
         char = src(line)[col - 1:col] or "?"
-        return (line, col, f"invalid YAML: a value that is not quoted cannot start with `{char}`",
-                f'quote the whole value, e.g. text: "{char}..."')
+        return (line, col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `{char}`", char=char),
+                _('quote the whole value, e.g. text: "{char}..."', char=char))
     if "flow mapping" in context or "flow sequence" in context:
-        return (ctx_line, ctx_col, "invalid YAML: the `{` or `[` that starts here is not closed properly",
-                "close it on the same line, quote values that hold `,` or `:`, "
-                "or write the entries as indented lines instead")
-    return (line, col, f"invalid YAML: {problem}",
-            "compare this line with the lines around it (indentation, `:` after each key, quotes)")
+        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the `{` or `[` that starts here is not closed properly"),
+                _("close it on the same line, quote values that hold `,` or `:`, or write the entries as indented lines instead"))
+    return (line, col, E("LR003", "invalid YAML: {problem}", problem=problem),
+            _("compare this line with the lines around it (indentation, `:` after each key, quotes)"))
 
 
 def _indented_deeper(this: str, above: str) -> bool:

@@ -16,7 +16,8 @@ PROBE = ("import sys; from engine.validate import main; code = main([sys.argv[1]
 
 
 def validate(folder: Path, cache: Path | str) -> tuple[int, str]:
-    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache)}
+    # in English: the sample folder says `language: ja`
+    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
     proc = subprocess.run([sys.executable, "-c", PROBE, str(folder)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout + proc.stderr

@@ -51,7 +51,7 @@ def test_one_liner_compiles_to_the_ir():
 def test_spec_welcome_rule_and_segment():
     text = (ROOT / "rules" / "welcome.rule").read_text(encoding="utf-8")
     rule = rule_of(text, "welcome")
-    assert rule.description == "Welcome for friends who scanned the QR card in the parcel"
+    assert rule.description == "同梱QRカードから友だち追加した人へのステップ配信"
     assert rule.exit_when == ir.Blocked()
     assert [s.id for s in rule.steps] == ["send greeting_shipping", "wait 1d", "send coupon15",
                                          "wait 3d at 12:00", "send review_request", "tag 購入済み"]

@@ -11,6 +11,7 @@ meets it: through `linerules validate`, project loading and the runner's start-u
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def validate(folder: Path) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, ["validate", str(folder)])
+    result = CliRunner().invoke(cli, ["validate", str(folder), "--lang", "en"])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.exit_code, result.output
 
@@ -41,7 +42,7 @@ def test_a_hundred_thousand_open_parentheses_are_read_in_linear_time(tmp_path):
     elapsed = time.process_time() - start
     assert code == 1
     first = out.splitlines()[0]
-    assert first == (f"{tmp_path}/deep.rule:1:{len(head) + depth + 9}: error: the file ends inside "
+    assert first == (f"{tmp_path}/deep.rule:1:{len(head) + depth + 9}: error[LR013]: the file ends inside "
                      f"parentheses: the `(` at line 1, column {len(head) + depth} is never closed")
     # The shown line is a window around the place, not 100,000 characters.
     assert max(len(line) for line in out.splitlines()[1:3]) < 120
@@ -70,7 +71,7 @@ def test_lone_surrogate_in_messages_is_an_error_not_a_crash(tmp_path):
     (tmp_path / "a.rule").write_text("when followed then send hello, ok\n", encoding="utf-8")
     code, out = validate(tmp_path)
     assert code == 1
-    assert out.startswith(f"{tmp_path}/messages.yaml:1:8: error: this text holds a lone surrogate escape")
+    assert out.startswith(f"{tmp_path}/messages.yaml:1:8: error[LR006]: this text holds a lone surrogate escape")
     assert "unknown message" not in out and "Traceback" not in out
     result = load_project(tmp_path)
     assert result.project is None and len(result.diagnostics) == 1
@@ -87,7 +88,7 @@ def test_runner_start_up_refuses_a_lone_surrogate_with_one_clear_error(tmp_path)
                           capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
-    assert "messages.yaml:1:8: error: this text holds a lone surrogate escape" in output
+    assert "messages.yaml:1:8: error[LR006]: this text holds a lone surrogate escape" in output
     assert "Traceback" not in output
 
 
@@ -112,8 +113,8 @@ def test_one_misindented_line_is_one_error_and_comes_first(tmp_path):
                                             encoding="utf-8")
     code, out = validate(tmp_path)
     assert code == 1
-    headlines = [line for line in out.splitlines() if ": error: " in line or ": warning: " in line]
-    assert headlines == [f"{tmp_path}/messages.yaml:22:4: error: invalid YAML: this line is not "
+    headlines = [line for line in out.splitlines() if re.search(r": (error|warning)\[LR\d+\]: ", line)]
+    assert headlines == [f"{tmp_path}/messages.yaml:22:4: error[LR003]: invalid YAML: this line is not "
                          "indented like the lines above it"]
     assert "help: the keys of one mapping" in out
 

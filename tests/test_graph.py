@@ -101,7 +101,7 @@ def test_every_rule_is_a_subgraph():
     nodes, edges = parse(out)
     titles = re.findall(r'subgraph r\d+g\["([^"]*)"\]', out)
     assert len(titles) == len(project.rules)
-    assert "welcome: Welcome for friends who scanned the QR card in the parcel" in titles
+    assert "welcome: 同梱QRカードから友だち追加した人へのステップ配信" in titles
     assert 'when schedule #quot;0 20 * * 5#quot;' in nodes.values()
     assert "when sale kind=super_sale starts in 14d at 12:00" in nodes.values()
     assert out.count("\n    end\n") == len(project.rules)
@@ -127,14 +127,17 @@ def test_cli_one_rule_and_all_rules():
 
 
 def test_cli_unknown_rule_is_a_clean_error():
-    result = invoke(["welcom"], ROOT)
+    result = invoke(["welcom", "--lang", "en"], ROOT)
     assert result.exit_code == 1
     assert result.output == "error: unknown rule `welcom` (did you mean `welcome`?)\n"
+    result = invoke(["welcom"], ROOT)    # the sample folder says `language: ja`
+    assert result.output == "エラー: ルール `welcom` はありません (もしかして `welcome` ですか?)\n"
 
 
 def test_cli_invalid_folder_prints_diagnostics(tmp_path):
     (tmp_path / "r.rule").write_text("when followed send x\n", encoding="utf-8")
     result = invoke(["--rules", str(tmp_path)], ROOT)
     assert result.exit_code == 1
-    assert f"{tmp_path / 'r.rule'}:1:15: error: missing `then` before `send`" in result.output
+    assert f"{tmp_path / 'r.rule'}:1:15: error" in result.output
+    assert "missing `then` before `send`" in result.output
     assert "flowchart" not in result.output

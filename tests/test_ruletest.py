@@ -1,6 +1,8 @@
 """``linerules test``: reading test files, comparing pushes, and whole runs on real rule folders."""
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import io
 import textwrap
@@ -214,7 +216,7 @@ def test_bad_test_file_is_reported_with_its_position_and_others_still_run(tmp_pa
     bad = PASSING.replace("messages: [coupon15]", "messages: [coupon51]")
     code, out, err = run(folder(tmp_path, bad=bad, buyers=BUYER))
     assert code == 1
-    assert "tests/bad.yaml:6:75: error: unknown message `coupon51`" in err
+    assert "tests/bad.yaml:6:75: error[LR805]: unknown message `coupon51`" in err
     assert "help: did you mean `coupon15`?" in err
     assert out.splitlines()[-1] == "2 passed, 0 failed, 1 test file with errors"
 
@@ -233,9 +235,13 @@ def test_folder_without_tests_is_an_error(tmp_path):
 
 
 def test_cli_command_runs_the_sample_rules():
-    result = CliRunner().invoke(cli, ["test", str(Path(__file__).resolve().parent.parent / "rules")])
+    rules = str(Path(__file__).resolve().parent.parent / "rules")
+    result = CliRunner().invoke(cli, ["test", rules, "--lang", "en"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].endswith(" passed, 0 failed")
+    result = CliRunner().invoke(cli, ["test", rules])     # the sample says `language: ja`
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(r"合格 \d+件、不合格 0件", result.output.splitlines()[-1])
 
 
 def test_a_test_file_saved_as_shift_jis_is_reported_and_the_others_still_run(tmp_path):
@@ -244,7 +250,7 @@ def test_a_test_file_saved_as_shift_jis_is_reported_and_the_others_still_run(tmp
     code, out, err = run(root)
     assert code == 1
     assert out.splitlines()[-1] == "1 passed, 0 failed, 1 test file with errors"
-    assert "sj.yaml:1:7: error: the file is not UTF-8 text" in err
+    assert "sj.yaml:1:7: error[LR002]: the file is not UTF-8 text" in err
     assert "help: it looks like Shift_JIS (CP932): save it as UTF-8" in err
     assert "Traceback" not in err
 
