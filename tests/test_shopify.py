@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +13,7 @@ import pytest
 from engine.runloop import Runner, RunnerConfig
 from engine.server import build_app
 from engine.shopify import sign
-from tests.test_server import line_event, sign as line_sign, webhook_body
+from tests.test_server import line_event, sign as line_sign, wait_for, webhook_body
 
 SECRET = "channel-secret"
 SHOPIFY_SECRET = "shpss_0123456789abcdef"
@@ -67,16 +66,6 @@ FULFILLMENT = {"id": 3330000001, "order_id": 5550000001, "name": "#1001.1", "sta
                "tracking_url": "https://jizen.kuronekoyamato.co.jp/jizen/servlet/crjz.b.NQ0010?id=123456789012",
                "tracking_urls": ["https://jizen.kuronekoyamato.co.jp/jizen/servlet/crjz.b.NQ0010?id=123456789012"],
                "line_items": [{"id": 1, "sku": "LOT-1", "quantity": 1}]}
-
-
-async def wait_for(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
