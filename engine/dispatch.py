@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
 import inspect
 import json
 import logging
@@ -52,12 +51,13 @@ from linebot.v3.messaging import (
     ReplyMessageRequest,
 )
 
+from .limits import MONTHLY_LIMIT_MESSAGE
 from .ratelimit import LINE_RATE_LIMITS, TokenBucket
+from .retrypolicy import Answer, RetryPolicy, Verdict
 
 logger = logging.getLogger("linerules.dispatch")
 
 DEFAULT_ENDPOINT = "https://api.line.me"
-MONTHLY_LIMIT_MESSAGE = "You have reached your monthly limit."
 INVALID_REPLY_TOKEN_MESSAGE = "Invalid reply token"
 #: LINE's monthly quota follows the calendar month in Japan.
 QUOTA_ZONE = ZoneInfo("Asia/Tokyo")
@@ -230,7 +230,8 @@ class Transport(Protocol):
 
 @dataclass
 class _Answer:
-    """The last answer of a request after retries; ``status`` None means no HTTP answer."""
+    """The last answer of a request after retries, with the retry policy's verdict on it;
+    ``status`` None means no HTTP answer."""
 
     status: int | None
     headers: Mapping[str, str]
@@ -238,39 +239,20 @@ class _Answer:
     ambiguous: bool          # some failed attempt may have been processed by LINE
     error: str | None = None
     retry_after: float | None = None
+    verdict: Verdict | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
-    @property
-    def monthly_limit(self) -> bool:
-        return self.status == 429 and MONTHLY_LIMIT_MESSAGE in self.body
-
-    @property
-    def auth(self) -> bool:
-        """401/403, or no token could be issued: the token is at fault, not the message."""
-        return self.status in (401, 403) or (self.status is None and self.error is not None
-                                             and self.error.startswith("token:"))
-
     def describe(self) -> str:
-        if self.status is None:
-            return self.error or "no answer"
-        return f"{self.status} {self.body}".strip()
+        return _describe(self)
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
+def _describe(answer: Answer | _Answer) -> str:
+    if answer.status is None:
+        return answer.error or "no answer"
+    return f"{answer.status} {answer.body}".strip()
 
 
 def _env_proxy(endpoint: str) -> str | None:
@@ -328,13 +310,12 @@ class Dispatcher:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.max_inline_wait = max_inline_wait
+        self.policy = RetryPolicy(max_attempts=max_attempts, backoff_base=backoff_base,
+                                  backoff_cap=backoff_cap, max_inline_wait=max_inline_wait,
+                                  rng=rng or random.Random())
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
         self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
-        self._rng = rng or random.Random()
         chosen = {name: LINE_RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
             if name not in chosen:
@@ -400,11 +381,6 @@ class Dispatcher:
             self._closing_at = None
         elif self._closing_at is None:
             self._closing_at = time.monotonic()
-
-    def _may_retry(self, delay: float) -> bool:
-        if self._closing_at is None:
-            return True
-        return delay <= 1.0 and time.monotonic() - self._closing_at + delay < self.timeout
 
     async def close(self) -> None:
         """Stop starting attempts and close the HTTP connection pool."""
@@ -473,86 +449,71 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- HTTP with retries
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return delay / 2 + self._rng.uniform(0, delay / 2)
-
     async def _request(self, endpoint: str, call: Callable[[], Awaitable[Any]], *,
                        label: str = "", attempts: int | None = None,
                        deadline: float | None = None) -> _Answer:
-        """Call LINE until an answer that must not be retried, the attempts run out, a longer
-        wait than ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) passes or the
+        """Call LINE until the retry policy (:mod:`engine.retrypolicy`) says to stop: an
+        answer that must not be retried, the attempts run out, a longer wait than
+        ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) would pass or the
         dispatcher is closing. Every retry is logged and counted.
 
-        ``call`` must send the same bytes each time (one prepared request model)."""
+        ``call`` must send the same bytes each time (one prepared request)."""
         ambiguous = False
         renewed = False
         attempts = attempts or self.max_attempts
-        answer = _Answer(None, {}, "", False, "not attempted")
         attempt = 0
-        while attempt < attempts:
+        while True:
             attempt += 1
-            retry_after = None
             try:
                 await self._authorize()
             except TokenError as exc:
-                return _Answer(None, {}, "", ambiguous, f"token: {exc}")
+                return _Answer(None, {}, "", ambiguous, f"token: {exc}", verdict=Verdict("auth"))
             await self._buckets[endpoint].acquire()
             try:
                 response = await call()
             except ApiException as exc:
                 status = int(exc.status or 0)
-                headers = exc.headers or {}
-                answer = _Answer(status, headers, exc.body or "", ambiguous)
+                answer = Answer(status, exc.headers or {}, exc.body or "")
                 self._requests[endpoint][str(status)] += 1
-                if status == 401 and self.stateless is not None and not renewed:
-                    renewed = True          # the token expired or was refused: a new one, once
-                    try:
-                        await self._authorize(refused=True)
-                    except TokenError as err:
-                        return _Answer(None, {}, "", ambiguous, f"token: {err}")
-                    attempt -= 1
-                    continue
-                if answer.monthly_limit:
-                    self._counters["monthly_limited"] += 1
-                    return answer
-                if status == 429:
-                    self._counters["rate_limited"] += 1
-                    retry_after = _retry_after(headers.get("Retry-After"))
-                    answer.retry_after = retry_after
-                    if retry_after is not None and retry_after > self.max_inline_wait:
-                        return answer
-                elif status >= 500:
-                    ambiguous = answer.ambiguous = True
-                else:
-                    return answer
             except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
                 self._requests[endpoint][kind] += 1
                 # A refused connection never reached LINE; anything later might have.
-                if not isinstance(exc, aiohttp.ClientConnectorError):
-                    ambiguous = True
-                answer = _Answer(None, {}, "", ambiguous,
-                                 f"{kind}: {type(exc).__name__} {exc}".strip())
+                answer = Answer(None, error=f"{kind}: {type(exc).__name__} {exc}".strip(),
+                                reached=not isinstance(exc, aiohttp.ClientConnectorError))
             else:
                 self._requests[endpoint][str(response.status_code)] += 1
-                return _Answer(response.status_code, response.headers,
-                               response.raw_data or "", ambiguous)
-            if attempt >= attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            if not self._may_retry(delay) or (deadline is not None
-                                              and self.clock() + delay >= deadline):
-                break
-            reason = str(answer.status) if answer.status is not None else answer.describe().split(":")[0]
+                answer = Answer(response.status_code, response.headers,
+                                response.raw_data or "")
+            closing_left = (None if self._closing_at is None
+                            else self.timeout - (time.monotonic() - self._closing_at))
+            verdict = self.policy.decide(
+                answer, attempt, self.clock(), attempts=attempts,
+                renewable=self.stateless is not None and not renewed, deadline=deadline,
+                closing_left=closing_left)
+            ambiguous = ambiguous or verdict.ambiguous
+            if answer.monthly_limit:
+                self._counters["monthly_limited"] += 1
+            elif answer.status == 429:
+                self._counters["rate_limited"] += 1
+            if verdict.action == "renew":
+                renewed = True          # the token expired or was refused: a new one, once
+                try:
+                    await self._authorize(refused=True)
+                except TokenError as err:
+                    return _Answer(None, {}, "", ambiguous, f"token: {err}",
+                                   verdict=Verdict("auth"))
+                attempt -= 1
+                continue
+            if verdict.action != "retry":
+                return _Answer(answer.status, answer.headers, answer.body, ambiguous,
+                               answer.error, verdict.retry_after, verdict)
             self._counters["retries"] += 1
-            self._counters[f"retry:{reason}"] += 1
+            self._counters[f"retry:{answer.reason}"] += 1
             logger.warning("%s: %s; retrying in %.1f s (attempt %d of %d, the same request)",
-                           label or endpoint, answer.describe(), delay, attempt + 1, attempts)
-            await asyncio.sleep(delay)
-        return answer
+                           label or endpoint, _describe(answer), verdict.delay, attempt + 1,
+                           attempts)
+            await asyncio.sleep(verdict.delay)
 
     # ----------------------------------------------------------------- quota
 
@@ -642,24 +603,26 @@ class Dispatcher:
 
     def _result(self, item: OutboxItem, answer: _Answer, via: str,
                 recipients: int) -> DispatchResult:
-        """Map a final answer to an outcome (the quota bookkeeping is the caller's)."""
+        """Map a final answer (its retry policy verdict) to an outcome (the quota bookkeeping
+        is the caller's)."""
         request_id = answer.headers.get("x-line-request-id")
         ambiguous = answer.ambiguous or item.ambiguous
-        if answer.ok:
+        action = answer.verdict.action if answer.verdict is not None else "later"
+        if action == "sent":
             return DispatchResult(item.id, "sent", answer.status, request_id, None, via,
                                   recipients)
-        if answer.status == 409:
+        if action == "duplicate":
             return DispatchResult(item.id, "duplicate", 409,
                                   answer.headers.get("x-line-accepted-request-id", request_id),
                                   "LINE had already accepted this retry key: "
                                   + (answer.body or "409"), via, recipients)
-        if answer.monthly_limit:
+        if action == "held":
             return DispatchResult(item.id, "held", 429, request_id, MONTHLY_LIMIT_MESSAGE, via,
                                   recipients, ambiguous)
-        if answer.auth:
+        if action == "auth":
             return DispatchResult(item.id, "auth", answer.status, request_id, answer.describe(),
                                   via, recipients, ambiguous)
-        if answer.status is not None and 400 <= answer.status < 500 and answer.status != 429:
+        if action == "rejected":
             return DispatchResult(item.id, "rejected", answer.status, request_id, answer.body,
                                   via, recipients, ambiguous)
         return DispatchResult(item.id, "retry", answer.status, request_id, answer.describe(),

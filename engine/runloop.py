@@ -43,6 +43,7 @@ from .dispatch import DispatchResult, OutboxItem
 from .interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from .login import STATE_MAX_AGE
 from .metrics import Metrics
+from .retrypolicy import DEFAULT_POLICY, FINISHED
 from .store import LeaseLost, StoreError
 from .timeutil import next_opening
 
@@ -67,8 +68,6 @@ SUSPEND_GRACE = 3600
 REPLY_MARGIN = 3
 #: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
 DISPATCH_POLL = 1.0
-#: Longest backoff between attempts of one row, seconds.
-MAX_BACKOFF = 300
 #: Meta key: when a ``/join`` link last sent someone to LINE Login (epoch seconds).
 JOIN_META = "login.last_join"
 
@@ -179,11 +178,6 @@ def _pid_alive(pid: int) -> bool:
 def lease_ttl(tick_seconds: float) -> int:
     """The lease lasts three tick intervals, at least 30 s; it is renewed every tick."""
     return int(max(30, 3 * tick_seconds))
-
-
-def backoff_seconds(attempts: int) -> int:
-    """2, 4, 8 ... seconds, at most :data:`MAX_BACKOFF`."""
-    return min(2 ** max(1, attempts), MAX_BACKOFF)
 
 
 class Runner:
@@ -701,7 +695,7 @@ class Runner:
         runner claimed since."""
         row_id, to = row["id"], _recipients(row)
         outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
-        if outcome in ("sent", "duplicate", "dry_run", "rejected", "unconfirmed"):
+        if outcome in FINISHED:
             written = self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
                                                error=result.detail, at=at, epoch=epoch)
         else:
@@ -760,19 +754,16 @@ class Runner:
 
     def retry_at(self, row: dict, now: dt.datetime,
                  result: DispatchResult | None = None) -> dt.datetime:
-        """Backoff by attempts, or LINE's ``Retry-After`` (at most :data:`MAX_BACKOFF`), for
-        this row alone. A reply is retried before its token's deadline (so that a request
+        """Backoff by attempts, or LINE's ``Retry-After`` (at most five minutes), for this row
+        alone, by the retry policy (:meth:`engine.retrypolicy.RetryPolicy.hold_until`). A reply is retried before its token's deadline (so that a request
         whose outcome is unknown can still be told by its token); a push that would land
         outside its delivery window waits for the next opening (answers to a friend's own
         message ignore the window)."""
-        ts = int(now.timestamp())
-        wait = backoff_seconds(int(row.get("attempts") or 1))
-        if result is not None and result.retry_after is not None:
-            wait = min(MAX_BACKOFF, max(1, int(result.retry_after + 0.999)))
-        at = ts + wait
-        deadline = row.get("reply_deadline")
-        if row["kind"] == "reply" and deadline and ts < deadline:
-            at = max(ts + 1, min(at, int(deadline) - REPLY_MARGIN))
+        at = DEFAULT_POLICY.hold_until(
+            int(row.get("attempts") or 1), int(now.timestamp()),
+            retry_after=result.retry_after if result is not None else None,
+            reply_deadline=row.get("reply_deadline") if row["kind"] == "reply" else None,
+            reply_margin=REPLY_MARGIN)
         if not row.get("reply_token"):
             at = next_opening(at, self._window(row), self.tz)
         return dt.datetime.fromtimestamp(at, dt.timezone.utc)
