@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.dispatch import Dispatcher, OutboxItem  # noqa: E402
 from engine.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
-from engine.ratelimit import LINE_RATE_LIMITS  # noqa: E402
+from engine.limits import RATE_LIMITS  # noqa: E402
 
 HOST = "127.0.0.1"
-PUSH_LIMIT = LINE_RATE_LIMITS["push"].rate
-MULTICAST_LIMIT = LINE_RATE_LIMITS["multicast"].rate
+PUSH_LIMIT = RATE_LIMITS["push"].rate
+MULTICAST_LIMIT = RATE_LIMITS["multicast"].rate
 FRIENDS = 100_000
 TEXT = [{"type": "text", "text": "週末セール開催中！ 15% OFF クーポンをどうぞ"}]
 

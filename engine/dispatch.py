@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import random
-import re
 import ssl
 import time
 import urllib.parse
@@ -38,7 +37,6 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from zoneinfo import ZoneInfo
 
 import aiohttp
 from linebot.v3.messaging import (
@@ -51,24 +49,18 @@ from linebot.v3.messaging import (
     ReplyMessageRequest,
 )
 
-from .limits import MONTHLY_LIMIT_MESSAGE
-from .ratelimit import LINE_RATE_LIMITS, TokenBucket
+from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MONTHLY_LIMIT_MESSAGE,
+                     QUOTA_ZONE, RATE_LIMITS, UUID_RE)
+from .ratelimit import TokenBucket
 from .retrypolicy import Answer, RetryPolicy, Verdict
 
 logger = logging.getLogger("linerules.dispatch")
 
 DEFAULT_ENDPOINT = "https://api.line.me"
-INVALID_REPLY_TOKEN_MESSAGE = "Invalid reply token"
-#: LINE's monthly quota follows the calendar month in Japan.
-QUOTA_ZONE = ZoneInfo("Asia/Tokyo")
-MAX_MULTICAST = 500
-MAX_MESSAGES = 5
 
 #: Client-side buckets, one per endpoint the dispatcher calls (LINE's limits per second).
 DISPATCH_ENDPOINTS = ("push", "multicast", "reply", "profile", "quota", "quota_consumption",
                       "richmenu_link", "richmenu_unlink", "link_token")
-
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 #: The longest wait inside one attempt's retries (a longer ``Retry-After`` is handed back to the
 #: caller, which holds that row alone for it).
@@ -316,7 +308,7 @@ class Dispatcher:
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
         self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
-        chosen = {name: LINE_RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
+        chosen = {name: RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
             if name not in chosen:
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(chosen)}")
@@ -585,9 +577,9 @@ class Dispatcher:
                          before_send: BeforeSend | None = None) -> DispatchResult:
         via = "push" if item.kind == "reply" else item.kind
         try:
-            if len(item.messages) > MAX_MESSAGES and item.kind != "menu_link":
+            if len(item.messages) > MAX_OBJECTS and item.kind != "menu_link":
                 raise ValueError(f"{len(item.messages)} message objects; LINE takes at most "
-                                 f"{MAX_MESSAGES} per request")
+                                 f"{MAX_OBJECTS} per request")
             if item.kind == "push":
                 return await self._push(item)
             if item.kind == "multicast":
@@ -639,7 +631,7 @@ class Dispatcher:
     async def _push(self, item: OutboxItem, *, multicast: bool = False) -> DispatchResult:
         to = item.to
         via = "multicast" if multicast else "push"
-        if not _UUID_RE.match(item.retry_key or ""):
+        if not UUID_RE.fullmatch(item.retry_key or ""):
             raise ValueError(f"retry key {item.retry_key!r} is not a UUID")
         if multicast and not 1 <= len(to) <= MAX_MULTICAST:
             raise ValueError(f"a multicast goes to 1 to {MAX_MULTICAST} users, not {len(to)}")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
 from . import identity, ir, timeutil
+from .limits import MAX_MULTICAST, MAX_OBJECTS
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
 from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
@@ -53,9 +54,6 @@ DELIVER_CHUNK = 5000
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
 REPLY_SECONDS = 50
-#: LINE's limits per request.
-MAX_OBJECTS = 5
-MAX_MULTICAST = 500
 #: Bound on step rounds in one walk (``start`` loops between rules with ``reenter always``).
 MAX_ROUNDS = 1000
 ANSWERED_TYPES = ("message", "postback")

@@ -1,6 +1,6 @@
 """Token buckets at LINE's per-endpoint rate limits.
 
-One table, :data:`LINE_RATE_LIMITS`, holds LINE's published limits per endpoint. The LINE
+LINE's published limits per endpoint are :data:`engine.limits.RATE_LIMITS`. The LINE
 emulator enforces them (answering 429) and the dispatcher paces itself with them (so it never
 provokes a 429). Both use :class:`TokenBucket`; the clock is injectable so tests need no sleeps.
 """
@@ -10,42 +10,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Limit:
-    """``count`` requests per ``per`` seconds (LINE states limits per second or per hour)."""
-
-    count: float
-    per: float = 1.0
-
-    @property
-    def rate(self) -> float:
-        """Requests per second."""
-        return self.count / self.per
-
-
-_PER_HOUR = 3600.0
-
-#: LINE Messaging API rate limits per channel and endpoint (the emulator's endpoint names).
-LINE_RATE_LIMITS: Mapping[str, Limit] = {
-    "push": Limit(2000),
-    "reply": Limit(2000),
-    "multicast": Limit(200),
-    "broadcast": Limit(60, _PER_HOUR),
-    "narrowcast": Limit(60, _PER_HOUR),
-    "validate_push": Limit(2000),
-    "validate_multicast": Limit(2000),
-    "validate_reply": Limit(2000),
-    "profile": Limit(2000),
-    "quota": Limit(2000),
-    "quota_consumption": Limit(2000),
-    "richmenu_link": Limit(2000),
-    "richmenu_unlink": Limit(2000),
-    "richmenu_bulk_link": Limit(2000),
-    "link_token": Limit(2000),
-}
+from .limits import Limit
 
 
 class TokenBucket:

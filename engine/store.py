@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlite_utils
 
 from .events import Event
+from .limits import MAX_MULTICAST
 
 log = logging.getLogger("linerules.store")
 
@@ -1043,7 +1044,7 @@ class Store:
     def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
                         pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
-        same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
+        same rendered ``pushes``: multicasts of :data:`~engine.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
         ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
         c = self.conn
         before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
@@ -1055,22 +1056,22 @@ class Store:
             {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
-        chunks = (count + 499) // 500
+        chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
                     "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
-                    "before": before}
+                    "before": before, "per": MAX_MULTICAST}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - :before - 1) / 500 AS chunk, friend FROM temp.lr_send WHERE n > :before "
+                ":now FROM (SELECT (n - :before - 1) / :per AS chunk, friend FROM temp.lr_send WHERE n > :before "
                 "ORDER BY n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
                 "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - :before - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
+                ":first + (n - :before - 1) / :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
                 "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
         return chunks * len(pushes), count
 
