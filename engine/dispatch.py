@@ -51,7 +51,7 @@ from linebot.v3.messaging import (
 
 from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MONTHLY_LIMIT_MESSAGE,
                      QUOTA_ZONE, RATE_LIMITS, UUID_RE)
-from .ratelimit import TokenBucket
+from .ratelimit import client_bucket
 from .retrypolicy import Answer, RetryPolicy, Verdict
 
 logger = logging.getLogger("linerules.dispatch")
@@ -313,8 +313,9 @@ class Dispatcher:
             if name not in chosen:
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(chosen)}")
             chosen[name] = rate
-        self._buckets = {name: TokenBucket(rate, max(1.0, rate * burst_seconds))
-                         for name, rate in chosen.items()}
+        # Short bursts, and never more than the limit in any second (a bucket that starts full
+        # would let a burst's worth more through in the first second).
+        self._buckets = {name: client_bucket(rate, burst_seconds) for name, rate in chosen.items()}
         self._client: AsyncApiClient | None = None
         self._api: AsyncMessagingApi | None = None
         self._client_lock = asyncio.Lock()

@@ -544,6 +544,19 @@ class Emulator:
         return [r for r in self.requests
                 if r.endpoint == name and (status is None or r.status == status)]
 
+    def busiest_second(self, endpoint: str, seconds: float = 1.0) -> int:
+        """The most requests to ``endpoint`` that arrived within any ``seconds`` (a sliding
+        window over the arrival times): what a client pacing itself at LINE's limit must keep
+        at or under that limit."""
+        name = self._endpoint_of(endpoint)
+        times = sorted(r.time for r in self.requests if r.endpoint == name)
+        best = start = 0
+        for end, at in enumerate(times):
+            while at - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
     def status_counts(self) -> dict[str, Counter[int | None]]:
         """Per endpoint, how many requests got each status (None: connection dropped)."""
         out: dict[str, Counter[int | None]] = defaultdict(Counter)
@@ -887,6 +900,8 @@ class Emulator:
             "quota": self.quota,
             "requests": {ep: {str(s): n for s, n in c.items()}
                          for ep, c in self.status_counts().items()},
+            "busiest_second": {ep: self.busiest_second(ep) for ep in self.status_counts()
+                               if ep != "token"},
         }
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
