@@ -44,13 +44,11 @@ from linebot.v3.messaging import (
     AsyncApiClient,
     AsyncMessagingApi,
     Configuration,
-    MulticastRequest,
-    PushMessageRequest,
-    ReplyMessageRequest,
 )
+from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
 
-from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MONTHLY_LIMIT_MESSAGE,
-                     QUOTA_ZONE, RATE_LIMITS, UUID_RE)
+from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MESSAGE_TYPES,
+                     MONTHLY_LIMIT_MESSAGE, QUOTA_ZONE, RATE_LIMITS, ROUTES, UUID_RE)
 from .ratelimit import client_bucket
 from .retrypolicy import Answer, RetryPolicy, Verdict
 
@@ -247,6 +245,60 @@ def _describe(answer: Answer | _Answer) -> str:
     return f"{answer.status} {answer.body}".strip()
 
 
+#: What the SDK's send methods deserialise their answers as.
+_SEND_RESPONSE_TYPES = {"200": "object"}
+_MESSAGE_TYPE_SET = frozenset(MESSAGE_TYPES)
+
+
+def _check_messages(messages: Sequence[Any]) -> None:
+    """The shape the request needs (ValueError otherwise): 1 to 5 message objects, each a
+    mapping with a known ``type``. Their content was checked against LINE's limits when the
+    rules were loaded and when they were rendered."""
+    if not 1 <= len(messages) <= MAX_OBJECTS:
+        raise ValueError(f"{len(messages)} message objects; LINE takes 1 to {MAX_OBJECTS} "
+                         "per request")
+    for message in messages:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind not in _MESSAGE_TYPE_SET:
+            raise ValueError(f"not a LINE message object of a known type: {message!r:.80}")
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """A request body as LINE reads it: compact UTF-8 JSON."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _RESTClient(RESTClientObject):
+    """The SDK's aiohttp transport with two changes: a session of the dispatcher's own (see
+    :meth:`Dispatcher._messaging`), and a body that is already JSON bytes is sent as it is
+    (the SDK's own client would ``json.dumps`` it again). Everything else, the SDK's."""
+
+    def __init__(self, configuration: Configuration, session: aiohttp.ClientSession):
+        # not the SDK's __init__: it would open a session only to be replaced
+        self.proxy = configuration.proxy
+        self.proxy_headers = configuration.proxy_headers
+        self.pool_manager = session
+
+    async def request(self, method: str, url: str, query_params: Any = None,
+                      headers: dict[str, str] | None = None, body: Any = None,
+                      post_params: Any = None, _preload_content: bool = True,
+                      _request_timeout: Any = None) -> Any:
+        if not isinstance(body, bytes):
+            return await super().request(method, url, query_params, headers, body, post_params,
+                                         _preload_content, _request_timeout)
+        args: dict[str, Any] = {"method": method.upper(), "url": url, "data": body,
+                                "headers": headers or {}, "timeout": _request_timeout or 300}
+        if self.proxy:
+            args["proxy"] = self.proxy
+        if self.proxy_headers:
+            args["proxy_headers"] = self.proxy_headers
+        response = await self.pool_manager.request(**args)
+        answer = RESTResponse(response, await response.read())
+        if not 200 <= answer.status <= 299:
+            raise ApiException(http_resp=answer)
+        return answer
+
+
 def _env_proxy(endpoint: str) -> str | None:
     """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY`` ...) names for ``endpoint``."""
     parts = urllib.parse.urlsplit(endpoint)
@@ -349,15 +401,15 @@ class Dispatcher:
                     # request (netrc and proxy lookups) and caps sending near 1,100 requests/s;
                     # the proxy is resolved once above instead, and the session replaced by a
                     # plain one.
-                    sdk_session = client.rest_client.pool_manager
+                    sdk_rest = client.rest_client
                     # No pool limit: callers bound the requests in flight (send's semaphore,
                     # the runner's slots), and a pool full of hanging pushes must never make
                     # a reply wait for a connection.
-                    client.rest_client.pool_manager = aiohttp.ClientSession(
+                    client.rest_client = _RESTClient(config, aiohttp.ClientSession(
                         connector=aiohttp.TCPConnector(limit=0,
                                                        ssl=ssl.create_default_context()),
-                        trace_configs=self._trace_configs or None)
-                    await sdk_session.close()
+                        trace_configs=self._trace_configs or None))
+                    await sdk_rest.close()
                     self._client, self._api = client, AsyncMessagingApi(client)
         return self._api
 
@@ -578,9 +630,6 @@ class Dispatcher:
                          before_send: BeforeSend | None = None) -> DispatchResult:
         via = "push" if item.kind == "reply" else item.kind
         try:
-            if len(item.messages) > MAX_OBJECTS and item.kind != "menu_link":
-                raise ValueError(f"{len(item.messages)} message objects; LINE takes at most "
-                                 f"{MAX_OBJECTS} per request")
             if item.kind == "push":
                 return await self._push(item)
             if item.kind == "multicast":
@@ -590,7 +639,7 @@ class Dispatcher:
             if item.kind == "menu_link":
                 return await self._menu_link(item)
             raise ValueError(f"unknown kind {item.kind!r}")
-        except (ValueError, TypeError) as exc:   # includes the SDK's model validation errors
+        except (ValueError, TypeError) as exc:
             return DispatchResult(item.id, "rejected", None, None, f"invalid item: {exc}",
                                   via, len(item.to), item.ambiguous)
 
@@ -625,6 +674,26 @@ class Dispatcher:
         return DispatchResult(item.id, "held", None, None, detail, via, recipients,
                               item.ambiguous)
 
+    def _post(self, api: AsyncMessagingApi, endpoint: str, body: bytes,
+              retry_key: str | None = None) -> Awaitable[Any]:
+        """One send request through the SDK's own client (``ApiClient.call_api``: its
+        transport, bearer token, user agent and :class:`ApiException` for errors), with the
+        body encoded once (:func:`_encode`), the same bytes on every attempt. The SDK's
+        request models (``MulticastRequest`` ...) are not built: they would validate again,
+        with pydantic, message objects the rules' checks and the renderer already validated
+        against LINE's limits, and serialise them back, which was most of the CPU a broadcast
+        spent. The headers are the ones the SDK's ``multicast``/``push_message``/
+        ``reply_message`` set."""
+        method, path = ROUTES[endpoint]
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if retry_key is not None:
+            headers["X-Line-Retry-Key"] = retry_key
+        return api.api_client.call_api(  # body: bytes pass the SDK's serialisation as they are
+            path, method, {}, [], headers, body=body, post_params=[], files={},
+            response_types_map=_SEND_RESPONSE_TYPES, auth_settings=["Bearer"],
+            _return_http_data_only=False, _preload_content=True,
+            _request_timeout=self.timeout, _host=api.line_base_path, collection_formats={})
+
     def _label(self, item: OutboxItem, via: str) -> str:
         to = item.to[0] if len(item.to) == 1 else f"{len(item.to)} friends"
         return f"outbox {item.id} {via} to {to}"
@@ -638,11 +707,9 @@ class Dispatcher:
             raise ValueError(f"a multicast goes to 1 to {MAX_MULTICAST} users, not {len(to)}")
         if not multicast and len(to) != 1:
             raise ValueError(f"a push goes to exactly one user, not {len(to)}")
-        # One request model for every attempt: each retry sends the same bytes.
-        if multicast:
-            mreq = MulticastRequest.from_dict({"to": to, "messages": item.messages})
-        else:
-            preq = PushMessageRequest.from_dict({"to": to[0], "messages": item.messages})
+        _check_messages(item.messages)
+        # One body for every attempt: each retry sends the same bytes.
+        body = _encode({"to": to if multicast else to[0], "messages": item.messages})
         recipients = len(to)
         await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
         if self.quota_exhausted:
@@ -655,14 +722,8 @@ class Dispatcher:
             self.remaining -= recipients
         api = await self._messaging()
         label = self._label(item, via)
-        if multicast:
-            answer = await self._request("multicast", lambda: api.multicast_with_http_info(
-                mreq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
-                label=label)
-        else:
-            answer = await self._request("push", lambda: api.push_message_with_http_info(
-                preq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
-                label=label)
+        answer = await self._request(via, lambda: self._post(api, via, body, item.retry_key),
+                                     label=label)
         result = self._result(item, answer, via, recipients)
         if result.outcome == "held":
             self._exhausted_month = _month(self.clock())
@@ -686,8 +747,8 @@ class Dispatcher:
                                       or self.clock() < item.reply_deadline)
         if fresh:
             api = await self._messaging()
-            req = ReplyMessageRequest.from_dict({"replyToken": item.reply_token,
-                                                 "messages": item.messages})
+            _check_messages(item.messages)
+            body = _encode({"replyToken": item.reply_token, "messages": item.messages})
             if before_send is not None and not item.ambiguous:
                 allowed = before_send(item)
                 if inspect.isawaitable(allowed):
@@ -696,9 +757,9 @@ class Dispatcher:
                     return DispatchResult(item.id, "retry", None, None,
                                           "not sent: the row is no longer this runner's",
                                           "reply", 1)
-            answer = await self._request("reply", lambda: api.reply_message_with_http_info(
-                req, _request_timeout=self.timeout), label=self._label(item, "reply"),
-                deadline=item.reply_deadline)
+            answer = await self._request("reply", lambda: self._post(api, "reply", body),
+                                         label=self._label(item, "reply"),
+                                         deadline=item.reply_deadline)
             invalid_token = answer.status == 400 and INVALID_REPLY_TOKEN_MESSAGE in answer.body
             if not invalid_token:
                 result = self._result(item, answer, "reply", 1)

@@ -216,6 +216,9 @@ class Runner:
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}   # outbox id -> (lane, task)
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
+        self._flushing: asyncio.Future | None = None
+        #: The outcome writer: stores what LINE answered, off the event loop (see _land).
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-outcomes")
         self._tick_wake = asyncio.Event()
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
@@ -316,6 +319,7 @@ class Runner:
         except StoreError:
             pass   # the database cannot be written (logged once); the next start takes the lease over
         finally:
+            self._writer.shutdown(wait=wait)
             self.store.close()
             if wait:
                 self._executor.shutdown(wait=True)
@@ -450,7 +454,7 @@ class Runner:
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._flush()
+        await self._flush()
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -659,18 +663,38 @@ class Runner:
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
-        """Queue an outcome; outcomes that land together are stored in one transaction (the
-        event loop waits for SQLite's write lock once for them, not once per row)."""
+        """Queue an outcome; outcomes that land together are stored in one transaction, on the
+        outcome writer's thread: SQLite updates a multicast's 500 delivery rows there while
+        the event loop goes on with the requests in flight (SQLite lets go of Python's lock
+        while it works). A row keeps its send slot until its outcome is stored."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._start_flush)
 
-    def _flush(self) -> None:
+    def _start_flush(self) -> None:
         self._flush_scheduled = False
-        batch, self._landed = self._landed, []
-        if not batch:
-            return
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        """Store every outcome landed so far (waiting for a store already under way)."""
+        if self._flushing is not None and not self._flushing.done() \
+                and self._flushing is not asyncio.current_task():
+            await asyncio.shield(self._flushing)
+        loop = asyncio.get_running_loop()
+        while self._landed:
+            batch, self._landed = self._landed, []
+            try:
+                await loop.run_in_executor(self._writer, self._store_outcomes, batch)
+            finally:
+                for row, _ in batch:
+                    self._sending.pop(row["id"], None)
+                self.wake_dispatch()
+
+    def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]]) -> None:
+        """On the writer thread: one transaction for ``batch``; on failure the rows are sent
+        again later with their retry keys."""
         now = self.now()
         try:
             with self.store.transaction():
@@ -684,10 +708,6 @@ class Runner:
             log.exception("the outcomes of %d outbox rows could not be stored; they are "
                           "sent again (same retry keys)", len(batch))
             self.store.release_claims(row["id"] for row, _ in batch)
-        finally:
-            for row, _ in batch:
-                self._sending.pop(row["id"], None)
-            self.wake_dispatch()
 
     def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
         """Store one outcome with its reason: done, rejected, unconfirmed, held for the quota
