@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -242,11 +243,14 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object) -> float
     runner.clock = lambda: dt.datetime.fromtimestamp(time.time() - offset, dt.timezone.utc)
     try:
         await runner.dispatcher.refresh_quota()
+        watch = sqlite3.connect(folder / "linerules.db")   # its own connection: not the runner's
+        backlog = "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')"
         started = time.monotonic()
         loop = asyncio.ensure_future(runner._dispatch_loop())
-        while runner.store.outbox_backlog():
+        while watch.execute(backlog).fetchone()[0]:
             await asyncio.sleep(0.02)
         elapsed = time.monotonic() - started
+        watch.close()
         runner.stop()
         await loop
         failed = runner.store.conn.execute(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -34,7 +35,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Mapping
+from typing import Any, Awaitable, Callable, Coroutine, Mapping
 
 from . import i18n, ir
 from .diagnostics import has_errors, render_text
@@ -433,7 +434,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = self.fill_slots()
+                started = await self.fill_slots()
             except LeaseLost as exc:
                 log.critical("stopping: %s; another runner took over %s, and this one writes "
                              "nothing more", exc, self.config.db)
@@ -612,10 +613,11 @@ class Runner:
 
     # ------------------------------------------------------------------ sending
 
-    def fill_slots(self) -> int:
+    async def fill_slots(self) -> int:
         """Claim due rows for the free send slots (replies have slots of their own) and start
         one task per row; returns the number of rows started. Raises LeaseLost when another
-        runner holds the lease."""
+        runner holds the lease. The claim runs on the outcome writer's thread, like every
+        write of the dispatch loop, so the event loop never waits for SQLite."""
         if self.stopping or self.auth_problem is not None:
             return 0
         replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
@@ -624,10 +626,10 @@ class Runner:
         if free_replies <= 0 and free_others <= 0:
             return 0
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        rows = self.store.claim_outbox(int(self.now().timestamp()),
-                                       max(0, free_replies) + max(0, free_others),
-                                       reply_limit=max(0, free_replies),
-                                       other_limit=max(0, free_others), lease=lease)
+        rows = await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(
+            self.store.claim_outbox, int(self.now().timestamp()),
+            max(0, free_replies) + max(0, free_others), reply_limit=max(0, free_replies),
+            other_limit=max(0, free_others), lease=lease))
         for row in rows:
             lane = "reply" if row["kind"] == "reply" else "send"
             task = asyncio.ensure_future(self._send_row(row))
@@ -637,7 +639,7 @@ class Runner:
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
-        started = self.fill_slots()
+        started = await self.fill_slots()
         await self._drain()
         return started
 
@@ -655,11 +657,13 @@ class Runner:
                                     row["kind"], len(row["recipients"]), item.ambiguous)
         self._land(row, result)
 
-    def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
-        def mark(item: OutboxItem) -> bool:
-            """A reply is about to go out: record that it may reach LINE (fenced)."""
-            return self.store.mark_sending(row["id"], row.get("claim_epoch"),
-                                           int(self.now().timestamp()))
+    def _before_send(self, row: dict) -> Callable[[OutboxItem], Awaitable[bool]]:
+        def mark(item: OutboxItem) -> Awaitable[bool]:
+            """A reply is about to go out: record that it may reach LINE (fenced), on the
+            outcome writer's thread."""
+            return asyncio.get_running_loop().run_in_executor(
+                self._writer, self.store.mark_sending, row["id"], row.get("claim_epoch"),
+                int(self.now().timestamp()))
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
@@ -747,13 +751,13 @@ class Runner:
             log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
                         result.detail)
         elif outcome == "auth":
-            if self.auth_problem is None:
+            first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
+            if first:    # the state first: /healthz may be asked the moment this is logged
                 log.error("LINE refuses the channel access token (%s): every send is held, "
                           "nothing is dropped; checking again in %.0f s. Set a valid "
                           "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
                           "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
                           "Developers Console", result.detail, self._auth_delay)
-            self.auth_problem = result.detail or f"HTTP {result.status}"
         else:
             log.warning("outbox %d to %s not sent (%s)%s; next attempt at %s with the same "
                         "retry key", row_id, to, result.detail,
