@@ -84,6 +84,8 @@ class OutboxItem:
     timeout, a lost answer, a 5xx, or a process that stopped mid-request). A push or multicast
     simply goes again with its retry key; a reply carries no key, so such an item is never
     turned into a push (that could deliver it twice): its token tells whether it arrived.
+    ``encoded``: ``to`` and ``messages`` as the JSON text the outbox stores them in (they must
+    say the same); the request body is then made from that text, without encoding again.
     """
 
     id: int
@@ -95,6 +97,21 @@ class OutboxItem:
     reply_deadline: float | None = None
     rich_menu_id: str | None = None
     ambiguous: bool = False
+    encoded: tuple[str, str] | None = None
+
+    def body(self, head: Mapping[str, Any]) -> bytes:
+        """The request body: ``head`` (``to`` or ``replyToken``) and the messages, as compact
+        UTF-8 JSON. With ``encoded`` (the recipients and the messages as the outbox stores
+        them, JSON text) the messages are not encoded again, and a multicast's ``to`` is the
+        stored list as it is."""
+        if self.encoded is None:
+            return _encode({**head, "messages": self.messages})
+        recipients, messages = self.encoded
+        if head.get("to") is self.to:
+            first = f'{{"to":{recipients}'
+        else:
+            first = _encode(head).decode()[:-1]
+        return f'{first},"messages":{messages}}}'.encode()
 
 
 @dataclass
@@ -709,7 +726,7 @@ class Dispatcher:
             raise ValueError(f"a push goes to exactly one user, not {len(to)}")
         _check_messages(item.messages)
         # One body for every attempt: each retry sends the same bytes.
-        body = _encode({"to": to if multicast else to[0], "messages": item.messages})
+        body = item.body({"to": to if multicast else to[0]})
         recipients = len(to)
         await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
         if self.quota_exhausted:
@@ -748,7 +765,7 @@ class Dispatcher:
         if fresh:
             api = await self._messaging()
             _check_messages(item.messages)
-            body = _encode({"replyToken": item.reply_token, "messages": item.messages})
+            body = item.body({"replyToken": item.reply_token})
             if before_send is not None and not item.ambiguous:
                 allowed = before_send(item)
                 if inspect.isawaitable(allowed):

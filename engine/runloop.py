@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import logging
 import os
 import socket
@@ -35,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Callable, Coroutine, Mapping
 
 from . import i18n, ir
 from .diagnostics import has_errors, render_text
@@ -217,9 +216,6 @@ class Runner:
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}   # outbox id -> (lane, task)
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
-        self._flushing: asyncio.Future | None = None
-        #: The outcome writer: stores what LINE answered, off the event loop (see _land).
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-outcomes")
         self._tick_wake = asyncio.Event()
         self._dispatch_wake = asyncio.Event()
         self._force = asyncio.Event()
@@ -320,7 +316,6 @@ class Runner:
         except StoreError:
             pass   # the database cannot be written (logged once); the next start takes the lease over
         finally:
-            self._writer.shutdown(wait=wait)
             self.store.close()
             if wait:
                 self._executor.shutdown(wait=True)
@@ -434,7 +429,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = await self.fill_slots()
+                started = self.fill_slots()
             except LeaseLost as exc:
                 log.critical("stopping: %s; another runner took over %s, and this one writes "
                              "nothing more", exc, self.config.db)
@@ -455,7 +450,7 @@ class Runner:
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._flush()
+        self._flush()
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -613,11 +608,10 @@ class Runner:
 
     # ------------------------------------------------------------------ sending
 
-    async def fill_slots(self) -> int:
+    def fill_slots(self) -> int:
         """Claim due rows for the free send slots (replies have slots of their own) and start
         one task per row; returns the number of rows started. Raises LeaseLost when another
-        runner holds the lease. The claim runs on the outcome writer's thread, like every
-        write of the dispatch loop, so the event loop never waits for SQLite."""
+        runner holds the lease."""
         if self.stopping or self.auth_problem is not None:
             return 0
         replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
@@ -626,10 +620,10 @@ class Runner:
         if free_replies <= 0 and free_others <= 0:
             return 0
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        rows = await asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(
-            self.store.claim_outbox, int(self.now().timestamp()),
-            max(0, free_replies) + max(0, free_others), reply_limit=max(0, free_replies),
-            other_limit=max(0, free_others), lease=lease))
+        rows = self.store.claim_outbox(int(self.now().timestamp()),
+                                       max(0, free_replies) + max(0, free_others),
+                                       reply_limit=max(0, free_replies),
+                                       other_limit=max(0, free_others), lease=lease)
         for row in rows:
             lane = "reply" if row["kind"] == "reply" else "send"
             task = asyncio.ensure_future(self._send_row(row))
@@ -639,7 +633,7 @@ class Runner:
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
-        started = await self.fill_slots()
+        started = self.fill_slots()
         await self._drain()
         return started
 
@@ -657,48 +651,26 @@ class Runner:
                                     row["kind"], len(row["recipients"]), item.ambiguous)
         self._land(row, result)
 
-    def _before_send(self, row: dict) -> Callable[[OutboxItem], Awaitable[bool]]:
-        def mark(item: OutboxItem) -> Awaitable[bool]:
-            """A reply is about to go out: record that it may reach LINE (fenced), on the
-            outcome writer's thread."""
-            return asyncio.get_running_loop().run_in_executor(
-                self._writer, self.store.mark_sending, row["id"], row.get("claim_epoch"),
-                int(self.now().timestamp()))
+    def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
+        def mark(item: OutboxItem) -> bool:
+            """A reply is about to go out: record that it may reach LINE (fenced)."""
+            return self.store.mark_sending(row["id"], row.get("claim_epoch"),
+                                           int(self.now().timestamp()))
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
-        """Queue an outcome; outcomes that land together are stored in one transaction, on the
-        outcome writer's thread: SQLite updates a multicast's 500 delivery rows there while
-        the event loop goes on with the requests in flight (SQLite lets go of Python's lock
-        while it works). A row keeps its send slot until its outcome is stored."""
+        """Queue an outcome; outcomes that land together are stored in one transaction (the
+        event loop waits for SQLite's write lock once for them, not once per row)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _start_flush(self) -> None:
+    def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        """Store every outcome landed so far (waiting for a store already under way)."""
-        if self._flushing is not None and not self._flushing.done() \
-                and self._flushing is not asyncio.current_task():
-            await asyncio.shield(self._flushing)
-        loop = asyncio.get_running_loop()
-        while self._landed:
-            batch, self._landed = self._landed, []
-            try:
-                await loop.run_in_executor(self._writer, self._store_outcomes, batch)
-            finally:
-                for row, _ in batch:
-                    self._sending.pop(row["id"], None)
-                self.wake_dispatch()
-
-    def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]]) -> None:
-        """On the writer thread: one transaction for ``batch``; on failure the rows are sent
-        again later with their retry keys."""
+        batch, self._landed = self._landed, []
+        if not batch:
+            return
         now = self.now()
         try:
             with self.store.transaction():
@@ -712,6 +684,10 @@ class Runner:
             log.exception("the outcomes of %d outbox rows could not be stored; they are "
                           "sent again (same retry keys)", len(batch))
             self.store.release_claims(row["id"] for row, _ in batch)
+        finally:
+            for row, _ in batch:
+                self._sending.pop(row["id"], None)
+            self.wake_dispatch()
 
     def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
         """Store one outcome with its reason: done, rejected, unconfirmed, held for the quota
@@ -752,7 +728,7 @@ class Runner:
                         result.detail)
         elif outcome == "auth":
             first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
-            if first:    # the state first: /healthz may be asked the moment this is logged
+            if first:
                 log.error("LINE refuses the channel access token (%s): every send is held, "
                           "nothing is dropped; checking again in %.0f s. Set a valid "
                           "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
@@ -819,7 +795,8 @@ def outbox_item(row: dict) -> OutboxItem:
                       reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
                       rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
                       # a request was sent and its outcome is unknown (stored before it went out)
-                      ambiguous=bool(row.get("ambiguous")))
+                      ambiguous=bool(row.get("ambiguous")),
+                      encoded=None if menu_link else row.get("encoded"))
 
 
 def _recipients(row: dict) -> str:

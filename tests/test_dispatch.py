@@ -1,6 +1,7 @@
 """The dispatcher sends through the real line-bot-sdk to the LINE emulator on loopback."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -99,6 +100,23 @@ async def test_400_is_rejected_and_never_retried(dispatcher, emulator):
     assert "messages[0].text" in result.detail
     assert len(emulator.requests_to("push")) == 1
     assert emulator.delivered == []
+
+
+async def test_a_body_from_the_stored_json_is_the_same_request(dispatcher, emulator):
+    to, messages = ["U2", "U3"], [TEXT, {"type": "text", "text": "二つ目 😀"}]
+    stored = (json.dumps(to), json.dumps(messages, ensure_ascii=False))
+    plain = OutboxItem(1, "multicast", to, messages, str(uuid.uuid4()))
+    encoded = OutboxItem(2, "multicast", to, messages, str(uuid.uuid4()), encoded=stored)
+    single = OutboxItem(3, "push", ["U4"], messages, str(uuid.uuid4()),
+                        encoded=(json.dumps(["U4"]), stored[1]))
+    assert json.loads(encoded.body({"to": to})) == json.loads(plain.body({"to": to})) == {
+        "to": to, "messages": messages}
+    assert json.loads(single.body({"to": "U4"})) == {"to": "U4", "messages": messages}
+    results = await dispatcher.send([plain, encoded, single])
+    assert [r.outcome for r in results] == ["sent"] * 3
+    bodies = [r.json() for r in emulator.requests_to("multicast") + emulator.requests_to("push")]
+    assert bodies[0] == bodies[1] and bodies[2]["to"] == "U4"
+    assert sorted(d.user_id for d in emulator.delivered) == ["U2", "U2", "U3", "U3", "U4"]
 
 
 async def test_invalid_items_are_rejected_without_calling_line(dispatcher, emulator):
