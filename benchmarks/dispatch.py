@@ -104,12 +104,17 @@ async def bare_ceiling(base_url: str, seconds: float, concurrency: int = 64) -> 
         return done / (time.monotonic() - started)
 
 
-async def dispatcher_rate(base_url: str, items: list[OutboxItem], **options) -> tuple[float, list]:
+async def dispatcher_rate(base_url: str, items: list[OutboxItem], sent: list[float] | None = None,
+                          **options) -> tuple[float, list]:
     async with Dispatcher(DEFAULT_ACCESS_TOKEN, base_url, **options) as dispatcher:
         await dispatcher.refresh_quota()
+        if sent is not None:
+            grants = log_grants(dispatcher._buckets["multicast"])
         started = time.monotonic()
         results = await dispatcher.send(items)
         elapsed = time.monotonic() - started
+        if sent is not None:
+            sent.extend(grants)
     return elapsed, results
 
 
@@ -154,9 +159,9 @@ async def run(seconds: float) -> None:
         print(f"  multicast: {len(items)} requests of 500 to {FRIENDS:,} friends in {elapsed:.2f} s"
               f" = {recipients / elapsed:,.0f} recipients/s; {req_rate:,.0f} requests/s"
               f" = {req_rate / MULTICAST_LIMIT:.3f} of LINE's {MULTICAST_LIMIT:,.0f}/s limit"
-              f" (delivered {delivered:,}; 429s: {throttled})")
-        print("  (each run starts with a full client bucket: a burst of 1/20 s of requests "
-              "before the steady rate)")
+              f" (delivered {delivered:,}; 429s: {throttled}; busiest second as the emulator "
+              f"handled them: {after['busiest_second'].get('multicast', 0)})")
+        print("  (client buckets start empty and let at most the limit go in any 1.02 s)")
 
 
 # ----------------------------------------------------------------------------- 4. broadcast
@@ -209,12 +214,36 @@ def broadcast_outbox(folder: Path, friends: int) -> tuple[object, float, float]:
     return moment, written, ticked
 
 
-async def bare_client(base_url: str, bodies: list[bytes], concurrency: int = 64) -> float:
+def busiest(times: list[float], seconds: float = 1.0) -> int:
+    """The most of ``times`` within any ``seconds``."""
+    times, best, start = sorted(times), 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def log_grants(bucket) -> list[float]:
+    """Record when ``bucket`` lets a request go (the second as the client sends it)."""
+    sent: list[float] = []
+    take = bucket._take
+
+    def logged(now: float, n: float) -> None:
+        sent.append(now)
+        take(now, n)
+    bucket._take = logged
+    return sent
+
+
+async def bare_client(base_url: str, bodies: list[bytes], sent: list[float],
+                      concurrency: int = 64) -> float:
     """The floor: pre-encoded multicast bodies posted by a bare aiohttp client with the same
     client-side pacing at LINE's limit; returns the seconds it took."""
     headers = {"Authorization": f"Bearer {DEFAULT_ACCESS_TOKEN}",
                "Content-Type": "application/json"}
     bucket = client_bucket(MULTICAST_LIMIT)
+    grants = log_grants(bucket)
     queue = list(reversed(bodies))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def worker() -> None:
@@ -228,10 +257,12 @@ async def bare_client(base_url: str, bodies: list[bytes], concurrency: int = 64)
                     assert r.status == 200, r.status
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        sent.extend(grants)
         return time.monotonic() - started
 
 
-async def runner_broadcast(base_url: str, folder: Path, moment: object) -> tuple[float, float]:
+async def runner_broadcast(base_url: str, folder: Path, moment: object,
+                           sent: list[float]) -> tuple[float, float]:
     """The runner's dispatch loop sends the outbox and stores every outcome; returns the
     seconds from its start to the last outcome stored, and the process's CPU seconds
     meanwhile."""
@@ -245,6 +276,7 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object) -> tuple
     runner.clock = lambda: dt.datetime.fromtimestamp(time.time() - offset, dt.timezone.utc)
     try:
         await runner.dispatcher.refresh_quota()
+        grants = log_grants(runner.dispatcher._buckets["multicast"])
         watch = sqlite3.connect(folder / "linerules.db")   # its own connection: not the runner's
         backlog = "SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')"
         started, cpu = time.monotonic(), time.process_time()
@@ -253,6 +285,7 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object) -> tuple
             await asyncio.sleep(0.02)
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
         watch.close()
+        sent.extend(grants)
         runner.stop()
         await loop
         failed = runner.store.conn.execute(
@@ -281,19 +314,20 @@ async def broadcast(friends: int, rounds: int) -> None:
                 with emulator_process("--friends", str(friends)) as url:
                     cpu_before = time.process_time()
                     cpu_spent = None
+                    sent: list[float] = []
                     if name == "bare client":
                         bodies = [json.dumps({"to": chunk, "messages": TEXT}).encode()
                                   for chunk in chunks]
-                        elapsed = await bare_client(url, bodies)
+                        elapsed = await bare_client(url, bodies, sent)
                     elif name == "dispatcher":
                         items = [OutboxItem(i, "multicast", chunk, TEXT, str(uuid.uuid4()))
                                  for i, chunk in enumerate(chunks)]
-                        elapsed, results = await dispatcher_rate(url, items)
+                        elapsed, results = await dispatcher_rate(url, items, sent=sent)
                         assert {r.outcome for r in results} == {"sent"}
                     else:
                         folder = Path(tmp) / f"runner{round_}"
                         shutil.copytree(pristine, folder)   # the outbox as the tick left it
-                        elapsed, cpu_spent = await runner_broadcast(url, folder, moment)
+                        elapsed, cpu_spent = await runner_broadcast(url, folder, moment, sent)
                         shutil.rmtree(folder)
                     if cpu_spent is None:
                         cpu_spent = time.process_time() - cpu_before
@@ -301,16 +335,17 @@ async def broadcast(friends: int, rounds: int) -> None:
                     assert after["delivered"] == friends, after["delivered"]
                     runs.setdefault(name, []).append(
                         (friends / elapsed, after["busiest_second"]["multicast"],
-                         cpu_spent / requests * 1000))
+                         cpu_spent / requests * 1000, busiest(sent)))
         figures = {name: sorted(r[0] for r in rs)[len(rs) // 2] for name, rs in runs.items()}
         floor = figures["bare client"]
         for name, rate in figures.items():
-            busiest = max(r[1] for r in runs[name])
+            seen = max(r[1] for r in runs[name])
+            sent_most = max(r[3] for r in runs[name])
             cpu = sorted(r[2] for r in runs[name])[len(runs[name]) // 2]
             print(f"    {name + ':':13s} {rate:9,.0f} recipients/s = {rate / floor:.3f} of the bare "
                   f"client, {rate / MAX_MULTICAST / MULTICAST_LIMIT:.3f} of LINE's multicast limit; "
-                  f"busiest second {busiest} requests (limit {MULTICAST_LIMIT:,.0f}); "
-                  f"{cpu:.2f} ms CPU per request")
+                  f"busiest second {sent_most} requests as sent, {seen} as the emulator handled "
+                  f"them (limit {MULTICAST_LIMIT:,.0f}); {cpu:.2f} ms CPU per request")
         met = figures["runner"] >= 80_000 and figures["runner"] >= 0.95 * floor
         print(f"    runner: goal >= 80,000 recipients/s and >= 0.95 of the bare client "
               f"({'met' if met else 'NOT met'})")
