@@ -66,6 +66,9 @@ RELOAD_QUIET = 2.0
 SUSPEND_GRACE = 3600
 #: A reply that must be retried is retried this many seconds before its token's deadline.
 REPLY_MARGIN = 3
+#: Seconds an outcome waits to be stored with the others that land meanwhile (a crash in that
+#: time sends those rows again with their retry keys: LINE answers 409 for what it had).
+FLUSH_DELAY = 0.02
 #: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
 DISPATCH_POLL = 1.0
 #: Meta key: when a ``/join`` link last sent someone to LINE Login (epoch seconds).
@@ -659,12 +662,13 @@ class Runner:
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
-        """Queue an outcome; outcomes that land together are stored in one transaction (the
-        event loop waits for SQLite's write lock once for them, not once per row)."""
+        """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
+        transaction (the event loop waits for SQLite's write lock once for them, not once per
+        row; a broadcast's multicasts land a few milliseconds apart)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
