@@ -6,7 +6,7 @@ import sys
 
 def main(*, rules_dir: str = "rules", db: str = "linerules.db", listen: str = "127.0.0.1:8080",
          tick_seconds: float = 60.0, condition_interval: int = 0) -> int:
-    from engine.server import serve
+    from engine.runner.server import serve
 
     return serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
                  condition_interval=condition_interval)

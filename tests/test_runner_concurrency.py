@@ -12,12 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import engine.runloop as runloop
-import engine.store as store_module
+import engine.runner.runloop as runloop
+import engine.runtime.store as store_module
 from engine.interpreter import Engine
-from engine.runloop import Runner, RunnerConfig
-from engine.server import build_app
-from engine.store import Store
+from engine.runner.runloop import Runner, RunnerConfig
+from engine.runner.server import build_app
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 from test_server import (API_TOKEN, SECRET, fake_line_login, line_event, sign, wait_for,  # noqa: F401
                          webhook_body, write_rules)
