@@ -1,4 +1,7 @@
-"""The runner daemon: ``python runner.py`` is ``linerules run``."""
+"""The runner daemon: ``python runner.py`` is ``linerules run``.
+
+The design card's entry point. It depends on the package (``engine.runner.server`` for
+:func:`main`, ``engine.cli`` for the command line); nothing in the package imports it."""
 from __future__ import annotations
 
 import sys

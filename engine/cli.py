@@ -181,10 +181,10 @@ def run(rules_dir, db, listen, tick_seconds, condition_interval):
     Example:
       LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
     """
-    from runner import main
+    from engine.runner.server import serve
 
-    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
-                          condition_interval=condition_interval))
+    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
+                           condition_interval=condition_interval))
 
 
 @cli.group(name="import")
