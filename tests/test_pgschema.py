@@ -199,3 +199,11 @@ def test_without_a_server_the_postgresql_tests_fail_and_say_why(tmp_path):
     assert "PostgreSQL tests need a PostgreSQL server" in run.stdout
     assert "LINERULES_TEST_PG=postgresql://nobody@127.0.0.1:1/none" in run.stdout
     assert "skipped" not in run.stdout and "1 error" in run.stdout
+
+
+def test_a_schema_holding_other_tables_is_not_touched(pg_url):
+    with _pg(pg_url) as conn:
+        conn.execute("CREATE TABLE customers (id BIGINT PRIMARY KEY)")
+        with pytest.raises(RuntimeError, match=r"already holds tables that are not a linerules database \(customers\)"):
+            pgschema.migrate(conn)
+        assert conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None

@@ -194,8 +194,15 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
         with conn.transaction():
             schema = _ensure_schema(conn)
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('linerules.migrate:' || %s))", (schema,))
-            conn.execute(META_DDL)
             version = schema_version(conn)
+            if version == 0:
+                others = [r[0] for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                    "AND table_name <> 'meta' ORDER BY table_name", (schema,))]
+                if others:
+                    raise RuntimeError(f"the PostgreSQL schema {schema} already holds tables that are not "
+                                       f"a linerules database ({', '.join(others[:5])}): use an empty schema")
+            conn.execute(META_DDL)
             if version > len(statements):
                 raise RuntimeError(f"the PostgreSQL schema {schema} is at version {version}, newer than "
                                    f"this linerules ({len(statements)}): upgrade linerules")

@@ -49,7 +49,7 @@ def find_bindir() -> str | None:
     """The folder of ``initdb``/``pg_ctl``: on PATH, else the newest /usr/lib/postgresql/N/bin."""
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
-        return os.path.dirname(on_path)
+        return os.path.dirname(os.path.realpath(on_path))
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
     return os.path.dirname(found[-1]) if found else None
