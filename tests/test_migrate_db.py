@@ -22,7 +22,7 @@ OWN_META = ("schema_version", "migrate_db.source")
 
 def linerules(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, LINERULES_LANG="en")
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], check=False, capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 
@@ -238,3 +238,13 @@ def test_a_database_a_runner_still_uses_is_refused(engine_db, pg_url, tmp_path):
     store.close()
     run = linerules("migrate-db", str(copy), pg_url, cwd=tmp_path)
     assert run.returncode == 1 and "a runner is using" in run.stderr and "stop the runner" in run.stderr
+
+
+def test_the_runner_says_plainly_that_it_does_not_run_on_postgresql_yet(pg_url, tmp_path):
+    env = dict(os.environ, LINERULES_LANG="en", LINERULES_DB=pg_url)
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--rules", str(ROOT / "rules"),
+                          "--listen", "127.0.0.1:0"], check=False, capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=60)
+    assert run.returncode == 1
+    assert "the engine does not run on PostgreSQL yet" in run.stderr and "linerules migrate-db" in run.stderr
+    assert not list(tmp_path.iterdir())            # no stray SQLite file named like the URL

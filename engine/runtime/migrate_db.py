@@ -270,10 +270,12 @@ def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH,
         raise MigrateError(f"{url!r} is not a PostgreSQL URL: give postgresql://USER@HOST:PORT/DATABASE")
     src = open_source(sqlite_path, say=say)
     pg = connect(url)
+    import psycopg
+
     try:
         try:
             version = pgschema.migrate(pg)
-        except Exception as exc:
+        except (psycopg.Error, RuntimeError) as exc:
             raise MigrateError(f"cannot create the schema in {redact(url)}: {' '.join(str(exc).split())}") from None
         schema = pg.execute("SELECT current_schema()").fetchone()[0]
         say(f"PostgreSQL {redact(url)}, schema {schema} (linerules schema {version})")

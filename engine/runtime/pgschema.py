@@ -368,9 +368,9 @@ def catalog_differences(sqlite: Catalog, pg: Catalog) -> list[str]:
         b = {c.name: c for c in pg.tables[table]}
         if list(a) != list(b):
             out.append(f"table {table}: columns {list(a)} on SQLite, {list(b)} on PostgreSQL")
-        for name in a:
-            if name in b and a[name] != b[name]:
-                out.append(f"column {table}.{name}: {a[name]} on SQLite, {b[name]} on PostgreSQL")
+        for name, column in a.items():
+            if name in b and column != b[name]:
+                out.append(f"column {table}.{name}: {column} on SQLite, {b[name]} on PostgreSQL")
         if sqlite.primary_keys.get(table) != pg.primary_keys.get(table):
             out.append(f"table {table}: primary key {sqlite.primary_keys.get(table)} on SQLite, "
                        f"{pg.primary_keys.get(table)} on PostgreSQL")

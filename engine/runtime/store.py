@@ -298,6 +298,9 @@ class Store:
         (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
         webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
         other writers go first (the runner's tick thread, see :meth:`_begin`)."""
+        if str(path).startswith(("postgresql:", "postgres:")):   # docs/scale.md: what exists today
+            raise StoreError("the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
+                             "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)")
         self.path = path
         self.yields = yields
         self._turns = None if path == ":memory:" else _turns_for(path)

@@ -73,7 +73,7 @@ class Cluster:
     _stopped: bool = field(default=False, repr=False)
 
     def _run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(args, user=self.user, capture_output=True, text=True, **kw)
+        return subprocess.run(args, user=self.user, check=False, capture_output=True, text=True, **kw)
 
     def stop(self) -> None:
         if self._stopped:
@@ -126,7 +126,7 @@ def start_cluster(bindir: str | None = None, *, attempts: int = 3) -> Cluster:
     log_path = os.path.join(folder, "server.log")
     init = subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
                            "-E", "UTF8", "--locale=C", "--no-sync"],
-                          user=user, capture_output=True, text=True, timeout=120, cwd=folder)
+                          user=user, check=False, capture_output=True, text=True, timeout=120, cwd=folder)
     if init.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise NoServer(NO_SERVER.format(why=f"initdb failed: {(init.stderr or init.stdout).strip()[-500:]}"))
@@ -138,7 +138,7 @@ def start_cluster(bindir: str | None = None, *, attempts: int = 3) -> Cluster:
                    "-c shared_buffers=64MB")
         start = subprocess.run([os.path.join(bindir, "pg_ctl"), "start", "-D", data, "-l", log_path,
                                 "-w", "-t", "60", "-o", options],
-                               user=user, capture_output=True, text=True, timeout=120, cwd=folder)
+                               user=user, check=False, capture_output=True, text=True, timeout=120, cwd=folder)
         if start.returncode == 0:
             url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
             return Cluster(bindir=bindir, folder=folder, port=port, user=user, url=url, log_path=log_path)
@@ -185,7 +185,7 @@ class Server:
 def open_server() -> Server:
     """The server named by LINERULES_TEST_PG (checked with a connection), else a new cluster."""
     try:
-        import psycopg  # noqa: F401
+        import psycopg
     except ImportError:
         raise NoServer(NO_SERVER.format(why="psycopg is not installed (pip install 'linerules[postgres]')")) from None
     url = os.environ.get(ENV_URL, "").strip()
@@ -193,7 +193,7 @@ def open_server() -> Server:
         try:
             with _connect(url) as conn:
                 conn.execute("SELECT 1")
-        except Exception as exc:   # any failure to reach it is the same answer for the tests
+        except psycopg.Error as exc:
             raise NoServer(NO_SERVER.format(why=f"{ENV_URL}={url} cannot be reached ({exc})")) from None
         return Server(url=url)
     cluster = start_cluster()
@@ -203,7 +203,7 @@ def open_server() -> Server:
             with _connect(cluster.url) as conn:
                 conn.execute("SELECT 1")
             break
-        except Exception:
+        except psycopg.Error:
             if time.monotonic() > deadline:
                 tail = cluster.log_tail()
                 cluster.stop()
