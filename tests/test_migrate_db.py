@@ -248,3 +248,44 @@ def test_the_runner_says_plainly_that_it_does_not_run_on_postgresql_yet(pg_url, 
     assert run.returncode == 1
     assert "the engine does not run on PostgreSQL yet" in run.stderr and "linerules migrate-db" in run.stderr
     assert not list(tmp_path.iterdir())            # no stray SQLite file named like the URL
+
+
+def test_an_older_database_is_brought_up_to_date_then_copied(pg_url, tmp_path):
+    from engine.runtime.store import MIGRATIONS
+
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for script in MIGRATIONS[:-1]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS) - 1),))
+    conn.execute("INSERT INTO friends(id, followed_at, created_at) VALUES ('U-old', 100, 100)")
+    conn.commit()
+    conn.close()
+    run = linerules("migrate-db", str(old), pg_url, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert f"brought up to date first (schema {len(MIGRATIONS) - 1} -> {len(MIGRATIONS)})" in run.stdout
+    assert counts_line(run.stdout, "friends")[1:4] == ["1", "1", "1"]
+    assert pg_rows(pg_url, sqlite_rows(old), old) == sqlite_rows(old)
+
+
+def test_a_row_postgresql_cannot_hold_stops_the_copy_cleanly_and_the_rest_follows_once_fixed(pg_url, tmp_path):
+    db = tmp_path / "odd.db"
+    store = Store(str(db))
+    with store.transaction() as c:
+        c.executemany("INSERT INTO friends(id, created_at) VALUES (?, ?)", [(f"U{i:03d}", i) for i in range(30)])
+        c.execute("UPDATE friends SET followed_at = 'yesterday' WHERE id = 'U017'")   # SQLite keeps any type
+    store.close()
+    run = linerules("migrate-db", str(db), pg_url, "--batch", "10", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: table friends: rows after ['id'] = ('U009',) could not be copied")
+    assert "run migrate-db again once fixed" in run.stderr
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM friends").fetchone()[0] == 10      # the batches before stay
+    fix = sqlite3.connect(db)
+    fix.execute("UPDATE friends SET followed_at = NULL WHERE id = 'U017'")
+    fix.commit()
+    fix.close()
+    run = linerules("migrate-db", str(db), pg_url, "--batch", "10", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert counts_line(run.stdout, "friends")[1:4] == ["30", "30", "20"]
