@@ -207,3 +207,31 @@ def test_a_schema_holding_other_tables_is_not_touched(pg_url):
         with pytest.raises(RuntimeError, match=r"already holds tables that are not a linerules database \(customers\)"):
             pgschema.migrate(conn)
         assert conn.execute("SELECT to_regclass('meta')").fetchone()[0] is None
+
+
+def test_the_stores_sql_functions_exist_and_draw_the_same_buckets(pg_url):
+    import random
+
+    from engine.runtime.store import bucket
+
+    rng = random.Random(11)
+    alphabet = "abcU0123456789_-=:あい友だち😀\x1f '\"\\"
+    triples = [("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))),
+                "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 20))),
+                rng.choice(["", "split", "holdout", "x"]))
+               for _ in range(3000)]
+    triples += [("U4af4980629f", "welcome", "split"), ("", "", "")]
+    expected = [bucket(*t) for t in triples]
+    assert min(expected) < 100 and max(expected) > 9900          # both ends of the range are drawn
+    with _pg(pg_url) as conn:
+        pgschema.migrate(conn)
+        got = [r[0] for r in conn.execute(
+            "SELECT lr_bucket(f, r, s) FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+            "AS t(f, r, s, n) ORDER BY n", [list(x) for x in zip(*triples)])]
+        uuids = {conn.execute("SELECT lr_uuid()").fetchone()[0] for _ in range(3)}
+        pgschema.migrate(conn)                                   # a second time: still there, once
+        count = conn.execute("SELECT COUNT(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                             "WHERE n.nspname = current_schema() AND proname LIKE 'lr\\_%'").fetchone()[0]
+    assert got == expected
+    assert len(uuids) == 3 and all(len(u) == 36 for u in uuids)
+    assert count == 2

@@ -40,6 +40,26 @@ from .store import MIGRATIONS
 #: The ``meta`` table, as :meth:`engine.runtime.store.Store._migrate` creates it on SQLite.
 META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
 
+#: The store's own SQL functions, which SQLite gets per connection (``create_function`` in
+#: :meth:`Store._open`), as PostgreSQL functions of the schema: (signature, definition).
+#: ``lr_bucket`` gives exactly :func:`engine.runtime.store.bucket` (the first 8 bytes of the
+#: SHA-256 as an unsigned big-endian number, modulo 10000), so a friend's split variant and
+#: holdout draw stay the same after a move. Created when missing: a changed definition needs a
+#: new name.
+FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("lr_bucket(text,text,text)", """
+CREATE FUNCTION lr_bucket(friend text, rule text, salt text) RETURNS bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT ((CASE WHEN h < 0 THEN h::numeric + 18446744073709551616 ELSE h::numeric END) % 10000)::bigint
+  FROM (SELECT ('x' || encode(substring(sha256(convert_to(salt || chr(31) || rule || chr(31) || friend, 'UTF8'))
+                                        FROM 1 FOR 8), 'hex'))::bit(64)::bigint AS h) AS d
+$$"""),
+    ("lr_uuid()", """
+CREATE FUNCTION lr_uuid() RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT gen_random_uuid()::text
+$$"""),
+)
+
 #: PostgreSQL text for a migration (1-based number) that must not be translated mechanically.
 #: Empty while every migration translates.
 PG_VARIANTS: dict[int, str] = {}
@@ -207,6 +227,9 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
                 raise RuntimeError(f"the PostgreSQL schema {schema} is at version {version}, newer than "
                                    f"this linerules ({len(statements)}): upgrade linerules")
             if version == len(statements):
+                for signature, definition in FUNCTIONS:
+                    if conn.execute("SELECT to_regprocedure(%s)", (signature,)).fetchone()[0] is None:
+                        conn.execute(definition)
                 return version
             for statement in statements[version]:
                 conn.execute(statement)
