@@ -71,9 +71,18 @@ def engine_db(tmp_path_factory) -> Path:
     events.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in timeline()), encoding="utf-8")
     db = folder / "linerules.db"
     run = linerules("simulate", str(events), "--rules", str(ROOT / "rules"), "--until",
-                    "2026-11-25T23:30:00+09:00", "--db", str(db), cwd=folder)
+                    "2026-11-24T23:30:00+09:00", "--db", str(db), cwd=folder)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n") > 20            # the engine sent things
+    # what only the runner writes: a tracked link, an account-link nonce, a lease (expired: the
+    # runner has stopped)
+    from engine.runtime import identity
+
+    store = Store(str(db))
+    store.link_token("U0001", "welcome", "coupon15", "https://shop.example/coupon?c=15", int(time.time()) - 900)
+    identity.register_nonce(store, "C-77", int(time.time()) - 600)
+    assert store.acquire_lease("runner-on-host-a", int(time.time()) - 3600, 60)
+    store.close()
     return db
 
 
@@ -131,6 +140,7 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
     assert enrollments > 5
     assert any(r[3] == "" for r in source["events"])                 # kept for a customer not linked yet
     assert source["deliveries"] and source["outbox"] and source["activity"]
+    assert [t for t, rows in source.items() if not rows] == []      # every table has rows to copy
 
     run = linerules("migrate-db", str(engine_db), pg_url, "--batch", "7", cwd=tmp_path)
     assert run.returncode == 0, run.stderr + run.stdout
