@@ -91,14 +91,14 @@ def main() -> int:
         started = time.perf_counter()
         results = migrate_db.migrate_db(path, url, batch=args.batch, say=quiet)
         first = time.perf_counter() - started
-        rows = sum(r.copied for r in results)
+        rows = sum(r.new for r in results)
         print(migrate_db.report(results))
         print(f"copy: {rows:,} rows in {first:.1f}s = {rows / first:,.0f} rows/s (batch {args.batch:,})")
         started = time.perf_counter()
         again = migrate_db.migrate_db(path, url, batch=args.batch, say=quiet)
         second = time.perf_counter() - started
-        print(f"second run: {sum(r.copied for r in again):,} rows copied, {second:.1f}s "
-              f"({'all counts match' if all(r.ok for r in again) else 'COUNTS DIFFER'})")
+        print(f"second run: {sum(r.new for r in again):,} rows copied, {second:.1f}s "
+              f"({'every row compared and equal' if all(r.ok for r in again) else 'ROWS DIFFER'})")
     finally:
         if server is not None and server.cluster is not None:
             server.cluster.stop()

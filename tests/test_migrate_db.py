@@ -144,7 +144,7 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
 
     run = linerules("migrate-db", str(engine_db), pg_url, "--batch", "7", cwd=tmp_path)
     assert run.returncode == 0, run.stderr + run.stdout
-    assert "verified: all" in run.stdout and "tables have the same number of rows" in run.stdout
+    assert f"verified: all {len(source)} tables hold the same rows" in run.stdout
     for table, rows in source.items():
         assert counts_line(run.stdout, table)[1:4] == [f"{len(rows):,}"] * 3, table
     copied = pg_rows(pg_url, source, engine_db)
@@ -154,7 +154,7 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
     again = linerules("migrate-db", str(engine_db), pg_url, "--batch", "7", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     for table, rows in source.items():
-        assert counts_line(again.stdout, table)[1:4] == [f"{len(rows):,}", f"{len(rows):,}", "0"], table
+        assert counts_line(again.stdout, table)[1:6] == [f"{len(rows):,}", f"{len(rows):,}", "0", "0", "0"], table
     assert pg_rows(pg_url, source, engine_db) == source
 
     # new rows get ids past the copied ones (the identities were moved)
@@ -193,6 +193,49 @@ def test_counts_that_differ_fail_the_command(engine_db, pg_url, tmp_path):
     assert run.returncode == 1
     assert "1 of" in run.stdout and "friends (40 in SQLite, 41 in PostgreSQL)" in run.stdout
     assert "<- differs" in " ".join(counts_line(run.stdout, "friends"))
+    assert "1 rows are only in PostgreSQL (tables friends)" in run.stdout and "--refresh" in run.stdout
+    run = linerules("migrate-db", str(engine_db), pg_url, "--refresh", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout
+    assert counts_line(run.stdout, "friends")[1:6] == ["40", "40", "0", "0", "1"]
+    assert pg_rows(pg_url, sqlite_rows(engine_db), engine_db) == sqlite_rows(engine_db)
+
+
+def test_a_copy_of_a_file_that_changed_since_is_refused_then_refreshed(engine_db, pg_url, tmp_path):
+    changed = tmp_path / "changed.db"
+    src, dst = sqlite3.connect(engine_db), sqlite3.connect(changed)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    assert linerules("migrate-db", str(changed), pg_url, cwd=tmp_path).returncode == 0
+    before = pg_rows(pg_url, sqlite_rows(changed), changed)
+    # the runner went on working on SQLite for a while after that first copy
+    conn = sqlite3.connect(changed)
+    enrollment = conn.execute("SELECT id FROM enrollments WHERE state = 'waiting' ORDER BY id LIMIT 1").fetchone()[0]
+    conn.execute("UPDATE enrollments SET state = 'done', finished_at = 1 WHERE id = ?", (enrollment,))
+    conn.execute("UPDATE friends SET attributes = '{\"gender\":\"f\",\"vip\":true}' WHERE id = 'U0003'")
+    gone = conn.execute("SELECT id FROM intents ORDER BY id LIMIT 1").fetchone()[0]
+    conn.execute("DELETE FROM intents WHERE id = ?", (gone,))
+    conn.execute("INSERT INTO friends(id, created_at) VALUES ('U-new', 5)")
+    conn.commit()
+    conn.close()
+    run = linerules("migrate-db", str(changed), pg_url, cwd=tmp_path)
+    assert run.returncode == 1
+    assert counts_line(run.stdout, "enrollments")[3:6] == ["0", "1", "0"]
+    assert counts_line(run.stdout, "friends")[3:6] == ["1", "1", "0"]
+    assert counts_line(run.stdout, "intents")[3:6] == ["0", "0", "1"]
+    assert "2 rows differ from SQLite's and 1 rows are only in PostgreSQL (tables friends, enrollments, intents)" \
+        in run.stdout
+    after = pg_rows(pg_url, sqlite_rows(changed), changed)
+    assert [r for r in after["enrollments"] if r[0] == enrollment] == [
+        r for r in before["enrollments"] if r[0] == enrollment]          # nothing overwritten unasked
+    run = linerules("migrate-db", str(changed), pg_url, "--refresh", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout
+    assert "new updated deleted" in " ".join(run.stdout.split())
+    assert counts_line(run.stdout, "enrollments")[3:6] == ["0", "1", "0"]
+    assert counts_line(run.stdout, "intents")[3:6] == ["0", "0", "1"]
+    assert pg_rows(pg_url, sqlite_rows(changed), changed) == sqlite_rows(changed)
+    again = linerules("migrate-db", str(changed), pg_url, cwd=tmp_path)
+    assert again.returncode == 0 and "verified: all" in again.stdout
 
 
 def test_files_that_are_not_linerules_databases_are_refused(pg_url, tmp_path):

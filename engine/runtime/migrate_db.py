@@ -50,11 +50,15 @@ class TableResult:
     table: str
     sqlite: int
     postgres: int
-    copied: int
+    new: int
+    differing: int = 0     # rows that differ from SQLite's (refreshing: that were updated)
+    extra: int = 0         # rows SQLite does not have (refreshing: that were deleted)
+    refreshed: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.sqlite == self.postgres
+        """PostgreSQL now holds exactly SQLite's rows."""
+        return self.sqlite == self.postgres and (self.refreshed or not (self.differing or self.extra))
 
 
 def redact(url: str) -> str:
@@ -192,8 +196,17 @@ def _check_target(pg, tables: list[str], source: str) -> None:
                            "an empty schema (e.g. ?options=-csearch_path%3Dnew_schema)")
 
 
-def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int) -> int:
-    """Copy one table in primary-key order; returns the rows newly inserted."""
+def _psycopg_error(exc: BaseException) -> str | None:
+    import psycopg
+
+    return " ".join(str(exc).split()) if isinstance(exc, psycopg.Error) else None
+
+
+def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int, refresh: bool) -> tuple[int, int, int]:
+    """Copy one table in primary-key order and batches: a key PostgreSQL does not have yet is
+    inserted; an existing row is compared, and one that differs from SQLite's is counted (with
+    ``refresh``: updated); rows whose key SQLite no longer has are counted (with ``refresh``:
+    deleted). Returns (new, differing, extra) — with ``refresh`` the last two were put right."""
     from psycopg import sql
 
     columns, key = _columns_and_key(src, table)
@@ -203,38 +216,77 @@ def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int) -> int:
     if target_columns != columns:
         raise MigrateError(f"table {table} differs in PostgreSQL (columns {target_columns}, in SQLite "
                            f"{columns}): copy into an empty schema")
-    stage = f"lr_copy_{table}"
+    t, stage, keys = sql.Identifier(table), sql.Identifier(f"lr_copy_{table}"), sql.Identifier(f"lr_keys_{table}")
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    with pg.transaction():
-        pg.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
-            sql.Identifier(stage), sql.Identifier(table)))
+    key_sql = sql.SQL(", ").join(map(sql.Identifier, key))
+    rest = [c for c in columns if c not in key]
     select_cols = ", ".join(f'"{c}"' for c in columns)
     key_cols = ", ".join(f'"{c}"' for c in key)
-    key_at = [columns.index(c) for c in key]
+    meta_only = sql.SQL(" AND t.key NOT IN ('schema_version', {})").format(sql.Literal(SOURCE_KEY)) \
+        if table == "meta" else sql.SQL("")
+    # 1. the keys of SQLite, and away with the rows of keys it no longer has
+    try:
+        with pg.transaction():
+            pg.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(stage, t))
+            pg.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
+                keys, key_sql, t))
+            pg.execute(sql.SQL("TRUNCATE {}").format(keys))
+            with pg.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(keys, key_sql)) as cp:
+                for row in src.execute(f'SELECT {key_cols} FROM "{table}" WHERE 1 = 1{_meta_filter(table)}'):
+                    cp.write_row(row)
+            match = sql.SQL(" AND ").join(sql.SQL("k.{0} = t.{0}").format(sql.Identifier(c)) for c in key)
+            verb = sql.SQL("DELETE FROM {} t" if refresh else "SELECT COUNT(*) FROM {} t").format(t)
+            cur = pg.execute(sql.SQL("{} WHERE NOT EXISTS (SELECT 1 FROM {} k WHERE {}){}").format(
+                verb, keys, match, meta_only))
+            extra = cur.rowcount if refresh else cur.fetchone()[0]
+    except Exception as exc:
+        reason = _psycopg_error(exc)
+        if reason is None:
+            raise
+        raise MigrateError(f"table {table}: its keys could not be compared ({reason})") from None
+    # 2. every row, by COPY into a scratch table, then inserted (or, refreshing, updated where it
+    # differs); without refresh the rows that differ are counted
+    differs = None
+    if rest:
+        mine = sql.SQL(", ").join(sql.SQL("{}.{}").format(t, sql.Identifier(c)) for c in rest)
+        theirs = sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in rest)
+        assign = sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in rest)
+        action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(assign, mine, theirs)
+        on_key = sql.SQL(" AND ").join(sql.SQL("s.{0} = t.{0}").format(sql.Identifier(c)) for c in key)
+        differs = sql.SQL("SELECT COUNT(*) FROM {} s JOIN {} t ON {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
+            stage, t, on_key, sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in rest),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest))
+    if not refresh or not rest:
+        action = sql.SQL("DO NOTHING")
+    upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {} RETURNING (xmax = 0)").format(
+        t, cols, cols, stage, key_sql, action)
     placeholders = ", ".join("?" for _ in key)
-    copied, last = 0, None
+    key_at = [columns.index(c) for c in key]
+    new = differing = 0
+    last = None
     while True:
         after = f"AND ({key_cols}) > ({placeholders})" if last is not None else ""
         rows = src.execute(f'SELECT {select_cols} FROM "{table}" WHERE 1 = 1{_meta_filter(table)} {after} '
                            f"ORDER BY {key_cols} LIMIT {int(batch)}", last or ()).fetchall()
         if not rows:
-            return copied
+            return new, differing, extra
         try:
             with pg.transaction():
-                with pg.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(stage), cols)) as cp:
+                with pg.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols)) as cp:
                     for row in rows:
                         cp.write_row(row)
-                cur = pg.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-                    sql.Identifier(table), cols, cols, sql.Identifier(stage)))
-                copied += max(cur.rowcount, 0)
+                if differs is not None and not refresh:
+                    differing += pg.execute(differs).fetchone()[0]
+                inserted = [r[0] for r in pg.execute(upsert).fetchall()]
         except Exception as exc:
-            import psycopg
-
-            if not isinstance(exc, psycopg.Error):
+            reason = _psycopg_error(exc)
+            if reason is None:
                 raise
-            reason = " ".join(str(exc).split())
             raise MigrateError(f"table {table}: rows after {key} = {last} could not be copied ({reason}); "
                                "what was copied before stays, run migrate-db again once fixed") from None
+        new += sum(inserted)
+        if refresh:
+            differing += len(inserted) - sum(inserted)
         last = tuple(rows[-1][i] for i in key_at)
 
 
@@ -262,10 +314,12 @@ def _move_identities(src: sqlite3.Connection, pg, tables: list[str]) -> None:
 
 # ---------------------------------------------------------------------- the whole copy
 
-def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH,
+def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH, refresh: bool = False,
                say: Callable[[str], None] = print) -> list[TableResult]:
     """Copy ``sqlite_path`` into the PostgreSQL database (and schema) of ``url``; returns the
-    per-table counts. Raises :class:`MigrateError` when the copy cannot be done."""
+    per-table counts. ``refresh``: also update rows that differ and delete rows SQLite does not
+    have (an earlier copy of a file that changed since). Raises :class:`MigrateError` when the
+    copy cannot be done."""
     if not is_postgres_url(url):
         raise MigrateError(f"{url!r} is not a PostgreSQL URL: give postgresql://USER@HOST:PORT/DATABASE")
     src = open_source(sqlite_path, say=say)
@@ -286,13 +340,16 @@ def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH,
         with pg.transaction():
             pg.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
                        (SOURCE_KEY, source))
-        copied = {}
+        done = {}
         for table in tables:
             started = time.monotonic()
-            copied[table] = _copy_table(src, pg, table, batch)
-            say(f"  {table}: {copied[table]:,} rows copied ({time.monotonic() - started:.1f} s)")
+            done[table] = new, differing, extra = _copy_table(src, pg, table, batch, refresh)
+            what = (f"{differing:,} updated, {extra:,} deleted" if refresh
+                    else f"{differing:,} differ, {extra:,} only in PostgreSQL")
+            say(f"  {table}: {new:,} new rows, {what} ({time.monotonic() - started:.1f} s)")
         _move_identities(src, pg, tables)
-        results = [TableResult(t, _sqlite_count(src, t), _pg_count(pg, t), copied[t]) for t in tables]
+        results = [TableResult(t, _sqlite_count(src, t), _pg_count(pg, t), *done[t], refreshed=refresh)
+                   for t in tables]
         src.execute("COMMIT")
         return results
     finally:
@@ -301,26 +358,38 @@ def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH,
 
 
 def report(results: list[TableResult]) -> str:
-    """The verification table: rows per table on both sides."""
+    """The verification table: rows per table on both sides, and what this run did."""
+    refreshed = any(r.refreshed for r in results)
     width = max([len(r.table) for r in results] + [5])
-    lines = [f"{'table':<{width}}  {'SQLite':>10}  {'PostgreSQL':>10}  {'copied now':>10}"]
+    second, third = ("updated", "deleted") if refreshed else ("differ", "extra")
+    lines = [f"{'table':<{width}}  {'SQLite':>10}  {'PostgreSQL':>10}  {'new':>9}  {second:>9}  {third:>9}"]
     for r in results:
         mark = "" if r.ok else "  <- differs"
-        lines.append(f"{r.table:<{width}}  {r.sqlite:>10,}  {r.postgres:>10,}  {r.copied:>10,}{mark}")
+        lines.append(f"{r.table:<{width}}  {r.sqlite:>10,}  {r.postgres:>10,}  {r.new:>9,}  {r.differing:>9,}  "
+                     f"{r.extra:>9,}{mark}")
     bad = [r for r in results if not r.ok]
     total = sum(r.sqlite for r in results)
-    if bad:
-        lines.append(f"{len(bad)} of {len(results)} tables differ: " + ", ".join(
-            f"{r.table} ({r.sqlite:,} in SQLite, {r.postgres:,} in PostgreSQL)" for r in bad))
-    else:
-        lines.append(f"verified: all {len(results)} tables have the same number of rows ({total:,} rows)")
+    if not bad:
+        lines.append(f"verified: all {len(results)} tables hold the same rows ({total:,} rows)")
+        return "\n".join(lines)
+    counts = [r for r in bad if r.sqlite != r.postgres]
+    if counts:
+        lines.append(f"{len(counts)} of {len(results)} tables differ: " + ", ".join(
+            f"{r.table} ({r.sqlite:,} in SQLite, {r.postgres:,} in PostgreSQL)" for r in counts))
+    if not refreshed and any(r.differing or r.extra for r in bad):
+        differing, extra = sum(r.differing for r in bad), sum(r.extra for r in bad)
+        lines.append(f"{differing:,} rows differ from SQLite's and {extra:,} rows are only in PostgreSQL "
+                     f"(tables {', '.join(r.table for r in bad if r.differing or r.extra)}): the SQLite file "
+                     "changed since the last copy, or PostgreSQL was written to. Copy into a new, empty "
+                     "schema, or run again with --refresh to make PostgreSQL equal to SQLite (it updates "
+                     "those rows and deletes the extra ones)")
     return "\n".join(lines)
 
 
-def main(sqlite_path: str, url: str, batch: int = BATCH) -> int:
-    """The command: copy, print the verification; 0 when every count matches, 1 otherwise."""
+def main(sqlite_path: str, url: str, batch: int = BATCH, refresh: bool = False) -> int:
+    """The command: copy, print the verification; 0 when PostgreSQL holds SQLite's rows, else 1."""
     try:
-        results = migrate_db(sqlite_path, url, batch=batch)
+        results = migrate_db(sqlite_path, url, batch=batch, refresh=refresh)
     except MigrateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
