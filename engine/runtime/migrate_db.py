@@ -9,11 +9,15 @@ What it does, in order:
 2. creates (or brings up to date) the same schema in PostgreSQL (:mod:`engine.runtime.pgschema`),
    in the schema the URL's search_path names;
 3. copies every table in primary-key order, in batches: each batch goes by ``COPY`` into a
-   temporary table, then into the real one with ``ON CONFLICT DO NOTHING``, and commits. So it
-   is resumable: run it again after an interruption and it copies what is missing, nothing twice;
+   temporary table, then into the real one with ``ON CONFLICT (key) DO NOTHING``, and commits.
+   So it is resumable: run it again after an interruption and it copies what is missing,
+   nothing twice. Rows already there are compared with SQLite's, and rows whose key SQLite no
+   longer has are counted: both fail the run (the SQLite file changed since an earlier copy),
+   and ``--refresh`` updates or deletes them instead;
 4. moves each identity (``events.seq``, ``enrollments.id``, ``outbox.id``, ...) past the copied
    ids (and past SQLite's AUTOINCREMENT high-water mark), so new rows never reuse an id;
-5. counts the rows of every table on both sides and prints them; exit 1 when any differs.
+5. counts the rows of every table on both sides and prints them; exit 1 unless PostgreSQL holds
+   exactly SQLite's rows.
 
 A target that already holds rows of another database is refused: the copy goes into an empty
 schema (or one that an earlier run of the same copy filled).
