@@ -19,11 +19,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
-
-import sqlite_utils
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .events import Event
+from .i18n import N_, _
 
 log = logging.getLogger("linerules.store")
 
@@ -231,8 +231,7 @@ def explain_fault(exc: BaseException, path: str) -> str:
                 "read-only disk, and that the user running linerules may read and write there "
                 f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
     if code == _SQLITE_NOTADB:
-        return (f"{where} is not a linerules database (not an SQLite file): check --db / "
-                "LINERULES_DB, or restore the file from a backup")
+        return not_linerules(path, _NOT_SQLITE)
     if code == _SQLITE_CORRUPT:
         return (f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
                 f"backup, or recover what is left with `sqlite3 {where} .recover`")
@@ -243,6 +242,88 @@ def explain_fault(exc: BaseException, path: str) -> str:
         return (f"the database {where} stayed locked by another process for too long ({exc}); "
                 "linerules retries by itself")
     return f"the database {where} failed: {exc}"
+
+
+# ------------------------------------------------------------------ is this a linerules database?
+
+#: Why a file is not a linerules database (the ``{what}`` of :func:`not_linerules`).
+_NOT_SQLITE = N_("not an SQLite file")
+_A_FOLDER = N_("a folder")
+_FOREIGN = N_("an SQLite file without linerules' tables")
+
+
+class NotLinerulesDatabase(StoreError):
+    """The path names something other than a linerules database: a folder, a file that is not
+    SQLite, or an SQLite database of another program (or an empty one where one is required).
+    Nothing was written to it."""
+
+
+def not_linerules(path: str, what: str):
+    """The one message for a path that is not a linerules database (translatable)."""
+    where = os.path.abspath(path) if path != ":memory:" else path
+    return _("{path} is not a linerules database ({what}): check --db / LINERULES_DB, or restore "
+             "the file from a backup", path=where, what=_(what))
+
+
+def database_version(path: str) -> int | None:
+    """Whether ``path`` is a linerules database, the one test every command uses: its schema
+    version, or None when nothing is there yet (a new database may be created at ``path``).
+    Raises :class:`NotLinerulesDatabase` for a folder, a file that is not SQLite, or an SQLite
+    file without linerules' ``meta`` (an empty one included), and :class:`StoreError` when the
+    file cannot be read. Opens the file read-only and writes nothing."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
+    try:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            version = _linerules_version(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _open_error(exc, path) from None
+    if not version:
+        raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
+    return version
+
+
+def remove_database(path: str) -> bool:
+    """Delete the linerules database at ``path`` with its write-ahead log (``simulate --db``
+    replaces an earlier simulation's database). False when nothing was there; anything that is
+    not a linerules database raises :class:`NotLinerulesDatabase` and is left as it was."""
+    if database_version(path) is None:
+        return False
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    return True
+
+
+def _linerules_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version recorded in ``meta``; 0 for a database without any table (a new
+    one); None for a database with tables but no linerules ``meta``."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_only_uri(path: str) -> str:
+    """An SQLite URI opening ``path`` read-only (any character of the name quoted)."""
+    return Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+
+
+def _open_error(exc: sqlite3.Error, path: str) -> StoreError:
+    """The error to raise when opening ``path`` failed with ``exc``."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return (NotLinerulesDatabase if code == _SQLITE_NOTADB else StoreError)(explain_fault(exc, path))
 
 
 class _Health:
@@ -293,41 +374,71 @@ def bucket(friend: str, rule: str, salt: str = "") -> int:
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
-    def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False):
+    def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False,
+                 read_only: bool = False):
         """``checkpoints=False``: commits never copy the write-ahead log back into the database
         (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
         webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
-        other writers go first (the runner's tick thread, see :meth:`_begin`)."""
+        other writers go first (the runner's tick thread, see :meth:`_begin`).
+
+        ``read_only=True`` (the report): the database must exist and be a linerules database
+        (:func:`database_version`); it is opened read-only, never migrated nor written, and may
+        be read while a runner writes it. Otherwise a missing or empty file becomes a new
+        database; any other file that is not a linerules database is refused
+        (:class:`NotLinerulesDatabase`) and left as it was."""
         self.path = path
         self.yields = yields
+        self.read_only = read_only
         self._turns = None if path == ":memory:" else _turns_for(path)
         self._health = _Health() if path == ":memory:" else _health_for(path)
         self._opened = False
         try:
-            self._open(path, checkpoints)
+            if read_only:
+                self._open_read_only(path)
+            else:
+                self._open(path, checkpoints)
         except sqlite3.Error as exc:
             conn = getattr(self, "conn", None)
             if conn is not None:
                 conn.close()
-            raise StoreError(explain_fault(exc, path)) from None
+            raise _open_error(exc, path) from None
         except StoreError:
-            self.conn.close()
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
             raise
         self._opened = True
 
+    def _open_read_only(self, path: str) -> None:
+        if path == ":memory:" or database_version(path) is None:
+            raise StoreError(_("there is no database at {path}", path=os.path.abspath(path)))
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight = {}
+        self.longest_write = 0.0
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA query_only = ON")
+
     def _open(self, path: str, checkpoints: bool) -> None:
+        if path != ":memory:" and os.path.isdir(path):
+            raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
+        if _linerules_version(conn) is None:    # tables of another program: leave them alone
+            raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
         self._lock = threading.RLock()
         self._depth = 0
         self._inflight: dict[int, int] = {}   # outbox id -> claim time, claimed through this Store
         #: Seconds of the longest write transaction on this connection (benchmarks, logs).
         self.longest_write = 0.0
         conn.execute("PRAGMA busy_timeout = 30000")
-        if path != ":memory:":
-            self.db.enable_wal()
+        if path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
         if not checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -1507,6 +1618,173 @@ class Store:
 
     def suspended_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
+
+
+    # ================================================================== reading for reports
+    # Read-only queries of ``linerules report`` (engine/report.py), each result a named record;
+    # they work on a database opened with ``read_only=True`` while a runner writes it, and on
+    # databases of every schema version (a table a later migration added reads as empty).
+
+    def report_deliveries(self, since: int | None, until: int | None) -> list[DeliveryRow]:
+        """The deliveries recorded in [since, until) (None: open), rich menu links left out,
+        with their outbox row's kind; in (at, id) order."""
+        where, args = [f"d.messages NOT LIKE '{_MENU_LIKE}'"], []
+        if since is not None:
+            where.append("d.at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("d.at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, d.at, o.kind "
+            "FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
+            f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
+        return [DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
+                for r in rows]
+
+    def report_intents(self, since: int | None, until: int | None) -> list[IntentRow]:
+        """The sends not decided yet (waiting for the window, the cap's day, the quota) due in
+        [since, until), at their due time; in (due_at, id) order."""
+        if not self._has_table("intents"):
+            return []
+        where, args = ["1"], []
+        if since is not None:
+            where.append("due_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("due_at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT id, friend, rule, json_extract(steps, '$[0][0]'), messages, variant, due_at "
+            f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id", args)
+        return [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+
+    def report_clicks(self) -> list[ClickRow]:
+        """Every tracked-link click, in (at, id) order."""
+        return [ClickRow(*r) for r in self.conn.execute(
+            "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id")]
+
+    def report_orders(self) -> list[OrderRow]:
+        """Every order that counts for a friend (its amount less refunds), in (at, id) order."""
+        return [OrderRow(*r) for r in self.conn.execute(
+            "SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")]
+
+    def report_follows(self) -> list[FollowRow]:
+        """Processed follow and unfollow events, in (at, seq) order."""
+        return [FollowRow(*r) for r in self.conn.execute(
+            "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
+            "AND processed_at IS NOT NULL ORDER BY at, seq")]
+
+    def report_enrollments(self) -> list[EnrollmentRow]:
+        """Every enrollment, in id order."""
+        return [EnrollmentRow(r[0], r[1], r[2], bool(r[3]), *r[4:]) for r in self.conn.execute(
+            "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, finished_at "
+            "FROM enrollments ORDER BY id")]
+
+    def report_step_orders(self) -> dict[str, list[str]]:
+        """Each rule's step ids as its latest stored version lists them."""
+        return {rule: json.loads(steps) for rule, steps in self.conn.execute(
+            "SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")}
+
+    def report_rule_names(self) -> set[str]:
+        """Every rule name the database has seen (versions, enrollments, deliveries)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT rule FROM rule_versions UNION SELECT rule FROM enrollments "
+            "UNION SELECT rule FROM deliveries")}
+
+    def report_latest_at(self) -> int | None:
+        """The time of the latest recorded fact (event, decided delivery, activity), or None."""
+        row = self.conn.execute(
+            "SELECT MAX(m) FROM (SELECT MAX(at) AS m FROM events UNION ALL "
+            "SELECT MAX(at) FROM deliveries WHERE status != 'queued' UNION ALL "
+            "SELECT MAX(at) FROM activity)").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def report_seen_friends(self, until: int) -> set[str]:
+        """Friends with a processed event at or before ``until``."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at IS NOT NULL", (until,))}
+
+    def report_active_friends(self, after: int, until: int) -> set[str]:
+        """Friends who clicked, ordered, messaged or tapped a postback in (after, until]."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT friend FROM activity WHERE kind IN ('click', 'order') AND at > ? AND at <= ? "
+            "UNION SELECT friend FROM events WHERE type IN ('message', 'postback') "
+            "AND processed_at IS NOT NULL AND at > ? AND at <= ?", (after, until, after, until))}
+
+    def report_has_events(self, since: int, until: int) -> bool:
+        """Whether any event happened in [since, until)."""
+        return self.conn.execute("SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
+                                 (since, until)).fetchone() is not None
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
+
+#: Rich menu link deliveries are recorded with the message label ``menu:NAME``
+#: (:func:`menu_label`); they are not sends.
+MENU_PREFIX = "menu:"
+_MENU_LIKE = '["' + MENU_PREFIX + '%'
+
+
+def menu_label(menu: str) -> list[str]:
+    """The ``messages`` of a rich menu link's delivery row."""
+    return [MENU_PREFIX + menu]
+
+
+class DeliveryRow(NamedTuple):
+    """A recorded delivery as the report reads it (``step`` "" when the step has no id)."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    status: str
+    variant: str | None
+    at: int
+    kind: str | None            # the outbox row's kind (push, multicast, reply), None if none
+
+
+class IntentRow(NamedTuple):
+    """A send waiting to be decided, as the report reads it."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    variant: str | None
+    due_at: int
+
+
+class ClickRow(NamedTuple):
+    friend: str
+    rule: str | None
+    message: str | None
+    at: int
+
+
+class OrderRow(NamedTuple):
+    friend: str
+    amount: float | None
+    at: int
+
+
+class FollowRow(NamedTuple):
+    type: str                   # follow or unfollow
+    friend: str
+    at: int
+
+
+class EnrollmentRow(NamedTuple):
+    rule: str
+    friend: str
+    variant: str | None
+    holdout: bool
+    entered_at: int
+    state: str
+    exit_reason: str | None
+    finished_at: int | None
 
 
 class _Turns(threading.Condition):
