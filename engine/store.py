@@ -1620,6 +1620,211 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
 
 
+    # ================================================================== the shop side
+    # Customer <-> friend links, orders by id, account-link nonces (migration 5). What to do
+    # with them is engine/identity.py's business; these are its reads and writes, called inside
+    # the caller's :meth:`transaction` (unless a method says otherwise). Customer ids are given
+    # already normalised (:func:`engine.events.customer_key`).
+
+    def linked_friend(self, customer: str) -> str | None:
+        """The friend ``customer`` is linked to."""
+        row = self.conn.execute("SELECT friend FROM customer_links WHERE customer = ?", (customer,)).fetchone()
+        return row[0] if row else None
+
+    def linked_friends(self, customers: Iterable[str]) -> dict[str, str]:
+        """customer -> friend for those of ``customers`` that are linked."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(customers)), 500):
+            out.update(self.conn.execute("SELECT customer, friend FROM customer_links WHERE customer IN "
+                                         f"({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def linked_customer(self, friend: str) -> str | None:
+        """The customer linked to ``friend``."""
+        row = self.conn.execute("SELECT customer FROM customer_links WHERE friend = ?", (friend,)).fetchone()
+        return row[0] if row else None
+
+    def put_link(self, customer: str, friend: str, via: str, at: int) -> None:
+        """Link ``customer`` and ``friend``, dropping any other link either of them had."""
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ? OR friend = ?", (customer, friend))
+        self.conn.execute("INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
+                          (customer, friend, via, at))
+
+    def delete_link(self, customer: str) -> None:
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ?", (customer,))
+
+    def add_link_history(self, customer: str, friend: str, action: str, via: str, at: int) -> None:
+        """One line of the link history (linked, moved, replaced, unlinked)."""
+        self.conn.execute("INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
+                          (customer, friend, action, via, at))
+
+    def adopt_kept_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's kept orders (counting for nobody) now count for ``friend``; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL", (customer,))]
+        self.conn.executemany("UPDATE orders SET friend = ? WHERE order_id = ?", [(friend, i) for i in ids])
+        return ids
+
+    def release_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's orders counting for ``friend`` through the link (not those naming the
+        friend itself) are kept for the customer again; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0", (customer, friend))]
+        self.conn.executemany("UPDATE orders SET friend = NULL WHERE order_id = ?", [(i,) for i in ids])
+        return ids
+
+    def kept_events(self, customer: str) -> list[KeptEvent]:
+        """The processed events kept for ``customer`` (stored without a friend), in (at, seq) order."""
+        return [KeptEvent(seq, kind, at, json.loads(data)) for seq, kind, at, data in self.conn.execute(
+            "SELECT seq, type, at, data FROM events WHERE friend = '' AND json_extract(data, '$.customer') = ? "
+            "AND processed_at IS NOT NULL ORDER BY at, seq", (customer,))]
+
+    def set_events_friend(self, seqs: Iterable[int], friend: str) -> None:
+        """Record these events (stored without a friend) under ``friend``."""
+        self.conn.executemany("UPDATE events SET friend = ? WHERE seq = ?", [(friend, seq) for seq in seqs])
+
+    def put_nonce(self, nonce: str, customer: str, now: int) -> None:
+        """Remember (in its own transaction) that ``nonce`` stands for ``customer``, unused."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, "
+                      "created_at = excluded.created_at, used_at = NULL", (nonce, customer, now))
+
+    def take_nonce(self, nonce: str, now: int) -> str | None:
+        """The customer of an unused ``nonce``, marking it used; None when unknown or used."""
+        row = self.conn.execute("SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL",
+                                (nonce,)).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
+        return row[0]
+
+    def find_order(self, ref: str) -> str | None:
+        """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
+        row = self.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_owner(self, ref: str) -> str | None:
+        """The friend the order ``ref`` (its id or the shop system's id) counts for."""
+        row = self.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_customer(self, order_id: str) -> str | None:
+        """The customer of an order, when the order names one."""
+        row = self.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
+                                (order_id,)).fetchone()
+        return row[0] if row else None
+
+    def order(self, order_id: str) -> dict | None:
+        """The stored order as a dict (``items`` decoded), or None."""
+        row = self.conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["items"] = json.loads(out["items"])
+        return out
+
+    def order_states(self, order_ids: Iterable[str]) -> dict[str, OrderState]:
+        """The stored state of those of ``order_ids`` that are stored (a refund that came before
+        its order is stored with ``amount`` None)."""
+        return {r[0]: OrderState(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in self.conn.execute(
+            "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value", (_ids_json(order_ids),))}
+
+    def order_exists(self, order_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone() is not None
+
+    def insert_orders(self, orders: Sequence[OrderRecord], now: int) -> None:
+        """Store new orders (none of their ids is stored yet)."""
+        self.conn.executemany(
+            "INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
+            "refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(o.order_id, o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source,
+              o.external_id, o.refunded, int(o.cancelled), now) for o in orders])
+
+    def complete_orders(self, orders: Sequence[OrderRecord]) -> None:
+        """Orders whose refund came first (stored without an amount) get their data; refunds
+        and cancellations already stored are kept when larger."""
+        self.conn.executemany(
+            "UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
+            "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
+            "WHERE order_id = ?",
+            [(o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source, o.external_id,
+              o.refunded, int(o.cancelled), o.order_id) for o in orders])
+
+    def set_refunds(self, refunds: Sequence[OrderRefund]) -> None:
+        """Set how much of these orders is refunded and whether they are cancelled."""
+        self.conn.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
+                              [(r.refunded, int(r.cancelled), r.order_id) for r in refunds])
+
+    def set_external_ids(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """(order_id, external_id): the shop system's own id of orders stored without one."""
+        self.conn.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL",
+                              [(external, order_id) for order_id, external in pairs])
+
+    def cancel_refunded_in_full(self, order_ids: Iterable[str]) -> None:
+        """Those of these orders refunded in full no longer count as orders."""
+        self.conn.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
+                          "AND amount > 0 AND refunded >= amount AND cancelled = 0", (_ids_json(order_ids),))
+
+    def take_early_refunds(self, order_ids: Iterable[str]) -> dict[str, OrderRefund]:
+        """Refunds stored before their order under these ids (no amount yet): returned and
+        removed, for the arriving order to take in."""
+        early = {r[0]: OrderRefund(r[0], r[1], bool(r[2])) for r in self.conn.execute(
+            "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
+            "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids_json(order_ids),))}
+        if early:
+            self.conn.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) "
+                              "AND amount IS NULL", (_ids_json(early),))
+        return early
+
+    def add_early_refund(self, order_id: str, *, customer: str | None, friend: str | None, at: int,
+                         refunded: float, cancelled: bool) -> None:
+        """Keep a refund (or cancellation) of an order not stored yet, under the order's id."""
+        self.conn.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
+                          "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
+                          (order_id, customer, friend, int(bool(friend)), at, refunded, int(cancelled), at))
+
+    def project_orders(self, order_ids: Iterable[str], *, fresh: bool = False) -> None:
+        """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
+        less refunds) and one ``purchase`` row per item, or ``order_cancelled`` /
+        ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those).
+        ``fresh``: the orders are new, so there are no rows to remove."""
+        ids = list(dict.fromkeys(order_ids))
+        if not ids:
+            return
+        c = self.conn
+        batch = _ids_json(ids)
+        if not fresh:
+            c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
+            "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
+            "ORDER BY o.at", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
+            "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
+            "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
+            "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
+            "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
+
+    def recount_purchases(self, friends: Iterable[str]) -> None:
+        """Recompute ``orders``, ``total_spent`` and ``last_purchase_at`` of these friends from
+        their ``order`` activity rows."""
+        ids = list(dict.fromkeys(f for f in friends if f))
+        if not ids:
+            return
+        self.conn.execute(
+            "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
+            "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
+            "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
+            "WHERE friends.id = s.id", (_ids_json(ids),))
+
     # ================================================================== reading for reports
     # Read-only queries of ``linerules report`` (engine/report.py), each result a named record;
     # they work on a database opened with ``read_only=True`` while a runner writes it, and on
@@ -1720,6 +1925,61 @@ class Store:
     def _has_table(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (name,)).fetchone() is not None
+
+
+class KeptEvent(NamedTuple):
+    """A processed event kept for a customer not linked yet."""
+    seq: int
+    type: str
+    at: int
+    data: dict[str, Any]
+
+
+class OrderState(NamedTuple):
+    """What is stored of an order (``amount`` None: only a refund that came first)."""
+    order_id: str
+    amount: float | None
+    refunded: float
+    cancelled: bool
+    friend: str | None
+    external_id: str | None
+
+
+class OrderRefund(NamedTuple):
+    order_id: str
+    refunded: float
+    cancelled: bool
+
+
+class OrderRecord(NamedTuple):
+    """An order to store: ``friend`` the one it counts for (None: kept for its customer),
+    ``direct`` whether the order named that friend itself."""
+    order_id: str
+    customer: str | None
+    friend: str | None
+    direct: bool
+    at: int
+    amount: float
+    items: Sequence[dict]
+    source: str
+    external_id: str | None
+    refunded: float = 0.0
+    cancelled: bool = False
+
+
+def _ids_json(values: Iterable[str]) -> str:
+    """A JSON list of ids, for ``json_each(?)`` joins (one statement, no scratch table)."""
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+#: One encoder for every order's items (``json.dumps`` with options builds one per call).
+_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _items_json(items: Sequence[dict]) -> str:
+    """An order's items as stored (keys without a value left out)."""
+    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
+                               for i in items])
 
 
 #: Rich menu link deliveries are recorded with the message label ``menu:NAME``
