@@ -866,6 +866,11 @@ class Store:
                           "VALUES (?, ?, ?, ?, ?, ?)", (token, friend, rule, message, url, now))
         return token
 
+    def link_friend(self, token: str) -> str | None:
+        """The friend a tracked link was sent to (None: unknown token, or sent to nobody)."""
+        row = self.conn.execute("SELECT friend FROM links WHERE token = ?", (token,)).fetchone()
+        return row[0] if row is not None and row[0] else None
+
     def record_click(self, token: str | None = None, at: int | None = None, *,
                      friend: str | None = None, rule: str | None = None, message: str | None = None,
                      url: str | None = None) -> str | None:
