@@ -237,11 +237,9 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
                 out["duplicate"].append(o.order_id)
             continue
         record = OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, float(o.amount), o.items,
-                             o.source, o.external_id, o.refunded, o.cancelled)
-        if old is not None:      # a refund arrived before its order
-            fill.append(record)
-        else:
-            new_rows.append(record._replace(refunded=float(o.refunded)))
+                             o.source, o.external_id, o.refunded if old is not None else float(o.refunded),
+                             o.cancelled)
+        (fill if old is not None else new_rows).append(record)   # fill: a refund arrived before its order
         existing[o.order_id] = OrderState(o.order_id, o.amount, o.refunded, o.cancelled, owner, o.external_id)
         out["counted" if owner else "kept"].append(o.order_id)
         if owner:
