@@ -1,5 +1,5 @@
 """A ``--db`` that is not a linerules database: every command says so in one line, exits 1 and
-leaves the file exactly as it was (the store's one test, :func:`engine.store.database_version`)."""
+leaves the file exactly as it was (the store's one test, :func:`engine.runtime.store.database_version`)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.store import NotLinerulesDatabase, Store, database_version
+from engine.runtime.store import NotLinerulesDatabase, Store, database_version
 
 SETTINGS = "timezone: Asia/Tokyo\n"
 MESSAGES = "greeting: こんにちは\n"
