@@ -152,3 +152,19 @@ def test_the_report_reads_without_writing(folder, tmp_path):
         assert store.report_rule_names() == {"welcome"}
     finally:
         store.close()
+
+
+def test_the_report_reads_a_database_of_an_older_schema(folder, tmp_path):
+    """A database kept by an older `simulate --db` (before sends waited as intents) is read as
+    it is: the report never migrates it."""
+    db = tmp_path / "forecast.db"
+    invoke(["simulate", str(tmp_path / "timeline.jsonl"), "--rules", str(folder), "--db", str(db)])
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE intents")
+    conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    result = invoke(["report", "--db", str(db), "--rules", str(folder), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [(r["rule"], r["pushes"], r["held"]) for r in json.loads(result.output)["rules"]] == [("welcome", 1, 0)]
+    assert database_version(str(db)) == 6

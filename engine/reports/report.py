@@ -40,7 +40,7 @@ from babel.numbers import format_currency, format_decimal
 from engine import i18n
 from engine.language import ir, timeutil
 from engine.i18n import _, join, language, render
-from engine.runtime.store import DeliveryRow, Store, StoreError
+from engine.runtime.store import DeliveryRow, EnrollmentRow, OrderRow, Store, StoreError
 
 DAY = 86400
 #: Days after a send within which a block is counted against it (``--block-days``).
@@ -296,13 +296,13 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
     entered: dict[str, int] = defaultdict(int)
     exits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     in_progress: dict[str, int] = defaultdict(int)
-    for rule, _friend, _variant, _holdout, entered_at, state, reason, finished_at in enrollments:
-        if o.has(entered_at):
-            entered[rule] += 1
-            if state in ("active", "waiting"):
-                in_progress[rule] += 1
-        if finished_at is not None and o.has(finished_at) and state in ("done", "exited"):
-            exits[rule]["done" if state == "done" else (reason or "exited")] += 1
+    for e in enrollments:
+        if o.has(e.entered_at):
+            entered[e.rule] += 1
+            if e.state in ("active", "waiting"):
+                in_progress[e.rule] += 1
+        if e.finished_at is not None and o.has(e.finished_at) and e.state in ("done", "exited"):
+            exits[e.rule]["done" if e.state == "done" else (e.exit_reason or "exited")] += 1
 
     order = _step_order(store, project)
     rules_out = []
@@ -400,7 +400,7 @@ def _account(store: Store, o: Options, as_of: int, daily: dict, monthly: dict,
     }
 
 
-def _experiments(enrollments: list, orders: list, o: Options, shown: Sequence[str],
+def _experiments(enrollments: list[EnrollmentRow], orders: list[OrderRow], o: Options, shown: Sequence[str],
                  splits: dict[str, list[str]], holdouts: set[str]) -> list[dict]:
     """Arms side by side per rule with a split or a holdout, control first."""
     bought: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -408,13 +408,14 @@ def _experiments(enrollments: list, orders: list, o: Options, shown: Sequence[st
         bought[friend].append((at, amount or 0))
     window = o.attribution_days * DAY
     arms: dict[str, dict[str, list[int | float]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0.0]))
-    for rule, friend, variant, holdout, entered_at, *_ in enrollments:
-        if rule not in shown or not o.has(entered_at):
+    for e in enrollments:
+        rule = e.rule
+        if rule not in shown or not o.has(e.entered_at):
             continue
-        if not (holdout or variant or rule in holdouts or rule in splits and splits[rule]):
+        if not (e.holdout or e.variant or rule in holdouts or rule in splits and splits[rule]):
             continue
-        arm = HOLDOUT if holdout else (variant or TREATED)
-        amounts = [a for at, a in bought.get(friend, ()) if entered_at < at <= entered_at + window]
+        arm = HOLDOUT if e.holdout else (e.variant or TREATED)
+        amounts = [a for at, a in bought.get(e.friend, ()) if e.entered_at < at <= e.entered_at + window]
         cell = arms[rule][arm]
         cell[0] += 1
         cell[1] += 1 if amounts else 0
