@@ -129,6 +129,19 @@ def test_an_empty_file_becomes_a_database_but_is_not_one_yet(tmp_path):
     assert database_version(str(empty)) >= 1
 
 
+def test_a_first_start_stopped_before_the_first_migration_starts_again(tmp_path):
+    db = tmp_path / "linerules.db"
+    conn = sqlite3.connect(db)      # what the first start has written before migration 1
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.commit()
+    conn.close()
+    store = Store(str(db))
+    try:
+        assert store.schema_version >= 7 and store.friend("U1") is None
+    finally:
+        store.close()
+
+
 def test_the_store_never_writes_into_another_programs_database(tmp_path):
     db = foreign_sqlite(tmp_path / "notes.db")
     before = db.read_bytes()

@@ -302,15 +302,18 @@ def remove_database(path: str) -> bool:
 
 def _linerules_version(conn: sqlite3.Connection) -> int | None:
     """The schema version recorded in ``meta``; 0 for a database without any table (a new
-    one); None for a database with tables but no linerules ``meta``."""
+    one) or with only ``meta`` (the first start stopped before the first migration); None for a
+    database with tables but no linerules ``meta``."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
         return 0
     if "meta" not in tables:
         return None
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return 0 if tables == {"meta"} else None
     try:
-        return int(row[0]) if row is not None else None
+        return int(row[0])
     except (TypeError, ValueError):
         return None
 
