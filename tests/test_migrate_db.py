@@ -246,8 +246,9 @@ def test_files_that_are_not_linerules_databases_are_refused(pg_url, tmp_path):
     conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
     conn.commit()
     conn.close()
-    for path, says in ((text, "is not an SQLite database"), (other, "is an SQLite database but not a linerules one"),
-                       (tmp_path / "missing.db", "no such file")):
+    for path, says in ((text, "is not a linerules database (not an SQLite file)"),
+                       (other, "is not a linerules database (an SQLite file without linerules' tables)"),
+                       (tmp_path, "is not a linerules database (a folder)"), (tmp_path / "missing.db", "no such file")):
         run = linerules("migrate-db", str(path), pg_url, cwd=tmp_path)
         assert run.returncode == 1
         assert run.stderr.startswith("error: ") and says in run.stderr and "Traceback" not in run.stderr

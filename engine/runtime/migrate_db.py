@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from . import pgschema
-from .store import MIGRATIONS, Store, StoreError
+from .store import MIGRATIONS, Store, StoreError, database_version
 
 #: Rows per COPY batch (one PostgreSQL transaction each).
 BATCH = 5000
@@ -87,21 +87,15 @@ def open_source(path: str, *, now: int | None = None, say: Callable[[str], None]
     """A read-only connection to the linerules SQLite database at ``path`` (migrated to this
     version's schema first); raises :class:`MigrateError` for anything that is not one, or
     that a runner still uses."""
-    if not os.path.isfile(path):
+    try:
+        version = database_version(path)          # the one test every command uses
+    except StoreError as exc:
+        raise MigrateError(str(exc)) from None
+    if version is None:
         raise MigrateError(f"{path}: no such file (give the runner's SQLite database, e.g. linerules.db)")
     conn = _read_only(path)
     try:
-        try:
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError:
-            raise MigrateError(f"{path} is not an SQLite database (check the file name)") from None
-        version = None
-        if "meta" in names:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row and str(row[0]).isdigit() else None
-        if version is None or not {"friends", "events", "enrollments"} <= names:
-            raise MigrateError(f"{path} is an SQLite database but not a linerules one (it has no linerules "
-                               "schema): check the file name")
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version > len(MIGRATIONS):
             raise MigrateError(f"{path} was written by a newer linerules (schema {version}, this one knows "
                                f"{len(MIGRATIONS)}): upgrade linerules first")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import sqlite3
 import sys
 from dataclasses import replace
 from typing import Sequence
@@ -27,7 +25,7 @@ from engine.language import ir, timeutil
 from .events import Event, EventError
 from engine.i18n import _
 from engine.interpreter import Engine
-from .store import Store, StoreError
+from .store import Store, StoreError, remove_database
 
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
@@ -163,22 +161,13 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
 
 def _fresh_db(path: str) -> str | None:
     """Make room for a new simulated database at ``path``: an earlier simulation's database is
-    replaced; any other existing file is refused (returns the error text)."""
-    if not os.path.exists(path):
-        return None
+    replaced; anything else that exists is refused (returns the error text)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            ours = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        ours = None
-    if not ours:
-        return _("--db: {path} exists and is not a linerules database; choose another file", path=path)
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+        remove_database(path)
+    except StoreError as exc:
+        return _("--db: {reason}", reason=exc.args[0])
+    except OSError as exc:
+        return _("--db: cannot replace {path}: {reason}", path=path, reason=exc.strerror or exc)
     return None
 
 
