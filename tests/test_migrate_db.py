@@ -248,10 +248,12 @@ def test_files_that_are_not_linerules_databases_are_refused(pg_url, tmp_path):
     conn.close()
     for path, says in ((text, "is not a linerules database (not an SQLite file)"),
                        (other, "is not a linerules database (an SQLite file without linerules' tables)"),
-                       (tmp_path, "is not a linerules database (a folder)"), (tmp_path / "missing.db", "no such file")):
+                       (tmp_path / "missing.db", "no such file")):
         run = linerules("migrate-db", str(path), pg_url, cwd=tmp_path)
         assert run.returncode == 1
         assert run.stderr.startswith("error: ") and says in run.stderr and "Traceback" not in run.stderr
+    run = linerules("migrate-db", str(tmp_path), pg_url, cwd=tmp_path)
+    assert run.returncode == 2 and "is a directory" in run.stderr and "Traceback" not in run.stderr
     with psycopg.connect(pg_url) as conn:           # nothing was created for them
         assert conn.execute("SELECT to_regclass('friends')").fetchone()[0] is None
 
