@@ -40,10 +40,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.dispatch import Dispatcher, OutboxItem  # noqa: E402
-from engine.limits import MAX_MULTICAST, RATE_LIMITS  # noqa: E402
-from engine.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
-from engine.ratelimit import client_bucket  # noqa: E402
+from engine.line.dispatch import Dispatcher, OutboxItem  # noqa: E402
+from engine.line.limits import MAX_MULTICAST, RATE_LIMITS  # noqa: E402
+from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
+from engine.line.ratelimit import client_bucket  # noqa: E402
 
 HOST = "127.0.0.1"
 PUSH_LIMIT = RATE_LIMITS["push"].rate
@@ -63,7 +63,7 @@ def emulator_process(*args: str) -> Iterator[str]:
     """An emulator subprocess on a free loopback port; yields its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.line_emulator", "--host", HOST, "--port", str(port), *args],
+        [sys.executable, "-m", "engine.testing.line_emulator", "--host", HOST, "--port", str(port), *args],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -178,10 +178,10 @@ def broadcast_outbox(folder: Path, friends: int) -> tuple[object, float, float]:
     """A rule folder and database in ``folder`` with ``friends`` friends, and the engine's
     tick at the rule's moment: the outbox the runner is to send. Returns (that moment,
     seconds to write the friends, seconds of the tick)."""
-    from engine import timeutil
+    from engine.language import timeutil
     from engine.interpreter import Engine
-    from engine.project import load_project
-    from engine.store import Store
+    from engine.language.project import load_project
+    from engine.runtime.store import Store
 
     rules = folder / "rules"
     rules.mkdir()
@@ -266,7 +266,7 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object,
     """The runner's dispatch loop sends the outbox and stores every outcome; returns the
     seconds from its start to the last outcome stored, and the process's CPU seconds
     meanwhile."""
-    from engine.runloop import Runner, RunnerConfig
+    from engine.runner.runloop import Runner, RunnerConfig
 
     config = RunnerConfig.from_env(
         {"LINE_CHANNEL_ACCESS_TOKEN": DEFAULT_ACCESS_TOKEN, "LINE_API_ENDPOINT": base_url},

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from engine.dispatch import (
+from engine.line.dispatch import (
     DispatchResult,
     Dispatcher,
     DryRunTransport,
     OutboxItem,
     make_transport,
 )
-from engine.line_emulator import Emulator
+from engine.testing.line_emulator import Emulator
 
 TEXT = {"type": "text", "text": "こんにちは"}
 MENU = "richmenu-" + "0" * 32
@@ -332,7 +332,7 @@ async def test_a_full_bucket_never_lets_a_second_hold_more_than_the_limit(emulat
 def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
     """Without the window, a bucket that starts full hands out capacity + rate in its first
     second; with it, never more than the window's limit in any window."""
-    from engine.ratelimit import TokenBucket, client_bucket
+    from engine.line.ratelimit import TokenBucket, client_bucket
 
     def granted_in_first_second(bucket: TokenBucket, clock: list[float]) -> int:
         grants = 0
@@ -437,7 +437,7 @@ async def test_make_transport_picks_by_the_environment():
 
 
 def test_proxy_from_the_environment_is_resolved_once(monkeypatch):
-    from engine.dispatch import _env_proxy
+    from engine.line.dispatch import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")

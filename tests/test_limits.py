@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import ir, limits
-from engine.line_emulator import validate_messages
-from engine.messages import check_objects
+from engine.language import ir
+from engine.line import limits
+from engine.testing.line_emulator import validate_messages
+from engine.language.messages import check_objects
 
 GRAMMAR = Path(__file__).resolve().parent.parent / "engine" / "grammar.lark"
 

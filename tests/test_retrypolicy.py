@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from engine.limits import MONTHLY_LIMIT_MESSAGE
-from engine.retrypolicy import Answer, RetryPolicy, retry_after_seconds
+from engine.line.limits import MONTHLY_LIMIT_MESSAGE
+from engine.line.retrypolicy import Answer, RetryPolicy, retry_after_seconds
 
 NOW = 1_800_000_000.0
 MONTHLY = '{"message": "%s"}' % MONTHLY_LIMIT_MESSAGE
