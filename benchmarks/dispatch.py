@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import shutil
 import socket
 import sqlite3

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 import threading
 from zoneinfo import ZoneInfo
 

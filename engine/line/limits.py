@@ -95,8 +95,6 @@ ROUTES: Mapping[str, tuple[str, str]] = {
 TOKEN_PATH = "/oauth2/v3/token"
 #: Endpoints that accept ``X-Line-Retry-Key``; every other one answers 400 when it is sent.
 RETRY_KEY_ENDPOINTS = frozenset({"push", "multicast", "broadcast", "narrowcast"})
-#: Endpoints whose accepted requests are billed per recipient against the monthly quota.
-BILLED_ENDPOINTS = frozenset({"push", "multicast", "broadcast", "narrowcast"})
 
 # --------------------------------------------------------------------------- answers
 

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from engine.line import limits as L
-from engine.line.limits import (AUTH_FAILED_MESSAGE, BILLED_ENDPOINTS, INVALID_REPLY_TOKEN_MESSAGE,
+from engine.line.limits import (AUTH_FAILED_MESSAGE, INVALID_REPLY_TOKEN_MESSAGE,
                      MAX_BODY_BYTES, MONTHLY_LIMIT_MESSAGE, RATE_LIMIT_MESSAGE, RATE_LIMITS,
                      RETRY_KEY_ACCEPTED_MESSAGE, RETRY_KEY_ENDPOINTS, RETRY_KEY_TTL, ROUTES,
                      STATELESS_TOKEN_TTL, TOKEN_PATH, UUID_RE, Limit, utf16_len)
