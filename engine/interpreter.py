@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl
 from . import identity, ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
-from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
+from .store import ApplyResult, EventRow, Placement, Store, bucket, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -510,9 +510,9 @@ class Engine:
                        row["event_seq"])
 
     def _enter_audience(self, rule: ir.Rule, now: int, cond: ir.Cond | None, occurrence: str | None,
-                        blocked_sql: str, each: Callable[[int], None] | None = None) -> int:
+                        blocked_sql: str, placed: Placement | None = None) -> int:
         """Set-based entry of every current friend for whom ``cond`` and the entry filter hold,
-        in short transactions (``each`` runs in each of them, see :meth:`Store.enroll_audience`)."""
+        in short transactions (``placed``: past their first sends, see :meth:`Store.enroll_audience`)."""
         parts = tuple(c for c in (cond, rule.entry) if c is not None)
         where = self._sql(ir.All(parts), False) if parts else Compiled("1")
         variant, holdout = self._draw_sql(rule)
@@ -521,7 +521,7 @@ class Engine:
                                           now=now, where_sql=f"{CURRENT} AND ({where.sql})",
                                           params=where.params, occurrence=occurrence,
                                           blocked_sql=blocked_sql, variant_sql=variant, holdout_sql=holdout,
-                                          each=each)
+                                          placed=placed)
 
     # ------------------------------------------------------------------ 2. time triggers
 
@@ -550,9 +550,11 @@ class Engine:
                     moment, sale = max(due, key=lambda d: d[0])
                     occurrence = f"sale:{sale.name}:{trig.edge}:{moment}"
             if occurrence is not None:
-                def send(after_id: int, rule: ir.Rule = rule, occurrence: str = occurrence) -> None:
-                    self._mass_send(rule, occurrence, now, result, after_id)
-                result.entered += self._enter_audience(rule, now, None, occurrence, open_only, send)
+                placed = self._placement(rule, now)
+                entered = self._enter_audience(rule, now, None, occurrence, open_only, placed)
+                result.entered += entered
+                if placed is not None:
+                    result.advanced += entered
 
     def _mass_plan(self, rule: ir.Rule, now: int) -> tuple | None:
         """For a rule whose first steps are sends followed by a wait or the end: (the sends'
@@ -584,20 +586,18 @@ class Engine:
             state, step_id = "waiting", wait.id
         return tuple((step.id, step.messages) for step in sends), names, state, step_id, due
 
-    def _mass_send(self, rule: ir.Rule, occurrence: str, now: int, result: TickResult, after_id: int) -> None:
-        """The audience of a time trigger (its enrollments above ``after_id``) queues its first
-        sends set-based (one statement, not a walk per friend) when :meth:`_mass_plan` allows:
-        the same intents a walk writes, decided by the deliver stage like every other send."""
+    def _placement(self, rule: ir.Rule, now: int) -> Placement | None:
+        """Where a time trigger's audience is entered when :meth:`_mass_plan` allows: past its
+        first sends, which the enrollments carry (``send_due``, at the window's next opening) to
+        the deliver stage, decided there with every other send due then, like the intents a
+        walk writes; no walk and no intent row per friend."""
         plan = self._mass_plan(rule, now)
         if plan is None:
-            return
+            return None
         steps, names, state, step_id, due = plan
         window = rule.window or self.settings.window
-        count = self.store.mass_intents(
-            rule=rule.name, occurrence=occurrence, now=now, after_id=after_id, steps=self._encode(steps),
-            messages=self._encode(names), due_at=timeutil.next_opening(now, window, self.tz),
-            state=state, next_step=step_id, due=due)
-        result.advanced += count
+        return Placement(state, step_id, due, now if state == "done" else None,
+                         timeutil.next_opening(now, window, self.tz), self._encode(steps), self._encode(names))
 
     # ------------------------------------------------------------------ 3. condition triggers
 

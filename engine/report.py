@@ -214,6 +214,16 @@ def _sends(conn: sqlite3.Connection, o: Options) -> list[_Send]:
                                      "i.variant, i.due_at FROM intents i WHERE 1"
                                      + "".join(f" AND {w}" for w in held) + " ORDER BY i.due_at, i.id",
                                args)]
+    if _rows(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audience_sends'"):
+        # an audience's first sends carried by its enrollments until they are decided
+        held = [w.replace("d.at", "e.send_due") for w in where[1:]]
+        out += [_Send(-(1 << 40) - r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), "queued", r[5], r[6],
+                      None)
+                for r in _rows(conn, "SELECT e.id, e.friend, e.rule, json_extract(a.steps, '$[0][0]'), a.messages, "
+                                     "e.variant, e.send_due FROM enrollments e JOIN audience_sends a ON "
+                                     "a.rule = e.rule AND a.occurrence = e.occurrence WHERE e.send_due IS NOT NULL"
+                                     + "".join(f" AND {w}" for w in held) + " ORDER BY e.send_due, e.id",
+                               args)]
     return out
 
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import sqlite_utils
 
@@ -148,6 +148,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE enrollments ADD COLUMN event_seq INTEGER;
     ALTER TABLE activity ADD COLUMN event_seq INTEGER;
     """,
+    # 8: an audience entered set-based carries its first sends on the enrollment itself
+    # (``send_due``: when they are to be decided; ``audience_sends`` names their steps and
+    # messages once per rule and occurrence) instead of one intent row per friend; the deliver
+    # stage decides them with the intents due at the same moment, by the same procedure
+    """
+    ALTER TABLE enrollments ADD COLUMN send_due INTEGER;
+    CREATE INDEX enrollments_send_due ON enrollments(send_due, friend) WHERE send_due IS NOT NULL;
+    CREATE TABLE audience_sends (rule TEXT NOT NULL, occurrence TEXT NOT NULL, steps TEXT NOT NULL,
+      messages TEXT NOT NULL, PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
+    """,
 )
 
 
@@ -266,6 +276,19 @@ def _health_for(path: str) -> _Health:
 class ApplyResult:
     applied: int
     duplicates: int
+
+
+class Placement(NamedTuple):
+    """Where a set-based entry leaves its enrollments (:meth:`Store.enroll_audience`): state,
+    step, due time and finish time, and, when its first sends are carried on the enrollment,
+    when they are decided (``send_due``) and their steps and message names (JSON text)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    send_due: int | None
+    steps: str
+    messages: str
 
 
 @dataclass(frozen=True)
@@ -827,20 +850,25 @@ class Store:
     def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
                         where_sql: str, params: dict[str, Any], occurrence: str | None,
                         blocked_sql: str, variant_sql: str, holdout_sql: str,
-                        chunk: int | None = None,
-                        each: Callable[[int], None] | None = None) -> int:
+                        chunk: int | None = None, placed: Placement | None = None) -> int:
         """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
         entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
         gets one active enrollment due now. Returns how many entered.
+
+        With ``placed`` (a time trigger whose first steps are sends followed by a wait or the
+        end), the enrollments are written where those sends leave them, carrying the sends:
+        ``send_due`` is when the deliver stage decides them, like an intent (the steps and
+        messages are named once, in ``audience_sends``); no walk, no intent row per friend.
 
         Two phases, so that a big audience never holds the write lock for long: the audience is
         read into a scratch table (a WAL read; it does not block writers), then entered ``chunk``
         friends per transaction. Each chunk is atomic and re-checks ``blocked_sql``, so running
         the entry again after a crash between chunks enrols nobody twice and misses nobody.
-        ``each(after_id)`` runs inside every chunk's transaction; the chunk's enrollments are
-        those with ``id > after_id``. Call it outside a transaction, or the chunks join it."""
-        args = {**params, "rule": rule, "version": version, "step": step_id, "now": now,
-                "occurrence": occurrence}
+        Call it outside a transaction, or the chunks join it."""
+        p = placed or Placement("active", step_id, now, None, None, "", "")
+        args = {**params, "rule": rule, "version": version, "step": p.step_id, "now": now,
+                "occurrence": occurrence, "state": p.state, "due": p.due_at, "finished": p.finished_at,
+                "send_due": p.send_due, "steps": p.steps, "messages": p.messages}
         blocked = (f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule "
                    f"AND ({blocked_sql}))")
         c = self.conn
@@ -850,41 +878,19 @@ class Store:
                   args)
         last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
         sql = ("INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
-               "variant, holdout, entered_at, occurrence) "
-               f"SELECT f.id, :rule, :version, :step, :now, 'active', {variant_sql}, {holdout_sql}, "
-               ":now, :occurrence FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
+               "variant, holdout, entered_at, occurrence, finished_at, send_due) "
+               f"SELECT f.id, :rule, :version, :step, :due, :state, {variant_sql}, {holdout_sql}, "
+               ":now, :occurrence, :finished, :send_due FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
                f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n")
         entered, chunk = 0, chunk or AUDIENCE_CHUNK
         for lo in range(0, last, chunk):
             with self.transaction():
-                before = c.execute("SELECT COALESCE(MAX(id), 0) FROM enrollments").fetchone()[0]
-                count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
-                entered += count
-                if count and each is not None:
-                    each(before)
+                if placed is not None:
+                    c.execute("INSERT OR IGNORE INTO audience_sends(rule, occurrence, steps, messages) "
+                              "VALUES (:rule, :occurrence, :steps, :messages)", args)
+                entered += c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
         c.execute("DELETE FROM temp.lr_audience")
         return entered
-
-    def mass_intents(self, *, rule: str, occurrence: str, now: int, after_id: int, steps: str,
-                     messages: str, due_at: int, state: str, next_step: str | None,
-                     due: int | None) -> int:
-        """The first sends of every friend just enrolled for ``occurrence`` (enrollment ids above
-        ``after_id``), set-based: one intent each (``steps``/``messages`` JSON, due at
-        ``due_at``), and the enrollments move on to (``state``, ``next_step``, ``due``). The
-        tick's deliver stage decides them like every other intent. Returns how many."""
-        c = self.conn
-        args = {"rule": rule, "occurrence": occurrence, "now": now, "after": after_id, "steps": steps,
-                "messages": messages, "due_at": due_at, "state": state, "next": next_step, "due": due,
-                "finished": now if state == "done" else None}
-        which = ("e.id > :after AND +e.rule = :rule AND +e.occurrence = :occurrence AND e.state = 'active' "
-                 "AND e.due_at = :now")
-        count = c.execute(
-            "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, holdout, "
-            "occurrence) SELECT e.id, e.friend, e.rule, :steps, :messages, :due_at, :now, e.variant, e.holdout, "
-            f"e.occurrence FROM enrollments e WHERE {which} ORDER BY e.id", args).rowcount
-        c.execute("UPDATE enrollments AS e SET state = :state, step_id = :next, due_at = :due, "
-                  f"finished_at = :finished WHERE {which}", args)
-        return count
 
     # ------------------------------------------------------------------ intents (the deliver stage)
 
@@ -895,19 +901,34 @@ class Store:
                               f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
 
     def defer_intents(self, rule: str, opening: int, now: int) -> None:
-        """Due intents of ``rule`` (not answers) wait for the window's next ``opening``."""
+        """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
         self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
+                          (opening, now, rule))
+        self.conn.execute("UPDATE enrollments SET send_due = ? WHERE send_due <= ? AND +rule = ?",
                           (opening, now, rule))
 
     def waiting_sends(self) -> int:
-        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota."""
-        return self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
+        (intents, and the first sends an audience's enrollments carry)."""
+        return (self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+                + self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE send_due IS NOT NULL").fetchone()[0])
+
+    def next_waiting_send(self) -> int | None:
+        """When the next send waiting to be decided is due (None: none waits)."""
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
+                   self.conn.execute("SELECT MIN(send_due) FROM enrollments WHERE send_due IS NOT NULL").fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
 
     def next_intent_at(self, after: int) -> int | None:
-        return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0]
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
+                   self.conn.execute("SELECT MIN(send_due) FROM enrollments WHERE send_due > ?",
+                                     (after,)).fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
 
     def has_due_intents(self, now: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+        return (self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+                or self.conn.execute("SELECT 1 FROM enrollments WHERE send_due <= ? LIMIT 1",
+                                     (now,)).fetchone() is not None)
 
     def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
         """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
@@ -915,6 +936,7 @@ class Store:
         ``rules``: (name, priority, uncapped) of the project's rules."""
         c = self.conn
         c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
+        c.execute("UPDATE enrollments SET send_due = ? WHERE send_due < ?", (now, now))
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
@@ -936,20 +958,31 @@ class Store:
                   "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
                   "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
                   "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
-                  "outbox_id INTEGER)")
+                  "outbox_id INTEGER, carried INTEGER, src INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
                   "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
         c.execute("DELETE FROM temp.lr_send")
-        last = c.execute("SELECT MAX(friend) FROM (SELECT friend FROM intents WHERE due_at = ? AND friend > ? "
-                         "ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()[0]
+        # the next friends of each source in friend order (index ranges), up to the nearer of the
+        # two last ones: every due send of those friends, from both sources, is in this chunk
+        ends = [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM " + source
+                          + " WHERE " + column + " = ? AND friend > ? ORDER BY friend LIMIT ?)",
+                          (now, after, limit)).fetchone()
+                for source, column in (("intents", "due_at"), ("enrollments", "send_due"))]
+        full = [end for end, count in ends if count >= limit]
+        last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
             return None
+        args = {"now": now, "after": after, "last": last, "cap": cap, "today": today}
+        # one decision for every due send, whichever way it waited: an intent row (``src`` its
+        # id), or the first sends carried by an enrollment of an audience (``src`` the
+        # enrollment's id); ``id`` follows the order they were queued in (an audience's before
+        # the walks of the same tick)
         c.execute(
-            "INSERT INTO temp.lr_due(id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+            "INSERT INTO temp.lr_due(src, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
             "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
-            "used, dup) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
-            "i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
+            "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
+            "i.queued_at, i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
             "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
             "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'kept' "
             "WHEN r.rule IS NULL OR (e.state = 'exited' AND e.finished_at > i.queued_at) THEN 'dropped' "
@@ -960,11 +993,17 @@ class Store:
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0 "
-            "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
+            "FROM (SELECT id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, holdout, "
+            "occurrence, event_seq, answer, reply_token, reply_deadline, 0 AS carried FROM intents "
+            "WHERE due_at = :now AND friend > :after AND friend <= :last UNION ALL "
+            "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
+            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, 1 FROM enrollments s "
+            "JOIN audience_sends a ON a.rule = s.rule AND a.occurrence = s.occurrence "
+            "WHERE s.send_due = :now AND s.friend > :after AND s.friend <= :last) i "
+            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
             "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
-            "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
-            {"now": now, "after": after, "last": last, "cap": cap, "today": today})
+            "ORDER BY i.queued_at, i.carried DESC, i.id", args)
         # all of a friend's due intents are loaded together: competing sends are found here
         c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
                   "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
@@ -1095,11 +1134,15 @@ class Store:
         capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
                                     "FROM temp.lr_due").fetchone()
         counts = {"capped": int(capped), "skipped": int(skipped)}
-        c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'held' "
-                  "AND status IS NOT 'kept')")
+        c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
+                  "AND status IS NOT 'held' AND status IS NOT 'kept')")
+        c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                  "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
         if held_until is not None:
-            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
-                      (held_until,))
+            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due WHERE status = 'held' "
+                      "AND carried = 0)", (held_until,))
+            c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                      "WHERE status = 'held' AND carried = 1)", (held_until,))
         c.execute("DELETE FROM temp.lr_due")
         c.execute("DELETE FROM temp.lr_send")
         return counts
@@ -1435,7 +1478,7 @@ class Store:
             "outbox_backlog": self.outbox_backlog(),
             "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
             "waiting_sends": self.waiting_sends(),
-            "next_waiting_send": one("SELECT MIN(due_at) FROM intents"),
+            "next_waiting_send": self.next_waiting_send(),
             "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,
         }
 
