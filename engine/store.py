@@ -960,9 +960,6 @@ class Store:
                   "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
                   "outbox_id INTEGER, carried INTEGER, src INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
-                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
-        c.execute("DELETE FROM temp.lr_send")
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
         ends = [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM " + source
@@ -984,29 +981,30 @@ class Store:
             "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
             "i.queued_at, i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
             "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
-            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'kept' "
-            "WHEN r.rule IS NULL OR (e.state = 'exited' AND e.finished_at > i.queued_at) THEN 'dropped' "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'kept' "
+            "WHEN r.rule IS NULL OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
             "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
-            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'suspended' "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'suspended' "
             "WHEN r.rule IS NULL THEN 'rule_removed' "
-            "WHEN e.state = 'exited' AND e.finished_at > i.queued_at THEN 'exited' "
+            "WHEN i.state = 'exited' AND i.finished_at > i.queued_at THEN 'exited' "
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
             "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
-            "FROM (SELECT id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, holdout, "
-            "occurrence, event_seq, answer, reply_token, reply_deadline, 0 AS carried FROM intents "
-            "WHERE due_at = :now AND friend > :after AND friend <= :last UNION ALL "
+            "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, t.steps, t.messages, t.due_at, t.queued_at, "
+            "t.variant, t.holdout, t.occurrence, t.event_seq, t.answer, t.reply_token, t.reply_deadline, "
+            "e.state, e.finished_at, 0 AS carried FROM intents t LEFT JOIN enrollments e ON e.id = t.enrollment "
+            "WHERE t.due_at = :now AND t.friend > :after AND t.friend <= :last UNION ALL "
             "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
-            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, 1 FROM enrollments s "
+            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM enrollments s "
             "JOIN audience_sends a ON a.rule = s.rule AND a.occurrence = s.occurrence "
             "WHERE s.send_due = :now AND s.friend > :after AND s.friend <= :last) i "
-            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
-            "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
+            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
             "ORDER BY i.queued_at, i.carried DESC, i.id", args)
-        # all of a friend's due intents are loaded together: competing sends are found here
-        c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
-                  "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
+        if cap is not None:
+            # all of a friend's due sends are loaded together: competing sends are found here
+            c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                      "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
         return last
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
@@ -1085,13 +1083,13 @@ class Store:
         same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
         ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
         c = self.conn
-        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
+        key = c.execute("SELECT COALESCE(MAX(rkey), 0) + 1 FROM temp.lr_due").fetchone()[0]
         count = c.execute(
-            "INSERT INTO temp.lr_send(n, id, friend, enrollment, variant, counts, answer) SELECT NULL, id, friend, "
-            "enrollment, variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
-            "id NOT IN (SELECT id FROM temp.lr_send) AND "
-            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
-            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
+            "UPDATE temp.lr_due SET status = 'sent', rkey = :key, chunk = g.chunk FROM (SELECT id, "
+            "(ROW_NUMBER() OVER (ORDER BY id) - 1) / 500 AS chunk FROM temp.lr_due WHERE status IS NULL AND "
+            "kind IS NULL AND rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence) "
+            "AS g WHERE temp.lr_due.id = g.id",
+            {"key": key, "rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
         chunks = (count + 499) // 500
@@ -1099,24 +1097,24 @@ class Store:
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
                     "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
-                    "before": before}
+                    "key": key}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - :before - 1) / 500 AS chunk, friend FROM temp.lr_send WHERE n > :before "
-                "ORDER BY n) GROUP BY chunk", args)
+                ":now FROM (SELECT chunk, friend FROM temp.lr_due WHERE rkey = :key ORDER BY id) GROUP BY chunk",
+                args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - :before - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
-                "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, :first + chunk, "
+                ":messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, :now, :today, "
+                "counts * :first_push FROM temp.lr_due WHERE rkey = :key ORDER BY id", args)
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
         """The undecided due intents not sent set-based (each rendered for its friend)."""
-        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
-                                 "temp.lr_send) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL "
+                                 "ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
     def due_mark(self, rows: Sequence[tuple]) -> None:
         """(status, reason, outbox_id, id) rows for ``temp.lr_due``."""
@@ -1144,7 +1142,6 @@ class Store:
             c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
                       "WHERE status = 'held' AND carried = 1)", (held_until,))
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("DELETE FROM temp.lr_send")
         return counts
 
     def quota_used(self, month: str) -> int:
