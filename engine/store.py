@@ -1085,10 +1085,8 @@ class Store:
         c = self.conn
         key = c.execute("SELECT COALESCE(MAX(rkey), 0) + 1 FROM temp.lr_due").fetchone()[0]
         count = c.execute(
-            "UPDATE temp.lr_due SET status = 'sent', rkey = :key, chunk = g.chunk FROM (SELECT id, "
-            "(ROW_NUMBER() OVER (ORDER BY id) - 1) / 500 AS chunk FROM temp.lr_due WHERE status IS NULL AND "
-            "kind IS NULL AND rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence) "
-            "AS g WHERE temp.lr_due.id = g.id",
+            "UPDATE temp.lr_due SET status = 'sent', rkey = :key WHERE status IS NULL AND kind IS NULL AND "
+            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence",
             {"key": key, "rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
@@ -1102,13 +1100,14 @@ class Store:
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT chunk, friend FROM temp.lr_due WHERE rkey = :key ORDER BY id) GROUP BY chunk",
-                args)
+                ":now FROM (SELECT (ROW_NUMBER() OVER (ORDER BY id) - 1) / 500 AS chunk, friend FROM temp.lr_due "
+                "WHERE rkey = :key ORDER BY id) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, :first + chunk, "
-                ":messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, :now, :today, "
-                "counts * :first_push FROM temp.lr_due WHERE rkey = :key ORDER BY id", args)
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
+                ":first + (ROW_NUMBER() OVER (ORDER BY id) - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 "
+                "THEN 'answer' END, variant, :now, :today, counts * :first_push FROM temp.lr_due WHERE rkey = :key "
+                "ORDER BY id", args)
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
