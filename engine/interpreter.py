@@ -27,13 +27,14 @@ import time
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 from urllib.parse import parse_qsl
 
 from . import identity, ir, timeutil
 from .render import RenderError, render_hash, render_message, sale_vars
 from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
-from .store import ApplyResult, EventRow, Placement, Store, bucket, is_store_fault
+from .store import (ApplyResult, Delivery, DueChange, DueMark, EventRow, Intent, Move, OutboxRow, Placement, Store,
+                    WalkRow, bucket, is_store_fault)
 
 log = logging.getLogger("linerules.engine")
 
@@ -115,6 +116,15 @@ class _Group:
     names: tuple[str, ...]
     reply: tuple[str, int] | None   # (token, deadline) when this goes as a reply
     answer: bool
+
+
+class _Share(NamedTuple):
+    """One push of one friend's rendered send, waiting for the others with the same payload."""
+    row: Any          # the due send (a ``temp.lr_due`` row)
+    push: int         # which push of the send (0: the first, which counts for the cap)
+    objects: list
+    step_id: str
+    counts: int
 
 
 def _norm(text: str) -> str:
@@ -676,25 +686,25 @@ class Engine:
         """Move due enrollments (``rows`` of WALK_COLUMNS) through their steps up to the next
         wait, all friends at the same step of a rule together, then record their sends."""
         frontier: list[_Walker] = []
-        updates: dict[int, tuple] = {}
-        intents: list[tuple] = []
+        updates: dict[int, Move] = {}
+        intents: list[Intent] = []
         openings: dict[str, int] = {}
         menus: list[tuple[_Walker, ir.MenuStep]] = []
         seen: set[int] = set()
-        for (eid, friend, rule_name, step_id, due_at, state, variant, holdout, entered_at, occurrence,
-             cause_seq, reply_token, reply_deadline, event_seq) in rows:
-            rule = self.project.rules.get(rule_name)
+        for row in rows:
+            rule = self.project.rules.get(row.rule)
             if rule is None:
-                updates[eid] = ("exited", step_id, None, now, "rule_removed")
+                updates[row.id] = Move("exited", row.step_id, None, now, "rule_removed", row.id)
                 continue
-            idx = self._index[rule_name].get(step_id) if step_id is not None else None
+            idx = self._index[row.rule].get(row.step_id) if row.step_id is not None else None
             if idx is None:
                 pos = len(rule.steps)
             else:
-                pos = idx + 1 if state == "waiting" else idx
-            frontier.append(_Walker(eid, friend, rule_name, pos, entered_at, due_at, variant, bool(holdout),
-                                    occurrence, cause_seq, reply_token, reply_deadline, event_seq))
-            seen.add(eid)
+                pos = idx + 1 if row.state == "waiting" else idx
+            frontier.append(_Walker(row.id, row.friend, row.rule, pos, row.entered_at, row.due_at, row.variant,
+                                    bool(row.holdout), row.occurrence, row.cause_seq, row.reply_token,
+                                    row.reply_deadline, row.event_seq))
+            seen.add(row.id)
         result.advanced += len(frontier)
 
         def flush(w: _Walker) -> None:
@@ -713,16 +723,16 @@ class Engine:
                     if due is None:
                         window = self.project.rules[w.rule].window or self.settings.window
                         due = openings[w.rule] = timeutil.next_opening(now, window, self.tz)
-                intents.append((w.id, w.friend, w.rule, steps, names, due, now, w.variant, int(w.holdout),
-                                w.occurrence, w.event_seq, int(answer), token,
-                                w.reply_deadline if token else None))
+                intents.append(Intent(w.id, w.friend, w.rule, steps, names, due, now, w.variant, int(w.holdout),
+                                      w.occurrence, w.event_seq, int(answer), token,
+                                      w.reply_deadline if token else None))
                 w.buffer = []
             w.answered = True
 
         def finish(w: _Walker, state: str, step_id: str | None, due: int | None, reason: str | None) -> None:
             flush(w)
             done = state in ("done", "exited")
-            updates[w.id] = (state, step_id, due, now if done else None, reason)
+            updates[w.id] = Move(state, step_id, due, now if done else None, reason, w.id)
             if state == "exited":
                 result.exited += 1
 
@@ -795,7 +805,7 @@ class Engine:
         for w in frontier:  # a runaway loop of `start` steps: park them, due now
             finish(w, "active", self.project.rules[w.rule].steps[w.pos].id, now, None)
             log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
-        self.store.update_enrollments([(*u, i) for i, u in updates.items()])
+        self.store.update_enrollments(list(updates.values()))
         self.store.add_intents(intents)
         self._deliver_menus(menus, now, result)
 
@@ -859,21 +869,21 @@ class Engine:
         s, settings = self.store, self.settings
         blocked = s.blocked_among({w.friend for w, _ in menus})
         day_now = timeutil.local_day(now, self.tz)
-        deliveries: list[tuple] = []
-        outbox: list[tuple] = []
+        deliveries: list[Delivery] = []
+        outbox: list[OutboxRow] = []
         for w, step in menus:
             menu_id, label = settings.rich_menu(step.menu), [f"menu:{step.menu}"]
             reason = ("blocked" if w.friend in blocked else "holdout" if w.holdout
                       else "unknown_menu" if menu_id is None else None)
             if reason:
-                deliveries.append((w.friend, w.rule, step.id, w.id, None, label, "skipped", reason, w.variant,
-                                   now, day_now, 0))
+                deliveries.append(Delivery(w.friend, w.rule, step.id, w.id, None, label, "skipped", reason,
+                                           w.variant, now, day_now, 0))
                 result.skipped += 1
                 continue
-            outbox.append(("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now, None, None))
+            outbox.append(OutboxRow("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now))
             result.queued += 1
-            deliveries.append((w.friend, w.rule, step.id, w.id, len(outbox) - 1, label, "queued", None,
-                               w.variant, now, day_now, 0))
+            deliveries.append(Delivery(w.friend, w.rule, step.id, w.id, len(outbox) - 1, label, "queued", None,
+                                       w.variant, now, day_now, 0))
         ids = s.add_outbox_rows(outbox, now)
         s.add_deliveries(deliveries, ids)
 
@@ -921,7 +931,7 @@ class Engine:
                 c = self._sql(rule.exit_when, True)
                 result.exited += s.due_exits(name, c.sql, {**c.params, **params, "rule": name}, now)
         # the steps' if/unless, now
-        changes: list[tuple] = []
+        changes: list[DueChange] = []
         for rule_name, steps_text in s.due_groups():
             rule = self.project.rules.get(rule_name)
             steps = self._split_steps(rule, json.loads(steps_text))
@@ -937,9 +947,9 @@ class Engine:
             for i, gone in failing.items():
                 kept = [[sid, names] for sid, names in steps if sid not in gone]
                 names = [n for _, step_names in kept for n in step_names]
-                changes.append((self._encode(tuple((sid, tuple(n)) for sid, n in kept)),
-                                self._encode(tuple(names)), None if kept else "dropped",
-                                None if kept else "condition", i))
+                changes.append(DueChange(self._encode(tuple((sid, tuple(n)) for sid, n in kept)),
+                                         self._encode(tuple(names)), None if kept else "dropped",
+                                         None if kept else "condition", i))
         s.due_update(changes)
         if settings.max_per_day is not None:
             s.due_cap(settings.max_per_day)
@@ -1010,9 +1020,9 @@ class Engine:
         s = self.store
         friends = s.friends_for_render({r["friend"] for r in rows})
         events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
-        deliveries: list[tuple] = []
-        outbox: list[tuple] = []
-        marks: dict[int, tuple] = {}
+        deliveries: list[Delivery] = []
+        outbox: list[OutboxRow] = []
+        marks: dict[int, DueMark] = {}
         multicast: dict[tuple, list] = defaultdict(list)
         chunk_keys: dict[int, tuple[list, list]] = {}
         billed = 0
@@ -1025,7 +1035,7 @@ class Engine:
             friend = friends.get(r["friend"]) or {"id": r["friend"]}
             chunks = self._render(g, friend, now, deliveries, today, events.get(r["event_seq"]))
             if not chunks:
-                marks[r["id"]] = ("rejected", None, None, r["id"])
+                marks[r["id"]] = DueMark("rejected", None, None, r["id"])
                 continue
             counts = 1 if r["counts"] else 0
             reason = "answer" if r["answer"] else None
@@ -1034,39 +1044,40 @@ class Engine:
                 first_ref = None
                 for i, (push_names, objects) in enumerate(chunks):
                     token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
-                    outbox.append(("reply" if token else "push", [r["friend"]], objects, push_names, r["rule"], now,
-                                   token, r["reply_deadline"] if token else None))
+                    outbox.append(OutboxRow("reply" if token else "push", [r["friend"]], objects, push_names,
+                                            r["rule"], now, token, r["reply_deadline"] if token else None))
                     billed += 0 if token else 1
                     ref = len(outbox) - 1
                     first_ref = ref if first_ref is None else first_ref
-                    deliveries.append((r["friend"], r["rule"], step_id, r["enrollment"], ref, push_names, "queued",
-                                       reason, r["variant"], now, today, counts if i == 0 else 0))
-                marks[r["id"]] = ("sent", None, first_ref, r["id"])
+                    deliveries.append(Delivery(r["friend"], r["rule"], step_id, r["enrollment"], ref, push_names,
+                                               "queued", reason, r["variant"], now, today, counts if i == 0 else 0))
+                marks[r["id"]] = DueMark("sent", None, first_ref, r["id"])
                 continue
             hit = chunk_keys.get(id(chunks))
             if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this chunk
                 hit = chunk_keys[id(chunks)] = (chunks, [
                     (r["rule"], self._hash(objects), tuple(push_names)) for push_names, objects in chunks])
             for i, key in enumerate(hit[1]):
-                multicast[key].append((r, i, chunks[i][1], step_id, counts))
+                multicast[key].append(_Share(r, i, chunks[i][1], step_id, counts))
         for (rule, _hash, names), items in multicast.items():
-            objects = items[0][2]
+            objects = items[0].objects
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start:start + MAX_MULTICAST]
-                outbox.append(("multicast" if len(part) > 1 else "push", [r["friend"] for r, *_ in part],
-                               objects, list(names), rule, now, None, None))
+                outbox.append(OutboxRow("multicast" if len(part) > 1 else "push", [p.row["friend"] for p in part],
+                                        objects, list(names), rule, now))
                 billed += len(part)
                 ref = len(outbox) - 1
-                for r, i, _, step_id, counts in part:
-                    deliveries.append((r["friend"], rule, step_id, r["enrollment"], ref, list(names), "queued",
-                                       None, r["variant"], now, today, counts if i == 0 else 0))
-                    if i == 0:
-                        marks[r["id"]] = ("sent", None, ref, r["id"])
+                for p in part:
+                    r = p.row
+                    deliveries.append(Delivery(r["friend"], rule, p.step_id, r["enrollment"], ref, list(names),
+                                               "queued", None, r["variant"], now, today,
+                                               p.counts if p.push == 0 else 0))
+                    if p.push == 0:
+                        marks[r["id"]] = DueMark("sent", None, ref, r["id"])
         ids = s.add_outbox_rows(outbox, now)
         result.queued += len(outbox)
         s.add_deliveries(deliveries, ids)
-        s.due_mark([(status, reason, None if ref is None else ids[ref], i)
-                    for status, reason, ref, i in marks.values()])
+        s.due_mark([m._replace(outbox_id=None if m.outbox_id is None else ids[m.outbox_id]) for m in marks.values()])
         return billed
 
     def _render(self, g: _Group, friend: dict, now: int, deliveries: list,
@@ -1082,8 +1093,8 @@ class Engine:
             hit = self._rendered.get(key)
             if hit is not None:
                 chunks, failures = hit
-                deliveries.extend((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
-                                   error, g.walker.variant, now, day, 0) for name, error in failures)
+                deliveries.extend(Delivery(g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
+                                           error, g.walker.variant, now, day, 0) for name, error in failures)
                 return chunks
         sale = self._sale_of(g.walker)
         chunks: list[tuple[list[str], list[dict]]] = []
@@ -1102,8 +1113,8 @@ class Engine:
                 else:   # a message the same for everyone: it fails for each friend it is due for
                     log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
                 failures.append((name, str(exc)))
-                deliveries.append((g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
-                                   str(exc), g.walker.variant, now, day, 0))
+                deliveries.append(Delivery(g.walker.friend, rule, g.step_id, g.walker.id, None, [name], "rejected",
+                                           str(exc), g.walker.variant, now, day, 0))
                 continue
             if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
                 chunks[-1][0].append(name)

@@ -19,7 +19,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import sqlite_utils
 
@@ -176,13 +176,106 @@ HANDBACK_AFTER = 3600
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0
 
-#: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
-WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
-                "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline", "event_seq")
+class WalkRow(NamedTuple):
+    """An open enrollment as a walk reads it (:meth:`Store.due_enrollments`)."""
+    id: int
+    friend: str
+    rule: str
+    step_id: str | None
+    due_at: int
+    state: str
+    variant: str | None
+    holdout: int
+    entered_at: int
+    occurrence: str | None
+    cause_seq: int | None
+    reply_token: str | None
+    reply_deadline: int | None
+    event_seq: int | None
 
-#: The intent columns, in the order :meth:`Store.add_intents` takes them.
-INTENT_COLUMNS = ("enrollment", "friend", "rule", "steps", "messages", "due_at", "queued_at", "variant",
-                  "holdout", "occurrence", "event_seq", "answer", "reply_token", "reply_deadline")
+
+#: The enrollment columns a walk reads, in :class:`WalkRow` order.
+WALK_COLUMNS = WalkRow._fields
+
+
+class Intent(NamedTuple):
+    """A send queued by a walk, to be decided when it is due (:meth:`Store.add_intents`);
+    ``steps`` and ``messages`` are JSON text."""
+    enrollment: int
+    friend: str
+    rule: str
+    steps: str
+    messages: str
+    due_at: int
+    queued_at: int
+    variant: str | None
+    holdout: int
+    occurrence: str | None
+    event_seq: int | None
+    answer: int
+    reply_token: str | None
+    reply_deadline: int | None
+
+
+#: The intent columns, in :class:`Intent` order.
+INTENT_COLUMNS = Intent._fields
+
+
+class Move(NamedTuple):
+    """Where a walk leaves an enrollment (:meth:`Store.update_enrollments`)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    exit_reason: str | None
+    id: int
+
+
+class OutboxRow(NamedTuple):
+    """One send before it is attempted (:meth:`Store.add_outbox_rows`)."""
+    kind: str
+    recipients: Sequence[str]
+    payload: Any
+    messages: Sequence[str]
+    rule: str | None
+    not_before: int
+    reply_token: str | None = None
+    reply_deadline: int | None = None
+
+
+class Delivery(NamedTuple):
+    """One friend's record of one decided send (:meth:`Store.add_deliveries`). ``outbox`` is
+    the outbox row's id, or its place in the list given with it."""
+    friend: str
+    rule: str
+    step_id: str | None
+    enrollment: int | None
+    outbox: int | None
+    messages: Sequence[str]
+    status: str
+    reason: str | None
+    variant: str | None
+    at: int
+    local_day: str
+    counts_for_cap: int
+
+
+class DueChange(NamedTuple):
+    """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
+    and messages left (JSON text), or a status and reason when none is left."""
+    steps: str
+    messages: str
+    status: str | None
+    reason: str | None
+    id: int
+
+
+class DueMark(NamedTuple):
+    """A due send decided per friend (:meth:`Store.due_mark`)."""
+    status: str
+    reason: str | None
+    outbox_id: int | None
+    id: int
 
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
@@ -894,9 +987,8 @@ class Store:
 
     # ------------------------------------------------------------------ intents (the deliver stage)
 
-    def add_intents(self, rows: Sequence[tuple]) -> None:
-        """Sends to decide when they are due: rows of :data:`INTENT_COLUMNS` (``steps`` and
-        ``messages`` as JSON text)."""
+    def add_intents(self, rows: Sequence[Intent]) -> None:
+        """Sends to decide when they are due."""
         self.conn.executemany(f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
 
@@ -1032,8 +1124,8 @@ class Store:
             f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
             {**params, "rule": rule, "steps": steps})]
 
-    def due_update(self, rows: Sequence[tuple]) -> None:
-        """(steps, messages, status, reason, id) rows for ``temp.lr_due``."""
+    def due_update(self, rows: Sequence[DueChange]) -> None:
+        """Due sends of ``temp.lr_due`` left with fewer steps, or none."""
         self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
                               rows)
 
@@ -1115,8 +1207,8 @@ class Store:
         return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL "
                                  "ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
-    def due_mark(self, rows: Sequence[tuple]) -> None:
-        """(status, reason, outbox_id, id) rows for ``temp.lr_due``."""
+    def due_mark(self, rows: Sequence[DueMark]) -> None:
+        """Due sends of ``temp.lr_due`` decided per friend."""
         self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
 
     def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
@@ -1157,12 +1249,11 @@ class Store:
             (friend,)).fetchall()
 
     def due_enrollments(self, now: int, limit: int, rules: Sequence[str] | None = None,
-                        exclude: bool = False) -> list[tuple]:
-        """Open enrollments with ``due_at <= now``, earliest first (the partial due index), as
-        plain tuples of :data:`WALK_COLUMNS`; only those of ``rules`` when given (or, with
-        ``exclude``, of every other rule)."""
+                        exclude: bool = False) -> list[WalkRow]:
+        """Open enrollments with ``due_at <= now``, earliest first (the partial due index); only
+        those of ``rules`` when given (or, with ``exclude``, of every other rule)."""
         cur = self.conn.cursor()
-        cur.row_factory = None
+        cur.row_factory = _walk_row
         only = ""
         if rules is not None:
             only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
@@ -1176,9 +1267,9 @@ class Store:
                                 "AND due_at > ?", (after,)).fetchone()
         return row[0]
 
-    def update_enrollments(self, rows: Sequence[tuple]) -> None:
-        """Batch write of walked enrollments: (state, step_id, due_at, finished_at, exit_reason,
-        id) rows. A walk answers its causing event at most once, so its reply token is cleared."""
+    def update_enrollments(self, rows: Sequence[Move]) -> None:
+        """Batch write of walked enrollments. A walk answers its causing event at most once, so
+        its reply token is cleared."""
         self.conn.executemany(
             "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
             "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
@@ -1191,11 +1282,11 @@ class Store:
             "reply_token = ?, reply_deadline = ?, event_seq = COALESCE(?, event_seq) WHERE id = ?",
             (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id))
 
-    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[tuple]:
-        """Open enrollments among ``ids`` due at or before ``now``, as :data:`WALK_COLUMNS` tuples."""
+    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[WalkRow]:
+        """Open enrollments among ``ids`` due at or before ``now``."""
         cur = self.conn.cursor()
-        cur.row_factory = None
-        out: list[tuple] = []
+        cur.row_factory = _walk_row
+        out: list[WalkRow] = []
         for chunk in _chunks(sorted(ids), 900):
             out += cur.execute(
                 f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
@@ -1247,12 +1338,11 @@ class Store:
                    rule: str | None, not_before: int, now: int, reply_token: str | None = None,
                    reply_deadline: int | None = None) -> int:
         """Record one send before it is attempted; the retry key is created here, once."""
-        return self.add_outbox_rows([(kind, recipients, payload, messages, rule, not_before, reply_token,
-                                      reply_deadline)], now)[0]
+        return self.add_outbox_rows([OutboxRow(kind, recipients, payload, messages, rule, not_before, reply_token,
+                                               reply_deadline)], now)[0]
 
-    def add_outbox_rows(self, rows: Sequence[tuple], now: int) -> list[int]:
-        """Record many sends at once: (kind, recipients, payload, messages, rule, not_before,
-        reply_token, reply_deadline) rows, each with a new retry key. Returns their ids, in order.
+    def add_outbox_rows(self, rows: Sequence[OutboxRow], now: int) -> list[int]:
+        """Record many sends at once, each with a new retry key. Returns their ids, in order.
         Call inside a transaction (the ids are allocated under its write lock)."""
         with self.transaction() as c:
             first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
@@ -1260,16 +1350,15 @@ class Store:
             c.executemany(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
                 "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(first + i, kind, _json(list(recipients)),
-                  payloads.setdefault(id(payload), _json(payload)), _json(list(messages)), rule,
-                  str(uuid.uuid4()), token, deadline, not_before, now)
-                 for i, (kind, recipients, payload, messages, rule, not_before, token, deadline) in enumerate(rows)])
+                [(first + i, r.kind, _json(list(r.recipients)),
+                  payloads.setdefault(id(r.payload), _json(r.payload)), _json(list(r.messages)), r.rule,
+                  str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
+                 for i, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
 
-    def add_deliveries(self, rows: Sequence[tuple], outbox_ids: Sequence[int] | None = None) -> None:
-        """(friend, rule, step_id, enrollment, outbox, messages, status, reason, variant, at,
-        local_day, counts_for_cap) rows. With ``outbox_ids``, ``outbox`` is a place in that list
-        (as :meth:`add_outbox_rows` returned it) rather than an id."""
+    def add_deliveries(self, rows: Sequence[Delivery], outbox_ids: Sequence[int] | None = None) -> None:
+        """Delivery rows. With ``outbox_ids``, a row's ``outbox`` is a place in that list (as
+        :meth:`add_outbox_rows` returned it) rather than an id."""
         names: dict[tuple, str] = {}
 
         def encoded(messages: Sequence[str]) -> str:
@@ -1281,8 +1370,10 @@ class Store:
         self.conn.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(f, rule, step, enr, outbox_ids[ref] if outbox_ids is not None and ref is not None else ref,
-              encoded(messages), *rest) for f, rule, step, enr, ref, messages, *rest in rows])
+            [(d.friend, d.rule, d.step_id, d.enrollment,
+              outbox_ids[d.outbox] if outbox_ids is not None and d.outbox is not None else d.outbox,
+              encoded(d.messages), d.status, d.reason, d.variant, d.at, d.local_day, d.counts_for_cap)
+             for d in rows])
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
@@ -1566,6 +1657,10 @@ def _turns_for(path: str) -> _Turns:
     key = os.path.realpath(path)
     with _TURNS_LOCK:
         return _TURNS.setdefault(key, _Turns())
+
+
+def _walk_row(cursor: sqlite3.Cursor, row: tuple) -> WalkRow:
+    return WalkRow(*row)
 
 
 def _norm_source(source: str) -> str:
