@@ -626,6 +626,22 @@ class Store:
                 self.set_meta("schema_version", str(number))
 
     @property
+    def total_changes(self) -> int:
+        """Rows this connection has changed since it was opened."""
+        return self.conn.total_changes
+
+    def change_counts(self) -> tuple[int, int]:
+        """(rows this connection changed, ``PRAGMA data_version``): both stay the same while
+        no connection changes the database."""
+        return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
+        """The smallest result of ``queries`` (one value each, e.g. :func:`engine.sqlcond.change_moments`),
+        None when all are NULL."""
+        moments = [self.conn.execute(q, params).fetchone()[0] for q in queries]
+        return min((m for m in moments if m is not None), default=None)
+
+    @property
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)
 

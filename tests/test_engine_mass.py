@@ -10,6 +10,7 @@ import pytest
 
 from engine import ir
 from engine.interpreter import Engine
+from engine.stages.triggers import TimeTriggers
 from engine.store import Store
 from enginekit import ev, message, project, rule, run, send, wait
 
@@ -56,7 +57,7 @@ def rows(path) -> tuple[Counter, Counter, Counter]:
 def test_set_based_sends_write_the_same_rows_as_the_walk(tmp_path, monkeypatch):
     fast = run(scenario(), events(), until="2026-11-08 00:00", db_path=str(tmp_path / "fast.db"))
     fast_rows = rows(tmp_path / "fast.db")
-    monkeypatch.setattr(Engine, "_mass_plan", lambda self, rule, now: None)
+    monkeypatch.setattr(TimeTriggers, "mass_plan", lambda self, rule, now: None)
     slow = run(scenario(), events(), until="2026-11-08 00:00", db_path=str(tmp_path / "slow.db"))
     slow_rows = rows(tmp_path / "slow.db")
     assert fast == slow
@@ -80,7 +81,7 @@ def test_which_rules_are_sent_set_based(fresh_db_path, steps, planned):
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), *steps))
     store = Store(str(fresh_db_path))
     engine = Engine(p, store)
-    assert (engine._mass_plan(p.rules["r"], 0) is not None) == planned
+    assert (engine.time_triggers.mass_plan(p.rules["r"], 0) is not None) == planned
     store.close()
 
 
@@ -88,7 +89,7 @@ def test_personalised_messages_are_queued_set_based_and_rendered_per_friend(fres
     hello = ir.MessageDef("a", ({"type": "text", "text": "{{ friend.display_name }}さん"},))
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), send("a")), messages={"a": hello})
     store = Store(str(fresh_db_path))
-    assert Engine(p, store)._mass_plan(p.rules["r"], 0) is not None
+    assert Engine(p, store).time_triggers.mass_plan(p.rules["r"], 0) is not None
     store.close()
     events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
               ev("attributes", "U1", "2026-11-01 10:00", set={"display_name": "花子"})]
