@@ -149,14 +149,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE activity ADD COLUMN event_seq INTEGER;
     """,
     # 8: an audience entered set-based carries its first sends on the enrollment itself
-    # (``send_due``: when they are to be decided; ``audience_sends`` names their steps and
-    # messages once per rule and occurrence) instead of one intent row per friend; the deliver
-    # stage decides them with the intents due at the same moment, by the same procedure
+    # (``send_due``: when they are to be decided) instead of one intent row per friend;
+    # ``audience_sends`` names their steps and messages once per rule and occurrence, with the
+    # earliest ``due_at`` of the sends still waiting and how many wait (``pending``). The deliver
+    # stage decides them with the intents due at the same moment, by the same procedure, reading
+    # them by (rule, occurrence, friend) through enrollments_occurrence
     """
     ALTER TABLE enrollments ADD COLUMN send_due INTEGER;
-    CREATE INDEX enrollments_send_due ON enrollments(send_due, friend) WHERE send_due IS NOT NULL;
     CREATE TABLE audience_sends (rule TEXT NOT NULL, occurrence TEXT NOT NULL, steps TEXT NOT NULL,
-      messages TEXT NOT NULL, PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
+      messages TEXT NOT NULL, due_at INTEGER, pending INTEGER NOT NULL DEFAULT 0,
+      PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
     """,
 )
 
@@ -994,10 +996,14 @@ class Store:
         entered, chunk = 0, chunk or AUDIENCE_CHUNK
         for lo in range(0, last, chunk):
             with self.transaction():
-                if placed is not None:
-                    c.execute("INSERT OR IGNORE INTO audience_sends(rule, occurrence, steps, messages) "
-                              "VALUES (:rule, :occurrence, :steps, :messages)", args)
-                entered += c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
+                count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
+                entered += count
+                if placed is not None and count:
+                    c.execute("INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
+                              "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
+                              "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
+                              "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                              {**args, "count": count})
         c.execute("DELETE FROM temp.lr_audience")
         return entered
 
@@ -1012,30 +1018,44 @@ class Store:
         """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
         self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
                           (opening, now, rule))
-        self.conn.execute("UPDATE enrollments SET send_due = ? WHERE send_due <= ? AND +rule = ?",
-                          (opening, now, rule))
+        for occurrence, in self.conn.execute("SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?",
+                                             (rule, now)).fetchall():
+            self.conn.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",
+                              (opening, rule, occurrence, now))
+            self._recount(rule, occurrence)
+
+    def _recount(self, rule: str, occurrence: str) -> None:
+        """An audience's waiting sends counted again, with the earliest (none left: forgotten)."""
+        due, pending = self.conn.execute(
+            "SELECT MIN(send_due), COUNT(send_due) FROM enrollments WHERE rule = ? AND occurrence = ?",
+            (rule, occurrence)).fetchone()
+        if pending:
+            self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
+                              (due, pending, rule, occurrence))
+        else:
+            self.conn.execute("DELETE FROM audience_sends WHERE rule = ? AND occurrence = ?", (rule, occurrence))
 
     def waiting_sends(self) -> int:
         """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
         (intents, and the first sends an audience's enrollments carry)."""
         return (self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
-                + self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE send_due IS NOT NULL").fetchone()[0])
+                + self.conn.execute("SELECT COALESCE(SUM(pending), 0) FROM audience_sends").fetchone()[0])
 
     def next_waiting_send(self) -> int | None:
         """When the next send waiting to be decided is due (None: none waits)."""
         moments = [self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
-                   self.conn.execute("SELECT MIN(send_due) FROM enrollments WHERE send_due IS NOT NULL").fetchone()[0]]
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends").fetchone()[0]]
         return min((m for m in moments if m is not None), default=None)
 
     def next_intent_at(self, after: int) -> int | None:
         moments = [self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
-                   self.conn.execute("SELECT MIN(send_due) FROM enrollments WHERE send_due > ?",
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?",
                                      (after,)).fetchone()[0]]
         return min((m for m in moments if m is not None), default=None)
 
     def has_due_intents(self, now: int) -> bool:
         return (self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
-                or self.conn.execute("SELECT 1 FROM enrollments WHERE send_due <= ? LIMIT 1",
+                or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1",
                                      (now,)).fetchone() is not None)
 
     def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
@@ -1044,7 +1064,11 @@ class Store:
         ``rules``: (name, priority, uncapped) of the project's rules."""
         c = self.conn
         c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
-        c.execute("UPDATE enrollments SET send_due = ? WHERE send_due < ?", (now, now))
+        for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at < ?",
+                                          (now,)).fetchall():
+            c.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due < ?",
+                      (now, rule, occurrence, now))
+            c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
@@ -1068,12 +1092,17 @@ class Store:
                   "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
                   "outbox_id INTEGER, carried INTEGER, src INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
+        c.execute("DELETE FROM temp.lr_sent")
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
-        ends = [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM " + source
-                          + " WHERE " + column + " = ? AND friend > ? ORDER BY friend LIMIT ?)",
-                          (now, after, limit)).fetchone()
-                for source, column in (("intents", "due_at"), ("enrollments", "send_due"))]
+        ends = [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM intents WHERE due_at = ? "
+                          "AND friend > ? ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()]
+        ends += [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? "
+                           "AND occurrence = ? AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)",
+                           (rule, occurrence, after, now, limit)).fetchone()
+                 for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?",
+                                                   (now,)).fetchall()]
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
@@ -1104,15 +1133,19 @@ class Store:
             "e.state, e.finished_at, 0 AS carried FROM intents t LEFT JOIN enrollments e ON e.id = t.enrollment "
             "WHERE t.due_at = :now AND t.friend > :after AND t.friend <= :last UNION ALL "
             "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
-            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM enrollments s "
-            "JOIN audience_sends a ON a.rule = s.rule AND a.occurrence = s.occurrence "
-            "WHERE s.send_due = :now AND s.friend > :after AND s.friend <= :last) i "
+            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM audience_sends a "
+            "CROSS JOIN enrollments s ON s.rule = a.rule AND s.occurrence = a.occurrence AND s.friend > :after "
+            "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
             "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
             "ORDER BY i.queued_at, i.carried DESC, i.id", args)
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
-            c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
-                      "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
+            # (an audience's sends alone cannot compete: one enrollment per friend and occurrence)
+            one = c.execute("SELECT MIN(carried) = 1 AND MIN(rule) = MAX(rule) AND MIN(occurrence) = MAX(occurrence) "
+                            "FROM temp.lr_due").fetchone()[0]
+            if not one:
+                c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                          "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
         return last
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
@@ -1189,13 +1222,14 @@ class Store:
                         pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
         same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
-        ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
+        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
+        intents)."""
         c = self.conn
-        key = c.execute("SELECT COALESCE(MAX(rkey), 0) + 1 FROM temp.lr_due").fetchone()[0]
+        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_sent").fetchone()[0]
         count = c.execute(
-            "UPDATE temp.lr_due SET status = 'sent', rkey = :key WHERE status IS NULL AND kind IS NULL AND "
-            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence",
-            {"key": key, "rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
+            "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
+            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
+            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
         chunks = (count + 499) // 500
@@ -1203,29 +1237,40 @@ class Store:
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
                     "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
-                    "key": key}
+                    "before": before}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (ROW_NUMBER() OVER (ORDER BY id) - 1) / 500 AS chunk, friend FROM temp.lr_due "
-                "WHERE rkey = :key ORDER BY id) GROUP BY chunk", args)
+                ":now FROM (SELECT (s.n - :before - 1) / 500 AS chunk, d.friend AS friend FROM temp.lr_sent s "
+                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (ROW_NUMBER() OVER (ORDER BY id) - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 "
-                "THEN 'answer' END, variant, :now, :today, counts * :first_push FROM temp.lr_due WHERE rkey = :key "
-                "ORDER BY id", args)
+                "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
+                ":first + (s.n - :before - 1) / 500, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
+                "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
+                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n", args)
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
         """The undecided due intents not sent set-based (each rendered for its friend)."""
-        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL "
-                                 "ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
+                                 "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
     def due_mark(self, rows: Sequence[DueMark]) -> None:
         """Due sends of ``temp.lr_due`` decided per friend."""
         self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
+
+    def finish_deliver(self, now: int) -> None:
+        """After the deliver stage's last chunk: the audiences whose sends were due now are
+        counted again (what waits still, held by the quota or kept for a suspended rule)."""
+        for rule, occurrence in self.conn.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?",
+                                                  (now,)).fetchall():
+            self._recount(rule, occurrence)
+
+    def due_rules(self) -> set[str]:
+        """The rules of the due sends loaded."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
 
     def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;

@@ -79,6 +79,7 @@ class DeliverStage:
             with s.transaction():
                 last = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
                 if last is None:
+                    s.finish_deliver(now)
                     return
                 Decision(ctx, self.renderer, now, result).decide()
             after = last
@@ -98,8 +99,9 @@ class Decision:
     def decide(self) -> None:
         s, settings, now = self.ctx.store, self.ctx.settings, self.now
         self.renderer.new_chunk()
+        present = s.due_rules()
         for name, rule in self.ctx.rules.items():
-            if rule.exit_when is not None:
+            if rule.exit_when is not None and name in present:
                 c = self.ctx.cond(rule.exit_when, True)
                 self.result.exited += s.due_exits(name, c.sql, {**c.params, "now": now, "rule": name}, now)
         s.due_update(self._conditions())
