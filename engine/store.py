@@ -262,6 +262,13 @@ class Delivery(NamedTuple):
     counts_for_cap: int
 
 
+class DueChunk(NamedTuple):
+    """What :meth:`Store.load_due` loaded: the last friend (None: nothing was due) and whether
+    more due sends may follow after that friend."""
+    last: str | None
+    more: bool
+
+
 class DueChange(NamedTuple):
     """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
     and messages left (JSON text), or a status and reason when none is left."""
@@ -1073,7 +1080,7 @@ class Store:
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
 
-    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> str | None:
+    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> DueChunk:
         """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
         ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
         competing sends are decided together), with the first part of the decision made: the
@@ -1083,7 +1090,7 @@ class Store:
         after the send was queued (the sends before a ``stop`` still go);
         ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
-        the last friend loaded (None when nothing was due)."""
+        the last friend loaded (None when nothing was due) and whether more may follow."""
         c = self.conn
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
                   "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
@@ -1106,7 +1113,7 @@ class Store:
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
-            return None
+            return DueChunk(None, False)
         args = {"now": now, "after": after, "last": last, "cap": cap, "today": today}
         # one decision for every due send, whichever way it waited: an intent row (``src`` its
         # id), or the first sends carried by an enrollment of an audience (``src`` the
@@ -1146,7 +1153,7 @@ class Store:
             if not one:
                 c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
                           "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
-        return last
+        return DueChunk(last, bool(full))
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments

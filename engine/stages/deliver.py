@@ -66,23 +66,31 @@ class DeliverStage:
         s, ctx = self.ctx.store, self.ctx
         if not s.has_due_intents(now):
             return
-        with s.transaction():
-            for name, rule in ctx.rules.items():
-                if rule.window or ctx.settings.window:
-                    opening = timeutil.next_opening(now, rule.window or ctx.settings.window, ctx.tz)
-                    if opening > now:
-                        s.defer_intents(name, opening, now)
-            s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
         today = timeutil.local_day(now, ctx.tz)
-        after = ""
+        after, first = "", True
         while True:
             with s.transaction():
-                last = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
-                if last is None:
+                if first:
+                    self._start(now)
+                    first = False
+                chunk = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
+                if chunk.last is not None:
+                    Decision(ctx, self.renderer, now, result).decide()
+                if not chunk.more:
                     s.finish_deliver(now)
                     return
-                Decision(ctx, self.renderer, now, result).decide()
-            after = last
+            after = chunk.last
+
+    def _start(self, now: int) -> None:
+        """Sends due while their window is closed (after a reload, or a hold that ended outside
+        it) wait for its opening; overdue ones become due now."""
+        s, ctx = self.ctx.store, self.ctx
+        for name, rule in ctx.rules.items():
+            if rule.window or ctx.settings.window:
+                opening = timeutil.next_opening(now, rule.window or ctx.settings.window, ctx.tz)
+                if opening > now:
+                    s.defer_intents(name, opening, now)
+        s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
 
 
 class Decision:
