@@ -1321,14 +1321,14 @@ class Store:
         """Open enrollments with ``due_at <= now``, earliest first (the partial due index); only
         those of ``rules`` when given (or, with ``exclude``, of every other rule)."""
         cur = self.conn.cursor()
-        cur.row_factory = _walk_row
+        cur.row_factory = None
         only = ""
         if rules is not None:
             only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
-        return cur.execute(
+        return list(map(WalkRow._make, cur.execute(
             f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
             f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
-            (now, *(rules or ()), limit)).fetchall()
+            (now, *(rules or ()), limit)).fetchall()))
 
     def next_due_at(self, after: int) -> int | None:
         row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
@@ -1353,12 +1353,12 @@ class Store:
     def enrollment_rows(self, ids: Sequence[int], now: int) -> list[WalkRow]:
         """Open enrollments among ``ids`` due at or before ``now``."""
         cur = self.conn.cursor()
-        cur.row_factory = _walk_row
+        cur.row_factory = None
         out: list[WalkRow] = []
         for chunk in _chunks(sorted(ids), 900):
-            out += cur.execute(
+            out += map(WalkRow._make, cur.execute(
                 f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
-                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall()
+                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall())
         return out
 
     def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
@@ -1725,10 +1725,6 @@ def _turns_for(path: str) -> _Turns:
     key = os.path.realpath(path)
     with _TURNS_LOCK:
         return _TURNS.setdefault(key, _Turns())
-
-
-def _walk_row(cursor: sqlite3.Cursor, row: tuple) -> WalkRow:
-    return WalkRow(*row)
 
 
 def _norm_source(source: str) -> str:
