@@ -1,5 +1,5 @@
-"""The engine: runs a compiled :class:`~engine.ir.Project` against the friend state in a
-:class:`~engine.store.Store`, one :meth:`Engine.tick` at a time.
+"""The engine: runs a compiled :class:`~engine.language.ir.Project` against the friend state in a
+:class:`~engine.runtime.store.Store`, one :meth:`Engine.tick` at a time.
 
 A tick never reads the clock; the caller passes ``now``. Its stages run in this order, each a
 module of :mod:`engine.stages` reading the project through one :class:`~engine.stages.context.Context`
@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable
 
-from . import ir, timeutil
+from engine.language import ir, timeutil
 from .stages.conditions import ConditionTriggers
 from .stages.context import Carry, Context, TickResult, rule_version
 from .stages.deliver import DELIVER_CHUNK, MAX_MULTICAST, MAX_OBJECTS, DeliverStage
@@ -36,7 +36,7 @@ from .stages.entry import ANSWERED_TYPES, Entry
 from .stages.events import EVENT_CHUNK, REPLIED_TYPES, REPLY_SECONDS, EventStage
 from .stages.triggers import TimeTriggers
 from .stages.walk import CHUNK, FIRST_CHUNK, MAX_ROUNDS, WRITE_BUDGET, WalkStage
-from .store import ApplyResult, Store
+from engine.runtime.store import ApplyResult, Store
 
 __all__ = ["ANSWERED_TYPES", "CHUNK", "DELIVER_CHUNK", "EVENT_CHUNK", "FIRST_CHUNK", "FOLLOW_GRACE",
            "MAX_MULTICAST", "MAX_OBJECTS", "MAX_ROUNDS", "MAX_WAKEUP", "REPLIED_TYPES", "REPLY_SECONDS",
@@ -48,7 +48,7 @@ __all__ = ["ANSWERED_TYPES", "CHUNK", "DELIVER_CHUNK", "EVENT_CHUNK", "FIRST_CHU
 #: ``when followed via ...`` must see that source. Well inside the reply token's life.
 FOLLOW_GRACE = 10
 #: Latest moment :meth:`Engine.next_wakeup` considers (epoch seconds; intake accepts times
-#: before 2200, see engine/events.py).
+#: before 2200, see engine/runtime/events.py).
 MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 
 

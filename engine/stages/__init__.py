@@ -6,6 +6,6 @@ become intents) → ``deliver`` (every due send decided, rendered, written to th
 
 ``context`` is what they all read (the project, the store); ``entry`` is how any of them enrols
 a friend. :class:`engine.interpreter.Engine` builds them and runs them in order; the database
-is reached only through :class:`engine.store.Store` (conditions compiled by
-:mod:`engine.sqlcond`). See docs/engine.md, "Interfaces".
+is reached only through :class:`engine.runtime.store.Store` (conditions compiled by
+:mod:`engine.runtime.sqlcond`). See docs/engine.md, "Interfaces".
 """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from engine import ir, sqlcond, timeutil
+from engine.language import ir, timeutil
+from engine.runtime import sqlcond
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry
 
@@ -61,7 +62,7 @@ class ConditionTriggers:
         """Whether checking ``rule``'s condition now must enter nobody, as its last check did:
         nothing in the database changed since, and no term counting back from now
         (``within``, ``older than``, ``friend for``, ``reenter after``) crosses a stored time
-        between then and now (:func:`engine.sqlcond.change_moments`). A check costs a pass over
+        between then and now (:func:`engine.runtime.sqlcond.change_moments`). A check costs a pass over
         every friend; a quiet night of an account (and most hours of a simulation) skips it."""
         memo = self._quiet.get(rule.name)
         if memo is None or now < memo[1] or memo[0] != self._changes():

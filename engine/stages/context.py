@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ir
-from engine.sqlcond import Compiled, CondCompiler
-from engine.store import Store
+from engine.language import ir
+from engine.runtime.sqlcond import Compiled, CondCompiler
+from engine.runtime.store import Store
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Context:
         return self._index[rule].get(step_id) if step_id is not None else None
 
     def cond(self, cond: ir.Cond, with_enrollment: bool) -> Compiled:
-        """``cond`` compiled to SQL once (:mod:`engine.sqlcond`); ``with_enrollment``: evaluated
+        """``cond`` compiled to SQL once (:mod:`engine.runtime.sqlcond`); ``with_enrollment``: evaluated
         for an enrollment ``e`` (a step's ``if``, ``exit when``) or for a friend alone."""
         key = (cond, with_enrollment)
         compiled = self._compiled.get(key)

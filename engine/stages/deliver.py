@@ -2,7 +2,7 @@
 
 The due sends (intents a walk wrote, and the first sends an audience's enrollments carry) are
 loaded by friend, :data:`DELIVER_CHUNK` friends per transaction, into the store's scratch table
-(``temp.lr_due``, :meth:`engine.store.Store.load_due`), and a :class:`Decision` decides them
+(``temp.lr_due``, :meth:`engine.runtime.store.Store.load_due`), and a :class:`Decision` decides them
 there (SPEC §4): window, left the rule, current friend and holdout (made when loaded), ``exit
 when``, each step's ``if``, the cap by priority, replies, the monthly quota; then they are
 rendered (:class:`Renderer`) and only then are outbox and delivery rows written, due at once.
@@ -15,10 +15,10 @@ import logging
 from collections import defaultdict
 from typing import Any, Callable, NamedTuple
 
-from engine import ir, timeutil
-from engine.render import RenderError, render_hash, render_message, sale_vars
+from engine.language import ir, timeutil
+from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.stages.context import Context, TickResult
-from engine.store import Delivery, DueChange, DueMark, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueMark, OutboxRow
 
 log = logging.getLogger("linerules.engine")
 

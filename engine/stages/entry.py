@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from engine import ir, sqlcond
+from engine.language import ir
+from engine.runtime import sqlcond
 from engine.stages.context import Context, TickResult
-from engine.store import Placement, bucket
+from engine.runtime.store import Placement, bucket
 
 #: Event types that are a friend's own words: sends they cause are answers (no window, no cap).
 ANSWERED_TYPES = ("message", "postback")
@@ -85,7 +86,7 @@ def matches(trig: ir.EventTrigger, event_type: str, data: dict, source: str | No
 
 def draw(friend: str, rule: ir.Rule) -> tuple[str | None, bool]:
     """The friend's split variant and holdout membership in this rule (stable hashes; the SQL
-    twin for set-based entry is :func:`engine.sqlcond.draw`)."""
+    twin for set-based entry is :func:`engine.runtime.sqlcond.draw`)."""
     variant = None
     if rule.split:
         b, edge = bucket(friend, rule.name, "split"), 0
@@ -213,7 +214,7 @@ class Entry:
                  reenter: ir.Reenter | None, placed: Placement | None = None) -> int:
         """Set-based entry of every current friend for whom ``cond`` and the entry filter hold
         and whom ``reenter`` lets in (None: everybody not inside the rule), in short transactions
-        (``placed``: past their first sends, see :meth:`engine.store.Store.enroll_audience`)."""
+        (``placed``: past their first sends, see :meth:`engine.runtime.store.Store.enroll_audience`)."""
         parts = tuple(c for c in (cond, rule.entry) if c is not None)
         where = sqlcond.audience(self.ctx.cond(ir.All(parts), False) if parts else None)
         blocked = sqlcond.reentry_blocked(reenter)

@@ -1,7 +1,7 @@
 """Stage 1 of a tick: the applied events with ``at <= now``, in (at, seq) order.
 
 Each event changes the friend's state (follow, block, activity, attributes, tags; shop events
-through :mod:`engine.identity`), fires the event triggers and ``wait for`` steps it matches
+through :mod:`engine.runtime.identity`), fires the event triggers and ``wait for`` steps it matches
 (:meth:`engine.stages.entry.Entry.fire`) and re-checks the friend's ``exit when``. Enrollments
 it enters or resumes are due now: the walk (stage 4) takes them.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from engine import identity
+from engine.runtime import identity
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import ANSWERED_TYPES, Cause, Entry
-from engine.store import EventRow, is_store_fault
+from engine.runtime.store import EventRow, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -70,7 +70,7 @@ class EventStage:
     def apply(self, ev: EventRow, now: int, result: TickResult) -> None:
         """One event: the friend's state, then the triggers it fires, then ``exit when``."""
         s, friend, at, data = self.ctx.store, ev.friend, ev.at, ev.data
-        # links, orders and refunds, events naming the shop's customer (engine/identity.py)
+        # links, orders and refunds, events naming the shop's customer (engine/runtime/identity.py)
         shop = identity.handle(s, ev)
         if shop is not None:
             if shop.friend is None:

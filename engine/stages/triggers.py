@@ -8,10 +8,10 @@ sends a walk would queue, decided by the same procedure, without a walk per frie
 """
 from __future__ import annotations
 
-from engine import ir, timeutil
+from engine.language import ir, timeutil
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry
-from engine.store import Placement
+from engine.runtime.store import Placement
 
 
 class TimeTriggers:

@@ -5,7 +5,7 @@ higher-priority rules first; those an event of this tick resumed (``wait for``) 
 steps see everything that event did. In each transaction a :class:`Walk` moves its enrollments
 together, all friends at the same step of a rule at once (``exit when`` and a step's ``if`` are
 one SQL query per group). Sends are not decided here: the sends of one enrollment between two
-waits become one intent (:class:`engine.store.Intent`), due at its window's next opening, for
+waits become one intent (:class:`engine.runtime.store.Intent`), due at its window's next opening, for
 the deliver stage. Rich menu links are written as outbox rows at once.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import time
 from collections import defaultdict
 from typing import Iterable
 
-from engine import ir, timeutil
+from engine.language import ir, timeutil
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry, Walker
-from engine.store import Delivery, Intent, Move, OutboxRow, WalkRow, is_store_fault
+from engine.runtime.store import Delivery, Intent, Move, OutboxRow, WalkRow, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -82,7 +82,7 @@ class WalkStage:
 
 class Walk:
     """One transaction's enrollments moving through their steps up to the next wait: where
-    each one ends up (:class:`engine.store.Move`), the intents of their sends and the rich menu
+    each one ends up (:class:`engine.runtime.store.Move`), the intents of their sends and the rich menu
     links, written together at the end."""
 
     def __init__(self, ctx: Context, entry: Entry, now: int, result: TickResult):
