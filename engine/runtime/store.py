@@ -1222,13 +1222,14 @@ class Store:
         c.execute("DELETE FROM temp.lr_sent")
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
-        ends = [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM intents WHERE due_at = ? "
-                          "AND friend > ? ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()]
-        ends += [c.execute("SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? "
-                           "AND occurrence = ? AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)",
-                           (rule, occurrence, after, now, limit)).fetchone()
-                 for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?",
-                                                   (now,)).fetchall()]
+        first_intent, *end = c.execute("SELECT MIN(friend), MAX(friend), COUNT(*) FROM (SELECT friend FROM intents "
+                                       "WHERE due_at = ? AND friend > ? ORDER BY friend LIMIT ?)",
+                                       (now, after, limit)).fetchone()
+        plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
+        ends = [tuple(end)] + [c.execute(
+            "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
+            "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)", (rule, occurrence, after, now, limit)).fetchone()
+            for rule, occurrence in plans]
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
@@ -1266,10 +1267,8 @@ class Store:
             "ORDER BY i.queued_at, i.carried DESC, i.id", args)
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
-            # (an audience's sends alone cannot compete: one enrollment per friend and occurrence)
-            one = c.execute("SELECT MIN(carried) = 1 AND MIN(rule) = MAX(rule) AND MIN(occurrence) = MAX(occurrence) "
-                            "FROM temp.lr_due").fetchone()[0]
-            if not one:
+            # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
+            if len(plans) > 1 or (first_intent is not None and first_intent <= last):
                 c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
                           "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
         return DueChunk(last, bool(full))
