@@ -1151,15 +1151,13 @@ class Store:
             self._recount(rule, occurrence)
 
     def _recount(self, rule: str, occurrence: str) -> None:
-        """An audience's waiting sends counted again, with the earliest (none left: forgotten)."""
+        """An audience's waiting sends counted again, with the earliest (none left: no due time;
+        the row stays, naming what the audience was sent)."""
         due, pending = self.conn.execute(
             "SELECT MIN(send_due), COUNT(send_due) FROM enrollments WHERE rule = ? AND occurrence = ?",
             (rule, occurrence)).fetchone()
-        if pending:
-            self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
-                              (due, pending, rule, occurrence))
-        else:
-            self.conn.execute("DELETE FROM audience_sends WHERE rule = ? AND occurrence = ?", (rule, occurrence))
+        self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
+                          (due, pending, rule, occurrence))
 
     def waiting_sends(self) -> int:
         """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
@@ -2075,7 +2073,8 @@ class Store:
             rows = self.conn.execute(
                 "SELECT e.id, e.friend, e.rule, json_extract(a.steps, '$[0][0]'), a.messages, e.variant, e.send_due "
                 "FROM audience_sends a CROSS JOIN enrollments e ON e.rule = a.rule AND e.occurrence = a.occurrence "
-                f"WHERE e.send_due IS NOT NULL AND {' AND '.join(carried)} ORDER BY e.send_due, e.id", args)
+                f"WHERE a.due_at IS NOT NULL AND e.send_due IS NOT NULL AND {' AND '.join(carried)} "
+                "ORDER BY e.send_due, e.id", args)
             out += [IntentRow((1 << 40) + r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6])
                     for r in rows]
             out.sort(key=lambda i: (i.due_at, i.id))
