@@ -19,7 +19,7 @@ from engine.language import ir, timeutil
 from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.stages.context import Context, TickResult
-from engine.runtime.store import Delivery, DueChange, DueMark, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, DueMark, OutboxRow
 
 log = logging.getLogger("linerules.engine")
 
@@ -73,7 +73,7 @@ class DeliverStage:
                     first = False
                 chunk = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
                 if chunk.last is not None:
-                    Decision(ctx, self.renderer, now, result).decide()
+                    Decision(ctx, self.renderer, now, result).decide(chunk)
                 if not chunk.more:
                     s.finish_deliver(now)
                     return
@@ -102,7 +102,8 @@ class Decision:
         self.result = result
         self.today = timeutil.local_day(now, ctx.tz)
 
-    def decide(self) -> None:
+    def decide(self, chunk: DueChunk) -> None:
+        """Decide the loaded ``chunk`` (statements with nothing to decide in it are left out)."""
         s, settings, now = self.ctx.store, self.ctx.settings, self.now
         self.renderer.new_chunk()
         present = s.due_rules()
@@ -112,8 +113,9 @@ class Decision:
                 self.result.exited += s.due_exits(name, c.sql, {**c.params, "now": now, "rule": name}, now)
         s.due_update(self._conditions())
         if settings.max_per_day is not None:
-            s.due_cap(settings.max_per_day)
-        s.due_replies(now)
+            s.due_cap(settings.max_per_day, chunk.dups)
+        if chunk.intents:   # an audience's carried sends hold no reply token
+            s.due_replies(now)
         held_until = None
         month = timeutil.local(now, self.ctx.tz).strftime("%Y-%m")
         if settings.monthly_quota is not None:
@@ -122,7 +124,7 @@ class Decision:
         billed = 0 if settings.base_url else self._same_for_everyone()
         billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows())
         s.add_quota_used(month, billed)
-        counts = s.due_finish(now, self.today, held_until)
+        counts = s.due_finish(now, self.today, held_until, chunk)
         self.result.capped += counts.get("capped", 0)
         self.result.skipped += counts.get("skipped", 0)
 
