@@ -199,9 +199,14 @@ class Outgoing:
         s = self.ctx.store
         friends = s.friends_for_render({r["friend"] for r in rows})
         events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}   # the chunk's few distinct sends
         for r in rows:
+            key = (r["steps"], r["messages"])
+            step_names = decoded.get(key)
+            if step_names is None:
+                step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
             due = Due(r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"],
-                      json.loads(r["steps"])[0][0], tuple(json.loads(r["messages"])))
+                      *step_names)
             friend = friends.get(r["friend"]) or {"id": r["friend"]}
             chunks = self.renderer.render(due, friend, self.now, self.deliveries, self.today,
                                           events.get(r["event_seq"]))
