@@ -289,13 +289,6 @@ class DueChange(NamedTuple):
     id: int
 
 
-class DueMark(NamedTuple):
-    """A due send decided per friend (:meth:`Store.due_mark`)."""
-    status: str
-    reason: str | None
-    outbox_id: int | None
-    id: int
-
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
                    "created_at")
@@ -1397,10 +1390,6 @@ class Store:
         """The undecided due intents not sent set-based (each rendered for its friend)."""
         return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
                                  "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
-
-    def due_mark(self, rows: Sequence[DueMark]) -> None:
-        """Due sends of ``temp.lr_due`` decided per friend."""
-        self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
 
     def finish_deliver(self, now: int) -> None:
         """After the deliver stage's last chunk: the audiences whose sends were due now are

@@ -19,7 +19,7 @@ from engine.language import ir, timeutil
 from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.stages.context import Context, TickResult
-from engine.runtime.store import Delivery, DueChange, DueChunk, DueMark, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, OutboxRow
 
 log = logging.getLogger("linerules.engine")
 
@@ -186,7 +186,6 @@ class Outgoing:
         self.result = result
         self.deliveries: list[Delivery] = []
         self.outbox: list[OutboxRow] = []
-        self.marks: dict[int, DueMark] = {}
         self.shared: dict[tuple, list[_Share]] = defaultdict(list)
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
@@ -211,17 +210,15 @@ class Outgoing:
             chunks = self.renderer.render(due, friend, self.now, self.deliveries, self.today,
                                           events.get(r["event_seq"]))
             if not chunks:
-                self.marks[r["id"]] = DueMark("rejected", None, None, r["id"])
-            elif r["kind"] == "reply" or r["answer"]:
+                continue   # nothing rendered: its rejected delivery rows say why
+            if r["kind"] == "reply" or r["answer"]:
                 self._alone(r, due, chunks)
             else:
                 self._share(r, due, chunks)
         self._multicasts()
         ids = s.add_outbox_rows(self.outbox, self.now)
         self.result.queued += len(self.outbox)
-        s.add_deliveries(self.deliveries, ids)
-        s.due_mark([m._replace(outbox_id=None if m.outbox_id is None else ids[m.outbox_id])
-                    for m in self.marks.values()])
+        s.add_deliveries(self.deliveries, ids)   # the delivery rows are the per-friend decisions
         return self.billed
 
     def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
@@ -229,18 +226,15 @@ class Outgoing:
         holds the token), the rest as pushes."""
         counts = 1 if r["counts"] else 0
         reason = "answer" if r["answer"] else None
-        first_ref = None
         for i, (push_names, objects) in enumerate(chunks):
             token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
             self.outbox.append(OutboxRow("reply" if token else "push", [r["friend"]], objects, push_names,
                                          r["rule"], self.now, token, r["reply_deadline"] if token else None))
             self.billed += 0 if token else 1
             ref = len(self.outbox) - 1
-            first_ref = ref if first_ref is None else first_ref
             self.deliveries.append(Delivery(r["friend"], r["rule"], due.step_id, r["enrollment"], ref, push_names,
                                             "queued", reason, r["variant"], self.now, self.today,
                                             counts if i == 0 else 0))
-        self.marks[r["id"]] = DueMark("sent", None, first_ref, r["id"])
 
     def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
@@ -266,8 +260,6 @@ class Outgoing:
                     self.deliveries.append(Delivery(r["friend"], rule, p.step_id, r["enrollment"], ref, list(names),
                                                     "queued", None, r["variant"], self.now, self.today,
                                                     p.counts if p.push == 0 else 0))
-                    if p.push == 0:
-                        self.marks[r["id"]] = DueMark("sent", None, ref, r["id"])
 
 
 class Renderer:
