@@ -238,17 +238,18 @@ class Runner:
                            lambda: float(self.store.waiting_sends()))
         self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
                            lambda: self.last_tick.timestamp() if self.last_tick else None)
-        self.metrics.collected("linerules_line_errors_total",
-                               "Error answers from the LINE Messaging API by HTTP status "
-                               "(timeout, error: no answer), retries included.", self._line_errors)
+        self.metrics.counter("linerules_line_errors_total",
+                             "Error answers from the LINE Messaging API by HTTP status "
+                             "(timeout, error: no answer), retries included.", ("status",),
+                             self._line_errors)
         self.metrics.gauge("linerules_quota_remaining",
                            "Messages left in this month's LINE quota (unknown in dry-run).",
                            self._quota_remaining)
         self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.",
                            lambda: float(config.dry_run))
-        self.metrics.collected("linerules_line_retries_total",
-                               "Requests to LINE repeated within one attempt of a row, by reason "
-                               "(HTTP status, timeout, error).", self._line_retries)
+        self.metrics.counter("linerules_line_retries_total",
+                             "Requests to LINE repeated within one attempt of a row, by reason "
+                             "(HTTP status, timeout, error).", ("reason",), self._line_retries)
         self.metrics.gauge("linerules_sending_held",
                            "1 while every send is held because LINE refuses the channel access "
                            "token (401/403).", lambda: float(self.auth_problem is not None))
@@ -567,13 +568,13 @@ class Runner:
         except Exception:
             log.exception("reload (%s) failed; keeping the rules in use (version %s)", why,
                           self.project.version)
-            self.metrics.reloads.inc(result="invalid")
+            self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project is None:
             log.error("%s", render(_("reload ({why}) refused: the rules are invalid; keeping version "
                                      "{version}\n{problems}", why=why, version=self.project.version,
                                      problems=text.rstrip())))
-            self.metrics.reloads.inc(result="invalid")
+            self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project.version == self.project.version:
             log.info("reload (%s): rules unchanged (version %s)", why, project.version)
@@ -583,7 +584,7 @@ class Runner:
         counts = self.engine.reload(project) or {}
         removed = sorted(set(self.project.rules) - set(project.rules))
         self.project = project
-        self.metrics.reloads.inc(result="ok")
+        self.metrics.reloads.labels(result="ok").inc()
         self.last_reload = {"at": self.local(self.now()), "why": why, "version": project.version,
                             "removed_rules": removed, **counts}
         log.info("rules reloaded (version %s, %d rules, %s)", project.version, len(project.rules), why)
@@ -645,6 +646,7 @@ class Runner:
 
     async def _send_row(self, row: dict) -> None:
         item = outbox_item(row)
+        started = time.perf_counter()
         try:
             result = await self.dispatcher.send_item(item, before_send=self._before_send(row))
         except StoreError as exc:  # logged once by the store; nothing was sent
@@ -655,6 +657,7 @@ class Runner:
             result = DispatchResult(row["id"], "retry", None, None,
                                     f"internal error: {type(exc).__name__}: {exc}",
                                     row["kind"], len(row["recipients"]), item.ambiguous)
+        self.metrics.send_seconds.labels(kind=row["kind"]).observe(time.perf_counter() - started)
         self._land(row, result)
 
     def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
@@ -716,9 +719,9 @@ class Runner:
         if not written:
             log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's",
                         row_id, to, outcome)
-            self.metrics.pushes.inc(outcome="fenced")
+            self.metrics.pushes.labels(outcome="fenced").inc()
             return
-        self.metrics.pushes.inc(outcome=outcome)
+        self.metrics.pushes.labels(outcome=outcome).inc()
         if outcome == "dry_run":
             pass                                  # the transport logged it
         elif outcome in ("sent", "duplicate"):
@@ -781,19 +784,18 @@ class Runner:
         value = getattr(self.dispatcher, "remaining", None)
         return None if value is None else float(value)
 
-    def _line_retries(self) -> dict:
+    def _line_retries(self) -> list[tuple[dict[str, str], float]]:
         by_reason = self.dispatcher.metrics.get("retries_by_reason", {})
-        return {(("reason", reason),): count for reason, count in by_reason.items()}
+        return [({"reason": reason}, count) for reason, count in sorted(by_reason.items())]
 
-    def _line_errors(self) -> dict:
+    def _line_errors(self) -> list[tuple[dict[str, str], float]]:
         """Error answers from LINE by status, from the dispatcher's request counts."""
-        totals: dict = {}
+        totals: dict[str, float] = {}
         for statuses in self.dispatcher.metrics.get("requests", {}).values():
             for status, count in statuses.items():
                 if not status.startswith("2"):
-                    key = (("status", status),)
-                    totals[key] = totals.get(key, 0) + count
-        return totals
+                    totals[status] = totals.get(status, 0) + count
+        return [({"status": status}, count) for status, count in sorted(totals.items())]
 
 
 def outbox_item(row: dict) -> OutboxItem:

@@ -22,6 +22,8 @@ import pytest
 from aiohttp import web
 
 from engine.login import LoginError, LoginFlow
+from prometheus_client.parser import text_string_to_metric_families
+
 from engine.metrics import Metrics
 from engine.runloop import Runner, RunnerConfig, StartupError
 from engine.server import build_app, health
@@ -80,6 +82,23 @@ def line_event(kind: str, user: str, *, event_id: str, reply_token: str | None =
 
 def shop_event(kind: str, friend: str, **fields) -> dict:
     return {"type": kind, "friend": friend, "at": "2026-11-01T10:00:00+09:00", **fields}
+
+
+async def scrape(client) -> dict:
+    """GET /metrics over HTTP, parsed by prometheus_client: {(sample name, labels): value},
+    plus the metric types under ("TYPE", family name)."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    samples: dict = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        samples[("TYPE", family.name)] = family.type
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
 
 
 async def wait_for(predicate, timeout: float = 5.0):
@@ -179,7 +198,7 @@ async def test_bad_signature_is_refused_and_nothing_is_stored(make_client, signa
     resp = await client.post("/callback", data=body, headers=headers)
     assert resp.status == 401
     assert runner.store.friend("U2") is None
-    assert runner.metrics.webhooks.get(status="401") == 1
+    assert sample(await scrape(client), "linerules_webhook_requests_total", status="401") == 1
 
 
 async def test_webhook_without_a_channel_secret_is_refused(make_client, caplog):
@@ -211,8 +230,9 @@ async def test_several_events_for_several_friends_in_one_request(make_client):
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
     assert runner.store.friend("U4") is not None and runner.store.friend("U5") is not None
-    assert runner.metrics.events.get(type="follow", origin="webhook") == 2
-    assert runner.metrics.events.get(type="postback", origin="webhook") == 1
+    samples = await scrape(client)
+    assert sample(samples, "linerules_events_total", type="follow", origin="webhook") == 2
+    assert sample(samples, "linerules_events_total", type="postback", origin="webhook") == 1
 
 
 # ----------------------------------------------------------------------------- shop events
@@ -311,25 +331,77 @@ async def test_metrics_in_prometheus_text(emulated):
     emulator.inject("push", 500)
     body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0010"))
     await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
-    await wait_for(lambda: runner.metrics.pushes.get(outcome="sent"), timeout=10)
+    await wait_for(lambda: runner.metrics.value("linerules_pushes_total", outcome="sent"),
+                   timeout=10)
     resp = await client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
+    samples = await scrape(client)
+    assert sample(samples, "linerules_events_total", origin="webhook", type="follow") == 1
+    assert sample(samples, "linerules_pushes_total", outcome="sent") == 1
+    assert sample(samples, "linerules_line_errors_total", status="500") == 1
+    assert sample(samples, "linerules_line_retries_total", reason="500") == 1
+    assert sample(samples, "linerules_webhook_requests_total", status="200") == 1
+    assert sample(samples, "linerules_outbox_backlog") == 0
+    assert sample(samples, "linerules_dry_run") == 0
+    assert sample(samples, "linerules_sends_in_flight") == 0
+    # real histograms: buckets, sum and count
+    for name in ("linerules_tick_duration_seconds", "linerules_send_duration_seconds",
+                 "linerules_http_request_duration_seconds"):
+        assert samples[("TYPE", name)] == "histogram", name
+    ticks = sample(samples, "linerules_tick_duration_seconds_count")
+    assert ticks >= 1
+    assert sample(samples, "linerules_tick_duration_seconds_bucket", le="+Inf") == ticks
+    assert sample(samples, "linerules_send_duration_seconds_count", kind="push") == 1
+    assert sample(samples, "linerules_send_duration_seconds_sum", kind="push") > 0
+    assert sample(samples, "linerules_http_request_duration_seconds_count", route="/callback") == 1
+    assert sample(samples, "linerules_http_request_duration_seconds_count", route="/metrics") >= 1
+    # prometheus_client's process and Python collectors
+    assert sample(samples, "process_resident_memory_bytes") > 0
+    assert samples[("TYPE", "python_info")] == "gauge"
+
+
+async def test_metrics_in_openmetrics_when_the_scraper_asks(make_client):
+    client, runner = await make_client(loops=False)
+    runner.tick_once()
+    resp = await client.get("/metrics", headers={
+        "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    assert resp.status == 200 and resp.content_type == "application/openmetrics-text"
     text = await resp.text()
-    assert 'linerules_events_total{origin="webhook",type="follow"} 1' in text
-    assert 'linerules_pushes_total{outcome="sent"} 1' in text
-    assert 'linerules_line_errors_total{status="500"} 1' in text
-    assert "linerules_outbox_backlog 0" in text
-    assert "# TYPE linerules_tick_duration_seconds summary" in text
-    assert "linerules_dry_run 0" in text
+    assert text.endswith("# EOF\n")
+    assert "# TYPE linerules_tick_duration_seconds histogram" in text
 
 
-def test_metrics_rendering_escapes_labels():
+async def test_two_runners_in_one_process_keep_their_own_metrics(tmp_path, make_client, aiohttp_client):
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("follow", "U7", event_id="01WEBHOOK0011"))
+    await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    other_rules = write_rules(tmp_path / "other-rules")
+    config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET}, rules_dir=other_rules,
+                                   db=tmp_path / "other.db", listen="127.0.0.1:0", tick_seconds=1)
+    other = Runner.open(config)
+    try:
+        other_client = await aiohttp_client(build_app(other, loops=False))
+        assert sample(await scrape(client), "linerules_events_total", type="follow",
+                      origin="webhook") == 1
+        assert sample(await scrape(other_client), "linerules_events_total", type="follow",
+                      origin="webhook") is None
+        await other_client.close()
+    finally:
+        other.close()
+
+
+def test_gauges_read_at_scrape_time_and_unknown_values_are_left_out():
     metrics = Metrics()
-    metrics.events.inc(type='we"ird\\', origin="api")
-    metrics.gauge("linerules_x", "An unknown value.", lambda: None)
-    text = metrics.render()
-    assert 'linerules_events_total{origin="api",type="we\\"ird\\\\"} 1' in text
-    assert "# TYPE linerules_x gauge\n" in text and "\nlinerules_x " not in text
+    value = {"now": None}
+    metrics.gauge("linerules_x", "A value known later.", lambda: value["now"])
+    metrics.events.labels(type='we"ird\\', origin="api").inc()
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families["linerules_x"].samples == []
+    assert families["linerules_events"].samples[0].labels == {"type": 'we"ird\\', "origin": "api"}
+    value["now"] = 3
+    assert metrics.value("linerules_x") == 3
 
 
 # ----------------------------------------------------------------------------- friend-add sources
@@ -450,7 +522,7 @@ async def test_tracked_link_records_the_click_and_redirects(make_client):
     target = urlsplit(resp.headers["Location"])
     assert (target.netloc, target.path) == ("shop.example.com", "/new")
     assert parse_qs(target.query)["utm_campaign"] == ["welcome"]
-    assert runner.metrics.clicks.get() == 1
+    assert sample(await scrape(client), "linerules_clicks_total") == 1
     resp = await client.get("/c/no-such-token", allow_redirects=False)
     assert resp.status == 404
 
@@ -473,9 +545,9 @@ async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make
     assert runner.project.version != before
     assert runner.engine.project is runner.project
     assert f"rules reloaded (version {runner.project.version}" in caplog.text
-    text = await (await client.get("/metrics")).text()
-    assert 'linerules_rule_reloads_total{result="invalid"} 1' in text
-    assert 'linerules_rule_reloads_total{result="ok"} 1' in text
+    samples = await scrape(client)
+    assert sample(samples, "linerules_rule_reloads_total", result="invalid") == 1
+    assert sample(samples, "linerules_rule_reloads_total", result="ok") == 1
 
 
 # ----------------------------------------------------------------------------- the lease
@@ -586,7 +658,7 @@ async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_clien
     assert body["outbox_backlog"] == 0
     assert body["waiting_sends"] == 1
     assert body["next_waiting_send"] == "2026-11-06T09:00:00+09:00"
-    assert "linerules_waiting_sends 1" in await (await client.get("/metrics")).text()
+    assert sample(await scrape(client), "linerules_waiting_sends") == 1
 
 
 FLAGSHIP_SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\n'
