@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine, Mapping
 
 from . import i18n, ir
+from .clock import SYSTEM, Clock
 from .diagnostics import has_errors, render_text
 from .i18n import _, render
 from .dispatch import DispatchResult, OutboxItem
@@ -193,16 +194,18 @@ class Runner:
     by the tick thread (the same object is accepted when nothing runs the loops)."""
 
     def __init__(self, config: RunnerConfig, project: ir.Project, store: Any, engine: Any,
-                 dispatcher: Any, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 dispatcher: Any, *, clock: Clock | None = None) -> None:
         self.config = config
         self.project = project
         self.store = store
         self.engine = engine
         self.dispatcher = dispatcher
-        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        #: The one clock of this runner (engine/clock.py): ticks, the lease, claims and outcomes
+        #: read it, and so do the stores, the engine and the dispatcher it was opened with.
+        self.clock: Clock = clock or getattr(store, "clock", None) or SYSTEM
         self.owner = owner_id()
         self.metrics = Metrics()
-        self.started_at = self.clock()
+        self.started_at = self.clock.now()
         self.last_tick: dt.datetime | None = None
         self.exit_code = 0
         self.stopping = False
@@ -263,8 +266,9 @@ class Runner:
     # ------------------------------------------------------------------ opening and closing
 
     @classmethod
-    def open(cls, config: RunnerConfig) -> "Runner":
-        """Load the rules, open the store, take the lease and build the engine and dispatcher.
+    def open(cls, config: RunnerConfig, *, clock: Clock = SYSTEM) -> "Runner":
+        """Load the rules, open the store, take the lease and build the engine and dispatcher,
+        all on ``clock`` (the wall clock; tests pass a ManualClock).
 
         Raises StartupError (one clear line; the rule diagnostics are logged first).
         """
@@ -283,7 +287,7 @@ class Runner:
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
         try:
-            store = Store(str(config.db), checkpoints=False)
+            store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
             raise StartupError(f"cannot start: {exc}") from None
         engine_store = None
@@ -294,11 +298,11 @@ class Runner:
                 log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
             except StoreError as exc:
                 raise StartupError(f"cannot start: {exc}") from None
-            acquire_lease(store, owner_id(), config)
+            acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
-            engine_store = Store(str(config.db), checkpoints=False, yields=True)
+            engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
             engine = Engine(project, engine_store, condition_interval=config.condition_interval,
-                            write_budget=WRITE_BUDGET)
+                            write_budget=WRITE_BUDGET, clock=clock.now)
         except BaseException:
             store.close()
             if engine_store is not None:
@@ -313,7 +317,8 @@ class Runner:
             log.warning("%s", render(_("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")))
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
-        return cls(config, project, store, engine, make_transport(config.env))
+        return cls(config, project, store, engine, make_transport(config.env, clock=clock.time),
+                   clock=clock)
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
@@ -336,7 +341,7 @@ class Runner:
         return self.project.settings.tz
 
     def now(self) -> dt.datetime:
-        return self.clock()
+        return self.clock.now()
 
     def local(self, when: dt.datetime) -> str:
         """ISO 8601 in the configured zone, seconds precision."""
@@ -814,13 +819,13 @@ def _recipients(row: dict) -> str:
     return to[0] if len(to) == 1 else f"{len(to)} friends"
 
 
-def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
+def acquire_lease(store: Any, owner: str, config: RunnerConfig, clock: Clock = SYSTEM) -> None:
     """Take the one-runner-per-database lease or raise StartupError naming the holder.
 
     A lease held by a process on this host that no longer exists (a crash, SIGKILL) is taken
     over at once instead of waiting for it to expire.
     """
-    now, ttl = int(time.time()), config.lease_ttl
+    now, ttl = int(clock.time()), config.lease_ttl
     if store.acquire_lease(owner, now, ttl):
         return
     holder = store.lease_holder()

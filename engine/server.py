@@ -291,7 +291,7 @@ class Intake:
         key = "yielding" if yields else "store"
         store = getattr(self._local, key, None)
         if store is None:
-            store = Store(main.path, checkpoints=False, yields=yields)
+            store = Store(main.path, checkpoints=False, yields=yields, clock=main.clock)
             setattr(self._local, key, store)
             with self._lock:
                 self._stores.append(store)

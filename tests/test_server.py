@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
+from engine.clock import SYSTEM, Clock, ManualClock
 from engine.login import LoginError, LoginFlow
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,6 +113,14 @@ async def wait_for(predicate, timeout: float = 5.0):
     raise AssertionError("condition not reached in time")
 
 
+async def tick_later(runner: Runner, seconds: float = 1.0) -> None:
+    """Move the runner's :class:`ManualClock` on by ``seconds`` and wait (its loops running)
+    for a tick at that time: whatever that tick does is done when this returns."""
+    moment = runner.clock.advance(seconds)
+    runner.wake_tick()
+    await wait_for(lambda: runner.last_tick is not None and runner.last_tick >= moment)
+
+
 @pytest.fixture
 def rules_dir(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
@@ -123,12 +132,13 @@ async def make_client(tmp_path, rules_dir, aiohttp_client):
     """Start a runner (loops included) with the given environment; returns (client, runner)."""
     started: list[tuple] = []
 
-    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2):
+    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
+                   clock: Clock = SYSTEM):
         base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
         config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules_dir,
                                        db=tmp_path / "linerules.db", listen="127.0.0.1:0",
                                        tick_seconds=tick)
-        runner = Runner.open(config)
+        runner = Runner.open(config, clock=clock)
         client = await aiohttp_client(build_app(runner, loops=loops))
         started.append((client, runner))
         return client, runner
@@ -646,9 +656,8 @@ def test_the_next_days_opening_follows_the_window():
 async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_client):
     """A send deferred by the delivery window is not an outbox row yet: /healthz still shows it."""
     (rules_dir / "settings.yaml").write_text(SETTINGS + 'window: "09:00-21:00"\n', encoding="utf-8")
-    client, runner = await make_client(loops=False)
-    night = dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)
-    runner.clock = lambda: night
+    client, runner = await make_client(loops=False, clock=ManualClock(
+        dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)))
     lines = json.dumps(shop_event("follow", "U1", at="2026-11-05T22:40:00+09:00")).encode()
     resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
                                                               "Content-Type": "application/jsonl"})
@@ -659,6 +668,37 @@ async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_clien
     assert body["waiting_sends"] == 1
     assert body["next_waiting_send"] == "2026-11-06T09:00:00+09:00"
     assert sample(await scrape(client), "linerules_waiting_sends") == 1
+
+
+async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emulator, make_client):
+    """Everything the runner writes is stamped by the runner's clock, none by the wall clock."""
+    line_emulator.add_user("U1", "Hanako")
+    clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST))
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
+    start = int(clock.time())
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
+    assert lease == start + runner.config.lease_ttl                # taken at the clock's time
+    body = webhook_body({**line_event("follow", "U1", event_id="01CLOCK0001"), "timestamp": start * 1000})
+    assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+    assert runner.store.conn.execute("SELECT received_at FROM events").fetchone()[0] == start
+    clock.advance(5)
+    runner.tick_once()
+    assert runner.last_tick == clock.now()
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
+    assert lease == start + 5 + runner.config.lease_ttl             # renewed by the tick
+    [row] = runner.store.outbox()
+    assert row["created_at"] == start + 5
+    clock.advance(1)
+    assert await runner.dispatch_once() == 1
+    [row] = runner.store.outbox()
+    assert (row["status"], row["claimed_at"], row["sent_at"]) == ("sent", start + 6, start + 6)
+    assert len(line_emulator.inbox("U1")) == 1
+    assert runner.dispatcher.clock == clock.time                  # the quota month, reply deadlines
+    clock.advance(30)                                              # no tick for 31 s by that clock
+    resp = await client.get("/healthz")
+    assert resp.status == 503 and (await resp.json())["problems"] == ["no tick for 31s"]
 
 
 FLAGSHIP_SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\n'
@@ -682,13 +722,13 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     (rules_dir / "main.rule").write_text(FLAGSHIP_RULES, encoding="utf-8")
     for user in ("U1", "U2", "U3", "U4"):
         line_emulator.add_user(user, user)
-    now = [dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)]
+    clock = ManualClock(dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST))
     client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
-    runner.clock = lambda: now[0]
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
 
     def stamp(event: dict) -> dict:
-        return {**event, "timestamp": int(now[0].timestamp() * 1000)}
+        return {**event, "timestamp": int(clock.time() * 1000)}
 
     async def webhook(*events: dict) -> None:
         body = webhook_body(*(stamp(e) for e in events))
@@ -703,7 +743,7 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     await webhook(*(line_event("follow", u, event_id=f"01FOLLOW{u}") for u in ("U1", "U2", "U3", "U4")))
     runner.tick_once()
     for hour in ("2026-11-06T22:40", "2026-11-07T08:00"):
-        now[0] = dt.datetime.fromisoformat(hour + "+09:00")
+        clock.set(dt.datetime.fromisoformat(hour + "+09:00"))
         runner.tick_once()
     await shop({"type": "purchase", "friend": "U1", "at": "2026-11-07T08:00:00+09:00", "order_id": "A-1", "amount": 3000},
                {"type": "tag", "friend": "U3", "at": "2026-11-07T08:00:00+09:00", "add": ["stop"]})
@@ -711,13 +751,13 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     runner.tick_once()
     await runner.dispatch_once()
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3", "U4"))
-    now[0] = dt.datetime(2026, 11, 7, 9, 0, tzinfo=JST)
+    clock.set(dt.datetime(2026, 11, 7, 9, 0, tzinfo=JST))
     runner.tick_once()
     await runner.dispatch_once()
     await wait_for(lambda: line_emulator.inbox("U4"), timeout=10)
-    now[0] = dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST)
+    clock.set(dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST))
     runner.tick_once()
-    await asyncio.sleep(0.5)
+    assert await runner.dispatch_once() == 0          # nothing more to send an hour later
     assert [m["text"] for m in line_emulator.inbox("U4")] == ["15%OFFクーポン"]
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
 
@@ -732,16 +772,16 @@ async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, li
     users = [f"U{i}" for i in range(1, 9)]
     for user in users:
         line_emulator.add_user(user, user)
-    now = [dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST)]
+    clock = ManualClock(dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST))
     client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
-    runner.clock = lambda: now[0]
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
     body = webhook_body(*({**line_event("follow", u, event_id=f"01FOLLOW{u}"),
-                           "timestamp": int(now[0].timestamp() * 1000)} for u in users))
+                           "timestamp": int(clock.time() * 1000)} for u in users))
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
 
     async def at(when: str) -> list[str]:
-        now[0] = dt.datetime.fromisoformat(when)
+        clock.set(dt.datetime.fromisoformat(when))
         runner.tick_once()
         await runner.dispatch_once()
         return [u for u in users for _ in line_emulator.inbox(u)]
