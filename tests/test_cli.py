@@ -73,10 +73,12 @@ def test_the_shared_options_are_spelled_and_meant_the_same_everywhere():
     with_rules = {name for name, c in LEAVES if _option(c, "--rules")}
     assert with_rules == {"validate", "explain", "graph", "simulate", "test", "report", "run",
                           "import orders"}
-    for option, metavar, opening in (("--rules", "DIR", "The rule folder: its .rule files, messages.yaml and settings.yaml"),
-                                     ("--db", "FILE", "The SQLite database file"),
-                                     ("--tick", "DURATION", "The engine's tick: how often condition triggers are checked"),
-                                     ("--lang", None, "Language of messages and reports")):
+    vocabulary = (
+        ("--rules", "DIR", "The rule folder: its .rule files, messages.yaml and settings.yaml"),
+        ("--db", "FILE", "The SQLite database file"),
+        ("--tick", "DURATION", "The engine's tick: how often condition triggers are checked"),
+        ("--lang", None, "Language of messages and reports"))
+    for option, metavar, opening in vocabulary:
         found = [(name, _option(c, option)) for name, c in LEAVES if _option(c, option)]
         assert found, option
         for name, opt in found:
