@@ -67,7 +67,7 @@ class Duration(click.ParamType):
             try:
                 seconds = float(text)
             except ValueError:
-                from .timeutil import parse_duration
+                from engine.language.timeutil import parse_duration
 
                 try:
                     seconds = float(parse_duration(text))
@@ -154,14 +154,14 @@ def validate(paths, rules_dir, fmt, lang):
       linerules validate rules/
       linerules validate --rules rules/ --format github
     """
-    from .validate import main
+    from engine.language.validate import main
 
     targets = list(paths) + ([rules_dir] if rules_dir else [])
     raise SystemExit(main(targets or ["rules"], fmt, lang))
 
 
 def _complete_code(ctx, param, incomplete):
-    from .codes import CODES
+    from engine.language.codes import CODES
 
     return [code for code in CODES if code.lower().startswith(incomplete.lower())]
 
@@ -179,7 +179,7 @@ def explain(code, rules_dir, lang):
       linerules explain LR102
       linerules explain LR102 --lang ja
     """
-    from .explain import main
+    from engine.language.explain import main
 
     raise SystemExit(main(code, rules_dir, lang))
 
@@ -195,7 +195,7 @@ def graph(rule, rules_dir, lang):
     Example:
       linerules graph welcome --rules rules/ > welcome.mmd
     """
-    from .graph import main
+    from engine.language.graph import main
 
     raise SystemExit(main(rules_dir, rule, lang))
 
@@ -223,7 +223,7 @@ def simulate(events, rules_dir, until, tick, db, render, lang):
       linerules simulate timeline.jsonl --rules rules/ --until 2026-12-31T00:00:00+09:00
       linerules simulate timeline.jsonl --tick 15m --db forecast.db
     """
-    from .simulate import main
+    from engine.runtime.simulate import main
 
     raise SystemExit(main(events, rules_dir, until, tick, db, lang, render=render))
 
@@ -240,7 +240,7 @@ def test_cmd(directory, rules_dir, lang):
       linerules test rules/
       linerules test --rules rules/ --lang en
     """
-    from .ruletest import main
+    from engine.runtime.ruletest import main
 
     if directory and rules_dir and directory != rules_dir:
         raise click.UsageError(f"give the rule folder once: DIR `{directory}` or --rules "
@@ -268,7 +268,7 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, 
       linerules report --db linerules.db --format json
       linerules report --db forecast.db --html report.html
     """
-    from .report import main
+    from engine.reports.report import main
 
     raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
                           block_days=block_days, lang=lang))
@@ -295,10 +295,10 @@ def run(rules_dir, db, listen, tick, condition_interval):
     Example:
       LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
     """
-    from runner import main
+    from engine.runner.server import serve
 
-    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick,
-                          condition_interval=condition_interval))
+    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick,
+                           condition_interval=condition_interval))
 
 
 @cli.group(name="import")
@@ -336,7 +336,7 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
       linerules import orders orders_export.csv --format shopify
       linerules import orders rms_orders.csv --format rakuten --db /var/lib/linerules/linerules.db
     """
-    from .importer import main_orders
+    from engine.runtime.importer import main_orders
 
     raise SystemExit(main_orders(file, fmt, columns, db, rules_dir))
 
@@ -355,7 +355,7 @@ def import_customers_cmd(file, columns, db):
     Example:
       linerules import customers line_login_members.csv --db linerules.db
     """
-    from .importer import main_customers
+    from engine.runtime.importer import main_customers
 
     raise SystemExit(main_customers(file, columns, db))
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import Duration, cli
-from engine.store import Store
+from engine.runtime.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = str(ROOT / "rules")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import Store
+from engine.runtime.store import Store
 from test_runner_process import API_TOKEN, RunnerProcess, follow, processes, write_rules  # noqa: F401
 
 
