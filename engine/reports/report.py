@@ -1,7 +1,8 @@
 """``linerules report``: what each rule did, what it earned and cost, which variant won.
 
-Everything is read-only SQL over the engine's database (see :mod:`engine.runtime.store`); the numbers
-are put together here in one pass over the sends, orders, clicks and follow events:
+Everything is read through the store's read-only report queries (:mod:`engine.runtime.store`,
+"reading for reports"); the numbers are put together here in one pass over the sends, orders,
+clicks and follow events:
 
 - a *send* is a delivery LINE accepted (a push, one recipient of a multicast, or a reply);
   rich menu links are not sends;
@@ -24,7 +25,6 @@ import datetime as dt
 import json
 import math
 import os
-import sqlite3
 import sys
 import time
 import unicodedata
@@ -41,6 +41,7 @@ from babel.numbers import format_currency, format_decimal
 from engine import i18n
 from engine.language import ir, timeutil
 from engine.i18n import _, join, language, render
+from engine.runtime.store import DeliveryRow, EnrollmentRow, OrderRow, Store, StoreError
 
 DAY = 86400
 #: Days after a send within which a block is counted against it (``--block-days``).
@@ -92,30 +93,17 @@ class Options:
         return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
 
 
-@dataclass(frozen=True)
-class _Send:
-    id: int
-    friend: str
-    rule: str
-    step: str
-    messages: tuple[str, ...]
-    status: str
-    variant: str | None
-    at: int
-    kind: str | None
-
-
 @dataclass
 class _Index:
     """Sent deliveries per friend in (time, id) order, for "the last send before" look-ups."""
     times: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    sends: dict[str, list[_Send]] = field(default_factory=lambda: defaultdict(list))
+    sends: dict[str, list[DeliveryRow]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, send: _Send) -> None:
+    def add(self, send: DeliveryRow) -> None:
         self.times[send.friend].append(send.at)
         self.sends[send.friend].append(send)
 
-    def last_before(self, friend: str, ts: int, within: int) -> _Send | None:
+    def last_before(self, friend: str, ts: int, within: int) -> DeliveryRow | None:
         """The last send strictly before ``ts`` and at most ``within`` seconds earlier."""
         i = bisect_left(self.times.get(friend, ()), ts) - 1
         if i < 0:
@@ -123,7 +111,7 @@ class _Index:
         send = self.sends[friend][i]
         return send if ts - send.at <= within else None
 
-    def clicked(self, friend: str, rule: str | None, message: str | None, ts: int) -> _Send | None:
+    def clicked(self, friend: str, rule: str | None, message: str | None, ts: int) -> DeliveryRow | None:
         """The send a click came from: the last send of that rule at or before the click that
         carried the message (else the rule's last send)."""
         sends = self.sends.get(friend, ())
@@ -176,95 +164,62 @@ def plan_for(messages: int) -> tuple[str, int]:
 # ----------------------------------------------------------------------------- reading the database
 
 
-def open_db(path: str) -> sqlite3.Connection:
-    """A read-only connection to a linerules database; ReportError when it is not one."""
-    if not os.path.exists(path):
+def open_db(path: str) -> Store:
+    """The database at ``path``, opened read-only through the store; ReportError when there is
+    none or it is not a linerules database."""
+    if not os.path.lexists(path):
         raise ReportError(_("--db: {path} does not exist (give the runner's database, or one kept "
                             "by `linerules simulate --db FILE`)", path=path))
-    if os.path.isdir(path):
-        raise ReportError(_("--db: {path} is a folder, not a database file", path=path))
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.Error:
-        row = None
-    if not row:
-        raise ReportError(_("--db: {path} is not a linerules database", path=path))
-    return conn
+        return Store(path, read_only=True)
+    except StoreError as exc:
+        raise ReportError(_("--db: {reason}", reason=exc.args[0])) from None
 
 
-def _rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
-    return conn.execute(sql, args).fetchall()
-
-
-def _sends(conn: sqlite3.Connection, o: Options) -> list[_Send]:
+def _sends(store: Store, o: Options) -> list[DeliveryRow]:
     """Deliveries (not rich menu links) that can matter for the period: from the longest
-    look-back window before ``since`` up to ``until``."""
-    where, args = ["d.messages NOT LIKE '[\"menu:%'"], []
-    if o.since is not None:
-        where.append("d.at >= ?")
-        args.append(o.since - max(o.attribution_days, o.block_days) * DAY)
-    if o.until is not None:
-        where.append("d.at < ?")
-        args.append(o.until)
-    rows = _rows(conn, "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, "
-                       "d.at, o.kind FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
-                       f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
-    out = [_Send(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
-           for r in rows]
-    if _rows(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'intents'"):
-        # sends not decided yet (waiting for the window, the quota): held, at their due time
-        held = [w.replace("d.at", "i.due_at") for w in where[1:]]
-        out += [_Send(-r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), "queued", r[5], r[6], None)
-                for r in _rows(conn, "SELECT i.id, i.friend, i.rule, json_extract(i.steps, '$[0][0]'), i.messages, "
-                                     "i.variant, i.due_at FROM intents i WHERE 1"
-                                     + "".join(f" AND {w}" for w in held) + " ORDER BY i.due_at, i.id",
-                               args)]
+    look-back window before ``since`` up to ``until``; then the sends not decided yet (waiting
+    for the window, the quota): held, at their due time."""
+    since = None if o.since is None else o.since - max(o.attribution_days, o.block_days) * DAY
+    out = store.report_deliveries(since, o.until)
+    out += [DeliveryRow(-i.id, i.friend, i.rule, i.step, i.messages, "queued", i.variant, i.due_at, None)
+            for i in store.report_intents(since, o.until)]
     return out
 
 
-def _step_order(conn: sqlite3.Connection, project: ir.Project | None) -> dict[str, list[str]]:
+def _step_order(store: Store, project: ir.Project | None) -> dict[str, list[str]]:
     """Step ids per rule in the order of the rule folder (else of its last stored version)."""
-    order: dict[str, list[str]] = {}
-    for rule, steps in _rows(conn, "SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid"):
-        order[rule] = json.loads(steps)
+    order = store.report_step_orders()
     if project is not None:
         order.update({name: [s.id for s in r.steps] for name, r in project.rules.items()})
     return order
 
 
-def known_rules(conn: sqlite3.Connection, project: ir.Project | None) -> list[str]:
+def known_rules(store: Store, project: ir.Project | None) -> list[str]:
     """Every rule name in the rule folder or in the database."""
     names = set(project.rules) if project is not None else set()
-    for table in ("rule_versions", "enrollments", "deliveries"):
-        names.update(r[0] for r in _rows(conn, f"SELECT DISTINCT rule FROM {table}"))
-    return sorted(names)
+    return sorted(names | store.report_rule_names())
 
 
-def _as_of(conn: sqlite3.Connection, o: Options) -> int:
+def _as_of(store: Store, o: Options) -> int:
     """The moment the report describes: ``until``, else the engine's last tick, else the latest
     recorded activity, else now."""
     if o.until is not None:
         return o.until
-    row = _rows(conn, "SELECT value FROM meta WHERE key = 'engine.last_tick'")
-    if row:
-        return int(row[0][0])
-    latest = []
-    for sql in ("SELECT MAX(at) FROM events", "SELECT MAX(at) FROM deliveries WHERE status != 'queued'",
-                "SELECT MAX(at) FROM activity"):
-        value = _rows(conn, sql)[0][0]
-        if value is not None:
-            latest.append(int(value))
-    return max(latest) if latest else int(time.time())
+    last_tick = store.get_meta("engine.last_tick")
+    if last_tick is not None:
+        return int(last_tick)
+    latest = store.report_latest_at()
+    return latest if latest is not None else int(time.time())
 
 
 # ----------------------------------------------------------------------------- building the report
 
 
-def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | None = None) -> dict:
-    """The whole report as JSON-ready data (the ``--format json`` output)."""
+def build_report(store: Store, o: Options, project: ir.Project | None = None) -> dict:
+    """The whole report as JSON-ready data (the ``--format json`` output), read from ``store``."""
     tz = o.tz
-    names = known_rules(conn, project)
+    names = known_rules(store, project)
     unknown = [r for r in o.rules if r not in names]
     if unknown:
         from engine.language.diagnostics import did_you_mean
@@ -275,8 +230,8 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
                                 "have no rules)", name=unknown[0]))
         raise ReportUsageError(_("--rule: unknown rule `{name}`; {hint}", name=unknown[0], hint=hint))
     shown = list(o.rules) or names
-    as_of = _as_of(conn, o)
-    sends = _sends(conn, o)
+    as_of = _as_of(store, o)
+    sends = _sends(store, o)
     index = _Index()
     for s in sends:
         if s.status == "sent":
@@ -315,13 +270,12 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
             if s.status == "capped":
                 daily[day]["capped"] += 1
 
-    for friend, rule, message, at in _rows(
-            conn, "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id"):
+    for friend, rule, message, at in store.report_clicks():
         if o.has(at) and rule in stats:
             source = index.clicked(friend, rule, message, at)
             count(rule, source.step if source else "", "clicks")
 
-    orders = _rows(conn, "SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")
+    orders = store.report_orders()
     for friend, amount, at in orders:
         if not o.has(at):
             continue
@@ -330,8 +284,7 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
             count(source.rule, source.step, "conversions")
             count(source.rule, source.step, "revenue", amount or 0)
 
-    follows = _rows(conn, "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
-                          "AND processed_at IS NOT NULL ORDER BY at, seq")
+    follows = store.report_follows()
     for kind, friend, at in follows:
         if not o.has(at):
             continue
@@ -344,20 +297,19 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
                 daily[day]["blocks_after_send"] += 1
                 blocks_by_send_day[timeutil.local_day(source.at, tz)] += 1
 
-    enrollments = _rows(conn, "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, "
-                              "finished_at FROM enrollments ORDER BY id")
+    enrollments = store.report_enrollments()
     entered: dict[str, int] = defaultdict(int)
     exits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     in_progress: dict[str, int] = defaultdict(int)
-    for rule, _friend, _variant, _holdout, entered_at, state, reason, finished_at in enrollments:
-        if o.has(entered_at):
-            entered[rule] += 1
-            if state in ("active", "waiting"):
-                in_progress[rule] += 1
-        if finished_at is not None and o.has(finished_at) and state in ("done", "exited"):
-            exits[rule]["done" if state == "done" else (reason or "exited")] += 1
+    for e in enrollments:
+        if o.has(e.entered_at):
+            entered[e.rule] += 1
+            if e.state in ("active", "waiting"):
+                in_progress[e.rule] += 1
+        if e.finished_at is not None and o.has(e.finished_at) and e.state in ("done", "exited"):
+            exits[e.rule]["done" if e.state == "done" else (e.exit_reason or "exited")] += 1
 
-    order = _step_order(conn, project)
+    order = _step_order(store, project)
     rules_out = []
     for rule in shown:
         c = stats[rule]
@@ -372,13 +324,13 @@ def build_report(conn: sqlite3.Connection, o: Options, project: ir.Project | Non
                       for step, sc in step_rows],
         })
 
-    account = _account(conn, o, as_of, daily, monthly, blocks_by_send_day, follows, orders)
+    account = _account(store, o, as_of, daily, monthly, blocks_by_send_day, follows, orders)
     splits = {n: [v for v, _ in r.split] for n, r in project.rules.items()} if project else {}
     holdouts = {n for n, r in project.rules.items() if r.holdout} if project else set()
     experiments = _experiments(enrollments, orders, o, shown, splits, holdouts)
-    empty = not (any(o.has(e[4]) for e in enrollments) or any(o.has(s.at) for s in sends)
-                 or _rows(conn, "SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
-                          (o.since if o.since is not None else 0, o.until if o.until is not None else 2 ** 62)))
+    empty = not (any(o.has(e.entered_at) for e in enrollments) or any(o.has(s.at) for s in sends)
+                 or store.report_has_events(o.since if o.since is not None else 0,
+                                            o.until if o.until is not None else 2 ** 62))
     return {
         "period": {"since": _iso(o.since, tz), "until": _iso(o.until, tz), "as_of": _iso(as_of, tz),
                    "timezone": tz.key},
@@ -407,28 +359,17 @@ class _Counts:
         return {k: _num(v) for k, v in self.values.items()}
 
 
-def _account(conn: sqlite3.Connection, o: Options, as_of: int, daily: dict, monthly: dict,
+def _account(store: Store, o: Options, as_of: int, daily: dict, monthly: dict,
              blocks_by_send_day: dict, follows: list, orders: list) -> dict:
     """Friends gained and lost, active friends, sends per day, monthly volume and plan cost."""
     tz = o.tz
     state: dict[str, str] = {}
-    seen: set[str] = set()
     for kind, friend, at in follows:
         if at <= as_of:
             state[friend] = kind
-    for (friend,) in _rows(conn, "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at "
-                                 "IS NOT NULL", (as_of,)):
-        seen.add(friend)
     # current friends: their latest follow/unfollow is a follow (SPEC §2.2)
-    current = {f for f in seen if state.get(f) == "follow"}
-    start = as_of - ACTIVE_DAYS * DAY
-    active: set[str] = set()
-    for (friend,) in _rows(conn, "SELECT friend FROM activity WHERE kind IN ('click', 'order') "
-                                 "AND at > ? AND at <= ?", (start, as_of)):
-        active.add(friend)
-    for (friend,) in _rows(conn, "SELECT friend FROM events WHERE type IN ('message', 'postback') "
-                                 "AND processed_at IS NOT NULL AND at > ? AND at <= ?", (start, as_of)):
-        active.add(friend)
+    current = {f for f in store.report_seen_friends(as_of) if state.get(f) == "follow"}
+    active = store.report_active_friends(as_of - ACTIVE_DAYS * DAY, as_of)
 
     days = sorted(daily)
     if days:
@@ -464,7 +405,7 @@ def _account(conn: sqlite3.Connection, o: Options, as_of: int, daily: dict, mont
     }
 
 
-def _experiments(enrollments: list, orders: list, o: Options, shown: Sequence[str],
+def _experiments(enrollments: list[EnrollmentRow], orders: list[OrderRow], o: Options, shown: Sequence[str],
                  splits: dict[str, list[str]], holdouts: set[str]) -> list[dict]:
     """Arms side by side per rule with a split or a holdout, control first."""
     bought: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -472,13 +413,14 @@ def _experiments(enrollments: list, orders: list, o: Options, shown: Sequence[st
         bought[friend].append((at, amount or 0))
     window = o.attribution_days * DAY
     arms: dict[str, dict[str, list[int | float]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0.0]))
-    for rule, friend, variant, holdout, entered_at, *_ in enrollments:
-        if rule not in shown or not o.has(entered_at):
+    for e in enrollments:
+        rule = e.rule
+        if rule not in shown or not o.has(e.entered_at):
             continue
-        if not (holdout or variant or rule in holdouts or rule in splits and splits[rule]):
+        if not (e.holdout or e.variant or rule in holdouts or rule in splits and splits[rule]):
             continue
-        arm = HOLDOUT if holdout else (variant or TREATED)
-        amounts = [a for at, a in bought.get(friend, ()) if entered_at < at <= entered_at + window]
+        arm = HOLDOUT if e.holdout else (e.variant or TREATED)
+        amounts = [a for at, a in bought.get(e.friend, ()) if e.entered_at < at <= e.entered_at + window]
         cell = arms[rule][arm]
         cell[0] += 1
         cell[1] += 1 if amounts else 0
@@ -814,11 +756,11 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
     try:
         if block_days < 1:
             raise ReportUsageError(_("--block-days must be at least 1"))
-        conn = open_db(db)          # the database first: a wrong path is the likelier mistake
+        store = open_db(db)         # the database first: a wrong path is the likelier mistake
         loaded = load_project(rules_dir)
         i18n.use(i18n.choose(lang, loaded.language))
         if has_errors(loaded.diagnostics) or loaded.project is None:
-            conn.close()
+            store.close()
             sys.stderr.write(render_diagnostics(loaded.diagnostics, loaded.sources))
             return 1
         settings = loaded.project.settings
@@ -832,9 +774,9 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
         if options.since is not None and options.until is not None and options.since >= options.until:
             raise ReportUsageError(_("--since must be before --until"))
         try:
-            report = build_report(conn, options, loaded.project)
+            report = build_report(store, options, loaded.project)
         finally:
-            conn.close()
+            store.close()
         if html_path:
             from .report_html import render_html
 

@@ -119,12 +119,12 @@ async def account_link_target(runner: Any, token: str, url: str) -> str:
     login = runner.project.settings.account_link_url
     if not login or not _same_page(url, login):
         return url
-    row = runner.store.conn.execute("SELECT friend FROM links WHERE token = ?", (token,)).fetchone()
-    if row is None or not row[0]:
+    friend = runner.store.link_friend(token)
+    if friend is None:
         return url
-    link_token = await runner.dispatcher.issue_link_token(row[0])
+    link_token = await runner.dispatcher.issue_link_token(friend)
     if not link_token:
-        log.warning("account link for %s: LINE gave no link token (dry run or LINE unreachable)", row[0])
+        log.warning("account link for %s: LINE gave no link token (dry run or LINE unreachable)", friend)
         return url
     parts = urlsplit(url)
     query = f"{parts.query}&linkToken={link_token}" if parts.query else f"linkToken={link_token}"

@@ -15,7 +15,6 @@ Every function here is called inside the caller's :meth:`Store.transaction`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -25,7 +24,7 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import parse_qsl
 
 from .events import customer_key
-from .store import EventRow, Store
+from .store import EventRow, OrderRecord, OrderRefund, OrderState, Store
 from engine.line.webhook import ACCOUNT_LINK  # LINE's accountLink event, as the engine sees it
 
 log = logging.getLogger("linerules.identity")
@@ -69,37 +68,25 @@ class Handled:
 
 
 def linked_friend(store: Store, customer: str) -> str | None:
-    row = store.conn.execute("SELECT friend FROM customer_links WHERE customer = ?",
-                             (customer_key(customer),)).fetchone()
-    return row[0] if row else None
+    return store.linked_friend(customer_key(customer))
 
 
 def customer_of(store: Store, friend: str) -> str | None:
-    row = store.conn.execute("SELECT customer FROM customer_links WHERE friend = ?", (friend,)).fetchone()
-    return row[0] if row else None
+    return store.linked_customer(friend)
 
 
 def find_order(store: Store, ref: str) -> str | None:
     """The order id of an order known by its id or by the shop system's own id."""
-    row = store.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
-                             "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
-    return row[0] if row else None
+    return store.find_order(ref)
 
 
 def order_owner(store: Store, ref: str) -> str | None:
     """The friend an order (by its id or the shop system's id) counts for."""
-    row = store.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
-                             "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
-    return row[0] if row else None
+    return store.order_owner(ref)
 
 
 def order(store: Store, order_id: str) -> dict | None:
-    row = store.conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
-    if row is None:
-        return None
-    out = dict(row)
-    out["items"] = json.loads(out["items"])
-    return out
+    return store.order(order_id)
 
 
 # ----------------------------------------------------------------------------- links
@@ -114,7 +101,6 @@ def link(store: Store, customer: str, friend: str, via: str, at: int) -> bool:
     current = linked_friend(store, customer)
     if current == friend:
         return False
-    c = store.conn
     store.ensure_friend(friend, at)
     if current is not None:
         _release(store, customer, current)
@@ -124,9 +110,7 @@ def link(store: Store, customer: str, friend: str, via: str, at: int) -> bool:
     if previous is not None:
         _release(store, previous, friend)
         _history(store, previous, friend, "replaced", via, at)
-    c.execute("DELETE FROM customer_links WHERE customer = ? OR friend = ?", (customer, friend))
-    c.execute("INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
-              (customer, friend, via, at))
+    store.put_link(customer, friend, via, at)
     _history(store, customer, friend, "linked", via, at)
     _adopt(store, customer, friend)
     return True
@@ -149,7 +133,7 @@ def unlink(store: Store, *, friend: str | None = None, customer: str | None = No
             return None
     else:
         return None
-    store.conn.execute("DELETE FROM customer_links WHERE customer = ?", (customer,))
+    store.delete_link(customer)
     _release(store, customer, friend)
     _history(store, customer, friend, "unlinked", via, at)
     return customer, friend
@@ -164,35 +148,25 @@ def link_many(store: Store, pairs: Iterable[tuple[str, str]], via: str, at: int)
 
 
 def _history(store: Store, customer: str, friend: str, action: str, via: str, at: int) -> None:
-    store.conn.execute("INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
-                       (customer, friend, action, via, at))
+    store.add_link_history(customer, friend, action, via, at)
 
 
 def _adopt(store: Store, customer: str, friend: str) -> None:
     """The customer's kept orders and processed kept events now count for ``friend``."""
-    c = store.conn
-    ids = [r[0] for r in c.execute("SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL",
-                                   (customer,))]
+    ids = store.adopt_kept_orders(customer, friend)
     if ids:
-        c.executemany("UPDATE orders SET friend = ? WHERE order_id = ?", [(friend, i) for i in ids])
         project(store, ids)
         recount(store, [friend])
-    kept = c.execute("SELECT seq, type, at, data FROM events WHERE friend = '' AND "
-                     "json_extract(data, '$.customer') = ? AND processed_at IS NOT NULL ORDER BY at, seq",
-                     (customer,)).fetchall()
-    for seq, kind, at, data in kept:
-        apply_state(store, friend, kind, json.loads(data), at)
-    if kept:
-        c.executemany("UPDATE events SET friend = ? WHERE seq = ?", [(friend, r[0]) for r in kept])
+    kept = store.kept_events(customer)
+    for ev in kept:
+        apply_state(store, friend, ev.type, ev.data, ev.at)
+    store.set_events_friend((ev.seq for ev in kept), friend)
 
 
 def _release(store: Store, customer: str, friend: str) -> None:
     """The customer's orders (not those naming the friend itself) leave ``friend``."""
-    c = store.conn
-    ids = [r[0] for r in c.execute("SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0",
-                                   (customer, friend))]
+    ids = store.release_orders(customer, friend)
     if ids:
-        c.executemany("UPDATE orders SET friend = NULL WHERE order_id = ?", [(i,) for i in ids])
         project(store, ids)
         recount(store, [friend])
 
@@ -216,20 +190,8 @@ def register_nonce(store: Store, customer: str, now: int, nonce: str | None = No
     """Remember that ``nonce`` (a new random one when None) stands for ``customer`` until LINE's
     ``accountLink`` webhook brings it back."""
     nonce = nonce or secrets.token_urlsafe(24)
-    with store.transaction() as c:
-        c.execute("INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
-                  "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, created_at = excluded.created_at, "
-                  "used_at = NULL", (nonce, customer_key(customer), now))
+    store.put_nonce(nonce, customer_key(customer), now)
     return nonce
-
-
-def _take_nonce(store: Store, nonce: str, now: int) -> str | None:
-    row = store.conn.execute("SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL",
-                             (nonce,)).fetchone()
-    if row is None:
-        return None
-    store.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
-    return row[0]
 
 
 # ----------------------------------------------------------------------------- orders
@@ -241,7 +203,6 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
     cancellation it now carries is taken in (an export read again is the newer truth).
 
     Returns order ids by outcome: ``counted``, ``kept``, ``duplicate`` (unchanged), ``updated``."""
-    c = store.conn
     out: dict[str, list[str]] = {"counted": [], "kept": [], "duplicate": [], "updated": []}
     if not orders:
         return out
@@ -251,58 +212,49 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
         if fast is not None:
             out[fast].append(orders[0].order_id)
             return out
-    batch = _ids(o.order_id for o in orders)
-    existing = {r[0]: r for r in c.execute(
-        "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
-        "CROSS JOIN orders o ON o.order_id = t.value", (batch,))}
-    links = {}
-    customers = {o.customer for o in orders if o.customer and not o.friend}
-    for chunk in _chunks(sorted(customers), 500):
-        marks = ",".join("?" * len(chunk))
-        links.update(c.execute(f"SELECT customer, friend FROM customer_links WHERE customer IN ({marks})", chunk))
-    new_rows, fill, changed, external, friends = [], [], [], [], set()
+    batch = [o.order_id for o in orders]
+    existing = store.order_states(batch)
+    links = store.linked_friends(o.customer for o in orders if o.customer and not o.friend)
+    new_rows: list[OrderRecord] = []
+    fill: list[OrderRecord] = []
+    changed: list[OrderRefund] = []
+    external: list[tuple[str, str]] = []
+    friends: set[str] = set()
     for o in orders:
         old = existing.get(o.order_id)
         owner = o.friend or (links.get(o.customer) if o.customer else None)
-        if old is not None and old[1] is not None:
-            if o.external_id and not old[5]:
-                external.append((o.external_id, o.order_id))   # imported before the file had the id
-            refunded = max(old[2], o.refunded)
-            cancelled = bool(old[3]) or o.cancelled
-            if refunded != old[2] or cancelled != bool(old[3]):
-                changed.append((refunded, int(cancelled), o.order_id))
+        if old is not None and old.amount is not None:
+            if o.external_id and not old.external_id:
+                external.append((o.order_id, o.external_id))   # imported before the file had the id
+            refunded = max(old.refunded, o.refunded)
+            cancelled = old.cancelled or o.cancelled
+            if refunded != old.refunded or cancelled != old.cancelled:
+                changed.append(OrderRefund(o.order_id, refunded, cancelled))
                 out["updated"].append(o.order_id)
-                if old[4]:
-                    friends.add(old[4])
+                if old.friend:
+                    friends.add(old.friend)
             else:
                 out["duplicate"].append(o.order_id)
             continue
-        row = (o.customer, owner, int(bool(o.friend)), o.at, float(o.amount), _items_json(o.items), o.source,
-               o.external_id)
-        if old is not None:      # a refund arrived before its order
-            fill.append((*row, o.refunded, int(o.cancelled), o.order_id))
-        else:
-            new_rows.append((o.order_id, *row, float(o.refunded), int(o.cancelled), now))
-        existing[o.order_id] = (o.order_id, o.amount, o.refunded, o.cancelled, owner, o.external_id)
+        record = OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, float(o.amount), o.items,
+                             o.source, o.external_id, o.refunded if old is not None else float(o.refunded),
+                             o.cancelled)
+        (fill if old is not None else new_rows).append(record)   # fill: a refund arrived before its order
+        existing[o.order_id] = OrderState(o.order_id, o.amount, o.refunded, o.cancelled, owner, o.external_id)
         out["counted" if owner else "kept"].append(o.order_id)
         if owner:
             friends.add(owner)
     if new_rows:
-        c.executemany("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, "
-                      "external_id, refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                      new_rows)
+        store.insert_orders(new_rows, now)
     if fill:
-        c.executemany("UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, "
-                      "amount = ?, items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), "
-                      "cancelled = MAX(cancelled, ?) WHERE order_id = ?", fill)
+        store.complete_orders(fill)
     if changed:
-        c.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?", changed)
+        store.set_refunds(changed)
     if external:
-        c.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL", external)
+        store.set_external_ids(external)
     if fill or changed or any(o.refunded for o in orders):
-        c.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
-                  "AND amount > 0 AND refunded >= amount AND cancelled = 0", (batch,))
-    project(store, out["counted"] + out["updated"] + [f[-1] for f in fill],
+        store.cancel_refunded_in_full(batch)
+    project(store, out["counted"] + out["updated"] + [f.order_id for f in fill],
             fresh=not (out["updated"] or fill))
     recount(store, friends)
     return out
@@ -315,18 +267,13 @@ def _take_early_refunds(store: Store, orders: Sequence[Order]) -> Sequence[Order
     ids = [o.external_id for o in orders if o.external_id and o.external_id != o.order_id]
     if not ids:
         return orders
-    c = store.conn
-    early = {r[0]: (r[1], bool(r[2])) for r in c.execute(
-        "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
-        "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids(ids),))}
+    early = store.take_early_refunds(ids)
     if not early:
         return orders
-    c.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) AND amount IS NULL",
-              (_ids(early),))
     out = []
     for o in orders:
         if o.external_id in early:
-            refunded, cancelled = early[o.external_id]
+            _, refunded, cancelled = early[o.external_id]
             o = replace(o, refunded=min(max(o.refunded, refunded), o.amount), cancelled=o.cancelled or cancelled)
         out.append(o)
     return out
@@ -336,14 +283,11 @@ def _record_new(store: Store, o: Order, now: int) -> str | None:
     """One new order without refunds (the engine's purchase event), in few statements: the same
     rows :func:`record_orders` writes, the friend's totals incremented rather than recounted.
     None when the order id is already stored (the general path decides)."""
-    c = store.conn
-    if c.execute("SELECT 1 FROM orders WHERE order_id = ?", (o.order_id,)).fetchone() is not None:
+    if store.order_exists(o.order_id):
         return None
     owner = o.friend or (linked_friend(store, o.customer) if o.customer else None)
-    c.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
-              "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (o.order_id, o.customer, owner, int(bool(o.friend)), o.at, o.amount, _items_json(o.items),
-               o.source, o.external_id, now))
+    store.insert_orders([OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, o.amount, o.items,
+                                     o.source, o.external_id)], now)
     if owner is None:
         return "kept"
     # the amount as the event gave it: one SQLite cannot hold fails the event (set aside)
@@ -356,17 +300,13 @@ def refund(store: Store, order_id: str, amount: float | None, at: int, *,
     """Take ``amount`` (None: the whole order, a cancellation) back out of an order; an order
     refunded in full no longer counts as an order. A refund for an order not seen yet is kept
     and applies when the order arrives. Returns the friend the order counts for, if any."""
-    c = store.conn
     order_id = find_order(store, order_id) or order_id
-    row = c.execute("SELECT amount, refunded, cancelled, friend FROM orders WHERE order_id = ?",
-                    (order_id,)).fetchone()
-    if row is None:
-        c.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
-                  "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
-                  (order_id, customer_key(customer) if customer else None, friend, int(bool(friend)), at,
-                   float(amount or 0), int(amount is None), at))
+    state = store.order_states([order_id]).get(order_id)
+    if state is None:
+        store.add_early_refund(order_id, customer=customer_key(customer) if customer else None, friend=friend,
+                               at=at, refunded=float(amount or 0), cancelled=amount is None)
         return None
-    total, refunded, cancelled, owner = row
+    _, total, refunded, cancelled, owner, _ = state
     if total is None:
         refunded, cancelled = refunded + (amount or 0), cancelled or amount is None
     elif amount is None:
@@ -374,8 +314,7 @@ def refund(store: Store, order_id: str, amount: float | None, at: int, *,
     else:
         refunded = min(total, refunded + amount)
         cancelled = bool(cancelled) or (total > 0 and refunded >= total)
-    c.execute("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
-              (refunded, int(bool(cancelled)), order_id))
+    store.set_refunds([OrderRefund(order_id, refunded, bool(cancelled))])
     if owner:
         project(store, [order_id])
         recount(store, [owner])
@@ -383,62 +322,13 @@ def refund(store: Store, order_id: str, amount: float | None, at: int, *,
 
 
 def project(store: Store, order_ids: Iterable[str], *, fresh: bool = False) -> None:
-    """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
-    less refunds) and one ``purchase`` row per item, or ``order_cancelled`` /
-    ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those).
-    ``fresh``: the orders are new, so there are no rows to remove."""
-    ids = list(dict.fromkeys(order_ids))
-    if not ids:
-        return
-    c = store.conn
-    batch = _ids(ids)
-    if not fresh:
-        c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
-    c.execute(
-        "INSERT INTO activity(friend, kind, amount, at, order_id) "
-        "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
-        "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
-        "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
-        "ORDER BY o.at", (batch,))
-    c.execute(
-        "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
-        "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
-        "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
-        "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
-        "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
-        "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
+    """Redo the activity rows of these orders (:meth:`Store.project_orders`)."""
+    store.project_orders(order_ids, fresh=fresh)
 
 
 def recount(store: Store, friends: Iterable[str]) -> None:
-    """Recompute ``orders``, ``total_spent`` and ``last_purchase_at`` of these friends from
-    their ``order`` activity rows."""
-    ids = list(dict.fromkeys(f for f in friends if f))
-    if not ids:
-        return
-    store.conn.execute(
-        "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
-        "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
-        "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
-        "WHERE friends.id = s.id", (_ids(ids),))
-
-
-def _ids(values: Iterable[str]) -> str:
-    """A JSON list of ids, for ``json_each(?)`` joins (one statement, no scratch table)."""
-    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
-
-
-#: One encoder for every order's items (``json.dumps`` with options builds one per call).
-_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def _items_json(items: Sequence[dict]) -> str:
-    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
-                               for i in items])
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+    """Recompute the purchase measures of these friends (:meth:`Store.recount_purchases`)."""
+    store.recount_purchases(friends)
 
 
 # ----------------------------------------------------------------------------- the engine's hook
@@ -450,7 +340,7 @@ def handle(store: Store, ev: EventRow) -> Handled | None:
     that now applies to one is recorded under that friend."""
     out = _handle(store, ev)
     if out is not None and out.friend and not ev.friend:
-        store.conn.execute("UPDATE events SET friend = ? WHERE seq = ?", (out.friend, ev.seq))
+        store.set_events_friend([ev.seq], out.friend)
     return out
 
 
@@ -499,7 +389,7 @@ def _account_link(store: Store, ev: EventRow) -> Handled:
     if data.get("result") != "ok":
         log.info("account link of %s failed at LINE (result %s)", ev.friend, data.get("result"))
         return Handled(ev.friend, data, fire=False)
-    customer = _take_nonce(store, data.get("nonce") or "", ev.at)
+    customer = store.take_nonce(data.get("nonce") or "", ev.at)
     if customer is None:
         log.warning("account link of %s: unknown or used nonce; the shop must register it first", ev.friend)
         return Handled(ev.friend, data, fire=False)
@@ -520,16 +410,15 @@ def _order_number_link(store: Store, ev: EventRow) -> Handled | None:
         typed = [unicodedata.normalize("NFKC", v).strip() for k, v in pairs if k in ORDER_KEYS]
         numbers = list(dict.fromkeys([*typed, *(t.translate(_DASHES) for t in typed)]))
     for number in numbers:
-        row = store.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
-                                 (number,)).fetchone()
-        if row is None:
+        customer = store.order_customer(number)
+        if customer is None:
             continue
-        holder = linked_friend(store, row[0])
+        holder = linked_friend(store, customer)
         if holder is not None and holder != ev.friend:
             log.warning("friend %s sent order %s, whose customer is linked to another friend: not moved",
                         ev.friend, number)
             continue
-        if link(store, row[0], ev.friend, "order_number", ev.at):
-            return Handled(ev.friend, data, linked=[(ev.friend, {"customer": row[0], "via": "order_number",
+        if link(store, customer, ev.friend, "order_number", ev.at):
+            return Handled(ev.friend, data, linked=[(ev.friend, {"customer": customer, "via": "order_number",
                                                                  "order_id": number})])
     return None

@@ -33,9 +33,9 @@ from typing import Any, Iterable, Sequence
 import click
 
 from .events import customer_key
-from engine.i18n import UserError
+from engine.i18n import UserError, render
 from .identity import Order, link_many, record_orders
-from .store import Store
+from .store import Store, StoreError
 
 #: Orders written per transaction.
 CHUNK = 5000
@@ -434,10 +434,19 @@ def zone_of(rules_dir: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("Asia/Tokyo")
 
 
+def _open_store(db: str) -> Store:
+    """The database to import into (created when missing); a clean error when it cannot be
+    opened or is not a linerules database."""
+    try:
+        return Store(db)
+    except StoreError as exc:
+        raise ImportError_(f"--db: {render(exc.args[0])}") from None
+
+
 def main_orders(path: str, fmt: str, columns: str | None, db: str, rules_dir: str) -> int:
     started = time.perf_counter()
     orders, summary = read_orders(path, fmt, parse_columns(columns, FORMATS[fmt]), zone_of(rules_dir))
-    store = Store(db)
+    store = _open_store(db)
     try:
         import_orders(store, orders, summary, progress=sys.stderr.isatty())
     finally:
@@ -465,7 +474,7 @@ def main_customers(path: str, columns: str | None, db: str) -> int:
             refused.append((line, f"customer {customer}: `{friend}` is not a LINE user id (U followed by 32 hex digits)"))
         else:
             pairs.append((customer, friend))
-    store = Store(db)
+    store = _open_store(db)
     try:
         with store.transaction():
             counts = link_many(store, pairs, "import", int(time.time()))

@@ -17,8 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import sqlite3
 import sys
 from dataclasses import replace
 from typing import NoReturn, Sequence
@@ -30,7 +28,7 @@ from engine.language import ir, timeutil
 from .events import Event, EventError
 from engine.i18n import _
 from engine.interpreter import Engine
-from .store import Store, StoreError
+from .store import Store, StoreError, database_version, remove_database
 
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
@@ -174,29 +172,27 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str | float,
 
 def _fresh_db(path: str) -> str | None:
     """Make room for a new simulated database at ``path``: an earlier simulation's database is
-    replaced; any other existing file, a runner's database above all, is refused (returns the
-    error text)."""
-    if not os.path.exists(path):
-        return None
+    replaced; anything else that exists, a runner's database above all, is refused (returns
+    the error text)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            ours = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            simulated = ours and conn.execute("SELECT value FROM meta WHERE key = ?",
-                                              (SIMULATION_META,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        ours = simulated = None
-    if not ours:
-        return _("--db: {path} exists and is not a linerules database; choose another file", path=path)
-    if not simulated:
-        return _("--db: {path} is a linerules database that no simulation made (a runner's?); "
-                 "it is never replaced: choose another file", path=path)
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+        if database_version(path) is not None and not _simulated(path):
+            return _("--db: {path} is a linerules database that no simulation made (a runner's?); "
+                     "it is never replaced: choose another file", path=path)
+        remove_database(path)
+    except StoreError as exc:
+        return _("--db: {reason}", reason=exc.args[0])
+    except OSError as exc:
+        return _("--db: cannot replace {path}: {reason}", path=path, reason=exc.strerror or exc)
     return None
+
+
+def _simulated(path: str) -> bool:
+    """Whether the linerules database at ``path`` was made by ``simulate --db``."""
+    store = Store(path, read_only=True)
+    try:
+        return store.get_meta(SIMULATION_META) is not None
+    finally:
+        store.close()
 
 
 def _fail(message) -> NoReturn:

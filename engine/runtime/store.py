@@ -19,11 +19,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
-
-import sqlite_utils
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .events import Event
+from engine.i18n import N_, _
 
 log = logging.getLogger("linerules.store")
 
@@ -231,8 +231,7 @@ def explain_fault(exc: BaseException, path: str) -> str:
                 "read-only disk, and that the user running linerules may read and write there "
                 f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
     if code == _SQLITE_NOTADB:
-        return (f"{where} is not a linerules database (not an SQLite file): check --db / "
-                "LINERULES_DB, or restore the file from a backup")
+        return not_linerules(path, _NOT_SQLITE)
     if code == _SQLITE_CORRUPT:
         return (f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
                 f"backup, or recover what is left with `sqlite3 {where} .recover`")
@@ -243,6 +242,91 @@ def explain_fault(exc: BaseException, path: str) -> str:
         return (f"the database {where} stayed locked by another process for too long ({exc}); "
                 "linerules retries by itself")
     return f"the database {where} failed: {exc}"
+
+
+# ------------------------------------------------------------------ is this a linerules database?
+
+#: Why a file is not a linerules database (the ``{what}`` of :func:`not_linerules`).
+_NOT_SQLITE = N_("not an SQLite file")
+_A_FOLDER = N_("a folder")
+_FOREIGN = N_("an SQLite file without linerules' tables")
+
+
+class NotLinerulesDatabase(StoreError):
+    """The path names something other than a linerules database: a folder, a file that is not
+    SQLite, or an SQLite database of another program (or an empty one where one is required).
+    Nothing was written to it."""
+
+
+def not_linerules(path: str, what: str):
+    """The one message for a path that is not a linerules database (translatable)."""
+    where = os.path.abspath(path) if path != ":memory:" else path
+    return _("{path} is not a linerules database ({what}): check --db / LINERULES_DB, or restore "
+             "the file from a backup", path=where, what=_(what))
+
+
+def database_version(path: str) -> int | None:
+    """Whether ``path`` is a linerules database, the one test every command uses: its schema
+    version, or None when nothing is there yet (a new database may be created at ``path``).
+    Raises :class:`NotLinerulesDatabase` for a folder, a file that is not SQLite, or an SQLite
+    file without linerules' ``meta`` (an empty one included), and :class:`StoreError` when the
+    file cannot be read. Opens the file read-only and writes nothing."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
+    try:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            version = _linerules_version(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _open_error(exc, path) from None
+    if not version:
+        raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
+    return version
+
+
+def remove_database(path: str) -> bool:
+    """Delete the linerules database at ``path`` with its write-ahead log (``simulate --db``
+    replaces an earlier simulation's database). False when nothing was there; anything that is
+    not a linerules database raises :class:`NotLinerulesDatabase` and is left as it was."""
+    if database_version(path) is None:
+        return False
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    return True
+
+
+def _linerules_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version recorded in ``meta``; 0 for a database without any table (a new
+    one) or with only ``meta`` (the first start stopped before the first migration); None for a
+    database with tables but no linerules ``meta``."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return 0 if tables == {"meta"} else None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_only_uri(path: str) -> str:
+    """An SQLite URI opening ``path`` read-only (any character of the name quoted)."""
+    return Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+
+
+def _open_error(exc: sqlite3.Error, path: str) -> StoreError:
+    """The error to raise when opening ``path`` failed with ``exc``."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return (NotLinerulesDatabase if code == _SQLITE_NOTADB else StoreError)(explain_fault(exc, path))
 
 
 class _Health:
@@ -294,45 +378,74 @@ class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
     def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False,
-                 clock: Any = None):
+                 read_only: bool = False, clock: Any = None):
         """``checkpoints=False``: commits never copy the write-ahead log back into the database
         (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
         webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
         other writers go first (the runner's tick thread, see :meth:`_begin`). ``clock`` (the
         runner's, ``engine/runner/clock.py``): the time of ``received_at`` and of every other
-        time not given; the wall clock by default."""
+        time not given; the wall clock by default.
+
+        ``read_only=True`` (the report): the database must exist and be a linerules database
+        (:func:`database_version`); it is opened read-only, never migrated nor written, and may
+        be read while a runner writes it. Otherwise a missing or empty file becomes a new
+        database; any other file that is not a linerules database is refused
+        (:class:`NotLinerulesDatabase`) and left as it was."""
         self.path = path
         self.yields = yields
+        self.read_only = read_only
         self.clock = clock
         self._time: Callable[[], float] = time.time if clock is None else clock.time
         self._turns = None if path == ":memory:" else _turns_for(path)
         self._health = _Health() if path == ":memory:" else _health_for(path)
         self._opened = False
         try:
-            self._open(path, checkpoints)
+            if read_only:
+                self._open_read_only(path)
+            else:
+                self._open(path, checkpoints)
         except sqlite3.Error as exc:
             conn = getattr(self, "conn", None)
             if conn is not None:
                 conn.close()
-            raise StoreError(explain_fault(exc, path)) from None
+            raise _open_error(exc, path) from None
         except StoreError:
-            self.conn.close()
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
             raise
         self._opened = True
 
+    def _open_read_only(self, path: str) -> None:
+        if path == ":memory:" or database_version(path) is None:
+            raise StoreError(_("there is no database at {path}", path=os.path.abspath(path)))
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight = {}
+        self.longest_write = 0.0
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA query_only = ON")
+
     def _open(self, path: str, checkpoints: bool) -> None:
+        if path != ":memory:" and os.path.isdir(path):
+            raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
+        if _linerules_version(conn) is None:    # tables of another program: leave them alone
+            raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
         self._lock = threading.RLock()
         self._depth = 0
         self._inflight: dict[int, int] = {}   # outbox id -> claim time, claimed through this Store
         #: Seconds of the longest write transaction on this connection (benchmarks, logs).
         self.longest_write = 0.0
         conn.execute("PRAGMA busy_timeout = 30000")
-        if path != ":memory:":
-            self.db.enable_wal()
+        if path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
         if not checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -759,6 +872,11 @@ class Store:
         self.conn.execute("INSERT INTO links(token, friend, rule, message, url, created_at) "
                           "VALUES (?, ?, ?, ?, ?, ?)", (token, friend, rule, message, url, now))
         return token
+
+    def link_friend(self, token: str) -> str | None:
+        """The friend a tracked link was sent to (None: unknown token, or sent to nobody)."""
+        row = self.conn.execute("SELECT friend FROM links WHERE token = ?", (token,)).fetchone()
+        return row[0] if row is not None and row[0] else None
 
     def record_click(self, token: str | None = None, at: int | None = None, *,
                      friend: str | None = None, rule: str | None = None, message: str | None = None,
@@ -1512,6 +1630,433 @@ class Store:
 
     def suspended_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
+
+
+    # ================================================================== the shop side
+    # Customer <-> friend links, orders by id, account-link nonces (migration 5). What to do
+    # with them is engine/runtime/identity.py's business; these are its reads and writes, called inside
+    # the caller's :meth:`transaction` (unless a method says otherwise). Customer ids are given
+    # already normalised (:func:`engine.runtime.events.customer_key`).
+
+    def linked_friend(self, customer: str) -> str | None:
+        """The friend ``customer`` is linked to."""
+        row = self.conn.execute("SELECT friend FROM customer_links WHERE customer = ?", (customer,)).fetchone()
+        return row[0] if row else None
+
+    def linked_friends(self, customers: Iterable[str]) -> dict[str, str]:
+        """customer -> friend for those of ``customers`` that are linked."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(customers)), 500):
+            out.update(self.conn.execute("SELECT customer, friend FROM customer_links WHERE customer IN "
+                                         f"({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def linked_customer(self, friend: str) -> str | None:
+        """The customer linked to ``friend``."""
+        row = self.conn.execute("SELECT customer FROM customer_links WHERE friend = ?", (friend,)).fetchone()
+        return row[0] if row else None
+
+    def put_link(self, customer: str, friend: str, via: str, at: int) -> None:
+        """Link ``customer`` and ``friend``, dropping any other link either of them had."""
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ? OR friend = ?", (customer, friend))
+        self.conn.execute("INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
+                          (customer, friend, via, at))
+
+    def delete_link(self, customer: str) -> None:
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ?", (customer,))
+
+    def add_link_history(self, customer: str, friend: str, action: str, via: str, at: int) -> None:
+        """One line of the link history (linked, moved, replaced, unlinked)."""
+        self.conn.execute("INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
+                          (customer, friend, action, via, at))
+
+    def adopt_kept_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's kept orders (counting for nobody) now count for ``friend``; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL", (customer,))]
+        self.conn.executemany("UPDATE orders SET friend = ? WHERE order_id = ?", [(friend, i) for i in ids])
+        return ids
+
+    def release_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's orders counting for ``friend`` through the link (not those naming the
+        friend itself) are kept for the customer again; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0", (customer, friend))]
+        self.conn.executemany("UPDATE orders SET friend = NULL WHERE order_id = ?", [(i,) for i in ids])
+        return ids
+
+    def kept_events(self, customer: str) -> list[KeptEvent]:
+        """The processed events kept for ``customer`` (stored without a friend), in (at, seq) order."""
+        return [KeptEvent(seq, kind, at, json.loads(data)) for seq, kind, at, data in self.conn.execute(
+            "SELECT seq, type, at, data FROM events WHERE friend = '' AND json_extract(data, '$.customer') = ? "
+            "AND processed_at IS NOT NULL ORDER BY at, seq", (customer,))]
+
+    def set_events_friend(self, seqs: Iterable[int], friend: str) -> None:
+        """Record these events (stored without a friend) under ``friend``."""
+        self.conn.executemany("UPDATE events SET friend = ? WHERE seq = ?", [(friend, seq) for seq in seqs])
+
+    def put_nonce(self, nonce: str, customer: str, now: int) -> None:
+        """Remember (in its own transaction) that ``nonce`` stands for ``customer``, unused."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, "
+                      "created_at = excluded.created_at, used_at = NULL", (nonce, customer, now))
+
+    def take_nonce(self, nonce: str, now: int) -> str | None:
+        """The customer of an unused ``nonce``, marking it used; None when unknown or used."""
+        row = self.conn.execute("SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL",
+                                (nonce,)).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
+        return row[0]
+
+    def find_order(self, ref: str) -> str | None:
+        """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
+        row = self.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_owner(self, ref: str) -> str | None:
+        """The friend the order ``ref`` (its id or the shop system's id) counts for."""
+        row = self.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_customer(self, order_id: str) -> str | None:
+        """The customer of an order, when the order names one."""
+        row = self.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
+                                (order_id,)).fetchone()
+        return row[0] if row else None
+
+    def order(self, order_id: str) -> dict | None:
+        """The stored order as a dict (``items`` decoded), or None."""
+        row = self.conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["items"] = json.loads(out["items"])
+        return out
+
+    def order_states(self, order_ids: Iterable[str]) -> dict[str, OrderState]:
+        """The stored state of those of ``order_ids`` that are stored (a refund that came before
+        its order is stored with ``amount`` None)."""
+        return {r[0]: OrderState(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in self.conn.execute(
+            "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value", (_ids_json(order_ids),))}
+
+    def order_exists(self, order_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone() is not None
+
+    def insert_orders(self, orders: Sequence[OrderRecord], now: int) -> None:
+        """Store new orders (none of their ids is stored yet)."""
+        self.conn.executemany(
+            "INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
+            "refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(o.order_id, o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source,
+              o.external_id, o.refunded, int(o.cancelled), now) for o in orders])
+
+    def complete_orders(self, orders: Sequence[OrderRecord]) -> None:
+        """Orders whose refund came first (stored without an amount) get their data; refunds
+        and cancellations already stored are kept when larger."""
+        self.conn.executemany(
+            "UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
+            "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
+            "WHERE order_id = ?",
+            [(o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source, o.external_id,
+              o.refunded, int(o.cancelled), o.order_id) for o in orders])
+
+    def set_refunds(self, refunds: Sequence[OrderRefund]) -> None:
+        """Set how much of these orders is refunded and whether they are cancelled."""
+        self.conn.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
+                              [(r.refunded, int(r.cancelled), r.order_id) for r in refunds])
+
+    def set_external_ids(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """(order_id, external_id): the shop system's own id of orders stored without one."""
+        self.conn.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL",
+                              [(external, order_id) for order_id, external in pairs])
+
+    def cancel_refunded_in_full(self, order_ids: Iterable[str]) -> None:
+        """Those of these orders refunded in full no longer count as orders."""
+        self.conn.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
+                          "AND amount > 0 AND refunded >= amount AND cancelled = 0", (_ids_json(order_ids),))
+
+    def take_early_refunds(self, order_ids: Iterable[str]) -> dict[str, OrderRefund]:
+        """Refunds stored before their order under these ids (no amount yet): returned and
+        removed, for the arriving order to take in."""
+        early = {r[0]: OrderRefund(r[0], r[1], bool(r[2])) for r in self.conn.execute(
+            "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
+            "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids_json(order_ids),))}
+        if early:
+            self.conn.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) "
+                              "AND amount IS NULL", (_ids_json(early),))
+        return early
+
+    def add_early_refund(self, order_id: str, *, customer: str | None, friend: str | None, at: int,
+                         refunded: float, cancelled: bool) -> None:
+        """Keep a refund (or cancellation) of an order not stored yet, under the order's id."""
+        self.conn.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
+                          "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
+                          (order_id, customer, friend, int(bool(friend)), at, refunded, int(cancelled), at))
+
+    def project_orders(self, order_ids: Iterable[str], *, fresh: bool = False) -> None:
+        """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
+        less refunds) and one ``purchase`` row per item, or ``order_cancelled`` /
+        ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those).
+        ``fresh``: the orders are new, so there are no rows to remove."""
+        ids = list(dict.fromkeys(order_ids))
+        if not ids:
+            return
+        c = self.conn
+        batch = _ids_json(ids)
+        if not fresh:
+            c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
+            "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
+            "ORDER BY o.at", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
+            "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
+            "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
+            "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
+            "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
+
+    def recount_purchases(self, friends: Iterable[str]) -> None:
+        """Recompute ``orders``, ``total_spent`` and ``last_purchase_at`` of these friends from
+        their ``order`` activity rows."""
+        ids = list(dict.fromkeys(f for f in friends if f))
+        if not ids:
+            return
+        self.conn.execute(
+            "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
+            "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
+            "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
+            "WHERE friends.id = s.id", (_ids_json(ids),))
+
+    # ================================================================== reading for reports
+    # Read-only queries of ``linerules report`` (engine/reports/report.py), each result a named record;
+    # they work on a database opened with ``read_only=True`` while a runner writes it, and on
+    # databases of every schema version (a table a later migration added reads as empty).
+
+    def report_deliveries(self, since: int | None, until: int | None) -> list[DeliveryRow]:
+        """The deliveries recorded in [since, until) (None: open), rich menu links left out,
+        with their outbox row's kind; in (at, id) order."""
+        where, args = [f"d.messages NOT LIKE '{_MENU_LIKE}'"], []
+        if since is not None:
+            where.append("d.at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("d.at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, d.at, o.kind "
+            "FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
+            f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
+        return [DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
+                for r in rows]
+
+    def report_intents(self, since: int | None, until: int | None) -> list[IntentRow]:
+        """The sends not decided yet (waiting for the window, the cap's day, the quota) due in
+        [since, until), at their due time; in (due_at, id) order."""
+        if not self._has_table("intents"):
+            return []
+        where, args = ["1"], []
+        if since is not None:
+            where.append("due_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("due_at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT id, friend, rule, json_extract(steps, '$[0][0]'), messages, variant, due_at "
+            f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id", args)
+        return [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+
+    def report_clicks(self) -> list[ClickRow]:
+        """Every tracked-link click, in (at, id) order."""
+        return [ClickRow(*r) for r in self.conn.execute(
+            "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id")]
+
+    def report_orders(self) -> list[OrderRow]:
+        """Every order that counts for a friend (its amount less refunds), in (at, id) order."""
+        return [OrderRow(*r) for r in self.conn.execute(
+            "SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")]
+
+    def report_follows(self) -> list[FollowRow]:
+        """Processed follow and unfollow events, in (at, seq) order."""
+        return [FollowRow(*r) for r in self.conn.execute(
+            "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
+            "AND processed_at IS NOT NULL ORDER BY at, seq")]
+
+    def report_enrollments(self) -> list[EnrollmentRow]:
+        """Every enrollment, in id order."""
+        return [EnrollmentRow(r[0], r[1], r[2], bool(r[3]), *r[4:]) for r in self.conn.execute(
+            "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, finished_at "
+            "FROM enrollments ORDER BY id")]
+
+    def report_step_orders(self) -> dict[str, list[str]]:
+        """Each rule's step ids as its latest stored version lists them."""
+        return {rule: json.loads(steps) for rule, steps in self.conn.execute(
+            "SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")}
+
+    def report_rule_names(self) -> set[str]:
+        """Every rule name the database has seen (versions, enrollments, deliveries)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT rule FROM rule_versions UNION SELECT rule FROM enrollments "
+            "UNION SELECT rule FROM deliveries")}
+
+    def report_latest_at(self) -> int | None:
+        """The time of the latest recorded fact (event, decided delivery, activity), or None."""
+        row = self.conn.execute(
+            "SELECT MAX(m) FROM (SELECT MAX(at) AS m FROM events UNION ALL "
+            "SELECT MAX(at) FROM deliveries WHERE status != 'queued' UNION ALL "
+            "SELECT MAX(at) FROM activity)").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def report_seen_friends(self, until: int) -> set[str]:
+        """Friends with a processed event at or before ``until``."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at IS NOT NULL", (until,))}
+
+    def report_active_friends(self, after: int, until: int) -> set[str]:
+        """Friends who clicked, ordered, messaged or tapped a postback in (after, until]."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT friend FROM activity WHERE kind IN ('click', 'order') AND at > ? AND at <= ? "
+            "UNION SELECT friend FROM events WHERE type IN ('message', 'postback') "
+            "AND processed_at IS NOT NULL AND at > ? AND at <= ?", (after, until, after, until))}
+
+    def report_has_events(self, since: int, until: int) -> bool:
+        """Whether any event happened in [since, until)."""
+        return self.conn.execute("SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
+                                 (since, until)).fetchone() is not None
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
+
+class KeptEvent(NamedTuple):
+    """A processed event kept for a customer not linked yet."""
+    seq: int
+    type: str
+    at: int
+    data: dict[str, Any]
+
+
+class OrderState(NamedTuple):
+    """What is stored of an order (``amount`` None: only a refund that came first)."""
+    order_id: str
+    amount: float | None
+    refunded: float
+    cancelled: bool
+    friend: str | None
+    external_id: str | None
+
+
+class OrderRefund(NamedTuple):
+    order_id: str
+    refunded: float
+    cancelled: bool
+
+
+class OrderRecord(NamedTuple):
+    """An order to store: ``friend`` the one it counts for (None: kept for its customer),
+    ``direct`` whether the order named that friend itself."""
+    order_id: str
+    customer: str | None
+    friend: str | None
+    direct: bool
+    at: int
+    amount: float
+    items: Sequence[dict]
+    source: str
+    external_id: str | None
+    refunded: float = 0.0
+    cancelled: bool = False
+
+
+def _ids_json(values: Iterable[str]) -> str:
+    """A JSON list of ids, for ``json_each(?)`` joins (one statement, no scratch table)."""
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+#: One encoder for every order's items (``json.dumps`` with options builds one per call).
+_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _items_json(items: Sequence[dict]) -> str:
+    """An order's items as stored (keys without a value left out)."""
+    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
+                               for i in items])
+
+
+#: Rich menu link deliveries are recorded with the message label ``menu:NAME``
+#: (:func:`menu_label`); they are not sends.
+MENU_PREFIX = "menu:"
+_MENU_LIKE = '["' + MENU_PREFIX + '%'
+
+
+def menu_label(menu: str) -> list[str]:
+    """The ``messages`` of a rich menu link's delivery row."""
+    return [MENU_PREFIX + menu]
+
+
+class DeliveryRow(NamedTuple):
+    """A recorded delivery as the report reads it (``step`` "" when the step has no id)."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    status: str
+    variant: str | None
+    at: int
+    kind: str | None            # the outbox row's kind (push, multicast, reply), None if none
+
+
+class IntentRow(NamedTuple):
+    """A send waiting to be decided, as the report reads it."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    variant: str | None
+    due_at: int
+
+
+class ClickRow(NamedTuple):
+    friend: str
+    rule: str | None
+    message: str | None
+    at: int
+
+
+class OrderRow(NamedTuple):
+    friend: str
+    amount: float | None
+    at: int
+
+
+class FollowRow(NamedTuple):
+    type: str                   # follow or unfollow
+    friend: str
+    at: int
+
+
+class EnrollmentRow(NamedTuple):
+    rule: str
+    friend: str
+    variant: str | None
+    holdout: bool
+    entered_at: int
+    state: str
+    exit_reason: str | None
+    finished_at: int | None
 
 
 class _Turns(threading.Condition):
