@@ -67,7 +67,7 @@ class Duration(click.ParamType):
             try:
                 seconds = float(text)
             except ValueError:
-                from engine.language.timeutil import parse_duration
+                from engine.language.ir import parse_duration
 
                 try:
                     seconds = float(parse_duration(text))

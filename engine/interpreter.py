@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl
 
 from engine.runtime import identity
 from engine.language import ir, timeutil
+from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.runtime.sqlcond import CURRENT, Compiled, CondCompiler, change_moments
 from engine.runtime.store import ApplyResult, EventRow, Store, bucket, is_store_fault
@@ -54,9 +55,6 @@ DELIVER_CHUNK = 5000
 EVENT_CHUNK = 500
 #: Seconds a reply token is used after its webhook arrived (LINE allows about one minute).
 REPLY_SECONDS = 50
-#: LINE's limits per request.
-MAX_OBJECTS = 5
-MAX_MULTICAST = 500
 #: Bound on step rounds in one walk (``start`` loops between rules with ``reenter always``).
 MAX_ROUNDS = 1000
 ANSWERED_TYPES = ("message", "postback")

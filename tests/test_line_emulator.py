@@ -14,14 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.testing.line_emulator import (
+from engine.line.limits import (
     INVALID_REPLY_TOKEN_MESSAGE,
     MONTHLY_LIMIT_MESSAGE,
     RATE_LIMIT_MESSAGE,
-    Emulator,
-    run_in_thread,
     utf16_len,
 )
+from engine.testing.line_emulator import Emulator, run_in_thread
 
 TEXT = {"type": "text", "text": "hello"}
 

@@ -7,7 +7,8 @@ import yaml
 from hypothesis import given, settings as hsettings, strategies as st
 
 from engine.language import ir
-from engine.language.messages import check_objects, load_messages, utf16_len
+from engine.line.limits import utf16_len
+from engine.language.messages import check_objects, load_messages
 
 #: Short texts made of YAML's punctuation, to reach deep into the parser.
 YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)

@@ -19,10 +19,10 @@ from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
 from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS, meant_type
+from engine.line.limits import MAX_OBJECTS
 from .timeutil import sale_moment
 from .parser import rule_name_of
 
-MAX_OBJECTS_PER_PUSH = 5
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
 TEXT_MEASURES = ("display_name", "language")
 #: Triggers whose audience is only friends who have not blocked the account.
@@ -390,10 +390,10 @@ class _Checker:
                     if defn is not None:
                         push.append((m, len(defn.objects)))
                         push_total += len(defn.objects)
-                if push_total > MAX_OBJECTS_PER_PUSH and len(push) > 1 and not push_reported:
+                if push_total > MAX_OBJECTS and len(push) > 1 and not push_reported:
                     push_reported = True
                     listed = ", ".join(f"`{m.value}` ({n})" for m, n in push)
-                    self.error(step.span, E("LR310", "these sends make one push of {count} message objects; LINE allows {limit}", count=push_total, limit=MAX_OBJECTS_PER_PUSH),
+                    self.error(step.span, E("LR310", "these sends make one push of {count} message objects; LINE allows {limit}", count=push_total, limit=MAX_OBJECTS),
                                help=_("sends with no `wait` between them go out together: {listed}; put a `wait` between them or send fewer messages", listed=listed))
             elif cls is A.WaitStep:
                 if step.at is not None:

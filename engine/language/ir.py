@@ -12,12 +12,40 @@ Every node carries an optional ``span`` (excluded from equality) so that runtime
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Union
 
 from .diagnostics import Span
 
 _SPAN = dict(default=None, compare=False, repr=False)
+
+# ----------------------------------------------------------------------------- names, durations
+
+#: A name in the rule language (rules, tags, attributes, segments, messages, event types,
+#: sale kinds): a letter or ``_``, then letters, digits, ``_`` and ``-``. The grammar's ``NAME``
+#: terminal (engine/grammar.lark) is this pattern; everything else uses it from here.
+NAME_RE = re.compile(r"[^\W\d][\w-]*")
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, *, seconds: bool = True) -> int:
+    """``30m``, ``2h``, ``1d12h``, ``45s`` -> seconds; ValueError on anything else.
+
+    ``seconds=False`` is the rule language's grammar: no ``s`` unit, since rules run on the
+    runner's tick (a minute or more) and ``wait 30s`` would promise a precision nobody gets;
+    rule tests (``tick``, ``tolerance``, ``until``) and ``simulate --tick`` may say seconds."""
+    number = text[:-1]
+    unit = _DURATION_UNIT.get(text[-1:])
+    if number.isdecimal() and unit is not None and (seconds or unit != 1):   # one part, as almost always
+        return int(number) * unit
+    s = text.strip()
+    parts = _DURATION_PART.findall(s)
+    if not s or "".join(n + u for n, u in parts) != s or (not seconds and "s" in s):
+        raise ValueError(f"`{text}` is not a duration (use e.g. 30m, 1h, 1d12h)")
+    return sum(int(n) * _DURATION_UNIT[u] for n, u in parts)
 
 # ----------------------------------------------------------------------------- conditions
 

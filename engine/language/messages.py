@@ -30,29 +30,18 @@ import yaml
 from . import ir
 from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
 from engine.i18n import E, _, join
-from .settings import NAME_RE
+from engine.line.limits import (ACTION_TYPES, ALT_TEXT_LIMIT, BUTTONS_ACTIONS, BUTTONS_TEXT_LIMIT,  # noqa: F401
+                     CAROUSEL_ACTIONS, CAROUSEL_COLUMNS, CAROUSEL_TEXT_LIMIT, CONFIRM_TEXT_LIMIT,
+                     DATA_LIMIT, FLEX_CAROUSEL_BUBBLES, FLEX_CAROUSEL_BYTES, FLEX_BUBBLE_BYTES,
+                     FLEX_LABEL_LIMIT, FRAMED_TEXT_LIMIT, IMAGE_CAROUSEL_LABEL_LIMIT,
+                     IMAGEMAP_ACTIONS, LABEL_LIMIT, LOCATION_TEXT_LIMIT, MAX_OBJECTS,
+                     MEDIA_URL_LIMIT, MESSAGE_TYPES, QUICK_REPLY_ITEMS, TEMPLATE_TITLE_LIMIT,
+                     TEMPLATE_TYPES, TEXT_LIMIT, URI_LIMIT, URI_SCHEMES, utf16_len)
+from .ir import NAME_RE
 from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
-MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
-                 "template", "flex")
-ACTION_TYPES = ("postback", "message", "uri", "datetimepicker", "camera", "cameraRoll",
-                "location", "richmenuswitch", "clipboard")
-TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
-URI_SCHEMES = ("https", "http", "line", "tel")
 TEMPLATE_VARIABLES = ("friend", "rule", "sale", "event")
 
-MAX_OBJECTS = 5
-TEXT_LIMIT = 5000
-ALT_TEXT_LIMIT = 1500
-MEDIA_URL_LIMIT = 2000
-URI_LIMIT = 1000
-DATA_LIMIT = 300
-LABEL_LIMIT = 20
-FLEX_LABEL_LIMIT = 40
-QUICK_REPLY_ITEMS = 13
-FLEX_BUBBLE_BYTES = 30_000
-FLEX_CAROUSEL_BYTES = 50_000
-FLEX_CAROUSEL_BUBBLES = 12
 
 
 # ----------------------------------------------------------------------------- Liquid
@@ -145,11 +134,6 @@ def _keep_facts() -> None:
     items = list(_facts.items())[-_FACTS_LIMIT:]
     write_json(_FACTS_FILE, {"liquid": _liquid_stamp(), "templates": dict(items)})
     _facts_new = False
-
-
-def utf16_len(text: str) -> int:
-    """Length as LINE counts it: UTF-16 code units (an emoji outside the BMP counts 2)."""
-    return len(text.encode("utf-16-le")) // 2
 
 
 # ----------------------------------------------------------------------------- field types
@@ -378,15 +362,15 @@ class _Checker:
 
     def msg_location(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("a location message"), "title", "address", "latitude", "longitude")
-        self.text(obj, path, "title", 100)
-        self.text(obj, path, "address", 100)
+        self.text(obj, path, "title", LOCATION_TEXT_LIMIT)
+        self.text(obj, path, "address", LOCATION_TEXT_LIMIT)
 
     def msg_imagemap(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("an imagemap message"), "baseUrl", "altText", "baseSize", "actions")
         self.url(obj, path, "baseUrl", media=True)
         self.text(obj, path, "altText", ALT_TEXT_LIMIT)
         actions = obj.get("actions")
-        if actions is not None and self.count(actions, path + ("actions",), _("`actions`"), 1, 50):
+        if actions is not None and self.count(actions, path + ("actions",), _("`actions`"), 1, IMAGEMAP_ACTIONS):
             for i, action in enumerate(actions):
                 ap = path + ("actions", i)
                 if not self.mapping(action, ap, _("an imagemap action")):
@@ -418,20 +402,20 @@ class _Checker:
             self.buttons(tpl, tp)
         elif kind == "confirm":
             self.required(tpl, tp, _("a confirm template"), "text", "actions")
-            self.text(tpl, tp, "text", 240)
+            self.text(tpl, tp, "text", CONFIRM_TEXT_LIMIT)
             self.actions(tpl, tp, 2, 2, _("a confirm template"))
         elif kind == "carousel":
             self.carousel(tpl, tp)
         elif kind == "image_carousel":
             self.required(tpl, tp, _("an image carousel template"), "columns")
-            columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
+            columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, CAROUSEL_COLUMNS)
             for i, col in enumerate(columns or ()):
                 cp = tp + ("columns", i)
                 if self.mapping(col, cp, _("a column")):
                     self.required(col, cp, _("an image carousel column"), "imageUrl", "action")
                     self.url(col, cp, "imageUrl", media=True)
                     if col.get("action") is not None:
-                        self.action(col["action"], cp + ("action",), LABEL_LIMIT, False)
+                        self.action(col["action"], cp + ("action",), IMAGE_CAROUSEL_LABEL_LIMIT, False)
         else:
             self.add(tp + ("type",) if kind is not None else tp,
                      E("LR503", "unknown template type `{kind}`", kind=kind) if kind is not None else E("LR503", "`template` needs a `type`"),
@@ -440,17 +424,17 @@ class _Checker:
     def buttons(self, tpl: dict, tp: Path) -> None:
         self.required(tpl, tp, _("a buttons template"), "text", "actions")
         framed = tpl.get("thumbnailImageUrl") is not None or tpl.get("title") is not None
-        self.text(tpl, tp, "text", 60 if framed else 160,
+        self.text(tpl, tp, "text", FRAMED_TEXT_LIMIT if framed else BUTTONS_TEXT_LIMIT,
                   _(" with an image or title") if framed else "")
-        self.text(tpl, tp, "title", 40)
+        self.text(tpl, tp, "title", TEMPLATE_TITLE_LIMIT)
         self.url(tpl, tp, "thumbnailImageUrl", media=True)
-        self.actions(tpl, tp, 1, 4, _("a buttons template"))
+        self.actions(tpl, tp, 1, BUTTONS_ACTIONS, _("a buttons template"))
         if tpl.get("defaultAction") is not None:
             self.action(tpl["defaultAction"], tp + ("defaultAction",), LABEL_LIMIT, False)
 
     def carousel(self, tpl: dict, tp: Path) -> None:
         self.required(tpl, tp, _("a carousel template"), "columns")
-        columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, 10)
+        columns = self.count(tpl.get("columns"), tp + ("columns",), _("`columns`"), 1, CAROUSEL_COLUMNS)
         counts: list[tuple[int, int]] = []
         for i, col in enumerate(columns or ()):
             cp = tp + ("columns", i)
@@ -458,11 +442,11 @@ class _Checker:
                 continue
             self.required(col, cp, _("a carousel column"), "text", "actions")
             framed = col.get("thumbnailImageUrl") is not None or col.get("title") is not None
-            self.text(col, cp, "text", 60 if framed else 120,
+            self.text(col, cp, "text", FRAMED_TEXT_LIMIT if framed else CAROUSEL_TEXT_LIMIT,
                       _(" with an image or title") if framed else "")
-            self.text(col, cp, "title", 40)
+            self.text(col, cp, "title", TEMPLATE_TITLE_LIMIT)
             self.url(col, cp, "thumbnailImageUrl", media=True)
-            acts = self.actions(col, cp, 1, 3, _("a carousel column"))
+            acts = self.actions(col, cp, 1, CAROUSEL_ACTIONS, _("a carousel column"))
             if acts is not None:
                 counts.append((i, len(acts)))
         if counts and any(n != counts[0][1] for _, n in counts):

@@ -29,12 +29,10 @@ from . import astnodes as A
 from .diagnostics import Diagnostic, Span, did_you_mean
 from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
+from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
 from .yamlpos import normalize_newlines
 
 GRAMMAR_PATH = Path(__file__).parent.parent / "grammar.lark"
-NAME_RE = re.compile(r"[^\W\d][\w-]*")
-_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION_PART = re.compile(r"(\d+)([mhdw])")
 _ESCAPE = re.compile(r"\\(.)")
 _ESCAPES = {"n": "\n", "t": "\t"}
 
@@ -168,14 +166,6 @@ def _too_deep(span: Span) -> Diagnostic:
                          help=_("write it with fewer `not`, `and`, `or` inside each other (or use a segment)"))
 
 
-def parse_duration(text: str) -> int:
-    """``1d12h`` -> seconds."""
-    number = text[:-1]
-    if number.isdecimal():   # one part, as almost always
-        return int(number) * _UNITS[text[-1]]
-    return sum(int(n) * _UNITS[u] for n, u in _DURATION_PART.findall(text))
-
-
 def unquote(text: str) -> str:
     """The value of a quoted text token: quotes removed, ``\\n``, ``\\t``, ``\\"``, ``\\\\``
     unescaped (any other escaped character stands for itself)."""
@@ -234,7 +224,7 @@ class _AstBuilder:
         return A.Str(unquote(tok.value), self._at(tok))
 
     def _duration(self, tok: Token) -> A.Duration:
-        return A.Duration(parse_duration(tok.value), tok.value, self._at(tok))
+        return A.Duration(parse_duration(tok.value, seconds=False), tok.value, self._at(tok))
 
     def _time(self, tok: Token) -> A.TimeOfDay:
         hour, minute = tok.value.split(":")
@@ -504,7 +494,7 @@ _STEP_TYPES = frozenset((A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep,
 
 # ----------------------------------------------------------------------------- error recovery
 
-_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[^\W\d][\w-]*|\S')
+_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|' + NAME_RE.pattern + r'|\S')
 
 
 def _item_starts(text: str) -> list[int]:

@@ -32,7 +32,8 @@ from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.exceptions import LiquidError
 
 from . import ir
-from .messages import MessageEnvironment, check_objects, compile_template, is_template, utf16_len
+from engine.line.limits import utf16_len
+from .messages import MessageEnvironment, check_objects, compile_template, is_template
 from .yamlpos import Path
 
 #: http(s) URLs inside message text: ASCII URL characters only, so Japanese text right after

@@ -25,7 +25,7 @@ import yaml
 
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
-from .settings import NAME_RE
+from .ir import NAME_RE
 from engine.i18n import E, _, join
 from .yamlpos import YamlFile
 

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import ir
+from .ir import NAME_RE
 from .diagnostics import Diagnostic, dedupe, did_you_mean
 from engine.i18n import LANGUAGES, E, _
 from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
-NAME_RE = re.compile(r"[^\W\d][\w-]*")
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
 _WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
 

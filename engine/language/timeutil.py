@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 import threading
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from . import ir
-
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> int:
-    """``30m``, ``2h``, ``1d12h``, ``45s`` -> seconds. Raises ValueError on anything else."""
-    s = text.strip()
-    parts = _DURATION.findall(s)
-    if not s or "".join(n + u for n, u in parts) != s:
-        raise ValueError(f"`{text}` is not a duration (use e.g. 30m, 1h, 1d12h)")
-    return sum(int(n) * _UNIT[u] for n, u in parts)
+from .ir import parse_duration  # noqa: F401  (the language's durations; used from here too)
 
 
 def epoch(moment: dt.datetime) -> int:

@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import email.utils
 import inspect
 import json
 import logging
 import os
 import random
-import re
 import ssl
 import time
 import urllib.parse
@@ -39,7 +37,6 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from zoneinfo import ZoneInfo
 
 import aiohttp
 from linebot.v3.messaging import (
@@ -47,28 +44,21 @@ from linebot.v3.messaging import (
     AsyncApiClient,
     AsyncMessagingApi,
     Configuration,
-    MulticastRequest,
-    PushMessageRequest,
-    ReplyMessageRequest,
 )
+from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
 
-from .ratelimit import LINE_RATE_LIMITS, TokenBucket
+from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MESSAGE_TYPES,
+                     MONTHLY_LIMIT_MESSAGE, QUOTA_ZONE, RATE_LIMITS, ROUTES, UUID_RE)
+from .ratelimit import client_bucket
+from .retrypolicy import Answer, RetryPolicy, Verdict
 
 logger = logging.getLogger("linerules.dispatch")
 
 DEFAULT_ENDPOINT = "https://api.line.me"
-MONTHLY_LIMIT_MESSAGE = "You have reached your monthly limit."
-INVALID_REPLY_TOKEN_MESSAGE = "Invalid reply token"
-#: LINE's monthly quota follows the calendar month in Japan.
-QUOTA_ZONE = ZoneInfo("Asia/Tokyo")
-MAX_MULTICAST = 500
-MAX_MESSAGES = 5
 
 #: Client-side buckets, one per endpoint the dispatcher calls (LINE's limits per second).
 DISPATCH_ENDPOINTS = ("push", "multicast", "reply", "profile", "quota", "quota_consumption",
                       "richmenu_link", "richmenu_unlink", "link_token")
-
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 #: The longest wait inside one attempt's retries (a longer ``Retry-After`` is handed back to the
 #: caller, which holds that row alone for it).
@@ -94,6 +84,8 @@ class OutboxItem:
     timeout, a lost answer, a 5xx, or a process that stopped mid-request). A push or multicast
     simply goes again with its retry key; a reply carries no key, so such an item is never
     turned into a push (that could deliver it twice): its token tells whether it arrived.
+    ``encoded``: ``to`` and ``messages`` as the JSON text the outbox stores them in (they must
+    say the same); the request body is then made from that text, without encoding again.
     """
 
     id: int
@@ -105,6 +97,21 @@ class OutboxItem:
     reply_deadline: float | None = None
     rich_menu_id: str | None = None
     ambiguous: bool = False
+    encoded: tuple[str, str] | None = None
+
+    def body(self, head: Mapping[str, Any]) -> bytes:
+        """The request body: ``head`` (``to`` or ``replyToken``) and the messages, as compact
+        UTF-8 JSON. With ``encoded`` (the recipients and the messages as the outbox stores
+        them, JSON text) the messages are not encoded again, and a multicast's ``to`` is the
+        stored list as it is."""
+        if self.encoded is None:
+            return _encode({**head, "messages": self.messages})
+        recipients, messages = self.encoded
+        if head.get("to") is self.to:
+            first = f'{{"to":{recipients}'
+        else:
+            first = _encode(head).decode()[:-1]
+        return f'{first},"messages":{messages}}}'.encode()
 
 
 @dataclass
@@ -230,7 +237,8 @@ class Transport(Protocol):
 
 @dataclass
 class _Answer:
-    """The last answer of a request after retries; ``status`` None means no HTTP answer."""
+    """The last answer of a request after retries, with the retry policy's verdict on it;
+    ``status`` None means no HTTP answer."""
 
     status: int | None
     headers: Mapping[str, str]
@@ -238,39 +246,74 @@ class _Answer:
     ambiguous: bool          # some failed attempt may have been processed by LINE
     error: str | None = None
     retry_after: float | None = None
+    verdict: Verdict | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
 
-    @property
-    def monthly_limit(self) -> bool:
-        return self.status == 429 and MONTHLY_LIMIT_MESSAGE in self.body
-
-    @property
-    def auth(self) -> bool:
-        """401/403, or no token could be issued: the token is at fault, not the message."""
-        return self.status in (401, 403) or (self.status is None and self.error is not None
-                                             and self.error.startswith("token:"))
-
     def describe(self) -> str:
-        if self.status is None:
-            return self.error or "no answer"
-        return f"{self.status} {self.body}".strip()
+        return _describe(self)
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
+def _describe(answer: Answer | _Answer) -> str:
+    if answer.status is None:
+        return answer.error or "no answer"
+    return f"{answer.status} {answer.body}".strip()
+
+
+#: What the SDK's send methods deserialise their answers as.
+_SEND_RESPONSE_TYPES = {"200": "object"}
+_MESSAGE_TYPE_SET = frozenset(MESSAGE_TYPES)
+
+
+def _check_messages(messages: Sequence[Any]) -> None:
+    """The shape the request needs (ValueError otherwise): 1 to 5 message objects, each a
+    mapping with a known ``type``. Their content was checked against LINE's limits when the
+    rules were loaded and when they were rendered."""
+    if not 1 <= len(messages) <= MAX_OBJECTS:
+        raise ValueError(f"{len(messages)} message objects; LINE takes 1 to {MAX_OBJECTS} "
+                         "per request")
+    for message in messages:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind not in _MESSAGE_TYPE_SET:
+            raise ValueError(f"not a LINE message object of a known type: {message!r:.80}")
+
+
+def _encode(body: Mapping[str, Any]) -> bytes:
+    """A request body as LINE reads it: compact UTF-8 JSON."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class _RESTClient(RESTClientObject):
+    """The SDK's aiohttp transport with two changes: a session of the dispatcher's own (see
+    :meth:`Dispatcher._messaging`), and a body that is already JSON bytes is sent as it is
+    (the SDK's own client would ``json.dumps`` it again). Everything else, the SDK's."""
+
+    def __init__(self, configuration: Configuration, session: aiohttp.ClientSession):
+        # not the SDK's __init__: it would open a session only to be replaced
+        self.proxy = configuration.proxy
+        self.proxy_headers = configuration.proxy_headers
+        self.pool_manager = session
+
+    async def request(self, method: str, url: str, query_params: Any = None,
+                      headers: dict[str, str] | None = None, body: Any = None,
+                      post_params: Any = None, _preload_content: bool = True,
+                      _request_timeout: Any = None) -> Any:
+        if not isinstance(body, bytes):
+            return await super().request(method, url, query_params, headers, body, post_params,
+                                         _preload_content, _request_timeout)
+        args: dict[str, Any] = {"method": method.upper(), "url": url, "data": body,
+                                "headers": headers or {}, "timeout": _request_timeout or 300}
+        if self.proxy:
+            args["proxy"] = self.proxy
+        if self.proxy_headers:
+            args["proxy_headers"] = self.proxy_headers
+        response = await self.pool_manager.request(**args)
+        answer = RESTResponse(response, await response.read())
+        if not 200 <= answer.status <= 299:
+            raise ApiException(http_resp=answer)
+        return answer
 
 
 def _env_proxy(endpoint: str) -> str | None:
@@ -328,20 +371,20 @@ class Dispatcher:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.max_inline_wait = max_inline_wait
+        self.policy = RetryPolicy(max_attempts=max_attempts, backoff_base=backoff_base,
+                                  backoff_cap=backoff_cap, max_inline_wait=max_inline_wait,
+                                  rng=rng or random.Random())
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
         self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
-        self._rng = rng or random.Random()
-        chosen = {name: LINE_RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
+        chosen = {name: RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
             if name not in chosen:
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(chosen)}")
             chosen[name] = rate
-        self._buckets = {name: TokenBucket(rate, max(1.0, rate * burst_seconds))
-                         for name, rate in chosen.items()}
+        # Short bursts, and never more than the limit in any second (a bucket that starts full
+        # would let a burst's worth more through in the first second).
+        self._buckets = {name: client_bucket(rate, burst_seconds) for name, rate in chosen.items()}
         self._client: AsyncApiClient | None = None
         self._api: AsyncMessagingApi | None = None
         self._client_lock = asyncio.Lock()
@@ -375,15 +418,15 @@ class Dispatcher:
                     # request (netrc and proxy lookups) and caps sending near 1,100 requests/s;
                     # the proxy is resolved once above instead, and the session replaced by a
                     # plain one.
-                    sdk_session = client.rest_client.pool_manager
+                    sdk_rest = client.rest_client
                     # No pool limit: callers bound the requests in flight (send's semaphore,
                     # the runner's slots), and a pool full of hanging pushes must never make
                     # a reply wait for a connection.
-                    client.rest_client.pool_manager = aiohttp.ClientSession(
+                    client.rest_client = _RESTClient(config, aiohttp.ClientSession(
                         connector=aiohttp.TCPConnector(limit=0,
                                                        ssl=ssl.create_default_context()),
-                        trace_configs=self._trace_configs or None)
-                    await sdk_session.close()
+                        trace_configs=self._trace_configs or None))
+                    await sdk_rest.close()
                     self._client, self._api = client, AsyncMessagingApi(client)
         return self._api
 
@@ -400,11 +443,6 @@ class Dispatcher:
             self._closing_at = None
         elif self._closing_at is None:
             self._closing_at = time.monotonic()
-
-    def _may_retry(self, delay: float) -> bool:
-        if self._closing_at is None:
-            return True
-        return delay <= 1.0 and time.monotonic() - self._closing_at + delay < self.timeout
 
     async def close(self) -> None:
         """Stop starting attempts and close the HTTP connection pool."""
@@ -473,86 +511,71 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- HTTP with retries
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return delay / 2 + self._rng.uniform(0, delay / 2)
-
     async def _request(self, endpoint: str, call: Callable[[], Awaitable[Any]], *,
                        label: str = "", attempts: int | None = None,
                        deadline: float | None = None) -> _Answer:
-        """Call LINE until an answer that must not be retried, the attempts run out, a longer
-        wait than ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) passes or the
+        """Call LINE until the retry policy (:mod:`engine.line.retrypolicy`) says to stop: an
+        answer that must not be retried, the attempts run out, a longer wait than
+        ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) would pass or the
         dispatcher is closing. Every retry is logged and counted.
 
-        ``call`` must send the same bytes each time (one prepared request model)."""
+        ``call`` must send the same bytes each time (one prepared request)."""
         ambiguous = False
         renewed = False
         attempts = attempts or self.max_attempts
-        answer = _Answer(None, {}, "", False, "not attempted")
         attempt = 0
-        while attempt < attempts:
+        while True:
             attempt += 1
-            retry_after = None
             try:
                 await self._authorize()
             except TokenError as exc:
-                return _Answer(None, {}, "", ambiguous, f"token: {exc}")
+                return _Answer(None, {}, "", ambiguous, f"token: {exc}", verdict=Verdict("auth"))
             await self._buckets[endpoint].acquire()
             try:
                 response = await call()
             except ApiException as exc:
                 status = int(exc.status or 0)
-                headers = exc.headers or {}
-                answer = _Answer(status, headers, exc.body or "", ambiguous)
+                answer = Answer(status, exc.headers or {}, exc.body or "")
                 self._requests[endpoint][str(status)] += 1
-                if status == 401 and self.stateless is not None and not renewed:
-                    renewed = True          # the token expired or was refused: a new one, once
-                    try:
-                        await self._authorize(refused=True)
-                    except TokenError as err:
-                        return _Answer(None, {}, "", ambiguous, f"token: {err}")
-                    attempt -= 1
-                    continue
-                if answer.monthly_limit:
-                    self._counters["monthly_limited"] += 1
-                    return answer
-                if status == 429:
-                    self._counters["rate_limited"] += 1
-                    retry_after = _retry_after(headers.get("Retry-After"))
-                    answer.retry_after = retry_after
-                    if retry_after is not None and retry_after > self.max_inline_wait:
-                        return answer
-                elif status >= 500:
-                    ambiguous = answer.ambiguous = True
-                else:
-                    return answer
             except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
                 kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
                 self._requests[endpoint][kind] += 1
                 # A refused connection never reached LINE; anything later might have.
-                if not isinstance(exc, aiohttp.ClientConnectorError):
-                    ambiguous = True
-                answer = _Answer(None, {}, "", ambiguous,
-                                 f"{kind}: {type(exc).__name__} {exc}".strip())
+                answer = Answer(None, error=f"{kind}: {type(exc).__name__} {exc}".strip(),
+                                reached=not isinstance(exc, aiohttp.ClientConnectorError))
             else:
                 self._requests[endpoint][str(response.status_code)] += 1
-                return _Answer(response.status_code, response.headers,
-                               response.raw_data or "", ambiguous)
-            if attempt >= attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            if not self._may_retry(delay) or (deadline is not None
-                                              and self.clock() + delay >= deadline):
-                break
-            reason = str(answer.status) if answer.status is not None else answer.describe().split(":")[0]
+                answer = Answer(response.status_code, response.headers,
+                                response.raw_data or "")
+            closing_left = (None if self._closing_at is None
+                            else self.timeout - (time.monotonic() - self._closing_at))
+            verdict = self.policy.decide(
+                answer, attempt, self.clock(), attempts=attempts,
+                renewable=self.stateless is not None and not renewed, deadline=deadline,
+                closing_left=closing_left)
+            ambiguous = ambiguous or verdict.ambiguous
+            if answer.monthly_limit:
+                self._counters["monthly_limited"] += 1
+            elif answer.status == 429:
+                self._counters["rate_limited"] += 1
+            if verdict.action == "renew":
+                renewed = True          # the token expired or was refused: a new one, once
+                try:
+                    await self._authorize(refused=True)
+                except TokenError as err:
+                    return _Answer(None, {}, "", ambiguous, f"token: {err}",
+                                   verdict=Verdict("auth"))
+                attempt -= 1
+                continue
+            if verdict.action != "retry":
+                return _Answer(answer.status, answer.headers, answer.body, ambiguous,
+                               answer.error, verdict.retry_after, verdict)
             self._counters["retries"] += 1
-            self._counters[f"retry:{reason}"] += 1
+            self._counters[f"retry:{answer.reason}"] += 1
             logger.warning("%s: %s; retrying in %.1f s (attempt %d of %d, the same request)",
-                           label or endpoint, answer.describe(), delay, attempt + 1, attempts)
-            await asyncio.sleep(delay)
-        return answer
+                           label or endpoint, _describe(answer), verdict.delay, attempt + 1,
+                           attempts)
+            await asyncio.sleep(verdict.delay)
 
     # ----------------------------------------------------------------- quota
 
@@ -624,9 +647,6 @@ class Dispatcher:
                          before_send: BeforeSend | None = None) -> DispatchResult:
         via = "push" if item.kind == "reply" else item.kind
         try:
-            if len(item.messages) > MAX_MESSAGES and item.kind != "menu_link":
-                raise ValueError(f"{len(item.messages)} message objects; LINE takes at most "
-                                 f"{MAX_MESSAGES} per request")
             if item.kind == "push":
                 return await self._push(item)
             if item.kind == "multicast":
@@ -636,30 +656,32 @@ class Dispatcher:
             if item.kind == "menu_link":
                 return await self._menu_link(item)
             raise ValueError(f"unknown kind {item.kind!r}")
-        except (ValueError, TypeError) as exc:   # includes the SDK's model validation errors
+        except (ValueError, TypeError) as exc:
             return DispatchResult(item.id, "rejected", None, None, f"invalid item: {exc}",
                                   via, len(item.to), item.ambiguous)
 
     def _result(self, item: OutboxItem, answer: _Answer, via: str,
                 recipients: int) -> DispatchResult:
-        """Map a final answer to an outcome (the quota bookkeeping is the caller's)."""
+        """Map a final answer (its retry policy verdict) to an outcome (the quota bookkeeping
+        is the caller's)."""
         request_id = answer.headers.get("x-line-request-id")
         ambiguous = answer.ambiguous or item.ambiguous
-        if answer.ok:
+        action = answer.verdict.action if answer.verdict is not None else "later"
+        if action == "sent":
             return DispatchResult(item.id, "sent", answer.status, request_id, None, via,
                                   recipients)
-        if answer.status == 409:
+        if action == "duplicate":
             return DispatchResult(item.id, "duplicate", 409,
                                   answer.headers.get("x-line-accepted-request-id", request_id),
                                   "LINE had already accepted this retry key: "
                                   + (answer.body or "409"), via, recipients)
-        if answer.monthly_limit:
+        if action == "held":
             return DispatchResult(item.id, "held", 429, request_id, MONTHLY_LIMIT_MESSAGE, via,
                                   recipients, ambiguous)
-        if answer.auth:
+        if action == "auth":
             return DispatchResult(item.id, "auth", answer.status, request_id, answer.describe(),
                                   via, recipients, ambiguous)
-        if answer.status is not None and 400 <= answer.status < 500 and answer.status != 429:
+        if action == "rejected":
             return DispatchResult(item.id, "rejected", answer.status, request_id, answer.body,
                                   via, recipients, ambiguous)
         return DispatchResult(item.id, "retry", answer.status, request_id, answer.describe(),
@@ -669,6 +691,26 @@ class Dispatcher:
         return DispatchResult(item.id, "held", None, None, detail, via, recipients,
                               item.ambiguous)
 
+    def _post(self, api: AsyncMessagingApi, endpoint: str, body: bytes,
+              retry_key: str | None = None) -> Awaitable[Any]:
+        """One send request through the SDK's own client (``ApiClient.call_api``: its
+        transport, bearer token, user agent and :class:`ApiException` for errors), with the
+        body encoded once (:func:`_encode`), the same bytes on every attempt. The SDK's
+        request models (``MulticastRequest`` ...) are not built: they would validate again,
+        with pydantic, message objects the rules' checks and the renderer already validated
+        against LINE's limits, and serialise them back, which was most of the CPU a broadcast
+        spent. The headers are the ones the SDK's ``multicast``/``push_message``/
+        ``reply_message`` set."""
+        method, path = ROUTES[endpoint]
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        if retry_key is not None:
+            headers["X-Line-Retry-Key"] = retry_key
+        return api.api_client.call_api(  # body: bytes pass the SDK's serialisation as they are
+            path, method, {}, [], headers, body=body, post_params=[], files={},
+            response_types_map=_SEND_RESPONSE_TYPES, auth_settings=["Bearer"],
+            _return_http_data_only=False, _preload_content=True,
+            _request_timeout=self.timeout, _host=api.line_base_path, collection_formats={})
+
     def _label(self, item: OutboxItem, via: str) -> str:
         to = item.to[0] if len(item.to) == 1 else f"{len(item.to)} friends"
         return f"outbox {item.id} {via} to {to}"
@@ -676,17 +718,15 @@ class Dispatcher:
     async def _push(self, item: OutboxItem, *, multicast: bool = False) -> DispatchResult:
         to = item.to
         via = "multicast" if multicast else "push"
-        if not _UUID_RE.match(item.retry_key or ""):
+        if not UUID_RE.fullmatch(item.retry_key or ""):
             raise ValueError(f"retry key {item.retry_key!r} is not a UUID")
         if multicast and not 1 <= len(to) <= MAX_MULTICAST:
             raise ValueError(f"a multicast goes to 1 to {MAX_MULTICAST} users, not {len(to)}")
         if not multicast and len(to) != 1:
             raise ValueError(f"a push goes to exactly one user, not {len(to)}")
-        # One request model for every attempt: each retry sends the same bytes.
-        if multicast:
-            mreq = MulticastRequest.from_dict({"to": to, "messages": item.messages})
-        else:
-            preq = PushMessageRequest.from_dict({"to": to[0], "messages": item.messages})
+        _check_messages(item.messages)
+        # One body for every attempt: each retry sends the same bytes.
+        body = item.body({"to": to if multicast else to[0]})
         recipients = len(to)
         await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
         if self.quota_exhausted:
@@ -699,14 +739,8 @@ class Dispatcher:
             self.remaining -= recipients
         api = await self._messaging()
         label = self._label(item, via)
-        if multicast:
-            answer = await self._request("multicast", lambda: api.multicast_with_http_info(
-                mreq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
-                label=label)
-        else:
-            answer = await self._request("push", lambda: api.push_message_with_http_info(
-                preq, x_line_retry_key=item.retry_key, _request_timeout=self.timeout),
-                label=label)
+        answer = await self._request(via, lambda: self._post(api, via, body, item.retry_key),
+                                     label=label)
         result = self._result(item, answer, via, recipients)
         if result.outcome == "held":
             self._exhausted_month = _month(self.clock())
@@ -730,8 +764,8 @@ class Dispatcher:
                                       or self.clock() < item.reply_deadline)
         if fresh:
             api = await self._messaging()
-            req = ReplyMessageRequest.from_dict({"replyToken": item.reply_token,
-                                                 "messages": item.messages})
+            _check_messages(item.messages)
+            body = item.body({"replyToken": item.reply_token})
             if before_send is not None and not item.ambiguous:
                 allowed = before_send(item)
                 if inspect.isawaitable(allowed):
@@ -740,9 +774,9 @@ class Dispatcher:
                     return DispatchResult(item.id, "retry", None, None,
                                           "not sent: the row is no longer this runner's",
                                           "reply", 1)
-            answer = await self._request("reply", lambda: api.reply_message_with_http_info(
-                req, _request_timeout=self.timeout), label=self._label(item, "reply"),
-                deadline=item.reply_deadline)
+            answer = await self._request("reply", lambda: self._post(api, "reply", body),
+                                         label=self._label(item, "reply"),
+                                         deadline=item.reply_deadline)
             invalid_token = answer.status == 400 and INVALID_REPLY_TOKEN_MESSAGE in answer.body
             if not invalid_token:
                 result = self._result(item, answer, "reply", 1)

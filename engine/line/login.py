@@ -25,10 +25,12 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from engine.language.ir import NAME_RE
+
 AUTHORIZE_URL = "https://access.line.me/oauth2/v2.1/authorize"
 API_URL = "https://api.line.me"
 STATE_MAX_AGE = 600
-SOURCE_RE = re.compile(r"^[^\W\d][\w-]*=[\w.\-]+$")
+SOURCE_RE = re.compile(rf"^{NAME_RE.pattern}=[\w.\-]+$")
 
 
 class LoginError(Exception):

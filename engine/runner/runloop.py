@@ -45,6 +45,7 @@ from engine.line.dispatch import DispatchResult, OutboxItem
 from engine.interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from engine.line.login import STATE_MAX_AGE
 from .metrics import Metrics
+from engine.line.retrypolicy import DEFAULT_POLICY, FINISHED
 from engine.runtime.store import LeaseLost, StoreError
 from engine.language.timeutil import next_opening
 
@@ -67,10 +68,11 @@ RELOAD_QUIET = 2.0
 SUSPEND_GRACE = 3600
 #: A reply that must be retried is retried this many seconds before its token's deadline.
 REPLY_MARGIN = 3
+#: Seconds an outcome waits to be stored with the others that land meanwhile (a crash in that
+#: time sends those rows again with their retry keys: LINE answers 409 for what it had).
+FLUSH_DELAY = 0.02
 #: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
 DISPATCH_POLL = 1.0
-#: Longest backoff between attempts of one row, seconds.
-MAX_BACKOFF = 300
 #: Meta key: when a ``/join`` link last sent someone to LINE Login (epoch seconds).
 JOIN_META = "login.last_join"
 
@@ -181,11 +183,6 @@ def _pid_alive(pid: int) -> bool:
 def lease_ttl(tick_seconds: float) -> int:
     """The lease lasts three tick intervals, at least 30 s; it is renewed every tick."""
     return int(max(30, 3 * tick_seconds))
-
-
-def backoff_seconds(attempts: int) -> int:
-    """2, 4, 8 ... seconds, at most :data:`MAX_BACKOFF`."""
-    return min(2 ** max(1, attempts), MAX_BACKOFF)
 
 
 class Runner:
@@ -674,12 +671,13 @@ class Runner:
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
-        """Queue an outcome; outcomes that land together are stored in one transaction (the
-        event loop waits for SQLite's write lock once for them, not once per row)."""
+        """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
+        transaction (the event loop waits for SQLite's write lock once for them, not once per
+        row; a broadcast's multicasts land a few milliseconds apart)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -710,7 +708,7 @@ class Runner:
         runner claimed since."""
         row_id, to = row["id"], _recipients(row)
         outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
-        if outcome in ("sent", "duplicate", "dry_run", "rejected", "unconfirmed"):
+        if outcome in FINISHED:
             written = self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
                                                error=result.detail, at=at, epoch=epoch)
         else:
@@ -742,13 +740,13 @@ class Runner:
             log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
                         result.detail)
         elif outcome == "auth":
-            if self.auth_problem is None:
+            first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
+            if first:
                 log.error("LINE refuses the channel access token (%s): every send is held, "
                           "nothing is dropped; checking again in %.0f s. Set a valid "
                           "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
                           "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
                           "Developers Console", result.detail, self._auth_delay)
-            self.auth_problem = result.detail or f"HTTP {result.status}"
         else:
             log.warning("outbox %d to %s not sent (%s)%s; next attempt at %s with the same "
                         "retry key", row_id, to, result.detail,
@@ -769,19 +767,16 @@ class Runner:
 
     def retry_at(self, row: dict, now: dt.datetime,
                  result: DispatchResult | None = None) -> dt.datetime:
-        """Backoff by attempts, or LINE's ``Retry-After`` (at most :data:`MAX_BACKOFF`), for
-        this row alone. A reply is retried before its token's deadline (so that a request
+        """Backoff by attempts, or LINE's ``Retry-After`` (at most five minutes), for this row
+        alone, by the retry policy (:meth:`engine.line.retrypolicy.RetryPolicy.hold_until`). A reply is retried before its token's deadline (so that a request
         whose outcome is unknown can still be told by its token); a push that would land
         outside its delivery window waits for the next opening (answers to a friend's own
         message ignore the window)."""
-        ts = int(now.timestamp())
-        wait = backoff_seconds(int(row.get("attempts") or 1))
-        if result is not None and result.retry_after is not None:
-            wait = min(MAX_BACKOFF, max(1, int(result.retry_after + 0.999)))
-        at = ts + wait
-        deadline = row.get("reply_deadline")
-        if row["kind"] == "reply" and deadline and ts < deadline:
-            at = max(ts + 1, min(at, int(deadline) - REPLY_MARGIN))
+        at = DEFAULT_POLICY.hold_until(
+            int(row.get("attempts") or 1), int(now.timestamp()),
+            retry_after=result.retry_after if result is not None else None,
+            reply_deadline=row.get("reply_deadline") if row["kind"] == "reply" else None,
+            reply_margin=REPLY_MARGIN)
         if not row.get("reply_token"):
             at = next_opening(at, self._window(row), self.tz)
         return dt.datetime.fromtimestamp(at, dt.timezone.utc)
@@ -812,7 +807,8 @@ def outbox_item(row: dict) -> OutboxItem:
                       reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
                       rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
                       # a request was sent and its outcome is unknown (stored before it went out)
-                      ambiguous=bool(row.get("ambiguous")))
+                      ambiguous=bool(row.get("ambiguous")),
+                      encoded=None if menu_link else row.get("encoded"))
 
 
 def _recipients(row: dict) -> str:

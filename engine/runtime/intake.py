@@ -17,12 +17,11 @@ import re
 from typing import Any, Callable
 
 from engine.language.diagnostics import did_you_mean
+from engine.language.ir import NAME_RE
 from engine.i18n import _
 from .events import (CUSTOMER_TYPES, KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, customer_key,
                      type_hint, type_hint_message)
 
-#: Names of tags, attributes and custom event types (the rule language's name rule).
-NAME_RE = re.compile(r"[^\W\d][\w-]*\Z")
 #: ``key=value`` with non-empty parts, for follow ``source`` values.
 _PAIR_RE = re.compile(r"\s*[^\s=,]+\s*=\s*[^\s=,]+\s*\Z")
 #: Fields every event may carry.
@@ -96,7 +95,7 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
 
 def _name(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
-    if not NAME_RE.match(text):
+    if not NAME_RE.fullmatch(text):
         raise ctx.error(field, _("{text} is not a name: names start with a letter and hold letters, digits, `_` and `-`", text=json.dumps(text, ensure_ascii=False)))
     return text
 

@@ -40,7 +40,6 @@ from engine.language.yamlpos import Path, YamlFile
 TEST_FIELDS = ("name", "until", "tick", "tolerance", "events", "expect")
 EXPECT_FIELDS = ("at", "friend", "rule", "messages")
 DEFAULT_TICK = 3600
-_PLAIN = re.compile(r"[^\W\d][\w-]*\Z")
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,7 @@ def compare(expected: Sequence[Push], actual: Sequence[Push], tolerance: int = 0
 def _scalar(text: str) -> str:
     """A YAML flow scalar: plain when YAML reads it back as the same text, else quoted."""
     try:
-        plain = _PLAIN.match(text) is not None and yaml.safe_load(text) == text
+        plain = ir.NAME_RE.fullmatch(text) is not None and yaml.safe_load(text) == text
     except yaml.YAMLError:
         plain = False
     return text if plain else json.dumps(text, ensure_ascii=False)

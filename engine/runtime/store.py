@@ -24,6 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .events import Event
 from engine.i18n import N_, _
+from engine.line.limits import MAX_MULTICAST
+
+#: Seconds a send may go out after it was decided with its deliveries keeping the decision's
+#: time (:meth:`Store.finish_outbox`).
+SEND_TIME_SLACK = 60
 
 log = logging.getLogger("linerules.store")
 
@@ -1169,7 +1174,7 @@ class Store:
     def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
                         pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
-        same rendered ``pushes``: multicasts of 500 (in intent order), their delivery rows (step
+        same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
         ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
         c = self.conn
         before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
@@ -1181,22 +1186,22 @@ class Store:
             {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
             return 0, 0
-        chunks = (count + 499) // 500
+        chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
             args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
                     "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
-                    "before": before}
+                    "before": before, "per": MAX_MULTICAST}
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - :before - 1) / 500 AS chunk, friend FROM temp.lr_send WHERE n > :before "
+                ":now FROM (SELECT (n - :before - 1) / :per AS chunk, friend FROM temp.lr_send WHERE n > :before "
                 "ORDER BY n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
                 "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - :before - 1) / 500, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
+                ":first + (n - :before - 1) / :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
                 "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
         return chunks * len(pushes), count
 
@@ -1419,6 +1424,8 @@ class Store:
             d = dict(r)
             d["attempts"] += 1
             d["claim_epoch"] = epoch
+            # the JSON as stored, for a request body made without encoding the messages again
+            d["encoded"] = (d["recipients"], d["payload"])
             for key in ("recipients", "payload", "messages"):
                 d[key] = json.loads(d[key])
             d["friend"] = d["recipients"][0] if d["recipients"] else None
@@ -1476,8 +1483,13 @@ class Store:
             if cur.rowcount != 1:
                 return False
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
-            c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason), at = ? "
-                      "WHERE outbox_id = ?", (delivered, error, at, outbox_id))
+            c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) "
+                      "WHERE outbox_id = ?", (delivered, error, outbox_id))
+            # A delivery's time stays the moment it was decided unless it went out later than
+            # SEND_TIME_SLACK (held, retried): moving ``at`` rewrites the (rule, at) index entry
+            # of every row, most of the cost of finishing a multicast's 500 rows.
+            c.execute("UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?",
+                      (at, outbox_id, at - SEND_TIME_SLACK))
             return True
 
     def hold_outbox(self, outbox_id: int, until: int, error: str | None = None, *,

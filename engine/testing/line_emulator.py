@@ -38,54 +38,17 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from engine.line.ratelimit import LINE_RATE_LIMITS, Limit, TokenBucket, buckets_for
-
-#: The 429 body's message when an endpoint's rate limit is exceeded (LINE's wording).
-RATE_LIMIT_MESSAGE = "The API rate limit has been exceeded. Try again later."
-#: The 429 body's message when the monthly message quota is spent.
-MONTHLY_LIMIT_MESSAGE = "You have reached your monthly limit."
-INVALID_REPLY_TOKEN_MESSAGE = "Invalid reply token"
-RETRY_KEY_ACCEPTED_MESSAGE = "The retry key is already accepted"
+from engine.line import limits as L
+from engine.line.limits import (AUTH_FAILED_MESSAGE, INVALID_REPLY_TOKEN_MESSAGE,
+                     MAX_BODY_BYTES, MONTHLY_LIMIT_MESSAGE, RATE_LIMIT_MESSAGE, RATE_LIMITS,
+                     RETRY_KEY_ACCEPTED_MESSAGE, RETRY_KEY_ENDPOINTS, RETRY_KEY_TTL, ROUTES,
+                     STATELESS_TOKEN_TTL, TOKEN_PATH, UUID_RE, Limit, utf16_len)
+from engine.line.ratelimit import TokenBucket, buckets_for
 
 DEFAULT_ACCESS_TOKEN = "emulator-token"
-MAX_BODY_BYTES = 2 * 1024 * 1024
-RETRY_KEY_TTL = 24 * 3600.0
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-
-#: Endpoint name -> (HTTP method, path template), as on api.line.me.
-ROUTES: Mapping[str, tuple[str, str]] = {
-    "push": ("POST", "/v2/bot/message/push"),
-    "multicast": ("POST", "/v2/bot/message/multicast"),
-    "reply": ("POST", "/v2/bot/message/reply"),
-    "broadcast": ("POST", "/v2/bot/message/broadcast"),
-    "narrowcast": ("POST", "/v2/bot/message/narrowcast"),
-    "validate_push": ("POST", "/v2/bot/message/validate/push"),
-    "validate_multicast": ("POST", "/v2/bot/message/validate/multicast"),
-    "validate_reply": ("POST", "/v2/bot/message/validate/reply"),
-    "quota": ("GET", "/v2/bot/message/quota"),
-    "quota_consumption": ("GET", "/v2/bot/message/quota/consumption"),
-    "profile": ("GET", "/v2/bot/profile/{userId}"),
-    "richmenu_link": ("POST", "/v2/bot/user/{userId}/richmenu/{richMenuId}"),
-    "richmenu_unlink": ("DELETE", "/v2/bot/user/{userId}/richmenu"),
-    "richmenu_bulk_link": ("POST", "/v2/bot/richmenu/bulk/link"),
-    "link_token": ("POST", "/v2/bot/user/{userId}/linkToken"),
-}
-
-#: LINE's token endpoint for stateless channel access tokens (form-encoded, no bearer token).
-TOKEN_PATH = "/oauth2/v3/token"
 DEFAULT_CHANNEL_ID = "2000000000"
 DEFAULT_CHANNEL_SECRET = "emulator-channel-secret"
-#: Stateless channel access tokens live 15 minutes.
-STATELESS_TOKEN_TTL = 900.0
-AUTH_FAILED_MESSAGE = ("Authentication failed. Confirm that the access token in the "
-                       "authorization header is valid.")
-
-#: Endpoints that accept ``X-Line-Retry-Key``; every other one answers 400 when it is sent.
-RETRY_KEY_ENDPOINTS = frozenset({"push", "multicast", "broadcast", "narrowcast"})
-#: Endpoints whose accepted requests are billed per recipient against the monthly quota.
-BILLED_ENDPOINTS = frozenset({"push", "multicast", "broadcast", "narrowcast"})
-
 _DEFAULT_FAULT_MESSAGES = {
     429: RATE_LIMIT_MESSAGE,
     500: "Internal server error",
@@ -97,17 +60,10 @@ _DEFAULT_FAULT_MESSAGES = {
 
 # --------------------------------------------------------------------------- message limits
 
+#: LINE's checks answer with this order of the type names.
 _MESSAGE_TYPES = ("text", "image", "video", "audio", "location", "sticker", "template",
                   "imagemap", "flex")
-_TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
-_ACTION_TYPES = ("postback", "message", "uri", "datetimepicker", "camera", "cameraRoll",
-                 "location", "richmenuswitch", "clipboard")
-_URI_SCHEMES = ("http://", "https://", "line://", "tel:")
-
-
-def utf16_len(text: str) -> int:
-    """Length in UTF-16 code units, the unit of LINE's text limits."""
-    return len(text.encode("utf-16-le")) // 2
+_URI_SCHEMES = tuple(s + (":" if s == "tel" else "://") for s in L.URI_SCHEMES)
 
 
 class _Checker:
@@ -134,7 +90,7 @@ class _Checker:
             self.error(f"{prop}.{key}", f"Length must be between 0 and {max_len}")
 
     def url(self, obj: Mapping[str, Any], key: str, prop: str, *, required: bool = True,
-            max_len: int = 2000) -> None:
+            max_len: int = L.MEDIA_URL_LIMIT) -> None:
         value = obj.get(key)
         if value is None:
             if required:
@@ -160,27 +116,27 @@ class _Checker:
             self.error(prop, "Must be an object")
             return
         kind = action.get("type")
-        if kind not in _ACTION_TYPES:
+        if kind not in L.ACTION_TYPES:
             self.error(f"{prop}.type",
-                       f"Must be one of the following values: [{', '.join(_ACTION_TYPES)}]")
+                       f"Must be one of the following values: [{', '.join(L.ACTION_TYPES)}]")
             return
         self.text(action, "label", prop, label_max, required=False)
         if kind == "uri":
             uri = action.get("uri")
             if not isinstance(uri, str) or not uri:
                 self.error(f"{prop}.uri", "Must not be empty")
-            elif len(uri) > 1000:
-                self.error(f"{prop}.uri", "Length must be between 0 and 1000")
+            elif len(uri) > L.URI_LIMIT:
+                self.error(f"{prop}.uri", f"Length must be between 0 and {L.URI_LIMIT}")
             elif not uri.startswith(_URI_SCHEMES):
                 self.error(f"{prop}.uri", "Invalid URI scheme")
         elif kind == "postback":
-            self.text(action, "data", prop, 300)
-            self.text(action, "displayText", prop, 300, required=False)
-            self.text(action, "text", prop, 300, required=False)
+            self.text(action, "data", prop, L.DATA_LIMIT)
+            self.text(action, "displayText", prop, L.DATA_LIMIT, required=False)
+            self.text(action, "text", prop, L.DATA_LIMIT, required=False)
         elif kind == "message":
-            self.text(action, "text", prop, 300)
+            self.text(action, "text", prop, L.DATA_LIMIT)
         elif kind == "datetimepicker":
-            self.text(action, "data", prop, 300)
+            self.text(action, "data", prop, L.DATA_LIMIT)
             if action.get("mode") not in ("date", "time", "datetime"):
                 self.error(f"{prop}.mode", "Must be one of the following values: [date, time, datetime]")
 
@@ -200,16 +156,16 @@ class _Checker:
             if not isinstance(quick, dict):
                 self.error(qprop, "Must be an object")
             else:
-                for i, item in enumerate(self.items(quick, "items", qprop, 1, 13)):
+                for i, item in enumerate(self.items(quick, "items", qprop, 1, L.QUICK_REPLY_ITEMS)):
                     iprop = f"{qprop}.items[{i}]"
                     if not isinstance(item, dict) or item.get("type") != "action":
                         self.error(f"{iprop}.type", "Must be one of the following values: [action]")
                         continue
-                    self.url(item, "imageUrl", iprop, required=False, max_len=1000)
-                    self.action(item.get("action"), f"{iprop}.action", label_max=20)
+                    self.url(item, "imageUrl", iprop, required=False, max_len=L.URI_LIMIT)
+                    self.action(item.get("action"), f"{iprop}.action", label_max=L.LABEL_LIMIT)
 
     def _text(self, msg: Mapping[str, Any], prop: str) -> None:
-        self.text(msg, "text", prop, 5000)
+        self.text(msg, "text", prop, L.TEXT_LIMIT)
 
     def _image(self, msg: Mapping[str, Any], prop: str) -> None:
         self.url(msg, "originalContentUrl", prop)
@@ -223,8 +179,8 @@ class _Checker:
             self.error(f"{prop}.duration", "Must be a number")
 
     def _location(self, msg: Mapping[str, Any], prop: str) -> None:
-        self.text(msg, "title", prop, 100)
-        self.text(msg, "address", prop, 100)
+        self.text(msg, "title", prop, L.LOCATION_TEXT_LIMIT)
+        self.text(msg, "address", prop, L.LOCATION_TEXT_LIMIT)
         for key in ("latitude", "longitude"):
             if not isinstance(msg.get(key), (int, float)):
                 self.error(f"{prop}.{key}", "Must be a number")
@@ -235,77 +191,81 @@ class _Checker:
 
     def _imagemap(self, msg: Mapping[str, Any], prop: str) -> None:
         self.url(msg, "baseUrl", prop)
-        self.text(msg, "altText", prop, 1500)
-        for i, action in enumerate(self.items(msg, "actions", prop, 1, 50)):
+        self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
+        for i, action in enumerate(self.items(msg, "actions", prop, 1, L.IMAGEMAP_ACTIONS)):
             if not isinstance(action, dict) or action.get("type") not in ("uri", "message", "clipboard"):
                 self.error(f"{prop}.actions[{i}].type",
                            "Must be one of the following values: [uri, message, clipboard]")
 
     def _template(self, msg: Mapping[str, Any], prop: str) -> None:
-        self.text(msg, "altText", prop, 1500)
+        self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
         tpl = msg.get("template")
         tprop = f"{prop}.template"
         if not isinstance(tpl, dict):
             self.error(tprop, "Must not be empty")
             return
         kind = tpl.get("type")
-        if kind not in _TEMPLATE_TYPES:
+        if kind not in L.TEMPLATE_TYPES:
             self.error(f"{tprop}.type",
-                       f"Must be one of the following values: [{', '.join(_TEMPLATE_TYPES)}]")
+                       f"Must be one of the following values: [{', '.join(L.TEMPLATE_TYPES)}]")
             return
         if kind == "buttons":
             with_header = "thumbnailImageUrl" in tpl or "title" in tpl
-            self.text(tpl, "title", tprop, 40, required=False)
-            self.text(tpl, "text", tprop, 60 if with_header else 160)
+            self.text(tpl, "title", tprop, L.TEMPLATE_TITLE_LIMIT, required=False)
+            self.text(tpl, "text", tprop,
+                      L.FRAMED_TEXT_LIMIT if with_header else L.BUTTONS_TEXT_LIMIT)
             self.url(tpl, "thumbnailImageUrl", tprop, required=False)
-            for i, action in enumerate(self.items(tpl, "actions", tprop, 1, 4)):
-                self.action(action, f"{tprop}.actions[{i}]", label_max=20)
+            for i, action in enumerate(self.items(tpl, "actions", tprop, 1, L.BUTTONS_ACTIONS)):
+                self.action(action, f"{tprop}.actions[{i}]", label_max=L.LABEL_LIMIT)
             if "defaultAction" in tpl:
-                self.action(tpl["defaultAction"], f"{tprop}.defaultAction", label_max=20)
+                self.action(tpl["defaultAction"], f"{tprop}.defaultAction",
+                            label_max=L.LABEL_LIMIT)
         elif kind == "confirm":
-            self.text(tpl, "text", tprop, 240)
+            self.text(tpl, "text", tprop, L.CONFIRM_TEXT_LIMIT)
             for i, action in enumerate(self.items(tpl, "actions", tprop, 2, 2)):
-                self.action(action, f"{tprop}.actions[{i}]", label_max=20)
+                self.action(action, f"{tprop}.actions[{i}]", label_max=L.LABEL_LIMIT)
         elif kind == "carousel":
             counts = set()
-            for c, col in enumerate(self.items(tpl, "columns", tprop, 1, 10)):
+            for c, col in enumerate(self.items(tpl, "columns", tprop, 1, L.CAROUSEL_COLUMNS)):
                 cprop = f"{tprop}.columns[{c}]"
                 if not isinstance(col, dict):
                     self.error(cprop, "Must be an object")
                     continue
                 with_header = "thumbnailImageUrl" in col or "title" in col
-                self.text(col, "title", cprop, 40, required=False)
-                self.text(col, "text", cprop, 60 if with_header else 120)
+                self.text(col, "title", cprop, L.TEMPLATE_TITLE_LIMIT, required=False)
+                self.text(col, "text", cprop,
+                          L.FRAMED_TEXT_LIMIT if with_header else L.CAROUSEL_TEXT_LIMIT)
                 self.url(col, "thumbnailImageUrl", cprop, required=False)
-                actions = self.items(col, "actions", cprop, 1, 3)
+                actions = self.items(col, "actions", cprop, 1, L.CAROUSEL_ACTIONS)
                 counts.add(len(actions))
                 for i, action in enumerate(actions):
-                    self.action(action, f"{cprop}.actions[{i}]", label_max=20)
+                    self.action(action, f"{cprop}.actions[{i}]", label_max=L.LABEL_LIMIT)
             if len(counts) > 1:
                 self.error(f"{tprop}.columns", "All columns must have the same number of actions")
         else:
-            for c, col in enumerate(self.items(tpl, "columns", tprop, 1, 10)):
+            for c, col in enumerate(self.items(tpl, "columns", tprop, 1, L.CAROUSEL_COLUMNS)):
                 cprop = f"{tprop}.columns[{c}]"
                 if not isinstance(col, dict):
                     self.error(cprop, "Must be an object")
                     continue
                 self.url(col, "imageUrl", cprop)
-                self.action(col.get("action"), f"{cprop}.action", label_max=12)
+                self.action(col.get("action"), f"{cprop}.action",
+                            label_max=L.IMAGE_CAROUSEL_LABEL_LIMIT)
 
     def _flex(self, msg: Mapping[str, Any], prop: str) -> None:
-        self.text(msg, "altText", prop, 1500)
+        self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
         contents = msg.get("contents")
         cprop = f"{prop}.contents"
         if not isinstance(contents, dict) or contents.get("type") not in ("bubble", "carousel"):
             self.error(f"{cprop}.type", "Must be one of the following values: [bubble, carousel]")
             return
         size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":")).encode())
-        if contents["type"] == "bubble" and size > 30 * 1024:
-            self.error(cprop, "Size must be at most 30 KB")
+        if contents["type"] == "bubble" and size > L.FLEX_BUBBLE_BYTES:
+            self.error(cprop, f"Size must be at most {L.FLEX_BUBBLE_BYTES // 1000} KB")
         if contents["type"] == "carousel":
-            self.items(contents, "contents", cprop, 1, 12)
-            if size > 50 * 1024:
-                self.error(cprop, "Size must be at most 50 KB")
+            self.items(contents, "contents", cprop, 1, L.FLEX_CAROUSEL_BUBBLES)
+            if size > L.FLEX_CAROUSEL_BYTES:
+                self.error(cprop, f"Size must be at most {L.FLEX_CAROUSEL_BYTES // 1000} KB")
         self._flex_walk(contents, cprop)
 
     def _flex_walk(self, node: Any, prop: str) -> None:
@@ -315,7 +275,7 @@ class _Checker:
         elif isinstance(node, dict):
             for key, value in node.items():
                 if key in ("action", "defaultAction") and value is not None:
-                    self.action(value, f"{prop}.{key}", label_max=40)
+                    self.action(value, f"{prop}.{key}", label_max=L.FLEX_LABEL_LIMIT)
                 elif key == "url" and node.get("type") in ("image", "video"):
                     self.url(node, "url", prop)
                 elif isinstance(value, (dict, list)):
@@ -325,7 +285,7 @@ class _Checker:
 def validate_messages(body: Mapping[str, Any], *, min_messages: int = 1) -> list[dict[str, str]]:
     """The 400 details for the ``messages`` of a send request body (empty when valid)."""
     check = _Checker()
-    for i, msg in enumerate(check.items(body, "messages", "", min_messages, 5)):
+    for i, msg in enumerate(check.items(body, "messages", "", min_messages, L.MAX_OBJECTS)):
         check.message(msg, f"messages[{i}]")
     return check.details
 
@@ -430,7 +390,7 @@ class Emulator:
     """
 
     def __init__(self, *, access_token: str = DEFAULT_ACCESS_TOKEN, quota: int | None = None,
-                 reply_token_ttl: float = 60.0,
+                 reply_token_ttl: float = L.REPLY_TOKEN_TTL,
                  rate_limits: Mapping[str, float | Limit] | None = None, rate_scale: float = 1.0,
                  channel_id: str = DEFAULT_CHANNEL_ID,
                  channel_secret: str = DEFAULT_CHANNEL_SECRET,
@@ -447,7 +407,7 @@ class Emulator:
         self.usage = 0
         self.reply_token_ttl = reply_token_ttl
         self.clock = clock
-        limits = dict(LINE_RATE_LIMITS)
+        limits = dict(RATE_LIMITS)
         for name, value in (rate_limits or {}).items():
             if name not in ROUTES:
                 raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(ROUTES)}")
@@ -584,6 +544,19 @@ class Emulator:
         return [r for r in self.requests
                 if r.endpoint == name and (status is None or r.status == status)]
 
+    def busiest_second(self, endpoint: str, seconds: float = 1.0) -> int:
+        """The most requests to ``endpoint`` that arrived within any ``seconds`` (a sliding
+        window over the arrival times): what a client pacing itself at LINE's limit must keep
+        at or under that limit."""
+        name = self._endpoint_of(endpoint)
+        times = sorted(r.time for r in self.requests if r.endpoint == name)
+        best = start = 0
+        for end, at in enumerate(times):
+            while at - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
     def status_counts(self) -> dict[str, Counter[int | None]]:
         """Per endpoint, how many requests got each status (None: connection dropped)."""
         out: dict[str, Counter[int | None]] = defaultdict(Counter)
@@ -669,7 +642,7 @@ class Emulator:
         if retry_key is not None:
             if endpoint not in RETRY_KEY_ENDPOINTS:
                 raise _Answer(400, "The X-Line-Retry-Key header is not supported by this API")
-            if not _UUID_RE.match(retry_key):
+            if not UUID_RE.fullmatch(retry_key):
                 raise _Answer(400, "The value for the 'X-Line-Retry-Key' header is invalid")
             accepted = self._accepted.get(retry_key)
             if accepted is not None and accepted.expires_at > self.clock():
@@ -748,7 +721,7 @@ class Emulator:
     def _do_multicast(self, request: web.Request, data: dict[str, Any],
                       record: RecordedRequest) -> tuple[int, Any]:
         check = _Checker()
-        to = check.items(data, "to", "", 1, 500)
+        to = check.items(data, "to", "", 1, L.MAX_MULTICAST)
         if any(not isinstance(u, str) or not u for u in to):
             check.error("to", "Must be an array of user IDs")
         details = check.details + validate_messages(data)
@@ -870,7 +843,7 @@ class Emulator:
         menu = data.get("richMenuId")
         if not isinstance(menu, str) or not menu:
             check.error("richMenuId", "Must not be empty")
-        users = check.items(data, "userIds", "", 1, 500)
+        users = check.items(data, "userIds", "", 1, L.MAX_BULK_LINK)
         if check.details:
             raise _body_error(check.details)
         for user_id in users:
@@ -927,6 +900,8 @@ class Emulator:
             "quota": self.quota,
             "requests": {ep: {str(s): n for s, n in c.items()}
                          for ep, c in self.status_counts().items()},
+            "busiest_second": {ep: self.busiest_second(ep) for ep in self.status_counts()
+                               if ep != "token"},
         }
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
@@ -998,7 +973,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="add N generated friends (ids U + the index in 32 hex digits)")
     parser.add_argument("--rate-scale", type=float, default=1.0,
                         help="multiply LINE's rate limits (default: 1)")
-    parser.add_argument("--reply-token-ttl", type=float, default=60.0)
+    parser.add_argument("--reply-token-ttl", type=float, default=L.REPLY_TOKEN_TTL)
     args = parser.parse_args(argv)
     emulator = Emulator(access_token=args.token, quota=args.quota, rate_scale=args.rate_scale,
                         reply_token_ttl=args.reply_token_ttl)
