@@ -189,3 +189,53 @@ def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] 
         return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
 
     return out if walk(cond) else None
+
+
+#: The rule's enrollment ``x`` of a friend is still open (the friend is inside the rule).
+INSIDE = "x.state IN ('active', 'waiting')"
+
+
+def audience(where: Compiled | None) -> Compiled:
+    """Every current friend ``f`` for whom ``where`` (None: nothing more) holds."""
+    if where is None:
+        return Compiled(CURRENT)
+    return Compiled(f"{CURRENT} AND ({where.sql})", dict(where.params))
+
+
+def reentry_blocked(reenter: ir.Reenter | None) -> Compiled:
+    """Who may not enter a rule again, as a predicate over the friend's earlier enrollments
+    ``x`` of that rule: still inside (time triggers, ``reenter always``: None or mode
+    ``always``), ever entered (``never``), or inside or ended less than ``after`` ago."""
+    if reenter is None or reenter.mode == "always":
+        return Compiled(INSIDE)
+    if reenter.mode == "never":
+        return Compiled("1")
+    return Compiled(f"{INSIDE} OR x.finished_at > :now - :reenter_after", {"reenter_after": int(reenter.after)})
+
+
+def reentry_moment() -> str:
+    """Query (``:rule``, ``:now``, ``:reenter_after``): the first moment after ``:now`` at which
+    a friend who left the rule may enter again under ``reenter after`` (NULL: none)."""
+    return ("SELECT MIN(finished_at) + :reenter_after FROM enrollments WHERE rule = :rule "
+            "AND finished_at > :now - :reenter_after")
+
+
+def draw(split: tuple[tuple[str, float], ...], holdout: float) -> tuple[str, str, dict[str, Any]]:
+    """SQL twins (over ``f``, parameter ``:rule``) of the split variant and holdout draw of
+    :func:`engine.stages.entry.draw`: the same hash (``lr_bucket``), the same buckets.
+    Returns (variant expression, holdout expression, parameters)."""
+    params: dict[str, Any] = {}
+    variant = "NULL"
+    if split:
+        cases, edge = [], 0
+        for i, (name, percent) in enumerate(split[:-1]):
+            edge += round(percent * 100)
+            params[f"split_edge{i}"], params[f"split_name{i}"] = edge, name
+            cases.append(f"WHEN lr_bucket(f.id, :rule, 'split') < :split_edge{i} THEN :split_name{i}")
+        params["split_last"] = split[-1][0]
+        variant = f"CASE {' '.join(cases)} ELSE :split_last END" if cases else ":split_last"
+    holdout_sql = "0"
+    if holdout:
+        params["holdout_edge"] = round(holdout * 100)
+        holdout_sql = "(lr_bucket(f.id, :rule, 'holdout') < :holdout_edge)"
+    return variant, holdout_sql, params

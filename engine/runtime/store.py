@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 from .events import Event
 from engine.i18n import N_, _
@@ -153,6 +153,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE enrollments ADD COLUMN event_seq INTEGER;
     ALTER TABLE activity ADD COLUMN event_seq INTEGER;
     """,
+    # 8: an audience entered set-based carries its first sends on the enrollment itself
+    # (``send_due``: when they are to be decided) instead of one intent row per friend;
+    # ``audience_sends`` names their steps and messages once per rule and occurrence, with the
+    # earliest ``due_at`` of the sends still waiting and how many wait (``pending``). The deliver
+    # stage decides them with the intents due at the same moment, by the same procedure, reading
+    # them by (rule, occurrence, friend) through enrollments_occurrence
+    """
+    ALTER TABLE enrollments ADD COLUMN send_due INTEGER;
+    CREATE TABLE audience_sends (rule TEXT NOT NULL, occurrence TEXT NOT NULL, steps TEXT NOT NULL,
+      messages TEXT NOT NULL, due_at INTEGER, pending INTEGER NOT NULL DEFAULT 0,
+      PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
+    """,
 )
 
 
@@ -171,13 +183,113 @@ HANDBACK_AFTER = 3600
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0
 
-#: The enrollment columns a walk needs, in the order :meth:`Store.due_enrollments` returns them.
-WALK_COLUMNS = ("id", "friend", "rule", "step_id", "due_at", "state", "variant", "holdout",
-                "entered_at", "occurrence", "cause_seq", "reply_token", "reply_deadline", "event_seq")
+class WalkRow(NamedTuple):
+    """An open enrollment as a walk reads it (:meth:`Store.due_enrollments`)."""
+    id: int
+    friend: str
+    rule: str
+    step_id: str | None
+    due_at: int
+    state: str
+    variant: str | None
+    holdout: int
+    entered_at: int
+    occurrence: str | None
+    cause_seq: int | None
+    reply_token: str | None
+    reply_deadline: int | None
+    event_seq: int | None
 
-#: The intent columns, in the order :meth:`Store.add_intents` takes them.
-INTENT_COLUMNS = ("enrollment", "friend", "rule", "steps", "messages", "due_at", "queued_at", "variant",
-                  "holdout", "occurrence", "event_seq", "answer", "reply_token", "reply_deadline")
+
+#: The enrollment columns a walk reads, in :class:`WalkRow` order.
+WALK_COLUMNS = WalkRow._fields
+
+
+class Intent(NamedTuple):
+    """A send queued by a walk, to be decided when it is due (:meth:`Store.add_intents`);
+    ``steps`` and ``messages`` are JSON text."""
+    enrollment: int
+    friend: str
+    rule: str
+    steps: str
+    messages: str
+    due_at: int
+    queued_at: int
+    variant: str | None
+    holdout: int
+    occurrence: str | None
+    event_seq: int | None
+    answer: int
+    reply_token: str | None
+    reply_deadline: int | None
+
+
+#: The intent columns, in :class:`Intent` order.
+INTENT_COLUMNS = Intent._fields
+
+
+class Move(NamedTuple):
+    """Where a walk leaves an enrollment (:meth:`Store.update_enrollments`)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    exit_reason: str | None
+    id: int
+
+
+class OutboxRow(NamedTuple):
+    """One send before it is attempted (:meth:`Store.add_outbox_rows`)."""
+    kind: str
+    recipients: Sequence[str]
+    payload: Any
+    messages: Sequence[str]
+    rule: str | None
+    not_before: int
+    reply_token: str | None = None
+    reply_deadline: int | None = None
+
+
+class Delivery(NamedTuple):
+    """One friend's record of one decided send (:meth:`Store.add_deliveries`). ``outbox`` is
+    the outbox row's id, or its place in the list given with it."""
+    friend: str
+    rule: str
+    step_id: str | None
+    enrollment: int | None
+    outbox: int | None
+    messages: Sequence[str]
+    status: str
+    reason: str | None
+    variant: str | None
+    at: int
+    local_day: str
+    counts_for_cap: int
+
+
+class DueChunk(NamedTuple):
+    """What :meth:`Store.load_due` loaded: the last friend (None: nothing was due) and whether
+    more due sends may follow after that friend."""
+    last: str | None
+    more: bool
+
+
+class DueChange(NamedTuple):
+    """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
+    and messages left (JSON text), or a status and reason when none is left."""
+    steps: str
+    messages: str
+    status: str | None
+    reason: str | None
+    id: int
+
+
+class DueMark(NamedTuple):
+    """A due send decided per friend (:meth:`Store.due_mark`)."""
+    status: str
+    reason: str | None
+    outbox_id: int | None
+    id: int
 
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
@@ -355,6 +467,19 @@ def _health_for(path: str) -> _Health:
 class ApplyResult:
     applied: int
     duplicates: int
+
+
+class Placement(NamedTuple):
+    """Where a set-based entry leaves its enrollments (:meth:`Store.enroll_audience`): state,
+    step, due time and finish time, and, when its first sends are carried on the enrollment,
+    when they are decided (``send_due``) and their steps and message names (JSON text)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    send_due: int | None
+    steps: str
+    messages: str
 
 
 @dataclass(frozen=True)
@@ -634,6 +759,22 @@ class Store:
                     if statement.strip():
                         c.execute(statement)
                 self.set_meta("schema_version", str(number))
+
+    @property
+    def total_changes(self) -> int:
+        """Rows this connection has changed since it was opened."""
+        return self.conn.total_changes
+
+    def change_counts(self) -> tuple[int, int]:
+        """(rows this connection changed, ``PRAGMA data_version``): both stay the same while
+        no connection changes the database."""
+        return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
+        """The smallest result of ``queries`` (one value each, e.g. :func:`engine.runtime.sqlcond.change_moments`),
+        None when all are NULL."""
+        moments = [self.conn.execute(q, params).fetchone()[0] for q in queries]
+        return min((m for m in moments if m is not None), default=None)
 
     @property
     def schema_version(self) -> int:
@@ -958,20 +1099,25 @@ class Store:
     def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
                         where_sql: str, params: dict[str, Any], occurrence: str | None,
                         blocked_sql: str, variant_sql: str, holdout_sql: str,
-                        chunk: int | None = None,
-                        each: Callable[[int], None] | None = None) -> int:
+                        chunk: int | None = None, placed: Placement | None = None) -> int:
         """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
         entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
         gets one active enrollment due now. Returns how many entered.
+
+        With ``placed`` (a time trigger whose first steps are sends followed by a wait or the
+        end), the enrollments are written where those sends leave them, carrying the sends:
+        ``send_due`` is when the deliver stage decides them, like an intent (the steps and
+        messages are named once, in ``audience_sends``); no walk, no intent row per friend.
 
         Two phases, so that a big audience never holds the write lock for long: the audience is
         read into a scratch table (a WAL read; it does not block writers), then entered ``chunk``
         friends per transaction. Each chunk is atomic and re-checks ``blocked_sql``, so running
         the entry again after a crash between chunks enrols nobody twice and misses nobody.
-        ``each(after_id)`` runs inside every chunk's transaction; the chunk's enrollments are
-        those with ``id > after_id``. Call it outside a transaction, or the chunks join it."""
-        args = {**params, "rule": rule, "version": version, "step": step_id, "now": now,
-                "occurrence": occurrence}
+        Call it outside a transaction, or the chunks join it."""
+        p = placed or Placement("active", step_id, now, None, None, "", "")
+        args = {**params, "rule": rule, "version": version, "step": p.step_id, "now": now,
+                "occurrence": occurrence, "state": p.state, "due": p.due_at, "finished": p.finished_at,
+                "send_due": p.send_due, "steps": p.steps, "messages": p.messages}
         blocked = (f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule "
                    f"AND ({blocked_sql}))")
         c = self.conn
@@ -981,64 +1127,72 @@ class Store:
                   args)
         last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
         sql = ("INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
-               "variant, holdout, entered_at, occurrence) "
-               f"SELECT f.id, :rule, :version, :step, :now, 'active', {variant_sql}, {holdout_sql}, "
-               ":now, :occurrence FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
+               "variant, holdout, entered_at, occurrence, finished_at, send_due) "
+               f"SELECT f.id, :rule, :version, :step, :due, :state, {variant_sql}, {holdout_sql}, "
+               ":now, :occurrence, :finished, :send_due FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
                f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n")
         entered, chunk = 0, chunk or AUDIENCE_CHUNK
         for lo in range(0, last, chunk):
             with self.transaction():
-                before = c.execute("SELECT COALESCE(MAX(id), 0) FROM enrollments").fetchone()[0]
                 count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
                 entered += count
-                if count and each is not None:
-                    each(before)
+                if placed is not None and count:
+                    c.execute("INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
+                              "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
+                              "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
+                              "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                              {**args, "count": count})
         c.execute("DELETE FROM temp.lr_audience")
         return entered
 
-    def mass_intents(self, *, rule: str, occurrence: str, now: int, after_id: int, steps: str,
-                     messages: str, due_at: int, state: str, next_step: str | None,
-                     due: int | None) -> int:
-        """The first sends of every friend just enrolled for ``occurrence`` (enrollment ids above
-        ``after_id``), set-based: one intent each (``steps``/``messages`` JSON, due at
-        ``due_at``), and the enrollments move on to (``state``, ``next_step``, ``due``). The
-        tick's deliver stage decides them like every other intent. Returns how many."""
-        c = self.conn
-        args = {"rule": rule, "occurrence": occurrence, "now": now, "after": after_id, "steps": steps,
-                "messages": messages, "due_at": due_at, "state": state, "next": next_step, "due": due,
-                "finished": now if state == "done" else None}
-        which = ("e.id > :after AND +e.rule = :rule AND +e.occurrence = :occurrence AND e.state = 'active' "
-                 "AND e.due_at = :now")
-        count = c.execute(
-            "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, holdout, "
-            "occurrence) SELECT e.id, e.friend, e.rule, :steps, :messages, :due_at, :now, e.variant, e.holdout, "
-            f"e.occurrence FROM enrollments e WHERE {which} ORDER BY e.id", args).rowcount
-        c.execute("UPDATE enrollments AS e SET state = :state, step_id = :next, due_at = :due, "
-                  f"finished_at = :finished WHERE {which}", args)
-        return count
-
     # ------------------------------------------------------------------ intents (the deliver stage)
 
-    def add_intents(self, rows: Sequence[tuple]) -> None:
-        """Sends to decide when they are due: rows of :data:`INTENT_COLUMNS` (``steps`` and
-        ``messages`` as JSON text)."""
+    def add_intents(self, rows: Sequence[Intent]) -> None:
+        """Sends to decide when they are due."""
         self.conn.executemany(f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
 
     def defer_intents(self, rule: str, opening: int, now: int) -> None:
-        """Due intents of ``rule`` (not answers) wait for the window's next ``opening``."""
+        """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
         self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
                           (opening, now, rule))
+        for occurrence, in self.conn.execute("SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?",
+                                             (rule, now)).fetchall():
+            self.conn.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",
+                              (opening, rule, occurrence, now))
+            self._recount(rule, occurrence)
+
+    def _recount(self, rule: str, occurrence: str) -> None:
+        """An audience's waiting sends counted again, with the earliest (none left: no due time;
+        the row stays, naming what the audience was sent)."""
+        due, pending = self.conn.execute(
+            "SELECT MIN(send_due), COUNT(send_due) FROM enrollments WHERE rule = ? AND occurrence = ?",
+            (rule, occurrence)).fetchone()
+        self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
+                          (due, pending, rule, occurrence))
 
     def waiting_sends(self) -> int:
-        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota."""
-        return self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
+        (intents, and the first sends an audience's enrollments carry)."""
+        return (self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+                + self.conn.execute("SELECT COALESCE(SUM(pending), 0) FROM audience_sends").fetchone()[0])
+
+    def next_waiting_send(self) -> int | None:
+        """When the next send waiting to be decided is due (None: none waits)."""
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends").fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
 
     def next_intent_at(self, after: int) -> int | None:
-        return self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0]
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?",
+                                     (after,)).fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
 
     def has_due_intents(self, now: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+        return (self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+                or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1",
+                                     (now,)).fetchone() is not None)
 
     def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
         """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
@@ -1046,11 +1200,16 @@ class Store:
         ``rules``: (name, priority, uncapped) of the project's rules."""
         c = self.conn
         c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
+        for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at < ?",
+                                          (now,)).fetchall():
+            c.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due < ?",
+                      (now, rule, occurrence, now))
+            c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
 
-    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> str | None:
+    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> DueChunk:
         """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
         ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
         competing sends are decided together), with the first part of the decision made: the
@@ -1060,46 +1219,69 @@ class Store:
         after the send was queued (the sends before a ``stop`` still go);
         ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
-        the last friend loaded (None when nothing was due)."""
+        the last friend loaded (None when nothing was due) and whether more may follow."""
         c = self.conn
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
                   "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
                   "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
                   "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
                   "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
-                  "outbox_id INTEGER)")
+                  "outbox_id INTEGER, carried INTEGER, src INTEGER)")
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_send (n INTEGER PRIMARY KEY, id INTEGER, friend TEXT, "
-                  "enrollment INTEGER, variant TEXT, counts INTEGER, answer INTEGER)")
-        c.execute("DELETE FROM temp.lr_send")
-        last = c.execute("SELECT MAX(friend) FROM (SELECT friend FROM intents WHERE due_at = ? AND friend > ? "
-                         "ORDER BY friend LIMIT ?)", (now, after, limit)).fetchone()[0]
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
+        c.execute("DELETE FROM temp.lr_sent")
+        # the next friends of each source in friend order (index ranges), up to the nearer of the
+        # two last ones: every due send of those friends, from both sources, is in this chunk
+        first_intent, *end = c.execute("SELECT MIN(friend), MAX(friend), COUNT(*) FROM (SELECT friend FROM intents "
+                                       "WHERE due_at = ? AND friend > ? ORDER BY friend LIMIT ?)",
+                                       (now, after, limit)).fetchone()
+        plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
+        ends = [tuple(end)] + [c.execute(
+            "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
+            "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)", (rule, occurrence, after, now, limit)).fetchone()
+            for rule, occurrence in plans]
+        full = [end for end, count in ends if count >= limit]
+        last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
-            return None
+            return DueChunk(None, False)
+        args = {"now": now, "after": after, "last": last, "cap": cap, "today": today}
+        # one decision for every due send, whichever way it waited: an intent row (``src`` its
+        # id), or the first sends carried by an enrollment of an audience (``src`` the
+        # enrollment's id); ``id`` follows the order they were queued in (an audience's before
+        # the walks of the same tick)
         c.execute(
-            "INSERT INTO temp.lr_due(id, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+            "INSERT INTO temp.lr_due(src, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
             "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
-            "used, dup) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, i.queued_at, "
-            "i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
+            "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
+            "i.queued_at, i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
             "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
-            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'kept' "
-            "WHEN r.rule IS NULL OR (e.state = 'exited' AND e.finished_at > i.queued_at) THEN 'dropped' "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'kept' "
+            "WHEN r.rule IS NULL OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
             "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
-            "CASE WHEN r.rule IS NULL AND e.state = 'suspended' THEN 'suspended' "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'suspended' "
             "WHEN r.rule IS NULL THEN 'rule_removed' "
-            "WHEN e.state = 'exited' AND e.finished_at > i.queued_at THEN 'exited' "
+            "WHEN i.state = 'exited' AND i.finished_at > i.queued_at THEN 'exited' "
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0 "
-            "FROM intents i LEFT JOIN temp.lr_rules r ON r.rule = i.rule "
-            "LEFT JOIN enrollments e ON e.id = i.enrollment LEFT JOIN friends f ON f.id = i.friend "
-            "WHERE i.due_at = :now AND i.friend > :after AND i.friend <= :last",
-            {"now": now, "after": after, "last": last, "cap": cap, "today": today})
-        # all of a friend's due intents are loaded together: competing sends are found here
-        c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
-                  "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
-        return last
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
+            "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, t.steps, t.messages, t.due_at, t.queued_at, "
+            "t.variant, t.holdout, t.occurrence, t.event_seq, t.answer, t.reply_token, t.reply_deadline, "
+            "e.state, e.finished_at, 0 AS carried FROM intents t LEFT JOIN enrollments e ON e.id = t.enrollment "
+            "WHERE t.due_at = :now AND t.friend > :after AND t.friend <= :last UNION ALL "
+            "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
+            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM audience_sends a "
+            "CROSS JOIN enrollments s ON s.rule = a.rule AND s.occurrence = a.occurrence AND s.friend > :after "
+            "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
+            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
+            "ORDER BY i.queued_at, i.carried DESC, i.id", args)
+        if cap is not None:
+            # all of a friend's due sends are loaded together: competing sends are found here
+            # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
+            if len(plans) > 1 or (first_intent is not None and first_intent <= last):
+                c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                          "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
+        return DueChunk(last, bool(full))
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
@@ -1126,8 +1308,8 @@ class Store:
             f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
             {**params, "rule": rule, "steps": steps})]
 
-    def due_update(self, rows: Sequence[tuple]) -> None:
-        """(steps, messages, status, reason, id) rows for ``temp.lr_due``."""
+    def due_update(self, rows: Sequence[DueChange]) -> None:
+        """Due sends of ``temp.lr_due`` left with fewer steps, or none."""
         self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
                               rows)
 
@@ -1175,13 +1357,12 @@ class Store:
                         pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
         same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
-        ``step_id``), the intents marked sent. Returns (outbox rows, intents)."""
+        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
+        intents)."""
         c = self.conn
-        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_send").fetchone()[0]
+        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_sent").fetchone()[0]
         count = c.execute(
-            "INSERT INTO temp.lr_send(n, id, friend, enrollment, variant, counts, answer) SELECT NULL, id, friend, "
-            "enrollment, variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
-            "id NOT IN (SELECT id FROM temp.lr_send) AND "
+            "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
             "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
             {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
         if not count:
@@ -1196,23 +1377,35 @@ class Store:
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - :before - 1) / :per AS chunk, friend FROM temp.lr_send WHERE n > :before "
-                "ORDER BY n) GROUP BY chunk", args)
+                ":now FROM (SELECT (s.n - :before - 1) / :per AS chunk, d.friend AS friend FROM temp.lr_sent s "
+                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk", args)
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - :before - 1) / :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
-                "variant, :now, :today, counts * :first_push FROM temp.lr_send WHERE n > :before ORDER BY n", args)
+                "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
+                ":first + (s.n - :before - 1) / :per, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
+                "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
+                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n", args)
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
         """The undecided due intents not sent set-based (each rendered for its friend)."""
         return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
-                                 "temp.lr_send) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+                                 "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
-    def due_mark(self, rows: Sequence[tuple]) -> None:
-        """(status, reason, outbox_id, id) rows for ``temp.lr_due``."""
+    def due_mark(self, rows: Sequence[DueMark]) -> None:
+        """Due sends of ``temp.lr_due`` decided per friend."""
         self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
+
+    def finish_deliver(self, now: int) -> None:
+        """After the deliver stage's last chunk: the audiences whose sends were due now are
+        counted again (what waits still, held by the quota or kept for a suspended rule)."""
+        for rule, occurrence in self.conn.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?",
+                                                  (now,)).fetchall():
+            self._recount(rule, occurrence)
+
+    def due_rules(self) -> set[str]:
+        """The rules of the due sends loaded."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
 
     def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
@@ -1226,13 +1419,16 @@ class Store:
         capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
                                     "FROM temp.lr_due").fetchone()
         counts = {"capped": int(capped), "skipped": int(skipped)}
-        c.execute("DELETE FROM intents WHERE id IN (SELECT id FROM temp.lr_due WHERE status IS NOT 'held' "
-                  "AND status IS NOT 'kept')")
+        c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
+                  "AND status IS NOT 'held' AND status IS NOT 'kept')")
+        c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                  "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
         if held_until is not None:
-            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT id FROM temp.lr_due WHERE status = 'held')",
-                      (held_until,))
+            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due WHERE status = 'held' "
+                      "AND carried = 0)", (held_until,))
+            c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                      "WHERE status = 'held' AND carried = 1)", (held_until,))
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("DELETE FROM temp.lr_send")
         return counts
 
     def quota_used(self, month: str) -> int:
@@ -1249,28 +1445,27 @@ class Store:
             (friend,)).fetchall()
 
     def due_enrollments(self, now: int, limit: int, rules: Sequence[str] | None = None,
-                        exclude: bool = False) -> list[tuple]:
-        """Open enrollments with ``due_at <= now``, earliest first (the partial due index), as
-        plain tuples of :data:`WALK_COLUMNS`; only those of ``rules`` when given (or, with
-        ``exclude``, of every other rule)."""
+                        exclude: bool = False) -> list[WalkRow]:
+        """Open enrollments with ``due_at <= now``, earliest first (the partial due index); only
+        those of ``rules`` when given (or, with ``exclude``, of every other rule)."""
         cur = self.conn.cursor()
         cur.row_factory = None
         only = ""
         if rules is not None:
             only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
-        return cur.execute(
+        return list(map(WalkRow._make, cur.execute(
             f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
             f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
-            (now, *(rules or ()), limit)).fetchall()
+            (now, *(rules or ()), limit)).fetchall()))
 
     def next_due_at(self, after: int) -> int | None:
         row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
                                 "AND due_at > ?", (after,)).fetchone()
         return row[0]
 
-    def update_enrollments(self, rows: Sequence[tuple]) -> None:
-        """Batch write of walked enrollments: (state, step_id, due_at, finished_at, exit_reason,
-        id) rows. A walk answers its causing event at most once, so its reply token is cleared."""
+    def update_enrollments(self, rows: Sequence[Move]) -> None:
+        """Batch write of walked enrollments. A walk answers its causing event at most once, so
+        its reply token is cleared."""
         self.conn.executemany(
             "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
             "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
@@ -1283,15 +1478,15 @@ class Store:
             "reply_token = ?, reply_deadline = ?, event_seq = COALESCE(?, event_seq) WHERE id = ?",
             (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id))
 
-    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[tuple]:
-        """Open enrollments among ``ids`` due at or before ``now``, as :data:`WALK_COLUMNS` tuples."""
+    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[WalkRow]:
+        """Open enrollments among ``ids`` due at or before ``now``."""
         cur = self.conn.cursor()
         cur.row_factory = None
-        out: list[tuple] = []
+        out: list[WalkRow] = []
         for chunk in _chunks(sorted(ids), 900):
-            out += cur.execute(
+            out += map(WalkRow._make, cur.execute(
                 f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
-                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall()
+                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall())
         return out
 
     def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
@@ -1339,12 +1534,11 @@ class Store:
                    rule: str | None, not_before: int, now: int, reply_token: str | None = None,
                    reply_deadline: int | None = None) -> int:
         """Record one send before it is attempted; the retry key is created here, once."""
-        return self.add_outbox_rows([(kind, recipients, payload, messages, rule, not_before, reply_token,
-                                      reply_deadline)], now)[0]
+        return self.add_outbox_rows([OutboxRow(kind, recipients, payload, messages, rule, not_before, reply_token,
+                                               reply_deadline)], now)[0]
 
-    def add_outbox_rows(self, rows: Sequence[tuple], now: int) -> list[int]:
-        """Record many sends at once: (kind, recipients, payload, messages, rule, not_before,
-        reply_token, reply_deadline) rows, each with a new retry key. Returns their ids, in order.
+    def add_outbox_rows(self, rows: Sequence[OutboxRow], now: int) -> list[int]:
+        """Record many sends at once, each with a new retry key. Returns their ids, in order.
         Call inside a transaction (the ids are allocated under its write lock)."""
         with self.transaction() as c:
             first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
@@ -1352,16 +1546,15 @@ class Store:
             c.executemany(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
                 "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(first + i, kind, _json(list(recipients)),
-                  payloads.setdefault(id(payload), _json(payload)), _json(list(messages)), rule,
-                  str(uuid.uuid4()), token, deadline, not_before, now)
-                 for i, (kind, recipients, payload, messages, rule, not_before, token, deadline) in enumerate(rows)])
+                [(first + i, r.kind, _json(list(r.recipients)),
+                  payloads.setdefault(id(r.payload), _json(r.payload)), _json(list(r.messages)), r.rule,
+                  str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
+                 for i, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
 
-    def add_deliveries(self, rows: Sequence[tuple], outbox_ids: Sequence[int] | None = None) -> None:
-        """(friend, rule, step_id, enrollment, outbox, messages, status, reason, variant, at,
-        local_day, counts_for_cap) rows. With ``outbox_ids``, ``outbox`` is a place in that list
-        (as :meth:`add_outbox_rows` returned it) rather than an id."""
+    def add_deliveries(self, rows: Sequence[Delivery], outbox_ids: Sequence[int] | None = None) -> None:
+        """Delivery rows. With ``outbox_ids``, a row's ``outbox`` is a place in that list (as
+        :meth:`add_outbox_rows` returned it) rather than an id."""
         names: dict[tuple, str] = {}
 
         def encoded(messages: Sequence[str]) -> str:
@@ -1373,8 +1566,10 @@ class Store:
         self.conn.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(f, rule, step, enr, outbox_ids[ref] if outbox_ids is not None and ref is not None else ref,
-              encoded(messages), *rest) for f, rule, step, enr, ref, messages, *rest in rows])
+            [(d.friend, d.rule, d.step_id, d.enrollment,
+              outbox_ids[d.outbox] if outbox_ids is not None and d.outbox is not None else d.outbox,
+              encoded(d.messages), d.status, d.reason, d.variant, d.at, d.local_day, d.counts_for_cap)
+             for d in rows])
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
@@ -1573,7 +1768,7 @@ class Store:
             "outbox_backlog": self.outbox_backlog(),
             "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
             "waiting_sends": self.waiting_sends(),
-            "next_waiting_send": one("SELECT MIN(due_at) FROM intents"),
+            "next_waiting_send": self.next_waiting_send(),
             "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,
         }
 
@@ -1889,7 +2084,20 @@ class Store:
         rows = self.conn.execute(
             "SELECT id, friend, rule, json_extract(steps, '$[0][0]'), messages, variant, due_at "
             f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id", args)
-        return [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+        out = [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+        if self._has_table("audience_sends"):
+            # an audience's first sends, carried by its enrollments until they are decided (their
+            # ids are kept apart from the intents' by an offset)
+            carried = [w.replace("due_at", "e.send_due") for w in where]
+            rows = self.conn.execute(
+                "SELECT e.id, e.friend, e.rule, json_extract(a.steps, '$[0][0]'), a.messages, e.variant, e.send_due "
+                "FROM audience_sends a CROSS JOIN enrollments e ON e.rule = a.rule AND e.occurrence = a.occurrence "
+                f"WHERE a.due_at IS NOT NULL AND e.send_due IS NOT NULL AND {' AND '.join(carried)} "
+                "ORDER BY e.send_due, e.id", args)
+            out += [IntentRow((1 << 40) + r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6])
+                    for r in rows]
+            out.sort(key=lambda i: (i.due_at, i.id))
+        return out
 
     def report_clicks(self) -> list[ClickRow]:
         """Every tracked-link click, in (at, id) order."""
