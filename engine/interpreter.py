@@ -635,6 +635,19 @@ class Engine:
                 self._noise += conn.total_changes - before   # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
 
+    def conditions_quiet_until(self, now: int) -> float:
+        """The first moment at or after ``now`` at which a condition check may enter somebody,
+        as far as the last checks tell (:meth:`_still_quiet`): ``now`` when a rule must be
+        checked now, infinity when none can before something changes the database. The
+        simulator skips the condition ticks before it: they would enter nobody."""
+        until = math.inf
+        for rule in self.project.rules.values():
+            if isinstance(rule.trigger, ir.ConditionTrigger):
+                if not self._still_quiet(rule, now):
+                    return now
+                until = min(until, self._quiet[rule.name][2])
+        return until
+
     def _changes(self) -> tuple[int, int]:
         """Changes any connection made to the database (this one's own, less the engine's
         bookkeeping; other connections' commits by ``PRAGMA data_version``)."""
