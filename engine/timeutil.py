@@ -11,8 +11,6 @@ import re
 import threading
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from . import ir
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -133,6 +131,8 @@ class CronTimes:
     without asking croniter again."""
 
     def __init__(self, expr: str, tz: ZoneInfo):
+        from croniter import croniter   # imported here: only schedule triggers need it
+
         self.tz = tz
         self._iter = croniter(expr, local(0, tz))
         self._span: tuple[int, int] | None = None
