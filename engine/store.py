@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import sqlite_utils
-
 from .events import Event
 
 log = logging.getLogger("linerules.store")
@@ -323,7 +321,7 @@ class Store:
     def _open(self, path: str, checkpoints: bool) -> None:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
-        self.db = sqlite_utils.Database(conn)
+        self._db = None
         self.conn = conn
         self._lock = threading.RLock()
         self._depth = 0
@@ -360,6 +358,16 @@ class Store:
         with _MEMORY_LOCK:
             _MEMORY_SCHEMAS.clear()
             _MEMORY_SCHEMAS[MIGRATIONS] = template
+
+    @property
+    def db(self):
+        """The connection as a ``sqlite_utils.Database`` (imported on first use: rule tests and
+        simulations in memory never need it)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     # ------------------------------------------------------------------ plumbing
 
