@@ -1,4 +1,5 @@
-"""The compiled form of a rule folder: what the engine runs. Plain frozen dataclasses.
+"""The compiled form of a rule folder: what the engine runs. Plain frozen dataclasses (their
+equality, hash and repr from :class:`engine.records.FrozenRecord`).
 
 The front end (grammar -> AST -> checks -> compile) produces a :class:`Project`; the engine,
 the simulator, ``graph`` and ``report`` consume it. Nothing here knows about Lark.
@@ -16,34 +17,35 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from .diagnostics import Span
+from .records import FrozenRecord
 
 _SPAN = dict(default=None, compare=False, repr=False)
 
 # ----------------------------------------------------------------------------- conditions
 
 
-@dataclass(frozen=True)
-class All:
+@dataclass(frozen=True, eq=False, repr=False)
+class All(FrozenRecord):
     """``C and C and ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class AnyOf:
+@dataclass(frozen=True, eq=False, repr=False)
+class AnyOf(FrozenRecord):
     """``C or C or ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Not:
+@dataclass(frozen=True, eq=False, repr=False)
+class Not(FrozenRecord):
     item: "Cond"
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Activity:
+@dataclass(frozen=True, eq=False, repr=False)
+class Activity(FrozenRecord):
     """``purchased [product=X|category=Y] [within D]``, ``clicked [within D]``,
     ``viewed product=X [within D]``, ``carted [product=X] [within D]``.
 
@@ -58,27 +60,27 @@ class Activity:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Tagged:
+@dataclass(frozen=True, eq=False, repr=False)
+class Tagged(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Blocked:
+@dataclass(frozen=True, eq=False, repr=False)
+class Blocked(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class FollowedVia:
+@dataclass(frozen=True, eq=False, repr=False)
+class FollowedVia(FrozenRecord):
     """``followed via qr=shipping, ad=summer``: the friend's add source matches any pair.
     An empty tuple (plain ``followed``) is true for every current friend."""
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class FriendFor:
+@dataclass(frozen=True, eq=False, repr=False)
+class FriendFor(FrozenRecord):
     """``friend for 30d`` (mode ``for``: followed at least D ago) /
     ``friend within 30d`` (mode ``within``: followed less than D ago)."""
     seconds: int
@@ -86,20 +88,20 @@ class FriendFor:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class LastPurchaseOlder:
+@dataclass(frozen=True, eq=False, repr=False)
+class LastPurchaseOlder(FrozenRecord):
     """``last purchase older than 90d``: has purchased, and the last purchase is >= D ago."""
     seconds: int
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class NeverPurchased:
+@dataclass(frozen=True, eq=False, repr=False)
+class NeverPurchased(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Measure:
+@dataclass(frozen=True, eq=False, repr=False)
+class Measure(FrozenRecord):
     """The left side of a comparison or a ``top`` ranking.
 
     ``name`` is ``orders``, ``total_spent``, ``spent`` (with ``within``: ``spent within 365d``),
@@ -111,8 +113,8 @@ class Measure:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Compare:
+@dataclass(frozen=True, eq=False, repr=False)
+class Compare(FrozenRecord):
     """``ATTR OP VALUE``; op is one of ``= != < <= > >=``; value a number or a string."""
     measure: Measure
     op: str
@@ -120,22 +122,22 @@ class Compare:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Top:
+@dataclass(frozen=True, eq=False, repr=False)
+class Top(FrozenRecord):
     """``top 20% by spent within 365d``: among current (not blocked) friends."""
     percent: float
     measure: Measure
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class InSegment:
+@dataclass(frozen=True, eq=False, repr=False)
+class InSegment(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Variant:
+@dataclass(frozen=True, eq=False, repr=False)
+class Variant(FrozenRecord):
     """``variant a``: the friend was assigned that split variant in the rule being evaluated."""
     name: str
     span: Span | None = field(**_SPAN)
@@ -148,29 +150,29 @@ Cond = Union[All, AnyOf, Not, Activity, Tagged, Blocked, FollowedVia, FriendFor,
 # Event triggers name the intake event type they listen to in ``event_type``.
 
 
-@dataclass(frozen=True)
-class Followed:
+@dataclass(frozen=True, eq=False, repr=False)
+class Followed(FrozenRecord):
     """``followed [via k=v, ...]`` -- a follow event (new friend or unblock)."""
     via: tuple[tuple[str, str], ...] = ()
     span: Span | None = field(**_SPAN)
     event_type = "follow"
 
 
-@dataclass(frozen=True)
-class Unfollowed:
+@dataclass(frozen=True, eq=False, repr=False)
+class Unfollowed(FrozenRecord):
     span: Span | None = field(**_SPAN)
     event_type = "unfollow"
 
 
-@dataclass(frozen=True)
-class Linked:
+@dataclass(frozen=True, eq=False, repr=False)
+class Linked(FrozenRecord):
     """``linked`` -- the friend was just linked to a shop customer (engine/identity.py)."""
     span: Span | None = field(**_SPAN)
     event_type = "linked"
 
 
-@dataclass(frozen=True)
-class MessageTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class MessageTrigger(FrozenRecord):
     """``message "a", "b"`` (contains any) / ``message exactly "はい"`` (equals any).
     Keywords are stored NFKC-normalised and casefolded; the engine normalises the text alike."""
     keywords: tuple[str, ...]
@@ -179,46 +181,46 @@ class MessageTrigger:
     event_type = "message"
 
 
-@dataclass(frozen=True)
-class PostbackTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class PostbackTrigger(FrozenRecord):
     """``postback action=survey_done``: the postback data (a query string) has every pair."""
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
     event_type = "postback"
 
 
-@dataclass(frozen=True)
-class PurchasedTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class PurchasedTrigger(FrozenRecord):
     product: str | None = None
     category: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "purchase"
 
 
-@dataclass(frozen=True)
-class CartedTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class CartedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "cart"
 
 
-@dataclass(frozen=True)
-class ViewedTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class ViewedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "view"
 
 
-@dataclass(frozen=True)
-class TaggedTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class TaggedTrigger(FrozenRecord):
     """``tagged NAME``: the tag was added (by an event, a ``tag`` step, or the shop API)."""
     name: str
     span: Span | None = field(**_SPAN)
     event_type = "tag"
 
 
-@dataclass(frozen=True)
-class CustomEventTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class CustomEventTrigger(FrozenRecord):
     """``event shipped [key=value ...]``: a custom shop event whose top-level fields match."""
     name: str
     pairs: tuple[tuple[str, str], ...] = ()
@@ -229,15 +231,15 @@ class CustomEventTrigger:
         return self.name
 
 
-@dataclass(frozen=True)
-class ScheduleTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class ScheduleTrigger(FrozenRecord):
     """``schedule "0 20 * * 5"``: croniter in the configured zone; audience: all current friends."""
     cron: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class SaleTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class SaleTrigger(FrozenRecord):
     """``sale [kind=K] starts|ends [in D [at HH:MM]]``.
 
     Without ``at``: fires at (sale instant - ``before`` seconds).
@@ -252,8 +254,8 @@ class SaleTrigger:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class ConditionTrigger:
+@dataclass(frozen=True, eq=False, repr=False)
+class ConditionTrigger(FrozenRecord):
     """Any other condition: the friend enters when it becomes true (checked on every tick)."""
     cond: Cond
     span: Span | None = field(**_SPAN)
@@ -268,16 +270,16 @@ Trigger = Union[EventTrigger, ScheduleTrigger, SaleTrigger, ConditionTrigger]
 # rule, so in-flight enrollments can be carried over to a new version (see docs/decisions.md).
 
 
-@dataclass(frozen=True)
-class Send:
+@dataclass(frozen=True, eq=False, repr=False)
+class Send(FrozenRecord):
     id: str
     messages: tuple[str, ...]
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Wait:
+@dataclass(frozen=True, eq=False, repr=False)
+class Wait(FrozenRecord):
     """``wait D`` (at None) or ``wait D at HH:MM`` (first HH:MM at or after now + D)."""
     id: str
     seconds: int
@@ -285,8 +287,8 @@ class Wait:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class WaitUntil:
+@dataclass(frozen=True, eq=False, repr=False)
+class WaitUntil(FrozenRecord):
     """``wait until HH:MM`` / ``wait until monday [at HH:MM]``: the next such moment strictly
     after now. ``weekday`` is 0=Monday..6=Sunday or None; ``at`` defaults to 00:00 with a weekday."""
     id: str
@@ -295,8 +297,8 @@ class WaitUntil:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class WaitFor:
+@dataclass(frozen=True, eq=False, repr=False)
+class WaitFor(FrozenRecord):
     """``wait for TRIGGER up to D``: resume on that event for this friend, or after D."""
     id: str
     trigger: EventTrigger
@@ -304,24 +306,24 @@ class WaitFor:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class TagStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class TagStep(FrozenRecord):
     id: str
     name: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class UntagStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class UntagStep(FrozenRecord):
     id: str
     name: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class SetStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class SetStep(FrozenRecord):
     id: str
     attr: str
     value: Union[int, float, str]
@@ -329,24 +331,24 @@ class SetStep:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class MenuStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class MenuStep(FrozenRecord):
     id: str
     menu: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class StartStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class StartStep(FrozenRecord):
     id: str
     rule: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class StopStep:
+@dataclass(frozen=True, eq=False, repr=False)
+class StopStep(FrozenRecord):
     id: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
@@ -359,24 +361,24 @@ WAIT_STEPS = (Wait, WaitUntil, WaitFor)
 # ----------------------------------------------------------------------------- rules
 
 
-@dataclass(frozen=True)
-class Reenter:
+@dataclass(frozen=True, eq=False, repr=False)
+class Reenter(FrozenRecord):
     """``reenter never`` (default) / ``reenter after 90d`` / ``reenter always``."""
     mode: str = "never"  # "never" | "after" | "always"
     after: int = 0
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Window:
+@dataclass(frozen=True, eq=False, repr=False)
+class Window(FrozenRecord):
     """A daily delivery window, local time; ``end`` may be before ``start`` (over midnight)."""
     start: dt.time
     end: dt.time
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Rule:
+@dataclass(frozen=True, eq=False, repr=False)
+class Rule(FrozenRecord):
     name: str
     trigger: Trigger
     steps: tuple[Step, ...]
@@ -406,8 +408,8 @@ class Rule:
         return None
 
 
-@dataclass(frozen=True)
-class Segment:
+@dataclass(frozen=True, eq=False, repr=False)
+class Segment(FrozenRecord):
     name: str
     cond: Cond
     span: Span | None = field(**_SPAN)
@@ -416,8 +418,8 @@ class Segment:
 # ----------------------------------------------------------------------------- files beside the rules
 
 
-@dataclass(frozen=True)
-class MessageDef:
+@dataclass(frozen=True, eq=False, repr=False)
+class MessageDef(FrozenRecord):
     """One name of messages.yaml: a list of LINE message objects (dicts in LINE's JSON shape).
     Strings inside may be Liquid templates; they are rendered per friend at send time."""
     name: str
@@ -425,8 +427,8 @@ class MessageDef:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Sale:
+@dataclass(frozen=True, eq=False, repr=False)
+class Sale(FrozenRecord):
     name: str
     title: str
     starts: dt.datetime   # timezone-aware
@@ -436,8 +438,8 @@ class Sale:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Settings:
+@dataclass(frozen=True, eq=False, repr=False)
+class Settings(FrozenRecord):
     timezone: str = "Asia/Tokyo"
     window: Window | None = None          # None: any time
     max_per_day: int | None = None        # pushes per friend per local day; None: no cap
@@ -462,8 +464,8 @@ class Settings:
         return dict(self.rich_menus).get(name)
 
 
-@dataclass(frozen=True)
-class Project:
+@dataclass(frozen=True, eq=False, repr=False)
+class Project(FrozenRecord):
     """A whole validated rule folder."""
     rules: dict[str, Rule]
     segments: dict[str, Segment]

@@ -1,0 +1,69 @@
+"""Equality, hashing and ``repr`` of the syntax tree's and the IR's dataclasses, written once.
+
+``dataclasses`` writes and compiles ``__eq__``, ``__hash__`` and ``__repr__`` anew for every
+class it decorates (a few tenths of a millisecond each): for the hundred node classes of
+:mod:`engine.astnodes` and :mod:`engine.ir` that was a large part of ``linerules validate``'s
+start-up. Their classes are declared ``@dataclass(..., eq=False, repr=False)`` on
+:class:`Record` or :class:`FrozenRecord` and get these methods instead, with the same results
+as the generated ones: equality (same class, then the tuple of the ``compare`` fields in
+order), hash (of the tuple of the hashed fields, frozen records only; a mutable record is
+unhashable, as an ``eq=True`` dataclass is) and ``repr`` (``Name(field=value, ...)`` over the
+``repr`` fields: rule versions are hashes of it, so it must not change).
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from operator import attrgetter
+from typing import Any, Callable
+
+_EQ: dict[type, Callable[[Any], tuple]] = {}
+_HASH: dict[type, Callable[[Any], tuple]] = {}
+_REPR: dict[type, tuple[str, ...]] = {}
+
+
+def _getter(names: list[str]) -> Callable[[Any], tuple]:
+    if not names:
+        return lambda _obj: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda obj: (one(obj),)
+    return attrgetter(*names)
+
+
+def _eq_key(cls: type) -> Callable[[Any], tuple]:
+    key = _EQ.get(cls)
+    if key is None:
+        key = _EQ[cls] = _getter([f.name for f in fields(cls) if f.compare])
+    return key
+
+
+class Record:
+    """Base of a mutable dataclass declared with ``eq=False, repr=False``."""
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            key = _eq_key(self.__class__)
+            return key(self) == key(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        cls = self.__class__
+        names = _REPR.get(cls)
+        if names is None:
+            names = _REPR[cls] = tuple(f.name for f in fields(cls) if f.repr)
+        return f"{cls.__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+
+class FrozenRecord(Record):
+    """Base of a frozen dataclass declared with ``eq=False, repr=False``: also hashable."""
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        cls = self.__class__
+        key = _HASH.get(cls)
+        if key is None:
+            key = _HASH[cls] = _getter([f.name for f in fields(cls)
+                                        if (f.compare if f.hash is None else f.hash)])
+        return hash(key(self))
