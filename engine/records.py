@@ -18,22 +18,24 @@ from typing import Any, Callable
 
 _EQ: dict[type, Callable[[Any], tuple]] = {}
 _HASH: dict[type, Callable[[Any], tuple]] = {}
-_REPR: dict[type, tuple[str, ...]] = {}
+_REPR: dict[type, tuple[str, Callable[[Any], tuple]]] = {}
 
 
-def _getter(names: list[str]) -> Callable[[Any], tuple]:
+def _getter(names: list[str], tuples: bool = True) -> Callable[[Any], Any]:
+    """The fields ``names`` of an object as a tuple; with ``tuples=False`` a single field's
+    value itself (enough for equality and hashing, one call less)."""
     if not names:
         return lambda _obj: ()
-    if len(names) == 1:
+    if len(names) == 1 and tuples:
         one = attrgetter(names[0])
         return lambda obj: (one(obj),)
     return attrgetter(*names)
 
 
-def _eq_key(cls: type) -> Callable[[Any], tuple]:
+def _eq_key(cls: type) -> Callable[[Any], Any]:
     key = _EQ.get(cls)
     if key is None:
-        key = _EQ[cls] = _getter([f.name for f in fields(cls) if f.compare])
+        key = _EQ[cls] = _getter([f.name for f in fields(cls) if f.compare], tuples=False)
     return key
 
 
@@ -45,15 +47,18 @@ class Record:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is self.__class__:
             key = _eq_key(self.__class__)
-            return key(self) == key(other)
+            mine, theirs = key(self), key(other)
+            return mine is theirs or mine == theirs   # as a tuple compares its items
         return NotImplemented
 
     def __repr__(self) -> str:
-        cls = self.__class__
-        names = _REPR.get(cls)
-        if names is None:
-            names = _REPR[cls] = tuple(f.name for f in fields(cls) if f.repr)
-        return f"{cls.__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+        shown = _REPR.get(self.__class__)
+        if shown is None:
+            cls = self.__class__
+            names = [f.name for f in fields(cls) if f.repr]
+            text = f"{cls.__qualname__}({', '.join(f'{n}=%r' for n in names)})"   # names hold no %
+            shown = _REPR[cls] = (text, _getter(names))
+        return shown[0] % shown[1](self)
 
 
 class FrozenRecord(Record):
@@ -65,5 +70,5 @@ class FrozenRecord(Record):
         key = _HASH.get(cls)
         if key is None:
             key = _HASH[cls] = _getter([f.name for f in fields(cls)
-                                        if (f.compare if f.hash is None else f.hash)])
+                                        if (f.compare if f.hash is None else f.hash)], tuples=False)
         return hash(key(self))
