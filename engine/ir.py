@@ -1,5 +1,5 @@
-"""The compiled form of a rule folder: what the engine runs. Plain frozen dataclasses (their
-equality, hash and repr from :class:`engine.records.FrozenRecord`).
+"""The compiled form of a rule folder: what the engine runs. Plain dataclasses that cannot be
+changed once made (:class:`engine.records.FrozenRecord`: also their equality, hash and repr).
 
 The front end (grammar -> AST -> checks -> compile) produces a :class:`Project`; the engine,
 the simulator, ``graph`` and ``report`` consume it. Nothing here knows about Lark.
@@ -24,27 +24,27 @@ _SPAN = dict(default=None, compare=False, repr=False)
 # ----------------------------------------------------------------------------- conditions
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class All(FrozenRecord):
     """``C and C and ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class AnyOf(FrozenRecord):
     """``C or C or ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Not(FrozenRecord):
     item: "Cond"
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Activity(FrozenRecord):
     """``purchased [product=X|category=Y] [within D]``, ``clicked [within D]``,
     ``viewed product=X [within D]``, ``carted [product=X] [within D]``.
@@ -60,18 +60,18 @@ class Activity(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Tagged(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Blocked(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class FollowedVia(FrozenRecord):
     """``followed via qr=shipping, ad=summer``: the friend's add source matches any pair.
     An empty tuple (plain ``followed``) is true for every current friend."""
@@ -79,7 +79,7 @@ class FollowedVia(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class FriendFor(FrozenRecord):
     """``friend for 30d`` (mode ``for``: followed at least D ago) /
     ``friend within 30d`` (mode ``within``: followed less than D ago)."""
@@ -88,19 +88,19 @@ class FriendFor(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class LastPurchaseOlder(FrozenRecord):
     """``last purchase older than 90d``: has purchased, and the last purchase is >= D ago."""
     seconds: int
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class NeverPurchased(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Measure(FrozenRecord):
     """The left side of a comparison or a ``top`` ranking.
 
@@ -113,7 +113,7 @@ class Measure(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Compare(FrozenRecord):
     """``ATTR OP VALUE``; op is one of ``= != < <= > >=``; value a number or a string."""
     measure: Measure
@@ -122,7 +122,7 @@ class Compare(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Top(FrozenRecord):
     """``top 20% by spent within 365d``: among current (not blocked) friends."""
     percent: float
@@ -130,13 +130,13 @@ class Top(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class InSegment(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Variant(FrozenRecord):
     """``variant a``: the friend was assigned that split variant in the rule being evaluated."""
     name: str
@@ -150,7 +150,7 @@ Cond = Union[All, AnyOf, Not, Activity, Tagged, Blocked, FollowedVia, FriendFor,
 # Event triggers name the intake event type they listen to in ``event_type``.
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Followed(FrozenRecord):
     """``followed [via k=v, ...]`` -- a follow event (new friend or unblock)."""
     via: tuple[tuple[str, str], ...] = ()
@@ -158,20 +158,20 @@ class Followed(FrozenRecord):
     event_type = "follow"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Unfollowed(FrozenRecord):
     span: Span | None = field(**_SPAN)
     event_type = "unfollow"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Linked(FrozenRecord):
     """``linked`` -- the friend was just linked to a shop customer (engine/identity.py)."""
     span: Span | None = field(**_SPAN)
     event_type = "linked"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class MessageTrigger(FrozenRecord):
     """``message "a", "b"`` (contains any) / ``message exactly "はい"`` (equals any).
     Keywords are stored NFKC-normalised and casefolded; the engine normalises the text alike."""
@@ -181,7 +181,7 @@ class MessageTrigger(FrozenRecord):
     event_type = "message"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class PostbackTrigger(FrozenRecord):
     """``postback action=survey_done``: the postback data (a query string) has every pair."""
     pairs: tuple[tuple[str, str], ...]
@@ -189,7 +189,7 @@ class PostbackTrigger(FrozenRecord):
     event_type = "postback"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class PurchasedTrigger(FrozenRecord):
     product: str | None = None
     category: str | None = None
@@ -197,21 +197,21 @@ class PurchasedTrigger(FrozenRecord):
     event_type = "purchase"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class CartedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "cart"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class ViewedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "view"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class TaggedTrigger(FrozenRecord):
     """``tagged NAME``: the tag was added (by an event, a ``tag`` step, or the shop API)."""
     name: str
@@ -219,7 +219,7 @@ class TaggedTrigger(FrozenRecord):
     event_type = "tag"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class CustomEventTrigger(FrozenRecord):
     """``event shipped [key=value ...]``: a custom shop event whose top-level fields match."""
     name: str
@@ -231,14 +231,14 @@ class CustomEventTrigger(FrozenRecord):
         return self.name
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class ScheduleTrigger(FrozenRecord):
     """``schedule "0 20 * * 5"``: croniter in the configured zone; audience: all current friends."""
     cron: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class SaleTrigger(FrozenRecord):
     """``sale [kind=K] starts|ends [in D [at HH:MM]]``.
 
@@ -254,7 +254,7 @@ class SaleTrigger(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class ConditionTrigger(FrozenRecord):
     """Any other condition: the friend enters when it becomes true (checked on every tick)."""
     cond: Cond
@@ -270,7 +270,7 @@ Trigger = Union[EventTrigger, ScheduleTrigger, SaleTrigger, ConditionTrigger]
 # rule, so in-flight enrollments can be carried over to a new version (see docs/decisions.md).
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Send(FrozenRecord):
     id: str
     messages: tuple[str, ...]
@@ -278,7 +278,7 @@ class Send(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Wait(FrozenRecord):
     """``wait D`` (at None) or ``wait D at HH:MM`` (first HH:MM at or after now + D)."""
     id: str
@@ -287,7 +287,7 @@ class Wait(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class WaitUntil(FrozenRecord):
     """``wait until HH:MM`` / ``wait until monday [at HH:MM]``: the next such moment strictly
     after now. ``weekday`` is 0=Monday..6=Sunday or None; ``at`` defaults to 00:00 with a weekday."""
@@ -297,7 +297,7 @@ class WaitUntil(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class WaitFor(FrozenRecord):
     """``wait for TRIGGER up to D``: resume on that event for this friend, or after D."""
     id: str
@@ -306,7 +306,7 @@ class WaitFor(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class TagStep(FrozenRecord):
     id: str
     name: str
@@ -314,7 +314,7 @@ class TagStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class UntagStep(FrozenRecord):
     id: str
     name: str
@@ -322,7 +322,7 @@ class UntagStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class SetStep(FrozenRecord):
     id: str
     attr: str
@@ -331,7 +331,7 @@ class SetStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class MenuStep(FrozenRecord):
     id: str
     menu: str
@@ -339,7 +339,7 @@ class MenuStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class StartStep(FrozenRecord):
     id: str
     rule: str
@@ -347,7 +347,7 @@ class StartStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class StopStep(FrozenRecord):
     id: str
     cond: Cond | None = None
@@ -361,7 +361,7 @@ WAIT_STEPS = (Wait, WaitUntil, WaitFor)
 # ----------------------------------------------------------------------------- rules
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Reenter(FrozenRecord):
     """``reenter never`` (default) / ``reenter after 90d`` / ``reenter always``."""
     mode: str = "never"  # "never" | "after" | "always"
@@ -369,7 +369,7 @@ class Reenter(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Window(FrozenRecord):
     """A daily delivery window, local time; ``end`` may be before ``start`` (over midnight)."""
     start: dt.time
@@ -377,7 +377,7 @@ class Window(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Rule(FrozenRecord):
     name: str
     trigger: Trigger
@@ -408,7 +408,7 @@ class Rule(FrozenRecord):
         return None
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Segment(FrozenRecord):
     name: str
     cond: Cond
@@ -418,7 +418,7 @@ class Segment(FrozenRecord):
 # ----------------------------------------------------------------------------- files beside the rules
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class MessageDef(FrozenRecord):
     """One name of messages.yaml: a list of LINE message objects (dicts in LINE's JSON shape).
     Strings inside may be Liquid templates; they are rendered per friend at send time."""
@@ -427,7 +427,7 @@ class MessageDef(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Sale(FrozenRecord):
     name: str
     title: str
@@ -438,7 +438,7 @@ class Sale(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Settings(FrozenRecord):
     timezone: str = "Asia/Tokyo"
     window: Window | None = None          # None: any time
@@ -464,7 +464,7 @@ class Settings(FrozenRecord):
         return dict(self.rich_menus).get(name)
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@dataclass(eq=False, repr=False)
 class Project(FrozenRecord):
     """A whole validated rule folder."""
     rules: dict[str, Rule]

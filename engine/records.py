@@ -12,7 +12,7 @@ unhashable, as an ``eq=True`` dataclass is) and ``repr`` (``Name(field=value, ..
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import FrozenInstanceError, fields
 from operator import attrgetter
 from typing import Any, Callable
 
@@ -62,8 +62,19 @@ class Record:
 
 
 class FrozenRecord(Record):
-    """Base of a frozen dataclass declared with ``eq=False, repr=False``: also hashable."""
+    """Base of a dataclass declared with ``eq=False, repr=False`` (and not ``frozen``, whose
+    two generated methods per class cost as much again): hashable, and its fields cannot be
+    assigned again or deleted once ``__init__`` set them (``FrozenInstanceError``, as from a
+    frozen dataclass)."""
     __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def __hash__(self) -> int:
         cls = self.__class__
