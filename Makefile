@@ -39,7 +39,7 @@ catalog: setup
 
 # docs/errors.md and docs/ja/errors.md, generated from the catalog.
 docs: setup
-	$(BIN)/python -m engine.codes
+	$(BIN)/python -m engine.language.codes
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -28,9 +28,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.dispatch import Dispatcher, OutboxItem  # noqa: E402
-from engine.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
-from engine.ratelimit import LINE_RATE_LIMITS  # noqa: E402
+from engine.line.dispatch import Dispatcher, OutboxItem  # noqa: E402
+from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
+from engine.line.ratelimit import LINE_RATE_LIMITS  # noqa: E402
 
 HOST = "127.0.0.1"
 PUSH_LIMIT = LINE_RATE_LIMITS["push"].rate
@@ -50,7 +50,7 @@ def emulator_process(*args: str) -> Iterator[str]:
     """An emulator subprocess on a free loopback port; yields its base URL."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.line_emulator", "--host", HOST, "--port", str(port), *args],
+        [sys.executable, "-m", "engine.testing.line_emulator", "--host", HOST, "--port", str(port), *args],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         line = proc.stdout.readline() if proc.stdout else ""

@@ -28,19 +28,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import ir, timeutil  # noqa: E402
-from engine.events import Event  # noqa: E402
+from engine.language import ir, timeutil  # noqa: E402
+from engine.runtime.events import Event  # noqa: E402
 from engine.interpreter import Engine  # noqa: E402
-from engine.sqlcond import CURRENT  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.runtime.sqlcond import CURRENT  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
 
 START = "2026-11-01T00:00:00+09:00"
 YEAR = 365 * 86400
 
 
 def load_rules(folder: str) -> ir.Project:
-    from engine.diagnostics import render_text
-    from engine.project import load_project
+    from engine.language.diagnostics import render_text
+    from engine.language.project import load_project
 
     loaded = load_project(folder)
     if loaded.project is None:

@@ -41,9 +41,9 @@ def timed_runs(cmd: list[str], n: int, env: dict) -> tuple[float, float]:
 PARTS = """
 import sys, time
 t0 = time.process_time()
-from engine import ruletest
-from engine.project import load_project
-import engine.simulate
+from engine.runtime import ruletest
+from engine.language.project import load_project
+import engine.runtime.simulate
 t1 = time.process_time()
 loaded = load_project("rules")
 t2 = time.process_time()

@@ -47,7 +47,7 @@ def validate(paths, fmt, lang):
       linerules validate rules/
       linerules validate rules/ --format github
     """
-    from .validate import main
+    from engine.language.validate import main
 
     raise SystemExit(main(list(paths) or ["rules"], fmt, lang))
 
@@ -66,7 +66,7 @@ def explain(code, rules_dir, lang):
       linerules explain LR102
       linerules explain LR102 --lang ja
     """
-    from .explain import main
+    from engine.language.explain import main
 
     raise SystemExit(main(code, rules_dir, lang))
 
@@ -83,7 +83,7 @@ def graph(rule, rules_dir, lang):
     Example:
       linerules graph welcome --rules rules/ > welcome.mmd
     """
-    from .graph import main
+    from engine.language.graph import main
 
     raise SystemExit(main(rules_dir, rule, lang))
 
@@ -111,7 +111,7 @@ def simulate(events, rules_dir, until, tick, db, render, lang):
     Example:
       linerules simulate timeline.jsonl --rules rules/ --until 2026-12-31T00:00:00+09:00
     """
-    from .simulate import main
+    from engine.runtime.simulate import main
 
     raise SystemExit(main(events, rules_dir, until, tick, db, lang, render=render))
 
@@ -126,7 +126,7 @@ def test_cmd(directory, lang):
     Example:
       linerules test rules/
     """
-    from .ruletest import main
+    from engine.runtime.ruletest import main
 
     raise SystemExit(main(directory, lang=lang))
 
@@ -152,7 +152,7 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, 
       linerules report --db linerules.db --format json
       linerules report --db forecast.db --html report.html
     """
-    from .report import main
+    from engine.reports.report import main
 
     raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
                           block_days=block_days, lang=lang))
@@ -181,10 +181,10 @@ def run(rules_dir, db, listen, tick_seconds, condition_interval):
     Example:
       LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
     """
-    from runner import main
+    from engine.runner.server import serve
 
-    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
-                          condition_interval=condition_interval))
+    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
+                           condition_interval=condition_interval))
 
 
 @cli.group(name="import")
@@ -224,7 +224,7 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
       linerules import orders orders_export.csv --format shopify
       linerules import orders rms_orders.csv --format rakuten --db /var/lib/linerules/linerules.db
     """
-    from .importer import main_orders
+    from engine.runtime.importer import main_orders
 
     raise SystemExit(main_orders(file, fmt, columns, db, rules_dir))
 
@@ -244,7 +244,7 @@ def import_customers_cmd(file, columns, db):
     Example:
       linerules import customers line_login_members.csv --db linerules.db
     """
-    from .importer import main_customers
+    from engine.runtime.importer import main_customers
 
     raise SystemExit(main_customers(file, columns, db))
 

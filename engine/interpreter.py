@@ -1,5 +1,5 @@
-"""The engine: runs a compiled :class:`~engine.ir.Project` against the friend state in a
-:class:`~engine.store.Store`, one :meth:`Engine.tick` at a time.
+"""The engine: runs a compiled :class:`~engine.language.ir.Project` against the friend state in a
+:class:`~engine.runtime.store.Store`, one :meth:`Engine.tick` at a time.
 
 A tick never reads the clock; the caller passes ``now``. In one tick, in this order:
 
@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl
 
-from . import identity, ir, timeutil
-from .render import RenderError, render_hash, render_message, sale_vars
-from .sqlcond import CURRENT, Compiled, CondCompiler, change_moments
-from .store import ApplyResult, EventRow, Store, bucket, is_store_fault
+from engine.runtime import identity
+from engine.language import ir, timeutil
+from engine.language.render import RenderError, render_hash, render_message, sale_vars
+from engine.runtime.sqlcond import CURRENT, Compiled, CondCompiler, change_moments
+from engine.runtime.store import ApplyResult, EventRow, Store, bucket, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -65,7 +66,7 @@ ANSWERED_TYPES = ("message", "postback")
 #: ``when followed via ...`` must see that source. Well inside the reply token's life.
 FOLLOW_GRACE = 10
 #: Latest moment :meth:`Engine.next_wakeup` considers (epoch seconds; intake accepts times
-#: before 2200, see engine/events.py).
+#: before 2200, see engine/runtime/events.py).
 MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 #: Other webhook events whose reply token is used when their sends go out at once.
 REPLIED_TYPES = ("follow",)
@@ -333,7 +334,7 @@ class Engine:
 
     def _event(self, ev: EventRow, now: int, result: TickResult) -> None:
         s, friend, at, data = self.store, ev.friend, ev.at, ev.data
-        # links, orders and refunds, events naming the shop's customer (engine/identity.py)
+        # links, orders and refunds, events naming the shop's customer (engine/runtime/identity.py)
         shop = identity.handle(s, ev)
         if shop is not None:
             if shop.friend is None:
@@ -658,7 +659,7 @@ class Engine:
         """Whether checking ``rule``'s condition now must enter nobody, as its last check did:
         nothing in the database changed since, and no term counting back from now
         (``within``, ``older than``, ``friend for``, ``reenter after``) crosses a stored time
-        between then and now (:func:`engine.sqlcond.change_moments`). A check costs a pass over
+        between then and now (:func:`engine.runtime.sqlcond.change_moments`). A check costs a pass over
         every friend; a quiet night of an account (and most hours of a simulation) skips it."""
         memo = self._quiet.get(rule.name)
         if memo is None or now < memo[1] or memo[0] != self._changes():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.line_emulator import Emulator, run_in_thread
+from engine.testing.line_emulator import Emulator, run_in_thread
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: validate the folder, then say whether Liquid was imported
-PROBE = ("import sys; from engine.validate import main; code = main([sys.argv[1]], 'text'); "
+PROBE = ("import sys; from engine.language.validate import main; code = main([sys.argv[1]], 'text'); "
          "print('liquid imported:', 'liquid' in sys.modules); raise SystemExit(code)")
 
 
@@ -66,8 +66,8 @@ def test_damaged_or_unwritable_cache_changes_nothing(tmp_path):
 
 
 #: validate the folder, then name the heavy libraries it imported
-PROBE_HEAVY = ("import sys; from engine.validate import main; code = main([sys.argv[1]], 'text'); "
-               "print('imported:', [m for m in ('liquid', 'croniter', 'linebot', 'aiohttp', "
+PROBE_HEAVY = ("import sys; from engine.language.validate import main; "
+               "code = main([sys.argv[1]], 'text'); print('imported:', [m for m in ('liquid', 'croniter', 'linebot', 'aiohttp', "
                "'sqlite_utils') if m in sys.modules]); raise SystemExit(code)")
 
 

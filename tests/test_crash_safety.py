@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 from collections import Counter
 
-from engine.line_emulator import run_in_thread
-from engine.store import Store
+from engine.testing.line_emulator import run_in_thread
+from engine.runtime.store import Store
 from test_runner_process import RunnerProcess, follow, wait_until, write_rules
 
 FRIENDS = [f"U{i:03d}" for i in range(1, 13)]

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from engine.dispatch import (
+from engine.line.dispatch import (
     DispatchResult,
     Dispatcher,
     DryRunTransport,
     OutboxItem,
     make_transport,
 )
-from engine.line_emulator import Emulator
+from engine.testing.line_emulator import Emulator
 
 TEXT = {"type": "text", "text": "こんにちは"}
 MENU = "richmenu-" + "0" * 32
@@ -373,7 +373,7 @@ async def test_make_transport_picks_by_the_environment():
 
 
 def test_proxy_from_the_environment_is_resolved_once(monkeypatch):
-    from engine.dispatch import _env_proxy
+    from engine.line.dispatch import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")

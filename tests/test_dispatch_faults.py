@@ -16,8 +16,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from engine.line_emulator import DEFAULT_CHANNEL_ID, DEFAULT_CHANNEL_SECRET, run_in_thread
-from engine.runloop import REPLY_SLOTS
+from engine.testing.line_emulator import DEFAULT_CHANNEL_ID, DEFAULT_CHANNEL_SECRET, run_in_thread
+from engine.runner.runloop import REPLY_SLOTS
 from test_runner_process import RunnerProcess, follow, wait_until, write_rules
 
 SECRET = DEFAULT_CHANNEL_SECRET
@@ -274,7 +274,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(tmp
 def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path):
     """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
     wait (and turn from a free reply into a paid push)."""
-    from engine.runloop import SEND_SLOTS
+    from engine.runner.runloop import SEND_SLOTS
 
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "lanes.db"

@@ -5,7 +5,7 @@ import pytest
 
 from engine import interpreter
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 
 RULES = "rule r when followed then send a wait 1d send b"

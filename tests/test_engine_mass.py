@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from engine import ir
+from engine.language import ir
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import ev, message, project, rule, run, send, wait
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))

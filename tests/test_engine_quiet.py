@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 
 from enginekit import TZ, at, compile_rules, ev, run
 

@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.project import load_project
-from engine.report import newcombe, plan_for, wilson
-from engine.report import main as report_main
-from engine.simulate import run_timeline
-from engine.store import Store, bucket
+from engine.language.project import load_project
+from engine.reports.report import newcombe, plan_for, wilson
+from engine.reports.report import main as report_main
+from engine.runtime.simulate import run_timeline
+from engine.runtime.store import Store, bucket
 from tests.enginekit import at, ev
 
 MESSAGES = ("greeting: ようこそ\ncoupon15: 15%OFF https://shop.example.jp/c\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.report import main as report_main
+from engine.reports.report import main as report_main
 from tests.enginekit import ev
 from tests.test_report import CLICKS, EVENTS, make_folder, simulate
 

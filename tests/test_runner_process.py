@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.line_emulator import run_in_thread
-from engine.runloop import DRY_RUN_MESSAGE
-from engine.store import Store
+from engine.testing.line_emulator import run_in_thread
+from engine.runner.runloop import DRY_RUN_MESSAGE
+from engine.runtime.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 API_TOKEN = "shop-token"

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from engine.store import MIGRATIONS, Store
+from engine.runtime.store import MIGRATIONS, Store
 from enginekit import ev
 
 
