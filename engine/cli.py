@@ -249,6 +249,34 @@ def import_customers_cmd(file, columns, db):
     raise SystemExit(main_customers(file, columns, db))
 
 
+@cli.command(name="migrate-db")
+@click.argument("sqlite_file", type=click.Path(dir_okay=False))
+@click.argument("postgres_url", metavar="POSTGRESQL_URL")
+@click.option("--batch", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per COPY batch (one PostgreSQL transaction each).")
+@click.option("--refresh", is_flag=True, default=False,
+              help="Make PostgreSQL equal to SQLite when an earlier copy is out of date: update the rows "
+                   "that differ, delete the rows SQLite no longer has.")
+def migrate_db_cmd(sqlite_file, postgres_url, batch, refresh):
+    """Copy a linerules SQLite database into PostgreSQL, then verify the rows of every table.
+
+    Stop the runner first. Every table is copied (friends, enrollments in flight, the outbox,
+    history), in batches; running it again copies only what is missing (resume after an
+    interruption), never anything twice, and compares every row already there. It ends with the
+    rows of each table on both sides, and exits 1 unless PostgreSQL holds exactly SQLite's rows
+    (--refresh puts right an earlier copy of a file that changed since). The tables go to the schema the URL's search_path
+    names (created when missing): one schema per LINE channel. See docs/scale.md.
+
+    \b
+    Example:
+      linerules migrate-db linerules.db postgresql://linerules@db.internal:5432/linerules
+      linerules migrate-db shop_a.db 'postgresql://linerules@db.internal/linerules?options=-csearch_path%3Dshop_a'
+    """
+    from engine.runtime.migrate_db import main as migrate_main
+
+    raise SystemExit(migrate_main(sqlite_file, postgres_url, batch, refresh))
+
+
 def main():
     cli(prog_name="linerules")
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a LINE Messaging API emulator on loopback and a fresh SQLite path."""
+"""Shared fixtures: a LINE Messaging API emulator on loopback, a fresh SQLite path, and a real
+PostgreSQL server with a fresh schema per test (engine/testing/pgserver.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.testing.line_emulator import Emulator, run_in_thread
+from engine.testing.pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
 
 @pytest.fixture

@@ -394,6 +394,9 @@ class Store:
         be read while a runner writes it. Otherwise a missing or empty file becomes a new
         database; any other file that is not a linerules database is refused
         (:class:`NotLinerulesDatabase`) and left as it was."""
+        if str(path).startswith(("postgresql:", "postgres:")):   # docs/scale.md: what exists today
+            raise StoreError("the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
+                             "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)")
         self.path = path
         self.yields = yields
         self.read_only = read_only
