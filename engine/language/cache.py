@@ -92,7 +92,8 @@ class Kept:
     def _load(self) -> dict[str, Any]:
         if self._answers is None:
             kept = read_json(self.name)
-            ok = isinstance(kept, dict) and kept.get("stamp") == self.stamp and isinstance(kept.get("answers"), dict)
+            ok = (isinstance(kept, dict) and kept.get("stamp") == self.stamp
+                  and isinstance(kept.get("answers"), dict))
             self._answers = kept["answers"] if ok else {}
         return self._answers
 

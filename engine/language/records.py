@@ -2,8 +2,9 @@
 
 ``dataclasses`` writes and compiles ``__eq__``, ``__hash__`` and ``__repr__`` anew for every
 class it decorates (a few tenths of a millisecond each): for the hundred node classes of
-:mod:`engine.language.astnodes` and :mod:`engine.language.ir` that was a large part of ``linerules validate``'s
-start-up. Their classes are declared ``@dataclass(..., eq=False, repr=False)`` on
+:mod:`engine.language.astnodes` and :mod:`engine.language.ir` that was a large part of
+``linerules validate``'s start-up. Their classes are declared
+``@dataclass(..., eq=False, repr=False)`` on
 :class:`Record` or :class:`FrozenRecord` and get these methods instead, with the same results
 as the generated ones: equality (same class, then the tuple of the ``compare`` fields in
 order), hash (of the tuple of the hashed fields, frozen records only; a mutable record is
