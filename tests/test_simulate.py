@@ -228,3 +228,50 @@ def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(f
     assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
     assert "rule big: message big not sent to anyone it is due for: " in caplog.text
     assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text
+
+
+def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_path, capsys):
+    """Condition ticks that would enter nobody are skipped; the first one at or after the moment
+    time alone makes the condition true still runs, and so does the last one of the run (the
+    database keeps it as the last tick)."""
+    import datetime as dt
+
+    from engine.interpreter import Engine
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text("thanks: ありがとう\n", encoding="utf-8")
+    (rules / "loyal.rule").write_text("rule loyal\n  when friend for 30d and orders = 0\n"
+                                      "  then\n    send thanks\n", encoding="utf-8")
+    events = ({"type": "follow", "friend": "U1", "at": "2026-11-01T10:20:00+09:00"},
+              {"type": "follow", "friend": "U2", "at": "2026-11-03T07:05:00+09:00"},
+              {"type": "purchase", "friend": "U2", "at": "2026-11-04T12:00:00+09:00", "order_id": "B-1",
+               "amount": 900})
+    db = tmp_path / "forecast.db"
+    ticks = []
+    original = Engine.tick
+
+    def counted(self, now, **kw):
+        ticks.append(now)
+        return original(self, now, **kw)
+
+    Engine.tick = counted
+    try:
+        code = main(timeline(tmp_path, *events), str(rules), "2027-02-01T00:30:00+09:00", "1h", str(db))
+    finally:
+        Engine.tick = original
+    out = capsys.readouterr().out
+    assert code == 0
+    # U1 is a friend for 30 days at 2026-12-01 10:20: the condition tick at 11:00 enters them and
+    # the push goes at once (inside the window). U2 has an order: never.
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"at": "2026-12-01T11:00:00+09:00", "friend": "U1", "rule": "loyal", "messages": ["thanks"]}]
+    store = Store(str(db))
+    try:
+        last_tick = int(store.get_meta("engine.last_tick"))
+    finally:
+        store.close()
+    tz = dt.timezone(dt.timedelta(hours=9))
+    assert dt.datetime.fromtimestamp(last_tick, tz).isoformat() == "2027-02-01T00:00:00+09:00"
+    assert len(ticks) < 100   # not one per hour of the three months (2,200)

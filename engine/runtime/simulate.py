@@ -66,30 +66,55 @@ def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.date
     clock_now = start
     engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
     pushes: list[tuple[int, str, str, int, dict]] = []
+    times = [timeutil.epoch(e.at) for e in ordered]
+    # The clock stops at every event, every wake-up of the engine and every condition tick (a
+    # boundary of ``tick_seconds``). A condition tick before the engine's
+    # ``conditions_quiet_until`` would enter nobody and is skipped, except the last one, which
+    # the database keeps as the last tick (``linerules report`` on ``--db``).
+    last_boundary = _last_boundary(end, tick_seconds, tz)
     i, now = 0, start
     try:
         while now <= end:
             clock_now = now
-            batch = []
-            while i < len(ordered) and timeutil.epoch(ordered[i].at) <= now:
-                batch.append(ordered[i])
-                i += 1
-            if batch:
-                store.apply_events(batch, received_at=now)
+            j = i
+            while j < len(times) and times[j] <= now:
+                j += 1
+            if j > i:
+                store.apply_events(ordered[i:j], received_at=now)
+                i = j
             boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
             engine.tick(timeutil.local(now, tz), conditions=boundary)
             _transport(store, now, tz, pushes, render)
-            candidates = [timeutil.next_boundary(now, tick_seconds, tz)]
-            if i < len(ordered):
-                candidates.append(timeutil.epoch(ordered[i].at))
+            quiet = engine.conditions_quiet_until(now)
+            candidates = [last_boundary] if last_boundary > now else []
+            if quiet <= now:
+                candidates.append(timeutil.next_boundary(now, tick_seconds, tz))
+            elif quiet < last_boundary:
+                candidates.append(timeutil.next_boundary(max(now, math.ceil(quiet) - 1), tick_seconds, tz))
+            if i < len(times):
+                candidates.append(times[i])
             wake = engine.next_wakeup(timeutil.local(now, tz))
             if wake is not None:
                 candidates.append(timeutil.epoch(wake))
+            if not candidates:
+                break
             now = min(candidates)
     finally:
         store.close()
     pushes.sort(key=lambda p: p[:4])
     return [p[4] for p in pushes]
+
+
+def _last_boundary(end: int, tick_seconds: int, tz) -> int:
+    """The last condition tick at or before ``end``: a multiple of ``tick_seconds`` after local
+    midnight of ``end``'s day (:func:`engine.language.timeutil.next_boundary`)."""
+    midnight = timeutil.next_boundary(end - 86400 * 2, 86400, tz)
+    while True:
+        following = timeutil.next_boundary(midnight, 86400, tz)
+        if following > end:
+            break
+        midnight = following
+    return midnight + (end - midnight) // tick_seconds * tick_seconds
 
 
 def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:

@@ -504,6 +504,11 @@ def bucket(friend: str, rule: str, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "big") % 10000
 
 
+#: The migrated empty in-memory database, by the migrations it was made with (Store._migrate_memory).
+_MEMORY_SCHEMAS: dict[tuple, sqlite3.Connection] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
@@ -587,7 +592,25 @@ class Store:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("lr_bucket", 3, bucket, deterministic=True)
         conn.create_function("lr_uuid", 0, lambda: str(uuid.uuid4()))
+        if path == ":memory:":
+            self._migrate_memory()
+        else:
+            self._migrate()
+
+    def _migrate_memory(self) -> None:
+        """A new in-memory database (each rule test and simulation opens one) is a copy of one
+        migrated before in this process, the same bytes as migrating it again, ten times faster."""
+        with _MEMORY_LOCK:
+            template = _MEMORY_SCHEMAS.get(MIGRATIONS)
+            if template is not None:
+                template.backup(self.conn)
+                return
         self._migrate()
+        template = sqlite3.connect(":memory:", check_same_thread=False)
+        self.conn.backup(template)
+        with _MEMORY_LOCK:
+            _MEMORY_SCHEMAS.clear()
+            _MEMORY_SCHEMAS[MIGRATIONS] = template
 
     # ------------------------------------------------------------------ plumbing
 
