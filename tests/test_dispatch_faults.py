@@ -8,13 +8,14 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import signal
 import sqlite3
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.testing.line_emulator import DEFAULT_CHANNEL_ID, DEFAULT_CHANNEL_SECRET, run_in_thread
 from engine.runner.runloop import REPLY_SLOTS
@@ -90,11 +91,15 @@ def per_friend(emulator, endpoint: str | None = None) -> Counter:
                    if endpoint is None or d.endpoint == endpoint)
 
 
-def metric(runner: RunnerProcess, name: str) -> float:
+def metric(runner: RunnerProcess, name: str, **labels: str) -> float:
+    """One sample of the runner's /metrics, parsed by prometheus_client (0 when absent)."""
     with urllib.request.urlopen(runner.url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
 
 
 # ----------------------------------------------------------------------------- 3: replies after a crash
@@ -234,7 +239,7 @@ def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(tmp_path):
             [held] = rows(db, "SELECT * FROM outbox WHERE status = 'held'")
             assert 290 <= held["not_before"] - int(time.time()) <= 301   # capped at 5 minutes
             runner.wait_for(rf"outbox {held['id']} to U\d not sent \(429 .*\); next attempt at")
-            assert metric(runner, 'linerules_pushes_total{outcome="retry"}') == 1
+            assert metric(runner, "linerules_pushes_total", outcome="retry") == 1
             started = time.monotonic()
             runner.proc.send_signal(signal.SIGTERM)
             assert runner.exit_code(timeout=10) == 0
@@ -261,7 +266,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(tmp
             post_webhook(runner, [message("UR", emulator.issue_reply_token("UR"))])
             wait_until(lambda: emulator.inbox("UR"), timeout=5)
             assert per_friend(emulator, "reply") == Counter({"UR": 1})   # free, not pushed
-            wait_until(lambda: metric(runner, 'linerules_line_retries_total{reason="500"}') == 2)
+            wait_until(lambda: metric(runner, "linerules_line_retries_total", reason="500") == 2)
             # the hung request times out (10 s) and goes again with its retry key
             wait_until(lambda: backlog(db) == 0, timeout=30)
             assert per_friend(emulator) == Counter({f: 1 for f in friends + ["UR"]})

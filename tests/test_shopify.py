@@ -2,7 +2,6 @@
 (signed payloads shaped like Shopify's, the LINE emulator with the real line-bot-sdk)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -10,10 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from engine.runner.clock import ManualClock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.runner.shopify import sign
-from tests.test_server import line_event, sign as line_sign, wait_for, webhook_body
+from tests.test_server import line_event, sign as line_sign, tick_later, wait_for, webhook_body
 
 SECRET = "channel-secret"
 SHOPIFY_SECRET = "shpss_0123456789abcdef"
@@ -81,7 +81,7 @@ async def shop(tmp_path: Path, aiohttp_client, line_emulator):
            "LINE_API_ENDPOINT": line_emulator.base_url}
     config = RunnerConfig.from_env(env, rules_dir=rules, db=tmp_path / "linerules.db",
                                    listen="127.0.0.1:0", tick_seconds=0.1)
-    runner = Runner.open(config)
+    runner = Runner.open(config, clock=ManualClock(flowing=True))   # tick_later moves it on
     client = await aiohttp_client(build_app(runner))
     yield client, runner, line_emulator
     await client.close()
@@ -140,7 +140,8 @@ async def test_order_for_an_unlinked_customer_is_kept_and_counts_after_identify(
     await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
     await wait_for(lambda: runner.store.friend("U1")["orders"] == 1)
     assert runner.store.friend("U1")["total_spent"] == 5500
-    await asyncio.sleep(0.3)
+    await tick_later(runner)
+    assert [r["rule"] for r in runner.store.outbox()] == ["thanks_link"]
     assert "ご注文ありがとうございます" not in texts(emulator)      # history does not fire `when purchased`
 
 
