@@ -1572,12 +1572,28 @@ class Store:
         Call inside a transaction (the ids are allocated under its write lock)."""
         with self.transaction() as c:
             first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+            # a payload shared by many rows (one render, many pushes) and the few distinct
+            # message lists are encoded once each (``rows`` keeps the payloads alive: ids stay unique)
             payloads: dict[int, str] = {}
+            names: dict[tuple[str, ...], str] = {}
+
+            def payload(value: Any) -> str:
+                text = payloads.get(id(value))
+                if text is None:
+                    text = payloads[id(value)] = _json(value)
+                return text
+
+            def messages(value: Sequence[str]) -> str:
+                key = tuple(value)
+                text = names.get(key)
+                if text is None:
+                    text = names[key] = _json(list(key))
+                return text
+
             c.executemany(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
                 "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(first + i, r.kind, _json(list(r.recipients)),
-                  payloads.setdefault(id(r.payload), _json(r.payload)), _json(list(r.messages)), r.rule,
+                [(first + i, r.kind, _json(list(r.recipients)), payload(r.payload), messages(r.messages), r.rule,
                   str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
                  for i, r in enumerate(rows)])
         return list(range(first, first + len(rows)))
