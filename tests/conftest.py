@@ -1,25 +1,11 @@
-"""Shared fixtures: a LINE Messaging API emulator on loopback and a fresh SQLite path."""
+"""Shared fixtures. The LINE emulator (``line_emulator``, ``line_env``, ``line_webhook`` ...)
+comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from engine.line_emulator import Emulator, run_in_thread
-
-
-@pytest.fixture
-def line_emulator() -> Iterator[Emulator]:
-    """A LINE emulator on 127.0.0.1 (a free port) for this test, on its own thread.
-
-    Point the code under test at ``line_emulator.base_url`` with the token
-    ``line_emulator.access_token``; add friends with ``add_user``; read ``delivered``,
-    ``inbox(user_id)``, ``requests``; inject faults with ``inject`` / ``inject_timeout`` /
-    ``inject_lost_response``. Works from synchronous and asynchronous tests alike.
-    """
-    with run_in_thread() as emulator:
-        yield emulator
 
 
 @pytest.fixture

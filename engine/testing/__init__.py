@@ -1,0 +1,1 @@
+"""Testing support: the LINE API emulator and the pytest plugin."""
