@@ -2,10 +2,18 @@
 comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py."""
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+
+from engine.runloop import Runner, RunnerConfig
+from engine.server import build_app
+from runnerkit import RunnerProcess
+from serverkit import API_TOKEN, SECRET, write_rules
 
 
 @pytest.fixture
@@ -35,3 +43,84 @@ def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
     mp.setenv("LINERULES_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+# ----------------------------------------------------------------------------- runner processes
+
+@pytest.fixture
+def processes():
+    """``processes(rules, db, env=..., tick=..., command=...)`` starts a
+    :class:`runnerkit.RunnerProcess`; every one still running is killed when the test ends."""
+    started: list[RunnerProcess] = []
+
+    def start(*args, **kwargs) -> RunnerProcess:
+        proc = RunnerProcess(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.proc.send_signal(signal.SIGCONT)    # a test may have stopped it
+        proc.stop()
+
+
+# ----------------------------------------------------------------------------- the server in-process
+
+@pytest.fixture
+def rules_dir(tmp_path: Path, monkeypatch) -> Path:
+    """The rule folder of serverkit (welcome and keyword rules), with a LINE Login secret."""
+    monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
+    return write_rules(tmp_path / "rules")
+
+
+@pytest.fixture
+async def make_client(tmp_path, rules_dir, aiohttp_client):
+    """``await make_client(env, loops=..., tick=..., rules=...)`` starts a runner (loops
+    included) on ``rules_dir`` (or the folder ``rules``) with the given environment; returns
+    (client, runner)."""
+    started: list[tuple] = []
+
+    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
+                   rules: Path | None = None):
+        base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
+        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules or rules_dir,
+                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
+                                       tick_seconds=tick)
+        runner = Runner.open(config)
+        client = await aiohttp_client(build_app(runner, loops=loops))
+        started.append((client, runner))
+        return client, runner
+
+    yield make
+    for client, runner in started:
+        await client.close()
+        runner.close()
+
+
+@pytest.fixture
+async def fake_line_login(aiohttp_server):
+    """The two LINE Login endpoints the runner calls: token exchange and profile (``seen``:
+    the token requests' forms)."""
+    seen: list[dict] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        seen.append(form)
+        if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
+                                  "token_type": "Bearer", "scope": "profile openid"})
+
+    async def profile(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer at-1":
+            return web.json_response({"message": "invalid token"}, status=401)
+        return web.json_response({"userId": "U77", "displayName": "Taro"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v2.1/token", token)
+    app.router.add_get("/v2/profile", profile)
+    server = await aiohttp_server(app)
+    server.seen = seen
+    return server

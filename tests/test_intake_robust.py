@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from engine.cli import cli
-from test_server import (API_TOKEN, line_event, make_client, rules_dir, shop_event,  # noqa: F401
-                         sign, webhook_body)
+from serverkit import API_TOKEN, line_event, shop_event, sign, webhook_body
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 

@@ -19,8 +19,7 @@ from engine.runloop import Runner, RunnerConfig
 from engine.server import build_app
 from engine.store import Store
 from enginekit import at, compile_rules, ev
-from test_server import (API_TOKEN, SECRET, fake_line_login, line_event, sign, wait_for,  # noqa: F401
-                         webhook_body, write_rules)
+from serverkit import API_TOKEN, SECRET, line_event, sign, wait_for, webhook_body, write_rules
 
 SOURCE_RULES = """\
 rule welcome_general

@@ -4,10 +4,7 @@ sources through a tiny fake of LINE Login, tracked links, and rule reloads."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -19,105 +16,25 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp import web
 
 from engine.login import LoginError, LoginFlow
 from engine.metrics import Metrics
 from engine.runloop import Runner, RunnerConfig, StartupError
 from engine.server import build_app, health
 from engine.store import Store
+from serverkit import (
+    API_TOKEN,
+    RULES,
+    SETTINGS,
+    line_event,
+    shop_event,
+    sign,
+    wait_for,
+    webhook_body,
+    write_rules,
+)
 
-SECRET = "channel-secret"
-API_TOKEN = "shop-token"
 JST = dt.timezone(dt.timedelta(hours=9))
-
-SETTINGS = """\
-timezone: Asia/Tokyo
-login_channel_id: "1650000000"
-base_url: https://shop.example.com/line
-"""
-MESSAGES = """\
-greeting: "ようこそ {{ friend.display_name }}さん 新着はこちら https://shop.example.com/new"
-coupon_reply: "クーポンはこちら"
-"""
-RULES = """\
-rule welcome
-  when followed
-  then send greeting
-
-rule keyword
-  when message "クーポン", "coupon"
-  reenter always
-  then send coupon_reply
-"""
-
-
-def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (root / "messages.yaml").write_text(messages, encoding="utf-8")
-    (root / "main.rule").write_text(rules, encoding="utf-8")
-    return root
-
-
-def sign(body: bytes, secret: str = SECRET) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-
-
-def webhook_body(*events: dict) -> bytes:
-    return json.dumps({"destination": "Ubot", "events": list(events)}, ensure_ascii=False).encode()
-
-
-def line_event(kind: str, user: str, *, event_id: str, reply_token: str | None = None,
-               **extra) -> dict:
-    event = {"type": kind, "mode": "active", "timestamp": int(time.time() * 1000),
-             "source": {"type": "user", "userId": user}, "webhookEventId": event_id,
-             "deliveryContext": {"isRedelivery": False}, **extra}
-    if reply_token:
-        event["replyToken"] = reply_token
-    return event
-
-
-def shop_event(kind: str, friend: str, **fields) -> dict:
-    return {"type": kind, "friend": friend, "at": "2026-11-01T10:00:00+09:00", **fields}
-
-
-async def wait_for(predicate, timeout: float = 5.0):
-    """Poll ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-@pytest.fixture
-def rules_dir(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
-    return write_rules(tmp_path / "rules")
-
-
-@pytest.fixture
-async def make_client(tmp_path, rules_dir, aiohttp_client):
-    """Start a runner (loops included) with the given environment; returns (client, runner)."""
-    started: list[tuple] = []
-
-    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2):
-        base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
-        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules_dir,
-                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
-                                       tick_seconds=tick)
-        runner = Runner.open(config)
-        client = await aiohttp_client(build_app(runner, loops=loops))
-        started.append((client, runner))
-        return client, runner
-
-    yield make
-    for client, runner in started:
-        await client.close()
-        runner.close()
 
 
 @pytest.fixture
@@ -333,32 +250,6 @@ def test_metrics_rendering_escapes_labels():
 
 
 # ----------------------------------------------------------------------------- friend-add sources
-
-
-@pytest.fixture
-async def fake_line_login(aiohttp_server):
-    """The two LINE Login endpoints the runner calls: token exchange and profile."""
-    seen: list[dict] = []
-
-    async def token(request: web.Request) -> web.Response:
-        form = dict(await request.post())
-        seen.append(form)
-        if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
-            return web.json_response({"error": "invalid_grant"}, status=400)
-        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
-                                  "token_type": "Bearer", "scope": "profile openid"})
-
-    async def profile(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != "Bearer at-1":
-            return web.json_response({"message": "invalid token"}, status=401)
-        return web.json_response({"userId": "U77", "displayName": "Taro"})
-
-    app = web.Application()
-    app.router.add_post("/oauth2/v2.1/token", token)
-    app.router.add_get("/v2/profile", profile)
-    server = await aiohttp_server(app)
-    server.seen = seen
-    return server
 
 
 async def test_join_link_records_the_source_through_line_login(make_client, fake_line_login):

@@ -10,6 +10,7 @@ import pytest
 
 from engine.simulate import main
 from engine.store import Store
+from enginekit import write_folder, write_timeline
 
 SETTINGS = "timezone: Asia/Tokyo\nwindow: \"09:00-21:00\"\nmax_per_day: 2\n"
 MESSAGES = "greeting: こんにちは\ncoupon15: 15%OFFクーポン\nweekly: 今週のおすすめ\nthanks: ありがとう\n"
@@ -29,18 +30,12 @@ rule thanks when message "ありがとう" reenter always then send thanks
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (rules / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
-    (rules / "shop.rule").write_text(RULES, encoding="utf-8")
-    return rules
+    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
+                        rule_file="shop.rule")
 
 
 def timeline(tmp_path: Path, *events: dict) -> str:
-    path = tmp_path / "timeline.jsonl"
-    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
-    return str(path)
+    return str(write_timeline(tmp_path / "timeline.jsonl", events))
 
 
 EVENTS = (

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.store import Store
-from test_runner_process import API_TOKEN, RunnerProcess, follow, processes, write_rules  # noqa: F401
+from runnerkit import API_TOKEN, RunnerProcess, follow, write_rules
 
 
 @pytest.fixture
