@@ -3,6 +3,7 @@ comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +39,15 @@ def _english_unless_asked(monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
     """The parser's and the templates' cache in a folder of this test run (inherited by the
-    ``linerules`` processes tests start), not in the user's own."""
+    ``linerules`` processes tests start), not in the user's own. Under pytest-xdist the
+    workers share one (the cache replaces its files whole, so concurrent writers are safe)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("LINERULES_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("cache")
+    mp.setenv("LINERULES_CACHE_DIR", str(folder))
     yield
     mp.undo()
 

@@ -41,7 +41,10 @@ def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES) -> Pat
 
 
 class RunnerProcess:
-    """A runner started as its own process, with its log read line by line."""
+    """A runner started as its own process, with its log read line by line.
+
+    The waits are upper bounds, generous because a runner process's start-up (Python, the
+    engine's imports, the rules) is slow on a busy machine; a passing test never waits them."""
 
     def __init__(self, rules: Path, db: Path, *, env: dict[str, str] | None = None,
                  tick: float = 0.2, command: list[str] | None = None):
@@ -66,7 +69,7 @@ class RunnerProcess:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match:
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
         """The first log line (from now on, or already read) matching ``pattern``."""
         regex = re.compile(pattern)
         for line in self.lines:
@@ -89,7 +92,7 @@ class RunnerProcess:
         self.url = self.wait_for(r"listening on (http://[\d.]+:\d+)", timeout=60).group(1)
         return self
 
-    def exit_code(self, timeout: float = 15.0) -> int:
+    def exit_code(self, timeout: float = 30.0) -> int:
         code = self.proc.wait(timeout=timeout)
         while (line := self._drain()) is not None:
             self.lines.append(line)
@@ -147,7 +150,7 @@ def text_message(user: str, reply_token: str, n: int = 0, text: str = "クーポ
                       message={"type": "text", "id": f"m{user}{n}", "text": text})
 
 
-def wait_until(predicate, timeout: float = 15.0):
+def wait_until(predicate, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():

@@ -30,20 +30,16 @@ def shop(pytester, monkeypatch):
         (pytester.path / "rules").mkdir(exist_ok=True)
         (pytester.path / "rules" / name).write_text(text, encoding="utf-8")
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     return pytester
 
 
-def test_the_example_of_the_docs_passes_in_a_shops_project(shop):
-    shop.makepyfile(test_welcome=docs_example())
-    result = shop.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
-
-
-def test_the_fixtures_talk_to_line_as_the_sdk_does(shop):
-    """A push through the real line-bot-sdk lands in the inbox; a webhook signed by
-    ``line_webhook`` is one the SDK's own parser accepts; the marker sets the emulator's
-    quota and the channel; faults are injected."""
-    shop.makepyfile(test_sdk='''
+def test_a_shops_tests_use_the_fixtures_with_no_conftest(shop):
+    """One pytest run of a shop's project: the example of docs/testing.md (the real runner,
+    a signed follow, LINE failing twice); a push through the real line-bot-sdk lands in the
+    inbox; a webhook signed by ``line_webhook`` is one the SDK's own parser accepts; the
+    marker sets the emulator's quota and the channel; faults are injected."""
+    shop.makepyfile(test_welcome=docs_example(), test_sdk='''
         import pytest
         from linebot.v3.exceptions import InvalidSignatureError
         from linebot.v3.messaging import (ApiClient, ApiException, Configuration, MessagingApi,
@@ -96,6 +92,6 @@ def test_the_fixtures_talk_to_line_as_the_sdk_does(shop):
         def test_a_positional_option_is_a_usage_error(line_emulator):
             pass
     ''')
-    result = shop.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, errors=1)
+    result = shop.runpytest("-p", "no:cacheprovider", "-p", "no:xdist")
+    result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*line_emulator takes keyword options only*"])

@@ -274,7 +274,7 @@ def test_a_follow_waits_for_its_source_and_the_friends_later_events_wait_with_it
 
 
 async def test_follow_then_login_callback_two_seconds_later_fires_the_source_rule(
-        open_runner, aiohttp_client, fake_line_login, monkeypatch):  # noqa: F811
+        open_runner, aiohttp_client, fake_line_login, monkeypatch):
     monkeypatch.setattr(runloop, "FOLLOW_GRACE", 3)
     runner = open_runner(SOURCE_RULES, {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))}, tick=30)
     client = await aiohttp_client(build_app(runner))
