@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench setup browser clean catalog docs
+.PHONY: run test bench setup browser postgres clean catalog docs
 
-setup: $(VENV)/.installed
+setup: postgres $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ browser:
 	  || echo "chromium could not be installed: the HTML report test will be skipped"; \
 	else echo "chromium is not installed (needs root and apt-get): the HTML report test will be skipped"; fi
 
+# PostgreSQL (Debian's package) for the PostgreSQL tests, which start their own server in a temp
+# folder (or use LINERULES_TEST_PG=postgresql://...); without either those tests fail and say why.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; } \
+	  || echo "postgresql could not be installed: the PostgreSQL tests will fail (or set LINERULES_TEST_PG)"; \
+	else echo "PostgreSQL is not installed (needs root and apt-get): the PostgreSQL tests will fail (or set LINERULES_TEST_PG)"; fi
+
 # The message catalog: extract every text users read into engine/locale/linerules.pot and merge
 # it into the Japanese catalog (then translate the new entries in the .po file).
 catalog: setup
@@ -44,7 +53,7 @@ catalog: setup
 
 # docs/errors.md and docs/ja/errors.md, generated from the catalog.
 docs: setup
-	$(BIN)/python -m engine.codes
+	$(BIN)/python -m engine.language.codes
 
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.identity import link_many  # noqa: E402
-from engine.importer import import_orders, read_orders  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.runtime.identity import link_many  # noqa: E402
+from engine.runtime.importer import import_orders, read_orders  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
 
 HEADER = "受注番号,受注ステータス,注文日時,合計金額,注文者メールアドレス,商品管理番号,商品名,単価,個数"
 CUSTOMERS = 20000

@@ -37,11 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import timeutil  # noqa: E402
-from engine.events import Event  # noqa: E402
+from engine.language import timeutil  # noqa: E402
+from engine.runtime.events import Event  # noqa: E402
 from engine.interpreter import Engine  # noqa: E402
-from engine.project import load_project  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.language.project import load_project  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
 
 DAY = 86400
 START = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.timezone.utc)   # 10:00 in Tokyo

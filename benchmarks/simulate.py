@@ -27,9 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import simulate, timeutil  # noqa: E402
-from engine.events import Event  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.runtime import simulate
+from engine.language import timeutil  # noqa: E402
+from engine.runtime.events import Event  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
 
 START = "2026-11-01T00:00:00+09:00"
 DAYS = 30
@@ -77,8 +78,8 @@ def generate(friends: int, days: int = DAYS, seed: int = 14) -> list[Event]:
 
 
 def load_rules(folder: str):
-    from engine.diagnostics import render_text
-    from engine.project import load_project
+    from engine.language.diagnostics import render_text
+    from engine.language.project import load_project
 
     loaded = load_project(folder)
     if loaded.project is None:

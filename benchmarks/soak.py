@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.line_emulator import DEFAULT_CHANNEL_SECRET, run_in_thread, synthetic_user_id  # noqa: E402
+from engine.testing.line_emulator import DEFAULT_CHANNEL_SECRET, run_in_thread, synthetic_user_id  # noqa: E402
 
 SECRET = DEFAULT_CHANNEL_SECRET
 API_TOKEN = "soak-token"

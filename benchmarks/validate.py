@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.parser import lark_parser  # noqa: E402
-from engine.project import load_project  # noqa: E402
+from engine.language.parser import lark_parser  # noqa: E402
+from engine.language.project import load_project  # noqa: E402
 
 MESSAGES = [f"msg_{i}" for i in range(40)]
 TRIGGERS = [

@@ -29,9 +29,9 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.runloop import Runner, RunnerConfig  # noqa: E402
-from engine.server import build_app  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.runner.runloop import Runner, RunnerConfig  # noqa: E402
+from engine.runner.server import build_app  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
 
 SECRET = "bench-secret"
 SETTINGS = "timezone: Asia/Tokyo\n"

@@ -47,7 +47,7 @@ def validate(paths, fmt, lang):
       linerules validate rules/
       linerules validate rules/ --format github
     """
-    from .validate import main
+    from engine.language.validate import main
 
     raise SystemExit(main(list(paths) or ["rules"], fmt, lang))
 
@@ -66,7 +66,7 @@ def explain(code, rules_dir, lang):
       linerules explain LR102
       linerules explain LR102 --lang ja
     """
-    from .explain import main
+    from engine.language.explain import main
 
     raise SystemExit(main(code, rules_dir, lang))
 
@@ -83,7 +83,7 @@ def graph(rule, rules_dir, lang):
     Example:
       linerules graph welcome --rules rules/ > welcome.mmd
     """
-    from .graph import main
+    from engine.language.graph import main
 
     raise SystemExit(main(rules_dir, rule, lang))
 
@@ -111,7 +111,7 @@ def simulate(events, rules_dir, until, tick, db, render, lang):
     Example:
       linerules simulate timeline.jsonl --rules rules/ --until 2026-12-31T00:00:00+09:00
     """
-    from .simulate import main
+    from engine.runtime.simulate import main
 
     raise SystemExit(main(events, rules_dir, until, tick, db, lang, render=render))
 
@@ -126,7 +126,7 @@ def test_cmd(directory, lang):
     Example:
       linerules test rules/
     """
-    from .ruletest import main
+    from engine.runtime.ruletest import main
 
     raise SystemExit(main(directory, lang=lang))
 
@@ -152,7 +152,7 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, 
       linerules report --db linerules.db --format json
       linerules report --db forecast.db --html report.html
     """
-    from .report import main
+    from engine.reports.report import main
 
     raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
                           block_days=block_days, lang=lang))
@@ -181,10 +181,10 @@ def run(rules_dir, db, listen, tick_seconds, condition_interval):
     Example:
       LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
     """
-    from runner import main
+    from engine.runner.server import serve
 
-    raise SystemExit(main(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
-                          condition_interval=condition_interval))
+    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
+                           condition_interval=condition_interval))
 
 
 @cli.group(name="import")
@@ -224,7 +224,7 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
       linerules import orders orders_export.csv --format shopify
       linerules import orders rms_orders.csv --format rakuten --db /var/lib/linerules/linerules.db
     """
-    from .importer import main_orders
+    from engine.runtime.importer import main_orders
 
     raise SystemExit(main_orders(file, fmt, columns, db, rules_dir))
 
@@ -244,9 +244,37 @@ def import_customers_cmd(file, columns, db):
     Example:
       linerules import customers line_login_members.csv --db linerules.db
     """
-    from .importer import main_customers
+    from engine.runtime.importer import main_customers
 
     raise SystemExit(main_customers(file, columns, db))
+
+
+@cli.command(name="migrate-db")
+@click.argument("sqlite_file", type=click.Path(dir_okay=False))
+@click.argument("postgres_url", metavar="POSTGRESQL_URL")
+@click.option("--batch", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per COPY batch (one PostgreSQL transaction each).")
+@click.option("--refresh", is_flag=True, default=False,
+              help="Make PostgreSQL equal to SQLite when an earlier copy is out of date: update the rows "
+                   "that differ, delete the rows SQLite no longer has.")
+def migrate_db_cmd(sqlite_file, postgres_url, batch, refresh):
+    """Copy a linerules SQLite database into PostgreSQL, then verify the rows of every table.
+
+    Stop the runner first. Every table is copied (friends, enrollments in flight, the outbox,
+    history), in batches; running it again copies only what is missing (resume after an
+    interruption), never anything twice, and compares every row already there. It ends with the
+    rows of each table on both sides, and exits 1 unless PostgreSQL holds exactly SQLite's rows
+    (--refresh puts right an earlier copy of a file that changed since). The tables go to the schema the URL's search_path
+    names (created when missing): one schema per LINE channel. See docs/scale.md.
+
+    \b
+    Example:
+      linerules migrate-db linerules.db postgresql://linerules@db.internal:5432/linerules
+      linerules migrate-db shop_a.db 'postgresql://linerules@db.internal/linerules?options=-csearch_path%3Dshop_a'
+    """
+    from engine.runtime.migrate_db import main as migrate_main
+
+    raise SystemExit(migrate_main(sqlite_file, postgres_url, batch, refresh))
 
 
 def main():

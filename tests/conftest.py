@@ -1,5 +1,6 @@
 """Shared fixtures. The LINE emulator (``line_emulator``, ``line_env``, ``line_webhook`` ...)
-comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py."""
+comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py; a real PostgreSQL
+server with a fresh schema per test from engine/testing/pgserver.py."""
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from engine.runloop import Runner, RunnerConfig
-from engine.server import build_app
+from engine.runner.runloop import Runner, RunnerConfig
+from engine.runner.server import build_app
+from engine.testing.pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
 from runnerkit import RunnerProcess
 from serverkit import API_TOKEN, SECRET, write_rules
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from engine import ir
-from engine.events import Event
-from engine.simulate import run_timeline
+from engine.language import ir
+from engine.runtime.events import Event
+from engine.runtime.simulate import run_timeline
 
 TZ = ZoneInfo("Asia/Tokyo")
 MESSAGES = ("greeting", "coupon15", "review_request", "coupon_reply", "thanks", "weekly_pick",
@@ -83,8 +83,8 @@ def run(proj: ir.Project, events: list[Event], until: str | None = None, tick: i
 def compile_rules(text: str, *, messages: dict | None = None, settings: ir.Settings | None = None,
                   sales: tuple = ()) -> ir.Project:
     """A project from rule text (the real compiler), with the default test messages."""
-    from engine.diagnostics import render_text
-    from engine.project import compile_source
+    from engine.language.diagnostics import render_text
+    from engine.language.project import compile_source
 
     msgs = {n: message(n) for n in MESSAGES}
     msgs.update(messages or {})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.project import load_project
-from engine.simulate import run_timeline
-from engine.store import Store
+from engine.language.project import load_project
+from engine.runtime.simulate import run_timeline
+from engine.runtime.store import Store
 from enginekit import at, ev, write_folder
 
 MESSAGES = ("greeting: ようこそ\ncoupon15: 15%OFF https://shop.example.jp/c\n"

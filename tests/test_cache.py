@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: validate the folder, then say whether Liquid was imported
-PROBE = ("import sys; from engine.validate import main; code = main([sys.argv[1]], 'text'); "
+PROBE = ("import sys; from engine.language.validate import main; code = main([sys.argv[1]], 'text'); "
          "print('liquid imported:', 'liquid' in sys.modules); raise SystemExit(code)")
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import ir
-from engine.diagnostics import Span
-from engine.project import compile_source, load_project
+from engine.language import ir
+from engine.language.diagnostics import Span
+from engine.language.project import compile_source, load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,7 @@
 """The dispatcher sends through the real line-bot-sdk to the LINE emulator on loopback."""
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -9,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from engine.dispatch import (
+from engine.line.dispatch import (
     DispatchResult,
     Dispatcher,
     DryRunTransport,
     OutboxItem,
     make_transport,
 )
-from engine.line_emulator import Emulator
+from engine.testing.line_emulator import Emulator
 
 TEXT = {"type": "text", "text": "こんにちは"}
 MENU = "richmenu-" + "0" * 32
@@ -99,6 +100,23 @@ async def test_400_is_rejected_and_never_retried(dispatcher, emulator):
     assert "messages[0].text" in result.detail
     assert len(emulator.requests_to("push")) == 1
     assert emulator.delivered == []
+
+
+async def test_a_body_from_the_stored_json_is_the_same_request(dispatcher, emulator):
+    to, messages = ["U2", "U3"], [TEXT, {"type": "text", "text": "二つ目 😀"}]
+    stored = (json.dumps(to), json.dumps(messages, ensure_ascii=False))
+    plain = OutboxItem(1, "multicast", to, messages, str(uuid.uuid4()))
+    encoded = OutboxItem(2, "multicast", to, messages, str(uuid.uuid4()), encoded=stored)
+    single = OutboxItem(3, "push", ["U4"], messages, str(uuid.uuid4()),
+                        encoded=(json.dumps(["U4"]), stored[1]))
+    assert json.loads(encoded.body({"to": to})) == json.loads(plain.body({"to": to})) == {
+        "to": to, "messages": messages}
+    assert json.loads(single.body({"to": "U4"})) == {"to": "U4", "messages": messages}
+    results = await dispatcher.send([plain, encoded, single])
+    assert [r.outcome for r in results] == ["sent"] * 3
+    bodies = [r.json() for r in emulator.requests_to("multicast") + emulator.requests_to("push")]
+    assert bodies[0] == bodies[1] and bodies[2]["to"] == "U4"
+    assert sorted(d.user_id for d in emulator.delivered) == ["U2", "U2", "U3", "U3", "U4"]
 
 
 async def test_invalid_items_are_rejected_without_calling_line(dispatcher, emulator):
@@ -295,6 +313,52 @@ async def test_token_buckets_keep_a_burst_under_the_rate(emulator):
     assert elapsed >= 0.6                      # 60 requests at 90/s, bursts of 1
 
 
+async def test_a_full_bucket_never_lets_a_second_hold_more_than_the_limit(emulator):
+    """The emulator's arrival times: no second (a sliding window) holds more requests than the
+    client's limit, from the first second on, and the limit is still reached."""
+    items = [OutboxItem(i, "multicast", ["U1", "U2", "U3"], [TEXT], str(uuid.uuid4()))
+             for i in range(35)]
+    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"multicast": 10},
+                          burst_seconds=0.5) as d:          # bursts of 5 after a stall
+        started = time.monotonic()
+        results = await d.send(items)
+        elapsed = time.monotonic() - started
+    assert {r.outcome for r in results} == {"sent"}
+    assert emulator.busiest_second("multicast") == 10
+    assert emulator.stats()["busiest_second"]["multicast"] == 10
+    assert 35 / elapsed >= 0.9 * 10                 # and the limit is reached
+
+
+def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
+    """Without the window, a bucket that starts full hands out capacity + rate in its first
+    second; with it, never more than the window's limit in any window."""
+    from engine.line.ratelimit import TokenBucket, client_bucket
+
+    def granted_in_first_second(bucket: TokenBucket, clock: list[float]) -> int:
+        grants = 0
+        for ms in range(1001):                   # 0 ms to 1,000 ms, both ends included
+            clock[0] = ms / 1000
+            while bucket.try_take():
+                grants += 1
+        return grants
+
+    clock = [0.0]
+    plain = TokenBucket(200, 10, clock=lambda: clock[0])
+    assert granted_in_first_second(plain, clock) == 210      # 10 at once, then 200/s
+    clock = [0.0]
+    windowed = TokenBucket(200, 10, window=1.02, window_limit=200, clock=lambda: clock[0])
+    assert granted_in_first_second(windowed, clock) == 200
+    clock = [0.0]
+    assert granted_in_first_second(client_bucket(200, clock=lambda: clock[0]), clock) <= 200
+    grants = []
+    for ms in range(1001, 10_000):               # and any 1.02 s after that holds at most 200
+        clock[0] = ms / 1000
+        while windowed.try_take():
+            grants.append(clock[0])
+    assert max(sum(1 for t in grants if s <= t < s + 1.02) for s in grants) <= 200
+    assert len(grants) >= 0.97 * 200 * 9
+
+
 async def test_without_client_pacing_the_same_burst_is_throttled(emulator):
     """The control for the test above: LINE's bucket does bite when the client does not pace."""
     emulator.set_rate_limit("push", 100, capacity=10)
@@ -373,7 +437,7 @@ async def test_make_transport_picks_by_the_environment():
 
 
 def test_proxy_from_the_environment_is_resolved_once(monkeypatch):
-    from engine.dispatch import _env_proxy
+    from engine.line.dispatch import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.runloop import REPLY_SLOTS
+from engine.runner.runloop import REPLY_SLOTS
 from runnerkit import (
     PER_FRIEND_MESSAGES,
     add_friends,
@@ -213,7 +213,7 @@ def test_an_answer_goes_at_once_while_every_push_slot_hangs(
         tmp_path, line_emulator, line_env, processes, ask):
     """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
     wait (and turn from a free reply into a paid push)."""
-    from engine.runloop import SEND_SLOTS
+    from engine.runner.runloop import SEND_SLOTS
 
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "lanes.db"

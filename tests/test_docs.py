@@ -41,7 +41,7 @@ def test_every_option_is_documented(name, option):
 
 
 def test_every_environment_variable_the_code_reads_is_documented():
-    code = "\n".join(p.read_text(encoding="utf-8") for p in [*(ROOT / "engine").glob("*.py"), ROOT / "runner.py"])
+    code = "\n".join(p.read_text(encoding="utf-8") for p in [*(ROOT / "engine").rglob("*.py"), ROOT / "runner.py"])
     names = set(re.findall(r"""(?:environ|env)(?:\.get)?[\[(]\s*["']([A-Z][A-Z0-9_]+)["']""", code))
     names |= set(re.findall(r"""envvar=["']([A-Z][A-Z0-9_]+)["']""", code))
     assert "LINE_CHANNEL_ACCESS_TOKEN" in names           # the pattern does find them

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.parser import keywords
-from engine.settings import KNOWN_SETTINGS
+from engine.language.parser import keywords
+from engine.language.settings import KNOWN_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

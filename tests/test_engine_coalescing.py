@@ -2,8 +2,8 @@
 friends in one tick become multicasts of at most 500 recipients."""
 from __future__ import annotations
 
-from engine import ir
-from engine.store import Store
+from engine.language import ir
+from engine.runtime.store import Store
 from enginekit import compile_rules, ev, message, project, rule, run, send
 
 

@@ -1,9 +1,9 @@
 """SPEC §2.3: every condition, evaluated for friends in different states (exact pushes)."""
 from __future__ import annotations
 
-from engine import ir
+from engine.language import ir
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import at, ev, project, rule, run, send, wait
 
 D = 86400

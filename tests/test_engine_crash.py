@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine import interpreter
+from engine.stages import deliver
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 
 RULES = "rule r when followed then send a wait 1d send b"
@@ -18,7 +18,7 @@ def test_crash_while_recording_sends_loses_and_doubles_nothing(fresh_db_path, mo
     engine.tick(at("2026-11-01 10:00"))
     assert len(store.outbox()) == 1                      # one multicast of `a` to three friends
 
-    real = interpreter.render_message
+    real = deliver.render_message
     calls = []
 
     def dying(*args, **kwargs):
@@ -27,7 +27,7 @@ def test_crash_while_recording_sends_loses_and_doubles_nothing(fresh_db_path, mo
             raise MemoryError("the process dies while rendering")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(interpreter, "render_message", dying)
+    monkeypatch.setattr(deliver, "render_message", dying)
     with pytest.raises(MemoryError):
         engine.tick(at("2026-11-02 10:00"))
     # the deliver stage rolled back: no new outbox or delivery rows; the walk's intents wait

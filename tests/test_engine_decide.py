@@ -8,10 +8,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from engine import ir
+from engine.language import ir
 from engine.cli import cli
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev, message, run
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))

@@ -8,15 +8,16 @@ from collections import Counter
 
 import pytest
 
-from engine import ir
+from engine.language import ir
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.stages.triggers import TimeTriggers
+from engine.runtime.store import Store
 from enginekit import ev, message, project, rule, run, send, wait
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))
 
 
-def scenario() -> ir.Project:
+def scenario(settings: ir.Settings | None = None) -> ir.Project:
     return project(
         rule("first", ir.ScheduleTrigger("0 22 * * 5"), send("a"), wait(3600), send("b"), priority=5,
              holdout=10.0, split=(("x", 50.0), ("y", 50.0))),
@@ -24,7 +25,7 @@ def scenario() -> ir.Project:
         rule("hello", ir.ScheduleTrigger("0 23 * * 5"), send("hello"), priority=-1),
         rule("third", ir.ScheduleTrigger("0 22 * * 5"), send("f"), window=ir.Window(dt.time(8, 0), dt.time(23, 0))),
         rule("big", ir.ScheduleTrigger("0 12 * * 6"), send("g", "b"), send("d", "c")),   # 7 objects: 2 pushes
-        settings=ir.Settings(window=WINDOW, max_per_day=2),
+        settings=settings or ir.Settings(window=WINDOW, max_per_day=2),
         messages={"b": message("b", 3), "d": message("d", 2),
                   "hello": ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.display_name }}さん"},))})
 
@@ -56,7 +57,7 @@ def rows(path) -> tuple[Counter, Counter, Counter]:
 def test_set_based_sends_write_the_same_rows_as_the_walk(tmp_path, monkeypatch):
     fast = run(scenario(), events(), until="2026-11-08 00:00", db_path=str(tmp_path / "fast.db"))
     fast_rows = rows(tmp_path / "fast.db")
-    monkeypatch.setattr(Engine, "_mass_plan", lambda self, rule, now: None)
+    monkeypatch.setattr(TimeTriggers, "mass_plan", lambda self, rule, now: None)
     slow = run(scenario(), events(), until="2026-11-08 00:00", db_path=str(tmp_path / "slow.db"))
     slow_rows = rows(tmp_path / "slow.db")
     assert fast == slow
@@ -67,6 +68,19 @@ def test_set_based_sends_write_the_same_rows_as_the_walk(tmp_path, monkeypatch):
     assert statuses[("first", "skipped")] > 30 and statuses[("big", "capped")] > 400
     kinds = Counter(k[0] for k in fast_rows[1].elements())
     assert kinds["multicast"] >= 6
+
+
+def test_sends_held_by_the_monthly_quota_are_decided_alike_on_both_paths(tmp_path, monkeypatch):
+    """With a monthly quota the set-based sends of an audience wait (carried by their
+    enrollments) for the next month's opening like the walk's intents, and go the same way."""
+    settings = ir.Settings(window=WINDOW, max_per_day=2, monthly_quota=900)
+    fast = run(scenario(settings), events(), until="2026-12-02 00:00", db_path=str(tmp_path / "fast.db"))
+    fast_rows = rows(tmp_path / "fast.db")
+    monkeypatch.setattr(TimeTriggers, "mass_plan", lambda self, rule, now: None)
+    slow = run(scenario(settings), events(), until="2026-12-02 00:00", db_path=str(tmp_path / "slow.db"))
+    assert fast == slow
+    assert fast_rows == rows(tmp_path / "slow.db")
+    assert any(p[0].startswith("2026-12-01") for p in fast)   # the overflow went in December
 
 
 @pytest.mark.parametrize("steps, planned", [
@@ -80,7 +94,7 @@ def test_which_rules_are_sent_set_based(fresh_db_path, steps, planned):
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), *steps))
     store = Store(str(fresh_db_path))
     engine = Engine(p, store)
-    assert (engine._mass_plan(p.rules["r"], 0) is not None) == planned
+    assert (engine.time_triggers.mass_plan(p.rules["r"], 0) is not None) == planned
     store.close()
 
 
@@ -88,7 +102,7 @@ def test_personalised_messages_are_queued_set_based_and_rendered_per_friend(fres
     hello = ir.MessageDef("a", ({"type": "text", "text": "{{ friend.display_name }}さん"},))
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), send("a")), messages={"a": hello})
     store = Store(str(fresh_db_path))
-    assert Engine(p, store)._mass_plan(p.rules["r"], 0) is not None
+    assert Engine(p, store).time_triggers.mass_plan(p.rules["r"], 0) is not None
     store.close()
     events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
               ev("attributes", "U1", "2026-11-01 10:00", set={"display_name": "花子"})]

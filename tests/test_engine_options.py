@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from engine import ir
-from engine.store import Store, bucket
+from engine.language import ir
+from engine.runtime.store import Store, bucket
 from enginekit import compile_rules, ev, project, rule, run, send, wait
 
 D = 86400
@@ -169,9 +169,9 @@ def test_condition_interval_checks_once_per_slot_from_local_midnight(fresh_db_pa
 def test_priority_holds_across_walk_chunks(fresh_db_path, monkeypatch):
     """A tick walks due enrollments in chunks (short write transactions); the cap must still
     keep the higher-priority send when the two land in different chunks."""
-    import engine.interpreter
+    from engine.stages import walk
 
-    monkeypatch.setattr(engine.interpreter, "CHUNK", 1)
+    monkeypatch.setattr(walk, "CHUNK", 1)
     settings = ir.Settings(max_per_day=1)
     noon = dt.time(12)
     p = project(rule("low", ir.Followed(), wait(86400, noon), send("a")),          # enrolled first

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 
 from enginekit import at, compile_rules, ev, run
 

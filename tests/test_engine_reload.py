@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engine.interpreter import Engine
-from engine.store import Store
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 
 V1 = "rule r when followed then send a wait 1d send b wait 1d send c"

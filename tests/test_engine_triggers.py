@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from engine import ir
+from engine.language import ir
 from enginekit import as_friends, at, ev, project, rule, run, send, wait
 
 
@@ -32,7 +32,7 @@ def test_source_recorded_before_the_follow_counts():
 
 
 def test_unfollowed_fires_but_a_blocked_friend_gets_nothing(fresh_db_path):
-    from engine.store import Store
+    from engine.runtime.store import Store
 
     p = project(rule("bye", ir.Unfollowed(), ir.TagStep("tag left", "left"), send("thanks")),
                 rule("tagged_left", ir.TaggedTrigger("left"), send("greeting")))
@@ -155,8 +155,8 @@ def test_sale_message_sees_its_sale(fresh_db_path):
     countdown = ir.MessageDef("sale_countdown", ({"type": "text", "text": "{{ sale.title }}まであと14日"},))
     p = project(rule("countdown", ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0)), send("sale_countdown")),
                 sales=SALES[:1], messages={"sale_countdown": countdown})
-    from engine.simulate import run_timeline
-    from engine.store import Store
+    from engine.runtime.simulate import run_timeline
+    from engine.runtime.store import Store
 
     pushes = run_timeline(p, [ev("follow", "U1", "2026-11-01 10:00")], until=at("2026-11-21 00:00"),
                           tick_seconds=3600, db_path=str(fresh_db_path))
@@ -193,7 +193,7 @@ def test_condition_tick_interval_follows_the_tick_option():
 
 def test_idempotent_tick_and_no_replay_of_a_long_stall(fresh_db_path):
     from engine.interpreter import Engine
-    from engine.store import Store
+    from engine.runtime.store import Store
 
     p = project(rule("weekly", ir.ScheduleTrigger("0 20 * * 5"), send("weekly_pick")),
                 rule("hello", ir.Followed(), send("greeting"), wait(3600), send("thanks")))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from engine import ir
-from engine.store import Store
+from engine.language import ir
+from engine.runtime.store import Store
 from enginekit import ev, project, rule, run, send, wait
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))

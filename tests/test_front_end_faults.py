@@ -20,9 +20,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.events import meant_type
-from engine.parser import parse_file
-from engine.project import load_project
+from engine.runtime.events import meant_type
+from engine.language.parser import parse_file
+from engine.language.project import load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import astnodes as A
-from engine.parser import describe, keywords, parse_duration, parse_file
+from engine.language import astnodes as A
+from engine.language.parser import describe, keywords, parse_duration, parse_file
 
 ONE_LINER = "when followed via qr=shipping then wait 1d send coupon15 if not purchased"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.graph import escape, to_mermaid
-from engine.project import compile_source, load_project
+from engine.language.graph import escape, to_mermaid
+from engine.language.project import compile_source, load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = re.compile(r'^\s*(r\d+_\w+)(\(\[|\{\{|\(\(|\[|\{)"([^"]*)"(\]\)|\}\}|\)\)|\]|\})$')

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
-from engine import codes, i18n
+from engine.language import codes
+from engine import i18n
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.simulate import main
+from engine.runtime.simulate import main
 from enginekit import write_folder, write_timeline
 
 SETTINGS = "timezone: Asia/Tokyo\n"
@@ -149,7 +149,7 @@ def test_a_shop_event_without_friend_or_customer_is_refused_with_the_field(folde
 
 
 def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, capsys):
-    from engine.report import main as report
+    from engine.reports.report import main as report
 
     events = [follow("U1", at(1, "09:00")),
               purchase({"friend": "U1"}, at(1, "09:30"), "R-0", 2000),      # before any send: no conversion

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.interpreter import Engine
-from engine.project import load_project
-from engine.store import Store
+from engine.language.project import load_project
+from engine.runtime.store import Store
 
 RAKUTEN_HEADER = "受注番号,受注ステータス,注文日時,合計金額,注文者メールアドレス,商品管理番号,商品名,単価,個数"
 RAKUTEN_ROWS = [
@@ -111,7 +111,7 @@ def test_history_is_applied_without_sending_anything(tmp_path, rules):
     store = Store(str(db))
     project = load_project(str(rules)).project
     engine = Engine(project, store)
-    from engine.intake import parse_events
+    from engine.runtime.intake import parse_events
     engine.apply_events(parse_events('{"type": "follow", "friend": "Uaaaa", "at": "2026-11-01T09:00:00+09:00"}'))
     engine.tick(dt.datetime(2026, 11, 1, 9, tzinfo=dt.timezone.utc))
     links = tmp_path / "links.csv"
@@ -194,7 +194,7 @@ def test_unknown_columns_field_is_refused(tmp_path):
 
 
 def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monkeypatch):
-    from engine import importer
+    from engine.runtime import importer
 
     path = rakuten_file(tmp_path)
     monkeypatch.setattr(importer.sys.stderr, "isatty", lambda: True, raising=False)

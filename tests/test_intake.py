@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.events import KNOWN_TYPES, EventError, source_pairs
-from engine.intake import parse_event_obj, parse_events
+from engine.runtime.events import KNOWN_TYPES, EventError, source_pairs
+from engine.runtime.intake import parse_event_obj, parse_events
 
 AT = "2026-11-01T10:00:00+09:00"
 JST = dt.timezone(dt.timedelta(hours=9))

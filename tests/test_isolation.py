@@ -12,12 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ir
-from engine.events import EventError
+from engine.language import ir
+from engine.runtime.events import EventError
 from engine.interpreter import Engine
-from engine.intake import MAX_AMOUNT, MAX_QUANTITY, parse_events
-from engine.render import MAX_RANGE, RenderError, render_message
-from engine.store import Store
+from engine.runtime.intake import MAX_AMOUNT, MAX_QUANTITY, parse_events
+from engine.language.render import MAX_RANGE, RenderError, render_message
+from engine.runtime.store import Store
 from enginekit import TZ, at, compile_rules, ev, run
 
 RULES = """

@@ -14,14 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine.line_emulator import (
+from engine.line.limits import (
     INVALID_REPLY_TOKEN_MESSAGE,
     MONTHLY_LIMIT_MESSAGE,
     RATE_LIMIT_MESSAGE,
-    Emulator,
-    run_in_thread,
     utf16_len,
 )
+from engine.testing.line_emulator import Emulator, run_in_thread
 
 TEXT = {"type": "text", "text": "hello"}
 
@@ -410,7 +409,7 @@ def test_standalone_server_runs_from_the_command_line():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.line_emulator", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "engine.testing.line_emulator", "--port", str(port),
                              "--user", "U1=Hanako", "--quota", "7"],
                             stdout=subprocess.PIPE, text=True)
     try:

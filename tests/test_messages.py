@@ -6,8 +6,9 @@ import pytest
 import yaml
 from hypothesis import given, settings as hsettings, strategies as st
 
-from engine import ir
-from engine.messages import check_objects, load_messages, utf16_len
+from engine.language import ir
+from engine.line.limits import utf16_len
+from engine.language.messages import check_objects, load_messages
 
 #: Short texts made of YAML's punctuation, to reach deep into the parser.
 YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)

@@ -12,9 +12,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.diagnostics import Diagnostic
-from engine.parser import keywords, parse_file
-from engine.project import compile_source, load_project
+from engine.language.diagnostics import Diagnostic
+from engine.language.parser import keywords, parse_file
+from engine.language.project import compile_source, load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "rules").glob("*.rule"))}

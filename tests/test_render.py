@@ -6,9 +6,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine import ir
-from engine.messages import load_messages
-from engine.render import RenderError, add_utm, friend_vars, render_hash, render_message, sale_vars
+from engine.language import ir
+from engine.language.messages import load_messages
+from engine.language.render import RenderError, add_utm, friend_vars, render_hash, render_message, sale_vars
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 HANAKO = {"display_name": "山田花子", "language": "ja", "tags": {"vip", "購入済み"},
@@ -284,7 +284,7 @@ def test_same_friend_data_same_hash():
 
 
 def test_templates_are_compiled_once():
-    from engine.messages import compile_template
+    from engine.language.messages import compile_template
 
     defn = messages('m: "{{ friend.display_name }}様、{{ rule }}"\n')["m"]
     misses = compile_template.cache_info().misses

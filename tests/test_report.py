@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.report import main as report_main
-from engine.report import newcombe, plan_for, wilson
-from engine.store import Store, bucket
+from engine.reports.report import main as report_main
+from engine.reports.report import newcombe, plan_for, wilson
+from engine.runtime.store import Store, bucket
 from enginekit import ev
 from reportkit import CLICKS, EVENTS, make_folder, simulate
 

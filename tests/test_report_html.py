@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.report import main as report_main
-from engine.report_html import BLUE, GREEN, GREY, RED
+from engine.reports.report import main as report_main
+from engine.reports.report_html import BLUE, GREEN, GREY, RED
 from reportkit import SPLIT_RULES, make_folder, simulate, split_test_events
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.report import main as report_main
+from engine.reports.report import main as report_main
 from reportkit import CLICKS, EVENTS, SPLIT_RULES, make_folder, simulate, split_test_events
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine import ir
+from engine.language import ir
 from engine.cli import cli
-from engine.ruletest import Push, compare, format_diff, load_tests, main
+from engine.runtime.ruletest import Push, compare, format_diff, load_tests, main
 
 JST = dt.timezone(dt.timedelta(hours=9))
 TOKYO = ir.Settings().tz

@@ -12,12 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import engine.runloop as runloop
-import engine.store as store_module
+import engine.runner.runloop as runloop
+import engine.runtime.store as store_module
 from engine.interpreter import Engine
-from engine.runloop import Runner, RunnerConfig
-from engine.server import build_app
-from engine.store import Store
+from engine.runner.runloop import Runner, RunnerConfig
+from engine.runner.server import build_app
+from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 from serverkit import API_TOKEN, SECRET, line_event, sign, wait_for, webhook_body, write_rules
 
@@ -307,11 +307,11 @@ async def test_without_a_join_link_in_flight_a_follow_is_processed_at_once(open_
 def test_the_condition_interval_flag_reaches_the_engine(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    import runner as runner_module
     from engine.cli import cli
+    from engine.runner import server
 
     seen: dict = {}
-    monkeypatch.setattr(runner_module, "main", lambda **kwargs: seen.update(kwargs) or 0)
+    monkeypatch.setattr(server, "serve", lambda **kwargs: seen.update(kwargs) or 0)
     result = CliRunner().invoke(cli, ["run", "--db", str(tmp_path / "x.db"), "--condition-interval", "3600"])
     assert result.exit_code == 0 and seen["condition_interval"] == 3600
     refused = CliRunner().invoke(cli, ["run", "--condition-interval", "-5"])

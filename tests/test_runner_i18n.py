@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.runloop import Runner, RunnerConfig, StartupError
-from engine.server import build_app
+from engine.runner.runloop import Runner, RunnerConfig, StartupError
+from engine.runner.server import build_app
 
 API_TOKEN = "shop-token"
 

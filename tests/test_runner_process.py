@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.runloop import DRY_RUN_MESSAGE
-from engine.store import Store
+from engine.runner.runloop import DRY_RUN_MESSAGE
+from engine.runtime.store import Store
 from runnerkit import REPO, RULES, follow, wait_until, write_rules
 
 

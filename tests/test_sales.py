@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 import yaml
 from hypothesis import given, settings as hsettings, strategies as st
 
-from engine import ir
-from engine.sales import load_sales
+from engine.language import ir
+from engine.language.sales import load_sales
 
 #: Short texts made of YAML's punctuation, to reach deep into the parser.
 YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)

@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from engine.login import LoginError, LoginFlow
-from engine.metrics import Metrics
-from engine.runloop import Runner, RunnerConfig, StartupError
-from engine.server import build_app, health
-from engine.store import Store
+from engine.line.login import LoginError, LoginFlow
+from engine.runner.metrics import Metrics
+from engine.runner.runloop import Runner, RunnerConfig, StartupError
+from engine.runner.server import build_app, health
+from engine.runtime.store import Store
 from serverkit import (
     API_TOKEN,
     RULES,
@@ -420,7 +420,7 @@ async def test_a_failed_push_retries_inside_its_window(make_client, rules_dir):
 def test_every_environment_variable_is_documented():
     root = Path(__file__).resolve().parent.parent
     docs = (root / "docs" / "operations.md").read_text(encoding="utf-8")
-    names = {m for path in (root / "engine").glob("*.py")
+    names = {m for path in (root / "engine").rglob("*.py")
              for m in re.findall(r"[\"'](LINE(?:RULES)?_[A-Z_]+)[\"']", path.read_text(encoding="utf-8"))}
     assert "LINE_CHANNEL_SECRET" in names and "LINERULES_API_TOKEN" in names
     assert sorted(n for n in names if f"`{n}`" not in docs) == []
@@ -452,7 +452,7 @@ async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line
 
 
 def test_the_next_days_opening_follows_the_window():
-    from engine import ir
+    from engine.language import ir
 
     runner = Runner.__new__(Runner)
     runner.project = ir.Project(rules={}, segments={}, messages={}, sales=(),

@@ -5,8 +5,8 @@ import textwrap
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from engine import ir
-from engine.settings import load_settings
+from engine.language import ir
+from engine.language.settings import load_settings
 
 #: Short texts made of YAML's punctuation, to reach deep into the parser.
 YAMLISH = st.text(alphabet="{}[]:-&*!|>'\"\n #?,%@`<=~.\\ \tabc0123年", max_size=60)
@@ -288,7 +288,7 @@ def test_never_raises(text):
 
 
 def test_every_setting_is_documented():
-    from engine.settings import KNOWN_SETTINGS
+    from engine.language.settings import KNOWN_SETTINGS
 
     with open("docs/settings.md", encoding="utf-8") as f:
         doc = f.read()

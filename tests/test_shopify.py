@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from engine.runloop import Runner, RunnerConfig
-from engine.server import build_app
-from engine.shopify import sign
+from engine.runner.runloop import Runner, RunnerConfig
+from engine.runner.server import build_app
+from engine.runner.shopify import sign
 from enginekit import write_folder
 from serverkit import API_TOKEN, line_event, wait_for, webhook_body
 from serverkit import sign as line_sign

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.simulate import main
-from engine.store import Store
+from engine.runtime.simulate import main
+from engine.runtime.store import Store
 from enginekit import write_folder, write_timeline
 
 SETTINGS = "timezone: Asia/Tokyo\nwindow: \"09:00-21:00\"\nmax_per_day: 2\n"

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from engine.store import MIGRATIONS, Store
+from engine.runtime.store import MIGRATIONS, Delivery, Store
 from enginekit import ev
 
 
@@ -69,7 +69,7 @@ def test_outbox_claim_finish_hold(store):
                                  messages=["a"], rule="r", not_before=100, now=50)
         later = store.add_outbox(kind="multicast", recipients=["U1", "U2"], payload=[], messages=["b"],
                                  rule="r", not_before=200, now=50)
-        store.add_deliveries([("U1", "r", "send a", 1, first, ["a"], "queued", None, None, 100, "d", 1)])
+        store.add_deliveries([Delivery("U1", "r", "send a", 1, first, ["a"], "queued", None, None, 100, "d", 1)])
     assert store.claim_outbox(99, 10) == []
     rows = store.claim_outbox(100, 10)
     assert [r["id"] for r in rows] == [first] and rows[0]["friend"] == "U1" and rows[0]["attempts"] == 1

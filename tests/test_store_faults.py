@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import Store
+from engine.runtime.store import Store
 from runnerkit import API_TOKEN, RunnerProcess, follow, write_rules
 
 
@@ -123,6 +124,21 @@ def test_a_file_that_is_no_database_is_one_line_and_exit_1(processes, rules, tmp
     no_traceback(proc)
     [line] = [line for line in proc.lines if " ERROR " in line]
     assert f"{db} is not a linerules database (not an SQLite file)" in line
+
+
+def test_another_programs_database_is_refused_and_left_as_it_was(processes, rules, tmp_path):
+    db = tmp_path / "linerules.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    proc = processes(rules, db)
+    assert proc.exit_code() == 1
+    no_traceback(proc)
+    [line] = [line for line in proc.lines if " ERROR " in line]
+    assert f"{db} is not a linerules database (an SQLite file without linerules' tables)" in line
+    assert db.read_bytes() == before
 
 
 def test_a_damaged_page_is_found_at_start_and_the_runner_refuses_to_run(processes, rules, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.validate import main
+from engine.language.validate import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -197,7 +197,7 @@ def test_rule_files_without_rules_warn(tmp_path):
 def test_every_golden_diagnostic_has_a_code_that_is_explained():
     """Every problem printed carries its code, and `linerules explain` (and so docs/errors.md)
     knows every code."""
-    from engine.codes import CODES
+    from engine.language.codes import CODES
 
     lines = [line for out in GOLDEN.glob("*.out") for line in out.read_text(encoding="utf-8").splitlines()
              if re.match(r"^\S+:\d+:\d+: ", line)]

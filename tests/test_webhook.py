@@ -7,9 +7,9 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from engine.events import EventError
+from engine.runtime.events import EventError
 from engine.testing.webhooks import signature
-from engine.webhook import parse_webhook, verify_signature
+from engine.line.webhook import parse_webhook, verify_signature
 
 SECRET = "8f0c1f1d2e3a4b5c6d7e8f9a0b1c2d3e"
 TS = 1_762_000_000_123  # 2025-11-01T12:26:40.123Z

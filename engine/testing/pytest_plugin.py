@@ -6,7 +6,7 @@ of a project that has linerules installed, without a conftest.py:
 ``line_channel``
     The channel the tests talk as: ``access_token``, ``channel_secret``, ``channel_id``.
 ``line_emulator``
-    A running LINE Messaging API emulator (:class:`engine.line_emulator.Emulator`) on
+    A running LINE Messaging API emulator (:class:`engine.testing.line_emulator.Emulator`) on
     127.0.0.1, a free port, fresh for each test: ``base_url``, ``add_user``, what each friend
     received (``inbox(friend)``, ``inboxes[friend]``), every request (``requests``,
     ``requests_to``), faults (``inject``, ``inject_timeout``, ``inject_lost_response``,
@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from engine.line_emulator import (
+from engine.testing.line_emulator import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_CHANNEL_ID,
     DEFAULT_CHANNEL_SECRET,

@@ -1,0 +1,1 @@
+"""The rule language: parse, compile and check a rule folder."""

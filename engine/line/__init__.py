@@ -1,0 +1,1 @@
+"""LINE on the wire: limits, webhooks, login, rate limits, retries and the dispatcher."""

@@ -1,0 +1,1 @@
+"""Reports: what each campaign did, as text, JSON and HTML."""

@@ -1,0 +1,1 @@
+"""The runner: the tick loop, the HTTP server, shop webhooks and metrics."""

@@ -1,0 +1,1 @@
+"""The runtime over the store: friend state, events, simulation and rule tests."""

@@ -1,0 +1,176 @@
+"""``linerules simulate``: replay a timeline through the same engine as the runner.
+
+A fresh database (in memory, or ``--db FILE``) and a virtual clock that stops at each event
+time, at each moment the engine has work (:meth:`Engine.next_wakeup`: due steps, window
+openings, schedule and sale occurrences) and at every ``--tick`` boundary aligned to local
+midnight, where condition triggers are checked. Outbox rows are "sent" by a simulated
+transport at the moment they become due; nothing touches the network.
+
+Output: one JSON object per push per friend, in time order (ties by friend, then rule):
+``{"at": ISO 8601 in the configured zone, "friend": ID, "rule": NAME, "messages": [NAME, ...]}``
+(with ``--render`` also ``"rendered"``: the LINE objects). The engine applies ``monthly_quota``
+as the runner does, so a forecast shows sends held for the next month.
+Without ``--until`` the clock runs to 30 days after the last event.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import replace
+from typing import Sequence
+
+from engine import i18n
+from engine.language import ir, timeutil
+from .events import Event, EventError
+from engine.i18n import _
+from engine.interpreter import Engine
+from .store import Store, StoreError, remove_database
+
+#: How far the clock runs after the last event when no ``--until`` is given.
+DEFAULT_HORIZON = 30 * 86400
+SENT_KINDS = ("push", "multicast", "reply")
+#: Event types that come from LINE webhooks (with a reply token) when the runner is live.
+WEBHOOK_TYPES = ("follow", "message", "postback")
+
+
+def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.datetime | None,
+                 tick_seconds: int, db_path: str | None = None,
+                 webhook_tokens: bool = False, render: bool = False) -> list[dict]:
+    """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed.
+
+    ``webhook_tokens``: give follow, message and postback events without a reply token one, as
+    LINE's webhooks would, so welcomes and answers are recorded as the free replies they will be
+    (``simulate`` does, for its forecasts). ``render``: each push also carries ``"rendered"``,
+    the LINE message objects as they would be sent."""
+    if tick_seconds <= 0:
+        raise ValueError("the tick must be a positive duration")
+    tz = project.settings.tz
+    # follow, message and postback events reach the runner as LINE webhooks, which carry a reply
+    # token: give them one, so answers and welcomes are forecast as the free replies they will be
+    ordered = sorted((replace(e, reply_token=f"simulated-{n}")
+                      if webhook_tokens and e.reply_token is None and e.type in WEBHOOK_TYPES else e
+                      for n, e in enumerate(events, 1)), key=lambda e: e.at)
+    if not ordered:
+        return []
+    start = timeutil.epoch(ordered[0].at)
+    end = timeutil.epoch(until) if until is not None else timeutil.epoch(ordered[-1].at) + DEFAULT_HORIZON
+    store = Store(db_path or ":memory:")
+    clock_now = start
+    engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
+    pushes: list[tuple[int, str, str, int, dict]] = []
+    i, now = 0, start
+    try:
+        while now <= end:
+            clock_now = now
+            batch = []
+            while i < len(ordered) and timeutil.epoch(ordered[i].at) <= now:
+                batch.append(ordered[i])
+                i += 1
+            if batch:
+                store.apply_events(batch, received_at=now)
+            boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
+            engine.tick(timeutil.local(now, tz), conditions=boundary)
+            _transport(store, now, tz, pushes, render)
+            candidates = [timeutil.next_boundary(now, tick_seconds, tz)]
+            if i < len(ordered):
+                candidates.append(timeutil.epoch(ordered[i].at))
+            wake = engine.next_wakeup(timeutil.local(now, tz))
+            if wake is not None:
+                candidates.append(timeutil.epoch(wake))
+            now = min(candidates)
+    finally:
+        store.close()
+    pushes.sort(key=lambda p: p[:4])
+    return [p[4] for p in pushes]
+
+
+def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:
+    """Mark every due outbox row sent, noting one push per recipient."""
+    while True:
+        rows = store.claim_outbox(now, 1000)
+        if not rows:
+            return
+        for row in rows:
+            if row["kind"] in SENT_KINDS:
+                for friend in row["recipients"]:
+                    push = {"at": timeutil.iso(now, tz), "friend": friend, "rule": row["rule"],
+                            "messages": row["messages"]}
+                    if render:
+                        push["rendered"] = row["payload"]
+                    pushes.append((now, friend, row["rule"] or "", row["id"], push))
+            store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
+
+
+def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None,
+         lang: str | None = None, *, render: bool = False) -> int:
+    """The ``simulate`` command: exit 0 after printing the pushes, 1 on any input error."""
+    from engine.language.diagnostics import has_errors, render_text
+    from .intake import parse_events
+    from engine.language.project import load_project
+
+    i18n.use(i18n.choose(lang))
+    try:
+        tick_seconds = timeutil.parse_duration(tick)
+    except ValueError as exc:
+        return _fail(_("--tick: {reason}", reason=exc.args[0] if exc.args else exc))
+    if tick_seconds <= 0:
+        return _fail(_("--tick: must be longer than 0s"))
+    until_at = None
+    if until:
+        try:
+            until_at = dt.datetime.fromisoformat(until)
+        except ValueError:
+            return _fail(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00",
+                           value=until))
+        if until_at.tzinfo is None:
+            return _fail(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00",
+                           value=until))
+    loaded = load_project(rules_dir)
+    i18n.use(i18n.choose(lang, loaded.language))
+    sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))   # errors and warnings
+    if has_errors(loaded.diagnostics) or loaded.project is None:
+        return 1
+    try:
+        with open(events_path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        return _fail(_("{path}: the file is not UTF-8 text; save it as UTF-8", path=events_path))
+    except OSError as exc:
+        return _fail(_("{path}: cannot read the events: {reason}", path=events_path, reason=exc.strerror or exc))
+    try:
+        events = parse_events(text, "jsonl")
+    except EventError as exc:
+        return _fail(_("{path}: {reason}", path=events_path, reason=exc.text))
+    if db:
+        problem = _fresh_db(db)
+        if problem:
+            return _fail(problem)
+    if until_at is not None and (late := sum(e.at > until_at for e in events)):
+        sys.stderr.write(i18n.render(_("warning: {n} of {total} events are after --until {until} and are "
+                                       "not replayed", n=late, total=len(events),
+                                       until=until_at.isoformat(timespec="seconds"))) + "\n")
+    try:
+        for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
+                                 db_path=db, webhook_tokens=True, render=render):
+            sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
+    except StoreError as exc:
+        return _fail(f"--db: {exc}")
+    return 0
+
+
+def _fresh_db(path: str) -> str | None:
+    """Make room for a new simulated database at ``path``: an earlier simulation's database is
+    replaced; anything else that exists is refused (returns the error text)."""
+    try:
+        remove_database(path)
+    except StoreError as exc:
+        return _("--db: {reason}", reason=exc.args[0])
+    except OSError as exc:
+        return _("--db: cannot replace {path}: {reason}", path=path, reason=exc.strerror or exc)
+    return None
+
+
+def _fail(message) -> int:
+    sys.stderr.write(i18n.render(_("error: {reason}", reason=message)) + "\n")
+    return 1

@@ -1,0 +1,241 @@
+"""Compile rule conditions (:mod:`engine.language.ir` ``Cond``) to SQLite boolean expressions.
+
+Every condition is evaluated in SQL, whether for one enrollment (a step's ``if``), for a batch
+of enrollments (all friends at the same step in one tick) or over every friend (condition
+triggers), so there is exactly one meaning of each condition.
+
+The expression refers to the friend row as ``f`` (table ``friends``) and, when evaluated for an
+enrollment, to the enrollment row as ``e``. Named parameters: ``:now`` (epoch seconds) and
+``:rule`` (the rule being evaluated), plus the literals collected in :attr:`Compiled.params`.
+Every expression yields 0 or 1, never NULL.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.language import ir
+
+#: A current friend: their latest follow/unfollow is a follow (SPEC §2.2 "Who is a friend").
+CURRENT = "(f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
+
+_OPS = {"=": "=", "!=": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_COLUMNS = {"orders": "f.orders", "total_spent": "f.total_spent",
+            "display_name": "f.display_name", "language": "f.language"}
+
+
+@dataclass
+class Compiled:
+    sql: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class CondCompiler:
+    """Turns conditions into SQL; ``with_enrollment`` says whether ``e`` is in scope (without
+    it, "since entering the rule" means "ever" and ``variant`` is false)."""
+
+    def __init__(self, segments: dict[str, ir.Segment], *, with_enrollment: bool):
+        self.segments = segments
+        self.with_enrollment = with_enrollment
+        self.params: dict[str, Any] = {}
+        self._stack: list[str] = []
+
+    def compile(self, cond: ir.Cond) -> Compiled:
+        self.params = {}
+        sql = self._cond(cond)
+        return Compiled(sql, dict(self.params))
+
+    def _lit(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f":{name}"
+
+    def _cond(self, c: ir.Cond) -> str:  # noqa: C901 - one branch per condition kind
+        if isinstance(c, ir.All):
+            return "(" + " AND ".join(self._cond(i) for i in c.items) + ")" if c.items else "1"
+        if isinstance(c, ir.AnyOf):
+            return "(" + " OR ".join(self._cond(i) for i in c.items) + ")" if c.items else "0"
+        if isinstance(c, ir.Not):
+            return f"(NOT {self._cond(c.item)})"
+        if isinstance(c, ir.Activity):
+            return self._activity(c)
+        if isinstance(c, ir.Tagged):
+            return f"EXISTS (SELECT 1 FROM tags t WHERE t.friend = f.id AND t.tag = {self._lit(c.name)})"
+        if isinstance(c, ir.Blocked):
+            return "(f.blocked_at IS NOT NULL)"
+        if isinstance(c, ir.FollowedVia):
+            if not c.pairs:
+                return CURRENT
+            ors = " OR ".join(f"instr(',' || f.source || ',', {self._lit(',' + k + '=' + v + ',')}) > 0"
+                              for k, v in c.pairs)
+            return f"(f.source IS NOT NULL AND ({ors}))"
+        if isinstance(c, ir.FriendFor):
+            since = f"(:now - {int(c.seconds)})"
+            if c.mode == "for":
+                return f"(f.followed_at IS NOT NULL AND f.followed_at <= {since})"
+            return f"(f.followed_at IS NOT NULL AND f.followed_at > {since})"
+        if isinstance(c, ir.LastPurchaseOlder):
+            return f"(f.last_purchase_at IS NOT NULL AND f.last_purchase_at <= :now - {int(c.seconds)})"
+        if isinstance(c, ir.NeverPurchased):
+            return "(f.orders = 0)"
+        if isinstance(c, ir.Compare):
+            op = _OPS[c.op]
+            return f"COALESCE(({self.measure(c.measure)}) {op} {self._lit(c.value)}, 0)"
+        if isinstance(c, ir.Top):
+            join = ""
+            if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
+                # one grouped pass over the orders instead of a lookup per friend
+                measure = "s.total"
+                join = (f"LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
+                        f"WHERE a.kind = 'order' AND a.at > :now - {int(c.measure.within)} GROUP BY a.friend) s "
+                        f"ON s.friend = f2.id ")
+            else:
+                measure = self.measure(c.measure, alias="f2")
+            return (f"f.id IN (SELECT id FROM (SELECT f2.id AS id, CUME_DIST() OVER "
+                    f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 {join}"
+                    f"WHERE {CURRENT.replace('f.', 'f2.')}) "
+                    f"WHERE cd <= {self._lit(c.percent / 100.0)})")
+        if isinstance(c, ir.InSegment):
+            if c.name in self._stack or c.name not in self.segments:
+                return "0"  # the compiler rejects cycles and unknown names; be safe anyway
+            self._stack.append(c.name)
+            try:
+                return self._cond(self.segments[c.name].cond)
+            finally:
+                self._stack.pop()
+        if isinstance(c, ir.Variant):
+            if not self.with_enrollment:
+                return "0"
+            return f"COALESCE(e.variant = {self._lit(c.name)}, 0)"
+        raise TypeError(f"unknown condition {type(c).__name__}")
+
+    def _activity(self, c: ir.Activity) -> str:
+        kind = "order" if c.kind == "purchase" and not (c.product or c.category) else c.kind
+        where = [f"a.friend = f.id", f"a.kind = {self._lit(kind)}"]
+        if c.product:
+            where.append(f"a.product = {self._lit(c.product)}")
+        if c.category:
+            where.append(f"a.category = {self._lit(c.category)}")
+        if c.kind == "click":
+            where.append("a.rule = :rule")
+        if c.within is not None:
+            where.append(f"a.at > :now - {int(c.within)}")
+        elif self.with_enrollment:
+            # since entering, without the event that caused the entry (SPEC §2.3)
+            where.append("a.at >= e.entered_at")
+            # (an activity row knows its event, or, for an order, its order id)
+            where.append("(e.entry_seq IS NULL OR a.event_seq > e.entry_seq OR (a.event_seq IS NULL AND "
+                         "(a.order_id IS NULL OR a.order_id IS NOT (SELECT json_extract(x.data, '$.order_id') "
+                         "FROM events x WHERE x.seq = e.entry_seq))))")
+        return f"EXISTS (SELECT 1 FROM activity a WHERE {' AND '.join(where)})"
+
+    def measure(self, m: ir.Measure, alias: str = "f") -> str:
+        """The SQL value of a measure for the friend row ``alias``."""
+        if m.name == "spent" or (m.name == "total_spent" and m.within is not None):
+            if m.within is None:
+                return f"{alias}.total_spent"
+            return (f"(SELECT COALESCE(SUM(a.amount), 0) FROM activity a WHERE a.friend = {alias}.id "
+                    f"AND a.kind = 'order' AND a.at > :now - {int(m.within)})")
+        if m.name in _COLUMNS:
+            return _COLUMNS[m.name].replace("f.", f"{alias}.")
+        path = '$."' + m.name.replace('"', '') + '"'
+        return f"json_extract({alias}.attributes, {self._lit(path)})"
+
+
+def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
+    """Queries (parameter ``:now``) whose results bound when time alone can change ``cond``
+    for some friend: while no row of the database changes, the condition has the same value for
+    every friend at every moment before the smallest result (a NULL result: never). Each
+    query gives the first moment after ``:now`` at which a term counting back from now (``within``,
+    ``older than``, ``friend for``) crosses a stored time; over every kind of activity, which
+    can only make the bound earlier. None when some part of the condition is not understood
+    here (then every check must be made)."""
+    out: list[str] = []
+    stack: list[str] = []
+
+    def window(column: str, table: str, seconds: int) -> None:
+        out.append(f"SELECT MIN({column}) + {int(seconds)} FROM {table} WHERE {column} > :now - {int(seconds)}")
+
+    def measure(m: ir.Measure) -> None:
+        if m.within is not None:
+            window("at", "activity", m.within)
+
+    def walk(c: ir.Cond) -> bool:
+        if isinstance(c, (ir.All, ir.AnyOf)):
+            return all(walk(i) for i in c.items)
+        if isinstance(c, ir.Not):
+            return walk(c.item)
+        if isinstance(c, ir.Activity):
+            if c.within is not None:
+                window("at", "activity", c.within)
+            return True
+        if isinstance(c, ir.FriendFor):
+            window("followed_at", "friends", c.seconds)
+            return True
+        if isinstance(c, ir.LastPurchaseOlder):
+            window("last_purchase_at", "friends", c.seconds)
+            return True
+        if isinstance(c, (ir.Compare, ir.Top)):
+            measure(c.measure)
+            return True
+        if isinstance(c, ir.InSegment):
+            if c.name in stack or c.name not in segments:
+                return True
+            stack.append(c.name)
+            try:
+                return walk(segments[c.name].cond)
+            finally:
+                stack.pop()
+        return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
+
+    return out if walk(cond) else None
+
+
+#: The rule's enrollment ``x`` of a friend is still open (the friend is inside the rule).
+INSIDE = "x.state IN ('active', 'waiting')"
+
+
+def audience(where: Compiled | None) -> Compiled:
+    """Every current friend ``f`` for whom ``where`` (None: nothing more) holds."""
+    if where is None:
+        return Compiled(CURRENT)
+    return Compiled(f"{CURRENT} AND ({where.sql})", dict(where.params))
+
+
+def reentry_blocked(reenter: ir.Reenter | None) -> Compiled:
+    """Who may not enter a rule again, as a predicate over the friend's earlier enrollments
+    ``x`` of that rule: still inside (time triggers, ``reenter always``: None or mode
+    ``always``), ever entered (``never``), or inside or ended less than ``after`` ago."""
+    if reenter is None or reenter.mode == "always":
+        return Compiled(INSIDE)
+    if reenter.mode == "never":
+        return Compiled("1")
+    return Compiled(f"{INSIDE} OR x.finished_at > :now - :reenter_after", {"reenter_after": int(reenter.after)})
+
+
+def reentry_moment() -> str:
+    """Query (``:rule``, ``:now``, ``:reenter_after``): the first moment after ``:now`` at which
+    a friend who left the rule may enter again under ``reenter after`` (NULL: none)."""
+    return ("SELECT MIN(finished_at) + :reenter_after FROM enrollments WHERE rule = :rule "
+            "AND finished_at > :now - :reenter_after")
+
+
+def draw(split: tuple[tuple[str, float], ...], holdout: float) -> tuple[str, str, dict[str, Any]]:
+    """SQL twins (over ``f``, parameter ``:rule``) of the split variant and holdout draw of
+    :func:`engine.stages.entry.draw`: the same hash (``lr_bucket``), the same buckets.
+    Returns (variant expression, holdout expression, parameters)."""
+    params: dict[str, Any] = {}
+    variant = "NULL"
+    if split:
+        cases, edge = [], 0
+        for i, (name, percent) in enumerate(split[:-1]):
+            edge += round(percent * 100)
+            params[f"split_edge{i}"], params[f"split_name{i}"] = edge, name
+            cases.append(f"WHEN lr_bucket(f.id, :rule, 'split') < :split_edge{i} THEN :split_name{i}")
+        params["split_last"] = split[-1][0]
+        variant = f"CASE {' '.join(cases)} ELSE :split_last END" if cases else ":split_last"
+    holdout_sql = "0"
+    if holdout:
+        params["holdout_edge"] = round(holdout * 100)
+        holdout_sql = "(lr_bucket(f.id, :rule, 'holdout') < :holdout_edge)"
+    return variant, holdout_sql, params

@@ -1,0 +1,2309 @@
+"""Friend state, enrollments and the outbox in one SQLite file.
+
+One small class, one method per operation, each with its contract. All SQL of the engine lives
+here (conditions are compiled by :mod:`engine.runtime.sqlcond`). Times are integer UTC epoch seconds.
+
+Concurrency: WAL, a busy timeout, and explicit ``BEGIN IMMEDIATE`` transactions
+(:meth:`Store.transaction`, re-entrant). One runner per database is enforced by a lease.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+from .events import Event
+from engine.i18n import N_, _
+from engine.line.limits import MAX_MULTICAST
+
+#: Seconds a send may go out after it was decided with its deliveries keeping the decision's
+#: time (:meth:`Store.finish_outbox`).
+SEND_TIME_SLACK = 60
+
+log = logging.getLogger("linerules.store")
+
+#: Open enrollment states: ``active`` runs its next step at ``due_at``; ``waiting`` sits on a
+#: wait step and continues after it at ``due_at`` (or earlier, on a ``wait for`` event).
+OPEN = ("active", "waiting")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE friends (
+      id TEXT PRIMARY KEY,
+      followed_at INTEGER, blocked_at INTEGER, seen_at INTEGER,
+      source TEXT, display_name TEXT, language TEXT,
+      attributes TEXT NOT NULL DEFAULT '{}',
+      orders INTEGER NOT NULL DEFAULT 0, total_spent REAL NOT NULL DEFAULT 0,
+      last_purchase_at INTEGER, created_at INTEGER NOT NULL);
+    CREATE TABLE tags (friend TEXT NOT NULL, tag TEXT NOT NULL, added_at INTEGER NOT NULL,
+      PRIMARY KEY (friend, tag)) WITHOUT ROWID;
+    CREATE INDEX tags_tag ON tags(tag);
+    CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, dedupe_key TEXT UNIQUE,
+      type TEXT NOT NULL, friend TEXT NOT NULL, at INTEGER NOT NULL, data TEXT NOT NULL,
+      reply_token TEXT, received_at INTEGER NOT NULL, processed_at INTEGER);
+    CREATE INDEX events_pending ON events(at, seq) WHERE processed_at IS NULL;
+    CREATE INDEX events_friend ON events(friend, at);
+    CREATE TABLE activity (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, kind TEXT NOT NULL,
+      product TEXT, category TEXT, amount REAL, rule TEXT, message TEXT, url TEXT,
+      at INTEGER NOT NULL);
+    CREATE INDEX activity_friend ON activity(friend, kind, at);
+    CREATE INDEX activity_kind ON activity(kind, at);
+    CREATE TABLE enrollments (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, rule TEXT NOT NULL,
+      rule_version TEXT NOT NULL, step_id TEXT, due_at INTEGER, state TEXT NOT NULL,
+      variant TEXT, holdout INTEGER NOT NULL DEFAULT 0, entered_at INTEGER NOT NULL,
+      finished_at INTEGER, exit_reason TEXT, occurrence TEXT, cause_seq INTEGER,
+      reply_token TEXT, reply_deadline INTEGER);
+    CREATE INDEX enrollments_due ON enrollments(due_at) WHERE state IN ('active', 'waiting');
+    CREATE INDEX enrollments_friend ON enrollments(friend, rule);
+    CREATE INDEX enrollments_rule ON enrollments(rule, rule_version, step_id)
+      WHERE state IN ('active', 'waiting');
+    CREATE UNIQUE INDEX enrollments_occurrence ON enrollments(rule, occurrence, friend)
+      WHERE occurrence IS NOT NULL;
+    CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, recipients TEXT NOT NULL,
+      payload TEXT NOT NULL, messages TEXT NOT NULL, rule TEXT, retry_key TEXT NOT NULL UNIQUE,
+      reply_token TEXT, reply_deadline INTEGER, not_before INTEGER NOT NULL,
+      status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, request_id TEXT,
+      last_error TEXT, created_at INTEGER NOT NULL, claimed_at INTEGER, sent_at INTEGER);
+    CREATE INDEX outbox_due ON outbox(not_before, id) WHERE status IN ('pending', 'held');
+    CREATE TABLE deliveries (id INTEGER PRIMARY KEY, friend TEXT NOT NULL, rule TEXT NOT NULL,
+      step_id TEXT, enrollment INTEGER, outbox_id INTEGER, messages TEXT NOT NULL,
+      status TEXT NOT NULL, reason TEXT, variant TEXT, at INTEGER NOT NULL,
+      local_day TEXT NOT NULL, counts_for_cap INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX deliveries_cap ON deliveries(friend, local_day) WHERE counts_for_cap = 1;
+    CREATE INDEX deliveries_outbox ON deliveries(outbox_id);
+    CREATE INDEX deliveries_rule ON deliveries(rule, at);
+    CREATE TABLE rule_versions (rule TEXT NOT NULL, version TEXT NOT NULL, steps TEXT NOT NULL,
+      compiled_at INTEGER NOT NULL, PRIMARY KEY (rule, version));
+    CREATE TABLE links (token TEXT PRIMARY KEY, friend TEXT, rule TEXT, message TEXT,
+      url TEXT NOT NULL, created_at INTEGER NOT NULL);
+    CREATE TABLE lease (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL);
+    """,
+    # 2: replies are claimed ahead of any push backlog (their token lives about a minute)
+    """
+    CREATE INDEX outbox_replies ON outbox(not_before, id)
+      WHERE kind = 'reply' AND status IN ('pending', 'held');
+    """,
+    # 3: whether a request for the row was actually sent and its outcome is unknown (timeout,
+    # lost answer, 5xx): only such a row must go out again byte-identical with its retry key;
+    # a row never sent (or refused for sure, e.g. 429) may still be decided anew.
+    """
+    ALTER TABLE outbox ADD COLUMN ambiguous INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: an event whose processing failed for its friend is set aside with the reason (its
+    # processed_at is set too, so it is not retried tick after tick); the others go on
+    """
+    ALTER TABLE events ADD COLUMN error TEXT;
+    CREATE INDEX events_failed ON events(seq) WHERE error IS NOT NULL;
+    """,
+    # 5: the shop side (engine/runtime/identity.py): customer <-> friend links, every order by its id
+    # (kept for a customer not linked yet, counted for the linked friend), account-link nonces;
+    # activity rows of an order carry its id so a refund or a link change can redo them
+    """
+    CREATE TABLE customer_links (customer TEXT PRIMARY KEY, friend TEXT NOT NULL UNIQUE,
+      via TEXT NOT NULL, linked_at INTEGER NOT NULL);
+    CREATE TABLE link_history (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, friend TEXT NOT NULL,
+      action TEXT NOT NULL, via TEXT NOT NULL, at INTEGER NOT NULL);
+    CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, friend TEXT,
+      direct INTEGER NOT NULL DEFAULT 0, at INTEGER, amount REAL, refunded REAL NOT NULL DEFAULT 0,
+      cancelled INTEGER NOT NULL DEFAULT 0, items TEXT NOT NULL DEFAULT '[]', source TEXT NOT NULL,
+      external_id TEXT, created_at INTEGER NOT NULL);
+    CREATE INDEX orders_external ON orders(external_id) WHERE external_id IS NOT NULL;
+    CREATE INDEX orders_customer ON orders(customer) WHERE customer IS NOT NULL;
+    CREATE INDEX orders_friend ON orders(friend) WHERE friend IS NOT NULL;
+    CREATE TABLE link_nonces (nonce TEXT PRIMARY KEY, customer TEXT NOT NULL,
+      created_at INTEGER NOT NULL, used_at INTEGER);
+    ALTER TABLE activity ADD COLUMN order_id TEXT;
+    CREATE INDEX activity_order ON activity(order_id) WHERE order_id IS NOT NULL;
+    CREATE INDEX events_kept ON events(json_extract(data, '$.customer')) WHERE friend = ''
+    """,
+    # 6: fencing and suspended enrollments. Every change of lease owner gets a new ``epoch``;
+    # a claimed outbox row records the epoch it was claimed under, and only that runner may
+    # store its outcome. An enrollment whose rule disappeared in a reload is ``suspended``
+    # (``suspended_at``, and the state it had in ``suspended_state``) until the rule comes
+    # back or the grace ends.
+    """
+    ALTER TABLE lease ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN claim_epoch INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_at INTEGER;
+    ALTER TABLE enrollments ADD COLUMN suspended_state TEXT;
+    CREATE INDEX enrollments_suspended ON enrollments(rule, suspended_at) WHERE state = 'suspended';
+    """,
+    # 7: sends are decided when they go out: steps write intents, the tick's deliver stage turns
+    # the due ones into outbox rows (read per friend at one due time: (due_at, friend)); the
+    # event that entered (entry_seq) or last entered or resumed (event_seq) an enrollment, and
+    # the event each activity row came from
+    """
+    CREATE TABLE intents (id INTEGER PRIMARY KEY, enrollment INTEGER NOT NULL, friend TEXT NOT NULL,
+      rule TEXT NOT NULL, steps TEXT NOT NULL, messages TEXT NOT NULL, due_at INTEGER NOT NULL,
+      queued_at INTEGER NOT NULL, variant TEXT, holdout INTEGER NOT NULL DEFAULT 0, occurrence TEXT,
+      event_seq INTEGER, answer INTEGER NOT NULL DEFAULT 0, reply_token TEXT, reply_deadline INTEGER);
+    CREATE INDEX intents_due ON intents(due_at, friend);
+    ALTER TABLE enrollments ADD COLUMN entry_seq INTEGER;
+    ALTER TABLE enrollments ADD COLUMN event_seq INTEGER;
+    ALTER TABLE activity ADD COLUMN event_seq INTEGER;
+    """,
+    # 8: an audience entered set-based carries its first sends on the enrollment itself
+    # (``send_due``: when they are to be decided) instead of one intent row per friend;
+    # ``audience_sends`` names their steps and messages once per rule and occurrence, with the
+    # earliest ``due_at`` of the sends still waiting and how many wait (``pending``). The deliver
+    # stage decides them with the intents due at the same moment, by the same procedure, reading
+    # them by (rule, occurrence, friend) through enrollments_occurrence
+    """
+    ALTER TABLE enrollments ADD COLUMN send_due INTEGER;
+    CREATE TABLE audience_sends (rule TEXT NOT NULL, occurrence TEXT NOT NULL, steps TEXT NOT NULL,
+      messages TEXT NOT NULL, due_at INTEGER, pending INTEGER NOT NULL DEFAULT 0,
+      PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
+    """,
+)
+
+
+class LeaseLost(Exception):
+    """This runner no longer holds the lease (another runner took over): it must stop."""
+
+#: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
+#: short at a million friends, so that webhooks are stored without waiting).
+AUDIENCE_CHUNK = 5000
+
+#: A row the dispatcher holds for at least this many seconds (the monthly quota: until the next
+#: day's opening) without having reached LINE goes back to the deliver stage, to be decided again
+#: when it is due; retry backoffs (at most 5 minutes) keep their row.
+HANDBACK_AFTER = 3600
+
+#: Longest a yielding connection lets other writers of the process go first, seconds.
+TURN_WAIT = 1.0
+
+class WalkRow(NamedTuple):
+    """An open enrollment as a walk reads it (:meth:`Store.due_enrollments`)."""
+    id: int
+    friend: str
+    rule: str
+    step_id: str | None
+    due_at: int
+    state: str
+    variant: str | None
+    holdout: int
+    entered_at: int
+    occurrence: str | None
+    cause_seq: int | None
+    reply_token: str | None
+    reply_deadline: int | None
+    event_seq: int | None
+
+
+#: The enrollment columns a walk reads, in :class:`WalkRow` order.
+WALK_COLUMNS = WalkRow._fields
+
+
+class Intent(NamedTuple):
+    """A send queued by a walk, to be decided when it is due (:meth:`Store.add_intents`);
+    ``steps`` and ``messages`` are JSON text."""
+    enrollment: int
+    friend: str
+    rule: str
+    steps: str
+    messages: str
+    due_at: int
+    queued_at: int
+    variant: str | None
+    holdout: int
+    occurrence: str | None
+    event_seq: int | None
+    answer: int
+    reply_token: str | None
+    reply_deadline: int | None
+
+
+#: The intent columns, in :class:`Intent` order.
+INTENT_COLUMNS = Intent._fields
+
+
+class Move(NamedTuple):
+    """Where a walk leaves an enrollment (:meth:`Store.update_enrollments`)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    exit_reason: str | None
+    id: int
+
+
+class OutboxRow(NamedTuple):
+    """One send before it is attempted (:meth:`Store.add_outbox_rows`)."""
+    kind: str
+    recipients: Sequence[str]
+    payload: Any
+    messages: Sequence[str]
+    rule: str | None
+    not_before: int
+    reply_token: str | None = None
+    reply_deadline: int | None = None
+
+
+class Delivery(NamedTuple):
+    """One friend's record of one decided send (:meth:`Store.add_deliveries`). ``outbox`` is
+    the outbox row's id, or its place in the list given with it."""
+    friend: str
+    rule: str
+    step_id: str | None
+    enrollment: int | None
+    outbox: int | None
+    messages: Sequence[str]
+    status: str
+    reason: str | None
+    variant: str | None
+    at: int
+    local_day: str
+    counts_for_cap: int
+
+
+class DueChunk(NamedTuple):
+    """What :meth:`Store.load_due` loaded: the last friend (None: nothing was due) and whether
+    more due sends may follow after that friend."""
+    last: str | None
+    more: bool
+
+
+class DueChange(NamedTuple):
+    """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
+    and messages left (JSON text), or a status and reason when none is left."""
+    steps: str
+    messages: str
+    status: str | None
+    reason: str | None
+    id: int
+
+
+class DueMark(NamedTuple):
+    """A due send decided per friend (:meth:`Store.due_mark`)."""
+    status: str
+    reason: str | None
+    outbox_id: int | None
+    id: int
+
+_FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
+                   "language", "attributes", "orders", "total_spent", "last_purchase_at",
+                   "created_at")
+
+
+#: Seconds a client is asked to wait (``Retry-After``) while the database cannot be written.
+RETRY_AFTER = 30
+#: Free bytes on the database's disk below which it counts as full: writes that failed for a
+#: full disk are not reported as working again until there is at least this much room.
+MIN_FREE_BYTES = 1024 * 1024
+
+#: SQLite primary result codes that mean the database itself fails, not one item's data.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+_FAULT_CODES = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY, _SQLITE_IOERR,
+                _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
+
+
+class StoreError(Exception):
+    """The database cannot be used. The text is one line for the operator: what failed, which
+    file, what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """Writes fail now (disk full, I/O error, read-only, locked): nothing of the failed
+    transaction was stored. Clients are answered 503 with ``Retry-After``; the runner retries."""
+
+    retry_after = RETRY_AFTER
+
+
+def is_store_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the database itself (disk full, I/O error, damaged or
+    read-only file, lock timeout) rather than of one item's data."""
+    if isinstance(exc, StoreError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _FAULT_CODES
+
+
+def explain_fault(exc: BaseException, path: str) -> str:
+    """One line for the operator about a database fault: what, which file, what to do."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    where = os.path.abspath(path) if path != ":memory:" else path
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == _SQLITE_FULL:
+        return (f"cannot write to the database {where}: the disk is full. Free space on that disk; "
+                "linerules retries by itself, and clients are answered 503 meanwhile")
+    if code == _SQLITE_READONLY:
+        return (f"cannot write to the database {where}: it is read-only. Give the user running "
+                "linerules write access to the file and its folder (SQLite writes "
+                f"{os.path.basename(where)}-wal and -shm beside it)")
+    if code == _SQLITE_CANTOPEN:
+        return (f"cannot open the database {where}: check that its folder exists, is not on a "
+                "read-only disk, and that the user running linerules may read and write there "
+                f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
+    if code == _SQLITE_NOTADB:
+        return not_linerules(path, _NOT_SQLITE)
+    if code == _SQLITE_CORRUPT:
+        return (f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
+                f"backup, or recover what is left with `sqlite3 {where} .recover`")
+    if code == _SQLITE_IOERR:
+        return (f"cannot write to the database {where}: disk I/O error ({exc}). Check the disk "
+                "and its free space; linerules retries by itself")
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return (f"the database {where} stayed locked by another process for too long ({exc}); "
+                "linerules retries by itself")
+    return f"the database {where} failed: {exc}"
+
+
+# ------------------------------------------------------------------ is this a linerules database?
+
+#: Why a file is not a linerules database (the ``{what}`` of :func:`not_linerules`).
+_NOT_SQLITE = N_("not an SQLite file")
+_A_FOLDER = N_("a folder")
+_FOREIGN = N_("an SQLite file without linerules' tables")
+
+
+class NotLinerulesDatabase(StoreError):
+    """The path names something other than a linerules database: a folder, a file that is not
+    SQLite, or an SQLite database of another program (or an empty one where one is required).
+    Nothing was written to it."""
+
+
+def not_linerules(path: str, what: str):
+    """The one message for a path that is not a linerules database (translatable)."""
+    where = os.path.abspath(path) if path != ":memory:" else path
+    return _("{path} is not a linerules database ({what}): check --db / LINERULES_DB, or restore "
+             "the file from a backup", path=where, what=_(what))
+
+
+def database_version(path: str) -> int | None:
+    """Whether ``path`` is a linerules database, the one test every command uses: its schema
+    version, or None when nothing is there yet (a new database may be created at ``path``).
+    Raises :class:`NotLinerulesDatabase` for a folder, a file that is not SQLite, or an SQLite
+    file without linerules' ``meta`` (an empty one included), and :class:`StoreError` when the
+    file cannot be read. Opens the file read-only and writes nothing."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
+    try:
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            version = _linerules_version(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _open_error(exc, path) from None
+    if not version:
+        raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
+    return version
+
+
+def remove_database(path: str) -> bool:
+    """Delete the linerules database at ``path`` with its write-ahead log (``simulate --db``
+    replaces an earlier simulation's database). False when nothing was there; anything that is
+    not a linerules database raises :class:`NotLinerulesDatabase` and is left as it was."""
+    if database_version(path) is None:
+        return False
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    return True
+
+
+def _linerules_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version recorded in ``meta``; 0 for a database without any table (a new
+    one) or with only ``meta`` (the first start stopped before the first migration); None for a
+    database with tables but no linerules ``meta``."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return 0 if tables == {"meta"} else None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_only_uri(path: str) -> str:
+    """An SQLite URI opening ``path`` read-only (any character of the name quoted)."""
+    return Path(os.path.abspath(path)).as_uri() + "?mode=ro"
+
+
+def _open_error(exc: sqlite3.Error, path: str) -> StoreError:
+    """The error to raise when opening ``path`` failed with ``exc``."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return (NotLinerulesDatabase if code == _SQLITE_NOTADB else StoreError)(explain_fault(exc, path))
+
+
+class _Health:
+    """Whether writes to one database file fail now (shared by the process's connections)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.problem: str | None = None
+
+
+_HEALTH: dict[str, _Health] = {}
+
+
+def _health_for(path: str) -> _Health:
+    key = path if path == ":memory:" else os.path.realpath(path)
+    with _TURNS_LOCK:
+        return _HEALTH.setdefault(key, _Health())
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    applied: int
+    duplicates: int
+
+
+class Placement(NamedTuple):
+    """Where a set-based entry leaves its enrollments (:meth:`Store.enroll_audience`): state,
+    step, due time and finish time, and, when its first sends are carried on the enrollment,
+    when they are decided (``send_due``) and their steps and message names (JSON text)."""
+    state: str
+    step_id: str | None
+    due_at: int | None
+    finished_at: int | None
+    send_due: int | None
+    steps: str
+    messages: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """An applied event as the engine processes it."""
+    seq: int
+    type: str
+    friend: str
+    at: int
+    data: dict[str, Any]
+    reply_token: str | None
+    received_at: int
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def bucket(friend: str, rule: str, salt: str = "") -> int:
+    """A stable bucket 0..9999 for (friend, rule): the split variant and holdout draw."""
+    digest = hashlib.sha256(f"{salt}\x1f{rule}\x1f{friend}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10000
+
+
+class Store:
+    """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
+
+    def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False,
+                 read_only: bool = False):
+        """``checkpoints=False``: commits never copy the write-ahead log back into the database
+        (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
+        webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
+        other writers go first (the runner's tick thread, see :meth:`_begin`).
+
+        ``read_only=True`` (the report): the database must exist and be a linerules database
+        (:func:`database_version`); it is opened read-only, never migrated nor written, and may
+        be read while a runner writes it. Otherwise a missing or empty file becomes a new
+        database; any other file that is not a linerules database is refused
+        (:class:`NotLinerulesDatabase`) and left as it was."""
+        if str(path).startswith(("postgresql:", "postgres:")):   # docs/scale.md: what exists today
+            raise StoreError("the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
+                             "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)")
+        self.path = path
+        self.yields = yields
+        self.read_only = read_only
+        self._turns = None if path == ":memory:" else _turns_for(path)
+        self._health = _Health() if path == ":memory:" else _health_for(path)
+        self._opened = False
+        try:
+            if read_only:
+                self._open_read_only(path)
+            else:
+                self._open(path, checkpoints)
+        except sqlite3.Error as exc:
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
+            raise _open_error(exc, path) from None
+        except StoreError:
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
+            raise
+        self._opened = True
+
+    def _open_read_only(self, path: str) -> None:
+        if path == ":memory:" or database_version(path) is None:
+            raise StoreError(_("there is no database at {path}", path=os.path.abspath(path)))
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None,
+                               check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight = {}
+        self.longest_write = 0.0
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA query_only = ON")
+
+    def _open(self, path: str, checkpoints: bool) -> None:
+        if path != ":memory:" and os.path.isdir(path):
+            raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+        if _linerules_version(conn) is None:    # tables of another program: leave them alone
+            raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight: dict[int, int] = {}   # outbox id -> claim time, claimed through this Store
+        #: Seconds of the longest write transaction on this connection (benchmarks, logs).
+        self.longest_write = 0.0
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if path != ":memory:" and conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        if not checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -65536")      # 64 MiB of pages: ticks touch big indexes
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("lr_bucket", 3, bucket, deterministic=True)
+        conn.create_function("lr_uuid", 0, lambda: str(uuid.uuid4()))
+        self._migrate()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @property
+    def write_problem(self) -> str | None:
+        """Why writes to this database fail right now (any connection of this process saw it
+        on its last write), or None while they work."""
+        return self._health.problem
+
+    def check_integrity(self) -> None:
+        """``PRAGMA quick_check`` (every page of the file, no index cross-checks); raises
+        :class:`StoreError` naming the file when it finds damage."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            raise StoreError(explain_fault(exc, self.path)) from None
+        if rows != ["ok"]:
+            where = os.path.abspath(self.path)
+            raise StoreError(f"the database {where} is damaged (integrity check: {rows[0]}): stop "
+                             "linerules and restore it from a backup, or recover what is left with "
+                             f"`sqlite3 {where} .recover`")
+
+    def _fault(self, exc: BaseException) -> StoreError:
+        """The exception to raise for a database fault; the first of a run of failing writes is
+        logged once (what, which file, what to do), the others are not."""
+        if isinstance(exc, StoreError):
+            return exc
+        message = explain_fault(exc, self.path)
+        if self._opened:
+            with self._health.lock:
+                first, self._health.problem = self._health.problem is None, message
+            if first:
+                log.error("%s", message)
+        return StoreUnavailable(message)
+
+    def free_bytes(self) -> int | None:
+        """Free bytes on the disk of the database file (None for ``:memory:`` or unknown)."""
+        if self.path == ":memory:":
+            return None
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
+
+    def _wrote(self) -> None:
+        """A write committed: if writes were failing, they work again (say so once). A small
+        write may fit the room the write-ahead log already has on a full disk, so writes count
+        as working again only once the disk has :data:`MIN_FREE_BYTES` free."""
+        if self._health.problem is not None:
+            free = self.free_bytes()
+            if free is not None and free < MIN_FREE_BYTES:
+                return
+            with self._health.lock:
+                was, self._health.problem = self._health.problem, None
+            if was is not None:
+                log.warning("database writes work again (%s)", os.path.abspath(self.path))
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception). Re-entrant: an inner
+        block joins the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self._begin()
+            except sqlite3.Error as exc:
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
+                raise
+            started = time.perf_counter()
+            self._depth = 1
+            try:
+                yield self.conn
+            except BaseException as exc:
+                self._depth = 0
+                self._rollback()
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
+                raise
+            self._depth = 0
+            try:
+                self._end("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                if is_store_fault(exc):
+                    raise self._fault(exc) from None
+                raise
+            self._wrote()
+            self.longest_write = max(self.longest_write, time.perf_counter() - started)
+
+    def _rollback(self) -> None:
+        """``ROLLBACK`` if a transaction is still open (SQLite may already have rolled back
+        after a full disk or an I/O error), without masking the error that led here."""
+        try:
+            self._end("ROLLBACK" if self.conn.in_transaction else None)
+        except sqlite3.Error as exc:
+            log.debug("rollback failed: %s", exc)
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, taking turns with the process's other connections to this file:
+        a yielding connection (the engine's) starts its next transaction only once no other
+        writer waits, and the others wait for its transaction in progress on a condition (woken
+        at its end, not by SQLite's busy sleeps), so a webhook's INSERT goes between two chunks
+        of a long tick instead of losing every race for the lock to the tick's next chunk."""
+        turns = self._turns
+        if turns is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        with turns:
+            if self.yields:
+                turns.wait_for(lambda: not turns.waiting, timeout=TURN_WAIT)
+                turns.busy = True
+            else:
+                turns.waiting += 1
+                turns.wait_for(lambda: not turns.busy, timeout=TURN_WAIT)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            if self.yields:
+                self._end(None)
+            raise
+        finally:
+            if not self.yields:
+                with turns:
+                    turns.waiting -= 1
+                    turns.notify_all()
+
+    def _end(self, statement: str | None) -> None:
+        """``COMMIT`` or ``ROLLBACK`` (None: nothing began); a yielding connection then wakes
+        the writers waiting."""
+        try:
+            if statement is not None:
+                self.conn.execute(statement)
+        finally:
+            if self.yields and self._turns is not None:
+                with self._turns:
+                    self._turns.busy = False
+                    self._turns.notify_all()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log back into the database as far as readers allow, without
+        waiting for or blocking any writer (``PRAGMA wal_checkpoint(PASSIVE)``)."""
+        if self.path != ":memory:":
+            try:
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:   # e.g. a full disk: the log stays, nothing is lost
+                if not is_store_fault(exc):
+                    raise
+                self._fault(exc)
+
+    def _migrate(self) -> None:
+        """Apply the migrations the database has not seen yet, each in its own transaction."""
+        with self.transaction() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        version = int(self.get_meta("schema_version") or 0)
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction() as c:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                self.set_meta("schema_version", str(number))
+
+    @property
+    def total_changes(self) -> int:
+        """Rows this connection has changed since it was opened."""
+        return self.conn.total_changes
+
+    def change_counts(self) -> tuple[int, int]:
+        """(rows this connection changed, ``PRAGMA data_version``): both stay the same while
+        no connection changes the database."""
+        return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
+        """The smallest result of ``queries`` (one value each, e.g. :func:`engine.runtime.sqlcond.change_moments`),
+        None when all are NULL."""
+        moments = [self.conn.execute(q, params).fetchone()[0] for q in queries]
+        return min((m for m in moments if m is not None), default=None)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction() as c:
+            if value is None:
+                c.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ events in
+
+    def apply_events(self, events: Sequence[Event], received_at: int | None = None) -> ApplyResult:
+        """Store a validated batch in one transaction: all of it or nothing. Events whose
+        ``dedupe_key`` is already stored (or repeats in the batch) are applied once; unknown
+        friends are created. ``received_at`` defaults to the wall clock (reply-token freshness).
+        The engine's next tick processes them in (at, seq) order."""
+        received = int(time.time()) if received_at is None else int(received_at)
+        # the rows are encoded before the write lock is taken: the transaction only inserts
+        # an event naming only the shop's customer has friend "" until the link (identity.py)
+        friends = [(e.friend, int(e.at.timestamp())) for e in events if e.friend]
+        rows = [(e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token,
+                 received) for e in events]
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", friends)
+            cur = c.executemany(
+                "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING", rows)
+            applied = max(cur.rowcount, 0) if rows else 0
+        return ApplyResult(applied=applied, duplicates=len(events) - applied)
+
+    def pending_events(self, now: int, limit: int = 1000, *, held_after: int | None = None) -> list[EventRow]:
+        """Unprocessed events with ``at <= now`` in (at, seq) order. With ``held_after``, a
+        ``follow`` received after that moment is held back, and so is every later event of the
+        same friend (the follow grace: a friend's events are processed in order)."""
+        hold = ""
+        if held_after is not None:
+            hold = ("AND NOT EXISTS (SELECT 1 FROM events h WHERE h.friend = e.friend AND h.type = 'follow' "
+                    "AND h.processed_at IS NULL AND h.received_at > :held AND (h.at, h.seq) <= (e.at, e.seq)) ")
+        rows = self.conn.execute(
+            "SELECT seq, type, friend, at, data, reply_token, received_at FROM events e "
+            f"WHERE processed_at IS NULL AND at <= :now {hold}ORDER BY at, seq LIMIT :limit",
+            {"now": now, "limit": limit, "held": held_after})
+        return [EventRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+    def first_held_follow(self, held_after: int) -> int | None:
+        """The earliest ``received_at`` after ``held_after`` of an unprocessed ``follow``."""
+        return self.conn.execute("SELECT MIN(received_at) FROM events WHERE processed_at IS NULL "
+                                 "AND type = 'follow' AND received_at > ?", (held_after,)).fetchone()[0]
+
+    def mark_processed(self, seq: int, now: int) -> None:
+        self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
+
+    def mark_failed(self, seq: int, now: int, error: str) -> None:
+        """The event could not be processed: set it aside with the reason (not retried)."""
+        self.conn.execute("UPDATE events SET processed_at = ?, error = ? WHERE seq = ?",
+                          (now, error, seq))
+
+    def failed_events(self, limit: int = 100) -> list[dict]:
+        """Events set aside by :meth:`mark_failed`, newest first: seq, type, friend, at, error."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT seq, type, friend, at, error FROM events WHERE error IS NOT NULL "
+            "ORDER BY seq DESC LIMIT ?", (limit,))]
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Inside a transaction: undo only this block's writes when it raises (one item of a
+        batch that fails is rolled back alone; the batch goes on)."""
+        self.conn.execute("SAVEPOINT lr_item")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO lr_item")
+                self.conn.execute("RELEASE lr_item")
+            raise
+        self.conn.execute("RELEASE lr_item")
+
+    def next_event_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?",
+                                (after,)).fetchone()
+        return row[0]
+
+    # ------------------------------------------------------------------ friend state
+
+    def friend(self, friend_id: str) -> dict | None:
+        """The friend's row as a dict (``attributes`` decoded, ``tags`` a sorted list), or None."""
+        row = self.conn.execute(f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id = ?",
+                                (friend_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["attributes"] = json.loads(out["attributes"])
+        out["tags"] = [r[0] for r in self.conn.execute(
+            "SELECT tag FROM tags WHERE friend = ? ORDER BY tag", (friend_id,))]
+        return out
+
+    def friends_for_render(self, ids: Iterable[str]) -> dict[str, dict]:
+        """Friend dicts (as :meth:`friend`) for many ids at once."""
+        out: dict[str, dict] = {}
+        ids = list(dict.fromkeys(ids))
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                    f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id IN ({marks})", chunk):
+                d = dict(row)
+                d["attributes"] = json.loads(d["attributes"])
+                d["tags"] = []
+                out[d["id"]] = d
+            for friend_id, tag in self.conn.execute(
+                    f"SELECT friend, tag FROM tags WHERE friend IN ({marks}) ORDER BY tag", chunk):
+                out[friend_id]["tags"].append(tag)
+        return out
+
+    def events_data(self, seqs: Iterable[int]) -> dict[int, dict]:
+        """The fields of these applied events (``type`` included), for templates' ``event``."""
+        out: dict[int, dict] = {}
+        for chunk in _chunks(list(seqs), 500):
+            for seq, kind, data in self.conn.execute(
+                    f"SELECT seq, type, data FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk):
+                out[seq] = {**json.loads(data), "type": kind}
+        return out
+
+    def _load_ids(self, values: Iterable[str]) -> None:
+        """Fill the connection's scratch table ``temp.lr_ids`` with ``values`` (for joins)."""
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS lr_ids (v TEXT PRIMARY KEY)")
+        self.conn.execute("DELETE FROM temp.lr_ids")
+        self.conn.executemany("INSERT OR IGNORE INTO temp.lr_ids(v) VALUES (?)", ((v,) for v in values))
+
+    def blocked_among(self, ids: Iterable[str]) -> set[str]:
+        """Which of these friends have blocked the account."""
+        self._load_ids(ids)
+        return {r[0] for r in self.conn.execute(
+            "SELECT f.id FROM temp.lr_ids t CROSS JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL")}
+
+    def ensure_friend(self, friend_id: str, now: int) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
+                          (friend_id, now))
+
+    def set_source(self, friend_id: str, source: str, now: int | None = None) -> None:
+        """Record where a friend came from (``qr=shipping``), e.g. from the LINE Login flow."""
+        now = int(time.time()) if now is None else now
+        with self.transaction() as c:
+            self.ensure_friend(friend_id, now)
+            c.execute("UPDATE friends SET source = ? WHERE id = ?", (_norm_source(source), friend_id))
+
+    def set_profile(self, friend_id: str, *, display_name: str | None = None,
+                    language: str | None = None) -> None:
+        """Store the LINE profile fields templates use (None leaves a field as it is)."""
+        with self.transaction() as c:
+            c.execute("UPDATE friends SET display_name = COALESCE(?, display_name), "
+                      "language = COALESCE(?, language) WHERE id = ?", (display_name, language, friend_id))
+
+    def touch(self, friend_id: str, at: int, *, line: bool = False) -> None:
+        """The id has been seen through an event. ``line``: a message or postback from LINE,
+        which only a friend can send: someone with no follow or block on record (a friend from
+        before the runner was installed) counts as a friend from then on."""
+        if line:
+            self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE("
+                              "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
+                              (at, at, friend_id))
+            return
+        self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?",
+                          (at, friend_id))
+
+    def follow(self, friend_id: str, at: int, source: str | None) -> None:
+        """A follow (new friend or unblock). The first follow time is kept; a new source
+        replaces the old one."""
+        self.conn.execute(
+            "UPDATE friends SET followed_at = COALESCE(followed_at, ?), blocked_at = NULL, "
+            "source = COALESCE(?, source) WHERE id = ?",
+            (at, _norm_source(source) if source else None, friend_id))
+
+    def unfollow(self, friend_id: str, at: int) -> None:
+        self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
+
+    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict],
+                 order_id: str | None = None, seq: int | None = None) -> None:
+        """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
+        one ``purchase`` row per item (for product/category matches), carrying ``order_id``
+        (engine/runtime/identity.py keeps the order itself) and ``seq``, the event, when known."""
+        c = self.conn
+        c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
+                  "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
+                  (amount, at, friend_id))
+        rows = [(friend_id, "order", None, None, amount, at, order_id, seq)]
+        for item in items:
+            price = item.get("price")
+            total = None if price is None else price * item.get("quantity", 1)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id,
+                         seq))
+        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id, event_seq) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def track(self, friend_id: str, kind: str, product: str | None, at: int, seq: int | None = None) -> None:
+        """A ``cart`` or ``view`` activity (``seq``: the event it came from)."""
+        self.conn.execute("INSERT INTO activity(friend, kind, product, at, event_seq) VALUES (?, ?, ?, ?, ?)",
+                          (friend_id, kind, product, at, seq))
+
+    def click(self, friend_id: str, at: int, rule: str | None, message: str | None, url: str | None,
+              seq: int | None = None) -> None:
+        """A ``click`` event of a timeline (or a shop's own click tracking)."""
+        self.conn.execute("INSERT INTO activity(friend, kind, rule, message, url, at, event_seq) "
+                          "VALUES (?, 'click', ?, ?, ?, ?, ?)", (friend_id, rule, message, url, at, seq))
+
+    def set_attributes(self, friend_id: str, values: dict[str, Any]) -> None:
+        """``display_name`` and ``language`` are columns; everything else is a custom attribute."""
+        values = dict(values)
+        for column in ("display_name", "language"):
+            if column in values:
+                self.conn.execute(f"UPDATE friends SET {column} = ? WHERE id = ?",
+                                  (values.pop(column), friend_id))
+        if values:
+            self.conn.execute("UPDATE friends SET attributes = json_patch(attributes, ?) WHERE id = ?",
+                              (_json(values), friend_id))
+
+    def add_tags(self, friend_id: str, tags: Iterable[str], at: int) -> list[str]:
+        """Add tags; returns the ones that were new."""
+        new = []
+        for tag in tags:
+            cur = self.conn.execute("INSERT OR IGNORE INTO tags(friend, tag, added_at) VALUES (?, ?, ?)",
+                                    (friend_id, tag, at))
+            if cur.rowcount:
+                new.append(tag)
+        return new
+
+    def remove_tags(self, friend_id: str, tags: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM tags WHERE friend = ? AND tag = ?",
+                              [(friend_id, t) for t in tags])
+
+    # ------------------------------------------------------------------ clicks
+
+    def link_token(self, friend: str | None, rule: str | None, message: str | None, url: str,
+                   now: int) -> str:
+        """A new click-tracking token for one link sent to one friend."""
+        token = secrets.token_urlsafe(12)
+        self.conn.execute("INSERT INTO links(token, friend, rule, message, url, created_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (token, friend, rule, message, url, now))
+        return token
+
+    def link_friend(self, token: str) -> str | None:
+        """The friend a tracked link was sent to (None: unknown token, or sent to nobody)."""
+        row = self.conn.execute("SELECT friend FROM links WHERE token = ?", (token,)).fetchone()
+        return row[0] if row is not None and row[0] else None
+
+    def record_click(self, token: str | None = None, at: int | None = None, *,
+                     friend: str | None = None, rule: str | None = None, message: str | None = None,
+                     url: str | None = None) -> str | None:
+        """Record a click on a tracked link, by token or by (friend, rule, message, url).
+        Returns the link's target URL (None for an unknown token)."""
+        at = int(time.time()) if at is None else at
+        with self.transaction() as c:
+            if token is not None:
+                row = c.execute("SELECT friend, rule, message, url FROM links WHERE token = ?",
+                                (token,)).fetchone()
+                if row is None:
+                    return None
+                friend, rule, message, url = row
+            if friend is None or url is None:
+                return url
+            self.ensure_friend(friend, at)
+            c.execute("INSERT INTO activity(friend, kind, rule, message, url, at) "
+                      "VALUES (?, 'click', ?, ?, ?, ?)", (friend, rule, message, url, at))
+            return url
+
+    # ------------------------------------------------------------------ conditions
+
+    def select_enrollments(self, cond_sql: str, params: dict[str, Any], ids: Sequence[int]) -> set[int]:
+        """Which of the enrollments ``ids`` satisfy ``cond_sql`` (aliases ``e`` and ``f``)."""
+        out: set[int] = set()
+        for chunk in _chunks(list(ids), 900):
+            marks = ",".join(f":id{i}" for i in range(len(chunk)))
+            sql = (f"SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+                   f"WHERE e.id IN ({marks}) AND ({cond_sql})")
+            ids_named = {f"id{i}": v for i, v in enumerate(chunk)}
+            out.update(r[0] for r in self.conn.execute(sql, {**params, **ids_named}))
+        return out
+
+    def friend_matches(self, friend_id: str, cond_sql: str, params: dict[str, Any]) -> bool:
+        """Whether one friend satisfies ``cond_sql`` (alias ``f``; no enrollment in scope)."""
+        row = self.conn.execute(f"SELECT 1 FROM friends f WHERE f.id = :friend AND ({cond_sql})",
+                                {**params, "friend": friend_id}).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------------ enrollments
+
+    def register_rule_version(self, rule: str, version: str, step_ids: Sequence[str], now: int) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO rule_versions(rule, version, steps, compiled_at) "
+                          "VALUES (?, ?, ?, ?)", (rule, version, _json(list(step_ids)), now))
+
+    def rule_version_steps(self, rule: str, version: str) -> list[str] | None:
+        row = self.conn.execute("SELECT steps FROM rule_versions WHERE rule = ? AND version = ?",
+                                (rule, version)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def last_enrollment(self, friend: str, rule: str) -> sqlite3.Row | None:
+        return self.conn.execute(
+            "SELECT * FROM enrollments WHERE friend = ? AND rule = ? ORDER BY id DESC LIMIT 1",
+            (friend, rule)).fetchone()
+
+    def enroll(self, *, friend: str, rule: str, version: str, step_id: str | None, now: int,
+               entered_at: int, variant: str | None, holdout: bool, occurrence: str | None = None,
+               cause_seq: int | None = None, reply_token: str | None = None,
+               reply_deadline: int | None = None, event_seq: int | None = None) -> int | None:
+        """Insert one active enrollment due at ``now``; None if the occurrence was taken.
+        ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+            "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
+            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (friend, rule, version, step_id, now, variant, int(holdout), entered_at, occurrence,
+             cause_seq, reply_token, reply_deadline, event_seq, event_seq))
+        return cur.lastrowid if cur.rowcount else None
+
+    def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
+                        where_sql: str, params: dict[str, Any], occurrence: str | None,
+                        blocked_sql: str, variant_sql: str, holdout_sql: str,
+                        chunk: int | None = None, placed: Placement | None = None) -> int:
+        """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
+        entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
+        gets one active enrollment due now. Returns how many entered.
+
+        With ``placed`` (a time trigger whose first steps are sends followed by a wait or the
+        end), the enrollments are written where those sends leave them, carrying the sends:
+        ``send_due`` is when the deliver stage decides them, like an intent (the steps and
+        messages are named once, in ``audience_sends``); no walk, no intent row per friend.
+
+        Two phases, so that a big audience never holds the write lock for long: the audience is
+        read into a scratch table (a WAL read; it does not block writers), then entered ``chunk``
+        friends per transaction. Each chunk is atomic and re-checks ``blocked_sql``, so running
+        the entry again after a crash between chunks enrols nobody twice and misses nobody.
+        Call it outside a transaction, or the chunks join it."""
+        p = placed or Placement("active", step_id, now, None, None, "", "")
+        args = {**params, "rule": rule, "version": version, "step": p.step_id, "now": now,
+                "occurrence": occurrence, "state": p.state, "due": p.due_at, "finished": p.finished_at,
+                "send_due": p.send_due, "steps": p.steps, "messages": p.messages}
+        blocked = (f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule "
+                   f"AND ({blocked_sql}))")
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_audience (n INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+        c.execute("DELETE FROM temp.lr_audience")
+        c.execute(f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM friends f WHERE ({where_sql}) AND {blocked}",
+                  args)
+        last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
+        sql = ("INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+               "variant, holdout, entered_at, occurrence, finished_at, send_due) "
+               f"SELECT f.id, :rule, :version, :step, :due, :state, {variant_sql}, {holdout_sql}, "
+               ":now, :occurrence, :finished, :send_due FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
+               f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n")
+        entered, chunk = 0, chunk or AUDIENCE_CHUNK
+        for lo in range(0, last, chunk):
+            with self.transaction():
+                count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
+                entered += count
+                if placed is not None and count:
+                    c.execute("INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
+                              "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
+                              "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
+                              "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                              {**args, "count": count})
+        c.execute("DELETE FROM temp.lr_audience")
+        return entered
+
+    # ------------------------------------------------------------------ intents (the deliver stage)
+
+    def add_intents(self, rows: Sequence[Intent]) -> None:
+        """Sends to decide when they are due."""
+        self.conn.executemany(f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
+
+    def defer_intents(self, rule: str, opening: int, now: int) -> None:
+        """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
+        self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
+                          (opening, now, rule))
+        for occurrence, in self.conn.execute("SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?",
+                                             (rule, now)).fetchall():
+            self.conn.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",
+                              (opening, rule, occurrence, now))
+            self._recount(rule, occurrence)
+
+    def _recount(self, rule: str, occurrence: str) -> None:
+        """An audience's waiting sends counted again, with the earliest (none left: no due time;
+        the row stays, naming what the audience was sent)."""
+        due, pending = self.conn.execute(
+            "SELECT MIN(send_due), COUNT(send_due) FROM enrollments WHERE rule = ? AND occurrence = ?",
+            (rule, occurrence)).fetchone()
+        self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
+                          (due, pending, rule, occurrence))
+
+    def waiting_sends(self) -> int:
+        """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
+        (intents, and the first sends an audience's enrollments carry)."""
+        return (self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+                + self.conn.execute("SELECT COALESCE(SUM(pending), 0) FROM audience_sends").fetchone()[0])
+
+    def next_waiting_send(self) -> int | None:
+        """When the next send waiting to be decided is due (None: none waits)."""
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends").fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
+
+    def next_intent_at(self, after: int) -> int | None:
+        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
+                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?",
+                                     (after,)).fetchone()[0]]
+        return min((m for m in moments if m is not None), default=None)
+
+    def has_due_intents(self, now: int) -> bool:
+        return (self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+                or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1",
+                                     (now,)).fetchone() is not None)
+
+    def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
+        """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
+        exactly ``now``, so that every due intent sits at one index position, ordered by friend;
+        ``rules``: (name, priority, uncapped) of the project's rules."""
+        c = self.conn
+        c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
+        for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at < ?",
+                                          (now,)).fetchall():
+            c.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due < ?",
+                      (now, rule, occurrence, now))
+            c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
+        c.execute("DELETE FROM temp.lr_rules")
+        c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
+
+    def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> DueChunk:
+        """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
+        ``after`` (about ``limit`` intents, and always all of a friend's, so that a friend's
+        competing sends are decided together), with the first part of the decision made: the
+        rule's priority and whether the cap applies (``uncapped`` rules and answers do not);
+        ``kept`` for a rule removed by a reload while its friends are suspended (the rule may come
+        back); ``dropped`` for another rule no longer in the project or an enrollment that left its rule
+        after the send was queued (the sends before a ``stop`` still go);
+        ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
+        for holdout friends; ``used``: pushes already counted against the cap today. Returns
+        the last friend loaded (None when nothing was due) and whether more may follow."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
+                  "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
+                  "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
+                  "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
+                  "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
+                  "outbox_id INTEGER, carried INTEGER, src INTEGER)")
+        c.execute("DELETE FROM temp.lr_due")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
+        c.execute("DELETE FROM temp.lr_sent")
+        # the next friends of each source in friend order (index ranges), up to the nearer of the
+        # two last ones: every due send of those friends, from both sources, is in this chunk
+        first_intent, *end = c.execute("SELECT MIN(friend), MAX(friend), COUNT(*) FROM (SELECT friend FROM intents "
+                                       "WHERE due_at = ? AND friend > ? ORDER BY friend LIMIT ?)",
+                                       (now, after, limit)).fetchone()
+        plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
+        ends = [tuple(end)] + [c.execute(
+            "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
+            "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)", (rule, occurrence, after, now, limit)).fetchone()
+            for rule, occurrence in plans]
+        full = [end for end, count in ends if count >= limit]
+        last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
+        if last is None:
+            return DueChunk(None, False)
+        args = {"now": now, "after": after, "last": last, "cap": cap, "today": today}
+        # one decision for every due send, whichever way it waited: an intent row (``src`` its
+        # id), or the first sends carried by an enrollment of an audience (``src`` the
+        # enrollment's id); ``id`` follows the order they were queued in (an audience's before
+        # the walks of the same tick)
+        c.execute(
+            "INSERT INTO temp.lr_due(src, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+            "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
+            "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
+            "i.queued_at, i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
+            "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'kept' "
+            "WHEN r.rule IS NULL OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
+            "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
+            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'suspended' "
+            "WHEN r.rule IS NULL THEN 'rule_removed' "
+            "WHEN i.state = 'exited' AND i.finished_at > i.queued_at THEN 'exited' "
+            "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
+            "WHEN i.holdout = 1 THEN 'holdout' END, "
+            "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
+            "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, t.steps, t.messages, t.due_at, t.queued_at, "
+            "t.variant, t.holdout, t.occurrence, t.event_seq, t.answer, t.reply_token, t.reply_deadline, "
+            "e.state, e.finished_at, 0 AS carried FROM intents t LEFT JOIN enrollments e ON e.id = t.enrollment "
+            "WHERE t.due_at = :now AND t.friend > :after AND t.friend <= :last UNION ALL "
+            "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
+            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM audience_sends a "
+            "CROSS JOIN enrollments s ON s.rule = a.rule AND s.occurrence = a.occurrence AND s.friend > :after "
+            "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
+            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
+            "ORDER BY i.queued_at, i.carried DESC, i.id", args)
+        if cap is not None:
+            # all of a friend's due sends are loaded together: competing sends are found here
+            # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
+            if len(plans) > 1 or (first_intent is not None and first_intent <= last):
+                c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
+                          "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
+        return DueChunk(last, bool(full))
+
+    def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
+        """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
+        leave the rule and their intents are dropped. Returns how many enrollments left."""
+        c = self.conn
+        c.execute("UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE rule = :rule AND "
+                  "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+                  "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
+                  f"AND ({cond_sql}))", {**params, "rule": rule, "now": now})
+        # a finished enrollment whose last send had yet to go out left the rule too
+        return c.execute("UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
+                         "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
+                         "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')", (now, rule)).rowcount
+
+    def due_groups(self) -> list[tuple[str, str]]:
+        """The distinct (rule, steps) of the undecided due intents."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT DISTINCT rule, steps FROM temp.lr_due WHERE status IS NULL")]
+
+    def due_failing(self, rule: str, steps: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
+        """Undecided due intents of (rule, steps) for which ``cond_sql`` does not hold now."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
+            f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
+            {**params, "rule": rule, "steps": steps})]
+
+    def due_update(self, rows: Sequence[DueChange]) -> None:
+        """Due sends of ``temp.lr_due`` left with fewer steps, or none."""
+        self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
+                              rows)
+
+    def due_cap(self, cap: int) -> int:
+        """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
+        (then the earlier queued, then the earlier enrollment), after those already counted
+        today (``used``); the ones over the cap are ``capped``. Returns how many."""
+        args = {"cap": cap, "reason": f"max_per_day {cap}"}
+        # a friend with one due send: capped when the day's pushes have reached the cap already
+        count = self.conn.execute("UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
+                                  "AND counts = 1 AND dup = 0 AND used >= :cap", args).rowcount
+        return count + self.conn.execute(
+            "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
+            "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
+            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1 "
+            "AND d.dup = 1) WHERE n > :cap)", args).rowcount
+
+    def due_replies(self, now: int) -> None:
+        """The first due send (by priority) holding a fresh reply token goes as the free reply."""
+        self.conn.execute(
+            "UPDATE temp.lr_due SET kind = 'reply' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+            "(PARTITION BY reply_token ORDER BY prio DESC, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
+            "reply_token IS NOT NULL AND reply_deadline >= :now) WHERE n = 1)", {"now": now})
+
+    def due_quota(self, remaining: int) -> int:
+        """The monthly quota: beyond ``remaining`` billed sends (not replies), in priority order,
+        the rest are ``held``. Returns how many were held."""
+        remaining = max(0, remaining)
+        undecided = "status IS NULL AND kind IS NULL"
+        if not remaining:     # nothing left this month: every billed send waits, no ordering needed
+            return self.conn.execute(f"UPDATE temp.lr_due SET status = 'held' WHERE {undecided}").rowcount
+        if self.conn.execute(f"SELECT COUNT(*) FROM temp.lr_due WHERE {undecided}").fetchone()[0] <= remaining:
+            return 0
+        return self.conn.execute(
+            "UPDATE temp.lr_due SET status = 'held' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+            "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
+            "kind IS NULL) WHERE n > :remaining)", {"remaining": remaining}).rowcount
+
+    def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
+        """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")]
+
+    def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
+                        pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
+        """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
+        same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
+        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
+        intents)."""
+        c = self.conn
+        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_sent").fetchone()[0]
+        count = c.execute(
+            "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
+            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
+            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
+        if not count:
+            return 0, 0
+        chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
+        base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+        for j, (push_names, objects) in enumerate(pushes):
+            args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
+                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
+                    "before": before, "per": MAX_MULTICAST}
+            c.execute(
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
+                "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
+                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
+                ":now FROM (SELECT (s.n - :before - 1) / :per AS chunk, d.friend AS friend FROM temp.lr_sent s "
+                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk", args)
+            c.execute(
+                "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+                "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
+                ":first + (s.n - :before - 1) / :per, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
+                "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
+                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n", args)
+        return chunks * len(pushes), count
+
+    def due_rows(self) -> list[sqlite3.Row]:
+        """The undecided due intents not sent set-based (each rendered for its friend)."""
+        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
+                                 "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+
+    def due_mark(self, rows: Sequence[DueMark]) -> None:
+        """Due sends of ``temp.lr_due`` decided per friend."""
+        self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
+
+    def finish_deliver(self, now: int) -> None:
+        """After the deliver stage's last chunk: the audiences whose sends were due now are
+        counted again (what waits still, held by the quota or kept for a suspended rule)."""
+        for rule, occurrence in self.conn.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?",
+                                                  (now,)).fetchall():
+            self._recount(rule, occurrence)
+
+    def due_rules(self) -> set[str]:
+        """The rules of the due sends loaded."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
+
+    def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
+        """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
+        the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
+        delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``."""
+        c = self.conn
+        c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+                  "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
+                  "enrollment, NULL, messages, status, reason, variant, :now, :today, 0 FROM temp.lr_due "
+                  "WHERE status IN ('skipped', 'capped') ORDER BY id", {"now": now, "today": today})
+        capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
+                                    "FROM temp.lr_due").fetchone()
+        counts = {"capped": int(capped), "skipped": int(skipped)}
+        c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
+                  "AND status IS NOT 'held' AND status IS NOT 'kept')")
+        c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                  "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
+        if held_until is not None:
+            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due WHERE status = 'held' "
+                      "AND carried = 0)", (held_until,))
+            c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                      "WHERE status = 'held' AND carried = 1)", (held_until,))
+        c.execute("DELETE FROM temp.lr_due")
+        return counts
+
+    def quota_used(self, month: str) -> int:
+        """Billed messages (one per recipient of a push or multicast) the engine sent in ``month``."""
+        return int(self.get_meta(f"quota.{month}") or 0)
+
+    def add_quota_used(self, month: str, count: int) -> None:
+        if count:
+            self.set_meta(f"quota.{month}", str(self.quota_used(month) + count))
+
+    def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id",
+            (friend,)).fetchall()
+
+    def due_enrollments(self, now: int, limit: int, rules: Sequence[str] | None = None,
+                        exclude: bool = False) -> list[WalkRow]:
+        """Open enrollments with ``due_at <= now``, earliest first (the partial due index); only
+        those of ``rules`` when given (or, with ``exclude``, of every other rule)."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        only = ""
+        if rules is not None:
+            only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
+        return list(map(WalkRow._make, cur.execute(
+            f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
+            f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
+            (now, *(rules or ()), limit)).fetchall()))
+
+    def next_due_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
+                                "AND due_at > ?", (after,)).fetchone()
+        return row[0]
+
+    def update_enrollments(self, rows: Sequence[Move]) -> None:
+        """Batch write of walked enrollments. A walk answers its causing event at most once, so
+        its reply token is cleared."""
+        self.conn.executemany(
+            "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
+            "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
+
+    def resume(self, enrollment_id: int, step_id: str | None, now: int, cause_seq: int | None,
+               reply_token: str | None, reply_deadline: int | None, event_seq: int | None = None) -> None:
+        """A ``wait for`` event (``event_seq``) arrived: continue at ``step_id`` now."""
+        self.conn.execute(
+            "UPDATE enrollments SET state = 'active', step_id = ?, due_at = ?, cause_seq = ?, "
+            "reply_token = ?, reply_deadline = ?, event_seq = COALESCE(?, event_seq) WHERE id = ?",
+            (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id))
+
+    def enrollment_rows(self, ids: Sequence[int], now: int) -> list[WalkRow]:
+        """Open enrollments among ``ids`` due at or before ``now``."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        out: list[WalkRow] = []
+        for chunk in _chunks(sorted(ids), 900):
+            out += map(WalkRow._make, cur.execute(
+                f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
+                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall())
+        return out
+
+    def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
+        self.conn.executemany(
+            "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
+            "WHERE id = ? AND state IN ('active', 'waiting')", [(reason, now, i) for i in ids])
+
+    def open_positions(self) -> list[tuple[str, str, str | None, str, int]]:
+        """(rule, version, step_id, state, count) of all open enrollments, for a rule reload."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT rule, rule_version, step_id, state, COUNT(*) FROM enrollments "
+            "WHERE state IN ('active', 'waiting') GROUP BY rule, rule_version, step_id, state")]
+
+    def move_enrollments(self, rule: str, version: str, step_id: str | None, state: str,
+                         new_version: str, new_step: str | None, new_state: str) -> int:
+        """Carry open enrollments at one (rule, version, step, state) over to a new version."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET rule_version = ?, step_id = ?, state = ? "
+            "WHERE rule = ? AND rule_version = ? AND step_id IS ? AND state = ?",
+            (new_version, new_step, new_state, rule, version, step_id, state))
+        return cur.rowcount
+
+    def end_rule(self, rule: str, reason: str, now: int) -> int:
+        cur = self.conn.execute(
+            "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
+            "WHERE rule = ? AND state IN ('active', 'waiting')", (reason, now, rule))
+        return cur.rowcount
+
+    # ------------------------------------------------------------------ sends
+
+    def cap_used(self, friends: Iterable[str] | None, days: Iterable[str]) -> dict[tuple[str, str], int]:
+        """Pushes already counted against ``max_per_day`` per (friend, local day). ``friends``
+        None reuses the friends of the preceding :meth:`blocked_among` call."""
+        days = list(dict.fromkeys(days))
+        if not days:
+            return {}
+        if friends is not None:
+            self._load_ids(friends)
+        marks = ",".join("?" * len(days))
+        return {(f, d): n for f, d, n in self.conn.execute(
+            f"SELECT d.friend, d.local_day, COUNT(*) FROM temp.lr_ids t CROSS JOIN deliveries d ON d.friend = t.v "
+            f"WHERE d.counts_for_cap = 1 AND d.local_day IN ({marks}) GROUP BY d.friend, d.local_day", days)}
+
+    def add_outbox(self, *, kind: str, recipients: Sequence[str], payload: Any, messages: Sequence[str],
+                   rule: str | None, not_before: int, now: int, reply_token: str | None = None,
+                   reply_deadline: int | None = None) -> int:
+        """Record one send before it is attempted; the retry key is created here, once."""
+        return self.add_outbox_rows([OutboxRow(kind, recipients, payload, messages, rule, not_before, reply_token,
+                                               reply_deadline)], now)[0]
+
+    def add_outbox_rows(self, rows: Sequence[OutboxRow], now: int) -> list[int]:
+        """Record many sends at once, each with a new retry key. Returns their ids, in order.
+        Call inside a transaction (the ids are allocated under its write lock)."""
+        with self.transaction() as c:
+            first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+            payloads: dict[int, str] = {}
+            c.executemany(
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
+                "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [(first + i, r.kind, _json(list(r.recipients)),
+                  payloads.setdefault(id(r.payload), _json(r.payload)), _json(list(r.messages)), r.rule,
+                  str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
+                 for i, r in enumerate(rows)])
+        return list(range(first, first + len(rows)))
+
+    def add_deliveries(self, rows: Sequence[Delivery], outbox_ids: Sequence[int] | None = None) -> None:
+        """Delivery rows. With ``outbox_ids``, a row's ``outbox`` is a place in that list (as
+        :meth:`add_outbox_rows` returned it) rather than an id."""
+        names: dict[tuple, str] = {}
+
+        def encoded(messages: Sequence[str]) -> str:
+            key = tuple(messages)
+            if key not in names:
+                names[key] = _json(list(key))
+            return names[key]
+
+        self.conn.executemany(
+            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+            "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(d.friend, d.rule, d.step_id, d.enrollment,
+              outbox_ids[d.outbox] if outbox_ids is not None and d.outbox is not None else d.outbox,
+              encoded(d.messages), d.status, d.reason, d.variant, d.at, d.local_day, d.counts_for_cap)
+             for d in rows])
+
+    # ------------------------------------------------------------------ outbox (dispatcher side)
+
+    def claim_outbox(self, now: int, limit: int, *, reply_limit: int | None = None,
+                     other_limit: int | None = None,
+                     lease: tuple[str, int, int] | None = None) -> list[dict]:
+        """Pending (or held) rows with ``not_before <= now``, replies first (their token is
+        short-lived), as dicts with decoded ``recipients``/``payload``/``messages`` and
+        ``friend`` (the first recipient): up to ``reply_limit`` replies and ``other_limit``
+        other rows (each defaults to ``limit``), at most ``limit`` rows in all.
+
+        With ``lease`` (owner, epoch, ttl) the claim is fenced: it raises :class:`LeaseLost`
+        unless that owner and epoch still hold the lease (one that expired while nobody took
+        it over is extended by ``ttl``), and the rows record the epoch so that only this
+        runner may store their outcome (:meth:`finish_outbox`, :meth:`hold_outbox`); a claimed
+        row stays out of this Store's later claims until it is finished, held or
+        :meth:`release_claims`. Without ``lease`` a claimed row is handed out again after 60 s.
+        A new process (after a crash) claims rows left in flight at once, with the same retry
+        key, so LINE answers 409 for what it had already accepted."""
+        with self._lock:
+            if lease is None:
+                self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
+            skip = list(self._inflight)
+            reply_limit = limit if reply_limit is None else min(reply_limit, limit)
+            other_limit = limit if other_limit is None else min(other_limit, limit)
+            with self.transaction() as c:
+                epoch = None
+                if lease is not None:
+                    epoch = self._check_lease(c, lease, now)
+                rows = []
+                for kind, cap in (("AND kind = 'reply' ", reply_limit),
+                                  ("AND kind != 'reply' ", other_limit)):
+                    cap = min(cap, limit - len(rows))
+                    if cap <= 0:
+                        continue
+                    marks = ",".join("?" * len(skip))
+                    rows += c.execute(
+                        "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
+                        + kind + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + "ORDER BY not_before, id LIMIT ?", (now, *skip, cap)).fetchall()
+                c.executemany("UPDATE outbox SET claimed_at = ?, claim_epoch = ?, "
+                              "attempts = attempts + 1 WHERE id = ?",
+                              [(now, epoch, r["id"]) for r in rows])
+            self._inflight.update((r["id"], now) for r in rows)
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["attempts"] += 1
+            d["claim_epoch"] = epoch
+            # the JSON as stored, for a request body made without encoding the messages again
+            d["encoded"] = (d["recipients"], d["payload"])
+            for key in ("recipients", "payload", "messages"):
+                d[key] = json.loads(d[key])
+            d["friend"] = d["recipients"][0] if d["recipients"] else None
+            if d["kind"] == "menu_link":
+                d["rich_menu_id"] = d["payload"].get("richMenuId")
+            out.append(d)
+        return out
+
+    def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
+        owner, epoch, ttl = lease
+        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = 'runner'").fetchone()
+        if row is None or row[0] != owner or row[1] != epoch:
+            holder = f"{row[0]} (epoch {row[1]})" if row is not None else "nobody"
+            raise LeaseLost(f"lost the lease (epoch {epoch}); holder now: {holder}")
+        if row[2] <= now:
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+        return epoch
+
+    def release_claims(self, ids: Iterable[int]) -> None:
+        """Forget this Store's in-flight marks of ``ids`` (their outcome could not be stored)."""
+        with self._lock:
+            for i in ids:
+                self._inflight.pop(i, None)
+
+    def mark_sending(self, outbox_id: int, epoch: int | None, now: int) -> bool:
+        """Just before a request that cannot be repeated safely (a reply: no retry key) goes
+        out: record durably that the row may have reached LINE (``ambiguous``), so that a
+        process that crashes mid-request leaves the truth behind. False (send nothing) when the
+        row is no longer this runner's (fenced) or no longer due."""
+        with self.transaction() as c:
+            fence = ""
+            args: tuple = (outbox_id,)
+            if epoch is not None:
+                row = c.execute("SELECT epoch FROM lease WHERE name = 'runner'").fetchone()
+                if row is None or row[0] != epoch:
+                    return False
+                fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
+            cur = c.execute("UPDATE outbox SET ambiguous = 1 WHERE id = ? "
+                            "AND status IN ('pending', 'held')" + fence, args)
+            return cur.rowcount == 1
+
+    def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
+                      error: str | None = None, at: int | None = None, *,
+                      epoch: int | None = None) -> bool:
+        """Final outcome of a row (sent, duplicate, rejected, unconfirmed, dry_run) with its
+        reason; its deliveries follow. With ``epoch`` only a row still claimed under that epoch
+        is written (fencing); returns whether it was."""
+        at = int(time.time()) if at is None else at
+        with self.transaction() as c:
+            self._inflight.pop(outbox_id, None)
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            cur = c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                            "last_error = ?, sent_at = ? WHERE id = ?" + fence,
+                            (status, request_id, error, at, outbox_id, *args))
+            if cur.rowcount != 1:
+                return False
+            delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
+            c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) "
+                      "WHERE outbox_id = ?", (delivered, error, outbox_id))
+            # A delivery's time stays the moment it was decided unless it went out later than
+            # SEND_TIME_SLACK (held, retried): moving ``at`` rewrites the (rule, at) index entry
+            # of every row, most of the cost of finishing a multicast's 500 rows.
+            c.execute("UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?",
+                      (at, outbox_id, at - SEND_TIME_SLACK))
+            return True
+
+    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None, *,
+                    ambiguous: bool = False, epoch: int | None = None) -> bool:
+        """Not sent now (rate limit, quota, a transient error, the token): try again at
+        ``until``. ``ambiguous``: a request of this attempt may have been processed; once set
+        it stays set (a later 429 or 500 says nothing about the earlier request). With
+        ``epoch`` only a row still claimed under that epoch is written; returns whether it was.
+
+        A row whose request may have reached LINE (``ambiguous``), that no delivery row refers
+        to, or that is held for less than :data:`HANDBACK_AFTER` seconds, is kept and goes out
+        again byte-identical with its retry key. Any other row made by the deliver stage is
+        handed back to it: the row is ``returned`` (never claimed again), its deliveries are
+        removed, and its sends are decided anew at ``until`` (a friend who blocked meanwhile
+        gets nothing, the cap and the rendering apply then)."""
+        with self.transaction() as c:
+            self._inflight.pop(outbox_id, None)
+            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+            row = c.execute("SELECT ambiguous, kind, COALESCE(claimed_at, created_at) FROM outbox WHERE id = ? "
+                            "AND status IN ('pending', 'held')" + fence, (outbox_id, *args)).fetchone()
+            if row is None:
+                return False
+            back = (not row[0] and not ambiguous and row[1] in ("push", "multicast", "reply")
+                    and until - (row[2] or 0) >= HANDBACK_AFTER
+                    and c.execute("SELECT 1 FROM deliveries WHERE outbox_id = ? LIMIT 1",
+                                  (outbox_id,)).fetchone() is not None)
+            if back:
+                # the sends again as intents, rebuilt from their delivery rows (the deliver stage
+                # splits a coalesced group into its steps again)
+                c.execute(
+                    "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
+                    "holdout, occurrence, event_seq, answer) SELECT d.enrollment, d.friend, d.rule, "
+                    "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
+                    "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
+                    "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
+                    {"until": until, "id": outbox_id})
+                c.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
+                c.execute("UPDATE outbox SET status = 'returned', claimed_at = NULL, "
+                          "last_error = COALESCE(?, last_error) WHERE id = ?", (error, outbox_id))
+                return True
+            cur = c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
+                            "ambiguous = MAX(ambiguous, ?), last_error = COALESCE(?, last_error) "
+                            "WHERE id = ? AND status IN ('pending', 'held')" + fence,
+                            (until, int(ambiguous), error, outbox_id, *args))
+            return cur.rowcount == 1
+
+    def outbox_backlog(self) -> int:
+        """Rows not yet finished (pending or held)."""
+        return self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')").fetchone()[0]
+
+    def next_outbox_at(self, after: int) -> int | None:
+        row = self.conn.execute("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') "
+                                "AND not_before > ?", (after,)).fetchone()
+        return row[0]
+
+    def outbox(self, status: str | None = None) -> list[dict]:
+        """All outbox rows (decoded), in id order; for reports, tests and the simulator."""
+        sql, args = "SELECT * FROM outbox", ()
+        if status:
+            sql, args = sql + " WHERE status = ?", (status,)
+        out = []
+        for r in self.conn.execute(sql + " ORDER BY id", args):
+            d = dict(r)
+            for key in ("recipients", "payload", "messages"):
+                d[key] = json.loads(d[key])
+            out.append(d)
+        return out
+
+    def health(self) -> dict:
+        """Numbers for ``/healthz`` and logs."""
+        one = lambda sql: self.conn.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "schema_version": self.schema_version,
+            # current friends only (SPEC §2.2): ids known from shop events alone are not friends
+            "friends": one("SELECT COUNT(*) FROM friends WHERE followed_at IS NOT NULL "
+                           "AND blocked_at IS NULL"),
+            "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
+            "suspended_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'"),
+            "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
+            "failed_events": one("SELECT COUNT(*) FROM events WHERE error IS NOT NULL"),
+            "outbox_backlog": self.outbox_backlog(),
+            "oldest_pending_send": one("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held')"),
+            "waiting_sends": self.waiting_sends(),
+            "next_waiting_send": self.next_waiting_send(),
+            "last_tick": int(self.get_meta("engine.last_tick") or 0) or None,
+        }
+
+    # ------------------------------------------------------------------ lease
+
+    def acquire_lease(self, owner: str, now: int, ttl: int) -> bool:
+        """Take (or extend) the one-runner lease; False while another owner holds it. A new
+        owner gets a new epoch (:meth:`lease_epoch`), never one used before on this file."""
+        with self.transaction() as c:
+            row = c.execute("SELECT owner, expires_at, epoch FROM lease WHERE name = 'runner'").fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            if row is not None and row[0] == owner:
+                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+                return True
+            epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
+            self.set_meta("lease.epoch", str(epoch))
+            c.execute("INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                      "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                      (owner, now + ttl, epoch))
+            return True
+
+    def lease_epoch(self, owner: str) -> int | None:
+        """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
+        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?",
+                                (owner,)).fetchone()
+        return None if row is None else row[0]
+
+    def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
+        """Extend the lease; False if it is no longer ours (another runner took it)."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND owner = ?",
+                            (now + ttl, owner))
+            return cur.rowcount == 1
+
+    def release_lease(self, owner: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM lease WHERE name = 'runner' AND owner = ?", (owner,))
+
+    def lease_holder(self) -> str | None:
+        row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ suspended enrollments
+
+    def suspend_rule(self, rule: str, now: int) -> int:
+        """A reload dropped ``rule``: its open enrollments keep their place but stop."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET suspended_state = state, state = 'suspended', suspended_at = ? "
+            "WHERE rule = ? AND state IN ('active', 'waiting')", (now, rule))
+        return cur.rowcount
+
+    def unsuspend_rule(self, rule: str) -> int:
+        """``rule`` is back: its suspended enrollments continue where they were."""
+        cur = self.conn.execute(
+            "UPDATE enrollments SET state = suspended_state, suspended_state = NULL, suspended_at = NULL "
+            "WHERE rule = ? AND state = 'suspended'", (rule,))
+        return cur.rowcount
+
+    def end_suspended(self, before: int, now: int, reason: str = "rule_removed") -> int:
+        """End the enrollments suspended before ``before`` (their rule did not come back)."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL, "
+                "suspended_state = NULL WHERE state = 'suspended' AND suspended_at <= ?",
+                (reason, now, before))
+            return cur.rowcount
+
+    def suspended_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
+
+
+    # ================================================================== the shop side
+    # Customer <-> friend links, orders by id, account-link nonces (migration 5). What to do
+    # with them is engine/runtime/identity.py's business; these are its reads and writes, called inside
+    # the caller's :meth:`transaction` (unless a method says otherwise). Customer ids are given
+    # already normalised (:func:`engine.runtime.events.customer_key`).
+
+    def linked_friend(self, customer: str) -> str | None:
+        """The friend ``customer`` is linked to."""
+        row = self.conn.execute("SELECT friend FROM customer_links WHERE customer = ?", (customer,)).fetchone()
+        return row[0] if row else None
+
+    def linked_friends(self, customers: Iterable[str]) -> dict[str, str]:
+        """customer -> friend for those of ``customers`` that are linked."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(customers)), 500):
+            out.update(self.conn.execute("SELECT customer, friend FROM customer_links WHERE customer IN "
+                                         f"({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def linked_customer(self, friend: str) -> str | None:
+        """The customer linked to ``friend``."""
+        row = self.conn.execute("SELECT customer FROM customer_links WHERE friend = ?", (friend,)).fetchone()
+        return row[0] if row else None
+
+    def put_link(self, customer: str, friend: str, via: str, at: int) -> None:
+        """Link ``customer`` and ``friend``, dropping any other link either of them had."""
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ? OR friend = ?", (customer, friend))
+        self.conn.execute("INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
+                          (customer, friend, via, at))
+
+    def delete_link(self, customer: str) -> None:
+        self.conn.execute("DELETE FROM customer_links WHERE customer = ?", (customer,))
+
+    def add_link_history(self, customer: str, friend: str, action: str, via: str, at: int) -> None:
+        """One line of the link history (linked, moved, replaced, unlinked)."""
+        self.conn.execute("INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
+                          (customer, friend, action, via, at))
+
+    def adopt_kept_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's kept orders (counting for nobody) now count for ``friend``; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL", (customer,))]
+        self.conn.executemany("UPDATE orders SET friend = ? WHERE order_id = ?", [(friend, i) for i in ids])
+        return ids
+
+    def release_orders(self, customer: str, friend: str) -> list[str]:
+        """The customer's orders counting for ``friend`` through the link (not those naming the
+        friend itself) are kept for the customer again; their ids."""
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0", (customer, friend))]
+        self.conn.executemany("UPDATE orders SET friend = NULL WHERE order_id = ?", [(i,) for i in ids])
+        return ids
+
+    def kept_events(self, customer: str) -> list[KeptEvent]:
+        """The processed events kept for ``customer`` (stored without a friend), in (at, seq) order."""
+        return [KeptEvent(seq, kind, at, json.loads(data)) for seq, kind, at, data in self.conn.execute(
+            "SELECT seq, type, at, data FROM events WHERE friend = '' AND json_extract(data, '$.customer') = ? "
+            "AND processed_at IS NOT NULL ORDER BY at, seq", (customer,))]
+
+    def set_events_friend(self, seqs: Iterable[int], friend: str) -> None:
+        """Record these events (stored without a friend) under ``friend``."""
+        self.conn.executemany("UPDATE events SET friend = ? WHERE seq = ?", [(friend, seq) for seq in seqs])
+
+    def put_nonce(self, nonce: str, customer: str, now: int) -> None:
+        """Remember (in its own transaction) that ``nonce`` stands for ``customer``, unused."""
+        with self.transaction() as c:
+            c.execute("INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, "
+                      "created_at = excluded.created_at, used_at = NULL", (nonce, customer, now))
+
+    def take_nonce(self, nonce: str, now: int) -> str | None:
+        """The customer of an unused ``nonce``, marking it used; None when unknown or used."""
+        row = self.conn.execute("SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL",
+                                (nonce,)).fetchone()
+        if row is None:
+            return None
+        self.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
+        return row[0]
+
+    def find_order(self, ref: str) -> str | None:
+        """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
+        row = self.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_owner(self, ref: str) -> str | None:
+        """The friend the order ``ref`` (its id or the shop system's id) counts for."""
+        row = self.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
+                                "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        return row[0] if row else None
+
+    def order_customer(self, order_id: str) -> str | None:
+        """The customer of an order, when the order names one."""
+        row = self.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
+                                (order_id,)).fetchone()
+        return row[0] if row else None
+
+    def order(self, order_id: str) -> dict | None:
+        """The stored order as a dict (``items`` decoded), or None."""
+        row = self.conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["items"] = json.loads(out["items"])
+        return out
+
+    def order_states(self, order_ids: Iterable[str]) -> dict[str, OrderState]:
+        """The stored state of those of ``order_ids`` that are stored (a refund that came before
+        its order is stored with ``amount`` None)."""
+        return {r[0]: OrderState(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in self.conn.execute(
+            "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value", (_ids_json(order_ids),))}
+
+    def order_exists(self, order_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone() is not None
+
+    def insert_orders(self, orders: Sequence[OrderRecord], now: int) -> None:
+        """Store new orders (none of their ids is stored yet)."""
+        self.conn.executemany(
+            "INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
+            "refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(o.order_id, o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source,
+              o.external_id, o.refunded, int(o.cancelled), now) for o in orders])
+
+    def complete_orders(self, orders: Sequence[OrderRecord]) -> None:
+        """Orders whose refund came first (stored without an amount) get their data; refunds
+        and cancellations already stored are kept when larger."""
+        self.conn.executemany(
+            "UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
+            "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
+            "WHERE order_id = ?",
+            [(o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source, o.external_id,
+              o.refunded, int(o.cancelled), o.order_id) for o in orders])
+
+    def set_refunds(self, refunds: Sequence[OrderRefund]) -> None:
+        """Set how much of these orders is refunded and whether they are cancelled."""
+        self.conn.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
+                              [(r.refunded, int(r.cancelled), r.order_id) for r in refunds])
+
+    def set_external_ids(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """(order_id, external_id): the shop system's own id of orders stored without one."""
+        self.conn.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL",
+                              [(external, order_id) for order_id, external in pairs])
+
+    def cancel_refunded_in_full(self, order_ids: Iterable[str]) -> None:
+        """Those of these orders refunded in full no longer count as orders."""
+        self.conn.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
+                          "AND amount > 0 AND refunded >= amount AND cancelled = 0", (_ids_json(order_ids),))
+
+    def take_early_refunds(self, order_ids: Iterable[str]) -> dict[str, OrderRefund]:
+        """Refunds stored before their order under these ids (no amount yet): returned and
+        removed, for the arriving order to take in."""
+        early = {r[0]: OrderRefund(r[0], r[1], bool(r[2])) for r in self.conn.execute(
+            "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
+            "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids_json(order_ids),))}
+        if early:
+            self.conn.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) "
+                              "AND amount IS NULL", (_ids_json(early),))
+        return early
+
+    def add_early_refund(self, order_id: str, *, customer: str | None, friend: str | None, at: int,
+                         refunded: float, cancelled: bool) -> None:
+        """Keep a refund (or cancellation) of an order not stored yet, under the order's id."""
+        self.conn.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
+                          "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
+                          (order_id, customer, friend, int(bool(friend)), at, refunded, int(cancelled), at))
+
+    def project_orders(self, order_ids: Iterable[str], *, fresh: bool = False) -> None:
+        """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
+        less refunds) and one ``purchase`` row per item, or ``order_cancelled`` /
+        ``purchase_cancelled`` rows for an order that no longer counts (no condition reads those).
+        ``fresh``: the orders are new, so there are no rows to remove."""
+        ids = list(dict.fromkeys(order_ids))
+        if not ids:
+            return
+        c = self.conn
+        batch = _ids_json(ids)
+        if not fresh:
+            c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
+            "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
+            "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
+            "ORDER BY o.at", (batch,))
+        c.execute(
+            "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
+            "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
+            "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
+            "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
+            "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
+            "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
+
+    def recount_purchases(self, friends: Iterable[str]) -> None:
+        """Recompute ``orders``, ``total_spent`` and ``last_purchase_at`` of these friends from
+        their ``order`` activity rows."""
+        ids = list(dict.fromkeys(f for f in friends if f))
+        if not ids:
+            return
+        self.conn.execute(
+            "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
+            "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
+            "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
+            "WHERE friends.id = s.id", (_ids_json(ids),))
+
+    # ================================================================== reading for reports
+    # Read-only queries of ``linerules report`` (engine/reports/report.py), each result a named record;
+    # they work on a database opened with ``read_only=True`` while a runner writes it, and on
+    # databases of every schema version (a table a later migration added reads as empty).
+
+    def report_deliveries(self, since: int | None, until: int | None) -> list[DeliveryRow]:
+        """The deliveries recorded in [since, until) (None: open), rich menu links left out,
+        with their outbox row's kind; in (at, id) order."""
+        where, args = [f"d.messages NOT LIKE '{_MENU_LIKE}'"], []
+        if since is not None:
+            where.append("d.at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("d.at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, d.at, o.kind "
+            "FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
+            f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
+        return [DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
+                for r in rows]
+
+    def report_intents(self, since: int | None, until: int | None) -> list[IntentRow]:
+        """The sends not decided yet (waiting for the window, the cap's day, the quota) due in
+        [since, until), at their due time; in (due_at, id) order."""
+        if not self._has_table("intents"):
+            return []
+        where, args = ["1"], []
+        if since is not None:
+            where.append("due_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("due_at < ?")
+            args.append(until)
+        rows = self.conn.execute(
+            "SELECT id, friend, rule, json_extract(steps, '$[0][0]'), messages, variant, due_at "
+            f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id", args)
+        out = [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+        if self._has_table("audience_sends"):
+            # an audience's first sends, carried by its enrollments until they are decided (their
+            # ids are kept apart from the intents' by an offset)
+            carried = [w.replace("due_at", "e.send_due") for w in where]
+            rows = self.conn.execute(
+                "SELECT e.id, e.friend, e.rule, json_extract(a.steps, '$[0][0]'), a.messages, e.variant, e.send_due "
+                "FROM audience_sends a CROSS JOIN enrollments e ON e.rule = a.rule AND e.occurrence = a.occurrence "
+                f"WHERE a.due_at IS NOT NULL AND e.send_due IS NOT NULL AND {' AND '.join(carried)} "
+                "ORDER BY e.send_due, e.id", args)
+            out += [IntentRow((1 << 40) + r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6])
+                    for r in rows]
+            out.sort(key=lambda i: (i.due_at, i.id))
+        return out
+
+    def report_clicks(self) -> list[ClickRow]:
+        """Every tracked-link click, in (at, id) order."""
+        return [ClickRow(*r) for r in self.conn.execute(
+            "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id")]
+
+    def report_orders(self) -> list[OrderRow]:
+        """Every order that counts for a friend (its amount less refunds), in (at, id) order."""
+        return [OrderRow(*r) for r in self.conn.execute(
+            "SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")]
+
+    def report_follows(self) -> list[FollowRow]:
+        """Processed follow and unfollow events, in (at, seq) order."""
+        return [FollowRow(*r) for r in self.conn.execute(
+            "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
+            "AND processed_at IS NOT NULL ORDER BY at, seq")]
+
+    def report_enrollments(self) -> list[EnrollmentRow]:
+        """Every enrollment, in id order."""
+        return [EnrollmentRow(r[0], r[1], r[2], bool(r[3]), *r[4:]) for r in self.conn.execute(
+            "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, finished_at "
+            "FROM enrollments ORDER BY id")]
+
+    def report_step_orders(self) -> dict[str, list[str]]:
+        """Each rule's step ids as its latest stored version lists them."""
+        return {rule: json.loads(steps) for rule, steps in self.conn.execute(
+            "SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")}
+
+    def report_rule_names(self) -> set[str]:
+        """Every rule name the database has seen (versions, enrollments, deliveries)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT rule FROM rule_versions UNION SELECT rule FROM enrollments "
+            "UNION SELECT rule FROM deliveries")}
+
+    def report_latest_at(self) -> int | None:
+        """The time of the latest recorded fact (event, decided delivery, activity), or None."""
+        row = self.conn.execute(
+            "SELECT MAX(m) FROM (SELECT MAX(at) AS m FROM events UNION ALL "
+            "SELECT MAX(at) FROM deliveries WHERE status != 'queued' UNION ALL "
+            "SELECT MAX(at) FROM activity)").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def report_seen_friends(self, until: int) -> set[str]:
+        """Friends with a processed event at or before ``until``."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at IS NOT NULL", (until,))}
+
+    def report_active_friends(self, after: int, until: int) -> set[str]:
+        """Friends who clicked, ordered, messaged or tapped a postback in (after, until]."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT friend FROM activity WHERE kind IN ('click', 'order') AND at > ? AND at <= ? "
+            "UNION SELECT friend FROM events WHERE type IN ('message', 'postback') "
+            "AND processed_at IS NOT NULL AND at > ? AND at <= ?", (after, until, after, until))}
+
+    def report_has_events(self, since: int, until: int) -> bool:
+        """Whether any event happened in [since, until)."""
+        return self.conn.execute("SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
+                                 (since, until)).fetchone() is not None
+
+    def _has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (name,)).fetchone() is not None
+
+
+class KeptEvent(NamedTuple):
+    """A processed event kept for a customer not linked yet."""
+    seq: int
+    type: str
+    at: int
+    data: dict[str, Any]
+
+
+class OrderState(NamedTuple):
+    """What is stored of an order (``amount`` None: only a refund that came first)."""
+    order_id: str
+    amount: float | None
+    refunded: float
+    cancelled: bool
+    friend: str | None
+    external_id: str | None
+
+
+class OrderRefund(NamedTuple):
+    order_id: str
+    refunded: float
+    cancelled: bool
+
+
+class OrderRecord(NamedTuple):
+    """An order to store: ``friend`` the one it counts for (None: kept for its customer),
+    ``direct`` whether the order named that friend itself."""
+    order_id: str
+    customer: str | None
+    friend: str | None
+    direct: bool
+    at: int
+    amount: float
+    items: Sequence[dict]
+    source: str
+    external_id: str | None
+    refunded: float = 0.0
+    cancelled: bool = False
+
+
+def _ids_json(values: Iterable[str]) -> str:
+    """A JSON list of ids, for ``json_each(?)`` joins (one statement, no scratch table)."""
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+#: One encoder for every order's items (``json.dumps`` with options builds one per call).
+_ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _items_json(items: Sequence[dict]) -> str:
+    """An order's items as stored (keys without a value left out)."""
+    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
+                               for i in items])
+
+
+#: Rich menu link deliveries are recorded with the message label ``menu:NAME``
+#: (:func:`menu_label`); they are not sends.
+MENU_PREFIX = "menu:"
+_MENU_LIKE = '["' + MENU_PREFIX + '%'
+
+
+def menu_label(menu: str) -> list[str]:
+    """The ``messages`` of a rich menu link's delivery row."""
+    return [MENU_PREFIX + menu]
+
+
+class DeliveryRow(NamedTuple):
+    """A recorded delivery as the report reads it (``step`` "" when the step has no id)."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    status: str
+    variant: str | None
+    at: int
+    kind: str | None            # the outbox row's kind (push, multicast, reply), None if none
+
+
+class IntentRow(NamedTuple):
+    """A send waiting to be decided, as the report reads it."""
+    id: int
+    friend: str
+    rule: str
+    step: str
+    messages: tuple[str, ...]
+    variant: str | None
+    due_at: int
+
+
+class ClickRow(NamedTuple):
+    friend: str
+    rule: str | None
+    message: str | None
+    at: int
+
+
+class OrderRow(NamedTuple):
+    friend: str
+    amount: float | None
+    at: int
+
+
+class FollowRow(NamedTuple):
+    type: str                   # follow or unfollow
+    friend: str
+    at: int
+
+
+class EnrollmentRow(NamedTuple):
+    rule: str
+    friend: str
+    variant: str | None
+    holdout: bool
+    entered_at: int
+    state: str
+    exit_reason: str | None
+    finished_at: int | None
+
+
+class _Turns(threading.Condition):
+    """Writers of one database file in this process: how many wait for ``BEGIN IMMEDIATE``,
+    and whether a yielding connection is inside a write transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+        self.busy = False
+
+
+_TURNS: dict[str, _Turns] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+def _turns_for(path: str) -> _Turns:
+    key = os.path.realpath(path)
+    with _TURNS_LOCK:
+        return _TURNS.setdefault(key, _Turns())
+
+
+def _norm_source(source: str) -> str:
+    """``qr = shipping, ad=summer`` -> ``qr=shipping,ad=summer``."""
+    return ",".join("=".join(p.strip() for p in part.split("=", 1)) for part in source.split(","))
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+

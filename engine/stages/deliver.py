@@ -1,0 +1,392 @@
+"""Stage 5 of a tick: every send due now is decided, whichever way it waited, by one procedure.
+
+The due sends (intents a walk wrote, and the first sends an audience's enrollments carry) are
+loaded by friend, :data:`DELIVER_CHUNK` friends per transaction, into the store's scratch table
+(``temp.lr_due``, :meth:`engine.runtime.store.Store.load_due`), and a :class:`Decision` decides them
+there (SPEC §4): window, left the rule, current friend and holdout (made when loaded), ``exit
+when``, each step's ``if``, the cap by priority, replies, the monthly quota; then they are
+rendered (:class:`Renderer`) and only then are outbox and delivery rows written, due at once.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from typing import Any, Callable, NamedTuple
+
+from engine.language import ir, timeutil
+from engine.language.render import RenderError, render_hash, render_message, sale_vars
+from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
+from engine.stages.context import Context, TickResult
+from engine.runtime.store import Delivery, DueChange, DueMark, OutboxRow
+
+log = logging.getLogger("linerules.engine")
+
+#: Friends whose due sends the deliver stage decides per transaction (all of a friend's
+#: competing sends are always decided together).
+DELIVER_CHUNK = 5000
+
+#: Rendered pushes: (message names, LINE message objects) of each push.
+Pushes = list[tuple[list[str], list[dict]]]
+
+
+class Due(NamedTuple):
+    """What rendering one due send needs: whose, of which rule and step, which messages."""
+    enrollment: int
+    friend: str
+    rule: str
+    occurrence: str | None
+    variant: str | None
+    event_seq: int | None
+    step_id: str
+    names: tuple[str, ...]
+
+
+class _Share(NamedTuple):
+    """One push of one friend's rendered send, waiting for the others with the same payload."""
+    row: Any          # the due send (a ``temp.lr_due`` row)
+    push: int         # which push of the send (0: the first, which counts for the cap)
+    objects: list
+    step_id: str
+    counts: int
+
+
+class DeliverStage:
+    """Decides the due sends of the context's project."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.renderer = Renderer(ctx)
+
+    def run(self, now: int, result: TickResult) -> None:
+        """Decide every send due at ``now``, :data:`DELIVER_CHUNK` friends per transaction."""
+        s, ctx = self.ctx.store, self.ctx
+        if not s.has_due_intents(now):
+            return
+        today = timeutil.local_day(now, ctx.tz)
+        after, first = "", True
+        while True:
+            with s.transaction():
+                if first:
+                    self._start(now)
+                    first = False
+                chunk = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
+                if chunk.last is not None:
+                    Decision(ctx, self.renderer, now, result).decide()
+                if not chunk.more:
+                    s.finish_deliver(now)
+                    return
+            after = chunk.last
+
+    def _start(self, now: int) -> None:
+        """Sends due while their window is closed (after a reload, or a hold that ended outside
+        it) wait for its opening; overdue ones become due now."""
+        s, ctx = self.ctx.store, self.ctx
+        for name, rule in ctx.rules.items():
+            if rule.window or ctx.settings.window:
+                opening = timeutil.next_opening(now, rule.window or ctx.settings.window, ctx.tz)
+                if opening > now:
+                    s.defer_intents(name, opening, now)
+        s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
+
+
+class Decision:
+    """One chunk of the deliver stage, on ``temp.lr_due``: the decisions in order, then the
+    outbox and delivery rows."""
+
+    def __init__(self, ctx: Context, renderer: Renderer, now: int, result: TickResult):
+        self.ctx = ctx
+        self.renderer = renderer
+        self.now = now
+        self.result = result
+        self.today = timeutil.local_day(now, ctx.tz)
+
+    def decide(self) -> None:
+        s, settings, now = self.ctx.store, self.ctx.settings, self.now
+        self.renderer.new_chunk()
+        present = s.due_rules()
+        for name, rule in self.ctx.rules.items():
+            if rule.exit_when is not None and name in present:
+                c = self.ctx.cond(rule.exit_when, True)
+                self.result.exited += s.due_exits(name, c.sql, {**c.params, "now": now, "rule": name}, now)
+        s.due_update(self._conditions())
+        if settings.max_per_day is not None:
+            s.due_cap(settings.max_per_day)
+        s.due_replies(now)
+        held_until = None
+        month = timeutil.local(now, self.ctx.tz).strftime("%Y-%m")
+        if settings.monthly_quota is not None:
+            if s.due_quota(settings.monthly_quota - s.quota_used(month)):
+                held_until = next_month_opening(now, self.ctx.tz)
+        billed = 0 if settings.base_url else self._same_for_everyone()
+        billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows())
+        s.add_quota_used(month, billed)
+        counts = s.due_finish(now, self.today, held_until)
+        self.result.capped += counts.get("capped", 0)
+        self.result.skipped += counts.get("skipped", 0)
+
+    def _conditions(self) -> list[DueChange]:
+        """Each step's ``if``/``unless`` of every due group, now: the steps whose condition
+        fails are left out of their send (all of them: the send is dropped)."""
+        s, params = self.ctx.store, {"now": self.now}
+        changes: list[DueChange] = []
+        for rule_name, steps_text in s.due_groups():
+            rule = self.ctx.rules.get(rule_name)
+            steps = split_steps(rule, json.loads(steps_text))
+            failing: dict[int, set[str]] = defaultdict(set)
+            for step_id, _names in steps:
+                step = rule.step(step_id) if rule else None
+                cond = getattr(step, "cond", None)
+                if cond is None:
+                    continue
+                c = self.ctx.cond(cond, True)
+                for i in s.due_failing(rule_name, steps_text, c.sql, {**c.params, **params, "rule": rule_name}):
+                    failing[i].add(step_id)
+            for i, gone in failing.items():
+                kept = [[sid, names] for sid, names in steps if sid not in gone]
+                names = [n for _, step_names in kept for n in step_names]
+                changes.append(DueChange(self.ctx.encode(tuple((sid, tuple(n)) for sid, n in kept)),
+                                         self.ctx.encode(tuple(names)), None if kept else "dropped",
+                                         None if kept else "condition", i))
+        return changes
+
+    def _same_for_everyone(self) -> int:
+        """Messages that render the same for every friend: rendered once, written set-based as
+        multicasts. Returns the billed messages."""
+        s, now, billed = self.ctx.store, self.now, 0
+        for rule_name, steps_text, names_text, occurrence in s.due_render_keys():
+            names = tuple(json.loads(names_text))
+            if not self.renderer.static(names):
+                continue
+            rejected: list[Delivery] = []
+            chunks = self.renderer.render(Due(0, "", rule_name, occurrence, None, None, "", names), {}, now,
+                                          rejected, self.today)
+            if rejected or not chunks:
+                continue   # a message that does not render: recorded per friend
+            rows, count = s.due_static_send(rule_name, steps_text, names_text, occurrence,
+                                            json.loads(steps_text)[0][0], chunks, now, self.today)
+            self.result.queued += rows
+            billed += count * len(chunks)
+        return billed
+
+
+class Outgoing:
+    """The due sends rendered per friend (personalised messages, tracked links, replies): the
+    outbox rows (identical renders of one rule still share a multicast), delivery rows and
+    decisions of one chunk, written together by :meth:`send`."""
+
+    def __init__(self, ctx: Context, renderer: Renderer, now: int, today: str, result: TickResult):
+        self.ctx = ctx
+        self.renderer = renderer
+        self.now = now
+        self.today = today
+        self.result = result
+        self.deliveries: list[Delivery] = []
+        self.outbox: list[OutboxRow] = []
+        self.marks: dict[int, DueMark] = {}
+        self.shared: dict[tuple, list[_Share]] = defaultdict(list)
+        self._keys: dict[int, tuple[Pushes, list]] = {}
+        self.billed = 0
+
+    def send(self, rows: list) -> int:
+        """Render and write ``rows`` (``temp.lr_due`` rows); returns the billed messages
+        (recipients of pushes and multicasts)."""
+        if not rows:
+            return 0
+        s = self.ctx.store
+        friends = s.friends_for_render({r["friend"] for r in rows})
+        events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        for r in rows:
+            due = Due(r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"],
+                      json.loads(r["steps"])[0][0], tuple(json.loads(r["messages"])))
+            friend = friends.get(r["friend"]) or {"id": r["friend"]}
+            chunks = self.renderer.render(due, friend, self.now, self.deliveries, self.today,
+                                          events.get(r["event_seq"]))
+            if not chunks:
+                self.marks[r["id"]] = DueMark("rejected", None, None, r["id"])
+            elif r["kind"] == "reply" or r["answer"]:
+                self._alone(r, due, chunks)
+            else:
+                self._share(r, due, chunks)
+        self._multicasts()
+        ids = s.add_outbox_rows(self.outbox, self.now)
+        self.result.queued += len(self.outbox)
+        s.add_deliveries(self.deliveries, ids)
+        s.due_mark([m._replace(outbox_id=None if m.outbox_id is None else ids[m.outbox_id])
+                    for m in self.marks.values()])
+        return self.billed
+
+    def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
+        """A reply or an answer, for its one friend now: the first push as the reply (when it
+        holds the token), the rest as pushes."""
+        counts = 1 if r["counts"] else 0
+        reason = "answer" if r["answer"] else None
+        first_ref = None
+        for i, (push_names, objects) in enumerate(chunks):
+            token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
+            self.outbox.append(OutboxRow("reply" if token else "push", [r["friend"]], objects, push_names,
+                                         r["rule"], self.now, token, r["reply_deadline"] if token else None))
+            self.billed += 0 if token else 1
+            ref = len(self.outbox) - 1
+            first_ref = ref if first_ref is None else first_ref
+            self.deliveries.append(Delivery(r["friend"], r["rule"], due.step_id, r["enrollment"], ref, push_names,
+                                            "queued", reason, r["variant"], self.now, self.today,
+                                            counts if i == 0 else 0))
+        self.marks[r["id"]] = DueMark("sent", None, first_ref, r["id"])
+
+    def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
+        """A push that may share a multicast with other friends' identical pushes."""
+        counts = 1 if r["counts"] else 0
+        hit = self._keys.get(id(chunks))
+        if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this chunk
+            hit = self._keys[id(chunks)] = (chunks, [
+                (r["rule"], self.renderer.hash(objects), tuple(push_names)) for push_names, objects in chunks])
+        for i, key in enumerate(hit[1]):
+            self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
+
+    def _multicasts(self) -> None:
+        for (rule, _hash, names), items in self.shared.items():
+            objects = items[0].objects
+            for start in range(0, len(items), MAX_MULTICAST):
+                part = items[start:start + MAX_MULTICAST]
+                self.outbox.append(OutboxRow("multicast" if len(part) > 1 else "push",
+                                             [p.row["friend"] for p in part], objects, list(names), rule, self.now))
+                self.billed += len(part)
+                ref = len(self.outbox) - 1
+                for p in part:
+                    r = p.row
+                    self.deliveries.append(Delivery(r["friend"], rule, p.step_id, r["enrollment"], ref, list(names),
+                                                    "queued", None, r["variant"], self.now, self.today,
+                                                    p.counts if p.push == 0 else 0))
+                    if p.push == 0:
+                        self.marks[r["id"]] = DueMark("sent", None, ref, r["id"])
+
+
+class Renderer:
+    """Liquid renders a due send now, with the friend as they are now, and packs the objects
+    into pushes of at most five. Messages that mention neither ``friend`` nor ``event`` (and
+    carry no tracked links) are rendered once per chunk and shared."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._static: dict[str | tuple[str, ...], bool] = {}   # message name or group
+        self._rendered: dict[tuple, tuple[Pushes, list]] = {}
+        self._hashes: dict[int, tuple[list[dict], str]] = {}
+
+    def new_chunk(self) -> None:
+        """Friend-independent renders are shared within one chunk only."""
+        self._rendered.clear()
+        self._hashes.clear()
+
+    def render(self, due: Due, friend: dict, now: int, deliveries: list[Delivery], day: str,
+               event: dict | None = None) -> Pushes:
+        """The due send's messages rendered for one friend, in pushes of at most five objects,
+        keeping each message whole where it fits. A message that fails to render is recorded
+        as a rejected delivery and left out."""
+        rule, occurrence = due.rule, due.occurrence
+        key = None
+        if not self.ctx.settings.base_url and self.static(due.names):
+            key = (due.names, rule, occurrence if occurrence and occurrence.startswith("sale:") else None)
+            hit = self._rendered.get(key)
+            if hit is not None:
+                chunks, failures = hit
+                deliveries.extend(Delivery(due.friend, rule, due.step_id, due.enrollment, None, [name], "rejected",
+                                           error, due.variant, now, day, 0) for name, error in failures)
+                return chunks
+        sale = self._sale(occurrence)
+        chunks: Pushes = []
+        failures: list[tuple[str, str]] = []
+        for name in due.names:
+            defn = self.ctx.project.messages.get(name)
+            if defn is None:
+                continue
+            try:
+                objects = render_message(defn, friend=friend, rule=rule, sale=sale, utm=self.ctx.settings.utm,
+                                         link=self._linker(friend.get("id"), rule, name, now), event=event)
+            except RenderError as exc:
+                who = friend.get("id") or due.friend
+                if who:
+                    log.error("rule %s: message %s not sent to %s: %s", rule, name, who, exc)
+                else:   # a message the same for everyone: it fails for each friend it is due for
+                    log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
+                failures.append((name, str(exc)))
+                deliveries.append(Delivery(due.friend, rule, due.step_id, due.enrollment, None, [name], "rejected",
+                                           str(exc), due.variant, now, day, 0))
+                continue
+            if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
+                chunks[-1][0].append(name)
+                chunks[-1][1].extend(objects)
+            else:
+                chunks.extend(([name], objects[i:i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
+        if key is not None:
+            self._rendered[key] = (chunks, failures)
+        return chunks
+
+    def static(self, names: tuple[str, ...]) -> bool:
+        """Whether these messages render the same for every friend (no ``friend`` or ``event``)."""
+        known = self._static.get(names)
+        if known is None:
+            known = self._static[names] = all(self._static_one(n) for n in names)
+        return known
+
+    def _static_one(self, name: str) -> bool:
+        if name not in self._static:
+            defn = self.ctx.project.messages.get(name)
+            text = "" if defn is None else repr(defn.objects)
+            self._static[name] = "friend" not in text and "event" not in text
+        return self._static[name]
+
+    def hash(self, objects: list[dict]) -> str:
+        """``render_hash``, computed once per distinct payload object."""
+        key = id(objects)
+        if key not in self._hashes:
+            self._hashes[key] = (objects, render_hash(objects))
+        return self._hashes[key][1]
+
+    def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
+        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set."""
+        base = self.ctx.settings.base_url
+        if not base or friend is None:
+            return None
+        store = self.ctx.store
+        return lambda url: f"{base.rstrip('/')}/c/{store.link_token(friend, rule, message, url, now)}"
+
+    def _sale(self, occurrence: str | None) -> dict | None:
+        """The sale of a ``sale`` rule's occurrence, for templates' ``sale``."""
+        if not (occurrence or "").startswith("sale:"):
+            return None
+        name = occurrence.split(":")[1]
+        sale = next((s for s in self.ctx.project.sales if s.name == name), None)
+        return sale_vars(sale, self.ctx.tz) if sale else None
+
+
+def split_steps(rule: ir.Rule | None, steps: list) -> list:
+    """A group rebuilt from its delivery rows (a send the dispatcher handed back) names only
+    its first step: split its messages over the consecutive send steps they came from."""
+    if rule is None or len(steps) != 1:
+        return steps
+    step_id, names = steps[0]
+    pos = rule.index_of(step_id)
+    if pos is None or not isinstance(rule.steps[pos], ir.Send) or tuple(rule.steps[pos].messages) == tuple(names):
+        return steps
+    out, rest = [], list(names)
+    for step in rule.steps[pos:]:
+        if not rest:
+            break
+        if isinstance(step, ir.WAIT_STEPS):
+            break
+        if not isinstance(step, ir.Send):
+            continue
+        if tuple(rest[:len(step.messages)]) == tuple(step.messages):
+            out.append([step.id, list(step.messages)])
+            rest = rest[len(step.messages):]
+    return out if out and not rest else steps
+
+
+def next_month_opening(now: int, tz: Any) -> int:
+    """Where sends held by ``monthly_quota`` go: the first moment of next month (local)."""
+    local = timeutil.local(now, tz)
+    first = (local.replace(day=1) + dt.timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0,
+                                                                     microsecond=0)
+    return timeutil.epoch(first)
