@@ -2,16 +2,22 @@
 Lark's bare parse of the same text with the same grammar and parser instance.
 
     .venv/bin/python benchmarks/validate.py [--rules 1000] [--runs 11] [--starts 11]
+    .venv/bin/python benchmarks/validate.py --instructions
 
 Prints rules per second (CPU time) for both, the ratio total / bare parse and whether it meets
 the goal (<= 1.5), for the generated folder and for the sample rules/ folder. The folder is
 written to a temporary directory; every run reads and checks it from scratch (only the
-parser's tables and the templates' findings come from the cache folder, as in every process).
+parser's tables, the templates' findings and the schedules' cron verdicts come from the cache
+folder, as in every process).
+
+``--instructions`` instead counts the instructions of one warm start-up with valgrind, a
+figure that does not move with the machine's load.
 
 Then the start-up: ``linerules validate rules/`` as a process, ``--starts`` times with a warm
 cache folder and ``--starts`` times with an empty one (a fresh CI machine); the median wall
 and CPU time of each (goal: warm <= 250 ms), beside the median of a bare ``python -c pass``,
-and the ten slowest imports of one warm run (``python -X importtime``).
+and the ten slowest imports of one warm run (``python -X importtime``). Every process finds
+Python's compiled bytecode, as an installed package does (pip compiles it when it installs).
 
 Both sides are measured the same way: the best CPU time of ``--runs`` rounds, run alternately,
 each timed call after a full ``gc.collect()`` and with the collector off while it runs (as
@@ -140,7 +146,12 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=11)
     ap.add_argument("--starts", type=int, default=11, help="process start-ups to time (each way)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="only count the instructions of one warm start-up (valgrind): a figure "
+                         "a busy machine does not move")
     args = ap.parse_args()
+    if args.instructions:
+        return instructions()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         texts = make_folder(folder, args.rules)
@@ -188,10 +199,42 @@ def timed_runs(cmd: list[str], n: int, env: dict, before=None) -> tuple[float, f
     return statistics.median(walls), statistics.median(cpus)
 
 
+def instructions() -> int:
+    """Instructions executed by one warm ``linerules validate rules/`` and by ``python -c pass``
+    (valgrind's callgrind), in the same environment as :func:`startup`."""
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed", file=sys.stderr)
+        return 1
+    validate = [sys.executable, "-m", "engine.cli", "validate", "rules"]
+
+    def count(cmd: list[str], env: dict) -> int:
+        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, check=True)
+        return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
+
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pycache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(LINERULES_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pycache)
+        for _ in range(2):
+            subprocess.run(validate, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
+        bare, warm = count([sys.executable, "-c", "pass"], env), count(validate, env)
+    print("instructions (valgrind), warm cache folder:")
+    print(f"  python -c pass:          {bare / 1e6:8.0f} million")
+    print(f"  linerules validate rules/: {warm / 1e6:6.0f} million ({(warm - bare) / 1e6:.0f} million "
+          "more than python -c pass)")
+    return 0
+
+
 def startup(n: int) -> None:
     validate = [sys.executable, "-m", "engine.cli", "validate", "rules"]
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "LINERULES_CACHE_DIR": cache}
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pycache:
+        # Python's bytecode as an installed package has it (pip compiles it at install time),
+        # kept in a folder of its own: an environment with PYTHONDONTWRITEBYTECODE would
+        # otherwise compile the engine's source again in every process (~150 ms here).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(LINERULES_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pycache)
+        subprocess.run(validate, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
 
         def empty() -> None:
             shutil.rmtree(cache)

@@ -1,8 +1,21 @@
 """The ``linerules`` command line. Each command is a thin shell around one module's ``main``.
 
-User errors are one clean line (``click.ClickException``), never a traceback.
+The contract (docs/cli.md, "Exit status"): 0 when the command did what it was asked; 1 for a
+data error, i.e. what the command read says no (invalid rules, a failing rule test, a file or
+database that cannot be used), printed as the command's report or as one clean line through
+:class:`engine.i18n.UserError` (a ``click.ClickException``); 2 for a usage error, i.e. the
+command line itself is wrong (an unknown option, a missing argument, a value not of its
+option's form or choices), through ``click.UsageError``/``click.BadParameter`` with the usage
+line. Never a traceback.
+
+The options that several commands share are defined once below (:func:`rules_option`,
+:func:`db_option`, :func:`tick_option`, :data:`lang_option`), so ``--rules``, ``--db``,
+``--tick`` and ``--lang`` are spelled and mean the same in every command. Shell completion is
+click's: ``eval "$(_LINERULES_COMPLETE=bash_source linerules)"`` (docs/cli.md).
 """
 from __future__ import annotations
+
+import math
 
 import click
 
@@ -15,7 +28,100 @@ lang_option = click.option(
          "`language:` in settings.yaml, then the locale).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def rules_option(default: str | None = "rules", also: str = ""):
+    """``--rules DIR``: the rule folder (its .rule files, messages.yaml, settings.yaml), or one
+    .rule file; the same in every command."""
+    return click.option(
+        "--rules", "rules_dir", default=default, show_default=default is not None,
+        type=click.Path(), metavar="DIR",
+        help="The rule folder: its .rule files, messages.yaml and settings.yaml" + also + ".")
+
+
+def db_option(also: str = "", *, required: bool = False, env: bool = True,
+              default: str | None = "linerules.db"):
+    """``--db FILE``: the SQLite database file; ``LINERULES_DB`` where the command works on the
+    runner's database."""
+    given = {"required": True} if required else {"default": default,
+                                                 "show_default": default is not None}
+    return click.option(
+        "--db", envvar="LINERULES_DB" if env else None, type=click.Path(dir_okay=False),
+        metavar="FILE", help="The SQLite database file" + also + (" (env LINERULES_DB)." if env else "."),
+        **given)
+
+
+class Duration(click.ParamType):
+    """Seconds (``60``, ``0.5``) or a duration (``30s``, ``5m``, ``1h``, ``1d12h``) -> seconds
+    (a float; an int with ``whole``), at least ``minimum``."""
+
+    name = "duration"
+
+    def __init__(self, minimum: float = 0.0, *, whole: bool = False) -> None:
+        self.minimum = minimum
+        self.whole = whole
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            text = str(value).strip()
+            try:
+                seconds = float(text)
+            except ValueError:
+                from engine.language.ir import parse_duration
+
+                try:
+                    seconds = float(parse_duration(text))
+                except ValueError:
+                    self.fail(f"`{value}` is not a duration: give seconds (60) or a duration "
+                              "like 30s, 5m, 1h, 1d12h", param, ctx)
+        if not math.isfinite(seconds) or seconds < self.minimum:
+            self.fail(f"`{value}` is shorter than {self.minimum:g}s", param, ctx)
+        if self.whole:
+            if not seconds.is_integer():
+                self.fail(f"`{value}` is not a whole number of seconds", param, ctx)
+            return int(seconds)
+        return seconds
+
+
+def tick_option(default: str, also: str = ""):
+    """``--tick DURATION``: the engine's tick, the same in every command."""
+    return click.option(
+        "--tick", "tick", default=default, show_default=True, type=Duration(0.01),
+        metavar="DURATION",
+        help="The engine's tick: how often condition triggers are checked; seconds (60) or a "
+             "duration (30s, 5m, 1h)" + also + ".")
+
+
+class HostPort(click.ParamType):
+    """``HOST:PORT`` (``127.0.0.1:8080``, ``[::1]:8080``, ``0.0.0.0:0``)."""
+
+    name = "host:port"
+
+    def convert(self, value, param, ctx):
+        host, _sep, port = str(value).rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
+            self.fail(f"`{value}` is not HOST:PORT, e.g. 127.0.0.1:8080", param, ctx)
+        return str(value)
+
+
+class Command(click.Command):
+    """A command whose usage errors raised by the module it calls show its usage line."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx, exc.cmd = ctx, ctx.command
+            raise
+
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type   # subgroups are Groups too
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="linerules")
 def cli():
     """Declarative marketing automation for LINE Official Accounts.
@@ -32,12 +138,13 @@ def cli():
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path(), metavar="[PATH]...")
+@rules_option(None, " (the same as giving it as PATH; default: rules)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True, help="Output: human text with carets, a JSON list, or GitHub Actions annotations.")
 @lang_option
-def validate(paths, fmt, lang):
-    """Check rule folders (default rules/) and exit 1 on any error.
+def validate(paths, rules_dir, fmt, lang):
+    """Check rule folders or .rule files (default rules/) and exit 1 on any error.
 
     Each error is printed as path:line:col: error: message, then the source line with a caret
     and a help: line. Warnings do not change the exit code.
@@ -45,17 +152,23 @@ def validate(paths, fmt, lang):
     \b
     Example:
       linerules validate rules/
-      linerules validate rules/ --format github
+      linerules validate --rules rules/ --format github
     """
     from engine.language.validate import main
 
-    raise SystemExit(main(list(paths) or ["rules"], fmt, lang))
+    targets = list(paths) + ([rules_dir] if rules_dir else [])
+    raise SystemExit(main(targets or ["rules"], fmt, lang))
+
+
+def _complete_code(ctx, param, incomplete):
+    from engine.language.codes import CODES
+
+    return [code for code in CODES if code.lower().startswith(incomplete.lower())]
 
 
 @cli.command()
-@click.argument("code", required=False)
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder (for `language:` in its settings.yaml).")
+@click.argument("code", required=False, shell_complete=_complete_code)
+@rules_option(also=" (for `language:` in its settings.yaml)")
 @lang_option
 def explain(code, rules_dir, lang):
     """Explain a diagnostic code (the LR012 of `error[LR012]`): what it means, a wrong and a
@@ -73,8 +186,7 @@ def explain(code, rules_dir, lang):
 
 @cli.command()
 @click.argument("rule", required=False)
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder.")
+@rules_option()
 @lang_option
 def graph(rule, rules_dir, lang):
     """Print a Mermaid flowchart of the compiled rule(s), for pull request review.
@@ -90,14 +202,13 @@ def graph(rule, rules_dir, lang):
 
 @cli.command()
 @click.argument("events", type=click.Path(dir_okay=False))
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder.")
-@click.option("--until", default=None, help="Run the clock up to this ISO 8601 time (with offset). "
-              "Default: 30 days after the last event.")
-@click.option("--tick", default="1h", show_default=True,
-              help="How often condition triggers are checked (aligned to local midnight).")
-@click.option("--db", default=None, type=click.Path(dir_okay=False),
-              help="Keep the simulated database in this file (for `linerules report`).")
+@rules_option()
+@click.option("--until", default=None, metavar="ISO8601",
+              help="Run the clock up to this ISO 8601 time (with offset). "
+                   "Default: 30 days after the last event.")
+@tick_option("1h", ", in slots from local midnight")
+@db_option(": keep the simulation in it (for `linerules report`); a new file, or one an "
+           "earlier simulation made", env=False, default=None)
 @click.option("--render", is_flag=True, default=False,
               help='Also print "rendered": the LINE message objects each friend would get.')
 @lang_option
@@ -110,6 +221,7 @@ def simulate(events, rules_dir, until, tick, db, render, lang):
     \b
     Example:
       linerules simulate timeline.jsonl --rules rules/ --until 2026-12-31T00:00:00+09:00
+      linerules simulate timeline.jsonl --tick 15m --db forecast.db
     """
     from engine.runtime.simulate import main
 
@@ -117,24 +229,28 @@ def simulate(events, rules_dir, until, tick, db, render, lang):
 
 
 @cli.command(name="test")
-@click.argument("directory", default="rules", type=click.Path())
+@click.argument("directory", required=False, type=click.Path(), metavar="[DIR]")
+@rules_option(None, " (the same as giving it as DIR; default: rules)")
 @lang_option
-def test_cmd(directory, lang):
+def test_cmd(directory, rules_dir, lang):
     """Run the rule tests kept in DIR/tests/ (default rules/tests/); exit 1 on any failure.
 
     \b
     Example:
       linerules test rules/
+      linerules test --rules rules/ --lang en
     """
     from engine.runtime.ruletest import main
 
-    raise SystemExit(main(directory, lang=lang))
+    if directory and rules_dir and directory != rules_dir:
+        raise click.UsageError(f"give the rule folder once: DIR `{directory}` or --rules "
+                               f"`{rules_dir}`, not both")
+    raise SystemExit(main(directory or rules_dir or "rules", lang=lang))
 
 
 @cli.command()
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The runner's (or a simulation's) database.")
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder (for the time zone, quota and attribution settings).")
+@db_option(": the runner's, or one kept by `linerules simulate --db`", required=True)
+@rules_option(also=" (for the time zone, quota and attribution settings)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
               help="Also write a self-contained HTML page with charts.")
@@ -159,18 +275,16 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, 
 
 
 @cli.command()
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder.")
-@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the HTTP server.")
-@click.option("--tick", "tick_seconds", default=60.0, show_default=True, type=float,
-              help="Seconds between engine ticks.")
-@click.option("--condition-interval", "condition_interval", default=0, show_default=True,
-              type=click.IntRange(min=0),
-              help="Seconds between condition-trigger checks, in slots from local midnight "
-                   "(0 = every tick; 600-3600 for very large accounts).")
-def run(rules_dir, db, listen, tick_seconds, condition_interval):
+@rules_option(also="; reloaded on SIGHUP and when its files change")
+@db_option()
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, type=HostPort(),
+              help="HOST:PORT for the HTTP server.")
+@tick_option("60s", "; the runner also wakes when a step, an event or a send is due")
+@click.option("--condition-interval", "condition_interval", default="0", show_default=True,
+              type=Duration(0, whole=True), metavar="DURATION",
+              help="Check condition triggers once per slot of this length from local midnight "
+                   "(0 = every tick; 10m-1h for very large accounts).")
+def run(rules_dir, db, listen, tick, condition_interval):
     """The runner: tick loop plus HTTP server (POST /callback, POST /events, GET /healthz).
 
     Without LINE_CHANNEL_ACCESS_TOKEN nothing is sent to LINE: a dry-run transport logs each
@@ -183,7 +297,7 @@ def run(rules_dir, db, listen, tick_seconds, condition_interval):
     """
     from engine.runner.server import serve
 
-    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick_seconds,
+    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick,
                            condition_interval=condition_interval))
 
 
@@ -208,10 +322,8 @@ def import_group():
                    "csv: the plain CSV of docs/shop.md.")
 @click.option("--columns", default=None, metavar="FIELD=Header,...",
               help="Columns named differently in this file, e.g. order_id=注文番号,customer=会員ID.")
-@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
-@click.option("--rules", "rules_dir", default="rules", show_default=True, type=click.Path(),
-              help="The rule folder (its time zone reads times written without an offset).")
+@db_option()
+@rules_option(also=" (its time zone reads times written without an offset)")
 def import_orders_cmd(file, fmt, columns, db, rules_dir):
     """Import order history by order id; prints what was counted, kept and refused.
 
@@ -233,8 +345,7 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--columns", default=None, metavar="FIELD=Header,...",
               help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.")
-@click.option("--db", envvar="LINERULES_DB", default="linerules.db", show_default=True,
-              type=click.Path(dir_okay=False), help="SQLite file (env LINERULES_DB).")
+@db_option()
 def import_customers_cmd(file, columns, db):
     """Import customer id <-> LINE user id links (columns `customer` and `friend`).
 

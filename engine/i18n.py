@@ -28,6 +28,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
+import click
+
 LANGUAGES = ("en", "ja")
 DEFAULT = "en"
 DOMAIN = "linerules"
@@ -230,3 +232,22 @@ def use(lang: str) -> None:
 def language() -> str:
     """The language texts are shown in now."""
     return getattr(_state, "lang", None) or _process_language
+
+
+class UserError(click.ClickException):
+    """A command's data error (docs/cli.md, "Exit status"): one clean line ``error: …`` on
+    standard error in the user's language, exit status 1, never a traceback. The message is a
+    :class:`Text` (or a plain ``str``), rendered when it is shown. Mistakes in the command line
+    itself are click's usage errors (``click.UsageError``/``click.BadParameter``, status 2)."""
+
+    exit_code = 1
+
+    def __init__(self, message: Any) -> None:
+        super().__init__(str(message))
+        self.text = message
+
+    def format_message(self) -> str:
+        return render(self.text)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(render(_("error: {reason}", reason=self.text)), file=file, err=True)

@@ -162,6 +162,12 @@ class Engine:
         self.deliver.run(ts, result)
         return result
 
+    def conditions_quiet_until(self, now: int) -> float:
+        """The first moment at or after ``now`` at which a condition check may enter somebody
+        (infinity: none can before something changes the database). The simulator skips the
+        condition ticks before it: they would enter nobody."""
+        return self.conditions.quiet_until(now)
+
     def next_wakeup(self, after: dt.datetime) -> dt.datetime | None:
         """The earliest moment strictly after ``after`` with work: an event, a due step, a
         deferred send, a schedule or sale occurrence. None when there is nothing ahead."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from engine.runner.clock import SYSTEM, Clock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.testing.pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
@@ -86,18 +87,18 @@ def rules_dir(tmp_path: Path, monkeypatch) -> Path:
 
 @pytest.fixture
 async def make_client(tmp_path, rules_dir, aiohttp_client):
-    """``await make_client(env, loops=..., tick=..., rules=...)`` starts a runner (loops
-    included) on ``rules_dir`` (or the folder ``rules``) with the given environment; returns
-    (client, runner)."""
+    """``await make_client(env, loops=..., tick=..., rules=..., clock=...)`` starts a runner
+    (loops included) on ``rules_dir`` (or the folder ``rules``) with the given environment and
+    clock; returns (client, runner)."""
     started: list[tuple] = []
 
     async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
-                   rules: Path | None = None):
+                   rules: Path | None = None, clock: Clock = SYSTEM):
         base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
         config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules or rules_dir,
                                        db=tmp_path / "linerules.db", listen="127.0.0.1:0",
                                        tick_seconds=tick)
-        runner = Runner.open(config)
+        runner = Runner.open(config, clock=clock)
         client = await aiohttp_client(build_app(runner, loops=loops))
         started.append((client, runner))
         return client, runner

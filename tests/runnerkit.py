@@ -19,6 +19,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from engine.testing.webhooks import line_event
 from enginekit import write_folder
 
@@ -126,12 +128,15 @@ class RunnerProcess:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status
 
-    def metric(self, name: str) -> float:
-        """The value of the sample ``name`` (with its labels) on ``/metrics``; 0 when absent."""
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of ``/metrics``, parsed by prometheus_client (0 when absent)."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
 
     def stop(self) -> None:
         if self.proc.poll() is None:

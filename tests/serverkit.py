@@ -7,11 +7,13 @@ import asyncio
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from engine.testing.webhooks import line_event, signature, webhook_body
 from enginekit import write_folder
 
-__all__ = ["API_TOKEN", "SECRET", "line_event", "shop_event", "sign", "wait_for",
-           "webhook_body", "write_rules"]
+__all__ = ["API_TOKEN", "SECRET", "line_event", "sample", "scrape", "shop_event", "sign",
+           "tick_later", "wait_for", "webhook_body", "write_rules"]
 
 SECRET = "channel-secret"
 API_TOKEN = "shop-token"
@@ -61,3 +63,29 @@ async def wait_for(predicate, timeout: float = 5.0):
             return value
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+async def tick_later(runner, seconds: float = 1.0) -> None:
+    """Move the runner's :class:`ManualClock` on by ``seconds`` and wait (its loops running)
+    for a tick at that time: whatever that tick does is done when this returns."""
+    moment = runner.clock.advance(seconds)
+    runner.wake_tick()
+    await wait_for(lambda: runner.last_tick is not None and runner.last_tick >= moment)
+
+
+async def scrape(client) -> dict:
+    """GET /metrics over HTTP, parsed by prometheus_client: {(sample name, labels): value},
+    plus the metric types under ("TYPE", family name)."""
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    samples: dict = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        samples[("TYPE", family.name)] = family.type
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+

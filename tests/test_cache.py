@@ -63,3 +63,38 @@ def test_damaged_or_unwritable_cache_changes_nothing(tmp_path):
     assert code2 == code and out2 == expected
     off_code, off = validate(ROOT / "rules", "")   # empty: no cache at all
     assert (off_code, off) == (code, expected)
+
+
+#: validate the folder, then name the heavy libraries it imported
+PROBE_HEAVY = ("import sys; from engine.language.validate import main; "
+               "code = main([sys.argv[1]], 'text'); print('imported:', [m for m in "
+               "('liquid', 'croniter', 'linebot', 'aiohttp') if m in sys.modules]); "
+               "raise SystemExit(code)")
+
+
+def test_warm_validate_of_schedules_answers_the_same_without_croniter(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", folder, ignore=shutil.ignore_patterns("tests"))
+    (folder / "schedules.rule").write_text(
+        'rule nightly\n  when schedule "0 21 * * *"\n  then\n    send weekly_pick\n\n'
+        'rule typo\n  when schedule "0 25 * * *"\n  then\n    send weekly_pick\n\n'
+        'rule never\n  when schedule "0 0 31 2 *"\n  then\n    send weekly_pick\n', encoding="utf-8")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
+
+    def run() -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, "-c", PROBE_HEAVY, str(folder)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    cold_code, cold = run()
+    warm_code, warm = run()
+    assert cold_code == warm_code == 1
+    assert "schedules.rule:7:" in cold and "schedules.rule:12:" in cold   # both bad schedules
+    assert "'croniter'" in cold
+    assert "imported: []" in warm
+    def answer(out: str) -> str:
+        return "\n".join(line for line in out.splitlines() if not line.startswith("imported:"))
+
+    assert answer(warm) == answer(cold)
+    assert "cron.json" in os.listdir(cache)

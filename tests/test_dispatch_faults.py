@@ -177,7 +177,7 @@ def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(
     [held] = rows(db, "SELECT * FROM outbox WHERE status = 'held'")
     assert 290 <= held["not_before"] - int(time.time()) <= 301   # capped at 5 minutes
     runner.wait_for(rf"outbox {held['id']} to U\d not sent \(429 .*\); next attempt at")
-    assert runner.metric('linerules_pushes_total{outcome="retry"}') == 1
+    assert runner.metric("linerules_pushes_total", outcome="retry") == 1
     started = time.monotonic()
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.exit_code(timeout=10) == 0
@@ -200,7 +200,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
     ask(runner, "UR")
     wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
     assert per_friend(line_emulator, "reply") == Counter({"UR": 1})   # free, not pushed
-    wait_until(lambda: runner.metric('linerules_line_retries_total{reason="500"}') == 2)
+    wait_until(lambda: runner.metric("linerules_line_retries_total", reason="500") == 2)
     # the hung request times out (10 s) and goes again with its retry key
     wait_until(lambda: backlog(db) == 0, timeout=30)
     assert per_friend(line_emulator) == Counter({f: 1 for f in friends + ["UR"]})

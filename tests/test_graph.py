@@ -113,7 +113,7 @@ def invoke(args, cwd):
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        return CliRunner().invoke(cli, ["graph", *args])
+        return CliRunner().invoke(cli, ["graph", *args], prog_name="linerules")
     finally:
         os.chdir(old)
 
@@ -126,12 +126,13 @@ def test_cli_one_rule_and_all_rules():
     assert every.exit_code == 0 and every.output.startswith("flowchart TD\n    subgraph")
 
 
-def test_cli_unknown_rule_is_a_clean_error():
+def test_cli_unknown_rule_is_a_usage_error():
     result = invoke(["welcom", "--lang", "en"], ROOT)
-    assert result.exit_code == 1
-    assert result.output == "error: unknown rule `welcom` (did you mean `welcome`?)\n"
+    assert result.exit_code == 2
+    assert result.output.startswith("Usage: linerules graph [OPTIONS] [RULE]\n")
+    assert result.output.endswith("\nError: unknown rule `welcom` (did you mean `welcome`?)\n")
     result = invoke(["welcom"], ROOT)    # the sample folder says `language: ja`
-    assert result.output == "エラー: ルール `welcom` はありません (もしかして `welcome` ですか?)\n"
+    assert result.output.endswith("\nError: ルール `welcom` はありません (もしかして `welcome` ですか?)\n")
 
 
 def test_cli_invalid_folder_prints_diagnostics(tmp_path):

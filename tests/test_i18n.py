@@ -139,8 +139,8 @@ def test_explain_takes_the_folder_language_and_lists_every_code(tmp_path):
 
 def test_explain_unknown_code_suggests_the_close_one():
     result = _cli(["explain", "LR6O2", "--lang", "en"])
-    assert result.exit_code == 1
-    assert result.output == "error: there is no code `LR6O2` (did you mean `LR602`?)\n"
+    assert result.exit_code == 2
+    assert result.output.endswith("\nError: there is no code `LR6O2` (did you mean `LR602`?)\n")
 
 
 def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):

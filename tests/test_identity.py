@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli
 from engine.runtime.simulate import main
 from enginekit import write_folder, write_timeline
 
@@ -140,11 +142,12 @@ def test_an_order_number_in_a_postback_links_too(folder, tmp_path, capsys):
     assert pushes == [("11-01T20:00", "U1", "linked_thanks")]
 
 
-def test_a_shop_event_without_friend_or_customer_is_refused_with_the_field(folder, tmp_path, capsys):
+def test_a_shop_event_without_friend_or_customer_is_refused_with_the_field(folder, tmp_path):
     path = tmp_path / "timeline.jsonl"
     path.write_text(json.dumps({"type": "purchase", "at": at(1, "10:00"), "order_id": "X", "amount": 1}) + "\n")
-    assert main(str(path), str(folder), None, "1h", None) == 1
-    err = capsys.readouterr().err
+    result = CliRunner().invoke(cli, ["simulate", str(path), "--rules", str(folder)])
+    assert result.exit_code == 1
+    err = result.stderr
     assert 'line 1: field "friend": is missing (name the LINE `friend` or the shop\'s `customer`)' in err
 
 
@@ -192,12 +195,13 @@ def test_a_friend_linked_to_a_second_customer_lets_the_first_one_go(folder, tmp_
 
 @pytest.mark.parametrize("word, right", [("linked", "identify"), ("unlinked", "unlink"),
                                          ("refunded", "refund"), ("cancelled", "refund")])
-def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_path, capsys, word, right):
+def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_path, word, right):
     # a custom `linked` event would otherwise enter `when linked` rules without any link
     path = tmp_path / "timeline.jsonl"
     path.write_text(json.dumps({"type": word, "friend": "U1", "at": at(1, "10:00")}) + "\n")
-    assert main(str(path), str(folder), None, "1h", None) == 1
-    assert f"(did you mean `{right}`?)" in capsys.readouterr().err
+    result = CliRunner().invoke(cli, ["simulate", str(path), "--rules", str(folder)])
+    assert result.exit_code == 1
+    assert f"(did you mean `{right}`?)" in result.stderr
 
 
 def test_an_order_number_typed_with_japanese_dashes_links(folder, tmp_path, capsys):

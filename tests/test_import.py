@@ -189,8 +189,8 @@ def test_unknown_columns_field_is_refused(tmp_path):
     path.write_text("order_id,at,amount,customer\n", encoding="utf-8")
     code, out = invoke("import", "orders", str(path), "--format", "csv", "--columns", "sku=品番",
                        "--db", str(tmp_path / "x.db"))
-    assert code == 1
-    assert "--columns: unknown field `sku`" in out
+    assert code == 2
+    assert "Error: Invalid value for '--columns': unknown field `sku`" in out
 
 
 def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monkeypatch):

@@ -239,27 +239,36 @@ def test_a_period_without_activity_is_empty(shop, capsys):
     assert report(capsys, *shop, since="2026-11-09")["empty"] is False   # U3's order, U5's follow
 
 
-def test_clean_errors(shop, tmp_path, capsys):
+def test_clean_errors(shop, tmp_path):
+    """Data errors are one line and exit 1; mistakes in the options are usage errors, exit 2."""
     folder, db = shop
     cases = [
-        (str(tmp_path / "missing.db"), {}, "error: --db: " + str(tmp_path / "missing.db") + " does not exist"),
-        (str(folder / "settings.yaml"), {}, "is not a linerules database"),
-        (str(db), {"rule_names": ["welcom"]}, "error: --rule: unknown rule `welcom`; did you mean `welcome`?"),
-        (str(db), {"since": "yesterday"}, "error: --since: `yesterday` is not an ISO 8601 date or time"),
-        (str(db), {"since": "2026-11-05", "until": "2026-11-01"}, "error: --since must be before --until"),
+        (str(tmp_path / "missing.db"), [], 1, "error: --db: " + str(tmp_path / "missing.db") + " does not exist"),
+        (str(folder / "settings.yaml"), [], 1, "is not a linerules database"),
+        (str(db), ["--rule", "welcom"], 2, "Error: --rule: unknown rule `welcom`; did you mean `welcome`?"),
+        (str(db), ["--since", "yesterday"], 2, "Error: --since: `yesterday` is not an ISO 8601 date or time"),
+        (str(db), ["--since", "2026-11-05", "--until", "2026-11-01"], 2, "Error: --since must be before --until"),
+        (str(db), ["--block-days", "0"], 2, "Error: Invalid value for '--block-days'"),
     ]
-    for path, extra, message in cases:
-        args = {"since": None, "until": None, "rule_names": [], **extra}
-        code = report_main(path, str(folder), "text", None, args["since"], args["until"], args["rule_names"])
-        captured = capsys.readouterr()
-        assert code == 1 and message in captured.err and captured.out == ""
-        assert "Traceback" not in captured.err
+    for path, extra, status, message in cases:
+        code, out, err = report_cli(path, folder, *extra)
+        assert (code, out) == (status, ""), (extra, err)
+        assert message in err and "Traceback" not in err
+        assert err.startswith("Usage: linerules report [OPTIONS]\n") == (status == 2)
+        if status == 1:
+            assert err.count("\n") == 1
     assert not (tmp_path / "missing.db").exists()
-    code = report_main(str(db), str(folder), "text", str(tmp_path / "no" / "r.html"), None, None, [])
-    assert code == 1 and "error: --html: cannot write" in capsys.readouterr().err
+    code, out, err = report_cli(str(db), folder, "--html", str(tmp_path / "no" / "r.html"))
+    assert code == 1 and err.startswith("error: --html: cannot write")
     (folder / "shop.rule").write_text("rule broken when followed then send nothing\n", encoding="utf-8")
-    assert report_main(str(db), str(folder), "text", None, None, None, []) == 1
-    assert "shop.rule:1:" in capsys.readouterr().err
+    code, out, err = report_cli(str(db), folder)
+    assert code == 1 and "shop.rule:1:" in err
+
+
+def report_cli(db: str, folder, *options: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["report", "--db", db, "--rules", str(folder), *options],
+                                prog_name="linerules")
+    return result.exit_code, result.stdout, result.stderr
 
 
 def test_command_line(shop):

@@ -15,11 +15,21 @@ import pytest
 import engine.runner.runloop as runloop
 import engine.runtime.store as store_module
 from engine.interpreter import Engine
+from engine.runner.clock import SYSTEM, Clock, ManualClock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
-from serverkit import API_TOKEN, SECRET, line_event, sign, wait_for, webhook_body, write_rules
+from serverkit import (
+    API_TOKEN,
+    SECRET,
+    line_event,
+    sign,
+    tick_later,
+    wait_for,
+    webhook_body,
+    write_rules,
+)
 
 SOURCE_RULES = """\
 rule welcome_general
@@ -68,12 +78,13 @@ def open_runner(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
     opened: list[Runner] = []
 
-    def make(rules: str | None = None, env: dict | None = None, tick: float = 30) -> Runner:
+    def make(rules: str | None = None, env: dict | None = None, tick: float = 30,
+             clock: Clock = SYSTEM) -> Runner:
         root = write_rules(tmp_path / "rules", rules) if rules else write_rules(tmp_path / "rules")
         config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
                                         **(env or {})}, rules_dir=root, db=tmp_path / "linerules.db",
                                        listen="127.0.0.1:0", tick_seconds=tick)
-        runner = Runner.open(config)
+        runner = Runner.open(config, clock=clock)
         opened.append(runner)
         return runner
 
@@ -276,19 +287,21 @@ def test_a_follow_waits_for_its_source_and_the_friends_later_events_wait_with_it
 async def test_follow_then_login_callback_two_seconds_later_fires_the_source_rule(
         open_runner, aiohttp_client, fake_line_login, monkeypatch):
     monkeypatch.setattr(runloop, "FOLLOW_GRACE", 3)
-    runner = open_runner(SOURCE_RULES, {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))}, tick=30)
+    runner = open_runner(SOURCE_RULES, {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
+                         tick=30, clock=ManualClock(flowing=True))
     client = await aiohttp_client(build_app(runner))
     resp = await client.get("/join/qr=shipping", allow_redirects=False)
     state = parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
     body = webhook_body(line_event("follow", "U77", event_id="01CONC0900", reply_token="rt-77",
                                    follow={"isUnblocked": False}))
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
-    await asyncio.sleep(2)
+    await tick_later(runner, 2)                                # two seconds on, within the grace
     assert runner.store.outbox() == []                         # the follow is still held
     resp = await client.get("/login/callback", params={"code": "good-code", "state": state},
                             allow_redirects=False)
     assert resp.status == 302 and runner.store.friend("U77")["source"] == "qr=shipping"
-    rows = await wait_for(lambda: runner.store.outbox(), timeout=20)
+    await tick_later(runner, 1)                                # the grace is over
+    rows = runner.store.outbox()
     assert [(r["rule"], r["kind"], r["reply_token"]) for r in rows] == [("shipping", "reply", "rt-77")]
     fired = runner.store.conn.execute("SELECT DISTINCT rule FROM enrollments WHERE friend = 'U77'").fetchall()
     assert [r[0] for r in fired] == ["shipping"]

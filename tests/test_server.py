@@ -3,7 +3,6 @@ the LINE emulator with the real line-bot-sdk), shop events, health, metrics, fri
 sources through a tiny fake of LINE Login, tracked links, and rule reloads."""
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -16,8 +15,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.line.login import LoginError, LoginFlow
+from engine.runner.clock import ManualClock
 from engine.runner.metrics import Metrics
 from engine.runner.runloop import Runner, RunnerConfig, StartupError
 from engine.runner.server import build_app, health
@@ -25,8 +26,11 @@ from engine.runtime.store import Store
 from serverkit import (
     API_TOKEN,
     RULES,
+    SECRET,
     SETTINGS,
     line_event,
+    sample,
+    scrape,
     shop_event,
     sign,
     wait_for,
@@ -97,7 +101,7 @@ async def test_bad_signature_is_refused_and_nothing_is_stored(make_client, signa
     resp = await client.post("/callback", data=body, headers=headers)
     assert resp.status == 401
     assert runner.store.friend("U2") is None
-    assert runner.metrics.webhooks.get(status="401") == 1
+    assert sample(await scrape(client), "linerules_webhook_requests_total", status="401") == 1
 
 
 async def test_webhook_without_a_channel_secret_is_refused(make_client, caplog):
@@ -129,8 +133,9 @@ async def test_several_events_for_several_friends_in_one_request(make_client):
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
     assert runner.store.friend("U4") is not None and runner.store.friend("U5") is not None
-    assert runner.metrics.events.get(type="follow", origin="webhook") == 2
-    assert runner.metrics.events.get(type="postback", origin="webhook") == 1
+    samples = await scrape(client)
+    assert sample(samples, "linerules_events_total", type="follow", origin="webhook") == 2
+    assert sample(samples, "linerules_events_total", type="postback", origin="webhook") == 1
 
 
 # ----------------------------------------------------------------------------- shop events
@@ -229,25 +234,77 @@ async def test_metrics_in_prometheus_text(emulated):
     emulator.inject("push", 500)
     body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0010"))
     await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
-    await wait_for(lambda: runner.metrics.pushes.get(outcome="sent"), timeout=10)
+    await wait_for(lambda: runner.metrics.value("linerules_pushes_total", outcome="sent"),
+                   timeout=10)
     resp = await client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
+    samples = await scrape(client)
+    assert sample(samples, "linerules_events_total", origin="webhook", type="follow") == 1
+    assert sample(samples, "linerules_pushes_total", outcome="sent") == 1
+    assert sample(samples, "linerules_line_errors_total", status="500") == 1
+    assert sample(samples, "linerules_line_retries_total", reason="500") == 1
+    assert sample(samples, "linerules_webhook_requests_total", status="200") == 1
+    assert sample(samples, "linerules_outbox_backlog") == 0
+    assert sample(samples, "linerules_dry_run") == 0
+    assert sample(samples, "linerules_sends_in_flight") == 0
+    # real histograms: buckets, sum and count
+    for name in ("linerules_tick_duration_seconds", "linerules_send_duration_seconds",
+                 "linerules_http_request_duration_seconds"):
+        assert samples[("TYPE", name)] == "histogram", name
+    ticks = sample(samples, "linerules_tick_duration_seconds_count")
+    assert ticks >= 1
+    assert sample(samples, "linerules_tick_duration_seconds_bucket", le="+Inf") == ticks
+    assert sample(samples, "linerules_send_duration_seconds_count", kind="push") == 1
+    assert sample(samples, "linerules_send_duration_seconds_sum", kind="push") > 0
+    assert sample(samples, "linerules_http_request_duration_seconds_count", route="/callback") == 1
+    assert sample(samples, "linerules_http_request_duration_seconds_count", route="/metrics") >= 1
+    # prometheus_client's process and Python collectors
+    assert sample(samples, "process_resident_memory_bytes") > 0
+    assert samples[("TYPE", "python_info")] == "gauge"
+
+
+async def test_metrics_in_openmetrics_when_the_scraper_asks(make_client):
+    client, runner = await make_client(loops=False)
+    runner.tick_once()
+    resp = await client.get("/metrics", headers={
+        "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    assert resp.status == 200 and resp.content_type == "application/openmetrics-text"
     text = await resp.text()
-    assert 'linerules_events_total{origin="webhook",type="follow"} 1' in text
-    assert 'linerules_pushes_total{outcome="sent"} 1' in text
-    assert 'linerules_line_errors_total{status="500"} 1' in text
-    assert "linerules_outbox_backlog 0" in text
-    assert "# TYPE linerules_tick_duration_seconds summary" in text
-    assert "linerules_dry_run 0" in text
+    assert text.endswith("# EOF\n")
+    assert "# TYPE linerules_tick_duration_seconds histogram" in text
 
 
-def test_metrics_rendering_escapes_labels():
+async def test_two_runners_in_one_process_keep_their_own_metrics(tmp_path, make_client, aiohttp_client):
+    client, runner = await make_client(loops=False)
+    body = webhook_body(line_event("follow", "U7", event_id="01WEBHOOK0011"))
+    await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
+    other_rules = write_rules(tmp_path / "other-rules")
+    config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET}, rules_dir=other_rules,
+                                   db=tmp_path / "other.db", listen="127.0.0.1:0", tick_seconds=1)
+    other = Runner.open(config)
+    try:
+        other_client = await aiohttp_client(build_app(other, loops=False))
+        assert sample(await scrape(client), "linerules_events_total", type="follow",
+                      origin="webhook") == 1
+        assert sample(await scrape(other_client), "linerules_events_total", type="follow",
+                      origin="webhook") is None
+        await other_client.close()
+    finally:
+        other.close()
+
+
+def test_gauges_read_at_scrape_time_and_unknown_values_are_left_out():
     metrics = Metrics()
-    metrics.events.inc(type='we"ird\\', origin="api")
-    metrics.gauge("linerules_x", "An unknown value.", lambda: None)
-    text = metrics.render()
-    assert 'linerules_events_total{origin="api",type="we\\"ird\\\\"} 1' in text
-    assert "# TYPE linerules_x gauge\n" in text and "\nlinerules_x " not in text
+    value = {"now": None}
+    metrics.gauge("linerules_x", "A value known later.", lambda: value["now"])
+    metrics.events.labels(type='we"ird\\', origin="api").inc()
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families["linerules_x"].samples == []
+    assert families["linerules_events"].samples[0].labels == {"type": 'we"ird\\', "origin": "api"}
+    value["now"] = 3
+    assert metrics.value("linerules_x") == 3
 
 
 # ----------------------------------------------------------------------------- friend-add sources
@@ -342,7 +399,7 @@ async def test_tracked_link_records_the_click_and_redirects(make_client):
     target = urlsplit(resp.headers["Location"])
     assert (target.netloc, target.path) == ("shop.example.com", "/new")
     assert parse_qs(target.query)["utm_campaign"] == ["welcome"]
-    assert runner.metrics.clicks.get() == 1
+    assert sample(await scrape(client), "linerules_clicks_total") == 1
     resp = await client.get("/c/no-such-token", allow_redirects=False)
     assert resp.status == 404
 
@@ -365,9 +422,9 @@ async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make
     assert runner.project.version != before
     assert runner.engine.project is runner.project
     assert f"rules reloaded (version {runner.project.version}" in caplog.text
-    text = await (await client.get("/metrics")).text()
-    assert 'linerules_rule_reloads_total{result="invalid"} 1' in text
-    assert 'linerules_rule_reloads_total{result="ok"} 1' in text
+    samples = await scrape(client)
+    assert sample(samples, "linerules_rule_reloads_total", result="invalid") == 1
+    assert sample(samples, "linerules_rule_reloads_total", result="ok") == 1
 
 
 # ----------------------------------------------------------------------------- the lease
@@ -435,8 +492,11 @@ async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line
     for user in ("U1", "U2"):
         line_emulator.add_user(user, user)
     line_emulator.quota = 1
+    # the runner's clock, not the wall clock: at 23:30 in Tokyo the next opening is too close
+    # for the send to be handed back, and the test would depend on the hour it runs at
+    clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST), flowing=True)
     client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url})
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, clock=clock)
     resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
                              headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert resp.status == 200
@@ -444,7 +504,7 @@ async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line
     rows = await wait_for(lambda: (r := runner.store.outbox()) and len(r) == 2
                           and {x["status"] for x in r} == {"sent", "returned"} and r)
     held = next(r for r in rows if r["status"] == "returned")
-    tomorrow = dt.datetime.combine(dt.datetime.now(JST).date() + dt.timedelta(days=1), dt.time(), JST)
+    tomorrow = dt.datetime(2026, 11, 6, 0, 0, tzinfo=JST)
     due = runner.store.conn.execute("SELECT due_at FROM intents").fetchall()
     assert [tuple(d) for d in due] == [(int(tomorrow.timestamp()),)]   # no window: 00:00 the next day
     assert "monthly quota" in held["last_error"]
@@ -466,9 +526,8 @@ def test_the_next_days_opening_follows_the_window():
 async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_client):
     """A send deferred by the delivery window is not an outbox row yet: /healthz still shows it."""
     (rules_dir / "settings.yaml").write_text(SETTINGS + 'window: "09:00-21:00"\n', encoding="utf-8")
-    client, runner = await make_client(loops=False)
-    night = dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)
-    runner.clock = lambda: night
+    client, runner = await make_client(loops=False, clock=ManualClock(
+        dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)))
     lines = json.dumps(shop_event("follow", "U1", at="2026-11-05T22:40:00+09:00")).encode()
     resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
                                                               "Content-Type": "application/jsonl"})
@@ -478,7 +537,38 @@ async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_clien
     assert body["outbox_backlog"] == 0
     assert body["waiting_sends"] == 1
     assert body["next_waiting_send"] == "2026-11-06T09:00:00+09:00"
-    assert "linerules_waiting_sends 1" in await (await client.get("/metrics")).text()
+    assert sample(await scrape(client), "linerules_waiting_sends") == 1
+
+
+async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emulator, make_client):
+    """Everything the runner writes is stamped by the runner's clock, none by the wall clock."""
+    line_emulator.add_user("U1", "Hanako")
+    clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST))
+    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
+    start = int(clock.time())
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
+    assert lease == start + runner.config.lease_ttl                # taken at the clock's time
+    body = webhook_body({**line_event("follow", "U1", event_id="01CLOCK0001"), "timestamp": start * 1000})
+    assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+    assert runner.store.conn.execute("SELECT received_at FROM events").fetchone()[0] == start
+    clock.advance(5)
+    runner.tick_once()
+    assert runner.last_tick == clock.now()
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
+    assert lease == start + 5 + runner.config.lease_ttl             # renewed by the tick
+    [row] = runner.store.outbox()
+    assert row["created_at"] == start + 5
+    clock.advance(1)
+    assert await runner.dispatch_once() == 1
+    [row] = runner.store.outbox()
+    assert (row["status"], row["claimed_at"], row["sent_at"]) == ("sent", start + 6, start + 6)
+    assert len(line_emulator.inbox("U1")) == 1
+    assert runner.dispatcher.clock == clock.time                  # the quota month, reply deadlines
+    clock.advance(30)                                              # no tick for 31 s by that clock
+    resp = await client.get("/healthz")
+    assert resp.status == 503 and (await resp.json())["problems"] == ["no tick for 31s"]
 
 
 FLAGSHIP_SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\n'
@@ -502,13 +592,13 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     (rules_dir / "main.rule").write_text(FLAGSHIP_RULES, encoding="utf-8")
     for user in ("U1", "U2", "U3", "U4"):
         line_emulator.add_user(user, user)
-    now = [dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)]
+    clock = ManualClock(dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST))
     client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
-    runner.clock = lambda: now[0]
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
 
     def stamp(event: dict) -> dict:
-        return {**event, "timestamp": int(now[0].timestamp() * 1000)}
+        return {**event, "timestamp": int(clock.time() * 1000)}
 
     async def webhook(*events: dict) -> None:
         body = webhook_body(*(stamp(e) for e in events))
@@ -523,7 +613,7 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     await webhook(*(line_event("follow", u, event_id=f"01FOLLOW{u}") for u in ("U1", "U2", "U3", "U4")))
     runner.tick_once()
     for hour in ("2026-11-06T22:40", "2026-11-07T08:00"):
-        now[0] = dt.datetime.fromisoformat(hour + "+09:00")
+        clock.set(dt.datetime.fromisoformat(hour + "+09:00"))
         runner.tick_once()
     await shop({"type": "purchase", "friend": "U1", "at": "2026-11-07T08:00:00+09:00", "order_id": "A-1", "amount": 3000},
                {"type": "tag", "friend": "U3", "at": "2026-11-07T08:00:00+09:00", "add": ["stop"]})
@@ -531,13 +621,13 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     runner.tick_once()
     await runner.dispatch_once()
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3", "U4"))
-    now[0] = dt.datetime(2026, 11, 7, 9, 0, tzinfo=JST)
+    clock.set(dt.datetime(2026, 11, 7, 9, 0, tzinfo=JST))
     runner.tick_once()
     await runner.dispatch_once()
     await wait_for(lambda: line_emulator.inbox("U4"), timeout=10)
-    now[0] = dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST)
+    clock.set(dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST))
     runner.tick_once()
-    await asyncio.sleep(0.5)
+    assert await runner.dispatch_once() == 0          # nothing more to send an hour later
     assert [m["text"] for m in line_emulator.inbox("U4")] == ["15%OFFクーポン"]
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
 
@@ -552,16 +642,16 @@ async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, li
     users = [f"U{i}" for i in range(1, 9)]
     for user in users:
         line_emulator.add_user(user, user)
-    now = [dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST)]
+    clock = ManualClock(dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST))
     client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False)
-    runner.clock = lambda: now[0]
+                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
+                                       clock=clock)
     body = webhook_body(*({**line_event("follow", u, event_id=f"01FOLLOW{u}"),
-                           "timestamp": int(now[0].timestamp() * 1000)} for u in users))
+                           "timestamp": int(clock.time() * 1000)} for u in users))
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
 
     async def at(when: str) -> list[str]:
-        now[0] = dt.datetime.fromisoformat(when)
+        clock.set(dt.datetime.fromisoformat(when))
         runner.tick_once()
         await runner.dispatch_once()
         return [u for u in users for _ in line_emulator.inbox(u)]

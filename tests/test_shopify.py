@@ -2,7 +2,6 @@
 (signed payloads shaped like Shopify's, the LINE emulator with the real line-bot-sdk)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -10,11 +9,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from engine.runner.clock import ManualClock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.runner.shopify import sign
 from enginekit import write_folder
-from serverkit import API_TOKEN, line_event, wait_for, webhook_body
+from serverkit import API_TOKEN, line_event, tick_later, wait_for, webhook_body
 from serverkit import sign as line_sign
 
 SHOPIFY_SECRET = "shpss_0123456789abcdef"
@@ -79,7 +79,8 @@ def open_shop(tmp_path: Path, make_client, line_emulator):
         client, runner = await make_client({"SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET,
                                             "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
                                             "LINE_API_ENDPOINT": line_emulator.base_url},
-                                           rules=folder, tick=0.1)
+                                           rules=folder, tick=0.1,
+                                           clock=ManualClock(flowing=True))  # tick_later moves it
         return client, runner, line_emulator
     return open_
 
@@ -141,7 +142,8 @@ async def test_order_for_an_unlinked_customer_is_kept_and_counts_after_identify(
     await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
     await wait_for(lambda: runner.store.friend("U1")["orders"] == 1)
     assert runner.store.friend("U1")["total_spent"] == 5500
-    await asyncio.sleep(0.3)
+    await tick_later(runner)
+    assert [r["rule"] for r in runner.store.outbox()] == ["thanks_link"]
     assert "ご注文ありがとうございます" not in texts(emulator)      # history does not fire `when purchased`
 
 

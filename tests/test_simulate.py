@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from engine.cli import cli
 from engine.runtime.simulate import main
 from engine.runtime.store import Store
 from enginekit import write_folder, write_timeline
@@ -32,6 +34,13 @@ rule thanks when message "ありがとう" reenter always then send thanks
 def folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
                         rule_file="shop.rule")
+
+
+def simulate(events: str, folder: Path, *options: str) -> tuple[int, str, str]:
+    """``linerules simulate EVENTS --rules FOLDER ...``: (exit status, stdout, stderr)."""
+    result = CliRunner().invoke(cli, ["simulate", events, "--rules", str(folder), *options],
+                               prog_name="linerules")
+    return result.exit_code, result.stdout, result.stderr
 
 
 def timeline(tmp_path: Path, *events: dict) -> str:
@@ -85,34 +94,56 @@ def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp
                             + [("reply", "sent")] * 2) and sent == 6
     other = tmp_path / "notes.txt"
     other.write_text("keep me")
-    assert main(path, str(folder), None, "1h", str(other)) == 1
-    assert "not a linerules database" in capsys.readouterr().err and other.read_text() == "keep me"
+    code, _, err = simulate(path, folder, "--db", str(other))
+    assert code == 1
+    assert "not a linerules database" in err and other.read_text() == "keep me"
+
+
+def test_db_never_replaces_a_runners_database(folder, tmp_path):
+    live = tmp_path / "linerules.db"
+    store = Store(str(live))
+    store.set_meta("login.last_join", "1")
+    store.close()
+    code, out, err = simulate(timeline(tmp_path, *EVENTS), folder, "--db", str(live))
+    assert (code, out) == (1, "")
+    assert err == (f"error: --db: {live} is a linerules database that no simulation made (a "
+                   "runner's?); it is never replaced: choose another file\n")
+    store = Store(str(live))
+    assert store.get_meta("login.last_join") == "1"
+    store.close()
 
 
 def test_malformed_event_names_line_and_field(folder, tmp_path, capsys):
     path = timeline(tmp_path, EVENTS[0], {"type": "follow", "friend": "U2", "at": "2026-11-05 10:00"})
-    assert main(path, str(folder), None, "1h", None) == 1
-    err = capsys.readouterr().err
+    code, _, err = simulate(path, folder)
+    assert code == 1
     assert "line 2" in err and "at" in err and "offset" in err
 
 
 def test_invalid_rules_print_diagnostics(folder, tmp_path, capsys):
     (folder / "broken.rule").write_text("rule broken when followed then send coupon51\n", encoding="utf-8")
-    assert main(timeline(tmp_path, *EVENTS), str(folder), None, "1h", None) == 1
-    err = capsys.readouterr().err
+    code, _, err = simulate(timeline(tmp_path, *EVENTS), folder)
+    assert code == 1
     assert "broken.rule:1:" in err and "coupon51" in err and "^" in err
 
 
-@pytest.mark.parametrize("until, tick, message", [
-    ("2026-11-14T00:00:00", "1h", "needs a UTC offset"),
-    ("next week", "1h", "not an ISO 8601 time"),
-    (None, "soon", "not a duration"),
-    (None, "0m", "longer than 0s"),
+@pytest.mark.parametrize("options, message", [
+    (["--until", "2026-11-14T00:00:00"], "Error: --until: `2026-11-14T00:00:00` needs a UTC offset"),
+    (["--until", "next week"], "Error: --until: `next week` is not an ISO 8601 time"),
+    (["--tick", "soon"], "Error: Invalid value for '--tick': `soon` is not a duration"),
+    (["--tick", "0m"], "Error: Invalid value for '--tick': `0m` is shorter than"),
 ])
-def test_bad_options_are_one_clear_line(folder, tmp_path, capsys, until, tick, message):
-    assert main(timeline(tmp_path, *EVENTS), str(folder), until, tick, None) == 1
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+def test_bad_options_are_usage_errors(folder, tmp_path, options, message):
+    code, out, err = simulate(timeline(tmp_path, *EVENTS), folder, *options)
+    assert (code, out) == (2, "")
+    assert err.startswith("Usage: linerules simulate [OPTIONS] EVENTS\n") and message in err
+
+
+@pytest.mark.parametrize("tick", ["3600", "1h", "60m"])
+def test_tick_takes_seconds_or_a_duration(folder, tmp_path, tick):
+    code, out, _ = simulate(timeline(tmp_path, *EVENTS), folder, "--tick", tick,
+                            "--until", "2026-11-07T00:00:00+09:00")
+    assert code == 0 and len(out.splitlines()) == 6
 
 
 def test_the_cli_runs_it(folder, tmp_path):
@@ -132,8 +163,9 @@ def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its
     until = "2026-11-06T00:00:00+09:00"
     assert main(timeline(tmp_path, follow, buy(2.0)), str(folder), until, "1h", None) == 0
     capsys.readouterr()
-    assert main(timeline(tmp_path, follow, buy(1.5)), str(folder), until, "1h", None) == 1
-    assert 'line 2: field "items[0].quantity": must be a whole number, got 1.5' in capsys.readouterr().err
+    code, _, err = simulate(timeline(tmp_path, follow, buy(1.5)), folder, "--until", until)
+    assert code == 1
+    assert 'line 2: field "items[0].quantity": must be a whole number, got 1.5' in err
 
 
 def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_others_still_get_theirs(
@@ -178,8 +210,9 @@ def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsy
     path = tmp_path / "sj.jsonl"
     path.write_bytes(json.dumps({"type": "message", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
                                  "text": "クーポン"}, ensure_ascii=False).encode("cp932"))
-    assert main(str(path), str(folder), None, "1h", None) == 1
-    assert capsys.readouterr().err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
+    code, _, err = simulate(str(path), folder)
+    assert code == 1
+    assert err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
 
 
 def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, caplog):
@@ -190,3 +223,50 @@ def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(f
     assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
     assert "rule big: message big not sent to anyone it is due for: " in caplog.text
     assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text
+
+
+def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_path, capsys):
+    """Condition ticks that would enter nobody are skipped; the first one at or after the moment
+    time alone makes the condition true still runs, and so does the last one of the run (the
+    database keeps it as the last tick)."""
+    import datetime as dt
+
+    from engine.interpreter import Engine
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text("thanks: ありがとう\n", encoding="utf-8")
+    (rules / "loyal.rule").write_text("rule loyal\n  when friend for 30d and orders = 0\n"
+                                      "  then\n    send thanks\n", encoding="utf-8")
+    events = ({"type": "follow", "friend": "U1", "at": "2026-11-01T10:20:00+09:00"},
+              {"type": "follow", "friend": "U2", "at": "2026-11-03T07:05:00+09:00"},
+              {"type": "purchase", "friend": "U2", "at": "2026-11-04T12:00:00+09:00", "order_id": "B-1",
+               "amount": 900})
+    db = tmp_path / "forecast.db"
+    ticks = []
+    original = Engine.tick
+
+    def counted(self, now, **kw):
+        ticks.append(now)
+        return original(self, now, **kw)
+
+    Engine.tick = counted
+    try:
+        code = main(timeline(tmp_path, *events), str(rules), "2027-02-01T00:30:00+09:00", "1h", str(db))
+    finally:
+        Engine.tick = original
+    out = capsys.readouterr().out
+    assert code == 0
+    # U1 is a friend for 30 days at 2026-12-01 10:20: the condition tick at 11:00 enters them and
+    # the push goes at once (inside the window). U2 has an order: never.
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"at": "2026-12-01T11:00:00+09:00", "friend": "U1", "rule": "loyal", "messages": ["thanks"]}]
+    store = Store(str(db))
+    try:
+        last_tick = int(store.get_meta("engine.last_tick"))
+    finally:
+        store.close()
+    tz = dt.timezone(dt.timedelta(hours=9))
+    assert dt.datetime.fromtimestamp(last_tick, tz).isoformat() == "2027-02-01T00:00:00+09:00"
+    assert len(ticks) < 100   # not one per hour of the three months (2,200)

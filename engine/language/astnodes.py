@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .diagnostics import Span
+from .records import Record
 
 # ----------------------------------------------------------------------------- leaves
 
@@ -22,7 +23,7 @@ from .diagnostics import Span
 At = tuple[str, int, int, int | None, int | None]
 
 
-class _Leaf:
+class _Leaf(Record):
     """A single token's node. It keeps its place as a plain tuple and makes the
     :class:`~engine.language.diagnostics.Span` when asked: only diagnostics ask, and a folder has about
     as many leaves as it has tokens."""
@@ -34,27 +35,27 @@ class _Leaf:
         return Span(*self.at)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Name(_Leaf):
     """A name as written: a rule, message, tag, segment, variant, menu or attribute."""
     value: str
     at: At
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Str(_Leaf):
     """A quoted text, unescaped."""
     value: str
     at: At
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Number(_Leaf):
     value: Union[int, float]
     at: At
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Duration(_Leaf):
     """``1d12h``: ``seconds`` is the total; ``text`` is what was written."""
     seconds: int
@@ -62,7 +63,7 @@ class Duration(_Leaf):
     at: At
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class TimeOfDay(_Leaf):
     """``HH:MM`` as written; the numbers are not yet known to be a valid time."""
     hour: int
@@ -71,15 +72,15 @@ class TimeOfDay(_Leaf):
     at: At
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, repr=False)
 class Percent(_Leaf):
     value: float
     text: str
     at: At
 
 
-@dataclass(slots=True)
-class Pair:
+@dataclass(slots=True, eq=False, repr=False)
+class Pair(Record):
     """``key=value`` (the value may be quoted)."""
     key: Name
     value: str
@@ -89,26 +90,26 @@ class Pair:
 # ----------------------------------------------------------------------------- conditions
 
 
-@dataclass(slots=True)
-class And:
+@dataclass(slots=True, eq=False, repr=False)
+class And(Record):
     items: tuple["Cond", ...]
     span: Span
 
 
-@dataclass(slots=True)
-class Or:
+@dataclass(slots=True, eq=False, repr=False)
+class Or(Record):
     items: tuple["Cond", ...]
     span: Span
 
 
-@dataclass(slots=True)
-class Not:
+@dataclass(slots=True, eq=False, repr=False)
+class Not(Record):
     item: "Cond"
     span: Span
 
 
-@dataclass(slots=True)
-class Activity:
+@dataclass(slots=True, eq=False, repr=False)
+class Activity(Record):
     """``purchased|clicked|viewed|carted [key=value] [within D]``; ``kind`` is the IR kind
     (``purchase``, ``click``, ``view``, ``cart``) and ``word`` the keyword written."""
     kind: str
@@ -118,74 +119,74 @@ class Activity:
     span: Span
 
 
-@dataclass(slots=True)
-class Tagged:
+@dataclass(slots=True, eq=False, repr=False)
+class Tagged(Record):
     name: Name
     span: Span
 
 
-@dataclass(slots=True)
-class Blocked:
+@dataclass(slots=True, eq=False, repr=False)
+class Blocked(Record):
     span: Span
 
 
-@dataclass(slots=True)
-class Followed:
+@dataclass(slots=True, eq=False, repr=False)
+class Followed(Record):
     """``followed [via k=v, ...]``."""
     pairs: tuple[Pair, ...]
     span: Span
 
 
-@dataclass(slots=True)
-class FriendFor:
+@dataclass(slots=True, eq=False, repr=False)
+class FriendFor(Record):
     """``friend for D`` (mode ``for``) / ``friend within D`` (mode ``within``)."""
     mode: str
     duration: Duration
     span: Span
 
 
-@dataclass(slots=True)
-class LastPurchaseOlder:
+@dataclass(slots=True, eq=False, repr=False)
+class LastPurchaseOlder(Record):
     duration: Duration
     span: Span
 
 
-@dataclass(slots=True)
-class NeverPurchased:
+@dataclass(slots=True, eq=False, repr=False)
+class NeverPurchased(Record):
     span: Span
 
 
-@dataclass(slots=True)
-class Measure:
+@dataclass(slots=True, eq=False, repr=False)
+class Measure(Record):
     """``orders``, ``spent within 365d``, a custom attribute..."""
     name: Name
     within: Duration | None
     span: Span
 
 
-@dataclass(slots=True)
-class Compare:
+@dataclass(slots=True, eq=False, repr=False)
+class Compare(Record):
     measure: Measure
     op: str
     value: Union[Number, Str]
     span: Span
 
 
-@dataclass(slots=True)
-class Top:
+@dataclass(slots=True, eq=False, repr=False)
+class Top(Record):
     percent: Percent
     measure: Measure
     span: Span
 
 
-@dataclass(slots=True)
-class InSegment:
+@dataclass(slots=True, eq=False, repr=False)
+class InSegment(Record):
     name: Name
     span: Span
 
 
-@dataclass(slots=True)
-class Variant:
+@dataclass(slots=True, eq=False, repr=False)
+class Variant(Record):
     name: Name
     span: Span
 
@@ -196,53 +197,53 @@ Cond = Union[And, Or, Not, Activity, Tagged, Blocked, Followed, FriendFor, LastP
 # ----------------------------------------------------------------------------- triggers
 
 
-@dataclass(slots=True)
-class CondTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class CondTrigger(Record):
     """``when C``: an event trigger when C is exactly one of the event forms (``purchased``,
     ``tagged vip``, ``followed via ...``, ...), otherwise a condition trigger."""
     cond: Cond
     span: Span
 
 
-@dataclass(slots=True)
-class UnfollowedTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class UnfollowedTrigger(Record):
     span: Span
 
 
-@dataclass(slots=True)
-class LinkedTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class LinkedTrigger(Record):
     """``when linked``: the friend was just linked to a shop customer (docs/shop.md)."""
     span: Span
 
 
-@dataclass(slots=True)
-class MessageTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class MessageTrigger(Record):
     keywords: tuple[Str, ...]
     exact: bool
     span: Span
 
 
-@dataclass(slots=True)
-class PostbackTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class PostbackTrigger(Record):
     pairs: tuple[Pair, ...]
     span: Span
 
 
-@dataclass(slots=True)
-class EventTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class EventTrigger(Record):
     name: Name
     pairs: tuple[Pair, ...]
     span: Span
 
 
-@dataclass(slots=True)
-class ScheduleTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class ScheduleTrigger(Record):
     cron: Str
     span: Span
 
 
-@dataclass(slots=True)
-class SaleTrigger:
+@dataclass(slots=True, eq=False, repr=False)
+class SaleTrigger(Record):
     edge: str  # "starts" | "ends"
     kind: Name | None
     before: Duration | None
@@ -256,81 +257,81 @@ Trigger = Union[CondTrigger, UnfollowedTrigger, LinkedTrigger, MessageTrigger, P
 # ----------------------------------------------------------------------------- steps
 
 
-@dataclass(slots=True)
-class Guard:
+@dataclass(slots=True, eq=False, repr=False)
+class Guard(Record):
     """``if C`` (negated False) / ``unless C`` (negated True), on a step or as entry filter."""
     cond: Cond
     negated: bool
     span: Span
 
 
-@dataclass(slots=True)
-class SendStep:
+@dataclass(slots=True, eq=False, repr=False)
+class SendStep(Record):
     messages: tuple[Name, ...]
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class WaitStep:
+@dataclass(slots=True, eq=False, repr=False)
+class WaitStep(Record):
     duration: Duration
     at: TimeOfDay | None
     span: Span
 
 
-@dataclass(slots=True)
-class WaitUntilStep:
+@dataclass(slots=True, eq=False, repr=False)
+class WaitUntilStep(Record):
     """``wait until HH:MM`` (weekday None) / ``wait until monday [at HH:MM]``."""
     at: TimeOfDay | None
     weekday: Name | None
     span: Span
 
 
-@dataclass(slots=True)
-class WaitForStep:
+@dataclass(slots=True, eq=False, repr=False)
+class WaitForStep(Record):
     trigger: Trigger
     up_to: Duration
     span: Span
 
 
-@dataclass(slots=True)
-class TagStep:
+@dataclass(slots=True, eq=False, repr=False)
+class TagStep(Record):
     name: Name
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class UntagStep:
+@dataclass(slots=True, eq=False, repr=False)
+class UntagStep(Record):
     name: Name
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class SetStep:
+@dataclass(slots=True, eq=False, repr=False)
+class SetStep(Record):
     attr: Name
     value: Union[Number, Str]
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class MenuStep:
+@dataclass(slots=True, eq=False, repr=False)
+class MenuStep(Record):
     name: Name
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class StartStep:
+@dataclass(slots=True, eq=False, repr=False)
+class StartStep(Record):
     rule: Name
     guard: Guard | None
     span: Span
 
 
-@dataclass(slots=True)
-class StopStep:
+@dataclass(slots=True, eq=False, repr=False)
+class StopStep(Record):
     guard: Guard | None
     span: Span
 
@@ -342,53 +343,53 @@ WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForStep)
 # ----------------------------------------------------------------------------- options
 
 
-@dataclass(slots=True)
-class ExitWhen:
+@dataclass(slots=True, eq=False, repr=False)
+class ExitWhen(Record):
     cond: Cond
     span: Span
 
 
-@dataclass(slots=True)
-class Reenter:
+@dataclass(slots=True, eq=False, repr=False)
+class Reenter(Record):
     mode: str  # "never" | "always" | "after"
     after: Duration | None
     span: Span
 
 
-@dataclass(slots=True)
-class Window:
+@dataclass(slots=True, eq=False, repr=False)
+class Window(Record):
     start: TimeOfDay
     end: TimeOfDay
     span: Span
 
 
-@dataclass(slots=True)
-class Priority:
+@dataclass(slots=True, eq=False, repr=False)
+class Priority(Record):
     value: int
     span: Span
 
 
-@dataclass(slots=True)
-class SplitItem:
+@dataclass(slots=True, eq=False, repr=False)
+class SplitItem(Record):
     name: Name
     percent: Percent
     span: Span
 
 
-@dataclass(slots=True)
-class Split:
+@dataclass(slots=True, eq=False, repr=False)
+class Split(Record):
     items: tuple[SplitItem, ...]
     span: Span
 
 
-@dataclass(slots=True)
-class Holdout:
+@dataclass(slots=True, eq=False, repr=False)
+class Holdout(Record):
     percent: Percent
     span: Span
 
 
-@dataclass(slots=True)
-class Uncapped:
+@dataclass(slots=True, eq=False, repr=False)
+class Uncapped(Record):
     """``uncapped``: the rule's sends neither count against nor are stopped by max_per_day."""
     span: Span
 
@@ -402,8 +403,8 @@ OPTION_WORDS = {ExitWhen: "exit when", Reenter: "reenter", Window: "window",
 # ----------------------------------------------------------------------------- files
 
 
-@dataclass(slots=True)
-class RuleDef:
+@dataclass(slots=True, eq=False, repr=False)
+class RuleDef(Record):
     """``rule NAME ["description"] when ...`` (name given) or a bare ``when ...`` (name None:
     the file's stem)."""
     name: Name | None
@@ -415,8 +416,8 @@ class RuleDef:
     span: Span
 
 
-@dataclass(slots=True)
-class SegmentDef:
+@dataclass(slots=True, eq=False, repr=False)
+class SegmentDef(Record):
     name: Name
     cond: Cond
     span: Span
@@ -425,8 +426,8 @@ class SegmentDef:
 Item = Union[RuleDef, SegmentDef]
 
 
-@dataclass(slots=True)
-class RuleFile:
+@dataclass(slots=True, eq=False, repr=False)
+class RuleFile(Record):
     """One parsed ``.rule`` file. ``broken`` names the rules and segments whose text could not
     be parsed (so that references to them are not reported again)."""
     path: str

@@ -57,3 +57,51 @@ def write_json(name: str, value: Any) -> None:
             os.unlink(tmp)
         except (OSError, UnboundLocalError):
             pass
+
+
+def module_stamp(*modules: str) -> str:
+    """Which versions of installed modules these are (their files' paths, sizes and times),
+    found without importing them: what a kept answer that depends on them is checked against."""
+    import importlib.util
+
+    stamp = []
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None and spec.origin else ""
+        try:
+            st = os.stat(origin)
+            stamp.append(f"{origin}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            stamp.append(f"{name}:{origin}")
+    return "|".join(stamp)
+
+
+class Kept:
+    """Answers kept under ``name`` in the cache folder, each depending only on its key (a
+    text) and on the installed code ``stamp`` names (:func:`module_stamp`): read on first use,
+    written again whenever a new answer is added. At most ``limit`` answers are kept, the
+    newest."""
+
+    def __init__(self, name: str, stamp: str, limit: int = 2000):
+        self.name, self.stamp, self.limit = name, stamp, limit
+        self._answers: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._answers is None:
+            kept = read_json(self.name)
+            ok = (isinstance(kept, dict) and kept.get("stamp") == self.stamp
+                  and isinstance(kept.get("answers"), dict))
+            self._answers = kept["answers"] if ok else {}
+        return self._answers
+
+    def get(self, key: str) -> Any:
+        return self._load().get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        answers = self._load()
+        answers[key] = value
+        items = list(answers.items())[-self.limit:]
+        write_json(self.name, {"stamp": self.stamp, "answers": dict(items)})

@@ -11,8 +11,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-import croniter
-
 from . import astnodes as A
 from . import ir
 from .compiler import WEEKDAYS, event_form
@@ -539,9 +537,35 @@ class _Checker:
         return True
 
 
+_cron_verdicts = None
+
+
 def _cron_verdict(expr: str) -> str:
     """``ok``, ``invalid`` or ``never`` (valid, but no date ever matches) for a 5-field cron
-    expression."""
+    expression, kept in the user's cache folder (:class:`engine.language.cache.Kept`): a
+    folder whose schedules were checked before does not import croniter."""
+    global _cron_verdicts
+    if _cron_verdicts is None:
+        from .cache import Kept, module_stamp
+
+        _cron_verdicts = Kept("cron.json", module_stamp("croniter") + "|" + _this_file_stamp())
+    verdict = _cron_verdicts.get(expr)
+    if verdict not in ("ok", "invalid", "never"):
+        verdict = _cron_check(expr)
+        _cron_verdicts.put(expr, verdict)
+    return verdict
+
+
+def _this_file_stamp() -> str:
+    import os
+
+    st = os.stat(__file__)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _cron_check(expr: str) -> str:
+    import croniter   # imported here: only a schedule not checked before needs it
+
     if not croniter.croniter.is_valid(expr):
         return "invalid"
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
+import click
+
 from engine import i18n
 from .codes import CODES, explain, lookup
 from .diagnostics import did_you_mean
@@ -33,8 +35,7 @@ def main(code: str | None, rules_dir: str = "rules", lang: str | None = None) ->
     found = lookup(code)
     if found is None:
         hint = did_you_mean(code.strip().upper(), CODES)
-        sys.stderr.write(render(_("error: there is no code `{code}`", code=code))
-                         + (f" ({render(hint)})" if hint else "") + "\n")
-        return 1
+        raise click.UsageError(render(_("there is no code `{code}`", code=code))
+                               + (f" ({render(hint)})" if hint else ""))
     sys.stdout.write(explain(found))
     return 0

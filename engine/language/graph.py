@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+import click
+
 from engine import i18n
 from . import ir
 from .compiler import describe_cond, describe_step, describe_trigger
@@ -125,7 +127,8 @@ def to_mermaid(project: ir.Project, rule: str | None = None) -> str:
 
 
 def main(rules_dir: str, rule: str | None, lang: str | None = None) -> int:
-    """The ``graph`` command: print the chart; exit 1 on an invalid folder or unknown rule."""
+    """The ``graph`` command: print the chart; exit 1 on an invalid folder; an unknown rule
+    raises ``click.UsageError`` (exit 2)."""
     result = load_project(rules_dir)
     i18n.use(i18n.choose(lang, result.language))
     if result.project is None or has_errors(result.diagnostics):
@@ -134,8 +137,7 @@ def main(rules_dir: str, rule: str | None, lang: str | None = None) -> int:
     project = result.project
     if rule is not None and rule not in project.rules:
         hint = did_you_mean(rule, project.rules)
-        sys.stderr.write(render(_("error: unknown rule `{name}` ({hint})", name=rule, hint=hint)
-                                if hint else _("error: unknown rule `{name}`", name=rule)) + "\n")
-        return 1
+        raise click.UsageError(render(_("unknown rule `{name}` ({hint})", name=rule, hint=hint)
+                                      if hint else _("unknown rule `{name}`", name=rule)))
     sys.stdout.write(to_mermaid(project, rule))
     return 0

@@ -1,4 +1,6 @@
-"""The compiled form of a rule folder: what the engine runs. Plain frozen dataclasses.
+"""The compiled form of a rule folder: what the engine runs. Plain dataclasses that cannot be
+changed once made (:class:`engine.language.records.FrozenRecord`, which also gives their
+equality, hash and repr).
 
 The front end (grammar -> AST -> checks -> compile) produces a :class:`Project`; the engine,
 the simulator, ``graph`` and ``report`` consume it. Nothing here knows about Lark.
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from .diagnostics import Span
+from .records import FrozenRecord
 
 _SPAN = dict(default=None, compare=False, repr=False)
 
@@ -50,28 +53,28 @@ def parse_duration(text: str, *, seconds: bool = True) -> int:
 # ----------------------------------------------------------------------------- conditions
 
 
-@dataclass(frozen=True)
-class All:
+@dataclass(eq=False, repr=False)
+class All(FrozenRecord):
     """``C and C and ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class AnyOf:
+@dataclass(eq=False, repr=False)
+class AnyOf(FrozenRecord):
     """``C or C or ...``"""
     items: tuple["Cond", ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Not:
+@dataclass(eq=False, repr=False)
+class Not(FrozenRecord):
     item: "Cond"
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Activity:
+@dataclass(eq=False, repr=False)
+class Activity(FrozenRecord):
     """``purchased [product=X|category=Y] [within D]``, ``clicked [within D]``,
     ``viewed product=X [within D]``, ``carted [product=X] [within D]``.
 
@@ -86,27 +89,27 @@ class Activity:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Tagged:
+@dataclass(eq=False, repr=False)
+class Tagged(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Blocked:
+@dataclass(eq=False, repr=False)
+class Blocked(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class FollowedVia:
+@dataclass(eq=False, repr=False)
+class FollowedVia(FrozenRecord):
     """``followed via qr=shipping, ad=summer``: the friend's add source matches any pair.
     An empty tuple (plain ``followed``) is true for every current friend."""
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class FriendFor:
+@dataclass(eq=False, repr=False)
+class FriendFor(FrozenRecord):
     """``friend for 30d`` (mode ``for``: followed at least D ago) /
     ``friend within 30d`` (mode ``within``: followed less than D ago)."""
     seconds: int
@@ -114,20 +117,20 @@ class FriendFor:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class LastPurchaseOlder:
+@dataclass(eq=False, repr=False)
+class LastPurchaseOlder(FrozenRecord):
     """``last purchase older than 90d``: has purchased, and the last purchase is >= D ago."""
     seconds: int
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class NeverPurchased:
+@dataclass(eq=False, repr=False)
+class NeverPurchased(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Measure:
+@dataclass(eq=False, repr=False)
+class Measure(FrozenRecord):
     """The left side of a comparison or a ``top`` ranking.
 
     ``name`` is ``orders``, ``total_spent``, ``spent`` (with ``within``: ``spent within 365d``),
@@ -139,8 +142,8 @@ class Measure:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Compare:
+@dataclass(eq=False, repr=False)
+class Compare(FrozenRecord):
     """``ATTR OP VALUE``; op is one of ``= != < <= > >=``; value a number or a string."""
     measure: Measure
     op: str
@@ -148,22 +151,22 @@ class Compare:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Top:
+@dataclass(eq=False, repr=False)
+class Top(FrozenRecord):
     """``top 20% by spent within 365d``: among current (not blocked) friends."""
     percent: float
     measure: Measure
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class InSegment:
+@dataclass(eq=False, repr=False)
+class InSegment(FrozenRecord):
     name: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Variant:
+@dataclass(eq=False, repr=False)
+class Variant(FrozenRecord):
     """``variant a``: the friend was assigned that split variant in the rule being evaluated."""
     name: str
     span: Span | None = field(**_SPAN)
@@ -176,29 +179,29 @@ Cond = Union[All, AnyOf, Not, Activity, Tagged, Blocked, FollowedVia, FriendFor,
 # Event triggers name the intake event type they listen to in ``event_type``.
 
 
-@dataclass(frozen=True)
-class Followed:
+@dataclass(eq=False, repr=False)
+class Followed(FrozenRecord):
     """``followed [via k=v, ...]`` -- a follow event (new friend or unblock)."""
     via: tuple[tuple[str, str], ...] = ()
     span: Span | None = field(**_SPAN)
     event_type = "follow"
 
 
-@dataclass(frozen=True)
-class Unfollowed:
+@dataclass(eq=False, repr=False)
+class Unfollowed(FrozenRecord):
     span: Span | None = field(**_SPAN)
     event_type = "unfollow"
 
 
-@dataclass(frozen=True)
-class Linked:
+@dataclass(eq=False, repr=False)
+class Linked(FrozenRecord):
     """``linked`` -- the friend was just linked to a shop customer (engine/runtime/identity.py)."""
     span: Span | None = field(**_SPAN)
     event_type = "linked"
 
 
-@dataclass(frozen=True)
-class MessageTrigger:
+@dataclass(eq=False, repr=False)
+class MessageTrigger(FrozenRecord):
     """``message "a", "b"`` (contains any) / ``message exactly "はい"`` (equals any).
     Keywords are stored NFKC-normalised and casefolded; the engine normalises the text alike."""
     keywords: tuple[str, ...]
@@ -207,46 +210,46 @@ class MessageTrigger:
     event_type = "message"
 
 
-@dataclass(frozen=True)
-class PostbackTrigger:
+@dataclass(eq=False, repr=False)
+class PostbackTrigger(FrozenRecord):
     """``postback action=survey_done``: the postback data (a query string) has every pair."""
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
     event_type = "postback"
 
 
-@dataclass(frozen=True)
-class PurchasedTrigger:
+@dataclass(eq=False, repr=False)
+class PurchasedTrigger(FrozenRecord):
     product: str | None = None
     category: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "purchase"
 
 
-@dataclass(frozen=True)
-class CartedTrigger:
+@dataclass(eq=False, repr=False)
+class CartedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "cart"
 
 
-@dataclass(frozen=True)
-class ViewedTrigger:
+@dataclass(eq=False, repr=False)
+class ViewedTrigger(FrozenRecord):
     product: str | None = None
     span: Span | None = field(**_SPAN)
     event_type = "view"
 
 
-@dataclass(frozen=True)
-class TaggedTrigger:
+@dataclass(eq=False, repr=False)
+class TaggedTrigger(FrozenRecord):
     """``tagged NAME``: the tag was added (by an event, a ``tag`` step, or the shop API)."""
     name: str
     span: Span | None = field(**_SPAN)
     event_type = "tag"
 
 
-@dataclass(frozen=True)
-class CustomEventTrigger:
+@dataclass(eq=False, repr=False)
+class CustomEventTrigger(FrozenRecord):
     """``event shipped [key=value ...]``: a custom shop event whose top-level fields match."""
     name: str
     pairs: tuple[tuple[str, str], ...] = ()
@@ -257,15 +260,15 @@ class CustomEventTrigger:
         return self.name
 
 
-@dataclass(frozen=True)
-class ScheduleTrigger:
+@dataclass(eq=False, repr=False)
+class ScheduleTrigger(FrozenRecord):
     """``schedule "0 20 * * 5"``: croniter in the configured zone; audience: all current friends."""
     cron: str
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class SaleTrigger:
+@dataclass(eq=False, repr=False)
+class SaleTrigger(FrozenRecord):
     """``sale [kind=K] starts|ends [in D [at HH:MM]]``.
 
     Without ``at``: fires at (sale instant - ``before`` seconds).
@@ -280,8 +283,8 @@ class SaleTrigger:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class ConditionTrigger:
+@dataclass(eq=False, repr=False)
+class ConditionTrigger(FrozenRecord):
     """Any other condition: the friend enters when it becomes true (checked on every tick)."""
     cond: Cond
     span: Span | None = field(**_SPAN)
@@ -296,16 +299,16 @@ Trigger = Union[EventTrigger, ScheduleTrigger, SaleTrigger, ConditionTrigger]
 # rule, so in-flight enrollments can be carried over to a new version (see docs/decisions.md).
 
 
-@dataclass(frozen=True)
-class Send:
+@dataclass(eq=False, repr=False)
+class Send(FrozenRecord):
     id: str
     messages: tuple[str, ...]
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Wait:
+@dataclass(eq=False, repr=False)
+class Wait(FrozenRecord):
     """``wait D`` (at None) or ``wait D at HH:MM`` (first HH:MM at or after now + D)."""
     id: str
     seconds: int
@@ -313,8 +316,8 @@ class Wait:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class WaitUntil:
+@dataclass(eq=False, repr=False)
+class WaitUntil(FrozenRecord):
     """``wait until HH:MM`` / ``wait until monday [at HH:MM]``: the next such moment strictly
     after now. ``weekday`` is 0=Monday..6=Sunday or None; ``at`` defaults to 00:00 with a weekday."""
     id: str
@@ -323,8 +326,8 @@ class WaitUntil:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class WaitFor:
+@dataclass(eq=False, repr=False)
+class WaitFor(FrozenRecord):
     """``wait for TRIGGER up to D``: resume on that event for this friend, or after D."""
     id: str
     trigger: EventTrigger
@@ -332,24 +335,24 @@ class WaitFor:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class TagStep:
+@dataclass(eq=False, repr=False)
+class TagStep(FrozenRecord):
     id: str
     name: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class UntagStep:
+@dataclass(eq=False, repr=False)
+class UntagStep(FrozenRecord):
     id: str
     name: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class SetStep:
+@dataclass(eq=False, repr=False)
+class SetStep(FrozenRecord):
     id: str
     attr: str
     value: Union[int, float, str]
@@ -357,24 +360,24 @@ class SetStep:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class MenuStep:
+@dataclass(eq=False, repr=False)
+class MenuStep(FrozenRecord):
     id: str
     menu: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class StartStep:
+@dataclass(eq=False, repr=False)
+class StartStep(FrozenRecord):
     id: str
     rule: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class StopStep:
+@dataclass(eq=False, repr=False)
+class StopStep(FrozenRecord):
     id: str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
@@ -387,24 +390,24 @@ WAIT_STEPS = (Wait, WaitUntil, WaitFor)
 # ----------------------------------------------------------------------------- rules
 
 
-@dataclass(frozen=True)
-class Reenter:
+@dataclass(eq=False, repr=False)
+class Reenter(FrozenRecord):
     """``reenter never`` (default) / ``reenter after 90d`` / ``reenter always``."""
     mode: str = "never"  # "never" | "after" | "always"
     after: int = 0
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Window:
+@dataclass(eq=False, repr=False)
+class Window(FrozenRecord):
     """A daily delivery window, local time; ``end`` may be before ``start`` (over midnight)."""
     start: dt.time
     end: dt.time
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Rule:
+@dataclass(eq=False, repr=False)
+class Rule(FrozenRecord):
     name: str
     trigger: Trigger
     steps: tuple[Step, ...]
@@ -434,8 +437,8 @@ class Rule:
         return None
 
 
-@dataclass(frozen=True)
-class Segment:
+@dataclass(eq=False, repr=False)
+class Segment(FrozenRecord):
     name: str
     cond: Cond
     span: Span | None = field(**_SPAN)
@@ -444,8 +447,8 @@ class Segment:
 # ----------------------------------------------------------------------------- files beside the rules
 
 
-@dataclass(frozen=True)
-class MessageDef:
+@dataclass(eq=False, repr=False)
+class MessageDef(FrozenRecord):
     """One name of messages.yaml: a list of LINE message objects (dicts in LINE's JSON shape).
     Strings inside may be Liquid templates; they are rendered per friend at send time."""
     name: str
@@ -453,8 +456,8 @@ class MessageDef:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Sale:
+@dataclass(eq=False, repr=False)
+class Sale(FrozenRecord):
     name: str
     title: str
     starts: dt.datetime   # timezone-aware
@@ -464,8 +467,8 @@ class Sale:
     span: Span | None = field(**_SPAN)
 
 
-@dataclass(frozen=True)
-class Settings:
+@dataclass(eq=False, repr=False)
+class Settings(FrozenRecord):
     timezone: str = "Asia/Tokyo"
     window: Window | None = None          # None: any time
     max_per_day: int | None = None        # pushes per friend per local day; None: no cap
@@ -490,8 +493,8 @@ class Settings:
         return dict(self.rich_menus).get(name)
 
 
-@dataclass(frozen=True)
-class Project:
+@dataclass(eq=False, repr=False)
+class Project(FrozenRecord):
     """A whole validated rule folder."""
     rules: dict[str, Rule]
     segments: dict[str, Segment]

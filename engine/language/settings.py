@@ -38,6 +38,51 @@ def available_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def known_zone(name: str) -> bool:
+    """``name in available_zones()``, answered without opening every file of the zone database
+    (which ``zoneinfo.available_timezones`` does): the ``tzdata`` package's list of zones, else
+    the one file that name would be on the zone path, checked the same way."""
+    parts = name.split("/")
+    if name == "posixrules" or any(p in ("", ".", "..") for p in parts) or "\\" in name or "\0" in name:
+        return False
+    if name in _tzdata_zones():
+        return True
+    for root in zoneinfo.TZPATH:
+        if len(parts) > 1 and parts[0] in ("right", "posix") or not os.path.isdir(root):
+            continue
+        folder = root
+        for part in parts[:-1]:   # os.walk does not go into linked folders
+            folder = os.path.join(folder, part)
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                break
+        else:
+            try:
+                with open(os.path.join(root, *parts), "rb") as fh:
+                    if fh.read(4) == b"TZif":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _tzdata_zones() -> frozenset[str]:
+    """The zones the ``tzdata`` package lists (its ``zones`` file), found without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("tzdata")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        return frozenset()
+    try:
+        with open(os.path.join(os.path.dirname(spec.origin), "zones"), encoding="utf-8") as fh:
+            return frozenset(line.strip() for line in fh if line.strip())
+    except OSError:
+        return frozenset()
+
+
 def parse_window(text: str) -> tuple[dt.time, dt.time]:
     """``"09:00-21:00"`` -> (09:00, 21:00). Raises ValueError with a marketer-facing message."""
     m = _WINDOW_RE.fullmatch(text)
@@ -124,7 +169,7 @@ def read_settings(path: str, text: str) -> SettingsFile:
 
 
 def _timezone(f: YamlFile, path, value: Any) -> str | None:
-    if not isinstance(value, str) or value not in available_zones():
+    if not isinstance(value, str) or not known_zone(value):
         shown = value if isinstance(value, str) else repr(value)
         f.error(f.span_at(path), E("LR602", "unknown time zone `{zone}`", zone=shown),
                 help=did_you_mean(str(value), available_zones()) if isinstance(value, str)

@@ -10,8 +10,6 @@ import functools
 import threading
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from . import ir
 from .ir import parse_duration  # noqa: F401  (the language's durations; used from here too)
 
@@ -121,6 +119,8 @@ class CronTimes:
     without asking croniter again."""
 
     def __init__(self, expr: str, tz: ZoneInfo):
+        from croniter import croniter   # imported here: only schedule triggers need it
+
         self.tz = tz
         self._iter = croniter(expr, local(0, tz))
         self._span: tuple[int, int] | None = None

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
+import click
 from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_currency, format_decimal
 
@@ -68,7 +69,11 @@ TREATED = "sent"
 
 
 class ReportError(Exception):
-    """A user error: bad option, missing database, unknown rule."""
+    """A data error: missing database, a file that cannot be written (exit 1)."""
+
+
+class ReportUsageError(ReportError):
+    """A mistake in the command line: a date that is not one, an unknown rule (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -221,9 +226,9 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
 
         hint = did_you_mean(unknown[0], names)
         if not names:
-            raise ReportError(_("--rule: unknown rule `{name}` (the database and the rule folder "
+            raise ReportUsageError(_("--rule: unknown rule `{name}` (the database and the rule folder "
                                 "have no rules)", name=unknown[0]))
-        raise ReportError(_("--rule: unknown rule `{name}`; {hint}", name=unknown[0], hint=hint))
+        raise ReportUsageError(_("--rule: unknown rule `{name}`; {hint}", name=unknown[0], hint=hint))
     shown = list(o.rules) or names
     as_of = _as_of(store, o)
     sends = _sends(store, o)
@@ -508,7 +513,7 @@ def parse_moment(text: str, tz: ZoneInfo, *, end: bool, option: str) -> int:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=tz)
     except ValueError:
-        raise ReportError(_("{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 "
+        raise ReportUsageError(_("{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 "
                             "or 2026-11-01T09:00", option=option, text=text)) from None
     return timeutil.epoch(moment)
 
@@ -742,14 +747,15 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
          until: str | None, rule_names: Sequence[str], block_days: int = BLOCK_DAYS,
          lang: str | None = None) -> int:
     """The ``report`` command: print the report (text or JSON), optionally write the HTML
-    page; exit 0, or 1 with one clean error line."""
+    page; exit 0. Raises ``click.UsageError`` for a mistake in the options and
+    :class:`~engine.i18n.UserError` (exit 1) for a database or file that cannot be used."""
     from engine.language.diagnostics import has_errors, render_text as render_diagnostics
     from engine.language.project import load_project
 
     i18n.use(i18n.choose(lang))
     try:
         if block_days < 1:
-            raise ReportError(_("--block-days must be at least 1"))
+            raise ReportUsageError(_("--block-days must be at least 1"))
         store = open_db(db)         # the database first: a wrong path is the likelier mistake
         loaded = load_project(rules_dir)
         i18n.use(i18n.choose(lang, loaded.language))
@@ -766,7 +772,7 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
             until=parse_moment(until, tz, end=True, option="--until") if until else None,
             rules=tuple(dict.fromkeys(rule_names)))
         if options.since is not None and options.until is not None and options.since >= options.until:
-            raise ReportError(_("--since must be before --until"))
+            raise ReportUsageError(_("--since must be before --until"))
         try:
             report = build_report(store, options, loaded.project)
         finally:
@@ -780,9 +786,10 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
             except OSError as exc:
                 raise ReportError(_("--html: cannot write {path}: {reason}", path=html_path,
                                     reason=exc.strerror or exc)) from None
+    except ReportUsageError as exc:
+        raise click.UsageError(render(exc.args[0])) from None
     except ReportError as exc:
-        sys.stderr.write(render(_("error: {reason}", reason=exc.args[0])) + "\n")
-        return 1
+        raise i18n.UserError(exc.args[0]) from None
     if fmt == "json":
         sys.stdout.write(json.dumps(_rendered(report), ensure_ascii=False, indent=2) + "\n")
     else:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Coroutine, Mapping
 
 from engine import i18n
 from engine.language import ir
+from .clock import SYSTEM, Clock
 from engine.language.diagnostics import has_errors, render_text
 from engine.i18n import _, render
 from engine.line.dispatch import DispatchResult, OutboxItem
@@ -191,16 +192,18 @@ class Runner:
     by the tick thread (the same object is accepted when nothing runs the loops)."""
 
     def __init__(self, config: RunnerConfig, project: ir.Project, store: Any, engine: Any,
-                 dispatcher: Any, *, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 dispatcher: Any, *, clock: Clock | None = None) -> None:
         self.config = config
         self.project = project
         self.store = store
         self.engine = engine
         self.dispatcher = dispatcher
-        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        #: The one clock of this runner (engine/runner/clock.py): ticks, the lease, claims and outcomes
+        #: read it, and so do the stores, the engine and the dispatcher it was opened with.
+        self.clock: Clock = clock or getattr(store, "clock", None) or SYSTEM
         self.owner = owner_id()
         self.metrics = Metrics()
-        self.started_at = self.clock()
+        self.started_at = self.clock.now()
         self.last_tick: dt.datetime | None = None
         self.exit_code = 0
         self.stopping = False
@@ -236,17 +239,18 @@ class Runner:
                            lambda: float(self.store.waiting_sends()))
         self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
                            lambda: self.last_tick.timestamp() if self.last_tick else None)
-        self.metrics.collected("linerules_line_errors_total",
-                               "Error answers from the LINE Messaging API by HTTP status "
-                               "(timeout, error: no answer), retries included.", self._line_errors)
+        self.metrics.counter("linerules_line_errors_total",
+                             "Error answers from the LINE Messaging API by HTTP status "
+                             "(timeout, error: no answer), retries included.", ("status",),
+                             self._line_errors)
         self.metrics.gauge("linerules_quota_remaining",
                            "Messages left in this month's LINE quota (unknown in dry-run).",
                            self._quota_remaining)
         self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.",
                            lambda: float(config.dry_run))
-        self.metrics.collected("linerules_line_retries_total",
-                               "Requests to LINE repeated within one attempt of a row, by reason "
-                               "(HTTP status, timeout, error).", self._line_retries)
+        self.metrics.counter("linerules_line_retries_total",
+                             "Requests to LINE repeated within one attempt of a row, by reason "
+                             "(HTTP status, timeout, error).", ("reason",), self._line_retries)
         self.metrics.gauge("linerules_sending_held",
                            "1 while every send is held because LINE refuses the channel access "
                            "token (401/403).", lambda: float(self.auth_problem is not None))
@@ -260,8 +264,9 @@ class Runner:
     # ------------------------------------------------------------------ opening and closing
 
     @classmethod
-    def open(cls, config: RunnerConfig) -> "Runner":
-        """Load the rules, open the store, take the lease and build the engine and dispatcher.
+    def open(cls, config: RunnerConfig, *, clock: Clock = SYSTEM) -> "Runner":
+        """Load the rules, open the store, take the lease and build the engine and dispatcher,
+        all on ``clock`` (the wall clock; tests pass a ManualClock).
 
         Raises StartupError (one clear line; the rule diagnostics are logged first).
         """
@@ -280,7 +285,7 @@ class Runner:
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
         try:
-            store = Store(str(config.db), checkpoints=False)
+            store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
             raise StartupError(f"cannot start: {exc}") from None
         engine_store = None
@@ -291,11 +296,11 @@ class Runner:
                 log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
             except StoreError as exc:
                 raise StartupError(f"cannot start: {exc}") from None
-            acquire_lease(store, owner_id(), config)
+            acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
-            engine_store = Store(str(config.db), checkpoints=False, yields=True)
+            engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
             engine = Engine(project, engine_store, condition_interval=config.condition_interval,
-                            write_budget=WRITE_BUDGET)
+                            write_budget=WRITE_BUDGET, clock=clock.now)
         except BaseException:
             store.close()
             if engine_store is not None:
@@ -310,7 +315,8 @@ class Runner:
             log.warning("%s", render(_("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")))
         log.info("rules loaded from %s (version %s, %d rules); database %s",
                  config.rules_dir, project.version, len(project.rules), config.db)
-        return cls(config, project, store, engine, make_transport(config.env))
+        return cls(config, project, store, engine, make_transport(config.env, clock=clock.time),
+                   clock=clock)
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
@@ -333,7 +339,7 @@ class Runner:
         return self.project.settings.tz
 
     def now(self) -> dt.datetime:
-        return self.clock()
+        return self.clock.now()
 
     def local(self, when: dt.datetime) -> str:
         """ISO 8601 in the configured zone, seconds precision."""
@@ -565,13 +571,13 @@ class Runner:
         except Exception:
             log.exception("reload (%s) failed; keeping the rules in use (version %s)", why,
                           self.project.version)
-            self.metrics.reloads.inc(result="invalid")
+            self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project is None:
             log.error("%s", render(_("reload ({why}) refused: the rules are invalid; keeping version "
                                      "{version}\n{problems}", why=why, version=self.project.version,
                                      problems=text.rstrip())))
-            self.metrics.reloads.inc(result="invalid")
+            self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project.version == self.project.version:
             log.info("reload (%s): rules unchanged (version %s)", why, project.version)
@@ -581,7 +587,7 @@ class Runner:
         counts = self.engine.reload(project) or {}
         removed = sorted(set(self.project.rules) - set(project.rules))
         self.project = project
-        self.metrics.reloads.inc(result="ok")
+        self.metrics.reloads.labels(result="ok").inc()
         self.last_reload = {"at": self.local(self.now()), "why": why, "version": project.version,
                             "removed_rules": removed, **counts}
         log.info("rules reloaded (version %s, %d rules, %s)", project.version, len(project.rules), why)
@@ -643,6 +649,7 @@ class Runner:
 
     async def _send_row(self, row: dict) -> None:
         item = outbox_item(row)
+        started = time.perf_counter()
         try:
             result = await self.dispatcher.send_item(item, before_send=self._before_send(row))
         except StoreError as exc:  # logged once by the store; nothing was sent
@@ -653,6 +660,7 @@ class Runner:
             result = DispatchResult(row["id"], "retry", None, None,
                                     f"internal error: {type(exc).__name__}: {exc}",
                                     row["kind"], len(row["recipients"]), item.ambiguous)
+        self.metrics.send_seconds.labels(kind=row["kind"]).observe(time.perf_counter() - started)
         self._land(row, result)
 
     def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
@@ -715,9 +723,9 @@ class Runner:
         if not written:
             log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's",
                         row_id, to, outcome)
-            self.metrics.pushes.inc(outcome="fenced")
+            self.metrics.pushes.labels(outcome="fenced").inc()
             return
-        self.metrics.pushes.inc(outcome=outcome)
+        self.metrics.pushes.labels(outcome=outcome).inc()
         if outcome == "dry_run":
             pass                                  # the transport logged it
         elif outcome in ("sent", "duplicate"):
@@ -777,19 +785,18 @@ class Runner:
         value = getattr(self.dispatcher, "remaining", None)
         return None if value is None else float(value)
 
-    def _line_retries(self) -> dict:
+    def _line_retries(self) -> list[tuple[dict[str, str], float]]:
         by_reason = self.dispatcher.metrics.get("retries_by_reason", {})
-        return {(("reason", reason),): count for reason, count in by_reason.items()}
+        return [({"reason": reason}, count) for reason, count in sorted(by_reason.items())]
 
-    def _line_errors(self) -> dict:
+    def _line_errors(self) -> list[tuple[dict[str, str], float]]:
         """Error answers from LINE by status, from the dispatcher's request counts."""
-        totals: dict = {}
+        totals: dict[str, float] = {}
         for statuses in self.dispatcher.metrics.get("requests", {}).values():
             for status, count in statuses.items():
                 if not status.startswith("2"):
-                    key = (("status", status),)
-                    totals[key] = totals.get(key, 0) + count
-        return totals
+                    totals[status] = totals.get(status, 0) + count
+        return [({"status": status}, count) for status, count in sorted(totals.items())]
 
 
 def outbox_item(row: dict) -> OutboxItem:
@@ -809,13 +816,13 @@ def _recipients(row: dict) -> str:
     return to[0] if len(to) == 1 else f"{len(to)} friends"
 
 
-def acquire_lease(store: Any, owner: str, config: RunnerConfig) -> None:
+def acquire_lease(store: Any, owner: str, config: RunnerConfig, clock: Clock = SYSTEM) -> None:
     """Take the one-runner-per-database lease or raise StartupError naming the holder.
 
     A lease held by a process on this host that no longer exists (a crash, SIGKILL) is taken
     over at once instead of waiting for it to expire.
     """
-    now, ttl = int(time.time()), config.lease_ttl
+    now, ttl = int(clock.time()), config.lease_ttl
     if store.acquire_lease(owner, now, ttl):
         return
     holder = store.lease_holder()

@@ -7,7 +7,7 @@ Routes (docs/operations.md):
                        ``application/json`` (one event or a list) or ``application/x-ndjson`` /
                        ``application/jsonl`` (JSON Lines).
 - ``GET /healthz``     database, last tick (configured zone), outbox backlog, dry-run flag.
-- ``GET /metrics``     Prometheus text format.
+- ``GET /metrics``     Prometheus text format (or OpenMetrics when asked), engine/runner/metrics.py.
 - ``GET /join/<source>``, ``GET /login/callback``   friend-add source through LINE Login.
 - ``GET /c/<token>``   tracked link: record the click, redirect to the tagged URL.
 - ``POST /shopify/webhooks``, ``POST /account-link/nonce``   the shop side (engine/runner/shop_http.py).
@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping
@@ -33,7 +34,6 @@ from aiohttp import web
 from engine.runtime.events import Event, EventError
 from engine.runtime.intake import parse_events
 from engine.line.login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
-from .metrics import CONTENT_TYPE
 from engine.i18n import _, render
 from .runloop import Runner, RunnerConfig, StartupError
 from .shop_http import account_link_target, routes as shop_routes
@@ -87,6 +87,19 @@ def _dumps(value: Any) -> str:
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     """A JSON error answer; the reason is in the runner's language (settings.yaml)."""
     return web.json_response({"error": render(message), **extra}, status=status, dumps=_dumps)
+
+
+@web.middleware
+async def timed(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Time every answer (``linerules_http_request_duration_seconds`` by route)."""
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        route = request.match_info.route.resource
+        request.app[RUNNER].metrics.request_seconds.labels(
+            route=route.canonical if route is not None else "other").observe(
+                time.perf_counter() - started)
 
 
 @web.middleware
@@ -171,7 +184,7 @@ def _apply(stores: "Intake", events: list[Event]) -> ApplyResult:
 
 
 def _reply_webhook(runner: Runner, response: web.Response) -> web.Response:
-    runner.metrics.webhooks.inc(status=str(response.status))
+    runner.metrics.webhooks.labels(status=str(response.status)).inc()
     return response
 
 
@@ -211,7 +224,7 @@ def _log_events(runner: Runner, events: list[Event], origin: str) -> Counter:
 def _count_events(runner: Runner, counts: Counter, origin: str) -> None:
     """Count stored events in the metrics (on the event loop, which owns them)."""
     for kind, number in counts.items():
-        runner.metrics.events.inc(number, type=kind, origin=origin)
+        runner.metrics.events.labels(type=kind, origin=origin).inc(number)
 
 
 # ----------------------------------------------------------------------------- shop events
@@ -278,7 +291,7 @@ class Intake:
         key = "yielding" if yields else "store"
         store = getattr(self._local, key, None)
         if store is None:
-            store = Store(main.path, checkpoints=False, yields=yields)
+            store = Store(main.path, checkpoints=False, yields=yields, clock=main.clock)
             setattr(self._local, key, store)
             with self._lock:
                 self._stores.append(store)
@@ -364,8 +377,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[RUNNER].metrics.render()
-    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+    body, content_type = request.app[RUNNER].metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 # ----------------------------------------------------------------------------- sources and clicks
@@ -445,7 +458,7 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
     """The aiohttp application; with ``loops`` the tick and dispatch loops run with the app, and
     its startup completes once their first tick has run (``linerules run`` serves at once)."""
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[store_faults])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[timed, store_faults])
     app[RUNNER] = runner
     app.add_routes([
         web.post("/callback", callback),

@@ -60,7 +60,7 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
             log.info("Shopify webhook %s (%s): nothing for the rules", topic or "without topic", webhook_id)
             return web.json_response({"applied": 0, "duplicates": 0, "ignored": True})
         for event in events:
-            runner.metrics.events.inc(type=event.type, origin="shopify")
+            runner.metrics.events.labels(type=event.type, origin="shopify").inc()
         log.info("Shopify webhook %s (%s): %d events stored, %d duplicates", topic, webhook_id,
                  result.applied, result.duplicates)
         if result.applied:

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import click
 
 from .events import customer_key
-from engine.i18n import render
+from engine.i18n import UserError, render
 from .identity import Order, link_many, record_orders
 from .store import Store, StoreError
 
@@ -102,8 +102,8 @@ _DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CANCELLED_WORDS = ("キャンセル", "cancel")
 
 
-class ImportError_(click.ClickException):
-    """A file that cannot be imported at all (one clean line, exit 1)."""
+class ImportError_(UserError):
+    """A file that cannot be imported at all (one clean line ``error: …``, exit 1)."""
 
 
 @dataclass
@@ -162,9 +162,11 @@ def parse_columns(spec: str | None, known: Iterable[str]) -> dict[str, str]:
         name, sep, header = part.partition("=")
         name, header = name.strip(), header.strip()
         if not sep or not header:
-            raise ImportError_(f"--columns: `{part.strip()}` is not FIELD=Column header")
+            raise click.BadParameter(f"`{part.strip()}` is not FIELD=Column header",
+                                     param_hint="'--columns'")
         if name not in known:
-            raise ImportError_(f"--columns: unknown field `{name}` (fields: {', '.join(known)})")
+            raise click.BadParameter(f"unknown field `{name}` (fields: {', '.join(known)})",
+                                     param_hint="'--columns'")
         out[name] = header
     return out
 

@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sys
 from dataclasses import replace
-from typing import Sequence
+from typing import NoReturn, Sequence
+
+import click
 
 from engine import i18n
 from engine.language import ir, timeutil
 from .events import Event, EventError
 from engine.i18n import _
 from engine.interpreter import Engine
-from .store import Store, StoreError, remove_database
+from .store import Store, StoreError, database_version, remove_database
 
 #: How far the clock runs after the last event when no ``--until`` is given.
 DEFAULT_HORIZON = 30 * 86400
 SENT_KINDS = ("push", "multicast", "reply")
+#: Meta key marking a database that ``simulate --db`` made (and may replace next time).
+SIMULATION_META = "simulation"
 #: Event types that come from LINE webhooks (with a reply token) when the runner is live.
 WEBHOOK_TYPES = ("follow", "message", "postback")
 
@@ -56,33 +61,60 @@ def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.date
     start = timeutil.epoch(ordered[0].at)
     end = timeutil.epoch(until) if until is not None else timeutil.epoch(ordered[-1].at) + DEFAULT_HORIZON
     store = Store(db_path or ":memory:")
+    if db_path:
+        store.set_meta(SIMULATION_META, "1")     # only such a file may be replaced (_fresh_db)
     clock_now = start
     engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
     pushes: list[tuple[int, str, str, int, dict]] = []
+    times = [timeutil.epoch(e.at) for e in ordered]
+    # The clock stops at every event, every wake-up of the engine and every condition tick (a
+    # boundary of ``tick_seconds``). A condition tick before the engine's
+    # ``conditions_quiet_until`` would enter nobody and is skipped, except the last one, which
+    # the database keeps as the last tick (``linerules report`` on ``--db``).
+    last_boundary = _last_boundary(end, tick_seconds, tz)
     i, now = 0, start
     try:
         while now <= end:
             clock_now = now
-            batch = []
-            while i < len(ordered) and timeutil.epoch(ordered[i].at) <= now:
-                batch.append(ordered[i])
-                i += 1
-            if batch:
-                store.apply_events(batch, received_at=now)
+            j = i
+            while j < len(times) and times[j] <= now:
+                j += 1
+            if j > i:
+                store.apply_events(ordered[i:j], received_at=now)
+                i = j
             boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
             engine.tick(timeutil.local(now, tz), conditions=boundary)
             _transport(store, now, tz, pushes, render)
-            candidates = [timeutil.next_boundary(now, tick_seconds, tz)]
-            if i < len(ordered):
-                candidates.append(timeutil.epoch(ordered[i].at))
+            quiet = engine.conditions_quiet_until(now)
+            candidates = [last_boundary] if last_boundary > now else []
+            if quiet <= now:
+                candidates.append(timeutil.next_boundary(now, tick_seconds, tz))
+            elif quiet < last_boundary:
+                candidates.append(timeutil.next_boundary(max(now, math.ceil(quiet) - 1), tick_seconds, tz))
+            if i < len(times):
+                candidates.append(times[i])
             wake = engine.next_wakeup(timeutil.local(now, tz))
             if wake is not None:
                 candidates.append(timeutil.epoch(wake))
+            if not candidates:
+                break
             now = min(candidates)
     finally:
         store.close()
     pushes.sort(key=lambda p: p[:4])
     return [p[4] for p in pushes]
+
+
+def _last_boundary(end: int, tick_seconds: int, tz) -> int:
+    """The last condition tick at or before ``end``: a multiple of ``tick_seconds`` after local
+    midnight of ``end``'s day (:func:`engine.language.timeutil.next_boundary`)."""
+    midnight = timeutil.next_boundary(end - 86400 * 2, 86400, tz)
+    while True:
+        following = timeutil.next_boundary(midnight, 86400, tz)
+        if following > end:
+            break
+        midnight = following
+    return midnight + (end - midnight) // tick_seconds * tick_seconds
 
 
 def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:
@@ -102,29 +134,33 @@ def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -
             store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
 
 
-def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str | None,
+def main(events_path: str, rules_dir: str, until: str | None, tick: str | float, db: str | None,
          lang: str | None = None, *, render: bool = False) -> int:
-    """The ``simulate`` command: exit 0 after printing the pushes, 1 on any input error."""
+    """The ``simulate`` command: exit 0 after printing the pushes. A bad ``--tick`` or
+    ``--until`` (a duration string or seconds) raises ``click.UsageError``; input that cannot
+    be used raises :class:`~engine.i18n.UserError` (exit 1)."""
     from engine.language.diagnostics import has_errors, render_text
     from .intake import parse_events
     from engine.language.project import load_project
 
     i18n.use(i18n.choose(lang))
     try:
-        tick_seconds = timeutil.parse_duration(tick)
+        # the virtual clock counts whole seconds
+        tick_seconds = (math.ceil(tick) if isinstance(tick, (int, float))
+                        else timeutil.parse_duration(tick))
     except ValueError as exc:
-        return _fail(_("--tick: {reason}", reason=exc.args[0] if exc.args else exc))
+        return _usage(_("--tick: {reason}", reason=exc.args[0] if exc.args else exc))
     if tick_seconds <= 0:
-        return _fail(_("--tick: must be longer than 0s"))
+        return _usage(_("--tick: must be longer than 0s"))
     until_at = None
     if until:
         try:
             until_at = dt.datetime.fromisoformat(until)
         except ValueError:
-            return _fail(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00",
+            return _usage(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00",
                            value=until))
         if until_at.tzinfo is None:
-            return _fail(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00",
+            return _usage(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00",
                            value=until))
     loaded = load_project(rules_dir)
     i18n.use(i18n.choose(lang, loaded.language))
@@ -161,8 +197,12 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str, db: str
 
 def _fresh_db(path: str) -> str | None:
     """Make room for a new simulated database at ``path``: an earlier simulation's database is
-    replaced; anything else that exists is refused (returns the error text)."""
+    replaced; anything else that exists, a runner's database above all, is refused (returns
+    the error text)."""
     try:
+        if database_version(path) is not None and not _simulated(path):
+            return _("--db: {path} is a linerules database that no simulation made (a runner's?); "
+                     "it is never replaced: choose another file", path=path)
         remove_database(path)
     except StoreError as exc:
         return _("--db: {reason}", reason=exc.args[0])
@@ -171,6 +211,18 @@ def _fresh_db(path: str) -> str | None:
     return None
 
 
-def _fail(message) -> int:
-    sys.stderr.write(i18n.render(_("error: {reason}", reason=message)) + "\n")
-    return 1
+def _simulated(path: str) -> bool:
+    """Whether the linerules database at ``path`` was made by ``simulate --db``."""
+    store = Store(path, read_only=True)
+    try:
+        return store.get_meta(SIMULATION_META) is not None
+    finally:
+        store.close()
+
+
+def _fail(message) -> NoReturn:
+    raise i18n.UserError(message)
+
+
+def _usage(message) -> NoReturn:
+    raise click.UsageError(i18n.render(message))

@@ -53,6 +53,18 @@ class ConditionTriggers:
                 self.ctx.carry.noise += s.total_changes - before   # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
 
+    def quiet_until(self, now: int) -> float:
+        """The first moment at or after ``now`` at which a condition check may enter somebody,
+        as far as the last checks tell (:meth:`still_quiet`): ``now`` when a rule must be
+        checked now, infinity when none can before something changes the database."""
+        until = math.inf
+        for rule in self.ctx.rules.values():
+            if isinstance(rule.trigger, ir.ConditionTrigger):
+                if not self.still_quiet(rule, now):
+                    return now
+                until = min(until, self._quiet[rule.name][2])
+        return until
+
     def _changes(self) -> tuple[int, int]:
         """Changes any connection made to the database, less the engine's bookkeeping."""
         own, others = self.ctx.store.change_counts()
