@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/linerules run --rules rules
 
+# The suite on TEST_WORKERS processes (pytest-xdist; tests are handed out as workers free up),
+# then the few that assert how long something takes (marked `timing`) alone, so that the other
+# workers cannot slow them. `make test TEST_WORKERS=0` runs the first part in one process too.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing"
+	$(BIN)/python -m pytest -q -p no:xdist -m timing
 
 # Headless Chromium (Debian's package) for the HTML report test; without it that test is skipped.
 browser:

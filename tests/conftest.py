@@ -1,27 +1,23 @@
-"""Shared fixtures: a LINE Messaging API emulator on loopback, a fresh SQLite path, and a real
-PostgreSQL server with a fresh schema per test (engine/testing/pgserver.py)."""
+"""Shared fixtures. The LINE emulator (``line_emulator``, ``line_env``, ``line_webhook`` ...)
+comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py; a real PostgreSQL
+server with a fresh schema per test from engine/testing/pgserver.py."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from engine.testing.line_emulator import Emulator, run_in_thread
+from engine.runner.clock import SYSTEM, Clock
+from engine.runner.runloop import Runner, RunnerConfig
+from engine.runner.server import build_app
 from engine.testing.pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
-
-
-@pytest.fixture
-def line_emulator() -> Iterator[Emulator]:
-    """A LINE emulator on 127.0.0.1 (a free port) for this test, on its own thread.
-
-    Point the code under test at ``line_emulator.base_url`` with the token
-    ``line_emulator.access_token``; add friends with ``add_user``; read ``delivered``,
-    ``inbox(user_id)``, ``requests``; inject faults with ``inject`` / ``inject_timeout`` /
-    ``inject_lost_response``. Works from synchronous and asynchronous tests alike.
-    """
-    with run_in_thread() as emulator:
-        yield emulator
+from runnerkit import RunnerProcess
+from serverkit import API_TOKEN, SECRET, write_rules
 
 
 @pytest.fixture
@@ -46,8 +42,95 @@ def _english_unless_asked(monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
     """The parser's and the templates' cache in a folder of this test run (inherited by the
-    ``linerules`` processes tests start), not in the user's own."""
+    ``linerules`` processes tests start), not in the user's own. Under pytest-xdist the
+    workers share one (the cache replaces its files whole, so concurrent writers are safe)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("LINERULES_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "cache"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("cache")
+    mp.setenv("LINERULES_CACHE_DIR", str(folder))
     yield
     mp.undo()
+
+
+# ----------------------------------------------------------------------------- runner processes
+
+@pytest.fixture
+def processes():
+    """``processes(rules, db, env=..., tick=..., command=...)`` starts a
+    :class:`runnerkit.RunnerProcess`; every one still running is killed when the test ends."""
+    started: list[RunnerProcess] = []
+
+    def start(*args, **kwargs) -> RunnerProcess:
+        proc = RunnerProcess(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.proc.send_signal(signal.SIGCONT)    # a test may have stopped it
+        proc.stop()
+
+
+# ----------------------------------------------------------------------------- the server in-process
+
+@pytest.fixture
+def rules_dir(tmp_path: Path, monkeypatch) -> Path:
+    """The rule folder of serverkit (welcome and keyword rules), with a LINE Login secret."""
+    monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
+    return write_rules(tmp_path / "rules")
+
+
+@pytest.fixture
+async def make_client(tmp_path, rules_dir, aiohttp_client):
+    """``await make_client(env, loops=..., tick=..., rules=..., clock=...)`` starts a runner
+    (loops included) on ``rules_dir`` (or the folder ``rules``) with the given environment and
+    clock; returns (client, runner)."""
+    started: list[tuple] = []
+
+    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
+                   rules: Path | None = None, clock: Clock = SYSTEM):
+        base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
+        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules or rules_dir,
+                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
+                                       tick_seconds=tick)
+        runner = Runner.open(config, clock=clock)
+        client = await aiohttp_client(build_app(runner, loops=loops))
+        started.append((client, runner))
+        return client, runner
+
+    yield make
+    for client, runner in started:
+        await client.close()
+        runner.close()
+
+
+@pytest.fixture
+async def fake_line_login(aiohttp_server):
+    """The two LINE Login endpoints the runner calls: token exchange and profile (``seen``:
+    the token requests' forms)."""
+    seen: list[dict] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        seen.append(form)
+        if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
+                                  "token_type": "Bearer", "scope": "profile openid"})
+
+    async def profile(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != "Bearer at-1":
+            return web.json_response({"message": "invalid token"}, status=401)
+        return web.json_response({"userId": "U77", "displayName": "Taro"})
+
+    app = web.Application()
+    app.router.add_post("/oauth2/v2.1/token", token)
+    app.router.add_get("/v2/profile", profile)
+    server = await aiohttp_server(app)
+    server.seen = seen
+    return server

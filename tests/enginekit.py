@@ -1,8 +1,11 @@
-"""Small builders for the engine's timeline tests: projects, events and simulated runs."""
+"""Small builders for the engine's timeline tests: projects, events, simulated runs, rule
+folders and timeline files."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import replace
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from engine.language import ir
@@ -89,3 +92,20 @@ def compile_rules(text: str, *, messages: dict | None = None, settings: ir.Setti
     errors = [d for d in loaded.diagnostics if d.is_error]
     assert not errors, render_text(errors, loaded.sources)
     return loaded.project
+
+
+def write_folder(root: Path, *, settings: str, messages: str, rules: str,
+                 rule_file: str = "main.rule") -> Path:
+    """A rule folder at ``root`` (created): settings.yaml, messages.yaml and one rule file."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "settings.yaml").write_text(settings, encoding="utf-8")
+    (root / "messages.yaml").write_text(messages, encoding="utf-8")
+    (root / rule_file).write_text(rules, encoding="utf-8")
+    return root
+
+
+def write_timeline(path: Path, events) -> Path:
+    """``events`` (dicts) as a JSON Lines timeline file for ``simulate`` / ``import``."""
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events),
+                    encoding="utf-8")
+    return path

@@ -4,26 +4,27 @@ flight, answers whose response was lost, a long Retry-After, a hanging recipient
 expired token, and a runner stopped past its lease."""
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import signal
-import sqlite3
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+import pytest
 
-from engine.testing.line_emulator import DEFAULT_CHANNEL_ID, DEFAULT_CHANNEL_SECRET, run_in_thread
 from engine.runner.runloop import REPLY_SLOTS
-from test_runner_process import RunnerProcess, follow, wait_until, write_rules
+from runnerkit import (
+    PER_FRIEND_MESSAGES,
+    add_friends,
+    backlog,
+    execute,
+    follow,
+    per_friend,
+    rows,
+    text_message,
+    wait_until,
+    write_rules,
+)
 
-SECRET = DEFAULT_CHANNEL_SECRET
-#: A text per friend, so that every welcome is its own push (not one shared multicast).
-PER_FRIEND = 'greeting: "ようこそ {{ friend.id }}さん"\nthanks: "ありがとうございます"\n'
 ANSWER_RULES = """\
 rule welcome
   when followed
@@ -37,111 +38,59 @@ rule keyword
 
 
 def answer_rules(root: Path) -> Path:
-    rules = write_rules(root, ANSWER_RULES)
-    (rules / "messages.yaml").write_text(PER_FRIEND, encoding="utf-8")
-    return rules
+    return write_rules(root, ANSWER_RULES, PER_FRIEND_MESSAGES)
 
 
-def line_env(emulator, **extra) -> dict[str, str]:
-    return {"LINE_CHANNEL_ACCESS_TOKEN": emulator.access_token,
-            "LINE_API_ENDPOINT": emulator.base_url, "LINE_CHANNEL_SECRET": SECRET, **extra}
+@pytest.fixture
+def ask(line_emulator, line_webhook):
+    """``ask(runner, friend, n)``: the friend writes "クーポン" on LINE (a signed webhook with a
+    fresh reply token); the runner's HTTP status."""
+    def post(runner, friend: str, n: int = 0) -> int:
+        token = line_emulator.issue_reply_token(friend)
+        return runner.post_webhook(line_webhook(text_message(friend, token, n)))
+    return post
 
 
-def post_webhook(runner: RunnerProcess, events: list[dict]) -> int:
-    body = json.dumps({"destination": "Ubot", "events": events}, ensure_ascii=False).encode()
-    signature = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
-    req = urllib.request.Request(runner.url + "/callback", data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "x-line-signature": signature})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return resp.status
-
-
-def message(user: str, reply_token: str, n: int = 0) -> dict:
-    return {"type": "message", "mode": "active", "timestamp": int(time.time() * 1000),
-            "source": {"type": "user", "userId": user}, "webhookEventId": f"01EV{user}{n:04d}",
-            "deliveryContext": {"isRedelivery": False}, "replyToken": reply_token,
-            "message": {"type": "text", "id": f"m{user}{n}", "text": "クーポン"}}
-
-
-def rows(db: Path, sql: str = "SELECT * FROM outbox ORDER BY id", args: tuple = ()) -> list[dict]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
-
-
-def execute(db: Path, sql: str, args: tuple = ()) -> None:
-    conn = sqlite3.connect(db)
-    try:
-        conn.execute(sql, args)
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def backlog(db: Path) -> int:
-    return rows(db, "SELECT COUNT(*) AS n FROM outbox WHERE status IN ('pending', 'held')")[0]["n"]
-
-
-def per_friend(emulator, endpoint: str | None = None) -> Counter:
-    return Counter(d.user_id for d in emulator.delivered
-                   if endpoint is None or d.endpoint == endpoint)
-
-
-def metric(runner: RunnerProcess, name: str, **labels: str) -> float:
-    """One sample of the runner's /metrics, parsed by prometheus_client (0 when absent)."""
-    with urllib.request.urlopen(runner.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    return 0.0
+def stateless(line_emulator, line_channel, secret: str | None = None) -> dict[str, str]:
+    """The runner issues its own access tokens from the channel id and secret."""
+    return {"LINE_CHANNEL_ID": line_channel.channel_id,
+            "LINE_CHANNEL_SECRET": secret or line_channel.channel_secret,
+            "LINE_API_ENDPOINT": line_emulator.base_url}
 
 
 # ----------------------------------------------------------------------------- 3: replies after a crash
 
 
-def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(tmp_path):
+def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
+        tmp_path, line_emulator, line_env, processes, ask):
     """Only a reply actually sent is ambiguous; its token tells after the restart whether it
     arrived. Replies waiting for a slot were never sent and simply go out."""
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "replies.db"
     friends = [f"U{i:03d}" for i in range(REPLY_SLOTS + 4)]
-    with run_in_thread() as emulator:
-        for f in friends:
-            emulator.add_user(f, f)
-        half = REPLY_SLOTS // 2
-        emulator.inject_lost_response("reply", count=half, delay=60)   # delivered, answer lost
-        emulator.inject_timeout("reply", count=REPLY_SLOTS - half, delay=60)  # never processed
-        first = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            for i, f in enumerate(friends):
-                assert post_webhook(first, [message(f, emulator.issue_reply_token(f), i)]) == 200
-            wait_until(lambda: len(emulator.requests_to("reply")) >= REPLY_SLOTS)
-            wait_until(lambda: len(rows(db)) == len(friends))
-            first.proc.send_signal(signal.SIGKILL)
-            assert first.exit_code() == -signal.SIGKILL
-        finally:
-            first.stop()
-        in_flight = rows(db, "SELECT * FROM outbox WHERE ambiguous = 1")
-        waiting = rows(db, "SELECT * FROM outbox WHERE ambiguous = 0 AND status = 'pending'")
-        assert len(in_flight) == REPLY_SLOTS and len(waiting) == 4
-        assert len(emulator.requests_to("reply")) == REPLY_SLOTS     # the 4 were never sent
+    add_friends(line_emulator, friends)
+    half = REPLY_SLOTS // 2
+    line_emulator.inject_lost_response("reply", count=half, delay=60)   # delivered, answer lost
+    line_emulator.inject_timeout("reply", count=REPLY_SLOTS - half, delay=60)  # never processed
+    first = processes(rules, db, env=line_env).started()
+    for i, f in enumerate(friends):
+        assert ask(first, f, i) == 200
+    wait_until(lambda: len(line_emulator.requests_to("reply")) >= REPLY_SLOTS)
+    wait_until(lambda: len(rows(db)) == len(friends))
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.exit_code() == -signal.SIGKILL
+    in_flight = rows(db, "SELECT * FROM outbox WHERE ambiguous = 1")
+    waiting = rows(db, "SELECT * FROM outbox WHERE ambiguous = 0 AND status = 'pending'")
+    assert len(in_flight) == REPLY_SLOTS and len(waiting) == 4
+    assert len(line_emulator.requests_to("reply")) == REPLY_SLOTS     # the 4 were never sent
 
-        second = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            wait_until(lambda: backlog(db) == 0, timeout=30)
-            assert per_friend(emulator) == Counter({f: 1 for f in friends})
-            assert per_friend(emulator, "reply") == Counter({f: 1 for f in friends})
-            assert emulator.requests_to("push") == []
-            second.proc.send_signal(signal.SIGTERM)
-            assert second.exit_code() == 0
-        finally:
-            second.stop()
+    second = processes(rules, db, env=line_env).started()
+    wait_until(lambda: backlog(db) == 0, timeout=30)
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    assert per_friend(line_emulator, "reply") == Counter({f: 1 for f in friends})
+    assert line_emulator.requests_to("push") == []
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.exit_code() == 0
     done = rows(db)
     assert Counter(r["status"] for r in done) == {"sent": len(friends) - half, "duplicate": half}
     for r in done:
@@ -151,35 +100,28 @@ def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
     assert reasons == []
 
 
-def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sent(tmp_path):
+def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sent(
+        tmp_path, line_emulator, line_env, processes, ask):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "late.db"
     friends = [f"U{i:03d}" for i in range(REPLY_SLOTS + 3)]
-    with run_in_thread() as emulator:
-        for f in friends:
-            emulator.add_user(f, f)
-        emulator.inject_lost_response("reply", count=REPLY_SLOTS, delay=60)
-        first = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            for i, f in enumerate(friends):
-                post_webhook(first, [message(f, emulator.issue_reply_token(f), i)])
-            wait_until(lambda: len(emulator.requests_to("reply")) >= REPLY_SLOTS)
-            wait_until(lambda: len(rows(db)) == len(friends))
-            first.proc.send_signal(signal.SIGKILL)
-            first.exit_code()
-        finally:
-            first.stop()
-        # the runner comes back more than 50 s later: every reply token is past its deadline
-        execute(db, "UPDATE outbox SET reply_deadline = ?", (int(time.time()) - 1,))
-        second = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            wait_until(lambda: backlog(db) == 0, timeout=30)
-            assert per_friend(emulator) == Counter({f: 1 for f in friends})   # none twice
-            assert len(emulator.requests_to("push")) == 3                    # the 3 never sent
-            second.proc.send_signal(signal.SIGTERM)
-            assert second.exit_code() == 0
-        finally:
-            second.stop()
+    add_friends(line_emulator, friends)
+    line_emulator.inject_lost_response("reply", count=REPLY_SLOTS, delay=60)
+    first = processes(rules, db, env=line_env).started()
+    for i, f in enumerate(friends):
+        ask(first, f, i)
+    wait_until(lambda: len(line_emulator.requests_to("reply")) >= REPLY_SLOTS)
+    wait_until(lambda: len(rows(db)) == len(friends))
+    first.proc.send_signal(signal.SIGKILL)
+    first.exit_code()
+    # the runner comes back more than 50 s later: every reply token is past its deadline
+    execute(db, "UPDATE outbox SET reply_deadline = ?", (int(time.time()) - 1,))
+    second = processes(rules, db, env=line_env).started()
+    wait_until(lambda: backlog(db) == 0, timeout=30)
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})   # none twice
+    assert len(line_emulator.requests_to("push")) == 3                    # the 3 never sent
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.exit_code() == 0
     statuses = Counter(r["status"] for r in rows(db))
     assert statuses == {"unconfirmed": REPLY_SLOTS, "sent": 3}
     unconfirmed = rows(db, "SELECT status, reason FROM deliveries WHERE status = 'unconfirmed'")
@@ -190,29 +132,26 @@ def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sen
 # ----------------------------------------------------------------------------- 4: lost answer, then 500/429
 
 
-def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_push(tmp_path):
+def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_push(
+        tmp_path, line_emulator, line_env, processes, ask):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "doubled.db"
-    with run_in_thread() as emulator:
-        emulator.add_user("U1", "Hanako")
-        emulator.inject_lost_response("reply", count=1)
-        emulator.inject("reply", 500, count=4)
-        emulator.inject("reply", 429, count=4, headers={"Retry-After": "1"})
-        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            post_webhook(runner, [message("U1", emulator.issue_reply_token("U1"))])
-            wait_until(lambda: len(rows(db)) == 1 and backlog(db) == 0, timeout=40)
-            assert emulator.inbox("U1") == [{"type": "text", "text": "ありがとうございます"}]
-            assert emulator.requests_to("push") == []
-            statuses = [r.status for r in emulator.requests_to("reply")]
-            assert statuses[0] is None and 500 in statuses and 429 in statuses
-            assert statuses[-1] == 400                      # the token was used: delivered
-            runner.wait_for(r"outbox 1 reply to U1: 500 .*retrying in")
-            runner.wait_for(r"outbox 1 to U1 not sent .* and may have arrived; next attempt")
-            runner.proc.send_signal(signal.SIGTERM)
-            assert runner.exit_code() == 0
-        finally:
-            runner.stop()
+    line_emulator.add_user("U1", "Hanako")
+    line_emulator.inject_lost_response("reply", count=1)
+    line_emulator.inject("reply", 500, count=4)
+    line_emulator.inject("reply", 429, count=4, headers={"Retry-After": "1"})
+    runner = processes(rules, db, env=line_env).started()
+    ask(runner, "U1")
+    wait_until(lambda: len(rows(db)) == 1 and backlog(db) == 0, timeout=40)
+    assert line_emulator.inbox("U1") == [{"type": "text", "text": "ありがとうございます"}]
+    assert line_emulator.requests_to("push") == []
+    statuses = [r.status for r in line_emulator.requests_to("reply")]
+    assert statuses[0] is None and 500 in statuses and 429 in statuses
+    assert statuses[-1] == 400                      # the token was used: delivered
+    runner.wait_for(r"outbox 1 reply to U1: 500 .*retrying in")
+    runner.wait_for(r"outbox 1 to U1 not sent .* and may have arrived; next attempt")
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code() == 0
     [row] = rows(db)
     assert (row["status"], row["ambiguous"]) == ("duplicate", 1)
     assert "reply token already used" in row["last_error"]
@@ -221,62 +160,57 @@ def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_pu
 # ----------------------------------------------------------------------------- 5: one row never holds the others
 
 
-def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(tmp_path):
+@pytest.mark.timing
+def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(
+        tmp_path, line_emulator, line_env, processes, ask):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "retry_after.db"
     friends = [f"U{i}" for i in range(1, 6)]
-    with run_in_thread() as emulator:
-        for f in friends + ["UR"]:
-            emulator.add_user(f, f)
-        emulator.inject("push", 429, count=1, headers={"Retry-After": "3600"})
-        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            runner.post_events([follow(f) for f in friends])
-            wait_until(lambda: len(emulator.delivered) == 4)
-            post_webhook(runner, [message("UR", emulator.issue_reply_token("UR"))])
-            wait_until(lambda: emulator.inbox("UR"))
-            assert per_friend(emulator, "reply") == Counter({"UR": 1})
-            [held] = rows(db, "SELECT * FROM outbox WHERE status = 'held'")
-            assert 290 <= held["not_before"] - int(time.time()) <= 301   # capped at 5 minutes
-            runner.wait_for(rf"outbox {held['id']} to U\d not sent \(429 .*\); next attempt at")
-            assert metric(runner, "linerules_pushes_total", outcome="retry") == 1
-            started = time.monotonic()
-            runner.proc.send_signal(signal.SIGTERM)
-            assert runner.exit_code(timeout=10) == 0
-            assert time.monotonic() - started < 5
-        finally:
-            runner.stop()
+    add_friends(line_emulator, friends + ["UR"])
+    line_emulator.inject("push", 429, count=1, headers={"Retry-After": "3600"})
+    runner = processes(rules, db, env=line_env).started()
+    runner.post_events([follow(f) for f in friends])
+    wait_until(lambda: len(line_emulator.delivered) == 4)
+    ask(runner, "UR")
+    wait_until(lambda: line_emulator.inbox("UR"))
+    assert per_friend(line_emulator, "reply") == Counter({"UR": 1})
+    [held] = rows(db, "SELECT * FROM outbox WHERE status = 'held'")
+    assert 290 <= held["not_before"] - int(time.time()) <= 301   # capped at 5 minutes
+    runner.wait_for(rf"outbox {held['id']} to U\d not sent \(429 .*\); next attempt at")
+    assert runner.metric("linerules_pushes_total", outcome="retry") == 1
+    started = time.monotonic()
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code(timeout=10) == 0
+    assert time.monotonic() - started < 5
 
 
-def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(tmp_path):
+def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
+        tmp_path, line_emulator, line_env, processes, ask):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "hang.db"
     friends = [f"U{i}" for i in range(1, 9)]
-    with run_in_thread() as emulator:
-        for f in friends + ["UR"]:
-            emulator.add_user(f, f)
-        emulator.inject_timeout("push", count=1, delay=60)    # the first push's connection hangs
-        emulator.inject("push", 500, count=2)                  # and two others fail once
-        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            runner.post_events([follow(f) for f in friends])
-            wait_until(lambda: len(emulator.delivered) == len(friends) - 1, timeout=10)
-            hanging = [r for r in emulator.requests_to("push") if r.note == "timeout"]
-            assert len(hanging) == 1 and len(emulator.requests_to("push")) >= len(friends)
-            post_webhook(runner, [message("UR", emulator.issue_reply_token("UR"))])
-            wait_until(lambda: emulator.inbox("UR"), timeout=5)
-            assert per_friend(emulator, "reply") == Counter({"UR": 1})   # free, not pushed
-            wait_until(lambda: metric(runner, "linerules_line_retries_total", reason="500") == 2)
-            # the hung request times out (10 s) and goes again with its retry key
-            wait_until(lambda: backlog(db) == 0, timeout=30)
-            assert per_friend(emulator) == Counter({f: 1 for f in friends + ["UR"]})
-            runner.proc.send_signal(signal.SIGTERM)
-            assert runner.exit_code() == 0
-        finally:
-            runner.stop()
+    add_friends(line_emulator, friends + ["UR"])
+    line_emulator.inject_timeout("push", count=1, delay=60)    # the first push's connection hangs
+    line_emulator.inject("push", 500, count=2)                  # and two others fail once
+    runner = processes(rules, db, env=line_env).started()
+    runner.post_events([follow(f) for f in friends])
+    wait_until(lambda: len(line_emulator.delivered) == len(friends) - 1, timeout=10)
+    hanging = [r for r in line_emulator.requests_to("push") if r.note == "timeout"]
+    assert len(hanging) == 1 and len(line_emulator.requests_to("push")) >= len(friends)
+    ask(runner, "UR")
+    wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
+    assert per_friend(line_emulator, "reply") == Counter({"UR": 1})   # free, not pushed
+    wait_until(lambda: runner.metric("linerules_line_retries_total", reason="500") == 2)
+    # the hung request times out (10 s) and goes again with its retry key
+    wait_until(lambda: backlog(db) == 0, timeout=30)
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends + ["UR"]})
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code() == 0
 
 
-def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path):
+@pytest.mark.timing
+def test_an_answer_goes_at_once_while_every_push_slot_hangs(
+        tmp_path, line_emulator, line_env, processes, ask):
     """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
     wait (and turn from a free reply into a paid push)."""
     from engine.runner.runloop import SEND_SLOTS
@@ -284,145 +218,116 @@ def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "lanes.db"
     friends = [f"U{i:03d}" for i in range(SEND_SLOTS + 10)]
-    with run_in_thread() as emulator:
-        for f in friends + ["UR"]:
-            emulator.add_user(f, f)
-        emulator.inject_timeout("push", count=SEND_SLOTS, delay=60)
-        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            runner.post_events([follow(f) for f in friends])
-            wait_until(lambda: len(emulator.requests_to("push")) == SEND_SLOTS)
-            asked = time.monotonic()
-            post_webhook(runner, [message("UR", emulator.issue_reply_token("UR"))])
-            wait_until(lambda: emulator.inbox("UR"), timeout=5)
-            assert time.monotonic() - asked < 3
-            assert per_friend(emulator, "reply") == Counter({"UR": 1})
-            assert len(emulator.requests_to("push")) == SEND_SLOTS     # the backlog still waits
-            assert metric(runner, "linerules_sends_in_flight") == SEND_SLOTS
-        finally:
-            runner.stop()
+    add_friends(line_emulator, friends + ["UR"])
+    line_emulator.inject_timeout("push", count=SEND_SLOTS, delay=60)
+    runner = processes(rules, db, env=line_env).started()
+    runner.post_events([follow(f) for f in friends])
+    wait_until(lambda: len(line_emulator.requests_to("push")) == SEND_SLOTS)
+    asked = time.monotonic()
+    ask(runner, "UR")
+    wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
+    assert time.monotonic() - asked < 3
+    assert per_friend(line_emulator, "reply") == Counter({"UR": 1})
+    assert len(line_emulator.requests_to("push")) == SEND_SLOTS     # the backlog still waits
+    assert runner.metric("linerules_sends_in_flight") == SEND_SLOTS
 
 
 # ----------------------------------------------------------------------------- 6: the token
 
 
-def test_a_refused_token_holds_everything_and_sending_resumes_when_it_is_accepted(tmp_path):
+def test_a_refused_token_holds_everything_and_sending_resumes_when_it_is_accepted(
+        tmp_path, line_emulator, line_env, processes):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "auth.db"
     friends = [f"U{i}" for i in range(1, 6)]
-    with run_in_thread() as emulator:
-        for f in friends:
-            emulator.add_user(f, f)
-        runner = RunnerProcess(rules, db, env=line_env(emulator)).started()
-        try:
-            emulator.revoke_token()
-            runner.post_events([follow(f) for f in friends])
-            runner.wait_for(r"LINE refuses the channel access token \(401 .*every send is held, "
-                            r"nothing is dropped")
-            status, health = runner.get("/healthz")
-            assert status == 503 and health["sending"].startswith("held")
-            assert any("refuses the channel access token" in p for p in health["problems"])
-            assert metric(runner, "linerules_sending_held") == 1
-            wait_until(lambda: len(rows(db)) == len(friends))
-            assert emulator.delivered == [] and backlog(db) == len(friends)   # nothing dropped
-            emulator.restore_token()
-            runner.wait_for(r"LINE accepts the channel access token again: sending resumes",
-                            timeout=20)
-            wait_until(lambda: backlog(db) == 0)
-            assert per_friend(emulator) == Counter({f: 1 for f in friends})
-            assert runner.get("/healthz")[0] == 200
-            runner.proc.send_signal(signal.SIGTERM)
-            assert runner.exit_code() == 0
-        finally:
-            runner.stop()
+    add_friends(line_emulator, friends)
+    runner = processes(rules, db, env=line_env).started()
+    line_emulator.revoke_token()
+    runner.post_events([follow(f) for f in friends])
+    runner.wait_for(r"LINE refuses the channel access token \(401 .*every send is held, "
+                    r"nothing is dropped")
+    status, health = runner.get("/healthz")
+    assert status == 503 and health["sending"].startswith("held")
+    assert any("refuses the channel access token" in p for p in health["problems"])
+    assert runner.metric("linerules_sending_held") == 1
+    wait_until(lambda: len(rows(db)) == len(friends))
+    assert line_emulator.delivered == [] and backlog(db) == len(friends)   # nothing dropped
+    line_emulator.restore_token()
+    runner.wait_for(r"LINE accepts the channel access token again: sending resumes",
+                    timeout=20)
+    wait_until(lambda: backlog(db) == 0)
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    assert runner.get("/healthz")[0] == 200
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code() == 0
     assert {r["status"] for r in rows(db)} == {"sent"}
 
 
-def test_stateless_tokens_are_issued_and_renewed_by_the_runner(tmp_path):
+def test_stateless_tokens_are_issued_and_renewed_by_the_runner(
+        tmp_path, line_emulator, processes, line_channel):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "stateless.db"
-    with run_in_thread() as emulator:
-        for f in ("U1", "U2"):
-            emulator.add_user(f, f)
-        env = {"LINE_CHANNEL_ID": DEFAULT_CHANNEL_ID, "LINE_CHANNEL_SECRET": SECRET,
-               "LINE_API_ENDPOINT": emulator.base_url}
-        runner = RunnerProcess(rules, db, env=env).started()
-        try:
-            runner.post_events([follow("U1")])
-            wait_until(lambda: emulator.inbox("U1"))
-            assert len(emulator.stateless_tokens) == 1
-            emulator.expire_stateless_tokens()          # 15 minutes later, or refused
-            runner.post_events([follow("U2")])
-            wait_until(lambda: emulator.inbox("U2"))
-            assert len(emulator.stateless_tokens) == 2
-            assert [r.status for r in emulator.requests_to("push")][-2:] == [401, 200]
-            assert runner.get("/healthz")[1]["dry_run"] is False
-            runner.proc.send_signal(signal.SIGTERM)
-            assert runner.exit_code() == 0
-        finally:
-            runner.stop()
+    add_friends(line_emulator, ("U1", "U2"))
+    runner = processes(rules, db, env=stateless(line_emulator, line_channel)).started()
+    runner.post_events([follow("U1")])
+    wait_until(lambda: line_emulator.inbox("U1"))
+    assert len(line_emulator.stateless_tokens) == 1
+    line_emulator.expire_stateless_tokens()          # 15 minutes later, or refused
+    runner.post_events([follow("U2")])
+    wait_until(lambda: line_emulator.inbox("U2"))
+    assert len(line_emulator.stateless_tokens) == 2
+    assert [r.status for r in line_emulator.requests_to("push")][-2:] == [401, 200]
+    assert runner.get("/healthz")[1]["dry_run"] is False
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code() == 0
     assert [r["status"] for r in rows(db)] == ["sent", "sent"]
 
 
-def test_a_wrong_channel_secret_holds_sends_and_says_so(tmp_path):
+def test_a_wrong_channel_secret_holds_sends_and_says_so(
+        tmp_path, line_emulator, processes, line_channel):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "wrong.db"
-    with run_in_thread() as emulator:
-        emulator.add_user("U1", "Hanako")
-        env = {"LINE_CHANNEL_ID": DEFAULT_CHANNEL_ID, "LINE_CHANNEL_SECRET": "not-the-secret",
-               "LINE_API_ENDPOINT": emulator.base_url}
-        runner = RunnerProcess(rules, db, env=env).started()
-        try:
-            runner.post_events([follow("U1")])
-            runner.wait_for(r"LINE refuses the channel access token \(token: LINE refused to "
-                            r"issue a channel access token for channel \d+: 400 .*invalid_client")
-            status, health = runner.get("/healthz")
-            assert status == 503 and "invalid_client" in " ".join(health["problems"])
-            assert backlog(db) == 1 and emulator.delivered == []
-        finally:
-            runner.stop()
+    line_emulator.add_user("U1", "Hanako")
+    env = stateless(line_emulator, line_channel, secret="not-the-secret")
+    runner = processes(rules, db, env=env).started()
+    runner.post_events([follow("U1")])
+    runner.wait_for(r"LINE refuses the channel access token \(token: LINE refused to "
+                    r"issue a channel access token for channel \d+: 400 .*invalid_client")
+    status, health = runner.get("/healthz")
+    assert status == 503 and "invalid_client" in " ".join(health["problems"])
+    assert backlog(db) == 1 and line_emulator.delivered == []
 
 
 # ----------------------------------------------------------------------------- 7: fencing
 
 
-def test_a_runner_stopped_past_its_lease_writes_nothing_over_the_new_runners_rows(tmp_path):
-    rules = write_rules(tmp_path / "rules")
-    (rules / "messages.yaml").write_text('greeting: "ようこそ {{ friend.id }}さん"\n', encoding="utf-8")
+def test_a_runner_stopped_past_its_lease_writes_nothing_over_the_new_runners_rows(
+        tmp_path, line_emulator, line_env, processes):
+    rules = write_rules(tmp_path / "rules", messages=PER_FRIEND_MESSAGES)
     db = tmp_path / "fenced.db"
     friends = [f"U{i:02d}" for i in range(20)]
-    with run_in_thread() as emulator:
-        for f in friends:
-            emulator.add_user(f, f)
-        env = line_env(emulator, LINERULES_LEASE_SECONDS="2")
-        emulator.inject_timeout("push", count=len(friends), delay=60)
-        old = RunnerProcess(rules, db, env=env).started()
-        new = None
-        try:
-            old.post_events([follow(f) for f in friends])
-            wait_until(lambda: len(emulator.requests_to("push")) == len(friends))
-            old.proc.send_signal(signal.SIGSTOP)
-            wait_until(lambda: rows(db, "SELECT expires_at FROM lease")[0]["expires_at"] < time.time())
-            new = RunnerProcess(rules, db, env=env).started()
-            wait_until(lambda: backlog(db) == 0)
-            sent_by_new = {r["id"]: r["request_id"] for r in rows(db)}
-            assert per_friend(emulator) == Counter({f: 1 for f in friends})
-            old.proc.send_signal(signal.SIGCONT)
-            assert old.exit_code(timeout=30) == 1
-            old.wait_for(r"lost the lease")
-            old.wait_for(r"outbox \d+ to U\d+: \w+ not stored: the row is no longer this runner's")
-            assert {r["id"]: r["request_id"] for r in rows(db)} == sent_by_new
-            assert {r["status"] for r in rows(db)} == {"sent"}
-            assert per_friend(emulator) == Counter({f: 1 for f in friends})
-            assert rows(db, "SELECT owner FROM lease")[0]["owner"].endswith(f":{new.proc.pid}")
-            new.proc.send_signal(signal.SIGTERM)
-            assert new.exit_code() == 0
-        finally:
-            if old.proc.poll() is None:
-                old.proc.send_signal(signal.SIGCONT)
-            old.stop()
-            if new is not None:
-                new.stop()
+    add_friends(line_emulator, friends)
+    env = {**line_env, "LINERULES_LEASE_SECONDS": "2"}
+    line_emulator.inject_timeout("push", count=len(friends), delay=60)
+    old = processes(rules, db, env=env).started()
+    old.post_events([follow(f) for f in friends])
+    wait_until(lambda: len(line_emulator.requests_to("push")) == len(friends))
+    old.proc.send_signal(signal.SIGSTOP)
+    wait_until(lambda: rows(db, "SELECT expires_at FROM lease")[0]["expires_at"] < time.time())
+    new = processes(rules, db, env=env).started()
+    wait_until(lambda: backlog(db) == 0)
+    sent_by_new = {r["id"]: r["request_id"] for r in rows(db)}
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    old.proc.send_signal(signal.SIGCONT)
+    assert old.exit_code(timeout=30) == 1
+    old.wait_for(r"lost the lease")
+    old.wait_for(r"outbox \d+ to U\d+: \w+ not stored: the row is no longer this runner's")
+    assert {r["id"]: r["request_id"] for r in rows(db)} == sent_by_new
+    assert {r["status"] for r in rows(db)} == {"sent"}
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    assert rows(db, "SELECT owner FROM lease")[0]["owner"].endswith(f":{new.proc.pid}")
+    new.proc.send_signal(signal.SIGTERM)
+    assert new.exit_code() == 0
 
 
 # ----------------------------------------------------------------------------- 10: deploys
@@ -443,48 +348,43 @@ def open_in(db: Path, rule: str) -> Counter:
     return Counter(r["state"] for r in rows(db, "SELECT state FROM enrollments WHERE rule = ?", (rule,)))
 
 
-def test_a_deploy_written_in_two_steps_is_reloaded_once_whole(tmp_path):
+def test_a_deploy_written_in_two_steps_is_reloaded_once_whole(tmp_path, processes):
     rules = write_rules(tmp_path / "rules", TWO_RULES)
     db = tmp_path / "deploy.db"
-    runner = RunnerProcess(rules, db).started()
-    try:
-        runner.post_events([follow(f"U{i}") for i in range(3)])
-        wait_until(lambda: open_in(db, "second") == {"waiting": 3})
-        # step 1 of the deploy writes a file that lacks `rule second` ...
-        (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
-        runner.wait_for(r"rule files changed; reloading once they are unchanged for 2 s")
-        time.sleep(0.5)          # ... and the deploy tool writes the rest half a second later
-        (rules / "main.rule").write_text(TWO_RULES + "\nrule third\n  when purchased\n  then send thanks\n",
-                                         encoding="utf-8")
-        runner.wait_for(r"rules reloaded \(version \S+, 3 rules, rule files changed\)")
-        assert open_in(db, "second") == {"waiting": 3}
-        assert len([line for line in runner.lines if "rules reloaded" in line]) == 1
-        assert runner.get("/healthz")[1]["last_reload"]["suspended"] == 0
-    finally:
-        runner.stop()
+    runner = processes(rules, db).started()
+    runner.post_events([follow(f"U{i}") for i in range(3)])
+    wait_until(lambda: open_in(db, "second") == {"waiting": 3})
+    # step 1 of the deploy writes a file that lacks `rule second` ...
+    (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
+    runner.wait_for(r"rule files changed; reloading once they are unchanged for 2 s")
+    time.sleep(0.5)          # ... and the deploy tool writes the rest half a second later
+    (rules / "main.rule").write_text(TWO_RULES + "\nrule third\n  when purchased\n  then send thanks\n",
+                                     encoding="utf-8")
+    runner.wait_for(r"rules reloaded \(version \S+, 3 rules, rule files changed\)")
+    assert open_in(db, "second") == {"waiting": 3}
+    assert len([line for line in runner.lines if "rules reloaded" in line]) == 1
+    assert runner.get("/healthz")[1]["last_reload"]["suspended"] == 0
 
 
-def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(tmp_path):
+def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(
+        tmp_path, processes):
     rules = write_rules(tmp_path / "rules", TWO_RULES)
     db = tmp_path / "suspend.db"
-    runner = RunnerProcess(rules, db, tick=30).started()
-    try:
-        runner.post_events([follow(f"U{i}") for i in range(3)])
-        wait_until(lambda: open_in(db, "second") == {"waiting": 3})
-        (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
-        runner.proc.send_signal(signal.SIGHUP)
-        runner.wait_for(r"reload: 0 friends in flight carried over to changed rules, 3 suspended "
-                        r"\(their rule is gone: second; they resume if it comes back within 60 min")
-        assert open_in(db, "second") == {"suspended": 3}
-        status, health = runner.get("/healthz")
-        assert health["suspended_enrollments"] == 3
-        assert (health["last_reload"]["suspended"], health["last_reload"]["removed_rules"]) == (3, ["second"])
-        (rules / "main.rule").write_text(TWO_RULES, encoding="utf-8")
-        runner.proc.send_signal(signal.SIGHUP)
-        runner.wait_for(r"reload: .* 3 resumed \(their rule is back\)")
-        assert open_in(db, "second") == {"waiting": 3}
-        assert runner.get("/healthz")[1]["suspended_enrollments"] == 0
-        runner.proc.send_signal(signal.SIGTERM)
-        assert runner.exit_code() == 0
-    finally:
-        runner.stop()
+    runner = processes(rules, db, tick=30).started()
+    runner.post_events([follow(f"U{i}") for i in range(3)])
+    wait_until(lambda: open_in(db, "second") == {"waiting": 3})
+    (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
+    runner.proc.send_signal(signal.SIGHUP)
+    runner.wait_for(r"reload: 0 friends in flight carried over to changed rules, 3 suspended "
+                    r"\(their rule is gone: second; they resume if it comes back within 60 min")
+    assert open_in(db, "second") == {"suspended": 3}
+    status, health = runner.get("/healthz")
+    assert health["suspended_enrollments"] == 3
+    assert (health["last_reload"]["suspended"], health["last_reload"]["removed_rules"]) == (3, ["second"])
+    (rules / "main.rule").write_text(TWO_RULES, encoding="utf-8")
+    runner.proc.send_signal(signal.SIGHUP)
+    runner.wait_for(r"reload: .* 3 resumed \(their rule is back\)")
+    assert open_in(db, "second") == {"waiting": 3}
+    assert runner.get("/healthz")[1]["suspended_enrollments"] == 0
+    runner.proc.send_signal(signal.SIGTERM)
+    assert runner.exit_code() == 0

@@ -3,12 +3,11 @@ still brings friends in at the right hour, and a write by another connection (th
 HTTP side) is seen at the next check."""
 from __future__ import annotations
 
-import datetime as dt
 
 from engine.interpreter import Engine
 from engine.runtime.store import Store
 
-from enginekit import TZ, at, compile_rules, ev, run
+from enginekit import at, compile_rules, ev, run
 
 
 def test_time_alone_brings_friends_in_at_the_hour_each_term_crosses():

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.runtime.simulate import main
+from enginekit import write_folder, write_timeline
 
 SETTINGS = "timezone: Asia/Tokyo\n"
 MESSAGES = """
@@ -36,17 +37,12 @@ def at(day: int, hm: str) -> str:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (rules / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
-    (rules / "shop.rule").write_text(RULES, encoding="utf-8")
-    return rules
+    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
+                        rule_file="shop.rule")
 
 
 def simulate(folder: Path, tmp_path: Path, events: list[dict], until: str, capsys) -> list[tuple]:
-    path = tmp_path / "timeline.jsonl"
-    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
+    path = write_timeline(tmp_path / "timeline.jsonl", events)
     code = main(str(path), str(folder), until, "1h", None)
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -166,9 +162,7 @@ def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, 
 
     def revenue(until: str) -> dict:
         db = tmp_path / f"{until[:10]}.db"
-        path = tmp_path / "timeline.jsonl"
-        path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events
-                                if e["at"] <= until), encoding="utf-8")
+        path = write_timeline(tmp_path / "timeline.jsonl", [e for e in events if e["at"] <= until])
         assert main(str(path), str(folder), until, "1h", str(db)) == 0
         capsys.readouterr()
         assert report(str(db), str(folder), "json", None, None, None, []) == 0

@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from engine.cli import cli
-from test_server import (API_TOKEN, line_event, make_client, rules_dir, shop_event,  # noqa: F401
-                         sign, webhook_body)
+from serverkit import API_TOKEN, line_event, shop_event, sign, webhook_body
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -36,7 +35,7 @@ async def test_post_events_refuses_a_rule_word_type_with_the_right_name(make_cli
     assert runner.store.friend("U1") is None   # nothing of the batch is stored
 
 
-def test_simulate_refuses_a_rule_word_type(tmp_path, rules_dir):  # noqa: F811
+def test_simulate_refuses_a_rule_word_type(tmp_path, rules_dir):
     timeline = tmp_path / "t.jsonl"
     timeline.write_text(json.dumps(shop_event("follow", "U1")) + "\n"
                         + json.dumps(shop_event("carted", "U1", product="SKU1")) + "\n", encoding="utf-8")
@@ -47,7 +46,7 @@ def test_simulate_refuses_a_rule_word_type(tmp_path, rules_dir):  # noqa: F811
     assert "(did you mean `cart`?)" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_linerules_test_refuses_a_rule_word_type(tmp_path, rules_dir):  # noqa: F811
+def test_linerules_test_refuses_a_rule_word_type(tmp_path, rules_dir):
     from click.testing import CliRunner
 
     tests = rules_dir / "tests"
@@ -82,7 +81,7 @@ async def raw_request(client, head: bytes, body: bytes = b"") -> tuple[int, byte
 
 @pytest.mark.parametrize("value", [b"\xff\xfe", b"Bearer \xe3\x81", b"Bearer shop-token\xff",
                                    "Bearer シ".encode()])
-async def test_a_non_utf8_authorization_header_is_401(make_client, value, caplog):  # noqa: F811
+async def test_a_non_utf8_authorization_header_is_401(make_client, value, caplog):
     client, runner = await make_client(loops=False)
     body = json.dumps(shop_event("follow", "U1")).encode()
     status, answer = await raw_request(
@@ -94,7 +93,7 @@ async def test_a_non_utf8_authorization_header_is_401(make_client, value, caplog
 
 
 @pytest.mark.parametrize("value", [b"\xff\xfe", b"abc\xe3\x81=", "署名".encode()])
-async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):  # noqa: F811
+async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):
     client, runner = await make_client(loops=False)
     body = webhook_body(line_event("follow", "U1", event_id="01SIG"))
     status, answer = await raw_request(
@@ -105,7 +104,7 @@ async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):  
     assert "Traceback" not in caplog.text
 
 
-async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_client):  # noqa: F811
+async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_client):
     client, runner = await make_client(loops=False)
     events = [line_event("message", "U1", event_id="01A", reply_token="r1",
                          message={"id": "1", "type": "text", "text": "PLACEHOLDER"}),
@@ -141,7 +140,8 @@ def big_batch(n: int, *, ids: bool = True) -> bytes:
                                 separators=(",", ":")) for i in range(n)).encode()
 
 
-async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):  # noqa: F811
+@pytest.mark.timing
+async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     import asyncio
     import time
 

@@ -18,23 +18,13 @@ import pytest
 
 from engine.reports.report import main as report_main
 from engine.reports.report_html import BLUE, GREEN, GREY, RED
-from tests.enginekit import ev
-from tests.test_report import make_folder, simulate
+from reportkit import SPLIT_RULES, make_folder, simulate, split_test_events
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (`make browser` installs Debian's chromium as root)")
 
-RULES = """
-rule promo
-  when followed
-  split a 50%, b 50%
-  holdout 20%
-  then
-    send coupon15
-    wait 1d
-    send weekly
-"""
+RULES = SPLIT_RULES + "    wait 1d\n    send weekly\n"
 #: Added to a copy of the page: where each chart's SVG is and how many marks it drew.
 PROBE = """<script>
 const boxes = [...document.querySelectorAll('figure.chart')].map(f => {
@@ -52,17 +42,7 @@ document.body.setAttribute('data-height', document.documentElement.scrollHeight)
 def page(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("html")
     folder = make_folder(tmp, rules=RULES, settings="timezone: Asia/Tokyo\n")
-    events = []
-    for i in range(120):
-        friend = f"U{i:03d}"
-        events.append(ev("follow", friend, f"2026-11-01 {10 + i // 60:02d}:{i % 60:02d}"))
-        if i % 3 == 0:
-            events.append(ev("purchase", friend, "2026-11-02 09:00", order_id=f"O{i}", amount=2500))
-        if i % 10 == 1:
-            events.append(ev("unfollow", friend, "2026-11-01 18:00"))
-        if i % 10 == 2:
-            events.append(ev("unfollow", friend, "2026-11-03 09:00"))
-    db = simulate(folder, events, "2026-11-05 00:00")
+    db = simulate(folder, split_test_events(120, 2500, unfollows=True), "2026-11-05 00:00")
     path = tmp / "report.html"
     assert report_main(str(db), str(folder), "text", str(path), None, None, []) == 0
     return path

@@ -13,19 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.reports.report import main as report_main
-from tests.enginekit import ev
-from tests.test_report import CLICKS, EVENTS, make_folder, simulate
+from reportkit import CLICKS, EVENTS, SPLIT_RULES, make_folder, simulate, split_test_events
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"
 
-SPLIT = """
-rule promo
-  when followed
-  split a 50%, b 50%
-  holdout 20%
-  then
-    send coupon15
-"""
 
 
 def _text(capsys, folder: Path, db: Path, lang: str | None, html: Path | None = None) -> str:
@@ -53,14 +44,8 @@ def shop(tmp_path_factory):
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("split")
-    folder = make_folder(tmp, rules=SPLIT, settings="timezone: Asia/Tokyo\nlanguage: ja\n")
-    events = []
-    for i in range(80):
-        friend = f"U{i:03d}"
-        events.append(ev("follow", friend, f"2026-11-01 {10 + i // 60:02d}:{i % 60:02d}"))
-        if i % 3 == 0:
-            events.append(ev("purchase", friend, "2026-11-02 09:00", order_id=f"O{i}", amount=12800))
-    return folder, simulate(folder, events, "2026-11-10 00:00")
+    folder = make_folder(tmp, rules=SPLIT_RULES, settings="timezone: Asia/Tokyo\nlanguage: ja\n")
+    return folder, simulate(folder, split_test_events(80, 12800), "2026-11-10 00:00")
 
 
 @pytest.mark.parametrize("lang", ["en", "ja"])

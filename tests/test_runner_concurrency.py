@@ -14,14 +14,22 @@ import pytest
 
 import engine.runner.runloop as runloop
 import engine.runtime.store as store_module
-from engine.runner.clock import SYSTEM, Clock, ManualClock
 from engine.interpreter import Engine
+from engine.runner.clock import SYSTEM, Clock, ManualClock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
-from test_server import (API_TOKEN, SECRET, fake_line_login, line_event, sign,  # noqa: F401
-                         tick_later, wait_for, webhook_body, write_rules)
+from serverkit import (
+    API_TOKEN,
+    SECRET,
+    line_event,
+    sign,
+    tick_later,
+    wait_for,
+    webhook_body,
+    write_rules,
+)
 
 SOURCE_RULES = """\
 rule welcome_general
@@ -277,7 +285,7 @@ def test_a_follow_waits_for_its_source_and_the_friends_later_events_wait_with_it
 
 
 async def test_follow_then_login_callback_two_seconds_later_fires_the_source_rule(
-        open_runner, aiohttp_client, fake_line_login, monkeypatch):  # noqa: F811
+        open_runner, aiohttp_client, fake_line_login, monkeypatch):
     monkeypatch.setattr(runloop, "FOLLOW_GRACE", 3)
     runner = open_runner(SOURCE_RULES, {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
                          tick=30, clock=ManualClock(flowing=True))

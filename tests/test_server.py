@@ -3,11 +3,7 @@ the LINE emulator with the real line-bot-sdk), shop events, health, metrics, fri
 sources through a tiny fake of LINE Login, tracked links, and rule reloads."""
 from __future__ import annotations
 
-import asyncio
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -19,134 +15,30 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp import web
-
-from engine.runner.clock import SYSTEM, Clock, ManualClock
-from engine.line.login import LoginError, LoginFlow
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.line.login import LoginError, LoginFlow
+from engine.runner.clock import ManualClock
 from engine.runner.metrics import Metrics
 from engine.runner.runloop import Runner, RunnerConfig, StartupError
 from engine.runner.server import build_app, health
 from engine.runtime.store import Store
+from serverkit import (
+    API_TOKEN,
+    RULES,
+    SECRET,
+    SETTINGS,
+    line_event,
+    sample,
+    scrape,
+    shop_event,
+    sign,
+    wait_for,
+    webhook_body,
+    write_rules,
+)
 
-SECRET = "channel-secret"
-API_TOKEN = "shop-token"
 JST = dt.timezone(dt.timedelta(hours=9))
-
-SETTINGS = """\
-timezone: Asia/Tokyo
-login_channel_id: "1650000000"
-base_url: https://shop.example.com/line
-"""
-MESSAGES = """\
-greeting: "ようこそ {{ friend.display_name }}さん 新着はこちら https://shop.example.com/new"
-coupon_reply: "クーポンはこちら"
-"""
-RULES = """\
-rule welcome
-  when followed
-  then send greeting
-
-rule keyword
-  when message "クーポン", "coupon"
-  reenter always
-  then send coupon_reply
-"""
-
-
-def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (root / "messages.yaml").write_text(messages, encoding="utf-8")
-    (root / "main.rule").write_text(rules, encoding="utf-8")
-    return root
-
-
-def sign(body: bytes, secret: str = SECRET) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-
-
-def webhook_body(*events: dict) -> bytes:
-    return json.dumps({"destination": "Ubot", "events": list(events)}, ensure_ascii=False).encode()
-
-
-def line_event(kind: str, user: str, *, event_id: str, reply_token: str | None = None,
-               **extra) -> dict:
-    event = {"type": kind, "mode": "active", "timestamp": int(time.time() * 1000),
-             "source": {"type": "user", "userId": user}, "webhookEventId": event_id,
-             "deliveryContext": {"isRedelivery": False}, **extra}
-    if reply_token:
-        event["replyToken"] = reply_token
-    return event
-
-
-def shop_event(kind: str, friend: str, **fields) -> dict:
-    return {"type": kind, "friend": friend, "at": "2026-11-01T10:00:00+09:00", **fields}
-
-
-async def scrape(client) -> dict:
-    """GET /metrics over HTTP, parsed by prometheus_client: {(sample name, labels): value},
-    plus the metric types under ("TYPE", family name)."""
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    samples: dict = {}
-    for family in text_string_to_metric_families(await resp.text()):
-        samples[("TYPE", family.name)] = family.type
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def sample(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
-
-
-async def wait_for(predicate, timeout: float = 5.0):
-    """Poll ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
-async def tick_later(runner: Runner, seconds: float = 1.0) -> None:
-    """Move the runner's :class:`ManualClock` on by ``seconds`` and wait (its loops running)
-    for a tick at that time: whatever that tick does is done when this returns."""
-    moment = runner.clock.advance(seconds)
-    runner.wake_tick()
-    await wait_for(lambda: runner.last_tick is not None and runner.last_tick >= moment)
-
-
-@pytest.fixture
-def rules_dir(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
-    return write_rules(tmp_path / "rules")
-
-
-@pytest.fixture
-async def make_client(tmp_path, rules_dir, aiohttp_client):
-    """Start a runner (loops included) with the given environment; returns (client, runner)."""
-    started: list[tuple] = []
-
-    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
-                   clock: Clock = SYSTEM):
-        base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
-        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules_dir,
-                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
-                                       tick_seconds=tick)
-        runner = Runner.open(config, clock=clock)
-        client = await aiohttp_client(build_app(runner, loops=loops))
-        started.append((client, runner))
-        return client, runner
-
-    yield make
-    for client, runner in started:
-        await client.close()
-        runner.close()
 
 
 @pytest.fixture
@@ -161,6 +53,7 @@ async def emulated(line_emulator, make_client):
 # ----------------------------------------------------------------------------- webhooks
 
 
+@pytest.mark.timing
 async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
     client, runner, emulator = emulated
     token = emulator.issue_reply_token("U1")
@@ -415,32 +308,6 @@ def test_gauges_read_at_scrape_time_and_unknown_values_are_left_out():
 
 
 # ----------------------------------------------------------------------------- friend-add sources
-
-
-@pytest.fixture
-async def fake_line_login(aiohttp_server):
-    """The two LINE Login endpoints the runner calls: token exchange and profile."""
-    seen: list[dict] = []
-
-    async def token(request: web.Request) -> web.Response:
-        form = dict(await request.post())
-        seen.append(form)
-        if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
-            return web.json_response({"error": "invalid_grant"}, status=400)
-        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
-                                  "token_type": "Bearer", "scope": "profile openid"})
-
-    async def profile(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != "Bearer at-1":
-            return web.json_response({"message": "invalid token"}, status=401)
-        return web.json_response({"userId": "U77", "displayName": "Taro"})
-
-    app = web.Application()
-    app.router.add_post("/oauth2/v2.1/token", token)
-    app.router.add_get("/v2/profile", profile)
-    server = await aiohttp_server(app)
-    server.seen = seen
-    return server
 
 
 async def test_join_link_records_the_source_through_line_login(make_client, fake_line_login):

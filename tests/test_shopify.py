@@ -13,11 +13,11 @@ from engine.runner.clock import ManualClock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.runner.shopify import sign
-from tests.test_server import line_event, sign as line_sign, tick_later, wait_for, webhook_body
+from enginekit import write_folder
+from serverkit import API_TOKEN, line_event, tick_later, wait_for, webhook_body
+from serverkit import sign as line_sign
 
-SECRET = "channel-secret"
 SHOPIFY_SECRET = "shpss_0123456789abcdef"
-API_TOKEN = "shop-token"
 
 SETTINGS = """\
 timezone: Asia/Tokyo
@@ -69,23 +69,25 @@ FULFILLMENT = {"id": 3330000001, "order_id": 5550000001, "name": "#1001.1", "sta
 
 
 @pytest.fixture
-async def shop(tmp_path: Path, aiohttp_client, line_emulator):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (rules / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
-    (rules / "shop.rule").write_text(RULES, encoding="utf-8")
-    line_emulator.add_user("U1", "Hanako")
-    env = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
-           "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET, "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-           "LINE_API_ENDPOINT": line_emulator.base_url}
-    config = RunnerConfig.from_env(env, rules_dir=rules, db=tmp_path / "linerules.db",
-                                   listen="127.0.0.1:0", tick_seconds=0.1)
-    runner = Runner.open(config, clock=ManualClock(flowing=True))   # tick_later moves it on
-    client = await aiohttp_client(build_app(runner))
-    yield client, runner, line_emulator
-    await client.close()
-    runner.close()
+def open_shop(tmp_path: Path, make_client, line_emulator):
+    """``await open_shop(messages, rules)``: the runner's server on the shop's folder, with
+    the friend U1 on the LINE emulator; returns (client, runner, emulator)."""
+    async def open_(messages: str = MESSAGES, rules: str = RULES):
+        folder = write_folder(tmp_path / "shop", settings=SETTINGS, messages=messages,
+                              rules=rules, rule_file="shop.rule")
+        line_emulator.add_user("U1", "Hanako")
+        client, runner = await make_client({"SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET,
+                                            "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
+                                            "LINE_API_ENDPOINT": line_emulator.base_url},
+                                           rules=folder, tick=0.1,
+                                           clock=ManualClock(flowing=True))  # tick_later moves it
+        return client, runner, line_emulator
+    return open_
+
+
+@pytest.fixture
+async def shop(open_shop):
+    return await open_shop()
 
 
 async def shopify_post(client, topic: str, payload: dict, *, webhook_id: str, secret: str | None = SHOPIFY_SECRET,
@@ -345,36 +347,22 @@ async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, t
     assert runner.store.friend("U1")["orders"] == 1
 
 
-async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(tmp_path, aiohttp_client, line_emulator):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (rules / "messages.yaml").write_text(
-        'shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} {{ event.tracking_url }}"\n'
-        'thanks: "ご注文 {{ event.order_id }} {{ event.amount }}円"\n', encoding="utf-8")
-    (rules / "shop.rule").write_text("rule shipped when event shipped reenter always uncapped then send shipped_notice\n"
-                                     "rule thanks when purchased then send thanks\n", encoding="utf-8")
-    line_emulator.add_user("U1", "Hanako")
-    env = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
-           "SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET, "LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-           "LINE_API_ENDPOINT": line_emulator.base_url}
-    config = RunnerConfig.from_env(env, rules_dir=rules, db=tmp_path / "linerules.db",
-                                   listen="127.0.0.1:0", tick_seconds=0.1)
-    runner = Runner.open(config)
-    client = await aiohttp_client(build_app(runner))
-    try:
-        await post_events(client, *follow_and_identify())
-        await shopify_post(client, "orders/create", ORDER, webhook_id="ship-1")
-        await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="ship-2")
-        text = await wait_for(lambda: next((t for t in texts(line_emulator) if t.startswith("発送しました")), None))
-        assert "ご注文 #1001 5500円" in texts(line_emulator)      # Shopify's "5500" is a whole yen amount
-        # the link is tracked (base_url): it leads to Yamato's page for this parcel
-        url = text.split()[-1]
-        assert text.split()[1:3] == ["Yamato", "(JA)"] and text.split()[3] == "1234-5678-9012"
-        token = url.rsplit("/", 1)[-1]
-        resp = await client.get(f"/c/{token}", allow_redirects=False)
-        assert resp.status == 302
-        assert resp.headers["Location"].startswith(FULFILLMENT["tracking_url"])
-    finally:
-        await client.close()
-        runner.close()
+async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(open_shop):
+    client, runner, line_emulator = await open_shop(
+        messages='shipped_notice: "発送しました {{ event.carrier }} {{ event.tracking_number }} '
+                 '{{ event.tracking_url }}"\n'
+                 'thanks: "ご注文 {{ event.order_id }} {{ event.amount }}円"\n',
+        rules="rule shipped when event shipped reenter always uncapped then send shipped_notice\n"
+              "rule thanks when purchased then send thanks\n")
+    await post_events(client, *follow_and_identify())
+    await shopify_post(client, "orders/create", ORDER, webhook_id="ship-1")
+    await shopify_post(client, "fulfillments/create", FULFILLMENT, webhook_id="ship-2")
+    text = await wait_for(lambda: next((t for t in texts(line_emulator) if t.startswith("発送しました")), None))
+    assert "ご注文 #1001 5500円" in texts(line_emulator)      # Shopify's "5500" is a whole yen amount
+    # the link is tracked (base_url): it leads to Yamato's page for this parcel
+    url = text.split()[-1]
+    assert text.split()[1:3] == ["Yamato", "(JA)"] and text.split()[3] == "1234-5678-9012"
+    token = url.rsplit("/", 1)[-1]
+    resp = await client.get(f"/c/{token}", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"].startswith(FULFILLMENT["tracking_url"])

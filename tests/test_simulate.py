@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from engine.cli import cli
 from engine.runtime.simulate import main
 from engine.runtime.store import Store
+from enginekit import write_folder, write_timeline
 
 SETTINGS = "timezone: Asia/Tokyo\nwindow: \"09:00-21:00\"\nmax_per_day: 2\n"
 MESSAGES = "greeting: こんにちは\ncoupon15: 15%OFFクーポン\nweekly: 今週のおすすめ\nthanks: ありがとう\n"
@@ -31,12 +32,8 @@ rule thanks when message "ありがとう" reenter always then send thanks
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
-    (rules / "messages.yaml").write_text(MESSAGES, encoding="utf-8")
-    (rules / "shop.rule").write_text(RULES, encoding="utf-8")
-    return rules
+    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
+                        rule_file="shop.rule")
 
 
 def simulate(events: str, folder: Path, *options: str) -> tuple[int, str, str]:
@@ -47,9 +44,7 @@ def simulate(events: str, folder: Path, *options: str) -> tuple[int, str, str]:
 
 
 def timeline(tmp_path: Path, *events: dict) -> str:
-    path = tmp_path / "timeline.jsonl"
-    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
-    return str(path)
+    return str(write_timeline(tmp_path / "timeline.jsonl", events))
 
 
 EVENTS = (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine.runtime.store import Store
-from test_runner_process import API_TOKEN, RunnerProcess, follow, processes, write_rules  # noqa: F401
+from runnerkit import API_TOKEN, RunnerProcess, follow, write_rules
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def no_traceback(proc: RunnerProcess) -> None:
     assert not any("Traceback" in line for line in proc.lines), "\n".join(proc.lines)
 
 
-def test_a_full_disk_is_one_log_line_503_with_retry_after_and_unhealthy(processes, rules, small_disk):  # noqa: F811
+def test_a_full_disk_is_one_log_line_503_with_retry_after_and_unhealthy(processes, rules, small_disk):
     db = small_disk / "linerules.db"
     proc = processes(rules, db).started()
     assert post(proc.url, [follow("U1")])[0] == 200
@@ -116,7 +116,7 @@ def test_a_full_disk_is_one_log_line_503_with_retry_after_and_unhealthy(processe
         store.close()
 
 
-def test_a_file_that_is_no_database_is_one_line_and_exit_1(processes, rules, tmp_path):  # noqa: F811
+def test_a_file_that_is_no_database_is_one_line_and_exit_1(processes, rules, tmp_path):
     db = tmp_path / "linerules.db"
     db.write_bytes(b"these are not the pages you are looking for\n" * 200)
     proc = processes(rules, db)
@@ -126,7 +126,7 @@ def test_a_file_that_is_no_database_is_one_line_and_exit_1(processes, rules, tmp
     assert f"{db} is not a linerules database (not an SQLite file)" in line
 
 
-def test_another_programs_database_is_refused_and_left_as_it_was(processes, rules, tmp_path):  # noqa: F811
+def test_another_programs_database_is_refused_and_left_as_it_was(processes, rules, tmp_path):
     db = tmp_path / "linerules.db"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE notes (text TEXT)")
@@ -141,7 +141,7 @@ def test_another_programs_database_is_refused_and_left_as_it_was(processes, rule
     assert db.read_bytes() == before
 
 
-def test_a_damaged_page_is_found_at_start_and_the_runner_refuses_to_run(processes, rules, tmp_path):  # noqa: F811
+def test_a_damaged_page_is_found_at_start_and_the_runner_refuses_to_run(processes, rules, tmp_path):
     db = tmp_path / "linerules.db"
     store = Store(str(db))
     with store.transaction() as c:
@@ -161,7 +161,7 @@ def test_a_damaged_page_is_found_at_start_and_the_runner_refuses_to_run(processe
     assert f"the database {db} is damaged" in line and "restore it from a backup" in line
 
 
-def test_a_read_only_database_is_one_line_and_exit_1(processes, rules, tmp_path):  # noqa: F811
+def test_a_read_only_database_is_one_line_and_exit_1(processes, rules, tmp_path):
     disk = tmp_path / "ro"
     mount_tmpfs(disk, "4m")
     try:

@@ -1,16 +1,14 @@
 """LINE webhook signature check and event mapping, with really signed bodies."""
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 
 import pytest
 from multidict import CIMultiDict
 
 from engine.runtime.events import EventError
+from engine.testing.webhooks import signature
 from engine.line.webhook import parse_webhook, verify_signature
 
 SECRET = "8f0c1f1d2e3a4b5c6d7e8f9a0b1c2d3e"
@@ -18,7 +16,7 @@ TS = 1_762_000_000_123  # 2025-11-01T12:26:40.123Z
 
 
 def sign(body: bytes, secret: str = SECRET) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+    return signature(body, secret)
 
 
 def line_event(kind: str, user: str = "U1", ts: int = TS, **extra) -> dict:
