@@ -279,6 +279,10 @@ class DueChunk(NamedTuple):
     dups: bool = True
 
 
+#: A chunk that may hold anything (every statement of :meth:`Store.due_finish` runs).
+ANY_DUE = DueChunk(None, False)
+
+
 class DueChange(NamedTuple):
     """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
     and messages left (JSON text), or a status and reason when none is left."""
@@ -1430,7 +1434,7 @@ class Store:
         return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
 
     def due_finish(self, now: int, today: str, held_until: int | None,
-                   chunk: DueChunk = DueChunk(None, False)) -> dict[str, int]:
+                   chunk: DueChunk = ANY_DUE) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
         the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
         delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``.
