@@ -268,10 +268,19 @@ class Delivery(NamedTuple):
 
 
 class DueChunk(NamedTuple):
-    """What :meth:`Store.load_due` loaded: the last friend (None: nothing was due) and whether
-    more due sends may follow after that friend."""
+    """What :meth:`Store.load_due` loaded: the last friend (None: nothing was due), whether
+    more due sends may follow after that friend, and what the chunk holds, so that the
+    statements with nothing to do are not run: intent rows, an audience's carried sends,
+    friends with more than one send (counted only under the cap)."""
     last: str | None
     more: bool
+    intents: bool = True
+    carried: bool = True
+    dups: bool = True
+
+
+#: A chunk that may hold anything (every statement of :meth:`Store.due_finish` runs).
+ANY_DUE = DueChunk(None, False)
 
 
 class DueChange(NamedTuple):
@@ -283,13 +292,6 @@ class DueChange(NamedTuple):
     reason: str | None
     id: int
 
-
-class DueMark(NamedTuple):
-    """A due send decided per friend (:meth:`Store.due_mark`)."""
-    status: str
-    reason: str | None
-    outbox_id: int | None
-    id: int
 
 _FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
                    "language", "attributes", "orders", "total_spent", "last_purchase_at",
@@ -1298,13 +1300,15 @@ class Store:
             "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
             "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
             "ORDER BY i.queued_at, i.carried DESC, i.id", args)
+        intents = first_intent is not None and first_intent <= last
+        dups = False
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
             # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
-            if len(plans) > 1 or (first_intent is not None and first_intent <= last):
-                c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN "
-                          "(SELECT friend FROM temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)")
-        return DueChunk(last, bool(full))
+            if len(plans) > 1 or intents:
+                dups = c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT friend FROM "
+                                 "temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)").rowcount > 0
+        return DueChunk(last, bool(full), intents, bool(plans), dups)
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
@@ -1336,14 +1340,17 @@ class Store:
         self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
                               rows)
 
-    def due_cap(self, cap: int) -> int:
+    def due_cap(self, cap: int, dups: bool = True) -> int:
         """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
         (then the earlier queued, then the earlier enrollment), after those already counted
-        today (``used``); the ones over the cap are ``capped``. Returns how many."""
+        today (``used``); the ones over the cap are ``capped``. Returns how many. ``dups``:
+        whether some friend has more than one due send (:attr:`DueChunk.dups`)."""
         args = {"cap": cap, "reason": f"max_per_day {cap}"}
         # a friend with one due send: capped when the day's pushes have reached the cap already
         count = self.conn.execute("UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
                                   "AND counts = 1 AND dup = 0 AND used >= :cap", args).rowcount
+        if not dups:
+            return count
         return count + self.conn.execute(
             "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
             "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
@@ -1415,10 +1422,6 @@ class Store:
         return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
                                  "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
 
-    def due_mark(self, rows: Sequence[DueMark]) -> None:
-        """Due sends of ``temp.lr_due`` decided per friend."""
-        self.conn.executemany("UPDATE temp.lr_due SET status = ?, reason = ?, outbox_id = ? WHERE id = ?", rows)
-
     def finish_deliver(self, now: int) -> None:
         """After the deliver stage's last chunk: the audiences whose sends were due now are
         counted again (what waits still, held by the quota or kept for a suspended rule)."""
@@ -1430,27 +1433,35 @@ class Store:
         """The rules of the due sends loaded."""
         return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
 
-    def due_finish(self, now: int, today: str, held_until: int | None) -> dict[str, int]:
+    def due_finish(self, now: int, today: str, held_until: int | None,
+                   chunk: DueChunk = ANY_DUE) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
         the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
-        delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``."""
+        delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``.
+        ``chunk`` (as :meth:`load_due` returned it) says which sources the chunk holds."""
         c = self.conn
-        c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                  "variant, at, local_day, counts_for_cap) SELECT friend, rule, json_extract(steps, '$[0][0]'), "
-                  "enrollment, NULL, messages, status, reason, variant, :now, :today, 0 FROM temp.lr_due "
-                  "WHERE status IN ('skipped', 'capped') ORDER BY id", {"now": now, "today": today})
         capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
                                     "FROM temp.lr_due").fetchone()
         counts = {"capped": int(capped), "skipped": int(skipped)}
-        c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
-                  "AND status IS NOT 'held' AND status IS NOT 'kept')")
-        c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                  "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
+        if capped or skipped:
+            c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+                      "reason, variant, at, local_day, counts_for_cap) SELECT friend, rule, "
+                      "json_extract(steps, '$[0][0]'), enrollment, NULL, messages, status, reason, variant, :now, "
+                      ":today, 0 FROM temp.lr_due WHERE status IN ('skipped', 'capped') ORDER BY id",
+                      {"now": now, "today": today})
+        if chunk.intents:
+            c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
+                      "AND status IS NOT 'held' AND status IS NOT 'kept')")
+        if chunk.carried:
+            c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                      "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
         if held_until is not None:
-            c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due WHERE status = 'held' "
-                      "AND carried = 0)", (held_until,))
-            c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                      "WHERE status = 'held' AND carried = 1)", (held_until,))
+            if chunk.intents:
+                c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due "
+                          "WHERE status = 'held' AND carried = 0)", (held_until,))
+            if chunk.carried:
+                c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                          "WHERE status = 'held' AND carried = 1)", (held_until,))
         c.execute("DELETE FROM temp.lr_due")
         return counts
 
@@ -1565,12 +1576,28 @@ class Store:
         Call inside a transaction (the ids are allocated under its write lock)."""
         with self.transaction() as c:
             first = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
+            # a payload shared by many rows (one render, many pushes) and the few distinct
+            # message lists are encoded once each (``rows`` keeps the payloads alive: ids stay unique)
             payloads: dict[int, str] = {}
+            names: dict[tuple[str, ...], str] = {}
+
+            def payload(value: Any) -> str:
+                text = payloads.get(id(value))
+                if text is None:
+                    text = payloads[id(value)] = _json(value)
+                return text
+
+            def messages(value: Sequence[str]) -> str:
+                key = tuple(value)
+                text = names.get(key)
+                if text is None:
+                    text = names[key] = _json(list(key))
+                return text
+
             c.executemany(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
                 "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(first + i, r.kind, _json(list(r.recipients)),
-                  payloads.setdefault(id(r.payload), _json(r.payload)), _json(list(r.messages)), r.rule,
+                [(first + i, r.kind, _json(list(r.recipients)), payload(r.payload), messages(r.messages), r.rule,
                   str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
                  for i, r in enumerate(rows)])
         return list(range(first, first + len(rows)))

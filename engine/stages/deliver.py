@@ -19,7 +19,7 @@ from engine.language import ir, timeutil
 from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.stages.context import Context, TickResult
-from engine.runtime.store import Delivery, DueChange, DueMark, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, OutboxRow
 
 log = logging.getLogger("linerules.engine")
 
@@ -73,7 +73,7 @@ class DeliverStage:
                     first = False
                 chunk = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
                 if chunk.last is not None:
-                    Decision(ctx, self.renderer, now, result).decide()
+                    Decision(ctx, self.renderer, now, result).decide(chunk)
                 if not chunk.more:
                     s.finish_deliver(now)
                     return
@@ -102,7 +102,8 @@ class Decision:
         self.result = result
         self.today = timeutil.local_day(now, ctx.tz)
 
-    def decide(self) -> None:
+    def decide(self, chunk: DueChunk) -> None:
+        """Decide the loaded ``chunk`` (statements with nothing to decide in it are left out)."""
         s, settings, now = self.ctx.store, self.ctx.settings, self.now
         self.renderer.new_chunk()
         present = s.due_rules()
@@ -112,8 +113,9 @@ class Decision:
                 self.result.exited += s.due_exits(name, c.sql, {**c.params, "now": now, "rule": name}, now)
         s.due_update(self._conditions())
         if settings.max_per_day is not None:
-            s.due_cap(settings.max_per_day)
-        s.due_replies(now)
+            s.due_cap(settings.max_per_day, chunk.dups)
+        if chunk.intents:   # an audience's carried sends hold no reply token
+            s.due_replies(now)
         held_until = None
         month = timeutil.local(now, self.ctx.tz).strftime("%Y-%m")
         if settings.monthly_quota is not None:
@@ -122,7 +124,7 @@ class Decision:
         billed = 0 if settings.base_url else self._same_for_everyone()
         billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows())
         s.add_quota_used(month, billed)
-        counts = s.due_finish(now, self.today, held_until)
+        counts = s.due_finish(now, self.today, held_until, chunk)
         self.result.capped += counts.get("capped", 0)
         self.result.skipped += counts.get("skipped", 0)
 
@@ -184,7 +186,6 @@ class Outgoing:
         self.result = result
         self.deliveries: list[Delivery] = []
         self.outbox: list[OutboxRow] = []
-        self.marks: dict[int, DueMark] = {}
         self.shared: dict[tuple, list[_Share]] = defaultdict(list)
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
@@ -197,24 +198,27 @@ class Outgoing:
         s = self.ctx.store
         friends = s.friends_for_render({r["friend"] for r in rows})
         events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}   # the chunk's few distinct sends
         for r in rows:
+            key = (r["steps"], r["messages"])
+            step_names = decoded.get(key)
+            if step_names is None:
+                step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
             due = Due(r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"],
-                      json.loads(r["steps"])[0][0], tuple(json.loads(r["messages"])))
+                      *step_names)
             friend = friends.get(r["friend"]) or {"id": r["friend"]}
             chunks = self.renderer.render(due, friend, self.now, self.deliveries, self.today,
                                           events.get(r["event_seq"]))
             if not chunks:
-                self.marks[r["id"]] = DueMark("rejected", None, None, r["id"])
-            elif r["kind"] == "reply" or r["answer"]:
+                continue   # nothing rendered: its rejected delivery rows say why
+            if r["kind"] == "reply" or r["answer"]:
                 self._alone(r, due, chunks)
             else:
                 self._share(r, due, chunks)
         self._multicasts()
         ids = s.add_outbox_rows(self.outbox, self.now)
         self.result.queued += len(self.outbox)
-        s.add_deliveries(self.deliveries, ids)
-        s.due_mark([m._replace(outbox_id=None if m.outbox_id is None else ids[m.outbox_id])
-                    for m in self.marks.values()])
+        s.add_deliveries(self.deliveries, ids)   # the delivery rows are the per-friend decisions
         return self.billed
 
     def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
@@ -222,18 +226,15 @@ class Outgoing:
         holds the token), the rest as pushes."""
         counts = 1 if r["counts"] else 0
         reason = "answer" if r["answer"] else None
-        first_ref = None
         for i, (push_names, objects) in enumerate(chunks):
             token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
             self.outbox.append(OutboxRow("reply" if token else "push", [r["friend"]], objects, push_names,
                                          r["rule"], self.now, token, r["reply_deadline"] if token else None))
             self.billed += 0 if token else 1
             ref = len(self.outbox) - 1
-            first_ref = ref if first_ref is None else first_ref
             self.deliveries.append(Delivery(r["friend"], r["rule"], due.step_id, r["enrollment"], ref, push_names,
                                             "queued", reason, r["variant"], self.now, self.today,
                                             counts if i == 0 else 0))
-        self.marks[r["id"]] = DueMark("sent", None, first_ref, r["id"])
 
     def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
@@ -259,8 +260,6 @@ class Outgoing:
                     self.deliveries.append(Delivery(r["friend"], rule, p.step_id, r["enrollment"], ref, list(names),
                                                     "queued", None, r["variant"], self.now, self.today,
                                                     p.counts if p.push == 0 else 0))
-                    if p.push == 0:
-                        self.marks[r["id"]] = DueMark("sent", None, ref, r["id"])
 
 
 class Renderer:

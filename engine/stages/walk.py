@@ -168,7 +168,7 @@ class Walk:
             ok = s.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
         else:
             ok = {w.id for w in walkers}
-        writes = not isinstance(step, ir.WAIT_STEPS)
+        writes = self._needs_savepoint(step)
         for w in walkers:
             try:
                 if writes and w.id in ok:   # undone alone if it raises for this friend
@@ -190,6 +190,13 @@ class Walk:
             if go_on:
                 w.pos += 1
                 self._next.append(w)
+
+    @staticmethod
+    def _needs_savepoint(step: ir.Step) -> bool:
+        """Whether one friend's run of ``step`` writes to the store, so that a failure must be
+        undone by a savepoint of its own: ``tag``, ``untag``, ``set``, ``start``. A wait, a
+        ``menu`` (its link is written at the end of the walk) or a ``stop`` writes nothing then."""
+        return isinstance(step, (ir.TagStep, ir.UntagStep, ir.SetStep, ir.StartStep))
 
     def _step(self, rule: ir.Rule, step: ir.Step, w: Walker, ok: bool) -> bool:
         """Run one step for one walker (``ok``: its ``if`` holds); True when it moves on to the
