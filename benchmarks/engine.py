@@ -13,6 +13,7 @@ buyers); the events of the run (new follows, purchases, keyword messages, shipme
 answers) go through the store and the engine like the runner's. The clock ticks hourly;
 condition triggers are checked at local midnight. Sends are marked sent as the simulator does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.interpreter import Engine  # noqa: E402
 from engine.language import ir, timeutil  # noqa: E402
 from engine.runtime.events import Event  # noqa: E402
-from engine.interpreter import Engine  # noqa: E402
 from engine.runtime.sqlcond import CURRENT  # noqa: E402
 from engine.runtime.store import Store  # noqa: E402
 
@@ -62,9 +63,12 @@ def populate(store: Store, n: int, start: int) -> None:
             "printf('友だち%d', i), CASE WHEN kind < 30 THEN 1 + r % 5 ELSE 0 END, "
             "CASE WHEN kind < 30 THEN (1 + r % 5) * (1000 + r % 9000) ELSE 0 END, "
             "CASE WHEN kind < 30 THEN :start - (r % (age + 1)) END, :start - age FROM draw",
-            {"n": n, "year": YEAR - 1, "start": start})
-        c.execute("INSERT INTO activity(friend, kind, amount, at) SELECT id, 'order', total_spent, "
-                  "last_purchase_at FROM friends WHERE orders > 0")
+            {"n": n, "year": YEAR - 1, "start": start},
+        )
+        c.execute(
+            "INSERT INTO activity(friend, kind, amount, at) SELECT id, 'order', total_spent, "
+            "last_purchase_at FROM friends WHERE orders > 0"
+        )
 
 
 def generate_events(n: int, start: int, days: int, seed: int) -> list[Event]:
@@ -86,10 +90,20 @@ def generate_events(n: int, start: int, days: int, seed: int) -> list[Event]:
         events.append(Event("follow", f"N{i:07d}", moment(), data))
     for i in range(max(1, n // 50)):
         amount = rng.randrange(1000, 20000)
-        events.append(Event("purchase", someone(), moment(), {
-            "order_id": f"B-{i}", "amount": amount,
-            "items": [{"product": f"SKU{rng.randrange(50)}", "category": "cosmetics", "price": amount,
-                       "quantity": 1}]}))
+        events.append(
+            Event(
+                "purchase",
+                someone(),
+                moment(),
+                {
+                    "order_id": f"B-{i}",
+                    "amount": amount,
+                    "items": [
+                        {"product": f"SKU{rng.randrange(50)}", "category": "cosmetics", "price": amount, "quantity": 1}
+                    ],
+                },
+            )
+        )
     for _ in range(max(1, n // 100)):
         events.append(Event("shipped", someone(), moment(), {}))
     for i in range(max(1, n // 1000)):
@@ -120,25 +134,39 @@ def bare_sql_equivalent(store: Store, now: int, tz) -> float:
     c = store.conn
     c.execute("BEGIN IMMEDIATE")
     try:
-        c.execute("INSERT INTO enrollments(friend, rule, rule_version, step_id, due_at, state, entered_at, "
-                  f"occurrence) SELECT f.id, 'bare', 'v', 'send x', ?, 'active', ?, 'bare' FROM friends f "
-                  f"WHERE {CURRENT}", (now, now))
-        rows = c.execute("SELECT id, friend FROM enrollments WHERE rule = 'bare' AND state = 'active' "
-                         "AND due_at <= ?", (now,)).fetchall()
-        c.executemany("UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? "
-                      "WHERE id = ?", [(now, r[0]) for r in rows])
-        c.execute("SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
-                  "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' GROUP BY e.friend",
-                  (day,)).fetchall()
+        c.execute(
+            "INSERT INTO enrollments(friend, rule, rule_version, step_id, due_at, state, entered_at, "
+            f"occurrence) SELECT f.id, 'bare', 'v', 'send x', ?, 'active', ?, 'bare' FROM friends f "
+            f"WHERE {CURRENT}",
+            (now, now),
+        )
+        rows = c.execute(
+            "SELECT id, friend FROM enrollments WHERE rule = 'bare' AND state = 'active' AND due_at <= ?", (now,)
+        ).fetchall()
+        c.executemany(
+            "UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? WHERE id = ?",
+            [(now, r[0]) for r in rows],
+        )
+        c.execute(
+            "SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
+            "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' GROUP BY e.friend",
+            (day,),
+        ).fetchall()
         outbox = []
         for i in range(0, len(rows), 500):
-            cur = c.execute("INSERT INTO outbox(kind, recipients, payload, messages, rule, retry_key, "
-                            "not_before, status, created_at) VALUES ('multicast', '[]', '[]', '[]', 'bare', "
-                            "?, ?, 'pending', ?)", (f"bare-{i}", now, now))
+            cur = c.execute(
+                "INSERT INTO outbox(kind, recipients, payload, messages, rule, retry_key, "
+                "not_before, status, created_at) VALUES ('multicast', '[]', '[]', '[]', 'bare', "
+                "?, ?, 'pending', ?)",
+                (f"bare-{i}", now, now),
+            )
             outbox.append(cur.lastrowid)
-        c.executemany("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
-                      "at, local_day, counts_for_cap) VALUES (?, 'bare', 'send x', ?, ?, '[\"x\"]', 'queued', "
-                      "?, ?, 1)", [(r[1], r[0], outbox[i // 500], now, day) for i, r in enumerate(rows)])
+        c.executemany(
+            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+            "at, local_day, counts_for_cap) VALUES (?, 'bare', 'send x', ?, ?, '[\"x\"]', 'queued', "
+            "?, ?, 1)",
+            [(r[1], r[0], outbox[i // 500], now, day) for i, r in enumerate(rows)],
+        )
     finally:
         c.execute("ROLLBACK")
     return time.perf_counter() - started
@@ -160,13 +188,15 @@ def main() -> int:
         t0 = time.perf_counter()
         populate(store, args.friends, start)
         events = generate_events(args.friends, start, args.days, args.seed)
-        print(f"population: {args.friends:,} friends written in {time.perf_counter() - t0:.1f}s; "
-              f"{len(events):,} events over {args.days} days")
+        print(
+            f"population: {args.friends:,} friends written in {time.perf_counter() - t0:.1f}s; "
+            f"{len(events):,} events over {args.days} days"
+        )
 
         engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
         engine_time = dispatch_time = engine_cpu = 0.0
         advanced = sent_rows = 0
-        heaviest = (0.0, 0, 0, 0.0)       # (seconds, advanced, now, CPU seconds)
+        heaviest = (0.0, 0, 0, 0.0)  # (seconds, advanced, now, CPU seconds)
         condition_ticks: list[float] = []
         i = 0
         for hour in range(args.days * 24 + 1):
@@ -209,18 +239,28 @@ def main() -> int:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     per_row_engine = heaviest[0] / max(1, heaviest[1])
     per_row_bare = bare / max(1, bare_rows)
-    print(f"ticks: {args.days * 24 + 1} hourly, engine time {engine_time:.1f}s, "
-          f"{advanced:,} enrollment advances, {sent_rows:,} outbox rows sent ({dispatch_time:.1f}s)")
-    print(f"enrollments advanced per second: {advanced / engine_time:,.0f} overall; "
-          f"heaviest tick {heaviest[1]:,} in {heaviest[0]:.2f}s = {heaviest[1] / max(heaviest[0], 1e-9):,.0f}/s")
+    print(
+        f"ticks: {args.days * 24 + 1} hourly, engine time {engine_time:.1f}s, "
+        f"{advanced:,} enrollment advances, {sent_rows:,} outbox rows sent ({dispatch_time:.1f}s)"
+    )
+    print(
+        f"enrollments advanced per second: {advanced / engine_time:,.0f} overall; "
+        f"heaviest tick {heaviest[1]:,} in {heaviest[0]:.2f}s = {heaviest[1] / max(heaviest[0], 1e-9):,.0f}/s"
+    )
     # on a shared machine the CPU seconds of this process say more than the wall time
     print(f"engine CPU: {engine_cpu:.2f}s in all ticks, {heaviest[3]:.2f}s in the heaviest")
-    print(f"idle tick: {idle_tick * 1000:.2f} ms = {idle_tick / scan:.4f} of one full scan of "
-          f"{total:,} enrollments ({scan * 1000:.0f} ms)")
-    print(f"engine vs bare SQLite for the same rows: {per_row_engine * 1e6:.1f} us vs "
-          f"{per_row_bare * 1e6:.1f} us per enrollment = ratio {per_row_engine / per_row_bare:.2f} (goal <= 2)")
-    print(f"condition tick (local midnight): mean {sum(condition_ticks) / len(condition_ticks):.2f}s, "
-          f"max {max(condition_ticks):.2f}s")
+    print(
+        f"idle tick: {idle_tick * 1000:.2f} ms = {idle_tick / scan:.4f} of one full scan of "
+        f"{total:,} enrollments ({scan * 1000:.0f} ms)"
+    )
+    print(
+        f"engine vs bare SQLite for the same rows: {per_row_engine * 1e6:.1f} us vs "
+        f"{per_row_bare * 1e6:.1f} us per enrollment = ratio {per_row_engine / per_row_bare:.2f} (goal <= 2)"
+    )
+    print(
+        f"condition tick (local midnight): mean {sum(condition_ticks) / len(condition_ticks):.2f}s, "
+        f"max {max(condition_ticks):.2f}s"
+    )
     print(f"peak RSS: {rss_mb:,.0f} MB")
     return 0
 

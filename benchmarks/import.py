@@ -15,6 +15,7 @@ orders of 20,000 customers, of whom the share ``--linked`` are linked to friends
 
 Prints rows, seconds and orders/s for each and the ratio import / bare.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ def write_file(path: Path, orders: int, items: int, rng: random.Random) -> int:
         status = "キャンセル" if n % 50 == 0 else "発送完了"
         prices = [rng.choice((1100, 2200, 3300, 5500)) for _ in range(items)]
         for i, price in enumerate(prices):
-            rows.append(f"{order_id},{status},2026-{1 + n % 12:02d}-{1 + n % 28:02d} 12:{n % 60:02d}:00,"
-                        f"{sum(prices)},{customer},sku-{rng.randrange(500)},化粧水 {i},{price},1")
+            rows.append(
+                f"{order_id},{status},2026-{1 + n % 12:02d}-{1 + n % 28:02d} 12:{n % 60:02d}:00,"
+                f"{sum(prices)},{customer},sku-{rng.randrange(500)},化粧水 {i},{price},1"
+            )
     path.write_bytes(("\r\n".join(rows) + "\r\n").encode("cp932"))
     return len(rows) - 1
 
@@ -53,12 +56,13 @@ def bare(path: Path, orders: list) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, at INTEGER, amount REAL, "
-                 "items TEXT)")
+    conn.execute("CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT, at INTEGER, amount REAL, items TEXT)")
     started = time.perf_counter()
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
-                     [(o.order_id, o.customer, o.at, o.amount, repr(o.items)) for o in orders])
+    conn.executemany(
+        "INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
+        [(o.order_id, o.customer, o.at, o.amount, repr(o.items)) for o in orders],
+    )
     conn.execute("COMMIT")
     seconds = time.perf_counter() - started
     conn.close()
@@ -73,6 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(7)
     import zoneinfo
+
     tz = zoneinfo.ZoneInfo("Asia/Tokyo")
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "rms_orders.csv"
@@ -95,12 +100,18 @@ def main() -> None:
         took_bare = bare(Path(tmp) / "bare.db", orders)
 
     print(f"{args.orders:,} orders, {rows:,} rows (CP932), {len(linked):,} of {CUSTOMERS:,} customers linked")
-    print(f"  import: {took:7.2f} s  {args.orders / took:10,.0f} orders/s   "
-          f"({summary.counted:,} counted, {summary.kept:,} kept, {len(summary.refused)} refused)")
-    print(f"          {took_cpu:7.2f} s of CPU ({read_cpu:.2f} s reading the file, "
-          f"{took_cpu - read_cpu:.2f} s storing): what a machine to itself takes")
-    print(f"  again:  {took_again:7.2f} s  {args.orders / took_again:10,.0f} orders/s   "
-          f"({again.duplicate:,} already imported, {again.counted + again.kept} new; {again_cpu:.2f} s of CPU)")
+    print(
+        f"  import: {took:7.2f} s  {args.orders / took:10,.0f} orders/s   "
+        f"({summary.counted:,} counted, {summary.kept:,} kept, {len(summary.refused)} refused)"
+    )
+    print(
+        f"          {took_cpu:7.2f} s of CPU ({read_cpu:.2f} s reading the file, "
+        f"{took_cpu - read_cpu:.2f} s storing): what a machine to itself takes"
+    )
+    print(
+        f"  again:  {took_again:7.2f} s  {args.orders / took_again:10,.0f} orders/s   "
+        f"({again.duplicate:,} already imported, {again.counted + again.kept} new; {again_cpu:.2f} s of CPU)"
+    )
     print(f"  bare:   {took_bare:7.2f} s  {args.orders / took_bare:10,.0f} orders/s   (executemany INSERT, one table)")
     print(f"  import / bare: {took / took_bare:.1f}x")
 

@@ -10,6 +10,7 @@ second; a second run (nothing left to copy) shows the cost of the check alone.
 Without --pg the benchmark starts its own PostgreSQL (engine/testing/pgserver.py; durability
 off, as for tests: a real server's fsync makes the copy slower).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,10 @@ def main() -> int:
     path = os.path.join(folder, "linerules.db")
     started = time.perf_counter()
     build(path, args.friends, args.days, args.seed)
-    print(f"SQLite database: {args.friends:,} friends, {args.days} days of events, built in "
-          f"{time.perf_counter() - started:.1f}s, {os.path.getsize(path) / 1e6:.1f} MB")
+    print(
+        f"SQLite database: {args.friends:,} friends, {args.days} days of events, built in "
+        f"{time.perf_counter() - started:.1f}s, {os.path.getsize(path) / 1e6:.1f} MB"
+    )
 
     server = None
     if args.pg is None:
@@ -97,8 +100,10 @@ def main() -> int:
         started = time.perf_counter()
         again = migrate_db.migrate_db(path, url, batch=args.batch, say=quiet)
         second = time.perf_counter() - started
-        print(f"second run: {sum(r.new for r in again):,} rows copied, {second:.1f}s "
-              f"({'every row compared and equal' if all(r.ok for r in again) else 'ROWS DIFFER'})")
+        print(
+            f"second run: {sum(r.new for r in again):,} rows copied, {second:.1f}s "
+            f"({'every row compared and equal' if all(r.ok for r in again) else 'ROWS DIFFER'})"
+        )
     finally:
         if server is not None and server.cluster is not None:
             server.cluster.stop()

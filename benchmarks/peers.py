@@ -21,6 +21,7 @@ Both get the same events at the same virtual times and must make the same number
 and reviews. Prints each side's wall time (median of ``--runs``), friend-steps per second, and
 the ratio huey / linerules (goal >= 20).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.language import timeutil  # noqa: E402
-from engine.runtime.events import Event  # noqa: E402
 from engine.interpreter import Engine  # noqa: E402
+from engine.language import timeutil  # noqa: E402
 from engine.language.project import load_project  # noqa: E402
+from engine.runtime.events import Event  # noqa: E402
 from engine.runtime.store import Store  # noqa: E402
 
 DAY = 86400
-START = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.timezone.utc)   # 10:00 in Tokyo
+START = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)  # 10:00 in Tokyo
 GOAL = 20.0
 
 RULE = """\
@@ -80,20 +81,26 @@ def run_huey(friends: list[str], buyers: set[str], folder: str, normal: bool) ->
             conn.execute("PRAGMA synchronous = NORMAL")
             return conn
 
-    huey = SqliteHuey("drip", filename=os.path.join(folder, "huey.db"), results=False,
-                      **({"storage_class": NormalSync} if normal else {}))
+    huey = SqliteHuey(
+        "drip",
+        filename=os.path.join(folder, "huey.db"),
+        results=False,
+        **({"storage_class": NormalSync} if normal else {}),
+    )
     shop = sqlite3.connect(os.path.join(folder, "shop.db"), isolation_level=None)
     shop.execute("PRAGMA journal_mode=WAL")
     if normal:
         shop.execute("PRAGMA synchronous = NORMAL")
-    shop.executescript("CREATE TABLE friends (id TEXT PRIMARY KEY, followed_at INTEGER);"
-                       "CREATE TABLE orders (friend TEXT, at INTEGER);"
-                       "CREATE INDEX orders_friend ON orders(friend);"
-                       "CREATE TABLE sends (friend TEXT, message TEXT, at INTEGER)")
-    clock = {"now": START.replace(tzinfo=None)}   # huey keeps naive UTC times
+    shop.executescript(
+        "CREATE TABLE friends (id TEXT PRIMARY KEY, followed_at INTEGER);"
+        "CREATE TABLE orders (friend TEXT, at INTEGER);"
+        "CREATE INDEX orders_friend ON orders(friend);"
+        "CREATE TABLE sends (friend TEXT, message TEXT, at INTEGER)"
+    )
+    clock = {"now": START.replace(tzinfo=None)}  # huey keeps naive UTC times
 
     def stamp() -> int:
-        return int(clock["now"].replace(tzinfo=dt.timezone.utc).timestamp())
+        return int(clock["now"].replace(tzinfo=dt.UTC).timestamp())
 
     @huey.task()
     def review(friend: str) -> None:
@@ -113,12 +120,12 @@ def run_huey(friends: list[str], buyers: set[str], folder: str, normal: bool) ->
             huey.execute(task, clock["now"])
 
     started = time.perf_counter()
-    for friend in friends:              # the follow webhook's handler
+    for friend in friends:  # the follow webhook's handler
         shop.execute("INSERT INTO friends VALUES (?, ?)", (friend, stamp()))
         coupon.schedule((friend,), eta=clock["now"] + dt.timedelta(days=1))
     consume()
     clock["now"] += dt.timedelta(hours=12)
-    for friend in friends:              # the purchase webhook's handler
+    for friend in friends:  # the purchase webhook's handler
         if friend in buyers:
             shop.execute("INSERT INTO orders VALUES (?, ?)", (friend, stamp()))
     consume()
@@ -143,22 +150,27 @@ def run_linerules(friends: list[str], buyers: set[str], folder: str, project) ->
 
     def feed(events: list[Event], now: int) -> None:
         for i in range(0, len(events), 500):
-            store.apply_events(events[i:i + 500], received_at=now)
+            store.apply_events(events[i : i + 500], received_at=now)
 
     started = time.perf_counter()
     follows = [Event("follow", f, START, {}) for f in friends]
     feed(follows, start)
     engine.tick(START)
     bought_at = START + dt.timedelta(hours=12)
-    feed([Event("purchase", f, bought_at, {"order_id": f"B-{f}", "amount": 3000})
-          for f in friends if f in buyers], start + 12 * 3600)
+    feed(
+        [Event("purchase", f, bought_at, {"order_id": f"B-{f}", "amount": 3000}) for f in friends if f in buyers],
+        start + 12 * 3600,
+    )
     now = engine.tick(bought_at).now
     for offset in (dt.timedelta(hours=12), dt.timedelta(days=3)):
         now += offset
         engine.tick(now)
     spent = time.perf_counter() - started
-    counts = dict(store.conn.execute("SELECT json_extract(messages, '$[0]'), COUNT(*) FROM deliveries "
-                                     "WHERE status = 'queued' GROUP BY 1").fetchall())
+    counts = dict(
+        store.conn.execute(
+            "SELECT json_extract(messages, '$[0]'), COUNT(*) FROM deliveries WHERE status = 'queued' GROUP BY 1"
+        ).fetchall()
+    )
     store.close()
     return spent, counts.get("coupon", 0), counts.get("review", 0)
 
@@ -191,8 +203,9 @@ def main() -> int:
                 import pstats
 
                 with tempfile.TemporaryDirectory() as tmp:
-                    cProfile.runctx("run_linerules(friends, buyers, tmp, project)", globals(), locals(),
-                                    "/tmp/peers.prof")
+                    cProfile.runctx(
+                        "run_linerules(friends, buyers, tmp, project)", globals(), locals(), "/tmp/peers.prof"
+                    )
                 pstats.Stats("/tmp/peers.prof").sort_stats("cumulative").print_stats(30)
                 continue
             sides: dict[str, list[float]] = {"huey": [], "huey-normal": [], "linerules": []}
@@ -217,8 +230,10 @@ def main() -> int:
             print(f"  linerules engine API        {lr:7.2f} s = {steps / lr:8,.0f} friend-steps/s")
             for name, label in (("huey", "huey, SQLite defaults"), ("huey-normal", "huey, synchronous=NORMAL")):
                 verdict = "goal met" if t[name] / lr >= GOAL else "goal NOT met"
-                print(f"  {label:<27} {t[name]:7.2f} s = {steps / t[name]:8,.0f} friend-steps/s; "
-                      f"huey / linerules = {t[name] / lr:5.1f} (goal >= {GOAL:.0f}: {verdict})")
+                print(
+                    f"  {label:<27} {t[name]:7.2f} s = {steps / t[name]:8,.0f} friend-steps/s; "
+                    f"huey / linerules = {t[name] / lr:5.1f} (goal >= {GOAL:.0f}: {verdict})"
+                )
     return 0
 
 

@@ -9,6 +9,7 @@ of one run divides into start-up (imports and loading the rules) and the tests t
 Every process finds Python's compiled bytecode, as an installed package does (pip compiles it
 when it installs), and a warm cache folder of its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,19 +66,27 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env.update(LINERULES_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pycache)
         test = [sys.executable, "-m", "engine.cli", "test", "rules"]
-        subprocess.run(test, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)   # warm
+        subprocess.run(test, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)  # warm
         bare = timed_runs([sys.executable, "-c", "pass"], args.runs, env)
         run = timed_runs(test, args.runs, env)
-        parts = [subprocess.run([sys.executable, "-c", PARTS], cwd=ROOT, env=env, capture_output=True,
-                                text=True, check=True).stdout.split() for _ in range(args.runs)]
+        parts = [
+            subprocess.run(
+                [sys.executable, "-c", PARTS], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            ).stdout.split()
+            for _ in range(args.runs)
+        ]
     imports, load, tests = (statistics.median(float(p[i]) for p in parts) for i in range(3))
     verdict = "goal met" if run[0] <= GOAL else "goal NOT met"
     print(f"`linerules test rules/` as a process, median of {args.runs} (wall / CPU):")
     print(f"  python -c pass:     {bare[0] * 1000:6.0f} ms / {bare[1] * 1000:6.0f} ms")
-    print(f"  linerules test:     {run[0] * 1000:6.0f} ms / {run[1] * 1000:6.0f} ms "
-          f"(goal <= {GOAL * 1000:.0f} ms wall: {verdict})")
-    print(f"  of which (CPU, in one process): imports {imports * 1000:.0f} ms, loading the rules "
-          f"{load * 1000:.0f} ms, the tests {tests * 1000:.0f} ms ({parts[0][3]} clock stops)")
+    print(
+        f"  linerules test:     {run[0] * 1000:6.0f} ms / {run[1] * 1000:6.0f} ms "
+        f"(goal <= {GOAL * 1000:.0f} ms wall: {verdict})"
+    )
+    print(
+        f"  of which (CPU, in one process): imports {imports * 1000:.0f} ms, loading the rules "
+        f"{load * 1000:.0f} ms, the tests {tests * 1000:.0f} ms ({parts[0][3]} clock stops)"
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ Prints the wall and CPU time (medians of ``--runs`` rounds), events per CPU seco
 the same events into a fresh in-memory store (``Store.apply_events``), measured in the same run.
 ``--profile`` prints the top of a cProfile run instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.runtime import simulate
 from engine.language import timeutil  # noqa: E402
+from engine.runtime import simulate
 from engine.runtime.events import Event  # noqa: E402
 from engine.runtime.store import Store  # noqa: E402
 
@@ -59,16 +60,37 @@ def generate(friends: int, days: int = DAYS, seed: int = 14) -> list[Event]:
             order += 1
             bought = followed + rng.randrange(3600, 5 * 86400)
             amount = rng.randrange(1000, 30000)
-            events.append(Event("purchase", friend, at(bought), {
-                "order_id": f"B-{order}", "amount": amount,
-                "items": [{"product": f"SKU{rng.randrange(50)}", "category": "cosmetics",
-                           "price": amount, "quantity": 1}]}))
+            events.append(
+                Event(
+                    "purchase",
+                    friend,
+                    at(bought),
+                    {
+                        "order_id": f"B-{order}",
+                        "amount": amount,
+                        "items": [
+                            {
+                                "product": f"SKU{rng.randrange(50)}",
+                                "category": "cosmetics",
+                                "price": amount,
+                                "quantity": 1,
+                            }
+                        ],
+                    },
+                )
+            )
             if rng.random() < 0.7:
                 shipped = bought + rng.randrange(3600, 2 * 86400)
                 events.append(Event("shipped", friend, at(shipped), {}))
                 if rng.random() < 0.4:
-                    events.append(Event("postback", friend, at(shipped + 86400 + rng.randrange(36000)),
-                                        {"data": "action=delivery&answer=yes"}))
+                    events.append(
+                        Event(
+                            "postback",
+                            friend,
+                            at(shipped + 86400 + rng.randrange(36000)),
+                            {"data": "action=delivery&answer=yes"},
+                        )
+                    )
         if rng.random() < 0.12:
             events.append(Event("message", friend, at(followed + rng.randrange(span)), {"text": "クーポンください"}))
         if rng.random() < 0.04:
@@ -125,7 +147,7 @@ def floor(events: list[Event]) -> float:
     started = time.perf_counter()
     store = Store(":memory:")
     for i in range(0, len(events), 500):
-        store.apply_events(events[i:i + 500])
+        store.apply_events(events[i : i + 500])
     store.close()
     return time.perf_counter() - started
 
@@ -163,12 +185,15 @@ def main() -> int:
         floor(events)
         floors.append(time.process_time() - c)
     wall, cpu, base = statistics.median(walls), statistics.median(cpus), statistics.median(floors)
-    print(f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; "
-          f"{len(pushes):,} pushes")
-    print(f"simulate: {wall:.2f} s wall, {cpu:.2f} s CPU (medians of {args.runs}) = "
-          f"{len(events) / cpu:,.0f} events per CPU second")
-    print(f"clock stops: {counting.ticks:,} ticks; {counting.statements / max(1, counting.ticks):.1f} "
-          f"SQL statements per tick")
+    print(f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; {len(pushes):,} pushes")
+    print(
+        f"simulate: {wall:.2f} s wall, {cpu:.2f} s CPU (medians of {args.runs}) = "
+        f"{len(events) / cpu:,.0f} events per CPU second"
+    )
+    print(
+        f"clock stops: {counting.ticks:,} ticks; {counting.statements / max(1, counting.ticks):.1f} "
+        f"SQL statements per tick"
+    )
     print(f"storing the same events alone: {base:.2f} s CPU; simulate / storing = {cpu / base:.1f}")
     return 0
 

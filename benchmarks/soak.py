@@ -14,6 +14,7 @@ for the backlog to empty. Exit status 1 when anything was delivered twice or los
 
     python benchmarks/soak.py [--friends 120] [--kills 6] [--seconds 40] [--seed 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,10 +73,25 @@ class Runner:
     def __init__(self, rules: Path, db: Path, env: dict[str, str], log: Path):
         self.log = log.open("a", encoding="utf-8")
         self.proc = subprocess.Popen(
-            [sys.executable, "runner.py", "--rules", str(rules), "--db", str(db),
-             "--listen", "127.0.0.1:0", "--tick", "0.5"],
-            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            encoding="utf-8")
+            [
+                sys.executable,
+                "runner.py",
+                "--rules",
+                str(rules),
+                "--db",
+                str(db),
+                "--listen",
+                "127.0.0.1:0",
+                "--tick",
+                "0.5",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+        )
         self.url = ""
         ready = threading.Event()
 
@@ -113,10 +129,16 @@ class Runner:
 
 
 def webhook(friend: str, token: str, n: int) -> tuple[bytes, dict[str, str]]:
-    event = {"type": "message", "mode": "active", "timestamp": int(time.time() * 1000),
-             "source": {"type": "user", "userId": friend}, "webhookEventId": f"01SOAK{n:08d}",
-             "deliveryContext": {"isRedelivery": False}, "replyToken": token,
-             "message": {"type": "text", "id": f"m{n}", "text": "クーポン"}}
+    event = {
+        "type": "message",
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
+        "source": {"type": "user", "userId": friend},
+        "webhookEventId": f"01SOAK{n:08d}",
+        "deliveryContext": {"isRedelivery": False},
+        "replyToken": token,
+        "message": {"type": "text", "id": f"m{n}", "text": "クーポン"},
+    }
     body = json.dumps({"destination": "Ubot", "events": [event]}, ensure_ascii=False).encode()
     signature = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
     return body, {"Content-Type": "application/json", "x-line-signature": signature}
@@ -124,8 +146,7 @@ def webhook(friend: str, token: str, n: int) -> tuple[bytes, dict[str, str]]:
 
 def follows(friends: list[str]) -> tuple[bytes, dict[str, str]]:
     at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    body = json.dumps([{"type": "follow", "friend": f, "at": at, "id": f"follow-{f}"}
-                       for f in friends]).encode()
+    body = json.dumps([{"type": "follow", "friend": f, "at": at, "id": f"follow-{f}"} for f in friends]).encode()
     return body, {"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"}
 
 
@@ -137,11 +158,11 @@ def inject_random(emulator, rng: random.Random) -> str:
     elif kind == "429":
         emulator.inject(endpoint, 429, headers={"Retry-After": "1"})
     elif kind == "timeout":
-        emulator.inject_timeout(endpoint, delay=2.0)        # dropped unprocessed after 2 s
+        emulator.inject_timeout(endpoint, delay=2.0)  # dropped unprocessed after 2 s
     elif kind == "lost":
-        emulator.inject_lost_response(endpoint)              # delivered, answer dropped at once
+        emulator.inject_lost_response(endpoint)  # delivered, answer dropped at once
     else:
-        emulator.inject_lost_response(endpoint, delay=2.0)   # delivered, answer hangs, dropped
+        emulator.inject_lost_response(endpoint, delay=2.0)  # delivered, answer hangs, dropped
     return f"{kind}@{endpoint}"
 
 
@@ -162,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--friends", type=int, default=120)
     parser.add_argument("--kills", type=int, default=6, help="SIGKILLs during the traffic")
     parser.add_argument("--seconds", type=float, default=40, help="seconds of traffic at most")
-    parser.add_argument("--drain", type=float, default=120,
-                        help="seconds at most for the backlog to empty afterwards")
+    parser.add_argument("--drain", type=float, default=120, help="seconds at most for the backlog to empty afterwards")
     parser.add_argument("--faults-per-second", type=float, default=4)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -185,14 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         for f in friends:
             emulator.add_user(f, f)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LINE_", "LINERULES_"))}
-        env.update({"LINE_CHANNEL_ACCESS_TOKEN": emulator.access_token,
-                    "LINE_API_ENDPOINT": emulator.base_url, "LINE_CHANNEL_SECRET": SECRET,
-                    "LINERULES_API_TOKEN": API_TOKEN})
+        env.update(
+            {
+                "LINE_CHANNEL_ACCESS_TOKEN": emulator.access_token,
+                "LINE_API_ENDPOINT": emulator.base_url,
+                "LINE_CHANNEL_SECRET": SECRET,
+                "LINERULES_API_TOKEN": API_TOKEN,
+            }
+        )
         runner = Runner(rules, db, env, log)
         # the traffic: follows in groups, each friend's message a moment after its follow
         plan: list[tuple[str, list[str]]] = []
         for i in range(0, len(friends), 10):
-            group = friends[i:i + 10]
+            group = friends[i : i + 10]
             plan.append(("follow", group))
             plan.append(("message", group))
         step = max(0.05, (args.seconds * 0.6) / max(1, len(plan)))
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                         n += 1
                         body, headers = webhook(f, tokens[f], friends.index(f))
                         delivered = runner.post("/callback", body, headers) and delivered
-                if delivered:      # a post the runner did not answer is posted again (deduped)
+                if delivered:  # a post the runner did not answer is posted again (deduped)
                     plan.pop(0)
             time.sleep(step)
         traffic = time.monotonic() - started
@@ -252,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                 if marker in msg.get("text", ""):
                     counts[kind][d.user_id] += 1
                     via[(kind, d.endpoint)] += 1
-    print(f"soak: {len(friends)} friends, {kills} SIGKILLs, {sum(faults.values())} injected faults "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))})")
-    print(f"traffic {traffic:.0f} s, all delivered after {drained:.0f} s; runner exit {code}; "
-          f"log {log}")
+    print(
+        f"soak: {len(friends)} friends, {kills} SIGKILLs, {sum(faults.values())} injected faults "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))})"
+    )
+    print(f"traffic {traffic:.0f} s, all delivered after {drained:.0f} s; runner exit {code}; log {log}")
     print(f"{'kind':<10} {'once':>6} {'twice+':>7} {'lost':>6}  delivered via")
     bad = 0
     for kind in KINDS:
@@ -265,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         bad += twice + lost
         ways = ", ".join(f"{ep} {n}" for (k, ep), n in sorted(via.items()) if k == kind)
         print(f"{kind:<10} {once:>6} {twice:>7} {lost:>6}  {ways}")
-    answered = Counter(status for (ep, status), n in requests.items() for _ in range(n)
-                       if ep in FAULT_ENDPOINTS)
-    print("LINE answers (push, multicast, reply): "
-          + ", ".join(f"{'no answer' if s is None else s} {n}" for s, n in
-                      sorted(answered.items(), key=lambda kv: str(kv[0]))))
+    answered = Counter(status for (ep, status), n in requests.items() for _ in range(n) if ep in FAULT_ENDPOINTS)
+    print(
+        "LINE answers (push, multicast, reply): "
+        + ", ".join(
+            f"{'no answer' if s is None else s} {n}" for s, n in sorted(answered.items(), key=lambda kv: str(kv[0]))
+        )
+    )
     return 1 if bad else 0
 
 

@@ -26,6 +26,7 @@ whichever side happens to trigger it. (``load_project`` also switches the collec
 it loads; here that changes nothing, as it is off for both sides.) What each call leaves is
 freed inside its timing: the bare parse's trees and load_project's syntax trees alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,17 +50,40 @@ from engine.language.project import load_project  # noqa: E402
 
 MESSAGES = [f"msg_{i}" for i in range(40)]
 TRIGGERS = [
-    "followed via qr=shipping", "followed via ad=summer, ad=winter", "unfollowed",
-    'message "クーポン", "coupon"', 'message exactly "はい"', "postback action=survey_done",
-    "purchased", "purchased product=SKU-{n}", "purchased category=cosmetics", "carted",
-    "viewed product=SKU-{n}", "tagged 購入済み", "event shipped carrier=yamato",
-    'schedule "0 20 * * 5"', "sale starts in 14d at 12:00", "sale ends in 1d at 10:00",
-    "last purchase older than 90d", "total_spent >= 50000", "in segment seg_{s}",
+    "followed via qr=shipping",
+    "followed via ad=summer, ad=winter",
+    "unfollowed",
+    'message "クーポン", "coupon"',
+    'message exactly "はい"',
+    "postback action=survey_done",
+    "purchased",
+    "purchased product=SKU-{n}",
+    "purchased category=cosmetics",
+    "carted",
+    "viewed product=SKU-{n}",
+    "tagged 購入済み",
+    "event shipped carrier=yamato",
+    'schedule "0 20 * * 5"',
+    "sale starts in 14d at 12:00",
+    "sale ends in 1d at 10:00",
+    "last purchase older than 90d",
+    "total_spent >= 50000",
+    "in segment seg_{s}",
     "purchased within 30d and not tagged vip",
 ]
-CONDS = ["not purchased", "purchased within 30d", "clicked within 7d", "tagged vip",
-         "friend for 30d", "orders >= 3", 'language = "ja"', "never purchased",
-         "top 20% by spent within 365d", "in segment seg_{s}", "(tagged a or tagged b) and not blocked"]
+CONDS = [
+    "not purchased",
+    "purchased within 30d",
+    "clicked within 7d",
+    "tagged vip",
+    "friend for 30d",
+    "orders >= 3",
+    'language = "ja"',
+    "never purchased",
+    "top 20% by spent within 365d",
+    "in segment seg_{s}",
+    "(tagged a or tagged b) and not blocked",
+]
 
 
 def make_rule(i: int, rng: random.Random) -> str:
@@ -105,12 +129,10 @@ def make_folder(folder: Path, n_rules: int, seed: int = 1) -> list[str]:
     for f in range(0, n_rules, per_file):
         body = "\n".join(make_rule(i, rng) for i in range(f, min(n_rules, f + per_file)))
         if f == 0:
-            body += "\n" + "\n".join(f"segment seg_{s}: orders >= {s + 1} or tagged vip"
-                                     for s in range(10)) + "\n"
+            body += "\n" + "\n".join(f"segment seg_{s}: orders >= {s + 1} or tagged vip" for s in range(10)) + "\n"
         (folder / f"campaign_{f // per_file:03d}.rule").write_text(body, encoding="utf-8")
         texts.append(body)
-    (folder / "messages.yaml").write_text(
-        "".join(f'{m}: "Message {m}"\n' for m in MESSAGES), encoding="utf-8")
+    (folder / "messages.yaml").write_text("".join(f'{m}: "Message {m}"\n' for m in MESSAGES), encoding="utf-8")
     return texts
 
 
@@ -146,9 +168,11 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=11)
     ap.add_argument("--starts", type=int, default=11, help="process start-ups to time (each way)")
-    ap.add_argument("--instructions", action="store_true",
-                    help="only count the instructions of one warm start-up (valgrind): a figure "
-                         "a busy machine does not move")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only count the instructions of one warm start-up (valgrind): a figure a busy machine does not move",
+    )
     args = ap.parse_args()
     if args.instructions:
         return instructions()
@@ -161,15 +185,17 @@ def main() -> int:
             print(f"generated folder is not valid: {errors[:3]}", file=sys.stderr)
             return 1
         parser = lark_parser()
-        bare, total = best_of(args.runs, lambda: [parser.parse(t) for t in texts],
-                              lambda: load_project(folder))
-    report(f"{args.rules} rules in {len(texts)} files ({sum(t.count(chr(10)) for t in texts)} lines)",
-           args.rules, bare, total)
+        bare, total = best_of(args.runs, lambda: [parser.parse(t) for t in texts], lambda: load_project(folder))
+    report(
+        f"{args.rules} rules in {len(texts)} files ({sum(t.count(chr(10)) for t in texts)} lines)",
+        args.rules,
+        bare,
+        total,
+    )
     sample = ROOT / "rules"
     sample_texts = [p.read_text(encoding="utf-8") for p in sorted(sample.glob("*.rule"))]
     n_rules = len(load_project(sample).project.rules)
-    bare, total = best_of(args.runs * 3, lambda: [parser.parse(t) for t in sample_texts],
-                          lambda: load_project(sample))
+    bare, total = best_of(args.runs * 3, lambda: [parser.parse(t) for t in sample_texts], lambda: load_project(sample))
     report(f"the sample rules/ ({n_rules} rules, {len(sample_texts)} files)", n_rules, bare, total)
     startup(args.starts)
     return 0
@@ -208,9 +234,15 @@ def instructions() -> int:
     validate = [sys.executable, "-m", "engine.cli", "validate", "rules"]
 
     def count(cmd: list[str], env: dict) -> int:
-        proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, check=True)
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
         return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
 
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pycache:
@@ -221,8 +253,10 @@ def instructions() -> int:
         bare, warm = count([sys.executable, "-c", "pass"], env), count(validate, env)
     print("instructions (valgrind), warm cache folder:")
     print(f"  python -c pass:          {bare / 1e6:8.0f} million")
-    print(f"  linerules validate rules/: {warm / 1e6:6.0f} million ({(warm - bare) / 1e6:.0f} million "
-          "more than python -c pass)")
+    print(
+        f"  linerules validate rules/: {warm / 1e6:6.0f} million ({(warm - bare) / 1e6:.0f} million "
+        "more than python -c pass)"
+    )
     return 0
 
 
@@ -243,21 +277,32 @@ def startup(n: int) -> None:
         bare = timed_runs([sys.executable, "-c", "pass"], n, env)
         cold = timed_runs(validate, n, env, before=empty)
         warm = timed_runs(validate, n, env)
-        proc = subprocess.run([sys.executable, "-X", "importtime", *validate[1:]], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", *validate[1:]],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
     verdict = "goal met" if warm[0] <= STARTUP_GOAL else "goal NOT met"
     print(f"`linerules validate rules/` as a process, median of {n} (wall / CPU):")
     print(f"  python -c pass:           {bare[0] * 1000:6.0f} ms / {bare[1] * 1000:6.0f} ms")
     print(f"  empty cache folder:       {cold[0] * 1000:6.0f} ms / {cold[1] * 1000:6.0f} ms")
-    print(f"  warm cache folder:        {warm[0] * 1000:6.0f} ms / {warm[1] * 1000:6.0f} ms "
-          f"(goal <= {STARTUP_GOAL * 1000:.0f} ms: {verdict})")
+    print(
+        f"  warm cache folder:        {warm[0] * 1000:6.0f} ms / {warm[1] * 1000:6.0f} ms "
+        f"(goal <= {STARTUP_GOAL * 1000:.0f} ms: {verdict})"
+    )
     rows = []
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
-        if m and len(m.group(3)) <= 2:   # top-level imports and their direct children
+        if m and len(m.group(3)) <= 2:  # top-level imports and their direct children
             rows.append((int(m.group(2)), m.group(4)))
-    print("  slowest imports of a warm run (cumulative): " +
-          ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in sorted(rows, reverse=True)[:10]))
+    print(
+        "  slowest imports of a warm run (cumulative): "
+        + ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in sorted(rows, reverse=True)[:10])
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ meanwhile. Prints p50/p99/max of the webhook answer times (LINE wants 200 within
 the ticks that ran and their longest duration, and the longest write transaction of the tick
 thread and of the HTTP side. Dry-run: nothing leaves the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def populate(path: str, n: int) -> None:
             "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
             "INSERT INTO friends(id, followed_at, seen_at, orders, total_spent, created_at) "
             "SELECT printf('U%08d', i), :now - 86400, :now - 86400, i % 5, (i * 7919) % 30000, :now - 86400 "
-            "FROM seq", {"n": n, "now": now})
+            "FROM seq",
+            {"n": n, "now": now},
+        )
     store.close()
 
 
@@ -67,10 +70,16 @@ def signed(body: bytes) -> str:
 
 
 def webhook(i: int) -> bytes:
-    event = {"type": "message", "mode": "active", "timestamp": int(time.time() * 1000),
-             "source": {"type": "user", "userId": f"U{i % 1000:08d}"}, "webhookEventId": f"01BENCH{i:010d}",
-             "deliveryContext": {"isRedelivery": False}, "replyToken": f"rt-{i}",
-             "message": {"type": "text", "id": str(i), "text": "coupon please"}}
+    event = {
+        "type": "message",
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
+        "source": {"type": "user", "userId": f"U{i % 1000:08d}"},
+        "webhookEventId": f"01BENCH{i:010d}",
+        "deliveryContext": {"isRedelivery": False},
+        "replyToken": f"rt-{i}",
+        "message": {"type": "text", "id": str(i), "text": "coupon please"},
+    }
     return json.dumps({"destination": "Ubot", "events": [event]}).encode()
 
 
@@ -79,6 +88,7 @@ async def fire(url: str, seconds: float, every: float) -> list[float]:
     times: list[float] = []
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+
         async def one(i: int) -> None:
             body = webhook(i)
             started = time.perf_counter()
@@ -100,8 +110,9 @@ async def fire(url: str, seconds: float, every: float) -> list[float]:
 
 
 async def bench(folder: Path, db: str, seconds: float, every: float) -> None:
-    config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET}, rules_dir=folder, db=db,
-                                   listen="127.0.0.1:0", tick_seconds=0.1)
+    config = RunnerConfig.from_env(
+        {"LINE_CHANNEL_SECRET": SECRET}, rules_dir=folder, db=db, listen="127.0.0.1:0", tick_seconds=0.1
+    )
     runner = Runner.open(config)
     durations: list[float] = []
     started_ticks: list[float] = []
@@ -124,7 +135,7 @@ async def bench(folder: Path, db: str, seconds: float, every: float) -> None:
         await site.start()
         host, port = web_runner.addresses[0][:2]
         loops = asyncio.ensure_future(runner.run())
-        while not started_ticks:                   # fire from the first (heaviest) tick on
+        while not started_ticks:  # fire from the first (heaviest) tick on
             await asyncio.sleep(0.01)
         times = await fire(f"http://{host}:{port}/callback", seconds, every)
     finally:
@@ -135,11 +146,15 @@ async def bench(folder: Path, db: str, seconds: float, every: float) -> None:
         runner.close()
     times.sort()
     p = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000  # noqa: E731
-    print(f"webhooks: {len(times)} answered 200; p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, "
-          f"max {times[-1] * 1000:.1f} ms (LINE wants under 2000 ms)")
+    print(
+        f"webhooks: {len(times)} answered 200; p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, "
+        f"max {times[-1] * 1000:.1f} ms (LINE wants under 2000 ms)"
+    )
     print(f"ticks: {len(durations)}, mean {statistics.mean(durations):.2f}s, longest {max(durations):.2f}s")
-    print(f"longest write transaction: tick thread {runner.engine.store.longest_write * 1000:.0f} ms, "
-          f"HTTP side {runner.store.longest_write * 1000:.0f} ms")
+    print(
+        f"longest write transaction: tick thread {runner.engine.store.longest_write * 1000:.0f} ms, "
+        f"HTTP side {runner.store.longest_write * 1000:.0f} ms"
+    )
 
 
 def main() -> int:

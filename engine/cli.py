@@ -13,6 +13,7 @@ The options that several commands share are defined once below (:func:`rules_opt
 ``--tick`` and ``--lang`` are spelled and mean the same in every command. Shell completion is
 click's: ``eval "$(_LINERULES_COMPLETE=bash_source linerules)"`` (docs/cli.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,30 +24,40 @@ from . import __version__
 
 #: ``--lang`` of the commands that print texts for people.
 lang_option = click.option(
-    "--lang", type=click.Choice(["ja", "en"]), default=None,
+    "--lang",
+    type=click.Choice(["ja", "en"]),
+    default=None,
     help="Language of messages and reports: ja or en (default: LINERULES_LANG, then "
-         "`language:` in settings.yaml, then the locale).")
+    "`language:` in settings.yaml, then the locale).",
+)
 
 
 def rules_option(default: str | None = "rules", also: str = ""):
     """``--rules DIR``: the rule folder (its .rule files, messages.yaml, settings.yaml), or one
     .rule file; the same in every command."""
     return click.option(
-        "--rules", "rules_dir", default=default, show_default=default is not None,
-        type=click.Path(), metavar="DIR",
-        help="The rule folder: its .rule files, messages.yaml and settings.yaml" + also + ".")
+        "--rules",
+        "rules_dir",
+        default=default,
+        show_default=default is not None,
+        type=click.Path(),
+        metavar="DIR",
+        help="The rule folder: its .rule files, messages.yaml and settings.yaml" + also + ".",
+    )
 
 
-def db_option(also: str = "", *, required: bool = False, env: bool = True,
-              default: str | None = "linerules.db"):
+def db_option(also: str = "", *, required: bool = False, env: bool = True, default: str | None = "linerules.db"):
     """``--db FILE``: the SQLite database file; ``LINERULES_DB`` where the command works on the
     runner's database."""
-    given = {"required": True} if required else {"default": default,
-                                                 "show_default": default is not None}
+    given = {"required": True} if required else {"default": default, "show_default": default is not None}
     return click.option(
-        "--db", envvar="LINERULES_DB" if env else None, type=click.Path(dir_okay=False),
-        metavar="FILE", help="The SQLite database file" + also + (" (env LINERULES_DB)." if env else "."),
-        **given)
+        "--db",
+        envvar="LINERULES_DB" if env else None,
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="The SQLite database file" + also + (" (env LINERULES_DB)." if env else "."),
+        **given,
+    )
 
 
 class Duration(click.ParamType):
@@ -72,8 +83,11 @@ class Duration(click.ParamType):
                 try:
                     seconds = float(parse_duration(text))
                 except ValueError:
-                    self.fail(f"`{value}` is not a duration: give seconds (60) or a duration "
-                              "like 30s, 5m, 1h, 1d12h", param, ctx)
+                    self.fail(
+                        f"`{value}` is not a duration: give seconds (60) or a duration like 30s, 5m, 1h, 1d12h",
+                        param,
+                        ctx,
+                    )
         if not math.isfinite(seconds) or seconds < self.minimum:
             self.fail(f"`{value}` is shorter than {self.minimum:g}s", param, ctx)
         if self.whole:
@@ -86,10 +100,15 @@ class Duration(click.ParamType):
 def tick_option(default: str, also: str = ""):
     """``--tick DURATION``: the engine's tick, the same in every command."""
     return click.option(
-        "--tick", "tick", default=default, show_default=True, type=Duration(0.01),
+        "--tick",
+        "tick",
+        default=default,
+        show_default=True,
+        type=Duration(0.01),
         metavar="DURATION",
         help="The engine's tick: how often condition triggers are checked; seconds (60) or a "
-             "duration (30s, 5m, 1h)" + also + ".")
+        "duration (30s, 5m, 1h)" + also + ".",
+    )
 
 
 class HostPort(click.ParamType):
@@ -118,7 +137,7 @@ class Command(click.Command):
 
 class Group(click.Group):
     command_class = Command
-    group_class = type   # subgroups are Groups too
+    group_class = type  # subgroups are Groups too
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -140,8 +159,14 @@ def cli():
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(), metavar="[PATH]...")
 @rules_option(None, " (the same as giving it as PATH; default: rules)")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
-              show_default=True, help="Output: human text with carets, a JSON list, or GitHub Actions annotations.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github"]),
+    default="text",
+    show_default=True,
+    help="Output: human text with carets, a JSON list, or GitHub Actions annotations.",
+)
 @lang_option
 def validate(paths, rules_dir, fmt, lang):
     """Check rule folders or .rule files (default rules/) and exit 1 on any error.
@@ -203,14 +228,24 @@ def graph(rule, rules_dir, lang):
 @cli.command()
 @click.argument("events", type=click.Path(dir_okay=False))
 @rules_option()
-@click.option("--until", default=None, metavar="ISO8601",
-              help="Run the clock up to this ISO 8601 time (with offset). "
-                   "Default: 30 days after the last event.")
+@click.option(
+    "--until",
+    default=None,
+    metavar="ISO8601",
+    help="Run the clock up to this ISO 8601 time (with offset). Default: 30 days after the last event.",
+)
 @tick_option("1h", ", in slots from local midnight")
-@db_option(": keep the simulation in it (for `linerules report`); a new file, or one an "
-           "earlier simulation made", env=False, default=None)
-@click.option("--render", is_flag=True, default=False,
-              help='Also print "rendered": the LINE message objects each friend would get.')
+@db_option(
+    ": keep the simulation in it (for `linerules report`); a new file, or one an earlier simulation made",
+    env=False,
+    default=None,
+)
+@click.option(
+    "--render",
+    is_flag=True,
+    default=False,
+    help='Also print "rendered": the LINE message objects each friend would get.',
+)
 @lang_option
 def simulate(events, rules_dir, until, tick, db, render, lang):
     """Replay a JSON Lines timeline through the engine with a virtual clock; no network.
@@ -243,8 +278,7 @@ def test_cmd(directory, rules_dir, lang):
     from engine.runtime.ruletest import main
 
     if directory and rules_dir and directory != rules_dir:
-        raise click.UsageError(f"give the rule folder once: DIR `{directory}` or --rules "
-                               f"`{rules_dir}`, not both")
+        raise click.UsageError(f"give the rule folder once: DIR `{directory}` or --rules `{rules_dir}`, not both")
     raise SystemExit(main(directory or rules_dir or "rules", lang=lang))
 
 
@@ -252,13 +286,25 @@ def test_cmd(directory, rules_dir, lang):
 @db_option(": the runner's, or one kept by `linerules simulate --db`", required=True)
 @rules_option(also=" (for the time zone, quota and attribution settings)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write a self-contained HTML page with charts.")
+@click.option(
+    "--html",
+    "html_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write a self-contained HTML page with charts.",
+)
 @click.option("--since", default=None, help="Only activity at or after this date/time (ISO 8601).")
-@click.option("--until", default=None, help="Only activity before this date/time (ISO 8601; a date includes that whole day).")
+@click.option(
+    "--until", default=None, help="Only activity before this date/time (ISO 8601; a date includes that whole day)."
+)
 @click.option("--rule", "rule_names", multiple=True, help="Only this rule (repeatable).")
-@click.option("--block-days", default=7, show_default=True, type=click.IntRange(min=1),
-              help="Count an unfollow within this many days after a send as a block after that send.")
+@click.option(
+    "--block-days",
+    default=7,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Count an unfollow within this many days after a send as a block after that send.",
+)
 @lang_option
 def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, lang):
     """What each rule did: entered, pushes, capped, clicks, conversions, revenue, blocks.
@@ -270,20 +316,28 @@ def report(db, rules_dir, fmt, html_path, since, until, rule_names, block_days, 
     """
     from engine.reports.report import main
 
-    raise SystemExit(main(db, rules_dir, fmt, html_path, since, until, list(rule_names),
-                          block_days=block_days, lang=lang))
+    raise SystemExit(
+        main(db, rules_dir, fmt, html_path, since, until, list(rule_names), block_days=block_days, lang=lang)
+    )
 
 
 @cli.command()
 @rules_option(also="; reloaded on SIGHUP and when its files change")
 @db_option()
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, type=HostPort(),
-              help="HOST:PORT for the HTTP server.")
+@click.option(
+    "--listen", default="127.0.0.1:8080", show_default=True, type=HostPort(), help="HOST:PORT for the HTTP server."
+)
 @tick_option("60s", "; the runner also wakes when a step, an event or a send is due")
-@click.option("--condition-interval", "condition_interval", default="0", show_default=True,
-              type=Duration(0, whole=True), metavar="DURATION",
-              help="Check condition triggers once per slot of this length from local midnight "
-                   "(0 = every tick; 10m-1h for very large accounts).")
+@click.option(
+    "--condition-interval",
+    "condition_interval",
+    default="0",
+    show_default=True,
+    type=Duration(0, whole=True),
+    metavar="DURATION",
+    help="Check condition triggers once per slot of this length from local midnight "
+    "(0 = every tick; 10m-1h for very large accounts).",
+)
 def run(rules_dir, db, listen, tick, condition_interval):
     """The runner: tick loop plus HTTP server (POST /callback, POST /events, GET /healthz).
 
@@ -297,8 +351,9 @@ def run(rules_dir, db, listen, tick, condition_interval):
     """
     from engine.runner.server import serve
 
-    raise SystemExit(serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick,
-                           condition_interval=condition_interval))
+    raise SystemExit(
+        serve(rules_dir=rules_dir, db=db, listen=listen, tick_seconds=tick, condition_interval=condition_interval)
+    )
 
 
 @cli.group(name="import")
@@ -317,11 +372,20 @@ def import_group():
 
 @import_group.command(name="orders")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["shopify", "rakuten", "csv"]), required=True,
-              help="shopify: Shopify's order export; rakuten: Rakuten RMS's order CSV (Shift_JIS); "
-                   "csv: the plain CSV of docs/shop.md.")
-@click.option("--columns", default=None, metavar="FIELD=Header,...",
-              help="Columns named differently in this file, e.g. order_id=注文番号,customer=会員ID.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["shopify", "rakuten", "csv"]),
+    required=True,
+    help="shopify: Shopify's order export; rakuten: Rakuten RMS's order CSV (Shift_JIS); "
+    "csv: the plain CSV of docs/shop.md.",
+)
+@click.option(
+    "--columns",
+    default=None,
+    metavar="FIELD=Header,...",
+    help="Columns named differently in this file, e.g. order_id=注文番号,customer=会員ID.",
+)
 @db_option()
 @rules_option(also=" (its time zone reads times written without an offset)")
 def import_orders_cmd(file, fmt, columns, db, rules_dir):
@@ -343,8 +407,12 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
 
 @import_group.command(name="customers")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--columns", default=None, metavar="FIELD=Header,...",
-              help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.")
+@click.option(
+    "--columns",
+    default=None,
+    metavar="FIELD=Header,...",
+    help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.",
+)
 @db_option()
 def import_customers_cmd(file, columns, db):
     """Import customer id <-> LINE user id links (columns `customer` and `friend`).
@@ -363,11 +431,20 @@ def import_customers_cmd(file, columns, db):
 @cli.command(name="migrate-db")
 @click.argument("sqlite_file", type=click.Path(dir_okay=False))
 @click.argument("postgres_url", metavar="POSTGRESQL_URL")
-@click.option("--batch", default=5000, show_default=True, type=click.IntRange(min=1),
-              help="Rows per COPY batch (one PostgreSQL transaction each).")
-@click.option("--refresh", is_flag=True, default=False,
-              help="Make PostgreSQL equal to SQLite when an earlier copy is out of date: update the rows "
-                   "that differ, delete the rows SQLite no longer has.")
+@click.option(
+    "--batch",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows per COPY batch (one PostgreSQL transaction each).",
+)
+@click.option(
+    "--refresh",
+    is_flag=True,
+    default=False,
+    help="Make PostgreSQL equal to SQLite when an earlier copy is out of date: update the rows "
+    "that differ, delete the rows SQLite no longer has.",
+)
 def migrate_db_cmd(sqlite_file, postgres_url, batch, refresh):
     """Copy a linerules SQLite database into PostgreSQL, then verify the rows of every table.
 

@@ -18,6 +18,7 @@ The language is chosen by :func:`choose`: ``--lang``, then ``LINERULES_LANG``, t
 ``language:`` in settings.yaml, then the locale (``LC_ALL``, ``LC_MESSAGES``, ``LANG``), then
 English. :func:`use` sets it for the process.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,9 @@ import gettext
 import io
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import click
 
@@ -49,8 +51,15 @@ class Text(str):
     args: dict[str, Any]
     code: str | None
 
-    def __new__(cls, msgid: str, args: dict[str, Any] | None = None, *, code: str | None = None,
-                plural: str | None = None, n: int | None = None) -> "Text":
+    def __new__(
+        cls,
+        msgid: str,
+        args: dict[str, Any] | None = None,
+        *,
+        code: str | None = None,
+        plural: str | None = None,
+        n: int | None = None,
+    ) -> Text:
         args = args or {}
         english = _format(msgid if plural is None or n == 1 else plural, args, DEFAULT, n)
         self = super().__new__(cls, english)
@@ -68,7 +77,7 @@ class Text(str):
             template = catalog.ngettext(self.msgid, self.plural, self.n if self.n is not None else 1)
         return _format(template, self.args, lang, self.n)
 
-    def __reduce__(self):   # pickle / copy keep the translatable form
+    def __reduce__(self):  # pickle / copy keep the translatable form
         return (_rebuild, (self.msgid, self.args, self.code, self.plural, self.n))
 
 
@@ -119,7 +128,7 @@ def render(value: Any, lang: str | None = None) -> str:
     return str(value)
 
 
-def join(parts: Iterable[Any], sep: str = ", ") -> "Joined":
+def join(parts: Iterable[Any], sep: str = ", ") -> Joined:
     """Several texts shown side by side (each translated when the whole is)."""
     return Joined(list(parts), sep)
 
@@ -129,7 +138,7 @@ _JA_SEPARATORS = {", ": "、", " or ": " または ", " and ": " と "}
 
 
 class Joined(Text):
-    def __new__(cls, parts: list[Any], sep: str) -> "Joined":
+    def __new__(cls, parts: list[Any], sep: str) -> Joined:
         self = str.__new__(cls, sep.join(render(p, DEFAULT) for p in parts))
         self.msgid, self.plural, self.n, self.args, self.code = "", None, None, {}, None
         self.parts, self.sep = parts, sep
@@ -211,8 +220,7 @@ def from_locale(environ: dict[str, str] | None = None) -> str | None:
     return None
 
 
-def choose(cli: str | None = None, settings: str | None = None,
-           environ: dict[str, str] | None = None) -> str:
+def choose(cli: str | None = None, settings: str | None = None, environ: dict[str, str] | None = None) -> str:
     """``--lang``, then ``LINERULES_LANG``, then settings.yaml's ``language``, then the locale."""
     env = os.environ if environ is None else environ
     for candidate in (cli, env.get(ENV), settings):

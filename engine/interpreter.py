@@ -23,25 +23,42 @@ and the database only through the store:
 :class:`Engine` only builds the stages for a project and runs them in order. The semantics and
 the decisions behind them are described in docs/engine.md.
 """
+
 from __future__ import annotations
 
 import datetime as dt
-from typing import Callable
+from collections.abc import Callable
 
 from engine.language import ir, timeutil
+from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
+from engine.runtime.store import ApplyResult, Store
+
 from .stages.conditions import ConditionTriggers
 from .stages.context import Carry, Context, TickResult, rule_version
-from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from .stages.deliver import DELIVER_CHUNK, DeliverStage
 from .stages.entry import ANSWERED_TYPES, Entry
 from .stages.events import EVENT_CHUNK, REPLIED_TYPES, REPLY_SECONDS, EventStage
 from .stages.triggers import TimeTriggers
 from .stages.walk import CHUNK, FIRST_CHUNK, MAX_ROUNDS, WRITE_BUDGET, WalkStage
-from engine.runtime.store import ApplyResult, Store
 
-__all__ = ["ANSWERED_TYPES", "CHUNK", "DELIVER_CHUNK", "EVENT_CHUNK", "FIRST_CHUNK", "FOLLOW_GRACE",
-           "MAX_MULTICAST", "MAX_OBJECTS", "MAX_ROUNDS", "MAX_WAKEUP", "REPLIED_TYPES", "REPLY_SECONDS",
-           "WRITE_BUDGET", "Engine", "TickResult", "rule_version"]
+__all__ = [
+    "ANSWERED_TYPES",
+    "CHUNK",
+    "DELIVER_CHUNK",
+    "EVENT_CHUNK",
+    "FIRST_CHUNK",
+    "FOLLOW_GRACE",
+    "MAX_MULTICAST",
+    "MAX_OBJECTS",
+    "MAX_ROUNDS",
+    "MAX_WAKEUP",
+    "REPLIED_TYPES",
+    "REPLY_SECONDS",
+    "WRITE_BUDGET",
+    "Engine",
+    "TickResult",
+    "rule_version",
+]
 
 #: Seconds a ``follow`` is held before it is processed when friend-add sources come through
 #: LINE Login (the runner sets ``Engine.follow_grace``): LINE sends the follow webhook at about
@@ -50,7 +67,7 @@ __all__ = ["ANSWERED_TYPES", "CHUNK", "DELIVER_CHUNK", "EVENT_CHUNK", "FIRST_CHU
 FOLLOW_GRACE = 10
 #: Latest moment :meth:`Engine.next_wakeup` considers (epoch seconds; intake accepts times
 #: before 2200, see engine/runtime/events.py).
-MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+MAX_WAKEUP = int(dt.datetime(9000, 1, 1, tzinfo=dt.UTC).timestamp())
 
 
 class Engine:
@@ -61,11 +78,18 @@ class Engine:
     with it (see :data:`FOLLOW_GRACE`); ``write_budget`` (seconds, None = CHUNK rows per walk
     transaction, the same rows every run) sizes walk transactions by time instead."""
 
-    def __init__(self, project: ir.Project, store: Store, *,
-                 clock: Callable[[], dt.datetime] | None = None, condition_interval: int = 0,
-                 follow_grace: int = 0, write_budget: float | None = None):
+    def __init__(
+        self,
+        project: ir.Project,
+        store: Store,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        condition_interval: int = 0,
+        follow_grace: int = 0,
+        write_budget: float | None = None,
+    ):
         self.store = store
-        self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.condition_interval = condition_interval
         self._follow_grace = follow_grace
         self.write_budget = write_budget
@@ -125,7 +149,7 @@ class Engine:
                     self.store.move_enrollments(rule, version, step_id, state, new_version, step_id, state)
                     continue
                 old_ids = self.store.rule_version_steps(rule, version) or []
-                after = old_ids[old_ids.index(step_id) + 1:] if step_id in old_ids else []
+                after = old_ids[old_ids.index(step_id) + 1 :] if step_id in old_ids else []
                 successor = next((s for s in after if s in new_ids), None)
                 self.store.move_enrollments(rule, version, step_id, state, new_version, successor, "active")
             self._use(new_project, now)
@@ -157,7 +181,7 @@ class Engine:
             if slot is not None:
                 s.set_meta("engine.condition_slot", slot)
             s.set_meta("engine.last_tick", str(ts))
-        self._carry.noise += s.total_changes - before   # bookkeeping, no condition reads it
+        self._carry.noise += s.total_changes - before  # bookkeeping, no condition reads it
         self.walk.run(ts, result)
         self.deliver.run(ts, result)
         return result
@@ -173,8 +197,14 @@ class Engine:
         deferred send, a schedule or sale occurrence. None when there is nothing ahead."""
         a = timeutil.epoch(after)
         s = self.store
-        candidates = [s.next_event_at(a), s.next_due_at(a), s.next_outbox_at(a), s.next_intent_at(a),
-                      self.events.next_moment(a), *self.time_triggers.next_moments(a)]
+        candidates = [
+            s.next_event_at(a),
+            s.next_due_at(a),
+            s.next_outbox_at(a),
+            s.next_intent_at(a),
+            self.events.next_moment(a),
+            *self.time_triggers.next_moments(a),
+        ]
         # a moment past what the clock can show (an event stored before times were bounded at
         # intake, in year 9999) is never a wake-up: it would fail every tick's scheduling
         moments = [c for c in candidates if c is not None and c < MAX_WAKEUP]

@@ -1,6 +1,7 @@
 """Shared fixtures. The LINE emulator (``line_emulator``, ``line_env``, ``line_webhook`` ...)
 comes from linerules' own pytest plugin, engine/testing/pytest_plugin.py; a real PostgreSQL
 server with a fresh schema per test from engine/testing/pgserver.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -57,6 +58,7 @@ def _own_cache_folder(tmp_path_factory) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- runner processes
 
+
 @pytest.fixture
 def processes():
     """``processes(rules, db, env=..., tick=..., command=...)`` starts a
@@ -72,11 +74,12 @@ def processes():
     for proc in started:
         if proc.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.proc.send_signal(signal.SIGCONT)    # a test may have stopped it
+                proc.proc.send_signal(signal.SIGCONT)  # a test may have stopped it
         proc.stop()
 
 
 # ----------------------------------------------------------------------------- the server in-process
+
 
 @pytest.fixture
 def rules_dir(tmp_path: Path, monkeypatch) -> Path:
@@ -92,12 +95,22 @@ async def make_client(tmp_path, rules_dir, aiohttp_client):
     clock; returns (client, runner)."""
     started: list[tuple] = []
 
-    async def make(env: dict | None = None, *, loops: bool = True, tick: float = 0.2,
-                   rules: Path | None = None, clock: Clock = SYSTEM):
+    async def make(
+        env: dict | None = None,
+        *,
+        loops: bool = True,
+        tick: float = 0.2,
+        rules: Path | None = None,
+        clock: Clock = SYSTEM,
+    ):
         base = {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN}
-        config = RunnerConfig.from_env({**base, **(env or {})}, rules_dir=rules or rules_dir,
-                                       db=tmp_path / "linerules.db", listen="127.0.0.1:0",
-                                       tick_seconds=tick)
+        config = RunnerConfig.from_env(
+            {**base, **(env or {})},
+            rules_dir=rules or rules_dir,
+            db=tmp_path / "linerules.db",
+            listen="127.0.0.1:0",
+            tick_seconds=tick,
+        )
         runner = Runner.open(config, clock=clock)
         client = await aiohttp_client(build_app(runner, loops=loops))
         started.append((client, runner))
@@ -120,8 +133,15 @@ async def fake_line_login(aiohttp_server):
         seen.append(form)
         if form.get("code") != "good-code" or form.get("client_secret") != "login-secret":
             return web.json_response({"error": "invalid_grant"}, status=400)
-        return web.json_response({"access_token": "at-1", "id_token": "x.y.z", "expires_in": 2592000,
-                                  "token_type": "Bearer", "scope": "profile openid"})
+        return web.json_response(
+            {
+                "access_token": "at-1",
+                "id_token": "x.y.z",
+                "expires_in": 2592000,
+                "token_type": "Bearer",
+                "scope": "profile openid",
+            }
+        )
 
     async def profile(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Bearer at-1":

@@ -1,5 +1,6 @@
 """Small builders for the engine's timeline tests: projects, events, simulated runs, rule
 folders and timeline files."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,9 +14,26 @@ from engine.runtime.events import Event
 from engine.runtime.simulate import run_timeline
 
 TZ = ZoneInfo("Asia/Tokyo")
-MESSAGES = ("greeting", "coupon15", "review_request", "coupon_reply", "thanks", "weekly_pick",
-            "sale_countdown", "sale_start", "sale_last_call", "winback", "vip_thanks", "a", "b",
-            "c", "d", "e", "f", "g")
+MESSAGES = (
+    "greeting",
+    "coupon15",
+    "review_request",
+    "coupon_reply",
+    "thanks",
+    "weekly_pick",
+    "sale_countdown",
+    "sale_start",
+    "sale_last_call",
+    "winback",
+    "vip_thanks",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "g",
+)
 
 
 def at(text: str) -> dt.datetime:
@@ -46,12 +64,22 @@ def message(name: str, count: int = 1) -> ir.MessageDef:
     return ir.MessageDef(name, tuple({"type": "text", "text": f"{name} {i}"} for i in range(count)))
 
 
-def project(*rules: ir.Rule, messages: dict | None = None, settings: ir.Settings | None = None,
-            sales: tuple = (), segments: dict | None = None) -> ir.Project:
+def project(
+    *rules: ir.Rule,
+    messages: dict | None = None,
+    settings: ir.Settings | None = None,
+    sales: tuple = (),
+    segments: dict | None = None,
+) -> ir.Project:
     msgs = {n: message(n) for n in MESSAGES}
     msgs.update(messages or {})
-    return ir.Project(rules={r.name: r for r in rules}, segments=segments or {}, messages=msgs,
-                      sales=sales, settings=settings or ir.Settings())
+    return ir.Project(
+        rules={r.name: r for r in rules},
+        segments=segments or {},
+        messages=msgs,
+        sales=sales,
+        settings=settings or ir.Settings(),
+    )
 
 
 def rule(name: str, trigger, *steps, **options) -> ir.Rule:
@@ -72,16 +100,17 @@ def wait(seconds: int, at_: dt.time | None = None) -> ir.Wait:
     return ir.Wait(f"wait {seconds}" + (f" at {at_}" if at_ else ""), seconds, at_)
 
 
-def run(proj: ir.Project, events: list[Event], until: str | None = None, tick: int = 3600,
-        db_path: str | None = None) -> list[tuple[str, str, str, list[str]]]:
+def run(
+    proj: ir.Project, events: list[Event], until: str | None = None, tick: int = 3600, db_path: str | None = None
+) -> list[tuple[str, str, str, list[str]]]:
     """Pushes as (local time ``YYYY-MM-DD HH:MM:SS``, friend, rule, messages)."""
-    pushes = run_timeline(proj, events, until=at(until) if until else None, tick_seconds=tick,
-                          db_path=db_path)
+    pushes = run_timeline(proj, events, until=at(until) if until else None, tick_seconds=tick, db_path=db_path)
     return [(p["at"][:19].replace("T", " "), p["friend"], p["rule"], p["messages"]) for p in pushes]
 
 
-def compile_rules(text: str, *, messages: dict | None = None, settings: ir.Settings | None = None,
-                  sales: tuple = ()) -> ir.Project:
+def compile_rules(
+    text: str, *, messages: dict | None = None, settings: ir.Settings | None = None, sales: tuple = ()
+) -> ir.Project:
     """A project from rule text (the real compiler), with the default test messages."""
     from engine.language.diagnostics import render_text
     from engine.language.project import compile_source
@@ -94,8 +123,7 @@ def compile_rules(text: str, *, messages: dict | None = None, settings: ir.Setti
     return loaded.project
 
 
-def write_folder(root: Path, *, settings: str, messages: str, rules: str,
-                 rule_file: str = "main.rule") -> Path:
+def write_folder(root: Path, *, settings: str, messages: str, rules: str, rule_file: str = "main.rule") -> Path:
     """A rule folder at ``root`` (created): settings.yaml, messages.yaml and one rule file."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "settings.yaml").write_text(settings, encoding="utf-8")
@@ -106,6 +134,5 @@ def write_folder(root: Path, *, settings: str, messages: str, rules: str,
 
 def write_timeline(path: Path, events) -> Path:
     """``events`` (dicts) as a JSON Lines timeline file for ``simulate`` / ``import``."""
-    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events),
-                    encoding="utf-8")
+    path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
     return path

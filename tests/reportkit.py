@@ -1,5 +1,6 @@
 """The shop of the report tests: a rule folder, a timeline with purchases and clicks, and the
 engine's run of it into a database file that ``linerules report`` reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +10,11 @@ from engine.runtime.simulate import run_timeline
 from engine.runtime.store import Store
 from enginekit import at, ev, write_folder
 
-MESSAGES = ("greeting: ようこそ\ncoupon15: 15%OFF https://shop.example.jp/c\n"
-            "coupon_reply: クーポンはこちら https://shop.example.jp/c\nweekly: 今週のおすすめ\n")
-SETTINGS = ('timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmax_per_day: 1\nmonthly_quota: 100\n'
-            "attribution_days: 7\n")
+MESSAGES = (
+    "greeting: ようこそ\ncoupon15: 15%OFF https://shop.example.jp/c\n"
+    "coupon_reply: クーポンはこちら https://shop.example.jp/c\nweekly: 今週のおすすめ\n"
+)
+SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmax_per_day: 1\nmonthly_quota: 100\nattribution_days: 7\n'
 RULES = """
 rule welcome
   when followed via qr=shipping
@@ -48,17 +50,26 @@ EVENTS = [
     ev("follow", "U5", "2026-11-09 22:00", source="qr=shipping"),
 ]
 CLICKS = [
-    dict(friend="U2", rule="welcome", message="coupon15", url="https://shop.example.jp/c",
-         at=int(at("2026-11-02 12:00").timestamp())),
-    dict(friend="U3", rule="answer", message="coupon_reply", url="https://shop.example.jp/c",
-         at=int(at("2026-11-02 12:05").timestamp())),
+    dict(
+        friend="U2",
+        rule="welcome",
+        message="coupon15",
+        url="https://shop.example.jp/c",
+        at=int(at("2026-11-02 12:00").timestamp()),
+    ),
+    dict(
+        friend="U3",
+        rule="answer",
+        message="coupon_reply",
+        url="https://shop.example.jp/c",
+        at=int(at("2026-11-02 12:05").timestamp()),
+    ),
 ]
 
 
 def make_folder(tmp_path: Path, rules: str = RULES, settings: str = SETTINGS) -> Path:
     """The shop's rule folder at ``tmp_path / "rules"`` (the database goes beside it)."""
-    return write_folder(tmp_path / "rules", settings=settings, messages=MESSAGES, rules=rules,
-                        rule_file="shop.rule")
+    return write_folder(tmp_path / "rules", settings=settings, messages=MESSAGES, rules=rules, rule_file="shop.rule")
 
 
 def simulate(folder: Path, events: list, until: str, clicks: list = ()) -> Path:
@@ -74,8 +85,6 @@ def simulate(folder: Path, events: list, until: str, clicks: list = ()) -> Path:
     return db
 
 
-
-
 def split_test_events(friends: int, amount: int, *, unfollows: bool = False) -> list:
     """``friends`` follows on 2026-11-01 from 10:00, one a minute; every third friend buys for
     ``amount`` on 11-02; with ``unfollows``, every tenth (from U001) unfollows the same day and
@@ -85,8 +94,7 @@ def split_test_events(friends: int, amount: int, *, unfollows: bool = False) -> 
         friend = f"U{i:03d}"
         events.append(ev("follow", friend, f"2026-11-01 {10 + i // 60:02d}:{i % 60:02d}"))
         if i % 3 == 0:
-            events.append(ev("purchase", friend, "2026-11-02 09:00", order_id=f"O{i}",
-                             amount=amount))
+            events.append(ev("purchase", friend, "2026-11-02 09:00", order_id=f"O{i}", amount=amount))
         if unfollows and i % 10 == 1:
             events.append(ev("unfollow", friend, "2026-11-01 18:00"))
         if unfollows and i % 10 == 2:

@@ -3,6 +3,7 @@ signals: start it on a rule folder and a database file, read its log, talk to it
 server, and look into its SQLite file. Every runner listens on a free port and keeps its files
 in the test's tmp_path, so tests run side by side (pytest-xdist). The ``processes`` fixture,
 which stops every runner a test started, is in conftest.py."""
+
 from __future__ import annotations
 
 import json
@@ -48,19 +49,29 @@ class RunnerProcess:
     The waits are upper bounds, generous because a runner process's start-up (Python, the
     engine's imports, the rules) is slow on a busy machine; a passing test never waits them."""
 
-    def __init__(self, rules: Path, db: Path, *, env: dict[str, str] | None = None,
-                 tick: float = 0.2, command: list[str] | None = None):
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("LINE_", "LINERULES_"))}
-        if cache := os.environ.get("LINERULES_CACHE_DIR"):   # this test run's (conftest.py)
+    def __init__(
+        self,
+        rules: Path,
+        db: Path,
+        *,
+        env: dict[str, str] | None = None,
+        tick: float = 0.2,
+        command: list[str] | None = None,
+    ):
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("LINE_", "LINERULES_"))}
+        if cache := os.environ.get("LINERULES_CACHE_DIR"):  # this test run's (conftest.py)
             base["LINERULES_CACHE_DIR"] = cache
         base.update({"LINERULES_API_TOKEN": API_TOKEN, **(env or {})})
         command = command or [sys.executable, "runner.py"]
         self.proc = subprocess.Popen(
-            [*command, "--rules", str(rules), "--db", str(db), "--listen", "127.0.0.1:0",
-             "--tick", str(tick)],
-            cwd=REPO, env=base, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            encoding="utf-8")
+            [*command, "--rules", str(rules), "--db", str(db), "--listen", "127.0.0.1:0", "--tick", str(tick)],
+            cwd=REPO,
+            env=base,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -115,16 +126,18 @@ class RunnerProcess:
 
     def post_events(self, events: list[dict]) -> dict:
         req = urllib.request.Request(
-            self.url + "/events", data=json.dumps(events).encode(), method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"})
+            self.url + "/events",
+            data=json.dumps(events).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"},
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
 
     def post_webhook(self, signed: tuple[bytes, dict[str, str]]) -> int:
         """POST a signed webhook (``line_webhook(*events)``) to ``/callback``; the status."""
         body, headers = signed
-        req = urllib.request.Request(self.url + "/callback", data=body, method="POST",
-                                     headers=headers)
+        req = urllib.request.Request(self.url + "/callback", data=body, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status
 
@@ -151,8 +164,13 @@ def follow(friend: str) -> dict:
 
 def text_message(user: str, reply_token: str, n: int = 0, text: str = "クーポン") -> dict:
     """A LINE webhook event: ``user`` wrote ``text`` (the ``n``-th message of the test)."""
-    return line_event("message", user, event_id=f"01EV{user}{n:04d}", reply_token=reply_token,
-                      message={"type": "text", "id": f"m{user}{n}", "text": text})
+    return line_event(
+        "message",
+        user,
+        event_id=f"01EV{user}{n:04d}",
+        reply_token=reply_token,
+        message={"type": "text", "id": f"m{user}{n}", "text": text},
+    )
 
 
 def wait_until(predicate, timeout: float = 30.0):
@@ -196,5 +214,4 @@ def add_friends(emulator, friends) -> list[str]:
 
 def per_friend(emulator, endpoint: str | None = None) -> Counter:
     """How many deliveries the LINE emulator made to each friend (through ``endpoint``)."""
-    return Counter(d.user_id for d in emulator.delivered
-                   if endpoint is None or d.endpoint == endpoint)
+    return Counter(d.user_id for d in emulator.delivered if endpoint is None or d.endpoint == endpoint)

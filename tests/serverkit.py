@@ -1,6 +1,7 @@
 """Builders for the tests of the runner's HTTP server in-process (aiohttp's test client): the
 rule folder, signed LINE webhooks, shop events and polling. The fixtures on top of these
 (``rules_dir``, ``make_client``, ``fake_line_login``) are in conftest.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.testing.webhooks import line_event, signature, webhook_body
 from enginekit import write_folder
 
-__all__ = ["API_TOKEN", "SECRET", "line_event", "sample", "scrape", "shop_event", "sign",
-           "tick_later", "wait_for", "webhook_body", "write_rules"]
+__all__ = [
+    "API_TOKEN",
+    "SECRET",
+    "line_event",
+    "sample",
+    "scrape",
+    "shop_event",
+    "sign",
+    "tick_later",
+    "wait_for",
+    "webhook_body",
+    "write_rules",
+]
 
 SECRET = "channel-secret"
 API_TOKEN = "shop-token"
@@ -39,8 +51,7 @@ rule keyword
 """
 
 
-def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES,
-                settings: str = SETTINGS) -> Path:
+def write_rules(root: Path, rules: str = RULES, messages: str = MESSAGES, settings: str = SETTINGS) -> Path:
     """A rule folder at ``root``: settings.yaml, messages.yaml and main.rule."""
     return write_folder(root, settings=settings, messages=messages, rules=rules)
 
@@ -88,4 +99,3 @@ async def scrape(client) -> dict:
 
 def sample(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
-

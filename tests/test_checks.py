@@ -1,4 +1,5 @@
 """Semantic checks and compilation to the IR, through ``compile_source``/``load_project``."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,8 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def msgs(**counts: int) -> dict[str, ir.MessageDef]:
     """Message definitions with that many text objects each."""
-    return {name: ir.MessageDef(name, tuple({"type": "text", "text": str(i)} for i in range(n)))
-            for name, n in counts.items()}
+    return {
+        name: ir.MessageDef(name, tuple({"type": "text", "text": str(i)} for i in range(n)))
+        for name, n in counts.items()
+    }
 
 
 def problems(text: str, **kw) -> list[str]:
@@ -37,8 +40,7 @@ def rule_of(text: str, name: str | None = None, **kw) -> ir.Rule:
 
 
 def test_one_liner_compiles_to_the_ir():
-    rule = rule_of("when followed via qr=shipping then wait 1d send coupon15 if not purchased",
-                   path="rules/quick.rule")
+    rule = rule_of("when followed via qr=shipping then wait 1d send coupon15 if not purchased", path="rules/quick.rule")
     assert rule.name == "quick" and rule.path == "rules/quick.rule"
     assert rule.trigger == ir.Followed(via=(("qr", "shipping"),))
     assert rule.steps == (
@@ -53,44 +55,53 @@ def test_spec_welcome_rule_and_segment():
     rule = rule_of(text, "welcome")
     assert rule.description == "同梱QRカードから友だち追加した人へのステップ配信"
     assert rule.exit_when == ir.Blocked()
-    assert [s.id for s in rule.steps] == ["send greeting_shipping", "wait 1d", "send coupon15",
-                                         "wait 3d at 12:00", "send review_request", "tag 購入済み"]
+    assert [s.id for s in rule.steps] == [
+        "send greeting_shipping",
+        "wait 1d",
+        "send coupon15",
+        "wait 3d at 12:00",
+        "send review_request",
+        "tag 購入済み",
+    ]
     assert rule.steps[3] == ir.Wait("wait 3d at 12:00", 3 * 86400, dt.time(12, 0))
-    seg = compile_source("segment vip: top 20% by spent within 365d or orders >= 10"
-                         ).project.segments["vip"]
-    assert seg.cond == ir.AnyOf((ir.Top(20.0, ir.Measure("spent", 365 * 86400)),
-                                 ir.Compare(ir.Measure("orders"), ">=", 10)))
+    seg = compile_source("segment vip: top 20% by spent within 365d or orders >= 10").project.segments["vip"]
+    assert seg.cond == ir.AnyOf(
+        (ir.Top(20.0, ir.Measure("spent", 365 * 86400)), ir.Compare(ir.Measure("orders"), ">=", 10))
+    )
 
 
-@pytest.mark.parametrize("trigger, expected", [
-    ("followed", ir.Followed()),
-    ("unfollowed", ir.Unfollowed()),
-    ('message "クーポン", "Coupon"', ir.MessageTrigger(("クーポン", "coupon"))),
-    ('message exactly "ＡＢＣ"', ir.MessageTrigger(("abc",), exact=True)),
-    ("postback action=survey_done", ir.PostbackTrigger((("action", "survey_done"),))),
-    ("postback action=delivery answer=yes",
-     ir.PostbackTrigger((("action", "delivery"), ("answer", "yes")))),
-    ("postback a=1, b=2", ir.PostbackTrigger((("a", "1"), ("b", "2")))),
-    ("purchased", ir.PurchasedTrigger()),
-    ("purchased product=SKU1", ir.PurchasedTrigger(product="SKU1")),
-    ("purchased category=cosmetics", ir.PurchasedTrigger(category="cosmetics")),
-    ("carted product=SKU1", ir.CartedTrigger(product="SKU1")),
-    ("viewed", ir.ViewedTrigger()),
-    ("tagged vip", ir.TaggedTrigger("vip")),
-    ("event shipped carrier=yamato", ir.CustomEventTrigger("shipped", (("carrier", "yamato"),))),
-    ('schedule "0  20 * * 5"', ir.ScheduleTrigger("0 20 * * 5")),
-    ("sale starts", ir.SaleTrigger("starts")),
-    ("sale ends in 0d at 10:00", ir.SaleTrigger("ends", 0, dt.time(10, 0))),
-    ("sale kind=super_sale starts in 14d at 12:00",
-     ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0), "super_sale")),
-    ("sale starts in 1d12h", ir.SaleTrigger("starts", 129600)),
-    ("purchased within 30d", ir.ConditionTrigger(ir.Activity("purchase", within=30 * 86400))),
-    ("last purchase older than 90d", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * 86400))),
-    ("total_spent >= 50000", ir.ConditionTrigger(ir.Compare(ir.Measure("total_spent"), ">=", 50000))),
-    ("not tagged vip", ir.ConditionTrigger(ir.Not(ir.Tagged("vip")))),
-    ("tagged a and friend for 30d",
-     ir.ConditionTrigger(ir.All((ir.Tagged("a"), ir.FriendFor(30 * 86400, "for"))))),
-])
+@pytest.mark.parametrize(
+    "trigger, expected",
+    [
+        ("followed", ir.Followed()),
+        ("unfollowed", ir.Unfollowed()),
+        ('message "クーポン", "Coupon"', ir.MessageTrigger(("クーポン", "coupon"))),
+        ('message exactly "ＡＢＣ"', ir.MessageTrigger(("abc",), exact=True)),
+        ("postback action=survey_done", ir.PostbackTrigger((("action", "survey_done"),))),
+        ("postback action=delivery answer=yes", ir.PostbackTrigger((("action", "delivery"), ("answer", "yes")))),
+        ("postback a=1, b=2", ir.PostbackTrigger((("a", "1"), ("b", "2")))),
+        ("purchased", ir.PurchasedTrigger()),
+        ("purchased product=SKU1", ir.PurchasedTrigger(product="SKU1")),
+        ("purchased category=cosmetics", ir.PurchasedTrigger(category="cosmetics")),
+        ("carted product=SKU1", ir.CartedTrigger(product="SKU1")),
+        ("viewed", ir.ViewedTrigger()),
+        ("tagged vip", ir.TaggedTrigger("vip")),
+        ("event shipped carrier=yamato", ir.CustomEventTrigger("shipped", (("carrier", "yamato"),))),
+        ('schedule "0  20 * * 5"', ir.ScheduleTrigger("0 20 * * 5")),
+        ("sale starts", ir.SaleTrigger("starts")),
+        ("sale ends in 0d at 10:00", ir.SaleTrigger("ends", 0, dt.time(10, 0))),
+        (
+            "sale kind=super_sale starts in 14d at 12:00",
+            ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0), "super_sale"),
+        ),
+        ("sale starts in 1d12h", ir.SaleTrigger("starts", 129600)),
+        ("purchased within 30d", ir.ConditionTrigger(ir.Activity("purchase", within=30 * 86400))),
+        ("last purchase older than 90d", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * 86400))),
+        ("total_spent >= 50000", ir.ConditionTrigger(ir.Compare(ir.Measure("total_spent"), ">=", 50000))),
+        ("not tagged vip", ir.ConditionTrigger(ir.Not(ir.Tagged("vip")))),
+        ("tagged a and friend for 30d", ir.ConditionTrigger(ir.All((ir.Tagged("a"), ir.FriendFor(30 * 86400, "for"))))),
+    ],
+)
 def test_triggers_compile(trigger, expected):
     assert rule_of(f"when {trigger} then stop").trigger == expected
 
@@ -100,20 +111,22 @@ def test_event_trigger_types_name_the_intake_event():
     assert rule_of("when event shipped then stop").trigger.event_type == "shipped"
 
 
-@pytest.mark.parametrize("cond, expected", [
-    ("purchased product=X within 7d", ir.Activity("purchase", product="X", within=7 * 86400)),
-    ("clicked", ir.Activity("click")),
-    ("viewed product=X", ir.Activity("view", product="X")),
-    ("carted within 1d", ir.Activity("cart", within=86400)),
-    ("followed via qr=a, ad=b", ir.FollowedVia((("qr", "a"), ("ad", "b")))),
-    ("friend within 2w", ir.FriendFor(14 * 86400, "within")),
-    ("never purchased", ir.NeverPurchased()),
-    ('display_name = "山田"', ir.Compare(ir.Measure("display_name"), "=", "山田")),
-    ("score < 2.5", ir.Compare(ir.Measure("score"), "<", 2.5)),
-    ("in segment vip", ir.InSegment("vip")),
-    ("blocked or tagged a and tagged b",
-     ir.AnyOf((ir.Blocked(), ir.All((ir.Tagged("a"), ir.Tagged("b")))))),
-])
+@pytest.mark.parametrize(
+    "cond, expected",
+    [
+        ("purchased product=X within 7d", ir.Activity("purchase", product="X", within=7 * 86400)),
+        ("clicked", ir.Activity("click")),
+        ("viewed product=X", ir.Activity("view", product="X")),
+        ("carted within 1d", ir.Activity("cart", within=86400)),
+        ("followed via qr=a, ad=b", ir.FollowedVia((("qr", "a"), ("ad", "b")))),
+        ("friend within 2w", ir.FriendFor(14 * 86400, "within")),
+        ("never purchased", ir.NeverPurchased()),
+        ('display_name = "山田"', ir.Compare(ir.Measure("display_name"), "=", "山田")),
+        ("score < 2.5", ir.Compare(ir.Measure("score"), "<", 2.5)),
+        ("in segment vip", ir.InSegment("vip")),
+        ("blocked or tagged a and tagged b", ir.AnyOf((ir.Blocked(), ir.All((ir.Tagged("a"), ir.Tagged("b")))))),
+    ],
+)
 def test_conditions_compile(cond, expected):
     text = f"when followed then stop if {cond}\nsegment vip: blocked"
     assert rule_of(text).steps[0].cond == expected
@@ -126,7 +139,8 @@ def test_unless_compiles_to_not():
 
 
 def test_steps_and_their_ids():
-    rule = rule_of('''when followed then
+    rule = rule_of(
+        """when followed then
         send a, b
         wait 2h
         wait until 09:30
@@ -142,12 +156,26 @@ def test_steps_and_their_ids():
         send a
         wait 2h
         stop
-    rule other when tagged vip then stop''', None)
+    rule other when tagged vip then stop""",
+        None,
+    )
     assert [s.id for s in rule.steps] == [
-        "send a, b", "wait 2h", "wait until 09:30", "wait until monday",
-        "wait until friday at 20:00", "wait for postback answer=yes up to 1d", "tag vip",
-        "untag vip", "set rank", "menu member", "start other", "stop", "send a", "wait 2h #2",
-        "stop #2"]
+        "send a, b",
+        "wait 2h",
+        "wait until 09:30",
+        "wait until monday",
+        "wait until friday at 20:00",
+        "wait for postback answer=yes up to 1d",
+        "tag vip",
+        "untag vip",
+        "set rank",
+        "menu member",
+        "start other",
+        "stop",
+        "send a",
+        "wait 2h #2",
+        "stop #2",
+    ]
     assert rule.steps[3] == ir.WaitUntil("wait until monday", None, 0)
     assert rule.steps[4] == ir.WaitUntil("wait until friday at 20:00", dt.time(20), 4)
     assert rule.steps[5].trigger == ir.PostbackTrigger((("answer", "yes"),))
@@ -157,13 +185,13 @@ def test_steps_and_their_ids():
 
 
 def test_options_compile():
-    rule = rule_of('''when followed then send a
+    rule = rule_of("""when followed then send a
         exit when purchased
         reenter after 90d
         window 22:00-06:00
         priority 5
         split a 30%, b 70%
-        holdout 12.5%''')
+        holdout 12.5%""")
     assert rule.exit_when == ir.Activity("purchase")
     assert rule.reenter == ir.Reenter("after", 90 * 86400)
     assert rule.window == ir.Window(dt.time(22), dt.time(6))
@@ -198,12 +226,12 @@ def test_sample_folder_loads_with_yaml_beside_it():
     result = load_project(str(ROOT / "rules"))
     assert result.diagnostics == []
     project = result.project
-    assert {"welcome", "summer_ad", "delivery_check", "winback", "vip_care", "weekly_pick",
-            "sale_countdown"} <= set(project.rules)
+    assert {"welcome", "summer_ad", "delivery_check", "winback", "vip_care", "weekly_pick", "sale_countdown"} <= set(
+        project.rules
+    )
     assert project.settings.timezone == "Asia/Tokyo" and project.settings.rich_menu("vip")
     assert {s.kind for s in project.sales} == {"super_sale", "marathon"}
-    used = {m for r in project.rules.values() for s in r.steps if isinstance(s, ir.Send)
-            for m in s.messages}
+    used = {m for r in project.rules.values() for s in r.steps if isinstance(s, ir.Send) for m in s.messages}
     assert used == set(project.messages)
 
 
@@ -218,17 +246,24 @@ def test_missing_yaml_files_mean_defaults(tmp_path):
 
 def test_unknown_names_with_did_you_mean():
     settings = ir.Settings(rich_menus=(("member", "richmenu-1"),))
-    out = problems('''rule a when followed then
+    out = problems(
+        """rule a when followed then
         send coupon51
         menu membr
         start b2
         stop if in segment vipp
     rule b when followed then stop
-    segment vip: orders > 1''', messages=msgs(coupon15=1), settings=settings)
-    assert out == ["2:14 error: unknown message `coupon51`", "3:14 error: unknown rich menu `membr`",
-                   "4:15 error: unknown rule `b2`", "5:28 error: unknown segment `vipp`"]
-    helps = [d.help for d in compile_source('when followed then send coupon51',
-                                            messages=msgs(coupon15=1)).diagnostics]
+    segment vip: orders > 1""",
+        messages=msgs(coupon15=1),
+        settings=settings,
+    )
+    assert out == [
+        "2:14 error: unknown message `coupon51`",
+        "3:14 error: unknown rich menu `membr`",
+        "4:15 error: unknown rule `b2`",
+        "5:28 error: unknown segment `vipp`",
+    ]
+    helps = [d.help for d in compile_source("when followed then send coupon51", messages=msgs(coupon15=1)).diagnostics]
     assert helps == ["did you mean `coupon15`?"]
 
 
@@ -238,11 +273,14 @@ def test_name_checks_are_skipped_without_context():
 
 def test_duplicate_and_unnamed_rules():
     assert problems("rule a when followed then stop\nrule a when followed then stop") == [
-        "2:6 error: rule `a` is defined twice"]
+        "2:6 error: rule `a` is defined twice"
+    ]
     assert problems("when followed then stop\nwhen purchased then stop") == [
-        "2:1 error: a second rule without a name in this file"]
-    assert problems("rule test when followed then stop\nwhen purchased then stop",
-                    path="test.rule") == ["2:1 error: rule `test` is defined twice"]
+        "2:1 error: a second rule without a name in this file"
+    ]
+    assert problems("rule test when followed then stop\nwhen purchased then stop", path="test.rule") == [
+        "2:1 error: rule `test` is defined twice"
+    ]
 
 
 def test_segment_cycles():
@@ -251,94 +289,128 @@ def test_segment_cycles():
     assert out == ["3:23 error: segment `a` refers to itself: `a` -> `b` -> `c` -> `a`"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("when followed split a 50%, b 40% then stop", "1:15 error: the split adds up to 90%, not 100%"),
-    ("when followed split a 50%, a 50% then stop", "1:28 error: variant `a` is listed twice"),
-    ("when followed split a 100%, b 0% then stop", "1:31 error: variant `b` gets 0%"),
-    ("when followed holdout 101% then stop", "1:23 error: holdout `101%` is not between 0% and 100%"),
-    ("when followed then stop if variant a", "1:36 error: `variant a`: this rule has no `split`"),
-    ("when followed split a 50%, b 50% then stop if variant c", "1:55 error: unknown variant `c`"),
-    ("segment s: variant a", "1:12 error: `variant a` only means something inside a rule's entry filter, steps or `exit when`"),
-    ('when schedule "* * *" then stop', "1:15 error: a schedule has 5 fields, this one has 3"),
-    ('when schedule "61 * * * *" then stop', "1:15 error: `61 * * * *` is not a valid cron expression"),
-    ("when followed then wait 1d at 24:00", "1:31 error: `24:00` is not a time of day"),
-    ("when followed window 09:00-21:60 then stop", "1:28 error: `21:60` is not a time of day"),
-    ("when followed then wait 0d", "1:25 error: `wait 0d` waits for nothing"),
-    ("when purchased within 0d then stop", "1:23 error: `0d` is no time at all here"),
-    ("when followed then stop if last purchase older than 0m", "1:53 error: `0m` is no time at all here"),
-    ("when sale starts in 36h at 10:00 then stop",
-     "1:21 error: `in 36h at 10:00`: with `at`, the offset is a number of days"),
-    ("when clicked then stop", "1:6 error: `clicked` without `within` cannot be part of a condition trigger"),
-    ("when purchased product=X or tagged a then stop",
-     "1:6 error: `purchased` without `within` cannot be part of a condition trigger"),
-    ("when purchased color=red then stop", "1:16 error: `purchased` does not take `color=`"),
-    ("when followed then wait for schedule \"0 1 * * *\" up to 1d",
-     "1:29 error: `wait for` needs an event of this friend"),
-    ("when followed then stop if orders within 30d > 1", "1:42 error: `within` does not go with `orders`"),
-    ("when followed then stop if top 20% by display_name",
-     "1:39 error: `display_name` is a text and cannot be ranked"),
-    ("when followed then set total_spent = 1", "1:24 error: `total_spent` is computed from purchases and cannot be set"),
-    ("when followed then wait until someday", "1:31 error: `someday` is not a day of the week"),
-    ('when message "  " then stop', '1:14 error: an empty keyword matches every message'),
-    ("when followed priority 1 exit when blocked priority 2 then stop",
-     "1:44 error: `priority` is given twice in this rule"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("when followed split a 50%, b 40% then stop", "1:15 error: the split adds up to 90%, not 100%"),
+        ("when followed split a 50%, a 50% then stop", "1:28 error: variant `a` is listed twice"),
+        ("when followed split a 100%, b 0% then stop", "1:31 error: variant `b` gets 0%"),
+        ("when followed holdout 101% then stop", "1:23 error: holdout `101%` is not between 0% and 100%"),
+        ("when followed then stop if variant a", "1:36 error: `variant a`: this rule has no `split`"),
+        ("when followed split a 50%, b 50% then stop if variant c", "1:55 error: unknown variant `c`"),
+        (
+            "segment s: variant a",
+            "1:12 error: `variant a` only means something inside a rule's entry filter, steps or `exit when`",
+        ),
+        ('when schedule "* * *" then stop', "1:15 error: a schedule has 5 fields, this one has 3"),
+        ('when schedule "61 * * * *" then stop', "1:15 error: `61 * * * *` is not a valid cron expression"),
+        ("when followed then wait 1d at 24:00", "1:31 error: `24:00` is not a time of day"),
+        ("when followed window 09:00-21:60 then stop", "1:28 error: `21:60` is not a time of day"),
+        ("when followed then wait 0d", "1:25 error: `wait 0d` waits for nothing"),
+        ("when purchased within 0d then stop", "1:23 error: `0d` is no time at all here"),
+        ("when followed then stop if last purchase older than 0m", "1:53 error: `0m` is no time at all here"),
+        (
+            "when sale starts in 36h at 10:00 then stop",
+            "1:21 error: `in 36h at 10:00`: with `at`, the offset is a number of days",
+        ),
+        ("when clicked then stop", "1:6 error: `clicked` without `within` cannot be part of a condition trigger"),
+        (
+            "when purchased product=X or tagged a then stop",
+            "1:6 error: `purchased` without `within` cannot be part of a condition trigger",
+        ),
+        ("when purchased color=red then stop", "1:16 error: `purchased` does not take `color=`"),
+        (
+            'when followed then wait for schedule "0 1 * * *" up to 1d',
+            "1:29 error: `wait for` needs an event of this friend",
+        ),
+        ("when followed then stop if orders within 30d > 1", "1:42 error: `within` does not go with `orders`"),
+        (
+            "when followed then stop if top 20% by display_name",
+            "1:39 error: `display_name` is a text and cannot be ranked",
+        ),
+        (
+            "when followed then set total_spent = 1",
+            "1:24 error: `total_spent` is computed from purchases and cannot be set",
+        ),
+        ("when followed then wait until someday", "1:31 error: `someday` is not a day of the week"),
+        ('when message "  " then stop', "1:14 error: an empty keyword matches every message"),
+        (
+            "when followed priority 1 exit when blocked priority 2 then stop",
+            "1:44 error: `priority` is given twice in this rule",
+        ),
+    ],
+)
 def test_errors(text, expected):
     assert problems(text) == [expected]
 
 
 def test_two_errors_in_one_rule_are_both_reported():
     assert problems("when followed then wait 1d at 25:00 wait 1d at 12:61") == [
-        "1:31 error: `25:00` is not a time of day", "1:48 error: `12:61` is not a time of day"]
+        "1:31 error: `25:00` is not a time of day",
+        "1:48 error: `12:61` is not a time of day",
+    ]
 
 
 def test_coalesced_push_over_five_objects():
     messages = msgs(three=3, two=2, one=1, five=5)
-    assert problems("when followed then send three tag x send two if blocked send one",
-                    messages=messages) == [
-        "1:57 error: these sends make one push of 6 message objects; LINE allows 5"]
+    assert problems("when followed then send three tag x send two if blocked send one", messages=messages) == [
+        "1:57 error: these sends make one push of 6 message objects; LINE allows 5"
+    ]
     assert problems("when followed then send three wait 1d send three", messages=messages) == []
     assert problems("when followed then send five", messages=messages) == []
-    assert problems("when followed then send three, two wait for purchased up to 1d send five",
-                    messages=messages) == []
+    assert problems("when followed then send three, two wait for purchased up to 1d send five", messages=messages) == []
 
 
 # ----------------------------------------------------------------------------- warnings
 
 
 def test_sale_kind_not_in_calendar_warns_and_still_compiles():
-    sales = (ir.Sale("s1", "SALE", dt.datetime(2026, 12, 4, 20, tzinfo=dt.timezone.utc),
-                     dt.datetime(2026, 12, 11, tzinfo=dt.timezone.utc), kind="super_sale"),)
+    sales = (
+        ir.Sale(
+            "s1",
+            "SALE",
+            dt.datetime(2026, 12, 4, 20, tzinfo=dt.UTC),
+            dt.datetime(2026, 12, 11, tzinfo=dt.UTC),
+            kind="super_sale",
+        ),
+    )
     result = compile_source("when sale kind=marathon starts then stop", sales=sales)
     assert [d.message for d in result.diagnostics] == [
-        "no sale in sale_calendar.yaml has kind `marathon`, so this rule never fires"]
+        "no sale in sale_calendar.yaml has kind `marathon`, so this rule never fires"
+    ]
     assert result.project is not None
     assert problems("when sale kind=super_sale starts then stop", sales=sales) == []
     assert problems("when sale starts then stop", sales=()) == [
-        "1:6 warning: the sale calendar has no sales, so this rule never fires"]
+        "1:6 warning: the sale calendar has no sales, so this rule never fires"
+    ]
 
 
 def test_schedule_that_never_fires_warns():
     assert problems('when schedule "0 0 30 2 *" then stop') == [
-        "1:15 warning: the schedule `0 0 30 2 *` never fires, so this rule never runs"]
+        "1:15 warning: the schedule `0 0 30 2 *` never fires, so this rule never runs"
+    ]
 
 
 def test_steps_after_stop_warn_once():
     assert problems("when followed then stop tag a tag b") == [
-        "1:25 warning: this step is never reached: the `stop` before it always ends the rule"]
+        "1:25 warning: this step is never reached: the `stop` before it always ends the rule"
+    ]
     assert problems("when followed then stop if blocked tag a") == []
 
 
-@pytest.mark.parametrize("text, warns", [
-    ('when message "a" if blocked then stop', True),
-    ("when followed if tagged a and blocked then stop", True),
-    ("when followed via qr=x unless not blocked then stop", True),
-    ("when unfollowed unless blocked then stop", True),
-    ("when unfollowed if not (blocked or tagged a) then stop", True),
-    ("when purchased if blocked then stop", False),       # a shop event may come from anyone
-    ("when unfollowed if blocked then stop", False),
-    ("when followed if blocked or tagged a then stop", False),
-])
+@pytest.mark.parametrize(
+    "text, warns",
+    [
+        ('when message "a" if blocked then stop', True),
+        ("when followed if tagged a and blocked then stop", True),
+        ("when followed via qr=x unless not blocked then stop", True),
+        ("when unfollowed unless blocked then stop", True),
+        ("when unfollowed if not (blocked or tagged a) then stop", True),
+        ("when purchased if blocked then stop", False),  # a shop event may come from anyone
+        ("when unfollowed if blocked then stop", False),
+        ("when followed if blocked or tagged a then stop", False),
+    ],
+)
 def test_contradictory_entry_filters(text, warns):
     out = problems(text)
     assert bool(out) is warns, out
@@ -350,7 +422,8 @@ def test_unused_messages_warn_only_for_the_whole_folder(tmp_path):
     (tmp_path / "r.rule").write_text("when followed then send a\n", encoding="utf-8")
     result = load_project(tmp_path)
     assert [(d.path, d.line, d.severity, d.message) for d in result.diagnostics] == [
-        (str(tmp_path / "messages.yaml"), 2, "warning", "message `b` is not used by any rule")]
+        (str(tmp_path / "messages.yaml"), 2, "warning", "message `b` is not used by any rule")
+    ]
     assert result.project is not None
     assert load_project(tmp_path / "r.rule").diagnostics == []
 
@@ -368,8 +441,7 @@ def test_an_unparseable_file_does_not_hide_errors_elsewhere(tmp_path):
     (tmp_path / "a.rule").write_text("when followed send x\n", encoding="utf-8")
     (tmp_path / "b.rule").write_text("when followed then start a start nope\n", encoding="utf-8")
     out = [(Path(d.path).name, d.line, d.column, d.message) for d in load_project(tmp_path).diagnostics]
-    assert out == [("a.rule", 1, 15, "missing `then` before `send`"),
-                   ("b.rule", 1, 34, "unknown rule `nope`")]
+    assert out == [("a.rule", 1, 15, "missing `then` before `send`"), ("b.rule", 1, 34, "unknown rule `nope`")]
 
 
 def test_single_file_uses_its_folder(tmp_path):

@@ -1,5 +1,6 @@
 """The command line's contract (docs/cli.md): exit 0 / 1 (data error) / 2 (usage error) for
 every command, one option vocabulary, an example in every --help, shell completion."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,7 @@ def commands(group: click.Group = cli, prefix: tuple[str, ...] = ()):
             yield from commands(command, (*prefix, name))
 
 
-LEAVES = [(" ".join(path), command) for path, command in commands()
-          if not isinstance(command, click.Group)]
+LEAVES = [(" ".join(path), command) for path, command in commands() if not isinstance(command, click.Group)]
 
 
 def invoke(*args: str, env: dict | None = None):
@@ -41,8 +41,7 @@ def folder(tmp_path: Path) -> Path:
     rules.mkdir()
     (rules / "settings.yaml").write_text("timezone: Asia/Tokyo\n", encoding="utf-8")
     (rules / "messages.yaml").write_text("greeting: こんにちは\n", encoding="utf-8")
-    (rules / "shop.rule").write_text("rule welcome\n  when followed\n  then send greeting\n",
-                                     encoding="utf-8")
+    (rules / "shop.rule").write_text("rule welcome\n  when followed\n  then send greeting\n", encoding="utf-8")
     return rules
 
 
@@ -61,7 +60,7 @@ def broken(tmp_path: Path) -> Path:
 def test_every_help_has_a_runnable_example(path):
     code, out, _ = invoke(*path, "--help")
     assert code == 0
-    example = out[out.index("Example:"):]
+    example = out[out.index("Example:") :]
     assert f"linerules {' '.join(path)}".rstrip() in example
 
 
@@ -71,13 +70,13 @@ def _option(command: click.Command, name: str) -> click.Option | None:
 
 def test_the_shared_options_are_spelled_and_meant_the_same_everywhere():
     with_rules = {name for name, c in LEAVES if _option(c, "--rules")}
-    assert with_rules == {"validate", "explain", "graph", "simulate", "test", "report", "run",
-                          "import orders"}
+    assert with_rules == {"validate", "explain", "graph", "simulate", "test", "report", "run", "import orders"}
     vocabulary = (
         ("--rules", "DIR", "The rule folder: its .rule files, messages.yaml and settings.yaml"),
         ("--db", "FILE", "The SQLite database file"),
         ("--tick", "DURATION", "The engine's tick: how often condition triggers are checked"),
-        ("--lang", None, "Language of messages and reports"))
+        ("--lang", None, "Language of messages and reports"),
+    )
     for option, metavar, opening in vocabulary:
         found = [(name, _option(c, option)) for name, c in LEAVES if _option(c, option)]
         assert found, option
@@ -90,18 +89,18 @@ def test_the_shared_options_are_spelled_and_meant_the_same_everywhere():
 
 
 @pytest.mark.parametrize("command", ["simulate", "run"])
-@pytest.mark.parametrize("given, seconds", [("60", 60), ("0.5", 0.5), ("90s", 90), ("1m", 60),
-                                            ("1h", 3600), ("1d12h", 129600)])
+@pytest.mark.parametrize(
+    "given, seconds", [("60", 60), ("0.5", 0.5), ("90s", 90), ("1m", 60), ("1h", 3600), ("1d12h", 129600)]
+)
 def test_tick_takes_seconds_or_a_duration_in_every_command(command, given, seconds):
-    ctx = cli.commands[command].make_context(command, ["x.jsonl", "--tick", given][command == "run":])
+    ctx = cli.commands[command].make_context(command, ["x.jsonl", "--tick", given][command == "run" :])
     assert ctx.params["tick"] == seconds
 
 
 def test_report_reads_the_database_from_linerules_db(tmp_path, folder):
     db = tmp_path / "live.db"
     Store(str(db)).close()
-    code, out, err = invoke("report", "--rules", str(folder), "--format", "json",
-                            env={"LINERULES_DB": str(db)})
+    code, out, err = invoke("report", "--rules", str(folder), "--format", "json", env={"LINERULES_DB": str(db)})
     assert code == 0, err
     assert '"rules"' in out
 
@@ -133,13 +132,11 @@ def test_an_unknown_option_is_a_usage_error_in_every_command(name):
 def test_exit_status_per_command(tmp_path, folder, broken):
     """0 done, 1 what the command read says no, 2 the command line is wrong."""
     events = tmp_path / "t.jsonl"
-    events.write_text('{"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"}\n',
-                      encoding="utf-8")
+    events.write_text('{"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"}\n', encoding="utf-8")
     bad_events = tmp_path / "bad.jsonl"
     bad_events.write_text('{"type": "follow"}\n', encoding="utf-8")
     csv = tmp_path / "orders.csv"
-    csv.write_text("order_id,at,amount,customer\nA-1,2026-11-01T10:00:00+09:00,1000,c1\n",
-                   encoding="utf-8")
+    csv.write_text("order_id,at,amount,customer\nA-1,2026-11-01T10:00:00+09:00,1000,c1\n", encoding="utf-8")
     db = str(tmp_path / "x.db")
     cases = [
         (0, ["validate", str(folder)]),
@@ -158,15 +155,15 @@ def test_exit_status_per_command(tmp_path, folder, broken):
         (2, ["simulate", str(events), "--rules", str(folder), "--tick", "soon"]),
         (2, ["simulate", str(events), "--rules", str(folder), "--until", "tomorrow"]),
         (2, ["simulate"]),
-        (1, ["test", "--rules", str(folder)]),                 # no tests in it
+        (1, ["test", "--rules", str(folder)]),  # no tests in it
         (1, ["test", str(tmp_path / "nowhere")]),
         (1, ["report", "--db", str(tmp_path / "missing.db"), "--rules", str(folder)]),
-        (2, ["report", "--rules", str(folder)]),                # --db missing
+        (2, ["report", "--rules", str(folder)]),  # --db missing
         (0, ["import", "orders", str(csv), "--format", "csv", "--db", db, "--rules", str(folder)]),
         (1, ["import", "orders", str(tmp_path / "missing.csv"), "--format", "csv", "--db", db]),
         (2, ["import", "orders", str(csv), "--format", "csv", "--columns", "nonsense", "--db", db]),
-        (2, ["import", "orders", str(csv), "--db", db]),         # --format missing
-        (1, ["import", "customers", str(csv), "--db", db]),      # no friend column
+        (2, ["import", "orders", str(csv), "--db", db]),  # --format missing
+        (1, ["import", "customers", str(csv), "--db", db]),  # no friend column
         (2, ["import", "customers", str(csv), "--columns", "x=y", "--db", db]),
         (2, ["run", "--listen", "localhost"]),
         (2, ["run", "--tick", "often"]),
@@ -183,10 +180,25 @@ def test_exit_status_per_command(tmp_path, folder, broken):
 
 
 def test_run_with_invalid_rules_exits_1(tmp_path, broken):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--rules", str(broken),
-                           "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60,
-                          env={**os.environ, "LINERULES_LANG": "en"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            "--rules",
+            str(broken),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "LINERULES_LANG": "en"},
+    )
     assert proc.returncode == 1
     assert "cannot start: the rules in" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -196,17 +208,21 @@ def test_run_with_invalid_rules_exits_1(tmp_path, broken):
 
 def test_bash_completion_script_and_answers():
     env = {**os.environ, "_LINERULES_COMPLETE": "bash_source"}
-    proc = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+    )
     assert proc.returncode == 0
     assert "_linerules_completion()" in proc.stdout
     assert "complete -o nosort -F _linerules_completion linerules" in proc.stdout
 
     def complete(line: str) -> list[str]:
         words = line.split(" ")
-        result = CliRunner().invoke(cli, [], prog_name="linerules", env={
-            "_LINERULES_COMPLETE": "bash_complete", "COMP_WORDS": line,
-            "COMP_CWORD": str(len(words) - 1)})
+        result = CliRunner().invoke(
+            cli,
+            [],
+            prog_name="linerules",
+            env={"_LINERULES_COMPLETE": "bash_complete", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)},
+        )
         return [entry.split(",", 1)[1] for entry in result.stdout.split()]
 
     assert complete("linerules si") == ["simulate"]

@@ -1,6 +1,7 @@
 """Exactly once, whatever happens: a runner killed (SIGKILL) while its requests are in flight
 and then restarted, and a runner facing LINE faults (5xx, 429, timeouts, lost answers), still
 delivers every message exactly once (checked on the LINE emulator's delivery log)."""
+
 from __future__ import annotations
 
 import signal
@@ -30,7 +31,8 @@ def rules(tmp_path, line_emulator):
 
 
 def test_sigkill_while_sending_then_restart_delivers_each_message_once(
-        tmp_path, rules, line_emulator, line_env, processes):
+    tmp_path, rules, line_emulator, line_env, processes
+):
     db = tmp_path / "crash.db"
     # The first sends are delivered but their answers never come back; the next ones hang
     # before LINE processes them. The runner is killed while they are in flight.
@@ -61,8 +63,7 @@ def test_sigkill_while_sending_then_restart_delivers_each_message_once(
     assert {row["status"] for row in rows(db)} <= {"sent", "duplicate"}
 
 
-def test_line_faults_never_lose_or_repeat_a_message(
-        tmp_path, rules, line_emulator, line_env, processes):
+def test_line_faults_never_lose_or_repeat_a_message(tmp_path, rules, line_emulator, line_env, processes):
     db = tmp_path / "faults.db"
     for endpoint in ("push", "multicast"):
         line_emulator.inject(endpoint, 500, count=3)
@@ -74,8 +75,14 @@ def test_line_faults_never_lose_or_repeat_a_message(
     runner.started()
     runner.post_events([follow(f) for f in FRIENDS])
     # ticks run beside the HTTP server: wait for the sends to exist before the backlog empties
-    wait_until(lambda: len(per_friend(line_emulator)) == len(FRIENDS) and backlog(db) == 0
-               and runner.get("/healthz")[1]["outbox_backlog"] == 0, timeout=60)
+    wait_until(
+        lambda: (
+            len(per_friend(line_emulator)) == len(FRIENDS)
+            and backlog(db) == 0
+            and runner.get("/healthz")[1]["outbox_backlog"] == 0
+        ),
+        timeout=60,
+    )
     assert per_friend(line_emulator) == Counter({f: 1 for f in FRIENDS})
     statuses = Counter(r.status for r in line_emulator.requests if r.endpoint in ("push", "multicast"))
     assert statuses[500] and statuses[429] and statuses[409] and statuses[None]

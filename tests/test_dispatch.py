@@ -1,4 +1,5 @@
 """The dispatcher sends through the real line-bot-sdk to the LINE emulator on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 from engine.line.dispatch import (
-    DispatchResult,
     Dispatcher,
+    DispatchResult,
     DryRunTransport,
     OutboxItem,
     make_transport,
@@ -23,8 +24,7 @@ TEXT = {"type": "text", "text": "こんにちは"}
 MENU = "richmenu-" + "0" * 32
 
 
-def push(item_id: int, user: str = "U1", messages: list[dict[str, Any]] | None = None,
-         **kw: Any) -> OutboxItem:
+def push(item_id: int, user: str = "U1", messages: list[dict[str, Any]] | None = None, **kw: Any) -> OutboxItem:
     return OutboxItem(item_id, "push", [user], messages or [TEXT], str(uuid.uuid4()), **kw)
 
 
@@ -38,23 +38,25 @@ def emulator(line_emulator: Emulator) -> Emulator:
 
 @pytest.fixture
 async def dispatcher(emulator: Emulator):
-    async with Dispatcher(emulator.access_token, emulator.base_url + "/", max_attempts=4,
-                          timeout=0.3, backoff_base=0.01, backoff_cap=0.05) as d:
+    async with Dispatcher(
+        emulator.access_token, emulator.base_url + "/", max_attempts=4, timeout=0.3, backoff_base=0.01, backoff_cap=0.05
+    ) as d:
         yield d
 
 
 async def test_push_and_multicast_arrive_exactly_once(dispatcher, emulator):
-    items = [push(1, "U1"),
-             OutboxItem(2, "multicast", ["U2", "U3", "UB"], [TEXT, TEXT], str(uuid.uuid4()))]
+    items = [push(1, "U1"), OutboxItem(2, "multicast", ["U2", "U3", "UB"], [TEXT, TEXT], str(uuid.uuid4()))]
     results = await dispatcher.send(items)
     assert [(r.item_id, r.outcome, r.status, r.via, r.recipients) for r in results] == [
-        (1, "sent", 200, "push", 1), (2, "sent", 200, "multicast", 3)]
+        (1, "sent", 200, "push", 1),
+        (2, "sent", 200, "multicast", 3),
+    ]
     assert sorted(d.user_id for d in emulator.delivered) == ["U1", "U2", "U3"]
     assert [d.user_id for d in emulator.undelivered] == ["UB"]
     assert results[0].request_id == emulator.requests_to("push")[0].request_id
     assert emulator.requests_to("push")[0].retry_key == items[0].retry_key
     assert emulator.requests_to("multicast")[0].retry_key == items[1].retry_key
-    assert dispatcher.endpoint == emulator.base_url        # trailing slash dropped
+    assert dispatcher.endpoint == emulator.base_url  # trailing slash dropped
 
 
 async def test_5xx_then_success_delivers_once_with_identical_retries(dispatcher, emulator):
@@ -65,7 +67,7 @@ async def test_5xx_then_success_delivers_once_with_identical_retries(dispatcher,
     attempts = emulator.requests_to("push")
     assert [r.status for r in attempts] == [500, 200]
     assert {r.retry_key for r in attempts} == {item.retry_key}
-    assert attempts[0].body == attempts[1].body           # byte-identical retry
+    assert attempts[0].body == attempts[1].body  # byte-identical retry
     assert len(emulator.delivered) == 1
     assert dispatcher.metrics["retries"] == 1
     assert dispatcher.metrics["requests"]["push"] == {"500": 1, "200": 1}
@@ -77,7 +79,7 @@ async def test_lost_response_is_retried_and_409_means_duplicate(dispatcher, emul
     [result] = await dispatcher.send([item])
     first, second = emulator.requests_to("push")
     assert (result.outcome, result.status) == ("duplicate", 409)
-    assert result.request_id == first.request_id          # the request that was accepted
+    assert result.request_id == first.request_id  # the request that was accepted
     assert (first.note, second.status) == ("lost", 409)
     assert first.body == second.body and first.retry_key == second.retry_key == item.retry_key
     assert len(emulator.delivered) == 1
@@ -107,10 +109,10 @@ async def test_a_body_from_the_stored_json_is_the_same_request(dispatcher, emula
     stored = (json.dumps(to), json.dumps(messages, ensure_ascii=False))
     plain = OutboxItem(1, "multicast", to, messages, str(uuid.uuid4()))
     encoded = OutboxItem(2, "multicast", to, messages, str(uuid.uuid4()), encoded=stored)
-    single = OutboxItem(3, "push", ["U4"], messages, str(uuid.uuid4()),
-                        encoded=(json.dumps(["U4"]), stored[1]))
-    assert json.loads(encoded.body({"to": to})) == json.loads(plain.body({"to": to})) == {
-        "to": to, "messages": messages}
+    single = OutboxItem(3, "push", ["U4"], messages, str(uuid.uuid4()), encoded=(json.dumps(["U4"]), stored[1]))
+    assert (
+        json.loads(encoded.body({"to": to})) == json.loads(plain.body({"to": to})) == {"to": to, "messages": messages}
+    )
     assert json.loads(single.body({"to": "U4"})) == {"to": "U4", "messages": messages}
     results = await dispatcher.send([plain, encoded, single])
     assert [r.outcome for r in results] == ["sent"] * 3
@@ -120,10 +122,12 @@ async def test_a_body_from_the_stored_json_is_the_same_request(dispatcher, emula
 
 
 async def test_invalid_items_are_rejected_without_calling_line(dispatcher, emulator):
-    items = [push(1, messages=[TEXT] * 6),
-             OutboxItem(2, "push", ["U1", "U2"], [TEXT], str(uuid.uuid4())),
-             OutboxItem(3, "push", ["U1"], [TEXT], "not-a-uuid"),
-             push(4, messages=[{"type": "no-such-type"}])]
+    items = [
+        push(1, messages=[TEXT] * 6),
+        OutboxItem(2, "push", ["U1", "U2"], [TEXT], str(uuid.uuid4())),
+        OutboxItem(3, "push", ["U1"], [TEXT], "not-a-uuid"),
+        push(4, messages=[{"type": "no-such-type"}]),
+    ]
     results = await dispatcher.send(items)
     assert [r.outcome for r in results] == ["rejected"] * 4
     assert all(r.status is None and r.detail.startswith("invalid item") for r in results)
@@ -153,7 +157,7 @@ async def test_persistent_5xx_ends_in_retry_and_a_later_send_delivers_once(dispa
     item = push(1)
     [result] = await dispatcher.send([item])
     assert (result.outcome, result.status) == ("retry", 502)
-    assert len(emulator.requests_to("push")) == 4         # max_attempts
+    assert len(emulator.requests_to("push")) == 4  # max_attempts
     [result] = await dispatcher.send([item])
     assert result.outcome == "sent"
     assert {r.retry_key for r in emulator.requests_to("push")} == {item.retry_key}
@@ -164,8 +168,7 @@ async def test_unreachable_line_ends_in_retry():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with Dispatcher("t", f"http://127.0.0.1:{port}", max_attempts=2, timeout=0.3,
-                          backoff_base=0.01) as d:
+    async with Dispatcher("t", f"http://127.0.0.1:{port}", max_attempts=2, timeout=0.3, backoff_base=0.01) as d:
         [result] = await d.send([push(1)])
     assert (result.outcome, result.status) == ("retry", None)
     assert result.detail.startswith("error:")
@@ -178,7 +181,7 @@ async def test_quota_guard_holds_what_would_not_fit(dispatcher, emulator):
     results = await dispatcher.send(items)
     assert [r.outcome for r in results] == ["sent"] * 3 + ["held"] * 2
     assert "monthly quota" in results[3].detail and results[3].status is None
-    assert len(emulator.requests_to("push")) == 3          # held items never reached LINE
+    assert len(emulator.requests_to("push")) == 3  # held items never reached LINE
     assert len(emulator.delivered) == 3
     assert dispatcher.remaining == 0
 
@@ -186,19 +189,18 @@ async def test_quota_guard_holds_what_would_not_fit(dispatcher, emulator):
 async def test_monthly_limit_429_holds_and_stops_pushes_for_the_month(dispatcher, emulator):
     emulator.quota = 10
     assert await dispatcher.refresh_quota() == 10
-    emulator.usage = 10                        # spent elsewhere since the last reading
+    emulator.usage = 10  # spent elsewhere since the last reading
     token = emulator.issue_reply_token("U3")
     [first] = await dispatcher.send([push(1, "U1")])
     assert (first.outcome, first.status) == ("held", 429)
     assert dispatcher.quota_exhausted
     [second] = await dispatcher.send([push(2, "U2")])
-    assert (second.outcome, second.status) == ("held", None)   # held without a call
+    assert (second.outcome, second.status) == ("held", None)  # held without a call
     assert len(emulator.requests_to("push")) == 1
     assert emulator.requests_to("push")[0].status == 429
     assert dispatcher.metrics["monthly_limited"] == 1
     # replies are free and still go out
-    [reply] = await dispatcher.send([OutboxItem(3, "reply", ["U3"], [TEXT], str(uuid.uuid4()),
-                                                reply_token=token)])
+    [reply] = await dispatcher.send([OutboxItem(3, "reply", ["U3"], [TEXT], str(uuid.uuid4()), reply_token=token)])
     assert (reply.outcome, reply.via) == ("sent", "reply")
     assert [d.user_id for d in emulator.delivered] == ["U3"]
 
@@ -206,10 +208,10 @@ async def test_monthly_limit_429_holds_and_stops_pushes_for_the_month(dispatcher
 async def test_a_bigger_quota_read_again_releases_held_pushes(dispatcher, emulator):
     emulator.quota = 10
     assert await dispatcher.refresh_quota() == 10
-    emulator.usage = 10                        # spent elsewhere: LINE answers 429
+    emulator.usage = 10  # spent elsewhere: LINE answers 429
     [first] = await dispatcher.send([push(1, "U1")])
     assert (first.outcome, first.status) == ("held", 429) and dispatcher.quota_exhausted
-    emulator.quota = 5000                      # the shop moved to the Light plan
+    emulator.quota = 5000  # the shop moved to the Light plan
     assert await dispatcher.refresh_quota() == 4990
     assert not dispatcher.quota_exhausted
     [again] = await dispatcher.send([push(1, "U1")])
@@ -219,13 +221,12 @@ async def test_a_bigger_quota_read_again_releases_held_pushes(dispatcher, emulat
 
 async def test_quota_exhaustion_ends_with_the_month(emulator):
     now = [time.mktime((2026, 11, 30, 12, 0, 0, 0, 0, -1))]
-    async with Dispatcher(emulator.access_token, emulator.base_url, clock=lambda: now[0],
-                          backoff_base=0.01) as d:
+    async with Dispatcher(emulator.access_token, emulator.base_url, clock=lambda: now[0], backoff_base=0.01) as d:
         # the guard sees no limit (quota type "none"); LINE still says no
         emulator.inject("push", status=429, body={"message": "You have reached your monthly limit."})
         assert (await d.send([push(1)]))[0].outcome == "held"
         assert d.quota_exhausted
-        now[0] += 3 * 86400                    # December in Japan
+        now[0] += 3 * 86400  # December in Japan
         assert not d.quota_exhausted
         assert (await d.send([push(2)]))[0].outcome == "sent"
 
@@ -233,8 +234,7 @@ async def test_quota_exhaustion_ends_with_the_month(emulator):
 async def test_fresh_reply_goes_as_a_free_reply(dispatcher, emulator):
     emulator.quota = 5
     token = emulator.issue_reply_token("U2")
-    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() + 50)
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token, reply_deadline=time.time() + 50)
     [result] = await dispatcher.send([item])
     assert (result.outcome, result.via, result.status) == ("sent", "reply", 200)
     assert emulator.inbox("U2") == [TEXT]
@@ -245,8 +245,7 @@ async def test_fresh_reply_goes_as_a_free_reply(dispatcher, emulator):
 
 async def test_reply_past_its_deadline_is_pushed_with_the_item_key(dispatcher, emulator):
     token = emulator.issue_reply_token("U2")
-    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() - 1)
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token, reply_deadline=time.time() - 1)
     [result] = await dispatcher.send([item])
     assert (result.outcome, result.via) == ("sent", "push")
     assert emulator.requests_to("reply") == []
@@ -255,9 +254,8 @@ async def test_reply_past_its_deadline_is_pushed_with_the_item_key(dispatcher, e
 
 
 async def test_reply_with_an_expired_token_falls_back_to_push(dispatcher, emulator):
-    token = emulator.issue_reply_token("U2", ttl=-1)        # LINE already expired it
-    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() + 50)
+    token = emulator.issue_reply_token("U2", ttl=-1)  # LINE already expired it
+    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token, reply_deadline=time.time() + 50)
     [result] = await dispatcher.send([item])
     assert (result.outcome, result.via) == ("sent", "push")
     assert [r.status for r in emulator.requests_to("reply")] == [400]
@@ -268,8 +266,7 @@ async def test_reply_with_an_expired_token_falls_back_to_push(dispatcher, emulat
 async def test_reply_whose_answer_was_lost_is_not_sent_again(dispatcher, emulator):
     emulator.inject_lost_response("reply")
     token = emulator.issue_reply_token("U2")
-    [result] = await dispatcher.send([OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()),
-                                                 reply_token=token)])
+    [result] = await dispatcher.send([OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token)])
     assert (result.outcome, result.via) == ("duplicate", "reply")
     assert emulator.requests_to("push") == []
     assert emulator.inbox("U2") == [TEXT]
@@ -278,11 +275,13 @@ async def test_reply_whose_answer_was_lost_is_not_sent_again(dispatcher, emulato
 async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatcher, emulator):
     """The earlier process used the token (LINE delivered); the resend must not push again."""
     token = emulator.issue_reply_token("U2")
-    first = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                       reply_deadline=time.time() + 50)
+    first = OutboxItem(
+        1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token, reply_deadline=time.time() + 50
+    )
     await dispatcher.send([first])
-    again = OutboxItem(1, "reply", ["U2"], [TEXT], first.retry_key, reply_token=token,
-                       reply_deadline=time.time() + 50, ambiguous=True)
+    again = OutboxItem(
+        1, "reply", ["U2"], [TEXT], first.retry_key, reply_token=token, reply_deadline=time.time() + 50, ambiguous=True
+    )
     [result] = await dispatcher.send([again])
     assert (result.outcome, result.via) == ("duplicate", "reply")
     assert emulator.requests_to("push") == []
@@ -291,8 +290,9 @@ async def test_reply_left_in_flight_by_a_stopped_runner_is_never_pushed(dispatch
 
 async def test_stale_reply_left_in_flight_is_recorded_not_pushed(dispatcher, emulator):
     token = emulator.issue_reply_token("U2")
-    item = OutboxItem(1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token,
-                      reply_deadline=time.time() - 1, ambiguous=True)
+    item = OutboxItem(
+        1, "reply", ["U2"], [TEXT], str(uuid.uuid4()), reply_token=token, reply_deadline=time.time() - 1, ambiguous=True
+    )
     [result] = await dispatcher.send([item])
     assert result.outcome == "unconfirmed" and result.ambiguous
     assert "never sent twice" in result.detail
@@ -302,31 +302,32 @@ async def test_stale_reply_left_in_flight_is_recorded_not_pushed(dispatcher, emu
 async def test_token_buckets_keep_a_burst_under_the_rate(emulator):
     emulator.set_rate_limit("push", 100, capacity=10)
     items = [push(i, f"U{1 + i % 5}") for i in range(60)]
-    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"push": 90},
-                          burst_seconds=0.01, backoff_base=0.01) as d:
+    async with Dispatcher(
+        emulator.access_token, emulator.base_url, rates={"push": 90}, burst_seconds=0.01, backoff_base=0.01
+    ) as d:
         started = time.monotonic()
         results = await d.send(items)
         elapsed = time.monotonic() - started
     assert {r.outcome for r in results} == {"sent"}
     assert emulator.requests_to("push", 429) == []
     assert len(emulator.delivered) == 60
-    assert elapsed >= 0.6                      # 60 requests at 90/s, bursts of 1
+    assert elapsed >= 0.6  # 60 requests at 90/s, bursts of 1
 
 
 async def test_a_full_bucket_never_lets_a_second_hold_more_than_the_limit(emulator):
     """The emulator's arrival times: no second (a sliding window) holds more requests than the
     client's limit, from the first second on, and the limit is still reached."""
-    items = [OutboxItem(i, "multicast", ["U1", "U2", "U3"], [TEXT], str(uuid.uuid4()))
-             for i in range(35)]
-    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"multicast": 10},
-                          burst_seconds=0.5) as d:          # bursts of 5 after a stall
+    items = [OutboxItem(i, "multicast", ["U1", "U2", "U3"], [TEXT], str(uuid.uuid4())) for i in range(35)]
+    async with Dispatcher(
+        emulator.access_token, emulator.base_url, rates={"multicast": 10}, burst_seconds=0.5
+    ) as d:  # bursts of 5 after a stall
         started = time.monotonic()
         results = await d.send(items)
         elapsed = time.monotonic() - started
     assert {r.outcome for r in results} == {"sent"}
     assert emulator.busiest_second("multicast") == 10
     assert emulator.stats()["busiest_second"]["multicast"] == 10
-    assert 35 / elapsed >= 0.9 * 10                 # and the limit is reached
+    assert 35 / elapsed >= 0.9 * 10  # and the limit is reached
 
 
 def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
@@ -336,7 +337,7 @@ def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
 
     def granted_in_first_second(bucket: TokenBucket, clock: list[float]) -> int:
         grants = 0
-        for ms in range(1001):                   # 0 ms to 1,000 ms, both ends included
+        for ms in range(1001):  # 0 ms to 1,000 ms, both ends included
             clock[0] = ms / 1000
             while bucket.try_take():
                 grants += 1
@@ -344,14 +345,14 @@ def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
 
     clock = [0.0]
     plain = TokenBucket(200, 10, clock=lambda: clock[0])
-    assert granted_in_first_second(plain, clock) == 210      # 10 at once, then 200/s
+    assert granted_in_first_second(plain, clock) == 210  # 10 at once, then 200/s
     clock = [0.0]
     windowed = TokenBucket(200, 10, window=1.02, window_limit=200, clock=lambda: clock[0])
     assert granted_in_first_second(windowed, clock) == 200
     clock = [0.0]
     assert granted_in_first_second(client_bucket(200, clock=lambda: clock[0]), clock) <= 200
     grants = []
-    for ms in range(1001, 10_000):               # and any 1.02 s after that holds at most 200
+    for ms in range(1001, 10_000):  # and any 1.02 s after that holds at most 200
         clock[0] = ms / 1000
         while windowed.try_take():
             grants.append(clock[0])
@@ -362,8 +363,7 @@ def test_a_window_bounds_a_full_bucket_and_keeps_the_rate():
 async def test_without_client_pacing_the_same_burst_is_throttled(emulator):
     """The control for the test above: LINE's bucket does bite when the client does not pace."""
     emulator.set_rate_limit("push", 100, capacity=10)
-    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"push": 100_000},
-                          backoff_base=0.01) as d:
+    async with Dispatcher(emulator.access_token, emulator.base_url, rates={"push": 100_000}, backoff_base=0.01) as d:
         results = await d.send([push(i, f"U{1 + i % 5}") for i in range(60)])
     assert emulator.requests_to("push", 429)
     assert d.metrics["rate_limited"] > 0
@@ -371,15 +371,18 @@ async def test_without_client_pacing_the_same_burst_is_throttled(emulator):
 
 
 async def test_menu_link_and_unlink(dispatcher, emulator):
-    results = await dispatcher.send([
-        OutboxItem(1, "menu_link", ["U1"], [], str(uuid.uuid4()), rich_menu_id=MENU),
-        OutboxItem(2, "menu_link", ["U2"], [], str(uuid.uuid4()), rich_menu_id=MENU)])
+    results = await dispatcher.send(
+        [
+            OutboxItem(1, "menu_link", ["U1"], [], str(uuid.uuid4()), rich_menu_id=MENU),
+            OutboxItem(2, "menu_link", ["U2"], [], str(uuid.uuid4()), rich_menu_id=MENU),
+        ]
+    )
     assert [(r.outcome, r.via) for r in results] == [("sent", "menu_link")] * 2
     assert emulator.rich_menu_links == {"U1": MENU, "U2": MENU}
     [result] = await dispatcher.send([OutboxItem(3, "menu_link", ["U1"], [], str(uuid.uuid4()))])
     assert result.outcome == "sent"
     assert emulator.rich_menu_links == {"U2": MENU}
-    assert emulator.requests_to("quota") == []              # no quota reading for menus
+    assert emulator.requests_to("quota") == []  # no quota reading for menus
 
 
 async def test_profiles_for_templates(dispatcher, emulator):
@@ -390,7 +393,7 @@ async def test_profiles_for_templates(dispatcher, emulator):
 
 
 async def test_refresh_quota(dispatcher, emulator):
-    assert await dispatcher.refresh_quota() is None          # no limit
+    assert await dispatcher.refresh_quota() is None  # no limit
     emulator.quota, emulator.usage = 200, 150
     assert await dispatcher.refresh_quota() == 50
     assert dispatcher.remaining == 50
@@ -410,17 +413,28 @@ async def test_results_are_reported_as_they_land(dispatcher, emulator):
 
 async def test_dry_run_logs_one_line_per_item(caplog):
     transport = DryRunTransport()
-    items = [push(1, messages=[{"type": "text", "text": "Hello   Hanako, here is your coupon"},
-                               {"type": "image", "originalContentUrl": "https://i.example/a.png",
-                                "previewImageUrl": "https://i.example/p.png"}]),
-             OutboxItem(2, "multicast", ["U1", "U2"], [TEXT], str(uuid.uuid4()))]
+    items = [
+        push(
+            1,
+            messages=[
+                {"type": "text", "text": "Hello   Hanako, here is your coupon"},
+                {
+                    "type": "image",
+                    "originalContentUrl": "https://i.example/a.png",
+                    "previewImageUrl": "https://i.example/p.png",
+                },
+            ],
+        ),
+        OutboxItem(2, "multicast", ["U1", "U2"], [TEXT], str(uuid.uuid4())),
+    ]
     with caplog.at_level(logging.INFO, logger="linerules.dispatch"):
         results = await transport.send(items)
-    assert [(r.outcome, r.via, r.recipients) for r in results] == [
-        ("dry_run", "dry-run", 1), ("dry_run", "dry-run", 2)]
+    assert [(r.outcome, r.via, r.recipients) for r in results] == [("dry_run", "dry-run", 1), ("dry_run", "dry-run", 2)]
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["dry-run push to 1 recipient(s) [text, image]: Hello Hanako, here is your coupon",
-                     "dry-run multicast to 2 recipient(s) [text]: こんにちは"]
+    assert lines == [
+        "dry-run push to 1 recipient(s) [text, image]: Hello Hanako, here is your coupon",
+        "dry-run multicast to 2 recipient(s) [text]: こんにちは",
+    ]
 
 
 async def test_make_transport_picks_by_the_environment():
@@ -430,8 +444,7 @@ async def test_make_transport_picks_by_the_environment():
     real = make_transport({"LINE_CHANNEL_ACCESS_TOKEN": "tok"})
     assert isinstance(real, Dispatcher) and not real.dry_run
     assert real.endpoint == "https://api.line.me"
-    local = make_transport({"LINE_CHANNEL_ACCESS_TOKEN": "tok",
-                            "LINE_API_ENDPOINT": "http://127.0.0.1:8089/"})
+    local = make_transport({"LINE_CHANNEL_ACCESS_TOKEN": "tok", "LINE_API_ENDPOINT": "http://127.0.0.1:8089/"})
     assert local.endpoint == "http://127.0.0.1:8089"
     assert "http://127.0.0.1:8089" in local.banner
 
@@ -457,20 +470,19 @@ async def test_multicasts_keep_to_lines_200_per_second_without_bursts(emulator):
     (and no tenth of a second) holds more than LINE allows, and nothing is answered 429."""
     import aiohttp
 
-    items = [OutboxItem(i, "multicast", [f"U{1 + i % 5}", "UB"], [TEXT], str(uuid.uuid4()))
-             for i in range(300)]
+    items = [OutboxItem(i, "multicast", [f"U{1 + i % 5}", "UB"], [TEXT], str(uuid.uuid4())) for i in range(300)]
     times: list[float] = []
     trace = aiohttp.TraceConfig()
 
     async def on_start(session, context, params):
         if params.url.path.endswith("/multicast"):
-            times.append(time.monotonic())        # the moment the request goes out
+            times.append(time.monotonic())  # the moment the request goes out
 
     trace.on_request_start.append(on_start)
     async with Dispatcher(emulator.access_token, emulator.base_url, trace_configs=[trace]) as d:
         results = await d.send(items)
     assert {r.outcome for r in results} == {"sent"}
-    assert emulator.requests_to("multicast", 429) == []       # LINE's own bucket agrees
+    assert emulator.requests_to("multicast", 429) == []  # LINE's own bucket agrees
     assert len(times) == 300 == len(emulator.requests_to("multicast"))
 
     def most_within(window: float) -> int:
@@ -481,7 +493,7 @@ async def test_multicasts_keep_to_lines_200_per_second_without_bursts(emulator):
             best = max(best, i - j + 1)
         return best
 
-    assert most_within(1.0) <= 200 + 10        # 200/s, plus the 50 ms burst
+    assert most_within(1.0) <= 200 + 10  # 200/s, plus the 50 ms burst
     assert most_within(0.1) <= 20 + 10
     assert times[-1] - times[0] >= 1.4
 
@@ -510,15 +522,19 @@ async def test_emulator_issues_stateless_tokens_as_line_does(emulator):
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        form = {"grant_type": "client_credentials", "client_id": emulator.channel_id,
-                "client_secret": emulator.channel_secret}
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": emulator.channel_id,
+            "client_secret": emulator.channel_secret,
+        }
         async with session.post(emulator.base_url + "/oauth2/v3/token", data=form) as resp:
             body = await resp.json()
             assert resp.status == 200
         assert body["token_type"] == "Bearer" and body["expires_in"] == 900
         assert emulator.token_valid(body["access_token"])
-        async with session.post(emulator.base_url + "/oauth2/v3/token",
-                                data={**form, "client_secret": "wrong"}) as resp:
+        async with session.post(
+            emulator.base_url + "/oauth2/v3/token", data={**form, "client_secret": "wrong"}
+        ) as resp:
             assert resp.status == 400 and (await resp.json())["error"] == "invalid_client"
     emulator.expire_stateless_tokens()
     assert not emulator.token_valid(body["access_token"])

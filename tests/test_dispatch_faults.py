@@ -2,6 +2,7 @@
 emulator (real line-bot-sdk over loopback HTTP, signed webhooks, real signals): replies left in
 flight, answers whose response was lost, a long Retry-After, a hanging recipient, a refused or
 expired token, and a runner stopped past its lease."""
+
 from __future__ import annotations
 
 import signal
@@ -45,24 +46,29 @@ def answer_rules(root: Path) -> Path:
 def ask(line_emulator, line_webhook):
     """``ask(runner, friend, n)``: the friend writes "クーポン" on LINE (a signed webhook with a
     fresh reply token); the runner's HTTP status."""
+
     def post(runner, friend: str, n: int = 0) -> int:
         token = line_emulator.issue_reply_token(friend)
         return runner.post_webhook(line_webhook(text_message(friend, token, n)))
+
     return post
 
 
 def stateless(line_emulator, line_channel, secret: str | None = None) -> dict[str, str]:
     """The runner issues its own access tokens from the channel id and secret."""
-    return {"LINE_CHANNEL_ID": line_channel.channel_id,
-            "LINE_CHANNEL_SECRET": secret or line_channel.channel_secret,
-            "LINE_API_ENDPOINT": line_emulator.base_url}
+    return {
+        "LINE_CHANNEL_ID": line_channel.channel_id,
+        "LINE_CHANNEL_SECRET": secret or line_channel.channel_secret,
+        "LINE_API_ENDPOINT": line_emulator.base_url,
+    }
 
 
 # ----------------------------------------------------------------------------- 3: replies after a crash
 
 
 def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
-        tmp_path, line_emulator, line_env, processes, ask):
+    tmp_path, line_emulator, line_env, processes, ask
+):
     """Only a reply actually sent is ambiguous; its token tells after the restart whether it
     arrived. Replies waiting for a slot were never sent and simply go out."""
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
@@ -70,7 +76,7 @@ def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
     friends = [f"U{i:03d}" for i in range(REPLY_SLOTS + 4)]
     add_friends(line_emulator, friends)
     half = REPLY_SLOTS // 2
-    line_emulator.inject_lost_response("reply", count=half, delay=60)   # delivered, answer lost
+    line_emulator.inject_lost_response("reply", count=half, delay=60)  # delivered, answer lost
     line_emulator.inject_timeout("reply", count=REPLY_SLOTS - half, delay=60)  # never processed
     first = processes(rules, db, env=line_env).started()
     for i, f in enumerate(friends):
@@ -82,7 +88,7 @@ def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
     in_flight = rows(db, "SELECT * FROM outbox WHERE ambiguous = 1")
     waiting = rows(db, "SELECT * FROM outbox WHERE ambiguous = 0 AND status = 'pending'")
     assert len(in_flight) == REPLY_SLOTS and len(waiting) == 4
-    assert len(line_emulator.requests_to("reply")) == REPLY_SLOTS     # the 4 were never sent
+    assert len(line_emulator.requests_to("reply")) == REPLY_SLOTS  # the 4 were never sent
 
     second = processes(rules, db, env=line_env).started()
     wait_until(lambda: backlog(db) == 0, timeout=30)
@@ -101,7 +107,8 @@ def test_replies_in_flight_at_a_sigkill_are_delivered_once_each_as_free_replies(
 
 
 def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sent(
-        tmp_path, line_emulator, line_env, processes, ask):
+    tmp_path, line_emulator, line_env, processes, ask
+):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "late.db"
     friends = [f"U{i:03d}" for i in range(REPLY_SLOTS + 3)]
@@ -118,8 +125,8 @@ def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sen
     execute(db, "UPDATE outbox SET reply_deadline = ?", (int(time.time()) - 1,))
     second = processes(rules, db, env=line_env).started()
     wait_until(lambda: backlog(db) == 0, timeout=30)
-    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})   # none twice
-    assert len(line_emulator.requests_to("push")) == 3                    # the 3 never sent
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})  # none twice
+    assert len(line_emulator.requests_to("push")) == 3  # the 3 never sent
     second.proc.send_signal(signal.SIGTERM)
     assert second.exit_code() == 0
     statuses = Counter(r["status"] for r in rows(db))
@@ -133,7 +140,8 @@ def test_a_restart_after_the_reply_tokens_expired_pushes_only_what_was_never_sen
 
 
 def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_push(
-        tmp_path, line_emulator, line_env, processes, ask):
+    tmp_path, line_emulator, line_env, processes, ask
+):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "doubled.db"
     line_emulator.add_user("U1", "Hanako")
@@ -147,7 +155,7 @@ def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_pu
     assert line_emulator.requests_to("push") == []
     statuses = [r.status for r in line_emulator.requests_to("reply")]
     assert statuses[0] is None and 500 in statuses and 429 in statuses
-    assert statuses[-1] == 400                      # the token was used: delivered
+    assert statuses[-1] == 400  # the token was used: delivered
     runner.wait_for(r"outbox 1 reply to U1: 500 .*retrying in")
     runner.wait_for(r"outbox 1 to U1 not sent .* and may have arrived; next attempt")
     runner.proc.send_signal(signal.SIGTERM)
@@ -161,8 +169,7 @@ def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_pu
 
 
 @pytest.mark.timing
-def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(
-        tmp_path, line_emulator, line_env, processes, ask):
+def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(tmp_path, line_emulator, line_env, processes, ask):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "retry_after.db"
     friends = [f"U{i}" for i in range(1, 6)]
@@ -175,7 +182,7 @@ def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(
     wait_until(lambda: line_emulator.inbox("UR"))
     assert per_friend(line_emulator, "reply") == Counter({"UR": 1})
     [held] = rows(db, "SELECT * FROM outbox WHERE status = 'held'")
-    assert 290 <= held["not_before"] - int(time.time()) <= 301   # capped at 5 minutes
+    assert 290 <= held["not_before"] - int(time.time()) <= 301  # capped at 5 minutes
     runner.wait_for(rf"outbox {held['id']} to U\d not sent \(429 .*\); next attempt at")
     assert runner.metric("linerules_pushes_total", outcome="retry") == 1
     started = time.monotonic()
@@ -185,13 +192,14 @@ def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(
 
 
 def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
-        tmp_path, line_emulator, line_env, processes, ask):
+    tmp_path, line_emulator, line_env, processes, ask
+):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "hang.db"
     friends = [f"U{i}" for i in range(1, 9)]
     add_friends(line_emulator, friends + ["UR"])
-    line_emulator.inject_timeout("push", count=1, delay=60)    # the first push's connection hangs
-    line_emulator.inject("push", 500, count=2)                  # and two others fail once
+    line_emulator.inject_timeout("push", count=1, delay=60)  # the first push's connection hangs
+    line_emulator.inject("push", 500, count=2)  # and two others fail once
     runner = processes(rules, db, env=line_env).started()
     runner.post_events([follow(f) for f in friends])
     wait_until(lambda: len(line_emulator.delivered) == len(friends) - 1, timeout=10)
@@ -199,7 +207,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
     assert len(hanging) == 1 and len(line_emulator.requests_to("push")) >= len(friends)
     ask(runner, "UR")
     wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
-    assert per_friend(line_emulator, "reply") == Counter({"UR": 1})   # free, not pushed
+    assert per_friend(line_emulator, "reply") == Counter({"UR": 1})  # free, not pushed
     wait_until(lambda: runner.metric("linerules_line_retries_total", reason="500") == 2)
     # the hung request times out (10 s) and goes again with its retry key
     wait_until(lambda: backlog(db) == 0, timeout=30)
@@ -209,8 +217,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
 
 
 @pytest.mark.timing
-def test_an_answer_goes_at_once_while_every_push_slot_hangs(
-        tmp_path, line_emulator, line_env, processes, ask):
+def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path, line_emulator, line_env, processes, ask):
     """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
     wait (and turn from a free reply into a paid push)."""
     from engine.runner.runloop import SEND_SLOTS
@@ -228,7 +235,7 @@ def test_an_answer_goes_at_once_while_every_push_slot_hangs(
     wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
     assert time.monotonic() - asked < 3
     assert per_friend(line_emulator, "reply") == Counter({"UR": 1})
-    assert len(line_emulator.requests_to("push")) == SEND_SLOTS     # the backlog still waits
+    assert len(line_emulator.requests_to("push")) == SEND_SLOTS  # the backlog still waits
     assert runner.metric("linerules_sends_in_flight") == SEND_SLOTS
 
 
@@ -236,7 +243,8 @@ def test_an_answer_goes_at_once_while_every_push_slot_hangs(
 
 
 def test_a_refused_token_holds_everything_and_sending_resumes_when_it_is_accepted(
-        tmp_path, line_emulator, line_env, processes):
+    tmp_path, line_emulator, line_env, processes
+):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "auth.db"
     friends = [f"U{i}" for i in range(1, 6)]
@@ -244,17 +252,18 @@ def test_a_refused_token_holds_everything_and_sending_resumes_when_it_is_accepte
     runner = processes(rules, db, env=line_env).started()
     line_emulator.revoke_token()
     runner.post_events([follow(f) for f in friends])
-    runner.wait_for(r"LINE refuses the channel access token \(401 .*every send is held, "
-                    r"nothing is dropped")
+    runner.wait_for(
+        r"LINE refuses the channel access token \(401 .*every send is held, "
+        r"nothing is dropped"
+    )
     status, health = runner.get("/healthz")
     assert status == 503 and health["sending"].startswith("held")
     assert any("refuses the channel access token" in p for p in health["problems"])
     assert runner.metric("linerules_sending_held") == 1
     wait_until(lambda: len(rows(db)) == len(friends))
-    assert line_emulator.delivered == [] and backlog(db) == len(friends)   # nothing dropped
+    assert line_emulator.delivered == [] and backlog(db) == len(friends)  # nothing dropped
     line_emulator.restore_token()
-    runner.wait_for(r"LINE accepts the channel access token again: sending resumes",
-                    timeout=20)
+    runner.wait_for(r"LINE accepts the channel access token again: sending resumes", timeout=20)
     wait_until(lambda: backlog(db) == 0)
     assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
     assert runner.get("/healthz")[0] == 200
@@ -263,8 +272,7 @@ def test_a_refused_token_holds_everything_and_sending_resumes_when_it_is_accepte
     assert {r["status"] for r in rows(db)} == {"sent"}
 
 
-def test_stateless_tokens_are_issued_and_renewed_by_the_runner(
-        tmp_path, line_emulator, processes, line_channel):
+def test_stateless_tokens_are_issued_and_renewed_by_the_runner(tmp_path, line_emulator, processes, line_channel):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "stateless.db"
     add_friends(line_emulator, ("U1", "U2"))
@@ -272,7 +280,7 @@ def test_stateless_tokens_are_issued_and_renewed_by_the_runner(
     runner.post_events([follow("U1")])
     wait_until(lambda: line_emulator.inbox("U1"))
     assert len(line_emulator.stateless_tokens) == 1
-    line_emulator.expire_stateless_tokens()          # 15 minutes later, or refused
+    line_emulator.expire_stateless_tokens()  # 15 minutes later, or refused
     runner.post_events([follow("U2")])
     wait_until(lambda: line_emulator.inbox("U2"))
     assert len(line_emulator.stateless_tokens) == 2
@@ -283,16 +291,17 @@ def test_stateless_tokens_are_issued_and_renewed_by_the_runner(
     assert [r["status"] for r in rows(db)] == ["sent", "sent"]
 
 
-def test_a_wrong_channel_secret_holds_sends_and_says_so(
-        tmp_path, line_emulator, processes, line_channel):
+def test_a_wrong_channel_secret_holds_sends_and_says_so(tmp_path, line_emulator, processes, line_channel):
     rules = write_rules(tmp_path / "rules", ANSWER_RULES)
     db = tmp_path / "wrong.db"
     line_emulator.add_user("U1", "Hanako")
     env = stateless(line_emulator, line_channel, secret="not-the-secret")
     runner = processes(rules, db, env=env).started()
     runner.post_events([follow("U1")])
-    runner.wait_for(r"LINE refuses the channel access token \(token: LINE refused to "
-                    r"issue a channel access token for channel \d+: 400 .*invalid_client")
+    runner.wait_for(
+        r"LINE refuses the channel access token \(token: LINE refused to "
+        r"issue a channel access token for channel \d+: 400 .*invalid_client"
+    )
     status, health = runner.get("/healthz")
     assert status == 503 and "invalid_client" in " ".join(health["problems"])
     assert backlog(db) == 1 and line_emulator.delivered == []
@@ -302,7 +311,8 @@ def test_a_wrong_channel_secret_holds_sends_and_says_so(
 
 
 def test_a_runner_stopped_past_its_lease_writes_nothing_over_the_new_runners_rows(
-        tmp_path, line_emulator, line_env, processes):
+    tmp_path, line_emulator, line_env, processes
+):
     rules = write_rules(tmp_path / "rules", messages=PER_FRIEND_MESSAGES)
     db = tmp_path / "fenced.db"
     friends = [f"U{i:02d}" for i in range(20)]
@@ -357,17 +367,17 @@ def test_a_deploy_written_in_two_steps_is_reloaded_once_whole(tmp_path, processe
     # step 1 of the deploy writes a file that lacks `rule second` ...
     (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
     runner.wait_for(r"rule files changed; reloading once they are unchanged for 2 s")
-    time.sleep(0.5)          # ... and the deploy tool writes the rest half a second later
-    (rules / "main.rule").write_text(TWO_RULES + "\nrule third\n  when purchased\n  then send thanks\n",
-                                     encoding="utf-8")
+    time.sleep(0.5)  # ... and the deploy tool writes the rest half a second later
+    (rules / "main.rule").write_text(
+        TWO_RULES + "\nrule third\n  when purchased\n  then send thanks\n", encoding="utf-8"
+    )
     runner.wait_for(r"rules reloaded \(version \S+, 3 rules, rule files changed\)")
     assert open_in(db, "second") == {"waiting": 3}
     assert len([line for line in runner.lines if "rules reloaded" in line]) == 1
     assert runner.get("/healthz")[1]["last_reload"]["suspended"] == 0
 
 
-def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(
-        tmp_path, processes):
+def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(tmp_path, processes):
     rules = write_rules(tmp_path / "rules", TWO_RULES)
     db = tmp_path / "suspend.db"
     runner = processes(rules, db, tick=30).started()
@@ -375,8 +385,10 @@ def test_a_removed_rule_suspends_its_friends_and_they_resume_when_it_comes_back(
     wait_until(lambda: open_in(db, "second") == {"waiting": 3})
     (rules / "main.rule").write_text(TWO_RULES.split("rule second")[0], encoding="utf-8")
     runner.proc.send_signal(signal.SIGHUP)
-    runner.wait_for(r"reload: 0 friends in flight carried over to changed rules, 3 suspended "
-                    r"\(their rule is gone: second; they resume if it comes back within 60 min")
+    runner.wait_for(
+        r"reload: 0 friends in flight carried over to changed rules, 3 suspended "
+        r"\(their rule is gone: second; they resume if it comes back within 60 min"
+    )
     assert open_in(db, "second") == {"suspended": 3}
     status, health = runner.get("/healthz")
     assert health["suspended_enrollments"] == 3

@@ -1,6 +1,7 @@
 """The documentation keeps up with the code: every command, option and environment variable
 the program reads is described where users look for it (in the manner of datasette's
 test_docs)."""
+
 from __future__ import annotations
 
 import re
@@ -31,9 +32,17 @@ def test_every_command_is_in_the_command_reference(name):
     assert re.search(rf"^#+ `linerules {name}", (ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), re.M)
 
 
-@pytest.mark.parametrize("name,option", [
-    (name, opt) for name, cmd in sorted(cli.commands.items()) for param in cmd.params
-    if isinstance(param, click.Option) for opt in param.opts if opt.startswith("--")])
+@pytest.mark.parametrize(
+    "name,option",
+    [
+        (name, opt)
+        for name, cmd in sorted(cli.commands.items())
+        for param in cmd.params
+        if isinstance(param, click.Option)
+        for opt in param.opts
+        if opt.startswith("--")
+    ],
+)
 def test_every_option_is_documented(name, option):
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     section = text.split(f"## `linerules {name}", 1)[1].split("\n## ", 1)[0]
@@ -44,7 +53,7 @@ def test_every_environment_variable_the_code_reads_is_documented():
     code = "\n".join(p.read_text(encoding="utf-8") for p in [*(ROOT / "engine").rglob("*.py"), ROOT / "runner.py"])
     names = set(re.findall(r"""(?:environ|env)(?:\.get)?[\[(]\s*["']([A-Z][A-Z0-9_]+)["']""", code))
     names |= set(re.findall(r"""envvar=["']([A-Z][A-Z0-9_]+)["']""", code))
-    assert "LINE_CHANNEL_ACCESS_TOKEN" in names           # the pattern does find them
+    assert "LINE_CHANNEL_ACCESS_TOKEN" in names  # the pattern does find them
     missing = sorted(n for n in names if n not in (ROOT / "docs" / "operations.md").read_text(encoding="utf-8"))
     assert not missing, f"undocumented environment variables: {missing}"
 

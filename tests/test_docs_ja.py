@@ -1,6 +1,7 @@
 """The Japanese pages (docs/ja/, README.ja.md) stay in step with the English ones: every
 construct, command, option, setting and field named in an English page is named in its
 Japanese twin too, and every page a marketer reads has a twin."""
+
 from __future__ import annotations
 
 import re

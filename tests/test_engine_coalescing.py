@@ -1,5 +1,6 @@
 """Consecutive sends become one push (at most five objects each); identical pushes to many
 friends in one tick become multicasts of at most 500 recipients."""
+
 from __future__ import annotations
 
 from engine.language import ir
@@ -27,8 +28,10 @@ def test_consecutive_sends_coalesce_into_one_push(fresh_db_path):
 
 def test_more_than_five_objects_split_into_several_pushes_keeping_messages_whole(fresh_db_path):
     # `validate` rejects such a rule; the engine still never sends more than five objects
-    p = project(rule("r", ir.Followed(), send("a", "b"), send("c", "d", "e"), send("f", "g")),
-                messages={"b": message("b", 2), "d": message("d", 2)})
+    p = project(
+        rule("r", ir.Followed(), send("a", "b"), send("c", "d", "e"), send("f", "g")),
+        messages={"b": message("b", 2), "d": message("d", 2)},
+    )
     # objects: a=1, b=2, c=1, d=2, e=1, f=1, g=1 -> [a b c] (4) [d e f g] (5)
     assert run(p, [ev("follow", "U1", "2026-11-01 10:00")], db_path=str(fresh_db_path)) == [
         ("2026-11-01 10:00:00", "U1", "r", ["a", "b", "c"]),
@@ -42,8 +45,9 @@ def test_more_than_five_objects_split_into_several_pushes_keeping_messages_whole
 def test_identical_payloads_in_one_tick_go_as_one_multicast(fresh_db_path):
     p = compile_rules('rule weekly when schedule "0 20 * * 5" then send weekly_pick')
     friends = [f"U{i:03d}" for i in range(503)]
-    pushes = run(p, [ev("follow", f, "2026-11-01 10:00") for f in friends], until="2026-11-07 00:00",
-                 db_path=str(fresh_db_path))
+    pushes = run(
+        p, [ev("follow", f, "2026-11-01 10:00") for f in friends], until="2026-11-07 00:00", db_path=str(fresh_db_path)
+    )
     assert len(pushes) == 503 and {t for t, *_ in pushes} == {"2026-11-06 20:00:00"}
     rows = outbox(fresh_db_path)
     assert [(r["kind"], len(r["recipients"])) for r in rows] == [("multicast", 500), ("multicast", 3)]
@@ -53,24 +57,38 @@ def test_identical_payloads_in_one_tick_go_as_one_multicast(fresh_db_path):
 def test_personalised_payloads_are_not_multicast(fresh_db_path):
     hello = ir.MessageDef("greeting", ({"type": "text", "text": "こんにちは {{ friend.display_name }}さん"},))
     p = compile_rules('rule weekly when schedule "0 20 * * 5" then send greeting', messages={"greeting": hello})
-    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
-              ev("follow", "U3", "2026-11-01 10:00"),
-              ev("attributes", "U1", "2026-11-01 10:01", set={"display_name": "花子"}),
-              ev("attributes", "U2", "2026-11-01 10:01", set={"display_name": "花子"}),
-              ev("attributes", "U3", "2026-11-01 10:01", set={"display_name": "太郎"})]
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("follow", "U2", "2026-11-01 10:00"),
+        ev("follow", "U3", "2026-11-01 10:00"),
+        ev("attributes", "U1", "2026-11-01 10:01", set={"display_name": "花子"}),
+        ev("attributes", "U2", "2026-11-01 10:01", set={"display_name": "花子"}),
+        ev("attributes", "U3", "2026-11-01 10:01", set={"display_name": "太郎"}),
+    ]
     run(p, events, until="2026-11-07 00:00", db_path=str(fresh_db_path))
     rows = outbox(fresh_db_path)
     assert sorted((r["kind"], tuple(r["recipients"]), r["payload"][0]["text"]) for r in rows) == [
-        ("multicast", ("U1", "U2"), "こんにちは 花子さん"), ("push", ("U3",), "こんにちは 太郎さん")]
+        ("multicast", ("U1", "U2"), "こんにちは 花子さん"),
+        ("push", ("U3",), "こんにちは 太郎さん"),
+    ]
 
 
 def test_each_friend_is_counted_once_in_the_delivery_log(fresh_db_path):
     p = project(rule("weekly", ir.ScheduleTrigger("0 20 * * 5"), send("a", "b", "c", "d", "e", "f")))
-    run(p, [ev("follow", f, "2026-11-01 10:00") for f in ("U1", "U2")], until="2026-11-07 00:00",
-        db_path=str(fresh_db_path))
+    run(
+        p,
+        [ev("follow", f, "2026-11-01 10:00") for f in ("U1", "U2")],
+        until="2026-11-07 00:00",
+        db_path=str(fresh_db_path),
+    )
     store = Store(str(fresh_db_path))
-    rows = store.conn.execute("SELECT friend, outbox_id, status, counts_for_cap FROM deliveries "
-                              "ORDER BY friend, outbox_id").fetchall()
+    rows = store.conn.execute(
+        "SELECT friend, outbox_id, status, counts_for_cap FROM deliveries ORDER BY friend, outbox_id"
+    ).fetchall()
     store.close()
-    assert [tuple(r) for r in rows] == [("U1", 1, "sent", 1), ("U1", 2, "sent", 0),
-                                        ("U2", 1, "sent", 1), ("U2", 2, "sent", 0)]
+    assert [tuple(r) for r in rows] == [
+        ("U1", 1, "sent", 1),
+        ("U1", 2, "sent", 0),
+        ("U2", 1, "sent", 1),
+        ("U2", 2, "sent", 0),
+    ]

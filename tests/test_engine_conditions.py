@@ -1,8 +1,9 @@
 """SPEC §2.3: every condition, evaluated for friends in different states (exact pushes)."""
+
 from __future__ import annotations
 
-from engine.language import ir
 from engine.interpreter import Engine
+from engine.language import ir
 from engine.runtime.store import Store
 from enginekit import at, ev, project, rule, run, send, wait
 
@@ -13,17 +14,30 @@ M = ir.Measure
 #: U4: blocked.
 POPULATION = [
     ev("follow", "U1", "2026-10-01 10:00", source="qr=shipping"),
-    ev("attributes", "U1", "2026-10-01 10:01", set={"display_name": "花子", "language": "ja",
-                                                      "gender": "f", "age": 30}),
-    ev("purchase", "U1", "2026-10-05 12:00", order_id="A-1", amount=60000,
-       items=[{"product": "SKU1", "category": "cosmetics", "price": 60000, "quantity": 1}]),
+    ev(
+        "attributes", "U1", "2026-10-01 10:01", set={"display_name": "花子", "language": "ja", "gender": "f", "age": 30}
+    ),
+    ev(
+        "purchase",
+        "U1",
+        "2026-10-05 12:00",
+        order_id="A-1",
+        amount=60000,
+        items=[{"product": "SKU1", "category": "cosmetics", "price": 60000, "quantity": 1}],
+    ),
     ev("view", "U1", "2026-10-06 12:00", product="SKU1"),
     ev("cart", "U1", "2026-10-06 12:01", product="SKU2"),
     ev("tag", "U1", "2026-10-07 12:00", add=["vip"], remove=[]),
     ev("follow", "U2", "2026-11-01 10:00"),
     ev("follow", "U3", "2026-06-01 10:00"),
-    ev("purchase", "U3", "2026-07-01 10:00", order_id="A-3", amount=1000,
-       items=[{"product": "SKU3", "category": "food", "price": 500, "quantity": 2}]),
+    ev(
+        "purchase",
+        "U3",
+        "2026-07-01 10:00",
+        order_id="A-3",
+        amount=1000,
+        items=[{"product": "SKU3", "category": "food", "price": 500, "quantity": 2}],
+    ),
     ev("follow", "U4", "2026-11-01 10:00"),
     ev("unfollow", "U4", "2026-11-02 10:00"),
 ]
@@ -56,8 +70,10 @@ CASES = {
     "custom_missing": (ir.Compare(M("age"), "<", 20), set()),
     "top": (ir.Top(50, M("spent", 365 * D)), {"U1"}),
     "segment": (ir.InSegment("vip"), {"U1"}),
-    "logic": (ir.All((ir.AnyOf((ir.Tagged("vip"), ir.NeverPurchased())),
-                      ir.Not(ir.FriendFor(30 * D, "within")))), {"U1"}),
+    "logic": (
+        ir.All((ir.AnyOf((ir.Tagged("vip"), ir.NeverPurchased())), ir.Not(ir.FriendFor(30 * D, "within")))),
+        {"U1"},
+    ),
 }
 
 
@@ -71,30 +87,62 @@ def test_every_condition_row():
 
 
 def test_purchased_means_since_entering_the_rule():
-    p = project(rule("welcome", ir.Followed(), wait(D), send("coupon15", cond=ir.Not(ir.Activity("purchase"))),
-                     send("review_request", cond=ir.Activity("purchase"))))
-    events = [ev("purchase", "U1", "2026-10-01 10:00", order_id="A-0", amount=1),   # before following
-              ev("follow", "U1", "2026-11-01 10:00"),
-              ev("follow", "U2", "2026-11-01 10:00"),
-              ev("purchase", "U2", "2026-11-01 18:00", order_id="A-1", amount=1)]
-    assert run(p, events) == [("2026-11-02 10:00:00", "U1", "welcome", ["coupon15"]),
-                              ("2026-11-02 10:00:00", "U2", "welcome", ["review_request"])]
+    p = project(
+        rule(
+            "welcome",
+            ir.Followed(),
+            wait(D),
+            send("coupon15", cond=ir.Not(ir.Activity("purchase"))),
+            send("review_request", cond=ir.Activity("purchase")),
+        )
+    )
+    events = [
+        ev("purchase", "U1", "2026-10-01 10:00", order_id="A-0", amount=1),  # before following
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("follow", "U2", "2026-11-01 10:00"),
+        ev("purchase", "U2", "2026-11-01 18:00", order_id="A-1", amount=1),
+    ]
+    assert run(p, events) == [
+        ("2026-11-02 10:00:00", "U1", "welcome", ["coupon15"]),
+        ("2026-11-02 10:00:00", "U2", "welcome", ["review_request"]),
+    ]
 
 
 def test_clicked_counts_links_of_this_rule_since_entry_or_within(fresh_db_path):
-    p = project(rule("promo", ir.Followed(), wait(D), send("a", cond=ir.Activity("click")),
-                     send("b", cond=ir.Activity("click", within=3600))))
+    p = project(
+        rule(
+            "promo",
+            ir.Followed(),
+            wait(D),
+            send("a", cond=ir.Activity("click")),
+            send("b", cond=ir.Activity("click", within=3600)),
+        )
+    )
     store = Store(str(fresh_db_path))
     engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"))
     store.apply_events([ev("follow", f, "2026-11-01 10:00") for f in ("U1", "U2", "U3")], received_at=0)
     engine.tick(at("2026-11-01 10:00"))
-    store.record_click(friend="U1", rule="promo", message="m", url="https://shop.example.jp/",
-                       at=int(at("2026-11-02 09:30").timestamp()))
-    store.record_click(friend="U2", rule="promo", message="m", url="https://shop.example.jp/",
-                       at=int(at("2026-11-01 12:00").timestamp()))
-    store.record_click(friend="U3", rule="another", message="m", url="https://shop.example.jp/",
-                       at=int(at("2026-11-02 09:30").timestamp()))
+    store.record_click(
+        friend="U1",
+        rule="promo",
+        message="m",
+        url="https://shop.example.jp/",
+        at=int(at("2026-11-02 09:30").timestamp()),
+    )
+    store.record_click(
+        friend="U2",
+        rule="promo",
+        message="m",
+        url="https://shop.example.jp/",
+        at=int(at("2026-11-01 12:00").timestamp()),
+    )
+    store.record_click(
+        friend="U3",
+        rule="another",
+        message="m",
+        url="https://shop.example.jp/",
+        at=int(at("2026-11-02 09:30").timestamp()),
+    )
     engine.tick(at("2026-11-02 10:00"))
-    assert [(r["recipients"], r["messages"]) for r in store.outbox()] == [(["U1"], ["a", "b"]),
-                                                                          (["U2"], ["a"])]
+    assert [(r["recipients"], r["messages"]) for r in store.outbox()] == [(["U1"], ["a", "b"]), (["U2"], ["a"])]
     store.close()

@@ -1,11 +1,12 @@
 """A tick that dies half way leaves no half state: the next tick does the work exactly once."""
+
 from __future__ import annotations
 
 import pytest
 
-from engine.stages import deliver
 from engine.interpreter import Engine
 from engine.runtime.store import Store
+from engine.stages import deliver
 from enginekit import at, compile_rules, ev
 
 RULES = "rule r when followed then send a wait 1d send b"
@@ -16,7 +17,7 @@ def test_crash_while_recording_sends_loses_and_doubles_nothing(fresh_db_path, mo
     engine = Engine(compile_rules(RULES), store, clock=lambda: at("2026-11-01 10:00"))
     engine.apply_events([ev("follow", f"U{i}", "2026-11-01 10:00") for i in range(3)], received_at=0)
     engine.tick(at("2026-11-01 10:00"))
-    assert len(store.outbox()) == 1                      # one multicast of `a` to three friends
+    assert len(store.outbox()) == 1  # one multicast of `a` to three friends
 
     real = deliver.render_message
     calls = []
@@ -35,11 +36,13 @@ def test_crash_while_recording_sends_loses_and_doubles_nothing(fresh_db_path, mo
     assert store.conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 3
     assert store.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 3
 
-    engine.tick(at("2026-11-02 10:00"))                  # restarted: the work is done once
+    engine.tick(at("2026-11-02 10:00"))  # restarted: the work is done once
     engine.tick(at("2026-11-02 10:00"))
     rows = store.outbox()
     assert [(r["kind"], sorted(r["recipients"]), r["messages"]) for r in rows] == [
-        ("multicast", ["U0", "U1", "U2"], ["a"]), ("multicast", ["U0", "U1", "U2"], ["b"])]
+        ("multicast", ["U0", "U1", "U2"], ["a"]),
+        ("multicast", ["U0", "U1", "U2"], ["b"]),
+    ]
     assert store.conn.execute("SELECT DISTINCT state FROM enrollments").fetchall()[0][0] == "done"
     store.close()
 
@@ -47,8 +50,7 @@ def test_crash_while_recording_sends_loses_and_doubles_nothing(fresh_db_path, mo
 def test_crash_while_processing_events_keeps_them_for_the_next_tick(fresh_db_path, monkeypatch):
     store = Store(str(fresh_db_path))
     engine = Engine(compile_rules(RULES), store, clock=lambda: at("2026-11-01 10:00"))
-    engine.apply_events([ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00")],
-                        received_at=0)
+    engine.apply_events([ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00")], received_at=0)
     real = store.follow
 
     def dying(friend, *args):
@@ -59,7 +61,7 @@ def test_crash_while_processing_events_keeps_them_for_the_next_tick(fresh_db_pat
     monkeypatch.setattr(store, "follow", dying)
     with pytest.raises(OSError):
         engine.tick(at("2026-11-01 10:00"))
-    assert store.friend("U1")["followed_at"] is None      # U1's half of the batch rolled back
+    assert store.friend("U1")["followed_at"] is None  # U1's half of the batch rolled back
     assert len(store.pending_events(10**10)) == 2
     monkeypatch.setattr(store, "follow", real)
     result = engine.tick(at("2026-11-01 10:00"))

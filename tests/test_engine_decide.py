@@ -1,5 +1,6 @@
 """SPEC §4: a send is decided when it goes out, by one procedure, whichever path queued it.
 Each test is a timeline in and the pushes out (Asia/Tokyo); the cases are the ones seen in use."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,9 +9,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from engine.language import ir
 from engine.cli import cli
 from engine.interpreter import Engine
+from engine.language import ir
 from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev, message, run
 
@@ -27,13 +28,16 @@ def night_follow(*later) -> list:
 def deliveries(path) -> list[tuple]:
     store = Store(str(path))
     try:
-        return [tuple(r) for r in store.conn.execute(
-            "SELECT friend, rule, messages, status, reason FROM deliveries ORDER BY id")]
+        return [
+            tuple(r)
+            for r in store.conn.execute("SELECT friend, rule, messages, status, reason FROM deliveries ORDER BY id")
+        ]
     finally:
         store.close()
 
 
 # ---------------------------------------------------------------- 1. decided when it goes out
+
 
 def test_deferred_coupon_is_checked_again_at_the_opening():
     p = compile_rules(FLAGSHIP, settings=ir.Settings(window=WINDOW))
@@ -50,10 +54,14 @@ def test_a_friend_who_blocked_before_the_opening_gets_nothing(fresh_db_path):
 
 
 def test_exit_when_that_holds_at_the_opening_means_nothing_is_sent(fresh_db_path):
-    p = compile_rules("rule w when followed exit when tagged unsubscribed then wait 1d send coupon15",
-                      settings=ir.Settings(window=WINDOW))
-    events = [ev("follow", "U1", "2026-11-01 22:40"),
-              ev("tag", "U1", "2026-11-03 08:00", add=["unsubscribed"], remove=[])]
+    p = compile_rules(
+        "rule w when followed exit when tagged unsubscribed then wait 1d send coupon15",
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 22:40"),
+        ev("tag", "U1", "2026-11-03 08:00", add=["unsubscribed"], remove=[]),
+    ]
     assert run(p, events, db_path=str(fresh_db_path)) == []
     store = Store(str(fresh_db_path))
     assert store.conn.execute("SELECT state, exit_reason FROM enrollments").fetchone()[:] == ("exited", "exit_when")
@@ -62,12 +70,13 @@ def test_exit_when_that_holds_at_the_opening_means_nothing_is_sent(fresh_db_path
 
 def test_exit_when_on_a_clock_condition_is_checked_at_the_opening(fresh_db_path):
     # nothing happens to the friend before the opening: the deliver stage itself finds the exit
-    p = compile_rules("rule w when followed exit when friend for 20h then wait 1h send coupon15",
-                      settings=ir.Settings(window=ir.Window(dt.time(9, 0), dt.time(10, 0))))
+    p = compile_rules(
+        "rule w when followed exit when friend for 20h then wait 1h send coupon15",
+        settings=ir.Settings(window=ir.Window(dt.time(9, 0), dt.time(10, 0))),
+    )
     assert run(p, [ev("follow", "U1", "2026-11-01 10:30")], db_path=str(fresh_db_path)) == []
     store = Store(str(fresh_db_path))
-    assert tuple(store.conn.execute("SELECT state, exit_reason FROM enrollments").fetchone()) == ("exited",
-                                                                                                    "exit_when")
+    assert tuple(store.conn.execute("SELECT state, exit_reason FROM enrollments").fetchone()) == ("exited", "exit_when")
     store.close()
 
 
@@ -83,12 +92,16 @@ def test_the_message_is_rendered_when_it_goes_out(fresh_db_path):
 
 # ---------------------------------------------------------------- 2. the cap keeps the higher priority
 
+
 @pytest.mark.parametrize("weekly_step", ["send weekly_pick", "send weekly_pick if not blocked"])
 def test_cap_keeps_the_higher_priority_send_whichever_path_queued_it(weekly_step):
-    p = compile_rules(f"""
+    p = compile_rules(
+        f"""
         rule weekly when schedule "0 20 * * 5" priority -1 then {weekly_step}
         rule shipped when event shipped priority 10 then send a
-        """, settings=ir.Settings(max_per_day=1))
+        """,
+        settings=ir.Settings(max_per_day=1),
+    )
     events = [ev("follow", "U1", "2026-11-01 10:00"), ev("shipped", "U1", "2026-11-06 20:00")]
     assert run(p, events, until="2026-11-07 00:00") == [("2026-11-06 20:00:00", "U1", "shipped", ["a"])]
 
@@ -96,41 +109,55 @@ def test_cap_keeps_the_higher_priority_send_whichever_path_queued_it(weekly_step
 def test_cap_orders_a_deferred_send_against_the_sends_of_its_opening():
     # queued the night before (deferred), the welcome's coupon meets the sale start at 09:00;
     # the sale start has the higher priority and keeps the day's one push
-    p = compile_rules("""
+    p = compile_rules(
+        """
         rule welcome when followed then wait 1d send coupon15
         rule morning when schedule "0 9 * * *" priority 5 then send sale_start
-        """, settings=ir.Settings(window=WINDOW, max_per_day=1))
+        """,
+        settings=ir.Settings(window=WINDOW, max_per_day=1),
+    )
     events = [ev("follow", "U1", "2026-11-01 22:40")]
-    assert run(p, events, until="2026-11-03 12:00") == [("2026-11-02 09:00:00", "U1", "morning", ["sale_start"]),
-                                                        ("2026-11-03 09:00:00", "U1", "morning", ["sale_start"])]
+    assert run(p, events, until="2026-11-03 12:00") == [
+        ("2026-11-02 09:00:00", "U1", "morning", ["sale_start"]),
+        ("2026-11-03 09:00:00", "U1", "morning", ["sale_start"]),
+    ]
 
 
 # ---------------------------------------------------------------- 3. uncapped
 
+
 def test_uncapped_sends_neither_count_nor_are_stopped(fresh_db_path):
-    p = compile_rules("""
+    p = compile_rules(
+        """
         rule notice when event shipped uncapped reenter always then send a
         rule promo when event promo reenter always then send b
-        """, settings=ir.Settings(max_per_day=1))
-    events = [ev("follow", "U1", "2026-11-01 09:00"),
-              ev("promo", "U1", "2026-11-01 10:00"),
-              ev("shipped", "U1", "2026-11-01 11:00"),     # over the cap, but transactional
-              ev("shipped", "U1", "2026-11-01 12:00"),
-              ev("promo", "U1", "2026-11-01 13:00"),       # capped: the day's one push was b
-              ev("follow", "U2", "2026-11-01 09:00"),
-              ev("shipped", "U2", "2026-11-01 10:00"),
-              ev("promo", "U2", "2026-11-01 11:00")]       # the notice did not count
+        """,
+        settings=ir.Settings(max_per_day=1),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 09:00"),
+        ev("promo", "U1", "2026-11-01 10:00"),
+        ev("shipped", "U1", "2026-11-01 11:00"),  # over the cap, but transactional
+        ev("shipped", "U1", "2026-11-01 12:00"),
+        ev("promo", "U1", "2026-11-01 13:00"),  # capped: the day's one push was b
+        ev("follow", "U2", "2026-11-01 09:00"),
+        ev("shipped", "U2", "2026-11-01 10:00"),
+        ev("promo", "U2", "2026-11-01 11:00"),
+    ]  # the notice did not count
     assert run(p, events, db_path=str(fresh_db_path)) == [
         ("2026-11-01 10:00:00", "U1", "promo", ["b"]),
         ("2026-11-01 10:00:00", "U2", "notice", ["a"]),
         ("2026-11-01 11:00:00", "U1", "notice", ["a"]),
         ("2026-11-01 11:00:00", "U2", "promo", ["b"]),
-        ("2026-11-01 12:00:00", "U1", "notice", ["a"])]
+        ("2026-11-01 12:00:00", "U1", "notice", ["a"]),
+    ]
     assert [d for d in deliveries(fresh_db_path) if d[3] == "capped"] == [
-        ("U1", "promo", '["b"]', "capped", "max_per_day 1")]
+        ("U1", "promo", '["b"]', "capped", "max_per_day 1")
+    ]
 
 
 # ---------------------------------------------------------------- 4. only current friends
+
 
 def test_people_who_never_followed_are_no_audience_until_they_follow(fresh_db_path):
     p = compile_rules("""
@@ -138,22 +165,26 @@ def test_people_who_never_followed_are_no_audience_until_they_follow(fresh_db_pa
         rule big when total_spent >= 10000 then send vip_thanks
         rule bought when purchased then send thanks
         """)
-    events = [ev("follow", "U1", "2026-11-01 10:00"),
-              ev("purchase", "C9", "2026-11-02 10:00", order_id="A-1", amount=12000),
-              ev("view", "C8", "2026-11-02 10:00", product="SKU1"),
-              ev("attributes", "C7", "2026-11-02 10:00", set={"gender": "f"}),
-              ev("follow", "C9", "2026-11-10 10:00")]
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("purchase", "C9", "2026-11-02 10:00", order_id="A-1", amount=12000),
+        ev("view", "C8", "2026-11-02 10:00", product="SKU1"),
+        ev("attributes", "C7", "2026-11-02 10:00", set={"gender": "f"}),
+        ev("follow", "C9", "2026-11-10 10:00"),
+    ]
     assert run(p, events, until="2026-11-14 00:00", db_path=str(fresh_db_path)) == [
         ("2026-11-06 20:00:00", "U1", "weekly", ["weekly_pick"]),
-        ("2026-11-10 10:00:00", "C9", "big", ["vip_thanks"]),    # the old order counts once they follow
+        ("2026-11-10 10:00:00", "C9", "big", ["vip_thanks"]),  # the old order counts once they follow
         ("2026-11-13 20:00:00", "C9", "weekly", ["weekly_pick"]),
-        ("2026-11-13 20:00:00", "U1", "weekly", ["weekly_pick"])]
+        ("2026-11-13 20:00:00", "U1", "weekly", ["weekly_pick"]),
+    ]
     store = Store(str(fresh_db_path))
     assert store.friend("C9")["orders"] == 1
     store.close()
 
 
 # ---------------------------------------------------------------- 5. since entering
+
 
 def test_since_entering_excludes_the_event_that_caused_the_entry():
     p = compile_rules("""
@@ -162,25 +193,32 @@ def test_since_entering_excludes_the_event_that_caused_the_entry():
         rule carts when carted then wait 1d send b unless carted
         """)
     cosmetics = [{"product": "SKU1", "category": "cosmetics", "price": 100, "quantity": 1}]
-    events = [ev("follow", "U1", "2026-11-01 09:00"), ev("follow", "U2", "2026-11-01 09:00"),
-              ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=100, items=cosmetics),
-              ev("purchase", "U2", "2026-11-01 10:00", order_id="A-2", amount=100, items=cosmetics),
-              ev("purchase", "U2", "2026-11-20 10:00", order_id="A-3", amount=100, items=cosmetics),
-              ev("cart", "U1", "2026-11-01 10:00", product="SKU1"),
-              ev("cart", "U2", "2026-11-01 10:00", product="SKU1"),
-              ev("cart", "U2", "2026-11-01 18:00", product="SKU2")]
-    assert run(p, events, until="2026-12-05 00:00") == [("2026-11-02 10:00:00", "U1", "carts", ["b"]),
-                                                        ("2026-12-01 10:00:00", "U1", "again", ["a"])]
+    events = [
+        ev("follow", "U1", "2026-11-01 09:00"),
+        ev("follow", "U2", "2026-11-01 09:00"),
+        ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=100, items=cosmetics),
+        ev("purchase", "U2", "2026-11-01 10:00", order_id="A-2", amount=100, items=cosmetics),
+        ev("purchase", "U2", "2026-11-20 10:00", order_id="A-3", amount=100, items=cosmetics),
+        ev("cart", "U1", "2026-11-01 10:00", product="SKU1"),
+        ev("cart", "U2", "2026-11-01 10:00", product="SKU1"),
+        ev("cart", "U2", "2026-11-01 18:00", product="SKU2"),
+    ]
+    assert run(p, events, until="2026-12-05 00:00") == [
+        ("2026-11-02 10:00:00", "U1", "carts", ["b"]),
+        ("2026-12-01 10:00:00", "U1", "again", ["a"]),
+    ]
 
 
 # ---------------------------------------------------------------- 6. wait for sees the whole event
+
 
 @pytest.mark.parametrize("order", [0, 1])
 def test_steps_after_wait_for_see_the_rules_the_same_event_entered(order, fresh_db_path):
     sends = ["send reminder unless tagged answered", "send thanks if tagged answered"]
     if order:
         sends.reverse()
-    p = compile_rules(f"""
+    p = compile_rules(
+        f"""
         rule survey when followed then
           send a
           wait for postback action=survey_done up to 3d
@@ -188,11 +226,17 @@ def test_steps_after_wait_for_see_the_rules_the_same_event_entered(order, fresh_
           {sends[1]}
           tag thanked if tagged answered
         rule answered when postback action=survey_done then tag answered
-        """, messages={"reminder": message("reminder")})
-    events = [ev("follow", "U1", "2026-11-01 10:00"),
-              ev("postback", "U1", "2026-11-01 12:00", data="action=survey_done")]
-    assert run(p, events, db_path=str(fresh_db_path)) == [("2026-11-01 10:00:00", "U1", "survey", ["a"]),
-                                                          ("2026-11-01 12:00:00", "U1", "survey", ["thanks"])]
+        """,
+        messages={"reminder": message("reminder")},
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("postback", "U1", "2026-11-01 12:00", data="action=survey_done"),
+    ]
+    assert run(p, events, db_path=str(fresh_db_path)) == [
+        ("2026-11-01 10:00:00", "U1", "survey", ["a"]),
+        ("2026-11-01 12:00:00", "U1", "survey", ["thanks"]),
+    ]
     store = Store(str(fresh_db_path))
     assert store.friend("U1")["tags"] == ["answered", "thanked"]
     store.close()
@@ -200,27 +244,36 @@ def test_steps_after_wait_for_see_the_rules_the_same_event_entered(order, fresh_
 
 # ---------------------------------------------------------------- 8. monthly quota
 
+
 def test_monthly_quota_holds_the_overflow_for_the_next_month(tmp_path):
     folder = tmp_path / "rules"
     folder.mkdir()
-    (folder / "settings.yaml").write_text('timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 5\n',
-                                          encoding="utf-8")
+    (folder / "settings.yaml").write_text(
+        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 5\n', encoding="utf-8"
+    )
     (folder / "messages.yaml").write_text("weekly: 今週のおすすめ\n", encoding="utf-8")
-    (folder / "shop.rule").write_text('rule weekly when schedule "0 20 27 11 *" then send weekly\n',
-                                      encoding="utf-8")
+    (folder / "shop.rule").write_text('rule weekly when schedule "0 20 27 11 *" then send weekly\n', encoding="utf-8")
     timeline = tmp_path / "timeline.jsonl"
-    timeline.write_text("".join(json.dumps({"type": "follow", "friend": f"U{i}", "at": "2026-11-01T10:00:00+09:00"})
-                                + "\n" for i in range(8)), encoding="utf-8")
-    result = CliRunner().invoke(cli, ["simulate", str(timeline), "--rules", str(folder),
-                                      "--until", "2026-12-02T00:00:00+09:00"])
+    timeline.write_text(
+        "".join(
+            json.dumps({"type": "follow", "friend": f"U{i}", "at": "2026-11-01T10:00:00+09:00"}) + "\n"
+            for i in range(8)
+        ),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        cli, ["simulate", str(timeline), "--rules", str(folder), "--until", "2026-12-02T00:00:00+09:00"]
+    )
     assert result.exit_code == 0, result.output
     pushes = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(p["at"], p["friend"]) for p in pushes] == (
         [("2026-11-27T20:00:00+09:00", f"U{i}") for i in range(5)]
-        + [("2026-12-01T09:00:00+09:00", f"U{i}") for i in range(5, 8)])
+        + [("2026-12-01T09:00:00+09:00", f"U{i}") for i in range(5, 8)]
+    )
 
 
 # ---------------------------------------------------------------- 9. click events
+
 
 def test_click_events_count_for_clicked():
     p = compile_rules("""
@@ -229,46 +282,77 @@ def test_click_events_count_for_clicked():
           wait 1d
           send a unless clicked
         """)
-    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
-              ev("click", "U1", "2026-11-01 12:00", rule="welcome", message="coupon15"),
-              ev("click", "U2", "2026-11-01 12:00", rule="other", message="coupon15")]
-    assert run(p, events) == [("2026-11-01 10:00:00", "U1", "welcome", ["coupon15"]),
-                              ("2026-11-01 10:00:00", "U2", "welcome", ["coupon15"]),
-                              ("2026-11-02 10:00:00", "U2", "welcome", ["a"])]
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("follow", "U2", "2026-11-01 10:00"),
+        ev("click", "U1", "2026-11-01 12:00", rule="welcome", message="coupon15"),
+        ev("click", "U2", "2026-11-01 12:00", rule="other", message="coupon15"),
+    ]
+    assert run(p, events) == [
+        ("2026-11-01 10:00:00", "U1", "welcome", ["coupon15"]),
+        ("2026-11-01 10:00:00", "U2", "welcome", ["coupon15"]),
+        ("2026-11-02 10:00:00", "U2", "welcome", ["a"]),
+    ]
 
 
 # ---------------------------------------------------------------- 10, 11. --render, event
+
 
 def test_simulate_render_shows_what_each_friend_gets_with_the_event_fields(tmp_path):
     folder = tmp_path / "rules"
     folder.mkdir()
     (folder / "settings.yaml").write_text("timezone: Asia/Tokyo\nutm: false\n", encoding="utf-8")
     (folder / "messages.yaml").write_text(
-        'shipping_notice: "{{ friend.display_name }}さん、発送しました: {{ event.tracking_url }}"\n',
-        encoding="utf-8")
-    (folder / "shop.rule").write_text("rule notice when event shipped uncapped reenter always "
-                                      "then send shipping_notice\n", encoding="utf-8")
+        'shipping_notice: "{{ friend.display_name }}さん、発送しました: {{ event.tracking_url }}"\n', encoding="utf-8"
+    )
+    (folder / "shop.rule").write_text(
+        "rule notice when event shipped uncapped reenter always then send shipping_notice\n", encoding="utf-8"
+    )
     check = CliRunner().invoke(cli, ["validate", str(folder)])
     assert check.exit_code == 0 and "warning" not in check.output, check.output
     timeline = tmp_path / "timeline.jsonl"
-    timeline.write_text("\n".join(json.dumps(e, ensure_ascii=False) for e in [
-        {"type": "follow", "friend": "U1", "at": "2026-11-01T10:00:00+09:00"},
-        {"type": "attributes", "friend": "U1", "at": "2026-11-01T10:00:00+09:00", "set": {"display_name": "花子"}},
-        {"type": "shipped", "friend": "U1", "at": "2026-11-02T10:00:00+09:00",
-         "tracking_url": "https://track.example.jp/123"}]) + "\n", encoding="utf-8")
-    result = CliRunner().invoke(cli, ["simulate", str(timeline), "--rules", str(folder), "--render",
-                                      "--until", "2026-11-03T00:00:00+09:00"])
+    timeline.write_text(
+        "\n".join(
+            json.dumps(e, ensure_ascii=False)
+            for e in [
+                {"type": "follow", "friend": "U1", "at": "2026-11-01T10:00:00+09:00"},
+                {
+                    "type": "attributes",
+                    "friend": "U1",
+                    "at": "2026-11-01T10:00:00+09:00",
+                    "set": {"display_name": "花子"},
+                },
+                {
+                    "type": "shipped",
+                    "friend": "U1",
+                    "at": "2026-11-02T10:00:00+09:00",
+                    "tracking_url": "https://track.example.jp/123",
+                },
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        cli, ["simulate", str(timeline), "--rules", str(folder), "--render", "--until", "2026-11-03T00:00:00+09:00"]
+    )
     assert result.exit_code == 0, result.output
     [push] = [json.loads(line) for line in result.stdout.splitlines()]
-    assert push == {"at": "2026-11-02T10:00:00+09:00", "friend": "U1", "rule": "notice",
-                    "messages": ["shipping_notice"],
-                    "rendered": [{"type": "text", "text": "花子さん、発送しました: https://track.example.jp/123"}]}
-    plain = CliRunner().invoke(cli, ["simulate", str(timeline), "--rules", str(folder),
-                                     "--until", "2026-11-03T00:00:00+09:00"])
+    assert push == {
+        "at": "2026-11-02T10:00:00+09:00",
+        "friend": "U1",
+        "rule": "notice",
+        "messages": ["shipping_notice"],
+        "rendered": [{"type": "text", "text": "花子さん、発送しました: https://track.example.jp/123"}],
+    }
+    plain = CliRunner().invoke(
+        cli, ["simulate", str(timeline), "--rules", str(folder), "--until", "2026-11-03T00:00:00+09:00"]
+    )
     assert "rendered" not in plain.stdout
 
 
 # ---------------------------------------------------------------- the dispatcher's holds
+
 
 def held_row(fresh_db_path, ambiguous: bool):
     p = compile_rules("rule hi when followed then send greeting")
@@ -288,7 +372,7 @@ def held_row(fresh_db_path, ambiguous: bool):
 
 def test_a_row_held_for_the_quota_is_decided_anew_when_it_is_due(fresh_db_path):
     store, _engine, row = held_row(fresh_db_path, ambiguous=False)
-    assert store.claim_outbox(int(at("2026-11-02 09:00").timestamp()), 10) == []   # blocked meanwhile
+    assert store.claim_outbox(int(at("2026-11-02 09:00").timestamp()), 10) == []  # blocked meanwhile
     assert [(r["id"], r["status"]) for r in store.outbox()] == [(row["id"], "returned")]
     assert deliveries(fresh_db_path) == [("U1", "hi", '["greeting"]', "skipped", "blocked")]
     store.close()
@@ -304,8 +388,10 @@ def test_a_row_that_may_have_reached_line_goes_again_byte_identical(fresh_db_pat
 def test_a_message_that_fails_to_render_for_one_friend_is_recorded_and_the_others_get_theirs(fresh_db_path):
     hello = ir.MessageDef("coupon15", ({"type": "text", "text": "{{ friend.display_name }}さん"},))
     p = compile_rules(FLAGSHIP, settings=ir.Settings(window=WINDOW), messages={"coupon15": hello})
-    events = night_follow(ev("follow", "U2", "2026-11-01 22:40", source="qr=shipping"),
-                          ev("attributes", "U2", "2026-11-03 08:00", set={"display_name": "長" * 5001}))
+    events = night_follow(
+        ev("follow", "U2", "2026-11-01 22:40", source="qr=shipping"),
+        ev("attributes", "U2", "2026-11-03 08:00", set={"display_name": "長" * 5001}),
+    )
     assert run(p, events, db_path=str(fresh_db_path)) == [("2026-11-03 09:00:00", "U1", "test", ["coupon15"])]
     [(friend, _rule, names, status, reason)] = [d for d in deliveries(fresh_db_path) if d[3] == "rejected"]
     assert (friend, names, status) == ("U2", '["coupon15"]', "rejected")
@@ -313,12 +399,15 @@ def test_a_message_that_fails_to_render_for_one_friend_is_recorded_and_the_other
 
 
 def test_sends_before_a_stop_go_out_even_when_the_window_defers_them():
-    p = compile_rules("rule r when event shipped reenter always then send a stop send b",
-                      settings=ir.Settings(window=WINDOW))
-    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("shipped", "U1", "2026-11-01 12:00"),
-              ev("shipped", "U1", "2026-11-01 22:00")]
-    assert run(p, events) == [("2026-11-01 12:00:00", "U1", "r", ["a"]),
-                              ("2026-11-02 09:00:00", "U1", "r", ["a"])]
+    p = compile_rules(
+        "rule r when event shipped reenter always then send a stop send b", settings=ir.Settings(window=WINDOW)
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("shipped", "U1", "2026-11-01 12:00"),
+        ev("shipped", "U1", "2026-11-01 22:00"),
+    ]
+    assert run(p, events) == [("2026-11-01 12:00:00", "U1", "r", ["a"]), ("2026-11-02 09:00:00", "U1", "r", ["a"])]
 
 
 def test_a_handed_back_group_is_decided_step_by_step(fresh_db_path):

@@ -1,6 +1,7 @@
 """Schedule and sale audiences whose first steps are sends queue them set-based; the deliver
 stage decides them like every other send, so the rows written must be exactly those of the
 per-friend walk (one decision, whichever path queued the send)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from engine.language import ir
 from engine.interpreter import Engine
-from engine.stages.triggers import TimeTriggers
+from engine.language import ir
 from engine.runtime.store import Store
+from engine.stages.triggers import TimeTriggers
 from enginekit import ev, message, project, rule, run, send, wait
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))
@@ -19,21 +20,32 @@ WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))
 
 def scenario(settings: ir.Settings | None = None) -> ir.Project:
     return project(
-        rule("first", ir.ScheduleTrigger("0 22 * * 5"), send("a"), wait(3600), send("b"), priority=5,
-             holdout=10.0, split=(("x", 50.0), ("y", 50.0))),
+        rule(
+            "first",
+            ir.ScheduleTrigger("0 22 * * 5"),
+            send("a"),
+            wait(3600),
+            send("b"),
+            priority=5,
+            holdout=10.0,
+            split=(("x", 50.0), ("y", 50.0)),
+        ),
         rule("second", ir.ScheduleTrigger("0 22 * * 5"), send("c", "d"), send("e", cond=ir.Tagged("vip"))),
         rule("hello", ir.ScheduleTrigger("0 23 * * 5"), send("hello"), priority=-1),
         rule("third", ir.ScheduleTrigger("0 22 * * 5"), send("f"), window=ir.Window(dt.time(8, 0), dt.time(23, 0))),
-        rule("big", ir.ScheduleTrigger("0 12 * * 6"), send("g", "b"), send("d", "c")),   # 7 objects: 2 pushes
+        rule("big", ir.ScheduleTrigger("0 12 * * 6"), send("g", "b"), send("d", "c")),  # 7 objects: 2 pushes
         settings=settings or ir.Settings(window=WINDOW, max_per_day=2),
-        messages={"b": message("b", 3), "d": message("d", 2),
-                  "hello": ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.display_name }}さん"},))})
+        messages={
+            "b": message("b", 3),
+            "d": message("d", 2),
+            "hello": ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.display_name }}さん"},)),
+        },
+    )
 
 
 def events() -> list:
     out = [ev("follow", f"U{i:04d}", "2026-11-01 10:00") for i in range(620)]
-    out += [ev("unfollow", "U0003", "2026-11-02 10:00"),
-            ev("postback", "U0004", "2026-11-06 21:59", data="x=1")]
+    out += [ev("unfollow", "U0003", "2026-11-02 10:00"), ev("postback", "U0004", "2026-11-06 21:59", data="x=1")]
     out += [ev("tag", f"U{i:04d}", "2026-11-03 10:00", add=["vip"], remove=[]) for i in range(0, 620, 7)]
     out += [ev("attributes", f"U{i:04d}", "2026-11-03 10:00", set={"display_name": f"友{i}"}) for i in range(0, 620, 3)]
     return out
@@ -42,13 +54,31 @@ def events() -> list:
 def rows(path) -> tuple[Counter, Counter, Counter]:
     store = Store(str(path))
     try:
-        deliveries = Counter(tuple(r) for r in store.conn.execute(
-            "SELECT friend, rule, step_id, messages, status, reason, variant, at, local_day, counts_for_cap "
-            "FROM deliveries"))
-        outbox = Counter((r["kind"], tuple(sorted(r["recipients"])), str(r["payload"]), tuple(r["messages"]),
-                          r["rule"], r["not_before"], r["status"]) for r in store.outbox())
-        enrollments = Counter(tuple(r) for r in store.conn.execute(
-            "SELECT friend, rule, state, step_id, due_at, finished_at, variant, holdout FROM enrollments"))
+        deliveries = Counter(
+            tuple(r)
+            for r in store.conn.execute(
+                "SELECT friend, rule, step_id, messages, status, reason, variant, at, local_day, counts_for_cap "
+                "FROM deliveries"
+            )
+        )
+        outbox = Counter(
+            (
+                r["kind"],
+                tuple(sorted(r["recipients"])),
+                str(r["payload"]),
+                tuple(r["messages"]),
+                r["rule"],
+                r["not_before"],
+                r["status"],
+            )
+            for r in store.outbox()
+        )
+        enrollments = Counter(
+            tuple(r)
+            for r in store.conn.execute(
+                "SELECT friend, rule, state, step_id, due_at, finished_at, variant, holdout FROM enrollments"
+            )
+        )
         return deliveries, outbox, enrollments
     finally:
         store.close()
@@ -80,16 +110,19 @@ def test_sends_held_by_the_monthly_quota_are_decided_alike_on_both_paths(tmp_pat
     slow = run(scenario(settings), events(), until="2026-12-02 00:00", db_path=str(tmp_path / "slow.db"))
     assert fast == slow
     assert fast_rows == rows(tmp_path / "slow.db")
-    assert any(p[0].startswith("2026-12-01") for p in fast)   # the overflow went in December
+    assert any(p[0].startswith("2026-12-01") for p in fast)  # the overflow went in December
 
 
-@pytest.mark.parametrize("steps, planned", [
-    ((send("a"), wait(3600), send("b")), True),
-    ((send("a"), send("b")), True),
-    ((send("a", cond=ir.Tagged("vip")),), True),
-    ((send("a"), ir.TagStep("tag x", "x")), False),
-    ((wait(3600), send("a")), False),
-])
+@pytest.mark.parametrize(
+    "steps, planned",
+    [
+        ((send("a"), wait(3600), send("b")), True),
+        ((send("a"), send("b")), True),
+        ((send("a", cond=ir.Tagged("vip")),), True),
+        ((send("a"), ir.TagStep("tag x", "x")), False),
+        ((wait(3600), send("a")), False),
+    ],
+)
 def test_which_rules_are_sent_set_based(fresh_db_path, steps, planned):
     p = project(rule("r", ir.ScheduleTrigger("0 20 * * 5"), *steps))
     store = Store(str(fresh_db_path))
@@ -104,10 +137,15 @@ def test_personalised_messages_are_queued_set_based_and_rendered_per_friend(fres
     store = Store(str(fresh_db_path))
     assert Engine(p, store).time_triggers.mass_plan(p.rules["r"], 0) is not None
     store.close()
-    events = [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 10:00"),
-              ev("attributes", "U1", "2026-11-01 10:00", set={"display_name": "花子"})]
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),
+        ev("follow", "U2", "2026-11-01 10:00"),
+        ev("attributes", "U1", "2026-11-01 10:00", set={"display_name": "花子"}),
+    ]
     run(p, events, until="2026-11-07 00:00", db_path=str(fresh_db_path))
     store = Store(str(fresh_db_path))
     assert sorted((r["recipients"][0], r["payload"][0]["text"]) for r in store.outbox()) == [
-        ("U1", "花子さん"), ("U2", "さん")]
+        ("U1", "花子さん"),
+        ("U2", "さん"),
+    ]
     store.close()

@@ -1,12 +1,11 @@
 """Condition checks that entered nobody are skipped while nothing can have changed: time alone
 still brings friends in at the right hour, and a write by another connection (the runner's
 HTTP side) is seen at the next check."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 from engine.interpreter import Engine
 from engine.runtime.store import Store
-
 from enginekit import at, compile_rules, ev, run
 
 
@@ -15,10 +14,13 @@ def test_time_alone_brings_friends_in_at_the_hour_each_term_crosses():
         'rule winback "w"\n  when last purchase older than 3d\n  then send winback\n\n'
         'rule anniversary "a"\n  when friend for 2d\n  then send thanks\n\n'
         'rule lapsed "l"\n  when orders >= 1 and not purchased within 1d\n  reenter after 2d\n'
-        '  then send coupon15\n')
-    pushes = run(proj, [ev("follow", "U1", "2026-11-01 10:20"),
-                        ev("purchase", "U1", "2026-11-01 12:30", order_id="o1", amount=100)],
-                 until="2026-11-09 00:00")
+        "  then send coupon15\n"
+    )
+    pushes = run(
+        proj,
+        [ev("follow", "U1", "2026-11-01 10:20"), ev("purchase", "U1", "2026-11-01 12:30", order_id="o1", amount=100)],
+        until="2026-11-09 00:00",
+    )
     assert pushes == [
         ("2026-11-02 13:00:00", "U1", "lapsed", ["coupon15"]),
         ("2026-11-03 11:00:00", "U1", "anniversary", ["thanks"]),
@@ -38,7 +40,7 @@ def test_a_write_by_another_connection_is_seen_at_the_next_check(tmp_path):
     for hour in range(10, 13):
         engine.tick(at(f"2026-11-01 {hour}:00"), conditions=True)
     assert store.conn.execute("SELECT COUNT(*) FROM enrollments").fetchone()[0] == 0
-    other = Store(path)          # the HTTP side: its own connection
+    other = Store(path)  # the HTTP side: its own connection
     other.set_profile("U1", language="ja")
     other.close()
     engine.tick(at("2026-11-01 13:00"), conditions=True)

@@ -1,4 +1,5 @@
 """Rule changes while friends are in flight (docs/engine.md, "Changing rules")."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,11 +42,11 @@ def test_removed_wait_continues_at_the_first_surviving_step_with_the_old_due_tim
     engine.reload(compile_rules("rule r when followed then send a wait 3d send b wait 2d send c"))
     engine.tick(at("2026-11-02 09:59"))
     assert sent_after_first(store) == []
-    engine.tick(at("2026-11-02 10:00"))        # the old `wait 1d` due time, not 3 days
+    engine.tick(at("2026-11-02 10:00"))  # the old `wait 1d` due time, not 3 days
     assert sent_after_first(store) == [("r", ["b"])]
     engine.tick(at("2026-11-04 09:59"))
     assert sent_after_first(store) == [("r", ["b"])]
-    engine.tick(at("2026-11-04 10:00"))        # the new `wait 2d`
+    engine.tick(at("2026-11-04 10:00"))  # the new `wait 2d`
     assert sent_after_first(store) == [("r", ["b"]), ("r", ["c"])]
 
 
@@ -74,18 +75,20 @@ def test_removed_rule_suspends_its_enrollments_and_they_end_after_the_grace(star
     assert tuple(row) == ("suspended", None, "waiting")
     engine.tick(at("2026-11-05 10:00"))
     assert sent_after_first(store) == []
-    assert store.end_suspended(int(at("2026-11-05 10:00").timestamp()) - 3600,
-                               int(at("2026-11-05 10:00").timestamp())) == 1
+    assert (
+        store.end_suspended(int(at("2026-11-05 10:00").timestamp()) - 3600, int(at("2026-11-05 10:00").timestamp()))
+        == 1
+    )
     row = store.conn.execute("SELECT state, exit_reason, finished_at FROM enrollments").fetchone()
     assert tuple(row) == ("exited", "rule_removed", int(at("2026-11-05 10:00").timestamp()))
 
 
 def test_a_rule_that_comes_back_resumes_its_suspended_friends_where_they_were(started):
     engine, store = started
-    engine.reload(compile_rules("rule other when followed then send a"))      # step 1 of a deploy
+    engine.reload(compile_rules("rule other when followed then send a"))  # step 1 of a deploy
     counts = engine.reload(compile_rules(V1 + "\nrule other when followed then send a"))
     assert counts == {"carried_over": 0, "suspended": 0, "resumed": 1}
-    engine.tick(at("2026-11-02 10:00"))        # the wait's due time is kept
+    engine.tick(at("2026-11-02 10:00"))  # the wait's due time is kept
     assert sent_after_first(store) == [("r", ["b"])]
 
 
@@ -94,5 +97,10 @@ def test_unchanged_rule_is_untouched_and_versions_are_recorded(started):
     before = store.conn.execute("SELECT * FROM enrollments").fetchone()
     engine.reload(compile_rules(V1 + "\nrule extra when followed then send b"))
     assert dict(store.conn.execute("SELECT * FROM enrollments").fetchone()) == dict(before)
-    assert store.rule_version_steps("r", before["rule_version"]) == ["send a", "wait 1d", "send b",
-                                                                    "wait 1d #2", "send c"]
+    assert store.rule_version_steps("r", before["rule_version"]) == [
+        "send a",
+        "wait 1d",
+        "send b",
+        "wait 1d #2",
+        "send c",
+    ]

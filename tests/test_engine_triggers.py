@@ -1,4 +1,5 @@
 """SPEC §2.2: every trigger, as a small timeline with the exact pushes (Asia/Tokyo)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,11 +9,18 @@ from enginekit import as_friends, at, ev, project, rule, run, send, wait
 
 
 def test_followed_via_source_and_plain_followed():
-    p = project(rule("shipping", ir.Followed((("qr", "shipping"), ("ad", "summer"))), send("greeting")),
-                rule("anyone", ir.Followed(), send("thanks")))
-    pushes = run(p, [ev("follow", "U1", "2026-11-01 10:00", source="qr=shipping"),
-                     ev("follow", "U2", "2026-11-01 10:30", source="ad=summer"),
-                     ev("follow", "U3", "2026-11-01 11:00", source="qr=flyer")])
+    p = project(
+        rule("shipping", ir.Followed((("qr", "shipping"), ("ad", "summer"))), send("greeting")),
+        rule("anyone", ir.Followed(), send("thanks")),
+    )
+    pushes = run(
+        p,
+        [
+            ev("follow", "U1", "2026-11-01 10:00", source="qr=shipping"),
+            ev("follow", "U2", "2026-11-01 10:30", source="ad=summer"),
+            ev("follow", "U3", "2026-11-01 11:00", source="qr=flyer"),
+        ],
+    )
     assert pushes == [
         ("2026-11-01 10:00:00", "U1", "anyone", ["thanks"]),
         ("2026-11-01 10:00:00", "U1", "shipping", ["greeting"]),
@@ -24,8 +32,10 @@ def test_followed_via_source_and_plain_followed():
 
 def test_source_recorded_before_the_follow_counts():
     p = project(rule("shipping", ir.Followed((("qr", "shipping"),)), send("greeting")))
-    events = [ev("attributes", "U1", "2026-11-01 09:00", set={"display_name": "花子"}),
-              ev("follow", "U1", "2026-11-01 10:00")]
+    events = [
+        ev("attributes", "U1", "2026-11-01 09:00", set={"display_name": "花子"}),
+        ev("follow", "U1", "2026-11-01 10:00"),
+    ]
     assert run(p, events) == []
     events = [ev("follow", "U1", "2026-11-01 10:00", source="qr=shipping, ad=summer")]
     assert run(p, events) == [("2026-11-01 10:00:00", "U1", "shipping", ["greeting"])]
@@ -34,8 +44,10 @@ def test_source_recorded_before_the_follow_counts():
 def test_unfollowed_fires_but_a_blocked_friend_gets_nothing(fresh_db_path):
     from engine.runtime.store import Store
 
-    p = project(rule("bye", ir.Unfollowed(), ir.TagStep("tag left", "left"), send("thanks")),
-                rule("tagged_left", ir.TaggedTrigger("left"), send("greeting")))
+    p = project(
+        rule("bye", ir.Unfollowed(), ir.TagStep("tag left", "left"), send("thanks")),
+        rule("tagged_left", ir.TaggedTrigger("left"), send("greeting")),
+    )
     events = [ev("follow", "U1", "2026-11-01 10:00"), ev("unfollow", "U1", "2026-11-02 10:00")]
     assert run(p, events, db_path=str(fresh_db_path)) == []
     store = Store(str(fresh_db_path))
@@ -47,15 +59,18 @@ def test_unfollowed_fires_but_a_blocked_friend_gets_nothing(fresh_db_path):
 
 
 def test_message_keywords_contains_and_exactly_after_nfkc_and_casefold():
-    p = project(rule("kw", ir.MessageTrigger(("クーポン", "coupon")), send("coupon_reply"),
-                     reenter=ir.Reenter("always")),
-                rule("yes", ir.MessageTrigger(("はい",), exact=True), send("thanks"), reenter=ir.Reenter("always")))
-    events = [ev("message", "U1", "2026-11-01 10:00", text="クーポンください"),
-              ev("message", "U2", "2026-11-01 10:01", text="ＣＯＵＰＯＮ please"),   # full width
-              ev("message", "U3", "2026-11-01 10:02", text="ｸｰﾎﾟﾝ"),                # half-width kana
-              ev("message", "U4", "2026-11-01 10:03", text="はい"),
-              ev("message", "U5", "2026-11-01 10:04", text="はい、お願いします"),
-              ev("message", "U6", "2026-11-01 10:05", text="hello")]
+    p = project(
+        rule("kw", ir.MessageTrigger(("クーポン", "coupon")), send("coupon_reply"), reenter=ir.Reenter("always")),
+        rule("yes", ir.MessageTrigger(("はい",), exact=True), send("thanks"), reenter=ir.Reenter("always")),
+    )
+    events = [
+        ev("message", "U1", "2026-11-01 10:00", text="クーポンください"),
+        ev("message", "U2", "2026-11-01 10:01", text="ＣＯＵＰＯＮ please"),  # full width
+        ev("message", "U3", "2026-11-01 10:02", text="ｸｰﾎﾟﾝ"),  # half-width kana
+        ev("message", "U4", "2026-11-01 10:03", text="はい"),
+        ev("message", "U5", "2026-11-01 10:04", text="はい、お願いします"),
+        ev("message", "U6", "2026-11-01 10:05", text="hello"),
+    ]
     assert run(p, as_friends(events)) == [
         ("2026-11-01 10:00:00", "U1", "kw", ["coupon_reply"]),
         ("2026-11-01 10:01:00", "U2", "kw", ["coupon_reply"]),
@@ -66,61 +81,90 @@ def test_message_keywords_contains_and_exactly_after_nfkc_and_casefold():
 
 def test_postback_key_value():
     p = project(rule("pb", ir.PostbackTrigger((("action", "survey_done"),)), send("thanks")))
-    events = [ev("postback", "U1", "2026-11-01 10:00", data="action=survey_done&q1=a"),
-              ev("postback", "U2", "2026-11-01 10:00", data="action=survey"),
-              ev("postback", "U3", "2026-11-01 10:00", data="q1=a&action=survey_done")]
-    assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "pb", ["thanks"]),
-                              ("2026-11-01 10:00:00", "U3", "pb", ["thanks"])]
+    events = [
+        ev("postback", "U1", "2026-11-01 10:00", data="action=survey_done&q1=a"),
+        ev("postback", "U2", "2026-11-01 10:00", data="action=survey"),
+        ev("postback", "U3", "2026-11-01 10:00", data="q1=a&action=survey_done"),
+    ]
+    assert run(p, as_friends(events)) == [
+        ("2026-11-01 10:00:00", "U1", "pb", ["thanks"]),
+        ("2026-11-01 10:00:00", "U3", "pb", ["thanks"]),
+    ]
 
 
 def test_purchased_any_product_and_category():
-    p = project(rule("any", ir.PurchasedTrigger(), send("a")),
-                rule("sku", ir.PurchasedTrigger(product="SKU1"), send("b")),
-                rule("cos", ir.PurchasedTrigger(category="cosmetics"), send("c")))
+    p = project(
+        rule("any", ir.PurchasedTrigger(), send("a")),
+        rule("sku", ir.PurchasedTrigger(product="SKU1"), send("b")),
+        rule("cos", ir.PurchasedTrigger(category="cosmetics"), send("c")),
+    )
     items = [{"product": "SKU2", "category": "cosmetics", "price": 100, "quantity": 1}]
-    events = [ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=100, items=items),
-              ev("purchase", "U2", "2026-11-01 10:00", order_id="A-2", amount=100,
-                 items=[{"product": "SKU1", "category": "food"}])]
-    assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "any", ["a"]),
-                              ("2026-11-01 10:00:00", "U1", "cos", ["c"]),
-                              ("2026-11-01 10:00:00", "U2", "any", ["a"]),
-                              ("2026-11-01 10:00:00", "U2", "sku", ["b"])]
+    events = [
+        ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=100, items=items),
+        ev(
+            "purchase",
+            "U2",
+            "2026-11-01 10:00",
+            order_id="A-2",
+            amount=100,
+            items=[{"product": "SKU1", "category": "food"}],
+        ),
+    ]
+    assert run(p, as_friends(events)) == [
+        ("2026-11-01 10:00:00", "U1", "any", ["a"]),
+        ("2026-11-01 10:00:00", "U1", "cos", ["c"]),
+        ("2026-11-01 10:00:00", "U2", "any", ["a"]),
+        ("2026-11-01 10:00:00", "U2", "sku", ["b"]),
+    ]
 
 
 def test_carted_and_viewed():
-    p = project(rule("cart", ir.CartedTrigger(), send("a")),
-                rule("view", ir.ViewedTrigger(product="SKU1"), send("b")))
-    events = [ev("cart", "U1", "2026-11-01 10:00", product="SKU9"),
-              ev("view", "U1", "2026-11-01 10:05", product="SKU2"),
-              ev("view", "U2", "2026-11-01 10:06", product="SKU1")]
-    assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "cart", ["a"]),
-                              ("2026-11-01 10:06:00", "U2", "view", ["b"])]
+    p = project(rule("cart", ir.CartedTrigger(), send("a")), rule("view", ir.ViewedTrigger(product="SKU1"), send("b")))
+    events = [
+        ev("cart", "U1", "2026-11-01 10:00", product="SKU9"),
+        ev("view", "U1", "2026-11-01 10:05", product="SKU2"),
+        ev("view", "U2", "2026-11-01 10:06", product="SKU1"),
+    ]
+    assert run(p, as_friends(events)) == [
+        ("2026-11-01 10:00:00", "U1", "cart", ["a"]),
+        ("2026-11-01 10:06:00", "U2", "view", ["b"]),
+    ]
 
 
 def test_tagged_by_event_and_only_when_new():
     p = project(rule("vip", ir.TaggedTrigger("vip"), send("vip_thanks"), reenter=ir.Reenter("always")))
-    events = [ev("tag", "U1", "2026-11-01 10:00", add=["vip"], remove=[]),
-              ev("tag", "U1", "2026-11-01 11:00", add=["vip"], remove=[]),       # already had it
-              ev("tag", "U2", "2026-11-01 12:00", add=["other"], remove=[])]
+    events = [
+        ev("tag", "U1", "2026-11-01 10:00", add=["vip"], remove=[]),
+        ev("tag", "U1", "2026-11-01 11:00", add=["vip"], remove=[]),  # already had it
+        ev("tag", "U2", "2026-11-01 12:00", add=["other"], remove=[]),
+    ]
     assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "vip", ["vip_thanks"])]
 
 
 def test_custom_event_with_fields():
-    p = project(rule("shipped", ir.CustomEventTrigger("shipped"), send("a")),
-                rule("express", ir.CustomEventTrigger("shipped", (("carrier", "yamato"),)), send("b")))
-    events = [ev("shipped", "U1", "2026-11-01 10:00", carrier="yamato"),
-              ev("shipped", "U2", "2026-11-01 10:00", carrier="sagawa"),
-              ev("delivered", "U3", "2026-11-01 10:00")]
-    assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "express", ["b"]),
-                              ("2026-11-01 10:00:00", "U1", "shipped", ["a"]),
-                              ("2026-11-01 10:00:00", "U2", "shipped", ["a"])]
+    p = project(
+        rule("shipped", ir.CustomEventTrigger("shipped"), send("a")),
+        rule("express", ir.CustomEventTrigger("shipped", (("carrier", "yamato"),)), send("b")),
+    )
+    events = [
+        ev("shipped", "U1", "2026-11-01 10:00", carrier="yamato"),
+        ev("shipped", "U2", "2026-11-01 10:00", carrier="sagawa"),
+        ev("delivered", "U3", "2026-11-01 10:00"),
+    ]
+    assert run(p, as_friends(events)) == [
+        ("2026-11-01 10:00:00", "U1", "express", ["b"]),
+        ("2026-11-01 10:00:00", "U1", "shipped", ["a"]),
+        ("2026-11-01 10:00:00", "U2", "shipped", ["a"]),
+    ]
 
 
 def test_schedule_every_friday_20_for_current_friends_once_per_occurrence():
     p = project(rule("weekly", ir.ScheduleTrigger("0 20 * * 5"), send("weekly_pick")))
-    events = [ev("follow", "U1", "2026-11-01 10:00"),       # a Sunday
-              ev("follow", "U2", "2026-11-10 10:00"),
-              ev("unfollow", "U2", "2026-11-12 10:00")]
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00"),  # a Sunday
+        ev("follow", "U2", "2026-11-10 10:00"),
+        ev("unfollow", "U2", "2026-11-12 10:00"),
+    ]
     assert run(p, events, until="2026-11-21 00:00") == [
         ("2026-11-06 20:00:00", "U1", "weekly", ["weekly_pick"]),
         ("2026-11-13 20:00:00", "U1", "weekly", ["weekly_pick"]),
@@ -128,17 +172,20 @@ def test_schedule_every_friday_20_for_current_friends_once_per_occurrence():
     ]
 
 
-SALES = (ir.Sale("ss_dec", "楽天スーパーSALE", at("2026-12-04 20:00"), at("2026-12-11 01:59"), kind="super_sale"),
-         ir.Sale("marathon_jan", "お買い物マラソン", at("2027-01-09 20:00"), at("2027-01-16 01:59"), kind="marathon"))
+SALES = (
+    ir.Sale("ss_dec", "楽天スーパーSALE", at("2026-12-04 20:00"), at("2026-12-11 01:59"), kind="super_sale"),
+    ir.Sale("marathon_jan", "お買い物マラソン", at("2027-01-09 20:00"), at("2027-01-16 01:59"), kind="marathon"),
+)
 
 
 def test_sale_phases_and_kind_filter():
-    p = project(rule("countdown", ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0), "super_sale"),
-                     send("sale_countdown")),
-                rule("start", ir.SaleTrigger("starts"), send("sale_start")),
-                rule("last_call", ir.SaleTrigger("ends", 0, dt.time(10, 0)), send("sale_last_call")),
-                rule("eve", ir.SaleTrigger("starts", 86400), send("a")),
-                sales=SALES)
+    p = project(
+        rule("countdown", ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0), "super_sale"), send("sale_countdown")),
+        rule("start", ir.SaleTrigger("starts"), send("sale_start")),
+        rule("last_call", ir.SaleTrigger("ends", 0, dt.time(10, 0)), send("sale_last_call")),
+        rule("eve", ir.SaleTrigger("starts", 86400), send("a")),
+        sales=SALES,
+    )
     events = [ev("follow", "U1", "2026-11-01 10:00")]
     assert run(p, events, until="2027-01-31 00:00") == [
         ("2026-11-20 12:00:00", "U1", "countdown", ["sale_countdown"]),
@@ -153,29 +200,43 @@ def test_sale_phases_and_kind_filter():
 
 def test_sale_message_sees_its_sale(fresh_db_path):
     countdown = ir.MessageDef("sale_countdown", ({"type": "text", "text": "{{ sale.title }}まであと14日"},))
-    p = project(rule("countdown", ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0)), send("sale_countdown")),
-                sales=SALES[:1], messages={"sale_countdown": countdown})
+    p = project(
+        rule("countdown", ir.SaleTrigger("starts", 14 * 86400, dt.time(12, 0)), send("sale_countdown")),
+        sales=SALES[:1],
+        messages={"sale_countdown": countdown},
+    )
     from engine.runtime.simulate import run_timeline
     from engine.runtime.store import Store
 
-    pushes = run_timeline(p, [ev("follow", "U1", "2026-11-01 10:00")], until=at("2026-11-21 00:00"),
-                          tick_seconds=3600, db_path=str(fresh_db_path))
-    assert pushes == [{"at": "2026-11-20T12:00:00+09:00", "friend": "U1", "rule": "countdown",
-                       "messages": ["sale_countdown"]}]
+    pushes = run_timeline(
+        p,
+        [ev("follow", "U1", "2026-11-01 10:00")],
+        until=at("2026-11-21 00:00"),
+        tick_seconds=3600,
+        db_path=str(fresh_db_path),
+    )
+    assert pushes == [
+        {"at": "2026-11-20T12:00:00+09:00", "friend": "U1", "rule": "countdown", "messages": ["sale_countdown"]}
+    ]
     store = Store(str(fresh_db_path))
     assert store.outbox()[0]["payload"] == [{"type": "text", "text": "楽天スーパーSALEまであと14日"}]
     store.close()
 
 
 def test_condition_triggers_checked_on_ticks():
-    vip = ir.Segment("vip", ir.AnyOf((ir.Compare(ir.Measure("orders"), ">=", 3),
-                                      ir.Compare(ir.Measure("total_spent"), ">=", 50000))))
-    p = project(rule("dormant", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * 86400)), send("winback")),
-                rule("big", ir.ConditionTrigger(ir.Compare(ir.Measure("total_spent"), ">=", 50000)), send("a")),
-                rule("vip", ir.ConditionTrigger(ir.InSegment("vip")), send("vip_thanks")),
-                segments={"vip": vip})
-    events = [ev("purchase", "U1", "2026-08-01 10:30", order_id="A-1", amount=60000),
-              ev("purchase", "U2", "2026-08-02 10:30", order_id="A-2", amount=100)]
+    vip = ir.Segment(
+        "vip", ir.AnyOf((ir.Compare(ir.Measure("orders"), ">=", 3), ir.Compare(ir.Measure("total_spent"), ">=", 50000)))
+    )
+    p = project(
+        rule("dormant", ir.ConditionTrigger(ir.LastPurchaseOlder(90 * 86400)), send("winback")),
+        rule("big", ir.ConditionTrigger(ir.Compare(ir.Measure("total_spent"), ">=", 50000)), send("a")),
+        rule("vip", ir.ConditionTrigger(ir.InSegment("vip")), send("vip_thanks")),
+        segments={"vip": vip},
+    )
+    events = [
+        ev("purchase", "U1", "2026-08-01 10:30", order_id="A-1", amount=60000),
+        ev("purchase", "U2", "2026-08-02 10:30", order_id="A-2", amount=100),
+    ]
     assert run(p, as_friends(events), until="2026-11-01 00:00") == [
         ("2026-08-01 11:00:00", "U1", "big", ["a"]),
         ("2026-08-01 11:00:00", "U1", "vip", ["vip_thanks"]),
@@ -187,16 +248,22 @@ def test_condition_triggers_checked_on_ticks():
 def test_condition_tick_interval_follows_the_tick_option():
     p = project(rule("big", ir.ConditionTrigger(ir.Compare(ir.Measure("total_spent"), ">=", 100)), send("a")))
     events = [ev("purchase", "U1", "2026-11-01 10:10", order_id="A-1", amount=100)]
-    assert run(p, as_friends(events), tick=86400, until="2026-11-03 00:00") == [("2026-11-02 00:00:00", "U1", "big", ["a"])]
-    assert run(p, as_friends(events), tick=900, until="2026-11-03 00:00") == [("2026-11-01 10:15:00", "U1", "big", ["a"])]
+    assert run(p, as_friends(events), tick=86400, until="2026-11-03 00:00") == [
+        ("2026-11-02 00:00:00", "U1", "big", ["a"])
+    ]
+    assert run(p, as_friends(events), tick=900, until="2026-11-03 00:00") == [
+        ("2026-11-01 10:15:00", "U1", "big", ["a"])
+    ]
 
 
 def test_idempotent_tick_and_no_replay_of_a_long_stall(fresh_db_path):
     from engine.interpreter import Engine
     from engine.runtime.store import Store
 
-    p = project(rule("weekly", ir.ScheduleTrigger("0 20 * * 5"), send("weekly_pick")),
-                rule("hello", ir.Followed(), send("greeting"), wait(3600), send("thanks")))
+    p = project(
+        rule("weekly", ir.ScheduleTrigger("0 20 * * 5"), send("weekly_pick")),
+        rule("hello", ir.Followed(), send("greeting"), wait(3600), send("thanks")),
+    )
     store = Store(str(fresh_db_path))
     engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"))
     applied = engine.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
@@ -220,6 +287,8 @@ def test_idempotent_tick_and_no_replay_of_a_long_stall(fresh_db_path):
 def test_time_triggers_skip_friends_still_inside_the_rule():
     p = project(rule("daily", ir.ScheduleTrigger("0 20 * * *"), send("a"), wait(36 * 3600), send("b")))
     pushes = run(p, [ev("follow", "U1", "2026-11-01 10:00")], until="2026-11-04 21:00")
-    assert pushes == [("2026-11-01 20:00:00", "U1", "daily", ["a"]),
-                      ("2026-11-03 08:00:00", "U1", "daily", ["b"]),   # 11-02 20:00: still inside
-                      ("2026-11-03 20:00:00", "U1", "daily", ["a"])]    # 11-04 20:00: inside again
+    assert pushes == [
+        ("2026-11-01 20:00:00", "U1", "daily", ["a"]),
+        ("2026-11-03 08:00:00", "U1", "daily", ["b"]),  # 11-02 20:00: still inside
+        ("2026-11-03 20:00:00", "U1", "daily", ["a"]),
+    ]  # 11-04 20:00: inside again

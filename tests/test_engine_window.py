@@ -1,4 +1,5 @@
 """Delivery window deferral across days, the per-day cap, and answers that bypass both."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,8 +12,10 @@ WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))
 
 
 def test_deferred_sends_keep_their_order_across_days():
-    p = project(rule("r", ir.Followed(), send("a"), wait(3600), send("b"), wait(3600), send("c")),
-                settings=ir.Settings(window=WINDOW))
+    p = project(
+        rule("r", ir.Followed(), send("a"), wait(3600), send("b"), wait(3600), send("c")),
+        settings=ir.Settings(window=WINDOW),
+    )
     assert run(p, [ev("follow", "U1", "2026-11-01 20:30")]) == [
         ("2026-11-01 20:30:00", "U1", "r", ["a"]),
         ("2026-11-02 09:00:00", "U1", "r", ["b"]),
@@ -22,53 +25,80 @@ def test_deferred_sends_keep_their_order_across_days():
 
 def test_cap_counts_the_local_day_the_push_goes_out(fresh_db_path):
     settings = ir.Settings(window=WINDOW, max_per_day=2)
-    p = project(rule("r1", ir.Followed(), send("a")), rule("r2", ir.Followed(), send("b")),
-                rule("r3", ir.Followed(), send("c")), rule("later", ir.Followed(), wait(12 * 3600), send("d")),
-                settings=settings)
+    p = project(
+        rule("r1", ir.Followed(), send("a")),
+        rule("r2", ir.Followed(), send("b")),
+        rule("r3", ir.Followed(), send("c")),
+        rule("later", ir.Followed(), wait(12 * 3600), send("d")),
+        settings=settings,
+    )
     pushes = run(p, [ev("follow", "U1", "2026-11-01 22:00")], db_path=str(fresh_db_path))
-    assert pushes == [("2026-11-02 09:00:00", "U1", "r1", ["a"]),
-                      ("2026-11-02 09:00:00", "U1", "r2", ["b"])]
+    assert pushes == [("2026-11-02 09:00:00", "U1", "r1", ["a"]), ("2026-11-02 09:00:00", "U1", "r2", ["b"])]
     store = Store(str(fresh_db_path))
     rows = store.conn.execute("SELECT rule, status, local_day FROM deliveries ORDER BY rule").fetchall()
-    assert [tuple(r) for r in rows] == [("later", "capped", "2026-11-02"), ("r1", "sent", "2026-11-02"),
-                                        ("r2", "sent", "2026-11-02"), ("r3", "capped", "2026-11-02")]
+    assert [tuple(r) for r in rows] == [
+        ("later", "capped", "2026-11-02"),
+        ("r1", "sent", "2026-11-02"),
+        ("r2", "sent", "2026-11-02"),
+        ("r3", "capped", "2026-11-02"),
+    ]
     store.close()
 
 
 def test_cap_resets_at_local_midnight():
-    p = project(rule("r", ir.CustomEventTrigger("ping"), send("a"), reenter=ir.Reenter("always")),
-                settings=ir.Settings(max_per_day=1))
-    events = [ev("follow", "U1", "2026-11-01 23:58"), ev("ping", "U1", "2026-11-01 23:59"), ev("ping", "U1", "2026-11-01 23:59:30"),
-              ev("ping", "U1", "2026-11-02 00:00:10")]
-    assert run(p, events) == [("2026-11-01 23:59:00", "U1", "r", ["a"]),
-                              ("2026-11-02 00:00:10", "U1", "r", ["a"])]
+    p = project(
+        rule("r", ir.CustomEventTrigger("ping"), send("a"), reenter=ir.Reenter("always")),
+        settings=ir.Settings(max_per_day=1),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 23:58"),
+        ev("ping", "U1", "2026-11-01 23:59"),
+        ev("ping", "U1", "2026-11-01 23:59:30"),
+        ev("ping", "U1", "2026-11-02 00:00:10"),
+    ]
+    assert run(p, events) == [("2026-11-01 23:59:00", "U1", "r", ["a"]), ("2026-11-02 00:00:10", "U1", "r", ["a"])]
 
 
 def test_answers_ignore_window_and_cap_and_use_the_reply_token(fresh_db_path):
     settings = ir.Settings(window=WINDOW, max_per_day=1)
-    p = project(rule("kw", ir.MessageTrigger(("クーポン",)), send("coupon_reply"), wait(3600), send("a"),
-                     reenter=ir.Reenter("always")),
-                rule("pb", ir.PostbackTrigger((("action", "delivery"),)), send("thanks")),
-                rule("hello", ir.Followed(), send("greeting")),
-                settings=settings)
-    events = [ev("follow", "U1", "2026-11-01 20:00"),
-              ev("message", "U1", "2026-11-01 23:00", text="クーポン", reply_token="rt-1"),
-              ev("postback", "U1", "2026-11-01 23:10", data="action=delivery&answer=yes"),
-              ev("message", "U1", "2026-11-02 08:00", text="クーポン?", reply_token="rt-2")]
+    p = project(
+        rule(
+            "kw",
+            ir.MessageTrigger(("クーポン",)),
+            send("coupon_reply"),
+            wait(3600),
+            send("a"),
+            reenter=ir.Reenter("always"),
+        ),
+        rule("pb", ir.PostbackTrigger((("action", "delivery"),)), send("thanks")),
+        rule("hello", ir.Followed(), send("greeting")),
+        settings=settings,
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 20:00"),
+        ev("message", "U1", "2026-11-01 23:00", text="クーポン", reply_token="rt-1"),
+        ev("postback", "U1", "2026-11-01 23:10", data="action=delivery&answer=yes"),
+        ev("message", "U1", "2026-11-02 08:00", text="クーポン?", reply_token="rt-2"),
+    ]
     pushes = run(p, events, db_path=str(fresh_db_path))
-    assert pushes == [("2026-11-01 20:00:00", "U1", "hello", ["greeting"]),
-                      ("2026-11-01 23:00:00", "U1", "kw", ["coupon_reply"]),
-                      ("2026-11-01 23:10:00", "U1", "pb", ["thanks"]),
-                      ("2026-11-02 08:00:00", "U1", "kw", ["coupon_reply"]),
-                      ("2026-11-02 09:00:00", "U1", "kw", ["a"])]
+    assert pushes == [
+        ("2026-11-01 20:00:00", "U1", "hello", ["greeting"]),
+        ("2026-11-01 23:00:00", "U1", "kw", ["coupon_reply"]),
+        ("2026-11-01 23:10:00", "U1", "pb", ["thanks"]),
+        ("2026-11-02 08:00:00", "U1", "kw", ["coupon_reply"]),
+        ("2026-11-02 09:00:00", "U1", "kw", ["a"]),
+    ]
     store = Store(str(fresh_db_path))
     rows = [(r["kind"], r["reply_token"], r["messages"]) for r in store.outbox()]
-    assert rows == [("push", None, ["greeting"]), ("reply", "rt-1", ["coupon_reply"]),
-                    ("push", None, ["thanks"]),          # the postback carried no reply token
-                    ("reply", "rt-2", ["coupon_reply"]),
-                    ("push", None, ["a"])]               # queued at 00:00, decided at the 09:00 opening
+    assert rows == [
+        ("push", None, ["greeting"]),
+        ("reply", "rt-1", ["coupon_reply"]),
+        ("push", None, ["thanks"]),  # the postback carried no reply token
+        ("reply", "rt-2", ["coupon_reply"]),
+        ("push", None, ["a"]),
+    ]  # queued at 00:00, decided at the 09:00 opening
     capped = store.conn.execute("SELECT rule, local_day FROM deliveries WHERE status = 'capped'").fetchall()
-    assert [tuple(r) for r in capped] == [("kw", "2026-11-02")]   # the second keyword's follow-up
+    assert [tuple(r) for r in capped] == [("kw", "2026-11-02")]  # the second keyword's follow-up
     store.close()
 
 
@@ -79,10 +109,11 @@ def test_stale_reply_token_falls_back_to_push(fresh_db_path):
     p = project(rule("kw", ir.MessageTrigger(("hi",)), send("thanks")))
     store = Store(str(fresh_db_path))
     engine = Engine(p, store, clock=lambda: at("2026-11-01 10:00"))
-    store.apply_events([ev("follow", "U1", "2026-11-01 09:00"),
-                        ev("message", "U1", "2026-11-01 10:00", text="hi", reply_token="rt")],
-                       received_at=int(at("2026-11-01 10:00").timestamp()))
-    engine.tick(at("2026-11-01 10:05"))       # the runner was busy for five minutes
+    store.apply_events(
+        [ev("follow", "U1", "2026-11-01 09:00"), ev("message", "U1", "2026-11-01 10:00", text="hi", reply_token="rt")],
+        received_at=int(at("2026-11-01 10:00").timestamp()),
+    )
+    engine.tick(at("2026-11-01 10:05"))  # the runner was busy for five minutes
     assert [(r["kind"], r["reply_token"]) for r in store.outbox()] == [("push", None)]
     store.close()
 
@@ -91,18 +122,25 @@ def test_a_welcome_sent_at_once_uses_the_follow_reply_token(fresh_db_path):
     """Replies are free: a follow's own sends use its reply token when they go out at once;
     they still obey the window (a night follow is pushed at the opening) and the daily cap."""
     settings = ir.Settings(window=WINDOW, max_per_day=1)
-    p = project(rule("hello", ir.Followed(), send("greeting"), reenter=ir.Reenter("always")),
-                rule("second", ir.Followed(), send("a")),
-                settings=settings)
-    events = [ev("follow", "U1", "2026-11-01 10:00", reply_token="rt-1"),
-              ev("follow", "U2", "2026-11-01 23:00", reply_token="rt-2")]
+    p = project(
+        rule("hello", ir.Followed(), send("greeting"), reenter=ir.Reenter("always")),
+        rule("second", ir.Followed(), send("a")),
+        settings=settings,
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 10:00", reply_token="rt-1"),
+        ev("follow", "U2", "2026-11-01 23:00", reply_token="rt-2"),
+    ]
     pushes = run(p, events, db_path=str(fresh_db_path))
-    assert pushes == [("2026-11-01 10:00:00", "U1", "hello", ["greeting"]),
-                      ("2026-11-02 09:00:00", "U2", "hello", ["greeting"])]
+    assert pushes == [
+        ("2026-11-01 10:00:00", "U1", "hello", ["greeting"]),
+        ("2026-11-02 09:00:00", "U2", "hello", ["greeting"]),
+    ]
     store = Store(str(fresh_db_path))
     rows = [(r["kind"], r["recipients"], r["reply_token"]) for r in store.outbox()]
     assert rows == [("reply", ["U1"], "rt-1"), ("push", ["U2"], None)]
-    capped = store.conn.execute("SELECT friend, rule FROM deliveries WHERE status = 'capped' "
-                                "ORDER BY friend").fetchall()
+    capped = store.conn.execute(
+        "SELECT friend, rule FROM deliveries WHERE status = 'capped' ORDER BY friend"
+    ).fetchall()
     assert [tuple(r) for r in capped] == [("U1", "second"), ("U2", "second")]
     store.close()

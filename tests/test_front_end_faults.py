@@ -8,6 +8,7 @@ meets it: through `linerules validate`, project loading and the runner's start-u
 - no cascades: a message with an error still exists for the rules, and a YAML file that cannot
   be read does not make every name in the rules "unknown".
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import cli
-from engine.runtime.events import meant_type
 from engine.language.parser import parse_file
 from engine.language.project import load_project
+from engine.runtime.events import meant_type
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +43,10 @@ def test_a_hundred_thousand_open_parentheses_are_read_in_linear_time(tmp_path):
     elapsed = time.process_time() - start
     assert code == 1
     first = out.splitlines()[0]
-    assert first == (f"{tmp_path}/deep.rule:1:{len(head) + depth + 9}: error[LR013]: the file ends inside "
-                     f"parentheses: the `(` at line 1, column {len(head) + depth} is never closed")
+    assert first == (
+        f"{tmp_path}/deep.rule:1:{len(head) + depth + 9}: error[LR013]: the file ends inside "
+        f"parentheses: the `(` at line 1, column {len(head) + depth} is never closed"
+    )
     # The shown line is a window around the place, not 100,000 characters.
     assert max(len(line) for line in out.splitlines()[1:3]) < 120
     # Before, the error path copied the parser's stack at every token: 10k took 4 s, 30k 33 s,
@@ -54,6 +57,7 @@ def test_a_hundred_thousand_open_parentheses_are_read_in_linear_time(tmp_path):
 def test_deep_nesting_of_every_kind_is_linear():
     """Twice the input takes about twice the time (not four times), for open parentheses and
     for a chain of `not`."""
+
     def cost(text: str) -> float:
         start = time.process_time()
         _, diags = parse_file("t.rule", text)
@@ -63,7 +67,7 @@ def test_deep_nesting_of_every_kind_is_linear():
     for unit in ("(", "not "):
         small = cost("when followed then stop if " + unit * 20_000 + " blocked and")
         large = cost("when followed then stop if " + unit * 80_000 + " blocked and")
-        assert large < small * 4 * 1.8 + 0.5, (unit, small, large)   # quadratic would be 16x
+        assert large < small * 4 * 1.8 + 0.5, (unit, small, large)  # quadratic would be 16x
 
 
 def test_lone_surrogate_in_messages_is_an_error_not_a_crash(tmp_path):
@@ -83,9 +87,23 @@ def test_runner_start_up_refuses_a_lone_surrogate_with_one_clear_error(tmp_path)
     (rules / "messages.yaml").write_text('hello: "\\ud800"\n', encoding="utf-8")
     (rules / "a.rule").write_text("when followed then send hello\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINE_", "LINERULES_"))}
-    proc = subprocess.run([sys.executable, str(ROOT / "runner.py"), "--rules", str(rules),
-                           "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0"],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "runner.py"),
+            "--rules",
+            str(rules),
+            "--db",
+            str(tmp_path / "x.db"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "messages.yaml:1:8: error[LR006]: this text holds a lone surrogate escape" in output
@@ -94,11 +112,13 @@ def test_runner_start_up_refuses_a_lone_surrogate_with_one_clear_error(tmp_path)
 
 def test_a_message_with_an_error_still_exists_for_the_rules(tmp_path):
     (tmp_path / "messages.yaml").write_text(
-        "cart_reminder:\n  - type: text\n    text: hi\n    wrap: yes\n", encoding="utf-8")
+        "cart_reminder:\n  - type: text\n    text: hi\n    wrap: yes\n", encoding="utf-8"
+    )
     (tmp_path / "a.rule").write_text("when carted then wait 1h send cart_reminder\n", encoding="utf-8")
     result = load_project(tmp_path)
     assert [(Path(d.path).name, d.line, d.message) for d in result.diagnostics] == [
-        ("messages.yaml", 4, "`wrap` must be true or false, not `yes`")]
+        ("messages.yaml", 4, "`wrap` must be true or false, not `yes`")
+    ]
 
 
 def test_one_misindented_line_is_one_error_and_comes_first(tmp_path):
@@ -109,13 +129,13 @@ def test_one_misindented_line_is_one_error_and_comes_first(tmp_path):
     for rule in (ROOT / "rules").glob("*.rule"):
         (tmp_path / rule.name).write_text(rule.read_text(encoding="utf-8"), encoding="utf-8")
     text = (tmp_path / "messages.yaml").read_text(encoding="utf-8")
-    (tmp_path / "messages.yaml").write_text(text.replace("\n    altText:", "\n   altText:", 1),
-                                            encoding="utf-8")
+    (tmp_path / "messages.yaml").write_text(text.replace("\n    altText:", "\n   altText:", 1), encoding="utf-8")
     code, out = validate(tmp_path)
     assert code == 1
     headlines = [line for line in out.splitlines() if re.search(r": (error|warning)\[LR\d+\]: ", line)]
-    assert headlines == [f"{tmp_path}/messages.yaml:22:4: error[LR003]: invalid YAML: this line is not "
-                         "indented like the lines above it"]
+    assert headlines == [
+        f"{tmp_path}/messages.yaml:22:4: error[LR003]: invalid YAML: this line is not indented like the lines above it"
+    ]
     assert "help: the keys of one mapping" in out
 
 
@@ -134,10 +154,22 @@ def test_a_broken_rich_menu_entry_is_reported_once(tmp_path):
 
 
 def test_event_types_spelled_like_rule_words_have_the_type_meant():
-    assert [meant_type(t) for t in ("carted", "purchased", "viewed", "followed", "unfollowed",
-                                    "blocked", "clicked", "tagged", "order", "shipped", "cart")] == \
-        ["cart", "purchase", "view", "follow", "unfollow", "unfollow", "click", "tag", "purchase",
-         None, None]
+    assert [
+        meant_type(t)
+        for t in (
+            "carted",
+            "purchased",
+            "viewed",
+            "followed",
+            "unfollowed",
+            "blocked",
+            "clicked",
+            "tagged",
+            "order",
+            "shipped",
+            "cart",
+        )
+    ] == ["cart", "purchase", "view", "follow", "unfollow", "unfollow", "click", "tag", "purchase", None, None]
 
 
 def test_a_messages_file_that_is_not_a_mapping_does_not_make_every_message_unknown(tmp_path):

@@ -1,4 +1,5 @@
 """``linerules graph``: Mermaid flowcharts in the rule's own words."""
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,7 @@ def parse(mermaid: str) -> tuple[dict[str, str], list[tuple[str, str | None, str
         elif m := EDGE.match(line):
             edges.append((m.group(1), m.group(3), m.group(4)))
         else:
-            assert re.match(r'^(\s*%%.*|flowchart TD|\s*subgraph r\d+g\["[^"]*"\]|\s*direction TB|\s*end)$',
-                            line), line
+            assert re.match(r'^(\s*%%.*|flowchart TD|\s*subgraph r\d+g\["[^"]*"\]|\s*direction TB|\s*end)$', line), line
     for a, _, b in edges:
         assert a in nodes and b in nodes, (a, b)
     return nodes, edges
@@ -63,7 +63,7 @@ def test_welcome_rule_reads_in_its_own_words():
 
 
 def test_entry_filter_split_holdout_and_stop():
-    out = chart('''rule r "A/B"
+    out = chart("""rule r "A/B"
         when purchased product=SKU-1
         unless tagged vip
         split a 50%, b 50%
@@ -72,7 +72,7 @@ def test_entry_filter_split_holdout_and_stop():
           send x if variant a
           stop if variant a
           send y
-          stop''')
+          stop""")
     nodes, edges = parse(out)
     flow = label_edges(nodes, edges)
     assert ("when purchased product=SKU-1", None, "if not tagged vip") in flow
@@ -83,15 +83,15 @@ def test_entry_filter_split_holdout_and_stop():
     assert ("split", "variant a 50%", "if variant a") in flow
     assert ("split", "variant b 50%", "if variant a") in flow
     assert ("stop", None, "exit") in flow
-    assert "done" not in nodes.values()   # the last step is an unconditional stop
+    assert "done" not in nodes.values()  # the last step is an unconditional stop
 
 
 def test_labels_escape_quotes_and_keep_japanese():
     out = chart('when message "say \\"hi\\"", "クーポン" then send x if display_name >= "<b>#1"')
     nodes, _ = parse(out)
     labels = set(nodes.values())
-    assert 'when message #quot;say \\#quot;hi\\#quot;#quot;, #quot;クーポン#quot;' in labels
-    assert 'if display_name #gt;= #quot;#lt;b#gt;#35;1#quot;' in labels
+    assert "when message #quot;say \\#quot;hi\\#quot;#quot;, #quot;クーポン#quot;" in labels
+    assert "if display_name #gt;= #quot;#lt;b#gt;#35;1#quot;" in labels
     assert escape('a"b') == "a#quot;b" and escape("`x`") == "#96;x#96;"
 
 
@@ -102,7 +102,7 @@ def test_every_rule_is_a_subgraph():
     titles = re.findall(r'subgraph r\d+g\["([^"]*)"\]', out)
     assert len(titles) == len(project.rules)
     assert "welcome: 同梱QRカードから友だち追加した人へのステップ配信" in titles
-    assert 'when schedule #quot;0 20 * * 5#quot;' in nodes.values()
+    assert "when schedule #quot;0 20 * * 5#quot;" in nodes.values()
     assert "when sale kind=super_sale starts in 14d at 12:00" in nodes.values()
     assert out.count("\n    end\n") == len(project.rules)
 
@@ -131,7 +131,7 @@ def test_cli_unknown_rule_is_a_usage_error():
     assert result.exit_code == 2
     assert result.output.startswith("Usage: linerules graph [OPTIONS] [RULE]\n")
     assert result.output.endswith("\nError: unknown rule `welcom` (did you mean `welcome`?)\n")
-    result = invoke(["welcom"], ROOT)    # the sample folder says `language: ja`
+    result = invoke(["welcom"], ROOT)  # the sample folder says `language: ja`
     assert result.output.endswith("\nError: ルール `welcom` はありません (もしかして `welcome` ですか?)\n")
 
 

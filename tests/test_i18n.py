@@ -1,6 +1,7 @@
 """One catalog, two languages (issue 12): the catalog is complete and consistent, every code has
 its explanation in both languages, the generated error pages are current, the language is
 chosen as documented, and validate / explain / report speak Japanese."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
-from engine.language import codes
 from engine import i18n
+from engine.language import codes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,10 +32,30 @@ def _placeholders(text: str) -> set[str]:
 def test_catalog_holds_every_text_of_the_source(tmp_path):
     """`make catalog` has been run: what Babel extracts from the source now is in the .po file."""
     pot = tmp_path / "now.pot"
-    subprocess.run([sys.executable, "-m", "babel.messages.frontend", "-q", "extract", "-F",
-                    str(ROOT / "babel.cfg"), "-k", "E:2", "-k", "n_:1,2", "-k", "N_",
-                    "--no-location", "-o", str(pot), str(ROOT)], check=True, cwd=ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "babel.messages.frontend",
+            "-q",
+            "extract",
+            "-F",
+            str(ROOT / "babel.cfg"),
+            "-k",
+            "E:2",
+            "-k",
+            "n_:1,2",
+            "-k",
+            "N_",
+            "--no-location",
+            "-o",
+            str(pot),
+            str(ROOT),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     with open(pot, "rb") as fh:
         extracted = {m.id if isinstance(m.id, str) else m.id[0] for m in read_po(fh) if m.id}
     known = {m.id if isinstance(m.id, str) else m.id[0] for m in _catalog() if m.id}
@@ -75,8 +96,7 @@ def test_every_code_used_has_an_explanation_in_both_languages():
 
 @pytest.mark.parametrize("lang,page", [("en", "docs/errors.md"), ("ja", "docs/ja/errors.md")])
 def test_error_pages_are_generated_from_the_catalog(lang, page):
-    assert (ROOT / page).read_text(encoding="utf-8") == codes.markdown(lang), \
-        "stale: run `make docs`"
+    assert (ROOT / page).read_text(encoding="utf-8") == codes.markdown(lang), "stale: run `make docs`"
 
 
 def test_language_choice_order():
@@ -144,8 +164,7 @@ def test_explain_unknown_code_suggests_the_close_one():
 
 
 def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):
-    (tmp_path / "settings.yaml").write_text("language: ja\n# 配信の設定\ntimezone: 東京/Tokio\n",
-                                            encoding="utf-8")
+    (tmp_path / "settings.yaml").write_text("language: ja\n# 配信の設定\ntimezone: 東京/Tokio\n", encoding="utf-8")
     (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")
     result = _cli(["validate", str(tmp_path)])
     assert result.exit_code == 1
@@ -153,7 +172,7 @@ def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):
     lines = result.output.splitlines()
     assert lines[0] == f"{path}:3:11: エラー[LR602]: `東京/Tokio` というタイムゾーンはありません"
     assert lines[1] == "    timezone: 東京/Tokio"
-    assert lines[2] == "    " + " " * 10 + "^" * 10      # 東京 takes four columns
+    assert lines[2] == "    " + " " * 10 + "^" * 10  # 東京 takes four columns
     assert lines[-1] == "エラー 1件、警告 0件"
     en = _cli(["validate", str(tmp_path), "--lang", "en"])
     assert en.output.splitlines()[0] == f"{path}:3:11: error[LR602]: unknown time zone `東京/Tokio`"
@@ -170,8 +189,10 @@ def test_json_and_github_output_carry_the_code_in_both_languages(tmp_path):
     assert ja[0]["message"] == "`timzone` という設定はありません"
     assert ja[0]["help"] == "もしかして `timezone` ですか?"
     gh = _cli(["validate", str(tmp_path), "--format", "github", "--lang", "ja"]).output
-    assert gh == (f"::error file={tmp_path / 'settings.yaml'},line=1,col=1,title=LR601::"
-                  "`timzone` という設定はありません (ヒント: もしかして `timezone` ですか?)\n")
+    assert gh == (
+        f"::error file={tmp_path / 'settings.yaml'},line=1,col=1,title=LR601::"
+        "`timzone` という設定はありません (ヒント: もしかして `timezone` ですか?)\n"
+    )
 
 
 def test_environment_and_locale_choose_the_language(tmp_path, monkeypatch):

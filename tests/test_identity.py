@@ -1,6 +1,7 @@
 """The shop side through `linerules simulate` (SPEC §6, §8; docs/shop.md): customer links,
 events naming the shop's customer, refunds, unlinking and a customer moving to another friend.
 Timelines in, pushes out."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,7 @@ def at(day: int, hm: str) -> str:
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
-                        rule_file="shop.rule")
+    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES, rule_file="shop.rule")
 
 
 def simulate(folder: Path, tmp_path: Path, events: list[dict], until: str, capsys) -> list[tuple]:
@@ -61,16 +61,16 @@ def purchase(who: dict, when: str, order_id: str, amount: int) -> dict:
 def test_orders_of_an_unlinked_customer_are_kept_and_count_after_identify_without_firing(folder, tmp_path, capsys):
     events = [
         follow("U1", at(1, "10:00")),
-        purchase({"customer": "Hanako@Example.jp"}, at(1, "11:00"), "A-1", 5400),    # not linked yet
+        purchase({"customer": "Hanako@Example.jp"}, at(1, "11:00"), "A-1", 5400),  # not linked yet
         {"type": "identify", "friend": "U1", "at": at(2, "10:00"), "customer": "hanako@example.jp"},
-        purchase({"customer": "hanako@example.jp"}, at(3, "10:00"), "A-2", 800),      # linked now
+        purchase({"customer": "hanako@example.jp"}, at(3, "10:00"), "A-2", 800),  # linked now
     ]
     pushes = simulate(folder, tmp_path, events, at(3, "14:00"), capsys)
     assert pushes == [
         # day 1: the kept order counts for nobody: no buyer news, and no thanks for A-1 ever
         ("11-02T10:00", "U1", "linked_thanks"),  # `when linked`, not `when purchased` for A-1
-        ("11-02T13:00", "U1", "buyer_news"),     # A-1 counts from the link on (5400 yen)
-        ("11-03T10:00", "U1", "thanks_order"),   # A-2 enters `when purchased`
+        ("11-02T13:00", "U1", "buyer_news"),  # A-1 counts from the link on (5400 yen)
+        ("11-03T10:00", "U1", "thanks_order"),  # A-2 enters `when purchased`
         ("11-03T13:00", "U1", "buyer_news"),
     ]
 
@@ -80,64 +80,94 @@ def test_a_refund_drops_the_friend_out_of_top_20_percent(folder, tmp_path, capsy
     events = [follow(f, at(1, "09:00")) for f in friends]
     events += [purchase({"friend": f}, at(1, "10:00"), f"B-{i}", 1000 * i) for i, f in enumerate(friends, 1)]
     # U5 spent most (5000); its order is refunded in part, leaving 500: U4 (4000) is the top 20% now
-    events.append({"type": "refund", "customer": "nobody@example.jp", "at": at(2, "09:00"),
-                   "order_id": "B-5", "amount": 4500, "id": "refund-1"})
-    pushes = [p for p in simulate(folder, tmp_path, events, at(2, "12:30"), capsys)
-              if p[2] in ("vip_news", "refund_sorry")]
-    assert pushes == [("11-01T12:00", "U5", "vip_news"),
-                      ("11-02T09:00", "U5", "refund_sorry"),      # `event refund` fires for the owner
-                      ("11-02T12:00", "U4", "vip_news")]
+    events.append(
+        {
+            "type": "refund",
+            "customer": "nobody@example.jp",
+            "at": at(2, "09:00"),
+            "order_id": "B-5",
+            "amount": 4500,
+            "id": "refund-1",
+        }
+    )
+    pushes = [
+        p for p in simulate(folder, tmp_path, events, at(2, "12:30"), capsys) if p[2] in ("vip_news", "refund_sorry")
+    ]
+    assert pushes == [
+        ("11-01T12:00", "U5", "vip_news"),
+        ("11-02T09:00", "U5", "refund_sorry"),  # `event refund` fires for the owner
+        ("11-02T12:00", "U4", "vip_news"),
+    ]
 
 
 def test_a_cancelled_order_no_longer_counts_as_an_order(folder, tmp_path, capsys):
-    events = [follow("U1", at(1, "09:00")),
-              purchase({"friend": "U1"}, at(1, "10:00"), "C-1", 3000),
-              {"type": "refund", "at": at(1, "15:00"), "order_id": "C-1"}]     # no amount: cancelled
+    events = [
+        follow("U1", at(1, "09:00")),
+        purchase({"friend": "U1"}, at(1, "10:00"), "C-1", 3000),
+        {"type": "refund", "at": at(1, "15:00"), "order_id": "C-1"},
+    ]  # no amount: cancelled
     pushes = [p for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys) if p[2] == "buyer_news"]
-    assert pushes == [("11-01T13:00", "U1", "buyer_news")]      # not on day 2: no order, no spend
+    assert pushes == [("11-01T13:00", "U1", "buyer_news")]  # not on day 2: no order, no spend
 
 
 def test_unlink_takes_the_customers_orders_back_out_of_the_friend(folder, tmp_path, capsys):
-    events = [follow("U1", at(1, "09:00")),
-              {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-1001"},
-              purchase({"customer": "C-1001"}, at(1, "10:00"), "D-1", 3000),
-              purchase({"friend": "U1"}, at(1, "10:30"), "D-2", 500),     # the friend's own order stays
-              {"type": "unlink", "friend": "U1", "at": at(2, "09:00")}]
+    events = [
+        follow("U1", at(1, "09:00")),
+        {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-1001"},
+        purchase({"customer": "C-1001"}, at(1, "10:00"), "D-1", 3000),
+        purchase({"friend": "U1"}, at(1, "10:30"), "D-2", 500),  # the friend's own order stays
+        {"type": "unlink", "friend": "U1", "at": at(2, "09:00")},
+    ]
     pushes = [p for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys) if p[2] == "buyer_news"]
-    assert pushes == [("11-01T13:00", "U1", "buyer_news")]     # day 2: 1 order, 500 yen < 1000
+    assert pushes == [("11-01T13:00", "U1", "buyer_news")]  # day 2: 1 order, 500 yen < 1000
 
 
 def test_a_customer_linked_to_a_second_friend_moves_with_its_history(folder, tmp_path, capsys):
-    events = [follow("U1", at(1, "09:00")), follow("U2", at(1, "09:00")),
-              {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-7"},
-              purchase({"customer": "C-7"}, at(1, "10:00"), "E-1", 3000),
-              {"type": "identify", "friend": "U2", "at": at(2, "09:00"), "customer": "C-7"}]
-    pushes = [p for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys)
-              if p[2] in ("buyer_news", "linked_thanks", "thanks_order")]
-    assert pushes == [("11-01T09:30", "U1", "linked_thanks"),
-                      ("11-01T10:00", "U1", "thanks_order"),
-                      ("11-01T13:00", "U1", "buyer_news"),
-                      ("11-02T09:00", "U2", "linked_thanks"),
-                      ("11-02T13:00", "U2", "buyer_news")]      # U1 no longer has the order
+    events = [
+        follow("U1", at(1, "09:00")),
+        follow("U2", at(1, "09:00")),
+        {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-7"},
+        purchase({"customer": "C-7"}, at(1, "10:00"), "E-1", 3000),
+        {"type": "identify", "friend": "U2", "at": at(2, "09:00"), "customer": "C-7"},
+    ]
+    pushes = [
+        p
+        for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys)
+        if p[2] in ("buyer_news", "linked_thanks", "thanks_order")
+    ]
+    assert pushes == [
+        ("11-01T09:30", "U1", "linked_thanks"),
+        ("11-01T10:00", "U1", "thanks_order"),
+        ("11-01T13:00", "U1", "buyer_news"),
+        ("11-02T09:00", "U2", "linked_thanks"),
+        ("11-02T13:00", "U2", "buyer_news"),
+    ]  # U1 no longer has the order
 
 
 def test_a_friend_sending_an_order_number_in_chat_is_linked_to_its_customer(folder, tmp_path, capsys):
     number = "123456-20261101-0123456789"
-    events = [follow("U1", at(1, "09:00")), follow("U2", at(1, "09:00")),
-              purchase({"customer": "masked-1@pc.fw.rakuten.ne.jp"}, at(1, "10:00"), number, 2000),
-              {"type": "message", "friend": "U1", "at": at(1, "20:00"), "text": f"注文番号は {number} です"},
-              # another friend sending the same number does not take the link away
-              {"type": "message", "friend": "U2", "at": at(1, "20:30"), "text": number}]
-    pushes = [p for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys)
-              if p[2] in ("buyer_news", "linked_thanks", "thanks_order")]
-    assert pushes == [("11-01T20:00", "U1", "linked_thanks"),
-                      ("11-02T13:00", "U1", "buyer_news")]
+    events = [
+        follow("U1", at(1, "09:00")),
+        follow("U2", at(1, "09:00")),
+        purchase({"customer": "masked-1@pc.fw.rakuten.ne.jp"}, at(1, "10:00"), number, 2000),
+        {"type": "message", "friend": "U1", "at": at(1, "20:00"), "text": f"注文番号は {number} です"},
+        # another friend sending the same number does not take the link away
+        {"type": "message", "friend": "U2", "at": at(1, "20:30"), "text": number},
+    ]
+    pushes = [
+        p
+        for p in simulate(folder, tmp_path, events, at(2, "14:00"), capsys)
+        if p[2] in ("buyer_news", "linked_thanks", "thanks_order")
+    ]
+    assert pushes == [("11-01T20:00", "U1", "linked_thanks"), ("11-02T13:00", "U1", "buyer_news")]
 
 
 def test_an_order_number_in_a_postback_links_too(folder, tmp_path, capsys):
-    events = [follow("U1", at(1, "09:00")),
-              purchase({"customer": "c-9"}, at(1, "10:00"), "#1009", 2000),
-              {"type": "postback", "friend": "U1", "at": at(1, "20:00"), "data": "action=link&order_id=%231009"}]
+    events = [
+        follow("U1", at(1, "09:00")),
+        purchase({"customer": "c-9"}, at(1, "10:00"), "#1009", 2000),
+        {"type": "postback", "friend": "U1", "at": at(1, "20:00"), "data": "action=link&order_id=%231009"},
+    ]
     pushes = [p for p in simulate(folder, tmp_path, events, at(1, "21:00"), capsys) if p[2] == "linked_thanks"]
     assert pushes == [("11-01T20:00", "U1", "linked_thanks")]
 
@@ -154,11 +184,12 @@ def test_a_shop_event_without_friend_or_customer_is_refused_with_the_field(folde
 def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, capsys):
     from engine.reports.report import main as report
 
-    events = [follow("U1", at(1, "09:00")),
-              purchase({"friend": "U1"}, at(1, "09:30"), "R-0", 2000),      # before any send: no conversion
-              purchase({"friend": "U1"}, at(1, "14:00"), "R-1", 5000),      # converts for buyer_news (13:00)
-              {"type": "refund", "friend": "U1", "at": at(2, "10:00"), "order_id": "R-1", "amount": 2000,
-               "id": "refund-R-1"}]
+    events = [
+        follow("U1", at(1, "09:00")),
+        purchase({"friend": "U1"}, at(1, "09:30"), "R-0", 2000),  # before any send: no conversion
+        purchase({"friend": "U1"}, at(1, "14:00"), "R-1", 5000),  # converts for buyer_news (13:00)
+        {"type": "refund", "friend": "U1", "at": at(2, "10:00"), "order_id": "R-1", "amount": 2000, "id": "refund-R-1"},
+    ]
 
     def revenue(until: str) -> dict:
         db = tmp_path / f"{until[:10]}.db"
@@ -176,25 +207,33 @@ def test_a_refund_takes_its_amount_out_of_the_reports_revenue(folder, tmp_path, 
 
 
 def test_a_friend_linked_to_a_second_customer_lets_the_first_one_go(folder, tmp_path, capsys):
-    events = [follow("U1", at(1, "09:00")),
-              {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-1"},
-              purchase({"customer": "C-1"}, at(1, "10:00"), "F-1", 3000),
-              {"type": "identify", "friend": "U1", "at": at(2, "09:00"), "customer": "C-2"},
-              purchase({"customer": "C-1"}, at(2, "10:00"), "F-2", 3000),    # C-1 is nobody's now: kept
-              {"type": "unlink", "customer": "C-2", "at": at(3, "09:00")},
-              {"type": "identify", "friend": "U1", "at": at(3, "10:00"), "customer": "C-1"}]
-    pushes = [p for p in simulate(folder, tmp_path, events, at(3, "14:00"), capsys)
-              if p[2] in ("buyer_news", "linked_thanks", "thanks_order")]
-    assert pushes == [("11-01T09:30", "U1", "linked_thanks"),
-                      ("11-01T10:00", "U1", "thanks_order"),
-                      ("11-01T13:00", "U1", "buyer_news"),
-                      # day 2: linked to C-2, which has no orders: no buyer news, no thanks for F-2
-                      # day 3: back to C-1 (`linked` fires once per rule: reenter never), F-1 and F-2 count
-                      ("11-03T13:00", "U1", "buyer_news")]
+    events = [
+        follow("U1", at(1, "09:00")),
+        {"type": "identify", "friend": "U1", "at": at(1, "09:30"), "customer": "C-1"},
+        purchase({"customer": "C-1"}, at(1, "10:00"), "F-1", 3000),
+        {"type": "identify", "friend": "U1", "at": at(2, "09:00"), "customer": "C-2"},
+        purchase({"customer": "C-1"}, at(2, "10:00"), "F-2", 3000),  # C-1 is nobody's now: kept
+        {"type": "unlink", "customer": "C-2", "at": at(3, "09:00")},
+        {"type": "identify", "friend": "U1", "at": at(3, "10:00"), "customer": "C-1"},
+    ]
+    pushes = [
+        p
+        for p in simulate(folder, tmp_path, events, at(3, "14:00"), capsys)
+        if p[2] in ("buyer_news", "linked_thanks", "thanks_order")
+    ]
+    assert pushes == [
+        ("11-01T09:30", "U1", "linked_thanks"),
+        ("11-01T10:00", "U1", "thanks_order"),
+        ("11-01T13:00", "U1", "buyer_news"),
+        # day 2: linked to C-2, which has no orders: no buyer news, no thanks for F-2
+        # day 3: back to C-1 (`linked` fires once per rule: reenter never), F-1 and F-2 count
+        ("11-03T13:00", "U1", "buyer_news"),
+    ]
 
 
-@pytest.mark.parametrize("word, right", [("linked", "identify"), ("unlinked", "unlink"),
-                                         ("refunded", "refund"), ("cancelled", "refund")])
+@pytest.mark.parametrize(
+    "word, right", [("linked", "identify"), ("unlinked", "unlink"), ("refunded", "refund"), ("cancelled", "refund")]
+)
 def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_path, word, right):
     # a custom `linked` event would otherwise enter `when linked` rules without any link
     path = tmp_path / "timeline.jsonl"
@@ -206,9 +245,16 @@ def test_shop_words_as_event_types_are_refused_with_the_right_name(folder, tmp_p
 
 def test_an_order_number_typed_with_japanese_dashes_links(folder, tmp_path, capsys):
     number = "123456-20261101-0123456789"
-    events = [follow("U1", at(1, "09:00")),
-              purchase({"customer": "masked-1@pc.fw.rakuten.ne.jp"}, at(1, "10:00"), number, 2000),
-              # typed on a phone's kana keyboard: full-width digits and the long-vowel mark for "-"
-              {"type": "message", "friend": "U1", "at": at(1, "20:00"), "text": "１２３４５６ー２０２６１１０１−０１２３４５６７８９"}]
+    events = [
+        follow("U1", at(1, "09:00")),
+        purchase({"customer": "masked-1@pc.fw.rakuten.ne.jp"}, at(1, "10:00"), number, 2000),
+        # typed on a phone's kana keyboard: full-width digits and the long-vowel mark for "-"
+        {
+            "type": "message",
+            "friend": "U1",
+            "at": at(1, "20:00"),
+            "text": "１２３４５６ー２０２６１１０１−０１２３４５６７８９",
+        },
+    ]
     pushes = [p for p in simulate(folder, tmp_path, events, at(1, "21:00"), capsys) if p[2] == "linked_thanks"]
     assert pushes == [("11-01T20:00", "U1", "linked_thanks")]

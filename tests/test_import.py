@@ -1,6 +1,7 @@
 """`linerules import orders|customers` (SPEC §8, docs/shop.md): Rakuten RMS's CP932 CSV with
 Japanese headers, Shopify's export (one row per line item), the plain CSV; idempotent by order
 id; history applied without sending anything; refused rows as file:line with the reason."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -70,8 +71,7 @@ def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tm
     links.write_text("customer,friend\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n", encoding="utf-8")
     assert invoke("import", "customers", str(links), "--db", str(db))[0] == 0
     path = rakuten_file(tmp_path)
-    code, out = invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(db),
-                       "--rules", str(rules))
+    code, out = invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(db), "--rules", str(rules))
     assert code == 0, out
     lines = out.splitlines()
     assert lines[0].startswith("rms_orders.csv: 3 orders read (5 rows) in ")
@@ -85,23 +85,32 @@ def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tm
     # the cancelled order (キャンセル) is kept but does not count: one order of 6,600 yen
     u = friend(db, "Uaaaa")
     assert (u["orders"], u["total_spent"]) == (1, 6600)
-    assert dt.datetime.fromtimestamp(u["last_purchase_at"], dt.timezone(dt.timedelta(hours=9))) == \
-        dt.datetime(2026, 11, 1, 10, 15, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    assert dt.datetime.fromtimestamp(u["last_purchase_at"], dt.timezone(dt.timedelta(hours=9))) == dt.datetime(
+        2026, 11, 1, 10, 15, tzinfo=dt.timezone(dt.timedelta(hours=9))
+    )
 
     # again: nothing doubles
     code, out = invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(db), "--rules", str(rules))
-    assert out.splitlines()[1:4] == ["  0 counted for linked friends",
-                                     "  0 kept for customers not linked yet (they count once linked)",
-                                     "  3 already imported (unchanged)"]
+    assert out.splitlines()[1:4] == [
+        "  0 counted for linked friends",
+        "  0 kept for customers not linked yet (they count once linked)",
+        "  3 already imported (unchanged)",
+    ]
     assert (friend(db, "Uaaaa")["orders"], friend(db, "Uaaaa")["total_spent"]) == (1, 6600)
 
     # the kept customer is linked later: its order counts now
-    links.write_text("customer,friend\nXYZ789@pc.fw.rakuten.ne.jp,Ubbbb\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n"
-                     ",Ucccc\n", encoding="utf-8")
+    links.write_text(
+        "customer,friend\nXYZ789@pc.fw.rakuten.ne.jp,Ubbbb\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n,Ucccc\n",
+        encoding="utf-8",
+    )
     code, out = invoke("import", "customers", str(links), "--db", str(db))
-    assert out.splitlines() == ["links.csv: 3 rows read", "  1 linked (their kept orders count now)",
-                                "  1 already linked (unchanged)", "  1 refused:",
-                                f"    {links}:4: no customer id"]
+    assert out.splitlines() == [
+        "links.csv: 3 rows read",
+        "  1 linked (their kept orders count now)",
+        "  1 already linked (unchanged)",
+        "  1 refused:",
+        f"    {links}:4: no customer id",
+    ]
     u = friend(db, "Ubbbb")
     assert (u["orders"], u["total_spent"]) == (1, 4400)
 
@@ -112,8 +121,9 @@ def test_history_is_applied_without_sending_anything(tmp_path, rules):
     project = load_project(str(rules)).project
     engine = Engine(project, store)
     from engine.runtime.intake import parse_events
+
     engine.apply_events(parse_events('{"type": "follow", "friend": "Uaaaa", "at": "2026-11-01T09:00:00+09:00"}'))
-    engine.tick(dt.datetime(2026, 11, 1, 9, tzinfo=dt.timezone.utc))
+    engine.tick(dt.datetime(2026, 11, 1, 9, tzinfo=dt.UTC))
     links = tmp_path / "links.csv"
     links.write_text("customer,friend\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n", encoding="utf-8")
     assert invoke("import", "customers", str(links), "--db", str(db))[0] == 0
@@ -121,8 +131,8 @@ def test_history_is_applied_without_sending_anything(tmp_path, rules):
     rows = [RAKUTEN_ROWS[0], RAKUTEN_ROWS[0].replace("0000000001", "0000000009")]
     path.write_bytes(("\n".join([RAKUTEN_HEADER, *rows]) + "\n").encode("cp932"))
     assert invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(db), "--rules", str(rules))[0] == 0
-    assert store.outbox() == []                       # the import itself sends nothing
-    engine.tick(dt.datetime(2026, 11, 3, 9, tzinfo=dt.timezone.utc))
+    assert store.outbox() == []  # the import itself sends nothing
+    engine.tick(dt.datetime(2026, 11, 3, 9, tzinfo=dt.UTC))
     # `when purchased` does not fire for history; a condition on the history does
     assert [(o["rule"], o["messages"]) for o in store.outbox()] == [("loyal", ["loyal"])]
     store.close()
@@ -140,8 +150,9 @@ def test_shopify_export_one_row_per_line_item_with_refunds_and_cancellations(tmp
     assert out.splitlines()[1] == "  3 counted for linked friends"
     store = Store(str(db))
     u1, u2 = store.friend("U1"), store.friend("U2")
-    items = store.conn.execute("SELECT product, amount FROM activity WHERE friend = 'U1' AND kind = 'purchase' "
-                               "ORDER BY product").fetchall()
+    items = store.conn.execute(
+        "SELECT product, amount FROM activity WHERE friend = 'U1' AND kind = 'purchase' ORDER BY product"
+    ).fetchall()
     store.close()
     assert (u1["orders"], u1["total_spent"]) == (1, 5500)
     assert [tuple(r) for r in items] == [("CRM-1", 2000), ("LOT-1", 3000)]
@@ -152,13 +163,27 @@ def test_shopify_export_one_row_per_line_item_with_refunds_and_cancellations(tmp
 def test_plain_csv_with_columns_named_differently(tmp_path, rules):
     db = tmp_path / "linerules.db"
     path = tmp_path / "orders.csv"
-    path.write_text("注文番号,会員ID,at,amount,product,price,quantity\n"
-                    "A-1,C-1001,2026-11-01T10:00:00+09:00,\"5,400\",SKU1,5400,1\n"
-                    "A-2,C-1001,2026-11-02T10:00:00+09:00,-3,SKU1,5400,1\n"
-                    ",C-1001,2026-11-02T10:00:00+09:00,100,SKU1,100,1\n"
-                    "A-3,C-1001,2026-11-03T10:00:00+09:00,100,SKU1,100,zero\n", encoding="utf-8")
-    code, out = invoke("import", "orders", str(path), "--format", "csv", "--columns", "order_id=注文番号,customer=会員ID",
-                       "--db", str(db), "--rules", str(rules))
+    path.write_text(
+        "注文番号,会員ID,at,amount,product,price,quantity\n"
+        'A-1,C-1001,2026-11-01T10:00:00+09:00,"5,400",SKU1,5400,1\n'
+        "A-2,C-1001,2026-11-02T10:00:00+09:00,-3,SKU1,5400,1\n"
+        ",C-1001,2026-11-02T10:00:00+09:00,100,SKU1,100,1\n"
+        "A-3,C-1001,2026-11-03T10:00:00+09:00,100,SKU1,100,zero\n",
+        encoding="utf-8",
+    )
+    code, out = invoke(
+        "import",
+        "orders",
+        str(path),
+        "--format",
+        "csv",
+        "--columns",
+        "order_id=注文番号,customer=会員ID",
+        "--db",
+        str(db),
+        "--rules",
+        str(rules),
+    )
     assert code == 0, out
     assert out.splitlines()[1:] == [
         "  0 counted for linked friends",
@@ -171,11 +196,18 @@ def test_plain_csv_with_columns_named_differently(tmp_path, rules):
     ]
 
 
-@pytest.mark.parametrize("content,fmt,message", [
-    ("a,b\n1,2\n", "shopify", "this is not a shopify order file: no column for order_id (`Name`), "
-                              "at (`Created at`), amount (`Total`), customer (`Email`)"),
-    ("", "csv", "the file is empty"),
-])
+@pytest.mark.parametrize(
+    "content,fmt,message",
+    [
+        (
+            "a,b\n1,2\n",
+            "shopify",
+            "this is not a shopify order file: no column for order_id (`Name`), "
+            "at (`Created at`), amount (`Total`), customer (`Email`)",
+        ),
+        ("", "csv", "the file is empty"),
+    ],
+)
 def test_a_file_that_is_not_an_order_file_is_one_clean_error(tmp_path, rules, content, fmt, message):
     path = tmp_path / "x.csv"
     path.write_text(content, encoding="utf-8")
@@ -187,8 +219,9 @@ def test_a_file_that_is_not_an_order_file_is_one_clean_error(tmp_path, rules, co
 def test_unknown_columns_field_is_refused(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("order_id,at,amount,customer\n", encoding="utf-8")
-    code, out = invoke("import", "orders", str(path), "--format", "csv", "--columns", "sku=品番",
-                       "--db", str(tmp_path / "x.db"))
+    code, out = invoke(
+        "import", "orders", str(path), "--format", "csv", "--columns", "sku=品番", "--db", str(tmp_path / "x.db")
+    )
     assert code == 2
     assert "Error: Invalid value for '--columns': unknown field `sku`" in out
 
@@ -208,23 +241,76 @@ def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monke
 
 #: The columns of RMS's 受注データダウンロード as RMS writes them (a part, in RMS's order): the
 #: amounts carry a note, ``合計金額(-99999=無効値)``; the orderer's address is ``メールアドレス``.
-RMS_HEADER = ["受注番号", "受注ステータス", "カード決済ステータス", "入金日", "配送日", "お届け時間帯", "お届け日指定",
-              "担当者", "ひとことメモ", "メール差込文(お客様へのメッセージ)", "初期購入合計金額", "利用端末",
-              "メールキャリアコード", "ギフトチェック（0:なし/1:あり）", "コメント", "注文日時", "複数送付先フラグ",
-              "警告表示フラグ", "楽天会員フラグ", "合計", "消費税(-99999=無効値)", "送料(-99999=無効値)",
-              "代引料(-99999=無効値)", "請求金額(-99999=無効値)", "合計金額(-99999=無効値)", "同梱ID", "同梱ステータス",
-              "注文日", "注文時間", "注文者郵便番号１", "注文者名字", "注文者名前", "メールアドレス", "商品ID", "商品名",
-              "商品番号", "商品URL", "単価", "個数", "送料込別", "税込別"]
+RMS_HEADER = [
+    "受注番号",
+    "受注ステータス",
+    "カード決済ステータス",
+    "入金日",
+    "配送日",
+    "お届け時間帯",
+    "お届け日指定",
+    "担当者",
+    "ひとことメモ",
+    "メール差込文(お客様へのメッセージ)",
+    "初期購入合計金額",
+    "利用端末",
+    "メールキャリアコード",
+    "ギフトチェック（0:なし/1:あり）",
+    "コメント",
+    "注文日時",
+    "複数送付先フラグ",
+    "警告表示フラグ",
+    "楽天会員フラグ",
+    "合計",
+    "消費税(-99999=無効値)",
+    "送料(-99999=無効値)",
+    "代引料(-99999=無効値)",
+    "請求金額(-99999=無効値)",
+    "合計金額(-99999=無効値)",
+    "同梱ID",
+    "同梱ステータス",
+    "注文日",
+    "注文時間",
+    "注文者郵便番号１",
+    "注文者名字",
+    "注文者名前",
+    "メールアドレス",
+    "商品ID",
+    "商品名",
+    "商品番号",
+    "商品URL",
+    "単価",
+    "個数",
+    "送料込別",
+    "税込別",
+]
 
 
-def rms_row(number: str, status: str, at: str, total: str, mail: str, item: str, name: str, price: str,
-            quantity: str) -> list[str]:
+def rms_row(
+    number: str, status: str, at: str, total: str, mail: str, item: str, name: str, price: str, quantity: str
+) -> list[str]:
     row = dict.fromkeys(RMS_HEADER, "")
-    row.update({"受注番号": number, "受注ステータス": status, "注文日時": at, "合計": total,
-                "請求金額(-99999=無効値)": total, "合計金額(-99999=無効値)": total, "注文日": at[:10],
-                "注文時間": at[11:], "注文者名字": "山田", "注文者名前": "花子", "メールアドレス": mail,
-                "商品ID": "10000001", "商品名": name, "商品番号": item, "単価": price, "個数": quantity,
-                "コメント": "[配送日時指定:]\n希望なし, 置き配"})
+    row.update(
+        {
+            "受注番号": number,
+            "受注ステータス": status,
+            "注文日時": at,
+            "合計": total,
+            "請求金額(-99999=無効値)": total,
+            "合計金額(-99999=無効値)": total,
+            "注文日": at[:10],
+            "注文時間": at[11:],
+            "注文者名字": "山田",
+            "注文者名前": "花子",
+            "メールアドレス": mail,
+            "商品ID": "10000001",
+            "商品名": name,
+            "商品番号": item,
+            "単価": price,
+            "個数": quantity,
+            "コメント": "[配送日時指定:]\n希望なし, 置き配",
+        }
+    )
     return [row[h] for h in RMS_HEADER]
 
 
@@ -233,14 +319,44 @@ def test_rms_order_csv_with_the_columns_rms_writes(tmp_path, rules):
     import io
 
     mail = "a1b2c3@pc.fw.rakuten.ne.jp"
-    rows = [rms_row("123456-20261101-0000000001", "処理済", "2026-11-01 10:15:00", "6600", mail, "lotion-01",
-                    "化粧水, しっとり", "3300", "2"),
-            rms_row("123456-20261101-0000000001", "処理済", "2026-11-01 10:15:00", "6600", mail, "gift-01",
-                    "おまけ", "0", "1"),
-            rms_row("123456-20261120-0000000003", "キャンセル確定", "2026-11-20 08:00:00", "3300", mail, "lotion-01",
-                    "化粧水", "3300", "1"),
-            rms_row("123456-20261201-0123456789", "新規受付", "2026-12-01 09:30:12", "-99999", mail, "serum-01",
-                    "美容液", "5500", "1")]
+    rows = [
+        rms_row(
+            "123456-20261101-0000000001",
+            "処理済",
+            "2026-11-01 10:15:00",
+            "6600",
+            mail,
+            "lotion-01",
+            "化粧水, しっとり",
+            "3300",
+            "2",
+        ),
+        rms_row(
+            "123456-20261101-0000000001", "処理済", "2026-11-01 10:15:00", "6600", mail, "gift-01", "おまけ", "0", "1"
+        ),
+        rms_row(
+            "123456-20261120-0000000003",
+            "キャンセル確定",
+            "2026-11-20 08:00:00",
+            "3300",
+            mail,
+            "lotion-01",
+            "化粧水",
+            "3300",
+            "1",
+        ),
+        rms_row(
+            "123456-20261201-0123456789",
+            "新規受付",
+            "2026-12-01 09:30:12",
+            "-99999",
+            mail,
+            "serum-01",
+            "美容液",
+            "5500",
+            "1",
+        ),
+    ]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(RMS_HEADER)
@@ -250,8 +366,9 @@ def test_rms_order_csv_with_the_columns_rms_writes(tmp_path, rules):
     links = tmp_path / "links.csv"
     links.write_text(f"customer,friend\n{mail},Uaaaa\n", encoding="utf-8")
     assert invoke("import", "customers", str(links), "--db", str(tmp_path / "l.db"))[0] == 0
-    code, out = invoke("import", "orders", str(path), "--format", "rakuten", "--db", str(tmp_path / "l.db"),
-                       "--rules", str(rules))
+    code, out = invoke(
+        "import", "orders", str(path), "--format", "rakuten", "--db", str(tmp_path / "l.db"), "--rules", str(rules)
+    )
     assert code == 0, out
     # each row's comment holds a line end: the last order's row is the file's line 8
     assert out.splitlines()[1:] == [
@@ -263,4 +380,4 @@ def test_rms_order_csv_with_the_columns_rms_writes(tmp_path, rules):
         "for this order yet (shipping or price not fixed); import it again once it has one",
     ]
     u = friend(tmp_path / "l.db", "Uaaaa")
-    assert (u["orders"], u["total_spent"]) == (1, 6600)      # the cancelled order does not count
+    assert (u["orders"], u["total_spent"]) == (1, 6600)  # the cancelled order does not count

@@ -2,6 +2,7 @@
 point 15): bounds at intake, rule-word event types refused everywhere, hostile headers and
 text, big bodies off the event loop. Through the real aiohttp server on loopback, the real CLI,
 and the real engine on SQLite files."""
+
 from __future__ import annotations
 
 import json
@@ -18,31 +19,44 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 # ----------------------------------------------------------------------------- rule words (8.15)
 
-RULE_WORDS = {"carted": "cart", "purchased": "purchase", "viewed": "view", "followed": "follow",
-              "unfollowed": "unfollow", "blocked": "unfollow", "clicked": "click", "tagged": "tag",
-              "order": "purchase"}
+RULE_WORDS = {
+    "carted": "cart",
+    "purchased": "purchase",
+    "viewed": "view",
+    "followed": "follow",
+    "unfollowed": "unfollow",
+    "blocked": "unfollow",
+    "clicked": "click",
+    "tagged": "tag",
+    "order": "purchase",
+}
 
 
 @pytest.mark.parametrize("word, right", sorted(RULE_WORDS.items()))
 async def test_post_events_refuses_a_rule_word_type_with_the_right_name(make_client, word, right):
     client, runner = await make_client(loops=False)
-    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event(word, "U1")],
-                             headers=AUTH)
+    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event(word, "U1")], headers=AUTH)
     assert resp.status == 400
     answer = await resp.json()
     assert (answer["line"], answer["field"]) == (2, "type")
     assert answer["error"].endswith(f"(did you mean `{right}`?)")
-    assert runner.store.friend("U1") is None   # nothing of the batch is stored
+    assert runner.store.friend("U1") is None  # nothing of the batch is stored
 
 
 def test_simulate_refuses_a_rule_word_type(tmp_path, rules_dir):
     timeline = tmp_path / "t.jsonl"
-    timeline.write_text(json.dumps(shop_event("follow", "U1")) + "\n"
-                        + json.dumps(shop_event("carted", "U1", product="SKU1")) + "\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", str(timeline), "--rules",
-                          str(rules_dir)], capture_output=True, text=True, timeout=60)
+    timeline.write_text(
+        json.dumps(shop_event("follow", "U1")) + "\n" + json.dumps(shop_event("carted", "U1", product="SKU1")) + "\n",
+        encoding="utf-8",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "simulate", str(timeline), "--rules", str(rules_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 1 and run.stdout == ""
-    assert f"{timeline}: line 2: field \"type\": unknown type `carted`" in run.stderr
+    assert f'{timeline}: line 2: field "type": unknown type `carted`' in run.stderr
     assert "(did you mean `cart`?)" in run.stderr and "Traceback" not in run.stderr
 
 
@@ -52,10 +66,9 @@ def test_linerules_test_refuses_a_rule_word_type(tmp_path, rules_dir):
     tests = rules_dir / "tests"
     tests.mkdir()
     (tests / "welcome.yaml").write_text(
-        "name: welcome\n"
-        "events:\n"
-        "  - {type: followed, friend: U1, at: \"2026-11-01T10:00:00+09:00\"}\n"
-        "expect: []\n", encoding="utf-8")
+        'name: welcome\nevents:\n  - {type: followed, friend: U1, at: "2026-11-01T10:00:00+09:00"}\nexpect: []\n',
+        encoding="utf-8",
+    )
     result = CliRunner().invoke(cli, ["test", str(rules_dir)])
     assert result.exit_code == 1
     assert "welcome.yaml:3:" in result.output
@@ -79,14 +92,15 @@ async def raw_request(client, head: bytes, body: bytes = b"") -> tuple[int, byte
     return status, answer.split(b"\r\n\r\n", 1)[1]
 
 
-@pytest.mark.parametrize("value", [b"\xff\xfe", b"Bearer \xe3\x81", b"Bearer shop-token\xff",
-                                   "Bearer シ".encode()])
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"Bearer \xe3\x81", b"Bearer shop-token\xff", "Bearer シ".encode()])
 async def test_a_non_utf8_authorization_header_is_401(make_client, value, caplog):
     client, runner = await make_client(loops=False)
     body = json.dumps(shop_event("follow", "U1")).encode()
     status, answer = await raw_request(
-        client, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Authorization: " + value + b"\r\n", body)
+        client,
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: " + value + b"\r\n",
+        body,
+    )
     assert status == 401 and json.loads(answer) == {"error": "missing or wrong bearer token"}
     assert runner.store.friend("U1") is None
     assert "Traceback" not in caplog.text
@@ -97,8 +111,10 @@ async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):
     client, runner = await make_client(loops=False)
     body = webhook_body(line_event("follow", "U1", event_id="01SIG"))
     status, answer = await raw_request(
-        client, b"POST /callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"x-line-signature: " + value + b"\r\n", body)
+        client,
+        b"POST /callback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-line-signature: " + value + b"\r\n",
+        body,
+    )
     assert status == 401 and json.loads(answer) == {"error": "invalid signature"}
     assert runner.store.friend("U1") is None
     assert "Traceback" not in caplog.text
@@ -106,17 +122,24 @@ async def test_a_non_utf8_signature_header_is_401(make_client, value, caplog):
 
 async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_client):
     client, runner = await make_client(loops=False)
-    events = [line_event("message", "U1", event_id="01A", reply_token="r1",
-                         message={"id": "1", "type": "text", "text": "PLACEHOLDER"}),
-              line_event("follow", "U2", event_id="01B", reply_token="r2"),
-              line_event("postback", "U3", event_id="01C", reply_token="r3", postback={"data": "a=1"})]
+    events = [
+        line_event(
+            "message",
+            "U1",
+            event_id="01A",
+            reply_token="r1",
+            message={"id": "1", "type": "text", "text": "PLACEHOLDER"},
+        ),
+        line_event("follow", "U2", event_id="01B", reply_token="r2"),
+        line_event("postback", "U3", event_id="01C", reply_token="r3", postback={"data": "a=1"}),
+    ]
     # the JSON escape LINE's JSON could carry: a high surrogate without its partner, then a pair
     body = webhook_body(*events).replace(b"PLACEHOLDER", b"\\ud800 ok \\ud83d\\ude00")
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
     rows = runner.store.conn.execute("SELECT friend, type, data FROM events ORDER BY friend").fetchall()
     assert [(r[0], r[1]) for r in rows] == [("U1", "message"), ("U2", "follow"), ("U3", "postback")]
-    assert json.loads(rows[0][2])["text"] == "\ufffd ok \U0001F600"
+    assert json.loads(rows[0][2])["text"] == "\ufffd ok \U0001f600"
 
 
 # ----------------------------------------------------------------------------- big bodies (9.9)
@@ -128,16 +151,34 @@ LATENCY_BOUND = 1.0
 
 
 def big_webhook(n: int) -> bytes:
-    events = [{"type": "follow", "mode": "active", "timestamp": 1762000000000 + i,
-               "source": {"type": "user", "userId": f"U{i:07d}"}, "webhookEventId": f"01BIG{i:07d}",
-               "replyToken": f"r{i}"} for i in range(n)]
+    events = [
+        {
+            "type": "follow",
+            "mode": "active",
+            "timestamp": 1762000000000 + i,
+            "source": {"type": "user", "userId": f"U{i:07d}"},
+            "webhookEventId": f"01BIG{i:07d}",
+            "replyToken": f"r{i}",
+        }
+        for i in range(n)
+    ]
     return json.dumps({"destination": "Ubot", "events": events}, separators=(",", ":")).encode()
 
 
 def big_batch(n: int, *, ids: bool = True) -> bytes:
-    return "\n".join(json.dumps({"type": "view", "friend": f"S{i % 97}", "at": "2026-11-01T10:00Z",
-                                 "product": f"P{i % 100}", **({"id": f"v{i}"} if ids else {})},
-                                separators=(",", ":")) for i in range(n)).encode()
+    return "\n".join(
+        json.dumps(
+            {
+                "type": "view",
+                "friend": f"S{i % 97}",
+                "at": "2026-11-01T10:00Z",
+                "product": f"P{i % 100}",
+                **({"id": f"v{i}"} if ids else {}),
+            },
+            separators=(",", ":"),
+        )
+        for i in range(n)
+    ).encode()
 
 
 @pytest.mark.timing
@@ -158,8 +199,11 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
             await (await client.get("/healthz")).read()
             latencies.append(("healthz", time.perf_counter() - started))
             n += 1
-            small = webhook_body(line_event("message", "U-small", event_id=f"01SMALL{n}",
-                                            message={"id": str(n), "type": "text", "text": "hi"}))
+            small = webhook_body(
+                line_event(
+                    "message", "U-small", event_id=f"01SMALL{n}", message={"id": str(n), "type": "text", "text": "hi"}
+                )
+            )
             started = time.perf_counter()
             resp = await client.post("/callback", data=small, headers={"x-line-signature": sign(small)})
             assert resp.status == 200
@@ -171,7 +215,8 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     started = time.perf_counter()
     big = await asyncio.gather(
         client.post("/callback", data=webhook, headers={"x-line-signature": sign(webhook)}),
-        client.post("/events", data=batch, headers={**AUTH, "Content-Type": "application/x-ndjson"}))
+        client.post("/events", data=batch, headers={**AUTH, "Content-Type": "application/x-ndjson"}),
+    )
     took = time.perf_counter() - started
     done.set()
     await prober
@@ -182,9 +227,10 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     slowest = max(latencies, key=lambda x: x[1])
     for kind in ("healthz", "webhook"):
         values = sorted(v for k, v in latencies if k == kind)
-        print(f"{kind}: p50 {values[len(values) // 2] * 1000:.0f} ms, "
-              f"p99 {values[int(len(values) * 0.99)] * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms")
-    print(f"big bodies took {took:.2f} s; {len(latencies)} probes, slowest {slowest[0]} "
-          f"{slowest[1] * 1000:.0f} ms")
-    assert len(latencies) >= 10            # the probes really ran while the big bodies were handled
+        print(
+            f"{kind}: p50 {values[len(values) // 2] * 1000:.0f} ms, "
+            f"p99 {values[int(len(values) * 0.99)] * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms"
+        )
+    print(f"big bodies took {took:.2f} s; {len(latencies)} probes, slowest {slowest[0]} {slowest[1] * 1000:.0f} ms")
+    assert len(latencies) >= 10  # the probes really ran while the big bodies were handled
     assert slowest[1] < LATENCY_BOUND, slowest

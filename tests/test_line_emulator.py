@@ -1,4 +1,5 @@
 """The LINE emulator answers like LINE: real HTTP on loopback, bodies the SDK would refuse."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,19 +32,31 @@ class Client:
     def __init__(self, emulator: Emulator, session: aiohttp.ClientSession):
         self.emulator, self.session = emulator, session
 
-    async def call(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-                   retry_key: str | None = None, raw: bytes | None = None,
-                   content_type: str = "application/json",
-                   timeout: float = 5.0) -> tuple[int, dict[str, str], Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        retry_key: str | None = None,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = 5.0,
+    ) -> tuple[int, dict[str, str], Any]:
         headers = {"Authorization": f"Bearer {token or self.emulator.access_token}"}
         if retry_key is not None:
             headers["X-Line-Retry-Key"] = retry_key
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         if data is not None:
             headers["Content-Type"] = content_type
-        async with self.session.request(method, self.emulator.base_url + path, data=data,
-                                        headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with self.session.request(
+            method,
+            self.emulator.base_url + path,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
             text = await resp.text()
             return resp.status, dict(resp.headers), json.loads(text) if text else None
 
@@ -61,13 +74,18 @@ async def client(line_emulator: Emulator):
 
 
 def _flex_bubble(size: int) -> dict[str, Any]:
-    return {"type": "bubble", "body": {"type": "box", "layout": "vertical", "contents": [
-        {"type": "text", "text": "x" * size}]}}
+    return {
+        "type": "bubble",
+        "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": "x" * size}]},
+    }
 
 
 def _buttons(**template: Any) -> dict[str, Any]:
-    base = {"type": "buttons", "text": "Pick one",
-            "actions": [{"type": "uri", "label": "Shop", "uri": "https://shop.example/"}]}
+    base = {
+        "type": "buttons",
+        "text": "Pick one",
+        "actions": [{"type": "uri", "label": "Shop", "uri": "https://shop.example/"}],
+    }
     return {"type": "template", "altText": "pick", "template": {**base, **template}}
 
 
@@ -84,9 +102,14 @@ def _column(actions: int = 1, **extra: Any) -> dict[str, Any]:
 
 
 def _quick(items: int, label: str = "ok") -> dict[str, Any]:
-    return {**TEXT, "quickReply": {"items": [
-        {"type": "action", "action": {"type": "message", "label": label, "text": "ok"}}
-        for _ in range(items)]}}
+    return {
+        **TEXT,
+        "quickReply": {
+            "items": [
+                {"type": "action", "action": {"type": "message", "label": label, "text": "ok"}} for _ in range(items)
+            ]
+        },
+    }
 
 
 # (id, messages, property of the single error, words in its message)
@@ -96,57 +119,129 @@ BAD_MESSAGES = [
     ("unknown type", [{"type": "coupon-ish"}], "messages[0].type", "one of the following"),
     ("empty text", [{"type": "text", "text": ""}], "messages[0].text", "empty"),
     ("text 5001 units", [{"type": "text", "text": "x" * 5001}], "messages[0].text", "5000"),
-    ("emoji text over 5000 units", [{"type": "text", "text": "😀" * 2501}],
-     "messages[0].text", "5000"),
+    ("emoji text over 5000 units", [{"type": "text", "text": "😀" * 2501}], "messages[0].text", "5000"),
     ("altText 1501", [{**_buttons(), "altText": "a" * 1501}], "messages[0].altText", "1500"),
     ("buttons text 161", [_buttons(text="b" * 161)], "messages[0].template.text", "160"),
-    ("buttons text 61 with title", [_buttons(text="b" * 61, title="Sale")],
-     "messages[0].template.text", "60"),
-    ("buttons 5 actions", [_buttons(actions=[_uri()] * 5)], "messages[0].template.actions",
-     "between 1 and 4"),
-    ("buttons http thumbnail", [_buttons(thumbnailImageUrl="http://img.example/a.jpg")],
-     "messages[0].template.thumbnailImageUrl", "HTTPS"),
-    ("confirm text 241", [{"type": "template", "altText": "c", "template": {
-        "type": "confirm", "text": "c" * 241, "actions": [_postback(), _postback()]}}],
-     "messages[0].template.text", "240"),
-    ("confirm 3 actions", [{"type": "template", "altText": "c", "template": {
-        "type": "confirm", "text": "ok?", "actions": [_postback()] * 3}}],
-     "messages[0].template.actions", "between 2 and 2"),
-    ("carousel 11 columns", [{"type": "template", "altText": "c", "template": {
-        "type": "carousel", "columns": [_column()] * 11}}],
-     "messages[0].template.columns", "between 1 and 10"),
-    ("carousel uneven actions", [{"type": "template", "altText": "c", "template": {
-        "type": "carousel", "columns": [_column(1), _column(2)]}}],
-     "messages[0].template.columns", "same number of actions"),
-    ("action label 21", [_buttons(actions=[_uri(label="l" * 21)])],
-     "messages[0].template.actions[0].label", "20"),
-    ("uri 1001", [_buttons(actions=[_uri(uri="https://e.example/" + "u" * 983)])],
-     "messages[0].template.actions[0].uri", "1000"),
-    ("postback data 301", [_buttons(actions=[_postback(data="d" * 301)])],
-     "messages[0].template.actions[0].data", "300"),
-    ("image over http", [{"type": "image", "originalContentUrl": "http://img.example/a.jpg",
-                          "previewImageUrl": "https://img.example/p.jpg"}],
-     "messages[0].originalContentUrl", "HTTPS"),
-    ("image url 2001 chars", [{"type": "image", "previewImageUrl": "https://i.example/p.jpg",
-                               "originalContentUrl": "https://i.example/" + "a" * 1983}],
-     "messages[0].originalContentUrl", "2000"),
+    ("buttons text 61 with title", [_buttons(text="b" * 61, title="Sale")], "messages[0].template.text", "60"),
+    ("buttons 5 actions", [_buttons(actions=[_uri()] * 5)], "messages[0].template.actions", "between 1 and 4"),
+    (
+        "buttons http thumbnail",
+        [_buttons(thumbnailImageUrl="http://img.example/a.jpg")],
+        "messages[0].template.thumbnailImageUrl",
+        "HTTPS",
+    ),
+    (
+        "confirm text 241",
+        [
+            {
+                "type": "template",
+                "altText": "c",
+                "template": {"type": "confirm", "text": "c" * 241, "actions": [_postback(), _postback()]},
+            }
+        ],
+        "messages[0].template.text",
+        "240",
+    ),
+    (
+        "confirm 3 actions",
+        [
+            {
+                "type": "template",
+                "altText": "c",
+                "template": {"type": "confirm", "text": "ok?", "actions": [_postback()] * 3},
+            }
+        ],
+        "messages[0].template.actions",
+        "between 2 and 2",
+    ),
+    (
+        "carousel 11 columns",
+        [{"type": "template", "altText": "c", "template": {"type": "carousel", "columns": [_column()] * 11}}],
+        "messages[0].template.columns",
+        "between 1 and 10",
+    ),
+    (
+        "carousel uneven actions",
+        [{"type": "template", "altText": "c", "template": {"type": "carousel", "columns": [_column(1), _column(2)]}}],
+        "messages[0].template.columns",
+        "same number of actions",
+    ),
+    ("action label 21", [_buttons(actions=[_uri(label="l" * 21)])], "messages[0].template.actions[0].label", "20"),
+    (
+        "uri 1001",
+        [_buttons(actions=[_uri(uri="https://e.example/" + "u" * 983)])],
+        "messages[0].template.actions[0].uri",
+        "1000",
+    ),
+    (
+        "postback data 301",
+        [_buttons(actions=[_postback(data="d" * 301)])],
+        "messages[0].template.actions[0].data",
+        "300",
+    ),
+    (
+        "image over http",
+        [
+            {
+                "type": "image",
+                "originalContentUrl": "http://img.example/a.jpg",
+                "previewImageUrl": "https://img.example/p.jpg",
+            }
+        ],
+        "messages[0].originalContentUrl",
+        "HTTPS",
+    ),
+    (
+        "image url 2001 chars",
+        [
+            {
+                "type": "image",
+                "previewImageUrl": "https://i.example/p.jpg",
+                "originalContentUrl": "https://i.example/" + "a" * 1983,
+            }
+        ],
+        "messages[0].originalContentUrl",
+        "2000",
+    ),
     ("quick reply 14 items", [_quick(14)], "messages[0].quickReply.items", "between 1 and 13"),
-    ("quick reply label 21", [_quick(1, label="q" * 21)],
-     "messages[0].quickReply.items[0].action.label", "20"),
-    ("flex bubble over 30 KB", [{"type": "flex", "altText": "f", "contents": _flex_bubble(31_000)}],
-     "messages[0].contents", "30 KB"),
-    ("flex carousel 13 bubbles", [{"type": "flex", "altText": "f", "contents": {
-        "type": "carousel", "contents": [_flex_bubble(5)] * 13}}],
-     "messages[0].contents.contents", "between 1 and 12"),
-    ("flex action label 41", [{"type": "flex", "altText": "f", "contents": {
-        "type": "bubble", "footer": {"type": "box", "layout": "vertical", "contents": [
-            {"type": "button", "action": _uri(label="f" * 41)}]}}}],
-     "messages[0].contents.footer.contents[0].action.label", "40"),
+    ("quick reply label 21", [_quick(1, label="q" * 21)], "messages[0].quickReply.items[0].action.label", "20"),
+    (
+        "flex bubble over 30 KB",
+        [{"type": "flex", "altText": "f", "contents": _flex_bubble(31_000)}],
+        "messages[0].contents",
+        "30 KB",
+    ),
+    (
+        "flex carousel 13 bubbles",
+        [{"type": "flex", "altText": "f", "contents": {"type": "carousel", "contents": [_flex_bubble(5)] * 13}}],
+        "messages[0].contents.contents",
+        "between 1 and 12",
+    ),
+    (
+        "flex action label 41",
+        [
+            {
+                "type": "flex",
+                "altText": "f",
+                "contents": {
+                    "type": "bubble",
+                    "footer": {
+                        "type": "box",
+                        "layout": "vertical",
+                        "contents": [{"type": "button", "action": _uri(label="f" * 41)}],
+                    },
+                },
+            }
+        ],
+        "messages[0].contents.footer.contents[0].action.label",
+        "40",
+    ),
 ]
 
 
-@pytest.mark.parametrize("messages,prop,words", [case[1:] for case in BAD_MESSAGES],
-                         ids=[case[0] for case in BAD_MESSAGES])
+@pytest.mark.parametrize(
+    "messages,prop,words", [case[1:] for case in BAD_MESSAGES], ids=[case[0] for case in BAD_MESSAGES]
+)
 async def test_each_message_limit_answers_400_with_details(client, messages, prop, words):
     status, headers, body = await client.push(messages)
     assert status == 400
@@ -159,14 +254,22 @@ async def test_each_message_limit_answers_400_with_details(client, messages, pro
 
 async def test_messages_at_the_limits_are_accepted(client):
     at_limit = [
-        {"type": "text", "text": "😀" * 2500},                  # exactly 5000 UTF-16 units
+        {"type": "text", "text": "😀" * 2500},  # exactly 5000 UTF-16 units
         _buttons(text="b" * 160, actions=[_uri(label="l" * 20)] * 4),
-        {"type": "template", "altText": "a" * 1500, "template": {
-            "type": "carousel", "columns": [_column(3)] * 10}},
+        {"type": "template", "altText": "a" * 1500, "template": {"type": "carousel", "columns": [_column(3)] * 10}},
         _quick(13, label="q" * 20),
-        {"type": "flex", "altText": "f", "contents": {"type": "bubble", "footer": {
-            "type": "box", "layout": "vertical", "contents": [
-                {"type": "button", "action": _uri(label="f" * 40)}]}}},
+        {
+            "type": "flex",
+            "altText": "f",
+            "contents": {
+                "type": "bubble",
+                "footer": {
+                    "type": "box",
+                    "layout": "vertical",
+                    "contents": [{"type": "button", "action": _uri(label="f" * 40)}],
+                },
+            },
+        },
     ]
     assert utf16_len(at_limit[0]["text"]) == 5000
     status, _, body = await client.push(at_limit)
@@ -176,14 +279,13 @@ async def test_messages_at_the_limits_are_accepted(client):
 
 
 async def test_push_delivers_and_names_the_request(client):
-    status, headers, body = await client.push([TEXT, {"type": "sticker", "packageId": "446",
-                                                      "stickerId": "1988"}])
+    status, headers, body = await client.push([TEXT, {"type": "sticker", "packageId": "446", "stickerId": "1988"}])
     assert status == 200
     [delivery] = client.emulator.delivered
     assert delivery.user_id == "U1" and delivery.endpoint == "push"
     assert delivery.request_id == headers["x-line-request-id"]
     assert [m["id"] for m in body["sentMessages"]] == sorted({m["id"] for m in body["sentMessages"]})
-    assert client.emulator.usage == 1          # one recipient, however many objects
+    assert client.emulator.usage == 1  # one recipient, however many objects
 
 
 async def test_missing_or_wrong_token_is_401(client):
@@ -194,20 +296,20 @@ async def test_missing_or_wrong_token_is_401(client):
 
 
 async def test_multicast_limits_and_unknown_or_blocked_users(client):
-    status, _, body = await client.call("POST", "/v2/bot/message/multicast",
-                                        {"to": [f"U{i}" for i in range(501)], "messages": [TEXT]})
-    assert status == 400 and body["details"] == [
-        {"message": "Size must be between 1 and 500", "property": "to"}]
-    status, _, body = await client.call("POST", "/v2/bot/message/multicast",
-                                        {"to": ["U1", "U2", "UB", "Unobody"], "messages": [TEXT]})
+    status, _, body = await client.call(
+        "POST", "/v2/bot/message/multicast", {"to": [f"U{i}" for i in range(501)], "messages": [TEXT]}
+    )
+    assert status == 400 and body["details"] == [{"message": "Size must be between 1 and 500", "property": "to"}]
+    status, _, body = await client.call(
+        "POST", "/v2/bot/message/multicast", {"to": ["U1", "U2", "UB", "Unobody"], "messages": [TEXT]}
+    )
     assert (status, body) == (200, {})
     assert sorted(d.user_id for d in client.emulator.delivered) == ["U1", "U2"]
     assert sorted(d.user_id for d in client.emulator.undelivered) == ["UB", "Unobody"]
-    assert client.emulator.usage == 2          # blocked and unknown users are not billed
+    assert client.emulator.usage == 2  # blocked and unknown users are not billed
     assert client.emulator.requests_to("multicast", 200)[0].json()["to"][2] == "UB"
     client.emulator.block("U2")
-    assert (await client.call("POST", "/v2/bot/message/multicast",
-                              {"to": ["U1", "U2"], "messages": [TEXT]}))[0] == 200
+    assert (await client.call("POST", "/v2/bot/message/multicast", {"to": ["U1", "U2"], "messages": [TEXT]}))[0] == 200
     assert client.emulator.inbox("U2") == [TEXT] and client.emulator.usage == 3
 
 
@@ -221,8 +323,9 @@ async def test_body_over_2_mb_is_413(client):
 async def test_bad_json_and_content_type(client):
     status, _, body = await client.call("POST", "/v2/bot/message/push", raw=b'{"to": "U1",')
     assert status == 400 and "could not be parsed as JSON" in body["message"]
-    status, _, body = await client.call("POST", "/v2/bot/message/push", raw=b"to=U1",
-                                        content_type="application/x-www-form-urlencoded")
+    status, _, body = await client.call(
+        "POST", "/v2/bot/message/push", raw=b"to=U1", content_type="application/x-www-form-urlencoded"
+    )
     assert status == 415
 
 
@@ -240,8 +343,7 @@ async def test_reused_retry_key_answers_409_and_does_not_deliver_again(client):
     assert status == 409
     assert headers["x-line-accepted-request-id"] == first["x-line-request-id"]
     assert headers["x-line-request-id"] != first["x-line-request-id"]
-    assert body == {"message": "The retry key is already accepted",
-                    "sentMessages": sent["sentMessages"]}
+    assert body == {"message": "The retry key is already accepted", "sentMessages": sent["sentMessages"]}
     assert len(client.emulator.delivered) == 1 and client.emulator.usage == 1
 
 
@@ -254,22 +356,22 @@ async def test_retry_key_of_a_rejected_request_is_not_used_up(client):
 async def test_reply_rejects_a_retry_key_and_tokens_are_single_use(client):
     token = client.emulator.issue_reply_token("U2")
     body = {"replyToken": token, "messages": [TEXT]}
-    status, _, answer = await client.call("POST", "/v2/bot/message/reply", body,
-                                          retry_key=str(uuid.uuid4()))
+    status, _, answer = await client.call("POST", "/v2/bot/message/reply", body, retry_key=str(uuid.uuid4()))
     assert status == 400 and "X-Line-Retry-Key" in answer["message"]
     status, _, answer = await client.call("POST", "/v2/bot/message/reply", body)
     assert status == 200 and len(answer["sentMessages"]) == 1
     status, _, answer = await client.call("POST", "/v2/bot/message/reply", body)
     assert (status, answer) == (400, {"message": INVALID_REPLY_TOKEN_MESSAGE})
     assert client.emulator.inbox("U2") == [TEXT]
-    assert client.emulator.usage == 0          # replies are free
+    assert client.emulator.usage == 0  # replies are free
 
 
 async def test_expired_and_unknown_reply_tokens_are_invalid(client):
     expired = client.emulator.issue_reply_token("U1", ttl=-1)
     for token in (expired, "0" * 32):
-        status, _, answer = await client.call("POST", "/v2/bot/message/reply",
-                                              {"replyToken": token, "messages": [TEXT]})
+        status, _, answer = await client.call(
+            "POST", "/v2/bot/message/reply", {"replyToken": token, "messages": [TEXT]}
+        )
         assert (status, answer) == (400, {"message": INVALID_REPLY_TOKEN_MESSAGE})
     assert client.emulator.delivered == []
 
@@ -283,7 +385,8 @@ async def test_reply_token_ttl_is_configurable():
         await asyncio.sleep(0.1)
         async with aiohttp.ClientSession() as session:
             status, _, answer = await Client(emulator, session).call(
-                "POST", "/v2/bot/message/reply", {"replyToken": token, "messages": [TEXT]})
+                "POST", "/v2/bot/message/reply", {"replyToken": token, "messages": [TEXT]}
+            )
         assert (status, answer) == (400, {"message": INVALID_REPLY_TOKEN_MESSAGE})
     finally:
         await emulator.stop()
@@ -295,7 +398,7 @@ async def test_monthly_quota_and_the_quota_endpoints(client):
         assert (await client.push([TEXT], to=user))[0] == 200
     status, _, body = await client.push([TEXT], to="U1")
     assert (status, body) == (429, {"message": MONTHLY_LIMIT_MESSAGE})
-    assert (await client.push([TEXT], to="UB"))[0] == 200     # not billed: fits
+    assert (await client.push([TEXT], to="UB"))[0] == 200  # not billed: fits
     status, _, quota = await client.call("GET", "/v2/bot/message/quota")
     assert (status, quota) == (200, {"type": "limited", "value": 2})
     status, _, used = await client.call("GET", "/v2/bot/message/quota/consumption")
@@ -313,7 +416,7 @@ async def test_rate_limit_answers_429_at_a_small_rate(client):
     assert {a[2]["message"] for a in answers if a[0] == 429} == {RATE_LIMIT_MESSAGE}
     # other endpoints keep their own buckets
     assert (await client.call("GET", "/v2/bot/profile/U1"))[0] == 200
-    await asyncio.sleep(0.55)                 # refills at 2/s: one more token
+    await asyncio.sleep(0.55)  # refills at 2/s: one more token
     assert (await client.push([TEXT]))[0] == 200
 
 
@@ -321,8 +424,7 @@ async def test_injected_statuses_answer_without_processing(client):
     client.emulator.inject("/v2/bot/message/push", status=503, count=2)
     client.emulator.inject("multicast", status=429, headers={"Retry-After": "1"})
     assert [(await client.push([TEXT]))[0] for _ in range(3)] == [503, 503, 200]
-    status, headers, body = await client.call("POST", "/v2/bot/message/multicast",
-                                              {"to": ["U1"], "messages": [TEXT]})
+    status, headers, body = await client.call("POST", "/v2/bot/message/multicast", {"to": ["U1"], "messages": [TEXT]})
     assert (status, headers["Retry-After"], body) == (429, "1", {"message": RATE_LIMIT_MESSAGE})
     assert len(client.emulator.delivered) == 1
     assert [r.note for r in client.emulator.requests_to("push")] == ["fault", "fault", ""]
@@ -332,7 +434,7 @@ async def test_injected_timeout_hangs_then_drops_without_delivering(client):
     client.emulator.inject_timeout("push", delay=0.3)
     with pytest.raises(asyncio.TimeoutError):
         await client.push([TEXT], timeout=0.1)
-    await asyncio.sleep(0.3)                  # the hang is over: still nothing delivered
+    await asyncio.sleep(0.3)  # the hang is over: still nothing delivered
     assert client.emulator.delivered == []
     assert client.emulator.requests_to("push")[0].note == "timeout"
 
@@ -364,11 +466,13 @@ async def test_rich_menu_link_unlink_and_bulk_link(client):
     assert client.emulator.rich_menu_links == {"U1": menu}
     assert (await client.call("DELETE", "/v2/bot/user/U1/richmenu"))[0] == 200
     assert client.emulator.rich_menu_links == {}
-    status, _, _ = await client.call("POST", "/v2/bot/richmenu/bulk/link",
-                                     {"richMenuId": menu, "userIds": ["U1", "U2"]})
+    status, _, _ = await client.call(
+        "POST", "/v2/bot/richmenu/bulk/link", {"richMenuId": menu, "userIds": ["U1", "U2"]}
+    )
     assert status == 202 and client.emulator.rich_menu_links == {"U1": menu, "U2": menu}
-    status, _, body = await client.call("POST", "/v2/bot/richmenu/bulk/link",
-                                        {"richMenuId": menu, "userIds": ["U"] * 501})
+    status, _, body = await client.call(
+        "POST", "/v2/bot/richmenu/bulk/link", {"richMenuId": menu, "userIds": ["U"] * 501}
+    )
     assert status == 400 and body["details"][0]["property"] == "userIds"
 
 
@@ -383,8 +487,9 @@ async def test_validate_endpoints_check_without_sending(client):
 
 
 async def test_broadcast_and_narrowcast_reach_every_friend(client):
-    status, _, _ = await client.call("POST", "/v2/bot/message/broadcast", {"messages": [TEXT]},
-                                     retry_key=str(uuid.uuid4()))
+    status, _, _ = await client.call(
+        "POST", "/v2/bot/message/broadcast", {"messages": [TEXT]}, retry_key=str(uuid.uuid4())
+    )
     assert status == 200
     status, _, _ = await client.call("POST", "/v2/bot/message/narrowcast", {"messages": [TEXT]})
     assert status == 202
@@ -396,9 +501,11 @@ def test_thread_runner_serves_synchronous_callers():
     with run_in_thread(access_token="sync-token") as emulator:
         emulator.add_user("U1", "Hanako")
         request = urllib.request.Request(
-            emulator.base_url + "/v2/bot/message/push", method="POST",
+            emulator.base_url + "/v2/bot/message/push",
+            method="POST",
             data=json.dumps({"to": "U1", "messages": [TEXT]}).encode(),
-            headers={"Authorization": "Bearer sync-token", "Content-Type": "application/json"})
+            headers={"Authorization": "Bearer sync-token", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 200 and resp.headers["x-line-request-id"]
         assert emulator.inbox("U1") == [TEXT]
@@ -409,20 +516,34 @@ def test_standalone_server_runs_from_the_command_line():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "engine.testing.line_emulator", "--port", str(port),
-                             "--user", "U1=Hanako", "--quota", "7"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.testing.line_emulator",
+            "--port",
+            str(port),
+            "--user",
+            "U1=Hanako",
+            "--quota",
+            "7",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v2/bot/message/quota",
-            headers={"Authorization": "Bearer emulator-token"})
+            f"http://127.0.0.1:{port}/v2/bot/message/quota", headers={"Authorization": "Bearer emulator-token"}
+        )
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert json.load(resp) == {"type": "limited", "value": 7}
+
         def admin(path: str, body: dict[str, str] | None = None) -> Any:
             data = json.dumps(body).encode() if body is not None else None
-            with urllib.request.urlopen(urllib.request.Request(
-                    f"http://127.0.0.1:{port}/_emulator/{path}", data=data), timeout=5) as resp:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}/_emulator/{path}", data=data), timeout=5
+            ) as resp:
                 return json.load(resp)
 
         assert admin("users", {"userId": "U2", "displayName": "Taro"}) == {"userId": "U2"}
@@ -431,9 +552,11 @@ def test_standalone_server_runs_from_the_command_line():
         assert bad.value.code == 400
         token = admin("reply_tokens", {"userId": "U2"})["replyToken"]
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v2/bot/message/reply", method="POST",
+            f"http://127.0.0.1:{port}/v2/bot/message/reply",
+            method="POST",
             data=json.dumps({"replyToken": token, "messages": [TEXT]}).encode(),
-            headers={"Authorization": "Bearer emulator-token", "Content-Type": "application/json"})
+            headers={"Authorization": "Bearer emulator-token", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 200
         stats = admin("stats")

@@ -1,5 +1,6 @@
 """``linerules migrate-db``: a database the engine wrote, with friends in flight, copied into a
 real PostgreSQL — every table row by row, nothing twice on a second run, resumable, verified."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ OWN_META = ("schema_version", "migrate_db.source")
 
 def linerules(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, LINERULES_LANG="en")
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], check=False, capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def timeline(friends: int = 40) -> list[dict]:
@@ -38,27 +46,58 @@ def timeline(friends: int = 40) -> list[dict]:
         if source:
             follow["source"] = source
         out.append(follow)
-        out.append({"type": "attributes", "friend": f, "at": f"2026-11-{day}T{9 + i % 12:02d}:{i % 60:02d}:30+09:00",
-                    "set": {"display_name": f"友だち{i}", "gender": "fm"[i % 2]}})
+        out.append(
+            {
+                "type": "attributes",
+                "friend": f,
+                "at": f"2026-11-{day}T{9 + i % 12:02d}:{i % 60:02d}:30+09:00",
+                "set": {"display_name": f"友だち{i}", "gender": "fm"[i % 2]},
+            }
+        )
         if i % 2 == 0:
             out.append({"type": "cart", "friend": f, "at": f"2026-11-{day}T22:00:00+09:00", "product": f"SKU{i % 7}"})
         if i % 3 == 0:
-            out.append({"type": "purchase", "friend": f, "at": f"2026-11-{day + 1}T12:00:00+09:00",
-                        "order_id": f"A-{i}", "amount": 1000 + i * 10.5,
-                        "items": [{"product": f"SKU{i % 7}", "category": "cosmetics", "price": 1000 + i * 10.5,
-                                   "quantity": 1}]})
-            out.append({"type": "shipped", "friend": f, "at": f"2026-11-{day + 2}T15:00:00+09:00", "order_id": f"A-{i}"})
+            out.append(
+                {
+                    "type": "purchase",
+                    "friend": f,
+                    "at": f"2026-11-{day + 1}T12:00:00+09:00",
+                    "order_id": f"A-{i}",
+                    "amount": 1000 + i * 10.5,
+                    "items": [
+                        {"product": f"SKU{i % 7}", "category": "cosmetics", "price": 1000 + i * 10.5, "quantity": 1}
+                    ],
+                }
+            )
+            out.append(
+                {"type": "shipped", "friend": f, "at": f"2026-11-{day + 2}T15:00:00+09:00", "order_id": f"A-{i}"}
+            )
         if i % 4 == 0:
             out.append({"type": "message", "friend": f, "at": f"2026-11-{day}T20:00:00+09:00", "text": "クーポン"})
-            out.append({"type": "tag", "friend": f, "at": f"2026-11-{day}T20:01:00+09:00", "add": ["vip", f"t{i % 3}"],
-                        "remove": []})
+            out.append(
+                {
+                    "type": "tag",
+                    "friend": f,
+                    "at": f"2026-11-{day}T20:01:00+09:00",
+                    "add": ["vip", f"t{i % 3}"],
+                    "remove": [],
+                }
+            )
         if i % 5 == 0:
             out.append({"type": "identify", "friend": f, "at": f"2026-11-{day}T20:05:00+09:00", "customer": f"C-{i}"})
         if i % 9 == 0:
             out.append({"type": "unfollow", "friend": f, "at": f"2026-11-{day + 3}T08:00:00+09:00"})
     # an order of a customer nobody is linked to yet: kept for the link
-    out.append({"type": "purchase", "customer": "C-unlinked", "at": "2026-11-24T10:00:00+09:00",
-                "order_id": "B-1", "amount": 3000, "items": []})
+    out.append(
+        {
+            "type": "purchase",
+            "customer": "C-unlinked",
+            "at": "2026-11-24T10:00:00+09:00",
+            "order_id": "B-1",
+            "amount": 3000,
+            "items": [],
+        }
+    )
     return sorted(out, key=lambda e: e["at"])
 
 
@@ -70,10 +109,19 @@ def engine_db(tmp_path_factory) -> Path:
     events = folder / "events.jsonl"
     events.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in timeline()), encoding="utf-8")
     db = folder / "linerules.db"
-    run = linerules("simulate", str(events), "--rules", str(ROOT / "rules"), "--until",
-                    "2026-11-24T23:30:00+09:00", "--db", str(db), cwd=folder)
+    run = linerules(
+        "simulate",
+        str(events),
+        "--rules",
+        str(ROOT / "rules"),
+        "--until",
+        "2026-11-24T23:30:00+09:00",
+        "--db",
+        str(db),
+        cwd=folder,
+    )
     assert run.returncode == 0, run.stderr
-    assert run.stdout.count("\n") > 20            # the engine sent things
+    assert run.stdout.count("\n") > 20  # the engine sent things
     # what only the runner writes: a tracked link, an account-link nonce, a lease (expired: the
     # runner has stopped)
     from engine.runtime import identity
@@ -94,8 +142,10 @@ def _key(conn, table: str) -> list[str]:
 def sqlite_rows(path: Path) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(path)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                             "AND name NOT LIKE 'sqlite_%'")]
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        ]
         out = {}
         for t in tables:
             where = f" WHERE key NOT IN {OWN_META}" if t == "meta" else ""
@@ -135,12 +185,15 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
     source = sqlite_rows(engine_db)
     # the database has friends in flight, links, kept events, history: a real one
     assert len(source["friends"]) == 40 and source["tags"] and source["customer_links"] and source["orders"]
-    enrollments = sqlite3.connect(engine_db).execute(
-        "SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')").fetchone()[0]
+    enrollments = (
+        sqlite3.connect(engine_db)
+        .execute("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')")
+        .fetchone()[0]
+    )
     assert enrollments > 5
-    assert any(r[3] == "" for r in source["events"])                 # kept for a customer not linked yet
+    assert any(r[3] == "" for r in source["events"])  # kept for a customer not linked yet
     assert source["deliveries"] and source["outbox"] and source["activity"]
-    assert [t for t, rows in source.items() if not rows] == []      # every table has rows to copy
+    assert [t for t, rows in source.items() if not rows] == []  # every table has rows to copy
 
     run = linerules("migrate-db", str(engine_db), pg_url, "--batch", "7", cwd=tmp_path)
     assert run.returncode == 0, run.stderr + run.stdout
@@ -159,11 +212,15 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
 
     # new rows get ids past the copied ones (the identities were moved)
     with psycopg.connect(pg_url) as conn:
-        seq = conn.execute("INSERT INTO events(type, friend, at, data, received_at) VALUES "
-                           "('follow', 'U9999', 1, '{}', 1) RETURNING seq").fetchone()[0]
-        outbox = conn.execute("INSERT INTO outbox(kind, recipients, payload, messages, retry_key, not_before, "
-                              "status, created_at) VALUES ('push', '[]', '{}', '[]', 'k-new', 1, 'pending', 1) "
-                              "RETURNING id").fetchone()[0]
+        seq = conn.execute(
+            "INSERT INTO events(type, friend, at, data, received_at) VALUES "
+            "('follow', 'U9999', 1, '{}', 1) RETURNING seq"
+        ).fetchone()[0]
+        outbox = conn.execute(
+            "INSERT INTO outbox(kind, recipients, payload, messages, retry_key, not_before, "
+            "status, created_at) VALUES ('push', '[]', '{}', '[]', 'k-new', 1, 'pending', 1) "
+            "RETURNING id"
+        ).fetchone()[0]
     assert seq == max(r[0] for r in source["events"]) + 1
     assert outbox == max(r[0] for r in source["outbox"]) + 1
 
@@ -172,7 +229,7 @@ def test_an_interrupted_copy_is_finished_by_running_it_again(engine_db, pg_url, 
     source = sqlite_rows(engine_db)
     assert linerules("migrate-db", str(engine_db), pg_url, cwd=tmp_path).returncode == 0
     middle = source["events"][len(source["events"]) // 2][0]
-    with psycopg.connect(pg_url) as conn:       # as if it had stopped part-way through
+    with psycopg.connect(pg_url) as conn:  # as if it had stopped part-way through
         lost = conn.execute("DELETE FROM events WHERE seq > %s", (middle,)).rowcount
         conn.execute("DELETE FROM enrollments")
         conn.execute("DELETE FROM tags WHERE friend > 'U0010'")
@@ -212,7 +269,7 @@ def test_a_copy_of_a_file_that_changed_since_is_refused_then_refreshed(engine_db
     conn = sqlite3.connect(changed)
     enrollment = conn.execute("SELECT id FROM enrollments WHERE state = 'waiting' ORDER BY id LIMIT 1").fetchone()[0]
     conn.execute("UPDATE enrollments SET state = 'done', finished_at = 1 WHERE id = ?", (enrollment,))
-    conn.execute("UPDATE friends SET attributes = '{\"gender\":\"f\",\"vip\":true}' WHERE id = 'U0003'")
+    conn.execute('UPDATE friends SET attributes = \'{"gender":"f","vip":true}\' WHERE id = \'U0003\'')
     gone = conn.execute("SELECT id FROM intents ORDER BY id LIMIT 1").fetchone()[0]
     conn.execute("DELETE FROM intents WHERE id = ?", (gone,))
     conn.execute("INSERT INTO friends(id, created_at) VALUES ('U-new', 5)")
@@ -223,11 +280,14 @@ def test_a_copy_of_a_file_that_changed_since_is_refused_then_refreshed(engine_db
     assert counts_line(run.stdout, "enrollments")[3:6] == ["0", "1", "0"]
     assert counts_line(run.stdout, "friends")[3:6] == ["1", "1", "0"]
     assert counts_line(run.stdout, "intents")[3:6] == ["0", "0", "1"]
-    assert "2 rows differ from SQLite's and 1 rows are only in PostgreSQL (tables friends, enrollments, intents)" \
+    assert (
+        "2 rows differ from SQLite's and 1 rows are only in PostgreSQL (tables friends, enrollments, intents)"
         in run.stdout
+    )
     after = pg_rows(pg_url, sqlite_rows(changed), changed)
     assert [r for r in after["enrollments"] if r[0] == enrollment] == [
-        r for r in before["enrollments"] if r[0] == enrollment]          # nothing overwritten unasked
+        r for r in before["enrollments"] if r[0] == enrollment
+    ]  # nothing overwritten unasked
     run = linerules("migrate-db", str(changed), pg_url, "--refresh", cwd=tmp_path)
     assert run.returncode == 0, run.stdout
     assert "new updated deleted" in " ".join(run.stdout.split())
@@ -246,23 +306,26 @@ def test_files_that_are_not_linerules_databases_are_refused(pg_url, tmp_path):
     conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
     conn.commit()
     conn.close()
-    for path, says in ((text, "is not a linerules database (not an SQLite file)"),
-                       (other, "is not a linerules database (an SQLite file without linerules' tables)"),
-                       (tmp_path / "missing.db", "no such file")):
+    for path, says in (
+        (text, "is not a linerules database (not an SQLite file)"),
+        (other, "is not a linerules database (an SQLite file without linerules' tables)"),
+        (tmp_path / "missing.db", "no such file"),
+    ):
         run = linerules("migrate-db", str(path), pg_url, cwd=tmp_path)
         assert run.returncode == 1
         assert run.stderr.startswith("error: ") and says in run.stderr and "Traceback" not in run.stderr
     run = linerules("migrate-db", str(tmp_path), pg_url, cwd=tmp_path)
     assert run.returncode == 2 and "is a directory" in run.stderr and "Traceback" not in run.stderr
-    with psycopg.connect(pg_url) as conn:           # nothing was created for them
+    with psycopg.connect(pg_url) as conn:  # nothing was created for them
         assert conn.execute("SELECT to_regclass('friends')").fetchone()[0] is None
 
 
 def test_bad_targets_are_refused_cleanly(engine_db, pg_server, pg_url, tmp_path):
     run = linerules("migrate-db", str(engine_db), "mysql://x@localhost/db", cwd=tmp_path)
     assert run.returncode == 1 and "is not a PostgreSQL URL" in run.stderr
-    run = linerules("migrate-db", str(engine_db), "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=2",
-                    cwd=tmp_path)
+    run = linerules(
+        "migrate-db", str(engine_db), "postgresql://u:s3cret@127.0.0.1:1/db?connect_timeout=2", cwd=tmp_path
+    )
     assert run.returncode == 1 and "cannot connect to postgresql://u:***@127.0.0.1:1/db" in run.stderr
     assert "s3cret" not in run.stderr and "Traceback" not in run.stderr
     # a schema with tables of something else
@@ -298,12 +361,18 @@ def test_a_database_a_runner_still_uses_is_refused(engine_db, pg_url, tmp_path):
 
 def test_the_runner_says_plainly_that_it_does_not_run_on_postgresql_yet(pg_url, tmp_path):
     env = dict(os.environ, LINERULES_LANG="en", LINERULES_DB=pg_url)
-    run = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--rules", str(ROOT / "rules"),
-                          "--listen", "127.0.0.1:0"], check=False, capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--rules", str(ROOT / "rules"), "--listen", "127.0.0.1:0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
     assert run.returncode == 1
     assert "the engine does not run on PostgreSQL yet" in run.stderr and "linerules migrate-db" in run.stderr
-    assert not list(tmp_path.iterdir())            # no stray SQLite file named like the URL
+    assert not list(tmp_path.iterdir())  # no stray SQLite file named like the URL
 
 
 def test_an_older_database_is_brought_up_to_date_then_copied(pg_url, tmp_path):
@@ -330,14 +399,14 @@ def test_a_row_postgresql_cannot_hold_stops_the_copy_cleanly_and_the_rest_follow
     store = Store(str(db))
     with store.transaction() as c:
         c.executemany("INSERT INTO friends(id, created_at) VALUES (?, ?)", [(f"U{i:03d}", i) for i in range(30)])
-        c.execute("UPDATE friends SET followed_at = 'yesterday' WHERE id = 'U017'")   # SQLite keeps any type
+        c.execute("UPDATE friends SET followed_at = 'yesterday' WHERE id = 'U017'")  # SQLite keeps any type
     store.close()
     run = linerules("migrate-db", str(db), pg_url, "--batch", "10", cwd=tmp_path)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("error: table friends: rows after ['id'] = ('U009',) could not be copied")
     assert "run migrate-db again once fixed" in run.stderr
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM friends").fetchone()[0] == 10      # the batches before stay
+        assert conn.execute("SELECT COUNT(*) FROM friends").fetchone()[0] == 10  # the batches before stay
     fix = sqlite3.connect(db)
     fix.execute("UPDATE friends SET followed_at = NULL WHERE id = 'U017'")
     fix.commit()

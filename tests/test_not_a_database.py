@@ -1,5 +1,6 @@
 """A ``--db`` that is not a linerules database: every command says so in one line, exits 1 and
 leaves the file exactly as it was (the store's one test, :func:`engine.runtime.store.database_version`)."""
+
 from __future__ import annotations
 
 import json
@@ -105,14 +106,14 @@ def test_the_message_is_translated(folder, tmp_path):
 
 def test_a_linerules_database_is_recognised_and_replaced_by_simulate(folder, tmp_path):
     db = tmp_path / "forecast.db"
-    assert database_version(str(db)) is None            # nothing there yet
+    assert database_version(str(db)) is None  # nothing there yet
     args = ["simulate", str(tmp_path / "timeline.jsonl"), "--rules", str(folder), "--db", str(db)]
     first = invoke(args)
     assert first.exit_code == 0, first.output
     version = database_version(str(db))
     assert version is not None and version >= 1
     again = invoke(args)
-    assert again.exit_code == 0 and again.output == first.output    # replaced, not added to
+    assert again.exit_code == 0 and again.output == first.output  # replaced, not added to
     report = invoke(["report", "--db", str(db), "--rules", str(folder), "--format", "json"])
     assert report.exit_code == 0, report.output
     assert [(r["rule"], r["pushes"]) for r in json.loads(report.output)["rules"]] == [("welcome", 1)]
@@ -125,13 +126,13 @@ def test_an_empty_file_becomes_a_database_but_is_not_one_yet(tmp_path):
         database_version(str(empty))
     with pytest.raises(NotLinerulesDatabase):
         Store(str(empty), read_only=True)
-    Store(str(empty)).close()                          # the runner may start on an empty file
+    Store(str(empty)).close()  # the runner may start on an empty file
     assert database_version(str(empty)) >= 1
 
 
 def test_a_first_start_stopped_before_the_first_migration_starts_again(tmp_path):
     db = tmp_path / "linerules.db"
-    conn = sqlite3.connect(db)      # what the first start has written before migration 1
+    conn = sqlite3.connect(db)  # what the first start has written before migration 1
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
     conn.commit()
     conn.close()

@@ -3,6 +3,7 @@
 Random text, mutations of the sample rules (characters and whole tokens inserted, deleted,
 replaced) and random YAML beside them all go through ``load_project`` on a real folder.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,13 +19,35 @@ from engine.language.project import compile_source, load_project
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "rules").glob("*.rule"))}
-YAML = {n: (ROOT / "rules" / n).read_text(encoding="utf-8")
-        for n in ("messages.yaml", "settings.yaml", "sale_calendar.yaml")}
+YAML = {
+    n: (ROOT / "rules" / n).read_text(encoding="utf-8")
+    for n in ("messages.yaml", "settings.yaml", "sale_calendar.yaml")
+}
 TOKEN = re.compile(r'"[^"\n]*"|#[^\n]*|\S+')
-PIECES = sorted(keywords()) + ["=", ",", "(", ")", ":", "%", "-", '"', "\n", "1d", "12:00",
-                               "50%", "0d", "25:00", "coupon15", "vip", "購入済み", "＝", "#"]
-FAST = settings(max_examples=80, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PIECES = sorted(keywords()) + [
+    "=",
+    ",",
+    "(",
+    ")",
+    ":",
+    "%",
+    "-",
+    '"',
+    "\n",
+    "1d",
+    "12:00",
+    "50%",
+    "0d",
+    "25:00",
+    "coupon15",
+    "vip",
+    "購入済み",
+    "＝",
+    "#",
+]
+FAST = settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def assert_placed(diags: list[Diagnostic]) -> None:
@@ -41,17 +64,28 @@ def mutated(draw) -> tuple[str, str]:
     text = SAMPLES[name]
     for _ in range(draw(st.integers(1, 4))):
         tokens = [(m.start(), m.end()) for m in TOKEN.finditer(text)]
-        kind = draw(st.sampled_from(["insert_char", "delete_char", "replace_char", "delete_token",
-                                     "replace_token", "insert_token", "swap_tokens"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "insert_char",
+                    "delete_char",
+                    "replace_char",
+                    "delete_token",
+                    "replace_token",
+                    "insert_token",
+                    "swap_tokens",
+                ]
+            )
+        )
         if kind.endswith("_char"):
             i = draw(st.integers(0, len(text)))
             ch = draw(st.characters(blacklist_categories=("Cs",)))
             if kind == "insert_char":
                 text = text[:i] + ch + text[i:]
             elif kind == "delete_char":
-                text = text[:i] + text[i + 1:]
+                text = text[:i] + text[i + 1 :]
             else:
-                text = text[:i] + ch + text[i + 1:]
+                text = text[:i] + ch + text[i + 1 :]
         elif tokens:
             a, b = tokens[draw(st.integers(0, len(tokens) - 1))]
             piece = draw(st.sampled_from(PIECES))
@@ -121,24 +155,29 @@ def test_sample_folder_with_other_line_ends_is_the_same_project(name, end):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for other, content in {**SAMPLES, **YAML}.items():
-            (folder / other).write_text(content.replace("\n", end) if other == name else content,
-                                        encoding="utf-8", newline="")
+            (folder / other).write_text(
+                content.replace("\n", end) if other == name else content, encoding="utf-8", newline=""
+            )
         result = load_project(folder)
         assert result.diagnostics == []
         lf = load_project(ROOT / "rules").project
-        assert {n: r.version for n, r in result.project.rules.items()} == \
-            {n: r.version for n, r in lf.rules.items()}
+        assert {n: r.version for n, r in result.project.rules.items()} == {n: r.version for n, r in lf.rules.items()}
         assert result.project.messages == lf.messages and result.project.sales == lf.sales
         assert result.project.settings == lf.settings
 
 
-yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20),
-                         st.sampled_from(["09:00-21:00", "Asia/Tokyo", "2026-12-04 20:00", "-"]))
+yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=20),
+    st.sampled_from(["09:00-21:00", "Asia/Tokyo", "2026-12-04 20:00", "-"]),
+)
 yaml_values = st.recursive(
     yaml_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=10), inner, max_size=4)),
-    max_leaves=12)
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 @FAST

@@ -1,5 +1,6 @@
 """The pytest plugin a shop's own tests use (docs/testing.md): run as a shop would, in a
 project of its own through pytester, with nothing but the plugin's fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,11 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
-WELCOME = {"settings.yaml": "timezone: Asia/Tokyo\n",
-           "messages.yaml": 'greeting: "ようこそ"\n',
-           "main.rule": "rule welcome\n  when followed\n  then send greeting\n"}
+WELCOME = {
+    "settings.yaml": "timezone: Asia/Tokyo\n",
+    "messages.yaml": 'greeting: "ようこそ"\n',
+    "main.rule": "rule welcome\n  when followed\n  then send greeting\n",
+}
 
 
 def docs_example() -> str:
@@ -39,7 +42,9 @@ def test_a_shops_tests_use_the_fixtures_with_no_conftest(shop):
     a signed follow, LINE failing twice); a push through the real line-bot-sdk lands in the
     inbox; a webhook signed by ``line_webhook`` is one the SDK's own parser accepts; the
     marker sets the emulator's quota and the channel; faults are injected."""
-    shop.makepyfile(test_welcome=docs_example(), test_sdk='''
+    shop.makepyfile(
+        test_welcome=docs_example(),
+        test_sdk="""
         import pytest
         from linebot.v3.exceptions import InvalidSignatureError
         from linebot.v3.messaging import (ApiClient, ApiException, Configuration, MessagingApi,
@@ -91,7 +96,8 @@ def test_a_shops_tests_use_the_fixtures_with_no_conftest(shop):
         @pytest.mark.line_emulator("positional")
         def test_a_positional_option_is_a_usage_error(line_emulator):
             pass
-    ''')
+    """,
+    )
     result = shop.runpytest("-p", "no:cacheprovider", "-p", "no:xdist")
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*line_emulator takes keyword options only*"])

@@ -1,4 +1,5 @@
 """Rendering messages per friend: Liquid, utm parameters, click links, limits after rendering."""
+
 import copy
 import datetime as dt
 import textwrap
@@ -11,8 +12,12 @@ from engine.language.messages import load_messages
 from engine.language.render import RenderError, add_utm, friend_vars, render_hash, render_message, sale_vars
 
 TOKYO = ZoneInfo("Asia/Tokyo")
-HANAKO = {"display_name": "山田花子", "language": "ja", "tags": {"vip", "購入済み"},
-          "attributes": {"rank": "gold", "points": 1200}}
+HANAKO = {
+    "display_name": "山田花子",
+    "language": "ja",
+    "tags": {"vip", "購入済み"},
+    "attributes": {"rank": "gold", "points": 1200},
+}
 
 
 def messages(text: str) -> dict[str, ir.MessageDef]:
@@ -32,8 +37,10 @@ def render(text: str, **kwargs) -> list[dict]:
 
 
 def test_friend_variables():
-    (obj,) = render('m: "{{ friend.display_name }}様 {{ friend.rank }}/{{ friend.attributes.points }}'
-                    ' {{ friend.tags | join: \\",\\" }} {{ friend.language }} {{ rule }}"\n')
+    (obj,) = render(
+        'm: "{{ friend.display_name }}様 {{ friend.rank }}/{{ friend.attributes.points }}'
+        ' {{ friend.tags | join: \\",\\" }} {{ friend.language }} {{ rule }}"\n'
+    )
     assert obj == {"type": "text", "text": "山田花子様 gold/1200 vip,購入済み ja welcome"}
 
 
@@ -44,8 +51,7 @@ def test_conditions_on_tags():
 
 
 def test_missing_variables_render_empty():
-    (obj,) = render('m: "[{{ friend.nickname }}][{{ sale.title }}][{{ friend.attributes.x.y }}]"\n',
-                    friend={})
+    (obj,) = render('m: "[{{ friend.nickname }}][{{ sale.title }}][{{ friend.attributes.x.y }}]"\n', friend={})
     assert obj["text"] == "[][][]"
 
 
@@ -55,18 +61,25 @@ def test_default_filter_for_missing_name():
 
 
 def test_sale_variables_in_the_configured_zone():
-    sale = ir.Sale("s1", "楽天スーパーSALE", dt.datetime(2026, 12, 4, 11, tzinfo=dt.timezone.utc),
-                   dt.datetime(2026, 12, 10, 16, 59, tzinfo=dt.timezone.utc), kind="super_sale",
-                   url="https://shop.example.jp/sale")
-    (obj,) = render('m: "{{ sale.title }} {{ sale.starts | date: \\"%-m月%-d日 %H:%M\\" }}〜'
-                    '{{ sale.ends }} {{ sale.kind }}"\n', sale=sale_vars(sale, TOKYO), utm=False)
+    sale = ir.Sale(
+        "s1",
+        "楽天スーパーSALE",
+        dt.datetime(2026, 12, 4, 11, tzinfo=dt.UTC),
+        dt.datetime(2026, 12, 10, 16, 59, tzinfo=dt.UTC),
+        kind="super_sale",
+        url="https://shop.example.jp/sale",
+    )
+    (obj,) = render(
+        'm: "{{ sale.title }} {{ sale.starts | date: \\"%-m月%-d日 %H:%M\\" }}〜{{ sale.ends }} {{ sale.kind }}"\n',
+        sale=sale_vars(sale, TOKYO),
+        utm=False,
+    )
     assert obj["text"] == "楽天スーパーSALE 12月4日 20:00〜2026-12-11 01:59:00+09:00 super_sale"
 
 
 def test_friend_vars_shape():
     v = friend_vars({"display_name": "a", "attributes": {"display_name": "x", "size": "M"}})
-    assert v == {"display_name": "a", "size": "M", "tags": [],
-                 "attributes": {"display_name": "x", "size": "M"}}
+    assert v == {"display_name": "a", "size": "M", "tags": [], "attributes": {"display_name": "x", "size": "M"}}
 
 
 def test_every_string_is_rendered_and_the_definition_is_untouched():
@@ -91,8 +104,9 @@ def test_every_string_is_rendered_and_the_definition_is_untouched():
 def test_runtime_template_error_is_a_render_error():
     with pytest.raises(RenderError) as e:
         render('m: "{% for i in (1..5000) %}x{% endfor %}"\n')
-    assert str(e.value) == ("message `m` (rule `welcome`): template error in object 1, text: "
-                            "loop iteration limit reached")
+    assert str(e.value) == (
+        "message `m` (rule `welcome`): template error in object 1, text: loop iteration limit reached"
+    )
 
 
 # ----------------------------------------------------------------------------- utm
@@ -164,7 +178,8 @@ def test_utm_off():
 def test_utm_values_are_encoded():
     assert add_utm("https://a.jp/p", "冬のセール", "m 1") == (
         "https://a.jp/p?utm_source=line&utm_medium=message"
-        "&utm_campaign=%E5%86%AC%E3%81%AE%E3%82%BB%E3%83%BC%E3%83%AB&utm_content=m+1")
+        "&utm_campaign=%E5%86%AC%E3%81%AE%E3%82%BB%E3%83%BC%E3%83%AB&utm_content=m+1"
+    )
     assert add_utm("line://ti/p/@shop", "r", "m") == "line://ti/p/@shop"
 
 
@@ -184,7 +199,8 @@ def test_link_wraps_every_link_after_utm():
         seen.append(url)
         return f"https://r.example.jp/c/{len(seen)}"
 
-    objs = render("""\
+    objs = render(
+        """\
         m:
           - type: text
             text: "A https://shop.example.jp/a B https://shop.example.jp/b?utm_source=x"
@@ -195,9 +211,14 @@ def test_link_wraps_every_link_after_utm():
               thumbnailImageUrl: https://shop.example.jp/t.jpg
               text: b
               actions: [{type: uri, label: 見る, uri: "https://shop.example.jp/c"}]
-    """, link=link)
-    assert seen == [f"https://shop.example.jp/a?{UTM}", "https://shop.example.jp/b?utm_source=x",
-                    f"https://shop.example.jp/c?{UTM}"]
+    """,
+        link=link,
+    )
+    assert seen == [
+        f"https://shop.example.jp/a?{UTM}",
+        "https://shop.example.jp/b?utm_source=x",
+        f"https://shop.example.jp/c?{UTM}",
+    ]
     assert objs[0]["text"] == "A https://r.example.jp/c/1 B https://r.example.jp/c/2"
     assert objs[1]["template"]["actions"][0]["uri"] == "https://r.example.jp/c/3"
     assert objs[1]["template"]["thumbnailImageUrl"] == "https://shop.example.jp/t.jpg"
@@ -209,14 +230,18 @@ def test_link_without_utm():
 
 
 def test_emoji_positions_follow_a_longer_link():
-    (obj,) = render("""\
+    (obj,) = render(
+        """\
         m:
           type: text
           text: "$ https://a.jp/ $"
           emojis:
             - {index: 0, productId: 5ac1bfd5040ab15980c9b435, emojiId: "001"}
             - {index: 16, productId: 5ac1bfd5040ab15980c9b435, emojiId: "002"}
-    """, utm=False, link=lambda u: "https://r.jp/123")
+    """,
+        utm=False,
+        link=lambda u: "https://r.jp/123",
+    )
     assert obj["text"] == "$ https://r.jp/123 $"
     assert [e["index"] for e in obj["emojis"]] == [0, 19]
     assert obj["text"][19] == "$"
@@ -228,11 +253,13 @@ def test_emoji_positions_follow_a_longer_link():
 def test_rendered_text_over_the_limit():
     defn = messages('m: "{{ friend.display_name }}' + "あ" * 4970 + '"\n')["m"]
     (obj,) = render_message(defn, friend={"display_name": "🎁" * 15}, rule="r", utm=False)
-    assert len(obj["text"]) == 4985          # 15 emoji are 30 UTF-16 units: 5,000 exactly
+    assert len(obj["text"]) == 4985  # 15 emoji are 30 UTF-16 units: 5,000 exactly
     with pytest.raises(RenderError) as e:
         render_message(defn, friend={"display_name": "🎁" * 16}, rule="r", utm=False)
-    assert str(e.value) == ("message `m` (rule `r`): after rendering, object 1, text: "
-                            "`text` is 5,002 characters long; LINE allows at most 5,000")
+    assert str(e.value) == (
+        "message `m` (rule `r`): after rendering, object 1, text: "
+        "`text` is 5,002 characters long; LINE allows at most 5,000"
+    )
 
 
 def test_rendered_buttons_text_over_the_limit():
@@ -244,23 +271,27 @@ def test_rendered_buttons_text_over_the_limit():
     """)["m"]
     with pytest.raises(RenderError) as e:
         render_message(defn, friend={"display_name": "あ" * 60}, rule="r")
-    assert e.value.detail == ("after rendering, object 1, template.text: `text` is 62 characters "
-                              "long; LINE allows at most 60 with an image or title")
+    assert e.value.detail == (
+        "after rendering, object 1, template.text: `text` is 62 characters "
+        "long; LINE allows at most 60 with an image or title"
+    )
 
 
 def test_utm_can_push_a_uri_over_the_limit():
-    defn = messages(f'm: {{type: template, altText: a, template: {{type: buttons, text: b, actions: '
-                    f'[{{type: uri, label: a, uri: "https://a.jp/{"x" * 930}"}}]}}}}\n')["m"]
+    defn = messages(
+        f"m: {{type: template, altText: a, template: {{type: buttons, text: b, actions: "
+        f'[{{type: uri, label: a, uri: "https://a.jp/{"x" * 930}"}}]}}}}\n'
+    )["m"]
     assert render_message(defn, friend={}, rule="r", utm=False)
     with pytest.raises(RenderError, match=r"template.actions\[0\].uri: `uri` is 1,0\d\d characters"):
         render_message(defn, friend={}, rule="r")
 
 
 def test_rendered_image_url_must_be_https():
-    defn = messages('m: {type: image, originalContentUrl: "{{ friend.img }}", '
-                    'previewImageUrl: "https://a.jp/p.jpg"}\n')["m"]
-    with pytest.raises(RenderError, match="object 1, originalContentUrl: `originalContentUrl` "
-                                          "must be an https:// URL"):
+    defn = messages(
+        'm: {type: image, originalContentUrl: "{{ friend.img }}", previewImageUrl: "https://a.jp/p.jpg"}\n'
+    )["m"]
+    with pytest.raises(RenderError, match="object 1, originalContentUrl: `originalContentUrl` must be an https:// URL"):
         render_message(defn, friend={"attributes": {"img": "http://a.jp/x.jpg"}}, rule="r")
 
 

@@ -1,4 +1,5 @@
 """``linerules report`` (SPEC §5): numbers from databases the engine wrote, filters, errors."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ from enginekit import ev
 from reportkit import CLICKS, EVENTS, make_folder, simulate
 
 
-def report(capsys, folder: Path, db: Path, *, since=None, until=None, rules=(), fmt="json",
-           block_days: int = 7):
+def report(capsys, folder: Path, db: Path, *, since=None, until=None, rules=(), fmt="json", block_days: int = 7):
     code = report_main(str(db), str(folder), fmt, None, since, until, list(rules), block_days=block_days)
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -42,18 +42,54 @@ def test_rule_and_step_counts(shop, capsys):
     welcome = rules["welcome"]
     # U1 and U2 got the greeting, U2 the coupon (U1 had bought); U5 followed at 22:00 and the
     # greeting waits for 09:00; U1's order is the greeting's; U2 clicked the coupon, then blocked.
-    assert {k: welcome[k] for k in ("entered", "pushes", "replies", "capped", "skipped", "held",
-                                    "clicks", "conversions", "revenue", "blocks_after_send",
-                                    "block_rate", "reached", "exits", "in_progress")} == {
-        "entered": 3, "pushes": 3, "replies": 0, "capped": 0, "skipped": 0, "held": 1, "clicks": 1,
-        "conversions": 1, "revenue": 5400, "blocks_after_send": 1, "block_rate": 0.3333,
-        "reached": 2, "exits": {"done": 2}, "in_progress": 1}
+    assert {
+        k: welcome[k]
+        for k in (
+            "entered",
+            "pushes",
+            "replies",
+            "capped",
+            "skipped",
+            "held",
+            "clicks",
+            "conversions",
+            "revenue",
+            "blocks_after_send",
+            "block_rate",
+            "reached",
+            "exits",
+            "in_progress",
+        )
+    } == {
+        "entered": 3,
+        "pushes": 3,
+        "replies": 0,
+        "capped": 0,
+        "skipped": 0,
+        "held": 1,
+        "clicks": 1,
+        "conversions": 1,
+        "revenue": 5400,
+        "blocks_after_send": 1,
+        "block_rate": 0.3333,
+        "reached": 2,
+        "exits": {"done": 2},
+        "in_progress": 1,
+    }
     steps = {s["step"]: s for s in welcome["steps"]}
     assert [s["step"] for s in welcome["steps"]] == ["send greeting", "send coupon15"]
-    assert (steps["send greeting"]["pushes"], steps["send greeting"]["held"],
-            steps["send greeting"]["conversions"], steps["send greeting"]["revenue"]) == (2, 1, 1, 5400)
-    assert (steps["send coupon15"]["pushes"], steps["send coupon15"]["clicks"],
-            steps["send coupon15"]["blocks_after_send"], steps["send coupon15"]["block_rate"]) == (1, 1, 1, 1.0)
+    assert (
+        steps["send greeting"]["pushes"],
+        steps["send greeting"]["held"],
+        steps["send greeting"]["conversions"],
+        steps["send greeting"]["revenue"],
+    ) == (2, 1, 1, 5400)
+    assert (
+        steps["send coupon15"]["pushes"],
+        steps["send coupon15"]["clicks"],
+        steps["send coupon15"]["blocks_after_send"],
+        steps["send coupon15"]["block_rate"],
+    ) == (1, 1, 1, 1.0)
     # The answer went as a reply (free); U3 clicked it.
     answer = rules["answer"]
     assert (answer["entered"], answer["pushes"], answer["replies"], answer["clicks"]) == (1, 1, 1, 1)
@@ -61,8 +97,14 @@ def test_rule_and_step_counts(shop, capsys):
     # Sunday 8th: U1 and U3 (U4, known only through a purchase, is no friend); U3's order on the
     # 9th is weekly's.
     weekly = rules["weekly"]
-    assert (weekly["entered"], weekly["pushes"], weekly["capped"], weekly["conversions"],
-            weekly["revenue"], weekly["exits"]) == (5, 3, 2, 1, 3000, {"done": 5})
+    assert (
+        weekly["entered"],
+        weekly["pushes"],
+        weekly["capped"],
+        weekly["conversions"],
+        weekly["revenue"],
+        weekly["exits"],
+    ) == (5, 3, 2, 1, 3000, {"done": 5})
 
 
 def test_account_friends_days_and_months(shop, capsys):
@@ -72,15 +114,33 @@ def test_account_friends_days_and_months(shop, capsys):
     assert account["friends"] == {"gained": 4, "lost": 1, "current": 3, "active": 2}
     days = {d["day"]: d for d in account["days"]}
     assert account["days"][0]["day"] == "2026-11-01" and account["days"][-1]["day"] == "2026-11-09"
-    assert days["2026-11-01"] == {"day": "2026-11-01", "gained": 3, "lost": 0, "pushes": 3, "replies": 0,
-                                  "capped": 2, "blocks_after_send": 0, "block_rate": 0.0}
+    assert days["2026-11-01"] == {
+        "day": "2026-11-01",
+        "gained": 3,
+        "lost": 0,
+        "pushes": 3,
+        "replies": 0,
+        "capped": 2,
+        "blocks_after_send": 0,
+        "block_rate": 0.0,
+    }
     assert days["2026-11-02"]["pushes"] == 2 and days["2026-11-02"]["replies"] == 1
-    assert days["2026-11-02"]["block_rate"] == 0.5       # U2's block, counted on the coupon's day
+    assert days["2026-11-02"]["block_rate"] == 0.5  # U2's block, counted on the coupon's day
     assert days["2026-11-03"]["lost"] == 1 and days["2026-11-03"]["blocks_after_send"] == 1
     assert days["2026-11-04"]["block_rate"] is None
-    assert account["months"] == [{"month": "2026-11", "messages": 6, "replies": 1, "quota": 100,
-                                  "quota_used": 0.06, "over_quota": False, "plan": "Communication",
-                                  "cost_yen": 0, "saved_by_replies_yen": 0}]
+    assert account["months"] == [
+        {
+            "month": "2026-11",
+            "messages": 6,
+            "replies": 1,
+            "quota": 100,
+            "quota_used": 0.06,
+            "over_quota": False,
+            "plan": "Communication",
+            "cost_yen": 0,
+            "saved_by_replies_yen": 0,
+        }
+    ]
 
 
 def test_period_filters_count_each_fact_when_it_happened(shop, capsys):
@@ -90,8 +150,13 @@ def test_period_filters_count_each_fact_when_it_happened(shop, capsys):
     assert data["period"]["until"] == "2026-11-03T00:00:00+09:00"
     rules = by_rule(data)
     # The coupon went out on the 2nd; U1's order of the 2nd counts for the greeting of the 1st.
-    assert (rules["welcome"]["entered"], rules["welcome"]["pushes"], rules["welcome"]["conversions"],
-            rules["welcome"]["clicks"], rules["welcome"]["blocks_after_send"]) == (0, 1, 1, 1, 0)
+    assert (
+        rules["welcome"]["entered"],
+        rules["welcome"]["pushes"],
+        rules["welcome"]["conversions"],
+        rules["welcome"]["clicks"],
+        rules["welcome"]["blocks_after_send"],
+    ) == (0, 1, 1, 1, 0)
     assert (rules["answer"]["entered"], rules["answer"]["replies"]) == (1, 1)
     assert (rules["weekly"]["pushes"], rules["weekly"]["capped"]) == (0, 0)
     assert [d["day"] for d in data["account"]["days"]] == ["2026-11-02"]
@@ -114,10 +179,22 @@ def test_text_report_is_aligned_within_100_columns(shop, capsys):
     assert max(len(line) for line in lines) <= 100
     header = next(line for line in lines if line.startswith("rule / step"))
     row = next(line for line in lines if line.startswith("welcome "))
-    assert header.split() == ["rule", "/", "step", "entered", "pushes", "capped", "held", "clicks",
-                              "conv", "revenue", "blocks", "block%"]
+    assert header.split() == [
+        "rule",
+        "/",
+        "step",
+        "entered",
+        "pushes",
+        "capped",
+        "held",
+        "clicks",
+        "conv",
+        "revenue",
+        "blocks",
+        "block%",
+    ]
     assert row.split() == ["welcome", "3", "3", "0", "1", "1", "1", "5,400", "1", "33.3%"]
-    assert len(row) == len(header)    # numbers right-aligned under their headings
+    assert len(row) == len(header)  # numbers right-aligned under their headings
     assert "  exits: done 2; in progress: 1" in lines
     assert any(line.startswith("2026-11  ") and "Communication" in line for line in lines)
 
@@ -129,14 +206,19 @@ def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     events = []
     for i in range(300):
         friend = f"U{i:03d}"
-        arm = ("holdout" if bucket(friend, "promo", "holdout") < 2000
-               else "a" if bucket(friend, "promo", "split") < 5000 else "b")
+        arm = (
+            "holdout"
+            if bucket(friend, "promo", "holdout") < 2000
+            else "a"
+            if bucket(friend, "promo", "split") < 5000
+            else "b"
+        )
         arms[arm].append(i)
         events.append(ev("follow", friend, f"2026-11-01 {10 + i // 60:02d}:{i % 60:02d}"))
         # b converts half of the time, a and the holdout a tenth of the time.
         if (i % 2 == 0) if arm == "b" else (i % 10 == 0):
             events.append(ev("purchase", friend, "2026-11-03 10:00", order_id=f"O{i}", amount=1000))
-        elif arm == "holdout" and i % 10 == 1:   # too late to count (8 days after entering)
+        elif arm == "holdout" and i % 10 == 1:  # too late to count (8 days after entering)
             events.append(ev("purchase", friend, "2026-11-09 12:00", order_id=f"L{i}", amount=500))
     db = simulate(folder, events, "2026-11-12 00:00")
     data = report(capsys, folder, db)
@@ -144,9 +226,11 @@ def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     assert exp["rule"] == "promo" and exp["control"] == "holdout"
     rows = {r["arm"]: r for r in exp["arms"]}
     assert [r["arm"] for r in exp["arms"]] == ["holdout", "a", "b"]
-    expected = {"holdout": sum(1 for i in arms["holdout"] if i % 10 == 0),
-                "a": sum(1 for i in arms["a"] if i % 10 == 0),
-                "b": sum(1 for i in arms["b"] if i % 2 == 0)}
+    expected = {
+        "holdout": sum(1 for i in arms["holdout"] if i % 10 == 0),
+        "a": sum(1 for i in arms["a"] if i % 10 == 0),
+        "b": sum(1 for i in arms["b"] if i % 2 == 0),
+    }
     for arm, members in arms.items():
         n, k = len(members), expected[arm]
         assert (rows[arm]["friends"], rows[arm]["conversions"]) == (n, k)
@@ -184,22 +268,31 @@ def test_small_experiment_says_not_enough_data(tmp_path, capsys):
     assert comp["verdict"] == "not_enough_data"
     sizes = ", ".join(f"{r['arm']} has {r['friends']}" for r in exp["arms"])
     assert comp["reason"] == f"not enough data yet: fewer than 30 friends per arm ({sizes})"
-    assert comp["lift"] is None   # nobody converted in the control
+    assert comp["lift"] is None  # nobody converted in the control
 
 
 def test_replies_saved_a_plan(tmp_path, capsys):
-    rules = ('rule hello when followed then send greeting\n'
-             'rule answer when message "クーポン" reenter always then send coupon_reply\n')
+    rules = (
+        "rule hello when followed then send greeting\n"
+        'rule answer when message "クーポン" reenter always then send coupon_reply\n'
+    )
     folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\nmonthly_quota: 180\n")
     events = [ev("follow", f"U{i}", f"2026-11-01 10:{i % 60:02d}:{i // 60:02d}") for i in range(190)]
-    events += [ev("message", f"U{i}", "2026-11-02 10:00", text="クーポン", reply_token=f"rt{i}")
-               for i in range(20)]
+    events += [ev("message", f"U{i}", "2026-11-02 10:00", text="クーポン", reply_token=f"rt{i}") for i in range(20)]
     db = simulate(folder, events, "2026-11-03 00:00")
     [month] = report(capsys, folder, db)["account"]["months"]
     # the quota holds 10 welcomes for December; the 20 answers went as free replies
-    assert month == {"month": "2026-11", "messages": 180, "replies": 20, "quota": 180, "quota_used": 1.0,
-                     "over_quota": False, "plan": "Communication", "cost_yen": 0,
-                     "saved_by_replies_yen": 0}
+    assert month == {
+        "month": "2026-11",
+        "messages": 180,
+        "replies": 20,
+        "quota": 180,
+        "quota_used": 1.0,
+        "over_quota": False,
+        "plan": "Communication",
+        "cost_yen": 0,
+        "saved_by_replies_yen": 0,
+    }
 
 
 def test_plan_costs():
@@ -230,13 +323,16 @@ def test_empty_database(tmp_path, capsys):
     data = report(capsys, folder, db)
     assert data["empty"] is True and data["experiments"] == [] and data["account"]["months"] == []
     assert [(r["rule"], r["entered"], r["pushes"]) for r in data["rules"]] == [
-        ("answer", 0, 0), ("weekly", 0, 0), ("welcome", 0, 0)]
+        ("answer", 0, 0),
+        ("weekly", 0, 0),
+        ("welcome", 0, 0),
+    ]
 
 
 def test_a_period_without_activity_is_empty(shop, capsys):
     assert report(capsys, *shop, since="2026-12-01")["empty"] is True
     assert report(capsys, *shop, until="2026-10-31")["empty"] is True
-    assert report(capsys, *shop, since="2026-11-09")["empty"] is False   # U3's order, U5's follow
+    assert report(capsys, *shop, since="2026-11-09")["empty"] is False  # U3's order, U5's follow
 
 
 def test_clean_errors(shop, tmp_path):
@@ -266,18 +362,32 @@ def test_clean_errors(shop, tmp_path):
 
 
 def report_cli(db: str, folder, *options: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, ["report", "--db", db, "--rules", str(folder), *options],
-                                prog_name="linerules")
+    result = CliRunner().invoke(cli, ["report", "--db", db, "--rules", str(folder), *options], prog_name="linerules")
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_command_line(shop):
     folder, db = shop
-    result = CliRunner().invoke(cli, ["report", "--db", str(db), "--rules", str(folder), "--format", "json",
-                                      "--rule", "weekly", "--block-days", "3"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            "--db",
+            str(db),
+            "--rules",
+            str(folder),
+            "--format",
+            "json",
+            "--rule",
+            "weekly",
+            "--block-days",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [r["rule"] for r in data["rules"]] == ["weekly"] and data["settings"]["block_days"] == 3
     assert set(data) == {"period", "settings", "empty", "rules", "account", "experiments"}
-    assert {"rule", "entered", "pushes", "capped", "clicks", "conversions", "revenue",
-            "blocks_after_send"} <= set(data["rules"][0])
+    assert {"rule", "entered", "pushes", "capped", "clicks", "conversions", "revenue", "blocks_after_send"} <= set(
+        data["rules"][0]
+    )

@@ -3,6 +3,7 @@
 The page is opened in headless Chromium (Debian's ``chromium``; ``make browser`` installs it);
 the DOM tells where each chart is and what it drew, the screenshot that it is on screen.
 """
+
 from __future__ import annotations
 
 import html
@@ -22,7 +23,8 @@ from reportkit import SPLIT_RULES, make_folder, simulate, split_test_events
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_browser = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (`make browser` installs Debian's chromium as root)")
+    CHROMIUM is None, reason="chromium is not installed (`make browser` installs Debian's chromium as root)"
+)
 
 RULES = SPLIT_RULES + "    wait 1d\n    send weekly\n"
 #: Added to a copy of the page: where each chart's SVG is and how many marks it drew.
@@ -59,10 +61,26 @@ def test_page_is_self_contained(page):
 
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90, check=True)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
 
 
 def read_png(data: bytes) -> tuple[int, int, list[bytes], int]:
@@ -70,8 +88,8 @@ def read_png(data: bytes) -> tuple[int, int, list[bytes], int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat = 8, b""
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
             assert depth == 8 and colour in (2, 6) and interlace == 0
@@ -84,7 +102,7 @@ def read_png(data: bytes) -> tuple[int, int, list[bytes], int]:
     prev = bytearray(stride)
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             left = line[i - bpp] if i >= bpp else 0
             up, corner = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -110,7 +128,7 @@ def count(rows: list[bytes], bpp: int, box: dict, colour: str) -> int:
     for y in range(int(box["y"]), int(box["y"] + box["h"])):
         row = rows[y]
         for x in range(int(box["x"]), int(box["x"] + box["w"])):
-            if row[x * bpp:x * bpp + 3] == want:
+            if row[x * bpp : x * bpp + 3] == want:
                 n += 1
     return n
 
@@ -125,10 +143,10 @@ def test_charts_render_in_chromium(page, tmp_path):
     by_id = {b["id"]: b for b in boxes}
     # One funnel (the only rule), the two account charts, one experiment.
     assert sorted(by_id) == ["chart-blocks", "chart-funnel-1", "chart-sends", "chart-variants-1"]
-    assert by_id["chart-funnel-1"]["marks"] == 3        # entered, reached, converted (no clicks)
-    assert by_id["chart-sends"]["marks"] == 2           # coupons on the 1st, the next on the 2nd
-    assert by_id["chart-blocks"]["marks"] == 3          # the line and a dot per send day
-    assert by_id["chart-variants-1"]["marks"] == 6      # a bar and an interval per arm
+    assert by_id["chart-funnel-1"]["marks"] == 3  # entered, reached, converted (no clicks)
+    assert by_id["chart-sends"]["marks"] == 2  # coupons on the 1st, the next on the 2nd
+    assert by_id["chart-blocks"]["marks"] == 3  # the line and a dot per send day
+    assert by_id["chart-variants-1"]["marks"] == 6  # a bar and an interval per arm
     assert all(b["w"] > 100 and b["h"] > 50 for b in boxes)
 
     shot = tmp_path / "page.png"

@@ -5,6 +5,7 @@ and the HTML page in Japanese.
 Regenerate after an intended change of wording with
 ``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report_i18n.py`` and review the diff.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,8 @@ from reportkit import CLICKS, EVENTS, SPLIT_RULES, make_folder, simulate, split_
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"
 
 
-
 def _text(capsys, folder: Path, db: Path, lang: str | None, html: Path | None = None) -> str:
-    code = report_main(str(db), str(folder), "text", str(html) if html else None, None, None, [],
-                       lang=lang)
+    code = report_main(str(db), str(folder), "text", str(html) if html else None, None, None, [], lang=lang)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out.replace(str(db), "linerules.db")
@@ -76,10 +75,18 @@ def test_html_page_in_japanese(experiment, capsys, tmp_path):
     _text(capsys, *experiment, "ja", html=page)
     html = page.read_text(encoding="utf-8")
     assert '<html lang="ja">' in html
-    for words in ("<h1>linerules レポート</h1>", "<h2>ルール別</h2>", "<h2>アカウント全体</h2>",
-                  "<h2>ABテスト</h2>", "<th>ルール / ステップ</th>", "<th>配信後のブロック</th>",
-                  "配信から7日以内の購入を、その直前の配信1件に1回だけ数えます。",
-                  "2026年11月10日 0:00", "日ごとの配信数", "¥"):
+    for words in (
+        "<h1>linerules レポート</h1>",
+        "<h2>ルール別</h2>",
+        "<h2>アカウント全体</h2>",
+        "<h2>ABテスト</h2>",
+        "<th>ルール / ステップ</th>",
+        "<th>配信後のブロック</th>",
+        "配信から7日以内の購入を、その直前の配信1件に1回だけ数えます。",
+        "2026年11月10日 0:00",
+        "日ごとの配信数",
+        "¥",
+    ):
         assert words in html, words
     for english in ("Rules</h2>", "Conversions:", "Pushes per day", "rule / step"):
         assert english not in html, english

@@ -1,18 +1,18 @@
 """``linerules test``: reading test files, comparing pushes, and whole runs on real rule folders."""
-from __future__ import annotations
 
-import re
+from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from engine.language import ir
 from engine.cli import cli
+from engine.language import ir
 from engine.runtime.ruletest import Push, compare, format_diff, load_tests, main
 
 JST = dt.timezone(dt.timedelta(hours=9))
@@ -106,30 +106,42 @@ def test_a_list_of_tests_with_options():
     assert tests[1].expect == ()
 
 
-@pytest.mark.parametrize("text, expected", [
-    (PASSING.replace("at: 2026-11-01T10:00:00+09:00, source", "at: 2026-11-01T10:00:00, source"),
-     't.yaml:3:36: error: event `at` needs a UTC offset, like 2026-11-01T10:00:00+09:00'),
-    (PASSING.replace("source: qr", "sorce: qr"),
-     't.yaml:3:63: error: event `sorce` is not a field of follow events (did you mean `source`?)'),
-    (PASSING.replace("rule: welcome, messages: [coupon15]", "rule: welcom, messages: [coupon15]"),
-     't.yaml:6:55: error: unknown rule `welcom`'),
-    (PASSING.replace("[coupon15]", "[coupon51]"),
-     't.yaml:6:75: error: unknown message `coupon51`'),
-    (PASSING.replace("expect:", "expects:"),
-     't.yaml:4:1: error: unknown test field `expects`'),
-    (PASSING + "tolerance: 5 minutes\n",
-     't.yaml:7:12: error: `5 minutes` is not a duration'),
-    (PASSING + "tick: 0m\n", 't.yaml:7:7: error: `tick` must be longer than 0'),
-    (PASSING.replace("friend: U1, rule: welcome, messages: [greeting]", "friend: U1, rule: welcome"),
-     't.yaml:5:5: error: this expected push has no `messages`'),
-    (PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
-     't.yaml:7:10: error: `2026-11-03` needs a UTC offset'),
-    (PASSING.replace("{type: follow,", "{type: followed,"),
-     't.yaml:3:12: error: event `type`: unknown type `followed`: `followed` is how rules say it; '
-     'the event is `follow`'),
-    ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
-    ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            PASSING.replace("at: 2026-11-01T10:00:00+09:00, source", "at: 2026-11-01T10:00:00, source"),
+            "t.yaml:3:36: error: event `at` needs a UTC offset, like 2026-11-01T10:00:00+09:00",
+        ),
+        (
+            PASSING.replace("source: qr", "sorce: qr"),
+            "t.yaml:3:63: error: event `sorce` is not a field of follow events (did you mean `source`?)",
+        ),
+        (
+            PASSING.replace("rule: welcome, messages: [coupon15]", "rule: welcom, messages: [coupon15]"),
+            "t.yaml:6:55: error: unknown rule `welcom`",
+        ),
+        (PASSING.replace("[coupon15]", "[coupon51]"), "t.yaml:6:75: error: unknown message `coupon51`"),
+        (PASSING.replace("expect:", "expects:"), "t.yaml:4:1: error: unknown test field `expects`"),
+        (PASSING + "tolerance: 5 minutes\n", "t.yaml:7:12: error: `5 minutes` is not a duration"),
+        (PASSING + "tick: 0m\n", "t.yaml:7:7: error: `tick` must be longer than 0"),
+        (
+            PASSING.replace("friend: U1, rule: welcome, messages: [greeting]", "friend: U1, rule: welcome"),
+            "t.yaml:5:5: error: this expected push has no `messages`",
+        ),
+        (
+            PASSING + "  - {at: 2026-11-03, friend: U1, rule: welcome, messages: [coupon15]}\n",
+            "t.yaml:7:10: error: `2026-11-03` needs a UTC offset",
+        ),
+        (
+            PASSING.replace("{type: follow,", "{type: followed,"),
+            "t.yaml:3:12: error: event `type`: unknown type `followed`: `followed` is how rules say it; "
+            "the event is `follow`",
+        ),
+        ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
+        ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
+    ],
+)
 def test_malformed_test_file_points_at_line_and_column(text, expected):
     tests, diags = load_tests("t.yaml", text, project())
     assert tests == []
@@ -137,16 +149,20 @@ def test_malformed_test_file_points_at_line_and_column(text, expected):
 
 
 def test_yaml_booleans_in_events_get_a_quoting_hint():
-    text = PASSING.replace("source: qr=shipping}", "source: qr=shipping}\n  - {type: message, friend: U1, "
-                           "at: 2026-11-01T11:00:00+09:00, text: true}")
+    text = PASSING.replace(
+        "source: qr=shipping}",
+        "source: qr=shipping}\n  - {type: message, friend: U1, at: 2026-11-01T11:00:00+09:00, text: true}",
+    )
     _, [diag] = load_tests("t.yaml", text, project())
     assert (diag.line, diag.message) == (4, "event `text` must be a string, got true")
     assert diag.help == 'YAML reads `true` as true; write it in quotes: "true"'
 
 
 def test_test_files_are_yaml_1_2_so_yes_is_a_text():
-    text = PASSING.replace("source: qr=shipping}", "source: qr=shipping}\n  - {type: message, friend: U1, "
-                           "at: 2026-11-01T11:00:00+09:00, text: yes}")
+    text = PASSING.replace(
+        "source: qr=shipping}",
+        "source: qr=shipping}\n  - {type: message, friend: U1, at: 2026-11-01T11:00:00+09:00, text: yes}",
+    )
     tests, diags = load_tests("t.yaml", text, project())
     assert diags == []
     assert tests[0].events[1].data["text"] == "yes"
@@ -175,10 +191,12 @@ def test_compare_within_tolerance_takes_the_closest_push():
 
 
 def test_times_are_shown_in_the_configured_zone_and_odd_names_are_quoted():
-    utc = Push(dt.datetime(2026, 11, 1, 1, tzinfo=dt.timezone.utc), "123", "welcome", ("yes", "a b"))
+    utc = Push(dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC), "123", "welcome", ("yes", "a b"))
     [line] = compare([], [utc])
-    assert format_diff([line], TOKYO).splitlines()[-1] == \
-        '+ {at: 2026-11-01T10:00:00+09:00, friend: "123", rule: welcome, messages: ["yes", "a b"]}'
+    assert (
+        format_diff([line], TOKYO).splitlines()[-1]
+        == '+ {at: 2026-11-01T10:00:00+09:00, friend: "123", rule: welcome, messages: ["yes", "a b"]}'
+    )
 
 
 # ----------------------------------------------------------------------------- whole runs
@@ -195,14 +213,17 @@ def test_failing_folder_prints_a_diff_and_exits_1(tmp_path):
     late = PASSING.replace("2026-11-02T10:00:00+09:00", "2026-11-02T12:00:00+09:00")
     code, out, _ = run(folder(tmp_path, welcome=late, buyers=BUYER))
     assert code == 1
-    assert textwrap.dedent("""\
+    assert (
+        textwrap.dedent("""\
         tests/welcome.yaml:1 shipping QR friends get the coupon
             --- expected
             +++ actual
               {at: 2026-11-01T10:00:00+09:00, friend: U1, rule: welcome, messages: [greeting]}
             + {at: 2026-11-02T10:00:00+09:00, friend: U1, rule: welcome, messages: [coupon15]}
             - {at: 2026-11-02T12:00:00+09:00, friend: U1, rule: welcome, messages: [coupon15]}
-        """) in out
+        """)
+        in out
+    )
     assert out.splitlines()[-1] == "2 passed, 1 failed"
 
 
@@ -239,7 +260,7 @@ def test_cli_command_runs_the_sample_rules():
     result = CliRunner().invoke(cli, ["test", rules, "--lang", "en"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].endswith(" passed, 0 failed")
-    result = CliRunner().invoke(cli, ["test", rules])     # the sample says `language: ja`
+    result = CliRunner().invoke(cli, ["test", rules])  # the sample says `language: ja`
     assert result.exit_code == 0, result.output
     assert re.fullmatch(r"合格 \d+件、不合格 0件", result.output.splitlines()[-1])
 

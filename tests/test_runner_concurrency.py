@@ -1,6 +1,7 @@
 """The runner answers webhooks while a long tick runs on its own thread; ticks never overlap; a
 stop during a tick lets it finish; big audiences enter in short, crash-safe transactions; and a
 follow waits for its friend-add source (the follow grace) without being overtaken."""
+
 from __future__ import annotations
 
 import asyncio
@@ -78,12 +79,15 @@ def open_runner(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("LINE_LOGIN_CHANNEL_SECRET", "login-secret")
     opened: list[Runner] = []
 
-    def make(rules: str | None = None, env: dict | None = None, tick: float = 30,
-             clock: Clock = SYSTEM) -> Runner:
+    def make(rules: str | None = None, env: dict | None = None, tick: float = 30, clock: Clock = SYSTEM) -> Runner:
         root = write_rules(tmp_path / "rules", rules) if rules else write_rules(tmp_path / "rules")
-        config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN,
-                                        **(env or {})}, rules_dir=root, db=tmp_path / "linerules.db",
-                                       listen="127.0.0.1:0", tick_seconds=tick)
+        config = RunnerConfig.from_env(
+            {"LINE_CHANNEL_SECRET": SECRET, "LINERULES_API_TOKEN": API_TOKEN, **(env or {})},
+            rules_dir=root,
+            db=tmp_path / "linerules.db",
+            listen="127.0.0.1:0",
+            tick_seconds=tick,
+        )
         runner = Runner.open(config, clock=clock)
         opened.append(runner)
         return runner
@@ -116,8 +120,15 @@ async def serve(aiohttp_client):
 
 
 def message_body(user: str, event_id: str, text: str = "coupon please", token: str = "rt-1") -> bytes:
-    return webhook_body(line_event("message", user, event_id=event_id, reply_token=token,
-                                   message={"type": "text", "id": event_id, "text": text}))
+    return webhook_body(
+        line_event(
+            "message",
+            user,
+            event_id=event_id,
+            reply_token=token,
+            message={"type": "text", "id": event_id, "text": text},
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- ticks off the loop
@@ -131,11 +142,11 @@ async def test_a_webhook_is_answered_and_stored_while_a_tick_is_blocked(open_run
     body = message_body("U1", "01CONC0001")
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
-    assert gate.active == 1 and gate.finished == 0          # the tick is still blocked
+    assert gate.active == 1 and gate.finished == 0  # the tick is still blocked
     stored = runner.store.conn.execute("SELECT type, friend, processed_at FROM events").fetchall()
     assert [tuple(r) for r in stored] == [("message", "U1", None)]
     assert (await client.get("/healthz")).status == 200
-    assert threading.get_ident() not in gate.threads         # ticks run on the tick thread
+    assert threading.get_ident() not in gate.threads  # ticks run on the tick thread
     gate.release.set()
     # the webhook woke another tick: its answer goes out as a reply with the fresh token
     rows = await wait_for(lambda: [r for r in runner.store.outbox() if r["kind"] == "reply"])
@@ -148,7 +159,7 @@ async def test_ticks_never_overlap(open_runner, serve):
     gate = Gate(runner.engine)
     client = await serve(runner)
     await entered(gate)
-    for i in range(5):                                        # each asks for a tick at once
+    for i in range(5):  # each asks for a tick at once
         body = message_body(f"U{i}", f"01CONC01{i:02d}", token=f"rt-{i}")
         assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
     assert gate.calls == 1
@@ -165,7 +176,7 @@ async def test_a_stop_during_a_long_tick_finishes_it_and_exits_cleanly(open_runn
     await entered(gate)
     runner.on_stop_signal()
     await asyncio.sleep(0.1)
-    assert not task.done()                                    # waits for the tick, does not cut it
+    assert not task.done()  # waits for the tick, does not cut it
     gate.release.set()
     assert await asyncio.wait_for(task, 5) == 0
     assert gate.finished == 1 and runner.last_tick is not None
@@ -176,6 +187,7 @@ async def test_a_stop_during_a_long_tick_finishes_it_and_exits_cleanly(open_runn
 
 class CrashingStore(Store):
     """A store whose ``crash_at``-th write transaction from now on fails before it starts."""
+
     crash_at: int | None = None
 
     @contextmanager
@@ -191,8 +203,10 @@ class CrashingStore(Store):
 
 def population(store: Store, n: int) -> None:
     with store.transaction() as c:
-        c.executemany("INSERT INTO friends(id, followed_at, seen_at, total_spent, created_at) "
-                      "VALUES (?, 0, 0, 150, 0)", [(f"U{i}",) for i in range(n)])
+        c.executemany(
+            "INSERT INTO friends(id, followed_at, seen_at, total_spent, created_at) VALUES (?, 0, 0, 150, 0)",
+            [(f"U{i}",) for i in range(n)],
+        )
 
 
 @pytest.mark.parametrize("trigger", ["when total_spent >= 100", 'when schedule "0 20 * * *"'])
@@ -203,19 +217,20 @@ def test_a_crash_between_entry_chunks_enrols_everybody_once(tmp_path, monkeypatc
     store = CrashingStore(path)
     population(store, 7)
     engine = Engine(project, store, clock=lambda: at("2026-11-01 19:00"))
-    engine.tick(at("2026-11-01 19:00"), conditions=False)    # the schedule counts from here
-    store.crash_at = 3                                         # chunks 1 and 2 commit, then the crash
+    engine.tick(at("2026-11-01 19:00"), conditions=False)  # the schedule counts from here
+    store.crash_at = 3  # chunks 1 and 2 commit, then the crash
     with pytest.raises(RuntimeError, match="power cut"):
         engine.tick(at("2026-11-01 20:00"))
     entered = store.conn.execute("SELECT COUNT(*) FROM enrollments").fetchone()[0]
     assert entered == 4
     store.close()
-    again = Store(path)                                        # a restart
+    again = Store(path)  # a restart
     Engine(project, again, clock=lambda: at("2026-11-01 20:01")).tick(at("2026-11-01 20:01"))
     per_friend = again.conn.execute("SELECT friend, COUNT(*) FROM enrollments GROUP BY friend").fetchall()
     assert sorted(tuple(r) for r in per_friend) == [(f"U{i}", 1) for i in range(7)]
-    sent = again.conn.execute("SELECT friend, COUNT(*) FROM deliveries WHERE status = 'queued' "
-                              "GROUP BY friend").fetchall()
+    sent = again.conn.execute(
+        "SELECT friend, COUNT(*) FROM deliveries WHERE status = 'queued' GROUP BY friend"
+    ).fetchall()
     assert sorted(tuple(r) for r in sent) == [(f"U{i}", 1) for i in range(7)]
     again.close()
 
@@ -223,6 +238,7 @@ def test_a_crash_between_entry_chunks_enrols_everybody_once(tmp_path, monkeypatc
 class WatchedStore(Store):
     """Before each of its write transactions, another connection writes with no busy wait:
     that fails if the write lock is still held from an earlier chunk."""
+
     other: Store | None = None
     writes = 0
 
@@ -240,8 +256,9 @@ def test_audience_entry_releases_the_write_lock_between_chunks(tmp_path, monkeyp
     path = str(tmp_path / "lock.db")
     store = WatchedStore(path)
     population(store, 9)
-    engine = Engine(compile_rules("rule big when total_spent >= 100 then send a"), store,
-                    clock=lambda: at("2026-11-01 10:00"))
+    engine = Engine(
+        compile_rules("rule big when total_spent >= 100 then send a"), store, clock=lambda: at("2026-11-01 10:00")
+    )
     store.other = Store(path)
     store.other.conn.execute("PRAGMA busy_timeout = 0")
     entries = []
@@ -249,7 +266,7 @@ def test_audience_entry_releases_the_write_lock_between_chunks(tmp_path, monkeyp
     store.enroll_audience = lambda **kw: entries.append(original(**kw)) or entries[-1]  # type: ignore
     assert engine.tick(at("2026-11-01 10:00")).entered == 9
     assert entries == [9]
-    assert store.writes >= 3 + 1        # three entry chunks, the tick's record, the walk
+    assert store.writes >= 3 + 1  # three entry chunks, the tick's record, the walk
     store.other.close()
     store.close()
 
@@ -258,8 +275,10 @@ def test_audience_entry_releases_the_write_lock_between_chunks(tmp_path, monkeyp
 
 
 def test_a_follow_waits_for_its_source_and_the_friends_later_events_wait_with_it(fresh_db_path):
-    project = compile_rules(SOURCE_RULES.replace("send greeting", "send a").replace("send coupon_reply", "send b")
-                            + 'rule keyword\n  when message "coupon"\n  then send c\n')
+    project = compile_rules(
+        SOURCE_RULES.replace("send greeting", "send a").replace("send coupon_reply", "send b")
+        + 'rule keyword\n  when message "coupon"\n  then send c\n'
+    )
     store = Store(str(fresh_db_path))
     engine = Engine(project, store, clock=lambda: at("2026-11-01 10:00"), follow_grace=10)
     t0 = int(at("2026-11-01 10:00").timestamp())
@@ -267,40 +286,51 @@ def test_a_follow_waits_for_its_source_and_the_friends_later_events_wait_with_it
     first = engine.tick(at("2026-11-01 10:00:01"))
     assert first.events == 0 and store.friend("U1")["followed_at"] is None
     assert engine.next_wakeup(at("2026-11-01 10:00:01")) == at("2026-11-01 10:00:10")
-    engine.apply_events([ev("message", "U1", "2026-11-01 10:00:02", text="coupon", reply_token="rt-m"),
-                         ev("message", "U2", "2026-11-01 10:00:02", text="coupon", reply_token="rt-2")],
-                        received_at=t0 + 2)
+    engine.apply_events(
+        [
+            ev("message", "U1", "2026-11-01 10:00:02", text="coupon", reply_token="rt-m"),
+            ev("message", "U2", "2026-11-01 10:00:02", text="coupon", reply_token="rt-2"),
+        ],
+        received_at=t0 + 2,
+    )
     second = engine.tick(at("2026-11-01 10:00:03"))
-    assert second.events == 1                                  # U2's message; U1's waits behind the follow
-    store.set_source("U1", "qr=shipping", now=t0 + 4)          # the login callback, a little later
+    assert second.events == 1  # U2's message; U1's waits behind the follow
+    store.set_source("U1", "qr=shipping", now=t0 + 4)  # the login callback, a little later
     third = engine.tick(at("2026-11-01 10:00:10"))
     assert third.events == 2
     sends = sorted((r["recipients"], r["messages"], r["kind"], r["reply_token"]) for r in store.outbox())
-    assert sends == [(["U1"], ["b"], "reply", "rt-f"),          # via qr=shipping, not the generic a
-                     (["U1"], ["c"], "reply", "rt-m"),          # after the follow, still fresh
-                     (["U2"], ["c"], "reply", "rt-2")]
+    assert sends == [
+        (["U1"], ["b"], "reply", "rt-f"),  # via qr=shipping, not the generic a
+        (["U1"], ["c"], "reply", "rt-m"),  # after the follow, still fresh
+        (["U2"], ["c"], "reply", "rt-2"),
+    ]
     order = store.conn.execute("SELECT type FROM events WHERE friend = 'U1' ORDER BY processed_at, seq").fetchall()
     assert [r[0] for r in order] == ["follow", "message"]
     store.close()
 
 
 async def test_follow_then_login_callback_two_seconds_later_fires_the_source_rule(
-        open_runner, aiohttp_client, fake_line_login, monkeypatch):
+    open_runner, aiohttp_client, fake_line_login, monkeypatch
+):
     monkeypatch.setattr(runloop, "FOLLOW_GRACE", 3)
-    runner = open_runner(SOURCE_RULES, {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
-                         tick=30, clock=ManualClock(flowing=True))
+    runner = open_runner(
+        SOURCE_RULES,
+        {"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
+        tick=30,
+        clock=ManualClock(flowing=True),
+    )
     client = await aiohttp_client(build_app(runner))
     resp = await client.get("/join/qr=shipping", allow_redirects=False)
     state = parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
-    body = webhook_body(line_event("follow", "U77", event_id="01CONC0900", reply_token="rt-77",
-                                   follow={"isUnblocked": False}))
+    body = webhook_body(
+        line_event("follow", "U77", event_id="01CONC0900", reply_token="rt-77", follow={"isUnblocked": False})
+    )
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
-    await tick_later(runner, 2)                                # two seconds on, within the grace
-    assert runner.store.outbox() == []                         # the follow is still held
-    resp = await client.get("/login/callback", params={"code": "good-code", "state": state},
-                            allow_redirects=False)
+    await tick_later(runner, 2)  # two seconds on, within the grace
+    assert runner.store.outbox() == []  # the follow is still held
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": state}, allow_redirects=False)
     assert resp.status == 302 and runner.store.friend("U77")["source"] == "qr=shipping"
-    await tick_later(runner, 1)                                # the grace is over
+    await tick_later(runner, 1)  # the grace is over
     rows = runner.store.outbox()
     assert [(r["rule"], r["kind"], r["reply_token"]) for r in rows] == [("shipping", "reply", "rt-77")]
     fired = runner.store.conn.execute("SELECT DISTINCT rule FROM enrollments WHERE friend = 'U77'").fetchall()
@@ -314,7 +344,7 @@ async def test_without_a_join_link_in_flight_a_follow_is_processed_at_once(open_
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
     rows = await wait_for(lambda: runner.store.outbox(), timeout=2)
     assert [r["rule"] for r in rows] == ["welcome_general"]
-    assert runner.follow_grace(int(dt.datetime.now(dt.timezone.utc).timestamp())) == 0
+    assert runner.follow_grace(int(dt.datetime.now(dt.UTC).timestamp())) == 0
 
 
 def test_the_condition_interval_flag_reaches_the_engine(tmp_path, monkeypatch):
@@ -329,8 +359,9 @@ def test_the_condition_interval_flag_reaches_the_engine(tmp_path, monkeypatch):
     assert result.exit_code == 0 and seen["condition_interval"] == 3600
     refused = CliRunner().invoke(cli, ["run", "--condition-interval", "-5"])
     assert refused.exit_code == 2 and "--condition-interval" in refused.output
-    config = RunnerConfig.from_env({}, rules_dir=write_rules(tmp_path / "rules"), db=tmp_path / "x.db",
-                                   condition_interval=3600)
+    config = RunnerConfig.from_env(
+        {}, rules_dir=write_rules(tmp_path / "rules"), db=tmp_path / "x.db", condition_interval=3600
+    )
     opened = Runner.open(config)
     try:
         assert opened.engine.condition_interval == 3600 and opened.engine.store is not opened.store

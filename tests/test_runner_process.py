@@ -1,5 +1,6 @@
 """``python runner.py`` / ``linerules run`` as a real process: start-up in dry-run on the
 sample rules, the one-runner lease, graceful SIGTERM, and SIGHUP reloads."""
+
 from __future__ import annotations
 
 import re
@@ -40,13 +41,11 @@ def test_a_second_runner_on_the_same_database_is_refused(tmp_path, processes):
     assert first.exit_code() == 0
 
 
-def test_sigterm_finishes_the_requests_in_flight_then_exits_0(
-        tmp_path, processes, line_emulator, line_env):
+def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tmp_path, processes, line_emulator, line_env):
     rules = write_rules(tmp_path / "rules")
     line_emulator.add_user("U1", "Hanako")
-    line_emulator.inject_timeout("push", delay=1.0)   # the first push hangs for a second
-    runner = processes(rules, tmp_path / "graceful.db",
-                       env=line_env).started()
+    line_emulator.inject_timeout("push", delay=1.0)  # the first push hangs for a second
+    runner = processes(rules, tmp_path / "graceful.db", env=line_env).started()
     runner.post_events([follow("U1")])
     wait_until(lambda: line_emulator.requests_to("push"))
     runner.proc.send_signal(signal.SIGTERM)
@@ -64,8 +63,7 @@ def test_a_second_sigterm_exits_at_once(tmp_path, processes, line_emulator, line
     rules = write_rules(tmp_path / "rules")
     line_emulator.add_user("U1", "Hanako")
     line_emulator.inject_timeout("push", delay=30.0)
-    runner = processes(rules, tmp_path / "hard.db",
-                       env=line_env).started()
+    runner = processes(rules, tmp_path / "hard.db", env=line_env).started()
     runner.post_events([follow("U1")])
     wait_until(lambda: line_emulator.requests_to("push"))
     runner.proc.send_signal(signal.SIGTERM)
@@ -84,14 +82,14 @@ def test_sighup_reloads_a_valid_folder_and_keeps_the_rules_on_an_invalid_one(tmp
     rules = write_rules(tmp_path / "rules")
     runner = processes(rules, tmp_path / "reload.db", tick=30).started()
     _, before = runner.get("/healthz")
-    (rules / "main.rule").write_text(RULES + "\nrule broken\n  when followed\n  then send nothing_here\n",
-                                     encoding="utf-8")
+    (rules / "main.rule").write_text(
+        RULES + "\nrule broken\n  when followed\n  then send nothing_here\n", encoding="utf-8"
+    )
     runner.proc.send_signal(signal.SIGHUP)
     runner.wait_for(r"reload \(SIGHUP\) refused: the rules are invalid")
     runner.wait_for(r"main\.rule:7:\d+: error\[LR102\]: .*nothing_here")
     assert runner.get("/healthz")[1]["rules_version"] == before["rules_version"]
-    (rules / "main.rule").write_text(RULES + "\nrule thanks\n  when purchased\n  then send thanks\n",
-                                     encoding="utf-8")
+    (rules / "main.rule").write_text(RULES + "\nrule thanks\n  when purchased\n  then send thanks\n", encoding="utf-8")
     runner.proc.send_signal(signal.SIGHUP)
     version = runner.wait_for(r"rules reloaded \(version (\S+), 2 rules, SIGHUP\)").group(1)
     assert version != before["rules_version"]
@@ -116,9 +114,22 @@ def test_a_port_in_use_exits_1_with_a_clear_message(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         linerules = Path(sys.executable).parent / "linerules"
-        runner = subprocess.run([str(linerules), "run", "--rules", str(rules), "--db",
-                                 str(tmp_path / "port.db"), "--listen", f"127.0.0.1:{port}"],
-                                capture_output=True, text=True, timeout=30, cwd=REPO)
+        runner = subprocess.run(
+            [
+                str(linerules),
+                "run",
+                "--rules",
+                str(rules),
+                "--db",
+                str(tmp_path / "port.db"),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
     assert runner.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in runner.stderr
     assert "Traceback" not in runner.stderr

@@ -1,10 +1,13 @@
 """sale_calendar.yaml: time formats, zones, and the exact place of every error."""
+
 import datetime as dt
 import textwrap
 from zoneinfo import ZoneInfo
 
 import yaml
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from engine.language import ir
 from engine.language.sales import load_sales
@@ -25,8 +28,7 @@ def errors(text: str) -> list[str]:
 
 
 def one_sale(**fields) -> str:
-    base = {"name": "s1", "title": "楽天スーパーSALE", "starts": "2026-12-04 20:00",
-            "ends": "2026-12-11 01:59"}
+    base = {"name": "s1", "title": "楽天スーパーSALE", "starts": "2026-12-04 20:00", "ends": "2026-12-11 01:59"}
     base.update(fields)
     lines = ["sales:"]
     for i, (k, v) in enumerate((k, v) for k, v in base.items() if v is not None):
@@ -39,8 +41,11 @@ def test_sample_calendar():
         sales, diags = load_sales("rules/sale_calendar.yaml", f.read(), TOKYO)
     assert diags == []
     assert [(s.name, s.kind) for s in sales] == [
-        ("super_sale_2026_12", "super_sale"), ("marathon_2027_01", "marathon"),
-        ("marathon_2027_02", "marathon"), ("super_sale_2027_03", "super_sale")]
+        ("super_sale_2026_12", "super_sale"),
+        ("marathon_2027_01", "marathon"),
+        ("marathon_2027_02", "marathon"),
+        ("super_sale_2027_03", "super_sale"),
+    ]
     first = sales[0]
     assert first.title == "楽天スーパーSALE"
     assert first.starts.isoformat() == "2026-12-04T20:00:00+09:00"
@@ -61,8 +66,8 @@ def test_time_formats():
     a, b, c = sales
     assert a.starts == dt.datetime(2026, 12, 4, 20, tzinfo=TOKYO)
     assert a.ends == dt.datetime(2026, 12, 5, 20, tzinfo=TOKYO)
-    assert b.starts.isoformat() == "2026-12-04T20:00:00+09:00"   # an offset is kept, shown in Tokyo
-    assert b.ends.isoformat() == "2026-12-05T00:00:00+09:00"     # a bare date is 00:00 local
+    assert b.starts.isoformat() == "2026-12-04T20:00:00+09:00"  # an offset is kept, shown in Tokyo
+    assert b.ends.isoformat() == "2026-12-05T00:00:00+09:00"  # a bare date is 00:00 local
     assert c.starts == dt.datetime(2026, 12, 4, 20, tzinfo=TOKYO)
     assert c.ends == dt.datetime(2026, 12, 5, 20, 0, 30, tzinfo=TOKYO)
 
@@ -88,40 +93,46 @@ def test_empty_calendar():
 def test_unparseable_date():
     assert errors(one_sale(starts="next friday")) == [
         "4:13: `next friday` is not a date and time | write `2026-12-04 20:00` (local time), "
-        "`2026-12-04T20:00:00+09:00` or a date `2026-12-04`"]
+        "`2026-12-04T20:00:00+09:00` or a date `2026-12-04`"
+    ]
 
 
 def test_impossible_date():
     assert errors(one_sale(ends="2026-02-30")) == [
         "5:11: `2026-02-30` is not a date and time | write `2026-12-04 20:00` (local time), "
-        "`2026-12-04T20:00:00+09:00` or a date `2026-12-04`"]
+        "`2026-12-04T20:00:00+09:00` or a date `2026-12-04`"
+    ]
 
 
 def test_ends_before_starts():
     _, diags = load(one_sale(ends="2026-12-04 19:00"))
     assert [(d.line, d.column, d.end_column, d.message, d.help) for d in diags] == [
-        (5, 11, 27, "the sale ends before it starts",
-         "it starts 2026-12-04 20:00; `ends` must be later")]
+        (5, 11, 27, "the sale ends before it starts", "it starts 2026-12-04 20:00; `ends` must be later")
+    ]
 
 
 def test_ends_equal_starts():
-    assert errors(one_sale(ends="2026-12-04T20:00:00+09:00"))[0].startswith(
-        "5:11: the sale ends the moment it starts")
+    assert errors(one_sale(ends="2026-12-04T20:00:00+09:00"))[0].startswith("5:11: the sale ends the moment it starts")
 
 
 def test_a_one_day_sale_written_as_two_dates_is_explained():
     assert errors(one_sale(starts="2027-02-01", ends="2027-02-01")) == [
         "5:11: the sale ends the moment it starts | a date alone is 00:00, the start of that day: "
-        "for a sale through 2027-02-01, write `ends: 2027-02-01 23:59`"]
+        "for a sale through 2027-02-01, write `ends: 2027-02-01 23:59`"
+    ]
 
 
 def test_an_end_written_as_a_date_warns_that_the_day_itself_is_not_in_the_sale():
     sales, diags = load(one_sale(ends="2026-12-11"))
     assert [(d.severity, f"{d.line}:{d.column}: {d.message}", d.help) for d in diags] == [
-        ("warning", "5:11: the sale ends at 2026-12-11 00:00, so its last day is 2026-12-10",
-         "a date alone is 00:00, the start of that day: for a sale through 2026-12-11, write "
-         "`ends: 2026-12-11 23:59`, or `ends: 2026-12-11 00:00` if the day before is meant")]
-    assert [s.name for s in sales] == ["s1"]       # a warning: the sale is still there
+        (
+            "warning",
+            "5:11: the sale ends at 2026-12-11 00:00, so its last day is 2026-12-10",
+            "a date alone is 00:00, the start of that day: for a sale through 2026-12-11, write "
+            "`ends: 2026-12-11 23:59`, or `ends: 2026-12-11 00:00` if the day before is meant",
+        )
+    ]
+    assert [s.name for s in sales] == ["s1"]  # a warning: the sale is still there
 
 
 def test_missing_fields():
@@ -142,7 +153,8 @@ def test_duplicate_names():
 
 def test_url_must_be_https():
     assert errors(one_sale(url="http://shop.example.jp")) == [
-        "6:10: `url` must be an https:// link, not `http://shop.example.jp`"]
+        "6:10: `url` must be an https:// link, not `http://shop.example.jp`"
+    ]
 
 
 def test_bad_name_and_kind():
@@ -150,12 +162,12 @@ def test_bad_name_and_kind():
         "2:11: `2026sale` is not a valid sale name | a name starts with a letter and continues "
         "with letters, digits, _ or -",
         "6:11: `super sale` is not a valid sale kind | a name starts with a letter and continues "
-        "with letters, digits, _ or -"]
+        "with letters, digits, _ or -",
+    ]
 
 
 def test_unknown_field_suggests_close_name():
-    assert errors(one_sale(stars="x")) == [
-        "6:5: unknown sale field `stars` | did you mean `starts`?"]
+    assert errors(one_sale(stars="x")) == ["6:5: unknown sale field `stars` | did you mean `starts`?"]
 
 
 def test_unknown_top_level_key():
@@ -163,12 +175,14 @@ def test_unknown_top_level_key():
 
 
 def test_shapes():
-    assert errors("- a\n") == ["1:1: sale_calendar.yaml must be a mapping with a `sales:` list | "
-                               "start the file with `sales:` and list one sale per item"]
-    assert errors("sales: {a: 1}\n") == ["1:8: `sales` must be a list of sales | "
-                                         "write each sale as an item starting with `- name: ...`"]
-    assert errors("sales:\n  - just text\n") == [
-        "2:5: a sale must be a mapping with name, title, starts and ends"]
+    assert errors("- a\n") == [
+        "1:1: sale_calendar.yaml must be a mapping with a `sales:` list | "
+        "start the file with `sales:` and list one sale per item"
+    ]
+    assert errors("sales: {a: 1}\n") == [
+        "1:8: `sales` must be a list of sales | write each sale as an item starting with `- name: ...`"
+    ]
+    assert errors("sales:\n  - just text\n") == ["2:5: a sale must be a mapping with name, title, starts and ends"]
 
 
 def test_title_must_be_text():
@@ -187,18 +201,36 @@ def test_one_bad_sale_keeps_the_others():
 def test_yaml_error_in_calendar():
     assert errors("sales:\n  - name: 'a\n") == [
         "2:11: invalid YAML: the quoted text that starts here is never closed | "
-        "close it with the same quote, or write a text over several lines after `|`"]
+        "close it with the same quote, or write a text over several lines after `|`"
+    ]
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(st.one_of(
-    st.text(),
-    YAMLISH,
-    st.fixed_dictionaries({"sales": st.lists(st.dictionaries(
-        st.sampled_from(["name", "title", "kind", "starts", "ends", "url", "x"]),
-        st.one_of(st.none(), st.integers(), st.text(max_size=25), st.dates(), st.datetimes(),
-                  st.lists(st.integers(), max_size=2)),
-        max_size=7), max_size=4)}).map(lambda v: yaml.safe_dump(v, allow_unicode=True))))
+@given(
+    st.one_of(
+        st.text(),
+        YAMLISH,
+        st.fixed_dictionaries(
+            {
+                "sales": st.lists(
+                    st.dictionaries(
+                        st.sampled_from(["name", "title", "kind", "starts", "ends", "url", "x"]),
+                        st.one_of(
+                            st.none(),
+                            st.integers(),
+                            st.text(max_size=25),
+                            st.dates(),
+                            st.datetimes(),
+                            st.lists(st.integers(), max_size=2),
+                        ),
+                        max_size=7,
+                    ),
+                    max_size=4,
+                )
+            }
+        ).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
+    )
+)
 def test_never_raises(text):
     sales, diags = load_sales(PATH, text, TOKYO)
     assert all(isinstance(s, ir.Sale) and s.starts < s.ends for s in sales)
@@ -207,6 +239,4 @@ def test_never_raises(text):
 
 def test_a_field_with_no_value_is_an_error_that_says_quote_it():
     text = one_sale(url="#sale")
-    assert errors(text) == [
-        "6:5: `url` has no value | "
-        'an unquoted `#` starts a comment: quote it, e.g. url: "#sale"']
+    assert errors(text) == ['6:5: `url` has no value | an unquoted `#` starts a comment: quote it, e.g. url: "#sale"']

@@ -1,6 +1,7 @@
 """The runner's HTTP server on a real loopback port: webhooks (real signatures, replies through
 the LINE emulator with the real line-bot-sdk), shop events, health, metrics, friend-add
 sources through a tiny fake of LINE Login, tracked links, and rule reloads."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -45,8 +46,9 @@ JST = dt.timezone(dt.timedelta(hours=9))
 async def emulated(line_emulator, make_client):
     """A runner that sends to the LINE emulator, with friend U1 (Hanako) known there."""
     line_emulator.add_user("U1", "Hanako")
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url})
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url}
+    )
     return client, runner, line_emulator
 
 
@@ -57,8 +59,15 @@ async def emulated(line_emulator, make_client):
 async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
     client, runner, emulator = emulated
     token = emulator.issue_reply_token("U1")
-    body = webhook_body(line_event("message", "U1", event_id="01WEBHOOK0001", reply_token=token,
-                                   message={"type": "text", "id": "1", "text": "クーポンください"}))
+    body = webhook_body(
+        line_event(
+            "message",
+            "U1",
+            event_id="01WEBHOOK0001",
+            reply_token=token,
+            message={"type": "text", "id": "1", "text": "クーポンください"},
+        )
+    )
     started = time.monotonic()
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
@@ -72,10 +81,12 @@ async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
 async def test_follow_is_greeted_with_the_profile_name(line_emulator, make_client):
     line_emulator.add_user("U1", "Hanako")
     # A slow timer: only the tick that follows the profile fetch can greet the new friend.
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, tick=30)
-    body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0002", reply_token="rt-1",
-                                   follow={"isUnblocked": False}))
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url}, tick=30
+    )
+    body = webhook_body(
+        line_event("follow", "U1", event_id="01WEBHOOK0002", reply_token="rt-1", follow={"isUnblocked": False})
+    )
     resp = await client.post("/callback", data=body, headers={"X-Line-Signature": sign(body)})
     assert resp.status == 200
     [delivery] = await wait_for(lambda: line_emulator.inboxes.get("U1"))
@@ -126,10 +137,11 @@ async def test_connectivity_check_and_standby_events(make_client):
 
 async def test_several_events_for_several_friends_in_one_request(make_client):
     client, runner = await make_client(loops=False)
-    body = webhook_body(line_event("follow", "U4", event_id="01WEBHOOK0007"),
-                        line_event("follow", "U5", event_id="01WEBHOOK0008"),
-                        line_event("postback", "U4", event_id="01WEBHOOK0009",
-                                   postback={"data": "action=survey_done"}))
+    body = webhook_body(
+        line_event("follow", "U4", event_id="01WEBHOOK0007"),
+        line_event("follow", "U5", event_id="01WEBHOOK0008"),
+        line_event("postback", "U4", event_id="01WEBHOOK0009", postback={"data": "action=survey_done"}),
+    )
     resp = await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     assert resp.status == 200
     assert runner.store.friend("U4") is not None and runner.store.friend("U5") is not None
@@ -160,33 +172,36 @@ async def test_events_endpoint_needs_the_bearer_token(make_client, auth):
 async def test_events_json_and_json_lines(make_client):
     client, runner = await make_client(loops=False)
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
-    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
-                             headers=auth)
+    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")], headers=auth)
     assert resp.status == 200
     assert await resp.json() == {"applied": 2, "duplicates": 0}
     purchase = shop_event("purchase", "U1", order_id="A-1", amount=5400)
     lines = "\n".join(json.dumps(e) for e in [purchase, purchase, shop_event("view", "U2", product="SKU1")])
-    resp = await client.post("/events", data=lines.encode(),
-                             headers={**auth, "Content-Type": "application/x-ndjson"})
+    resp = await client.post("/events", data=lines.encode(), headers={**auth, "Content-Type": "application/x-ndjson"})
     assert resp.status == 200
     assert await resp.json() == {"applied": 2, "duplicates": 1}
-    resp = await client.post("/events", data=lines.encode(),
-                             headers={**auth, "Content-Type": "text/plain"})
+    resp = await client.post("/events", data=lines.encode(), headers={**auth, "Content-Type": "text/plain"})
     assert resp.status == 415
-    resp = await client.post("/events", data=b'{"type": "follow", "friend": "U\xff"}',
-                             headers={**auth, "Content-Type": "application/json"})
+    resp = await client.post(
+        "/events", data=b'{"type": "follow", "friend": "U\xff"}', headers={**auth, "Content-Type": "application/json"}
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "the body is not UTF-8 text"
 
 
 async def test_a_bad_event_rejects_the_whole_batch(make_client):
     client, runner = await make_client(loops=False)
-    lines = "\n".join([json.dumps(shop_event("follow", "U7")),
-                       json.dumps(shop_event("follow", "U8")),
-                       json.dumps({**shop_event("purchase", "U7", order_id="B-1", amount=10),
-                                   "at": "2026-11-01T10:00:00"})])
-    resp = await client.post("/events", data=lines.encode(),
-                             headers={"Authorization": f"Bearer {API_TOKEN}",
-                                      "Content-Type": "application/jsonl"})
+    lines = "\n".join(
+        [
+            json.dumps(shop_event("follow", "U7")),
+            json.dumps(shop_event("follow", "U8")),
+            json.dumps({**shop_event("purchase", "U7", order_id="B-1", amount=10), "at": "2026-11-01T10:00:00"}),
+        ]
+    )
+    resp = await client.post(
+        "/events",
+        data=lines.encode(),
+        headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/jsonl"},
+    )
     assert resp.status == 400
     answer = await resp.json()
     assert answer["line"] == 3 and answer["field"] == "at"
@@ -199,12 +214,15 @@ async def test_a_batch_over_the_size_limit_gets_a_json_413_that_says_to_split_it
     follows = [shop_event("follow", f"U{i:06d}") for i in range(60_000)]
     lines = "\n".join(json.dumps(e) for e in follows).encode()
     assert len(lines) > 4 * 1024 * 1024
-    resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
-                                                             "Content-Type": "application/x-ndjson"})
+    resp = await client.post(
+        "/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/x-ndjson"}
+    )
     assert resp.status == 413
     assert await resp.json() == {
-        "error": "the body is larger than 4 MiB: send the events in smaller batches "
-                 "(nothing of this one was stored)", "line": None, "field": None}
+        "error": "the body is larger than 4 MiB: send the events in smaller batches (nothing of this one was stored)",
+        "line": None,
+        "field": None,
+    }
     assert runner.store.friend("U000000") is None
 
 
@@ -234,8 +252,7 @@ async def test_metrics_in_prometheus_text(emulated):
     emulator.inject("push", 500)
     body = webhook_body(line_event("follow", "U1", event_id="01WEBHOOK0010"))
     await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
-    await wait_for(lambda: runner.metrics.value("linerules_pushes_total", outcome="sent"),
-                   timeout=10)
+    await wait_for(lambda: runner.metrics.value("linerules_pushes_total", outcome="sent"), timeout=10)
     resp = await client.get("/metrics")
     assert resp.status == 200 and resp.content_type == "text/plain"
     samples = await scrape(client)
@@ -248,8 +265,11 @@ async def test_metrics_in_prometheus_text(emulated):
     assert sample(samples, "linerules_dry_run") == 0
     assert sample(samples, "linerules_sends_in_flight") == 0
     # real histograms: buckets, sum and count
-    for name in ("linerules_tick_duration_seconds", "linerules_send_duration_seconds",
-                 "linerules_http_request_duration_seconds"):
+    for name in (
+        "linerules_tick_duration_seconds",
+        "linerules_send_duration_seconds",
+        "linerules_http_request_duration_seconds",
+    ):
         assert samples[("TYPE", name)] == "histogram", name
     ticks = sample(samples, "linerules_tick_duration_seconds_count")
     assert ticks >= 1
@@ -266,8 +286,9 @@ async def test_metrics_in_prometheus_text(emulated):
 async def test_metrics_in_openmetrics_when_the_scraper_asks(make_client):
     client, runner = await make_client(loops=False)
     runner.tick_once()
-    resp = await client.get("/metrics", headers={
-        "Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    resp = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
+    )
     assert resp.status == 200 and resp.content_type == "application/openmetrics-text"
     text = await resp.text()
     assert text.endswith("# EOF\n")
@@ -279,15 +300,18 @@ async def test_two_runners_in_one_process_keep_their_own_metrics(tmp_path, make_
     body = webhook_body(line_event("follow", "U7", event_id="01WEBHOOK0011"))
     await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})
     other_rules = write_rules(tmp_path / "other-rules")
-    config = RunnerConfig.from_env({"LINE_CHANNEL_SECRET": SECRET}, rules_dir=other_rules,
-                                   db=tmp_path / "other.db", listen="127.0.0.1:0", tick_seconds=1)
+    config = RunnerConfig.from_env(
+        {"LINE_CHANNEL_SECRET": SECRET},
+        rules_dir=other_rules,
+        db=tmp_path / "other.db",
+        listen="127.0.0.1:0",
+        tick_seconds=1,
+    )
     other = Runner.open(config)
     try:
         other_client = await aiohttp_client(build_app(other, loops=False))
-        assert sample(await scrape(client), "linerules_events_total", type="follow",
-                      origin="webhook") == 1
-        assert sample(await scrape(other_client), "linerules_events_total", type="follow",
-                      origin="webhook") is None
+        assert sample(await scrape(client), "linerules_events_total", type="follow", origin="webhook") == 1
+        assert sample(await scrape(other_client), "linerules_events_total", type="follow", origin="webhook") is None
         await other_client.close()
     finally:
         other.close()
@@ -311,8 +335,7 @@ def test_gauges_read_at_scrape_time_and_unknown_values_are_left_out():
 
 
 async def test_join_link_records_the_source_through_line_login(make_client, fake_line_login):
-    client, runner = await make_client({"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))},
-                                       loops=False)
+    client, runner = await make_client({"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/"))}, loops=False)
     resp = await client.get("/join/qr=shipping", allow_redirects=False)
     assert resp.status == 302
     url = urlsplit(resp.headers["Location"])
@@ -321,9 +344,11 @@ async def test_join_link_records_the_source_through_line_login(make_client, fake
     assert query["response_type"] == "code" and query["client_id"] == "1650000000"
     assert query["redirect_uri"] == "https://shop.example.com/line/login/callback"
     assert query["scope"] == "profile openid" and query["bot_prompt"] == "aggressive"
-    resp = await client.get("/login/callback", params={"code": "good-code", "state": query["state"],
-                                                       "friendship_status_changed": "true"},
-                            allow_redirects=False)
+    resp = await client.get(
+        "/login/callback",
+        params={"code": "good-code", "state": query["state"], "friendship_status_changed": "true"},
+        allow_redirects=False,
+    )
     assert resp.status == 302 and resp.headers["Location"] == "/login/thanks"
     assert fake_line_login.seen[0]["redirect_uri"] == "https://shop.example.com/line/login/callback"
     assert runner.store.friend("U77")["source"] == "qr=shipping"
@@ -332,24 +357,24 @@ async def test_join_link_records_the_source_through_line_login(make_client, fake
 
 
 async def test_login_callback_refuses_forged_state_and_bad_codes(make_client, fake_line_login):
-    client, runner = await make_client({"LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/")),
-                                        "LINERULES_JOIN_REDIRECT": "https://shop.example.com/"},
-                                       loops=False)
+    client, runner = await make_client(
+        {
+            "LINE_LOGIN_API_ENDPOINT": str(fake_line_login.make_url("/")),
+            "LINERULES_JOIN_REDIRECT": "https://shop.example.com/",
+        },
+        loops=False,
+    )
     forged = LoginFlow("1650000000", "not-the-secret", "https://x").sign_state("qr=evil", int(time.time()))
-    resp = await client.get("/login/callback", params={"code": "good-code", "state": forged},
-                            allow_redirects=False)
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": forged}, allow_redirects=False)
     assert resp.status == 400 and "invalid" in await resp.text()
     location = (await client.get("/join/ad=summer", allow_redirects=False)).headers["Location"]
     state = parse_qs(urlsplit(location).query)["state"][0]
-    resp = await client.get("/login/callback", params={"code": "bad-code", "state": state},
-                            allow_redirects=False)
+    resp = await client.get("/login/callback", params={"code": "bad-code", "state": state}, allow_redirects=False)
     assert resp.status == 400 and "refused the code" in await resp.text()
-    resp = await client.get("/login/callback", params={"error": "access_denied", "state": state},
-                            allow_redirects=False)
+    resp = await client.get("/login/callback", params={"error": "access_denied", "state": state}, allow_redirects=False)
     assert resp.status == 400
     assert runner.store.friend("U77") is None
-    resp = await client.get("/login/callback", params={"code": "good-code", "state": state},
-                            allow_redirects=False)
+    resp = await client.get("/login/callback", params={"code": "good-code", "state": state}, allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "https://shop.example.com/"
     assert runner.store.friend("U77")["source"] == "ad=summer"
     resp = await client.get("/join/not-a-source", allow_redirects=False)
@@ -386,8 +411,9 @@ async def test_join_without_login_settings_is_refused(tmp_path, aiohttp_client, 
 
 async def test_tracked_link_records_the_click_and_redirects(make_client):
     client, runner = await make_client(loops=False)
-    resp = await client.post("/events", json=shop_event("follow", "U1"),
-                             headers={"Authorization": f"Bearer {API_TOKEN}"})
+    resp = await client.post(
+        "/events", json=shop_event("follow", "U1"), headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
     assert resp.status == 200
     runner.tick_once()
     [row] = runner.store.outbox()
@@ -407,17 +433,15 @@ async def test_tracked_link_records_the_click_and_redirects(make_client):
 async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make_client, rules_dir, caplog):
     caplog.set_level(logging.INFO, logger="linerules")
     client, runner = await make_client(loops=False)
-    runner.reload_quiet = 0        # the quiet period before a reload is tested with the process
+    runner.reload_quiet = 0  # the quiet period before a reload is tested with the process
     runner.tick_once()
     before = runner.project.version
-    (rules_dir / "main.rule").write_text(RULES + "rule x\n  when followed\n  then send nope\n",
-                                         encoding="utf-8")
+    (rules_dir / "main.rule").write_text(RULES + "rule x\n  when followed\n  then send nope\n", encoding="utf-8")
     runner.tick_once()
     assert runner.project.version == before
     assert "reload (rule files changed) refused" in caplog.text
     assert "main.rule:11:" in caplog.text and "nope" in caplog.text
-    (rules_dir / "main.rule").write_text(RULES.replace("reenter always", "reenter never"),
-                                         encoding="utf-8")
+    (rules_dir / "main.rule").write_text(RULES.replace("reenter always", "reenter never"), encoding="utf-8")
     runner.tick_once()
     assert runner.project.version != before
     assert runner.engine.project is runner.project
@@ -440,8 +464,9 @@ async def test_a_runner_that_loses_its_lease_stops_with_status_1(make_client):
 
 
 def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_over(tmp_path, rules_dir):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead = f"{socket.gethostname()}:{gone.stdout.strip()}"
     store = Store(str(tmp_path / "taken.db"))
     assert store.acquire_lease(dead, int(time.time()), 600)
@@ -477,8 +502,11 @@ async def test_a_failed_push_retries_inside_its_window(make_client, rules_dir):
 def test_every_environment_variable_is_documented():
     root = Path(__file__).resolve().parent.parent
     docs = (root / "docs" / "operations.md").read_text(encoding="utf-8")
-    names = {m for path in (root / "engine").rglob("*.py")
-             for m in re.findall(r"[\"'](LINE(?:RULES)?_[A-Z_]+)[\"']", path.read_text(encoding="utf-8"))}
+    names = {
+        m
+        for path in (root / "engine").rglob("*.py")
+        for m in re.findall(r"[\"'](LINE(?:RULES)?_[A-Z_]+)[\"']", path.read_text(encoding="utf-8"))
+    }
     assert "LINE_CHANNEL_SECRET" in names and "LINERULES_API_TOKEN" in names
     assert sorted(n for n in names if f"`{n}`" not in docs) == []
 
@@ -495,18 +523,24 @@ async def test_sends_the_monthly_quota_stops_wait_for_the_next_days_opening(line
     # the runner's clock, not the wall clock: at 23:30 in Tokyo the next opening is too close
     # for the send to be handed back, and the test would depend on the hour it runs at
     clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST), flowing=True)
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, clock=clock)
-    resp = await client.post("/events", json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
-                             headers={"Authorization": f"Bearer {API_TOKEN}"})
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url},
+        clock=clock,
+    )
+    resp = await client.post(
+        "/events",
+        json=[shop_event("follow", "U1"), shop_event("follow", "U2")],
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
     assert resp.status == 200
     # the row never reached LINE: it is handed back, and its send is decided anew then
-    rows = await wait_for(lambda: (r := runner.store.outbox()) and len(r) == 2
-                          and {x["status"] for x in r} == {"sent", "returned"} and r)
+    rows = await wait_for(
+        lambda: (r := runner.store.outbox()) and len(r) == 2 and {x["status"] for x in r} == {"sent", "returned"} and r
+    )
     held = next(r for r in rows if r["status"] == "returned")
     tomorrow = dt.datetime(2026, 11, 6, 0, 0, tzinfo=JST)
     due = runner.store.conn.execute("SELECT due_at FROM intents").fetchall()
-    assert [tuple(d) for d in due] == [(int(tomorrow.timestamp()),)]   # no window: 00:00 the next day
+    assert [tuple(d) for d in due] == [(int(tomorrow.timestamp()),)]  # no window: 00:00 the next day
     assert "monthly quota" in held["last_error"]
     assert len(line_emulator.delivered) == 1
 
@@ -515,8 +549,9 @@ def test_the_next_days_opening_follows_the_window():
     from engine.language import ir
 
     runner = Runner.__new__(Runner)
-    runner.project = ir.Project(rules={}, segments={}, messages={}, sales=(),
-                                settings=ir.Settings(window=ir.Window(dt.time(9), dt.time(21))))
+    runner.project = ir.Project(
+        rules={}, segments={}, messages={}, sales=(), settings=ir.Settings(window=ir.Window(dt.time(9), dt.time(21)))
+    )
     at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 23, 30, tzinfo=JST))
     assert at == dt.datetime(2026, 12, 1, 9, tzinfo=JST)
     at = runner.next_day_opening({"rule": None}, dt.datetime(2026, 11, 30, 0, 30, tzinfo=JST))
@@ -526,11 +561,11 @@ def test_the_next_days_opening_follows_the_window():
 async def test_healthz_counts_sends_waiting_for_the_window(rules_dir, make_client):
     """A send deferred by the delivery window is not an outbox row yet: /healthz still shows it."""
     (rules_dir / "settings.yaml").write_text(SETTINGS + 'window: "09:00-21:00"\n', encoding="utf-8")
-    client, runner = await make_client(loops=False, clock=ManualClock(
-        dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)))
+    client, runner = await make_client(loops=False, clock=ManualClock(dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST)))
     lines = json.dumps(shop_event("follow", "U1", at="2026-11-05T22:40:00+09:00")).encode()
-    resp = await client.post("/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}",
-                                                              "Content-Type": "application/jsonl"})
+    resp = await client.post(
+        "/events", data=lines, headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/jsonl"}
+    )
     assert resp.status == 200
     runner.tick_once()
     body = await (await client.get("/healthz")).json()
@@ -544,12 +579,14 @@ async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emul
     """Everything the runner writes is stamped by the runner's clock, none by the wall clock."""
     line_emulator.add_user("U1", "Hanako")
     clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST))
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
-                                       clock=clock)
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url},
+        loops=False,
+        clock=clock,
+    )
     start = int(clock.time())
     lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
-    assert lease == start + runner.config.lease_ttl                # taken at the clock's time
+    assert lease == start + runner.config.lease_ttl  # taken at the clock's time
     body = webhook_body({**line_event("follow", "U1", event_id="01CLOCK0001"), "timestamp": start * 1000})
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
     assert runner.store.conn.execute("SELECT received_at FROM events").fetchone()[0] == start
@@ -557,7 +594,7 @@ async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emul
     runner.tick_once()
     assert runner.last_tick == clock.now()
     lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
-    assert lease == start + 5 + runner.config.lease_ttl             # renewed by the tick
+    assert lease == start + 5 + runner.config.lease_ttl  # renewed by the tick
     [row] = runner.store.outbox()
     assert row["created_at"] == start + 5
     clock.advance(1)
@@ -565,8 +602,8 @@ async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emul
     [row] = runner.store.outbox()
     assert (row["status"], row["claimed_at"], row["sent_at"]) == ("sent", start + 6, start + 6)
     assert len(line_emulator.inbox("U1")) == 1
-    assert runner.dispatcher.clock == clock.time                  # the quota month, reply deadlines
-    clock.advance(30)                                              # no tick for 31 s by that clock
+    assert runner.dispatcher.clock == clock.time  # the quota month, reply deadlines
+    clock.advance(30)  # no tick for 31 s by that clock
     resp = await client.get("/healthz")
     assert resp.status == 503 and (await resp.json())["problems"] == ["no tick for 31s"]
 
@@ -593,9 +630,11 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     for user in ("U1", "U2", "U3", "U4"):
         line_emulator.add_user(user, user)
     clock = ManualClock(dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST))
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
-                                       clock=clock)
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url},
+        loops=False,
+        clock=clock,
+    )
 
     def stamp(event: dict) -> dict:
         return {**event, "timestamp": int(clock.time() * 1000)}
@@ -606,8 +645,9 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
 
     async def shop(*events: dict) -> None:
         data = "\n".join(json.dumps(e) for e in events).encode()
-        resp = await client.post("/events", data=data, headers={"Authorization": f"Bearer {API_TOKEN}",
-                                                                 "Content-Type": "application/jsonl"})
+        resp = await client.post(
+            "/events", data=data, headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/jsonl"}
+        )
         assert resp.status == 200
 
     await webhook(*(line_event("follow", u, event_id=f"01FOLLOW{u}") for u in ("U1", "U2", "U3", "U4")))
@@ -615,8 +655,10 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     for hour in ("2026-11-06T22:40", "2026-11-07T08:00"):
         clock.set(dt.datetime.fromisoformat(hour + "+09:00"))
         runner.tick_once()
-    await shop({"type": "purchase", "friend": "U1", "at": "2026-11-07T08:00:00+09:00", "order_id": "A-1", "amount": 3000},
-               {"type": "tag", "friend": "U3", "at": "2026-11-07T08:00:00+09:00", "add": ["stop"]})
+    await shop(
+        {"type": "purchase", "friend": "U1", "at": "2026-11-07T08:00:00+09:00", "order_id": "A-1", "amount": 3000},
+        {"type": "tag", "friend": "U3", "at": "2026-11-07T08:00:00+09:00", "add": ["stop"]},
+    )
     await webhook(line_event("unfollow", "U2", event_id="01UNFOLLOWU2"))
     runner.tick_once()
     await runner.dispatch_once()
@@ -627,7 +669,7 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     await wait_for(lambda: line_emulator.inbox("U4"), timeout=10)
     clock.set(dt.datetime(2026, 11, 7, 10, 0, tzinfo=JST))
     runner.tick_once()
-    assert await runner.dispatch_once() == 0          # nothing more to send an hour later
+    assert await runner.dispatch_once() == 0  # nothing more to send an hour later
     assert [m["text"] for m in line_emulator.inbox("U4")] == ["15%OFFクーポン"]
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
 
@@ -637,17 +679,19 @@ async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, li
     other three wait (shown by /healthz) and go at the first opening of the next month."""
     (rules_dir / "settings.yaml").write_text(FLAGSHIP_SETTINGS + "monthly_quota: 5\n", encoding="utf-8")
     (rules_dir / "messages.yaml").write_text('weekly: "今週のおすすめ"\n', encoding="utf-8")
-    (rules_dir / "main.rule").write_text('rule weekly when schedule "0 20 * * 5" then send weekly\n',
-                                         encoding="utf-8")
+    (rules_dir / "main.rule").write_text('rule weekly when schedule "0 20 * * 5" then send weekly\n', encoding="utf-8")
     users = [f"U{i}" for i in range(1, 9)]
     for user in users:
         line_emulator.add_user(user, user)
     clock = ManualClock(dt.datetime(2026, 11, 1, 10, 0, tzinfo=JST))
-    client, runner = await make_client({"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token,
-                                        "LINE_API_ENDPOINT": line_emulator.base_url}, loops=False,
-                                       clock=clock)
-    body = webhook_body(*({**line_event("follow", u, event_id=f"01FOLLOW{u}"),
-                           "timestamp": int(clock.time() * 1000)} for u in users))
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url},
+        loops=False,
+        clock=clock,
+    )
+    body = webhook_body(
+        *({**line_event("follow", u, event_id=f"01FOLLOW{u}"), "timestamp": int(clock.time() * 1000)} for u in users)
+    )
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
 
     async def at(when: str) -> list[str]:

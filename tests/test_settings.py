@@ -1,9 +1,12 @@
 """settings.yaml: every setting, its checks, and the exact place of every error."""
+
 import datetime as dt
 import textwrap
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from engine.language import ir
 from engine.language.settings import load_settings
@@ -20,8 +23,7 @@ def load(text: str):
 def errors(text: str) -> list[str]:
     """``line:col: message`` of each diagnostic (help after ` | ` when present)."""
     _, diags = load(text)
-    return [f"{d.line}:{d.column}: {d.severity}: {d.message}" + (f" | {d.help}" if d.help else "")
-            for d in diags]
+    return [f"{d.line}:{d.column}: {d.severity}: {d.message}" + (f" | {d.help}" if d.help else "") for d in diags]
 
 
 @pytest.fixture(autouse=True)
@@ -79,12 +81,14 @@ def test_sample_settings_file_is_valid():
 
 def test_unknown_time_zone_suggests_close_name():
     assert errors("timezone: Asia/Tokio\n") == [
-        "1:11: error: unknown time zone `Asia/Tokio` | did you mean `Asia/Tokyo`?"]
+        "1:11: error: unknown time zone `Asia/Tokio` | did you mean `Asia/Tokyo`?"
+    ]
 
 
 def test_time_zone_must_be_text():
     assert errors("timezone: 9\n") == [
-        "1:11: error: unknown time zone `9` | use an IANA zone name such as `Asia/Tokyo`"]
+        "1:11: error: unknown time zone `9` | use an IANA zone name such as `Asia/Tokyo`"
+    ]
 
 
 def test_unknown_zone_keeps_default_zone():
@@ -92,28 +96,32 @@ def test_unknown_zone_keeps_default_zone():
     assert s.timezone == "Asia/Tokyo"
 
 
-@pytest.mark.parametrize("value, message", [
-    ('"9-21"', "`9-21` is not a delivery window like `09:00-21:00`"),
-    ('"25:00-21:00"', "`25:00` is not a time of day (00:00 to 23:59)"),
-    ('"09:00-21:60"', "`21:60` is not a time of day (00:00 to 23:59)"),
-    ('"10:00-10:00"', "the window `10:00-10:00` starts and ends at the same time"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('"9-21"', "`9-21` is not a delivery window like `09:00-21:00`"),
+        ('"25:00-21:00"', "`25:00` is not a time of day (00:00 to 23:59)"),
+        ('"09:00-21:60"', "`21:60` is not a time of day (00:00 to 23:59)"),
+        ('"10:00-10:00"', "the window `10:00-10:00` starts and ends at the same time"),
+    ],
+)
 def test_bad_windows(value, message):
     _, diags = load(f"window: {value}\n")
-    assert [(d.line, d.column, d.end_column, d.message) for d in diags] == [
-        (1, 9, 9 + len(value), message)]
+    assert [(d.line, d.column, d.end_column, d.message) for d in diags] == [(1, 9, 9 + len(value), message)]
 
 
 def test_window_must_be_text():
     assert errors("window: 9\n") == [
-        '1:9: error: `window` must be text like "09:00-21:00" | quote it: window: "09:00-21:00"']
+        '1:9: error: `window` must be text like "09:00-21:00" | quote it: window: "09:00-21:00"'
+    ]
 
 
 @pytest.mark.parametrize("key", ["max_per_day", "monthly_quota", "attribution_days"])
 @pytest.mark.parametrize("value", ["0", "-3", "two", "true", "1.5"])
 def test_positive_whole_numbers(key, value):
     assert errors(f"{key}: {value}\n") == [
-        f"1:{len(key) + 3}: error: `{key}` must be a whole number of at least 1, not `{load_value(value)}`"]
+        f"1:{len(key) + 3}: error: `{key}` must be a whole number of at least 1, not `{load_value(value)}`"
+    ]
 
 
 def load_value(text: str):
@@ -126,8 +134,10 @@ def test_rich_menu_id_shape():
     assert errors("""\
         rich_menus:
           member: richmenu-123
-    """) == ["2:11: error: `richmenu-123` is not a rich menu id | a rich menu id is `richmenu-` "
-             "followed by 32 hexadecimal characters, as shown by LINE when the menu is created"]
+    """) == [
+        "2:11: error: `richmenu-123` is not a rich menu id | a rich menu id is `richmenu-` "
+        "followed by 32 hexadecimal characters, as shown by LINE when the menu is created"
+    ]
 
 
 def test_a_rich_menu_left_without_an_id_is_named_not_shown_as_none():
@@ -135,31 +145,42 @@ def test_a_rich_menu_left_without_an_id_is_named_not_shown_as_none():
         rich_menus:
           member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4
           vip:
-    """) == ["3:3: error: rich menu `vip` has no id | write the id LINE shows for the menu, e.g. "
-             "`vip: richmenu-0123456789abcdef0123456789abcdef`, or remove the line"]
+    """) == [
+        "3:3: error: rich menu `vip` has no id | write the id LINE shows for the menu, e.g. "
+        "`vip: richmenu-0123456789abcdef0123456789abcdef`, or remove the line"
+    ]
 
 
-@pytest.mark.parametrize("written, meant", [
-    ("5,000", "monthly_quota: 5000"), ("5000通", "monthly_quota: 5000"), ("５０００", "monthly_quota: 5000"),
-])
+@pytest.mark.parametrize(
+    "written, meant",
+    [
+        ("5,000", "monthly_quota: 5000"),
+        ("5000通", "monthly_quota: 5000"),
+        ("５０００", "monthly_quota: 5000"),
+    ],
+)
 def test_a_count_written_like_a_shop_writes_it_gets_the_number_meant(written, meant):
     assert errors(f"monthly_quota: {written}\n") == [
         f"1:16: error: `monthly_quota` must be a whole number of at least 1, not `{written}` | "
-        f"write the number alone: `{meant}`"]
+        f"write the number alone: `{meant}`"
+    ]
 
 
 def test_rich_menu_name_rule():
     assert errors("""\
         rich_menus:
           1st: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4
-    """) == ["2:3: error: `1st` is not a valid menu name | a name starts with a letter and "
-             "continues with letters, digits, _ or -"]
+    """) == [
+        "2:3: error: `1st` is not a valid menu name | a name starts with a letter and "
+        "continues with letters, digits, _ or -"
+    ]
 
 
 def test_rich_menus_must_be_a_mapping():
     assert errors("rich_menus: [a, b]\n") == [
         "1:13: error: `rich_menus` must map menu names to rich menu ids | "
-        "e.g. rich_menus: {member: richmenu-0123456789abcdef0123456789abcdef}"]
+        "e.g. rich_menus: {member: richmenu-0123456789abcdef0123456789abcdef}"
+    ]
 
 
 def test_utm_must_be_true_or_false():
@@ -169,14 +190,16 @@ def test_utm_must_be_true_or_false():
 def test_base_url_must_be_https():
     assert errors("base_url: http://shop.example.jp\n") == [
         "1:11: error: `base_url` must be an https:// URL, not `http://shop.example.jp` | "
-        "the public address of the runner, e.g. https://line.shop.example.jp"]
+        "the public address of the runner, e.g. https://line.shop.example.jp"
+    ]
 
 
 def test_secret_in_file_is_a_warning():
     s, diags = load("login_channel_secret: abc123\n")
     assert s.login_channel_secret == "abc123"
     assert [(d.line, d.column, d.severity, d.message) for d in diags] == [
-        (1, 23, "warning", "`login_channel_secret` is a secret kept in git")]
+        (1, 23, "warning", "`login_channel_secret` is a secret kept in git")
+    ]
     assert "LINE_LOGIN_CHANNEL_SECRET" in diags[0].help
 
 
@@ -189,51 +212,65 @@ def test_login_settings_from_environment_win(monkeypatch):
 
 
 def test_login_channel_id_must_be_text():
-    assert errors("login_channel_id: [1]\n") == [
-        "1:19: error: `login_channel_id` must be text, not `[1]`"]
+    assert errors("login_channel_id: [1]\n") == ["1:19: error: `login_channel_id` must be text, not `[1]`"]
 
 
 def test_unknown_setting_suggests_close_name():
-    assert errors("max_per_days: 2\n") == [
-        "1:1: error: unknown setting `max_per_days` | did you mean `max_per_day`?"]
+    assert errors("max_per_days: 2\n") == ["1:1: error: unknown setting `max_per_days` | did you mean `max_per_day`?"]
 
 
 def test_duplicate_setting():
     assert errors("utm: true\nutm: false\n") == [
-        "2:1: error: duplicate key `utm` | each key may appear once in a mapping; remove one of them"]
+        "2:1: error: duplicate key `utm` | each key may appear once in a mapping; remove one of them"
+    ]
 
 
 def test_root_must_be_a_mapping():
     assert errors("- timezone\n") == [
         "1:1: error: settings.yaml must be a mapping of settings | "
-        "write one setting per line, e.g. `timezone: Asia/Tokyo`"]
+        "write one setting per line, e.g. `timezone: Asia/Tokyo`"
+    ]
 
 
 def test_yaml_syntax_error_at_its_place():
     assert errors("timezone: Asia/Tokyo\nwindow: [09:00\n") == [
         "2:9: error: invalid YAML: the `{` or `[` that starts here is not closed properly | "
         "close it on the same line, quote values that hold `,` or `:`, "
-        "or write the entries as indented lines instead"]
+        "or write the entries as indented lines instead"
+    ]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("timezone: Asia/Tokyo\n\tutm: true\n",
-     "2:1: error: invalid YAML: a tab is used for indentation here | "
-     "YAML indents with spaces only: replace the tab with spaces"),
-    ("timezone: Asia/Tokyo\nmax_per_day:\t2\n",
-     "2:13: error: invalid YAML: a tab separates the value here | "
-     "YAML separates with spaces only: replace the tab with a space"),
-    ("rich_menus:\n  member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4\n vip: x\n",
-     "3:2: error: invalid YAML: this line is not indented like the lines above it | "
-     "the keys of one mapping (and the `-` of one list) start in the same column; "
-     "indent with spaces so that this line lines up with the others"),
-    ("timezone: Asia/Tokyo\nmax_per_day\uff1a 2\nutm: true\n",
-     "2:12: error: invalid YAML: `\uff1a` is a full-width colon | "
-     "write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"),
-    ('timezone: "Asia/Tokyo\nutm: true\n',
-     "1:11: error: invalid YAML: the quoted text that starts here is never closed | "
-     "close it with the same quote, or write a text over several lines after `|`"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "timezone: Asia/Tokyo\n\tutm: true\n",
+            "2:1: error: invalid YAML: a tab is used for indentation here | "
+            "YAML indents with spaces only: replace the tab with spaces",
+        ),
+        (
+            "timezone: Asia/Tokyo\nmax_per_day:\t2\n",
+            "2:13: error: invalid YAML: a tab separates the value here | "
+            "YAML separates with spaces only: replace the tab with a space",
+        ),
+        (
+            "rich_menus:\n  member: richmenu-8d1f3c5a9b2e4f60a7c8d9e0f1a2b3c4\n vip: x\n",
+            "3:2: error: invalid YAML: this line is not indented like the lines above it | "
+            "the keys of one mapping (and the `-` of one list) start in the same column; "
+            "indent with spaces so that this line lines up with the others",
+        ),
+        (
+            "timezone: Asia/Tokyo\nmax_per_day\uff1a 2\nutm: true\n",
+            "2:12: error: invalid YAML: `\uff1a` is a full-width colon | "
+            "write a half-width `:` followed by a space after the key, e.g. `greeting: ...`",
+        ),
+        (
+            'timezone: "Asia/Tokyo\nutm: true\n',
+            "1:11: error: invalid YAML: the quoted text that starts here is never closed | "
+            "close it with the same quote, or write a text over several lines after `|`",
+        ),
+    ],
+)
 def test_yaml_syntax_errors_in_plain_words(text, expected):
     assert errors(text) == [expected]
 
@@ -241,8 +278,8 @@ def test_yaml_syntax_errors_in_plain_words(text, expected):
 def test_yaml_1_2_core_schema():
     """`no`, `yes`, `on` are texts in YAML 1.2: a setting that needs true/false says so."""
     assert errors("utm: no\n") == [
-        "1:6: error: `utm` must be true or false, not `no` | "
-        "YAML 1.2 reads `no` as a text: write `false`"]
+        "1:6: error: `utm` must be true or false, not `no` | YAML 1.2 reads `no` as a text: write `false`"
+    ]
     s, diags = load("utm: false\nmax_per_day: 0x2\n")
     assert diags == [] and s.utm is False and s.max_per_day == 2
 
@@ -256,13 +293,15 @@ def test_crlf_and_cr_line_ends():
 def test_control_characters_are_reported():
     assert errors("utm: true\n\x00\n") == [
         "2:1: error: invalid YAML: the control character U+0000 is not allowed in a YAML file | "
-        "remove it (it is often pasted in with text copied from elsewhere)"]
+        "remove it (it is often pasted in with text copied from elsewhere)"
+    ]
 
 
 def test_unsupported_tag():
     assert errors("max_per_day: !!python/name:os.system 2\n") == [
         "1:14: error: unsupported YAML tag `tag:yaml.org,2002:python/name:os.system` | "
-        "write plain text, numbers, lists and mappings"]
+        "write plain text, numbers, lists and mappings"
+    ]
 
 
 def test_alias_bomb_is_refused():
@@ -275,12 +314,25 @@ def test_alias_bomb_is_refused():
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), YAMLISH, st.binary().map(lambda b: b.decode("latin-1")),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                              lambda c: st.lists(c, max_size=4) | st.dictionaries(
-                                  st.sampled_from(["timezone", "window", "max_per_day", "utm",
-                                                   "rich_menus", "base_url", "x"]), c, max_size=4),
-                              max_leaves=10).map(lambda v: __import__("yaml").safe_dump(v, allow_unicode=True))))
+@given(
+    st.one_of(
+        st.text(),
+        YAMLISH,
+        st.binary().map(lambda b: b.decode("latin-1")),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda c: (
+                st.lists(c, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(["timezone", "window", "max_per_day", "utm", "rich_menus", "base_url", "x"]),
+                    c,
+                    max_size=4,
+                )
+            ),
+            max_leaves=10,
+        ).map(lambda v: __import__("yaml").safe_dump(v, allow_unicode=True)),
+    )
+)
 def test_never_raises(text):
     s, diags = load_settings(PATH, text)
     assert isinstance(s, ir.Settings)

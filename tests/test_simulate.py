@@ -1,4 +1,5 @@
 """``linerules simulate`` (SPEC §5): output format, clock, errors, --db."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from engine.runtime.simulate import main
 from engine.runtime.store import Store
 from enginekit import write_folder, write_timeline
 
-SETTINGS = "timezone: Asia/Tokyo\nwindow: \"09:00-21:00\"\nmax_per_day: 2\n"
+SETTINGS = 'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmax_per_day: 2\n'
 MESSAGES = "greeting: こんにちは\ncoupon15: 15%OFFクーポン\nweekly: 今週のおすすめ\nthanks: ありがとう\n"
 RULES = """
 rule welcome
@@ -32,14 +33,12 @@ rule thanks when message "ありがとう" reenter always then send thanks
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES,
-                        rule_file="shop.rule")
+    return write_folder(tmp_path / "rules", settings=SETTINGS, messages=MESSAGES, rules=RULES, rule_file="shop.rule")
 
 
 def simulate(events: str, folder: Path, *options: str) -> tuple[int, str, str]:
     """``linerules simulate EVENTS --rules FOLDER ...``: (exit status, stdout, stderr)."""
-    result = CliRunner().invoke(cli, ["simulate", events, "--rules", str(folder), *options],
-                               prog_name="linerules")
+    result = CliRunner().invoke(cli, ["simulate", events, "--rules", str(folder), *options], prog_name="linerules")
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -69,15 +68,19 @@ def test_prints_one_json_line_per_push_in_time_order(folder, tmp_path, capsys):
         {"at": "2026-11-13T20:00:00+09:00", "friend": "U1", "rule": "weekly", "messages": ["weekly"]},
         {"at": "2026-11-13T20:00:00+09:00", "friend": "U2", "rule": "weekly", "messages": ["weekly"]},
     ]
-    assert "ありがとう" not in out   # message names, not their texts
+    assert "ありがとう" not in out  # message names, not their texts
 
 
 def test_default_until_is_thirty_days_after_the_last_event(folder, tmp_path, capsys):
     events = ({"type": "follow", "friend": "U1", "at": "2026-11-01T10:00:00+09:00"},)
     assert main(timeline(tmp_path, *events), str(folder), None, "1d", None) == 0
     fridays = [json.loads(line)["at"] for line in capsys.readouterr().out.splitlines()]
-    assert fridays == ["2026-11-06T20:00:00+09:00", "2026-11-13T20:00:00+09:00",
-                       "2026-11-20T20:00:00+09:00", "2026-11-27T20:00:00+09:00"]  # 12-01 10:00 is the end
+    assert fridays == [
+        "2026-11-06T20:00:00+09:00",
+        "2026-11-13T20:00:00+09:00",
+        "2026-11-20T20:00:00+09:00",
+        "2026-11-27T20:00:00+09:00",
+    ]  # 12-01 10:00 is the end
 
 
 def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp_path, capsys):
@@ -90,8 +93,7 @@ def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp
     sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
     store.close()
     # U1's greeting (sent at once after the follow) and the answer to U2 go as free replies
-    assert sorted(rows) == ([("multicast", "sent")] + [("push", "sent")] * 2
-                            + [("reply", "sent")] * 2) and sent == 6
+    assert sorted(rows) == ([("multicast", "sent")] + [("push", "sent")] * 2 + [("reply", "sent")] * 2) and sent == 6
     other = tmp_path / "notes.txt"
     other.write_text("keep me")
     code, _, err = simulate(path, folder, "--db", str(other))
@@ -106,8 +108,10 @@ def test_db_never_replaces_a_runners_database(folder, tmp_path):
     store.close()
     code, out, err = simulate(timeline(tmp_path, *EVENTS), folder, "--db", str(live))
     assert (code, out) == (1, "")
-    assert err == (f"error: --db: {live} is a linerules database that no simulation made (a "
-                   "runner's?); it is never replaced: choose another file\n")
+    assert err == (
+        f"error: --db: {live} is a linerules database that no simulation made (a "
+        "runner's?); it is never replaced: choose another file\n"
+    )
     store = Store(str(live))
     assert store.get_meta("login.last_join") == "1"
     store.close()
@@ -127,12 +131,15 @@ def test_invalid_rules_print_diagnostics(folder, tmp_path, capsys):
     assert "broken.rule:1:" in err and "coupon51" in err and "^" in err
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--until", "2026-11-14T00:00:00"], "Error: --until: `2026-11-14T00:00:00` needs a UTC offset"),
-    (["--until", "next week"], "Error: --until: `next week` is not an ISO 8601 time"),
-    (["--tick", "soon"], "Error: Invalid value for '--tick': `soon` is not a duration"),
-    (["--tick", "0m"], "Error: Invalid value for '--tick': `0m` is shorter than"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--until", "2026-11-14T00:00:00"], "Error: --until: `2026-11-14T00:00:00` needs a UTC offset"),
+        (["--until", "next week"], "Error: --until: `next week` is not an ISO 8601 time"),
+        (["--tick", "soon"], "Error: Invalid value for '--tick': `soon` is not a duration"),
+        (["--tick", "0m"], "Error: Invalid value for '--tick': `0m` is shorter than"),
+    ],
+)
 def test_bad_options_are_usage_errors(folder, tmp_path, options, message):
     code, out, err = simulate(timeline(tmp_path, *EVENTS), folder, *options)
     assert (code, out) == (2, "")
@@ -141,25 +148,46 @@ def test_bad_options_are_usage_errors(folder, tmp_path, options, message):
 
 @pytest.mark.parametrize("tick", ["3600", "1h", "60m"])
 def test_tick_takes_seconds_or_a_duration(folder, tmp_path, tick):
-    code, out, _ = simulate(timeline(tmp_path, *EVENTS), folder, "--tick", tick,
-                            "--until", "2026-11-07T00:00:00+09:00")
+    code, out, _ = simulate(timeline(tmp_path, *EVENTS), folder, "--tick", tick, "--until", "2026-11-07T00:00:00+09:00")
     assert code == 0 and len(out.splitlines()) == 6
 
 
 def test_the_cli_runs_it(folder, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", timeline(tmp_path, *EVENTS[:1]),
-                           "--rules", str(folder), "--until", "2026-11-06T00:00:00+09:00"],
-                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "simulate",
+            timeline(tmp_path, *EVENTS[:1]),
+            "--rules",
+            str(folder),
+            "--until",
+            "2026-11-06T00:00:00+09:00",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == ('{"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", '
-                           '"messages": ["greeting"]}\n')
+    assert proc.stdout == (
+        '{"at": "2026-11-05T20:30:00+09:00", "friend": "U1", "rule": "welcome", "messages": ["greeting"]}\n'
+    )
 
 
 def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its_value(folder, tmp_path, capsys):
     follow = {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"}
+
     def buy(quantity):
-        return {"type": "purchase", "friend": "U1", "at": "2026-11-05T11:00:00+09:00", "order_id": "A-1",
-                "amount": 5400, "items": [{"product": "SKU1", "price": 2700, "quantity": quantity}]}
+        return {
+            "type": "purchase",
+            "friend": "U1",
+            "at": "2026-11-05T11:00:00+09:00",
+            "order_id": "A-1",
+            "amount": 5400,
+            "items": [{"product": "SKU1", "price": 2700, "quantity": quantity}],
+        }
+
     until = "2026-11-06T00:00:00+09:00"
     assert main(timeline(tmp_path, follow, buy(2.0)), str(folder), until, "1h", None) == 0
     capsys.readouterr()
@@ -169,7 +197,8 @@ def test_an_item_quantity_written_as_2_0_counts_as_2_and_1_5_is_refused_with_its
 
 
 def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_others_still_get_theirs(
-        folder, tmp_path, capsys, caplog):
+    folder, tmp_path, capsys, caplog
+):
     (folder / "messages.yaml").write_text('points: "{{ friend.points | round }} pt"\n', encoding="utf-8")
     (folder / "shop.rule").write_text("rule points when event notify then send points\n", encoding="utf-8")
     at = "2026-11-05T10:00:00+09:00"
@@ -177,10 +206,11 @@ def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_other
         {"type": "attributes", "friend": "U1", "at": at, "set": {"points": "nan"}},
         {"type": "attributes", "friend": "U2", "at": at, "set": {"points": "12.6"}},
         {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
-        {"type": "notify", "friend": "U2", "at": "2026-11-05T11:00:00+09:00"}]
+        {"type": "notify", "friend": "U2", "at": "2026-11-05T11:00:00+09:00"},
+    ]
     assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
     out = capsys.readouterr().out
-    err = caplog.text      # the log lines simulate prints on stderr
+    err = caplog.text  # the log lines simulate prints on stderr
     assert [json.loads(line)["friend"] for line in out.splitlines()] == ["U2"]
     assert "not sent to U1" in err
     assert "a filter cannot handle this friend's value (cannot convert float NaN to integer)" in err
@@ -189,17 +219,32 @@ def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_other
 
 def test_a_db_that_cannot_be_created_is_one_error_line_not_a_traceback(folder, tmp_path):
     events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"})
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "simulate", events, "--rules", str(folder),
-                           "--db", str(tmp_path / "no" / "such" / "folder" / "f.db")],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "simulate",
+            events,
+            "--rules",
+            str(folder),
+            "--db",
+            str(tmp_path / "no" / "such" / "folder" / "f.db"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: --db: cannot open the database ") and "Traceback" not in proc.stderr
 
 
 def test_events_after_until_are_said_to_be_left_out(folder, tmp_path, capsys):
-    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
-                                 "source": "qr=shipping"},
-                      {"type": "follow", "friend": "U2", "at": "2026-11-07T10:00:00+09:00"})
+    events = timeline(
+        tmp_path,
+        {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00", "source": "qr=shipping"},
+        {"type": "follow", "friend": "U2", "at": "2026-11-07T10:00:00+09:00"},
+    )
     assert main(events, str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
     captured = capsys.readouterr()
     assert [json.loads(line)["friend"] for line in captured.out.splitlines()] == ["U1"]
@@ -208,18 +253,24 @@ def test_events_after_until_are_said_to_be_left_out(folder, tmp_path, capsys):
 
 def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsys):
     path = tmp_path / "sj.jsonl"
-    path.write_bytes(json.dumps({"type": "message", "friend": "U1", "at": "2026-11-05T10:00:00+09:00",
-                                 "text": "クーポン"}, ensure_ascii=False).encode("cp932"))
+    path.write_bytes(
+        json.dumps(
+            {"type": "message", "friend": "U1", "at": "2026-11-05T10:00:00+09:00", "text": "クーポン"},
+            ensure_ascii=False,
+        ).encode("cp932")
+    )
     code, _, err = simulate(str(path), folder)
     assert code == 1
     assert err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
 
 
 def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, caplog):
-    (folder / "messages.yaml").write_text('''big: "{{ (1..1000000000) | join: ',' }}"\n''', encoding="utf-8")
+    (folder / "messages.yaml").write_text("""big: "{{ (1..1000000000) | join: ',' }}"\n""", encoding="utf-8")
     (folder / "shop.rule").write_text("rule big when event notify then send big\n", encoding="utf-8")
-    events = [{"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"},
-              {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"}]
+    events = [
+        {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"},
+        {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
+    ]
     assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
     assert "rule big: message big not sent to anyone it is due for: " in caplog.text
     assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text
@@ -237,12 +288,14 @@ def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_
     rules.mkdir()
     (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
     (rules / "messages.yaml").write_text("thanks: ありがとう\n", encoding="utf-8")
-    (rules / "loyal.rule").write_text("rule loyal\n  when friend for 30d and orders = 0\n"
-                                      "  then\n    send thanks\n", encoding="utf-8")
-    events = ({"type": "follow", "friend": "U1", "at": "2026-11-01T10:20:00+09:00"},
-              {"type": "follow", "friend": "U2", "at": "2026-11-03T07:05:00+09:00"},
-              {"type": "purchase", "friend": "U2", "at": "2026-11-04T12:00:00+09:00", "order_id": "B-1",
-               "amount": 900})
+    (rules / "loyal.rule").write_text(
+        "rule loyal\n  when friend for 30d and orders = 0\n  then\n    send thanks\n", encoding="utf-8"
+    )
+    events = (
+        {"type": "follow", "friend": "U1", "at": "2026-11-01T10:20:00+09:00"},
+        {"type": "follow", "friend": "U2", "at": "2026-11-03T07:05:00+09:00"},
+        {"type": "purchase", "friend": "U2", "at": "2026-11-04T12:00:00+09:00", "order_id": "B-1", "amount": 900},
+    )
     db = tmp_path / "forecast.db"
     ticks = []
     original = Engine.tick
@@ -261,7 +314,8 @@ def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_
     # U1 is a friend for 30 days at 2026-12-01 10:20: the condition tick at 11:00 enters them and
     # the push goes at once (inside the window). U2 has an order: never.
     assert [json.loads(line) for line in out.splitlines()] == [
-        {"at": "2026-12-01T11:00:00+09:00", "friend": "U1", "rule": "loyal", "messages": ["thanks"]}]
+        {"at": "2026-12-01T11:00:00+09:00", "friend": "U1", "rule": "loyal", "messages": ["thanks"]}
+    ]
     store = Store(str(db))
     try:
         last_tick = int(store.get_meta("engine.last_tick"))
@@ -269,4 +323,4 @@ def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_
         store.close()
     tz = dt.timezone(dt.timedelta(hours=9))
     assert dt.datetime.fromtimestamp(last_tick, tz).isoformat() == "2027-02-01T00:00:00+09:00"
-    assert len(ticks) < 100   # not one per hour of the three months (2,200)
+    assert len(ticks) < 100  # not one per hour of the three months (2,200)

@@ -1,4 +1,5 @@
 """The SQLite store: migrations, atomic event batches, dedupe, outbox lifecycle, lease, clicks."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -29,13 +30,16 @@ def test_migrates_an_empty_file_and_reopens_without_reapplying(fresh_db_path):
 
 
 def test_batch_creates_friends_and_dedupes_by_order_id_and_event_id(store):
-    batch = [ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=5400),
-             ev("purchase", "U1", "2026-11-01 10:05", order_id="A-1", amount=5400),
-             ev("shipped", "U2", "2026-11-01 11:00", id="s-1")]
+    batch = [
+        ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=5400),
+        ev("purchase", "U1", "2026-11-01 10:05", order_id="A-1", amount=5400),
+        ev("shipped", "U2", "2026-11-01 11:00", id="s-1"),
+    ]
     first = store.apply_events(batch)
     assert (first.applied, first.duplicates) == (2, 1)
-    again = store.apply_events([ev("shipped", "U2", "2026-11-01 11:00", id="s-1"),
-                                ev("message", "U2", "2026-11-01 11:00", text="hi")])
+    again = store.apply_events(
+        [ev("shipped", "U2", "2026-11-01 11:00", id="s-1"), ev("message", "U2", "2026-11-01 11:00", text="hi")]
+    )
     assert (again.applied, again.duplicates) == (1, 1)
     assert store.friend("U2") is not None and store.friend("U3") is None
     pending = store.pending_events(10**10)
@@ -56,8 +60,15 @@ def test_rolled_back_transaction_leaves_no_half_state(store):
     with pytest.raises(RuntimeError):
         with store.transaction():
             store.add_tags("U1", ["vip"], 1)
-            store.add_outbox(kind="push", recipients=["U1"], payload=[{"type": "text", "text": "x"}],
-                             messages=["x"], rule="r", not_before=0, now=0)
+            store.add_outbox(
+                kind="push",
+                recipients=["U1"],
+                payload=[{"type": "text", "text": "x"}],
+                messages=["x"],
+                rule="r",
+                not_before=0,
+                now=0,
+            )
             raise RuntimeError("crash between the outbox row and the enrollment update")
     assert store.friend("U1")["tags"] == []
     assert store.outbox() == []
@@ -65,15 +76,23 @@ def test_rolled_back_transaction_leaves_no_half_state(store):
 
 def test_outbox_claim_finish_hold(store):
     with store.transaction():
-        first = store.add_outbox(kind="push", recipients=["U1"], payload=[{"type": "text", "text": "a"}],
-                                 messages=["a"], rule="r", not_before=100, now=50)
-        later = store.add_outbox(kind="multicast", recipients=["U1", "U2"], payload=[], messages=["b"],
-                                 rule="r", not_before=200, now=50)
+        first = store.add_outbox(
+            kind="push",
+            recipients=["U1"],
+            payload=[{"type": "text", "text": "a"}],
+            messages=["a"],
+            rule="r",
+            not_before=100,
+            now=50,
+        )
+        later = store.add_outbox(
+            kind="multicast", recipients=["U1", "U2"], payload=[], messages=["b"], rule="r", not_before=200, now=50
+        )
         store.add_deliveries([Delivery("U1", "r", "send a", 1, first, ["a"], "queued", None, None, 100, "d", 1)])
     assert store.claim_outbox(99, 10) == []
     rows = store.claim_outbox(100, 10)
     assert [r["id"] for r in rows] == [first] and rows[0]["friend"] == "U1" and rows[0]["attempts"] == 1
-    assert store.claim_outbox(120, 10) == []          # claimed rows are not handed out twice
+    assert store.claim_outbox(120, 10) == []  # claimed rows are not handed out twice
     assert store.claim_outbox(161, 10)[0]["retry_key"] == rows[0]["retry_key"]  # reclaimed, same key
     store.finish_outbox(first, "sent", request_id="req-1", at=170)
     assert store.outbox("sent")[0]["request_id"] == "req-1"
@@ -88,10 +107,23 @@ def test_outbox_claim_finish_hold(store):
 def test_replies_are_claimed_ahead_of_a_push_backlog(store):
     """A reply token lives about a minute: a backlog of older pushes must not make it wait."""
     with store.transaction():
-        backlog = [store.add_outbox(kind="push", recipients=[f"U{i}"], payload=[], messages=["a"],
-                                    rule="r", not_before=10 + i, now=0) for i in range(5)]
-        reply = store.add_outbox(kind="reply", recipients=["U9"], payload=[], messages=["b"], rule="r",
-                                 not_before=100, now=100, reply_token="rt", reply_deadline=150)
+        backlog = [
+            store.add_outbox(
+                kind="push", recipients=[f"U{i}"], payload=[], messages=["a"], rule="r", not_before=10 + i, now=0
+            )
+            for i in range(5)
+        ]
+        reply = store.add_outbox(
+            kind="reply",
+            recipients=["U9"],
+            payload=[],
+            messages=["b"],
+            rule="r",
+            not_before=100,
+            now=100,
+            reply_token="rt",
+            reply_deadline=150,
+        )
     first = store.claim_outbox(100, 3)
     assert [r["id"] for r in first] == [reply, backlog[0], backlog[1]]
     assert [r["id"] for r in store.claim_outbox(100, 10)] == backlog[2:]
@@ -99,20 +131,23 @@ def test_replies_are_claimed_ahead_of_a_push_backlog(store):
 
 def test_retry_keys_are_unique_uuids(store):
     with store.transaction():
-        ids = [store.add_outbox(kind="push", recipients=["U1"], payload=[], messages=[], rule=None,
-                                not_before=0, now=0) for _ in range(3)]
+        ids = [
+            store.add_outbox(kind="push", recipients=["U1"], payload=[], messages=[], rule=None, not_before=0, now=0)
+            for _ in range(3)
+        ]
     keys = {r["retry_key"] for r in store.outbox()}
     assert len(ids) == len(keys) == 3 and all(len(k) == 36 for k in keys)
     with pytest.raises(sqlite3.IntegrityError):
-        store.conn.execute("UPDATE outbox SET retry_key = (SELECT retry_key FROM outbox WHERE id = ?) "
-                           "WHERE id = ?", (ids[0], ids[1]))
+        store.conn.execute(
+            "UPDATE outbox SET retry_key = (SELECT retry_key FROM outbox WHERE id = ?) WHERE id = ?", (ids[0], ids[1])
+        )
 
 
 def test_lease_one_owner_at_a_time(store):
     assert store.acquire_lease("a", 100, 30)
     assert not store.acquire_lease("b", 110, 30)
     assert store.renew_lease("a", 120, 30) and store.lease_holder() == "a"
-    assert store.acquire_lease("b", 151, 30)            # expired: taken over
+    assert store.acquire_lease("b", 151, 30)  # expired: taken over
     assert not store.renew_lease("a", 152, 30)
     store.release_lease("b")
     assert store.lease_holder() is None
@@ -138,7 +173,7 @@ def test_health_reports_counts(store):
     assert health["friends"] == 0 and health["pending_events"] == 1 and health["outbox_backlog"] == 0
     with store.transaction():
         store.follow("U1", 10, None)
-        store.ensure_friend("U2", 10)          # known from a shop event only: not a friend
+        store.ensure_friend("U2", 10)  # known from a shop event only: not a friend
     assert store.health()["friends"] == 1
     with store.transaction():
         store.unfollow("U1", 20)
@@ -148,11 +183,10 @@ def test_health_reports_counts(store):
 def test_a_new_process_reclaims_rows_left_in_flight(fresh_db_path):
     first = Store(str(fresh_db_path))
     with first.transaction():
-        first.add_outbox(kind="push", recipients=["U1"], payload=[], messages=["a"], rule="r",
-                         not_before=0, now=0)
+        first.add_outbox(kind="push", recipients=["U1"], payload=[], messages=["a"], rule="r", not_before=0, now=0)
     claimed = first.claim_outbox(10, 10)
     assert first.claim_outbox(11, 10) == []
-    first.close()                                   # killed before the outcome was stored
+    first.close()  # killed before the outcome was stored
     second = Store(str(fresh_db_path))
     again = second.claim_outbox(12, 10)
     assert [r["retry_key"] for r in again] == [claimed[0]["retry_key"]] and again[0]["attempts"] == 2

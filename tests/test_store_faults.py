@@ -2,6 +2,7 @@
 a full disk (a real one: a small tmpfs, when root may mount it), a read-only file, a file that
 is not a database, a damaged page. One clear log line each (what, which file, what to do), no
 traceback; 503 with Retry-After to clients and /healthz unhealthy while writes fail."""
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,9 @@ def mount_tmpfs(where: Path, size: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("a real full disk needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
 
@@ -61,9 +63,12 @@ def fill(disk: Path) -> Path:
 
 
 def post(url: str, events: list[dict]) -> tuple[int, dict, dict]:
-    req = urllib.request.Request(url + "/events", data=json.dumps(events).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"Bearer {API_TOKEN}"})
+    req = urllib.request.Request(
+        url + "/events",
+        data=json.dumps(events).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())
@@ -93,9 +98,9 @@ def test_a_full_disk_is_one_log_line_503_with_retry_after_and_unhealthy(processe
     assert any("full" in p for p in health["problems"]), health
     line = proc.wait_for(r"ERROR linerules.store: .*disk is full")
     assert str(db) in line.string and "Free space on that disk" in line.string
-    time.sleep(1.0)                       # a few ticks run against the full disk meanwhile
+    time.sleep(1.0)  # a few ticks run against the full disk meanwhile
     assert post(proc.url, bulky(500, "b"))[0] == 503
-    filler.unlink()                       # the operator frees space: everything works again
+    filler.unlink()  # the operator frees space: everything works again
     assert post(proc.url, bulky(50, "c"))[0] == 200
     deadline = time.monotonic() + 10
     while proc.get("/healthz")[0] != 200 and time.monotonic() < deadline:
@@ -105,12 +110,14 @@ def test_a_full_disk_is_one_log_line_503_with_retry_after_and_unhealthy(processe
     assert proc.exit_code() == 0
     no_traceback(proc)
     full_lines = [line for line in proc.lines if "disk is full" in line]
-    assert len(full_lines) == 1, full_lines     # once for the spell of failing writes, not per request
+    assert len(full_lines) == 1, full_lines  # once for the spell of failing writes, not per request
     assert sum("database writes work again" in line for line in proc.lines) == 1
     store = Store(str(db))
-    try:   # nothing of the refused batches was stored, everything of the accepted ones was
-        assert store.conn.execute("SELECT COUNT(*) FROM events WHERE friend LIKE 'Ua%' OR friend LIKE 'Ub%'"
-                                  ).fetchone()[0] == 0
+    try:  # nothing of the refused batches was stored, everything of the accepted ones was
+        assert (
+            store.conn.execute("SELECT COUNT(*) FROM events WHERE friend LIKE 'Ua%' OR friend LIKE 'Ub%'").fetchone()[0]
+            == 0
+        )
         assert store.conn.execute("SELECT COUNT(*) FROM events WHERE friend LIKE 'Uc%'").fetchone()[0] == 50
     finally:
         store.close()
@@ -145,13 +152,21 @@ def test_a_damaged_page_is_found_at_start_and_the_runner_refuses_to_run(processe
     db = tmp_path / "linerules.db"
     store = Store(str(db))
     with store.transaction() as c:
-        c.executemany("INSERT INTO friends(id, attributes, created_at) VALUES (?, ?, 0)",
-                      [(f"U{i:06d}", json.dumps({"note": "x" * 200}),) for i in range(3000)])
+        c.executemany(
+            "INSERT INTO friends(id, attributes, created_at) VALUES (?, ?, 0)",
+            [
+                (
+                    f"U{i:06d}",
+                    json.dumps({"note": "x" * 200}),
+                )
+                for i in range(3000)
+            ],
+        )
     store.close()
     page = 4096
     size = db.stat().st_size
     assert size > 40 * page
-    with open(db, "r+b") as f:              # scribble over a page in the middle of the friends
+    with open(db, "r+b") as f:  # scribble over a page in the middle of the friends
         f.seek((size // page // 2) * page)
         f.write(bytes(range(256)) * (page // 256))
     proc = processes(rules, db)

@@ -4,6 +4,7 @@ files in tests/golden/ (bad rule folders beside their exact expected output).
 Regenerate the golden outputs after an intended change of wording with
 ``UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_validate_cli.py``, then review the diff.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,14 +97,19 @@ def test_default_path_is_rules(tmp_path):
 
 
 def test_json_format(tmp_path):
-    (tmp_path / "r.rule").write_text("when followed then send hello\nwhen purchased then stop\n",
-                                     encoding="utf-8")
+    (tmp_path / "r.rule").write_text("when followed then send hello\nwhen purchased then stop\n", encoding="utf-8")
     code, out = run([str(tmp_path), "--format", "json"], ROOT)
     assert code == 1
     items = json.loads(out)
-    assert items[0] == {"path": str(tmp_path / "r.rule"), "line": 1, "column": 25,
-                        "severity": "error", "code": "LR102", "message": "unknown message `hello`",
-                        "help": "define it in messages.yaml"}
+    assert items[0] == {
+        "path": str(tmp_path / "r.rule"),
+        "line": 1,
+        "column": 25,
+        "severity": "error",
+        "code": "LR102",
+        "message": "unknown message `hello`",
+        "help": "define it in messages.yaml",
+    }
     assert items[1]["line"] == 2 and items[1]["message"] == "a second rule without a name in this file"
     assert [set(i) >= {"path", "line", "column", "severity", "message"} for i in items] == [True, True]
 
@@ -115,8 +121,10 @@ def test_github_format(tmp_path):
     (rules / "w.rule").write_text("when followed then send coupon51\n", encoding="utf-8")
     code, out = run(["rules", "--format", "github"], tmp_path)
     assert code == 1
-    assert out == ("::error file=rules/w.rule,line=1,col=25,title=LR102::unknown message `coupon51` "
-                   "(help: did you mean `coupon15`?)\n")
+    assert out == (
+        "::error file=rules/w.rule,line=1,col=25,title=LR102::unknown message `coupon51` "
+        "(help: did you mean `coupon15`?)\n"
+    )
 
 
 def test_warnings_alone_exit_zero(tmp_path):
@@ -131,8 +139,9 @@ def test_warnings_alone_exit_zero(tmp_path):
 def test_missing_path_is_one_clean_line(tmp_path):
     code, out = run(["no/such/folder"], tmp_path)
     assert code == 1
-    assert out == ("no/such/folder:1:1: error[LR001]: `no/such/folder` does not exist "
-                   "(give a rule folder or a .rule file)\n")
+    assert out == (
+        "no/such/folder:1:1: error[LR001]: `no/such/folder` does not exist (give a rule folder or a .rule file)\n"
+    )
 
 
 def test_not_a_rule_file(tmp_path):
@@ -162,9 +171,12 @@ def test_main_returns_exit_code(capsys):
 
 def test_empty_folder_is_valid_with_a_warning(tmp_path):
     code, out = run([str(tmp_path)], ROOT)
-    assert (code, out) == (0, f"{tmp_path}:1:1: warning[LR007]: `{tmp_path}` holds no .rule files, so nothing will be sent\n"
-                              "    help: give the folder that holds the rules (by default `rules`)\n"
-                              "ok: 0 rules, 0 segments, 1 warning\n")
+    assert (code, out) == (
+        0,
+        f"{tmp_path}:1:1: warning[LR007]: `{tmp_path}` holds no .rule files, so nothing will be sent\n"
+        "    help: give the folder that holds the rules (by default `rules`)\n"
+        "ok: 0 rules, 0 segments, 1 warning\n",
+    )
 
 
 @pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
@@ -172,26 +184,31 @@ def test_every_line_end_is_a_line_end(tmp_path, end):
     """A file saved with CR alone (old Mac) or CR LF is read line by line like LF: a leading
     comment does not swallow the file, and places and carets are right."""
     (tmp_path / "messages.yaml").write_text(f'# messages{end}greeting: "hi"{end}', encoding="utf-8", newline="")
-    (tmp_path / "r.rule").write_text(f"# welcome{end}when followed{end}then send greeting{end}  send greting{end}",
-                                     encoding="utf-8", newline="")
+    (tmp_path / "r.rule").write_text(
+        f"# welcome{end}when followed{end}then send greeting{end}  send greting{end}", encoding="utf-8", newline=""
+    )
     code, out = run([str(tmp_path)], ROOT)
     assert code == 1
-    assert out == (f"{tmp_path}/r.rule:4:8: error[LR102]: unknown message `greting`\n"
-                   "      send greting\n"
-                   "           ^^^^^^^\n"
-                   "    help: did you mean `greeting`?\n"
-                   "1 error, 0 warnings\n")
+    assert out == (
+        f"{tmp_path}/r.rule:4:8: error[LR102]: unknown message `greting`\n"
+        "      send greting\n"
+        "           ^^^^^^^\n"
+        "    help: did you mean `greeting`?\n"
+        "1 error, 0 warnings\n"
+    )
 
 
 def test_rule_files_without_rules_warn(tmp_path):
     (tmp_path / "a.rule").write_text("# only a comment\r# and another\r", encoding="utf-8", newline="")
     code, out = run([str(tmp_path)], ROOT)
     assert code == 0
-    assert out == (f"{tmp_path}/a.rule:1:1: warning[LR007]: this file holds no rule or segment\n"
-                   "    # only a comment\n"
-                   "    ^\n"
-                   "    help: a rule starts with `rule NAME` or `when`; see docs/language.md\n"
-                   "ok: 0 rules, 0 segments, 1 warning\n")
+    assert out == (
+        f"{tmp_path}/a.rule:1:1: warning[LR007]: this file holds no rule or segment\n"
+        "    # only a comment\n"
+        "    ^\n"
+        "    help: a rule starts with `rule NAME` or `when`; see docs/language.md\n"
+        "ok: 0 rules, 0 segments, 1 warning\n"
+    )
 
 
 def test_every_golden_diagnostic_has_a_code_that_is_explained():
@@ -199,8 +216,12 @@ def test_every_golden_diagnostic_has_a_code_that_is_explained():
     knows every code."""
     from engine.language.codes import CODES
 
-    lines = [line for out in GOLDEN.glob("*.out") for line in out.read_text(encoding="utf-8").splitlines()
-             if re.match(r"^\S+:\d+:\d+: ", line)]
+    lines = [
+        line
+        for out in GOLDEN.glob("*.out")
+        for line in out.read_text(encoding="utf-8").splitlines()
+        if re.match(r"^\S+:\d+:\d+: ", line)
+    ]
     assert len(lines) > 80
     for line in lines:
         m = re.match(r"^\S+:\d+:\d+: (?:error|warning|エラー|警告)\[(LR\d{3})\]: ", line)

@@ -9,6 +9,7 @@ The parser builds the nodes and nothing changes them afterwards. They are not ``
 frozen dataclass sets each field through ``object.__setattr__``, which makes building the tens
 of thousands of nodes of a large folder take about a fifth longer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class _Leaf(Record):
     """A single token's node. It keeps its place as a plain tuple and makes the
     :class:`~engine.language.diagnostics.Span` when asked: only diagnostics ask, and a folder has about
     as many leaves as it has tokens."""
+
     __slots__ = ()
     at: At
 
@@ -38,6 +40,7 @@ class _Leaf(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class Name(_Leaf):
     """A name as written: a rule, message, tag, segment, variant, menu or attribute."""
+
     value: str
     at: At
 
@@ -45,19 +48,21 @@ class Name(_Leaf):
 @dataclass(slots=True, eq=False, repr=False)
 class Str(_Leaf):
     """A quoted text, unescaped."""
+
     value: str
     at: At
 
 
 @dataclass(slots=True, eq=False, repr=False)
 class Number(_Leaf):
-    value: Union[int, float]
+    value: int | float
     at: At
 
 
 @dataclass(slots=True, eq=False, repr=False)
 class Duration(_Leaf):
     """``1d12h``: ``seconds`` is the total; ``text`` is what was written."""
+
     seconds: int
     text: str
     at: At
@@ -66,6 +71,7 @@ class Duration(_Leaf):
 @dataclass(slots=True, eq=False, repr=False)
 class TimeOfDay(_Leaf):
     """``HH:MM`` as written; the numbers are not yet known to be a valid time."""
+
     hour: int
     minute: int
     text: str
@@ -82,6 +88,7 @@ class Percent(_Leaf):
 @dataclass(slots=True, eq=False, repr=False)
 class Pair(Record):
     """``key=value`` (the value may be quoted)."""
+
     key: Name
     value: str
     span: Span
@@ -92,19 +99,19 @@ class Pair(Record):
 
 @dataclass(slots=True, eq=False, repr=False)
 class And(Record):
-    items: tuple["Cond", ...]
+    items: tuple[Cond, ...]
     span: Span
 
 
 @dataclass(slots=True, eq=False, repr=False)
 class Or(Record):
-    items: tuple["Cond", ...]
+    items: tuple[Cond, ...]
     span: Span
 
 
 @dataclass(slots=True, eq=False, repr=False)
 class Not(Record):
-    item: "Cond"
+    item: Cond
     span: Span
 
 
@@ -112,6 +119,7 @@ class Not(Record):
 class Activity(Record):
     """``purchased|clicked|viewed|carted [key=value] [within D]``; ``kind`` is the IR kind
     (``purchase``, ``click``, ``view``, ``cart``) and ``word`` the keyword written."""
+
     kind: str
     word: str
     pair: Pair | None
@@ -133,6 +141,7 @@ class Blocked(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class Followed(Record):
     """``followed [via k=v, ...]``."""
+
     pairs: tuple[Pair, ...]
     span: Span
 
@@ -140,6 +149,7 @@ class Followed(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class FriendFor(Record):
     """``friend for D`` (mode ``for``) / ``friend within D`` (mode ``within``)."""
+
     mode: str
     duration: Duration
     span: Span
@@ -159,6 +169,7 @@ class NeverPurchased(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class Measure(Record):
     """``orders``, ``spent within 365d``, a custom attribute..."""
+
     name: Name
     within: Duration | None
     span: Span
@@ -168,7 +179,7 @@ class Measure(Record):
 class Compare(Record):
     measure: Measure
     op: str
-    value: Union[Number, Str]
+    value: Number | Str
     span: Span
 
 
@@ -191,8 +202,22 @@ class Variant(Record):
     span: Span
 
 
-Cond = Union[And, Or, Not, Activity, Tagged, Blocked, Followed, FriendFor, LastPurchaseOlder,
-             NeverPurchased, Compare, Top, InSegment, Variant]
+Cond = Union[
+    And,
+    Or,
+    Not,
+    Activity,
+    Tagged,
+    Blocked,
+    Followed,
+    FriendFor,
+    LastPurchaseOlder,
+    NeverPurchased,
+    Compare,
+    Top,
+    InSegment,
+    Variant,
+]
 
 # ----------------------------------------------------------------------------- triggers
 
@@ -201,6 +226,7 @@ Cond = Union[And, Or, Not, Activity, Tagged, Blocked, Followed, FriendFor, LastP
 class CondTrigger(Record):
     """``when C``: an event trigger when C is exactly one of the event forms (``purchased``,
     ``tagged vip``, ``followed via ...``, ...), otherwise a condition trigger."""
+
     cond: Cond
     span: Span
 
@@ -213,6 +239,7 @@ class UnfollowedTrigger(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class LinkedTrigger(Record):
     """``when linked``: the friend was just linked to a shop customer (docs/shop.md)."""
+
     span: Span
 
 
@@ -251,8 +278,16 @@ class SaleTrigger(Record):
     span: Span
 
 
-Trigger = Union[CondTrigger, UnfollowedTrigger, LinkedTrigger, MessageTrigger, PostbackTrigger, EventTrigger,
-                ScheduleTrigger, SaleTrigger]
+Trigger = Union[
+    CondTrigger,
+    UnfollowedTrigger,
+    LinkedTrigger,
+    MessageTrigger,
+    PostbackTrigger,
+    EventTrigger,
+    ScheduleTrigger,
+    SaleTrigger,
+]
 
 # ----------------------------------------------------------------------------- steps
 
@@ -260,6 +295,7 @@ Trigger = Union[CondTrigger, UnfollowedTrigger, LinkedTrigger, MessageTrigger, P
 @dataclass(slots=True, eq=False, repr=False)
 class Guard(Record):
     """``if C`` (negated False) / ``unless C`` (negated True), on a step or as entry filter."""
+
     cond: Cond
     negated: bool
     span: Span
@@ -282,6 +318,7 @@ class WaitStep(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class WaitUntilStep(Record):
     """``wait until HH:MM`` (weekday None) / ``wait until monday [at HH:MM]``."""
+
     at: TimeOfDay | None
     weekday: Name | None
     span: Span
@@ -311,7 +348,7 @@ class UntagStep(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class SetStep(Record):
     attr: Name
-    value: Union[Number, Str]
+    value: Number | Str
     guard: Guard | None
     span: Span
 
@@ -336,8 +373,7 @@ class StopStep(Record):
     span: Span
 
 
-Step = Union[SendStep, WaitStep, WaitUntilStep, WaitForStep, TagStep, UntagStep, SetStep,
-             MenuStep, StartStep, StopStep]
+Step = Union[SendStep, WaitStep, WaitUntilStep, WaitForStep, TagStep, UntagStep, SetStep, MenuStep, StartStep, StopStep]
 WAIT_STEPS = (WaitStep, WaitUntilStep, WaitForStep)
 
 # ----------------------------------------------------------------------------- options
@@ -391,14 +427,22 @@ class Holdout(Record):
 @dataclass(slots=True, eq=False, repr=False)
 class Uncapped(Record):
     """``uncapped``: the rule's sends neither count against nor are stopped by max_per_day."""
+
     span: Span
 
 
 Option = Union[ExitWhen, Reenter, Window, Priority, Uncapped, Split, Holdout]
 
 #: The keyword each option is written with, for messages about repeated options.
-OPTION_WORDS = {ExitWhen: "exit when", Reenter: "reenter", Window: "window",
-                Priority: "priority", Uncapped: "uncapped", Split: "split", Holdout: "holdout"}
+OPTION_WORDS = {
+    ExitWhen: "exit when",
+    Reenter: "reenter",
+    Window: "window",
+    Priority: "priority",
+    Uncapped: "uncapped",
+    Split: "split",
+    Holdout: "holdout",
+}
 
 # ----------------------------------------------------------------------------- files
 
@@ -407,6 +451,7 @@ OPTION_WORDS = {ExitWhen: "exit when", Reenter: "reenter", Window: "window",
 class RuleDef(Record):
     """``rule NAME ["description"] when ...`` (name given) or a bare ``when ...`` (name None:
     the file's stem)."""
+
     name: Name | None
     description: Str | None
     trigger: Trigger
@@ -430,6 +475,7 @@ Item = Union[RuleDef, SegmentDef]
 class RuleFile(Record):
     """One parsed ``.rule`` file. ``broken`` names the rules and segments whose text could not
     be parsed (so that references to them are not reported again)."""
+
     path: str
     items: tuple[Item, ...]
     broken_rules: tuple[str, ...] = ()

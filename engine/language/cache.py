@@ -6,6 +6,7 @@ between processes (the parser's tables, what each message template uses).
 against what it was made from when read, and a missing, stale or unreadable file is simply
 made again: deleting the folder is always safe.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,7 @@ class Kept:
     def _load(self) -> dict[str, Any]:
         if self._answers is None:
             kept = read_json(self.name)
-            ok = (isinstance(kept, dict) and kept.get("stamp") == self.stamp
-                  and isinstance(kept.get("answers"), dict))
+            ok = isinstance(kept, dict) and kept.get("stamp") == self.stamp and isinstance(kept.get("answers"), dict)
             self._answers = kept["answers"] if ok else {}
         return self._answers
 
@@ -103,5 +103,5 @@ class Kept:
     def put(self, key: str, value: Any) -> None:
         answers = self._load()
         answers[key] = value
-        items = list(answers.items())[-self.limit:]
+        items = list(answers.items())[-self.limit :]
         write_json(self.name, {"stamp": self.stamp, "answers": dict(items)})

@@ -4,22 +4,24 @@
 avoids cascades: a name whose definition failed to parse is not reported again where it is
 used, and "unused message" warnings are left out while any file has a syntax error.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+
+from engine.i18n import E, _, join
+from engine.line.limits import MAX_OBJECTS
+from engine.runtime.events import RULE_WORDS, meant_type
 
 from . import astnodes as A
 from . import ir
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from engine.i18n import E, _, join
-from engine.runtime.events import RULE_WORDS, meant_type
-from engine.line.limits import MAX_OBJECTS
-from .timeutil import sale_moment
 from .parser import rule_name_of
+from .timeutil import sale_moment
 
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
 TEXT_MEASURES = ("display_name", "language")
@@ -31,6 +33,7 @@ _CRON_PROBE_START = dt.datetime(2026, 1, 1)
 @dataclass
 class Context:
     """What the rules are checked against. ``None`` means "do not check that kind of name"."""
+
     messages: Mapping[str, ir.MessageDef] | None = None
     #: Messages defined in messages.yaml with an error (reported there, so not "unknown").
     broken_messages: frozenset[str] = frozenset()
@@ -118,41 +121,63 @@ class _Checker:
                 if isinstance(item, A.SegmentDef):
                     first = self.segments.setdefault(item.name.value, item)
                     if first is not item:
-                        self.error(item.name.span, E("LR106", "segment `{name}` is defined twice", name=item.name.value),
-                                   help=_("the first is at {where}; segment names are unique across the folder", where=_where(first.name.span)))
+                        self.error(
+                            item.name.span,
+                            E("LR106", "segment `{name}` is defined twice", name=item.name.value),
+                            help=_(
+                                "the first is at {where}; segment names are unique across the folder",
+                                where=_where(first.name.span),
+                            ),
+                        )
                     continue
                 if item.name is None:
                     if unnamed is not None:
-                        self.error(_name_span(item), E("LR107", "a second rule without a name in this file"),
-                                   help=_("a file may hold one unnamed rule (named after the file); name this one: `rule NAME when ...`"))
+                        self.error(
+                            _name_span(item),
+                            E("LR107", "a second rule without a name in this file"),
+                            help=_(
+                                "a file may hold one unnamed rule (named after the file); name this one: `rule NAME when ...`"
+                            ),
+                        )
                         continue
                     unnamed = item
                 name = rule_name_of(item, f.path)
                 first = self.rules.setdefault(name, item)
                 if first is not item:
-                    self.error(_name_span(item), E("LR106", "rule `{name}` is defined twice", name=name),
-                               help=_("the first is at {where}; rule names are unique across the folder", where=_where(_name_span(first))))
+                    self.error(
+                        _name_span(item),
+                        E("LR106", "rule `{name}` is defined twice", name=name),
+                        help=_(
+                            "the first is at {where}; rule names are unique across the folder",
+                            where=_where(_name_span(first)),
+                        ),
+                    )
 
     def _segment_cycles(self) -> None:
-        refs = {name: [c for c in walk(seg.cond) if isinstance(c, A.InSegment)]
-                for name, seg in self.segments.items()}
+        refs = {name: [c for c in walk(seg.cond) if isinstance(c, A.InSegment)] for name, seg in self.segments.items()}
         done: set[str] = set()
         for name in refs:
             if name not in done:
                 self._visit_segment(name, [name], refs, done)
 
-    def _visit_segment(self, name: str, trail: list[str], refs: dict[str, list[A.InSegment]],
-                       done: set[str]) -> None:
+    def _visit_segment(self, name: str, trail: list[str], refs: dict[str, list[A.InSegment]], done: set[str]) -> None:
         """Report the loops through ``name``, reached by ``trail``. (A method, not a closure:
         a recursive closure refers to itself, and that reference cycle would keep the checker
         and every syntax tree it holds alive until the next full garbage collection.)"""
         for ref in refs.get(name, ()):
             target = ref.name.value
             if target in trail:
-                loop = trail[trail.index(target):] + [target]
-                self.error(ref.name.span, E("LR108", "segment `{name}` refers to itself: {cycle}", name=target,
-                             cycle=" -> ".join(f"`{n}`" for n in loop)),
-                           help=_("a segment cannot be defined in terms of itself"))
+                loop = trail[trail.index(target) :] + [target]
+                self.error(
+                    ref.name.span,
+                    E(
+                        "LR108",
+                        "segment `{name}` refers to itself: {cycle}",
+                        name=target,
+                        cycle=" -> ".join(f"`{n}`" for n in loop),
+                    ),
+                    help=_("a segment cannot be defined in terms of itself"),
+                )
             elif target not in done and target in refs:
                 self._visit_segment(target, trail + [target], refs, done)
         done.add(name)
@@ -164,9 +189,12 @@ class _Checker:
             return
         for name, msg in self.ctx.messages.items():
             if name not in self.used_messages:
-                self.warn(self._message_key_span(name) or msg.span,
-                          E("LR109", "message `{name}` is not used by any rule", name=name),
-                          help=_("remove it, or send it from a rule"), path=self.ctx.messages_path)
+                self.warn(
+                    self._message_key_span(name) or msg.span,
+                    E("LR109", "message `{name}` is not used by any rule", name=name),
+                    help=_("remove it, or send it from a rule"),
+                    path=self.ctx.messages_path,
+                )
 
     def _message_key_span(self, name: str) -> Span | None:
         """Where ``name:`` starts a line of messages.yaml (the definition's own span points at
@@ -188,11 +216,17 @@ class _Checker:
         self._steps(rule, facts)
         for v in facts.variants:
             if facts.split is None:
-                self.error(v.name.span, E("LR105", "`variant {name}`: this rule has no `split`", name=v.name.value),
-                           help=_("add one, e.g. `split a 50%, b 50%`"))
+                self.error(
+                    v.name.span,
+                    E("LR105", "`variant {name}`: this rule has no `split`", name=v.name.value),
+                    help=_("add one, e.g. `split a 50%, b 50%`"),
+                )
             elif v.name.value not in facts.split:
-                self.error(v.name.span, E("LR105", "unknown variant `{name}`", name=v.name.value),
-                           help=did_you_mean(v.name.value, facts.split))
+                self.error(
+                    v.name.span,
+                    E("LR105", "unknown variant `{name}`", name=v.name.value),
+                    help=did_you_mean(v.name.value, facts.split),
+                )
 
     def _trigger(self, t: A.Trigger) -> None:
         if isinstance(t, A.CondTrigger):
@@ -203,8 +237,11 @@ class _Checker:
         elif isinstance(t, A.MessageTrigger):
             for k in t.keywords:
                 if not k.value.strip():
-                    self.error(k.span, E("LR304", "an empty keyword matches every message"),
-                               help=_('give a word to look for, e.g. `message "coupon"`'))
+                    self.error(
+                        k.span,
+                        E("LR304", "an empty keyword matches every message"),
+                        help=_('give a word to look for, e.g. `message "coupon"`'),
+                    )
         elif isinstance(t, A.ScheduleTrigger):
             self._schedule(t.cron)
         elif isinstance(t, A.SaleTrigger):
@@ -219,47 +256,83 @@ class _Checker:
         builtin = meant_type(name) or name
         word = RULE_WORDS.get(builtin)
         if word is not None:
-            self.error(t.name.span, E("LR311", "`event {name}` never fires: `{builtin}` events are matched by `{word}`", name=name, builtin=builtin, word=word),
-                       help=_("write `{word}` instead of `event {name}`", word=word, name=name))
+            self.error(
+                t.name.span,
+                E(
+                    "LR311",
+                    "`event {name}` never fires: `{builtin}` events are matched by `{word}`",
+                    name=name,
+                    builtin=builtin,
+                    word=word,
+                ),
+                help=_("write `{word}` instead of `event {name}`", word=word, name=name),
+            )
 
     def _schedule(self, cron: A.Str) -> None:
         expr = cron.value.strip()
         fields = expr.split()
         if len(fields) != 5:
-            self.error(cron.span, E("LR303", "a schedule has 5 fields, this one has {count}", count=len(fields)),
-                       help=_('write minute hour day month weekday, e.g. "0 20 * * 5" for Fridays at 20:00'))
+            self.error(
+                cron.span,
+                E("LR303", "a schedule has 5 fields, this one has {count}", count=len(fields)),
+                help=_('write minute hour day month weekday, e.g. "0 20 * * 5" for Fridays at 20:00'),
+            )
             return
         verdict = self.cron_verdicts.get(expr)
         if verdict is None:
             verdict = self.cron_verdicts[expr] = _cron_verdict(expr)
         if verdict == "invalid":
-            self.error(cron.span, E("LR303", "`{expr}` is not a valid cron expression", expr=expr),
-                       help=_('fields are minute (0-59) hour (0-23) day (1-31) month (1-12) weekday (0-6), e.g. "0 20 * * 5"'))
+            self.error(
+                cron.span,
+                E("LR303", "`{expr}` is not a valid cron expression", expr=expr),
+                help=_('fields are minute (0-59) hour (0-23) day (1-31) month (1-12) weekday (0-6), e.g. "0 20 * * 5"'),
+            )
         elif verdict == "never":
-            self.warn(cron.span, E("LR401", "the schedule `{expr}` never fires, so this rule never runs", expr=expr),
-                      help=_("check the day and month fields (e.g. there is no 31 February)"))
+            self.warn(
+                cron.span,
+                E("LR401", "the schedule `{expr}` never fires, so this rule never runs", expr=expr),
+                help=_("check the day and month fields (e.g. there is no 31 February)"),
+            )
 
     def _sale(self, t: A.SaleTrigger) -> None:
         if t.at is not None:
             self._time(t.at)
             if t.before is not None and t.before.seconds % 86400:
-                self.error(t.before.span, E("LR206", "`in {before} at {at}`: with `at`, the offset is a number of days", before=t.before.text, at=t.at.text),
-                           help=_("write whole days, e.g. `in 2d at 10:00`, or drop `at` to count from the sale's exact time"))
+                self.error(
+                    t.before.span,
+                    E(
+                        "LR206",
+                        "`in {before} at {at}`: with `at`, the offset is a number of days",
+                        before=t.before.text,
+                        at=t.at.text,
+                    ),
+                    help=_("write whole days, e.g. `in 2d at 10:00`, or drop `at` to count from the sale's exact time"),
+                )
         sales = self.ctx.sales
         if sales is None:
             return
         if t.kind is not None:
             kinds = {s.kind for s in sales if s.kind}
             if t.kind.value not in kinds:
-                self.warn(t.kind.span, E("LR401", "no sale in sale_calendar.yaml has kind `{kind}`, so this rule never fires", kind=t.kind.value),
-                          help=did_you_mean(t.kind.value, kinds) or _("add `kind:` to the sales in sale_calendar.yaml"))
+                self.warn(
+                    t.kind.span,
+                    E(
+                        "LR401",
+                        "no sale in sale_calendar.yaml has kind `{kind}`, so this rule never fires",
+                        kind=t.kind.value,
+                    ),
+                    help=did_you_mean(t.kind.value, kinds) or _("add `kind:` to the sales in sale_calendar.yaml"),
+                )
                 return
         elif not sales:
-            self.warn(t.span, E("LR401", "the sale calendar has no sales, so this rule never fires"),
-                      help=_("add the sales to sale_calendar.yaml"))
+            self.warn(
+                t.span,
+                E("LR401", "the sale calendar has no sales, so this rule never fires"),
+                help=_("add the sales to sale_calendar.yaml"),
+            )
             return
         if t.at is None or t.at.hour > 23 or t.at.minute > 59 or (t.before and t.before.seconds % 86400):
-            return   # without `at` the moment is always before the sale's own moment
+            return  # without `at` the moment is always before the sale's own moment
         self._sale_moment(t, [s for s in sales if t.kind is None or s.kind == t.kind.value])
 
     def _sale_moment(self, t: A.SaleTrigger, sales: list[ir.Sale]) -> None:
@@ -280,21 +353,66 @@ class _Checker:
         for sale in sorted(sales, key=lambda s: s.starts):
             fires, starts, ends = moment(days, sale), sale.starts.timestamp(), sale.ends.timestamp()
             if t.edge == "ends" and fires >= ends:
-                self.warn(t.span, E("LR403", "`{written}` fires at {shown}, after sale `{name}` has ended ({ends})", written=written, shown=shown(fires, sale), name=sale.name, ends=f"{sale.ends:%Y-%m-%d %H:%M}"),
-                          help=_("to send on the sale's last day write `sale ends in {number}d at {at}`, or give a time before {ends}", number=days + 1, at=t.at.text, ends=f"{sale.ends:%H:%M}"))
+                self.warn(
+                    t.span,
+                    E(
+                        "LR403",
+                        "`{written}` fires at {shown}, after sale `{name}` has ended ({ends})",
+                        written=written,
+                        shown=shown(fires, sale),
+                        name=sale.name,
+                        ends=f"{sale.ends:%Y-%m-%d %H:%M}",
+                    ),
+                    help=_(
+                        "to send on the sale's last day write `sale ends in {number}d at {at}`, or give a time before {ends}",
+                        number=days + 1,
+                        at=t.at.text,
+                        ends=f"{sale.ends:%H:%M}",
+                    ),
+                )
                 return
             if t.edge == "ends" and fires < starts:
                 later = next((d for d in range(days - 1, -1, -1) if moment(d, sale) >= starts), None)
                 if later is not None:
-                    help_ = _("write `sale ends in {later}d at {at}`, or trigger on the start: `sale starts ...`", later=later, at=t.at.text)
+                    help_ = _(
+                        "write `sale ends in {later}d at {at}`, or trigger on the start: `sale starts ...`",
+                        later=later,
+                        at=t.at.text,
+                    )
                 else:
-                    help_ = _("give a time after the sale starts ({starts}), or trigger on the start: `sale starts ...`", starts=f"{sale.starts:%H:%M}")
-                self.warn(t.span, E("LR403", "`{written}` fires at {shown}, before sale `{name}` has started ({starts})", written=written, shown=shown(fires, sale), name=sale.name, starts=f"{sale.starts:%Y-%m-%d %H:%M}"),
-                          help=help_)
+                    help_ = _(
+                        "give a time after the sale starts ({starts}), or trigger on the start: `sale starts ...`",
+                        starts=f"{sale.starts:%H:%M}",
+                    )
+                self.warn(
+                    t.span,
+                    E(
+                        "LR403",
+                        "`{written}` fires at {shown}, before sale `{name}` has started ({starts})",
+                        written=written,
+                        shown=shown(fires, sale),
+                        name=sale.name,
+                        starts=f"{sale.starts:%Y-%m-%d %H:%M}",
+                    ),
+                    help=help_,
+                )
                 return
             if t.edge == "starts" and days == 0 and fires > starts:
-                self.warn(t.span, E("LR403", "`{written}` fires at {shown}, after sale `{name}` has started ({starts})", written=written, shown=shown(fires, sale), name=sale.name, starts=f"{sale.starts:%Y-%m-%d %H:%M}"),
-                          help=_("write `sale starts` to send the moment it starts, or give a time before {starts}", starts=f"{sale.starts:%H:%M}"))
+                self.warn(
+                    t.span,
+                    E(
+                        "LR403",
+                        "`{written}` fires at {shown}, after sale `{name}` has started ({starts})",
+                        written=written,
+                        shown=shown(fires, sale),
+                        name=sale.name,
+                        starts=f"{sale.starts:%Y-%m-%d %H:%M}",
+                    ),
+                    help=_(
+                        "write `sale starts` to send the moment it starts, or give a time before {starts}",
+                        starts=f"{sale.starts:%H:%M}",
+                    ),
+                )
                 return
 
     def _event_pair(self, cond: A.Cond) -> None:
@@ -302,8 +420,11 @@ class _Checker:
             allowed = ("product", "category") if cond.kind == "purchase" else ("product",)
             key = cond.pair.key
             if key.value not in allowed:
-                self.error(key.span, E("LR302", "`{word}` does not take `{value}=`", word=cond.word, value=key.value),
-                           help=_("it takes {fields}", fields=join((f"`{a}=...`" for a in allowed), " or ")))
+                self.error(
+                    key.span,
+                    E("LR302", "`{word}` does not take `{value}=`", word=cond.word, value=key.value),
+                    help=_("it takes {fields}", fields=join((f"`{a}=...`" for a in allowed), " or ")),
+                )
 
     def _entry_contradiction(self, rule: A.RuleDef) -> None:
         """Warn about an entry filter that can never hold for the trigger's friends."""
@@ -311,16 +432,26 @@ class _Checker:
         positive, negative = _conjuncts(entry.cond, entry.negated)
         trigger = rule.trigger
         current = isinstance(trigger, _CURRENT_FRIEND_TRIGGERS) or (
-            isinstance(trigger, A.CondTrigger) and isinstance(trigger.cond, A.Followed))
+            isinstance(trigger, A.CondTrigger) and isinstance(trigger.cond, A.Followed)
+        )
         for c in positive:
             if isinstance(c, A.Blocked) and current:
-                self.warn(c.span, E("LR401", "this rule never fires: its trigger only reaches friends who have not blocked the account"),
-                          help=_("remove `blocked` from the entry filter"))
+                self.warn(
+                    c.span,
+                    E(
+                        "LR401",
+                        "this rule never fires: its trigger only reaches friends who have not blocked the account",
+                    ),
+                    help=_("remove `blocked` from the entry filter"),
+                )
         if isinstance(trigger, A.UnfollowedTrigger):
             for c in negative:
                 if isinstance(c, A.Blocked):
-                    self.warn(c.span, E("LR401", "this rule never fires: `unfollowed` means the friend has blocked the account"),
-                              help=_("the entry filter leaves out blocked friends; remove that part"))
+                    self.warn(
+                        c.span,
+                        E("LR401", "this rule never fires: `unfollowed` means the friend has blocked the account"),
+                        help=_("the entry filter leaves out blocked friends; remove that part"),
+                    )
 
     # -- options -----------------------------------------------------------------
     def _options(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
@@ -335,18 +466,27 @@ class _Checker:
                 self._cond(o.cond, "exit", facts)
             elif isinstance(o, A.Reenter):
                 if o.after is not None and o.after.seconds == 0:
-                    self.error(o.after.span, E("LR202", "`reenter after 0d` is the same as `reenter always`"),
-                               help=_("write `reenter always`, or a longer time"))
+                    self.error(
+                        o.after.span,
+                        E("LR202", "`reenter after 0d` is the same as `reenter always`"),
+                        help=_("write `reenter always`, or a longer time"),
+                    )
             elif isinstance(o, A.Window):
                 ok = self._time(o.start) & self._time(o.end)
                 if ok and (o.start.hour, o.start.minute) == (o.end.hour, o.end.minute):
-                    self.error(o.span, E("LR204", "the window `{start}-{end}` is empty", start=o.start.text, end=o.end.text),
-                               help=_("give a start and an end, e.g. `window 10:00-20:00`"))
+                    self.error(
+                        o.span,
+                        E("LR204", "the window `{start}-{end}` is empty", start=o.start.text, end=o.end.text),
+                        help=_("give a start and an end, e.g. `window 10:00-20:00`"),
+                    )
             elif isinstance(o, A.Split):
                 self._split(o, facts)
             elif isinstance(o, A.Holdout):
                 if not 0 <= o.percent.value <= 100:
-                    self.error(o.percent.span, E("LR203", "holdout `{percent}` is not between 0% and 100%", percent=o.percent.text))
+                    self.error(
+                        o.percent.span,
+                        E("LR203", "holdout `{percent}` is not between 0% and 100%", percent=o.percent.text),
+                    )
 
     def _split(self, o: A.Split, facts: _RuleFacts) -> None:
         names: list[str] = []
@@ -355,27 +495,36 @@ class _Checker:
                 self.error(item.name.span, E("LR105", "variant `{name}` is listed twice", name=item.name.value))
             names.append(item.name.value)
             if item.percent.value <= 0:
-                self.error(item.percent.span, E("LR105", "variant `{name}` gets {percent}", name=item.name.value, percent=item.percent.text),
-                           help=_("give every variant more than 0%, or remove it"))
+                self.error(
+                    item.percent.span,
+                    E("LR105", "variant `{name}` gets {percent}", name=item.name.value, percent=item.percent.text),
+                    help=_("give every variant more than 0%, or remove it"),
+                )
         total = sum(i.percent.value for i in o.items)
         if abs(total - 100) > 1e-9:
-            self.error(o.span, E("LR203", "the split adds up to {total}%, not 100%", total=f"{total:g}"),
-                       help=_("make the percentages add up to 100%, e.g. `split a 50%, b 50%`"))
+            self.error(
+                o.span,
+                E("LR203", "the split adds up to {total}%, not 100%", total=f"{total:g}"),
+                help=_("make the percentages add up to 100%, e.g. `split a 50%, b 50%`"),
+            )
         facts.split = tuple(names)
 
     # -- steps -------------------------------------------------------------------
     def _steps(self, rule: A.RuleDef, facts: _RuleFacts) -> None:
         messages = self.ctx.messages or {}
-        push: list[tuple[A.Name, int]] = []   # messages of the push being coalesced
-        push_total = 0                         # their message objects
+        push: list[tuple[A.Name, int]] = []  # messages of the push being coalesced
+        push_total = 0  # their message objects
         push_reported = False
         stopped = False
         for step in rule.steps:
             cls = step.__class__
             if stopped:
-                self.warn(step.span, E("LR402", "this step is never reached: the `stop` before it always ends the rule"),
-                          help=_("remove it, or give the `stop` a condition"))
-                stopped = False   # once per unconditional stop
+                self.warn(
+                    step.span,
+                    E("LR402", "this step is never reached: the `stop` before it always ends the rule"),
+                    help=_("remove it, or give the `stop` a condition"),
+                )
+                stopped = False  # once per unconditional stop
             guard = getattr(step, "guard", None)
             if guard is not None:
                 self._cond(guard.cond, "step", facts)
@@ -391,39 +540,64 @@ class _Checker:
                 if push_total > MAX_OBJECTS and len(push) > 1 and not push_reported:
                     push_reported = True
                     listed = ", ".join(f"`{m.value}` ({n})" for m, n in push)
-                    self.error(step.span, E("LR310", "these sends make one push of {count} message objects; LINE allows {limit}", count=push_total, limit=MAX_OBJECTS),
-                               help=_("sends with no `wait` between them go out together: {listed}; put a `wait` between them or send fewer messages", listed=listed))
+                    self.error(
+                        step.span,
+                        E(
+                            "LR310",
+                            "these sends make one push of {count} message objects; LINE allows {limit}",
+                            count=push_total,
+                            limit=MAX_OBJECTS,
+                        ),
+                        help=_(
+                            "sends with no `wait` between them go out together: {listed}; put a `wait` between them or send fewer messages",
+                            listed=listed,
+                        ),
+                    )
             elif cls is A.WaitStep:
                 if step.at is not None:
                     self._time(step.at)
                 elif step.duration.seconds == 0:
-                    self.error(step.duration.span, E("LR202", "`wait {duration}` waits for nothing", duration=step.duration.text),
-                               help=_("remove it, or give a time of day: `wait 0d at 12:00`"))
+                    self.error(
+                        step.duration.span,
+                        E("LR202", "`wait {duration}` waits for nothing", duration=step.duration.text),
+                        help=_("remove it, or give a time of day: `wait 0d at 12:00`"),
+                    )
             elif cls is A.WaitUntilStep:
                 if step.at is not None:
                     self._time(step.at)
                 if step.weekday is not None and step.weekday.value.lower() not in WEEKDAYS:
                     japanese = _JAPANESE_WEEKDAYS.get(step.weekday.value.removesuffix("日").removesuffix("曜"))
-                    self.error(step.weekday.span, E("LR309", "`{weekday}` is not a day of the week", weekday=step.weekday.value),
-                               help=_("write `{weekday}`", weekday=japanese) if japanese
-                               else did_you_mean(step.weekday.value.lower(), WEEKDAYS))
+                    self.error(
+                        step.weekday.span,
+                        E("LR309", "`{weekday}` is not a day of the week", weekday=step.weekday.value),
+                        help=_("write `{weekday}`", weekday=japanese)
+                        if japanese
+                        else did_you_mean(step.weekday.value.lower(), WEEKDAYS),
+                    )
             elif cls is A.WaitForStep:
                 self._wait_for(step)
             elif cls is A.SetStep:
                 if step.attr.value in NUMERIC_MEASURES:
-                    self.error(step.attr.span, E("LR308", "`{attr}` is computed from purchases and cannot be set", attr=step.attr.value),
-                               help=_('set a custom attribute instead, e.g. `set rank = "gold"`'))
+                    self.error(
+                        step.attr.span,
+                        E("LR308", "`{attr}` is computed from purchases and cannot be set", attr=step.attr.value),
+                        help=_('set a custom attribute instead, e.g. `set rank = "gold"`'),
+                    )
             elif cls is A.MenuStep:
                 menus = self.ctx.menus
                 if menus is not None and step.name.value not in menus:
-                    self.error(step.name.span, E("LR104", "unknown rich menu `{name}`", name=step.name.value),
-                               help=did_you_mean(step.name.value, menus) or _("name it under `rich_menus:` in settings.yaml"))
+                    self.error(
+                        step.name.span,
+                        E("LR104", "unknown rich menu `{name}`", name=step.name.value),
+                        help=did_you_mean(step.name.value, menus) or _("name it under `rich_menus:` in settings.yaml"),
+                    )
             elif cls is A.StartStep:
                 name = step.rule.value
-                if not any(name in names for names in (self.rules, self.ctx.other_rules,
-                                                        self.broken_rules)):
+                if not any(name in names for names in (self.rules, self.ctx.other_rules, self.broken_rules)):
                     known = self.rules.keys() | self.ctx.other_rules
-                    self.error(step.rule.span, E("LR101", "unknown rule `{name}`", name=name), help=did_you_mean(name, known))
+                    self.error(
+                        step.rule.span, E("LR101", "unknown rule `{name}`", name=name), help=did_you_mean(name, known)
+                    )
             elif cls is A.StopStep:
                 stopped = step.guard is None
 
@@ -437,17 +611,28 @@ class _Checker:
             if help_ and help_.startswith("did you mean `"):
                 # The misspelt message is meant: do not also call it unused.
                 self.used_messages.add(help_.split("`")[1])
-            self.error(m.span, E("LR102", "unknown message `{value}`", value=m.value),
-                       help=help_ or _("define it in messages.yaml"))
+            self.error(
+                m.span,
+                E("LR102", "unknown message `{value}`", value=m.value),
+                help=help_ or _("define it in messages.yaml"),
+            )
 
     def _wait_for(self, step: A.WaitForStep) -> None:
         t = step.trigger
         if step.up_to.seconds == 0:
-            self.error(step.up_to.span, E("LR202", "`up to 0d` does not wait at all"), help=_("give a longer time, e.g. `up to 3d`"))
+            self.error(
+                step.up_to.span,
+                E("LR202", "`up to 0d` does not wait at all"),
+                help=_("give a longer time, e.g. `up to 3d`"),
+            )
         if isinstance(t, (A.ScheduleTrigger, A.SaleTrigger)) or (
-                isinstance(t, A.CondTrigger) and event_form(t.cond) is None):
-            self.error(t.span, E("LR305", "`wait for` needs an event of this friend"),
-                       help=_("e.g. `wait for purchased up to 3d` or `wait for postback answer=yes up to 1d`"))
+            isinstance(t, A.CondTrigger) and event_form(t.cond) is None
+        ):
+            self.error(
+                t.span,
+                E("LR305", "`wait for` needs an event of this friend"),
+                help=_("e.g. `wait for purchased up to 3d` or `wait for postback answer=yes up to 1d`"),
+            )
         elif isinstance(t, A.CondTrigger):
             self._event_pair(t.cond)
         elif isinstance(t, (A.MessageTrigger, A.EventTrigger)):
@@ -470,20 +655,35 @@ class _Checker:
             elif isinstance(node, A.Top):
                 self._measure(node.measure)
                 if not 0 < node.percent.value <= 100:
-                    self.error(node.percent.span, E("LR203", "`top {percent}` is not between 0% and 100%", percent=node.percent.text))
+                    self.error(
+                        node.percent.span,
+                        E("LR203", "`top {percent}` is not between 0% and 100%", percent=node.percent.text),
+                    )
                 if node.measure.name.value in TEXT_MEASURES:
-                    self.error(node.measure.span, E("LR307", "`{name}` is a text and cannot be ranked", name=node.measure.name.value))
+                    self.error(
+                        node.measure.span,
+                        E("LR307", "`{name}` is a text and cannot be ranked", name=node.measure.name.value),
+                    )
             elif isinstance(node, A.InSegment):
                 name = node.name.value
-                if not any(name in names for names in (self.segments, self.ctx.other_segments,
-                                                        self.broken_segments)):
+                if not any(name in names for names in (self.segments, self.ctx.other_segments, self.broken_segments)):
                     known = self.segments.keys() | self.ctx.other_segments
-                    self.error(node.name.span, E("LR103", "unknown segment `{name}`", name=name),
-                               help=did_you_mean(name, known) or _("define it: `segment NAME: CONDITION`"))
+                    self.error(
+                        node.name.span,
+                        E("LR103", "unknown segment `{name}`", name=name),
+                        help=did_you_mean(name, known) or _("define it: `segment NAME: CONDITION`"),
+                    )
             elif isinstance(node, A.Variant):
                 if facts is None:
-                    self.error(node.span, E("LR105", "`variant {name}` only means something inside a rule's entry filter, steps or `exit when`", name=node.name.value),
-                               help=_("variants are assigned when a friend enters a rule with `split`"))
+                    self.error(
+                        node.span,
+                        E(
+                            "LR105",
+                            "`variant {name}` only means something inside a rule's entry filter, steps or `exit when`",
+                            name=node.name.value,
+                        ),
+                        help=_("variants are assigned when a friend enters a rule with `split`"),
+                    )
                 else:
                     facts.variants.append(node)
 
@@ -494,45 +694,72 @@ class _Checker:
             self._positive(a.within)
         elif where == "trigger":
             if a.kind == "purchase":
-                help_ = _("say how recent, e.g. `{word} within 30d`; or react to the event and filter "
-                          "it: `when {word} if ...`; for \"has ever purchased\" write `orders >= 1`",
-                          word=a.word)
+                help_ = _(
+                    "say how recent, e.g. `{word} within 30d`; or react to the event and filter "
+                    'it: `when {word} if ...`; for "has ever purchased" write `orders >= 1`',
+                    word=a.word,
+                )
             elif a.kind != "click":
-                help_ = _("say how recent, e.g. `{word} within 30d`; or react to the event and filter "
-                          "it: `when {word} if ...`", word=a.word)
+                help_ = _(
+                    "say how recent, e.g. `{word} within 30d`; or react to the event and filter "
+                    "it: `when {word} if ...`",
+                    word=a.word,
+                )
             else:
                 help_ = _("say how recent, e.g. `{word} within 30d`", word=a.word)
-            self.error(a.span, E("LR301", "`{word}` without `within` cannot be part of a condition trigger", word=a.word),
-                       help=help_)
+            self.error(
+                a.span,
+                E("LR301", "`{word}` without `within` cannot be part of a condition trigger", word=a.word),
+                help=help_,
+            )
 
     def _measure(self, m: A.Measure) -> None:
         name = m.name.value
         if m.within is not None:
             self._positive(m.within)
             if name != "spent":
-                self.error(m.within.span, E("LR306", "`within` does not go with `{name}`", name=name),
-                           help=_("only `spent within D` counts over a period; see docs/language.md"))
+                self.error(
+                    m.within.span,
+                    E("LR306", "`within` does not go with `{name}`", name=name),
+                    help=_("only `spent within D` counts over a period; see docs/language.md"),
+                )
         elif name == "spent":
-            self.error(m.span, E("LR306", "`spent` needs a period, e.g. `spent within 365d`"),
-                       help=_("for all time, use `total_spent`"))
+            self.error(
+                m.span,
+                E("LR306", "`spent` needs a period, e.g. `spent within 365d`"),
+                help=_("for all time, use `total_spent`"),
+            )
 
     def _compare_value(self, c: A.Compare) -> None:
         name = c.measure.name.value
         if name in NUMERIC_MEASURES and isinstance(c.value, A.Str):
-            self.error(c.value.span, E("LR307", "`{name}` is a number; compare it with a number", name=name),
-                       help=_("e.g. `{name} >= 3`", name=name))
+            self.error(
+                c.value.span,
+                E("LR307", "`{name}` is a number; compare it with a number", name=name),
+                help=_("e.g. `{name} >= 3`", name=name),
+            )
         elif name in TEXT_MEASURES and isinstance(c.value, A.Number):
-            self.error(c.value.span, E("LR307", "`{name}` is a text; compare it with a quoted text", name=name),
-                       help=_('e.g. `{name} = "ja"`', name=name))
+            self.error(
+                c.value.span,
+                E("LR307", "`{name}` is a text; compare it with a quoted text", name=name),
+                help=_('e.g. `{name} = "ja"`', name=name),
+            )
 
     def _positive(self, d: A.Duration) -> None:
         if d.seconds == 0:
-            self.error(d.span, E("LR202", "`{text}` is no time at all here", text=d.text), help=_("give a longer time, e.g. `30d`"))
+            self.error(
+                d.span,
+                E("LR202", "`{text}` is no time at all here", text=d.text),
+                help=_("give a longer time, e.g. `30d`"),
+            )
 
     def _time(self, t: A.TimeOfDay) -> bool:
         if t.hour > 23 or t.minute > 59:
-            self.error(t.span, E("LR201", "`{text}` is not a time of day", text=t.text),
-                       help=_("hours go from 00 to 23 and minutes from 00 to 59 (midnight is `00:00`)"))
+            self.error(
+                t.span,
+                E("LR201", "`{text}` is not a time of day", text=t.text),
+                help=_("hours go from 00 to 23 and minutes from 00 to 59 (midnight is `00:00`)"),
+            )
             return False
         return True
 
@@ -564,7 +791,7 @@ def _this_file_stamp() -> str:
 
 
 def _cron_check(expr: str) -> str:
-    import croniter   # imported here: only a schedule not checked before needs it
+    import croniter  # imported here: only a schedule not checked before needs it
 
     if not croniter.croniter.is_valid(expr):
         return "invalid"
@@ -592,5 +819,12 @@ def _conjuncts(c: A.Cond, negated: bool) -> tuple[list[A.Cond], list[A.Cond]]:
 
 
 #: 月曜 / 月曜日 / 月 -> monday, for `wait until 月曜`.
-_JAPANESE_WEEKDAYS = {"月": "monday", "火": "tuesday", "水": "wednesday", "木": "thursday",
-                      "金": "friday", "土": "saturday", "日": "sunday"}
+_JAPANESE_WEEKDAYS = {
+    "月": "monday",
+    "火": "tuesday",
+    "水": "wednesday",
+    "木": "thursday",
+    "金": "friday",
+    "土": "saturday",
+    "日": "sunday",
+}

@@ -11,6 +11,7 @@ vip``...) is a condition trigger: the friend enters when it becomes true.
 The ``describe_*`` functions print IR back in the rule language; ``graph`` labels and step ids
 use them, so what a reviewer reads is what the marketer wrote.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,9 @@ def event_form(cond: A.Cond) -> ir.EventTrigger | None:
         value = cond.pair.value if cond.pair else None
         span = cond.span
         if cond.kind == "purchase":
-            return ir.PurchasedTrigger(product=value if key == "product" else None,
-                                       category=value if key == "category" else None, span=span)
+            return ir.PurchasedTrigger(
+                product=value if key == "product" else None, category=value if key == "category" else None, span=span
+            )
         if cond.kind == "view":
             return ir.ViewedTrigger(product=value, span=span)
         return ir.CartedTrigger(product=value, span=span)
@@ -71,9 +73,13 @@ def compile_cond(c: A.Cond) -> ir.Cond:
     if isinstance(c, A.Activity):
         key = c.pair.key.value if c.pair else None
         value = c.pair.value if c.pair else None
-        return ir.Activity(c.kind, product=value if key == "product" else None,
-                           category=value if key == "category" else None,
-                           within=_seconds(c.within), span=c.span)
+        return ir.Activity(
+            c.kind,
+            product=value if key == "product" else None,
+            category=value if key == "category" else None,
+            within=_seconds(c.within),
+            span=c.span,
+        )
     if isinstance(c, A.Tagged):
         return ir.Tagged(c.name.value, span=c.span)
     if isinstance(c, A.Blocked):
@@ -114,8 +120,7 @@ def compile_trigger(t: A.Trigger) -> ir.Trigger:
     if isinstance(t, A.LinkedTrigger):
         return ir.Linked(span=t.span)
     if isinstance(t, A.MessageTrigger):
-        return ir.MessageTrigger(tuple(normalise_keyword(k.value) for k in t.keywords), t.exact,
-                                 span=t.span)
+        return ir.MessageTrigger(tuple(normalise_keyword(k.value) for k in t.keywords), t.exact, span=t.span)
     if isinstance(t, A.PostbackTrigger):
         return ir.PostbackTrigger(_pairs(t.pairs), span=t.span)
     if isinstance(t, A.EventTrigger):
@@ -123,8 +128,9 @@ def compile_trigger(t: A.Trigger) -> ir.Trigger:
     if isinstance(t, A.ScheduleTrigger):
         return ir.ScheduleTrigger(" ".join(t.cron.value.split()), span=t.span)
     if isinstance(t, A.SaleTrigger):
-        return ir.SaleTrigger(t.edge, before=_seconds(t.before) or 0, at=_time(t.at),
-                              kind=t.kind.value if t.kind else None, span=t.span)
+        return ir.SaleTrigger(
+            t.edge, before=_seconds(t.before) or 0, at=_time(t.at), kind=t.kind.value if t.kind else None, span=t.span
+        )
     raise TypeError(f"not a trigger: {t!r}")
 
 
@@ -354,10 +360,8 @@ def describe_trigger(t: ir.Trigger) -> str:
     if isinstance(t, ir.PostbackTrigger):
         return f"postback {_pairs_words(t.pairs)}"
     if isinstance(t, (ir.PurchasedTrigger, ir.CartedTrigger, ir.ViewedTrigger)):
-        kind = {ir.PurchasedTrigger: "purchase", ir.CartedTrigger: "cart",
-                ir.ViewedTrigger: "view"}[type(t)]
-        return describe_cond(ir.Activity(kind, product=t.product,
-                                         category=getattr(t, "category", None)))
+        kind = {ir.PurchasedTrigger: "purchase", ir.CartedTrigger: "cart", ir.ViewedTrigger: "view"}[type(t)]
+        return describe_cond(ir.Activity(kind, product=t.product, category=getattr(t, "category", None)))
     if isinstance(t, ir.TaggedTrigger):
         return f"tagged {t.name}"
     if isinstance(t, ir.CustomEventTrigger):

@@ -3,14 +3,15 @@
 A :class:`Diagnostic` points at ``path:line:column`` (1-based) and optionally at an end column
 on the same line, so the text renderer can put a caret under the smallest span.
 """
+
 from __future__ import annotations
 
 import difflib
 import json
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from engine.i18n import _, join, language, n_, render
 
@@ -47,8 +48,9 @@ class Diagnostic:
     end_column: int | None = field(default=None, compare=False)
 
     @classmethod
-    def at(cls, span: Span | None, message: str, *, severity: str = ERROR,
-           help: str | None = None, path: str = "") -> "Diagnostic":
+    def at(
+        cls, span: Span | None, message: str, *, severity: str = ERROR, help: str | None = None, path: str = ""
+    ) -> Diagnostic:
         """Build a diagnostic at ``span`` (or at line 1 of ``path`` when there is no span)."""
         if span is None:
             return cls(path, 1, 1, severity, message, help)
@@ -67,17 +69,14 @@ class Diagnostic:
     def sort_key(self):
         """YAML files (settings, sales, messages: what the rules refer to) before rule files,
         then by place, errors before warnings: the first problem shown is the root cause."""
-        return (not self.path.endswith(_YAML_SUFFIXES), self.path, self.line, self.column,
-                self.severity != ERROR, self.message)
-
-
-class DiagnosticError(Exception):
-    """Raised where a caller needs an exception carrying diagnostics (e.g. a failed reload)."""
-
-    def __init__(self, diagnostics: Sequence[Diagnostic]):
-        self.diagnostics = list(diagnostics)
-        first = self.diagnostics[0] if self.diagnostics else None
-        super().__init__(format_short(first) if first else "invalid input")
+        return (
+            not self.path.endswith(_YAML_SUFFIXES),
+            self.path,
+            self.line,
+            self.column,
+            self.severity != ERROR,
+            self.message,
+        )
 
 
 def dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
@@ -111,8 +110,12 @@ def did_you_mean(name: str, choices: Iterable[str], *, listing: int = 5) -> str 
         return _("did you mean `{name}`?", name=close[0])
     shown = join(f"`{c}`" for c in choices[:listing])
     if len(choices) > listing:
-        return n_("known names are {names} (and {n} more)", "known names are {names} (and {n} more)",
-                  len(choices) - listing, names=shown)
+        return n_(
+            "known names are {names} (and {n} more)",
+            "known names are {names} (and {n} more)",
+            len(choices) - listing,
+            names=shown,
+        )
     return _("known names are {names}", names=shown)
 
 
@@ -136,8 +139,7 @@ def source_lines(path: str, text: str) -> list[str]:
     return (_YAML_LINES if path.endswith(_YAML_SUFFIXES) else _RULE_LINES).split(text)
 
 
-def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None,
-                lang: str | None = None) -> str:
+def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = None, lang: str | None = None) -> str:
     """rustc-style text: the headline, the source line, a caret under the span, then ``help:``,
     in ``lang`` (default: the current language). The caret counts East Asian wide characters of
     the source line as two columns, so it stays under its place whatever the line holds. A very
@@ -167,8 +169,11 @@ def render_text(diags: Sequence[Diagnostic], sources: dict[str, str] | None = No
                     start = start - begin + (1 if begin else 0)
                     width = max(1, min(width, len(src) - start))
                 out.append(f"    {src}")
-                out.append("    " + " " * _display_width(src[:start])
-                           + "^" * max(1, _display_width(src[start:start + width])))
+                out.append(
+                    "    "
+                    + " " * _display_width(src[:start])
+                    + "^" * max(1, _display_width(src[start : start + width]))
+                )
         if d.help:
             out.append(f"    {help_word}: {render(d.help, lang)}")
     return "\n".join(out) + ("\n" if out else "")
@@ -184,8 +189,14 @@ def render_json(diags: Sequence[Diagnostic], lang: str | None = None) -> str:
     stays ``error``/``warning`` in every language, the texts are in ``lang``."""
     items = []
     for d in diags:
-        item = {"path": d.path, "line": d.line, "column": d.column,
-                "severity": d.severity, "code": d.code, "message": render(d.message, lang)}
+        item = {
+            "path": d.path,
+            "line": d.line,
+            "column": d.column,
+            "severity": d.severity,
+            "code": d.code,
+            "message": render(d.message, lang),
+        }
         if d.help:
             item["help"] = render(d.help, lang)
         items.append(item)
@@ -208,10 +219,7 @@ def render_github(diags: Sequence[Diagnostic], lang: str | None = None) -> str:
     for d in diags:
         msg = render(d.message, lang) + (f" ({help_word}: {render(d.help, lang)})" if d.help else "")
         title = f",title={_gh_escape(d.code, True)}" if d.code else ""
-        out.append(f"::{d.severity} file={_gh_escape(d.path, True)},line={d.line},col={d.column}"
-                   f"{title}::{_gh_escape(msg)}")
+        out.append(
+            f"::{d.severity} file={_gh_escape(d.path, True)},line={d.line},col={d.column}{title}::{_gh_escape(msg)}"
+        )
     return "\n".join(out) + ("\n" if out else "")
-
-
-def to_dict(d: Diagnostic) -> dict:
-    return asdict(d)

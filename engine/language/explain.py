@@ -1,4 +1,5 @@
 """``linerules explain [CODE]``: what a diagnostic code means, in the chosen language."""
+
 from __future__ import annotations
 
 import os
@@ -7,9 +8,10 @@ import sys
 import click
 
 from engine import i18n
+from engine.i18n import _, render
+
 from .codes import CODES, explain, lookup
 from .diagnostics import did_you_mean
-from engine.i18n import _, render
 
 
 def folder_language(rules_dir: str) -> str | None:
@@ -35,7 +37,8 @@ def main(code: str | None, rules_dir: str = "rules", lang: str | None = None) ->
     found = lookup(code)
     if found is None:
         hint = did_you_mean(code.strip().upper(), CODES)
-        raise click.UsageError(render(_("there is no code `{code}`", code=code))
-                               + (f" ({render(hint)})" if hint else ""))
+        raise click.UsageError(
+            render(_("there is no code `{code}`", code=code)) + (f" ({render(hint)})" if hint else "")
+        )
     sys.stdout.write(explain(found))
     return 0

@@ -5,6 +5,7 @@ holdout and split (decisions), every step (conditional steps are decisions with 
 ``exit when`` (a hexagon) and ``stop`` drawn to the rule's exit node, and the end of the steps
 to its done node. With no RULE, every rule is a subgraph of one chart.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,10 +13,11 @@ import sys
 import click
 
 from engine import i18n
+from engine.i18n import _, render
+
 from . import ir
 from .compiler import describe_cond, describe_step, describe_trigger
 from .diagnostics import did_you_mean, has_errors, render_text
-from engine.i18n import _, render
 from .project import load_project
 
 
@@ -38,8 +40,13 @@ class _Chart:
 
     def node(self, suffix: str, label: str, shape: str = "box") -> str:
         ident = f"{self.prefix}_{suffix}"
-        left, right = {"box": ("[", "]"), "decision": ("{", "}"), "stadium": ("([", "])"),
-                       "hexagon": ("{{", "}}"), "circle": ("((", "))")}[shape]
+        left, right = {
+            "box": ("[", "]"),
+            "decision": ("{", "}"),
+            "stadium": ("([", "])"),
+            "hexagon": ("{{", "}}"),
+            "circle": ("((", "))"),
+        }[shape]
         self.lines.append(f'{self.indent}{ident}{left}"{escape(label)}"{right}')
         return ident
 
@@ -112,11 +119,9 @@ def to_mermaid(project: ir.Project, rule: str | None = None) -> str:
     """A ``flowchart TD`` of one rule, or of every rule (one subgraph each, in file order)."""
     if rule is not None:
         r = project.rules[rule]
-        return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})",
-                          *rule_lines(r, "r0")]) + "\n"
+        return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})", *rule_lines(r, "r0")]) + "\n"
     lines = ["flowchart TD"]
-    ordered = sorted(project.rules.values(),
-                     key=lambda r: (r.path, r.span.line if r.span else 0, r.name))
+    ordered = sorted(project.rules.values(), key=lambda r: (r.path, r.span.line if r.span else 0, r.name))
     for i, r in enumerate(ordered):
         title = r.name + (f": {r.description}" if r.description else "")
         lines.append(f'    subgraph r{i}g["{escape(title)}"]')
@@ -137,7 +142,12 @@ def main(rules_dir: str, rule: str | None, lang: str | None = None) -> int:
     project = result.project
     if rule is not None and rule not in project.rules:
         hint = did_you_mean(rule, project.rules)
-        raise click.UsageError(render(_("unknown rule `{name}` ({hint})", name=rule, hint=hint)
-                                      if hint else _("unknown rule `{name}`", name=rule)))
+        raise click.UsageError(
+            render(
+                _("unknown rule `{name}` ({hint})", name=rule, hint=hint)
+                if hint
+                else _("unknown rule `{name}`", name=rule)
+            )
+        )
     sys.stdout.write(to_mermaid(project, rule))
     return 0

@@ -11,6 +11,7 @@ project's configured zone; percentages are floats in 0..100.
 Every node carries an optional ``span`` (excluded from equality) so that runtime messages and
 ``graph`` can point back at the rule text.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,7 +43,7 @@ def parse_duration(text: str, *, seconds: bool = True) -> int:
     rule tests (``tick``, ``tolerance``, ``until``) and ``simulate --tick`` may say seconds."""
     number = text[:-1]
     unit = _DURATION_UNIT.get(text[-1:])
-    if number.isdecimal() and unit is not None and (seconds or unit != 1):   # one part, as almost always
+    if number.isdecimal() and unit is not None and (seconds or unit != 1):  # one part, as almost always
         return int(number) * unit
     s = text.strip()
     parts = _DURATION_PART.findall(s)
@@ -50,26 +51,29 @@ def parse_duration(text: str, *, seconds: bool = True) -> int:
         raise ValueError(f"`{text}` is not a duration (use e.g. 30m, 1h, 1d12h)")
     return sum(int(n) * _DURATION_UNIT[u] for n, u in parts)
 
+
 # ----------------------------------------------------------------------------- conditions
 
 
 @dataclass(eq=False, repr=False)
 class All(FrozenRecord):
     """``C and C and ...``"""
-    items: tuple["Cond", ...]
+
+    items: tuple[Cond, ...]
     span: Span | None = field(**_SPAN)
 
 
 @dataclass(eq=False, repr=False)
 class AnyOf(FrozenRecord):
     """``C or C or ...``"""
-    items: tuple["Cond", ...]
+
+    items: tuple[Cond, ...]
     span: Span | None = field(**_SPAN)
 
 
 @dataclass(eq=False, repr=False)
 class Not(FrozenRecord):
-    item: "Cond"
+    item: Cond
     span: Span | None = field(**_SPAN)
 
 
@@ -82,6 +86,7 @@ class Activity(FrozenRecord):
     "since the friend entered this rule" (outside a rule, e.g. in a segment: ever).
     ``click`` counts only tracked links sent by the rule being evaluated.
     """
+
     kind: str
     product: str | None = None
     category: str | None = None
@@ -104,6 +109,7 @@ class Blocked(FrozenRecord):
 class FollowedVia(FrozenRecord):
     """``followed via qr=shipping, ad=summer``: the friend's add source matches any pair.
     An empty tuple (plain ``followed``) is true for every current friend."""
+
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
 
@@ -112,6 +118,7 @@ class FollowedVia(FrozenRecord):
 class FriendFor(FrozenRecord):
     """``friend for 30d`` (mode ``for``: followed at least D ago) /
     ``friend within 30d`` (mode ``within``: followed less than D ago)."""
+
     seconds: int
     mode: str  # "for" | "within"
     span: Span | None = field(**_SPAN)
@@ -120,6 +127,7 @@ class FriendFor(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class LastPurchaseOlder(FrozenRecord):
     """``last purchase older than 90d``: has purchased, and the last purchase is >= D ago."""
+
     seconds: int
     span: Span | None = field(**_SPAN)
 
@@ -137,6 +145,7 @@ class Measure(FrozenRecord):
     ``display_name``, ``language``, or a custom attribute name (set by ``attributes`` events or
     ``set`` steps).
     """
+
     name: str
     within: int | None = None
     span: Span | None = field(**_SPAN)
@@ -145,15 +154,17 @@ class Measure(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Compare(FrozenRecord):
     """``ATTR OP VALUE``; op is one of ``= != < <= > >=``; value a number or a string."""
+
     measure: Measure
     op: str
-    value: Union[int, float, str]
+    value: int | float | str
     span: Span | None = field(**_SPAN)
 
 
 @dataclass(eq=False, repr=False)
 class Top(FrozenRecord):
     """``top 20% by spent within 365d``: among current (not blocked) friends."""
+
     percent: float
     measure: Measure
     span: Span | None = field(**_SPAN)
@@ -168,12 +179,27 @@ class InSegment(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Variant(FrozenRecord):
     """``variant a``: the friend was assigned that split variant in the rule being evaluated."""
+
     name: str
     span: Span | None = field(**_SPAN)
 
 
-Cond = Union[All, AnyOf, Not, Activity, Tagged, Blocked, FollowedVia, FriendFor,
-             LastPurchaseOlder, NeverPurchased, Compare, Top, InSegment, Variant]
+Cond = Union[
+    All,
+    AnyOf,
+    Not,
+    Activity,
+    Tagged,
+    Blocked,
+    FollowedVia,
+    FriendFor,
+    LastPurchaseOlder,
+    NeverPurchased,
+    Compare,
+    Top,
+    InSegment,
+    Variant,
+]
 
 # ----------------------------------------------------------------------------- triggers
 # Event triggers name the intake event type they listen to in ``event_type``.
@@ -182,6 +208,7 @@ Cond = Union[All, AnyOf, Not, Activity, Tagged, Blocked, FollowedVia, FriendFor,
 @dataclass(eq=False, repr=False)
 class Followed(FrozenRecord):
     """``followed [via k=v, ...]`` -- a follow event (new friend or unblock)."""
+
     via: tuple[tuple[str, str], ...] = ()
     span: Span | None = field(**_SPAN)
     event_type = "follow"
@@ -196,6 +223,7 @@ class Unfollowed(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Linked(FrozenRecord):
     """``linked`` -- the friend was just linked to a shop customer (engine/runtime/identity.py)."""
+
     span: Span | None = field(**_SPAN)
     event_type = "linked"
 
@@ -204,6 +232,7 @@ class Linked(FrozenRecord):
 class MessageTrigger(FrozenRecord):
     """``message "a", "b"`` (contains any) / ``message exactly "はい"`` (equals any).
     Keywords are stored NFKC-normalised and casefolded; the engine normalises the text alike."""
+
     keywords: tuple[str, ...]
     exact: bool = False
     span: Span | None = field(**_SPAN)
@@ -213,6 +242,7 @@ class MessageTrigger(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class PostbackTrigger(FrozenRecord):
     """``postback action=survey_done``: the postback data (a query string) has every pair."""
+
     pairs: tuple[tuple[str, str], ...]
     span: Span | None = field(**_SPAN)
     event_type = "postback"
@@ -243,6 +273,7 @@ class ViewedTrigger(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class TaggedTrigger(FrozenRecord):
     """``tagged NAME``: the tag was added (by an event, a ``tag`` step, or the shop API)."""
+
     name: str
     span: Span | None = field(**_SPAN)
     event_type = "tag"
@@ -251,6 +282,7 @@ class TaggedTrigger(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class CustomEventTrigger(FrozenRecord):
     """``event shipped [key=value ...]``: a custom shop event whose top-level fields match."""
+
     name: str
     pairs: tuple[tuple[str, str], ...] = ()
     span: Span | None = field(**_SPAN)
@@ -263,6 +295,7 @@ class CustomEventTrigger(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class ScheduleTrigger(FrozenRecord):
     """``schedule "0 20 * * 5"``: croniter in the configured zone; audience: all current friends."""
+
     cron: str
     span: Span | None = field(**_SPAN)
 
@@ -276,6 +309,7 @@ class SaleTrigger(FrozenRecord):
     sale instant's local date (``before`` is then a whole number of days).
     Audience: all current friends; once per friend per sale occurrence.
     """
+
     edge: str  # "starts" | "ends"
     before: int = 0
     at: dt.time | None = None
@@ -286,12 +320,23 @@ class SaleTrigger(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class ConditionTrigger(FrozenRecord):
     """Any other condition: the friend enters when it becomes true (checked on every tick)."""
+
     cond: Cond
     span: Span | None = field(**_SPAN)
 
 
-EventTrigger = Union[Followed, Unfollowed, Linked, MessageTrigger, PostbackTrigger, PurchasedTrigger,
-                     CartedTrigger, ViewedTrigger, TaggedTrigger, CustomEventTrigger]
+EventTrigger = Union[
+    Followed,
+    Unfollowed,
+    Linked,
+    MessageTrigger,
+    PostbackTrigger,
+    PurchasedTrigger,
+    CartedTrigger,
+    ViewedTrigger,
+    TaggedTrigger,
+    CustomEventTrigger,
+]
 Trigger = Union[EventTrigger, ScheduleTrigger, SaleTrigger, ConditionTrigger]
 
 # ----------------------------------------------------------------------------- steps
@@ -310,6 +355,7 @@ class Send(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Wait(FrozenRecord):
     """``wait D`` (at None) or ``wait D at HH:MM`` (first HH:MM at or after now + D)."""
+
     id: str
     seconds: int
     at: dt.time | None = None
@@ -320,6 +366,7 @@ class Wait(FrozenRecord):
 class WaitUntil(FrozenRecord):
     """``wait until HH:MM`` / ``wait until monday [at HH:MM]``: the next such moment strictly
     after now. ``weekday`` is 0=Monday..6=Sunday or None; ``at`` defaults to 00:00 with a weekday."""
+
     id: str
     at: dt.time | None = None
     weekday: int | None = None
@@ -329,6 +376,7 @@ class WaitUntil(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class WaitFor(FrozenRecord):
     """``wait for TRIGGER up to D``: resume on that event for this friend, or after D."""
+
     id: str
     trigger: EventTrigger
     up_to: int
@@ -355,7 +403,7 @@ class UntagStep(FrozenRecord):
 class SetStep(FrozenRecord):
     id: str
     attr: str
-    value: Union[int, float, str]
+    value: int | float | str
     cond: Cond | None = None
     span: Span | None = field(**_SPAN)
 
@@ -383,8 +431,7 @@ class StopStep(FrozenRecord):
     span: Span | None = field(**_SPAN)
 
 
-Step = Union[Send, Wait, WaitUntil, WaitFor, TagStep, UntagStep, SetStep, MenuStep, StartStep,
-             StopStep]
+Step = Union[Send, Wait, WaitUntil, WaitFor, TagStep, UntagStep, SetStep, MenuStep, StartStep, StopStep]
 WAIT_STEPS = (Wait, WaitUntil, WaitFor)
 
 # ----------------------------------------------------------------------------- rules
@@ -393,6 +440,7 @@ WAIT_STEPS = (Wait, WaitUntil, WaitFor)
 @dataclass(eq=False, repr=False)
 class Reenter(FrozenRecord):
     """``reenter never`` (default) / ``reenter after 90d`` / ``reenter always``."""
+
     mode: str = "never"  # "never" | "after" | "always"
     after: int = 0
     span: Span | None = field(**_SPAN)
@@ -401,6 +449,7 @@ class Reenter(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Window(FrozenRecord):
     """A daily delivery window, local time; ``end`` may be before ``start`` (over midnight)."""
+
     start: dt.time
     end: dt.time
     span: Span | None = field(**_SPAN)
@@ -412,16 +461,16 @@ class Rule(FrozenRecord):
     trigger: Trigger
     steps: tuple[Step, ...]
     description: str | None = None
-    entry: Cond | None = None          # ``if C`` / ``unless C`` (compiled as Not(C))
+    entry: Cond | None = None  # ``if C`` / ``unless C`` (compiled as Not(C))
     exit_when: Cond | None = None
     reenter: Reenter = Reenter()
-    window: Window | None = None       # overrides settings.window
+    window: Window | None = None  # overrides settings.window
     priority: int = 0
-    uncapped: bool = False             # sends neither count against nor are stopped by max_per_day
-    split: tuple[tuple[str, float], ...] = ()   # ((variant, percent), ...), sums to 100
+    uncapped: bool = False  # sends neither count against nor are stopped by max_per_day
+    split: tuple[tuple[str, float], ...] = ()  # ((variant, percent), ...), sums to 100
     holdout: float = 0.0
-    version: str = ""                  # content hash of the rule's compiled form
-    path: str = ""                     # the file it came from
+    version: str = ""  # content hash of the rule's compiled form
+    path: str = ""  # the file it came from
     span: Span | None = field(**_SPAN)
 
     def step(self, step_id: str) -> Step | None:
@@ -451,6 +500,7 @@ class Segment(FrozenRecord):
 class MessageDef(FrozenRecord):
     """One name of messages.yaml: a list of LINE message objects (dicts in LINE's JSON shape).
     Strings inside may be Liquid templates; they are rendered per friend at send time."""
+
     name: str
     objects: tuple[dict, ...]
     span: Span | None = field(**_SPAN)
@@ -460,8 +510,8 @@ class MessageDef(FrozenRecord):
 class Sale(FrozenRecord):
     name: str
     title: str
-    starts: dt.datetime   # timezone-aware
-    ends: dt.datetime     # timezone-aware
+    starts: dt.datetime  # timezone-aware
+    ends: dt.datetime  # timezone-aware
     kind: str | None = None
     url: str | None = None
     span: Span | None = field(**_SPAN)
@@ -470,17 +520,17 @@ class Sale(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Settings(FrozenRecord):
     timezone: str = "Asia/Tokyo"
-    window: Window | None = None          # None: any time
-    max_per_day: int | None = None        # pushes per friend per local day; None: no cap
-    monthly_quota: int | None = None      # None: read from LINE's quota endpoint only
-    rich_menus: tuple[tuple[str, str], ...] = ()   # (NAME, richmenu id)
-    utm: bool = True                      # add utm_* parameters to links
-    attribution_days: int = 7             # conversion window for reports
-    base_url: str | None = None           # public base URL of the runner (click tracking, /join)
-    login_channel_id: str | None = None   # LINE Login channel for /join/<source>
+    window: Window | None = None  # None: any time
+    max_per_day: int | None = None  # pushes per friend per local day; None: no cap
+    monthly_quota: int | None = None  # None: read from LINE's quota endpoint only
+    rich_menus: tuple[tuple[str, str], ...] = ()  # (NAME, richmenu id)
+    utm: bool = True  # add utm_* parameters to links
+    attribution_days: int = 7  # conversion window for reports
+    base_url: str | None = None  # public base URL of the runner (click tracking, /join)
+    login_channel_id: str | None = None  # LINE Login channel for /join/<source>
     login_channel_secret: str | None = None
-    language: str | None = None           # "ja" | "en": the language of diagnostics and reports
-    account_link_url: str | None = None   # account_link.login_url: the shop's login page
+    language: str | None = None  # "ja" | "en": the language of diagnostics and reports
+    account_link_url: str | None = None  # account_link.login_url: the shop's login page
     span: Span | None = field(**_SPAN)
 
     @property
@@ -496,10 +546,11 @@ class Settings(FrozenRecord):
 @dataclass(eq=False, repr=False)
 class Project(FrozenRecord):
     """A whole validated rule folder."""
+
     rules: dict[str, Rule]
     segments: dict[str, Segment]
     messages: dict[str, MessageDef]
     sales: tuple[Sale, ...]
     settings: Settings
     root: str = ""
-    version: str = ""     # hash over every file of the folder
+    version: str = ""  # hash over every file of the folder

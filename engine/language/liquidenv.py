@@ -1,5 +1,6 @@
 """The Liquid environment of message templates (imported on first use: see
 :func:`engine.language.messages.template_facts`)."""
+
 from __future__ import annotations
 
 from liquid import Environment
@@ -32,9 +33,11 @@ def analyse(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, i
     except LiquidError as e:
         ctx = e.context()
         return ((e.message, ctx[0], ctx[1]) if ctx else (e.message, 0, 0)), [], []
-    return (None,
-            [(flt, _first(spans)) for flt, spans in analysis.filters.items() if flt not in LIQUID.filters],
-            [(var, _first([u.span for u in uses])) for var, uses in analysis.globals.items()])
+    return (
+        None,
+        [(flt, _first(spans)) for flt, spans in analysis.filters.items() if flt not in LIQUID.filters],
+        [(var, _first([u.span for u in uses])) for var, uses in analysis.globals.items()],
+    )
 
 
 def _first(spans) -> int:

@@ -15,33 +15,61 @@ at fault. :func:`check_objects` is the one set of LINE limit checks; the loader 
 objects as written and ``render.render_message`` runs it again on what is actually sent.
 Every string holding ``{{`` or ``{%`` is a Liquid template, parsed here once and cached.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 
+if TYPE_CHECKING:
+    from liquid import BoundTemplate
+
+from engine.i18n import E, _, join
+from engine.line.limits import (  # noqa: F401
+    ACTION_TYPES,
+    ALT_TEXT_LIMIT,
+    BUTTONS_ACTIONS,
+    BUTTONS_TEXT_LIMIT,
+    CAROUSEL_ACTIONS,
+    CAROUSEL_COLUMNS,
+    CAROUSEL_TEXT_LIMIT,
+    CONFIRM_TEXT_LIMIT,
+    DATA_LIMIT,
+    FLEX_BUBBLE_BYTES,
+    FLEX_CAROUSEL_BUBBLES,
+    FLEX_CAROUSEL_BYTES,
+    FLEX_LABEL_LIMIT,
+    FRAMED_TEXT_LIMIT,
+    IMAGE_CAROUSEL_LABEL_LIMIT,
+    IMAGEMAP_ACTIONS,
+    LABEL_LIMIT,
+    LOCATION_TEXT_LIMIT,
+    MAX_OBJECTS,
+    MEDIA_URL_LIMIT,
+    MESSAGE_TYPES,
+    QUICK_REPLY_ITEMS,
+    TEMPLATE_TITLE_LIMIT,
+    TEMPLATE_TYPES,
+    TEXT_LIMIT,
+    URI_LIMIT,
+    URI_SCHEMES,
+    utf16_len,
+)
+
 from . import ir
 from .diagnostics import Diagnostic, Span, dedupe, did_you_mean
-from engine.i18n import E, _, join
-from engine.line.limits import (ACTION_TYPES, ALT_TEXT_LIMIT, BUTTONS_ACTIONS, BUTTONS_TEXT_LIMIT,  # noqa: F401
-                     CAROUSEL_ACTIONS, CAROUSEL_COLUMNS, CAROUSEL_TEXT_LIMIT, CONFIRM_TEXT_LIMIT,
-                     DATA_LIMIT, FLEX_CAROUSEL_BUBBLES, FLEX_CAROUSEL_BYTES, FLEX_BUBBLE_BYTES,
-                     FLEX_LABEL_LIMIT, FRAMED_TEXT_LIMIT, IMAGE_CAROUSEL_LABEL_LIMIT,
-                     IMAGEMAP_ACTIONS, LABEL_LIMIT, LOCATION_TEXT_LIMIT, MAX_OBJECTS,
-                     MEDIA_URL_LIMIT, MESSAGE_TYPES, QUICK_REPLY_ITEMS, TEMPLATE_TITLE_LIMIT,
-                     TEMPLATE_TYPES, TEXT_LIMIT, URI_LIMIT, URI_SCHEMES, utf16_len)
 from .ir import NAME_RE
 from .yamlpos import YAML_1_1_BOOLEANS, Path, YamlFile
 
 TEMPLATE_VARIABLES = ("friend", "rule", "sale", "event")
-
 
 
 # ----------------------------------------------------------------------------- Liquid
@@ -63,7 +91,7 @@ def is_template(value: str) -> bool:
 
 
 @functools.lru_cache(maxsize=8192)
-def compile_template(source: str) -> "BoundTemplate":
+def compile_template(source: str) -> BoundTemplate:
     """The parsed template for ``source``, compiled once. Raises LiquidError."""
     from .liquidenv import LIQUID
 
@@ -86,8 +114,10 @@ def _liquid_stamp() -> str:
 
     spec = importlib.util.find_spec("liquid")
     stamp = []
-    for origin in (spec.origin if spec is not None and spec.origin else "",
-                   os.path.join(os.path.dirname(__file__), "liquidenv.py")):
+    for origin in (
+        spec.origin if spec is not None and spec.origin else "",
+        os.path.join(os.path.dirname(__file__), "liquidenv.py"),
+    ):
         try:
             st = os.stat(origin)
             stamp.append(f"{origin}:{st.st_size}:{st.st_mtime_ns}")
@@ -96,8 +126,7 @@ def _liquid_stamp() -> str:
     return "|".join(stamp)
 
 
-def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]],
-                                         list[tuple[str, int]]]:
+def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]], list[tuple[str, int]]]:
     """(error as (message, line, column) or None, unknown filters, global variables, each with
     the index of its first use) of one template (:func:`engine.language.liquidenv.analyse`), from the
     cache when this text was checked before, else from Liquid."""
@@ -117,8 +146,7 @@ def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple
         from .liquidenv import analyse
 
         error, filters, variables = analyse(source)
-        found = _facts[key] = [list(error) if error else None, [list(x) for x in filters],
-                               [list(x) for x in variables]]
+        found = _facts[key] = [list(error) if error else None, [list(x) for x in filters], [list(x) for x in variables]]
         _facts_new = True
     error = tuple(found[0]) if found[0] else None
     return error, [tuple(x) for x in found[1]], [tuple(x) for x in found[2]]
@@ -140,32 +168,106 @@ def _keep_facts() -> None:
 
 #: Fields of LINE message objects whose value is always a text (so a number or true/false
 #: there is a value YAML read differently from what was meant).
-TEXT_FIELDS = frozenset((
-    "text", "altText", "label", "data", "displayText", "uri", "url", "linkUri",
-    "previewUrl", "originalContentUrl", "previewImageUrl", "thumbnailImageUrl", "imageUrl",
-    "baseUrl", "desktop", "title", "address", "color", "backgroundColor", "separatorColor",
-    "borderColor", "imageBackgroundColor", "size", "aspectRatio", "aspectMode",
-    "imageAspectRatio", "imageSize", "layout", "align", "gravity", "weight", "style",
-    "decoration", "position", "margin", "spacing", "paddingAll", "paddingTop", "paddingBottom",
-    "paddingStart", "paddingEnd", "offsetTop", "offsetBottom", "offsetStart", "offsetEnd",
-    "cornerRadius", "borderWidth", "maxWidth", "maxHeight", "lineSpacing", "adjustMode",
-    "direction", "mode", "initial", "max", "min", "richMenuAliasId", "clipboardText",
-    "productId", "emojiId", "inputOption", "fillInText", "justifyContent", "alignItems"))
+TEXT_FIELDS = frozenset(
+    (
+        "text",
+        "altText",
+        "label",
+        "data",
+        "displayText",
+        "uri",
+        "url",
+        "linkUri",
+        "previewUrl",
+        "originalContentUrl",
+        "previewImageUrl",
+        "thumbnailImageUrl",
+        "imageUrl",
+        "baseUrl",
+        "desktop",
+        "title",
+        "address",
+        "color",
+        "backgroundColor",
+        "separatorColor",
+        "borderColor",
+        "imageBackgroundColor",
+        "size",
+        "aspectRatio",
+        "aspectMode",
+        "imageAspectRatio",
+        "imageSize",
+        "layout",
+        "align",
+        "gravity",
+        "weight",
+        "style",
+        "decoration",
+        "position",
+        "margin",
+        "spacing",
+        "paddingAll",
+        "paddingTop",
+        "paddingBottom",
+        "paddingStart",
+        "paddingEnd",
+        "offsetTop",
+        "offsetBottom",
+        "offsetStart",
+        "offsetEnd",
+        "cornerRadius",
+        "borderWidth",
+        "maxWidth",
+        "maxHeight",
+        "lineSpacing",
+        "adjustMode",
+        "direction",
+        "mode",
+        "initial",
+        "max",
+        "min",
+        "richMenuAliasId",
+        "clipboardText",
+        "productId",
+        "emojiId",
+        "inputOption",
+        "fillInText",
+        "justifyContent",
+        "alignItems",
+    )
+)
 #: Fields that hold a colour, ``#RRGGBB`` or ``#RRGGBBAA``.
 COLOR_FIELDS = frozenset(("color", "backgroundColor", "separatorColor", "borderColor"))
 COLOR_RE = re.compile(r"#[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?")
 #: A Flex ``aspectRatio``: ``20:13``, ``1.91:1``.
 RATIO_RE = re.compile(r"\d+(?:\.\d+)?:\d+(?:\.\d+)?")
 #: Flex ``size`` keywords (text, icon, span, image, bubble) and pixel / percent sizes.
-SIZE_WORD_LIST = ("xxs", "xs", "sm", "md", "lg", "xl", "xxl", "3xl", "4xl", "5xl", "full",
-                  "nano", "micro", "deca", "hecto", "kilo", "mega", "giga")
+SIZE_WORD_LIST = (
+    "xxs",
+    "xs",
+    "sm",
+    "md",
+    "lg",
+    "xl",
+    "xxl",
+    "3xl",
+    "4xl",
+    "5xl",
+    "full",
+    "nano",
+    "micro",
+    "deca",
+    "hecto",
+    "kilo",
+    "mega",
+    "giga",
+)
 SIZE_WORDS = frozenset(SIZE_WORD_LIST)
 SIZE_RE = re.compile(r"\d+(?:\.\d+)?(?:px|%)")
 #: Fields whose value is true or false.
 BOOL_FIELDS = frozenset(("wrap", "scaling", "animated", "separator"))
 #: Fields whose value is a number.
-NUMBER_FIELDS = frozenset(("flex", "maxLines", "latitude", "longitude", "duration", "index",
-                           "x", "y"))
+NUMBER_FIELDS = frozenset(("flex", "maxLines", "latitude", "longitude", "duration", "index", "x", "y"))
 
 
 # ----------------------------------------------------------------------------- limit checks
@@ -178,6 +280,7 @@ class Problem:
     ``path`` starts with the object's index; ``empty`` marks a field with no value (the loader
     words its help after the line as written).
     """
+
     path: Path
     message: str
     help: str | None = None
@@ -207,25 +310,35 @@ class _Checker:
         return False
 
     def required(self, obj: dict, path: Path, what: str, *keys: str) -> bool:
-        missing = [k for k in keys if k not in obj]   # a key with no value is reported as such
+        missing = [k for k in keys if k not in obj]  # a key with no value is reported as such
         if missing:
-            self.add(path, E("LR503", "{what} needs {fields}", what=what,
-                              fields=join((f"`{k}`" for k in missing), " and ")))
+            self.add(
+                path, E("LR503", "{what} needs {fields}", what=what, fields=join((f"`{k}`" for k in missing), " and "))
+            )
         return not missing
 
-    def text(self, obj: dict, path: Path, key: str, limit: int | None = None,
-             limit_why: str = "") -> str | None:
+    def text(self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "") -> str | None:
         """A text field's value, checked for type and length when present."""
         value = obj.get(key)
         if value is None or isinstance(value, (dt.date, dt.time)):  # dates: see json_values
             return None
         if not isinstance(value, str):
-            if key not in TEXT_FIELDS:   # those are reported by json_values
+            if key not in TEXT_FIELDS:  # those are reported by json_values
                 self.add(path + (key,), E("LR503", "`{key}` must be text", key=key), help=_("quote the value"))
             return None
         if limit is not None and utf16_len(value) > limit:
-            self.add(path + (key,), E("LR503", "`{key}` is {length} characters long; LINE allows at most {limit}{limit_why}", key=key, length=f"{utf16_len(value):,}", limit=f"{limit:,}", limit_why=limit_why),
-                     help=_("LINE counts in UTF-16 units: emoji and some rare kanji count as 2"))
+            self.add(
+                path + (key,),
+                E(
+                    "LR503",
+                    "`{key}` is {length} characters long; LINE allows at most {limit}{limit_why}",
+                    key=key,
+                    length=f"{utf16_len(value):,}",
+                    limit=f"{limit:,}",
+                    limit_why=limit_why,
+                ),
+                help=_("LINE counts in UTF-16 units: emoji and some rare kanji count as 2"),
+            )
         return value
 
     def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
@@ -237,8 +350,11 @@ class _Checker:
             return
         scheme = urlsplit(value).scheme.lower() if "://" in value or value.startswith("tel:") else ""
         if media and scheme != "https":
-            self.add(path + (key,), E("LR503", "`{key}` must be an https:// URL", key=key),
-                     help=_("LINE only loads images and videos over HTTPS"))
+            self.add(
+                path + (key,),
+                E("LR503", "`{key}` must be an https:// URL", key=key),
+                help=_("LINE only loads images and videos over HTTPS"),
+            )
         elif not media and scheme not in URI_SCHEMES:
             self.add(path + (key,), E("LR503", "`{key}` must start with https://, http://, line:// or tel:", key=key))
 
@@ -248,7 +364,10 @@ class _Checker:
             return None
         if not low <= len(value) <= high:
             span = _("exactly {low}", low=low) if low == high else _("{low} to {high}", low=low, high=high)
-            self.add(path, E("LR503", "{what} has {count} entries; LINE allows {span}", what=what, count=len(value), span=span))
+            self.add(
+                path,
+                E("LR503", "{what} has {count} entries; LINE allows {span}", what=what, count=len(value), span=span),
+            )
         return value
 
     # -------------------------------------------------------------- objects
@@ -256,8 +375,16 @@ class _Checker:
     def objects(self, objects: Sequence[Any]) -> None:
         if not 1 <= len(objects) <= MAX_OBJECTS:
             where = (MAX_OBJECTS,) if len(objects) > MAX_OBJECTS else ()
-            self.add(where, E("LR503", "a message may hold 1 to {limit} objects, this one has {count}", limit=MAX_OBJECTS, count=len(objects)),
-                     help=_("LINE sends at most 5 objects at once; split it into two messages"))
+            self.add(
+                where,
+                E(
+                    "LR503",
+                    "a message may hold 1 to {limit} objects, this one has {count}",
+                    limit=MAX_OBJECTS,
+                    count=len(objects),
+                ),
+                help=_("LINE sends at most 5 objects at once; split it into two messages"),
+            )
         for i, obj in enumerate(objects):
             self.json_values(obj, (i,))
             if self.mapping(obj, (i,), _("a message object")):
@@ -285,17 +412,27 @@ class _Checker:
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
             meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
-            self.add(path, E("LR503", "`{key}` must be text, not {shown}", key=key, shown=shown),
-                     help=_('quote it: {key}: "{shown}"', key=key, shown=meant))
+            self.add(
+                path,
+                E("LR503", "`{key}` must be text, not {shown}", key=key, shown=shown),
+                help=_('quote it: {key}: "{shown}"', key=key, shown=meant),
+            )
         elif key in BOOL_FIELDS and not isinstance(value, bool):
             old = YAML_1_1_BOOLEANS.get(str(value).lower())
             meant = None if old is None else ("true" if old else "false")
-            self.add(path, E("LR503", "`{key}` must be true or false, not `{value}`", key=key, value=value),
-                     help=_("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant) if meant
-                     else _("write `true` or `false`"))
+            self.add(
+                path,
+                E("LR503", "`{key}` must be true or false, not `{value}`", key=key, value=value),
+                help=_("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant)
+                if meant
+                else _("write `true` or `false`"),
+            )
         elif key in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            self.add(path, E("LR503", "`{key}` must be a number, not `{value}`", key=key, value=value),
-                     help=_("write the number without quotes"))
+            self.add(
+                path,
+                E("LR503", "`{key}` must be a number, not `{value}`", key=key, value=value),
+                help=_("write the number without quotes"),
+            )
         elif isinstance(value, str) and "{" not in value:
             self.field_shape(key, value, path)
 
@@ -304,29 +441,46 @@ class _Checker:
         passes YAML and the templates but makes LINE refuse the whole push."""
         if key in COLOR_FIELDS and not COLOR_RE.fullmatch(value):
             bare = re.fullmatch(r"[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?", value)
-            self.add(path, E("LR504", "`{key}` must be a colour like \"#e86a8d\", not `{value}`", key=key, value=value),
-                     help=_('write it with `#` and in quotes: {key}: "#{value}"', key=key, value=value) if bare
-                     else _("LINE takes `#` and six hexadecimal digits (eight with transparency)"))
+            self.add(
+                path,
+                E("LR504", '`{key}` must be a colour like "#e86a8d", not `{value}`', key=key, value=value),
+                help=_('write it with `#` and in quotes: {key}: "#{value}"', key=key, value=value)
+                if bare
+                else _("LINE takes `#` and six hexadecimal digits (eight with transparency)"),
+            )
         elif key == "aspectRatio" and not RATIO_RE.fullmatch(value):
             pair = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[/x×*：:]\s*(\d+(?:\.\d+)?)\s*", value)
             meant = f"{pair[1]}:{pair[2]}" if pair else "20:13"
-            self.add(path, E("LR504", "`aspectRatio` must be width:height like \"20:13\", not `{value}`", value=value),
-                     help=_("write the two numbers with a `:` between them, in quotes: aspectRatio: \"{meant}\"", meant=meant))
+            self.add(
+                path,
+                E("LR504", '`aspectRatio` must be width:height like "20:13", not `{value}`', value=value),
+                help=_('write the two numbers with a `:` between them, in quotes: aspectRatio: "{meant}"', meant=meant),
+            )
         elif key == "size" and not (value in SIZE_WORDS or SIZE_RE.fullmatch(value)):
             number = re.fullmatch(r"\d+(?:\.\d+)?", value)
-            self.add(path, E("LR504", "`size` must be a size word such as `md` or pixels like `12px`, not `{value}`", value=value),
-                     help=_('write size: "{value}px"', value=value) if number
-                     else _("one of {words}, or `12px`", words=join(f"`{w}`" for w in SIZE_WORD_LIST)))
+            self.add(
+                path,
+                E("LR504", "`size` must be a size word such as `md` or pixels like `12px`, not `{value}`", value=value),
+                help=_('write size: "{value}px"', value=value)
+                if number
+                else _("one of {words}, or `12px`", words=join(f"`{w}`" for w in SIZE_WORD_LIST)),
+            )
 
     def message(self, obj: dict, path: Path) -> None:
         kind = obj.get("type")
         if kind not in MESSAGE_TYPES:
             if kind is None:
-                self.add(path, E("LR503", "a message object needs a `type`"),
-                         help=_("one of {names}", names=", ".join(MESSAGE_TYPES)))
+                self.add(
+                    path,
+                    E("LR503", "a message object needs a `type`"),
+                    help=_("one of {names}", names=", ".join(MESSAGE_TYPES)),
+                )
             else:
-                self.add(path + ("type",), E("LR503", "unknown message type `{kind}`", kind=kind),
-                         help=did_you_mean(str(kind), MESSAGE_TYPES))
+                self.add(
+                    path + ("type",),
+                    E("LR503", "unknown message type `{kind}`", kind=kind),
+                    help=did_you_mean(str(kind), MESSAGE_TYPES),
+                )
             return
         getattr(self, f"msg_{kind}")(obj, path)
         if "quickReply" in obj:
@@ -338,10 +492,14 @@ class _Checker:
         emojis = obj.get("emojis")
         if self.as_written and text and is_template(text) and isinstance(emojis, list):
             first = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
-            if any(isinstance(e, dict) and isinstance(e.get("index"), int) and e["index"] > first
-                   for e in emojis):
-                self.add(path + ("text",), E("LR503", "a template placeholder comes before an emoji `$`"),
-                         help=_("LINE places emojis by position, which a rendered name would move; put the emojis before any {{ ... }}"))
+            if any(isinstance(e, dict) and isinstance(e.get("index"), int) and e["index"] > first for e in emojis):
+                self.add(
+                    path + ("text",),
+                    E("LR503", "a template placeholder comes before an emoji `$`"),
+                    help=_(
+                        "LINE places emojis by position, which a rendered name would move; put the emojis before any {{ ... }}"
+                    ),
+                )
 
     def msg_sticker(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("a sticker message"), "packageId", "stickerId")
@@ -386,8 +544,11 @@ class _Checker:
                     self.required(action, ap, _("a clipboard action"), "clipboardText")
                     self.text(action, ap, "clipboardText", 1000)
                 else:
-                    self.add(ap + ("type",), E("LR503", "unknown imagemap action type `{kind}`", kind=kind),
-                             help=_("one of `uri`, `message`, `clipboard`"))
+                    self.add(
+                        ap + ("type",),
+                        E("LR503", "unknown imagemap action type `{kind}`", kind=kind),
+                        help=_("one of `uri`, `message`, `clipboard`"),
+                    )
                 self.text(action, ap, "label", 100)
 
     def msg_template(self, obj: dict, path: Path) -> None:
@@ -417,15 +578,26 @@ class _Checker:
                     if col.get("action") is not None:
                         self.action(col["action"], cp + ("action",), IMAGE_CAROUSEL_LABEL_LIMIT, False)
         else:
-            self.add(tp + ("type",) if kind is not None else tp,
-                     E("LR503", "unknown template type `{kind}`", kind=kind) if kind is not None else E("LR503", "`template` needs a `type`"),
-                     help=did_you_mean(str(kind), TEMPLATE_TYPES) if kind else _("one of {names}", names=", ".join(TEMPLATE_TYPES)))
+            self.add(
+                tp + ("type",) if kind is not None else tp,
+                E("LR503", "unknown template type `{kind}`", kind=kind)
+                if kind is not None
+                else E("LR503", "`template` needs a `type`"),
+                help=did_you_mean(str(kind), TEMPLATE_TYPES)
+                if kind
+                else _("one of {names}", names=", ".join(TEMPLATE_TYPES)),
+            )
 
     def buttons(self, tpl: dict, tp: Path) -> None:
         self.required(tpl, tp, _("a buttons template"), "text", "actions")
         framed = tpl.get("thumbnailImageUrl") is not None or tpl.get("title") is not None
-        self.text(tpl, tp, "text", FRAMED_TEXT_LIMIT if framed else BUTTONS_TEXT_LIMIT,
-                  _(" with an image or title") if framed else "")
+        self.text(
+            tpl,
+            tp,
+            "text",
+            FRAMED_TEXT_LIMIT if framed else BUTTONS_TEXT_LIMIT,
+            _(" with an image or title") if framed else "",
+        )
         self.text(tpl, tp, "title", TEMPLATE_TITLE_LIMIT)
         self.url(tpl, tp, "thumbnailImageUrl", media=True)
         self.actions(tpl, tp, 1, BUTTONS_ACTIONS, _("a buttons template"))
@@ -442,8 +614,13 @@ class _Checker:
                 continue
             self.required(col, cp, _("a carousel column"), "text", "actions")
             framed = col.get("thumbnailImageUrl") is not None or col.get("title") is not None
-            self.text(col, cp, "text", FRAMED_TEXT_LIMIT if framed else CAROUSEL_TEXT_LIMIT,
-                      _(" with an image or title") if framed else "")
+            self.text(
+                col,
+                cp,
+                "text",
+                FRAMED_TEXT_LIMIT if framed else CAROUSEL_TEXT_LIMIT,
+                _(" with an image or title") if framed else "",
+            )
             self.text(col, cp, "title", TEMPLATE_TITLE_LIMIT)
             self.url(col, cp, "thumbnailImageUrl", media=True)
             acts = self.actions(col, cp, 1, CAROUSEL_ACTIONS, _("a carousel column"))
@@ -451,9 +628,11 @@ class _Checker:
                 counts.append((i, len(acts)))
         if counts and any(n != counts[0][1] for _, n in counts):
             i, n = next((i, n) for i, n in counts if n != counts[0][1])
-            self.add(tp + ("columns", i, "actions"),
-                     E("LR503", "this column has {n} actions but the first has {counts}", n=n, counts=counts[0][1]),
-                     help=_("LINE needs the same number of actions in every carousel column"))
+            self.add(
+                tp + ("columns", i, "actions"),
+                E("LR503", "this column has {n} actions but the first has {counts}", n=n, counts=counts[0][1]),
+                help=_("LINE needs the same number of actions in every carousel column"),
+            )
 
     def actions(self, obj: dict, path: Path, low: int, high: int, what: str) -> list | None:
         if obj.get("actions") is None:
@@ -468,9 +647,15 @@ class _Checker:
             return
         kind = action.get("type")
         if kind not in ACTION_TYPES:
-            self.add(path + ("type",) if kind is not None else path,
-                     E("LR503", "unknown action type `{kind}`", kind=kind) if kind is not None else E("LR503", "an action needs a `type`"),
-                     help=did_you_mean(str(kind), ACTION_TYPES) if kind else _("one of {names}", names=", ".join(ACTION_TYPES)))
+            self.add(
+                path + ("type",) if kind is not None else path,
+                E("LR503", "unknown action type `{kind}`", kind=kind)
+                if kind is not None
+                else E("LR503", "an action needs a `type`"),
+                help=did_you_mean(str(kind), ACTION_TYPES)
+                if kind
+                else _("one of {names}", names=", ".join(ACTION_TYPES)),
+            )
             return
         if label_required:
             self.required(action, path, _("a {kind} action", kind=kind), "label")
@@ -509,18 +694,37 @@ class _Checker:
         size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":"), default=str).encode())
         if kind == "bubble":
             if size > FLEX_BUBBLE_BYTES:
-                self.add(cp, E("LR503", "this bubble is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_BUBBLE_BYTES:,}"))
+                self.add(
+                    cp,
+                    E(
+                        "LR503",
+                        "this bubble is {size} bytes of JSON; LINE allows at most {limit}",
+                        size=f"{size:,}",
+                        limit=f"{FLEX_BUBBLE_BYTES:,}",
+                    ),
+                )
         elif kind == "carousel":
-            bubbles = self.count(contents.get("contents"), cp + ("contents",),
-                                 _("the carousel's `contents`"), 1, FLEX_CAROUSEL_BUBBLES)
+            bubbles = self.count(
+                contents.get("contents"), cp + ("contents",), _("the carousel's `contents`"), 1, FLEX_CAROUSEL_BUBBLES
+            )
             if size > FLEX_CAROUSEL_BYTES:
-                self.add(cp, E("LR503", "this carousel is {size} bytes of JSON; LINE allows at most {limit}", size=f"{size:,}", limit=f"{FLEX_CAROUSEL_BYTES:,}"))
+                self.add(
+                    cp,
+                    E(
+                        "LR503",
+                        "this carousel is {size} bytes of JSON; LINE allows at most {limit}",
+                        size=f"{size:,}",
+                        limit=f"{FLEX_CAROUSEL_BYTES:,}",
+                    ),
+                )
             for i, bubble in enumerate(bubbles or ()):
                 if isinstance(bubble, dict) and bubble.get("type") != "bubble":
                     self.add(cp + ("contents", i), E("LR503", "a flex carousel holds only bubbles (`type: bubble`)"))
         else:
-            self.add(cp + ("type",) if kind is not None else cp,
-                     E("LR503", "flex `contents` must be a `bubble` or a `carousel`"))
+            self.add(
+                cp + ("type",) if kind is not None else cp,
+                E("LR503", "flex `contents` must be a `bubble` or a `carousel`"),
+            )
             return
         self.flex_parts(contents, cp)
 
@@ -573,6 +777,7 @@ class MessagesFile:
     (``broken``: they exist for the rules, so a rule sending one is not told it is unknown),
     and whether the file could be read as YAML at all (``readable``: when not, no message
     name can be checked)."""
+
     definitions: dict[str, ir.MessageDef]
     broken: frozenset[str]
     readable: bool
@@ -603,13 +808,19 @@ def _definitions(f: YamlFile, broken: set[str]) -> dict[str, ir.MessageDef]:
     if f.empty:
         return defs
     if not isinstance(root, yaml.MappingNode):
-        f.error(f.span(root), E("LR500", "messages.yaml must map message names to messages"),
-                help=_('e.g. greeting: "友だち追加ありがとうございます！"'))
+        f.error(
+            f.span(root),
+            E("LR500", "messages.yaml must map message names to messages"),
+            help=_('e.g. greeting: "友だち追加ありがとうございます！"'),
+        )
         return defs
     for name, key_node, value_node in f.items(root):
         if not NAME_RE.fullmatch(name):
-            f.error(f.span(key_node), E("LR500", "`{name}` is not a valid message name", name=name),
-                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
+            f.error(
+                f.span(key_node),
+                E("LR500", "`{name}` is not a valid message name", name=name),
+                help=_("a name starts with a letter and continues with letters, digits, _ or -"),
+            )
             continue
         defn = _definition(f, name, value_node)
         if defn is not None:
@@ -632,19 +843,24 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
     else:
         if sum(d.is_error for d in f.diagnostics) == errors:
             if value is None:
-                f.error(f.span_at((name,), key=True), E("LR500", "message `{name}` has no value", name=name),
-                        help=f.empty_value_help((name,), name))
+                f.error(
+                    f.span_at((name,), key=True),
+                    E("LR500", "message `{name}` has no value", name=name),
+                    help=f.empty_value_help((name,), name),
+                )
             else:
-                f.error(f.span(node), E("LR500", "message `{name}` must be text or a list of LINE message objects", name=name),
-                        help=_('e.g. greeting: "こんにちは" or a list of `- type: text` objects'))
+                f.error(
+                    f.span(node),
+                    E("LR500", "message `{name}` must be text or a list of LINE message objects", name=name),
+                    help=_('e.g. greeting: "こんにちは" or a list of `- type: text` objects'),
+                )
         return None
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None  # the YAML itself is broken here: LINE checks would only echo it
     for problem in check_objects(objects, as_written=True):
         where = _yaml_path(name, value, problem.path)
         if problem.empty:
-            f.error(f.span_at(where, key=True), problem.message,
-                    f.empty_value_help(where, str(where[-1])))
+            f.error(f.span_at(where, key=True), problem.message, f.empty_value_help(where, str(where[-1])))
         else:
             f.error(f.span_at(where), problem.message, problem.help)
     _check_liquid(f, value, (name,))
@@ -684,20 +900,28 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
         if error is not None:
             message, line, column = error
             where = f.string_line_span(node, line - 1, column) if line else f.span(node)
-            f.error(where, E("LR501", "template error: {message}", message=message),
-                    help=_("see docs/messages.md for the template syntax"))
+            f.error(
+                where,
+                E("LR501", "template error: {message}", message=message),
+                help=_("see docs/messages.md for the template syntax"),
+            )
             return
         if unknown_filters:
             from .liquidenv import LIQUID
 
             for flt, index in unknown_filters:
-                f.error(_template_span(f, node, value, index), E("LR501", "unknown template filter `{flt}`", flt=flt),
-                        help=did_you_mean(flt, LIQUID.filters))
+                f.error(
+                    _template_span(f, node, value, index),
+                    E("LR501", "unknown template filter `{flt}`", flt=flt),
+                    help=did_you_mean(flt, LIQUID.filters),
+                )
         for var, index in variables:
             if var not in TEMPLATE_VARIABLES:
-                f.warning(_template_span(f, node, value, index),
-                          E("LR502", "unknown template variable `{var}` renders as nothing", var=var),
-                          help=did_you_mean(var, TEMPLATE_VARIABLES))
+                f.warning(
+                    _template_span(f, node, value, index),
+                    E("LR502", "unknown template variable `{var}` renders as nothing", var=var),
+                    help=did_you_mean(var, TEMPLATE_VARIABLES),
+                )
 
 
 def _template_span(f: YamlFile, node: yaml.Node, value: str, index: int) -> Span:
@@ -712,7 +936,7 @@ def _template_span(f: YamlFile, node: yaml.Node, value: str, index: int) -> Span
     s, e = node.start_mark, node.end_mark
     if s.line == e.line:
         quote = 1 if node.style in ("'", '"') else 0
-        raw = f.text.split("\n")[s.line][s.column + quote:e.column - quote]
-        if raw == value:   # no escapes: the columns of the value are those of the file
+        raw = f.text.split("\n")[s.line][s.column + quote : e.column - quote]
+        if raw == value:  # no escapes: the columns of the value are those of the file
             return Span(f.path, s.line + 1, s.column + quote + index + 1)
     return f.span(node)

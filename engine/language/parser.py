@@ -11,24 +11,26 @@ where it cannot stand, a misspelt keyword or duration unit, full-width punctuati
 without a unit, an unclosed parenthesis); everything else says what was found and what was
 expected, with Lark's terminal names translated to words. Lines may end with LF, CR LF or CR.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lark
 from lark import Lark, TextSlice, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
-from . import astnodes as A
-from .diagnostics import Diagnostic, Span, did_you_mean
 from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
+
+from . import astnodes as A
+from .diagnostics import Diagnostic, Span, did_you_mean
 from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
 from .yamlpos import normalize_newlines
 
@@ -41,8 +43,23 @@ _ESCAPES = {"n": "\n", "t": "\t"}
 STEP_WORDS = ("send", "wait", "tag", "untag", "set", "menu", "start", "stop")
 OPTION_WORDS = ("exit", "reenter", "window", "priority", "uncapped", "split", "holdout")
 ITEM_WORDS = ("rule", "segment", "when")
-COND_WORDS = ("not", "(", "purchased", "clicked", "viewed", "carted", "tagged", "blocked",
-              "followed", "friend", "last", "never", "top", "in", "variant")
+COND_WORDS = (
+    "not",
+    "(",
+    "purchased",
+    "clicked",
+    "viewed",
+    "carted",
+    "tagged",
+    "blocked",
+    "followed",
+    "friend",
+    "last",
+    "never",
+    "top",
+    "in",
+    "variant",
+)
 TRIGGER_WORDS = ("unfollowed", "linked", "message", "postback", "event", "schedule", "sale")
 
 #: Named terminals in words.
@@ -69,8 +86,14 @@ def lark_parser() -> Lark:
     next process. Lark checks the file against the grammar and options it was built from and
     builds afresh (rewriting it) when they differ or the file is unreadable; without a writable
     cache folder every process builds its own tables."""
-    return Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr", lexer="contextual",
-                propagate_positions=True, maybe_placeholders=False, cache=parser_cache_path() or False)
+    return Lark(
+        GRAMMAR_PATH.read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        cache=parser_cache_path() or False,
+    )
 
 
 def parser_cache_path() -> str | None:
@@ -87,15 +110,17 @@ def parser_cache_path() -> str | None:
 @functools.cache
 def keywords() -> frozenset[str]:
     """Every word of the language; none of them may be used as a name."""
-    return frozenset(t.pattern.value for t in lark_parser().terminals
-                     if isinstance(t.pattern, PatternStr) and NAME_RE.fullmatch(t.pattern.value))
+    return frozenset(
+        t.pattern.value
+        for t in lark_parser().terminals
+        if isinstance(t.pattern, PatternStr) and NAME_RE.fullmatch(t.pattern.value)
+    )
 
 
 @functools.cache
 def _terminal_texts() -> dict[str, str]:
     """Terminal name -> the literal text it stands for (keywords and punctuation)."""
-    return {t.name: t.pattern.value for t in lark_parser().terminals
-            if isinstance(t.pattern, PatternStr)}
+    return {t.name: t.pattern.value for t in lark_parser().terminals if isinstance(t.pattern, PatternStr)}
 
 
 # ----------------------------------------------------------------------------- public API
@@ -114,9 +139,13 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
         if not any(d.is_error for d in diags):
             # Every piece parsed alone although the whole did not: report the whole's error.
             line, column = max(1, exc.line or 1), max(1, exc.column or 1)
-            diags.append(Diagnostic.at(Span(path, line, column),
-                                       E("LR010", "the rules cannot be read from here on"),
-                                       help=_("compare with docs/language.md")))
+            diags.append(
+                Diagnostic.at(
+                    Span(path, line, column),
+                    E("LR010", "the rules cannot be read from here on"),
+                    help=_("compare with docs/language.md"),
+                )
+            )
         return parsed, diags
     items: list[A.Item] = []
     deep: list[Diagnostic] = []
@@ -125,14 +154,16 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
     for item in tree.children:
         try:
             items.append(builder._build(item))
-        except RecursionError:   # nested far beyond MAX_NESTING: refuse this item alone
+        except RecursionError:  # nested far beyond MAX_NESTING: refuse this item alone
             deep.append(_too_deep(_deep_span(path, item)))
             first = item.children[0] if item.children else None
             name = first.value if isinstance(first, Token) and first.type == "NAME" else Path(path).stem
             (broken_segments if item.data == "segment_def" else broken_rules).append(name)
     if deep:
-        return (A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
-                           has_syntax_errors=True), builder.diagnostics + deep)
+        return (
+            A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments), has_syntax_errors=True),
+            builder.diagnostics + deep,
+        )
     return A.RuleFile(path, tuple(items)), builder.diagnostics
 
 
@@ -153,7 +184,7 @@ def _deep_span(path: str, tree: Tree) -> Span:
         if node.data in _NESTING_RULES:
             depth += 1
             outer = outer or node
-            if depth > MAX_NESTING:   # point at the whole condition, as for shallower ones
+            if depth > MAX_NESTING:  # point at the whole condition, as for shallower ones
                 m = outer.meta
                 return Span(path, m.line, m.column, m.end_line, m.end_column)
         stack.extend((c, depth, outer) for c in node.children if c.__class__ is Tree)
@@ -162,8 +193,11 @@ def _deep_span(path: str, tree: Tree) -> Span:
 
 
 def _too_deep(span: Span) -> Diagnostic:
-    return Diagnostic.at(span, E("LR017", "this condition nests more than {limit} levels deep", limit=MAX_NESTING),
-                         help=_("write it with fewer `not`, `and`, `or` inside each other (or use a segment)"))
+    return Diagnostic.at(
+        span,
+        E("LR017", "this condition nests more than {limit} levels deep", limit=MAX_NESTING),
+        help=_("write it with fewer `not`, `and`, `or` inside each other (or use a segment)"),
+    )
 
 
 def unquote(text: str) -> str:
@@ -187,7 +221,7 @@ class _AstBuilder:
     def __init__(self, path: str):
         self.path = path
         self.diagnostics: list[Diagnostic] = []
-        self._depth: dict[int, int] = {}   # id(condition) -> nesting of not/and/or
+        self._depth: dict[int, int] = {}  # id(condition) -> nesting of not/and/or
         self._handlers = _handlers()
 
     def transform(self, tree: Tree) -> list[A.Item]:
@@ -312,9 +346,13 @@ class _AstBuilder:
         kind = self._token(children, "NAME")
         before = self._token(children, "DURATION")
         at = self._token(children, "TIME")
-        return A.SaleTrigger(edge.value, self._name(kind) if kind else None,
-                             self._duration(before) if before else None,
-                             self._time(at) if at else None, span)
+        return A.SaleTrigger(
+            edge.value,
+            self._name(kind) if kind else None,
+            self._duration(before) if before else None,
+            self._time(at) if at else None,
+            span,
+        )
 
     def entry_if(self, span, children):
         return A.Guard(children[0], False, span)
@@ -343,8 +381,7 @@ class _AstBuilder:
 
     def _activity(self, span, children, kind: str, word: str):
         first = children[0] if children else None
-        return A.Activity(kind, word, first if first.__class__ is A.Pair else None,
-                          self._within(children), span)
+        return A.Activity(kind, word, first if first.__class__ is A.Pair else None, self._within(children), span)
 
     def purchased(self, span, children):
         return self._activity(span, children, "purchase", "purchased")
@@ -380,8 +417,7 @@ class _AstBuilder:
         return A.NeverPurchased(span)
 
     def measure(self, span, children):
-        return A.Measure(self._name(children[0]),
-                         self._duration(children[1]) if len(children) > 1 else None, span)
+        return A.Measure(self._name(children[0]), self._duration(children[1]) if len(children) > 1 else None, span)
 
     def compare(self, span, children):
         measure, op, value = children
@@ -407,14 +443,12 @@ class _AstBuilder:
         return A.SendStep(names, self._guard(children), span)
 
     def wait(self, span, children):
-        return A.WaitStep(self._duration(children[0]),
-                          self._time(children[1]) if len(children) > 1 else None, span)
+        return A.WaitStep(self._duration(children[0]), self._time(children[1]) if len(children) > 1 else None, span)
 
     def wait_until(self, span, children):
         at = self._token(children, "TIME")
         day = children[0] if children[0].type == "NAME" else None
-        return A.WaitUntilStep(self._time(at) if at else None,
-                               A.Name(day.value, self._at(day)) if day else None, span)
+        return A.WaitUntilStep(self._time(at) if at else None, A.Name(day.value, self._at(day)) if day else None, span)
 
     def wait_for(self, span, children):
         return A.WaitForStep(children[0], self._duration(children[1]), span)
@@ -426,8 +460,7 @@ class _AstBuilder:
         return A.UntagStep(self._name(children[0]), self._guard(children), span)
 
     def set(self, span, children):
-        return A.SetStep(self._name(children[0]), self._value(children[1]), self._guard(children),
-                         span)
+        return A.SetStep(self._name(children[0]), self._value(children[1]), self._guard(children), span)
 
     def menu(self, span, children):
         return A.MenuStep(self._name(children[0]), self._guard(children), span)
@@ -475,8 +508,11 @@ def _handlers() -> dict[int, Callable]:
     """``id`` of the name a tree node carries (the parser's own object for each grammar rule
     or alias) -> its :class:`_AstBuilder` method. Keyed by identity: Lark's names are tokens,
     whose ``==`` is Python code, and a lookup by name would run it for every node."""
-    methods = {name: fn for name, fn in vars(_AstBuilder).items()
-               if not name.startswith("_") and name != "transform" and callable(fn)}
+    methods = {
+        name: fn
+        for name, fn in vars(_AstBuilder).items()
+        if not name.startswith("_") and name != "transform" and callable(fn)
+    }
     table: dict[int, Callable] = {}
     for rule in lark_parser().rules:
         name = rule.alias or rule.origin.name
@@ -485,16 +521,38 @@ def _handlers() -> dict[int, Callable]:
     return table
 
 
-_TRIGGER_TYPES = frozenset((A.CondTrigger, A.UnfollowedTrigger, A.LinkedTrigger, A.MessageTrigger,
-                            A.PostbackTrigger, A.EventTrigger, A.ScheduleTrigger, A.SaleTrigger))
+_TRIGGER_TYPES = frozenset(
+    (
+        A.CondTrigger,
+        A.UnfollowedTrigger,
+        A.LinkedTrigger,
+        A.MessageTrigger,
+        A.PostbackTrigger,
+        A.EventTrigger,
+        A.ScheduleTrigger,
+        A.SaleTrigger,
+    )
+)
 _OPTION_TYPES = frozenset((A.ExitWhen, A.Reenter, A.Window, A.Priority, A.Uncapped, A.Split, A.Holdout))
-_STEP_TYPES = frozenset((A.SendStep, A.WaitStep, A.WaitUntilStep, A.WaitForStep, A.TagStep,
-                         A.UntagStep, A.SetStep, A.MenuStep, A.StartStep, A.StopStep))
+_STEP_TYPES = frozenset(
+    (
+        A.SendStep,
+        A.WaitStep,
+        A.WaitUntilStep,
+        A.WaitForStep,
+        A.TagStep,
+        A.UntagStep,
+        A.SetStep,
+        A.MenuStep,
+        A.StartStep,
+        A.StopStep,
+    )
+)
 
 
 # ----------------------------------------------------------------------------- error recovery
 
-_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|' + NAME_RE.pattern + r'|\S')
+_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|' + NAME_RE.pattern + r"|\S")
 
 
 def _item_starts(text: str) -> list[int]:
@@ -507,7 +565,7 @@ def _item_starts(text: str) -> list[int]:
         word = m.group()
         if word.startswith("#"):
             continue
-        if prev in _NAME_TAKERS:   # a name spelled like a keyword: `tag rule`, `rule when`
+        if prev in _NAME_TAKERS:  # a name spelled like a keyword: `tag rule`, `rule when`
             prev = "name"
             continue
         if word == "rule":
@@ -525,8 +583,9 @@ def _item_starts(text: str) -> list[int]:
 
 
 #: Words after which the next word is a name, whatever it is spelled like.
-_NAME_TAKERS = frozenset(("rule", "segment", "send", ",", "tag", "untag", "tagged", "start",
-                          "menu", "set", "event", "variant"))
+_NAME_TAKERS = frozenset(
+    ("rule", "segment", "send", ",", "tag", "untag", "tagged", "start", "menu", "set", "event", "variant")
+)
 
 
 def _position(text: str, offset: int) -> tuple[int, int]:
@@ -555,8 +614,7 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
         tree, error = _parse_piece(path, piece, following)
         if error is not None:
             diags.append(error)
-            words = [m.group() for m in _SCAN.finditer(text, begin, end)
-                     if not m.group().startswith("#")]
+            words = [m.group() for m in _SCAN.finditer(text, begin, end) if not m.group().startswith("#")]
             first = words[0] if words else ""
             name = words[1] if len(words) > 1 else ""
             if first == "rule":
@@ -572,8 +630,7 @@ def _parse_in_pieces(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]
             diags.append(_too_deep(_deep_span(path, tree)))
             continue
         diags.extend(builder.diagnostics)
-    return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments),
-                      has_syntax_errors=True), diags
+    return A.RuleFile(path, tuple(items), tuple(broken_rules), tuple(broken_segments), has_syntax_errors=True), diags
 
 
 def _word_at(text: str, offset: int) -> tuple[str, Span]:
@@ -583,26 +640,27 @@ def _word_at(text: str, offset: int) -> tuple[str, Span]:
     return word, Span("", line, column, line, column + len(word))
 
 
-def _parse_piece(path: str, piece: TextSlice, following: tuple[str, Span] | None
-                 ) -> tuple[Tree | None, Diagnostic | None]:
+def _parse_piece(
+    path: str, piece: TextSlice, following: tuple[str, Span] | None
+) -> tuple[Tree | None, Diagnostic | None]:
     """Parse one piece token by token. On an error, the parser states needed to say exactly
     what was expected (before the last token, and before the one before it, to blame a keyword
     read as a name) are rebuilt by feeding the tokens again: linear in the piece's length,
     however deeply it nests (copying the parser's stack at every token would be quadratic)."""
     ip = lark_parser().parse_interactive(piece)
     tokens: list[Token] = []
-    at_end = False                              # whether the input ended too early
+    at_end = False  # whether the input ended too early
     try:
         for tok in ip.iter_parse():
             tokens.append(tok)
         at_end = True
         return ip.feed_eof(tokens[-1] if tokens else None), None
     except UnexpectedToken as e:
-        if at_end:                                  # the input ended too early
+        if at_end:  # the input ended too early
             fed = len(tokens)
-        elif tokens and tokens[-1] is e.token:      # the parser refused the last token
+        elif tokens and tokens[-1] is e.token:  # the parser refused the last token
             fed = len(tokens) - 1
-        else:                                       # the lexer found no token fitting here
+        else:  # the lexer found no token fitting here
             fed = len(tokens)
         return None, _token_error(path, piece, e.token, tokens, fed, following)
     except UnexpectedCharacters as e:
@@ -617,8 +675,9 @@ def _state_after(piece: TextSlice, tokens: list[Token], count: int):
     return ip
 
 
-def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], fed: int,
-                 following: tuple[str, Span] | None) -> Diagnostic:
+def _token_error(
+    path: str, piece: TextSlice, tok: Token, tokens: list[Token], fed: int, following: tuple[str, Span] | None
+) -> Diagnostic:
     """The error for ``tok``, refused after the first ``fed`` tokens were accepted."""
     expected = _state_after(piece, tokens, fed).accepts()
     prev = tokens[fed - 1] if fed else None
@@ -637,8 +696,7 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
     wide = _full_width_at(piece.text, tok)
     if wide is not None:
         return _full_width_error(path, *wide)
-    if prev is not None and prev.type == "DURATION" and tok.type == "NAME" \
-            and prev.end_pos == tok.start_pos:
+    if prev is not None and prev.type == "DURATION" and tok.type == "NAME" and prev.end_pos == tok.start_pos:
         # `14days`, `1mo`: a duration read up to the first letter of a unit word.
         return _unit_error(path, prev, prev.value + tok.value)
     if tok.type == "$END" and following is not None:
@@ -646,73 +704,133 @@ def _token_error(path: str, piece: TextSlice, tok: Token, tokens: list[Token], f
         word, at = following
         span = Span(path, at.line, at.column, at.end_line, at.end_column)
         expected.discard("$END")
-        return Diagnostic.at(span, E("LR010", "unexpected `{word}`; expected {expected}", word=word, expected=describe(expected)))
+        return Diagnostic.at(
+            span, E("LR010", "unexpected `{word}`; expected {expected}", word=word, expected=describe(expected))
+        )
     if tok.type == "$END":
         span = Span(path, tok.end_line or tok.line or 1, tok.end_column or tok.column or 1)
         unclosed = _unclosed_paren(tokens) if "RPAR" in expected else None
         if unclosed is not None:
-            return Diagnostic.at(span, E("LR013", "the file ends inside parentheses: the `(` at line {line}, column {column} is never closed", line=unclosed.line, column=unclosed.column),
-                                 help=_("close every `(` with a `)`"))
-        return Diagnostic.at(span, E("LR013", "the file ends too early; expected {expected}", expected=describe(expected)))
+            return Diagnostic.at(
+                span,
+                E(
+                    "LR013",
+                    "the file ends inside parentheses: the `(` at line {line}, column {column} is never closed",
+                    line=unclosed.line,
+                    column=unclosed.column,
+                ),
+                help=_("close every `(` with a `)`"),
+            )
+        return Diagnostic.at(
+            span, E("LR013", "the file ends too early; expected {expected}", expected=describe(expected))
+        )
     if "THEN" in expected and tok.value in STEP_WORDS:
-        return Diagnostic.at(_tok_span(path, tok), E("LR011", "missing `then` before `{value}`", value=tok.value),
-                             help=_("steps come after `then`, as in `when followed then send greeting`"))
+        return Diagnostic.at(
+            _tok_span(path, tok),
+            E("LR011", "missing `then` before `{value}`", value=tok.value),
+            help=_("steps come after `then`, as in `when followed then send greeting`"),
+        )
     slip = _operator_or_comma_slip(piece.text, prev, tok)
     if slip is not None and prev is not None and prev.value + tok.value in _OPERATOR_SLIPS:
-        return Diagnostic.at(Span(path, prev.line, prev.column, tok.end_line, tok.end_column),
-                             E("LR018", "`{written}` is not a comparison", written=prev.value + tok.value),
-                             help=slip)
+        return Diagnostic.at(
+            Span(path, prev.line, prev.column, tok.end_line, tok.end_column),
+            E("LR018", "`{written}` is not a comparison", written=prev.value + tok.value),
+            help=slip,
+        )
     if slip is not None:
-        return Diagnostic.at(_tok_span(path, tok),
-                             E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
-                             help=slip)
+        return Diagnostic.at(
+            _tok_span(path, tok),
+            E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
+            help=slip,
+        )
     if tok.type in ("INT", "NUMBER") and "DURATION" in expected:
         unit = _WORD_AFTER.match(piece.text, tok.end_pos)
         if unit is not None and unit.group(1).lower() in _ALL_UNIT_WORDS:
             return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
         unit = _JA_UNIT_AFTER.match(piece.text, tok.end_pos)
-        if unit is not None:     # `wait 1日`, `3日間`, `2週間`, `1ヶ月`
+        if unit is not None:  # `wait 1日`, `3日間`, `2週間`, `1ヶ月`
             return _unit_error(path, tok, tok.value + unit.group(1), unit.group())
-    if tok.type in ("INT", "NUMBER") and "TIME" in expected and piece.text.startswith("時", tok.end_pos) \
-            and tok.value.isdigit() and int(tok.value) < 24:   # `at 10時`
-        return Diagnostic.at(Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + 1),
-                             E("LR201", "`{text}` is not a time of day", text=f"{tok.value}時"),
-                             help=_("write `{time}` (24 hours, `HH:MM`)", time=f"{int(tok.value):02d}:00"))
-    return Diagnostic.at(_tok_span(path, tok),
-                         E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
-                         help=_help(tok, expected))
+    if (
+        tok.type in ("INT", "NUMBER")
+        and "TIME" in expected
+        and piece.text.startswith("時", tok.end_pos)
+        and tok.value.isdigit()
+        and int(tok.value) < 24
+    ):  # `at 10時`
+        return Diagnostic.at(
+            Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + 1),
+            E("LR201", "`{text}` is not a time of day", text=f"{tok.value}時"),
+            help=_("write `{time}` (24 hours, `HH:MM`)", time=f"{int(tok.value):02d}:00"),
+        )
+    return Diagnostic.at(
+        _tok_span(path, tok),
+        E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
+        help=_help(tok, expected),
+    )
 
 
-def _blame_name(path: str, piece: TextSlice, name: Token, tokens: list[Token], fed: int,
-                *, misspelt_only: bool = False) -> Diagnostic | None:
+def _blame_name(
+    path: str, piece: TextSlice, name: Token, tokens: list[Token], fed: int, *, misspelt_only: bool = False
+) -> Diagnostic | None:
     """When the token after a name is refused, the name itself may be the mistake: a keyword
     where it cannot stand (read as a name), or a misspelt keyword (`wiat`, `purchsed`)."""
     accepted = _state_after(piece, tokens, fed).accepts()
     texts = _terminal_texts()
     words = {texts[t] for t in accepted if t in texts and NAME_RE.fullmatch(texts[t])}
     rule_word = RULE_WORDS.get(name.value, "").split(" ")[0]
-    if rule_word in words:   # an event type where its rule word goes: `when purchase`
-        return Diagnostic.at(_tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
-                             help=_("did you mean `{word}`?", word=rule_word))
+    if rule_word in words:  # an event type where its rule word goes: `when purchase`
+        return Diagnostic.at(
+            _tok_span(path, name),
+            E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
+            help=_("did you mean `{word}`?", word=rule_word),
+        )
     if name.value in keywords() and not misspelt_only:
         return Diagnostic.at(
-            _tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
-            help=_("`{value}` is a keyword: here it was read as a name", value=name.value))
+            _tok_span(path, name),
+            E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
+            help=_("`{value}` is a keyword: here it was read as a name", value=name.value),
+        )
     close = did_you_mean(name.value, words) if words else None
     if close is not None and close.startswith("did you mean"):
-        return Diagnostic.at(_tok_span(path, name), E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
-                             help=close)
+        return Diagnostic.at(
+            _tok_span(path, name),
+            E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
+            help=close,
+        )
     return None
 
 
 #: Unit words -> the duration unit meant, or the duration to write instead (no such unit).
-_UNIT_WORDS = {"m": "m", "min": "m", "mins": "m", "minute": "m", "minutes": "m",
-               "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
-               "d": "d", "day": "d", "days": "d", "w": "w", "wk": "w", "wks": "w",
-               "week": "w", "weeks": "w"}
-_NO_UNIT = {"mo": ("month", 30), "mon": ("month", 30), "month": ("month", 30),
-            "months": ("month", 30), "y": ("year", 365), "yr": ("year", 365),
-            "year": ("year", 365), "years": ("year", 365)}
+_UNIT_WORDS = {
+    "m": "m",
+    "min": "m",
+    "mins": "m",
+    "minute": "m",
+    "minutes": "m",
+    "h": "h",
+    "hr": "h",
+    "hrs": "h",
+    "hour": "h",
+    "hours": "h",
+    "d": "d",
+    "day": "d",
+    "days": "d",
+    "w": "w",
+    "wk": "w",
+    "wks": "w",
+    "week": "w",
+    "weeks": "w",
+}
+_NO_UNIT = {
+    "mo": ("month", 30),
+    "mon": ("month", 30),
+    "month": ("month", 30),
+    "months": ("month", 30),
+    "y": ("year", 365),
+    "yr": ("year", 365),
+    "year": ("year", 365),
+    "years": ("year", 365),
+}
 _UNIT_WORDS.update({"分": "m", "時間": "h", "日": "d", "日間": "d", "週": "w", "週間": "w"})
 _NO_UNIT.update({w: ("month", 30) for w in ("ヶ月", "か月", "カ月", "ヵ月", "ケ月", "ヶ月間", "か月間")})
 _NO_UNIT["年"] = ("year", 365)
@@ -725,8 +843,13 @@ _DURATION_TEXT = re.compile(r"(\d+)\s*([A-Za-z]+|時間|日間|週間|ヶ月間|
 
 def _unit_error(path: str, tok: Token, written: str, tail: str = "") -> Diagnostic:
     """`14days` -> "write `14d`"; `1mo` -> "there is no month unit: 30d"; `10s` -> minutes."""
-    span = Span(path, tok.line, tok.column, tok.line, tok.column + len(tok.value) + len(tail)
-                if tail else tok.column + len(written))
+    span = Span(
+        path,
+        tok.line,
+        tok.column,
+        tok.line,
+        tok.column + len(tok.value) + len(tail) if tail else tok.column + len(written),
+    )
     m = _DURATION_TEXT.fullmatch(written) or _DURATION_TEXT.match(written)
     number, word = (int(m.group(1)), m.group(2).lower()) if m else (0, "")
     shown = tok.value + tail if tail else written
@@ -755,11 +878,11 @@ def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | 
         written = prev.value + tok.value
         if written in _OPERATOR_SLIPS:
             return _("write `{meant}`", meant=_OPERATOR_SLIPS[written])
-    if prev.value.isdigit() and tok.value in ("万", "千", "万円", "千円", "円"):   # `total_spent > 1万`
+    if prev.value.isdigit() and tok.value in ("万", "千", "万円", "千円", "円"):  # `total_spent > 1万`
         factor = {"万": 10_000, "千": 1_000}.get(tok.value[0], 1)
         return _("write the number in digits, without units: `{number}`", number=int(prev.value) * factor)
     if prev.type in ("INT", "NUMBER") and tok.type == "COMMA":
-        m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos:])
+        m = re.match(r",\d{3}(?:,\d{3})*(?![\d,])", text[tok.start_pos :])
         if m is not None:
             return _("write numbers without commas: `{number}`", number=prev.value + m.group().replace(",", ""))
     return None
@@ -767,17 +890,22 @@ def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | 
 
 def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
     if char in _CURLY_QUOTES:
-        return Diagnostic.at(Span(path, line, column, line, column + 1),
-                             E("LR015", "`{char}` is a curly quote", char=char),
-                             help=_('write the straight `"` (the editor turned it into a curly one)'))
+        return Diagnostic.at(
+            Span(path, line, column, line, column + 1),
+            E("LR015", "`{char}` is a curly quote", char=char),
+            help=_('write the straight `"` (the editor turned it into a curly one)'),
+        )
     if char in "～〜":
         help_ = _("write the half-width `-` between the two times, e.g. `10:00-20:00`")
     elif char == "＃":
         help_ = _("write the half-width `#` to start a comment")
     else:
         help_ = _("write the half-width `{meant}`", meant=_FULL_WIDTH[char])
-    return Diagnostic.at(Span(path, line, column, line, column + 1),
-                         E("LR015", "`{char}` is a full-width character", char=char), help=help_)
+    return Diagnostic.at(
+        Span(path, line, column, line, column + 1),
+        E("LR015", "`{char}` is a full-width character", char=char),
+        help=help_,
+    )
 
 
 def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
@@ -801,30 +929,52 @@ def _unclosed_paren(tokens: list[Token]) -> Token | None:
     return open_[-1] if open_ else None
 
 
-def _char_error(path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: set[str],
-                tokens: list[Token]) -> Diagnostic:
+def _char_error(
+    path: str, piece: TextSlice, e: UnexpectedCharacters, allowed: set[str], tokens: list[Token]
+) -> Diagnostic:
     text = piece.text
     char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
     span = Span(path, e.line, e.column, e.line, e.column + 1)
     if char == '"':
-        return Diagnostic.at(span, E("LR012", 'unterminated text: the closing `"` is missing'),
-                             help=_('a quoted text ends on the same line: "like this"'))
+        return Diagnostic.at(
+            span,
+            E("LR012", 'unterminated text: the closing `"` is missing'),
+            help=_('a quoted text ends on the same line: "like this"'),
+        )
     if char in _FULL_WIDTH:
         return _full_width_error(path, char, e.line, e.column)
     if char.isdigit():
         m = _DURATION_TEXT.match(text, e.pos_in_stream)
         if m is not None and "DURATION" in allowed:
             tok = Token("INT", m.group(1), start_pos=e.pos_in_stream, line=e.line, column=e.column)
-            return _unit_error(path, tok, m.group(), m.group()[len(m.group(1)):])
+            return _unit_error(path, tok, m.group(), m.group()[len(m.group(1)) :])
     shown = _("a space") if char.isspace() else _("`{char}`", char=char)
     help_ = _unit_help(allowed) if char.isdigit() else None
-    return Diagnostic.at(span, E("LR010", "unexpected {shown}; expected {expected}", shown=shown, expected=describe(allowed)), help=help_)
+    return Diagnostic.at(
+        span, E("LR010", "unexpected {shown}; expected {expected}", shown=shown, expected=describe(allowed)), help=help_
+    )
 
 
 #: Full-width punctuation typed with a Japanese input method -> the character meant.
-_FULL_WIDTH = {"＝": "=", "＜": "<", "＞": ">", "％": "%", "：": ":", "，": ",", "、": ",",
-               "（": "(", "）": ")", "＂": '"', "＃": "#", "！": "!", "　": " ",
-               "～": "-", "〜": "-", "“": '"', "”": '"'}
+_FULL_WIDTH = {
+    "＝": "=",
+    "＜": "<",
+    "＞": ">",
+    "％": "%",
+    "：": ":",
+    "，": ",",
+    "、": ",",
+    "（": "(",
+    "）": ")",
+    "＂": '"',
+    "＃": "#",
+    "！": "!",
+    "　": " ",
+    "～": "-",
+    "〜": "-",
+    "“": '"',
+    "”": '"',
+}
 _CURLY_QUOTES = "“”"
 
 
@@ -881,8 +1031,7 @@ def describe(expected: set[str]) -> str:
             groups.append(label)
             words.difference_update(members + extra)
 
-    group(TRIGGER_WORDS, _("a trigger (`followed`, `message`, `schedule`, ... or a condition)"),
-          COND_WORDS + ("NAME",))
+    group(TRIGGER_WORDS, _("a trigger (`followed`, `message`, `schedule`, ... or a condition)"), COND_WORDS + ("NAME",))
     group(COND_WORDS, _("a condition (`purchased`, `tagged vip`, `orders >= 3`, ...)"), ("NAME",))
     group(STEP_WORDS, _("a step (`send`, `wait`, `tag`, ...)"))
     group(OPTION_WORDS, _("an option (`exit when`, `reenter`, `window`, ...)"))

@@ -10,22 +10,24 @@ compile. Diagnostics of every stage are collected, deduplicated and sorted; the 
 built only when there is no error. Paths in diagnostics are as the folder was given
 (``rules/welcome.rule`` for ``rules``).
 """
+
 from __future__ import annotations
 
 import contextlib
 import gc
 import hashlib
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
 from zoneinfo import ZoneInfo
+
+from engine.i18n import E, _
 
 from . import astnodes as A
 from . import ir
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
 from .diagnostics import WARNING, Diagnostic, dedupe, has_errors
-from engine.i18n import E, _
 from .parser import parse_file, rule_name_of
 from .yamlpos import normalize_newlines
 
@@ -39,6 +41,7 @@ RULE_SUFFIX = ".rule"
 class LoadResult:
     """``project`` is None when there is any error; ``diagnostics`` holds errors and warnings;
     ``sources`` maps each path read to its text (for the caret renderer)."""
+
     project: ir.Project | None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
@@ -85,11 +88,11 @@ def _load(root: str) -> LoadResult:
     else:
         folder, only = root, None
     try:
-        names = sorted(n for n in os.listdir(folder or ".")
-                       if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n)))
+        names = sorted(
+            n for n in os.listdir(folder or ".") if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n))
+        )
     except OSError as exc:
-        return _fail(root, E("LR001", "cannot read `{path}`: {reason}", path=root,
-                                reason=exc.strerror or exc))
+        return _fail(root, E("LR001", "cannot read `{path}`: {reason}", path=root, reason=exc.strerror or exc))
 
     loader = _Loader()
     settings, sales, messages = loader.yaml_files(folder)
@@ -114,41 +117,74 @@ def _load(root: str) -> LoadResult:
         loader.diagnostics += diags
         rule_files.append(parsed)
     messages_path = os.path.join(folder, MESSAGES_FILE)
-    ctx = Context(messages=messages if known.messages_readable else None,
-                  broken_messages=known.broken_messages,
-                  menus=known.menus, sales=sales if known.sales_whole else None,
-                  other_rules=frozenset(other_rules), other_segments=frozenset(other_segments),
-                  report_unused=only is None, messages_path=messages_path,
-                  messages_text=loader.sources.get(messages_path, ""))
+    ctx = Context(
+        messages=messages if known.messages_readable else None,
+        broken_messages=known.broken_messages,
+        menus=known.menus,
+        sales=sales if known.sales_whole else None,
+        other_rules=frozenset(other_rules),
+        other_segments=frozenset(other_segments),
+        report_unused=only is None,
+        messages_path=messages_path,
+        messages_text=loader.sources.get(messages_path, ""),
+    )
     loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
-    result = _finish(rule_files, ctx, loader.diagnostics, loader.sources,
-                     settings=settings, messages=messages, sales=sales, root=root,
-                     version=loader.version())
+    result = _finish(
+        rule_files,
+        ctx,
+        loader.diagnostics,
+        loader.sources,
+        settings=settings,
+        messages=messages,
+        sales=sales,
+        root=root,
+        version=loader.version(),
+    )
     result.language = settings.language
     return result
 
 
-def compile_source(text: str, *, path: str = "test.rule",
-                   messages: Mapping[str, ir.MessageDef] | None = None,
-                   settings: ir.Settings | None = None,
-                   sales: tuple[ir.Sale, ...] | None = None) -> LoadResult:
+def compile_source(
+    text: str,
+    *,
+    path: str = "test.rule",
+    messages: Mapping[str, ir.MessageDef] | None = None,
+    settings: ir.Settings | None = None,
+    sales: tuple[ir.Sale, ...] | None = None,
+) -> LoadResult:
     """Build a project from rule text alone (for tests). ``messages=None`` skips the message
     name checks, ``settings=None`` the rich menu checks (defaults apply), ``sales=None`` the
     sale kind checks."""
     parsed, diags = parse_file(path, text)
-    ctx = Context(messages=messages,
-                  menus=frozenset(dict(settings.rich_menus)) if settings is not None else None,
-                  sales=sales)
+    ctx = Context(
+        messages=messages, menus=frozenset(dict(settings.rich_menus)) if settings is not None else None, sales=sales
+    )
     version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return _finish([parsed], ctx, diags, {path: text}, settings=settings or ir.Settings(),
-                   messages=dict(messages or {}), sales=tuple(sales or ()),
-                   root=os.path.dirname(path), version=version)
+    return _finish(
+        [parsed],
+        ctx,
+        diags,
+        {path: text},
+        settings=settings or ir.Settings(),
+        messages=dict(messages or {}),
+        sales=tuple(sales or ()),
+        root=os.path.dirname(path),
+        version=version,
+    )
 
 
-def _finish(files: list[A.RuleFile], ctx: Context, diags: list[Diagnostic],
-            sources: dict[str, str], *, settings: ir.Settings,
-            messages: Mapping[str, ir.MessageDef], sales: tuple[ir.Sale, ...], root: str,
-            version: str) -> LoadResult:
+def _finish(
+    files: list[A.RuleFile],
+    ctx: Context,
+    diags: list[Diagnostic],
+    sources: dict[str, str],
+    *,
+    settings: ir.Settings,
+    messages: Mapping[str, ir.MessageDef],
+    sales: tuple[ir.Sale, ...],
+    root: str,
+    version: str,
+) -> LoadResult:
     """Check, then compile when there is no error."""
     diags = dedupe([*diags, *check_files(files, ctx)])
     if has_errors(diags):
@@ -162,8 +198,15 @@ def _finish(files: list[A.RuleFile], ctx: Context, diags: list[Diagnostic],
                 rules[rule.name] = rule
             else:
                 segments[item.name.value] = compile_segment(item)
-    project = ir.Project(rules=rules, segments=segments, messages=dict(messages), sales=sales,
-                         settings=settings, root=root, version=version)
+    project = ir.Project(
+        rules=rules,
+        segments=segments,
+        messages=dict(messages),
+        sales=sales,
+        settings=settings,
+        root=root,
+        version=version,
+    )
     return LoadResult(project, diags, sources)
 
 
@@ -176,16 +219,34 @@ def _empty_rule_files(folder: str, files: list[A.RuleFile], *, whole_folder: boo
     rule files: "ok: 0 rules" is never silent."""
     if not files and whole_folder:
         shown = folder or "."
-        return [Diagnostic(shown, 1, 1, WARNING, E("LR007", "`{path}` holds no .rule files, so nothing will be sent", path=shown),
-                           _("give the folder that holds the rules (by default `rules`)"))]
-    return [Diagnostic(f.path, 1, 1, WARNING, E("LR007", "this file holds no rule or segment"),
-                       _("a rule starts with `rule NAME` or `when`; see docs/language.md"))
-            for f in files if not f.items and not f.has_syntax_errors]
+        return [
+            Diagnostic(
+                shown,
+                1,
+                1,
+                WARNING,
+                E("LR007", "`{path}` holds no .rule files, so nothing will be sent", path=shown),
+                _("give the folder that holds the rules (by default `rules`)"),
+            )
+        ]
+    return [
+        Diagnostic(
+            f.path,
+            1,
+            1,
+            WARNING,
+            E("LR007", "this file holds no rule or segment"),
+            _("a rule starts with `rule NAME` or `when`; see docs/language.md"),
+        )
+        for f in files
+        if not f.items and not f.has_syntax_errors
+    ]
 
 
 @dataclass
 class _YamlNames:
     """What the YAML files tell the rule checks about names (see :class:`Context`)."""
+
     messages_readable: bool = True
     broken_messages: frozenset[str] = frozenset()
     menus: frozenset[str] | None = frozenset()
@@ -200,8 +261,7 @@ def _encoding_help(data: bytes) -> str:
         data.decode("cp932")
     except UnicodeDecodeError:
         return _("save it as UTF-8")
-    return _("it looks like Shift_JIS (CP932): save it as UTF-8 "
-             "(in Notepad: Save As, Encoding: UTF-8)")
+    return _("it looks like Shift_JIS (CP932): save it as UTF-8 (in Notepad: Save As, Encoding: UTF-8)")
 
 
 class _Loader:
@@ -219,26 +279,30 @@ class _Loader:
                 data = fh.read()
         except OSError as exc:
             if not quiet:
-                self.diagnostics.append(Diagnostic(path, 1, 1, "error",
-                                                   E("LR001", "cannot read the file: {reason}", reason=exc.strerror or exc)))
+                self.diagnostics.append(
+                    Diagnostic(
+                        path, 1, 1, "error", E("LR001", "cannot read the file: {reason}", reason=exc.strerror or exc)
+                    )
+                )
             return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             if not quiet:
-                before = data[:exc.start]
+                before = data[: exc.start]
                 line = before.count(b"\n") + 1
-                column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-                self.diagnostics.append(Diagnostic(path, line, column, "error",
-                                                   E("LR002", "the file is not UTF-8 text"),
-                                                   help=_encoding_help(data)))
+                column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+                self.diagnostics.append(
+                    Diagnostic(
+                        path, line, column, "error", E("LR002", "the file is not UTF-8 text"), help=_encoding_help(data)
+                    )
+                )
             return None
         text = normalize_newlines(text.removeprefix("\ufeff"))
         self.sources[path] = text
         return text
 
-    def yaml_files(self, folder: str) -> tuple[ir.Settings, tuple[ir.Sale, ...],
-                                               dict[str, ir.MessageDef]]:
+    def yaml_files(self, folder: str) -> tuple[ir.Settings, tuple[ir.Sale, ...], dict[str, ir.MessageDef]]:
         """Settings (defaults when absent), sales (none when absent), messages (none when
         absent), each loaded by its own module."""
         from .messages import read_messages
@@ -267,7 +331,7 @@ class _Loader:
                 self.diagnostics += read.diagnostics
         try:
             tz = ZoneInfo(settings.timezone)
-        except (ValueError, KeyError, OSError):   # reported by load_settings
+        except (ValueError, KeyError, OSError):  # reported by load_settings
             tz = ZoneInfo(ir.Settings().timezone)
         sales: tuple[ir.Sale, ...] = ()
         path = os.path.join(folder, SALES_FILE)
@@ -298,10 +362,18 @@ class _Loader:
             if not os.path.exists(path):
                 continue
             both = os.path.exists(os.path.join(folder, name))
-            self.diagnostics.append(Diagnostic(
-                path, 1, 1, "error", E("LR008", "`{other}` is not read: linerules reads `{name}`", other=other, name=name),
-                help=_("merge it into {name} and remove it", name=name) if both
-                else _("rename it to {name}", name=name)))
+            self.diagnostics.append(
+                Diagnostic(
+                    path,
+                    1,
+                    1,
+                    "error",
+                    E("LR008", "`{other}` is not read: linerules reads `{name}`", other=other, name=name),
+                    help=_("merge it into {name} and remove it", name=name)
+                    if both
+                    else _("rename it to {name}", name=name),
+                )
+            )
             if not both:
                 found.add(name)
         return found

@@ -11,11 +11,13 @@ order), hash (of the tuple of the hashed fields, frozen records only; a mutable 
 unhashable, as an ``eq=True`` dataclass is) and ``repr`` (``Name(field=value, ...)`` over the
 ``repr`` fields: rule versions are hashes of it, so it must not change).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError, fields
 from operator import attrgetter
-from typing import Any, Callable
+from typing import Any
 
 _EQ: dict[type, Callable[[Any], tuple]] = {}
 _HASH: dict[type, Callable[[Any], tuple]] = {}
@@ -42,6 +44,7 @@ def _eq_key(cls: type) -> Callable[[Any], Any]:
 
 class Record:
     """Base of a mutable dataclass declared with ``eq=False, repr=False``."""
+
     __slots__ = ()
     __hash__ = None  # type: ignore[assignment]
 
@@ -49,7 +52,7 @@ class Record:
         if other.__class__ is self.__class__:
             key = _eq_key(self.__class__)
             mine, theirs = key(self), key(other)
-            return mine is theirs or mine == theirs   # as a tuple compares its items
+            return mine is theirs or mine == theirs  # as a tuple compares its items
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -57,7 +60,7 @@ class Record:
         if shown is None:
             cls = self.__class__
             names = [f.name for f in fields(cls) if f.repr]
-            text = f"{cls.__qualname__}({', '.join(f'{n}=%r' for n in names)})"   # names hold no %
+            text = f"{cls.__qualname__}({', '.join(f'{n}=%r' for n in names)})"  # names hold no %
             shown = _REPR[cls] = (text, _getter(names))
         return shown[0] % shown[1](self)
 
@@ -67,6 +70,7 @@ class FrozenRecord(Record):
     two generated methods per class cost as much again): hashable, and its fields cannot be
     assigned again or deleted once ``__init__`` set them (``FrozenInstanceError``, as from a
     frozen dataclass)."""
+
     __slots__ = ()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -81,6 +85,7 @@ class FrozenRecord(Record):
         cls = self.__class__
         key = _HASH.get(cls)
         if key is None:
-            key = _HASH[cls] = _getter([f.name for f in fields(cls)
-                                        if (f.compare if f.hash is None else f.hash)], tuples=False)
+            key = _HASH[cls] = _getter(
+                [f.name for f in fields(cls) if (f.compare if f.hash is None else f.hash)], tuples=False
+            )
         return hash(key(self))

@@ -18,6 +18,7 @@ environment in engine/language/messages.py; ranges are bounded here by :data:`MA
 
 Image and video URLs are rendered but never rewritten. The definition is never mutated.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,14 +26,16 @@ import json
 import re
 import sqlite3
 import zoneinfo
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.exceptions import LiquidError
 
-from . import ir
 from engine.line.limits import utf16_len
+
+from . import ir
 from .messages import MessageEnvironment, check_objects, compile_template, is_template
 from .yamlpos import Path
 
@@ -53,9 +56,9 @@ def _bounded_range(evaluate: Callable) -> Callable:
     def bounded(self: RangeLiteral, context: Any) -> range:
         numbers = evaluate(self, context)
         if isinstance(context.env, MessageEnvironment) and len(numbers) > MAX_RANGE:
-            raise _RangeTooLong(f"the range {self} holds {len(numbers):,} numbers, at most "
-                                f"{MAX_RANGE:,}", token=None)
+            raise _RangeTooLong(f"the range {self} holds {len(numbers):,} numbers, at most {MAX_RANGE:,}", token=None)
         return numbers
+
     bounded.__wrapped__ = evaluate  # type: ignore[attr-defined]
     return bounded
 
@@ -90,8 +93,14 @@ def friend_vars(friend: Mapping[str, Any]) -> dict[str, Any]:
 
 def sale_vars(sale: ir.Sale, tz: zoneinfo.ZoneInfo) -> dict[str, Any]:
     """The ``sale`` template variable for one sale, its times in the configured zone."""
-    return {"name": sale.name, "title": sale.title, "kind": sale.kind, "url": sale.url,
-            "starts": sale.starts.astimezone(tz), "ends": sale.ends.astimezone(tz)}
+    return {
+        "name": sale.name,
+        "title": sale.title,
+        "kind": sale.kind,
+        "url": sale.url,
+        "starts": sale.starts.astimezone(tz),
+        "ends": sale.ends.astimezone(tz),
+    }
 
 
 def add_utm(url: str, rule: str, message: str) -> str:
@@ -102,32 +111,46 @@ def add_utm(url: str, rule: str, message: str) -> str:
         return url
     if any(k.lower().startswith("utm_") for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
         return url
-    utm = urlencode({"utm_source": "line", "utm_medium": "message",
-                     "utm_campaign": rule, "utm_content": message})
+    utm = urlencode({"utm_source": "line", "utm_medium": "message", "utm_campaign": rule, "utm_content": message})
     query = f"{parts.query}&{utm}" if parts.query else utm
     return urlunsplit(parts._replace(query=query))
 
 
-def render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None = None,
-                   utm: bool = True, link: Callable[[str], str] | None = None,
-                   event: dict | None = None) -> list[dict]:
+def render_message(
+    defn: ir.MessageDef,
+    *,
+    friend: dict,
+    rule: str,
+    sale: dict | None = None,
+    utm: bool = True,
+    link: Callable[[str], str] | None = None,
+    event: dict | None = None,
+) -> list[dict]:
     """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``; ``event``: the
     fields of the event that entered or resumed the enrollment. Raises RenderError, and nothing
     else: any other failure while rendering becomes one, with its reason."""
     try:
         return _render_message(defn, friend=friend, rule=rule, sale=sale, utm=utm, link=link, event=event)
     except (RenderError, sqlite3.Error):
-        raise   # a database fault (tracked links are stored while rendering) is not the message's
+        raise  # a database fault (tracked links are stored while rendering) is not the message's
     except RecursionError:
         raise RenderError(defn.name, rule, "rendering failed: nested too deeply") from None
     except MemoryError:
         raise RenderError(defn.name, rule, "rendering failed: out of memory") from None
-    except Exception as exc:   # a filter or a link rewrite that broke on this friend's values
+    except Exception as exc:  # a filter or a link rewrite that broke on this friend's values
         raise RenderError(defn.name, rule, f"rendering failed: {type(exc).__name__}: {exc}") from None
 
 
-def _render_message(defn: ir.MessageDef, *, friend: dict, rule: str, sale: dict | None,
-                    utm: bool, link: Callable[[str], str] | None, event: dict | None = None) -> list[dict]:
+def _render_message(
+    defn: ir.MessageDef,
+    *,
+    friend: dict,
+    rule: str,
+    sale: dict | None,
+    utm: bool,
+    link: Callable[[str], str] | None,
+    event: dict | None = None,
+) -> list[dict]:
     variables = {"friend": friend_vars(friend), "rule": rule, "sale": sale or {}, "event": event or {}}
     renderer = _Renderer(defn.name, rule, variables)
     objects = [renderer.value(obj, (i,)) for i, obj in enumerate(defn.objects)]
@@ -170,14 +193,14 @@ class _Renderer:
             try:
                 return compile_template(value).render(**self.variables)
             except LiquidError as e:
-                raise RenderError(self.message, self.rule,
-                                  f"template error in {_where(path)}: {e.message}") from None
-            except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError,
-                    AttributeError) as e:
+                raise RenderError(self.message, self.rule, f"template error in {_where(path)}: {e.message}") from None
+            except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError, AttributeError) as e:
                 # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
-                raise RenderError(self.message, self.rule,
-                                  f"template error in {_where(path)}: a filter cannot handle this "
-                                  f"friend's value ({e})") from None
+                raise RenderError(
+                    self.message,
+                    self.rule,
+                    f"template error in {_where(path)}: a filter cannot handle this friend's value ({e})",
+                ) from None
         return value
 
 
@@ -232,7 +255,7 @@ def _rewrite_text(text: str, rewrite: Callable[[str], str]) -> tuple[str, list[t
         url = m.group().rstrip(_TRAILING_PUNCTUATION)
         end = m.start() + len(url)
         new = rewrite(url)
-        out.append(text[last:m.start()])
+        out.append(text[last : m.start()])
         out.append(new)
         last = end
         if new != url:

@@ -13,6 +13,7 @@
 Times are local to the configured zone unless they carry an offset. :func:`load_sales` never
 raises; every problem is a :class:`Diagnostic` at the value's line and column.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,10 +24,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from engine.i18n import E, _, join
+
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .ir import NAME_RE
-from engine.i18n import E, _, join
 from .yamlpos import YamlFile
 
 FIELDS = ("name", "title", "kind", "starts", "ends", "url")
@@ -71,8 +73,7 @@ def load_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sa
     return sales, diags
 
 
-def read_sales(path: str, text: str, tz: zoneinfo.ZoneInfo
-               ) -> tuple[tuple[ir.Sale, ...], bool, list[Diagnostic]]:
+def read_sales(path: str, text: str, tz: zoneinfo.ZoneInfo) -> tuple[tuple[ir.Sale, ...], bool, list[Diagnostic]]:
     """:func:`load_sales`, and whether the file is whole: ``False`` when it could not be read
     as YAML or a sale in it has an error (the rules' sale checks then have too little to go
     on)."""
@@ -87,8 +88,11 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
     if f.empty:
         return ()
     if not isinstance(root, yaml.MappingNode):
-        f.error(f.span(root), E("LR700", "sale_calendar.yaml must be a mapping with a `sales:` list"),
-                help=_("start the file with `sales:` and list one sale per item"))
+        f.error(
+            f.span(root),
+            E("LR700", "sale_calendar.yaml must be a mapping with a `sales:` list"),
+            help=_("start the file with `sales:` and list one sale per item"),
+        )
         return ()
     sales_node = None
     for key, key_node, value_node in f.items(root):
@@ -102,8 +106,11 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
     if items is None:
         return ()
     if not isinstance(items, list):
-        f.error(f.span(sales_node), E("LR700", "`sales` must be a list of sales"),
-                help=_("write each sale as an item starting with `- name: ...`"))
+        f.error(
+            f.span(sales_node),
+            E("LR700", "`sales` must be a list of sales"),
+            help=_("write each sale as an item starting with `- name: ...`"),
+        )
         return ()
     sales: list[ir.Sale] = []
     seen: dict[str, int] = {}
@@ -112,9 +119,11 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
         if sale is None:
             continue
         if sale.name in seen:
-            f.error(f.span_at(("sales", i, "name")), E("LR701", "duplicate sale name `{name}`", name=sale.name),
-                    help=_("sale {number} already uses it; give each sale its own name",
-                           number=seen[sale.name] + 1))
+            f.error(
+                f.span_at(("sales", i, "name")),
+                E("LR701", "duplicate sale name `{name}`", name=sale.name),
+                help=_("sale {number} already uses it; give each sale its own name", number=seen[sale.name] + 1),
+            )
             continue
         seen[sale.name] = i
         sales.append(sale)
@@ -129,22 +138,33 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
     errors = sum(d.is_error for d in f.diagnostics)
     for key in item:
         if key not in FIELDS:
-            f.error(f.span_at(path + (key,), key=True), E("LR702", "unknown sale field `{key}`", key=key),
-                    help=did_you_mean(key, FIELDS))
+            f.error(
+                f.span_at(path + (key,), key=True),
+                E("LR702", "unknown sale field `{key}`", key=key),
+                help=did_you_mean(key, FIELDS),
+            )
     for key in FIELDS:
         if key in item and item[key] is None:
-            f.error(f.span_at(path + (key,), key=True), E("LR702", "`{key}` has no value", key=key),
-                    help=f.empty_value_help(path + (key,), key))
+            f.error(
+                f.span_at(path + (key,), key=True),
+                E("LR702", "`{key}` has no value", key=key),
+                help=f.empty_value_help(path + (key,), key),
+            )
     missing = [k for k in REQUIRED if k not in item]
     if missing:
-        f.error(f.span_at(path), E("LR702", "sale is missing {fields}",
-                                   fields=join(f"`{k}`" for k in missing)),
-                help=_("every sale needs name, title, starts and ends"))
+        f.error(
+            f.span_at(path),
+            E("LR702", "sale is missing {fields}", fields=join(f"`{k}`" for k in missing)),
+            help=_("every sale needs name, title, starts and ends"),
+        )
     for key in ("name", "kind"):
         value = item.get(key)
         if value is not None and not (isinstance(value, str) and NAME_RE.fullmatch(value)):
-            f.error(f.span_at(path + (key,)), E("LR703", "`{value}` is not a valid sale {key}", value=value, key=key),
-                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
+            f.error(
+                f.span_at(path + (key,)),
+                E("LR703", "`{value}` is not a valid sale {key}", value=value, key=key),
+                help=_("a name starts with a letter and continues with letters, digits, _ or -"),
+            )
     title = item.get("title")
     if title is not None and (not isinstance(title, str) or not title.strip()):
         f.error(f.span_at(path + ("title",)), E("LR703", "`title` must be text"))
@@ -155,26 +175,46 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
         try:
             times[key] = parse_time(item[key], tz)
         except ValueError as e:
-            f.error(f.span_at(path + (key,)), e.args[0],
-                    help=_("write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` "
-                           "or a date `2026-12-04`"))
+            f.error(
+                f.span_at(path + (key,)),
+                e.args[0],
+                help=_("write `2026-12-04 20:00` (local time), `2026-12-04T20:00:00+09:00` or a date `2026-12-04`"),
+            )
     if len(times) == 2:
         starts, ends = times["starts"], times["ends"]
         day_only = _is_date_only(item["ends"])
-        through = _("a date alone is 00:00, the start of that day: for a sale through "
-                    "{day}, write `ends: {day} 23:59`", day=f"{ends:%Y-%m-%d}")
+        through = _(
+            "a date alone is 00:00, the start of that day: for a sale through {day}, write `ends: {day} 23:59`",
+            day=f"{ends:%Y-%m-%d}",
+        )
         if ends <= starts:
-            what = E("LR705", "the sale ends the moment it starts") if ends == starts \
+            what = (
+                E("LR705", "the sale ends the moment it starts")
+                if ends == starts
                 else E("LR705", "the sale ends before it starts")
-            f.error(f.span_at(path + ("ends",)), what,
-                    help=through if day_only and ends.date() >= starts.date()
-                    else _("it starts {starts}; `ends` must be later", starts=f"{starts:%Y-%m-%d %H:%M}"))
+            )
+            f.error(
+                f.span_at(path + ("ends",)),
+                what,
+                help=through
+                if day_only and ends.date() >= starts.date()
+                else _("it starts {starts}; `ends` must be later", starts=f"{starts:%Y-%m-%d %H:%M}"),
+            )
         elif day_only:
-            f.warning(f.span_at(path + ("ends",)),
-                      E("LR706", "the sale ends at {day} 00:00, so its last day is {last}",
-                        day=f"{ends:%Y-%m-%d}", last=f"{ends - dt.timedelta(days=1):%Y-%m-%d}"),
-                      help=_("{through}, or `ends: {day} 00:00` if the day before is meant",
-                             through=through, day=f"{ends:%Y-%m-%d}"))
+            f.warning(
+                f.span_at(path + ("ends",)),
+                E(
+                    "LR706",
+                    "the sale ends at {day} 00:00, so its last day is {last}",
+                    day=f"{ends:%Y-%m-%d}",
+                    last=f"{ends - dt.timedelta(days=1):%Y-%m-%d}",
+                ),
+                help=_(
+                    "{through}, or `ends: {day} 00:00` if the day before is meant",
+                    through=through,
+                    day=f"{ends:%Y-%m-%d}",
+                ),
+            )
     url = item.get("url")
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
@@ -182,5 +222,12 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
             f.error(f.span_at(path + ("url",)), E("LR703", "`url` must be an https:// link, not `{url}`", url=url))
     if sum(d.is_error for d in f.diagnostics) > errors:
         return None
-    return ir.Sale(name=item["name"], title=title, starts=times["starts"], ends=times["ends"],
-                   kind=item.get("kind"), url=url, span=f.span_at(path))
+    return ir.Sale(
+        name=item["name"],
+        title=title,
+        starts=times["starts"],
+        ends=times["ends"],
+        kind=item.get("kind"),
+        url=url,
+        span=f.span_at(path),
+    )

@@ -4,6 +4,7 @@
 or value at fault, and the returned :class:`ir.Settings` holds the defaults for anything that
 is absent or invalid. See docs/settings.md for every setting.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,16 +13,18 @@ import os
 import re
 import unicodedata
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from . import ir
-from .ir import NAME_RE
-from .diagnostics import Diagnostic, dedupe, did_you_mean
 from engine.i18n import LANGUAGES, E, _
+
+from . import ir
+from .diagnostics import Diagnostic, dedupe, did_you_mean
+from .ir import NAME_RE
 from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
 
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
@@ -51,7 +54,7 @@ def known_zone(name: str) -> bool:
         if len(parts) > 1 and parts[0] in ("right", "posix") or not os.path.isdir(root):
             continue
         folder = root
-        for part in parts[:-1]:   # os.walk does not go into linked folders
+        for part in parts[:-1]:  # os.walk does not go into linked folders
             folder = os.path.join(folder, part)
             if os.path.islink(folder) or not os.path.isdir(folder):
                 break
@@ -91,12 +94,10 @@ def parse_window(text: str) -> tuple[dt.time, dt.time]:
     h1, m1, h2, m2 = (int(g) for g in m.groups())
     for h, mi in ((h1, m1), (h2, m2)):
         if h > 23 or mi > 59:
-            raise ValueError(E("LR603", "`{time}` is not a time of day (00:00 to 23:59)",
-                               time=f"{h:02d}:{mi:02d}"))
+            raise ValueError(E("LR603", "`{time}` is not a time of day (00:00 to 23:59)", time=f"{h:02d}:{mi:02d}"))
     start, end = dt.time(h1, m1), dt.time(h2, m2)
     if start == end:
-        raise ValueError(E("LR603", "the window `{text}` starts and ends at the same time",
-                           text=text.strip()))
+        raise ValueError(E("LR603", "the window `{text}` starts and ends at the same time", text=text.strip()))
     return start, end
 
 
@@ -106,6 +107,7 @@ class SettingsFile:
     rich menu name written (valid or not, so a rule using a broken one is not told it is
     unknown), and whether the file could be read as YAML at all (``readable``: when not,
     rich menu names cannot be checked)."""
+
     settings: ir.Settings
     menu_names: frozenset[str]
     readable: bool
@@ -129,14 +131,20 @@ def read_settings(path: str, text: str) -> SettingsFile:
     values: dict[str, Any] = {}
     if not f.empty:
         if not isinstance(f.root, yaml.MappingNode):
-            f.error(f.span(f.root), E("LR600", "settings.yaml must be a mapping of settings"),
-                    help=_("write one setting per line, e.g. `timezone: Asia/Tokyo`"))
+            f.error(
+                f.span(f.root),
+                E("LR600", "settings.yaml must be a mapping of settings"),
+                help=_("write one setting per line, e.g. `timezone: Asia/Tokyo`"),
+            )
         else:
             for key, key_node, value_node in f.items(f.root):
                 check = _CHECKS.get(key)
                 if check is None:
-                    f.error(f.span(key_node), E("LR601", "unknown setting `{key}`", key=key),
-                            help=did_you_mean(key, _CHECKS))
+                    f.error(
+                        f.span(key_node),
+                        E("LR601", "unknown setting `{key}`", key=key),
+                        help=did_you_mean(key, _CHECKS),
+                    )
                     continue
                 value = f.plain(value_node, (key,))
                 if value is None:
@@ -153,15 +161,22 @@ def read_settings(path: str, text: str) -> SettingsFile:
     if "account_link" in values:
         values["account_link_url"] = values.pop("account_link")
         if "base_url" not in values:
-            f.error(f.span_at(("account_link",), key=True), E("LR604", "`account_link` needs `base_url`"),
-                    help=_("set base_url to the runner's public https address: the link a friend taps goes through it to get LINE's link token"))
+            f.error(
+                f.span_at(("account_link",), key=True),
+                E("LR604", "`account_link` needs `base_url`"),
+                help=_(
+                    "set base_url to the runner's public https address: the link a friend taps goes through it to get LINE's link token"
+                ),
+            )
     root_span = f.span(f.root) if f.root is not None else None
     menus = f.nodes.get(("rich_menus",))
-    names = frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode)) \
-        if isinstance(menus, yaml.MappingNode) else frozenset()
+    names = (
+        frozenset(k.value for k, _ in menus.value if isinstance(k, yaml.ScalarNode))
+        if isinstance(menus, yaml.MappingNode)
+        else frozenset()
+    )
     readable = isinstance(f.root, yaml.MappingNode) or (f.empty and not any(d.is_error for d in f.diagnostics))
-    return SettingsFile(ir.Settings(**values, span=root_span), names, readable,
-                        dedupe(f.diagnostics))
+    return SettingsFile(ir.Settings(**values, span=root_span), names, readable, dedupe(f.diagnostics))
 
 
 # ---------------------------------------------------------------------------- one check per key
@@ -171,23 +186,35 @@ def read_settings(path: str, text: str) -> SettingsFile:
 def _timezone(f: YamlFile, path, value: Any) -> str | None:
     if not isinstance(value, str) or not known_zone(value):
         shown = value if isinstance(value, str) else repr(value)
-        f.error(f.span_at(path), E("LR602", "unknown time zone `{zone}`", zone=shown),
-                help=did_you_mean(str(value), available_zones()) if isinstance(value, str)
-                else _("use an IANA zone name such as `Asia/Tokyo`"))
+        f.error(
+            f.span_at(path),
+            E("LR602", "unknown time zone `{zone}`", zone=shown),
+            help=did_you_mean(str(value), available_zones())
+            if isinstance(value, str)
+            else _("use an IANA zone name such as `Asia/Tokyo`"),
+        )
         return None
     return value
 
 
 def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
     if not isinstance(value, str):
-        f.error(f.span_at(path), E("LR603", '`window` must be text like "09:00-21:00"'),
-                help=_('quote it: window: "09:00-21:00"'))
+        f.error(
+            f.span_at(path),
+            E("LR603", '`window` must be text like "09:00-21:00"'),
+            help=_('quote it: window: "09:00-21:00"'),
+        )
         return None
     try:
         start, end = parse_window(value)
     except ValueError as e:
-        f.error(f.span_at(path), e.args[0],
-                help=_('write the local opening and closing times, e.g. "09:00-21:00" (an end before the start runs over midnight)'))
+        f.error(
+            f.span_at(path),
+            e.args[0],
+            help=_(
+                'write the local opening and closing times, e.g. "09:00-21:00" (an end before the start runs over midnight)'
+            ),
+        )
         return None
     return ir.Window(start, end, span=f.span_at(path))
 
@@ -195,10 +222,14 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
 def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
     def check(f: YamlFile, path, value: Any) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            f.error(f.span_at(path), E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`", name=name, value=value),
-                    help=_number_help(name, value))
+            f.error(
+                f.span_at(path),
+                E("LR604", "`{name}` must be a whole number of at least 1, not `{value}`", name=name, value=value),
+                help=_number_help(name, value),
+            )
             return None
         return value
+
     return check
 
 
@@ -215,22 +246,39 @@ def _number_help(name: str, value: Any) -> str | None:
 
 def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | None:
     if not isinstance(value, dict):
-        f.error(f.span_at(path), E("LR605", "`rich_menus` must map menu names to rich menu ids"),
-                help=_("e.g. rich_menus: {member: richmenu-0123456789abcdef0123456789abcdef}"))
+        f.error(
+            f.span_at(path),
+            E("LR605", "`rich_menus` must map menu names to rich menu ids"),
+            help=_("e.g. rich_menus: {member: richmenu-0123456789abcdef0123456789abcdef}"),
+        )
         return None
     menus = []
     for name, rid in value.items():
         where = path + (name,)
         if not NAME_RE.fullmatch(name):
-            f.error(f.span_at(where, key=True), E("LR605", "`{name}` is not a valid menu name", name=name),
-                    help=_("a name starts with a letter and continues with letters, digits, _ or -"))
+            f.error(
+                f.span_at(where, key=True),
+                E("LR605", "`{name}` is not a valid menu name", name=name),
+                help=_("a name starts with a letter and continues with letters, digits, _ or -"),
+            )
         elif rid is None:
-            f.error(f.span_at(where, key=True), E("LR605", "rich menu `{name}` has no id", name=name),
-                    help=_("write the id LINE shows for the menu, e.g. `{name}: "
-                           "richmenu-0123456789abcdef0123456789abcdef`, or remove the line", name=name))
+            f.error(
+                f.span_at(where, key=True),
+                E("LR605", "rich menu `{name}` has no id", name=name),
+                help=_(
+                    "write the id LINE shows for the menu, e.g. `{name}: "
+                    "richmenu-0123456789abcdef0123456789abcdef`, or remove the line",
+                    name=name,
+                ),
+            )
         elif not isinstance(rid, str) or not RICH_MENU_ID_RE.fullmatch(rid):
-            f.error(f.span_at(where), E("LR605", "`{id}` is not a rich menu id", id=rid),
-                    help=_("a rich menu id is `richmenu-` followed by 32 hexadecimal characters, as shown by LINE when the menu is created"))
+            f.error(
+                f.span_at(where),
+                E("LR605", "`{id}` is not a rich menu id", id=rid),
+                help=_(
+                    "a rich menu id is `richmenu-` followed by 32 hexadecimal characters, as shown by LINE when the menu is created"
+                ),
+            )
         else:
             menus.append((name, rid))
     return tuple(menus)
@@ -243,17 +291,25 @@ def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
             if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
                 meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"
                 help_ = _("YAML 1.2 reads `{value}` as a text: write `{meant}`", value=value, meant=meant)
-            f.error(f.span_at(path), E("LR604", "`{name}` must be true or false, not `{value}`", name=name, value=value), help=help_)
+            f.error(
+                f.span_at(path),
+                E("LR604", "`{name}` must be true or false, not `{value}`", name=name, value=value),
+                help=help_,
+            )
             return None
         return value
+
     return check
 
 
 def _base_url(f: YamlFile, path, value: Any) -> str | None:
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme != "https" or not parts.netloc:
-        f.error(f.span_at(path), E("LR604", "`base_url` must be an https:// URL, not `{value}`", value=value),
-                help=_("the public address of the runner, e.g. https://line.shop.example.jp"))
+        f.error(
+            f.span_at(path),
+            E("LR604", "`base_url` must be an https:// URL, not `{value}`", value=value),
+            help=_("the public address of the runner, e.g. https://line.shop.example.jp"),
+        )
         return None
     return value.rstrip("/")
 
@@ -264,17 +320,26 @@ def _text(name: str, *, secret: bool = False) -> Callable[[YamlFile, Any, Any], 
             f.error(f.span_at(path), E("LR604", "`{name}` must be text, not `{value}`", name=name, value=value))
             return None
         if secret:
-            f.warning(f.span_at(path), E("LR606", "`{name}` is a secret kept in git", name=name),
-                      help=_("remove it here and set the environment variable {variable} where the runner runs",
-                             variable=ENV_LOGIN_CHANNEL_SECRET))
+            f.warning(
+                f.span_at(path),
+                E("LR606", "`{name}` is a secret kept in git", name=name),
+                help=_(
+                    "remove it here and set the environment variable {variable} where the runner runs",
+                    variable=ENV_LOGIN_CHANNEL_SECRET,
+                ),
+            )
         return str(value)
+
     return check
 
 
 def _language(f: YamlFile, path, value: Any) -> str | None:
     if not isinstance(value, str) or value not in LANGUAGES:
-        f.error(f.span_at(path), E("LR607", "unknown language `{value}`", value=value),
-                help=_("write `ja` (Japanese) or `en` (English)"))
+        f.error(
+            f.span_at(path),
+            E("LR607", "unknown language `{value}`", value=value),
+            help=_("write `ja` (Japanese) or `en` (English)"),
+        )
         return None
     return value
 
@@ -282,19 +347,28 @@ def _language(f: YamlFile, path, value: Any) -> str | None:
 def _account_link(f: YamlFile, path, value: Any) -> str | None:
     """``account_link: {login_url: https://...}``: the shop's login page for LINE's account link."""
     if not isinstance(value, dict):
-        f.error(f.span_at(path), E("LR604", "`account_link` must be a mapping with `login_url`"),
-                help=_("e.g. account_link: {login_url: https://shop.example.jp/line/login}"))
+        f.error(
+            f.span_at(path),
+            E("LR604", "`account_link` must be a mapping with `login_url`"),
+            help=_("e.g. account_link: {login_url: https://shop.example.jp/line/login}"),
+        )
         return None
     for key in value:
         if key != "login_url":
-            f.error(f.span_at(path + (key,), key=True), E("LR601", "unknown setting `account_link.{key}`", key=key),
-                    help=_("account_link holds only `login_url`"))
+            f.error(
+                f.span_at(path + (key,), key=True),
+                E("LR601", "unknown setting `account_link.{key}`", key=key),
+                help=_("account_link holds only `login_url`"),
+            )
     url = value.get("login_url")
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme != "https" or not parts.netloc:
         where = path + ("login_url",) if "login_url" in value else path
-        f.error(f.span_at(where), E("LR604", "`account_link.login_url` must be an https:// URL, not `{url}`", url=url),
-                help=_("the page of the shop where a friend signs in to link their account"))
+        f.error(
+            f.span_at(where),
+            E("LR604", "`account_link.login_url` must be an https:// URL, not `{url}`", url=url),
+            help=_("the page of the shop where a friend signs in to link their account"),
+        )
         return None
     return url
 

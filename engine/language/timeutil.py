@@ -3,6 +3,7 @@
 Everything the engine stores is an integer UTC epoch second; these helpers convert to local
 wall-clock time only where a rule speaks in local terms (``at 12:00``, windows, the cap's day).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -119,7 +120,7 @@ class CronTimes:
     without asking croniter again."""
 
     def __init__(self, expr: str, tz: ZoneInfo):
-        from croniter import croniter   # imported here: only schedule triggers need it
+        from croniter import croniter  # imported here: only schedule triggers need it
 
         self.tz = tz
         self._iter = croniter(expr, local(0, tz))

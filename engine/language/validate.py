@@ -10,13 +10,15 @@ Exit 0 when there is no error (warnings allowed), 1 otherwise. Output formats:
 The texts are in the language chosen by :func:`engine.i18n.choose` (``--lang``,
 ``LINERULES_LANG``, ``language:`` in settings.yaml, the locale).
 """
+
 from __future__ import annotations
 
 import sys
 
 from engine import i18n
-from .diagnostics import dedupe, has_errors, render_github, render_json, render_text
 from engine.i18n import _, join, n_
+
+from .diagnostics import dedupe, has_errors, render_github, render_json, render_text
 from .project import load_project
 
 
@@ -26,7 +28,7 @@ def main(paths: list[str], fmt: str, lang: str | None = None) -> int:
     folder_language = None
     sources: dict[str, str] = {}
     rules = segments = 0
-    opened = False   # whether any path could be read at all
+    opened = False  # whether any path could be read at all
     for path in paths:
         result = load_project(path)
         diagnostics += result.diagnostics
@@ -45,7 +47,7 @@ def main(paths: list[str], fmt: str, lang: str | None = None) -> int:
         sys.stdout.write(render_github(diagnostics))
     else:
         sys.stdout.write(render_text(diagnostics, sources))
-        if opened:   # a path that cannot be read is just its one error line
+        if opened:  # a path that cannot be read is just its one error line
             sys.stdout.write(i18n.render(_summary(diagnostics, failed, rules, segments)) + "\n")
     return 1 if failed else 0
 

@@ -8,18 +8,21 @@ into plain Python values while recording the node behind each path, and reports 
 :class:`Diagnostic` values instead of raising: syntax errors (in plain words, with a ``help:``),
 duplicate keys, non-text keys, unsupported tags, runaway aliases, lone surrogates.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 import yamlcore
 from yaml.constructor import ConstructorError, SafeConstructor
 from yamlcore.loader import CommonConstructor
 
-from .diagnostics import Diagnostic, Span
 from engine.i18n import E, _
+
+from .diagnostics import Diagnostic, Span
 
 #: A path from the document root: mapping keys (str) and sequence indexes (int).
 Path = tuple[str | int, ...]
@@ -56,8 +59,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _join_pairs(value: str) -> str:
-    return _SURROGATE_PAIR.sub(
-        lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
+    return _SURROGATE_PAIR.sub(lambda m: m.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le"), value)
 
 
 class _FastLoader(getattr(yamlcore, "CCoreLoader", _Loader)):
@@ -79,16 +81,16 @@ def _compose_fast(text: str) -> yaml.Node | None:
     the plain style, which is ``None`` here as from the pure-Python loader."""
     if _FastLoader is _Loader or not getattr(yaml, "__with_libyaml__", False):
         return None
-    if "\t" in text:   # libyaml accepts tabs where the pure-Python reader (and its messages) refuse them
+    if "\t" in text:  # libyaml accepts tabs where the pure-Python reader (and its messages) refuse them
         return None
     try:
         root = yaml.compose(text, Loader=_FastLoader)
-    except Exception:   # noqa: BLE001 - anything libyaml refuses is read again, slowly
+    except Exception:  # noqa: BLE001 - anything libyaml refuses is read again, slowly
         return None
     if root is None:
         return None
     stack = [(root, 0)]
-    seen: set[int] = set()   # an alias repeats a node: each is visited once
+    seen: set[int] = set()  # an alias repeats a node: each is visited once
     while stack:
         node, depth = stack.pop()
         if depth > _FAST_DEPTH or len(seen) > MAX_NODES:
@@ -139,15 +141,26 @@ class YamlFile:
         except yaml.reader.ReaderError as e:
             line, col = self._position(e.position)
             char = e.character if isinstance(e.character, int) else ord(e.character)
-            self.diagnostics.append(Diagnostic(
-                self.path, line, col, "error",
-                E("LR003", "invalid YAML: the control character U+{char} is not allowed in a YAML file", char=f"{char:04X}"),
-                _("remove it (it is often pasted in with text copied from elsewhere)")))
+            self.diagnostics.append(
+                Diagnostic(
+                    self.path,
+                    line,
+                    col,
+                    "error",
+                    E(
+                        "LR003",
+                        "invalid YAML: the control character U+{char} is not allowed in a YAML file",
+                        char=f"{char:04X}",
+                    ),
+                    _("remove it (it is often pasted in with text copied from elsewhere)"),
+                )
+            )
         except yaml.YAMLError as e:
             self.diagnostics.append(Diagnostic(self.path, 1, 1, "error", E("LR003", "invalid YAML: {e}", e=e)))
         except RecursionError:
-            self.diagnostics.append(Diagnostic(self.path, 1, 1, "error",
-                                               E("LR003", "invalid YAML: the document is nested too deeply")))
+            self.diagnostics.append(
+                Diagnostic(self.path, 1, 1, "error", E("LR003", "invalid YAML: the document is nested too deeply"))
+            )
         return None
 
     def _position(self, index: int) -> tuple[int, int]:
@@ -159,8 +172,9 @@ class YamlFile:
     @property
     def empty(self) -> bool:
         """No document (an empty file, only comments, ``null``, or unreadable YAML)."""
-        return self.root is None or (isinstance(self.root, yaml.ScalarNode)
-                                     and self.root.tag == "tag:yaml.org,2002:null")
+        return self.root is None or (
+            isinstance(self.root, yaml.ScalarNode) and self.root.tag == "tag:yaml.org,2002:null"
+        )
 
     # ------------------------------------------------------------------ places
 
@@ -201,12 +215,11 @@ class YamlFile:
         span = self.span_at(path, key=True)
         lines = self.text.split("\n")
         line = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
-        after = line[span.column - 1:].partition(":")[2]
+        after = line[span.column - 1 :].partition(":")[2]
         hash_at = after.find("#")
         if hash_at >= 0:
             meant = after[hash_at:].strip()
-            return _('an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"', key=key,
-                     meant=meant)
+            return _('an unquoted `#` starts a comment: quote it, e.g. {key}: "{meant}"', key=key, meant=meant)
         return _("give it a value, or remove the line")
 
     # ------------------------------------------------------------------ diagnostics
@@ -226,7 +239,10 @@ class YamlFile:
             self._constructor.flatten_mapping(node)
         except ConstructorError as e:
             mark = e.problem_mark or node.start_mark
-            self.error(Span(self.path, mark.line + 1, mark.column + 1), E("LR003", "invalid YAML merge: {problem}", problem=e.problem))
+            self.error(
+                Span(self.path, mark.line + 1, mark.column + 1),
+                E("LR003", "invalid YAML merge: {problem}", problem=e.problem),
+            )
         seen: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
@@ -239,12 +255,18 @@ class YamlFile:
                     self.error(self.span(key_node), LONE_SURROGATE, LONE_SURROGATE_HELP)
                     continue
             if key[:1] == "\u3000":
-                self.error(self.span(key_node), E("LR003", "a full-width space (U+3000) stands before this key"),
-                           help=_("indent with half-width spaces"))
+                self.error(
+                    self.span(key_node),
+                    E("LR003", "a full-width space (U+3000) stands before this key"),
+                    help=_("indent with half-width spaces"),
+                )
                 continue
             if key in seen:
-                self.error(self.span(key_node), E("LR004", "duplicate key `{key}`", key=key),
-                           help=_("each key may appear once in a mapping; remove one of them"))
+                self.error(
+                    self.span(key_node),
+                    E("LR004", "duplicate key `{key}`", key=key),
+                    help=_("each key may appear once in a mapping; remove one of them"),
+                )
                 continue
             seen.add(key)
             self.keys[path + (key,)] = key_node
@@ -264,8 +286,11 @@ class YamlFile:
             self.error(self.span(node), E("LR005", "values are nested more than {limit} levels deep", limit=MAX_DEPTH))
             return None
         if not _ANY_TAG.match(node.tag):
-            self.error(self.span(node), E("LR005", "unsupported YAML tag `{tag}`", tag=node.tag),
-                       help=_("write plain text, numbers, lists and mappings"))
+            self.error(
+                self.span(node),
+                E("LR005", "unsupported YAML tag `{tag}`", tag=node.tag),
+                help=_("write plain text, numbers, lists and mappings"),
+            )
             return None
         if isinstance(node, yaml.MappingNode):
             return {k: self.plain(v, path + (k,), depth + 1) for k, _, v in self.items(node, path)}
@@ -278,7 +303,7 @@ class YamlFile:
         date ``2026-02-30``) is kept as its text, for the caller to judge."""
         try:
             value = self._constructor.construct_object(node)
-        except Exception:   # e.g. `!!int x`, `!!bool yes`: the tag's constructor refuses the text
+        except Exception:  # e.g. `!!int x`, `!!bool yes`: the tag's constructor refuses the text
             value = node.value
         if isinstance(value, str) and _SURROGATE.search(value):
             value = _join_pairs(value)
@@ -289,7 +314,9 @@ class YamlFile:
 
 
 LONE_SURROGATE = E("LR006", "this text holds a lone surrogate escape (such as `\\ud800`), which is not a character")
-LONE_SURROGATE_HELP = (_("write the character itself (an emoji can be pasted as it is), or escape it whole, e.g. `\\U0001F600`"))
+LONE_SURROGATE_HELP = _(
+    "write the character itself (an emoji can be pasted as it is), or escape it whole, e.g. `\\U0001F600`"
+)
 
 
 def normalize_newlines(text: str) -> str:
@@ -305,8 +332,7 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
     context = e.context or ""
     mark = e.problem_mark or e.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    ctx_line, ctx_col = ((e.context_mark.line + 1, e.context_mark.column + 1)
-                         if e.context_mark else (line, col))
+    ctx_line, ctx_col = (e.context_mark.line + 1, e.context_mark.column + 1) if e.context_mark else (line, col)
     lines = text.split("\n")
 
     def src(n: int) -> str:
@@ -318,49 +344,100 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
                 return n
         return None
 
-    if "'\\t'" in problem and src(line)[:col - 1].strip():
+    if "'\\t'" in problem and src(line)[: col - 1].strip():
         # a tab after `key:` or `-`, not in front of the line
         at = src(line).find("\t", col - 1)
-        return (line, at + 1 if at >= 0 else col, E("LR003", "invalid YAML: a tab separates the value here"),
-                _("YAML separates with spaces only: replace the tab with a space"))
+        return (
+            line,
+            at + 1 if at >= 0 else col,
+            E("LR003", "invalid YAML: a tab separates the value here"),
+            _("YAML separates with spaces only: replace the tab with a space"),
+        )
     if "'\\t'" in problem:
-        return (line, col, E("LR003", "invalid YAML: a tab is used for indentation here"),
-                _("YAML indents with spaces only: replace the tab with spaces"))
+        return (
+            line,
+            col,
+            E("LR003", "invalid YAML: a tab is used for indentation here"),
+            _("YAML indents with spaces only: replace the tab with spaces"),
+        )
     if (n := full_width_colon()) is not None and (
-            "could not find expected ':'" in problem or "mapping values" in problem
-            or "<block" in problem):
+        "could not find expected ':'" in problem or "mapping values" in problem or "<block" in problem
+    ):
         column = src(n).index("\uff1a") + 1
-        return (n, column, E("LR003", "invalid YAML: `：` is a full-width colon"),
-                _("write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"))
-    if "<block" in problem or ("mapping values are not allowed" in problem
-                               and _indented_deeper(src(line), src(line - 1))):
-        return (line, col, E("LR003", "invalid YAML: this line is not indented like the lines above it"),
-                _("the keys of one mapping (and the `-` of one list) start in the same column; indent with spaces so that this line lines up with the others"))
+        return (
+            n,
+            column,
+            E("LR003", "invalid YAML: `：` is a full-width colon"),
+            _("write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"),
+        )
+    if "<block" in problem or (
+        "mapping values are not allowed" in problem and _indented_deeper(src(line), src(line - 1))
+    ):
+        return (
+            line,
+            col,
+            E("LR003", "invalid YAML: this line is not indented like the lines above it"),
+            _(
+                "the keys of one mapping (and the `-` of one list) start in the same column; indent with spaces so that this line lines up with the others"
+            ),
+        )
     if "mapping values are not allowed" in problem:
-        return (line, col, E("LR003", "invalid YAML: a `: ` inside a value that is not quoted"),
-                _('quote the whole value, e.g. text: "注意: こちら"'))
+        return (
+            line,
+            col,
+            E("LR003", "invalid YAML: a `: ` inside a value that is not quoted"),
+            _('quote the whole value, e.g. text: "注意: こちら"'),
+        )
     if "could not find expected ':'" in problem:
-        return (ctx_line, ctx_col, E("LR003", "invalid YAML: this line has no `:` after its key"),
-                _("write `key: value`; a text over several lines is written after `key: |` on lines indented further"))
+        return (
+            ctx_line,
+            ctx_col,
+            E("LR003", "invalid YAML: this line has no `:` after its key"),
+            _("write `key: value`; a text over several lines is written after `key: |` on lines indented further"),
+        )
     if "end of stream" in problem and "quoted scalar" in context:
-        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the quoted text that starts here is never closed"),
-                _("close it with the same quote, or write a text over several lines after `|`"))
+        return (
+            ctx_line,
+            ctx_col,
+            E("LR003", "invalid YAML: the quoted text that starts here is never closed"),
+            _("close it with the same quote, or write a text over several lines after `|`"),
+        )
     if "alias" in context:
-        return (ctx_line, ctx_col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `*`"),
-                _('quote the whole value, e.g. text: "*sale* today"'))
+        return (
+            ctx_line,
+            ctx_col,
+            E("LR003", "invalid YAML: a value that is not quoted cannot start with `*`"),
+            _('quote the whole value, e.g. text: "*sale* today"'),
+        )
     if "cannot start any token" in problem:
-        char = src(line)[col - 1:col] or "?"
-        return (line, col, E("LR003", "invalid YAML: a value that is not quoted cannot start with `{char}`", char=char),
-                _('quote the whole value, e.g. text: "{char}..."', char=char))
+        char = src(line)[col - 1 : col] or "?"
+        return (
+            line,
+            col,
+            E("LR003", "invalid YAML: a value that is not quoted cannot start with `{char}`", char=char),
+            _('quote the whole value, e.g. text: "{char}..."', char=char),
+        )
     if "flow mapping" in context or "flow sequence" in context:
-        return (ctx_line, ctx_col, E("LR003", "invalid YAML: the `{` or `[` that starts here is not closed properly"),
-                _("close it on the same line, quote values that hold `,` or `:`, or write the entries as indented lines instead"))
-    return (line, col, E("LR003", "invalid YAML: {problem}", problem=problem),
-            _("compare this line with the lines around it (indentation, `:` after each key, quotes)"))
+        return (
+            ctx_line,
+            ctx_col,
+            E("LR003", "invalid YAML: the `{` or `[` that starts here is not closed properly"),
+            _(
+                "close it on the same line, quote values that hold `,` or `:`, or write the entries as indented lines instead"
+            ),
+        )
+    return (
+        line,
+        col,
+        E("LR003", "invalid YAML: {problem}", problem=problem),
+        _("compare this line with the lines around it (indentation, `:` after each key, quotes)"),
+    )
 
 
 def _indented_deeper(this: str, above: str) -> bool:
     """Whether ``this`` line starts further right than the line above it."""
+
     def indent(s: str) -> int:
         return len(s) - len(s.lstrip(" "))
+
     return bool(above.strip()) and indent(this) > indent(above)

@@ -20,6 +20,7 @@ before the first attempt, then hands batches to a transport's ``send``:
 
 :func:`make_transport` picks one from the environment.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,17 @@ from linebot.v3.messaging import (
 )
 from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
 
-from .limits import (INVALID_REPLY_TOKEN_MESSAGE, MAX_MULTICAST, MAX_OBJECTS, MESSAGE_TYPES,
-                     MONTHLY_LIMIT_MESSAGE, QUOTA_ZONE, RATE_LIMITS, ROUTES, UUID_RE)
+from .limits import (
+    INVALID_REPLY_TOKEN_MESSAGE,
+    MAX_MULTICAST,
+    MAX_OBJECTS,
+    MESSAGE_TYPES,
+    MONTHLY_LIMIT_MESSAGE,
+    QUOTA_ZONE,
+    RATE_LIMITS,
+    ROUTES,
+    UUID_RE,
+)
 from .ratelimit import client_bucket
 from .retrypolicy import Answer, RetryPolicy, Verdict
 
@@ -57,8 +67,17 @@ logger = logging.getLogger("linerules.dispatch")
 DEFAULT_ENDPOINT = "https://api.line.me"
 
 #: Client-side buckets, one per endpoint the dispatcher calls (LINE's limits per second).
-DISPATCH_ENDPOINTS = ("push", "multicast", "reply", "profile", "quota", "quota_consumption",
-                      "richmenu_link", "richmenu_unlink", "link_token")
+DISPATCH_ENDPOINTS = (
+    "push",
+    "multicast",
+    "reply",
+    "profile",
+    "quota",
+    "quota_consumption",
+    "richmenu_link",
+    "richmenu_unlink",
+    "link_token",
+)
 
 #: The longest wait inside one attempt's retries (a longer ``Retry-After`` is handed back to the
 #: caller, which holds that row alone for it).
@@ -67,8 +86,7 @@ MAX_INLINE_WAIT = 5.0
 TOKEN_RENEW_MARGIN = 60.0
 
 Kind = Literal["push", "multicast", "reply", "menu_link"]
-Outcome = Literal["sent", "duplicate", "rejected", "held", "retry", "auth", "unconfirmed",
-                  "dry_run"]
+Outcome = Literal["sent", "duplicate", "rejected", "held", "retry", "auth", "unconfirmed", "dry_run"]
 
 
 @dataclass
@@ -156,8 +174,15 @@ class StatelessToken:
     when it expires within :data:`TOKEN_RENEW_MARGIN`, or when ``force`` is set (LINE refused
     it)."""
 
-    def __init__(self, channel_id: str, channel_secret: str, endpoint: str = DEFAULT_ENDPOINT,
-                 *, timeout: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        channel_id: str,
+        channel_secret: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.channel_id = channel_id
         self._secret = channel_secret
         self.url = endpoint.rstrip("/") + "/oauth2/v3/token"
@@ -171,8 +196,7 @@ class StatelessToken:
     def _fresh(self) -> bool:
         return self.token is not None and self.clock() < self.expires_at
 
-    async def get(self, session: aiohttp.ClientSession, *, force: bool = False,
-                  stale: str | None = None) -> str:
+    async def get(self, session: aiohttp.ClientSession, *, force: bool = False, stale: str | None = None) -> str:
         """The token to use. ``force``: issue a new one unless another caller already replaced
         ``stale`` (the one LINE refused) meanwhile."""
         if not force and self._fresh():
@@ -180,25 +204,27 @@ class StatelessToken:
         async with self._lock:
             if self._fresh() and not (force and self.token == stale):
                 return self.token  # type: ignore[return-value]
-            form = {"grant_type": "client_credentials", "client_id": self.channel_id,
-                    "client_secret": self._secret}
+            form = {"grant_type": "client_credentials", "client_id": self.channel_id, "client_secret": self._secret}
             try:
-                async with session.post(self.url, data=form,
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                async with session.post(self.url, data=form, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                     text = await resp.text()
                     if resp.status != 200:
-                        raise TokenError(f"LINE refused to issue a channel access token for "
-                                         f"channel {self.channel_id}: {resp.status} {text}".strip())
+                        raise TokenError(
+                            f"LINE refused to issue a channel access token for "
+                            f"channel {self.channel_id}: {resp.status} {text}".strip()
+                        )
                     data = json.loads(text)
-            except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                raise TokenError(f"could not issue a channel access token at {self.url}: "
-                                 f"{type(exc).__name__} {exc}".strip()) from exc
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raise TokenError(
+                    f"could not issue a channel access token at {self.url}: {type(exc).__name__} {exc}".strip()
+                ) from exc
             lifetime = float(data.get("expires_in") or 900)
             self.token = str(data["access_token"])
             self.expires_at = self.clock() + lifetime - min(TOKEN_RENEW_MARGIN, lifetime / 3)
             self.issued += 1
-            logger.info("issued a stateless channel access token for channel %s (valid %d s)",
-                        self.channel_id, lifetime)
+            logger.info(
+                "issued a stateless channel access token for channel %s (valid %d s)", self.channel_id, lifetime
+            )
             return self.token
 
 
@@ -218,11 +244,11 @@ class Transport(Protocol):
 
     closing: bool
 
-    async def send(self, items: Sequence[OutboxItem],
-                   on_result: ResultCallback | None = None) -> list[DispatchResult]: ...
+    async def send(
+        self, items: Sequence[OutboxItem], on_result: ResultCallback | None = None
+    ) -> list[DispatchResult]: ...
 
-    async def send_item(self, item: OutboxItem,
-                        before_send: BeforeSend | None = None) -> DispatchResult: ...
+    async def send_item(self, item: OutboxItem, before_send: BeforeSend | None = None) -> DispatchResult: ...
 
     async def check_auth(self) -> str | None: ...
 
@@ -243,7 +269,7 @@ class _Answer:
     status: int | None
     headers: Mapping[str, str]
     body: str
-    ambiguous: bool          # some failed attempt may have been processed by LINE
+    ambiguous: bool  # some failed attempt may have been processed by LINE
     error: str | None = None
     retry_after: float | None = None
     verdict: Verdict | None = None
@@ -272,8 +298,7 @@ def _check_messages(messages: Sequence[Any]) -> None:
     mapping with a known ``type``. Their content was checked against LINE's limits when the
     rules were loaded and when they were rendered."""
     if not 1 <= len(messages) <= MAX_OBJECTS:
-        raise ValueError(f"{len(messages)} message objects; LINE takes 1 to {MAX_OBJECTS} "
-                         "per request")
+        raise ValueError(f"{len(messages)} message objects; LINE takes 1 to {MAX_OBJECTS} per request")
     for message in messages:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind not in _MESSAGE_TYPE_SET:
@@ -296,15 +321,28 @@ class _RESTClient(RESTClientObject):
         self.proxy_headers = configuration.proxy_headers
         self.pool_manager = session
 
-    async def request(self, method: str, url: str, query_params: Any = None,
-                      headers: dict[str, str] | None = None, body: Any = None,
-                      post_params: Any = None, _preload_content: bool = True,
-                      _request_timeout: Any = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        query_params: Any = None,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        post_params: Any = None,
+        _preload_content: bool = True,
+        _request_timeout: Any = None,
+    ) -> Any:
         if not isinstance(body, bytes):
-            return await super().request(method, url, query_params, headers, body, post_params,
-                                         _preload_content, _request_timeout)
-        args: dict[str, Any] = {"method": method.upper(), "url": url, "data": body,
-                                "headers": headers or {}, "timeout": _request_timeout or 300}
+            return await super().request(
+                method, url, query_params, headers, body, post_params, _preload_content, _request_timeout
+            )
+        args: dict[str, Any] = {
+            "method": method.upper(),
+            "url": url,
+            "data": body,
+            "headers": headers or {},
+            "timeout": _request_timeout or 300,
+        }
         if self.proxy:
             args["proxy"] = self.proxy
         if self.proxy_headers:
@@ -354,15 +392,25 @@ class Dispatcher:
 
     dry_run = False
 
-    def __init__(self, access_token: str | None, endpoint: str = DEFAULT_ENDPOINT, *,
-                 stateless: StatelessToken | None = None,
-                 rates: Mapping[str, float] | None = None, burst_seconds: float = 0.05,
-                 concurrency: int = 64, max_attempts: int = 5, timeout: float = 10.0,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 max_inline_wait: float = MAX_INLINE_WAIT,
-                 quota_refresh_interval: float = 60.0,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 trace_configs: Sequence[aiohttp.TraceConfig] = ()):
+    def __init__(
+        self,
+        access_token: str | None,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        stateless: StatelessToken | None = None,
+        rates: Mapping[str, float] | None = None,
+        burst_seconds: float = 0.05,
+        concurrency: int = 64,
+        max_attempts: int = 5,
+        timeout: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_inline_wait: float = MAX_INLINE_WAIT,
+        quota_refresh_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ):
         if not access_token and stateless is None:
             raise ValueError("a channel access token or a channel id and secret is needed")
         self.endpoint = endpoint.rstrip("/")
@@ -371,12 +419,16 @@ class Dispatcher:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.timeout = timeout
-        self.policy = RetryPolicy(max_attempts=max_attempts, backoff_base=backoff_base,
-                                  backoff_cap=backoff_cap, max_inline_wait=max_inline_wait,
-                                  rng=rng or random.Random())
+        self.policy = RetryPolicy(
+            max_attempts=max_attempts,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            max_inline_wait=max_inline_wait,
+            rng=rng or random.Random(),
+        )
         self.quota_refresh_interval = quota_refresh_interval
         self.clock = clock
-        self._trace_configs = list(trace_configs)   # aiohttp request hooks (measurements)
+        self._trace_configs = list(trace_configs)  # aiohttp request hooks (measurements)
         chosen = {name: RATE_LIMITS[name].rate for name in DISPATCH_ENDPOINTS}
         for name, rate in (rates or {}).items():
             if name not in chosen:
@@ -390,7 +442,7 @@ class Dispatcher:
         self._client_lock = asyncio.Lock()
         self._quota_lock = asyncio.Lock()
         self._quota_task: asyncio.Task | None = None
-        self.remaining: int | None = None       # messages left this month; None: no limit known
+        self.remaining: int | None = None  # messages left this month; None: no limit known
         self._quota_read_at: float | None = None
         self._quota_month: str | None = None
         self._exhausted_month: str | None = None
@@ -422,10 +474,13 @@ class Dispatcher:
                     # No pool limit: callers bound the requests in flight (send's semaphore,
                     # the runner's slots), and a pool full of hanging pushes must never make
                     # a reply wait for a connection.
-                    client.rest_client = _RESTClient(config, aiohttp.ClientSession(
-                        connector=aiohttp.TCPConnector(limit=0,
-                                                       ssl=ssl.create_default_context()),
-                        trace_configs=self._trace_configs or None))
+                    client.rest_client = _RESTClient(
+                        config,
+                        aiohttp.ClientSession(
+                            connector=aiohttp.TCPConnector(limit=0, ssl=ssl.create_default_context()),
+                            trace_configs=self._trace_configs or None,
+                        ),
+                    )
                     await sdk_rest.close()
                     self._client, self._api = client, AsyncMessagingApi(client)
         return self._api
@@ -456,8 +511,7 @@ class Dispatcher:
     @property
     def banner(self) -> str:
         """One line for the runner's start banner."""
-        how = (f" with stateless tokens of channel {self.stateless.channel_id}"
-               if self.stateless is not None else "")
+        how = f" with stateless tokens of channel {self.stateless.channel_id}" if self.stateless is not None else ""
         return f"sending to the LINE Messaging API at {self.endpoint}{how}"
 
     # ----------------------------------------------------------------- state
@@ -473,13 +527,11 @@ class Dispatcher:
         return {
             "requests": {ep: dict(c) for ep, c in self._requests.items()},
             "retries": self._counters["retries"],
-            "retries_by_reason": {k[len("retry:"):]: n for k, n in self._counters.items()
-                                  if k.startswith("retry:")},
+            "retries_by_reason": {k[len("retry:") :]: n for k, n in self._counters.items() if k.startswith("retry:")},
             "rate_limited": self._counters["rate_limited"],
             "monthly_limited": self._counters["monthly_limited"],
             "tokens_issued": self.stateless.issued if self.stateless is not None else 0,
-            "outcomes": {k[len("outcome:"):]: n for k, n in self._counters.items()
-                         if k.startswith("outcome:")},
+            "outcomes": {k[len("outcome:") :]: n for k, n in self._counters.items() if k.startswith("outcome:")},
         }
 
     # ----------------------------------------------------------------- tokens
@@ -492,8 +544,7 @@ class Dispatcher:
         assert self._client is not None
         config = self._client.configuration
         session = self._client.rest_client.pool_manager
-        config.access_token = await self.stateless.get(session, force=refused,
-                                                       stale=config.access_token)
+        config.access_token = await self.stateless.get(session, force=refused, stale=config.access_token)
 
     async def check_auth(self) -> str | None:
         """Ask LINE whether the token works now (a new stateless token is issued first);
@@ -503,17 +554,27 @@ class Dispatcher:
         except TokenError as exc:
             return str(exc)
         api = await self._messaging()
-        answer = await self._request("quota", lambda: api.get_message_quota_with_http_info(
-            _request_timeout=self.timeout), label="token check", attempts=1)
+        answer = await self._request(
+            "quota",
+            lambda: api.get_message_quota_with_http_info(_request_timeout=self.timeout),
+            label="token check",
+            attempts=1,
+        )
         if answer.ok:
             return None
         return answer.describe()
 
     # ----------------------------------------------------------------- HTTP with retries
 
-    async def _request(self, endpoint: str, call: Callable[[], Awaitable[Any]], *,
-                       label: str = "", attempts: int | None = None,
-                       deadline: float | None = None) -> _Answer:
+    async def _request(
+        self,
+        endpoint: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        label: str = "",
+        attempts: int | None = None,
+        deadline: float | None = None,
+    ) -> _Answer:
         """Call LINE until the retry policy (:mod:`engine.line.retrypolicy`) says to stop: an
         answer that must not be retried, the attempts run out, a longer wait than
         ``max_inline_wait`` is asked for, ``deadline`` (epoch seconds) would pass or the
@@ -537,44 +598,55 @@ class Dispatcher:
                 status = int(exc.status or 0)
                 answer = Answer(status, exc.headers or {}, exc.body or "")
                 self._requests[endpoint][str(status)] += 1
-            except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "error"
                 self._requests[endpoint][kind] += 1
                 # A refused connection never reached LINE; anything later might have.
-                answer = Answer(None, error=f"{kind}: {type(exc).__name__} {exc}".strip(),
-                                reached=not isinstance(exc, aiohttp.ClientConnectorError))
+                answer = Answer(
+                    None,
+                    error=f"{kind}: {type(exc).__name__} {exc}".strip(),
+                    reached=not isinstance(exc, aiohttp.ClientConnectorError),
+                )
             else:
                 self._requests[endpoint][str(response.status_code)] += 1
-                answer = Answer(response.status_code, response.headers,
-                                response.raw_data or "")
-            closing_left = (None if self._closing_at is None
-                            else self.timeout - (time.monotonic() - self._closing_at))
+                answer = Answer(response.status_code, response.headers, response.raw_data or "")
+            closing_left = None if self._closing_at is None else self.timeout - (time.monotonic() - self._closing_at)
             verdict = self.policy.decide(
-                answer, attempt, self.clock(), attempts=attempts,
-                renewable=self.stateless is not None and not renewed, deadline=deadline,
-                closing_left=closing_left)
+                answer,
+                attempt,
+                self.clock(),
+                attempts=attempts,
+                renewable=self.stateless is not None and not renewed,
+                deadline=deadline,
+                closing_left=closing_left,
+            )
             ambiguous = ambiguous or verdict.ambiguous
             if answer.monthly_limit:
                 self._counters["monthly_limited"] += 1
             elif answer.status == 429:
                 self._counters["rate_limited"] += 1
             if verdict.action == "renew":
-                renewed = True          # the token expired or was refused: a new one, once
+                renewed = True  # the token expired or was refused: a new one, once
                 try:
                     await self._authorize(refused=True)
                 except TokenError as err:
-                    return _Answer(None, {}, "", ambiguous, f"token: {err}",
-                                   verdict=Verdict("auth"))
+                    return _Answer(None, {}, "", ambiguous, f"token: {err}", verdict=Verdict("auth"))
                 attempt -= 1
                 continue
             if verdict.action != "retry":
-                return _Answer(answer.status, answer.headers, answer.body, ambiguous,
-                               answer.error, verdict.retry_after, verdict)
+                return _Answer(
+                    answer.status, answer.headers, answer.body, ambiguous, answer.error, verdict.retry_after, verdict
+                )
             self._counters["retries"] += 1
             self._counters[f"retry:{answer.reason}"] += 1
-            logger.warning("%s: %s; retrying in %.1f s (attempt %d of %d, the same request)",
-                           label or endpoint, _describe(answer), verdict.delay, attempt + 1,
-                           attempts)
+            logger.warning(
+                "%s: %s; retrying in %.1f s (attempt %d of %d, the same request)",
+                label or endpoint,
+                _describe(answer),
+                verdict.delay,
+                attempt + 1,
+                attempts,
+            )
             await asyncio.sleep(verdict.delay)
 
     # ----------------------------------------------------------------- quota
@@ -583,23 +655,29 @@ class Dispatcher:
         """Read the monthly quota and its consumption; ``remaining`` = value - totalUsage
         (None when the plan has no limit). On failure the previous reading is kept."""
         api = await self._messaging()
-        quota = await self._request("quota", lambda: api.get_message_quota_with_http_info(
-            _request_timeout=self.timeout), label="quota", attempts=2)
-        used = await self._request("quota_consumption",
-                                   lambda: api.get_message_quota_consumption_with_http_info(
-                                       _request_timeout=self.timeout),
-                                   label="quota consumption", attempts=2)
+        quota = await self._request(
+            "quota",
+            lambda: api.get_message_quota_with_http_info(_request_timeout=self.timeout),
+            label="quota",
+            attempts=2,
+        )
+        used = await self._request(
+            "quota_consumption",
+            lambda: api.get_message_quota_consumption_with_http_info(_request_timeout=self.timeout),
+            label="quota consumption",
+            attempts=2,
+        )
         if not (quota.ok and used.ok):
-            logger.warning("could not read the LINE message quota: %s",
-                           (used if quota.ok else quota).describe())
+            logger.warning("could not read the LINE message quota: %s", (used if quota.ok else quota).describe())
             return self.remaining
         q, u = json.loads(quota.body), json.loads(used.body)
-        self.remaining = None if q.get("type") == "none" else max(
-            0, int(q.get("value", 0)) - int(u.get("totalUsage", 0)))
+        self.remaining = (
+            None if q.get("type") == "none" else max(0, int(q.get("value", 0)) - int(u.get("totalUsage", 0)))
+        )
         self._quota_read_at = time.monotonic()
         self._quota_month = _month(self.clock())
         if self.remaining is None or self.remaining > 0:
-            self._exhausted_month = None     # more messages were bought, or the plan changed
+            self._exhausted_month = None  # more messages were bought, or the plan changed
         return self.remaining
 
     async def _maybe_refresh_quota(self) -> None:
@@ -619,8 +697,7 @@ class Dispatcher:
 
     # ----------------------------------------------------------------- sending
 
-    async def send(self, items: Sequence[OutboxItem],
-                   on_result: ResultCallback | None = None) -> list[DispatchResult]:
+    async def send(self, items: Sequence[OutboxItem], on_result: ResultCallback | None = None) -> list[DispatchResult]:
         """Send ``items`` concurrently (at most ``concurrency`` in flight, each on its own: one
         slow item holds nobody else) and return one result per item, in order. ``on_result``
         (sync or async) is called as each lands."""
@@ -634,8 +711,7 @@ class Dispatcher:
 
         return list(await asyncio.gather(*(one(item) for item in items)))
 
-    async def send_item(self, item: OutboxItem,
-                        before_send: BeforeSend | None = None) -> DispatchResult:
+    async def send_item(self, item: OutboxItem, before_send: BeforeSend | None = None) -> DispatchResult:
         """Send one item and return its result. ``before_send`` is called just before the
         first request of a reply (which has no retry key) goes out; when it returns False,
         nothing is sent and the result is "retry"."""
@@ -643,8 +719,7 @@ class Dispatcher:
         self._counters[f"outcome:{result.outcome}"] += 1
         return result
 
-    async def _send_item(self, item: OutboxItem,
-                         before_send: BeforeSend | None = None) -> DispatchResult:
+    async def _send_item(self, item: OutboxItem, before_send: BeforeSend | None = None) -> DispatchResult:
         via = "push" if item.kind == "reply" else item.kind
         try:
             if item.kind == "push":
@@ -657,42 +732,54 @@ class Dispatcher:
                 return await self._menu_link(item)
             raise ValueError(f"unknown kind {item.kind!r}")
         except (ValueError, TypeError) as exc:
-            return DispatchResult(item.id, "rejected", None, None, f"invalid item: {exc}",
-                                  via, len(item.to), item.ambiguous)
+            return DispatchResult(
+                item.id, "rejected", None, None, f"invalid item: {exc}", via, len(item.to), item.ambiguous
+            )
 
-    def _result(self, item: OutboxItem, answer: _Answer, via: str,
-                recipients: int) -> DispatchResult:
+    def _result(self, item: OutboxItem, answer: _Answer, via: str, recipients: int) -> DispatchResult:
         """Map a final answer (its retry policy verdict) to an outcome (the quota bookkeeping
         is the caller's)."""
         request_id = answer.headers.get("x-line-request-id")
         ambiguous = answer.ambiguous or item.ambiguous
         action = answer.verdict.action if answer.verdict is not None else "later"
         if action == "sent":
-            return DispatchResult(item.id, "sent", answer.status, request_id, None, via,
-                                  recipients)
+            return DispatchResult(item.id, "sent", answer.status, request_id, None, via, recipients)
         if action == "duplicate":
-            return DispatchResult(item.id, "duplicate", 409,
-                                  answer.headers.get("x-line-accepted-request-id", request_id),
-                                  "LINE had already accepted this retry key: "
-                                  + (answer.body or "409"), via, recipients)
+            return DispatchResult(
+                item.id,
+                "duplicate",
+                409,
+                answer.headers.get("x-line-accepted-request-id", request_id),
+                "LINE had already accepted this retry key: " + (answer.body or "409"),
+                via,
+                recipients,
+            )
         if action == "held":
-            return DispatchResult(item.id, "held", 429, request_id, MONTHLY_LIMIT_MESSAGE, via,
-                                  recipients, ambiguous)
+            return DispatchResult(item.id, "held", 429, request_id, MONTHLY_LIMIT_MESSAGE, via, recipients, ambiguous)
         if action == "auth":
-            return DispatchResult(item.id, "auth", answer.status, request_id, answer.describe(),
-                                  via, recipients, ambiguous)
+            return DispatchResult(
+                item.id, "auth", answer.status, request_id, answer.describe(), via, recipients, ambiguous
+            )
         if action == "rejected":
-            return DispatchResult(item.id, "rejected", answer.status, request_id, answer.body,
-                                  via, recipients, ambiguous)
-        return DispatchResult(item.id, "retry", answer.status, request_id, answer.describe(),
-                              via, recipients, ambiguous, answer.retry_after)
+            return DispatchResult(
+                item.id, "rejected", answer.status, request_id, answer.body, via, recipients, ambiguous
+            )
+        return DispatchResult(
+            item.id,
+            "retry",
+            answer.status,
+            request_id,
+            answer.describe(),
+            via,
+            recipients,
+            ambiguous,
+            answer.retry_after,
+        )
 
     def _held(self, item: OutboxItem, via: str, recipients: int, detail: str) -> DispatchResult:
-        return DispatchResult(item.id, "held", None, None, detail, via, recipients,
-                              item.ambiguous)
+        return DispatchResult(item.id, "held", None, None, detail, via, recipients, item.ambiguous)
 
-    def _post(self, api: AsyncMessagingApi, endpoint: str, body: bytes,
-              retry_key: str | None = None) -> Awaitable[Any]:
+    def _post(self, api: AsyncMessagingApi, endpoint: str, body: bytes, retry_key: str | None = None) -> Awaitable[Any]:
         """One send request through the SDK's own client (``ApiClient.call_api``: its
         transport, bearer token, user agent and :class:`ApiException` for errors), with the
         body encoded once (:func:`_encode`), the same bytes on every attempt. The SDK's
@@ -706,10 +793,22 @@ class Dispatcher:
         if retry_key is not None:
             headers["X-Line-Retry-Key"] = retry_key
         return api.api_client.call_api(  # body: bytes pass the SDK's serialisation as they are
-            path, method, {}, [], headers, body=body, post_params=[], files={},
-            response_types_map=_SEND_RESPONSE_TYPES, auth_settings=["Bearer"],
-            _return_http_data_only=False, _preload_content=True,
-            _request_timeout=self.timeout, _host=api.line_base_path, collection_formats={})
+            path,
+            method,
+            {},
+            [],
+            headers,
+            body=body,
+            post_params=[],
+            files={},
+            response_types_map=_SEND_RESPONSE_TYPES,
+            auth_settings=["Bearer"],
+            _return_http_data_only=False,
+            _preload_content=True,
+            _request_timeout=self.timeout,
+            _host=api.line_base_path,
+            collection_formats={},
+        )
 
     def _label(self, item: OutboxItem, via: str) -> str:
         to = item.to[0] if len(item.to) == 1 else f"{len(item.to)} friends"
@@ -728,19 +827,21 @@ class Dispatcher:
         # One body for every attempt: each retry sends the same bytes.
         body = item.body({"to": to if multicast else to[0]})
         recipients = len(to)
-        await self._maybe_refresh_quota()       # replies are free: only pushes wait for it
+        await self._maybe_refresh_quota()  # replies are free: only pushes wait for it
         if self.quota_exhausted:
             return self._held(item, via, recipients, MONTHLY_LIMIT_MESSAGE)
         if self.remaining is not None:
             if recipients > self.remaining:
-                return self._held(item, via, recipients,
-                                  f"would exceed the monthly quota: {recipients} recipient(s), "
-                                  f"{self.remaining} message(s) left")
+                return self._held(
+                    item,
+                    via,
+                    recipients,
+                    f"would exceed the monthly quota: {recipients} recipient(s), {self.remaining} message(s) left",
+                )
             self.remaining -= recipients
         api = await self._messaging()
         label = self._label(item, via)
-        answer = await self._request(via, lambda: self._post(api, via, body, item.retry_key),
-                                     label=label)
+        answer = await self._request(via, lambda: self._post(api, via, body, item.retry_key), label=label)
         result = self._result(item, answer, via, recipients)
         if result.outcome == "held":
             self._exhausted_month = _month(self.clock())
@@ -749,8 +850,7 @@ class Dispatcher:
             self.remaining += recipients
         return result
 
-    async def _reply(self, item: OutboxItem,
-                     before_send: BeforeSend | None = None) -> DispatchResult:
+    async def _reply(self, item: OutboxItem, before_send: BeforeSend | None = None) -> DispatchResult:
         """Reply while the token is fresh; otherwise (or when LINE calls it invalid) push.
 
         When an earlier request may have been delivered (``item.ambiguous``, or an attempt of
@@ -760,8 +860,7 @@ class Dispatcher:
         (never pushed, so never sent twice)."""
         if len(item.to) != 1:
             raise ValueError(f"a reply goes to exactly one user, not {len(item.to)}")
-        fresh = item.reply_token and (item.reply_deadline is None
-                                      or self.clock() < item.reply_deadline)
+        fresh = item.reply_token and (item.reply_deadline is None or self.clock() < item.reply_deadline)
         if fresh:
             api = await self._messaging()
             _check_messages(item.messages)
@@ -771,38 +870,54 @@ class Dispatcher:
                 if inspect.isawaitable(allowed):
                     allowed = await allowed
                 if not allowed:
-                    return DispatchResult(item.id, "retry", None, None,
-                                          "not sent: the row is no longer this runner's",
-                                          "reply", 1)
-            answer = await self._request("reply", lambda: self._post(api, "reply", body),
-                                         label=self._label(item, "reply"),
-                                         deadline=item.reply_deadline)
+                    return DispatchResult(
+                        item.id, "retry", None, None, "not sent: the row is no longer this runner's", "reply", 1
+                    )
+            answer = await self._request(
+                "reply",
+                lambda: self._post(api, "reply", body),
+                label=self._label(item, "reply"),
+                deadline=item.reply_deadline,
+            )
             invalid_token = answer.status == 400 and INVALID_REPLY_TOKEN_MESSAGE in answer.body
             if not invalid_token:
                 result = self._result(item, answer, "reply", 1)
                 if result.outcome == "retry" and not result.ambiguous:
                     # nothing reached LINE: a push may follow once the token is stale
                     return result
-                if result.outcome == "retry" and (item.reply_deadline is not None
-                                                  and self.clock() >= item.reply_deadline):
+                if result.outcome == "retry" and (
+                    item.reply_deadline is not None and self.clock() >= item.reply_deadline
+                ):
                     return self._unconfirmed(item, result.detail)
                 return result
             if answer.ambiguous or item.ambiguous:
-                return DispatchResult(item.id, "duplicate", 400,
-                                      answer.headers.get("x-line-request-id"),
-                                      "reply token already used by an earlier request whose "
-                                      "answer was lost: delivered then", "reply", 1, True)
+                return DispatchResult(
+                    item.id,
+                    "duplicate",
+                    400,
+                    answer.headers.get("x-line-request-id"),
+                    "reply token already used by an earlier request whose answer was lost: delivered then",
+                    "reply",
+                    1,
+                    True,
+                )
         elif item.ambiguous:
             return self._unconfirmed(item, None)
         return await self._push(item)
 
     def _unconfirmed(self, item: OutboxItem, last: str | None) -> DispatchResult:
         return DispatchResult(
-            item.id, "unconfirmed", None, None,
+            item.id,
+            "unconfirmed",
+            None,
+            None,
             "a reply request was sent but its outcome is unknown"
             + (f" ({last})" if last else "")
             + ", and its reply token has expired; not pushed, so that it is never sent twice",
-            "reply", 1, True)
+            "reply",
+            1,
+            True,
+        )
 
     async def _menu_link(self, item: OutboxItem) -> DispatchResult:
         if len(item.to) != 1:
@@ -811,27 +926,33 @@ class Dispatcher:
         user = item.to[0]
         label = self._label(item, "menu_link")
         if item.rich_menu_id is None:
-            answer = await self._request("richmenu_unlink",
-                                         lambda: api.unlink_rich_menu_id_from_user_with_http_info(
-                                             user, _request_timeout=self.timeout), label=label)
+            answer = await self._request(
+                "richmenu_unlink",
+                lambda: api.unlink_rich_menu_id_from_user_with_http_info(user, _request_timeout=self.timeout),
+                label=label,
+            )
         else:
             menu = item.rich_menu_id
-            answer = await self._request("richmenu_link",
-                                         lambda: api.link_rich_menu_id_to_user_with_http_info(
-                                             user, menu, _request_timeout=self.timeout),
-                                         label=label)
+            answer = await self._request(
+                "richmenu_link",
+                lambda: api.link_rich_menu_id_to_user_with_http_info(user, menu, _request_timeout=self.timeout),
+                label=label,
+            )
         return self._result(item, answer, "menu_link", 1)
 
     async def get_profile(self, user_id: str) -> dict[str, Any] | None:
         """The user's ``display_name`` and ``language`` (None when LINE has no profile for
         them: unknown, blocked, or LINE unreachable)."""
         api = await self._messaging()
-        answer = await self._request("profile", lambda: api.get_profile_with_http_info(
-            user_id, _request_timeout=self.timeout), label=f"profile of {user_id}", attempts=3)
+        answer = await self._request(
+            "profile",
+            lambda: api.get_profile_with_http_info(user_id, _request_timeout=self.timeout),
+            label=f"profile of {user_id}",
+            attempts=3,
+        )
         if not answer.ok:
             if answer.status != 404:
-                logger.warning("could not read the LINE profile of %s: %s", user_id,
-                               answer.describe())
+                logger.warning("could not read the LINE profile of %s: %s", user_id, answer.describe())
             return None
         data = json.loads(answer.body)
         return {"display_name": data.get("displayName"), "language": data.get("language")}
@@ -840,8 +961,9 @@ class Dispatcher:
         """A new account-link token for the user (``POST /v2/bot/user/{userId}/linkToken``;
         valid 10 minutes, single use), or None when LINE did not give one."""
         api = await self._messaging()
-        answer = await self._request("link_token", lambda: api.issue_link_token_with_http_info(
-            user_id, _request_timeout=self.timeout))
+        answer = await self._request(
+            "link_token", lambda: api.issue_link_token_with_http_info(user_id, _request_timeout=self.timeout)
+        )
         if not answer.ok:
             logger.warning("no account-link token for %s: %s", user_id, answer.describe())
             return None
@@ -872,16 +994,14 @@ class DryRunTransport:
     @property
     def banner(self) -> str:
         """One line for the runner's start banner."""
-        return ("dry run: LINE_CHANNEL_ACCESS_TOKEN is not set, so nothing is sent to LINE; "
-                "each push is logged instead")
+        return "dry run: LINE_CHANNEL_ACCESS_TOKEN is not set, so nothing is sent to LINE; each push is logged instead"
 
     @property
     def metrics(self) -> dict[str, Any]:
         """Items logged, by kind."""
         return {"requests": {}, "dry_run": dict(self._counts)}
 
-    async def send(self, items: Sequence[OutboxItem],
-                   on_result: ResultCallback | None = None) -> list[DispatchResult]:
+    async def send(self, items: Sequence[OutboxItem], on_result: ResultCallback | None = None) -> list[DispatchResult]:
         """Log each item (kind, recipients, message types, first text) and return "dry_run"."""
         results = []
         for item in items:
@@ -890,16 +1010,17 @@ class DryRunTransport:
             await _report(on_result, result)
         return results
 
-    async def send_item(self, item: OutboxItem,
-                        before_send: BeforeSend | None = None) -> DispatchResult:
+    async def send_item(self, item: OutboxItem, before_send: BeforeSend | None = None) -> DispatchResult:
         """Log one item and return "dry_run"."""
         types = ", ".join(str(m.get("type", "?")) for m in item.messages) or "-"
         if item.kind == "menu_link":
-            self._log.info("dry-run menu_link %s -> %s", item.to[0] if item.to else "?",
-                           item.rich_menu_id or "(unlink)")
+            self._log.info(
+                "dry-run menu_link %s -> %s", item.to[0] if item.to else "?", item.rich_menu_id or "(unlink)"
+            )
         else:
-            self._log.info("dry-run %s to %d recipient(s) [%s]: %s", item.kind, len(item.to),
-                           types, _snippet(item.messages))
+            self._log.info(
+                "dry-run %s to %d recipient(s) [%s]: %s", item.kind, len(item.to), types, _snippet(item.messages)
+            )
         self._counts[item.kind] += 1
         return DispatchResult(item.id, "dry_run", None, None, None, "dry-run", len(item.to))
 
@@ -935,6 +1056,5 @@ def make_transport(env: Mapping[str, str] = os.environ, **options: Any) -> Trans
     if token:
         return Dispatcher(token, endpoint, **options)
     if channel_id and secret:
-        return Dispatcher(None, endpoint, stateless=StatelessToken(channel_id, secret, endpoint),
-                          **options)
+        return Dispatcher(None, endpoint, stateless=StatelessToken(channel_id, secret, endpoint), **options)
     return DryRunTransport()

@@ -8,6 +8,7 @@ checks, the engine, the dispatcher and the LINE emulator all read them from this
 change in LINE's documentation is one edit here (source: developers.line.biz, Messaging API
 reference).
 """
+
 from __future__ import annotations
 
 import re
@@ -107,15 +108,22 @@ INVALID_REPLY_TOKEN_MESSAGE = "Invalid reply token"
 #: LINE's 409 body for a retry key it already accepted.
 RETRY_KEY_ACCEPTED_MESSAGE = "The retry key is already accepted"
 #: LINE's 401 body for a wrong or expired channel access token.
-AUTH_FAILED_MESSAGE = ("Authentication failed. Confirm that the access token in the "
-                       "authorization header is valid.")
+AUTH_FAILED_MESSAGE = "Authentication failed. Confirm that the access token in the authorization header is valid."
 
 # --------------------------------------------------------------------------- message objects
 
-MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap",
-                 "template", "flex")
-ACTION_TYPES = ("postback", "message", "uri", "datetimepicker", "camera", "cameraRoll",
-                "location", "richmenuswitch", "clipboard")
+MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap", "template", "flex")
+ACTION_TYPES = (
+    "postback",
+    "message",
+    "uri",
+    "datetimepicker",
+    "camera",
+    "cameraRoll",
+    "location",
+    "richmenuswitch",
+    "clipboard",
+)
 TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
 #: URI schemes an action may open.
 URI_SCHEMES = ("https", "http", "line", "tel")

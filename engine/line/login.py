@@ -12,6 +12,7 @@ The ``state`` parameter carries the source, a nonce and the time, signed with HM
 :data:`STATE_MAX_AGE` seconds. The user id is the Messaging API's only when the login channel
 and the Messaging API channel belong to the same provider (see docs/operations.md).
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,11 +41,12 @@ class LoginError(Exception):
 @dataclass(frozen=True)
 class LoginFlow:
     """Settings of the LINE Login channel used for /join/<source> and /login/callback."""
+
     channel_id: str
     channel_secret: str
-    base_url: str                       # public base URL of the runner, no trailing slash
+    base_url: str  # public base URL of the runner, no trailing slash
     authorize_url: str = AUTHORIZE_URL  # LINE_LOGIN_AUTHORIZE_URL
-    api_url: str = API_URL              # LINE_LOGIN_API_ENDPOINT: token and profile endpoints
+    api_url: str = API_URL  # LINE_LOGIN_API_ENDPOINT: token and profile endpoints
 
     @property
     def redirect_uri(self) -> str:
@@ -52,8 +54,9 @@ class LoginFlow:
 
     def sign_state(self, source: str, now: int) -> str:
         """``base64url(json).hex(hmac)`` carrying the source, a nonce and the issue time."""
-        payload = json.dumps({"s": source, "n": secrets.token_hex(8), "t": now},
-                             separators=(",", ":"), ensure_ascii=False)
+        payload = json.dumps(
+            {"s": source, "n": secrets.token_hex(8), "t": now}, separators=(",", ":"), ensure_ascii=False
+        )
         body = base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
         return f"{body}.{self._mac(body)}"
 
@@ -83,15 +86,19 @@ class LoginFlow:
 
     async def user_id(self, session: aiohttp.ClientSession, code: str) -> str:
         """Exchange an authorization code for an access token and read the user id."""
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
-                "client_id": self.channel_id, "client_secret": self.channel_secret}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.redirect_uri,
+            "client_id": self.channel_id,
+            "client_secret": self.channel_secret,
+        }
         api = self.api_url.rstrip("/")
         async with session.post(f"{api}/oauth2/v2.1/token", data=form) as resp:
             if resp.status != 200:
                 raise LoginError(f"LINE Login refused the code (HTTP {resp.status})")
             token = (await resp.json())["access_token"]
-        async with session.get(f"{api}/v2/profile",
-                               headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with session.get(f"{api}/v2/profile", headers={"Authorization": f"Bearer {token}"}) as resp:
             if resp.status != 200:
                 raise LoginError(f"LINE Login profile request failed (HTTP {resp.status})")
             return str((await resp.json())["userId"])

@@ -4,6 +4,7 @@ LINE's published limits per endpoint are :data:`engine.line.limits.RATE_LIMITS`.
 emulator enforces them (answering 429) and the dispatcher paces itself with them (so it never
 provokes a 429). Both use :class:`TokenBucket`; the clock is injectable so tests need no sleeps.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,9 +33,16 @@ class TokenBucket:
     whose connections are still being opened when the later ones arrive.
     """
 
-    def __init__(self, rate: float, capacity: float | None = None, *,
-                 window: float | None = None, window_limit: float | None = None,
-                 full: bool = True, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        capacity: float | None = None,
+        *,
+        window: float | None = None,
+        window_limit: float | None = None,
+        full: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = float(rate)
@@ -42,9 +50,10 @@ class TokenBucket:
         if self.capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.window = window
-        self._window_limit = (0.0 if not window else max(1.0, window_limit if window_limit
-                                                          is not None else self.rate * window))
-        self._granted: deque[tuple[float, float]] = deque()   # (when, tokens) in the window
+        self._window_limit = (
+            0.0 if not window else max(1.0, window_limit if window_limit is not None else self.rate * window)
+        )
+        self._granted: deque[tuple[float, float]] = deque()  # (when, tokens) in the window
         self._in_window = 0.0
         self._clock = clock
         self._tokens = self.capacity if full else 0.0
@@ -94,12 +103,6 @@ class TokenBucket:
             return True
         return False
 
-    def reserve(self, n: float = 1.0) -> float:
-        """Take ``n`` tokens, going into debt if needed; return the seconds until they are due."""
-        self._refill(self._clock())
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
     async def acquire(self, n: float = 1.0) -> None:
         """Wait until ``n`` tokens are ours (never more than ``rate`` per second on average,
         never more than ``capacity`` at once, never more than the window allows)."""
@@ -118,7 +121,7 @@ class TokenBucket:
             wait = 0.0
             while self._waiters:
                 n, future = self._waiters[0]
-                if future.done():               # its caller was cancelled
+                if future.done():  # its caller was cancelled
                     self._waiters.popleft()
                     continue
                 wait = max((n - self._tokens) / self.rate, self._window_wait(now, n))
@@ -137,19 +140,29 @@ class TokenBucket:
 CLIENT_WINDOW = 1.02
 
 
-def client_bucket(limit_per_second: float, burst_seconds: float = 0.05, *,
-                  clock: Callable[[], float] = time.monotonic) -> TokenBucket:
+def client_bucket(
+    limit_per_second: float, burst_seconds: float = 0.05, *, clock: Callable[[], float] = time.monotonic
+) -> TokenBucket:
     """The bucket a client paces itself with at a server's per-second limit: never more than
     the limit in any :data:`CLIENT_WINDOW` seconds (so in no second as the server counts it),
     in bursts of at most ``burst_seconds`` worth after a stall, starting empty."""
-    return TokenBucket(limit_per_second / CLIENT_WINDOW,
-                       max(1.0, limit_per_second * burst_seconds), window=CLIENT_WINDOW,
-                       window_limit=limit_per_second, full=False, clock=clock)
+    return TokenBucket(
+        limit_per_second / CLIENT_WINDOW,
+        max(1.0, limit_per_second * burst_seconds),
+        window=CLIENT_WINDOW,
+        window_limit=limit_per_second,
+        full=False,
+        clock=clock,
+    )
 
 
-def buckets_for(limits: Mapping[str, Limit], *, scale: float = 1.0,
-                burst_seconds: float | None = None,
-                clock: Callable[[], float] = time.monotonic) -> dict[str, TokenBucket]:
+def buckets_for(
+    limits: Mapping[str, Limit],
+    *,
+    scale: float = 1.0,
+    burst_seconds: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, TokenBucket]:
     """One bucket per endpoint at ``scale`` times each limit.
 
     The capacity is the limit's full window (``count``, e.g. 2,000 for 2,000/s, 60 for 60/hour),

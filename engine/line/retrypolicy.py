@@ -26,6 +26,7 @@ that a stopping dispatcher may not wait for, becomes ``later``: the runner holds
 alone until :meth:`RetryPolicy.hold_until` (backoff by the row's attempts, or LINE's
 ``Retry-After``). The policy is pure: answers, attempt numbers and times in, verdicts out.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -125,8 +126,7 @@ class RetryPolicy:
     max_hold: int = 300
     rng: random.Random = field(default_factory=random.Random)
 
-    def classify(self, answer: Answer, *, renewable: bool = False,
-                 now: float = 0.0) -> Verdict:
+    def classify(self, answer: Answer, *, renewable: bool = False, now: float = 0.0) -> Verdict:
         """The action an answer calls for, before the attempt budget is looked at."""
         status = answer.status
         if status is None:
@@ -158,9 +158,17 @@ class RetryPolicy:
         delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
         return delay / 2 + self.rng.uniform(0, delay / 2)
 
-    def decide(self, answer: Answer, attempt: int, now: float, *, attempts: int | None = None,
-               renewable: bool = False, deadline: float | None = None,
-               closing_left: float | None = None) -> Verdict:
+    def decide(
+        self,
+        answer: Answer,
+        attempt: int,
+        now: float,
+        *,
+        attempts: int | None = None,
+        renewable: bool = False,
+        deadline: float | None = None,
+        closing_left: float | None = None,
+    ) -> Verdict:
         """The verdict on attempt ``attempt`` (from 1) of at most ``attempts`` (default
         ``max_attempts``): a ``retry`` comes with the wait before the next attempt, or turns
         into ``later`` when the attempts are spent, when waiting would pass ``deadline``
@@ -187,8 +195,15 @@ class RetryPolicy:
             return min(self.max_hold, max(1, int(retry_after + 0.999)))
         return min(2 ** max(1, attempts), self.max_hold)
 
-    def hold_until(self, attempts: int, now: int, *, retry_after: float | None = None,
-                   reply_deadline: int | None = None, reply_margin: int = 3) -> int:
+    def hold_until(
+        self,
+        attempts: int,
+        now: int,
+        *,
+        retry_after: float | None = None,
+        reply_deadline: int | None = None,
+        reply_margin: int = 3,
+    ) -> int:
         """Epoch second a row waits for: ``now + hold_for(...)``; a reply whose token is still
         fresh is tried again ``reply_margin`` seconds before its deadline at the latest (so a
         request whose outcome is unknown can still be told by its token)."""

@@ -8,6 +8,7 @@ The body is read as plain JSON rather than through line-bot-sdk's webhook models
 a whole event whose message type they do not know yet, while a new kind of message from a
 friend should still reach the rules as a message event (see docs/events.md).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,7 +21,7 @@ from engine.runtime.events import MAX_AT, MIN_AT, Event, EventError
 
 log = logging.getLogger("linerules.webhook")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: A JSON escape of a UTF-16 surrogate (``\ud800``..``\udfff``), the only way a webhook body
 #: that is valid UTF-8 can carry a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
@@ -44,13 +45,20 @@ def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    from linebot.v3.webhook import SignatureValidator   # imported here: rule tests and simulate never check signatures
+    from linebot.v3.webhook import SignatureValidator  # imported here: rule tests and simulate never check signatures
 
     return SignatureValidator(secret).validate(text, signature)
 
 
-def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], index: int,
-         *, required: bool = True, field: str | None = None) -> Any:
+def _get(
+    obj: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    index: int,
+    *,
+    required: bool = True,
+    field: str | None = None,
+) -> Any:
     """``obj[key]`` checked against ``kind`` (bools are not ints); errors name the event index."""
     where = field or key
     if key not in obj:
@@ -81,16 +89,16 @@ def _event(raw: Any, index: int) -> Event | None:
     timestamp = _get(raw, "timestamp", int, index)
     delivery = _get(raw, "deliveryContext", dict, index, required=False) or {}
     data: dict[str, Any] = {
-        "isRedelivery": bool(_get(delivery, "isRedelivery", bool, index, required=False,
-                                  field="deliveryContext.isRedelivery")),
+        "isRedelivery": bool(
+            _get(delivery, "isRedelivery", bool, index, required=False, field="deliveryContext.isRedelivery")
+        ),
     }
     event_id = _get(raw, "webhookEventId", str, index, required=False)
     if event_id:
         data["webhookEventId"] = event_id
     if kind == "follow":
         follow = _get(raw, "follow", dict, index, required=False) or {}
-        data["isUnblocked"] = bool(_get(follow, "isUnblocked", bool, index, required=False,
-                                        field="follow.isUnblocked"))
+        data["isUnblocked"] = bool(_get(follow, "isUnblocked", bool, index, required=False, field="follow.isUnblocked"))
     elif kind == "message":
         message = _get(raw, "message", dict, index)
         data["message_type"] = _get(message, "type", str, index, field="message.type")
@@ -134,8 +142,9 @@ def parse_webhook(body: bytes) -> list[Event]:
     if _SURROGATE_ESCAPE.search(body):
         payload = _replace_lone_surrogates(payload)
     if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
-        raise EventError(None, "events", "must be a list (a webhook body is an object with an "
-                         "`events` list)", unit="webhook body")
+        raise EventError(
+            None, "events", "must be a list (a webhook body is an object with an `events` list)", unit="webhook body"
+        )
     events = [_event(raw, i) for i, raw in enumerate(payload["events"], start=1)]
     return sorted((e for e in events if e is not None), key=lambda e: e.at)
 

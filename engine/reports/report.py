@@ -19,6 +19,7 @@ Each fact is counted when it happened: ``--since``/``--until`` select sends by t
 conversions by the order time, blocks by the block time, entries by the entry time.
 docs/reports.md describes every figure.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,8 +31,9 @@ import time
 import unicodedata
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -39,8 +41,8 @@ from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_currency, format_decimal
 
 from engine import i18n
-from engine.language import ir, timeutil
 from engine.i18n import _, join, language, render
+from engine.language import ir, timeutil
 from engine.runtime.store import DeliveryRow, EnrollmentRow, OrderRow, Store, StoreError
 
 DAY = 86400
@@ -61,8 +63,18 @@ PLANS: tuple[tuple[str, int, int, int | None], ...] = (
     ("Standard", 15000, 30000, 3),
 )
 #: Counters kept per rule and per step, in the order they are shown.
-COUNTS = ("pushes", "replies", "capped", "skipped", "held", "rejected", "clicks",
-          "conversions", "revenue", "blocks_after_send")
+COUNTS = (
+    "pushes",
+    "replies",
+    "capped",
+    "skipped",
+    "held",
+    "rejected",
+    "clicks",
+    "conversions",
+    "revenue",
+    "blocks_after_send",
+)
 HOLDOUT = "holdout"
 #: The arm name of a rule with a holdout but no split.
 TREATED = "sent"
@@ -80,6 +92,7 @@ class ReportUsageError(ReportError):
 class Options:
     """What to report and how: the zone, the windows in days and the filters (epoch seconds,
     ``until`` exclusive)."""
+
     tz: ZoneInfo
     attribution_days: int = 7
     block_days: int = BLOCK_DAYS
@@ -96,6 +109,7 @@ class Options:
 @dataclass
 class _Index:
     """Sent deliveries per friend in (time, id) order, for "the last send before" look-ups."""
+
     times: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     sends: dict[str, list[DeliveryRow]] = field(default_factory=lambda: defaultdict(list))
 
@@ -147,16 +161,17 @@ def newcombe(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float] | None:
         return None
     p1, p2 = k1 / n1, k2 / n2
     d = p1 - p2
-    return (d - math.sqrt((p1 - a[0]) ** 2 + (b[1] - p2) ** 2),
-            d + math.sqrt((a[1] - p1) ** 2 + (p2 - b[0]) ** 2))
+    return (d - math.sqrt((p1 - a[0]) ** 2 + (b[1] - p2) ** 2), d + math.sqrt((a[1] - p1) ** 2 + (p2 - b[0]) ** 2))
 
 
 def plan_for(messages: int) -> tuple[str, int]:
     """The cheapest Japanese plan that carries ``messages`` billable messages in a month, and
     its cost in yen."""
-    costs = [(fee + max(0, messages - included) * extra if extra is not None else fee, i, name)
-             for i, (name, fee, included, extra) in enumerate(PLANS)
-             if extra is not None or messages <= included]
+    costs = [
+        (fee + max(0, messages - included) * extra if extra is not None else fee, i, name)
+        for i, (name, fee, included, extra) in enumerate(PLANS)
+        if extra is not None or messages <= included
+    ]
     cost, _, name = min(costs)
     return name, cost
 
@@ -168,8 +183,13 @@ def open_db(path: str) -> Store:
     """The database at ``path``, opened read-only through the store; ReportError when there is
     none or it is not a linerules database."""
     if not os.path.lexists(path):
-        raise ReportError(_("--db: {path} does not exist (give the runner's database, or one kept "
-                            "by `linerules simulate --db FILE`)", path=path))
+        raise ReportError(
+            _(
+                "--db: {path} does not exist (give the runner's database, or one kept "
+                "by `linerules simulate --db FILE`)",
+                path=path,
+            )
+        )
     try:
         return Store(path, read_only=True)
     except StoreError as exc:
@@ -182,8 +202,10 @@ def _sends(store: Store, o: Options) -> list[DeliveryRow]:
     for the window, the quota): held, at their due time."""
     since = None if o.since is None else o.since - max(o.attribution_days, o.block_days) * DAY
     out = store.report_deliveries(since, o.until)
-    out += [DeliveryRow(-i.id, i.friend, i.rule, i.step, i.messages, "queued", i.variant, i.due_at, None)
-            for i in store.report_intents(since, o.until)]
+    out += [
+        DeliveryRow(-i.id, i.friend, i.rule, i.step, i.messages, "queued", i.variant, i.due_at, None)
+        for i in store.report_intents(since, o.until)
+    ]
     return out
 
 
@@ -226,8 +248,9 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
 
         hint = did_you_mean(unknown[0], names)
         if not names:
-            raise ReportUsageError(_("--rule: unknown rule `{name}` (the database and the rule folder "
-                                "have no rules)", name=unknown[0]))
+            raise ReportUsageError(
+                _("--rule: unknown rule `{name}` (the database and the rule folder have no rules)", name=unknown[0])
+            )
         raise ReportUsageError(_("--rule: unknown rule `{name}`; {hint}", name=unknown[0], hint=hint))
     shown = list(o.rules) or names
     as_of = _as_of(store, o)
@@ -315,27 +338,48 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
         c = stats[rule]
         rank = {s: i for i, s in enumerate(order.get(rule, []))}
         step_rows = sorted(steps[rule].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
-        rules_out.append({
-            "rule": rule, "entered": entered[rule], **c.json(), "reached": len(reached[rule]),
-            "block_rate": _ratio(c.get("blocks_after_send"), c.get("pushes")),
-            "exits": dict(sorted(exits[rule].items())), "in_progress": in_progress[rule],
-            "steps": [{"step": step or None, **sc.json(),
-                       "block_rate": _ratio(sc.get("blocks_after_send"), sc.get("pushes"))}
-                      for step, sc in step_rows],
-        })
+        rules_out.append(
+            {
+                "rule": rule,
+                "entered": entered[rule],
+                **c.json(),
+                "reached": len(reached[rule]),
+                "block_rate": _ratio(c.get("blocks_after_send"), c.get("pushes")),
+                "exits": dict(sorted(exits[rule].items())),
+                "in_progress": in_progress[rule],
+                "steps": [
+                    {
+                        "step": step or None,
+                        **sc.json(),
+                        "block_rate": _ratio(sc.get("blocks_after_send"), sc.get("pushes")),
+                    }
+                    for step, sc in step_rows
+                ],
+            }
+        )
 
     account = _account(store, o, as_of, daily, monthly, blocks_by_send_day, follows, orders)
     splits = {n: [v for v, _ in r.split] for n, r in project.rules.items()} if project else {}
     holdouts = {n for n, r in project.rules.items() if r.holdout} if project else set()
     experiments = _experiments(enrollments, orders, o, shown, splits, holdouts)
-    empty = not (any(o.has(e.entered_at) for e in enrollments) or any(o.has(s.at) for s in sends)
-                 or store.report_has_events(o.since if o.since is not None else 0,
-                                            o.until if o.until is not None else 2 ** 62))
+    empty = not (
+        any(o.has(e.entered_at) for e in enrollments)
+        or any(o.has(s.at) for s in sends)
+        or store.report_has_events(o.since if o.since is not None else 0, o.until if o.until is not None else 2**62)
+    )
     return {
-        "period": {"since": _iso(o.since, tz), "until": _iso(o.until, tz), "as_of": _iso(as_of, tz),
-                   "timezone": tz.key},
-        "settings": {"attribution_days": o.attribution_days, "block_days": o.block_days,
-                     "active_days": ACTIVE_DAYS, "monthly_quota": o.monthly_quota},
+        "period": {
+            "since": _iso(o.since, tz),
+            "until": _iso(o.until, tz),
+            "as_of": _iso(as_of, tz),
+            "timezone": tz.key,
+        },
+        "settings": {
+            "attribution_days": o.attribution_days,
+            "block_days": o.block_days,
+            "active_days": ACTIVE_DAYS,
+            "monthly_quota": o.monthly_quota,
+        },
         "empty": empty,
         "rules": rules_out,
         "account": account,
@@ -359,8 +403,16 @@ class _Counts:
         return {k: _num(v) for k, v in self.values.items()}
 
 
-def _account(store: Store, o: Options, as_of: int, daily: dict, monthly: dict,
-             blocks_by_send_day: dict, follows: list, orders: list) -> dict:
+def _account(
+    store: Store,
+    o: Options,
+    as_of: int,
+    daily: dict,
+    monthly: dict,
+    blocks_by_send_day: dict,
+    follows: list,
+    orders: list,
+) -> dict:
     """Friends gained and lost, active friends, sends per day, monthly volume and plan cost."""
     tz = o.tz
     state: dict[str, str] = {}
@@ -379,34 +431,57 @@ def _account(store: Store, o: Options, as_of: int, daily: dict, monthly: dict,
     for day in days:
         d = daily.get(day, {})
         pushes = int(d.get("pushes", 0))
-        per_day.append({"day": day, "gained": int(d.get("gained", 0)), "lost": int(d.get("lost", 0)),
-                        "pushes": pushes, "replies": int(d.get("replies", 0)),
-                        "capped": int(d.get("capped", 0)),
-                        "blocks_after_send": int(d.get("blocks_after_send", 0)),
-                        "block_rate": _ratio(blocks_by_send_day.get(day, 0), pushes)})
+        per_day.append(
+            {
+                "day": day,
+                "gained": int(d.get("gained", 0)),
+                "lost": int(d.get("lost", 0)),
+                "pushes": pushes,
+                "replies": int(d.get("replies", 0)),
+                "capped": int(d.get("capped", 0)),
+                "blocks_after_send": int(d.get("blocks_after_send", 0)),
+                "block_rate": _ratio(blocks_by_send_day.get(day, 0), pushes),
+            }
+        )
     months = []
     for month in sorted(monthly):
         m = monthly[month]
         billed, replies = m["messages"], m["replies"]
         plan, cost = plan_for(billed)
-        months.append({
-            "month": month, "messages": billed, "replies": replies, "quota": o.monthly_quota,
-            "quota_used": _ratio(billed, o.monthly_quota or 0),
-            "over_quota": bool(o.monthly_quota) and billed > o.monthly_quota,
-            "plan": plan, "cost_yen": cost, "saved_by_replies_yen": plan_for(billed + replies)[1] - cost,
-        })
+        months.append(
+            {
+                "month": month,
+                "messages": billed,
+                "replies": replies,
+                "quota": o.monthly_quota,
+                "quota_used": _ratio(billed, o.monthly_quota or 0),
+                "over_quota": bool(o.monthly_quota) and billed > o.monthly_quota,
+                "plan": plan,
+                "cost_yen": cost,
+                "saved_by_replies_yen": plan_for(billed + replies)[1] - cost,
+            }
+        )
     return {
-        "friends": {"gained": sum(r["gained"] for r in per_day), "lost": sum(r["lost"] for r in per_day),
-                    "current": len(current), "active": len(active & current)},
+        "friends": {
+            "gained": sum(r["gained"] for r in per_day),
+            "lost": sum(r["lost"] for r in per_day),
+            "current": len(current),
+            "active": len(active & current),
+        },
         "days": per_day,
         "months": months,
-        "plans": [{"plan": n, "fee_yen": fee, "messages": inc, "extra_yen": extra}
-                  for n, fee, inc, extra in PLANS],
+        "plans": [{"plan": n, "fee_yen": fee, "messages": inc, "extra_yen": extra} for n, fee, inc, extra in PLANS],
     }
 
 
-def _experiments(enrollments: list[EnrollmentRow], orders: list[OrderRow], o: Options, shown: Sequence[str],
-                 splits: dict[str, list[str]], holdouts: set[str]) -> list[dict]:
+def _experiments(
+    enrollments: list[EnrollmentRow],
+    orders: list[OrderRow],
+    o: Options,
+    shown: Sequence[str],
+    splits: dict[str, list[str]],
+    holdouts: set[str],
+) -> list[dict]:
     """Arms side by side per rule with a split or a holdout, control first."""
     bought: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for friend, amount, at in orders:
@@ -441,8 +516,17 @@ def _experiments(enrollments: list[EnrollmentRow], orders: list[OrderRow], o: Op
         for name in names:
             n, k, revenue = cells.get(name, [0, 0, 0.0])
             ci = wilson(int(k), int(n))
-            rows.append({"arm": name, "control": name == control, "friends": int(n), "conversions": int(k),
-                         "rate": _ratio(k, n), "ci": _pair(ci), "revenue": _num(revenue)})
+            rows.append(
+                {
+                    "arm": name,
+                    "control": name == control,
+                    "friends": int(n),
+                    "conversions": int(k),
+                    "rate": _ratio(k, n),
+                    "ci": _pair(ci),
+                    "revenue": _num(revenue),
+                }
+            )
         comparisons = [_compare(rows[0], row) for row in rows[1:]]
         out.append({"rule": rule, "control": control, "arms": rows, "comparisons": comparisons})
     return out
@@ -454,22 +538,31 @@ def _compare(control: dict, arm: dict) -> dict:
     ci = newcombe(k1, n1, k0, n0)
     diff = None if ci is None else k1 / n1 - k0 / n0
     lift = None if diff is None or not k0 else diff / (k0 / n0)
-    small = [_("{arm} has {friends}", arm=r["arm"], friends=r["friends"])
-             for r in (control, arm) if r["friends"] < MIN_ARM]
+    small = [
+        _("{arm} has {friends}", arm=r["arm"], friends=r["friends"]) for r in (control, arm) if r["friends"] < MIN_ARM
+    ]
     if small:
         verdict = "not_enough_data"
-        reason = _("not enough data yet: fewer than {min} friends per arm ({arms})",
-                   min=MIN_ARM, arms=join(small))
+        reason = _("not enough data yet: fewer than {min} friends per arm ({arms})", min=MIN_ARM, arms=join(small))
     elif ci[0] <= 0 <= ci[1]:
         verdict = "not_enough_data"
         reason = _("not enough data yet: the 95% interval of the difference includes 0")
     else:
         verdict = "better" if diff > 0 else "worse"
-        reason = (_("{arm} converts better than {control}", arm=arm["arm"], control=control["arm"])
-                  if verdict == "better" else
-                  _("{arm} converts worse than {control}", arm=arm["arm"], control=control["arm"]))
-    return {"arm": arm["arm"], "vs": control["arm"], "difference": _round(diff), "ci": _pair(ci),
-            "lift": _round(lift), "verdict": verdict, "reason": reason}
+        reason = (
+            _("{arm} converts better than {control}", arm=arm["arm"], control=control["arm"])
+            if verdict == "better"
+            else _("{arm} converts worse than {control}", arm=arm["arm"], control=control["arm"])
+        )
+    return {
+        "arm": arm["arm"],
+        "vs": control["arm"],
+        "difference": _round(diff),
+        "ci": _pair(ci),
+        "lift": _round(lift),
+        "verdict": verdict,
+        "reason": reason,
+    }
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -513,8 +606,13 @@ def parse_moment(text: str, tz: ZoneInfo, *, end: bool, option: str) -> int:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=tz)
     except ValueError:
-        raise ReportUsageError(_("{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 "
-                            "or 2026-11-01T09:00", option=option, text=text)) from None
+        raise ReportUsageError(
+            _(
+                "{option}: `{text}` is not an ISO 8601 date or time like 2026-11-01 or 2026-11-01T09:00",
+                option=option,
+                text=text,
+            )
+        ) from None
     return timeutil.epoch(moment)
 
 
@@ -539,8 +637,7 @@ def _n(value: Any, lang: str | None = None) -> str:
     if value is None:
         return "-"
     if (lang or language()) == "ja":
-        return format_decimal(value, format="#,##0" if isinstance(value, int) else "#,##0.00",
-                              locale="ja_JP")
+        return format_decimal(value, format="#,##0" if isinstance(value, int) else "#,##0.00", locale="ja_JP")
     return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
 
 
@@ -596,8 +693,14 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[str]], first: int | None
 
 
 #: The exit reasons of enrollments, as the report names them.
-EXIT_WORDS = {"done": _("done"), "exited": _("exited"), "blocked": _("blocked"),
-              "exit_when": _("exit when"), "stopped": _("stopped"), "replaced": _("replaced")}
+EXIT_WORDS = {
+    "done": _("done"),
+    "exited": _("exited"),
+    "blocked": _("blocked"),
+    "exit_when": _("exit when"),
+    "stopped": _("stopped"),
+    "replaced": _("replaced"),
+}
 
 
 def render_text(report: dict, db: str, lang: str | None = None) -> str:
@@ -609,31 +712,59 @@ def render_text(report: dict, db: str, lang: str | None = None) -> str:
     p, s = report["period"], report["settings"]
     since = moment(p["since"], lang) if p["since"] else t(_("the start"))
     period = t(_("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"], lang)))
-    lines = [t(_("linerules report of {db}", db=db)),
-             t(_("period: {period} ({zone})", period=period, zone=p["timezone"])),
-             t(_("conversions: an order within {days} days after a send, counted once for the last "
-                 "send before it", days=s["attribution_days"])),
-             t(_("blocks after send: an unfollow within {days} days after a send, counted the same "
-                 "way", days=s["block_days"])), ""]
+    lines = [
+        t(_("linerules report of {db}", db=db)),
+        t(_("period: {period} ({zone})", period=period, zone=p["timezone"])),
+        t(
+            _(
+                "conversions: an order within {days} days after a send, counted once for the last send before it",
+                days=s["attribution_days"],
+            )
+        ),
+        t(
+            _(
+                "blocks after send: an unfollow within {days} days after a send, counted the same way",
+                days=s["block_days"],
+            )
+        ),
+        "",
+    ]
     if report["empty"]:
-        lines.append(t(_("No activity recorded in this database for this period: nobody entered a "
-                         "rule, nothing was sent, no events arrived.")))
+        lines.append(
+            t(
+                _(
+                    "No activity recorded in this database for this period: nobody entered a "
+                    "rule, nothing was sent, no events arrived."
+                )
+            )
+        )
         return "\n".join(lines) + "\n"
     lines.append(t(_("RULES")))
-    head = [t(_("rule / step")), t(_("entered")), t(_("pushes")), t(_("capped")), t(_("held")),
-            t(_("clicks")), t(_("conv")), t(_("revenue")), t(_("blocks")), t(_("block%"))]
+    head = [
+        t(_("rule / step")),
+        t(_("entered")),
+        t(_("pushes")),
+        t(_("capped")),
+        t(_("held")),
+        t(_("clicks")),
+        t(_("conv")),
+        t(_("revenue")),
+        t(_("blocks")),
+        t(_("block%")),
+    ]
     rows = []
     for r in report["rules"]:
         rows.append([r["rule"], n(r["entered"]), *_rule_cells(r, lang)])
         for st in r["steps"]:
             rows.append(["  " + (st["step"] or t(_("(unknown step)"))), "", *_rule_cells(st, lang)])
-        exits = t(join(_("{reason} {count}", reason=EXIT_WORDS.get(k, k), count=v)
-                       for k, v in r["exits"].items()))
-        extra = [t(_("replies (free): {n}", n=r["replies"])) if r["replies"] else "",
-                 t(_("exits: {exits}", exits=exits)) if exits else "",
-                 t(_("in progress: {n}", n=r["in_progress"])) if r["in_progress"] else "",
-                 t(_("skipped: {n}", n=r["skipped"])) if r["skipped"] else "",
-                 t(_("rejected: {n}", n=r["rejected"])) if r["rejected"] else ""]
+        exits = t(join(_("{reason} {count}", reason=EXIT_WORDS.get(k, k), count=v) for k, v in r["exits"].items()))
+        extra = [
+            t(_("replies (free): {n}", n=r["replies"])) if r["replies"] else "",
+            t(_("exits: {exits}", exits=exits)) if exits else "",
+            t(_("in progress: {n}", n=r["in_progress"])) if r["in_progress"] else "",
+            t(_("skipped: {n}", n=r["skipped"])) if r["skipped"] else "",
+            t(_("rejected: {n}", n=r["rejected"])) if r["rejected"] else "",
+        ]
         if any(extra):
             sep = "; " if lang == "en" else "、"
             rows.append(["  " + sep.join(e for e in extra if e)] + [""] * (len(head) - 1))
@@ -641,27 +772,77 @@ def render_text(report: dict, db: str, lang: str | None = None) -> str:
 
     a = report["account"]
     f = a["friends"]
-    lines += ["", t(_("ACCOUNT")),
-              t(_("friends: gained {gained}, lost {lost}, current {current}, active in the last "
-                  "{days} days {active}", gained=n(f["gained"]), lost=n(f["lost"]),
-                  current=n(f["current"]), days=s["active_days"], active=n(f["active"]))), ""]
-    days = [d for d in a["days"] if any(d[k] for k in ("gained", "lost", "pushes", "capped",
-                                                         "blocks_after_send"))]
+    lines += [
+        "",
+        t(_("ACCOUNT")),
+        t(
+            _(
+                "friends: gained {gained}, lost {lost}, current {current}, active in the last {days} days {active}",
+                gained=n(f["gained"]),
+                lost=n(f["lost"]),
+                current=n(f["current"]),
+                days=s["active_days"],
+                active=n(f["active"]),
+            )
+        ),
+        "",
+    ]
+    days = [d for d in a["days"] if any(d[k] for k in ("gained", "lost", "pushes", "capped", "blocks_after_send"))]
     if days:
-        lines += _table([t(_("day")), t(_("gained")), t(_("lost")), t(_("pushes")), t(_("replies")),
-                         t(_("capped")), t(_("blocks")), t(_("block%"))],
-                        ([day(d["day"], lang), n(d["gained"]), n(d["lost"]), n(d["pushes"]),
-                          n(d["replies"]), n(d["capped"]), n(d["blocks_after_send"]),
-                          _pct(d["block_rate"])] for d in days), 10)
+        lines += _table(
+            [
+                t(_("day")),
+                t(_("gained")),
+                t(_("lost")),
+                t(_("pushes")),
+                t(_("replies")),
+                t(_("capped")),
+                t(_("blocks")),
+                t(_("block%")),
+            ],
+            (
+                [
+                    day(d["day"], lang),
+                    n(d["gained"]),
+                    n(d["lost"]),
+                    n(d["pushes"]),
+                    n(d["replies"]),
+                    n(d["capped"]),
+                    n(d["blocks_after_send"]),
+                    _pct(d["block_rate"]),
+                ]
+                for d in days
+            ),
+            10,
+        )
         lines.append("")
     if a["months"]:
-        lines += _table([t(_("month")), t(_("messages")), t(_("replies (free)")), t(_("quota")),
-                         t(_("used")), t(_("cheapest plan")), t(_("cost (yen)")),
-                         t(_("saved by replies"))],
-                        ([month(m["month"], lang), n(m["messages"]), n(m["replies"]), n(m["quota"]),
-                          _pct(m["quota_used"]) + (t(_(" over")) if m["over_quota"] else ""),
-                          t(PLAN_WORDS.get(m["plan"], m["plan"])), yen(m["cost_yen"], lang),
-                          yen(m["saved_by_replies_yen"], lang)] for m in a["months"]), 7)
+        lines += _table(
+            [
+                t(_("month")),
+                t(_("messages")),
+                t(_("replies (free)")),
+                t(_("quota")),
+                t(_("used")),
+                t(_("cheapest plan")),
+                t(_("cost (yen)")),
+                t(_("saved by replies")),
+            ],
+            (
+                [
+                    month(m["month"], lang),
+                    n(m["messages"]),
+                    n(m["replies"]),
+                    n(m["quota"]),
+                    _pct(m["quota_used"]) + (t(_(" over")) if m["over_quota"] else ""),
+                    t(PLAN_WORDS.get(m["plan"], m["plan"])),
+                    yen(m["cost_yen"], lang),
+                    yen(m["saved_by_replies_yen"], lang),
+                ]
+                for m in a["months"]
+            ),
+            7,
+        )
         lines.append(t(_("LINE's plans in Japan (replies are free):")))
         names = [t(PLAN_WORDS.get(pl["plan"], pl["plan"])) for pl in a["plans"]]
         fees = [yen(pl["fee_yen"], lang) for pl in a["plans"]]
@@ -671,28 +852,62 @@ def render_text(report: dict, db: str, lang: str | None = None) -> str:
             pad = " " * (name_width - _width(name))
             fee = " " * (fee_width - _width(fee)) + fee
             if pl["extra_yen"]:
-                text = t(_("{fee} yen a month for {messages} messages, then up to {extra} yen each",
-                           fee=fee, messages=n(pl["messages"]), extra=yen(pl["extra_yen"], lang)))
+                text = t(
+                    _(
+                        "{fee} yen a month for {messages} messages, then up to {extra} yen each",
+                        fee=fee,
+                        messages=n(pl["messages"]),
+                        extra=yen(pl["extra_yen"], lang),
+                    )
+                )
             else:
-                text = t(_("{fee} yen a month for {messages} messages, no more",
-                           fee=fee, messages=n(pl["messages"])))
+                text = t(_("{fee} yen a month for {messages} messages, no more", fee=fee, messages=n(pl["messages"])))
             lines.append(f"  {name}{pad} {text}")
     if report["experiments"]:
-        lines += ["", t(_("EXPERIMENTS (conversion: an order within {days} days after entering; "
-                          "95% intervals)", days=s["attribution_days"]))]
+        lines += [
+            "",
+            t(
+                _(
+                    "EXPERIMENTS (conversion: an order within {days} days after entering; 95% intervals)",
+                    days=s["attribution_days"],
+                )
+            ),
+        ]
         for e in report["experiments"]:
             lines += ["", t(_("{rule} (control: {control})", rule=e["rule"], control=e["control"]))]
-            lines += _table([t(_("arm")), t(_("friends")), t(_("converted")), t(_("rate")),
-                             t(_("95% interval")), t(_("revenue"))],
-                            ([("  " + r["arm"]), n(r["friends"]), n(r["conversions"]), _pct(r["rate"]),
-                              _interval(r["ci"]), yen(r["revenue"], lang)] for r in e["arms"]), 20)
+            lines += _table(
+                [t(_("arm")), t(_("friends")), t(_("converted")), t(_("rate")), t(_("95% interval")), t(_("revenue"))],
+                (
+                    [
+                        ("  " + r["arm"]),
+                        n(r["friends"]),
+                        n(r["conversions"]),
+                        _pct(r["rate"]),
+                        _interval(r["ci"]),
+                        yen(r["revenue"], lang),
+                    ]
+                    for r in e["arms"]
+                ),
+                20,
+            )
             for c in e["comparisons"]:
-                diff = "-" if c["difference"] is None else t(_("{points} points",
-                                                               points=f"{c['difference'] * 100:+.1f}"))
+                diff = (
+                    "-" if c["difference"] is None else t(_("{points} points", points=f"{c['difference'] * 100:+.1f}"))
+                )
                 lift = "" if c["lift"] is None else t(_(", lift {lift}", lift=f"{c['lift'] * 100:+.1f}%"))
-                lines.append("  " + t(_("{arm} vs {control}: {difference} {interval}{lift}",
-                                        arm=c["arm"], control=c["vs"], difference=diff,
-                                        interval=_interval(c["ci"], signed=True), lift=lift)))
+                lines.append(
+                    "  "
+                    + t(
+                        _(
+                            "{arm} vs {control}: {difference} {interval}{lift}",
+                            arm=c["arm"],
+                            control=c["vs"],
+                            difference=diff,
+                            interval=_interval(c["ci"], signed=True),
+                            lift=lift,
+                        )
+                    )
+                )
                 lines.append(f"    {t(c['reason'])}")
     return "\n".join(lines) + "\n"
 
@@ -702,9 +917,16 @@ PLAN_WORDS = {"Communication": _("Communication"), "Light": _("Light"), "Standar
 
 
 def _rule_cells(r: dict, lang: str | None = None) -> list[str]:
-    return [_n(r["pushes"], lang), _n(r["capped"], lang), _n(r["held"], lang), _n(r["clicks"], lang),
-            _n(r["conversions"], lang), yen(r["revenue"], lang), _n(r["blocks_after_send"], lang),
-            _pct(r["block_rate"])]
+    return [
+        _n(r["pushes"], lang),
+        _n(r["capped"], lang),
+        _n(r["held"], lang),
+        _n(r["clicks"], lang),
+        _n(r["conversions"], lang),
+        yen(r["revenue"], lang),
+        _n(r["blocks_after_send"], lang),
+        _pct(r["block_rate"]),
+    ]
 
 
 def _rule_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -743,20 +965,29 @@ def _rendered(value: Any) -> Any:
     return render(value) if isinstance(value, i18n.Text) else value
 
 
-def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | None,
-         until: str | None, rule_names: Sequence[str], block_days: int = BLOCK_DAYS,
-         lang: str | None = None) -> int:
+def main(
+    db: str,
+    rules_dir: str,
+    fmt: str,
+    html_path: str | None,
+    since: str | None,
+    until: str | None,
+    rule_names: Sequence[str],
+    block_days: int = BLOCK_DAYS,
+    lang: str | None = None,
+) -> int:
     """The ``report`` command: print the report (text or JSON), optionally write the HTML
     page; exit 0. Raises ``click.UsageError`` for a mistake in the options and
     :class:`~engine.i18n.UserError` (exit 1) for a database or file that cannot be used."""
-    from engine.language.diagnostics import has_errors, render_text as render_diagnostics
+    from engine.language.diagnostics import has_errors
+    from engine.language.diagnostics import render_text as render_diagnostics
     from engine.language.project import load_project
 
     i18n.use(i18n.choose(lang))
     try:
         if block_days < 1:
             raise ReportUsageError(_("--block-days must be at least 1"))
-        store = open_db(db)         # the database first: a wrong path is the likelier mistake
+        store = open_db(db)  # the database first: a wrong path is the likelier mistake
         loaded = load_project(rules_dir)
         i18n.use(i18n.choose(lang, loaded.language))
         if has_errors(loaded.diagnostics) or loaded.project is None:
@@ -766,11 +997,14 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
         settings = loaded.project.settings
         tz = settings.tz
         options = Options(
-            tz=tz, attribution_days=settings.attribution_days, block_days=block_days,
+            tz=tz,
+            attribution_days=settings.attribution_days,
+            block_days=block_days,
             monthly_quota=settings.monthly_quota,
             since=parse_moment(since, tz, end=False, option="--since") if since else None,
             until=parse_moment(until, tz, end=True, option="--until") if until else None,
-            rules=tuple(dict.fromkeys(rule_names)))
+            rules=tuple(dict.fromkeys(rule_names)),
+        )
         if options.since is not None and options.until is not None and options.since >= options.until:
             raise ReportUsageError(_("--since must be before --until"))
         try:
@@ -784,8 +1018,9 @@ def main(db: str, rules_dir: str, fmt: str, html_path: str | None, since: str | 
                 with open(html_path, "w", encoding="utf-8") as fh:
                     fh.write(render_html(report, db))
             except OSError as exc:
-                raise ReportError(_("--html: cannot write {path}: {reason}", path=html_path,
-                                    reason=exc.strerror or exc)) from None
+                raise ReportError(
+                    _("--html: cannot write {path}: {reason}", path=html_path, reason=exc.strerror or exc)
+                ) from None
     except ReportUsageError as exc:
         raise click.UsageError(render(exc.args[0])) from None
     except ReportError as exc:

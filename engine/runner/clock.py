@@ -9,6 +9,7 @@ timeouts, how long a tick took, the quiet period of a deploy) are measured with
 
 Tests and simulations use a :class:`ManualClock`, which moves only when told.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,7 +17,7 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ engine never claims outbox rows.
 - First SIGTERM/SIGINT: finish the current tick and the requests in flight, then exit 0.
   Second: exit at once (status 1). Signal handlers only set flags.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,28 +32,29 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Mapping
+from typing import Any
 
 from engine import i18n
-from engine.language import ir
-from .clock import SYSTEM, Clock
-from engine.language.diagnostics import has_errors, render_text
 from engine.i18n import _, render
-from engine.line.dispatch import DispatchResult, OutboxItem
 from engine.interpreter import FOLLOW_GRACE, WRITE_BUDGET
+from engine.language import ir
+from engine.language.diagnostics import has_errors, render_text
+from engine.language.timeutil import next_opening
+from engine.line.dispatch import DispatchResult, OutboxItem
 from engine.line.login import STATE_MAX_AGE
-from .metrics import Metrics
 from engine.line.retrypolicy import DEFAULT_POLICY, FINISHED
 from engine.runtime.store import LeaseLost, StoreError
-from engine.language.timeutil import next_opening
+
+from .clock import SYSTEM, Clock
+from .metrics import Metrics
 
 log = logging.getLogger("linerules.runner")
 
-DRY_RUN_MESSAGE = _("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, "
-                    "nothing is sent to LINE")
+DRY_RUN_MESSAGE = _("dry-run: LINE_CHANNEL_ACCESS_TOKEN is not set; pushes are logged, nothing is sent to LINE")
 #: Requests in flight at once for pushes, multicasts and rich menu links.
 SEND_SLOTS = 64
 #: Requests in flight at once for replies, apart from the others (answers never queue behind
@@ -84,40 +86,53 @@ class StartupError(Exception):
 @dataclass(frozen=True)
 class RunnerConfig:
     """Everything the runner reads from its flags and environment (docs/operations.md)."""
+
     rules_dir: Path
     db: Path
     listen: str = "127.0.0.1:8080"
     tick_seconds: float = 60.0
-    channel_secret: str | None = None        # LINE_CHANNEL_SECRET
-    access_token: str | None = None          # LINE_CHANNEL_ACCESS_TOKEN
-    api_token: str | None = None             # LINERULES_API_TOKEN
-    login_authorize_url: str | None = None   # LINE_LOGIN_AUTHORIZE_URL
-    login_api_url: str | None = None         # LINE_LOGIN_API_ENDPOINT
-    join_redirect: str | None = None         # LINERULES_JOIN_REDIRECT
-    shopify_secret: str | None = None        # SHOPIFY_WEBHOOK_SECRET
-    condition_interval: int = 0              # --condition-interval; 0 = every tick
-    channel_id: str | None = None            # LINE_CHANNEL_ID (stateless tokens with the secret)
-    lease_seconds: str | None = None         # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
+    channel_secret: str | None = None  # LINE_CHANNEL_SECRET
+    access_token: str | None = None  # LINE_CHANNEL_ACCESS_TOKEN
+    api_token: str | None = None  # LINERULES_API_TOKEN
+    login_authorize_url: str | None = None  # LINE_LOGIN_AUTHORIZE_URL
+    login_api_url: str | None = None  # LINE_LOGIN_API_ENDPOINT
+    join_redirect: str | None = None  # LINERULES_JOIN_REDIRECT
+    shopify_secret: str | None = None  # SHOPIFY_WEBHOOK_SECRET
+    condition_interval: int = 0  # --condition-interval; 0 = every tick
+    channel_id: str | None = None  # LINE_CHANNEL_ID (stateless tokens with the secret)
+    lease_seconds: str | None = None  # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, rules_dir: str | Path, db: str | Path,
-                 listen: str = "127.0.0.1:8080", tick_seconds: float = 60.0,
-                 condition_interval: int = 0) -> "RunnerConfig":
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        rules_dir: str | Path,
+        db: str | Path,
+        listen: str = "127.0.0.1:8080",
+        tick_seconds: float = 60.0,
+        condition_interval: int = 0,
+    ) -> RunnerConfig:
         """Flags plus the environment; empty variables count as unset."""
         get = lambda name: env.get(name) or None  # noqa: E731
-        return cls(rules_dir=Path(rules_dir), db=Path(db), listen=listen,
-                   tick_seconds=float(tick_seconds), condition_interval=int(condition_interval),
-                   channel_secret=get("LINE_CHANNEL_SECRET"),
-                   access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
-                   api_token=get("LINERULES_API_TOKEN"),
-                   login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
-                   login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
-                   join_redirect=get("LINERULES_JOIN_REDIRECT"),
-                   channel_id=get("LINE_CHANNEL_ID"),
-                   lease_seconds=get("LINERULES_LEASE_SECONDS"),
-                   shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
-                   env=dict(env))
+        return cls(
+            rules_dir=Path(rules_dir),
+            db=Path(db),
+            listen=listen,
+            tick_seconds=float(tick_seconds),
+            condition_interval=int(condition_interval),
+            channel_secret=get("LINE_CHANNEL_SECRET"),
+            access_token=get("LINE_CHANNEL_ACCESS_TOKEN"),
+            api_token=get("LINERULES_API_TOKEN"),
+            login_authorize_url=get("LINE_LOGIN_AUTHORIZE_URL"),
+            login_api_url=get("LINE_LOGIN_API_ENDPOINT"),
+            join_redirect=get("LINERULES_JOIN_REDIRECT"),
+            channel_id=get("LINE_CHANNEL_ID"),
+            lease_seconds=get("LINERULES_LEASE_SECONDS"),
+            shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
+            env=dict(env),
+        )
 
     @property
     def dry_run(self) -> bool:
@@ -130,16 +145,14 @@ class RunnerConfig:
         if value is None:
             return lease_ttl(self.tick_seconds)
         if not value.strip().isdigit() or int(value) < 1:
-            raise StartupError(f"LINERULES_LEASE_SECONDS={value!r} is not a whole number of "
-                               "seconds (1 or more)")
+            raise StartupError(f"LINERULES_LEASE_SECONDS={value!r} is not a whole number of seconds (1 or more)")
         return int(value)
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, _sep, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
-            raise StartupError(_("--listen `{value}` is not HOST:PORT, e.g. 127.0.0.1:8080",
-                                 value=self.listen))
+            raise StartupError(_("--listen `{value}` is not HOST:PORT, e.g. 127.0.0.1:8080", value=self.listen))
         return host.strip("[]"), int(port)
 
 
@@ -148,7 +161,7 @@ def load_rules(rules_dir: Path) -> tuple[ir.Project | None, str]:
     from engine.language.project import load_project
 
     result = load_project(str(rules_dir))
-    i18n.use(i18n.choose(None, result.language))   # the runner speaks the folder's language
+    i18n.use(i18n.choose(None, result.language))  # the runner speaks the folder's language
     text = render_text(result.diagnostics, result.sources)
     if result.project is None or has_errors(result.diagnostics):
         return None, text
@@ -191,8 +204,16 @@ class Runner:
     ``store`` serves the event loop (HTTP handlers, dispatcher); ``engine.runtime.store`` is used only
     by the tick thread (the same object is accepted when nothing runs the loops)."""
 
-    def __init__(self, config: RunnerConfig, project: ir.Project, store: Any, engine: Any,
-                 dispatcher: Any, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        project: ir.Project,
+        store: Any,
+        engine: Any,
+        dispatcher: Any,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
         self.project = project
         self.store = store
@@ -210,7 +231,7 @@ class Runner:
         self.signals = 0
         self._reload_requested = False
         self._fingerprint = rules_fingerprint(config.rules_dir)
-        self._changed: tuple[tuple, float] | None = None   # (fingerprint seen, when), not loaded yet
+        self._changed: tuple[tuple, float] | None = None  # (fingerprint seen, when), not loaded yet
         self.reload_quiet = RELOAD_QUIET
         #: What the last reload did (for /healthz): when, why, version and friends affected.
         self.last_reload: dict[str, Any] | None = None
@@ -220,7 +241,7 @@ class Runner:
         self.auth_problem: str | None = None
         self._auth_delay = AUTH_PROBE
         self._auth_wake = asyncio.Event()
-        self._sending: dict[int, tuple[str, asyncio.Task]] = {}   # outbox id -> (lane, task)
+        self._sending: dict[int, tuple[str, asyncio.Task]] = {}  # outbox id -> (lane, task)
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
@@ -232,61 +253,85 @@ class Runner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self.metrics.gauge("linerules_outbox_backlog", "Outbox rows not yet finished.",
-                           lambda: float(self.store.outbox_backlog()))
-        self.metrics.gauge("linerules_waiting_sends",
-                           "Sends not yet decided (waiting for the window, the cap's day or the quota).",
-                           lambda: float(self.store.waiting_sends()))
-        self.metrics.gauge("linerules_last_tick_timestamp_seconds", "Unix time of the last engine tick.",
-                           lambda: self.last_tick.timestamp() if self.last_tick else None)
-        self.metrics.counter("linerules_line_errors_total",
-                             "Error answers from the LINE Messaging API by HTTP status "
-                             "(timeout, error: no answer), retries included.", ("status",),
-                             self._line_errors)
-        self.metrics.gauge("linerules_quota_remaining",
-                           "Messages left in this month's LINE quota (unknown in dry-run).",
-                           self._quota_remaining)
-        self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.",
-                           lambda: float(config.dry_run))
-        self.metrics.counter("linerules_line_retries_total",
-                             "Requests to LINE repeated within one attempt of a row, by reason "
-                             "(HTTP status, timeout, error).", ("reason",), self._line_retries)
-        self.metrics.gauge("linerules_sending_held",
-                           "1 while every send is held because LINE refuses the channel access "
-                           "token (401/403).", lambda: float(self.auth_problem is not None))
-        self.metrics.gauge("linerules_sends_in_flight", "Requests to LINE in flight now.",
-                           lambda: float(len(self._sending)))
-        self.metrics.gauge("linerules_suspended_enrollments",
-                           "Friends in flight in a rule that a reload removed (resumed if it "
-                           "comes back within the grace).",
-                           lambda: float(self.store.suspended_count()))
+        self.metrics.gauge(
+            "linerules_outbox_backlog", "Outbox rows not yet finished.", lambda: float(self.store.outbox_backlog())
+        )
+        self.metrics.gauge(
+            "linerules_waiting_sends",
+            "Sends not yet decided (waiting for the window, the cap's day or the quota).",
+            lambda: float(self.store.waiting_sends()),
+        )
+        self.metrics.gauge(
+            "linerules_last_tick_timestamp_seconds",
+            "Unix time of the last engine tick.",
+            lambda: self.last_tick.timestamp() if self.last_tick else None,
+        )
+        self.metrics.counter(
+            "linerules_line_errors_total",
+            "Error answers from the LINE Messaging API by HTTP status (timeout, error: no answer), retries included.",
+            ("status",),
+            self._line_errors,
+        )
+        self.metrics.gauge(
+            "linerules_quota_remaining",
+            "Messages left in this month's LINE quota (unknown in dry-run).",
+            self._quota_remaining,
+        )
+        self.metrics.gauge("linerules_dry_run", "1 when nothing is sent to LINE.", lambda: float(config.dry_run))
+        self.metrics.counter(
+            "linerules_line_retries_total",
+            "Requests to LINE repeated within one attempt of a row, by reason (HTTP status, timeout, error).",
+            ("reason",),
+            self._line_retries,
+        )
+        self.metrics.gauge(
+            "linerules_sending_held",
+            "1 while every send is held because LINE refuses the channel access token (401/403).",
+            lambda: float(self.auth_problem is not None),
+        )
+        self.metrics.gauge(
+            "linerules_sends_in_flight", "Requests to LINE in flight now.", lambda: float(len(self._sending))
+        )
+        self.metrics.gauge(
+            "linerules_suspended_enrollments",
+            "Friends in flight in a rule that a reload removed (resumed if it comes back within the grace).",
+            lambda: float(self.store.suspended_count()),
+        )
 
     # ------------------------------------------------------------------ opening and closing
 
     @classmethod
-    def open(cls, config: RunnerConfig, *, clock: Clock = SYSTEM) -> "Runner":
+    def open(cls, config: RunnerConfig, *, clock: Clock = SYSTEM) -> Runner:
         """Load the rules, open the store, take the lease and build the engine and dispatcher,
         all on ``clock`` (the wall clock; tests pass a ManualClock).
 
         Raises StartupError (one clear line; the rule diagnostics are logged first).
         """
-        from engine.line.dispatch import make_transport
         from engine.interpreter import Engine
+        from engine.line.dispatch import make_transport
         from engine.runtime.store import Store
 
         project, text = load_rules(config.rules_dir)
         if project is None:
-            log.error("%s", render(_("the rules in {folder} are invalid:\n{problems}",
-                                     folder=config.rules_dir, problems=text.rstrip())))
-            raise StartupError(_("cannot start: the rules in {folder} are invalid (run `linerules "
-                                 "validate {folder}`)", folder=config.rules_dir))
+            log.error(
+                "%s",
+                render(
+                    _("the rules in {folder} are invalid:\n{problems}", folder=config.rules_dir, problems=text.rstrip())
+                ),
+            )
+            raise StartupError(
+                _(
+                    "cannot start: the rules in {folder} are invalid (run `linerules validate {folder}`)",
+                    folder=config.rules_dir,
+                )
+            )
         if text:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
         try:
             store = Store(str(config.db), checkpoints=False, clock=clock)
-        except StoreError as exc:   # corrupt, read-only, not a database: one line, exit 1
+        except StoreError as exc:  # corrupt, read-only, not a database: one line, exit 1
             raise StartupError(f"cannot start: {exc}") from None
         engine_store = None
         try:
@@ -299,8 +344,13 @@ class Runner:
             acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
-            engine = Engine(project, engine_store, condition_interval=config.condition_interval,
-                            write_budget=WRITE_BUDGET, clock=clock.now)
+            engine = Engine(
+                project,
+                engine_store,
+                condition_interval=config.condition_interval,
+                write_budget=WRITE_BUDGET,
+                clock=clock.now,
+            )
         except BaseException:
             store.close()
             if engine_store is not None:
@@ -309,14 +359,17 @@ class Runner:
         if config.dry_run:
             log.warning("%s", render(DRY_RUN_MESSAGE))
         if not config.channel_secret:
-            log.warning("%s", render(_("LINE_CHANNEL_SECRET is not set: POST /callback refuses "
-                                       "webhooks (503)")))
+            log.warning("%s", render(_("LINE_CHANNEL_SECRET is not set: POST /callback refuses webhooks (503)")))
         if not config.api_token:
             log.warning("%s", render(_("LINERULES_API_TOKEN is not set: POST /events is disabled (503)")))
-        log.info("rules loaded from %s (version %s, %d rules); database %s",
-                 config.rules_dir, project.version, len(project.rules), config.db)
-        return cls(config, project, store, engine, make_transport(config.env, clock=clock.time),
-                   clock=clock)
+        log.info(
+            "rules loaded from %s (version %s, %d rules); database %s",
+            config.rules_dir,
+            project.version,
+            len(project.rules),
+            config.db,
+        )
+        return cls(config, project, store, engine, make_transport(config.env, clock=clock.time), clock=clock)
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
@@ -324,7 +377,7 @@ class Runner:
         try:
             self.store.release_lease(self.owner)
         except StoreError:
-            pass   # the database cannot be written (logged once); the next start takes the lease over
+            pass  # the database cannot be written (logged once); the next start takes the lease over
         finally:
             self.store.close()
             if wait:
@@ -366,12 +419,12 @@ class Runner:
         """SIGHUP: reload the rule folder before the next tick."""
         self._reload_requested = True
         self._set(self._tick_wake)
-        self._set(self._auth_wake)          # and check a refused token again at once
+        self._set(self._auth_wake)  # and check a refused token again at once
 
     def stop(self) -> None:
         """Stop after the current tick and dispatch batch."""
         self.stopping = True
-        self.dispatcher.closing = True      # requests in flight finish; no new attempts start
+        self.dispatcher.closing = True  # requests in flight finish; no new attempts start
         self._set(self._tick_wake)
         self._set(self._dispatch_wake)
         self._set(self._auth_wake)
@@ -414,7 +467,7 @@ class Runner:
             try:
                 await loop.run_in_executor(self._executor, self.tick_once)
             except StoreError:
-                pass   # the store logged it once (what, which file, what to do); retried next tick
+                pass  # the store logged it once (what, which file, what to do); retried next tick
             except Exception:
                 log.exception("tick failed; retrying at the next tick")
             self.first_tick_done.set()
@@ -441,13 +494,14 @@ class Runner:
                     continue
                 started = self.fill_slots()
             except LeaseLost as exc:
-                log.critical("stopping: %s; another runner took over %s, and this one writes "
-                             "nothing more", exc, self.config.db)
+                log.critical(
+                    "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
+                )
                 self.exit_code = 1
                 self.stop()
                 break
             except StoreError:
-                pass   # logged once by the store; rows in flight go again with their keys
+                pass  # logged once by the store; rows in flight go again with their keys
             except Exception:
                 log.exception("dispatch failed; retrying shortly")
             if not started and not self.stopping:
@@ -471,23 +525,28 @@ class Runner:
             return
         problem = await self.dispatcher.check_auth()
         if problem is None:
-            log.warning("LINE accepts the channel access token again: sending resumes "
-                        "(%d rows waiting)", self.store.outbox_backlog())
+            log.warning(
+                "LINE accepts the channel access token again: sending resumes (%d rows waiting)",
+                self.store.outbox_backlog(),
+            )
             self.auth_problem = None
             self._auth_delay = AUTH_PROBE
             self.wake_dispatch()
         else:
             self._auth_delay = min(60.0, self._auth_delay * 2)
             if problem != self.auth_problem:
-                log.error("LINE still refuses the channel access token: %s; every send stays "
-                          "held (next check in %.0f s)", problem, self._auth_delay)
+                log.error(
+                    "LINE still refuses the channel access token: %s; every send stays held (next check in %.0f s)",
+                    problem,
+                    self._auth_delay,
+                )
             self.auth_problem = problem
 
     @staticmethod
     async def _sleep(event: asyncio.Event, seconds: float) -> None:
         try:
             await asyncio.wait_for(event.wait(), timeout=max(0.0, seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _seconds_to_next_tick(self) -> float:
@@ -511,8 +570,7 @@ class Runner:
         now = self.now()
         store = self.engine.store
         if not store.renew_lease(self.owner, int(now.timestamp()), self.config.lease_ttl):
-            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db,
-                         store.lease_holder())
+            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db, store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None
@@ -522,9 +580,15 @@ class Runner:
         result = self.engine.tick(now)
         self.metrics.tick_seconds.observe(time.perf_counter() - started)
         if result.events or result.entered or result.queued or result.capped or result.exited:
-            log.info("tick: %d events, %d entered, %d sends queued, %d capped, %d exited (%.0f ms)",
-                     result.events, result.entered, result.queued, result.capped, result.exited,
-                     (time.perf_counter() - started) * 1000)
+            log.info(
+                "tick: %d events, %d entered, %d sends queued, %d capped, %d exited (%.0f ms)",
+                result.events,
+                result.entered,
+                result.queued,
+                result.capped,
+                result.exited,
+                (time.perf_counter() - started) * 1000,
+            )
         self.last_tick = now
         self.wake_dispatch()
         store.checkpoint()
@@ -554,8 +618,7 @@ class Runner:
                 return False
             if self._changed is None or self._changed[0] != fingerprint:
                 if self._changed is None:
-                    log.info("rule files changed; reloading once they are unchanged for %.0f s",
-                             self.reload_quiet)
+                    log.info("rule files changed; reloading once they are unchanged for %.0f s", self.reload_quiet)
                 self._changed = (fingerprint, time.monotonic())
                 return False
             if time.monotonic() - self._changed[1] < self.reload_quiet:
@@ -569,14 +632,21 @@ class Runner:
         try:
             project, text = load_rules(self.config.rules_dir)
         except Exception:
-            log.exception("reload (%s) failed; keeping the rules in use (version %s)", why,
-                          self.project.version)
+            log.exception("reload (%s) failed; keeping the rules in use (version %s)", why, self.project.version)
             self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project is None:
-            log.error("%s", render(_("reload ({why}) refused: the rules are invalid; keeping version "
-                                     "{version}\n{problems}", why=why, version=self.project.version,
-                                     problems=text.rstrip())))
+            log.error(
+                "%s",
+                render(
+                    _(
+                        "reload ({why}) refused: the rules are invalid; keeping version {version}\n{problems}",
+                        why=why,
+                        version=self.project.version,
+                        problems=text.rstrip(),
+                    )
+                ),
+            )
             self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project.version == self.project.version:
@@ -588,15 +658,25 @@ class Runner:
         removed = sorted(set(self.project.rules) - set(project.rules))
         self.project = project
         self.metrics.reloads.labels(result="ok").inc()
-        self.last_reload = {"at": self.local(self.now()), "why": why, "version": project.version,
-                            "removed_rules": removed, **counts}
+        self.last_reload = {
+            "at": self.local(self.now()),
+            "why": why,
+            "version": project.version,
+            "removed_rules": removed,
+            **counts,
+        }
         log.info("rules reloaded (version %s, %d rules, %s)", project.version, len(project.rules), why)
         if counts:
-            log.info("reload: %d friends in flight carried over to changed rules, %d suspended "
-                     "(their rule is gone: %s; they resume if it comes back within %d min, and "
-                     "end with rule_removed after), %d resumed (their rule is back)",
-                     counts.get("carried_over", 0), counts.get("suspended", 0),
-                     ", ".join(removed) or "-", SUSPEND_GRACE // 60, counts.get("resumed", 0))
+            log.info(
+                "reload: %d friends in flight carried over to changed rules, %d suspended "
+                "(their rule is gone: %s; they resume if it comes back within %d min, and "
+                "end with rule_removed after), %d resumed (their rule is back)",
+                counts.get("carried_over", 0),
+                counts.get("suspended", 0),
+                ", ".join(removed) or "-",
+                SUSPEND_GRACE // 60,
+                counts.get("resumed", 0),
+            )
         return True
 
     def reload_due_in(self) -> float | None:
@@ -612,8 +692,11 @@ class Runner:
             return 0
         ended = store.end_suspended(now - SUSPEND_GRACE, now)
         if ended:
-            log.warning("%d friends suspended since their rule was removed %d min ago ended "
-                        "(rule_removed)", ended, SUSPEND_GRACE // 60)
+            log.warning(
+                "%d friends suspended since their rule was removed %d min ago ended (rule_removed)",
+                ended,
+                SUSPEND_GRACE // 60,
+            )
         return ended
 
     # ------------------------------------------------------------------ sending
@@ -630,10 +713,13 @@ class Runner:
         if free_replies <= 0 and free_others <= 0:
             return 0
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        rows = self.store.claim_outbox(int(self.now().timestamp()),
-                                       max(0, free_replies) + max(0, free_others),
-                                       reply_limit=max(0, free_replies),
-                                       other_limit=max(0, free_others), lease=lease)
+        rows = self.store.claim_outbox(
+            int(self.now().timestamp()),
+            max(0, free_replies) + max(0, free_others),
+            reply_limit=max(0, free_replies),
+            other_limit=max(0, free_others),
+            lease=lease,
+        )
         for row in rows:
             lane = "reply" if row["kind"] == "reply" else "send"
             task = asyncio.ensure_future(self._send_row(row))
@@ -653,21 +739,29 @@ class Runner:
         try:
             result = await self.dispatcher.send_item(item, before_send=self._before_send(row))
         except StoreError as exc:  # logged once by the store; nothing was sent
-            result = DispatchResult(row["id"], "retry", None, None, f"not sent: {exc}",
-                                    row["kind"], len(row["recipients"]), item.ambiguous)
+            result = DispatchResult(
+                row["id"], "retry", None, None, f"not sent: {exc}", row["kind"], len(row["recipients"]), item.ambiguous
+            )
         except Exception as exc:  # an outcome is stored whatever happens: the row is retried
             log.exception("sending outbox %d failed unexpectedly", row["id"])
-            result = DispatchResult(row["id"], "retry", None, None,
-                                    f"internal error: {type(exc).__name__}: {exc}",
-                                    row["kind"], len(row["recipients"]), item.ambiguous)
+            result = DispatchResult(
+                row["id"],
+                "retry",
+                None,
+                None,
+                f"internal error: {type(exc).__name__}: {exc}",
+                row["kind"],
+                len(row["recipients"]),
+                item.ambiguous,
+            )
         self.metrics.send_seconds.labels(kind=row["kind"]).observe(time.perf_counter() - started)
         self._land(row, result)
 
     def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
         def mark(item: OutboxItem) -> bool:
             """A reply is about to go out: record that it may reach LINE (fenced)."""
-            return self.store.mark_sending(row["id"], row.get("claim_epoch"),
-                                           int(self.now().timestamp()))
+            return self.store.mark_sending(row["id"], row.get("claim_epoch"), int(self.now().timestamp()))
+
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
@@ -689,13 +783,15 @@ class Runner:
             with self.store.transaction():
                 for row, result in batch:
                     self._record(row, result, now)
-        except StoreError:    # logged once by the store
-            log.warning("the outcomes of %d outbox rows could not be stored; they are sent "
-                        "again (same retry keys)", len(batch))
+        except StoreError:  # logged once by the store
+            log.warning(
+                "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
+            )
             self.store.release_claims(row["id"] for row, _ in batch)
         except Exception:
-            log.exception("the outcomes of %d outbox rows could not be stored; they are "
-                          "sent again (same retry keys)", len(batch))
+            log.exception(
+                "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
+            )
             self.store.release_claims(row["id"] for row, _ in batch)
         finally:
             for row, _ in batch:
@@ -709,8 +805,9 @@ class Runner:
         row_id, to = row["id"], _recipients(row)
         outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
         if outcome in FINISHED:
-            written = self.store.finish_outbox(row_id, outcome, request_id=result.request_id,
-                                               error=result.detail, at=at, epoch=epoch)
+            written = self.store.finish_outbox(
+                row_id, outcome, request_id=result.request_id, error=result.detail, at=at, epoch=epoch
+            )
         else:
             if outcome == "held":
                 until = self.next_day_opening(row, now)
@@ -718,39 +815,52 @@ class Runner:
                 until = now
             else:
                 until = self.retry_at(row, now, result)
-            written = self.store.hold_outbox(row_id, int(until.timestamp()), error=result.detail,
-                                             ambiguous=result.ambiguous, epoch=epoch)
+            written = self.store.hold_outbox(
+                row_id, int(until.timestamp()), error=result.detail, ambiguous=result.ambiguous, epoch=epoch
+            )
         if not written:
-            log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's",
-                        row_id, to, outcome)
+            log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's", row_id, to, outcome)
             self.metrics.pushes.labels(outcome="fenced").inc()
             return
         self.metrics.pushes.labels(outcome=outcome).inc()
         if outcome == "dry_run":
-            pass                                  # the transport logged it
+            pass  # the transport logged it
         elif outcome in ("sent", "duplicate"):
-            log.info("%s outbox %d to %s via %s%s", outcome, row_id, to, result.via,
-                     f" (request {result.request_id})" if result.request_id else "")
+            log.info(
+                "%s outbox %d to %s via %s%s",
+                outcome,
+                row_id,
+                to,
+                result.via,
+                f" (request {result.request_id})" if result.request_id else "",
+            )
         elif outcome == "rejected":
-            log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status,
-                      result.detail)
+            log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status, result.detail)
         elif outcome == "unconfirmed":
             log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
         elif outcome == "held":
-            log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until),
-                        result.detail)
+            log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until), result.detail)
         elif outcome == "auth":
             first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
             if first:
-                log.error("LINE refuses the channel access token (%s): every send is held, "
-                          "nothing is dropped; checking again in %.0f s. Set a valid "
-                          "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
-                          "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
-                          "Developers Console", result.detail, self._auth_delay)
+                log.error(
+                    "LINE refuses the channel access token (%s): every send is held, "
+                    "nothing is dropped; checking again in %.0f s. Set a valid "
+                    "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
+                    "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
+                    "Developers Console",
+                    result.detail,
+                    self._auth_delay,
+                )
         else:
-            log.warning("outbox %d to %s not sent (%s)%s; next attempt at %s with the same "
-                        "retry key", row_id, to, result.detail,
-                        " and may have arrived" if result.ambiguous else "", self.local(until))
+            log.warning(
+                "outbox %d to %s not sent (%s)%s; next attempt at %s with the same retry key",
+                row_id,
+                to,
+                result.detail,
+                " and may have arrived" if result.ambiguous else "",
+                self.local(until),
+            )
 
     def _window(self, row: dict) -> Any:
         rule = self.project.rules.get(row.get("rule") or "")
@@ -763,23 +873,24 @@ class Runner:
         local = now.astimezone(self.tz)
         tomorrow = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), self.tz)
         at = next_opening(int(tomorrow.timestamp()), self._window(row), self.tz)
-        return dt.datetime.fromtimestamp(at, dt.timezone.utc)
+        return dt.datetime.fromtimestamp(at, dt.UTC)
 
-    def retry_at(self, row: dict, now: dt.datetime,
-                 result: DispatchResult | None = None) -> dt.datetime:
+    def retry_at(self, row: dict, now: dt.datetime, result: DispatchResult | None = None) -> dt.datetime:
         """Backoff by attempts, or LINE's ``Retry-After`` (at most five minutes), for this row
         alone, by the retry policy (:meth:`engine.line.retrypolicy.RetryPolicy.hold_until`). A reply is retried before its token's deadline (so that a request
         whose outcome is unknown can still be told by its token); a push that would land
         outside its delivery window waits for the next opening (answers to a friend's own
         message ignore the window)."""
         at = DEFAULT_POLICY.hold_until(
-            int(row.get("attempts") or 1), int(now.timestamp()),
+            int(row.get("attempts") or 1),
+            int(now.timestamp()),
             retry_after=result.retry_after if result is not None else None,
             reply_deadline=row.get("reply_deadline") if row["kind"] == "reply" else None,
-            reply_margin=REPLY_MARGIN)
+            reply_margin=REPLY_MARGIN,
+        )
         if not row.get("reply_token"):
             at = next_opening(at, self._window(row), self.tz)
-        return dt.datetime.fromtimestamp(at, dt.timezone.utc)
+        return dt.datetime.fromtimestamp(at, dt.UTC)
 
     def _quota_remaining(self) -> float | None:
         value = getattr(self.dispatcher, "remaining", None)
@@ -802,13 +913,19 @@ class Runner:
 def outbox_item(row: dict) -> OutboxItem:
     """The dispatcher's view of a claimed outbox row; the retry key is the row's own."""
     menu_link = row["kind"] == "menu_link"
-    return OutboxItem(id=row["id"], kind=row["kind"], to=list(row["recipients"]),
-                      messages=[] if menu_link else row["payload"], retry_key=row["retry_key"],
-                      reply_token=row.get("reply_token"), reply_deadline=row.get("reply_deadline"),
-                      rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
-                      # a request was sent and its outcome is unknown (stored before it went out)
-                      ambiguous=bool(row.get("ambiguous")),
-                      encoded=None if menu_link else row.get("encoded"))
+    return OutboxItem(
+        id=row["id"],
+        kind=row["kind"],
+        to=list(row["recipients"]),
+        messages=[] if menu_link else row["payload"],
+        retry_key=row["retry_key"],
+        reply_token=row.get("reply_token"),
+        reply_deadline=row.get("reply_deadline"),
+        rich_menu_id=row["payload"].get("richMenuId") if menu_link else None,
+        # a request was sent and its outcome is unknown (stored before it went out)
+        ambiguous=bool(row.get("ambiguous")),
+        encoded=None if menu_link else row.get("encoded"),
+    )
 
 
 def _recipients(row: dict) -> str:
@@ -833,5 +950,10 @@ def acquire_lease(store: Any, owner: str, config: RunnerConfig, clock: Clock = S
         if store.acquire_lease(owner, now, ttl):
             return
         holder = store.lease_holder()
-    raise StartupError(_("another runner ({holder}) is using {db}; only one runner may use a "
-                         "database at a time", holder=holder, db=config.db))
+    raise StartupError(
+        _(
+            "another runner ({holder}) is using {db}; only one runner may use a database at a time",
+            holder=holder,
+            db=config.db,
+        )
+    )

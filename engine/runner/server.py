@@ -12,12 +12,13 @@ Routes (docs/operations.md):
 - ``GET /c/<token>``   tracked link: record the click, redirect to the tagged URL.
 - ``POST /shopify/webhooks``, ``POST /account-link/nonce``   the shop side (engine/runner/shop_http.py).
 """
+
 from __future__ import annotations
 
-import json
 import asyncio
 import datetime as dt
 import hmac
+import json
 import logging
 import os
 import signal
@@ -25,30 +26,32 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from engine.i18n import _, render
+from engine.line.login import API_URL, AUTHORIZE_URL, LoginError, LoginFlow
+from engine.line.webhook import parse_webhook, verify_signature
 from engine.runtime.events import Event, EventError
 from engine.runtime.intake import parse_events
-from engine.line.login import AUTHORIZE_URL, API_URL, LoginError, LoginFlow
-from engine.i18n import _, render
-from .runloop import Runner, RunnerConfig, StartupError
-from .shop_http import account_link_target, routes as shop_routes
 from engine.runtime.store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
-from engine.line.webhook import parse_webhook, verify_signature
+
+from .runloop import Runner, RunnerConfig, StartupError
+from .shop_http import account_link_target
+from .shop_http import routes as shop_routes
 
 log = logging.getLogger("linerules.http")
 
 RUNNER: web.AppKey[Runner] = web.AppKey("runner", Runner)
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
-INTAKE: web.AppKey["Intake"] = web.AppKey("intake")
+INTAKE: web.AppKey[Intake] = web.AppKey("intake")
 
 JSON_TYPES = ("application/json",)
-JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines",
-               "application/x-jsonlines")
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines", "application/x-jsonlines")
 #: Event types whose sends in the same tick are answers that use the reply token while fresh.
 ANSWERED_TYPES = ("message", "postback")
 #: Health turns bad when no tick ran for this many tick intervals.
@@ -98,8 +101,8 @@ async def timed(request: web.Request, handler: Callable) -> web.StreamResponse:
     finally:
         route = request.match_info.route.resource
         request.app[RUNNER].metrics.request_seconds.labels(
-            route=route.canonical if route is not None else "other").observe(
-                time.perf_counter() - started)
+            route=route.canonical if route is not None else "other"
+        ).observe(time.perf_counter() - started)
 
 
 @web.middleware
@@ -110,17 +113,31 @@ async def store_faults(request: web.Request, handler: Callable) -> web.StreamRes
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         # aiohttp's own answer is plain text; clients get the same JSON shape as any refusal
-        log.warning("%s %s refused: the body is larger than %d MiB", request.method, request.path,
-                    MAX_BODY // (1024 * 1024))
-        return _error(413, _("the body is larger than {limit} MiB: send the events in smaller "
-                             "batches (nothing of this one was stored)", limit=MAX_BODY // (1024 * 1024)),
-                      line=None, field=None)
+        log.warning(
+            "%s %s refused: the body is larger than %d MiB", request.method, request.path, MAX_BODY // (1024 * 1024)
+        )
+        return _error(
+            413,
+            _(
+                "the body is larger than {limit} MiB: send the events in smaller "
+                "batches (nothing of this one was stored)",
+                limit=MAX_BODY // (1024 * 1024),
+            ),
+            line=None,
+            field=None,
+        )
     except StoreError as exc:
         retry = str(getattr(exc, "retry_after", RETRY_AFTER))
         return web.json_response(
-            {"error": render(_("the database cannot be written now; try again later (what was "
-                               "stored is applied once)")), "retry_after": int(retry)},
-            status=503, headers={"Retry-After": retry})
+            {
+                "error": render(
+                    _("the database cannot be written now; try again later (what was stored is applied once)")
+                ),
+                "retry_after": int(retry),
+            },
+            status=503,
+            headers={"Retry-After": retry},
+        )
 
 
 # ----------------------------------------------------------------------------- webhooks
@@ -141,8 +158,9 @@ async def callback(request: web.Request) -> web.Response:
         log.error("webhook with a malformed event ignored: %s", exc)
         return _reply_webhook(runner, _error(400, exc.text, line=exc.line, field=exc.field))
     if stored is None:
-        log.warning("webhook refused: %s x-line-signature from %s",
-                    "invalid" if signature else "missing", request.remote)
+        log.warning(
+            "webhook refused: %s x-line-signature from %s", "invalid" if signature else "missing", request.remote
+        )
         return _reply_webhook(runner, _error(401, _("invalid signature")))
     events, result, counts = stored
     if events:
@@ -158,8 +176,9 @@ async def callback(request: web.Request) -> web.Response:
     return _reply_webhook(runner, web.json_response({"ok": True}))
 
 
-def _store_webhook(stores: "Intake", runner: Runner, secret: str, body: bytes, signature: str
-                   ) -> tuple[list[Event], ApplyResult, Counter] | None:
+def _store_webhook(
+    stores: Intake, runner: Runner, secret: str, body: bytes, signature: str
+) -> tuple[list[Event], ApplyResult, Counter] | None:
     """On an intake thread: check the signature, parse and store the webhook's events (see
     :func:`_apply`); None when the signature is wrong. Raises EventError."""
     if not signature or not verify_signature(secret, body, signature):
@@ -168,7 +187,7 @@ def _store_webhook(stores: "Intake", runner: Runner, secret: str, body: bytes, s
     return events, _apply(stores, events), _log_events(runner, events, "webhook")
 
 
-def _apply(stores: "Intake", events: list[Event]) -> ApplyResult:
+def _apply(stores: Intake, events: list[Event]) -> ApplyResult:
     """Store validated events: in parts of :data:`STORE_CHUNK` when every event has a dedupe
     key (a retry applies each once), else in one transaction. Stored in parts, a body lets the
     other writers (a small webhook) go first between its parts, like the engine's ticks do."""
@@ -178,7 +197,7 @@ def _apply(stores: "Intake", events: list[Event]) -> ApplyResult:
         size, store = max(1, len(events)), stores.store()
     applied = duplicates = 0
     for start in range(0, len(events), size):
-        part = store.apply_events(events[start:start + size])
+        part = store.apply_events(events[start : start + size])
         applied, duplicates = applied + part.applied, duplicates + part.duplicates
     return ApplyResult(applied, duplicates)
 
@@ -203,7 +222,7 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
                 with runner.store.transaction():
                     runner.store.set_attributes(friend, values)
             except StoreError:
-                continue   # the database cannot be written (logged once by the store)
+                continue  # the database cannot be written (logged once by the store)
             log.info("profile of %s stored (%s)", friend, values.get("display_name"))
     runner.wake_tick()
 
@@ -247,8 +266,14 @@ async def events(request: web.Request) -> web.Response:
     elif ctype in JSONL_TYPES:
         fmt = "jsonl"
     else:
-        return _error(415, _("unsupported Content-Type `{type}`: send application/json (one event "
-                             "or a list) or application/x-ndjson (JSON Lines)", type=ctype))
+        return _error(
+            415,
+            _(
+                "unsupported Content-Type `{type}`: send application/json (one event "
+                "or a list) or application/x-ndjson (JSON Lines)",
+                type=ctype,
+            ),
+        )
     body = await request.read()
     try:
         batch, result, counts = await request.app[INTAKE].run(_store_events, body, fmt)
@@ -263,8 +288,7 @@ async def events(request: web.Request) -> web.Response:
     return web.json_response({"applied": result.applied, "duplicates": result.duplicates})
 
 
-def _store_events(stores: "Intake", runner: Runner, body: bytes, fmt: str
-                  ) -> tuple[list[Event], ApplyResult, Counter]:
+def _store_events(stores: Intake, runner: Runner, body: bytes, fmt: str) -> tuple[list[Event], ApplyResult, Counter]:
     """On an intake thread: decode, parse and validate the whole batch, then store it (see
     :func:`_apply`). Raises UnicodeDecodeError or EventError before anything is written."""
     batch = parse_events(body.decode("utf-8"), fmt=fmt)
@@ -334,8 +358,9 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
     if runner.auth_problem is not None:
-        problems.append(f"LINE refuses the channel access token ({runner.auth_problem}); "
-                        "every send is held until it is accepted")
+        problems.append(
+            f"LINE refuses the channel access token ({runner.auth_problem}); every send is held until it is accepted"
+        )
     details = {
         "status": "ok" if not problems else "unhealthy",
         "problems": problems,
@@ -343,8 +368,11 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
         "outbox_backlog": store.get("outbox_backlog"),
         "waiting_sends": store.get("waiting_sends"),
-        "next_waiting_send": (runner.local(dt.datetime.fromtimestamp(store["next_waiting_send"], dt.timezone.utc))
-                              if store.get("next_waiting_send") is not None else None),
+        "next_waiting_send": (
+            runner.local(dt.datetime.fromtimestamp(store["next_waiting_send"], dt.UTC))
+            if store.get("next_waiting_send") is not None
+            else None
+        ),
         "pending_events": store.get("pending_events"),
         "failed_events": store.get("failed_events"),
         "friends": store.get("friends"),
@@ -389,9 +417,13 @@ def login_flow(runner: Runner) -> LoginFlow | None:
     s = runner.project.settings
     if not (s.login_channel_id and s.login_channel_secret and s.base_url):
         return None
-    return LoginFlow(s.login_channel_id, s.login_channel_secret, s.base_url,
-                     authorize_url=runner.config.login_authorize_url or AUTHORIZE_URL,
-                     api_url=runner.config.login_api_url or API_URL)
+    return LoginFlow(
+        s.login_channel_id,
+        s.login_channel_secret,
+        s.base_url,
+        authorize_url=runner.config.login_authorize_url or AUTHORIZE_URL,
+        api_url=runner.config.login_api_url or API_URL,
+    )
 
 
 async def join(request: web.Request) -> web.Response:
@@ -399,8 +431,10 @@ async def join(request: web.Request) -> web.Response:
     runner = request.app[RUNNER]
     flow = login_flow(runner)
     if flow is None:
-        log.error("GET /join refused: set base_url, login_channel_id and login_channel_secret "
-                  "in settings.yaml (or LINE_LOGIN_CHANNEL_ID / LINE_LOGIN_CHANNEL_SECRET)")
+        log.error(
+            "GET /join refused: set base_url, login_channel_id and login_channel_secret "
+            "in settings.yaml (or LINE_LOGIN_CHANNEL_ID / LINE_LOGIN_CHANNEL_SECRET)"
+        )
         return web.Response(status=503, text="friend-add links are not configured")
     source = request.match_info["source"]
     now = int(runner.now().timestamp())
@@ -408,7 +442,7 @@ async def join(request: web.Request) -> web.Response:
         url = flow.authorize_redirect(source, now)
     except LoginError as exc:
         return web.Response(status=404, text=str(exc))
-    runner.note_join(now)   # follows wait FOLLOW_GRACE for the source a while (docs/operations.md)
+    runner.note_join(now)  # follows wait FOLLOW_GRACE for the source a while (docs/operations.md)
     raise web.HTTPFound(url)
 
 
@@ -427,12 +461,16 @@ async def login_callback(request: web.Request) -> web.Response:
     except LoginError as exc:
         log.warning("login callback failed: %s", exc)
         return web.Response(status=400, text=str(exc))
-    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, KeyError, ValueError) as exc:
         log.error("login callback: LINE Login did not answer as expected: %s", exc)
         return web.Response(status=502, text="LINE Login is not available; try again later")
     runner.store.set_source(user_id, source)
-    log.info("source %s recorded for %s (friendship changed: %s)", source, user_id,
-             query.get("friendship_status_changed", "unknown"))
+    log.info(
+        "source %s recorded for %s (friendship changed: %s)",
+        source,
+        user_id,
+        query.get("friendship_status_changed", "unknown"),
+    )
     runner.wake_tick()
     raise web.HTTPFound(runner.config.join_redirect or "/login/thanks")
 
@@ -460,17 +498,19 @@ def build_app(runner: Runner, *, loops: bool = True) -> web.Application:
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
     app = web.Application(client_max_size=MAX_BODY, middlewares=[timed, store_faults])
     app[RUNNER] = runner
-    app.add_routes([
-        web.post("/callback", callback),
-        web.post("/events", events),
-        web.get("/healthz", healthz),
-        web.get("/metrics", metrics),
-        web.get("/join/{source}", join),
-        web.get("/login/callback", login_callback),
-        web.get("/login/thanks", thanks),
-        web.get("/c/{token}", click),
-        *shop_routes(RUNNER),      # /shopify/webhooks, /account-link/nonce (engine/runner/shop_http.py)
-    ])
+    app.add_routes(
+        [
+            web.post("/callback", callback),
+            web.post("/events", events),
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
+            web.get("/join/{source}", join),
+            web.get("/login/callback", login_callback),
+            web.get("/login/thanks", thanks),
+            web.get("/c/{token}", click),
+            *shop_routes(RUNNER),  # /shopify/webhooks, /account-link/nonce (engine/runner/shop_http.py)
+        ]
+    )
 
     async def session_ctx(app: web.Application):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -534,13 +574,25 @@ def _zone_of(rules_dir: str) -> dt.tzinfo:
         return ZoneInfo("Asia/Tokyo")
 
 
-def serve(*, rules_dir: str, db: str, listen: str, tick_seconds: float,
-          env: Mapping[str, str] | None = None, condition_interval: int = 0) -> int:
+def serve(
+    *,
+    rules_dir: str,
+    db: str,
+    listen: str,
+    tick_seconds: float,
+    env: Mapping[str, str] | None = None,
+    condition_interval: int = 0,
+) -> int:
     """Run the runner until SIGTERM/SIGINT; returns the process exit code."""
     setup_logging(_zone_of(rules_dir))
-    config = RunnerConfig.from_env(os.environ if env is None else env, rules_dir=rules_dir,
-                                   db=db, listen=listen, tick_seconds=tick_seconds,
-                                   condition_interval=condition_interval)
+    config = RunnerConfig.from_env(
+        os.environ if env is None else env,
+        rules_dir=rules_dir,
+        db=db,
+        listen=listen,
+        tick_seconds=tick_seconds,
+        condition_interval=condition_interval,
+    )
     try:
         return asyncio.run(_serve(config))
     except StartupError as exc:
@@ -583,6 +635,6 @@ async def _exit_on_second_signal(runner: Runner) -> None:
     await runner.wait_force()
     log.warning("second signal: exiting now; rows in flight are sent again on restart")
     try:
-        runner.close(wait=False)   # the tick thread may still be inside a tick
+        runner.close(wait=False)  # the tick thread may still be inside a tick
     finally:
         os._exit(1)

@@ -7,6 +7,7 @@
 - tracked links to ``account_link.login_url`` (``GET /c/<token>``) get a fresh LINE link token
   for the friend who tapped, see :func:`account_link_target`.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -18,6 +19,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from aiohttp import web
 
 from engine.runtime import identity
+
 from . import shopify
 
 log = logging.getLogger("linerules.shop")
@@ -44,7 +46,7 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
         signature = request.headers.get("X-Shopify-Hmac-Sha256")
         topic = request.headers.get("X-Shopify-Topic", "")
         webhook_id = request.headers.get("X-Shopify-Webhook-Id") or None
-        from . import server   # the runner's intake threads (imported here: server imports us)
+        from . import server  # the runner's intake threads (imported here: server imports us)
 
         try:
             stored = await request.app[server.INTAKE].run(_store_shopify, secret, body, signature, topic, webhook_id)
@@ -52,8 +54,11 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
             log.error("Shopify webhook %s (%s) not understood: %s", topic, webhook_id, exc)
             return _error(400, str(exc))
         if stored is None:
-            log.warning("Shopify webhook refused: %s X-Shopify-Hmac-Sha256 from %s",
-                        "invalid" if signature else "missing", request.remote)
+            log.warning(
+                "Shopify webhook refused: %s X-Shopify-Hmac-Sha256 from %s",
+                "invalid" if signature else "missing",
+                request.remote,
+            )
             return _error(401, "invalid signature")
         events, result = stored
         if not events:
@@ -61,8 +66,13 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
             return web.json_response({"applied": 0, "duplicates": 0, "ignored": True})
         for event in events:
             runner.metrics.events.labels(type=event.type, origin="shopify").inc()
-        log.info("Shopify webhook %s (%s): %d events stored, %d duplicates", topic, webhook_id,
-                 result.applied, result.duplicates)
+        log.info(
+            "Shopify webhook %s (%s): %d events stored, %d duplicates",
+            topic,
+            webhook_id,
+            result.applied,
+            result.duplicates,
+        )
         if result.applied:
             runner.wake_tick()
         return web.json_response({"applied": result.applied, "duplicates": result.duplicates})
@@ -80,8 +90,7 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
         try:
             data = json.loads(await request.read())
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return _error(400, "the body must be a JSON object like "
-                               '{"customer": "C-1001", "link_token": "..."}')
+            return _error(400, 'the body must be a JSON object like {"customer": "C-1001", "link_token": "..."}')
         if not isinstance(data, dict):
             return _error(400, 'the body must be a JSON object like {"customer": "C-1001", "link_token": "..."}')
         for key in ("customer", "link_token"):
@@ -89,19 +98,20 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
                 return _error(400, f'field "{key}": is missing')
         nonce = data.get("nonce")
         if nonce is not None and (not isinstance(nonce, str) or not 10 <= len(nonce) <= 255):
-            return _error(400, 'field "nonce": must be text of 10 to 255 characters (leave it out '
-                               "and linerules makes one)")
+            return _error(
+                400, 'field "nonce": must be text of 10 to 255 characters (leave it out and linerules makes one)'
+            )
         nonce = identity.register_nonce(runner.store, data["customer"], int(runner.now().timestamp()), nonce)
         url = f"{ACCOUNT_LINK_DIALOG}?{urlencode({'linkToken': data['link_token'], 'nonce': nonce})}"
         log.info("account link nonce registered for customer %s", data["customer"])
         return web.json_response({"nonce": nonce, "redirect_url": url})
 
-    return [web.post("/shopify/webhooks", shopify_webhooks),
-            web.post("/account-link/nonce", account_link_nonce)]
+    return [web.post("/shopify/webhooks", shopify_webhooks), web.post("/account-link/nonce", account_link_nonce)]
 
 
-def _store_shopify(stores: Any, runner: Any, secret: str, body: bytes, signature: str | None, topic: str,
-                   webhook_id: str | None) -> tuple[list, Any] | None:
+def _store_shopify(
+    stores: Any, runner: Any, secret: str, body: bytes, signature: str | None, topic: str, webhook_id: str | None
+) -> tuple[list, Any] | None:
     """On an intake thread: verify the signature (None when wrong), translate, store (raises
     ShopifyError for a body that is not what its topic says)."""
     from .server import _apply
@@ -134,4 +144,3 @@ async def account_link_target(runner: Any, token: str, url: str) -> str:
 def _same_page(url: str, login: str) -> bool:
     a, b = urlsplit(url), urlsplit(login)
     return (a.scheme, a.netloc, a.path.rstrip("/")) == (b.scheme, b.netloc, b.path.rstrip("/"))
-

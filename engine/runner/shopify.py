@@ -12,6 +12,7 @@ The customer key of a Shopify order is the customer's e-mail address, as in the 
 (so an imported order and its webhook are one order: the order id is the order's ``name``,
 ``#1001``, the export's ``Name``); Shopify's own ids are kept beside it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,14 @@ from typing import Any
 from engine.runtime.events import Event, customer_key
 
 #: Topics that become events; any other topic is answered 200 and ignored.
-TOPICS = ("orders/create", "orders/cancelled", "refunds/create", "checkouts/create",
-          "checkouts/update", "fulfillments/create")
+TOPICS = (
+    "orders/create",
+    "orders/cancelled",
+    "refunds/create",
+    "checkouts/create",
+    "checkouts/update",
+    "fulfillments/create",
+)
 
 
 class ShopifyError(ValueError):
@@ -90,8 +97,11 @@ def _items(lines: Any) -> list[dict[str, Any]]:
     for i, line in enumerate(lines if isinstance(lines, list) else []):
         if not isinstance(line, dict):
             raise ShopifyError(f"`line_items[{i}]` is not an object")
-        product = line.get("sku") or (str(line["product_id"]) if line.get("product_id") is not None else None) \
+        product = (
+            line.get("sku")
+            or (str(line["product_id"]) if line.get("product_id") is not None else None)
             or line.get("title")
+        )
         if not product:
             continue
         item: dict[str, Any] = {"product": str(product)}
@@ -127,9 +137,15 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
         customer, extra = _customer(payload)
         if customer is None:
             return []
-        data = {"customer": customer, "order_id": order_id, "external_id": external,
-                "amount": _money(payload.get("total_price"), "total_price"),
-                "items": _items(payload.get("line_items")), "source": "shopify", **extra}
+        data = {
+            "customer": customer,
+            "order_id": order_id,
+            "external_id": external,
+            "amount": _money(payload.get("total_price"), "total_price"),
+            "items": _items(payload.get("line_items")),
+            "source": "shopify",
+            **extra,
+        }
         return [Event("purchase", "", _time(payload.get("created_at"), "created_at"), data, id=base)]
     if topic == "orders/cancelled":
         order_id, external = _order_id(payload)
@@ -142,41 +158,58 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
     if topic == "refunds/create":
         if payload.get("order_id") is None:
             raise ShopifyError("`order_id` is missing")
-        amount = sum(_money(t.get("amount"), "transactions.amount") for t in payload.get("transactions") or []
-                     if isinstance(t, dict) and t.get("kind") == "refund" and t.get("status") in ("success", None))
+        amount = sum(
+            _money(t.get("amount"), "transactions.amount")
+            for t in payload.get("transactions") or []
+            if isinstance(t, dict) and t.get("kind") == "refund" and t.get("status") in ("success", None)
+        )
         if not amount:
-            amount = sum(_money(r.get("subtotal", 0), "refund_line_items.subtotal")
-                         for r in payload.get("refund_line_items") or [] if isinstance(r, dict))
+            amount = sum(
+                _money(r.get("subtotal", 0), "refund_line_items.subtotal")
+                for r in payload.get("refund_line_items") or []
+                if isinstance(r, dict)
+            )
         if not amount:
-            return []       # a refund of nothing (a restock only)
-        data = {"order_id": f"shopify:{payload['order_id']}", "amount": amount,
-                "shopify_refund_id": str(payload.get("id"))}
+            return []  # a refund of nothing (a restock only)
+        data = {
+            "order_id": f"shopify:{payload['order_id']}",
+            "amount": amount,
+            "shopify_refund_id": str(payload.get("id")),
+        }
         if payload.get("note"):
             data["reason"] = str(payload["note"])
         refund_id = f"shopify:refund:{payload['id']}" if payload.get("id") is not None else base
         return [Event("refund", "", _time(payload.get("created_at"), "created_at"), data, id=refund_id)]
     if topic in ("checkouts/create", "checkouts/update"):
         if payload.get("completed_at"):
-            return []       # it became an order
+            return []  # it became an order
         customer, extra = _customer(payload)
         if customer is None:
-            return []       # an anonymous checkout: nobody to remind
+            return []  # an anonymous checkout: nobody to remind
         when = _time(payload.get("updated_at") or payload.get("created_at"), "updated_at")
-        common = {"customer": customer, "checkout_id": str(payload.get("id") or payload.get("token") or ""),
-                  "checkout_url": payload.get("abandoned_checkout_url") or "",
-                  "amount": _money(payload.get("total_price") or 0, "total_price"), **extra}
+        common = {
+            "customer": customer,
+            "checkout_id": str(payload.get("id") or payload.get("token") or ""),
+            "checkout_url": payload.get("abandoned_checkout_url") or "",
+            "amount": _money(payload.get("total_price") or 0, "total_price"),
+            **extra,
+        }
         items = _items(payload.get("line_items"))
-        return [Event("cart", "", when, {**common, "product": item["product"]},
-                      id=f"{base}:{i}" if base else None) for i, item in enumerate(items)]
+        return [
+            Event("cart", "", when, {**common, "product": item["product"]}, id=f"{base}:{i}" if base else None)
+            for i, item in enumerate(items)
+        ]
     # fulfillments/create
     if payload.get("order_id") is None:
         raise ShopifyError("`order_id` is missing")
     urls = payload.get("tracking_urls") or []
     numbers = payload.get("tracking_numbers") or []
-    data = {"order_id": f"shopify:{payload['order_id']}",
-            "tracking_url": payload.get("tracking_url") or (urls[0] if urls else ""),
-            "tracking_number": payload.get("tracking_number") or (numbers[0] if numbers else ""),
-            "carrier": payload.get("tracking_company") or ""}
+    data = {
+        "order_id": f"shopify:{payload['order_id']}",
+        "tracking_url": payload.get("tracking_url") or (urls[0] if urls else ""),
+        "tracking_number": payload.get("tracking_number") or (numbers[0] if numbers else ""),
+        "carrier": payload.get("tracking_company") or "",
+    }
     if isinstance(payload.get("name"), str):
         data["order_name"] = payload["name"].rsplit(".", 1)[0]
     customer, extra = _customer(payload)

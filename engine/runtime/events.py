@@ -3,6 +3,7 @@
 Shop events (``POST /events``, ``simulate`` timelines) and LINE webhook events are both turned
 into :class:`Event` values here; the store applies a batch of them in one transaction.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,8 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The types with a fixed meaning; any other type is a custom shop event (``event NAME``).
-KNOWN_TYPES = ("follow", "unfollow", "message", "postback", "purchase", "cart", "view",
-               "attributes", "tag", "identify", "unlink", "refund", "click")
+KNOWN_TYPES = (
+    "follow",
+    "unfollow",
+    "message",
+    "postback",
+    "purchase",
+    "cart",
+    "view",
+    "attributes",
+    "tag",
+    "identify",
+    "unlink",
+    "refund",
+    "click",
+)
 #: Types that may name the shop's ``customer`` instead of the ``friend`` (custom types may too).
 CUSTOMER_TYPES = ("purchase", "cart", "view", "attributes", "tag", "unlink", "refund")
 
@@ -19,19 +33,35 @@ CUSTOMER_TYPES = ("purchase", "cart", "view", "attributes", "tag", "unlink", "re
 #: rather than as the event that happened: the type each one means. A custom event of such a
 #: name could never be told apart from the mistake, so it is refused (SPEC §6).
 RULE_WORD_TYPES = {
-    "carted": "cart", "purchased": "purchase", "viewed": "view", "followed": "follow",
-    "unfollowed": "unfollow", "blocked": "unfollow", "unblocked": "follow", "clicked": "click",
-    "tagged": "tag", "untagged": "tag", "order": "purchase", "ordered": "purchase",
-    "bought": "purchase", "messaged": "message", "block": "unfollow", "orders": "purchase",
-    "add_to_cart": "cart", "postbacked": "postback",
-    "linked": "identify", "unlinked": "unlink", "refunded": "refund", "cancelled": "refund",
+    "carted": "cart",
+    "purchased": "purchase",
+    "viewed": "view",
+    "followed": "follow",
+    "unfollowed": "unfollow",
+    "blocked": "unfollow",
+    "unblocked": "follow",
+    "clicked": "click",
+    "tagged": "tag",
+    "untagged": "tag",
+    "order": "purchase",
+    "ordered": "purchase",
+    "bought": "purchase",
+    "messaged": "message",
+    "block": "unfollow",
+    "orders": "purchase",
+    "add_to_cart": "cart",
+    "postbacked": "postback",
+    "linked": "identify",
+    "unlinked": "unlink",
+    "refunded": "refund",
+    "cancelled": "refund",
 }
 
 #: Times an event may carry (``at``): from the Unix epoch to the end of 2199 (UTC). Later
 #: moments would overflow the engine's clock arithmetic (waits, local days) and earlier ones
 #: cannot be meant; a client gets a 400 naming the field instead.
-MIN_AT = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-MAX_AT = dt.datetime(2200, 1, 1, tzinfo=dt.timezone.utc)
+MIN_AT = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MAX_AT = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 
 
 def type_hint(kind: str) -> str | None:
@@ -54,15 +84,27 @@ def type_hint_message(kind: str, right: str) -> str:
 
     if kind.lower() == right:
         return _("unknown type `{kind}` (did you mean `{right}`?)", kind=kind, right=right)
-    return _("unknown type `{kind}`: `{word}` is how rules say it; the event is `{right}` (did you "
-             "mean `{right}`?)", kind=kind, word=kind.lower(), right=right)
+    return _(
+        "unknown type `{kind}`: `{word}` is how rules say it; the event is `{right}` (did you mean `{right}`?)",
+        kind=kind,
+        word=kind.lower(),
+        right=right,
+    )
 
 
 #: Built-in event types -> how a rule reacts to them (a rule's `event NAME` is for custom
 #: events only).
-RULE_WORDS = {"follow": "followed", "unfollow": "unfollowed", "purchase": "purchased",
-              "cart": "carted", "view": "viewed", "click": "clicked", "tag": "tagged NAME",
-              "message": 'message "..."', "postback": "postback KEY=VALUE"}
+RULE_WORDS = {
+    "follow": "followed",
+    "unfollow": "unfollowed",
+    "purchase": "purchased",
+    "cart": "carted",
+    "view": "viewed",
+    "click": "clicked",
+    "tag": "tagged NAME",
+    "message": 'message "..."',
+    "postback": "postback KEY=VALUE",
+}
 
 
 def meant_type(type_: str) -> str | None:
@@ -74,13 +116,13 @@ def meant_type(type_: str) -> str | None:
 
 @dataclass(frozen=True)
 class Event:
-    type: str                  # one of KNOWN_TYPES, or a custom event name
-    friend: str                # LINE user id (or the shop's id for the friend)
-    at: dt.datetime            # timezone-aware
+    type: str  # one of KNOWN_TYPES, or a custom event name
+    friend: str  # LINE user id (or the shop's id for the friend)
+    at: dt.datetime  # timezone-aware
     data: dict[str, Any] = field(default_factory=dict)  # the other validated fields
-    id: str | None = None      # explicit event id, if given
-    reply_token: str | None = None   # LINE reply token (webhook events only)
-    line: int | None = None    # 1-based line (JSON Lines) or item index in the batch
+    id: str | None = None  # explicit event id, if given
+    reply_token: str | None = None  # LINE reply token (webhook events only)
+    line: int | None = None  # 1-based line (JSON Lines) or item index in the batch
 
     @property
     def dedupe_key(self) -> str | None:
@@ -122,13 +164,12 @@ class EventError(ValueError):
 
         if self.line is not None:
             where = {"item": _("item {n}", n=self.line), "event": _("event {n}", n=self.line)}.get(
-                self.unit, _("line {n}", n=self.line))
+                self.unit, _("line {n}", n=self.line)
+            )
         else:
-            where = (_("event") if self.unit in ("line", "event")
-                     else _("item") if self.unit == "item" else self.unit)
+            where = _("event") if self.unit in ("line", "event") else _("item") if self.unit == "item" else self.unit
         if self.field:
-            return _('{where}: field "{field}": {message}', where=where, field=self.field,
-                     message=self.message)
+            return _('{where}: field "{field}": {message}', where=where, field=self.field, message=self.message)
         return _("{where}: {message}", where=where, message=self.message)
 
 

@@ -13,19 +13,22 @@ kept by its id in ``orders``, whatever brought it (an event, a Shopify webhook, 
 
 Every function here is called inside the caller's :meth:`Store.transaction`.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import secrets
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
+
+from engine.line.webhook import ACCOUNT_LINK  # LINE's accountLink event, as the engine sees it
 
 from .events import customer_key
 from .store import EventRow, OrderRecord, OrderRefund, OrderState, Store
-from engine.line.webhook import ACCOUNT_LINK  # LINE's accountLink event, as the engine sees it
 
 log = logging.getLogger("linerules.identity")
 
@@ -43,12 +46,13 @@ LINKED = "linked"
 @dataclass(frozen=True)
 class Order:
     """One order as an import or an event gives it (amounts in yen, ``at`` epoch seconds)."""
+
     order_id: str
     at: int
     amount: float
     items: Sequence[dict] = ()
     customer: str | None = None
-    friend: str | None = None       # named by the event itself: stays with that friend
+    friend: str | None = None  # named by the event itself: stays with that friend
     refunded: float = 0.0
     cancelled: bool = False
     source: str = "event"
@@ -58,10 +62,11 @@ class Order:
 @dataclass
 class Handled:
     """What the shop side made of an event, for the engine."""
-    friend: str | None              # who the event is about (None: kept for an unlinked customer)
+
+    friend: str | None  # who the event is about (None: kept for an unlinked customer)
     data: dict[str, Any]
-    fire: bool = True               # whether event rules see it
-    linked: list[tuple[str, dict]] = field(default_factory=list)   # friends whose link appeared
+    fire: bool = True  # whether event rules see it
+    linked: list[tuple[str, dict]] = field(default_factory=list)  # friends whose link appeared
 
 
 # ----------------------------------------------------------------------------- look-ups
@@ -116,8 +121,9 @@ def link(store: Store, customer: str, friend: str, via: str, at: int) -> bool:
     return True
 
 
-def unlink(store: Store, *, friend: str | None = None, customer: str | None = None,
-           via: str, at: int) -> tuple[str, str] | None:
+def unlink(
+    store: Store, *, friend: str | None = None, customer: str | None = None, via: str, at: int
+) -> tuple[str, str] | None:
     """Remove the link of ``friend`` (or of ``customer``): the customer's orders leave the
     friend's measures and are kept for the customer again. Returns (customer, friend), or None
     when there was no link."""
@@ -225,7 +231,7 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
         owner = o.friend or (links.get(o.customer) if o.customer else None)
         if old is not None and old.amount is not None:
             if o.external_id and not old.external_id:
-                external.append((o.order_id, o.external_id))   # imported before the file had the id
+                external.append((o.order_id, o.external_id))  # imported before the file had the id
             refunded = max(old.refunded, o.refunded)
             cancelled = old.cancelled or o.cancelled
             if refunded != old.refunded or cancelled != old.cancelled:
@@ -236,10 +242,20 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
             else:
                 out["duplicate"].append(o.order_id)
             continue
-        record = OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, float(o.amount), o.items,
-                             o.source, o.external_id, o.refunded if old is not None else float(o.refunded),
-                             o.cancelled)
-        (fill if old is not None else new_rows).append(record)   # fill: a refund arrived before its order
+        record = OrderRecord(
+            o.order_id,
+            o.customer,
+            owner,
+            bool(o.friend),
+            o.at,
+            float(o.amount),
+            o.items,
+            o.source,
+            o.external_id,
+            o.refunded if old is not None else float(o.refunded),
+            o.cancelled,
+        )
+        (fill if old is not None else new_rows).append(record)  # fill: a refund arrived before its order
         existing[o.order_id] = OrderState(o.order_id, o.amount, o.refunded, o.cancelled, owner, o.external_id)
         out["counted" if owner else "kept"].append(o.order_id)
         if owner:
@@ -254,8 +270,7 @@ def record_orders(store: Store, orders: Sequence[Order], now: int) -> dict[str, 
         store.set_external_ids(external)
     if fill or changed or any(o.refunded for o in orders):
         store.cancel_refunded_in_full(batch)
-    project(store, out["counted"] + out["updated"] + [f.order_id for f in fill],
-            fresh=not (out["updated"] or fill))
+    project(store, out["counted"] + out["updated"] + [f.order_id for f in fill], fresh=not (out["updated"] or fill))
     recount(store, friends)
     return out
 
@@ -286,8 +301,10 @@ def _record_new(store: Store, o: Order, now: int) -> str | None:
     if store.order_exists(o.order_id):
         return None
     owner = o.friend or (linked_friend(store, o.customer) if o.customer else None)
-    store.insert_orders([OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, o.amount, o.items,
-                                     o.source, o.external_id)], now)
+    store.insert_orders(
+        [OrderRecord(o.order_id, o.customer, owner, bool(o.friend), o.at, o.amount, o.items, o.source, o.external_id)],
+        now,
+    )
     if owner is None:
         return "kept"
     # the amount as the event gave it: one SQLite cannot hold fails the event (set aside)
@@ -295,16 +312,29 @@ def _record_new(store: Store, o: Order, now: int) -> str | None:
     return "counted"
 
 
-def refund(store: Store, order_id: str, amount: float | None, at: int, *,
-           customer: str | None = None, friend: str | None = None) -> str | None:
+def refund(
+    store: Store,
+    order_id: str,
+    amount: float | None,
+    at: int,
+    *,
+    customer: str | None = None,
+    friend: str | None = None,
+) -> str | None:
     """Take ``amount`` (None: the whole order, a cancellation) back out of an order; an order
     refunded in full no longer counts as an order. A refund for an order not seen yet is kept
     and applies when the order arrives. Returns the friend the order counts for, if any."""
     order_id = find_order(store, order_id) or order_id
     state = store.order_states([order_id]).get(order_id)
     if state is None:
-        store.add_early_refund(order_id, customer=customer_key(customer) if customer else None, friend=friend,
-                               at=at, refunded=float(amount or 0), cancelled=amount is None)
+        store.add_early_refund(
+            order_id,
+            customer=customer_key(customer) if customer else None,
+            friend=friend,
+            at=at,
+            refunded=float(amount or 0),
+            cancelled=amount is None,
+        )
         return None
     _, total, refunded, cancelled, owner, _ = state
     if total is None:
@@ -352,18 +382,34 @@ def _handle(store: Store, ev: EventRow) -> Handled | None:
         return _account_link(store, ev)
     if kind == "identify":
         linked = link(store, customer, ev.friend, "identify", at)
-        return Handled(ev.friend, data, fire=False,
-                       linked=[(ev.friend, {"customer": customer_key(customer), "via": "identify"})] if linked else [])
+        return Handled(
+            ev.friend,
+            data,
+            fire=False,
+            linked=[(ev.friend, {"customer": customer_key(customer), "via": "identify"})] if linked else [],
+        )
     if kind == "unlink":
         done = unlink(store, friend=friend, customer=customer, via="event", at=at)
         return Handled(done[1] if done else friend, data, fire=False)
     if friend is None and customer:
         friend = linked_friend(store, customer)
     if kind == "purchase":
-        result = record_orders(store, [Order(
-            order_id=data["order_id"], at=at, amount=data.get("amount", 0), items=data.get("items") or (),
-            customer=customer, friend=ev.friend or None, source=data.get("source", "event"),
-            external_id=data.get("external_id"))], at)
+        result = record_orders(
+            store,
+            [
+                Order(
+                    order_id=data["order_id"],
+                    at=at,
+                    amount=data.get("amount", 0),
+                    items=data.get("items") or (),
+                    customer=customer,
+                    friend=ev.friend or None,
+                    source=data.get("source", "event"),
+                    external_id=data.get("external_id"),
+                )
+            ],
+            at,
+        )
         if result["duplicate"] or result["updated"]:
             log.info("order %s was already recorded (an import?): not counted again", data["order_id"])
             return Handled(friend, data, fire=False)
@@ -378,7 +424,7 @@ def _handle(store: Store, ev: EventRow) -> Handled | None:
         owner = order_owner(store, data["order_id"])
         return Handled(owner, data)
     if friend is None and customer:
-        return Handled(None, data)      # kept until the customer is linked
+        return Handled(None, data)  # kept until the customer is linked
     if customer and not ev.friend:
         return Handled(friend, data)
     return None
@@ -394,8 +440,12 @@ def _account_link(store: Store, ev: EventRow) -> Handled:
         log.warning("account link of %s: unknown or used nonce; the shop must register it first", ev.friend)
         return Handled(ev.friend, data, fire=False)
     linked = link(store, customer, ev.friend, "account_link", ev.at)
-    return Handled(ev.friend, data, fire=False,
-                   linked=[(ev.friend, {"customer": customer, "via": "account_link"})] if linked else [])
+    return Handled(
+        ev.friend,
+        data,
+        fire=False,
+        linked=[(ev.friend, {"customer": customer, "via": "account_link"})] if linked else [],
+    )
 
 
 def _order_number_link(store: Store, ev: EventRow) -> Handled | None:
@@ -415,10 +465,12 @@ def _order_number_link(store: Store, ev: EventRow) -> Handled | None:
             continue
         holder = linked_friend(store, customer)
         if holder is not None and holder != ev.friend:
-            log.warning("friend %s sent order %s, whose customer is linked to another friend: not moved",
-                        ev.friend, number)
+            log.warning(
+                "friend %s sent order %s, whose customer is linked to another friend: not moved", ev.friend, number
+            )
             continue
         if link(store, customer, ev.friend, "order_number", ev.at):
-            return Handled(ev.friend, data, linked=[(ev.friend, {"customer": customer, "via": "order_number",
-                                                                 "order_id": number})])
+            return Handled(
+                ev.friend, data, linked=[(ev.friend, {"customer": customer, "via": "order_number", "order_id": number})]
+            )
     return None

@@ -15,6 +15,7 @@ Three order formats, one row per line item:
 
 ``--columns field=Header,...`` names a differently called column for any field.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,13 +28,15 @@ import sys
 import time
 import unicodedata
 import zoneinfo
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import click
 
-from .events import customer_key
 from engine.i18n import UserError, render
+
+from .events import customer_key
 from .identity import Order, link_many, record_orders
 from .store import Store, StoreError
 
@@ -120,10 +123,12 @@ class Summary:
 
     def lines(self) -> list[str]:
         name = os.path.basename(self.path)
-        out = [f"{name}: {self.orders} orders read ({self.rows} rows) in {self.seconds:.1f}s",
-               f"  {self.counted} counted for linked friends",
-               f"  {self.kept} kept for customers not linked yet (they count once linked)",
-               f"  {self.duplicate} already imported (unchanged)"]
+        out = [
+            f"{name}: {self.orders} orders read ({self.rows} rows) in {self.seconds:.1f}s",
+            f"  {self.counted} counted for linked friends",
+            f"  {self.kept} kept for customers not linked yet (they count once linked)",
+            f"  {self.duplicate} already imported (unchanged)",
+        ]
         if self.updated:
             out.append(f"  {self.updated} already imported, refund or cancellation taken in")
         out.append(f"  {len(self.refused)} refused" + (":" if self.refused else ""))
@@ -162,11 +167,9 @@ def parse_columns(spec: str | None, known: Iterable[str]) -> dict[str, str]:
         name, sep, header = part.partition("=")
         name, header = name.strip(), header.strip()
         if not sep or not header:
-            raise click.BadParameter(f"`{part.strip()}` is not FIELD=Column header",
-                                     param_hint="'--columns'")
+            raise click.BadParameter(f"`{part.strip()}` is not FIELD=Column header", param_hint="'--columns'")
         if name not in known:
-            raise click.BadParameter(f"unknown field `{name}` (fields: {', '.join(known)})",
-                                     param_hint="'--columns'")
+            raise click.BadParameter(f"unknown field `{name}` (fields: {', '.join(known)})", param_hint="'--columns'")
         out[name] = header
     return out
 
@@ -194,6 +197,7 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
             if "".join(values).strip():
                 yield line, values
             line = reader.line_num + 1
+
     return header, records()
 
 
@@ -208,8 +212,9 @@ def _header_key(name: str) -> str:
     return _HEADER_NOTE.sub("", name) or name
 
 
-def _resolve(path: str, header: list[str], spec: dict[str, tuple[str, ...]], columns: dict[str, str],
-             fmt: str) -> dict[str, int]:
+def _resolve(
+    path: str, header: list[str], spec: dict[str, tuple[str, ...]], columns: dict[str, str], fmt: str
+) -> dict[str, int]:
     """Field -> column index in this file. A column matches by its exact name, else by its name
     without a note in parentheses (RMS's ``合計金額(-99999=無効値)`` is ``合計金額``)."""
     where = {h: i for i, h in reversed(list(enumerate(header)))}
@@ -230,8 +235,10 @@ def _resolve(path: str, header: list[str], spec: dict[str, tuple[str, ...]], col
         missing.append("customer")
     if missing:
         names = ", ".join(f"{n} (`{'` or `'.join(spec.get(n, (n,)))}`)" for n in missing)
-        raise ImportError_(f"{path}:1: this is not a {fmt} order file: no column for {names}; "
-                           "name the columns with --columns FIELD=Header")
+        raise ImportError_(
+            f"{path}:1: this is not a {fmt} order file: no column for {names}; "
+            "name the columns with --columns FIELD=Header"
+        )
     return out
 
 
@@ -252,11 +259,11 @@ def parse_time(text: str, tz: dt.tzinfo) -> int:
     if "/" in text:
         text = text.replace("/", "-")
     tail = text[-6:]
-    if "+" in tail or "-" in tail:      # an offset, perhaps written `` +0900``
+    if "+" in tail or "-" in tail:  # an offset, perhaps written `` +0900``
         text = _SPACED_OFFSET.sub(r"\1:\2", text)
     if not _DATE_START.match(text):
         raise ValueError(text)
-    when = dt.datetime.fromisoformat(text)   # raises ValueError
+    when = dt.datetime.fromisoformat(text)  # raises ValueError
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
     return int(when.timestamp())
@@ -274,9 +281,11 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
     cols = _resolve(path, header, spec, columns, fmt)
     summary = Summary(path)
     groups: dict[str, dict[str, Any]] = {}
-    order_fields = [(n, i) for n, i in cols.items()
-                    if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status",
-                             "external_id")]
+    order_fields = [
+        (n, i)
+        for n, i in cols.items()
+        if n in ("customer", "friend", "at", "date", "time", "amount", "refunded", "cancelled", "status", "external_id")
+    ]
     # the item's columns by index (-1: the file has none), read straight from each row
     index = {n: cols.get(n, -1) for n in ("product", "name", "category", "price", "quantity")}
     p_i, n_i, c_i, pr_i, q_i = (index[n] for n in ("product", "name", "category", "price", "quantity"))
@@ -297,14 +306,20 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
                 value = values[i].strip()
                 if value:
                     first[name] = (value, line)
-        product = (values[p_i].strip() if 0 <= p_i < width else "") or \
-            (values[n_i].strip() if 0 <= n_i < width else "")
+        product = (values[p_i].strip() if 0 <= p_i < width else "") or (values[n_i].strip() if 0 <= n_i < width else "")
         if not product:
             continue
         try:
-            group["items"].append(_item(product, values[c_i].strip() if 0 <= c_i < width else "",
-                                        values[pr_i].strip() if 0 <= pr_i < width else "",
-                                        values[q_i].strip() if 0 <= q_i < width else "", header, cols))
+            group["items"].append(
+                _item(
+                    product,
+                    values[c_i].strip() if 0 <= c_i < width else "",
+                    values[pr_i].strip() if 0 <= pr_i < width else "",
+                    values[q_i].strip() if 0 <= q_i < width else "",
+                    header,
+                    cols,
+                )
+            )
         except _Bad as exc:
             group["error"] = group["error"] or (line, f"order {order_id}: {exc}")
     orders = []
@@ -325,8 +340,7 @@ def _column(header: list[str], cols: dict[str, int], name: str) -> str:
     return header[cols[name]] if name in cols else name
 
 
-def _item(product: str, category: str, price: str, quantity: str, header: list[str],
-          cols: dict[str, int]) -> dict:
+def _item(product: str, category: str, price: str, quantity: str, header: list[str], cols: dict[str, int]) -> dict:
     item: dict[str, Any] = {"product": product}
     if category:
         item["category"] = category
@@ -345,8 +359,7 @@ def _item(product: str, category: str, price: str, quantity: str, header: list[s
     return item
 
 
-def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], fmt: str,
-           tz: dt.tzinfo) -> Order:
+def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], fmt: str, tz: dt.tzinfo) -> Order:
     first = group["first"]
     line = group["line"]
 
@@ -363,12 +376,16 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
     try:
         at = parse_time(text, tz)
     except ValueError:
-        raise _Bad(f"`{_column(header, cols, 'at' if 'at' in cols else 'date')}` {text!r} is not a date and time",
-                   where) from None
+        raise _Bad(
+            f"`{_column(header, cols, 'at' if 'at' in cols else 'date')}` {text!r} is not a date and time", where
+        ) from None
     amount_text, where = need("amount")
     if fmt == "rakuten" and amount_text.strip() == RMS_NO_VALUE:
-        raise _Bad(f"`{_column(header, cols, 'amount')}` is {RMS_NO_VALUE}: RMS has no total for this order "
-                   "yet (shipping or price not fixed); import it again once it has one", where)
+        raise _Bad(
+            f"`{_column(header, cols, 'amount')}` is {RMS_NO_VALUE}: RMS has no total for this order "
+            "yet (shipping or price not fixed); import it again once it has one",
+            where,
+        )
     try:
         amount = parse_amount(amount_text)
     except ValueError:
@@ -382,8 +399,9 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
         try:
             refunded = parse_amount(first["refunded"][0])
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'refunded')}` {first['refunded'][0]!r} is not an amount",
-                       first["refunded"][1]) from None
+            raise _Bad(
+                f"`{_column(header, cols, 'refunded')}` {first['refunded'][0]!r} is not an amount", first["refunded"][1]
+            ) from None
     cancelled = "cancelled" in first and first["cancelled"][0].lower() not in ("0", "false", "no", "")
     status = first.get("status", ("", line))[0]
     if status and not cancelled:
@@ -391,10 +409,18 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
         cancelled = any(w in lowered for w in _CANCELLED_WORDS)
     # Shopify's own id of the order (the export's `Id`), as its webhooks name the order
     external = first.get("external_id", ("", line))[0]
-    return Order(order_id=order_id, at=at, amount=amount, items=tuple(group["items"]),
-                 customer=customer_key(customer) if customer else None, friend=friend or None,
-                 refunded=min(refunded, amount), cancelled=cancelled, source=f"import:{fmt}",
-                 external_id=f"shopify:{external}" if external and fmt == "shopify" else None)
+    return Order(
+        order_id=order_id,
+        at=at,
+        amount=amount,
+        items=tuple(group["items"]),
+        customer=customer_key(customer) if customer else None,
+        friend=friend or None,
+        refunded=min(refunded, amount),
+        cancelled=cancelled,
+        source=f"import:{fmt}",
+        external_id=f"shopify:{external}" if external and fmt == "shopify" else None,
+    )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -403,9 +429,12 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
 def import_orders(store: Store, orders: Sequence[Order], summary: Summary, *, progress: bool = False) -> Summary:
     """Store ``orders`` in transactions of :data:`CHUNK`, counting the outcomes into ``summary``."""
     now = int(time.time())
-    chunks = [orders[i:i + CHUNK] for i in range(0, len(orders), CHUNK)]
-    bar = click.progressbar(length=len(orders), label="importing orders", file=sys.stderr,
-                            show_pos=True) if progress and orders else None
+    chunks = [orders[i : i + CHUNK] for i in range(0, len(orders), CHUNK)]
+    bar = (
+        click.progressbar(length=len(orders), label="importing orders", file=sys.stderr, show_pos=True)
+        if progress and orders
+        else None
+    )
     try:
         for chunk in chunks:
             with store.transaction():
@@ -471,7 +500,9 @@ def main_customers(path: str, columns: str | None, db: str) -> int:
         elif not friend:
             refused.append((line, f"customer {customer}: no LINE user id"))
         elif " " in friend or not friend.startswith("U"):
-            refused.append((line, f"customer {customer}: `{friend}` is not a LINE user id (U followed by 32 hex digits)"))
+            refused.append(
+                (line, f"customer {customer}: `{friend}` is not a LINE user id (U followed by 32 hex digits)")
+            )
         else:
             pairs.append((customer, friend))
     store = _open_store(db)
@@ -481,9 +512,12 @@ def main_customers(path: str, columns: str | None, db: str) -> int:
     finally:
         store.close()
     name = os.path.basename(path)
-    lines = [f"{name}: {rows} rows read", f"  {counts['linked']} linked (their kept orders count now)",
-             f"  {counts['unchanged']} already linked (unchanged)",
-             f"  {len(refused)} refused" + (":" if refused else "")]
+    lines = [
+        f"{name}: {rows} rows read",
+        f"  {counts['linked']} linked (their kept orders count now)",
+        f"  {counts['unchanged']} already linked (unchanged)",
+        f"  {len(refused)} refused" + (":" if refused else ""),
+    ]
     lines += [f"    {path}:{line}: {reason}" for line, reason in refused]
     click.echo("\n".join(lines))
     return 0
@@ -496,7 +530,8 @@ def _resolve_customers(path: str, header: list[str], columns: dict[str, str]) ->
         wanted = (columns[name],) if name in columns else candidates
         found = next((where[c] for c in wanted if c in where), None)
         if found is None:
-            raise ImportError_(f"{path}:1: no column for {name} (`{'` or `'.join(wanted)}`); "
-                               "name it with --columns FIELD=Header")
+            raise ImportError_(
+                f"{path}:1: no column for {name} (`{'` or `'.join(wanted)}`); name it with --columns FIELD=Header"
+            )
         out[name] = found
     return out

@@ -7,6 +7,7 @@ returned list in one transaction never half-applies a rejected batch. Errors are
 
 The event format, field by field, is described in docs/events.md.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,13 +15,24 @@ import difflib
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from engine.i18n import _
 from engine.language.diagnostics import did_you_mean
 from engine.language.ir import NAME_RE
-from engine.i18n import _
-from .events import (CUSTOMER_TYPES, KNOWN_TYPES, MAX_AT, MIN_AT, Event, EventError, customer_key,
-                     type_hint, type_hint_message)
+
+from .events import (
+    CUSTOMER_TYPES,
+    KNOWN_TYPES,
+    MAX_AT,
+    MIN_AT,
+    Event,
+    EventError,
+    customer_key,
+    type_hint,
+    type_hint_message,
+)
 
 #: ``key=value`` with non-empty parts, for follow ``source`` values.
 _PAIR_RE = re.compile(r"\s*[^\s=,]+\s*=\s*[^\s=,]+\s*\Z")
@@ -86,8 +98,14 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
     if not text.strip():
         raise ctx.error(field, _("must not be empty"))
     if len(text) > MAX_ID_CHARS:
-        raise ctx.error(field, _("is {length} characters long; ids, products and categories "
-                                 "have at most {limit}", length=f"{len(text):,}", limit=f"{MAX_ID_CHARS:,}"))
+        raise ctx.error(
+            field,
+            _(
+                "is {length} characters long; ids, products and categories have at most {limit}",
+                length=f"{len(text):,}",
+                limit=f"{MAX_ID_CHARS:,}",
+            ),
+        )
     if text != text.strip():
         raise ctx.error(field, _("has spaces around it: {text}", text=json.dumps(text, ensure_ascii=False)))
     return text
@@ -96,7 +114,13 @@ def _nonempty(value: Any, ctx: _Ctx, field: str) -> str:
 def _name(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not NAME_RE.fullmatch(text):
-        raise ctx.error(field, _("{text} is not a name: names start with a letter and hold letters, digits, `_` and `-`", text=json.dumps(text, ensure_ascii=False)))
+        raise ctx.error(
+            field,
+            _(
+                "{text} is not a name: names start with a letter and hold letters, digits, `_` and `-`",
+                text=json.dumps(text, ensure_ascii=False),
+            ),
+        )
     return text
 
 
@@ -114,7 +138,9 @@ def _number(value: Any, ctx: _Ctx, field: str) -> int | float:
     if value < 0:
         raise ctx.error(field, _("must be 0 or more, got {shown}", shown=_shown(value)))
     if value > MAX_AMOUNT:
-        raise ctx.error(field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_AMOUNT:,}"))
+        raise ctx.error(
+            field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_AMOUNT:,}")
+        )
     return value
 
 
@@ -130,7 +156,9 @@ def _count(value: Any, ctx: _Ctx, field: str) -> int:
     if value < 1:
         raise ctx.error(field, _("must be 1 or more, got {shown}", shown=_shown(value)))
     if value > MAX_QUANTITY:
-        raise ctx.error(field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_QUANTITY:,}"))
+        raise ctx.error(
+            field, _("is too large: {shown} (at most {limit})", shown=_shown(value), limit=f"{MAX_QUANTITY:,}")
+        )
     return value
 
 
@@ -140,22 +168,43 @@ def parse_at(value: Any, ctx: _Ctx, field: str = "at") -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ctx.error(field, _("{text} is not an ISO 8601 time, like {example}", text=json.dumps(text, ensure_ascii=False), example=AT_EXAMPLE)) from None
+        raise ctx.error(
+            field,
+            _(
+                "{text} is not an ISO 8601 time, like {example}",
+                text=json.dumps(text, ensure_ascii=False),
+                example=AT_EXAMPLE,
+            ),
+        ) from None
     if when.tzinfo is None or when.utcoffset() is None:
         raise ctx.error(field, _("needs a UTC offset, like {example}", example=AT_EXAMPLE))
     try:
-        utc = when.astimezone(dt.timezone.utc)
+        utc = when.astimezone(dt.UTC)
     except OverflowError:
         utc = None
     if utc is None or not MIN_AT <= utc < MAX_AT:
-        raise ctx.error(field, _("{text} is out of range: times from {first} to {last} are accepted", text=text, first=MIN_AT.year, last=MAX_AT.year - 1))
+        raise ctx.error(
+            field,
+            _(
+                "{text} is out of range: times from {first} to {last} are accepted",
+                text=text,
+                first=MIN_AT.year,
+                last=MAX_AT.year - 1,
+            ),
+        )
     return when
 
 
 def _source(value: Any, ctx: _Ctx, field: str) -> str:
     text = _string(value, ctx, field)
     if not all(_PAIR_RE.match(part) for part in text.split(",")):
-        raise ctx.error(field, _('{text} is not a list of key=value pairs, like "qr=shipping" or "qr=shipping,ad=summer"', text=json.dumps(text, ensure_ascii=False)))
+        raise ctx.error(
+            field,
+            _(
+                '{text} is not a list of key=value pairs, like "qr=shipping" or "qr=shipping,ad=summer"',
+                text=json.dumps(text, ensure_ascii=False),
+            ),
+        )
     return text
 
 
@@ -175,7 +224,9 @@ def _attributes(value: Any, ctx: _Ctx, field: str) -> dict[str, str | int | floa
         if key in COMPUTED_ATTRIBUTES:
             raise ctx.error(f"{field}.{key}", _("`{key}` is computed from purchases and cannot be set", key=key))
         if not isinstance(item, (str, int, float, bool)):
-            raise ctx.error(f"{field}.{key}", _("must be a string, number or true/false, got {got}", got=_describe(item)))
+            raise ctx.error(
+                f"{field}.{key}", _("must be a string, number or true/false, got {got}", got=_describe(item))
+            )
     return dict(value)
 
 
@@ -195,7 +246,9 @@ _ITEM_FIELDS: dict[str, tuple[bool, Check]] = {
 
 def _items(value: Any, ctx: _Ctx, field: str) -> list[dict[str, Any]]:
     if not isinstance(value, list):
-        raise ctx.error(field, _("must be a list of {{product, category, price, quantity}}, got {got}", got=_describe(value)))
+        raise ctx.error(
+            field, _("must be a list of {{product, category, price, quantity}}, got {got}", got=_describe(value))
+        )
     items = []
     for i, item in enumerate(value):
         where = f"{field}[{i}]"
@@ -230,26 +283,37 @@ def _customer(value: Any, ctx: _Ctx, field: str) -> str:
 # the shop side (docs/shop.md): links, refunds, and shop events naming the shop's customer
 TYPE_FIELDS["identify"] = {"customer": (True, _customer)}
 TYPE_FIELDS["unlink"] = {}
-TYPE_FIELDS["refund"] = {"order_id": (True, _nonempty), "amount": (False, _number),
-                         "reason": (False, _string)}
+TYPE_FIELDS["refund"] = {"order_id": (True, _nonempty), "amount": (False, _number), "reason": (False, _string)}
 for _kind in CUSTOMER_TYPES:
     TYPE_FIELDS[_kind]["customer"] = (False, _customer)
-TYPE_FIELDS["cart"]["checkout_url"] = (False, _nonempty)   # for the cart reminder's link
+TYPE_FIELDS["cart"]["checkout_url"] = (False, _nonempty)  # for the cart reminder's link
 assert set(TYPE_FIELDS) == set(KNOWN_TYPES)
 
 
-def _no_unknown(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *,
-                prefix: str = "", allowed: tuple[str, ...] = ()) -> None:
+def _no_unknown(
+    obj: dict[str, Any],
+    spec: dict[str, tuple[bool, Check]],
+    ctx: _Ctx,
+    what: str,
+    *,
+    prefix: str = "",
+    allowed: tuple[str, ...] = (),
+) -> None:
     """Reject a field ``spec`` does not name (typos must not pass silently)."""
     for key in obj:
         if key not in spec and key not in allowed:
             hint = did_you_mean(key, [*spec, *allowed])
-            raise ctx.error(f"{prefix}{key}", _("is not a field of {what} ({hint})", what=what, hint=hint)
-                            if hint else _("is not a field of {what}", what=what))
+            raise ctx.error(
+                f"{prefix}{key}",
+                _("is not a field of {what} ({hint})", what=what, hint=hint)
+                if hint
+                else _("is not a field of {what}", what=what),
+            )
 
 
-def _fields(obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *,
-            prefix: str = "") -> dict[str, Any]:
+def _fields(
+    obj: dict[str, Any], spec: dict[str, tuple[bool, Check]], ctx: _Ctx, what: str, *, prefix: str = ""
+) -> dict[str, Any]:
     """Check ``obj`` against ``spec``: no unknown field, every required field present."""
     _no_unknown(obj, spec, ctx, what, prefix=prefix)
     out = {}
@@ -274,8 +338,14 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
         return
     elif isinstance(value, int):
         if not -MAX_INT <= value <= MAX_INT:
-            raise ctx.error(field, _("is too large: {shown} (whole numbers go from -{limit} to {limit})",
-                                     shown=_shown(value), limit=f"{MAX_INT:,}"))
+            raise ctx.error(
+                field,
+                _(
+                    "is too large: {shown} (whole numbers go from -{limit} to {limit})",
+                    shown=_shown(value),
+                    limit=f"{MAX_INT:,}",
+                ),
+            )
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ctx.error(field, _("must be a finite number"))
@@ -293,7 +363,14 @@ def _check_value(value: Any, ctx: _Ctx, field: str | None, depth: int = 0) -> No
 
 def _event(obj: Any, ctx: _Ctx) -> Event:
     if not isinstance(obj, dict):
-        raise ctx.error(None, _('an event must be a JSON object like {{"type": "follow", "friend": "U1", "at": "{example}"}}, got {got}', example=AT_EXAMPLE, got=_describe(obj)))
+        raise ctx.error(
+            None,
+            _(
+                'an event must be a JSON object like {{"type": "follow", "friend": "U1", "at": "{example}"}}, got {got}',
+                example=AT_EXAMPLE,
+                got=_describe(obj),
+            ),
+        )
     if "type" not in obj:
         raise ctx.error("type", _("is missing"))
     kind = _string(obj["type"], ctx, "type")
@@ -309,7 +386,8 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     # without `friend`, the event applies to the friend linked to its `customer` (a refund: to
     # the owner of its order); friend "" until then
     by_customer = "friend" not in obj and (
-        ("customer" in obj and (kind in CUSTOMER_TYPES or spec is None)) or kind == "refund")
+        ("customer" in obj and (kind in CUSTOMER_TYPES or spec is None)) or kind == "refund"
+    )
     if by_customer:
         obj = {**obj, "friend": ""}
     if kind == "unlink" and "customer" not in obj and "friend" not in obj:
@@ -331,7 +409,7 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
     else:
         data = _fields(rest, spec, ctx, _("{kind} events", kind=kind))
         _check_type_rules(kind, data, ctx)
-    _check_value(obj, ctx, None)   # after the fields' own checks, which say it more precisely
+    _check_value(obj, ctx, None)  # after the fields' own checks, which say it more precisely
     return Event(type=kind, friend=friend, at=at, data=data, id=event_id, line=ctx.line)
 
 
@@ -342,7 +420,7 @@ def _check_type_rules(kind: str, data: dict[str, Any], ctx: _Ctx) -> None:
         if is_text and "text" not in data:
             raise ctx.error("text", _("is missing (a text message needs its text)"))
         if not is_text and "text" in data:
-            raise ctx.error("text", _("only text messages have text, not {type} messages", type=data['message_type']))
+            raise ctx.error("text", _("only text messages have text, not {type} messages", type=data["message_type"]))
     if kind == "tag":
         if "add" not in data and "remove" not in data:
             raise ctx.error("add", _('is missing: a tag event needs "add" or "remove" (or both)'))
@@ -388,7 +466,9 @@ def _loads(text: str, ctx: _Ctx) -> Any:
         return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
     except json.JSONDecodeError as e:
         line = ctx.line if ctx.line is not None else e.lineno
-        raise EventError(line, None, _("invalid JSON at column {colno}: {msg}", colno=e.colno, msg=e.msg), unit="line") from None
+        raise EventError(
+            line, None, _("invalid JSON at column {colno}: {msg}", colno=e.colno, msg=e.msg), unit="line"
+        ) from None
     except _BadJSON as e:
         raise ctx.error(e.field, e.message) from None
     except RecursionError:

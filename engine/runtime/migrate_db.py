@@ -22,6 +22,7 @@ What it does, in order:
 A target that already holds rows of another database is refused: the copy goes into an empty
 schema (or one that an earlier run of the same copy filled).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,8 @@ class TableResult:
     sqlite: int
     postgres: int
     new: int
-    differing: int = 0     # rows that differ from SQLite's (refreshing: that were updated)
-    extra: int = 0         # rows SQLite does not have (refreshing: that were deleted)
+    differing: int = 0  # rows that differ from SQLite's (refreshing: that were updated)
+    extra: int = 0  # rows SQLite does not have (refreshing: that were deleted)
     refreshed: bool = False
 
     @property
@@ -83,12 +84,13 @@ def is_postgres_url(text: str) -> bool:
 
 # ---------------------------------------------------------------------- the SQLite side
 
+
 def open_source(path: str, *, now: int | None = None, say: Callable[[str], None] = print) -> sqlite3.Connection:
     """A read-only connection to the linerules SQLite database at ``path`` (migrated to this
     version's schema first); raises :class:`MigrateError` for anything that is not one, or
     that a runner still uses."""
     try:
-        version = database_version(path)          # the one test every command uses
+        version = database_version(path)  # the one test every command uses
     except StoreError as exc:
         raise MigrateError(str(exc)) from None
     if version is None:
@@ -97,14 +99,21 @@ def open_source(path: str, *, now: int | None = None, say: Callable[[str], None]
     try:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version > len(MIGRATIONS):
-            raise MigrateError(f"{path} was written by a newer linerules (schema {version}, this one knows "
-                               f"{len(MIGRATIONS)}): upgrade linerules first")
-        lease = conn.execute("SELECT owner, expires_at FROM lease WHERE name = 'runner'").fetchone() \
-            if "lease" in names else None
+            raise MigrateError(
+                f"{path} was written by a newer linerules (schema {version}, this one knows "
+                f"{len(MIGRATIONS)}): upgrade linerules first"
+            )
+        lease = (
+            conn.execute("SELECT owner, expires_at FROM lease WHERE name = 'runner'").fetchone()
+            if "lease" in names
+            else None
+        )
         wall = int(time.time()) if now is None else now
         if lease is not None and lease[1] > wall:
-            raise MigrateError(f"a runner is using {path} (its lease runs for another {lease[1] - wall} s): "
-                               "stop the runner, then run migrate-db again")
+            raise MigrateError(
+                f"a runner is using {path} (its lease runs for another {lease[1] - wall} s): "
+                "stop the runner, then run migrate-db again"
+            )
     except BaseException:
         conn.close()
         raise
@@ -127,8 +136,12 @@ def _read_only(path: str) -> sqlite3.Connection:
 
 def source_tables(conn: sqlite3.Connection) -> list[str]:
     """The linerules tables of the SQLite database, in creation order."""
-    return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                       "AND name NOT LIKE 'sqlite_%' ORDER BY rowid")]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+        )
+    ]
 
 
 def _columns_and_key(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[str]]:
@@ -136,8 +149,9 @@ def _columns_and_key(conn: sqlite3.Connection, table: str) -> tuple[list[str], l
     columns = [r[1] for r in info]
     key = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
     if not key:
-        raise MigrateError(f"table {table} has no primary key: it cannot be copied without doubling rows "
-                           "on a second run")
+        raise MigrateError(
+            f"table {table} has no primary key: it cannot be copied without doubling rows on a second run"
+        )
     return columns, key
 
 
@@ -159,6 +173,7 @@ def _autoincrement_marks(conn: sqlite3.Connection) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------- the PostgreSQL side
+
 
 def connect(url: str):
     """A psycopg connection to ``url``, or a :class:`MigrateError` saying what is wrong."""
@@ -185,13 +200,17 @@ def _check_target(pg, tables: list[str], source: str) -> None:
     marker = pg.execute("SELECT value FROM meta WHERE key = %s", (SOURCE_KEY,)).fetchone()
     if marker is not None:
         if marker[0] != source:
-            raise MigrateError(f"the PostgreSQL schema was filled from another database ({marker[0]}): "
-                               "copy into an empty schema (e.g. ?options=-csearch_path%3Dnew_schema)")
+            raise MigrateError(
+                f"the PostgreSQL schema was filled from another database ({marker[0]}): "
+                "copy into an empty schema (e.g. ?options=-csearch_path%3Dnew_schema)"
+            )
         return
     busy = [t for t in tables if _pg_count(pg, t)]
     if busy:
-        raise MigrateError(f"the PostgreSQL schema already holds data (tables {', '.join(busy)}): copy into "
-                           "an empty schema (e.g. ?options=-csearch_path%3Dnew_schema)")
+        raise MigrateError(
+            f"the PostgreSQL schema already holds data (tables {', '.join(busy)}): copy into "
+            "an empty schema (e.g. ?options=-csearch_path%3Dnew_schema)"
+        )
 
 
 def _psycopg_error(exc: BaseException) -> str | None:
@@ -208,34 +227,46 @@ def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int, refresh: bo
     from psycopg import sql
 
     columns, key = _columns_and_key(src, table)
-    target_columns = [r[0] for r in pg.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = %s ORDER BY ordinal_position", (table,))]
+    target_columns = [
+        r[0]
+        for r in pg.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        )
+    ]
     if target_columns != columns:
-        raise MigrateError(f"table {table} differs in PostgreSQL (columns {target_columns}, in SQLite "
-                           f"{columns}): copy into an empty schema")
+        raise MigrateError(
+            f"table {table} differs in PostgreSQL (columns {target_columns}, in SQLite "
+            f"{columns}): copy into an empty schema"
+        )
     t, stage, keys = sql.Identifier(table), sql.Identifier(f"lr_copy_{table}"), sql.Identifier(f"lr_keys_{table}")
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     key_sql = sql.SQL(", ").join(map(sql.Identifier, key))
     rest = [c for c in columns if c not in key]
     select_cols = ", ".join(f'"{c}"' for c in columns)
     key_cols = ", ".join(f'"{c}"' for c in key)
-    meta_only = sql.SQL(" AND t.key NOT IN ('schema_version', {})").format(sql.Literal(SOURCE_KEY)) \
-        if table == "meta" else sql.SQL("")
+    meta_only = (
+        sql.SQL(" AND t.key NOT IN ('schema_version', {})").format(sql.Literal(SOURCE_KEY))
+        if table == "meta"
+        else sql.SQL("")
+    )
     # 1. the keys of SQLite, and away with the rows of keys it no longer has
     try:
         with pg.transaction():
             pg.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(stage, t))
-            pg.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
-                keys, key_sql, t))
+            pg.execute(
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(keys, key_sql, t)
+            )
             pg.execute(sql.SQL("TRUNCATE {}").format(keys))
             with pg.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(keys, key_sql)) as cp:
                 for row in src.execute(f'SELECT {key_cols} FROM "{table}" WHERE 1 = 1{_meta_filter(table)}'):
                     cp.write_row(row)
             match = sql.SQL(" AND ").join(sql.SQL("k.{0} = t.{0}").format(sql.Identifier(c)) for c in key)
             verb = sql.SQL("DELETE FROM {} t" if refresh else "SELECT COUNT(*) FROM {} t").format(t)
-            cur = pg.execute(sql.SQL("{} WHERE NOT EXISTS (SELECT 1 FROM {} k WHERE {}){}").format(
-                verb, keys, match, meta_only))
+            cur = pg.execute(
+                sql.SQL("{} WHERE NOT EXISTS (SELECT 1 FROM {} k WHERE {}){}").format(verb, keys, match, meta_only)
+            )
             extra = cur.rowcount if refresh else cur.fetchone()[0]
     except Exception as exc:
         reason = _psycopg_error(exc)
@@ -252,20 +283,28 @@ def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int, refresh: bo
         action = sql.SQL("DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(assign, mine, theirs)
         on_key = sql.SQL(" AND ").join(sql.SQL("s.{0} = t.{0}").format(sql.Identifier(c)) for c in key)
         differs = sql.SQL("SELECT COUNT(*) FROM {} s JOIN {} t ON {} WHERE ROW({}) IS DISTINCT FROM ROW({})").format(
-            stage, t, on_key, sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in rest),
-            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest))
+            stage,
+            t,
+            on_key,
+            sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in rest),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in rest),
+        )
     if not refresh or not rest:
         action = sql.SQL("DO NOTHING")
     upsert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {} RETURNING (xmax = 0)").format(
-        t, cols, cols, stage, key_sql, action)
+        t, cols, cols, stage, key_sql, action
+    )
     placeholders = ", ".join("?" for _ in key)
     key_at = [columns.index(c) for c in key]
     new = differing = 0
     last = None
     while True:
         after = f"AND ({key_cols}) > ({placeholders})" if last is not None else ""
-        rows = src.execute(f'SELECT {select_cols} FROM "{table}" WHERE 1 = 1{_meta_filter(table)} {after} '
-                           f"ORDER BY {key_cols} LIMIT {int(batch)}", last or ()).fetchall()
+        rows = src.execute(
+            f'SELECT {select_cols} FROM "{table}" WHERE 1 = 1{_meta_filter(table)} {after} '
+            f"ORDER BY {key_cols} LIMIT {int(batch)}",
+            last or (),
+        ).fetchall()
         if not rows:
             return new, differing, extra
         try:
@@ -280,8 +319,10 @@ def _copy_table(src: sqlite3.Connection, pg, table: str, batch: int, refresh: bo
             reason = _psycopg_error(exc)
             if reason is None:
                 raise
-            raise MigrateError(f"table {table}: rows after {key} = {last} could not be copied ({reason}); "
-                               "what was copied before stays, run migrate-db again once fixed") from None
+            raise MigrateError(
+                f"table {table}: rows after {key} = {last} could not be copied ({reason}); "
+                "what was copied before stays, run migrate-db again once fixed"
+            ) from None
         new += sum(inserted)
         if refresh:
             differing += len(inserted) - sum(inserted)
@@ -294,17 +335,21 @@ def _move_identities(src: sqlite3.Connection, pg, tables: list[str]) -> None:
     from psycopg import sql
 
     marks = _autoincrement_marks(src)
-    rows = pg.execute("SELECT table_name, column_name FROM information_schema.columns "
-                      "WHERE table_schema = current_schema() AND is_identity = 'YES'").fetchall()
+    rows = pg.execute(
+        "SELECT table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND is_identity = 'YES'"
+    ).fetchall()
     with pg.transaction():
         for table, column in rows:
             if table not in tables:
                 continue
             sequence = pg.execute("SELECT pg_get_serial_sequence(%s, %s)", (table, column)).fetchone()[0]
-            top = pg.execute(sql.SQL("SELECT COALESCE(MAX({}), 0) FROM {}").format(
-                sql.Identifier(column), sql.Identifier(table))).fetchone()[0]
-            last, called = pg.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
-                sql.SQL(sequence))).fetchone()
+            top = pg.execute(
+                sql.SQL("SELECT COALESCE(MAX({}), 0) FROM {}").format(sql.Identifier(column), sql.Identifier(table))
+            ).fetchone()[0]
+            last, called = pg.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(sequence))
+            ).fetchone()
             target = max(top, marks.get(table, 0), last if called else 0)
             if target > 0:
                 pg.execute("SELECT setval(%s, %s, true)", (sequence, target))
@@ -312,8 +357,10 @@ def _move_identities(src: sqlite3.Connection, pg, tables: list[str]) -> None:
 
 # ---------------------------------------------------------------------- the whole copy
 
-def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH, refresh: bool = False,
-               say: Callable[[str], None] = print) -> list[TableResult]:
+
+def migrate_db(
+    sqlite_path: str, url: str, *, batch: int = BATCH, refresh: bool = False, say: Callable[[str], None] = print
+) -> list[TableResult]:
     """Copy ``sqlite_path`` into the PostgreSQL database (and schema) of ``url``; returns the
     per-table counts. ``refresh``: also update rows that differ and delete rows SQLite does not
     have (an earlier copy of a file that changed since). Raises :class:`MigrateError` when the
@@ -331,23 +378,26 @@ def migrate_db(sqlite_path: str, url: str, *, batch: int = BATCH, refresh: bool 
             raise MigrateError(f"cannot create the schema in {redact(url)}: {' '.join(str(exc).split())}") from None
         schema = pg.execute("SELECT current_schema()").fetchone()[0]
         say(f"PostgreSQL {redact(url)}, schema {schema} (linerules schema {version})")
-        src.execute("BEGIN")                         # one snapshot for the copy and the counts
+        src.execute("BEGIN")  # one snapshot for the copy and the counts
         tables = source_tables(src)
         source = os.path.realpath(sqlite_path)
         _check_target(pg, tables, source)
         with pg.transaction():
-            pg.execute("INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-                       (SOURCE_KEY, source))
+            pg.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (SOURCE_KEY, source)
+            )
         done = {}
         for table in tables:
             started = time.monotonic()
             done[table] = new, differing, extra = _copy_table(src, pg, table, batch, refresh)
-            what = (f"{differing:,} updated, {extra:,} deleted" if refresh
-                    else f"{differing:,} differ, {extra:,} only in PostgreSQL")
+            what = (
+                f"{differing:,} updated, {extra:,} deleted"
+                if refresh
+                else f"{differing:,} differ, {extra:,} only in PostgreSQL"
+            )
             say(f"  {table}: {new:,} new rows, {what} ({time.monotonic() - started:.1f} s)")
         _move_identities(src, pg, tables)
-        results = [TableResult(t, _sqlite_count(src, t), _pg_count(pg, t), *done[t], refreshed=refresh)
-                   for t in tables]
+        results = [TableResult(t, _sqlite_count(src, t), _pg_count(pg, t), *done[t], refreshed=refresh) for t in tables]
         src.execute("COMMIT")
         return results
     finally:
@@ -363,8 +413,10 @@ def report(results: list[TableResult]) -> str:
     lines = [f"{'table':<{width}}  {'SQLite':>10}  {'PostgreSQL':>10}  {'new':>9}  {second:>9}  {third:>9}"]
     for r in results:
         mark = "" if r.ok else "  <- differs"
-        lines.append(f"{r.table:<{width}}  {r.sqlite:>10,}  {r.postgres:>10,}  {r.new:>9,}  {r.differing:>9,}  "
-                     f"{r.extra:>9,}{mark}")
+        lines.append(
+            f"{r.table:<{width}}  {r.sqlite:>10,}  {r.postgres:>10,}  {r.new:>9,}  {r.differing:>9,}  "
+            f"{r.extra:>9,}{mark}"
+        )
     bad = [r for r in results if not r.ok]
     total = sum(r.sqlite for r in results)
     if not bad:
@@ -372,15 +424,19 @@ def report(results: list[TableResult]) -> str:
         return "\n".join(lines)
     counts = [r for r in bad if r.sqlite != r.postgres]
     if counts:
-        lines.append(f"{len(counts)} of {len(results)} tables differ: " + ", ".join(
-            f"{r.table} ({r.sqlite:,} in SQLite, {r.postgres:,} in PostgreSQL)" for r in counts))
+        lines.append(
+            f"{len(counts)} of {len(results)} tables differ: "
+            + ", ".join(f"{r.table} ({r.sqlite:,} in SQLite, {r.postgres:,} in PostgreSQL)" for r in counts)
+        )
     if not refreshed and any(r.differing or r.extra for r in bad):
         differing, extra = sum(r.differing for r in bad), sum(r.extra for r in bad)
-        lines.append(f"{differing:,} rows differ from SQLite's and {extra:,} rows are only in PostgreSQL "
-                     f"(tables {', '.join(r.table for r in bad if r.differing or r.extra)}): the SQLite file "
-                     "changed since the last copy, or PostgreSQL was written to. Copy into a new, empty "
-                     "schema, or run again with --refresh to make PostgreSQL equal to SQLite (it updates "
-                     "those rows and deletes the extra ones)")
+        lines.append(
+            f"{differing:,} rows differ from SQLite's and {extra:,} rows are only in PostgreSQL "
+            f"(tables {', '.join(r.table for r in bad if r.differing or r.extra)}): the SQLite file "
+            "changed since the last copy, or PostgreSQL was written to. Copy into a new, empty "
+            "schema, or run again with --refresh to make PostgreSQL equal to SQLite (it updates "
+            "those rows and deletes the extra ones)"
+        )
     return "\n".join(lines)
 
 
@@ -393,4 +449,3 @@ def main(sqlite_path: str, url: str, batch: int = BATCH, refresh: bool = False) 
         return 1
     print(report(results))
     return 0 if all(r.ok for r in results) else 1
-

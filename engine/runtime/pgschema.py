@@ -29,6 +29,7 @@ The schema version is kept as on SQLite: ``meta.schema_version`` (the ``meta`` t
 outside the migrations, as :meth:`Store._migrate` does). Migrations run one per transaction
 under an advisory lock of the schema, so several runners starting at once migrate it once.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,17 +48,23 @@ META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
 #: holdout draw stay the same after a move. Created when missing: a changed definition needs a
 #: new name.
 FUNCTIONS: tuple[tuple[str, str], ...] = (
-    ("lr_bucket(text,text,text)", """
+    (
+        "lr_bucket(text,text,text)",
+        """
 CREATE FUNCTION lr_bucket(friend text, rule text, salt text) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
   SELECT ((CASE WHEN h < 0 THEN h::numeric + 18446744073709551616 ELSE h::numeric END) % 10000)::bigint
   FROM (SELECT ('x' || encode(substring(sha256(convert_to(salt || chr(31) || rule || chr(31) || friend, 'UTF8'))
                                         FROM 1 FOR 8), 'hex'))::bit(64)::bigint AS h) AS d
-$$"""),
-    ("lr_uuid()", """
+$$""",
+    ),
+    (
+        "lr_uuid()",
+        """
 CREATE FUNCTION lr_uuid() RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
   SELECT gen_random_uuid()::text
-$$"""),
+$$""",
+    ),
 )
 
 #: PostgreSQL text for a migration (1-based number) that must not be translated mechanically.
@@ -101,8 +108,9 @@ _REWRITES: tuple[tuple[str, str], ...] = (
     (r"\bIFNULL\s*\(", "COALESCE("),
 )
 
-_JSON_EXTRACT = re.compile(r"\bjson_extract\s*\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*,\s*'\$\.([A-Za-z_][A-Za-z0-9_]*)'\s*\)",
-                           re.IGNORECASE)
+_JSON_EXTRACT = re.compile(
+    r"\bjson_extract\s*\(\s*([A-Za-z_][A-Za-z0-9_.]*)\s*,\s*'\$\.([A-Za-z_][A-Za-z0-9_]*)'\s*\)", re.IGNORECASE
+)
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 
 
@@ -131,7 +139,7 @@ def _segments(sql: str) -> list[tuple[bool, str]]:
                 k += 2
                 continue
             break
-        out.append((True, sql[j:k + 1]))
+        out.append((True, sql[j : k + 1]))
         i = k + 1
     return out
 
@@ -147,7 +155,7 @@ def translate_statement(sql: str) -> str:
         if not literal:
             for pattern, replacement in _REWRITES:
                 text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
-            for pattern, what in _REFUSED:   # what is left once the known forms are rewritten
+            for pattern, what in _REFUSED:  # what is left once the known forms are rewritten
                 if re.search(pattern, text, re.IGNORECASE):
                     raise Untranslatable(f"{what} has no safe translation: {sql.strip()[:120]}")
         pieces.append(text)
@@ -168,8 +176,9 @@ def translate(script: str, number: int | None = None) -> list[str]:
         return [translate_statement(s) for s in split_statements(script)]
     except Untranslatable as exc:
         where = f"migration {number}" if number is not None else "a migration"
-        raise Untranslatable(f"{where}: {exc} (add its PostgreSQL text to PG_VARIANTS in "
-                             "engine/runtime/pgschema.py)") from None
+        raise Untranslatable(
+            f"{where}: {exc} (add its PostgreSQL text to PG_VARIANTS in engine/runtime/pgschema.py)"
+        ) from None
 
 
 def pg_migrations(migrations: Sequence[str] = MIGRATIONS) -> list[list[str]]:
@@ -178,6 +187,7 @@ def pg_migrations(migrations: Sequence[str] = MIGRATIONS) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------------- applying them
+
 
 def _ensure_schema(conn) -> str:
     """The schema tables go to: ``current_schema()``, created first when the search_path
@@ -188,8 +198,10 @@ def _ensure_schema(conn) -> str:
     path = conn.execute("SHOW search_path").fetchone()[0]
     first = path.split(",")[0].strip().strip('"')
     if not first or first == "$user":
-        raise RuntimeError(f"no schema to create the tables in (search_path is {path!r}): name one "
-                           "with ?options=-csearch_path%3DNAME in the postgresql:// URL")
+        raise RuntimeError(
+            f"no schema to create the tables in (search_path is {path!r}): name one "
+            "with ?options=-csearch_path%3DNAME in the postgresql:// URL"
+        )
     from psycopg import sql
 
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
@@ -209,23 +221,32 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
     """Apply the migrations the current schema has not seen yet, each in its own transaction
     under an advisory lock of the schema; returns the schema version. ``conn``: a psycopg 3
     connection (autocommit or not: each step is its own transaction block)."""
-    statements = pg_migrations(migrations)    # all of them translate, or nothing is applied
+    statements = pg_migrations(migrations)  # all of them translate, or nothing is applied
     while True:
         with conn.transaction():
             schema = _ensure_schema(conn)
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('linerules.migrate:' || %s))", (schema,))
             version = schema_version(conn)
             if version == 0:
-                others = [r[0] for r in conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
-                    "AND table_name <> 'meta' ORDER BY table_name", (schema,))]
+                others = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
+                        "AND table_name <> 'meta' ORDER BY table_name",
+                        (schema,),
+                    )
+                ]
                 if others:
-                    raise RuntimeError(f"the PostgreSQL schema {schema} already holds tables that are not "
-                                       f"a linerules database ({', '.join(others[:5])}): use an empty schema")
+                    raise RuntimeError(
+                        f"the PostgreSQL schema {schema} already holds tables that are not "
+                        f"a linerules database ({', '.join(others[:5])}): use an empty schema"
+                    )
             conn.execute(META_DDL)
             if version > len(statements):
-                raise RuntimeError(f"the PostgreSQL schema {schema} is at version {version}, newer than "
-                                   f"this linerules ({len(statements)}): upgrade linerules")
+                raise RuntimeError(
+                    f"the PostgreSQL schema {schema} is at version {version}, newer than "
+                    f"this linerules ({len(statements)}): upgrade linerules"
+                )
             if version == len(statements):
                 for signature, definition in FUNCTIONS:
                     if conn.execute("SELECT to_regprocedure(%s)", (signature,)).fetchone()[0] is None:
@@ -233,26 +254,30 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
                 return version
             for statement in statements[version]:
                 conn.execute(statement)
-            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
-                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(version + 1),))
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(version + 1),),
+            )
 
 
 # ---------------------------------------------------------------------- the two catalogs
 
+
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str            # integer | real | text | blob
+    type: str  # integer | real | text | blob
     notnull: bool
     default: str | None  # the literal, without casts; None when there is none
-    auto: bool           # an id the database assigns (SQLite INTEGER PRIMARY KEY, PG identity)
+    auto: bool  # an id the database assigns (SQLite INTEGER PRIMARY KEY, PG identity)
 
 
 @dataclass(frozen=True)
 class Index:
     table: str
     unique: bool
-    columns: tuple[str, ...]    # column names; an expression as its sorted words
+    columns: tuple[str, ...]  # column names; an expression as its sorted words
     predicate: tuple[str, ...]  # sorted columns, literals, NOT and NULL of the WHERE (empty: none)
 
 
@@ -260,13 +285,12 @@ class Index:
 class Catalog:
     tables: dict[str, tuple[Column, ...]]
     primary_keys: dict[str, tuple[str, ...]]
-    uniques: frozenset[tuple[str, tuple[str, ...]]]   # (table, columns) of UNIQUE constraints
-    indexes: dict[str, Index]                         # named (CREATE INDEX) indexes
+    uniques: frozenset[tuple[str, tuple[str, ...]]]  # (table, columns) of UNIQUE constraints
+    indexes: dict[str, Index]  # named (CREATE INDEX) indexes
 
 
 _SQLITE_TYPES = {"INTEGER": "integer", "REAL": "real", "TEXT": "text", "BLOB": "blob"}
-_PG_TYPES = {"bigint": "integer", "integer": "integer", "double precision": "real", "text": "text",
-             "bytea": "blob"}
+_PG_TYPES = {"bigint": "integer", "integer": "integer", "double precision": "real", "text": "text", "bytea": "blob"}
 _WORD = re.compile(r"'(?:[^']|'')*'|\b[A-Za-z_][A-Za-z0-9_]*\b|\b\d+(?:\.\d+)?\b")
 
 
@@ -297,18 +321,27 @@ def _default(text: str | None) -> str | None:
 def sqlite_catalog(conn) -> Catalog:
     """The linerules schema of an SQLite connection (``sqlite_*`` tables left out)."""
     tables, pks, uniques, indexes = {}, {}, set(), {}
-    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
-                                        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
     for table in names:
         info = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
         pk = tuple(r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5]))
         pks[table] = pk
         rowid_pk = len(pk) == 1 and next(r for r in info if r[1] == pk[0])[2].upper() == "INTEGER"
         tables[table] = tuple(
-            Column(name=r[1], type=_SQLITE_TYPES.get(r[2].upper(), r[2].lower()),
-                   notnull=bool(r[3]) or bool(r[5]), default=_default(r[4]),
-                   auto=rowid_pk and r[1] == pk[0])
-            for r in info)
+            Column(
+                name=r[1],
+                type=_SQLITE_TYPES.get(r[2].upper(), r[2].lower()),
+                notnull=bool(r[3]) or bool(r[5]),
+                default=_default(r[4]),
+                auto=rowid_pk and r[1] == pk[0],
+            )
+            for r in info
+        )
         columns = {r[1].lower() for r in info}
         for idx in conn.execute(f'PRAGMA index_list("{table}")').fetchall():
             name, unique, origin = idx[1], bool(idx[2]), idx[3]
@@ -318,16 +351,19 @@ def sqlite_catalog(conn) -> Catalog:
             if origin == "u":
                 uniques.add((table, tuple(cols)))
                 continue
-            sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?",
-                               (name,)).fetchone()[0]
-            body = sql[sql.index("(", sql.upper().index(" ON ")) + 1:]
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone()[0]
+            body = sql[sql.index("(", sql.upper().index(" ON ")) + 1 :]
             where = re.search(r"\bWHERE\b", body, re.IGNORECASE)
-            column_part = body[:where.start()] if where else body
-            column_part = column_part[:column_part.rindex(")")]
+            column_part = body[: where.start()] if where else body
+            column_part = column_part[: column_part.rindex(")")]
             if any(c is None for c in cols):
                 cols = ["expr:" + " ".join(_words(column_part, columns))]
-            indexes[name] = Index(table=table, unique=unique, columns=tuple(cols),
-                                  predicate=_words(body[where.end():], columns) if where else ())
+            indexes[name] = Index(
+                table=table,
+                unique=unique,
+                columns=tuple(cols),
+                predicate=_words(body[where.end() :], columns) if where else (),
+            )
     return Catalog(tables=tables, primary_keys=pks, uniques=frozenset(uniques), indexes=indexes)
 
 
@@ -338,20 +374,30 @@ def pg_catalog(conn) -> Catalog:
     rows = conn.execute(
         "SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity "
         "FROM information_schema.columns WHERE table_schema = %s ORDER BY table_name, ordinal_position",
-        (schema,)).fetchall()
+        (schema,),
+    ).fetchall()
     for table, name, dtype, nullable, default, identity in rows:
         tables.setdefault(table, [])
-        tables[table].append(Column(name=name, type=_PG_TYPES.get(dtype, dtype), notnull=nullable == "NO",
-                                    default=_default(default), auto=identity == "YES"))
+        tables[table].append(
+            Column(
+                name=name,
+                type=_PG_TYPES.get(dtype, dtype),
+                notnull=nullable == "NO",
+                default=_default(default),
+                auto=identity == "YES",
+            )
+        )
     tables = {t: tuple(cols) for t, cols in tables.items()}
     constraint_indexes = set()
     for table, kind, index, cols in conn.execute(
-            "SELECT rel.relname, con.contype, con.conindid::regclass::text, "
-            "array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o) "
-            "      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o) "
-            "FROM pg_constraint con JOIN pg_class rel ON rel.oid = con.conrelid "
-            "JOIN pg_namespace ns ON ns.oid = rel.relnamespace "
-            "WHERE ns.nspname = %s AND con.contype IN ('p', 'u')", (schema,)).fetchall():
+        "SELECT rel.relname, con.contype, con.conindid::regclass::text, "
+        "array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o) "
+        "      JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o) "
+        "FROM pg_constraint con JOIN pg_class rel ON rel.oid = con.conrelid "
+        "JOIN pg_namespace ns ON ns.oid = rel.relnamespace "
+        "WHERE ns.nspname = %s AND con.contype IN ('p', 'u')",
+        (schema,),
+    ).fetchall():
         constraint_indexes.add(index.split(".")[-1])
         if kind == "p":
             pks[table] = tuple(cols)
@@ -360,19 +406,22 @@ def pg_catalog(conn) -> Catalog:
     for table in tables:
         pks.setdefault(table, ())
     for name, table, unique, nkeys, indexrelid, pred in conn.execute(
-            "SELECT ic.relname, tc.relname, ix.indisunique, ix.indnkeyatts, ix.indexrelid, "
-            "pg_get_expr(ix.indpred, ix.indrelid) "
-            "FROM pg_index ix JOIN pg_class ic ON ic.oid = ix.indexrelid "
-            "JOIN pg_class tc ON tc.oid = ix.indrelid JOIN pg_namespace ns ON ns.oid = tc.relnamespace "
-            "WHERE ns.nspname = %s", (schema,)).fetchall():
+        "SELECT ic.relname, tc.relname, ix.indisunique, ix.indnkeyatts, ix.indexrelid, "
+        "pg_get_expr(ix.indpred, ix.indrelid) "
+        "FROM pg_index ix JOIN pg_class ic ON ic.oid = ix.indexrelid "
+        "JOIN pg_class tc ON tc.oid = ix.indrelid JOIN pg_namespace ns ON ns.oid = tc.relnamespace "
+        "WHERE ns.nspname = %s",
+        (schema,),
+    ).fetchall():
         if name in constraint_indexes:
             continue
         columns = {c.name.lower() for c in tables[table]}
         cols = []
         for k in range(1, nkeys + 1):
             text = conn.execute("SELECT pg_get_indexdef(%s, %s, true)", (indexrelid, k)).fetchone()[0]
-            cols.append(text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text)
-                        else "expr:" + " ".join(_words(text, columns)))
+            cols.append(
+                text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) else "expr:" + " ".join(_words(text, columns))
+            )
         indexes[name] = Index(table=table, unique=unique, columns=tuple(cols), predicate=_words(pred, columns))
     return Catalog(tables=tables, primary_keys=pks, uniques=frozenset(uniques), indexes=indexes)
 
@@ -395,8 +444,10 @@ def catalog_differences(sqlite: Catalog, pg: Catalog) -> list[str]:
             if name in b and column != b[name]:
                 out.append(f"column {table}.{name}: {column} on SQLite, {b[name]} on PostgreSQL")
         if sqlite.primary_keys.get(table) != pg.primary_keys.get(table):
-            out.append(f"table {table}: primary key {sqlite.primary_keys.get(table)} on SQLite, "
-                       f"{pg.primary_keys.get(table)} on PostgreSQL")
+            out.append(
+                f"table {table}: primary key {sqlite.primary_keys.get(table)} on SQLite, "
+                f"{pg.primary_keys.get(table)} on PostgreSQL"
+            )
     for item in sorted(sqlite.uniques ^ pg.uniques):
         out.append(f"UNIQUE {item}: only on {'SQLite' if item in sqlite.uniques else 'PostgreSQL'}")
     for name in sorted(set(sqlite.indexes) | set(pg.indexes)):

@@ -15,6 +15,7 @@ A file holds one such test, or several as a list under ``tests:``. Each test run
 engine as ``linerules simulate`` (a fresh temporary database, a virtual clock) and passes when
 the pushes are exactly the expected ones. The format is described in docs/testing-rules.md.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,19 +24,21 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
 from engine import i18n
-from engine.language import ir
 from engine.i18n import E, Text, _, n_, render
+from engine.language import ir
 from engine.language.diagnostics import Diagnostic, did_you_mean, has_errors, render_text
-from .events import Event, EventError
-from .intake import AT_EXAMPLE, parse_event_obj
 from engine.language.timeutil import parse_duration
 from engine.language.yamlpos import Path, YamlFile
+
+from .events import Event, EventError
+from .intake import AT_EXAMPLE, parse_event_obj
 
 TEST_FIELDS = ("name", "until", "tick", "tolerance", "events", "expect")
 EXPECT_FIELDS = ("at", "friend", "rule", "messages")
@@ -45,6 +48,7 @@ DEFAULT_TICK = 3600
 @dataclass(frozen=True)
 class Push:
     """One push: expected (``line`` = its line in the test file) or made by the engine."""
+
     at: dt.datetime
     friend: str
     rule: str
@@ -67,6 +71,7 @@ class RuleTest:
 @dataclass(frozen=True)
 class DiffLine:
     """``sign`` is ``" "`` (as expected), ``"-"`` (expected, missing) or ``"+"`` (unexpected)."""
+
     sign: str
     push: Push
 
@@ -93,12 +98,19 @@ class _TestFile:
         if isinstance(doc, dict) and "tests" in doc:
             for key in doc:
                 if key != "tests":
-                    self.error((key,), E("LR800", "`{key}` cannot sit beside `tests:`", key=key), key=True,
-                               help=_("put it inside each test of the `tests:` list"))
+                    self.error(
+                        (key,),
+                        E("LR800", "`{key}` cannot sit beside `tests:`", key=key),
+                        key=True,
+                        help=_("put it inside each test of the `tests:` list"),
+                    )
             items = doc["tests"]
             if not isinstance(items, list) or not items:
-                self.error(("tests",), E("LR800", "`tests:` must be a list of tests"),
-                           help=_("each item has `name`, `events` and `expect`"))
+                self.error(
+                    ("tests",),
+                    E("LR800", "`tests:` must be a list of tests"),
+                    help=_("each item has `name`, `events` and `expect`"),
+                )
                 return []
             return [t for i, item in enumerate(items) if (t := self.test(item, ("tests", i))) is not None]
         test = self.test(doc, ())
@@ -108,17 +120,27 @@ class _TestFile:
         """One test mapping, or None (with diagnostics) when it is not usable."""
         before = len(self.f.diagnostics)
         if not isinstance(value, dict):
-            self.error(path, E("LR800", "a test must be a mapping with `events` and `expect`"),
-                       help=_("see docs/testing-rules.md for the format"))
+            self.error(
+                path,
+                E("LR800", "a test must be a mapping with `events` and `expect`"),
+                help=_("see docs/testing-rules.md for the format"),
+            )
             return None
         for key in value:
             if key not in TEST_FIELDS:
-                self.error(path + (key,), E("LR801", "unknown test field `{key}`", key=key),
-                           did_you_mean(key, TEST_FIELDS), key=True)
+                self.error(
+                    path + (key,),
+                    E("LR801", "unknown test field `{key}`", key=key),
+                    did_you_mean(key, TEST_FIELDS),
+                    key=True,
+                )
         for key in ("events", "expect"):
             if key not in value:
-                self.error(path, E("LR801", "this test has no `{key}:` list", key=key),
-                           help=_("`expect: []` says that no push is expected") if key == "expect" else None)
+                self.error(
+                    path,
+                    E("LR801", "this test has no `{key}:` list", key=key),
+                    help=_("`expect: []` says that no push is expected") if key == "expect" else None,
+                )
         name = value.get("name")
         if name is not None and not isinstance(name, str):
             self.error(path + ("name",), E("LR802", "`name` must be text"))
@@ -133,8 +155,9 @@ class _TestFile:
         if not isinstance(name, str):
             stem = os.path.splitext(os.path.basename(self.f.path))[0]
             name = stem if not path else f"{stem} #{path[-1] + 1}"
-        return RuleTest(name, self.f.path, line, tuple(events), tuple(sorted(expect, key=_order)),
-                        until, tick, tolerance)
+        return RuleTest(
+            name, self.f.path, line, tuple(events), tuple(sorted(expect, key=_order)), until, tick, tolerance
+        )
 
     def items(self, value: Any, path: Path, read) -> list:
         if not isinstance(value, list):
@@ -148,8 +171,12 @@ class _TestFile:
         try:
             seconds = parse_duration(str(value[key]))
         except ValueError as e:
-            self.error(path + (key,), e.args[0] if isinstance(e.args[0], Text)
-                       else E("LR802", "`{value}` is not a duration like `1h`", value=value[key]))
+            self.error(
+                path + (key,),
+                e.args[0]
+                if isinstance(e.args[0], Text)
+                else E("LR802", "`{value}` is not a duration like `1h`", value=value[key]),
+            )
             return default
         if key == "tick" and seconds <= 0:
             self.error(path + (key,), E("LR802", "`tick` must be longer than 0"), help=_("e.g. tick: 1h"))
@@ -164,11 +191,14 @@ class _TestFile:
             except ValueError:
                 pass
         if when is None:
-            self.error(path, E("LR802", "`{value}` is not a date and time, like {example}",
-                               value=_text(value), example=AT_EXAMPLE))
+            self.error(
+                path,
+                E("LR802", "`{value}` is not a date and time, like {example}", value=_text(value), example=AT_EXAMPLE),
+            )
         elif when.tzinfo is None:
-            self.error(path, E("LR802", "`{value}` needs a UTC offset, like {example}",
-                               value=_text(value), example=AT_EXAMPLE))
+            self.error(
+                path, E("LR802", "`{value}` needs a UTC offset, like {example}", value=_text(value), example=AT_EXAMPLE)
+            )
             return None
         return when
 
@@ -182,17 +212,20 @@ class _TestFile:
 
     def event_error(self, e: EventError, path: Path) -> None:
         """Put an intake error on the YAML node of the field it names."""
-        field_path = path + tuple(int(p) if p.isdigit() else p
-                                  for p in re.findall(r"[^.\[\]]+", e.field or ""))
+        field_path = path + tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", e.field or ""))
         unknown = "is not a field" in e.message
         help = None
         node = self.f.nodes.get(field_path)
         if "must be a string" in e.message and isinstance(node, yaml.ScalarNode) and node.style is None:
             parsed = self.f.scalar(node)
-            what = (("true" if parsed else "false") if isinstance(parsed, bool)
-                    else _("a number") if isinstance(parsed, (int, float)) else _("a date"))
-            help = _('YAML reads `{value}` as {what}; write it in quotes: "{value}"',
-                     value=node.value, what=what)
+            what = (
+                ("true" if parsed else "false")
+                if isinstance(parsed, bool)
+                else _("a number")
+                if isinstance(parsed, (int, float))
+                else _("a date")
+            )
+            help = _('YAML reads `{value}` as {what}; write it in quotes: "{value}"', value=node.value, what=what)
         # "event `at` needs ...", "event `type`: unknown type `viewed` ..."
         verb = str(e.message).split(" ", 1)[0] in {"must", "is", "needs", "has", "holds"}
         if e.field and verb:
@@ -205,14 +238,23 @@ class _TestFile:
 
     def expected(self, value: Any, path: Path) -> Push | None:
         if not isinstance(value, dict):
-            self.error(path, E("LR804", "an expected push is a mapping like "
-                                   "{at: ..., friend: U1, rule: welcome, messages: [greeting]}"))
+            self.error(
+                path,
+                E(
+                    "LR804",
+                    "an expected push is a mapping like {at: ..., friend: U1, rule: welcome, messages: [greeting]}",
+                ),
+            )
             return None
         before = len(self.f.diagnostics)
         for key in value:
             if key not in EXPECT_FIELDS:
-                self.error(path + (key,), E("LR804", "unknown field `{key}` of an expected push", key=key),
-                           did_you_mean(key, EXPECT_FIELDS), key=True)
+                self.error(
+                    path + (key,),
+                    E("LR804", "unknown field `{key}` of an expected push", key=key),
+                    did_you_mean(key, EXPECT_FIELDS),
+                    key=True,
+                )
         for key in EXPECT_FIELDS:
             if key not in value:
                 self.error(path, E("LR804", "this expected push has no `{key}`", key=key))
@@ -221,11 +263,17 @@ class _TestFile:
         at = self.time(value["at"], path + ("at",))
         friend, rule, messages = value["friend"], value["rule"], value["messages"]
         if not isinstance(friend, str) or not friend:
-            self.error(path + ("friend",), E("LR804", "`friend` must be a friend id (text)"),
-                       _('write it in quotes: "{value}"', value=_text(friend)) if friend is not None else None)
+            self.error(
+                path + ("friend",),
+                E("LR804", "`friend` must be a friend id (text)"),
+                _('write it in quotes: "{value}"', value=_text(friend)) if friend is not None else None,
+            )
         if rule not in self.project.rules:
-            self.error(path + ("rule",), E("LR805", "unknown rule `{name}`", name=_text(rule)),
-                       did_you_mean(str(rule), self.project.rules))
+            self.error(
+                path + ("rule",),
+                E("LR805", "unknown rule `{name}`", name=_text(rule)),
+                did_you_mean(str(rule), self.project.rules),
+            )
         if isinstance(messages, str):
             messages = [messages]
         if not isinstance(messages, list) or not messages:
@@ -233,8 +281,11 @@ class _TestFile:
         else:
             for i, name in enumerate(messages):
                 if name not in self.project.messages:
-                    self.error(path + ("messages", i), E("LR805", "unknown message `{name}`", name=_text(name)),
-                               did_you_mean(str(name), self.project.messages))
+                    self.error(
+                        path + ("messages", i),
+                        E("LR805", "unknown message `{name}`", name=_text(name)),
+                        did_you_mean(str(name), self.project.messages),
+                    )
         if len(self.f.diagnostics) > before or at is None:
             return None
         return Push(at, friend, rule, tuple(messages), self.f.span_at(path).line)
@@ -289,9 +340,12 @@ def compare(expected: Sequence[Push], actual: Sequence[Push], tolerance: int = 0
     unmatched = sorted(actual, key=_order)
     lines = []
     for want in sorted(expected, key=_order):
-        candidates = [p for p in unmatched
-                      if (p.friend, p.rule, p.messages) == (want.friend, want.rule, want.messages)
-                      and abs((p.at - want.at).total_seconds()) <= tolerance]
+        candidates = [
+            p
+            for p in unmatched
+            if (p.friend, p.rule, p.messages) == (want.friend, want.rule, want.messages)
+            and abs((p.at - want.at).total_seconds()) <= tolerance
+        ]
         if candidates:
             got = min(candidates, key=lambda p: abs((p.at - want.at).total_seconds()))
             unmatched.remove(got)
@@ -315,8 +369,7 @@ def format_push(push: Push, tz: dt.tzinfo) -> str:
     """A push as a YAML flow mapping, ready to paste into ``expect:``."""
     at = push.at.astimezone(tz).isoformat(timespec="seconds")
     messages = ", ".join(_scalar(m) for m in push.messages)
-    return (f"{{at: {at}, friend: {_scalar(push.friend)}, rule: {_scalar(push.rule)}, "
-            f"messages: [{messages}]}}")
+    return f"{{at: {at}, friend: {_scalar(push.friend)}, rule: {_scalar(push.rule)}, messages: [{messages}]}}"
 
 
 def format_diff(lines: Iterable[DiffLine], tz: dt.tzinfo) -> str:
@@ -345,11 +398,9 @@ def run_test(project: ir.Project, test: RuleTest) -> Outcome:
     from .simulate import run_timeline
 
     try:
-        pushes = run_timeline(project, list(test.events), until=test.until,
-                              tick_seconds=test.tick, db_path=None)
+        pushes = run_timeline(project, list(test.events), until=test.until, tick_seconds=test.tick, db_path=None)
     except Exception as exc:  # an engine failure is reported per test, never as a traceback
-        return Outcome(test, error=_("the engine stopped: {kind}: {reason}", kind=type(exc).__name__,
-                                     reason=exc))
+        return Outcome(test, error=_("the engine stopped: {kind}: {reason}", kind=type(exc).__name__, reason=exc))
     actual = [to_push(p) for p in pushes]
     return Outcome(test, tuple(compare(test.expect, actual, test.tolerance)))
 
@@ -375,14 +426,14 @@ def main(directory: str, out=None, err=None, lang: str | None = None) -> int:
     i18n.use(i18n.choose(lang, loaded.language))
     if has_errors(loaded.diagnostics) or loaded.project is None:
         err.write(render_text([d for d in loaded.diagnostics if d.is_error], loaded.sources))
-        print(render(_("error: the rules in {folder} are invalid; fix them before testing",
-                       folder=directory)), file=err)
+        print(
+            render(_("error: the rules in {folder} are invalid; fix them before testing", folder=directory)), file=err
+        )
         return 1
     project = loaded.project
     files = find_test_files(directory)
     if not files:
-        print(render(_("error: no rule tests in {folder} (*.yaml)",
-                       folder=os.path.join(directory, "tests"))), file=err)
+        print(render(_("error: no rule tests in {folder} (*.yaml)", folder=os.path.join(directory, "tests"))), file=err)
         return 1
     passed = failed = broken = 0
     tz = project.settings.tz
@@ -414,8 +465,11 @@ def main(directory: str, out=None, err=None, lang: str | None = None) -> int:
             print("\n".join(f"    {line}" for line in body.splitlines()), file=out)
     summary = _("{passed} passed, {failed} failed", passed=passed, failed=failed)
     if broken:
-        summary = _("{summary}, {broken}", summary=summary,
-                    broken=n_("{n} test file with errors", "{n} test files with errors", broken))
+        summary = _(
+            "{summary}, {broken}",
+            summary=summary,
+            broken=n_("{n} test file with errors", "{n} test files with errors", broken),
+        )
     print(render(summary), file=out)
     return 1 if failed or broken else 0
 
@@ -429,14 +483,16 @@ def _read_test_file(path: str) -> tuple[str, Diagnostic | None]:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        return "", Diagnostic(path, 1, 1, "error", E("LR001", "cannot read the file: {reason}",
-                                                              reason=exc.strerror or exc))
+        return "", Diagnostic(
+            path, 1, 1, "error", E("LR001", "cannot read the file: {reason}", reason=exc.strerror or exc)
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = data[:exc.start]
+        before = data[: exc.start]
         line = before.count(b"\n") + 1
-        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
-        return "", Diagnostic(path, line, column, "error", E("LR002", "the file is not UTF-8 text"),
-                              help=_encoding_help(data))
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+        return "", Diagnostic(
+            path, line, column, "error", E("LR002", "the file is not UTF-8 text"), help=_encoding_help(data)
+        )
     return normalize_newlines(text.removeprefix("\ufeff")), None

@@ -12,22 +12,25 @@ Output: one JSON object per push per friend, in time order (ties by friend, then
 as the runner does, so a forecast shows sends held for the next month.
 Without ``--until`` the clock runs to 30 days after the last event.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 import click
 
 from engine import i18n
-from engine.language import ir, timeutil
-from .events import Event, EventError
 from engine.i18n import _
 from engine.interpreter import Engine
+from engine.language import ir, timeutil
+
+from .events import Event, EventError
 from .store import Store, StoreError, database_version, remove_database
 
 #: How far the clock runs after the last event when no ``--until`` is given.
@@ -39,9 +42,16 @@ SIMULATION_META = "simulation"
 WEBHOOK_TYPES = ("follow", "message", "postback")
 
 
-def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.datetime | None,
-                 tick_seconds: int, db_path: str | None = None,
-                 webhook_tokens: bool = False, render: bool = False) -> list[dict]:
+def run_timeline(
+    project: ir.Project,
+    events: Sequence[Event],
+    *,
+    until: dt.datetime | None,
+    tick_seconds: int,
+    db_path: str | None = None,
+    webhook_tokens: bool = False,
+    render: bool = False,
+) -> list[dict]:
     """Run ``events`` through ``project`` on a virtual clock; return the pushes as printed.
 
     ``webhook_tokens``: give follow, message and postback events without a reply token one, as
@@ -53,16 +63,22 @@ def run_timeline(project: ir.Project, events: Sequence[Event], *, until: dt.date
     tz = project.settings.tz
     # follow, message and postback events reach the runner as LINE webhooks, which carry a reply
     # token: give them one, so answers and welcomes are forecast as the free replies they will be
-    ordered = sorted((replace(e, reply_token=f"simulated-{n}")
-                      if webhook_tokens and e.reply_token is None and e.type in WEBHOOK_TYPES else e
-                      for n, e in enumerate(events, 1)), key=lambda e: e.at)
+    ordered = sorted(
+        (
+            replace(e, reply_token=f"simulated-{n}")
+            if webhook_tokens and e.reply_token is None and e.type in WEBHOOK_TYPES
+            else e
+            for n, e in enumerate(events, 1)
+        ),
+        key=lambda e: e.at,
+    )
     if not ordered:
         return []
     start = timeutil.epoch(ordered[0].at)
     end = timeutil.epoch(until) if until is not None else timeutil.epoch(ordered[-1].at) + DEFAULT_HORIZON
     store = Store(db_path or ":memory:")
     if db_path:
-        store.set_meta(SIMULATION_META, "1")     # only such a file may be replaced (_fresh_db)
+        store.set_meta(SIMULATION_META, "1")  # only such a file may be replaced (_fresh_db)
     clock_now = start
     engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
     pushes: list[tuple[int, str, str, int, dict]] = []
@@ -126,28 +142,40 @@ def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -
         for row in rows:
             if row["kind"] in SENT_KINDS:
                 for friend in row["recipients"]:
-                    push = {"at": timeutil.iso(now, tz), "friend": friend, "rule": row["rule"],
-                            "messages": row["messages"]}
+                    push = {
+                        "at": timeutil.iso(now, tz),
+                        "friend": friend,
+                        "rule": row["rule"],
+                        "messages": row["messages"],
+                    }
                     if render:
                         push["rendered"] = row["payload"]
                     pushes.append((now, friend, row["rule"] or "", row["id"], push))
             store.finish_outbox(row["id"], "sent", request_id=f"simulated-{row['id']}", at=now)
 
 
-def main(events_path: str, rules_dir: str, until: str | None, tick: str | float, db: str | None,
-         lang: str | None = None, *, render: bool = False) -> int:
+def main(
+    events_path: str,
+    rules_dir: str,
+    until: str | None,
+    tick: str | float,
+    db: str | None,
+    lang: str | None = None,
+    *,
+    render: bool = False,
+) -> int:
     """The ``simulate`` command: exit 0 after printing the pushes. A bad ``--tick`` or
     ``--until`` (a duration string or seconds) raises ``click.UsageError``; input that cannot
     be used raises :class:`~engine.i18n.UserError` (exit 1)."""
     from engine.language.diagnostics import has_errors, render_text
-    from .intake import parse_events
     from engine.language.project import load_project
+
+    from .intake import parse_events
 
     i18n.use(i18n.choose(lang))
     try:
         # the virtual clock counts whole seconds
-        tick_seconds = (math.ceil(tick) if isinstance(tick, (int, float))
-                        else timeutil.parse_duration(tick))
+        tick_seconds = math.ceil(tick) if isinstance(tick, (int, float)) else timeutil.parse_duration(tick)
     except ValueError as exc:
         return _usage(_("--tick: {reason}", reason=exc.args[0] if exc.args else exc))
     if tick_seconds <= 0:
@@ -157,14 +185,12 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str | float,
         try:
             until_at = dt.datetime.fromisoformat(until)
         except ValueError:
-            return _usage(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00",
-                           value=until))
+            return _usage(_("--until: `{value}` is not an ISO 8601 time like 2026-12-31T00:00:00+09:00", value=until))
         if until_at.tzinfo is None:
-            return _usage(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00",
-                           value=until))
+            return _usage(_("--until: `{value}` needs a UTC offset, like 2026-12-31T00:00:00+09:00", value=until))
     loaded = load_project(rules_dir)
     i18n.use(i18n.choose(lang, loaded.language))
-    sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))   # errors and warnings
+    sys.stderr.write(render_text(loaded.diagnostics, loaded.sources))  # errors and warnings
     if has_errors(loaded.diagnostics) or loaded.project is None:
         return 1
     try:
@@ -183,12 +209,27 @@ def main(events_path: str, rules_dir: str, until: str | None, tick: str | float,
         if problem:
             return _fail(problem)
     if until_at is not None and (late := sum(e.at > until_at for e in events)):
-        sys.stderr.write(i18n.render(_("warning: {n} of {total} events are after --until {until} and are "
-                                       "not replayed", n=late, total=len(events),
-                                       until=until_at.isoformat(timespec="seconds"))) + "\n")
+        sys.stderr.write(
+            i18n.render(
+                _(
+                    "warning: {n} of {total} events are after --until {until} and are not replayed",
+                    n=late,
+                    total=len(events),
+                    until=until_at.isoformat(timespec="seconds"),
+                )
+            )
+            + "\n"
+        )
     try:
-        for push in run_timeline(loaded.project, events, until=until_at, tick_seconds=tick_seconds,
-                                 db_path=db, webhook_tokens=True, render=render):
+        for push in run_timeline(
+            loaded.project,
+            events,
+            until=until_at,
+            tick_seconds=tick_seconds,
+            db_path=db,
+            webhook_tokens=True,
+            render=render,
+        ):
             sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
     except StoreError as exc:
         return _fail(f"--db: {exc}")
@@ -201,8 +242,11 @@ def _fresh_db(path: str) -> str | None:
     the error text)."""
     try:
         if database_version(path) is not None and not _simulated(path):
-            return _("--db: {path} is a linerules database that no simulation made (a runner's?); "
-                     "it is never replaced: choose another file", path=path)
+            return _(
+                "--db: {path} is a linerules database that no simulation made (a runner's?); "
+                "it is never replaced: choose another file",
+                path=path,
+            )
         remove_database(path)
     except StoreError as exc:
         return _("--db: {reason}", reason=exc.args[0])

@@ -9,6 +9,7 @@ enrollment, to the enrollment row as ``e``. Named parameters: ``:now`` (epoch se
 ``:rule`` (the rule being evaluated), plus the literals collected in :attr:`Compiled.params`.
 Every expression yields 0 or 1, never NULL.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,12 @@ from engine.language import ir
 CURRENT = "(f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
 
 _OPS = {"=": "=", "!=": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-_COLUMNS = {"orders": "f.orders", "total_spent": "f.total_spent",
-            "display_name": "f.display_name", "language": "f.language"}
+_COLUMNS = {
+    "orders": "f.orders",
+    "total_spent": "f.total_spent",
+    "display_name": "f.display_name",
+    "language": "f.language",
+}
 
 
 @dataclass
@@ -66,8 +71,9 @@ class CondCompiler:
         if isinstance(c, ir.FollowedVia):
             if not c.pairs:
                 return CURRENT
-            ors = " OR ".join(f"instr(',' || f.source || ',', {self._lit(',' + k + '=' + v + ',')}) > 0"
-                              for k, v in c.pairs)
+            ors = " OR ".join(
+                f"instr(',' || f.source || ',', {self._lit(',' + k + '=' + v + ',')}) > 0" for k, v in c.pairs
+            )
             return f"(f.source IS NOT NULL AND ({ors}))"
         if isinstance(c, ir.FriendFor):
             since = f"(:now - {int(c.seconds)})"
@@ -86,15 +92,19 @@ class CondCompiler:
             if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
                 # one grouped pass over the orders instead of a lookup per friend
                 measure = "s.total"
-                join = (f"LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
-                        f"WHERE a.kind = 'order' AND a.at > :now - {int(c.measure.within)} GROUP BY a.friend) s "
-                        f"ON s.friend = f2.id ")
+                join = (
+                    f"LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
+                    f"WHERE a.kind = 'order' AND a.at > :now - {int(c.measure.within)} GROUP BY a.friend) s "
+                    f"ON s.friend = f2.id "
+                )
             else:
                 measure = self.measure(c.measure, alias="f2")
-            return (f"f.id IN (SELECT id FROM (SELECT f2.id AS id, CUME_DIST() OVER "
-                    f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 {join}"
-                    f"WHERE {CURRENT.replace('f.', 'f2.')}) "
-                    f"WHERE cd <= {self._lit(c.percent / 100.0)})")
+            return (
+                f"f.id IN (SELECT id FROM (SELECT f2.id AS id, CUME_DIST() OVER "
+                f"(ORDER BY COALESCE({measure}, 0) DESC) AS cd FROM friends f2 {join}"
+                f"WHERE {CURRENT.replace('f.', 'f2.')}) "
+                f"WHERE cd <= {self._lit(c.percent / 100.0)})"
+            )
         if isinstance(c, ir.InSegment):
             if c.name in self._stack or c.name not in self.segments:
                 return "0"  # the compiler rejects cycles and unknown names; be safe anyway
@@ -111,7 +121,7 @@ class CondCompiler:
 
     def _activity(self, c: ir.Activity) -> str:
         kind = "order" if c.kind == "purchase" and not (c.product or c.category) else c.kind
-        where = [f"a.friend = f.id", f"a.kind = {self._lit(kind)}"]
+        where = ["a.friend = f.id", f"a.kind = {self._lit(kind)}"]
         if c.product:
             where.append(f"a.product = {self._lit(c.product)}")
         if c.category:
@@ -124,9 +134,11 @@ class CondCompiler:
             # since entering, without the event that caused the entry (SPEC §2.3)
             where.append("a.at >= e.entered_at")
             # (an activity row knows its event, or, for an order, its order id)
-            where.append("(e.entry_seq IS NULL OR a.event_seq > e.entry_seq OR (a.event_seq IS NULL AND "
-                         "(a.order_id IS NULL OR a.order_id IS NOT (SELECT json_extract(x.data, '$.order_id') "
-                         "FROM events x WHERE x.seq = e.entry_seq))))")
+            where.append(
+                "(e.entry_seq IS NULL OR a.event_seq > e.entry_seq OR (a.event_seq IS NULL AND "
+                "(a.order_id IS NULL OR a.order_id IS NOT (SELECT json_extract(x.data, '$.order_id') "
+                "FROM events x WHERE x.seq = e.entry_seq))))"
+            )
         return f"EXISTS (SELECT 1 FROM activity a WHERE {' AND '.join(where)})"
 
     def measure(self, m: ir.Measure, alias: str = "f") -> str:
@@ -134,11 +146,13 @@ class CondCompiler:
         if m.name == "spent" or (m.name == "total_spent" and m.within is not None):
             if m.within is None:
                 return f"{alias}.total_spent"
-            return (f"(SELECT COALESCE(SUM(a.amount), 0) FROM activity a WHERE a.friend = {alias}.id "
-                    f"AND a.kind = 'order' AND a.at > :now - {int(m.within)})")
+            return (
+                f"(SELECT COALESCE(SUM(a.amount), 0) FROM activity a WHERE a.friend = {alias}.id "
+                f"AND a.kind = 'order' AND a.at > :now - {int(m.within)})"
+            )
         if m.name in _COLUMNS:
             return _COLUMNS[m.name].replace("f.", f"{alias}.")
-        path = '$."' + m.name.replace('"', '') + '"'
+        path = '$."' + m.name.replace('"', "") + '"'
         return f"json_extract({alias}.attributes, {self._lit(path)})"
 
 
@@ -216,8 +230,10 @@ def reentry_blocked(reenter: ir.Reenter | None) -> Compiled:
 def reentry_moment() -> str:
     """Query (``:rule``, ``:now``, ``:reenter_after``): the first moment after ``:now`` at which
     a friend who left the rule may enter again under ``reenter after`` (NULL: none)."""
-    return ("SELECT MIN(finished_at) + :reenter_after FROM enrollments WHERE rule = :rule "
-            "AND finished_at > :now - :reenter_after")
+    return (
+        "SELECT MIN(finished_at) + :reenter_after FROM enrollments WHERE rule = :rule "
+        "AND finished_at > :now - :reenter_after"
+    )
 
 
 def draw(split: tuple[tuple[str, float], ...], holdout: float) -> tuple[str, str, dict[str, Any]]:

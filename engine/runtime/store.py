@@ -6,6 +6,7 @@ here (conditions are compiled by :mod:`engine.runtime.sqlcond`). Times are integ
 Concurrency: WAL, a busy timeout, and explicit ``BEGIN IMMEDIATE`` transactions
 (:meth:`Store.transaction`, re-entrant). One runner per database is enforced by a lease.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,14 +18,16 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
-from .events import Event
 from engine.i18n import N_, _
 from engine.line.limits import MAX_MULTICAST
+
+from .events import Event
 
 #: Seconds a send may go out after it was decided with its deliveries keeping the decision's
 #: time (:meth:`Store.finish_outbox`).
@@ -171,6 +174,7 @@ MIGRATIONS: tuple[str, ...] = (
 class LeaseLost(Exception):
     """This runner no longer holds the lease (another runner took over): it must stop."""
 
+
 #: Friends entered per write transaction by :meth:`Store.enroll_audience` (keeps the write lock
 #: short at a million friends, so that webhooks are stored without waiting).
 AUDIENCE_CHUNK = 5000
@@ -183,8 +187,10 @@ HANDBACK_AFTER = 3600
 #: Longest a yielding connection lets other writers of the process go first, seconds.
 TURN_WAIT = 1.0
 
+
 class WalkRow(NamedTuple):
     """An open enrollment as a walk reads it (:meth:`Store.due_enrollments`)."""
+
     id: int
     friend: str
     rule: str
@@ -208,6 +214,7 @@ WALK_COLUMNS = WalkRow._fields
 class Intent(NamedTuple):
     """A send queued by a walk, to be decided when it is due (:meth:`Store.add_intents`);
     ``steps`` and ``messages`` are JSON text."""
+
     enrollment: int
     friend: str
     rule: str
@@ -230,6 +237,7 @@ INTENT_COLUMNS = Intent._fields
 
 class Move(NamedTuple):
     """Where a walk leaves an enrollment (:meth:`Store.update_enrollments`)."""
+
     state: str
     step_id: str | None
     due_at: int | None
@@ -240,6 +248,7 @@ class Move(NamedTuple):
 
 class OutboxRow(NamedTuple):
     """One send before it is attempted (:meth:`Store.add_outbox_rows`)."""
+
     kind: str
     recipients: Sequence[str]
     payload: Any
@@ -253,6 +262,7 @@ class OutboxRow(NamedTuple):
 class Delivery(NamedTuple):
     """One friend's record of one decided send (:meth:`Store.add_deliveries`). ``outbox`` is
     the outbox row's id, or its place in the list given with it."""
+
     friend: str
     rule: str
     step_id: str | None
@@ -272,6 +282,7 @@ class DueChunk(NamedTuple):
     more due sends may follow after that friend, and what the chunk holds, so that the
     statements with nothing to do are not run: intent rows, an audience's carried sends,
     friends with more than one send (counted only under the cap)."""
+
     last: str | None
     more: bool
     intents: bool = True
@@ -286,6 +297,7 @@ ANY_DUE = DueChunk(None, False)
 class DueChange(NamedTuple):
     """A due send whose steps' conditions failed in part (:meth:`Store.due_update`): the steps
     and messages left (JSON text), or a status and reason when none is left."""
+
     steps: str
     messages: str
     status: str | None
@@ -293,9 +305,20 @@ class DueChange(NamedTuple):
     id: int
 
 
-_FRIEND_COLUMNS = ("id", "followed_at", "blocked_at", "seen_at", "source", "display_name",
-                   "language", "attributes", "orders", "total_spent", "last_purchase_at",
-                   "created_at")
+_FRIEND_COLUMNS = (
+    "id",
+    "followed_at",
+    "blocked_at",
+    "seen_at",
+    "source",
+    "display_name",
+    "language",
+    "attributes",
+    "orders",
+    "total_spent",
+    "last_purchase_at",
+    "created_at",
+)
 
 
 #: Seconds a client is asked to wait (``Retry-After``) while the database cannot be written.
@@ -307,8 +330,17 @@ MIN_FREE_BYTES = 1024 * 1024
 #: SQLite primary result codes that mean the database itself fails, not one item's data.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
-_FAULT_CODES = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY, _SQLITE_IOERR,
-                _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB}
+_FAULT_CODES = {
+    _SQLITE_BUSY,
+    _SQLITE_LOCKED,
+    _SQLITE_NOMEM,
+    _SQLITE_READONLY,
+    _SQLITE_IOERR,
+    _SQLITE_CORRUPT,
+    _SQLITE_FULL,
+    _SQLITE_CANTOPEN,
+    _SQLITE_NOTADB,
+}
 
 
 class StoreError(Exception):
@@ -339,27 +371,38 @@ def explain_fault(exc: BaseException, path: str) -> str:
     where = os.path.abspath(path) if path != ":memory:" else path
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     if code == _SQLITE_FULL:
-        return (f"cannot write to the database {where}: the disk is full. Free space on that disk; "
-                "linerules retries by itself, and clients are answered 503 meanwhile")
+        return (
+            f"cannot write to the database {where}: the disk is full. Free space on that disk; "
+            "linerules retries by itself, and clients are answered 503 meanwhile"
+        )
     if code == _SQLITE_READONLY:
-        return (f"cannot write to the database {where}: it is read-only. Give the user running "
-                "linerules write access to the file and its folder (SQLite writes "
-                f"{os.path.basename(where)}-wal and -shm beside it)")
+        return (
+            f"cannot write to the database {where}: it is read-only. Give the user running "
+            "linerules write access to the file and its folder (SQLite writes "
+            f"{os.path.basename(where)}-wal and -shm beside it)"
+        )
     if code == _SQLITE_CANTOPEN:
-        return (f"cannot open the database {where}: check that its folder exists, is not on a "
-                "read-only disk, and that the user running linerules may read and write there "
-                f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)")
+        return (
+            f"cannot open the database {where}: check that its folder exists, is not on a "
+            "read-only disk, and that the user running linerules may read and write there "
+            f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)"
+        )
     if code == _SQLITE_NOTADB:
         return not_linerules(path, _NOT_SQLITE)
     if code == _SQLITE_CORRUPT:
-        return (f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
-                f"backup, or recover what is left with `sqlite3 {where} .recover`")
+        return (
+            f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
+            f"backup, or recover what is left with `sqlite3 {where} .recover`"
+        )
     if code == _SQLITE_IOERR:
-        return (f"cannot write to the database {where}: disk I/O error ({exc}). Check the disk "
-                "and its free space; linerules retries by itself")
+        return (
+            f"cannot write to the database {where}: disk I/O error ({exc}). Check the disk "
+            "and its free space; linerules retries by itself"
+        )
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return (f"the database {where} stayed locked by another process for too long ({exc}); "
-                "linerules retries by itself")
+        return (
+            f"the database {where} stayed locked by another process for too long ({exc}); linerules retries by itself"
+        )
     return f"the database {where} failed: {exc}"
 
 
@@ -380,8 +423,11 @@ class NotLinerulesDatabase(StoreError):
 def not_linerules(path: str, what: str):
     """The one message for a path that is not a linerules database (translatable)."""
     where = os.path.abspath(path) if path != ":memory:" else path
-    return _("{path} is not a linerules database ({what}): check --db / LINERULES_DB, or restore "
-             "the file from a backup", path=where, what=_(what))
+    return _(
+        "{path} is not a linerules database ({what}): check --db / LINERULES_DB, or restore the file from a backup",
+        path=where,
+        what=_(what),
+    )
 
 
 def database_version(path: str) -> int | None:
@@ -475,6 +521,7 @@ class Placement(NamedTuple):
     """Where a set-based entry leaves its enrollments (:meth:`Store.enroll_audience`): state,
     step, due time and finish time, and, when its first sends are carried on the enrollment,
     when they are decided (``send_due``) and their steps and message names (JSON text)."""
+
     state: str
     step_id: str | None
     due_at: int | None
@@ -487,6 +534,7 @@ class Placement(NamedTuple):
 @dataclass(frozen=True)
 class EventRow:
     """An applied event as the engine processes it."""
+
     seq: int
     type: str
     friend: str
@@ -514,8 +562,9 @@ _MEMORY_LOCK = threading.Lock()
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
-    def __init__(self, path: str, *, checkpoints: bool = True, yields: bool = False,
-                 read_only: bool = False, clock: Any = None):
+    def __init__(
+        self, path: str, *, checkpoints: bool = True, yields: bool = False, read_only: bool = False, clock: Any = None
+    ):
         """``checkpoints=False``: commits never copy the write-ahead log back into the database
         (the runner calls :meth:`checkpoint` after each tick instead, so that neither a
         webhook's commit nor a tick's chunk waits for it); ``yields=True`` lets the process's
@@ -528,9 +577,11 @@ class Store:
         be read while a runner writes it. Otherwise a missing or empty file becomes a new
         database; any other file that is not a linerules database is refused
         (:class:`NotLinerulesDatabase`) and left as it was."""
-        if str(path).startswith(("postgresql:", "postgres:")):   # docs/scale.md: what exists today
-            raise StoreError("the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
-                             "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)")
+        if str(path).startswith(("postgresql:", "postgres:")):  # docs/scale.md: what exists today
+            raise StoreError(
+                "the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
+                "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)"
+            )
         self.path = path
         self.yields = yields
         self.read_only = read_only
@@ -559,8 +610,9 @@ class Store:
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
             raise StoreError(_("there is no database at {path}", path=os.path.abspath(path)))
-        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None,
-                               check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            _read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False, timeout=30
+        )
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self._lock = threading.RLock()
@@ -576,11 +628,11 @@ class Store:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         self.conn = conn
-        if _linerules_version(conn) is None:    # tables of another program: leave them alone
+        if _linerules_version(conn) is None:  # tables of another program: leave them alone
             raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
         self._lock = threading.RLock()
         self._depth = 0
-        self._inflight: dict[int, int] = {}   # outbox id -> claim time, claimed through this Store
+        self._inflight: dict[int, int] = {}  # outbox id -> claim time, claimed through this Store
         #: Seconds of the longest write transaction on this connection (benchmarks, logs).
         self.longest_write = 0.0
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -589,7 +641,7 @@ class Store:
         if not checkpoints:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA cache_size = -65536")      # 64 MiB of pages: ticks touch big indexes
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB of pages: ticks touch big indexes
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("lr_bucket", 3, bucket, deterministic=True)
@@ -634,9 +686,11 @@ class Store:
             raise StoreError(explain_fault(exc, self.path)) from None
         if rows != ["ok"]:
             where = os.path.abspath(self.path)
-            raise StoreError(f"the database {where} is damaged (integrity check: {rows[0]}): stop "
-                             "linerules and restore it from a backup, or recover what is left with "
-                             f"`sqlite3 {where} .recover`")
+            raise StoreError(
+                f"the database {where} is damaged (integrity check: {rows[0]}): stop "
+                "linerules and restore it from a backup, or recover what is left with "
+                f"`sqlite3 {where} .recover`"
+            )
 
     def _fault(self, exc: BaseException) -> StoreError:
         """The exception to raise for a database fault; the first of a run of failing writes is
@@ -768,7 +822,7 @@ class Store:
         if self.path != ":memory:":
             try:
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:   # e.g. a full disk: the log stays, nothing is lost
+            except sqlite3.Error as exc:  # e.g. a full disk: the log stays, nothing is lost
                 if not is_store_fault(exc):
                     raise
                 self._fault(exc)
@@ -814,8 +868,10 @@ class Store:
             if value is None:
                 c.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
-                c.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
-                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+                c.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
 
     # ------------------------------------------------------------------ events in
 
@@ -828,13 +884,17 @@ class Store:
         # the rows are encoded before the write lock is taken: the transaction only inserts
         # an event naming only the shop's customer has friend "" until the link (identity.py)
         friends = [(e.friend, int(e.at.timestamp())) for e in events if e.friend]
-        rows = [(e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token,
-                 received) for e in events]
+        rows = [
+            (e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token, received)
+            for e in events
+        ]
         with self.transaction() as c:
             c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", friends)
             cur = c.executemany(
                 "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING", rows)
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
+                rows,
+            )
             applied = max(cur.rowcount, 0) if rows else 0
         return ApplyResult(applied=applied, duplicates=len(events) - applied)
 
@@ -844,32 +904,40 @@ class Store:
         same friend (the follow grace: a friend's events are processed in order)."""
         hold = ""
         if held_after is not None:
-            hold = ("AND NOT EXISTS (SELECT 1 FROM events h WHERE h.friend = e.friend AND h.type = 'follow' "
-                    "AND h.processed_at IS NULL AND h.received_at > :held AND (h.at, h.seq) <= (e.at, e.seq)) ")
+            hold = (
+                "AND NOT EXISTS (SELECT 1 FROM events h WHERE h.friend = e.friend AND h.type = 'follow' "
+                "AND h.processed_at IS NULL AND h.received_at > :held AND (h.at, h.seq) <= (e.at, e.seq)) "
+            )
         rows = self.conn.execute(
             "SELECT seq, type, friend, at, data, reply_token, received_at FROM events e "
             f"WHERE processed_at IS NULL AND at <= :now {hold}ORDER BY at, seq LIMIT :limit",
-            {"now": now, "limit": limit, "held": held_after})
+            {"now": now, "limit": limit, "held": held_after},
+        )
         return [EventRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
 
     def first_held_follow(self, held_after: int) -> int | None:
         """The earliest ``received_at`` after ``held_after`` of an unprocessed ``follow``."""
-        return self.conn.execute("SELECT MIN(received_at) FROM events WHERE processed_at IS NULL "
-                                 "AND type = 'follow' AND received_at > ?", (held_after,)).fetchone()[0]
+        return self.conn.execute(
+            "SELECT MIN(received_at) FROM events WHERE processed_at IS NULL AND type = 'follow' AND received_at > ?",
+            (held_after,),
+        ).fetchone()[0]
 
     def mark_processed(self, seq: int, now: int) -> None:
         self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
 
     def mark_failed(self, seq: int, now: int, error: str) -> None:
         """The event could not be processed: set it aside with the reason (not retried)."""
-        self.conn.execute("UPDATE events SET processed_at = ?, error = ? WHERE seq = ?",
-                          (now, error, seq))
+        self.conn.execute("UPDATE events SET processed_at = ?, error = ? WHERE seq = ?", (now, error, seq))
 
     def failed_events(self, limit: int = 100) -> list[dict]:
         """Events set aside by :meth:`mark_failed`, newest first: seq, type, friend, at, error."""
-        return [dict(r) for r in self.conn.execute(
-            "SELECT seq, type, friend, at, error FROM events WHERE error IS NOT NULL "
-            "ORDER BY seq DESC LIMIT ?", (limit,))]
+        return [
+            dict(r)
+            for r in self.conn.execute(
+                "SELECT seq, type, friend, at, error FROM events WHERE error IS NOT NULL ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            )
+        ]
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -886,22 +954,23 @@ class Store:
         self.conn.execute("RELEASE lr_item")
 
     def next_event_at(self, after: int) -> int | None:
-        row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?",
-                                (after,)).fetchone()
+        row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?", (after,)).fetchone()
         return row[0]
 
     # ------------------------------------------------------------------ friend state
 
     def friend(self, friend_id: str) -> dict | None:
         """The friend's row as a dict (``attributes`` decoded, ``tags`` a sorted list), or None."""
-        row = self.conn.execute(f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id = ?",
-                                (friend_id,)).fetchone()
+        row = self.conn.execute(
+            f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id = ?", (friend_id,)
+        ).fetchone()
         if row is None:
             return None
         out = dict(row)
         out["attributes"] = json.loads(out["attributes"])
-        out["tags"] = [r[0] for r in self.conn.execute(
-            "SELECT tag FROM tags WHERE friend = ? ORDER BY tag", (friend_id,))]
+        out["tags"] = [
+            r[0] for r in self.conn.execute("SELECT tag FROM tags WHERE friend = ? ORDER BY tag", (friend_id,))
+        ]
         return out
 
     def friends_for_render(self, ids: Iterable[str]) -> dict[str, dict]:
@@ -911,13 +980,15 @@ class Store:
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                    f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id IN ({marks})", chunk):
+                f"SELECT {', '.join(_FRIEND_COLUMNS)} FROM friends WHERE id IN ({marks})", chunk
+            ):
                 d = dict(row)
                 d["attributes"] = json.loads(d["attributes"])
                 d["tags"] = []
                 out[d["id"]] = d
             for friend_id, tag in self.conn.execute(
-                    f"SELECT friend, tag FROM tags WHERE friend IN ({marks}) ORDER BY tag", chunk):
+                f"SELECT friend, tag FROM tags WHERE friend IN ({marks}) ORDER BY tag", chunk
+            ):
                 out[friend_id]["tags"].append(tag)
         return out
 
@@ -926,7 +997,8 @@ class Store:
         out: dict[int, dict] = {}
         for chunk in _chunks(list(seqs), 500):
             for seq, kind, data in self.conn.execute(
-                    f"SELECT seq, type, data FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk):
+                f"SELECT seq, type, data FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk
+            ):
                 out[seq] = {**json.loads(data), "type": kind}
         return out
 
@@ -939,12 +1011,15 @@ class Store:
     def blocked_among(self, ids: Iterable[str]) -> set[str]:
         """Which of these friends have blocked the account."""
         self._load_ids(ids)
-        return {r[0] for r in self.conn.execute(
-            "SELECT f.id FROM temp.lr_ids t CROSS JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL")}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT f.id FROM temp.lr_ids t CROSS JOIN friends f ON f.id = t.v WHERE f.blocked_at IS NOT NULL"
+            )
+        }
 
     def ensure_friend(self, friend_id: str, now: int) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)",
-                          (friend_id, now))
+        self.conn.execute("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", (friend_id, now))
 
     def set_source(self, friend_id: str, source: str, now: int | None = None) -> None:
         """Record where a friend came from (``qr=shipping``), e.g. from the LINE Login flow."""
@@ -953,24 +1028,27 @@ class Store:
             self.ensure_friend(friend_id, now)
             c.execute("UPDATE friends SET source = ? WHERE id = ?", (_norm_source(source), friend_id))
 
-    def set_profile(self, friend_id: str, *, display_name: str | None = None,
-                    language: str | None = None) -> None:
+    def set_profile(self, friend_id: str, *, display_name: str | None = None, language: str | None = None) -> None:
         """Store the LINE profile fields templates use (None leaves a field as it is)."""
         with self.transaction() as c:
-            c.execute("UPDATE friends SET display_name = COALESCE(?, display_name), "
-                      "language = COALESCE(?, language) WHERE id = ?", (display_name, language, friend_id))
+            c.execute(
+                "UPDATE friends SET display_name = COALESCE(?, display_name), "
+                "language = COALESCE(?, language) WHERE id = ?",
+                (display_name, language, friend_id),
+            )
 
     def touch(self, friend_id: str, at: int, *, line: bool = False) -> None:
         """The id has been seen through an event. ``line``: a message or postback from LINE,
         which only a friend can send: someone with no follow or block on record (a friend from
         before the runner was installed) counts as a friend from then on."""
         if line:
-            self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE("
-                              "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
-                              (at, at, friend_id))
+            self.conn.execute(
+                "UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE("
+                "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
+                (at, at, friend_id),
+            )
             return
-        self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?",
-                          (at, friend_id))
+        self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?", (at, friend_id))
 
     def follow(self, friend_id: str, at: int, source: str | None) -> None:
         """A follow (new friend or unblock). The first follow time is kept; a new source
@@ -978,73 +1056,91 @@ class Store:
         self.conn.execute(
             "UPDATE friends SET followed_at = COALESCE(followed_at, ?), blocked_at = NULL, "
             "source = COALESCE(?, source) WHERE id = ?",
-            (at, _norm_source(source) if source else None, friend_id))
+            (at, _norm_source(source) if source else None, friend_id),
+        )
 
     def unfollow(self, friend_id: str, at: int) -> None:
         self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
 
-    def purchase(self, friend_id: str, at: int, amount: float, items: list[dict],
-                 order_id: str | None = None, seq: int | None = None) -> None:
+    def purchase(
+        self,
+        friend_id: str,
+        at: int,
+        amount: float,
+        items: list[dict],
+        order_id: str | None = None,
+        seq: int | None = None,
+    ) -> None:
         """Count an order: orders, total spent, last purchase; one ``order`` activity row plus
         one ``purchase`` row per item (for product/category matches), carrying ``order_id``
         (engine/runtime/identity.py keeps the order itself) and ``seq``, the event, when known."""
         c = self.conn
-        c.execute("UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
-                  "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
-                  (amount, at, friend_id))
+        c.execute(
+            "UPDATE friends SET orders = orders + 1, total_spent = total_spent + ?, "
+            "last_purchase_at = MAX(COALESCE(last_purchase_at, 0), ?) WHERE id = ?",
+            (amount, at, friend_id),
+        )
         rows = [(friend_id, "order", None, None, amount, at, order_id, seq)]
         for item in items:
             price = item.get("price")
             total = None if price is None else price * item.get("quantity", 1)
-            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id,
-                         seq))
-        c.executemany("INSERT INTO activity(friend, kind, product, category, amount, at, order_id, event_seq) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            rows.append((friend_id, "purchase", item.get("product"), item.get("category"), total, at, order_id, seq))
+        c.executemany(
+            "INSERT INTO activity(friend, kind, product, category, amount, at, order_id, event_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def track(self, friend_id: str, kind: str, product: str | None, at: int, seq: int | None = None) -> None:
         """A ``cart`` or ``view`` activity (``seq``: the event it came from)."""
-        self.conn.execute("INSERT INTO activity(friend, kind, product, at, event_seq) VALUES (?, ?, ?, ?, ?)",
-                          (friend_id, kind, product, at, seq))
+        self.conn.execute(
+            "INSERT INTO activity(friend, kind, product, at, event_seq) VALUES (?, ?, ?, ?, ?)",
+            (friend_id, kind, product, at, seq),
+        )
 
-    def click(self, friend_id: str, at: int, rule: str | None, message: str | None, url: str | None,
-              seq: int | None = None) -> None:
+    def click(
+        self, friend_id: str, at: int, rule: str | None, message: str | None, url: str | None, seq: int | None = None
+    ) -> None:
         """A ``click`` event of a timeline (or a shop's own click tracking)."""
-        self.conn.execute("INSERT INTO activity(friend, kind, rule, message, url, at, event_seq) "
-                          "VALUES (?, 'click', ?, ?, ?, ?, ?)", (friend_id, rule, message, url, at, seq))
+        self.conn.execute(
+            "INSERT INTO activity(friend, kind, rule, message, url, at, event_seq) VALUES (?, 'click', ?, ?, ?, ?, ?)",
+            (friend_id, rule, message, url, at, seq),
+        )
 
     def set_attributes(self, friend_id: str, values: dict[str, Any]) -> None:
         """``display_name`` and ``language`` are columns; everything else is a custom attribute."""
         values = dict(values)
         for column in ("display_name", "language"):
             if column in values:
-                self.conn.execute(f"UPDATE friends SET {column} = ? WHERE id = ?",
-                                  (values.pop(column), friend_id))
+                self.conn.execute(f"UPDATE friends SET {column} = ? WHERE id = ?", (values.pop(column), friend_id))
         if values:
-            self.conn.execute("UPDATE friends SET attributes = json_patch(attributes, ?) WHERE id = ?",
-                              (_json(values), friend_id))
+            self.conn.execute(
+                "UPDATE friends SET attributes = json_patch(attributes, ?) WHERE id = ?", (_json(values), friend_id)
+            )
 
     def add_tags(self, friend_id: str, tags: Iterable[str], at: int) -> list[str]:
         """Add tags; returns the ones that were new."""
         new = []
         for tag in tags:
-            cur = self.conn.execute("INSERT OR IGNORE INTO tags(friend, tag, added_at) VALUES (?, ?, ?)",
-                                    (friend_id, tag, at))
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO tags(friend, tag, added_at) VALUES (?, ?, ?)", (friend_id, tag, at)
+            )
             if cur.rowcount:
                 new.append(tag)
         return new
 
     def remove_tags(self, friend_id: str, tags: Iterable[str]) -> None:
-        self.conn.executemany("DELETE FROM tags WHERE friend = ? AND tag = ?",
-                              [(friend_id, t) for t in tags])
+        self.conn.executemany("DELETE FROM tags WHERE friend = ? AND tag = ?", [(friend_id, t) for t in tags])
 
     # ------------------------------------------------------------------ clicks
 
-    def link_token(self, friend: str | None, rule: str | None, message: str | None, url: str,
-                   now: int) -> str:
+    def link_token(self, friend: str | None, rule: str | None, message: str | None, url: str, now: int) -> str:
         """A new click-tracking token for one link sent to one friend."""
         token = secrets.token_urlsafe(12)
-        self.conn.execute("INSERT INTO links(token, friend, rule, message, url, created_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (token, friend, rule, message, url, now))
+        self.conn.execute(
+            "INSERT INTO links(token, friend, rule, message, url, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (token, friend, rule, message, url, now),
+        )
         return token
 
     def link_friend(self, token: str) -> str | None:
@@ -1052,24 +1148,32 @@ class Store:
         row = self.conn.execute("SELECT friend FROM links WHERE token = ?", (token,)).fetchone()
         return row[0] if row is not None and row[0] else None
 
-    def record_click(self, token: str | None = None, at: int | None = None, *,
-                     friend: str | None = None, rule: str | None = None, message: str | None = None,
-                     url: str | None = None) -> str | None:
+    def record_click(
+        self,
+        token: str | None = None,
+        at: int | None = None,
+        *,
+        friend: str | None = None,
+        rule: str | None = None,
+        message: str | None = None,
+        url: str | None = None,
+    ) -> str | None:
         """Record a click on a tracked link, by token or by (friend, rule, message, url).
         Returns the link's target URL (None for an unknown token)."""
         at = int(self._time()) if at is None else at
         with self.transaction() as c:
             if token is not None:
-                row = c.execute("SELECT friend, rule, message, url FROM links WHERE token = ?",
-                                (token,)).fetchone()
+                row = c.execute("SELECT friend, rule, message, url FROM links WHERE token = ?", (token,)).fetchone()
                 if row is None:
                     return None
                 friend, rule, message, url = row
             if friend is None or url is None:
                 return url
             self.ensure_friend(friend, at)
-            c.execute("INSERT INTO activity(friend, kind, rule, message, url, at) "
-                      "VALUES (?, 'click', ?, ?, ?, ?)", (friend, rule, message, url, at))
+            c.execute(
+                "INSERT INTO activity(friend, kind, rule, message, url, at) VALUES (?, 'click', ?, ?, ?, ?)",
+                (friend, rule, message, url, at),
+            )
             return url
 
     # ------------------------------------------------------------------ conditions
@@ -1079,52 +1183,98 @@ class Store:
         out: set[int] = set()
         for chunk in _chunks(list(ids), 900):
             marks = ",".join(f":id{i}" for i in range(len(chunk)))
-            sql = (f"SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
-                   f"WHERE e.id IN ({marks}) AND ({cond_sql})")
+            sql = (
+                f"SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+                f"WHERE e.id IN ({marks}) AND ({cond_sql})"
+            )
             ids_named = {f"id{i}": v for i, v in enumerate(chunk)}
             out.update(r[0] for r in self.conn.execute(sql, {**params, **ids_named}))
         return out
 
     def friend_matches(self, friend_id: str, cond_sql: str, params: dict[str, Any]) -> bool:
         """Whether one friend satisfies ``cond_sql`` (alias ``f``; no enrollment in scope)."""
-        row = self.conn.execute(f"SELECT 1 FROM friends f WHERE f.id = :friend AND ({cond_sql})",
-                                {**params, "friend": friend_id}).fetchone()
+        row = self.conn.execute(
+            f"SELECT 1 FROM friends f WHERE f.id = :friend AND ({cond_sql})", {**params, "friend": friend_id}
+        ).fetchone()
         return row is not None
 
     # ------------------------------------------------------------------ enrollments
 
     def register_rule_version(self, rule: str, version: str, step_ids: Sequence[str], now: int) -> None:
-        self.conn.execute("INSERT OR IGNORE INTO rule_versions(rule, version, steps, compiled_at) "
-                          "VALUES (?, ?, ?, ?)", (rule, version, _json(list(step_ids)), now))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO rule_versions(rule, version, steps, compiled_at) VALUES (?, ?, ?, ?)",
+            (rule, version, _json(list(step_ids)), now),
+        )
 
     def rule_version_steps(self, rule: str, version: str) -> list[str] | None:
-        row = self.conn.execute("SELECT steps FROM rule_versions WHERE rule = ? AND version = ?",
-                                (rule, version)).fetchone()
+        row = self.conn.execute(
+            "SELECT steps FROM rule_versions WHERE rule = ? AND version = ?", (rule, version)
+        ).fetchone()
         return json.loads(row[0]) if row else None
 
     def last_enrollment(self, friend: str, rule: str) -> sqlite3.Row | None:
         return self.conn.execute(
-            "SELECT * FROM enrollments WHERE friend = ? AND rule = ? ORDER BY id DESC LIMIT 1",
-            (friend, rule)).fetchone()
+            "SELECT * FROM enrollments WHERE friend = ? AND rule = ? ORDER BY id DESC LIMIT 1", (friend, rule)
+        ).fetchone()
 
-    def enroll(self, *, friend: str, rule: str, version: str, step_id: str | None, now: int,
-               entered_at: int, variant: str | None, holdout: bool, occurrence: str | None = None,
-               cause_seq: int | None = None, reply_token: str | None = None,
-               reply_deadline: int | None = None, event_seq: int | None = None) -> int | None:
+    def enroll(
+        self,
+        *,
+        friend: str,
+        rule: str,
+        version: str,
+        step_id: str | None,
+        now: int,
+        entered_at: int,
+        variant: str | None,
+        holdout: bool,
+        occurrence: str | None = None,
+        cause_seq: int | None = None,
+        reply_token: str | None = None,
+        reply_deadline: int | None = None,
+        event_seq: int | None = None,
+    ) -> int | None:
         """Insert one active enrollment due at ``now``; None if the occurrence was taken.
         ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
             "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
             "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (friend, rule, version, step_id, now, variant, int(holdout), entered_at, occurrence,
-             cause_seq, reply_token, reply_deadline, event_seq, event_seq))
+            (
+                friend,
+                rule,
+                version,
+                step_id,
+                now,
+                variant,
+                int(holdout),
+                entered_at,
+                occurrence,
+                cause_seq,
+                reply_token,
+                reply_deadline,
+                event_seq,
+                event_seq,
+            ),
+        )
         return cur.lastrowid if cur.rowcount else None
 
-    def enroll_audience(self, *, rule: str, version: str, step_id: str | None, now: int,
-                        where_sql: str, params: dict[str, Any], occurrence: str | None,
-                        blocked_sql: str, variant_sql: str, holdout_sql: str,
-                        chunk: int | None = None, placed: Placement | None = None) -> int:
+    def enroll_audience(
+        self,
+        *,
+        rule: str,
+        version: str,
+        step_id: str | None,
+        now: int,
+        where_sql: str,
+        params: dict[str, Any],
+        occurrence: str | None,
+        blocked_sql: str,
+        variant_sql: str,
+        holdout_sql: str,
+        chunk: int | None = None,
+        placed: Placement | None = None,
+    ) -> int:
         """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
         entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
         gets one active enrollment due now. Returns how many entered.
@@ -1140,33 +1290,50 @@ class Store:
         the entry again after a crash between chunks enrols nobody twice and misses nobody.
         Call it outside a transaction, or the chunks join it."""
         p = placed or Placement("active", step_id, now, None, None, "", "")
-        args = {**params, "rule": rule, "version": version, "step": p.step_id, "now": now,
-                "occurrence": occurrence, "state": p.state, "due": p.due_at, "finished": p.finished_at,
-                "send_due": p.send_due, "steps": p.steps, "messages": p.messages}
-        blocked = (f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule "
-                   f"AND ({blocked_sql}))")
+        args = {
+            **params,
+            "rule": rule,
+            "version": version,
+            "step": p.step_id,
+            "now": now,
+            "occurrence": occurrence,
+            "state": p.state,
+            "due": p.due_at,
+            "finished": p.finished_at,
+            "send_due": p.send_due,
+            "steps": p.steps,
+            "messages": p.messages,
+        }
+        blocked = (
+            f"NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = f.id AND x.rule = :rule AND ({blocked_sql}))"
+        )
         c = self.conn
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_audience (n INTEGER PRIMARY KEY, id TEXT NOT NULL)")
         c.execute("DELETE FROM temp.lr_audience")
-        c.execute(f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM friends f WHERE ({where_sql}) AND {blocked}",
-                  args)
+        c.execute(
+            f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM friends f WHERE ({where_sql}) AND {blocked}", args
+        )
         last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
-        sql = ("INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
-               "variant, holdout, entered_at, occurrence, finished_at, send_due) "
-               f"SELECT f.id, :rule, :version, :step, :due, :state, {variant_sql}, {holdout_sql}, "
-               ":now, :occurrence, :finished, :send_due FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
-               f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n")
+        sql = (
+            "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
+            "variant, holdout, entered_at, occurrence, finished_at, send_due) "
+            f"SELECT f.id, :rule, :version, :step, :due, :state, {variant_sql}, {holdout_sql}, "
+            ":now, :occurrence, :finished, :send_due FROM temp.lr_audience a CROSS JOIN friends f ON f.id = a.id "
+            f"WHERE a.n > :lo AND a.n <= :hi AND {blocked} ORDER BY a.n"
+        )
         entered, chunk = 0, chunk or AUDIENCE_CHUNK
         for lo in range(0, last, chunk):
             with self.transaction():
                 count = c.execute(sql, {**args, "lo": lo, "hi": lo + chunk}).rowcount
                 entered += count
                 if placed is not None and count:
-                    c.execute("INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
-                              "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
-                              "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
-                              "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
-                              {**args, "count": count})
+                    c.execute(
+                        "INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
+                        "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
+                        "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
+                        "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                        {**args, "count": count},
+                    )
         c.execute("DELETE FROM temp.lr_audience")
         return entered
 
@@ -1174,17 +1341,22 @@ class Store:
 
     def add_intents(self, rows: Sequence[Intent]) -> None:
         """Sends to decide when they are due."""
-        self.conn.executemany(f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) "
-                              f"VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows)
+        self.conn.executemany(
+            f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows
+        )
 
     def defer_intents(self, rule: str, opening: int, now: int) -> None:
         """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
-        self.conn.execute("UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?",
-                          (opening, now, rule))
-        for occurrence, in self.conn.execute("SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?",
-                                             (rule, now)).fetchall():
-            self.conn.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",
-                              (opening, rule, occurrence, now))
+        self.conn.execute(
+            "UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?", (opening, now, rule)
+        )
+        for (occurrence,) in self.conn.execute(
+            "SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?", (rule, now)
+        ).fetchall():
+            self.conn.execute(
+                "UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",
+                (opening, rule, occurrence, now),
+            )
             self._recount(rule, occurrence)
 
     def _recount(self, rule: str, occurrence: str) -> None:
@@ -1192,32 +1364,42 @@ class Store:
         the row stays, naming what the audience was sent)."""
         due, pending = self.conn.execute(
             "SELECT MIN(send_due), COUNT(send_due) FROM enrollments WHERE rule = ? AND occurrence = ?",
-            (rule, occurrence)).fetchone()
-        self.conn.execute("UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
-                          (due, pending, rule, occurrence))
+            (rule, occurrence),
+        ).fetchone()
+        self.conn.execute(
+            "UPDATE audience_sends SET due_at = ?, pending = ? WHERE rule = ? AND occurrence = ?",
+            (due, pending, rule, occurrence),
+        )
 
     def waiting_sends(self) -> int:
         """Sends not yet decided: due now, or waiting for the window, the cap's day or the quota
         (intents, and the first sends an audience's enrollments carry)."""
-        return (self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
-                + self.conn.execute("SELECT COALESCE(SUM(pending), 0) FROM audience_sends").fetchone()[0])
+        return (
+            self.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+            + self.conn.execute("SELECT COALESCE(SUM(pending), 0) FROM audience_sends").fetchone()[0]
+        )
 
     def next_waiting_send(self) -> int | None:
         """When the next send waiting to be decided is due (None: none waits)."""
-        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
-                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends").fetchone()[0]]
+        moments = [
+            self.conn.execute("SELECT MIN(due_at) FROM intents").fetchone()[0],
+            self.conn.execute("SELECT MIN(due_at) FROM audience_sends").fetchone()[0],
+        ]
         return min((m for m in moments if m is not None), default=None)
 
     def next_intent_at(self, after: int) -> int | None:
-        moments = [self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
-                   self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?",
-                                     (after,)).fetchone()[0]]
+        moments = [
+            self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
+            self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?", (after,)).fetchone()[0],
+        ]
         return min((m for m in moments if m is not None), default=None)
 
     def has_due_intents(self, now: int) -> bool:
-        return (self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
-                or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1",
-                                     (now,)).fetchone() is not None)
+        return (
+            self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+            or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1", (now,)).fetchone()
+            is not None
+        )
 
     def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
         """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
@@ -1225,10 +1407,13 @@ class Store:
         ``rules``: (name, priority, uncapped) of the project's rules."""
         c = self.conn
         c.execute("UPDATE intents SET due_at = ? WHERE due_at < ?", (now, now))
-        for rule, occurrence in c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at < ?",
-                                          (now,)).fetchall():
-            c.execute("UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due < ?",
-                      (now, rule, occurrence, now))
+        for rule, occurrence in c.execute(
+            "SELECT rule, occurrence FROM audience_sends WHERE due_at < ?", (now,)
+        ).fetchall():
+            c.execute(
+                "UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due < ?",
+                (now, rule, occurrence, now),
+            )
             c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
         c.execute("DELETE FROM temp.lr_rules")
@@ -1246,25 +1431,33 @@ class Store:
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
         the last friend loaded (None when nothing was due) and whether more may follow."""
         c = self.conn
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
-                  "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
-                  "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
-                  "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-                  "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
-                  "outbox_id INTEGER, carried INTEGER, src INTEGER)")
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
+            "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
+            "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
+            "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
+            "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
+            "outbox_id INTEGER, carried INTEGER, src INTEGER)"
+        )
         c.execute("DELETE FROM temp.lr_due")
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
         c.execute("DELETE FROM temp.lr_sent")
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
-        first_intent, *end = c.execute("SELECT MIN(friend), MAX(friend), COUNT(*) FROM (SELECT friend FROM intents "
-                                       "WHERE due_at = ? AND friend > ? ORDER BY friend LIMIT ?)",
-                                       (now, after, limit)).fetchone()
+        first_intent, *end = c.execute(
+            "SELECT MIN(friend), MAX(friend), COUNT(*) FROM (SELECT friend FROM intents "
+            "WHERE due_at = ? AND friend > ? ORDER BY friend LIMIT ?)",
+            (now, after, limit),
+        ).fetchone()
         plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
-        ends = [tuple(end)] + [c.execute(
-            "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
-            "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)", (rule, occurrence, after, now, limit)).fetchone()
-            for rule, occurrence in plans]
+        ends = [tuple(end)] + [
+            c.execute(
+                "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
+                "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)",
+                (rule, occurrence, after, now, limit),
+            ).fetchone()
+            for rule, occurrence in plans
+        ]
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
@@ -1299,46 +1492,65 @@ class Store:
             "CROSS JOIN enrollments s ON s.rule = a.rule AND s.occurrence = a.occurrence AND s.friend > :after "
             "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
             "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
-            "ORDER BY i.queued_at, i.carried DESC, i.id", args)
+            "ORDER BY i.queued_at, i.carried DESC, i.id",
+            args,
+        )
         intents = first_intent is not None and first_intent <= last
         dups = False
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
             # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
             if len(plans) > 1 or intents:
-                dups = c.execute("UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT friend FROM "
-                                 "temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)").rowcount > 0
+                dups = (
+                    c.execute(
+                        "UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT friend FROM "
+                        "temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)"
+                    ).rowcount
+                    > 0
+                )
         return DueChunk(last, bool(full), intents, bool(plans), dups)
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
         leave the rule and their intents are dropped. Returns how many enrollments left."""
         c = self.conn
-        c.execute("UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE rule = :rule AND "
-                  "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
-                  "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
-                  f"AND ({cond_sql}))", {**params, "rule": rule, "now": now})
+        c.execute(
+            "UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE rule = :rule AND "
+            "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
+            "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
+            f"AND ({cond_sql}))",
+            {**params, "rule": rule, "now": now},
+        )
         # a finished enrollment whose last send had yet to go out left the rule too
-        return c.execute("UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
-                         "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
-                         "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')", (now, rule)).rowcount
+        return c.execute(
+            "UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
+            "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
+            "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')",
+            (now, rule),
+        ).rowcount
 
     def due_groups(self) -> list[tuple[str, str]]:
         """The distinct (rule, steps) of the undecided due intents."""
-        return [tuple(r) for r in self.conn.execute(
-            "SELECT DISTINCT rule, steps FROM temp.lr_due WHERE status IS NULL")]
+        return [
+            tuple(r) for r in self.conn.execute("SELECT DISTINCT rule, steps FROM temp.lr_due WHERE status IS NULL")
+        ]
 
     def due_failing(self, rule: str, steps: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
         """Undecided due intents of (rule, steps) for which ``cond_sql`` does not hold now."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
-            f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
-            {**params, "rule": rule, "steps": steps})]
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
+                f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
+                {**params, "rule": rule, "steps": steps},
+            )
+        ]
 
     def due_update(self, rows: Sequence[DueChange]) -> None:
         """Due sends of ``temp.lr_due`` left with fewer steps, or none."""
-        self.conn.executemany("UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?",
-                              rows)
+        self.conn.executemany(
+            "UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?", rows
+        )
 
     def due_cap(self, cap: int, dups: bool = True) -> int:
         """``max_per_day``: per friend, the due sends the cap applies to, highest priority first
@@ -1347,44 +1559,69 @@ class Store:
         whether some friend has more than one due send (:attr:`DueChunk.dups`)."""
         args = {"cap": cap, "reason": f"max_per_day {cap}"}
         # a friend with one due send: capped when the day's pushes have reached the cap already
-        count = self.conn.execute("UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
-                                  "AND counts = 1 AND dup = 0 AND used >= :cap", args).rowcount
+        count = self.conn.execute(
+            "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE status IS NULL "
+            "AND counts = 1 AND dup = 0 AND used >= :cap",
+            args,
+        ).rowcount
         if not dups:
             return count
-        return count + self.conn.execute(
-            "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
-            "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
-            "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1 "
-            "AND d.dup = 1) WHERE n > :cap)", args).rowcount
+        return (
+            count
+            + self.conn.execute(
+                "UPDATE temp.lr_due SET status = 'capped', reason = :reason WHERE id IN (SELECT id FROM ("
+                "SELECT d.id AS id, ROW_NUMBER() OVER (PARTITION BY d.friend ORDER BY d.prio DESC, d.queued_at, "
+                "d.enrollment, d.id) + d.used AS n FROM temp.lr_due d WHERE d.status IS NULL AND d.counts = 1 "
+                "AND d.dup = 1) WHERE n > :cap)",
+                args,
+            ).rowcount
+        )
 
     def due_replies(self, now: int) -> None:
         """The first due send (by priority) holding a fresh reply token goes as the free reply."""
         self.conn.execute(
             "UPDATE temp.lr_due SET kind = 'reply' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
             "(PARTITION BY reply_token ORDER BY prio DESC, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
-            "reply_token IS NOT NULL AND reply_deadline >= :now) WHERE n = 1)", {"now": now})
+            "reply_token IS NOT NULL AND reply_deadline >= :now) WHERE n = 1)",
+            {"now": now},
+        )
 
     def due_quota(self, remaining: int) -> int:
         """The monthly quota: beyond ``remaining`` billed sends (not replies), in priority order,
         the rest are ``held``. Returns how many were held."""
         remaining = max(0, remaining)
         undecided = "status IS NULL AND kind IS NULL"
-        if not remaining:     # nothing left this month: every billed send waits, no ordering needed
+        if not remaining:  # nothing left this month: every billed send waits, no ordering needed
             return self.conn.execute(f"UPDATE temp.lr_due SET status = 'held' WHERE {undecided}").rowcount
         if self.conn.execute(f"SELECT COUNT(*) FROM temp.lr_due WHERE {undecided}").fetchone()[0] <= remaining:
             return 0
         return self.conn.execute(
             "UPDATE temp.lr_due SET status = 'held' WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
             "(ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due WHERE status IS NULL AND "
-            "kind IS NULL) WHERE n > :remaining)", {"remaining": remaining}).rowcount
+            "kind IS NULL) WHERE n > :remaining)",
+            {"remaining": remaining},
+        ).rowcount
 
     def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
         """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
-        return [tuple(r) for r in self.conn.execute(
-            "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")]
+        return [
+            tuple(r)
+            for r in self.conn.execute(
+                "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL"
+            )
+        ]
 
-    def due_static_send(self, rule: str, steps: str, messages: str, occurrence: str | None, step_id: str,
-                        pushes: Sequence[tuple[Sequence[str], Any]], now: int, today: str) -> tuple[int, int]:
+    def due_static_send(
+        self,
+        rule: str,
+        steps: str,
+        messages: str,
+        occurrence: str | None,
+        step_id: str,
+        pushes: Sequence[tuple[Sequence[str], Any]],
+        now: int,
+        today: str,
+    ) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
         same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
         ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
@@ -1394,74 +1631,103 @@ class Store:
         count = c.execute(
             "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
             "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
-            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence}).rowcount
+            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence},
+        ).rowcount
         if not count:
             return 0, 0
         chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
-            args = {"first": base + j * chunks, "payload": _json(objects), "messages": _json(list(push_names)),
-                    "rule": rule, "now": now, "today": today, "first_push": int(j == 0), "step": step_id,
-                    "before": before, "per": MAX_MULTICAST}
+            args = {
+                "first": base + j * chunks,
+                "payload": _json(objects),
+                "messages": _json(list(push_names)),
+                "rule": rule,
+                "now": now,
+                "today": today,
+                "first_push": int(j == 0),
+                "step": step_id,
+                "before": before,
+                "per": MAX_MULTICAST,
+            }
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
                 ":now FROM (SELECT (s.n - :before - 1) / :per AS chunk, d.friend AS friend FROM temp.lr_sent s "
-                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk", args)
+                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk",
+                args,
+            )
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
                 "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
                 ":first + (s.n - :before - 1) / :per, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
                 "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
-                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n", args)
+                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n",
+                args,
+            )
         return chunks * len(pushes), count
 
     def due_rows(self) -> list[sqlite3.Row]:
         """The undecided due intents not sent set-based (each rendered for its friend)."""
-        return self.conn.execute("SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
-                                 "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id").fetchall()
+        return self.conn.execute(
+            "SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
+            "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id"
+        ).fetchall()
 
     def finish_deliver(self, now: int) -> None:
         """After the deliver stage's last chunk: the audiences whose sends were due now are
         counted again (what waits still, held by the quota or kept for a suspended rule)."""
-        for rule, occurrence in self.conn.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?",
-                                                  (now,)).fetchall():
+        for rule, occurrence in self.conn.execute(
+            "SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?", (now,)
+        ).fetchall():
             self._recount(rule, occurrence)
 
     def due_rules(self) -> set[str]:
         """The rules of the due sends loaded."""
         return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
 
-    def due_finish(self, now: int, today: str, held_until: int | None,
-                   chunk: DueChunk = ANY_DUE) -> dict[str, int]:
+    def due_finish(self, now: int, today: str, held_until: int | None, chunk: DueChunk = ANY_DUE) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
         the decided intents are gone (a send handed back by the dispatcher is rebuilt from its
         delivery rows, see :meth:`hold_outbox`), held ones are due again at ``held_until``.
         ``chunk`` (as :meth:`load_due` returned it) says which sources the chunk holds."""
         c = self.conn
-        capped, skipped = c.execute("SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') "
-                                    "FROM temp.lr_due").fetchone()
+        capped, skipped = c.execute(
+            "SELECT TOTAL(status = 'capped'), TOTAL(status = 'skipped') FROM temp.lr_due"
+        ).fetchone()
         counts = {"capped": int(capped), "skipped": int(skipped)}
         if capped or skipped:
-            c.execute("INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
-                      "reason, variant, at, local_day, counts_for_cap) SELECT friend, rule, "
-                      "json_extract(steps, '$[0][0]'), enrollment, NULL, messages, status, reason, variant, :now, "
-                      ":today, 0 FROM temp.lr_due WHERE status IN ('skipped', 'capped') ORDER BY id",
-                      {"now": now, "today": today})
+            c.execute(
+                "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+                "reason, variant, at, local_day, counts_for_cap) SELECT friend, rule, "
+                "json_extract(steps, '$[0][0]'), enrollment, NULL, messages, status, reason, variant, :now, "
+                ":today, 0 FROM temp.lr_due WHERE status IN ('skipped', 'capped') ORDER BY id",
+                {"now": now, "today": today},
+            )
         if chunk.intents:
-            c.execute("DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
-                      "AND status IS NOT 'held' AND status IS NOT 'kept')")
+            c.execute(
+                "DELETE FROM intents WHERE id IN (SELECT src FROM temp.lr_due WHERE carried = 0 "
+                "AND status IS NOT 'held' AND status IS NOT 'kept')"
+            )
         if chunk.carried:
-            c.execute("UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                      "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')")
+            c.execute(
+                "UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')"
+            )
         if held_until is not None:
             if chunk.intents:
-                c.execute("UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due "
-                          "WHERE status = 'held' AND carried = 0)", (held_until,))
+                c.execute(
+                    "UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due "
+                    "WHERE status = 'held' AND carried = 0)",
+                    (held_until,),
+                )
             if chunk.carried:
-                c.execute("UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                          "WHERE status = 'held' AND carried = 1)", (held_until,))
+                c.execute(
+                    "UPDATE enrollments SET send_due = ? WHERE id IN (SELECT enrollment FROM temp.lr_due "
+                    "WHERE status = 'held' AND carried = 1)",
+                    (held_until,),
+                )
         c.execute("DELETE FROM temp.lr_due")
         return counts
 
@@ -1475,11 +1741,12 @@ class Store:
 
     def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
         return self.conn.execute(
-            "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id",
-            (friend,)).fetchall()
+            "SELECT * FROM enrollments WHERE friend = ? AND state IN ('active', 'waiting') ORDER BY id", (friend,)
+        ).fetchall()
 
-    def due_enrollments(self, now: int, limit: int, rules: Sequence[str] | None = None,
-                        exclude: bool = False) -> list[WalkRow]:
+    def due_enrollments(
+        self, now: int, limit: int, rules: Sequence[str] | None = None, exclude: bool = False
+    ) -> list[WalkRow]:
         """Open enrollments with ``due_at <= now``, earliest first (the partial due index); only
         those of ``rules`` when given (or, with ``exclude``, of every other rule)."""
         cur = self.conn.cursor()
@@ -1487,14 +1754,21 @@ class Store:
         only = ""
         if rules is not None:
             only = f"AND rule {'NOT IN' if exclude else 'IN'} ({','.join('?' * len(rules))}) "
-        return list(map(WalkRow._make, cur.execute(
-            f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
-            f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
-            (now, *(rules or ()), limit)).fetchall()))
+        return list(
+            map(
+                WalkRow._make,
+                cur.execute(
+                    f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE state IN ('active', 'waiting') "
+                    f"AND due_at <= ? {only}ORDER BY due_at, id LIMIT ?",
+                    (now, *(rules or ()), limit),
+                ).fetchall(),
+            )
+        )
 
     def next_due_at(self, after: int) -> int | None:
-        row = self.conn.execute("SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') "
-                                "AND due_at > ?", (after,)).fetchone()
+        row = self.conn.execute(
+            "SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') AND due_at > ?", (after,)
+        ).fetchone()
         return row[0]
 
     def update_enrollments(self, rows: Sequence[Move]) -> None:
@@ -1502,15 +1776,26 @@ class Store:
         its reply token is cleared."""
         self.conn.executemany(
             "UPDATE enrollments SET state = ?, step_id = ?, due_at = ?, finished_at = ?, "
-            "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?", rows)
+            "exit_reason = ?, cause_seq = NULL, reply_token = NULL WHERE id = ?",
+            rows,
+        )
 
-    def resume(self, enrollment_id: int, step_id: str | None, now: int, cause_seq: int | None,
-               reply_token: str | None, reply_deadline: int | None, event_seq: int | None = None) -> None:
+    def resume(
+        self,
+        enrollment_id: int,
+        step_id: str | None,
+        now: int,
+        cause_seq: int | None,
+        reply_token: str | None,
+        reply_deadline: int | None,
+        event_seq: int | None = None,
+    ) -> None:
         """A ``wait for`` event (``event_seq``) arrived: continue at ``step_id`` now."""
         self.conn.execute(
             "UPDATE enrollments SET state = 'active', step_id = ?, due_at = ?, cause_seq = ?, "
             "reply_token = ?, reply_deadline = ?, event_seq = COALESCE(?, event_seq) WHERE id = ?",
-            (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id))
+            (step_id, now, cause_seq, reply_token, reply_deadline, event_seq, enrollment_id),
+        )
 
     def enrollment_rows(self, ids: Sequence[int], now: int) -> list[WalkRow]:
         """Open enrollments among ``ids`` due at or before ``now``."""
@@ -1518,58 +1803,70 @@ class Store:
         cur.row_factory = None
         out: list[WalkRow] = []
         for chunk in _chunks(sorted(ids), 900):
-            out += map(WalkRow._make, cur.execute(
-                f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
-                "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id", (*chunk, now)).fetchall())
+            out += map(
+                WalkRow._make,
+                cur.execute(
+                    f"SELECT {', '.join(WALK_COLUMNS)} FROM enrollments WHERE id IN ({','.join('?' * len(chunk))}) "
+                    "AND state IN ('active', 'waiting') AND due_at <= ? ORDER BY id",
+                    (*chunk, now),
+                ).fetchall(),
+            )
         return out
 
     def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
         self.conn.executemany(
             "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
-            "WHERE id = ? AND state IN ('active', 'waiting')", [(reason, now, i) for i in ids])
+            "WHERE id = ? AND state IN ('active', 'waiting')",
+            [(reason, now, i) for i in ids],
+        )
 
     def open_positions(self) -> list[tuple[str, str, str | None, str, int]]:
         """(rule, version, step_id, state, count) of all open enrollments, for a rule reload."""
-        return [tuple(r) for r in self.conn.execute(
-            "SELECT rule, rule_version, step_id, state, COUNT(*) FROM enrollments "
-            "WHERE state IN ('active', 'waiting') GROUP BY rule, rule_version, step_id, state")]
+        return [
+            tuple(r)
+            for r in self.conn.execute(
+                "SELECT rule, rule_version, step_id, state, COUNT(*) FROM enrollments "
+                "WHERE state IN ('active', 'waiting') GROUP BY rule, rule_version, step_id, state"
+            )
+        ]
 
-    def move_enrollments(self, rule: str, version: str, step_id: str | None, state: str,
-                         new_version: str, new_step: str | None, new_state: str) -> int:
+    def move_enrollments(
+        self,
+        rule: str,
+        version: str,
+        step_id: str | None,
+        state: str,
+        new_version: str,
+        new_step: str | None,
+        new_state: str,
+    ) -> int:
         """Carry open enrollments at one (rule, version, step, state) over to a new version."""
         cur = self.conn.execute(
             "UPDATE enrollments SET rule_version = ?, step_id = ?, state = ? "
             "WHERE rule = ? AND rule_version = ? AND step_id IS ? AND state = ?",
-            (new_version, new_step, new_state, rule, version, step_id, state))
-        return cur.rowcount
-
-    def end_rule(self, rule: str, reason: str, now: int) -> int:
-        cur = self.conn.execute(
-            "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
-            "WHERE rule = ? AND state IN ('active', 'waiting')", (reason, now, rule))
+            (new_version, new_step, new_state, rule, version, step_id, state),
+        )
         return cur.rowcount
 
     # ------------------------------------------------------------------ sends
 
-    def cap_used(self, friends: Iterable[str] | None, days: Iterable[str]) -> dict[tuple[str, str], int]:
-        """Pushes already counted against ``max_per_day`` per (friend, local day). ``friends``
-        None reuses the friends of the preceding :meth:`blocked_among` call."""
-        days = list(dict.fromkeys(days))
-        if not days:
-            return {}
-        if friends is not None:
-            self._load_ids(friends)
-        marks = ",".join("?" * len(days))
-        return {(f, d): n for f, d, n in self.conn.execute(
-            f"SELECT d.friend, d.local_day, COUNT(*) FROM temp.lr_ids t CROSS JOIN deliveries d ON d.friend = t.v "
-            f"WHERE d.counts_for_cap = 1 AND d.local_day IN ({marks}) GROUP BY d.friend, d.local_day", days)}
-
-    def add_outbox(self, *, kind: str, recipients: Sequence[str], payload: Any, messages: Sequence[str],
-                   rule: str | None, not_before: int, now: int, reply_token: str | None = None,
-                   reply_deadline: int | None = None) -> int:
+    def add_outbox(
+        self,
+        *,
+        kind: str,
+        recipients: Sequence[str],
+        payload: Any,
+        messages: Sequence[str],
+        rule: str | None,
+        not_before: int,
+        now: int,
+        reply_token: str | None = None,
+        reply_deadline: int | None = None,
+    ) -> int:
         """Record one send before it is attempted; the retry key is created here, once."""
-        return self.add_outbox_rows([OutboxRow(kind, recipients, payload, messages, rule, not_before, reply_token,
-                                               reply_deadline)], now)[0]
+        return self.add_outbox_rows(
+            [OutboxRow(kind, recipients, payload, messages, rule, not_before, reply_token, reply_deadline)], now
+        )[0]
 
     def add_outbox_rows(self, rows: Sequence[OutboxRow], now: int) -> list[int]:
         """Record many sends at once, each with a new retry key. Returns their ids, in order.
@@ -1597,9 +1894,23 @@ class Store:
             c.executemany(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
                 "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [(first + i, r.kind, _json(list(r.recipients)), payload(r.payload), messages(r.messages), r.rule,
-                  str(uuid.uuid4()), r.reply_token, r.reply_deadline, r.not_before, now)
-                 for i, r in enumerate(rows)])
+                [
+                    (
+                        first + i,
+                        r.kind,
+                        _json(list(r.recipients)),
+                        payload(r.payload),
+                        messages(r.messages),
+                        r.rule,
+                        str(uuid.uuid4()),
+                        r.reply_token,
+                        r.reply_deadline,
+                        r.not_before,
+                        now,
+                    )
+                    for i, r in enumerate(rows)
+                ],
+            )
         return list(range(first, first + len(rows)))
 
     def add_deliveries(self, rows: Sequence[Delivery], outbox_ids: Sequence[int] | None = None) -> None:
@@ -1616,16 +1927,36 @@ class Store:
         self.conn.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(d.friend, d.rule, d.step_id, d.enrollment,
-              outbox_ids[d.outbox] if outbox_ids is not None and d.outbox is not None else d.outbox,
-              encoded(d.messages), d.status, d.reason, d.variant, d.at, d.local_day, d.counts_for_cap)
-             for d in rows])
+            [
+                (
+                    d.friend,
+                    d.rule,
+                    d.step_id,
+                    d.enrollment,
+                    outbox_ids[d.outbox] if outbox_ids is not None and d.outbox is not None else d.outbox,
+                    encoded(d.messages),
+                    d.status,
+                    d.reason,
+                    d.variant,
+                    d.at,
+                    d.local_day,
+                    d.counts_for_cap,
+                )
+                for d in rows
+            ],
+        )
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
-    def claim_outbox(self, now: int, limit: int, *, reply_limit: int | None = None,
-                     other_limit: int | None = None,
-                     lease: tuple[str, int, int] | None = None) -> list[dict]:
+    def claim_outbox(
+        self,
+        now: int,
+        limit: int,
+        *,
+        reply_limit: int | None = None,
+        other_limit: int | None = None,
+        lease: tuple[str, int, int] | None = None,
+    ) -> list[dict]:
         """Pending (or held) rows with ``not_before <= now``, replies first (their token is
         short-lived), as dicts with decoded ``recipients``/``payload``/``messages`` and
         ``friend`` (the first recipient): up to ``reply_limit`` replies and ``other_limit``
@@ -1650,19 +1981,22 @@ class Store:
                 if lease is not None:
                     epoch = self._check_lease(c, lease, now)
                 rows = []
-                for kind, cap in (("AND kind = 'reply' ", reply_limit),
-                                  ("AND kind != 'reply' ", other_limit)):
+                for kind, cap in (("AND kind = 'reply' ", reply_limit), ("AND kind != 'reply' ", other_limit)):
                     cap = min(cap, limit - len(rows))
                     if cap <= 0:
                         continue
                     marks = ",".join("?" * len(skip))
                     rows += c.execute(
                         "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                        + kind + (f"AND id NOT IN ({marks}) " if skip else "")
-                        + "ORDER BY not_before, id LIMIT ?", (now, *skip, cap)).fetchall()
-                c.executemany("UPDATE outbox SET claimed_at = ?, claim_epoch = ?, "
-                              "attempts = attempts + 1 WHERE id = ?",
-                              [(now, epoch, r["id"]) for r in rows])
+                        + kind
+                        + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + "ORDER BY not_before, id LIMIT ?",
+                        (now, *skip, cap),
+                    ).fetchall()
+                c.executemany(
+                    "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 WHERE id = ?",
+                    [(now, epoch, r["id"]) for r in rows],
+                )
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
@@ -1708,13 +2042,21 @@ class Store:
                 if row is None or row[0] != epoch:
                     return False
                 fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
-            cur = c.execute("UPDATE outbox SET ambiguous = 1 WHERE id = ? "
-                            "AND status IN ('pending', 'held')" + fence, args)
+            cur = c.execute(
+                "UPDATE outbox SET ambiguous = 1 WHERE id = ? AND status IN ('pending', 'held')" + fence, args
+            )
             return cur.rowcount == 1
 
-    def finish_outbox(self, outbox_id: int, status: str, request_id: str | None = None,
-                      error: str | None = None, at: int | None = None, *,
-                      epoch: int | None = None) -> bool:
+    def finish_outbox(
+        self,
+        outbox_id: int,
+        status: str,
+        request_id: str | None = None,
+        error: str | None = None,
+        at: int | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> bool:
         """Final outcome of a row (sent, duplicate, rejected, unconfirmed, dry_run) with its
         reason; its deliveries follow. With ``epoch`` only a row still claimed under that epoch
         is written (fencing); returns whether it was."""
@@ -1722,23 +2064,29 @@ class Store:
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
             fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
-            cur = c.execute("UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
-                            "last_error = ?, sent_at = ? WHERE id = ?" + fence,
-                            (status, request_id, error, at, outbox_id, *args))
+            cur = c.execute(
+                "UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                "last_error = ?, sent_at = ? WHERE id = ?" + fence,
+                (status, request_id, error, at, outbox_id, *args),
+            )
             if cur.rowcount != 1:
                 return False
             delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
-            c.execute("UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) "
-                      "WHERE outbox_id = ?", (delivered, error, outbox_id))
+            c.execute(
+                "UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) WHERE outbox_id = ?",
+                (delivered, error, outbox_id),
+            )
             # A delivery's time stays the moment it was decided unless it went out later than
             # SEND_TIME_SLACK (held, retried): moving ``at`` rewrites the (rule, at) index entry
             # of every row, most of the cost of finishing a multicast's 500 rows.
-            c.execute("UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?",
-                      (at, outbox_id, at - SEND_TIME_SLACK))
+            c.execute(
+                "UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?", (at, outbox_id, at - SEND_TIME_SLACK)
+            )
             return True
 
-    def hold_outbox(self, outbox_id: int, until: int, error: str | None = None, *,
-                    ambiguous: bool = False, epoch: int | None = None) -> bool:
+    def hold_outbox(
+        self, outbox_id: int, until: int, error: str | None = None, *, ambiguous: bool = False, epoch: int | None = None
+    ) -> bool:
         """Not sent now (rate limit, quota, a transient error, the token): try again at
         ``until``. ``ambiguous``: a request of this attempt may have been processed; once set
         it stays set (a later 429 or 500 says nothing about the earlier request). With
@@ -1753,14 +2101,21 @@ class Store:
         with self.transaction() as c:
             self._inflight.pop(outbox_id, None)
             fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
-            row = c.execute("SELECT ambiguous, kind, COALESCE(claimed_at, created_at) FROM outbox WHERE id = ? "
-                            "AND status IN ('pending', 'held')" + fence, (outbox_id, *args)).fetchone()
+            row = c.execute(
+                "SELECT ambiguous, kind, COALESCE(claimed_at, created_at) FROM outbox WHERE id = ? "
+                "AND status IN ('pending', 'held')" + fence,
+                (outbox_id, *args),
+            ).fetchone()
             if row is None:
                 return False
-            back = (not row[0] and not ambiguous and row[1] in ("push", "multicast", "reply")
-                    and until - (row[2] or 0) >= HANDBACK_AFTER
-                    and c.execute("SELECT 1 FROM deliveries WHERE outbox_id = ? LIMIT 1",
-                                  (outbox_id,)).fetchone() is not None)
+            back = (
+                not row[0]
+                and not ambiguous
+                and row[1] in ("push", "multicast", "reply")
+                and until - (row[2] or 0) >= HANDBACK_AFTER
+                and c.execute("SELECT 1 FROM deliveries WHERE outbox_id = ? LIMIT 1", (outbox_id,)).fetchone()
+                is not None
+            )
             if back:
                 # the sends again as intents, rebuilt from their delivery rows (the deliver stage
                 # splits a coalesced group into its steps again)
@@ -1770,15 +2125,21 @@ class Store:
                     "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
                     "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
                     "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
-                    {"until": until, "id": outbox_id})
+                    {"until": until, "id": outbox_id},
+                )
                 c.execute("DELETE FROM deliveries WHERE outbox_id = ?", (outbox_id,))
-                c.execute("UPDATE outbox SET status = 'returned', claimed_at = NULL, "
-                          "last_error = COALESCE(?, last_error) WHERE id = ?", (error, outbox_id))
+                c.execute(
+                    "UPDATE outbox SET status = 'returned', claimed_at = NULL, "
+                    "last_error = COALESCE(?, last_error) WHERE id = ?",
+                    (error, outbox_id),
+                )
                 return True
-            cur = c.execute("UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
-                            "ambiguous = MAX(ambiguous, ?), last_error = COALESCE(?, last_error) "
-                            "WHERE id = ? AND status IN ('pending', 'held')" + fence,
-                            (until, int(ambiguous), error, outbox_id, *args))
+            cur = c.execute(
+                "UPDATE outbox SET status = 'held', not_before = ?, claimed_at = NULL, "
+                "ambiguous = MAX(ambiguous, ?), last_error = COALESCE(?, last_error) "
+                "WHERE id = ? AND status IN ('pending', 'held')" + fence,
+                (until, int(ambiguous), error, outbox_id, *args),
+            )
             return cur.rowcount == 1
 
     def outbox_backlog(self) -> int:
@@ -1786,8 +2147,9 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')").fetchone()[0]
 
     def next_outbox_at(self, after: int) -> int | None:
-        row = self.conn.execute("SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') "
-                                "AND not_before > ?", (after,)).fetchone()
+        row = self.conn.execute(
+            "SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') AND not_before > ?", (after,)
+        ).fetchone()
         return row[0]
 
     def outbox(self, status: str | None = None) -> list[dict]:
@@ -1809,8 +2171,7 @@ class Store:
         return {
             "schema_version": self.schema_version,
             # current friends only (SPEC §2.2): ids known from shop events alone are not friends
-            "friends": one("SELECT COUNT(*) FROM friends WHERE followed_at IS NOT NULL "
-                           "AND blocked_at IS NULL"),
+            "friends": one("SELECT COUNT(*) FROM friends WHERE followed_at IS NOT NULL AND blocked_at IS NULL"),
             "open_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state IN ('active', 'waiting')"),
             "suspended_enrollments": one("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'"),
             "pending_events": one("SELECT COUNT(*) FROM events WHERE processed_at IS NULL"),
@@ -1836,23 +2197,23 @@ class Store:
                 return True
             epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
             self.set_meta("lease.epoch", str(epoch))
-            c.execute("INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
-                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
-                      "expires_at = excluded.expires_at, epoch = excluded.epoch",
-                      (owner, now + ttl, epoch))
+            c.execute(
+                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                (owner, now + ttl, epoch),
+            )
             return True
 
     def lease_epoch(self, owner: str) -> int | None:
         """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
-        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?",
-                                (owner,)).fetchone()
+        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?", (owner,)).fetchone()
         return None if row is None else row[0]
 
     def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
         """Extend the lease; False if it is no longer ours (another runner took it)."""
         with self.transaction() as c:
-            cur = c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND owner = ?",
-                            (now + ttl, owner))
+            cur = c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner' AND owner = ?", (now + ttl, owner))
             return cur.rowcount == 1
 
     def release_lease(self, owner: str) -> None:
@@ -1869,14 +2230,18 @@ class Store:
         """A reload dropped ``rule``: its open enrollments keep their place but stop."""
         cur = self.conn.execute(
             "UPDATE enrollments SET suspended_state = state, state = 'suspended', suspended_at = ? "
-            "WHERE rule = ? AND state IN ('active', 'waiting')", (now, rule))
+            "WHERE rule = ? AND state IN ('active', 'waiting')",
+            (now, rule),
+        )
         return cur.rowcount
 
     def unsuspend_rule(self, rule: str) -> int:
         """``rule`` is back: its suspended enrollments continue where they were."""
         cur = self.conn.execute(
             "UPDATE enrollments SET state = suspended_state, suspended_state = NULL, suspended_at = NULL "
-            "WHERE rule = ? AND state = 'suspended'", (rule,))
+            "WHERE rule = ? AND state = 'suspended'",
+            (rule,),
+        )
         return cur.rowcount
 
     def end_suspended(self, before: int, now: int, reason: str = "rule_removed") -> int:
@@ -1885,12 +2250,12 @@ class Store:
             cur = c.execute(
                 "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL, "
                 "suspended_state = NULL WHERE state = 'suspended' AND suspended_at <= ?",
-                (reason, now, before))
+                (reason, now, before),
+            )
             return cur.rowcount
 
     def suspended_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM enrollments WHERE state = 'suspended'").fetchone()[0]
-
 
     # ================================================================== the shop side
     # Customer <-> friend links, orders by id, account-link nonces (migration 5). What to do
@@ -1907,8 +2272,12 @@ class Store:
         """customer -> friend for those of ``customers`` that are linked."""
         out: dict[str, str] = {}
         for chunk in _chunks(sorted(set(customers)), 500):
-            out.update(self.conn.execute("SELECT customer, friend FROM customer_links WHERE customer IN "
-                                         f"({','.join('?' * len(chunk))})", chunk))
+            out.update(
+                self.conn.execute(
+                    f"SELECT customer, friend FROM customer_links WHERE customer IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
         return out
 
     def linked_customer(self, friend: str) -> str | None:
@@ -1919,37 +2288,52 @@ class Store:
     def put_link(self, customer: str, friend: str, via: str, at: int) -> None:
         """Link ``customer`` and ``friend``, dropping any other link either of them had."""
         self.conn.execute("DELETE FROM customer_links WHERE customer = ? OR friend = ?", (customer, friend))
-        self.conn.execute("INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
-                          (customer, friend, via, at))
+        self.conn.execute(
+            "INSERT INTO customer_links(customer, friend, via, linked_at) VALUES (?, ?, ?, ?)",
+            (customer, friend, via, at),
+        )
 
     def delete_link(self, customer: str) -> None:
         self.conn.execute("DELETE FROM customer_links WHERE customer = ?", (customer,))
 
     def add_link_history(self, customer: str, friend: str, action: str, via: str, at: int) -> None:
         """One line of the link history (linked, moved, replaced, unlinked)."""
-        self.conn.execute("INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
-                          (customer, friend, action, via, at))
+        self.conn.execute(
+            "INSERT INTO link_history(customer, friend, action, via, at) VALUES (?, ?, ?, ?, ?)",
+            (customer, friend, action, via, at),
+        )
 
     def adopt_kept_orders(self, customer: str, friend: str) -> list[str]:
         """The customer's kept orders (counting for nobody) now count for ``friend``; their ids."""
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL", (customer,))]
+        ids = [
+            r[0]
+            for r in self.conn.execute("SELECT order_id FROM orders WHERE customer = ? AND friend IS NULL", (customer,))
+        ]
         self.conn.executemany("UPDATE orders SET friend = ? WHERE order_id = ?", [(friend, i) for i in ids])
         return ids
 
     def release_orders(self, customer: str, friend: str) -> list[str]:
         """The customer's orders counting for ``friend`` through the link (not those naming the
         friend itself) are kept for the customer again; their ids."""
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0", (customer, friend))]
+        ids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT order_id FROM orders WHERE customer = ? AND friend = ? AND direct = 0", (customer, friend)
+            )
+        ]
         self.conn.executemany("UPDATE orders SET friend = NULL WHERE order_id = ?", [(i,) for i in ids])
         return ids
 
     def kept_events(self, customer: str) -> list[KeptEvent]:
         """The processed events kept for ``customer`` (stored without a friend), in (at, seq) order."""
-        return [KeptEvent(seq, kind, at, json.loads(data)) for seq, kind, at, data in self.conn.execute(
-            "SELECT seq, type, at, data FROM events WHERE friend = '' AND json_extract(data, '$.customer') = ? "
-            "AND processed_at IS NOT NULL ORDER BY at, seq", (customer,))]
+        return [
+            KeptEvent(seq, kind, at, json.loads(data))
+            for seq, kind, at, data in self.conn.execute(
+                "SELECT seq, type, at, data FROM events WHERE friend = '' AND json_extract(data, '$.customer') = ? "
+                "AND processed_at IS NOT NULL ORDER BY at, seq",
+                (customer,),
+            )
+        ]
 
     def set_events_friend(self, seqs: Iterable[int], friend: str) -> None:
         """Record these events (stored without a friend) under ``friend``."""
@@ -1958,14 +2342,18 @@ class Store:
     def put_nonce(self, nonce: str, customer: str, now: int) -> None:
         """Remember (in its own transaction) that ``nonce`` stands for ``customer``, unused."""
         with self.transaction() as c:
-            c.execute("INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
-                      "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, "
-                      "created_at = excluded.created_at, used_at = NULL", (nonce, customer, now))
+            c.execute(
+                "INSERT INTO link_nonces(nonce, customer, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(nonce) DO UPDATE SET customer = excluded.customer, "
+                "created_at = excluded.created_at, used_at = NULL",
+                (nonce, customer, now),
+            )
 
     def take_nonce(self, nonce: str, now: int) -> str | None:
         """The customer of an unused ``nonce``, marking it used; None when unknown or used."""
-        row = self.conn.execute("SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL",
-                                (nonce,)).fetchone()
+        row = self.conn.execute(
+            "SELECT customer FROM link_nonces WHERE nonce = ? AND used_at IS NULL", (nonce,)
+        ).fetchone()
         if row is None:
             return None
         self.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
@@ -1973,20 +2361,27 @@ class Store:
 
     def find_order(self, ref: str) -> str | None:
         """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
-        row = self.conn.execute("SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
-                                "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        row = self.conn.execute(
+            "SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
+            "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1",
+            (ref, ref),
+        ).fetchone()
         return row[0] if row else None
 
     def order_owner(self, ref: str) -> str | None:
         """The friend the order ``ref`` (its id or the shop system's id) counts for."""
-        row = self.conn.execute("SELECT friend FROM orders WHERE order_id = ? UNION ALL "
-                                "SELECT friend FROM orders WHERE external_id = ? LIMIT 1", (ref, ref)).fetchone()
+        row = self.conn.execute(
+            "SELECT friend FROM orders WHERE order_id = ? UNION ALL "
+            "SELECT friend FROM orders WHERE external_id = ? LIMIT 1",
+            (ref, ref),
+        ).fetchone()
         return row[0] if row else None
 
     def order_customer(self, order_id: str) -> str | None:
         """The customer of an order, when the order names one."""
-        row = self.conn.execute("SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL",
-                                (order_id,)).fetchone()
+        row = self.conn.execute(
+            "SELECT customer FROM orders WHERE order_id = ? AND customer IS NOT NULL", (order_id,)
+        ).fetchone()
         return row[0] if row else None
 
     def order(self, order_id: str) -> dict | None:
@@ -2001,9 +2396,14 @@ class Store:
     def order_states(self, order_ids: Iterable[str]) -> dict[str, OrderState]:
         """The stored state of those of ``order_ids`` that are stored (a refund that came before
         its order is stored with ``amount`` None)."""
-        return {r[0]: OrderState(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in self.conn.execute(
-            "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
-            "CROSS JOIN orders o ON o.order_id = t.value", (_ids_json(order_ids),))}
+        return {
+            r[0]: OrderState(r[0], r[1], r[2], bool(r[3]), r[4], r[5])
+            for r in self.conn.execute(
+                "SELECT o.order_id, o.amount, o.refunded, o.cancelled, o.friend, o.external_id FROM json_each(?) t "
+                "CROSS JOIN orders o ON o.order_id = t.value",
+                (_ids_json(order_ids),),
+            )
+        }
 
     def order_exists(self, order_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM orders WHERE order_id = ?", (order_id,)).fetchone() is not None
@@ -2013,8 +2413,24 @@ class Store:
         self.conn.executemany(
             "INSERT INTO orders(order_id, customer, friend, direct, at, amount, items, source, external_id, "
             "refunded, cancelled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(o.order_id, o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source,
-              o.external_id, o.refunded, int(o.cancelled), now) for o in orders])
+            [
+                (
+                    o.order_id,
+                    o.customer,
+                    o.friend,
+                    int(o.direct),
+                    o.at,
+                    o.amount,
+                    _items_json(o.items),
+                    o.source,
+                    o.external_id,
+                    o.refunded,
+                    int(o.cancelled),
+                    now,
+                )
+                for o in orders
+            ],
+        )
 
     def complete_orders(self, orders: Sequence[OrderRecord]) -> None:
         """Orders whose refund came first (stored without an amount) get their data; refunds
@@ -2023,41 +2439,73 @@ class Store:
             "UPDATE orders SET customer = COALESCE(?, customer), friend = ?, direct = ?, at = ?, amount = ?, "
             "items = ?, source = ?, external_id = ?, refunded = MAX(refunded, ?), cancelled = MAX(cancelled, ?) "
             "WHERE order_id = ?",
-            [(o.customer, o.friend, int(o.direct), o.at, o.amount, _items_json(o.items), o.source, o.external_id,
-              o.refunded, int(o.cancelled), o.order_id) for o in orders])
+            [
+                (
+                    o.customer,
+                    o.friend,
+                    int(o.direct),
+                    o.at,
+                    o.amount,
+                    _items_json(o.items),
+                    o.source,
+                    o.external_id,
+                    o.refunded,
+                    int(o.cancelled),
+                    o.order_id,
+                )
+                for o in orders
+            ],
+        )
 
     def set_refunds(self, refunds: Sequence[OrderRefund]) -> None:
         """Set how much of these orders is refunded and whether they are cancelled."""
-        self.conn.executemany("UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
-                              [(r.refunded, int(r.cancelled), r.order_id) for r in refunds])
+        self.conn.executemany(
+            "UPDATE orders SET refunded = ?, cancelled = ? WHERE order_id = ?",
+            [(r.refunded, int(r.cancelled), r.order_id) for r in refunds],
+        )
 
     def set_external_ids(self, pairs: Sequence[tuple[str, str]]) -> None:
         """(order_id, external_id): the shop system's own id of orders stored without one."""
-        self.conn.executemany("UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL",
-                              [(external, order_id) for order_id, external in pairs])
+        self.conn.executemany(
+            "UPDATE orders SET external_id = ? WHERE order_id = ? AND external_id IS NULL",
+            [(external, order_id) for order_id, external in pairs],
+        )
 
     def cancel_refunded_in_full(self, order_ids: Iterable[str]) -> None:
         """Those of these orders refunded in full no longer count as orders."""
-        self.conn.execute("UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
-                          "AND amount > 0 AND refunded >= amount AND cancelled = 0", (_ids_json(order_ids),))
+        self.conn.execute(
+            "UPDATE orders SET cancelled = 1 WHERE order_id IN (SELECT value FROM json_each(?)) "
+            "AND amount > 0 AND refunded >= amount AND cancelled = 0",
+            (_ids_json(order_ids),),
+        )
 
     def take_early_refunds(self, order_ids: Iterable[str]) -> dict[str, OrderRefund]:
         """Refunds stored before their order under these ids (no amount yet): returned and
         removed, for the arriving order to take in."""
-        early = {r[0]: OrderRefund(r[0], r[1], bool(r[2])) for r in self.conn.execute(
-            "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
-            "ON o.order_id = t.value WHERE o.amount IS NULL", (_ids_json(order_ids),))}
+        early = {
+            r[0]: OrderRefund(r[0], r[1], bool(r[2]))
+            for r in self.conn.execute(
+                "SELECT o.order_id, o.refunded, o.cancelled FROM json_each(?) t CROSS JOIN orders o "
+                "ON o.order_id = t.value WHERE o.amount IS NULL",
+                (_ids_json(order_ids),),
+            )
+        }
         if early:
-            self.conn.execute("DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) "
-                              "AND amount IS NULL", (_ids_json(early),))
+            self.conn.execute(
+                "DELETE FROM orders WHERE order_id IN (SELECT value FROM json_each(?)) AND amount IS NULL",
+                (_ids_json(early),),
+            )
         return early
 
-    def add_early_refund(self, order_id: str, *, customer: str | None, friend: str | None, at: int,
-                         refunded: float, cancelled: bool) -> None:
+    def add_early_refund(
+        self, order_id: str, *, customer: str | None, friend: str | None, at: int, refunded: float, cancelled: bool
+    ) -> None:
         """Keep a refund (or cancellation) of an order not stored yet, under the order's id."""
-        self.conn.execute("INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
-                          "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
-                          (order_id, customer, friend, int(bool(friend)), at, refunded, int(cancelled), at))
+        self.conn.execute(
+            "INSERT INTO orders(order_id, customer, friend, direct, at, amount, refunded, cancelled, "
+            "source, created_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 'refund', ?)",
+            (order_id, customer, friend, int(bool(friend)), at, refunded, int(cancelled), at),
+        )
 
     def project_orders(self, order_ids: Iterable[str], *, fresh: bool = False) -> None:
         """Redo the activity rows of these orders from ``orders``: one ``order`` row (its amount
@@ -2076,14 +2524,18 @@ class Store:
             "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
             "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
             "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
-            "ORDER BY o.at", (batch,))
+            "ORDER BY o.at",
+            (batch,),
+        )
         c.execute(
             "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
             "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
             "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
             "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
             "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
-            "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at", (batch,))
+            "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at",
+            (batch,),
+        )
 
     def recount_purchases(self, friends: Iterable[str]) -> None:
         """Recompute ``orders``, ``total_spent`` and ``last_purchase_at`` of these friends from
@@ -2095,7 +2547,9 @@ class Store:
             "UPDATE friends SET orders = s.n, total_spent = s.total, last_purchase_at = s.last FROM "
             "(SELECT t.value AS id, COUNT(a.id) AS n, COALESCE(SUM(a.amount), 0) AS total, MAX(a.at) AS last "
             "FROM json_each(?) t LEFT JOIN activity a ON a.friend = t.value AND a.kind = 'order' GROUP BY t.value) s "
-            "WHERE friends.id = s.id", (_ids_json(ids),))
+            "WHERE friends.id = s.id",
+            (_ids_json(ids),),
+        )
 
     # ================================================================== reading for reports
     # Read-only queries of ``linerules report`` (engine/reports/report.py), each result a named record;
@@ -2115,9 +2569,12 @@ class Store:
         rows = self.conn.execute(
             "SELECT d.id, d.friend, d.rule, d.step_id, d.messages, d.status, d.variant, d.at, o.kind "
             "FROM deliveries d LEFT JOIN outbox o ON o.id = d.outbox_id "
-            f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id", args)
-        return [DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8])
-                for r in rows]
+            f"WHERE {' AND '.join(where)} ORDER BY d.at, d.id",
+            args,
+        )
+        return [
+            DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8]) for r in rows
+        ]
 
     def report_intents(self, since: int | None, until: int | None) -> list[IntentRow]:
         """The sends not decided yet (waiting for the window, the cap's day, the quota) due in
@@ -2133,7 +2590,9 @@ class Store:
             args.append(until)
         rows = self.conn.execute(
             "SELECT id, friend, rule, json_extract(steps, '$[0][0]'), messages, variant, due_at "
-            f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id", args)
+            f"FROM intents WHERE {' AND '.join(where)} ORDER BY due_at, id",
+            args,
+        )
         out = [IntentRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
         if self._has_table("audience_sends"):
             # an audience's first sends, carried by its enrollments until they are decided (their
@@ -2143,77 +2602,114 @@ class Store:
                 "SELECT e.id, e.friend, e.rule, json_extract(a.steps, '$[0][0]'), a.messages, e.variant, e.send_due "
                 "FROM audience_sends a CROSS JOIN enrollments e ON e.rule = a.rule AND e.occurrence = a.occurrence "
                 f"WHERE a.due_at IS NOT NULL AND e.send_due IS NOT NULL AND {' AND '.join(carried)} "
-                "ORDER BY e.send_due, e.id", args)
-            out += [IntentRow((1 << 40) + r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6])
-                    for r in rows]
+                "ORDER BY e.send_due, e.id",
+                args,
+            )
+            out += [
+                IntentRow((1 << 40) + r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6]) for r in rows
+            ]
             out.sort(key=lambda i: (i.due_at, i.id))
         return out
 
     def report_clicks(self) -> list[ClickRow]:
         """Every tracked-link click, in (at, id) order."""
-        return [ClickRow(*r) for r in self.conn.execute(
-            "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id")]
+        return [
+            ClickRow(*r)
+            for r in self.conn.execute(
+                "SELECT friend, rule, message, at FROM activity WHERE kind = 'click' ORDER BY at, id"
+            )
+        ]
 
     def report_orders(self) -> list[OrderRow]:
         """Every order that counts for a friend (its amount less refunds), in (at, id) order."""
-        return [OrderRow(*r) for r in self.conn.execute(
-            "SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")]
+        return [
+            OrderRow(*r)
+            for r in self.conn.execute("SELECT friend, amount, at FROM activity WHERE kind = 'order' ORDER BY at, id")
+        ]
 
     def report_follows(self) -> list[FollowRow]:
         """Processed follow and unfollow events, in (at, seq) order."""
-        return [FollowRow(*r) for r in self.conn.execute(
-            "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
-            "AND processed_at IS NOT NULL ORDER BY at, seq")]
+        return [
+            FollowRow(*r)
+            for r in self.conn.execute(
+                "SELECT type, friend, at FROM events WHERE type IN ('follow', 'unfollow') "
+                "AND processed_at IS NOT NULL ORDER BY at, seq"
+            )
+        ]
 
     def report_enrollments(self) -> list[EnrollmentRow]:
         """Every enrollment, in id order."""
-        return [EnrollmentRow(r[0], r[1], r[2], bool(r[3]), *r[4:]) for r in self.conn.execute(
-            "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, finished_at "
-            "FROM enrollments ORDER BY id")]
+        return [
+            EnrollmentRow(r[0], r[1], r[2], bool(r[3]), *r[4:])
+            for r in self.conn.execute(
+                "SELECT rule, friend, variant, holdout, entered_at, state, exit_reason, finished_at "
+                "FROM enrollments ORDER BY id"
+            )
+        ]
 
     def report_step_orders(self) -> dict[str, list[str]]:
         """Each rule's step ids as its latest stored version lists them."""
-        return {rule: json.loads(steps) for rule, steps in self.conn.execute(
-            "SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")}
+        return {
+            rule: json.loads(steps)
+            for rule, steps in self.conn.execute("SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")
+        }
 
     def report_rule_names(self) -> set[str]:
         """Every rule name the database has seen (versions, enrollments, deliveries)."""
-        return {r[0] for r in self.conn.execute(
-            "SELECT rule FROM rule_versions UNION SELECT rule FROM enrollments "
-            "UNION SELECT rule FROM deliveries")}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT rule FROM rule_versions UNION SELECT rule FROM enrollments UNION SELECT rule FROM deliveries"
+            )
+        }
 
     def report_latest_at(self) -> int | None:
         """The time of the latest recorded fact (event, decided delivery, activity), or None."""
         row = self.conn.execute(
             "SELECT MAX(m) FROM (SELECT MAX(at) AS m FROM events UNION ALL "
             "SELECT MAX(at) FROM deliveries WHERE status != 'queued' UNION ALL "
-            "SELECT MAX(at) FROM activity)").fetchone()
+            "SELECT MAX(at) FROM activity)"
+        ).fetchone()
         return None if row[0] is None else int(row[0])
 
     def report_seen_friends(self, until: int) -> set[str]:
         """Friends with a processed event at or before ``until``."""
-        return {r[0] for r in self.conn.execute(
-            "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at IS NOT NULL", (until,))}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT friend FROM events WHERE at <= ? AND processed_at IS NOT NULL", (until,)
+            )
+        }
 
     def report_active_friends(self, after: int, until: int) -> set[str]:
         """Friends who clicked, ordered, messaged or tapped a postback in (after, until]."""
-        return {r[0] for r in self.conn.execute(
-            "SELECT friend FROM activity WHERE kind IN ('click', 'order') AND at > ? AND at <= ? "
-            "UNION SELECT friend FROM events WHERE type IN ('message', 'postback') "
-            "AND processed_at IS NOT NULL AND at > ? AND at <= ?", (after, until, after, until))}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT friend FROM activity WHERE kind IN ('click', 'order') AND at > ? AND at <= ? "
+                "UNION SELECT friend FROM events WHERE type IN ('message', 'postback') "
+                "AND processed_at IS NOT NULL AND at > ? AND at <= ?",
+                (after, until, after, until),
+            )
+        }
 
     def report_has_events(self, since: int, until: int) -> bool:
         """Whether any event happened in [since, until)."""
-        return self.conn.execute("SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1",
-                                 (since, until)).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM events WHERE at >= ? AND at < ? LIMIT 1", (since, until)).fetchone()
+            is not None
+        )
 
     def _has_table(self, name: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                                 (name,)).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+            is not None
+        )
 
 
 class KeptEvent(NamedTuple):
     """A processed event kept for a customer not linked yet."""
+
     seq: int
     type: str
     at: int
@@ -2222,6 +2718,7 @@ class KeptEvent(NamedTuple):
 
 class OrderState(NamedTuple):
     """What is stored of an order (``amount`` None: only a refund that came first)."""
+
     order_id: str
     amount: float | None
     refunded: float
@@ -2239,6 +2736,7 @@ class OrderRefund(NamedTuple):
 class OrderRecord(NamedTuple):
     """An order to store: ``friend`` the one it counts for (None: kept for its customer),
     ``direct`` whether the order named that friend itself."""
+
     order_id: str
     customer: str | None
     friend: str | None
@@ -2263,14 +2761,15 @@ _ITEMS_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def _items_json(items: Sequence[dict]) -> str:
     """An order's items as stored (keys without a value left out)."""
-    return _ITEMS_JSON.encode([i if None not in i.values() else {k: v for k, v in i.items() if v is not None}
-                               for i in items])
+    return _ITEMS_JSON.encode(
+        [i if None not in i.values() else {k: v for k, v in i.items() if v is not None} for i in items]
+    )
 
 
 #: Rich menu link deliveries are recorded with the message label ``menu:NAME``
 #: (:func:`menu_label`); they are not sends.
 MENU_PREFIX = "menu:"
-_MENU_LIKE = '["' + MENU_PREFIX + '%'
+_MENU_LIKE = '["' + MENU_PREFIX + "%"
 
 
 def menu_label(menu: str) -> list[str]:
@@ -2280,6 +2779,7 @@ def menu_label(menu: str) -> list[str]:
 
 class DeliveryRow(NamedTuple):
     """A recorded delivery as the report reads it (``step`` "" when the step has no id)."""
+
     id: int
     friend: str
     rule: str
@@ -2288,11 +2788,12 @@ class DeliveryRow(NamedTuple):
     status: str
     variant: str | None
     at: int
-    kind: str | None            # the outbox row's kind (push, multicast, reply), None if none
+    kind: str | None  # the outbox row's kind (push, multicast, reply), None if none
 
 
 class IntentRow(NamedTuple):
     """A send waiting to be decided, as the report reads it."""
+
     id: int
     friend: str
     rule: str
@@ -2316,7 +2817,7 @@ class OrderRow(NamedTuple):
 
 
 class FollowRow(NamedTuple):
-    type: str                   # follow or unfollow
+    type: str  # follow or unfollow
     friend: str
     at: int
 
@@ -2359,5 +2860,4 @@ def _norm_source(source: str) -> str:
 
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
-
+        yield items[i : i + size]

@@ -5,6 +5,7 @@ friends it finds are enrolled in chunks like an audience. A rule whose last chec
 is not checked again while nothing has changed that could change the answer (see
 :meth:`ConditionTriggers.still_quiet`).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ class ConditionTriggers:
             if entered:
                 self._quiet.pop(rule.name, None)
             else:
-                self.ctx.carry.noise += s.total_changes - before   # its scratch rows only
+                self.ctx.carry.noise += s.total_changes - before  # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
 
     def quiet_until(self, now: int) -> float:

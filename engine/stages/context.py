@@ -4,6 +4,7 @@ A :class:`Context` is made once per project (again on every reload); the stages 
 project state of their own. :class:`Carry` is what outlives a reload: the enrollments an event
 of this tick resumed, and the engine's own writes the condition stage must not count as changes.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,21 +21,23 @@ from engine.runtime.store import Store
 @dataclass
 class TickResult:
     """What one tick did."""
+
     now: dt.datetime
     events: int = 0
     entered: int = 0
     advanced: int = 0
-    queued: int = 0        # outbox rows written (push, multicast, reply, menu_link)
+    queued: int = 0  # outbox rows written (push, multicast, reply, menu_link)
     capped: int = 0
-    skipped: int = 0       # blocked or holdout friends
+    skipped: int = 0  # blocked or holdout friends
     exited: int = 0
     conditions: bool = False
-    failed: int = 0        # events set aside and steps that failed for one friend (with the reason)
+    failed: int = 0  # events set aside and steps that failed for one friend (with the reason)
 
 
 @dataclass
 class Carry:
     """Engine state that outlives a reload of the project."""
+
     #: enrollments an event of this tick resumed (``wait for``): walked after all others
     resumed: set[int] = field(default_factory=set)
     #: changes the engine made for its own bookkeeping (no condition reads them)
@@ -43,9 +46,24 @@ class Carry:
 
 def rule_version(rule: ir.Rule) -> str:
     """The rule's compiled version, or a hash of its compiled form when none was given."""
-    return rule.version or hashlib.sha256(repr((rule.trigger, rule.steps, rule.entry, rule.exit_when,
-                                                 rule.reenter, rule.window, rule.priority,
-                                                 rule.split, rule.holdout)).encode()).hexdigest()[:16]
+    return (
+        rule.version
+        or hashlib.sha256(
+            repr(
+                (
+                    rule.trigger,
+                    rule.steps,
+                    rule.entry,
+                    rule.exit_when,
+                    rule.reenter,
+                    rule.window,
+                    rule.priority,
+                    rule.split,
+                    rule.holdout,
+                )
+            ).encode()
+        ).hexdigest()[:16]
+    )
 
 
 class Context:
@@ -61,8 +79,10 @@ class Context:
         self.tz = project.settings.tz
         self.versions = {name: rule_version(r) for name, r in project.rules.items()}
         self._index = {name: {s.id: i for i, s in enumerate(r.steps)} for name, r in project.rules.items()}
-        self._compilers = {True: CondCompiler(project.segments, with_enrollment=True),
-                           False: CondCompiler(project.segments, with_enrollment=False)}
+        self._compilers = {
+            True: CondCompiler(project.segments, with_enrollment=True),
+            False: CondCompiler(project.segments, with_enrollment=False),
+        }
         self._compiled: dict[tuple[ir.Cond, bool], Compiled] = {}
         self._json: dict[Any, str] = {}
 

@@ -7,19 +7,21 @@ there (SPEC §4): window, left the rule, current friend and holdout (made when l
 when``, each step's ``if``, the cap by priority, replies, the monthly quota; then they are
 rendered (:class:`Renderer`) and only then are outbox and delivery rows written, due at once.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
 from engine.language.render import RenderError, render_hash, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
-from engine.stages.context import Context, TickResult
 from engine.runtime.store import Delivery, DueChange, DueChunk, OutboxRow
+from engine.stages.context import Context, TickResult
 
 log = logging.getLogger("linerules.engine")
 
@@ -33,6 +35,7 @@ Pushes = list[tuple[list[str], list[dict]]]
 
 class Due(NamedTuple):
     """What rendering one due send needs: whose, of which rule and step, which messages."""
+
     enrollment: int
     friend: str
     rule: str
@@ -45,8 +48,9 @@ class Due(NamedTuple):
 
 class _Share(NamedTuple):
     """One push of one friend's rendered send, waiting for the others with the same payload."""
-    row: Any          # the due send (a ``temp.lr_due`` row)
-    push: int         # which push of the send (0: the first, which counts for the cap)
+
+    row: Any  # the due send (a ``temp.lr_due`` row)
+    push: int  # which push of the send (0: the first, which counts for the cap)
     objects: list
     step_id: str
     counts: int
@@ -114,7 +118,7 @@ class Decision:
         s.due_update(self._conditions())
         if settings.max_per_day is not None:
             s.due_cap(settings.max_per_day, chunk.dups)
-        if chunk.intents:   # an audience's carried sends hold no reply token
+        if chunk.intents:  # an audience's carried sends hold no reply token
             s.due_replies(now)
         held_until = None
         month = timeutil.local(now, self.ctx.tz).strftime("%Y-%m")
@@ -148,9 +152,15 @@ class Decision:
             for i, gone in failing.items():
                 kept = [[sid, names] for sid, names in steps if sid not in gone]
                 names = [n for _, step_names in kept for n in step_names]
-                changes.append(DueChange(self.ctx.encode(tuple((sid, tuple(n)) for sid, n in kept)),
-                                         self.ctx.encode(tuple(names)), None if kept else "dropped",
-                                         None if kept else "condition", i))
+                changes.append(
+                    DueChange(
+                        self.ctx.encode(tuple((sid, tuple(n)) for sid, n in kept)),
+                        self.ctx.encode(tuple(names)),
+                        None if kept else "dropped",
+                        None if kept else "condition",
+                        i,
+                    )
+                )
         return changes
 
     def _same_for_everyone(self) -> int:
@@ -162,12 +172,14 @@ class Decision:
             if not self.renderer.static(names):
                 continue
             rejected: list[Delivery] = []
-            chunks = self.renderer.render(Due(0, "", rule_name, occurrence, None, None, "", names), {}, now,
-                                          rejected, self.today)
+            chunks = self.renderer.render(
+                Due(0, "", rule_name, occurrence, None, None, "", names), {}, now, rejected, self.today
+            )
             if rejected or not chunks:
-                continue   # a message that does not render: recorded per friend
-            rows, count = s.due_static_send(rule_name, steps_text, names_text, occurrence,
-                                            json.loads(steps_text)[0][0], chunks, now, self.today)
+                continue  # a message that does not render: recorded per friend
+            rows, count = s.due_static_send(
+                rule_name, steps_text, names_text, occurrence, json.loads(steps_text)[0][0], chunks, now, self.today
+            )
             self.result.queued += rows
             billed += count * len(chunks)
         return billed
@@ -198,19 +210,21 @@ class Outgoing:
         s = self.ctx.store
         friends = s.friends_for_render({r["friend"] for r in rows})
         events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
-        decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}   # the chunk's few distinct sends
+        decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # the chunk's few distinct sends
         for r in rows:
             key = (r["steps"], r["messages"])
             step_names = decoded.get(key)
             if step_names is None:
                 step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
-            due = Due(r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"],
-                      *step_names)
+            due = Due(
+                r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"], *step_names
+            )
             friend = friends.get(r["friend"]) or {"id": r["friend"]}
-            chunks = self.renderer.render(due, friend, self.now, self.deliveries, self.today,
-                                          events.get(r["event_seq"]))
+            chunks = self.renderer.render(
+                due, friend, self.now, self.deliveries, self.today, events.get(r["event_seq"])
+            )
             if not chunks:
-                continue   # nothing rendered: its rejected delivery rows say why
+                continue  # nothing rendered: its rejected delivery rows say why
             if r["kind"] == "reply" or r["answer"]:
                 self._alone(r, due, chunks)
             else:
@@ -218,7 +232,7 @@ class Outgoing:
         self._multicasts()
         ids = s.add_outbox_rows(self.outbox, self.now)
         self.result.queued += len(self.outbox)
-        s.add_deliveries(self.deliveries, ids)   # the delivery rows are the per-friend decisions
+        s.add_deliveries(self.deliveries, ids)  # the delivery rows are the per-friend decisions
         return self.billed
 
     def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
@@ -228,21 +242,46 @@ class Outgoing:
         reason = "answer" if r["answer"] else None
         for i, (push_names, objects) in enumerate(chunks):
             token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
-            self.outbox.append(OutboxRow("reply" if token else "push", [r["friend"]], objects, push_names,
-                                         r["rule"], self.now, token, r["reply_deadline"] if token else None))
+            self.outbox.append(
+                OutboxRow(
+                    "reply" if token else "push",
+                    [r["friend"]],
+                    objects,
+                    push_names,
+                    r["rule"],
+                    self.now,
+                    token,
+                    r["reply_deadline"] if token else None,
+                )
+            )
             self.billed += 0 if token else 1
             ref = len(self.outbox) - 1
-            self.deliveries.append(Delivery(r["friend"], r["rule"], due.step_id, r["enrollment"], ref, push_names,
-                                            "queued", reason, r["variant"], self.now, self.today,
-                                            counts if i == 0 else 0))
+            self.deliveries.append(
+                Delivery(
+                    r["friend"],
+                    r["rule"],
+                    due.step_id,
+                    r["enrollment"],
+                    ref,
+                    push_names,
+                    "queued",
+                    reason,
+                    r["variant"],
+                    self.now,
+                    self.today,
+                    counts if i == 0 else 0,
+                )
+            )
 
     def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
         counts = 1 if r["counts"] else 0
         hit = self._keys.get(id(chunks))
-        if hit is None:   # keeps ``chunks`` alive, so its id stays unique in this chunk
-            hit = self._keys[id(chunks)] = (chunks, [
-                (r["rule"], self.renderer.hash(objects), tuple(push_names)) for push_names, objects in chunks])
+        if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
+            hit = self._keys[id(chunks)] = (
+                chunks,
+                [(r["rule"], self.renderer.hash(objects), tuple(push_names)) for push_names, objects in chunks],
+            )
         for i, key in enumerate(hit[1]):
             self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
 
@@ -250,16 +289,37 @@ class Outgoing:
         for (rule, _hash, names), items in self.shared.items():
             objects = items[0].objects
             for start in range(0, len(items), MAX_MULTICAST):
-                part = items[start:start + MAX_MULTICAST]
-                self.outbox.append(OutboxRow("multicast" if len(part) > 1 else "push",
-                                             [p.row["friend"] for p in part], objects, list(names), rule, self.now))
+                part = items[start : start + MAX_MULTICAST]
+                self.outbox.append(
+                    OutboxRow(
+                        "multicast" if len(part) > 1 else "push",
+                        [p.row["friend"] for p in part],
+                        objects,
+                        list(names),
+                        rule,
+                        self.now,
+                    )
+                )
                 self.billed += len(part)
                 ref = len(self.outbox) - 1
                 for p in part:
                     r = p.row
-                    self.deliveries.append(Delivery(r["friend"], rule, p.step_id, r["enrollment"], ref, list(names),
-                                                    "queued", None, r["variant"], self.now, self.today,
-                                                    p.counts if p.push == 0 else 0))
+                    self.deliveries.append(
+                        Delivery(
+                            r["friend"],
+                            rule,
+                            p.step_id,
+                            r["enrollment"],
+                            ref,
+                            list(names),
+                            "queued",
+                            None,
+                            r["variant"],
+                            self.now,
+                            self.today,
+                            p.counts if p.push == 0 else 0,
+                        )
+                    )
 
 
 class Renderer:
@@ -269,7 +329,7 @@ class Renderer:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self._static: dict[str | tuple[str, ...], bool] = {}   # message name or group
+        self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
 
@@ -278,8 +338,9 @@ class Renderer:
         self._rendered.clear()
         self._hashes.clear()
 
-    def render(self, due: Due, friend: dict, now: int, deliveries: list[Delivery], day: str,
-               event: dict | None = None) -> Pushes:
+    def render(
+        self, due: Due, friend: dict, now: int, deliveries: list[Delivery], day: str, event: dict | None = None
+    ) -> Pushes:
         """The due send's messages rendered for one friend, in pushes of at most five objects,
         keeping each message whole where it fits. A message that fails to render is recorded
         as a rejected delivery and left out."""
@@ -290,8 +351,23 @@ class Renderer:
             hit = self._rendered.get(key)
             if hit is not None:
                 chunks, failures = hit
-                deliveries.extend(Delivery(due.friend, rule, due.step_id, due.enrollment, None, [name], "rejected",
-                                           error, due.variant, now, day, 0) for name, error in failures)
+                deliveries.extend(
+                    Delivery(
+                        due.friend,
+                        rule,
+                        due.step_id,
+                        due.enrollment,
+                        None,
+                        [name],
+                        "rejected",
+                        error,
+                        due.variant,
+                        now,
+                        day,
+                        0,
+                    )
+                    for name, error in failures
+                )
                 return chunks
         sale = self._sale(occurrence)
         chunks: Pushes = []
@@ -301,23 +377,44 @@ class Renderer:
             if defn is None:
                 continue
             try:
-                objects = render_message(defn, friend=friend, rule=rule, sale=sale, utm=self.ctx.settings.utm,
-                                         link=self._linker(friend.get("id"), rule, name, now), event=event)
+                objects = render_message(
+                    defn,
+                    friend=friend,
+                    rule=rule,
+                    sale=sale,
+                    utm=self.ctx.settings.utm,
+                    link=self._linker(friend.get("id"), rule, name, now),
+                    event=event,
+                )
             except RenderError as exc:
                 who = friend.get("id") or due.friend
                 if who:
                     log.error("rule %s: message %s not sent to %s: %s", rule, name, who, exc)
-                else:   # a message the same for everyone: it fails for each friend it is due for
+                else:  # a message the same for everyone: it fails for each friend it is due for
                     log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
                 failures.append((name, str(exc)))
-                deliveries.append(Delivery(due.friend, rule, due.step_id, due.enrollment, None, [name], "rejected",
-                                           str(exc), due.variant, now, day, 0))
+                deliveries.append(
+                    Delivery(
+                        due.friend,
+                        rule,
+                        due.step_id,
+                        due.enrollment,
+                        None,
+                        [name],
+                        "rejected",
+                        str(exc),
+                        due.variant,
+                        now,
+                        day,
+                        0,
+                    )
+                )
                 continue
             if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
                 chunks[-1][0].append(name)
                 chunks[-1][1].extend(objects)
             else:
-                chunks.extend(([name], objects[i:i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
+                chunks.extend(([name], objects[i : i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
@@ -377,15 +474,14 @@ def split_steps(rule: ir.Rule | None, steps: list) -> list:
             break
         if not isinstance(step, ir.Send):
             continue
-        if tuple(rest[:len(step.messages)]) == tuple(step.messages):
+        if tuple(rest[: len(step.messages)]) == tuple(step.messages):
             out.append([step.id, list(step.messages)])
-            rest = rest[len(step.messages):]
+            rest = rest[len(step.messages) :]
     return out if out and not rest else steps
 
 
 def next_month_opening(now: int, tz: Any) -> int:
     """Where sends held by ``monthly_quota`` go: the first moment of next month (local)."""
     local = timeutil.local(now, tz)
-    first = (local.replace(day=1) + dt.timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0,
-                                                                     microsecond=0)
+    first = (local.replace(day=1) + dt.timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return timeutil.epoch(first)

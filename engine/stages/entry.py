@@ -4,6 +4,7 @@ Used by every stage that enrols friends: events (event triggers, ``wait for``), 
 condition triggers (set-based, :meth:`Entry.audience`) and the walk (``tag`` and ``start``
 steps). A :class:`Walker` is one enrollment on its way through its steps in this tick.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -13,8 +14,8 @@ from urllib.parse import parse_qsl
 
 from engine.language import ir
 from engine.runtime import sqlcond
-from engine.stages.context import Context, TickResult
 from engine.runtime.store import Placement, bucket
+from engine.stages.context import Context, TickResult
 
 #: Event types that are a friend's own words: sends they cause are answers (no window, no cap).
 ANSWERED_TYPES = ("message", "postback")
@@ -24,6 +25,7 @@ ANSWERED_TYPES = ("message", "postback")
 class Cause:
     """The event an enrollment answers or replies to: its seq (None: a follow, whose welcome
     may use the reply token but is no answer), reply token and the token's deadline."""
+
     seq: int | None
     reply_token: str | None
     reply_deadline: int | None
@@ -32,6 +34,7 @@ class Cause:
 @dataclass(slots=True)
 class Walker:
     """One enrollment moving through its steps in this tick."""
+
     id: int
     friend: str
     rule: str
@@ -72,9 +75,11 @@ def matches(trig: ir.EventTrigger, event_type: str, data: dict, source: str | No
     if isinstance(trig, ir.PurchasedTrigger):
         if not (trig.product or trig.category):
             return True
-        return any((trig.product is None or item.get("product") == trig.product)
-                   and (trig.category is None or item.get("category") == trig.category)
-                   for item in data.get("items") or [])
+        return any(
+            (trig.product is None or item.get("product") == trig.product)
+            and (trig.category is None or item.get("category") == trig.category)
+            for item in data.get("items") or []
+        )
     if isinstance(trig, (ir.CartedTrigger, ir.ViewedTrigger)):
         return trig.product is None or data.get("product") == trig.product
     if isinstance(trig, ir.TaggedTrigger):
@@ -126,12 +131,25 @@ class Entry:
             if event_type is not None:
                 self.by_type.setdefault(event_type, []).append(rule)
         #: event types some ``wait for`` listens to; whether any rule has ``exit when``
-        self.wait_types = {getattr(st.trigger, "event_type", None) for r in ctx.rules.values()
-                           for st in r.steps if isinstance(st, ir.WaitFor)}
+        self.wait_types = {
+            getattr(st.trigger, "event_type", None)
+            for r in ctx.rules.values()
+            for st in r.steps
+            if isinstance(st, ir.WaitFor)
+        }
         self.has_exits = any(r.exit_when is not None for r in ctx.rules.values())
 
-    def enter(self, rule: ir.Rule, friend: str, now: int, entered_at: int, *, cause: Cause | None = None,
-              occurrence: str | None = None, event_seq: int | None = None) -> Walker | None:
+    def enter(
+        self,
+        rule: ir.Rule,
+        friend: str,
+        now: int,
+        entered_at: int,
+        *,
+        cause: Cause | None = None,
+        occurrence: str | None = None,
+        event_seq: int | None = None,
+    ) -> Walker | None:
         """Enrol one friend if the re-entry policy and the entry filter allow it."""
         s = self.ctx.store
         if not may_enter(rule, s.last_enrollment(friend, rule.name), now):
@@ -143,17 +161,50 @@ class Entry:
         variant, holdout = draw(friend, rule)
         cause = cause or Cause(None, None, None)
         first = rule.steps[0].id if rule.steps else None
-        eid = s.enroll(friend=friend, rule=rule.name, version=self.ctx.versions[rule.name], step_id=first,
-                       now=now, entered_at=entered_at, variant=variant, holdout=holdout, occurrence=occurrence,
-                       cause_seq=cause.seq, reply_token=cause.reply_token, reply_deadline=cause.reply_deadline,
-                       event_seq=event_seq)
+        eid = s.enroll(
+            friend=friend,
+            rule=rule.name,
+            version=self.ctx.versions[rule.name],
+            step_id=first,
+            now=now,
+            entered_at=entered_at,
+            variant=variant,
+            holdout=holdout,
+            occurrence=occurrence,
+            cause_seq=cause.seq,
+            reply_token=cause.reply_token,
+            reply_deadline=cause.reply_deadline,
+            event_seq=event_seq,
+        )
         if eid is None:
             return None
-        return Walker(eid, friend, rule.name, 0, entered_at, now, variant, holdout, occurrence,
-                      cause.seq, cause.reply_token, cause.reply_deadline, event_seq)
+        return Walker(
+            eid,
+            friend,
+            rule.name,
+            0,
+            entered_at,
+            now,
+            variant,
+            holdout,
+            occurrence,
+            cause.seq,
+            cause.reply_token,
+            cause.reply_deadline,
+            event_seq,
+        )
 
-    def fire(self, event_type: str, data: dict, friend: str, now: int, at: int, cause: Cause | None,
-             result: TickResult, event_seq: int | None = None) -> list[Walker]:
+    def fire(
+        self,
+        event_type: str,
+        data: dict,
+        friend: str,
+        now: int,
+        at: int,
+        cause: Cause | None,
+        result: TickResult,
+        event_seq: int | None = None,
+    ) -> list[Walker]:
         """Enter the rules this event triggers and resume matching ``wait for`` enrollments.
         Returns walkers for what became due now (the walk may take them at once). Only a
         current friend enters a rule (``when unfollowed`` excepted: it fires on the block)."""
@@ -181,8 +232,7 @@ class Entry:
                 pos = rule.index_of(step.id) + 1
                 nxt = rule.steps[pos].id if pos < len(rule.steps) else None
                 now_cause = cause or Cause(None, None, None)
-                s.resume(row["id"], nxt, now, now_cause.seq, now_cause.reply_token, now_cause.reply_deadline,
-                         event_seq)
+                s.resume(row["id"], nxt, now, now_cause.seq, now_cause.reply_token, now_cause.reply_deadline, event_seq)
                 if event_seq is not None:
                     self.ctx.carry.resumed.add(row["id"])
                 out.append(self._resumed(row, pos, cause))
@@ -193,9 +243,21 @@ class Entry:
         """A walker for an enrollment row (mapping) resumed now."""
         if cause is None:
             cause = Cause(row["cause_seq"], row["reply_token"], row["reply_deadline"])
-        return Walker(row["id"], row["friend"], row["rule"], pos, row["entered_at"], row["due_at"],
-                      row["variant"], bool(row["holdout"]), row["occurrence"], cause.seq, cause.reply_token,
-                      cause.reply_deadline, row["event_seq"])
+        return Walker(
+            row["id"],
+            row["friend"],
+            row["rule"],
+            pos,
+            row["entered_at"],
+            row["due_at"],
+            row["variant"],
+            bool(row["holdout"]),
+            row["occurrence"],
+            cause.seq,
+            cause.reply_token,
+            cause.reply_deadline,
+            row["event_seq"],
+        )
 
     def check_exits(self, friend: str, now: int) -> int:
         """Re-check ``exit when`` of the friend's open enrollments after a state change."""
@@ -210,8 +272,15 @@ class Entry:
         s.exit_enrollments(exited, "exit_when", now)
         return len(exited)
 
-    def audience(self, rule: ir.Rule, now: int, cond: ir.Cond | None, occurrence: str | None,
-                 reenter: ir.Reenter | None, placed: Placement | None = None) -> int:
+    def audience(
+        self,
+        rule: ir.Rule,
+        now: int,
+        cond: ir.Cond | None,
+        occurrence: str | None,
+        reenter: ir.Reenter | None,
+        placed: Placement | None = None,
+    ) -> int:
         """Set-based entry of every current friend for whom ``cond`` and the entry filter hold
         and whom ``reenter`` lets in (None: everybody not inside the rule), in short transactions
         (``placed``: past their first sends, see :meth:`engine.runtime.store.Store.enroll_audience`)."""
@@ -221,6 +290,15 @@ class Entry:
         variant, holdout, drawn = sqlcond.draw(rule.split, rule.holdout)
         first = rule.steps[0].id if rule.steps else None
         return self.ctx.store.enroll_audience(
-            rule=rule.name, version=self.ctx.versions[rule.name], step_id=first, now=now, where_sql=where.sql,
-            params={**where.params, **blocked.params, **drawn}, occurrence=occurrence, blocked_sql=blocked.sql,
-            variant_sql=variant, holdout_sql=holdout, placed=placed)
+            rule=rule.name,
+            version=self.ctx.versions[rule.name],
+            step_id=first,
+            now=now,
+            where_sql=where.sql,
+            params={**where.params, **blocked.params, **drawn},
+            occurrence=occurrence,
+            blocked_sql=blocked.sql,
+            variant_sql=variant,
+            holdout_sql=holdout,
+            placed=placed,
+        )

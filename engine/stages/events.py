@@ -5,15 +5,16 @@ through :mod:`engine.runtime.identity`), fires the event triggers and ``wait for
 (:meth:`engine.stages.entry.Entry.fire`) and re-checks the friend's ``exit when``. Enrollments
 it enters or resumes are due now: the walk (stage 4) takes them.
 """
+
 from __future__ import annotations
 
 import logging
 
+from engine.line.limits import REPLY_TOKEN_TTL
 from engine.runtime import identity
+from engine.runtime.store import EventRow, is_store_fault
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import ANSWERED_TYPES, Cause, Entry
-from engine.line.limits import REPLY_TOKEN_TTL
-from engine.runtime.store import EventRow, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -51,11 +52,16 @@ class EventStage:
                             self.apply(ev, now, result)
                     except Exception as exc:
                         if is_store_fault(exc) or isinstance(exc, (OSError, MemoryError)):
-                            raise   # the database or the machine failed, not this event: the
-                                    # chunk is rolled back and processed again at the next tick
+                            raise  # the database or the machine failed, not this event: the
+                            # chunk is rolled back and processed again at the next tick
                         reason = f"{type(exc).__name__}: {exc}"[:1000]
-                        log.error("event %d (%s of friend %s) not processed, set aside: %s",
-                                  ev.seq, ev.type, ev.friend, reason)
+                        log.error(
+                            "event %d (%s of friend %s) not processed, set aside: %s",
+                            ev.seq,
+                            ev.type,
+                            ev.friend,
+                            reason,
+                        )
                         s.mark_failed(ev.seq, now, reason)
                         result.failed += 1
                         continue
@@ -76,7 +82,7 @@ class EventStage:
         shop = identity.handle(s, ev)
         if shop is not None:
             if shop.friend is None:
-                return          # kept for a customer not linked yet; counts once linked
+                return  # kept for a customer not linked yet; counts once linked
             friend, data = shop.friend, shop.data
         s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
         if ev.type == "follow":

@@ -6,12 +6,13 @@ first steps are sends followed by a wait or the end, the audience is entered pas
 enrollment carrying those sends to the deliver stage (:meth:`TimeTriggers.placement`): the same
 sends a walk would queue, decided by the same procedure, without a walk per friend.
 """
+
 from __future__ import annotations
 
 from engine.language import ir, timeutil
+from engine.runtime.store import Placement
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry
-from engine.runtime.store import Placement
 
 
 class TimeTriggers:
@@ -65,8 +66,10 @@ class TimeTriggers:
         moments = self._sales.get(trig)
         if moments is None:
             moments = self._sales[trig] = [
-                (timeutil.sale_moment(trig, sale, self.ctx.tz), sale) for sale in self.ctx.project.sales
-                if trig.kind is None or sale.kind == trig.kind]
+                (timeutil.sale_moment(trig, sale, self.ctx.tz), sale)
+                for sale in self.ctx.project.sales
+                if trig.kind is None or sale.kind == trig.kind
+            ]
         return moments
 
     def mass_plan(self, rule: ir.Rule, now: int) -> tuple | None:
@@ -80,7 +83,7 @@ class TimeTriggers:
             if type(step) is not ir.Send:
                 break
             sends.append(step)
-        rest = rule.steps[len(sends):]
+        rest = rule.steps[len(sends) :]
         if not sends or (rest and not isinstance(rest[0], ir.WAIT_STEPS)):
             return None
         names = tuple(n for step in sends for n in step.messages)
@@ -108,6 +111,12 @@ class TimeTriggers:
             return None
         steps, names, state, step_id, due = plan
         window = rule.window or self.ctx.settings.window
-        return Placement(state, step_id, due, now if state == "done" else None,
-                         timeutil.next_opening(now, window, self.ctx.tz), self.ctx.encode(steps),
-                         self.ctx.encode(names))
+        return Placement(
+            state,
+            step_id,
+            due,
+            now if state == "done" else None,
+            timeutil.next_opening(now, window, self.ctx.tz),
+            self.ctx.encode(steps),
+            self.ctx.encode(names),
+        )

@@ -8,17 +8,18 @@ one SQL query per group). Sends are not decided here: the sends of one enrollmen
 waits become one intent (:class:`engine.runtime.store.Intent`), due at its window's next opening, for
 the deliver stage. Rich menu links are written as outbox rows at once.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from engine.language import ir, timeutil
+from engine.runtime.store import Delivery, Intent, Move, OutboxRow, WalkRow, is_store_fault, menu_label
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry, Walker
-from engine.runtime.store import Delivery, Intent, Move, OutboxRow, WalkRow, is_store_fault
 
 log = logging.getLogger("linerules.engine")
 
@@ -74,7 +75,7 @@ class WalkStage:
         # so that they see all the event did, also through the rules it entered (SPEC §4)
         resumed, carry.resumed = sorted(carry.resumed), set()
         for start in range(0, len(resumed), CHUNK):
-            rows = s.enrollment_rows(resumed[start:start + CHUNK], now)
+            rows = s.enrollment_rows(resumed[start : start + CHUNK], now)
             if rows:
                 with s.transaction():
                     Walk(self.ctx, self.entry, now, result).run(rows)
@@ -95,7 +96,7 @@ class Walk:
         self.menus: list[tuple[Walker, ir.MenuStep]] = []
         self._openings: dict[str, int] = {}
         self._seen: set[int] = set()
-        self._next: list[Walker] = []     # the walkers going on to their next step, this round
+        self._next: list[Walker] = []  # the walkers going on to their next step, this round
 
     def run(self, rows: list[WalkRow]) -> None:
         frontier = self._load(rows)
@@ -131,9 +132,23 @@ class Walk:
                 pos = len(rule.steps)
             else:
                 pos = idx + 1 if row.state == "waiting" else idx
-            frontier.append(Walker(row.id, row.friend, row.rule, pos, row.entered_at, row.due_at, row.variant,
-                                   bool(row.holdout), row.occurrence, row.cause_seq, row.reply_token,
-                                   row.reply_deadline, row.event_seq))
+            frontier.append(
+                Walker(
+                    row.id,
+                    row.friend,
+                    row.rule,
+                    pos,
+                    row.entered_at,
+                    row.due_at,
+                    row.variant,
+                    bool(row.holdout),
+                    row.occurrence,
+                    row.cause_seq,
+                    row.reply_token,
+                    row.reply_deadline,
+                    row.event_seq,
+                )
+            )
             self._seen.add(row.id)
         self.result.advanced += len(frontier)
         return frontier
@@ -155,7 +170,7 @@ class Walk:
                     self.finish(w, "exited", rule.steps[pos].id, None, "exit_when")
             walkers = [w for w in walkers if w.id not in gone]
         step = rule.steps[pos]
-        if type(step) is ir.Send:   # its `if` is decided when the send goes out (deliver stage)
+        if type(step) is ir.Send:  # its `if` is decided when the send goes out (deliver stage)
             entry = (step.id, step.messages)
             for w in walkers:
                 w.buffer.append(entry)
@@ -171,19 +186,24 @@ class Walk:
         writes = self._needs_savepoint(step)
         for w in walkers:
             try:
-                if writes and w.id in ok:   # undone alone if it raises for this friend
+                if writes and w.id in ok:  # undone alone if it raises for this friend
                     with s.savepoint():
                         go_on = self._step(rule, step, w, True)
                 else:
                     go_on = self._step(rule, step, w, w.id in ok)
             except Exception as exc:
                 if is_store_fault(exc) or isinstance(exc, (OSError, MemoryError)):
-                    raise   # the database or the machine failed: the chunk is redone
+                    raise  # the database or the machine failed: the chunk is redone
                 # one friend's step that fails leaves that enrollment with the reason;
                 # everyone else walks on (SPEC §4: one bad item never stops the others)
                 reason = f"{type(exc).__name__}: {exc}"[:500]
-                log.error("rule %s: step %s failed for friend %s, the friend leaves the "
-                          "rule: %s", rule.name, step.id, w.friend, reason)
+                log.error(
+                    "rule %s: step %s failed for friend %s, the friend leaves the rule: %s",
+                    rule.name,
+                    step.id,
+                    w.friend,
+                    reason,
+                )
                 self.finish(w, "exited", step.id, None, f"failed: {reason}")
                 self.result.failed += 1
                 continue
@@ -210,8 +230,9 @@ class Walk:
             w.buffer.append((step.id, step.messages))
         elif isinstance(step, ir.TagStep):
             if s.add_tags(w.friend, [step.name], now):
-                self._next.extend(self._spawn(self.entry.fire("tag", {"add": [step.name]}, w.friend, now, now,
-                                                              None, self.result)))
+                self._next.extend(
+                    self._spawn(self.entry.fire("tag", {"add": [step.name]}, w.friend, now, now, None, self.result))
+                )
         elif isinstance(step, ir.UntagStep):
             s.remove_tags(w.friend, [step.name])
         elif isinstance(step, ir.SetStep):
@@ -250,8 +271,9 @@ class Walk:
         if w.buffer:
             now, ctx = self.now, self.ctx
             steps = ctx.encode(tuple(w.buffer))
-            names = ctx.encode(w.buffer[0][1] if len(w.buffer) == 1
-                               else tuple(n for _, step_names in w.buffer for n in step_names))
+            names = ctx.encode(
+                w.buffer[0][1] if len(w.buffer) == 1 else tuple(n for _, step_names in w.buffer for n in step_names)
+            )
             answer = w.cause_seq is not None and not w.answered
             token = w.reply_token if not w.answered and (w.reply_deadline or 0) >= now else None
             if answer:
@@ -261,9 +283,24 @@ class Walk:
                 if due is None:
                     window = ctx.rules[w.rule].window or ctx.settings.window
                     due = self._openings[w.rule] = timeutil.next_opening(now, window, ctx.tz)
-            self.intents.append(Intent(w.id, w.friend, w.rule, steps, names, due, now, w.variant, int(w.holdout),
-                                       w.occurrence, w.event_seq, int(answer), token,
-                                       w.reply_deadline if token else None))
+            self.intents.append(
+                Intent(
+                    w.id,
+                    w.friend,
+                    w.rule,
+                    steps,
+                    names,
+                    due,
+                    now,
+                    w.variant,
+                    int(w.holdout),
+                    w.occurrence,
+                    w.event_seq,
+                    int(answer),
+                    token,
+                    w.reply_deadline if token else None,
+                )
+            )
             w.buffer = []
         w.answered = True
 
@@ -291,17 +328,28 @@ def write_menu_links(ctx: Context, menus: list[tuple[Walker, ir.MenuStep]], now:
     deliveries: list[Delivery] = []
     outbox: list[OutboxRow] = []
     for w, step in menus:
-        menu_id, label = settings.rich_menu(step.menu), [f"menu:{step.menu}"]
-        reason = ("blocked" if w.friend in blocked else "holdout" if w.holdout
-                  else "unknown_menu" if menu_id is None else None)
+        menu_id, label = settings.rich_menu(step.menu), menu_label(step.menu)
+        reason = (
+            "blocked"
+            if w.friend in blocked
+            else "holdout"
+            if w.holdout
+            else "unknown_menu"
+            if menu_id is None
+            else None
+        )
         if reason:
-            deliveries.append(Delivery(w.friend, w.rule, step.id, w.id, None, label, "skipped", reason,
-                                       w.variant, now, day_now, 0))
+            deliveries.append(
+                Delivery(w.friend, w.rule, step.id, w.id, None, label, "skipped", reason, w.variant, now, day_now, 0)
+            )
             result.skipped += 1
             continue
         outbox.append(OutboxRow("menu_link", [w.friend], {"richMenuId": menu_id}, label, w.rule, now))
         result.queued += 1
-        deliveries.append(Delivery(w.friend, w.rule, step.id, w.id, len(outbox) - 1, label, "queued", None,
-                                   w.variant, now, day_now, 0))
+        deliveries.append(
+            Delivery(
+                w.friend, w.rule, step.id, w.id, len(outbox) - 1, label, "queued", None, w.variant, now, day_now, 0
+            )
+        )
     ids = s.add_outbox_rows(outbox, now)
     s.add_deliveries(deliveries, ids)

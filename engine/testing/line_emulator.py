@@ -19,6 +19,7 @@ In-process::
 From synchronous code, ``with run_in_thread(quota=200) as emulator:`` runs it on its own
 event loop in a thread. Standalone: ``python -m engine.testing.line_emulator --port 8089 --user U1``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,23 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from engine.line import limits as L
-from engine.line.limits import (AUTH_FAILED_MESSAGE, INVALID_REPLY_TOKEN_MESSAGE,
-                     MAX_BODY_BYTES, MONTHLY_LIMIT_MESSAGE, RATE_LIMIT_MESSAGE, RATE_LIMITS,
-                     RETRY_KEY_ACCEPTED_MESSAGE, RETRY_KEY_ENDPOINTS, RETRY_KEY_TTL, ROUTES,
-                     STATELESS_TOKEN_TTL, TOKEN_PATH, UUID_RE, Limit, utf16_len)
+from engine.line.limits import (
+    AUTH_FAILED_MESSAGE,
+    INVALID_REPLY_TOKEN_MESSAGE,
+    MAX_BODY_BYTES,
+    MONTHLY_LIMIT_MESSAGE,
+    RATE_LIMIT_MESSAGE,
+    RATE_LIMITS,
+    RETRY_KEY_ACCEPTED_MESSAGE,
+    RETRY_KEY_ENDPOINTS,
+    RETRY_KEY_TTL,
+    ROUTES,
+    STATELESS_TOKEN_TTL,
+    TOKEN_PATH,
+    UUID_RE,
+    Limit,
+    utf16_len,
+)
 from engine.line.ratelimit import TokenBucket, buckets_for
 
 DEFAULT_ACCESS_TOKEN = "emulator-token"
@@ -61,8 +75,7 @@ _DEFAULT_FAULT_MESSAGES = {
 # --------------------------------------------------------------------------- message limits
 
 #: LINE's checks answer with this order of the type names.
-_MESSAGE_TYPES = ("text", "image", "video", "audio", "location", "sticker", "template",
-                  "imagemap", "flex")
+_MESSAGE_TYPES = ("text", "image", "video", "audio", "location", "sticker", "template", "imagemap", "flex")
 _URI_SCHEMES = tuple(s + (":" if s == "tel" else "://") for s in L.URI_SCHEMES)
 
 
@@ -75,8 +88,7 @@ class _Checker:
     def error(self, prop: str, message: str) -> None:
         self.details.append({"message": message, "property": prop})
 
-    def text(self, obj: Mapping[str, Any], key: str, prop: str, max_len: int, *,
-             required: bool = True) -> None:
+    def text(self, obj: Mapping[str, Any], key: str, prop: str, max_len: int, *, required: bool = True) -> None:
         value = obj.get(key)
         if value is None:
             if required:
@@ -89,8 +101,9 @@ class _Checker:
         elif utf16_len(value) > max_len:
             self.error(f"{prop}.{key}", f"Length must be between 0 and {max_len}")
 
-    def url(self, obj: Mapping[str, Any], key: str, prop: str, *, required: bool = True,
-            max_len: int = L.MEDIA_URL_LIMIT) -> None:
+    def url(
+        self, obj: Mapping[str, Any], key: str, prop: str, *, required: bool = True, max_len: int = L.MEDIA_URL_LIMIT
+    ) -> None:
         value = obj.get(key)
         if value is None:
             if required:
@@ -101,8 +114,7 @@ class _Checker:
         elif len(value) > max_len:
             self.error(f"{prop}.{key}", f"Length must be between 0 and {max_len}")
 
-    def items(self, obj: Mapping[str, Any], key: str, prop: str, low: int,
-              high: int) -> list[Any]:
+    def items(self, obj: Mapping[str, Any], key: str, prop: str, low: int, high: int) -> list[Any]:
         value = obj.get(key)
         if not isinstance(value, list):
             self.error(f"{prop}.{key}" if prop else key, "Must be an array")
@@ -117,8 +129,7 @@ class _Checker:
             return
         kind = action.get("type")
         if kind not in L.ACTION_TYPES:
-            self.error(f"{prop}.type",
-                       f"Must be one of the following values: [{', '.join(L.ACTION_TYPES)}]")
+            self.error(f"{prop}.type", f"Must be one of the following values: [{', '.join(L.ACTION_TYPES)}]")
             return
         self.text(action, "label", prop, label_max, required=False)
         if kind == "uri":
@@ -146,8 +157,7 @@ class _Checker:
             return
         kind = msg.get("type")
         if kind not in _MESSAGE_TYPES:
-            self.error(f"{prop}.type",
-                       f"Must be one of the following values: [{', '.join(_MESSAGE_TYPES)}]")
+            self.error(f"{prop}.type", f"Must be one of the following values: [{', '.join(_MESSAGE_TYPES)}]")
             return
         getattr(self, f"_{kind}")(msg, prop)
         quick = msg.get("quickReply")
@@ -194,8 +204,9 @@ class _Checker:
         self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
         for i, action in enumerate(self.items(msg, "actions", prop, 1, L.IMAGEMAP_ACTIONS)):
             if not isinstance(action, dict) or action.get("type") not in ("uri", "message", "clipboard"):
-                self.error(f"{prop}.actions[{i}].type",
-                           "Must be one of the following values: [uri, message, clipboard]")
+                self.error(
+                    f"{prop}.actions[{i}].type", "Must be one of the following values: [uri, message, clipboard]"
+                )
 
     def _template(self, msg: Mapping[str, Any], prop: str) -> None:
         self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
@@ -206,20 +217,17 @@ class _Checker:
             return
         kind = tpl.get("type")
         if kind not in L.TEMPLATE_TYPES:
-            self.error(f"{tprop}.type",
-                       f"Must be one of the following values: [{', '.join(L.TEMPLATE_TYPES)}]")
+            self.error(f"{tprop}.type", f"Must be one of the following values: [{', '.join(L.TEMPLATE_TYPES)}]")
             return
         if kind == "buttons":
             with_header = "thumbnailImageUrl" in tpl or "title" in tpl
             self.text(tpl, "title", tprop, L.TEMPLATE_TITLE_LIMIT, required=False)
-            self.text(tpl, "text", tprop,
-                      L.FRAMED_TEXT_LIMIT if with_header else L.BUTTONS_TEXT_LIMIT)
+            self.text(tpl, "text", tprop, L.FRAMED_TEXT_LIMIT if with_header else L.BUTTONS_TEXT_LIMIT)
             self.url(tpl, "thumbnailImageUrl", tprop, required=False)
             for i, action in enumerate(self.items(tpl, "actions", tprop, 1, L.BUTTONS_ACTIONS)):
                 self.action(action, f"{tprop}.actions[{i}]", label_max=L.LABEL_LIMIT)
             if "defaultAction" in tpl:
-                self.action(tpl["defaultAction"], f"{tprop}.defaultAction",
-                            label_max=L.LABEL_LIMIT)
+                self.action(tpl["defaultAction"], f"{tprop}.defaultAction", label_max=L.LABEL_LIMIT)
         elif kind == "confirm":
             self.text(tpl, "text", tprop, L.CONFIRM_TEXT_LIMIT)
             for i, action in enumerate(self.items(tpl, "actions", tprop, 2, 2)):
@@ -233,8 +241,7 @@ class _Checker:
                     continue
                 with_header = "thumbnailImageUrl" in col or "title" in col
                 self.text(col, "title", cprop, L.TEMPLATE_TITLE_LIMIT, required=False)
-                self.text(col, "text", cprop,
-                          L.FRAMED_TEXT_LIMIT if with_header else L.CAROUSEL_TEXT_LIMIT)
+                self.text(col, "text", cprop, L.FRAMED_TEXT_LIMIT if with_header else L.CAROUSEL_TEXT_LIMIT)
                 self.url(col, "thumbnailImageUrl", cprop, required=False)
                 actions = self.items(col, "actions", cprop, 1, L.CAROUSEL_ACTIONS)
                 counts.add(len(actions))
@@ -249,8 +256,7 @@ class _Checker:
                     self.error(cprop, "Must be an object")
                     continue
                 self.url(col, "imageUrl", cprop)
-                self.action(col.get("action"), f"{cprop}.action",
-                            label_max=L.IMAGE_CAROUSEL_LABEL_LIMIT)
+                self.action(col.get("action"), f"{cprop}.action", label_max=L.IMAGE_CAROUSEL_LABEL_LIMIT)
 
     def _flex(self, msg: Mapping[str, Any], prop: str) -> None:
         self.text(msg, "altText", prop, L.ALT_TEXT_LIMIT)
@@ -292,6 +298,7 @@ def validate_messages(body: Mapping[str, Any], *, min_messages: int = 1) -> list
 
 # --------------------------------------------------------------------------- recorded state
 
+
 class Delivery(NamedTuple):
     """One recipient's share of an accepted send (``delivered`` or ``undelivered``)."""
 
@@ -315,7 +322,7 @@ class RecordedRequest:
     body: bytes
     time: float
     status: int | None = None
-    note: str = ""              # "fault", "timeout", "lost" for injected behaviour
+    note: str = ""  # "fault", "timeout", "lost" for injected behaviour
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -337,7 +344,7 @@ class User:
 @dataclass
 class _Fault:
     endpoint: str
-    kind: str                   # "status" | "timeout" | "lost"
+    kind: str  # "status" | "timeout" | "lost"
     remaining: int
     status: int = 500
     body: Mapping[str, Any] | None = None
@@ -362,8 +369,14 @@ class _Accepted:
 class _Answer(Exception):
     """Raised inside a handler to answer at once with ``status`` and a JSON body."""
 
-    def __init__(self, status: int, message: str, details: list[dict[str, str]] | None = None,
-                 headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.body: dict[str, Any] = {"message": message}
@@ -380,6 +393,7 @@ def _body_error(details: list[dict[str, str]]) -> _Answer:
 
 # --------------------------------------------------------------------------- the emulator
 
+
 class Emulator:
     """The emulated LINE channel: its HTTP server, users, recorded deliveries and controls.
 
@@ -389,13 +403,19 @@ class Emulator:
     ``clock`` (epoch seconds) decides reply-token and retry-key expiry.
     """
 
-    def __init__(self, *, access_token: str = DEFAULT_ACCESS_TOKEN, quota: int | None = None,
-                 reply_token_ttl: float = L.REPLY_TOKEN_TTL,
-                 rate_limits: Mapping[str, float | Limit] | None = None, rate_scale: float = 1.0,
-                 channel_id: str = DEFAULT_CHANNEL_ID,
-                 channel_secret: str = DEFAULT_CHANNEL_SECRET,
-                 stateless_token_ttl: float = STATELESS_TOKEN_TTL,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        *,
+        access_token: str = DEFAULT_ACCESS_TOKEN,
+        quota: int | None = None,
+        reply_token_ttl: float = L.REPLY_TOKEN_TTL,
+        rate_limits: Mapping[str, float | Limit] | None = None,
+        rate_scale: float = 1.0,
+        channel_id: str = DEFAULT_CHANNEL_ID,
+        channel_secret: str = DEFAULT_CHANNEL_SECRET,
+        stateless_token_ttl: float = STATELESS_TOKEN_TTL,
+        clock: Callable[[], float] = time.time,
+    ):
         self.access_token = access_token
         self.channel_id = channel_id
         self.channel_secret = channel_secret
@@ -444,8 +464,7 @@ class Emulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); return and remember the base URL."""
-        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5,
-                                     handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -469,8 +488,9 @@ class Emulator:
 
     # ----------------------------------------------------------------- controls
 
-    def add_user(self, user_id: str, display_name: str, language: str | None = "ja",
-                 blocked: bool = False, **profile: str | None) -> User:
+    def add_user(
+        self, user_id: str, display_name: str, language: str | None = "ja", blocked: bool = False, **profile: str | None
+    ) -> User:
         """Make ``user_id`` a friend of the channel (or a blocker, with ``blocked=True``)."""
         user = User(user_id, display_name, language, blocked, **profile)
         self.users[user_id] = user
@@ -515,21 +535,25 @@ class Emulator:
         self._reply_tokens[token] = _ReplyToken(user_id, self.clock() + ttl)
         return token
 
-    def inject(self, endpoint: str, status: int = 500, count: int = 1, *,
-               body: Mapping[str, Any] | None = None,
-               headers: Mapping[str, str] | None = None) -> None:
+    def inject(
+        self,
+        endpoint: str,
+        status: int = 500,
+        count: int = 1,
+        *,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Answer the next ``count`` requests to ``endpoint`` (a name or a path) with ``status``
         without processing them. ``body`` defaults to LINE's message for that status."""
-        self._faults.append(_Fault(self._endpoint_of(endpoint), "status", count, status, body,
-                                   dict(headers or {})))
+        self._faults.append(_Fault(self._endpoint_of(endpoint), "status", count, status, body, dict(headers or {})))
 
     def inject_timeout(self, endpoint: str, count: int = 1, delay: float = 5.0) -> None:
         """Hang the next ``count`` requests for ``delay`` seconds, then drop the connection
         without processing them (the client should time out first)."""
         self._faults.append(_Fault(self._endpoint_of(endpoint), "timeout", count, delay=delay))
 
-    def inject_lost_response(self, endpoint: str, count: int = 1,
-                             delay: float | None = None) -> None:
+    def inject_lost_response(self, endpoint: str, count: int = 1, delay: float | None = None) -> None:
         """Process the next ``count`` requests normally (deliver, bill, accept the retry key),
         then lose the answer: drop the connection at once, or after hanging ``delay`` seconds."""
         self._faults.append(_Fault(self._endpoint_of(endpoint), "lost", count, delay=delay))
@@ -541,8 +565,7 @@ class Emulator:
     def requests_to(self, endpoint: str, status: int | None = None) -> list[RecordedRequest]:
         """Recorded requests to ``endpoint`` (name or path), optionally only with ``status``."""
         name = self._endpoint_of(endpoint)
-        return [r for r in self.requests
-                if r.endpoint == name and (status is None or r.status == status)]
+        return [r for r in self.requests if r.endpoint == name and (status is None or r.status == status)]
 
     def busiest_second(self, endpoint: str, seconds: float = 1.0) -> int:
         """The most requests to ``endpoint`` that arrived within any ``seconds`` (a sliding
@@ -587,21 +610,29 @@ class Emulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.match_info.route.name or ""
         body = await request.read()
-        record = RecordedRequest(request.method, request.path, endpoint, str(uuid.uuid4()),
-                                 request.headers.get("X-Line-Retry-Key"), body, self.clock())
+        record = RecordedRequest(
+            request.method,
+            request.path,
+            endpoint,
+            str(uuid.uuid4()),
+            request.headers.get("X-Line-Retry-Key"),
+            body,
+            self.clock(),
+        )
         self.requests.append(record)
         headers = {"x-line-request-id": record.request_id}
         lost: _Fault | None = None
         try:
             given = request.headers.get("Authorization", "")
-            if not given.startswith("Bearer ") or not self.token_valid(given[len("Bearer "):]):
+            if not given.startswith("Bearer ") or not self.token_valid(given[len("Bearer ") :]):
                 raise _Answer(401, AUTH_FAILED_MESSAGE)
             fault = self._take_fault(endpoint)
             if fault is not None and fault.kind == "status":
                 record.note = "fault"
                 message = _DEFAULT_FAULT_MESSAGES.get(fault.status, "Injected fault")
-                return self._json(record, fault.status, dict(fault.body or {"message": message}),
-                                  {**headers, **fault.headers})
+                return self._json(
+                    record, fault.status, dict(fault.body or {"message": message}), {**headers, **fault.headers}
+                )
             if fault is not None and fault.kind == "timeout":
                 record.note = "timeout"
                 await self._hang(fault.delay)
@@ -624,8 +655,7 @@ class Emulator:
         return self._json(record, status, payload, headers)
 
     @staticmethod
-    def _json(record: RecordedRequest, status: int, payload: Any,
-              headers: Mapping[str, str]) -> web.Response:
+    def _json(record: RecordedRequest, status: int, payload: Any, headers: Mapping[str, str]) -> web.Response:
         record.status = status
         return web.json_response(payload, status=status, headers=headers)
 
@@ -636,8 +666,9 @@ class Emulator:
             request.transport.abort()
         return web.Response()
 
-    def _process(self, request: web.Request, endpoint: str, body: bytes,
-                 record: RecordedRequest) -> tuple[int, Any, dict[str, str]]:
+    def _process(
+        self, request: web.Request, endpoint: str, body: bytes, record: RecordedRequest
+    ) -> tuple[int, Any, dict[str, str]]:
         retry_key = record.retry_key
         if retry_key is not None:
             if endpoint not in RETRY_KEY_ENDPOINTS:
@@ -647,8 +678,12 @@ class Emulator:
             accepted = self._accepted.get(retry_key)
             if accepted is not None and accepted.expires_at > self.clock():
                 extra = {"sentMessages": accepted.sent_messages} if accepted.sent_messages else None
-                raise _Answer(409, RETRY_KEY_ACCEPTED_MESSAGE, extra=extra,
-                              headers={"x-line-accepted-request-id": accepted.request_id})
+                raise _Answer(
+                    409,
+                    RETRY_KEY_ACCEPTED_MESSAGE,
+                    extra=extra,
+                    headers={"x-line-accepted-request-id": accepted.request_id},
+                )
         data: Any = None
         if request.method in ("POST", "PUT") and endpoint not in ("richmenu_link", "link_token"):
             data = self._parse_json(request, body)
@@ -656,8 +691,10 @@ class Emulator:
         status, payload = handler(request, data, record)
         if retry_key is not None:
             self._accepted[retry_key] = _Accepted(
-                record.request_id, self.clock() + RETRY_KEY_TTL,
-                payload.get("sentMessages") if isinstance(payload, dict) else None)
+                record.request_id,
+                self.clock() + RETRY_KEY_TTL,
+                payload.get("sentMessages") if isinstance(payload, dict) else None,
+            )
         return status, payload, {}
 
     @staticmethod
@@ -669,8 +706,7 @@ class Emulator:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             line, col = getattr(exc, "lineno", 1), getattr(exc, "colno", 1)
-            raise _Answer(400, "The request body could not be parsed as JSON "
-                               f"(line: {line}, column: {col})") from None
+            raise _Answer(400, f"The request body could not be parsed as JSON (line: {line}, column: {col})") from None
         if not isinstance(data, dict):
             raise _Answer(400, "The request body could not be parsed as JSON (line: 1, column: 1)")
         return data
@@ -681,8 +717,15 @@ class Emulator:
         user = self.users.get(user_id)
         return user is not None and not user.blocked
 
-    def _deliver(self, recipients: list[str], messages: list[dict[str, Any]], endpoint: str,
-                 record: RecordedRequest, *, billed: bool) -> None:
+    def _deliver(
+        self,
+        recipients: list[str],
+        messages: list[dict[str, Any]],
+        endpoint: str,
+        record: RecordedRequest,
+        *,
+        billed: bool,
+    ) -> None:
         """Record one accepted send: bill deliverable recipients, fail on the monthly quota."""
         reachable = [u for u in recipients if self._deliverable(u)]
         if billed and self.quota is not None and self.usage + len(reachable) > self.quota:
@@ -707,8 +750,7 @@ class Emulator:
             sent.append(entry)
         return sent
 
-    def _do_push(self, request: web.Request, data: dict[str, Any],
-                 record: RecordedRequest) -> tuple[int, Any]:
+    def _do_push(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         details = []
         if not isinstance(data.get("to"), str) or not data["to"]:
             details.append({"message": "Must not be empty", "property": "to"})
@@ -718,8 +760,7 @@ class Emulator:
         self._deliver([data["to"]], data["messages"], "push", record, billed=True)
         return 200, {"sentMessages": self._sent_messages(data["messages"])}
 
-    def _do_multicast(self, request: web.Request, data: dict[str, Any],
-                      record: RecordedRequest) -> tuple[int, Any]:
+    def _do_multicast(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         check = _Checker()
         to = check.items(data, "to", "", 1, L.MAX_MULTICAST)
         if any(not isinstance(u, str) or not u for u in to):
@@ -730,16 +771,14 @@ class Emulator:
         self._deliver(list(dict.fromkeys(to)), data["messages"], "multicast", record, billed=True)
         return 200, {}
 
-    def _do_broadcast(self, request: web.Request, data: dict[str, Any],
-                      record: RecordedRequest) -> tuple[int, Any]:
+    def _do_broadcast(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         details = validate_messages(data)
         if details:
             raise _body_error(details)
         self._deliver(list(self.users), data["messages"], "broadcast", record, billed=True)
         return 200, {}
 
-    def _do_narrowcast(self, request: web.Request, data: dict[str, Any],
-                       record: RecordedRequest) -> tuple[int, Any]:
+    def _do_narrowcast(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         """Minimal narrowcast: every friend (recipient and filter objects are not evaluated)."""
         details = validate_messages(data)
         if details:
@@ -747,8 +786,7 @@ class Emulator:
         self._deliver(list(self.users), data["messages"], "narrowcast", record, billed=True)
         return 202, {}
 
-    def _do_reply(self, request: web.Request, data: dict[str, Any],
-                  record: RecordedRequest) -> tuple[int, Any]:
+    def _do_reply(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         details = []
         token = data.get("replyToken")
         if not isinstance(token, str) or not token:
@@ -769,8 +807,7 @@ class Emulator:
             raise _body_error(details)
         return 200, {}
 
-    def _do_validate_push(self, request: web.Request, data: dict[str, Any],
-                          record: RecordedRequest) -> tuple[int, Any]:
+    def _do_validate_push(self, request: web.Request, data: dict[str, Any], record: RecordedRequest) -> tuple[int, Any]:
         return self._validate_only(data)
 
     _do_validate_multicast = _do_validate_push
@@ -778,24 +815,25 @@ class Emulator:
 
     # ----------------------------------------------------------------- reading
 
-    def _do_quota(self, request: web.Request, data: None,
-                  record: RecordedRequest) -> tuple[int, Any]:
+    def _do_quota(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         if self.quota is None:
             return 200, {"type": "none"}
         return 200, {"type": "limited", "value": self.quota}
 
-    def _do_quota_consumption(self, request: web.Request, data: None,
-                              record: RecordedRequest) -> tuple[int, Any]:
+    def _do_quota_consumption(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         return 200, {"totalUsage": self.usage}
 
-    def _do_profile(self, request: web.Request, data: None,
-                    record: RecordedRequest) -> tuple[int, Any]:
+    def _do_profile(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         user = self.users.get(request.match_info["userId"])
         if user is None or user.blocked:
             raise _Answer(404, "Not found")
-        profile = {"displayName": user.display_name, "userId": user.user_id,
-                   "language": user.language, "pictureUrl": user.picture_url,
-                   "statusMessage": user.status_message}
+        profile = {
+            "displayName": user.display_name,
+            "userId": user.user_id,
+            "language": user.language,
+            "pictureUrl": user.picture_url,
+            "statusMessage": user.status_message,
+        }
         return 200, {k: v for k, v in profile.items() if v is not None}
 
     # ----------------------------------------------------------------- account link
@@ -803,8 +841,7 @@ class Emulator:
     #: Seconds a link token is valid (LINE: 10 minutes, single use).
     LINK_TOKEN_TTL = 600.0
 
-    def _do_link_token(self, request: web.Request, data: None,
-                       record: RecordedRequest) -> tuple[int, Any]:
+    def _do_link_token(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         user_id = request.match_info["userId"]
         if user_id not in self.users:
             raise _Answer(400, "The user ID is invalid")
@@ -819,26 +856,30 @@ class Emulator:
         user_id, expires, used = self.link_tokens[link_token]
         ok = not used and self.clock() <= expires
         self.link_tokens[link_token][2] = True
-        return {"type": "accountLink", "mode": "active",
-                "timestamp": int(self.clock() * 1000) if timestamp_ms is None else timestamp_ms,
-                "source": {"type": "user", "userId": user_id}, "webhookEventId": uuid.uuid4().hex.upper()[:26],
-                "deliveryContext": {"isRedelivery": False}, "replyToken": uuid.uuid4().hex,
-                "link": {"result": "ok" if ok else "failed", "nonce": nonce}}
+        return {
+            "type": "accountLink",
+            "mode": "active",
+            "timestamp": int(self.clock() * 1000) if timestamp_ms is None else timestamp_ms,
+            "source": {"type": "user", "userId": user_id},
+            "webhookEventId": uuid.uuid4().hex.upper()[:26],
+            "deliveryContext": {"isRedelivery": False},
+            "replyToken": uuid.uuid4().hex,
+            "link": {"result": "ok" if ok else "failed", "nonce": nonce},
+        }
 
     # ----------------------------------------------------------------- rich menus
 
-    def _do_richmenu_link(self, request: web.Request, data: None,
-                          record: RecordedRequest) -> tuple[int, Any]:
+    def _do_richmenu_link(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         self.rich_menu_links[request.match_info["userId"]] = request.match_info["richMenuId"]
         return 200, {}
 
-    def _do_richmenu_unlink(self, request: web.Request, data: None,
-                            record: RecordedRequest) -> tuple[int, Any]:
+    def _do_richmenu_unlink(self, request: web.Request, data: None, record: RecordedRequest) -> tuple[int, Any]:
         self.rich_menu_links.pop(request.match_info["userId"], None)
         return 200, {}
 
-    def _do_richmenu_bulk_link(self, request: web.Request, data: dict[str, Any],
-                               record: RecordedRequest) -> tuple[int, Any]:
+    def _do_richmenu_bulk_link(
+        self, request: web.Request, data: dict[str, Any], record: RecordedRequest
+    ) -> tuple[int, Any]:
         check = _Checker()
         menu = data.get("richMenuId")
         if not isinstance(menu, str) or not menu:
@@ -857,35 +898,38 @@ class Emulator:
         ``client_secret`` (form-encoded), as LINE answers it: ``{"token_type": "Bearer",
         "access_token": ..., "expires_in": 900}``; wrong credentials -> 400
         ``{"error": "invalid_client", ...}``."""
-        record = RecordedRequest(request.method, request.path, "token", str(uuid.uuid4()), None,
-                                 await request.read(), self.clock())
+        record = RecordedRequest(
+            request.method, request.path, "token", str(uuid.uuid4()), None, await request.read(), self.clock()
+        )
         self.requests.append(record)
         if request.content_type != "application/x-www-form-urlencoded":
             record.status = 400
-            return web.json_response({"error": "invalid_request",
-                                      "error_description": "unsupported content type"}, status=400)
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "unsupported content type"}, status=400
+            )
         form = await request.post()
         fault = self._take_fault("token")
         if fault is not None:
             record.note = "fault"
             record.status = fault.status
-            return web.json_response(dict(fault.body or {"error": "server_error"}),
-                                     status=fault.status)
+            return web.json_response(dict(fault.body or {"error": "server_error"}), status=fault.status)
         if form.get("grant_type") != "client_credentials":
             record.status = 400
-            return web.json_response({"error": "unsupported_grant_type",
-                                      "error_description": "grant_type must be client_credentials"},
-                                     status=400)
+            return web.json_response(
+                {"error": "unsupported_grant_type", "error_description": "grant_type must be client_credentials"},
+                status=400,
+            )
         if form.get("client_id") != self.channel_id or form.get("client_secret") != self.channel_secret:
             record.status = 400
-            return web.json_response({"error": "invalid_client",
-                                      "error_description": "invalid client_id or client_secret"},
-                                     status=400)
+            return web.json_response(
+                {"error": "invalid_client", "error_description": "invalid client_id or client_secret"}, status=400
+            )
         token = secrets.token_urlsafe(32)
         self.stateless_tokens[token] = self.clock() + self.stateless_token_ttl
         record.status = 200
-        return web.json_response({"token_type": "Bearer", "access_token": token,
-                                  "expires_in": int(self.stateless_token_ttl)})
+        return web.json_response(
+            {"token_type": "Bearer", "access_token": token, "expires_in": int(self.stateless_token_ttl)}
+        )
 
     # ----------------------------------------------------------------- admin (standalone use)
     # Unauthenticated helpers under /_emulator/ for a process that runs the emulator as a
@@ -898,10 +942,8 @@ class Emulator:
             "undelivered": len(self.undelivered),
             "usage": self.usage,
             "quota": self.quota,
-            "requests": {ep: {str(s): n for s, n in c.items()}
-                         for ep, c in self.status_counts().items()},
-            "busiest_second": {ep: self.busiest_second(ep) for ep in self.status_counts()
-                               if ep != "token"},
+            "requests": {ep: {str(s): n for s, n in c.items()} for ep, c in self.status_counts().items()},
+            "busiest_second": {ep: self.busiest_second(ep) for ep in self.status_counts() if ep != "token"},
         }
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
@@ -914,14 +956,14 @@ class Emulator:
         except json.JSONDecodeError:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("userId"), str):
-            raise web.HTTPBadRequest(text='{"message": "userId is required"}',
-                                     content_type="application/json")
+            raise web.HTTPBadRequest(text='{"message": "userId is required"}', content_type="application/json")
         return data, data["userId"]
 
     async def _admin_add_user(self, request: web.Request) -> web.Response:
         data, user_id = await self._admin_user_id(request)
-        user = self.add_user(user_id, str(data.get("displayName", user_id)),
-                             data.get("language", "ja"), bool(data.get("blocked", False)))
+        user = self.add_user(
+            user_id, str(data.get("displayName", user_id)), data.get("language", "ja"), bool(data.get("blocked", False))
+        )
         return web.json_response({"userId": user.user_id})
 
     async def _admin_reply_token(self, request: web.Request) -> web.Response:
@@ -960,23 +1002,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m engine.testing.line_emulator",
         description="A LINE Messaging API emulator on loopback, for tests and benchmarks.",
-        epilog="Example: python -m engine.testing.line_emulator --port 8089 --user U1=Hanako --quota 200")
+        epilog="Example: python -m engine.testing.line_emulator --port 8089 --user U1=Hanako --quota 200",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
-    parser.add_argument("--token", default=DEFAULT_ACCESS_TOKEN,
-                        help="the channel access token to accept (default: %(default)s)")
-    parser.add_argument("--quota", type=int, default=None,
-                        help="monthly message limit (default: unlimited)")
-    parser.add_argument("--user", action="append", default=[], metavar="ID[=NAME]",
-                        help="a friend of the channel (repeatable)")
-    parser.add_argument("--friends", type=int, default=0, metavar="N",
-                        help="add N generated friends (ids U + the index in 32 hex digits)")
-    parser.add_argument("--rate-scale", type=float, default=1.0,
-                        help="multiply LINE's rate limits (default: 1)")
+    parser.add_argument(
+        "--token", default=DEFAULT_ACCESS_TOKEN, help="the channel access token to accept (default: %(default)s)"
+    )
+    parser.add_argument("--quota", type=int, default=None, help="monthly message limit (default: unlimited)")
+    parser.add_argument(
+        "--user", action="append", default=[], metavar="ID[=NAME]", help="a friend of the channel (repeatable)"
+    )
+    parser.add_argument(
+        "--friends",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N generated friends (ids U + the index in 32 hex digits)",
+    )
+    parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply LINE's rate limits (default: 1)")
     parser.add_argument("--reply-token-ttl", type=float, default=L.REPLY_TOKEN_TTL)
     args = parser.parse_args(argv)
-    emulator = Emulator(access_token=args.token, quota=args.quota, rate_scale=args.rate_scale,
-                        reply_token_ttl=args.reply_token_ttl)
+    emulator = Emulator(
+        access_token=args.token, quota=args.quota, rate_scale=args.rate_scale, reply_token_ttl=args.reply_token_ttl
+    )
     for spec in args.user:
         user_id, _, name = spec.partition("=")
         emulator.add_user(user_id, name or user_id)

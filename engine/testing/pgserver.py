@@ -13,6 +13,7 @@ The pytest fixtures (wired in ``tests/conftest.py``):
 * ``pg_url`` (per test): a conninfo URL whose ``search_path`` is a new, empty schema of its own,
   dropped after the test (the way docs/scale.md puts one LINE channel in one schema).
 """
+
 from __future__ import annotations
 
 import glob
@@ -35,10 +36,12 @@ ENV_URL = "LINERULES_TEST_PG"
 #: creates ``postgres``; ``nobody`` exists everywhere.
 SERVICE_USERS = ("postgres", "nobody")
 
-NO_SERVER = ("PostgreSQL tests need a PostgreSQL server, and none is available: {why}. "
-             "Install Debian's `postgresql` package (`make setup` does it when run as root) so "
-             "that the tests can start their own, or set LINERULES_TEST_PG=postgresql://USER@HOST:PORT/DB "
-             "to an existing server.")
+NO_SERVER = (
+    "PostgreSQL tests need a PostgreSQL server, and none is available: {why}. "
+    "Install Debian's `postgresql` package (`make setup` does it when run as root) so "
+    "that the tests can start their own, or set LINERULES_TEST_PG=postgresql://USER@HOST:PORT/DB "
+    "to an existing server."
+)
 
 
 class NoServer(RuntimeError):
@@ -50,8 +53,10 @@ def find_bindir() -> str | None:
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return os.path.dirname(os.path.realpath(on_path))
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     return os.path.dirname(found[-1]) if found else None
 
 
@@ -64,10 +69,11 @@ def free_port() -> int:
 @dataclass
 class Cluster:
     """A PostgreSQL server this process started; :meth:`stop` ends it and removes its folder."""
+
     bindir: str
     folder: str
     port: int
-    user: str | None                 # the OS user it runs as (None: this process's own)
+    user: str | None  # the OS user it runs as (None: this process's own)
     url: str
     log_path: str
     _stopped: bool = field(default=False, repr=False)
@@ -80,8 +86,10 @@ class Cluster:
             return
         self._stopped = True
         try:
-            self._run([os.path.join(self.bindir, "pg_ctl"), "stop", "-D", self.data, "-m", "immediate",
-                       "-w", "-t", "30"], timeout=60)
+            self._run(
+                [os.path.join(self.bindir, "pg_ctl"), "stop", "-D", self.data, "-m", "immediate", "-w", "-t", "30"],
+                timeout=60,
+            )
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -106,8 +114,12 @@ def _service_user() -> str | None:
             return name
         except KeyError:
             continue
-    raise NoServer(NO_SERVER.format(why="this process is root and there is no unprivileged user "
-                                        f"({', '.join(SERVICE_USERS)}) to run PostgreSQL as"))
+    raise NoServer(
+        NO_SERVER.format(
+            why="this process is root and there is no unprivileged user "
+            f"({', '.join(SERVICE_USERS)}) to run PostgreSQL as"
+        )
+    )
 
 
 def start_cluster(bindir: str | None = None, *, attempts: int = 3) -> Cluster:
@@ -117,28 +129,54 @@ def start_cluster(bindir: str | None = None, *, attempts: int = 3) -> Cluster:
     if bindir is None:
         raise NoServer(NO_SERVER.format(why="initdb was not found (not on PATH, not in /usr/lib/postgresql/*/bin)"))
     user = _service_user()
-    folder = tempfile.mkdtemp(prefix="linerules-pg-")   # under /tmp: reachable by the service user
+    folder = tempfile.mkdtemp(prefix="linerules-pg-")  # under /tmp: reachable by the service user
     os.chmod(folder, 0o700)
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
     data = os.path.join(folder, "data")
     log_path = os.path.join(folder, "server.log")
-    init = subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-U", "postgres", "-A", "trust",
-                           "-E", "UTF8", "--locale=C", "--no-sync"],
-                          user=user, check=False, capture_output=True, text=True, timeout=120, cwd=folder)
+    init = subprocess.run(
+        [
+            os.path.join(bindir, "initdb"),
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        user=user,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=folder,
+    )
     if init.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
         raise NoServer(NO_SERVER.format(why=f"initdb failed: {(init.stderr or init.stdout).strip()[-500:]}"))
     last = ""
     for _ in range(attempts):
         port = free_port()
-        options = (f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
-                   "-c shared_buffers=64MB")
-        start = subprocess.run([os.path.join(bindir, "pg_ctl"), "start", "-D", data, "-l", log_path,
-                                "-w", "-t", "60", "-o", options],
-                               user=user, check=False, capture_output=True, text=True, timeout=120, cwd=folder)
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100 "
+            "-c shared_buffers=64MB"
+        )
+        start = subprocess.run(
+            [os.path.join(bindir, "pg_ctl"), "start", "-D", data, "-l", log_path, "-w", "-t", "60", "-o", options],
+            user=user,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=folder,
+        )
         if start.returncode == 0:
             url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
             return Cluster(bindir=bindir, folder=folder, port=port, user=user, url=url, log_path=log_path)
@@ -167,6 +205,7 @@ def _connect(url: str):
 @dataclass
 class Server:
     """The server the tests use: its URL, and the cluster when this process started it."""
+
     url: str
     cluster: Cluster | None = None
 
@@ -215,10 +254,11 @@ def open_server() -> Server:
 # ---------------------------------------------------------------------- pytest fixtures
 try:
     import pytest
-except ImportError:   # the module is usable without pytest (benchmarks)
+except ImportError:  # the module is usable without pytest (benchmarks)
     pytest = None
 
 if pytest is not None:
+
     @pytest.fixture(scope="session")
     def pg_server() -> Iterator[Server]:
         """The PostgreSQL server of this test session (see the module's text)."""

@@ -21,6 +21,7 @@ of a project that has linerules installed, without a conftest.py:
 Options of the emulator (``quota``, ``rate_scale``, ``reply_token_ttl``, ``access_token``,
 ``channel_secret`` ...) come from a marker: ``@pytest.mark.line_emulator(quota=200)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -52,18 +53,21 @@ class LineChannel:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "line_emulator(**options): options of the test's LINE emulator "
-                   "(quota=, rate_scale=, rate_limits=, reply_token_ttl=, access_token=, "
-                   "channel_secret=, channel_id=, stateless_token_ttl=)")
+        "markers",
+        "line_emulator(**options): options of the test's LINE emulator "
+        "(quota=, rate_scale=, rate_limits=, reply_token_ttl=, access_token=, "
+        "channel_secret=, channel_id=, stateless_token_ttl=)",
+    )
 
 
 def _options(request: pytest.FixtureRequest) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for marker in reversed(list(request.node.iter_markers("line_emulator"))):
         if marker.args:
-            raise pytest.UsageError("@pytest.mark.line_emulator takes keyword options only, "
-                                    "e.g. @pytest.mark.line_emulator(quota=200)")
-        options.update(marker.kwargs)      # the closest marker (the test's own) wins
+            raise pytest.UsageError(
+                "@pytest.mark.line_emulator takes keyword options only, e.g. @pytest.mark.line_emulator(quota=200)"
+            )
+        options.update(marker.kwargs)  # the closest marker (the test's own) wins
     return options
 
 
@@ -81,9 +85,12 @@ def line_emulator(request: pytest.FixtureRequest, line_channel: LineChannel) -> 
 
     Usable from synchronous and asynchronous tests alike; stopped when the test ends."""
     options = {k: v for k, v in _options(request).items() if k not in _CHANNEL_FIELDS}
-    with run_in_thread(access_token=line_channel.access_token,
-                       channel_secret=line_channel.channel_secret,
-                       channel_id=line_channel.channel_id, **options) as emulator:
+    with run_in_thread(
+        access_token=line_channel.access_token,
+        channel_secret=line_channel.channel_secret,
+        channel_id=line_channel.channel_id,
+        **options,
+    ) as emulator:
         yield emulator
 
 
@@ -91,9 +98,11 @@ def line_emulator(request: pytest.FixtureRequest, line_channel: LineChannel) -> 
 def line_env(line_emulator: Emulator, line_channel: LineChannel) -> dict[str, str]:
     """Environment variables for ``linerules run`` (or ``runner.py``) so that it sends
     through the emulator and accepts webhooks signed with the channel secret."""
-    return {"LINE_API_ENDPOINT": line_emulator.base_url,
-            "LINE_CHANNEL_ACCESS_TOKEN": line_channel.access_token,
-            "LINE_CHANNEL_SECRET": line_channel.channel_secret}
+    return {
+        "LINE_API_ENDPOINT": line_emulator.base_url,
+        "LINE_CHANNEL_ACCESS_TOKEN": line_channel.access_token,
+        "LINE_CHANNEL_SECRET": line_channel.channel_secret,
+    }
 
 
 @pytest.fixture

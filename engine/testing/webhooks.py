@@ -6,6 +6,7 @@ with these checks the runner's verification rather than repeating it::
     body = webhook_body(line_event("follow", "U1"))
     headers = {"Content-Type": "application/json", "x-line-signature": signature(body, secret)}
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,7 @@ def signature(body: bytes, secret: str) -> str:
 
 def webhook_body(*events: dict[str, Any], destination: str = "Ubot") -> bytes:
     """The JSON body LINE posts to the webhook URL, with ``events`` in order."""
-    return json.dumps({"destination": destination, "events": list(events)},
-                      ensure_ascii=False).encode()
+    return json.dumps({"destination": destination, "events": list(events)}, ensure_ascii=False).encode()
 
 
 def signed_webhook(*events: dict[str, Any], secret: str) -> tuple[bytes, dict[str, str]]:
@@ -39,9 +39,15 @@ def signed_webhook(*events: dict[str, Any], secret: str) -> tuple[bytes, dict[st
     return body, {"Content-Type": "application/json", SIGNATURE_HEADER: signature(body, secret)}
 
 
-def line_event(kind: str, user: str, *, event_id: str | None = None,
-               reply_token: str | None = None, redelivery: bool = False,
-               **extra: Any) -> dict[str, Any]:
+def line_event(
+    kind: str,
+    user: str,
+    *,
+    event_id: str | None = None,
+    reply_token: str | None = None,
+    redelivery: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
     """One webhook event from the friend ``user``: ``follow``, ``unfollow``, ``message``
     (pass ``message={"type": "text", "id": "1", "text": "クーポン"}``), ``postback`` ...
 
@@ -50,10 +56,14 @@ def line_event(kind: str, user: str, *, event_id: str | None = None,
     every follow and message); ``extra`` fields are added as they are (``message``,
     ``postback``, ``timestamp`` ...). A follow carries ``follow: {"isUnblocked": false}``."""
     event: dict[str, Any] = {
-        "type": kind, "mode": "active", "timestamp": int(time.time() * 1000),
+        "type": kind,
+        "mode": "active",
+        "timestamp": int(time.time() * 1000),
         "source": {"type": "user", "userId": user},
         "webhookEventId": event_id or f"01TESTEVENT{next(_event_ids):015d}",
-        "deliveryContext": {"isRedelivery": redelivery}, **extra}
+        "deliveryContext": {"isRedelivery": redelivery},
+        **extra,
+    }
     if kind == "follow":
         event.setdefault("follow", {"isUnblocked": False})
     if reply_token:
