@@ -366,29 +366,13 @@ EXPORT = """Name,Email,Financial Status,Currency,Total,Created at,Lineitem quant
 
 
 async def test_webhooks_for_an_imported_order_find_it_by_shopifys_id(shop, tmp_path):
-    from click.testing import CliRunner
-
-    from engine.cli import cli
 
     client, runner, emulator = shop
     await post_events(client, *follow_and_identify())
     await wait_for(lambda: "連携ありがとうございます" in texts(emulator))
     export = tmp_path / "orders_export.csv"
     export.write_text(EXPORT, encoding="utf-8")
-    result = CliRunner().invoke(
-        cli,
-        [
-            "import",
-            "orders",
-            str(export),
-            "--format",
-            "shopify",
-            "--db",
-            str(runner.config.db),
-            "--rules",
-            str(runner.config.rules_dir),
-        ],
-    )
+    result = import_shopify(runner, export)
     assert result.exit_code == 0, result.output
     await wait_for(lambda: runner.store.friend("U1")["total_spent"] == 5500)
     # the order was placed before the import; it is refunded and shipped after it
@@ -415,9 +399,6 @@ async def test_a_refund_that_arrives_before_its_order_applies_when_the_order_arr
 
 
 async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, tmp_path):
-    from click.testing import CliRunner
-
-    from engine.cli import cli
 
     client, runner, emulator = shop
     await post_events(client, *follow_and_identify())
@@ -426,20 +407,7 @@ async def test_an_export_imported_without_id_gets_it_from_a_newer_export(shop, t
 
     def import_export(text: str) -> str:
         export.write_text(text, encoding="utf-8")
-        result = CliRunner().invoke(
-            cli,
-            [
-                "import",
-                "orders",
-                str(export),
-                "--format",
-                "shopify",
-                "--db",
-                str(runner.config.db),
-                "--rules",
-                str(runner.config.rules_dir),
-            ],
-        )
+        result = import_shopify(runner, export)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -471,3 +439,25 @@ async def test_the_shipping_notice_carries_shopifys_tracking_link_and_number(ope
     resp = await client.get(f"/c/{token}", allow_redirects=False)
     assert resp.status == 302
     assert resp.headers["Location"].startswith(FULFILLMENT["tracking_url"])
+
+
+def import_shopify(runner, export):
+    """``linerules import orders EXPORT --format shopify`` into the runner's database."""
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    return CliRunner().invoke(
+        cli,
+        [
+            "import",
+            "orders",
+            str(export),
+            "--format",
+            "shopify",
+            "--db",
+            str(runner.config.db),
+            "--rules",
+            str(runner.config.rules_dir),
+        ],
+    )

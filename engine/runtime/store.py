@@ -2359,23 +2359,22 @@ class Store:
         self.conn.execute("UPDATE link_nonces SET used_at = ? WHERE nonce = ?", (now, nonce))
         return row[0]
 
-    def find_order(self, ref: str) -> str | None:
-        """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
+    def _order_field(self, column: str, ref: str) -> str | None:
+        """``column`` of the order known by the id ``ref`` or by the shop system's own id."""
         row = self.conn.execute(
-            "SELECT order_id FROM orders WHERE order_id = ? UNION ALL "
-            "SELECT order_id FROM orders WHERE external_id = ? LIMIT 1",
+            f"SELECT {column} FROM orders WHERE order_id = ? UNION ALL "
+            f"SELECT {column} FROM orders WHERE external_id = ? LIMIT 1",
             (ref, ref),
         ).fetchone()
         return row[0] if row else None
 
+    def find_order(self, ref: str) -> str | None:
+        """The id of the order known by the id ``ref`` or by the shop system's own id ``ref``."""
+        return self._order_field("order_id", ref)
+
     def order_owner(self, ref: str) -> str | None:
         """The friend the order ``ref`` (its id or the shop system's id) counts for."""
-        row = self.conn.execute(
-            "SELECT friend FROM orders WHERE order_id = ? UNION ALL "
-            "SELECT friend FROM orders WHERE external_id = ? LIMIT 1",
-            (ref, ref),
-        ).fetchone()
-        return row[0] if row else None
+        return self._order_field("friend", ref)
 
     def order_customer(self, order_id: str) -> str | None:
         """The customer of an order, when the order names one."""
