@@ -144,10 +144,12 @@ async def test_a_signed_webhook_with_a_lone_surrogate_keeps_every_event(make_cli
 
 # ----------------------------------------------------------------------------- big bodies (9.9)
 
-#: Slowest answer to /healthz or a small webhook allowed while big bodies are parsed and stored
-#: (the aim is 100 ms; the bound leaves room for a loaded CI machine: before, the event loop
-#: was held for the whole parse, seconds).
-LATENCY_BOUND = 1.0
+#: Slowest answer to /healthz or a small webhook allowed while big bodies are parsed and stored,
+#: as a share of the time the big bodies take in the same run (so that a slow or loaded machine
+#: slows both alike). Before, the event loop was held for the whole parse: a share near 1. Now
+#: a small webhook waits at most for one part of a big body (:data:`STORE_CHUNK` events);
+#: the figures in milliseconds are printed (p99 about 200 ms of some 3 s on a quiet machine).
+LATENCY_SHARE = 0.5
 
 
 def big_webhook(n: int) -> bytes:
@@ -189,7 +191,7 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     client, runner = await make_client(loops=False)
     webhook, batch = big_webhook(20000), big_batch(48260)
     assert len(webhook) < 4 * 1024 * 1024 and len(batch) < 4 * 1024 * 1024
-    latencies: list[tuple[str, float]] = []
+    latencies: list[tuple[str, float, float]] = []  # kind, seconds, when answered
     done = asyncio.Event()
 
     async def probe() -> None:
@@ -197,7 +199,7 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
         while not done.is_set():
             started = time.perf_counter()
             await (await client.get("/healthz")).read()
-            latencies.append(("healthz", time.perf_counter() - started))
+            latencies.append(("healthz", time.perf_counter() - started, time.perf_counter()))
             n += 1
             small = webhook_body(
                 line_event(
@@ -207,7 +209,7 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
             started = time.perf_counter()
             resp = await client.post("/callback", data=small, headers={"x-line-signature": sign(small)})
             assert resp.status == 200
-            latencies.append(("webhook", time.perf_counter() - started))
+            latencies.append(("webhook", time.perf_counter() - started, time.perf_counter()))
             await asyncio.sleep(0.01)
 
     prober = asyncio.create_task(probe())
@@ -217,7 +219,8 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
         client.post("/callback", data=webhook, headers={"x-line-signature": sign(webhook)}),
         client.post("/events", data=batch, headers={**AUTH, "Content-Type": "application/x-ndjson"}),
     )
-    took = time.perf_counter() - started
+    ended = time.perf_counter()
+    took = ended - started
     done.set()
     await prober
     assert [r.status for r in big] == [200, 200]
@@ -226,11 +229,13 @@ async def test_big_bodies_do_not_hold_up_healthz_or_other_webhooks(make_client):
     assert count == 20000
     slowest = max(latencies, key=lambda x: x[1])
     for kind in ("healthz", "webhook"):
-        values = sorted(v for k, v in latencies if k == kind)
+        values = sorted(v for k, v, _ in latencies if k == kind)
         print(
             f"{kind}: p50 {values[len(values) // 2] * 1000:.0f} ms, "
             f"p99 {values[int(len(values) * 0.99)] * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms"
         )
     print(f"big bodies took {took:.2f} s; {len(latencies)} probes, slowest {slowest[0]} {slowest[1] * 1000:.0f} ms")
-    assert len(latencies) >= 10  # the probes really ran while the big bodies were handled
-    assert slowest[1] < LATENCY_BOUND, slowest
+    # the probes were answered while the big bodies were handled, not after them
+    during = [k for k, _, at in latencies if started < at < ended]
+    assert during.count("healthz") >= 5 and during.count("webhook") >= 5, during
+    assert slowest[1] < took * LATENCY_SHARE, (slowest, took)

@@ -69,7 +69,7 @@ INTAKE_THREADS = 4
 #: has a dedupe key (LINE's ``webhookEventId``; ``id`` or ``order_id`` of a shop event) are
 #: stored in parts: a retry after a crash between parts then applies the rest once. Other shop
 #: batches are stored in one transaction, all or nothing.
-STORE_CHUNK = 1000
+STORE_CHUNK = 250
 #: Seconds a thread may run Python before another that waits takes its turn (CPython's switch
 #: interval, 5 ms by default): while an intake thread parses a big body, the event loop gets
 #: its turn within a millisecond, so ``/healthz`` answers in tens of milliseconds.

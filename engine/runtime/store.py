@@ -787,8 +787,11 @@ class Store:
             return
         with turns:
             if self.yields:
-                turns.wait_for(lambda: not turns.waiting, timeout=TURN_WAIT)
-                turns.busy = True
+                # yielding writers (the engine's tick, big bodies stored in parts) also take
+                # turns among themselves: one that took SQLite's lock while another held it
+                # would keep the others' waiters out after that one's end
+                turns.wait_for(lambda: not turns.waiting and not turns.busy, timeout=TURN_WAIT)
+                turns.busy += 1
             else:
                 turns.waiting += 1
                 turns.wait_for(lambda: not turns.busy, timeout=TURN_WAIT)
@@ -813,7 +816,7 @@ class Store:
         finally:
             if self.yields and self._turns is not None:
                 with self._turns:
-                    self._turns.busy = False
+                    self._turns.busy -= 1
                     self._turns.notify_all()
 
     def checkpoint(self) -> None:
@@ -2834,12 +2837,13 @@ class EnrollmentRow(NamedTuple):
 
 class _Turns(threading.Condition):
     """Writers of one database file in this process: how many wait for ``BEGIN IMMEDIATE``,
-    and whether a yielding connection is inside a write transaction."""
+    and how many yielding connections are inside a write transaction (more than one only when
+    one waited :data:`TURN_WAIT` in vain)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.waiting = 0
-        self.busy = False
+        self.busy = 0
 
 
 _TURNS: dict[str, _Turns] = {}
