@@ -21,10 +21,16 @@ run: setup
 # The suite on TEST_WORKERS processes (pytest-xdist; tests are handed out as workers free up),
 # then the few that assert how long something takes (marked `timing`) alone, so that the other
 # workers cannot slow them. `make test TEST_WORKERS=0` runs the first part in one process too.
+# Bytecode is cached even where the environment says not to (PYTHONDONTWRITEBYTECODE): without it
+# every test process and every runner it starts compiles the project, and pytest rewrites the
+# asserts of every test module again, seconds each time.
 TEST_WORKERS ?= 2
+# Only the modules that hold `timing` tests are collected for the second part.
+TIMING_MODULES = $(shell grep -l '^@pytest.mark.timing' tests/test_*.py)
+test: export PYTHONDONTWRITEBYTECODE :=
 test: setup browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing"
-	$(BIN)/python -m pytest -q -p no:xdist -m timing
+	$(BIN)/python -m pytest -q -p no:xdist -m timing $(TIMING_MODULES)
 
 # Headless Chromium (Debian's package) for the HTML report test; without it that test is skipped.
 browser:

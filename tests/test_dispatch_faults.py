@@ -146,8 +146,10 @@ def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_pu
     db = tmp_path / "doubled.db"
     line_emulator.add_user("U1", "Hanako")
     line_emulator.inject_lost_response("reply", count=1)
-    line_emulator.inject("reply", 500, count=4)
-    line_emulator.inject("reply", 429, count=4, headers={"Retry-After": "1"})
+    # five attempts go in one call: the lost one, two 500s, two 429s; the row is then held
+    # and goes again with its own token, which LINE refuses as used
+    line_emulator.inject("reply", 500, count=2)
+    line_emulator.inject("reply", 429, count=2, headers={"Retry-After": "1"})
     runner = processes(rules, db, env=line_env).started()
     ask(runner, "U1")
     wait_until(lambda: len(rows(db)) == 1 and backlog(db) == 0, timeout=40)
@@ -200,7 +202,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
     add_friends(line_emulator, friends + ["UR"])
     line_emulator.inject_timeout("push", count=1, delay=60)  # the first push's connection hangs
     line_emulator.inject("push", 500, count=2)  # and two others fail once
-    runner = processes(rules, db, env=line_env).started()
+    runner = processes(rules, db, env={**line_env, "LINERULES_LINE_TIMEOUT": "2"}).started()
     runner.post_events([follow(f) for f in friends])
     wait_until(lambda: len(line_emulator.delivered) == len(friends) - 1, timeout=10)
     hanging = [r for r in line_emulator.requests_to("push") if r.note == "timeout"]
@@ -209,7 +211,7 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
     wait_until(lambda: line_emulator.inbox("UR"), timeout=5)
     assert per_friend(line_emulator, "reply") == Counter({"UR": 1})  # free, not pushed
     wait_until(lambda: runner.metric("linerules_line_retries_total", reason="500") == 2)
-    # the hung request times out (10 s) and goes again with its retry key
+    # the hung request times out (LINERULES_LINE_TIMEOUT, 2 s) and goes again with its retry key
     wait_until(lambda: backlog(db) == 0, timeout=30)
     assert per_friend(line_emulator) == Counter({f: 1 for f in friends + ["UR"]})
     runner.proc.send_signal(signal.SIGTERM)
@@ -317,7 +319,7 @@ def test_a_runner_stopped_past_its_lease_writes_nothing_over_the_new_runners_row
     db = tmp_path / "fenced.db"
     friends = [f"U{i:02d}" for i in range(20)]
     add_friends(line_emulator, friends)
-    env = {**line_env, "LINERULES_LEASE_SECONDS": "2"}
+    env = {**line_env, "LINERULES_LEASE_SECONDS": "2", "LINERULES_LINE_TIMEOUT": "3"}
     line_emulator.inject_timeout("push", count=len(friends), delay=60)
     old = processes(rules, db, env=env).started()
     old.post_events([follow(f) for f in friends])

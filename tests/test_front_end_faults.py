@@ -65,8 +65,8 @@ def test_deep_nesting_of_every_kind_is_linear():
         return time.process_time() - start
 
     for unit in ("(", "not "):
-        small = cost("when followed then stop if " + unit * 20_000 + " blocked and")
-        large = cost("when followed then stop if " + unit * 80_000 + " blocked and")
+        small = cost("when followed then stop if " + unit * 10_000 + " blocked and")
+        large = cost("when followed then stop if " + unit * 40_000 + " blocked and")
         assert large < small * 4 * 1.8 + 0.5, (unit, small, large)  # quadratic would be 16x
 
 

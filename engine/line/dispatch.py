@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import inspect
 import json
 import logging
@@ -37,16 +38,13 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiohttp
-from linebot.v3.messaging import (
-    ApiException,
-    AsyncApiClient,
-    AsyncMessagingApi,
-    Configuration,
-)
-from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
+
+if TYPE_CHECKING:
+    from linebot.v3.messaging import AsyncApiClient, AsyncMessagingApi, Configuration
 
 from .limits import (
     INVALID_REPLY_TOKEN_MESSAGE,
@@ -87,6 +85,9 @@ TOKEN_RENEW_MARGIN = 60.0
 
 Kind = Literal["push", "multicast", "reply", "menu_link"]
 Outcome = Literal["sent", "duplicate", "rejected", "held", "retry", "auth", "unconfirmed", "dry_run"]
+#: Seconds one request to LINE may take before it counts as timed out (the answer may still
+#: have arrived: the retry goes with the same key); ``LINERULES_LINE_TIMEOUT`` sets it.
+LINE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -180,7 +181,7 @@ class StatelessToken:
         channel_secret: str,
         endpoint: str = DEFAULT_ENDPOINT,
         *,
-        timeout: float = 10.0,
+        timeout: float = LINE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.channel_id = channel_id
@@ -310,48 +311,64 @@ def _encode(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class _RESTClient(RESTClientObject):
-    """The SDK's aiohttp transport with two changes: a session of the dispatcher's own (see
-    :meth:`Dispatcher._messaging`), and a body that is already JSON bytes is sent as it is
-    (the SDK's own client would ``json.dumps`` it again). Everything else, the SDK's."""
+@functools.cache
+def _sdk() -> SimpleNamespace:
+    """The parts of line-bot-sdk the dispatcher uses, imported on first use: importing its
+    messaging package builds some 850 pydantic models (about 1.5 s of CPU), which a dry run,
+    ``validate``, ``simulate`` and the rule tests never need."""
+    from linebot.v3.messaging import ApiException, AsyncApiClient, AsyncMessagingApi, Configuration
+    from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
 
-    def __init__(self, configuration: Configuration, session: aiohttp.ClientSession):
-        # not the SDK's __init__: it would open a session only to be replaced
-        self.proxy = configuration.proxy
-        self.proxy_headers = configuration.proxy_headers
-        self.pool_manager = session
+    class _RESTClient(RESTClientObject):
+        """The SDK's aiohttp transport with two changes: a session of the dispatcher's own (see
+        :meth:`Dispatcher._messaging`), and a body that is already JSON bytes is sent as it is
+        (the SDK's own client would ``json.dumps`` it again). Everything else, the SDK's."""
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        query_params: Any = None,
-        headers: dict[str, str] | None = None,
-        body: Any = None,
-        post_params: Any = None,
-        _preload_content: bool = True,
-        _request_timeout: Any = None,
-    ) -> Any:
-        if not isinstance(body, bytes):
-            return await super().request(
-                method, url, query_params, headers, body, post_params, _preload_content, _request_timeout
-            )
-        args: dict[str, Any] = {
-            "method": method.upper(),
-            "url": url,
-            "data": body,
-            "headers": headers or {},
-            "timeout": _request_timeout or 300,
-        }
-        if self.proxy:
-            args["proxy"] = self.proxy
-        if self.proxy_headers:
-            args["proxy_headers"] = self.proxy_headers
-        response = await self.pool_manager.request(**args)
-        answer = RESTResponse(response, await response.read())
-        if not 200 <= answer.status <= 299:
-            raise ApiException(http_resp=answer)
-        return answer
+        def __init__(self, configuration: Configuration, session: aiohttp.ClientSession):
+            # not the SDK's __init__: it would open a session only to be replaced
+            self.proxy = configuration.proxy
+            self.proxy_headers = configuration.proxy_headers
+            self.pool_manager = session
+
+        async def request(
+            self,
+            method: str,
+            url: str,
+            query_params: Any = None,
+            headers: dict[str, str] | None = None,
+            body: Any = None,
+            post_params: Any = None,
+            _preload_content: bool = True,
+            _request_timeout: Any = None,
+        ) -> Any:
+            if not isinstance(body, bytes):
+                return await super().request(
+                    method, url, query_params, headers, body, post_params, _preload_content, _request_timeout
+                )
+            args: dict[str, Any] = {
+                "method": method.upper(),
+                "url": url,
+                "data": body,
+                "headers": headers or {},
+                "timeout": _request_timeout or 300,
+            }
+            if self.proxy:
+                args["proxy"] = self.proxy
+            if self.proxy_headers:
+                args["proxy_headers"] = self.proxy_headers
+            response = await self.pool_manager.request(**args)
+            answer = RESTResponse(response, await response.read())
+            if not 200 <= answer.status <= 299:
+                raise ApiException(http_resp=answer)
+            return answer
+
+    return SimpleNamespace(
+        ApiException=ApiException,
+        AsyncApiClient=AsyncApiClient,
+        AsyncMessagingApi=AsyncMessagingApi,
+        Configuration=Configuration,
+        RESTClient=_RESTClient,
+    )
 
 
 def _env_proxy(endpoint: str) -> str | None:
@@ -402,7 +419,7 @@ class Dispatcher:
         burst_seconds: float = 0.05,
         concurrency: int = 64,
         max_attempts: int = 5,
-        timeout: float = 10.0,
+        timeout: float = LINE_TIMEOUT,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         max_inline_wait: float = MAX_INLINE_WAIT,
@@ -463,9 +480,10 @@ class Dispatcher:
         if self._api is None:
             async with self._client_lock:
                 if self._api is None:
-                    config = Configuration(access_token=self._token or "-", host=self.endpoint)
+                    sdk = _sdk()
+                    config = sdk.Configuration(access_token=self._token or "-", host=self.endpoint)
                     config.proxy = _env_proxy(self.endpoint)
-                    client = AsyncApiClient(config)
+                    client = sdk.AsyncApiClient(config)
                     # The SDK's session trusts the environment, which costs two thread hops per
                     # request (netrc and proxy lookups) and caps sending near 1,100 requests/s;
                     # the proxy is resolved once above instead, and the session replaced by a
@@ -474,7 +492,7 @@ class Dispatcher:
                     # No pool limit: callers bound the requests in flight (send's semaphore,
                     # the runner's slots), and a pool full of hanging pushes must never make
                     # a reply wait for a connection.
-                    client.rest_client = _RESTClient(
+                    client.rest_client = sdk.RESTClient(
                         config,
                         aiohttp.ClientSession(
                             connector=aiohttp.TCPConnector(limit=0, ssl=ssl.create_default_context()),
@@ -482,7 +500,7 @@ class Dispatcher:
                         ),
                     )
                     await sdk_rest.close()
-                    self._client, self._api = client, AsyncMessagingApi(client)
+                    self._client, self._api = client, sdk.AsyncMessagingApi(client)
         return self._api
 
     @property
@@ -594,7 +612,7 @@ class Dispatcher:
             await self._buckets[endpoint].acquire()
             try:
                 response = await call()
-            except ApiException as exc:
+            except _sdk().ApiException as exc:
                 status = int(exc.status or 0)
                 answer = Answer(status, exc.headers or {}, exc.body or "")
                 self._requests[endpoint][str(status)] += 1

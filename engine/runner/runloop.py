@@ -44,7 +44,7 @@ from engine.interpreter import FOLLOW_GRACE, WRITE_BUDGET
 from engine.language import ir
 from engine.language.diagnostics import has_errors, render_text
 from engine.language.timeutil import next_opening
-from engine.line.dispatch import DispatchResult, OutboxItem
+from engine.line.dispatch import LINE_TIMEOUT, DispatchResult, OutboxItem
 from engine.line.login import STATE_MAX_AGE
 from engine.line.retrypolicy import DEFAULT_POLICY, FINISHED
 from engine.runtime.store import LeaseLost, StoreError
@@ -101,6 +101,7 @@ class RunnerConfig:
     condition_interval: int = 0  # --condition-interval; 0 = every tick
     channel_id: str | None = None  # LINE_CHANNEL_ID (stateless tokens with the secret)
     lease_seconds: str | None = None  # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
+    line_timeout_seconds: str | None = None  # LINERULES_LINE_TIMEOUT; None: LINE_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
 
     @classmethod
@@ -130,6 +131,7 @@ class RunnerConfig:
             join_redirect=get("LINERULES_JOIN_REDIRECT"),
             channel_id=get("LINE_CHANNEL_ID"),
             lease_seconds=get("LINERULES_LEASE_SECONDS"),
+            line_timeout_seconds=get("LINERULES_LINE_TIMEOUT"),
             shopify_secret=get("SHOPIFY_WEBHOOK_SECRET"),
             env=dict(env),
         )
@@ -147,6 +149,21 @@ class RunnerConfig:
         if not value.strip().isdigit() or int(value) < 1:
             raise StartupError(f"LINERULES_LEASE_SECONDS={value!r} is not a whole number of seconds (1 or more)")
         return int(value)
+
+    @property
+    def line_timeout(self) -> float:
+        """Seconds one request to LINE may take before it counts as timed out and goes again
+        with its retry key (raises StartupError on a bad value)."""
+        value = self.line_timeout_seconds
+        if value is None:
+            return LINE_TIMEOUT
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = 0.0
+        if not 0.1 <= seconds <= 300:
+            raise StartupError(f"LINERULES_LINE_TIMEOUT={value!r} is not a number of seconds from 0.1 to 300")
+        return seconds
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -329,6 +346,7 @@ class Runner:
             log.warning("rule warnings:\n%s", text.rstrip())
         config.host_port  # noqa: B018 - validates --listen before anything is opened
         config.lease_ttl  # noqa: B018 - and LINERULES_LEASE_SECONDS
+        config.line_timeout  # noqa: B018 - and LINERULES_LINE_TIMEOUT
         try:
             store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:  # corrupt, read-only, not a database: one line, exit 1
@@ -369,7 +387,14 @@ class Runner:
             len(project.rules),
             config.db,
         )
-        return cls(config, project, store, engine, make_transport(config.env, clock=clock.time), clock=clock)
+        return cls(
+            config,
+            project,
+            store,
+            engine,
+            make_transport(config.env, clock=clock.time, timeout=config.line_timeout),
+            clock=clock,
+        )
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
