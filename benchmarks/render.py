@@ -14,7 +14,9 @@ Two sends are measured, each in its own fresh database per round:
 * ``text``: a text message with the name, the points and one link (utm only, no tracking).
 
 Per send it prints, as microseconds per friend (median of the rounds): the whole deliver
-stage, the part spent rendering (``Renderer.render`` and the payload's hash), and the floor
+stage, the part spent rendering (``Renderer.render`` and the payload's hash), the part spent
+writing the outbox rows (``Store.add_outbox_rows``, which encodes each payload not encoded
+already), and the floor
 measured in the same run: the bare python-liquid render of the same template strings for the
 same friends plus one ``json.dumps`` of what they rendered to. The ratios say how far the
 engine's rendering is from that floor and what the whole stage costs against it.
@@ -169,18 +171,24 @@ def one_round(send: str, n: int, tmp: Path, k: int) -> dict[str, float]:
     stage = Timed(deliver.DeliverStage, "run")
     render = Timed(deliver.Renderer, "render")
     hashing = Timed(deliver.Renderer, "hash")
+    outbox = Timed(Store, "add_outbox_rows")
     gc.collect()
     try:
         engine.tick(timeutil.local(start + 60, tz))
     finally:
-        for t in (stage, render, hashing):
+        for t in (stage, render, hashing, outbox):
             t.restore()
     sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'queued'").fetchone()[0]
     assert sent == n, f"{sent} of {n} sends queued"
     friends = [store.friend(f"U{i:08d}") for i in range(0, n)]
     store.close()
     bare = floor(project.messages[send], [_vars(f) for f in friends])
-    return {"deliver": stage.seconds / n, "render": (render.seconds + hashing.seconds) / n, "floor": bare / n}
+    return {
+        "deliver": stage.seconds / n,
+        "render": (render.seconds + hashing.seconds) / n,
+        "outbox": outbox.seconds / n,
+        "floor": bare / n,
+    }
 
 
 def _vars(friend: dict) -> dict:
@@ -197,7 +205,8 @@ def main() -> int:
             rounds = [one_round(send, args.friends, Path(tmp), k) for k in range(args.rounds)]
             m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
             print(
-                f"{send}: deliver {m['deliver'] * 1e6:.1f} us/friend, of it rendering {m['render'] * 1e6:.1f} us; "
+                f"{send}: deliver {m['deliver'] * 1e6:.1f} us/friend, of it rendering {m['render'] * 1e6:.1f} us "
+                f"and writing the outbox rows (payloads encoded) {m['outbox'] * 1e6:.1f} us; "
                 f"floor (bare Liquid + json.dumps) {m['floor'] * 1e6:.1f} us: "
                 f"rendering {m['render'] / m['floor']:.2f}x the floor, the whole stage {m['deliver'] / m['floor']:.2f}x"
                 f"  [{args.friends:,} friends, median of {args.rounds}]"

@@ -333,6 +333,7 @@ class Renderer:
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
         self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
+        self._sales: dict[str, dict | None] = {}
 
     def new_chunk(self) -> None:
         """Friend-independent renders are shared within one chunk only."""
@@ -417,14 +418,18 @@ class Renderer:
                 chunks[-1][0].append(name)
                 chunks[-1][1].extend(objects)
                 texts[-1] = None if texts[-1] is None or encoded is None else texts[-1] + encoded
+            elif len(objects) <= MAX_OBJECTS:
+                chunks.append(([name], objects))
+                texts.append(encoded)
             else:
                 for i in range(0, len(objects), MAX_OBJECTS):
                     chunks.append(([name], objects[i : i + MAX_OBJECTS]))
                     texts.append(None if encoded is None else encoded[i : i + MAX_OBJECTS])
-        chunks = [
-            (names, objects if t is None else Encoded(objects, "[" + ",".join(t) + "]"))
-            for (names, objects), t in zip(chunks, texts, strict=True)
-        ]
+        if any(t is not None for t in texts):  # the pushes' JSON, spliced from their objects'
+            chunks = [
+                (names, objects if t is None else Encoded(objects, "[" + ",".join(t) + "]"))
+                for (names, objects), t in zip(chunks, texts, strict=True)
+            ]
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
@@ -468,12 +473,15 @@ class Renderer:
         return lambda url: f"{base.rstrip('/')}/c/{store.link_token(friend, rule, message, url, now)}"
 
     def _sale(self, occurrence: str | None) -> dict | None:
-        """The sale of a ``sale`` rule's occurrence, for templates' ``sale``."""
+        """The sale of a ``sale`` rule's occurrence, for templates' ``sale`` (worked out once
+        per occurrence; templates only read it)."""
         if not (occurrence or "").startswith("sale:"):
             return None
-        name = occurrence.split(":")[1]
-        sale = next((s for s in self.ctx.project.sales if s.name == name), None)
-        return sale_vars(sale, self.ctx.tz) if sale else None
+        if occurrence not in self._sales:
+            name = occurrence.split(":")[1]
+            sale = next((s for s in self.ctx.project.sales if s.name == name), None)
+            self._sales[occurrence] = sale_vars(sale, self.ctx.tz) if sale else None
+        return self._sales[occurrence]
 
 
 def split_steps(rule: ir.Rule | None, steps: list) -> list:
