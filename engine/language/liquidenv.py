@@ -58,15 +58,17 @@ def plain_parts(template) -> tuple | None:
     (``{{ friend.display_name }}``), each with at most a ``default: "text"`` filter: a text as
     ``str``, an output as ``(path segments, default text or None)``. None for any other
     template: Liquid renders it (:func:`render_plain` renders these the same way, faster)."""
-    from liquid.builtin.content import ContentNode
-    from liquid.builtin.expressions.arguments import PositionalArgument
-    from liquid.builtin.expressions.filtered import FilteredExpression
-    from liquid.builtin.expressions.path import Path
-    from liquid.builtin.expressions.primitive import StringLiteral
-    from liquid.builtin.filters.misc import default
-    from liquid.builtin.output import OutputNode
-
-    if LIQUID.autoescape or LIQUID.globals or template.globals or template.matter:
+    try:  # python-liquid 2's node classes; another Liquid renders everything itself
+        from liquid.builtin.content import ContentNode
+        from liquid.builtin.expressions.arguments import PositionalArgument
+        from liquid.builtin.expressions.filtered import FilteredExpression
+        from liquid.builtin.expressions.path import Path
+        from liquid.builtin.expressions.primitive import StringLiteral
+        from liquid.builtin.filters.misc import default
+        from liquid.builtin.output import OutputNode
+    except ImportError:
+        return None
+    if LIQUID.autoescape or LIQUID.globals or getattr(template, "globals", True) or getattr(template, "matter", True):
         return None
     if LIQUID.filters.get("default") is not default:
         return None

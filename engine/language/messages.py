@@ -408,7 +408,8 @@ class _Checker:
             self.add(path, E("LR503", "this value is read as a date; quote it to send it as text"))
 
     def field_type(self, key: Any, value: Any, path: Path) -> None:
-        """A value of the wrong type for a LINE field, in the words of the fix."""
+        """A value of the wrong type for a LINE field, in the words of the fix. (A text is
+        checked here only for the fields of :data:`_SHAPED_FIELDS`: keep the two in step.)"""
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
             meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
