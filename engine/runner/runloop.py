@@ -1,13 +1,16 @@
 """The runner's two loops, its lease on the database, signals and rule reloads.
 
-One process, one asyncio event loop and one tick thread. The HTTP server (engine/runner/server.py)
-and the dispatch loop run on the event loop and use :attr:`Runner.store`; every engine tick
-(and a rule reload, which runs as part of one) runs on a single dedicated worker thread with
-its own connection, :attr:`Runner.engine`'s store, so a tick of several seconds never holds up
-a webhook. Ticks never overlap (one worker). SQLite admits one writer at a time; the engine
-writes in short transactions (docs/engine.md), so a webhook's INSERT waits at most for one of
-them. The dispatcher's in-flight marks (``Store.claim_outbox``) live in the loop's store; the
-engine never claims outbox rows.
+One process, one asyncio event loop, one tick thread and one outbox thread. The HTTP server
+(engine/runner/server.py) and the dispatch loop run on the event loop; the HTTP side uses
+:attr:`Runner.store`. Every engine tick (and a rule reload, which runs as part of one) runs on a
+single dedicated worker thread with its own connection, :attr:`Runner.engine`'s store, so a tick
+of several seconds never holds up a webhook. Ticks never overlap (one worker). SQLite admits one
+writer at a time; the engine writes in short transactions (docs/engine.md), so a webhook's
+INSERT waits at most for one of them. The dispatch loop's database work (claims, outcomes, a
+reply's mark before it goes) runs in order on the outbox thread with a connection of its own,
+:attr:`Runner.outbox_store`, where its in-flight marks (``Store.claim_outbox``) live: the event
+loop goes on pacing and sending while SQLite writes outcomes or waits for a tick's transaction.
+The engine never claims outbox rows.
 
 - The **tick loop** runs ``engine.tick(now)`` every ``tick_seconds`` (sooner when the engine
   has something due, or at once when a webhook asks for an answer), renews the lease, and
@@ -32,7 +35,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,10 +234,14 @@ class Runner:
         dispatcher: Any,
         *,
         clock: Clock | None = None,
+        outbox_store: Any = None,
     ) -> None:
         self.config = config
         self.project = project
         self.store = store
+        #: The dispatch loop's connection (claims, outcomes), used only on the outbox thread;
+        #: ``store`` when none is given.
+        self.outbox_store = store if outbox_store is None else outbox_store
         self.engine = engine
         self.dispatcher = dispatcher
         #: The one clock of this runner (engine/runner/clock.py): ticks, the lease, claims and outcomes
@@ -268,6 +276,11 @@ class Runner:
         self.first_tick_done = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
+        #: The dispatch loop's database work (claims, outcomes, a reply's mark) runs on this one
+        #: thread, in order, with :attr:`store`: the event loop keeps pacing and sending while
+        #: SQLite writes (it releases the GIL) or waits for the tick's transaction to end.
+        self._outbox_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-outbox")
+        self._storing: set[asyncio.Future] = set()  # outcomes being stored on that thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.metrics.gauge(
@@ -351,7 +364,7 @@ class Runner:
             store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:  # corrupt, read-only, not a database: one line, exit 1
             raise StartupError(f"cannot start: {exc}") from None
-        engine_store = None
+        engine_store = outbox_store = None
         try:
             try:
                 started = time.perf_counter()
@@ -362,6 +375,8 @@ class Runner:
             acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
+            # the dispatch loop's own connection, used on its outbox thread (Runner._outbox_thread)
+            outbox_store = Store(str(config.db), checkpoints=False, clock=clock)
             engine = Engine(
                 project,
                 engine_store,
@@ -371,8 +386,9 @@ class Runner:
             )
         except BaseException:
             store.close()
-            if engine_store is not None:
-                engine_store.close()
+            for other in (engine_store, outbox_store):
+                if other is not None:
+                    other.close()
             raise
         if config.dry_run:
             log.warning("%s", render(DRY_RUN_MESSAGE))
@@ -394,18 +410,23 @@ class Runner:
             engine,
             make_transport(config.env, clock=clock.time, timeout=config.line_timeout),
             clock=clock,
+            outbox_store=outbox_store,
         )
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
-        the tick thread and its connection alone: the process exits right after."""
+        the tick and outbox threads and their connections alone: the process exits right after."""
         try:
             self.store.release_lease(self.owner)
         except StoreError:
             pass  # the database cannot be written (logged once); the next start takes the lease over
         finally:
+            if wait:
+                self._outbox_thread.shutdown(wait=True)
             self.store.close()
             if wait:
+                if self.outbox_store is not self.store:
+                    self.outbox_store.close()
                 self._executor.shutdown(wait=True)
                 if self.engine.store is not self.store:
                     self.engine.store.close()
@@ -517,7 +538,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = self.fill_slots()
+                started = await self.fill_slots_async()
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
@@ -540,6 +561,8 @@ class Runner:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
         self._flush()
+        while self._storing:
+            await asyncio.gather(*self._storing, return_exceptions=True)
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -726,35 +749,57 @@ class Runner:
 
     # ------------------------------------------------------------------ sending
 
-    def fill_slots(self) -> int:
-        """Claim due rows for the free send slots (replies have slots of their own) and start
-        one task per row; returns the number of rows started. Raises LeaseLost when another
-        runner holds the lease."""
+    def _free_slots(self) -> tuple[int, int] | None:
+        """(free reply slots, free other slots), or None when nothing may be claimed now."""
         if self.stopping or self.auth_problem is not None:
-            return 0
+            return None
         replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
         others = len(self._sending) - replies
         free_replies, free_others = REPLY_SLOTS - replies, SEND_SLOTS - others
         if free_replies <= 0 and free_others <= 0:
-            return 0
+            return None
+        return max(0, free_replies), max(0, free_others)
+
+    def _claim(self, free: tuple[int, int]) -> list[dict]:
+        """Claim due rows for ``free`` slots (fenced by the lease's epoch); any thread."""
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        rows = self.store.claim_outbox(
+        free_replies, free_others = free
+        return self.outbox_store.claim_outbox(
             int(self.now().timestamp()),
-            max(0, free_replies) + max(0, free_others),
-            reply_limit=max(0, free_replies),
-            other_limit=max(0, free_others),
+            free_replies + free_others,
+            reply_limit=free_replies,
+            other_limit=free_others,
             lease=lease,
         )
+
+    def _start(self, rows: list[dict]) -> int:
         for row in rows:
             lane = "reply" if row["kind"] == "reply" else "send"
             task = asyncio.ensure_future(self._send_row(row))
             self._sending[row["id"]] = (lane, task)
         return len(rows)
 
+    def fill_slots(self) -> int:
+        """Claim due rows for the free send slots (replies have slots of their own) and start
+        one task per row; returns the number of rows started. Raises LeaseLost when another
+        runner holds the lease. Claims on the calling thread; the dispatch loop uses
+        :meth:`fill_slots_async`."""
+        free = self._free_slots()
+        return 0 if free is None else self._start(self._claim(free))
+
+    async def fill_slots_async(self) -> int:
+        """:meth:`fill_slots` with the claim on the outbox thread (the event loop goes on
+        sending meanwhile)."""
+        free = self._free_slots()
+        if free is None:
+            return 0
+        rows = await asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._claim, free)
+        return self._start(rows)
+
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
-        started = self.fill_slots()
+        started = await self.fill_slots_async()
         await self._drain()
         return started
 
@@ -782,110 +827,159 @@ class Runner:
         self.metrics.send_seconds.labels(kind=row["kind"]).observe(time.perf_counter() - started)
         self._land(row, result)
 
-    def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
-        def mark(item: OutboxItem) -> bool:
-            """A reply is about to go out: record that it may reach LINE (fenced)."""
-            return self.store.mark_sending(row["id"], row.get("claim_epoch"), int(self.now().timestamp()))
+    def _before_send(self, row: dict) -> Callable[[OutboxItem], Awaitable[bool]]:
+        async def mark(item: OutboxItem) -> bool:
+            """A reply is about to go out: record that it may reach LINE (fenced), on the
+            outbox thread, before the request goes."""
+            return await asyncio.get_running_loop().run_in_executor(
+                self._outbox_thread,
+                self.outbox_store.mark_sending,
+                row["id"],
+                row.get("claim_epoch"),
+                int(self.now().timestamp()),
+            )
 
         return mark
 
     def _land(self, row: dict, result: DispatchResult) -> None:
         """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
-        transaction (the event loop waits for SQLite's write lock once for them, not once per
-        row; a broadcast's multicasts land a few milliseconds apart)."""
+        transaction (SQLite's write lock is taken once for them, not once per row; a
+        broadcast's multicasts land a few milliseconds apart)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
+        """Store the outcomes landed so far on the outbox thread; their slots are freed once
+        they are stored (a row is never claimed again before its outcome is written)."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
         if not batch:
             return
+        future = asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._store_outcomes, batch)
+        self._storing.add(future)
+        future.add_done_callback(lambda done: self._stored(batch, done))
+
+    def _stored(self, batch: list[tuple[dict, DispatchResult]], future: asyncio.Future) -> None:
+        self._storing.discard(future)
+        for row, _result in batch:
+            self._sending.pop(row["id"], None)
+        if not future.cancelled() and future.exception() is not None:  # _store_outcomes logs its own
+            log.error("storing %d outcomes failed: %s", len(batch), future.exception())
+        self.wake_dispatch()
+
+    def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]]) -> None:
+        """One transaction for ``batch``; on the outbox thread. A row whose outcome cannot be
+        stored is sent again later with its retry key."""
         now = self.now()
         try:
-            with self.store.transaction():
-                for row, result in batch:
-                    self._record(row, result, now)
+            with self.outbox_store.transaction():
+                reports = self._record(batch, now)
         except StoreError:  # logged once by the store
             log.warning(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
-            self.store.release_claims(row["id"] for row, _ in batch)
+            self.outbox_store.release_claims(row["id"] for row, _ in batch)
+            return
         except Exception:
             log.exception(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
-            self.store.release_claims(row["id"] for row, _ in batch)
-        finally:
-            for row, _ in batch:
-                self._sending.pop(row["id"], None)
-            self.wake_dispatch()
-
-    def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
-        """Store one outcome with its reason: done, rejected, unconfirmed, held for the quota
-        or the token, or retried later. Fenced: nothing is written for a row that another
-        runner claimed since."""
-        row_id, to = row["id"], _recipients(row)
-        outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
-        if outcome in FINISHED:
-            written = self.store.finish_outbox(
-                row_id, outcome, request_id=result.request_id, error=result.detail, at=at, epoch=epoch
-            )
-        else:
-            if outcome == "held":
-                until = self.next_day_opening(row, now)
-            elif outcome == "auth":
-                until = now
-            else:
-                until = self.retry_at(row, now, result)
-            written = self.store.hold_outbox(
-                row_id, int(until.timestamp()), error=result.detail, ambiguous=result.ambiguous, epoch=epoch
-            )
-        if not written:
-            log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's", row_id, to, outcome)
-            self.metrics.pushes.labels(outcome="fenced").inc()
+            self.outbox_store.release_claims(row["id"] for row, _ in batch)
             return
-        self.metrics.pushes.labels(outcome=outcome).inc()
-        if outcome == "dry_run":
-            pass  # the transport logged it
-        elif outcome in ("sent", "duplicate"):
-            log.info(
-                "%s outbox %d to %s via %s%s",
-                outcome,
-                row_id,
-                to,
-                result.via,
-                f" (request {result.request_id})" if result.request_id else "",
-            )
-        elif outcome == "rejected":
-            log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status, result.detail)
-        elif outcome == "unconfirmed":
-            log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
-        elif outcome == "held":
-            log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until), result.detail)
-        elif outcome == "auth":
-            first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
-            if first:
-                log.error(
-                    "LINE refuses the channel access token (%s): every send is held, "
-                    "nothing is dropped; checking again in %.0f s. Set a valid "
-                    "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
-                    "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
-                    "Developers Console",
-                    result.detail,
-                    self._auth_delay,
+        self._report(reports)
+
+    def _record(
+        self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime
+    ) -> list[tuple[dict, DispatchResult, bool, dt.datetime | None]]:
+        """Store outcomes with their reasons: done, rejected, unconfirmed, held for the quota
+        or the token, or retried later. Final outcomes are written together
+        (:meth:`Store.finish_outbox_rows`, one statement per kind of write for the batch), the
+        others row by row. Fenced: nothing is written for a row that another runner claimed
+        since. Returns (row, result, written, until) for :meth:`_report`."""
+        at = int(now.timestamp())
+        by_epoch: dict[int | None, list[tuple[int, str, str | None, str | None]]] = {}
+        for row, result in batch:
+            if result.outcome in FINISHED:
+                by_epoch.setdefault(row.get("claim_epoch"), []).append(
+                    (row["id"], result.outcome, result.request_id, result.detail)
                 )
-        else:
-            log.warning(
-                "outbox %d to %s not sent (%s)%s; next attempt at %s with the same retry key",
-                row_id,
-                to,
-                result.detail,
-                " and may have arrived" if result.ambiguous else "",
-                self.local(until),
-            )
+        finished: set[int] = set()
+        for epoch, outcomes in by_epoch.items():
+            finished |= self.outbox_store.finish_outbox_rows(outcomes, at, epoch=epoch)
+        reports = []
+        for row, result in batch:
+            outcome, until = result.outcome, None
+            if outcome in FINISHED:
+                written = row["id"] in finished
+            else:
+                if outcome == "held":
+                    until = self.next_day_opening(row, now)
+                elif outcome == "auth":
+                    until = now
+                else:
+                    until = self.retry_at(row, now, result)
+                written = self.outbox_store.hold_outbox(
+                    row["id"],
+                    int(until.timestamp()),
+                    error=result.detail,
+                    ambiguous=result.ambiguous,
+                    epoch=row.get("claim_epoch"),
+                )
+            reports.append((row, result, written, until))
+        return reports
+
+    def _report(self, reports: list[tuple[dict, DispatchResult, bool, dt.datetime | None]]) -> None:
+        """Log stored outcomes (one line a row) and count them (once per outcome a batch)."""
+        counts: Counter[str] = Counter()
+        for row, result, written, until in reports:
+            row_id, to, outcome = row["id"], _recipients(row), result.outcome
+            if not written:
+                log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's", row_id, to, outcome)
+                counts["fenced"] += 1
+                continue
+            counts[outcome] += 1
+            if outcome == "dry_run":
+                pass  # the transport logged it
+            elif outcome in ("sent", "duplicate"):
+                log.info(
+                    "%s outbox %d to %s via %s%s",
+                    outcome,
+                    row_id,
+                    to,
+                    result.via,
+                    f" (request {result.request_id})" if result.request_id else "",
+                )
+            elif outcome == "rejected":
+                log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status, result.detail)
+            elif outcome == "unconfirmed":
+                log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
+            elif outcome == "held":
+                log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until), result.detail)
+            elif outcome == "auth":
+                first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
+                if first:
+                    log.error(
+                        "LINE refuses the channel access token (%s): every send is held, "
+                        "nothing is dropped; checking again in %.0f s. Set a valid "
+                        "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
+                        "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
+                        "Developers Console",
+                        result.detail,
+                        self._auth_delay,
+                    )
+            else:
+                log.warning(
+                    "outbox %d to %s not sent (%s)%s; next attempt at %s with the same retry key",
+                    row_id,
+                    to,
+                    result.detail,
+                    " and may have arrived" if result.ambiguous else "",
+                    self.local(until),
+                )
+        for outcome, count in counts.items():
+            self.metrics.pushes.labels(outcome=outcome).inc(count)
 
     def _window(self, row: dict) -> Any:
         rule = self.project.rules.get(row.get("rule") or "")
