@@ -851,23 +851,26 @@ class Runner:
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
-        """Store the outcomes landed so far on the outbox thread; their slots are freed once
-        they are stored (a row is never claimed again before its outcome is written)."""
+        """Store the outcomes landed so far, in one transaction on the outbox thread. Their
+        requests are over, so their slots are free now; the rows stay this Store's in-flight
+        marks until their outcome is written, and the claims that fill the slots run on the
+        same thread after it, so a row is never claimed again before its outcome is stored
+        (or could not be, and it goes again with its retry key)."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
         if not batch:
             return
         future = asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._store_outcomes, batch)
         self._storing.add(future)
-        future.add_done_callback(lambda done: self._stored(batch, done))
-
-    def _stored(self, batch: list[tuple[dict, DispatchResult]], future: asyncio.Future) -> None:
-        self._storing.discard(future)
+        future.add_done_callback(self._stored)
         for row, _result in batch:
             self._sending.pop(row["id"], None)
-        if not future.cancelled() and future.exception() is not None:  # _store_outcomes logs its own
-            log.error("storing %d outcomes failed: %s", len(batch), future.exception())
         self.wake_dispatch()
+
+    def _stored(self, future: asyncio.Future) -> None:
+        self._storing.discard(future)
+        if not future.cancelled() and future.exception() is not None:  # _store_outcomes logs its own
+            log.error("storing outcomes failed: %s", future.exception())
 
     def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]]) -> None:
         """One transaction for ``batch``; on the outbox thread. A row whose outcome cannot be
