@@ -35,7 +35,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +64,10 @@ SEND_SLOTS = 64
 #: Requests in flight at once for replies, apart from the others (answers never queue behind
 #: a push backlog).
 REPLY_SLOTS = 16
+#: Rows (not replies) the dispatch loop claims ahead of its free send slots: an answer's slot
+#: takes the next row at once, without waiting for a claim, and rows are claimed in batches
+#: (again once fewer than half of these are left).
+CLAIM_AHEAD = SEND_SLOTS
 #: Seconds between checks of the token after LINE refused it (doubling up to 60 s).
 AUTH_PROBE = 5.0
 #: A change in the rule folder is reloaded once no file changed for this many seconds (a
@@ -267,6 +271,7 @@ class Runner:
         self._auth_delay = AUTH_PROBE
         self._auth_wake = asyncio.Event()
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}  # outbox id -> (lane, task)
+        self._ready: deque[dict] = deque()  # rows claimed ahead, not started yet (CLAIM_AHEAD)
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
@@ -538,7 +543,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = await self.fill_slots_async()
+                started = await self.fill_slots_async(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
@@ -555,14 +560,21 @@ class Runner:
         await self._drain()
 
     async def _drain(self) -> None:
-        """Wait for the requests in flight and store their outcomes."""
+        """Wait for the requests in flight and store their outcomes; rows claimed ahead that
+        were not started are let go (they stay pending, with their retry keys)."""
         tasks = [task for _, task in self._sending.values()]
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
         self._flush()
+        if self._ready and self.stopping:
+            ids, self._ready = [row["id"] for row in self._ready], deque()
+            self._storing.add(
+                asyncio.get_running_loop().run_in_executor(self._outbox_thread, self.outbox_store.release_claims, ids)
+            )
         while self._storing:
             await asyncio.gather(*self._storing, return_exceptions=True)
+            self._storing = {f for f in self._storing if not f.done()}
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -749,51 +761,75 @@ class Runner:
 
     # ------------------------------------------------------------------ sending
 
-    def _free_slots(self) -> tuple[int, int] | None:
-        """(free reply slots, free other slots), or None when nothing may be claimed now."""
-        if self.stopping or self.auth_problem is not None:
+    def _may_start(self) -> bool:
+        return not self.stopping and self.auth_problem is None
+
+    def _room(self, ahead: int) -> tuple[int, int] | None:
+        """(replies, other rows) to claim now: for the free reply slots, and for the free send
+        slots plus ``ahead`` rows beyond them once the rows claimed ahead run low; None when
+        nothing may be claimed."""
+        if not self._may_start():
             return None
         replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
         others = len(self._sending) - replies
-        free_replies, free_others = REPLY_SLOTS - replies, SEND_SLOTS - others
-        if free_replies <= 0 and free_others <= 0:
+        free_replies = max(0, REPLY_SLOTS - replies)
+        free_others = 0
+        if len(self._ready) <= ahead // 2:
+            free_others = max(0, SEND_SLOTS - others + ahead - len(self._ready))
+        if not free_replies and not free_others:
             return None
-        return max(0, free_replies), max(0, free_others)
+        return free_replies, free_others
 
-    def _claim(self, free: tuple[int, int]) -> list[dict]:
-        """Claim due rows for ``free`` slots (fenced by the lease's epoch); any thread."""
+    def _claim(self, room: tuple[int, int]) -> list[dict]:
+        """Claim due rows for ``room`` (fenced by the lease's epoch); any thread."""
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        free_replies, free_others = free
+        replies, others = room
         return self.outbox_store.claim_outbox(
             int(self.now().timestamp()),
-            free_replies + free_others,
-            reply_limit=free_replies,
-            other_limit=free_others,
+            replies + others,
+            reply_limit=replies,
+            other_limit=others,
             lease=lease,
         )
 
     def _start(self, rows: list[dict]) -> int:
+        """Start the claimed replies at once (their slots were free) and queue the other rows
+        for the send slots; returns the number of rows."""
         for row in rows:
-            lane = "reply" if row["kind"] == "reply" else "send"
-            task = asyncio.ensure_future(self._send_row(row))
-            self._sending[row["id"]] = (lane, task)
+            if row["kind"] == "reply":
+                self._sending[row["id"]] = ("reply", asyncio.ensure_future(self._send_row(row)))
+            else:
+                self._ready.append(row)
+        self._start_ready()
         return len(rows)
+
+    def _start_ready(self) -> None:
+        """Start rows claimed ahead while send slots are free."""
+        if not self._ready or not self._may_start():
+            return
+        others = sum(1 for lane, _ in self._sending.values() if lane != "reply")
+        while self._ready and others < SEND_SLOTS:
+            row = self._ready.popleft()
+            self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
+            others += 1
 
     def fill_slots(self) -> int:
         """Claim due rows for the free send slots (replies have slots of their own) and start
-        one task per row; returns the number of rows started. Raises LeaseLost when another
+        one task per row; returns the number of rows claimed. Raises LeaseLost when another
         runner holds the lease. Claims on the calling thread; the dispatch loop uses
         :meth:`fill_slots_async`."""
-        free = self._free_slots()
-        return 0 if free is None else self._start(self._claim(free))
+        room = self._room(0)
+        return 0 if room is None else self._start(self._claim(room))
 
-    async def fill_slots_async(self) -> int:
+    async def fill_slots_async(self, ahead: int = 0) -> int:
         """:meth:`fill_slots` with the claim on the outbox thread (the event loop goes on
-        sending meanwhile)."""
-        free = self._free_slots()
-        if free is None:
+        sending meanwhile), and ``ahead`` rows claimed beyond the free send slots (only under
+        a lease: its in-flight marks keep rows claimed ahead this runner's)."""
+        self._start_ready()
+        room = self._room(ahead if self.epoch is not None else 0)
+        if room is None:
             return 0
-        rows = await asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._claim, free)
+        rows = await asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._claim, room)
         return self._start(rows)
 
     async def dispatch_once(self) -> int:
@@ -844,18 +880,22 @@ class Runner:
     def _land(self, row: dict, result: DispatchResult) -> None:
         """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
         transaction (SQLite's write lock is taken once for them, not once per row; a
-        broadcast's multicasts land a few milliseconds apart)."""
+        broadcast's multicasts land a few milliseconds apart). The request is over: its slot
+        takes the next row claimed ahead at once. The row stays in flight in the outbox
+        store's marks until its outcome is stored, and claims run on the outbox thread after
+        the outcomes queued before them, so it is never claimed again before its outcome is
+        written (or could not be, and it goes again with its retry key)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
+        self._sending.pop(row["id"], None)
+        self._start_ready()
+        if len(self._ready) <= CLAIM_AHEAD // 2:
+            self.wake_dispatch()
 
     def _flush(self) -> None:
-        """Store the outcomes landed so far, in one transaction on the outbox thread. Their
-        requests are over, so their slots are free now; the rows stay this Store's in-flight
-        marks until their outcome is written, and the claims that fill the slots run on the
-        same thread after it, so a row is never claimed again before its outcome is stored
-        (or could not be, and it goes again with its retry key)."""
+        """Store the outcomes landed so far, in one transaction on the outbox thread."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
         if not batch:
@@ -863,9 +903,6 @@ class Runner:
         future = asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._store_outcomes, batch)
         self._storing.add(future)
         future.add_done_callback(self._stored)
-        for row, _result in batch:
-            self._sending.pop(row["id"], None)
-        self.wake_dispatch()
 
     def _stored(self, future: asyncio.Future) -> None:
         self._storing.discard(future)
