@@ -17,8 +17,9 @@ The engine never claims outbox rows.
   reloads the rules on SIGHUP or when a file in the rule folder changes.
 - The **dispatch loop** keeps up to :data:`SEND_SLOTS` rows in flight (and, apart from them,
   up to :data:`REPLY_SLOTS` replies, so an answer never waits behind pushes): it claims due
-  rows as slots free up (fenced by the lease's epoch), sends each on its own task and records
-  each outcome as it lands. One slow or failing request holds only its own row. A row is
+  rows in batches, up to :data:`CLAIM_AHEAD` beyond the free slots (fenced by the lease's
+  epoch), starts one as a slot frees up, sends each on its own task and stores the outcomes
+  that land together in one transaction. One slow or failing request holds only its own row. A row is
   never deleted before its outcome is recorded; rows left in flight by a crash are sent again
   on restart with the same retry key. A 401/403 from LINE holds everything until the token
   works again.
@@ -543,7 +544,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = await self.fill_slots_async(CLAIM_AHEAD)
+                started = await self.fill_slots(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
@@ -813,18 +814,12 @@ class Runner:
             self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
             others += 1
 
-    def fill_slots(self) -> int:
-        """Claim due rows for the free send slots (replies have slots of their own) and start
-        one task per row; returns the number of rows claimed. Raises LeaseLost when another
-        runner holds the lease. Claims on the calling thread; the dispatch loop uses
-        :meth:`fill_slots_async`."""
-        room = self._room(0)
-        return 0 if room is None else self._start(self._claim(room))
-
-    async def fill_slots_async(self, ahead: int = 0) -> int:
-        """:meth:`fill_slots` with the claim on the outbox thread (the event loop goes on
-        sending meanwhile), and ``ahead`` rows claimed beyond the free send slots (only under
-        a lease: its in-flight marks keep rows claimed ahead this runner's)."""
+    async def fill_slots(self, ahead: int = 0) -> int:
+        """Claim due rows for the free send slots (replies have slots of their own), and
+        ``ahead`` rows beyond them (only under a lease: its in-flight marks keep rows claimed
+        ahead this runner's), on the outbox thread while the event loop goes on sending; start
+        one task per row as slots are free. Returns the number of rows claimed. Raises
+        LeaseLost when another runner holds the lease."""
         self._start_ready()
         room = self._room(ahead if self.epoch is not None else 0)
         if room is None:
@@ -835,7 +830,7 @@ class Runner:
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
-        started = await self.fill_slots_async()
+        started = await self.fill_slots()
         await self._drain()
         return started
 
