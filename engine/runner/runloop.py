@@ -1,16 +1,13 @@
 """The runner's two loops, its lease on the database, signals and rule reloads.
 
-One process, one asyncio event loop, one tick thread and one outbox thread. The HTTP server
-(engine/runner/server.py) and the dispatch loop run on the event loop; the HTTP side uses
-:attr:`Runner.store`. Every engine tick (and a rule reload, which runs as part of one) runs on a
-single dedicated worker thread with its own connection, :attr:`Runner.engine`'s store, so a tick
-of several seconds never holds up a webhook. Ticks never overlap (one worker). SQLite admits one
-writer at a time; the engine writes in short transactions (docs/engine.md), so a webhook's
-INSERT waits at most for one of them. The dispatch loop's database work (claims, outcomes, a
-reply's mark before it goes) runs in order on the outbox thread with a connection of its own,
-:attr:`Runner.outbox_store`, where its in-flight marks (``Store.claim_outbox``) live: the event
-loop goes on pacing and sending while SQLite writes outcomes or waits for a tick's transaction.
-The engine never claims outbox rows.
+One process, one asyncio event loop and one tick thread. The HTTP server (engine/runner/server.py)
+and the dispatch loop run on the event loop and use :attr:`Runner.store`; every engine tick
+(and a rule reload, which runs as part of one) runs on a single dedicated worker thread with
+its own connection, :attr:`Runner.engine`'s store, so a tick of several seconds never holds up
+a webhook. Ticks never overlap (one worker). SQLite admits one writer at a time; the engine
+writes in short transactions (docs/engine.md), so a webhook's INSERT waits at most for one of
+them. The dispatcher's in-flight marks (``Store.claim_outbox``) live in the loop's store; the
+engine never claims outbox rows.
 
 - The **tick loop** runs ``engine.tick(now)`` every ``tick_seconds`` (sooner when the engine
   has something due, or at once when a webhook asks for an answer), renews the lease, and
@@ -37,7 +34,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +65,7 @@ REPLY_SLOTS = 16
 #: Rows (not replies) the dispatch loop claims ahead of its free send slots: an answer's slot
 #: takes the next row at once, without waiting for a claim, and rows are claimed in batches
 #: (again once fewer than half of these are left).
-CLAIM_AHEAD = SEND_SLOTS
+CLAIM_AHEAD = 16
 #: Seconds between checks of the token after LINE refused it (doubling up to 60 s).
 AUTH_PROBE = 5.0
 #: A change in the rule folder is reloaded once no file changed for this many seconds (a
@@ -239,14 +236,10 @@ class Runner:
         dispatcher: Any,
         *,
         clock: Clock | None = None,
-        outbox_store: Any = None,
     ) -> None:
         self.config = config
         self.project = project
         self.store = store
-        #: The dispatch loop's connection (claims, outcomes), used only on the outbox thread;
-        #: ``store`` when none is given.
-        self.outbox_store = store if outbox_store is None else outbox_store
         self.engine = engine
         self.dispatcher = dispatcher
         #: The one clock of this runner (engine/runner/clock.py): ticks, the lease, claims and outcomes
@@ -282,11 +275,6 @@ class Runner:
         self.first_tick_done = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
-        #: The dispatch loop's database work (claims, outcomes, a reply's mark) runs on this one
-        #: thread, in order, with :attr:`store`: the event loop keeps pacing and sending while
-        #: SQLite writes (it releases the GIL) or waits for the tick's transaction to end.
-        self._outbox_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-outbox")
-        self._storing: set[asyncio.Future] = set()  # outcomes being stored on that thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.metrics.gauge(
@@ -370,7 +358,7 @@ class Runner:
             store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:  # corrupt, read-only, not a database: one line, exit 1
             raise StartupError(f"cannot start: {exc}") from None
-        engine_store = outbox_store = None
+        engine_store = None
         try:
             try:
                 started = time.perf_counter()
@@ -381,8 +369,6 @@ class Runner:
             acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
-            # the dispatch loop's own connection, used on its outbox thread (Runner._outbox_thread)
-            outbox_store = Store(str(config.db), checkpoints=False, clock=clock)
             engine = Engine(
                 project,
                 engine_store,
@@ -392,9 +378,8 @@ class Runner:
             )
         except BaseException:
             store.close()
-            for other in (engine_store, outbox_store):
-                if other is not None:
-                    other.close()
+            if engine_store is not None:
+                engine_store.close()
             raise
         if config.dry_run:
             log.warning("%s", render(DRY_RUN_MESSAGE))
@@ -416,23 +401,18 @@ class Runner:
             engine,
             make_transport(config.env, clock=clock.time, timeout=config.line_timeout),
             clock=clock,
-            outbox_store=outbox_store,
         )
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
-        the tick and outbox threads and their connections alone: the process exits right after."""
+        the tick thread and its connection alone: the process exits right after."""
         try:
             self.store.release_lease(self.owner)
         except StoreError:
             pass  # the database cannot be written (logged once); the next start takes the lease over
         finally:
-            if wait:
-                self._outbox_thread.shutdown(wait=True)
             self.store.close()
             if wait:
-                if self.outbox_store is not self.store:
-                    self.outbox_store.close()
                 self._executor.shutdown(wait=True)
                 if self.engine.store is not self.store:
                     self.engine.store.close()
@@ -544,7 +524,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = await self.fill_slots(CLAIM_AHEAD)
+                started = self.fill_slots(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
@@ -570,12 +550,7 @@ class Runner:
         self._flush()
         if self._ready and self.stopping:
             ids, self._ready = [row["id"] for row in self._ready], deque()
-            self._storing.add(
-                asyncio.get_running_loop().run_in_executor(self._outbox_thread, self.outbox_store.release_claims, ids)
-            )
-        while self._storing:
-            await asyncio.gather(*self._storing, return_exceptions=True)
-            self._storing = {f for f in self._storing if not f.done()}
+            self.store.release_claims(ids)
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -782,10 +757,10 @@ class Runner:
         return free_replies, free_others
 
     def _claim(self, room: tuple[int, int]) -> list[dict]:
-        """Claim due rows for ``room`` (fenced by the lease's epoch); any thread."""
+        """Claim due rows for ``room`` (fenced by the lease's epoch)."""
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
         replies, others = room
-        return self.outbox_store.claim_outbox(
+        return self.store.claim_outbox(
             int(self.now().timestamp()),
             replies + others,
             reply_limit=replies,
@@ -814,23 +789,20 @@ class Runner:
             self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
             others += 1
 
-    async def fill_slots(self, ahead: int = 0) -> int:
+    def fill_slots(self, ahead: int = 0) -> int:
         """Claim due rows for the free send slots (replies have slots of their own), and
-        ``ahead`` rows beyond them (only under a lease: its in-flight marks keep rows claimed
-        ahead this runner's), on the outbox thread while the event loop goes on sending; start
-        one task per row as slots are free. Returns the number of rows claimed. Raises
-        LeaseLost when another runner holds the lease."""
+        ``ahead`` rows beyond them in the same claim (only under a lease: its in-flight marks
+        keep rows claimed ahead this runner's); start one task per row as slots are free.
+        Returns the number of rows claimed. Raises LeaseLost when another runner holds the
+        lease."""
         self._start_ready()
         room = self._room(ahead if self.epoch is not None else 0)
-        if room is None:
-            return 0
-        rows = await asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._claim, room)
-        return self._start(rows)
+        return 0 if room is None else self._start(self._claim(room))
 
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
-        started = await self.fill_slots()
+        started = self.fill_slots()
         await self._drain()
         return started
 
@@ -858,17 +830,10 @@ class Runner:
         self.metrics.send_seconds.labels(kind=row["kind"]).observe(time.perf_counter() - started)
         self._land(row, result)
 
-    def _before_send(self, row: dict) -> Callable[[OutboxItem], Awaitable[bool]]:
-        async def mark(item: OutboxItem) -> bool:
-            """A reply is about to go out: record that it may reach LINE (fenced), on the
-            outbox thread, before the request goes."""
-            return await asyncio.get_running_loop().run_in_executor(
-                self._outbox_thread,
-                self.outbox_store.mark_sending,
-                row["id"],
-                row.get("claim_epoch"),
-                int(self.now().timestamp()),
-            )
+    def _before_send(self, row: dict) -> Callable[[OutboxItem], bool]:
+        def mark(item: OutboxItem) -> bool:
+            """A reply is about to go out: record that it may reach LINE (fenced)."""
+            return self.store.mark_sending(row["id"], row.get("claim_epoch"), int(self.now().timestamp()))
 
         return mark
 
@@ -876,10 +841,9 @@ class Runner:
         """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
         transaction (SQLite's write lock is taken once for them, not once per row; a
         broadcast's multicasts land a few milliseconds apart). The request is over: its slot
-        takes the next row claimed ahead at once. The row stays in flight in the outbox
-        store's marks until its outcome is stored, and claims run on the outbox thread after
-        the outcomes queued before them, so it is never claimed again before its outcome is
-        written (or could not be, and it goes again with its retry key)."""
+        takes the next row claimed ahead at once. The row stays in flight in the store's marks
+        until its outcome is stored, so it is never claimed again before its outcome is written
+        (or could not be, and it goes again with its retry key)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -890,40 +854,30 @@ class Runner:
             self.wake_dispatch()
 
     def _flush(self) -> None:
-        """Store the outcomes landed so far, in one transaction on the outbox thread."""
+        """Store the outcomes landed so far in one transaction. A row whose outcome cannot be
+        stored is sent again later with its retry key."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
         if not batch:
             return
-        future = asyncio.get_running_loop().run_in_executor(self._outbox_thread, self._store_outcomes, batch)
-        self._storing.add(future)
-        future.add_done_callback(self._stored)
-
-    def _stored(self, future: asyncio.Future) -> None:
-        self._storing.discard(future)
-        if not future.cancelled() and future.exception() is not None:  # _store_outcomes logs its own
-            log.error("storing outcomes failed: %s", future.exception())
-
-    def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]]) -> None:
-        """One transaction for ``batch``; on the outbox thread. A row whose outcome cannot be
-        stored is sent again later with its retry key."""
         now = self.now()
         try:
-            with self.outbox_store.transaction():
+            with self.store.transaction():
                 reports = self._record(batch, now)
         except StoreError:  # logged once by the store
             log.warning(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
-            self.outbox_store.release_claims(row["id"] for row, _ in batch)
-            return
+            self.store.release_claims(row["id"] for row, _ in batch)
         except Exception:
             log.exception(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
-            self.outbox_store.release_claims(row["id"] for row, _ in batch)
-            return
-        self._report(reports)
+            self.store.release_claims(row["id"] for row, _ in batch)
+        else:
+            self._report(reports)
+        finally:
+            self.wake_dispatch()
 
     def _record(
         self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime
@@ -942,7 +896,7 @@ class Runner:
                 )
         finished: set[int] = set()
         for epoch, outcomes in by_epoch.items():
-            finished |= self.outbox_store.finish_outbox_rows(outcomes, at, epoch=epoch)
+            finished |= self.store.finish_outbox_rows(outcomes, at, epoch=epoch)
         reports = []
         for row, result in batch:
             outcome, until = result.outcome, None
@@ -955,7 +909,7 @@ class Runner:
                     until = now
                 else:
                     until = self.retry_at(row, now, result)
-                written = self.outbox_store.hold_outbox(
+                written = self.store.hold_outbox(
                     row["id"],
                     int(until.timestamp()),
                     error=result.detail,
