@@ -876,8 +876,9 @@ class Runner:
             self.store.release_claims(row["id"] for row, _ in batch)
         else:
             self._report(reports)
-        finally:
-            self.wake_dispatch()
+            if all(result.outcome in FINISHED for _, result in batch):
+                return  # the slots were freed as the answers landed
+        self.wake_dispatch()  # rows to claim again, or a refused token to notice
 
     def _record(
         self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime
