@@ -266,6 +266,7 @@ class Runner:
         self._auth_wake = asyncio.Event()
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}  # outbox id -> (lane, task)
         self._ready: deque[dict] = deque()  # rows claimed ahead, not started yet (CLAIM_AHEAD)
+        self._replies_in_flight = 0  # of self._sending, in the reply lane
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
@@ -746,7 +747,7 @@ class Runner:
         nothing may be claimed."""
         if not self._may_start():
             return None
-        replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
+        replies = self._replies_in_flight
         others = len(self._sending) - replies
         free_replies = max(0, REPLY_SLOTS - replies)
         free_others = 0
@@ -774,6 +775,7 @@ class Runner:
         for row in rows:
             if row["kind"] == "reply":
                 self._sending[row["id"]] = ("reply", asyncio.ensure_future(self._send_row(row)))
+                self._replies_in_flight += 1
             else:
                 self._ready.append(row)
         self._start_ready()
@@ -783,7 +785,7 @@ class Runner:
         """Start rows claimed ahead while send slots are free."""
         if not self._ready or not self._may_start():
             return
-        others = sum(1 for lane, _ in self._sending.values() if lane != "reply")
+        others = len(self._sending) - self._replies_in_flight
         while self._ready and others < SEND_SLOTS:
             row = self._ready.popleft()
             self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
@@ -848,7 +850,8 @@ class Runner:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
-        self._sending.pop(row["id"], None)
+        lane, _task = self._sending.pop(row["id"], ("", None))
+        self._replies_in_flight -= lane == "reply"
         self._start_ready()
         if len(self._ready) <= CLAIM_AHEAD // 2:
             self.wake_dispatch()
