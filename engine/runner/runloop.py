@@ -65,7 +65,7 @@ REPLY_SLOTS = 16
 #: Rows (not replies) the dispatch loop claims ahead of its free send slots: an answer's slot
 #: takes the next row at once, without waiting for a claim, and rows are claimed in batches
 #: (again once fewer than half of these are left).
-CLAIM_AHEAD = 16
+CLAIM_AHEAD = 32
 #: Seconds between checks of the token after LINE refused it (doubling up to 60 s).
 AUTH_PROBE = 5.0
 #: A change in the rule folder is reloaded once no file changed for this many seconds (a
