@@ -1,5 +1,6 @@
 """The user's cache folder, where work that only depends on installed code and on text is kept
-between processes (the parser's tables, what each message template uses).
+between processes (the parser's tables, what each message template uses, the checked result
+of each YAML file beside the rules).
 
 ``$LINERULES_CACHE_DIR`` when set (empty turns every cache off), else
 ``$XDG_CACHE_HOME/linerules``, else ``~/.cache/linerules``. Everything kept there is checked
@@ -9,8 +10,10 @@ made again: deleting the folder is always safe.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import tempfile
 from typing import Any
 
@@ -57,6 +60,68 @@ def write_json(name: str, value: Any) -> None:
         try:
             os.unlink(tmp)
         except (OSError, UnboundLocalError):
+            pass
+
+
+def read_pickled(name: str) -> Any:
+    """The value :func:`write_pickled` kept under ``name``, or None: no cache, no file, or one
+    whose bytes do not match the digest written with them (damaged: it is then made again).
+    The caller checks that the value is what it asks for."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    try:
+        with open(os.path.join(folder, name), "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    digest, payload = data[:32], data[32:]
+    if len(digest) != 32 or hashlib.sha256(payload).digest() != digest:
+        return None
+    try:
+        return pickle.loads(payload)
+    except Exception:  # noqa: BLE001 - e.g. a file from another version of the code: made again
+        return None
+
+
+def write_pickled(name: str, value: Any, *, prefix: str, limit: int = 256) -> None:
+    """Keep ``value`` under ``name`` (pickled, after the SHA-256 digest of the pickle),
+    replacing the file whole; when more than ``limit`` files start with ``prefix``, the oldest
+    go. A cache that cannot be written is silently skipped."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    try:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - a value that cannot be pickled is simply not kept
+        return
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(hashlib.sha256(payload).digest() + payload)
+        os.replace(tmp, os.path.join(folder, name))
+        tmp = None
+        _prune(folder, prefix, limit)
+    except OSError:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _prune(folder: str, prefix: str, limit: int) -> None:
+    """Remove the oldest files starting with ``prefix`` beyond the newest ``limit``."""
+    with os.scandir(folder) as it:
+        kept = [e for e in it if e.name.startswith(prefix) and e.is_file()]
+    if len(kept) <= limit:
+        return
+    kept.sort(key=lambda e: e.stat().st_mtime_ns)
+    for e in kept[: len(kept) - limit]:
+        try:
+            os.unlink(e.path)
+        except OSError:
             pass
 
 

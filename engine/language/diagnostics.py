@@ -79,6 +79,13 @@ class Diagnostic:
         )
 
 
+def normalize_newlines(text: str) -> str:
+    """CR LF and a lone CR (old Mac files) become LF, so every stage counts lines alike."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
     """Sorted, without exact repeats (same place, severity and message)."""
     seen: set = set()

@@ -22,9 +22,9 @@ import datetime as dt
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
@@ -408,7 +408,8 @@ class _Checker:
             self.add(path, E("LR503", "this value is read as a date; quote it to send it as text"))
 
     def field_type(self, key: Any, value: Any, path: Path) -> None:
-        """A value of the wrong type for a LINE field, in the words of the fix."""
+        """A value of the wrong type for a LINE field, in the words of the fix. (A text is
+        checked here only for the fields of :data:`_SHAPED_FIELDS`: keep the two in step.)"""
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
             meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
@@ -691,32 +692,13 @@ class _Checker:
         if contents is None or not self.mapping(contents, cp, _("`contents`")):
             return
         kind = contents.get("type")
-        size = len(json.dumps(contents, ensure_ascii=False, separators=(",", ":"), default=str).encode())
         if kind == "bubble":
-            if size > FLEX_BUBBLE_BYTES:
-                self.add(
-                    cp,
-                    E(
-                        "LR503",
-                        "this bubble is {size} bytes of JSON; LINE allows at most {limit}",
-                        size=f"{size:,}",
-                        limit=f"{FLEX_BUBBLE_BYTES:,}",
-                    ),
-                )
+            self.flex_bytes(contents, cp, "bubble")
         elif kind == "carousel":
             bubbles = self.count(
                 contents.get("contents"), cp + ("contents",), _("the carousel's `contents`"), 1, FLEX_CAROUSEL_BUBBLES
             )
-            if size > FLEX_CAROUSEL_BYTES:
-                self.add(
-                    cp,
-                    E(
-                        "LR503",
-                        "this carousel is {size} bytes of JSON; LINE allows at most {limit}",
-                        size=f"{size:,}",
-                        limit=f"{FLEX_CAROUSEL_BYTES:,}",
-                    ),
-                )
+            self.flex_bytes(contents, cp, "carousel")
             for i, bubble in enumerate(bubbles or ()):
                 if isinstance(bubble, dict) and bubble.get("type") != "bubble":
                     self.add(cp + ("contents", i), E("LR503", "a flex carousel holds only bubbles (`type: bubble`)"))
@@ -727,6 +709,34 @@ class _Checker:
             )
             return
         self.flex_parts(contents, cp)
+
+    def flex_bytes(self, contents: dict, path: Path, kind: str) -> None:
+        """A bubble in at most :data:`FLEX_BUBBLE_BYTES` of compact UTF-8 JSON, a carousel in
+        :data:`FLEX_CAROUSEL_BYTES`."""
+        limit = FLEX_BUBBLE_BYTES if kind == "bubble" else FLEX_CAROUSEL_BYTES
+        size = json_bytes(contents)
+        if size <= limit:
+            return
+        if kind == "bubble":
+            self.add(
+                path,
+                E(
+                    "LR503",
+                    "this bubble is {size} bytes of JSON; LINE allows at most {limit}",
+                    size=f"{size:,}",
+                    limit=f"{limit:,}",
+                ),
+            )
+        else:
+            self.add(
+                path,
+                E(
+                    "LR503",
+                    "this carousel is {size} bytes of JSON; LINE allows at most {limit}",
+                    size=f"{size:,}",
+                    limit=f"{limit:,}",
+                ),
+            )
 
     def flex_parts(self, value: Any, path: Path) -> None:
         """Actions (labels ≤ 40) and media URLs anywhere inside flex contents."""
@@ -766,6 +776,113 @@ def check_objects(objects: Sequence[Any], *, as_written: bool = False) -> list[P
     checker = _Checker(as_written)
     checker.objects(objects)
     return checker.problems
+
+
+def json_bytes(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON (how LINE sizes flex contents)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+
+
+class FieldChecks(NamedTuple):
+    """The checks of one message whose fields substitution changes, found once
+    (:func:`plan_checks`) and run per friend on those fields alone (:func:`fields_pass`).
+
+    ``problems``: what the fixed parts break (whatever the friend); ``fields``: (index of the
+    changing field, a call of the one check it needs) in the order the checker makes them;
+    ``sizes``: per flex bubble or carousel holding changing fields, (its limit, its size in
+    bytes as planned, (index, that field's JSON bytes as planned) of each)."""
+
+    problems: list[Problem]
+    fields: list[tuple[int, int | None, str, Callable[[_Checker, Any], None]]]
+    sizes: list[tuple[int, int, list[tuple[int, int]]]]
+
+
+#: Fields whose value :meth:`_Checker.field_type` checks when it is a text: for any other
+#: field a text (or a list) always passes, whatever it says.
+_SHAPED_FIELDS = BOOL_FIELDS | NUMBER_FIELDS | COLOR_FIELDS | {"aspectRatio", "size"}
+
+
+class _Planner(_Checker):
+    """Checks the fixed parts of a message like :class:`_Checker` does after rendering, and
+    writes down the checks of the fields at ``changing`` paths instead of making them."""
+
+    def __init__(self, objects: Sequence[Any], changing: dict[Path, int]):
+        super().__init__(as_written=False)
+        self.tree = objects
+        self.changing = changing
+        #: (index, a length that surely passes, a prefix a URL must have for that, the check)
+        self.fields: list[tuple[int, int | None, str, Callable[[_Checker, Any], None]]] = []
+        self.sizes: list[tuple[int, int, list[tuple[int, int]]]] = []
+
+    def text(self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "") -> str | None:
+        i = self.changing.get(path + (key,))
+        if i is None:
+            return super().text(obj, path, key, limit, limit_why)
+        self.fields.append((i, limit, "", lambda c, v: c.text({key: v}, path, key, limit, limit_why)))
+        return None
+
+    def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
+        i = self.changing.get(path + (key,))
+        if i is None:
+            return super().url(obj, path, key, media=media)
+        limit = MEDIA_URL_LIMIT if media else URI_LIMIT
+        self.fields.append((i, limit, "https://", lambda c, v: c.url({key: v}, path, key, media=media)))
+        return None
+
+    def field_type(self, key: Any, value: Any, path: Path) -> None:
+        i = self.changing.get(path)
+        if i is None:
+            return super().field_type(key, value, path)
+        if key in _SHAPED_FIELDS:
+            self.fields.append((i, None, "", lambda c, v: c.field_type(key, v, path)))
+        return None
+
+    def flex_bytes(self, contents: dict, path: Path, kind: str) -> None:
+        inside = [(p, i) for p, i in self.changing.items() if p[: len(path)] == path]
+        if not inside:
+            return super().flex_bytes(contents, path, kind)
+        limit = FLEX_BUBBLE_BYTES if kind == "bubble" else FLEX_CAROUSEL_BYTES
+        parts = []
+        for p, i in inside:
+            value: Any = self.tree
+            for step in p:
+                value = value[step]
+            parts.append((i, json_bytes(value)))
+        self.sizes.append((limit, json_bytes(contents), parts))
+        return None
+
+
+def plan_checks(objects: Sequence[Any], changing: dict[Path, int]) -> FieldChecks:
+    """The checks of ``objects`` (as they are sent, apart from the fields at the paths of
+    ``changing``, each numbered) split into what the fixed parts break and the checks to make
+    per friend on the changing fields. Sound as long as no changing field is a ``type`` (which
+    decides which checks apply) and every changing value is present."""
+    planner = _Planner(objects, changing)
+    planner.objects(objects)
+    return FieldChecks(planner.problems, planner.fields, planner.sizes)
+
+
+def fields_pass(checks: FieldChecks, values: Sequence[Any], encoded: Sequence[str]) -> bool:
+    """Whether the changing fields' ``values`` (``encoded``: each as JSON) pass their checks:
+    then :func:`check_objects` finds nothing in the objects holding them, when
+    ``checks.problems`` is empty."""
+    checker = None
+    for i, surely, prefix, check in checks.fields:
+        value = values[i]
+        # LINE counts UTF-16 units: at most two per character
+        if surely is not None and type(value) is str and len(value) * 2 <= surely and value.startswith(prefix):
+            continue
+        if checker is None:
+            checker = _Checker(as_written=False)
+        check(checker, value)
+        if checker.problems:
+            return False
+    for limit, size, parts in checks.sizes:
+        for i, planned in parts:
+            size += len(encoded[i].encode()) - planned
+        if size > limit:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- loading

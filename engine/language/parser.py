@@ -30,9 +30,8 @@ from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
 
 from . import astnodes as A
-from .diagnostics import Diagnostic, Span, did_you_mean
+from .diagnostics import Diagnostic, Span, did_you_mean, normalize_newlines
 from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
-from .yamlpos import normalize_newlines
 
 GRAMMAR_PATH = Path(__file__).parent.parent / "grammar.lark"
 _ESCAPE = re.compile(r"\\(.)")

@@ -27,9 +27,8 @@ from . import astnodes as A
 from . import ir
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
-from .diagnostics import WARNING, Diagnostic, dedupe, has_errors
+from .diagnostics import WARNING, Diagnostic, dedupe, has_errors, normalize_newlines
 from .parser import parse_file, rule_name_of
-from .yamlpos import normalize_newlines
 
 SETTINGS_FILE = "settings.yaml"
 SALES_FILE = "sale_calendar.yaml"
@@ -243,6 +242,90 @@ def _empty_rule_files(folder: str, files: list[A.RuleFile], *, whole_folder: boo
     ]
 
 
+#: What a YAML file's checked result depends on besides its path and text: the code that reads
+#: and checks it (this package's modules; PyYAML, whose folder holds libyaml's binding;
+#: yamlcore; Liquid; the line limits; the zone database) and the Python that pickled it. Found
+#: without importing any of them (:func:`engine.language.cache.module_stamp`).
+_CHECKED_BY = (
+    "engine.language.project",
+    "engine.language.yamlpos",
+    "engine.language.settings",
+    "engine.language.sales",
+    "engine.language.messages",
+    "engine.language.liquidenv",
+    "engine.language.ir",
+    "engine.language.records",
+    "engine.language.diagnostics",
+    "engine.language.cache",
+    "engine.line.limits",
+    "engine.i18n",
+    "yaml",
+    "yamlcore",
+    "liquid",
+    "tzdata",
+)
+_checked_stamp: str | None = None
+
+
+class _Checked:
+    """The checked results of a folder's YAML files (each its reader's answer), kept in the
+    user's cache folder in one entry per folder: a file checked before, unchanged, by the same
+    code, is a digest of its text and a look-up. Anything else (another text, path or zone,
+    other code, a damaged or missing entry) is checked again, and the entry written again."""
+
+    def __init__(self, folder: str):
+        global _checked_stamp
+        from .cache import read_pickled
+
+        if _checked_stamp is None:
+            import sys
+            import zoneinfo
+
+            from .cache import module_stamp
+
+            _checked_stamp = "|".join((sys.version, os.pathsep.join(zoneinfo.TZPATH), module_stamp(*_CHECKED_BY)))
+        where = os.path.abspath(folder or ".").encode("utf-8", "surrogatepass")
+        self.entry = "checked-" + hashlib.sha256(where).hexdigest()[:32]
+        kept = read_pickled(self.entry)
+        self.kept: dict = kept if isinstance(kept, dict) else {}
+        self.changed = False
+
+    def result(self, name: str, path: str, text: str, tz: ZoneInfo | None = None):
+        """What the reader of ``name`` says of ``text`` read from ``path`` (``tz``: the zone
+        the sale calendar's times are in)."""
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        key = "\0".join((path, tz.key if tz is not None else "", digest, _checked_stamp))
+        found = self.kept.get(name)
+        if isinstance(found, tuple) and len(found) == 2 and found[0] == key:
+            return found[1]
+        # Kept as tuples of IR values, diagnostics and names: reading them back needs none of
+        # the YAML modules (a warm `validate` imports neither PyYAML nor Liquid).
+        if name == SETTINGS_FILE:
+            from .settings import read_settings_file
+
+            s = read_settings_file(path, text)
+            value = (s.settings, s.menu_names, s.readable, s.diagnostics)
+        elif name == SALES_FILE:
+            from .sales import read_sales
+
+            value = read_sales(path, text, tz)
+        else:
+            from .messages import read_messages
+
+            m = read_messages(path, text)
+            value = (m.definitions, m.broken, m.readable, m.diagnostics)
+        self.kept[name] = (key, value)
+        self.changed = True
+        return value
+
+    def save(self) -> None:
+        if self.changed:
+            from .cache import write_pickled
+
+            write_pickled(self.entry, self.kept, prefix="checked-")
+            self.changed = False
+
+
 @dataclass
 class _YamlNames:
     """What the YAML files tell the rule checks about names (see :class:`Context`)."""
@@ -305,9 +388,7 @@ class _Loader:
     def yaml_files(self, folder: str) -> tuple[ir.Settings, tuple[ir.Sale, ...], dict[str, ir.MessageDef]]:
         """Settings (defaults when absent), sales (none when absent), messages (none when
         absent), each loaded by its own module."""
-        from .messages import read_messages
-        from .sales import read_sales
-        from .settings import read_settings
+        from .settings import with_environment
 
         # A YAML file that exists but cannot be read (not UTF-8, no permission) is like one
         # that is not valid YAML: the rules' names are not checked against it (no cascade).
@@ -319,16 +400,17 @@ class _Loader:
             self.names.menus = None
         if SALES_FILE in misnamed:
             self.names.sales_whole = False
+        checked = _Checked(folder)
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
         if os.path.exists(path):
             if (text := self.read(path)) is None:
                 self.names.menus = None
             else:
-                read = read_settings(path, text)
-                settings = read.settings
-                self.names.menus = read.menu_names if read.readable else None
-                self.diagnostics += read.diagnostics
+                settings, menus, readable, diags = checked.result(SETTINGS_FILE, path, text)
+                settings = with_environment(settings)
+                self.names.menus = menus if readable else None
+                self.diagnostics += diags
         try:
             tz = ZoneInfo(settings.timezone)
         except (ValueError, KeyError, OSError):  # reported by load_settings
@@ -339,18 +421,18 @@ class _Loader:
             if (text := self.read(path)) is None:
                 self.names.sales_whole = False
             else:
-                sales, self.names.sales_whole, diags = read_sales(path, text, tz)
+                sales, self.names.sales_whole, diags = checked.result(SALES_FILE, path, text, tz)
                 self.diagnostics += diags
         messages: dict[str, ir.MessageDef] = {}
         path = os.path.join(folder, MESSAGES_FILE)
         if os.path.exists(path) and (text := self.read(path)) is None:
             self.names.messages_readable = False
         elif os.path.exists(path):
-            m = read_messages(path, text)
-            messages = m.definitions
-            self.names.messages_readable = m.readable
-            self.names.broken_messages = m.broken
-            self.diagnostics += m.diagnostics
+            messages, broken, readable, diags = checked.result(MESSAGES_FILE, path, text)
+            self.names.messages_readable = readable
+            self.names.broken_messages = broken
+            self.diagnostics += diags
+        checked.save()
         return settings, sales, messages
 
     def _misnamed_yaml(self, folder: str) -> set[str]:

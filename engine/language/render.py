@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 import sqlite3
 import zoneinfo
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring as _encode_text
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,7 +38,8 @@ from liquid.exceptions import LiquidError
 from engine.line.limits import utf16_len
 
 from . import ir
-from .messages import MessageEnvironment, check_objects, compile_template, is_template
+from .liquidenv import plain_parts, render_plain
+from .messages import MessageEnvironment, check_objects, compile_template, fields_pass, is_template, plan_checks
 from .yamlpos import Path
 
 #: http(s) URLs inside message text: ASCII URL characters only, so Japanese text right after
@@ -85,7 +88,9 @@ def friend_vars(friend: Mapping[str, Any]) -> dict[str, Any]:
     attributes of the same name; tags as a sorted list."""
     attributes = dict(friend.get("attributes") or {})
     out: dict[str, Any] = dict(attributes)
-    out.update((k, v) for k, v in friend.items() if k != "attributes")
+    out.update(friend)
+    if "attributes" in friend and "attributes" not in attributes:
+        del out["attributes"]  # set again below, after the friend's own fields (as it always was)
     out["attributes"] = attributes
     out["tags"] = sorted(friend.get("tags") or ())
     return out
@@ -129,21 +134,25 @@ def render_message(
     """The LINE objects ``defn`` renders to for ``friend`` sent by ``rule``; ``event``: the
     fields of the event that entered or resumed the enrollment. Raises RenderError, and nothing
     else: any other failure while rendering becomes one, with its reason."""
+    return _guarded(defn.name, rule, _render_message, defn, friend, rule, sale, utm, link, event)
+
+
+def _guarded(message: str, rule: str, render: Callable, *args: Any) -> Any:
+    """``render(*args)``, any failure but a database fault turned into a RenderError."""
     try:
-        return _render_message(defn, friend=friend, rule=rule, sale=sale, utm=utm, link=link, event=event)
+        return render(*args)
     except (RenderError, sqlite3.Error):
         raise  # a database fault (tracked links are stored while rendering) is not the message's
     except RecursionError:
-        raise RenderError(defn.name, rule, "rendering failed: nested too deeply") from None
+        raise RenderError(message, rule, "rendering failed: nested too deeply") from None
     except MemoryError:
-        raise RenderError(defn.name, rule, "rendering failed: out of memory") from None
+        raise RenderError(message, rule, "rendering failed: out of memory") from None
     except Exception as exc:  # a filter or a link rewrite that broke on this friend's values
-        raise RenderError(defn.name, rule, f"rendering failed: {type(exc).__name__}: {exc}") from None
+        raise RenderError(message, rule, f"rendering failed: {type(exc).__name__}: {exc}") from None
 
 
 def _render_message(
     defn: ir.MessageDef,
-    *,
     friend: dict,
     rule: str,
     sale: dict | None,
@@ -163,16 +172,23 @@ def _render_message(
         for obj in objects:
             renderer.changed |= _rewrite_links(obj, rewrite)
     if renderer.changed:
-        problems = check_objects(objects)
-        if problems:
-            p = problems[0]
-            raise RenderError(defn.name, rule, f"after rendering, {_where(p.path)}: {p.message}")
+        _raise_first(defn.name, rule, objects)
     return objects
 
 
-def render_hash(objects: list[dict]) -> str:
-    """A stable hash of rendered objects: equal objects (whatever their key order) hash alike."""
-    text = json.dumps(objects, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+def _raise_first(message: str, rule: str, objects: list[dict]) -> None:
+    """The first LINE limit ``objects`` break, as a RenderError."""
+    problems = check_objects(objects)
+    if problems:
+        p = problems[0]
+        raise RenderError(message, rule, f"after rendering, {_where(p.path)}: {p.message}")
+
+
+def render_hash(objects: list[dict], text: str | None = None) -> str:
+    """A stable hash of rendered objects: equal objects (whatever their key order) hash alike.
+    ``text``: their JSON as this writes it, when known already (:meth:`MessagePlan.render`)."""
+    if text is None:
+        text = json.dumps(objects, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -190,18 +206,23 @@ class _Renderer:
             return [self.value(v, path + (i,)) for i, v in enumerate(value)]
         if isinstance(value, str) and is_template(value):
             self.changed = True
-            try:
-                return compile_template(value).render(**self.variables)
-            except LiquidError as e:
-                raise RenderError(self.message, self.rule, f"template error in {_where(path)}: {e.message}") from None
-            except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError, AttributeError) as e:
-                # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
-                raise RenderError(
-                    self.message,
-                    self.rule,
-                    f"template error in {_where(path)}: a filter cannot handle this friend's value ({e})",
-                ) from None
+            return _render_template(value, self.variables, self.message, self.rule, path)
         return value
+
+
+def _render_template(source: str, variables: dict[str, Any], message: str, rule: str, path: Path) -> str:
+    """One template string rendered by Liquid, its errors as RenderError at ``path``."""
+    try:
+        return compile_template(source).render(**variables)
+    except LiquidError as e:
+        raise RenderError(message, rule, f"template error in {_where(path)}: {e.message}") from None
+    except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError, AttributeError) as e:
+        # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
+        raise RenderError(
+            message,
+            rule,
+            f"template error in {_where(path)}: a filter cannot handle this friend's value ({e})",
+        ) from None
 
 
 def _rewrite_links(obj: dict, rewrite: Callable[[str], str]) -> bool:
@@ -246,8 +267,11 @@ def _rewrite_field(obj: dict, key: str, rewrite: Callable[[str], str]) -> bool:
     return new != url
 
 
-def _rewrite_text(text: str, rewrite: Callable[[str], str]) -> tuple[str, list[tuple[int, int]]]:
-    """Text with its URLs rewritten, and (UTF-16 offset after the old URL, growth) per URL."""
+def _rewrite_text(text: str, rewrite: Callable[[str], str], moves: bool = True) -> tuple[str, list[tuple[int, int]]]:
+    """Text with its URLs rewritten, and (UTF-16 offset after the old URL, growth) per URL
+    (none without ``moves``: no emojis to move)."""
+    if "http" not in text:  # what every link found starts with
+        return text, []
     out: list[str] = []
     shifts: list[tuple[int, int]] = []
     last = 0
@@ -258,7 +282,7 @@ def _rewrite_text(text: str, rewrite: Callable[[str], str]) -> tuple[str, list[t
         out.append(text[last : m.start()])
         out.append(new)
         last = end
-        if new != url:
+        if moves and new != url:
             shifts.append((utf16_len(text[:end]), utf16_len(new) - utf16_len(url)))
     out.append(text[last:])
     return "".join(out), shifts
@@ -279,3 +303,298 @@ def _where(path: Path) -> str:
     head, rest = path[0], path[1:]
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest).lstrip(".")
     return f"object {int(head) + 1}" + (f", {field}" if field else "")
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+class _Slow(Exception):
+    """A message the plan does not take on: :func:`render_message` renders it every time."""
+
+
+#: What stands for a changing value while a plan encodes the fixed parts (never in a message).
+_MARK = "\x00lr-slot-{}\x00"
+_SCHEMES = ("http", "https")
+
+
+class MessagePlan:
+    """How one message sent by one rule renders per friend, worked out once.
+
+    :func:`render_message` renders every string, rewrites every link, checks every object
+    against LINE's limits and leaves the encoding to the caller, for each friend. A plan does
+    the part that is the same for every friend once: which strings are templates (and which of
+    those are plain text with ``{{ variable }}``, rendered without Liquid's machinery), the
+    utm parameters of each fixed link, the limit checks of the fixed parts (the fields a friend
+    changes keep theirs, made per friend: length in UTF-16 units, URL scheme, the bubble's
+    bytes), and the JSON text of everything between the changing fields. Per friend
+    :meth:`render` renders the templates, passes the links through ``link`` in the order
+    :func:`render_message` does, checks the changing fields and splices their JSON in.
+
+    The result is the same as :func:`render_message`'s for every friend, byte for byte, errors
+    included: a changing field that breaks a limit has the whole message checked as
+    :func:`render_message` checks it, for the same first problem. A message the plan cannot
+    take on (a ``type`` that is a template, a fixed part that breaks a limit, ...) is rendered
+    by :func:`render_message` each time (``slow``).
+    """
+
+    def __init__(self, defn: ir.MessageDef, rule: str, *, utm: bool, tracked: bool):
+        self.defn, self.rule, self.utm, self.tracked = defn, rule, utm, tracked
+        self._utm_cache: dict[str, str] = {}
+        self.slow = False
+        try:
+            self._plan()
+        except _Slow:
+            self.slow = True
+
+    # -------------------------------------------------------------- once
+
+    def _plan(self) -> None:
+        objects = list(self.defn.objects)
+        if not all(isinstance(o, dict) for o in objects):
+            raise _Slow
+        self.slots: dict[Path, int] = {}  # changing field -> its index
+        self.initial: list[Any] = []  # each changing field's value before this friend
+        self.templates: list[tuple[int, Path, str, tuple | None]] = []  # (slot, path, source, plain parts)
+        prepared = [self._copy(o, (i,)) for i, o in enumerate(objects)]
+        self.ops: list[tuple] = []  # the links to pass through ``link`` per friend, in order
+        self.fixed_changed = False  # a fixed link got its utm parameters
+        if self.utm or self.tracked:
+            for i, obj in enumerate(prepared):
+                self._plan_links(obj, i)
+        paths = sorted(self.slots)
+        for a, b in zip(paths, paths[1:], strict=False):
+            if b[: len(a)] == a:
+                raise _Slow  # a changing value inside another (a template inside a rewritten emoji list)
+        if any(p[-1] == "type" for p in paths):
+            raise _Slow  # which checks apply depends on it
+        self.checks = plan_checks(prepared, self.slots)
+        if self.checks.problems:
+            raise _Slow  # broken whatever the friend: render_message words it
+        self.spines = [self._spine(obj, (i,)) for i, obj in enumerate(prepared)]
+        self.encoding = [self._encoding(obj, i) for i, obj in enumerate(prepared)]
+
+    def _slot(self, path: Path, value: Any) -> int:
+        slot = self.slots.get(path)
+        if slot is None:
+            slot = self.slots[path] = len(self.initial)
+            self.initial.append(value)
+        return slot
+
+    def _copy(self, value: Any, path: Path) -> Any:
+        """A copy of a part of the definition, its template strings noted as changing."""
+        if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                raise _Slow
+            return {k: self._copy(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._copy(v, path + (i,)) for i, v in enumerate(value)]
+        if isinstance(value, str) and is_template(value):
+            try:
+                template = compile_template(value)
+            except LiquidError:
+                raise _Slow from None
+            self.templates.append((self._slot(path, value), path, value, plain_parts(template)))
+            return value
+        if value is None or isinstance(value, (str, bool, int, float)):
+            return value
+        raise _Slow
+
+    def _utm(self, url: str) -> str:
+        """``add_utm`` of (rule, message), once per link."""
+        new = self._utm_cache.get(url)
+        if new is None:
+            if len(self._utm_cache) > 4096:
+                self._utm_cache.clear()
+            new = self._utm_cache[url] = add_utm(url, self.rule, self.defn.name) if self.utm else url
+        return new
+
+    def _plan_links(self, obj: dict, i: int) -> None:
+        """The link rewrites of one object as :func:`_rewrite_links` makes them: fixed ones
+        (utm only) done now, the others noted as per-friend steps in the same order."""
+        if obj.get("type") == "text" and isinstance(obj.get("text"), str):
+            path = (i, "text")
+            emojis = obj.get("emojis")
+            if path in self.slots or self.tracked:
+                slot = self._slot(path, obj["text"])
+                moved = self._slot((i, "emojis"), emojis) if isinstance(emojis, list) else None
+                self.ops.append(("text", slot, moved))
+            else:
+                text, shifts = _rewrite_text(obj["text"], self._utm)
+                if text != obj["text"]:
+                    obj["text"] = text
+                    self.fixed_changed = True
+                    if isinstance(emojis, list):
+                        obj["emojis"] = [_shift_emoji(e, shifts) for e in emojis]
+        self._plan_actions(obj, (i,))
+
+    def _plan_actions(self, value: Any, path: Path) -> None:
+        """:func:`_rewrite_actions`, planned."""
+        if isinstance(value, list):
+            for k, v in enumerate(value):
+                self._plan_actions(v, path + (k,))
+            return
+        if not isinstance(value, dict):
+            return
+        if value.get("type") == "uri":
+            for key in ("uri", "linkUri"):
+                self._plan_field(value, path, key)
+            if isinstance(value.get("altUri"), dict):
+                self._plan_field(value["altUri"], path + ("altUri",), "desktop")
+        for k, v in value.items():
+            if isinstance(v, (dict, list)):
+                self._plan_actions(v, path + (k,))
+
+    def _plan_field(self, obj: dict, path: Path, key: str) -> None:
+        """:func:`_rewrite_field`, planned."""
+        url = obj.get(key)
+        if path + (key,) in self.slots:  # a template: its value is known per friend
+            self.ops.append(("field", self.slots[path + (key,)], None))
+            return
+        if not isinstance(url, str) or urlsplit(url).scheme.lower() not in _SCHEMES:
+            return
+        if self.tracked:
+            self.ops.append(("tracked", self._slot(path + (key,), url), self._utm(url)))
+        else:
+            obj[key] = self._utm(url)
+            self.fixed_changed |= obj[key] != url
+
+    def _spine(self, value: Any, path: Path) -> tuple:
+        """How to build one friend's copy of an object: (the planned container, its
+        changing children: (key, slot) or (key, spine of a container holding some))."""
+        children: list[tuple[Any, Any]] = []
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            p = path + (k,)
+            if p in self.slots:
+                children.append((k, self.slots[p]))
+            elif isinstance(v, (dict, list)) and any(s[: len(p)] == p for s in self.slots):
+                children.append((k, self._spine(v, p)))
+        return value, tuple(children)
+
+    def _encoding(self, obj: dict, i: int) -> tuple[str, Callable[[list[str]], tuple[str, ...]]]:
+        """The JSON of a planned object (as the store writes it) as a ``%`` format with a
+        ``%s`` for each changing field, and what picks their JSON texts in that order."""
+        marks = {s: _MARK.format(s) for p, s in self.slots.items() if p[0] == i}
+
+        def marked(value: Any, path: Path) -> Any:
+            if path in self.slots:
+                return marks[self.slots[path]]
+            if isinstance(value, dict):
+                return {k: marked(v, path + (k,)) for k, v in value.items()}
+            if isinstance(value, list):
+                return [marked(v, path + (k,)) for k, v in enumerate(value)]
+            return value
+
+        text = _dumps(marked(obj, (i,)))
+        found = []
+        for slot, mark in marks.items():
+            coded = _dumps(mark)
+            if text.count(coded) != 1:
+                raise _Slow
+            found.append((text.index(coded), slot, len(coded)))
+        found.sort()
+        pieces, order, last = [], [], 0
+        for at, slot, length in found:
+            pieces.append(text[last:at].replace("%", "%%"))
+            order.append(slot)
+            last = at + length
+        pieces.append(text[last:].replace("%", "%%"))
+        if len(order) == 1:
+            only = order[0]
+            return "%s".join(pieces), lambda encoded: (encoded[only],)
+        return "%s".join(pieces), operator.itemgetter(*order) if order else lambda encoded: ()
+
+    # -------------------------------------------------------------- per friend
+
+    def render(
+        self,
+        friend: dict,
+        *,
+        sale: dict | None = None,
+        link: Callable[[str], str] | None = None,
+        event: dict | None = None,
+    ) -> tuple[list[dict], list[str] | None]:
+        """The objects this message renders to for ``friend`` (as :func:`render_message`), and
+        each one's JSON text as the store writes it (None when rendered the slow way). Raises
+        RenderError, and nothing else."""
+        if self.slow or link is not None and not self.tracked:
+            objects = render_message(
+                self.defn, friend=friend, rule=self.rule, sale=sale, utm=self.utm, link=link, event=event
+            )
+            return objects, None
+        return _guarded(self.defn.name, self.rule, self._render, friend, sale, link, event)
+
+    def _render(
+        self, friend: dict, sale: dict | None, link: Callable[[str], str] | None, event: dict | None
+    ) -> tuple[list[dict], list[str]]:
+        values = list(self.initial)
+        changed = self.fixed_changed
+        if self.templates:
+            changed = True
+            variables = {"friend": friend_vars(friend), "rule": self.rule, "sale": sale or {}, "event": event or {}}
+            for slot, path, source, parts in self.templates:
+                text = None if parts is None else render_plain(parts, variables)
+                values[slot] = (
+                    _render_template(source, variables, self.defn.name, self.rule, path) if text is None else text
+                )
+        odd = False
+        if self.ops:
+            changed, odd = self._links(values, link, changed)
+        encoded = [_encode(v) for v in values]
+        objects = [_build(spine, values) for spine in self.spines]
+        if changed and (odd or not fields_pass(self.checks, values, encoded)):
+            _raise_first(self.defn.name, self.rule, objects)
+        return objects, [form % pick(encoded) for form, pick in self.encoding]
+
+    def _links(self, values: list[Any], link: Callable[[str], str] | None, changed: bool) -> tuple[bool, bool]:
+        """The per-friend link rewrites, as :func:`_rewrite_links` makes them: whether any
+        value changed, and whether ``link`` gave something other than a text (then the whole
+        message is checked)."""
+        odd = False
+
+        def rewrite(url: str) -> str:
+            nonlocal odd
+            new = self._utm(url)
+            new = link(new) if link is not None else new
+            odd |= type(new) is not str
+            return new
+
+        for kind, slot, extra in self.ops:
+            if kind == "tracked":  # a fixed link, its utm parameters known
+                new = link(extra) if link is not None else extra
+                odd |= type(new) is not str
+                changed |= new != values[slot]
+                values[slot] = new
+            elif kind == "field":  # a template: a link only once rendered
+                url = values[slot]
+                if isinstance(url, str) and urlsplit(url).scheme.lower() in _SCHEMES:
+                    new = rewrite(url)
+                    changed |= new != url
+                    values[slot] = new
+            else:  # the text of a text message
+                text, shifts = _rewrite_text(values[slot], rewrite, extra is not None)
+                if text != values[slot]:
+                    values[slot] = text
+                    changed = True
+                    if extra is not None:
+                        values[extra] = [_shift_emoji(e, shifts) for e in values[extra]]
+        return changed, odd
+
+
+def _dumps(value: Any) -> str:
+    """JSON as the store writes payloads (and :func:`render_hash` hashes them)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _encode(value: Any) -> str:
+    return _encode_text(value) if type(value) is str else _dumps(value)
+
+
+def _build(spine: tuple, values: list[Any]) -> Any:
+    """One friend's copy of a planned object: the containers down to each changing value
+    copied, the rest shared with the plan (read only)."""
+    container, children = spine
+    new = container.copy()
+    for key, child in children:
+        new[key] = values[child] if type(child) is int else _build(child, values)
+    return new

@@ -7,6 +7,7 @@ is absent or invalid. See docs/settings.md for every setting.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -15,17 +16,17 @@ import unicodedata
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import yaml
 
 from engine.i18n import LANGUAGES, E, _
 
 from . import ir
 from .diagnostics import Diagnostic, dedupe, did_you_mean
 from .ir import NAME_RE
-from .yamlpos import YAML_1_1_BOOLEANS, YamlFile
+
+if TYPE_CHECKING:  # imported when a file is read: a warm `validate` never reads YAML
+    from .yamlpos import YamlFile
 
 RICH_MENU_ID_RE = re.compile(r"richmenu-[0-9a-fA-F]{32}")
 _WINDOW_RE = re.compile(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*")
@@ -127,6 +128,27 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
 
 def read_settings(path: str, text: str) -> SettingsFile:
     """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
+    read = read_settings_file(path, text)
+    return dataclasses.replace(read, settings=with_environment(read.settings))
+
+
+def with_environment(settings: ir.Settings) -> ir.Settings:
+    """``settings`` with the LINE Login settings of the environment in place of the file's."""
+    env = {}
+    if env_id := os.environ.get(ENV_LOGIN_CHANNEL_ID):
+        env["login_channel_id"] = env_id
+    if env_secret := os.environ.get(ENV_LOGIN_CHANNEL_SECRET):
+        env["login_channel_secret"] = env_secret
+    return dataclasses.replace(settings, **env) if env else settings
+
+
+def read_settings_file(path: str, text: str) -> SettingsFile:
+    """What the file alone says (:func:`with_environment` adds the environment's LINE Login
+    settings): it depends only on ``path`` and ``text``, so a checked result can be kept."""
+    import yaml
+
+    from .yamlpos import YamlFile
+
     f = YamlFile(path, text)
     values: dict[str, Any] = {}
     if not f.empty:
@@ -152,12 +174,6 @@ def read_settings(path: str, text: str) -> SettingsFile:
                 ok = check(f, (key,), value)
                 if ok is not None:
                     values[key] = ok
-    env_id = os.environ.get(ENV_LOGIN_CHANNEL_ID)
-    env_secret = os.environ.get(ENV_LOGIN_CHANNEL_SECRET)
-    if env_id:
-        values["login_channel_id"] = env_id
-    if env_secret:
-        values["login_channel_secret"] = env_secret
     if "account_link" in values:
         values["account_link_url"] = values.pop("account_link")
         if "base_url" not in values:
@@ -287,6 +303,8 @@ def _rich_menus(f: YamlFile, path, value: Any) -> tuple[tuple[str, str], ...] | 
 def _bool(name: str) -> Callable[[YamlFile, Any, Any], bool | None]:
     def check(f: YamlFile, path, value: Any) -> bool | None:
         if not isinstance(value, bool):
+            from .yamlpos import YAML_1_1_BOOLEANS
+
             help_ = None
             if isinstance(value, str) and value.lower() in YAML_1_1_BOOLEANS:
                 meant = "true" if YAML_1_1_BOOLEANS[value.lower()] else "false"

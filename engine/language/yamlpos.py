@@ -22,7 +22,7 @@ from yamlcore.loader import CommonConstructor
 
 from engine.i18n import E, _
 
-from .diagnostics import Diagnostic, Span
+from .diagnostics import Diagnostic, Span, normalize_newlines  # noqa: F401  (normalize_newlines: also used from here)
 
 #: A path from the document root: mapping keys (str) and sequence indexes (int).
 Path = tuple[str | int, ...]
@@ -317,13 +317,6 @@ LONE_SURROGATE = E("LR006", "this text holds a lone surrogate escape (such as `\
 LONE_SURROGATE_HELP = _(
     "write the character itself (an emoji can be pasted as it is), or escape it whole, e.g. `\\U0001F600`"
 )
-
-
-def normalize_newlines(text: str) -> str:
-    """CR LF and a lone CR (old Mac files) become LF, so every stage counts lines alike."""
-    if "\r" not in text:
-        return text
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str, str | None]:

@@ -313,9 +313,10 @@ def _encode(body: Mapping[str, Any]) -> bytes:
 
 @functools.cache
 def _sdk() -> SimpleNamespace:
-    """The parts of line-bot-sdk the dispatcher uses, imported on first use: importing its
-    messaging package builds some 850 pydantic models (about 1.5 s of CPU), which a dry run,
-    ``validate``, ``simulate`` and the rule tests never need."""
+    """The parts of line-bot-sdk the dispatcher uses, imported when the first
+    :class:`Dispatcher` is made: importing its messaging package builds some 850 pydantic models
+    (about 1.3 s of CPU), which a dry run, ``validate``, ``simulate`` and the rule tests never
+    need."""
     from linebot.v3.messaging import ApiException, AsyncApiClient, AsyncMessagingApi, Configuration
     from linebot.v3.messaging.async_rest import RESTClientObject, RESTResponse
 
@@ -430,6 +431,7 @@ class Dispatcher:
     ):
         if not access_token and stateless is None:
             raise ValueError("a channel access token or a channel id and secret is needed")
+        _sdk()  # imported now, so that the first reply after a start does not wait for it
         self.endpoint = endpoint.rstrip("/")
         self._token = access_token or ""
         self.stateless = stateless

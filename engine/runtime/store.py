@@ -259,6 +259,18 @@ class OutboxRow(NamedTuple):
     reply_deadline: int | None = None
 
 
+class Encoded(list):
+    """Message objects whose JSON text is known already: ``json`` is exactly what the store
+    would write for the list (compact, keys sorted, not ASCII-escaped), so a payload rendered
+    once is not encoded again (:meth:`Store.add_outbox_rows`)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, objects: Sequence[Any], json: str):
+        super().__init__(objects)
+        self.json = json
+
+
 class Delivery(NamedTuple):
     """One friend's record of one decided send (:meth:`Store.add_deliveries`). ``outbox`` is
     the outbox row's id, or its place in the list given with it."""
@@ -1884,7 +1896,7 @@ class Store:
             def payload(value: Any) -> str:
                 text = payloads.get(id(value))
                 if text is None:
-                    text = payloads[id(value)] = _json(value)
+                    text = payloads[id(value)] = value.json if type(value) is Encoded else _json(value)
                 return text
 
             def messages(value: Sequence[str]) -> str:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
-from engine.language.render import RenderError, render_hash, render_message, sale_vars
+from engine.language.render import MessagePlan, RenderError, render_hash, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
-from engine.runtime.store import Delivery, DueChange, DueChunk, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, Encoded, OutboxRow
 from engine.stages.context import Context, TickResult
 
 log = logging.getLogger("linerules.engine")
@@ -332,6 +332,8 @@ class Renderer:
         self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._hashes: dict[int, tuple[list[dict], str]] = {}
+        self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
+        self._sales: dict[str, dict | None] = {}
 
     def new_chunk(self) -> None:
         """Friend-independent renders are shared within one chunk only."""
@@ -371,21 +373,23 @@ class Renderer:
                 return chunks
         sale = self._sale(occurrence)
         chunks: Pushes = []
+        texts: list[list[str] | None] = []  # each push's objects as JSON, when known
         failures: list[tuple[str, str]] = []
         for name in due.names:
             defn = self.ctx.project.messages.get(name)
             if defn is None:
                 continue
+            link = self._linker(friend.get("id"), rule, name, now)
             try:
-                objects = render_message(
-                    defn,
-                    friend=friend,
-                    rule=rule,
-                    sale=sale,
-                    utm=self.ctx.settings.utm,
-                    link=self._linker(friend.get("id"), rule, name, now),
-                    event=event,
-                )
+                if key is None:  # this friend's own render: by the message's plan
+                    objects, encoded = self._plan(defn, rule, link is not None).render(
+                        friend, sale=sale, link=link, event=event
+                    )
+                else:
+                    objects = render_message(
+                        defn, friend=friend, rule=rule, sale=sale, utm=self.ctx.settings.utm, link=link, event=event
+                    )
+                    encoded = None
             except RenderError as exc:
                 who = friend.get("id") or due.friend
                 if who:
@@ -413,11 +417,31 @@ class Renderer:
             if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
                 chunks[-1][0].append(name)
                 chunks[-1][1].extend(objects)
+                texts[-1] = None if texts[-1] is None or encoded is None else texts[-1] + encoded
+            elif len(objects) <= MAX_OBJECTS:
+                chunks.append(([name], objects))
+                texts.append(encoded)
             else:
-                chunks.extend(([name], objects[i : i + MAX_OBJECTS]) for i in range(0, len(objects), MAX_OBJECTS))
+                for i in range(0, len(objects), MAX_OBJECTS):
+                    chunks.append(([name], objects[i : i + MAX_OBJECTS]))
+                    texts.append(None if encoded is None else encoded[i : i + MAX_OBJECTS])
+        if any(t is not None for t in texts):  # the pushes' JSON, spliced from their objects'
+            chunks = [
+                (names, objects if t is None else Encoded(objects, "[" + ",".join(t) + "]"))
+                for (names, objects), t in zip(chunks, texts, strict=True)
+            ]
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
+
+    def _plan(self, defn: ir.MessageDef, rule: str, tracked: bool) -> MessagePlan:
+        """How ``defn`` renders per friend when ``rule`` sends it (worked out at its first send)."""
+        plan = self._plans.get((defn.name, rule, tracked))
+        if plan is None:
+            plan = self._plans[defn.name, rule, tracked] = MessagePlan(
+                defn, rule, utm=self.ctx.settings.utm, tracked=tracked
+            )
+        return plan
 
     def static(self, names: tuple[str, ...]) -> bool:
         """Whether these messages render the same for every friend (no ``friend`` or ``event``)."""
@@ -437,7 +461,7 @@ class Renderer:
         """``render_hash``, computed once per distinct payload object."""
         key = id(objects)
         if key not in self._hashes:
-            self._hashes[key] = (objects, render_hash(objects))
+            self._hashes[key] = (objects, render_hash(objects, objects.json if type(objects) is Encoded else None))
         return self._hashes[key][1]
 
     def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
@@ -449,12 +473,15 @@ class Renderer:
         return lambda url: f"{base.rstrip('/')}/c/{store.link_token(friend, rule, message, url, now)}"
 
     def _sale(self, occurrence: str | None) -> dict | None:
-        """The sale of a ``sale`` rule's occurrence, for templates' ``sale``."""
+        """The sale of a ``sale`` rule's occurrence, for templates' ``sale`` (worked out once
+        per occurrence; templates only read it)."""
         if not (occurrence or "").startswith("sale:"):
             return None
-        name = occurrence.split(":")[1]
-        sale = next((s for s in self.ctx.project.sales if s.name == name), None)
-        return sale_vars(sale, self.ctx.tz) if sale else None
+        if occurrence not in self._sales:
+            name = occurrence.split(":")[1]
+            sale = next((s for s in self.ctx.project.sales if s.name == name), None)
+            self._sales[occurrence] = sale_vars(sale, self.ctx.tz) if sale else None
+        return self._sales[occurrence]
 
 
 def split_steps(rule: ir.Rule | None, steps: list) -> list:

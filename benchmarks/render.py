@@ -1,0 +1,227 @@
+"""Benchmark: what a personalised send costs per friend in the deliver stage.
+
+    .venv/bin/python benchmarks/render.py                  # 20,000 friends, 3 rounds
+    .venv/bin/python benchmarks/render.py --friends 50000 --rounds 5
+
+A schedule rule sends one message to every friend (SQL-written population, display names
+with kana, kanji and emoji, a ``points`` attribute); one tick enters them all and the deliver
+stage decides, renders and writes every send, through the real engine on a real SQLite file.
+Three sends are measured, each in its own fresh database per round:
+
+* ``flex``: a flex bubble with ``{{ friend.display_name }}`` in its altText and a title,
+  ``{{ friend.points }}`` in a line, two tracked links (``base_url`` set: each link becomes a
+  click-tracking URL per friend) and utm parameters;
+* ``text``: a text message with the name, the points and one link (utm only, no tracking);
+* ``winback_90d``: the sample rules' win-back (rules/messages.yaml): a text with
+  ``{{ friend.display_name | default: "お客" }}`` and a link, and an image.
+
+Per send it prints, as microseconds per friend (median of the rounds): the whole deliver
+stage, the part spent rendering (``Renderer.render`` and the payload's hash), the part spent
+writing the outbox rows (``Store.add_outbox_rows``, which encodes each payload not encoded
+already), and the floor
+measured in the same run: the bare python-liquid render of the same template strings for the
+same friends plus one ``json.dumps`` of what they rendered to. The ratios (median over the
+rounds of each round against its own floor) say how far the engine's rendering is from that
+floor and what the whole stage costs against it. For a before/after, run the same file against
+both trees in one sitting, alternating (docs/engine.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.interpreter import Engine  # noqa: E402
+from engine.language import timeutil  # noqa: E402
+from engine.language.project import load_project  # noqa: E402
+from engine.runtime.store import Store  # noqa: E402
+from engine.stages import deliver  # noqa: E402
+
+MESSAGES = textwrap.dedent("""\
+    flex:
+      - type: flex
+        altText: "{{ friend.display_name }}様へ 今週のおすすめ"
+        contents:
+          type: bubble
+          hero:
+            type: image
+            url: https://shop.example.jp/images/line/pick.jpg
+            size: full
+            aspectRatio: "20:13"
+            aspectMode: cover
+            action: {type: uri, uri: "https://shop.example.jp/item/1"}
+          body:
+            type: box
+            layout: vertical
+            spacing: sm
+            contents:
+              - {type: text, text: "{{ friend.display_name }}様", weight: bold, size: lg, wrap: true}
+              - {type: text, text: "保有ポイント {{ friend.points }} pt", size: sm, color: "#666666"}
+              - {type: text, text: 今週だけのおすすめアイテムをお届けします。, wrap: true, size: sm}
+          footer:
+            type: box
+            layout: vertical
+            contents:
+              - type: button
+                style: primary
+                color: "#bf0000"
+                action: {type: uri, label: 詳しく見る, uri: "https://shop.example.jp/item/1?ref=line"}
+    text: |-
+      {{ friend.display_name }}様、いつもありがとうございます！
+      いま {{ friend.points }} ポイントお持ちです。今週のおすすめはこちら
+      https://shop.example.jp/pick
+""")
+
+SENDS = {
+    "flex": "base_url: https://r.example.jp\n",  # tracked links
+    "text": "",  # utm only
+    "winback_90d": "",  # the sample rules' win-back: a text with `default` and a link, and an image
+}
+SAMPLE = ROOT / "rules" / "messages.yaml"
+
+START = "2026-11-02T09:59:00+09:00"
+
+
+def write_folder(root: Path, send: str) -> None:
+    root.mkdir(parents=True)
+    (root / "settings.yaml").write_text("timezone: Asia/Tokyo\nutm: true\n" + SENDS[send], encoding="utf-8")
+    (root / "messages.yaml").write_text(MESSAGES + SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    (root / "main.rule").write_text(f'rule pick when schedule "0 10 * * *" then send {send}\n', encoding="utf-8")
+
+
+def populate(store: Store, n: int, start: int) -> None:
+    """``n`` current friends; every seventh name holds an emoji, every eleventh is long."""
+    with store.transaction() as c:
+        c.execute(
+            "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
+            "INSERT INTO friends(id, followed_at, seen_at, display_name, attributes, created_at) "
+            "SELECT printf('U%08d', i), :start - 86400, :start - 86400, "
+            "CASE WHEN i % 7 = 0 THEN printf('さくら🌸%d', i) WHEN i % 11 = 0 THEN printf('山田花子%d"
+            " (やまだ はなこ) Hanako Yamada', i) ELSE printf('友だち%d', i) END, "
+            "json_object('points', i % 5000, 'rank', CASE WHEN i % 3 = 0 THEN 'gold' ELSE 'silver' END), "
+            ":start - 86400 FROM seq",
+            {"n": n, "start": start},
+        )
+
+
+def templates_of(value, out: list[str]) -> list[str]:
+    if isinstance(value, dict):
+        for v in value.values():
+            templates_of(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            templates_of(v, out)
+    elif isinstance(value, str) and ("{{" in value or "{%" in value):
+        out.append(value)
+    return out
+
+
+def floor(defn, friends: list[dict]) -> float:
+    """The bare python-liquid render of the message's template strings for each friend plus
+    one ``json.dumps`` of what they rendered to: seconds for all friends."""
+    from liquid import Environment
+
+    env = Environment()
+    compiled = [env.from_string(t) for t in templates_of(list(defn.objects), [])]
+    gc.collect()
+    t = time.perf_counter()
+    for f in friends:
+        json.dumps([c.render(friend=f) for c in compiled], ensure_ascii=False, separators=(",", ":"))
+    return time.perf_counter() - t
+
+
+class Timed:
+    """Wraps a method of a class with a timer (seconds and calls added up)."""
+
+    def __init__(self, cls, name: str):
+        self.cls, self.name, self.real = cls, name, getattr(cls, name)
+        self.seconds = 0.0
+        timer = self
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return timer.real(*args, **kwargs)
+            finally:
+                timer.seconds += time.perf_counter() - t
+
+        setattr(cls, name, timed)
+
+    def restore(self) -> None:
+        setattr(self.cls, self.name, self.real)
+
+
+def one_round(send: str, n: int, tmp: Path, k: int) -> dict[str, float]:
+    folder = tmp / f"{send}-{k}"
+    write_folder(folder, send)
+    loaded = load_project(str(folder))
+    assert loaded.project is not None, [d.message for d in loaded.diagnostics]
+    project = loaded.project
+    tz = project.settings.tz
+    start = timeutil.epoch(dt.datetime.fromisoformat(START))
+    store = Store(str(tmp / f"{send}-{k}.db"))
+    populate(store, n, start)
+    engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
+    engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
+    stage = Timed(deliver.DeliverStage, "run")
+    render = Timed(deliver.Renderer, "render")
+    hashing = Timed(deliver.Renderer, "hash")
+    outbox = Timed(Store, "add_outbox_rows")
+    gc.collect()
+    try:
+        engine.tick(timeutil.local(start + 60, tz))
+    finally:
+        for t in (stage, render, hashing, outbox):
+            t.restore()
+    sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'queued'").fetchone()[0]
+    assert sent == n, f"{sent} of {n} sends queued"
+    friends = [store.friend(f"U{i:08d}") for i in range(0, n)]
+    store.close()
+    bare = floor(project.messages[send], [_vars(f) for f in friends])
+    return {
+        "deliver": stage.seconds / n,
+        "render": (render.seconds + hashing.seconds) / n,
+        "outbox": outbox.seconds / n,
+        "floor": bare / n,
+    }
+
+
+def _vars(friend: dict) -> dict:
+    return {**friend.get("attributes", {}), **{k: v for k, v in friend.items() if k != "attributes"}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--friends", type=int, default=20_000, help="friends sent to per round (default 20,000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per send; medians are printed (default 3)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for send in SENDS:
+            rounds = [one_round(send, args.friends, Path(tmp), k) for k in range(args.rounds)]
+            m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+            # each round against the floor measured right after it (the machine's load moves both)
+            m["render_x"] = statistics.median(r["render"] / r["floor"] for r in rounds)
+            m["deliver_x"] = statistics.median(r["deliver"] / r["floor"] for r in rounds)
+            print(
+                f"{send}: deliver {m['deliver'] * 1e6:.1f} us/friend, of it rendering {m['render'] * 1e6:.1f} us "
+                f"and writing the outbox rows (payloads encoded) {m['outbox'] * 1e6:.1f} us; "
+                f"floor (bare Liquid + json.dumps) {m['floor'] * 1e6:.1f} us: "
+                f"rendering {m['render_x']:.2f}x the floor, the whole stage {m['deliver_x']:.2f}x"
+                f"  [{args.friends:,} friends, median of {args.rounds}]"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
