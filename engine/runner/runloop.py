@@ -888,8 +888,9 @@ class Runner:
     ) -> list[tuple[dict, DispatchResult, bool, dt.datetime | None]]:
         """Store outcomes with their reasons: done, rejected, unconfirmed, held for the quota
         or the token, or retried later. Final outcomes are written by one call
-        (:meth:`Store.finish_outbox_rows`), the others row by row. Fenced: nothing is written for a row that another runner claimed
-        since. Returns (row, result, written, until) for :meth:`_report`."""
+        (:meth:`Store.finish_outbox_rows`), the others row by row. Fenced: nothing is written
+        for a row that another runner claimed since. Returns (row, result, written, until) for
+        :meth:`_report`."""
         at = int(now.timestamp())
         by_epoch: dict[int | None, list[tuple[int, str, str | None, str | None]]] = {}
         for row, result in batch:
