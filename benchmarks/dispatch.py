@@ -286,6 +286,7 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object, sent: li
     """The runner's dispatch loop sends the outbox and stores every outcome; returns the
     seconds from its start to the last outcome stored, and the process's CPU seconds
     meanwhile."""
+    from engine.runner.clock import ManualClock
     from engine.runner.runloop import Runner, RunnerConfig
 
     config = RunnerConfig.from_env(
@@ -293,9 +294,7 @@ async def runner_broadcast(base_url: str, folder: Path, moment: object, sent: li
         rules_dir=folder / "rules",
         db=folder / "linerules.db",
     )
-    runner = Runner.open(config)
-    offset = time.time() - moment.timestamp()  # the runner's clock starts at the moment
-    runner.clock = lambda: dt.datetime.fromtimestamp(time.time() - offset, dt.UTC)
+    runner = Runner.open(config, clock=ManualClock(moment, flowing=True))  # its clock starts at the moment
     try:
         await runner.dispatcher.refresh_quota()
         grants = log_grants(runner.dispatcher._buckets["multicast"])

@@ -88,3 +88,49 @@ def test_line_faults_never_lose_or_repeat_a_message(tmp_path, rules, line_emulat
     assert statuses[500] and statuses[429] and statuses[409] and statuses[None]
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.exit_code() == 0
+
+
+def test_sigkill_while_a_broadcast_lands_leaves_every_multicast_whole_and_a_restart_sends_the_rest(
+    tmp_path, line_emulator, line_env, processes
+):
+    """Outcomes are stored a batch at a time: a multicast's row and its 500 delivery rows are
+    finished together or not at all, so a runner killed mid-broadcast leaves no friend marked
+    sent in a row still pending, nor pending in a row sent."""
+    friends = add_friends(line_emulator, [f"U{i:05d}" for i in range(1500)])
+    rules = write_rules(tmp_path / "rules")  # one shared welcome: multicasts of 500
+    db = tmp_path / "broadcast.db"
+    # the first multicast is delivered but its answer never comes back before the kill
+    line_emulator.inject_lost_response("multicast", count=1, delay=60)
+    first = processes(rules, db, env={**line_env, "LINERULES_LINE_TIMEOUT": "60"})  # no retry before the kill
+    first.started()
+    first.post_events([follow(f) for f in friends])
+    wait_until(
+        lambda: (
+            len(per_friend(line_emulator)) == len(friends)
+            and rows(db, "SELECT COUNT(*) AS n FROM outbox WHERE status = 'sent'")[0]["n"] == 2
+        ),
+        timeout=60,
+    )
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.exit_code() == -signal.SIGKILL
+
+    outbox = {r["id"]: r for r in rows(db)}
+    assert sorted(r["kind"] for r in outbox.values()) == ["multicast"] * 3
+    deliveries = rows(db, "SELECT friend, outbox_id, status FROM deliveries")
+    assert Counter(d["friend"] for d in deliveries) == Counter(friends)  # one delivery row each
+    by_row: dict[int, set[str]] = {}
+    for d in deliveries:
+        by_row.setdefault(d["outbox_id"], set()).add(d["status"])
+    expected = {"sent": {"sent"}, "pending": {"queued"}}
+    assert {i: by_row[i] for i in outbox} == {i: expected[r["status"]] for i, r in outbox.items()}
+    [in_doubt] = [r for r in outbox.values() if r["status"] == "pending"]
+
+    second = processes(rules, db, env=line_env)
+    second.started()
+    wait_until(lambda: backlog(db) == 0, timeout=30)
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    again = [r for r in line_emulator.requests if r.retry_key == in_doubt["retry_key"]]
+    assert [r.status for r in again] == [None, 409]  # the same key: LINE had it already
+    assert {r["status"] for r in rows(db, "SELECT DISTINCT status FROM deliveries")} == {"sent"}
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.exit_code() == 0

@@ -14,8 +14,9 @@ engine never claims outbox rows.
   reloads the rules on SIGHUP or when a file in the rule folder changes.
 - The **dispatch loop** keeps up to :data:`SEND_SLOTS` rows in flight (and, apart from them,
   up to :data:`REPLY_SLOTS` replies, so an answer never waits behind pushes): it claims due
-  rows as slots free up (fenced by the lease's epoch), sends each on its own task and records
-  each outcome as it lands. One slow or failing request holds only its own row. A row is
+  rows in batches, up to :data:`CLAIM_AHEAD` beyond the free slots (fenced by the lease's
+  epoch), starts one as a slot frees up, sends each on its own task and stores the outcomes
+  that land together in one transaction. One slow or failing request holds only its own row. A row is
   never deleted before its outcome is recorded; rows left in flight by a crash are sent again
   on restart with the same retry key. A 401/403 from LINE holds everything until the token
   works again.
@@ -32,6 +33,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,6 +62,10 @@ SEND_SLOTS = 64
 #: Requests in flight at once for replies, apart from the others (answers never queue behind
 #: a push backlog).
 REPLY_SLOTS = 16
+#: Rows (not replies) the dispatch loop claims ahead of its free send slots: an answer's slot
+#: takes the next row at once, without waiting for a claim, and rows are claimed in batches
+#: (again once fewer than half of these are left).
+CLAIM_AHEAD = 32
 #: Seconds between checks of the token after LINE refused it (doubling up to 60 s).
 AUTH_PROBE = 5.0
 #: A change in the rule folder is reloaded once no file changed for this many seconds (a
@@ -259,6 +265,8 @@ class Runner:
         self._auth_delay = AUTH_PROBE
         self._auth_wake = asyncio.Event()
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}  # outbox id -> (lane, task)
+        self._ready: deque[dict] = deque()  # rows claimed ahead, not started yet (CLAIM_AHEAD)
+        self._replies_in_flight = 0  # of self._sending, in the reply lane
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
@@ -517,7 +525,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = self.fill_slots()
+                started = self.fill_slots(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
@@ -534,12 +542,16 @@ class Runner:
         await self._drain()
 
     async def _drain(self) -> None:
-        """Wait for the requests in flight and store their outcomes."""
+        """Wait for the requests in flight and store their outcomes; rows claimed ahead that
+        were not started are let go (they stay pending, with their retry keys)."""
         tasks = [task for _, task in self._sending.values()]
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
         self._flush()
+        if self._ready and self.stopping:
+            ids, self._ready = [row["id"] for row in self._ready], deque()
+            self.store.release_claims(ids)
 
     async def _probe_auth(self) -> None:
         """After a 401/403: wait, then ask LINE whether the token works (a stateless token is
@@ -726,30 +738,68 @@ class Runner:
 
     # ------------------------------------------------------------------ sending
 
-    def fill_slots(self) -> int:
-        """Claim due rows for the free send slots (replies have slots of their own) and start
-        one task per row; returns the number of rows started. Raises LeaseLost when another
-        runner holds the lease."""
-        if self.stopping or self.auth_problem is not None:
-            return 0
-        replies = sum(1 for lane, _ in self._sending.values() if lane == "reply")
+    def _may_start(self) -> bool:
+        return not self.stopping and self.auth_problem is None
+
+    def _room(self, ahead: int) -> tuple[int, int] | None:
+        """(replies, other rows) to claim now: for the free reply slots, and for the free send
+        slots plus ``ahead`` rows beyond them once the rows claimed ahead run low; None when
+        nothing may be claimed."""
+        if not self._may_start():
+            return None
+        replies = self._replies_in_flight
         others = len(self._sending) - replies
-        free_replies, free_others = REPLY_SLOTS - replies, SEND_SLOTS - others
-        if free_replies <= 0 and free_others <= 0:
-            return 0
+        free_replies = max(0, REPLY_SLOTS - replies)
+        free_others = 0
+        if len(self._ready) <= ahead // 2:
+            free_others = max(0, SEND_SLOTS - others + ahead - len(self._ready))
+        if not free_replies and not free_others:
+            return None
+        return free_replies, free_others
+
+    def _claim(self, room: tuple[int, int]) -> list[dict]:
+        """Claim due rows for ``room`` (fenced by the lease's epoch)."""
         lease = None if self.epoch is None else (self.owner, self.epoch, self.config.lease_ttl)
-        rows = self.store.claim_outbox(
+        replies, others = room
+        return self.store.claim_outbox(
             int(self.now().timestamp()),
-            max(0, free_replies) + max(0, free_others),
-            reply_limit=max(0, free_replies),
-            other_limit=max(0, free_others),
+            replies + others,
+            reply_limit=replies,
+            other_limit=others,
             lease=lease,
         )
+
+    def _start(self, rows: list[dict]) -> int:
+        """Start the claimed replies at once (their slots were free) and queue the other rows
+        for the send slots; returns the number of rows."""
         for row in rows:
-            lane = "reply" if row["kind"] == "reply" else "send"
-            task = asyncio.ensure_future(self._send_row(row))
-            self._sending[row["id"]] = (lane, task)
+            if row["kind"] == "reply":
+                self._sending[row["id"]] = ("reply", asyncio.ensure_future(self._send_row(row)))
+                self._replies_in_flight += 1
+            else:
+                self._ready.append(row)
+        self._start_ready()
         return len(rows)
+
+    def _start_ready(self) -> None:
+        """Start rows claimed ahead while send slots are free."""
+        if not self._ready or not self._may_start():
+            return
+        others = len(self._sending) - self._replies_in_flight
+        while self._ready and others < SEND_SLOTS:
+            row = self._ready.popleft()
+            self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
+            others += 1
+
+    def fill_slots(self, ahead: int = 0) -> int:
+        """Claim due rows for the free send slots (replies have slots of their own), and
+        ``ahead`` rows beyond them in the same claim (only under a lease: its in-flight marks
+        keep rows claimed ahead this runner's); start one task per row as slots are free.
+        Returns the number of rows claimed. Raises LeaseLost when another runner holds the
+        lease."""
+        self._start_ready()
+        room = self._room(ahead if self.epoch is not None else 0)
+        return 0 if room is None else self._start(self._claim(room))
 
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
@@ -791,14 +841,24 @@ class Runner:
 
     def _land(self, row: dict, result: DispatchResult) -> None:
         """Queue an outcome; outcomes that land within :data:`FLUSH_DELAY` are stored in one
-        transaction (the event loop waits for SQLite's write lock once for them, not once per
-        row; a broadcast's multicasts land a few milliseconds apart)."""
+        transaction (SQLite's write lock is taken once for them, not once per row; a
+        broadcast's multicasts land a few milliseconds apart). The request is over: its slot
+        takes the next row claimed ahead at once. The row stays in flight in the store's marks
+        until its outcome is stored, so it is never claimed again before its outcome is written
+        (or could not be, and it goes again with its retry key)."""
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
+        lane, _task = self._sending.pop(row["id"], ("", None))
+        self._replies_in_flight -= lane == "reply"
+        self._start_ready()
+        if len(self._ready) <= CLAIM_AHEAD // 2:
+            self.wake_dispatch()
 
     def _flush(self) -> None:
+        """Store the outcomes landed so far in one transaction. A row whose outcome cannot be
+        stored is sent again later with its retry key."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
         if not batch:
@@ -806,8 +866,7 @@ class Runner:
         now = self.now()
         try:
             with self.store.transaction():
-                for row, result in batch:
-                    self._record(row, result, now)
+                reports = self._record(batch, now)
         except StoreError:  # logged once by the store
             log.warning(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
@@ -818,74 +877,102 @@ class Runner:
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
             self.store.release_claims(row["id"] for row, _ in batch)
-        finally:
-            for row, _ in batch:
-                self._sending.pop(row["id"], None)
-            self.wake_dispatch()
+        else:
+            self._report(reports)
+            if all(result.outcome in FINISHED for _, result in batch):
+                return  # the slots were freed as the answers landed
+        self.wake_dispatch()  # rows to claim again, or a refused token to notice
 
-    def _record(self, row: dict, result: DispatchResult, now: dt.datetime) -> None:
-        """Store one outcome with its reason: done, rejected, unconfirmed, held for the quota
-        or the token, or retried later. Fenced: nothing is written for a row that another
-        runner claimed since."""
-        row_id, to = row["id"], _recipients(row)
-        outcome, epoch, at = result.outcome, row.get("claim_epoch"), int(now.timestamp())
-        if outcome in FINISHED:
-            written = self.store.finish_outbox(
-                row_id, outcome, request_id=result.request_id, error=result.detail, at=at, epoch=epoch
-            )
-        else:
-            if outcome == "held":
-                until = self.next_day_opening(row, now)
-            elif outcome == "auth":
-                until = now
-            else:
-                until = self.retry_at(row, now, result)
-            written = self.store.hold_outbox(
-                row_id, int(until.timestamp()), error=result.detail, ambiguous=result.ambiguous, epoch=epoch
-            )
-        if not written:
-            log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's", row_id, to, outcome)
-            self.metrics.pushes.labels(outcome="fenced").inc()
-            return
-        self.metrics.pushes.labels(outcome=outcome).inc()
-        if outcome == "dry_run":
-            pass  # the transport logged it
-        elif outcome in ("sent", "duplicate"):
-            log.info(
-                "%s outbox %d to %s via %s%s",
-                outcome,
-                row_id,
-                to,
-                result.via,
-                f" (request {result.request_id})" if result.request_id else "",
-            )
-        elif outcome == "rejected":
-            log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status, result.detail)
-        elif outcome == "unconfirmed":
-            log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
-        elif outcome == "held":
-            log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until), result.detail)
-        elif outcome == "auth":
-            first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
-            if first:
-                log.error(
-                    "LINE refuses the channel access token (%s): every send is held, "
-                    "nothing is dropped; checking again in %.0f s. Set a valid "
-                    "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
-                    "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
-                    "Developers Console",
-                    result.detail,
-                    self._auth_delay,
+    def _record(
+        self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime
+    ) -> list[tuple[dict, DispatchResult, bool, dt.datetime | None]]:
+        """Store outcomes with their reasons: done, rejected, unconfirmed, held for the quota
+        or the token, or retried later. Final outcomes are written by one call
+        (:meth:`Store.finish_outbox_rows`), the others row by row. Fenced: nothing is written
+        for a row that another runner claimed since. Returns (row, result, written, until) for
+        :meth:`_report`."""
+        at = int(now.timestamp())
+        by_epoch: dict[int | None, list[tuple[int, str, str | None, str | None]]] = {}
+        for row, result in batch:
+            if result.outcome in FINISHED:
+                by_epoch.setdefault(row.get("claim_epoch"), []).append(
+                    (row["id"], result.outcome, result.request_id, result.detail)
                 )
-        else:
-            log.warning(
-                "outbox %d to %s not sent (%s)%s; next attempt at %s with the same retry key",
-                row_id,
-                to,
-                result.detail,
-                " and may have arrived" if result.ambiguous else "",
-                self.local(until),
-            )
+        finished: set[int] = set()
+        for epoch, outcomes in by_epoch.items():
+            finished |= self.store.finish_outbox_rows(outcomes, at, epoch=epoch)
+        reports = []
+        for row, result in batch:
+            outcome, until = result.outcome, None
+            if outcome in FINISHED:
+                written = row["id"] in finished
+            else:
+                if outcome == "held":
+                    until = self.next_day_opening(row, now)
+                elif outcome == "auth":
+                    until = now
+                else:
+                    until = self.retry_at(row, now, result)
+                written = self.store.hold_outbox(
+                    row["id"],
+                    int(until.timestamp()),
+                    error=result.detail,
+                    ambiguous=result.ambiguous,
+                    epoch=row.get("claim_epoch"),
+                )
+            reports.append((row, result, written, until))
+        return reports
+
+    def _report(self, reports: list[tuple[dict, DispatchResult, bool, dt.datetime | None]]) -> None:
+        """Log stored outcomes (one line a row) and count them (once per outcome a batch)."""
+        counts: Counter[str] = Counter()
+        for row, result, written, until in reports:
+            row_id, to, outcome = row["id"], _recipients(row), result.outcome
+            if not written:
+                log.warning("outbox %d to %s: %s not stored: the row is no longer this runner's", row_id, to, outcome)
+                counts["fenced"] += 1
+                continue
+            counts[outcome] += 1
+            if outcome == "dry_run":
+                pass  # the transport logged it
+            elif outcome in ("sent", "duplicate"):
+                log.info(
+                    "%s outbox %d to %s via %s%s",
+                    outcome,
+                    row_id,
+                    to,
+                    result.via,
+                    f" (request {result.request_id})" if result.request_id else "",
+                )
+            elif outcome == "rejected":
+                log.error("LINE rejected outbox %d to %s (%s): %s", row_id, to, result.status, result.detail)
+            elif outcome == "unconfirmed":
+                log.warning("outbox %d to %s unconfirmed: %s", row_id, to, result.detail)
+            elif outcome == "held":
+                log.warning("outbox %d to %s held until %s: %s", row_id, to, self.local(until), result.detail)
+            elif outcome == "auth":
+                first, self.auth_problem = self.auth_problem is None, result.detail or f"HTTP {result.status}"
+                if first:
+                    log.error(
+                        "LINE refuses the channel access token (%s): every send is held, "
+                        "nothing is dropped; checking again in %.0f s. Set a valid "
+                        "LINE_CHANNEL_ACCESS_TOKEN (or LINE_CHANNEL_ID and "
+                        "LINE_CHANNEL_SECRET) and restart, or fix it in the LINE "
+                        "Developers Console",
+                        result.detail,
+                        self._auth_delay,
+                    )
+            else:
+                log.warning(
+                    "outbox %d to %s not sent (%s)%s; next attempt at %s with the same retry key",
+                    row_id,
+                    to,
+                    result.detail,
+                    " and may have arrived" if result.ambiguous else "",
+                    self.local(until),
+                )
+        for outcome, count in counts.items():
+            self.metrics.pushes.labels(outcome=outcome).inc(count)
 
     def _window(self, row: dict) -> Any:
         rule = self.project.rules.get(row.get("rule") or "")

@@ -2075,29 +2075,50 @@ class Store:
         """Final outcome of a row (sent, duplicate, rejected, unconfirmed, dry_run) with its
         reason; its deliveries follow. With ``epoch`` only a row still claimed under that epoch
         is written (fencing); returns whether it was."""
+        return bool(self.finish_outbox_rows([(outbox_id, status, request_id, error)], at, epoch=epoch))
+
+    def finish_outbox_rows(
+        self,
+        outcomes: Sequence[tuple[int, str, str | None, str | None]],
+        at: int | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> set[int]:
+        """Final outcomes of many rows in one transaction, each ``(id, status, request_id,
+        error)`` as :meth:`finish_outbox` takes them; returns the ids written (with ``epoch``,
+        only rows still claimed under it). A row and its deliveries are written together or
+        not at all. Row by row, with statements SQLite runs in one pass over each row's
+        delivery rows: a set-based form (``IN (SELECT value FROM json_each(?))``) was measured
+        a third slower for a broadcast's multicasts of 500."""
         at = int(self._time()) if at is None else at
+        written: set[int] = set()
+        if not outcomes:
+            return written
+        fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
         with self.transaction() as c:
-            self._inflight.pop(outbox_id, None)
-            fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
-            cur = c.execute(
-                "UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
-                "last_error = ?, sent_at = ? WHERE id = ?" + fence,
-                (status, request_id, error, at, outbox_id, *args),
-            )
-            if cur.rowcount != 1:
-                return False
-            delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
-            c.execute(
-                "UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) WHERE outbox_id = ?",
-                (delivered, error, outbox_id),
-            )
-            # A delivery's time stays the moment it was decided unless it went out later than
-            # SEND_TIME_SLACK (held, retried): moving ``at`` rewrites the (rule, at) index entry
-            # of every row, most of the cost of finishing a multicast's 500 rows.
-            c.execute(
-                "UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?", (at, outbox_id, at - SEND_TIME_SLACK)
-            )
-            return True
+            for outbox_id, status, request_id, error in outcomes:
+                self._inflight.pop(outbox_id, None)
+                cur = c.execute(
+                    "UPDATE outbox SET status = ?, request_id = COALESCE(?, request_id), "
+                    "last_error = ?, sent_at = ? WHERE id = ?" + fence,
+                    (status, request_id, error, at, outbox_id, *args),
+                )
+                if cur.rowcount != 1:
+                    continue
+                written.add(outbox_id)
+                delivered = "sent" if status in ("sent", "duplicate", "dry_run") else status
+                c.execute(
+                    "UPDATE deliveries SET status = ?, reason = COALESCE(?, reason) WHERE outbox_id = ?",
+                    (delivered, error, outbox_id),
+                )
+                # A delivery's time stays the moment it was decided unless it went out later than
+                # SEND_TIME_SLACK (held, retried): moving ``at`` rewrites the (rule, at) index entry
+                # of every row, most of the cost of finishing a multicast's 500 rows.
+                c.execute(
+                    "UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?",
+                    (at, outbox_id, at - SEND_TIME_SLACK),
+                )
+        return written
 
     def hold_outbox(
         self, outbox_id: int, until: int, error: str | None = None, *, ambiguous: bool = False, epoch: int | None = None
