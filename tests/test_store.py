@@ -191,3 +191,30 @@ def test_a_new_process_reclaims_rows_left_in_flight(fresh_db_path):
     again = second.claim_outbox(12, 10)
     assert [r["retry_key"] for r in again] == [claimed[0]["retry_key"]] and again[0]["attempts"] == 2
     second.close()
+
+
+def test_a_commit_that_fails_gives_the_writers_turn_back_once(tmp_path):
+    """A yielding writer (the engine's tick) whose COMMIT fails is rolled back; the turn it held
+    is given back once, so the other writers of the process do not wait for it afterwards."""
+    import time
+
+    from engine.runtime.store import TURN_WAIT
+
+    path = str(tmp_path / "turns.db")
+    tick, webhook = Store(path, yields=True), Store(path)
+    try:
+        tick.conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        tick.conn.execute("CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(sqlite3.IntegrityError):
+            with tick.transaction():
+                tick.conn.execute("INSERT INTO child VALUES (1)")  # fails only at COMMIT
+        started = time.monotonic()
+        for _ in range(3):
+            with webhook.transaction():
+                webhook.set_meta("probe", "1")
+            with tick.transaction():
+                tick.set_meta("probe", "2")
+        assert time.monotonic() - started < TURN_WAIT  # nobody waited for a turn never given back
+    finally:
+        tick.close()
+        webhook.close()

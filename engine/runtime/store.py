@@ -600,6 +600,7 @@ class Store:
         self.clock = clock
         self._time: Callable[[], float] = time.time if clock is None else clock.time
         self._turns = None if path == ":memory:" else _turns_for(path)
+        self._turn_held = False  # this connection holds a yielding turn (see _begin)
         self._health = _Health() if path == ":memory:" else _health_for(path)
         self._opened = False
         try:
@@ -804,6 +805,7 @@ class Store:
                 # would keep the others' waiters out after that one's end
                 turns.wait_for(lambda: not turns.waiting and not turns.busy, timeout=TURN_WAIT)
                 turns.busy += 1
+                self._turn_held = True
             else:
                 turns.waiting += 1
                 turns.wait_for(lambda: not turns.busy, timeout=TURN_WAIT)
@@ -820,13 +822,15 @@ class Store:
                     turns.notify_all()
 
     def _end(self, statement: str | None) -> None:
-        """``COMMIT`` or ``ROLLBACK`` (None: nothing began); a yielding connection then wakes
-        the writers waiting."""
+        """``COMMIT`` or ``ROLLBACK`` (None: nothing began); a yielding connection then gives
+        its turn back, once per transaction (a COMMIT that fails is followed by a ROLLBACK),
+        and wakes the writers waiting."""
         try:
             if statement is not None:
                 self.conn.execute(statement)
         finally:
-            if self.yields and self._turns is not None:
+            if self._turn_held:
+                self._turn_held = False
                 with self._turns:
                     self._turns.busy -= 1
                     self._turns.notify_all()
