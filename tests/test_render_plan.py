@@ -205,6 +205,13 @@ def test_plain_templates_render_as_liquid_renders_them(friend, source):
         assert text == template.render(**variables)
 
 
+@pytest.mark.parametrize("name", ["a\rb", "a\r\nb", "a\r\r\nb", "\r\n\r", "a\n\rb", "\r"])
+def test_carriage_returns_in_a_value_come_out_as_liquid_writes_them(name):
+    template = compile_template("{{ friend.display_name }}様へ")
+    variables = {"friend": friend_vars({"id": "U1", "display_name": name}), "rule": "r", "sale": {}, "event": {}}
+    assert render_plain(plain_parts(template), variables) == template.render(**variables)
+
+
 def test_templates_with_more_than_plain_outputs_are_left_to_liquid():
     for source in ("{% if x %}a{% endif %}", "{{ x | upcase }}", "{{ x | default: y }}", "{{ x[0] }}", "{{ 'a' }}"):
         assert plain_parts(compile_template(source)) is None, source

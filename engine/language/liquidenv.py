@@ -129,4 +129,8 @@ def render_plain(parts: tuple, variables: dict) -> str | None:
     text = "".join(out)
     if len(text) * 4 > LIQUID.output_stream_limit:
         return None  # near Liquid's output limit (counted in UTF-8 bytes): Liquid decides
+    if "\r" in text:
+        # Liquid writes a limited output to a StringIO that reads universal newlines: a value's
+        # "\r\n" and lone "\r" come out as "\n"
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
