@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.exceptions import LiquidError
 
-from engine.line.limits import utf16_len
+from engine.line.limits import payload_json, utf16_len
 
 from . import ir
 from .liquidenv import plain_parts, render_plain
@@ -485,10 +485,10 @@ class MessagePlan:
                 return [marked(v, path + (k,)) for k, v in enumerate(value)]
             return value
 
-        text = _dumps(marked(obj, (i,)))
+        text = payload_json(marked(obj, (i,)))
         found = []
         for slot, mark in marks.items():
-            coded = _dumps(mark)
+            coded = payload_json(mark)
             if text.count(coded) != 1:
                 raise _Slow
             found.append((text.index(coded), slot, len(coded)))
@@ -581,13 +581,8 @@ class MessagePlan:
         return changed, odd
 
 
-def _dumps(value: Any) -> str:
-    """JSON as the store writes payloads (and :func:`render_hash` hashes them)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
 def _encode(value: Any) -> str:
-    return _encode_text(value) if type(value) is str else _dumps(value)
+    return _encode_text(value) if type(value) is str else payload_json(value)
 
 
 def _build(spine: tuple, values: list[Any]) -> Any:

@@ -11,6 +11,7 @@ reference).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,3 +159,10 @@ FLEX_CAROUSEL_BUBBLES = 12
 def utf16_len(text: str) -> int:
     """Length as LINE counts it: UTF-16 code units (an emoji outside the BMP counts 2)."""
     return len(text.encode("utf-16-le")) // 2
+
+
+def payload_json(value: object) -> str:
+    """Message objects as the store writes them and the deliver stage hashes and splices them:
+    compact JSON, keys sorted, not ASCII-escaped (the one definition: a payload encoded once
+    while rendering is stored as it is)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.i18n import N_, _
-from engine.line.limits import MAX_MULTICAST
+from engine.line.limits import MAX_MULTICAST, payload_json
 
 from .events import Event
 
@@ -556,8 +556,7 @@ class EventRow:
     received_at: int
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_json = payload_json
 
 
 def bucket(friend: str, rule: str, salt: str = "") -> int:
