@@ -107,23 +107,10 @@ _facts_new = False
 
 
 def _liquid_stamp() -> str:
-    """Which Liquid is installed and how this package sets it up (their files' paths, sizes
-    and times), found without importing it."""
-    import importlib.util
-    import os
+    """Which Liquid is installed and how this package sets it up, found without importing it."""
+    from .cache import module_stamp
 
-    spec = importlib.util.find_spec("liquid")
-    stamp = []
-    for origin in (
-        spec.origin if spec is not None and spec.origin else "",
-        os.path.join(os.path.dirname(__file__), "liquidenv.py"),
-    ):
-        try:
-            st = os.stat(origin)
-            stamp.append(f"{origin}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            stamp.append(origin)
-    return "|".join(stamp)
+    return module_stamp("liquid", "engine.language.liquidenv")
 
 
 def template_facts(source: str) -> tuple[tuple[str, int, int] | None, list[tuple[str, int]], list[tuple[str, int]]]:
