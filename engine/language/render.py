@@ -27,7 +27,7 @@ import operator
 import re
 import sqlite3
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring as _encode_text
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -241,26 +241,34 @@ def _rewrite_links(obj: dict, rewrite: Callable[[str], str]) -> bool:
 def _rewrite_actions(value: Any, rewrite: Callable[[str], str]) -> bool:
     """Rewrite ``uri``, ``linkUri`` and ``altUri.desktop`` of every URI action inside ``value``."""
     changed = False
+    for obj, _path, key in _uri_fields(value, ()):
+        changed |= _rewrite_field(obj, key, rewrite)
+    return changed
+
+
+def _uri_fields(value: Any, path: Path) -> Iterator[tuple[dict, Path, str]]:
+    """(the object, its path, the key) of every ``uri``, ``linkUri`` and ``altUri.desktop`` of
+    the URI actions inside ``value`` at ``path``, in the order links are rewritten (the one
+    walk of both the per-friend rewrite and the render plan)."""
     if isinstance(value, list):
-        for v in value:
-            changed |= _rewrite_actions(v, rewrite)
-        return changed
+        for k, v in enumerate(value):
+            yield from _uri_fields(v, path + (k,))
+        return
     if not isinstance(value, dict):
-        return False
+        return
     if value.get("type") == "uri":
         for key in ("uri", "linkUri"):
-            changed |= _rewrite_field(value, key, rewrite)
+            yield value, path, key
         if isinstance(value.get("altUri"), dict):
-            changed |= _rewrite_field(value["altUri"], "desktop", rewrite)
-    for v in value.values():
+            yield value["altUri"], path + ("altUri",), "desktop"
+    for k, v in value.items():
         if isinstance(v, (dict, list)):
-            changed |= _rewrite_actions(v, rewrite)
-    return changed
+            yield from _uri_fields(v, path + (k,))
 
 
 def _rewrite_field(obj: dict, key: str, rewrite: Callable[[str], str]) -> bool:
     url = obj.get(key)
-    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
+    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in _SCHEMES:
         return False
     new = rewrite(url)
     obj[key] = new
@@ -425,24 +433,8 @@ class MessagePlan:
                     self.fixed_changed = True
                     if isinstance(emojis, list):
                         obj["emojis"] = [_shift_emoji(e, shifts) for e in emojis]
-        self._plan_actions(obj, (i,))
-
-    def _plan_actions(self, value: Any, path: Path) -> None:
-        """:func:`_rewrite_actions`, planned."""
-        if isinstance(value, list):
-            for k, v in enumerate(value):
-                self._plan_actions(v, path + (k,))
-            return
-        if not isinstance(value, dict):
-            return
-        if value.get("type") == "uri":
-            for key in ("uri", "linkUri"):
-                self._plan_field(value, path, key)
-            if isinstance(value.get("altUri"), dict):
-                self._plan_field(value["altUri"], path + ("altUri",), "desktop")
-        for k, v in value.items():
-            if isinstance(v, (dict, list)):
-                self._plan_actions(v, path + (k,))
+        for container, path, key in _uri_fields(obj, (i,)):
+            self._plan_field(container, path, key)
 
     def _plan_field(self, obj: dict, path: Path, key: str) -> None:
         """:func:`_rewrite_field`, planned."""
