@@ -1447,7 +1447,8 @@ class Store:
         after the send was queued (the sends before a ``stop`` still go);
         ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
-        the last friend loaded (None when nothing was due) and whether more may follow."""
+        the last friend loaded (None when nothing was due) and whether more may follow; a chunk
+        may hold nothing (no intent, and none of the audiences' next enrollments due now)."""
         c = self.conn
         c.execute(
             "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
@@ -1458,8 +1459,10 @@ class Store:
             "outbox_id INTEGER, carried INTEGER, src INTEGER)"
         )
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
-        c.execute("DELETE FROM temp.lr_sent")
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, friend TEXT, enrollment INTEGER, "
+            "variant TEXT, counts INTEGER, answer INTEGER)"
+        )
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
         first_intent, *end = c.execute(
@@ -1468,11 +1471,13 @@ class Store:
             (now, after, limit),
         ).fetchone()
         plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
+        # an audience's next enrollments, by the index alone (those whose send is not due now
+        # are counted too: a chunk holds at most ``limit`` of its carried sends)
         ends = [tuple(end)] + [
             c.execute(
                 "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
-                "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)",
-                (rule, occurrence, after, now, limit),
+                "AND friend > ? ORDER BY friend LIMIT ?)",
+                (rule, occurrence, after, limit),
             ).fetchone()
             for rule, occurrence in plans
         ]
@@ -1485,7 +1490,7 @@ class Store:
         # id), or the first sends carried by an enrollment of an audience (``src`` the
         # enrollment's id); ``id`` follows the order they were queued in (an audience's before
         # the walks of the same tick)
-        c.execute(
+        loaded = c.execute(
             "INSERT INTO temp.lr_due(src, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
             "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
             "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
@@ -1512,7 +1517,9 @@ class Store:
             "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
             "ORDER BY i.queued_at, i.carried DESC, i.id",
             args,
-        )
+        ).rowcount
+        if not loaded:  # the audiences' next enrollments have no send due now
+            return DueChunk(last, bool(full), False, False, False)
         intents = first_intent is not None and first_intent <= last
         dups = False
         if cap is not None:
@@ -1642,13 +1649,14 @@ class Store:
     ) -> tuple[int, int]:
         """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
         same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
-        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
-        intents)."""
+        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent; :meth:`due_rows` leaves
+        them out when told the key). Returns (outbox rows, intents)."""
         c = self.conn
-        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_sent").fetchone()[0]
+        c.execute("DELETE FROM temp.lr_sent")
         count = c.execute(
-            "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
-            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
+            "INSERT INTO temp.lr_sent(friend, enrollment, variant, counts, answer) SELECT friend, enrollment, "
+            "variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND rule = :rule "
+            "AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
             {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence},
         ).rowcount
         if not count:
@@ -1665,32 +1673,33 @@ class Store:
                 "today": today,
                 "first_push": int(j == 0),
                 "step": step_id,
-                "before": before,
                 "per": MAX_MULTICAST,
             }
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (s.n - :before - 1) / :per AS chunk, d.friend AS friend FROM temp.lr_sent s "
-                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk",
+                ":now FROM (SELECT (n - 1) / :per AS chunk, friend FROM temp.lr_sent ORDER BY n) GROUP BY chunk",
                 args,
             )
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
-                ":first + (s.n - :before - 1) / :per, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
-                "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
-                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n",
+                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
+                ":first + (n - 1) / :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
+                "variant, :now, :today, counts * :first_push FROM temp.lr_sent ORDER BY n",
                 args,
             )
         return chunks * len(pushes), count
 
-    def due_rows(self) -> list[sqlite3.Row]:
-        """The undecided due intents not sent set-based (each rendered for its friend)."""
+    def due_rows(self, sent: Sequence[tuple[str, str, str, str | None]] = ()) -> list[sqlite3.Row]:
+        """The undecided due intents not sent set-based (each rendered for its friend): ``sent``,
+        the (rule, steps, messages, occurrence) :meth:`due_static_send` sent."""
+        left_out = " OR ".join(["(rule = ? AND steps = ? AND messages = ? AND occurrence IS ?)"] * len(sent))
         return self.conn.execute(
-            "SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
-            "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id"
+            "SELECT * FROM temp.lr_due WHERE status IS NULL "
+            + (f"AND NOT (kind IS NULL AND ({left_out})) " if sent else "")
+            + "ORDER BY prio DESC, queued_at, enrollment, id",
+            [v for key in sent for v in key],
         ).fetchall()
 
     def finish_deliver(self, now: int) -> None:
