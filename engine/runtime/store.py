@@ -1525,11 +1525,23 @@ class Store:
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
             # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
-            if len(plans) > 1 or intents:
+            if len(plans) > 1:
                 dups = (
                     c.execute(
                         "UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT friend FROM "
                         "temp.lr_due GROUP BY friend HAVING COUNT(*) > 1)"
+                    ).rowcount
+                    > 0
+                )
+            elif intents:  # a friend with two sends has an intent: another, or the audience's send
+                rule, occurrence = plans[0] if plans else (None, None)
+                dups = (
+                    c.execute(
+                        "UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT d.friend FROM temp.lr_due d "
+                        "WHERE d.carried = 0 GROUP BY d.friend HAVING COUNT(*) > 1 OR EXISTS (SELECT 1 FROM "
+                        "enrollments s WHERE s.rule = :rule AND s.occurrence = :occurrence AND s.friend = d.friend "
+                        "AND s.send_due = :now))",
+                        {"rule": rule, "occurrence": occurrence, "now": now},
                     ).rowcount
                     > 0
                 )
