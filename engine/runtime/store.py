@@ -1482,14 +1482,25 @@ class Store:
         plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
         # an audience's next enrollments, by the index alone (those whose send is not due now
         # are counted too: a chunk holds at most ``limit`` of its carried sends)
-        ends = [tuple(end)] + [
-            c.execute(
-                "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
-                "AND friend > ? ORDER BY friend LIMIT ?)",
-                (rule, occurrence, after, limit),
+        ends = [tuple(end)]
+        for rule, occurrence in plans:
+            nth = c.execute(
+                "SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? AND friend > ? ORDER BY friend "
+                "LIMIT 1 OFFSET ?",
+                (rule, occurrence, after, limit - 1),
             ).fetchone()
-            for rule, occurrence in plans
-        ]
+            if nth is not None:
+                ends.append((nth[0], limit))
+            else:  # fewer than ``limit`` left: up to the last
+                ends.append(
+                    (
+                        c.execute(
+                            "SELECT MAX(friend) FROM enrollments WHERE rule = ? AND occurrence = ? AND friend > ?",
+                            (rule, occurrence, after),
+                        ).fetchone()[0],
+                        0,
+                    )
+                )
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
