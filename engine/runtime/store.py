@@ -300,6 +300,8 @@ class DueChunk(NamedTuple):
     intents: bool = True
     carried: bool = True
     dups: bool = True
+    #: (rule, occurrence) of the audiences whose sends were due (empty: not known)
+    plans: tuple[tuple[str, str], ...] = ()
 
 
 #: A chunk that may hold anything (every statement of :meth:`Store.due_finish` runs).
@@ -1584,7 +1586,7 @@ class Store:
                     ).rowcount
                     > 0
                 )
-        return DueChunk(last, bool(full), intents, bool(plans), dups)
+        return DueChunk(last, bool(full), intents, bool(plans), dups, tuple(tuple(p) for p in plans))
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
@@ -1721,17 +1723,23 @@ class Store:
     ) -> tuple[int, int]:
         """Every undecided, non-reply due intent of the group ``grp`` (of ``rule``) gets the
         same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
-        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent; :meth:`due_rows` leaves
-        them out when told the group). Returns (outbox rows, intents)."""
+        ``step_id``); :meth:`due_rows` leaves them out when told the group. Returns (outbox rows,
+        intents)."""
         c = self.conn
-        c.execute("DELETE FROM temp.lr_sent")
-        count = c.execute(
-            "INSERT INTO temp.lr_sent(friend, enrollment, variant, counts, answer) SELECT friend, enrollment, "
-            "variant, counts, answer FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND grp = ? ORDER BY id",
-            (grp,),
-        ).rowcount
+        sent = "FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND grp = :grp"
+        count, low, high = c.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {sent}", {"grp": grp}).fetchone()
         if not count:
             return 0, 0
+        if high - low + 1 == count:  # a run of ids (an audience's sends, as a rule): numbered by them
+            source, number, order = "temp.lr_due WHERE id BETWEEN :low AND :high", "(id - :low)", "id"
+        else:  # numbered in ``temp.lr_sent``
+            c.execute("DELETE FROM temp.lr_sent")
+            c.execute(
+                "INSERT INTO temp.lr_sent(friend, enrollment, variant, counts, answer) SELECT friend, enrollment, "
+                f"variant, counts, answer {sent} ORDER BY id",
+                {"grp": grp},
+            )
+            source, number, order = "temp.lr_sent", "(n - 1)", "n"
         chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
@@ -1745,19 +1753,21 @@ class Store:
                 "first_push": int(j == 0),
                 "step": step_id,
                 "per": MAX_MULTICAST,
+                "low": low,
+                "high": high,
             }
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (n - 1) / :per AS chunk, friend FROM temp.lr_sent ORDER BY n) GROUP BY chunk",
+                f":now FROM (SELECT {number} / :per AS chunk, friend FROM {source} ORDER BY {order}) GROUP BY chunk",
                 args,
             )
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, "
-                ":first + (n - 1) / :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, "
-                "variant, :now, :today, counts * :first_push FROM temp.lr_sent ORDER BY n",
+                f"variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, :first + {number} "
+                "/ :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, :now, :today, "
+                f"counts * :first_push FROM {source} ORDER BY {order}",
                 args,
             )
         return chunks * len(pushes), count
@@ -1775,12 +1785,19 @@ class Store:
         ).fetchall()
 
     def finish_deliver(self, now: int) -> None:
-        """After the deliver stage's last chunk: the audiences whose sends were due now are
-        counted again (what waits still, held by the quota or kept for a suspended rule)."""
-        for rule, occurrence in self.conn.execute(
-            "SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?", (now,)
+        """After the deliver stage's last chunk: the audiences whose sends were due now and of
+        which some still wait (held by the quota, kept for a suspended rule, waiting for the
+        window) are counted again; those with none left have no due time."""
+        for rule, occurrence, pending in self.conn.execute(
+            "SELECT rule, occurrence, pending FROM audience_sends WHERE due_at <= ?", (now,)
         ).fetchall():
-            self._recount(rule, occurrence)
+            if pending:
+                self._recount(rule, occurrence)
+            else:
+                self.conn.execute(
+                    "UPDATE audience_sends SET due_at = NULL, pending = 0 WHERE rule = ? AND occurrence = ?",
+                    (rule, occurrence),
+                )
 
     def due_rules(self) -> set[str]:
         """The rules of the due sends loaded."""
@@ -1811,10 +1828,28 @@ class Store:
                 "AND status IS NOT 'held' AND status IS NOT 'kept')"
             )
         if chunk.carried:
-            c.execute(
-                "UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')"
-            )
+            decided = "d.carried = 1 AND d.status IS NOT 'held' AND d.status IS NOT 'kept'"
+            cleared = c.execute(
+                "UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT d.enrollment FROM temp.lr_due d "
+                f"WHERE {decided})"
+            ).rowcount
+            # each audience's waiting sends, fewer by those decided (finish_deliver counts again
+            # only the audiences with some left)
+            for rule, occurrence in chunk.plans:
+                c.execute(
+                    "UPDATE audience_sends SET pending = pending - :n WHERE rule = :rule AND occurrence = :occurrence",
+                    {
+                        "rule": rule,
+                        "occurrence": occurrence,
+                        "n": cleared
+                        if len(chunk.plans) == 1
+                        else c.execute(
+                            "SELECT COUNT(*) FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp WHERE "
+                            f"g.rule = ? AND g.occurrence = ? AND {decided}",
+                            (rule, occurrence),
+                        ).fetchone()[0],
+                    },
+                )
         if held_until is not None:
             if chunk.intents:
                 c.execute(
