@@ -10,9 +10,11 @@ rule folder read, no database opened, no cache consulted. A command is given as 
 of ``python`` (``["-c", code, ...]``, ``["-m", module, ...]`` or ``[script, ...]``).
 
 ``run`` is :func:`subprocess.run` with ``capture_output=True, text=True``; ``popen`` is a
-:class:`subprocess.Popen` with ``stdout``/``stderr`` as given (``DEVNULL`` or ``PIPE``). Each
-test process keeps one server per list of modules (a server that imported PyYAML cannot answer
-"did validate import PyYAML?"), started on first use and stopped with the test process.
+:class:`subprocess.Popen` with ``stdout``/``stderr`` as given (``DEVNULL`` or ``PIPE``). There
+is one server per list of modules (a server that imported PyYAML cannot answer "did validate
+import PyYAML?"), started on first use and stopped with the test process that started it; under
+pytest-xdist the process that starts the workers starts them (:func:`share`, tests/conftest.py)
+and every worker uses them.
 
 What a forked child cannot have: the interpreter's own start-up options taken from the
 environment it is given (``PYTHONPATH``, ``PYTHONHASHSEED``, ``-X`` options, ...): it has the
@@ -44,12 +46,16 @@ RUNNER = (
     "linebot.v3.messaging",
     "linebot.v3.messaging.async_rest",
 )
+#: What ``linerules migrate-db`` imports
+MIGRATE_DB = ("engine.cli", "engine.language.validate", "engine.runtime.migrate_db", "psycopg")
 #: What ``linerules validate`` imports before it reads a file (and nothing a warm validate must
 #: not import: not PyYAML, Liquid or croniter)
 CLI = ("engine.cli", "engine.language.validate")
 
 _servers: dict[tuple[str, ...], _Server] = {}
 _lock = threading.Lock()
+#: CPU seconds (user + system) of the children that have ended, as the server measured them
+children_cpu = 0.0
 
 
 def run(
@@ -76,11 +82,34 @@ def popen(
     stdout: int | None = subprocess.DEVNULL,
     stderr: int | None = subprocess.PIPE,
 ) -> Child:
+    return _server(preload).spawn(args, cwd=str(cwd), env=env, stdout=stdout, stderr=stderr)
+
+
+def share(*preloads: tuple[str, ...]) -> None:
+    """Start a server for each list of modules now, for this process and the processes it starts
+    later (pytest-xdist's workers): they find them in the environment (:data:`ENV`). The
+    servers import in the background; a child asked for before they are ready waits for them."""
+    shared = json.loads(os.environ.get(ENV, "{}"))
+    for preload in preloads:
+        shared[_key(preload)] = _server(preload, wait=False).path
+    os.environ[ENV] = json.dumps(shared)
+
+
+#: The servers :func:`share` started, by list of modules: ``{"engine.cli,...": socket path}``
+ENV = "LINERULES_TEST_FORK_SERVERS"
+
+
+def _key(preload: tuple[str, ...]) -> str:
+    return ",".join(preload)
+
+
+def _server(preload: tuple[str, ...], *, wait: bool = True) -> _Server:
     with _lock:
         server = _servers.get(preload)
         if server is None or not server.alive():
-            server = _servers[preload] = _Server(preload)
-    return server.spawn(args, cwd=str(cwd), env=env, stdout=stdout, stderr=stderr)
+            shared = json.loads(os.environ.get(ENV, "{}")).get(_key(preload))
+            server = _servers[preload] = _Server(preload, shared=shared)
+    return server
 
 
 class Child:
@@ -110,8 +139,10 @@ class Child:
             message = self._conn.next(timeout)
         except TimeoutError:
             return False
-        # the server says {"exit": code}; a server that died took its children with it
+        # the server says {"exit": code, "cpu": seconds}; a server that died took its children with it
         self.returncode = message["exit"] if message else -signal.SIGKILL
+        global children_cpu
+        children_cpu += message["cpu"] if message else 0.0
         self._conn.close()
         return True
 
@@ -156,23 +187,41 @@ class Child:
 
 
 class _Server:
-    """One fork server: ``python forkkit.py SOCKET MODULE...``, ready when it prints ``ready``."""
+    """One fork server: ``python forkkit.py SOCKET MODULE...``, listening on SOCKET once its
+    imports are done; or one another process started (``shared``: its socket)."""
 
-    def __init__(self, preload: tuple[str, ...]):
+    def __init__(self, preload: tuple[str, ...], *, shared: str | None = None):
+        self.preload = preload
+        self.proc: subprocess.Popen | None = None
+        if shared:
+            self.path = shared
+            return
         self._dir = tempfile.mkdtemp(prefix="forkkit-")
         self.path = os.path.join(self._dir, "s")
         self.proc = subprocess.Popen(
             [sys.executable, __file__, self.path, *preload],
             stdin=subprocess.PIPE,  # the server ends when this test process does (end of its stdin)
-            stdout=subprocess.PIPE,
-            text=True,
         )
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the fork server for {preload} did not start")
         atexit.register(self.stop)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is None or self.proc.poll() is None
+
+    def _connect(self) -> socket.socket:
+        """A connection to the server, once it listens (its imports take seconds)."""
+        deadline = time.monotonic() + 120
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"the fork server for {self.preload} ended ({self.proc.returncode})") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the fork server for {self.preload} did not start") from None
+                time.sleep(0.01)
 
     def spawn(self, args: list[str], *, cwd: str, env: dict[str, str], stdout, stderr) -> Child:
         ends: dict[str, int] = {}
@@ -191,10 +240,9 @@ class _Server:
                 raise ValueError(f"{name}={how!r}: only PIPE or DEVNULL")
         stdin = os.open(os.devnull, os.O_RDONLY)
         opened.append(stdin)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn = _Messages(sock)
         try:
-            sock.connect(self.path)
+            sock = self._connect()
+            conn = _Messages(sock)
             request = json.dumps({"args": args, "cwd": cwd, "env": env}).encode()
             socket.send_fds(sock, [request], [stdin, ends["stdout"], ends["stderr"]])
             pid = conn.next(60)["pid"]
@@ -210,6 +258,8 @@ class _Server:
         return Child([sys.executable, *args], conn, pid, out, err)
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.stdin.close()
             try:
@@ -295,10 +345,10 @@ def _serve(path: str, preload: list[str]) -> None:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind(path + ".new")
     listener.listen(64)
+    os.rename(path + ".new", path)  # there once it listens
     children: dict[int, socket.socket] = {}
-    print("ready", flush=True)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
     sel.register(wake_r, selectors.EVENT_READ, "child")
@@ -337,7 +387,7 @@ def _serve(path: str, preload: list[str]) -> None:
                 children[pid] = conn
         while children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
@@ -345,7 +395,8 @@ def _serve(path: str, preload: list[str]) -> None:
             conn = children.pop(pid, None)
             if conn is not None:
                 with _suppress():
-                    conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+                    code, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+                    conn.sendall(json.dumps({"exit": code, "cpu": cpu}).encode() + b"\n")
                 conn.close()
 
 

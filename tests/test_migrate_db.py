@@ -19,15 +19,13 @@ from engine.runtime import pgschema
 from engine.runtime.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-#: What ``linerules migrate-db`` imports
-MIGRATE = (*forkkit.CLI, "engine.runtime.migrate_db", "psycopg")
 OWN_META = ("schema_version", "migrate_db.source")
 
 
 def linerules(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``linerules ARGS`` in a process of its own (forked with its imports done, :mod:`forkkit`)."""
     env = dict(os.environ, LINERULES_LANG="en")
-    return forkkit.run(["-m", "engine.cli", *args], preload=MIGRATE, cwd=cwd, env=env, timeout=300)
+    return forkkit.run(["-m", "engine.cli", *args], preload=forkkit.MIGRATE_DB, cwd=cwd, env=env, timeout=300)
 
 
 def timeline(friends: int = 40) -> list[dict]:
