@@ -13,12 +13,20 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+import forkkit
 from engine.runner.clock import SYSTEM, Clock
 from engine.runner.runloop import Runner, RunnerConfig
 from engine.runner.server import build_app
 from engine.testing.pgserver import pg_server, pg_url  # noqa: F401  (PostgreSQL fixtures)
 from runnerkit import RunnerProcess
 from serverkit import API_TOKEN, SECRET, write_rules
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, the process that starts the workers starts the fork servers
+    (tests/forkkit.py) that all of them use: each server's imports once, not once per worker."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        forkkit.share(forkkit.RUNNER, forkkit.CLI, forkkit.MIGRATE_DB)
 
 
 @pytest.fixture

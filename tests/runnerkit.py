@@ -12,7 +12,6 @@ import queue
 import re
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import forkkit
 from engine.testing.webhooks import line_event
 from enginekit import write_folder
 
@@ -47,7 +47,11 @@ class RunnerProcess:
     """A runner started as its own process, with its log read line by line.
 
     The waits are upper bounds, generous because a runner process's start-up (Python, the
-    engine's imports, the rules) is slow on a busy machine; a passing test never waits them."""
+    engine's imports, the rules) is slow on a busy machine; a passing test never waits them.
+
+    ``python runner.py`` is forked from a server that has imported the runner's modules
+    (:mod:`forkkit`: the imports, line-bot-sdk's above all, would be most of each test's time);
+    ``command`` (``linerules run``, ``make run``) starts that command as it is."""
 
     def __init__(
         self,
@@ -62,16 +66,19 @@ class RunnerProcess:
         if cache := os.environ.get("LINERULES_CACHE_DIR"):  # this test run's (conftest.py)
             base["LINERULES_CACHE_DIR"] = cache
         base.update({"LINERULES_API_TOKEN": API_TOKEN, **(env or {})})
-        command = command or [sys.executable, "runner.py"]
-        self.proc = subprocess.Popen(
-            [*command, "--rules", str(rules), "--db", str(db), "--listen", "127.0.0.1:0", "--tick", str(tick)],
-            cwd=REPO,
-            env=base,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-        )
+        args = ["--rules", str(rules), "--db", str(db), "--listen", "127.0.0.1:0", "--tick", str(tick)]
+        if command is None:
+            self.proc = forkkit.popen(["runner.py", *args], preload=forkkit.RUNNER, cwd=REPO, env=base)
+        else:
+            self.proc = subprocess.Popen(
+                [*command, *args],
+                cwd=REPO,
+                env=base,
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                text=True,
+                encoding="utf-8",
+            )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

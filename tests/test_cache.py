@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+import forkkit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,9 +21,7 @@ PROBE = (
 def validate(folder: Path, cache: Path | str) -> tuple[int, str]:
     # in English: the sample folder says `language: ja`
     env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(folder)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    proc = forkkit.run(["-c", PROBE, str(folder)], preload=forkkit.CLI, cwd=ROOT, env=env, timeout=120)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -93,14 +91,7 @@ def test_warm_validate_of_schedules_answers_the_same_without_croniter(tmp_path):
     env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
 
     def run() -> tuple[int, str]:
-        proc = subprocess.run(
-            [sys.executable, "-c", PROBE_HEAVY, str(folder)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = forkkit.run(["-c", PROBE_HEAVY, str(folder)], preload=forkkit.CLI, cwd=ROOT, env=env, timeout=120)
         return proc.returncode, proc.stdout + proc.stderr
 
     cold_code, cold = run()

@@ -498,7 +498,6 @@ async def test_multicasts_keep_to_lines_200_per_second_without_bursts(emulator):
     assert times[-1] - times[0] >= 1.4
 
 
-@pytest.mark.timing
 async def test_a_long_retry_after_is_handed_back_at_once(dispatcher, emulator):
     emulator.inject("push", 429, headers={"Retry-After": "3600"})
     started = time.monotonic()

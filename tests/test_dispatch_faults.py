@@ -170,7 +170,6 @@ def test_a_reply_whose_answer_was_lost_then_500_and_429_is_never_doubled_by_a_pu
 # ----------------------------------------------------------------------------- 5: one row never holds the others
 
 
-@pytest.mark.timing
 def test_a_long_retry_after_holds_only_its_row_and_sigterm_is_prompt(tmp_path, line_emulator, line_env, processes, ask):
     rules = answer_rules(tmp_path / "rules")
     db = tmp_path / "retry_after.db"
@@ -218,7 +217,6 @@ def test_a_hanging_recipient_holds_nobody_else_and_answers_stay_free_replies(
     assert runner.exit_code() == 0
 
 
-@pytest.mark.timing
 def test_an_answer_goes_at_once_while_every_push_slot_hangs(tmp_path, line_emulator, line_env, processes, ask):
     """Replies have slots of their own: a push backlog stuck on LINE never makes an answer
     wait (and turn from a free reply into a paid push)."""

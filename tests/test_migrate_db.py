@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import forkkit
 from engine.runtime import pgschema
 from engine.runtime.store import Store
 
@@ -22,16 +23,9 @@ OWN_META = ("schema_version", "migrate_db.source")
 
 
 def linerules(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``linerules ARGS`` in a process of its own (forked with its imports done, :mod:`forkkit`)."""
     env = dict(os.environ, LINERULES_LANG="en")
-    return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
+    return forkkit.run(["-m", "engine.cli", *args], preload=forkkit.MIGRATE_DB, cwd=cwd, env=env, timeout=300)
 
 
 def timeline(friends: int = 40) -> list[dict]:

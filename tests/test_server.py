@@ -55,7 +55,6 @@ async def emulated(line_emulator, make_client):
 # ----------------------------------------------------------------------------- webhooks
 
 
-@pytest.mark.timing
 async def test_webhook_message_is_answered_with_a_reply_through_line(emulated):
     client, runner, emulator = emulated
     token = emulator.issue_reply_token("U1")

@@ -9,12 +9,11 @@ import hashlib
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import forkkit
 from engine.language import project
 from engine.language.project import load_project
 
@@ -32,18 +31,12 @@ PROBE = (
 
 
 def validate(cache: Path | str, *args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
-    """``linerules validate ARGS`` in a process of its own: exit code, output, the probe's line."""
+    """``linerules validate ARGS`` in a process of its own (forked with the command line's
+    imports done, :mod:`forkkit`): exit code, output, the probe's line."""
     env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
     env.pop("LINE_LOGIN_CHANNEL_ID", None)
     env.pop("LINE_LOGIN_CHANNEL_SECRET", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = forkkit.run(["-c", PROBE, *args], preload=forkkit.CLI, cwd=cwd, env=env, timeout=120)
     lines = proc.stderr.splitlines(keepends=True)
     probe = [line.strip() for line in lines if line.startswith("yaml imported:")]
     other = "".join(line for line in lines if not line.startswith("yaml imported:"))
