@@ -12,6 +12,7 @@ import pytest
 from engine.interpreter import Engine
 from engine.language import ir
 from engine.runtime.store import Store
+from engine.stages import deliver
 from engine.stages.triggers import TimeTriggers
 from enginekit import ev, message, project, rule, run, send, wait
 
@@ -111,6 +112,33 @@ def test_sends_held_by_the_monthly_quota_are_decided_alike_on_both_paths(tmp_pat
     assert fast == slow
     assert fast_rows == rows(tmp_path / "slow.db")
     assert any(p[0].startswith("2026-12-01") for p in fast)  # the overflow went in December
+
+
+@pytest.mark.parametrize(
+    "quota, until, left",
+    [(None, "2026-11-07 00:00", True), (None, "2026-11-08 00:00", False), (900, "2026-12-02 00:00", True)],
+)
+def test_an_audiences_waiting_sends_are_counted_down_chunk_by_chunk(tmp_path, monkeypatch, quota, until, left):
+    """Decided a few friends per chunk, each audience still counts exactly the sends its
+    enrollments carry (what /healthz shows as waiting) and when the next is due: waiting for the
+    window (Friday night), all decided (Sunday), some held by the monthly quota (December)."""
+    monkeypatch.setattr(deliver, "DELIVER_CHUNK", 40)
+    settings = ir.Settings(window=WINDOW, max_per_day=2, monthly_quota=quota)
+    assert run(scenario(settings), events(), until=until, db_path=str(tmp_path / "chunked.db"))
+    store = Store(str(tmp_path / "chunked.db"))
+    try:
+        counted = store.conn.execute("SELECT rule, occurrence, due_at, pending FROM audience_sends").fetchall()
+        carried = store.conn.execute(
+            "SELECT a.rule, a.occurrence, MIN(e.send_due), COUNT(e.send_due) FROM audience_sends a "
+            "JOIN enrollments e ON e.rule = a.rule AND e.occurrence = a.occurrence GROUP BY a.rule, a.occurrence"
+        ).fetchall()
+        assert sorted(map(tuple, counted)) == sorted(map(tuple, carried))
+        assert len(counted) >= 3
+        waiting = sum(r[3] for r in carried)
+        assert store.waiting_sends() == waiting + store.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0]
+        assert (waiting > 0) == left
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -300,6 +300,8 @@ class DueChunk(NamedTuple):
     intents: bool = True
     carried: bool = True
     dups: bool = True
+    #: (rule, occurrence) of the audiences whose sends were due (empty: not known)
+    plans: tuple[tuple[str, str], ...] = ()
 
 
 #: A chunk that may hold anything (every statement of :meth:`Store.due_finish` runs).
@@ -557,6 +559,9 @@ class EventRow:
 
 
 _json = payload_json
+
+#: ``temp.lr_due`` rows of the rule ``:rule`` (by their groups).
+_OF_RULE = "grp IN (SELECT grp FROM temp.lr_groups WHERE rule = :rule)"
 
 
 def bucket(friend: str, rule: str, salt: str = "") -> int:
@@ -1447,19 +1452,28 @@ class Store:
         after the send was queued (the sends before a ``stop`` still go);
         ``skipped`` for a friend who is not a current friend now (blocked, never followed) and
         for holdout friends; ``used``: pushes already counted against the cap today. Returns
-        the last friend loaded (None when nothing was due) and whether more may follow."""
+        the last friend loaded (None when nothing was due) and whether more may follow; a chunk
+        may hold nothing (no intent, and none of the audiences' next enrollments due now)."""
         c = self.conn
+        # a due send names its (rule, steps, messages, occurrence) by ``grp``, a row of
+        # ``temp.lr_groups``: a chunk holds few distinct ones (an audience's sends, one)
         c.execute(
             "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
-            "friend TEXT, rule TEXT, steps TEXT, messages TEXT, due_at INTEGER, queued_at INTEGER, "
-            "variant TEXT, holdout INTEGER, occurrence TEXT, event_seq INTEGER, answer INTEGER, "
+            "friend TEXT, grp INTEGER, queued_at INTEGER, variant TEXT, event_seq INTEGER, answer INTEGER, "
             "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-            "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, rkey INTEGER, chunk INTEGER, "
-            "outbox_id INTEGER, carried INTEGER, src INTEGER)"
+            "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, carried INTEGER, src INTEGER)"
         )
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS lr_groups (grp INTEGER PRIMARY KEY, rule TEXT NOT NULL, "
+            "steps TEXT NOT NULL, messages TEXT NOT NULL, occurrence TEXT)"
+        )
+        c.execute("CREATE INDEX IF NOT EXISTS temp.lr_groups_key ON lr_groups(rule, steps, messages, occurrence)")
         c.execute("DELETE FROM temp.lr_due")
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, id INTEGER NOT NULL)")
-        c.execute("DELETE FROM temp.lr_sent")
+        c.execute("DELETE FROM temp.lr_groups")
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, friend TEXT, enrollment INTEGER, "
+            "variant TEXT, counts INTEGER, answer INTEGER)"
+        )
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
         first_intent, *end = c.execute(
@@ -1468,57 +1482,91 @@ class Store:
             (now, after, limit),
         ).fetchone()
         plans = c.execute("SELECT rule, occurrence FROM audience_sends WHERE due_at = ?", (now,)).fetchall()
-        ends = [tuple(end)] + [
-            c.execute(
-                "SELECT MAX(friend), COUNT(*) FROM (SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? "
-                "AND friend > ? AND send_due = ? ORDER BY friend LIMIT ?)",
-                (rule, occurrence, after, now, limit),
+        # an audience's next enrollments, by the index alone (those whose send is not due now
+        # are counted too: a chunk holds at most ``limit`` of its carried sends)
+        ends = [tuple(end)]
+        for rule, occurrence in plans:
+            nth = c.execute(
+                "SELECT friend FROM enrollments WHERE rule = ? AND occurrence = ? AND friend > ? ORDER BY friend "
+                "LIMIT 1 OFFSET ?",
+                (rule, occurrence, after, limit - 1),
             ).fetchone()
-            for rule, occurrence in plans
-        ]
+            if nth is not None:
+                ends.append((nth[0], limit))
+            else:  # fewer than ``limit`` left: up to the last
+                ends.append(
+                    (
+                        c.execute(
+                            "SELECT MAX(friend) FROM enrollments WHERE rule = ? AND occurrence = ? AND friend > ?",
+                            (rule, occurrence, after),
+                        ).fetchone()[0],
+                        0,
+                    )
+                )
         full = [end for end, count in ends if count >= limit]
         last = min(full) if full else max((end for end, _ in ends if end is not None), default=None)
         if last is None:
             return DueChunk(None, False)
         args = {"now": now, "after": after, "last": last, "cap": cap, "today": today}
+        intents = first_intent is not None and first_intent <= last
+        if intents:
+            c.execute(
+                "INSERT INTO temp.lr_groups(rule, steps, messages, occurrence) SELECT DISTINCT rule, steps, "
+                "messages, occurrence FROM intents WHERE due_at = :now AND friend > :after AND friend <= :last",
+                args,
+            )
+        if plans:
+            c.execute(
+                "INSERT INTO temp.lr_groups(rule, steps, messages, occurrence) SELECT a.rule, a.steps, a.messages, "
+                "a.occurrence FROM audience_sends a WHERE a.due_at = :now AND NOT EXISTS (SELECT 1 FROM "
+                "temp.lr_groups g WHERE g.rule = a.rule AND g.steps = a.steps AND g.messages = a.messages "
+                "AND g.occurrence IS a.occurrence)",
+                args,
+            )
         # one decision for every due send, whichever way it waited: an intent row (``src`` its
         # id), or the first sends carried by an enrollment of an audience (``src`` the
         # enrollment's id); ``id`` follows the order they were queued in (an audience's before
         # the walks of the same tick)
-        c.execute(
-            "INSERT INTO temp.lr_due(src, enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
-            "holdout, occurrence, event_seq, answer, reply_token, reply_deadline, prio, counts, status, reason, "
-            "used, dup, carried) SELECT i.id, i.enrollment, i.friend, i.rule, i.steps, i.messages, i.due_at, "
-            "i.queued_at, i.variant, i.holdout, i.occurrence, i.event_seq, i.answer, i.reply_token, i.reply_deadline, "
-            "COALESCE(r.prio, 0), CASE WHEN i.answer = 1 OR r.uncapped = 1 THEN 0 ELSE 1 END, "
-            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'kept' "
-            "WHEN r.rule IS NULL OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
+        loaded = c.execute(
+            "INSERT INTO temp.lr_due(src, enrollment, friend, grp, queued_at, variant, event_seq, answer, "
+            "reply_token, reply_deadline, prio, counts, status, reason, used, dup, carried) SELECT i.id, "
+            "i.enrollment, i.friend, i.grp, i.queued_at, i.variant, i.event_seq, i.answer, i.reply_token, "
+            "i.reply_deadline, "
+            "COALESCE(i.prio, 0), CASE WHEN i.answer = 1 OR i.uncapped = 1 THEN 0 ELSE 1 END, "
+            "CASE WHEN i.gone AND i.state = 'suspended' THEN 'kept' "
+            "WHEN i.gone OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
             "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
-            "CASE WHEN r.rule IS NULL AND i.state = 'suspended' THEN 'suspended' "
-            "WHEN r.rule IS NULL THEN 'rule_removed' "
+            "CASE WHEN i.gone AND i.state = 'suspended' THEN 'suspended' "
+            "WHEN i.gone THEN 'rule_removed' "
             "WHEN i.state = 'exited' AND i.finished_at > i.queued_at THEN 'exited' "
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
             "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
-            "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, t.steps, t.messages, t.due_at, t.queued_at, "
-            "t.variant, t.holdout, t.occurrence, t.event_seq, t.answer, t.reply_token, t.reply_deadline, "
-            "e.state, e.finished_at, 0 AS carried FROM intents t LEFT JOIN enrollments e ON e.id = t.enrollment "
+            "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, g.grp, t.queued_at, t.variant, t.holdout, "
+            "t.event_seq, t.answer, t.reply_token, t.reply_deadline, e.state, e.finished_at, 0 AS carried, "
+            "r.prio AS prio, r.uncapped AS uncapped, r.rule IS NULL AS gone "
+            "FROM intents t JOIN temp.lr_groups g ON g.rule = t.rule AND g.steps = t.steps AND "
+            "g.messages = t.messages AND g.occurrence IS t.occurrence LEFT JOIN enrollments e ON e.id = t.enrollment "
+            "LEFT JOIN temp.lr_rules r ON r.rule = t.rule "
             "WHERE t.due_at = :now AND t.friend > :after AND t.friend <= :last UNION ALL "
-            "SELECT s.id, s.id, s.friend, s.rule, a.steps, a.messages, s.send_due, s.entered_at, "
-            "s.variant, s.holdout, s.occurrence, NULL, 0, NULL, NULL, s.state, s.finished_at, 1 FROM audience_sends a "
+            "SELECT s.id, s.id, s.friend, s.rule, g.grp, s.entered_at, s.variant, s.holdout, NULL, 0, NULL, NULL, "
+            "s.state, s.finished_at, 1, r.prio, r.uncapped, r.rule IS NULL FROM audience_sends a "
+            "JOIN temp.lr_groups g ON g.rule = a.rule AND g.steps = a.steps AND g.messages = a.messages AND "
+            "g.occurrence IS a.occurrence LEFT JOIN temp.lr_rules r ON r.rule = a.rule "
             "CROSS JOIN enrollments s ON s.rule = a.rule AND s.occurrence = a.occurrence AND s.friend > :after "
             "AND s.friend <= :last WHERE a.due_at = :now AND s.send_due = :now) i "
-            "LEFT JOIN temp.lr_rules r ON r.rule = i.rule LEFT JOIN friends f ON f.id = i.friend "
+            "LEFT JOIN friends f ON f.id = i.friend "
             "ORDER BY i.queued_at, i.carried DESC, i.id",
             args,
-        )
-        intents = first_intent is not None and first_intent <= last
+        ).rowcount
+        if not loaded:  # the audiences' next enrollments have no send due now
+            return DueChunk(last, bool(full), False, False, False)
         dups = False
         if cap is not None:
             # all of a friend's due sends are loaded together: competing sends are found here
             # (one audience's sends alone cannot compete: one enrollment per friend and occurrence)
-            if len(plans) > 1 or intents:
+            if len(plans) > 1:
                 dups = (
                     c.execute(
                         "UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT friend FROM "
@@ -1526,31 +1574,47 @@ class Store:
                     ).rowcount
                     > 0
                 )
-        return DueChunk(last, bool(full), intents, bool(plans), dups)
+            elif intents:  # a friend with two sends has an intent: another, or the audience's send
+                rule, occurrence = plans[0] if plans else (None, None)
+                dups = (
+                    c.execute(
+                        "UPDATE temp.lr_due SET dup = 1 WHERE friend IN (SELECT d.friend FROM temp.lr_due d "
+                        "WHERE d.carried = 0 GROUP BY d.friend HAVING COUNT(*) > 1 OR EXISTS (SELECT 1 FROM "
+                        "enrollments s WHERE s.rule = :rule AND s.occurrence = :occurrence AND s.friend = d.friend "
+                        "AND s.send_due = :now))",
+                        {"rule": rule, "occurrence": occurrence, "now": now},
+                    ).rowcount
+                    > 0
+                )
+        return DueChunk(last, bool(full), intents, bool(plans), dups, tuple(tuple(p) for p in plans))
 
     def due_exits(self, rule: str, cond_sql: str, params: dict[str, Any], now: int) -> int:
         """``exit when`` of ``rule`` holds now for some of its due intents: those enrollments
         leave the rule and their intents are dropped. Returns how many enrollments left."""
         c = self.conn
         c.execute(
-            "UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE rule = :rule AND "
+            f"UPDATE temp.lr_due SET status = 'dropped', reason = 'exit_when' WHERE {_OF_RULE} AND "
             "status IS NULL AND enrollment IN (SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend "
-            "WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE rule = :rule AND status IS NULL) "
+            f"WHERE e.id IN (SELECT enrollment FROM temp.lr_due WHERE {_OF_RULE} AND status IS NULL) "
             f"AND ({cond_sql}))",
             {**params, "rule": rule, "now": now},
         )
         # a finished enrollment whose last send had yet to go out left the rule too
         return c.execute(
-            "UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = ?, "
-            "due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE rule = ? AND "
+            "UPDATE enrollments SET state = 'exited', exit_reason = 'exit_when', finished_at = :now, "
+            f"due_at = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due WHERE {_OF_RULE} AND "
             "reason = 'exit_when') AND state IN ('active', 'waiting', 'done')",
-            (now, rule),
+            {"now": now, "rule": rule},
         ).rowcount
 
     def due_groups(self) -> list[tuple[str, str]]:
         """The distinct (rule, steps) of the undecided due intents."""
         return [
-            tuple(r) for r in self.conn.execute("SELECT DISTINCT rule, steps FROM temp.lr_due WHERE status IS NULL")
+            tuple(r)
+            for r in self.conn.execute(
+                "SELECT DISTINCT g.rule, g.steps FROM (SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL) x "
+                "JOIN temp.lr_groups g ON g.grp = x.grp"
+            )
         ]
 
     def due_failing(self, rule: str, steps: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
@@ -1559,15 +1623,31 @@ class Store:
             r[0]
             for r in self.conn.execute(
                 "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
-                f"f.id = d.friend WHERE d.rule = :rule AND d.steps = :steps AND d.status IS NULL AND NOT ({cond_sql})",
+                "f.id = d.friend WHERE d.grp IN (SELECT grp FROM temp.lr_groups WHERE rule = :rule AND "
+                f"steps = :steps) AND d.status IS NULL AND NOT ({cond_sql})",
                 {**params, "rule": rule, "steps": steps},
             )
         ]
 
     def due_update(self, rows: Sequence[DueChange]) -> None:
-        """Due sends of ``temp.lr_due`` left with fewer steps, or none."""
-        self.conn.executemany(
-            "UPDATE temp.lr_due SET steps = ?, messages = ?, status = ?, reason = ? WHERE id = ?", rows
+        """Due sends of ``temp.lr_due`` left with fewer steps, or none (in a group of their own
+        steps and messages)."""
+        if not rows:
+            return
+        args = [r._asdict() for r in rows]
+        c = self.conn
+        c.executemany(
+            "INSERT INTO temp.lr_groups(rule, steps, messages, occurrence) SELECT g.rule, :steps, :messages, "
+            "g.occurrence FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp WHERE d.id = :id AND NOT "
+            "EXISTS (SELECT 1 FROM temp.lr_groups x WHERE x.rule = g.rule AND x.steps = :steps AND "
+            "x.messages = :messages AND x.occurrence IS g.occurrence)",
+            args,
+        )
+        c.executemany(
+            "UPDATE temp.lr_due AS d SET grp = (SELECT x.grp FROM temp.lr_groups g JOIN temp.lr_groups x ON "
+            "x.rule = g.rule AND x.steps = :steps AND x.messages = :messages AND x.occurrence IS g.occurrence "
+            "WHERE g.grp = d.grp), status = :status, reason = :reason WHERE id = :id",
+            args,
         )
 
     def due_cap(self, cap: int, dups: bool = True) -> int:
@@ -1620,39 +1700,46 @@ class Store:
             {"remaining": remaining},
         ).rowcount
 
-    def due_render_keys(self) -> list[tuple[str, str, str, str | None]]:
-        """The distinct (rule, steps, messages, occurrence) of the sends still to render."""
+    def due_render_keys(self) -> list[tuple[int, str, str, str, str | None]]:
+        """The groups (grp, rule, steps, messages, occurrence) of the sends still to render, in
+        the order of their first send."""
+        c = self.conn
+        groups = {
+            r[0]: tuple(r) for r in c.execute("SELECT grp, rule, steps, messages, occurrence FROM temp.lr_groups")
+        }
         return [
-            tuple(r)
-            for r in self.conn.execute(
-                "SELECT DISTINCT rule, steps, messages, occurrence FROM temp.lr_due WHERE status IS NULL AND kind IS NULL"
-            )
+            groups[grp]
+            for (grp,) in c.execute("SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")
         ]
 
     def due_static_send(
         self,
+        grp: int,
         rule: str,
-        steps: str,
-        messages: str,
-        occurrence: str | None,
         step_id: str,
         pushes: Sequence[tuple[Sequence[str], Any]],
         now: int,
         today: str,
     ) -> tuple[int, int]:
-        """Every undecided, non-reply due intent of (rule, steps, messages, occurrence) gets the
+        """Every undecided, non-reply due intent of the group ``grp`` (of ``rule``) gets the
         same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
-        ``step_id``); the intents are numbered in ``temp.lr_sent`` (sent). Returns (outbox rows,
+        ``step_id``); :meth:`due_rows` leaves them out when told the group. Returns (outbox rows,
         intents)."""
         c = self.conn
-        before = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_sent").fetchone()[0]
-        count = c.execute(
-            "INSERT INTO temp.lr_sent(id) SELECT id FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND "
-            "rule = :rule AND steps = :steps AND messages = :messages AND occurrence IS :occurrence ORDER BY id",
-            {"rule": rule, "steps": steps, "messages": messages, "occurrence": occurrence},
-        ).rowcount
+        sent = "FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND grp = :grp"
+        count, low, high = c.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {sent}", {"grp": grp}).fetchone()
         if not count:
             return 0, 0
+        if high - low + 1 == count:  # a run of ids (an audience's sends, as a rule): numbered by them
+            source, number, order = "temp.lr_due WHERE id BETWEEN :low AND :high", "(id - :low)", "id"
+        else:  # numbered in ``temp.lr_sent``
+            c.execute("DELETE FROM temp.lr_sent")
+            c.execute(
+                "INSERT INTO temp.lr_sent(friend, enrollment, variant, counts, answer) SELECT friend, enrollment, "
+                f"variant, counts, answer {sent} ORDER BY id",
+                {"grp": grp},
+            )
+            source, number, order = "temp.lr_sent", "(n - 1)", "n"
         chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]
         for j, (push_names, objects) in enumerate(pushes):
@@ -1665,45 +1752,56 @@ class Store:
                 "today": today,
                 "first_push": int(j == 0),
                 "step": step_id,
-                "before": before,
                 "per": MAX_MULTICAST,
+                "low": low,
+                "high": high,
             }
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
                 "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
-                ":now FROM (SELECT (s.n - :before - 1) / :per AS chunk, d.friend AS friend FROM temp.lr_sent s "
-                "JOIN temp.lr_due d ON d.id = s.id WHERE s.n > :before ORDER BY s.n) GROUP BY chunk",
+                f":now FROM (SELECT {number} / :per AS chunk, friend FROM {source} ORDER BY {order}) GROUP BY chunk",
                 args,
             )
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
-                "variant, at, local_day, counts_for_cap) SELECT d.friend, :rule, :step, d.enrollment, "
-                ":first + (s.n - :before - 1) / :per, :messages, 'queued', CASE WHEN d.answer = 1 THEN 'answer' END, "
-                "d.variant, :now, :today, d.counts * :first_push FROM temp.lr_sent s JOIN temp.lr_due d "
-                "ON d.id = s.id WHERE s.n > :before ORDER BY s.n",
+                f"variant, at, local_day, counts_for_cap) SELECT friend, :rule, :step, enrollment, :first + {number} "
+                "/ :per, :messages, 'queued', CASE WHEN answer = 1 THEN 'answer' END, variant, :now, :today, "
+                f"counts * :first_push FROM {source} ORDER BY {order}",
                 args,
             )
         return chunks * len(pushes), count
 
-    def due_rows(self) -> list[sqlite3.Row]:
-        """The undecided due intents not sent set-based (each rendered for its friend)."""
+    def due_rows(self, sent: Sequence[int] = ()) -> list[sqlite3.Row]:
+        """The undecided due intents not sent set-based (each rendered for its friend), with
+        their rule, steps, messages and occurrence: ``sent``, the groups :meth:`due_static_send`
+        sent."""
         return self.conn.execute(
-            "SELECT * FROM temp.lr_due WHERE status IS NULL AND id NOT IN (SELECT id FROM "
-            "temp.lr_sent) ORDER BY prio DESC, queued_at, enrollment, id"
+            "SELECT d.*, g.rule, g.steps, g.messages, g.occurrence FROM temp.lr_due d JOIN temp.lr_groups g "
+            "ON g.grp = d.grp WHERE d.status IS NULL "
+            + (f"AND NOT (d.kind IS NULL AND d.grp IN ({', '.join('?' * len(sent))})) " if sent else "")
+            + "ORDER BY d.prio DESC, d.queued_at, d.enrollment, d.id",
+            list(sent),
         ).fetchall()
 
     def finish_deliver(self, now: int) -> None:
-        """After the deliver stage's last chunk: the audiences whose sends were due now are
-        counted again (what waits still, held by the quota or kept for a suspended rule)."""
-        for rule, occurrence in self.conn.execute(
-            "SELECT rule, occurrence FROM audience_sends WHERE due_at <= ?", (now,)
+        """After the deliver stage's last chunk: the audiences whose sends were due now and of
+        which some still wait (held by the quota, kept for a suspended rule, waiting for the
+        window) are counted again; those with none left have no due time."""
+        for rule, occurrence, pending in self.conn.execute(
+            "SELECT rule, occurrence, pending FROM audience_sends WHERE due_at <= ?", (now,)
         ).fetchall():
-            self._recount(rule, occurrence)
+            if pending:
+                self._recount(rule, occurrence)
+            else:
+                self.conn.execute(
+                    "UPDATE audience_sends SET due_at = NULL, pending = 0 WHERE rule = ? AND occurrence = ?",
+                    (rule, occurrence),
+                )
 
     def due_rules(self) -> set[str]:
         """The rules of the due sends loaded."""
-        return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_due")}
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT rule FROM temp.lr_groups")}
 
     def due_finish(self, now: int, today: str, held_until: int | None, chunk: DueChunk = ANY_DUE) -> dict[str, int]:
         """Record the decisions of ``temp.lr_due``: delivery rows for skipped and capped sends;
@@ -1718,9 +1816,10 @@ class Store:
         if capped or skipped:
             c.execute(
                 "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
-                "reason, variant, at, local_day, counts_for_cap) SELECT friend, rule, "
-                "json_extract(steps, '$[0][0]'), enrollment, NULL, messages, status, reason, variant, :now, "
-                ":today, 0 FROM temp.lr_due WHERE status IN ('skipped', 'capped') ORDER BY id",
+                "reason, variant, at, local_day, counts_for_cap) SELECT d.friend, g.rule, "
+                "json_extract(g.steps, '$[0][0]'), d.enrollment, NULL, g.messages, d.status, d.reason, d.variant, "
+                ":now, :today, 0 FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp "
+                "WHERE d.status IN ('skipped', 'capped') ORDER BY d.id",
                 {"now": now, "today": today},
             )
         if chunk.intents:
@@ -1729,10 +1828,28 @@ class Store:
                 "AND status IS NOT 'held' AND status IS NOT 'kept')"
             )
         if chunk.carried:
-            c.execute(
-                "UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT enrollment FROM temp.lr_due "
-                "WHERE carried = 1 AND status IS NOT 'held' AND status IS NOT 'kept')"
-            )
+            decided = "d.carried = 1 AND d.status IS NOT 'held' AND d.status IS NOT 'kept'"
+            cleared = c.execute(
+                "UPDATE enrollments SET send_due = NULL WHERE id IN (SELECT d.enrollment FROM temp.lr_due d "
+                f"WHERE {decided})"
+            ).rowcount
+            # each audience's waiting sends, fewer by those decided (finish_deliver counts again
+            # only the audiences with some left)
+            for rule, occurrence in chunk.plans:
+                c.execute(
+                    "UPDATE audience_sends SET pending = pending - :n WHERE rule = :rule AND occurrence = :occurrence",
+                    {
+                        "rule": rule,
+                        "occurrence": occurrence,
+                        "n": cleared
+                        if len(chunk.plans) == 1
+                        else c.execute(
+                            "SELECT COUNT(*) FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp WHERE "
+                            f"g.rule = ? AND g.occurrence = ? AND {decided}",
+                            (rule, occurrence),
+                        ).fetchone()[0],
+                    },
+                )
         if held_until is not None:
             if chunk.intents:
                 c.execute(

@@ -76,7 +76,7 @@ class DeliverStage:
                     self._start(now)
                     first = False
                 chunk = s.load_due(now, DELIVER_CHUNK, after, today, ctx.settings.max_per_day)
-                if chunk.last is not None:
+                if chunk.last is not None and (chunk.intents or chunk.carried):  # else nothing loaded
                     Decision(ctx, self.renderer, now, result).decide(chunk)
                 if not chunk.more:
                     s.finish_deliver(now)
@@ -125,8 +125,9 @@ class Decision:
         if settings.monthly_quota is not None:
             if s.due_quota(settings.monthly_quota - s.quota_used(month)):
                 held_until = next_month_opening(now, self.ctx.tz)
-        billed = 0 if settings.base_url else self._same_for_everyone()
-        billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows())
+        sent: list[int] = []  # the groups sent set-based
+        billed = 0 if settings.base_url else self._same_for_everyone(sent)
+        billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows(sent))
         s.add_quota_used(month, billed)
         counts = s.due_finish(now, self.today, held_until, chunk)
         self.result.capped += counts.get("capped", 0)
@@ -163,11 +164,11 @@ class Decision:
                 )
         return changes
 
-    def _same_for_everyone(self) -> int:
+    def _same_for_everyone(self, sent: list[int]) -> int:
         """Messages that render the same for every friend: rendered once, written set-based as
-        multicasts. Returns the billed messages."""
+        multicasts (their groups appended to ``sent``). Returns the billed messages."""
         s, now, billed = self.ctx.store, self.now, 0
-        for rule_name, steps_text, names_text, occurrence in s.due_render_keys():
+        for grp, rule_name, steps_text, names_text, occurrence in s.due_render_keys():
             names = tuple(json.loads(names_text))
             if not self.renderer.static(names):
                 continue
@@ -177,11 +178,10 @@ class Decision:
             )
             if rejected or not chunks:
                 continue  # a message that does not render: recorded per friend
-            rows, count = s.due_static_send(
-                rule_name, steps_text, names_text, occurrence, json.loads(steps_text)[0][0], chunks, now, self.today
-            )
+            rows, count = s.due_static_send(grp, rule_name, json.loads(steps_text)[0][0], chunks, now, self.today)
             self.result.queued += rows
             billed += count * len(chunks)
+            sent.append(grp)
         return billed
 
 
