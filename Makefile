@@ -18,13 +18,14 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/linerules run --rules rules
 
-# The suite on TEST_WORKERS processes (pytest-xdist; tests are handed out as workers free up),
-# then the few that assert how long something takes (marked `timing`) alone, so that the other
-# workers cannot slow them. `make test TEST_WORKERS=0` runs the first part in one process too.
+# The suite on TEST_WORKERS processes (pytest-xdist; tests are handed out as workers free up;
+# more workers than cores, as much of the suite waits on real time: hung requests, rate limits),
+# then the tests that bound one time by a share of another (marked `timing`) alone, so that the
+# other workers cannot skew them. `make test TEST_WORKERS=0` runs the first part in one process.
 # Bytecode is cached even where the environment says not to (PYTHONDONTWRITEBYTECODE): without it
 # every test process and every runner it starts compiles the project, and pytest rewrites the
 # asserts of every test module again, seconds each time.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 # Only the modules that hold `timing` tests are collected for the second part.
 TIMING_MODULES = $(shell grep -l '^@pytest.mark.timing' tests/test_*.py)
 test: export PYTHONDONTWRITEBYTECODE :=
