@@ -26,6 +26,7 @@ start-up itself (``python runner.py``, ``make run``) is tested by processes of t
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import selectors
@@ -91,7 +92,7 @@ def share(*preloads: tuple[str, ...]) -> None:
     servers import in the background; a child asked for before they are ready waits for them."""
     shared = json.loads(os.environ.get(ENV, "{}"))
     for preload in preloads:
-        shared[_key(preload)] = _server(preload, wait=False).path
+        shared[_key(preload)] = _server(preload).path
     os.environ[ENV] = json.dumps(shared)
 
 
@@ -103,7 +104,7 @@ def _key(preload: tuple[str, ...]) -> str:
     return ",".join(preload)
 
 
-def _server(preload: tuple[str, ...], *, wait: bool = True) -> _Server:
+def _server(preload: tuple[str, ...]) -> _Server:
     with _lock:
         server = _servers.get(preload)
         if server is None or not server.alive():
@@ -225,19 +226,17 @@ class _Server:
 
     def spawn(self, args: list[str], *, cwd: str, env: dict[str, str], stdout, stderr) -> Child:
         ends: dict[str, int] = {}
-        ours: dict[str, object] = {}
+        ours: dict[str, object] = {}  # our ends of the pipes, read as UTF-8 text
         opened: list[int] = []
         for name, how in (("stdout", stdout), ("stderr", stderr)):
             if how == subprocess.PIPE:
-                r, w = os.pipe()
-                ours[name] = os.fdopen(r, "rb", buffering=0)
-                ends[name] = w
-                opened.append(w)
+                r, ends[name] = os.pipe()
+                ours[name] = os.fdopen(r, "r", encoding="utf-8", errors="replace")
             elif how == subprocess.DEVNULL or how is None:
                 ends[name] = os.open(os.devnull, os.O_WRONLY)
-                opened.append(ends[name])
             else:
                 raise ValueError(f"{name}={how!r}: only PIPE or DEVNULL")
+            opened.append(ends[name])
         stdin = os.open(os.devnull, os.O_RDONLY)
         opened.append(stdin)
         try:
@@ -249,12 +248,7 @@ class _Server:
         finally:
             for fd in opened:
                 os.close(fd)
-        out = ours.get("stdout")
-        err = ours.get("stderr")
-        if err is not None and stderr == subprocess.PIPE:
-            err = _text(err)
-        if out is not None:
-            out = _text(out)
+        out, err = ours.get("stdout"), ours.get("stderr")
         return Child([sys.executable, *args], conn, pid, out, err)
 
     def stop(self) -> None:
@@ -266,7 +260,7 @@ class _Server:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
             os.rmdir(self._dir)
 
@@ -301,36 +295,6 @@ class _Messages:
         self.sock.close()
 
 
-class _text:
-    """A pipe's read end, read as UTF-8 text line by line (``for line in child.stderr``), or
-    raw (``communicate``)."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self._lines = os.fdopen(os.dup(raw.fileno()), "r", encoding="utf-8", errors="replace")
-
-    def fileno(self) -> int:
-        return self._raw.fileno()
-
-    def __iter__(self):
-        return iter(self._lines)
-
-    def readline(self) -> str:
-        return self._lines.readline()
-
-    def close(self) -> None:
-        self._lines.close()
-        self._raw.close()
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)
-
-
 # ----------------------------------------------------------------------------- the server
 
 
@@ -358,11 +322,11 @@ def _serve(path: str, preload: list[str]) -> None:
             if key.data == "stdin":
                 if not os.read(sys.stdin.fileno(), 4096):  # the test process has ended
                     for pid in children:
-                        with _suppress():
+                        with contextlib.suppress(OSError):
                             os.kill(pid, signal.SIGKILL)
                     return
             elif key.data == "child":
-                with _suppress():
+                with contextlib.suppress(OSError):
                     os.read(wake_r, 4096)
             else:
                 conn, _ = listener.accept()
@@ -394,7 +358,7 @@ def _serve(path: str, preload: list[str]) -> None:
                 break
             conn = children.pop(pid, None)
             if conn is not None:
-                with _suppress():
+                with contextlib.suppress(OSError):
                     code, cpu = os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
                     conn.sendall(json.dumps({"exit": code, "cpu": cpu}).encode() + b"\n")
                 conn.close()
