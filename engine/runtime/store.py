@@ -1836,19 +1836,16 @@ class Store:
             # each audience's waiting sends, fewer by those decided (finish_deliver counts again
             # only the audiences with some left)
             for rule, occurrence in chunk.plans:
+                n = cleared  # one audience: every carried send decided was its own
+                if len(chunk.plans) > 1:
+                    n = c.execute(
+                        "SELECT COUNT(*) FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp WHERE "
+                        f"g.rule = ? AND g.occurrence = ? AND {decided}",
+                        (rule, occurrence),
+                    ).fetchone()[0]
                 c.execute(
-                    "UPDATE audience_sends SET pending = pending - :n WHERE rule = :rule AND occurrence = :occurrence",
-                    {
-                        "rule": rule,
-                        "occurrence": occurrence,
-                        "n": cleared
-                        if len(chunk.plans) == 1
-                        else c.execute(
-                            "SELECT COUNT(*) FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp WHERE "
-                            f"g.rule = ? AND g.occurrence = ? AND {decided}",
-                            (rule, occurrence),
-                        ).fetchone()[0],
-                    },
+                    "UPDATE audience_sends SET pending = pending - ? WHERE rule = ? AND occurrence = ?",
+                    (n, rule, occurrence),
                 )
         if held_until is not None:
             if chunk.intents:
