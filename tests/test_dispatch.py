@@ -38,8 +38,10 @@ def emulator(line_emulator: Emulator) -> Emulator:
 
 @pytest.fixture
 async def dispatcher(emulator: Emulator):
+    # a request timeout a busy machine does not reach by itself (the hang the timeout test
+    # injects is longer)
     async with Dispatcher(
-        emulator.access_token, emulator.base_url + "/", max_attempts=4, timeout=0.3, backoff_base=0.01, backoff_cap=0.05
+        emulator.access_token, emulator.base_url + "/", max_attempts=4, timeout=1.5, backoff_base=0.01, backoff_cap=0.05
     ) as d:
         yield d
 
@@ -86,7 +88,7 @@ async def test_lost_response_is_retried_and_409_means_duplicate(dispatcher, emul
 
 
 async def test_timeout_is_retried_with_the_same_key(dispatcher, emulator):
-    emulator.inject_timeout("push", delay=0.6)
+    emulator.inject_timeout("push", delay=3.0)
     item = push(1)
     [result] = await dispatcher.send([item])
     assert result.outcome == "sent"
