@@ -32,6 +32,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -308,7 +309,6 @@ def test_every_variable_the_deployment_sets_is_one_the_runner_reads(opened_runne
     _runner, read = opened_runner
     from_files = entrypoint_secrets()
     unit_text = UNIT.read_text(encoding="utf-8")
-    dockerfile_text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     wrong = []
     for where, env in deployment_environments():
         assert env, where
@@ -321,7 +321,7 @@ def test_every_variable_the_deployment_sets_is_one_the_runner_reads(opened_runne
                     wrong.append(f"{where}: {name} (the runner never reads {base})")
             elif base in LIBPQ or (where == "Dockerfile ENV" and base in PYTHON_ENV):
                 pass
-            elif f"${{{base}}}" not in unit_text and base not in dockerfile_text.split("ENV", 1)[0]:
+            elif f"${{{base}}}" not in unit_text:  # e.g. LISTEN, for the unit's ExecStart
                 wrong.append(f"{where}: {name} (read by nothing)")
     assert not wrong, "\n".join(wrong)
     # and the secrets the entry point reads from files are all the runner's (or libpq's)
@@ -489,6 +489,12 @@ def test_dockerfile_builds_the_runner_as_an_unprivileged_user():
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
                 assert not _ignored(source), f"COPY {source}: left out by Dockerfile.dockerignore"
+    # what the build of pyproject.toml needs is in the image: the readme, the modules, the package
+    project = tomllib.loads(pyproject)
+    copied = {src for i in structure if i["instruction"] == "COPY" for src in shlex.split(i["value"])[:-1]}
+    needed = {"pyproject.toml", project["project"]["readme"], "engine"}
+    needed |= {f"{m}.py" for m in project["tool"]["setuptools"]["py-modules"]}
+    assert needed <= copied, needed - copied
     (entry,) = [i for i in structure if i["instruction"] == "ENTRYPOINT"]
     assert exec_form(entry) == ["linerules-entrypoint"]
     assert "COPY deploy/docker-entrypoint.sh /usr/local/bin/linerules-entrypoint" in [
@@ -521,7 +527,7 @@ def test_the_images_healthcheck_asks_the_runner_itself(processes, tmp_path):
     argv = healthcheck_argv()
     assert argv[0] == "python" and "/healthz" in argv[-1]
     assert ":8080/healthz" in argv[-1]  # the port of the image's CMD
-    argv = [shutil.which("python") or sys.executable, *argv[1:]]
+    argv = [sys.executable, *argv[1:]]  # the image's python, here this one
     runner = processes(write_rules(tmp_path / "rules"), tmp_path / "linerules.db").started()
     ok = subprocess.run(argv, env={**os.environ, "HEALTHCHECK_URL": runner.url + "/healthz"}, timeout=60)
     assert ok.returncode == 0
