@@ -34,7 +34,6 @@ import sys
 import time
 import tomllib
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from dockerfile_parse import DockerfileParser
+from psycopg.conninfo import conninfo_to_dict
 
 from engine.cli import cli
 from engine.line.dispatch import LINE_TIMEOUT
@@ -143,9 +143,11 @@ def listen_port(argv: list[str]) -> int:
 
 
 def schema_of(db_url: str) -> str:
-    """The schema a ``postgresql://...?options=-csearch_path%3DNAME`` URL puts the tables in."""
-    options = urllib.parse.parse_qs(urllib.parse.urlsplit(db_url).query).get("options", [""])[0]
-    m = re.search(r"-c\s*search_path=([\w]+)", options)
+    """The schema a ``postgresql://...?options=-csearch_path%3DNAME`` URL puts the tables in,
+    read by libpq's own parser (psycopg's ``conninfo_to_dict``: a misspelt parameter fails)."""
+    params = conninfo_to_dict(db_url)
+    assert params.get("password") is None, "the password stays out of the URL (PGPASSWORD)"
+    m = re.fullmatch(r"-c\s*search_path=(\w+)", params.get("options", ""))
     assert m, f"no schema (options=-csearch_path%3D...) in {db_url}"
     return m.group(1)
 
