@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import base64
+import csv
 import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -31,7 +33,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -738,9 +739,8 @@ def test_haproxy_passes_signed_webhooks_untouched_to_both_runners(processes, tmp
     lb = subprocess.Popen([HAPROXY, "-db", "-f", str(HAPROXY_CFG)], env=lb_env, stdout=log, stderr=log)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(url + "/healthz"), timeout=30)
-        # both runners seen healthy by the load balancer's own check (rise 2, every 5 s)
-        time.sleep(0.5)
+        stats = f"http://{lb_env['LB_STATS_BIND']}/;csv"
+        wait_until(lambda: _server_states(stats) == {"runner-1": "UP", "runner-2": "UP"}, timeout=30)
 
         # LINE's webhooks: a body whose exact bytes matter (non-ASCII, escapes, spacing, a
         # trailing newline), spread over both runners, every one accepted
@@ -801,6 +801,11 @@ def test_haproxy_passes_signed_webhooks_untouched_to_both_runners(processes, tmp
             body, headers = signed_webhook(line_event("follow", f"V{i}"), secret=line_secret)
             assert post(url + "/callback", body, headers)[0] == 200
         assert event_count(dbs[0]) == before + 6
+        # and its health check takes it out (two failed checks, 5 s apart)
+        wait_until(lambda: _server_states(stats).get("runner-2", "").startswith("DOWN"), timeout=40)
+        body, headers = signed_webhook(line_event("follow", "W1"), secret=line_secret)
+        assert post(url + "/callback", body, headers)[0] == 200
+        assert event_count(dbs[0]) == before + 7
     finally:
         lb.terminate()
         lb.wait(timeout=10)
@@ -815,3 +820,14 @@ def _answers(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _server_states(stats_url: str) -> dict[str, str]:
+    """{server: status} of the runners' backend, from HAProxy's own stats page (CSV)."""
+    try:
+        with urllib.request.urlopen(stats_url, timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    reader = csv.DictReader(io.StringIO(text.removeprefix("# ")))
+    return {r["svname"]: r["status"] for r in reader if r["pxname"] == "runners" and r["svname"] not in ("BACKEND",)}
