@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -374,6 +375,8 @@ def is_store_fault(exc: BaseException) -> bool:
     read-only file, lock timeout) rather than of one item's data."""
     if isinstance(exc, StoreError):
         return True
+    if getattr(exc, "pg_sqlstate", False) is not False:  # engine.runtime.pgconn: a PostgreSQL error
+        return isinstance(exc, sqlite3.OperationalError)
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _FAULT_CODES
 
@@ -382,6 +385,8 @@ def explain_fault(exc: BaseException, path: str) -> str:
     """One line for the operator about a database fault: what, which file, what to do."""
     if isinstance(exc, StoreError):
         return str(exc)
+    if is_postgres(path):
+        return _("the PostgreSQL database {url} failed: {reason}", url=redact_url(path), reason=exc)
     where = os.path.abspath(path) if path != ":memory:" else path
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     if code == _SQLITE_FULL:
@@ -426,6 +431,7 @@ def explain_fault(exc: BaseException, path: str) -> str:
 _NOT_SQLITE = N_("not an SQLite file")
 _A_FOLDER = N_("a folder")
 _FOREIGN = N_("an SQLite file without linerules' tables")
+_FOREIGN_SCHEMA = N_("a PostgreSQL schema holding tables that are not linerules'")
 
 
 class NotLinerulesDatabase(StoreError):
@@ -449,7 +455,10 @@ def database_version(path: str) -> int | None:
     version, or None when nothing is there yet (a new database may be created at ``path``).
     Raises :class:`NotLinerulesDatabase` for a folder, a file that is not SQLite, or an SQLite
     file without linerules' ``meta`` (an empty one included), and :class:`StoreError` when the
-    file cannot be read. Opens the file read-only and writes nothing."""
+    file cannot be read. Opens the file read-only and writes nothing. A ``postgresql://`` URL:
+    the version of the schema it names (None for an empty one)."""
+    if is_postgres(path):
+        return _pg_version(path)
     if not os.path.lexists(path):
         return None
     if os.path.isdir(path):
@@ -473,10 +482,66 @@ def remove_database(path: str) -> bool:
     not a linerules database raises :class:`NotLinerulesDatabase` and is left as it was."""
     if database_version(path) is None:
         return False
+    if is_postgres(path):
+        _pg_drop_tables(path)
+        return True
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     return True
+
+
+def is_postgres(path: str) -> bool:
+    """Whether ``--db`` / ``LINERULES_DB`` names a PostgreSQL database rather than an SQLite file."""
+    return str(path).startswith(("postgresql:", "postgres:"))
+
+
+def redact_url(url: str) -> str:
+    """A ``postgresql://`` URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@?]*):[^@/?]*@", r"\1:***@", str(url))
+
+
+def _pg_version(url: str) -> int | None:
+    from . import pgconn, pgschema
+
+    try:
+        conn = pgconn.PgConnection(url, lock_key="")
+    except sqlite3.Error as exc:
+        raise _open_error(exc, url) from None
+    try:
+        raw = conn.raw()
+        version = pgschema.schema_version(raw)
+        if version:
+            return version
+        schema = raw.execute("SELECT current_schema()").fetchone()[0]
+        others = raw.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name <> 'meta'",
+            (schema,),
+        ).fetchone()[0]
+        if others:
+            raise NotLinerulesDatabase(not_linerules(url, _FOREIGN_SCHEMA))
+        return None
+    finally:
+        conn.close()
+
+
+def _pg_drop_tables(url: str) -> None:
+    """Drop every table of the linerules schema ``url`` names (``simulate --db``)."""
+    from psycopg import sql as pgsql
+
+    from . import pgconn
+
+    conn = pgconn.PgConnection(url, lock_key="")
+    try:
+        raw = conn.raw()
+        with raw.transaction():
+            schema = raw.execute("SELECT current_schema()").fetchone()[0]
+            for (table,) in raw.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+            ).fetchall():
+                raw.execute(pgsql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(pgsql.Identifier(schema), pgsql.Identifier(table)))
+    finally:
+        conn.close()
 
 
 def _linerules_version(conn: sqlite3.Connection) -> int | None:
@@ -593,22 +658,23 @@ class Store:
         be read while a runner writes it. Otherwise a missing or empty file becomes a new
         database; any other file that is not a linerules database is refused
         (:class:`NotLinerulesDatabase`) and left as it was."""
-        if str(path).startswith(("postgresql:", "postgres:")):  # docs/scale.md: what exists today
-            raise StoreError(
-                "the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
-                "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)"
-            )
         self.path = path
+        #: The database is a PostgreSQL schema (``postgresql://`` URL, :mod:`engine.runtime.pgconn`).
+        self.pg = is_postgres(path)
         self.yields = yields
         self.read_only = read_only
         self.clock = clock
         self._time: Callable[[], float] = time.time if clock is None else clock.time
-        self._turns = None if path == ":memory:" else _turns_for(path)
+        self._turns = None if path == ":memory:" or self.pg else _turns_for(path)
         self._turn_held = False  # this connection holds a yielding turn (see _begin)
         self._health = _Health() if path == ":memory:" else _health_for(path)
         self._opened = False
+        #: The column that orders rows of a table without a key as they were inserted.
+        self._rowid = "ctid" if self.pg else "rowid"
         try:
-            if read_only:
+            if self.pg:
+                self._open_pg(path, read_only)
+            elif read_only:
                 self._open_read_only(path)
             else:
                 self._open(path, checkpoints)
@@ -623,6 +689,30 @@ class Store:
                 conn.close()
             raise
         self._opened = True
+
+    def _open_pg(self, url: str, read_only: bool) -> None:
+        """Connect to the schema the URL names (``options=-csearch_path=...``; docs/scale.md)
+        and bring it up to date (:func:`engine.runtime.pgschema.migrate`), or, read-only, check
+        that it is a linerules database and open it so that nothing can be written."""
+        from . import pgconn, pgschema
+
+        self.conn = conn = pgconn.PgConnection(url, lock_key="")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight = {}
+        self.longest_write = 0.0
+        raw = conn.raw()
+        try:
+            if read_only:
+                if not pgschema.schema_version(raw):
+                    raise StoreError(_("there is no database at {path}", path=redact_url(url)))
+                raw.execute("SET default_transaction_read_only = on")
+            else:
+                pgschema.migrate(raw)
+        except RuntimeError as exc:
+            raise NotLinerulesDatabase(f"{redact_url(url)}: {exc}") from None
+        schema = raw.execute("SELECT current_schema()").fetchone()[0]
+        conn.lock_key = f"linerules.write:{schema}"
 
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
@@ -696,7 +786,10 @@ class Store:
 
     def check_integrity(self) -> None:
         """``PRAGMA quick_check`` (every page of the file, no index cross-checks); raises
-        :class:`StoreError` naming the file when it finds damage."""
+        :class:`StoreError` naming the file when it finds damage (PostgreSQL checks its own
+        pages: nothing to do)."""
+        if self.pg:
+            return
         try:
             rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
         except sqlite3.Error as exc:
@@ -723,8 +816,8 @@ class Store:
         return StoreUnavailable(message)
 
     def free_bytes(self) -> int | None:
-        """Free bytes on the disk of the database file (None for ``:memory:`` or unknown)."""
-        if self.path == ":memory:":
+        """Free bytes on the disk of the database file (None for ``:memory:``, PostgreSQL or unknown)."""
+        if self.path == ":memory:" or self.pg:
             return None
         try:
             stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
@@ -842,7 +935,7 @@ class Store:
     def checkpoint(self) -> None:
         """Copy the write-ahead log back into the database as far as readers allow, without
         waiting for or blocking any writer (``PRAGMA wal_checkpoint(PASSIVE)``)."""
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.pg:
             try:
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:  # e.g. a full disk: the log stays, nothing is lost
@@ -869,7 +962,9 @@ class Store:
 
     def change_counts(self) -> tuple[int, int]:
         """(rows this connection changed, ``PRAGMA data_version``): both stay the same while
-        no connection changes the database."""
+        no connection changes the database (on PostgreSQL: while no transaction writes)."""
+        if self.pg:
+            return self.conn.total_changes, self.conn.data_version()
         return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
@@ -1259,10 +1354,10 @@ class Store:
     ) -> int | None:
         """Insert one active enrollment due at ``now``; None if the occurrence was taken.
         ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
-        cur = self.conn.execute(
+        row = self.conn.execute(
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
             "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
-            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 friend,
                 rule,
@@ -1279,8 +1374,8 @@ class Store:
                 event_seq,
                 event_seq,
             ),
-        )
-        return cur.lastrowid if cur.rowcount else None
+        ).fetchone()
+        return row[0] if row else None
 
     def enroll_audience(
         self,
@@ -1353,8 +1448,8 @@ class Store:
                     c.execute(
                         "INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
                         "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
-                        "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
-                        "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                        "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = audience_sends.pending + excluded.pending, "
+                        "due_at = MIN(COALESCE(audience_sends.due_at, excluded.due_at), excluded.due_at)",
                         {**args, "count": count},
                     )
         c.execute("DELETE FROM temp.lr_audience")
@@ -2276,7 +2371,7 @@ class Store:
                     "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
                     "holdout, occurrence, event_seq, answer) SELECT d.enrollment, d.friend, d.rule, "
                     "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
-                    "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
+                    "e.occurrence, e.event_seq, CASE WHEN d.reason = 'answer' THEN 1 ELSE 0 END FROM deliveries d "
                     "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
                     {"until": until, "id": outbox_id},
                 )
@@ -2803,7 +2898,7 @@ class Store:
         """Each rule's step ids as its latest stored version lists them."""
         return {
             rule: json.loads(steps)
-            for rule, steps in self.conn.execute("SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")
+            for rule, steps in self.conn.execute(f"SELECT rule, steps FROM rule_versions ORDER BY compiled_at, {self._rowid}")
         }
 
     def report_rule_names(self) -> set[str]:
