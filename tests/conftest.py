@@ -32,7 +32,7 @@ def pytest_configure(config) -> None:
 #: The backends the engine's tests run on (``backend``): every test of a module named here
 #: runs once on each.
 BACKENDS = ("sqlite", "postgresql")
-BOTH_BACKENDS = ("test_engine_", "test_store")
+BOTH_BACKENDS = ("test_engine_", "test_store", "test_server", "test_shopify", "test_intake_robust")
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -158,7 +158,7 @@ def rules_dir(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-async def make_client(tmp_path, rules_dir, aiohttp_client):
+async def make_client(tmp_path, rules_dir, aiohttp_client, backend):
     """``await make_client(env, loops=..., tick=..., rules=..., clock=...)`` starts a runner
     (loops included) on ``rules_dir`` (or the folder ``rules``) with the given environment and
     clock; returns (client, runner)."""
@@ -176,7 +176,7 @@ async def make_client(tmp_path, rules_dir, aiohttp_client):
         config = RunnerConfig.from_env(
             {**base, **(env or {})},
             rules_dir=rules or rules_dir,
-            db=tmp_path / "linerules.db",
+            db=backend.new_db() if backend.pg else tmp_path / "linerules.db",
             listen="127.0.0.1:0",
             tick_seconds=tick,
         )

@@ -49,7 +49,7 @@ from engine.language.timeutil import next_opening
 from engine.line.dispatch import LINE_TIMEOUT, DispatchResult, OutboxItem
 from engine.line.login import STATE_MAX_AGE
 from engine.line.retrypolicy import DEFAULT_POLICY, FINISHED
-from engine.runtime.store import LeaseLost, StoreError
+from engine.runtime.store import LeaseLost, StoreError, is_postgres, redact_url
 
 from .clock import SYSTEM, Clock
 from .metrics import Metrics
@@ -94,7 +94,7 @@ class RunnerConfig:
     """Everything the runner reads from its flags and environment (docs/operations.md)."""
 
     rules_dir: Path
-    db: Path
+    db: Path | str  # an SQLite file, or a postgresql:// URL (str)
     listen: str = "127.0.0.1:8080"
     tick_seconds: float = 60.0
     channel_secret: str | None = None  # LINE_CHANNEL_SECRET
@@ -109,6 +109,11 @@ class RunnerConfig:
     lease_seconds: str | None = None  # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
     line_timeout_seconds: str | None = None  # LINERULES_LINE_TIMEOUT; None: LINE_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
+
+    @property
+    def db_label(self) -> str:
+        """The database as logs and messages name it (a URL without its password)."""
+        return redact_url(str(self.db))
 
     @classmethod
     def from_env(
@@ -125,7 +130,7 @@ class RunnerConfig:
         get = lambda name: env.get(name) or None  # noqa: E731
         return cls(
             rules_dir=Path(rules_dir),
-            db=Path(db),
+            db=str(db) if is_postgres(str(db)) else Path(db),
             listen=listen,
             tick_seconds=float(tick_seconds),
             condition_interval=int(condition_interval),
@@ -364,7 +369,7 @@ class Runner:
             try:
                 started = time.perf_counter()
                 store.check_integrity()
-                log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
+                log.info("database %s checked (%.1f s)", config.db_label, time.perf_counter() - started)
             except StoreError as exc:
                 raise StartupError(f"cannot start: {exc}") from None
             acquire_lease(store, owner_id(), config, clock)
@@ -393,7 +398,7 @@ class Runner:
             config.rules_dir,
             project.version,
             len(project.rules),
-            config.db,
+            config.db_label,
         )
         return cls(
             config,
@@ -528,7 +533,7 @@ class Runner:
                 started = self.fill_slots(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
-                    "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
+                    "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db_label
                 )
                 self.exit_code = 1
                 self.stop()
@@ -607,7 +612,7 @@ class Runner:
         now = self.now()
         store = self.engine.store
         if not store.renew_lease(self.owner, int(now.timestamp()), self.config.lease_ttl):
-            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db, store.lease_holder())
+            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db_label, store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None

@@ -378,6 +378,8 @@ class PgConnection:
         self._lock = threading.RLock()
         #: Rows changed by this connection's INSERT, UPDATE and DELETE since it was opened.
         self.total_changes = 0
+        self._wrote = False  # the transaction in progress has written
+        self._bumps = 0  # this connection's steps of the schema's change counter
 
     @property
     def in_transaction(self) -> bool:
@@ -387,6 +389,10 @@ class PgConnection:
         statement = sql.strip().upper()
         if statement == "BEGIN IMMEDIATE":
             return self._begin()
+        if statement == "COMMIT" and self._wrote:
+            self._bump()
+        elif statement == "ROLLBACK":
+            self._wrote = False
         text = translate(sql)
         args = () if params is None else params
         if type(args) is not dict:
@@ -397,9 +403,25 @@ class PgConnection:
             except psycopg.Error as exc:
                 raise _as_sqlite_error(exc, text) from exc
         count = cur.rowcount
-        if count > 0 and _WRITES.match(text):
-            self.total_changes += count
+        if _WRITES.match(text):
+            self._written(count)
         return Cursor(cur, count)
+
+    def _written(self, count: int) -> None:
+        if count > 0:
+            self.total_changes += count
+        if self.in_transaction:
+            self._wrote = True
+        else:  # a write on its own commits at once
+            self._bump()
+
+    def _bump(self) -> None:
+        """One step of the schema's change counter (``lr_changes``), made before a COMMIT that
+        wrote: what :meth:`data_version` reads."""
+        with self._lock:
+            self._conn.execute("SELECT nextval('lr_changes')")
+        self._bumps += 1
+        self._wrote = False
 
     def _begin(self) -> Cursor:
         with self._lock:
@@ -422,8 +444,8 @@ class PgConnection:
             except psycopg.Error as exc:
                 raise _as_sqlite_error(exc, text) from exc
         count = cur.rowcount
-        if count > 0 and _WRITES.match(text):
-            self.total_changes += count
+        if _WRITES.match(text):
+            self._written(count)
         return Cursor(cur, count)
 
     def cursor(self) -> _Plain:
@@ -431,11 +453,12 @@ class PgConnection:
         return _Plain(self)
 
     def data_version(self) -> int:
-        """A number that stays the same while no transaction of the server has written
-        (the next transaction id): PostgreSQL's counterpart of ``PRAGMA data_version``."""
+        """A number that stays the same while no other connection writes to the schema, as
+        SQLite's ``PRAGMA data_version``: the schema's change counter, which every write
+        transaction steps once before its COMMIT, less this connection's own steps."""
         with self._lock:
-            row = self._conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetchone()
-        return row[0]
+            row = self._conn.execute("SELECT last_value FROM lr_changes").fetchone()
+        return row[0] - self._bumps
 
     def raw(self):
         """The psycopg connection (schema set-up and checks only)."""

@@ -258,6 +258,8 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
                     f"this linerules ({len(statements)}): upgrade linerules"
                 )
             if version == len(statements):
+                # every write transaction steps it (engine.runtime.pgconn: data_version)
+                conn.execute("CREATE SEQUENCE IF NOT EXISTS lr_changes")
                 for signature, definition in FUNCTIONS:
                     if conn.execute("SELECT to_regprocedure(%s)", (signature,)).fetchone()[0] is None:
                         conn.execute(definition)

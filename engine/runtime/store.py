@@ -2768,7 +2768,7 @@ class Store:
             c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
         c.execute(
             "INSERT INTO activity(friend, kind, amount, at, order_id) "
-            "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
+            "SELECT o.friend, CASE WHEN o.cancelled <> 0 THEN 'order_cancelled' ELSE 'order' END, "
             "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
             "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
             "ORDER BY o.at",
@@ -2776,9 +2776,10 @@ class Store:
         )
         c.execute(
             "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
-            "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
+            "SELECT o.friend, CASE WHEN o.cancelled <> 0 THEN 'purchase_cancelled' ELSE 'purchase' END, "
             "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
-            "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
+            "CAST(json_extract(j.value, '$.price') AS NUMERIC) * "
+            "COALESCE(CAST(json_extract(j.value, '$.quantity') AS NUMERIC), 1), o.at, o.order_id "
             "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
             "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at",
             (batch,),
