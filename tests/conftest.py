@@ -32,7 +32,15 @@ def pytest_configure(config) -> None:
 #: The backends the engine's tests run on (``backend``): every test of a module named here
 #: runs once on each.
 BACKENDS = ("sqlite", "postgresql")
-BOTH_BACKENDS = ("test_engine_", "test_store", "test_server", "test_shopify", "test_intake_robust")
+BOTH_BACKENDS = (
+    "test_engine_",
+    "test_store",
+    "test_server",
+    "test_shopify",
+    "test_intake_robust",
+    "test_report",
+    "test_simulate",
+)
 
 
 def pytest_generate_tests(metafunc) -> None:

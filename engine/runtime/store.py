@@ -2829,7 +2829,7 @@ class Store:
         [since, until), at their due time; in (due_at, id) order."""
         if not self._has_table("intents"):
             return []
-        where, args = ["1"], []
+        where, args = ["TRUE"], []
         if since is not None:
             where.append("due_at >= ?")
             args.append(since)
@@ -2949,6 +2949,8 @@ class Store:
         )
 
     def _has_table(self, name: str) -> bool:
+        if self.pg:
+            return self.conn.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
         return (
             self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
             is not None
