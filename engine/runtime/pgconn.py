@@ -122,7 +122,9 @@ def _functions(sql: str, literals: list[str]) -> str:
     """Rewrite the SQLite functions with no PostgreSQL twin (see the module's table)."""
     out = []
     i = 0
-    pattern = re.compile(r"\b(json_extract|json_each|json_group_array|json_array|json_patch|json|MAX|MIN|instr|TOTAL)\s*\(", re.I)
+    pattern = re.compile(
+        r"\b(json_extract|json_each|json_group_array|json_array|json_patch|json|MAX|MIN|instr|TOTAL)\s*\(", re.I
+    )
     while True:
         m = pattern.search(sql, i)
         if not m:
@@ -149,7 +151,9 @@ def _functions(sql: str, literals: list[str]) -> str:
             literals.append(pg_path)
             out.append(f"(({arg.strip()})::jsonb {op} \x00{len(literals) - 1}\x00)")
         elif name == "json_each":
-            alias = re.match(r"\s+(?:AS\s+)?(?!(?:ON|WHERE|JOIN|CROSS|LEFT|INNER|GROUP|ORDER|LIMIT|UNION)\b)(\w+)", sql[i:], re.I)
+            alias = re.match(
+                r"\s+(?:AS\s+)?(?!(?:ON|WHERE|JOIN|CROSS|LEFT|INNER|GROUP|ORDER|LIMIT|UNION)\b)(\w+)", sql[i:], re.I
+            )
             if alias:
                 i += alias.end()
                 name_ = alias.group(1)
@@ -181,7 +185,9 @@ def _name_subqueries(sql: str) -> str:
         open_at = sql.index("(", m.start())
         close = _close_paren(sql, open_at)
         after = sql[close + 1 :]
-        if not re.match(r"\s*(AS\s+)?(?!(?:ON|WHERE|JOIN|CROSS|LEFT|INNER|GROUP|ORDER|LIMIT|UNION|HAVING)\b)\w", after, re.I):
+        if not re.match(
+            r"\s*(AS\s+)?(?!(?:ON|WHERE|JOIN|CROSS|LEFT|INNER|GROUP|ORDER|LIMIT|UNION|HAVING)\b)\w", after, re.I
+        ):
             n += 1
             sql = sql[: close + 1] + f" AS _s{n}" + after
         i = open_at + 1
@@ -243,7 +249,9 @@ def translate(sql: str) -> str:
         return f"TRUNCATE pg_temp.{delete_all.group(1)} RESTART IDENTITY"
     index = re.match(r"\s*CREATE\s+INDEX\s+(IF\s+NOT\s+EXISTS\s+)?temp\.(\w+)\s+ON\s+(\w+)", masked, re.I)
     if index:
-        masked = f"CREATE INDEX {index.group(1) or ''}{index.group(2)} ON pg_temp.{index.group(3)}" + masked[index.end() :]
+        masked = (
+            f"CREATE INDEX {index.group(1) or ''}{index.group(2)} ON pg_temp.{index.group(3)}" + masked[index.end() :]
+        )
     masked = re.sub(r"\btemp\.", "pg_temp.", masked, flags=re.I)
     if _DDL.match(masked):
         masked = re.sub(

@@ -539,7 +539,11 @@ def _pg_drop_tables(url: str) -> None:
             for (table,) in raw.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
             ).fetchall():
-                raw.execute(pgsql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(pgsql.Identifier(schema), pgsql.Identifier(table)))
+                raw.execute(
+                    pgsql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(
+                        pgsql.Identifier(schema), pgsql.Identifier(table)
+                    )
+                )
     finally:
         conn.close()
 
@@ -2201,6 +2205,7 @@ class Store:
             if lease is None:
                 self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
+            others = self._live_epochs(mine=False) if self.pg else []
             reply_limit = limit if reply_limit is None else min(reply_limit, limit)
             other_limit = limit if other_limit is None else min(other_limit, limit)
             with self.transaction() as c:
@@ -2213,12 +2218,15 @@ class Store:
                     if cap <= 0:
                         continue
                     marks = ",".join("?" * len(skip))
+                    # rows another live runner claimed are its own (docs/engine.md "Several runners")
+                    theirs = ",".join("?" * len(others))
                     rows += c.execute(
                         "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
                         + kind
                         + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + (f"AND (claim_epoch IS NULL OR claim_epoch NOT IN ({theirs})) " if others else "")
                         + "ORDER BY not_before, id LIMIT ?",
-                        (now, *skip, cap),
+                        (now, *skip, *others, cap),
                     ).fetchall()
                 c.executemany(
                     "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 WHERE id = ?",
@@ -2242,12 +2250,13 @@ class Store:
 
     def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
         owner, epoch, ttl = lease
-        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = 'runner'").fetchone()
+        name = self.dispatch_lease(owner)
+        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
         if row is None or row[0] != owner or row[1] != epoch:
             holder = f"{row[0]} (epoch {row[1]})" if row is not None else "nobody"
             raise LeaseLost(f"lost the lease (epoch {epoch}); holder now: {holder}")
         if row[2] <= now:
-            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = ?", (now + ttl, name))
         return epoch
 
     def release_claims(self, ids: Iterable[int]) -> None:
@@ -2265,8 +2274,7 @@ class Store:
             fence = ""
             args: tuple = (outbox_id,)
             if epoch is not None:
-                row = c.execute("SELECT epoch FROM lease WHERE name = 'runner'").fetchone()
-                if row is None or row[0] != epoch:
+                if c.execute("SELECT 1 FROM lease WHERE epoch = ?", (epoch,)).fetchone() is None:
                     return False
                 fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
             cur = c.execute(
@@ -2443,8 +2451,7 @@ class Store:
             if row is not None and row[0] == owner:
                 c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
                 return True
-            epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
-            self.set_meta("lease.epoch", str(epoch))
+            epoch = self._new_epoch()
             c.execute(
                 "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
@@ -2454,9 +2461,105 @@ class Store:
             return True
 
     def lease_epoch(self, owner: str) -> int | None:
-        """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
-        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?", (owner,)).fetchone()
+        """The epoch ``owner`` claims outbox rows under (:meth:`dispatch_lease`; None when
+        ``owner`` does not hold it)."""
+        row = self.conn.execute(
+            "SELECT epoch FROM lease WHERE name = ? AND owner = ?", (self.dispatch_lease(owner), owner)
+        ).fetchone()
         return None if row is None else row[0]
+
+    def dispatch_lease(self, owner: str) -> str:
+        """The lease that fences ``owner``'s outbox claims: on SQLite the one runner's lease;
+        on PostgreSQL each runner's own membership (:meth:`join_cluster`)."""
+        return f"member:{owner}" if self.pg else "runner"
+
+    def _new_epoch(self) -> int:
+        """An epoch never used before in this database (inside a transaction)."""
+        row = self.conn.execute("SELECT MAX(epoch) FROM lease").fetchone()
+        epoch = max(int(self.get_meta("lease.epoch") or 0), row[0] or 0) + 1
+        self.set_meta("lease.epoch", str(epoch))
+        return epoch
+
+    # ------------------------------------------------------------------ several runners (PostgreSQL)
+    #
+    # Every runner is a member: a ``member:OWNER`` lease row with its own epoch, and a session
+    # advisory lock (class: the schema, object: the epoch) held by its connection for as long as
+    # it lives. A runner killed by SIGKILL loses its connection and PostgreSQL drops the lock at
+    # once: its claimed outbox rows are free for the others within a second (claim_outbox skips
+    # only rows claimed under an epoch whose lock is held). One member at a time leads (the
+    # engine's session lock, :meth:`try_lead`): it alone runs the ticks.
+
+    def _lock_class(self, what: str) -> int:
+        """The 32-bit class of this schema's advisory locks for ``what``."""
+        return self.conn.execute("SELECT hashtext(? || current_schema())", (f"linerules.{what}:",)).fetchone()[0]
+
+    def join_cluster(self, owner: str, now: int, ttl: int) -> int:
+        """Become a member (PostgreSQL): a new epoch under ``member:OWNER``, locked by this
+        connection while it lives; returns the epoch. Rows of members that are gone are removed."""
+        with self.transaction() as c:
+            self._drop_gone_members(c)
+            epoch = self._new_epoch()
+            c.execute(
+                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                (self.dispatch_lease(owner), owner, now + ttl, epoch),
+            )
+            c.execute("SELECT pg_advisory_lock(?, ?)", (self._lock_class("member"), epoch))
+        return epoch
+
+    def _live_epochs(self, mine: bool = True) -> list[int]:
+        """Epochs whose member lock is held now (``mine=False``: by other connections)."""
+        rows = self.conn.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = (? & 4294967295)" + ("" if mine else " AND pid <> pg_backend_pid()"),
+            (self._lock_class("member"),),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def _drop_gone_members(self, c) -> None:
+        live = self._live_epochs()
+        marks = ",".join("?" * len(live))
+        c.execute(
+            "DELETE FROM lease WHERE name LIKE 'member:%'" + (f" AND epoch NOT IN ({marks})" if live else ""), live
+        )
+
+    def try_lead(self, owner: str, now: int, ttl: int) -> bool:
+        """Lead the ticks (PostgreSQL): take the engine's session lock if nobody holds it, and
+        with it the ``runner`` lease (a new epoch). True while this connection leads."""
+        got = self.conn.execute("SELECT pg_try_advisory_lock(?, 0)", (self._lock_class("engine"),)).fetchone()[0]
+        if not got:
+            return False
+        with self.transaction() as c:
+            row = c.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
+            if row is not None and row[0] == owner:
+                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+            else:
+                epoch = self._new_epoch()
+                c.execute(
+                    "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                    "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                    (owner, now + ttl, epoch),
+                )
+        if row is not None and row[0] != owner:
+            log.warning("leading the ticks of %s (the last leader, %s, is gone)", redact_url(self.path), row[0])
+        return True
+
+    def cluster(self) -> dict:
+        """The runners of this database now (``/healthz``, ``/metrics``): who leads, and how
+        many are members (PostgreSQL; on SQLite one runner at most)."""
+        leader = self.lease_holder()
+        if not self.pg:
+            return {"leader": leader, "runners": 1 if leader else 0}
+        return {"leader": leader, "runners": len(self._live_epochs())}
+
+    def notify(self, channel: str) -> None:
+        """Wake the other runners listening on ``channel`` (PostgreSQL ``NOTIFY``; nothing on
+        SQLite, where one runner wakes its own loops)."""
+        if self.pg:
+            self.conn.execute("SELECT pg_notify(? || current_schema(), '')", (f"linerules_{channel}_",))
 
     def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
         """Extend the lease; False if it is no longer ours (another runner took it)."""
@@ -2465,8 +2568,11 @@ class Store:
             return cur.rowcount == 1
 
     def release_lease(self, owner: str) -> None:
+        """Give up ``owner``'s leases (the runner's, and on PostgreSQL its membership)."""
         with self.transaction() as c:
-            c.execute("DELETE FROM lease WHERE name = 'runner' AND owner = ?", (owner,))
+            c.execute(
+                "DELETE FROM lease WHERE name IN ('runner', ?) AND owner = ?", (self.dispatch_lease(owner), owner)
+            )
 
     def lease_holder(self) -> str | None:
         row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
@@ -2899,7 +3005,9 @@ class Store:
         """Each rule's step ids as its latest stored version lists them."""
         return {
             rule: json.loads(steps)
-            for rule, steps in self.conn.execute(f"SELECT rule, steps FROM rule_versions ORDER BY compiled_at, {self._rowid}")
+            for rule, steps in self.conn.execute(
+                f"SELECT rule, steps FROM rule_versions ORDER BY compiled_at, {self._rowid}"
+            )
         }
 
     def report_rule_names(self) -> set[str]:
