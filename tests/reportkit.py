@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import enginekit
 from engine.language.project import load_project
 from engine.runtime.simulate import run_timeline
 from engine.runtime.store import Store
-import enginekit
 from enginekit import at, ev, write_folder
 
 MESSAGES = (
