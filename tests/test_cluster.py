@@ -111,3 +111,40 @@ def test_three_runners_killed_at_random_lose_nothing_and_repeat_nothing(
     notes = Counter(r.note for r in line_emulator.requests)
     assert notes["lost"] == 3 and notes["timeout"] == 2  # the faults happened; the retries were answered 409
     assert any(r.status == 409 for r in line_emulator.requests)
+
+
+def test_one_schema_per_channel_keeps_two_accounts_apart(pg_server, rules, line_emulator, line_env, processes):
+    """An agency: two LINE channels on one PostgreSQL, each in its own schema with its own
+    runners (docs/scale.md). Each channel's friends get its welcome, from its own token, and
+    neither runner set sees the other's friends or takes the other's lead."""
+    from engine.testing.line_emulator import run_in_thread
+
+    schemas = []
+    try:
+        with run_in_thread(access_token="token-b", channel_secret="secret-b", channel_id="2000000002") as other:
+            add_friends(line_emulator, ["UA1", "UA2"])
+            add_friends(other, ["UB1"])
+            env_b = {
+                "LINE_API_ENDPOINT": other.base_url,
+                "LINE_CHANNEL_ACCESS_TOKEN": "token-b",
+                "LINE_CHANNEL_SECRET": "secret-b",
+            }
+            urls = {}
+            for name in ("shop_a", "shop_b"):
+                schema, urls[name] = pg_server.new_schema()
+                schemas.append(schema)
+            shop_a = [processes(rules, urls["shop_a"], env=line_env, tick=0.5).started() for _ in range(2)]
+            shop_b = [processes(rules, urls["shop_b"], env=env_b, tick=0.5).started()]
+            for group in (shop_a, shop_b):  # each channel has its own leader
+                wait_until(lambda g=group: sum(cluster(r)["leading"] for r in g) == 1)
+                assert {cluster(r)["runners"] for r in group} == {len(group)}
+            shop_a[1].post_events([follow_event("UA1"), follow_event("UA2")])
+            shop_b[0].post_events([follow_event("UB1")])
+            wait_until(lambda: len(per_friend(line_emulator)) == 2 and len(per_friend(other)) == 1, timeout=30)
+            assert per_friend(line_emulator) == Counter({"UA1": 1, "UA2": 1})
+            assert per_friend(other) == Counter({"UB1": 1})
+            assert shop_b[0].get("/healthz")[1]["friends"] == 1
+            assert shop_a[0].get("/healthz")[1]["friends"] == 2
+    finally:
+        for schema in schemas:
+            pg_server.drop_schema(schema)
