@@ -336,6 +336,9 @@ def _as_sqlite_error(exc: Exception, statement: str | None = None) -> sqlite3.Er
 
 # ---------------------------------------------------------------------- the connection
 
+#: The server's TCP keepalives for the store's sessions: idle seconds, interval, probes.
+KEEPALIVES = (("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 2), ("tcp_keepalives_count", 3))
+
 
 class Cursor:
     """What :meth:`PgConnection.execute` returns: the rows and ``rowcount``."""
@@ -381,6 +384,10 @@ class PgConnection:
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from exc
         self._conn.adapters.register_loader("numeric", _NumericLoader)
+        # the server notices a runner's machine gone within ~11 s and drops its locks (its
+        # claims and its lead go to the others); a killed process's connection closes at once
+        for setting, value in KEEPALIVES:
+            self._conn.execute(f"SET {setting} = {value}")
         self._conn.row_factory = _row_factory
         self._lock_key = lock_key
         self._lock = threading.RLock()
