@@ -148,3 +148,35 @@ def test_one_schema_per_channel_keeps_two_accounts_apart(pg_server, rules, line_
     finally:
         for schema in schemas:
             pg_server.drop_schema(schema)
+
+
+def test_runners_whose_sessions_the_server_ends_carry_on_with_one_leader(
+    pg_url, rules, line_emulator, line_env, processes
+):
+    """A PostgreSQL restart or failover ends every session: the runners open new ones, take
+    their member locks again, compete for the lead anew (exactly one wins), and what happens
+    next is sent once."""
+    import psycopg
+
+    friends = add_friends(line_emulator, ["U1", "U2", "U3"])
+    runners = [processes(rules, pg_url, env=line_env, tick=0.3).started() for _ in range(2)]
+    wait_until(lambda: sorted(cluster(r)["leading"] for r in runners) == [False, True])
+    runners[0].post_events([follow_event("U1")])
+    wait_until(lambda: len(per_friend(line_emulator)) == 1)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchone()[0]
+    assert ended >= 6  # three sessions per runner: the HTTP side's, the ticks', the listener's
+    runners[1].wait_for(r"was lost and is open again", timeout=10)
+    wait_until(lambda: sorted(cluster(r)["leading"] for r in runners) == [False, True], timeout=15)
+    wait_until(lambda: {cluster(r)["runners"] for r in runners} == {2}, timeout=15)
+    runners[1].post_events([follow_event("U2")])
+    runners[0].post_events([follow_event("U3")])
+    wait_until(lambda: len(per_friend(line_emulator)) == 3, timeout=20)
+    wait_until(lambda: all(r.get("/healthz")[1]["outbox_backlog"] == 0 for r in runners))
+    assert per_friend(line_emulator) == Counter({f: 1 for f in friends})
+    for r in runners:
+        status, health = r.get("/healthz")
+        assert status == 200, health

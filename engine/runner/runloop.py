@@ -669,6 +669,9 @@ class Runner:
         self.maybe_reload()
         now = self.now()
         store = self.engine.store
+        if self.leading and not store.leads():
+            log.warning("this runner no longer runs the ticks of %s: its session ended", self.config.db_label)
+            self.leading = False
         if not self.leading:
             self.leading = store.try_lead(self.owner, int(now.timestamp()), self.config.lease_ttl)
             if not self.leading:

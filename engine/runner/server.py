@@ -356,9 +356,10 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         database = f"error: {disk}"
         problems.append(disk)
     last_tick = runner.last_tick
+    since = last_tick or runner.started_at
     if not runner.leading and store.get("last_tick"):  # another runner ticks: the database says when
         last_tick = dt.datetime.fromtimestamp(store["last_tick"], dt.UTC)
-    since = last_tick or runner.started_at
+        since = last_tick + dt.timedelta(seconds=1)  # it keeps whole seconds
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
     if runner.auth_problem is not None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -350,13 +350,16 @@ class Cursor:
         self.rowcount = rowcount
 
     def fetchone(self):
-        return self._cur.fetchone() if self._cur.description is not None else None
+        return self._cur.fetchone() if self._rows() else None
 
     def fetchall(self) -> list:
-        return self._cur.fetchall() if self._cur.description is not None else []
+        return self._cur.fetchall() if self._rows() else []
 
     def fetchmany(self, size: int) -> list:
-        return self._cur.fetchmany(size) if self._cur.description is not None else []
+        return self._cur.fetchmany(size) if self._rows() else []
+
+    def _rows(self) -> bool:
+        return self._cur is not None and self._cur.description is not None
 
     def __iter__(self) -> Iterator:
         return iter(self.fetchall())
@@ -371,6 +374,8 @@ class _Plain:
         self.row_factory = None
 
 
+#: Statements that change nothing: read again in a new session when the last one had ended.
+_READS = re.compile(r"^\s*SELECT\b", re.I)
 _WRITES = re.compile(r"^\s*(INSERT|UPDATE|DELETE|WITH\b.*\b(INSERT|UPDATE|DELETE))\b", re.I | re.S)
 
 
@@ -379,29 +384,59 @@ class PgConnection:
     statements the store sends, as with SQLite's ``isolation_level=None``)."""
 
     def __init__(self, url: str, *, lock_key: str):
-        try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor)
-        except psycopg.Error as exc:
-            raise _as_sqlite_error(exc) from exc
-        self._conn.adapters.register_loader("numeric", _NumericLoader)
-        # the server notices a runner's machine gone within ~11 s and drops its locks (its
-        # claims and its lead go to the others); a killed process's connection closes at once
-        for setting, value in KEEPALIVES:
-            self._conn.execute(f"SET {setting} = {value}")
-        self._conn.row_factory = _row_factory
-        self._lock_key = lock_key
+        self._url = url
+        #: The key of the schema's write lock (``BEGIN IMMEDIATE``).
+        self.lock_key = lock_key
+        #: How many sessions this connection has had: a new one after the server closed the
+        #: last (a restart, a failover, an operator's ``pg_terminate_backend``). Session state
+        #: (advisory locks, scratch tables) went with the old one.
+        self.generation = 0
+        #: Called with this connection once a new session is open (the store takes its locks again).
+        self.on_reconnect: Callable[[PgConnection], None] | None = None
+        self._conn = self._connect()
         self._lock = threading.RLock()
         #: Rows changed by this connection's INSERT, UPDATE and DELETE since it was opened.
         self.total_changes = 0
         self._wrote = False  # the transaction in progress has written
         self._bumps = 0  # this connection's steps of the schema's change counter
 
+    def _connect(self):
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor)
+            conn.adapters.register_loader("numeric", _NumericLoader)
+            # the server notices a runner's machine gone within ~11 s and drops its locks (its
+            # claims and its lead go to the others); a killed process's connection closes at once
+            for setting, value in KEEPALIVES:
+                conn.execute(f"SET {setting} = {value}")
+        except psycopg.Error as exc:
+            raise _as_sqlite_error(exc) from exc
+        conn.row_factory = _row_factory
+        return conn
+
+    def _session(self) -> None:
+        """A new session when the server closed the last one, between transactions only (a
+        transaction in progress died with its session: the store rolls it back and retries)."""
+        if not self._conn.closed:
+            return
+        self._conn = self._connect()
+        self.generation += 1
+        self._wrote = False
+        if self.on_reconnect is not None:
+            self.on_reconnect(self)
+
     @property
     def in_transaction(self) -> bool:
+        if self._conn.closed:  # the transaction, if any, ended with the session
+            return False
         return self._conn.info.transaction_status != TransactionStatus.IDLE
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Cursor:
         statement = sql.strip().upper()
+        if statement == "ROLLBACK" and self._conn.closed:
+            self._wrote = False
+            return Cursor(None, -1)
+        with self._lock:
+            self._session()
         if statement == "BEGIN IMMEDIATE":
             return self._begin()
         if statement == "COMMIT" and self._wrote:
@@ -413,10 +448,18 @@ class PgConnection:
         if type(args) is not dict:
             args = tuple(args)
         with self._lock:
+            alone = not self.in_transaction
             try:
                 cur = self._conn.execute(text, args)
             except psycopg.Error as exc:
-                raise _as_sqlite_error(exc, text) from exc
+                if not (alone and self._conn.closed and _READS.match(text)):
+                    raise _as_sqlite_error(exc, text) from exc
+                # the session had ended before this read: read again in a new one
+                self._session()
+                try:
+                    cur = self._conn.execute(text, args)
+                except psycopg.Error as exc:
+                    raise _as_sqlite_error(exc, text) from exc
         count = cur.rowcount
         if _WRITES.match(text):
             self._written(count)
@@ -439,20 +482,28 @@ class PgConnection:
         self._wrote = False
 
     def _begin(self) -> Cursor:
+        """``BEGIN`` and the schema's write lock; when the session had ended before, once
+        more in a new session (nothing of the transaction has been done yet)."""
         with self._lock:
-            try:
-                self._conn.execute("BEGIN")
-                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._lock_key,))
-            except psycopg.Error as exc:
-                if self.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise _as_sqlite_error(exc) from exc
+            for attempt in (1, 2):
+                try:
+                    self._conn.execute("BEGIN")
+                    self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_key,))
+                    break
+                except psycopg.Error as exc:
+                    if self._conn.closed and attempt == 1:
+                        self._session()
+                        continue
+                    if self.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise _as_sqlite_error(exc) from exc
         return Cursor(self._conn.cursor(), -1)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any] | dict[str, Any]]) -> Cursor:
         text = translate(sql)
         rows = [r if type(r) is dict else tuple(r) for r in rows]
         with self._lock:
+            self._session()
             cur = self._conn.cursor()
             try:
                 cur.executemany(text, rows)

@@ -717,6 +717,29 @@ class Store:
             raise NotLinerulesDatabase(f"{redact_url(url)}: {exc}") from None
         schema = raw.execute("SELECT current_schema()").fetchone()[0]
         conn.lock_key = f"linerules.write:{schema}"
+        conn.on_reconnect = self._new_session
+        self._member: tuple[str, int, int] | None = None  # (owner, epoch, ttl) once joined
+        self._lead_generation: int | None = None  # the session that holds the engine's lock
+
+    def _new_session(self, conn) -> None:
+        """The server closed this store's session and a new one is open (PostgreSQL): take
+        the member lock of this runner's epoch again, and its lease row when someone removed
+        it meanwhile. The engine's lock is not taken again here: the runner asks
+        :meth:`leads` and competes for it anew (another runner may lead by now)."""
+        log.warning("the connection to %s was lost and is open again", redact_url(self.path))
+        led, self._lead_generation = self._lead_generation is not None, None
+        if self._member is not None:
+            self._rejoin(conn, *self._member)
+        if led:  # the engine's lock went with the old session: stop this tick here
+            raise StoreUnavailable(f"the session that ran the ticks of {redact_url(self.path)} ended")
+
+    def _rejoin(self, conn, owner: str, epoch: int, ttl: int) -> None:
+        conn.execute("SELECT pg_advisory_lock(?, ?)", (self._lock_class("member"), epoch))
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                (self.dispatch_lease(owner), owner, int(self._time()) + ttl, epoch),
+            )
 
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
@@ -2547,6 +2570,7 @@ class Store:
                 (self.dispatch_lease(owner), owner, now + ttl, epoch),
             )
             c.execute("SELECT pg_advisory_lock(?, ?)", (self._lock_class("member"), epoch))
+        self._member = (owner, epoch, ttl)
         return epoch
 
     def _live_epochs(self, mine: bool = True) -> list[int]:
@@ -2572,6 +2596,7 @@ class Store:
         got = self.conn.execute("SELECT pg_try_advisory_lock(?, 0)", (self._lock_class("engine"),)).fetchone()[0]
         if not got:
             return False
+        self._lead_generation = self.conn.generation
         with self.transaction() as c:
             row = c.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
             if row is not None and row[0] == owner:
@@ -2587,6 +2612,20 @@ class Store:
         if row is not None and row[0] != owner:
             log.warning("leading the ticks of %s (the last leader, %s, is gone)", redact_url(self.path), row[0])
         return True
+
+    def leads(self) -> bool:
+        """Whether this store's session still holds the engine's lock (:meth:`try_lead`): False
+        once the server closed the session that took it (asked of the server: a session that
+        ended is noticed here, not in the middle of the next tick)."""
+        if not self.pg:
+            return True
+        if self._lead_generation is None:
+            return False
+        try:
+            self.conn.execute("SELECT 1")
+        except (StoreError, sqlite3.Error):
+            return False
+        return self._lead_generation == self.conn.generation
 
     def cluster(self) -> dict:
         """The runners of this database now (``/healthz``, ``/metrics``): who leads, and how
