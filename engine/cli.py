@@ -347,9 +347,14 @@ def run(rules_dir, db, listen, tick, condition_interval):
     push. LINE_CHANNEL_SECRET verifies webhooks; LINERULES_API_TOKEN guards POST /events;
     LINE_API_ENDPOINT points at another Messaging API host.
 
+    On a postgresql:// database several runners may run side by side: one runs the ticks,
+    every one takes webhooks and sends (docs/scale.md).
+
     \b
     Example:
       LINERULES_API_TOKEN=s3cret linerules run --rules rules/ --db /var/lib/linerules/linerules.db
+      LINERULES_DB='postgresql://linerules@db.internal/linerules?options=-csearch_path%3Dshop_a' \\
+        linerules run --rules rules/
     """
     from engine.runner.server import serve
 
