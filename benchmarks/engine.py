@@ -99,6 +99,8 @@ def populate(store: Store, n: int, start: int, seed: int = 7) -> None:
             "INSERT INTO activity(friend, kind, amount, at) SELECT id, 'order', total_spent, "
             "last_purchase_at FROM friends WHERE orders > 0"
         )
+    if store.pg:  # PostgreSQL plans by statistics: after a bulk load, as autovacuum would soon
+        store.conn.execute("ANALYZE")
 
 
 def generate_events(n: int, start: int, days: int, seed: int) -> list[Event]:

@@ -83,8 +83,8 @@ def test_default_until_is_thirty_days_after_the_last_event(folder, tmp_path, cap
     ]  # 12-01 10:00 is the end
 
 
-def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp_path, capsys):
-    db = tmp_path / "forecast.db"
+def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp_path, capsys, fresh_db_path):
+    db = fresh_db_path  # a file, or a PostgreSQL schema
     path = timeline(tmp_path, *EVENTS)
     assert main(path, str(folder), "2026-11-07T00:00:00+09:00", "1h", str(db)) == 0
     assert main(path, str(folder), "2026-11-07T00:00:00+09:00", "1h", str(db)) == 0
@@ -101,8 +101,8 @@ def test_db_keeps_the_simulated_database_and_replaces_an_earlier_one(folder, tmp
     assert "not a linerules database" in err and other.read_text() == "keep me"
 
 
-def test_db_never_replaces_a_runners_database(folder, tmp_path):
-    live = tmp_path / "linerules.db"
+def test_db_never_replaces_a_runners_database(folder, tmp_path, fresh_db_path):
+    live = fresh_db_path
     store = Store(str(live))
     store.set_meta("login.last_join", "1")
     store.close()

@@ -397,6 +397,7 @@ def migrate_db(
             )
             say(f"  {table}: {new:,} new rows, {what} ({time.monotonic() - started:.1f} s)")
         _move_identities(src, pg, tables)
+        pg.execute("ANALYZE")  # the planner's statistics of the copied tables, before a runner's first tick
         results = [TableResult(t, _sqlite_count(src, t), _pg_count(pg, t), *done[t], refreshed=refresh) for t in tables]
         src.execute("COMMIT")
         return results
