@@ -11,11 +11,11 @@ from collections import Counter
 
 import psycopg
 import pytest
+from sharedratekit import Proxy, results, start_runners
 
 from engine.line.dispatch import Dispatcher
 from engine.line.sharedrate import SharedRateLimits
 from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id
-from sharedratekit import Proxy, results, start_runners
 
 LIMIT = 100  # pushes/s: LINE's 2,000 scaled down, so that a test takes seconds
 
@@ -124,7 +124,7 @@ def test_runners_on_one_schema_share_one_schedule_and_other_schemas_are_other_ch
         assert same_channel[-1] - same_channel[0] >= 79 / rate - 0.05
         # the other channel was not slowed by them: its 40 took about half as long
         assert other_channel[-1] - other_channel[0] < (same_channel[-1] - same_channel[0]) * 0.75
-        for schema, url in schemas:
+        for _, url in schemas:
             with psycopg.connect(url) as conn:
                 assert conn.execute("SELECT endpoint FROM rate_schedule WHERE endpoint = 'push'").fetchone()
     finally:
