@@ -9,7 +9,7 @@ the processes, and prints, as the emulator counted the pushes arriving: the most
 of the clock, the busiest sliding 1-second window, the sustained rate as a ratio of 2,000 (goal
 >= 0.90), the 429s (goal 0), and the database statements per second the limiters issued.
 
-    python benchmarks/cluster_dispatch.py [--seconds 10] [--runners 3]
+    python benchmarks/cluster_dispatch.py [--seconds 10] [--runners 3] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="pushes: this many seconds at 2,000/s")
     parser.add_argument("--runners", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="ceiling and shared runs, alternately")
     parser.add_argument("--worker", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -194,15 +196,26 @@ def main() -> None:
             f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
+        summary = []
         for runners in (1, args.runners):
-            ceiling = phase("-", runners, pushes, rate_scale=100)
+            ratios, ceilings = [], []
+            for _ in range(args.rounds):
+                ceiling = phase("-", runners, pushes, rate_scale=100)
+                ceilings.append(ceiling["sustained"])
+                print(
+                    f"  ceiling, {runners} runner(s) with no limits on either side: {ceiling['sustained']:,.0f} "
+                    f"pushes/s = {ceiling['sustained'] / LIMIT:.3f} of LINE's limit"
+                )
+                result = phase(url, runners, pushes)
+                show(result)
+                ratios.append(result["sustained"] / LIMIT)
+                print(f"      = {result['sustained'] / ceiling['sustained']:.3f} of the ceiling measured just before")
+            summary.append((runners, statistics.median(ratios), statistics.median(ceilings) / LIMIT))
+        for runners, ratio, ceiling in summary:
             print(
-                f"  ceiling, {runners} runner(s) with no limits on either side: {ceiling['sustained']:,.0f} pushes/s "
-                f"= {ceiling['sustained'] / LIMIT:.3f} of LINE's limit"
+                f"  median of {args.rounds}: {runners} runner(s) sustained {ratio:.3f} of LINE's limit "
+                f"(goal 0.90); this machine's ceiling for them {ceiling:.3f}"
             )
-            result = phase(url, runners, pushes)
-            show(result)
-            print(f"      = {result['sustained'] / ceiling['sustained']:.3f} of the ceiling measured just before")
         server.drop_schema(schema)
     finally:
         if server.cluster is not None:

@@ -28,8 +28,15 @@ runner then lets its lot's requests go locally, each at its slot's moment.
   channel's time, and only as many slots as requests are waiting), and a runner reserves its
   next lot only shortly before its slots run out, so a dead runner costs the others at most a
   lot or two.
-* Few statements: a busy runner reserves tens of slots at a time, so the database sees tens of
-  statements per second for the whole channel, not one per request.
+* Side by side: an endpoint's schedule has a few *parts* (:func:`parts_for`: 4 for 2,000/s),
+  each pacing a quarter of the rate, and a lot is taken from the part that is free soonest
+  (``FOR UPDATE SKIP LOCKED``). So three runners send at the same time, each at a part's pace,
+  instead of taking turns at the full 2,000/s that each would have to keep up with alone; one
+  busy runner holds lots of several parts at once and still reaches the whole rate.
+* Few statements: a lot holds as many slots as requests are waiting (never slots for nobody:
+  those would be channel time another runner lacks); a runner busy at the channel's limit has
+  tens of requests waiting, so the database sees tens of statements per second for the
+  channel, not one per request.
 * The database unreachable: the limiter reconnects (backing off to :data:`RECONNECT_MAX`),
   and meanwhile lets go only the slots it had already reserved; every other request waits.
   Nothing is paced from a guess of how many runners are alive: when the database is away the
@@ -57,9 +64,7 @@ SHARED_WINDOW = 1.05
 #: A lot is at most this much of the channel's time (and only as many slots as are wanted).
 LOT_SECONDS = 0.1
 #: A slot not used within this many seconds after its moment is dropped (never a late burst).
-LATE = 0.02
-#: How often a limiter measures how fast its runner uses slots (seconds).
-USE_SAMPLE = 0.25
+LATE = 0.025
 #: A statement (or a connection attempt) that takes longer fails; the connection is replaced.
 STATEMENT_TIMEOUT = 2.0
 #: Waits between connection attempts while the database cannot be reached: doubling up to the max.
@@ -360,8 +365,6 @@ class SharedLimiter:
         self._reserving: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self.granted = 0  # slots used
-        self._mark = (owner.clock(), 0)  # (when, granted then): how fast this runner uses slots
-        self._used_rate = 0.0
         self.lost = 0  # slots dropped unused (their moment passed)
 
     async def acquire(self, n: float = 1) -> None:
@@ -429,15 +432,8 @@ class SharedLimiter:
         lead = 2 * owner.round_trip + 0.005
         if held_until > lead and need < self.max_lot / 2:
             return
-        # as many as are wanted, or as this runner used in a lot's time lately, when that is more
-        # (a busy runner's requests come back for their next slot in a steady stream)
-        elapsed = now - self._mark[0]
-        if elapsed >= USE_SAMPLE:
-            used = (self.granted - self._mark[1]) / elapsed
-            self._used_rate = used if elapsed > 4 * USE_SAMPLE else 0.5 * (self._used_rate + used)
-            self._mark = (now, self.granted)
-        k = max(need, int(self._used_rate * self.owner.lot_seconds))
-        self._reserving = asyncio.ensure_future(self._reserve(min(self.max_lot, k)))
+        # only as many as are waiting: a slot reserved for nobody is a slot another runner lacks
+        self._reserving = asyncio.ensure_future(self._reserve(min(self.max_lot, need)))
 
     async def _reserve(self, k: int) -> None:
         owner = self.owner
