@@ -176,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="pushes: this many seconds at 2,000/s")
     parser.add_argument("--runners", type=int, default=3)
+    parser.add_argument("--only", action="store_true", help="only --runners runners (not 1 first)")
     parser.add_argument("--rounds", type=int, default=1, help="ceiling and shared runs, alternately")
     parser.add_argument("--worker", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,7 +198,7 @@ def main() -> None:
             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
         summary = []
-        for runners in (1, args.runners):
+        for runners in dict.fromkeys((1, args.runners) if not args.only else (args.runners,)):
             ratios, ceilings = [], []
             for _ in range(args.rounds):
                 ceiling = phase("-", runners, pushes, rate_scale=100)

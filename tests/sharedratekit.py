@@ -71,6 +71,7 @@ async def _run(db_url: str, line_url: str, rate: float, first: int, count: int, 
     ]
     async with SharedRateLimits(db_url, {"push": rate}) as limits:
         async with Dispatcher(DEFAULT_ACCESS_TOKEN, line_url, limiters=limits.limiters()) as dispatcher:
+            await dispatcher.refresh_quota()  # the client and the quota ready before the start
             (folder / f"{name}.ready").touch()
             while not (folder / "go").exists():
                 await asyncio.sleep(0.005)

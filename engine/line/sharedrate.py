@@ -33,10 +33,11 @@ runner then lets its lot's requests go locally, each at its slot's moment.
   (``FOR UPDATE SKIP LOCKED``). So three runners send at the same time, each at a part's pace,
   instead of taking turns at the full 2,000/s that each would have to keep up with alone; one
   busy runner holds lots of several parts at once and still reaches the whole rate.
-* Few statements: a lot holds as many slots as requests are waiting (never slots for nobody:
-  those would be channel time another runner lacks); a runner busy at the channel's limit has
-  tens of requests waiting, so the database sees tens of statements per second for the
-  channel, not one per request.
+* Few statements, little waiting: a lot holds as many slots as requests are waiting, plus, while
+  the runner is sending, as many as it used in the last :data:`LATE` seconds (so that a request
+  finds a slot rather than waiting for a statement; more would be channel time another runner
+  lacks). A runner busy at the channel's limit has tens of requests waiting, so the database
+  sees tens of statements per second for the channel, not one per request.
 * The database unreachable: the limiter reconnects (backing off to :data:`RECONNECT_MAX`),
   and meanwhile lets go only the slots it had already reserved; every other request waits.
   Nothing is paced from a guess of how many runners are alive: when the database is away the
@@ -65,6 +66,8 @@ SHARED_WINDOW = 1.05
 LOT_SECONDS = 0.1
 #: A slot not used within this many seconds after its moment is dropped (never a late burst).
 LATE = 0.025
+#: How often a limiter measures how fast its runner uses slots (seconds).
+USE_SAMPLE = 0.25
 #: A statement (or a connection attempt) that takes longer fails; the connection is replaced.
 STATEMENT_TIMEOUT = 2.0
 #: Waits between connection attempts while the database cannot be reached: doubling up to the max.
@@ -93,14 +96,14 @@ RESERVE_SQL = (
 ENSURE_SQL = "INSERT INTO rate_schedule(endpoint, part, tat) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING"
 
 
-def parts_for(limit: float, window: float = SHARED_WINDOW) -> int:
+def parts_for(limit: float, window: float = SHARED_WINDOW, max_parts: int = MAX_PARTS) -> int:
     """How many parts an endpoint's schedule has: each part paces ``1/parts`` of the rate, so
     that several runners send side by side instead of taking turns at the full rate (which
     each would have to keep up with alone). Parts' slots are not in step, which may put one slot
     per part more into a window: at most a quarter of the window's margin is spent so (one
     part below 80 requests/s at the 1.05 window, 4 from 320/s). A function of the limit alone,
     so every runner of the channel divides it the same way."""
-    return max(1, min(MAX_PARTS, int(limit * (window - 1) / 4)))
+    return max(1, min(max_parts, int(limit * (window - 1) / 4)))
 
 
 class LimiterClosed(RuntimeError):
@@ -162,6 +165,7 @@ class SharedRateLimits:
         window: float = SHARED_WINDOW,
         lot_seconds: float = LOT_SECONDS,
         late: float = LATE,
+        max_parts: int = MAX_PARTS,
         statement_timeout: float = STATEMENT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -180,6 +184,7 @@ class SharedRateLimits:
         self.window = window
         self.lot_seconds = lot_seconds
         self.late = late
+        self.max_parts = max(1, int(max_parts))
         self.statement_timeout = statement_timeout
         self.clock = clock
         self.db_clock = DatabaseClock(clock)
@@ -355,9 +360,11 @@ class SharedLimiter:
         self.endpoint = endpoint
         self.limit = limit
         self.rate = limit / owner.window
-        self.parts = parts_for(limit, owner.window)
+        self.parts = parts_for(limit, owner.window, owner.max_parts)
         self.interval = self.parts / self.rate  # between the slots of one part's lot
         self.max_lot = max(1, int(self.rate / self.parts * owner.lot_seconds))
+        # fewer wanted than this wait for the held slots to run out (not a statement each)
+        self.min_batch = max(1, self.max_lot // 4)
         self._slots: deque[float] = deque()  # local monotonic moments reserved, not yet used
         self._waiters: deque[list] = deque()  # [slots still wanted, future]
         self._wanted = 0  # slots the waiters still want
@@ -365,6 +372,9 @@ class SharedLimiter:
         self._reserving: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self.granted = 0  # slots used
+        self._mark = (owner.clock(), 0)  # (when, granted then): how fast this runner uses slots
+        self._used_rate = 0.0
+        self._kicked = False
         self.lost = 0  # slots dropped unused (their moment passed)
 
     async def acquire(self, n: float = 1) -> None:
@@ -378,6 +388,7 @@ class SharedLimiter:
             if self._slots and self._slots[0] <= now:
                 self._slots.popleft()
                 self.granted += 1
+                self._kick()
                 return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append([count, future])
@@ -387,13 +398,24 @@ class SharedLimiter:
         if self._pacer is None or self._pacer.done():
             self._pacer = asyncio.ensure_future(self._pace())
         else:
-            self._maybe_reserve(self.owner.clock())
+            self._kick()
         try:
             await future
         except asyncio.CancelledError:
             if not future.done() or future.cancelled():
                 self._forget(future)
             raise
+
+    def _kick(self) -> None:
+        """Consider a reservation once the requests asked for at the same moment are all in
+        (soon, not now: so that they share one statement)."""
+        if not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._kicked_off)
+
+    def _kicked_off(self) -> None:
+        self._kicked = False
+        self._maybe_reserve(self.owner.clock())
 
     def _forget(self, future: asyncio.Future) -> None:
         for entry in self._waiters:
@@ -420,20 +442,28 @@ class SharedLimiter:
             self.lost += 1
 
     def _maybe_reserve(self, now: float) -> None:
-        """Reserve the next lot when more slots are wanted than held and the held ones run out
-        soon (or a good part of a lot is wanted): at most one statement in flight."""
+        """Reserve the next lot, at most one statement in flight: for the requests waiting beyond
+        the slots held, once the held ones run out soon or a fair number wait; and, while the
+        runner is sending, for the requests it will ask for within :data:`LATE` (what it used
+        lately), so that a request that comes finds a slot instead of waiting for a statement."""
         if self._reserving is not None or self.owner._closed:
             return
-        need = self._wanted - len(self._slots)
-        if need <= 0:
+        elapsed = now - self._mark[0]
+        if elapsed >= USE_SAMPLE:
+            used = (self.granted - self._mark[1]) / elapsed
+            self._used_rate = used if elapsed > 4 * USE_SAMPLE else 0.5 * (self._used_rate + used)
+            self._mark = (now, self.granted)
+        held = len(self._slots)
+        need = self._wanted - held
+        short = need + int(self._used_rate * self.owner.late)
+        if short <= 0:
             return
         owner = self.owner
         held_until = self._slots[-1] - now if self._slots else 0.0
         lead = 2 * owner.round_trip + 0.005
-        if held_until > lead and need < self.max_lot / 2:
+        if held_until > lead and need < self.min_batch:
             return
-        # only as many as are waiting: a slot reserved for nobody is a slot another runner lacks
-        self._reserving = asyncio.ensure_future(self._reserve(min(self.max_lot, need)))
+        self._reserving = asyncio.ensure_future(self._reserve(min(self.max_lot, short)))
 
     async def _reserve(self, k: int) -> None:
         owner = self.owner
