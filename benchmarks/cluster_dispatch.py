@@ -129,9 +129,11 @@ def phase(db_url: str, runners: int, pushes: int, **emulator_options) -> dict:
                 raise SystemExit("a worker did not start")
             time.sleep(0.01)
         (folder / "go").touch()
+        cpu = time.process_time()  # this process: the emulator's thread, which is all it runs meanwhile
         for p in procs:
             if p.wait(timeout=600) != 0:
                 raise SystemExit(f"a worker failed ({p.returncode})")
+        emulator_cpu = time.process_time() - cpu
         done = [json.loads((folder / f"r{i}.json").read_text()) for i in range(runners)]
         arrivals = sorted(r.time for r in emulator.requests_to("push"))
         statuses = Counter(r.status for r in emulator.requests_to("push"))
@@ -154,6 +156,7 @@ def phase(db_url: str, runners: int, pushes: int, **emulator_options) -> dict:
         "failures": sum(d["failures"] for d in done),
         "lost": sum(d["lost"] for d in done),
         "cpu_per_push_ms": 1000 * sum(d["cpu"] for d in done) / max(1, sent),
+        "emulator_cpu_per_push_ms": 1000 * emulator_cpu / max(1, len(arrivals)),
     }
 
 
@@ -168,7 +171,12 @@ def show(r: dict) -> None:
     print(
         f"      as the runners let them go: busiest 1-s window {r['busiest_window_sent']:,}; "
         f"database statements {r['statements_per_s']:.1f}/s; slots lost unused {r['lost']:,}; "
-        f"statement failures {r['failures']}; dispatcher CPU {r['cpu_per_push_ms']:.2f} ms per push"
+        f"statement failures {r['failures']}"
+    )
+    need = (r["cpu_per_push_ms"] + r["emulator_cpu_per_push_ms"]) * LIMIT / 1000
+    print(
+        f"      CPU per push: dispatchers {r['cpu_per_push_ms']:.2f} ms, emulator {r['emulator_cpu_per_push_ms']:.2f} ms"
+        f" = {need:.1f} cores at {LIMIT:,.0f}/s (this machine: {os.cpu_count()}, shared)"
     )
 
 
