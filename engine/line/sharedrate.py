@@ -322,7 +322,7 @@ class SharedRateLimits:
 
         try:
             conn = await self._connection()
-        except (OSError, TimeoutError, psycopg.Error):
+        except (OSError, TimeoutError, psycopg.Error, LimiterClosed):
             return None
         t0 = self.clock()
         try:
