@@ -20,19 +20,16 @@ runner then lets its lot's requests go locally, each at its slot's moment.
   so a slot is never let go before its moment, and runners on different machines need no
   clock synchronisation.
 * Margin: ``rate`` is the limit over :data:`SHARED_WINDOW` (1.05): requests that reach LINE up
-  to about 50 ms later than their slots (network, a busy event loop, the clock bound) still
-  never make one second as LINE counts it hold more than the limit.
+  to about 50 ms later than their slots (a slot used up to :data:`LATE` after its moment, the
+  network, a busy event loop, the clock bound) still never make one second as LINE counts it
+  hold more than the limit. Lots are short (:data:`LOT_SECONDS` of the channel's time at
+  most), so that a runner slower than the channel's full rate falls only milliseconds behind
+  the slots of a lot it sends.
 * No bursts: a slot whose moment passed more than :data:`LATE` seconds ago is dropped, never
-  used late; a lot nobody used (its waiters gave up, its runner stopped or died) is simply
-  channel time lost, never a burst later. Lots are short (at most :data:`LOT_SECONDS` of the
-  channel's time, and only as many slots as requests are waiting), and a runner reserves its
-  next lot only shortly before its slots run out, so a dead runner costs the others at most a
-  lot or two.
-* Side by side: an endpoint's schedule has a few *parts* (:func:`parts_for`: 4 for 2,000/s),
-  each pacing a quarter of the rate, and a lot is taken from the part that is free soonest
-  (``FOR UPDATE SKIP LOCKED``). So three runners send at the same time, each at a part's pace,
-  instead of taking turns at the full 2,000/s that each would have to keep up with alone; one
-  busy runner holds lots of several parts at once and still reaches the whole rate.
+  used later; a lot nobody used (its waiters gave up, its runner stopped or died) is simply
+  channel time lost, never a burst later. Lots are short and a runner reserves its next lot
+  only shortly before its slots run out (or when a fair number of requests wait), so a dead
+  runner costs the others a few tens of milliseconds once.
 * Few statements, little waiting: a lot holds as many slots as requests are waiting, plus, while
   the runner is sending, as many as it used in the last :data:`LATE` seconds (so that a request
   finds a slot rather than waiting for a statement; more would be channel time another runner
@@ -63,7 +60,7 @@ logger = logging.getLogger("linerules.sharedrate")
 #: the limit, so requests reaching LINE up to ~50 ms off their slots never make a second hold more.
 SHARED_WINDOW = 1.05
 #: A lot is at most this much of the channel's time (and only as many slots as are wanted).
-LOT_SECONDS = 0.1
+LOT_SECONDS = 0.025
 #: A slot not used within this many seconds after its moment is dropped (never a late burst).
 LATE = 0.025
 #: How often a limiter measures how fast its runner uses slots (seconds).
@@ -76,34 +73,18 @@ RECONNECT_MAX = 2.0
 #: Clock bounds older than this are forgotten (clocks drift apart slowly; a database clock may be set).
 CLOCK_SAMPLE_AGE = 2.0
 
-#: At most this many parts per endpoint (see :func:`parts_for`).
-MAX_PARTS = 4
-
-#: One lot of ``cost`` seconds of one part of ``endpoint``'s schedule, starting no earlier than
-#: ``ahead`` seconds from the database's now: the part that is free soonest (one no other
-#: statement holds at the moment, when there is one). Returns the new ``tat`` (the lot ends
+#: One lot of ``cost`` seconds of ``endpoint``'s schedule, starting no earlier than ``ahead``
+#: seconds from the database's now (``clock_timestamp()``: read once the row is this
+#: statement's, after any wait for another runner's). Returns the new ``tat`` (the lot ends
 #: there) and the database's clock after the update.
 RESERVE_SQL = (
     "UPDATE rate_schedule "
     "SET tat = GREATEST(tat, EXTRACT(EPOCH FROM clock_timestamp())::float8 + %(ahead)s) + %(cost)s "
-    "WHERE endpoint = %(endpoint)s AND part = COALESCE("
-    "(SELECT part FROM rate_schedule WHERE endpoint = %(endpoint)s AND part < %(parts)s "
-    "ORDER BY tat LIMIT 1 FOR UPDATE SKIP LOCKED), "
-    "(SELECT part FROM rate_schedule WHERE endpoint = %(endpoint)s AND part < %(parts)s ORDER BY tat LIMIT 1)) "
+    "WHERE endpoint = %(endpoint)s "
     "RETURNING tat, EXTRACT(EPOCH FROM clock_timestamp())::float8"
 )
-#: The endpoint's rows, created once (by whichever runner comes first).
-ENSURE_SQL = "INSERT INTO rate_schedule(endpoint, part, tat) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING"
-
-
-def parts_for(limit: float, window: float = SHARED_WINDOW, max_parts: int = MAX_PARTS) -> int:
-    """How many parts an endpoint's schedule has: each part paces ``1/parts`` of the rate, so
-    that several runners send side by side instead of taking turns at the full rate (which
-    each would have to keep up with alone). Parts' slots are not in step, which may put one slot
-    per part more into a window: at most a quarter of the window's margin is spent so (one
-    part below 80 requests/s at the 1.05 window, 4 from 320/s). A function of the limit alone,
-    so every runner of the channel divides it the same way."""
-    return max(1, min(max_parts, int(limit * (window - 1) / 4)))
+#: The endpoint's row, created once (by whichever runner comes first).
+ENSURE_SQL = "INSERT INTO rate_schedule(endpoint, tat) VALUES (%s, 0) ON CONFLICT (endpoint) DO NOTHING"
 
 
 class LimiterClosed(RuntimeError):
@@ -165,7 +146,6 @@ class SharedRateLimits:
         window: float = SHARED_WINDOW,
         lot_seconds: float = LOT_SECONDS,
         late: float = LATE,
-        max_parts: int = MAX_PARTS,
         statement_timeout: float = STATEMENT_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -184,7 +164,6 @@ class SharedRateLimits:
         self.window = window
         self.lot_seconds = lot_seconds
         self.late = late
-        self.max_parts = max(1, int(max_parts))
         self.statement_timeout = statement_timeout
         self.clock = clock
         self.db_clock = DatabaseClock(clock)
@@ -278,7 +257,7 @@ class SharedRateLimits:
                 )
                 try:
                     async with conn.cursor() as cur:
-                        rows = [(lim.endpoint, part) for lim in self._limiters.values() for part in range(lim.parts)]
+                        rows = [(name,) for name in self._limiters]
                         await asyncio.wait_for(cur.executemany(ENSURE_SQL, rows), self.statement_timeout)
                 except BaseException:
                     await conn.close()
@@ -315,9 +294,9 @@ class SharedRateLimits:
                 " ".join(str(exc).split()) or "no answer",
             )
 
-    async def _reserve(self, endpoint: str, parts: int, cost: float, ahead: float) -> tuple[float, float] | None:
-        """Reserve ``cost`` seconds of a part of ``endpoint``'s schedule; the lot's start and end
-        as local monotonic moments, or None when the database could not be asked."""
+    async def _reserve(self, endpoint: str, cost: float, ahead: float) -> tuple[float, float] | None:
+        """Reserve ``cost`` seconds of ``endpoint``'s schedule; the lot's start and end as local
+        monotonic moments, or None when the database could not be asked."""
         import psycopg
 
         try:
@@ -327,7 +306,7 @@ class SharedRateLimits:
         t0 = self.clock()
         try:
             cur = await asyncio.wait_for(
-                conn.execute(RESERVE_SQL, {"ahead": ahead, "cost": cost, "endpoint": endpoint, "parts": parts}),
+                conn.execute(RESERVE_SQL, {"ahead": ahead, "cost": cost, "endpoint": endpoint}),
                 self.statement_timeout,
             )
             row = await cur.fetchone()
@@ -360,9 +339,10 @@ class SharedLimiter:
         self.endpoint = endpoint
         self.limit = limit
         self.rate = limit / owner.window
-        self.parts = parts_for(limit, owner.window, owner.max_parts)
-        self.interval = self.parts / self.rate  # between the slots of one part's lot
-        self.max_lot = max(1, int(self.rate / self.parts * owner.lot_seconds))
+        self.interval = 1.0 / self.rate
+        # a lot is short at the channel's full rate, so that a runner slower than that lags a
+        # few milliseconds behind its slots at most; at low rates a few slots, not one a statement
+        self.max_lot = max(4, int(self.rate * owner.lot_seconds))
         # fewer wanted than this wait for the held slots to run out (not a statement each)
         self.min_batch = max(1, self.max_lot // 4)
         self._slots: deque[float] = deque()  # local monotonic moments reserved, not yet used
@@ -470,7 +450,7 @@ class SharedLimiter:
         try:
             # a lot that starts now is only known a round trip later: start it half of one on
             ahead = min(owner.late, owner.round_trip / 2)
-            lot = await owner._reserve(self.endpoint, self.parts, k * self.interval, ahead)
+            lot = await owner._reserve(self.endpoint, k * self.interval, ahead)
             if lot is not None:
                 start = lot[0]
                 moments = [start + i * self.interval for i in range(k)]

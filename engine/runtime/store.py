@@ -169,11 +169,10 @@ MIGRATIONS: tuple[str, ...] = (
       PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
     """,
     # 9: the LINE rate limits the runners of one channel share on PostgreSQL
-    # (engine/line/sharedrate.py): per endpoint and part of its rate, the moment (the database's
-    # clock, epoch seconds) up to which the channel's requests are handed out; not used on SQLite
+    # (engine/line/sharedrate.py): per endpoint, the moment (the database's clock, epoch seconds)
+    # up to which the channel's requests are handed out; not used on SQLite
     """
-    CREATE TABLE rate_schedule (endpoint TEXT NOT NULL, part INTEGER NOT NULL, tat REAL NOT NULL DEFAULT 0,
-      PRIMARY KEY (endpoint, part));
+    CREATE TABLE rate_schedule (endpoint TEXT PRIMARY KEY, tat REAL NOT NULL DEFAULT 0);
     """,
 )
 
