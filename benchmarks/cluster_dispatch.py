@@ -190,7 +190,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         db, line, first, count, folder, name = args.worker
-        asyncio.run(worker(db, line, int(first), int(count), Path(folder), name))
+        run = worker(db, line, int(first), int(count), Path(folder), name)
+        profile = os.environ.get("CLUSTER_DISPATCH_PROFILE")  # a folder: one cProfile file per worker
+        if profile and db != "-":
+            import cProfile
+
+            cProfile.runctx("asyncio.run(run)", globals(), {"run": run}, f"{profile}/{name}.prof")
+        else:
+            asyncio.run(run)
         return
 
     from engine.testing.pgserver import open_server
