@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test bench setup browser postgres clean catalog docs
+.PHONY: run test bench setup browser postgres haproxy clean catalog docs
 
 setup: postgres $(VENV)/.installed
 
@@ -29,7 +29,7 @@ TEST_WORKERS ?= 4
 # Only the modules that hold `timing` tests are collected for the second part.
 TIMING_MODULES = $(shell grep -l '^@pytest.mark.timing' tests/test_*.py)
 test: export PYTHONDONTWRITEBYTECODE :=
-test: setup browser
+test: setup browser haproxy
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing"
 	$(BIN)/python -m pytest -q -p no:xdist -m timing $(TIMING_MODULES)
 
@@ -40,6 +40,15 @@ browser:
 	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } \
 	  || echo "chromium could not be installed: the HTML report test will be skipped"; \
 	else echo "chromium is not installed (needs root and apt-get): the HTML report test will be skipped"; fi
+
+# HAProxy (Debian's package) for the test of deploy/haproxy.cfg in front of two real runners;
+# without it that test and `haproxy -c` are skipped (the config's structure is still tested).
+haproxy:
+	@if command -v haproxy >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q haproxy || { apt-get update -q && apt-get install -y -q haproxy; } \
+	  || echo "haproxy could not be installed: the load balancer tests will be skipped"; \
+	else echo "haproxy is not installed (needs root and apt-get): the load balancer tests will be skipped"; fi
 
 # PostgreSQL (Debian's package) for the PostgreSQL tests, which start their own server in a temp
 # folder (or use LINERULES_TEST_PG=postgresql://...); without either those tests fail and say why.
