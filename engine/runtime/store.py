@@ -709,8 +709,9 @@ class Store:
             raise StoreError(explain_fault(exc, self.path)) from None
         if rows != ["ok"]:
             where = os.path.abspath(self.path)
+            found = " ".join(rows[0].split())  # SQLite's report may span lines: one line
             raise StoreError(
-                f"the database {where} is damaged (integrity check: {rows[0]}): stop "
+                f"the database {where} is damaged (integrity check: {found}): stop "
                 "linerules and restore it from a backup, or recover what is left with "
                 f"`sqlite3 {where} .recover`"
             )
