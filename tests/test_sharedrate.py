@@ -65,6 +65,29 @@ def test_three_runners_together_stay_inside_the_channels_limit(line_emulator, pg
     assert sum(r["limits"]["statements"] for r in done) < sum(counts) / 2
 
 
+@pytest.mark.line_emulator(rate_limits={"push": LIMIT})
+def test_a_runner_killed_while_holding_slots_leaves_the_others_sending_inside_the_limit(
+    line_emulator, pg_url, tmp_path
+):
+    counts = [150, 100]
+    for i in range(sum(counts)):
+        line_emulator.add_user(synthetic_user_id(i), f"Friend {i}")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    doomed, survivor = start_runners(pg_url, line_emulator.base_url, LIMIT, counts, tmp_path, env)
+    deadline = time.monotonic() + 30
+    while sum(int(r.json()["to"][1:], 16) < counts[0] for r in line_emulator.requests_to("push")) < 30:
+        assert time.monotonic() < deadline, "the first runner did not get going"
+        time.sleep(0.01)
+    doomed.kill()  # SIGKILL: its reserved slots are simply never used
+    doomed.wait(10)
+    [done] = results([survivor])
+
+    assert done["outcomes"] == {"sent": counts[1]}
+    pushes = line_emulator.requests_to("push")
+    assert {r.status for r in pushes} == {200}
+    assert line_emulator.busiest_second("push") <= LIMIT
+
+
 async def _granted_times(limiter, n: int) -> list[float]:
     times: list[float] = []
 
