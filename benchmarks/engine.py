@@ -2,6 +2,7 @@
 
     python benchmarks/engine.py                    # 1,000,000 friends, 14 days
     python benchmarks/engine.py --friends 100000 --days 14
+    python benchmarks/engine.py --friends 50000 --days 7 --db 'postgresql://...?options=-csearch_path%3Dbench'
 
 Prints, for the whole run and for the heaviest tick (the weekly pick to every friend):
 enrollments advanced per second; the time of an idle tick as a fraction of one full scan of the
@@ -33,7 +34,7 @@ from engine.interpreter import Engine  # noqa: E402
 from engine.language import ir, timeutil  # noqa: E402
 from engine.runtime.events import Event  # noqa: E402
 from engine.runtime.sqlcond import CURRENT  # noqa: E402
-from engine.runtime.store import Store  # noqa: E402
+from engine.runtime.store import Store, remove_database  # noqa: E402
 
 START = "2026-11-01T00:00:00+09:00"
 YEAR = 365 * 86400
@@ -49,22 +50,51 @@ def load_rules(folder: str) -> ir.Project:
     return loaded.project
 
 
-def populate(store: Store, n: int, start: int) -> None:
-    """``n`` friends who followed in the past year; 30% bought 1-5 times."""
-    with store.transaction() as c:
-        c.execute(
-            "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1), "
-            "draw AS MATERIALIZED (SELECT i, abs(random() % :year) AS age, abs(random() % 100) AS kind, "
-            "abs(random() % 1000000007) AS r FROM seq) "
-            "INSERT INTO friends(id, followed_at, seen_at, source, display_name, orders, total_spent, "
-            "last_purchase_at, created_at) "
-            "SELECT printf('U%08d', i), :start - age, :start - age, "
-            "CASE WHEN kind < 10 THEN 'qr=shipping' WHEN kind < 15 THEN 'ad=summer' END, "
-            "printf('友だち%d', i), CASE WHEN kind < 30 THEN 1 + r % 5 ELSE 0 END, "
-            "CASE WHEN kind < 30 THEN (1 + r % 5) * (1000 + r % 9000) ELSE 0 END, "
-            "CASE WHEN kind < 30 THEN :start - (r % (age + 1)) END, :start - age FROM draw",
-            {"n": n, "year": YEAR - 1, "start": start},
+FRIEND_COLUMNS = (
+    "id",
+    "followed_at",
+    "seen_at",
+    "source",
+    "display_name",
+    "orders",
+    "total_spent",
+    "last_purchase_at",
+    "created_at",
+)
+
+
+def population(n: int, start: int, seed: int):
+    """``n`` friends who followed in the past year; 30% bought 1-5 times (the same rows for a
+    seed, whichever database they go to)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        age, kind, r = rng.randrange(YEAR - 1), rng.randrange(100), rng.randrange(1000000007)
+        buyer = kind < 30
+        source = "qr=shipping" if kind < 10 else "ad=summer" if kind < 15 else None
+        yield (
+            f"U{i:08d}",
+            start - age,
+            start - age,
+            source,
+            f"友だち{i}",
+            1 + r % 5 if buyer else 0,
+            (1 + r % 5) * (1000 + r % 9000) if buyer else 0,
+            start - (r % (age + 1)) if buyer else None,
+            start - age,
         )
+
+
+def populate(store: Store, n: int, start: int, seed: int = 7) -> None:
+    """Write :func:`population` (PostgreSQL: by ``COPY``), and each buyer's orders as activity."""
+    rows = population(n, start, seed)
+    with store.transaction() as c:
+        if store.pg:
+            with store.conn.raw().cursor().copy(f"COPY friends({', '.join(FRIEND_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join("?" * len(FRIEND_COLUMNS))
+            c.executemany(f"INSERT INTO friends({', '.join(FRIEND_COLUMNS)}) VALUES ({marks})", rows)
         c.execute(
             "INSERT INTO activity(friend, kind, amount, at) SELECT id, 'order', total_spent, "
             "last_purchase_at FROM friends WHERE orders > 0"
@@ -153,14 +183,15 @@ def bare_sql_equivalent(store: Store, now: int, tz) -> float:
             (day,),
         ).fetchall()
         outbox = []
+        base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]  # as the store numbers them
         for i in range(0, len(rows), 500):
             cur = c.execute(
-                "INSERT INTO outbox(kind, recipients, payload, messages, rule, retry_key, "
-                "not_before, status, created_at) VALUES ('multicast', '[]', '[]', '[]', 'bare', "
-                "?, ?, 'pending', ?)",
-                (f"bare-{i}", now, now),
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, "
+                "not_before, status, created_at) VALUES (?, 'multicast', '[]', '[]', '[]', 'bare', "
+                "?, ?, 'pending', ?) RETURNING id",
+                (base + i // 500, f"bare-{i}", now, now),
             )
-            outbox.append(cur.lastrowid)
+            outbox.append(cur.fetchone()[0])
         c.executemany(
             "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
             "at, local_day, counts_for_cap) VALUES (?, 'bare', 'send x', ?, ?, '[\"x\"]', 'queued', "
@@ -172,96 +203,142 @@ def bare_sql_equivalent(store: Store, now: int, tz) -> float:
     return time.perf_counter() - started
 
 
+def workload(store: Store, project: ir.Project, args) -> dict:
+    """The run on one database: the population, the events hour by hour, the measurements."""
+    tz = project.settings.tz
+    start = timeutil.epoch(dt.datetime.fromisoformat(START))
+    t0 = time.perf_counter()
+    populate(store, args.friends, start, args.seed)
+    events = generate_events(args.friends, start, args.days, args.seed)
+    written = time.perf_counter() - t0
+    engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
+    engine_time = dispatch_time = engine_cpu = 0.0
+    advanced = sent_rows = 0
+    heaviest = (0.0, 0, 0, 0.0)  # (seconds, advanced, now, CPU seconds)
+    condition_ticks: list[float] = []
+    i = 0
+    for hour in range(args.days * 24 + 1):
+        now = start + hour * 3600
+        batch = []
+        while i < len(events) and timeutil.epoch(events[i].at) <= now:
+            batch.append(events[i])
+            i += 1
+        if batch:
+            store.apply_events(batch, received_at=now)
+        conditions = hour % 24 == 0
+        t, cpu = time.perf_counter(), time.process_time()
+        result = engine.tick(timeutil.local(now, tz), conditions=conditions)
+        spent, cpu = time.perf_counter() - t, time.process_time() - cpu
+        engine_time += spent
+        engine_cpu += cpu
+        advanced += result.advanced
+        if conditions:
+            condition_ticks.append(spent)
+        if result.advanced > heaviest[1]:
+            heaviest = (spent, result.advanced, now, cpu)
+        t = time.perf_counter()
+        sent_rows += dispatch(store, now)
+        dispatch_time += time.perf_counter() - t
+
+    end = start + args.days * 24 * 3600
+    scan_t = time.perf_counter()
+    total = store.conn.execute("SELECT COUNT(*) FROM enrollments WHERE entered_at >= 0").fetchone()[0]
+    scan = time.perf_counter() - scan_t
+    idle = []
+    for k in range(1, 6):
+        t = time.perf_counter()
+        engine.tick(timeutil.local(end + k, tz), conditions=False)
+        idle.append(time.perf_counter() - t)
+    bare = bare_sql_equivalent(store, heaviest[2], tz)
+    bare_rows = store.conn.execute(f"SELECT COUNT(*) FROM friends f WHERE {CURRENT}").fetchone()[0]
+    return {
+        "written": written,
+        "events": len(events),
+        "engine_time": engine_time,
+        "engine_cpu": engine_cpu,
+        "dispatch_time": dispatch_time,
+        "advanced": advanced,
+        "sent_rows": sent_rows,
+        "heaviest": heaviest,
+        "condition_ticks": condition_ticks,
+        "idle_tick": sorted(idle)[len(idle) // 2],
+        "scan": scan,
+        "total": total,
+        "bare": bare,
+        "bare_rows": bare_rows,
+    }
+
+
+def report(name: str, f: dict, args) -> None:
+    heaviest = f["heaviest"]
+    per_row_engine = heaviest[0] / max(1, heaviest[1])
+    per_row_bare = f["bare"] / max(1, f["bare_rows"])
+    print(f"== {name}")
+    print(
+        f"population: {args.friends:,} friends written in {f['written']:.1f}s; "
+        f"{f['events']:,} events over {args.days} days"
+    )
+    print(
+        f"ticks: {args.days * 24 + 1} hourly, engine time {f['engine_time']:.1f}s, "
+        f"{f['advanced']:,} enrollment advances, {f['sent_rows']:,} outbox rows sent ({f['dispatch_time']:.1f}s)"
+    )
+    print(
+        f"enrollments advanced per second: {f['advanced'] / f['engine_time']:,.0f} overall; "
+        f"heaviest tick {heaviest[1]:,} in {heaviest[0]:.2f}s = {heaviest[1] / max(heaviest[0], 1e-9):,.0f}/s"
+    )
+    # on a shared machine the CPU seconds of this process say more than the wall time
+    print(f"engine CPU: {f['engine_cpu']:.2f}s in all ticks, {heaviest[3]:.2f}s in the heaviest")
+    print(
+        f"idle tick: {f['idle_tick'] * 1000:.2f} ms = {f['idle_tick'] / f['scan']:.4f} of one full scan of "
+        f"{f['total']:,} enrollments ({f['scan'] * 1000:.0f} ms)"
+    )
+    print(
+        f"engine vs bare SQL on this database for the same rows: {per_row_engine * 1e6:.1f} us vs "
+        f"{per_row_bare * 1e6:.1f} us per enrollment = ratio {per_row_engine / per_row_bare:.2f} (goal <= 2)"
+    )
+    ticks = f["condition_ticks"]
+    print(f"condition tick (local midnight): mean {sum(ticks) / len(ticks):.2f}s, max {max(ticks):.2f}s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--friends", type=int, default=1_000_000, help="population size (default 1,000,000)")
     parser.add_argument("--days", type=int, default=14, help="days of events to run (default 14)")
     parser.add_argument("--rules", default=str(ROOT / "rules"), help="rule folder (default: the sample rules)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="also run the same workload on this PostgreSQL schema (postgresql://...; emptied first), "
+        "and print both with the ratio",
+    )
     args = parser.parse_args()
 
     project = load_rules(args.rules)
-    tz = project.settings.tz
-    start = timeutil.epoch(dt.datetime.fromisoformat(START))
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(os.path.join(tmp, "bench.db"))
-        t0 = time.perf_counter()
-        populate(store, args.friends, start)
-        events = generate_events(args.friends, start, args.days, args.seed)
-        print(
-            f"population: {args.friends:,} friends written in {time.perf_counter() - t0:.1f}s; "
-            f"{len(events):,} events over {args.days} days"
-        )
-
-        engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
-        engine_time = dispatch_time = engine_cpu = 0.0
-        advanced = sent_rows = 0
-        heaviest = (0.0, 0, 0, 0.0)  # (seconds, advanced, now, CPU seconds)
-        condition_ticks: list[float] = []
-        i = 0
-        for hour in range(args.days * 24 + 1):
-            now = start + hour * 3600
-            batch = []
-            while i < len(events) and timeutil.epoch(events[i].at) <= now:
-                batch.append(events[i])
-                i += 1
-            if batch:
-                store.apply_events(batch, received_at=now)
-            conditions = hour % 24 == 0
-            t, cpu = time.perf_counter(), time.process_time()
-            result = engine.tick(timeutil.local(now, tz), conditions=conditions)
-            spent, cpu = time.perf_counter() - t, time.process_time() - cpu
-            engine_time += spent
-            engine_cpu += cpu
-            advanced += result.advanced
-            if conditions:
-                condition_ticks.append(spent)
-            if result.advanced > heaviest[1]:
-                heaviest = (spent, result.advanced, now, cpu)
-            t = time.perf_counter()
-            sent_rows += dispatch(store, now)
-            dispatch_time += time.perf_counter() - t
-
-        end = start + args.days * 24 * 3600
-        scan_t = time.perf_counter()
-        total = store.conn.execute("SELECT COUNT(*) FROM enrollments WHERE entered_at >= 0").fetchone()[0]
-        scan = time.perf_counter() - scan_t
-        idle = []
-        for k in range(1, 6):
-            t = time.perf_counter()
-            engine.tick(timeutil.local(end + k, tz), conditions=False)
-            idle.append(time.perf_counter() - t)
-        idle_tick = sorted(idle)[len(idle) // 2]
-        bare = bare_sql_equivalent(store, heaviest[2], tz)
-        bare_rows = store.conn.execute(f"SELECT COUNT(*) FROM friends f WHERE {CURRENT}").fetchone()[0]
+        sqlite = workload(store, project, args)
         store.close()
-
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    per_row_engine = heaviest[0] / max(1, heaviest[1])
-    per_row_bare = bare / max(1, bare_rows)
-    print(
-        f"ticks: {args.days * 24 + 1} hourly, engine time {engine_time:.1f}s, "
-        f"{advanced:,} enrollment advances, {sent_rows:,} outbox rows sent ({dispatch_time:.1f}s)"
-    )
-    print(
-        f"enrollments advanced per second: {advanced / engine_time:,.0f} overall; "
-        f"heaviest tick {heaviest[1]:,} in {heaviest[0]:.2f}s = {heaviest[1] / max(heaviest[0], 1e-9):,.0f}/s"
-    )
-    # on a shared machine the CPU seconds of this process say more than the wall time
-    print(f"engine CPU: {engine_cpu:.2f}s in all ticks, {heaviest[3]:.2f}s in the heaviest")
-    print(
-        f"idle tick: {idle_tick * 1000:.2f} ms = {idle_tick / scan:.4f} of one full scan of "
-        f"{total:,} enrollments ({scan * 1000:.0f} ms)"
-    )
-    print(
-        f"engine vs bare SQLite for the same rows: {per_row_engine * 1e6:.1f} us vs "
-        f"{per_row_bare * 1e6:.1f} us per enrollment = ratio {per_row_engine / per_row_bare:.2f} (goal <= 2)"
-    )
-    print(
-        f"condition tick (local midnight): mean {sum(condition_ticks) / len(condition_ticks):.2f}s, "
-        f"max {max(condition_ticks):.2f}s"
-    )
+    report("SQLite", sqlite, args)
     print(f"peak RSS: {rss_mb:,.0f} MB")
+    if not args.db:
+        return 0
+    remove_database(args.db)
+    store = Store(args.db)
+    pg = workload(store, project, args)
+    store.close()
+    report("PostgreSQL", pg, args)
+    print("== PostgreSQL / SQLite, the same workload in this run")
+    for label, key in (("engine time", "engine_time"), ("engine CPU", "engine_cpu"), ("dispatch", "dispatch_time")):
+        print(f"{label}: {pg[key]:.2f}s / {sqlite[key]:.2f}s = {pg[key] / sqlite[key]:.2f}")
+    print(
+        f"heaviest tick: {pg['heaviest'][0]:.2f}s / {sqlite['heaviest'][0]:.2f}s = {pg['heaviest'][0] / sqlite['heaviest'][0]:.2f}"
+    )
+    same = (pg["advanced"], pg["sent_rows"]) == (sqlite["advanced"], sqlite["sent_rows"])
+    print(
+        f"the same work: {pg['advanced']:,} advances and {pg['sent_rows']:,} rows sent on both: {'yes' if same else 'NO'}"
+    )
     return 0
 
 

@@ -47,15 +47,17 @@ def rules_option(default: str | None = "rules", also: str = ""):
 
 
 def db_option(also: str = "", *, required: bool = False, env: bool = True, default: str | None = "linerules.db"):
-    """``--db FILE``: the SQLite database file; ``LINERULES_DB`` where the command works on the
-    runner's database."""
+    """``--db FILE|URL``: the SQLite database file or a ``postgresql://`` URL; ``LINERULES_DB``
+    where the command works on the runner's database."""
     given = {"required": True} if required else {"default": default, "show_default": default is not None}
     return click.option(
         "--db",
         envvar="LINERULES_DB" if env else None,
         type=click.Path(dir_okay=False),
-        metavar="FILE",
-        help="The SQLite database file" + also + (" (env LINERULES_DB)." if env else "."),
+        metavar="FILE|URL",
+        help="The SQLite database file, or a postgresql:// URL (docs/scale.md)"
+        + also
+        + (" (env LINERULES_DB)." if env else "."),
         **given,
     )
 

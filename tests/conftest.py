@@ -29,10 +29,79 @@ def pytest_configure(config) -> None:
         forkkit.share(forkkit.RUNNER, forkkit.CLI, forkkit.MIGRATE_DB)
 
 
+#: The backends the engine's tests run on (``backend``): every test of a module named here
+#: runs once on each.
+BACKENDS = ("sqlite", "postgresql")
+BOTH_BACKENDS = (
+    "test_engine_",
+    "test_store",
+    "test_server",
+    "test_shopify",
+    "test_intake_robust",
+    "test_report",
+    "test_simulate",
+)
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """The tests of the modules in ``BOTH_BACKENDS`` run on each backend, but for those marked
+    ``sqlite_only`` (they test the SQLite file itself: its journal, its pages, its path)."""
+    if "backend" not in metafunc.fixturenames or not metafunc.module.__name__.startswith(BOTH_BACKENDS):
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only") is None:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+class Backend:
+    """The database backend of one test: ``name``, and :meth:`new_db`, a new empty database
+    (an SQLite path in the test's tmp_path, or a fresh PostgreSQL schema's URL)."""
+
+    def __init__(self, name: str, tmp_path: Path, server=None):
+        self.name = name
+        self._tmp = tmp_path
+        self._server = server
+        self._schemas: list[str] = []
+
+    @property
+    def pg(self) -> bool:
+        return self.name == "postgresql"
+
+    def new_db(self) -> str:
+        if self._server is None:
+            return str(self._tmp / f"linerules-{len(self._schemas)}.db")
+        schema, url = self._server.new_schema()
+        self._schemas.append(schema)
+        return url
+
+    def drop(self) -> None:
+        for schema in self._schemas:
+            self._server.drop_schema(schema)
+
+
+@pytest.fixture(autouse=True)
+def backend(request, tmp_path: Path) -> Iterator[Backend]:
+    """The database backend of this test: SQLite, or (in the modules of ``BOTH_BACKENDS``,
+    parametrized) PostgreSQL, where each timeline of tests/enginekit.py runs in a new schema."""
+    import enginekit
+
+    name = getattr(request, "param", "sqlite")
+    if name == "sqlite":
+        yield Backend(name, tmp_path)
+        return
+    chosen = Backend(name, tmp_path, request.getfixturevalue("pg_server"))
+    enginekit.NEW_DB = chosen.new_db
+    try:
+        yield chosen
+    finally:
+        enginekit.NEW_DB = None
+        chosen.drop()
+
+
 @pytest.fixture
-def fresh_db_path(tmp_path: Path) -> Path:
-    """A path for a new SQLite database file (not created yet) in the test's tmp_path."""
-    return tmp_path / "linerules.db"
+def fresh_db_path(tmp_path: Path, backend: Backend) -> Path | str:
+    """A new database of the test's backend: a path for a new SQLite file (not created yet)
+    in the test's tmp_path, or the URL of a new, empty PostgreSQL schema."""
+    return backend.new_db() if backend.pg else tmp_path / "linerules.db"
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +166,7 @@ def rules_dir(tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-async def make_client(tmp_path, rules_dir, aiohttp_client):
+async def make_client(tmp_path, rules_dir, aiohttp_client, backend):
     """``await make_client(env, loops=..., tick=..., rules=..., clock=...)`` starts a runner
     (loops included) on ``rules_dir`` (or the folder ``rules``) with the given environment and
     clock; returns (client, runner)."""
@@ -115,7 +184,7 @@ async def make_client(tmp_path, rules_dir, aiohttp_client):
         config = RunnerConfig.from_env(
             {**base, **(env or {})},
             rules_dir=rules or rules_dir,
-            db=tmp_path / "linerules.db",
+            db=backend.new_db() if backend.pg else tmp_path / "linerules.db",
             listen="127.0.0.1:0",
             tick_seconds=tick,
         )

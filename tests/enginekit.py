@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -100,10 +101,17 @@ def wait(seconds: int, at_: dt.time | None = None) -> ir.Wait:
     return ir.Wait(f"wait {seconds}" + (f" at {at_}" if at_ else ""), seconds, at_)
 
 
+#: Makes the database of a :func:`run` that names none: None, SQLite in memory; the ``backend``
+#: fixture (tests/conftest.py) sets it to make a fresh PostgreSQL schema for each run.
+NEW_DB: Callable[[], str] | None = None
+
+
 def run(
     proj: ir.Project, events: list[Event], until: str | None = None, tick: int = 3600, db_path: str | None = None
 ) -> list[tuple[str, str, str, list[str]]]:
     """Pushes as (local time ``YYYY-MM-DD HH:MM:SS``, friend, rule, messages)."""
+    if db_path is None and NEW_DB is not None:
+        db_path = NEW_DB()
     pushes = run_timeline(proj, events, until=at(until) if until else None, tick_seconds=tick, db_path=db_path)
     return [(p["at"][:19].replace("T", " "), p["friend"], p["rule"], p["messages"]) for p in pushes]
 

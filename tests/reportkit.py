@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import enginekit
 from engine.language.project import load_project
 from engine.runtime.simulate import run_timeline
 from engine.runtime.store import Store
@@ -72,11 +73,12 @@ def make_folder(tmp_path: Path, rules: str = RULES, settings: str = SETTINGS) ->
     return write_folder(tmp_path / "rules", settings=settings, messages=MESSAGES, rules=rules, rule_file="shop.rule")
 
 
-def simulate(folder: Path, events: list, until: str, clicks: list = ()) -> Path:
-    """Run the timeline through the engine into a database file; then record the clicks."""
+def simulate(folder: Path, events: list, until: str, clicks: list = ()) -> Path | str:
+    """Run the timeline through the engine into a database (a file, or on PostgreSQL a new
+    schema: see the ``backend`` fixture); then record the clicks."""
     loaded = load_project(folder)
     assert loaded.ok, loaded.diagnostics
-    db = folder.parent / "linerules.db"
+    db = enginekit.NEW_DB() if enginekit.NEW_DB else folder.parent / "linerules.db"
     run_timeline(loaded.project, events, until=at(until), tick_seconds=3600, db_path=str(db))
     store = Store(str(db))
     for click in clicks:

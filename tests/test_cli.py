@@ -73,7 +73,7 @@ def test_the_shared_options_are_spelled_and_meant_the_same_everywhere():
     assert with_rules == {"validate", "explain", "graph", "simulate", "test", "report", "run", "import orders"}
     vocabulary = (
         ("--rules", "DIR", "The rule folder: its .rule files, messages.yaml and settings.yaml"),
-        ("--db", "FILE", "The SQLite database file"),
+        ("--db", "FILE|URL", "The SQLite database file"),
         ("--tick", "DURATION", "The engine's tick: how often condition triggers are checked"),
         ("--lang", None, "Language of messages and reports"),
     )

@@ -29,6 +29,7 @@ POPULATION = [
     ev("cart", "U1", "2026-10-06 12:01", product="SKU2"),
     ev("tag", "U1", "2026-10-07 12:00", add=["vip"], remove=[]),
     ev("follow", "U2", "2026-11-01 10:00"),
+    ev("attributes", "U2", "2026-11-01 10:01", set={"age": "thirty"}),  # text where U1 has a number
     ev("follow", "U3", "2026-06-01 10:00"),
     ev(
         "purchase",
@@ -68,6 +69,11 @@ CASES = {
     "custom_string": (ir.Compare(M("gender"), "=", "f"), {"U1"}),
     "custom_number": (ir.Compare(M("age"), ">=", 20), {"U1"}),
     "custom_missing": (ir.Compare(M("age"), "<", 20), set()),
+    # a value of the other kind (text against a number) is neither equal nor ordered: only != holds
+    "custom_text_is_no_number": (ir.Compare(M("age"), "!=", 30), {"U2", "U3"}),
+    "custom_text_equal": (ir.Compare(M("age"), "=", "thirty"), {"U2"}),
+    "custom_text_ordered": (ir.Compare(M("age"), ">", "a"), {"U2"}),
+    "name_is_no_number": (ir.Compare(M("display_name"), ">", 5), set()),
     "top": (ir.Top(50, M("spent", 365 * D)), {"U1"}),
     "segment": (ir.InSegment("vip"), {"U1"}),
     "logic": (

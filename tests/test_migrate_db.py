@@ -7,7 +7,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -353,22 +352,6 @@ def test_a_database_a_runner_still_uses_is_refused(engine_db, pg_url, tmp_path):
     store.close()
     run = linerules("migrate-db", str(copy), pg_url, cwd=tmp_path)
     assert run.returncode == 1 and "a runner is using" in run.stderr and "stop the runner" in run.stderr
-
-
-def test_the_runner_says_plainly_that_it_does_not_run_on_postgresql_yet(pg_url, tmp_path):
-    env = dict(os.environ, LINERULES_LANG="en", LINERULES_DB=pg_url)
-    run = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run", "--rules", str(ROOT / "rules"), "--listen", "127.0.0.1:0"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=60,
-    )
-    assert run.returncode == 1
-    assert "the engine does not run on PostgreSQL yet" in run.stderr and "linerules migrate-db" in run.stderr
-    assert not list(tmp_path.iterdir())  # no stray SQLite file named like the URL
 
 
 def test_an_older_database_is_brought_up_to_date_then_copied(pg_url, tmp_path):

@@ -288,4 +288,26 @@ def test_the_stores_sql_functions_exist_and_draw_the_same_buckets(pg_url):
         ).fetchone()[0]
     assert got == expected
     assert len(uuids) == 3 and all(len(u) == 36 for u in uuids)
-    assert count == 2
+    assert count == len(pgschema.FUNCTIONS)
+
+
+@pytest.mark.parametrize(
+    "doc, patch",
+    [
+        ('{"a": 1, "b": "x"}', '{"b": "y", "c": 2}'),
+        ('{"a": 1, "b": "x"}', '{"b": null}'),
+        (None, '{"a": [1, 2], "z": null}'),
+        ("{}", '{"名前": "さくら", "vip": true}'),
+    ],
+)
+def test_the_attribute_patch_is_sqlites_json_patch(pg_url, doc, patch):
+    """Friend attributes are merged with json_patch on SQLite and lr_json_patch on PostgreSQL:
+    the same object comes out (a key set to null is removed)."""
+    import json
+    import sqlite3
+
+    lite = sqlite3.connect(":memory:").execute("SELECT json_patch(COALESCE(?, '{}'), ?)", (doc, patch)).fetchone()[0]
+    with _pg(pg_url) as conn:
+        pgschema.migrate(conn)
+        got = conn.execute("SELECT lr_json_patch(%s, %s)", (doc, patch)).fetchone()[0]
+    assert json.loads(got) == json.loads(lite)

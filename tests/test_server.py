@@ -453,6 +453,7 @@ async def test_rule_file_changes_reload_valid_rules_and_refuse_invalid_ones(make
 # ----------------------------------------------------------------------------- the lease
 
 
+@pytest.mark.sqlite_only  # on PostgreSQL the ticks' lease goes with the leader's connection (test_cluster.py)
 async def test_a_runner_that_loses_its_lease_stops_with_status_1(make_client):
     client, runner = await make_client(loops=False)
     runner.store.release_lease(runner.owner)
@@ -584,7 +585,8 @@ async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emul
         clock=clock,
     )
     start = int(clock.time())
-    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
+    ours = runner.store.dispatch_lease(runner.owner)  # the lease its claims are fenced by
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease WHERE name = ?", (ours,)).fetchone()[0]
     assert lease == start + runner.config.lease_ttl  # taken at the clock's time
     body = webhook_body({**line_event("follow", "U1", event_id="01CLOCK0001"), "timestamp": start * 1000})
     assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
@@ -592,8 +594,8 @@ async def test_one_clock_stamps_events_ticks_lease_claims_and_outcomes(line_emul
     clock.advance(5)
     runner.tick_once()
     assert runner.last_tick == clock.now()
-    lease = runner.store.conn.execute("SELECT expires_at FROM lease").fetchone()[0]
-    assert lease == start + 5 + runner.config.lease_ttl  # renewed by the tick
+    lease = runner.store.conn.execute("SELECT expires_at FROM lease WHERE name = 'runner'").fetchone()[0]
+    assert lease == start + 5 + runner.config.lease_ttl  # the ticks' lease: renewed (PostgreSQL: taken) by the tick
     [row] = runner.store.outbox()
     assert row["created_at"] == start + 5
     clock.advance(1)

@@ -43,7 +43,7 @@ from babel.numbers import format_currency, format_decimal
 from engine import i18n
 from engine.i18n import _, join, language, render
 from engine.language import ir, timeutil
-from engine.runtime.store import DeliveryRow, EnrollmentRow, OrderRow, Store, StoreError
+from engine.runtime.store import DeliveryRow, EnrollmentRow, OrderRow, Store, StoreError, is_postgres
 
 DAY = 86400
 #: Days after a send within which a block is counted against it (``--block-days``).
@@ -182,7 +182,7 @@ def plan_for(messages: int) -> tuple[str, int]:
 def open_db(path: str) -> Store:
     """The database at ``path``, opened read-only through the store; ReportError when there is
     none or it is not a linerules database."""
-    if not os.path.lexists(path):
+    if not is_postgres(path) and not os.path.lexists(path):
         raise ReportError(
             _(
                 "--db: {path} does not exist (give the runner's database, or one kept "

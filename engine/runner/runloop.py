@@ -49,7 +49,7 @@ from engine.language.timeutil import next_opening
 from engine.line.dispatch import LINE_TIMEOUT, DispatchResult, OutboxItem
 from engine.line.login import STATE_MAX_AGE
 from engine.line.retrypolicy import DEFAULT_POLICY, FINISHED
-from engine.runtime.store import LeaseLost, StoreError
+from engine.runtime.store import LeaseLost, StoreError, is_postgres, redact_url
 
 from .clock import SYSTEM, Clock
 from .metrics import Metrics
@@ -81,6 +81,8 @@ REPLY_MARGIN = 3
 FLUSH_DELAY = 0.02
 #: Seconds between outbox polls when nothing woke the dispatch loop (held rows, backoff).
 DISPATCH_POLL = 1.0
+#: Seconds between a runner's attempts to take over the ticks while another leads (PostgreSQL).
+FOLLOWER_POLL = 1.0
 #: Meta key: when a ``/join`` link last sent someone to LINE Login (epoch seconds).
 JOIN_META = "login.last_join"
 
@@ -94,7 +96,7 @@ class RunnerConfig:
     """Everything the runner reads from its flags and environment (docs/operations.md)."""
 
     rules_dir: Path
-    db: Path
+    db: Path | str  # an SQLite file, or a postgresql:// URL (str)
     listen: str = "127.0.0.1:8080"
     tick_seconds: float = 60.0
     channel_secret: str | None = None  # LINE_CHANNEL_SECRET
@@ -109,6 +111,11 @@ class RunnerConfig:
     lease_seconds: str | None = None  # LINERULES_LEASE_SECONDS; None: lease_ttl(tick)
     line_timeout_seconds: str | None = None  # LINERULES_LINE_TIMEOUT; None: LINE_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict, repr=False)  # for make_transport
+
+    @property
+    def db_label(self) -> str:
+        """The database as logs and messages name it (a URL without its password)."""
+        return redact_url(str(self.db))
 
     @classmethod
     def from_env(
@@ -125,7 +132,7 @@ class RunnerConfig:
         get = lambda name: env.get(name) or None  # noqa: E731
         return cls(
             rules_dir=Path(rules_dir),
-            db=Path(db),
+            db=str(db) if is_postgres(str(db)) else Path(db),
             listen=listen,
             tick_seconds=float(tick_seconds),
             condition_interval=int(condition_interval),
@@ -260,6 +267,10 @@ class Runner:
         self.last_reload: dict[str, Any] | None = None
         #: The lease epoch this runner claims outbox rows under (None: no lease held).
         self.epoch: int | None = store.lease_epoch(self.owner)
+        #: Whether this runner runs the ticks: always on SQLite (one runner per file); on
+        #: PostgreSQL the one runner holding the engine's lock (:meth:`Store.try_lead`).
+        self.leading = not getattr(store, "pg", False)
+        self._listener: threading.Thread | None = None
         #: Why LINE refuses the channel access token (401/403); None while it is accepted.
         self.auth_problem: str | None = None
         self._auth_delay = AUTH_PROBE
@@ -318,6 +329,14 @@ class Runner:
             "linerules_sends_in_flight", "Requests to LINE in flight now.", lambda: float(len(self._sending))
         )
         self.metrics.gauge(
+            "linerules_leading", "1 while this runner runs the engine's ticks.", lambda: float(self.leading)
+        )
+        self.metrics.gauge(
+            "linerules_cluster_runners",
+            "Runners working on this database now (PostgreSQL: members whose connection is alive).",
+            lambda: float(self.store.cluster()["runners"]),
+        )
+        self.metrics.gauge(
             "linerules_suspended_enrollments",
             "Friends in flight in a rule that a reload removed (resumed if it comes back within the grace).",
             lambda: float(self.store.suspended_count()),
@@ -364,10 +383,13 @@ class Runner:
             try:
                 started = time.perf_counter()
                 store.check_integrity()
-                log.info("database %s checked (%.1f s)", config.db, time.perf_counter() - started)
+                log.info("database %s checked (%.1f s)", config.db_label, time.perf_counter() - started)
             except StoreError as exc:
                 raise StartupError(f"cannot start: {exc}") from None
-            acquire_lease(store, owner_id(), config, clock)
+            if store.pg:  # several runners may share the database (docs/engine.md "Several runners")
+                store.join_cluster(owner_id(), int(clock.time()), config.lease_ttl)
+            else:
+                acquire_lease(store, owner_id(), config, clock)
             # the tick thread's own connection; it checkpoints after each tick (tick_once)
             engine_store = Store(str(config.db), checkpoints=False, yields=True, clock=clock)
             engine = Engine(
@@ -393,7 +415,7 @@ class Runner:
             config.rules_dir,
             project.version,
             len(project.rules),
-            config.db,
+            config.db_label,
         )
         return cls(
             config,
@@ -442,8 +464,14 @@ class Runner:
 
     def wake_tick(self) -> None:
         """Run a tick now (e.g. a webhook carried a reply token that should be used fresh); a
-        tick that is running finishes first."""
-        self._set(self._tick_wake)
+        tick that is running finishes first. A runner that does not lead wakes the leader."""
+        if self.leading:
+            self._set(self._tick_wake)
+        else:
+            try:
+                self.store.notify("tick")
+            except StoreError:
+                pass  # logged once; the leader ticks within its interval anyway
 
     def wake_dispatch(self) -> None:
         self._set(self._dispatch_wake)
@@ -480,6 +508,9 @@ class Runner:
     async def run(self) -> int:
         """Both loops until a stop is requested; returns the exit code."""
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        if getattr(self.store, "pg", False):
+            self._listener = threading.Thread(target=self._listen, name="linerules-listen", daemon=True)
+            self._listener.start()
         try:
             await asyncio.gather(self._tick_loop(), self._dispatch_loop())
         finally:
@@ -487,6 +518,34 @@ class Runner:
                 task.cancel()
             await self.dispatcher.close()
         return self.exit_code
+
+    def _listen(self) -> None:
+        """PostgreSQL: wake this runner's loops when another runner asks (``NOTIFY``): the
+        leader's tick for a webhook that wants an answer, every runner's dispatch when a tick
+        queued sends. Runs on its own thread and connection until the runner stops."""
+        import psycopg
+
+        loop = self._loop
+        while not self.stopping:
+            try:
+                with psycopg.connect(str(self.config.db), autocommit=True) as conn:
+                    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+                    wakes = {
+                        f"linerules_tick_{schema}": self._wake_tick_here,
+                        f"linerules_dispatch_{schema}": self.wake_dispatch,
+                    }
+                    for channel in wakes:
+                        conn.execute(f'LISTEN "{channel}"')
+                    while not self.stopping:
+                        for note in conn.notifies(timeout=1.0):
+                            loop.call_soon_threadsafe(wakes.get(note.channel, self.wake_dispatch))
+            except psycopg.Error as exc:
+                log.warning("not listening for the other runners (%s); retrying in 5 s", exc)
+                time.sleep(5)
+
+    def _wake_tick_here(self) -> None:
+        if self.leading:
+            self._set(self._tick_wake)
 
     async def wait_force(self) -> None:
         """Resolves on the second stop signal."""
@@ -528,7 +587,9 @@ class Runner:
                 started = self.fill_slots(CLAIM_AHEAD)
             except LeaseLost as exc:
                 log.critical(
-                    "stopping: %s; another runner took over %s, and this one writes nothing more", exc, self.config.db
+                    "stopping: %s; another runner took over %s, and this one writes nothing more",
+                    exc,
+                    self.config.db_label,
                 )
                 self.exit_code = 1
                 self.stop()
@@ -587,6 +648,8 @@ class Runner:
             pass
 
     def _seconds_to_next_tick(self) -> float:
+        if not self.leading:
+            return FOLLOWER_POLL
         seconds = self.config.tick_seconds
         now = self.now()
         nxt = self.engine.next_wakeup(now)
@@ -606,8 +669,13 @@ class Runner:
         self.maybe_reload()
         now = self.now()
         store = self.engine.store
+        if not self.leading:
+            self.leading = store.try_lead(self.owner, int(now.timestamp()), self.config.lease_ttl)
+            if not self.leading:
+                return None
+            log.info("this runner (%s) now runs the ticks of %s", self.owner, self.config.db_label)
         if not store.renew_lease(self.owner, int(now.timestamp()), self.config.lease_ttl):
-            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db, store.lease_holder())
+            log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db_label, store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None
@@ -628,6 +696,8 @@ class Runner:
             )
         self.last_tick = now
         self.wake_dispatch()
+        if result.queued:
+            store.notify("dispatch")  # the other runners send too
         store.checkpoint()
         return result
 

@@ -346,15 +346,19 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
     now = runner.now()
     try:
         store: dict[str, Any] = runner.store.health()
+        cluster: dict[str, Any] = runner.store.cluster()
         database = "ok"
     except Exception as exc:  # any failure of the database is what this check reports
-        store, database = {}, f"error: {exc}"
+        store, cluster, database = {}, {}, f"error: {exc}"
         problems.append("database unreachable")
     disk = _disk_problem(runner.store)
     if disk:
         database = f"error: {disk}"
         problems.append(disk)
-    since = runner.last_tick or runner.started_at
+    last_tick = runner.last_tick
+    if not runner.leading and store.get("last_tick"):  # another runner ticks: the database says when
+        last_tick = dt.datetime.fromtimestamp(store["last_tick"], dt.UTC)
+    since = last_tick or runner.started_at
     if (now - since).total_seconds() > STALE_TICKS * runner.config.tick_seconds:
         problems.append(f"no tick for {int((now - since).total_seconds())}s")
     if runner.auth_problem is not None:
@@ -365,7 +369,7 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "status": "ok" if not problems else "unhealthy",
         "problems": problems,
         "database": database,
-        "last_tick": runner.local(runner.last_tick) if runner.last_tick else None,
+        "last_tick": runner.local(last_tick) if last_tick else None,
         "outbox_backlog": store.get("outbox_backlog"),
         "waiting_sends": store.get("waiting_sends"),
         "next_waiting_send": (
@@ -383,6 +387,13 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "sending": "held: LINE refuses the token" if runner.auth_problem is not None else "ok",
         "suspended_enrollments": store.get("suspended_enrollments"),
         "last_reload": runner.last_reload,
+        "cluster": {
+            "this_runner": runner.owner,
+            "leading": runner.leading,
+            "leader": cluster.get("leader"),
+            "runners": cluster.get("runners"),
+            "sent_by_this_runner": int(runner.metrics.value("linerules_pushes_total", outcome="sent")),
+        },
     }
     return not problems, details
 

@@ -43,9 +43,10 @@ META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
 
 #: The store's own SQL functions, which SQLite gets per connection (``create_function`` in
 #: :meth:`Store._open`), as PostgreSQL functions of the schema: (signature, definition).
-#: ``lr_bucket`` gives exactly :func:`engine.runtime.store.bucket` (the first 8 bytes of the
-#: SHA-256 as an unsigned big-endian number, modulo 10000), so a friend's split variant and
-#: holdout draw stay the same after a move. Created when missing: a changed definition needs a
+#: ``lr_json_patch`` is SQLite's ``json_patch`` for the store's flat objects (a key set to
+#: ``null`` is removed). ``lr_bucket`` gives exactly :func:`engine.runtime.store.bucket` (the
+#: first 8 bytes of the SHA-256 as an unsigned big-endian number, modulo 10000), so a friend's
+#: split variant and holdout draw stay the same after a move. Created when missing: a changed definition needs a
 #: new name.
 FUNCTIONS: tuple[tuple[str, str], ...] = (
     (
@@ -56,6 +57,15 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
   SELECT ((CASE WHEN h < 0 THEN h::numeric + 18446744073709551616 ELSE h::numeric END) % 10000)::bigint
   FROM (SELECT ('x' || encode(substring(sha256(convert_to(salt || chr(31) || rule || chr(31) || friend, 'UTF8'))
                                         FROM 1 FOR 8), 'hex'))::bit(64)::bigint AS h) AS d
+$$""",
+    ),
+    (
+        "lr_json_patch(text,text)",
+        """
+CREATE FUNCTION lr_json_patch(doc text, patch text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT ((COALESCE(doc, '{}')::jsonb || p) - ARRAY(SELECT k FROM jsonb_each(p) AS e(k, v) WHERE v = 'null'::jsonb))::text
+  FROM (SELECT patch::jsonb AS p) AS x
 $$""",
     ),
     (
@@ -248,6 +258,8 @@ def migrate(conn, migrations: Sequence[str] = MIGRATIONS) -> int:
                     f"this linerules ({len(statements)}): upgrade linerules"
                 )
             if version == len(statements):
+                # every write transaction steps it (engine.runtime.pgconn: data_version)
+                conn.execute("CREATE SEQUENCE IF NOT EXISTS lr_changes")
                 for signature, definition in FUNCTIONS:
                     if conn.execute("SELECT to_regprocedure(%s)", (signature,)).fetchone()[0] is None:
                         conn.execute(definition)

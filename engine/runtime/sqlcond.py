@@ -7,7 +7,7 @@ triggers), so there is exactly one meaning of each condition.
 The expression refers to the friend row as ``f`` (table ``friends``) and, when evaluated for an
 enrollment, to the enrollment row as ``e``. Named parameters: ``:now`` (epoch seconds) and
 ``:rule`` (the rule being evaluated), plus the literals collected in :attr:`Compiled.params`.
-Every expression yields 0 or 1, never NULL.
+Every expression yields TRUE or FALSE (SQLite: 1 or 0), never NULL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from engine.language import ir
 CURRENT = "(f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
 
 _OPS = {"=": "=", "!=": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_NUMBERS = ("orders", "total_spent", "spent")
+_TEXTS = ("display_name", "language")
 _COLUMNS = {
     "orders": "f.orders",
     "total_spent": "f.total_spent",
@@ -39,8 +41,12 @@ class CondCompiler:
     """Turns conditions into SQL; ``with_enrollment`` says whether ``e`` is in scope (without
     it, "since entering the rule" means "ever" and ``variant`` is false)."""
 
-    def __init__(self, segments: dict[str, ir.Segment], *, with_enrollment: bool):
+    def __init__(self, segments: dict[str, ir.Segment], *, with_enrollment: bool, dialect: str = "sqlite"):
         self.segments = segments
+        #: ``sqlite`` or ``postgresql``: the dialect of the few expressions that differ (typed
+        #: attribute values); everything else is written once and translated for PostgreSQL by
+        #: :mod:`engine.runtime.pgconn`.
+        self.dialect = dialect
         self.with_enrollment = with_enrollment
         self.params: dict[str, Any] = {}
         self._stack: list[str] = []
@@ -57,9 +63,9 @@ class CondCompiler:
 
     def _cond(self, c: ir.Cond) -> str:  # noqa: C901 - one branch per condition kind
         if isinstance(c, ir.All):
-            return "(" + " AND ".join(self._cond(i) for i in c.items) + ")" if c.items else "1"
+            return "(" + " AND ".join(self._cond(i) for i in c.items) + ")" if c.items else "TRUE"
         if isinstance(c, ir.AnyOf):
-            return "(" + " OR ".join(self._cond(i) for i in c.items) + ")" if c.items else "0"
+            return "(" + " OR ".join(self._cond(i) for i in c.items) + ")" if c.items else "FALSE"
         if isinstance(c, ir.Not):
             return f"(NOT {self._cond(c.item)})"
         if isinstance(c, ir.Activity):
@@ -86,7 +92,8 @@ class CondCompiler:
             return "(f.orders = 0)"
         if isinstance(c, ir.Compare):
             op = _OPS[c.op]
-            return f"COALESCE(({self.measure(c.measure)}) {op} {self._lit(c.value)}, 0)"
+            kind = "string" if isinstance(c.value, str) else "number"
+            return f"COALESCE(({self.measure(c.measure, kind=kind)}) {op} {self._lit(c.value)}, FALSE)"
         if isinstance(c, ir.Top):
             join = ""
             if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
@@ -107,7 +114,7 @@ class CondCompiler:
             )
         if isinstance(c, ir.InSegment):
             if c.name in self._stack or c.name not in self.segments:
-                return "0"  # the compiler rejects cycles and unknown names; be safe anyway
+                return "FALSE"  # the compiler rejects cycles and unknown names; be safe anyway
             self._stack.append(c.name)
             try:
                 return self._cond(self.segments[c.name].cond)
@@ -115,8 +122,8 @@ class CondCompiler:
                 self._stack.pop()
         if isinstance(c, ir.Variant):
             if not self.with_enrollment:
-                return "0"
-            return f"COALESCE(e.variant = {self._lit(c.name)}, 0)"
+                return "FALSE"
+            return f"COALESCE(e.variant = {self._lit(c.name)}, FALSE)"
         raise TypeError(f"unknown condition {type(c).__name__}")
 
     def _activity(self, c: ir.Activity) -> str:
@@ -141,8 +148,15 @@ class CondCompiler:
             )
         return f"EXISTS (SELECT 1 FROM activity a WHERE {' AND '.join(where)})"
 
-    def measure(self, m: ir.Measure, alias: str = "f") -> str:
-        """The SQL value of a measure for the friend row ``alias``."""
+    def measure(self, m: ir.Measure, alias: str = "f", kind: str = "number") -> str:
+        """The SQL value of a measure for the friend row ``alias``, as a ``kind`` (``number``
+        or ``string``): NULL when the friend's value is of the other kind (an attribute holding
+        text compared with a number), so that ``=`` and the orderings are false and ``!=`` is
+        true, on both backends."""
+        if kind == "string" and (m.name in _NUMBERS or m.within is not None):
+            return "NULL"
+        if kind == "number" and m.name in _TEXTS:
+            return "NULL"
         if m.name == "spent" or (m.name == "total_spent" and m.within is not None):
             if m.within is None:
                 return f"{alias}.total_spent"
@@ -152,8 +166,20 @@ class CondCompiler:
             )
         if m.name in _COLUMNS:
             return _COLUMNS[m.name].replace("f.", f"{alias}.")
-        path = '$."' + m.name.replace('"', "") + '"'
-        return f"json_extract({alias}.attributes, {self._lit(path)})"
+        name = m.name.replace('"', "")
+        if self.dialect == "postgresql":
+            key = self._lit(name)
+            cast = "::float8" if kind == "number" else ""
+            return (
+                f"(CASE WHEN jsonb_typeof({alias}.attributes::jsonb -> {key}) = '{kind}' "
+                f"THEN ({alias}.attributes::jsonb ->> {key}){cast} END)"
+            )
+        path = self._lit('$."' + name + '"')
+        types = "('integer', 'real')" if kind == "number" else "('text')"
+        return (
+            f"(CASE WHEN json_type({alias}.attributes, {path}) IN {types} "
+            f"THEN json_extract({alias}.attributes, {path}) END)"
+        )
 
 
 def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
@@ -223,7 +249,7 @@ def reentry_blocked(reenter: ir.Reenter | None) -> Compiled:
     if reenter is None or reenter.mode == "always":
         return Compiled(INSIDE)
     if reenter.mode == "never":
-        return Compiled("1")
+        return Compiled("TRUE")
     return Compiled(f"{INSIDE} OR x.finished_at > :now - :reenter_after", {"reenter_after": int(reenter.after)})
 
 
@@ -253,5 +279,5 @@ def draw(split: tuple[tuple[str, float], ...], holdout: float) -> tuple[str, str
     holdout_sql = "0"
     if holdout:
         params["holdout_edge"] = round(holdout * 100)
-        holdout_sql = "(lr_bucket(f.id, :rule, 'holdout') < :holdout_edge)"
+        holdout_sql = "(CASE WHEN lr_bucket(f.id, :rule, 'holdout') < :holdout_edge THEN 1 ELSE 0 END)"
     return variant, holdout_sql, params

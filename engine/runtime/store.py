@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -380,6 +381,8 @@ def is_store_fault(exc: BaseException) -> bool:
     read-only file, lock timeout) rather than of one item's data."""
     if isinstance(exc, StoreError):
         return True
+    if getattr(exc, "pg_sqlstate", False) is not False:  # engine.runtime.pgconn: a PostgreSQL error
+        return isinstance(exc, sqlite3.OperationalError)
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _FAULT_CODES
 
@@ -388,6 +391,8 @@ def explain_fault(exc: BaseException, path: str) -> str:
     """One line for the operator about a database fault: what, which file, what to do."""
     if isinstance(exc, StoreError):
         return str(exc)
+    if is_postgres(path):
+        return _("the PostgreSQL database {url} failed: {reason}", url=redact_url(path), reason=exc)
     where = os.path.abspath(path) if path != ":memory:" else path
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
     if code == _SQLITE_FULL:
@@ -432,6 +437,7 @@ def explain_fault(exc: BaseException, path: str) -> str:
 _NOT_SQLITE = N_("not an SQLite file")
 _A_FOLDER = N_("a folder")
 _FOREIGN = N_("an SQLite file without linerules' tables")
+_FOREIGN_SCHEMA = N_("a PostgreSQL schema holding tables that are not linerules'")
 
 
 class NotLinerulesDatabase(StoreError):
@@ -455,7 +461,10 @@ def database_version(path: str) -> int | None:
     version, or None when nothing is there yet (a new database may be created at ``path``).
     Raises :class:`NotLinerulesDatabase` for a folder, a file that is not SQLite, or an SQLite
     file without linerules' ``meta`` (an empty one included), and :class:`StoreError` when the
-    file cannot be read. Opens the file read-only and writes nothing."""
+    file cannot be read. Opens the file read-only and writes nothing. A ``postgresql://`` URL:
+    the version of the schema it names (None for an empty one)."""
+    if is_postgres(path):
+        return _pg_version(path)
     if not os.path.lexists(path):
         return None
     if os.path.isdir(path):
@@ -479,10 +488,70 @@ def remove_database(path: str) -> bool:
     not a linerules database raises :class:`NotLinerulesDatabase` and is left as it was."""
     if database_version(path) is None:
         return False
+    if is_postgres(path):
+        _pg_drop_tables(path)
+        return True
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
     return True
+
+
+def is_postgres(path: str) -> bool:
+    """Whether ``--db`` / ``LINERULES_DB`` names a PostgreSQL database rather than an SQLite file."""
+    return str(path).startswith(("postgresql:", "postgres:"))
+
+
+def redact_url(url: str) -> str:
+    """A ``postgresql://`` URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@?]*):[^@/?]*@", r"\1:***@", str(url))
+
+
+def _pg_version(url: str) -> int | None:
+    from . import pgconn, pgschema
+
+    try:
+        conn = pgconn.PgConnection(url, lock_key="")
+    except sqlite3.Error as exc:
+        raise _open_error(exc, url) from None
+    try:
+        raw = conn.raw()
+        version = pgschema.schema_version(raw)
+        if version:
+            return version
+        schema = raw.execute("SELECT current_schema()").fetchone()[0]
+        others = raw.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s AND table_name <> 'meta'",
+            (schema,),
+        ).fetchone()[0]
+        if others:
+            raise NotLinerulesDatabase(not_linerules(url, _FOREIGN_SCHEMA))
+        return None
+    finally:
+        conn.close()
+
+
+def _pg_drop_tables(url: str) -> None:
+    """Drop every table of the linerules schema ``url`` names (``simulate --db``)."""
+    from psycopg import sql as pgsql
+
+    from . import pgconn
+
+    conn = pgconn.PgConnection(url, lock_key="")
+    try:
+        raw = conn.raw()
+        with raw.transaction():
+            schema = raw.execute("SELECT current_schema()").fetchone()[0]
+            for (table,) in raw.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+            ).fetchall():
+                raw.execute(
+                    pgsql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(
+                        pgsql.Identifier(schema), pgsql.Identifier(table)
+                    )
+                )
+    finally:
+        conn.close()
 
 
 def _linerules_version(conn: sqlite3.Connection) -> int | None:
@@ -599,22 +668,23 @@ class Store:
         be read while a runner writes it. Otherwise a missing or empty file becomes a new
         database; any other file that is not a linerules database is refused
         (:class:`NotLinerulesDatabase`) and left as it was."""
-        if str(path).startswith(("postgresql:", "postgres:")):  # docs/scale.md: what exists today
-            raise StoreError(
-                "the engine does not run on PostgreSQL yet: keep --db / LINERULES_DB on the "
-                "SQLite file for now (`linerules migrate-db` copies it into PostgreSQL; see docs/scale.md)"
-            )
         self.path = path
+        #: The database is a PostgreSQL schema (``postgresql://`` URL, :mod:`engine.runtime.pgconn`).
+        self.pg = is_postgres(path)
         self.yields = yields
         self.read_only = read_only
         self.clock = clock
         self._time: Callable[[], float] = time.time if clock is None else clock.time
-        self._turns = None if path == ":memory:" else _turns_for(path)
+        self._turns = None if path == ":memory:" or self.pg else _turns_for(path)
         self._turn_held = False  # this connection holds a yielding turn (see _begin)
         self._health = _Health() if path == ":memory:" else _health_for(path)
         self._opened = False
+        #: The column that orders rows of a table without a key as they were inserted.
+        self._rowid = "ctid" if self.pg else "rowid"
         try:
-            if read_only:
+            if self.pg:
+                self._open_pg(path, read_only)
+            elif read_only:
                 self._open_read_only(path)
             else:
                 self._open(path, checkpoints)
@@ -629,6 +699,30 @@ class Store:
                 conn.close()
             raise
         self._opened = True
+
+    def _open_pg(self, url: str, read_only: bool) -> None:
+        """Connect to the schema the URL names (``options=-csearch_path=...``; docs/scale.md)
+        and bring it up to date (:func:`engine.runtime.pgschema.migrate`), or, read-only, check
+        that it is a linerules database and open it so that nothing can be written."""
+        from . import pgconn, pgschema
+
+        self.conn = conn = pgconn.PgConnection(url, lock_key="")
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._inflight = {}
+        self.longest_write = 0.0
+        raw = conn.raw()
+        try:
+            if read_only:
+                if not pgschema.schema_version(raw):
+                    raise StoreError(_("there is no database at {path}", path=redact_url(url)))
+                raw.execute("SET default_transaction_read_only = on")
+            else:
+                pgschema.migrate(raw)
+        except RuntimeError as exc:
+            raise NotLinerulesDatabase(f"{redact_url(url)}: {exc}") from None
+        schema = raw.execute("SELECT current_schema()").fetchone()[0]
+        conn.lock_key = f"linerules.write:{schema}"
 
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
@@ -702,7 +796,10 @@ class Store:
 
     def check_integrity(self) -> None:
         """``PRAGMA quick_check`` (every page of the file, no index cross-checks); raises
-        :class:`StoreError` naming the file when it finds damage."""
+        :class:`StoreError` naming the file when it finds damage (PostgreSQL checks its own
+        pages: nothing to do)."""
+        if self.pg:
+            return
         try:
             rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
         except sqlite3.Error as exc:
@@ -730,8 +827,8 @@ class Store:
         return StoreUnavailable(message)
 
     def free_bytes(self) -> int | None:
-        """Free bytes on the disk of the database file (None for ``:memory:`` or unknown)."""
-        if self.path == ":memory:":
+        """Free bytes on the disk of the database file (None for ``:memory:``, PostgreSQL or unknown)."""
+        if self.path == ":memory:" or self.pg:
             return None
         try:
             stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
@@ -849,7 +946,7 @@ class Store:
     def checkpoint(self) -> None:
         """Copy the write-ahead log back into the database as far as readers allow, without
         waiting for or blocking any writer (``PRAGMA wal_checkpoint(PASSIVE)``)."""
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.pg:
             try:
                 self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:  # e.g. a full disk: the log stays, nothing is lost
@@ -876,7 +973,9 @@ class Store:
 
     def change_counts(self) -> tuple[int, int]:
         """(rows this connection changed, ``PRAGMA data_version``): both stay the same while
-        no connection changes the database."""
+        no connection changes the database (on PostgreSQL: while no transaction writes)."""
+        if self.pg:
+            return self.conn.total_changes, self.conn.data_version()
         return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
@@ -1266,10 +1365,10 @@ class Store:
     ) -> int | None:
         """Insert one active enrollment due at ``now``; None if the occurrence was taken.
         ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
-        cur = self.conn.execute(
+        row = self.conn.execute(
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
             "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
-            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 friend,
                 rule,
@@ -1286,8 +1385,8 @@ class Store:
                 event_seq,
                 event_seq,
             ),
-        )
-        return cur.lastrowid if cur.rowcount else None
+        ).fetchone()
+        return row[0] if row else None
 
     def enroll_audience(
         self,
@@ -1360,8 +1459,8 @@ class Store:
                     c.execute(
                         "INSERT INTO audience_sends(rule, occurrence, steps, messages, due_at, pending) "
                         "VALUES (:rule, :occurrence, :steps, :messages, :send_due, :count) "
-                        "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = pending + excluded.pending, "
-                        "due_at = MIN(COALESCE(due_at, excluded.due_at), excluded.due_at)",
+                        "ON CONFLICT(rule, occurrence) DO UPDATE SET pending = audience_sends.pending + excluded.pending, "
+                        "due_at = MIN(COALESCE(audience_sends.due_at, excluded.due_at), excluded.due_at)",
                         {**args, "count": count},
                     )
         c.execute("DELETE FROM temp.lr_audience")
@@ -2113,6 +2212,7 @@ class Store:
             if lease is None:
                 self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
+            others = self._live_epochs(mine=False) if self.pg else []
             reply_limit = limit if reply_limit is None else min(reply_limit, limit)
             other_limit = limit if other_limit is None else min(other_limit, limit)
             with self.transaction() as c:
@@ -2125,17 +2225,22 @@ class Store:
                     if cap <= 0:
                         continue
                     marks = ",".join("?" * len(skip))
+                    # rows another live runner claimed are its own (docs/engine.md "Several runners")
+                    theirs = ",".join("?" * len(others))
                     rows += c.execute(
                         "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
                         + kind
                         + (f"AND id NOT IN ({marks}) " if skip else "")
+                        + (f"AND (claim_epoch IS NULL OR claim_epoch NOT IN ({theirs})) " if others else "")
                         + "ORDER BY not_before, id LIMIT ?",
-                        (now, *skip, cap),
+                        (now, *skip, *others, cap),
                     ).fetchall()
-                c.executemany(
-                    "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 WHERE id = ?",
-                    [(now, epoch, r["id"]) for r in rows],
-                )
+                for batch in _chunks([r["id"] for r in rows], 500):
+                    c.execute(
+                        "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 "
+                        f"WHERE id IN ({','.join('?' * len(batch))})",
+                        (now, epoch, *batch),
+                    )
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
@@ -2154,12 +2259,13 @@ class Store:
 
     def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
         owner, epoch, ttl = lease
-        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = 'runner'").fetchone()
+        name = self.dispatch_lease(owner)
+        row = c.execute("SELECT owner, epoch, expires_at FROM lease WHERE name = ?", (name,)).fetchone()
         if row is None or row[0] != owner or row[1] != epoch:
             holder = f"{row[0]} (epoch {row[1]})" if row is not None else "nobody"
             raise LeaseLost(f"lost the lease (epoch {epoch}); holder now: {holder}")
         if row[2] <= now:
-            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = ?", (now + ttl, name))
         return epoch
 
     def release_claims(self, ids: Iterable[int]) -> None:
@@ -2177,8 +2283,7 @@ class Store:
             fence = ""
             args: tuple = (outbox_id,)
             if epoch is not None:
-                row = c.execute("SELECT epoch FROM lease WHERE name = 'runner'").fetchone()
-                if row is None or row[0] != epoch:
+                if c.execute("SELECT 1 FROM lease WHERE epoch = ?", (epoch,)).fetchone() is None:
                     return False
                 fence, args = " AND claim_epoch = ?", (outbox_id, epoch)
             cur = c.execute(
@@ -2219,6 +2324,8 @@ class Store:
         if not outcomes:
             return written
         fence, args = ("", ()) if epoch is None else (" AND claim_epoch = ?", (epoch,))
+        if self.pg:
+            return self._finish_outbox_set(outcomes, at, fence, args)
         with self.transaction() as c:
             for outbox_id, status, request_id, error in outcomes:
                 self._inflight.pop(outbox_id, None)
@@ -2241,6 +2348,43 @@ class Store:
                 c.execute(
                     "UPDATE deliveries SET at = ? WHERE outbox_id = ? AND at < ?",
                     (at, outbox_id, at - SEND_TIME_SLACK),
+                )
+        return written
+
+    def _finish_outbox_set(
+        self, outcomes: Sequence[tuple[int, str, str | None, str | None]], at: int, fence: str, args: tuple
+    ) -> set[int]:
+        """:meth:`finish_outbox_rows` in two statements per batch (PostgreSQL, where each
+        statement is a round trip to the server): the same rows written, the same values."""
+        written: set[int] = set()
+        with self.transaction() as c:
+            for batch in _chunks(list(outcomes), 500):
+                for outbox_id, *_ in batch:
+                    self._inflight.pop(outbox_id, None)
+                values = ",".join("(?, ?, ?, ?)" for _ in batch)
+                done = c.execute(
+                    "UPDATE outbox SET status = v.status, request_id = COALESCE(v.request_id, outbox.request_id), "
+                    f"last_error = v.error, sent_at = ? FROM (VALUES {values}) AS v(id, status, request_id, error) "
+                    "WHERE outbox.id = v.id"
+                    + fence.replace("claim_epoch", "outbox.claim_epoch")
+                    + " RETURNING outbox.id",
+                    (at, *(x for o in batch for x in o), *args),
+                ).fetchall()
+                ids = {r[0] for r in done}
+                written |= ids
+                rows = [
+                    (i, "sent" if status in ("sent", "duplicate", "dry_run") else status, error)
+                    for i, status, _, error in batch
+                    if i in ids
+                ]
+                if not rows:
+                    continue
+                values = ",".join("(?, ?, ?)" for _ in rows)
+                c.execute(
+                    "UPDATE deliveries SET status = v.status, reason = COALESCE(v.error, deliveries.reason), "
+                    "at = CASE WHEN deliveries.at < ? THEN ? ELSE deliveries.at END "
+                    f"FROM (VALUES {values}) AS v(outbox_id, status, error) WHERE deliveries.outbox_id = v.outbox_id",
+                    (at - SEND_TIME_SLACK, at, *(x for r in rows for x in r)),
                 )
         return written
 
@@ -2283,7 +2427,7 @@ class Store:
                     "INSERT INTO intents(enrollment, friend, rule, steps, messages, due_at, queued_at, variant, "
                     "holdout, occurrence, event_seq, answer) SELECT d.enrollment, d.friend, d.rule, "
                     "json_array(json_array(d.step_id, json(d.messages))), d.messages, :until, d.at, d.variant, 0, "
-                    "e.occurrence, e.event_seq, d.reason IS 'answer' FROM deliveries d "
+                    "e.occurrence, e.event_seq, CASE WHEN d.reason = 'answer' THEN 1 ELSE 0 END FROM deliveries d "
                     "LEFT JOIN enrollments e ON e.id = d.enrollment WHERE d.outbox_id = :id ORDER BY d.id",
                     {"until": until, "id": outbox_id},
                 )
@@ -2355,8 +2499,7 @@ class Store:
             if row is not None and row[0] == owner:
                 c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
                 return True
-            epoch = max(int(self.get_meta("lease.epoch") or 0), row[2] if row is not None else 0) + 1
-            self.set_meta("lease.epoch", str(epoch))
+            epoch = self._new_epoch()
             c.execute(
                 "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
@@ -2366,9 +2509,105 @@ class Store:
             return True
 
     def lease_epoch(self, owner: str) -> int | None:
-        """The epoch of ``owner``'s lease (None when ``owner`` does not hold it)."""
-        row = self.conn.execute("SELECT epoch FROM lease WHERE name = 'runner' AND owner = ?", (owner,)).fetchone()
+        """The epoch ``owner`` claims outbox rows under (:meth:`dispatch_lease`; None when
+        ``owner`` does not hold it)."""
+        row = self.conn.execute(
+            "SELECT epoch FROM lease WHERE name = ? AND owner = ?", (self.dispatch_lease(owner), owner)
+        ).fetchone()
         return None if row is None else row[0]
+
+    def dispatch_lease(self, owner: str) -> str:
+        """The lease that fences ``owner``'s outbox claims: on SQLite the one runner's lease;
+        on PostgreSQL each runner's own membership (:meth:`join_cluster`)."""
+        return f"member:{owner}" if self.pg else "runner"
+
+    def _new_epoch(self) -> int:
+        """An epoch never used before in this database (inside a transaction)."""
+        row = self.conn.execute("SELECT MAX(epoch) FROM lease").fetchone()
+        epoch = max(int(self.get_meta("lease.epoch") or 0), row[0] or 0) + 1
+        self.set_meta("lease.epoch", str(epoch))
+        return epoch
+
+    # ------------------------------------------------------------------ several runners (PostgreSQL)
+    #
+    # Every runner is a member: a ``member:OWNER`` lease row with its own epoch, and a session
+    # advisory lock (class: the schema, object: the epoch) held by its connection for as long as
+    # it lives. A runner killed by SIGKILL loses its connection and PostgreSQL drops the lock at
+    # once: its claimed outbox rows are free for the others within a second (claim_outbox skips
+    # only rows claimed under an epoch whose lock is held). One member at a time leads (the
+    # engine's session lock, :meth:`try_lead`): it alone runs the ticks.
+
+    def _lock_class(self, what: str) -> int:
+        """The 32-bit class of this schema's advisory locks for ``what``."""
+        return self.conn.execute("SELECT hashtext(? || current_schema())", (f"linerules.{what}:",)).fetchone()[0]
+
+    def join_cluster(self, owner: str, now: int, ttl: int) -> int:
+        """Become a member (PostgreSQL): a new epoch under ``member:OWNER``, locked by this
+        connection while it lives; returns the epoch. Rows of members that are gone are removed."""
+        with self.transaction() as c:
+            self._drop_gone_members(c)
+            epoch = self._new_epoch()
+            c.execute(
+                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                (self.dispatch_lease(owner), owner, now + ttl, epoch),
+            )
+            c.execute("SELECT pg_advisory_lock(?, ?)", (self._lock_class("member"), epoch))
+        return epoch
+
+    def _live_epochs(self, mine: bool = True) -> list[int]:
+        """Epochs whose member lock is held now (``mine=False``: by other connections)."""
+        rows = self.conn.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = (? & 4294967295)" + ("" if mine else " AND pid <> pg_backend_pid()"),
+            (self._lock_class("member"),),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def _drop_gone_members(self, c) -> None:
+        live = self._live_epochs()
+        marks = ",".join("?" * len(live))
+        c.execute(
+            "DELETE FROM lease WHERE name LIKE 'member:%'" + (f" AND epoch NOT IN ({marks})" if live else ""), live
+        )
+
+    def try_lead(self, owner: str, now: int, ttl: int) -> bool:
+        """Lead the ticks (PostgreSQL): take the engine's session lock if nobody holds it, and
+        with it the ``runner`` lease (a new epoch). True while this connection leads."""
+        got = self.conn.execute("SELECT pg_try_advisory_lock(?, 0)", (self._lock_class("engine"),)).fetchone()[0]
+        if not got:
+            return False
+        with self.transaction() as c:
+            row = c.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
+            if row is not None and row[0] == owner:
+                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+            else:
+                epoch = self._new_epoch()
+                c.execute(
+                    "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                    "expires_at = excluded.expires_at, epoch = excluded.epoch",
+                    (owner, now + ttl, epoch),
+                )
+        if row is not None and row[0] != owner:
+            log.warning("leading the ticks of %s (the last leader, %s, is gone)", redact_url(self.path), row[0])
+        return True
+
+    def cluster(self) -> dict:
+        """The runners of this database now (``/healthz``, ``/metrics``): who leads, and how
+        many are members (PostgreSQL; on SQLite one runner at most)."""
+        leader = self.lease_holder()
+        if not self.pg:
+            return {"leader": leader, "runners": 1 if leader else 0}
+        return {"leader": leader, "runners": len(self._live_epochs())}
+
+    def notify(self, channel: str) -> None:
+        """Wake the other runners listening on ``channel`` (PostgreSQL ``NOTIFY``; nothing on
+        SQLite, where one runner wakes its own loops)."""
+        if self.pg:
+            self.conn.execute("SELECT pg_notify(? || current_schema(), '')", (f"linerules_{channel}_",))
 
     def renew_lease(self, owner: str, now: int, ttl: int) -> bool:
         """Extend the lease; False if it is no longer ours (another runner took it)."""
@@ -2377,8 +2616,11 @@ class Store:
             return cur.rowcount == 1
 
     def release_lease(self, owner: str) -> None:
+        """Give up ``owner``'s leases (the runner's, and on PostgreSQL its membership)."""
         with self.transaction() as c:
-            c.execute("DELETE FROM lease WHERE name = 'runner' AND owner = ?", (owner,))
+            c.execute(
+                "DELETE FROM lease WHERE name IN ('runner', ?) AND owner = ?", (self.dispatch_lease(owner), owner)
+            )
 
     def lease_holder(self) -> str | None:
         row = self.conn.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
@@ -2680,7 +2922,7 @@ class Store:
             c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
         c.execute(
             "INSERT INTO activity(friend, kind, amount, at, order_id) "
-            "SELECT o.friend, CASE WHEN o.cancelled THEN 'order_cancelled' ELSE 'order' END, "
+            "SELECT o.friend, CASE WHEN o.cancelled <> 0 THEN 'order_cancelled' ELSE 'order' END, "
             "MAX(o.amount - o.refunded, 0), o.at, o.order_id FROM json_each(?) t "
             "CROSS JOIN orders o ON o.order_id = t.value WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL "
             "ORDER BY o.at",
@@ -2688,9 +2930,10 @@ class Store:
         )
         c.execute(
             "INSERT INTO activity(friend, kind, product, category, amount, at, order_id) "
-            "SELECT o.friend, CASE WHEN o.cancelled THEN 'purchase_cancelled' ELSE 'purchase' END, "
+            "SELECT o.friend, CASE WHEN o.cancelled <> 0 THEN 'purchase_cancelled' ELSE 'purchase' END, "
             "json_extract(j.value, '$.product'), json_extract(j.value, '$.category'), "
-            "json_extract(j.value, '$.price') * COALESCE(json_extract(j.value, '$.quantity'), 1), o.at, o.order_id "
+            "CAST(json_extract(j.value, '$.price') AS NUMERIC) * "
+            "COALESCE(CAST(json_extract(j.value, '$.quantity') AS NUMERIC), 1), o.at, o.order_id "
             "FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value, json_each(o.items) j "
             "WHERE o.friend IS NOT NULL AND o.amount IS NOT NULL ORDER BY o.at",
             (batch,),
@@ -2740,7 +2983,7 @@ class Store:
         [since, until), at their due time; in (due_at, id) order."""
         if not self._has_table("intents"):
             return []
-        where, args = ["1"], []
+        where, args = ["TRUE"], []
         if since is not None:
             where.append("due_at >= ?")
             args.append(since)
@@ -2810,7 +3053,9 @@ class Store:
         """Each rule's step ids as its latest stored version lists them."""
         return {
             rule: json.loads(steps)
-            for rule, steps in self.conn.execute("SELECT rule, steps FROM rule_versions ORDER BY compiled_at, rowid")
+            for rule, steps in self.conn.execute(
+                f"SELECT rule, steps FROM rule_versions ORDER BY compiled_at, {self._rowid}"
+            )
         }
 
     def report_rule_names(self) -> set[str]:
@@ -2860,6 +3105,8 @@ class Store:
         )
 
     def _has_table(self, name: str) -> bool:
+        if self.pg:
+            return self.conn.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0]
         return (
             self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
             is not None

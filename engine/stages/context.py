@@ -80,8 +80,8 @@ class Context:
         self.versions = {name: rule_version(r) for name, r in project.rules.items()}
         self._index = {name: {s.id: i for i, s in enumerate(r.steps)} for name, r in project.rules.items()}
         self._compilers = {
-            True: CondCompiler(project.segments, with_enrollment=True),
-            False: CondCompiler(project.segments, with_enrollment=False),
+            flag: CondCompiler(project.segments, with_enrollment=flag, dialect="postgresql" if store.pg else "sqlite")
+            for flag in (True, False)
         }
         self._compiled: dict[tuple[ir.Cond, bool], Compiled] = {}
         self._json: dict[Any, str] = {}

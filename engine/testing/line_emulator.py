@@ -944,7 +944,14 @@ class Emulator:
             "quota": self.quota,
             "requests": {ep: {str(s): n for s, n in c.items()} for ep, c in self.status_counts().items()},
             "busiest_second": {ep: self.busiest_second(ep) for ep in self.status_counts() if ep != "token"},
+            "seconds": {ep: self.span(ep) for ep in self.status_counts() if ep != "token"},
         }
+
+    def span(self, endpoint: str) -> float:
+        """Seconds from the first request to ``endpoint`` to the last (0 with fewer than two)."""
+        name = self._endpoint_of(endpoint)
+        times = [r.time for r in self.requests if r.endpoint == name]
+        return max(times) - min(times) if len(times) > 1 else 0.0
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
