@@ -186,7 +186,9 @@ def test_the_engines_database_is_copied_row_by_row_once(engine_db, pg_url, tmp_p
     assert enrollments > 5
     assert any(r[3] == "" for r in source["events"])  # kept for a customer not linked yet
     assert source["deliveries"] and source["outbox"] and source["activity"]
-    assert [t for t, rows in source.items() if not rows] == []  # every table has rows to copy
+    # every table has rows to copy (but rate_schedule: the shared rate limits of several runners
+    # on PostgreSQL, never written on SQLite)
+    assert [t for t, rows in source.items() if not rows and t != "rate_schedule"] == []
 
     run = linerules("migrate-db", str(engine_db), pg_url, "--batch", "7", cwd=tmp_path)
     assert run.returncode == 0, run.stderr + run.stdout

@@ -159,6 +159,12 @@ class DispatchResult:
     retry_after: float | None = None
 
 
+class Limiter(Protocol):
+    """What paces one endpoint's requests: a client bucket, or a limit shared with other runners."""
+
+    async def acquire(self, n: float = 1.0) -> None: ...
+
+
 ResultCallback = Callable[[DispatchResult], Awaitable[None] | None]
 #: Called just before the first request of a reply goes out; False: do not send it.
 BeforeSend = Callable[[OutboxItem], Awaitable[bool] | bool]
@@ -406,6 +412,9 @@ class Dispatcher:
     holds the row). ``quota_refresh_interval``: how old the quota reading may get before it is
     read again (in the background). Use as ``async with Dispatcher(...)`` or call
     :meth:`close`. Items may be sent concurrently (:meth:`send_item` from many tasks).
+    ``limiters`` replaces the buckets of the endpoints it names with objects of the same
+    ``async acquire(n=1)`` (e.g. limits shared by several runners of the channel,
+    :mod:`engine.line.sharedrate`); their owner opens and closes them.
     """
 
     dry_run = False
@@ -428,6 +437,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        limiters: Mapping[str, Limiter] | None = None,
     ):
         if not access_token and stateless is None:
             raise ValueError("a channel access token or a channel id and secret is needed")
@@ -455,7 +465,11 @@ class Dispatcher:
             chosen[name] = rate
         # Short bursts, and never more than the limit in any second (a bucket that starts full
         # would let a burst's worth more through in the first second).
-        self._buckets = {name: client_bucket(rate, burst_seconds) for name, rate in chosen.items()}
+        self._buckets: dict[str, Limiter] = {name: client_bucket(rate, burst_seconds) for name, rate in chosen.items()}
+        for name, limiter in (limiters or {}).items():
+            if name not in chosen:
+                raise ValueError(f"unknown endpoint {name!r}; known: {', '.join(chosen)}")
+            self._buckets[name] = limiter
         self._client: AsyncApiClient | None = None
         self._api: AsyncMessagingApi | None = None
         self._client_lock = asyncio.Lock()

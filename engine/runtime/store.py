@@ -169,6 +169,12 @@ MIGRATIONS: tuple[str, ...] = (
       messages TEXT NOT NULL, due_at INTEGER, pending INTEGER NOT NULL DEFAULT 0,
       PRIMARY KEY (rule, occurrence)) WITHOUT ROWID;
     """,
+    # 9: the LINE rate limits the runners of one channel share on PostgreSQL
+    # (engine/line/sharedrate.py): per endpoint, the moment (the database's clock, epoch seconds)
+    # up to which the channel's requests are handed out; not used on SQLite
+    """
+    CREATE TABLE rate_schedule (endpoint TEXT PRIMARY KEY, tat REAL NOT NULL DEFAULT 0);
+    """,
 )
 
 
@@ -823,8 +829,9 @@ class Store:
             raise StoreError(explain_fault(exc, self.path)) from None
         if rows != ["ok"]:
             where = os.path.abspath(self.path)
+            found = " ".join(rows[0].split())  # SQLite's report may span lines: one line
             raise StoreError(
-                f"the database {where} is damaged (integrity check: {rows[0]}): stop "
+                f"the database {where} is damaged (integrity check: {found}): stop "
                 "linerules and restore it from a backup, or recover what is left with "
                 f"`sqlite3 {where} .recover`"
             )
