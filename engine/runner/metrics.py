@@ -125,6 +125,18 @@ class Metrics:
         """Register a counter kept elsewhere, read at scrape time as ``[(labels, value)]``."""
         self._scraped.counter(name, help, labels, read)
 
+    def sent(self) -> int:
+        """Outbox rows this process sent (outcome ``sent``), read without a scrape (the
+        scraped gauges read the database, which ``/healthz`` must not need)."""
+        return int(
+            sum(
+                s.value
+                for m in self.pushes.collect()
+                for s in m.samples
+                if s.name == "linerules_pushes_total" and s.labels.get("outcome") == "sent"
+            )
+        )
+
     def value(self, name: str, **labels: str) -> float:
         """The current value of one sample (0 when it has none yet), e.g.
         ``value("linerules_pushes_total", outcome="sent")``."""

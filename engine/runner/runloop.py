@@ -271,6 +271,9 @@ class Runner:
         #: PostgreSQL the one runner holding the engine's lock (:meth:`Store.try_lead`).
         self.leading = not getattr(store, "pg", False)
         self._listener: threading.Thread | None = None
+        #: The channel's rate limits shared through PostgreSQL (engine/line/sharedrate.py), or
+        #: None: the dispatcher paces itself alone (one runner per SQLite file).
+        self.limits: Any = None
         #: Why LINE refuses the channel access token (401/403); None while it is accepted.
         self.auth_problem: str | None = None
         self._auth_delay = AUTH_PROBE
@@ -330,6 +333,11 @@ class Runner:
         )
         self.metrics.gauge(
             "linerules_leading", "1 while this runner runs the engine's ticks.", lambda: float(self.leading)
+        )
+        self.metrics.gauge(
+            "linerules_shared_rate_reachable",
+            "1 while the channel's shared rate limits can be read (PostgreSQL; sends beyond the slots held wait).",
+            lambda: None if self.limits is None else float(self.limits.reachable),
         )
         self.metrics.gauge(
             "linerules_cluster_runners",
@@ -417,14 +425,23 @@ class Runner:
             len(project.rules),
             config.db_label,
         )
-        return cls(
+        limits = None
+        if store.pg and not config.dry_run:
+            # the channel's rate limits, shared by every runner of its schema (docs/engine.md)
+            from engine.line.sharedrate import SharedRateLimits
+
+            limits = SharedRateLimits(str(config.db))
+        options = {"limiters": limits.limiters()} if limits is not None else {}
+        runner = cls(
             config,
             project,
             store,
             engine,
-            make_transport(config.env, clock=clock.time, timeout=config.line_timeout),
+            make_transport(config.env, clock=clock.time, timeout=config.line_timeout, **options),
             clock=clock,
         )
+        runner.limits = limits
+        return runner
 
     def close(self, *, wait: bool = True) -> None:
         """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
@@ -517,6 +534,8 @@ class Runner:
             for task in list(self._background):
                 task.cancel()
             await self.dispatcher.close()
+            if self.limits is not None:
+                await self.limits.close()
         return self.exit_code
 
     def _listen(self) -> None:

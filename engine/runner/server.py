@@ -393,7 +393,7 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
             "leading": runner.leading,
             "leader": cluster.get("leader"),
             "runners": cluster.get("runners"),
-            "sent_by_this_runner": int(runner.metrics.value("linerules_pushes_total", outcome="sent")),
+            "sent_by_this_runner": runner.metrics.sent(),
         },
     }
     return not problems, details
