@@ -199,6 +199,7 @@ def test_text_report_is_aligned_within_100_columns(shop, capsys):
     assert any(line.startswith("2026-11  ") and "Communication" in line for line in lines)
 
 
+@pytest.mark.sqlite_only  # thousands of friends simulated: the report's reads are tested on both with the others
 def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     rules = "rule promo\n  when followed\n  split a 50%, b 50%\n  holdout 20%\n  then send coupon15\n"
     folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\n")
@@ -271,6 +272,7 @@ def test_small_experiment_says_not_enough_data(tmp_path, capsys):
     assert comp["lift"] is None  # nobody converted in the control
 
 
+@pytest.mark.sqlite_only  # thousands of friends simulated: the report's reads are tested on both with the others
 def test_replies_saved_a_plan(tmp_path, capsys):
     rules = (
         "rule hello when followed then send greeting\n"
