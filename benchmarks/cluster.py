@@ -26,6 +26,7 @@ Without ``--pg`` it starts its own PostgreSQL (engine/testing/pgserver.py, as th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -37,6 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +114,13 @@ def outbox_rows(url: str) -> int:
         return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
 
+def settle(emulator: str, procs: list[Runner]) -> tuple[dict, list[int]]:
+    """The emulator's counts once nothing more may arrive (a second copy would show), and
+    each runner's sends."""
+    time.sleep(1.5)
+    return stats(emulator), [p.health()["cluster"]["sent_by_this_runner"] for p in procs]
+
+
 def wait_for_leader(procs: list[Runner]) -> None:
     deadline = time.monotonic() + 30
     while sum(p.health()["cluster"]["leading"] for p in procs) != 1:
@@ -133,83 +142,64 @@ def queue_pushes(url: str, friends: int) -> None:
     store.close()
 
 
-def dispatch_run(server: Server, runners: int, friends: int, rules: Path) -> dict:
-    """A backlog of ``friends`` pushes in the outbox, then ``runners`` runners start and send it."""
+@contextlib.contextmanager
+def cluster_on(server: Server, rules: Path, runners: int, friends: int) -> Iterator[tuple[str, str, list[Runner]]]:
+    """A fresh schema, a fresh emulator knowing ``friends`` friends, and ``runners`` runners on
+    them, one of them leading: (database URL, emulator URL, runners). All gone afterwards."""
     schema, url = server.new_schema()
     try:
         with emulator_process("--friends", str(friends)) as emulator:
             procs = [Runner(rules, url, emulator) for _ in range(runners)]
             try:
                 wait_for_leader(procs)
-                queue_pushes(url, friends)  # every runner is up: they find the rows within a second
-                started = time.monotonic()
-                first = None
-                while True:
-                    delivered = stats(emulator)["delivered"]
-                    if first is None and delivered:
-                        first = time.monotonic()
-                    if delivered >= friends or time.monotonic() - started > 600:
-                        break
-                    time.sleep(0.05)
-                done = time.monotonic()
-                time.sleep(1.5)  # nothing more may arrive: a second copy would show here
-                final = stats(emulator)
-                shares = [p.health()["cluster"]["sent_by_this_runner"] for p in procs]
+                yield url, emulator, procs
             finally:
                 for p in procs:
                     p.stop()
     finally:
         server.drop_schema(schema)
+
+
+def pushed(final: dict, shares: list[int]) -> dict:
     return {
-        "seconds": final["seconds"].get("push", done - (first or done)),  # as the emulator saw them
         "delivered": final["delivered"],
         "busiest": final["busiest_second"].get("push", 0),
         "throttled": final["requests"].get("push", {}).get("429", 0),
         "shares": shares,
     }
+
+
+def dispatch_run(server: Server, runners: int, friends: int, rules: Path) -> dict:
+    """``runners`` runners up, then a backlog of ``friends`` pushes in the outbox to send."""
+    with cluster_on(server, rules, runners, friends) as (url, emulator, procs):
+        queue_pushes(url, friends)  # every runner is up: they find the rows within a second
+        started = time.monotonic()
+        while stats(emulator)["delivered"] < friends and time.monotonic() - started < 600:
+            time.sleep(0.05)
+        final, shares = settle(emulator, procs)
+    return {"seconds": final["seconds"].get("push", 0.0), **pushed(final, shares)}  # as the emulator saw them
 
 
 def one_run(server: Server, runners: int, friends: int, rules: Path) -> dict:
-    schema, url = server.new_schema()
-    try:
-        with emulator_process("--friends", str(friends)) as emulator:
-            procs = [Runner(rules, url, emulator) for _ in range(runners)]
-            try:
-                wait_for_leader(procs)
-                ids = [synthetic_user_id(i) for i in range(friends)]
-                now = dt.datetime.now(dt.UTC).isoformat()
-                started = time.monotonic()
-                for k in range(0, friends, 1000):
-                    batch = [{"type": "follow", "friend": f, "at": now} for f in ids[k : k + 1000]]
-                    procs[(k // 1000) % runners].post(batch)
-                posted = time.monotonic() - started
-                walked = None
-                while True:
-                    if walked is None and outbox_rows(url) >= friends:
-                        walked = time.monotonic() - started
-                    delivered = stats(emulator)["delivered"]
-                    if delivered >= friends or time.monotonic() - started > 600:
-                        break
-                    time.sleep(0.1)
-                done = time.monotonic() - started
-                time.sleep(1.5)  # nothing more may arrive: a second copy would show here
-                final = stats(emulator)
-                shares = [p.health()["cluster"]["sent_by_this_runner"] for p in procs]
-            finally:
-                for p in procs:
-                    p.stop()
-    finally:
-        server.drop_schema(schema)
-    return {
-        "runners": runners,
-        "posted": posted,
-        "walked": walked or done,
-        "done": done,
-        "delivered": final["delivered"],
-        "busiest": final["busiest_second"].get("push", 0),
-        "throttled": final["requests"].get("push", {}).get("429", 0),
-        "shares": shares,
-    }
+    """``runners`` runners up, then ``friends`` follows posted, spread over them."""
+    with cluster_on(server, rules, runners, friends) as (url, emulator, procs):
+        ids = [synthetic_user_id(i) for i in range(friends)]
+        now = dt.datetime.now(dt.UTC).isoformat()
+        started = time.monotonic()
+        for k in range(0, friends, 1000):
+            batch = [{"type": "follow", "friend": f, "at": now} for f in ids[k : k + 1000]]
+            procs[(k // 1000) % runners].post(batch)
+        posted = time.monotonic() - started
+        walked = None
+        while True:
+            if walked is None and outbox_rows(url) >= friends:
+                walked = time.monotonic() - started
+            if stats(emulator)["delivered"] >= friends or time.monotonic() - started > 600:
+                break
+            time.sleep(0.1)
+        done = time.monotonic() - started
+        final, shares = settle(emulator, procs)
+    return {"runners": runners, "posted": posted, "walked": walked or done, "done": done, **pushed(final, shares)}
 
 
 def main() -> int:

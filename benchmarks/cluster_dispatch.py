@@ -99,20 +99,10 @@ async def worker(db_url: str, line_url: str, first: int, count: int, folder: Pat
 # ----------------------------------------------------------------------------- the run
 
 
-def busiest(times: list[float], seconds: float = 1.0) -> int:
-    """The most of ``times`` within any ``seconds``."""
-    times, best, start = sorted(times), 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= seconds:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
 def phase(db_url: str, runners: int, pushes: int, **emulator_options) -> dict:
     """``runners`` processes push ``pushes`` in all through the shared limits of ``db_url`` (or
     "-": no pacing to speak of) to a fresh emulator."""
-    from engine.testing.line_emulator import run_in_thread
+    from engine.testing.line_emulator import busiest, run_in_thread
 
     with run_in_thread(**emulator_options) as emulator, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.line.dispatch import Dispatcher, OutboxItem  # noqa: E402
 from engine.line.limits import MAX_MULTICAST, RATE_LIMITS  # noqa: E402
 from engine.line.ratelimit import client_bucket  # noqa: E402
-from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id  # noqa: E402
+from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, busiest, synthetic_user_id  # noqa: E402
 
 HOST = "127.0.0.1"
 PUSH_LIMIT = RATE_LIMITS["push"].rate
@@ -230,16 +230,6 @@ def broadcast_outbox(folder: Path, friends: int) -> tuple[object, float, float]:
     store.close()
     assert rows == -(-friends // MAX_MULTICAST), f"{rows} outbox rows for {friends} friends"
     return moment, written, ticked
-
-
-def busiest(times: list[float], seconds: float = 1.0) -> int:
-    """The most of ``times`` within any ``seconds``."""
-    times, best, start = sorted(times), 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= seconds:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def log_grants(bucket) -> list[float]:

@@ -15,7 +15,7 @@ from sharedratekit import Proxy, results, start_runners
 
 from engine.line.dispatch import Dispatcher
 from engine.line.sharedrate import LATE, SHARED_WINDOW, SharedRateLimits
-from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, synthetic_user_id
+from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, busiest, synthetic_user_id
 
 LIMIT = 100  # pushes/s: LINE's 2,000 scaled down, so that a test takes seconds
 
@@ -24,15 +24,6 @@ def _paced(span: float) -> int:
     """The most requests a limiter lets go in any ``span`` seconds: one slot each 1/rate (the
     limit over the 1.05 s window), a slot used up to LATE after its moment."""
     return int((span + LATE) * LIMIT / SHARED_WINDOW) + 1
-
-
-def _busiest(times: list[float], seconds: float) -> int:
-    times, best, start = sorted(times), 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= seconds:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 @pytest.mark.line_emulator(rate_limits={"push": LIMIT})
@@ -120,7 +111,7 @@ def test_slots_reserved_but_not_used_are_lost_not_a_burst_later(pg_url):
     # after the pause, the 30 requests are paced at the rate like any others: the unused lot
     # gave no head start (a burst would let a whole lot go at once)
     for span in (0.05, 0.1, 0.2):
-        assert _busiest(times, span) <= _paced(span), (span, _busiest(times, span))
+        assert busiest(times, span) <= _paced(span), (span, busiest(times, span))
     assert metrics["endpoints"]["push"]["lost"] >= held
 
 
@@ -149,7 +140,7 @@ def test_runners_on_one_schema_share_one_schedule_and_other_schemas_are_other_ch
         same_channel, other_channel = asyncio.run(scenario())
         rate = LIMIT / 1.05
         # one channel: the two runners' 80 requests together at the channel's rate
-        assert _busiest(same_channel, 0.5) <= _paced(0.5)
+        assert busiest(same_channel, 0.5) <= _paced(0.5)
         assert same_channel[-1] - same_channel[0] >= 79 / rate - 0.05
         # the other channel was not slowed by them: its 40 took about half as long
         assert other_channel[-1] - other_channel[0] < (same_channel[-1] - same_channel[0]) * 0.75
@@ -181,7 +172,7 @@ def test_while_the_database_cannot_be_reached_requests_wait_then_resume_at_the_l
             assert limits.reachable
             assert limits.metrics["failures"] >= 1 and limits.metrics["connects"] >= 2
             # paced at the channel's rate again, not a catch-up burst
-            assert _busiest(after, 0.1) <= _paced(0.1)
+            assert busiest(after, 0.1) <= _paced(0.1)
 
     try:
         asyncio.run(scenario())

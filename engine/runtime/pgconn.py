@@ -460,10 +460,13 @@ class PgConnection:
                     cur = self._conn.execute(text, args)
                 except psycopg.Error as exc:
                     raise _as_sqlite_error(exc, text) from exc
-        count = cur.rowcount
+        return self._done(cur, text)
+
+    def _done(self, cur, text: str) -> Cursor:
+        """The cursor of a statement that ran, its writes counted."""
         if _WRITES.match(text):
-            self._written(count)
-        return Cursor(cur, count)
+            self._written(cur.rowcount)
+        return Cursor(cur, cur.rowcount)
 
     def _written(self, count: int) -> None:
         if count > 0:
@@ -509,10 +512,7 @@ class PgConnection:
                 cur.executemany(text, rows)
             except psycopg.Error as exc:
                 raise _as_sqlite_error(exc, text) from exc
-        count = cur.rowcount
-        if _WRITES.match(text):
-            self._written(count)
-        return Cursor(cur, count)
+        return self._done(cur, text)
 
     def cursor(self) -> _Plain:
         """A cursor whose ``row_factory`` may be set to None (rows are tuples here anyway)."""

@@ -2519,17 +2519,21 @@ class Store:
             row = c.execute("SELECT owner, expires_at, epoch FROM lease WHERE name = 'runner'").fetchone()
             if row is not None and row[0] != owner and row[1] > now:
                 return False
-            if row is not None and row[0] == owner:
-                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
-                return True
-            epoch = self._new_epoch()
-            c.execute(
-                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
-                "expires_at = excluded.expires_at, epoch = excluded.epoch",
-                (owner, now + ttl, epoch),
-            )
+            self._take_runner_lease(c, row, owner, now, ttl)
             return True
+
+    def _take_runner_lease(self, c, row, owner: str, now: int, ttl: int) -> None:
+        """Extend ``owner``'s ``runner`` lease (``row``: the lease as it is, or None), or give
+        it to ``owner`` with a new epoch."""
+        if row is not None and row[0] == owner:
+            c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
+            return
+        c.execute(
+            "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+            "expires_at = excluded.expires_at, epoch = excluded.epoch",
+            (owner, now + ttl, self._new_epoch()),
+        )
 
     def lease_epoch(self, owner: str) -> int | None:
         """The epoch ``owner`` claims outbox rows under (:meth:`dispatch_lease`; None when
@@ -2606,16 +2610,7 @@ class Store:
         self._lead_generation = self.conn.generation
         with self.transaction() as c:
             row = c.execute("SELECT owner FROM lease WHERE name = 'runner'").fetchone()
-            if row is not None and row[0] == owner:
-                c.execute("UPDATE lease SET expires_at = ? WHERE name = 'runner'", (now + ttl,))
-            else:
-                epoch = self._new_epoch()
-                c.execute(
-                    "INSERT INTO lease(name, owner, expires_at, epoch) VALUES ('runner', ?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
-                    "expires_at = excluded.expires_at, epoch = excluded.epoch",
-                    (owner, now + ttl, epoch),
-                )
+            self._take_runner_lease(c, row, owner, now, ttl)
         if row is not None and row[0] != owner:
             log.warning("leading the ticks of %s (the last leader, %s, is gone)", redact_url(self.path), row[0])
         return True

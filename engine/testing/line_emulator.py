@@ -572,13 +572,7 @@ class Emulator:
         window over the arrival times): what a client pacing itself at LINE's limit must keep
         at or under that limit."""
         name = self._endpoint_of(endpoint)
-        times = sorted(r.time for r in self.requests if r.endpoint == name)
-        best = start = 0
-        for end, at in enumerate(times):
-            while at - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return busiest([r.time for r in self.requests if r.endpoint == name], seconds)
 
     def status_counts(self) -> dict[str, Counter[int | None]]:
         """Per endpoint, how many requests got each status (None: connection dropped)."""
@@ -976,6 +970,17 @@ class Emulator:
     async def _admin_reply_token(self, request: web.Request) -> web.Response:
         _, user_id = await self._admin_user_id(request)
         return web.json_response({"replyToken": self.issue_reply_token(user_id)})
+
+
+def busiest(times: list[float], seconds: float = 1.0) -> int:
+    """The most of ``times`` within any ``seconds`` (a sliding window): what LINE's per-second
+    limits bound."""
+    times, best, start = sorted(times), 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= seconds:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def synthetic_user_id(index: int) -> str:
