@@ -164,9 +164,9 @@ def test_runners_whose_sessions_the_server_ends_carry_on_with_one_leader(
     runners[0].post_events([follow_event("U1")])
     wait_until(lambda: len(per_friend(line_emulator)) == 1)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        ended = conn.execute(
+        ended = conn.execute(  # the runners' sessions are named after their schema (other tests' are not ended)
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            "WHERE application_name = 'linerules ' || current_schema() AND pid <> pg_backend_pid()"
         ).fetchone()[0]
     assert ended >= 6  # three sessions per runner: the HTTP side's, the ticks', the listener's
     runners[1].wait_for(r"was lost and is open again", timeout=10)

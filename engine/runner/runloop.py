@@ -552,10 +552,13 @@ class Runner:
         queued sends. Runs on its own thread and connection until the runner stops."""
         import psycopg
 
+        from engine.runtime.pgconn import name_session
+
         loop = self._loop
         while not self.stopping:
             try:
                 with psycopg.connect(str(self.config.db), autocommit=True) as conn:
+                    name_session(conn)
                     schema = conn.execute("SELECT current_schema()").fetchone()[0]
                     wakes = {
                         f"linerules_tick_{schema}": self._wake_tick_here,

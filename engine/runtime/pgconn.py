@@ -336,6 +336,14 @@ def _as_sqlite_error(exc: Exception, statement: str | None = None) -> sqlite3.Er
 
 # ---------------------------------------------------------------------- the connection
 
+
+def name_session(conn) -> None:
+    """``application_name`` = ``linerules SCHEMA`` (what ``pg_stat_activity`` shows for the
+    runners of a channel), unless the URL named the session itself."""
+    if not conn.info.parameter_status("application_name"):
+        conn.execute("SELECT set_config('application_name', 'linerules ' || COALESCE(current_schema(), ''), false)")
+
+
 #: The server's TCP keepalives for the store's sessions: idle seconds, interval, probes.
 KEEPALIVES = (("tcp_keepalives_idle", 5), ("tcp_keepalives_interval", 2), ("tcp_keepalives_count", 3))
 
@@ -408,6 +416,7 @@ class PgConnection:
             # claims and its lead go to the others); a killed process's connection closes at once
             for setting, value in KEEPALIVES:
                 conn.execute(f"SET {setting} = {value}")
+            name_session(conn)
         except psycopg.Error as exc:
             raise _as_sqlite_error(exc) from exc
         conn.row_factory = _row_factory
