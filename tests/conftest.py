@@ -40,6 +40,7 @@ BOTH_BACKENDS = (
     "test_intake_robust",
     "test_report",
     "test_simulate",
+    "test_import",
 )
 
 

@@ -65,8 +65,8 @@ def friend(db: Path, friend_id: str) -> dict:
         store.close()
 
 
-def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tmp_path, rules):
-    db = tmp_path / "linerules.db"
+def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tmp_path, rules, fresh_db_path):
+    db = fresh_db_path  # a file, or a PostgreSQL schema
     links = tmp_path / "links.csv"
     links.write_text("customer,friend\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n", encoding="utf-8")
     assert invoke("import", "customers", str(links), "--db", str(db))[0] == 0
@@ -115,8 +115,8 @@ def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tm
     assert (u["orders"], u["total_spent"]) == (1, 4400)
 
 
-def test_history_is_applied_without_sending_anything(tmp_path, rules):
-    db = tmp_path / "linerules.db"
+def test_history_is_applied_without_sending_anything(tmp_path, rules, fresh_db_path):
+    db = fresh_db_path  # a file, or a PostgreSQL schema
     store = Store(str(db))
     project = load_project(str(rules)).project
     engine = Engine(project, store)
@@ -138,8 +138,8 @@ def test_history_is_applied_without_sending_anything(tmp_path, rules):
     store.close()
 
 
-def test_shopify_export_one_row_per_line_item_with_refunds_and_cancellations(tmp_path, rules):
-    db = tmp_path / "linerules.db"
+def test_shopify_export_one_row_per_line_item_with_refunds_and_cancellations(tmp_path, rules, fresh_db_path):
+    db = fresh_db_path  # a file, or a PostgreSQL schema
     links = tmp_path / "links.csv"
     links.write_text("email,line_user_id\nhanako@example.jp,U1\ntaro@example.jp,U2\n", encoding="utf-8")
     assert invoke("import", "customers", str(links), "--db", str(db))[0] == 0
@@ -160,8 +160,8 @@ def test_shopify_export_one_row_per_line_item_with_refunds_and_cancellations(tmp
     assert (u2["orders"], u2["total_spent"]) == (1, 5000)
 
 
-def test_plain_csv_with_columns_named_differently(tmp_path, rules):
-    db = tmp_path / "linerules.db"
+def test_plain_csv_with_columns_named_differently(tmp_path, rules, fresh_db_path):
+    db = fresh_db_path  # a file, or a PostgreSQL schema
     path = tmp_path / "orders.csv"
     path.write_text(
         "注文番号,会員ID,at,amount,product,price,quantity\n"
