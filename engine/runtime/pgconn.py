@@ -58,9 +58,6 @@ class Untranslatable(ValueError):
     """A statement uses SQLite that :func:`translate` does not know."""
 
 
-_WORD = r"[A-Za-z_][A-Za-z0-9_.]*"
-
-
 def _close_paren(sql: str, open_at: int) -> int:
     """Index of the parenthesis closing the one at ``open_at`` (literals already masked)."""
     depth = 0
