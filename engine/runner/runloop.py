@@ -298,6 +298,14 @@ class Runner:
         self.first_tick_done = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-tick")
+        #: PostgreSQL: the dispatch loop's claims and outcome flushes run here, off the event
+        #: loop (each is round trips to the server); SQLite's are quicker than a thread hop.
+        self._db: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerules-db")
+            if getattr(store, "pg", False)
+            else None
+        )
+        self._flushes: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.metrics.gauge(
@@ -462,6 +470,8 @@ class Runner:
             self.store.close()
             if wait:
                 self._executor.shutdown(wait=True)
+                if self._db is not None:
+                    self._db.shutdown(wait=True)
                 if self.engine.store is not self.store:
                     self.engine.store.close()
 
@@ -614,7 +624,7 @@ class Runner:
                 if self.auth_problem is not None:
                     await self._probe_auth()
                     continue
-                started = self.fill_slots(self.claim_ahead)
+                started = await self._fill_slots_off_loop() if self._db else self.fill_slots(self.claim_ahead)
             except LeaseLost as exc:
                 log.critical(
                     "stopping: %s; another runner took over %s, and this one writes nothing more",
@@ -639,6 +649,8 @@ class Runner:
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         self._flush()
         if self._ready and self.stopping:
             ids, self._ready = [row["id"] for row in self._ready], deque()
@@ -904,6 +916,15 @@ class Runner:
         room = self._room(ahead if self.epoch is not None else 0)
         return 0 if room is None else self._start(self._claim(room))
 
+    async def _fill_slots_off_loop(self) -> int:
+        """:meth:`fill_slots` with the claim on the database thread (PostgreSQL)."""
+        self._start_ready()
+        room = self._room(self.claim_ahead if self.epoch is not None else 0)
+        if room is None:
+            return 0
+        rows = await asyncio.get_running_loop().run_in_executor(self._db, self._claim, room)
+        return self._start(rows)
+
     async def dispatch_once(self) -> int:
         """Claim what is due now, send it and store every outcome; returns the number of rows
         claimed (for callers without the dispatch loop)."""
@@ -952,24 +973,43 @@ class Runner:
         self._landed.append((row, result))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(self.flush_delay, self._flush)
+            asyncio.get_running_loop().call_later(
+                self.flush_delay, self._flush if self._db is None else self._flush_soon
+            )
         lane, _task = self._sending.pop(row["id"], ("", None))
         self._replies_in_flight -= lane == "reply"
         self._start_ready()
         if len(self._ready) <= self.claim_ahead // 2:
             self.wake_dispatch()
 
+    def _flush_soon(self) -> None:
+        """PostgreSQL: :meth:`_flush` with the transaction on the database thread."""
+        task = asyncio.ensure_future(self._flush_off_loop())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush_off_loop(self) -> None:
+        self._flush_scheduled = False
+        batch, self._landed = self._landed, []
+        if batch:
+            now = self.now()
+            stored = await asyncio.get_running_loop().run_in_executor(self._db, self._store_outcomes, batch, now)
+            self._flushed(batch, stored)
+
     def _flush(self) -> None:
         """Store the outcomes landed so far in one transaction. A row whose outcome cannot be
         stored is sent again later with its retry key."""
         self._flush_scheduled = False
         batch, self._landed = self._landed, []
-        if not batch:
-            return
-        now = self.now()
+        if batch:
+            self._flushed(batch, self._store_outcomes(batch, self.now()))
+
+    def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime) -> list | None:
+        """The outcomes written in one transaction (:meth:`_record`'s reports), or None when they
+        could not be: then their rows go again later with their retry keys."""
         try:
             with self.store.transaction():
-                reports = self._record(batch, now)
+                return self._record(batch, now)
         except StoreError:  # logged once by the store
             log.warning(
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
@@ -980,10 +1020,15 @@ class Runner:
                 "the outcomes of %d outbox rows could not be stored; they are sent again (same retry keys)", len(batch)
             )
             self.store.release_claims(row["id"] for row, _ in batch)
-        else:
+        return None
+
+    def _flushed(self, batch: list[tuple[dict, DispatchResult]], reports: list | None) -> None:
+        """After a flush (on the event loop): count and log what was stored, and claim again
+        unless every slot was freed as the answers landed."""
+        if reports is not None:
             self._report(reports)
             if all(result.outcome in FINISHED for _, result in batch):
-                return  # the slots were freed as the answers landed
+                return
         self.wake_dispatch()  # rows to claim again, or a refused token to notice
 
     def _record(
