@@ -725,6 +725,7 @@ class Store:
         conn.lock_key = f"linerules.write:{schema}"
         conn.on_reconnect = self._new_session
         self._member: tuple[str, int, int] | None = None  # (owner, epoch, ttl) once joined
+        self._lock_classes: dict[str, int] = {}  # _lock_class
         self._lead_generation: int | None = None  # the session that holds the engine's lock
 
     def _new_session(self, conn) -> None:
@@ -2565,8 +2566,13 @@ class Store:
     # engine's session lock, :meth:`try_lead`): it alone runs the ticks.
 
     def _lock_class(self, what: str) -> int:
-        """The 32-bit class of this schema's advisory locks for ``what``."""
-        return self.conn.execute("SELECT hashtext(? || current_schema())", (f"linerules.{what}:",)).fetchone()[0]
+        """The 32-bit class of this schema's advisory locks for ``what`` (asked of the server
+        once: every claim reads the member class)."""
+        found = self._lock_classes.get(what)
+        if found is None:
+            query = "SELECT hashtext(? || current_schema())"
+            found = self._lock_classes[what] = self.conn.execute(query, (f"linerules.{what}:",)).fetchone()[0]
+        return found
 
     def join_cluster(self, owner: str, now: int, ttl: int) -> int:
         """Become a member (PostgreSQL): a new epoch under ``member:OWNER``, locked by this
