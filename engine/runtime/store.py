@@ -741,12 +741,15 @@ class Store:
             raise StoreUnavailable(f"the session that ran the ticks of {redact_url(self.path)} ended")
 
     def _rejoin(self, conn, owner: str, epoch: int, ttl: int) -> None:
-        conn.execute("SELECT pg_advisory_lock(?, ?)", (self._lock_class("member"), epoch))
-        with self.transaction() as c:
-            c.execute(
-                "INSERT INTO lease(name, owner, expires_at, epoch) VALUES (?, ?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                (self.dispatch_lease(owner), owner, int(self._time()) + ttl, epoch),
-            )
+        """On the new session itself, while the connection's lock is held (the store's lock is
+        not taken here: another thread may hold it, waiting for this connection): one
+        statement each, the lease row idempotent."""
+        raw = conn.raw()
+        raw.execute("SELECT pg_advisory_lock(%s, %s)", (self._lock_class("member"), epoch))
+        raw.execute(
+            "INSERT INTO lease(name, owner, expires_at, epoch) VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+            (self.dispatch_lease(owner), owner, int(self._time()) + ttl, epoch),
+        )
 
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
