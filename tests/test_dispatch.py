@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import socket
@@ -10,6 +11,8 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.line.dispatch import (
     Dispatcher,
@@ -539,3 +542,13 @@ async def test_emulator_issues_stateless_tokens_as_line_does(emulator):
             assert resp.status == 400 and (await resp.json())["error"] == "invalid_client"
     emulator.expire_stateless_tokens()
     assert not emulator.token_valid(body["access_token"])
+
+
+@given(st.lists(st.floats(1.6e9, 1.9e9) | st.sampled_from([1793458800.0, 1793458799.999, 1796137200.0]), max_size=40))
+def test_the_quota_month_kept_between_sends_is_the_month_of_each_moment(moments):
+    # the month's bounds are kept from one send to the next; any order of moments, month
+    # boundaries in Tokyo included, names the month the clock says
+    from engine.line.dispatch import QUOTA_ZONE, _month
+
+    for moment in moments:
+        assert _month(moment) == datetime.datetime.fromtimestamp(moment, QUOTA_ZONE).strftime("%Y-%m")

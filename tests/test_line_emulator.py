@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.line.limits import (
     INVALID_REPLY_TOKEN_MESSAGE,
@@ -21,7 +23,7 @@ from engine.line.limits import (
     RATE_LIMIT_MESSAGE,
     utf16_len,
 )
-from engine.testing.line_emulator import Emulator, run_in_thread
+from engine.testing.line_emulator import Emulator, RecordedRequest, busiest, run_in_thread
 
 TEXT = {"type": "text", "text": "hello"}
 
@@ -565,3 +567,23 @@ def test_standalone_server_runs_from_the_command_line():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@given(
+    gaps=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 1.5]) | st.floats(0, 1.5), max_size=60),
+    endpoints=st.lists(st.sampled_from(["push", "multicast"]), min_size=60, max_size=60),
+    set_back=st.none() | st.integers(0, 59),
+)
+def test_the_stats_kept_as_requests_arrive_are_the_counts_over_all_of_them(gaps, endpoints, set_back):
+    # busiest_second and span are kept per arrival, so that polling stats costs nothing; they
+    # must be what counting every recorded request gives, a clock set back included
+    now = [1000.0]
+    emulator = Emulator(clock=lambda: now[0])
+    for n, (gap, endpoint) in enumerate(zip(gaps, endpoints)):
+        now[0] += -0.75 if n == set_back else gap
+        emulator._record(RecordedRequest("POST", "/", endpoint, "id", None, b"", now[0]))
+    for endpoint in ("push", "multicast"):
+        times = [r.time for r in emulator.requests if r.endpoint == endpoint]
+        assert emulator.busiest_second(endpoint) == busiest(times)
+        assert emulator.busiest_second(endpoint, 0.3) == busiest(times, 0.3)
+        assert emulator.span(endpoint) == (max(times) - min(times) if len(times) > 1 else 0.0)

@@ -388,7 +388,19 @@ def _env_proxy(endpoint: str) -> str | None:
 
 
 def _month(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, QUOTA_ZONE).strftime("%Y-%m")
+    """The quota's month of ``epoch`` (``2026-12``), asked on every send: the last month's
+    bounds are kept, so that a send inside it costs two comparisons."""
+    start, end, label = _last_month
+    if start <= epoch < end:
+        return label
+    first = dt.datetime.fromtimestamp(epoch, QUOTA_ZONE).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    label = first.strftime("%Y-%m")
+    _last_month[:] = [first.timestamp(), following.timestamp(), label]
+    return label
+
+
+_last_month: list = [0.0, 0.0, ""]
 
 
 async def _report(on_result: ResultCallback | None, result: DispatchResult) -> None:

@@ -1007,8 +1007,10 @@ class Runner:
     def _store_outcomes(self, batch: list[tuple[dict, DispatchResult]], now: dt.datetime) -> list | None:
         """The outcomes written in one transaction (:meth:`_record`'s reports), or None when they
         could not be: then their rows go again later with their retry keys."""
+        # outcomes that only finish this runner's own rows need no schema lock (PostgreSQL)
+        finishing = all(result.outcome in FINISHED for _, result in batch)
         try:
-            with self.store.transaction():
+            with self.store.transaction(rows_only=finishing):
                 return self._record(batch, now)
         except StoreError:  # logged once by the store
             log.warning(

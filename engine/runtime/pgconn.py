@@ -31,7 +31,9 @@ SQLite                                     PostgreSQL
 Transactions keep SQLite's meaning: ``BEGIN IMMEDIATE`` takes the schema's write lock
 (``pg_advisory_xact_lock``), so write transactions of every connection to the schema — every
 runner's — follow one another as they do on one SQLite file, and a transaction's reads see
-everything committed before it began writing. Errors come out as the :mod:`sqlite3` classes
+everything committed before it began writing. ``BEGIN DEFERRED`` is a transaction without that
+lock, for writes that row locks alone keep apart (a runner storing the outcomes of the rows it
+claimed, which no other writer touches). Errors come out as the :mod:`sqlite3` classes
 the store handles (a psycopg error is their ``__cause__``), and ``numeric`` results (``SUM``)
 as ``int`` or ``float``, as on SQLite.
 """
@@ -445,6 +447,8 @@ class PgConnection:
             self._session()
         if statement == "BEGIN IMMEDIATE":
             return self._begin()
+        if statement == "BEGIN DEFERRED":
+            return self._begin(lock=False)
         if statement == "COMMIT" and self._wrote:
             self._bump()
         elif statement == "ROLLBACK":
@@ -490,14 +494,15 @@ class PgConnection:
         self._bumps += 1
         self._wrote = False
 
-    def _begin(self) -> Cursor:
-        """``BEGIN`` and the schema's write lock; when the session had ended before, once
-        more in a new session (nothing of the transaction has been done yet)."""
+    def _begin(self, lock: bool = True) -> Cursor:
+        """``BEGIN`` and (``lock``) the schema's write lock; when the session had ended before,
+        once more in a new session (nothing of the transaction has been done yet)."""
         with self._lock:
             for attempt in (1, 2):
                 try:
                     self._conn.execute("BEGIN")
-                    self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_key,))
+                    if lock:
+                        self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_key,))
                     break
                 except psycopg.Error as exc:
                     if self._conn.closed and attempt == 1:

@@ -877,9 +877,12 @@ class Store:
                 log.warning("database writes work again (%s)", os.path.abspath(self.path))
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, rows_only: bool = False) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception). Re-entrant: an inner
-        block joins the outer transaction."""
+        block joins the outer transaction. ``rows_only``: on PostgreSQL, without the schema's
+        write lock, for writes to rows no other transaction writes meanwhile (a runner's own
+        claimed outbox rows and their deliveries), which row locks keep apart; on SQLite the
+        same ``BEGIN IMMEDIATE``."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -889,7 +892,10 @@ class Store:
                     self._depth -= 1
                 return
             try:
-                self._begin()
+                if rows_only and self.pg:
+                    self.conn.execute("BEGIN DEFERRED")
+                else:
+                    self._begin()
             except sqlite3.Error as exc:
                 if is_store_fault(exc):
                     raise self._fault(exc) from None
@@ -2239,41 +2245,16 @@ class Store:
             if lease is None:
                 self._inflight = {k: t for k, t in self._inflight.items() if t > now - 60}
             skip = list(self._inflight)
-            others = self._live_epochs(mine=False) if self.pg else []
             reply_limit = limit if reply_limit is None else min(reply_limit, limit)
             other_limit = limit if other_limit is None else min(other_limit, limit)
-            with self.transaction() as c:
-                epoch = None
-                if lease is not None:
-                    epoch = self._check_lease(c, lease, now)
-                rows = []
-                for kind, cap in (("AND kind = 'reply' ", reply_limit), ("AND kind != 'reply' ", other_limit)):
-                    cap = min(cap, limit - len(rows))
-                    if cap <= 0:
-                        continue
-                    marks = ",".join("?" * len(skip))
-                    # rows another live runner claimed are its own (docs/engine.md "Several runners")
-                    theirs = ",".join("?" * len(others))
-                    rows += c.execute(
-                        "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
-                        + kind
-                        + (f"AND id NOT IN ({marks}) " if skip else "")
-                        + (f"AND (claim_epoch IS NULL OR claim_epoch NOT IN ({theirs})) " if others else "")
-                        + "ORDER BY not_before, id LIMIT ?",
-                        (now, *skip, *others, cap),
-                    ).fetchall()
-                for batch in _chunks([r["id"] for r in rows], 500):
-                    c.execute(
-                        "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 "
-                        f"WHERE id IN ({','.join('?' * len(batch))})",
-                        (now, epoch, *batch),
-                    )
+            if self.pg:
+                rows = self._claim_outbox_pg(now, limit, reply_limit, other_limit, lease, skip)
+            else:
+                rows = self._claim_outbox_rows(now, limit, reply_limit, other_limit, lease, skip)
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
             d = dict(r)
-            d["attempts"] += 1
-            d["claim_epoch"] = epoch
             # the JSON as stored, for a request body made without encoding the messages again
             d["encoded"] = (d["recipients"], d["payload"])
             for key in ("recipients", "payload", "messages"):
@@ -2283,6 +2264,109 @@ class Store:
                 d["rich_menu_id"] = d["payload"].get("richMenuId")
             out.append(d)
         return out
+
+    def _claim_outbox_rows(
+        self,
+        now: int,
+        limit: int,
+        reply_limit: int,
+        other_limit: int,
+        lease: tuple[str, int, int] | None,
+        skip: list[int],
+    ) -> list[dict]:
+        """SQLite's claim (one runner): the rows as claimed."""
+        with self.transaction() as c:
+            epoch = None
+            if lease is not None:
+                epoch = self._check_lease(c, lease, now)
+            rows = []
+            for kind, cap in (("AND kind = 'reply' ", reply_limit), ("AND kind != 'reply' ", other_limit)):
+                cap = min(cap, limit - len(rows))
+                if cap <= 0:
+                    continue
+                marks = ",".join("?" * len(skip))
+                rows += c.execute(
+                    "SELECT * FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? "
+                    + kind
+                    + (f"AND id NOT IN ({marks}) " if skip else "")
+                    + "ORDER BY not_before, id LIMIT ?",
+                    (now, *skip, cap),
+                ).fetchall()
+            for batch in _chunks([r["id"] for r in rows], 500):
+                c.execute(
+                    "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 "
+                    f"WHERE id IN ({','.join('?' * len(batch))})",
+                    (now, epoch, *batch),
+                )
+        claimed = []
+        for r in rows:
+            d = dict(r)
+            d["attempts"] += 1
+            d["claimed_at"], d["claim_epoch"] = now, epoch
+            claimed.append(d)
+        return claimed
+
+    def _claim_outbox_pg(
+        self,
+        now: int,
+        limit: int,
+        reply_limit: int,
+        other_limit: int,
+        lease: tuple[str, int, int] | None,
+        skip: list[int],
+    ) -> list:
+        """PostgreSQL's claim: one statement per kind of row (one for both when both limits
+        fit in ``limit``), without the schema's write lock. ``FOR UPDATE SKIP LOCKED`` keeps two
+        runners claiming at once from taking the same row; a row another live member claimed
+        (its member lock held, read from ``pg_locks`` in the statement) stays its own; the lease
+        is checked in the same statement. Returns the rows as claimed, in claiming order (replies
+        first, then by ``not_before`` and id)."""
+        if reply_limit + other_limit <= limit:
+            rows = self._claim_pg(now, reply_limit, other_limit, lease, skip)
+        else:
+            rows = self._claim_pg(now, reply_limit, 0, lease, skip)
+            rows += self._claim_pg(now, 0, min(other_limit, limit - len(rows)), lease, skip)
+        if not rows and lease is not None:
+            with self.transaction() as c:  # nothing came back: was it the lease?
+                self._check_lease(c, lease, now)
+        return sorted(rows, key=lambda r: (r["kind"] != "reply", r["not_before"], r["id"]))
+
+    def _claim_pg(
+        self, now: int, replies: int, others: int, lease: tuple[str, int, int] | None, skip: list[int]
+    ) -> list:
+        if replies <= 0 and others <= 0:
+            return []
+        due = (
+            "SELECT id FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? AND {kind} "
+            "AND id <> ALL(?) AND (claim_epoch IS NULL OR claim_epoch NOT IN (SELECT epoch FROM theirs)) "
+            "ORDER BY not_before, id LIMIT ? FOR UPDATE SKIP LOCKED"
+        )
+        held = "SELECT 1 FROM lease WHERE name = ? AND owner = ? AND epoch = ?" if lease is not None else "SELECT 1"
+        sql = (
+            f"WITH held AS ({held}), theirs AS (SELECT objid::bigint AS epoch FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid <> pg_backend_pid() "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = (? & 4294967295)), "
+            f"replies AS ({due.format(kind='kind = ' + repr('reply'))}), "
+            f"others AS ({due.format(kind='kind <> ' + repr('reply'))}) "
+            "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 "
+            "WHERE EXISTS (SELECT 1 FROM held) AND id = ANY(ARRAY(SELECT id FROM replies) || ARRAY(SELECT id FROM others)) "
+            "RETURNING *"
+        )
+        epoch = None if lease is None else lease[1]
+        args = (
+            *(() if lease is None else (self.dispatch_lease(lease[0]), lease[0], lease[1])),
+            self._lock_class("member"),
+            now,
+            skip,
+            max(replies, 0),
+            now,
+            skip,
+            max(others, 0),
+            now,
+            epoch,
+        )
+        return self.conn.execute(sql, args).fetchall()
 
     def _check_lease(self, c: sqlite3.Connection, lease: tuple[str, int, int], now: int) -> int:
         owner, epoch, ttl = lease
@@ -2384,7 +2468,8 @@ class Store:
         """:meth:`finish_outbox_rows` in two statements per batch (PostgreSQL, where each
         statement is a round trip to the server): the same rows written, the same values."""
         written: set[int] = set()
-        with self.transaction() as c:
+        # only this runner writes the rows it claimed (fenced by its epoch) and their deliveries
+        with self.transaction(rows_only=True) as c:
             for batch in _chunks(list(outcomes), 500):
                 for outbox_id, *_ in batch:
                     self._inflight.pop(outbox_id, None)
