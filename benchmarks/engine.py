@@ -37,6 +37,7 @@ from engine.runtime.sqlcond import CURRENT  # noqa: E402
 from engine.runtime.store import Store, remove_database  # noqa: E402
 
 START = "2026-11-01T00:00:00+09:00"
+RSS_GOAL = 300
 YEAR = 365 * 86400
 
 
@@ -157,10 +158,11 @@ def dispatch(store: Store, now: int) -> int:
     return done
 
 
-def bare_sql_equivalent(store: Store, now: int, tz) -> float:
+def bare_sql_equivalent(store: Store, now: int, tz, chunk: int = 20_000) -> float:
     """The row work of a mass send, done with plain statements, then rolled back: enrol every
     current friend, read them back, move them on, read their cap counts, write one outbox row
-    per 500 and one delivery row per friend."""
+    per 500 and one delivery row per friend. Read back ``chunk`` enrollments at a time, as the
+    engine walks them, so that the reference holds no more rows in memory than the engine does."""
     day = timeutil.local_day(now, tz)
     started = time.perf_counter()
     c = store.conn
@@ -172,34 +174,46 @@ def bare_sql_equivalent(store: Store, now: int, tz) -> float:
             f"WHERE {CURRENT}",
             (now, now),
         )
-        rows = c.execute(
-            "SELECT id, friend FROM enrollments WHERE rule = 'bare' AND state = 'active' AND due_at <= ?", (now,)
-        ).fetchall()
-        c.executemany(
-            "UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? WHERE id = ?",
-            [(now, r[0]) for r in rows],
-        )
-        c.execute(
-            "SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
-            "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' GROUP BY e.friend",
-            (day,),
-        ).fetchall()
-        outbox = []
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]  # as the store numbers them
-        for i in range(0, len(rows), 500):
-            cur = c.execute(
-                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, "
-                "not_before, status, created_at) VALUES (?, 'multicast', '[]', '[]', '[]', 'bare', "
-                "?, ?, 'pending', ?) RETURNING id",
-                (base + i // 500, f"bare-{i}", now, now),
+        done, last = 0, 0
+        while True:
+            rows = c.execute(
+                "SELECT id, friend FROM enrollments WHERE rule = 'bare' AND state = 'active' AND due_at <= ? "
+                "AND id > ? ORDER BY id LIMIT ?",
+                (now, last, chunk),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            c.executemany(
+                "UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? WHERE id = ?",
+                [(now, r[0]) for r in rows],
             )
-            outbox.append(cur.fetchone()[0])
-        c.executemany(
-            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
-            "at, local_day, counts_for_cap) VALUES (?, 'bare', 'send x', ?, ?, '[\"x\"]', 'queued', "
-            "?, ?, 1)",
-            [(r[1], r[0], outbox[i // 500], now, day) for i, r in enumerate(rows)],
-        )
+            c.execute(
+                "SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
+                "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' AND e.id BETWEEN ? AND ? "
+                "GROUP BY e.friend",
+                (day, rows[0][0], last),
+            ).fetchall()
+            outbox = {}
+            for i in range(done - done % 500, done + len(rows), 500):
+                if i < done:  # the last multicast of the chunk before, not full yet
+                    outbox[i // 500] = base + i // 500
+                    continue
+                cur = c.execute(
+                    "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, "
+                    "not_before, status, created_at) VALUES (?, 'multicast', '[]', '[]', '[]', 'bare', "
+                    "?, ?, 'pending', ?) RETURNING id",
+                    (base + i // 500, f"bare-{i}", now, now),
+                )
+                outbox[i // 500] = cur.fetchone()[0]
+            c.executemany(
+                "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
+                "at, local_day, counts_for_cap) VALUES (?, 'bare', 'send x', ?, ?, '[\"x\"]', 'queued', "
+                "?, ?, 1)",
+                [(r[1], r[0], outbox[(done + k) // 500], now, day) for k, r in enumerate(rows)],
+            )
+            done += len(rows)
     finally:
         c.execute("ROLLBACK")
     return time.perf_counter() - started
@@ -251,6 +265,8 @@ def workload(store: Store, project: ir.Project, args) -> dict:
         t = time.perf_counter()
         engine.tick(timeutil.local(end + k, tz), conditions=False)
         idle.append(time.perf_counter() - t)
+    # the engine's run (population, ticks) is over: its peak, before the reference's own work
+    engine_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bare = bare_sql_equivalent(store, heaviest[2], tz)
     bare_rows = store.conn.execute(f"SELECT COUNT(*) FROM friends f WHERE {CURRENT}").fetchone()[0]
     return {
@@ -268,6 +284,7 @@ def workload(store: Store, project: ir.Project, args) -> dict:
         "total": total,
         "bare": bare,
         "bare_rows": bare_rows,
+        "engine_rss": engine_rss,
     }
 
 
@@ -323,7 +340,10 @@ def main() -> int:
         store.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report("SQLite", sqlite, args)
-    print(f"peak RSS: {rss_mb:,.0f} MB")
+    print(
+        f"peak RSS: {sqlite['engine_rss']:,.0f} MB for the population and the ticks (goal <= {RSS_GOAL} MB at "
+        f"1,000,000 friends); {rss_mb:,.0f} MB with the bare-SQL reference and the idle ticks"
+    )
     if not args.db:
         return 0
     remove_database(args.db)

@@ -219,3 +219,49 @@ def test_a_commit_that_fails_gives_the_writers_turn_back_once(tmp_path):
     finally:
         tick.close()
         webhook.close()
+
+
+def test_members_claiming_at_once_never_take_the_same_row(pg_url):
+    # PostgreSQL: three members claim from one schema at the same moment, without the schema's
+    # write lock (FOR UPDATE SKIP LOCKED): every row goes to exactly one of them, marked with
+    # its epoch, and a row a live member claimed is not handed to another
+    import threading
+    import time
+
+    from engine.runtime.store import OutboxRow
+
+    stores = [Store(pg_url) for _ in range(3)]
+    try:
+        now = int(time.time())
+        text = [{"type": "text", "text": "hi"}]
+        stores[0].add_outbox_rows([OutboxRow("push", [f"U{i}"], text, ["m"], "r", now) for i in range(1200)], now)
+        leases = [(f"m{k}", s.join_cluster(f"m{k}", now, 30), 30) for k, s in enumerate(stores)]
+        claimed: list[list[int]] = [[] for _ in stores]
+        start = threading.Barrier(len(stores))
+
+        def claim(k: int) -> None:
+            start.wait()
+            while rows := stores[k].claim_outbox(now, 30, reply_limit=0, other_limit=30, lease=leases[k]):
+                claimed[k] += [r["id"] for r in rows]
+                assert {r["claim_epoch"] for r in rows} == {leases[k][1]}
+
+        threads = [threading.Thread(target=claim, args=(k,)) for k in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [i for c in claimed for i in c]
+        assert len(ids) == len(set(ids)) == 1200
+        assert sum(1 for c in claimed if c) >= 2  # they claimed at the same time
+        epochs = dict(stores[0].conn.execute("SELECT id, claim_epoch FROM outbox").fetchall())
+        assert all(epochs[i] == leases[k][1] for k, c in enumerate(claimed) for i in c)
+        # another member's rows stay its own while it lives: a new member finds nothing to claim
+        late = Store(pg_url)
+        try:
+            lease = ("late", late.join_cluster("late", now, 30), 30)
+            assert late.claim_outbox(now, 100, lease=lease) == []
+        finally:
+            late.close()
+    finally:
+        for s in stores:
+            s.close()

@@ -1084,8 +1084,9 @@ class Store:
             (held_after,),
         ).fetchone()[0]
 
-    def mark_processed(self, seq: int, now: int) -> None:
-        self.conn.execute("UPDATE events SET processed_at = ? WHERE seq = ?", (now, seq))
+    def mark_processed(self, seqs: Iterable[int], now: int) -> None:
+        """These events were applied (one statement for a chunk's events)."""
+        self.conn.executemany("UPDATE events SET processed_at = ? WHERE seq = ?", ((now, seq) for seq in seqs))
 
     def mark_failed(self, seq: int, now: int, error: str) -> None:
         """The event could not be processed: set it aside with the reason (not retried)."""
@@ -1120,6 +1121,13 @@ class Store:
         return row[0]
 
     # ------------------------------------------------------------------ friend state
+
+    def friend_status(self, friend_id: str) -> tuple[int | None, int | None, str | None] | None:
+        """The friend's ``(followed_at, blocked_at, source)``, or None: whether the id is a
+        friend now and where they came from, without reading the rest of the row."""
+        return self.conn.execute(
+            "SELECT followed_at, blocked_at, source FROM friends WHERE id = ?", (friend_id,)
+        ).fetchone()
 
     def friend(self, friend_id: str) -> dict | None:
         """The friend's row as a dict (``attributes`` decoded, ``tags`` a sorted list), or None."""
@@ -1213,12 +1221,12 @@ class Store:
         self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?", (at, friend_id))
 
     def follow(self, friend_id: str, at: int, source: str | None) -> None:
-        """A follow (new friend or unblock). The first follow time is kept; a new source
-        replaces the old one."""
+        """A follow (new friend or unblock), which also marks the id seen (:meth:`touch`). The first
+        follow time is kept; a new source replaces the old one."""
         self.conn.execute(
-            "UPDATE friends SET followed_at = COALESCE(followed_at, ?), blocked_at = NULL, "
-            "source = COALESCE(?, source) WHERE id = ?",
-            (at, _norm_source(source) if source else None, friend_id),
+            "UPDATE friends SET seen_at = COALESCE(seen_at, ?), followed_at = COALESCE(followed_at, ?), "
+            "blocked_at = NULL, source = COALESCE(?, source) WHERE id = ?",
+            (at, at, _norm_source(source) if source else None, friend_id),
         )
 
     def unfollow(self, friend_id: str, at: int) -> None:
@@ -2085,6 +2093,9 @@ class Store:
         return out
 
     def exit_enrollments(self, ids: Iterable[int], reason: str, now: int) -> None:
+        ids = list(ids)
+        if not ids:  # (after most events: nobody's ``exit when`` holds)
+            return
         self.conn.executemany(
             "UPDATE enrollments SET state = 'exited', exit_reason = ?, finished_at = ?, due_at = NULL "
             "WHERE id = ? AND state IN ('active', 'waiting')",

@@ -100,7 +100,7 @@ def draw(friend: str, rule: ir.Rule) -> tuple[str | None, bool]:
             variant = name
             if b < edge:
                 break
-    holdout = bucket(friend, rule.name, "holdout") < round(rule.holdout * 100)
+    holdout = bool(rule.holdout) and bucket(friend, rule.name, "holdout") < round(rule.holdout * 100)
     return variant, holdout
 
 
@@ -213,10 +213,9 @@ class Entry:
         source = None
         rules = self.by_type.get(event_type, ())
         if rules and event_type != "unfollow":
-            row = s.friend(friend) or {}
-            if row.get("followed_at") is None or row.get("blocked_at") is not None:
+            followed_at, blocked_at, source = s.friend_status(friend) or (None, None, None)
+            if followed_at is None or blocked_at is not None:
                 rules = ()
-            source = row.get("source")
         for rule in rules:
             if matches(rule.trigger, event_type, data, source):
                 walker = self.enter(rule, friend, now, at, cause=cause, event_seq=event_seq)

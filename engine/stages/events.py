@@ -44,6 +44,7 @@ class EventStage:
             if not rows:
                 return
             with s.transaction():
+                applied: list[int] = []
                 for ev in rows:
                     # one event that fails for its friend is undone alone and set aside with the
                     # reason; the others of the chunk (and every later tick) go on (SPEC §4)
@@ -65,8 +66,9 @@ class EventStage:
                         s.mark_failed(ev.seq, now, reason)
                         result.failed += 1
                         continue
-                    s.mark_processed(ev.seq, now)
+                    applied.append(ev.seq)
                     result.events += 1
+                s.mark_processed(applied, now)
 
     def next_moment(self, after: int) -> int | None:
         """When a follow held by the grace (and the friend's later events) may go on."""
@@ -84,10 +86,11 @@ class EventStage:
             if shop.friend is None:
                 return  # kept for a customer not linked yet; counts once linked
             friend, data = shop.friend, shop.data
-        s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
         if ev.type == "follow":
-            s.follow(friend, at, data.get("source"))
-        elif ev.type == "unfollow":
+            s.follow(friend, at, data.get("source"))  # seen, too
+        else:
+            s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
+        if ev.type == "unfollow":
             s.unfollow(friend, at)
         elif ev.type in ("cart", "view"):
             s.track(friend, ev.type, data.get("product"), at, seq=ev.seq)
