@@ -175,16 +175,17 @@ def bare_sql_equivalent(store: Store, now: int, tz, chunk: int = 20_000) -> floa
             (now, now),
         )
         base = c.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM outbox").fetchone()[0]  # as the store numbers them
-        done, last = 0, 0
-        while True:
+        done = 0
+        # the INSERT numbered the new enrollments in one run of ids: read them back by id ranges
+        first, last = c.execute("SELECT MIN(id), MAX(id) FROM enrollments WHERE rule = 'bare'").fetchone()
+        for lo in range(first or 0, (last or -1) + 1, chunk):
             rows = c.execute(
-                "SELECT id, friend FROM enrollments WHERE rule = 'bare' AND state = 'active' AND due_at <= ? "
-                "AND id > ? ORDER BY id LIMIT ?",
-                (now, last, chunk),
+                "SELECT id, friend FROM enrollments WHERE id BETWEEN ? AND ? AND rule = 'bare' "
+                "AND state = 'active' AND due_at <= ? ORDER BY id",
+                (lo, lo + chunk - 1, now),
             ).fetchall()
             if not rows:
-                break
-            last = rows[-1][0]
+                continue
             c.executemany(
                 "UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? WHERE id = ?",
                 [(now, r[0]) for r in rows],
@@ -193,7 +194,7 @@ def bare_sql_equivalent(store: Store, now: int, tz, chunk: int = 20_000) -> floa
                 "SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
                 "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' AND e.id BETWEEN ? AND ? "
                 "GROUP BY e.friend",
-                (day, rows[0][0], last),
+                (day, rows[0][0], rows[-1][0]),
             ).fetchall()
             outbox = {}
             for i in range(done - done % 500, done + len(rows), 500):
