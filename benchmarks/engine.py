@@ -190,10 +190,10 @@ def bare_sql_equivalent(store: Store, now: int, tz, chunk: int = 20_000) -> floa
                 "UPDATE enrollments SET state = 'done', step_id = NULL, due_at = NULL, finished_at = ? WHERE id = ?",
                 [(now, r[0]) for r in rows],
             )
-            c.execute(
-                "SELECT e.friend, COUNT(d.id) FROM enrollments e LEFT JOIN deliveries d ON d.friend = e.friend "
-                "AND d.local_day = ? AND d.counts_for_cap = 1 WHERE e.rule = 'bare' AND e.id BETWEEN ? AND ? "
-                "GROUP BY e.friend",
+            c.execute(  # each friend's sends counting for today's cap (one enrollment per friend)
+                "SELECT e.friend, (SELECT COUNT(*) FROM deliveries d WHERE d.friend = e.friend "
+                "AND d.local_day = ? AND d.counts_for_cap = 1) FROM enrollments e "
+                "WHERE e.id BETWEEN ? AND ? AND e.rule = 'bare'",
                 (day, rows[0][0], rows[-1][0]),
             ).fetchall()
             outbox = {}

@@ -769,7 +769,7 @@ class Store:
     def _open(self, path: str, checkpoints: bool) -> None:
         if path != ":memory:" and os.path.isdir(path):
             raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512)
         conn.row_factory = sqlite3.Row
         self.conn = conn
         if _linerules_version(conn) is None:  # tables of another program: leave them alone
