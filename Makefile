@@ -20,8 +20,8 @@ run: setup
 
 # The suite on TEST_WORKERS processes (pytest-xdist; tests are handed out as workers free up;
 # more workers than cores, as much of the suite waits on real time: hung requests, rate limits),
-# then the tests that bound one time by a share of another (marked `timing`) alone, so that the
-# other workers cannot skew them. `make test TEST_WORKERS=0` runs the first part in one process.
+# then the tests that bound one time by a share of another, or count arrivals within a tenth of a
+# second (marked `timing`), alone, so that the other workers cannot skew them. `make test TEST_WORKERS=0` runs the first part in one process.
 # Bytecode is cached even where the environment says not to (PYTHONDONTWRITEBYTECODE): without it
 # every test process and every runner it starts compiles the project, and pytest rewrites the
 # asserts of every test module again, seconds each time.

@@ -18,7 +18,8 @@ review request. 30% of the friends buy half a day after following.
   dispatcher sends), as huey's result is the ``sends`` rows.
 
 Both get the same events at the same virtual times and must make the same number of coupons
-and reviews. Prints each side's wall time (median of ``--runs``), friend-steps per second, and
+and reviews. The sides run in turn, each after ``os.sync()``, so that none pays for the writes
+the one before it left to the disk. Prints each side's wall time (median of ``--runs``), friend-steps per second, and
 the ratio huey / linerules (goal >= 20).
 """
 
@@ -212,6 +213,9 @@ def main() -> int:
             results = {}
             for _ in range(args.runs):
                 for name in sides:
+                    # each side starts with the disk idle: without this, the write-back of the side
+                    # before (huey's files) lands in the next side's checkpoints and fsyncs
+                    os.sync()
                     with tempfile.TemporaryDirectory() as tmp:
                         if name == "linerules":
                             spent, coupons, reviews = run_linerules(friends, buyers, tmp, project)

@@ -319,6 +319,7 @@ async def test_token_buckets_keep_a_burst_under_the_rate(emulator):
     assert elapsed >= 0.6  # 60 requests at 90/s, bursts of 1
 
 
+@pytest.mark.timing  # arrival times within 0.1 s: a loaded machine bunches them
 async def test_a_full_bucket_never_lets_a_second_hold_more_than_the_limit(emulator):
     """The emulator's arrival times: no second (a sliding window) holds more requests than the
     client's limit, from the first second on, and the limit is still reached."""
@@ -470,6 +471,7 @@ def test_unknown_rate_names_are_refused():
         Emulator(rate_limits={"pushh": 5})
 
 
+@pytest.mark.timing  # arrival times within 0.1 s: a loaded machine bunches them
 async def test_multicasts_keep_to_lines_200_per_second_without_bursts(emulator):
     """LINE's own limits on both sides: the dispatcher paces 300 multicasts so that no second
     (and no tenth of a second) holds more than LINE allows, and nothing is answered 429."""
