@@ -639,6 +639,18 @@ _json = payload_json
 _OF_RULE = "grp IN (SELECT grp FROM temp.lr_groups WHERE rule = :rule)"
 
 
+class _Claim(NamedTuple):
+    """What :meth:`Store.claim_outbox` was asked for: rows due at ``now``, at most ``limit``
+    (``replies`` replies, ``others`` other rows), fenced by ``lease``, not those in ``skip``."""
+
+    now: int
+    limit: int
+    replies: int
+    others: int
+    lease: tuple[str, int, int] | None
+    skip: list[int]
+
+
 def bucket(friend: str, rule: str, salt: str = "") -> int:
     """A stable bucket 0..9999 for (friend, rule): the split variant and holdout draw."""
     digest = hashlib.sha256(f"{salt}\x1f{rule}\x1f{friend}".encode()).digest()
@@ -2258,10 +2270,8 @@ class Store:
             skip = list(self._inflight)
             reply_limit = limit if reply_limit is None else min(reply_limit, limit)
             other_limit = limit if other_limit is None else min(other_limit, limit)
-            if self.pg:
-                rows = self._claim_outbox_pg(now, limit, reply_limit, other_limit, lease, skip)
-            else:
-                rows = self._claim_outbox_rows(now, limit, reply_limit, other_limit, lease, skip)
+            ask = _Claim(now, limit, reply_limit, other_limit, lease, skip)
+            rows = self._claim_outbox_pg(ask) if self.pg else self._claim_outbox_rows(ask)
             self._inflight.update((r["id"], now) for r in rows)
         out = []
         for r in rows:
@@ -2276,16 +2286,9 @@ class Store:
             out.append(d)
         return out
 
-    def _claim_outbox_rows(
-        self,
-        now: int,
-        limit: int,
-        reply_limit: int,
-        other_limit: int,
-        lease: tuple[str, int, int] | None,
-        skip: list[int],
-    ) -> list[dict]:
+    def _claim_outbox_rows(self, ask: _Claim) -> list[dict]:
         """SQLite's claim (one runner): the rows as claimed."""
+        now, limit, reply_limit, other_limit, lease, skip = ask
         with self.transaction() as c:
             epoch = None
             if lease is not None:
@@ -2317,21 +2320,14 @@ class Store:
             claimed.append(d)
         return claimed
 
-    def _claim_outbox_pg(
-        self,
-        now: int,
-        limit: int,
-        reply_limit: int,
-        other_limit: int,
-        lease: tuple[str, int, int] | None,
-        skip: list[int],
-    ) -> list:
+    def _claim_outbox_pg(self, ask: _Claim) -> list:
         """PostgreSQL's claim: one statement per kind of row (one for both when both limits
         fit in ``limit``), without the schema's write lock. ``FOR UPDATE SKIP LOCKED`` keeps two
         runners claiming at once from taking the same row; a row another live member claimed
         (its member lock held, read from ``pg_locks`` in the statement) stays its own; the lease
         is checked in the same statement. Returns the rows as claimed, in claiming order (replies
         first, then by ``not_before`` and id)."""
+        now, limit, reply_limit, other_limit, lease, skip = ask
         if reply_limit + other_limit <= limit:
             rows = self._claim_pg(now, reply_limit, other_limit, lease, skip)
         else:
