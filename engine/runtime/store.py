@@ -1415,13 +1415,17 @@ class Store:
         reply_token: str | None = None,
         reply_deadline: int | None = None,
         event_seq: int | None = None,
+        first_only: bool = False,
     ) -> int | None:
-        """Insert one active enrollment due at ``now``; None if the occurrence was taken.
+        """Insert one active enrollment due at ``now``; None if the occurrence was taken (with
+        ``first_only``, also when the friend was ever in the rule: the re-entry policy
+        ``never``, checked by the insert itself).
         ``event_seq``: the event that caused the entry (not "since entering"; templates' ``event``)."""
+        only = " WHERE NOT EXISTS (SELECT 1 FROM enrollments x WHERE x.friend = ? AND x.rule = ?)" if first_only else ""
         row = self.conn.execute(
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
             "variant, holdout, entered_at, occurrence, cause_seq, reply_token, reply_deadline, entry_seq, "
-            "event_seq) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            f"event_seq) SELECT ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?{only} RETURNING id",
             (
                 friend,
                 rule,
@@ -1437,6 +1441,7 @@ class Store:
                 reply_deadline,
                 event_seq,
                 event_seq,
+                *((friend, rule) if first_only else ()),
             ),
         ).fetchone()
         return row[0] if row else None

@@ -152,7 +152,10 @@ class Entry:
     ) -> Walker | None:
         """Enrol one friend if the re-entry policy and the entry filter allow it."""
         s = self.ctx.store
-        if not may_enter(rule, s.last_enrollment(friend, rule.name), now):
+        # a rule entered once per friend (no ``reenter``) and no entry filter: the insert itself
+        # checks that the friend was never in it, one statement instead of two
+        first_only = rule.entry is None and rule.reenter.mode not in ("always", "after")
+        if not first_only and not may_enter(rule, s.last_enrollment(friend, rule.name), now):
             return None
         if rule.entry is not None:
             c = self.ctx.cond(rule.entry, False)
@@ -175,6 +178,7 @@ class Entry:
             reply_token=cause.reply_token,
             reply_deadline=cause.reply_deadline,
             event_seq=event_seq,
+            first_only=first_only,
         )
         if eid is None:
             return None
