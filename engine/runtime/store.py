@@ -639,6 +639,15 @@ _json = payload_json
 _OF_RULE = "grp IN (SELECT grp FROM temp.lr_groups WHERE rule = :rule)"
 
 
+#: The epochs (``epoch``) of the members whose lock is held now (PostgreSQL; parameter: the
+#: schema's member lock class).
+_MEMBER_LOCKS = (
+    "SELECT objid::bigint AS epoch FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint = (? & 4294967295)"
+)
+
+
 class _Claim(NamedTuple):
     """What :meth:`Store.claim_outbox` was asked for: rows due at ``now``, at most ``limit``
     (``replies`` replies, ``others`` other rows), fenced by ``lease``, not those in ``skip``."""
@@ -2355,10 +2364,7 @@ class Store:
         )
         held = "SELECT 1 FROM lease WHERE name = ? AND owner = ? AND epoch = ?" if lease is not None else "SELECT 1"
         sql = (
-            f"WITH held AS ({held}), theirs AS (SELECT objid::bigint AS epoch FROM pg_locks "
-            "WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND pid <> pg_backend_pid() "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid::bigint = (? & 4294967295)), "
+            f"WITH held AS ({held}), theirs AS ({_MEMBER_LOCKS} AND pid <> pg_backend_pid()), "
             f"replies AS ({due.format(kind='kind = ' + repr('reply'))}), "
             f"others AS ({due.format(kind='kind <> ' + repr('reply'))}) "
             "UPDATE outbox SET claimed_at = ?, claim_epoch = ?, attempts = attempts + 1 "
@@ -2690,14 +2696,9 @@ class Store:
         self._member = (owner, epoch, ttl)
         return epoch
 
-    def _live_epochs(self, mine: bool = True) -> list[int]:
-        """Epochs whose member lock is held now (``mine=False``: by other connections)."""
-        rows = self.conn.execute(
-            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid::bigint = (? & 4294967295)" + ("" if mine else " AND pid <> pg_backend_pid()"),
-            (self._lock_class("member"),),
-        ).fetchall()
+    def _live_epochs(self) -> list[int]:
+        """Epochs whose member lock is held now."""
+        rows = self.conn.execute(_MEMBER_LOCKS, (self._lock_class("member"),)).fetchall()
         return [int(r[0]) for r in rows]
 
     def _drop_gone_members(self, c) -> None:
