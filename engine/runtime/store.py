@@ -1541,13 +1541,15 @@ class Store:
             f"INSERT INTO intents({', '.join(INTENT_COLUMNS)}) VALUES ({', '.join('?' * len(INTENT_COLUMNS))})", rows
         )
 
-    def defer_intents(self, rule: str, opening: int, now: int) -> None:
-        """Due sends of ``rule`` (not answers) wait for the window's next ``opening``."""
+    def defer_intents(self, rules: Sequence[str], opening: int, now: int) -> None:
+        """Due sends of ``rules`` (not answers) wait for their window's next ``opening``."""
+        marks = ",".join("?" * len(rules))
         self.conn.execute(
-            "UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule = ?", (opening, now, rule)
+            f"UPDATE intents SET due_at = ? WHERE due_at <= ? AND answer = 0 AND rule IN ({marks})",
+            (opening, now, *rules),
         )
-        for (occurrence,) in self.conn.execute(
-            "SELECT occurrence FROM audience_sends WHERE rule = ? AND due_at <= ?", (rule, now)
+        for rule, occurrence in self.conn.execute(
+            f"SELECT rule, occurrence FROM audience_sends WHERE rule IN ({marks}) AND due_at <= ?", (*rules, now)
         ).fetchall():
             self.conn.execute(
                 "UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due <= ?",

@@ -87,11 +87,14 @@ class DeliverStage:
         """Sends due while their window is closed (after a reload, or a hold that ended outside
         it) wait for its opening; overdue ones become due now."""
         s, ctx = self.ctx.store, self.ctx
+        closed: dict[int, list[str]] = {}  # the next opening -> the rules whose window opens then
         for name, rule in ctx.rules.items():
             if rule.window or ctx.settings.window:
                 opening = timeutil.next_opening(now, rule.window or ctx.settings.window, ctx.tz)
                 if opening > now:
-                    s.defer_intents(name, opening, now)
+                    closed.setdefault(opening, []).append(name)
+        for opening, names in closed.items():  # (most rules share the account's window)
+            s.defer_intents(names, opening, now)
         s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
 
 
