@@ -49,6 +49,7 @@ from dispatch import emulator_process, stats  # noqa: E402
 from engine.line.limits import RATE_LIMITS  # noqa: E402
 from engine.testing.line_emulator import DEFAULT_ACCESS_TOKEN, DEFAULT_CHANNEL_SECRET, synthetic_user_id  # noqa: E402
 from engine.testing.pgserver import Server, open_server  # noqa: E402
+from engine.testing.webhooks import post_events  # noqa: E402
 
 PUSH_LIMIT = RATE_LIMITS["push"].rate
 API_TOKEN = "bench-token"
@@ -90,14 +91,7 @@ class Runner:
             return json.load(err)
 
     def post(self, events: list[dict]) -> None:
-        req = urllib.request.Request(
-            self.url + "/events",
-            data=json.dumps(events).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
+        post_events(self.url, events, API_TOKEN, timeout=60)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -22,7 +22,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 import forkkit
-from engine.testing.webhooks import line_event
+from engine.testing.webhooks import line_event, post_events
 from enginekit import write_folder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,14 +132,7 @@ class RunnerProcess:
             return err.code, json.loads(err.read())
 
     def post_events(self, events: list[dict]) -> dict:
-        req = urllib.request.Request(
-            self.url + "/events",
-            data=json.dumps(events).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_TOKEN}"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
+        return post_events(self.url, events, API_TOKEN)
 
     def post_webhook(self, signed: tuple[bytes, dict[str, str]]) -> int:
         """POST a signed webhook (``line_webhook(*events)``) to ``/callback``; the status."""

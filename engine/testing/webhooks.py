@@ -1,4 +1,5 @@
-"""Webhooks as LINE sends them: the body, its ``x-line-signature`` and the events in it.
+"""Webhooks as LINE sends them: the body, its ``x-line-signature`` and the events in it; and
+the shop's own ``POST /events`` (:func:`post_events`).
 
 Computed here with :mod:`hmac` on their own (not with linerules' code), so that a test signing
 with these checks the runner's verification rather than repeating it::
@@ -15,6 +16,7 @@ import hmac
 import itertools
 import json
 import time
+import urllib.request
 from typing import Any
 
 #: The header LINE signs its webhooks in.
@@ -26,6 +28,19 @@ _event_ids = itertools.count(1)
 def signature(body: bytes, secret: str) -> str:
     """``x-line-signature`` for ``body``: base64 of HMAC-SHA256 keyed with the channel secret."""
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def post_events(base_url: str, events: list[dict[str, Any]], token: str, timeout: float = 5) -> Any:
+    """POST ``events`` to a runner's ``/events`` with the API token; the answer's JSON (an
+    ``HTTPError`` for a 4xx or 5xx)."""
+    request = urllib.request.Request(
+        base_url + "/events",
+        data=json.dumps(events).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.loads(resp.read())
 
 
 def webhook_body(*events: dict[str, Any], destination: str = "Ubot") -> bytes:
