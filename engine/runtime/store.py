@@ -790,7 +790,7 @@ class Store:
     def _open(self, path: str, checkpoints: bool) -> None:
         if path != ":memory:" and os.path.isdir(path):
             raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         self.conn = conn
         if _linerules_version(conn) is None:  # tables of another program: leave them alone
@@ -2350,7 +2350,8 @@ class Store:
             rows = self._claim_pg(now, reply_limit, 0, lease, skip)
             rows += self._claim_pg(now, 0, min(other_limit, limit - len(rows)), lease, skip)
         if not rows and lease is not None:
-            with self.transaction() as c:  # nothing came back: was it the lease?
+            # nothing came back: was it the lease? (this runner's own member row: no schema lock)
+            with self.transaction(rows_only=True) as c:
                 self._check_lease(c, lease, now)
         return sorted(rows, key=lambda r: (r["kind"] != "reply", r["not_before"], r["id"]))
 
