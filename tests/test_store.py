@@ -265,3 +265,23 @@ def test_members_claiming_at_once_never_take_the_same_row(pg_url):
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_member_whose_lease_row_is_gone_claims_nothing_and_is_told(pg_url):
+    # PostgreSQL: the lease is checked inside the claim statement; a member whose lease row no
+    # longer names its epoch claims no row, due ones included, and gets LeaseLost
+    import time
+
+    from engine.runtime.store import LeaseLost, OutboxRow
+
+    store = Store(pg_url)
+    try:
+        now = int(time.time())
+        store.add_outbox_rows([OutboxRow("push", ["U1"], [{"type": "text", "text": "hi"}], ["m"], "r", now)], now)
+        epoch = store.join_cluster("m0", now, 30)
+        store.conn.execute("UPDATE lease SET epoch = ? WHERE name = ?", (epoch + 100, store.dispatch_lease("m0")))
+        with pytest.raises(LeaseLost):
+            store.claim_outbox(now, 10, lease=("m0", epoch, 30))
+        assert store.conn.execute("SELECT claimed_at, claim_epoch FROM outbox").fetchall() == [(None, None)]
+    finally:
+        store.close()
