@@ -41,8 +41,20 @@ class CondCompiler:
     """Turns conditions into SQL; ``with_enrollment`` says whether ``e`` is in scope (without
     it, "since entering the rule" means "ever" and ``variant`` is false)."""
 
-    def __init__(self, segments: dict[str, ir.Segment], *, with_enrollment: bool, dialect: str = "sqlite"):
+    def __init__(
+        self,
+        segments: dict[str, ir.Segment],
+        *,
+        with_enrollment: bool,
+        dialect: str = "sqlite",
+        ranked: list[Ranking] | None = None,
+    ):
         self.segments = segments
+        #: None: a ``top`` ranks every current friend in the query itself (a window function);
+        #: a list: it compares the friend's kept value (``measure_values``) with the threshold
+        #: parameter of its :class:`Ranking`, appended here (condition triggers,
+        #: engine/stages/conditions.py)
+        self.ranked = ranked
         #: ``sqlite`` or ``postgresql``: the dialect of the few expressions that differ (typed
         #: attribute values); everything else is written once and translated for PostgreSQL by
         #: :mod:`engine.runtime.pgconn`.
@@ -94,6 +106,13 @@ class CondCompiler:
             op = _OPS[c.op]
             kind = "string" if isinstance(c.value, str) else "number"
             return f"COALESCE(({self.measure(c.measure, kind=kind)}) {op} {self._lit(c.value)}, FALSE)"
+        if isinstance(c, ir.Top) and self.ranked is not None:
+            rank = Ranking(f"top{len(self.ranked)}", measure_key(c.measure), c.measure, c.percent / 100.0)
+            self.ranked.append(rank)
+            return (
+                f"(COALESCE((SELECT mv.value FROM measure_values mv WHERE mv.measure = {self._lit(rank.key)} "
+                f"AND mv.friend = f.id), 0) > :{rank.param})"
+            )
         if isinstance(c, ir.Top):
             join = ""
             if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
@@ -180,6 +199,121 @@ class CondCompiler:
             f"(CASE WHEN json_type({alias}.attributes, {path}) IN {types} "
             f"THEN json_extract({alias}.attributes, {path}) END)"
         )
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One ``top`` of a condition compiled with ``ranked``: the friends whose kept value of
+    ``measure`` (key ``key`` in ``measure_values``) is above the threshold parameter ``param``
+    are the top ``share`` of the current friends (:func:`threshold`)."""
+
+    param: str
+    key: str
+    measure: ir.Measure
+    share: float
+
+
+def measure_key(m: ir.Measure) -> str:
+    """The name under which a measure's values are kept (``spent|31536000``, ``orders|``)."""
+    return f"{m.name}|{'' if m.within is None else int(m.within)}"
+
+
+def top_count(share: float, friends: int) -> int:
+    """How many of ``friends`` (ranked from the highest value) a top ``share`` keeps at most:
+    the largest k with k / friends <= share, as ``CUME_DIST() <= share`` compares it."""
+    if friends <= 0:
+        return 0
+    k = min(friends, max(0, int(share * friends)))
+    while k < friends and (k + 1) / friends <= share:
+        k += 1
+    while k > 0 and k / friends > share:
+        k -= 1
+    return k
+
+
+def measure_fill(m: ir.Measure, compiler: CondCompiler, *, some: bool) -> str:
+    """``INSERT`` of the non-zero values of measure ``m`` (parameters ``:key``, ``:now``) of
+    every current friend (``some``: of those in ``temp.lr_mcand``), the values a ``top`` ranks
+    (missing counts as 0, as in the ranking)."""
+    if not some and m.within is not None and m.name in ("spent", "total_spent"):
+        value = "COALESCE(s.total, 0)"
+        source = (
+            "friends f LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
+            f"WHERE a.kind = 'order' AND a.at > :now - {int(m.within)} GROUP BY a.friend) s ON s.friend = f.id"
+        )
+    else:
+        value = f"COALESCE({compiler.measure(m)}, 0)"
+        source = "temp.lr_mcand c CROSS JOIN friends f ON f.id = c.id" if some else "friends f"
+    return (
+        "INSERT INTO measure_values(measure, friend, value) SELECT :key, id, v FROM "
+        f"(SELECT f.id AS id, {value} AS v FROM {source} WHERE {CURRENT}) x WHERE v <> 0"
+    )
+
+
+def _terms(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[tuple[str, str | None, int]] | None:
+    """The terms of ``cond`` counting back from now, as (what, activity kind, seconds): what is
+    ``activity`` (rows of that kind; None: any), ``followed_at`` or ``last_purchase_at``.
+    None when some part of the condition is not understood here."""
+    out: list[tuple[str, str | None, int]] = []
+    stack: list[str] = []
+
+    def measure(m: ir.Measure) -> None:
+        if m.within is not None:
+            out.append(("activity", "order" if m.name in ("spent", "total_spent") else None, int(m.within)))
+
+    def walk(c: ir.Cond) -> bool:
+        if isinstance(c, (ir.All, ir.AnyOf)):
+            return all(walk(i) for i in c.items)
+        if isinstance(c, ir.Not):
+            return walk(c.item)
+        if isinstance(c, ir.Activity):
+            if c.within is not None:
+                kind = "order" if c.kind == "purchase" and not (c.product or c.category) else c.kind
+                out.append(("activity", kind, int(c.within)))
+            return True
+        if isinstance(c, ir.FriendFor):
+            out.append(("followed_at", None, int(c.seconds)))
+            return True
+        if isinstance(c, ir.LastPurchaseOlder):
+            out.append(("last_purchase_at", None, int(c.seconds)))
+            return True
+        if isinstance(c, (ir.Compare, ir.Top)):
+            measure(c.measure)
+            return True
+        if isinstance(c, ir.InSegment):
+            if c.name in stack or c.name not in segments:
+                return True
+            stack.append(c.name)
+            try:
+                return walk(segments[c.name].cond)
+            finally:
+                stack.pop()
+        return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
+
+    return out if walk(cond) else None
+
+
+def crossings(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
+    """Queries (parameters ``:since``, ``:now``) of the friends for whom time alone may have
+    changed ``cond`` between the moments ``since`` and ``now``: a stored time crossed by a term
+    counting back from now (``within``, ``older than``, ``friend for``). None when some part of
+    the condition is not understood here (then every friend must be checked)."""
+    terms = _terms(cond, segments)
+    if terms is None:
+        return None
+    out = []
+    for what, kind, seconds in dict.fromkeys(terms):
+        span = f"> :since - {seconds} AND {{c}} <= :now - {seconds}"
+        if what == "activity":
+            where = f"at {span.format(c='at')}" + (f" AND kind = '{kind}'" if kind else "")
+            out.append(f"SELECT friend FROM activity WHERE {where}")
+        elif what == "followed_at":
+            out.append(
+                f"SELECT id FROM friends WHERE followed_at {span.format(c='followed_at')} AND blocked_at IS NULL"
+            )
+        else:
+            out.append(f"SELECT id FROM friends WHERE last_purchase_at {span.format(c='last_purchase_at')}")
+    return out
 
 
 def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:

@@ -1,0 +1,165 @@
+"""Condition triggers checked by what changed (docs/engine.md "Condition triggers"): after its
+first check, a rule looks only at the friends something may have changed for. Whatever
+happens between two checks, it must enter exactly whom a check of every friend would."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.interpreter import Engine
+from engine.runtime.store import Store
+from enginekit import at, compile_rules, ev
+
+RULES = """
+rule lapsed
+  when last purchase older than 5d
+  reenter after 3d
+  then send a
+
+rule ranked
+  when in segment big
+  unless tagged done
+  then
+    send b
+    tag done
+
+rule fresh
+  when friend for 2d and not purchased within 3d
+  reenter always
+  then
+    wait 1d
+    send c
+
+rule carted
+  when carted within 2d and spent within 4d >= 100
+  reenter after 1d
+  then send d
+
+rule rich
+  when top 40% by total_spent and not tagged rich
+  then
+    send e
+    tag rich
+
+rule fan
+  when score >= 3 or followed via qr=shop
+  reenter always
+  exit when score < 3
+  then
+    wait 2d
+    send f
+
+segment big: top 30% by spent within 6d or orders >= 3
+"""
+
+FRIENDS = [f"U{i}" for i in range(6)]
+START = at("2026-11-01 09:00")
+
+event = st.one_of(
+    st.tuples(st.just("follow"), st.sampled_from(FRIENDS), st.sampled_from([None, "qr=shop", "ad=x"])),
+    st.tuples(st.just("unfollow"), st.sampled_from(FRIENDS), st.none()),
+    st.tuples(st.just("purchase"), st.sampled_from(FRIENDS), st.integers(1, 400)),
+    st.tuples(st.just("cart"), st.sampled_from(FRIENDS), st.none()),
+    st.tuples(st.just("tag"), st.sampled_from(FRIENDS), st.sampled_from(["done", "rich", "x"])),
+    st.tuples(st.just("untag"), st.sampled_from(FRIENDS), st.sampled_from(["done", "rich", "x"])),
+    st.tuples(st.just("attributes"), st.sampled_from(FRIENDS), st.integers(0, 5)),
+)
+#: hours to the next check, and the events in between (at its start)
+steps = st.lists(st.tuples(st.integers(1, 60), st.lists(event, max_size=5)), min_size=1, max_size=14)
+
+
+def _event(kind: str, friend: str, arg, when: dt.datetime, n: int):
+    stamp = when.strftime("%Y-%m-%d %H:%M")
+    if kind == "follow":
+        return ev("follow", friend, stamp, **({"source": arg} if arg else {}))
+    if kind == "unfollow":
+        return ev("unfollow", friend, stamp)
+    if kind == "purchase":
+        return ev("purchase", friend, stamp, order_id=f"O{n}", amount=arg, items=[])
+    if kind == "cart":
+        return ev("cart", friend, stamp, product="SKU1")
+    if kind == "tag":
+        return ev("tag", friend, stamp, add=[arg], remove=[])
+    if kind == "untag":
+        return ev("tag", friend, stamp, add=[], remove=[arg])
+    return ev("attributes", friend, stamp, set={"score": arg})
+
+
+def _entries(store: Store) -> list[tuple]:
+    return sorted(
+        tuple(r)
+        for r in store.conn.execute(
+            "SELECT friend, rule, entered_at, holdout, state, finished_at FROM enrollments"
+        ).fetchall()
+    )
+
+
+def _replay(timeline, db_a: str, db_b: str) -> None:
+    project = compile_rules(RULES)
+    stores = [Store(db_a), Store(db_b)]
+    engines = [Engine(project, s, clock=lambda: START) for s in stores]
+    engines[1].conditions.incremental = False
+    now, n = START, 0
+    try:
+        for hours, events in timeline:
+            batch = []
+            for kind, friend, arg in events:
+                n += 1
+                batch.append(_event(kind, friend, arg, now, n))
+            for store, engine in zip(stores, engines, strict=True):
+                if batch:
+                    store.apply_events(batch, received_at=0)
+                engine.tick(now)
+            assert _entries(stores[0]) == _entries(stores[1]), f"at {now}"
+            now += dt.timedelta(hours=hours)
+        for engine in engines:
+            engine.tick(now)
+        assert _entries(stores[0]) == _entries(stores[1])
+    finally:
+        for s in stores:
+            s.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(timeline=steps)
+def test_checking_what_changed_enters_whom_checking_everyone_would(timeline, backend, tmp_path):
+    if backend.pg:
+        _replay(timeline, backend.new_db(), backend.new_db())
+    else:
+        name = uuid.uuid4().hex
+        _replay(timeline, str(tmp_path / f"{name}-a.db"), str(tmp_path / f"{name}-b.db"))
+
+
+def test_a_quiet_check_reads_only_the_changed_friends(backend, tmp_path):
+    """After the first check, a check reads the friends changed since, not every friend."""
+    project = compile_rules(RULES)
+    store = Store(backend.new_db() if backend.pg else str(tmp_path / "q.db"))
+    engine = Engine(project, store, clock=lambda: START)
+    store.apply_events(
+        [ev("follow", f"F{i}", "2026-11-01 09:00") for i in range(300)]
+        + [ev("purchase", f"F{i}", "2026-11-01 09:00", order_id=f"A{i}", amount=i + 1, items=[]) for i in range(300)],
+        received_at=0,
+    )
+    engine.tick(START)
+    engine.tick(at("2026-11-01 09:30"))  # looks at the friends the first check's tag steps changed
+    first = _entries(store)
+    assert {r[1] for r in first} >= {"ranked", "rich"}
+    store.apply_events([ev("purchase", "F3", "2026-11-01 10:00", order_id="B3", amount=5000, items=[])], received_at=0)
+    looked: list[int] = []
+    fill = store.condition_candidates
+
+    def counting(seen, queries, params):
+        count = fill(seen, queries, params)
+        looked.append(count)
+        return count
+
+    store.condition_candidates = counting
+    engine.tick(at("2026-11-01 10:00"))
+    assert looked and max(looked) <= 3, looked
+    # F3 is now the biggest spender: it enters both rankings' rules, nobody else does
+    assert {(r[0], r[1]) for r in set(_entries(store)) - set(first)} == {("F3", "ranked"), ("F3", "rich")}
+    store.close()
