@@ -231,22 +231,25 @@ def top_count(share: float, friends: int) -> int:
     return k
 
 
-def measure_fill(m: ir.Measure, compiler: CondCompiler, *, some: bool) -> str:
-    """``INSERT`` of the non-zero values of measure ``m`` (parameters ``:key``, ``:now``) of
-    every current friend (``some``: of those in ``temp.lr_mcand``), the values a ``top`` ranks
-    (missing counts as 0, as in the ranking)."""
+def measure_fill(m: ir.Measure, dialect: str, *, some: bool) -> Compiled:
+    """``INSERT`` of the non-zero values of measure ``m`` (parameters ``:key``, ``:now`` and
+    its own) of every current friend (``some``: of those in ``temp.lr_mcand``), the values a
+    ``top`` ranks (missing counts as 0, as in the ranking)."""
     if not some and m.within is not None and m.name in ("spent", "total_spent"):
-        value = "COALESCE(s.total, 0)"
-        source = (
-            "friends f LEFT JOIN (SELECT a.friend AS friend, SUM(a.amount) AS total FROM activity a "
-            f"WHERE a.kind = 'order' AND a.at > :now - {int(m.within)} GROUP BY a.friend) s ON s.friend = f.id"
+        # only friends with orders in the window have a value: one pass over those orders
+        return Compiled(
+            "INSERT INTO measure_values(measure, friend, value) SELECT :key, a.friend, SUM(a.amount) "
+            "FROM activity a CROSS JOIN friends f ON f.id = a.friend "
+            f"WHERE a.kind = 'order' AND a.at > :now - {int(m.within)} AND {CURRENT} "
+            "GROUP BY a.friend HAVING COALESCE(SUM(a.amount), 0) <> 0"
         )
-    else:
-        value = f"COALESCE({compiler.measure(m)}, 0)"
-        source = "temp.lr_mcand c CROSS JOIN friends f ON f.id = c.id" if some else "friends f"
-    return (
+    compiler = CondCompiler({}, with_enrollment=False, dialect=dialect)
+    value = f"COALESCE({compiler.measure(m)}, 0)"
+    source = "temp.lr_mcand c CROSS JOIN friends f ON f.id = c.id" if some else "friends f"
+    return Compiled(
         "INSERT INTO measure_values(measure, friend, value) SELECT :key, id, v FROM "
-        f"(SELECT f.id AS id, {value} AS v FROM {source} WHERE {CURRENT}) x WHERE v <> 0"
+        f"(SELECT f.id AS id, {value} AS v FROM {source} WHERE {CURRENT}) x WHERE v <> 0",
+        dict(compiler.params),
     )
 
 

@@ -1510,22 +1510,29 @@ class Store:
         return self._candidates("lr_candidates", seen, queries, params)
 
     def refresh_measure(
-        self, key: str, fill_all: str, fill_some: str, since: ConditionState | None, queries: Sequence[str], now: int
+        self,
+        key: str,
+        fill_all: tuple[str, dict[str, Any]],
+        fill_some: tuple[str, dict[str, Any]],
+        since: ConditionState | None,
+        queries: Sequence[str],
+        now: int,
     ) -> None:
         """Bring the kept values of one ranked measure up to ``now``: all of them again
         (``since`` None, ``fill_all``), or those of the friends changed since the last refresh
-        and those ``queries`` select (``fill_some``, over ``temp.lr_mcand``)."""
+        and those ``queries`` select (``fill_some``, over ``temp.lr_mcand``); each fill is an
+        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`)."""
         params = {"key": key, "now": now}
         with self.transaction() as c:
             if since is None:
                 c.execute("DELETE FROM measure_values WHERE measure = ?", (key,))
-                c.execute(fill_all, params)
+                c.execute(fill_all[0], {**fill_all[1], **params})
                 return
             self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now})
             c.execute(
                 "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)", params
             )
-            c.execute(fill_some, params)
+            c.execute(fill_some[0], {**fill_some[1], **params})
             c.execute("DELETE FROM temp.lr_mcand")
 
     def measure_threshold(self, key: str, share: float) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 
 from engine.language import ir, timeutil
 from engine.runtime import sqlcond
@@ -40,6 +41,8 @@ class ConditionTriggers:
         #: False: every check reads every friend (the reference the incremental checks are
         #: compared with in the tests)
         self.incremental = incremental
+        #: rule -> seconds its latest check took (benchmarks/engine.py prints them)
+        self.timings: dict[str, float] = {}
         #: rule -> (compiled check, its rankings), made once per project
         self._plans: dict[str, tuple[_Plan, list[sqlcond.Ranking]]] = {}
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
@@ -63,8 +66,9 @@ class ConditionTriggers:
                 continue
             if self.still_quiet(rule, now):
                 continue
-            before = s.total_changes
+            before, started = s.total_changes, time.perf_counter()
             entered, noise = self.check(rule, now)
+            self.timings[rule.name] = time.perf_counter() - started
             result.entered += entered
             if entered:
                 self.ctx.carry.noise += noise
@@ -100,10 +104,11 @@ class ConditionTriggers:
             where = sqlcond.audience(compiler.compile(cond) if parts else None)
             blocked = sqlcond.reentry_blocked(rule.reenter)
             variant, holdout, drawn = sqlcond.draw(rule.split, rule.holdout)
+            dialect = "postgresql" if self.ctx.store.pg else "sqlite"
             fills = {
                 r.key: (
-                    sqlcond.measure_fill(r.measure, compiler, some=False),
-                    sqlcond.measure_fill(r.measure, compiler, some=True),
+                    sqlcond.measure_fill(r.measure, dialect, some=False),
+                    sqlcond.measure_fill(r.measure, dialect, some=True),
                 )
                 for r in ranked
             }
@@ -173,7 +178,14 @@ class ConditionTriggers:
             last = None
         if last is None or last.at != now or last.seen != seen:
             fill_all, fill_some = plan.fills[rank.key]
-            s.refresh_measure(rank.key, fill_all, fill_some, last, plan.measure_moves[rank.key], now)
+            s.refresh_measure(
+                rank.key,
+                (fill_all.sql, fill_all.params),
+                (fill_some.sql, fill_some.params),
+                last,
+                plan.measure_moves[rank.key],
+                now,
+            )
             with s.transaction():
                 s.save_condition_state(name, ConditionState(rank.key, seen, now, {}))
         return s.measure_threshold(rank.key, rank.share)
