@@ -53,6 +53,13 @@ rule fan
     wait 2d
     send f
 
+rule middle
+  when top 50% by score and not top 20% by score
+  reenter after 1d
+  then
+    wait 1d
+    send g
+
 segment big: top 30% by spent within 6d or orders >= 3
 """
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+from typing import NamedTuple
 
 from engine.language import ir, timeutil
 from engine.runtime import sqlcond
@@ -94,17 +95,14 @@ class ConditionTriggers:
         if plan is None:
             parts = tuple(c for c in (rule.trigger.cond, rule.entry) if c is not None)
             ranked: list[sqlcond.Ranking] = []
+            dialect = "postgresql" if self.ctx.store.pg else "sqlite"
             compiler = sqlcond.CondCompiler(
-                self.ctx.project.segments,
-                with_enrollment=False,
-                dialect="postgresql" if self.ctx.store.pg else "sqlite",
-                ranked=ranked,
+                self.ctx.project.segments, with_enrollment=False, dialect=dialect, ranked=ranked
             )
             cond = ir.All(parts)
             where = sqlcond.audience(compiler.compile(cond) if parts else None)
             blocked = sqlcond.reentry_blocked(rule.reenter)
             variant, holdout, drawn = sqlcond.draw(rule.split, rule.holdout)
-            dialect = "postgresql" if self.ctx.store.pg else "sqlite"
             fills = {
                 r.key: (
                     sqlcond.measure_fill(r.measure, dialect, some=False),
@@ -117,7 +115,14 @@ class ConditionTriggers:
             }
             checked = hashlib.sha256(
                 json.dumps(
-                    [where.sql, sorted(where.params.items()), blocked.sql, repr(rule.reenter)], default=str
+                    [
+                        where.sql,
+                        sorted(where.params.items()),
+                        blocked.sql,
+                        repr(rule.reenter),
+                        [(r.key, r.share) for r in ranked],
+                    ],
+                    default=str,
                 ).encode()
             ).hexdigest()[:16]
             plan = self._plans[rule.name] = (
@@ -145,13 +150,11 @@ class ConditionTriggers:
         last = s.condition_state(rule.name) if self.incremental else None
         seen = s.change_mark()
         noise = s.total_changes
-        tops = {r.key: self._refresh(r, plan, now, seen) for r in ranked}
-        params = {**plan.where.params, **plan.blocked.params, **plan.drawn}
-        params.update({r.param: tops[r.key] for r in ranked})
-        some = self._candidates(rule, plan, ranked, last, tops, now, seen) if last is not None else False
+        tops = {r.param: self._refresh(r, plan, now, seen) for r in ranked}
+        params = {**plan.where.params, **plan.blocked.params, **plan.drawn, **tops}
+        some = self._candidates(rule, plan, ranked, last, tops, now) if last is not None else False
         noise = s.total_changes - noise
-        p = self.ctx.store
-        entered = p.enroll_audience(
+        entered = s.enroll_audience(
             rule=rule.name,
             version=self.ctx.versions[rule.name],
             step_id=rule.steps[0].id if rule.steps else None,
@@ -198,7 +201,6 @@ class ConditionTriggers:
         last: ConditionState,
         tops: dict[str, float],
         now: int,
-        seen: int,
     ) -> bool:
         """Fill the candidates of an incremental check (``temp.lr_candidates``); False when
         every friend must be read instead."""
@@ -207,7 +209,7 @@ class ConditionTriggers:
         queries = list(plan.moves)
         params: dict[str, object] = {"since": last.at, "now": now, "rule": rule.name}
         for i, r in enumerate(ranked):
-            old, new = last.tops.get(r.key), tops[r.key]
+            old, new = last.tops.get(r.param), tops[r.param]
             if old is None or (old == -math.inf) != (new == -math.inf) or (old < 0) != (new < 0):
                 return False  # everybody, or every friend without a value, moved in or out
             if old != new:
@@ -276,11 +278,18 @@ class ConditionTriggers:
         return math.inf if moment is None else moment
 
 
-class _Plan:
-    """A condition rule's check, compiled once per project."""
+class _Plan(NamedTuple):
+    """A condition rule's check, compiled once per project: the audience's SQL (``where``,
+    ``blocked``, the split and holdout draw), the crossings of its terms (``moves``; None: every
+    check reads every friend), each ranked measure's fills and crossings, and a hash of what it
+    checks (a changed rule is checked in full again)."""
 
-    __slots__ = ("where", "blocked", "variant", "holdout", "drawn", "moves", "fills", "measure_moves", "checked")
-
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
+    where: sqlcond.Compiled
+    blocked: sqlcond.Compiled
+    variant: str
+    holdout: str
+    drawn: dict
+    moves: list[str] | None
+    fills: dict[str, tuple[sqlcond.Compiled, sqlcond.Compiled]]
+    measure_moves: dict[str, list[str]]
+    checked: str
