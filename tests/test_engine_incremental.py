@@ -60,6 +60,11 @@ rule middle
     wait 1d
     send g
 
+rule clicker
+  when clicked within 3d
+  reenter after 1d
+  then send a
+
 segment big: top 30% by spent within 6d or orders >= 3
 """
 
@@ -78,6 +83,9 @@ event = st.one_of(
     st.tuples(st.just("tag"), st.sampled_from(FRIENDS), st.sampled_from(["done", "rich", "x"])),
     st.tuples(st.just("untag"), st.sampled_from(FRIENDS), st.sampled_from(["done", "rich", "x"])),
     st.tuples(st.just("attributes"), st.sampled_from(FRIENDS), st.integers(0, 5)),
+    st.tuples(st.just("message"), st.sampled_from(FRIENDS), st.none()),
+    st.tuples(st.just("click"), st.sampled_from(FRIENDS), st.none()),
+    st.tuples(st.just("refund"), st.sampled_from(FRIENDS), st.integers(1, 30)),
 )
 #: hours to the next check, and the events in between (at its start)
 steps = st.lists(st.tuples(st.integers(1, 60), st.lists(event, max_size=6)), min_size=1, max_size=16)
@@ -97,6 +105,12 @@ def _event(kind: str, friend: str, arg, when: dt.datetime, n: int):
         return ev("tag", friend, stamp, add=[arg], remove=[])
     if kind == "untag":
         return ev("tag", friend, stamp, add=[], remove=[arg])
+    if kind == "message":  # a message from someone with no follow on record makes them a friend
+        return ev("message", friend, stamp, text="hello")
+    if kind == "click":
+        return ev("click", friend, stamp, rule="clicker", url="https://shop.example.jp/")
+    if kind == "refund":  # of an earlier order (unknown orders are kept for later)
+        return ev("refund", friend, stamp, order_id=f"O{arg}", amount=50)
     return ev("attributes", friend, stamp, set={"score": arg})
 
 
