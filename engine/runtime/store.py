@@ -180,8 +180,10 @@ MIGRATIONS: tuple[str, ...] = (
     # friend to ``friend_changes`` in its transaction; ``condition_state`` records, per rule (and
     # per ranked measure, ``measure:…``), the change and the moment its last check covered, the
     # SQL it checked and the ranking thresholds it used; ``measure_values`` keeps each current
-    # friend's non-zero value of every measure a ``top N% by`` ranks; the indexes find who a
-    # moment crossing ``older than``, ``friend for`` or ``reenter after`` can change
+    # friend's non-zero value of every measure a ``top N% by`` ranks; the indexes find whom a
+    # moment crossing ``friend for`` or ``reenter after`` can change (and count the current
+    # friends: conditions over every friend keep reading the table in order, see
+    # engine/runtime/sqlcond.py CURRENT)
     """
     CREATE TABLE friend_changes (n INTEGER PRIMARY KEY AUTOINCREMENT, friend TEXT NOT NULL);
     CREATE TABLE condition_state (rule TEXT PRIMARY KEY, checked TEXT NOT NULL, seen INTEGER NOT NULL,
@@ -189,8 +191,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE measure_values (measure TEXT NOT NULL, friend TEXT NOT NULL, value REAL NOT NULL,
       PRIMARY KEY (measure, friend)) WITHOUT ROWID;
     CREATE INDEX measure_values_rank ON measure_values(measure, value);
-    CREATE INDEX friends_last_purchase ON friends(last_purchase_at) WHERE last_purchase_at IS NOT NULL;
-    CREATE INDEX friends_current ON friends(followed_at) WHERE followed_at IS NOT NULL AND blocked_at IS NULL;
+    CREATE INDEX friends_followed ON friends(followed_at, blocked_at);
     CREATE INDEX enrollments_finished ON enrollments(rule, finished_at) WHERE finished_at IS NOT NULL;
     """,
 )
@@ -1478,16 +1479,20 @@ class Store:
             (name, state.checked, state.seen, state.at, json.dumps(state.tops)),
         )
 
-    def prune_changes(self, keep: Sequence[str]) -> None:
-        """Forget the states of rules and measures not in ``keep`` (a rule that comes back is
-        checked in full again), and the changes every kept state has covered."""
+    def forget_condition_states(self, keep: Sequence[str]) -> None:
+        """Forget the states of rules and measures not in ``keep``: a rule that comes back is
+        checked in full again (the changes meanwhile are not kept for it)."""
         marks = ",".join("?" * len(keep))
         with self.transaction() as c:
             c.execute(f"DELETE FROM condition_state WHERE rule NOT IN ({marks or 'NULL'})", tuple(keep))
-            seen = c.execute("SELECT MIN(seen) FROM condition_state").fetchone()[0]
-            if seen is None:
-                seen = c.execute("SELECT COALESCE(MAX(n), 0) FROM friend_changes").fetchone()[0]
-            c.execute("DELETE FROM friend_changes WHERE n <= ?", (seen,))
+
+    def prune_changes(self) -> None:
+        """Forget the changes every kept state has covered (all of them when none is kept)."""
+        with self.transaction() as c:
+            c.execute(
+                "DELETE FROM friend_changes WHERE n <= COALESCE((SELECT MIN(seen) FROM condition_state), "
+                "(SELECT MAX(n) FROM friend_changes))"
+            )
 
     def _candidates(self, table: str, seen: int, queries: Sequence[str], params: dict[str, Any]) -> int:
         """``temp.<table>`` filled with the friends changed after the change ``seen`` and those
@@ -1517,23 +1522,26 @@ class Store:
         since: ConditionState | None,
         queries: Sequence[str],
         now: int,
+        seen: int,
     ) -> None:
         """Bring the kept values of one ranked measure up to ``now``: all of them again
         (``since`` None, ``fill_all``), or those of the friends changed since the last refresh
         and those ``queries`` select (``fill_some``, over ``temp.lr_mcand``); each fill is an
-        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`)."""
+        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`). Its state
+        (``measure:KEY``) then says it covers the change ``seen`` at ``now``."""
         params = {"key": key, "now": now}
         with self.transaction() as c:
             if since is None:
                 c.execute("DELETE FROM measure_values WHERE measure = ?", (key,))
                 c.execute(fill_all[0], {**fill_all[1], **params})
-                return
-            self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now})
-            c.execute(
-                "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)", params
-            )
-            c.execute(fill_some[0], {**fill_some[1], **params})
-            c.execute("DELETE FROM temp.lr_mcand")
+            elif self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now}):
+                c.execute(
+                    "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)",
+                    params,
+                )
+                c.execute(fill_some[0], {**fill_some[1], **params})
+                c.execute("DELETE FROM temp.lr_mcand")
+            self.save_condition_state(f"measure:{key}", ConditionState(key, seen, now, {}))
 
     def measure_threshold(self, key: str, share: float) -> float:
         """The value a friend's kept value of the measure must exceed to be in the top ``share``

@@ -46,6 +46,7 @@ class ConditionTriggers:
         self.timings: dict[str, float] = {}
         #: rule -> (compiled check, its rankings), made once per project
         self._plans: dict[str, tuple[_Plan, list[sqlcond.Ranking]]] = {}
+        self._forgotten = False
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
         #: check, when that check entered nobody
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
@@ -78,7 +79,10 @@ class ConditionTriggers:
                 self.ctx.carry.noise += s.total_changes - before  # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
         before = s.total_changes
-        s.prune_changes(self._kept())
+        if not self._forgotten:  # once per project: the states of rules no longer in it
+            s.forget_condition_states(self._kept())
+            self._forgotten = True
+        s.prune_changes()
         self.ctx.carry.noise += s.total_changes - before
 
     def _kept(self) -> list[str]:
@@ -152,20 +156,24 @@ class ConditionTriggers:
         noise = s.total_changes
         tops = {r.param: self._refresh(r, plan, now, seen) for r in ranked}
         params = {**plan.where.params, **plan.blocked.params, **plan.drawn, **tops}
-        some = self._candidates(rule, plan, ranked, last, tops, now) if last is not None else False
+        some = self._candidates(rule, plan, ranked, last, tops, now) if last is not None else None
         noise = s.total_changes - noise
-        entered = s.enroll_audience(
-            rule=rule.name,
-            version=self.ctx.versions[rule.name],
-            step_id=rule.steps[0].id if rule.steps else None,
-            now=now,
-            where_sql=plan.where.sql,
-            params=params,
-            occurrence=None,
-            blocked_sql=plan.blocked.sql,
-            variant_sql=plan.variant,
-            holdout_sql=plan.holdout,
-            candidates=some,
+        entered = (
+            0
+            if some == 0
+            else s.enroll_audience(
+                rule=rule.name,
+                version=self.ctx.versions[rule.name],
+                step_id=rule.steps[0].id if rule.steps else None,
+                now=now,
+                where_sql=plan.where.sql,
+                params=params,
+                occurrence=None,
+                blocked_sql=plan.blocked.sql,
+                variant_sql=plan.variant,
+                holdout_sql=plan.holdout,
+                candidates=some is not None,
+            )
         )
         before = s.total_changes
         with s.transaction():
@@ -188,9 +196,8 @@ class ConditionTriggers:
                 last,
                 plan.measure_moves[rank.key],
                 now,
+                seen,
             )
-            with s.transaction():
-                s.save_condition_state(name, ConditionState(rank.key, seen, now, {}))
         return s.measure_threshold(rank.key, rank.share)
 
     def _candidates(
@@ -201,17 +208,17 @@ class ConditionTriggers:
         last: ConditionState,
         tops: dict[str, float],
         now: int,
-    ) -> bool:
-        """Fill the candidates of an incremental check (``temp.lr_candidates``); False when
-        every friend must be read instead."""
+    ) -> int | None:
+        """Fill the candidates of an incremental check (``temp.lr_candidates``) and return how
+        many; None when every friend must be read instead."""
         if plan.moves is None or last.checked != plan.checked or last.at > now:
-            return False
+            return None
         queries = list(plan.moves)
         params: dict[str, object] = {"since": last.at, "now": now, "rule": rule.name}
         for i, r in enumerate(ranked):
             old, new = last.tops.get(r.param), tops[r.param]
             if old is None or (old == -math.inf) != (new == -math.inf) or (old < 0) != (new < 0):
-                return False  # everybody, or every friend without a value, moved in or out
+                return None  # everybody, or every friend without a value, moved in or out
             if old != new:
                 params.update({f"rk{i}": r.key, f"rlo{i}": min(old, new), f"rhi{i}": max(old, new)})
                 queries.append(
@@ -228,8 +235,7 @@ class ConditionTriggers:
                 f"SELECT friend FROM enrollments WHERE rule = :rule AND finished_at > :since - {after + CLOCK_SLACK} "
                 f"AND finished_at <= :now - {after}"
             )
-        self.ctx.store.condition_candidates(last.seen, queries, params)
-        return True
+        return self.ctx.store.condition_candidates(last.seen, queries, params)
 
     def quiet_until(self, now: int) -> float:
         """The first moment at or after ``now`` at which a condition check may enter somebody,
