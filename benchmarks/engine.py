@@ -328,6 +328,10 @@ def report(name: str, f: dict, args) -> None:
         f"max {max(later):.2f}s (goal at 1,000,000 friends: a quiet night <= 1 s)"
     )
     checks = f["checks"]
+    print(
+        "  each night, the tick (the checks in it): "
+        + ", ".join(f"{t:.2f}s ({sum(c.values()):.2f}s)" for t, c in zip(ticks, checks, strict=True))
+    )
     for rule in sorted({r for c in checks for r in c}):
         first = checks[0].get(rule)
         rest = [c[rule] for c in checks[1:] if rule in c]
