@@ -124,7 +124,7 @@ STEPS = [
     "wait until 09:00",
     "wait until friday",
     "wait for purchased up to 3d",
-    "wait for message \"x\" up to 1d",
+    'wait for message "x" up to 1d',
     "tag t1",
     "untag t1",
     'set rank = "gold"',
@@ -207,7 +207,8 @@ def test_a_condition_nested_too_deeply_is_refused_where_it_passes_the_limit():
     deep = "not " * 60 + "blocked"
     text = f"rule a when followed then\n  send x if {deep}\n"
     f, diags = parse_file("r.rule", text)
-    assert [(d.line, d.column, "nests more than" in d.message) for d in diags] == [(2, 49, True)]  # the 51st `not` from the inside
+    # at the 51st `not` from the inside
+    assert [(d.line, d.column, "nests more than" in d.message) for d in diags] == [(2, 49, True)]
     assert P._parse_building("r.rule", text) is None  # taken the long way
     result = compile_source(text, messages={})
     assert result.project is None
