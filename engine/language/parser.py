@@ -678,6 +678,15 @@ def _rule_function(rule, kinds: dict[str, int], methods: dict[str, Callable], no
             end_line, end_column = span.end_line, span.end_column
         return line, column, end_line, end_column
 
+    if name.startswith("_") and kept and kept[0] == (0, True) and syms[0].name == rule.origin.name:
+
+        def grow(values: list) -> _Spliced:  # `__x_star_N: __x_star_N item`: the list so far, one longer
+            spliced = values[0]
+            spliced.children = children_of(values)
+            _line, _column, spliced.end_line, spliced.end_column = place(values)
+            return spliced
+
+        return grow
     if name.startswith("_"):
         return lambda values: _Spliced(children_of(values), *place(values))
     handler = methods.get(name)
@@ -691,13 +700,13 @@ def _rule_function(rule, kinds: dict[str, int], methods: dict[str, Callable], no
 
         def build(values: list):
             first, last = values[0], values[-1]
-            span = Span(now.path, first.line, first.column, last.end_line, last.end_column)
+            span = _span(now.path, first.line, first.column, last.end_line, last.end_column)
             return handler(now.builder, span, children_of(values))
 
     else:
 
         def build(values: list):
-            return handler(now.builder, Span(now.path, *place(values)), children_of(values))
+            return handler(now.builder, _span(now.path, *place(values)), children_of(values))
 
     if not (rule.options.expand1 and not rule.alias):
         return build
@@ -714,6 +723,22 @@ def _rule_function(rule, kinds: dict[str, int], methods: dict[str, Callable], no
         return node
 
     return one_or_build
+
+
+_new = object.__new__
+
+
+def _span(path: str, line: int, column: int, end_line: int, end_column: int) -> Span:
+    """``Span(path, line, column, end_line, end_column)``, made in half the time: a frozen
+    dataclass sets each field through ``object.__setattr__``, and the parse makes one per node."""
+    span = _new(Span)
+    fields = span.__dict__
+    fields["path"] = path
+    fields["line"] = line
+    fields["column"] = column
+    fields["end_line"] = end_line
+    fields["end_column"] = end_column
+    return span
 
 
 def _only_child(values: list):
