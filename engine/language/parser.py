@@ -760,17 +760,17 @@ def _handing_over(rules) -> dict[str, int]:
 
 
 @functools.cache
-def _building_parser():
-    """The parser with the rule functions of the building parse over the tables and lexer of
-    :func:`lark_parser`, and the function that runs it on a text; None when this Lark's
-    insides are not as expected (the building parse is then not used)."""
+def _building_parser() -> Callable[[str], list] | None:
+    """The building parse: a text in, the file's items out (UnexpectedInput as from Lark).
+    None when this Lark's insides are not as expected (the long way is then taken)."""
     try:
-        from lark.parsers.lalr_parser import _Parser
+        from lark.parsers.lalr_analysis import Shift
 
         frontend = lark_parser().parser
         tables = frontend.parser.parser.parse_table
+        states, start, end = tables.states, tables.start_states["start"], tables.end_states["start"]
         make_lexer = frontend._make_lexer_thread
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, KeyError):
         return None
     methods = {
         name: fn
@@ -780,8 +780,82 @@ def _building_parser():
     rules = lark_parser().rules
     kinds = _handing_over(rules)
     functions = {rule: _rule_function(rule, kinds, methods, _BUILDING) for rule in rules}
-    parser = _Parser(tables, functions)
-    return lambda text: parser.parse(make_lexer(text), "start")
+    #: id of a rule in the tables -> (how many values it takes, its function, its name).
+    reductions: dict[int, tuple[int, Callable, str]] = {}
+
+    def reduction(rule) -> tuple[int, Callable, str]:
+        found = reductions[id(rule)] = (len(rule.expansion), functions[rule], rule.origin.name)
+        return found
+
+    def run(text: str) -> list:
+        # Lark's LALR loop (lalr_parser_state.ParserState.feed_token), each rule's function
+        # found by the rule's identity rather than through its Python-level hash and equality.
+        stack = [start]
+        values: list = []
+        at = _LexingAt(stack)
+
+        def feed(token: Token, is_end: bool):
+            while True:
+                row = states[stack[-1]]
+                try:
+                    action, arg = row[token.type]
+                except KeyError:
+                    raise UnexpectedToken(token, {t for t in row if t.isupper()}, state=at) from None
+                if action is Shift:
+                    stack.append(arg)
+                    values.append(token)
+                    return None
+                size, function, origin = reductions.get(id(arg)) or reduction(arg)
+                if size:
+                    taken = values[-size:]
+                    del stack[-size:]
+                    del values[-size:]
+                else:
+                    taken = []
+                value = function(taken)
+                stack.append(states[stack[-1]][origin][1])
+                values.append(value)
+                if is_end and stack[-1] == end:
+                    return value
+
+        token = None
+        for token in make_lexer(text).lex(at):  # `feed(token, False)`, written out: one call less per token
+            while True:
+                row = states[stack[-1]]
+                try:
+                    action, arg = row[token.type]
+                except KeyError:
+                    raise UnexpectedToken(token, {t for t in row if t.isupper()}, state=at) from None
+                if action is Shift:
+                    stack.append(arg)
+                    values.append(token)
+                    break
+                size, function, origin = reductions.get(id(arg)) or reduction(arg)
+                if size:
+                    taken = values[-size:]
+                    del stack[-size:]
+                    del values[-size:]
+                else:
+                    taken = []
+                value = function(taken)
+                stack.append(states[stack[-1]][origin][1])
+                values.append(value)
+        return feed(Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1), True)
+
+    return run
+
+
+class _LexingAt:
+    """What Lark's contextual lexer asks of the parser: the state it is in."""
+
+    __slots__ = ("stack",)
+
+    def __init__(self, stack: list):
+        self.stack = stack
+
+    @property
+    def position(self):
+        return self.stack[-1]
 
 
 def _parse_building(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]] | None:
