@@ -139,7 +139,8 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
 
 def _parse_then_build(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
     """:func:`parse_file` the long way: Lark's tree first, then the syntax tree built from it
-    by a walk. Taken for a file whose conditions nest deeper than :data:`MAX_NESTING` (whose
+    by a walk. Taken for a file with a syntax error (Lark's parse says where; the file is then
+    read piece by piece), for one whose conditions nest deeper than :data:`MAX_NESTING` (whose
     walk may run out of stack, and whose error names the outermost condition) and when the
     building parse (:func:`_parse_building`) cannot be made with the installed Lark."""
     builder = _AstBuilder(path)
@@ -570,8 +571,9 @@ _STEP_TYPES = frozenset(
 #
 # The LALR parser calls a function for every grammar rule it reduces; Lark's own functions
 # build its tree (:class:`lark.Tree`, with each node's place), which :class:`_AstBuilder` then
-# walks again. The building parse gives the same parse tables and lexer other functions, which
-# build the syntax tree's nodes straight away, with the very places Lark's
+# walks again. The building parse runs Lark's lexer and LALR loop over Lark's own tables with
+# other functions (:func:`_building_parser`), which build the syntax tree's nodes straight
+# away, with the very places Lark's
 # ``propagate_positions`` gives its nodes: a node covers the text from its first child's to its
 # last child's, counting the keywords Lark drops from the tree; an inlined rule (``_step``,
 # ``_within``, Lark's ``__x_star_N``) hands its children to its parent with the place they
@@ -759,17 +761,30 @@ def _handing_over(rules) -> dict[str, int]:
     return {name: next(iter(k)) for name, k in alternatives.items() if len(k) == 1 and None not in k}
 
 
+class _NotBuilt(Exception):
+    """The building parse met a text the grammar refuses: Lark's own parse reports it."""
+
+
 @functools.cache
 def _building_parser() -> Callable[[str], list] | None:
-    """The building parse: a text in, the file's items out (UnexpectedInput as from Lark).
-    None when this Lark's insides are not as expected (the long way is then taken)."""
+    """The building parse: a text in, the file's items out (:class:`_NotBuilt` when the text
+    has a syntax error). None when this Lark's insides are not as expected (the long way is
+    then always taken).
+
+    It is Lark's contextual lexer and LALR loop over Lark's own tables and each parser state's
+    own scanner (``lexer.py`` ``BasicLexer.next_token``, ``lalr_parser_state.py``
+    ``ParserState.feed_token``), written out in one function: the same tokens with the same
+    places, the same reductions, with a Python call less per token and per reduction, and each
+    rule's function found by the rule's identity rather than through its Python-level hash."""
     try:
         from lark.parsers.lalr_analysis import Shift
 
         frontend = lark_parser().parser
         tables = frontend.parser.parser.parse_table
         states, start, end = tables.states, tables.start_states["start"], tables.end_states["start"]
-        make_lexer = frontend._make_lexer_thread
+        lexers = frontend.lexer.lexers
+        if frontend.lexer_conf.callbacks or frontend.lexer_conf.use_bytes:
+            return None
     except (ImportError, AttributeError, KeyError):
         return None
     methods = {
@@ -782,54 +797,67 @@ def _building_parser() -> Callable[[str], list] | None:
     functions = {rule: _rule_function(rule, kinds, methods, _BUILDING) for rule in rules}
     #: id of a rule in the tables -> (how many values it takes, its function, its name).
     reductions: dict[int, tuple[int, Callable, str]] = {}
+    #: parser state -> its lexer's (regexes, ignored types, types that may hold a line end,
+    #: callbacks: a keyword read as a name gets its own type).
+    scanners: dict[int, tuple] = {}
 
     def reduction(rule) -> tuple[int, Callable, str]:
         found = reductions[id(rule)] = (len(rule.expansion), functions[rule], rule.origin.name)
         return found
 
+    def scanner(state: int) -> tuple:
+        lexer = lexers[state]
+        found = scanners[state] = (
+            [mre.match for mre in lexer.scanner._mres],
+            lexer.ignore_types,
+            lexer.newline_types,
+            lexer.callback,
+        )
+        return found
+
+    new_token = str.__new__
+
     def run(text: str) -> list:
-        # Lark's LALR loop (lalr_parser_state.ParserState.feed_token), each rule's function
-        # found by the rule's identity rather than through its Python-level hash and equality.
         stack = [start]
         values: list = []
-        at = _LexingAt(stack)
-
-        def feed(token: Token, is_end: bool):
-            while True:
-                row = states[stack[-1]]
-                try:
-                    action, arg = row[token.type]
-                except KeyError:
-                    raise UnexpectedToken(token, {t for t in row if t.isupper()}, state=at) from None
-                if action is Shift:
-                    stack.append(arg)
-                    values.append(token)
-                    return None
-                size, function, origin = reductions.get(id(arg)) or reduction(arg)
-                if size:
-                    taken = values[-size:]
-                    del stack[-size:]
-                    del values[-size:]
-                else:
-                    taken = []
-                value = function(taken)
-                stack.append(states[stack[-1]][origin][1])
-                values.append(value)
-                if is_end and stack[-1] == end:
-                    return value
-
+        pos, line, line_start, size_ = 0, 1, 0, len(text)
         token = None
-        for token in make_lexer(text).lex(at):  # `feed(token, False)`, written out: one call less per token
-            while True:
+        while pos < size_:
+            state = stack[-1]
+            matchers, ignored, multiline, callbacks = scanners.get(state) or scanner(state)
+            for match in matchers:
+                m = match(text, pos)
+                if m:
+                    break
+            else:
+                raise _NotBuilt
+            value, type_ = m.group(0), m.lastgroup
+            column = pos - line_start + 1
+            begin, first_line = pos, line
+            if type_ in multiline and (newlines := value.count("\n")):
+                line += newlines
+                line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            skip = type_ in ignored
+            if skip and type_ not in callbacks:
+                continue
+            t = new_token(Token, value)
+            t.type, t.start_pos, t.value, t.line, t.column = type_, begin, value, first_line, column
+            t.end_line, t.end_column, t.end_pos = line, pos - line_start + 1, pos
+            if type_ in callbacks:
+                t = callbacks[type_](t)
+            if skip:
+                continue
+            token = t
+            while True:  # feed the token: reduce as the tables say, then shift it
                 row = states[stack[-1]]
-                try:
-                    action, arg = row[token.type]
-                except KeyError:
-                    raise UnexpectedToken(token, {t for t in row if t.isupper()}, state=at) from None
+                action, arg = row.get(token.type, _NO_ACTION)
                 if action is Shift:
                     stack.append(arg)
                     values.append(token)
                     break
+                if action is None:
+                    raise _NotBuilt
                 size, function, origin = reductions.get(id(arg)) or reduction(arg)
                 if size:
                     taken = values[-size:]
@@ -840,22 +868,28 @@ def _building_parser() -> Callable[[str], list] | None:
                 value = function(taken)
                 stack.append(states[stack[-1]][origin][1])
                 values.append(value)
-        return feed(Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1), True)
+        token = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
+        while True:  # the end: reduce until the start rule is complete
+            action, arg = states[stack[-1]].get("$END", _NO_ACTION)
+            if action is None or action is Shift:
+                raise _NotBuilt
+            size, function, origin = reductions.get(id(arg)) or reduction(arg)
+            if size:
+                taken = values[-size:]
+                del stack[-size:]
+                del values[-size:]
+            else:
+                taken = []
+            value = function(taken)
+            stack.append(states[stack[-1]][origin][1])
+            values.append(value)
+            if stack[-1] == end:
+                return value
 
     return run
 
 
-class _LexingAt:
-    """What Lark's contextual lexer asks of the parser: the state it is in."""
-
-    __slots__ = ("stack",)
-
-    def __init__(self, stack: list):
-        self.stack = stack
-
-    @property
-    def position(self):
-        return self.stack[-1]
+_NO_ACTION = (None, None)
 
 
 def _parse_building(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]] | None:
@@ -866,18 +900,15 @@ def _parse_building(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]
         return None
     builder = _AstBuilder(path)
     now = _BUILDING
-    refused: UnexpectedInput | None = None
     with _BUILDING_LOCK:
         now.builder, now.path = builder, path
         try:
             items = run(text)
-        except UnexpectedInput as exc:
-            refused = exc
+        except _NotBuilt:  # a syntax error: Lark's parse says where, and the file is read piece by piece
+            return None
         finally:
             now.builder = None
             now.wider.clear()
-    if refused is not None:
-        return _syntax_errors(path, text, refused)
     if builder.diagnostics:  # a condition nested too deeply
         return None
     return A.RuleFile(path, tuple(items)), builder.diagnostics
