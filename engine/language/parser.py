@@ -573,13 +573,13 @@ _STEP_TYPES = frozenset(
 # build its tree (:class:`lark.Tree`, with each node's place), which :class:`_AstBuilder` then
 # walks again. The building parse runs Lark's lexer and LALR loop over Lark's own tables with
 # other functions (:func:`_building_parser`), which build the syntax tree's nodes straight
-# away, with the very places Lark's
-# ``propagate_positions`` gives its nodes: a node covers the text from its first child's to its
-# last child's, counting the keywords Lark drops from the tree; an inlined rule (``_step``,
-# ``_within``, Lark's ``__x_star_N``) hands its children to its parent with the place they
-# cover; and ``( cond )`` hands over the condition itself, whose place stays without the
-# parentheses while its parent's includes them (Lark's "container" place). The result is the
-# same syntax tree the walk builds (``tests/test_parser_building.py`` compares the two).
+# away, with the very places Lark's ``propagate_positions`` gives its nodes: a node covers the
+# text from its first child's to its last child's, counting the keywords Lark drops from the
+# tree; an inlined rule (``_step``, ``_within``, Lark's ``__x_star_N``) hands its children to
+# its parent with the place they cover; and ``( cond )`` hands over the condition itself, whose
+# place stays without the parentheses while its parent's includes them (Lark's "container"
+# place). The result is the same syntax tree the walk builds (``tests/test_parser_building.py``
+# compares the two).
 
 
 class _Spliced:
