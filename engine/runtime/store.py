@@ -185,7 +185,7 @@ MIGRATIONS: tuple[str, ...] = (
     # friends: conditions over every friend keep reading the table in order, see
     # engine/runtime/sqlcond.py CURRENT)
     """
-    CREATE TABLE friend_changes (n INTEGER PRIMARY KEY AUTOINCREMENT, friend TEXT NOT NULL);
+    CREATE TABLE friend_changes (n INTEGER PRIMARY KEY, friend TEXT NOT NULL);
     CREATE TABLE condition_state (rule TEXT PRIMARY KEY, checked TEXT NOT NULL, seen INTEGER NOT NULL,
       at INTEGER NOT NULL, tops TEXT NOT NULL DEFAULT '{}');
     CREATE TABLE measure_values (measure TEXT NOT NULL, friend TEXT NOT NULL, value REAL NOT NULL,
@@ -1471,27 +1471,25 @@ class Store:
         ).fetchone()
         return None if row is None else ConditionState(row[0], row[1], row[2], json.loads(row[3]))
 
-    def save_condition_state(self, name: str, state: ConditionState) -> None:
-        self.conn.execute(
-            "INSERT INTO condition_state(rule, checked, seen, at, tops) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(rule) DO UPDATE SET checked = excluded.checked, seen = excluded.seen, at = excluded.at, "
-            "tops = excluded.tops",
-            (name, state.checked, state.seen, state.at, json.dumps(state.tops)),
-        )
-
-    def forget_condition_states(self, keep: Sequence[str]) -> None:
-        """Forget the states of rules and measures not in ``keep``: a rule that comes back is
-        checked in full again (the changes meanwhile are not kept for it)."""
-        marks = ",".join("?" * len(keep))
+    def save_condition_states(self, states: dict[str, ConditionState], *, keep: Sequence[str] | None = None) -> None:
+        """In one transaction: the states of the checks just made, then (``keep``) forget the
+        states of rules and measures not named there (a rule that comes back is checked in full
+        again), and the changes every kept state has covered, but the latest: numbers keep
+        counting up from it (an SQLite rowid after the largest). No state at all: every change
+        is forgotten."""
         with self.transaction() as c:
-            c.execute(f"DELETE FROM condition_state WHERE rule NOT IN ({marks or 'NULL'})", tuple(keep))
-
-    def prune_changes(self) -> None:
-        """Forget the changes every kept state has covered (all of them when none is kept)."""
-        with self.transaction() as c:
+            c.executemany(
+                "INSERT INTO condition_state(rule, checked, seen, at, tops) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(rule) DO UPDATE SET checked = excluded.checked, seen = excluded.seen, "
+                "at = excluded.at, tops = excluded.tops",
+                [(name, st.checked, st.seen, st.at, json.dumps(st.tops)) for name, st in states.items()],
+            )
+            if keep is not None:
+                marks = ",".join("?" * len(keep))
+                c.execute(f"DELETE FROM condition_state WHERE rule NOT IN ({marks or 'NULL'})", tuple(keep))
             c.execute(
-                "DELETE FROM friend_changes WHERE n <= COALESCE((SELECT MIN(seen) FROM condition_state), "
-                "(SELECT MAX(n) FROM friend_changes))"
+                "DELETE FROM friend_changes WHERE n < (SELECT MAX(n) FROM friend_changes) "
+                "AND n <= COALESCE((SELECT MIN(seen) FROM condition_state), (SELECT MAX(n) FROM friend_changes))"
             )
 
     def _candidates(self, table: str, seen: int, queries: Sequence[str], params: dict[str, Any]) -> int:
@@ -1522,26 +1520,27 @@ class Store:
         since: ConditionState | None,
         queries: Sequence[str],
         now: int,
-        seen: int,
     ) -> None:
         """Bring the kept values of one ranked measure up to ``now``: all of them again
         (``since`` None, ``fill_all``), or those of the friends changed since the last refresh
         and those ``queries`` select (``fill_some``, over ``temp.lr_mcand``); each fill is an
-        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`). Its state
-        (``measure:KEY``) then says it covers the change ``seen`` at ``now``."""
+        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`). Nothing is
+        written when no friend needs it; the caller then saves the measure's state
+        (``measure:KEY``, :meth:`save_condition_states`): doing it again is harmless."""
         params = {"key": key, "now": now}
+        if since is not None and not self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now}):
+            return
         with self.transaction() as c:
             if since is None:
                 c.execute("DELETE FROM measure_values WHERE measure = ?", (key,))
                 c.execute(fill_all[0], {**fill_all[1], **params})
-            elif self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now}):
-                c.execute(
-                    "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)",
-                    params,
-                )
-                c.execute(fill_some[0], {**fill_some[1], **params})
-                c.execute("DELETE FROM temp.lr_mcand")
-            self.save_condition_state(f"measure:{key}", ConditionState(key, seen, now, {}))
+                return
+            c.execute(
+                "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)",
+                params,
+            )
+            c.execute(fill_some[0], {**fill_some[1], **params})
+            c.execute("DELETE FROM temp.lr_mcand")
 
     def measure_threshold(self, key: str, share: float) -> float:
         """The value a friend's kept value of the measure must exceed to be in the top ``share``
@@ -2439,6 +2438,15 @@ class Store:
         )
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
+
+    def outbox_due(self, now: int) -> bool:
+        """Whether any row is pending (or held) with ``not_before <= now``: a read, no lock."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM outbox WHERE status IN ('pending', 'held') AND not_before <= ? LIMIT 1", (now,)
+            ).fetchone()
+            is not None
+        )
 
     def claim_outbox(
         self,

@@ -47,6 +47,8 @@ class ConditionTriggers:
         #: rule -> (compiled check, its rankings), made once per project
         self._plans: dict[str, tuple[_Plan, list[sqlcond.Ranking]]] = {}
         self._forgotten = False
+        #: states of the checks of this condition tick, saved together at its end
+        self._states: dict[str, ConditionState] = {}
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
         #: check, when that check entered nobody
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
@@ -79,10 +81,10 @@ class ConditionTriggers:
                 self.ctx.carry.noise += s.total_changes - before  # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
         before = s.total_changes
-        if not self._forgotten:  # once per project: the states of rules no longer in it
-            s.forget_condition_states(self._kept())
-            self._forgotten = True
-        s.prune_changes()
+        keep = None if self._forgotten else self._kept()  # once per project: forget the rules gone
+        s.save_condition_states(self._states, keep=keep)
+        self._states.clear()
+        self._forgotten = True
         self.ctx.carry.noise += s.total_changes - before
 
     def _kept(self) -> list[str]:
@@ -175,10 +177,8 @@ class ConditionTriggers:
                 candidates=some is not None,
             )
         )
-        before = s.total_changes
-        with s.transaction():
-            s.save_condition_state(rule.name, ConditionState(plan.checked, seen, now, tops))
-        return entered, noise + s.total_changes - before
+        self._states[rule.name] = ConditionState(plan.checked, seen, now, tops)
+        return entered, noise
 
     def _refresh(self, rank: sqlcond.Ranking, plan: _Plan, now: int, seen: int) -> float:
         """Bring a ranked measure's kept values up to now; its threshold."""
@@ -187,7 +187,8 @@ class ConditionTriggers:
         last = s.condition_state(name) if self.incremental else None
         if last is not None and (last.at > now or last.checked != rank.key):
             last = None
-        if last is None or last.at != now or last.seen != seen:
+        done = self._states.get(name)  # refreshed already in this tick, for another rule
+        if done is None or done.at != now or done.seen != seen:
             fill_all, fill_some = plan.fills[rank.key]
             s.refresh_measure(
                 rank.key,
@@ -196,8 +197,8 @@ class ConditionTriggers:
                 last,
                 plan.measure_moves[rank.key],
                 now,
-                seen,
             )
+            self._states[name] = ConditionState(rank.key, seen, now, {})
         return s.measure_threshold(rank.key, rank.share)
 
     def _candidates(
