@@ -231,8 +231,13 @@ def compile_rule(rule: A.RuleDef, path: str) -> ir.Rule:
         entry=_guard(rule.entry),
         span=rule.span,
     )
-    version = _digest(ir.Rule(**options))
-    return ir.Rule(**options, version=version, path=path)
+    rule = ir.Rule(**options)
+    # Its version is the digest of the rule as made so far (no version, no path); nothing has
+    # seen the rule yet, so the two are filled in here rather than by making it a second time.
+    made = rule.__dict__
+    made["version"] = _digest(rule)
+    made["path"] = path
+    return rule
 
 
 def rule_version(rule: ir.Rule) -> str:

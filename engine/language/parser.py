@@ -18,6 +18,7 @@ import functools
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,22 +131,23 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
 
     CR LF and CR alone (old Mac files) are line ends like LF."""
     text = normalize_newlines(text)
+    built = _parse_building(path, text)
+    if built is not None:
+        return built
+    return _parse_then_build(path, text)
+
+
+def _parse_then_build(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
+    """:func:`parse_file` the long way: Lark's tree first, then the syntax tree built from it
+    by a walk. Taken for a file with a syntax error (Lark's parse says where; the file is then
+    read piece by piece), for one whose conditions nest deeper than :data:`MAX_NESTING` (whose
+    walk may run out of stack, and whose error names the outermost condition) and when the
+    building parse (:func:`_parse_building`) cannot be made with the installed Lark."""
     builder = _AstBuilder(path)
     try:
         tree = lark_parser().parse(text)
     except UnexpectedInput as exc:
-        parsed, diags = _parse_in_pieces(path, text)
-        if not any(d.is_error for d in diags):
-            # Every piece parsed alone although the whole did not: report the whole's error.
-            line, column = max(1, exc.line or 1), max(1, exc.column or 1)
-            diags.append(
-                Diagnostic.at(
-                    Span(path, line, column),
-                    E("LR010", "the rules cannot be read from here on"),
-                    help=_("compare with docs/language.md"),
-                )
-            )
-        return parsed, diags
+        return _syntax_errors(path, text, exc)
     items: list[A.Item] = []
     deep: list[Diagnostic] = []
     broken_rules: list[str] = []
@@ -164,6 +166,22 @@ def parse_file(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
             builder.diagnostics + deep,
         )
     return A.RuleFile(path, tuple(items)), builder.diagnostics
+
+
+def _syntax_errors(path: str, text: str, exc: UnexpectedInput) -> tuple[A.RuleFile, list[Diagnostic]]:
+    """A file the parser refused (``exc``): its rules and segments parsed one by one."""
+    parsed, diags = _parse_in_pieces(path, text)
+    if not any(d.is_error for d in diags):
+        # Every piece parsed alone although the whole did not: report the whole's error.
+        line, column = max(1, exc.line or 1), max(1, exc.column or 1)
+        diags.append(
+            Diagnostic.at(
+                Span(path, line, column),
+                E("LR010", "the rules cannot be read from here on"),
+                help=_("compare with docs/language.md"),
+            )
+        )
+    return parsed, diags
 
 
 #: How deeply ``not``, ``and``, ``or`` may nest; deeper conditions are refused (they are
@@ -547,6 +565,353 @@ _STEP_TYPES = frozenset(
         A.StopStep,
     )
 )
+
+
+# ----------------------------------------------------------------------------- building parse
+#
+# The LALR parser calls a function for every grammar rule it reduces; Lark's own functions
+# build its tree (:class:`lark.Tree`, with each node's place), which :class:`_AstBuilder` then
+# walks again. The building parse runs Lark's lexer and LALR loop over Lark's own tables with
+# other functions (:func:`_building_parser`), which build the syntax tree's nodes straight
+# away, with the very places Lark's ``propagate_positions`` gives its nodes: a node covers the
+# text from its first child's to its last child's, counting the keywords Lark drops from the
+# tree; an inlined rule (``_step``, ``_within``, Lark's ``__x_star_N``) hands its children to
+# its parent with the place they cover; and ``( cond )`` hands over the condition itself, whose
+# place stays without the parentheses while its parent's includes them (Lark's "container"
+# place). The result is the same syntax tree the walk builds (``tests/test_parser_building.py``
+# compares the two).
+
+
+class _Spliced:
+    """The children of an inlined rule on their way into the parent's, and the place they
+    cover (the same attribute names as a token's)."""
+
+    __slots__ = ("children", "line", "column", "end_line", "end_column")
+
+    def __init__(self, children: list, line: int, column: int, end_line: int, end_column: int):
+        self.children = children
+        self.line = line
+        self.column = column
+        self.end_line = end_line
+        self.end_column = end_column
+
+
+class _Building:
+    """The file being parsed, for the rule functions (one parse at a time: :data:`_BUILDING_LOCK`)."""
+
+    __slots__ = ("builder", "path", "wider")
+
+    def __init__(self) -> None:
+        self.builder: _AstBuilder | None = None
+        self.path = ""
+        #: ``id`` of a condition written in parentheses -> the place with them.
+        self.wider: dict[int, tuple[int, int, int, int]] = {}
+
+
+_BUILDING = _Building()
+_BUILDING_LOCK = threading.Lock()
+_TOKEN, _SPLICED, _NODE = 0, 1, 2
+
+
+def _rule_function(rule, kinds: dict[str, int], methods: dict[str, Callable], now: _Building) -> Callable:
+    """What the parser calls when it reduces ``rule``: its values (tokens, nodes, spliced
+    children) in, the node (or spliced children, or the items of the file) out. ``kinds``:
+    what each rule that hands over its one child (``_step: send | wait ...``) gives."""
+    syms = rule.expansion
+    name = rule.alias or rule.options.template_source or rule.origin.name
+    if name in kinds:  # `_step`, `_value`: the child itself, which is all its parent takes of it
+        return _only_child
+
+    def kind(sym) -> int:
+        if sym.is_term:
+            return _TOKEN
+        return kinds.get(sym.name, _SPLICED if sym.name.startswith("_") else _NODE)
+
+    kept = [
+        (i, kind(sym) == _SPLICED)
+        for i, sym in enumerate(syms)
+        if rule.options.keep_all_tokens or not (sym.is_term and sym.filter_out)
+    ]
+    indices = [i for i, _spliced in kept]
+
+    def children_of(values: list) -> list:
+        out: list = []
+        for i, spliced in kept:
+            if spliced and not out:  # a left-recursive list (`__x_star_N`) grows in place, as in Lark
+                out = values[i].children
+            elif spliced:
+                out += values[i].children
+            else:
+                out.append(values[i])
+        return out
+
+    if not any(spliced for _i, spliced in kept):
+        if len(indices) == 1:
+            only = indices[0]
+
+            def children_of(values: list) -> list:
+                return [values[only]]
+
+        else:
+
+            def children_of(values: list) -> list:
+                return [values[i] for i in indices]
+
+    if name == "start":
+        return children_of if syms else lambda values: []
+    first_kind, last_kind = kind(syms[0]), kind(syms[-1])
+
+    def place(values: list) -> tuple[int, int, int, int]:
+        first, last = values[0], values[-1]
+        wider = now.wider
+        if first_kind != _NODE:
+            line, column = first.line, first.column
+        elif wider and id(first) in wider:
+            line, column = wider[id(first)][:2]
+        else:
+            span = first.span
+            line, column = span.line, span.column
+        if last_kind != _NODE:
+            end_line, end_column = last.end_line, last.end_column
+        elif wider and id(last) in wider:
+            end_line, end_column = wider[id(last)][2:]
+        else:
+            span = last.span
+            end_line, end_column = span.end_line, span.end_column
+        return line, column, end_line, end_column
+
+    if name.startswith("_") and kept and kept[0] == (0, True) and syms[0].name == rule.origin.name:
+
+        def grow(values: list) -> _Spliced:  # `__x_star_N: __x_star_N item`: the list so far, one longer
+            spliced = values[0]
+            spliced.children = children_of(values)
+            _line, _column, spliced.end_line, spliced.end_column = place(values)
+            return spliced
+
+        return grow
+    if name.startswith("_"):
+        return lambda values: _Spliced(children_of(values), *place(values))
+    handler = methods.get(name)
+
+    if handler is None:
+
+        def build(values: list):
+            raise NotImplementedError(f"no AST node for grammar rule {name!r}")
+
+    elif first_kind != _NODE and last_kind != _NODE:  # `tag vip`, `wait 1d`, `send a, b`
+
+        def build(values: list):
+            first, last = values[0], values[-1]
+            span = _span(now.path, first.line, first.column, last.end_line, last.end_column)
+            return handler(now.builder, span, children_of(values))
+
+    else:
+
+        def build(values: list):
+            return handler(now.builder, _span(now.path, *place(values)), children_of(values))
+
+    if not (rule.options.expand1 and not rule.alias):
+        return build
+    if len(syms) == 1 and first_kind == _NODE:
+        return _only_child  # `cond: and_cond`: the same node, the same places
+
+    def one_or_build(values: list):
+        children = children_of(values)
+        if len(children) != 1:
+            return build(values)
+        node = children[0]
+        if node.__class__ is not Token and node.__class__ is not _Spliced:
+            now.wider[id(node)] = place(values)  # `( cond )`
+        return node
+
+    return one_or_build
+
+
+_new = object.__new__
+
+
+def _span(path: str, line: int, column: int, end_line: int, end_column: int) -> Span:
+    """``Span(path, line, column, end_line, end_column)``, made in half the time: a frozen
+    dataclass sets each field through ``object.__setattr__``, and the parse makes one per node."""
+    span = _new(Span)
+    fields = span.__dict__
+    fields["path"] = path
+    fields["line"] = line
+    fields["column"] = column
+    fields["end_line"] = end_line
+    fields["end_column"] = end_column
+    return span
+
+
+def _only_child(values: list):
+    return values[0]
+
+
+def _handing_over(rules) -> dict[str, int]:
+    """The inlined rules each of whose alternatives is one child its parent takes as it is
+    (``_step: send | wait ...``, ``_value: NUMBER | STRING``), and what that child is."""
+    alternatives: dict[str, set] = {}
+    for rule in rules:
+        name = rule.origin.name
+        if not name.startswith("_") or rule.alias:
+            continue
+        syms = rule.expansion
+        one = len(syms) == 1 and not (syms[0].is_term and syms[0].filter_out) and not syms[0].name.startswith("_")
+        alternatives.setdefault(name, set()).add((_TOKEN if syms[0].is_term else _NODE) if one else None)
+    return {name: next(iter(k)) for name, k in alternatives.items() if len(k) == 1 and None not in k}
+
+
+class _NotBuilt(Exception):
+    """The building parse met a text the grammar refuses: Lark's own parse reports it."""
+
+
+@functools.cache
+def _building_parser() -> Callable[[str], list] | None:
+    """The building parse: a text in, the file's items out (:class:`_NotBuilt` when the text
+    has a syntax error). None when this Lark's insides are not as expected (the long way is
+    then always taken).
+
+    It is Lark's contextual lexer and LALR loop over Lark's own tables and each parser state's
+    own scanner (``lexer.py`` ``BasicLexer.next_token``, ``lalr_parser_state.py``
+    ``ParserState.feed_token``), written out in one function: the same tokens with the same
+    places, the same reductions, with a Python call less per token and per reduction, and each
+    rule's function found by the rule's identity rather than through its Python-level hash."""
+    try:
+        from lark.parsers.lalr_analysis import Shift
+
+        frontend = lark_parser().parser
+        tables = frontend.parser.parser.parse_table
+        states, start, end = tables.states, tables.start_states["start"], tables.end_states["start"]
+        lexers = frontend.lexer.lexers
+        if frontend.lexer_conf.callbacks or frontend.lexer_conf.use_bytes:
+            return None
+    except (ImportError, AttributeError, KeyError):
+        return None
+    methods = {
+        name: fn
+        for name, fn in vars(_AstBuilder).items()
+        if not name.startswith("_") and name != "transform" and callable(fn)
+    }
+    rules = lark_parser().rules
+    kinds = _handing_over(rules)
+    functions = {rule: _rule_function(rule, kinds, methods, _BUILDING) for rule in rules}
+    #: id of a rule in the tables -> (how many values it takes, its function, its name).
+    reductions: dict[int, tuple[int, Callable, str]] = {}
+    #: parser state -> its lexer's (regexes, ignored types, types that may hold a line end,
+    #: callbacks: a keyword read as a name gets its own type).
+    scanners: dict[int, tuple] = {}
+
+    def reduction(rule) -> tuple[int, Callable, str]:
+        found = reductions[id(rule)] = (len(rule.expansion), functions[rule], rule.origin.name)
+        return found
+
+    def scanner(state: int) -> tuple:
+        lexer = lexers[state]
+        found = scanners[state] = (
+            [mre.match for mre in lexer.scanner._mres],
+            lexer.ignore_types,
+            lexer.newline_types,
+            lexer.callback,
+        )
+        return found
+
+    new_token = str.__new__
+
+    def run(text: str) -> list:
+        stack = [start]
+        values: list = []
+        pos, line, line_start, size_ = 0, 1, 0, len(text)
+        token = None
+        while pos < size_:
+            state = stack[-1]
+            matchers, ignored, multiline, callbacks = scanners.get(state) or scanner(state)
+            for match in matchers:
+                m = match(text, pos)
+                if m:
+                    break
+            else:
+                raise _NotBuilt
+            value, type_ = m.group(0), m.lastgroup
+            column = pos - line_start + 1
+            begin, first_line = pos, line
+            if type_ in multiline and (newlines := value.count("\n")):
+                line += newlines
+                line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            skip = type_ in ignored
+            if skip and type_ not in callbacks:
+                continue
+            t = new_token(Token, value)
+            t.type, t.start_pos, t.value, t.line, t.column = type_, begin, value, first_line, column
+            t.end_line, t.end_column, t.end_pos = line, pos - line_start + 1, pos
+            if type_ in callbacks:
+                t = callbacks[type_](t)
+            if skip:
+                continue
+            token = t
+            while True:  # feed the token: reduce as the tables say, then shift it
+                row = states[stack[-1]]
+                action, arg = row.get(token.type, _NO_ACTION)
+                if action is Shift:
+                    stack.append(arg)
+                    values.append(token)
+                    break
+                if action is None:
+                    raise _NotBuilt
+                size, function, origin = reductions.get(id(arg)) or reduction(arg)
+                if size:
+                    taken = values[-size:]
+                    del stack[-size:]
+                    del values[-size:]
+                else:
+                    taken = []
+                value = function(taken)
+                stack.append(states[stack[-1]][origin][1])
+                values.append(value)
+        token = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
+        while True:  # the end: reduce until the start rule is complete
+            action, arg = states[stack[-1]].get("$END", _NO_ACTION)
+            if action is None or action is Shift:
+                raise _NotBuilt
+            size, function, origin = reductions.get(id(arg)) or reduction(arg)
+            if size:
+                taken = values[-size:]
+                del stack[-size:]
+                del values[-size:]
+            else:
+                taken = []
+            value = function(taken)
+            stack.append(states[stack[-1]][origin][1])
+            values.append(value)
+            if stack[-1] == end:
+                return value
+
+    return run
+
+
+_NO_ACTION = (None, None)
+
+
+def _parse_building(path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]] | None:
+    """:func:`parse_file` in one pass: the syntax tree built while the text is parsed. None
+    when the long way must be taken (:func:`_parse_then_build`)."""
+    run = _building_parser()
+    if run is None:
+        return None
+    builder = _AstBuilder(path)
+    now = _BUILDING
+    with _BUILDING_LOCK:
+        now.builder, now.path = builder, path
+        try:
+            items = run(text)
+        except _NotBuilt:  # a syntax error: Lark's parse says where, and the file is read piece by piece
+            return None
+        finally:
+            now.builder = None
+            now.wider.clear()
+    if builder.diagnostics:  # a condition nested too deeply
+        return None
+    return A.RuleFile(path, tuple(items)), builder.diagnostics
 
 
 # ----------------------------------------------------------------------------- error recovery

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -25,6 +25,7 @@ from engine.i18n import E, _
 
 from . import astnodes as A
 from . import ir
+from .cache import read_bytes
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
 from .diagnostics import WARNING, Diagnostic, dedupe, has_errors, normalize_newlines
@@ -87,14 +88,14 @@ def _load(root: str) -> LoadResult:
     else:
         folder, only = root, None
     try:
-        names = sorted(
-            n for n in os.listdir(folder or ".") if n.endswith(RULE_SUFFIX) and os.path.isfile(os.path.join(folder, n))
-        )
+        with os.scandir(folder or ".") as listing:
+            entries = {e.name: e for e in listing}
     except OSError as exc:
         return _fail(root, E("LR001", "cannot read `{path}`: {reason}", path=root, reason=exc.strerror or exc))
+    names = sorted(n for n, e in entries.items() if n.endswith(RULE_SUFFIX) and e.is_file())
 
     loader = _Loader()
-    settings, sales, messages = loader.yaml_files(folder)
+    settings, sales, messages = loader.yaml_files(folder, entries)
     known = loader.names
     rule_files: list[A.RuleFile] = []
     other_rules: set[str] = set()
@@ -358,8 +359,7 @@ class _Loader:
     def read(self, path: str, *, quiet: bool = False) -> str | None:
         """The file's text, or None (with an error unless ``quiet``) when it cannot be read."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_bytes(path)
         except OSError as exc:
             if not quiet:
                 self.diagnostics.append(
@@ -385,15 +385,21 @@ class _Loader:
         self.sources[path] = text
         return text
 
-    def yaml_files(self, folder: str) -> tuple[ir.Settings, tuple[ir.Sale, ...], dict[str, ir.MessageDef]]:
+    def yaml_files(
+        self, folder: str, entries: Mapping[str, os.DirEntry]
+    ) -> tuple[ir.Settings, tuple[ir.Sale, ...], dict[str, ir.MessageDef]]:
         """Settings (defaults when absent), sales (none when absent), messages (none when
-        absent), each loaded by its own module."""
+        absent), each loaded by its own module. ``entries``: what the folder holds."""
         from .settings import with_environment
+
+        def exists(name: str) -> bool:  # as os.path.exists, without asking the system again
+            entry = entries.get(name)
+            return entry is not None and (not entry.is_symlink() or os.path.exists(entry.path))
 
         # A YAML file that exists but cannot be read (not UTF-8, no permission) is like one
         # that is not valid YAML: the rules' names are not checked against it (no cascade).
         # The same for `messages.yml` & co.: never read, so they must not be silently ignored.
-        misnamed = self._misnamed_yaml(folder)
+        misnamed = self._misnamed_yaml(folder, exists)
         if MESSAGES_FILE in misnamed:
             self.names.messages_readable = False
         if SETTINGS_FILE in misnamed:
@@ -403,7 +409,7 @@ class _Loader:
         checked = _Checked(folder)
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
-        if os.path.exists(path):
+        if exists(SETTINGS_FILE):
             if (text := self.read(path)) is None:
                 self.names.menus = None
             else:
@@ -417,7 +423,7 @@ class _Loader:
             tz = ZoneInfo(ir.Settings().timezone)
         sales: tuple[ir.Sale, ...] = ()
         path = os.path.join(folder, SALES_FILE)
-        if os.path.exists(path):
+        if exists(SALES_FILE):
             if (text := self.read(path)) is None:
                 self.names.sales_whole = False
             else:
@@ -425,9 +431,9 @@ class _Loader:
                 self.diagnostics += diags
         messages: dict[str, ir.MessageDef] = {}
         path = os.path.join(folder, MESSAGES_FILE)
-        if os.path.exists(path) and (text := self.read(path)) is None:
+        if exists(MESSAGES_FILE) and (text := self.read(path)) is None:
             self.names.messages_readable = False
-        elif os.path.exists(path):
+        elif exists(MESSAGES_FILE):
             messages, broken, readable, diags = checked.result(MESSAGES_FILE, path, text)
             self.names.messages_readable = readable
             self.names.broken_messages = broken
@@ -435,15 +441,15 @@ class _Loader:
         checked.save()
         return settings, sales, messages
 
-    def _misnamed_yaml(self, folder: str) -> set[str]:
+    def _misnamed_yaml(self, folder: str, exists: Callable[[str], bool]) -> set[str]:
         """The YAML files written as ``.yml``: an error each (they are not read)."""
         found = set()
         for name in (SETTINGS_FILE, SALES_FILE, MESSAGES_FILE):
             other = name.removesuffix(".yaml") + ".yml"
             path = os.path.join(folder, other)
-            if not os.path.exists(path):
+            if not exists(other):
                 continue
-            both = os.path.exists(os.path.join(folder, name))
+            both = exists(name)
             self.diagnostics.append(
                 Diagnostic(
                     path,
