@@ -176,7 +176,7 @@ def one_round(send: str, n: int, tmp: Path, k: int) -> dict[str, float]:
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
     stage = Timed(deliver.DeliverStage, "run")
     render = Timed(deliver.Renderer, "render")
-    hashing = Timed(deliver.Renderer, "hash")
+    hashing = Timed(deliver.Renderer, "key" if hasattr(deliver.Renderer, "key") else "hash")
     outbox = Timed(Store, "add_outbox_rows")
     gc.collect()
     try:

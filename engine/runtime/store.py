@@ -9,6 +9,7 @@ Concurrency: WAL, a busy timeout, and explicit ``BEGIN IMMEDIATE`` transactions
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_text  # one JSON string, as ``_json`` writes it
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -313,6 +315,38 @@ class DueChunk(NamedTuple):
 
 #: A chunk that may hold anything (every statement of :meth:`Store.due_finish` runs).
 ANY_DUE = DueChunk(None, False)
+
+
+class DueSend(NamedTuple):
+    """An undecided due send rendered for its friend (:meth:`Store.due_rows`), with its group's
+    rule, steps, messages and occurrence, and ``friend``: the friend as :meth:`Store.friend`
+    gives it (``{"id": ...}`` alone for a friend without a row)."""
+
+    enrollment: int | None
+    friend_id: str
+    rule: str
+    steps: str
+    messages: str
+    occurrence: str | None
+    variant: str | None
+    event_seq: int | None
+    kind: str | None
+    answer: int
+    counts: int
+    reply_token: str | None
+    reply_deadline: int | None
+    friend: dict
+
+
+class LinkRow(NamedTuple):
+    """One click-tracking link sent to one friend (:meth:`Store.add_links`)."""
+
+    token: str
+    friend: str | None
+    rule: str | None
+    message: str | None
+    url: str
+    created_at: int
 
 
 class DueChange(NamedTuple):
@@ -1328,11 +1362,15 @@ class Store:
     def link_token(self, friend: str | None, rule: str | None, message: str | None, url: str, now: int) -> str:
         """A new click-tracking token for one link sent to one friend."""
         token = secrets.token_urlsafe(12)
-        self.conn.execute(
-            "INSERT INTO links(token, friend, rule, message, url, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (token, friend, rule, message, url, now),
-        )
+        self.add_links([LinkRow(token, friend, rule, message, url, now)])
         return token
+
+    def add_links(self, rows: Sequence[LinkRow]) -> None:
+        """Click-tracking links, their tokens made by :func:`link_tokens` (one statement)."""
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO links(token, friend, rule, message, url, created_at) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
 
     def link_friend(self, token: str) -> str | None:
         """The friend a tracked link was sent to (None: unknown token, or sent to nobody)."""
@@ -1947,17 +1985,46 @@ class Store:
             )
         return chunks * len(pushes), count
 
-    def due_rows(self, sent: Sequence[int] = ()) -> list[sqlite3.Row]:
+    def due_rows(self, sent: Sequence[int] = ()) -> list[DueSend]:
         """The undecided due intents not sent set-based (each rendered for its friend), with
-        their rule, steps, messages and occurrence: ``sent``, the groups :meth:`due_static_send`
-        sent."""
-        return self.conn.execute(
-            "SELECT d.*, g.rule, g.steps, g.messages, g.occurrence FROM temp.lr_due d JOIN temp.lr_groups g "
-            "ON g.grp = d.grp WHERE d.status IS NULL "
+        their rule, steps, messages and occurrence and the friend, in the order they are
+        decided: ``sent``, the groups :meth:`due_static_send` sent. One statement reads the
+        sends and their friends, one more the friends' tags."""
+        cur = self.conn.cursor()
+        cur.row_factory = None
+        rows = cur.execute(
+            "SELECT d.enrollment, d.friend, g.rule, g.steps, g.messages, g.occurrence, d.variant, d.event_seq, "
+            "d.kind, d.answer, d.counts, d.reply_token, d.reply_deadline, "
+            + ", ".join(f"f.{c}" for c in _FRIEND_COLUMNS)
+            + " FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp LEFT JOIN friends f ON f.id = d.friend "
+            "WHERE d.status IS NULL "
             + (f"AND NOT (d.kind IS NULL AND d.grp IN ({', '.join('?' * len(sent))})) " if sent else "")
             + "ORDER BY d.prio DESC, d.queued_at, d.enrollment, d.id",
             list(sent),
         ).fetchall()
+        tags: dict[str, list[str]] = {}
+        for friend_id, tag in cur.execute(
+            "SELECT friend, tag FROM tags WHERE friend IN (SELECT friend FROM temp.lr_due WHERE status IS NULL) "
+            "ORDER BY tag"
+        ).fetchall():
+            tags.setdefault(friend_id, []).append(tag)
+        friends: dict[str, dict] = {}  # a friend with two sends is one dict, as in friends_for_render
+        out: list[DueSend] = []
+        width = len(DueSend._fields) - 1
+        loads, columns = json.loads, _FRIEND_COLUMNS
+        for row in rows:
+            friend_id = row[1]
+            friend = friends.get(friend_id)
+            if friend is None:
+                if row[width] is None:  # no friend row
+                    friend = {"id": friend_id}
+                else:
+                    friend = dict(zip(columns, row[width:]))
+                    friend["attributes"] = loads(friend["attributes"])
+                    friend["tags"] = tags.get(friend_id, [])
+                friends[friend_id] = friend
+            out.append(DueSend(*row[:width], friend))
+        return out
 
     def finish_deliver(self, now: int) -> None:
         """After the deliver stage's last chunk: the audiences whose sends were due now and of
@@ -2187,39 +2254,39 @@ class Store:
             # message lists are encoded once each (``rows`` keeps the payloads alive: ids stay unique)
             payloads: dict[int, str] = {}
             names: dict[tuple[str, ...], str] = {}
-
-            def payload(value: Any) -> str:
-                text = payloads.get(id(value))
-                if text is None:
-                    text = payloads[id(value)] = value.json if type(value) is Encoded else _json(value)
-                return text
-
-            def messages(value: Sequence[str]) -> str:
-                key = tuple(value)
-                text = names.get(key)
-                if text is None:
-                    text = names[key] = _json(list(key))
-                return text
-
-            c.executemany(
-                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
-                "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                [
+            keys = retry_keys(len(rows))
+            values = []
+            for i, r in enumerate(rows):
+                payload = payloads.get(id(r.payload))
+                if payload is None:
+                    payload = r.payload.json if type(r.payload) is Encoded else _json(r.payload)
+                    payloads[id(r.payload)] = payload
+                key = tuple(r.messages)
+                messages = names.get(key)
+                if messages is None:
+                    messages = names[key] = _json(list(key))
+                recipients = r.recipients
+                values.append(
                     (
                         first + i,
                         r.kind,
-                        _json(list(r.recipients)),
-                        payload(r.payload),
-                        messages(r.messages),
+                        f"[{_json_text(recipients[0])}]"
+                        if len(recipients) == 1 and type(recipients[0]) is str
+                        else _json(list(recipients)),
+                        payload,
+                        messages,
                         r.rule,
-                        str(uuid.uuid4()),
+                        keys[i],
                         r.reply_token,
                         r.reply_deadline,
                         r.not_before,
                         now,
                     )
-                    for i, r in enumerate(rows)
-                ],
+                )
+            c.executemany(
+                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
+                "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                values,
             )
         return list(range(first, first + len(rows)))
 
@@ -3407,6 +3474,28 @@ def _turns_for(path: str) -> _Turns:
 def _norm_source(source: str) -> str:
     """``qr = shipping, ad=summer`` -> ``qr=shipping,ad=summer``."""
     return ",".join("=".join(p.strip() for p in part.split("=", 1)) for part in source.split(","))
+
+
+def retry_keys(n: int) -> list[str]:
+    """``n`` new retry keys: random UUIDs (version 4), as ``str(uuid.uuid4())`` makes them,
+    from one read of the system's random source."""
+    raw = os.urandom(16 * n).hex()
+    keys = []
+    for i in range(0, 32 * n, 32):
+        h = raw[i : i + 32]
+        keys.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return keys
+
+
+#: The first hex digit of a UUID's fourth group with the RFC 4122 variant bits set (10xx).
+_VARIANT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
+
+
+def link_tokens(n: int) -> list[str]:
+    """``n`` new click-tracking tokens, each as ``secrets.token_urlsafe(12)`` makes one (16
+    URL-safe characters), from one read of the system's random source."""
+    text = base64.urlsafe_b64encode(os.urandom(12 * n)).decode()
+    return [text[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
-from engine.language.render import MessagePlan, RenderError, render_hash, render_message, sale_vars
+from engine.language.render import MessagePlan, RenderError, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
-from engine.runtime.store import Delivery, DueChange, DueChunk, Encoded, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, DueSend, Encoded, LinkRow, OutboxRow, link_tokens
 from engine.stages.context import Context, TickResult
 
 log = logging.getLogger("linerules.engine")
@@ -49,7 +49,7 @@ class Due(NamedTuple):
 class _Share(NamedTuple):
     """One push of one friend's rendered send, waiting for the others with the same payload."""
 
-    row: Any  # the due send (a ``temp.lr_due`` row)
+    row: DueSend
     push: int  # which push of the send (0: the first, which counts for the cap)
     objects: list
     step_id: str
@@ -181,6 +181,7 @@ class Decision:
             )
             if rejected or not chunks:
                 continue  # a message that does not render: recorded per friend
+            self.renderer.write_links()
             rows, count = s.due_static_send(grp, rule_name, json.loads(steps_text)[0][0], chunks, now, self.today)
             self.result.queued += rows
             billed += count * len(chunks)
@@ -205,85 +206,81 @@ class Outgoing:
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
 
-    def send(self, rows: list) -> int:
-        """Render and write ``rows`` (``temp.lr_due`` rows); returns the billed messages
-        (recipients of pushes and multicasts)."""
+    def send(self, rows: list[DueSend]) -> int:
+        """Render and write ``rows`` (as :meth:`Store.due_rows` reads them); returns the billed
+        messages (recipients of pushes and multicasts)."""
         if not rows:
             return 0
         s = self.ctx.store
-        friends = s.friends_for_render({r["friend"] for r in rows})
-        events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        events = s.events_data({r.event_seq for r in rows if r.event_seq is not None})
         decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # the chunk's few distinct sends
+        render, now, today, deliveries = self.renderer.render, self.now, self.today, self.deliveries
         for r in rows:
-            key = (r["steps"], r["messages"])
+            key = (r.steps, r.messages)
             step_names = decoded.get(key)
             if step_names is None:
                 step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
-            due = Due(
-                r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"], *step_names
-            )
-            friend = friends.get(r["friend"]) or {"id": r["friend"]}
-            chunks = self.renderer.render(
-                due, friend, self.now, self.deliveries, self.today, events.get(r["event_seq"])
-            )
+            due = Due(r.enrollment, r.friend_id, r.rule, r.occurrence, r.variant, r.event_seq, *step_names)
+            chunks = render(due, r.friend, now, deliveries, today, events.get(r.event_seq))
             if not chunks:
                 continue  # nothing rendered: its rejected delivery rows say why
-            if r["kind"] == "reply" or r["answer"]:
+            if r.kind == "reply" or r.answer:
                 self._alone(r, due, chunks)
             else:
                 self._share(r, due, chunks)
+        self.renderer.write_links()
         self._multicasts()
         ids = s.add_outbox_rows(self.outbox, self.now)
         self.result.queued += len(self.outbox)
         s.add_deliveries(self.deliveries, ids)  # the delivery rows are the per-friend decisions
         return self.billed
 
-    def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
+    def _alone(self, r: DueSend, due: Due, chunks: Pushes) -> None:
         """A reply or an answer, for its one friend now: the first push as the reply (when it
         holds the token), the rest as pushes."""
-        counts = 1 if r["counts"] else 0
-        reason = "answer" if r["answer"] else None
+        counts = 1 if r.counts else 0
+        reason = "answer" if r.answer else None
         for i, (push_names, objects) in enumerate(chunks):
-            token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
+            token = r.reply_token if i == 0 and r.kind == "reply" else None
             self.outbox.append(
                 OutboxRow(
                     "reply" if token else "push",
-                    [r["friend"]],
+                    [r.friend_id],
                     objects,
                     push_names,
-                    r["rule"],
+                    r.rule,
                     self.now,
                     token,
-                    r["reply_deadline"] if token else None,
+                    r.reply_deadline if token else None,
                 )
             )
             self.billed += 0 if token else 1
             ref = len(self.outbox) - 1
             self.deliveries.append(
                 Delivery(
-                    r["friend"],
-                    r["rule"],
+                    r.friend_id,
+                    r.rule,
                     due.step_id,
-                    r["enrollment"],
+                    r.enrollment,
                     ref,
                     push_names,
                     "queued",
                     reason,
-                    r["variant"],
+                    r.variant,
                     self.now,
                     self.today,
                     counts if i == 0 else 0,
                 )
             )
 
-    def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
+    def _share(self, r: DueSend, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
-        counts = 1 if r["counts"] else 0
+        counts = 1 if r.counts else 0
         hit = self._keys.get(id(chunks))
         if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
             hit = self._keys[id(chunks)] = (
                 chunks,
-                [(r["rule"], self.renderer.hash(objects), tuple(push_names)) for push_names, objects in chunks],
+                [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
             )
         for i, key in enumerate(hit[1]):
             self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
@@ -296,7 +293,7 @@ class Outgoing:
                 self.outbox.append(
                     OutboxRow(
                         "multicast" if len(part) > 1 else "push",
-                        [p.row["friend"] for p in part],
+                        [p.row.friend_id for p in part],
                         objects,
                         list(names),
                         rule,
@@ -309,15 +306,15 @@ class Outgoing:
                     r = p.row
                     self.deliveries.append(
                         Delivery(
-                            r["friend"],
+                            r.friend_id,
                             rule,
                             p.step_id,
-                            r["enrollment"],
+                            r.enrollment,
                             ref,
                             list(names),
                             "queued",
                             None,
-                            r["variant"],
+                            r.variant,
                             self.now,
                             self.today,
                             p.counts if p.push == 0 else 0,
@@ -334,14 +331,23 @@ class Renderer:
         self.ctx = ctx
         self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
-        self._hashes: dict[int, tuple[list[dict], str]] = {}
+        self._keys: dict[int, tuple[list[dict], str]] = {}
         self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
         self._sales: dict[str, dict | None] = {}
+        #: the click-tracking links made while rendering, written by :meth:`write_links`
+        self.links: list[LinkRow] = []
+        self._tokens: list[str] = []
 
     def new_chunk(self) -> None:
         """Friend-independent renders are shared within one chunk only."""
         self._rendered.clear()
-        self._hashes.clear()
+        self._keys.clear()
+
+    def write_links(self) -> None:
+        """Store the tracked links rendered since the last call, in the order they were made."""
+        if self.links:
+            self.ctx.store.add_links(self.links)
+            self.links = []
 
     def render(
         self, due: Due, friend: dict, now: int, deliveries: list[Delivery], day: str, event: dict | None = None
@@ -460,20 +466,34 @@ class Renderer:
             self._static[name] = "friend" not in text and "event" not in text
         return self._static[name]
 
-    def hash(self, objects: list[dict]) -> str:
-        """``render_hash``, computed once per distinct payload object."""
-        key = id(objects)
-        if key not in self._hashes:
-            self._hashes[key] = (objects, render_hash(objects, objects.json if type(objects) is Encoded else None))
-        return self._hashes[key][1]
+    def key(self, objects: list[dict]) -> str:
+        """What makes two payloads one: their JSON text as the store writes it (keys sorted,
+        as ``render_hash`` hashes it), taken once per distinct payload object."""
+        if type(objects) is Encoded:
+            return objects.json
+        hit = self._keys.get(id(objects))
+        if hit is None:
+            text = json.dumps(objects, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+            hit = self._keys[id(objects)] = (objects, text)
+        return hit[1]
 
     def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
-        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set."""
+        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set
+        (the link rows are written by :meth:`write_links`)."""
         base = self.ctx.settings.base_url
         if not base or friend is None:
             return None
-        store = self.ctx.store
-        return lambda url: f"{base.rstrip('/')}/c/{store.link_token(friend, rule, message, url, now)}"
+        base = base.rstrip("/")
+        tokens = self._tokens
+
+        def link(url: str) -> str:
+            if not tokens:
+                tokens.extend(link_tokens(1024))
+            token = tokens.pop()
+            self.links.append(LinkRow(token, friend, rule, message, url, now))
+            return f"{base}/c/{token}"
+
+        return link
 
     def _sale(self, occurrence: str | None) -> dict | None:
         """The sale of a ``sale`` rule's occurrence, for templates' ``sale`` (worked out once
