@@ -509,16 +509,38 @@ class MessagePlan:
         """The objects this message renders to for ``friend`` (as :func:`render_message`), and
         each one's JSON text as the store writes it (None when rendered the slow way). Raises
         RenderError, and nothing else."""
-        if self.slow or link is not None and not self.tracked:
+        if not self.takes(link):
             objects = render_message(
                 self.defn, friend=friend, rule=self.rule, sale=sale, utm=self.utm, link=link, event=event
             )
             return objects, None
-        return _guarded(self.defn.name, self.rule, self._render, friend, sale, link, event)
+        encoded, values = self.encode(friend, sale=sale, link=link, event=event)
+        return self.build(values), encoded
 
-    def _render(
+    def takes(self, link: Callable[[str], str] | None) -> bool:
+        """Whether :meth:`encode` renders this message (else :meth:`render` renders it the slow way)."""
+        return not self.slow and (link is None or self.tracked)
+
+    def encode(
+        self,
+        friend: dict,
+        *,
+        sale: dict | None = None,
+        link: Callable[[str], str] | None = None,
+        event: dict | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """Each object's JSON text for ``friend``, as :meth:`render` gives it, without making
+        the objects (:meth:`build` makes them from the changing values, the second item), for a
+        plan that :meth:`takes` ``link``. Raises RenderError, and nothing else."""
+        return _guarded(self.defn.name, self.rule, self._encode, friend, sale, link, event)
+
+    def build(self, values: list[Any]) -> list[dict]:
+        """One friend's objects from the changing values :meth:`encode` gave."""
+        return [_build(spine, values) for spine in self.spines]
+
+    def _encode(
         self, friend: dict, sale: dict | None, link: Callable[[str], str] | None, event: dict | None
-    ) -> tuple[list[dict], list[str]]:
+    ) -> tuple[list[str], list[Any]]:
         values = list(self.initial)
         changed = self.fixed_changed
         if self.templates:
@@ -533,10 +555,9 @@ class MessagePlan:
         if self.ops:
             changed, odd = self._links(values, link, changed)
         encoded = [_encode(v) for v in values]
-        objects = [_build(spine, values) for spine in self.spines]
         if changed and (odd or not fields_pass(self.checks, values, encoded)):
-            _raise_first(self.defn.name, self.rule, objects)
-        return objects, [form % pick(encoded) for form, pick in self.encoding]
+            _raise_first(self.defn.name, self.rule, self.build(values))
+        return [form % pick(encoded) for form, pick in self.encoding], values
 
     def _links(self, values: list[Any], link: Callable[[str], str] | None, changed: bool) -> tuple[bool, bool]:
         """The per-friend link rewrites, as :func:`_rewrite_links` makes them: whether any

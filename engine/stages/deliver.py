@@ -11,10 +11,13 @@ rendered (:class:`Renderer`) and only then are outbox and delivery rows written,
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
@@ -29,8 +32,9 @@ log = logging.getLogger("linerules.engine")
 #: competing sends are always decided together).
 DELIVER_CHUNK = 5000
 
-#: Rendered pushes: (message names, LINE message objects) of each push.
-Pushes = list[tuple[list[str], list[dict]]]
+#: Rendered pushes: (message names, LINE message objects) of each push (the objects a list,
+#: or :class:`Encoded`: known by their JSON text).
+Pushes = list[tuple[list[str], Any]]
 
 
 class Due(NamedTuple):
@@ -56,6 +60,67 @@ class _Share(NamedTuple):
     counts: int
 
 
+class _Part(NamedTuple):
+    """One message of a due send, rendered: its objects (or what makes them) and, when known,
+    each one's JSON text."""
+
+    name: str
+    count: int
+    texts: list[str] | None
+    objects: list | Callable[[], list]
+
+
+def pack(parts: list[_Part]) -> Pushes:
+    """The rendered messages of a send in pushes of at most five objects, keeping each message
+    whole where it fits (a longer one is split); a push whose objects' JSON is all known is
+    :class:`Encoded` (its objects made only when asked for)."""
+    pushes: list[tuple[list[str], list[tuple[_Part, int, int]]]] = []  # names, (part, from, to)
+    for part in parts:
+        if pushes and sum(b - a for _, a, b in pushes[-1][1]) + part.count <= MAX_OBJECTS:
+            pushes[-1][0].append(part.name)
+            pushes[-1][1].append((part, 0, part.count))
+        elif part.count <= MAX_OBJECTS:
+            pushes.append(([part.name], [(part, 0, part.count)]))
+        else:
+            for i in range(0, part.count, MAX_OBJECTS):
+                pushes.append(([part.name], [(part, i, min(i + MAX_OBJECTS, part.count))]))
+    made: dict[int, list] = {}
+
+    def objects_of(part: _Part) -> list:
+        if id(part) not in made:
+            made[id(part)] = part.objects() if callable(part.objects) else part.objects
+        return made[id(part)]
+
+    def objects(pieces: list[tuple[_Part, int, int]]) -> list:
+        return [o for part, a, b in pieces for o in objects_of(part)[a:b]]
+
+    out: Pushes = []
+    for names, pieces in pushes:
+        if all(part.texts is not None for part, _, _ in pieces):
+            text = "[" + ",".join(t for part, a, b in pieces for t in part.texts[a:b]) + "]"
+            out.append((names, Encoded(text, partial(objects, pieces))))
+        else:
+            out.append((names, objects(pieces)))
+    return out
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No automatic garbage collection while a chunk is decided: the chunk's thousands of rows
+    (friends, rendered payloads, outbox and delivery rows) hold no reference cycles and are
+    freed as soon as the chunk is written, but while they live each collection of the older
+    generations walks them all again (a tenth of the stage, measured). Collection resumes
+    after the chunk, as it was; anything left in a cycle is collected then."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 class DeliverStage:
     """Decides the due sends of the context's project."""
 
@@ -71,7 +136,7 @@ class DeliverStage:
         today = timeutil.local_day(now, ctx.tz)
         after, first = "", True
         while True:
-            with s.transaction():
+            with s.transaction(), _no_collection():
                 if first:
                     self._start(now)
                     first = False
@@ -200,8 +265,8 @@ class Outgoing:
         self.now = now
         self.today = today
         self.result = result
-        self.deliveries: list[Delivery] = []
-        self.outbox: list[OutboxRow] = []
+        self.deliveries: list[Delivery | tuple] = []  # (a tuple: in the order of Delivery's fields)
+        self.outbox: list[OutboxRow | tuple] = []
         self.shared: dict[tuple, list[_Share]] = defaultdict(list)
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
@@ -276,47 +341,79 @@ class Outgoing:
     def _share(self, r: DueSend, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
         counts = 1 if r.counts else 0
-        hit = self._keys.get(id(chunks))
-        if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
-            hit = self._keys[id(chunks)] = (
-                chunks,
-                [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
-            )
-        for i, key in enumerate(hit[1]):
+        if len(chunks) == 1 and type(chunks[0][1]) is Encoded:  # one friend's own push, as a rule
+            keys = [(r.rule, chunks[0][1].json, tuple(chunks[0][0]))]
+        else:  # (a render the same for everyone is shared by the friends it is due for)
+            hit = self._keys.get(id(chunks))
+            if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
+                hit = self._keys[id(chunks)] = (
+                    chunks,
+                    [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
+                )
+            keys = hit[1]
+        for i, key in enumerate(keys):
             self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
 
     def _multicasts(self) -> None:
-        for (rule, _hash, names), items in self.shared.items():
+        """The shared pushes in the order of their first friend: one push for a friend alone,
+        multicasts of :data:`MAX_MULTICAST` friends for the same payload (outbox and delivery
+        rows as tuples in the order of :class:`OutboxRow` and :class:`Delivery`)."""
+        outbox, deliveries, now, today = self.outbox, self.deliveries, self.now, self.today
+        for (rule, _text, names), items in self.shared.items():
             objects = items[0].objects
+            if len(items) == 1:  # a personalised push, as a rule
+                p = items[0]
+                r = p.row
+                outbox.append(("push", [r.friend_id], objects, names, rule, now, None, None))
+                self.billed += 1
+                deliveries.append(
+                    (
+                        r.friend_id,
+                        rule,
+                        p.step_id,
+                        r.enrollment,
+                        len(outbox) - 1,
+                        names,
+                        "queued",
+                        None,
+                        r.variant,
+                        now,
+                        today,
+                        p.counts if p.push == 0 else 0,
+                    )
+                )
+                continue
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start : start + MAX_MULTICAST]
-                self.outbox.append(
-                    OutboxRow(
+                outbox.append(
+                    (
                         "multicast" if len(part) > 1 else "push",
                         [p.row.friend_id for p in part],
                         objects,
-                        list(names),
+                        names,
                         rule,
-                        self.now,
+                        now,
+                        None,
+                        None,
                     )
                 )
                 self.billed += len(part)
-                ref = len(self.outbox) - 1
+                ref = len(outbox) - 1
                 for p in part:
                     r = p.row
-                    self.deliveries.append(
-                        Delivery(
+                    deliveries.append(
+                        (
                             r.friend_id,
                             rule,
                             p.step_id,
                             r.enrollment,
                             ref,
-                            list(names),
+                            names,
                             "queued",
                             None,
                             r.variant,
-                            self.now,
-                            self.today,
+                            now,
+                            today,
                             p.counts if p.push == 0 else 0,
                         )
                     )
@@ -381,8 +478,7 @@ class Renderer:
                 )
                 return chunks
         sale = self._sale(occurrence)
-        chunks: Pushes = []
-        texts: list[list[str] | None] = []  # each push's objects as JSON, when known
+        parts: list[_Part] = []
         failures: list[tuple[str, str]] = []
         for name in due.names:
             defn = self.ctx.project.messages.get(name)
@@ -390,15 +486,19 @@ class Renderer:
                 continue
             link = self._linker(friend.get("id"), rule, name, now)
             try:
-                if key is None:  # this friend's own render: by the message's plan
-                    objects, encoded = self._plan(defn, rule, link is not None).render(
-                        friend, sale=sale, link=link, event=event
-                    )
-                else:
+                if key is not None:  # the same for everyone
                     objects = render_message(
                         defn, friend=friend, rule=rule, sale=sale, utm=self.ctx.settings.utm, link=link, event=event
                     )
-                    encoded = None
+                    parts.append(_Part(name, len(objects), None, objects))
+                    continue
+                plan = self._plan(defn, rule, link is not None)  # this friend's own render
+                if plan.takes(link):
+                    texts, values = plan.encode(friend, sale=sale, link=link, event=event)
+                    parts.append(_Part(name, len(texts), texts, partial(plan.build, values)))
+                else:
+                    objects = plan.render(friend, sale=sale, link=link, event=event)[0]
+                    parts.append(_Part(name, len(objects), None, objects))
             except RenderError as exc:
                 who = friend.get("id") or due.friend
                 if who:
@@ -422,23 +522,11 @@ class Renderer:
                         0,
                     )
                 )
-                continue
-            if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
-                chunks[-1][0].append(name)
-                chunks[-1][1].extend(objects)
-                texts[-1] = None if texts[-1] is None or encoded is None else texts[-1] + encoded
-            elif len(objects) <= MAX_OBJECTS:
-                chunks.append(([name], objects))
-                texts.append(encoded)
-            else:
-                for i in range(0, len(objects), MAX_OBJECTS):
-                    chunks.append(([name], objects[i : i + MAX_OBJECTS]))
-                    texts.append(None if encoded is None else encoded[i : i + MAX_OBJECTS])
-        if any(t is not None for t in texts):  # the pushes' JSON, spliced from their objects'
-            chunks = [
-                (names, objects if t is None else Encoded(objects, "[" + ",".join(t) + "]"))
-                for (names, objects), t in zip(chunks, texts, strict=True)
-            ]
+        if len(parts) == 1 and parts[0].texts is not None and parts[0].count <= MAX_OBJECTS:  # as a rule
+            part = parts[0]
+            chunks: Pushes = [([part.name], Encoded("[" + ",".join(part.texts) + "]", part.objects))]
+        else:
+            chunks = pack(parts)
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
