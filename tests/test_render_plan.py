@@ -81,6 +81,8 @@ DEFINITIONS = textwrap.dedent("""\
       actions:
         - {type: uri, linkUri: "https://shop.example.jp/m", area: {x: 0, y: 0, width: 520, height: 1040}}
     fixed: "いつもありがとうございます https://shop.example.jp/ と https://shop.example.jp/?utm_source=x"
+    adjacent: "{{ friend.display_name }}https://shop.example.jp/a{{ friend.code }} htt{{ friend.rank }} http:// {{ friend.bio }}"
+    apart: "{{ friend.display_name }}「https://shop.example.jp/a?b=https://c.jp/d」 ht{{ friend.code }}\nhttps://shop.example.jp/e"
 """)
 DEFS, _diags = load_messages("rules/messages.yaml", DEFINITIONS)
 assert not [d for d in _diags if d.is_error], [d.message for d in _diags]
@@ -142,7 +144,7 @@ def both(name: str, friend: dict, *, rule: str = "冬のセール", utm: bool = 
 
 pieces = st.sampled_from(
     list("\"'\\{}%<>&\n\t\x00\u2028 /:?=#aZ9あ漢🎁𠮷")
-    + ["👨\u200d👩\u200d👧", "https://a.jp/x", "http://b.jp", "{{ x }}"]
+    + ["👨\u200d👩\u200d👧", "https://a.jp/x", "http://b.jp", "{{ x }}", "tp://", "tps://c.jp"]
 )
 odd_text = st.lists(pieces, max_size=15).map("".join)
 values = st.one_of(
