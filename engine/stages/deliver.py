@@ -430,6 +430,7 @@ class Renderer:
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._keys: dict[int, tuple[list[dict], str]] = {}
         self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
+        self._only: dict[tuple[tuple[str, ...], str, bool], ir.MessageDef | bool] = {}
         self._sales: dict[str, dict | None] = {}
         #: the click-tracking links made while rendering, written by :meth:`write_links`
         self.links: list[LinkRow] = []
@@ -453,8 +454,24 @@ class Renderer:
         keeping each message whole where it fits. A message that fails to render is recorded
         as a rejected delivery and left out."""
         rule, occurrence = due.rule, due.occurrence
+        base_url = self.ctx.settings.base_url
+        only = self._only.get((due.names, rule, bool(base_url)))
+        if only is None:
+            only = self._only[due.names, rule, bool(base_url)] = self._only_message(due.names, bool(base_url)) or False
+        if only:  # one message of the friend's own, as a rule
+            link = self._linker(friend.get("id"), rule, only.name, now)
+            plan = self._plan(only, rule, link is not None)
+            if plan.takes(link):
+                try:
+                    texts, values = plan.encode(friend, sale=self._sale(occurrence), link=link, event=event)
+                except RenderError as exc:
+                    self._rejected(due, friend, only.name, exc, now, day, deliveries)
+                    return []
+                if len(texts) <= MAX_OBJECTS:
+                    return [([only.name], Encoded("[" + ",".join(texts) + "]", partial(plan.build, values)))]
+                return pack([_Part(only.name, len(texts), texts, partial(plan.build, values))])
         key = None
-        if not self.ctx.settings.base_url and self.static(due.names):
+        if not base_url and self.static(due.names):
             key = (due.names, rule, occurrence if occurrence and occurrence.startswith("sale:") else None)
             hit = self._rendered.get(key)
             if hit is not None:
@@ -500,28 +517,8 @@ class Renderer:
                     objects = plan.render(friend, sale=sale, link=link, event=event)[0]
                     parts.append(_Part(name, len(objects), None, objects))
             except RenderError as exc:
-                who = friend.get("id") or due.friend
-                if who:
-                    log.error("rule %s: message %s not sent to %s: %s", rule, name, who, exc)
-                else:  # a message the same for everyone: it fails for each friend it is due for
-                    log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
                 failures.append((name, str(exc)))
-                deliveries.append(
-                    Delivery(
-                        due.friend,
-                        rule,
-                        due.step_id,
-                        due.enrollment,
-                        None,
-                        [name],
-                        "rejected",
-                        str(exc),
-                        due.variant,
-                        now,
-                        day,
-                        0,
-                    )
-                )
+                self._rejected(due, friend, name, exc, now, day, deliveries)
         if len(parts) == 1 and parts[0].texts is not None and parts[0].count <= MAX_OBJECTS:  # as a rule
             part = parts[0]
             chunks: Pushes = [([part.name], Encoded("[" + ",".join(part.texts) + "]", part.objects))]
@@ -530,6 +527,38 @@ class Renderer:
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
+
+    def _only_message(self, names: tuple[str, ...], tracked: bool) -> ir.MessageDef | None:
+        """The message of a send of one message rendered per friend (None: another kind of send)."""
+        if len(names) != 1 or not tracked and self.static(names):
+            return None
+        return self.ctx.project.messages.get(names[0])
+
+    def _rejected(
+        self, due: Due, friend: dict, name: str, exc: RenderError, now: int, day: str, deliveries: list
+    ) -> None:
+        """A message that did not render for the friend: logged, and recorded as rejected."""
+        who = friend.get("id") or due.friend
+        if who:
+            log.error("rule %s: message %s not sent to %s: %s", due.rule, name, who, exc)
+        else:  # a message the same for everyone: it fails for each friend it is due for
+            log.error("rule %s: message %s not sent to anyone it is due for: %s", due.rule, name, exc)
+        deliveries.append(
+            Delivery(
+                due.friend,
+                due.rule,
+                due.step_id,
+                due.enrollment,
+                None,
+                [name],
+                "rejected",
+                str(exc),
+                due.variant,
+                now,
+                day,
+                0,
+            )
+        )
 
     def _plan(self, defn: ir.MessageDef, rule: str, tracked: bool) -> MessagePlan:
         """How ``defn`` renders per friend when ``rule`` sends it (worked out at its first send)."""
