@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import json.scanner
 import logging
+import operator
 import os
 import re
 import secrets
@@ -2300,14 +2302,11 @@ class Store:
                         reply_token,
                         reply_deadline,
                         not_before,
+                        "pending",
                         now,
                     )
                 )
-            c.executemany(
-                "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, reply_token, "
-                "reply_deadline, not_before, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
-                values,
-            )
+            _insert_many(c, "outbox", _OUTBOX_COLUMNS, values, (7, 8))
         return list(range(first, first + len(rows)))
 
     def add_deliveries(self, rows: Sequence[Delivery | tuple], outbox_ids: Sequence[int] | None = None) -> None:
@@ -2326,11 +2325,7 @@ class Store:
             values.append(
                 (friend, rule, step_id, enrollment, outbox, encoded, status, reason, variant, at, day, counts)
             )
-        self.conn.executemany(
-            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, "
-            "reason, variant, at, local_day, counts_for_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
-        )
+        _insert_many(self.conn, "deliveries", _DELIVERY_COLUMNS, values, (4, 7, 8))
 
     # ------------------------------------------------------------------ outbox (dispatcher side)
 
@@ -3483,6 +3478,53 @@ def _turns_for(path: str) -> _Turns:
 def _norm_source(source: str) -> str:
     """``qr = shipping, ad=summer`` -> ``qr=shipping,ad=summer``."""
     return ",".join("=".join(p.strip() for p in part.split("=", 1)) for part in source.split(","))
+
+
+_OUTBOX_COLUMNS = (
+    "id",
+    "kind",
+    "recipients",
+    "payload",
+    "messages",
+    "rule",
+    "retry_key",
+    "reply_token",
+    "reply_deadline",
+    "not_before",
+    "status",
+    "created_at",
+)
+_DELIVERY_COLUMNS = (
+    "friend",
+    "rule",
+    "step_id",
+    "enrollment",
+    "outbox_id",
+    "messages",
+    "status",
+    "reason",
+    "variant",
+    "at",
+    "local_day",
+    "counts_for_cap",
+)
+
+
+def _insert_many(c: Any, table: str, columns: Sequence[str], rows: Sequence[tuple], nullable: Sequence[int]) -> None:
+    """``rows`` inserted into ``table`` (``columns``, in order), one statement per run of rows;
+    a None in a ``nullable`` column is written as NULL in the statement rather than bound
+    (the sqlite3 module binds a None by a failed adapter lookup: dearer than the rest of a row's
+    values together), so consecutive rows with None in the same of those columns share one."""
+
+    def nulls(row: tuple) -> tuple[bool, ...]:
+        return tuple(row[i] is None for i in nullable)
+
+    for key, run in itertools.groupby(rows, nulls):
+        null = {i for i, none in zip(nullable, key, strict=True) if none}
+        kept = [i for i in range(len(columns)) if i not in null]
+        marks = ", ".join("NULL" if i in null else "?" for i in range(len(columns)))
+        values = map(operator.itemgetter(*kept), run) if null else run  # noqa: B031 (used once)
+        c.executemany(f"INSERT INTO {table}({', '.join(columns)}) VALUES ({marks})", values)
 
 
 def retry_keys(n: int) -> list[str]:
