@@ -87,8 +87,7 @@ def friend_vars(friend: Mapping[str, Any]) -> dict[str, Any]:
     ``friend.attributes``; the friend's own fields (display_name, language, tags, ...) win over
     attributes of the same name; tags as a sorted list."""
     attributes = dict(friend.get("attributes") or {})
-    out: dict[str, Any] = dict(attributes)
-    out.update(friend)
+    out: dict[str, Any] = {**attributes, **friend}
     if "attributes" in friend and "attributes" not in attributes:
         del out["attributes"]  # set again below, after the friend's own fields (as it always was)
     out["attributes"] = attributes

@@ -2026,8 +2026,8 @@ class Store:
         ).fetchall()
         tags: dict[str, list[str]] = {}
         for friend_id, tag in cur.execute(
-            "SELECT friend, tag FROM tags WHERE friend IN (SELECT friend FROM temp.lr_due WHERE status IS NULL) "
-            "ORDER BY tag"
+            "SELECT DISTINCT t.friend, t.tag FROM temp.lr_due d JOIN tags t ON t.friend = d.friend "
+            "WHERE d.status IS NULL ORDER BY t.tag"
         ).fetchall():
             tags.setdefault(friend_id, []).append(tag)
         friends: dict[str, dict] = {}  # a friend with two sends is one dict, as in friends_for_render
@@ -2281,9 +2281,12 @@ class Store:
             values = []
             for i, row in enumerate(rows):
                 kind, recipients, value, messages, rule, not_before, reply_token, reply_deadline = row
-                payload = payloads.get(id(value))
-                if payload is None:
-                    payload = payloads[id(value)] = value.json if type(value) is Encoded else _json(value)
+                if type(value) is Encoded:
+                    payload = value.json
+                else:
+                    payload = payloads.get(id(value))
+                    if payload is None:
+                        payload = payloads[id(value)] = _json(value)
                 key = tuple(messages)
                 encoded = names.get(key)
                 if encoded is None:

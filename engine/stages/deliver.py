@@ -342,16 +342,17 @@ class Outgoing:
         """A push that may share a multicast with other friends' identical pushes."""
         counts = 1 if r.counts else 0
         if len(chunks) == 1 and type(chunks[0][1]) is Encoded:  # one friend's own push, as a rule
-            keys = [(r.rule, chunks[0][1].json, tuple(chunks[0][0]))]
-        else:  # (a render the same for everyone is shared by the friends it is due for)
-            hit = self._keys.get(id(chunks))
-            if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
-                hit = self._keys[id(chunks)] = (
-                    chunks,
-                    [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
-                )
-            keys = hit[1]
-        for i, key in enumerate(keys):
+            names, payload = chunks[0]
+            self.shared[r.rule, payload.json, tuple(names)].append(_Share(r, 0, payload, due.step_id, counts))
+            return
+        # a render the same for everyone is shared by the friends it is due for
+        hit = self._keys.get(id(chunks))
+        if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
+            hit = self._keys[id(chunks)] = (
+                chunks,
+                [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
+            )
+        for i, key in enumerate(hit[1]):
             self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
 
     def _multicasts(self) -> None:
