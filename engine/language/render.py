@@ -606,7 +606,7 @@ class MessagePlan:
         odd = False
         if ops:
             changed, odd = self._links(values, link, changed, ops)
-        encoded = [_encode(v) for v in values]
+        encoded = [_encode_text(v) if type(v) is str else payload_json(v) for v in values]  # (_encode)
         if changed and (odd or not fields_pass(self.checks, values, encoded)):
             _raise_first(self.defn.name, self.rule, self.build(values))
         return [form % pick(encoded) for form, pick in self.encoding], values

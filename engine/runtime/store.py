@@ -10,6 +10,7 @@ Concurrency: WAL, a busy timeout, and explicit ``BEGIN IMMEDIATE`` transactions
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import itertools
 import json
@@ -3519,11 +3520,14 @@ def _insert_many(c: Any, table: str, columns: Sequence[str], rows: Sequence[tupl
     (the sqlite3 module binds a None by a failed adapter lookup: dearer than the rest of a row's
     values together), so consecutive rows with None in the same of those columns share one."""
 
+    # the nullable values (and the first again: a tuple even for one column)
+    pick, none = operator.itemgetter(*nullable, *nullable[:1]), functools.partial(operator.is_, None)
+
     def nulls(row: tuple) -> tuple[bool, ...]:
-        return tuple(row[i] is None for i in nullable)
+        return tuple(map(none, pick(row)))
 
     for key, run in itertools.groupby(rows, nulls):
-        null = {i for i, none in zip(nullable, key, strict=True) if none}
+        null = {i for i, empty in zip(nullable, key, strict=False) if empty}
         kept = [i for i in range(len(columns)) if i not in null]
         marks = ", ".join("NULL" if i in null else "?" for i in range(len(columns)))
         values = map(operator.itemgetter(*kept), run) if null else run  # noqa: B031 (used once)

@@ -460,11 +460,12 @@ class Renderer:
         if only is None:
             only = self._only[due.names, rule, bool(base_url)] = self._only_message(due.names, bool(base_url)) or False
         if only:  # one message of the friend's own, as a rule
-            link = self._linker(friend.get("id"), rule, only.name, now)
+            link = self._linker(friend.get("id"), rule, only.name, now) if base_url else None
             plan = self._plan(only, rule, link is not None)
             if plan.takes(link):
                 try:
-                    texts, values = plan.encode(friend, sale=self._sale(occurrence), link=link, event=event)
+                    sale = self._sale(occurrence) if occurrence else None
+                    texts, values = plan.encode(friend, sale=sale, link=link, event=event)
                 except RenderError as exc:
                     self._rejected(due, friend, only.name, exc, now, day, deliveries)
                     return []
