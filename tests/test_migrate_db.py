@@ -116,13 +116,15 @@ def engine_db(tmp_path_factory) -> Path:
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("\n") > 20  # the engine sent things
     # what only the runner writes: a tracked link, an account-link nonce, a lease (expired: the
-    # runner has stopped)
+    # runner has stopped), a friend's source from the LINE Login join link
     from engine.runtime import identity
 
     store = Store(str(db))
     store.link_token("U0001", "welcome", "coupon15", "https://shop.example/coupon?c=15", int(time.time()) - 900)
     identity.register_nonce(store, "C-77", int(time.time()) - 600)
     assert store.acquire_lease("runner-on-host-a", int(time.time()) - 3600, 60)
+    # a source recorded since the last condition tick: a change the next check looks at
+    store.set_source("U0002", "qr=shipping")
     store.close()
     return db
 

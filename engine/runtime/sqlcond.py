@@ -18,7 +18,10 @@ from typing import Any
 from engine.language import ir
 
 #: A current friend: their latest follow/unfollow is a follow (SPEC §2.2 "Who is a friend").
-CURRENT = "(f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
+#: The unary ``+`` keeps SQLite from walking the index on ``followed_at`` for it: nearly every
+#: friend is current, and reading a million rows in the index's order instead of the table's
+#: costs a random page read each.
+CURRENT = "(+f.followed_at IS NOT NULL AND f.blocked_at IS NULL)"
 
 _OPS = {"=": "=", "!=": "IS NOT", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _NUMBERS = ("orders", "total_spent", "spent")
@@ -41,8 +44,20 @@ class CondCompiler:
     """Turns conditions into SQL; ``with_enrollment`` says whether ``e`` is in scope (without
     it, "since entering the rule" means "ever" and ``variant`` is false)."""
 
-    def __init__(self, segments: dict[str, ir.Segment], *, with_enrollment: bool, dialect: str = "sqlite"):
+    def __init__(
+        self,
+        segments: dict[str, ir.Segment],
+        *,
+        with_enrollment: bool,
+        dialect: str = "sqlite",
+        ranked: list[Ranking] | None = None,
+    ):
         self.segments = segments
+        #: None: a ``top`` ranks every current friend in the query itself (a window function);
+        #: a list: it compares the friend's kept value (``measure_values``) with the threshold
+        #: parameter of its :class:`Ranking`, appended here (condition triggers,
+        #: engine/stages/conditions.py)
+        self.ranked = ranked
         #: ``sqlite`` or ``postgresql``: the dialect of the few expressions that differ (typed
         #: attribute values); everything else is written once and translated for PostgreSQL by
         #: :mod:`engine.runtime.pgconn`.
@@ -82,10 +97,10 @@ class CondCompiler:
             )
             return f"(f.source IS NOT NULL AND ({ors}))"
         if isinstance(c, ir.FriendFor):
-            since = f"(:now - {int(c.seconds)})"
+            since = f"(:now - {int(c.seconds)})"  # (``+``: not by the index, as in CURRENT)
             if c.mode == "for":
-                return f"(f.followed_at IS NOT NULL AND f.followed_at <= {since})"
-            return f"(f.followed_at IS NOT NULL AND f.followed_at > {since})"
+                return f"(+f.followed_at IS NOT NULL AND +f.followed_at <= {since})"
+            return f"(+f.followed_at IS NOT NULL AND +f.followed_at > {since})"
         if isinstance(c, ir.LastPurchaseOlder):
             return f"(f.last_purchase_at IS NOT NULL AND f.last_purchase_at <= :now - {int(c.seconds)})"
         if isinstance(c, ir.NeverPurchased):
@@ -94,6 +109,13 @@ class CondCompiler:
             op = _OPS[c.op]
             kind = "string" if isinstance(c.value, str) else "number"
             return f"COALESCE(({self.measure(c.measure, kind=kind)}) {op} {self._lit(c.value)}, FALSE)"
+        if isinstance(c, ir.Top) and self.ranked is not None:
+            rank = Ranking(f"top{len(self.ranked)}", measure_key(c.measure), c.measure, c.percent / 100.0)
+            self.ranked.append(rank)
+            return (
+                f"(COALESCE((SELECT mv.value FROM measure_values mv WHERE mv.measure = {self._lit(rank.key)} "
+                f"AND mv.friend = f.id), 0) > :{rank.param})"
+            )
         if isinstance(c, ir.Top):
             join = ""
             if c.measure.within is not None and c.measure.name in ("spent", "total_spent"):
@@ -180,6 +202,122 @@ class CondCompiler:
             f"(CASE WHEN json_type({alias}.attributes, {path}) IN {types} "
             f"THEN json_extract({alias}.attributes, {path}) END)"
         )
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One ``top`` of a condition compiled with ``ranked``: the friends whose kept value of
+    ``measure`` (key ``key`` in ``measure_values``) is above the threshold parameter ``param``
+    are the top ``share`` of the current friends (:meth:`engine.runtime.store.Store.measure_threshold`)."""
+
+    param: str
+    key: str
+    measure: ir.Measure
+    share: float
+
+
+def measure_key(m: ir.Measure) -> str:
+    """The name under which a measure's values are kept (``spent|31536000``, ``orders|``)."""
+    return f"{m.name}|{'' if m.within is None else int(m.within)}"
+
+
+def top_count(share: float, friends: int) -> int:
+    """How many of ``friends`` (ranked from the highest value) a top ``share`` keeps at most:
+    the largest k with k / friends <= share, as ``CUME_DIST() <= share`` compares it."""
+    if friends <= 0:
+        return 0
+    k = min(friends, max(0, int(share * friends)))
+    while k < friends and (k + 1) / friends <= share:
+        k += 1
+    while k > 0 and k / friends > share:
+        k -= 1
+    return k
+
+
+def measure_fill(m: ir.Measure, dialect: str, *, some: bool) -> Compiled:
+    """``INSERT`` of the non-zero values of measure ``m`` (parameters ``:key``, ``:now`` and
+    its own) of every current friend (``some``: of those in ``temp.lr_mcand``), the values a
+    ``top`` ranks (missing counts as 0, as in the ranking)."""
+    if not some and m.within is not None and m.name in ("spent", "total_spent"):
+        # only friends with orders in the window have a value: one pass over those orders
+        return Compiled(
+            "INSERT INTO measure_values(measure, friend, value) SELECT :key, a.friend, SUM(a.amount) "
+            "FROM activity a CROSS JOIN friends f ON f.id = a.friend "
+            f"WHERE a.kind = 'order' AND a.at > :now - {int(m.within)} AND {CURRENT} "
+            "GROUP BY a.friend HAVING COALESCE(SUM(a.amount), 0) <> 0"
+        )
+    compiler = CondCompiler({}, with_enrollment=False, dialect=dialect)
+    value = f"COALESCE({compiler.measure(m)}, 0)"
+    source = "temp.lr_mcand c CROSS JOIN friends f ON f.id = c.id" if some else "friends f"
+    return Compiled(
+        "INSERT INTO measure_values(measure, friend, value) SELECT :key, id, v FROM "
+        f"(SELECT f.id AS id, {value} AS v FROM {source} WHERE {CURRENT}) x WHERE v <> 0",
+        dict(compiler.params),
+    )
+
+
+def _terms(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[tuple[str, str | None, int]] | None:
+    """The terms of ``cond`` counting back from now, as (what, activity kind, seconds): what is
+    ``activity`` (rows of that kind; None: any), ``followed_at`` or ``last_purchase_at``.
+    None when some part of the condition is not understood here."""
+    out: list[tuple[str, str | None, int]] = []
+    stack: list[str] = []
+
+    def measure(m: ir.Measure) -> None:
+        if m.within is not None:
+            out.append(("activity", "order" if m.name in ("spent", "total_spent") else None, int(m.within)))
+
+    def walk(c: ir.Cond) -> bool:
+        if isinstance(c, (ir.All, ir.AnyOf)):
+            return all(walk(i) for i in c.items)
+        if isinstance(c, ir.Not):
+            return walk(c.item)
+        if isinstance(c, ir.Activity):
+            if c.within is not None:
+                kind = "order" if c.kind == "purchase" and not (c.product or c.category) else c.kind
+                out.append(("activity", kind, int(c.within)))
+            return True
+        if isinstance(c, ir.FriendFor):
+            out.append(("followed_at", None, int(c.seconds)))
+            return True
+        if isinstance(c, ir.LastPurchaseOlder):
+            out.append(("last_purchase_at", None, int(c.seconds)))
+            return True
+        if isinstance(c, (ir.Compare, ir.Top)):
+            measure(c.measure)
+            return True
+        if isinstance(c, ir.InSegment):
+            if c.name in stack or c.name not in segments:
+                return True
+            stack.append(c.name)
+            try:
+                return walk(segments[c.name].cond)
+            finally:
+                stack.pop()
+        return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
+
+    return out if walk(cond) else None
+
+
+def crossings(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
+    """Queries (parameters ``:since``, ``:now``) of the friends for whom time alone may have
+    changed ``cond`` between the moments ``since`` and ``now``: a stored time crossed by a term
+    counting back from now (``within``, ``older than``, ``friend for``). None when some part of
+    the condition is not understood here (then every friend must be checked)."""
+    terms = _terms(cond, segments)
+    if terms is None:
+        return None
+    out = []
+    for what, kind, seconds in dict.fromkeys(terms):
+        span = f"> :since - {seconds} AND {{c}} <= :now - {seconds}"
+        if what == "activity":
+            where = f"at {span.format(c='at')}" + (f" AND kind = '{kind}'" if kind else "")
+            out.append(f"SELECT friend FROM activity WHERE {where}")
+        elif what == "followed_at":
+            out.append(f"SELECT id FROM friends WHERE followed_at {span.format(c='followed_at')}")
+        else:  # the last purchase is an order row (engine/runtime/store.py recount_purchases)
+            out.append(f"SELECT friend FROM activity WHERE kind = 'order' AND at {span.format(c='at')}")
+    return out
 
 
 def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:

@@ -181,6 +181,25 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE rate_schedule (endpoint TEXT PRIMARY KEY, tat REAL NOT NULL DEFAULT 0);
     """,
+    # 10: condition triggers checked by what changed (engine/stages/conditions.py): every write
+    # that can change a condition's value for a friend (their row, activity, tags) appends the
+    # friend to ``friend_changes`` in its transaction; ``condition_state`` records, per rule (and
+    # per ranked measure, ``measure:…``), the change and the moment its last check covered, the
+    # SQL it checked and the ranking thresholds it used; ``measure_values`` keeps each current
+    # friend's non-zero value of every measure a ``top N% by`` ranks; the indexes find whom a
+    # moment crossing ``friend for`` or ``reenter after`` can change (and count the current
+    # friends: conditions over every friend keep reading the table in order, see
+    # engine/runtime/sqlcond.py CURRENT)
+    """
+    CREATE TABLE friend_changes (n INTEGER PRIMARY KEY AUTOINCREMENT, friend TEXT NOT NULL);
+    CREATE TABLE condition_state (rule TEXT PRIMARY KEY, checked TEXT NOT NULL, seen INTEGER NOT NULL,
+      at INTEGER NOT NULL, tops TEXT NOT NULL DEFAULT '{}');
+    CREATE TABLE measure_values (measure TEXT NOT NULL, friend TEXT NOT NULL, value REAL NOT NULL,
+      PRIMARY KEY (measure, friend)) WITHOUT ROWID;
+    CREATE INDEX measure_values_rank ON measure_values(measure, value);
+    CREATE INDEX friends_followed ON friends(followed_at, blocked_at);
+    CREATE INDEX enrollments_finished ON enrollments(rule, finished_at) WHERE finished_at IS NOT NULL;
+    """,
 )
 
 
@@ -651,6 +670,18 @@ class ApplyResult:
     duplicates: int
 
 
+class ConditionState(NamedTuple):
+    """What the last complete check of a condition rule (or refresh of a ranked measure,
+    ``measure:…``) covered (:meth:`Store.condition_state`): the SQL it checked (a changed
+    rule is checked in full again), the last change (``friend_changes``) it saw, its moment,
+    and the threshold of each ranking it used."""
+
+    checked: str
+    seen: int
+    at: int
+    tops: dict[str, float]
+
+
 class Placement(NamedTuple):
     """Where a set-based entry leaves its enrollments (:meth:`Store.enroll_audience`): state,
     step, due time and finish time, and, when its first sends are carried on the enrollment,
@@ -787,6 +818,7 @@ class Store:
         self.conn = conn = pgconn.PgConnection(url, lock_key="")
         self._lock = threading.RLock()
         self._depth = 0
+        self._changed: set[str] = set()  # friends this transaction's writes changed (:meth:`changed`)
         self._inflight = {}
         self.longest_write = 0.0
         raw = conn.raw()
@@ -839,6 +871,7 @@ class Store:
         self.conn = conn
         self._lock = threading.RLock()
         self._depth = 0
+        self._changed: set[str] = set()  # friends this transaction's writes changed (:meth:`changed`)
         self._inflight = {}
         self.longest_write = 0.0
         conn.execute("PRAGMA busy_timeout = 30000")
@@ -854,6 +887,7 @@ class Store:
             raise NotLinerulesDatabase(not_linerules(path, _FOREIGN))
         self._lock = threading.RLock()
         self._depth = 0
+        self._changed: set[str] = set()  # friends this transaction's writes changed (:meth:`changed`)
         self._inflight: dict[int, int] = {}  # outbox id -> claim time, claimed through this Store
         #: Seconds of the longest write transaction on this connection (benchmarks, logs).
         self.longest_write = 0.0
@@ -982,8 +1016,10 @@ class Store:
             self._depth = 1
             try:
                 yield self.conn
+                self._log_changes()
             except BaseException as exc:
                 self._depth = 0
+                self._changed.clear()
                 self._rollback()
                 if is_store_fault(exc):
                     raise self._fault(exc) from None
@@ -998,6 +1034,25 @@ class Store:
                 raise
             self._wrote()
             self.longest_write = max(self.longest_write, time.perf_counter() - started)
+
+    def changed(self, *friends: str) -> None:
+        """These friends' rows, activity or tags were just written: the condition triggers
+        look at them again (``friend_changes``, written once per friend and transaction, in
+        the transaction; a write outside one is logged at once)."""
+        self._changed.update(friends)
+        if not self._depth:
+            with self.transaction():
+                pass
+
+    def changed_query(self, sql: str, params: Any = ()) -> None:
+        """The friends ``sql`` selects (one column) were just written (:meth:`changed`)."""
+        self.changed(*(r[0] for r in self.conn.execute(sql, params) if r[0]))
+
+    def _log_changes(self) -> None:
+        if self._changed:
+            rows = [(f,) for f in sorted(self._changed)]
+            self._changed.clear()
+            self.conn.executemany("INSERT INTO friend_changes(friend) VALUES (?)", rows)
 
     def _rollback(self) -> None:
         """``ROLLBACK`` if a transaction is still open (SQLite may already have rolled back
@@ -1275,6 +1330,7 @@ class Store:
         with self.transaction() as c:
             self.ensure_friend(friend_id, now)
             c.execute("UPDATE friends SET source = ? WHERE id = ?", (_norm_source(source), friend_id))
+            self.changed(friend_id)
 
     def set_profile(self, friend_id: str, *, display_name: str | None = None, language: str | None = None) -> None:
         """Store the LINE profile fields templates use (None leaves a field as it is)."""
@@ -1284,6 +1340,7 @@ class Store:
                 "language = COALESCE(?, language) WHERE id = ?",
                 (display_name, language, friend_id),
             )
+            self.changed(friend_id)
 
     def touch(self, friend_id: str, at: int, *, line: bool = False) -> None:
         """The id has been seen through an event. ``line``: a message or postback from LINE,
@@ -1295,6 +1352,7 @@ class Store:
                 "followed_at, CASE WHEN blocked_at IS NULL THEN ? END) WHERE id = ?",
                 (at, at, friend_id),
             )
+            self.changed(friend_id)
             return
         self.conn.execute("UPDATE friends SET seen_at = COALESCE(seen_at, ?) WHERE id = ?", (at, friend_id))
 
@@ -1306,9 +1364,11 @@ class Store:
             "blocked_at = NULL, source = COALESCE(?, source) WHERE id = ?",
             (at, at, _norm_source(source) if source else None, friend_id),
         )
+        self.changed(friend_id)
 
     def unfollow(self, friend_id: str, at: int) -> None:
         self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
+        self.changed(friend_id)
 
     def purchase(
         self,
@@ -1338,6 +1398,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+        self.changed(friend_id)
 
     def track(self, friend_id: str, kind: str, product: str | None, at: int, seq: int | None = None) -> None:
         """A ``cart`` or ``view`` activity (``seq``: the event it came from)."""
@@ -1345,6 +1406,7 @@ class Store:
             "INSERT INTO activity(friend, kind, product, at, event_seq) VALUES (?, ?, ?, ?, ?)",
             (friend_id, kind, product, at, seq),
         )
+        self.changed(friend_id)
 
     def click(
         self, friend_id: str, at: int, rule: str | None, message: str | None, url: str | None, seq: int | None = None
@@ -1354,6 +1416,7 @@ class Store:
             "INSERT INTO activity(friend, kind, rule, message, url, at, event_seq) VALUES (?, 'click', ?, ?, ?, ?, ?)",
             (friend_id, rule, message, url, at, seq),
         )
+        self.changed(friend_id)
 
     def set_attributes(self, friend_id: str, values: dict[str, Any]) -> None:
         """``display_name`` and ``language`` are columns; everything else is a custom attribute."""
@@ -1365,6 +1428,7 @@ class Store:
             self.conn.execute(
                 "UPDATE friends SET attributes = json_patch(attributes, ?) WHERE id = ?", (_json(values), friend_id)
             )
+        self.changed(friend_id)
 
     def add_tags(self, friend_id: str, tags: Iterable[str], at: int) -> list[str]:
         """Add tags; returns the ones that were new."""
@@ -1375,10 +1439,13 @@ class Store:
             )
             if cur.rowcount:
                 new.append(tag)
+        if new:
+            self.changed(friend_id)
         return new
 
     def remove_tags(self, friend_id: str, tags: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM tags WHERE friend = ? AND tag = ?", [(friend_id, t) for t in tags])
+        self.changed(friend_id)
 
     # ------------------------------------------------------------------ clicks
 
@@ -1426,6 +1493,7 @@ class Store:
                 "INSERT INTO activity(friend, kind, rule, message, url, at) VALUES (?, 'click', ?, ?, ?, ?)",
                 (friend, rule, message, url, at),
             )
+            self.changed(friend)
             return url
 
     # ------------------------------------------------------------------ conditions
@@ -1449,6 +1517,119 @@ class Store:
             f"SELECT 1 FROM friends f WHERE f.id = :friend AND ({cond_sql})", {**params, "friend": friend_id}
         ).fetchone()
         return row is not None
+
+    # ------------------------------------------------------------------ condition triggers by what changed
+
+    def change_mark(self) -> int:
+        """The latest entry of ``friend_changes`` (0: none): a condition check that reads the
+        database after this covers every change up to it."""
+        return self.conn.execute("SELECT COALESCE(MAX(n), 0) FROM friend_changes").fetchone()[0]
+
+    def condition_state(self, name: str) -> ConditionState | None:
+        """What the last complete check of a condition rule (or ranked measure) covered."""
+        row = self.conn.execute(
+            "SELECT checked, seen, at, tops FROM condition_state WHERE rule = ?", (name,)
+        ).fetchone()
+        return None if row is None else ConditionState(row[0], row[1], row[2], json.loads(row[3]))
+
+    def save_condition_state(self, name: str, state: ConditionState) -> None:
+        self.conn.execute(
+            "INSERT INTO condition_state(rule, checked, seen, at, tops) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(rule) DO UPDATE SET checked = excluded.checked, seen = excluded.seen, at = excluded.at, "
+            "tops = excluded.tops",
+            (name, state.checked, state.seen, state.at, json.dumps(state.tops)),
+        )
+
+    def forget_condition_states(self, keep: Sequence[str]) -> None:
+        """Forget the states of rules and measures not in ``keep``: a rule that comes back is
+        checked in full again (the changes meanwhile are not kept for it)."""
+        marks = ",".join("?" * len(keep))
+        with self.transaction() as c:
+            c.execute(f"DELETE FROM condition_state WHERE rule NOT IN ({marks or 'NULL'})", tuple(keep))
+
+    def prune_changes(self) -> None:
+        """Forget the changes every kept state has covered (all of them when none is kept)."""
+        with self.transaction() as c:
+            c.execute(
+                "DELETE FROM friend_changes WHERE n <= COALESCE((SELECT MIN(seen) FROM condition_state), "
+                "(SELECT MAX(n) FROM friend_changes))"
+            )
+
+    def _candidates(self, table: str, seen: int, queries: Sequence[str], params: dict[str, Any]) -> int:
+        """``temp.<table>`` filled with the friends changed after the change ``seen`` and those
+        ``queries`` select (one column of ids each); returns how many."""
+        c = self.conn
+        c.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY)")
+        c.execute(f"DELETE FROM temp.{table}")
+        c.execute(
+            f"INSERT OR IGNORE INTO temp.{table}(id) SELECT friend FROM friend_changes WHERE n > :seen",
+            {**params, "seen": seen},
+        )
+        for q in queries:
+            c.execute(f"INSERT OR IGNORE INTO temp.{table}(id) {q}", params)
+        return c.execute(f"SELECT COUNT(*) FROM temp.{table}").fetchone()[0]
+
+    def condition_candidates(self, seen: int, queries: Sequence[str], params: dict[str, Any]) -> int:
+        """The friends a condition check looks at (``temp.lr_candidates``, read by
+        :meth:`enroll_audience` with ``candidates``): changed after ``seen``, or selected by
+        ``queries``. Returns how many."""
+        return self._candidates("lr_candidates", seen, queries, params)
+
+    def refresh_measure(
+        self,
+        key: str,
+        fill_all: tuple[str, dict[str, Any]],
+        fill_some: tuple[str, dict[str, Any]],
+        since: ConditionState | None,
+        queries: Sequence[str],
+        now: int,
+        seen: int,
+    ) -> None:
+        """Bring the kept values of one ranked measure up to ``now``: all of them again
+        (``since`` None, ``fill_all``), or those of the friends changed since the last refresh
+        and those ``queries`` select (``fill_some``, over ``temp.lr_mcand``); each fill is an
+        ``INSERT`` and its parameters (:func:`engine.runtime.sqlcond.measure_fill`). Its state
+        (``measure:KEY``) then says it covers the change ``seen`` at ``now``."""
+        params = {"key": key, "now": now}
+        with self.transaction() as c:
+            if since is None:
+                c.execute("DELETE FROM measure_values WHERE measure = ?", (key,))
+                c.execute(fill_all[0], {**fill_all[1], **params})
+            elif self._candidates("lr_mcand", since.seen, queries, {"since": since.at, "now": now}):
+                c.execute(
+                    "DELETE FROM measure_values WHERE measure = :key AND friend IN (SELECT id FROM temp.lr_mcand)",
+                    params,
+                )
+                c.execute(fill_some[0], {**fill_some[1], **params})
+                c.execute("DELETE FROM temp.lr_mcand")
+            self.save_condition_state(f"measure:{key}", ConditionState(key, seen, now, {}))
+
+    def measure_threshold(self, key: str, share: float) -> float:
+        """The value a friend's kept value of the measure must exceed to be in the top ``share``
+        of the current friends, as ``CUME_DIST() OVER (ORDER BY value DESC) <= share`` ranks them
+        (missing values count as 0; ties are in or out together): the value of the first friend
+        past the top, ``-inf`` when the top is everybody."""
+        from engine.runtime.sqlcond import CURRENT, top_count
+
+        c = self.conn
+        friends = c.execute(f"SELECT COUNT(*) FROM friends f WHERE {CURRENT}").fetchone()[0]
+        k = top_count(share, friends)
+        if k >= friends:
+            return float("-inf")
+        kept, above = c.execute(
+            "SELECT COUNT(*), COUNT(CASE WHEN value > 0 THEN 1 END) FROM measure_values WHERE measure = ?", (key,)
+        ).fetchone()
+        zeros = friends - kept
+        if k < above:
+            offset = k
+        elif k < above + zeros:
+            return 0.0
+        else:
+            offset = k - zeros
+        row = c.execute(
+            "SELECT value FROM measure_values WHERE measure = ? ORDER BY value DESC LIMIT 1 OFFSET ?", (key, offset)
+        ).fetchone()
+        return float(row[0]) if row is not None else 0.0
 
     # ------------------------------------------------------------------ enrollments
 
@@ -1531,6 +1712,7 @@ class Store:
         holdout_sql: str,
         chunk: int | None = None,
         placed: Placement | None = None,
+        candidates: bool = False,
     ) -> int:
         """Set-based entry: every friend ``f`` matching ``where_sql`` who is not blocked from
         entering by ``blocked_sql`` (a predicate over the rule's enrollments ``x`` of that friend)
@@ -1545,7 +1727,8 @@ class Store:
         read into a scratch table (a WAL read; it does not block writers), then entered ``chunk``
         friends per transaction. Each chunk is atomic and re-checks ``blocked_sql``, so running
         the entry again after a crash between chunks enrols nobody twice and misses nobody.
-        Call it outside a transaction, or the chunks join it."""
+        ``candidates``: only the friends in ``temp.lr_candidates`` are looked at
+        (:meth:`condition_candidates`). Call it outside a transaction, or the chunks join it."""
         p = placed or Placement("active", step_id, now, None, None, "", "")
         args = {
             **params,
@@ -1567,9 +1750,8 @@ class Store:
         c = self.conn
         c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_audience (n INTEGER PRIMARY KEY, id TEXT NOT NULL)")
         c.execute("DELETE FROM temp.lr_audience")
-        c.execute(
-            f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM friends f WHERE ({where_sql}) AND {blocked}", args
-        )
+        source = "temp.lr_candidates k CROSS JOIN friends f ON f.id = k.id" if candidates else "friends f"
+        c.execute(f"INSERT INTO temp.lr_audience(id) SELECT f.id FROM {source} WHERE ({where_sql}) AND {blocked}", args)
         last = c.execute("SELECT COALESCE(MAX(n), 0) FROM temp.lr_audience").fetchone()[0]
         sql = (
             "INSERT OR IGNORE INTO enrollments(friend, rule, rule_version, step_id, due_at, state, "
@@ -3138,7 +3320,15 @@ class Store:
         c = self.conn
         batch = _ids_json(ids)
         if not fresh:
+            self.changed_query(
+                "SELECT DISTINCT friend FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,)
+            )
             c.execute("DELETE FROM activity WHERE order_id IN (SELECT value FROM json_each(?))", (batch,))
+        self.changed_query(
+            "SELECT DISTINCT o.friend FROM json_each(?) t CROSS JOIN orders o ON o.order_id = t.value "
+            "WHERE o.friend IS NOT NULL",
+            (batch,),
+        )
         c.execute(
             "INSERT INTO activity(friend, kind, amount, at, order_id) "
             "SELECT o.friend, CASE WHEN o.cancelled <> 0 THEN 'order_cancelled' ELSE 'order' END, "
@@ -3171,6 +3361,7 @@ class Store:
             "WHERE friends.id = s.id",
             (_ids_json(ids),),
         )
+        self.changed(*ids)
 
     # ================================================================== reading for reports
     # Read-only queries of ``linerules report`` (engine/reports/report.py), each result a named record;

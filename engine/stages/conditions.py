@@ -1,29 +1,52 @@
 """Stage 3 of a tick: condition triggers, on a condition tick.
 
-The condition, the entry filter and the re-entry policy are one SQL read over all friends; the
-friends it finds are enrolled in chunks like an audience. A rule whose last check entered nobody
-is not checked again while nothing has changed that could change the answer (see
+The condition, the entry filter and the re-entry policy are one SQL read; the friends it finds
+are enrolled in chunks like an audience. The first check of a rule reads every friend; later
+checks read only the friends for whom something may have changed the answer since the last
+complete check (:meth:`ConditionTriggers.candidates`): a write to their row, activity or tags
+(``friend_changes``), a stored time crossed by a term counting back from now, the end of an
+enrollment that kept them out, or a ranking's threshold that moved past their value. A ``top``
+ranks the kept value of each current friend (``measure_values``, refreshed the same way)
+against a threshold found through an index. A rule whose last check entered nobody is not
+checked again while nothing has changed that could change the answer (see
 :meth:`ConditionTriggers.still_quiet`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import time
+from typing import NamedTuple
 
 from engine.language import ir, timeutil
 from engine.runtime import sqlcond
+from engine.runtime.store import ConditionState
 from engine.stages.context import Context, TickResult
 from engine.stages.entry import Entry
+
+#: Seconds of slack when an ended enrollment's ``finished_at`` (the clock of the runner that
+#: ended it) is compared with the last check's moment (another runner's clock, on PostgreSQL).
+CLOCK_SLACK = 300
 
 
 class ConditionTriggers:
     """The condition-triggered rules of the context's project. ``interval`` (seconds, 0 =
     every tick) sets how often they are checked, in slots aligned to local midnight."""
 
-    def __init__(self, ctx: Context, entry: Entry, interval: int = 0):
+    def __init__(self, ctx: Context, entry: Entry, interval: int = 0, incremental: bool = True):
         self.ctx = ctx
         self.entry = entry
         self.interval = interval
+        #: False: every check reads every friend (the reference the incremental checks are
+        #: compared with in the tests)
+        self.incremental = incremental
+        #: rule -> seconds its latest check took (benchmarks/engine.py prints them)
+        self.timings: dict[str, float] = {}
+        #: rule -> (compiled check, its rankings), made once per project
+        self._plans: dict[str, tuple[_Plan, list[sqlcond.Ranking]]] = {}
+        self._forgotten = False
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
         #: check, when that check entered nobody
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
@@ -45,14 +68,174 @@ class ConditionTriggers:
                 continue
             if self.still_quiet(rule, now):
                 continue
-            before = s.total_changes
-            entered = self.entry.audience(rule, now, rule.trigger.cond, None, rule.reenter)
+            before, started = s.total_changes, time.perf_counter()
+            entered, noise = self.check(rule, now)
+            self.timings[rule.name] = time.perf_counter() - started
             result.entered += entered
             if entered:
+                self.ctx.carry.noise += noise
                 self._quiet.pop(rule.name, None)
             else:
                 self.ctx.carry.noise += s.total_changes - before  # its scratch rows only
                 self._quiet[rule.name] = (self._changes(), now, None)
+        before = s.total_changes
+        if not self._forgotten:  # once per project: the states of rules no longer in it
+            s.forget_condition_states(self._kept())
+            self._forgotten = True
+        s.prune_changes()
+        self.ctx.carry.noise += s.total_changes - before
+
+    def _kept(self) -> list[str]:
+        """The names of the states the project's condition rules use."""
+        out: list[str] = []
+        for rule in self.ctx.rules.values():
+            if isinstance(rule.trigger, ir.ConditionTrigger):
+                out.append(rule.name)
+                out.extend(f"measure:{r.key}" for r in self._plan(rule)[1])
+        return out
+
+    def _plan(self, rule: ir.Rule) -> tuple[_Plan, list[sqlcond.Ranking]]:
+        plan = self._plans.get(rule.name)
+        if plan is None:
+            parts = tuple(c for c in (rule.trigger.cond, rule.entry) if c is not None)
+            ranked: list[sqlcond.Ranking] = []
+            dialect = "postgresql" if self.ctx.store.pg else "sqlite"
+            compiler = sqlcond.CondCompiler(
+                self.ctx.project.segments, with_enrollment=False, dialect=dialect, ranked=ranked
+            )
+            cond = ir.All(parts)
+            where = sqlcond.audience(compiler.compile(cond) if parts else None)
+            blocked = sqlcond.reentry_blocked(rule.reenter)
+            variant, holdout, drawn = sqlcond.draw(rule.split, rule.holdout)
+            fills = {
+                r.key: (
+                    sqlcond.measure_fill(r.measure, dialect, some=False),
+                    sqlcond.measure_fill(r.measure, dialect, some=True),
+                )
+                for r in ranked
+            }
+            measure_moves = {
+                r.key: sqlcond.crossings(ir.Top(0.0, r.measure), self.ctx.project.segments) or [] for r in ranked
+            }
+            checked = hashlib.sha256(
+                json.dumps(
+                    [
+                        where.sql,
+                        sorted(where.params.items()),
+                        blocked.sql,
+                        repr(rule.reenter),
+                        [(r.key, r.share) for r in ranked],
+                    ],
+                    default=str,
+                ).encode()
+            ).hexdigest()[:16]
+            plan = self._plans[rule.name] = (
+                _Plan(
+                    where=where,
+                    blocked=blocked,
+                    variant=variant,
+                    holdout=holdout,
+                    drawn=drawn,
+                    moves=sqlcond.crossings(cond, self.ctx.project.segments),
+                    fills=fills,
+                    measure_moves=measure_moves,
+                    checked=checked,
+                ),
+                ranked,
+            )
+        return plan
+
+    def check(self, rule: ir.Rule, now: int) -> tuple[int, int]:
+        """Check one condition rule now, entering whom it lets in: every friend on its first
+        check (or when its condition changed), else only the candidates. Returns (how many
+        entered, the store's changes that were bookkeeping)."""
+        s = self.ctx.store
+        plan, ranked = self._plan(rule)
+        last = s.condition_state(rule.name) if self.incremental else None
+        seen = s.change_mark()
+        noise = s.total_changes
+        tops = {r.param: self._refresh(r, plan, now, seen) for r in ranked}
+        params = {**plan.where.params, **plan.blocked.params, **plan.drawn, **tops}
+        some = self._candidates(rule, plan, ranked, last, tops, now) if last is not None else None
+        noise = s.total_changes - noise
+        entered = (
+            0
+            if some == 0
+            else s.enroll_audience(
+                rule=rule.name,
+                version=self.ctx.versions[rule.name],
+                step_id=rule.steps[0].id if rule.steps else None,
+                now=now,
+                where_sql=plan.where.sql,
+                params=params,
+                occurrence=None,
+                blocked_sql=plan.blocked.sql,
+                variant_sql=plan.variant,
+                holdout_sql=plan.holdout,
+                candidates=some is not None,
+            )
+        )
+        before = s.total_changes
+        with s.transaction():
+            s.save_condition_state(rule.name, ConditionState(plan.checked, seen, now, tops))
+        return entered, noise + s.total_changes - before
+
+    def _refresh(self, rank: sqlcond.Ranking, plan: _Plan, now: int, seen: int) -> float:
+        """Bring a ranked measure's kept values up to now; its threshold."""
+        s = self.ctx.store
+        name = f"measure:{rank.key}"
+        last = s.condition_state(name) if self.incremental else None
+        if last is not None and (last.at > now or last.checked != rank.key):
+            last = None
+        if last is None or last.at != now or last.seen != seen:
+            fill_all, fill_some = plan.fills[rank.key]
+            s.refresh_measure(
+                rank.key,
+                (fill_all.sql, fill_all.params),
+                (fill_some.sql, fill_some.params),
+                last,
+                plan.measure_moves[rank.key],
+                now,
+                seen,
+            )
+        return s.measure_threshold(rank.key, rank.share)
+
+    def _candidates(
+        self,
+        rule: ir.Rule,
+        plan: _Plan,
+        ranked: list[sqlcond.Ranking],
+        last: ConditionState,
+        tops: dict[str, float],
+        now: int,
+    ) -> int | None:
+        """Fill the candidates of an incremental check (``temp.lr_candidates``) and return how
+        many; None when every friend must be read instead."""
+        if plan.moves is None or last.checked != plan.checked or last.at > now:
+            return None
+        queries = list(plan.moves)
+        params: dict[str, object] = {"since": last.at, "now": now, "rule": rule.name}
+        for i, r in enumerate(ranked):
+            old, new = last.tops.get(r.param), tops[r.param]
+            if old is None or (old == -math.inf) != (new == -math.inf) or (old < 0) != (new < 0):
+                return None  # everybody, or every friend without a value, moved in or out
+            if old != new:
+                params.update({f"rk{i}": r.key, f"rlo{i}": min(old, new), f"rhi{i}": max(old, new)})
+                queries.append(
+                    f"SELECT friend FROM measure_values WHERE measure = :rk{i} AND value > :rlo{i} AND value <= :rhi{i}"
+                )
+        reenter = rule.reenter
+        if reenter.mode == "always":
+            queries.append(
+                f"SELECT friend FROM enrollments WHERE rule = :rule AND finished_at >= :since - {CLOCK_SLACK}"
+            )
+        elif reenter.mode == "after":
+            after = int(reenter.after)
+            queries.append(
+                f"SELECT friend FROM enrollments WHERE rule = :rule AND finished_at > :since - {after + CLOCK_SLACK} "
+                f"AND finished_at <= :now - {after}"
+            )
+        return self.ctx.store.condition_candidates(last.seen, queries, params)
 
     def quiet_until(self, now: int) -> float:
         """The first moment at or after ``now`` at which a condition check may enter somebody,
@@ -99,3 +282,20 @@ class ConditionTriggers:
             params["reenter_after"] = int(rule.reenter.after)
         moment = self.ctx.store.first_moment(queries, params)
         return math.inf if moment is None else moment
+
+
+class _Plan(NamedTuple):
+    """A condition rule's check, compiled once per project: the audience's SQL (``where``,
+    ``blocked``, the split and holdout draw), the crossings of its terms (``moves``; None: every
+    check reads every friend), each ranked measure's fills and crossings, and a hash of what it
+    checks (a changed rule is checked in full again)."""
+
+    where: sqlcond.Compiled
+    blocked: sqlcond.Compiled
+    variant: str
+    holdout: str
+    drawn: dict
+    moves: list[str] | None
+    fills: dict[str, tuple[sqlcond.Compiled, sqlcond.Compiled]]
+    measure_moves: dict[str, list[str]]
+    checked: str
