@@ -191,7 +191,7 @@ MIGRATIONS: tuple[str, ...] = (
     # friends: conditions over every friend keep reading the table in order, see
     # engine/runtime/sqlcond.py CURRENT)
     """
-    CREATE TABLE friend_changes (n INTEGER PRIMARY KEY AUTOINCREMENT, friend TEXT NOT NULL);
+    CREATE TABLE friend_changes (n INTEGER PRIMARY KEY, friend TEXT NOT NULL);
     CREATE TABLE condition_state (rule TEXT PRIMARY KEY, checked TEXT NOT NULL, seen INTEGER NOT NULL,
       at INTEGER NOT NULL, tops TEXT NOT NULL DEFAULT '{}');
     CREATE TABLE measure_values (measure TEXT NOT NULL, friend TEXT NOT NULL, value REAL NOT NULL,
@@ -1548,11 +1548,12 @@ class Store:
             c.execute(f"DELETE FROM condition_state WHERE rule NOT IN ({marks or 'NULL'})", tuple(keep))
 
     def prune_changes(self) -> None:
-        """Forget the changes every kept state has covered (all of them when none is kept)."""
+        """Forget the changes every kept state has covered (all of them when none is kept), but
+        the latest: numbers keep counting up from it (an SQLite rowid after the largest)."""
         with self.transaction() as c:
             c.execute(
-                "DELETE FROM friend_changes WHERE n <= COALESCE((SELECT MIN(seen) FROM condition_state), "
-                "(SELECT MAX(n) FROM friend_changes))"
+                "DELETE FROM friend_changes WHERE n < (SELECT MAX(n) FROM friend_changes) "
+                "AND n <= COALESCE((SELECT MIN(seen) FROM condition_state), (SELECT MAX(n) FROM friend_changes))"
             )
 
     def _candidates(self, table: str, seen: int, queries: Sequence[str], params: dict[str, Any]) -> int:
