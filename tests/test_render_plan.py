@@ -81,6 +81,8 @@ DEFINITIONS = textwrap.dedent("""\
       actions:
         - {type: uri, linkUri: "https://shop.example.jp/m", area: {x: 0, y: 0, width: 520, height: 1040}}
     fixed: "いつもありがとうございます https://shop.example.jp/ と https://shop.example.jp/?utm_source=x"
+    adjacent: "{{ friend.display_name }}https://shop.example.jp/a{{ friend.code }} htt{{ friend.rank }} http:// {{ friend.bio }}"
+    apart: "{{ friend.display_name }}「https://shop.example.jp/a?b=https://c.jp/d」 ht{{ friend.code }}\nhttps://shop.example.jp/e"
 """)
 DEFS, _diags = load_messages("rules/messages.yaml", DEFINITIONS)
 assert not [d for d in _diags if d.is_error], [d.message for d in _diags]
@@ -142,7 +144,7 @@ def both(name: str, friend: dict, *, rule: str = "冬のセール", utm: bool = 
 
 pieces = st.sampled_from(
     list("\"'\\{}%<>&\n\t\x00\u2028 /:?=#aZ9あ漢🎁𠮷")
-    + ["👨\u200d👩\u200d👧", "https://a.jp/x", "http://b.jp", "{{ x }}"]
+    + ["👨\u200d👩\u200d👧", "https://a.jp/x", "http://b.jp", "{{ x }}", "tp://", "tps://c.jp"]
 )
 odd_text = st.lists(pieces, max_size=15).map("".join)
 values = st.one_of(
@@ -358,3 +360,34 @@ def test_tracked_links_are_stored_in_order_and_lead_to_the_utm_link(tmp_path):
         assert buttons["template"]["actions"][0]["uri"] == f"https://r.example.jp/c/{next(tokens)}"
     assert all(store_json(o["payload"]) == text for o, text in zip(outbox, raw, strict=True))
     assert [r[1] for r in rows] == ["queued", "queued"]
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_the_deliver_stage_leaves_garbage_collection_as_it_found_it(tmp_path, collecting):
+    import gc
+
+    messages = 'm: "{{ friend.display_name }}様 https://shop.example.jp/"\n'
+    was = gc.isenabled()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        outbox, _raw, rows, _links, _defn = deliver_to(tmp_path / "g.db", messages, {"U1": {"display_name": "花子"}})
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert [o["payload"][0]["text"][:4] for o in outbox] == ["花子様 "] and rows == [("U1", "queued", None)]
+
+
+def test_each_push_gets_its_own_retry_key_and_each_tracked_link_its_own_token(tmp_path):
+    import re
+    import uuid
+
+    messages = 'm: "{{ friend.display_name }}様 https://shop.example.jp/a https://shop.example.jp/b"\n'
+    people = {f"U{i}": {"display_name": f"友だち{i}"} for i in range(40)}
+    db = tmp_path / "k.db"
+    _outbox, _raw, _rows, links, _defn = deliver_to(db, messages, people, settings=ir.Settings(base_url="https://r.jp"))
+    keys = [r[0] for r in Store(str(db)).conn.execute("SELECT retry_key FROM outbox")]
+    assert len(keys) == len(set(keys)) == 40
+    assert all(str(uuid.UUID(k)) == k and uuid.UUID(k).version == 4 for k in keys)  # as str(uuid.uuid4())
+    tokens = [t for t, *_ in links]
+    assert len(tokens) == len(set(tokens)) == 80
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", t) for t in tokens)  # as secrets.token_urlsafe(12)

@@ -285,3 +285,28 @@ def test_a_member_whose_lease_row_is_gone_claims_nothing_and_is_told(pg_url):
         assert store.conn.execute("SELECT claimed_at, claim_epoch FROM outbox").fetchall() == [(None, None)]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"points":12,"rank":"gold"}', ' {"a": [1, 2.5, null]} ', '{"名前": "花子🌸", "n": 1e400}', "{}\n", "[1]", '"x"'],
+)
+def test_attributes_are_decoded_as_json_loads_decodes_them(text):
+    import json
+
+    from engine.runtime.store import _loads
+
+    assert _loads(text) == json.loads(text) and type(_loads(text)) is type(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "nope"])
+def test_attributes_that_are_not_json_fail_as_json_loads_fails(text):
+    import json
+
+    from engine.runtime.store import _loads
+
+    with pytest.raises(json.JSONDecodeError) as ours:
+        _loads(text)
+    with pytest.raises(json.JSONDecodeError) as theirs:
+        json.loads(text)
+    assert str(ours.value) == str(theirs.value)

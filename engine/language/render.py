@@ -87,8 +87,7 @@ def friend_vars(friend: Mapping[str, Any]) -> dict[str, Any]:
     ``friend.attributes``; the friend's own fields (display_name, language, tags, ...) win over
     attributes of the same name; tags as a sorted list."""
     attributes = dict(friend.get("attributes") or {})
-    out: dict[str, Any] = dict(attributes)
-    out.update(friend)
+    out: dict[str, Any] = {**attributes, **friend}
     if "attributes" in friend and "attributes" not in attributes:
         del out["attributes"]  # set again below, after the friend's own fields (as it always was)
     out["attributes"] = attributes
@@ -296,6 +295,25 @@ def _rewrite_text(text: str, rewrite: Callable[[str], str], moves: bool = True) 
     return "".join(out), shifts
 
 
+#: The characters of a URL in text (the class of :data:`_URL_IN_TEXT`).
+_URL_CHAR = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]")
+
+
+def _fixed_links(literal: str, first: bool, last: bool) -> bool:
+    """Whether each ``http://`` and ``https://`` of a template's literal text lies in a link
+    :data:`_URL_IN_TEXT` finds there whatever the outputs around it render to: a character
+    that ends a link on both sides of it inside the literal (or the message's start or end)."""
+    count = 0
+    for m in _URL_IN_TEXT.finditer(literal):
+        if m.start() == 0 and not first or m.start() > 0 and _URL_CHAR.match(literal, m.start() - 1):
+            return False  # an output before it could run into it
+        if m.end() == len(literal) and not last:
+            return False  # or after it
+        count += m.group().count("http://") + m.group().count("https://")
+    # one that is not a link here could become one with an output after it
+    return literal.count("http://") + literal.count("https://") == count
+
+
 def _shift_emoji(emoji: Any, shifts: list[tuple[int, int]]) -> Any:
     """LINE places emojis by position in the text: move those after a rewritten link."""
     if not isinstance(emoji, dict) or not isinstance(emoji.get("index"), int):
@@ -369,6 +387,7 @@ class MessagePlan:
         if self.utm or self.tracked:
             for i, obj in enumerate(prepared):
                 self._plan_links(obj, i)
+        self._plan_fixed_text_links()
         paths = sorted(self.slots)
         for a, b in zip(paths, paths[1:], strict=False):
             if b[: len(a)] == a:
@@ -435,6 +454,35 @@ class MessagePlan:
                         obj["emojis"] = [_shift_emoji(e, shifts) for e in emojis]
         for container, path, key in _uri_fields(obj, (i,)):
             self._plan_field(container, path, key)
+
+    def _plan_fixed_text_links(self) -> None:
+        """A text message's template that is plain text and outputs, whose links all lie in its
+        text (not next to an output): their utm parameters are added to the text once, here.
+        Per friend the rewritten template is rendered instead, and taken when the friend's
+        values bring no other link (the text holds no other ``http://`` or ``https://``: then
+        :func:`_rewrite_text` finds the same links; else the text is rewritten as before)."""
+        self.fixed_text: dict[int, tuple[tuple, int]] = {}  # slot -> (rewritten parts, links' count)
+        if self.tracked or not self.utm:
+            return
+        parts_of = {slot: parts for slot, _path, _source, parts in self.templates if parts is not None}
+        done = set()
+        for kind, slot, moved in self.ops:
+            if kind != "text" or moved is not None or slot not in parts_of:
+                continue
+            parts, out, count = parts_of[slot], [], 0
+            for k, part in enumerate(parts):
+                if type(part) is not str:
+                    out.append(part)
+                    continue
+                if not _fixed_links(part, k == 0, k == len(parts) - 1):
+                    break
+                text = _rewrite_text(part, self._utm, False)[0]
+                out.append(text)
+                count += text.count("http://") + text.count("https://")
+            else:
+                self.fixed_text[slot] = (tuple(out), count)
+                done.add(slot)
+        self.fixed_ops = [op for op in self.ops if not (op[0] == "text" and op[1] in done)]
 
     def _plan_field(self, obj: dict, path: Path, key: str) -> None:
         """:func:`_rewrite_field`, planned."""
@@ -509,36 +557,80 @@ class MessagePlan:
         """The objects this message renders to for ``friend`` (as :func:`render_message`), and
         each one's JSON text as the store writes it (None when rendered the slow way). Raises
         RenderError, and nothing else."""
-        if self.slow or link is not None and not self.tracked:
+        if not self.takes(link):
             objects = render_message(
                 self.defn, friend=friend, rule=self.rule, sale=sale, utm=self.utm, link=link, event=event
             )
             return objects, None
-        return _guarded(self.defn.name, self.rule, self._render, friend, sale, link, event)
+        encoded, values = self.encode(friend, sale=sale, link=link, event=event)
+        return self.build(values), encoded
 
-    def _render(
+    def takes(self, link: Callable[[str], str] | None) -> bool:
+        """Whether :meth:`encode` renders this message (else :meth:`render` renders it the slow way)."""
+        return not self.slow and (link is None or self.tracked)
+
+    def encode(
+        self,
+        friend: dict,
+        *,
+        sale: dict | None = None,
+        link: Callable[[str], str] | None = None,
+        event: dict | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """Each object's JSON text for ``friend``, as :meth:`render` gives it, without making
+        the objects (:meth:`build` makes them from the changing values, the second item), for a
+        plan that :meth:`takes` ``link``. Raises RenderError, and nothing else."""
+        return _guarded(self.defn.name, self.rule, self._encode, friend, sale, link, event)
+
+    def build(self, values: list[Any]) -> list[dict]:
+        """One friend's objects from the changing values :meth:`encode` gave."""
+        return [_build(spine, values) for spine in self.spines]
+
+    def _encode(
         self, friend: dict, sale: dict | None, link: Callable[[str], str] | None, event: dict | None
-    ) -> tuple[list[dict], list[str]]:
+    ) -> tuple[list[str], list[Any]]:
         values = list(self.initial)
         changed = self.fixed_changed
+        ops = self.ops
         if self.templates:
             changed = True
             variables = {"friend": friend_vars(friend), "rule": self.rule, "sale": sale or {}, "event": event or {}}
-            for slot, path, source, parts in self.templates:
-                text = None if parts is None else render_plain(parts, variables)
-                values[slot] = (
-                    _render_template(source, variables, self.defn.name, self.rule, path) if text is None else text
-                )
+            if self.fixed_text and self._render_fixed(values, variables):
+                ops = self.fixed_ops
+            else:
+                for slot, path, source, parts in self.templates:
+                    text = None if parts is None else render_plain(parts, variables)
+                    values[slot] = (
+                        _render_template(source, variables, self.defn.name, self.rule, path) if text is None else text
+                    )
         odd = False
-        if self.ops:
-            changed, odd = self._links(values, link, changed)
-        encoded = [_encode(v) for v in values]
-        objects = [_build(spine, values) for spine in self.spines]
+        if ops:
+            changed, odd = self._links(values, link, changed, ops)
+        encoded = [_encode_text(v) if type(v) is str else payload_json(v) for v in values]  # (_encode)
         if changed and (odd or not fields_pass(self.checks, values, encoded)):
-            _raise_first(self.defn.name, self.rule, objects)
-        return objects, [form % pick(encoded) for form, pick in self.encoding]
+            _raise_first(self.defn.name, self.rule, self.build(values))
+        return [form % pick(encoded) for form, pick in self.encoding], values
 
-    def _links(self, values: list[Any], link: Callable[[str], str] | None, changed: bool) -> tuple[bool, bool]:
+    def _render_fixed(self, values: list[Any], variables: dict) -> bool:
+        """The templates rendered, those of :attr:`fixed_text` with their links rewritten
+        already; False (``values`` to be made again) when a friend's values bring a link."""
+        fixed = self.fixed_text
+        for slot, path, source, parts in self.templates:
+            known = fixed.get(slot)
+            if known is not None:
+                text = render_plain(known[0], variables)
+                if text is None or text.count("http://") + text.count("https://") != known[1]:
+                    return False
+            else:
+                text = None if parts is None else render_plain(parts, variables)
+                if text is None:
+                    text = _render_template(source, variables, self.defn.name, self.rule, path)
+            values[slot] = text
+        return True
+
+    def _links(
+        self, values: list[Any], link: Callable[[str], str] | None, changed: bool, ops: list[tuple]
+    ) -> tuple[bool, bool]:
         """The per-friend link rewrites, as :func:`_rewrite_links` makes them: whether any
         value changed, and whether ``link`` gave something other than a text (then the whole
         message is checked)."""
@@ -551,7 +643,7 @@ class MessagePlan:
             odd |= type(new) is not str
             return new
 
-        for kind, slot, extra in self.ops:
+        for kind, slot, extra in ops:
             if kind == "tracked":  # a fixed link, its utm parameters known
                 new = link(extra) if link is not None else extra
                 odd |= type(new) is not str

@@ -11,16 +11,19 @@ rendered (:class:`Renderer`) and only then are outbox and delivery rows written,
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
-from engine.language.render import MessagePlan, RenderError, render_hash, render_message, sale_vars
+from engine.language.render import MessagePlan, RenderError, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
-from engine.runtime.store import Delivery, DueChange, DueChunk, Encoded, OutboxRow
+from engine.runtime.store import Delivery, DueChange, DueChunk, DueSend, Encoded, LinkRow, OutboxRow, link_tokens
 from engine.stages.context import Context, TickResult
 
 log = logging.getLogger("linerules.engine")
@@ -29,8 +32,9 @@ log = logging.getLogger("linerules.engine")
 #: competing sends are always decided together).
 DELIVER_CHUNK = 5000
 
-#: Rendered pushes: (message names, LINE message objects) of each push.
-Pushes = list[tuple[list[str], list[dict]]]
+#: Rendered pushes: (message names, LINE message objects) of each push (the objects a list,
+#: or :class:`Encoded`: known by their JSON text).
+Pushes = list[tuple[list[str], Any]]
 
 
 class Due(NamedTuple):
@@ -49,11 +53,72 @@ class Due(NamedTuple):
 class _Share(NamedTuple):
     """One push of one friend's rendered send, waiting for the others with the same payload."""
 
-    row: Any  # the due send (a ``temp.lr_due`` row)
+    row: DueSend
     push: int  # which push of the send (0: the first, which counts for the cap)
     objects: list
     step_id: str
     counts: int
+
+
+class _Part(NamedTuple):
+    """One message of a due send, rendered: its objects (or what makes them) and, when known,
+    each one's JSON text."""
+
+    name: str
+    count: int
+    texts: list[str] | None
+    objects: list | Callable[[], list]
+
+
+def pack(parts: list[_Part]) -> Pushes:
+    """The rendered messages of a send in pushes of at most five objects, keeping each message
+    whole where it fits (a longer one is split); a push whose objects' JSON is all known is
+    :class:`Encoded` (its objects made only when asked for)."""
+    pushes: list[tuple[list[str], list[tuple[_Part, int, int]]]] = []  # names, (part, from, to)
+    for part in parts:
+        if pushes and sum(b - a for _, a, b in pushes[-1][1]) + part.count <= MAX_OBJECTS:
+            pushes[-1][0].append(part.name)
+            pushes[-1][1].append((part, 0, part.count))
+        elif part.count <= MAX_OBJECTS:
+            pushes.append(([part.name], [(part, 0, part.count)]))
+        else:
+            for i in range(0, part.count, MAX_OBJECTS):
+                pushes.append(([part.name], [(part, i, min(i + MAX_OBJECTS, part.count))]))
+    made: dict[int, list] = {}
+
+    def objects_of(part: _Part) -> list:
+        if id(part) not in made:
+            made[id(part)] = part.objects() if callable(part.objects) else part.objects
+        return made[id(part)]
+
+    def objects(pieces: list[tuple[_Part, int, int]]) -> list:
+        return [o for part, a, b in pieces for o in objects_of(part)[a:b]]
+
+    out: Pushes = []
+    for names, pieces in pushes:
+        if all(part.texts is not None for part, _, _ in pieces):
+            text = "[" + ",".join(t for part, a, b in pieces for t in part.texts[a:b]) + "]"
+            out.append((names, Encoded(text, partial(objects, pieces))))
+        else:
+            out.append((names, objects(pieces)))
+    return out
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No automatic garbage collection while a chunk is decided: the chunk's thousands of rows
+    (friends, rendered payloads, outbox and delivery rows) hold no reference cycles and are
+    freed as soon as the chunk is written, but while they live each collection of the older
+    generations walks them all again (a tenth of the stage, measured). Collection resumes
+    after the chunk, as it was; anything left in a cycle is collected then."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class DeliverStage:
@@ -71,7 +136,7 @@ class DeliverStage:
         today = timeutil.local_day(now, ctx.tz)
         after, first = "", True
         while True:
-            with s.transaction():
+            with s.transaction(), _no_collection():
                 if first:
                     self._start(now)
                     first = False
@@ -181,6 +246,7 @@ class Decision:
             )
             if rejected or not chunks:
                 continue  # a message that does not render: recorded per friend
+            self.renderer.write_links()
             rows, count = s.due_static_send(grp, rule_name, json.loads(steps_text)[0][0], chunks, now, self.today)
             self.result.queued += rows
             billed += count * len(chunks)
@@ -199,127 +265,156 @@ class Outgoing:
         self.now = now
         self.today = today
         self.result = result
-        self.deliveries: list[Delivery] = []
-        self.outbox: list[OutboxRow] = []
+        self.deliveries: list[Delivery | tuple] = []  # (a tuple: in the order of Delivery's fields)
+        self.outbox: list[OutboxRow | tuple] = []
         self.shared: dict[tuple, list[_Share]] = defaultdict(list)
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
 
-    def send(self, rows: list) -> int:
-        """Render and write ``rows`` (``temp.lr_due`` rows); returns the billed messages
-        (recipients of pushes and multicasts)."""
+    def send(self, rows: list[DueSend]) -> int:
+        """Render and write ``rows`` (as :meth:`Store.due_rows` reads them); returns the billed
+        messages (recipients of pushes and multicasts)."""
         if not rows:
             return 0
         s = self.ctx.store
-        friends = s.friends_for_render({r["friend"] for r in rows})
-        events = s.events_data({r["event_seq"] for r in rows if r["event_seq"] is not None})
+        events = s.events_data({r.event_seq for r in rows if r.event_seq is not None})
         decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # the chunk's few distinct sends
+        render, now, today, deliveries = self.renderer.render, self.now, self.today, self.deliveries
         for r in rows:
-            key = (r["steps"], r["messages"])
+            key = (r.steps, r.messages)
             step_names = decoded.get(key)
             if step_names is None:
                 step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
-            due = Due(
-                r["enrollment"], r["friend"], r["rule"], r["occurrence"], r["variant"], r["event_seq"], *step_names
-            )
-            friend = friends.get(r["friend"]) or {"id": r["friend"]}
-            chunks = self.renderer.render(
-                due, friend, self.now, self.deliveries, self.today, events.get(r["event_seq"])
-            )
+            due = Due(r.enrollment, r.friend_id, r.rule, r.occurrence, r.variant, r.event_seq, *step_names)
+            chunks = render(due, r.friend, now, deliveries, today, events.get(r.event_seq))
             if not chunks:
                 continue  # nothing rendered: its rejected delivery rows say why
-            if r["kind"] == "reply" or r["answer"]:
+            if r.kind == "reply" or r.answer:
                 self._alone(r, due, chunks)
             else:
                 self._share(r, due, chunks)
+        self.renderer.write_links()
         self._multicasts()
         ids = s.add_outbox_rows(self.outbox, self.now)
         self.result.queued += len(self.outbox)
         s.add_deliveries(self.deliveries, ids)  # the delivery rows are the per-friend decisions
         return self.billed
 
-    def _alone(self, r: Any, due: Due, chunks: Pushes) -> None:
+    def _alone(self, r: DueSend, due: Due, chunks: Pushes) -> None:
         """A reply or an answer, for its one friend now: the first push as the reply (when it
         holds the token), the rest as pushes."""
-        counts = 1 if r["counts"] else 0
-        reason = "answer" if r["answer"] else None
+        counts = 1 if r.counts else 0
+        reason = "answer" if r.answer else None
         for i, (push_names, objects) in enumerate(chunks):
-            token = r["reply_token"] if i == 0 and r["kind"] == "reply" else None
+            token = r.reply_token if i == 0 and r.kind == "reply" else None
             self.outbox.append(
                 OutboxRow(
                     "reply" if token else "push",
-                    [r["friend"]],
+                    [r.friend_id],
                     objects,
                     push_names,
-                    r["rule"],
+                    r.rule,
                     self.now,
                     token,
-                    r["reply_deadline"] if token else None,
+                    r.reply_deadline if token else None,
                 )
             )
             self.billed += 0 if token else 1
             ref = len(self.outbox) - 1
             self.deliveries.append(
                 Delivery(
-                    r["friend"],
-                    r["rule"],
+                    r.friend_id,
+                    r.rule,
                     due.step_id,
-                    r["enrollment"],
+                    r.enrollment,
                     ref,
                     push_names,
                     "queued",
                     reason,
-                    r["variant"],
+                    r.variant,
                     self.now,
                     self.today,
                     counts if i == 0 else 0,
                 )
             )
 
-    def _share(self, r: Any, due: Due, chunks: Pushes) -> None:
+    def _share(self, r: DueSend, due: Due, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
-        counts = 1 if r["counts"] else 0
+        counts = 1 if r.counts else 0
+        if len(chunks) == 1 and type(chunks[0][1]) is Encoded:  # one friend's own push, as a rule
+            names, payload = chunks[0]
+            self.shared[r.rule, payload.json, tuple(names)].append(_Share(r, 0, payload, due.step_id, counts))
+            return
+        # a render the same for everyone is shared by the friends it is due for
         hit = self._keys.get(id(chunks))
         if hit is None:  # keeps ``chunks`` alive, so its id stays unique in this chunk
             hit = self._keys[id(chunks)] = (
                 chunks,
-                [(r["rule"], self.renderer.hash(objects), tuple(push_names)) for push_names, objects in chunks],
+                [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
             )
         for i, key in enumerate(hit[1]):
             self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
 
     def _multicasts(self) -> None:
-        for (rule, _hash, names), items in self.shared.items():
+        """The shared pushes in the order of their first friend: one push for a friend alone,
+        multicasts of :data:`MAX_MULTICAST` friends for the same payload (outbox and delivery
+        rows as tuples in the order of :class:`OutboxRow` and :class:`Delivery`)."""
+        outbox, deliveries, now, today = self.outbox, self.deliveries, self.now, self.today
+        for (rule, _text, names), items in self.shared.items():
             objects = items[0].objects
+            if len(items) == 1:  # a personalised push, as a rule
+                p = items[0]
+                r = p.row
+                outbox.append(("push", [r.friend_id], objects, names, rule, now, None, None))
+                self.billed += 1
+                deliveries.append(
+                    (
+                        r.friend_id,
+                        rule,
+                        p.step_id,
+                        r.enrollment,
+                        len(outbox) - 1,
+                        names,
+                        "queued",
+                        None,
+                        r.variant,
+                        now,
+                        today,
+                        p.counts if p.push == 0 else 0,
+                    )
+                )
+                continue
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start : start + MAX_MULTICAST]
-                self.outbox.append(
-                    OutboxRow(
+                outbox.append(
+                    (
                         "multicast" if len(part) > 1 else "push",
-                        [p.row["friend"] for p in part],
+                        [p.row.friend_id for p in part],
                         objects,
-                        list(names),
+                        names,
                         rule,
-                        self.now,
+                        now,
+                        None,
+                        None,
                     )
                 )
                 self.billed += len(part)
-                ref = len(self.outbox) - 1
+                ref = len(outbox) - 1
                 for p in part:
                     r = p.row
-                    self.deliveries.append(
-                        Delivery(
-                            r["friend"],
+                    deliveries.append(
+                        (
+                            r.friend_id,
                             rule,
                             p.step_id,
-                            r["enrollment"],
+                            r.enrollment,
                             ref,
-                            list(names),
+                            names,
                             "queued",
                             None,
-                            r["variant"],
-                            self.now,
-                            self.today,
+                            r.variant,
+                            now,
+                            today,
                             p.counts if p.push == 0 else 0,
                         )
                     )
@@ -334,14 +429,24 @@ class Renderer:
         self.ctx = ctx
         self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
-        self._hashes: dict[int, tuple[list[dict], str]] = {}
+        self._keys: dict[int, tuple[list[dict], str]] = {}
         self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
+        self._only: dict[tuple[tuple[str, ...], str, bool], ir.MessageDef | bool] = {}
         self._sales: dict[str, dict | None] = {}
+        #: the click-tracking links made while rendering, written by :meth:`write_links`
+        self.links: list[LinkRow] = []
+        self._tokens: list[str] = []
 
     def new_chunk(self) -> None:
         """Friend-independent renders are shared within one chunk only."""
         self._rendered.clear()
-        self._hashes.clear()
+        self._keys.clear()
+
+    def write_links(self) -> None:
+        """Store the tracked links rendered since the last call, in the order they were made."""
+        if self.links:
+            self.ctx.store.add_links(self.links)
+            self.links = []
 
     def render(
         self, due: Due, friend: dict, now: int, deliveries: list[Delivery], day: str, event: dict | None = None
@@ -350,8 +455,25 @@ class Renderer:
         keeping each message whole where it fits. A message that fails to render is recorded
         as a rejected delivery and left out."""
         rule, occurrence = due.rule, due.occurrence
+        base_url = self.ctx.settings.base_url
+        only = self._only.get((due.names, rule, bool(base_url)))
+        if only is None:
+            only = self._only[due.names, rule, bool(base_url)] = self._only_message(due.names, bool(base_url)) or False
+        if only:  # one message of the friend's own, as a rule
+            link = self._linker(friend.get("id"), rule, only.name, now) if base_url else None
+            plan = self._plan(only, rule, link is not None)
+            if plan.takes(link):
+                try:
+                    sale = self._sale(occurrence) if occurrence else None
+                    texts, values = plan.encode(friend, sale=sale, link=link, event=event)
+                except RenderError as exc:
+                    self._rejected(due, friend, only.name, exc, now, day, deliveries)
+                    return []
+                if len(texts) <= MAX_OBJECTS:
+                    return [([only.name], Encoded("[" + ",".join(texts) + "]", partial(plan.build, values)))]
+                return pack([_Part(only.name, len(texts), texts, partial(plan.build, values))])
         key = None
-        if not self.ctx.settings.base_url and self.static(due.names):
+        if not base_url and self.static(due.names):
             key = (due.names, rule, occurrence if occurrence and occurrence.startswith("sale:") else None)
             hit = self._rendered.get(key)
             if hit is not None:
@@ -375,8 +497,7 @@ class Renderer:
                 )
                 return chunks
         sale = self._sale(occurrence)
-        chunks: Pushes = []
-        texts: list[list[str] | None] = []  # each push's objects as JSON, when known
+        parts: list[_Part] = []
         failures: list[tuple[str, str]] = []
         for name in due.names:
             defn = self.ctx.project.messages.get(name)
@@ -384,58 +505,62 @@ class Renderer:
                 continue
             link = self._linker(friend.get("id"), rule, name, now)
             try:
-                if key is None:  # this friend's own render: by the message's plan
-                    objects, encoded = self._plan(defn, rule, link is not None).render(
-                        friend, sale=sale, link=link, event=event
-                    )
-                else:
+                if key is not None:  # the same for everyone
                     objects = render_message(
                         defn, friend=friend, rule=rule, sale=sale, utm=self.ctx.settings.utm, link=link, event=event
                     )
-                    encoded = None
+                    parts.append(_Part(name, len(objects), None, objects))
+                    continue
+                plan = self._plan(defn, rule, link is not None)  # this friend's own render
+                if plan.takes(link):
+                    texts, values = plan.encode(friend, sale=sale, link=link, event=event)
+                    parts.append(_Part(name, len(texts), texts, partial(plan.build, values)))
+                else:
+                    objects = plan.render(friend, sale=sale, link=link, event=event)[0]
+                    parts.append(_Part(name, len(objects), None, objects))
             except RenderError as exc:
-                who = friend.get("id") or due.friend
-                if who:
-                    log.error("rule %s: message %s not sent to %s: %s", rule, name, who, exc)
-                else:  # a message the same for everyone: it fails for each friend it is due for
-                    log.error("rule %s: message %s not sent to anyone it is due for: %s", rule, name, exc)
                 failures.append((name, str(exc)))
-                deliveries.append(
-                    Delivery(
-                        due.friend,
-                        rule,
-                        due.step_id,
-                        due.enrollment,
-                        None,
-                        [name],
-                        "rejected",
-                        str(exc),
-                        due.variant,
-                        now,
-                        day,
-                        0,
-                    )
-                )
-                continue
-            if chunks and len(chunks[-1][1]) + len(objects) <= MAX_OBJECTS:
-                chunks[-1][0].append(name)
-                chunks[-1][1].extend(objects)
-                texts[-1] = None if texts[-1] is None or encoded is None else texts[-1] + encoded
-            elif len(objects) <= MAX_OBJECTS:
-                chunks.append(([name], objects))
-                texts.append(encoded)
-            else:
-                for i in range(0, len(objects), MAX_OBJECTS):
-                    chunks.append(([name], objects[i : i + MAX_OBJECTS]))
-                    texts.append(None if encoded is None else encoded[i : i + MAX_OBJECTS])
-        if any(t is not None for t in texts):  # the pushes' JSON, spliced from their objects'
-            chunks = [
-                (names, objects if t is None else Encoded(objects, "[" + ",".join(t) + "]"))
-                for (names, objects), t in zip(chunks, texts, strict=True)
-            ]
+                self._rejected(due, friend, name, exc, now, day, deliveries)
+        if len(parts) == 1 and parts[0].texts is not None and parts[0].count <= MAX_OBJECTS:  # as a rule
+            part = parts[0]
+            chunks: Pushes = [([part.name], Encoded("[" + ",".join(part.texts) + "]", part.objects))]
+        else:
+            chunks = pack(parts)
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
+
+    def _only_message(self, names: tuple[str, ...], tracked: bool) -> ir.MessageDef | None:
+        """The message of a send of one message rendered per friend (None: another kind of send)."""
+        if len(names) != 1 or not tracked and self.static(names):
+            return None
+        return self.ctx.project.messages.get(names[0])
+
+    def _rejected(
+        self, due: Due, friend: dict, name: str, exc: RenderError, now: int, day: str, deliveries: list
+    ) -> None:
+        """A message that did not render for the friend: logged, and recorded as rejected."""
+        who = friend.get("id") or due.friend
+        if who:
+            log.error("rule %s: message %s not sent to %s: %s", due.rule, name, who, exc)
+        else:  # a message the same for everyone: it fails for each friend it is due for
+            log.error("rule %s: message %s not sent to anyone it is due for: %s", due.rule, name, exc)
+        deliveries.append(
+            Delivery(
+                due.friend,
+                due.rule,
+                due.step_id,
+                due.enrollment,
+                None,
+                [name],
+                "rejected",
+                str(exc),
+                due.variant,
+                now,
+                day,
+                0,
+            )
+        )
 
     def _plan(self, defn: ir.MessageDef, rule: str, tracked: bool) -> MessagePlan:
         """How ``defn`` renders per friend when ``rule`` sends it (worked out at its first send)."""
@@ -460,20 +585,34 @@ class Renderer:
             self._static[name] = "friend" not in text and "event" not in text
         return self._static[name]
 
-    def hash(self, objects: list[dict]) -> str:
-        """``render_hash``, computed once per distinct payload object."""
-        key = id(objects)
-        if key not in self._hashes:
-            self._hashes[key] = (objects, render_hash(objects, objects.json if type(objects) is Encoded else None))
-        return self._hashes[key][1]
+    def key(self, objects: list[dict]) -> str:
+        """What makes two payloads one: their JSON text as the store writes it (keys sorted,
+        as ``render_hash`` hashes it), taken once per distinct payload object."""
+        if type(objects) is Encoded:
+            return objects.json
+        hit = self._keys.get(id(objects))
+        if hit is None:
+            text = json.dumps(objects, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+            hit = self._keys[id(objects)] = (objects, text)
+        return hit[1]
 
     def _linker(self, friend: str | None, rule: str, message: str, now: int) -> Callable[[str], str] | None:
-        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set."""
+        """Click tracking: each link becomes ``<base_url>/c/<token>`` when a base URL is set
+        (the link rows are written by :meth:`write_links`)."""
         base = self.ctx.settings.base_url
         if not base or friend is None:
             return None
-        store = self.ctx.store
-        return lambda url: f"{base.rstrip('/')}/c/{store.link_token(friend, rule, message, url, now)}"
+        base = base.rstrip("/")
+        tokens = self._tokens
+
+        def link(url: str) -> str:
+            if not tokens:
+                tokens.extend(link_tokens(1024))
+            token = tokens.pop()
+            self.links.append(LinkRow(token, friend, rule, message, url, now))
+            return f"{base}/c/{token}"
+
+        return link
 
     def _sale(self, occurrence: str | None) -> dict | None:
         """The sale of a ``sale`` rule's occurrence, for templates' ``sale`` (worked out once
