@@ -356,6 +356,38 @@ def test_syntax_error_messages(text, expected):
     assert first_error(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "when followed then wait 36501d send x",
+            "1:25: `36501d` is longer than 100 years | the longest duration is `36500d`",
+        ),
+        (
+            "when followed then wait " + "9" * 5000 + "d send x",
+            "1:25: `99999999999999999999…999999999d` is longer than 100 years | the longest duration is `36500d`",
+        ),
+        (
+            "when followed then send x if orders >= 1000000000000001",
+            "1:40: `1000000000000001` is too large a number | numbers go up to 1000000000000000",
+        ),
+        (
+            "when followed then send x if orders >= " + "9" * 5000,
+            "1:40: `99999999999999999999…9999999999` is too large a number | numbers go up to 1000000000000000",
+        ),
+    ],
+)
+def test_numbers_beyond_any_meant_one_are_refused(text, expected):
+    """Not a traceback (Python reads at most 4,300 digits as a number) nor a value the database
+    cannot store: a diagnostic at the number."""
+    assert first_error(text) == expected
+
+
+def test_the_longest_duration_and_the_largest_number_are_taken():
+    rule_file, diags = parse_file("t.rule", "when followed then wait 36500d send x if orders >= 1000000000000000")
+    assert not [d for d in diags if d.is_error]
+
+
 def test_one_error_per_bad_rule_and_the_rest_of_the_file_is_kept():
     text = (
         "when followed then send a b\n"

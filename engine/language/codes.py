@@ -211,7 +211,8 @@ CODES: dict[str, Code] = {
             _(
                 "A duration is a number with a unit: `30m`, `2h`, `1d`, `2w`, combinable as `1d12h`. "
                 "There is no month or second unit: write `30d`, or at least `1m`. Japanese units get "
-                "the same help: `3日` is `3d`, `2週間` is `2w`, `1ヶ月` is `30d`."
+                "the same help: `3日` is `3d`, `2週間` is `2w`, `1ヶ月` is `30d`. The longest duration "
+                "is 100 years, `36500d`."
             ),
             _("when followed then wait 14days send coupon15"),
             _("when followed then wait 14d send coupon15"),
@@ -234,7 +235,7 @@ CODES: dict[str, Code] = {
             _(
                 "The comparisons are `=` `!=` `<` `<=` `>` `>=`: `=>` is `>=`, `=<` is `<=`, `==` is "
                 "`=`, `<>` is `!=`. Numbers are written in digits without separators or units: "
-                "`10000`, not `10,000`, `1万` or `10000円`."
+                "`10000`, not `10,000`, `1万` or `10000円`; they go up to 1000000000000000."
             ),
             _("segment loyal: orders => 3 and total_spent >= 10,000"),
             _("segment loyal: orders >= 3 and total_spent >= 10000"),

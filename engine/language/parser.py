@@ -209,6 +209,17 @@ def _deep_span(path: str, tree: Tree) -> Span:
     return Span(path, m.line, m.column)
 
 
+#: The longest duration a rule may name (100 years), and the largest number: both far beyond
+#: any meant one, and within what the database stores (64-bit integers, exact doubles).
+MAX_DURATION = 36500 * 86400
+MAX_NUMBER = 10**15
+
+
+def _shortened(text: str) -> str:
+    """A token as a message shows it: at most 40 characters."""
+    return text if len(text) <= 40 else f"{text[:20]}…{text[-10:]}"
+
+
 def _too_deep(span: Span) -> Diagnostic:
     return Diagnostic.at(
         span,
@@ -275,7 +286,19 @@ class _AstBuilder:
         return A.Str(unquote(tok.value), self._at(tok))
 
     def _duration(self, tok: Token) -> A.Duration:
-        return A.Duration(parse_duration(tok.value, seconds=False), tok.value, self._at(tok))
+        seconds = None
+        if len(tok.value) <= 20:  # (longer: more digits than anything but an error)
+            seconds = parse_duration(tok.value, seconds=False)
+        if seconds is None or seconds > MAX_DURATION:
+            self.diagnostics.append(
+                Diagnostic.at(
+                    Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column),
+                    E("LR016", "`{shown}` is longer than 100 years", shown=_shortened(tok.value)),
+                    help=_("the longest duration is `{longest}`", longest=f"{MAX_DURATION // 86400}d"),
+                )
+            )
+            seconds = MAX_DURATION
+        return A.Duration(seconds, tok.value, self._at(tok))
 
     def _time(self, tok: Token) -> A.TimeOfDay:
         hour, minute = tok.value.split(":")
@@ -287,6 +310,16 @@ class _AstBuilder:
     def _value(self, tok: Token) -> A.Number | A.Str:
         if tok.type == "STRING":
             return self._str(tok)
+        whole = tok.value.split(".")[0].lstrip("-+0")
+        if len(whole) > len(str(MAX_NUMBER)) or (len(whole) == len(str(MAX_NUMBER)) and int(whole) > MAX_NUMBER):
+            self.diagnostics.append(
+                Diagnostic.at(
+                    Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column),
+                    E("LR018", "`{value}` is too large a number", value=_shortened(tok.value)),
+                    help=_("numbers go up to {largest}", largest=MAX_NUMBER),
+                )
+            )
+            return A.Number(MAX_NUMBER, self._at(tok))
         return A.Number(float(tok.value) if "." in tok.value else int(tok.value), self._at(tok))
 
     @staticmethod
