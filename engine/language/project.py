@@ -56,18 +56,20 @@ class LoadResult:
 def load_project(root: str | os.PathLike) -> LoadResult:
     """Load a rule folder, or a single ``.rule`` file checked against its folder's YAML files
     and rule names (only that file's rules are compiled). Never raises on bad input."""
-    with _collector_paused():
+    with collector_paused():
         return _load(os.fspath(root))
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """The cyclic garbage collector off for the duration (when it was on). A load keeps tens
     of thousands of new nodes alive until it ends; the collector would trace them again and
     again, once over the whole heap, and find nothing to free: syntax trees and the compiled
     project hold no reference cycles, so what a load drops is freed by reference counting (the
     few small cycles a message template's analysis leaves wait for the next collection). That
-    saves about a tenth of a large folder's load."""
+    saves about a tenth of a large folder's load. The deliver stage pauses it while it decides
+    a chunk (engine/stages/deliver.py) for the same reason: a chunk's thousands of rows hold no
+    cycles, and each collection of the older generations would walk them all again."""
     if not gc.isenabled():
         yield
         return

@@ -328,45 +328,14 @@ def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] 
     ``older than``, ``friend for``) crosses a stored time; over every kind of activity, which
     can only make the bound earlier. None when some part of the condition is not understood
     here (then every check must be made)."""
-    out: list[str] = []
-    stack: list[str] = []
-
-    def window(column: str, table: str, seconds: int) -> None:
-        out.append(f"SELECT MIN({column}) + {int(seconds)} FROM {table} WHERE {column} > :now - {int(seconds)}")
-
-    def measure(m: ir.Measure) -> None:
-        if m.within is not None:
-            window("at", "activity", m.within)
-
-    def walk(c: ir.Cond) -> bool:
-        if isinstance(c, (ir.All, ir.AnyOf)):
-            return all(walk(i) for i in c.items)
-        if isinstance(c, ir.Not):
-            return walk(c.item)
-        if isinstance(c, ir.Activity):
-            if c.within is not None:
-                window("at", "activity", c.within)
-            return True
-        if isinstance(c, ir.FriendFor):
-            window("followed_at", "friends", c.seconds)
-            return True
-        if isinstance(c, ir.LastPurchaseOlder):
-            window("last_purchase_at", "friends", c.seconds)
-            return True
-        if isinstance(c, (ir.Compare, ir.Top)):
-            measure(c.measure)
-            return True
-        if isinstance(c, ir.InSegment):
-            if c.name in stack or c.name not in segments:
-                return True
-            stack.append(c.name)
-            try:
-                return walk(segments[c.name].cond)
-            finally:
-                stack.pop()
-        return isinstance(c, (ir.Tagged, ir.Blocked, ir.FollowedVia, ir.NeverPurchased, ir.Variant))
-
-    return out if walk(cond) else None
+    terms = _terms(cond, segments)
+    if terms is None:
+        return None
+    out = []
+    for what, _kind, seconds in dict.fromkeys(terms):
+        column, table = ("at", "activity") if what == "activity" else (what, "friends")
+        out.append(f"SELECT MIN({column}) + {seconds} FROM {table} WHERE {column} > :now - {seconds}")
+    return out
 
 
 #: The rule's enrollment ``x`` of a friend is still open (the friend is inside the rule).

@@ -11,16 +11,15 @@ rendered (:class:`Renderer`) and only then are outbox and delivery rows written,
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
 from engine.language import ir, timeutil
+from engine.language.project import collector_paused
 from engine.language.render import MessagePlan, RenderError, render_message, sale_vars
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.runtime.store import Delivery, DueChange, DueChunk, DueSend, Encoded, LinkRow, OutboxRow, link_tokens
@@ -104,23 +103,6 @@ def pack(parts: list[_Part]) -> Pushes:
     return out
 
 
-@contextmanager
-def _no_collection() -> Iterator[None]:
-    """No automatic garbage collection while a chunk is decided: the chunk's thousands of rows
-    (friends, rendered payloads, outbox and delivery rows) hold no reference cycles and are
-    freed as soon as the chunk is written, but while they live each collection of the older
-    generations walks them all again (a tenth of the stage, measured). Collection resumes
-    after the chunk, as it was; anything left in a cycle is collected then."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class DeliverStage:
     """Decides the due sends of the context's project."""
 
@@ -136,7 +118,7 @@ class DeliverStage:
         today = timeutil.local_day(now, ctx.tz)
         after, first = "", True
         while True:
-            with s.transaction(), _no_collection():
+            with s.transaction(), collector_paused():
                 if first:
                     self._start(now)
                     first = False
@@ -362,28 +344,6 @@ class Outgoing:
         outbox, deliveries, now, today = self.outbox, self.deliveries, self.now, self.today
         for (rule, _text, names), items in self.shared.items():
             objects = items[0].objects
-            if len(items) == 1:  # a personalised push, as a rule
-                p = items[0]
-                r = p.row
-                outbox.append(("push", [r.friend_id], objects, names, rule, now, None, None))
-                self.billed += 1
-                deliveries.append(
-                    (
-                        r.friend_id,
-                        rule,
-                        p.step_id,
-                        r.enrollment,
-                        len(outbox) - 1,
-                        names,
-                        "queued",
-                        None,
-                        r.variant,
-                        now,
-                        today,
-                        p.counts if p.push == 0 else 0,
-                    )
-                )
-                continue
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start : start + MAX_MULTICAST]
                 outbox.append(
