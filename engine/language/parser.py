@@ -850,6 +850,30 @@ def _building_parser() -> Callable[[str], list] | None:
 
     new_token = str.__new__
 
+    def feed(stack: list, values: list, token: Token, last: bool):
+        """Reduce as the tables say, then shift ``token``; the ``last`` (``$END``): reduce
+        until the start rule is complete, and return what it made."""
+        while True:
+            action, arg = states[stack[-1]].get(token.type, _NO_ACTION)
+            if action is Shift and not last:
+                stack.append(arg)
+                values.append(token)
+                return None
+            if action is None or action is Shift:
+                raise _NotBuilt
+            size, function, origin = reductions.get(id(arg)) or reduction(arg)
+            if size:
+                taken = values[-size:]
+                del stack[-size:]
+                del values[-size:]
+            else:
+                taken = []
+            value = function(taken)
+            stack.append(states[stack[-1]][origin][1])
+            values.append(value)
+            if last and stack[-1] == end:
+                return value
+
     def run(text: str) -> list:
         stack = [start]
         values: list = []
@@ -882,42 +906,9 @@ def _building_parser() -> Callable[[str], list] | None:
             if skip:
                 continue
             token = t
-            while True:  # feed the token: reduce as the tables say, then shift it
-                row = states[stack[-1]]
-                action, arg = row.get(token.type, _NO_ACTION)
-                if action is Shift:
-                    stack.append(arg)
-                    values.append(token)
-                    break
-                if action is None:
-                    raise _NotBuilt
-                size, function, origin = reductions.get(id(arg)) or reduction(arg)
-                if size:
-                    taken = values[-size:]
-                    del stack[-size:]
-                    del values[-size:]
-                else:
-                    taken = []
-                value = function(taken)
-                stack.append(states[stack[-1]][origin][1])
-                values.append(value)
+            feed(stack, values, token, False)
         token = Token.new_borrow_pos("$END", "", token) if token else Token("$END", "", 0, 1, 1)
-        while True:  # the end: reduce until the start rule is complete
-            action, arg = states[stack[-1]].get("$END", _NO_ACTION)
-            if action is None or action is Shift:
-                raise _NotBuilt
-            size, function, origin = reductions.get(id(arg)) or reduction(arg)
-            if size:
-                taken = values[-size:]
-                del stack[-size:]
-                del values[-size:]
-            else:
-                taken = []
-            value = function(taken)
-            stack.append(states[stack[-1]][origin][1])
-            values.append(value)
-            if stack[-1] == end:
-                return value
+        return feed(stack, values, token, True)  # the end: reduce until the start rule is complete
 
     return run
 
