@@ -115,7 +115,7 @@ class Engine:
         entry = Entry(ctx)
         self.events = EventStage(ctx, entry, self.follow_grace)
         self.time_triggers = TimeTriggers(ctx, entry)
-        self.conditions = ConditionTriggers(ctx, entry, self.condition_interval)
+        self.conditions = ConditionTriggers(ctx, self.condition_interval)
         self.walk = WalkStage(ctx, entry, self.write_budget)
         self.deliver = DeliverStage(ctx)
         with self.store.transaction():

@@ -1525,12 +1525,13 @@ class Store:
         database after this covers every change up to it."""
         return self.conn.execute("SELECT COALESCE(MAX(n), 0) FROM friend_changes").fetchone()[0]
 
-    def condition_state(self, name: str) -> ConditionState | None:
-        """What the last complete check of a condition rule (or ranked measure) covered."""
-        row = self.conn.execute(
-            "SELECT checked, seen, at, tops FROM condition_state WHERE rule = ?", (name,)
-        ).fetchone()
-        return None if row is None else ConditionState(row[0], row[1], row[2], json.loads(row[3]))
+    def condition_states(self) -> dict[str, ConditionState]:
+        """What the last complete check of each condition rule (and refresh of each ranked
+        measure) covered, by name."""
+        return {
+            r[0]: ConditionState(r[1], r[2], r[3], json.loads(r[4]))
+            for r in self.conn.execute("SELECT rule, checked, seen, at, tops FROM condition_state")
+        }
 
     def save_condition_states(self, states: dict[str, ConditionState], *, keep: Sequence[str] | None = None) -> None:
         """In one transaction: the states of the checks just made, then (``keep``) forget the

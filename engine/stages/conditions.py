@@ -24,7 +24,6 @@ from engine.language import ir, timeutil
 from engine.runtime import sqlcond
 from engine.runtime.store import ConditionState
 from engine.stages.context import Context, TickResult
-from engine.stages.entry import Entry
 
 #: Seconds of slack when an ended enrollment's ``finished_at`` (the clock of the runner that
 #: ended it) is compared with the last check's moment (another runner's clock, on PostgreSQL).
@@ -35,9 +34,8 @@ class ConditionTriggers:
     """The condition-triggered rules of the context's project. ``interval`` (seconds, 0 =
     every tick) sets how often they are checked, in slots aligned to local midnight."""
 
-    def __init__(self, ctx: Context, entry: Entry, interval: int = 0, incremental: bool = True):
+    def __init__(self, ctx: Context, interval: int = 0, incremental: bool = True):
         self.ctx = ctx
-        self.entry = entry
         self.interval = interval
         #: False: every check reads every friend (the reference the incremental checks are
         #: compared with in the tests)
@@ -49,6 +47,8 @@ class ConditionTriggers:
         self._forgotten = False
         #: states of the checks of this condition tick, saved together at its end
         self._states: dict[str, ConditionState] = {}
+        #: (the saved states, the latest change) as this condition tick's first check read them
+        self._read: tuple[dict[str, ConditionState], int] | None = None
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
         #: check, when that check entered nobody
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
@@ -65,6 +65,8 @@ class ConditionTriggers:
 
     def run(self, now: int, result: TickResult) -> None:
         s = self.ctx.store
+        self._states.clear()  # (a tick that failed half-way left its own)
+        self._read = None
         for rule in self.ctx.rules.values():
             if not isinstance(rule.trigger, ir.ConditionTrigger):
                 continue
@@ -84,6 +86,7 @@ class ConditionTriggers:
         keep = None if self._forgotten else self._kept()  # once per project: forget the rules gone
         s.save_condition_states(self._states, keep=keep)
         self._states.clear()
+        self._read = None
         self._forgotten = True
         self.ctx.carry.noise += s.total_changes - before
 
@@ -153,10 +156,12 @@ class ConditionTriggers:
         entered, the store's changes that were bookkeeping)."""
         s = self.ctx.store
         plan, ranked = self._plan(rule)
-        last = s.condition_state(rule.name) if self.incremental else None
-        seen = s.change_mark()
+        if self._read is None:  # once a condition tick, before its first check reads anything
+            self._read = (s.condition_states() if self.incremental else {}, s.change_mark())
+        saved, seen = self._read
+        last = saved.get(rule.name)
         noise = s.total_changes
-        tops = {r.param: self._refresh(r, plan, now, seen) for r in ranked}
+        tops = {r.param: self._refresh(r, plan, now, seen, saved.get(f"measure:{r.key}")) for r in ranked}
         params = {**plan.where.params, **plan.blocked.params, **plan.drawn, **tops}
         some = self._candidates(rule, plan, ranked, last, tops, now) if last is not None else None
         noise = s.total_changes - noise
@@ -180,15 +185,14 @@ class ConditionTriggers:
         self._states[rule.name] = ConditionState(plan.checked, seen, now, tops)
         return entered, noise
 
-    def _refresh(self, rank: sqlcond.Ranking, plan: _Plan, now: int, seen: int) -> float:
-        """Bring a ranked measure's kept values up to now; its threshold."""
+    def _refresh(self, rank: sqlcond.Ranking, plan: _Plan, now: int, seen: int, last: ConditionState | None) -> float:
+        """Bring a ranked measure's kept values up to now (from its ``last`` refresh, None: all
+        of them); its threshold."""
         s = self.ctx.store
         name = f"measure:{rank.key}"
-        last = s.condition_state(name) if self.incremental else None
-        if last is not None and (last.at > now or last.checked != rank.key):
+        if last is not None and last.at > now:  # the clock went back
             last = None
-        done = self._states.get(name)  # refreshed already in this tick, for another rule
-        if done is None or done.at != now or done.seen != seen:
+        if name not in self._states:  # (else refreshed already in this tick, for another rule)
             fill_all, fill_some = plan.fills[rank.key]
             s.refresh_measure(
                 rank.key,
