@@ -173,7 +173,8 @@ async def test_unreachable_line_ends_in_retry():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with Dispatcher("t", f"http://127.0.0.1:{port}", max_attempts=2, timeout=0.3, backoff_base=0.01) as d:
+    # A refused connection fails at once; the long timeout keeps a busy machine from turning it into a timeout.
+    async with Dispatcher("t", f"http://127.0.0.1:{port}", max_attempts=2, timeout=10, backoff_base=0.01) as d:
         [result] = await d.send([push(1)])
     assert (result.outcome, result.status) == ("retry", None)
     assert result.detail.startswith("error:")
