@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/render.py                  # 20,000 friends, 3 rounds
     .venv/bin/python benchmarks/render.py --friends 50000 --rounds 5
+    .venv/bin/python benchmarks/render.py --send text --sent 500000   # an outbox with history
 
 A schedule rule sends one message to every friend (SQL-written population, display names
 with kana, kanji and emoji, a ``points`` attribute); one tick enters them all and the deliver
@@ -24,6 +25,10 @@ same friends plus one ``json.dumps`` of what they rendered to. The ratios (media
 rounds of each round against its own floor) say how far the engine's rendering is from that
 floor and what the whole stage costs against it. For a before/after, run the same file against
 both trees in one sitting, alternating (docs/engine.md).
+
+``--sent N`` first fills the outbox with N pushes sent on earlier days, as an account's outbox
+holds them (rows stay, each with its retry key): what a send costs once the account has a
+history rather than on an empty database. ``--send NAME`` measures only that send.
 """
 
 from __future__ import annotations
@@ -115,6 +120,20 @@ def populate(store: Store, n: int, start: int) -> None:
         )
 
 
+def earlier_sends(store: Store, n: int, start: int) -> None:
+    """``n`` pushes sent before the round, as the outbox keeps them from earlier days (every
+    row stays: its retry key is what makes a repeat safe), each with its own retry key."""
+    payload = [{"type": "text", "text": "先週のおすすめ https://shop.example.jp/pick"}]
+    for first in range(0, n, 10_000):
+        rows = [
+            ("push", [f"U{i:08d}"], payload, ["earlier"], "earlier", start - 7 * 86400, None, None)
+            for i in range(first, min(n, first + 10_000))
+        ]
+        with store.transaction() as c:
+            store.add_outbox_rows(rows, start - 7 * 86400)
+            c.execute("UPDATE outbox SET status = 'sent', sent_at = created_at WHERE status = 'pending'")
+
+
 def templates_of(value, out: list[str]) -> list[str]:
     if isinstance(value, dict):
         for v in value.values():
@@ -163,7 +182,7 @@ class Timed:
         setattr(self.cls, self.name, self.real)
 
 
-def one_round(send: str, n: int, tmp: Path, k: int) -> dict[str, float]:
+def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dict[str, float]:
     folder = tmp / f"{send}-{k}"
     write_folder(folder, send)
     loaded = load_project(str(folder))
@@ -173,6 +192,7 @@ def one_round(send: str, n: int, tmp: Path, k: int) -> dict[str, float]:
     start = timeutil.epoch(dt.datetime.fromisoformat(START))
     store = Store(str(tmp / f"{send}-{k}.db"))
     populate(store, n, start)
+    earlier_sends(store, sent_before, start)
     engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
     stage = Timed(deliver.DeliverStage, "run")
@@ -207,10 +227,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--friends", type=int, default=20_000, help="friends sent to per round (default 20,000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per send; medians are printed (default 3)")
+    parser.add_argument(
+        "--sent",
+        type=int,
+        default=0,
+        help="pushes the outbox holds from earlier days before each round (default 0: a new account)",
+    )
+    parser.add_argument("--send", action="append", choices=list(SENDS), help="only this send (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        for send in SENDS:
-            rounds = [one_round(send, args.friends, Path(tmp), k) for k in range(args.rounds)]
+        for send in args.send or SENDS:
+            rounds = [one_round(send, args.friends, Path(tmp), k, args.sent) for k in range(args.rounds)]
             m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
             # each round against the floor measured right after it (the machine's load moves both)
             m["render_x"] = statistics.median(r["render"] / r["floor"] for r in rounds)
@@ -221,7 +248,7 @@ def main() -> int:
                 f"and writing the outbox rows (payloads encoded) {m['outbox'] * 1e6:.1f} us; "
                 f"floor (bare Liquid + json.dumps) {m['floor'] * 1e6:.1f} us: "
                 f"rendering {m['render_x']:.2f}x the floor, the whole stage {m['deliver_x']:.2f}x"
-                f"  [{args.friends:,} friends, median of {args.rounds}]"
+                f"  [{args.friends:,} friends, {args.sent:,} earlier sends, median of {args.rounds}]"
             )
     return 0
 

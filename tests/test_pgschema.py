@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import psycopg
@@ -280,14 +281,17 @@ def test_the_stores_sql_functions_exist_and_draw_the_same_buckets(pg_url):
                 [list(x) for x in zip(*triples)],
             )
         ]
-        uuids = {conn.execute("SELECT lr_uuid()").fetchone()[0] for _ in range(3)}
+        keys = [conn.execute("SELECT lr_retry_key()").fetchone()[0] for _ in range(3)]
         pgschema.migrate(conn)  # a second time: still there, once
         count = conn.execute(
             "SELECT COUNT(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = current_schema() AND proname LIKE 'lr\\_%'"
         ).fetchone()[0]
     assert got == expected
-    assert len(uuids) == 3 and all(len(u) == 36 for u in uuids)
+    # retry keys as the SQLite store makes them: distinct UUIDs of version 7 stamped with now
+    assert len(set(keys)) == 3 and all(str(uuid.UUID(k)) == k for k in keys)
+    assert {(uuid.UUID(k).version, uuid.UUID(k).variant) for k in keys} == {(7, uuid.RFC_4122)}
+    assert all(abs((uuid.UUID(k).int >> 80) - time.time() * 1000) < 60_000 for k in keys)
     assert count == len(pgschema.FUNCTIONS)
 
 

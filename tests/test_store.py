@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import time
+import uuid
 
 import pytest
 
@@ -138,6 +140,17 @@ def test_retry_keys_are_unique_uuids(store):
         ]
     keys = {r["retry_key"] for r in store.outbox()}
     assert len(ids) == len(keys) == 3 and all(len(k) == 36 for k in keys)
+    # UUIDs of version 7 (time first), in the order of the rows of one insert, as the SQL
+    # function of set-based sends makes them too
+    with store.transaction():
+        many = store.add_outbox_rows([("push", [f"U{i}"], [], [], None, 0, None, None) for i in range(500)], 0)
+    batch = [r["retry_key"] for r in store.outbox() if r["id"] in set(many)]
+    batch.append(store.conn.execute("SELECT lr_retry_key()").fetchone()[0])
+    assert len(set(batch)) == 501 and batch == sorted(batch)
+    assert {(uuid.UUID(k).version, uuid.UUID(k).variant, str(uuid.UUID(k)) == k) for k in keys | set(batch)} == {
+        (7, uuid.RFC_4122, True)
+    }
+    assert all(abs((uuid.UUID(k).int >> 80) - time.time() * 1000) < 60_000 for k in batch)
     with pytest.raises(sqlite3.IntegrityError):
         store.conn.execute(
             "UPDATE outbox SET retry_key = (SELECT retry_key FROM outbox WHERE id = ?) WHERE id = ?", (ids[0], ids[1])

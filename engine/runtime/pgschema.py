@@ -46,7 +46,8 @@ META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
 #: ``lr_json_patch`` is SQLite's ``json_patch`` for the store's flat objects (a key set to
 #: ``null`` is removed). ``lr_bucket`` gives exactly :func:`engine.runtime.store.bucket` (the
 #: first 8 bytes of the SHA-256 as an unsigned big-endian number, modulo 10000), so a friend's
-#: split variant and holdout draw stay the same after a move. Created when missing: a changed definition needs a
+#: split variant and holdout draw stay the same after a move. ``lr_retry_key`` makes a retry key
+#: as :func:`engine.runtime.store.retry_keys` does (a UUID of version 7). Created when missing: a changed definition needs a
 #: new name.
 FUNCTIONS: tuple[tuple[str, str], ...] = (
     (
@@ -69,10 +70,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$""",
     ),
     (
-        "lr_uuid()",
+        "lr_retry_key()",
         """
-CREATE FUNCTION lr_uuid() RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
-  SELECT gen_random_uuid()::text
+CREATE FUNCTION lr_retry_key() RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+           PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+           FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid::text
 $$""",
     ),
 )
@@ -94,7 +97,7 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     (r"\b(strftime|datetime|julianday|unixepoch|date|time)\s*\(", "SQLite date/time functions"),
     (r"\bjson_(?!extract\b)\w+\s*\(", "JSON functions other than json_extract(col, '$.key')"),
     (r"\bjson_extract\s*\(", "json_extract with anything but (column, '$.key')"),
-    (r"\blr_\w+\s*\(", "the store's own SQL functions (lr_bucket, lr_uuid)"),
+    (r"\blr_\w+\s*\(", "the store's own SQL functions (lr_bucket, lr_retry_key)"),
     (r"\b(rowid|_rowid_|oid)\b", "rowid"),
     (r"\bAUTOINCREMENT\b", "AUTOINCREMENT outside `INTEGER PRIMARY KEY AUTOINCREMENT`"),
     (r"\bCREATE\s+(TEMP|TEMPORARY|VIRTUAL)\b", "temporary or virtual tables"),

@@ -23,7 +23,6 @@ import secrets
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -901,7 +900,7 @@ class Store:
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("lr_bucket", 3, bucket, deterministic=True)
-        conn.create_function("lr_uuid", 0, lambda: str(uuid.uuid4()))
+        conn.create_function("lr_retry_key", 0, retry_key)
         if path == ":memory:":
             self._migrate_memory()
         else:
@@ -2177,7 +2176,7 @@ class Store:
             c.execute(
                 "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, "
                 "status, created_at) SELECT :first + chunk, CASE WHEN COUNT(*) > 1 THEN 'multicast' ELSE "
-                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_uuid(), :now, 'pending', "
+                "'push' END, json_group_array(friend), :payload, :messages, :rule, lr_retry_key(), :now, 'pending', "
                 f":now FROM (SELECT {number} / :per AS chunk, friend FROM {source} ORDER BY {order}) GROUP BY chunk",
                 args,
             )
@@ -3735,18 +3734,33 @@ def _insert_many(c: Any, table: str, columns: Sequence[str], rows: Sequence[tupl
 
 
 def retry_keys(n: int) -> list[str]:
-    """``n`` new retry keys: random UUIDs (version 4), as ``str(uuid.uuid4())`` makes them,
-    from one read of the system's random source."""
-    raw = os.urandom(16 * n).hex()
+    """``n`` new retry keys: UUIDs of version 7 (RFC 9562: the Unix time in milliseconds,
+    then 74 random bits), in ascending order, from one read of the system's random source.
+
+    LINE takes any UUID. Time-ordered keys go in at the end of the outbox's unique index on
+    ``retry_key``, where random (version 4) keys each went to a random page of it: on a table
+    of 200,000 sends a row cost about 13 µs to insert instead of 4.5 (docs/decisions.md)."""
+    if n <= 0:
+        return []
+    stamp = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{stamp[:8]}-{stamp[8:]}-7"
+    raw = os.urandom(10 * n).hex()
     keys = []
-    for i in range(0, 32 * n, 32):
-        h = raw[i : i + 32]
-        keys.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    for i in range(0, 20 * n, 20):
+        h = raw[i : i + 19]
+        keys.append(f"{head}{h[:3]}-{_VARIANT[h[3]]}{h[4:7]}-{h[7:]}")
+    keys.sort()
     return keys
 
 
-#: The first hex digit of a UUID's fourth group with the RFC 4122 variant bits set (10xx).
+#: The first hex digit of a UUID's fourth group with the RFC 9562 variant bits set (10xx).
 _VARIANT = {f"{d:x}": f"{(d & 0x3) | 0x8:x}" for d in range(16)}
+
+
+def retry_key() -> str:
+    """One new retry key, as :func:`retry_keys` makes them (the store's SQL function
+    ``lr_retry_key()``)."""
+    return retry_keys(1)[0]
 
 
 def link_tokens(n: int) -> list[str]:
