@@ -26,8 +26,8 @@ rounds of each round against its own floor) say how far the engine's rendering i
 floor and what the whole stage costs against it. For a before/after, run the same file against
 both trees in one sitting, alternating (docs/engine.md).
 
-``--sent N`` first fills the outbox with N pushes sent on earlier days, as an account's outbox
-holds them (rows stay, each with its retry key): what a send costs once the account has a
+``--sent N`` first records N pushes sent on earlier days (one a day to each friend), with their
+delivery rows, as an account keeps them (rows stay, each with its retry key): what a send costs once the account has a
 history rather than on an empty database. ``--send NAME`` measures only that send.
 """
 
@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from engine.interpreter import Engine  # noqa: E402
 from engine.language import timeutil  # noqa: E402
 from engine.language.project import load_project  # noqa: E402
-from engine.runtime.store import Store  # noqa: E402
+from engine.runtime.store import LinkRow, Store, link_tokens  # noqa: E402
 from engine.stages import deliver  # noqa: E402
 
 MESSAGES = textwrap.dedent("""\
@@ -120,18 +120,29 @@ def populate(store: Store, n: int, start: int) -> None:
         )
 
 
-def earlier_sends(store: Store, n: int, start: int) -> None:
-    """``n`` pushes sent before the round, as the outbox keeps them from earlier days (every
-    row stays: its retry key is what makes a repeat safe), each with its own retry key."""
+def earlier_sends(store: Store, n: int, friends: int, start: int, tz) -> None:
+    """``n`` pushes sent before the round, one a day to each of the ``friends`` (the latest the
+    day before), with their delivery rows and a tracked link each, as an account keeps them
+    (rows stay: a retry key is what makes a repeat safe, a delivery row what the report and the
+    daily cap read, a link what a click, even a late one, is counted by)."""
     payload = [{"type": "text", "text": "先週のおすすめ https://shop.example.jp/pick"}]
     for first in range(0, n, 10_000):
-        rows = [
-            ("push", [f"U{i:08d}"], payload, ["earlier"], "earlier", start - 7 * 86400, None, None)
-            for i in range(first, min(n, first + 10_000))
+        rows, sends = [], []
+        for i in range(first, min(n, first + 10_000)):
+            at = start - 86400 * (1 + i // friends)
+            friend = f"U{i % friends:08d}"
+            rows.append(("push", [friend], payload, ["earlier"], "earlier", at, None, None))
+            day = timeutil.local(at, tz).date().isoformat()
+            sends.append((friend, "earlier", "s1", None, len(rows) - 1, ["earlier"], "sent", None, None, at, day, 1))
+        tokens = link_tokens(len(rows))
+        links = [
+            LinkRow(t, r[1][0], "earlier", "earlier", "https://shop.example.jp/pick", r[5])
+            for t, r in zip(tokens, rows)
         ]
         with store.transaction() as c:
-            store.add_outbox_rows(rows, start - 7 * 86400)
-            c.execute("UPDATE outbox SET status = 'sent', sent_at = created_at WHERE status = 'pending'")
+            store.add_links(links)
+            store.add_deliveries(sends, store.add_outbox_rows(rows, start - 86400))
+            c.execute("UPDATE outbox SET status = 'sent', sent_at = not_before WHERE status = 'pending'")
 
 
 def templates_of(value, out: list[str]) -> list[str]:
@@ -192,7 +203,7 @@ def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dic
     start = timeutil.epoch(dt.datetime.fromisoformat(START))
     store = Store(str(tmp / f"{send}-{k}.db"))
     populate(store, n, start)
-    earlier_sends(store, sent_before, start)
+    earlier_sends(store, sent_before, n, start, tz)
     engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
     stage = Timed(deliver.DeliverStage, "run")

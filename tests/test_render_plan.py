@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -377,6 +378,11 @@ def test_the_deliver_stage_leaves_garbage_collection_as_it_found_it(tmp_path, co
     assert [o["payload"][0]["text"][:4] for o in outbox] == ["花子様 "] and rows == [("U1", "queued", None)]
 
 
+def _base62(number: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    return "".join(digits[number // 62**k % 62] for k in range(5, -1, -1))
+
+
 def test_each_push_gets_its_own_retry_key_and_each_tracked_link_its_own_token(tmp_path):
     import re
     import uuid
@@ -387,7 +393,10 @@ def test_each_push_gets_its_own_retry_key_and_each_tracked_link_its_own_token(tm
     _outbox, _raw, _rows, links, _defn = deliver_to(db, messages, people, settings=ir.Settings(base_url="https://r.jp"))
     keys = [r[0] for r in Store(str(db)).conn.execute("SELECT retry_key FROM outbox")]
     assert len(keys) == len(set(keys)) == 40
-    assert all(str(uuid.UUID(k)) == k and uuid.UUID(k).version == 4 for k in keys)  # as str(uuid.uuid4())
+    assert all(str(uuid.UUID(k)) == k and uuid.UUID(k).version == 7 for k in keys)  # time first
+    assert keys == sorted(keys)  # in the order of the rows: each goes in at the end of the key index
     tokens = [t for t, *_ in links]
-    assert len(tokens) == len(set(tokens)) == 80
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", t) for t in tokens)  # as secrets.token_urlsafe(12)
+    assert len(tokens) == len(set(tokens)) == 80 and tokens == sorted(tokens)
+    # the second they were made (base 62, sorting as it does), then as secrets.token_urlsafe(12)
+    assert all(re.fullmatch(r"[0-9A-Za-z]{6}[A-Za-z0-9_-]{16}", t) for t in tokens)
+    assert {t[:6] for t in tokens} <= {_base62(int(time.time()) - s) for s in range(60)}

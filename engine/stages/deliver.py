@@ -567,7 +567,7 @@ class Renderer:
 
         def link(url: str) -> str:
             if not tokens:
-                tokens.extend(link_tokens(1024))
+                tokens.extend(reversed(link_tokens(1024)))  # taken from the end: in ascending order
             token = tokens.pop()
             self.links.append(LinkRow(token, friend, rule, message, url, now))
             return f"{base}/c/{token}"
