@@ -3744,8 +3744,8 @@ def retry_keys(n: int) -> list[str]:
     then 74 random bits), in ascending order, from one read of the system's random source.
 
     LINE takes any UUID. Time-ordered keys go in at the end of the outbox's unique index on
-    ``retry_key``, where random (version 4) keys each went to a random page of it: on a table
-    of 200,000 sends a row cost about 13 µs to insert instead of 4.5 (docs/decisions.md)."""
+    ``retry_key``, where random (version 4) keys each went to a random page of it, which the
+    outbox, keeping every row, makes ever larger (docs/decisions.md)."""
     if n <= 0:
         return []
     stamp = f"{time.time_ns() // 1_000_000:012x}"
