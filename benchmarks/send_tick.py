@@ -1,0 +1,112 @@
+"""Benchmark: the whole tick of a personalised send, per friend, in this checkout or another.
+
+    .venv/bin/python benchmarks/send_tick.py                           # this checkout
+    git worktree add --detach /tmp/issue14 1c41fc9                     # the code issue 14 measured
+    .venv/bin/python benchmarks/send_tick.py --tree /tmp/issue14       # the same sends there
+
+The three sends of ``benchmarks/render.py`` (``flex``, ``text``, ``winback_90d``: the same
+templates, settings and SQL-written population of 20,000 friends), each sent by a rule
+``when schedule "0 10 * * *"``. One tick at 09:59 finds nothing to do; the CPU time of the tick
+at 10:00 is measured: the schedule's audience entered, the walk and every send decided,
+rendered and written, through the engine of the checkout named by ``--tree``. That is what the
+issue measured ("~0.7 ms per friend in the walk": the code of then rendered in the walk), so
+the figure compares across the engine's layouts; ``benchmarks/render.py`` measures only this
+code's deliver stage, in more detail.
+
+Prints, per send, the median CPU time per friend of ``--rounds`` rounds (each on a fresh
+SQLite file) and the outbox rows written. For a before/after, run both trees alternately in one
+sitting (the machine's speed moves between sittings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from sendfolders import SENDS, write_folder  # noqa: E402  (no engine imported)
+
+START = "2026-11-02T09:59:00+09:00"
+
+
+def engine_of(tree: Path):
+    """(Engine, timeutil, load_project, Store) of the checkout ``tree`` (either layout)."""
+    sys.path.insert(0, str(tree))
+    from engine.interpreter import Engine
+
+    if (tree / "engine" / "language").is_dir():
+        from engine.language import timeutil
+        from engine.language.project import load_project
+        from engine.runtime.store import Store
+    else:  # the flat layout of the code before the stages and subpackages (1c41fc9)
+        from engine import timeutil
+        from engine.project import load_project
+        from engine.store import Store
+    return Engine, timeutil, load_project, Store
+
+
+def one_round(parts, send: str, n: int, tmp: Path, k: int) -> tuple[float, int]:
+    engine_cls, timeutil, load_project, store_cls = parts
+    folder = tmp / f"{send}-{k}"
+    write_folder(folder, send)
+    loaded = load_project(str(folder))
+    assert loaded.project is not None, [d.message for d in loaded.diagnostics]
+    project = loaded.project
+    tz = project.settings.tz
+    start = int(dt.datetime.fromisoformat(START).timestamp())
+    store = store_cls(str(tmp / f"{send}-{k}.db"))
+    c = store.conn
+    c.execute("BEGIN")
+    c.execute(  # the population of benchmarks/render.py, written with the connection alone
+        "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
+        "INSERT INTO friends(id, followed_at, seen_at, display_name, attributes, created_at) "
+        "SELECT printf('U%08d', i), :start - 86400, :start - 86400, "
+        "CASE WHEN i % 7 = 0 THEN printf('さくら🌸%d', i) WHEN i % 11 = 0 THEN printf('山田花子%d"
+        " (やまだ はなこ) Hanako Yamada', i) ELSE printf('友だち%d', i) END, "
+        "json_object('points', i % 5000, 'rank', CASE WHEN i % 3 = 0 THEN 'gold' ELSE 'silver' END), "
+        ":start - 86400 FROM seq",
+        {"n": n, "start": start},
+    )
+    c.execute("COMMIT")
+    engine = engine_cls(project, store, clock=lambda: timeutil.local(start, tz))
+    engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
+    gc.collect()
+    cpu = time.process_time()
+    engine.tick(timeutil.local(start + 60, tz))
+    cpu = time.process_time() - cpu
+    rows = c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    store.close()
+    return cpu / n, rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, default=HERE.parent, help="the checkout to measure (default: this one)")
+    parser.add_argument("--friends", type=int, default=20_000, help="friends sent to per round (default 20,000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per send; medians are printed (default 3)")
+    parser.add_argument("--send", action="append", help="only this send (repeatable): flex, text, winback_90d")
+    args = parser.parse_args()
+    tree = args.tree.resolve()
+    parts = engine_of(tree)
+    with tempfile.TemporaryDirectory() as tmp:
+        for send in args.send or SENDS:
+            rounds = [one_round(parts, send, args.friends, Path(tmp), k) for k in range(args.rounds)]
+            cpu = statistics.median(r[0] for r in rounds)
+            print(
+                f"{send}: the tick that sends it {cpu * 1e6:.1f} us CPU per friend "
+                f"(rounds {', '.join(f'{r[0] * 1e6:.1f}' for r in rounds)}); {rounds[0][1]:,} outbox rows  "
+                f"[{args.friends:,} friends, {tree.name}]"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
