@@ -167,3 +167,21 @@ def test_malformed_bodies_raise_event_errors(body, message):
     with pytest.raises(EventError) as info:
         parse_webhook(body)
     assert str(info.value).startswith(message)
+
+
+def test_the_kits_event_ids_differ_between_processes():
+    """Two scripts posting with the test kit's default ids must not look like LINE redelivering
+    one event (the runner would store it once): ids are unique across processes, ascending and
+    26 characters long within one."""
+    import subprocess
+    import sys
+
+    code = (
+        "from engine.testing.webhooks import line_event\n"
+        "print(*(line_event('follow', 'U1')['webhookEventId'] for _ in range(3)))"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(2)]
+    ids = [run.stdout.split() for run in runs]
+    assert all(len(i) == 26 for one in ids for i in one)
+    assert all(one == sorted(one) and len(set(one)) == 3 for one in ids)
+    assert not set(ids[0]) & set(ids[1])

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 import time
 import urllib.request
 from typing import Any
@@ -23,6 +24,10 @@ from typing import Any
 SIGNATURE_HEADER = "x-line-signature"
 
 _event_ids = itertools.count(1)
+#: Eleven characters of this process's own, so that two processes (two scripts posting to one
+#: runner) never make the same ``webhookEventId``: the runner takes a repeated id for LINE's
+#: redelivery of an event it already has, and stores it once.
+_PROCESS = secrets.token_hex(6)[:11].upper()
 
 
 def signature(body: bytes, secret: str) -> str:
@@ -66,7 +71,8 @@ def line_event(
     """One webhook event from the friend ``user``: ``follow``, ``unfollow``, ``message``
     (pass ``message={"type": "text", "id": "1", "text": "クーポン"}``), ``postback`` ...
 
-    ``event_id`` is the ``webhookEventId`` (a new one per call by default), ``reply_token``
+    ``event_id`` is the ``webhookEventId`` (by default a new one per call, 26 characters as
+    LINE's are, unique across processes too, ascending within one), ``reply_token``
     one the emulator issued (``line_emulator.issue_reply_token(user)``; LINE sends one with
     every follow and message); ``extra`` fields are added as they are (``message``,
     ``postback``, ``timestamp`` ...). A follow carries ``follow: {"isUnblocked": false}``."""
@@ -75,7 +81,7 @@ def line_event(
         "mode": "active",
         "timestamp": int(time.time() * 1000),
         "source": {"type": "user", "userId": user},
-        "webhookEventId": event_id or f"01TESTEVENT{next(_event_ids):015d}",
+        "webhookEventId": event_id or f"01{_PROCESS}{next(_event_ids):013d}",
         "deliveryContext": {"isRedelivery": redelivery},
         **extra,
     }
