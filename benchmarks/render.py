@@ -46,30 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sendfolders import SENDS, write_folder  # noqa: E402
+from sendfolders import SENDS, START, populate, project_of  # noqa: E402
 
 from engine.interpreter import Engine  # noqa: E402
 from engine.language import timeutil  # noqa: E402
 from engine.language.project import load_project  # noqa: E402
 from engine.runtime.store import LinkRow, Store, link_tokens  # noqa: E402
 from engine.stages import deliver  # noqa: E402
-
-START = "2026-11-02T09:59:00+09:00"
-
-
-def populate(store: Store, n: int, start: int) -> None:
-    """``n`` current friends; every seventh name holds an emoji, every eleventh is long."""
-    with store.transaction() as c:
-        c.execute(
-            "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
-            "INSERT INTO friends(id, followed_at, seen_at, display_name, attributes, created_at) "
-            "SELECT printf('U%08d', i), :start - 86400, :start - 86400, "
-            "CASE WHEN i % 7 = 0 THEN printf('さくら🌸%d', i) WHEN i % 11 = 0 THEN printf('山田花子%d"
-            " (やまだ はなこ) Hanako Yamada', i) ELSE printf('友だち%d', i) END, "
-            "json_object('points', i % 5000, 'rank', CASE WHEN i % 3 = 0 THEN 'gold' ELSE 'silver' END), "
-            ":start - 86400 FROM seq",
-            {"n": n, "start": start},
-        )
 
 
 def earlier_sends(store: Store, n: int, friends: int, start: int, tz) -> None:
@@ -146,15 +129,12 @@ class Timed:
 
 
 def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dict[str, float]:
-    folder = tmp / f"{send}-{k}"
-    write_folder(folder, send)
-    loaded = load_project(str(folder))
-    assert loaded.project is not None, [d.message for d in loaded.diagnostics]
-    project = loaded.project
+    project = project_of(tmp, send, k, load_project)
     tz = project.settings.tz
     start = timeutil.epoch(dt.datetime.fromisoformat(START))
     store = Store(str(tmp / f"{send}-{k}.db"))
-    populate(store, n, start)
+    with store.transaction() as c:
+        populate(c, n, start)
     earlier_sends(store, sent_before, n, start, tz)
     engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00

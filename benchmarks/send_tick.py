@@ -32,9 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from sendfolders import SENDS, write_folder  # noqa: E402  (no engine imported)
-
-START = "2026-11-02T09:59:00+09:00"
+from sendfolders import SENDS, START, populate, project_of  # noqa: E402  (no engine imported)
 
 
 def engine_of(tree: Path):
@@ -55,26 +53,13 @@ def engine_of(tree: Path):
 
 def one_round(parts, send: str, n: int, tmp: Path, k: int) -> tuple[float, int]:
     engine_cls, timeutil, load_project, store_cls = parts
-    folder = tmp / f"{send}-{k}"
-    write_folder(folder, send)
-    loaded = load_project(str(folder))
-    assert loaded.project is not None, [d.message for d in loaded.diagnostics]
-    project = loaded.project
+    project = project_of(tmp, send, k, load_project)
     tz = project.settings.tz
     start = int(dt.datetime.fromisoformat(START).timestamp())
     store = store_cls(str(tmp / f"{send}-{k}.db"))
     c = store.conn
     c.execute("BEGIN")
-    c.execute(  # the population of benchmarks/render.py, written with the connection alone
-        "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
-        "INSERT INTO friends(id, followed_at, seen_at, display_name, attributes, created_at) "
-        "SELECT printf('U%08d', i), :start - 86400, :start - 86400, "
-        "CASE WHEN i % 7 = 0 THEN printf('さくら🌸%d', i) WHEN i % 11 = 0 THEN printf('山田花子%d"
-        " (やまだ はなこ) Hanako Yamada', i) ELSE printf('友だち%d', i) END, "
-        "json_object('points', i % 5000, 'rank', CASE WHEN i % 3 = 0 THEN 'gold' ELSE 'silver' END), "
-        ":start - 86400 FROM seq",
-        {"n": n, "start": start},
-    )
+    populate(c, n, start)  # the population of benchmarks/render.py, with the connection alone
     c.execute("COMMIT")
     engine = engine_cls(project, store, clock=lambda: timeutil.local(start, tz))
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00

@@ -1,6 +1,6 @@
 """The three personalised sends of ``benchmarks/render.py`` and ``benchmarks/send_tick.py``: their
-messages, their settings and the rule folder that sends one of them. Imports no engine, so
-that ``send_tick.py`` can measure another checkout's engine with it."""
+messages, their settings, the rule folder that sends one of them and the friends they go to.
+Imports no engine, so that ``send_tick.py`` can measure another checkout's engine with it."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ SENDS = {
     "winback_90d": "",  # the sample rules' win-back: a text with `default` and a link, and an image
 }
 SAMPLE = ROOT / "rules" / "messages.yaml"
+#: The minute before the sends' schedule fires (10:00).
+START = "2026-11-02T09:59:00+09:00"
 
 
 def write_folder(root: Path, send: str) -> None:
@@ -57,3 +59,28 @@ def write_folder(root: Path, send: str) -> None:
     (root / "settings.yaml").write_text("timezone: Asia/Tokyo\nutm: true\n" + SENDS[send], encoding="utf-8")
     (root / "messages.yaml").write_text(MESSAGES + SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     (root / "main.rule").write_text(f'rule pick when schedule "0 10 * * *" then send {send}\n', encoding="utf-8")
+
+
+def populate(conn, n: int, start: int) -> None:
+    """``n`` current friends written with the database connection ``conn`` (inside the
+    caller's transaction); every seventh name holds an emoji, every eleventh is long."""
+    conn.execute(
+        "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < :n - 1) "
+        "INSERT INTO friends(id, followed_at, seen_at, display_name, attributes, created_at) "
+        "SELECT printf('U%08d', i), :start - 86400, :start - 86400, "
+        "CASE WHEN i % 7 = 0 THEN printf('さくら🌸%d', i) WHEN i % 11 = 0 THEN printf('山田花子%d"
+        " (やまだ はなこ) Hanako Yamada', i) ELSE printf('友だち%d', i) END, "
+        "json_object('points', i % 5000, 'rank', CASE WHEN i % 3 = 0 THEN 'gold' ELSE 'silver' END), "
+        ":start - 86400 FROM seq",
+        {"n": n, "start": start},
+    )
+
+
+def project_of(tmp: Path, send: str, k: int, load_project):
+    """The compiled project of ``send``'s folder for round ``k``, loaded by ``load_project`` (the
+    measured checkout's)."""
+    folder = tmp / f"{send}-{k}"
+    write_folder(folder, send)
+    loaded = load_project(str(folder))
+    assert loaded.project is not None, [d.message for d in loaded.diagnostics]
+    return loaded.project
