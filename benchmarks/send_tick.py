@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=HERE.parent, help="the checkout to measure (default: this one)")
     parser.add_argument("--friends", type=int, default=20_000, help="friends sent to per round (default 20,000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per send; medians are printed (default 3)")
-    parser.add_argument("--send", action="append", help="only this send (repeatable): flex, text, winback_90d")
+    parser.add_argument("--send", action="append", choices=list(SENDS), help="only this send (repeatable)")
     args = parser.parse_args()
     tree = args.tree.resolve()
     parts = engine_of(tree)
