@@ -198,10 +198,7 @@ class Engine:
         a = timeutil.epoch(after)
         s = self.store
         candidates = [
-            s.next_event_at(a),
-            s.next_due_at(a),
-            s.next_outbox_at(a),
-            s.next_intent_at(a),
+            s.next_work_at(a),
             self.events.next_moment(a),
             *self.time_triggers.next_moments(a),
         ]

@@ -68,3 +68,26 @@ def test_crash_while_processing_events_keeps_them_for_the_next_tick(fresh_db_pat
     assert (result.events, result.entered) == (2, 2)
     assert [sorted(r["recipients"]) for r in store.outbox()] == [["U1", "U2"]]
     store.close()
+
+
+def test_a_first_deliver_that_dies_takes_its_scratch_tables_and_the_next_tick_makes_them(fresh_db_path, monkeypatch):
+    # the deliver stage's temporary tables are made once per connection, by its first
+    # transaction; when that one rolls back they are gone with it, and the next tick makes them
+    store = Store(str(fresh_db_path))
+    engine = Engine(compile_rules(RULES), store, clock=lambda: at("2026-11-01 10:00"))
+    engine.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    real, calls = store.due_rows, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("the process dies while deciding")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "due_rows", dying)
+    with pytest.raises(MemoryError):
+        engine.tick(at("2026-11-01 10:00"))
+    assert store.outbox() == []
+    engine.tick(at("2026-11-01 10:00"))
+    assert [(r["recipients"], r["messages"]) for r in store.outbox()] == [(["U1"], ["a"])]
+    store.close()

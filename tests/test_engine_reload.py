@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.interpreter import Engine
+from engine.language import ir
 from engine.runtime.store import Store
 from enginekit import at, compile_rules, ev
 
@@ -104,3 +105,25 @@ def test_unchanged_rule_is_untouched_and_versions_are_recorded(started):
         "wait 1d #2",
         "send c",
     ]
+
+
+def test_a_reload_that_changes_priorities_changes_what_the_cap_keeps(fresh_db_path):
+    # the deliver stage keeps the rules' priorities in a table of its connection, written again
+    # when a reload changes them
+    def both(low: str, high: str) -> str:
+        return f"rule low when followed {low}then send a\nrule high when followed {high}then send b"
+
+    settings = ir.Settings(max_per_day=1)
+    store = Store(str(fresh_db_path))
+    engine = Engine(
+        compile_rules(both("", "priority 5 "), settings=settings), store, clock=lambda: at("2026-11-01 09:00")
+    )
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    engine.tick(at("2026-11-01 10:00"))
+    engine.reload(compile_rules(both("priority 5 ", ""), settings=settings))
+    store.apply_events([ev("follow", "U2", "2026-11-01 11:00")], received_at=0)
+    engine.tick(at("2026-11-01 11:00"))
+    assert [(r["recipients"], r["rule"]) for r in store.outbox()] == [(["U1"], "high"), (["U2"], "low")]
+    capped = store.conn.execute("SELECT friend, rule FROM deliveries WHERE status = 'capped' ORDER BY friend")
+    assert [tuple(r) for r in capped] == [("U1", "low"), ("U2", "high")]
+    store.close()

@@ -759,6 +759,15 @@ def bucket(friend: str, rule: str, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "big") % 10000
 
 
+#: Where stored work waits, each the first moment after ``:after`` (Store.next_work_at).
+_NEXT_WORK = {
+    "events": "SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > :after",
+    "enrollments": "SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') AND due_at > :after",
+    "outbox": "SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') AND not_before > :after",
+    "intents": "SELECT MIN(due_at) FROM intents WHERE due_at > :after",
+    "audiences": "SELECT MIN(due_at) FROM audience_sends WHERE due_at > :after",
+}
+
 #: The migrated empty in-memory database, by the migrations it was made with (Store._migrate_memory).
 _MEMORY_SCHEMAS: dict[tuple, sqlite3.Connection] = {}
 _MEMORY_LOCK = threading.Lock()
@@ -766,6 +775,9 @@ _MEMORY_LOCK = threading.Lock()
 
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
+
+    #: What :meth:`_deliver_scratch` made in this session (None: nothing yet)
+    _scratch: tuple | None = None
 
     def __init__(
         self, path: str, *, checkpoints: bool = True, yields: bool = False, read_only: bool = False, clock: Any = None
@@ -849,6 +861,7 @@ class Store:
         it meanwhile. The engine's lock is not taken again here: the runner asks
         :meth:`leads` and competes for it anew (another runner may lead by now)."""
         log.warning("the connection to %s was lost and is open again", redact_url(self.path))
+        self._scratch = None  # the old session's temporary tables went with it
         led, self._lead_generation = self._lead_generation is not None, None
         if self._member is not None:
             self._rejoin(conn, *self._member)
@@ -1062,6 +1075,7 @@ class Store:
     def _rollback(self) -> None:
         """``ROLLBACK`` if a transaction is still open (SQLite may already have rolled back
         after a full disk or an I/O error), without masking the error that led here."""
+        self._scratch = None  # temporary tables made in the transaction are gone with it
         try:
             self._end("ROLLBACK" if self.conn.in_transaction else None)
         except sqlite3.Error as exc:
@@ -1254,9 +1268,14 @@ class Store:
             raise
         self.conn.execute("RELEASE lr_item")
 
-    def next_event_at(self, after: int) -> int | None:
-        row = self.conn.execute("SELECT MIN(at) FROM events WHERE processed_at IS NULL AND at > ?", (after,)).fetchone()
-        return row[0]
+    def next_work_at(self, after: int) -> int | None:
+        """The first moment after ``after`` at which stored work is due: an event, a step of
+        an enrollment, an outbox row, an intent or an audience's sends (one statement: every
+        stop of the simulator's clock asks)."""
+        row = self.conn.execute(
+            "SELECT " + ", ".join(f"({sql})" for sql in _NEXT_WORK.values()), {"after": after}
+        ).fetchone()
+        return min((m for m in row if m is not None), default=None)
 
     # ------------------------------------------------------------------ friend state
 
@@ -1833,13 +1852,6 @@ class Store:
         ]
         return min((m for m in moments if m is not None), default=None)
 
-    def next_intent_at(self, after: int) -> int | None:
-        moments = [
-            self.conn.execute("SELECT MIN(due_at) FROM intents WHERE due_at > ?", (after,)).fetchone()[0],
-            self.conn.execute("SELECT MIN(due_at) FROM audience_sends WHERE due_at > ?", (after,)).fetchone()[0],
-        ]
-        return min((m for m in moments if m is not None), default=None)
-
     def has_due_intents(self, now: int) -> bool:
         return (
             self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
@@ -1861,9 +1873,40 @@ class Store:
                 (now, rule, occurrence, now),
             )
             c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
-        c.execute("CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)")
+        self._deliver_scratch(tuple(rules))
+
+    def _deliver_scratch(self, rules: tuple[tuple[str, int, int], ...]) -> None:
+        """The deliver stage's scratch tables, made once per session, and ``temp.lr_rules``
+        holding ``rules``, written again only when they changed (a reload): every tick with
+        a send due used to make and fill them, some twenty statements. A rollback and a new
+        PostgreSQL session forget what was made (:meth:`_rollback`, :meth:`_new_session`)."""
+        if self._scratch == rules:
+            return
+        c = self.conn
+        if self._scratch is None:
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_rules (rule TEXT PRIMARY KEY, prio INTEGER, uncapped INTEGER)"
+            )
+            # a due send names its (rule, steps, messages, occurrence) by ``grp``, a row of
+            # ``temp.lr_groups``: a chunk holds few distinct ones (an audience's sends, one)
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
+                "friend TEXT, grp INTEGER, queued_at INTEGER, variant TEXT, event_seq INTEGER, answer INTEGER, "
+                "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
+                "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, carried INTEGER, src INTEGER)"
+            )
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_groups (grp INTEGER PRIMARY KEY, rule TEXT NOT NULL, "
+                "steps TEXT NOT NULL, messages TEXT NOT NULL, occurrence TEXT)"
+            )
+            c.execute("CREATE INDEX IF NOT EXISTS temp.lr_groups_key ON lr_groups(rule, steps, messages, occurrence)")
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, friend TEXT, enrollment INTEGER, "
+                "variant TEXT, counts INTEGER, answer INTEGER)"
+            )
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
+        self._scratch = rules
 
     def load_due(self, now: int, limit: int, after: str, today: str, cap: int | None) -> DueChunk:
         """Fill the scratch table ``temp.lr_due`` with the due intents of the next friends after
@@ -1878,25 +1921,8 @@ class Store:
         the last friend loaded (None when nothing was due) and whether more may follow; a chunk
         may hold nothing (no intent, and none of the audiences' next enrollments due now)."""
         c = self.conn
-        # a due send names its (rule, steps, messages, occurrence) by ``grp``, a row of
-        # ``temp.lr_groups``: a chunk holds few distinct ones (an audience's sends, one)
-        c.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
-            "friend TEXT, grp INTEGER, queued_at INTEGER, variant TEXT, event_seq INTEGER, answer INTEGER, "
-            "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-            "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, carried INTEGER, src INTEGER)"
-        )
-        c.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS lr_groups (grp INTEGER PRIMARY KEY, rule TEXT NOT NULL, "
-            "steps TEXT NOT NULL, messages TEXT NOT NULL, occurrence TEXT)"
-        )
-        c.execute("CREATE INDEX IF NOT EXISTS temp.lr_groups_key ON lr_groups(rule, steps, messages, occurrence)")
-        c.execute("DELETE FROM temp.lr_due")
+        c.execute("DELETE FROM temp.lr_due")  # (the tables: _deliver_scratch)
         c.execute("DELETE FROM temp.lr_groups")
-        c.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, friend TEXT, enrollment INTEGER, "
-            "variant TEXT, counts INTEGER, answer INTEGER)"
-        )
         # the next friends of each source in friend order (index ranges), up to the nearer of the
         # two last ones: every due send of those friends, from both sources, is in this chunk
         first_intent, *end = c.execute(
@@ -2348,12 +2374,6 @@ class Store:
                 ).fetchall(),
             )
         )
-
-    def next_due_at(self, after: int) -> int | None:
-        row = self.conn.execute(
-            "SELECT MIN(due_at) FROM enrollments WHERE state IN ('active', 'waiting') AND due_at > ?", (after,)
-        ).fetchone()
-        return row[0]
 
     def update_enrollments(self, rows: Sequence[Move]) -> None:
         """Batch write of walked enrollments. A walk answers its causing event at most once, so
@@ -2855,10 +2875,7 @@ class Store:
         return self.conn.execute("SELECT COUNT(*) FROM outbox WHERE status IN ('pending', 'held')").fetchone()[0]
 
     def next_outbox_at(self, after: int) -> int | None:
-        row = self.conn.execute(
-            "SELECT MIN(not_before) FROM outbox WHERE status IN ('pending', 'held') AND not_before > ?", (after,)
-        ).fetchone()
-        return row[0]
+        return self.conn.execute(_NEXT_WORK["outbox"], {"after": after}).fetchone()[0]
 
     def outbox(self, status: str | None = None) -> list[dict]:
         """All outbox rows (decoded), in id order; for reports, tests and the simulator."""

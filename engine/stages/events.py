@@ -69,6 +69,8 @@ class EventStage:
                     applied.append(ev.seq)
                     result.events += 1
                 s.mark_processed(applied, now)
+            if len(rows) < EVENT_CHUNK:
+                return  # every pending event was read (one stored meanwhile waits for the next tick)
 
     def next_moment(self, after: int) -> int | None:
         """When a follow held by the grace (and the friend's later events) may go on."""

@@ -22,12 +22,17 @@ class TimeTriggers:
         self.ctx = ctx
         self.entry = entry
         self._sales: dict[ir.SaleTrigger, list[tuple[int, ir.Sale]]] = {}
+        #: the time-triggered rules, higher priority first (ties: the folder's order)
+        self.timed = sorted(
+            (r for r in ctx.rules.values() if isinstance(r.trigger, (ir.ScheduleTrigger, ir.SaleTrigger))),
+            key=lambda r: -r.priority,
+        )
 
     def run(self, since: int, now: int, result: TickResult) -> None:
         """Enrol the audiences of the occurrences in (``since``, ``now``]; after a long stall
         only the latest missed occurrence of each rule fires."""
-        # higher priority first, so that the cap keeps its sends (ties: the folder's order)
-        for rule in sorted(self.ctx.rules.values(), key=lambda r: -r.priority):
+        # higher priority first, so that the cap keeps its sends
+        for rule in self.timed:
             occurrence = self.occurrence(rule, since, now)
             if occurrence is None:
                 continue
@@ -53,7 +58,7 @@ class TimeTriggers:
     def next_moments(self, after: int) -> list[int | None]:
         """The next occurrence after ``after`` of every time-triggered rule."""
         out: list[int | None] = []
-        for rule in self.ctx.rules.values():
+        for rule in self.timed:
             trig = rule.trigger
             if isinstance(trig, ir.ScheduleTrigger):
                 out.append(timeutil.cron_next(trig.cron, after, self.ctx.tz))

@@ -50,6 +50,7 @@ class WalkStage:
         higher = [[n for n, r in ctx.rules.items() if r.priority == p] for p in levels[:-1]]
         taken = [n for names in higher for n in names]
         self.order = [(names, False) for names in higher] + [(taken or None, bool(taken))]
+        self.named = [None if names is None else frozenset(names) for names, _ in self.order]
 
     def run(self, now: int, result: TickResult) -> None:
         s, carry = self.ctx.store, self.ctx.carry
@@ -57,20 +58,36 @@ class WalkStage:
         later = len(seen)
         budget = self.write_budget
         size = CHUNK if budget is None else min(FIRST_CHUNK, CHUNK)
+        # One read finds every due enrollment when they are fewer than a chunk (most ticks: a
+        # few, or none), for every level; else, or once a walk entered others, each level
+        # reads its own, chunk by chunk.
+        every = s.due_enrollments(now, size + later) if len(self.order) > 1 else None
+        if every is not None and len(every) >= size + later:
+            every = None
         # Higher-priority rules are walked first, so that when max_per_day must choose, their
         # sends are recorded before those of lower priority even across chunks.
-        for rules, exclude in self.order:
+        for (rules, exclude), named in zip(self.order, self.named, strict=True):
             while True:
-                rows = [r for r in s.due_enrollments(now, size + later, rules, exclude) if r.id not in seen]
+                limit = size + later
+                if every is not None:
+                    read = [r for r in every if named is None or (r.rule in named) != exclude]
+                else:
+                    read = s.due_enrollments(now, limit, rules, exclude)
+                rows = [r for r in read if r.id not in seen]
                 if not rows:
                     break
                 seen.update(r.id for r in rows)
                 started = time.perf_counter()
+                walk = Walk(self.ctx, self.entry, now, result)
                 with s.transaction():
-                    Walk(self.ctx, self.entry, now, result).run(rows)
+                    walk.run(rows)
                 if budget is not None:
                     spent = max(time.perf_counter() - started, 1e-6)
                     size = max(100, min(CHUNK, 2 * size, int(len(rows) * budget / spent)))
+                if walk.entered:  # a ``tag`` or ``start`` may have moved others: read again
+                    every = None
+                elif every is not None or len(read) < limit:
+                    break  # every enrollment of the level due now was read
         # enrollments that an event of this tick resumed (``wait for``) go after everything else,
         # so that they see all the event did, also through the rules it entered (SPEC §4)
         resumed, carry.resumed = sorted(carry.resumed), set()
@@ -97,6 +114,9 @@ class Walk:
         self._openings: dict[str, int] = {}
         self._seen: set[int] = set()
         self._next: list[Walker] = []  # the walkers going on to their next step, this round
+        #: whether the walk entered or resumed enrollments (``tag``, ``start``), which join it
+        #: (and may have ended others)
+        self.entered = False
 
     def run(self, rows: list[WalkRow]) -> None:
         frontier = self._load(rows)
@@ -314,6 +334,7 @@ class Walk:
 
     def _spawn(self, new: Iterable[Walker]) -> list[Walker]:
         """Enrollments entered during the walk (``tag``, ``start``) join it, once each."""
+        self.entered = True
         fresh = [w for w in new if w.id not in self._seen]
         self._seen.update(w.id for w in fresh)
         self.result.advanced += len(fresh)
