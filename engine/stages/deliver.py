@@ -135,12 +135,16 @@ class DeliverStage:
         it) wait for its opening; overdue ones become due now."""
         s, ctx = self.ctx.store, self.ctx
         closed: dict[int, list[str]] = {}  # the next opening -> the rules whose window opens then
+        openings: dict[int, int] = {}  # id(window) -> its next opening (most rules share the account's)
         for name, rule in ctx.rules.items():
-            if rule.window or ctx.settings.window:
-                opening = timeutil.next_opening(now, rule.window or ctx.settings.window, ctx.tz)
+            window = rule.window or ctx.settings.window
+            if window:
+                opening = openings.get(id(window))
+                if opening is None:
+                    opening = openings[id(window)] = timeutil.next_opening(now, window, ctx.tz)
                 if opening > now:
                     closed.setdefault(opening, []).append(name)
-        for opening, names in closed.items():  # (most rules share the account's window)
+        for opening, names in closed.items():
             s.defer_intents(names, opening, now)
         s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
 
