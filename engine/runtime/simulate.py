@@ -88,6 +88,7 @@ def run_timeline(
     # ``conditions_quiet_until`` would enter nobody and is skipped, except the last one, which
     # the database keeps as the last tick (``linerules report`` on ``--db``).
     last_boundary = _last_boundary(end, tick_seconds, tz)
+    boundaries = _Boundaries(tick_seconds, tz)
     i, now = 0, start
     try:
         while now <= end:
@@ -98,15 +99,15 @@ def run_timeline(
             if j > i:
                 store.apply_events(ordered[i:j], received_at=now)
                 i = j
-            boundary = timeutil.next_boundary(now - 1, tick_seconds, tz) == now
+            boundary = boundaries.after(now - 1) == now
             engine.tick(timeutil.local(now, tz), conditions=boundary)
             _transport(store, now, tz, pushes, render)
             quiet = engine.conditions_quiet_until(now)
             candidates = [last_boundary] if last_boundary > now else []
             if quiet <= now:
-                candidates.append(timeutil.next_boundary(now, tick_seconds, tz))
+                candidates.append(boundaries.after(now))
             elif quiet < last_boundary:
-                candidates.append(timeutil.next_boundary(max(now, math.ceil(quiet) - 1), tick_seconds, tz))
+                candidates.append(boundaries.after(max(now, math.ceil(quiet) - 1)))
             if i < len(times):
                 candidates.append(times[i])
             wake = engine.next_wakeup(timeutil.local(now, tz))
@@ -119,6 +120,25 @@ def run_timeline(
         store.close()
     pushes.sort(key=lambda p: p[:4])
     return [p[4] for p in pushes]
+
+
+class _Boundaries:
+    """:func:`engine.language.timeutil.next_boundary` for a clock that moves forward, asked
+    about ``now - 1`` and ``now`` at every stop: the last two answers are kept as spans
+    ``(after, boundary)`` with no boundary in between."""
+
+    def __init__(self, interval: int, tz) -> None:
+        self.interval, self.tz = interval, tz
+        self.spans: list[tuple[int, int]] = []
+
+    def after(self, ts: int) -> int:
+        """The first boundary strictly after ``ts``."""
+        for low, boundary in self.spans:
+            if low <= ts < boundary:
+                return boundary
+        boundary = timeutil.next_boundary(ts, self.interval, self.tz)
+        self.spans = [*self.spans[-1:], (ts, boundary)]
+        return boundary
 
 
 def _last_boundary(end: int, tick_seconds: int, tz) -> int:
@@ -136,24 +156,32 @@ def _last_boundary(end: int, tick_seconds: int, tz) -> int:
 def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:
     """Mark every due outbox row sent, noting one push per recipient."""
     while store.outbox_due(now):  # most stops of the clock send nothing: no claim to make
-        rows = store.claim_outbox(now, 1000)
-        if not rows:
-            return
-        sent = []
-        for row in rows:
-            if row["kind"] in SENT_KINDS:
-                for friend in row["recipients"]:
-                    push = {
-                        "at": timeutil.iso(now, tz),
-                        "friend": friend,
-                        "rule": row["rule"],
-                        "messages": row["messages"],
-                    }
-                    if render:
-                        push["rendered"] = row["payload"]
-                    pushes.append((now, friend, row["rule"] or "", row["id"], push))
-            sent.append((row["id"], "sent", f"simulated-{row['id']}", None))
-        store.finish_outbox_rows(sent, at=now)  # one transaction for the batch
+        with store.transaction():  # the claim and its outcomes at once: nothing sends between
+            if not _send_claimed(store, now, tz, pushes, render):
+                return
+
+
+def _send_claimed(store: Store, now: int, tz, pushes: list, render: bool) -> bool:
+    """Claim up to 1,000 due rows and mark them sent (False: none was due)."""
+    rows = store.claim_outbox(now, 1000)
+    if not rows:
+        return False
+    sent = []
+    for row in rows:
+        if row["kind"] in SENT_KINDS:
+            for friend in row["recipients"]:
+                push = {
+                    "at": timeutil.iso(now, tz),
+                    "friend": friend,
+                    "rule": row["rule"],
+                    "messages": row["messages"],
+                }
+                if render:
+                    push["rendered"] = row["payload"]
+                pushes.append((now, friend, row["rule"] or "", row["id"], push))
+        sent.append((row["id"], "sent", f"simulated-{row['id']}", None))
+    store.finish_outbox_rows(sent, at=now)
+    return True
 
 
 def main(

@@ -773,6 +773,80 @@ _MEMORY_SCHEMAS: dict[tuple, sqlite3.Connection] = {}
 _MEMORY_LOCK = threading.Lock()
 
 
+class _Transaction:
+    """One block of :meth:`Store.transaction`, a plain context manager: a tick opens a dozen
+    blocks, most of them inner ones joining the outer, and a generator's context manager cost
+    more than the inner block's work."""
+
+    __slots__ = ("outer", "rows_only", "started", "store")
+
+    def __init__(self, store: Store, rows_only: bool) -> None:
+        self.store = store
+        self.rows_only = rows_only
+        self.outer = False
+        self.started = 0.0
+
+    def __enter__(self) -> sqlite3.Connection:
+        s = self.store
+        s._lock.acquire()
+        if s._depth:
+            s._depth += 1
+            return s.conn
+        try:
+            if self.rows_only and s.pg:
+                s.conn.execute("BEGIN DEFERRED")
+            else:
+                s._begin()
+        except BaseException as exc:
+            s._lock.release()
+            if isinstance(exc, sqlite3.Error) and is_store_fault(exc):
+                raise s._fault(exc) from None
+            raise
+        self.outer = True
+        self.started = time.perf_counter()
+        s._depth = 1
+        return s.conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        s = self.store
+        try:
+            if not self.outer:
+                s._depth -= 1
+                return False
+            if exc is None:
+                try:
+                    s._log_changes()
+                except BaseException as failure:
+                    self._undo(failure)
+                    raise
+            else:
+                self._undo(exc)
+                return False
+            s._depth = 0
+            try:
+                s._end("COMMIT")
+            except sqlite3.Error as failure:
+                s._rollback()
+                if is_store_fault(failure):
+                    raise s._fault(failure) from None
+                raise
+            s._wrote()
+            s.longest_write = max(s.longest_write, time.perf_counter() - self.started)
+            return False
+        finally:
+            s._lock.release()
+
+    def _undo(self, exc: BaseException) -> None:
+        """Roll the transaction back after ``exc``; a failure of the database itself is raised
+        as the store's fault instead (else the caller raises ``exc`` on)."""
+        s = self.store
+        s._depth = 0
+        s._changed.clear()
+        s._rollback()
+        if is_store_fault(exc):
+            raise s._fault(exc) from None
+
+
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
 
@@ -1006,52 +1080,13 @@ class Store:
             if was is not None:
                 log.warning("database writes work again (%s)", os.path.abspath(self.path))
 
-    @contextmanager
-    def transaction(self, *, rows_only: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, rows_only: bool = False) -> _Transaction:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception). Re-entrant: an inner
         block joins the outer transaction. ``rows_only``: on PostgreSQL, without the schema's
         write lock, for writes to rows no other transaction writes meanwhile (a runner's own
         claimed outbox rows and their deliveries), which row locks keep apart; on SQLite the
         same ``BEGIN IMMEDIATE``."""
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield self.conn
-                finally:
-                    self._depth -= 1
-                return
-            try:
-                if rows_only and self.pg:
-                    self.conn.execute("BEGIN DEFERRED")
-                else:
-                    self._begin()
-            except sqlite3.Error as exc:
-                if is_store_fault(exc):
-                    raise self._fault(exc) from None
-                raise
-            started = time.perf_counter()
-            self._depth = 1
-            try:
-                yield self.conn
-                self._log_changes()
-            except BaseException as exc:
-                self._depth = 0
-                self._changed.clear()
-                self._rollback()
-                if is_store_fault(exc):
-                    raise self._fault(exc) from None
-                raise
-            self._depth = 0
-            try:
-                self._end("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                if is_store_fault(exc):
-                    raise self._fault(exc) from None
-                raise
-            self._wrote()
-            self.longest_write = max(self.longest_write, time.perf_counter() - started)
+        return _Transaction(self, rows_only)
 
     def changed(self, *friends: str) -> None:
         """These friends' rows, activity or tags were just written: the condition triggers
