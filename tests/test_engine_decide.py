@@ -425,3 +425,29 @@ def test_a_handed_back_group_is_decided_step_by_step(fresh_db_path):
     [again] = store.claim_outbox(int(at("2026-11-02 09:00").timestamp()), 10)
     assert again["messages"] == ["greeting"] and again["retry_key"] != row["retry_key"]
     store.close()
+
+
+# ---------------------------------------------------------------- the friend's tags, by the key
+def test_a_personalised_send_reads_the_tags_of_its_friends_alone():
+    # a send rendered for its friend reads that friend's tags through the tags' key: once the
+    # whole table was read in tag order to find them, at every tick, whatever its size
+    hello = ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.tags | join: ',' }}"},))
+    store = Store(":memory:")
+    engine = Engine(compile_rules("rule r when followed then send hello", messages={"hello": hello}), store)
+    others = [ev("tag", f"U{i:03d}", "2026-11-01 09:00", add=["vip", f"t{i}"]) for i in range(300)]
+    store.apply_events([*others, ev("tag", "U1", "2026-11-01 09:00", add=["gold", "autumn"])], received_at=0)
+    engine.tick(at("2026-11-01 09:00"))
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    statements: list[str] = []
+    store.conn.set_trace_callback(statements.append)
+    engine.tick(at("2026-11-01 10:00"))
+    store.conn.set_trace_callback(None)
+    assert [(r["recipients"], r["payload"]) for r in store.outbox()] == [
+        (["U1"], [{"type": "text", "text": "autumn,gold"}])
+    ]
+    reads = [sql for sql in statements if "JOIN tags" in sql]
+    assert reads
+    for sql in reads:
+        plan = [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert "SEARCH t USING PRIMARY KEY (friend=?)" in plan, plan
+    store.close()

@@ -2275,7 +2275,9 @@ class Store:
         ).fetchall()
         tags: dict[str, list[str]] = {}
         for friend_id, tag in cur.execute(
-            "SELECT DISTINCT t.friend, t.tag FROM temp.lr_due d JOIN tags t ON t.friend = d.friend "
+            # the chunk's friends first, each looked up in the tags' key (as an inner join,
+            # SQLite read every friend's tags in tag order, to find the chunk's)
+            "SELECT DISTINCT t.friend, t.tag FROM temp.lr_due d CROSS JOIN tags t ON t.friend = d.friend "
             "WHERE d.status IS NULL ORDER BY t.tag"
         ).fetchall():
             tags.setdefault(friend_id, []).append(tag)
