@@ -47,3 +47,35 @@ def test_a_write_by_another_connection_is_seen_at_the_next_check(tmp_path):
     rows = store.conn.execute("SELECT friend, rule FROM enrollments").fetchall()
     assert [tuple(r) for r in rows] == [("U1", "ja")]
     store.close()
+
+
+def test_the_first_crossing_of_an_activity_term_is_found_over_every_kind_by_the_kinds_index(fresh_db_path):
+    # `purchased within 1d` may change at the first moment any stored activity leaves the span;
+    # that bound is looked up kind by kind in the activity's index, not by reading every activity
+    import random
+
+    from engine.runtime import sqlcond
+
+    proj = compile_rules("rule r when not purchased within 1d then send a")
+    queries = sqlcond.change_moments(proj.rules["r"].trigger.cond, proj.segments)
+    assert queries and all("activity" in q for q in queries)
+    store = Store(str(fresh_db_path))
+    rng = random.Random(14)
+    kinds = ["order", "click", "cart", "view", "refund"]
+    rows = [(f"U{rng.randrange(50)}", rng.choice(kinds), 1_800_000_000 + rng.randrange(10 * 86400)) for _ in range(400)]
+    store.conn.executemany("INSERT INTO activity(friend, kind, amount, at) VALUES (?, ?, 0, ?)", rows)
+    for now in [1_799_000_000, *(1_800_000_000 + rng.randrange(12 * 86400) for _ in range(30))]:
+        inside = [at for _, _, at in rows if at > now - 86400]
+        assert store.first_moment(queries, {"now": now}) == (min(inside) + 86400 if inside else None)
+    if store.pg:
+        store.close()
+        return
+    # then on 20,000 activities: a few hundred steps of SQLite's machine, not some for each row
+    more = [(f"U{i % 500}", kinds[i % 5], 1_700_000_000 + i) for i in range(20_000)]
+    store.conn.executemany("INSERT INTO activity(friend, kind, amount, at) VALUES (?, ?, 0, ?)", more)
+    steps = []
+    store.conn.set_progress_handler(lambda: steps.append(1), 1)
+    assert store.first_moment(queries, {"now": 1_700_000_000 + 10_000}) == 1_700_000_000 + 86400
+    store.conn.set_progress_handler(None, 1)
+    assert len(steps) < 2_000, len(steps)
+    store.close()

@@ -333,9 +333,22 @@ def change_moments(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] 
         return None
     out = []
     for what, _kind, seconds in dict.fromkeys(terms):
-        column, table = ("at", "activity") if what == "activity" else (what, "friends")
-        out.append(f"SELECT MIN({column}) + {seconds} FROM {table} WHERE {column} > :now - {seconds}")
+        if what == "activity":  # the first of each kind in the span, by the kinds' index
+            first = f"SELECT MIN(a.at) FROM activity a WHERE a.kind = kinds.kind AND a.at > :now - {seconds}"
+            out.append(f"SELECT MIN(({first})) + {seconds} FROM {_ACTIVITY_KINDS}")
+            continue
+        out.append(f"SELECT MIN({what}) + {seconds} FROM friends WHERE {what} > :now - {seconds}")
     return out
+
+
+#: The kinds of activity stored, one index seek each (``activity_kind``): ``SELECT MIN(at) FROM
+#: activity WHERE at > ...`` has no index of its own and read the whole index, every activity
+#: of every friend, each time the quiet time of a condition was worked out.
+_ACTIVITY_KINDS = (
+    "(WITH RECURSIVE k(kind) AS (SELECT MIN(kind) FROM activity UNION ALL "
+    "SELECT (SELECT MIN(a.kind) FROM activity a WHERE a.kind > k.kind) FROM k WHERE k.kind IS NOT NULL) "
+    "SELECT kind FROM k WHERE kind IS NOT NULL) kinds"
+)
 
 
 #: The rule's enrollment ``x`` of a friend is still open (the friend is inside the rule).
