@@ -1888,10 +1888,13 @@ class Store:
         return min((m for m in moments if m is not None), default=None)
 
     def has_due_intents(self, now: int) -> bool:
-        return (
-            self.conn.execute("SELECT 1 FROM intents WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
-            or self.conn.execute("SELECT 1 FROM audience_sends WHERE due_at <= ? LIMIT 1", (now,)).fetchone()
-            is not None
+        """Whether a send is due: an intent, or an audience's carried sends (one statement)."""
+        return bool(
+            self.conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM intents WHERE due_at <= :now) "
+                "OR EXISTS (SELECT 1 FROM audience_sends WHERE due_at <= :now)",
+                {"now": now},
+            ).fetchone()[0]
         )
 
     def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
@@ -2383,8 +2386,14 @@ class Store:
         return int(self.get_meta(f"quota.{month}") or 0)
 
     def add_quota_used(self, month: str, count: int) -> None:
+        """``count`` more billed messages in ``month`` (one statement)."""
         if count:
-            self.set_meta(f"quota.{month}", str(self.quota_used(month) + count))
+            with self.transaction() as c:
+                c.execute(
+                    "INSERT INTO meta(key, value) VALUES (:key, :count) ON CONFLICT(key) DO UPDATE SET "
+                    "value = CAST(CAST(meta.value AS BIGINT) + :number AS TEXT)",
+                    {"key": f"quota.{month}", "count": str(count), "number": count},
+                )
 
     def open_enrollments(self, friend: str) -> list[sqlite3.Row]:
         return self.conn.execute(
