@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -184,22 +182,12 @@ def instructions(args: argparse.Namespace) -> int:
     child = [sys.executable, __file__, "--friends", str(args.friends), "--days", str(args.days)]
     child += ["--rules", args.rules, "--coarsen", str(args.coarsen), "--child"]
 
-    def count(what: str, env: dict) -> int:
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *child, what],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=True,
-        )
-        return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
+    import callgrind
 
     with tempfile.TemporaryDirectory() as pycache:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env["PYTHONPYCACHEPREFIX"] = pycache
+        env = callgrind.bytecode_env(pycache)
         subprocess.run([*child, "load"], env=env, check=True)  # the bytecode, compiled once
-        loaded, simulated = count("load", env), count("run", env)
+        loaded, simulated = callgrind.count([*child, "load"], env), callgrind.count([*child, "run"], env)
     print(f"timeline: {args.friends:,} friends over {args.days} days")
     print(f"instructions (valgrind) of one simulation: {(simulated - loaded) / 1e6:,.0f} million")
     return 0

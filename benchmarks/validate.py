@@ -272,21 +272,13 @@ def instructions() -> int:
         return 1
     validate = [sys.executable, "-m", "engine.cli", "validate", "rules"]
 
+    import callgrind
+
     def count(cmd: list[str], env: dict) -> int:
-        proc = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=True,
-        )
-        return int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
+        return callgrind.count(cmd, env, cwd=ROOT)
 
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pycache:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env.update(LINERULES_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=pycache)
+        env = callgrind.bytecode_env(pycache, LINERULES_CACHE_DIR=cache)
         for _ in range(2):
             subprocess.run(validate, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
         bare, warm = count([sys.executable, "-c", "pass"], env), count(validate, env)
