@@ -1198,11 +1198,14 @@ class Store:
             return self.conn.total_changes, self.conn.data_version()
         return self.conn.total_changes, self.conn.execute("PRAGMA data_version").fetchone()[0]
 
-    def first_moment(self, queries: Sequence[str], params: dict[str, Any]) -> int | None:
+    def first_moment(self, queries: Iterable[str], params: dict[str, Any]) -> int | None:
         """The smallest result of ``queries`` (one value each, e.g. :func:`engine.runtime.sqlcond.change_moments`),
-        None when all are NULL."""
-        moments = [self.conn.execute(q, params).fetchone()[0] for q in queries]
-        return min((m for m in moments if m is not None), default=None)
+        None when all are NULL; one statement for them all."""
+        queries = list(queries)
+        if not queries:
+            return None
+        row = self.conn.execute("SELECT " + ", ".join(f"({q})" for q in queries), params).fetchone()
+        return min((m for m in row if m is not None), default=None)
 
     @property
     def schema_version(self) -> int:
@@ -1307,10 +1310,7 @@ class Store:
         """The first moment after ``after`` at which stored work is due: an event, a step of
         an enrollment, an outbox row, an intent or an audience's sends (one statement: every
         stop of the simulator's clock asks)."""
-        row = self.conn.execute(
-            "SELECT " + ", ".join(f"({sql})" for sql in _NEXT_WORK.values()), {"after": after}
-        ).fetchone()
-        return min((m for m in row if m is not None), default=None)
+        return self.first_moment(_NEXT_WORK.values(), {"after": after})
 
     # ------------------------------------------------------------------ friend state
 
@@ -1897,7 +1897,7 @@ class Store:
             ).fetchone()[0]
         )
 
-    def start_deliver(self, now: int, rules: Sequence[tuple[str, int, int]]) -> None:
+    def start_deliver(self, now: int, rules: tuple[tuple[str, int, int], ...]) -> None:
         """Before the deliver stage's chunks: intents overdue (their tick was missed) become due
         exactly ``now``, so that every due intent sits at one index position, ordered by friend;
         ``rules``: (name, priority, uncapped) of the project's rules."""
@@ -1911,7 +1911,7 @@ class Store:
                 (now, rule, occurrence, now),
             )
             c.execute("UPDATE audience_sends SET due_at = ? WHERE rule = ? AND occurrence = ?", (now, rule, occurrence))
-        self._deliver_scratch(tuple(rules))
+        self._deliver_scratch(rules)
 
     def _deliver_scratch(self, rules: tuple[tuple[str, int, int], ...]) -> None:
         """The deliver stage's scratch tables, made once per session, and ``temp.lr_rules``

@@ -109,6 +109,8 @@ class DeliverStage:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.renderer = Renderer(ctx)
+        #: (name, priority, uncapped) of the project's rules, for the store's scratch table
+        self.rules = tuple((name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items())
 
     def run(self, now: int, result: TickResult) -> None:
         """Decide every send due at ``now``, :data:`DELIVER_CHUNK` friends per transaction."""
@@ -146,7 +148,7 @@ class DeliverStage:
                     closed.setdefault(opening, []).append(name)
         for opening, names in closed.items():
             s.defer_intents(names, opening, now)
-        s.start_deliver(now, [(name, r.priority, int(r.uncapped)) for name, r in ctx.rules.items()])
+        s.start_deliver(now, self.rules)
 
 
 class Decision:

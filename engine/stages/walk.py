@@ -44,13 +44,15 @@ class WalkStage:
         self.ctx = ctx
         self.entry = entry
         self.write_budget = write_budget
-        #: (rules, exclude) filters of the due walk, highest priority first; the last takes every
-        #: other rule (also enrollments of rules no longer in the project)
+        #: (rules, exclude, the same rules as a set) filters of the due walk, highest priority
+        #: first; the last takes every other rule (also enrollments of rules no longer in the
+        #: project)
         levels = sorted({r.priority for r in ctx.rules.values()}, reverse=True)
         higher = [[n for n, r in ctx.rules.items() if r.priority == p] for p in levels[:-1]]
         taken = [n for names in higher for n in names]
-        self.order = [(names, False) for names in higher] + [(taken or None, bool(taken))]
-        self.named = [None if names is None else frozenset(names) for names, _ in self.order]
+        self.order = [(names, False, frozenset(names)) for names in higher] + [
+            (taken or None, bool(taken), frozenset(taken) if taken else None)
+        ]
 
     def run(self, now: int, result: TickResult) -> None:
         s, carry = self.ctx.store, self.ctx.carry
@@ -66,7 +68,7 @@ class WalkStage:
             every = None
         # Higher-priority rules are walked first, so that when max_per_day must choose, their
         # sends are recorded before those of lower priority even across chunks.
-        for (rules, exclude), named in zip(self.order, self.named, strict=True):
+        for rules, exclude, named in self.order:
             while True:
                 limit = size + later
                 if every is not None:
