@@ -324,3 +324,26 @@ def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_
     tz = dt.timezone(dt.timedelta(hours=9))
     assert dt.datetime.fromtimestamp(last_tick, tz).isoformat() == "2027-02-01T00:00:00+09:00"
     assert len(ticks) < 100  # not one per hour of the three months (2,200)
+
+
+def test_a_purchase_at_a_condition_tick_is_seen_by_that_tick(tmp_path, capsys):
+    """A stop of the clock is one transaction (``Store.batch``): the condition check at the
+    stop still sees what the stop's events changed, as it would after their own commit, so a
+    friend who orders at 12:00 sharp, on a condition tick, is thanked at 12:00, not an hour later."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "settings.yaml").write_text(SETTINGS, encoding="utf-8")
+    (rules / "messages.yaml").write_text("thanks: ありがとう\n", encoding="utf-8")
+    (rules / "buyers.rule").write_text("rule buyers\n  when orders >= 1\n  then\n    send thanks\n", encoding="utf-8")
+    events = (
+        {"type": "follow", "friend": "U1", "at": "2026-11-01T10:20:00+09:00"},
+        {"type": "purchase", "friend": "U1", "at": "2026-11-01T12:00:00+09:00", "order_id": "C-1", "amount": 900},
+        {"type": "follow", "friend": "U2", "at": "2026-11-01T10:30:00+09:00"},
+        {"type": "purchase", "friend": "U2", "at": "2026-11-01T12:00:01+09:00", "order_id": "C-2", "amount": 900},
+    )
+    code = main(timeline(tmp_path, *events), str(rules), "2026-11-02T00:00:00+09:00", "1h", None)
+    assert code == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"at": "2026-11-01T12:00:00+09:00", "friend": "U1", "rule": "buyers", "messages": ["thanks"]},
+        {"at": "2026-11-01T13:00:00+09:00", "friend": "U2", "rule": "buyers", "messages": ["thanks"]},
+    ]

@@ -77,6 +77,44 @@ def test_rolled_back_transaction_leaves_no_half_state(store):
     assert store.outbox() == []
 
 
+def test_a_batch_logs_each_blocks_changes_at_its_end_and_rolls_back_whole(store):
+    """``Store.batch`` (simulate's one transaction per stop): a block directly inside it logs
+    its friends' changes at its end, as its own commit would have, so a condition check later in
+    the same stop sees them; a block nested deeper logs with its parent; a change outside any
+    block is logged at once; a failure undoes the whole batch."""
+
+    def logged() -> list[str]:
+        return [r[0] for r in store.conn.execute("SELECT friend FROM friend_changes ORDER BY n")]
+
+    start = logged()
+    with store.batch():
+        with store.transaction():
+            store.changed("U1")
+            assert logged() == start  # not before the block ends
+        assert logged() == [*start, "U1"]
+        store.changed("U2")  # between the blocks: at once
+        assert logged() == [*start, "U1", "U2"]
+        with store.transaction():
+            with store.transaction():
+                store.changed("U3")
+            assert logged() == [*start, "U1", "U2"]  # with the outer block, not the inner
+        assert logged() == [*start, "U1", "U2", "U3"]
+    assert logged() == [*start, "U1", "U2", "U3"]
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            with store.transaction():
+                store.changed("U4")
+            store.apply_events([ev("follow", "U5", "2026-11-01 10:00")], received_at=0)
+            raise RuntimeError("the stop fails")
+    assert logged() == [*start, "U1", "U2", "U3"]
+    assert store.friend("U5") is None
+    with store.transaction():  # an ordinary transaction after a batch logs at its commit only
+        with store.transaction():
+            store.changed("U6")
+        assert logged() == [*start, "U1", "U2", "U3"]
+    assert logged() == [*start, "U1", "U2", "U3", "U6"]
+
+
 def test_outbox_claim_finish_hold(store):
     with store.transaction():
         first = store.add_outbox(

@@ -96,12 +96,15 @@ def run_timeline(
             j = i
             while j < len(times) and times[j] <= now:
                 j += 1
-            if j > i:
-                store.apply_events(ordered[i:j], received_at=now)
-                i = j
-            boundary = boundaries.after(now - 1) == now
-            engine.tick(timeutil.local(now, tz), conditions=boundary)
-            _transport(store, now, tz, pushes, render)
+            # one transaction for the whole stop: nobody else reads or writes the database, and
+            # each stage's transaction became a block of it (Store.batch)
+            with store.batch():
+                if j > i:
+                    store.apply_events(ordered[i:j], received_at=now)
+                    i = j
+                boundary = boundaries.after(now - 1) == now
+                engine.tick(timeutil.local(now, tz), conditions=boundary)
+                _transport(store, now, tz, pushes, render)
             quiet = engine.conditions_quiet_until(now)
             candidates = [last_boundary] if last_boundary > now else []
             if quiet <= now:

@@ -778,11 +778,12 @@ class _Transaction:
     blocks, most of them inner ones joining the outer, and a generator's context manager cost
     more than the inner block's work."""
 
-    __slots__ = ("outer", "rows_only", "started", "store")
+    __slots__ = ("batch", "outer", "rows_only", "started", "store")
 
-    def __init__(self, store: Store, rows_only: bool) -> None:
+    def __init__(self, store: Store, rows_only: bool, batch: bool = False) -> None:
         self.store = store
         self.rows_only = rows_only
+        self.batch = batch
         self.outer = False
         self.started = 0.0
 
@@ -792,6 +793,7 @@ class _Transaction:
         if s._depth:
             s._depth += 1
             return s.conn
+        s._batched = self.batch
         try:
             if self.rows_only and s.pg:
                 s.conn.execute("BEGIN DEFERRED")
@@ -812,6 +814,8 @@ class _Transaction:
         try:
             if not self.outer:
                 s._depth -= 1
+                if s._batched and s._depth == 1 and exc is None:
+                    s._log_changes()  # a block of a batch logs as its own commit would have
                 return False
             if exc is None:
                 try:
@@ -849,6 +853,9 @@ class _Transaction:
 
 class Store:
     """The engine's SQLite database. ``Store(":memory:")`` works for tests and simulations."""
+
+    #: whether the open transaction is a :meth:`batch`
+    _batched = False
 
     #: What :meth:`_deliver_scratch` made in this session (None: nothing yet)
     _scratch: tuple | None = None
@@ -1088,6 +1095,13 @@ class Store:
         same ``BEGIN IMMEDIATE``."""
         return _Transaction(self, rows_only)
 
+    def batch(self) -> _Transaction:
+        """One transaction around work that would otherwise commit block by block (``simulate``:
+        a whole stop of its clock, where nobody else reads or writes), in which each block that
+        would have been a transaction of its own still logs its friends' changes at its end, as
+        its commit would have, for the condition checks that read them later in the same stop."""
+        return _Transaction(self, False, batch=True)
+
     def changed(self, *friends: str) -> None:
         """These friends' rows, activity or tags were just written: the condition triggers
         look at them again (``friend_changes``, written once per friend and transaction, in
@@ -1096,6 +1110,8 @@ class Store:
         if not self._depth:
             with self.transaction():
                 pass
+        elif self._batched and self._depth == 1:
+            self._log_changes()  # outside the blocks of a batch: logged at once, as without it
 
     def changed_query(self, sql: str, params: Any = ()) -> None:
         """The friends ``sql`` selects (one column) were just written (:meth:`changed`)."""
