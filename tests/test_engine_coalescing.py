@@ -92,3 +92,34 @@ def test_each_friend_is_counted_once_in_the_delivery_log(fresh_db_path):
         ("U2", 1, "sent", 1),
         ("U2", 2, "sent", 0),
     ]
+
+
+def test_personalised_renders_alike_share_multicasts_each_friend_with_its_delivery_row(fresh_db_path):
+    # 503 friends render the same greeting, one friend (U250) another: a multicast of 500, one of 3
+    # and a push, in the order of each payload's first friend, every friend's delivery row on its row
+    hello = ir.MessageDef("greeting", ({"type": "text", "text": "こんにちは {{ friend.display_name }}さん"},))
+    p = compile_rules('rule weekly when schedule "0 20 * * 5" then send greeting', messages={"greeting": hello})
+    friends = [f"U{i:03d}" for i in range(504)]
+    events = [ev("follow", f, "2026-11-01 10:00") for f in friends] + [
+        ev("attributes", f, "2026-11-01 10:01", set={"display_name": "太郎" if f == "U250" else "花子"})
+        for f in friends
+    ]
+    run(p, events, until="2026-11-07 00:00", db_path=str(fresh_db_path))
+    rows = outbox(fresh_db_path)
+    assert [(r["kind"], len(r["recipients"]), r["payload"][0]["text"]) for r in rows] == [
+        ("multicast", 500, "こんにちは 花子さん"),
+        ("multicast", 3, "こんにちは 花子さん"),
+        ("push", 1, "こんにちは 太郎さん"),
+    ]
+    assert rows[0]["recipients"] == [f for f in friends if f != "U250"][:500]
+    assert rows[2]["recipients"] == ["U250"]
+    store = Store(str(fresh_db_path))
+    deliveries = store.conn.execute(
+        "SELECT d.friend, d.outbox_id, d.rule, d.step_id, d.messages, d.counts_for_cap, o.recipients "
+        "FROM deliveries d JOIN outbox o ON o.id = d.outbox_id ORDER BY d.id"
+    ).fetchall()
+    store.close()
+    assert sorted(d[0] for d in deliveries) == friends
+    assert [d[1] for d in deliveries] == sorted(d[1] for d in deliveries)  # in the order of their rows
+    assert all(f'"{d[0]}"' in d[6] for d in deliveries)
+    assert {(d[2], d[3], d[4], d[5]) for d in deliveries} == {("weekly", "send greeting", '["greeting"]', 1)}

@@ -400,3 +400,25 @@ def test_each_push_gets_its_own_retry_key_and_each_tracked_link_its_own_token(tm
     # the second they were made (base 62, sorting as it does), then as secrets.token_urlsafe(12)
     assert all(re.fullmatch(r"[0-9A-Za-z]{6}[A-Za-z0-9_-]{16}", t) for t in tokens)
     assert {t[:6] for t in tokens} <= {_base62(int(time.time()) - s) for s in range(60)}
+
+
+_KEYS = st.sampled_from(["id", "display_name", "attributes", "tags", "points", "language", "会員", "rank"])
+_VALUES = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2))
+
+
+@given(
+    st.dictionaries(_KEYS, _VALUES, max_size=6),
+    st.dictionaries(_KEYS, _VALUES, max_size=6),
+    st.lists(st.text(max_size=3), max_size=4),
+)
+def test_the_friend_made_from_its_row_is_friend_vars_of_the_friend(fields, attributes, tags):
+    # the deliver stage makes each friend as templates see it straight from its row: the same keys
+    # in the same order, the same values, as friend_vars of the friend the store would give
+    from engine.language.variables import friend_vars_of
+
+    row = {**{k: v for k, v in fields.items() if k != "tags"}, "attributes": json.dumps(attributes)}
+    friend = {**row, "attributes": attributes, "tags": tags}
+    made = friend_vars_of(row.items(), json.loads(row["attributes"]), list(tags))
+    expected = friend_vars(friend)
+    assert list(made.items()) == list(expected.items())
+    assert friend_vars(made) is made  # not made again when rendering

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from liquid import Environment
 
+from .variables import FriendVars
+
 
 class MessageEnvironment(Environment):
     """Liquid for message text: no file system, no include/render, bounded loops and output."""
@@ -94,6 +96,10 @@ def plain_parts(template) -> tuple | None:
     return tuple(parts)
 
 
+#: The mappings a path goes through here (a friend as templates see it is a dict of its own kind).
+_MAPPINGS = frozenset((dict, FriendVars))
+
+
 def render_plain(parts: tuple, variables: dict) -> str | None:
     """What Liquid renders ``parts`` (from :func:`plain_parts`) to with ``variables``, or None
     when a value is of a kind left to Liquid (a list, a date, a path through a list, ...)."""
@@ -107,7 +113,7 @@ def render_plain(parts: tuple, variables: dict) -> str | None:
         if value is _MISSING:
             return None  # not one of the template variables: Liquid's other scopes
         for segment in path[1:]:
-            if type(value) is not dict or segment in _SPECIAL:
+            if type(value) not in _MAPPINGS or segment in _SPECIAL:
                 return None
             value = value.get(segment, _MISSING)
             if value is _MISSING:

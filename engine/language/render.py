@@ -27,7 +27,7 @@ import operator
 import re
 import sqlite3
 import zoneinfo
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring as _encode_text
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -40,6 +40,7 @@ from engine.line.limits import payload_json, utf16_len
 from . import ir
 from .liquidenv import plain_parts, render_plain
 from .messages import MessageEnvironment, check_objects, compile_template, fields_pass, is_template, plan_checks
+from .variables import friend_vars
 from .yamlpos import Path
 
 #: http(s) URLs inside message text: ASCII URL characters only, so Japanese text right after
@@ -80,19 +81,6 @@ class RenderError(Exception):
     def __init__(self, message: str, rule: str, detail: str):
         self.message, self.rule, self.detail = message, rule, detail
         super().__init__(f"message `{message}` (rule `{rule}`): {detail}")
-
-
-def friend_vars(friend: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``friend`` template variable: attributes flattened in and kept under
-    ``friend.attributes``; the friend's own fields (display_name, language, tags, ...) win over
-    attributes of the same name; tags as a sorted list."""
-    attributes = dict(friend.get("attributes") or {})
-    out: dict[str, Any] = {**attributes, **friend}
-    if "attributes" in friend and "attributes" not in attributes:
-        del out["attributes"]  # set again below, after the friend's own fields (as it always was)
-    out["attributes"] = attributes
-    out["tags"] = sorted(friend.get("tags") or ())
-    return out
 
 
 def sale_vars(sale: ir.Sale, tz: zoneinfo.ZoneInfo) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.i18n import N_, _
+from engine.language.variables import friend_vars, friend_vars_of
 from engine.line.limits import MAX_MULTICAST, payload_json
 
 from .events import Event
@@ -354,8 +355,9 @@ ANY_DUE = DueChunk(None, False)
 
 class DueSend(NamedTuple):
     """An undecided due send rendered for its friend (:meth:`Store.due_rows`), with its group's
-    rule, steps, messages and occurrence, and ``friend``: the friend as :meth:`Store.friend`
-    gives it (``{"id": ...}`` alone for a friend without a row)."""
+    rule, steps, messages and occurrence, and ``friend``: the friend as templates see it
+    (:func:`~engine.language.variables.friend_vars` of the friend :meth:`Store.friend` gives,
+    of ``{"id": ...}`` alone for a friend without a row), made once per friend."""
 
     enrollment: int | None
     friend_id: str
@@ -370,7 +372,8 @@ class DueSend(NamedTuple):
     counts: int
     reply_token: str | None
     reply_deadline: int | None
-    friend: dict
+    due: int  # its row in ``temp.lr_due``
+    friend: dict  # as templates see it: engine.language.variables.friend_vars
 
 
 class LinkRow(NamedTuple):
@@ -1958,6 +1961,17 @@ class Store:
                 "CREATE TEMP TABLE IF NOT EXISTS lr_sent (n INTEGER PRIMARY KEY, friend TEXT, enrollment INTEGER, "
                 "variant TEXT, counts INTEGER, answer INTEGER)"
             )
+            # the pushes rendered per friend (:meth:`add_due_pushes`): one row per outbox row, its
+            # first friend's due send ``due``; ``temp.lr_members`` the other friends of a multicast
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_push (n INTEGER PRIMARY KEY, due INTEGER NOT NULL, "
+                "head INTEGER NOT NULL, payload TEXT NOT NULL, messages TEXT NOT NULL, retry_key TEXT NOT NULL, "
+                "recipients TEXT)"
+            )
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS lr_members (n INTEGER NOT NULL, pos INTEGER NOT NULL, "
+                "due INTEGER NOT NULL, head INTEGER NOT NULL)"
+            )
         c.execute("DELETE FROM temp.lr_rules")
         c.executemany("INSERT INTO temp.lr_rules VALUES (?, ?, ?)", rules)
         self._scratch = rules
@@ -2284,7 +2298,7 @@ class Store:
         cur.row_factory = None
         rows = cur.execute(
             "SELECT d.enrollment, d.friend, g.rule, g.steps, g.messages, g.occurrence, d.variant, d.event_seq, "
-            "d.kind, d.answer, d.counts, d.reply_token, d.reply_deadline, "
+            "d.kind, d.answer, d.counts, d.reply_token, d.reply_deadline, d.id, "
             + ", ".join(f"f.{c}" for c in _FRIEND_COLUMNS)
             + " FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp LEFT JOIN friends f ON f.id = d.friend "
             "WHERE d.status IS NULL "
@@ -2303,20 +2317,90 @@ class Store:
         friends: dict[str, dict] = {}  # a friend with two sends is one dict, as in friends_for_render
         out: list[DueSend] = []
         width = len(DueSend._fields) - 1
-        loads, columns = _loads, _FRIEND_COLUMNS
+        loads, columns, at = _loads, _FRIEND_COLUMNS, width + _FRIEND_COLUMNS.index("attributes")
         for row in rows:
             friend_id = row[1]
             friend = friends.get(friend_id)
             if friend is None:
                 if row[width] is None:  # no friend row
-                    friend = {"id": friend_id}
-                else:
-                    friend = dict(zip(columns, row[width:]))
-                    friend["attributes"] = loads(friend["attributes"])
-                    friend["tags"] = tags.get(friend_id, [])
+                    friend = friend_vars({"id": friend_id})
+                else:  # as templates see it (made once)
+                    friend = friend_vars_of(zip(columns, row[width:]), loads(row[at]), tags.get(friend_id, []))
                 friends[friend_id] = friend
             out.append(DueSend(*row[:width], friend))
         return out
+
+    def add_due_pushes(
+        self,
+        pushes: Sequence[tuple[int, int, str, str]],
+        multicasts: Sequence[tuple[int, int, int, str, str, str]],
+        members: Sequence[tuple[int, int, int, int]],
+        now: int,
+        today: str,
+    ) -> int:
+        """The outbox rows of the due sends of ``temp.lr_due`` rendered per friend, and their
+        delivery rows, written set-based from what rendering made: Python hands over only each
+        push's payload (encoded once) and whose it is; the friend, rule, step, enrollment,
+        variant and cap are the due send's, read in SQL.
+
+        ``pushes`` are pushes to one friend: (due, head, payload, messages), where ``due`` is the
+        send's ``temp.lr_due`` id, ``head`` 1 for the first push of the send (which counts for
+        the cap) and ``messages`` the JSON list of the message names; ``multicasts`` are rows to
+        several friends, (n, due, head, payload, messages, recipients), ``n`` the row's place
+        among all (1-based; the pushes take the places left, in order) and ``due`` its first
+        friend's; ``members`` (n, pos, due, head) each other friend of the multicast ``n``.
+        Outbox ids follow the places, each with a new retry key; delivery rows follow their
+        outbox rows, a multicast's in its friends' order. Returns the outbox rows written."""
+        count = len(pushes) + len(multicasts)
+        if not count:
+            return 0
+        c = self.conn
+        c.execute("DELETE FROM temp.lr_push")
+        keys = retry_keys(count)
+        if multicasts:
+            c.execute("DELETE FROM temp.lr_members")
+            taken = {m[0] for m in multicasts}
+            free = (n for n in range(1, count + 1) if n not in taken)
+            c.executemany(
+                "INSERT INTO temp.lr_push(n, due, head, payload, messages, recipients, retry_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*m, keys[m[0] - 1]) for m in multicasts],
+            )
+            c.executemany("INSERT INTO temp.lr_members(n, pos, due, head) VALUES (?, ?, ?, ?)", members)
+            c.executemany(
+                "INSERT INTO temp.lr_push(n, due, head, payload, messages, retry_key) VALUES (?, ?, ?, ?, ?, ?)",
+                [(n, *p, keys[n - 1]) for n, p in zip(free, pushes, strict=True)],
+            )
+        else:
+            c.executemany(
+                "INSERT INTO temp.lr_push(n, due, head, payload, messages, retry_key) VALUES (?, ?, ?, ?, ?, ?)",
+                [(n, *p, key) for n, p, key in zip(range(1, count + 1), pushes, keys)],
+            )
+        base = c.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+        args = {"base": base, "now": now, "today": today}
+        c.execute(
+            "INSERT INTO outbox(id, kind, recipients, payload, messages, rule, retry_key, not_before, status, "
+            "created_at) SELECT :base + p.n, CASE WHEN p.recipients IS NULL THEN 'push' ELSE 'multicast' END, "
+            "COALESCE(p.recipients, CAST(json_array(d.friend) AS TEXT)), p.payload, p.messages, g.rule, p.retry_key, :now, "
+            "'pending', :now FROM temp.lr_push p JOIN temp.lr_due d ON d.id = p.due "
+            "JOIN temp.lr_groups g ON g.grp = d.grp ORDER BY p.n",
+            args,
+        )
+        sends = "SELECT n, 0 AS pos, due, head, messages FROM temp.lr_push"
+        if multicasts:
+            sends += (
+                " UNION ALL SELECT m.n, m.pos, m.due, m.head, p.messages FROM temp.lr_members m "
+                "JOIN temp.lr_push p ON p.n = m.n"
+            )
+        c.execute(
+            "INSERT INTO deliveries(friend, rule, step_id, enrollment, outbox_id, messages, status, reason, "
+            "variant, at, local_day, counts_for_cap) SELECT d.friend, g.rule, json_extract(g.steps, '$[0][0]'), "
+            "d.enrollment, :base + x.n, x.messages, 'queued', NULL, d.variant, :now, :today, d.counts * x.head "
+            f"FROM ({sends}) x JOIN temp.lr_due d ON d.id = x.due JOIN temp.lr_groups g ON g.grp = d.grp "
+            "ORDER BY x.n, x.pos",
+            args,
+        )
+        return count
 
     def finish_deliver(self, now: int) -> None:
         """After the deliver stage's last chunk: the audiences whose sends were due now and of

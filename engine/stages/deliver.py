@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from engine.language import ir, timeutil
 from engine.language.project import collector_paused
 from engine.language.render import MessagePlan, RenderError, render_message, sale_vars
-from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
+from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS, payload_json
 from engine.runtime.store import Delivery, DueChange, DueChunk, DueSend, Encoded, LinkRow, OutboxRow, link_tokens
 from engine.stages.context import Context, TickResult
 
@@ -47,16 +47,6 @@ class Due(NamedTuple):
     event_seq: int | None
     step_id: str
     names: tuple[str, ...]
-
-
-class _Share(NamedTuple):
-    """One push of one friend's rendered send, waiting for the others with the same payload."""
-
-    row: DueSend
-    push: int  # which push of the send (0: the first, which counts for the cap)
-    objects: list
-    step_id: str
-    counts: int
 
 
 class _Part(NamedTuple):
@@ -255,7 +245,9 @@ class Outgoing:
         self.result = result
         self.deliveries: list[Delivery | tuple] = []  # (a tuple: in the order of Delivery's fields)
         self.outbox: list[OutboxRow | tuple] = []
-        self.shared: dict[tuple, list[_Share]] = defaultdict(list)
+        #: (rule, payload JSON, message names) -> the due sends sharing it: (due id, 1 for the
+        #: send's first push else 0, friend)
+        self.shared: dict[tuple, list[tuple[int, int, str]]] = defaultdict(list)
         self._keys: dict[int, tuple[Pushes, list]] = {}
         self.billed = 0
 
@@ -280,12 +272,11 @@ class Outgoing:
             if r.kind == "reply" or r.answer:
                 self._alone(r, due, chunks)
             else:
-                self._share(r, due, chunks)
+                self._share(r, chunks)
         self.renderer.write_links()
-        self._multicasts()
-        ids = s.add_outbox_rows(self.outbox, self.now)
-        self.result.queued += len(self.outbox)
+        ids = s.add_outbox_rows(self.outbox, self.now)  # replies and answers, each for its friend
         s.add_deliveries(self.deliveries, ids)  # the delivery rows are the per-friend decisions
+        self.result.queued += len(self.outbox) + self._multicasts()
         return self.billed
 
     def _alone(self, r: DueSend, due: Due, chunks: Pushes) -> None:
@@ -326,12 +317,11 @@ class Outgoing:
                 )
             )
 
-    def _share(self, r: DueSend, due: Due, chunks: Pushes) -> None:
+    def _share(self, r: DueSend, chunks: Pushes) -> None:
         """A push that may share a multicast with other friends' identical pushes."""
-        counts = 1 if r.counts else 0
         if len(chunks) == 1 and type(chunks[0][1]) is Encoded:  # one friend's own push, as a rule
             names, payload = chunks[0]
-            self.shared[r.rule, payload.json, tuple(names)].append(_Share(r, 0, payload, due.step_id, counts))
+            self.shared[r.rule, payload.json, tuple(names)].append((r.due, 1, r.friend_id))
             return
         # a render the same for everyone is shared by the friends it is due for
         hit = self._keys.get(id(chunks))
@@ -341,49 +331,37 @@ class Outgoing:
                 [(r.rule, self.renderer.key(objects), tuple(push_names)) for push_names, objects in chunks],
             )
         for i, key in enumerate(hit[1]):
-            self.shared[key].append(_Share(r, i, chunks[i][1], due.step_id, counts))
+            self.shared[key].append((r.due, 1 if i == 0 else 0, r.friend_id))
 
-    def _multicasts(self) -> None:
-        """The shared pushes in the order of their first friend: one push for a friend alone,
-        multicasts of :data:`MAX_MULTICAST` friends for the same payload (outbox and delivery
-        rows as tuples in the order of :class:`OutboxRow` and :class:`Delivery`)."""
-        outbox, deliveries, now, today = self.outbox, self.deliveries, self.now, self.today
-        for (rule, _text, names), items in self.shared.items():
-            objects = items[0].objects
+    def _multicasts(self) -> int:
+        """The shared pushes in the order of their first friend, written set-based
+        (:meth:`Store.add_due_pushes`): one push for a friend alone, multicasts of
+        :data:`MAX_MULTICAST` friends for the same payload. Returns the outbox rows written."""
+        pushes: list[tuple] = []  # (due, head, payload, messages) of a friend's own push
+        multicasts: list[tuple] = []
+        members: list[tuple] = []
+        names_json: dict[tuple[str, ...], str] = {}
+        n = 0
+        for (_rule, text, names), items in self.shared.items():
+            encoded = names_json.get(names)
+            if encoded is None:
+                encoded = names_json[names] = payload_json(list(names))
+            if len(items) == 1:  # a friend's own, as a rule
+                due, head, _friend = items[0]
+                pushes.append((due, head, text, encoded))
+                n += 1
+                continue
             for start in range(0, len(items), MAX_MULTICAST):
                 part = items[start : start + MAX_MULTICAST]
-                outbox.append(
-                    (
-                        "multicast" if len(part) > 1 else "push",
-                        [p.row.friend_id for p in part],
-                        objects,
-                        names,
-                        rule,
-                        now,
-                        None,
-                        None,
-                    )
-                )
-                self.billed += len(part)
-                ref = len(outbox) - 1
-                for p in part:
-                    r = p.row
-                    deliveries.append(
-                        (
-                            r.friend_id,
-                            rule,
-                            p.step_id,
-                            r.enrollment,
-                            ref,
-                            names,
-                            "queued",
-                            None,
-                            r.variant,
-                            now,
-                            today,
-                            p.counts if p.push == 0 else 0,
-                        )
-                    )
+                n += 1
+                if len(part) == 1:
+                    pushes.append((part[0][0], part[0][1], text, encoded))
+                    continue
+                recipients = payload_json([friend for _due, _head, friend in part])
+                multicasts.append((n, part[0][0], part[0][1], text, encoded, recipients))
+                members.extend((n, i, due, head) for i, (due, head, _friend) in enumerate(part[1:], 1))
+        self.billed += n + len(members)
+        return self.ctx.store.add_due_pushes(pushes, multicasts, members, self.now, self.today)
 
 
 class Renderer:
