@@ -259,12 +259,24 @@ class Outgoing:
         s = self.ctx.store
         events = s.events_data({r.event_seq for r in rows if r.event_seq is not None})
         decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # the chunk's few distinct sends
-        render, now, today, deliveries = self.renderer.render, self.now, self.today, self.deliveries
+        own: dict[tuple, tuple | None] = {}  # (rule, steps, messages, occurrence) -> what own_push needs
+        renderer, now, today, deliveries = self.renderer, self.now, self.today, self.deliveries
+        render, shared = renderer.render, self.shared
         for r in rows:
             key = (r.steps, r.messages)
             step_names = decoded.get(key)
             if step_names is None:
                 step_names = decoded[key] = (json.loads(key[0])[0][0], tuple(json.loads(key[1])))
+            if r.kind is None and not r.answer:  # a push, not a reply nor an answer
+                group = (r.rule, r.steps, r.messages, r.occurrence)
+                plan = own.get(group, False)
+                if plan is False:
+                    plan = own[group] = renderer.own_plan(step_names[1], r.rule, r.occurrence)
+                if plan is not None:  # one message of the friend's own, as a rule: rendered here
+                    text = renderer.own_push(plan, r, step_names, events.get(r.event_seq), now, deliveries, today)
+                    if text is not None:
+                        shared[r.rule, text, plan[1]].append((r.due, 1, r.friend_id))
+                    continue
             due = Due(r.enrollment, r.friend_id, r.rule, r.occurrence, r.variant, r.event_seq, *step_names)
             chunks = render(due, r.friend, now, deliveries, today, events.get(r.event_seq))
             if not chunks:
@@ -473,6 +485,38 @@ class Renderer:
         if key is not None:
             self._rendered[key] = (chunks, failures)
         return chunks
+
+    def own_plan(self, names: tuple[str, ...], rule: str, occurrence: str | None) -> tuple | None:
+        """For a send of one message rendered per friend that its plan renders (as
+        :meth:`render` takes it first): (the plan, the message names, the sale), for
+        :meth:`own_push`; None for any other send."""
+        tracked = bool(self.ctx.settings.base_url)
+        only = self._only.get((names, rule, tracked))
+        if only is None:
+            only = self._only[names, rule, tracked] = self._only_message(names, tracked) or False
+        if not only or len(only.objects) > MAX_OBJECTS:  # (a longer one is packed by render)
+            return None
+        plan = self._plan(only, rule, tracked)
+        if not plan.takes((lambda url: url) if tracked else None):
+            return None
+        return plan, names, self._sale(occurrence) if occurrence else None
+
+    def own_push(
+        self, own: tuple, r: Any, step_names: tuple, event: dict | None, now: int, deliveries: list, day: str
+    ) -> str | None:
+        """The JSON of the push of one friend's own message (``own`` from :meth:`own_plan`), as
+        :meth:`render` makes it, for the due send ``r`` (as :meth:`Store.due_rows` reads it);
+        None when it did not render (recorded as rejected)."""
+        plan, names, sale = own
+        friend = r.friend
+        link = self._linker(friend.get("id"), r.rule, names[0], now) if plan.tracked else None
+        try:
+            texts, _values = plan.encode(friend, sale=sale, link=link, event=event)
+        except RenderError as exc:
+            due = Due(r.enrollment, r.friend_id, r.rule, r.occurrence, r.variant, r.event_seq, *step_names)
+            self._rejected(due, friend, names[0], exc, now, day, deliveries)
+            return None
+        return "[" + ",".join(texts) + "]"
 
     def _only_message(self, names: tuple[str, ...], tracked: bool) -> ir.MessageDef | None:
         """The message of a send of one message rendered per friend (None: another kind of send)."""
