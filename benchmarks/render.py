@@ -17,7 +17,7 @@ Three sends are measured, each in its own fresh database per round:
   ``{{ friend.display_name | default: "お客" }}`` and a link, and an image.
 
 Per send it prints, as microseconds per friend (median of the rounds): the whole deliver
-stage (wall time, and the process's CPU time in it: on shared cores the steadier of the two), the part spent rendering (``Renderer.render``, and the payload's key where pushes are
+stage (wall time, and the process's CPU time in it: on shared cores the steadier of the two), the part spent rendering (``Renderer.render`` and ``Renderer.own_push``, and the payload's key where pushes are
 grouped by it: ``Renderer.key``, before ``Renderer.hash``), the part spent writing the outbox
 rows (``Store.add_due_pushes``, which writes the pushes rendered per friend and their delivery
 rows set-based, and ``Store.add_outbox_rows``, which encodes each payload not encoded already
@@ -27,6 +27,12 @@ same friends plus one ``json.dumps`` of what they rendered to. The ratios (media
 rounds of each round against its own floor) say how far the engine's rendering is from that
 floor and what the whole stage costs against it. For a before/after, run the same file against
 both trees in one sitting, alternating (docs/engine.md).
+
+``--instructions`` counts instead, per send, the instructions (valgrind's callgrind) of the
+deliver stage per friend: a child process that populates ``--friends`` friends (default 6,000
+here) and runs both ticks, less one whose second tick skips the deliver stage, divided by the
+friends: a figure a busy machine does not move (about two minutes per send and tree). Run
+against another tree, the file copied into it, it counts that tree's stage.
 
 ``--sent N`` first records N pushes sent on earlier days (one a day to each friend), with their
 delivery rows, as an account keeps them (rows stay, each with its retry key): what a send costs once the account has a
@@ -39,7 +45,9 @@ import argparse
 import datetime as dt
 import gc
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -155,7 +163,8 @@ def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dic
     engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
     engine.tick(timeutil.local(start, tz))  # nothing due yet: the schedule fires at 10:00
     stage = Timed(deliver.DeliverStage, "run", cpu=True)
-    render = Timed(deliver.Renderer, "render")
+    # a push of one friend's own message is rendered by own_push, where the engine has it
+    renders = [Timed(deliver.Renderer, name) for name in ("render", "own_push") if hasattr(deliver.Renderer, name)]
     hashing = Timed(deliver.Renderer, "key" if hasattr(deliver.Renderer, "key") else "hash")
     # the outbox rows: pushes rendered per friend are written set-based (add_due_pushes, where
     # the store has it), replies and others as rows (add_outbox_rows)
@@ -164,7 +173,7 @@ def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dic
     try:
         engine.tick(timeutil.local(start + 60, tz))
     finally:
-        for t in (stage, render, hashing, *writes):
+        for t in (stage, *renders, hashing, *writes):
             t.restore()
     sent = store.conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'queued'").fetchone()[0]
     assert sent == n, f"{sent} of {n} sends queued"
@@ -174,10 +183,45 @@ def one_round(send: str, n: int, tmp: Path, k: int, sent_before: int = 0) -> dic
     return {
         "deliver": stage.seconds / n,
         "deliver_cpu": stage.cpu / n,
-        "render": (render.seconds + hashing.seconds) / n,
+        "render": (sum(t.seconds for t in renders) + hashing.seconds) / n,
         "outbox": sum(t.seconds for t in writes) / n,
         "floor": bare / n,
     }
+
+
+def child(send: str, n: int, deliver_stage: bool) -> None:
+    """One round's population and ticks, for ``--instructions`` (the deliver stage skipped
+    unless ``deliver_stage``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        project = project_of(Path(tmp), send, 0, load_project)
+        tz = project.settings.tz
+        start = timeutil.epoch(dt.datetime.fromisoformat(START))
+        store = Store(str(Path(tmp) / "child.db"))
+        with store.transaction() as c:
+            populate(c, n, start)
+        engine = Engine(project, store, clock=lambda: timeutil.local(start, tz))
+        engine.tick(timeutil.local(start, tz))
+        if not deliver_stage:
+            deliver.DeliverStage.run = lambda self, now, result: None
+        engine.tick(timeutil.local(start + 60, tz))
+        store.close()
+
+
+def instructions(sends: list[str], n: int) -> int:
+    """The deliver stage's instructions per friend, per send (see the module's docstring)."""
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed", file=sys.stderr)
+        return 1
+    import callgrind
+
+    with tempfile.TemporaryDirectory() as pycache:
+        env = callgrind.bytecode_env(pycache)
+        for send in sends:
+            cmd = [sys.executable, __file__, "--friends", str(n), "--send", send, "--child"]
+            subprocess.run([*cmd, "skip"], env=env, check=True)  # the bytecode, compiled once
+            skipped, full = callgrind.count([*cmd, "skip"], env), callgrind.count([*cmd, "deliver"], env)
+            print(f"{send}: the deliver stage {(full - skipped) / n:,.0f} instructions per friend  [{n:,} friends]")
+    return 0
 
 
 def _vars(friend: dict) -> dict:
@@ -195,7 +239,17 @@ def main() -> int:
         help="pushes the outbox holds from earlier days before each round (default 0: a new account)",
     )
     parser.add_argument("--send", action="append", choices=list(SENDS), help="only this send (repeatable)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count the stage's instructions per friend (valgrind)"
+    )
+    parser.add_argument("--child", choices=["skip", "deliver"], help=argparse.SUPPRESS)  # (for --instructions)
     args = parser.parse_args()
+    if args.child:
+        child(args.send[0], args.friends, args.child == "deliver")
+        return 0
+    if args.instructions:
+        friends = args.friends if "--friends" in sys.argv else 6_000
+        return instructions(args.send or list(SENDS), friends)
     with tempfile.TemporaryDirectory() as tmp:
         for send in args.send or SENDS:
             rounds = [one_round(send, args.friends, Path(tmp), k, args.sent) for k in range(args.rounds)]
