@@ -4,6 +4,10 @@
     git worktree add --detach /tmp/issue14 1c41fc9                     # the code issue 14 measured
     .venv/bin/python benchmarks/send_tick.py --tree /tmp/issue14       # the same sends there
 
+(The code of 1c41fc9 still imports sqlite-utils, which the project no longer needs: install it
+beside, ``pip install --target /tmp/su sqlite-utils``, and run that tree with
+``PYTHONPATH=/tmp/su``.)
+
 The three sends of ``benchmarks/render.py`` (``flex``, ``text``, ``winback_90d``: the same
 templates, settings and SQL-written population of 20,000 friends), each sent by a rule
 ``when schedule "0 10 * * *"``. One tick at 09:59 finds nothing to do; the CPU time of the tick
