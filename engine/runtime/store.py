@@ -424,6 +424,9 @@ MIN_FREE_BYTES = 1024 * 1024
 #: simulation; with the default, the ones evicted were compiled again at their next use (0.5%
 #: of a simulation's instructions). Only statements in use are kept, a few KB each.
 STATEMENT_CACHE = 1024
+#: How every connection to an SQLite file is opened: transactions begun by the store, shared
+#: by the runner's threads under its lock, a 30 s wait for another writer.
+_CONNECT = {"isolation_level": None, "check_same_thread": False, "timeout": 30, "cached_statements": STATEMENT_CACHE}
 
 #: SQLite primary result codes that mean the database itself fails, not one item's data.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_NOMEM, _SQLITE_READONLY = 5, 6, 7, 8
@@ -971,14 +974,7 @@ class Store:
     def _open_read_only(self, path: str) -> None:
         if path == ":memory:" or database_version(path) is None:
             raise StoreError(_("there is no database at {path}", path=os.path.abspath(path)))
-        conn = sqlite3.connect(
-            _read_only_uri(path),
-            uri=True,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=30,
-            cached_statements=STATEMENT_CACHE,
-        )
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, **_CONNECT)
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self._lock = threading.RLock()
@@ -992,9 +988,7 @@ class Store:
     def _open(self, path: str, checkpoints: bool) -> None:
         if path != ":memory:" and os.path.isdir(path):
             raise NotLinerulesDatabase(not_linerules(path, _A_FOLDER))
-        conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=STATEMENT_CACHE
-        )
+        conn = sqlite3.connect(path, **_CONNECT)
         conn.row_factory = sqlite3.Row
         self.conn = conn
         if _linerules_version(conn) is None:  # tables of another program: leave them alone
