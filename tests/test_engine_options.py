@@ -42,6 +42,51 @@ def test_exit_when_on_a_state_change_and_before_each_step(fresh_db_path):
     store.close()
 
 
+def test_exit_when_sees_a_tag_written_earlier_in_the_same_walk(fresh_db_path):
+    # the walk asks ``exit when`` again only after a step wrote to the store: here the rule's
+    # own ``tag`` step, and the ``tag`` step of another rule walked with it, each at once
+    p = compile_rules(
+        """
+        rule own when followed exit when tagged stop then send a tag stop send b wait 1d send c
+        rule mine when followed exit when tagged done then send d send e wait 1d send f
+        rule other when followed then tag done
+        """
+    )
+    # (the sends before the exits are dropped when they are decided: the exit holds then)
+    assert run(p, [ev("follow", "U1", "2026-11-01 10:00")], db_path=str(fresh_db_path)) == []
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT rule, state, exit_reason, step_id FROM enrollments ORDER BY rule").fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("mine", "exited", "exit_when", "send e"),
+        ("other", "done", None, None),
+        ("own", "exited", "exit_when", "send b"),
+    ]
+    store.close()
+
+
+def test_exit_when_is_asked_once_per_walk_while_nothing_is_written(fresh_db_path):
+    # three sends in a row: the condition cannot change between them, one query decides
+    p = compile_rules("rule r when followed exit when tagged stop then send a send b send c wait 1d send d")
+    asked: list[str] = []
+    original = Store.select_enrollments
+
+    def counting(store, sql, params, ids):
+        asked.append(sql)
+        return original(store, sql, params, ids)
+
+    Store.select_enrollments = counting
+    try:
+        pushes = run(p, [ev("follow", "U1", "2026-11-01 10:00")], db_path=str(fresh_db_path))
+    finally:
+        Store.select_enrollments = original
+    assert pushes == [
+        ("2026-11-01 10:00:00", "U1", "r", ["a", "b", "c"]),
+        ("2026-11-02 10:00:00", "U1", "r", ["d"]),
+    ]
+    # the follow's own check, then once in each walk (the first tick's and the next day's)
+    assert len(asked) == 3
+
+
 def refollows(friend: str, *days: str):
     out = []
     for day in days:

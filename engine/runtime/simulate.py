@@ -156,19 +156,25 @@ def _last_boundary(end: int, tick_seconds: int, tz) -> int:
     return midnight + (end - midnight) // tick_seconds * tick_seconds
 
 
+#: Outbox rows the simulated transport claims at once.
+CLAIM = 1000
+
+
 def _transport(store: Store, now: int, tz, pushes: list, render: bool = False) -> None:
     """Mark every due outbox row sent, noting one push per recipient."""
-    while store.outbox_due(now):  # most stops of the clock send nothing: no claim to make
+    if not store.outbox_due(now):  # most stops of the clock send nothing: no claim to make
+        return
+    while True:
         with store.transaction():  # the claim and its outcomes at once: nothing sends between
-            if not _send_claimed(store, now, tz, pushes, render):
-                return
+            if _send_claimed(store, now, tz, pushes, render) < CLAIM:
+                return  # every due row was claimed: nothing else sends during the stop
 
 
-def _send_claimed(store: Store, now: int, tz, pushes: list, render: bool) -> bool:
-    """Claim up to 1,000 due rows and mark them sent (False: none was due)."""
-    rows = store.claim_outbox(now, 1000)
+def _send_claimed(store: Store, now: int, tz, pushes: list, render: bool) -> int:
+    """Claim up to :data:`CLAIM` due rows and mark them sent; returns how many were claimed."""
+    rows = store.claim_outbox(now, CLAIM)
     if not rows:
-        return False
+        return 0
     sent = []
     for row in rows:
         if row["kind"] in SENT_KINDS:
@@ -184,7 +190,7 @@ def _send_claimed(store: Store, now: int, tz, pushes: list, render: bool) -> boo
                 pushes.append((now, friend, row["rule"] or "", row["id"], push))
         sent.append((row["id"], "sent", f"simulated-{row['id']}", None))
     store.finish_outbox_rows(sent, at=now)
-    return True
+    return len(rows)
 
 
 def main(

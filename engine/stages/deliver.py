@@ -257,7 +257,8 @@ class Outgoing:
         if not rows:
             return 0
         s = self.ctx.store
-        events = s.events_data({r.event_seq for r in rows if r.event_seq is not None})
+        mentions = self.renderer.mentions_event
+        events = s.events_data({r.event_seq for r in rows if r.event_seq is not None and mentions(r.messages)})
         decoded: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # the chunk's few distinct sends
         own: dict[tuple, tuple | None] = {}  # (rule, steps, messages, occurrence) -> what own_push needs
         renderer, now, today, deliveries = self.renderer, self.now, self.today, self.deliveries
@@ -384,6 +385,7 @@ class Renderer:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
+        self._events: dict[str, bool] = {}  # a due send's message names (JSON) -> mentions ``event``
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._keys: dict[int, tuple[list[dict], str]] = {}
         self._plans: dict[tuple[str, str, bool], MessagePlan] = {}
@@ -568,10 +570,21 @@ class Renderer:
 
     def _static_one(self, name: str) -> bool:
         if name not in self._static:
-            defn = self.ctx.project.messages.get(name)
-            text = "" if defn is None else repr(defn.objects)
+            text = self._text(name)
             self._static[name] = "friend" not in text and "event" not in text
         return self._static[name]
+
+    def mentions_event(self, names_json: str) -> bool:
+        """Whether any of these messages (their names as the JSON list a due send holds) may
+        read ``event``: only their sends need the causing event's fields read."""
+        known = self._events.get(names_json)
+        if known is None:
+            known = self._events[names_json] = any("event" in self._text(n) for n in json.loads(names_json))
+        return known
+
+    def _text(self, name: str) -> str:
+        defn = self.ctx.project.messages.get(name)
+        return "" if defn is None else repr(defn.objects)
 
     def key(self, objects: list[dict]) -> str:
         """What makes two payloads one: their JSON text as the store writes it (keys sorted,

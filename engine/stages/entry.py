@@ -50,6 +50,9 @@ class Walker:
     event_seq: int | None = None
     buffer: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     answered: bool = False
+    #: the walk's write count (:attr:`engine.stages.walk.Walk.writes`) when ``exit when`` last
+    #: held not for this walker; -1: not checked in this walk
+    stays: int = -1
 
 
 def _norm(text: str) -> str:

@@ -116,6 +116,9 @@ class Walk:
         self._openings: dict[str, int] = {}
         self._seen: set[int] = set()
         self._next: list[Walker] = []  # the walkers going on to their next step, this round
+        #: steps run so far that wrote to the store (``tag``, ``untag``, ``set``, ``start``):
+        #: an ``exit when`` that held not since the last one still holds not
+        self.writes = 0
         #: whether the walk entered or resumed enrollments (``tag``, ``start``), which join it
         #: (and may have ended others)
         self.entered = False
@@ -185,12 +188,19 @@ class Walk:
                 self.finish(w, "done", None, None, None)
             return
         if rule.exit_when is not None:
-            c = self.ctx.cond(rule.exit_when, True)
-            gone = s.select_enrollments(c.sql, {**c.params, **params}, [w.id for w in walkers])
-            for w in walkers:
-                if w.id in gone:
-                    self.finish(w, "exited", rule.steps[pos].id, None, "exit_when")
-            walkers = [w for w in walkers if w.id not in gone]
+            # asked again only of walkers not asked since the walk last wrote: nothing it reads
+            # changed since (``send`` steps only collect, waits and moves are written at the end)
+            writes = self.writes
+            ask = [w.id for w in walkers if w.stays != writes]
+            if ask:
+                c = self.ctx.cond(rule.exit_when, True)
+                gone = s.select_enrollments(c.sql, {**c.params, **params}, ask)
+                for w in walkers:
+                    if w.id in gone:
+                        self.finish(w, "exited", rule.steps[pos].id, None, "exit_when")
+                    else:
+                        w.stays = writes
+                walkers = [w for w in walkers if w.id not in gone]
         step = rule.steps[pos]
         if type(step) is ir.Send:  # its `if` is decided when the send goes out (deliver stage)
             entry = (step.id, step.messages)
@@ -209,6 +219,7 @@ class Walk:
         for w in walkers:
             try:
                 if writes and w.id in ok:  # undone alone if it raises for this friend
+                    self.writes += 1
                     with s.savepoint():
                         go_on = self._step(rule, step, w, True)
                 else:
