@@ -18,6 +18,10 @@ the same events into a fresh in-memory store (``Store.apply_events``), measured 
 3600), so that the clock stops far less often for the same events and the same work per event:
 how much of the time goes to the stops themselves rather than to what happens at them.
 
+``--stops`` sorts the clock's stops of one run by what happened at them (events stored, pushes
+sent, whether it was a condition tick) and prints, for each kind, how many there were and their
+mean and total wall time: where the time of a simulation goes, stop by stop.
+
 ``--instructions`` counts the instructions of one simulation with valgrind instead (a child
 process that loads the rules, makes the timeline and simulates it, less one that stops before
 simulating), with compiled bytecode: a figure a busy machine does not move. Slow: about four
@@ -163,6 +167,65 @@ class Counting:
         Store.__init__, Engine.tick = self._store_init, self._tick
 
 
+class Stops:
+    """Times each stop of the clock (from one ``Engine.tick`` to the next) with what happened
+    at it: events stored (0, 1, 2 or more), pushes sent (likewise) and whether it was a
+    condition tick (``Store.apply_events``, ``Engine.tick`` and the simulated transport patched)."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[tuple[int, int, bool], list[float]] = {}
+        self._at: float | None = None
+        self._now = [0, 0, False]
+
+    def __enter__(self):
+        from engine.interpreter import Engine
+
+        self._saved = Store.apply_events, Engine.tick, simulate._send_claimed
+        apply, tick, send = self._saved
+        stops = self
+
+        def applied(store, events, **kw):
+            stops._now[0] += len(events)
+            return apply(store, events, **kw)
+
+        def ticked(engine, now, *, conditions=None):
+            stops._close()
+            stops._now = [0, 0, bool(conditions)]
+            return tick(engine, now, conditions=conditions)
+
+        def sent(store, now, tz, pushes, render):
+            before = len(pushes)
+            claimed = send(store, now, tz, pushes, render)
+            stops._now[1] += len(pushes) - before
+            return claimed
+
+        Store.apply_events, Engine.tick, simulate._send_claimed = applied, ticked, sent
+        return self
+
+    def _close(self) -> None:
+        at = time.perf_counter()
+        if self._at is not None:
+            events, sent, condition = self._now
+            self.kinds.setdefault((min(events, 2), min(sent, 2), condition), []).append(at - self._at)
+        self._at = at
+
+    def __exit__(self, *exc) -> None:
+        from engine.interpreter import Engine
+
+        self._close()
+        Store.apply_events, Engine.tick, simulate._send_claimed = self._saved
+
+    def report(self) -> None:
+        total = sum(sum(v) for v in self.kinds.values())
+        print("stops of the clock by what happened at them (2 = two or more):")
+        print("  events  pushes  condition tick     stops    mean ms   total s   share")
+        for (events, sent, condition), times in sorted(self.kinds.items()):
+            print(
+                f"  {events:>6}  {sent:>6}  {'yes' if condition else 'no':>14}  {len(times):>8,}  "
+                f"{1e3 * sum(times) / len(times):>9.3f}  {sum(times):>8.2f}  {sum(times) / total:>6.1%}"
+            )
+
+
 def floor(events: list[Event]) -> float:
     """Storing the events alone: a fresh in-memory store, one apply per 500."""
     started = time.perf_counter()
@@ -201,6 +264,7 @@ def main() -> int:
     ap.add_argument("--rules", default=str(ROOT / "rules"))
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--coarsen", type=int, default=0, metavar="SECONDS", help="events at the start of their slot")
+    ap.add_argument("--stops", action="store_true", help="time the clock's stops by what happened at them")
     ap.add_argument("--instructions", action="store_true", help="count one simulation's instructions (valgrind)")
     ap.add_argument("--child", choices=["load", "run"], help=argparse.SUPPRESS)  # (for --instructions)
     args = ap.parse_args()
@@ -218,6 +282,14 @@ def main() -> int:
         return 0
     if args.child == "run":
         run()
+        return 0
+    if args.stops:
+        with Stops() as stops:
+            pushes = run()
+        print(
+            f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; {len(pushes):,} pushes"
+        )
+        stops.report()
         return 0
     if args.profile:
         import cProfile

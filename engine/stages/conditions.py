@@ -259,6 +259,14 @@ class ConditionTriggers:
         own, others = self.ctx.store.change_counts()
         return own - self.ctx.carry.noise, others
 
+    def _unchanged(self, seen: tuple[int, int]) -> bool:
+        """Whether the database is as it was when :meth:`_changes` gave ``seen``: this
+        connection's own writes are counted in memory, and only when there are none the
+        database is asked about the others' (``PRAGMA data_version``)."""
+        if self.ctx.store.total_changes - self.ctx.carry.noise != seen[0]:
+            return False
+        return self._changes() == seen
+
     def still_quiet(self, rule: ir.Rule, now: int) -> bool:
         """Whether checking ``rule``'s condition now must enter nobody, as its last check did:
         nothing in the database changed since, and no term counting back from now
@@ -266,7 +274,7 @@ class ConditionTriggers:
         between then and now (:func:`engine.runtime.sqlcond.change_moments`). A check costs a pass over
         every friend; a quiet night of an account (and most hours of a simulation) skips it."""
         memo = self._quiet.get(rule.name)
-        if memo is None or now < memo[1] or memo[0] != self._changes():
+        if memo is None or now < memo[1] or not self._unchanged(memo[0]):
             return False
         until = memo[2]
         if until is None:
