@@ -12,6 +12,7 @@ of thousands of nodes of a large folder take about a fifth longer.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Union
 
@@ -481,3 +482,8 @@ class RuleFile(Record):
     broken_rules: tuple[str, ...] = ()
     broken_segments: tuple[str, ...] = ()
     has_syntax_errors: bool = False
+
+
+def rule_name_of(rule: RuleDef, path: str) -> str:
+    """The rule's name: as written, or the file's stem for a bare rule."""
+    return rule.name.value if rule.name is not None else os.path.splitext(os.path.basename(path))[0]

@@ -18,9 +18,9 @@ from engine.runtime.events import RULE_WORDS, meant_type
 
 from . import astnodes as A
 from . import ir
+from .astnodes import rule_name_of
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from .parser import rule_name_of
 from .timeutil import sale_moment
 
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")

@@ -22,7 +22,7 @@ import unicodedata
 
 from . import astnodes as A
 from . import ir
-from .parser import rule_name_of
+from .astnodes import rule_name_of
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _PLAIN_VALUE = re.compile(r'[^\s,"#()=]+')

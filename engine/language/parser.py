@@ -31,6 +31,7 @@ from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
 
 from . import astnodes as A
+from .astnodes import rule_name_of  # noqa: F401  (also used from here)
 from .diagnostics import Diagnostic, Span, did_you_mean, normalize_newlines
 from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
 
@@ -1432,8 +1433,3 @@ def describe(expected: set[str]) -> str:
     if len(parts) == 1:
         return parts[0]
     return _("{items} or {last}", items=join(parts[:-1]), last=parts[-1])
-
-
-def rule_name_of(rule: A.RuleDef, path: str) -> str:
-    """The rule's name: as written, or the file's stem for a bare rule."""
-    return rule.name.value if rule.name is not None else Path(path).stem

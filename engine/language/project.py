@@ -25,11 +25,11 @@ from engine.i18n import E, _
 
 from . import astnodes as A
 from . import ir
+from .astnodes import rule_name_of
 from .cache import read_bytes
 from .checks import Context, check_files
 from .compiler import compile_rule, compile_segment
 from .diagnostics import WARNING, Diagnostic, dedupe, has_errors, normalize_newlines
-from .parser import parse_file, rule_name_of
 
 SETTINGS_FILE = "settings.yaml"
 SALES_FILE = "sale_calendar.yaml"
@@ -107,7 +107,7 @@ def _load(root: str) -> LoadResult:
         text = loader.read(path, quiet=only is not None and name != only)
         if text is None:
             continue
-        parsed, diags = parse_file(path, text)
+        parsed, diags = loader.parsed(path, text)
         if only is not None and name != only:
             # A sibling of the file being validated: only its names matter.
             other_rules.update(rule_name_of(i, path) for i in parsed.items if isinstance(i, A.RuleDef))
@@ -157,6 +157,8 @@ def compile_source(
     """Build a project from rule text alone (for tests). ``messages=None`` skips the message
     name checks, ``settings=None`` the rich menu checks (defaults apply), ``sales=None`` the
     sale kind checks."""
+    from .parser import parse_file
+
     parsed, diags = parse_file(path, text)
     ctx = Context(
         messages=messages, menus=frozenset(dict(settings.rich_menus)) if settings is not None else None, sales=sales
@@ -268,6 +270,23 @@ _CHECKED_BY = (
     "tzdata",
 )
 _checked_stamp: str | None = None
+#: What a rule file's parse depends on besides its path and text: the parser and the modules
+#: whose values its syntax tree and diagnostics hold, Lark (its version and tables), the
+#: grammar file and the Python that pickled it.
+_PARSED_BY = (
+    "engine.language.parser",
+    "engine.language.astnodes",
+    "engine.language.records",
+    "engine.language.diagnostics",
+    "engine.language.ir",
+    "engine.runtime.events",
+    "engine.i18n",
+    "lark",
+)
+GRAMMAR_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "grammar.lark")
+_parsed_stamp: str | None = None
+#: Rule files' parses kept at most (the oldest go): a few big folders' worth.
+PARSES_KEPT = 2000
 
 
 class _Checked:
@@ -442,6 +461,36 @@ class _Loader:
             self.diagnostics += diags
         checked.save()
         return settings, sales, messages
+
+    def parsed(self, path: str, text: str) -> tuple[A.RuleFile, list[Diagnostic]]:
+        """:func:`engine.language.parser.parse_file` of a rule file, kept in the cache folder:
+        a file parsed before, unchanged, at the same path, by the same code, is one read of
+        its entry, so a folder whose rule files are all unchanged loads without Lark (its
+        import, its tables and its lexers' regular expressions are most of a warm start-up)."""
+        from .cache import read_pickled, write_pickled
+
+        global _parsed_stamp
+        if _parsed_stamp is None:
+            import sys
+
+            from .cache import module_stamp
+
+            try:
+                st = os.stat(GRAMMAR_FILE)
+                grammar = f"{GRAMMAR_FILE}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                grammar = GRAMMAR_FILE
+            _parsed_stamp = "|".join((sys.version, grammar, module_stamp(*_PARSED_BY)))
+        key = "\0".join((path, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), _parsed_stamp))
+        entry = "parsed-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        found = read_pickled(entry)
+        if isinstance(found, tuple) and len(found) == 2 and found[0] == key:
+            return found[1]
+        from .parser import parse_file
+
+        value = parse_file(path, text)
+        write_pickled(entry, (key, value), prefix="parsed-", limit=PARSES_KEPT)
+        return value
 
     def _misnamed_yaml(self, folder: str, exists: Callable[[str], bool]) -> set[str]:
         """The YAML files written as ``.yml``: an error each (they are not read)."""
