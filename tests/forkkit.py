@@ -74,6 +74,43 @@ def run(
     return subprocess.CompletedProcess([sys.executable, *args], child.returncode, out, err)
 
 
+#: ``linerules validate ARGS``, then which of the modules named in ``LINERULES_PROBE`` the run
+#: imported, one ``imported NAME: True|False`` line each on stderr (:func:`validate_probe`)
+_PROBE = (
+    "import os, sys; from engine.cli import cli\n"
+    "try:\n"
+    "    cli(['validate', *sys.argv[1:]])\n"
+    "finally:\n"
+    "    for m in os.environ['LINERULES_PROBE'].split():\n"
+    "        print(f'imported {m}:', m in sys.modules, file=sys.stderr)\n"
+)
+
+
+def validate_probe(
+    args: tuple[str, ...], *, cache: Path | str, cwd: Path | str, modules: tuple[str, ...], lang: str = "en"
+) -> tuple[int, str, dict[str, bool]]:
+    """``linerules validate ARGS`` in a child (the command line's imports done) with the cache
+    folder ``cache``: its exit code, output (stdout, then the rest of stderr) and whether it
+    imported each of ``modules`` (a warm run reads neither YAML nor Lark for unchanged files)."""
+    env = {
+        **os.environ,
+        "LINERULES_CACHE_DIR": str(cache),
+        "LINERULES_LANG": lang,
+        "LINERULES_PROBE": " ".join(modules),
+    }
+    env.pop("LINE_LOGIN_CHANNEL_ID", None)
+    env.pop("LINE_LOGIN_CHANNEL_SECRET", None)
+    proc = run(["-c", _PROBE, *args], preload=CLI, cwd=cwd, env=env, timeout=120)
+    imported, other = {}, []
+    for line in proc.stderr.splitlines(keepends=True):
+        name, sep, said = line.removeprefix("imported ").partition(": ")
+        if line.startswith("imported ") and sep and name in modules:
+            imported[name] = said.strip() == "True"
+        else:
+            other.append(line)
+    return proc.returncode, proc.stdout + "".join(other), imported
+
+
 def popen(
     args: list[str],
     *,

@@ -18,27 +18,15 @@ from engine.language.project import load_project
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
-#: validate, then say whether Lark was imported (a warm run of unchanged rule files needs none)
-PROBE = (
-    "import sys; from engine.cli import cli\n"
-    "try:\n"
-    "    cli(['validate', *sys.argv[1:]])\n"
-    "finally:\n"
-    "    print('lark imported:', 'lark' in sys.modules, file=sys.stderr)\n"
-)
 #: Golden folders whose rule files hold syntax errors and other findings of every kind.
 FOLDERS = ["syntax_errors", "keyword_slips", "names", "numbers", "conditions", "japanese_units", "typing_habits"]
 
 
 def validate(cache: Path, *args: str, cwd: Path = ROOT, lang: str = "en") -> tuple[int, str, bool]:
-    """``linerules validate ARGS`` in a process of its own: exit code, output, whether Lark
-    was imported."""
-    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": lang}
-    proc = forkkit.run(["-c", PROBE, *args], preload=forkkit.CLI, cwd=cwd, env=env, timeout=120)
-    lines = proc.stderr.splitlines(keepends=True)
-    probe = [line.strip() for line in lines if line.startswith("lark imported:")]
-    other = "".join(line for line in lines if not line.startswith("lark imported:"))
-    return proc.returncode, proc.stdout + other, probe == ["lark imported: True"]
+    """``linerules validate ARGS`` in a process of its own: exit code, output, whether it
+    imported Lark."""
+    code, out, imported = forkkit.validate_probe(args, cache=cache, cwd=cwd, modules=("lark",), lang=lang)
+    return code, out, imported["lark"]
 
 
 @pytest.mark.parametrize("case", FOLDERS)

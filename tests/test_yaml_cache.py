@@ -20,27 +20,12 @@ from engine.language.project import load_project
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
-#: validate, then say whether PyYAML was imported (a warm run reads no YAML)
-PROBE = (
-    "import sys; from engine.cli import cli\n"
-    "try:\n"
-    "    cli(['validate', *sys.argv[1:]])\n"
-    "finally:\n"
-    "    print('yaml imported:', 'yaml' in sys.modules, file=sys.stderr)\n"
-)
-
 
 def validate(cache: Path | str, *args: str, cwd: Path = ROOT) -> tuple[int, str, str]:
     """``linerules validate ARGS`` in a process of its own (forked with the command line's
-    imports done, :mod:`forkkit`): exit code, output, the probe's line."""
-    env = {**os.environ, "LINERULES_CACHE_DIR": str(cache), "LINERULES_LANG": "en"}
-    env.pop("LINE_LOGIN_CHANNEL_ID", None)
-    env.pop("LINE_LOGIN_CHANNEL_SECRET", None)
-    proc = forkkit.run(["-c", PROBE, *args], preload=forkkit.CLI, cwd=cwd, env=env, timeout=120)
-    lines = proc.stderr.splitlines(keepends=True)
-    probe = [line.strip() for line in lines if line.startswith("yaml imported:")]
-    other = "".join(line for line in lines if not line.startswith("yaml imported:"))
-    return proc.returncode, proc.stdout + other, probe[0] if probe else ""
+    imports done, :mod:`forkkit`): exit code, output, whether it imported PyYAML."""
+    code, out, imported = forkkit.validate_probe(args, cache=cache, cwd=cwd, modules=("yaml",))
+    return code, out, f"yaml imported: {imported['yaml']}"
 
 
 def checked_entries(cache: Path) -> list[Path]:
