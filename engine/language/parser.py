@@ -31,7 +31,6 @@ from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
 
 from . import astnodes as A
-from .astnodes import rule_name_of  # noqa: F401  (also used from here)
 from .diagnostics import Diagnostic, Span, did_you_mean, normalize_newlines
 from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
 
