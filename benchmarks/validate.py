@@ -38,7 +38,9 @@ freed inside its timing: the bare parse's trees and load_project's syntax trees 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import itertools
 import os
 import random
 import re
@@ -269,6 +271,22 @@ def report(what: str, rules: int, bare: float, total: float, own: float) -> None
     )
 
 
+@contextlib.contextmanager
+def sample_copy():
+    """A copy of the sample ``rules/`` in a temporary folder, and a function that edits one of
+    its rule files (a new text each call): what a marketer validates after an edit."""
+    with tempfile.TemporaryDirectory() as copy:
+        shutil.copytree(ROOT / "rules", copy, dirs_exist_ok=True)
+        edited = Path(copy) / "welcome.rule"
+        original = edited.read_text(encoding="utf-8")
+        edits = itertools.count(1)
+
+        def edit() -> None:
+            edited.write_text(original + f"# edit {next(edits)}\n", encoding="utf-8")
+
+        yield copy, edit
+
+
 def timed_runs(cmd: list[str], n: int, env: dict, before=None) -> tuple[float, float]:
     """Median wall and CPU (user + system) seconds of ``n`` runs of ``cmd``."""
     walls, cpus = [], []
@@ -302,11 +320,9 @@ def instructions() -> int:
         for _ in range(2):
             subprocess.run(validate, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
         bare, warm = count([sys.executable, "-c", "pass"], env), count(validate, env)
-        with tempfile.TemporaryDirectory() as copy:
-            shutil.copytree(ROOT / "rules", copy, dirs_exist_ok=True)
+        with sample_copy() as (copy, edit):
             subprocess.run([*validate[:-1], copy], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
-            welcome = Path(copy) / "welcome.rule"
-            welcome.write_text(welcome.read_text(encoding="utf-8") + "# edited\n", encoding="utf-8")
+            edit()
             edited = count([*validate[:-1], copy], env)
     print("instructions (valgrind), warm cache folder:")
     print(f"  python -c pass:          {bare / 1e6:8.0f} million")
@@ -335,17 +351,9 @@ def startup(n: int) -> None:
         bare = timed_runs([sys.executable, "-c", "pass"], n, env)
         cold = timed_runs(validate, n, env, before=empty)
         warm = timed_runs(validate, n, env)
-        with tempfile.TemporaryDirectory() as copy:
-            # a copy of the sample of which one rule file changes before every run (a marketer's
-            # edit): that file is parsed again, the others' parses are kept
-            shutil.copytree(ROOT / "rules", copy, dirs_exist_ok=True)
-            edited_file = Path(copy) / "welcome.rule"
-            original = edited_file.read_text(encoding="utf-8")
-            edits = iter(range(1, 10**6))
-
-            def edit() -> None:
-                edited_file.write_text(original + f"# edit {next(edits)}\n", encoding="utf-8")
-
+        # a copy of the sample of which one rule file changes before every run (a marketer's
+        # edit): that file is parsed again, the others' parses are kept
+        with sample_copy() as (copy, edit):
             subprocess.run([*validate[:-1], copy], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
             edited = timed_runs([*validate[:-1], copy], n, env, before=edit)
         proc = subprocess.run(

@@ -30,11 +30,12 @@ from lark.lexer import PatternStr
 from engine.i18n import E, _, join
 from engine.runtime.events import RULE_WORDS
 
+from . import GRAMMAR_FILE
 from . import astnodes as A
 from .diagnostics import Diagnostic, Span, did_you_mean, normalize_newlines
 from .ir import NAME_RE, parse_duration  # noqa: F401  (parse_duration: also used from here)
 
-GRAMMAR_PATH = Path(__file__).parent.parent / "grammar.lark"
+GRAMMAR_PATH = Path(GRAMMAR_FILE)
 _ESCAPE = re.compile(r"\\(.)")
 _ESCAPES = {"n": "\n", "t": "\t"}
 

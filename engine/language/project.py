@@ -23,8 +23,8 @@ from zoneinfo import ZoneInfo
 
 from engine.i18n import E, _
 
+from . import GRAMMAR_FILE, ir
 from . import astnodes as A
-from . import ir
 from .astnodes import rule_name_of
 from .cache import read_bytes
 from .checks import Context, check_files
@@ -283,7 +283,6 @@ _PARSED_BY = (
     "engine.i18n",
     "lark",
 )
-GRAMMAR_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "grammar.lark")
 _parsed_stamp: str | None = None
 #: Rule files' parses kept at most (the oldest go): a few big folders' worth.
 PARSES_KEPT = 2000
