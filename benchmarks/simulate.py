@@ -22,6 +22,10 @@ how much of the time goes to the stops themselves rather than to what happens at
 sent, whether it was a condition tick) and prints, for each kind, how many there were and their
 mean and total wall time: where the time of a simulation goes, stop by stop.
 
+``--windows`` records which friends had work at each stop of one run and counts the windows of
+stops an exact merge could run as one (cut at each local hour and before a friend's second stop
+in the window), then times a stop with nothing due on the state the run ended with.
+
 ``--instructions`` counts the instructions of one simulation with valgrind instead (a child
 process that loads the rules, makes the timeline and simulates it, less one that stops before
 simulating), with compiled bytecode: a figure a busy machine does not move. Slow: about four
@@ -226,6 +230,109 @@ class Stops:
             )
 
 
+class Windows:
+    """Records, stop by stop, which friends had work at each stop of the clock (an event
+    applied, an enrollment walked, a send decided, a push sent; ``EventStage.apply``,
+    ``Walk.run``, ``Store.load_due`` and the simulated transport patched) and whether it was a
+    condition tick, to measure how many stops an exact merge could run as one: a window of stops
+    ends at a local hour's boundary (the sample's condition slots, windows' openings, midnight
+    and sale moments all fall on one) and before a friend's second stop in it."""
+
+    def __init__(self) -> None:
+        self.stops: list[tuple[int, set[str]]] = []
+
+    def __enter__(self):
+        from engine.interpreter import Engine
+        from engine.stages.events import EventStage
+        from engine.stages.walk import Walk
+
+        self._saved = Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed
+        tick, apply, walk, load_due, send = self._saved
+        stops = self.stops
+
+        def ticked(engine, now, *, conditions=None):
+            stops.append((timeutil.epoch(now), set()))
+            return tick(engine, now, conditions=conditions)
+
+        def applied(stage, ev, now, result):
+            stops[-1][1].add(ev.friend)
+            return apply(stage, ev, now, result)
+
+        def walked(w, rows):
+            stops[-1][1].update(r.friend for r in rows)
+            return walk(w, rows)
+
+        def loaded(store, *a, **kw):
+            chunk = load_due(store, *a, **kw)
+            stops[-1][1].update(r[0] for r in store.conn.execute("SELECT friend FROM temp.lr_due"))
+            return chunk
+
+        def sent(store, now, tz, pushes, render):
+            before = len(pushes)
+            claimed = send(store, now, tz, pushes, render)
+            stops[-1][1].update(p[1] for p in pushes[before:])
+            return claimed
+
+        Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = (
+            ticked,
+            applied,
+            walked,
+            loaded,
+            sent,
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from engine.interpreter import Engine
+        from engine.stages.events import EventStage
+        from engine.stages.walk import Walk
+
+        Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = self._saved
+
+    def report(self) -> None:
+        busy = [(at, friends) for at, friends in self.stops if friends]
+        windows, by_friend, hour, inside = 0, 0, None, set()
+        for at, friends in busy:
+            if at // 3600 != hour or not inside.isdisjoint(friends):
+                windows += 1
+                by_friend += at // 3600 == hour
+                hour, inside = at // 3600, set()
+            inside |= friends
+        hours = len({at // 3600 for at, _ in busy})
+        print(f"stops with work: {len(busy):,} of {len(self.stops):,}, in {hours:,} hours")
+        print(
+            f"exact windows (cut at each hour and before a friend's second stop): {windows:,}, "
+            f"{len(busy) / max(1, windows):.1f} stops each; {by_friend:,} cuts by a friend"
+        )
+        print(f"cut at the hours only: {hours:,} windows, {len(busy) / max(1, hours):.1f} stops each")
+
+
+def empty_stop(project, db: str, stops: int = 2000) -> tuple[float, float]:
+    """The mean wall time and statements of a stop of the clock at which nothing is due (the
+    tick, in its transaction, and the next wake-up, as ``run_timeline`` makes them), on an
+    in-memory copy of the database ``db`` a simulation left, just after its last tick."""
+    from engine.interpreter import Engine
+
+    copy = Store(":memory:")
+    source = Store(db, read_only=True)
+    source.conn.backup(copy.conn)
+    source.close()
+    tz = project.settings.tz
+    last = int(copy.get_meta("engine.last_tick"))
+    engine = Engine(project, copy, clock=lambda: timeutil.local(last, tz))
+    counted = [0]
+    copy.conn.set_trace_callback(lambda _sql: counted.__setitem__(0, counted[0] + 1))
+    started = time.perf_counter()
+    for n in range(1, stops + 1):
+        now = timeutil.local(last + n, tz)
+        with copy.batch():
+            engine.tick(now, conditions=False)
+        engine.next_wakeup(now)
+    seconds = (time.perf_counter() - started) / stops
+    copy.close()
+    return seconds, counted[0] / stops
+
+
 def floor(events: list[Event]) -> float:
     """Storing the events alone: a fresh in-memory store, one apply per 500."""
     started = time.perf_counter()
@@ -265,6 +372,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--coarsen", type=int, default=0, metavar="SECONDS", help="events at the start of their slot")
     ap.add_argument("--stops", action="store_true", help="time the clock's stops by what happened at them")
+    ap.add_argument("--windows", action="store_true", help="how many stops an exact merge could run as one")
     ap.add_argument("--instructions", action="store_true", help="count one simulation's instructions (valgrind)")
     ap.add_argument("--child", choices=["load", "run"], help=argparse.SUPPRESS)  # (for --instructions)
     args = ap.parse_args()
@@ -290,6 +398,23 @@ def main() -> int:
             f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; {len(pushes):,} pushes"
         )
         stops.report()
+        return 0
+    if args.windows:
+        with tempfile.TemporaryDirectory() as folder:
+            db = str(Path(folder) / "simulated.db")
+            with Windows() as windows:
+                pushes = simulate.run_timeline(
+                    project, events, until=None, tick_seconds=3600, webhook_tokens=True, db_path=db
+                )
+            print(
+                f"timeline: {args.friends:,} friends, {len(events):,} events over {args.days} days; "
+                f"{len(pushes):,} pushes"
+            )
+            windows.report()
+            seconds, statements = empty_stop(project, db)
+        print(
+            f"a stop with nothing due, on the state the run ended with: {1e6 * seconds:.0f} µs, {statements:.1f} statements"
+        )
         return 0
     if args.profile:
         import cProfile
