@@ -236,10 +236,11 @@ class Windows:
     ``Walk.run``, ``Store.load_due`` and the simulated transport patched) and whether it was a
     condition tick, to measure how many stops an exact merge could run as one: a window of stops
     ends at a local hour's boundary (the sample's condition slots, windows' openings, midnight
-    and sale moments all fall on one) and before a friend's second stop in it."""
+    and sale moments all fall on one), around a condition tick (it reads every friend as they
+    are at its moment) and before a friend's second stop in it."""
 
     def __init__(self) -> None:
-        self.stops: list[tuple[int, set[str]]] = []
+        self.stops: list[tuple[int, bool, set[str]]] = []
 
     def __enter__(self):
         from engine.interpreter import Engine
@@ -251,26 +252,26 @@ class Windows:
         stops = self.stops
 
         def ticked(engine, now, *, conditions=None):
-            stops.append((timeutil.epoch(now), set()))
+            stops.append((timeutil.epoch(now), bool(conditions), set()))
             return tick(engine, now, conditions=conditions)
 
         def applied(stage, ev, now, result):
-            stops[-1][1].add(ev.friend)
+            stops[-1][2].add(ev.friend)
             return apply(stage, ev, now, result)
 
         def walked(w, rows):
-            stops[-1][1].update(r.friend for r in rows)
+            stops[-1][2].update(r.friend for r in rows)
             return walk(w, rows)
 
         def loaded(store, *a, **kw):
             chunk = load_due(store, *a, **kw)
-            stops[-1][1].update(r[0] for r in store.conn.execute("SELECT friend FROM temp.lr_due"))
+            stops[-1][2].update(r[0] for r in store.conn.execute("SELECT friend FROM temp.lr_due"))
             return chunk
 
         def sent(store, now, tz, pushes, render):
             before = len(pushes)
             claimed = send(store, now, tz, pushes, render)
-            stops[-1][1].update(p[1] for p in pushes[before:])
+            stops[-1][2].update(p[1] for p in pushes[before:])
             return claimed
 
         Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = (
@@ -290,19 +291,22 @@ class Windows:
         Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = self._saved
 
     def report(self) -> None:
-        busy = [(at, friends) for at, friends in self.stops if friends]
-        windows, by_friend, hour, inside = 0, 0, None, set()
-        for at, friends in busy:
-            if at // 3600 != hour or not inside.isdisjoint(friends):
+        busy = [(at, condition, friends) for at, condition, friends in self.stops if friends or condition]
+        windows, by_friend, hour, inside, alone = 0, 0, None, set(), False
+        for at, condition, friends in busy:
+            same_hour = at // 3600 == hour
+            if not same_hour or condition or alone or not inside.isdisjoint(friends):
                 windows += 1
-                by_friend += at // 3600 == hour
+                by_friend += same_hour and not (condition or alone)
                 hour, inside = at // 3600, set()
             inside |= friends
-        hours = len({at // 3600 for at, _ in busy})
-        print(f"stops with work: {len(busy):,} of {len(self.stops):,}, in {hours:,} hours")
+            alone = condition
+        hours = len({at // 3600 for at, _, _ in busy})
+        ticks = sum(condition for _, condition, _ in busy)
+        print(f"stops with work: {len(busy):,} of {len(self.stops):,} ({ticks:,} condition ticks), in {hours:,} hours")
         print(
-            f"exact windows (cut at each hour and before a friend's second stop): {windows:,}, "
-            f"{len(busy) / max(1, windows):.1f} stops each; {by_friend:,} cuts by a friend"
+            f"exact windows (cut at each hour, around a condition tick and before a friend's second stop): "
+            f"{windows:,}, {len(busy) / max(1, windows):.1f} stops each; {by_friend:,} cuts by a friend"
         )
         print(f"cut at the hours only: {hours:,} windows, {len(busy) / max(1, hours):.1f} stops each")
 
