@@ -35,6 +35,7 @@ minutes for ``--friends 2000``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import random
 import shutil
@@ -43,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -138,40 +141,63 @@ def load_rules(folder: str):
     return loaded.project
 
 
-class Counting:
+class Patched:
+    """While open, the methods :meth:`wrappers` names are replaced by wrappers of them
+    (``unittest.mock.patch.object``, undone on exit, after :meth:`closing`)."""
+
+    def wrappers(self) -> list[tuple[object, str, Callable]]:
+        """(owner, attribute, a function of the original returning its replacement)."""
+        raise NotImplementedError
+
+    def closing(self) -> None:
+        """Called on exit, before the originals are back."""
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        for owner, name, wrap in self.wrappers():
+            self._stack.enter_context(mock.patch.object(owner, name, wrap(getattr(owner, name))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closing()
+        self._stack.close()
+
+
+def _engine():
+    from engine.interpreter import Engine
+
+    return Engine
+
+
+class Counting(Patched):
     """Counts the clock's stops and the SQL statements of a run (``Store`` is patched)."""
 
     def __init__(self) -> None:
         self.statements = 0
         self.ticks = 0
 
-    def __enter__(self):
-        from engine.interpreter import Engine
+    def wrappers(self):
+        def init(original):
+            def opened(store, *a, **kw):
+                original(store, *a, **kw)
+                store.conn.set_trace_callback(self._count)
 
-        self._store_init, self._tick = Store.__init__, Engine.tick
-        counter = self
+            return opened
 
-        def init(store, *a, **kw):
-            counter._store_init(store, *a, **kw)
-            store.conn.set_trace_callback(counter._count)
+        def tick(original):
+            def ticked(engine, *a, **kw):
+                self.ticks += 1
+                return original(engine, *a, **kw)
 
-        def tick(engine, *a, **kw):
-            counter.ticks += 1
-            return counter._tick(engine, *a, **kw)
+            return ticked
 
-        Store.__init__, Engine.tick = init, tick
-        return self
+        return [(Store, "__init__", init), (_engine(), "tick", tick)]
 
     def _count(self, _sql: str) -> None:
         self.statements += 1
 
-    def __exit__(self, *exc) -> None:
-        from engine.interpreter import Engine
 
-        Store.__init__, Engine.tick = self._store_init, self._tick
-
-
-class Stops:
+class Stops(Patched):
     """Times each stop of the clock (from one ``Engine.tick`` to the next) with what happened
     at it: events stored (0, 1, 2 or more), pushes sent (likewise) and whether it was a
     condition tick (``Store.apply_events``, ``Engine.tick`` and the simulated transport patched)."""
@@ -181,30 +207,32 @@ class Stops:
         self._at: float | None = None
         self._now = [0, 0, False]
 
-    def __enter__(self):
-        from engine.interpreter import Engine
+    def wrappers(self):
+        def apply(original):
+            def applied(store, events, **kw):
+                self._now[0] += len(events)
+                return original(store, events, **kw)
 
-        self._saved = Store.apply_events, Engine.tick, simulate._send_claimed
-        apply, tick, send = self._saved
-        stops = self
+            return applied
 
-        def applied(store, events, **kw):
-            stops._now[0] += len(events)
-            return apply(store, events, **kw)
+        def tick(original):
+            def ticked(engine, now, *, conditions=None):
+                self._close()
+                self._now = [0, 0, bool(conditions)]
+                return original(engine, now, conditions=conditions)
 
-        def ticked(engine, now, *, conditions=None):
-            stops._close()
-            stops._now = [0, 0, bool(conditions)]
-            return tick(engine, now, conditions=conditions)
+            return ticked
 
-        def sent(store, now, tz, pushes, render):
-            before = len(pushes)
-            claimed = send(store, now, tz, pushes, render)
-            stops._now[1] += len(pushes) - before
-            return claimed
+        def send(original):
+            def sent(store, now, tz, pushes, render):
+                before = len(pushes)
+                claimed = original(store, now, tz, pushes, render)
+                self._now[1] += len(pushes) - before
+                return claimed
 
-        Store.apply_events, Engine.tick, simulate._send_claimed = applied, ticked, sent
-        return self
+            return sent
+
+        return [(Store, "apply_events", apply), (_engine(), "tick", tick), (simulate, "_send_claimed", send)]
 
     def _close(self) -> None:
         at = time.perf_counter()
@@ -213,11 +241,7 @@ class Stops:
             self.kinds.setdefault((min(events, 2), min(sent, 2), condition), []).append(at - self._at)
         self._at = at
 
-    def __exit__(self, *exc) -> None:
-        from engine.interpreter import Engine
-
-        self._close()
-        Store.apply_events, Engine.tick, simulate._send_claimed = self._saved
+    closing = _close
 
     def report(self) -> None:
         total = sum(sum(v) for v in self.kinds.values())
@@ -230,7 +254,7 @@ class Stops:
             )
 
 
-class Windows:
+class Windows(Patched):
     """Records, stop by stop, which friends had work at each stop of the clock (an event
     applied, an enrollment walked, a send decided, a push sent; ``EventStage.apply``,
     ``Walk.run``, ``Store.load_due`` and the simulated transport patched) and whether it was a
@@ -242,53 +266,57 @@ class Windows:
     def __init__(self) -> None:
         self.stops: list[tuple[int, bool, set[str]]] = []
 
-    def __enter__(self):
-        from engine.interpreter import Engine
+    def wrappers(self):
         from engine.stages.events import EventStage
         from engine.stages.walk import Walk
 
-        self._saved = Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed
-        tick, apply, walk, load_due, send = self._saved
         stops = self.stops
 
-        def ticked(engine, now, *, conditions=None):
-            stops.append((timeutil.epoch(now), bool(conditions), set()))
-            return tick(engine, now, conditions=conditions)
+        def tick(original):
+            def ticked(engine, now, *, conditions=None):
+                stops.append((timeutil.epoch(now), bool(conditions), set()))
+                return original(engine, now, conditions=conditions)
 
-        def applied(stage, ev, now, result):
-            stops[-1][2].add(ev.friend)
-            return apply(stage, ev, now, result)
+            return ticked
 
-        def walked(w, rows):
-            stops[-1][2].update(r.friend for r in rows)
-            return walk(w, rows)
+        def apply(original):
+            def applied(stage, ev, now, result):
+                stops[-1][2].add(ev.friend)
+                return original(stage, ev, now, result)
 
-        def loaded(store, *a, **kw):
-            chunk = load_due(store, *a, **kw)
-            stops[-1][2].update(r[0] for r in store.conn.execute("SELECT friend FROM temp.lr_due"))
-            return chunk
+            return applied
 
-        def sent(store, now, tz, pushes, render):
-            before = len(pushes)
-            claimed = send(store, now, tz, pushes, render)
-            stops[-1][2].update(p[1] for p in pushes[before:])
-            return claimed
+        def walk(original):
+            def walked(w, rows):
+                stops[-1][2].update(r.friend for r in rows)
+                return original(w, rows)
 
-        Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = (
-            ticked,
-            applied,
-            walked,
-            loaded,
-            sent,
-        )
-        return self
+            return walked
 
-    def __exit__(self, *exc) -> None:
-        from engine.interpreter import Engine
-        from engine.stages.events import EventStage
-        from engine.stages.walk import Walk
+        def load_due(original):
+            def loaded(store, *a, **kw):
+                chunk = original(store, *a, **kw)
+                stops[-1][2].update(r[0] for r in store.conn.execute("SELECT friend FROM temp.lr_due"))
+                return chunk
 
-        Engine.tick, EventStage.apply, Walk.run, Store.load_due, simulate._send_claimed = self._saved
+            return loaded
+
+        def send(original):
+            def sent(store, now, tz, pushes, render):
+                before = len(pushes)
+                claimed = original(store, now, tz, pushes, render)
+                stops[-1][2].update(p[1] for p in pushes[before:])
+                return claimed
+
+            return sent
+
+        return [
+            (_engine(), "tick", tick),
+            (EventStage, "apply", apply),
+            (Walk, "run", walk),
+            (Store, "load_due", load_due),
+            (simulate, "_send_claimed", send),
+        ]
 
     def report(self) -> None:
         busy = [(at, condition, friends) for at, condition, friends in self.stops if friends or condition]

@@ -233,15 +233,13 @@ def main() -> int:
 def parsing_every_file(folder: Path) -> None:
     """``load_project`` that parses every rule file, none of them kept from an earlier load
     (as after an edit of each): what the goal compares with Lark's bare parse."""
+    from unittest import mock
+
     from engine.language import project
     from engine.language.parser import parse_file
 
-    kept = project._Loader.parsed
-    project._Loader.parsed = lambda loader, path, text: parse_file(path, text)
-    try:
+    with mock.patch.object(project._Loader, "parsed", lambda loader, path, text: parse_file(path, text)):
         load_project(folder)
-    finally:
-        project._Loader.parsed = kept
 
 
 def yaml_checked_again(folder: Path) -> None:
