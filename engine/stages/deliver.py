@@ -384,7 +384,8 @@ class Renderer:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self._static: dict[str | tuple[str, ...], bool] = {}  # message name or group
+        self._static: dict[tuple[str, ...], bool] = {}  # a group of messages -> renders the same for all
+        self._reads: dict[str, tuple[bool, bool]] = {}  # a message -> whether it reads friend, event
         self._events: dict[str, bool] = {}  # a due send's message names (JSON) -> mentions ``event``
         self._rendered: dict[tuple, tuple[Pushes, list]] = {}
         self._keys: dict[int, tuple[list[dict], str]] = {}
@@ -565,26 +566,25 @@ class Renderer:
         """Whether these messages render the same for every friend (no ``friend`` or ``event``)."""
         known = self._static.get(names)
         if known is None:
-            known = self._static[names] = all(self._static_one(n) for n in names)
+            known = self._static[names] = not any(any(self._reading(n)) for n in names)
         return known
-
-    def _static_one(self, name: str) -> bool:
-        if name not in self._static:
-            text = self._text(name)
-            self._static[name] = "friend" not in text and "event" not in text
-        return self._static[name]
 
     def mentions_event(self, names_json: str) -> bool:
         """Whether any of these messages (their names as the JSON list a due send holds) may
         read ``event``: only their sends need the causing event's fields read."""
         known = self._events.get(names_json)
         if known is None:
-            known = self._events[names_json] = any("event" in self._text(n) for n in json.loads(names_json))
+            known = self._events[names_json] = any(self._reading(n)[1] for n in json.loads(names_json))
         return known
 
-    def _text(self, name: str) -> str:
-        defn = self.ctx.project.messages.get(name)
-        return "" if defn is None else repr(defn.objects)
+    def _reading(self, name: str) -> tuple[bool, bool]:
+        """Whether the message may read ``friend`` and ``event`` (the words anywhere in it)."""
+        known = self._reads.get(name)
+        if known is None:
+            defn = self.ctx.project.messages.get(name)
+            text = "" if defn is None else repr(defn.objects)
+            known = self._reads[name] = ("friend" in text, "event" in text)
+        return known
 
     def key(self, objects: list[dict]) -> str:
         """What makes two payloads one: their JSON text as the store writes it (keys sorted,
