@@ -451,3 +451,90 @@ def test_a_personalised_send_reads_the_tags_of_its_friends_alone():
         plan = [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
         assert "SEARCH t USING PRIMARY KEY (friend=?)" in plan, plan
     store.close()
+
+
+# ---------------------------------------------------------------- one friend's sends in order
+PERSONAL = {"hello": ir.MessageDef("hello", ({"type": "text", "text": "{{ friend.display_name | default: 'you' }}"},))}
+
+
+def outbox_order(path) -> list[tuple]:
+    """(recipients, message names) of every outbox row, in the order the dispatcher claims them."""
+    store = Store(str(path))
+    try:
+        return [(tuple(r["recipients"]), tuple(r["messages"])) for r in store.outbox()]
+    finally:
+        store.close()
+
+
+def test_a_friends_sends_released_together_go_in_the_order_they_were_queued(fresh_db_path):
+    # The welcome (rendered for the friend) waits for the 09:00 opening from 22:30; the thank-you
+    # (the same text for everyone), queued at 08:00, waits for the same opening. The welcome
+    # goes first, though a send the same for everyone is written set-based.
+    p = compile_rules(
+        "rule greet when followed then send hello wait for purchased up to 2d send thanks if purchased",
+        messages={**PERSONAL, "thanks": message("thanks")},
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 22:30"),
+        ev("purchase", "U1", "2026-11-02 08:00", order_id="A-1", amount=100),
+    ]
+    assert run(p, events, db_path=str(fresh_db_path)) == [
+        ("2026-11-02 09:00:00", "U1", "greet", ["hello"]),
+        ("2026-11-02 09:00:00", "U1", "greet", ["thanks"]),
+    ]
+    assert outbox_order(fresh_db_path) == [(("U1",), ("hello",)), (("U1",), ("thanks",))]
+
+
+def test_the_order_holds_across_rules_and_friends_who_share_a_multicast(fresh_db_path):
+    # At the 09:00 opening U1 has its welcome (personal, queued at 22:30), a notice (the same for
+    # everyone, 06:00) and a second personal send (06:30); U4 a notice then a personal send.
+    # Each gets them in that order; U2 and U3, whose one send is the notice, share it with U4.
+    p = compile_rules(
+        """
+        rule welcome when followed then send hello
+        rule notice when tagged autumn then send thanks
+        rule more when tagged more then send hello
+        """,
+        messages={**PERSONAL, "thanks": message("thanks")},
+        settings=ir.Settings(window=WINDOW),
+    )
+
+    def tag(friend: str, when: str, name: str):
+        return ev("tag", friend, when, add=[name], remove=[])
+
+    events = [
+        ev("follow", "U1", "2026-11-01 22:30"),
+        *(ev("follow", f, "2026-11-01 10:00") for f in ("U2", "U3", "U4")),
+        tag("U4", "2026-11-01 23:00", "autumn"),
+        tag("U4", "2026-11-01 23:30", "more"),
+        *(tag(f, "2026-11-02 06:00", "autumn") for f in ("U1", "U2", "U3")),
+        tag("U1", "2026-11-02 06:30", "more"),
+    ]
+    run(p, events, db_path=str(fresh_db_path))
+    rows = outbox_order(fresh_db_path)
+    assert [names for to, names in rows if "U1" in to] == [("hello",), ("thanks",), ("hello",)]
+    assert [names for to, names in rows if "U4" in to] == [("hello",), ("thanks",), ("hello",)]
+    # the notice is each one's first send but U1's: U2, U3 and U4 share one multicast
+    assert [sorted(to) for to, names in rows if names == ("thanks",) and len(to) > 1] == [["U2", "U3", "U4"]]
+
+
+def test_two_broadcasts_released_at_one_opening_stay_multicasts_in_order(fresh_db_path):
+    # 600 friends, two schedules at 22:00 (the window is closed): at 09:00 every friend's first
+    # send is the sale, the second the pick; each is still multicast, all the sale's rows first
+    p = compile_rules(
+        """
+        rule sale when schedule "0 22 * * *" priority 1 then send sale_start
+        rule pick when schedule "0 22 * * *" then send weekly_pick
+        """,
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [ev("follow", f"U{i:04d}", "2026-11-01 10:00") for i in range(600)]
+    run(p, events, until="2026-11-02 10:00", db_path=str(fresh_db_path))
+    rows = outbox_order(fresh_db_path)
+    assert [(len(to), names) for to, names in rows] == [
+        (500, ("sale_start",)),
+        (100, ("sale_start",)),
+        (500, ("weekly_pick",)),
+        (100, ("weekly_pick",)),
+    ]

@@ -675,6 +675,65 @@ async def test_flagship_coupon_is_decided_at_the_window_opening(rules_dir, line_
     assert all(line_emulator.inbox(u) == [] for u in ("U1", "U2", "U3"))
 
 
+ORDER_RULES = """\
+rule welcome when followed then send greeting
+rule notice when tagged autumn then send notice
+"""
+
+
+async def test_a_friends_pushes_go_one_after_the_other_in_their_order(rules_dir, line_emulator, make_client):
+    """Two pushes for U1 wait for the 09:00 opening (the welcome from 22:40, a notice from 08:00).
+    LINE fails U1's first request once (500): the notice waits for the welcome's retry instead of
+    overtaking it, and U1's inbox reads welcome, then notice."""
+    (rules_dir / "settings.yaml").write_text(FLAGSHIP_SETTINGS, encoding="utf-8")
+    (rules_dir / "messages.yaml").write_text('greeting: "ようこそ"\nnotice: "お知らせ"\n', encoding="utf-8")
+    (rules_dir / "main.rule").write_text(ORDER_RULES, encoding="utf-8")
+    for user in ("U1", "U2"):
+        line_emulator.add_user(user, user)
+    clock = ManualClock(dt.datetime(2026, 11, 5, 12, 0, tzinfo=JST))
+    client, runner = await make_client(
+        {"LINE_CHANNEL_ACCESS_TOKEN": line_emulator.access_token, "LINE_API_ENDPOINT": line_emulator.base_url},
+        loops=False,
+        clock=clock,
+    )
+
+    async def follow(friend: str) -> None:
+        event = {**line_event("follow", friend, event_id=f"01ORDER{friend}"), "timestamp": int(clock.time() * 1000)}
+        body = webhook_body(event)
+        assert (await client.post("/callback", data=body, headers={"x-line-signature": sign(body)})).status == 200
+        runner.tick_once()
+        await runner.dispatch_once()
+
+    await follow("U2")  # welcomed at once, at noon
+    clock.set(dt.datetime(2026, 11, 5, 22, 40, tzinfo=JST))
+    await follow("U1")  # the window is closed: the welcome waits for 09:00
+    clock.set(dt.datetime(2026, 11, 6, 8, 0, tzinfo=JST))
+    data = "\n".join(
+        json.dumps({"type": "tag", "friend": f, "at": "2026-11-06T08:00:00+09:00", "add": ["autumn"]})
+        for f in ("U1", "U2")
+    ).encode()
+    headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/jsonl"}
+    assert (await client.post("/events", data=data, headers=headers)).status == 200
+    runner.tick_once()
+    clock.set(dt.datetime(2026, 11, 6, 9, 0, tzinfo=JST))
+    runner.tick_once()
+    due = [(r["recipients"], r["messages"]) for r in runner.store.outbox() if r["status"] == "pending"]
+    assert [names for to, names in due if to == ["U1"]] == [["greeting"], ["notice"]]
+    assert (["U2"], ["notice"]) in due and len(due) == 3
+    before = len(line_emulator.requests_to("push"))
+    line_emulator.inject("push", 500, count=2)  # the first request of U2 and of U1 (its welcome)
+    assert await runner.dispatch_once() == 3
+    assert [m["text"] for m in line_emulator.inbox("U1")] == ["ようこそ", "お知らせ"]
+    assert [m["text"] for m in line_emulator.inbox("U2")] == ["ようこそ", "お知らせ"]
+    sent = [
+        (r.status, json.loads(r.body)["to"], json.loads(r.body)["messages"][0]["text"])
+        for r in line_emulator.requests_to("push")[before:]
+    ]
+    assert sorted(sent[:2]) == [(500, "U1", "ようこそ"), (500, "U2", "お知らせ")]
+    # U1's notice was not sent while its welcome waited for the retry: only after it went
+    assert [text for _status, to, text in sent if to == "U1"] == ["ようこそ", "ようこそ", "お知らせ"]
+
+
 async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, line_emulator, make_client):
     """`monthly_quota: 5`, eight friends, the Friday broadcast: five pushes at 20:00 Tokyo, the
     other three wait (shown by /healthz) and go at the first opening of the next month."""

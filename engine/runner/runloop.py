@@ -289,6 +289,11 @@ class Runner:
         self._sending: dict[int, tuple[str, asyncio.Task]] = {}  # outbox id -> (lane, task)
         self._ready: deque[dict] = deque()  # rows claimed ahead, not started yet (CLAIM_AHEAD)
         self._replies_in_flight = 0  # of self._sending, in the reply lane
+        #: a friend's pushes and replies go one after the other, in the order claimed: the
+        #: friends with one in flight, and the rows waiting behind it (claimed, not started)
+        self._friends_sending: Counter[str] = Counter()
+        self._behind: dict[str, deque[dict]] = {}
+        self._behind_count = 0
         self._landed: list[tuple[dict, DispatchResult]] = []
         self._flush_scheduled = False
         self._tick_wake = asyncio.Event()
@@ -648,12 +653,15 @@ class Runner:
         tasks = [task for _, task in self._sending.values()]
         if tasks:
             log.info("waiting for %d request(s) in flight", len(tasks))
+        while tasks:  # (a row that waited behind its friend's starts as that one lands)
             await asyncio.gather(*tasks, return_exceptions=True)
+            tasks = [task for _, task in self._sending.values()]
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
         self._flush()
-        if self._ready and self.stopping:
-            ids, self._ready = [row["id"] for row in self._ready], deque()
+        if self.stopping and (self._ready or self._behind):
+            ids = [row["id"] for row in self._ready] + [row["id"] for rows in self._behind.values() for row in rows]
+            self._ready, self._behind, self._behind_count = deque(), {}, 0
             self.store.release_claims(ids)
 
     async def _probe_auth(self) -> None:
@@ -866,8 +874,9 @@ class Runner:
         others = len(self._sending) - replies
         free_replies = max(0, REPLY_SLOTS - replies)
         free_others = 0
-        if len(self._ready) <= ahead // 2:
-            free_others = max(0, SEND_SLOTS - others + ahead - len(self._ready))
+        waiting = len(self._ready) + self._behind_count
+        if waiting <= ahead // 2:
+            free_others = max(0, SEND_SLOTS - others + ahead - waiting)
         if not free_replies and not free_others:
             return None
         return free_replies, free_others
@@ -888,7 +897,10 @@ class Runner:
         """Start the claimed replies at once (their slots were free) and queue the other rows
         for the send slots; returns the number of rows."""
         for row in rows:
-            if row["kind"] == "reply":
+            if row["kind"] == "reply":  # at once, while its token is fresh
+                friend = _one_friend(row)
+                if friend is not None:
+                    self._friends_sending[friend] += 1
                 self._sending[row["id"]] = ("reply", asyncio.ensure_future(self._send_row(row)))
                 self._replies_in_flight += 1
             else:
@@ -903,6 +915,13 @@ class Runner:
         others = len(self._sending) - self._replies_in_flight
         while self._ready and others < SEND_SLOTS:
             row = self._ready.popleft()
+            friend = _one_friend(row)
+            if friend is not None:
+                if self._friends_sending[friend]:  # after the friend's row in flight lands
+                    self._behind.setdefault(friend, deque()).append(row)
+                    self._behind_count += 1
+                    continue
+                self._friends_sending[friend] += 1
             self._sending[row["id"]] = ("send", asyncio.ensure_future(self._send_row(row)))
             others += 1
 
@@ -978,6 +997,17 @@ class Runner:
             )
         lane, _task = self._sending.pop(row["id"], ("", None))
         self._replies_in_flight -= lane == "reply"
+        friend = _one_friend(row)
+        if friend is not None and lane:
+            self._friends_sending[friend] -= 1
+            if not self._friends_sending[friend]:
+                del self._friends_sending[friend]
+                waiting = self._behind.get(friend)
+                if waiting:  # the friend's next row goes next
+                    self._ready.appendleft(waiting.popleft())
+                    self._behind_count -= 1
+                    if not waiting:
+                        del self._behind[friend]
         self._start_ready()
         if len(self._ready) <= self.claim_ahead // 2:
             self.wake_dispatch()
@@ -1188,6 +1218,13 @@ def outbox_item(row: dict) -> OutboxItem:
         ambiguous=bool(row.get("ambiguous")),
         encoded=None if menu_link else row.get("encoded"),
     )
+
+
+def _one_friend(row: dict) -> str | None:
+    """The friend of a push or reply row (a friend's go one after the other), else None."""
+    if row["kind"] in ("push", "reply") and len(row["recipients"]) == 1:
+        return row["recipients"][0]
+    return None
 
 
 def _recipients(row: dict) -> str:

@@ -1956,7 +1956,7 @@ class Store:
                 "CREATE TEMP TABLE IF NOT EXISTS lr_due (id INTEGER PRIMARY KEY, enrollment INTEGER, "
                 "friend TEXT, grp INTEGER, queued_at INTEGER, variant TEXT, event_seq INTEGER, answer INTEGER, "
                 "reply_token TEXT, reply_deadline INTEGER, prio INTEGER, counts INTEGER, status TEXT, "
-                "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, carried INTEGER, src INTEGER)"
+                "reason TEXT, used INTEGER, dup INTEGER, kind TEXT, carried INTEGER, src INTEGER, rnd INTEGER)"
             )
             c.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS lr_groups (grp INTEGER PRIMARY KEY, rule TEXT NOT NULL, "
@@ -2052,7 +2052,7 @@ class Store:
         # the walks of the same tick)
         loaded = c.execute(
             "INSERT INTO temp.lr_due(src, enrollment, friend, grp, queued_at, variant, event_seq, answer, "
-            "reply_token, reply_deadline, prio, counts, status, reason, used, dup, carried) SELECT i.id, "
+            "reply_token, reply_deadline, prio, counts, status, reason, used, dup, carried, rnd) SELECT i.id, "
             "i.enrollment, i.friend, i.grp, i.queued_at, i.variant, i.event_seq, i.answer, i.reply_token, "
             "i.reply_deadline, "
             "COALESCE(i.prio, 0), CASE WHEN i.answer = 1 OR i.uncapped = 1 THEN 0 ELSE 1 END, "
@@ -2065,7 +2065,7 @@ class Store:
             "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
-            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried "
+            "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried, 1 "
             "FROM (SELECT t.id, t.enrollment, t.friend, t.rule, g.grp, t.queued_at, t.variant, t.holdout, "
             "t.event_seq, t.answer, t.reply_token, t.reply_deadline, e.state, e.finished_at, 0 AS carried, "
             "r.prio AS prio, r.uncapped AS uncapped, r.rule IS NULL AS gone "
@@ -2223,16 +2223,35 @@ class Store:
             {"remaining": remaining},
         ).rowcount
 
-    def due_render_keys(self) -> list[tuple[int, str, str, str, str | None]]:
-        """The groups (grp, rule, steps, messages, occurrence) of the sends still to render, in
-        the order of their first send."""
+    def due_rounds(self) -> int:
+        """Number each friend's undecided sends in the order they are decided (priority, then
+        the earlier queued, then the earlier enrollment): ``rnd`` 1 for the first, 2 for the
+        second... Round by round the chunk's outbox rows are written (:meth:`due_static_send`
+        and :meth:`due_rows` take one round), so a friend with several sends at this moment
+        gets them in that order, and the friends whose n-th send is the same still share a
+        multicast. Returns the number of rounds (1 when no friend has two)."""
+        rnd = 1
+        while self.conn.execute(
+            "UPDATE temp.lr_due SET rnd = :rnd WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+            "(PARTITION BY friend ORDER BY prio DESC, queued_at, enrollment, id) AS n FROM temp.lr_due "
+            "WHERE status IS NULL) x WHERE n = :rnd)",
+            {"rnd": rnd + 1},
+        ).rowcount:
+            rnd += 1
+        return rnd
+
+    def due_render_keys(self, rnd: int = 1) -> list[tuple[int, str, str, str, str | None]]:
+        """The groups (grp, rule, steps, messages, occurrence) of the sends of round ``rnd``
+        (:meth:`due_rounds`) still to render, in the order of their first send."""
         c = self.conn
         groups = {
             r[0]: tuple(r) for r in c.execute("SELECT grp, rule, steps, messages, occurrence FROM temp.lr_groups")
         }
         return [
             groups[grp]
-            for (grp,) in c.execute("SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL AND kind IS NULL")
+            for (grp,) in c.execute(
+                "SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND rnd = ?", (rnd,)
+            )
         ]
 
     def due_static_send(
@@ -2243,14 +2262,15 @@ class Store:
         pushes: Sequence[tuple[Sequence[str], Any]],
         now: int,
         today: str,
+        rnd: int = 1,
     ) -> tuple[int, int]:
-        """Every undecided, non-reply due intent of the group ``grp`` (of ``rule``) gets the
-        same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
+        """Every undecided, non-reply due intent of the group ``grp`` (of ``rule``) in round
+        ``rnd`` (:meth:`due_rounds`) gets the same rendered ``pushes``: multicasts of :data:`~engine.line.limits.MAX_MULTICAST` (in intent order), their delivery rows (step
         ``step_id``); :meth:`due_rows` leaves them out when told the group. Returns (outbox rows,
         intents)."""
         c = self.conn
-        sent = "FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND grp = :grp"
-        count, low, high = c.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {sent}", {"grp": grp}).fetchone()
+        sent = "FROM temp.lr_due WHERE status IS NULL AND kind IS NULL AND rnd = :rnd AND grp = :grp"
+        count, low, high = c.execute(f"SELECT COUNT(*), MIN(id), MAX(id) {sent}", {"grp": grp, "rnd": rnd}).fetchone()
         if not count:
             return 0, 0
         if high - low + 1 == count:  # a run of ids (an audience's sends, as a rule): numbered by them
@@ -2260,7 +2280,7 @@ class Store:
             c.execute(
                 "INSERT INTO temp.lr_sent(friend, enrollment, variant, counts, answer) SELECT friend, enrollment, "
                 f"variant, counts, answer {sent} ORDER BY id",
-                {"grp": grp},
+                {"grp": grp, "rnd": rnd},
             )
             source, number, order = "temp.lr_sent", "(n - 1)", "n"
         chunks = (count + MAX_MULTICAST - 1) // MAX_MULTICAST
@@ -2295,11 +2315,12 @@ class Store:
             )
         return chunks * len(pushes), count
 
-    def due_rows(self, sent: Sequence[int] = ()) -> list[DueSend]:
-        """The undecided due intents not sent set-based (each rendered for its friend), with
-        their rule, steps, messages and occurrence and the friend, in the order they are
-        decided: ``sent``, the groups :meth:`due_static_send` sent. One statement reads the
-        sends and their friends, one more the friends' tags."""
+    def due_rows(self, sent: Sequence[int] = (), rnd: int = 1) -> list[DueSend]:
+        """The undecided due intents of round ``rnd`` (:meth:`due_rounds`) not sent set-based
+        (each rendered for its friend), with their rule, steps, messages and occurrence and the
+        friend, in the order they are decided: ``sent``, the groups :meth:`due_static_send` sent
+        in the round. One statement reads the sends and their friends, one more the friends'
+        tags."""
         cur = self.conn.cursor()
         cur.row_factory = None
         rows = cur.execute(
@@ -2307,17 +2328,18 @@ class Store:
             "d.kind, d.answer, d.counts, d.reply_token, d.reply_deadline, d.id, "
             + ", ".join(f"f.{c}" for c in _FRIEND_COLUMNS)
             + " FROM temp.lr_due d JOIN temp.lr_groups g ON g.grp = d.grp LEFT JOIN friends f ON f.id = d.friend "
-            "WHERE d.status IS NULL "
+            "WHERE d.status IS NULL AND d.rnd = ? "
             + (f"AND NOT (d.kind IS NULL AND d.grp IN ({', '.join('?' * len(sent))})) " if sent else "")
             + "ORDER BY d.prio DESC, d.queued_at, d.enrollment, d.id",
-            list(sent),
+            [rnd, *sent],
         ).fetchall()
         tags: dict[str, list[str]] = {}
         for friend_id, tag in cur.execute(
             # the chunk's friends first, each looked up in the tags' key (as an inner join,
             # SQLite read every friend's tags in tag order, to find the chunk's)
             "SELECT DISTINCT t.friend, t.tag FROM temp.lr_due d CROSS JOIN tags t ON t.friend = d.friend "
-            "WHERE d.status IS NULL ORDER BY t.tag"
+            "WHERE d.status IS NULL AND d.rnd = ? ORDER BY t.tag",
+            (rnd,),
         ).fetchall():
             tags.setdefault(friend_id, []).append(tag)
         friends: dict[str, dict] = {}  # a friend with two sends is one dict, as in friends_for_render

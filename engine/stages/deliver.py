@@ -171,9 +171,15 @@ class Decision:
         if settings.monthly_quota is not None:
             if s.due_quota(settings.monthly_quota - s.quota_used(month)):
                 held_until = next_month_opening(now, self.ctx.tz)
-        sent: list[int] = []  # the groups sent set-based
-        billed = 0 if settings.base_url else self._same_for_everyone(sent)
-        billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(s.due_rows(sent))
+        # a friend's several sends are written round by round: their first, then their second...
+        # (the rows of a round after the last's), so that the friend gets them in order
+        rounds = s.due_rounds() if chunk.dups or settings.max_per_day is None else 1
+        billed = 0
+        for rnd in range(1, rounds + 1):
+            sent: list[int] = []  # the round's groups sent set-based
+            billed += 0 if settings.base_url else self._same_for_everyone(sent, rnd)
+            rows = s.due_rows(sent, rnd)
+            billed += Outgoing(self.ctx, self.renderer, now, self.today, self.result).send(rows)
         s.add_quota_used(month, billed)
         counts = s.due_finish(now, self.today, held_until, chunk)
         self.result.capped += counts.get("capped", 0)
@@ -210,11 +216,12 @@ class Decision:
                 )
         return changes
 
-    def _same_for_everyone(self, sent: list[int]) -> int:
+    def _same_for_everyone(self, sent: list[int], rnd: int = 1) -> int:
         """Messages that render the same for every friend: rendered once, written set-based as
-        multicasts (their groups appended to ``sent``). Returns the billed messages."""
+        multicasts for the friends of round ``rnd`` (their groups appended to ``sent``).
+        Returns the billed messages."""
         s, now, billed = self.ctx.store, self.now, 0
-        for grp, rule_name, steps_text, names_text, occurrence in s.due_render_keys():
+        for grp, rule_name, steps_text, names_text, occurrence in s.due_render_keys(rnd):
             names = tuple(json.loads(names_text))
             if not self.renderer.static(names):
                 continue
@@ -225,7 +232,8 @@ class Decision:
             if rejected or not chunks:
                 continue  # a message that does not render: recorded per friend
             self.renderer.write_links()
-            rows, count = s.due_static_send(grp, rule_name, json.loads(steps_text)[0][0], chunks, now, self.today)
+            step_id = json.loads(steps_text)[0][0]
+            rows, count = s.due_static_send(grp, rule_name, step_id, chunks, now, self.today, rnd)
             self.result.queued += rows
             billed += count * len(chunks)
             sent.append(grp)
