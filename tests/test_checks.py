@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -383,6 +384,34 @@ def test_sale_kind_not_in_calendar_warns_and_still_compiles():
     assert problems("when sale starts then stop", sales=()) == [
         "1:6 warning: the sale calendar has no sales, so this rule never fires"
     ]
+
+
+def test_a_last_call_that_waits_for_the_window_past_the_sale_warns():
+    # a Rakuten-style sale ending at 01:59 Tokyo; the window of settings.yaml, or the rule's own
+    jst = ZoneInfo("Asia/Tokyo")
+    sales = (
+        ir.Sale("s1", "SALE", dt.datetime(2026, 12, 4, 20, tzinfo=jst), dt.datetime(2026, 12, 11, 1, 59, tzinfo=jst)),
+    )
+    settings = ir.Settings(window=ir.Window(dt.time(9), dt.time(21)))
+    waits = (
+        "1:6 warning: `sale ends in 0d at 00:30` fires at 2026-12-11 00:30, outside the delivery window "
+        "09:00-21:00: its sends wait for 2026-12-11 09:00, after sale `s1` has ended (2026-12-11 01:59)"
+    )
+    assert problems("when sale ends in 0d at 00:30 then stop", sales=sales, settings=settings) == [waits]
+    # inside the window, or with no window at all, the send goes when it fires: no warning
+    assert problems("when sale ends in 1d at 20:00 then stop", sales=sales, settings=settings) == []
+    assert problems("when sale ends in 0d at 00:30 then stop", sales=sales, settings=ir.Settings()) == []
+    # the rule's own window is the one that counts
+    own = "when sale ends in 0d at 00:30 window 00:00-02:00 then stop"
+    assert problems(own, sales=sales, settings=settings) == []
+    own = "when sale ends in 0d at 00:30 window 22:00-00:20 then stop"
+    [warning] = problems(own, sales=sales, settings=ir.Settings())
+    assert "outside the delivery window 22:00-00:20: its sends wait for 2026-12-11 22:00" in warning
+    result = compile_source("when sale ends in 0d at 00:30 then stop", sales=sales, settings=settings)
+    assert (
+        result.diagnostics[0].help
+        == "send the last call within the window the day before, e.g. `sale ends in 1d at 20:00`"
+    )
 
 
 def test_schedule_that_never_fires_warns():

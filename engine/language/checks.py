@@ -21,7 +21,7 @@ from . import ir
 from .astnodes import rule_name_of
 from .compiler import WEEKDAYS, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
-from .timeutil import sale_moment
+from .timeutil import next_opening, sale_moment
 
 NUMERIC_MEASURES = ("orders", "total_spent", "spent")
 TEXT_MEASURES = ("display_name", "language")
@@ -46,6 +46,9 @@ class Context:
     report_unused: bool = False
     messages_path: str = "messages.yaml"
     messages_text: str = ""
+    #: settings.yaml's delivery window (a rule's own `window` overrides it) and time zone
+    window: ir.Window | None = None
+    tz: dt.tzinfo | None = None
 
 
 def check_files(files: list[A.RuleFile], ctx: Context) -> list[Diagnostic]:
@@ -63,6 +66,15 @@ def _name_span(rule: A.RuleDef) -> Span:
 
 def _where(span: Span) -> str:
     return f"{span.path}:{span.line}:{span.column}"
+
+
+def _last_hour(window: ir.Window) -> str:
+    """An hour before the end of ``window`` when that is inside it (20:00 for 09:00-21:00), else
+    its start: a time of day to suggest for a send late in the window."""
+    hour = (dt.datetime.combine(dt.date(2000, 1, 2), window.end) - dt.timedelta(hours=1)).time()
+    start, end = window.start, window.end
+    inside = start <= hour < end if start < end else (hour >= start or hour < end)
+    return f"{hour:%H:%M}" if inside else f"{start:%H:%M}"
 
 
 def walk(c: A.Cond) -> Iterator[A.Cond]:
@@ -93,6 +105,8 @@ class _Checker:
         self.used_messages: set[str] = set()
         #: Cron expression -> :func:`_cron_verdict` (rules often share a schedule).
         self.cron_verdicts: dict[str, str] = {}
+        #: The delivery window of the rule being checked (its own `window`, else the settings').
+        self.window: ir.Window | None = None
 
     # -- helpers -----------------------------------------------------------------
     def error(self, span: Span | None, message: str, help: str | None = None) -> None:
@@ -209,6 +223,10 @@ class _Checker:
     def _rule(self, rule: A.RuleDef) -> None:
         facts = _RuleFacts()
         self._options(rule, facts)
+        self.window = self.ctx.window
+        for o in rule.options:
+            if isinstance(o, A.Window) and all(t.hour <= 23 and t.minute <= 59 for t in (o.start, o.end)):
+                self.window = ir.Window(dt.time(o.start.hour, o.start.minute), dt.time(o.end.hour, o.end.minute))
         self._trigger(rule.trigger)
         if rule.entry is not None:
             self._cond(rule.entry.cond, "entry", facts)
@@ -368,6 +386,29 @@ class _Checker:
                         number=days + 1,
                         at=t.at.text,
                         ends=f"{sale.ends:%H:%M}",
+                    ),
+                )
+                return
+            window, tz = self.window, self.ctx.tz or sale.starts.tzinfo
+            opens = fires if window is None else next_opening(fires, window, tz)
+            if t.edge == "ends" and opens >= ends:  # it fires in the sale, but waits for the window
+                self.warn(
+                    t.span,
+                    E(
+                        "LR403",
+                        "`{written}` fires at {shown}, outside the delivery window {window}: its sends "
+                        "wait for {opens}, after sale `{name}` has ended ({ends})",
+                        written=written,
+                        shown=shown(fires, sale),
+                        window=f"{window.start:%H:%M}-{window.end:%H:%M}",
+                        opens=shown(opens, sale),
+                        name=sale.name,
+                        ends=f"{sale.ends:%Y-%m-%d %H:%M}",
+                    ),
+                    help=_(
+                        "send the last call within the window the day before, e.g. `sale ends in {number}d at {at}`",
+                        number=days + 1,
+                        at=_last_hour(window),
                     ),
                 )
                 return

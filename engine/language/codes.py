@@ -543,8 +543,9 @@ CODES: dict[str, Code] = {
             _("a sale moment that cannot be meant (warning)"),
             _(
                 "The trigger fires outside the sale it belongs to, e.g. `sale ends in 0d at 10:00` for a "
-                "sale that ends at 01:59 fires after the end. The help gives the trigger that was "
-                "probably meant."
+                "sale that ends at 01:59 fires after the end; or it fires in the sale but outside the "
+                "delivery window, and its sends wait for the opening, after the end. The help gives the "
+                "trigger that was probably meant."
             ),
             _("when sale ends in 0d at 10:00 then send sale_last_call"),
             _("when sale ends in 1d at 10:00 then send sale_last_call"),

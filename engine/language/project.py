@@ -129,6 +129,8 @@ def _load(root: str) -> LoadResult:
         report_unused=only is None,
         messages_path=messages_path,
         messages_text=loader.sources.get(messages_path, ""),
+        window=settings.window,
+        tz=settings.tz,
     )
     loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
     result = _finish(
@@ -161,7 +163,11 @@ def compile_source(
 
     parsed, diags = parse_file(path, text)
     ctx = Context(
-        messages=messages, menus=frozenset(dict(settings.rich_menus)) if settings is not None else None, sales=sales
+        messages=messages,
+        menus=frozenset(dict(settings.rich_menus)) if settings is not None else None,
+        sales=sales,
+        window=settings.window if settings is not None else None,
+        tz=settings.tz if settings is not None else None,
     )
     version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return _finish(
