@@ -394,8 +394,9 @@ def import_group():
     help="Columns named differently in this file, e.g. order_id=注文番号,customer=会員ID.",
 )
 @db_option()
-@rules_option(also=" (its time zone reads times written without an offset)")
-def import_orders_cmd(file, fmt, columns, db, rules_dir):
+@rules_option(also=" (its time zone reads times written without an offset, its `language:` the summary's)")
+@lang_option
+def import_orders_cmd(file, fmt, columns, db, rules_dir, lang):
     """Import order history by order id; prints what was counted, kept and refused.
 
     Orders of customers linked to a friend count for that friend (orders, spend, last purchase,
@@ -409,7 +410,7 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
     """
     from engine.runtime.importer import main_orders
 
-    raise SystemExit(main_orders(file, fmt, columns, db, rules_dir))
+    raise SystemExit(main_orders(file, fmt, columns, db, rules_dir, lang))
 
 
 @import_group.command(name="customers")
@@ -421,7 +422,8 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir):
     help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.",
 )
 @db_option()
-def import_customers_cmd(file, columns, db):
+@lang_option
+def import_customers_cmd(file, columns, db, lang):
     """Import customer id <-> LINE user id links (columns `customer` and `friend`).
 
     Linked customers' kept orders count for their friend from now on; no rule fires.
@@ -432,7 +434,7 @@ def import_customers_cmd(file, columns, db):
     """
     from engine.runtime.importer import main_customers
 
-    raise SystemExit(main_customers(file, columns, db))
+    raise SystemExit(main_customers(file, columns, db, lang))
 
 
 @cli.command(name="migrate-db")

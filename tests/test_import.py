@@ -211,7 +211,7 @@ def test_plain_csv_with_columns_named_differently(tmp_path, rules, fresh_db_path
 def test_a_file_that_is_not_an_order_file_is_one_clean_error(tmp_path, rules, content, fmt, message):
     path = tmp_path / "x.csv"
     path.write_text(content, encoding="utf-8")
-    code, out = invoke("import", "orders", str(path), "--format", fmt, "--db", str(tmp_path / "x.db"))
+    code, out = invoke("import", "orders", str(path), "--format", fmt, "--db", str(tmp_path / "x.db"), "--lang", "en")
     assert code == 1
     assert message in out and "Traceback" not in out
 
@@ -219,11 +219,36 @@ def test_a_file_that_is_not_an_order_file_is_one_clean_error(tmp_path, rules, co
 def test_unknown_columns_field_is_refused(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("order_id,at,amount,customer\n", encoding="utf-8")
-    code, out = invoke(
-        "import", "orders", str(path), "--format", "csv", "--columns", "sku=品番", "--db", str(tmp_path / "x.db")
-    )
+    args = ("import", "orders", str(path), "--format", "csv", "--columns", "sku=品番", "--db", str(tmp_path / "x.db"))
+    code, out = invoke(*args, "--lang", "en")
     assert code == 2
     assert "Error: Invalid value for '--columns': unknown field `sku`" in out
+    code, out = invoke(*args, "--lang", "ja")
+    assert code == 2 and "`sku` という項目はありません" in out
+
+
+def test_the_summary_and_the_refusals_in_the_folders_language(tmp_path, rules):
+    """A folder that says `language: ja` has the summary in Japanese, as `validate` does;
+    `--lang en` gives English."""
+    (rules / "settings.yaml").write_text("timezone: Asia/Tokyo\nlanguage: ja\n", encoding="utf-8")
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,customer,at,amount\nJ-1,C-1,2026-11-01T10:00:00+09:00,5400\nJ-2,C-1,2026-11-02T10:00:00+09:00,abc\n",
+        encoding="utf-8",
+    )
+    args = ("import", "orders", str(path), "--format", "csv", "--db", str(tmp_path / "x.db"), "--rules", str(rules))
+    code, out = invoke(*args)
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "  0件を連携済みの友だちに計上しました",
+        "  1件はまだ連携していない顧客の分として保管しました (連携した時点で計上します)",
+        "  0件は取り込み済み (変更なし)",
+        "  1件は取り込めませんでした:",
+        f"    {path}:3: 注文 J-2: `amount` の 'abc' は金額ではありません",
+    ]
+    code, out = invoke(*args, "--lang", "en")
+    assert "  1 already imported (unchanged)" in out.splitlines()
+    assert f"    {path}:3: order J-2: `amount` 'abc' is not an amount" in out.splitlines()
 
 
 def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monkeypatch):

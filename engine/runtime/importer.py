@@ -34,7 +34,8 @@ from typing import Any
 
 import click
 
-from engine.i18n import UserError, render
+from engine import i18n
+from engine.i18n import UserError, _, render
 
 from .events import customer_key
 from .identity import Order, link_many, record_orders
@@ -122,17 +123,27 @@ class Summary:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
+        """The summary, in the current language."""
         name = os.path.basename(self.path)
-        out = [
-            f"{name}: {self.orders} orders read ({self.rows} rows) in {self.seconds:.1f}s",
-            f"  {self.counted} counted for linked friends",
-            f"  {self.kept} kept for customers not linked yet (they count once linked)",
-            f"  {self.duplicate} already imported (unchanged)",
+        read = _(
+            "{name}: {orders} orders read ({rows} rows) in {seconds}s",
+            name=name,
+            orders=self.orders,
+            rows=self.rows,
+            seconds=f"{self.seconds:.1f}",
+        )
+        counts = [
+            _("{n} counted for linked friends", n=self.counted),
+            _("{n} kept for customers not linked yet (they count once linked)", n=self.kept),
+            _("{n} already imported (unchanged)", n=self.duplicate),
         ]
         if self.updated:
-            out.append(f"  {self.updated} already imported, refund or cancellation taken in")
-        out.append(f"  {len(self.refused)} refused" + (":" if self.refused else ""))
-        out += [f"    {self.path}:{line}: {reason}" for line, reason in self.refused]
+            counts.append(_("{n} already imported, refund or cancellation taken in", n=self.updated))
+        counts.append(_("{n} refused", n=len(self.refused)))
+        out = [render(read), *("  " + render(c) for c in counts)]
+        if self.refused:
+            out[-1] += ":"
+        out += [f"    {self.path}:{line}: {render(reason)}" for line, reason in self.refused]
         return out
 
 
@@ -145,7 +156,7 @@ def read_text(path: str, fmt: str) -> str:
         with open(path, "rb") as fh:
             raw = fh.read()
     except OSError as exc:
-        raise ImportError_(f"{path}: cannot read it: {exc.strerror}") from None
+        raise ImportError_(_("{path}: cannot read it: {reason}", path=path, reason=exc.strerror)) from None
     encodings = ("cp932", "utf-8-sig") if fmt == "rakuten" else ("utf-8-sig", "cp932")
     if fmt == "rakuten" and raw.startswith(b"\xef\xbb\xbf"):
         encodings = ("utf-8-sig",)
@@ -154,7 +165,7 @@ def read_text(path: str, fmt: str) -> str:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise ImportError_(f"{path}: the file is neither UTF-8 nor Shift_JIS (CP932) text")
+    raise ImportError_(_("{path}: the file is neither UTF-8 nor Shift_JIS (CP932) text", path=path))
 
 
 def parse_columns(spec: str | None, known: Iterable[str]) -> dict[str, str]:
@@ -167,9 +178,14 @@ def parse_columns(spec: str | None, known: Iterable[str]) -> dict[str, str]:
         name, sep, header = part.partition("=")
         name, header = name.strip(), header.strip()
         if not sep or not header:
-            raise click.BadParameter(f"`{part.strip()}` is not FIELD=Column header", param_hint="'--columns'")
+            raise click.BadParameter(
+                render(_("`{part}` is not FIELD=Column header", part=part.strip())), param_hint="'--columns'"
+            )
         if name not in known:
-            raise click.BadParameter(f"unknown field `{name}` (fields: {', '.join(known)})", param_hint="'--columns'")
+            raise click.BadParameter(
+                render(_("unknown field `{name}` (fields: {fields})", name=name, fields=", ".join(known))),
+                param_hint="'--columns'",
+            )
         out[name] = header
     return out
 
@@ -180,9 +196,9 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
     try:
         header = next(reader)
     except StopIteration:
-        raise ImportError_(f"{path}: the file is empty") from None
+        raise ImportError_(_("{path}: the file is empty", path=path)) from None
     except csv.Error as exc:
-        raise ImportError_(f"{path}:1: not CSV: {exc}") from None
+        raise ImportError_(_("{path}:{line}: not CSV: {reason}", path=path, line=1, reason=exc)) from None
     header = [h.strip() for h in header]
 
     def records():
@@ -193,7 +209,7 @@ def _rows(path: str, text: str) -> tuple[list[str], Iterable[tuple[int, list[str
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise ImportError_(f"{path}:{line}: not CSV: {exc}") from None
+                raise ImportError_(_("{path}:{line}: not CSV: {reason}", path=path, line=line, reason=exc)) from None
             if "".join(values).strip():
                 yield line, values
             line = reader.line_num + 1
@@ -229,15 +245,27 @@ def _resolve(
                 break
         else:
             if name in columns:
-                raise ImportError_(f"{path}:1: no column `{columns[name]}` (given for {name} by --columns)")
+                raise ImportError_(
+                    _(
+                        "{path}:1: no column `{column}` (given for {name} by --columns)",
+                        path=path,
+                        column=columns[name],
+                        name=name,
+                    )
+                )
     missing = [n for n in REQUIRED if n not in out and not (n == "at" and "date" in out)]
     if "customer" not in out and "friend" not in out:
         missing.append("customer")
     if missing:
         names = ", ".join(f"{n} (`{'` or `'.join(spec.get(n, (n,)))}`)" for n in missing)
         raise ImportError_(
-            f"{path}:1: this is not a {fmt} order file: no column for {names}; "
-            "name the columns with --columns FIELD=Header"
+            _(
+                "{path}:1: this is not a {format} order file: no column for {names}; "
+                "name the columns with --columns FIELD=Header",
+                path=path,
+                format=fmt,
+                names=names,
+            )
         )
     return out
 
@@ -295,7 +323,7 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
         width = len(values)
         order_id = values[id_i].strip() if id_i < width else ""
         if not order_id:
-            summary.refused.append((line, f"no order id (column `{header[id_i]}`)"))
+            summary.refused.append((line, _("no order id (column `{column}`)", column=header[id_i])))
             continue
         group = groups.get(order_id)
         if group is None:
@@ -321,7 +349,7 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
                 )
             )
         except _Bad as exc:
-            group["error"] = group["error"] or (line, f"order {order_id}: {exc}")
+            group["error"] = group["error"] or (line, _("order {order}: {reason}", order=order_id, reason=exc.args[0]))
     orders = []
     for order_id, group in groups.items():
         if group["error"]:
@@ -330,7 +358,7 @@ def read_orders(path: str, fmt: str, columns: dict[str, str], tz: dt.tzinfo) -> 
         try:
             orders.append(_order(order_id, group, header, cols, fmt, tz))
         except _Bad as exc:
-            summary.refused.append((exc.args[1], f"order {order_id}: {exc.args[0]}"))
+            summary.refused.append((exc.args[1], _("order {order}: {reason}", order=order_id, reason=exc.args[0])))
     summary.refused.sort()
     summary.orders = len(orders)
     return orders, summary
@@ -348,14 +376,22 @@ def _item(product: str, category: str, price: str, quantity: str, header: list[s
         try:
             item["price"] = parse_amount(price)
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'price')}` {price!r} is not an amount") from None
+            raise _Bad(
+                _("`{column}` {value} is not an amount", column=_column(header, cols, "price"), value=repr(price))
+            ) from None
     if quantity:
         try:
             item["quantity"] = int(quantity) if quantity.isdigit() else int(parse_amount(quantity))
             if item["quantity"] < 1:
                 raise ValueError
         except ValueError:
-            raise _Bad(f"`{_column(header, cols, 'quantity')}` {quantity!r} is not a count of 1 or more") from None
+            raise _Bad(
+                _(
+                    "`{column}` {value} is not a count of 1 or more",
+                    column=_column(header, cols, "quantity"),
+                    value=repr(quantity),
+                )
+            ) from None
     return item
 
 
@@ -365,7 +401,7 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
 
     def need(name: str) -> tuple[str, int]:
         if name not in first:
-            raise _Bad(f"no value in `{_column(header, cols, name)}`", line)
+            raise _Bad(_("no value in `{column}`", column=_column(header, cols, name)), line)
         return first[name]
 
     if "at" in first or "date" not in first:
@@ -376,31 +412,38 @@ def _order(order_id: str, group: dict, header: list[str], cols: dict[str, int], 
     try:
         at = parse_time(text, tz)
     except ValueError:
-        raise _Bad(
-            f"`{_column(header, cols, 'at' if 'at' in cols else 'date')}` {text!r} is not a date and time", where
-        ) from None
+        column = _column(header, cols, "at" if "at" in cols else "date")
+        raise _Bad(_("`{column}` {value} is not a date and time", column=column, value=repr(text)), where) from None
     amount_text, where = need("amount")
     if fmt == "rakuten" and amount_text.strip() == RMS_NO_VALUE:
         raise _Bad(
-            f"`{_column(header, cols, 'amount')}` is {RMS_NO_VALUE}: RMS has no total for this order "
-            "yet (shipping or price not fixed); import it again once it has one",
+            _(
+                "`{column}` is {value}: RMS has no total for this order yet (shipping or price not fixed); "
+                "import it again once it has one",
+                column=_column(header, cols, "amount"),
+                value=RMS_NO_VALUE,
+            ),
             where,
         )
     try:
         amount = parse_amount(amount_text)
     except ValueError:
-        raise _Bad(f"`{_column(header, cols, 'amount')}` {amount_text!r} is not an amount", where) from None
+        raise _Bad(
+            _("`{column}` {value} is not an amount", column=_column(header, cols, "amount"), value=repr(amount_text)),
+            where,
+        ) from None
     customer = first.get("customer", ("", line))[0]
     friend = first.get("friend", ("", line))[0]
     if not customer and not friend:
-        raise _Bad(f"no customer (`{_column(header, cols, 'customer')}` is empty)", line)
+        raise _Bad(_("no customer (`{column}` is empty)", column=_column(header, cols, "customer")), line)
     refunded = 0.0
     if "refunded" in first:
         try:
             refunded = parse_amount(first["refunded"][0])
         except ValueError:
+            column, value = _column(header, cols, "refunded"), repr(first["refunded"][0])
             raise _Bad(
-                f"`{_column(header, cols, 'refunded')}` {first['refunded'][0]!r} is not an amount", first["refunded"][1]
+                _("`{column}` {value} is not an amount", column=column, value=value), first["refunded"][1]
             ) from None
     cancelled = "cancelled" in first and first["cancelled"][0].lower() not in ("0", "false", "no", "")
     status = first.get("status", ("", line))[0]
@@ -431,7 +474,7 @@ def import_orders(store: Store, orders: Sequence[Order], summary: Summary, *, pr
     now = int(time.time())
     chunks = [orders[i : i + CHUNK] for i in range(0, len(orders), CHUNK)]
     bar = (
-        click.progressbar(length=len(orders), label="importing orders", file=sys.stderr, show_pos=True)
+        click.progressbar(length=len(orders), label=render(_("importing orders")), file=sys.stderr, show_pos=True)
         if progress and orders
         else None
     )
@@ -453,14 +496,20 @@ def import_orders(store: Store, orders: Sequence[Order], summary: Summary, *, pr
 
 def zone_of(rules_dir: str) -> zoneinfo.ZoneInfo:
     """The configured zone (settings.yaml of the rule folder), for local times in the files."""
+    return _settings_of(rules_dir).tz
+
+
+def _settings_of(rules_dir: str):
+    """settings.yaml of the rule folder (the defaults when there is none)."""
+    from engine.language import ir
     from engine.language.settings import load_settings
 
     path = os.path.join(rules_dir, "settings.yaml")
     try:
         with open(path, encoding="utf-8") as fh:
-            return load_settings(path, fh.read())[0].tz
+            return load_settings(path, fh.read())[0]
     except OSError:
-        return zoneinfo.ZoneInfo("Asia/Tokyo")
+        return ir.Settings()
 
 
 def _open_store(db: str) -> Store:
@@ -472,9 +521,12 @@ def _open_store(db: str) -> Store:
         raise ImportError_(f"--db: {render(exc.args[0])}") from None
 
 
-def main_orders(path: str, fmt: str, columns: str | None, db: str, rules_dir: str) -> int:
+def main_orders(path: str, fmt: str, columns: str | None, db: str, rules_dir: str, lang: str | None = None) -> int:
+    """``linerules import orders``: the summary in ``lang`` (else settings.yaml's ``language``...)."""
     started = time.perf_counter()
-    orders, summary = read_orders(path, fmt, parse_columns(columns, FORMATS[fmt]), zone_of(rules_dir))
+    settings = _settings_of(rules_dir)
+    i18n.use(i18n.choose(lang, settings.language))
+    orders, summary = read_orders(path, fmt, parse_columns(columns, FORMATS[fmt]), settings.tz)
     store = _open_store(db)
     try:
         import_orders(store, orders, summary, progress=sys.stderr.isatty())
@@ -485,8 +537,9 @@ def main_orders(path: str, fmt: str, columns: str | None, db: str, rules_dir: st
     return 0
 
 
-def main_customers(path: str, columns: str | None, db: str) -> int:
+def main_customers(path: str, columns: str | None, db: str, lang: str | None = None) -> int:
     """``linerules import customers``: customer id <-> LINE user id links (no rule fires)."""
+    i18n.use(i18n.choose(lang))
     text = read_text(path, "csv")
     header, records = _rows(path, text)
     cols = _resolve_customers(path, header, parse_columns(columns, CUSTOMERS))
@@ -496,12 +549,19 @@ def main_customers(path: str, columns: str | None, db: str) -> int:
         customer = values[cols["customer"]].strip() if cols["customer"] < len(values) else ""
         friend = values[cols["friend"]].strip() if cols["friend"] < len(values) else ""
         if not customer:
-            refused.append((line, "no customer id"))
+            refused.append((line, _("no customer id")))
         elif not friend:
-            refused.append((line, f"customer {customer}: no LINE user id"))
+            refused.append((line, _("customer {customer}: no LINE user id", customer=customer)))
         elif " " in friend or not friend.startswith("U"):
             refused.append(
-                (line, f"customer {customer}: `{friend}` is not a LINE user id (U followed by 32 hex digits)")
+                (
+                    line,
+                    _(
+                        "customer {customer}: `{friend}` is not a LINE user id (U followed by 32 hex digits)",
+                        customer=customer,
+                        friend=friend,
+                    ),
+                )
             )
         else:
             pairs.append((customer, friend))
@@ -513,12 +573,12 @@ def main_customers(path: str, columns: str | None, db: str) -> int:
         store.close()
     name = os.path.basename(path)
     lines = [
-        f"{name}: {rows} rows read",
-        f"  {counts['linked']} linked (their kept orders count now)",
-        f"  {counts['unchanged']} already linked (unchanged)",
-        f"  {len(refused)} refused" + (":" if refused else ""),
+        render(_("{name}: {rows} rows read", name=name, rows=rows)),
+        "  " + render(_("{n} linked (their kept orders count now)", n=counts["linked"])),
+        "  " + render(_("{n} already linked (unchanged)", n=counts["unchanged"])),
+        "  " + render(_("{n} refused", n=len(refused))) + (":" if refused else ""),
     ]
-    lines += [f"    {path}:{line}: {reason}" for line, reason in refused]
+    lines += [f"    {path}:{line}: {render(reason)}" for line, reason in refused]
     click.echo("\n".join(lines))
     return 0
 
@@ -531,7 +591,12 @@ def _resolve_customers(path: str, header: list[str], columns: dict[str, str]) ->
         found = next((where[c] for c in wanted if c in where), None)
         if found is None:
             raise ImportError_(
-                f"{path}:1: no column for {name} (`{'` or `'.join(wanted)}`); name it with --columns FIELD=Header"
+                _(
+                    "{path}:1: no column for {name} ({columns}); name it with --columns FIELD=Header",
+                    path=path,
+                    name=name,
+                    columns="`" + "` or `".join(wanted) + "`",
+                )
             )
         out[name] = found
     return out
