@@ -29,7 +29,16 @@ in the window), then times a stop with nothing due on the state the run ended wi
 ``--instructions`` counts the instructions of one simulation with valgrind instead (a child
 process that loads the rules, makes the timeline and simulates it, less one that stops before
 simulating), with compiled bytecode: a figure a busy machine does not move. Slow: about four
-minutes for ``--friends 2000``.
+minutes for ``--friends 2000``. With ``--tree DIR`` it counts the checkout ``DIR`` instead,
+through that checkout's own ``benchmarks/simulate.py`` (its timeline generator and its engine:
+the code issue 14 measured makes the same timeline), e.g.
+
+    git worktree add --detach /tmp/issue14 1c41fc9
+    PYTHONPATH=/tmp/su .venv/bin/python benchmarks/simulate.py --friends 2000 --instructions --tree /tmp/issue14
+
+(1c41fc9 still imports sqlite-utils: ``pip install --target /tmp/su sqlite-utils``.) Without
+``--tree``, one simulation of this checkout; run both for the ratio (tens of minutes for the
+issue's code at 2,000 friends).
 """
 
 from __future__ import annotations
@@ -381,8 +390,12 @@ def instructions(args: argparse.Namespace) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed", file=sys.stderr)
         return 1
-    child = [sys.executable, __file__, "--friends", str(args.friends), "--days", str(args.days)]
-    child += ["--rules", args.rules, "--coarsen", str(args.coarsen), "--child"]
+    if args.tree is not None:  # that checkout's benchmark module, in a process of its own
+        tree = str(Path(args.tree).resolve())
+        child = [sys.executable, "-c", _TREE_CHILD, tree, str(args.friends), str(args.days)]
+    else:
+        child = [sys.executable, __file__, "--friends", str(args.friends), "--days", str(args.days)]
+        child += ["--rules", args.rules, "--coarsen", str(args.coarsen), "--child"]
 
     import callgrind
 
@@ -390,9 +403,21 @@ def instructions(args: argparse.Namespace) -> int:
         env = callgrind.bytecode_env(pycache)
         subprocess.run([*child, "load"], env=env, check=True)  # the bytecode, compiled once
         loaded, simulated = callgrind.count([*child, "load"], env), callgrind.count([*child, "run"], env)
-    print(f"timeline: {args.friends:,} friends over {args.days} days")
+    print(f"timeline: {args.friends:,} friends over {args.days} days" + (f" [{args.tree}]" if args.tree else ""))
     print(f"instructions (valgrind) of one simulation: {(simulated - loaded) / 1e6:,.0f} million")
     return 0
+
+
+#: The child of ``--instructions --tree``: ``python -c`` this TREE FRIENDS DAYS load|run.
+_TREE_CHILD = """
+import sys
+tree, friends, days, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sys.path[:0] = [tree, tree + "/benchmarks"]
+import simulate as bench
+project, events = bench.load_rules(tree + "/rules"), bench.generate(friends, days)
+if mode == "run":
+    bench.simulate.run_timeline(project, events, until=None, tick_seconds=3600, webhook_tokens=True)
+"""
 
 
 def main() -> int:
@@ -406,6 +431,7 @@ def main() -> int:
     ap.add_argument("--stops", action="store_true", help="time the clock's stops by what happened at them")
     ap.add_argument("--windows", action="store_true", help="how many stops an exact merge could run as one")
     ap.add_argument("--instructions", action="store_true", help="count one simulation's instructions (valgrind)")
+    ap.add_argument("--tree", help="with --instructions: count this other checkout instead")
     ap.add_argument("--child", choices=["load", "run"], help=argparse.SUPPRESS)  # (for --instructions)
     args = ap.parse_args()
     if args.instructions:
