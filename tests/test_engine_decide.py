@@ -538,3 +538,24 @@ def test_two_broadcasts_released_at_one_opening_stay_multicasts_in_order(fresh_d
         (500, ("weekly_pick",)),
         (100, ("weekly_pick",)),
     ]
+
+
+def test_simulate_prints_a_friends_pushes_of_one_moment_in_the_order_they_go_out():
+    # `welcome` queued at 22:30, `a_notice` at 06:00: at 09:00 the welcome goes first, and the
+    # forecast says so (not in the rules' alphabetical order)
+    p = compile_rules(
+        """
+        rule welcome when followed then send hello
+        rule a_notice when tagged autumn then send thanks
+        """,
+        messages={**PERSONAL, "thanks": message("thanks")},
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 22:30"),
+        ev("tag", "U1", "2026-11-02 06:00", add=["autumn"], remove=[]),
+    ]
+    assert run(p, events) == [
+        ("2026-11-02 09:00:00", "U1", "welcome", ["hello"]),
+        ("2026-11-02 09:00:00", "U1", "a_notice", ["thanks"]),
+    ]

@@ -24,8 +24,8 @@ def test_time_alone_brings_friends_in_at_the_hour_each_term_crosses():
     assert pushes == [
         ("2026-11-02 13:00:00", "U1", "lapsed", ["coupon15"]),
         ("2026-11-03 11:00:00", "U1", "anniversary", ["thanks"]),
+        ("2026-11-04 13:00:00", "U1", "winback", ["winback"]),  # checked first, so sent first
         ("2026-11-04 13:00:00", "U1", "lapsed", ["coupon15"]),
-        ("2026-11-04 13:00:00", "U1", "winback", ["winback"]),
         ("2026-11-06 13:00:00", "U1", "lapsed", ["coupon15"]),
         ("2026-11-08 13:00:00", "U1", "lapsed", ["coupon15"]),
     ]

@@ -187,9 +187,10 @@ def test_start_enrols_in_another_rule_now_and_stop_leaves():
         ),
         rule("other", ir.CustomEventTrigger("never"), send("c")),
     )
+    # `a` is queued before the start step walks `other`: the friend gets `a`, then `c`
     assert run(p, follows(("U1", "2026-11-01 10:00"))) == [
-        ("2026-11-01 10:00:00", "U1", "other", ["c"]),
         ("2026-11-01 10:00:00", "U1", "r", ["a"]),
+        ("2026-11-01 10:00:00", "U1", "other", ["c"]),
     ]
 
 

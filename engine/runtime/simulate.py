@@ -6,7 +6,8 @@ openings, schedule and sale occurrences) and at every ``--tick`` boundary aligne
 midnight, where condition triggers are checked. Outbox rows are "sent" by a simulated
 transport at the moment they become due; nothing touches the network.
 
-Output: one JSON object per push per friend, in time order (ties by friend, then rule):
+Output: one JSON object per push per friend, in time order (ties by friend, then in the order
+the pushes go out: a friend's several pushes of one moment as the friend gets them):
 ``{"at": ISO 8601 in the configured zone, "friend": ID, "rule": NAME, "messages": [NAME, ...]}``
 (with ``--render`` also ``"rendered"``: the LINE objects). The engine applies ``monthly_quota``
 as the runner does, so a forecast shows sends held for the next month.
@@ -81,7 +82,7 @@ def run_timeline(
         store.set_meta(SIMULATION_META, "1")  # only such a file may be replaced (_fresh_db)
     clock_now = start
     engine = Engine(project, store, clock=lambda: timeutil.local(clock_now, tz))
-    pushes: list[tuple[int, str, str, int, dict]] = []
+    pushes: list[tuple[int, str, int, dict]] = []
     times = [timeutil.epoch(e.at) for e in ordered]
     # The clock stops at every event, every wake-up of the engine and every condition tick (a
     # boundary of ``tick_seconds``). A condition tick before the engine's
@@ -121,8 +122,8 @@ def run_timeline(
             now = min(candidates)
     finally:
         store.close()
-    pushes.sort(key=lambda p: p[:4])
-    return [p[4] for p in pushes]
+    pushes.sort(key=lambda p: p[:3])
+    return [p[3] for p in pushes]
 
 
 class _Boundaries:
@@ -187,7 +188,7 @@ def _send_claimed(store: Store, now: int, tz, pushes: list, render: bool) -> int
                 }
                 if render:
                     push["rendered"] = row["payload"]
-                pushes.append((now, friend, row["rule"] or "", row["id"], push))
+                pushes.append((now, friend, len(pushes), push))  # (claimed in the order sent)
         sent.append((row["id"], "sent", f"simulated-{row['id']}", None))
     store.finish_outbox_rows(sent, at=now)
     return len(rows)
