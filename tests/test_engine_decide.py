@@ -209,6 +209,34 @@ def test_since_entering_excludes_the_event_that_caused_the_entry():
     ]
 
 
+def test_since_entering_excludes_the_event_that_started_or_tagged_the_friend_in():
+    # `buy` starts `follow_up` and tags `buyer` in the purchase's own tick: for both rules the
+    # purchase is what entered them, not a purchase "since"; a second order is one
+    p = compile_rules("""
+        rule buy when purchased then
+          start follow_up
+          tag buyer
+        rule follow_up when event never then
+          send a unless purchased
+          wait 1d
+          send b unless purchased
+        rule buyers when tagged buyer then wait 2d send c unless purchased
+        """)
+    events = [
+        ev("follow", "U1", "2026-11-01 09:00"),
+        ev("follow", "U2", "2026-11-01 09:00"),
+        ev("purchase", "U1", "2026-11-01 10:00", order_id="A-1", amount=100),
+        ev("purchase", "U2", "2026-11-01 10:00", order_id="A-2", amount=100),
+        ev("purchase", "U2", "2026-11-01 12:00", order_id="A-3", amount=100),
+    ]
+    assert run(p, events, until="2026-11-05 00:00") == [
+        ("2026-11-01 10:00:00", "U1", "follow_up", ["a"]),
+        ("2026-11-01 10:00:00", "U2", "follow_up", ["a"]),
+        ("2026-11-02 10:00:00", "U1", "follow_up", ["b"]),
+        ("2026-11-03 10:00:00", "U1", "buyers", ["c"]),
+    ]
+
+
 # ---------------------------------------------------------------- 6. wait for sees the whole event
 
 

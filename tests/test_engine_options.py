@@ -219,6 +219,24 @@ def test_holdout_friends_walk_but_get_nothing(fresh_db_path):
     store.close()
 
 
+def test_a_friend_held_out_of_a_rule_is_held_out_of_the_rule_it_starts(fresh_db_path):
+    # the control group of `h` gets nothing of what `h` leads to; the others get the started
+    # rule's message, and the held-out friends walk it as its holdout (enrolled, measured)
+    p = project(
+        rule("h", ir.Followed(), send("a"), ir.StartStep("start more", "more"), holdout=20.0),
+        rule("more", ir.CustomEventTrigger("never"), send("b")),
+    )
+    friends = [f"U{i}" for i in range(100)]
+    pushes = run(p, [ev("follow", f, "2026-11-01 10:00") for f in friends], db_path=str(fresh_db_path))
+    held = {f for f in friends if bucket(f, "h", "holdout") < 2000}
+    assert 5 <= len(held) <= 40
+    assert {f for _, f, r, _ in pushes if r == "more"} == set(friends) - held
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT friend FROM enrollments WHERE rule = 'more' AND holdout = 1").fetchall()
+    assert {r[0] for r in rows} == held
+    store.close()
+
+
 def test_entry_filter_is_checked_when_the_trigger_fires_for_events_and_audiences():
     p = compile_rules("""
         rule hello when followed unless followed via qr=shipping then send a

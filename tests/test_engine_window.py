@@ -144,3 +144,63 @@ def test_a_welcome_sent_at_once_uses_the_follow_reply_token(fresh_db_path):
     ).fetchall()
     assert [tuple(r) for r in capped] == [("U1", "second"), ("U2", "second")]
     store.close()
+
+
+def test_rules_a_message_starts_or_tags_its_way_into_answer_it_too(fresh_db_path):
+    # the answer rule tags the friend and starts another rule in the message's own tick: their
+    # sends answer the same message (no window, no cap), in the order the steps ran, and one
+    # of them takes the reply token
+    settings = ir.Settings(window=WINDOW, max_per_day=1)
+    p = project(
+        rule(
+            "kw",
+            ir.MessageTrigger(("クーポン",)),
+            send("coupon_reply"),
+            ir.TagStep("tag asked", "asked"),
+            ir.StartStep("start details", "details"),
+        ),
+        rule("details", ir.CustomEventTrigger("never"), send("thanks")),
+        rule("asked", ir.TaggedTrigger("asked"), send("weekly_pick")),
+        rule("ping", ir.CustomEventTrigger("ping"), send("greeting")),
+        settings=settings,
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 09:00"),
+        ev("ping", "U1", "2026-11-01 22:00"),  # waits for 09:00, and takes the day's one push
+        ev("message", "U1", "2026-11-01 23:00", text="クーポン", reply_token="rt-1"),
+    ]
+    assert run(p, events, db_path=str(fresh_db_path)) == [
+        ("2026-11-01 23:00:00", "U1", "kw", ["coupon_reply"]),
+        ("2026-11-01 23:00:00", "U1", "asked", ["weekly_pick"]),
+        ("2026-11-01 23:00:00", "U1", "details", ["thanks"]),
+        ("2026-11-02 09:00:00", "U1", "ping", ["greeting"]),
+    ]
+    store = Store(str(fresh_db_path))
+    assert [(r["kind"], r["reply_token"], r["messages"]) for r in store.outbox()] == [
+        ("reply", "rt-1", ["coupon_reply"]),
+        ("push", None, ["weekly_pick"]),
+        ("push", None, ["thanks"]),
+        ("push", None, ["greeting"]),
+    ]
+    store.close()
+
+
+def test_a_rule_started_after_the_answer_waited_is_no_answer():
+    # past the first wait the walk no longer answers the message: what it starts then is
+    # a push like any other (window and cap apply)
+    p = project(
+        rule(
+            "kw",
+            ir.MessageTrigger(("クーポン",)),
+            send("coupon_reply"),
+            wait(60),
+            ir.StartStep("start details", "details"),
+        ),
+        rule("details", ir.CustomEventTrigger("never"), send("thanks")),
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [ev("follow", "U1", "2026-11-01 09:00"), ev("message", "U1", "2026-11-01 23:00", text="クーポン")]
+    assert run(p, events) == [
+        ("2026-11-01 23:00:00", "U1", "kw", ["coupon_reply"]),
+        ("2026-11-02 09:00:00", "U1", "details", ["thanks"]),
+    ]

@@ -49,6 +49,8 @@ class Walker:
     reply_deadline: int | None
     event_seq: int | None = None
     buffer: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    #: when the first send step of ``buffer`` ran in the walk (the order of its intent)
+    first_send: int = 0
     answered: bool = False
     #: the walk's write count (:attr:`engine.stages.walk.Walk.writes`) when ``exit when`` last
     #: held not for this walker; -1: not checked in this walk
@@ -152,8 +154,10 @@ class Entry:
         cause: Cause | None = None,
         occurrence: str | None = None,
         event_seq: int | None = None,
+        holdout: bool | None = None,
     ) -> Walker | None:
-        """Enrol one friend if the re-entry policy and the entry filter allow it."""
+        """Enrol one friend if the re-entry policy and the entry filter allow it (``holdout``:
+        True holds the friend out whatever the rule's draw, as a ``start`` of a held-out friend)."""
         s = self.ctx.store
         # a rule entered once per friend (no ``reenter``) and no entry filter: the insert itself
         # checks that the friend was never in it, one statement instead of two
@@ -164,7 +168,8 @@ class Entry:
             c = self.ctx.cond(rule.entry, False)
             if not s.friend_matches(friend, c.sql, {**c.params, "now": now, "rule": rule.name}):
                 return None
-        variant, holdout = draw(friend, rule)
+        variant, drawn = draw(friend, rule)
+        holdout = drawn or bool(holdout)
         cause = cause or Cause(None, None, None)
         first = rule.steps[0].id if rule.steps else None
         eid = s.enroll(
@@ -211,10 +216,13 @@ class Entry:
         cause: Cause | None,
         result: TickResult,
         event_seq: int | None = None,
+        *,
+        walking: bool = False,
     ) -> list[Walker]:
         """Enter the rules this event triggers and resume matching ``wait for`` enrollments.
         Returns walkers for what became due now (the walk may take them at once). Only a
-        current friend enters a rule (``when unfollowed`` excepted: it fires on the block)."""
+        current friend enters a rule (``when unfollowed`` excepted: it fires on the block).
+        ``walking``: fired by a step of the walk (``tag``), which the walkers returned join."""
         s = self.ctx.store
         out: list[Walker] = []
         source = None
@@ -239,7 +247,7 @@ class Entry:
                 nxt = rule.steps[pos].id if pos < len(rule.steps) else None
                 now_cause = cause or Cause(None, None, None)
                 s.resume(row["id"], nxt, now, now_cause.seq, now_cause.reply_token, now_cause.reply_deadline, event_seq)
-                if event_seq is not None:
+                if event_seq is not None and not walking:
                     self.ctx.carry.resumed.add(row["id"])
                 out.append(self._resumed(row, pos, cause))
         return out

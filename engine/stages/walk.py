@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from engine.language import ir, timeutil
 from engine.runtime.store import Delivery, Intent, Move, OutboxRow, WalkRow, is_store_fault, menu_label
 from engine.stages.context import Context, TickResult
-from engine.stages.entry import Entry, Walker
+from engine.stages.entry import Cause, Entry, Walker
 
 log = logging.getLogger("linerules.engine")
 
@@ -111,7 +111,9 @@ class Walk:
         self.now = now
         self.result = result
         self.moves: dict[int, Move] = {}
-        self.intents: list[Intent] = []
+        #: the intents of the walk, each with when its first send step ran in the walk
+        self.intents: list[tuple[int, Intent]] = []
+        self._sends = 0
         self.menus: list[tuple[Walker, ir.MenuStep]] = []
         self._openings: dict[str, int] = {}
         self._seen: set[int] = set()
@@ -140,7 +142,10 @@ class Walk:
             log.error("rule %s: friend %s stopped after %d steps in one tick", w.rule, w.friend, MAX_ROUNDS)
         s = self.ctx.store
         s.update_enrollments(list(self.moves.values()))
-        s.add_intents(self.intents)
+        # in the order their first send steps ran (a rule entered by a `tag` step may reach its
+        # wait before the rule that tagged), so that a friend's pushes go in the order sent
+        self.intents.sort(key=lambda pair: pair[0])
+        s.add_intents([intent for _, intent in self.intents])
         if self.menus:
             write_menu_links(self.ctx, self.menus, self.now, self.result)
 
@@ -205,7 +210,7 @@ class Walk:
         if type(step) is ir.Send:  # its `if` is decided when the send goes out (deliver stage)
             entry = (step.id, step.messages)
             for w in walkers:
-                w.buffer.append(entry)
+                self._collect(w, entry)
                 w.pos += 1
             self._next.extend(walkers)
             return
@@ -260,12 +265,21 @@ class Walk:
             return True
         s, now = self.ctx.store, self.now
         if isinstance(step, ir.Send):
-            w.buffer.append((step.id, step.messages))
+            self._collect(w, (step.id, step.messages))
         elif isinstance(step, ir.TagStep):
             if s.add_tags(w.friend, [step.name], now):
-                self._next.extend(
-                    self._spawn(self.entry.fire("tag", {"add": [step.name]}, w.friend, now, now, None, self.result))
+                fired = self.entry.fire(
+                    "tag",
+                    {"add": [step.name]},
+                    w.friend,
+                    now,
+                    now,
+                    self._cause(w),
+                    self.result,
+                    w.event_seq,
+                    walking=True,
                 )
+                self._next.extend(self._spawn(fired))
         elif isinstance(step, ir.UntagStep):
             s.remove_tags(w.friend, [step.name])
         elif isinstance(step, ir.SetStep):
@@ -274,7 +288,14 @@ class Walk:
             self.menus.append((w, step))
         elif isinstance(step, ir.StartStep):
             target = self.ctx.rules.get(step.rule)
-            entered = self.entry.enter(target, w.friend, now, now) if target is not None else None
+            entered = None
+            if target is not None:
+                # the started rule goes on from the same event: its sends of this tick answer the
+                # friend's message as this rule's do, the event is the one its templates and
+                # `purchased` see, and a friend held out of this rule is held out of that one too
+                entered = self.entry.enter(
+                    target, w.friend, now, now, cause=self._cause(w), event_seq=w.event_seq, holdout=w.holdout or None
+                )
             if entered is not None:
                 self.result.entered += 1
                 self._next.extend(self._spawn([entered]))
@@ -282,6 +303,21 @@ class Walk:
             self.finish(w, "exited", step.id, None, "stop")
             return False
         return True
+
+    def _collect(self, w: Walker, entry: tuple[str, tuple[str, ...]]) -> None:
+        """A send step's messages join the walker's next intent."""
+        if not w.buffer:
+            self._sends += 1
+            w.first_send = self._sends
+        w.buffer.append(entry)
+
+    @staticmethod
+    def _cause(w: Walker) -> Cause | None:
+        """What a rule entered by this walker's ``tag`` or ``start`` step carries on: the event
+        this walker answers or replies to in this tick (before its first wait), else nothing."""
+        if w.answered or (w.cause_seq is None and w.reply_token is None):
+            return None
+        return Cause(w.cause_seq, w.reply_token, w.reply_deadline)
 
     def _wait(self, step: ir.Step, w: Walker) -> bool:
         """A wait step: the sends before it are queued; True when it is already over."""
@@ -317,21 +353,24 @@ class Walk:
                     window = ctx.rules[w.rule].window or ctx.settings.window
                     due = self._openings[w.rule] = timeutil.next_opening(now, window, ctx.tz)
             self.intents.append(
-                Intent(
-                    w.id,
-                    w.friend,
-                    w.rule,
-                    steps,
-                    names,
-                    due,
-                    now,
-                    w.variant,
-                    int(w.holdout),
-                    w.occurrence,
-                    w.event_seq,
-                    int(answer),
-                    token,
-                    w.reply_deadline if token else None,
+                (
+                    w.first_send,
+                    Intent(
+                        w.id,
+                        w.friend,
+                        w.rule,
+                        steps,
+                        names,
+                        due,
+                        now,
+                        w.variant,
+                        int(w.holdout),
+                        w.occurrence,
+                        w.event_seq,
+                        int(answer),
+                        token,
+                        w.reply_deadline if token else None,
+                    ),
                 )
             )
             w.buffer = []
