@@ -187,6 +187,28 @@ async def test_events_json_and_json_lines(make_client):
     assert resp.status == 400 and (await resp.json())["error"] == "the body is not UTF-8 text"
 
 
+async def test_an_order_imported_before_is_answered_as_a_duplicate(make_client):
+    # the shop imported its order history, then its connector sends one of those orders live:
+    # the answer says it was seen before, and the order counts once
+    from engine.runtime.identity import Order, record_orders
+
+    client, runner = await make_client(loops=False)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    assert (await (await client.post("/events", json=shop_event("follow", "U1"), headers=auth)).json())["applied"] == 1
+    at = int(dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC).timestamp())
+    with runner.store.transaction():
+        record_orders(runner.store, [Order("A-9", at, 5400, friend="U1", source="import")], at)
+    events = [
+        shop_event("purchase", "U1", order_id="A-9", amount=5400),
+        shop_event("purchase", "U1", order_id="A-10", amount=100),
+    ]
+    resp = await client.post("/events", json=events, headers=auth)
+    assert resp.status == 200
+    assert await resp.json() == {"applied": 1, "duplicates": 1}
+    runner.engine.tick(runner.engine.clock())
+    assert runner.store.friend("U1")["orders"] == 2
+
+
 async def test_a_bad_event_rejects_the_whole_batch(make_client):
     client, runner = await make_client(loops=False)
     lines = "\n".join(

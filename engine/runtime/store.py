@@ -1265,13 +1265,26 @@ class Store:
             (e.dedupe_key, e.type, e.friend, int(e.at.timestamp()), _json(e.data), e.reply_token, received)
             for e in events
         ]
+        orders = [e.data["order_id"] for e in events if e.type == "purchase" and e.data.get("order_id")]
+        insert = (
+            "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING"
+        )
         with self.transaction() as c:
             c.executemany("INSERT OR IGNORE INTO friends(id, created_at) VALUES (?, ?)", friends)
-            cur = c.executemany(
-                "INSERT INTO events(dedupe_key, type, friend, at, data, reply_token, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-                rows,
-            )
+            known: set[str] = set()
+            for batch in _chunks(orders, 500):
+                marks = ",".join("?" * len(batch))
+                known.update(r[0] for r in c.execute(f"SELECT order_id FROM orders WHERE order_id IN ({marks})", batch))
+            if known:
+                # an order recorded before (an import, another connector) is stored all the same
+                # (it may carry a cancellation) but counted once: it is a duplicate here too
+                again = [r for r, e in zip(rows, events) if e.type == "purchase" and e.data.get("order_id") in known]
+                rows = [
+                    r for r, e in zip(rows, events) if not (e.type == "purchase" and e.data.get("order_id") in known)
+                ]
+                c.executemany(insert, again)
+            cur = c.executemany(insert, rows)
             applied = max(cur.rowcount, 0) if rows else 0
         return ApplyResult(applied=applied, duplicates=len(events) - applied)
 
