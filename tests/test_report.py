@@ -12,7 +12,7 @@ from engine.cli import cli
 from engine.reports.report import main as report_main
 from engine.reports.report import newcombe, plan_for, wilson
 from engine.runtime.store import Store, bucket
-from enginekit import ev
+from enginekit import at, ev
 from reportkit import CLICKS, EVENTS, make_folder, simulate
 
 
@@ -105,6 +105,30 @@ def test_rule_and_step_counts(shop, capsys):
         weekly["revenue"],
         weekly["exits"],
     ) == (5, 3, 2, 1, 3000, {"done": 5})
+
+
+def test_a_click_counts_only_after_a_send_of_its_rule(tmp_path, capsys):
+    # U2 clicks a welcome link before the welcome went out, and U9, who never followed, claims a
+    # welcome click: neither is a click on the welcome's messages; U1's click after the
+    # greeting is, and also when the period starts after the send's look-back
+    folder = make_folder(tmp_path)
+
+    def click(friend: str, when: str) -> dict:
+        return dict(
+            friend=friend,
+            rule="welcome",
+            message="greeting",
+            url="https://shop.example.jp/c",
+            at=int(at(when).timestamp()),
+        )
+
+    clicks = [click("U2", "2026-11-01 10:30"), click("U9", "2026-11-01 12:00"), click("U1", "2026-11-20 12:00")]
+    db = simulate(folder, EVENTS, "2026-11-25 00:00", clicks)
+    welcome = by_rule(report(capsys, folder, db))["welcome"]
+    assert welcome["clicks"] == 1
+    assert {s["step"]: s["clicks"] for s in welcome["steps"]}["send greeting"] == 1
+    late = by_rule(report(capsys, folder, db, since="2026-11-20"))["welcome"]
+    assert late["clicks"] == 1
 
 
 def test_account_friends_days_and_months(shop, capsys):

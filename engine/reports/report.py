@@ -296,7 +296,11 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
     for friend, rule, message, at in store.report_clicks():
         if o.has(at) and rule in stats:
             source = index.clicked(friend, rule, message, at)
-            count(rule, source.step if source else "", "clicks")
+            if source is not None:
+                count(rule, source.step, "clicks")
+            elif store.report_sent_before(friend, rule, at):
+                count(rule, "", "clicks")  # its send is older than the period's look-back
+            # else the rule never sent the friend anything before: not a click on its messages
 
     orders = store.report_orders()
     for friend, amount, at in orders:

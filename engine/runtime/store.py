@@ -3606,6 +3606,16 @@ class Store:
             DeliveryRow(r[0], r[1], r[2], r[3] or "", tuple(json.loads(r[4])), r[5], r[6], r[7], r[8]) for r in rows
         ]
 
+    def report_sent_before(self, friend: str, rule: str, at: int) -> bool:
+        """Whether ``rule`` sent ``friend`` anything at or before ``at`` (a click's source)."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM deliveries WHERE friend = ? AND rule = ? AND status = 'sent' AND at <= ? LIMIT 1",
+                (friend, rule, at),
+            ).fetchone()
+            is not None
+        )
+
     def report_intents(self, since: int | None, until: int | None) -> list[IntentRow]:
         """The sends not decided yet (waiting for the window, the cap's day, the quota) due in
         [since, until), at their due time; in (due_at, id) order."""
