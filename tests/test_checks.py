@@ -414,6 +414,41 @@ def test_a_last_call_that_waits_for_the_window_past_the_sale_warns():
     )
 
 
+def test_a_send_decided_after_the_step_that_changes_what_it_reads_warns():
+    text = 'when message "クーポン" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent'
+    assert problems(text) == [
+        "1:41 warning: `send coupon15` is decided when it goes out, after `tag coupon_sent` (line 1) has run: "
+        "its condition sees what that step changed"
+    ]
+    help_ = compile_source(text).diagnostics[0].help
+    assert (
+        help_
+        == "to check the condition before the change, check it when the friend enters the rule, e.g. `when ... unless tagged coupon_sent`"
+    )
+    # an attribute set, an untag, and a tag read through a segment
+    assert len(problems('when followed then send a if rank = "gold" set rank = "silver"')) == 1
+    assert len(problems("when followed then send a if tagged vip untag vip")) == 1
+    assert len(problems("segment vips: tagged vip\nrule r when followed then send a if in segment vips tag vip")) == 1
+    # after a wait the help moves the step instead
+    [later] = compile_source("when followed then wait 1d send a unless tagged done tag done").diagnostics
+    assert later.help == "move `tag done` after a `wait` that ends once the send has gone out"
+    # a wait between them, a conditional tag, another tag, the entry filter: nothing to say
+    assert problems("when followed then send a unless tagged done wait 1h tag done") == []
+    assert problems("when followed then send a unless tagged done tag done if purchased") == []
+    assert problems("when followed then send a unless tagged done tag other") == []
+    assert problems("when followed unless tagged done reenter always then send a tag done") == []
+
+
+def test_a_step_that_makes_exit_when_hold_before_the_send_goes_out_warns():
+    assert problems("when event delivered exit when tagged reviewed then send a tag reviewed") == [
+        "1:53 warning: `send a` is never sent: `tag reviewed` (line 1) runs before it goes out and makes `exit when` hold"
+    ]
+    # the other way round the tag keeps the friend in
+    assert problems("when event delivered exit when not tagged reviewed then send a tag reviewed") == []
+    assert len(problems("when event delivered exit when not tagged keep then send a untag keep")) == 1
+    assert problems("when event delivered exit when tagged reviewed then send a wait 1d tag reviewed") == []
+
+
 def test_schedule_that_never_fires_warns():
     assert problems('when schedule "0 0 30 2 *" then stop') == [
         "1:15 warning: the schedule `0 0 30 2 *` never fires, so this rule never runs"

@@ -19,7 +19,7 @@ from engine.runtime.events import RULE_WORDS, meant_type
 from . import astnodes as A
 from . import ir
 from .astnodes import rule_name_of
-from .compiler import WEEKDAYS, event_form
+from .compiler import WEEKDAYS, compile_cond, describe_cond, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
 from .timeutil import next_opening, sale_moment
 
@@ -232,6 +232,7 @@ class _Checker:
             self._cond(rule.entry.cond, "entry", facts)
             self._entry_contradiction(rule)
         self._steps(rule, facts)
+        self._decided_after(rule)
         for v in facts.variants:
             if facts.split is None:
                 self.error(
@@ -641,6 +642,94 @@ class _Checker:
                     )
             elif cls is A.StopStep:
                 stopped = step.guard is None
+
+    def _decided_after(self, rule: A.RuleDef) -> None:
+        """A send is decided when it goes out, after the steps that follow it up to the next
+        wait have run (docs/engine.md): warn when one of them changes what the send's condition
+        reads, or makes the rule's ``exit when`` hold, so that the send is dropped."""
+        exit_when = next((o.cond for o in rule.options if isinstance(o, A.ExitWhen)), None)
+        exits = self._reads(exit_when) if exit_when is not None else set()
+        pending: list[tuple[A.SendStep, set[tuple[str, str, bool]]]] = []
+        first = True  # before the rule's first wait: an entry filter checks the same moment
+        for step in rule.steps:
+            cls = step.__class__
+            if cls in A.WAIT_STEPS:
+                pending, first = [], False
+                continue
+            if cls is A.SendStep:
+                guard = step.guard
+                pending.append((step, self._reads(guard.cond, guard.negated) if guard is not None else set()))
+                continue
+            if cls not in (A.TagStep, A.UntagStep, A.SetStep) or step.guard is not None or not pending:
+                continue
+            kind, name = ("attr", step.attr.value) if cls is A.SetStep else ("tag", step.name.value)
+            later = f"set {name}" if cls is A.SetStep else f"{'tag' if cls is A.TagStep else 'untag'} {name}"
+            # the value after the step: a tag added or removed (for which polarity of `tagged` makes
+            # `exit when` hold), an attribute set to something (either polarity)
+            makes = {True} if cls is A.TagStep else {False} if cls is A.UntagStep else {True, False}
+            kept = []
+            for send, reads in pending:
+                names = ", ".join(m.value for m in send.messages)
+                if any((k, n) == (kind, name) for k, n, _ in reads):
+                    self.warn(
+                        send.span,
+                        E(
+                            "LR404",
+                            "`send {names}` is decided when it goes out, after `{later}` (line {line}) has run: its condition sees what that step changed",
+                            names=names,
+                            later=later,
+                            line=step.span.line,
+                        ),
+                        help=_(
+                            "to check the condition before the change, check it when the friend enters the rule, e.g. `when ... {guard}`",
+                            guard=self._guard_text(send.guard),
+                        )
+                        if first
+                        else _("move `{later}` after a `wait` that ends once the send has gone out", later=later),
+                    )
+                elif any((k, n) == (kind, name) and positive in makes for k, n, positive in exits):
+                    self.warn(
+                        send.span,
+                        E(
+                            "LR404",
+                            "`send {names}` is never sent: `{later}` (line {line}) runs before it goes out and makes `exit when` hold",
+                            names=names,
+                            later=later,
+                            line=step.span.line,
+                        ),
+                        help=_(
+                            "use a name that `exit when` does not read for what this rule did, e.g. `{kind} {name}_sent`",
+                            kind=later.split()[0],
+                            name=name,
+                        ),
+                    )
+                else:
+                    kept.append((send, reads))
+            pending = kept
+
+    @staticmethod
+    def _guard_text(guard: A.Guard) -> str:
+        """A guard in the rule language: ``if ...`` / ``unless ...``."""
+        return f"{'unless' if guard.negated else 'if'} {describe_cond(compile_cond(guard.cond))}"
+
+    def _reads(self, c: A.Cond, negated: bool = False, trail: tuple[str, ...] = ()) -> set[tuple[str, str, bool]]:
+        """What a condition reads of the friend's own state: ("tag", name, positive) for
+        `tagged NAME` (positive: held under no or an even number of `not`s) and ("attr", name,
+        positive) for a custom attribute compared, segments included."""
+        out: set[tuple[str, str, bool]] = set()
+        cls = c.__class__
+        if cls is A.And or cls is A.Or:
+            for item in c.items:
+                out |= self._reads(item, negated, trail)
+        elif cls is A.Not:
+            out |= self._reads(c.item, not negated, trail)
+        elif cls is A.Tagged:
+            out.add(("tag", c.name.value, not negated))
+        elif cls is A.Compare and c.measure.name.value not in NUMERIC_MEASURES and c.measure.within is None:
+            out.add(("attr", c.measure.name.value, not negated))
+        elif cls is A.InSegment and c.name.value in self.segments and c.name.value not in trail:
+            out |= self._reads(self.segments[c.name.value].cond, negated, (*trail, c.name.value))
+        return out
 
     def _message(self, m: A.Name) -> None:
         self.used_messages.add(m.value)

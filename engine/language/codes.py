@@ -550,6 +550,22 @@ CODES: dict[str, Code] = {
             _("when sale ends in 0d at 10:00 then send sale_last_call"),
             _("when sale ends in 1d at 10:00 then send sale_last_call"),
         ),
+        _c(
+            "LR404",
+            "welcome.rule",
+            _("a send decided after the step that changes it (warning)"),
+            _(
+                "A send is decided when it goes out, at the end of the tick or at the window's "
+                "opening, after the steps that follow it up to the next `wait` have run. A `tag`, "
+                "`untag` or `set` there that changes what the send's `if`/`unless` reads changes "
+                "the decision (`send coupon unless tagged coupon_sent` followed by `tag "
+                "coupon_sent` never sends), and one that makes `exit when` hold drops the send. "
+                "Check the condition when the friend enters the rule, or mark with a name the "
+                "conditions do not read."
+            ),
+            _("when message \"クーポン\" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent"),
+            _("when message \"クーポン\" unless tagged coupon_sent reenter always then send coupon15 tag coupon_sent"),
+        ),
         # ------------------------------------------------------------------ messages.yaml (LR5xx)
         _c(
             "LR500",
