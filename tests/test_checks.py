@@ -449,6 +449,22 @@ def test_a_step_that_makes_exit_when_hold_before_the_send_goes_out_warns():
     assert problems("when event delivered exit when tagged reviewed then send a wait 1d tag reviewed") == []
 
 
+def test_clicked_in_the_trigger_of_a_rule_entered_once_warns():
+    warning = (
+        "never holds here: it asks about links this rule sent, and a friend enters this rule once, "
+        "before it has sent them anything"
+    )
+    assert problems("rule hot when clicked within 2d then send a") == [f"1:15 warning: `clicked within 2d` {warning}"]
+    assert problems("segment c: clicked within 7d\nrule s when orders >= 1 and in segment c then send a") == [
+        f"2:29 warning: `in segment c` (`clicked within 7d`) {warning}"
+    ]
+    assert len(problems("rule f when followed if clicked within 2d then send a")) == 1
+    # entered again, negated, or in a step: it can hold
+    assert problems("rule hot when clicked within 2d reenter after 7d then send a") == []
+    assert problems("rule cold when orders >= 1 and not clicked within 2d then send a") == []
+    assert problems("rule f when followed then wait 1d send a if clicked") == []
+
+
 def test_schedule_that_never_fires_warns():
     assert problems('when schedule "0 0 30 2 *" then stop') == [
         "1:15 warning: the schedule `0 0 30 2 *` never fires, so this rule never runs"

@@ -233,6 +233,7 @@ class _Checker:
             self._entry_contradiction(rule)
         self._steps(rule, facts)
         self._decided_after(rule)
+        self._clicked_before_entry(rule)
         for v in facts.variants:
             if facts.split is None:
                 self.error(
@@ -642,6 +643,50 @@ class _Checker:
                     )
             elif cls is A.StopStep:
                 stopped = step.guard is None
+
+    def _clicked_before_entry(self, rule: A.RuleDef) -> None:
+        """`clicked` asks about links this rule sent: in the trigger condition or the entry filter
+        of a rule a friend enters once, nothing has been sent yet, so it never holds there."""
+        reenter = next((o for o in rule.options if isinstance(o, A.Reenter)), None)
+        if reenter is not None and reenter.mode != "never":
+            return
+        conds = []
+        if isinstance(rule.trigger, A.CondTrigger) and event_form(rule.trigger.cond) is None:
+            conds.append((rule.trigger.cond, False, True))
+        if rule.entry is not None:
+            conds.append((rule.entry.cond, rule.entry.negated, False))
+        for cond, negated, trigger in conds:
+            for span, what in self._positive_clicks(cond, negated, (), trigger):
+                self.warn(
+                    span,
+                    E(
+                        "LR405",
+                        "{what} never holds here: it asks about links this rule sent, and a friend enters this rule once, before it has sent them anything",
+                        what=what,
+                    ),
+                    help=_(
+                        "let friends enter again, e.g. `reenter after 30d`, to ask about their last time in this rule; a step's condition (`send ... if clicked`) asks about this rule's links since entry"
+                    ),
+                )
+
+    def _positive_clicks(
+        self, c: A.Cond, negated: bool, trail: tuple[str, ...], trigger: bool
+    ) -> Iterator[tuple[Span, str]]:
+        """The `clicked` terms of ``c`` that must hold for ``c`` to hold (under no `not`): where
+        to point (the term, or the `in segment` that holds it) and the words to name. In a
+        ``trigger``, a term without `within` is an error already (LR301)."""
+        cls = c.__class__
+        if cls is A.And or cls is A.Or:
+            for item in c.items:
+                yield from self._positive_clicks(item, negated, trail, trigger)
+        elif cls is A.Not:
+            yield from self._positive_clicks(c.item, not negated, trail, trigger)
+        elif cls is A.Activity and c.kind == "click" and not negated and not (trigger and c.within is None):
+            yield c.span, "`" + c.word + (f" within {c.within.text}" if c.within is not None else "") + "`"
+        elif cls is A.InSegment and c.name.value in self.segments and c.name.value not in trail:
+            inner = self._positive_clicks(self.segments[c.name.value].cond, negated, (*trail, c.name.value), trigger)
+            for _span, word in inner:
+                yield c.span, f"`in segment {c.name.value}` ({word})"
 
     def _decided_after(self, rule: A.RuleDef) -> None:
         """A send is decided when it goes out, after the steps that follow it up to the next

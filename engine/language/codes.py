@@ -566,6 +566,20 @@ CODES: dict[str, Code] = {
             _("when message \"クーポン\" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent"),
             _("when message \"クーポン\" unless tagged coupon_sent reenter always then send coupon15 tag coupon_sent"),
         ),
+        _c(
+            "LR405",
+            "dormant.rule",
+            _("`clicked` before the rule sent anything (warning)"),
+            _(
+                "`clicked` asks about tracked links this rule sent. In the trigger condition or the "
+                "entry filter of a rule a friend enters once, the rule has sent them nothing yet, "
+                "so the term never holds there (nor through a segment). With `reenter after D` it "
+                "asks about the friend's last time in the rule; in a step's condition, about the "
+                "links sent since entry."
+            ),
+            _("rule hot when clicked within 2d then send coupon15"),
+            _("rule hot when clicked within 2d reenter after 30d then send coupon15"),
+        ),
         # ------------------------------------------------------------------ messages.yaml (LR5xx)
         _c(
             "LR500",
