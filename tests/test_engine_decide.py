@@ -53,6 +53,31 @@ def test_a_friend_who_blocked_before_the_opening_gets_nothing(fresh_db_path):
     assert deliveries(fresh_db_path) == [("U1", "test", '["coupon15"]', "skipped", "blocked")]
 
 
+def test_a_friend_who_blocked_and_came_back_before_the_opening_gets_only_what_was_queued_since(fresh_db_path):
+    # follow at 23:00, block at 23:30, follow again at 23:45: the welcome queued before the block
+    # is not sent (SPEC §4), the one the second follow queued is; a rule entered once has none
+    p = compile_rules(
+        "rule again when followed reenter always then send greeting\nrule once when followed then send thanks",
+        settings=ir.Settings(window=WINDOW),
+    )
+    events = [
+        ev("follow", "U1", "2026-11-01 23:00"),
+        ev("unfollow", "U1", "2026-11-01 23:30"),
+        ev("follow", "U1", "2026-11-01 23:45"),
+        ev("follow", "U2", "2026-11-01 23:00"),
+    ]
+    assert run(p, events, db_path=str(fresh_db_path)) == [
+        ("2026-11-02 09:00:00", "U1", "again", ["greeting"]),
+        ("2026-11-02 09:00:00", "U2", "again", ["greeting"]),
+        ("2026-11-02 09:00:00", "U2", "once", ["thanks"]),
+    ]
+    assert sorted(d for d in deliveries(fresh_db_path) if d[0] == "U1") == [
+        ("U1", "again", '["greeting"]', "sent", None),
+        ("U1", "again", '["greeting"]', "skipped", "blocked"),
+        ("U1", "once", '["thanks"]', "skipped", "blocked"),
+    ]
+
+
 def test_exit_when_that_holds_at_the_opening_means_nothing_is_sent(fresh_db_path):
     p = compile_rules(
         "rule w when followed exit when tagged unsubscribed then wait 1d send coupon15",

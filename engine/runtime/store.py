@@ -206,6 +206,15 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX deliveries_cap;
     CREATE INDEX deliveries_cap ON deliveries(local_day, friend) WHERE counts_for_cap = 1;
     """,
+    # 12: the tick at which the friend's last block was applied, kept when they follow again: a
+    # send queued before it is not sent, even to a friend who is back by the time it is due
+    # (SPEC §4: a friend who blocked meanwhile gets nothing); taken from the unfollow events
+    # already processed
+    """
+    ALTER TABLE friends ADD COLUMN unfollow_tick INTEGER;
+    UPDATE friends SET unfollow_tick = (SELECT MAX(e.processed_at) FROM events e WHERE e.friend = friends.id
+      AND e.type = 'unfollow') WHERE id IN (SELECT friend FROM events WHERE type = 'unfollow');
+    """,
 )
 
 
@@ -1463,8 +1472,15 @@ class Store:
         )
         self.changed(friend_id)
 
-    def unfollow(self, friend_id: str, at: int) -> None:
-        self.conn.execute("UPDATE friends SET blocked_at = ? WHERE id = ?", (at, friend_id))
+    def unfollow(self, friend_id: str, at: int, now: int | None = None) -> None:
+        """A block at ``at``, applied by the tick at ``now`` (default ``at``): the sends queued
+        before ``now`` are not sent, even once the friend follows again."""
+        now = at if now is None else now
+        self.conn.execute(
+            "UPDATE friends SET blocked_at = ?, unfollow_tick = CASE WHEN unfollow_tick IS NULL OR "
+            "unfollow_tick < ? THEN ? ELSE unfollow_tick END WHERE id = ?",
+            (at, now, now, friend_id),
+        )
         self.changed(friend_id)
 
     def purchase(
@@ -2071,11 +2087,13 @@ class Store:
             "COALESCE(i.prio, 0), CASE WHEN i.answer = 1 OR i.uncapped = 1 THEN 0 ELSE 1 END, "
             "CASE WHEN i.gone AND i.state = 'suspended' THEN 'kept' "
             "WHEN i.gone OR (i.state = 'exited' AND i.finished_at > i.queued_at) THEN 'dropped' "
-            "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR i.holdout = 1 THEN 'skipped' END, "
+            "WHEN f.followed_at IS NULL OR f.blocked_at IS NOT NULL OR f.unfollow_tick > i.queued_at "
+            "OR i.holdout = 1 THEN 'skipped' END, "
             "CASE WHEN i.gone AND i.state = 'suspended' THEN 'suspended' "
             "WHEN i.gone THEN 'rule_removed' "
             "WHEN i.state = 'exited' AND i.finished_at > i.queued_at THEN 'exited' "
-            "WHEN f.blocked_at IS NOT NULL THEN 'blocked' WHEN f.followed_at IS NULL THEN 'not_friend' "
+            "WHEN f.blocked_at IS NOT NULL OR f.unfollow_tick > i.queued_at THEN 'blocked' "
+            "WHEN f.followed_at IS NULL THEN 'not_friend' "
             "WHEN i.holdout = 1 THEN 'holdout' END, "
             "CASE WHEN :cap IS NULL THEN 0 ELSE (SELECT COUNT(*) FROM deliveries x WHERE x.friend = i.friend "
             "AND x.local_day = :today AND x.counts_for_cap = 1) END, 0, i.carried, 1 "

@@ -93,7 +93,7 @@ class EventStage:
         else:
             s.touch(friend, at, line=ev.type in ANSWERED_TYPES)
         if ev.type == "unfollow":
-            s.unfollow(friend, at)
+            s.unfollow(friend, at, now)
         elif ev.type in ("cart", "view"):
             s.track(friend, ev.type, data.get("product"), at, seq=ev.seq)
         elif ev.type == "click":
