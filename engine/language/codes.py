@@ -563,8 +563,8 @@ CODES: dict[str, Code] = {
                 "Check the condition when the friend enters the rule, or mark with a name the "
                 "conditions do not read."
             ),
-            _("when message \"クーポン\" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent"),
-            _("when message \"クーポン\" unless tagged coupon_sent reenter always then send coupon15 tag coupon_sent"),
+            _('when message "クーポン" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent'),
+            _('when message "クーポン" unless tagged coupon_sent reenter always then send coupon15 tag coupon_sent'),
         ),
         _c(
             "LR405",

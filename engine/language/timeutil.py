@@ -46,14 +46,15 @@ def _at(day: dt.date, at: dt.time, tz: ZoneInfo) -> int:
 def wait_at(now: int, seconds: int, at: dt.time | None, tz: ZoneInfo) -> int:
     """``wait D`` -> now + D. ``wait Nd at HH:MM`` (whole days or weeks) -> HH:MM on the Nth
     calendar day after today in ``tz`` (``wait 0d at HH:MM``: today's, or tomorrow's when it has
-    passed). ``wait D at HH:MM`` with hours or minutes in D -> the first HH:MM at or after now + D."""
+    passed; at HH:MM itself, now). ``wait D at HH:MM`` with hours or minutes in D -> the first
+    HH:MM at or after now + D."""
     base = now + seconds
     if at is None:
         return base
     if seconds % 86400 == 0:
         day = local(now, tz).date() + dt.timedelta(days=seconds // 86400)
         moment = _at(day, at, tz)
-        if moment > now:
+        if moment >= now:  # (only `0d` can be today: at 10:00 itself, `wait 0d at 10:00` is over)
             return moment
         return _at(day + dt.timedelta(days=1), at, tz)
     day = local(base, tz).date()
