@@ -78,6 +78,37 @@ def test_a_friend_who_blocked_and_came_back_before_the_opening_gets_only_what_wa
     ]
 
 
+def test_an_older_database_learns_each_friends_last_block_from_its_events(tmp_path):
+    import sqlite3
+
+    from engine.runtime.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    for script in MIGRATIONS[:11]:
+        conn.executescript(script)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '11')")
+    conn.executemany(
+        "INSERT INTO friends(id, followed_at, created_at) VALUES (?, 100, 100)", [("U-back",), ("U-never",)]
+    )
+    conn.executemany(
+        "INSERT INTO events(type, friend, at, data, received_at, processed_at) VALUES (?, 'U-back', ?, '{}', ?, ?)",
+        [
+            ("follow", 100, 100, 100),
+            ("unfollow", 200, 200, 210),
+            ("unfollow", 300, 300, 330),
+            ("follow", 400, 400, 400),
+        ],
+    )
+    conn.commit()
+    conn.close()
+    store = Store(str(path))
+    rows = store.conn.execute("SELECT id, unfollow_tick FROM friends ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [("U-back", 330), ("U-never", None)]
+    store.close()
+
+
 def test_exit_when_that_holds_at_the_opening_means_nothing_is_sent(fresh_db_path):
     p = compile_rules(
         "rule w when followed exit when tagged unsubscribed then wait 1d send coupon15",
