@@ -219,6 +219,26 @@ def test_holdout_friends_walk_but_get_nothing(fresh_db_path):
     store.close()
 
 
+def test_a_holdout_is_recorded_only_for_the_sends_it_would_have_had(fresh_db_path):
+    # a held-out friend's send whose condition fails would not have gone: no `skipped` row, as
+    # for everyone else (the report's skipped and holdout figures compare like with like)
+    p = project(rule("h", ir.Followed(), send("a", cond=ir.Tagged("vip")), send("b"), holdout=50.0))
+    friends = [f"U{i}" for i in range(60)]
+    vip = set(friends[:30])
+    events = [ev("tag", f, "2026-11-01 09:00", add=["vip"], remove=[]) for f in sorted(vip)]
+    events += [ev("follow", f, "2026-11-01 10:00") for f in friends]
+    pushes = run(p, events, db_path=str(fresh_db_path))
+    held = {f for f in friends if bucket(f, "h", "holdout") < 5000}
+    assert held & vip and held - vip
+    assert {(f, tuple(m)) for _, f, _, m in pushes} == {
+        (f, ("a", "b") if f in vip else ("b",)) for f in set(friends) - held
+    }
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute("SELECT friend, messages FROM deliveries WHERE reason = 'holdout'").fetchall()
+    assert {(r[0], r[1]) for r in rows} == {(f, '["a","b"]' if f in vip else '["b"]') for f in held}
+    store.close()
+
+
 def test_a_friend_held_out_of_a_rule_is_held_out_of_the_rule_it_starts(fresh_db_path):
     # the control group of `h` gets nothing of what `h` leads to; the others get the started
     # rule's message, and the held-out friends walk it as its holdout (enrolled, measured)

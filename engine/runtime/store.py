@@ -2162,23 +2162,25 @@ class Store:
         ).rowcount
 
     def due_groups(self) -> list[tuple[str, str]]:
-        """The distinct (rule, steps) of the undecided due intents."""
+        """The distinct (rule, steps) of the undecided due intents, and of those skipped (a
+        blocked or holdout friend's: recorded as skipped only for the steps whose condition holds)."""
         return [
             tuple(r)
             for r in self.conn.execute(
-                "SELECT DISTINCT g.rule, g.steps FROM (SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL) x "
-                "JOIN temp.lr_groups g ON g.grp = x.grp"
+                "SELECT DISTINCT g.rule, g.steps FROM (SELECT DISTINCT grp FROM temp.lr_due WHERE status IS NULL "
+                "OR status = 'skipped') x JOIN temp.lr_groups g ON g.grp = x.grp"
             )
         ]
 
     def due_failing(self, rule: str, steps: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
-        """Undecided due intents of (rule, steps) for which ``cond_sql`` does not hold now."""
+        """Undecided (or skipped) due intents of (rule, steps) for which ``cond_sql`` does not
+        hold now."""
         return [
             r[0]
             for r in self.conn.execute(
                 "SELECT d.id FROM temp.lr_due d JOIN enrollments e ON e.id = d.enrollment JOIN friends f ON "
                 "f.id = d.friend WHERE d.grp IN (SELECT grp FROM temp.lr_groups WHERE rule = :rule AND "
-                f"steps = :steps) AND d.status IS NULL AND NOT ({cond_sql})",
+                f"steps = :steps) AND (d.status IS NULL OR d.status = 'skipped') AND NOT ({cond_sql})",
                 {**params, "rule": rule, "steps": steps},
             )
         ]
@@ -2200,7 +2202,8 @@ class Store:
         c.executemany(
             "UPDATE temp.lr_due AS d SET grp = (SELECT x.grp FROM temp.lr_groups g JOIN temp.lr_groups x ON "
             "x.rule = g.rule AND x.steps = :steps AND x.messages = :messages AND x.occurrence IS g.occurrence "
-            "WHERE g.grp = d.grp), status = :status, reason = :reason WHERE id = :id",
+            "WHERE g.grp = d.grp), status = COALESCE(:status, status), reason = COALESCE(:reason, reason) "
+            "WHERE id = :id",
             args,
         )
 
