@@ -282,6 +282,23 @@ def test_alt_text_limit():
     assert found(src) == [(1, at(src, '"ああ')[1], "`altText` is 1,501 characters long; LINE allows at most 1,500")]
 
 
+def test_an_empty_text_is_an_error_where_it_is_written():
+    # LINE answers 400 for an empty text and refuses the whole push, the other messages with it
+    assert found('m: ""\n') == [(1, 4, "`text` is empty; LINE refuses a message with an empty text")]
+    flex = {
+        "type": "flex",
+        "altText": "hi",
+        "contents": {
+            "type": "bubble",
+            "body": {"type": "box", "layout": "vertical", "contents": [{"type": "text", "text": ""}]},
+        },
+    }
+    src = flow("m", flex)
+    assert found(src) == [(1, at(src, '""')[1], "`text` is empty; LINE refuses a message with an empty text")]
+    # a template may render something: it is checked for each friend when rendered
+    assert found(flow("m", {"type": "text", "text": "{{ friend.display_name }}"})) == []
+
+
 # ----------------------------------------------------------------------------- templates
 
 

@@ -324,6 +324,14 @@ def test_a_friend_whose_name_breaks_the_limit_is_rejected_and_the_others_get_the
         assert text == store_json(expected)  # the bytes the slow path's objects encode to
 
 
+def test_a_friend_for_whom_the_template_renders_empty_is_rejected_and_the_others_get_theirs(tmp_path):
+    people = {"U1": {"display_name": "花子"}, "U2": {"display_name": ""}}
+    outbox, _raw, rows, _links, _defn = deliver_to(tmp_path / "e.db", 'm: "{{ friend.display_name }}"\n', people)
+    assert sorted((r[0], r[1]) for r in rows) == [("U1", "queued"), ("U2", "rejected")]
+    assert "`text` is empty" in dict((r[0], r[2]) for r in rows)["U2"]
+    assert [(o["recipients"], o["payload"][0]["text"]) for o in outbox] == [(["U1"], "花子")]
+
+
 def test_friends_who_render_alike_still_share_a_multicast(tmp_path):
     people = {f"U{i}": {"display_name": "花子" if i < 3 else "太郎"} for i in range(5)}
     outbox, *_ = deliver_to(tmp_path / "b.db", 'm: "{{ friend.display_name }}様"\n', people)

@@ -304,8 +304,11 @@ class _Checker:
             )
         return not missing
 
-    def text(self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "") -> str | None:
-        """A text field's value, checked for type and length when present."""
+    def text(
+        self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "", nonempty: bool = False
+    ) -> str | None:
+        """A text field's value, checked for type and length when present (``nonempty``: LINE
+        refuses the whole request when it is empty)."""
         value = obj.get(key)
         if value is None or isinstance(value, (dt.date, dt.time)):  # dates: see json_values
             return None
@@ -313,6 +316,15 @@ class _Checker:
             if key not in TEXT_FIELDS:  # those are reported by json_values
                 self.add(path + (key,), E("LR503", "`{key}` must be text", key=key), help=_("quote the value"))
             return None
+        if nonempty and value == "":
+            self.add(
+                path + (key,),
+                E("LR503", "`{key}` is empty; LINE refuses a message with an empty text", key=key),
+                help=_("write the text, or leave the message out")
+                if self.as_written
+                else _("the template rendered nothing for this friend: give it a default, e.g. `| default: '...'`"),
+            )
+            return value
         if limit is not None and utf16_len(value) > limit:
             self.add(
                 path + (key,),
@@ -476,7 +488,9 @@ class _Checker:
 
     def msg_text(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("a text message"), "text")
-        text = self.text(obj, path, "text", TEXT_LIMIT)
+        written = obj.get("text")
+        template = self.as_written and isinstance(written, str) and is_template(written)
+        text = self.text(obj, path, "text", TEXT_LIMIT, nonempty=not template)
         emojis = obj.get("emojis")
         if self.as_written and text and is_template(text) and isinstance(emojis, list):
             first = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
@@ -733,6 +747,9 @@ class _Checker:
             return
         if not isinstance(value, dict):
             return
+        written = value.get("text")
+        if value.get("type") == "text" and isinstance(written, str) and not (self.as_written and is_template(written)):
+            self.text(value, path, "text", nonempty=True)
         if value.get("type") in ("image", "video") and "url" in value:
             self.url(value, path, "url", media=True)
         if value.get("type") == "video" and "previewUrl" in value:
@@ -801,11 +818,13 @@ class _Planner(_Checker):
         self.fields: list[tuple[int, int | None, str, Callable[[_Checker, Any], None]]] = []
         self.sizes: list[tuple[int, int, list[tuple[int, int]]]] = []
 
-    def text(self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "") -> str | None:
+    def text(
+        self, obj: dict, path: Path, key: str, limit: int | None = None, limit_why: str = "", nonempty: bool = False
+    ) -> str | None:
         i = self.changing.get(path + (key,))
         if i is None:
-            return super().text(obj, path, key, limit, limit_why)
-        self.fields.append((i, limit, "", lambda c, v: c.text({key: v}, path, key, limit, limit_why)))
+            return super().text(obj, path, key, limit, limit_why, nonempty)
+        self.fields.append((i, limit, "", lambda c, v: c.text({key: v}, path, key, limit, limit_why, nonempty)))
         return None
 
     def url(self, obj: dict, path: Path, key: str, *, media: bool) -> None:
@@ -857,7 +876,13 @@ def fields_pass(checks: FieldChecks, values: Sequence[Any], encoded: Sequence[st
     for i, surely, prefix, check in checks.fields:
         value = values[i]
         # LINE counts UTF-16 units: at most two per character
-        if surely is not None and type(value) is str and len(value) * 2 <= surely and value.startswith(prefix):
+        if (
+            surely is not None
+            and type(value) is str
+            and value
+            and len(value) * 2 <= surely
+            and value.startswith(prefix)
+        ):
             continue
         if checker is None:
             checker = _Checker(as_written=False)
