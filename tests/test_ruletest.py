@@ -140,6 +140,14 @@ def test_a_list_of_tests_with_options():
         ),
         ("name: [unclosed\n", "t.yaml:1:7: error: invalid YAML: the `{` or `[` that starts here is not closed"),
         ("- just a list\n", "t.yaml:1:1: error: a test must be a mapping with `events` and `expect`"),
+        ("", "t.yaml:1:1: error: this test file holds no tests"),
+        ("# to do: the winback tests\n", "t.yaml:1:1: error: this test file holds no tests"),
+        ("tests: []\n", "t.yaml:1:8: error: `tests:` holds no tests"),
+        (
+            "until: 2026-11-02T00:00:00+09:00\n"
+            + PASSING.replace("2026-11-01T10:00:00+09:00, source", "2026-11-03T10:00:00+09:00, source"),
+            "t.yaml:4:5: error: this event is after `until` (2026-11-02T00:00:00+09:00), so the test would not replay it",
+        ),
     ],
 )
 def test_malformed_test_file_points_at_line_and_column(text, expected):

@@ -875,7 +875,7 @@ CODES: dict[str, Code] = {
                 "An expected push is `{at: ..., friend: ..., rule: ..., messages: [...]}` with all four "
                 "fields; `friend` is a text and `messages` a list of message names."
             ),
-            _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, messages: coupon15}"),
+            _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, messages: [coupon15]}"),
             _("      - {at: 2026-11-03T10:00:00+09:00, friend: U1, rule: welcome, messages: [coupon15]}"),
         ),
         _c(

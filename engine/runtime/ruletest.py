@@ -33,7 +33,7 @@ import yaml
 from engine import i18n
 from engine.i18n import E, Text, _, n_, render
 from engine.language import ir
-from engine.language.diagnostics import Diagnostic, did_you_mean, has_errors, render_text
+from engine.language.diagnostics import Diagnostic, Span, did_you_mean, has_errors, render_text
 from engine.language.timeutil import parse_duration
 from engine.language.yamlpos import Path, YamlFile
 
@@ -91,6 +91,12 @@ class _TestFile:
 
     def tests(self) -> list[RuleTest]:
         if self.f.root is None:
+            if not self.f.diagnostics:  # empty, or comments only: a test file that tests nothing
+                self.f.error(
+                    Span(self.f.path, 1, 1),
+                    E("LR800", "this test file holds no tests"),
+                    help=_("write a test with `events` and `expect` (docs/testing-rules.md), or delete the file"),
+                )
             return []
         doc = self.f.plain(self.f.root)
         if self.f.diagnostics:
@@ -108,7 +114,9 @@ class _TestFile:
             if not isinstance(items, list) or not items:
                 self.error(
                     ("tests",),
-                    E("LR800", "`tests:` must be a list of tests"),
+                    E("LR800", "`tests:` must be a list of tests")
+                    if not isinstance(items, list)
+                    else E("LR800", "`tests:` holds no tests"),
                     help=_("each item has `name`, `events` and `expect`"),
                 )
                 return []
@@ -149,6 +157,18 @@ class _TestFile:
         tolerance = self.duration(value, path, "tolerance", 0)
         events = self.items(value.get("events", []), path + ("events",), self.event)
         expect = self.items(value.get("expect", []), path + ("expect",), self.expected)
+        if until is not None and len(self.f.diagnostics) == before:
+            for i, event in enumerate(events):
+                if event.at > until:
+                    self.error(
+                        path + ("events", i),
+                        E(
+                            "LR802",
+                            "this event is after `until` ({until}), so the test would not replay it",
+                            until=until.isoformat(timespec="seconds"),
+                        ),
+                        help=_("move `until` later, or leave the event out"),
+                    )
         if len(self.f.diagnostics) > before:
             return None
         line = self.f.span_at(path).line
