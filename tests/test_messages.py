@@ -187,6 +187,24 @@ def test_a_value_that_comes_out_empty_says_quote_it():
         )
     ]
     assert found("m:\n  - type: text\n    text:\n") == [(3, 5, "`text` has no value")]
+    # in `{...}` the comment swallows the closing brace: YAML itself fails, at the `#`
+    flow_src = "m:\n  - {type: text, text: hi, color: #cccccc}\n  - {type: text, text: b}\n"
+    _, diags = load(flow_src)
+    assert [(d.line, d.column, d.message, d.help) for d in diags] == [
+        (
+            2,
+            35,
+            "invalid YAML: an unquoted `#` starts a comment, so the `{` or `[` before it is never closed",
+            'quote the value: color: "#cccccc"',
+        )
+    ]
+    assert found('m: [{type: text, text: "no #1 here"}]\n') == []
+    # a number where LINE wants text is quoted as written, not as the number YAML read
+    for written, read in (("007", "7"), ("0x1F", "31"), ("1.50", "1.5")):
+        _, diags = load(f"m: {{type: text, text: {written}}}\n")
+        assert [(d.message, d.help) for d in diags] == [
+            (f"`text` must be text, not {read}", f'quote it: text: "{written}"')
+        ]
     assert found("m: # coupon\n") == [(1, 1, "message `m` has no value")]
 
 

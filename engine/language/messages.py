@@ -265,13 +265,15 @@ class Problem:
     """One broken limit or rule, at ``path`` inside a message's list of objects.
 
     ``path`` starts with the object's index; ``empty`` marks a field with no value (the loader
-    words its help after the line as written).
+    words its help after the line as written); ``quote``: the suffix of a value to quote (the
+    loader quotes it as written, `007` as "007", not as the number YAML read).
     """
 
     path: Path
     message: str
     help: str | None = None
     empty: bool = False
+    quote: str | None = None
 
 
 class _Checker:
@@ -285,8 +287,10 @@ class _Checker:
         self.as_written = as_written
         self.problems: list[Problem] = []
 
-    def add(self, path: Path, message: str, help: str | None = None, *, empty: bool = False) -> None:
-        self.problems.append(Problem(path, message, help, empty))
+    def add(
+        self, path: Path, message: str, help: str | None = None, *, empty: bool = False, quote: str | None = None
+    ) -> None:
+        self.problems.append(Problem(path, message, help, empty, quote))
 
     # -------------------------------------------------------------- field helpers
 
@@ -411,11 +415,12 @@ class _Checker:
         checked here only for the fields of :data:`_SHAPED_FIELDS`: keep the two in step.)"""
         if key in TEXT_FIELDS and isinstance(value, (bool, int, float)):
             shown = json.dumps(value)
-            meant = f"{shown}px" if key == "size" and not isinstance(value, bool) else shown
+            unit = "px" if key == "size" and not isinstance(value, bool) else ""
             self.add(
                 path,
                 E("LR503", "`{key}` must be text, not {shown}", key=key, shown=shown),
-                help=_('quote it: {key}: "{shown}"', key=key, shown=meant),
+                help=_('quote it: {key}: "{shown}"', key=key, shown=shown + unit),
+                quote=unit,
             )
         elif key in BOOL_FIELDS and not isinstance(value, bool):
             old = YAML_1_1_BOOLEANS.get(str(value).lower())
@@ -990,6 +995,11 @@ def _definition(f: YamlFile, name: str, node: yaml.Node) -> ir.MessageDef | None
         where = _yaml_path(name, value, problem.path)
         if problem.empty:
             f.error(f.span_at(where, key=True), problem.message, f.empty_value_help(where, str(where[-1])))
+            continue
+        written = f.nodes.get(where) if problem.quote is not None else None
+        if isinstance(written, yaml.ScalarNode):  # quoted as written: `0012` stays "0012"
+            help_ = _('quote it: {key}: "{shown}"', key=where[-1], shown=written.value + problem.quote)
+            f.error(f.span_at(where), problem.message, help_)
         else:
             f.error(f.span_at(where), problem.message, problem.help)
     _check_liquid(f, value, (name,))

@@ -319,6 +319,24 @@ LONE_SURROGATE_HELP = _(
 )
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'')
+_FLOW_HASH = re.compile(r"(?:([^\s{},\[\]:]+):)?\s+(#[^\s,}\]]*)")
+
+
+def _comment_in_flow(lines: list[str], first: int, last: int) -> tuple[int, int, str, str] | None:
+    """A `#` after a space on a line (``first``..``last``, 1-based) inside a `{...}` or `[...]`
+    opened on that line: YAML reads it as a comment, and the rest of the line is lost
+    (`{type: text, color: #cccccc}`). Returns (line, column, key, value as meant)."""
+    for n in range(max(1, min(first, last) - 1), last + 1):
+        line = lines[n - 1] if n <= len(lines) else ""
+        bare = _QUOTED.sub(lambda m: " " * len(m.group()), line)
+        for m in _FLOW_HASH.finditer(bare):
+            before = bare[: m.start(2)]
+            if before.count("{") + before.count("[") > before.count("}") + before.count("]"):
+                return n, m.start(2) + 1, m.group(1) or "", m.group(2)
+    return None
+
+
 def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str, str | None]:
     """A YAML syntax error in plain words: ``(line, column, message, help)``."""
     problem = e.problem or e.context or "invalid YAML"
@@ -337,6 +355,16 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
                 return n
         return None
 
+    if "flow" in context and (found := _comment_in_flow(lines, ctx_line, line)) is not None:
+        n, column, key, meant = found
+        return (
+            n,
+            column,
+            E("LR003", "invalid YAML: an unquoted `#` starts a comment, so the `{` or `[` before it is never closed"),
+            _('quote the value: {key}: "{meant}"', key=key, meant=meant)
+            if key
+            else _('quote the value: "{meant}"', meant=meant),
+        )
     if "'\\t'" in problem and src(line)[: col - 1].strip():
         # a tab after `key:` or `-`, not in front of the line
         at = src(line).find("\t", col - 1)
