@@ -85,6 +85,12 @@ def test_unknown_time_zone_suggests_close_name():
     ]
 
 
+@pytest.mark.parametrize("written", ["JST", '"+09:00"', "日本時間", "UTC+9"])
+def test_japans_zone_written_another_way_is_told_its_name(written):
+    [error] = errors(f"timezone: {written}\n")
+    assert error.endswith("| write `Asia/Tokyo`: time zones are IANA names, which also know the zone's rules"), error
+
+
 def test_time_zone_must_be_text():
     assert errors("timezone: 9\n") == [
         "1:11: error: unknown time zone `9` | use an IANA zone name such as `Asia/Tokyo`"

@@ -608,8 +608,8 @@ CODES: dict[str, Code] = {
             "messages.yaml",
             _("an unknown template variable (warning)"),
             _(
-                "Templates know `friend`, `rule` and `sale`; any other variable renders as nothing, "
-                "which is usually a misspelling."
+                "Templates know `friend`, `rule`, `sale` and `event`; any other variable renders as "
+                "nothing, which is usually a misspelling."
             ),
             _('greeting: "{{ freind.display_name }}様"'),
             _('greeting: "{{ friend.display_name | default: \\"お客\\" }}様"'),

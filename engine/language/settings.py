@@ -199,16 +199,20 @@ def read_settings_file(path: str, text: str) -> SettingsFile:
 # Each returns the value for ir.Settings, or None after reporting an error.
 
 
+#: What Japanese shops write for their zone, which is not an IANA name.
+_JAPAN = {"jst", "japan standard time", "日本", "日本時間", "東京", "+09:00", "+0900", "utc+9", "utc+09:00", "gmt+9"}
+
+
 def _timezone(f: YamlFile, path, value: Any) -> str | None:
     if not isinstance(value, str) or not known_zone(value):
         shown = value if isinstance(value, str) else repr(value)
-        f.error(
-            f.span_at(path),
-            E("LR602", "unknown time zone `{zone}`", zone=shown),
-            help=did_you_mean(str(value), available_zones())
-            if isinstance(value, str)
-            else _("use an IANA zone name such as `Asia/Tokyo`"),
-        )
+        if isinstance(value, str) and value.strip().lower() in _JAPAN:
+            help_ = _("write `Asia/Tokyo`: time zones are IANA names, which also know the zone's rules")
+        elif isinstance(value, str):
+            help_ = did_you_mean(str(value), available_zones())
+        else:
+            help_ = _("use an IANA zone name such as `Asia/Tokyo`")
+        f.error(f.span_at(path), E("LR602", "unknown time zone `{zone}`", zone=shown), help=help_)
         return None
     return value
 
