@@ -30,6 +30,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from engine.language import ir, timeutil
+from engine.language.compiler import carried_step
 from engine.line.limits import MAX_MULTICAST, MAX_OBJECTS
 from engine.runtime.store import ApplyResult, Store
 
@@ -145,13 +146,14 @@ class Engine:
                     continue
                 counts["carried_over"] += count
                 new_ids = [s.id for s in new_rule.steps]
-                if step_id is None or step_id in new_ids:
+                if step_id is None:
                     self.store.move_enrollments(rule, version, step_id, state, new_version, step_id, state)
                     continue
                 old_ids = self.store.rule_version_steps(rule, version) or []
-                after = old_ids[old_ids.index(step_id) + 1 :] if step_id in old_ids else []
-                successor = next((s for s in after if s in new_ids), None)
-                self.store.move_enrollments(rule, version, step_id, state, new_version, successor, "active")
+                target, same = carried_step(old_ids, new_ids, step_id)
+                self.store.move_enrollments(
+                    rule, version, step_id, state, new_version, target, state if same else "active"
+                )
             self._use(new_project, now)
         return counts
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.interpreter import Engine
 from engine.language import ir
@@ -127,3 +129,60 @@ def test_a_reload_that_changes_priorities_changes_what_the_cap_keeps(fresh_db_pa
     capped = store.conn.execute("SELECT friend, rule FROM deliveries WHERE status = 'capped' ORDER BY friend")
     assert [tuple(r) for r in capped] == [("U1", "low"), ("U2", "high")]
     store.close()
+
+
+REPEATED = "rule r when followed then send a wait 1d send b wait 1d send c wait 1d send d"
+
+
+@pytest.fixture
+def second_wait(fresh_db_path):
+    """U1 followed at 10:00 under REPEATED, got `a` and `b`, and waits on `wait 1d #2` (before
+    `c`) until 11-03 10:00."""
+    store = Store(str(fresh_db_path))
+    clock = {"now": at("2026-11-01 10:00")}
+    engine = Engine(compile_rules(REPEATED), store, clock=lambda: clock["now"])
+    store.apply_events([ev("follow", "U1", "2026-11-01 10:00")], received_at=0)
+    engine.tick(at("2026-11-01 10:00"))
+    engine.tick(at("2026-11-02 10:00"))
+    clock["now"] = at("2026-11-02 12:00")
+    yield engine, store
+    store.close()
+
+
+def test_a_repeated_step_is_followed_by_its_place_not_by_its_number(second_wait):
+    # the first `wait 1d` becomes `wait 2d`: the others are renumbered (`wait 1d #2` is now the
+    # wait after `c`), but the friend waiting before `c` still gets `c`, then `d`
+    engine, store = second_wait
+    assert sent_after_first(store) == [("r", ["b"])]
+    engine.reload(compile_rules(REPEATED.replace("send a wait 1d", "send a wait 2d", 1)))
+    engine.tick(at("2026-11-03 10:00"))
+    assert sent_after_first(store) == [("r", ["b"]), ("r", ["c"])]
+    engine.tick(at("2026-11-04 10:00"))
+    assert sent_after_first(store) == [("r", ["b"]), ("r", ["c"]), ("r", ["d"])]
+
+
+def test_a_wait_rewritten_in_place_goes_on_at_the_steps_written_after_it(second_wait):
+    # the wait the friend is on becomes `wait 3d` with a new send after it: at the old due time
+    # the friend gets the new send, then `c`
+    engine, store = second_wait
+    engine.reload(compile_rules(REPEATED.replace("send b wait 1d send c", "send b wait 3d send e send c")))
+    engine.tick(at("2026-11-03 10:00"))
+    assert sent_after_first(store) == [("r", ["b"]), ("r", ["e", "c"])]
+
+
+@given(st.lists(st.sampled_from(["send a", "send b", "wait 1d", "wait 2d", "tag x"]), min_size=1, max_size=8))
+def test_carried_step_keeps_every_step_of_an_unchanged_rule_and_unique_steps_by_id(keys):
+    from engine.language.compiler import carried_step
+
+    seen: dict[str, int] = {}
+    ids = []
+    for k in keys:
+        seen[k] = seen.get(k, 0) + 1
+        ids.append(k if seen[k] == 1 else f"{k} #{seen[k]}")
+    for sid in ids:
+        assert carried_step(ids, ids, sid) == (sid, True)
+    # a step written once, with a new step put in front: found by its id
+    moved = ["send z", *ids]
+    for sid in ids:
+        if keys.count(sid) == 1:
+            assert carried_step(ids, moved, sid) == (sid, True)

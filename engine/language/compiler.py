@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import hashlib
 import re
 import unicodedata
@@ -182,6 +183,46 @@ def step_ids(steps: tuple[A.Step, ...]) -> list[str]:
         seen[base] = seen.get(base, 0) + 1
         out.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
     return out
+
+
+_REPEAT = re.compile(r" #\d+$")
+
+
+def carried_step(old_ids: list[str], new_ids: list[str], step_id: str) -> tuple[str | None, bool]:
+    """Where a friend at ``step_id`` of a rule's old steps goes in its new steps: (the new step
+    id, whether it is the same step), or (the first surviving step after it, False), or (None,
+    False) when none survives. A step written once in both versions is found by its id; a
+    repeated one (`wait 1d`, `wait 1d #2`) by its place among the steps, matched by what they
+    say: renaming the first repeat renumbers the others, and the numbers alone would move a
+    friend to another step. A friend at a wait rewritten in place goes on after the new wait
+    (new steps written after it included)."""
+
+    def key(sid: str) -> str:
+        return _REPEAT.sub("", sid)
+
+    old_keys, new_keys = [key(i) for i in old_ids], [key(i) for i in new_ids]
+    mine = key(step_id)
+    if step_id in old_ids and old_keys.count(mine) <= 1 and new_keys.count(mine) <= 1 and step_id in new_ids:
+        return step_id, True
+    if step_id not in old_ids:
+        return (step_id, True) if step_id in new_ids else (None, False)
+    match = difflib.SequenceMatcher(a=old_keys, b=new_keys, autojunk=False)
+    matched: dict[int, int] = {}
+    for a, b, size in match.get_matching_blocks():
+        matched.update((a + k, b + k) for k in range(size))
+    i = old_ids.index(step_id)
+    if i in matched:
+        return new_ids[matched[i]], True
+    if mine.startswith("wait "):
+        # a wait rewritten in place (`wait 3m` -> `wait 1m`, perhaps with new steps after it):
+        # the friend goes on after the new wait, at its old due time
+        for tag, i1, i2, j1, j2 in match.get_opcodes():
+            if tag == "replace" and i1 <= i < i2:
+                wait = next((j for j in range(j1, j2) if new_keys[j].startswith("wait ")), None)
+                if wait is not None:
+                    return (new_ids[wait + 1] if wait + 1 < len(new_ids) else None), False
+    later = next((matched[j] for j in range(i + 1, len(old_ids)) if j in matched), None)
+    return (new_ids[later] if later is not None else None), False
 
 
 def _step_key(s: A.Step) -> str:
