@@ -433,14 +433,17 @@ async def test_dry_run_logs_one_line_per_item(caplog):
             ],
         ),
         OutboxItem(2, "multicast", ["U1", "U2"], [TEXT], str(uuid.uuid4())),
+        OutboxItem(3, "multicast", [f"U{i}" for i in range(1, 501)], [TEXT], str(uuid.uuid4())),
     ]
     with caplog.at_level(logging.INFO, logger="linerules.dispatch"):
         results = await transport.send(items)
-    assert [(r.outcome, r.via, r.recipients) for r in results] == [("dry_run", "dry-run", 1), ("dry_run", "dry-run", 2)]
+    assert [(r.outcome, r.recipients) for r in results] == [("dry_run", 1), ("dry_run", 2), ("dry_run", 500)]
     lines = [r.getMessage() for r in caplog.records]
+    # who each one is for (the outbox row says the rest): the log checks a forecast by hand
     assert lines == [
-        "dry-run push to 1 recipient(s) [text, image]: Hello Hanako, here is your coupon",
-        "dry-run multicast to 2 recipient(s) [text]: こんにちは",
+        "dry-run push #1 to U1 [text, image]: Hello Hanako, here is your coupon",
+        "dry-run multicast #2 to 2 recipients (U1, U2) [text]: こんにちは",
+        "dry-run multicast #3 to 500 recipients (U1, U2, U3, …) [text]: こんにちは",
     ]
 
 

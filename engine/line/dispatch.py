@@ -1016,6 +1016,14 @@ class Dispatcher:
         return json.loads(answer.body).get("linkToken")
 
 
+def _recipients(to: Sequence[str]) -> str:
+    """Who an item goes to, for a log line: the friend, or how many and the first three."""
+    if len(to) == 1:
+        return to[0]
+    shown = ", ".join(to[:3]) + (", …" if len(to) > 3 else "")
+    return f"{len(to)} recipients ({shown})"
+
+
 def _snippet(messages: Sequence[Mapping[str, Any]], width: int = 40) -> str:
     for msg in messages:
         text = msg.get("text") or msg.get("altText")
@@ -1065,7 +1073,12 @@ class DryRunTransport:
             )
         else:
             self._log.info(
-                "dry-run %s to %d recipient(s) [%s]: %s", item.kind, len(item.to), types, _snippet(item.messages)
+                "dry-run %s #%d to %s [%s]: %s",
+                item.kind,
+                item.id,
+                _recipients(item.to),
+                types,
+                _snippet(item.messages),
             )
         self._counts[item.kind] += 1
         return DispatchResult(item.id, "dry_run", None, None, None, "dry-run", len(item.to))
