@@ -88,12 +88,18 @@ def test_sighup_reloads_a_valid_folder_and_keeps_the_rules_on_an_invalid_one(tmp
     runner.proc.send_signal(signal.SIGHUP)
     runner.wait_for(r"reload \(SIGHUP\) refused: the rules are invalid")
     runner.wait_for(r"main\.rule:7:\d+: error\[LR102\]: .*nothing_here")
-    assert runner.get("/healthz")[1]["rules_version"] == before["rules_version"]
+    health = runner.get("/healthz")[1]
+    assert health["rules_version"] == before["rules_version"] and health["status"] == "ok"
+    # the operator sees it without reading the log: the folder on disk is refused
+    refused = health["refused_reload"]
+    assert (refused["why"], refused["keeping"]) == ("SIGHUP", before["rules_version"])
+    assert re.match(r".*main\.rule:7:\d+: error\[LR102\]: .*nothing_here", refused["error"]), refused
     (rules / "main.rule").write_text(RULES + "\nrule thanks\n  when purchased\n  then send thanks\n", encoding="utf-8")
     runner.proc.send_signal(signal.SIGHUP)
     version = runner.wait_for(r"rules reloaded \(version (\S+), 2 rules, SIGHUP\)").group(1)
     assert version != before["rules_version"]
-    assert runner.get("/healthz")[1]["rules_version"] == version
+    health = runner.get("/healthz")[1]
+    assert health["rules_version"] == version and health["refused_reload"] is None
     runner.proc.send_signal(signal.SIGTERM)
     assert runner.exit_code() == 0
 

@@ -197,10 +197,11 @@ def load_rules(rules_dir: Path) -> tuple[ir.Project | None, str]:
 
     result = load_project(str(rules_dir))
     i18n.use(i18n.choose(None, result.language))  # the runner speaks the folder's language
-    text = render_text(result.diagnostics, result.sources)
     if result.project is None or has_errors(result.diagnostics):
-        return None, text
-    return result.project, text
+        # the errors first: what keeps the folder out comes before its warnings
+        ordered = sorted(result.diagnostics, key=lambda d: not d.is_error)
+        return None, render_text(ordered, result.sources)
+    return result.project, render_text(result.diagnostics, result.sources)
 
 
 def rules_fingerprint(rules_dir: Path) -> tuple:
@@ -270,6 +271,9 @@ class Runner:
         self.reload_quiet = RELOAD_QUIET
         #: What the last reload did (for /healthz): when, why, version and friends affected.
         self.last_reload: dict[str, Any] | None = None
+        #: the rule folder on disk as the last reload found it invalid (None: valid, or unchanged
+        #: since a reload took it): ``{"at", "why", "keeping", "error"}``, for ``/healthz``
+        self.refused_reload: dict[str, Any] | None = None
         #: The lease epoch this runner claims outbox rows under (None: no lease held).
         self.epoch: int | None = store.lease_epoch(self.owner)
         #: Whether this runner runs the ticks: always on SQLite (one runner per file); on
@@ -791,11 +795,23 @@ class Runner:
         self._changed = None
         try:
             project, text = load_rules(self.config.rules_dir)
-        except Exception:
+        except Exception as exc:
+            self.refused_reload = {
+                "at": self.local(self.now()),
+                "why": why,
+                "keeping": self.project.version,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
             log.exception("reload (%s) failed; keeping the rules in use (version %s)", why, self.project.version)
             self.metrics.reloads.labels(result="invalid").inc()
             return False
         if project is None:
+            self.refused_reload = {
+                "at": self.local(self.now()),
+                "why": why,
+                "keeping": self.project.version,
+                "error": next((line for line in text.splitlines() if line.strip()), ""),
+            }
             log.error(
                 "%s",
                 render(
@@ -809,6 +825,7 @@ class Runner:
             )
             self.metrics.reloads.labels(result="invalid").inc()
             return False
+        self.refused_reload = None
         if project.version == self.project.version:
             log.info("reload (%s): rules unchanged (version %s)", why, project.version)
             return False

@@ -388,6 +388,7 @@ def health(runner: Runner) -> tuple[bool, dict[str, Any]]:
         "sending": "held: LINE refuses the token" if runner.auth_problem is not None else "ok",
         "suspended_enrollments": store.get("suspended_enrollments"),
         "last_reload": runner.last_reload,
+        "refused_reload": runner.refused_reload,
         "cluster": {
             "this_runner": runner.owner,
             "leading": runner.leading,
