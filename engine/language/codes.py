@@ -188,8 +188,8 @@ CODES: dict[str, Code] = {
                 "be read as the word itself; the message says which word was read. Rename it, e.g. "
                 "`stop_sale`. Misspelt keywords (`wiat`) get the right word as help."
             ),
-            _("when followed then wiat 1d send coupon15"),
-            _("when followed then wait 1d send coupon15"),
+            _("when purchsed then send thanks"),
+            _("when purchased then send thanks"),
         ),
         _c(
             "LR015",
@@ -471,8 +471,8 @@ CODES: dict[str, Code] = {
                 "`display_name` and `language` are texts, compared with quoted texts. `top N% by` "
                 "needs a number."
             ),
-            _("segment ja: language = ja"),
-            _('segment ja: language = "ja"'),
+            _('segment loyal: orders >= "10"'),
+            _("segment loyal: orders >= 10"),
         ),
         _c(
             "LR308",
@@ -501,7 +501,7 @@ CODES: dict[str, Code] = {
                 "Sends with no `wait` between them go out together as one push, and LINE allows five "
                 "message objects per push. Put a `wait` between them or send fewer messages."
             ),
-            _("then send greeting, coupon15, review_request, weekly_pick"),
+            _("then send greeting, coupon15, review_request, weekly_pick, sale_start"),
             _("then send greeting wait 1d send coupon15"),
         ),
         _c(
@@ -625,7 +625,7 @@ CODES: dict[str, Code] = {
                 "docs/messages.md for every limit."
             ),
             _(
-                "- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: クーポンコード WELCOME15 をご注文時に入力してください。有効期限は発行から7日間です。ぜひご利用ください, actions: [...]}"
+                "- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: クーポンコード WELCOME15 をご注文時に入力してください。有効期限は発行から7日間です。お早めにぜひご利用ください, actions: [...]}"
             ),
             _(
                 "- type: template\n  altText: クーポン\n  template: {type: buttons, title: 初回限定, text: コード WELCOME15 をご注文時に入力, actions: [...]}"
@@ -946,9 +946,9 @@ def markdown(lang: str) -> str:
         "",
         t(_("`linerules validate rules/` prints each problem as")),
         "",
-        "    " + t(_("rules/welcome.rule:7:14: error[LR102]: unknown message `coupon51`")),
-        "        send coupon51 if not purchased",
-        "             ^^^^^^^^",
+        "    " + t(_("rules/welcome.rule:9:10: error[LR102]: unknown message `coupon51`")),
+        "            send coupon51 if not purchased",
+        "                 ^^^^^^^^",
         "        " + t(_("help: did you mean `coupon15`?")),
         "",
         t(
