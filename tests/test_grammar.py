@@ -314,6 +314,14 @@ def test_string_escapes():
         ),
         ("when followed then send x、y", "1:26: `、` is a full-width character | write the half-width `,`"),
         (
+            "when followed then send x ｗａｉｔ １ｄ send y",
+            "1:27: `ｗａｉｔ` is written in full-width characters | write it in half-width characters: `wait`",
+        ),
+        (
+            "when followed then send x wait １ｄ send y",
+            "1:32: `１ｄ` is written in full-width characters | write it in half-width characters: `1d`",
+        ),
+        (
             "when followed then send x ＃ welcome",
             "1:27: `＃` is a full-width character | write the half-width `#` to start a comment",
         ),

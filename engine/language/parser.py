@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1085,6 +1086,16 @@ def _token_error(
     wide = _full_width_at(piece.text, tok)
     if wide is not None:
         return _full_width_error(path, *wide)
+    written = _full_width_word(piece.text, tok)
+    if written is not None:
+        # `ｗａｉｔ １ｄ` typed with the input method in full-width mode: a word of the language
+        # in full-width letters or digits, read as a name or not at all
+        meant = unicodedata.normalize("NFKC", written)
+        return Diagnostic.at(
+            Span(path, tok.line, tok.column, tok.line, tok.column + len(written)),
+            E("LR015", "`{word}` is written in full-width characters", word=written),
+            help=_("write it in half-width characters: `{meant}`", meant=meant),
+        )
     if prev is not None and prev.type == "DURATION" and tok.type == "NAME" and prev.end_pos == tok.start_pos:
         # `14days`, `1mo`: a duration read up to the first letter of a unit word.
         return _unit_error(path, prev, prev.value + tok.value)
@@ -1305,6 +1316,18 @@ def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
         if text[i] in _FULL_WIDTH:
             return text[i], tok.line, tok.column + (i - tok.start_pos)
     return None
+
+
+def _full_width_word(text: str, tok: Token) -> str | None:
+    """The text from the token to the next space when it holds full-width Latin letters or
+    digits (U+FF10..U+FF5A), which NFKC makes the half-width ones; else None."""
+    if tok.type == "$END" or tok.start_pos is None:
+        return None
+    end = tok.start_pos
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    word = text[tok.start_pos : end]
+    return word if any("\uff10" <= ch <= "\uff5a" for ch in word) else None
 
 
 def _unclosed_paren(tokens: list[Token]) -> Token | None:
