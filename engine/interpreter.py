@@ -154,8 +154,26 @@ class Engine:
                 self.store.move_enrollments(
                     rule, version, step_id, state, new_version, target, state if same else "active"
                 )
+            self._earlier_openings(new_project, now)
             self._use(new_project, now)
         return counts
+
+    def _earlier_openings(self, new_project: ir.Project, now: int) -> None:
+        """Sends waiting for a window's next opening wait for the new window's, when a reload
+        makes it earlier (a window widened, or removed): a send deferred by a window is due at
+        its next opening, whichever window is in use. (One that a narrower window finds
+        closed when due waits again then: the deliver stage defers it.)"""
+        old = self.project
+        for name, rule in new_project.rules.items():
+            before = old.rules.get(name)
+            was = (before.window or old.settings.window) if before is not None else None
+            now_window = rule.window or new_project.settings.window
+            if was is None or was == now_window:
+                continue
+            waited = timeutil.next_opening(now, was, old.settings.tz)
+            opening = timeutil.next_opening(now, now_window, new_project.settings.tz)
+            if opening < waited:
+                self.store.bring_forward(name, waited, opening)
 
     def apply_events(self, events: list, received_at: int | None = None) -> ApplyResult:
         """Store a validated batch for the next tick (see :meth:`Store.apply_events`)."""

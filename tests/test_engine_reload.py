@@ -186,3 +186,44 @@ def test_carried_step_keeps_every_step_of_an_unchanged_rule_and_unique_steps_by_
     for sid in ids:
         if keys.count(sid) == 1:
             assert carried_step(ids, moved, sid) == (sid, True)
+
+
+def test_a_wider_window_brings_the_sends_waiting_for_the_opening_forward(fresh_db_path):
+    # at 21:30 and 22:00 the 09:00-21:00 window is closed: U1's welcome (a walk's send) and the
+    # schedule's pick (an audience's) wait for 09:00; a reload at 23:00 opens the window at
+    # 06:00, and both go then; the rule with a window of its own still waits for 10:00
+    import datetime as dt
+
+    rules = """
+        rule welcome when followed then send greeting
+        rule pick when schedule "0 22 * * *" then send weekly_pick
+        rule own when followed window 10:00-20:00 then send thanks
+        """
+    narrow = ir.Settings(window=ir.Window(dt.time(9, 0), dt.time(21, 0)))
+    wide = ir.Settings(window=ir.Window(dt.time(6, 0), dt.time(21, 0)))
+    store = Store(str(fresh_db_path))
+    clock = {"now": at("2026-11-01 10:00")}
+    engine = Engine(compile_rules(rules, settings=narrow), store, clock=lambda: clock["now"])
+    store.apply_events([ev("follow", "U0", "2026-11-01 10:00")], received_at=0)
+    engine.tick(at("2026-11-01 10:00"))
+    store.apply_events([ev("follow", "U1", "2026-11-01 21:30")], received_at=0)
+    engine.tick(at("2026-11-01 21:30"))
+    engine.tick(at("2026-11-01 22:00"))
+    assert engine.next_wakeup(at("2026-11-01 22:00")) == at("2026-11-02 09:00")
+    clock["now"] = at("2026-11-01 23:00")
+    engine.reload(compile_rules(rules, settings=wide))
+    assert engine.next_wakeup(at("2026-11-01 23:00")) == at("2026-11-02 06:00")
+    engine.tick(at("2026-11-02 06:00"))
+    assert engine.next_wakeup(at("2026-11-02 06:00")) == at("2026-11-02 10:00")
+    engine.tick(at("2026-11-02 10:00"))
+    sent = [(r["rule"], sorted(r["recipients"]), r["created_at"]) for r in store.outbox()]
+    day1, six, ten = (int(at(t).timestamp()) for t in ("2026-11-01 10:00", "2026-11-02 06:00", "2026-11-02 10:00"))
+    assert sorted(sent, key=lambda r: (r[2], r[0])) == [
+        ("own", ["U0"], day1),
+        ("welcome", ["U0"], day1),
+        ("pick", ["U0"], six),  # U1's pick goes after U1's welcome, queued before it
+        ("pick", ["U1"], six),
+        ("welcome", ["U1"], six),
+        ("own", ["U1"], ten),
+    ]
+    store.close()

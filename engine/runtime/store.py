@@ -1913,6 +1913,22 @@ class Store:
             )
             self._recount(rule, occurrence)
 
+    def bring_forward(self, rule: str, due: int, earlier: int) -> None:
+        """The sends of ``rule`` (not answers) due at ``due`` become due at ``earlier`` (a
+        reload moved their window's next opening forward)."""
+        self.conn.execute(
+            "UPDATE intents SET due_at = ? WHERE rule = ? AND due_at = ? AND answer = 0", (earlier, rule, due)
+        )
+        for (occurrence,) in self.conn.execute(
+            "SELECT occurrence FROM audience_sends WHERE rule = ? AND pending > 0", (rule,)
+        ).fetchall():
+            changed = self.conn.execute(
+                "UPDATE enrollments SET send_due = ? WHERE rule = ? AND occurrence = ? AND send_due = ?",
+                (earlier, rule, occurrence, due),
+            ).rowcount
+            if changed:
+                self._recount(rule, occurrence)
+
     def _recount(self, rule: str, occurrence: str) -> None:
         """An audience's waiting sends counted again, with the earliest (none left: no due time;
         the row stays, naming what the audience was sent)."""
