@@ -465,6 +465,24 @@ def test_clicked_in_the_trigger_of_a_rule_entered_once_warns():
     assert problems("rule f when followed then wait 1d send a if clicked") == []
 
 
+def test_a_fixed_link_too_long_once_its_utm_parameters_are_added_is_an_error():
+    url = "https://shop.example.jp/" + "a" * 940  # 964 characters as written: within 1,000
+    buttons = {"type": "buttons", "text": "pick", "actions": [{"type": "uri", "label": "go", "uri": url}]}
+    long = ir.MessageDef("long", ({"type": "template", "altText": "hi", "template": buttons},))
+    text = "rule welcome_campaign when followed then send long"
+    assert problems(text, messages={"long": long}, settings=ir.Settings()) == [
+        "1:47 error: with its utm parameters for this rule, `uri` of message `long` is 1,046 characters "
+        "long; LINE allows at most 1,000"
+    ]
+    # without utm parameters, behind click tracking, or with utm of its own: it goes as it is
+    assert problems(text, messages={"long": long}, settings=ir.Settings(utm=False)) == []
+    tracked = ir.Settings(base_url="https://line.shop.example.jp")
+    assert problems(text, messages={"long": long}, settings=tracked) == []
+    mine = {**buttons, "actions": [{"type": "uri", "label": "go", "uri": url + "?utm_source=x"}]}
+    own = ir.MessageDef("long", ({"type": "template", "altText": "hi", "template": mine},))
+    assert problems(text, messages={"long": own}, settings=ir.Settings()) == []
+
+
 def test_schedule_that_never_fires_warns():
     assert problems('when schedule "0 0 30 2 *" then stop') == [
         "1:15 warning: the schedule `0 0 30 2 *` never fires, so this rule never runs"

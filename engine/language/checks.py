@@ -7,17 +7,18 @@ used, and "unused message" warnings are left out while any file has a syntax err
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from engine.i18n import E, _, join
-from engine.line.limits import MAX_OBJECTS
+from engine.line.limits import MAX_OBJECTS, TEXT_LIMIT, URI_LIMIT, utf16_len
 from engine.runtime.events import RULE_WORDS, meant_type
 
 from . import astnodes as A
-from . import ir
+from . import ir, links
 from .astnodes import rule_name_of
 from .compiler import WEEKDAYS, compile_cond, describe_cond, event_form
 from .diagnostics import WARNING, Diagnostic, Span, did_you_mean
@@ -49,6 +50,9 @@ class Context:
     #: settings.yaml's delivery window (a rule's own `window` overrides it) and time zone
     window: ir.Window | None = None
     tz: dt.tzinfo | None = None
+    #: links get utm parameters, and go out as they are (no `base_url`: no click tracking,
+    #: whose short links replace them): a fixed message's links are checked with them
+    utm: bool = False
 
 
 def check_files(files: list[A.RuleFile], ctx: Context) -> list[Diagnostic]:
@@ -577,6 +581,8 @@ class _Checker:
                 for m in step.messages:
                     self._message(m)
                     defn = messages.get(m.value)
+                    if defn is not None and self.ctx.utm:
+                        self._links_with_utm(rule, m, defn)
                     if defn is not None:
                         push.append((m, len(defn.objects)))
                         push_total += len(defn.objects)
@@ -776,6 +782,39 @@ class _Checker:
             out |= self._reads(self.segments[c.name.value].cond, negated, (*trail, c.name.value))
         return out
 
+    def _links_with_utm(self, rule: A.RuleDef, m: A.Name, defn: ir.MessageDef) -> None:
+        """A fixed message's links as this rule sends them, with their utm parameters: a link
+        that fits LINE's limit as written can be too long once they are added, and so can the
+        text holding it. (A template's are checked per friend when rendered.)"""
+        if _has_template(defn.objects):
+            return
+        name = rule_name_of(rule, rule.span.path)
+        for obj in copy.deepcopy(list(defn.objects)):
+            if not isinstance(obj, dict):
+                continue
+            links.rewrite_links(obj, lambda url: links.add_utm(url, name, defn.name))
+            long = [
+                (key, len(o[key]), URI_LIMIT)
+                for o, _path, key in links._uri_fields(obj, ())
+                if isinstance(o.get(key), str) and len(o[key]) > URI_LIMIT
+            ]
+            if obj.get("type") == "text" and isinstance(obj.get("text"), str) and utf16_len(obj["text"]) > TEXT_LIMIT:
+                long.append(("text", utf16_len(obj["text"]), TEXT_LIMIT))
+            for key, length, limit in long[:1]:
+                self.error(
+                    m.span,
+                    E(
+                        "LR503",
+                        "with its utm parameters for this rule, `{key}` of message `{message}` is {length} characters long; LINE allows at most {limit}",
+                        key=key,
+                        message=defn.name,
+                        length=f"{length:,}",
+                        limit=f"{limit:,}",
+                    ),
+                    help=_("shorten the link, or give it `utm_` parameters of its own (then none are added)"),
+                )
+                return
+
     def _message(self, m: A.Name) -> None:
         self.used_messages.add(m.value)
         messages = self.ctx.messages
@@ -940,6 +979,17 @@ class _Checker:
 
 
 _cron_verdicts = None
+
+
+def _has_template(value: object) -> bool:
+    """Whether any text inside a message's objects is a Liquid template."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_template(v) for v in value)
+    return False
 
 
 def _cron_verdict(expr: str) -> str:

@@ -131,6 +131,7 @@ def _load(root: str) -> LoadResult:
         messages_text=loader.sources.get(messages_path, ""),
         window=settings.window,
         tz=settings.tz,
+        utm=settings.utm and not settings.base_url,
     )
     loader.diagnostics += _empty_rule_files(folder, rule_files, whole_folder=only is None)
     result = _finish(
@@ -168,6 +169,7 @@ def compile_source(
         sales=sales,
         window=settings.window if settings is not None else None,
         tz=settings.tz if settings is not None else None,
+        utm=settings is not None and settings.utm and not settings.base_url,
     )
     version = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return _finish(
