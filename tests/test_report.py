@@ -417,3 +417,17 @@ def test_command_line(shop):
     assert {"rule", "entered", "pushes", "capped", "clicks", "conversions", "revenue", "blocks_after_send"} <= set(
         data["rules"][0]
     )
+
+
+def test_a_percentage_is_rounded_once_from_the_exact_ratio():
+    # 1 block of 26 pushes is 3.846%: the text and the HTML show 3.8% (from 4 decimals, 0.0385,
+    # it came out 3.9%), and the JSON keeps its 4 decimals
+    from engine.reports import report as text_report
+    from engine.reports import report_html
+
+    rate = text_report._ratio(1, 26)
+    assert text_report._pct(rate) == "3.8%" and report_html._pct(rate) == "3.8%"
+    assert text_report._rendered({"block_rate": rate, "ci": text_report._pair((0.012345678, 0.5))}) == {
+        "block_rate": 0.0385,
+        "ci": [0.0123, 0.5],
+    }

@@ -577,15 +577,17 @@ def _num(value: float) -> float | int:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+    """A figure as computed: JSON rounds it to 4 decimals (:func:`_rendered`), the text and
+    HTML pages format it themselves (a percentage from the exact value, not from 4 decimals)."""
+    return value
 
 
 def _pair(ci: tuple[float, float] | None) -> list[float] | None:
-    return None if ci is None else [round(ci[0], 4), round(ci[1], 4)]
+    return None if ci is None else [ci[0], ci[1]]
 
 
 def _ratio(part: float, whole: float) -> float | None:
-    return round(part / whole, 4) if whole else None
+    return part / whole if whole else None
 
 
 def _iso(ts: int | None, tz: ZoneInfo) -> str | None:
@@ -961,11 +963,14 @@ def _interval(ci: list[float] | None, signed: bool = False) -> str:
 
 
 def _rendered(value: Any) -> Any:
-    """The report with its texts (a comparison's ``reason``) in the current language."""
+    """The report as JSON shows it: its texts (a comparison's ``reason``) in the current
+    language, its ratios and intervals to 4 decimals."""
     if isinstance(value, dict):
         return {k: _rendered(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_rendered(v) for v in value]
+    if isinstance(value, float):
+        return round(value, 4)
     return render(value) if isinstance(value, i18n.Text) else value
 
 
