@@ -279,6 +279,12 @@ def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     text = report(capsys, folder, db, fmt="text")
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "    b converts better than holdout" in text.splitlines()
+    # up to 11-02 the friends had entered, and the orders of 11-03 had not happened yet
+    early = report(capsys, folder, db, until="2026-11-02")
+    [exp] = early["experiments"]
+    assert {r["arm"]: (r["friends"], r["conversions"]) for r in exp["arms"]} == {
+        arm: (len(members), 0) for arm, members in arms.items()
+    }
 
 
 def test_small_experiment_says_not_enough_data(tmp_path, capsys):

@@ -499,7 +499,8 @@ def _experiments(
         if not (e.holdout or e.variant or rule in holdouts or rule in splits and splits[rule]):
             continue
         arm = HOLDOUT if e.holdout else (e.variant or TREATED)
-        amounts = [a for at, a in bought.get(e.friend, ()) if e.entered_at < at <= e.entered_at + window]
+        # an order counts in the period it happened in, like the rules' conversions
+        amounts = [a for at, a in bought.get(e.friend, ()) if e.entered_at < at <= e.entered_at + window and o.has(at)]
         cell = arms[rule][arm]
         cell[0] += 1
         cell[1] += 1 if amounts else 0
