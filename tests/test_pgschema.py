@@ -229,6 +229,32 @@ def test_a_schema_named_in_the_url_is_created(pg_server):
         pg_server.drop_schema(schema)
 
 
+def test_runners_starting_together_on_a_schema_not_made_yet_create_it_once(pg_server):
+    # the Compose file starts a channel's runners at once: none may fail on the new schema
+    schema = f"channel_{uuid.uuid4().hex[:8]}"
+    url = pgserver.with_search_path(pg_server.url, schema)
+    results, errors = [], []
+    start = threading.Barrier(4)
+
+    def run():
+        try:
+            with _pg(url) as conn:
+                start.wait()
+                results.append(pgschema.migrate(conn))
+        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and results == [len(MIGRATIONS)] * 4
+    finally:
+        pg_server.drop_schema(schema)
+
+
 def test_without_a_server_the_postgresql_tests_fail_and_say_why(tmp_path):
     (tmp_path / "test_uses_pg.py").write_text("def test_x(pg_url):\n    assert pg_url\n")
     (tmp_path / "conftest.py").write_text("from engine.testing.pgserver import pg_server, pg_url  # noqa\n")

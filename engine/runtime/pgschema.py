@@ -217,6 +217,9 @@ def _ensure_schema(conn) -> str:
         )
     from psycopg import sql
 
+    # `CREATE SCHEMA IF NOT EXISTS` is not safe for two sessions at once (the second fails on
+    # the catalog's unique index): runners started together take turns, by the schema's name
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('linerules.schema:' || %s))", (first,))
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
     return first
 
