@@ -790,3 +790,28 @@ async def test_monthly_quota_sends_five_of_eight_and_the_rest_wait(rules_dir, li
     # December's quota: first the three held since 6 November, then two of the later Fridays'
     december = await at("2026-12-01T09:00:00+09:00")
     assert sorted(set(december) - set(users[:5])) == users[5:] and len(december) == 10
+
+
+@pytest.mark.sqlite_only  # the same database opened again by a second runner (test_cluster.py: a leader's term)
+async def test_a_runner_started_on_edited_rules_carries_the_friends_in_flight_over(tmp_path, make_client):
+    """Stop the runner, change `wait 1d` to `wait 2d`, start it again: the friend waiting on the old
+    wait goes on at the step after it, at its old due time, as a live reload would have it."""
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    (folder / "settings.yaml").write_text("timezone: Asia/Tokyo\n", encoding="utf-8")
+    (folder / "messages.yaml").write_text('a: "first"\nb: "second"\n', encoding="utf-8")
+    (folder / "main.rule").write_text("rule r when followed then send a wait 1d send b\n", encoding="utf-8")
+    clock = ManualClock(dt.datetime(2026, 11, 5, 10, 0, tzinfo=JST))
+    client, runner = await make_client(loops=False, rules=folder, clock=clock)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    resp = await client.post("/events", json=shop_event("follow", "U1", at="2026-11-05T10:00:00+09:00"), headers=auth)
+    assert resp.status == 200
+    runner.tick_once()
+    assert [r["messages"] for r in runner.store.outbox()] == [["a"]]
+    await client.close()
+    runner.close()
+    (folder / "main.rule").write_text("rule r when followed then send a wait 2d send b\n", encoding="utf-8")
+    clock.set(dt.datetime(2026, 11, 6, 10, 0, tzinfo=JST))
+    _client, again = await make_client(loops=False, rules=folder, clock=clock)
+    again.tick_once()
+    assert [r["messages"] for r in again.store.outbox()] == [["a"], ["b"]]

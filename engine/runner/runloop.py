@@ -271,6 +271,9 @@ class Runner:
         self.reload_quiet = RELOAD_QUIET
         #: What the last reload did (for /healthz): when, why, version and friends affected.
         self.last_reload: dict[str, Any] | None = None
+        #: whether this runner's rules took over the friends in flight of other versions (:meth:`adopt`)
+        self._adopted = False
+        self._closed = False
         #: the rule folder on disk as the last reload found it invalid (None: valid, or unchanged
         #: since a reload took it): ``{"at", "why", "keeping", "error"}``, for ``/healthz``
         self.refused_reload: dict[str, Any] | None = None
@@ -469,8 +472,12 @@ class Runner:
         return runner
 
     def close(self, *, wait: bool = True) -> None:
-        """Release the lease and close the stores. ``wait=False`` (the second signal) leaves
-        the tick thread and its connection alone: the process exits right after."""
+        """Release the lease and close the stores (once: closing again does nothing).
+        ``wait=False`` (the second signal) leaves the tick thread and its connection alone: the
+        process exits right after."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.store.release_lease(self.owner)
         except StoreError:
@@ -716,6 +723,24 @@ class Runner:
 
     # ------------------------------------------------------------------ one tick
 
+    def adopt(self) -> None:
+        """Before this runner's first tick, and the first of each term as the leader: friends in
+        flight under other versions of the rules (the rules of this database's last runner, or
+        of a leader whose folder differed) are carried over to this runner's rules, as a reload
+        carries them (docs/engine.md); before, a step the other version had and these rules
+        have not ended the friend's walk there."""
+        counts = self.engine.reload(self.project)
+        self._adopted = True
+        if any(counts.values()):
+            log.info(
+                "friends in flight under other rule versions taken over: %d carried over, "
+                "%d suspended, %d resumed (rules version %s)",
+                counts.get("carried_over", 0),
+                counts.get("suspended", 0),
+                counts.get("resumed", 0),
+                self.project.version,
+            )
+
     def tick_once(self) -> Any:
         """Reload if asked or changed, renew the lease, run one engine tick; returns the
         engine's TickResult (None when the lease was lost). Runs on the tick thread (or on the
@@ -731,11 +756,14 @@ class Runner:
             if not self.leading:
                 return None
             log.info("this runner (%s) now runs the ticks of %s", self.owner, self.config.db_label)
+            self._adopted = False
         if not store.renew_lease(self.owner, int(now.timestamp()), self.config.lease_ttl):
             log.critical("lost the lease on %s (holder now: %s); stopping", self.config.db_label, store.lease_holder())
             self.exit_code = 1
             self.stop()
             return None
+        if not self._adopted:
+            self.adopt()
         self.end_suspended(int(now.timestamp()))
         self.engine.follow_grace = self.follow_grace(int(now.timestamp()))
         started = time.perf_counter()
