@@ -57,6 +57,8 @@ def test_rule_and_step_counts(shop, capsys):
             "blocks_after_send",
             "block_rate",
             "reached",
+            "clicked",
+            "converted",
             "exits",
             "in_progress",
         )
@@ -73,6 +75,8 @@ def test_rule_and_step_counts(shop, capsys):
         "blocks_after_send": 1,
         "block_rate": 0.3333,
         "reached": 2,
+        "clicked": 1,
+        "converted": 1,
         "exits": {"done": 2},
         "in_progress": 1,
     }
@@ -122,13 +126,18 @@ def test_a_click_counts_only_after_a_send_of_its_rule(tmp_path, capsys):
             at=int(at(when).timestamp()),
         )
 
-    clicks = [click("U2", "2026-11-01 10:30"), click("U9", "2026-11-01 12:00"), click("U1", "2026-11-20 12:00")]
+    clicks = [
+        click("U2", "2026-11-01 10:30"),
+        click("U9", "2026-11-01 12:00"),
+        click("U1", "2026-11-20 12:00"),
+        click("U1", "2026-11-20 12:05"),  # the same friend again: two clicks, one friend who clicked
+    ]
     db = simulate(folder, EVENTS, "2026-11-25 00:00", clicks)
     welcome = by_rule(report(capsys, folder, db))["welcome"]
-    assert welcome["clicks"] == 1
-    assert {s["step"]: s["clicks"] for s in welcome["steps"]}["send greeting"] == 1
+    assert (welcome["clicks"], welcome["clicked"]) == (2, 1)
+    assert {s["step"]: s["clicks"] for s in welcome["steps"]}["send greeting"] == 2
     late = by_rule(report(capsys, folder, db, since="2026-11-20"))["welcome"]
-    assert late["clicks"] == 1
+    assert (late["clicks"], late["clicked"]) == (2, 1)
 
 
 def test_account_friends_days_and_months(shop, capsys):

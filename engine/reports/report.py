@@ -293,13 +293,17 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
             if s.status == "capped":
                 daily[day]["capped"] += 1
 
+    clickers: dict[str, set[str]] = defaultdict(set)  # per rule, the friends whose clicks count
+    converted: dict[str, set[str]] = defaultdict(set)  # per rule, the friends with a conversion
     for friend, rule, message, at in store.report_clicks():
         if o.has(at) and rule in stats:
             source = index.clicked(friend, rule, message, at)
             if source is not None:
                 count(rule, source.step, "clicks")
+                clickers[rule].add(friend)
             elif store.report_sent_before(friend, rule, at):
                 count(rule, "", "clicks")  # its send is older than the period's look-back
+                clickers[rule].add(friend)
             # else the rule never sent the friend anything before: not a click on its messages
 
     orders = store.report_orders()
@@ -310,6 +314,7 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
         if source is not None:
             count(source.rule, source.step, "conversions")
             count(source.rule, source.step, "revenue", amount or 0)
+            converted[source.rule].add(friend)
 
     follows = store.report_follows()
     for kind, friend, at in follows:
@@ -348,6 +353,8 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
                 "entered": entered[rule],
                 **c.json(),
                 "reached": len(reached[rule]),
+                "clicked": len(clickers[rule]),
+                "converted": len(converted[rule]),
                 "block_rate": _ratio(c.get("blocks_after_send"), c.get("pushes")),
                 "exits": dict(sorted(exits[rule].items())),
                 "in_progress": in_progress[rule],

@@ -129,8 +129,8 @@ def _rules(report: dict) -> list[str]:
         steps = [
             (render(_("entered")), r["entered"]),
             (render(_("reached")), r["reached"]),
-            (render(_("clicked")), r["clicks"]),
-            (render(_("converted")), r["conversions"]),
+            (render(_("clicked")), r["clicked"]),
+            (render(_("converted")), r["converted"]),
         ]
         out.append(_figure(f"chart-funnel-{i}", "funnel", r["rule"], _bars(steps, GREEN)))
     if not active:
