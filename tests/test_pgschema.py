@@ -174,24 +174,29 @@ def test_a_newer_schema_is_refused(pg_url):
             pgschema.migrate(conn)
 
 
-def test_runners_starting_together_migrate_once(pg_url):
+def _migrate_at_once(url: str, runners: int = 4) -> tuple[list[int], list[Exception]]:
+    """``runners`` connections migrating ``url`` at the same moment: their versions, their errors."""
     results, errors = [], []
-    start = threading.Barrier(4)
+    start = threading.Barrier(runners)
 
     def run():
         try:
-            with _pg(pg_url) as conn:
+            with _pg(url) as conn:
                 start.wait()
                 results.append(pgschema.migrate(conn))
-        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
+        except Exception as exc:  # noqa: BLE001 - the callers' assertions show it
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(runners)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == [] and results == [len(MIGRATIONS)] * 4
+    return results, errors
+
+
+def test_runners_starting_together_migrate_once(pg_url):
+    assert _migrate_at_once(pg_url) == ([len(MIGRATIONS)] * 4, [])
 
 
 def test_the_schema_behaves_as_on_sqlite(pg_url):
@@ -233,24 +238,8 @@ def test_runners_starting_together_on_a_schema_not_made_yet_create_it_once(pg_se
     # the Compose file starts a channel's runners at once: none may fail on the new schema
     schema = f"channel_{uuid.uuid4().hex[:8]}"
     url = pgserver.with_search_path(pg_server.url, schema)
-    results, errors = [], []
-    start = threading.Barrier(4)
-
-    def run():
-        try:
-            with _pg(url) as conn:
-                start.wait()
-                results.append(pgschema.migrate(conn))
-        except Exception as exc:  # noqa: BLE001 - the assertion below shows it
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert errors == [] and results == [len(MIGRATIONS)] * 4
+        assert _migrate_at_once(url) == ([len(MIGRATIONS)] * 4, [])
     finally:
         pg_server.drop_schema(schema)
 
