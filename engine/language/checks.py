@@ -720,42 +720,36 @@ class _Checker:
             makes = {True} if cls is A.TagStep else {False} if cls is A.UntagStep else {True, False}
             kept = []
             for send, reads in pending:
-                names = ", ".join(m.value for m in send.messages)
+                args = {"names": ", ".join(m.value for m in send.messages), "later": later, "line": step.span.line}
                 if any((k, n) == (kind, name) for k, n, _ in reads):
-                    self.warn(
-                        send.span,
-                        E(
-                            "LR404",
-                            "`send {names}` is decided when it goes out, after `{later}` (line {line}) has run: its condition sees what that step changed",
-                            names=names,
-                            later=later,
-                            line=step.span.line,
-                        ),
-                        help=_(
+                    message = E(
+                        "LR404",
+                        "`send {names}` is decided when it goes out, after `{later}` (line {line}) has run: its condition sees what that step changed",
+                        **args,
+                    )
+                    help_ = (
+                        _(
                             "to check the condition before the change, check it when the friend enters the rule, e.g. `when ... {guard}`",
                             guard=self._guard_text(send.guard),
                         )
                         if first
-                        else _("move `{later}` after a `wait` that ends once the send has gone out", later=later),
+                        else _("move `{later}` after a `wait` that ends once the send has gone out", later=later)
                     )
                 elif any((k, n) == (kind, name) and positive in makes for k, n, positive in exits):
-                    self.warn(
-                        send.span,
-                        E(
-                            "LR404",
-                            "`send {names}` is never sent: `{later}` (line {line}) runs before it goes out and makes `exit when` hold",
-                            names=names,
-                            later=later,
-                            line=step.span.line,
-                        ),
-                        help=_(
-                            "use a name that `exit when` does not read for what this rule did, e.g. `{kind} {name}_sent`",
-                            kind=later.split()[0],
-                            name=name,
-                        ),
+                    message = E(
+                        "LR404",
+                        "`send {names}` is never sent: `{later}` (line {line}) runs before it goes out and makes `exit when` hold",
+                        **args,
+                    )
+                    help_ = _(
+                        "use a name that `exit when` does not read for what this rule did, e.g. `{kind} {name}_sent`",
+                        kind=later.split()[0],
+                        name=name,
                     )
                 else:
                     kept.append((send, reads))
+                    continue
+                self.warn(send.span, message, help=help_)
             pending = kept
 
     @staticmethod
