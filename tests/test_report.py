@@ -198,6 +198,18 @@ def test_period_filters_count_each_fact_when_it_happened(shop, capsys):
     assert by_rule(data)["welcome"]["pushes"] == 1 and by_rule(data)["weekly"]["capped"] == 0
 
 
+def test_in_progress_is_counted_at_the_end_of_the_period(shop, capsys):
+    # On the 1st U1 and U2 wait a day for the coupon: at the end of the 1st both are in progress
+    # and none has finished, though both have since; U5, who follows on the 9th, waits still
+    folder, db = shop
+    first = by_rule(report(capsys, folder, db, until="2026-11-01"))["welcome"]
+    assert (first["entered"], first["in_progress"], first["exits"]) == (2, 2, {})
+    second = by_rule(report(capsys, folder, db, until="2026-11-02"))["welcome"]
+    assert (second["entered"], second["in_progress"], second["exits"]) == (2, 0, {"done": 2})
+    now = by_rule(report(capsys, folder, db))["welcome"]
+    assert (now["entered"], now["in_progress"], now["exits"]) == (3, 1, {"done": 2})
+
+
 def test_rule_filter_and_block_days(shop, capsys):
     folder, db = shop
     data = report(capsys, folder, db, rules=["welcome"], block_days=1)

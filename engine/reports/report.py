@@ -336,7 +336,10 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
     for e in enrollments:
         if o.has(e.entered_at):
             entered[e.rule] += 1
-            if e.state in ("active", "waiting"):
+            # still running at the period's end: not finished before ``until`` (else now)
+            if e.state in ("active", "waiting") or (
+                o.until is not None and e.finished_at is not None and e.finished_at >= o.until
+            ):
                 in_progress[e.rule] += 1
         if e.finished_at is not None and o.has(e.finished_at) and e.state in ("done", "exited"):
             exits[e.rule]["done" if e.state == "done" else (e.exit_reason or "exited")] += 1
