@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from engine.cli import cli
 from engine.language import ir
+from engine.runtime.events import EventError
+from engine.runtime.intake import parse_event_obj
 from engine.runtime.ruletest import Push, compare, format_diff, load_tests, main
 
 JST = dt.timezone(dt.timedelta(hours=9))
@@ -164,6 +166,28 @@ def test_yaml_booleans_in_events_get_a_quoting_hint():
     _, [diag] = load_tests("t.yaml", text, project())
     assert (diag.line, diag.message) == (4, "event `text` must be a string, got true")
     assert diag.help == 'YAML reads `true` as true; write it in quotes: "true"'
+
+
+def test_every_bad_field_of_an_event_is_reported_at_once():
+    # a typo, a time without its offset and an amount that is text: three diagnostics, each at
+    # its field, in one run (the runner's intake stops at the first: a 4xx names one reason)
+    text = PASSING.replace(
+        "source: qr=shipping}",
+        "source: qr=shipping}\n  - {type: purchase, friend: U1, at: 2026-11-01T11:00:00, "
+        'order_id: A-1, amount: "5400", itmes: []}',
+    )
+    tests, diags = load_tests("t.yaml", text, project())
+    assert tests == []
+    assert [(d.line, d.column, d.message) for d in diags] == [
+        (4, 90, "event `itmes` is not a field of purchase events (did you mean `items`?)"),
+        (4, 38, "event `at` needs a UTC offset, like 2026-11-01T10:00:00+09:00"),
+        (4, 82, "event `amount` must be a number, got a string"),
+    ]
+    with pytest.raises(EventError) as first:
+        parse_event_obj(
+            {"type": "purchase", "friend": "U1", "at": "2026-11-01T11:00:00", "order_id": "A-1", "amount": "1"}, 1
+        )
+    assert (first.value.field, first.value.others) == ("at", ())
 
 
 def test_test_files_are_yaml_1_2_so_yes_is_a_text():

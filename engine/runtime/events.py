@@ -155,6 +155,8 @@ class EventError(ValueError):
 
     def __init__(self, line: int | None, field: str | None, message: str, *, unit: str = "line"):
         self.line, self.field, self.message, self.unit = line, field, message, unit
+        #: the problems of the event's other fields, when they were all asked for
+        self.others: tuple[EventError, ...] = ()
         self.text = self._text()
         super().__init__(str(self.text))
 

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.i18n import _
 from engine.language.diagnostics import did_you_mean
@@ -58,13 +58,37 @@ Check = Callable[[Any, "_Ctx", str], Any]
 
 
 class _Ctx:
-    """Where an event sits in its batch, for error messages."""
+    """Where an event sits in its batch, for error messages; with ``collect``, the errors of
+    the event's fields that can be checked each on its own are gathered (:meth:`each`)."""
 
-    def __init__(self, line: int | None, unit: str):
+    def __init__(self, line: int | None, unit: str, collect: bool = False):
         self.line, self.unit = line, unit
+        self.errors: list[EventError] | None = [] if collect else None
 
     def error(self, field: str | None, message: str) -> EventError:
         return EventError(self.line, field, message, unit=self.unit)
+
+    def each(self, check: Callable[..., Any], *args: Any) -> Any:
+        """``check(*args)``; when collecting, an error is noted and None returned instead."""
+        try:
+            return check(*args)
+        except EventError as e:
+            self.fail(e)
+            return None
+
+    def fail(self, error: EventError) -> None:
+        """Raise ``error``, or note it when collecting (once: a field may be checked twice)."""
+        if self.errors is None:
+            raise error
+        if not any((e.field, str(e)) == (error.field, str(error)) for e in self.errors):
+            self.errors.append(error)
+
+    def raise_collected(self) -> None:
+        """Raise the first gathered error, the others as its :attr:`EventError.others`."""
+        if self.errors:
+            first = self.errors[0]
+            first.others = tuple(self.errors[1:])
+            raise first
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -302,13 +326,15 @@ def _no_unknown(
     """Reject a field ``spec`` does not name (typos must not pass silently)."""
     for key in obj:
         if key not in spec and key not in allowed:
-            hint = did_you_mean(key, [*spec, *allowed])
-            raise ctx.error(
-                f"{prefix}{key}",
-                _("is not a field of {what} ({hint})", what=what, hint=hint)
-                if hint
-                else _("is not a field of {what}", what=what),
-            )
+            ctx.each(_unknown, key, [*spec, *allowed], ctx, what, prefix)
+
+
+def _unknown(key: str, known: list[str], ctx: _Ctx, what: str, prefix: str) -> NoReturn:
+    hint = did_you_mean(key, known)
+    raise ctx.error(
+        f"{prefix}{key}",
+        _("is not a field of {what} ({hint})", what=what, hint=hint) if hint else _("is not a field of {what}", what=what),
+    )
 
 
 def _fields(
@@ -319,9 +345,9 @@ def _fields(
     out = {}
     for key, (required, check) in spec.items():
         if key in obj:
-            out[key] = check(obj[key], ctx, f"{prefix}{key}")
+            out[key] = ctx.each(check, obj[key], ctx, f"{prefix}{key}")
         elif required:
-            raise ctx.error(f"{prefix}{key}", _("is missing"))
+            ctx.fail(ctx.error(f"{prefix}{key}", _("is missing")))
     return out
 
 
@@ -394,23 +420,29 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
         raise ctx.error("friend", _("is missing: an unlink event names the `friend` or the `customer`"))
     for key in ("friend", "at"):
         if key not in obj:
-            close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
-            hint = _(" (is `{close}` a typo of `{key}`?)", close=close[0], key=key) if close else ""
-            if not hint and key == "friend" and (kind in CUSTOMER_TYPES or spec is None):
-                hint = _(" (name the LINE `friend` or the shop's `customer`)")
-            raise ctx.error(key, _("is missing{hint}", hint=hint))
-    friend = "" if by_customer else _nonempty(obj["friend"], ctx, "friend")
-    at = parse_at(obj["at"], ctx)
-    event_id = _nonempty(obj["id"], ctx, "id") if "id" in obj else None
+            ctx.each(_missing, key, kind, spec, rest, ctx)
+    friend = "" if by_customer or "friend" not in obj else ctx.each(_nonempty, obj["friend"], ctx, "friend")
+    at = ctx.each(parse_at, obj["at"], ctx) if "at" in obj else None
+    event_id = ctx.each(_nonempty, obj["id"], ctx, "id") if "id" in obj else None
     if spec is None:
         data = rest
         if "customer" in data:
-            data = {**data, "customer": _customer(data["customer"], ctx, "customer")}
+            data = {**data, "customer": ctx.each(_customer, data["customer"], ctx, "customer")}
     else:
         data = _fields(rest, spec, ctx, _("{kind} events", kind=kind))
+    ctx.raise_collected()  # what follows reads the fields' checked values
+    if spec is not None:
         _check_type_rules(kind, data, ctx)
     _check_value(obj, ctx, None)  # after the fields' own checks, which say it more precisely
     return Event(type=kind, friend=friend, at=at, data=data, id=event_id, line=ctx.line)
+
+
+def _missing(key: str, kind: str, spec: dict | None, rest: dict[str, Any], ctx: _Ctx) -> NoReturn:
+    close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
+    hint = _(" (is `{close}` a typo of `{key}`?)", close=close[0], key=key) if close else ""
+    if not hint and key == "friend" and (kind in CUSTOMER_TYPES or spec is None):
+        hint = _(" (name the LINE `friend` or the shop's `customer`)")
+    raise ctx.error(key, _("is missing{hint}", hint=hint))
 
 
 def _check_type_rules(kind: str, data: dict[str, Any], ctx: _Ctx) -> None:
@@ -431,10 +463,11 @@ def _check_type_rules(kind: str, data: dict[str, Any], ctx: _Ctx) -> None:
         data.setdefault("remove", [])
 
 
-def parse_event_obj(obj: Any, line: int | None, *, unit: str = "line") -> Event:
+def parse_event_obj(obj: Any, line: int | None, *, unit: str = "line", every: bool = False) -> Event:
     """Validate one decoded event object; ``line`` (1-based, or None) goes into errors and
-    :attr:`Event.line`. Raises :class:`EventError`."""
-    return _event(obj, _Ctx(line, unit))
+    :attr:`Event.line`. Raises :class:`EventError`: the first problem, and with ``every`` also
+    the problems of its other fields (:attr:`EventError.others`), for a diagnostic of each."""
+    return _event(obj, _Ctx(line, unit, collect=every))
 
 
 # ----------------------------------------------------------------------------- JSON text

@@ -225,9 +225,10 @@ class _TestFile:
     def event(self, value: Any, path: Path) -> Event | None:
         line = self.f.span_at(path).line
         try:
-            return parse_event_obj(_jsonish(value), line)
+            return parse_event_obj(_jsonish(value), line, every=True)
         except EventError as e:
-            self.event_error(e, path)
+            for problem in (e, *e.others):
+                self.event_error(problem, path)
             return None
 
     def event_error(self, e: EventError, path: Path) -> None:
