@@ -151,6 +151,22 @@ def test_duplicate_names():
     """) == ["3:12: duplicate sale name `s1` | sale 1 already uses it; give each sale its own name"]
 
 
+def test_a_duplicate_name_is_reported_beside_the_sales_other_errors():
+    # the second s1 also ends before it starts, the third has no title: each error is told,
+    # the duplicates too, in one run
+    assert errors("""\
+        sales:
+          - {name: s1, title: A, starts: 2026-12-04, ends: 2026-12-05 00:00}
+          - {name: s1, title: B, starts: 2027-12-04, ends: 2027-12-01 00:00}
+          - {name: s1, starts: 2028-12-04, ends: 2028-12-05 00:00}
+    """) == [
+        "3:12: duplicate sale name `s1` | sale 1 already uses it; give each sale its own name",
+        "3:52: the sale ends before it starts | it starts 2027-12-04 00:00; `ends` must be later",
+        "4:5: sale is missing `title` | every sale needs name, title, starts and ends",
+        "4:12: duplicate sale name `s1` | sale 1 already uses it; give each sale its own name",
+    ]
+
+
 def test_url_must_be_https():
     assert errors(one_sale(url="http://shop.example.jp")) == [
         "6:10: `url` must be an https:// link, not `http://shop.example.jp`"

@@ -116,17 +116,21 @@ def _sales(f: YamlFile, tz: zoneinfo.ZoneInfo) -> tuple[ir.Sale, ...]:
     seen: dict[str, int] = {}
     for i, item in enumerate(items):
         sale = _sale(f, ("sales", i), item, tz)
-        if sale is None:
+        # a name is taken by the first sale that has it, valid or not: a second sale of that
+        # name is told so even when either has other errors too
+        name = item.get("name") if isinstance(item, dict) else None
+        if not (isinstance(name, str) and NAME_RE.fullmatch(name)):
             continue
-        if sale.name in seen:
+        if name in seen:
             f.error(
                 f.span_at(("sales", i, "name")),
-                E("LR701", "duplicate sale name `{name}`", name=sale.name),
-                help=_("sale {number} already uses it; give each sale its own name", number=seen[sale.name] + 1),
+                E("LR701", "duplicate sale name `{name}`", name=name),
+                help=_("sale {number} already uses it; give each sale its own name", number=seen[name] + 1),
             )
             continue
-        seen[sale.name] = i
-        sales.append(sale)
+        seen[name] = i
+        if sale is not None:
+            sales.append(sale)
     return tuple(sales)
 
 
