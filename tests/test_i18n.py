@@ -179,6 +179,24 @@ def test_validate_in_japanese_keeps_the_caret_under_wide_characters(tmp_path):
     assert en.output.splitlines()[2] == lines[2]
 
 
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        # saved as Shift_JIS: its `language: ja` line still reads, the error is in Japanese
+        ("language: ja   # 日本語で\ntimezone: Asia/Tokyo\n".encode("cp932"), "エラー[LR002]: ファイルが UTF-8"),
+        # not valid YAML further down
+        (b'language: "ja"\nwindow: "09:00-21:00\n', "エラー[LR003]: YAML の誤り"),
+    ],
+)
+def test_a_settings_file_that_cannot_be_read_still_names_the_language(tmp_path, settings, expected):
+    (tmp_path / "settings.yaml").write_bytes(settings)
+    (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")
+    for command in (["validate", str(tmp_path)], ["test", str(tmp_path)]):
+        result = _cli(command)
+        assert result.exit_code == 1 and expected in result.output, result.output
+    assert "LR601  不明な設定" in _cli(["explain", "--rules", str(tmp_path)]).output.splitlines()
+
+
 def test_json_and_github_output_carry_the_code_in_both_languages(tmp_path):
     (tmp_path / "settings.yaml").write_text("timzone: Asia/Tokyo\n", encoding="utf-8")
     (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")

@@ -21,10 +21,10 @@ def folder_language(rules_dir: str) -> str | None:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (OSError, UnicodeDecodeError):
-        return None
-    from .settings import load_settings
+        text = None
+    from .settings import load_settings, written_language
 
-    return load_settings(path, text)[0].language
+    return (load_settings(path, text)[0].language if text is not None else None) or written_language(path)
 
 
 def main(code: str | None, rules_dir: str = "rules", lang: str | None = None) -> int:

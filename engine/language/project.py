@@ -145,7 +145,7 @@ def _load(root: str) -> LoadResult:
         root=root,
         version=loader.version(),
     )
-    result.language = settings.language
+    result.language = settings.language or loader.written_language
     return result
 
 
@@ -383,6 +383,8 @@ class _Loader:
         self.sources: dict[str, str] = {}
         self.diagnostics: list[Diagnostic] = []
         self.names = _YamlNames()
+        #: the ``language:`` line of a settings.yaml that could not be read as a whole
+        self.written_language: str | None = None
 
     def read(self, path: str, *, quiet: bool = False) -> str | None:
         """The file's text, or None (with an error unless ``quiet``) when it cannot be read."""
@@ -438,6 +440,7 @@ class _Loader:
         settings = ir.Settings()
         path = os.path.join(folder, SETTINGS_FILE)
         if exists(SETTINGS_FILE):
+            readable = False
             if (text := self.read(path)) is None:
                 self.names.menus = None
             else:
@@ -445,6 +448,10 @@ class _Loader:
                 settings = with_environment(settings)
                 self.names.menus = menus if readable else None
                 self.diagnostics += diags
+            if not readable:  # its diagnostics still speak the language it names
+                from .settings import written_language
+
+                self.written_language = written_language(path)
         try:
             tz = ZoneInfo(settings.timezone)
         except (ValueError, KeyError, OSError):  # reported by load_settings

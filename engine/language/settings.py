@@ -126,6 +126,25 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     return s.settings, s.diagnostics
 
 
+#: A ``language:`` line as written, for a settings.yaml that cannot be read as a whole.
+_LANGUAGE_LINE = re.compile(r"""^language[ \t]*:[ \t]*["']?([A-Za-z][A-Za-z_.-]*)["']?[ \t]*(?:#.*)?$""", re.M)
+
+
+def written_language(path: str) -> str | None:
+    """The language the ``language:`` line of the settings file at ``path`` names, read from
+    its bytes alone: for a file that is not UTF-8 or not valid YAML, whose diagnostics should
+    still speak the folder's language (ASCII lines read the same in Shift_JIS)."""
+    from engine.i18n import normalize
+
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _LANGUAGE_LINE.search(text.replace("\r", ""))
+    return normalize(found.group(1)) if found else None
+
+
 def read_settings(path: str, text: str) -> SettingsFile:
     """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
     read = read_settings_file(path, text)

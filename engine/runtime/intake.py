@@ -333,7 +333,9 @@ def _unknown(key: str, known: list[str], ctx: _Ctx, what: str, prefix: str) -> N
     hint = did_you_mean(key, known)
     raise ctx.error(
         f"{prefix}{key}",
-        _("is not a field of {what} ({hint})", what=what, hint=hint) if hint else _("is not a field of {what}", what=what),
+        _("is not a field of {what} ({hint})", what=what, hint=hint)
+        if hint
+        else _("is not a field of {what}", what=what),
     )
 
 
