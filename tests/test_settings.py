@@ -116,6 +116,29 @@ def test_bad_windows(value, message):
     assert [(d.line, d.column, d.end_column, d.message) for d in diags] == [(1, 9, 9 + len(value), message)]
 
 
+@pytest.mark.parametrize(
+    "value, meant",
+    [
+        ('"9:00～21:00"', "09:00-21:00"),  # the full-width wave dash of a Japanese keyboard
+        ('"09:00〜21:00"', "09:00-21:00"),
+        ('"9-21"', "09:00-21:00"),
+        ('"9時から21時30分"', "09:00-21:30"),
+        ('"22:00 – 7:00"', "22:00-07:00"),
+        ('"２２時〜７時"', "22:00-07:00"),
+    ],
+)
+def test_a_window_written_another_way_gets_the_form_to_write(value, meant):
+    _, [diag] = load(f"window: {value}\n")
+    assert diag.code == "LR603"
+    assert diag.help == f'write window: "{meant}": two times of day joined by `-`'
+
+
+@pytest.mark.parametrize("value", ['"25-21"', '"9-9"', '"9:00-21:00-22:00"', '"9時"'])
+def test_a_window_that_means_no_window_gets_the_general_help(value):
+    _, [diag] = load(f"window: {value}\n")
+    assert diag.help.startswith("write the local opening and closing times")
+
+
 def test_window_must_be_text():
     assert errors("window: 9\n") == [
         '1:9: error: `window` must be text like "09:00-21:00" | quote it: window: "09:00-21:00"'

@@ -247,15 +247,41 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
     try:
         start, end = parse_window(value)
     except ValueError as e:
+        meant = _window_meant(value)
         f.error(
             f.span_at(path),
             e.args[0],
-            help=_(
+            help=_('write window: "{meant}": two times of day joined by `-`', meant=meant)
+            if meant
+            else _(
                 'write the local opening and closing times, e.g. "09:00-21:00" (an end before the start runs over midnight)'
             ),
         )
         return None
     return ir.Window(start, end, span=f.span_at(path))
+
+
+#: What a window's two times are joined by when not by `-`: a wave dash (`〜`, `～`), a
+#: tilde, a dash.
+_WINDOW_JOINS = re.compile(r"\s*(?:[~〜～–—−]|から)\s*")
+#: A time of day as a marketer may write it: ``9``, ``9:00``, ``9時``, ``9時30分``.
+_LOOSE_TIME = re.compile(r"\s*(\d{1,2})(?:(?::|時)(\d{2})?分?)?\s*")
+
+
+def _window_meant(text: str) -> str | None:
+    """The window ``text`` means when written with another join or bare hours (``9〜21``,
+    ``9:00～21:00``, ``9時から21時``), in the form to write; None when it means none."""
+    parts = _WINDOW_JOINS.split(unicodedata.normalize("NFKC", text).strip().replace("-", "〜"))
+    parts = [p for p in parts if p]
+    if len(parts) != 2:
+        return None
+    times = []
+    for part in parts:
+        m = _LOOSE_TIME.fullmatch(part)
+        if not m or int(m.group(1)) > 23 or int(m.group(2) or 0) > 59:
+            return None
+        times.append(f"{int(m.group(1)):02d}:{m.group(2) or '00'}")
+    return None if times[0] == times[1] else "-".join(times)
 
 
 def _positive_int(name: str) -> Callable[[YamlFile, Any, Any], int | None]:
