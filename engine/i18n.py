@@ -133,8 +133,20 @@ def join(parts: Iterable[Any], sep: str = ", ") -> Joined:
     return Joined(list(parts), sep)
 
 
-#: How lists are joined in Japanese: `a`、`b` / `a` または `b` / `a` と `b`.
-_JA_SEPARATORS = {", ": "、", " or ": " または ", " and ": " と "}
+#: How lists are joined in Japanese: `a`、`b` / `a` または `b` / `a` と `b`; between Japanese
+#: words the joining word takes no spaces: 購入または来店 (:func:`_ja_join`).
+_JA_SEPARATORS = {", ": "、", " or ": "または", " and ": "と"}
+
+
+def _ja_join(texts: list[str], word: str) -> str:
+    """``texts`` joined by ``word`` (または, と), with a space only on the side of a part that
+    ends or starts with a half-width character (a `code` span, a number, a Latin word)."""
+    out = texts[0] if texts else ""
+    for text in texts[1:]:
+        left = " " if out and out[-1].isascii() else ""
+        right = " " if text and text[0].isascii() else ""
+        out += f"{left}{word}{right}{text}"
+    return out
 
 
 class Joined(Text):
@@ -146,8 +158,11 @@ class Joined(Text):
 
     def render(self, lang: str | None = None) -> str:
         lang = lang or language()
-        sep = self.sep if lang == DEFAULT else _JA_SEPARATORS.get(self.sep, self.sep)
-        return sep.join(render(p, lang) for p in self.parts)
+        texts = [render(p, lang) for p in self.parts]
+        if lang == DEFAULT or self.sep not in _JA_SEPARATORS:
+            return self.sep.join(texts)
+        word = _JA_SEPARATORS[self.sep]
+        return word.join(texts) if word == "、" else _ja_join(texts, word)
 
     def __reduce__(self):
         return (Joined, (self.parts, self.sep))

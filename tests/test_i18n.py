@@ -227,3 +227,11 @@ def test_unknown_language_in_settings_is_an_error_with_the_choices(tmp_path):
     out = _cli(["validate", str(tmp_path), "--lang", "en"]).output
     assert "error[LR607]: unknown language `japanese`" in out
     assert "help: write `ja` (Japanese) or `en` (English)" in out
+
+
+def test_japanese_lists_space_the_joining_word_only_beside_half_width_text():
+    assert i18n.join(["`a`", "`b`"], " or ").render("ja") == "`a` または `b`"
+    assert i18n.join(["購入", "来店"], " or ").render("ja") == "購入または来店"
+    assert i18n.join(["2件", "`x`"], " and ").render("ja") == "2件と `x`"
+    assert i18n.join(["`a`", "`b`", "`c`"]).render("ja") == "`a`、`b`、`c`"
+    assert i18n.join(["購入", "来店"], " or ").render("en") == "購入 or 来店"
