@@ -198,6 +198,34 @@ def test_sale_phases_and_kind_filter():
     ]
 
 
+def test_two_sales_at_one_moment_each_enrol_their_audience(fresh_db_path):
+    # the shop's own sale and the Super SALE end the same day: `ends in 1d at 10:00` falls on
+    # the same minute for both, and the last call of each goes out, with its own title
+    last_call = ir.MessageDef("sale_last_call", ({"type": "text", "text": "{{ sale.title }} まもなく終了"},))
+    own = ir.Sale("own_dec", "自社サイト冬セール", at("2026-12-01 10:00"), at("2026-12-11 23:59"), kind="own")
+    p = project(
+        rule("last_call", ir.SaleTrigger("ends", 86400, dt.time(10, 0)), send("sale_last_call")),
+        sales=(own, SALES[0]),
+        messages={"sale_last_call": last_call},
+    )
+    from engine.runtime.simulate import run_timeline
+
+    pushes = run_timeline(
+        p,
+        [ev("follow", "U1", "2026-11-01 10:00"), ev("follow", "U2", "2026-11-01 11:00")],
+        until=at("2026-12-12 00:00"),
+        tick_seconds=3600,
+        db_path=str(fresh_db_path),
+        render=True,
+    )
+    assert [(p["at"], p["friend"], p["rendered"][0]["text"]) for p in pushes] == [
+        ("2026-12-10T10:00:00+09:00", "U1", "自社サイト冬セール まもなく終了"),
+        ("2026-12-10T10:00:00+09:00", "U1", "楽天スーパーSALE まもなく終了"),
+        ("2026-12-10T10:00:00+09:00", "U2", "自社サイト冬セール まもなく終了"),
+        ("2026-12-10T10:00:00+09:00", "U2", "楽天スーパーSALE まもなく終了"),
+    ]
+
+
 def test_sale_message_sees_its_sale(fresh_db_path):
     countdown = ir.MessageDef("sale_countdown", ({"type": "text", "text": "{{ sale.title }}まであと14日"},))
     p = project(

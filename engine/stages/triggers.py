@@ -1,7 +1,9 @@
 """Stage 2 of a tick: ``schedule`` and ``sale`` occurrences in (last tick, now].
 
 For each time-triggered rule, the latest occurrence in the interval enrols its audience
-(set-based, :meth:`engine.stages.entry.Entry.audience`), higher priority first. When the rule's
+(set-based, :meth:`engine.stages.entry.Entry.audience`), higher priority first; a sale rule's
+occurrences are one per sale, so two sales at the same moment (or missed in one stall) each
+enrol theirs. When the rule's
 first steps are sends followed by a wait or the end, the audience is entered past them, each
 enrollment carrying those sends to the deliver stage (:meth:`TimeTriggers.placement`): the same
 sends a walk would queue, decided by the same procedure, without a walk per friend.
@@ -30,30 +32,31 @@ class TimeTriggers:
 
     def run(self, since: int, now: int, result: TickResult) -> None:
         """Enrol the audiences of the occurrences in (``since``, ``now``]; after a long stall
-        only the latest missed occurrence of each rule fires."""
+        only the latest missed occurrence of each schedule fires (of a sale rule: each sale's)."""
         # higher priority first, so that the cap keeps its sends
         for rule in self.timed:
-            occurrence = self.occurrence(rule, since, now)
-            if occurrence is None:
-                continue
-            placed = self.placement(rule, now)
-            entered = self.entry.audience(rule, now, None, occurrence, None, placed)
-            result.entered += entered
-            if placed is not None:
-                result.advanced += entered
+            for occurrence in self.occurrences(rule, since, now):
+                placed = self.placement(rule, now)
+                entered = self.entry.audience(rule, now, None, occurrence, None, placed)
+                result.entered += entered
+                if placed is not None:
+                    result.advanced += entered
 
-    def occurrence(self, rule: ir.Rule, since: int, now: int) -> str | None:
-        """The key of the rule's latest occurrence in (``since``, ``now``], or None."""
+    def occurrences(self, rule: ir.Rule, since: int, now: int) -> list[str]:
+        """The keys of the rule's occurrences to fire for (``since``, ``now``]: a schedule's
+        latest; each sale's moment in the interval, in the calendar's order (a sale rule fires
+        once for each sale, and two sales may share a moment)."""
         trig = rule.trigger
         if isinstance(trig, ir.ScheduleTrigger):
             moment = timeutil.cron_latest(trig.cron, since, now, self.ctx.tz)
-            return None if moment is None else f"schedule:{moment}"
+            return [] if moment is None else [f"schedule:{moment}"]
         if isinstance(trig, ir.SaleTrigger):
-            due = [(m, sale) for m, sale in self.sale_moments(trig) if since < m <= now]
-            if due:
-                moment, sale = max(due, key=lambda d: d[0])
-                return f"sale:{sale.name}:{trig.edge}:{moment}"
-        return None
+            return [
+                f"sale:{sale.name}:{trig.edge}:{moment}"
+                for moment, sale in self.sale_moments(trig)
+                if since < moment <= now
+            ]
+        return []
 
     def next_moments(self, after: int) -> list[int | None]:
         """The next occurrence after ``after`` of every time-triggered rule."""
