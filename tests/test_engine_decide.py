@@ -356,6 +356,41 @@ def test_monthly_quota_holds_the_overflow_for_the_next_month(tmp_path):
     )
 
 
+def test_an_answer_held_by_the_quota_waits_for_the_window_like_any_send(tmp_path):
+    # two rules answer "help" at 22:00; the first takes the reply token (free), the second is a
+    # push, and November's one message is used: held, it is no longer an answer of that
+    # moment, so it goes at December's first opening (before: at 00:00, outside the window)
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "settings.yaml").write_text(
+        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 1\n', encoding="utf-8"
+    )
+    (folder / "messages.yaml").write_text("m: x\nr: reply\nr2: reply2\n", encoding="utf-8")
+    (folder / "shop.rule").write_text(
+        'rule a when schedule "0 10 29 11 *" then send m\n'
+        'rule kw when message "help" reenter always then send r\n'
+        'rule kw2 when message "help" reenter always then send r2\n',
+        encoding="utf-8",
+    )
+    timeline = tmp_path / "timeline.jsonl"
+    timeline.write_text(
+        json.dumps({"type": "follow", "friend": "U1", "at": "2026-11-29T08:00:00+09:00"})
+        + "\n"
+        + json.dumps({"type": "message", "friend": "U1", "at": "2026-11-29T22:00:00+09:00", "text": "help"})
+        + "\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        cli, ["simulate", str(timeline), "--rules", str(folder), "--until", "2026-12-02T00:00:00+09:00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [(p["at"], p["rule"]) for p in map(json.loads, result.stdout.splitlines())] == [
+        ("2026-11-29T10:00:00+09:00", "a"),
+        ("2026-11-29T22:00:00+09:00", "kw"),
+        ("2026-12-01T09:00:00+09:00", "kw2"),
+    ]
+
+
 # ---------------------------------------------------------------- 9. click events
 
 

@@ -2545,9 +2545,12 @@ class Store:
                 )
         if held_until is not None:
             if chunk.intents:
+                # an answer held by the quota is no longer one of the friend's own moment: it
+                # waits for the window and counts for the cap like any send (SPEC §4), and its
+                # reply token will have long run out
                 c.execute(
-                    "UPDATE intents SET due_at = ? WHERE id IN (SELECT src FROM temp.lr_due "
-                    "WHERE status = 'held' AND carried = 0)",
+                    "UPDATE intents SET due_at = ?, answer = 0, reply_token = NULL, reply_deadline = NULL "
+                    "WHERE id IN (SELECT src FROM temp.lr_due WHERE status = 'held' AND carried = 0)",
                     (held_until,),
                 )
             if chunk.carried:
