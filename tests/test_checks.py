@@ -414,6 +414,28 @@ def test_a_last_call_that_waits_for_the_window_past_the_sale_warns():
     )
 
 
+def test_a_last_call_counted_exactly_from_the_end_warns_too():
+    # `sale ends in 2h` of a sale ending 01:59 fires at 23:59, outside the window: its sends
+    # would go at 09:00, after the end; an offset longer than the sale fires before it starts
+    jst = ZoneInfo("Asia/Tokyo")
+    sales = (
+        ir.Sale("s1", "SALE", dt.datetime(2026, 12, 4, 20, tzinfo=jst), dt.datetime(2026, 12, 11, 1, 59, tzinfo=jst)),
+    )
+    settings = ir.Settings(window=ir.Window(dt.time(9), dt.time(21)))
+    assert problems("when sale ends in 2h then stop", sales=sales, settings=settings) == [
+        "1:6 warning: `sale ends in 2h` fires at 2026-12-10 23:59, outside the delivery window "
+        "09:00-21:00: its sends wait for 2026-12-11 09:00, after sale `s1` has ended (2026-12-11 01:59)"
+    ]
+    assert problems("when sale ends in 8d then stop", sales=sales, settings=settings) == [
+        "1:6 warning: `sale ends in 8d` fires at 2026-12-03 01:59, before sale `s1` has started (2026-12-04 20:00)"
+    ]
+    # 19:59 is in the window; without a window 23:59 goes at once; the end itself is no last call
+    assert problems("when sale ends in 6h then stop", sales=sales, settings=settings) == []
+    assert problems("when sale ends in 2h then stop", sales=sales, settings=ir.Settings()) == []
+    assert problems("when sale ends then stop", sales=sales, settings=settings) == []
+    assert problems("when sale starts in 3h then stop", sales=sales, settings=settings) == []
+
+
 def test_a_send_decided_after_the_step_that_changes_what_it_reads_warns():
     text = 'when message "クーポン" reenter always then send coupon15 unless tagged coupon_sent tag coupon_sent'
     assert problems(text) == [

@@ -355,8 +355,10 @@ class _Checker:
                 help=_("add the sales to sale_calendar.yaml"),
             )
             return
-        if t.at is None or t.at.hour > 23 or t.at.minute > 59 or (t.before and t.before.seconds % 86400):
-            return  # without `at` the moment is always before the sale's own moment
+        if t.at is None and (t.edge != "ends" or t.before is None):
+            return  # `sale starts in 3h`, `sale ends`: at or before the sale's own moment
+        if t.at is not None and (t.at.hour > 23 or t.at.minute > 59 or (t.before and t.before.seconds % 86400)):
+            return  # reported above
         self._sale_moment(t, [s for s in sales if t.kind is None or s.kind == t.kind.value])
 
     def _sale_moment(self, t: A.SaleTrigger, sales: list[ir.Sale]) -> None:
@@ -365,18 +367,22 @@ class _Checker:
         of a two-day sale), or after the start (`starts in 0d at 21:00` of a sale starting
         20:00). The fix is suggested with the sale's own times."""
         days = t.before.seconds // 86400 if t.before else 0
-        at = dt.time(t.at.hour, t.at.minute)
+        at = dt.time(t.at.hour, t.at.minute) if t.at is not None else None
 
         def moment(d: int, sale: ir.Sale) -> int:
+            if at is None:  # `sale ends in 2h`: exactly the offset before the end
+                return sale_moment(ir.SaleTrigger(t.edge, before=t.before.seconds), sale, sale.starts.tzinfo)
             return sale_moment(ir.SaleTrigger(t.edge, before=d * 86400, at=at), sale, sale.starts.tzinfo)
 
         def shown(ts: int, sale: ir.Sale) -> str:
             return dt.datetime.fromtimestamp(ts, sale.starts.tzinfo).strftime("%Y-%m-%d %H:%M")
 
-        written = f"sale {t.edge} in {days}d at {t.at.text}"
+        written = (
+            f"sale {t.edge} in {days}d at {t.at.text}" if t.at is not None else f"sale {t.edge} in {t.before.text}"
+        )
         for sale in sorted(sales, key=lambda s: s.starts):
             fires, starts, ends = moment(days, sale), sale.starts.timestamp(), sale.ends.timestamp()
-            if t.edge == "ends" and fires >= ends:
+            if t.edge == "ends" and fires >= ends and at is not None:
                 self.warn(
                     t.span,
                     E(
@@ -419,7 +425,11 @@ class _Checker:
                 )
                 return
             if t.edge == "ends" and fires < starts:
-                later = next((d for d in range(days - 1, -1, -1) if moment(d, sale) >= starts), None)
+                later = (
+                    next((d for d in range(days - 1, -1, -1) if moment(d, sale) >= starts), None)
+                    if at is not None
+                    else None
+                )
                 if later is not None:
                     help_ = _(
                         "write `sale ends in {later}d at {at}`, or trigger on the start: `sale starts ...`",

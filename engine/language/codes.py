@@ -544,8 +544,8 @@ CODES: dict[str, Code] = {
             _(
                 "The trigger fires outside the sale it belongs to, e.g. `sale ends in 0d at 10:00` for a "
                 "sale that ends at 01:59 fires after the end; or it fires in the sale but outside the "
-                "delivery window, and its sends wait for the opening, after the end. The help gives the "
-                "trigger that was probably meant."
+                "delivery window, and its sends wait for the opening, after the end (`sale ends in 2h` "
+                "of that sale fires at 23:59). The help gives the trigger that was probably meant."
             ),
             _("when sale ends in 0d at 10:00 then send sale_last_call"),
             _("when sale ends in 1d at 10:00 then send sale_last_call"),
