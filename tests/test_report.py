@@ -308,6 +308,20 @@ def test_experiment_arms_against_the_holdout(tmp_path, capsys):
     }
 
 
+def test_a_rule_started_by_an_experiment_is_no_experiment_of_its_own(tmp_path, capsys):
+    # `child` inherits its starter's arms (the held-out friends are held out of it too), but it
+    # has no split nor holdout: its friends are the starter's experiment, not a second one
+    rules = (
+        "rule promo when followed holdout 30% split a 50%, b 50% then send coupon15 start child\n"
+        "rule child when event never then send greeting\n"
+    )
+    folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\n")
+    events = [ev("follow", f"U{i:02d}", f"2026-11-01 10:{i:02d}") for i in range(40)]
+    data = report(capsys, folder, simulate(folder, events, "2026-11-03 00:00"))
+    assert [e["rule"] for e in data["experiments"]] == ["promo"]
+    assert by_rule(data)["child"]["entered"] == 40
+
+
 def test_small_experiment_says_not_enough_data(tmp_path, capsys):
     rules = "rule promo when followed split a 50%, b 50% then send coupon15 if variant a\n"
     folder = make_folder(tmp_path, rules=rules, settings="timezone: Asia/Tokyo\n")

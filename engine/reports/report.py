@@ -375,7 +375,9 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
     account = _account(store, o, as_of, daily, monthly, blocks_by_send_day, follows, orders)
     splits = {n: [v for v, _ in r.split] for n, r in project.rules.items()} if project else {}
     holdouts = {n for n, r in project.rules.items() if r.holdout} if project else set()
-    experiments = _experiments(enrollments, orders, o, shown, splits, holdouts)
+    experiments = _experiments(
+        enrollments, orders, o, shown, splits, holdouts, set(project.rules) if project else None
+    )
     empty = not (
         any(o.has(e.entered_at) for e in enrollments)
         or any(o.has(s.at) for s in sends)
@@ -495,8 +497,11 @@ def _experiments(
     shown: Sequence[str],
     splits: dict[str, list[str]],
     holdouts: set[str],
+    configured: set[str] | None = None,
 ) -> list[dict]:
-    """Arms side by side per rule with a split or a holdout, control first."""
+    """Arms side by side per rule with a split or a holdout, control first. ``configured``: the
+    rules of the rule folder (None without one), whose own options say whether they are an
+    experiment: a rule started by one inherits its arms, not its experiment."""
     bought: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for friend, amount, at in orders:
         bought[friend].append((at, amount or 0))
@@ -506,7 +511,10 @@ def _experiments(
         rule = e.rule
         if rule not in shown or not o.has(e.entered_at):
             continue
-        if not (e.holdout or e.variant or rule in holdouts or rule in splits and splits[rule]):
+        if configured is not None and rule in configured:
+            if not (rule in holdouts or splits.get(rule)):
+                continue
+        elif not (e.holdout or e.variant):
             continue
         arm = HOLDOUT if e.holdout else (e.variant or TREATED)
         # an order counts in the period it happened in, like the rules' conversions
