@@ -235,3 +235,13 @@ def test_japanese_lists_space_the_joining_word_only_beside_half_width_text():
     assert i18n.join(["2件", "`x`"], " and ").render("ja") == "2件と `x`"
     assert i18n.join(["`a`", "`b`", "`c`"]).render("ja") == "`a`、`b`、`c`"
     assert i18n.join(["購入", "来店"], " or ").render("en") == "購入 or 来店"
+
+
+def test_simulate_and_report_tell_a_mistaken_option_in_the_folders_language(tmp_path):
+    (tmp_path / "settings.yaml").write_text("language: ja\n", encoding="utf-8")
+    (tmp_path / "r.rule").write_text("when followed then stop\n", encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text("", encoding="utf-8")
+    until = _cli(["simulate", str(tmp_path / "t.jsonl"), "--rules", str(tmp_path), "--until", "2026-11-01"])
+    assert until.exit_code == 2 and "`2026-11-01` には時差を付けてください" in until.output
+    missing = _cli(["report", "--db", str(tmp_path / "none.db"), "--rules", str(tmp_path)])
+    assert missing.exit_code == 1 and "がありません" in missing.output

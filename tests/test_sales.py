@@ -143,6 +143,16 @@ def test_missing_fields():
     """) == ["2:5: sale is missing `title`, `ends` | every sale needs name, title, starts and ends"]
 
 
+def test_a_misspelt_field_is_told_at_the_typo_not_as_missing_too():
+    assert errors("""\
+        sales:
+          - name: s1
+            title: A
+            strats: 2026-12-04 20:00
+            ends: 2026-12-05 00:00
+    """) == ["4:5: unknown sale field `strats` | did you mean `starts`?"]
+
+
 def test_duplicate_names():
     assert errors("""\
         sales:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -12,19 +11,7 @@ from engine.i18n import _, render
 
 from .codes import CODES, explain, lookup
 from .diagnostics import did_you_mean
-
-
-def folder_language(rules_dir: str) -> str | None:
-    """``language:`` of the folder's settings.yaml, when it has a valid one."""
-    path = os.path.join(rules_dir, "settings.yaml")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError):
-        text = None
-    from .settings import load_settings, written_language
-
-    return (load_settings(path, text)[0].language if text is not None else None) or written_language(path)
+from .settings import folder_language
 
 
 def main(code: str | None, rules_dir: str = "rules", lang: str | None = None) -> int:

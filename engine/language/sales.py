@@ -17,6 +17,7 @@ raises; every problem is a :class:`Diagnostic` at the value's line and column.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 import zoneinfo
 from typing import Any
@@ -154,7 +155,15 @@ def _sale(f: YamlFile, path, item: Any, tz: zoneinfo.ZoneInfo) -> ir.Sale | None
                 E("LR702", "`{key}` has no value", key=key),
                 help=f.empty_value_help(path + (key,), key),
             )
-    missing = [k for k in REQUIRED if k not in item]
+    # a field missing because it is misspelt (`strats:`) is told once, at the typo, which the
+    # unknown-field error above names with the right spelling
+    typos = {
+        close
+        for key in item
+        if key not in FIELDS and isinstance(key, str)
+        for close in difflib.get_close_matches(key, REQUIRED, n=1, cutoff=2 / 3 - 1e-9)
+    }
+    missing = [k for k in REQUIRED if k not in item and k not in typos]
     if missing:
         f.error(
             f.span_at(path),

@@ -145,6 +145,18 @@ def written_language(path: str) -> str | None:
     return normalize(found.group(1)) if found else None
 
 
+def folder_language(rules_dir: str) -> str | None:
+    """``language:`` of the folder's settings.yaml, when it names one: for the messages a
+    command prints before (or without) loading the whole folder."""
+    path = os.path.join(rules_dir, "settings.yaml")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        text = None
+    return (load_settings(path, text)[0].language if text is not None else None) or written_language(path)
+
+
 def read_settings(path: str, text: str) -> SettingsFile:
     """:func:`load_settings`, with the menu names written and whether the YAML was readable."""
     read = read_settings_file(path, text)

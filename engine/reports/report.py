@@ -375,9 +375,7 @@ def build_report(store: Store, o: Options, project: ir.Project | None = None) ->
     account = _account(store, o, as_of, daily, monthly, blocks_by_send_day, follows, orders)
     splits = {n: [v for v, _ in r.split] for n, r in project.rules.items()} if project else {}
     holdouts = {n for n, r in project.rules.items() if r.holdout} if project else set()
-    experiments = _experiments(
-        enrollments, orders, o, shown, splits, holdouts, set(project.rules) if project else None
-    )
+    experiments = _experiments(enrollments, orders, o, shown, splits, holdouts, set(project.rules) if project else None)
     empty = not (
         any(o.has(e.entered_at) for e in enrollments)
         or any(o.has(s.at) for s in sends)
@@ -1010,8 +1008,9 @@ def main(
     from engine.language.diagnostics import has_errors
     from engine.language.diagnostics import render_text as render_diagnostics
     from engine.language.project import load_project
+    from engine.language.settings import folder_language
 
-    i18n.use(i18n.choose(lang))
+    i18n.use(i18n.choose(lang, folder_language(rules_dir)))  # for the options' mistakes too
     try:
         if block_days < 1:
             raise ReportUsageError(_("--block-days must be at least 1"))

@@ -209,10 +209,11 @@ def main(
     be used raises :class:`~engine.i18n.UserError` (exit 1)."""
     from engine.language.diagnostics import has_errors, render_text
     from engine.language.project import load_project
+    from engine.language.settings import folder_language
 
     from .intake import parse_events
 
-    i18n.use(i18n.choose(lang))
+    i18n.use(i18n.choose(lang, folder_language(rules_dir)))  # for the options' mistakes too
     try:
         # the virtual clock counts whole seconds
         tick_seconds = math.ceil(tick) if isinstance(tick, (int, float)) else timeutil.parse_duration(tick)
