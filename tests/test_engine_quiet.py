@@ -79,3 +79,44 @@ def test_the_first_crossing_of_an_activity_term_is_found_over_every_kind_by_the_
     store.conn.set_progress_handler(None, 1)
     assert len(steps) < 2_000, len(steps)
     store.close()
+
+
+def test_an_exit_that_others_or_time_bring_about_is_made_at_the_condition_tick(fresh_db_path):
+    # B leads the ranking, then A outspends B: B is no longer in the top 20% with no event of
+    # B's own, and leaves at the next condition tick (before: B waited on, inside the rule,
+    # and could not enter again when A's refund put B back on top)
+    proj = compile_rules(
+        "segment vip: top 20% by spent within 365d\n"
+        "rule vip when in segment vip reenter always exit when not in segment vip then send vip_thanks wait 1000d\n"
+        "rule lapsing when purchased exit when last purchase older than 2d then send thanks wait 30d send a\n"
+    )
+    follows = [ev("follow", f, "2025-01-01 10:00") for f in "ABCDE"]
+    events = follows + [
+        ev("purchase", "B", "2025-01-10 15:30", order_id="b", amount=4000),
+        ev("purchase", "A", "2025-02-10 15:30", order_id="a", amount=5000),
+        ev("refund", "A", "2025-03-10 15:30", order_id="a", id="r1"),
+    ]
+    pushes = run(proj, events, until="2025-04-01 00:00", db_path=str(fresh_db_path))
+    assert [p for p in pushes if p[2] == "vip"] == [
+        ("2025-01-10 16:00:00", "B", "vip", ["vip_thanks"]),
+        ("2025-02-10 16:00:00", "A", "vip", ["vip_thanks"]),
+        ("2025-03-10 16:00:00", "B", "vip", ["vip_thanks"]),  # back on top: in again
+    ]
+    store = Store(str(fresh_db_path))
+    rows = store.conn.execute(
+        "SELECT friend, rule, state, exit_reason, finished_at FROM enrollments ORDER BY id"
+    ).fetchall()
+    store.close()
+
+    ended = sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows)
+    stamp = {
+        t: int(at(t).timestamp())
+        for t in ("2025-01-12 16:00", "2025-02-10 16:00", "2025-02-12 16:00", "2025-03-10 15:30")
+    }
+    assert ended == [
+        ("A", "lapsing", "exited", "exit_when", stamp["2025-02-12 16:00"]),  # two days after its order
+        ("A", "vip", "exited", "exit_when", stamp["2025-03-10 15:30"]),  # at its own refund
+        ("B", "lapsing", "exited", "exit_when", stamp["2025-01-12 16:00"]),
+        ("B", "vip", "exited", "exit_when", stamp["2025-02-10 16:00"]),  # A's order moved B out
+        ("B", "vip", "waiting", None, None),
+    ]

@@ -299,6 +299,33 @@ def _terms(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[tuple[str, st
     return out if walk(cond) else None
 
 
+def drifts(cond: ir.Cond, segments: dict[str, ir.Segment]) -> bool:
+    """Whether ``cond`` may change for a friend with no event of theirs: a term counting back
+    from now (``within``, ``older than``, ``friend for``), a ranking (``top``, which the other
+    friends move), or a part not understood here."""
+    terms = _terms(cond, segments)
+    if terms is None or terms:
+        return True
+    stack: list[str] = []
+
+    def ranked(c: ir.Cond) -> bool:
+        if isinstance(c, (ir.All, ir.AnyOf)):
+            return any(ranked(i) for i in c.items)
+        if isinstance(c, ir.Not):
+            return ranked(c.item)
+        if isinstance(c, ir.Top):
+            return True
+        if isinstance(c, ir.InSegment) and c.name in segments and c.name not in stack:
+            stack.append(c.name)
+            try:
+                return ranked(segments[c.name].cond)
+            finally:
+                stack.pop()
+        return False
+
+    return ranked(cond)
+
+
 def crossings(cond: ir.Cond, segments: dict[str, ir.Segment]) -> list[str] | None:
     """Queries (parameters ``:since``, ``:now``) of the friends for whom time alone may have
     changed ``cond`` between the moments ``since`` and ``now``: a stored time crossed by a term

@@ -1624,6 +1624,17 @@ class Store:
             out.update(r[0] for r in self.conn.execute(sql, {**params, **ids_named}))
         return out
 
+    def open_enrollments_where(self, rule: str, cond_sql: str, params: dict[str, Any]) -> list[int]:
+        """The open enrollments of ``rule`` that satisfy ``cond_sql`` (aliases ``e`` and ``f``)."""
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT e.id FROM enrollments e JOIN friends f ON f.id = e.friend WHERE e.rule = :rule "
+                f"AND e.state IN ('active', 'waiting') AND ({cond_sql}) ORDER BY e.id",
+                {**params, "rule": rule},
+            )
+        ]
+
     def friend_matches(self, friend_id: str, cond_sql: str, params: dict[str, Any]) -> bool:
         """Whether one friend satisfies ``cond_sql`` (alias ``f``; no enrollment in scope)."""
         row = self.conn.execute(

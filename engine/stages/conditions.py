@@ -52,6 +52,15 @@ class ConditionTriggers:
         #: rule -> (database changes, moment, next moment time alone may change it) of its last
         #: check, when that check entered nobody
         self._quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
+        #: the rules whose ``exit when`` may come to hold with no event of the friend's (time,
+        #: rankings): checked for their open enrollments on every condition tick
+        self._drifting = [
+            r
+            for r in ctx.rules.values()
+            if r.exit_when is not None and sqlcond.drifts(r.exit_when, ctx.project.segments)
+        ]
+        #: as ``_quiet``, for those rules' last exit checks
+        self._exit_quiet: dict[str, tuple[tuple[int, int], int, float | None]] = {}
 
     def slot(self, now: int) -> tuple[bool, str | None]:
         """Whether condition triggers are checked now, and the slot to record once they were."""
@@ -67,6 +76,7 @@ class ConditionTriggers:
         s = self.ctx.store
         self._states.clear()  # (a tick that failed half-way left its own)
         self._read = None
+        self._exits(now, result)
         for rule in self.ctx.rules.values():
             if not isinstance(rule.trigger, ir.ConditionTrigger):
                 continue
@@ -89,6 +99,38 @@ class ConditionTriggers:
         self._read = None
         self._forgotten = True
         self.ctx.carry.noise += s.total_changes - before
+
+    def _exits(self, now: int, result: TickResult) -> None:
+        """``exit when`` of the open enrollments of the rules whose exit may come to hold with
+        no event of the friend's (``exit when not in segment vip``, when others outspend them;
+        ``exit when last purchase older than 30d``): a friend leaves at the first condition
+        tick it holds, not only at their next step or event (SPEC §2.5: as soon as it holds).
+        A rule is not checked again while nothing changed and no term crossed a stored time."""
+        s = self.ctx.store
+        for rule in self._drifting:
+            if self._exits_quiet(rule, now):
+                continue
+            c = self.ctx.cond(rule.exit_when, True)
+            ids = s.open_enrollments_where(rule.name, c.sql, {**c.params, "now": now})
+            if ids:
+                with s.transaction():
+                    s.exit_enrollments(ids, "exit_when", now)
+                result.exited += len(ids)
+            self._exit_quiet[rule.name] = (self._changes(), now, None)
+
+    def _exits_quiet(self, rule: ir.Rule, now: int) -> bool:
+        """Whether ``rule``'s exit check now must find nobody, as its last did (as
+        :meth:`still_quiet` for an entry check)."""
+        memo = self._exit_quiet.get(rule.name)
+        if memo is None or now < memo[1] or not self._unchanged(memo[0]):
+            return False
+        if memo[2] is None:
+            memo = self._exit_quiet[rule.name] = (
+                memo[0],
+                memo[1],
+                self._first_change(rule.exit_when, memo[1], rule.name),
+            )
+        return now < memo[2]
 
     def _kept(self) -> list[str]:
         """The names of the states the project's condition rules use."""
@@ -243,15 +285,20 @@ class ConditionTriggers:
         return self.ctx.store.condition_candidates(last.seen, queries, params)
 
     def quiet_until(self, now: int) -> float:
-        """The first moment at or after ``now`` at which a condition check may enter somebody,
-        as far as the last checks tell (:meth:`still_quiet`): ``now`` when a rule must be
-        checked now, infinity when none can before something changes the database."""
+        """The first moment at or after ``now`` at which a condition check may enter somebody
+        (or an exit check find someone to leave), as far as the last checks tell
+        (:meth:`still_quiet`): ``now`` when a rule must be checked now, infinity when none can
+        before something changes the database."""
         until = math.inf
         for rule in self.ctx.rules.values():
             if isinstance(rule.trigger, ir.ConditionTrigger):
                 if not self.still_quiet(rule, now):
                     return now
                 until = min(until, self._quiet[rule.name][2])
+        for rule in self._drifting:  # and the exits checked with them
+            if not self._exits_quiet(rule, now):
+                return now
+            until = min(until, self._exit_quiet[rule.name][2])
         return until
 
     def _changes(self) -> tuple[int, int]:
@@ -286,13 +333,18 @@ class ConditionTriggers:
         """The first moment after ``since`` at which time alone may change who enters ``rule``
         (infinity: never; ``since``: unknown, check every time)."""
         parts = [c for c in (rule.trigger.cond, rule.entry) if c is not None]
-        queries = sqlcond.change_moments(ir.All(tuple(parts)), self.ctx.project.segments)
+        return self._first_change(ir.All(tuple(parts)), since, rule.name, rule.reenter)
+
+    def _first_change(self, cond: ir.Cond, since: int, rule: str, reenter: ir.Reenter | None = None) -> float:
+        """The first moment after ``since`` at which time alone may change ``cond`` (and the
+        re-entry of ``reenter after``) for some friend: infinity, never; ``since``, unknown."""
+        queries = sqlcond.change_moments(cond, self.ctx.project.segments)
         if queries is None:
             return since
-        params = {"now": since, "rule": rule.name}
-        if rule.reenter.mode == "after":
+        params = {"now": since, "rule": rule}
+        if reenter is not None and reenter.mode == "after":
             queries.append(sqlcond.reentry_moment())
-            params["reenter_after"] = int(rule.reenter.after)
+            params["reenter_after"] = int(reenter.after)
         moment = self.ctx.store.first_moment(queries, params)
         return math.inf if moment is None else moment
 
