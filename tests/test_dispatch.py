@@ -101,6 +101,18 @@ async def test_timeout_is_retried_with_the_same_key(dispatcher, emulator):
     assert len(emulator.delivered) == 1
 
 
+async def test_a_coupon_goes_as_lines_coupon_message(dispatcher, emulator):
+    # a coupon made in LINE is sent by its id, after a text, in one push (LINE_FACTS: coupons)
+    coupon = {"type": "coupon", "couponId": "01JCOUPON0000000000000000", "deliveryTag": "winter_push"}
+    [result] = await dispatcher.send([push(1, messages=[TEXT, coupon])])
+    assert (result.outcome, result.status) == ("sent", 200)
+    [request] = emulator.requests_to("push")
+    assert json.loads(request.body)["messages"] == [TEXT, coupon]
+    [too_long] = await dispatcher.send([push(2, messages=[{**coupon, "deliveryTag": "x" * 31}])])
+    assert (too_long.outcome, too_long.status) == ("rejected", 400)
+    assert "messages[0].deliveryTag" in too_long.detail
+
+
 async def test_400_is_rejected_and_never_retried(dispatcher, emulator):
     [result] = await dispatcher.send([push(1, messages=[{"type": "text", "text": "x" * 5001}])])
     assert (result.outcome, result.status) == ("rejected", 400)

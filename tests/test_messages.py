@@ -256,6 +256,7 @@ def test_lone_surrogate_is_an_error_at_its_line_and_a_pair_is_one_character():
         ({"type": "video", "previewImageUrl": "https://a.jp/a.jpg"}, "a video message needs `originalContentUrl`"),
         ({"type": "audio", "originalContentUrl": "https://a.jp/a.m4a"}, "an audio message needs `duration`"),
         ({"type": "sticker", "packageId": "1"}, "a sticker message needs `stickerId`"),
+        ({"type": "coupon", "deliveryTag": "winter"}, "a coupon message needs `couponId`"),
         ({"type": "location", "title": "店舗"}, "a location message needs `address` and `latitude` and `longitude`"),
         (
             {"type": "template", "template": {"type": "confirm", "text": "?", "actions": [POSTBACK, POSTBACK]}},

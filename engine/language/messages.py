@@ -43,6 +43,7 @@ from engine.line.limits import (  # noqa: F401
     CAROUSEL_TEXT_LIMIT,
     CONFIRM_TEXT_LIMIT,
     DATA_LIMIT,
+    DELIVERY_TAG_LIMIT,
     FLEX_BUBBLE_BYTES,
     FLEX_CAROUSEL_BUBBLES,
     FLEX_CAROUSEL_BYTES,
@@ -158,6 +159,8 @@ def _keep_facts() -> None:
 TEXT_FIELDS = frozenset(
     (
         "text",
+        "couponId",
+        "deliveryTag",
         "altText",
         "label",
         "data",
@@ -510,6 +513,13 @@ class _Checker:
 
     def msg_sticker(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("a sticker message"), "packageId", "stickerId")
+
+    def msg_coupon(self, obj: dict, path: Path) -> None:
+        """A coupon made in LINE (``POST /v2/bot/coupon`` or LINE Official Account Manager),
+        sent by its id."""
+        self.required(obj, path, _("a coupon message"), "couponId")
+        self.text(obj, path, "couponId", nonempty=True)
+        self.text(obj, path, "deliveryTag", DELIVERY_TAG_LIMIT)
 
     def msg_image(self, obj: dict, path: Path) -> None:
         self.required(obj, path, _("an image message"), "originalContentUrl", "previewImageUrl")

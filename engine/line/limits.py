@@ -113,7 +113,7 @@ AUTH_FAILED_MESSAGE = "Authentication failed. Confirm that the access token in t
 
 # --------------------------------------------------------------------------- message objects
 
-MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap", "template", "flex")
+MESSAGE_TYPES = ("text", "sticker", "image", "video", "audio", "location", "imagemap", "template", "flex", "coupon")
 ACTION_TYPES = (
     "postback",
     "message",
@@ -130,6 +130,8 @@ TEMPLATE_TYPES = ("buttons", "confirm", "carousel", "image_carousel")
 URI_SCHEMES = ("https", "http", "line", "tel")
 
 TEXT_LIMIT = 5000
+#: A coupon message's ``deliveryTag`` (the route shown in LINE Official Account Manager).
+DELIVERY_TAG_LIMIT = 30
 ALT_TEXT_LIMIT = 1500
 MEDIA_URL_LIMIT = 2000
 URI_LIMIT = 1000

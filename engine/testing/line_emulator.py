@@ -75,7 +75,7 @@ _DEFAULT_FAULT_MESSAGES = {
 # --------------------------------------------------------------------------- message limits
 
 #: LINE's checks answer with this order of the type names.
-_MESSAGE_TYPES = ("text", "image", "video", "audio", "location", "sticker", "template", "imagemap", "flex")
+_MESSAGE_TYPES = ("text", "image", "video", "audio", "location", "sticker", "template", "imagemap", "flex", "coupon")
 _URI_SCHEMES = tuple(s + (":" if s == "tel" else "://") for s in L.URI_SCHEMES)
 
 
@@ -194,6 +194,10 @@ class _Checker:
         for key in ("latitude", "longitude"):
             if not isinstance(msg.get(key), (int, float)):
                 self.error(f"{prop}.{key}", "Must be a number")
+
+    def _coupon(self, msg: Mapping[str, Any], prop: str) -> None:
+        self.text(msg, "couponId", prop, 100)
+        self.text(msg, "deliveryTag", prop, L.DELIVERY_TAG_LIMIT, required=False)
 
     def _sticker(self, msg: Mapping[str, Any], prop: str) -> None:
         self.text(msg, "packageId", prop, 100)
