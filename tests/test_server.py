@@ -209,6 +209,22 @@ async def test_an_order_imported_before_is_answered_as_a_duplicate(make_client):
     assert runner.store.friend("U1")["orders"] == 2
 
 
+async def test_an_order_whose_refund_came_first_is_applied_not_a_duplicate(make_client):
+    # the refund of A-1 arrives before the order (it is kept for it): the order is new to
+    # linerules, and the answer says so; it counts, less the refund
+    client, runner = await make_client(loops=False)
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    await client.post("/events", json=shop_event("follow", "U1"), headers=auth)
+    refund = {**shop_event("refund", "U1", order_id="A-1", amount=300), "id": "r-1"}
+    assert await (await client.post("/events", json=refund, headers=auth)).json() == {"applied": 1, "duplicates": 0}
+    runner.engine.tick(runner.engine.clock())
+    order = shop_event("purchase", "U1", order_id="A-1", amount=1000)
+    assert await (await client.post("/events", json=order, headers=auth)).json() == {"applied": 1, "duplicates": 0}
+    runner.engine.tick(runner.engine.clock())
+    friend = runner.store.friend("U1")
+    assert (friend["orders"], friend["total_spent"]) == (1, 700)
+
+
 async def test_a_bad_event_rejects_the_whole_batch(make_client):
     client, runner = await make_client(loops=False)
     lines = "\n".join(

@@ -1284,7 +1284,13 @@ class Store:
             known: set[str] = set()
             for batch in _chunks(orders, 500):
                 marks = ",".join("?" * len(batch))
-                known.update(r[0] for r in c.execute(f"SELECT order_id FROM orders WHERE order_id IN ({marks})", batch))
+                # (a row without an amount is a refund kept for an order not seen yet: no order)
+                known.update(
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT order_id FROM orders WHERE order_id IN ({marks}) AND amount IS NOT NULL", batch
+                    )
+                )
             if known:
                 # an order recorded before (an import, another connector) is stored all the same
                 # (it may carry a cancellation) but counted once: it is a duplicate here too
