@@ -422,8 +422,9 @@ def import_orders_cmd(file, fmt, columns, db, rules_dir, lang):
     help="Columns named differently, e.g. customer=会員ID,friend=LINE_ID.",
 )
 @db_option()
+@rules_option(also=" (its `language:` the summary's)")
 @lang_option
-def import_customers_cmd(file, columns, db, lang):
+def import_customers_cmd(file, columns, db, rules_dir, lang):
     """Import customer id <-> LINE user id links (columns `customer` and `friend`).
 
     Linked customers' kept orders count for their friend from now on; no rule fires.
@@ -434,7 +435,7 @@ def import_customers_cmd(file, columns, db, lang):
     """
     from engine.runtime.importer import main_customers
 
-    raise SystemExit(main_customers(file, columns, db, lang))
+    raise SystemExit(main_customers(file, columns, db, lang, rules_dir))
 
 
 @cli.command(name="migrate-db")

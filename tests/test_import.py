@@ -249,6 +249,11 @@ def test_the_summary_and_the_refusals_in_the_folders_language(tmp_path, rules):
     code, out = invoke(*args, "--lang", "en")
     assert "  1 already imported (unchanged)" in out.splitlines()
     assert f"    {path}:3: order J-2: `amount` 'abc' is not an amount" in out.splitlines()
+    # the customers' links too, from the same folder
+    links = tmp_path / "links.csv"
+    links.write_text("customer,friend\nC-1,U" + "a" * 32 + "\n", encoding="utf-8")
+    code, out = invoke("import", "customers", str(links), "--db", str(tmp_path / "x.db"), "--rules", str(rules))
+    assert code == 0 and out.splitlines()[0] == "links.csv: 1行を読みました", out
 
 
 def test_progress_bar_is_drawn_on_a_terminal_only(tmp_path, rules, capsys, monkeypatch):

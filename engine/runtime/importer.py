@@ -537,9 +537,12 @@ def main_orders(path: str, fmt: str, columns: str | None, db: str, rules_dir: st
     return 0
 
 
-def main_customers(path: str, columns: str | None, db: str, lang: str | None = None) -> int:
-    """``linerules import customers``: customer id <-> LINE user id links (no rule fires)."""
-    i18n.use(i18n.choose(lang))
+def main_customers(path: str, columns: str | None, db: str, lang: str | None = None, rules_dir: str = "rules") -> int:
+    """``linerules import customers``: customer id <-> LINE user id links (no rule fires); the
+    summary in ``lang`` (else settings.yaml's ``language``...)."""
+    from engine.language.settings import folder_language
+
+    i18n.use(i18n.choose(lang, folder_language(rules_dir)))
     text = read_text(path, "csv")
     header, records = _rows(path, text)
     cols = _resolve_customers(path, header, parse_columns(columns, CUSTOMERS))
