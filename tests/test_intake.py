@@ -263,13 +263,15 @@ def test_non_object_line_is_rejected():
 
 def test_json_format_single_object_and_list():
     [single] = parse_events(json.dumps(ev()), "json")
-    assert single.line is None and single.type == "follow"
+    assert single.line == 1 and single.type == "follow"
     both = parse_events(json.dumps([ev(), ev(friend="U2")]), "json")
     assert [(e.friend, e.line) for e in both] == [("U1", 1), ("U2", 2)]
     err = error_of(json.dumps([ev(), ev(at="x")]), "json")
     assert str(err).startswith('item 2: field "at": "x" is not an ISO 8601 time')
     assert str(error_of('[\n  {"type": }\n]', "json")).startswith("line 2: invalid JSON at column 12")
-    assert str(error_of(json.dumps(ev(friend=None)), "json")) == 'event: field "friend": must be a string, got null'
+    assert str(error_of(json.dumps(ev(friend=None)), "json")) == 'line 1: field "friend": must be a string, got null'
+    # one object names the line it starts on, as JSON Lines do (docs/events.md)
+    assert error_of("\n\n" + json.dumps(ev(friend=None), indent=2), "json").line == 3
 
 
 def test_blank_lines_and_crlf_are_fine():

@@ -208,13 +208,20 @@ def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_other
         {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
         {"type": "notify", "friend": "U2", "at": "2026-11-05T11:00:00+09:00"},
     ]
-    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
-    out = capsys.readouterr().out
-    err = caplog.text  # the log lines simulate prints on stderr
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None, "en") == 0
+    out, err = capsys.readouterr()
     assert [json.loads(line)["friend"] for line in out.splitlines()] == ["U2"]
-    assert "not sent to U1" in err
-    assert "a filter cannot handle this friend's value (cannot convert float NaN to integer)" in err
-    assert "ValueError" not in err
+    assert err == (
+        "warning: 2026-11-05T11:00:00+09:00: rule `points`: message `points` was not sent to U1: template error "
+        "in object 1, text: a filter cannot handle this friend's value (cannot convert float NaN to integer)\n"
+    )
+    # in the folder's language, or --lang's
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None, "ja") == 0
+    assert capsys.readouterr().err == (
+        "警告: 2026-11-05T11:00:00+09:00: ルール `points`: メッセージ `points` を U1 に送れませんでした: "
+        "テンプレートの誤り (1番目のオブジェクトの text): この友だちの値はフィルターで扱えません "
+        "(cannot convert float NaN to integer)\n"
+    )
 
 
 def test_a_db_that_cannot_be_created_is_one_error_line_not_a_traceback(folder, tmp_path):
@@ -264,16 +271,17 @@ def test_a_timeline_saved_as_shift_jis_is_one_clear_line(folder, tmp_path, capsy
     assert err.endswith("sj.jsonl: the file is not UTF-8 text; save it as UTF-8\n")
 
 
-def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, caplog):
+def test_a_message_that_fails_for_everyone_says_so_instead_of_naming_no_friend(folder, tmp_path, capsys):
     (folder / "messages.yaml").write_text("""big: "{{ (1..1000000000) | join: ',' }}"\n""", encoding="utf-8")
     (folder / "shop.rule").write_text("rule big when event notify then send big\n", encoding="utf-8")
     events = [
         {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"},
         {"type": "notify", "friend": "U1", "at": "2026-11-05T11:00:00+09:00"},
     ]
-    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None) == 0
-    assert "rule big: message big not sent to anyone it is due for: " in caplog.text
-    assert "not sent to None" not in caplog.text and "not sent to :" not in caplog.text
+    assert main(timeline(tmp_path, *events), str(folder), "2026-11-06T00:00:00+09:00", "1h", None, "en") == 0
+    err = capsys.readouterr().err
+    assert "rule `big`: message `big` was not sent to anyone it was due for: " in err
+    assert "sent to None" not in err and "sent to :" not in err
 
 
 def test_a_condition_that_time_alone_makes_true_fires_at_its_condition_tick(tmp_path, capsys):

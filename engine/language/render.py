@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from liquid.builtin.expressions.primitive import RangeLiteral
 from liquid.exceptions import LiquidError
 
+from engine.i18n import _
 from engine.line.limits import payload_json
 
 from . import ir
@@ -81,10 +82,11 @@ if not hasattr(RangeLiteral.evaluate, "__wrapped__"):
 class RenderError(Exception):
     """A message could not be rendered for a friend, or what it rendered to breaks a LINE limit.
 
-    ``message`` and ``rule`` name what was being sent; ``detail`` says what went wrong.
+    ``message`` and ``rule`` name what was being sent; ``detail`` says what went wrong (a
+    translatable text: ``str()`` of the error is its English, as logs and the database keep it).
     """
 
-    def __init__(self, message: str, rule: str, detail: str):
+    def __init__(self, message: str, rule: str, detail: Any):
         self.message, self.rule, self.detail = message, rule, detail
         super().__init__(f"message `{message}` (rule `{rule}`): {detail}")
 
@@ -124,11 +126,13 @@ def _guarded(message: str, rule: str, render: Callable, *args: Any) -> Any:
     except (RenderError, sqlite3.Error):
         raise  # a database fault (tracked links are stored while rendering) is not the message's
     except RecursionError:
-        raise RenderError(message, rule, "rendering failed: nested too deeply") from None
+        raise RenderError(message, rule, _("rendering failed: nested too deeply")) from None
     except MemoryError:
-        raise RenderError(message, rule, "rendering failed: out of memory") from None
+        raise RenderError(message, rule, _("rendering failed: out of memory")) from None
     except Exception as exc:  # a filter or a link rewrite that broke on this friend's values
-        raise RenderError(message, rule, f"rendering failed: {type(exc).__name__}: {exc}") from None
+        raise RenderError(
+            message, rule, _("rendering failed: {reason}", reason=f"{type(exc).__name__}: {exc}")
+        ) from None
 
 
 def _render_message(
@@ -161,7 +165,9 @@ def _raise_first(message: str, rule: str, objects: list[dict]) -> None:
     problems = check_objects(objects)
     if problems:
         p = problems[0]
-        raise RenderError(message, rule, f"after rendering, {_where(p.path)}: {p.message}")
+        raise RenderError(
+            message, rule, _("after rendering, {where}: {problem}", where=_where(p.path), problem=p.message)
+        )
 
 
 def render_hash(objects: list[dict], text: str | None = None) -> str:
@@ -195,23 +201,31 @@ def _render_template(source: str, variables: dict[str, Any], message: str, rule:
     try:
         return compile_template(source).render(**variables)
     except LiquidError as e:
-        raise RenderError(message, rule, f"template error in {_where(path)}: {e.message}") from None
+        raise RenderError(
+            message, rule, _("template error in {where}: {reason}", where=_where(path), reason=e.message)
+        ) from None
     except (ArithmeticError, ValueError, TypeError, OSError, KeyError, IndexError, AttributeError) as e:
         # a filter that breaks on this friend's value: `round` of "nan", `date` of 1e30
         raise RenderError(
             message,
             rule,
-            f"template error in {_where(path)}: a filter cannot handle this friend's value ({e})",
+            _(
+                "template error in {where}: a filter cannot handle this friend's value ({reason})",
+                where=_where(path),
+                reason=e,
+            ),
         ) from None
 
 
 def _where(path: Path) -> str:
     """``(1, "template", "text")`` -> ``object 2, template.text``."""
     if not path:
-        return "the message"
+        return _("the message")
     head, rest = path[0], path[1:]
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in rest).lstrip(".")
-    return f"object {int(head) + 1}" + (f", {field}" if field else "")
+    if field:
+        return _("object {n}, {field}", n=int(head) + 1, field=field)
+    return _("object {n}", n=int(head) + 1)
 
 
 # ----------------------------------------------------------------------------- plans

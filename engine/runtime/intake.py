@@ -515,8 +515,8 @@ def parse_events(text: str, fmt: str = "jsonl") -> list[Event]:
     :class:`EventError` (and return nothing).
 
     ``fmt`` is ``"jsonl"`` (one event object per line; blank lines are skipped; errors name the
-    1-based line) or ``"json"`` (one event object, or a list of them; errors name the 1-based
-    item of the list).
+    1-based line) or ``"json"`` (one event object, whose errors name the line it starts on, or a
+    list of them, whose errors name the 1-based item of the list).
     """
     if fmt == "jsonl":
         events = []
@@ -530,5 +530,7 @@ def parse_events(text: str, fmt: str = "jsonl") -> list[Event]:
         value = _loads(text, _Ctx(None, "line"))
         if isinstance(value, list):
             return [_event(item, _Ctx(i, "item")) for i, item in enumerate(value, start=1)]
-        return [_event(value, _Ctx(None, "line"))]
+        # one object: its errors name the line it starts on (blank lines before it counted)
+        start = text[: len(text) - len(text.lstrip())].count("\n") + 1
+        return [_event(value, _Ctx(start, "line"))]
     raise ValueError(f"unknown event format {fmt!r} (use 'jsonl' or 'json')")

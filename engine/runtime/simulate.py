@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from engine import i18n
 from engine.i18n import _
 from engine.interpreter import Engine
 from engine.language import ir, timeutil
+from engine.language.render import RenderError
 
 from .events import Event, EventError
 from .store import Store, StoreError, database_version, remove_database
@@ -261,6 +263,10 @@ def main(
             )
             + "\n"
         )
+    engine_log = logging.getLogger("linerules.engine")
+    told = _Told(loaded.project.settings.tz)
+    engine_log.addHandler(told)
+    engine_log.propagate = False
     try:
         for push in run_timeline(
             loaded.project,
@@ -274,7 +280,47 @@ def main(
             sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
     except StoreError as exc:
         return _fail(f"--db: {exc}")
+    finally:
+        engine_log.removeHandler(told)
+        engine_log.propagate = True
     return 0
+
+
+class _Told(logging.Handler):
+    """The engine's warnings during a simulation, on standard error: a send that did not render
+    for a friend is told in the user's language, at its simulated time."""
+
+    def __init__(self, tz) -> None:
+        super().__init__(logging.WARNING)
+        self.tz = tz
+
+    def emit(self, record: logging.LogRecord) -> None:
+        rejected = getattr(record, "rejected", None)
+        if rejected is None:
+            sys.stderr.write(record.getMessage() + "\n")
+            return
+        rule, message, friend, exc, at = rejected
+        reason = exc.detail if isinstance(exc, RenderError) else str(exc)
+        when = timeutil.iso(at, self.tz)
+        text = (
+            _(
+                "warning: {at}: rule `{rule}`: message `{message}` was not sent to {friend}: {reason}",
+                at=when,
+                rule=rule,
+                message=message,
+                friend=friend,
+                reason=reason,
+            )
+            if friend
+            else _(
+                "warning: {at}: rule `{rule}`: message `{message}` was not sent to anyone it was due for: {reason}",
+                at=when,
+                rule=rule,
+                message=message,
+                reason=reason,
+            )
+        )
+        sys.stderr.write(i18n.render(text) + "\n")
 
 
 def _fresh_db(path: str) -> str | None:

@@ -540,10 +540,12 @@ class Renderer:
     ) -> None:
         """A message that did not render for the friend: logged, and recorded as rejected."""
         who = friend.get("id") or due.friend
+        # (``rejected``: for ``simulate``, which tells the marketer in their language)
+        told = {"rejected": (due.rule, name, who, exc, now)}
         if who:
-            log.error("rule %s: message %s not sent to %s: %s", due.rule, name, who, exc)
+            log.error("rule %s: message %s not sent to %s: %s", due.rule, name, who, exc, extra=told)
         else:  # a message the same for everyone: it fails for each friend it is due for
-            log.error("rule %s: message %s not sent to anyone it is due for: %s", due.rule, name, exc)
+            log.error("rule %s: message %s not sent to anyone it is due for: %s", due.rule, name, exc, extra=told)
         deliveries.append(
             Delivery(
                 due.friend,
