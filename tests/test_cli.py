@@ -70,7 +70,17 @@ def _option(command: click.Command, name: str) -> click.Option | None:
 
 def test_the_shared_options_are_spelled_and_meant_the_same_everywhere():
     with_rules = {name for name, c in LEAVES if _option(c, "--rules")}
-    assert with_rules == {"validate", "explain", "graph", "simulate", "test", "report", "run", "import orders"}
+    assert with_rules == {
+        "validate",
+        "explain",
+        "graph",
+        "simulate",
+        "test",
+        "report",
+        "run",
+        "import orders",
+        "import customers",
+    }
     vocabulary = (
         ("--rules", "DIR", "The rule folder: its .rule files, messages.yaml and settings.yaml"),
         ("--db", "FILE|URL", "The SQLite database file"),

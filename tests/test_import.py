@@ -103,7 +103,7 @@ def test_rakuten_cp932_csv_imports_links_and_keeps_and_refuses_with_file_line(tm
         "customer,friend\nXYZ789@pc.fw.rakuten.ne.jp,Ubbbb\nabc123@pc.fw.rakuten.ne.jp,Uaaaa\n,Ucccc\n",
         encoding="utf-8",
     )
-    code, out = invoke("import", "customers", str(links), "--db", str(db))
+    code, out = invoke("import", "customers", str(links), "--db", str(db), "--rules", str(rules))
     assert out.splitlines() == [
         "links.csv: 3 rows read",
         "  1 linked (their kept orders count now)",

@@ -352,6 +352,25 @@ async def test_account_link_nonce_needs_the_bearer_token_and_fields(shop):
     assert resp.status == 400 and (await resp.json())["error"] == 'field "link_token": is missing'
 
 
+async def test_the_shop_routes_answer_in_the_folders_language_and_take_bearer_in_any_case(tmp_path, make_client):
+    # a folder that says `language: ja`: the shop routes' reasons are Japanese, as /events'
+    folder = write_folder(
+        tmp_path / "ja", settings=SETTINGS + "language: ja\n", messages=MESSAGES, rules=RULES, rule_file="shop.rule"
+    )
+    client, runner = await make_client({"SHOPIFY_WEBHOOK_SECRET": SHOPIFY_SECRET}, rules=folder, loops=False)
+    resp = await client.post("/account-link/nonce", json={"customer": "c"}, headers={"Authorization": "Bearer x"})
+    assert (resp.status, (await resp.json())["error"]) == (401, "Bearer トークンがないか、違います")
+    # the scheme in lower case is the same scheme (RFC 9110); the token itself must match
+    resp = await client.post(
+        "/account-link/nonce", json={"customer": "c"}, headers={"Authorization": f"bearer  {API_TOKEN}"}
+    )
+    assert (resp.status, (await resp.json())["error"]) == (400, '項目 "link_token": 必須です')
+    resp = await client.post("/events", json={}, headers={"Authorization": f"BEARER {API_TOKEN.upper()}x"})
+    assert resp.status == 401
+    resp = await shopify_post(client, "orders/create", {"name": "#1"}, webhook_id="b54557e4-0015")
+    assert (resp.status, (await resp.json())["error"]) == (400, "`id` がありません")
+
+
 async def test_a_non_ascii_signature_is_401_not_500(shop):
     client, runner, emulator = shop
     resp = await shopify_post(client, "orders/create", ORDER, webhook_id="b54557e4-0014", signature="署名")

@@ -17,6 +17,7 @@ import logging
 import re
 from typing import Any
 
+from engine.i18n import _
 from engine.runtime.events import MAX_AT, MIN_AT, Event, EventError
 
 log = logging.getLogger("linerules.webhook")
@@ -63,20 +64,20 @@ def _get(
     where = field or key
     if key not in obj:
         if required:
-            raise EventError(index, where, "is missing", unit="event")
+            raise EventError(index, where, _("is missing"), unit="event")
         return None
     value = obj[key]
     if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise EventError(index, where, "has the wrong type", unit="event")
+        raise EventError(index, where, _("has the wrong type"), unit="event")
     if not isinstance(value, kind):
-        raise EventError(index, where, f"has the wrong type ({type(value).__name__})", unit="event")
+        raise EventError(index, where, _("has the wrong type ({type})", type=type(value).__name__), unit="event")
     return value
 
 
 def _event(raw: Any, index: int) -> Event | None:
     """One LINE webhook event -> an engine Event, or None when it is not for the rules."""
     if not isinstance(raw, dict):
-        raise EventError(index, None, "a webhook event must be an object", unit="event")
+        raise EventError(index, None, _("a webhook event must be an object"), unit="event")
     kind = _get(raw, "type", str, index)
     if kind not in MAPPED_TYPES or raw.get("mode", "active") == "standby":
         return None
@@ -85,7 +86,7 @@ def _event(raw: Any, index: int) -> Event | None:
         return None  # group and room chats are not friend events
     friend = _get(source, "userId", str, index, field="source.userId")
     if not friend:
-        raise EventError(index, "source.userId", "is empty", unit="event")
+        raise EventError(index, "source.userId", _("is empty"), unit="event")
     timestamp = _get(raw, "timestamp", int, index)
     delivery = _get(raw, "deliveryContext", dict, index, required=False) or {}
     data: dict[str, Any] = {
@@ -120,7 +121,7 @@ def _event(raw: Any, index: int) -> Event | None:
     except OverflowError:
         at = None
     if at is None or not MIN_AT <= at < MAX_AT:
-        raise EventError(index, "timestamp", "is out of range", unit="event") from None
+        raise EventError(index, "timestamp", _("is out of range"), unit="event") from None
     reply_token = _get(raw, "replyToken", str, index, required=False)
     return Event(type=kind, friend=friend, at=at, data=data, reply_token=reply_token, line=index)
 
@@ -136,14 +137,17 @@ def parse_webhook(body: bytes) -> list[Event]:
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EventError(None, None, f"not JSON: {e}", unit="webhook body") from None
+        raise EventError(None, None, _("not JSON: {reason}", reason=e), unit="webhook body") from None
     except RecursionError:
-        raise EventError(None, None, "nested too deeply", unit="webhook body") from None
+        raise EventError(None, None, _("nested too deeply"), unit="webhook body") from None
     if _SURROGATE_ESCAPE.search(body):
         payload = _replace_lone_surrogates(payload)
     if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
         raise EventError(
-            None, "events", "must be a list (a webhook body is an object with an `events` list)", unit="webhook body"
+            None,
+            "events",
+            _("must be a list (a webhook body is an object with an `events` list)"),
+            unit="webhook body",
         )
     events = [_event(raw, i) for i, raw in enumerate(payload["events"], start=1)]
     return sorted((e for e in events if e is not None), key=lambda e: e.at)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from engine.runtime.intake import parse_events
 from engine.runtime.store import MIN_FREE_BYTES, RETRY_AFTER, ApplyResult, Store, StoreError
 
 from .runloop import Runner, RunnerConfig, StartupError
-from .shop_http import account_link_target
+from .shop_http import account_link_target, bearer_ok
 from .shop_http import routes as shop_routes
 
 log = logging.getLogger("linerules.http")
@@ -255,10 +254,7 @@ async def events(request: web.Request) -> web.Response:
     token = runner.config.api_token
     if not token:
         return _error(503, _("events endpoint disabled: set LINERULES_API_TOKEN"))
-    given = request.headers.get("Authorization", "")
-    # a header with bytes that are not UTF-8 arrives with surrogate escapes: encode them as they
-    # are (such a header can never match) rather than fail with a server error
-    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
+    if not bearer_ok(request, token):
         return _error(401, _("missing or wrong bearer token"))
     ctype = request.content_type
     if ctype in JSON_TYPES:

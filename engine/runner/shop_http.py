@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 
+from engine.i18n import _, render
 from engine.runtime import identity
 
 from . import shopify
@@ -28,8 +29,18 @@ log = logging.getLogger("linerules.shop")
 ACCOUNT_LINK_DIALOG = "https://access.line.me/dialog/bot/accountLink"
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: Any) -> web.Response:
+    """A JSON error answer; the reason in the runner's language (settings.yaml)."""
+    return web.json_response({"error": render(message)}, status=status)
+
+
+def bearer_ok(request: web.Request, token: str) -> bool:
+    """Whether the request's ``Authorization`` is ``Bearer TOKEN`` (the scheme in any case,
+    RFC 9110 §11.1). A header with bytes that are not UTF-8 arrives with surrogate escapes: it is
+    compared as it is (it can never match) rather than failing with a server error."""
+    scheme, _sep, given = request.headers.get("Authorization", "").strip().partition(" ")
+    match = hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode())
+    return scheme.lower() == "bearer" and match
 
 
 def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
@@ -41,7 +52,7 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
         secret = runner.config.shopify_secret
         if not secret:
             log.error("Shopify webhook refused: SHOPIFY_WEBHOOK_SECRET is not set")
-            return _error(503, "Shopify webhooks disabled: set SHOPIFY_WEBHOOK_SECRET")
+            return _error(503, _("Shopify webhooks disabled: set SHOPIFY_WEBHOOK_SECRET"))
         body = await request.read()
         signature = request.headers.get("X-Shopify-Hmac-Sha256")
         topic = request.headers.get("X-Shopify-Topic", "")
@@ -52,14 +63,14 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
             stored = await request.app[server.INTAKE].run(_store_shopify, secret, body, signature, topic, webhook_id)
         except shopify.ShopifyError as exc:
             log.error("Shopify webhook %s (%s) not understood: %s", topic, webhook_id, exc)
-            return _error(400, str(exc))
+            return _error(400, exc.text)
         if stored is None:
             log.warning(
                 "Shopify webhook refused: %s X-Shopify-Hmac-Sha256 from %s",
                 "invalid" if signature else "missing",
                 request.remote,
             )
-            return _error(401, "invalid signature")
+            return _error(401, _("invalid signature"))
         events, result = stored
         if not events:
             log.info("Shopify webhook %s (%s): nothing for the rules", topic or "without topic", webhook_id)
@@ -83,23 +94,23 @@ def routes(runner_key: web.AppKey) -> list[web.RouteDef]:
         runner = request.app[runner_key]
         token = runner.config.api_token
         if not token:
-            return _error(503, "account link disabled: set LINERULES_API_TOKEN")
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), f"Bearer {token}".encode()):
-            return _error(401, "missing or wrong bearer token")
+            return _error(503, _("account link disabled: set LINERULES_API_TOKEN"))
+        if not bearer_ok(request, token):
+            return _error(401, _("missing or wrong bearer token"))
         try:
             data = json.loads(await request.read())
         except (UnicodeDecodeError, json.JSONDecodeError):
-            return _error(400, 'the body must be a JSON object like {"customer": "C-1001", "link_token": "..."}')
+            data = None
         if not isinstance(data, dict):
-            return _error(400, 'the body must be a JSON object like {"customer": "C-1001", "link_token": "..."}')
+            example = '{"customer": "C-1001", "link_token": "..."}'
+            return _error(400, _("the body must be a JSON object like {example}", example=example))
         for key in ("customer", "link_token"):
             if not isinstance(data.get(key), str) or not data[key].strip():
-                return _error(400, f'field "{key}": is missing')
+                return _error(400, _('field "{field}": is missing', field=key))
         nonce = data.get("nonce")
         if nonce is not None and (not isinstance(nonce, str) or not 10 <= len(nonce) <= 255):
             return _error(
-                400, 'field "nonce": must be text of 10 to 255 characters (leave it out and linerules makes one)'
+                400, _('field "nonce": must be text of 10 to 255 characters (leave it out and linerules makes one)')
             )
         nonce = identity.register_nonce(runner.store, data["customer"], int(runner.now().timestamp()), nonce)
         url = f"{ACCOUNT_LINK_DIALOG}?{urlencode({'linkToken': data['link_token'], 'nonce': nonce})}"

@@ -22,6 +22,7 @@ import hmac
 import json
 from typing import Any
 
+from engine.i18n import _
 from engine.runtime.events import Event, customer_key
 
 #: Topics that become events; any other topic is answered 200 and ignored.
@@ -36,7 +37,12 @@ TOPICS = (
 
 
 class ShopifyError(ValueError):
-    """A webhook body that is not what its topic says (answered 400)."""
+    """A webhook body that is not what its topic says (answered 400); ``text`` is the reason as
+    a translatable text (``str()`` its English, for the log)."""
+
+    def __init__(self, text: Any) -> None:
+        self.text = text
+        super().__init__(str(text))
 
 
 def verify(secret: str, body: bytes, signature: str | None) -> bool:
@@ -55,13 +61,13 @@ def sign(secret: str, body: bytes) -> str:
 
 def _time(value: Any, field: str) -> dt.datetime:
     if not isinstance(value, str):
-        raise ShopifyError(f"`{field}` is missing")
+        raise ShopifyError(_("`{field}` is missing", field=field))
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ShopifyError(f"`{field}` {value!r} is not an ISO 8601 time") from None
+        raise ShopifyError(_("`{field}` {value} is not an ISO 8601 time", field=field, value=repr(value))) from None
     if when.tzinfo is None:
-        raise ShopifyError(f"`{field}` {value!r} has no UTC offset")
+        raise ShopifyError(_("`{field}` {value} has no UTC offset", field=field, value=repr(value)))
     return when
 
 
@@ -69,9 +75,9 @@ def _money(value: Any, field: str) -> float | int:
     try:
         amount = float(value)
     except (TypeError, ValueError):
-        raise ShopifyError(f"`{field}` {value!r} is not an amount") from None
+        raise ShopifyError(_("`{field}` {value} is not an amount", field=field, value=repr(value))) from None
     if amount < 0 or amount != amount or amount == float("inf"):
-        raise ShopifyError(f"`{field}` {value!r} is not an amount")
+        raise ShopifyError(_("`{field}` {value} is not an amount", field=field, value=repr(value)))
     # Shopify writes money as text ("5500.00"); a whole amount stays whole, so a message's
     # {{ event.amount }} shows 5500, as for an event posted with "amount": 5500
     return int(amount) if amount.is_integer() else amount
@@ -96,7 +102,7 @@ def _items(lines: Any) -> list[dict[str, Any]]:
     items = []
     for i, line in enumerate(lines if isinstance(lines, list) else []):
         if not isinstance(line, dict):
-            raise ShopifyError(f"`line_items[{i}]` is not an object")
+            raise ShopifyError(_("`{field}` is not an object", field=f"line_items[{i}]"))
         product = (
             line.get("sku")
             or (str(line["product_id"]) if line.get("product_id") is not None else None)
@@ -119,7 +125,7 @@ def _items(lines: Any) -> list[dict[str, Any]]:
 def _order_id(payload: dict) -> tuple[str, str]:
     """(order id = the order's name like ``#1001``, Shopify's id as ``shopify:<id>``)."""
     if payload.get("id") is None:
-        raise ShopifyError("`id` is missing")
+        raise ShopifyError(_("`{field}` is missing", field="id"))
     external = f"shopify:{payload['id']}"
     name = payload.get("name")
     return (str(name) if name else external), external
@@ -130,7 +136,7 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
     if topic not in TOPICS:
         return []
     if not isinstance(payload, dict):
-        raise ShopifyError("the body is not a JSON object")
+        raise ShopifyError(_("the body is not a JSON object"))
     base = f"shopify:{webhook_id}" if webhook_id else None
     if topic == "orders/create":
         order_id, external = _order_id(payload)
@@ -157,7 +163,7 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
         return [Event("refund", "", _time(when, "cancelled_at"), {**data, **extra}, id=f"{external}:cancelled")]
     if topic == "refunds/create":
         if payload.get("order_id") is None:
-            raise ShopifyError("`order_id` is missing")
+            raise ShopifyError(_("`{field}` is missing", field="order_id"))
         amount = sum(
             _money(t.get("amount"), "transactions.amount")
             for t in payload.get("transactions") or []
@@ -201,7 +207,7 @@ def events_from_webhook(topic: str, webhook_id: str | None, payload: Any) -> lis
         ]
     # fulfillments/create
     if payload.get("order_id") is None:
-        raise ShopifyError("`order_id` is missing")
+        raise ShopifyError(_("`{field}` is missing", field="order_id"))
     urls = payload.get("tracking_urls") or []
     numbers = payload.get("tracking_numbers") or []
     data = {
@@ -223,4 +229,4 @@ def parse(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShopifyError(f"the body is not JSON: {exc}") from None
+        raise ShopifyError(_("the body is not JSON: {reason}", reason=exc)) from None

@@ -169,7 +169,8 @@ class EventError(ValueError):
                 self.unit, _("line {n}", n=self.line)
             )
         else:
-            where = _("event") if self.unit in ("line", "event") else _("item") if self.unit == "item" else self.unit
+            units = {"line": _("event"), "event": _("event"), "item": _("item"), "webhook body": _("webhook body")}
+            where = units.get(self.unit, self.unit)
         if self.field:
             return _('{where}: field "{field}": {message}', where=where, field=self.field, message=self.message)
         return _("{where}: {message}", where=where, message=self.message)
