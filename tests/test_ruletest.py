@@ -124,6 +124,13 @@ def test_a_list_of_tests_with_options():
             "t.yaml:6:55: error: unknown rule `welcom`",
         ),
         (PASSING.replace("[coupon15]", "[coupon51]"), "t.yaml:6:75: error: unknown message `coupon51`"),
+        (
+            PASSING.replace(
+                "source: qr=shipping}",
+                "source: qr=shipping}\n  - {type: click, friend: U1, at: 2026-11-02T11:00:00+09:00, rule: welcom}",
+            ),
+            "t.yaml:4:68: error: unknown rule `welcom`",
+        ),
         (PASSING.replace("expect:", "expects:"), "t.yaml:4:1: error: unknown test field `expects`"),
         (PASSING + "tolerance: 5 minutes\n", "t.yaml:7:12: error: `5 minutes` is not a duration"),
         (PASSING + "tick: 0m\n", "t.yaml:7:7: error: `tick` must be longer than 0"),

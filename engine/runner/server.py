@@ -183,7 +183,8 @@ def _store_webhook(
     if not signature or not verify_signature(secret, body, signature):
         return None
     events = parse_webhook(body)
-    return events, _apply(stores, events), _log_events(runner, events, "webhook")
+    result = _apply(stores, events)
+    return events, result, _log_events(runner, events, "webhook", result)
 
 
 def _apply(stores: Intake, events: list[Event]) -> ApplyResult:
@@ -226,16 +227,26 @@ async def _fetch_profiles(runner: Runner, friends: list[str]) -> None:
     runner.wake_tick()
 
 
-def _log_events(runner: Runner, events: list[Event], origin: str) -> Counter:
-    """One log line per stored event (on the intake thread); returns the count per type. Never
-    raises: the events are stored already, and an error answer now would make the client send
-    them again."""
+def _log_events(runner: Runner, events: list[Event], origin: str, result: ApplyResult) -> Counter:
+    """One log line per event received (on the intake thread), and one for the duplicates among
+    them; returns the count per type. Never raises: the events are stored already, and an error
+    answer now would make the client send them again."""
     for event in events:
         try:
             when = runner.local(event.at)
         except (OverflowError, ValueError):
             when = event.at.isoformat()
-        log.info("event %s friend=%s at=%s via %s", event.type, event.friend, when, origin)
+        # an event naming only the shop's customer (or a refund, its order) has no friend yet
+        who = (
+            f"friend={event.friend}"
+            if event.friend
+            else f"customer={event.data['customer']}"
+            if event.data.get("customer")
+            else f"order={event.data.get('order_id')}"
+        )
+        log.info("event %s %s at=%s via %s", event.type, who, when, origin)
+    if result.duplicates:
+        log.info("%d of these %d events via %s were stored before: duplicates", result.duplicates, len(events), origin)
     return Counter(e.type for e in events)
 
 
@@ -288,7 +299,8 @@ def _store_events(stores: Intake, runner: Runner, body: bytes, fmt: str) -> tupl
     """On an intake thread: decode, parse and validate the whole batch, then store it (see
     :func:`_apply`). Raises UnicodeDecodeError or EventError before anything is written."""
     batch = parse_events(body.decode("utf-8"), fmt=fmt)
-    return batch, _apply(stores, batch), _log_events(runner, batch, "api")
+    result = _apply(stores, batch)
+    return batch, result, _log_events(runner, batch, "api", result)
 
 
 class Intake:

@@ -225,11 +225,21 @@ class _TestFile:
     def event(self, value: Any, path: Path) -> Event | None:
         line = self.f.span_at(path).line
         try:
-            return parse_event_obj(_jsonish(value), line, every=True)
+            event = parse_event_obj(_jsonish(value), line, every=True)
         except EventError as e:
             for problem in (e, *e.others):
                 self.event_error(problem, path)
             return None
+        rule = event.data.get("rule") if event.type == "click" else None
+        if rule is not None and rule not in self.project.rules:
+            # a click on a rule's link: a misspelt rule would make `clicked` quietly never hold
+            self.error(
+                path + ("rule",),
+                E("LR805", "unknown rule `{name}`", name=_text(rule)),
+                did_you_mean(str(rule), self.project.rules),
+            )
+            return None
+        return event
 
     def event_error(self, e: EventError, path: Path) -> None:
         """Put an intake error on the YAML node of the field it names."""
