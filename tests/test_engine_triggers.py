@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 from engine.language import ir
 from enginekit import as_friends, at, ev, project, rule, run, send, wait
@@ -320,3 +321,30 @@ def test_time_triggers_skip_friends_still_inside_the_rule():
         ("2026-11-03 08:00:00", "U1", "daily", ["b"]),  # 11-02 20:00: still inside
         ("2026-11-03 20:00:00", "U1", "daily", ["a"]),
     ]  # 11-04 20:00: inside again
+
+
+def test_a_daily_schedule_fires_once_on_the_day_the_clocks_go_back(fresh_db_path):
+    # New York's clocks go back at 02:00 on 2026-11-01: 01:30 comes twice, the daily job at
+    # 01:30 fires once; an hourly job fires in both of the repeated hours
+    from engine.runtime.events import Event
+    from engine.runtime.simulate import run_timeline
+
+    p = project(
+        rule("daily", ir.ScheduleTrigger("30 1 * * *"), send("a")),
+        rule("hourly", ir.ScheduleTrigger("30 * * * *"), send("b")),
+        settings=ir.Settings(timezone="America/New_York"),
+    )
+    start = dt.datetime(2026, 10, 31, 12, tzinfo=ZoneInfo("America/New_York"))
+    pushes = run_timeline(
+        p,
+        [Event(type="follow", friend="U1", at=start, data={})],
+        until=start + dt.timedelta(days=2),
+        tick_seconds=3600,
+        db_path=str(fresh_db_path),
+    )
+    assert [x["at"] for x in pushes if x["rule"] == "daily"] == [
+        "2026-11-01T01:30:00-04:00",
+        "2026-11-02T01:30:00-05:00",
+    ]
+    hourly = [x["at"] for x in pushes if x["rule"] == "hourly"]
+    assert ["2026-11-01T01:30:00-04:00", "2026-11-01T01:30:00-05:00"] == [h for h in hourly if "T01:30" in h][:2]

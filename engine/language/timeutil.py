@@ -118,15 +118,25 @@ class CronTimes:
     and the last answer is kept as a span ``(base, next)`` with no occurrence in
     ``(base, next)``: a clock that ticks many times between two occurrences (every tick asks
     for the latest occurrence since the last tick and for the next one) is answered from it
-    without asking croniter again."""
+    without asking croniter again.
+
+    A job at set hours (`30 1 * * *`) fires once on the day a zone's clocks go back, though its
+    time of day comes twice: the second one (``fold`` 1) is no occurrence. One whose hours are
+    a wildcard (`30 * * * *`) fires in both of the repeated hours, as they are two hours."""
 
     def __init__(self, expr: str, tz: ZoneInfo):
         from croniter import croniter  # imported here: only schedule triggers need it
 
         self.tz = tz
         self._iter = croniter(expr, local(0, tz))
+        fields = expr.split()
+        self._set_hours = len(fields) >= 2 and not fields[1].startswith("*")
         self._span: tuple[int, int] | None = None
         self._lock = threading.Lock()
+
+    def _repeated(self, moment: int) -> bool:
+        """Whether ``moment`` is the second of a time of day the clocks went back over."""
+        return self._set_hours and local(moment, self.tz).fold == 1
 
     def next_after(self, ts: int) -> int:
         span = self._span
@@ -134,6 +144,8 @@ class CronTimes:
             return span[1]
         with self._lock:
             moment = epoch(self._iter.get_next(dt.datetime, start_time=local(ts, self.tz)))
+            while self._repeated(moment):
+                moment = epoch(self._iter.get_next(dt.datetime, start_time=local(moment, self.tz)))
         if span is None or not (span[0] <= ts < span[1]):
             self._span = (ts, moment)
         return moment
@@ -147,6 +159,8 @@ class CronTimes:
             return first
         with self._lock:
             moment = epoch(self._iter.get_prev(dt.datetime, start_time=local(upto + 1, self.tz)))
+            while self._repeated(moment):
+                moment = epoch(self._iter.get_prev(dt.datetime, start_time=local(moment, self.tz)))
         return moment if after < moment <= upto else None
 
 
