@@ -414,6 +414,19 @@ def test_a_last_call_that_waits_for_the_window_past_the_sale_warns():
     )
 
 
+def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():
+    assert problems('when schedule "0 20 * * 5" reenter after 3d then stop') == [
+        "1:28 warning: `reenter` does nothing in a rule that starts by `schedule`: it enters every friend "
+        "once per occurrence"
+    ]
+    sales = (
+        ir.Sale("s1", "SALE", dt.datetime(2026, 12, 4, 20, tzinfo=dt.UTC), dt.datetime(2026, 12, 11, tzinfo=dt.UTC)),
+    )
+    [warning] = problems("when sale starts reenter never then stop", sales=sales)
+    assert "`reenter` does nothing in a rule that starts by `sale`" in warning
+    assert problems("when followed reenter after 3d then stop") == []
+
+
 def test_a_last_call_counted_exactly_from_the_end_warns_too():
     # `sale ends in 2h` of a sale ending 01:59 fires at 23:59, outside the window: its sends
     # would go at 09:00, after the end; an offset longer than the sale fires before it starts

@@ -528,6 +528,19 @@ class _Checker:
                         E("LR202", "`reenter after 0d` is the same as `reenter always`"),
                         help=_("write `reenter always`, or a longer time"),
                     )
+                elif isinstance(rule.trigger, (A.ScheduleTrigger, A.SaleTrigger)):
+                    self.warn(
+                        o.span,
+                        E(
+                            "LR406",
+                            "`reenter` does nothing in a rule that starts by `{trigger}`: it enters every "
+                            "friend once per occurrence",
+                            trigger="schedule" if isinstance(rule.trigger, A.ScheduleTrigger) else "sale",
+                        ),
+                        help=_(
+                            "remove it: each occurrence enters every current friend not still inside the rule from an earlier one"
+                        ),
+                    )
             elif isinstance(o, A.Window):
                 ok = self._time(o.start) & self._time(o.end)
                 if ok and (o.start.hour, o.start.minute) == (o.end.hour, o.end.minute):

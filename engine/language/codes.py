@@ -580,6 +580,18 @@ CODES: dict[str, Code] = {
             _("rule hot when clicked within 2d then send coupon15"),
             _("rule hot when clicked within 2d reenter after 30d then send coupon15"),
         ),
+        _c(
+            "LR406",
+            "sale.rule",
+            _("`reenter` in a schedule or sale rule (warning)"),
+            _(
+                "A `schedule` or `sale` rule enters every current friend once per occurrence (a friend "
+                "still inside it from an earlier occurrence is left out); `reenter` changes nothing "
+                "there. Remove it."
+            ),
+            _('rule weekly when schedule "0 20 * * 5" reenter after 7d then send weekly_pick'),
+            _('rule weekly when schedule "0 20 * * 5" then send weekly_pick'),
+        ),
         # ------------------------------------------------------------------ messages.yaml (LR5xx)
         _c(
             "LR500",
