@@ -126,8 +126,9 @@ def load_settings(path: str, text: str) -> tuple[ir.Settings, list[Diagnostic]]:
     return s.settings, s.diagnostics
 
 
-#: A ``language:`` line as written, for a settings.yaml that cannot be read as a whole.
-_LANGUAGE_LINE = re.compile(r"""^language[ \t]*:[ \t]*["']?([A-Za-z][A-Za-z_.-]*)["']?[ \t]*(?:#.*)?$""", re.M)
+#: A ``language:`` line as written, for a settings.yaml that cannot be read as a whole (the
+#: patterns of the error paths are compiled when first used: a warm ``validate`` needs none).
+_LANGUAGE_LINE = r"""^language[ \t]*:[ \t]*["']?([A-Za-z][A-Za-z_.-]*)["']?[ \t]*(?:#.*)?$"""
 
 
 def written_language(path: str) -> str | None:
@@ -141,7 +142,7 @@ def written_language(path: str) -> str | None:
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return None
-    found = _LANGUAGE_LINE.search(text.replace("\r", ""))
+    found = re.search(_LANGUAGE_LINE, text.replace("\r", ""), re.M)
     return normalize(found.group(1)) if found else None
 
 
@@ -275,21 +276,21 @@ def _window(f: YamlFile, path, value: Any) -> ir.Window | None:
 
 #: What a window's two times are joined by when not by `-`: a wave dash (`〜`, `～`), a
 #: tilde, a dash.
-_WINDOW_JOINS = re.compile(r"\s*(?:[~〜～–—−]|から)\s*")
+_WINDOW_JOINS = r"\s*(?:[~〜～–—−]|から)\s*"
 #: A time of day as a marketer may write it: ``9``, ``9:00``, ``9時``, ``9時30分``.
-_LOOSE_TIME = re.compile(r"\s*(\d{1,2})(?:(?::|時)(\d{2})?分?)?\s*")
+_LOOSE_TIME = r"\s*(\d{1,2})(?:(?::|時)(\d{2})?分?)?\s*"
 
 
 def _window_meant(text: str) -> str | None:
     """The window ``text`` means when written with another join or bare hours (``9〜21``,
     ``9:00～21:00``, ``9時から21時``), in the form to write; None when it means none."""
-    parts = _WINDOW_JOINS.split(unicodedata.normalize("NFKC", text).strip().replace("-", "〜"))
+    parts = re.split(_WINDOW_JOINS, unicodedata.normalize("NFKC", text).strip().replace("-", "〜"))
     parts = [p for p in parts if p]
     if len(parts) != 2:
         return None
     times = []
     for part in parts:
-        m = _LOOSE_TIME.fullmatch(part)
+        m = re.fullmatch(_LOOSE_TIME, part)
         if not m or int(m.group(1)) > 23 or int(m.group(2) or 0) > 59:
             return None
         times.append(f"{int(m.group(1)):02d}:{m.group(2) or '00'}")
