@@ -6,7 +6,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from engine.language import ir
-from enginekit import as_friends, at, ev, project, rule, run, send, wait
+from enginekit import as_friends, at, compile_rules, ev, project, rule, run, send, wait
 
 
 def test_followed_via_source_and_plain_followed():
@@ -140,6 +140,33 @@ def test_tagged_by_event_and_only_when_new():
         ev("tag", "U2", "2026-11-01 12:00", add=["other"], remove=[]),
     ]
     assert run(p, as_friends(events)) == [("2026-11-01 10:00:00", "U1", "vip", ["vip_thanks"])]
+
+
+def test_custom_event_fields_match_json_true_and_numbers_by_value():
+    # the shop's JSON says "express": true and "boxes": 2.0: `express=true` and `boxes=2` match
+    p = compile_rules(
+        "rule express when event shipped express=true reenter always then send a\n"
+        "rule two when event shipped boxes=2 reenter always then send b\n"
+        "rule gift when event ordered_gift then wait for event delivered gift=true up to 3d send thanks\n"
+        "rule back when unfollowed then wait for followed via qr=shipping up to 7d send greeting\n"
+    )
+    events = [
+        ev("shipped", "U1", "2026-11-01 10:00", express=True, boxes=2.0),
+        ev("shipped", "U1", "2026-11-01 11:00", express=False, boxes=3, note="true"),
+        ev("shipped", "U1", "2026-11-01 12:00", express="true", boxes="2"),
+        ev("ordered_gift", "U1", "2026-11-02 11:00"),
+        ev("delivered", "U1", "2026-11-03 15:00", gift=True),
+        ev("unfollow", "U1", "2026-11-04 10:00"),
+        ev("follow", "U1", "2026-11-05 10:00", source="qr=shipping"),
+    ]
+    assert run(p, as_friends(events), until="2026-11-20 00:00") == [
+        ("2026-11-01 10:00:00", "U1", "express", ["a"]),
+        ("2026-11-01 10:00:00", "U1", "two", ["b"]),
+        ("2026-11-01 12:00:00", "U1", "express", ["a"]),  # the text "true" as written
+        ("2026-11-01 12:00:00", "U1", "two", ["b"]),
+        ("2026-11-03 15:00:00", "U1", "gift", ["thanks"]),  # resumed by the delivery, not at 3d
+        ("2026-11-05 10:00:00", "U1", "back", ["greeting"]),  # back through the QR card
+    ]
 
 
 def test_custom_event_with_fields():

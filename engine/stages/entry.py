@@ -7,6 +7,7 @@ steps). A :class:`Walker` is one enrollment on its way through its steps in this
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,8 +91,26 @@ def matches(trig: ir.EventTrigger, event_type: str, data: dict, source: str | No
     if isinstance(trig, ir.TaggedTrigger):
         return trig.name in (data.get("add") or [])
     if isinstance(trig, ir.CustomEventTrigger):
-        return all(k in data and str(data[k]) == v for k, v in trig.pairs)
+        return all(k in data and field_matches(data[k], v) for k, v in trig.pairs)
     return True  # Unfollowed, Linked
+
+
+def field_matches(value: Any, written: str) -> bool:
+    """Whether a custom event's field ``value`` (as JSON gave it) is the ``written`` value of
+    ``event NAME key=value``: text as it is; a JSON true/false as `true`/`false`; a number equal
+    to the number written (`boxes=2` is 2 and 2.0, `price=2.50` is 2.5); null as `null`."""
+    if isinstance(value, bool):
+        return written.lower() == ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        try:
+            return float(written) == value
+        except ValueError:
+            return False
+    if value is None:
+        return written.lower() == "null"
+    if isinstance(value, str):
+        return value == written
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) == written
 
 
 def draw(friend: str, rule: ir.Rule) -> tuple[str | None, bool]:
@@ -227,7 +246,9 @@ class Entry:
         out: list[Walker] = []
         source = None
         rules = self.by_type.get(event_type, ())
-        if rules and event_type != "unfollow":
+        waits = event_type in self.wait_types
+        if (rules or waits) and event_type != "unfollow":
+            # (the add source, for `followed via` in a trigger or in a `wait for`)
             followed_at, blocked_at, source = s.friend_status(friend) or (None, None, None)
             if followed_at is None or blocked_at is not None:
                 rules = ()
@@ -237,7 +258,7 @@ class Entry:
                 if walker:
                     result.entered += 1
                     out.append(walker)
-        for row in s.open_enrollments(friend) if event_type in self.wait_types else ():
+        for row in s.open_enrollments(friend) if waits else ():
             if row["state"] != "waiting":
                 continue
             rule = self.ctx.rules.get(row["rule"])
