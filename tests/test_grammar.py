@@ -383,6 +383,14 @@ def test_syntax_error_messages(text, expected):
             "when followed then send x if orders >= " + "9" * 5000,
             "1:40: `99999999999999999999…9999999999` is too large a number | numbers go up to 1000000000000000",
         ),
+        (
+            "when followed priority 99999999999999999999 then send x",
+            "1:24: `99999999999999999999` is too large a number | a priority goes from -1000000 to 1000000",
+        ),
+        (
+            "when followed priority -" + "9" * 5000 + " then send x",
+            "1:24: `-9999999999999999999…9999999999` is too large a number | a priority goes from -1000000 to 1000000",
+        ),
     ],
 )
 def test_numbers_beyond_any_meant_one_are_refused(text, expected):

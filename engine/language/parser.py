@@ -44,6 +44,8 @@ _ESCAPES = {"n": "\n", "t": "\t"}
 #: "expected ..." list of a syntax error).
 STEP_WORDS = ("send", "wait", "tag", "untag", "set", "menu", "start", "stop")
 OPTION_WORDS = ("exit", "reenter", "window", "priority", "uncapped", "split", "holdout")
+#: The largest ``priority`` (either way): any two rules' order fits in it.
+MAX_PRIORITY = 1_000_000
 ITEM_WORDS = ("rule", "segment", "when")
 COND_WORDS = (
     "not",
@@ -540,7 +542,20 @@ class _AstBuilder:
         return A.Window(self._time(children[0]), self._time(children[1]), span)
 
     def priority(self, span, children):
-        return A.Priority(int(children[0].value), span)
+        tok = children[0]
+        digits = tok.value.lstrip("-+0")
+        # (compared by length first: Python reads at most 4,300 digits as a number)
+        value = int(tok.value) if len(digits) <= len(str(MAX_PRIORITY)) else MAX_PRIORITY + 1
+        if abs(value) > MAX_PRIORITY:  # (the store keeps it in a 64-bit integer)
+            self.diagnostics.append(
+                Diagnostic.at(
+                    Span(self.path, tok.line, tok.column, tok.end_line, tok.end_column),
+                    E("LR018", "`{value}` is too large a number", value=_shortened(tok.value)),
+                    help=_("a priority goes from -{largest} to {largest}", largest=MAX_PRIORITY),
+                )
+            )
+            value = -MAX_PRIORITY if tok.value.startswith("-") else MAX_PRIORITY
+        return A.Priority(value, span)
 
     def uncapped(self, span, children):
         return A.Uncapped(span)
