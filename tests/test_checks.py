@@ -414,6 +414,21 @@ def test_a_last_call_that_waits_for_the_window_past_the_sale_warns():
     )
 
 
+def test_followed_as_part_of_a_condition_trigger_is_an_error_with_the_event_form():
+    # `when followed and tagged vip` would greet every tagged friend whenever the tag came
+    [error] = problems("when followed and tagged vip then stop")
+    assert error == (
+        "1:6 error: `followed` is the follow event only on its own after `when`: as part of a condition "
+        "it would enter friends whenever the rest comes to hold"
+    )
+    help_ = compile_source("when followed via qr=shipping and orders >= 1 then stop").diagnostics[0].help
+    assert help_.startswith("react to the follow and filter it: `when followed via qr=shipping if ...`")
+    assert len(problems("when not followed then stop")) == 1
+    # the event, alone; and `followed via` in a filter or a step's condition
+    assert problems("when followed via qr=shipping if tagged vip then stop") == []
+    assert problems("when tagged vip if followed via qr=shipping then send a if followed via ad=x") == []
+
+
 def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():
     assert problems('when schedule "0 20 * * 5" reenter after 3d then stop') == [
         "1:28 warning: `reenter` does nothing in a rule that starts by `schedule`: it enters every friend "

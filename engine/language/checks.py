@@ -878,6 +878,23 @@ class _Checker:
                 continue
             if cls is A.Activity:
                 self._activity(node, where)
+            elif cls is A.Followed and where == "trigger" and node is not c:
+                # `when followed and tagged vip`: not the follow event (that is `followed` alone)
+                # but "has followed", which every friend a condition reaches has: it would enter
+                # every tagged friend whenever the tag arrives
+                self.error(
+                    node.span,
+                    E(
+                        "LR301",
+                        "`followed` is the follow event only on its own after `when`: as part of a "
+                        "condition it would enter friends whenever the rest comes to hold",
+                    ),
+                    help=_(
+                        "react to the follow and filter it: `when {written} if ...`; for how long they have been a friend, `friend for 30d`",
+                        written="followed"
+                        + (" via " + ", ".join(f"{p.key.value}={p.value}" for p in node.pairs) if node.pairs else ""),
+                    ),
+                )
             elif isinstance(node, (A.FriendFor, A.LastPurchaseOlder)):
                 self._positive(node.duration)
             elif isinstance(node, A.Compare):
