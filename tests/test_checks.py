@@ -429,6 +429,13 @@ def test_followed_as_part_of_a_condition_trigger_is_an_error_with_the_event_form
     assert problems("when tagged vip if followed via qr=shipping then send a if followed via ad=x") == []
 
 
+def test_a_send_right_after_unfollowed_warns_that_it_is_never_made():
+    assert problems("when unfollowed then tag left send a") == [
+        "1:31 warning: this send is never made: after `unfollowed` the friend has blocked the account"
+    ]
+    assert problems("when unfollowed then wait for followed up to 7d send a") == []
+
+
 def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():
     assert problems('when schedule "0 20 * * 5" reenter after 3d then stop') == [
         "1:28 warning: `reenter` does nothing in a rule that starts by `schedule`: it enters every friend "

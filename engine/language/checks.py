@@ -586,8 +586,22 @@ class _Checker:
         push_total = 0  # their message objects
         push_reported = False
         stopped = False
+        # after `when unfollowed` the friend has blocked the account: until a `wait` (say, for
+        # them to follow again) nothing can be sent to them
+        blocked = isinstance(rule.trigger, A.UnfollowedTrigger)
         for step in rule.steps:
             cls = step.__class__
+            if cls in A.WAIT_STEPS:
+                blocked = False
+            elif blocked and cls is A.SendStep:
+                self.warn(
+                    step.span,
+                    E("LR401", "this send is never made: after `unfollowed` the friend has blocked the account"),
+                    help=_(
+                        "a blocked friend gets nothing; to welcome them back, wait for it first: `wait for followed up to 30d`"
+                    ),
+                )
+                blocked = False  # once per rule
             if stopped:
                 self.warn(
                     step.span,
