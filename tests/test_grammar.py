@@ -278,11 +278,24 @@ def test_string_escapes():
         ),
         (
             "when then send x",
-            "1:6: unexpected `then`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | `then` is a keyword: here it was read as a name",
+            "1:6: unexpected `then`; expected a trigger (`followed`, `message`, `schedule`, ... or a condition) | `then` is a keyword: what goes before it is missing",
         ),
         (
             "when followed then wiat 1d send x",
             "1:20: unexpected `wiat`; expected a step (`send`, `wait`, `tag`, ...) | did you mean `wait`?",
+        ),
+        (
+            "when followed then wait for purchased 1d send x",
+            "1:39: `wait for` needs how long it waits: `up to` and a duration | write `up to 1d`: the friend "
+            "goes on at the event, or after that long",
+        ),
+        (
+            "when followed via qr：shipping then send x",
+            "1:21: `：` is a full-width character | a key and its value are joined by `=`: `qr=shipping`",
+        ),
+        (
+            "when followed then wait 1d at 10：00 send x",
+            "1:33: `：` is a full-width character | write the half-width `:`",
         ),
         (
             "when followed then send x\n  wiat 1d send x",

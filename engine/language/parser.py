@@ -1139,6 +1139,14 @@ def _token_error(
         return Diagnostic.at(
             span, E("LR013", "the file ends too early; expected {expected}", expected=describe(expected))
         )
+    if "UP" in expected and (tok.type in ("DURATION", "$END") or tok.value in STEP_WORDS):
+        # `wait for purchased 1d`, `wait for purchased` at the end: the timeout is missing
+        duration = tok.value if tok.type == "DURATION" else "3d"
+        return Diagnostic.at(
+            _tok_span(path, tok) if tok.type != "$END" else Span(path, tok.end_line or 1, tok.end_column or 1),
+            E("LR010", "`wait for` needs how long it waits: `up to` and a duration"),
+            help=_("write `up to {duration}`: the friend goes on at the event, or after that long", duration=duration),
+        )
     if "THEN" in expected and tok.value in STEP_WORDS:
         return Diagnostic.at(
             _tok_span(path, tok),
@@ -1203,7 +1211,8 @@ def _blame_name(
         return Diagnostic.at(
             _tok_span(path, name),
             E("LR014", "unexpected `{value}`; expected {expected}", value=name.value, expected=describe(accepted)),
-            help=_("`{value}` is a keyword: here it was read as a name", value=name.value),
+            # (`if then`, `wait for up to 3d`, `send wait 1d`: the keyword came too early)
+            help=_("`{value}` is a keyword: what goes before it is missing", value=name.value),
         )
     close = did_you_mean(name.value, words) if words else None
     if close is not None and close.startswith("did you mean"):
@@ -1303,7 +1312,9 @@ def _operator_or_comma_slip(text: str, prev: Token | None, tok: Token) -> str | 
     return None
 
 
-def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnostic:
+def _full_width_error(path: str, char: str, line: int, column: int, before: str = "", after: str = "") -> Diagnostic:
+    """LR015 for ``char``; ``before``/``after``: the characters next to it, which tell a
+    `key：value` pair (its half-width form is `=`, not `:`) from a time `10：00`."""
     if char in _CURLY_QUOTES:
         return Diagnostic.at(
             Span(path, line, column, line, column + 1),
@@ -1314,6 +1325,8 @@ def _full_width_error(path: str, char: str, line: int, column: int) -> Diagnosti
         help_ = _("write the half-width `-` between the two times, e.g. `10:00-20:00`")
     elif char == "＃":
         help_ = _("write the half-width `#` to start a comment")
+    elif char == "：" and before and after and not (before.isdigit() and after.isdigit()):
+        help_ = _("a key and its value are joined by `=`: `{key}={value}`", key=before, value=after)
     else:
         help_ = _("write the half-width `{meant}`", meant=_FULL_WIDTH[char])
     return Diagnostic.at(
@@ -1329,8 +1342,19 @@ def _full_width_at(text: str, tok: Token) -> tuple[str, int, int] | None:
         return None
     for i in range(tok.start_pos, min(len(text), tok.end_pos + 1)):
         if text[i] in _FULL_WIDTH:
-            return text[i], tok.line, tok.column + (i - tok.start_pos)
+            return text[i], tok.line, tok.column + (i - tok.start_pos), *_beside(text, i)
     return None
+
+
+def _beside(text: str, i: int) -> tuple[str, str]:
+    """The words right before and after position ``i`` (up to a space or punctuation)."""
+    start = i
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-"):
+        start -= 1
+    end = i + 1
+    while end < len(text) and (text[end].isalnum() or text[end] in "_-"):
+        end += 1
+    return text[start:i], text[i + 1 : end]
 
 
 def _full_width_word(text: str, tok: Token) -> str | None:
@@ -1369,7 +1393,7 @@ def _char_error(
             help=_('a quoted text ends on the same line: "like this"'),
         )
     if char in _FULL_WIDTH:
-        return _full_width_error(path, char, e.line, e.column)
+        return _full_width_error(path, char, e.line, e.column, *_beside(text, e.pos_in_stream))
     if char.isdigit():
         m = _DURATION_TEXT.match(text, e.pos_in_stream)
         if m is not None and "DURATION" in allowed:
