@@ -118,6 +118,20 @@ def test_duplicate_message_name():
     assert found("a: x\nb: y\na: z\n") == [(3, 1, "duplicate key `a`")]
 
 
+def test_a_second_type_in_one_object_is_told_to_start_a_new_object():
+    # the `- ` of the image was left out: removing a `type:` would lose the image without a word
+    _, [diag] = load("""\
+        two:
+          - type: text
+            text: こんにちは
+            type: image
+            originalContentUrl: https://shop.example.jp/a.jpg
+            previewImageUrl: https://shop.example.jp/a.jpg
+        """)
+    assert (diag.line, diag.column, diag.message) == (4, 5, "duplicate key `type`")
+    assert diag.help == "a second `type:` starts another object: begin it with `- `, as in `- type: image`"
+
+
 def test_value_must_be_text_or_objects():
     assert found("a: 5\n") == [(1, 4, "message `a` must be text or a list of LINE message objects")]
 

@@ -262,10 +262,16 @@ class YamlFile:
                 )
                 continue
             if key in seen:
+                # a second `type:` is most often a second message object whose `- ` was left out
+                # (removing one of the keys would silently lose that object)
+                kind = value_node.value if isinstance(value_node, yaml.ScalarNode) else "image"
+                again = _(
+                    "a second `type:` starts another object: begin it with `- `, as in `- type: {kind}`", kind=kind
+                )
                 self.error(
                     self.span(key_node),
                     E("LR004", "duplicate key `{key}`", key=key),
-                    help=_("each key may appear once in a mapping; remove one of them"),
+                    help=again if key == "type" else _("each key may appear once in a mapping; remove one of them"),
                 )
                 continue
             seen.add(key)
