@@ -285,6 +285,20 @@ def test_string_escapes():
             "1:20: unexpected `wiat`; expected a step (`send`, `wait`, `tag`, ...) | did you mean `wait`?",
         ),
         (
+            'when followed then tag "VIP"',
+            '1:24: unexpected text "VIP"; expected a name | a name is written without quotes: `VIP`',
+        ),
+        (
+            "when message 「クーポン」 then send x",
+            '1:14: unexpected `「クーポン」`; expected a quoted text like "coupon" or `exactly` | write the text '
+            'in straight double quotes: "クーポン"',
+        ),
+        (
+            "when message 'coupon' then send x",
+            "1:14: unexpected `'coupon'`; expected a quoted text like \"coupon\" or `exactly` | write the text "
+            'in straight double quotes: "coupon"',
+        ),
+        (
             "when followed then wait for purchased 1d send x",
             "1:39: `wait for` needs how long it waits: `up to` and a duration | write `up to 1d`: the friend "
             "goes on at the event, or after that long",

@@ -1406,6 +1406,9 @@ def _char_error(
     )
 
 
+#: Quotation marks a text may be written in by mistake -> their closing mark.
+_OTHER_QUOTES = {"「": "」", "『": "』", "'": "'", "\u2018": "\u2019"}
+
 #: Full-width punctuation typed with a Japanese input method -> the character meant.
 _FULL_WIDTH = {
     "＝": "=",
@@ -1460,6 +1463,14 @@ def _help(tok: Token, expected: set[str]) -> str | None:
     """A hint for a few known mistakes."""
     if tok.type in ("NUMBER", "INT", "DURATION", "TIME", "PERCENT"):
         return _unit_help(expected)
+    if tok.type == "STRING" and "NAME" in expected:  # `tag "VIP"`, `send "coupon15"`
+        inner = tok.value[1:-1]
+        if NAME_RE.fullmatch(inner):
+            return _("a name is written without quotes: `{name}`", name=inner)
+    if "STRING" in expected and tok.value[:1] in _OTHER_QUOTES and len(tok.value) > 2:
+        # `message 「クーポン」`, `message 'coupon'`: texts are in straight double quotes
+        inner = tok.value[1:-1] if tok.value[-1:] in _OTHER_QUOTES.values() else tok.value[1:]
+        return _('write the text in straight double quotes: "{text}"', text=inner)
     if tok.type == "NAME":
         texts = _terminal_texts()
         words = {texts[t] for t in expected if t in texts and NAME_RE.fullmatch(texts[t])}
