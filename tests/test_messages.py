@@ -132,6 +132,52 @@ def test_a_second_type_in_one_object_is_told_to_start_a_new_object():
     assert diag.help == "a second `type:` starts another object: begin it with `- `, as in `- type: image`"
 
 
+@pytest.mark.parametrize(
+    "text, line, column, message, help_",
+    [
+        (
+            "a:\n  - type: text\n    text: 本日: 20時から\n",
+            3,
+            13,
+            "invalid YAML: a `: ` inside a value that is not quoted",
+            'quote the whole value: text: "本日: 20時から"',
+        ),
+        (
+            'a:\n  - type: text\n    text: "{{ friend.display_name | default: "お客" }}様"\n',
+            3,
+            46,
+            'invalid YAML: a `"` inside this double-quoted text ends it early',
+            "write the inner quotes as single ones: text: \"{{ friend.display_name | default: 'お客' }}様\"",
+        ),
+        (
+            'a:\n  - type: text\n    text: {{ friend.display_name | default: "お客" }}様\n',
+            3,
+            11,
+            "invalid YAML: a value that starts with `{{` must be quoted",
+            "quote the whole value: text: '{{ friend.display_name | default: \"お客\" }}様'",
+        ),
+        (
+            'a: "{{ friend.display_name }}様"、こんにちは\n',
+            1,
+            32,
+            "invalid YAML: text after the closing quote",
+            'put all of the text inside the quotes: a: "{{ friend.display_name }}様、こんにちは"',
+        ),
+        (
+            "a: {{ friend.display_name }}\n",
+            1,
+            5,
+            "a key must be a plain name, not a list or mapping",
+            'quote the whole value: a: "{{ friend.display_name }}"',
+        ),
+    ],
+)
+def test_the_commonest_ways_to_write_a_value_wrong_get_the_value_to_write(text, line, column, message, help_):
+    # before, the first four were told the line was not indented like the lines above it
+    _, [diag] = load(text)
+    assert (diag.line, diag.column, diag.message, diag.help) == (line, column, message, help_)
+
+
 def test_value_must_be_text_or_objects():
     assert found("a: 5\n") == [(1, 4, "message `a` must be text or a list of LINE message objects")]
 

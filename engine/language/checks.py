@@ -589,6 +589,8 @@ class _Checker:
         # after `when unfollowed` the friend has blocked the account: until a `wait` (say, for
         # them to follow again) nothing can be sent to them
         blocked = isinstance(rule.trigger, A.UnfollowedTrigger)
+        if blocked and rule.entry is not None:  # `when unfollowed unless blocked`: LR401 already
+            blocked = not any(isinstance(c, A.Blocked) for c in _conjuncts(rule.entry.cond, rule.entry.negated)[1])
         for step in rule.steps:
             cls = step.__class__
             if cls in A.WAIT_STEPS:

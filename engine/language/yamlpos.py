@@ -246,7 +246,18 @@ class YamlFile:
         seen: set[str] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                self.error(self.span(key_node), E("LR005", "a key must be a plain name, not a list or mapping"))
+                # `greeting: {{ friend.display_name }}`: the template read as a mapping in a mapping
+                row = self.text.split("\n")[key_node.start_mark.line]
+                found = (
+                    _value_mistake(row)
+                    if row[key_node.start_mark.column - 1 : key_node.start_mark.column + 1] == "{{"
+                    else None
+                )
+                self.error(
+                    self.span(key_node),
+                    E("LR005", "a key must be a plain name, not a list or mapping"),
+                    help=found[2] if found else None,
+                )
                 continue
             key = key_node.value
             if _SURROGATE.search(key):
@@ -397,6 +408,11 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
             E("LR003", "invalid YAML: `：` is a full-width colon"),
             _("write a half-width `:` followed by a space after the key, e.g. `greeting: ...`"),
         )
+    for n in dict.fromkeys((line, ctx_line)):  # a value written wrong on the line of the error
+        found = _value_mistake(src(n))
+        if found is not None:
+            column, message, help_ = found
+            return n, column, message, help_
     if "<block" in problem or (
         "mapping values are not allowed" in problem and _indented_deeper(src(line), src(line - 1))
     ):
@@ -459,6 +475,63 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
         E("LR003", "invalid YAML: {problem}", problem=problem),
         _("compare this line with the lines around it (indentation, `:` after each key, quotes)"),
     )
+
+
+#: ``key: value`` on one line (a list item's ``- `` in front allowed), the value as written.
+_KEY_VALUE = re.compile(r"(\s*(?:-\s+)*)([^\s\"'#{\[][^:#]*?):[ \t]+(\S.*?)\s*$")
+
+
+def _quoted(value: str) -> str:
+    """``value`` in the quotes YAML takes it in as written: double, or single when it holds ``"``."""
+    return f"'{value}'" if '"' in value else f'"{value}"'
+
+
+def _value_mistake(line: str) -> tuple[int, Any, Any] | None:
+    """``(column, message, help)`` for the commonest ways to write a value YAML cannot read:
+    a template at the start of an unquoted value (`text: {{ ... }}様`), a `"` inside a
+    double-quoted one, text after the closing quote, a `: ` inside an unquoted value."""
+    m = _KEY_VALUE.fullmatch(line)
+    if m is None:
+        return None
+    key, value = m.group(2), m.group(3)
+    start = m.start(3) + 1
+    if value.startswith("{{") or value.startswith("{%"):
+        return (
+            start,
+            E("LR003", "invalid YAML: a value that starts with `{{` must be quoted"),
+            _("quote the whole value: {key}: {fixed}", key=key, fixed=_quoted(value)),
+        )
+    if value.startswith('"'):
+        end = 1
+        while end < len(value) and (value[end] != '"' or value[end - 1] == "\\"):
+            end += 1
+        rest = value[end + 1 :].strip()
+        if end >= len(value) or not rest or rest.startswith("#"):
+            return None
+        if '"' in rest:  # `text: "{{ name | default: "お客" }}様"`
+            inner = value[1:].rstrip()
+            inner = inner[:-1] if inner.endswith('"') else inner
+            return (
+                start + end,
+                E("LR003", 'invalid YAML: a `"` inside this double-quoted text ends it early'),
+                _(
+                    "write the inner quotes as single ones: {key}: {fixed}",
+                    key=key,
+                    fixed='"' + inner.replace('"', "'") + '"',
+                ),
+            )
+        return (  # `a1: "{{ friend.display_name }}様"、こんにちは`
+            start + end + 1,
+            E("LR003", "invalid YAML: text after the closing quote"),
+            _("put all of the text inside the quotes: {key}: {fixed}", key=key, fixed=_quoted(value[1:end] + rest)),
+        )
+    if value[0] not in "'|>[&*!" and ": " in value:  # `text: 本日: 20時から`
+        return (
+            start + value.index(": "),
+            E("LR003", "invalid YAML: a `: ` inside a value that is not quoted"),
+            _("quote the whole value: {key}: {fixed}", key=key, fixed=_quoted(value)),
+        )
+    return None
 
 
 def _indented_deeper(this: str, above: str) -> bool:
