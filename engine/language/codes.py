@@ -80,8 +80,8 @@ CODES: dict[str, Code] = {
                 "full-width colon `：`, a `: ` inside a text that is not quoted. Nothing else of the "
                 "file is checked until it can be read."
             ),
-            _("greeting：\n  友だち追加ありがとうございます"),
-            _("greeting: |-\n  友だち追加ありがとうございます"),
+            _("greeting：友だち追加ありがとうございます\ncoupon15: 初回15%OFFクーポンです"),
+            _("greeting: 友だち追加ありがとうございます\ncoupon15: 初回15%OFFクーポンです"),
         ),
         _c(
             "LR004",
