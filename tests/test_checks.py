@@ -436,6 +436,14 @@ def test_a_send_right_after_unfollowed_warns_that_it_is_never_made():
     assert problems("when unfollowed then wait for followed up to 7d send a") == []
 
 
+def test_a_tag_in_full_width_letters_warns_that_it_is_another_tag():
+    assert problems("when followed then tag ＶＩＰ send a if tagged ｖｉｐ２") == [
+        "1:24 warning: the tag `ＶＩＰ` is written in full-width characters: `VIP` is another tag",
+        "1:45 warning: the tag `ｖｉｐ２` is written in full-width characters: `vip2` is another tag",
+    ]
+    assert problems("when followed then tag 会員 send a if tagged VIP") == []
+
+
 def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():
     assert problems('when schedule "0 20 * * 5" reenter after 3d then stop') == [
         "1:28 warning: `reenter` does nothing in a rule that starts by `schedule`: it enters every friend "

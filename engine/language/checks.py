@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -593,6 +594,8 @@ class _Checker:
             blocked = not any(isinstance(c, A.Blocked) for c in _conjuncts(rule.entry.cond, rule.entry.negated)[1])
         for step in rule.steps:
             cls = step.__class__
+            if cls in (A.TagStep, A.UntagStep):
+                self._wide_tag(step.name)
             if cls in A.WAIT_STEPS:
                 blocked = False
             elif blocked and cls is A.SendStep:
@@ -894,6 +897,8 @@ class _Checker:
                 continue
             if cls is A.Activity:
                 self._activity(node, where)
+            elif cls is A.Tagged:
+                self._wide_tag(node.name)
             elif cls is A.Followed and where == "trigger" and node is not c:
                 # `when followed and tagged vip`: not the follow event (that is `followed` alone)
                 # but "has followed", which every friend a condition reaches has: it would enter
@@ -950,6 +955,22 @@ class _Checker:
                     )
                 else:
                     facts.variants.append(node)
+
+    def _wide_tag(self, name: A.Name) -> None:
+        """A tag written in full-width letters or digits (`ＶＩＰ`) is another tag than the
+        half-width one (`VIP`) events and other rules use: it is a name, so only a warning."""
+        if any("\uff10" <= ch <= "\uff5a" for ch in name.value):
+            meant = unicodedata.normalize("NFKC", name.value)
+            self.warn(
+                name.span,
+                E(
+                    "LR015",
+                    "the tag `{name}` is written in full-width characters: `{meant}` is another tag",
+                    name=name.value,
+                    meant=meant,
+                ),
+                help=_("write `{meant}`, as events and the other rules do", meant=meant),
+            )
 
     def _activity(self, a: A.Activity, where: str) -> None:
         if a.pair is not None:
