@@ -186,7 +186,7 @@ CODES: dict[str, Code] = {
             _(
                 "Words of the language (`stop`, `send`, `sale`, ...) cannot be names where they could "
                 "be read as the word itself; the message says which word was read. Rename it, e.g. "
-                "`stop_sale`. Misspelt keywords (`wiat`) get the right word as help."
+                "`stop_sale`. Misspelt keywords (`folowed`) get the right word as help."
             ),
             _("when purchsed then send thanks"),
             _("when purchased then send thanks"),
