@@ -46,6 +46,8 @@ def test_welcome_rule_reads_in_its_own_words():
     text = (ROOT / "rules" / "welcome.rule").read_text(encoding="utf-8")
     out = chart(text, "welcome")
     assert out.startswith("flowchart TD\n    %% rule welcome (test.rule)\n")
+    # its description is shown, as the title of its box
+    assert '    subgraph r0g["welcome: 同梱QRカードから友だち追加した人へのステップ配信"]\n' in out
     nodes, edges = parse(out)
     flow = label_edges(nodes, edges)
     assert {

@@ -111,6 +111,17 @@ def rule_lines(rule: ir.Rule, prefix: str, indent: str = "    ") -> list[str]:
     return c.lines
 
 
+def _box(r: ir.Rule, i: int) -> list[str]:
+    """The rule's flow as a subgraph titled with its name and description."""
+    title = r.name + (f": {r.description}" if r.description else "")
+    return [
+        f'    subgraph r{i}g["{escape(title)}"]',
+        "        direction TB",
+        *rule_lines(r, f"r{i}", "        "),
+        "    end",
+    ]
+
+
 def _pct(p: float) -> str:
     return f"{int(p) if float(p).is_integer() else p}%"
 
@@ -119,15 +130,14 @@ def to_mermaid(project: ir.Project, rule: str | None = None) -> str:
     """A ``flowchart TD`` of one rule, or of every rule (one subgraph each, in file order)."""
     if rule is not None:
         r = project.rules[rule]
-        return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})", *rule_lines(r, "r0")]) + "\n"
+        if not r.description:
+            return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})", *rule_lines(r, "r0")]) + "\n"
+        # the description is for people, so it is shown: as the title of the rule's box
+        return "\n".join(["flowchart TD", f"    %% rule {r.name} ({r.path})", *_box(r, 0)]) + "\n"
     lines = ["flowchart TD"]
     ordered = sorted(project.rules.values(), key=lambda r: (r.path, r.span.line if r.span else 0, r.name))
     for i, r in enumerate(ordered):
-        title = r.name + (f": {r.description}" if r.description else "")
-        lines.append(f'    subgraph r{i}g["{escape(title)}"]')
-        lines.append("        direction TB")
-        lines += rule_lines(r, f"r{i}", "        ")
-        lines.append("    end")
+        lines += _box(r, i)
     return "\n".join(lines) + "\n"
 
 
