@@ -578,8 +578,14 @@ def test_liquid_syntax_error_at_the_string():
     src = 'ok: "{{ friend.display_name }}さん"\nbad: "{{ friend.display_name }さん"\n'
     defs, diags = load(src)
     assert list(defs) == ["ok"]
-    assert [(d.line, d.column, d.end_column, d.message) for d in diags] == [
-        (2, 6, 34, "template error: expected '}}', found end of file")
+    # the caret at the `{{` left open; the message and its help in the user's words
+    assert [(d.line, d.column, d.message, d.help) for d in diags] == [
+        (
+            2,
+            7,
+            "template error: a `{{` is not closed by `}}`",
+            "close it with `}}`, e.g. {{ friend.display_name }}",
+        )
     ]
 
 
@@ -592,7 +598,9 @@ def test_liquid_error_inside_a_block_points_at_its_line():
               {% if friend.vip %}VIP{% endiff %}
     """)
     defs, diags = load_messages(PATH, src)
-    assert [(d.line, d.message) for d in diags] == [(5, "template error: unexpected tag 'endiff'")]
+    assert [(d.line, d.message, d.help) for d in diags] == [
+        (5, "template error: unknown or misplaced tag `endiff`", "did you mean `endif`?")
+    ]
     assert diags[0].column == at(src, "endiff")[1]
 
 
@@ -620,7 +628,21 @@ def test_template_warnings_point_at_the_line_inside_a_block():
 
 
 def test_include_is_not_available():
-    assert found("m: \"{% include 'header' %}\"\n") == [(1, 4, "template error: unexpected tag 'include'")]
+    _, [diag] = load("m: \"{% include 'header' %}\"\n")
+    assert (diag.line, diag.column, diag.message) == (1, 8, "template error: unknown or misplaced tag `include`")
+    assert diag.help == "a message's templates cannot include other files: write the text in the message"
+
+
+def test_a_tag_left_open_or_closed_by_the_wrong_tag_is_told_so():
+    _, [open_] = load('m: "{% if friend.rank %}ゴールド"\n')
+    assert (open_.column, open_.message, open_.help) == (
+        5,
+        "template error: `{% endif %}` is missing",
+        "close the tag that starts here with `{% endif %}`",
+    )
+    _, [wrong] = load('m: "{% for x in friend.tags %}{{ x }}{% endif %}"\n')
+    assert wrong.message == "template error: unknown or misplaced tag `endif`"
+    assert wrong.help.startswith("`endif` does not close the tag that is open here")
 
 
 def test_unknown_variable_is_a_warning():

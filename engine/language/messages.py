@@ -1035,6 +1035,52 @@ def _normalise(obj: dict) -> dict:
     return obj
 
 
+#: The tags of the templates (python-liquid's standard ones), for "did you mean".
+_LIQUID_TAGS = (
+    "if", "elsif", "else", "endif", "unless", "endunless", "case", "when", "endcase", "for", "endfor",
+    "break", "continue", "cycle", "assign", "capture", "endcapture", "increment", "decrement",
+    "comment", "endcomment", "raw", "endraw", "liquid", "echo",
+)  # fmt: skip
+
+
+def _liquid_said(message: str, source: str) -> tuple[Any, Any, int | None] | None:
+    """The commonest template mistakes in the user's words: ``(message, help, index in the
+    text to point at, or None)``; None for the others (python-liquid's own words are shown)."""
+    if message.startswith("expected '}}'"):  # `{{ friend.display_name }様`
+        index = source.rfind("{{")
+        return (
+            E("LR501", "template error: a `{{` is not closed by `}}`"),
+            _("close it with `}}`, e.g. {{ friend.display_name }}"),
+            index if index >= 0 else None,
+        )
+    m = re.fullmatch(r"unexpected tag '([^']*)'", message)
+    if m is not None:  # `{% endiff %}`, `{% endif %}` after a `for`
+        tag = m.group(1)
+        index = source.find(tag, source.find("{%"))
+        if tag in ("include", "render"):
+            help_ = _("a message's templates cannot include other files: write the text in the message")
+        elif tag in _LIQUID_TAGS:
+            help_ = _(
+                "`{tag}` does not close the tag that is open here: close each `{{% if %}}` with `{{% endif %}}`, each `{{% for %}}` with `{{% endfor %}}`",
+                tag=tag,
+            )
+        else:
+            help_ = did_you_mean(tag, _LIQUID_TAGS)
+        return (
+            E("LR501", "template error: unknown or misplaced tag `{tag}`", tag=tag),
+            help_,
+            index if index >= 0 else None,
+        )
+    m = re.fullmatch(r"expected tag (\w+), found end of expression", message)
+    if m is not None:  # `{% if x %}a` and no `{% endif %}`
+        return (
+            E("LR501", "template error: `{{% {tag} %}}` is missing", tag=m.group(1)),
+            _("close the tag that starts here with `{{% {tag} %}}`", tag=m.group(1)),
+            source.find("{%") if "{%" in source else None,
+        )
+    return None
+
+
 def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
     """Parse every template string once (warming the cache), reporting errors at its line."""
     if isinstance(value, dict):
@@ -1049,6 +1095,11 @@ def _check_liquid(f: YamlFile, value: Any, path: Path) -> None:
         if error is not None:
             message, line, column = error
             where = f.string_line_span(node, line - 1, column) if line else f.span(node)
+            said = _liquid_said(message, value)
+            if said is not None:
+                text, help_, index = said
+                f.error(_template_span(f, node, value, index) if index is not None else where, text, help=help_)
+                return
             f.error(
                 where,
                 E("LR501", "template error: {message}", message=message),
