@@ -421,9 +421,11 @@ def test_followed_as_part_of_a_condition_trigger_is_an_error_with_the_event_form
         "1:6 error: `followed` is the follow event only on its own after `when`: as part of a condition "
         "it would enter friends whenever the rest comes to hold"
     )
-    help_ = compile_source("when followed via qr=shipping and orders >= 1 then stop").diagnostics[0].help
-    assert help_.startswith("react to the follow and filter it: `when followed via qr=shipping if ...`")
+    help_ = compile_source("when followed and orders >= 1 then stop").diagnostics[0].help
+    assert help_.startswith("react to the follow and filter it: `when followed if ...`")
     assert len(problems("when not followed then stop")) == 1
+    # the add source tells friends apart: a condition of its own
+    assert problems("when score >= 3 or followed via qr=shop then stop") == []
     # the event, alone; and `followed via` in a filter or a step's condition
     assert problems("when followed via qr=shipping if tagged vip then stop") == []
     assert problems("when tagged vip if followed via qr=shipping then send a if followed via ad=x") == []

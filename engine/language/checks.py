@@ -899,10 +899,11 @@ class _Checker:
                 self._activity(node, where)
             elif cls is A.Tagged:
                 self._wide_tag(node.name)
-            elif cls is A.Followed and where == "trigger" and node is not c:
+            elif cls is A.Followed and where == "trigger" and node is not c and not node.pairs:
                 # `when followed and tagged vip`: not the follow event (that is `followed` alone)
                 # but "has followed", which every friend a condition reaches has: it would enter
-                # every tagged friend whenever the tag arrives
+                # every tagged friend whenever the tag arrives (`followed via qr=shop` in a
+                # condition is the add source, which tells friends apart: a condition of its own)
                 self.error(
                     node.span,
                     E(
@@ -911,9 +912,7 @@ class _Checker:
                         "condition it would enter friends whenever the rest comes to hold",
                     ),
                     help=_(
-                        "react to the follow and filter it: `when {written} if ...`; for how long they have been a friend, `friend for 30d`",
-                        written="followed"
-                        + (" via " + ", ".join(f"{p.key.value}={p.value}" for p in node.pairs) if node.pairs else ""),
+                        "react to the follow and filter it: `when followed if ...`; for how long they have been a friend, `friend for 30d`"
                     ),
                 )
             elif isinstance(node, (A.FriendFor, A.LastPurchaseOlder)):
