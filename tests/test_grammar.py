@@ -312,6 +312,18 @@ def test_string_escapes():
             "1:33: `：` is a full-width character | write the half-width `:`",
         ),
         (
+            "when followed window 10：00-20:00 then send x",
+            "1:24: `：` is a full-width character | write the half-width `:`",
+        ),
+        (  # a full-width comma after a pair's value is not part of the value (`shipping、`)
+            "when followed via qr=shipping、ad=summer then send x",
+            "1:30: `、` is a full-width character | write the half-width `,`",
+        ),
+        (
+            "when event shipped carrier=yamato， then send x",
+            "1:34: `，` is a full-width character | write the half-width `,`",
+        ),
+        (
             "when followed then send x\n  wiat 1d send x",
             "2:3: unexpected `wiat`; expected `,`, `if`, `unless`, a step (`send`, `wait`, `tag`, ...), an option (`exit when`, `reenter`, `window`, ...), another rule or the end of the file | did you mean `wait`?",
         ),

@@ -489,6 +489,14 @@ class _AstBuilder:
     def pair(self, span, children):
         key, value = children
         text = unquote(value.value) if value.type == "STRING" else value.value
+        if value.type != "STRING":
+            # `via qr=shipping、 ad=summer`: a full-width comma (or bracket) ends no unquoted value
+            # by itself, so it was read into it, and the value matches nothing
+            wide = next((i for i, ch in enumerate(text) if ch in _PAIR_STOPS), None)
+            if wide is not None:
+                self.diagnostics.append(
+                    _full_width_error(self.path, text[wide], value.line, value.column + wide, *_beside(text, wide))
+                )
         return A.Pair(A.Name(key.value, self._at(key)), text, span)
 
     # -- steps -------------------------------------------------------------------
@@ -1086,6 +1094,11 @@ def _token_error(
     """The error for ``tok``, refused after the first ``fed`` tokens were accepted."""
     expected = _state_after(piece, tokens, fed).accepts()
     prev = tokens[fed - 1] if fed else None
+    if prev is not None and prev.type == "PAIR_VALUE":
+        # `via qr=shipping、ad=summer`: the full-width comma was read into the value before it
+        wide = next((i for i, ch in enumerate(prev.value) if ch in _PAIR_STOPS), None)
+        if wide is not None:
+            return _full_width_error(path, prev.value[wide], prev.line, prev.column + wide, *_beside(prev.value, wide))
     if prev is not None and prev.type == "NAME":
         blamed = _blame_name(path, piece, prev, tokens, fed - 1)
         if blamed is not None:
@@ -1325,7 +1338,7 @@ def _full_width_error(path: str, char: str, line: int, column: int, before: str 
         help_ = _("write the half-width `-` between the two times, e.g. `10:00-20:00`")
     elif char == "＃":
         help_ = _("write the half-width `#` to start a comment")
-    elif char == "：" and before and after and not (before.isdigit() and after.isdigit()):
+    elif char == "：" and before and after and not before.isdigit():
         help_ = _("a key and its value are joined by `=`: `{key}={value}`", key=before, value=after)
     else:
         help_ = _("write the half-width `{meant}`", meant=_FULL_WIDTH[char])
@@ -1405,6 +1418,9 @@ def _char_error(
         span, E("LR010", "unexpected {shown}; expected {expected}", shown=shown, expected=describe(allowed)), help=help_
     )
 
+
+#: Full-width characters that cannot be meant inside an unquoted ``key=value`` value.
+_PAIR_STOPS = frozenset("、，（）＝＂＃　“”‘’")
 
 #: Quotation marks a text may be written in by mistake -> their closing mark.
 _OTHER_QUOTES = {"「": "」", "『": "』", "'": "'", "\u2018": "\u2019"}
