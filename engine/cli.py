@@ -21,12 +21,14 @@ import math
 import click
 
 from . import __version__
+from .i18n import _
 
 #: ``--lang`` of the commands that print texts for people.
 lang_option = click.option(
     "--lang",
     type=click.Choice(["ja", "en"]),
     default=None,
+    is_eager=True,  # read first: the other options' mistakes are told in it
     help="Language of messages and reports: ja or en (default: LINERULES_LANG, then "
     "`language:` in settings.yaml, then the locale).",
 )
@@ -42,6 +44,7 @@ def rules_option(default: str | None = "rules", also: str = ""):
         show_default=default is not None,
         type=click.Path(),
         metavar="DIR",
+        is_eager=True,  # read before the options whose mistakes are told in its language
         help="The rule folder: its .rule files, messages.yaml and settings.yaml" + also + ".",
     )
 
@@ -60,6 +63,20 @@ def db_option(also: str = "", *, required: bool = False, env: bool = True, defau
         + (" (env LINERULES_DB)." if env else "."),
         **given,
     )
+
+
+def _told(ctx, text) -> str:
+    """An option's mistake in the language ``--lang`` (read first), ``LINERULES_LANG`` or the
+    folder of ``--rules`` (when read already) name, else the locale's."""
+    from engine import i18n
+
+    params = ctx.params if ctx is not None else {}
+    folder = None
+    if params.get("rules_dir"):
+        from engine.language.settings import folder_language
+
+        folder = folder_language(params["rules_dir"])
+    return i18n.render(text, i18n.choose(params.get("lang"), folder))
 
 
 class Duration(click.ParamType):
@@ -86,15 +103,25 @@ class Duration(click.ParamType):
                     seconds = float(parse_duration(text))
                 except ValueError:
                     self.fail(
-                        f"`{value}` is not a duration: give seconds (60) or a duration like 30s, 5m, 1h, 1d12h",
+                        _told(
+                            ctx,
+                            _(
+                                "`{value}` is not a duration: give seconds (60) or a duration like 30s, 5m, 1h, 1d12h",
+                                value=value,
+                            ),
+                        ),
                         param,
                         ctx,
                     )
         if not math.isfinite(seconds) or seconds < self.minimum:
-            self.fail(f"`{value}` is shorter than {self.minimum:g}s", param, ctx)
+            self.fail(
+                _told(ctx, _("`{value}` is shorter than {minimum}s", value=value, minimum=f"{self.minimum:g}")),
+                param,
+                ctx,
+            )
         if self.whole:
             if not seconds.is_integer():
-                self.fail(f"`{value}` is not a whole number of seconds", param, ctx)
+                self.fail(_told(ctx, _("`{value}` is not a whole number of seconds", value=value)), param, ctx)
             return int(seconds)
         return seconds
 
@@ -121,7 +148,7 @@ class HostPort(click.ParamType):
     def convert(self, value, param, ctx):
         host, _sep, port = str(value).rpartition(":")
         if not host.strip("[]") or not port.isdigit() or int(port) > 65535:
-            self.fail(f"`{value}` is not HOST:PORT, e.g. 127.0.0.1:8080", param, ctx)
+            self.fail(_told(ctx, _("`{value}` is not HOST:PORT, e.g. 127.0.0.1:8080", value=value)), param, ctx)
         return str(value)
 
 

@@ -245,3 +245,15 @@ def test_simulate_and_report_tell_a_mistaken_option_in_the_folders_language(tmp_
     assert until.exit_code == 2 and "`2026-11-01` には時差を付けてください" in until.output
     missing = _cli(["report", "--db", str(tmp_path / "none.db"), "--rules", str(tmp_path)])
     assert missing.exit_code == 1 and "がありません" in missing.output
+
+
+def test_an_options_value_is_told_in_the_language_of_lang_or_the_folder(tmp_path):
+    (tmp_path / "settings.yaml").write_text("language: ja\n", encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text("", encoding="utf-8")
+    # the folder's language, whatever the order of the options
+    told = _cli(["simulate", str(tmp_path / "t.jsonl"), "--tick", "soon", "--rules", str(tmp_path)])
+    assert told.exit_code == 2 and "`soon` は期間ではありません" in told.output
+    listen = _cli(["run", "--listen", "localhost", "--lang", "ja"])
+    assert listen.exit_code == 2 and "`localhost` は HOST:PORT の形ではありません" in listen.output
+    english = _cli(["simulate", str(tmp_path / "t.jsonl"), "--rules", str(tmp_path), "--tick", "soon", "--lang", "en"])
+    assert "`soon` is not a duration" in english.output
