@@ -253,7 +253,7 @@ def test_an_options_value_is_told_in_the_language_of_lang_or_the_folder(tmp_path
     # the folder's language, whatever the order of the options
     told = _cli(["simulate", str(tmp_path / "t.jsonl"), "--tick", "soon", "--rules", str(tmp_path)])
     assert told.exit_code == 2 and "`soon` は期間ではありません" in told.output
-    listen = _cli(["run", "--listen", "localhost", "--lang", "ja"])
+    listen = _cli(["run", "--listen", "localhost", "--rules", str(tmp_path)])
     assert listen.exit_code == 2 and "`localhost` は HOST:PORT の形ではありません" in listen.output
     english = _cli(["simulate", str(tmp_path / "t.jsonl"), "--rules", str(tmp_path), "--tick", "soon", "--lang", "en"])
     assert "`soon` is not a duration" in english.output
