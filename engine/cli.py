@@ -56,7 +56,7 @@ def db_option(also: str = "", *, required: bool = False, env: bool = True, defau
     return click.option(
         "--db",
         envvar="LINERULES_DB" if env else None,
-        type=click.Path(dir_okay=False),
+        type=click.Path(),  # (a folder is refused by the store, with its own words: exit 1)
         metavar="FILE|URL",
         help="The SQLite database file, or a postgresql:// URL (docs/scale.md)"
         + also
@@ -200,7 +200,7 @@ def cli():
 def validate(paths, rules_dir, fmt, lang):
     """Check rule folders or .rule files (default rules/) and exit 1 on any error.
 
-    Each error is printed as path:line:col: error: message, then the source line with a caret
+    Each error is printed as path:line:col: error[LR102]: message, then the source line with a caret
     and a help: line. Warnings do not change the exit code.
 
     \b

@@ -408,6 +408,7 @@ def test_clean_errors(shop, tmp_path):
     cases = [
         (str(tmp_path / "missing.db"), [], 1, "error: --db: " + str(tmp_path / "missing.db") + " does not exist"),
         (str(folder / "settings.yaml"), [], 1, "is not a linerules database"),
+        (str(tmp_path), [], 1, "is not a linerules database (a folder)"),
         (str(db), ["--rule", "welcom"], 2, "Error: --rule: unknown rule `welcom`; did you mean `welcome`?"),
         (str(db), ["--since", "yesterday"], 2, "Error: --since: `yesterday` is not an ISO 8601 date or time"),
         (str(db), ["--since", "2026-11-05", "--until", "2026-11-01"], 2, "Error: --since must be before --until"),

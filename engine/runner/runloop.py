@@ -413,7 +413,7 @@ class Runner:
         try:
             store = Store(str(config.db), checkpoints=False, clock=clock)
         except StoreError as exc:  # corrupt, read-only, not a database: one line, exit 1
-            raise StartupError(f"cannot start: {exc}") from None
+            raise StartupError(_("cannot start: {reason}", reason=exc.args[0] if exc.args else exc)) from None
         engine_store = None
         try:
             try:
@@ -421,7 +421,7 @@ class Runner:
                 store.check_integrity()
                 log.info("database %s checked (%.1f s)", config.db_label, time.perf_counter() - started)
             except StoreError as exc:
-                raise StartupError(f"cannot start: {exc}") from None
+                raise StartupError(_("cannot start: {reason}", reason=exc.args[0] if exc.args else exc)) from None
             if store.pg:  # several runners may share the database (docs/engine.md "Several runners")
                 store.join_cluster(owner_id(), int(clock.time()), config.lease_ttl)
             else:

@@ -35,7 +35,7 @@ from typing import Any
 import click
 
 from engine import i18n
-from engine.i18n import UserError, _, render
+from engine.i18n import UserError, _, n_, render
 
 from .events import customer_key
 from .identity import Order, link_many, record_orders
@@ -125,11 +125,12 @@ class Summary:
     def lines(self) -> list[str]:
         """The summary, in the current language."""
         name = os.path.basename(self.path)
-        read = _(
-            "{name}: {orders} orders read ({rows} rows) in {seconds}s",
+        read = n_(
+            "{name}: {n} order read ({rows}) in {seconds}s",
+            "{name}: {n} orders read ({rows}) in {seconds}s",
+            self.orders,
             name=name,
-            orders=self.orders,
-            rows=self.rows,
+            rows=n_("{n} row", "{n} rows", self.rows),
             seconds=f"{self.seconds:.1f}",
         )
         counts = [
@@ -576,7 +577,7 @@ def main_customers(path: str, columns: str | None, db: str, lang: str | None = N
         store.close()
     name = os.path.basename(path)
     lines = [
-        render(_("{name}: {rows} rows read", name=name, rows=rows)),
+        render(n_("{name}: {n} row read", "{name}: {n} rows read", rows, name=name)),
         "  " + render(_("{n} linked (their kept orders count now)", n=counts["linked"])),
         "  " + render(_("{n} already linked (unchanged)", n=counts["unchanged"])),
         "  " + render(_("{n} refused", n=len(refused))) + (":" if refused else ""),
