@@ -1034,14 +1034,6 @@ def main(
         )
         if options.since is not None and options.until is not None and options.since >= options.until:
             raise ReportUsageError(_("--since must be before --until"))
-        if options.since is not None and options.until is None and options.since >= _as_of(store, options):
-            # the period would end before it starts: it runs up to what the database describes
-            raise ReportUsageError(
-                _(
-                    "--since must be before {as_of}, the last moment the database describes (or give --until)",
-                    as_of=timeutil.iso(_as_of(store, options), tz),
-                )
-            )
         try:
             report = build_report(store, options, loaded.project)
         finally:
