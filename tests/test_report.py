@@ -398,6 +398,9 @@ def test_empty_database(tmp_path, capsys):
 
 def test_a_period_without_activity_is_empty(shop, capsys):
     assert report(capsys, *shop, since="2026-12-01")["empty"] is True
+    # a --since after all the database describes: "from" it, not a period that ends before it
+    text = report(capsys, *shop, since="2026-12-01", fmt="text")
+    assert "period: from 2026-12-01T00:00:00+09:00 (Asia/Tokyo)" in text.splitlines()
     assert report(capsys, *shop, until="2026-10-31")["empty"] is True
     assert report(capsys, *shop, since="2026-11-09")["empty"] is False  # U3's order, U5's follow
 

@@ -726,6 +726,17 @@ EXIT_WORDS = {
 }
 
 
+def period_text(p: dict, lang: str | None = None):
+    """The report's period in words: ``since`` to ``until`` (else the moment the report
+    describes); a ``--since`` later than everything the database describes is "from" it alone,
+    not a period that ends before it begins."""
+    since = moment(p["since"], lang) if p["since"] else _("the start")
+    end = p["until"] or p["as_of"]
+    if not p["until"] and p["since"] and dt.datetime.fromisoformat(p["since"]) > dt.datetime.fromisoformat(end):
+        return _("from {since}", since=since)
+    return _("{since} to {until}", since=since, until=moment(end, lang))
+
+
 def render_text(report: dict, db: str, lang: str | None = None) -> str:
     """The terminal report: aligned plain text that fits in 100 columns, in ``lang`` (default:
     the current language)."""
@@ -733,8 +744,7 @@ def render_text(report: dict, db: str, lang: str | None = None) -> str:
     t = lambda text: render(text, lang)  # noqa: E731
     n = lambda value: _n(value, lang)  # noqa: E731
     p, s = report["period"], report["settings"]
-    since = moment(p["since"], lang) if p["since"] else t(_("the start"))
-    period = t(_("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"], lang)))
+    period = t(period_text(p, lang))
     lines = [
         t(_("linerules report of {db}", db=db)),
         t(_("period: {period} ({zone})", period=period, zone=p["timezone"])),

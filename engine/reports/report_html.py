@@ -13,7 +13,7 @@ from html import escape
 
 from engine.i18n import _, join, language, render
 
-from .report import EXIT_WORDS, PLAN_WORDS, moment, yen
+from .report import EXIT_WORDS, PLAN_WORDS, period_text, yen
 from .report import day as _day
 from .report import month as _month
 
@@ -52,8 +52,7 @@ def render_html(report: dict, db: str) -> str:
     """The whole page for a report built by :func:`engine.reports.report.build_report`, in the current
     language (:func:`engine.i18n.language`)."""
     p, s = report["period"], report["settings"]
-    since = moment(p["since"]) if p["since"] else render(_("the start"))
-    period = _("{since} to {until}", since=since, until=moment(p["until"] or p["as_of"]))
+    period = period_text(p)
     title = t(_("linerules report: {db}", db=db))
     heading = t(_("linerules report"))
     conversions = t(
