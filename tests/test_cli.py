@@ -213,6 +213,24 @@ def test_run_with_invalid_rules_exits_1(tmp_path, broken):
     assert "cannot start: the rules in" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_run_with_a_settings_file_saved_as_shift_jis_exits_1_with_its_error(tmp_path):
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "settings.yaml").write_bytes("# 設定\ntimezone: Asia/Tokyo\nlanguage: ja\n".encode("cp932"))
+    (folder / "messages.yaml").write_text("greeting: こんにちは\n", encoding="utf-8")
+    (folder / "a.rule").write_text("rule a when followed then send greeting\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", "--rules", str(folder), "--db", str(tmp_path / "x.db")]
+        + ["--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "エラー[LR002]" in proc.stderr and "起動できません" in proc.stderr
+
+
 # ----------------------------------------------------------------------------- shell completion
 
 

@@ -591,7 +591,7 @@ def _zone_of(rules_dir: str) -> dt.tzinfo:
         path = os.path.join(rules_dir, "settings.yaml")
         with open(path, encoding="utf-8") as f:
             return load_settings(path, f.read())[0].tz
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # (not UTF-8: the load of the rules says so, exit 1)
         return ZoneInfo("Asia/Tokyo")
 
 
