@@ -457,6 +457,9 @@ def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():
     [warning] = problems("when sale starts reenter never then stop", sales=sales)
     assert "`reenter` does nothing in a rule that starts by `sale`" in warning
     assert problems("when followed reenter after 3d then stop") == []
+    # a schedule rule that a `start` step enters too: its `reenter` counts there
+    started = 'rule weekly when schedule "0 20 * * 5" reenter always then send a\nrule kick when message "x" then start weekly\n'
+    assert problems(started) == []
 
 
 def test_a_last_call_counted_exactly_from_the_end_warns_too():

@@ -134,6 +134,15 @@ class _Checker:
 
     # -- folder ------------------------------------------------------------------
     def _collect_names(self) -> None:
+        #: the rules a `start` step enters (their `reenter` counts there, whatever the trigger)
+        self.started = {
+            step.rule.value
+            for f in self.files
+            for item in f.items
+            if isinstance(item, A.RuleDef)
+            for step in item.steps
+            if isinstance(step, A.StartStep)
+        }
         for f in self.files:
             unnamed: A.RuleDef | None = None
             for item in f.items:
@@ -529,7 +538,7 @@ class _Checker:
                         E("LR202", "`reenter after 0d` is the same as `reenter always`"),
                         help=_("write `reenter always`, or a longer time"),
                     )
-                elif isinstance(rule.trigger, (A.ScheduleTrigger, A.SaleTrigger)):
+                elif isinstance(rule.trigger, (A.ScheduleTrigger, A.SaleTrigger)) and not self._started(rule):
                     self.warn(
                         o.span,
                         E(
@@ -954,6 +963,11 @@ class _Checker:
                     )
                 else:
                     facts.variants.append(node)
+
+    def _started(self, rule: A.RuleDef) -> bool:
+        """Whether a `start` step of the folder enters ``rule`` (by its name)."""
+        name = rule.name.value if rule.name is not None else None
+        return name is not None and name in self.started
 
     def _wide_tag(self, name: A.Name) -> None:
         """A tag written in full-width letters or digits (`ＶＩＰ`) is another tag than the
