@@ -587,7 +587,7 @@ CODES: dict[str, Code] = {
             _(
                 "A `schedule` or `sale` rule enters every current friend once per occurrence (a friend "
                 "still inside it from an earlier occurrence is left out); `reenter` changes nothing "
-                "there. Remove it."
+                "there, unless a `start` step enters the rule too. Remove it."
             ),
             _('rule weekly when schedule "0 20 * * 5" reenter after 7d then send weekly_pick'),
             _('rule weekly when schedule "0 20 * * 5" then send weekly_pick'),
