@@ -186,9 +186,17 @@ def test_every_bad_field_of_an_event_is_reported_at_once():
     tests, diags = load_tests("t.yaml", text, project())
     assert tests == []
     assert [(d.line, d.column, d.message) for d in diags] == [
-        (4, 90, "event `itmes` is not a field of purchase events (did you mean `items`?)"),
         (4, 38, "event `at` needs a UTC offset, like 2026-11-01T10:00:00+09:00"),
         (4, 82, "event `amount` must be a number, got a string"),
+        (4, 90, "event `itmes` is not a field of purchase events (did you mean `items`?)"),
+    ]
+    # a misspelt field is told once, with the field meant
+    text = PASSING.replace(
+        "friend: U1, at: 2026-11-01T10:00:00+09:00, source", "freind: U1, at: 2026-11-01T10:00:00+09:00, sorce"
+    )
+    _, diags = load_tests("t.yaml", text, project())
+    assert [d.message for d in diags if "freind" in d.message] == [
+        "event `freind` is not a field of follow events (did you mean `friend`?)"
     ]
     with pytest.raises(EventError) as first:
         parse_event_obj(

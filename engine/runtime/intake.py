@@ -77,10 +77,11 @@ class _Ctx:
             return None
 
     def fail(self, error: EventError) -> None:
-        """Raise ``error``, or note it when collecting (once: a field may be checked twice)."""
+        """Raise ``error``, or note it when collecting (once per field: an unknown field is
+        checked twice, against the event's fields and the type's, and the first says it best)."""
         if self.errors is None:
             raise error
-        if not any((e.field, str(e)) == (error.field, str(error)) for e in self.errors):
+        if not any(e.field == error.field for e in self.errors):
             self.errors.append(error)
 
     def raise_collected(self) -> None:
@@ -422,6 +423,9 @@ def _event(obj: Any, ctx: _Ctx) -> Event:
         raise ctx.error("friend", _("is missing: an unlink event names the `friend` or the `customer`"))
     for key in ("friend", "at"):
         if key not in obj:
+            close = difflib.get_close_matches(key, rest, n=1, cutoff=0.6)
+            if ctx.errors and close and any(e.field == close[0] for e in ctx.errors):
+                continue  # `freind`: told once, at the typo, with the field meant
             ctx.each(_missing, key, kind, spec, rest, ctx)
     friend = "" if by_customer or "friend" not in obj else ctx.each(_nonempty, obj["friend"], ctx, "friend")
     at = ctx.each(parse_at, obj["at"], ctx) if "at" in obj else None

@@ -344,9 +344,10 @@ def load_tests(path: str, text: str, project: ir.Project) -> tuple[list[RuleTest
     rule and message names are checked against ``project``."""
     reader = _TestFile(path, text, project)
     tests = reader.tests()
-    if has_errors(reader.f.diagnostics):
-        return [], reader.f.diagnostics
-    return tests, reader.f.diagnostics
+    diagnostics = sorted(reader.f.diagnostics, key=lambda d: (d.line, d.column))  # in the file's order
+    if has_errors(diagnostics):
+        return [], diagnostics
+    return tests, diagnostics
 
 
 # ----------------------------------------------------------------------------- comparing
