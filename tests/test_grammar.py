@@ -293,6 +293,11 @@ def test_string_escapes():
             '1:14: unexpected `「クーポン」`; expected a quoted text like "coupon" or `exactly` | write the text '
             'in straight double quotes: "クーポン"',
         ),
+        (  # the whole text, spaces and all
+            "when message 「送料 無料」 then send x",
+            '1:14: unexpected `「送料`; expected a quoted text like "coupon" or `exactly` | write the text '
+            'in straight double quotes: "送料 無料"',
+        ),
         (
             "when message 'coupon' then send x",
             "1:14: unexpected `'coupon'`; expected a quoted text like \"coupon\" or `exactly` | write the text "

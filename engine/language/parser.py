@@ -1201,7 +1201,7 @@ def _token_error(
     return Diagnostic.at(
         _tok_span(path, tok),
         E("LR010", "unexpected {found}; expected {expected}", found=_found(tok), expected=describe(expected)),
-        help=_help(tok, expected),
+        help=_help(tok, expected, piece.text),
     )
 
 
@@ -1475,17 +1475,22 @@ def _unit_help(expected: set[str]) -> str | None:
     return None
 
 
-def _help(tok: Token, expected: set[str]) -> str | None:
-    """A hint for a few known mistakes."""
+def _help(tok: Token, expected: set[str], text: str = "") -> str | None:
+    """A hint for a few known mistakes (``text``: the piece the token is in)."""
     if tok.type in ("NUMBER", "INT", "DURATION", "TIME", "PERCENT"):
         return _unit_help(expected)
     if tok.type == "STRING" and "NAME" in expected:  # `tag "VIP"`, `send "coupon15"`
         inner = tok.value[1:-1]
         if NAME_RE.fullmatch(inner):
             return _("a name is written without quotes: `{name}`", name=inner)
-    if "STRING" in expected and tok.value[:1] in _OTHER_QUOTES and len(tok.value) > 2:
-        # `message 「クーポン」`, `message 'coupon'`: texts are in straight double quotes
-        inner = tok.value[1:-1] if tok.value[-1:] in _OTHER_QUOTES.values() else tok.value[1:]
+    if "STRING" in expected and tok.value[:1] in _OTHER_QUOTES and len(tok.value) > 1:
+        # `message 「送料 無料」`, `message 'free shipping'`: texts are in straight double quotes;
+        # the text runs to the closing mark on the line, spaces and all
+        start = tok.start_pos + 1 if tok.start_pos is not None else 0
+        end_of_line = text.find("\n", start)
+        line = text[start : end_of_line if end_of_line >= 0 else len(text)] if text else tok.value[1:]
+        close = line.find(_OTHER_QUOTES[tok.value[0]])
+        inner = line[:close] if close >= 0 else tok.value[1:].rstrip(_OTHER_QUOTES[tok.value[0]])
         return _('write the text in straight double quotes: "{text}"', text=inner)
     if tok.type == "NAME":
         texts = _terminal_texts()
