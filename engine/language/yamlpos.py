@@ -481,6 +481,19 @@ def explain_yaml_error(e: yaml.MarkedYAMLError, text: str) -> tuple[int, int, st
 _KEY_VALUE = re.compile(r"(\s*(?:-\s+)*)([^\s\"'#{\[][^:#]*?):[ \t]+(\S.*?)\s*$")
 
 
+def _without_comment(text: str) -> str:
+    """``text`` without a YAML comment at its end (a `#` after a space, outside quotes)."""
+    quote = None
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#" and (i == 0 or text[i - 1] in " \t"):
+            return text[:i]
+    return text
+
+
 def _quoted(value: str) -> str:
     """``value`` in the quotes YAML takes it in as written: double, or single when it holds ``"``."""
     return f"'{value}'" if '"' in value else f'"{value}"'
@@ -501,29 +514,34 @@ def _value_mistake(line: str) -> tuple[int, Any, Any] | None:
             E("LR003", "invalid YAML: a value that starts with `{{` must be quoted"),
             _("quote the whole value: {key}: {fixed}", key=key, fixed=_quoted(value)),
         )
-    if value.startswith('"'):
+    if value[0] in "\"'":
+        mark, other = value[0], "'" if value[0] == '"' else '"'
         end = 1
-        while end < len(value) and (value[end] != '"' or value[end - 1] == "\\"):
+        while end < len(value) and (value[end] != mark or (mark == '"' and value[end - 1] == "\\")):
             end += 1
-        rest = value[end + 1 :].strip()
-        if end >= len(value) or not rest or rest.startswith("#"):
+        after = _without_comment(value[end + 1 :])
+        if end >= len(value) or not after.strip():
             return None
-        if '"' in rest:  # `text: "{{ name | default: "お客" }}様"`
-            inner = value[1:].rstrip()
-            inner = inner[:-1] if inner.endswith('"') else inner
+        if mark in after:  # `text: "{{ name | default: "お客" }}様"`: the quote inside ends the text
+            inner = _without_comment(value).rstrip()[1:]
+            inner = inner[:-1] if inner.endswith(mark) else inner
             return (
                 start + end,
-                E("LR003", 'invalid YAML: a `"` inside this double-quoted text ends it early'),
+                E("LR003", "invalid YAML: a `{mark}` inside this quoted text ends it early", mark=mark),
                 _(
-                    "write the inner quotes as single ones: {key}: {fixed}",
+                    "write the inner quotes as the other kind: {key}: {fixed}",
                     key=key,
-                    fixed='"' + inner.replace('"', "'") + '"',
+                    fixed=mark + inner.replace(mark, other) + mark,
                 ),
             )
-        return (  # `a1: "{{ friend.display_name }}様"、こんにちは`
+        return (  # `a1: "{{ friend.display_name }}様"、こんにちは`, `m1: "Hello" there`
             start + end + 1,
             E("LR003", "invalid YAML: text after the closing quote"),
-            _("put all of the text inside the quotes: {key}: {fixed}", key=key, fixed=_quoted(value[1:end] + rest)),
+            _(
+                "put all of the text inside the quotes: {key}: {fixed}",
+                key=key,
+                fixed=_quoted(value[1:end] + after.rstrip()),
+            ),
         )
     if value[0] not in "'|>[&*!" and ": " in value:  # `text: 本日: 20時から`
         return (
