@@ -444,6 +444,7 @@ def test_a_tag_in_full_width_letters_warns_that_it_is_another_tag():
         "1:45 warning: the tag `ｖｉｐ２` is written in full-width characters: `vip2` is another tag",
     ]
     assert problems("when followed then tag 会員 send a if tagged VIP") == []
+    assert len(problems("when tagged ＶＩＰ then send a")) == 1  # the event trigger too
 
 
 def test_reenter_in_a_schedule_or_sale_rule_warns_that_it_does_nothing():

@@ -266,6 +266,8 @@ class _Checker:
         if isinstance(t, A.CondTrigger):
             if event_form(t.cond) is not None:
                 self._event_pair(t.cond)
+                if isinstance(t.cond, A.Tagged):  # `when tagged ＶＩＰ`, the event
+                    self._wide_tag(t.cond.name)
             else:
                 self._cond(t.cond, "trigger", None)
         elif isinstance(t, A.MessageTrigger):
