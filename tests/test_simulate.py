@@ -224,6 +224,15 @@ def test_a_filter_that_fails_on_one_friends_value_is_reported_in_words_and_other
     )
 
 
+def test_an_empty_file_as_db_becomes_the_simulated_database(folder, tmp_path, capsys):
+    db = tmp_path / "empty.db"
+    db.write_bytes(b"")  # made by `touch`, as the runner takes it
+    events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"})
+    assert main(events, str(folder), "2026-11-06T00:00:00+09:00", "1h", str(db)) == 0
+    capsys.readouterr()
+    assert db.stat().st_size > 0
+
+
 def test_a_db_that_cannot_be_created_is_one_error_line_not_a_traceback(folder, tmp_path):
     events = timeline(tmp_path, {"type": "follow", "friend": "U1", "at": "2026-11-05T10:00:00+09:00"})
     proc = subprocess.run(

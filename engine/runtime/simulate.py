@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -328,6 +329,8 @@ def _fresh_db(path: str) -> str | None:
     replaced; anything else that exists, a runner's database above all, is refused (returns
     the error text)."""
     try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return None  # an empty file becomes the new database, as for the runner
         if database_version(path) is not None and not _simulated(path):
             return _(
                 "--db: {path} is a linerules database that no simulation made (a runner's?); "
