@@ -280,7 +280,7 @@ def main(
         ):
             sys.stdout.write(json.dumps(push, ensure_ascii=False) + "\n")
     except StoreError as exc:
-        return _fail(f"--db: {exc}")
+        return _fail(_("--db: {reason}", reason=exc.args[0] if exc.args else exc))
     finally:
         engine_log.removeHandler(told)
         engine_log.propagate = True

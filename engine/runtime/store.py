@@ -484,40 +484,50 @@ def explain_fault(exc: BaseException, path: str) -> str:
         return _("the PostgreSQL database {url} failed: {reason}", url=redact_url(path), reason=exc)
     where = os.path.abspath(path) if path != ":memory:" else path
     code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    base = os.path.basename(where)
     if code == _SQLITE_FULL:
-        return (
-            f"cannot write to the database {where}: the disk is full. Free space on that disk; "
-            "linerules retries by itself, and clients are answered 503 meanwhile"
+        return _(
+            "cannot write to the database {where}: the disk is full. Free space on that disk; "
+            "linerules retries by itself, and clients are answered 503 meanwhile",
+            where=where,
         )
     if code == _SQLITE_READONLY:
-        return (
-            f"cannot write to the database {where}: it is read-only. Give the user running "
-            "linerules write access to the file and its folder (SQLite writes "
-            f"{os.path.basename(where)}-wal and -shm beside it)"
+        return _(
+            "cannot write to the database {where}: it is read-only. Give the user running "
+            "linerules write access to the file and its folder (SQLite writes {base}-wal and -shm beside it)",
+            where=where,
+            base=base,
         )
     if code == _SQLITE_CANTOPEN:
-        return (
-            f"cannot open the database {where}: check that its folder exists, is not on a "
-            "read-only disk, and that the user running linerules may read and write there "
-            f"(SQLite creates {os.path.basename(where)}-wal and -shm beside it)"
+        return _(
+            "cannot open the database {where}: check that its folder exists, is not on a read-only disk, "
+            "and that the user running linerules may read and write there (SQLite creates {base}-wal and -shm beside it)",
+            where=where,
+            base=base,
         )
     if code == _SQLITE_NOTADB:
         return not_linerules(path, _NOT_SQLITE)
     if code == _SQLITE_CORRUPT:
-        return (
-            f"the database {where} is damaged ({exc}): stop linerules and restore it from a "
-            f"backup, or recover what is left with `sqlite3 {where} .recover`"
+        return _(
+            "the database {where} is damaged ({reason}): stop linerules and restore it from a backup, "
+            "or recover what is left with `sqlite3 {where} .recover`",
+            where=where,
+            reason=exc,
         )
     if code == _SQLITE_IOERR:
-        return (
-            f"cannot write to the database {where}: disk I/O error ({exc}). Check the disk "
-            "and its free space; linerules retries by itself"
+        return _(
+            "cannot write to the database {where}: disk I/O error ({reason}). Check the disk and its free space; "
+            "linerules retries by itself",
+            where=where,
+            reason=exc,
         )
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return (
-            f"the database {where} stayed locked by another process for too long ({exc}); linerules retries by itself"
+        return _(
+            "the database {where} stayed locked by another process for too long ({reason}); linerules retries by itself",
+            where=where,
+            reason=exc,
         )
-    return f"the database {where} failed: {exc}"
+    return _("the database {where} failed: {reason}", where=where, reason=exc)
 
 
 # ------------------------------------------------------------------ is this a linerules database?
