@@ -13,7 +13,7 @@ from engine.cli import cli
 from engine.interpreter import Engine
 from engine.language import ir
 from engine.runtime.store import Store
-from enginekit import at, compile_rules, ev, message, run
+from enginekit import at, compile_rules, ev, message, run, write_folder, write_timeline
 
 WINDOW = ir.Window(dt.time(9, 0), dt.time(21, 0))
 FLAGSHIP = "when followed via qr=shipping then wait 1d send coupon15 if not purchased"
@@ -329,28 +329,25 @@ def test_steps_after_wait_for_see_the_rules_the_same_event_entered(order, fresh_
 # ---------------------------------------------------------------- 8. monthly quota
 
 
-def test_monthly_quota_holds_the_overflow_for_the_next_month(tmp_path):
-    folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / "settings.yaml").write_text(
-        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 5\n', encoding="utf-8"
-    )
-    (folder / "messages.yaml").write_text("weekly: 今週のおすすめ\n", encoding="utf-8")
-    (folder / "shop.rule").write_text('rule weekly when schedule "0 20 27 11 *" then send weekly\n', encoding="utf-8")
-    timeline = tmp_path / "timeline.jsonl"
-    timeline.write_text(
-        "".join(
-            json.dumps({"type": "follow", "friend": f"U{i}", "at": "2026-11-01T10:00:00+09:00"}) + "\n"
-            for i in range(8)
-        ),
-        encoding="utf-8",
-    )
-    result = CliRunner().invoke(
-        cli, ["simulate", str(timeline), "--rules", str(folder), "--until", "2026-12-02T00:00:00+09:00"]
-    )
+def simulate_cli(tmp_path, settings: str, messages: str, rules: str, events: list[dict], until: str) -> list[tuple]:
+    """``linerules simulate`` of ``events`` through a folder of these files: (at, friend, rule)."""
+    folder = write_folder(tmp_path / "rules", settings=settings, messages=messages, rules=rules, rule_file="shop.rule")
+    timeline = write_timeline(tmp_path / "timeline.jsonl", events)
+    result = CliRunner().invoke(cli, ["simulate", str(timeline), "--rules", str(folder), "--until", until])
     assert result.exit_code == 0, result.output
-    pushes = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(p["at"], p["friend"]) for p in pushes] == (
+    return [(p["at"], p["friend"], p["rule"]) for p in map(json.loads, result.stdout.splitlines())]
+
+
+def test_monthly_quota_holds_the_overflow_for_the_next_month(tmp_path):
+    pushes = simulate_cli(
+        tmp_path,
+        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 5\n',
+        "weekly: 今週のおすすめ\n",
+        'rule weekly when schedule "0 20 27 11 *" then send weekly\n',
+        [{"type": "follow", "friend": f"U{i}", "at": "2026-11-01T10:00:00+09:00"} for i in range(8)],
+        "2026-12-02T00:00:00+09:00",
+    )
+    assert [(at_, friend) for at_, friend, _rule in pushes] == (
         [("2026-11-27T20:00:00+09:00", f"U{i}") for i in range(5)]
         + [("2026-12-01T09:00:00+09:00", f"U{i}") for i in range(5, 8)]
     )
@@ -360,31 +357,20 @@ def test_an_answer_held_by_the_quota_waits_for_the_window_like_any_send(tmp_path
     # two rules answer "help" at 22:00; the first takes the reply token (free), the second is a
     # push, and November's one message is used: held, it is no longer an answer of that
     # moment, so it goes at December's first opening (before: at 00:00, outside the window)
-    folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / "settings.yaml").write_text(
-        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 1\n', encoding="utf-8"
-    )
-    (folder / "messages.yaml").write_text("m: x\nr: reply\nr2: reply2\n", encoding="utf-8")
-    (folder / "shop.rule").write_text(
+    pushes = simulate_cli(
+        tmp_path,
+        'timezone: Asia/Tokyo\nwindow: "09:00-21:00"\nmonthly_quota: 1\n',
+        "m: x\nr: reply\nr2: reply2\n",
         'rule a when schedule "0 10 29 11 *" then send m\n'
         'rule kw when message "help" reenter always then send r\n'
         'rule kw2 when message "help" reenter always then send r2\n',
-        encoding="utf-8",
+        [
+            {"type": "follow", "friend": "U1", "at": "2026-11-29T08:00:00+09:00"},
+            {"type": "message", "friend": "U1", "at": "2026-11-29T22:00:00+09:00", "text": "help"},
+        ],
+        "2026-12-02T00:00:00+09:00",
     )
-    timeline = tmp_path / "timeline.jsonl"
-    timeline.write_text(
-        json.dumps({"type": "follow", "friend": "U1", "at": "2026-11-29T08:00:00+09:00"})
-        + "\n"
-        + json.dumps({"type": "message", "friend": "U1", "at": "2026-11-29T22:00:00+09:00", "text": "help"})
-        + "\n",
-        encoding="utf-8",
-    )
-    result = CliRunner().invoke(
-        cli, ["simulate", str(timeline), "--rules", str(folder), "--until", "2026-12-02T00:00:00+09:00"]
-    )
-    assert result.exit_code == 0, result.output
-    assert [(p["at"], p["rule"]) for p in map(json.loads, result.stdout.splitlines())] == [
+    assert [(at_, rule) for at_, _friend, rule in pushes] == [
         ("2026-11-29T10:00:00+09:00", "a"),
         ("2026-11-29T22:00:00+09:00", "kw"),
         ("2026-12-01T09:00:00+09:00", "kw2"),
